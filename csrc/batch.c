@@ -1,0 +1,355 @@
+/* batch.c — Kafka RecordBatch v2: encode, validate, decode; murmur2.
+ *
+ * Owns: the byte format every shmlog frame body uses in the ring, on disk and
+ * on the wire (Kafka's RecordBatch v2: big-endian 61-byte header, CRC-32C over
+ * attributes..end, zig-zag varint records with keys, values and headers), and
+ * Kafka's murmur2 key hash. Must never: read outside [batch, batch+len) —
+ * every length read from the input is bounds-checked before use, because the
+ * input may be a torn, corrupted or hostile frame — or touch shared-memory
+ * cursors (ring.c does that).
+ *
+ *   offset  field                  size
+ *        0  baseOffset             int64
+ *        8  batchLength            int32   bytes after this field
+ *       12  partitionLeaderEpoch   int32
+ *       16  magic                  int8    = 2
+ *       17  crc                    uint32  CRC-32C of bytes 21..end
+ *       21  attributes             int16   bits 0-2 compression, 3 timestamp
+ *                                          type, 4 transactional, 5 control
+ *       23  lastOffsetDelta        int32
+ *       27  baseTimestamp          int64
+ *       35  maxTimestamp           int64
+ *       43  producerId             int64
+ *       51  producerEpoch          int16
+ *       53  baseSequence           int32
+ *       57  recordCount            int32
+ *       61  records...
+ */
+#include "shmlog.h"
+
+#include <string.h>
+
+#define OFF_BASE_OFFSET 0
+#define OFF_LENGTH 8
+#define OFF_EPOCH 12
+#define OFF_MAGIC 16
+#define OFF_CRC 17
+#define OFF_ATTR 21
+#define OFF_LAST_DELTA 23
+#define OFF_BASE_TS 27
+#define OFF_MAX_TS 35
+#define OFF_PRODUCER_ID 43
+#define OFF_PRODUCER_EPOCH 51
+#define OFF_BASE_SEQ 53
+#define OFF_COUNT 57
+
+static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
+static inline void put_be32(uint8_t *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
+static inline void put_be64(uint8_t *p, uint64_t v) { v = __builtin_bswap64(v); memcpy(p, &v, 8); }
+static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t get_be32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
+static inline uint64_t get_be64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v); }
+
+static inline uint32_t varint_size(int64_t n)
+{
+    uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(n >> 63);
+    uint32_t s = 1;
+    while (z >= 0x80) { z >>= 7; s++; }
+    return s;
+}
+
+static inline uint8_t *put_varint(uint8_t *p, int64_t n)
+{
+    uint64_t z = ((uint64_t)n << 1) ^ (uint64_t)(n >> 63);
+    while (z >= 0x80) { *p++ = (uint8_t)(z | 0x80); z >>= 7; }
+    *p++ = (uint8_t)z;
+    return p;
+}
+
+/* Reads a zig-zag varint of at most 10 bytes from [*pp, end). 0 on success. */
+static inline int get_varint(const uint8_t **pp, const uint8_t *end, int64_t *out)
+{
+    const uint8_t *p = *pp;
+    uint64_t z = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (p >= end)
+            return -1;
+        uint8_t b = *p++;
+        z |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *pp = p;
+            *out = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static inline int64_t rec_len(const int64_t *lens, uint32_t i) { return lens ? lens[i] : -1; }
+
+/* body of record i without its leading length varint */
+static inline int64_t record_body_size(const struct shm_batch_in *in, uint32_t i)
+{
+    int64_t k = rec_len(in->key_lens, i), v = in->value_lens[i];
+    int64_t h = in->header_lens ? in->header_lens[i] : 1;
+    return 1 + 1 + varint_size(i) + varint_size(k) + (k > 0 ? k : 0) + varint_size(v) +
+           (v > 0 ? v : 0) + h;
+}
+
+int64_t shm_batch_encoded_size(const struct shm_batch_in *in)
+{
+    if (in->count == 0)
+        return SHM_E_INVALID;
+    int64_t total = SHM_BATCH_HEADER_BYTES;
+    for (uint32_t i = 0; i < in->count; i++) {
+        if (in->value_lens[i] < -1 || rec_len(in->key_lens, i) < -1 ||
+            (in->header_lens && in->header_lens[i] < 1))
+            return SHM_E_INVALID;
+        int64_t body = record_body_size(in, i);
+        total += varint_size(body) + body;
+        if (total > (int64_t)UINT32_MAX)
+            return SHM_E_TOO_LARGE;
+    }
+    return total;
+}
+
+int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_in *in,
+                         int64_t base_offset, int64_t timestamp_ms)
+{
+    int64_t size = shm_batch_encoded_size(in);
+    if (size < 0)
+        return size;
+    if ((uint64_t)size > dst_cap)
+        return SHM_E_BUFFER_SMALL;
+    put_be64(dst + OFF_BASE_OFFSET, (uint64_t)base_offset);
+    put_be32(dst + OFF_LENGTH, (uint32_t)(size - 12));
+    put_be32(dst + OFF_EPOCH, 0);
+    dst[OFF_MAGIC] = 2;
+    put_be16(dst + OFF_ATTR, 0);
+    put_be32(dst + OFF_LAST_DELTA, in->count - 1);
+    put_be64(dst + OFF_BASE_TS, (uint64_t)timestamp_ms);
+    put_be64(dst + OFF_MAX_TS, (uint64_t)timestamp_ms);
+    put_be64(dst + OFF_PRODUCER_ID, (uint64_t)-1);
+    put_be16(dst + OFF_PRODUCER_EPOCH, 0xFFFF);
+    put_be32(dst + OFF_BASE_SEQ, 0xFFFFFFFFu);
+    put_be32(dst + OFF_COUNT, in->count);
+
+    uint8_t *p = dst + SHM_BATCH_HEADER_BYTES;
+    const uint8_t *vals = in->values, *keys = in->keys, *hdrs = in->headers;
+    for (uint32_t i = 0; i < in->count; i++) {
+        int64_t k = rec_len(in->key_lens, i), v = in->value_lens[i];
+        p = put_varint(p, record_body_size(in, i));
+        *p++ = 0;                      /* record attributes */
+        *p++ = 0;                      /* timestampDelta = 0 (varint) */
+        p = put_varint(p, i);          /* offsetDelta */
+        p = put_varint(p, k);
+        if (k > 0) { memcpy(p, keys, (size_t)k); p += k; keys += k; }
+        p = put_varint(p, v);
+        if (v > 0) { memcpy(p, vals, (size_t)v); p += v; vals += v; }
+        if (in->header_lens) {
+            memcpy(p, hdrs, (size_t)in->header_lens[i]);
+            p += in->header_lens[i];
+            hdrs += in->header_lens[i];
+        } else {
+            *p++ = 0;                  /* no headers */
+        }
+    }
+    uint32_t crc = shm_crc32c(0, dst + OFF_ATTR, (size_t)(size - OFF_ATTR));
+    put_be32(dst + OFF_CRC, crc);
+    return size;
+}
+
+/* Structure and CRC of one batch of exactly len bytes. */
+int shm_batch_validate(const uint8_t *batch, uint64_t len)
+{
+    if (len < SHM_BATCH_HEADER_BYTES || batch[OFF_MAGIC] != 2)
+        return SHM_E_CORRUPT;
+    if ((uint64_t)get_be32(batch + OFF_LENGTH) + 12 != len)
+        return SHM_E_CORRUPT;
+    if (shm_crc32c(0, batch + OFF_ATTR, len - OFF_ATTR) != get_be32(batch + OFF_CRC))
+        return SHM_E_CORRUPT;
+    return SHM_OK;
+}
+
+/* Walks a headers section (count varint + pairs) inside [p, end). */
+static int skip_headers(const uint8_t **pp, const uint8_t *end, int64_t *count)
+{
+    if (get_varint(pp, end, count) || *count < 0 || *count > end - *pp)
+        return -1;
+    for (int64_t h = 0; h < *count; h++) {
+        int64_t kl, vl;
+        if (get_varint(pp, end, &kl) || kl < 0 || kl > end - *pp)
+            return -1;
+        *pp += kl;
+        if (get_varint(pp, end, &vl) || vl < -1 || vl > end - *pp)
+            return -1;
+        if (vl > 0)
+            *pp += vl;
+    }
+    return 0;
+}
+
+/* Decodes the records of one batch (already validated by the caller, or not:
+ * every bound is checked here too) into out, skipping records whose offset
+ * is below min_offset. buf_base is the batch's position in the caller's
+ * buffer; starts are reported relative to that buffer. Compressed and
+ * control batches are not decoded here (out->compressed counts the former;
+ * Python decompresses). Returns records appended, or SHM_E_CORRUPT. */
+int shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base, int64_t min_offset,
+                     struct shm_records_out *out)
+{
+    if (len < SHM_BATCH_HEADER_BYTES || batch[OFF_MAGIC] != 2)
+        return SHM_E_CORRUPT;
+    uint16_t attr = get_be16(batch + OFF_ATTR);
+    int64_t base_offset = (int64_t)get_be64(batch + OFF_BASE_OFFSET);
+    int64_t base_ts = (int64_t)get_be64(batch + OFF_BASE_TS);
+    int64_t max_ts = (int64_t)get_be64(batch + OFF_MAX_TS);
+    int32_t count = (int32_t)get_be32(batch + OFF_COUNT);
+    if (count < 0 || (uint64_t)count > len)
+        return SHM_E_CORRUPT;
+    if (attr & 0x20)                      /* control batch: no user records */
+        return 0;
+    if (attr & 0x07) {                    /* compressed: Python's job */
+        out->compressed++;
+        return 0;
+    }
+    int log_append_time = (attr & 0x08) != 0;
+    const uint8_t *p = batch + SHM_BATCH_HEADER_BYTES, *end = batch + len;
+    int appended = 0;
+    for (int32_t i = 0; i < count; i++) {
+        int64_t rlen, ts_delta, off_delta, kl, vl, hcount;
+        if (get_varint(&p, end, &rlen) || rlen < 0 || rlen > end - p)
+            return SHM_E_CORRUPT;
+        const uint8_t *rend = p + rlen;
+        p++;                              /* record attributes */
+        if (p > rend || get_varint(&p, rend, &ts_delta) || get_varint(&p, rend, &off_delta))
+            return SHM_E_CORRUPT;
+        if (get_varint(&p, rend, &kl) || kl < -1 || kl > rend - p)
+            return SHM_E_CORRUPT;
+        const uint8_t *key = p;
+        if (kl > 0)
+            p += kl;
+        if (get_varint(&p, rend, &vl) || vl < -1 || vl > rend - p)
+            return SHM_E_CORRUPT;
+        const uint8_t *val = p;
+        if (vl > 0)
+            p += vl;
+        const uint8_t *hdr = p;
+        if (skip_headers(&p, rend, &hcount) || p != rend)
+            return SHM_E_CORRUPT;
+        int64_t offset = base_offset + off_delta;
+        if (offset < min_offset)
+            continue;
+        if (out->count >= out->max_records)
+            return SHM_E_BUFFER_SMALL;
+        uint32_t j = out->count++;
+        out->offsets[j] = offset;
+        out->timestamps[j] = log_append_time ? max_ts : base_ts + ts_delta;
+        out->key_starts[j] = buf_base + (key - batch);
+        out->key_lens[j] = kl;
+        out->value_starts[j] = buf_base + (val - batch);
+        out->value_lens[j] = vl;
+        out->header_starts[j] = buf_base + (hdr - batch);
+        out->header_counts[j] = hcount;
+        appended++;
+    }
+    return appended;
+}
+
+/* Decodes a headers section into parallel arrays (max n pairs); returns the
+ * pair count or SHM_E_CORRUPT. Starts are relative to sec. */
+int shm_headers_decode(const uint8_t *sec, uint64_t len, uint32_t max, int64_t *key_starts,
+                       int64_t *key_lens, int64_t *val_starts, int64_t *val_lens)
+{
+    const uint8_t *p = sec, *end = sec + len;
+    int64_t count;
+    if (get_varint(&p, end, &count) || count < 0 || count > (int64_t)max)
+        return SHM_E_CORRUPT;
+    for (int64_t h = 0; h < count; h++) {
+        int64_t kl, vl;
+        if (get_varint(&p, end, &kl) || kl < 0 || kl > end - p)
+            return SHM_E_CORRUPT;
+        key_starts[h] = p - sec;
+        key_lens[h] = kl;
+        p += kl;
+        if (get_varint(&p, end, &vl) || vl < -1 || vl > end - p)
+            return SHM_E_CORRUPT;
+        val_starts[h] = p - sec;
+        val_lens[h] = vl;
+        if (vl > 0)
+            p += vl;
+    }
+    return (int)count;
+}
+
+int64_t shm_headers_encode(uint8_t *dst, uint64_t cap, uint32_t n, const uint8_t *const *keys,
+                           const int64_t *key_lens, const uint8_t *const *vals,
+                           const int64_t *val_lens)
+{
+    uint64_t need = varint_size(n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (key_lens[i] < 0 || val_lens[i] < -1)
+            return SHM_E_INVALID;
+        need += varint_size(key_lens[i]) + (uint64_t)key_lens[i] + varint_size(val_lens[i]) +
+                (uint64_t)(val_lens[i] > 0 ? val_lens[i] : 0);
+    }
+    if (need > cap)
+        return SHM_E_BUFFER_SMALL;
+    uint8_t *p = put_varint(dst, n);
+    for (uint32_t i = 0; i < n; i++) {
+        p = put_varint(p, key_lens[i]);
+        memcpy(p, keys[i], (size_t)key_lens[i]);
+        p += key_lens[i];
+        p = put_varint(p, val_lens[i]);
+        if (val_lens[i] > 0) {
+            memcpy(p, vals[i], (size_t)val_lens[i]);
+            p += val_lens[i];
+        }
+    }
+    return p - dst;
+}
+
+/* Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2). */
+int32_t shm_murmur2(const uint8_t *data, uint64_t len)
+{
+    const uint32_t m = 0x5bd1e995u;
+    uint32_t h = 0x9747b28cu ^ (uint32_t)len;
+    uint64_t n4 = len / 4;
+    for (uint64_t i = 0; i < n4; i++) {
+        uint32_t k = (uint32_t)data[4 * i] | (uint32_t)data[4 * i + 1] << 8 |
+                     (uint32_t)data[4 * i + 2] << 16 | (uint32_t)data[4 * i + 3] << 24;
+        k *= m;
+        k ^= k >> 24;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    const uint8_t *t = data + (len & ~(uint64_t)3);
+    switch (len & 3) {
+    case 3: h ^= (uint32_t)t[2] << 16; /* fall through */
+    case 2: h ^= (uint32_t)t[1] << 8;  /* fall through */
+    case 1: h ^= t[0]; h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return (int32_t)h;
+}
+
+/* Batch header fields other modules need (ring.c, Python storage code). */
+int64_t shm_batch_base_offset(const uint8_t *batch) { return (int64_t)get_be64(batch + OFF_BASE_OFFSET); }
+int32_t shm_batch_last_delta(const uint8_t *batch) { return (int32_t)get_be32(batch + OFF_LAST_DELTA); }
+void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch + OFF_BASE_OFFSET, (uint64_t)off); }
+
+/* 0 when n lengths (each >= -1) add up to exactly total bytes. */
+int shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total)
+{
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (lens[i] < -1)
+            return -1;
+        if (lens[i] > 0)
+            sum += (uint64_t)lens[i];
+    }
+    return sum == total ? 0 : -1;
+}

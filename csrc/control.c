@@ -1,0 +1,201 @@
+/* control.c — the instance's control segment: header and topic table.
+ *
+ * Owns: the control segment's layout and every structural change to it,
+ * made under the robust process-shared mutex in the header.
+ * Must never: touch a ring, or leave an entry half-visible: an entry's
+ * fields are written while its state is FREE or CREATING and its state is
+ * release-stored last, so a lock-free reader that sees LIVE (acquire) sees
+ * the whole entry. A process that dies holding the lock leaves at worst a
+ * CREATING entry, which the next creator of that name reclaims (its rings
+ * are recreated from scratch by the caller).
+ *
+ * Layout: [shm_ctl_header (4 KiB)][max_topics x shm_topic_entry (512 B)].
+ * Later tables (groups, members, committed offsets, producers) are appended
+ * after the topic table and located by *_off fields of the header; a new
+ * table is a layout version bump.
+ */
+#define _GNU_SOURCE
+#include "shmlog.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#define CTL(b) ((struct shm_ctl_header *)(b))
+
+uint64_t shm_ctl_size(uint32_t max_topics)
+{
+    uint64_t s = sizeof(struct shm_ctl_header) + (uint64_t)max_topics * sizeof(struct shm_topic_entry);
+    return (s + 4095) & ~(uint64_t)4095;
+}
+
+int shm_ctl_init(void *base, uint64_t size, uint32_t max_topics)
+{
+    struct shm_ctl_header *c = CTL(base);
+    if (max_topics == 0 || size < shm_ctl_size(max_topics))
+        return SHM_E_INVALID;
+    c->magic = SHM_CTL_MAGIC;
+    c->header_bytes = sizeof(struct shm_ctl_header);
+    c->total_bytes = size;
+    c->max_topics = max_topics;
+    c->created_ms = shm_now_ms();
+    c->topics_off = sizeof(struct shm_ctl_header);
+    c->topics_epoch = 1;
+    c->next_generation = 1;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init((pthread_mutex_t *)c->lock, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0)
+        return SHM_E_SYS;
+    /* release: the whole header is visible to whoever reads version != 0 */
+    shm_store_release(&c->version, SHM_LAYOUT_VERSION);
+    return SHM_OK;
+}
+
+int shm_ctl_check(const void *base, uint64_t mapped_bytes)
+{
+    const struct shm_ctl_header *c = CTL(base);
+    if (mapped_bytes < sizeof(struct shm_ctl_header) || c->magic != SHM_CTL_MAGIC)
+        return SHM_E_LAYOUT;
+    /* acquire: pairs with shm_ctl_init's release of version */
+    uint32_t v = shm_load_acquire(&c->version);
+    if (v == 0)
+        return SHM_E_AGAIN;
+    if (v != SHM_LAYOUT_VERSION || c->header_bytes != sizeof(struct shm_ctl_header) ||
+        c->total_bytes != mapped_bytes || shm_ctl_size(c->max_topics) > mapped_bytes ||
+        c->topics_off != sizeof(struct shm_ctl_header))
+        return SHM_E_LAYOUT;
+    return SHM_OK;
+}
+
+/* Takes the structural lock, waiting at most timeout_ns (< 0: forever). */
+int shm_ctl_lock(void *base, int64_t timeout_ns)
+{
+    pthread_mutex_t *m = (pthread_mutex_t *)CTL(base)->lock;
+    int rc;
+    if (timeout_ns < 0) {
+        rc = pthread_mutex_lock(m);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + timeout_ns;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        rc = pthread_mutex_timedlock(m, &ts);
+    }
+    if (rc == EOWNERDEAD) {
+        /* the holder died mid-change; entries are published last, so the
+         * table is consistent apart from CREATING entries, handled by callers */
+        pthread_mutex_consistent(m);
+        rc = 0;
+    }
+    if (rc == ETIMEDOUT)
+        return SHM_E_TIMEOUT;
+    return rc == 0 ? SHM_OK : SHM_E_SYS;
+}
+
+void shm_ctl_unlock(void *base)
+{
+    pthread_mutex_unlock((pthread_mutex_t *)CTL(base)->lock);
+}
+
+uint32_t shm_ctl_max_topics(const void *base) { return CTL(base)->max_topics; }
+
+struct shm_topic_entry *shm_ctl_topic(void *base, uint32_t index)
+{
+    struct shm_ctl_header *c = CTL(base);
+    if (index >= c->max_topics)
+        return NULL;
+    return (struct shm_topic_entry *)((uint8_t *)base + c->topics_off) + index;
+}
+
+uint64_t shm_ctl_epoch(const void *base)
+{
+    return shm_load_acquire(&CTL(base)->topics_epoch);
+}
+
+uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation)
+{
+    struct shm_topic_entry *e = shm_ctl_topic((void *)base, (uint32_t)index);
+    if (!e)
+        return SHM_TOPIC_FREE;
+    /* acquire: a LIVE state makes the entry's fields (and generation) visible */
+    uint32_t st = shm_load_acquire(&e->state);
+    if (generation)
+        *generation = shm_load_relaxed(&e->generation);
+    return st;
+}
+
+/* Index of the LIVE or CREATING entry with this name, or SHM_E_NOT_FOUND. */
+int shm_ctl_topic_find(const void *base, const char *name, uint32_t name_len)
+{
+    const struct shm_ctl_header *c = CTL(base);
+    for (uint32_t i = 0; i < c->max_topics; i++) {
+        struct shm_topic_entry *e = shm_ctl_topic((void *)base, i);
+        uint32_t st = shm_load_acquire(&e->state);
+        if (st != SHM_TOPIC_FREE && e->name_len == name_len && memcmp(e->name, name, name_len) == 0)
+            return (int)i;
+    }
+    return SHM_E_NOT_FOUND;
+}
+
+static void bump_epoch(struct shm_ctl_header *c)
+{
+    shm_fetch_add(&c->topics_epoch, 1);
+}
+
+/* Under the lock: claims an entry in state CREATING with a fresh generation.
+ * SHM_E_EXISTS when a LIVE entry has the name; a CREATING one left by a dead
+ * creator is taken over (its generation changes, so its rings are new). */
+int shm_ctl_topic_reserve(void *base, const char *name, uint32_t name_len,
+                          const struct shm_topic_config *cfg, uint64_t *generation)
+{
+    struct shm_ctl_header *c = CTL(base);
+    if (name_len == 0 || name_len > SHM_TOPIC_NAME_MAX)
+        return SHM_E_INVALID;
+    int idx = shm_ctl_topic_find(base, name, name_len);
+    if (idx >= 0 && shm_ctl_topic_state(base, idx, NULL) == SHM_TOPIC_LIVE)
+        return SHM_E_EXISTS;
+    if (idx < 0) {
+        for (uint32_t i = 0; i < c->max_topics; i++)
+            if (shm_ctl_topic_state(base, (int)i, NULL) == SHM_TOPIC_FREE) {
+                idx = (int)i;
+                break;
+            }
+        if (idx < 0)
+            return SHM_E_TABLE_FULL;
+    }
+    struct shm_topic_entry *e = shm_ctl_topic(base, (uint32_t)idx);
+    memset(e->name, 0, sizeof e->name);
+    memcpy(e->name, name, name_len);
+    e->name_len = name_len;
+    e->config = *cfg;
+    e->created_ms = shm_now_ms();
+    uint64_t gen = c->next_generation++;
+    shm_store_relaxed(&e->generation, gen);
+    /* release: name and config are complete before the entry reads CREATING */
+    shm_store_release(&e->state, SHM_TOPIC_CREATING);
+    *generation = gen;
+    return idx;
+}
+
+void shm_ctl_topic_publish(void *base, int index)
+{
+    struct shm_topic_entry *e = shm_ctl_topic(base, (uint32_t)index);
+    /* release: rings exist and the entry is complete before it reads LIVE */
+    shm_store_release(&e->state, SHM_TOPIC_LIVE);
+    bump_epoch(CTL(base));
+}
+
+void shm_ctl_topic_free(void *base, int index)
+{
+    struct shm_topic_entry *e = shm_ctl_topic(base, (uint32_t)index);
+    /* release: handles that re-check state see FREE before the rings vanish */
+    shm_store_release(&e->state, SHM_TOPIC_FREE);
+    bump_epoch(CTL(base));
+}

@@ -1,0 +1,965 @@
+/* ring.c — a partition ring in shared memory: reserve, commit, read, seal.
+ *
+ * Owns: every access to a ring's header cursors, producer slots and frames.
+ * Must never: block a reader on a writer, block a writer on a reader, let a
+ * producer overwrite a frame that is not yet committed (or, on a durable
+ * ring, not yet persisted), or hand a caller bytes that a later lap may have
+ * torn.
+ *
+ * Layout: [shm_ring_header (16 KiB)][data: capacity bytes, a power of two].
+ * A frame at position p lives at data[p & (cap-1)] and never wraps: when the
+ * space left before the end is too small, the reservation covers it with a
+ * PAD frame (or, when fewer than 16 bytes are left, with nothing: a reader at
+ * such a position skips to the next lap).
+ *
+ * Invariants
+ *  I1 head <= persisted (durable) <= tail, and tail - head <= capacity: the
+ *     bytes of every frame in [head, tail) are intact in the ring.
+ *  I2 tail = (pos, offset) moves by one 16-byte CAS per reservation, so the
+ *     byte order of frames is their offset order; every reservation claims
+ *     at least one offset.
+ *  I3 A frame is complete iff its commit word equals pos ^ SHM_COMMIT_XOR.
+ *     The commit store is the writer's last store to the frame (release, and
+ *     seq_cst so the waiter check after it cannot be hoisted above it).
+ *     Bytes of an older lap hold other positions and never match.
+ *  I4 A producer writes only inside its own reservation, and only after
+ *     head has passed every frame the reservation overlaps from the lap
+ *     before (make_room), so an overwritten frame was always complete.
+ *  I5 Readers copy, then re-check head (seqlock): if head passed the frame's
+ *     position during the copy, the copy is discarded.
+ *
+ * Who writes what: tail — producers (CAS). head — producers making room
+ * (CAS). persisted/fsynced — the persister. data_waiters — consumers;
+ * data_seq — producers and sealers. Slots — their owner; a sealer only after
+ * proving the owner dead, under seal_lock.
+ *
+ * A producer dying at each step:
+ *  - before publishing INTENT: nothing reserved; its slot is reclaimed once
+ *    its liveness token is found dead.
+ *  - INTENT published, CAS not done or failed: tail did not move for it (or
+ *    moved for someone else, whose slot also names the position).
+ *  - CAS done (INTENT or RESERVED): readers wait at that position; after the
+ *    unblock timeout a reader or producer calls shm_ring_seal_stuck, which
+ *    finds the dead owner's slot and commits a GAP frame over exactly its
+ *    reservation (and the PAD before it). The offsets become a gap.
+ *  - frame written, not committed: same as above; the bytes are discarded.
+ *  - committed, slot not yet IDLE: the frame is complete; the stale slot is
+ *    ignored (its position is committed) and reclaimed later.
+ */
+#define _GNU_SOURCE
+#include "shmlog.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HDR(b) ((struct shm_ring_header *)(b))
+#define DATA(b) ((uint8_t *)(b) + SHM_RING_HEADER_BYTES)
+#define FRAME(b, p, mask) ((struct shm_frame_header *)(DATA(b) + ((p) & (mask))))
+
+static int64_t test_hold_ns;   /* test hook: sleep between reserve and commit */
+
+void shm_test_set_hold_ns(int64_t ns) { test_hold_ns = ns; }
+
+static inline uint64_t commit_word(uint64_t pos) { return pos ^ (uint64_t)SHM_COMMIT_XOR; }
+
+static void sleep_ns(int64_t ns)
+{
+    struct timespec ts = {ns / 1000000000, ns % 1000000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* ------------------------------------------------------------ init/check */
+
+int shm_ring_init(void *base, uint64_t capacity, uint64_t topic_generation, uint32_t partition,
+                  uint32_t persistence, uint32_t max_frame_bytes, int64_t base_offset,
+                  uint64_t base_position)
+{
+    struct shm_ring_header *h = HDR(base);
+    if (capacity < SHM_RING_MIN_BYTES || capacity > (uint64_t)SHM_RING_MAX_BYTES ||
+        (capacity & (capacity - 1)) || base_position % SHM_FRAME_ALIGN || base_offset < 0 ||
+        max_frame_bytes < SHM_FRAME_HEADER_BYTES + SHM_BATCH_HEADER_BYTES + 8 ||
+        max_frame_bytes > capacity / 2)
+        return SHM_E_INVALID;
+    h->magic = SHM_RING_MAGIC;
+    h->header_bytes = SHM_RING_HEADER_BYTES;
+    h->capacity = capacity;
+    h->total_bytes = SHM_RING_HEADER_BYTES + capacity;
+    h->topic_generation = topic_generation;
+    h->partition = partition;
+    h->persistence = persistence;
+    h->max_frame_bytes = max_frame_bytes;
+    h->created_ms = shm_now_ms();
+    h->base_offset = base_offset;
+    h->base_position = base_position;
+    h->tail_pos = h->head_pos = h->persisted_pos = h->fsynced_pos = base_position;
+    h->tail_offset = h->head_offset = base_offset;
+
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init((pthread_mutex_t *)h->seal_lock, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0)
+        return SHM_E_SYS;
+    /* release: every field above is visible to whoever reads version != 0 */
+    shm_store_release(&h->version, SHM_LAYOUT_VERSION);
+    return SHM_OK;
+}
+
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "robust mutex fits its slot");
+
+int shm_ring_check(const void *base, uint64_t mapped_bytes)
+{
+    const struct shm_ring_header *h = HDR(base);
+    if (mapped_bytes < SHM_RING_HEADER_BYTES || h->magic != SHM_RING_MAGIC)
+        return SHM_E_LAYOUT;
+    /* acquire: pairs with the creator's release of version */
+    uint32_t v = shm_load_acquire(&h->version);
+    if (v == 0)
+        return SHM_E_AGAIN;
+    if (v != SHM_LAYOUT_VERSION || h->header_bytes != SHM_RING_HEADER_BYTES ||
+        h->total_bytes != mapped_bytes || h->capacity + SHM_RING_HEADER_BYTES != mapped_bytes ||
+        (h->capacity & (h->capacity - 1)))
+        return SHM_E_LAYOUT;
+    return SHM_OK;
+}
+
+/* ------------------------------------------------------------ seal lock */
+
+static int seal_lock(struct shm_ring_header *h)
+{
+    int rc = pthread_mutex_lock((pthread_mutex_t *)h->seal_lock);
+    if (rc == EOWNERDEAD) {
+        /* a sealer died holding it; every sealing step is idempotent */
+        pthread_mutex_consistent((pthread_mutex_t *)h->seal_lock);
+        rc = 0;
+    }
+    return rc == 0 ? SHM_OK : SHM_E_SYS;
+}
+
+static void seal_unlock(struct shm_ring_header *h)
+{
+    pthread_mutex_unlock((pthread_mutex_t *)h->seal_lock);
+}
+
+/* ------------------------------------------------------------ slots */
+
+static inline uint64_t owner_word(uint32_t pid, uint64_t start_time)
+{
+    return (start_time << 32) | pid | ((uint64_t)1 << 63);
+}
+
+static int slot_owner_dead(const struct shm_producer_slot *s, const char *token_prefix)
+{
+    uint64_t ow = shm_load_acquire(&s->owner);
+    uint32_t pid = shm_load_relaxed(&s->pid);
+    uint64_t st = shm_load_relaxed(&s->start_time);
+    if (ow == 0 || ow != owner_word(pid, st))
+        return 0;   /* free, or a claim still being filled in */
+    return !shm_process_alive(token_prefix, pid, st);
+}
+
+int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const char *token_prefix)
+{
+    struct shm_ring_header *h = HDR(base);
+    uint64_t me = owner_word(pid, start_time);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
+            struct shm_producer_slot *s = &h->slots[i];
+            if (shm_load_relaxed(&s->owner) != 0 || !shm_cas_u64(&s->owner, 0, me))
+                continue;
+            shm_store_relaxed(&s->pid, pid);
+            shm_store_relaxed(&s->start_time, start_time);
+            /* release: owner identity is complete before the state is read as IDLE */
+            shm_store_release(&s->state, SHM_SLOT_IDLE);
+            return i;
+        }
+        /* table full: free the slots of dead owners that hold no reservation */
+        if (seal_lock(h) != SHM_OK)
+            return SHM_E_SYS;
+        for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
+            struct shm_producer_slot *s = &h->slots[i];
+            uint32_t st = shm_load_acquire(&s->state);
+            if ((st == SHM_SLOT_IDLE || st == SHM_SLOT_BUSY) && slot_owner_dead(s, token_prefix))
+                shm_store_release(&s->owner, 0);
+        }
+        seal_unlock(h);
+    }
+    return SHM_E_NO_SLOT;
+}
+
+void shm_ring_release_slot(void *base, int slot)
+{
+    struct shm_producer_slot *s = &HDR(base)->slots[slot];
+    shm_store_relaxed(&s->state, SHM_SLOT_IDLE);
+    /* release: the slot's last reservation is finished before others may claim it */
+    shm_store_release(&s->owner, 0);
+}
+
+/* ------------------------------------------------------------ wake-ups */
+
+static void wake(uint32_t *seq)
+{
+    shm_fetch_add(seq, 1);
+    shm_futex_wake(seq);
+}
+
+/* After a commit (or a seal): wake announced waiters. The caller's commit
+ * store is seq_cst, so these loads cannot be satisfied before it: either we
+ * see a waiter's announcement or the waiter's re-check sees our commit. */
+static inline void wake_after_commit(struct shm_ring_header *h)
+{
+    if (__builtin_expect(__atomic_load_n(&h->data_waiters, __ATOMIC_SEQ_CST) != 0, 0))
+        wake(&h->data_seq);
+    if (__builtin_expect(__atomic_load_n(&h->space_waiters, __ATOMIC_SEQ_CST) != 0, 0))
+        wake(&h->space_seq);
+}
+
+/* ------------------------------------------------------------ head */
+
+/* Offsets that follow the complete frame at p (whose header is fh). */
+static int frame_end(const struct shm_ring_header *h, const struct shm_frame_header *fh, uint64_t p,
+                     int64_t cur_offset, uint64_t *next_pos, int64_t *next_offset)
+{
+    uint64_t cap = h->capacity, rem = cap - (p & (cap - 1));
+    uint32_t len = fh->length;
+    if (len < SHM_FRAME_HEADER_BYTES || shm_align8(len) > rem)
+        return SHM_E_CORRUPT;
+    *next_pos = p + shm_align8(len);
+    const uint8_t *body = (const uint8_t *)(fh + 1);
+    switch (fh->kind) {
+    case SHM_FRAME_PAD:
+        *next_offset = cur_offset;
+        return SHM_OK;
+    case SHM_FRAME_GAP: {
+        const struct shm_gap_body *g = (const struct shm_gap_body *)body;
+        *next_offset = g->base_offset + g->count;
+        return SHM_OK;
+    }
+    case SHM_FRAME_DATA:
+        if (len < SHM_FRAME_HEADER_BYTES + SHM_BATCH_HEADER_BYTES)
+            return SHM_E_CORRUPT;
+        *next_offset = shm_batch_base_offset(body) + shm_batch_last_delta(body) + 1;
+        return SHM_OK;
+    }
+    return SHM_E_CORRUPT;
+}
+
+/* Moves head forward until head_pos >= need. Passes only complete frames,
+ * and on a durable ring only persisted ones. Returns SHM_OK, SHM_E_AGAIN
+ * (waiting on the persister) or the position of an uncommitted frame in
+ * *stuck with SHM_E_BUSY. */
+static int make_room(struct shm_ring_header *h, uint64_t need, uint64_t *stuck)
+{
+    uint64_t mask = h->capacity - 1;
+    for (;;) {
+        uint64_t hp;
+        int64_t ho;
+        shm_pair_snapshot(&h->head_pos, &hp, (uint64_t *)&ho);
+        if (hp >= need)
+            return SHM_OK;
+        /* acquire: frames below persisted were fully copied before it moved */
+        if (h->persistence == SHM_PERSIST_DISK && hp >= shm_load_acquire(&h->persisted_pos))
+            return SHM_E_AGAIN;
+        uint64_t next;
+        int64_t noff = ho;
+        uint64_t rem = h->capacity - (hp & mask);
+        if (rem < SHM_FRAME_HEADER_BYTES) {
+            next = hp + rem;
+        } else {
+            struct shm_frame_header *fh = FRAME(h, hp, mask);
+            /* acquire: the frame's length and body are complete if this matches */
+            if (shm_load_acquire(&fh->commit) != commit_word(hp)) {
+                *stuck = hp;
+                return SHM_E_BUSY;
+            }
+            int rc = frame_end(h, fh, hp, ho, &next, &noff);
+            if (rc != SHM_OK)
+                return rc;
+        }
+        /* full barrier (cmpxchg16b): head moves before we overwrite what it passed */
+        if (shm_cas_pair(&h->head_pos, hp, (uint64_t)ho, next, (uint64_t)noff) &&
+            h->persistence == SHM_PERSIST_NONE)
+            __atomic_fetch_add(&h->overwritten_frames, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* ------------------------------------------------------------ reserve */
+
+struct reservation {
+    uint64_t res_pos, frame_pos, res_end;
+    int64_t base_offset;
+};
+
+static int wait_for_space(struct shm_ring_header *h, int64_t deadline_ns, uint32_t *spins)
+{
+    if (++*spins < 64) {
+        shm_cpu_relax();
+        return SHM_OK;
+    }
+    int64_t now = shm_monotonic_ns();
+    if (deadline_ns >= 0 && now >= deadline_ns)
+        return SHM_E_FULL;
+    if (*spins < 256) {
+        sched_yield();
+        return SHM_OK;
+    }
+    shm_fetch_add(&h->space_waiters, 1);
+    uint32_t seq = shm_load_acquire(&h->space_seq);
+    int64_t slice = 2000000;   /* re-check at least every 2 ms: head moves without a wake */
+    if (deadline_ns >= 0 && deadline_ns - now < slice)
+        slice = deadline_ns - now;
+    shm_futex_wait(&h->space_seq, seq, slice);
+    shm_fetch_sub(&h->space_waiters, 1);
+    return SHM_OK;
+}
+
+static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint64_t alen,
+                   uint32_t count, int64_t timeout_ns, const char *token_prefix, int64_t unblock_ns,
+                   struct reservation *r)
+{
+    uint64_t cap = h->capacity, mask = cap - 1;
+    int64_t deadline = -1, stuck_since = -1;
+    uint64_t stuck_at = ~(uint64_t)0;
+    uint32_t spins = 0;
+    for (;;) {
+        /* a torn read of the pair only makes the CAS below fail */
+        uint64_t t = shm_load_relaxed(&h->tail_pos);
+        int64_t o = shm_load_relaxed(&h->tail_offset);
+        uint64_t rem = cap - (t & mask);
+        uint64_t pad = rem < alen ? rem : 0;
+        uint64_t end = t + pad + alen;
+        /* acquire: head's CAS (which made room) happens-before our writes */
+        if (end > shm_load_acquire(&h->head_pos) + cap) {
+            uint64_t stuck = 0;
+            int rc = make_room(h, end - cap, &stuck);
+            if (rc == SHM_OK)
+                continue;
+            if (rc == SHM_E_CORRUPT)
+                return rc;
+            if (deadline < 0 && timeout_ns >= 0)
+                deadline = shm_monotonic_ns() + timeout_ns;
+            if (rc == SHM_E_BUSY) {
+                /* a frame a lap behind is still being written: slow or dead owner */
+                int64_t now = shm_monotonic_ns();
+                if (stuck != stuck_at) {
+                    stuck_at = stuck;
+                    stuck_since = now;
+                } else if (now - stuck_since >= unblock_ns) {
+                    shm_ring_seal_stuck(h, stuck, token_prefix);
+                    stuck_since = now;
+                }
+            }
+            rc = wait_for_space(h, deadline, &spins);
+            if (rc != SHM_OK)
+                return rc;
+            continue;
+        }
+        s->res_pos = t;
+        s->frame_pos = t + pad;
+        s->res_end = end;
+        s->base_offset = o;
+        s->count = count;
+        /* release: the intent fields are visible before the state says INTENT */
+        shm_store_release(&s->state, SHM_SLOT_INTENT);
+        /* full barrier: the intent is published before the reservation exists */
+        if (shm_cas_pair(&h->tail_pos, t, (uint64_t)o, end, (uint64_t)(o + count))) {
+            shm_store_release(&s->state, SHM_SLOT_RESERVED);
+            r->res_pos = t;
+            r->frame_pos = t + pad;
+            r->res_end = end;
+            r->base_offset = o;
+            if (pad >= SHM_FRAME_HEADER_BYTES) {
+                struct shm_frame_header *ph = FRAME(h, t, mask);
+                ph->length = (uint32_t)pad;
+                ph->kind = SHM_FRAME_PAD;
+                ph->flags = 0;
+                /* release: the pad's length and kind precede its commit word */
+                shm_store_release(&ph->commit, commit_word(t));
+            }
+            return SHM_OK;
+        }
+        /* lost the race: withdraw the intent before rewriting it */
+        shm_store_release(&s->state, SHM_SLOT_BUSY);
+    }
+}
+
+/* ------------------------------------------------------------ append */
+
+static int slot_enter(struct shm_producer_slot *s)
+{
+    /* the slot is this process's; the CAS keeps two threads of it apart */
+    for (uint32_t spins = 0; !shm_cas_u32(&s->state, SHM_SLOT_IDLE, SHM_SLOT_BUSY); spins++) {
+        if (spins > 64)
+            sched_yield();
+        else
+            shm_cpu_relax();
+    }
+    return SHM_OK;
+}
+
+static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
+                        const struct shm_batch_in *in, int64_t size, int64_t timeout_ns,
+                        const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
+{
+    uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
+    if (frame_len > h->max_frame_bytes)
+        return SHM_E_TOO_LARGE;
+    if (__builtin_expect(shm_load_relaxed(&h->deleted), 0))
+        return SHM_E_TOPIC_GONE;
+    uint64_t alen = shm_align8(frame_len), mask = h->capacity - 1;
+    int64_t ts = in->timestamp_ms >= 0 ? in->timestamp_ms : shm_now_ms();
+
+    slot_enter(s);
+    struct reservation r;
+    int rc = reserve(h, s, alen, in->count, timeout_ns, token_prefix, unblock_ns, &r);
+    if (rc != SHM_OK) {
+        shm_store_release(&s->state, SHM_SLOT_IDLE);
+        return rc;
+    }
+    struct shm_frame_header *fh = FRAME(h, r.frame_pos, mask);
+    shm_batch_encode((uint8_t *)(fh + 1), alen - SHM_FRAME_HEADER_BYTES, in, r.base_offset, ts);
+    if (__builtin_expect(test_hold_ns > 0, 0))
+        sleep_ns(test_hold_ns);
+    fh->length = (uint32_t)frame_len;
+    fh->kind = SHM_FRAME_DATA;
+    fh->flags = 0;
+    /* seq_cst store: releases the frame's bytes to readers (I3) and orders the
+     * waiter loads in wake_after_commit after it (Dekker with poll's re-check) */
+    shm_store_seq_cst(&fh->commit, commit_word(r.frame_pos));
+    /* release: the slot goes idle only after the commit */
+    shm_store_release(&s->state, SHM_SLOT_IDLE);
+    wake_after_commit(h);
+    if (out) {
+        out->frame_pos = r.frame_pos;
+        out->base_offset = r.base_offset;
+        out->count = in->count;
+        out->frame_bytes = (uint32_t)frame_len;
+    }
+    return SHM_OK;
+}
+
+int shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in,
+                   struct shm_append_out *out)
+{
+    struct shm_ring_header *h = HDR(ctx->base);
+    if (ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
+        return SHM_E_INVALID;
+    int64_t size = shm_batch_encoded_size(in);
+    if (size < 0)
+        return (int)size;
+    return append_frame(h, &h->slots[ctx->slot], in, size, ctx->timeout_ns, ctx->token_prefix,
+                        ctx->unblock_ns, out);
+}
+
+/* One record (headers_len < 0: no headers); returns its offset or a
+ * negative status. */
+int64_t shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len,
+                 const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
+                 int64_t timestamp_ms)
+{
+    struct shm_batch_in in = {
+        .count = 1,
+        .values = value,
+        .value_lens = &value_len,
+        .keys = key,
+        .key_lens = &key_len,
+        .headers = headers,
+        .header_lens = headers_len >= 0 ? &headers_len : NULL,
+        .timestamp_ms = timestamp_ms,
+    };
+    struct shm_append_out out;
+    int rc = shm_send_batch(ctx, &in, &out);
+    return rc == SHM_OK ? out.base_offset : rc;
+}
+
+/* ------------------------------------------------------------ read */
+
+void shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_offset,
+                   uint64_t *head_pos, uint64_t *tail_pos)
+{
+    const struct shm_ring_header *h = HDR(base);
+    uint64_t hp, tp, ho, to;
+    shm_pair_snapshot(&h->head_pos, &hp, &ho);
+    shm_pair_snapshot(&h->tail_pos, &tp, &to);
+    if (head_offset) *head_offset = (int64_t)ho;
+    if (tail_offset) *tail_offset = (int64_t)to;
+    if (head_pos) *head_pos = hp;
+    if (tail_pos) *tail_pos = tp;
+}
+
+void shm_ring_mark_deleted(void *base)
+{
+    /* release: everything before the delete is ordered before the flag */
+    shm_store_release(&HDR(base)->deleted, 1);
+    wake(&HDR(base)->data_seq);
+    wake(&HDR(base)->space_seq);
+}
+
+uint64_t shm_ring_counter(const void *base, int which)
+{
+    const struct shm_ring_header *h = HDR(base);
+    switch (which) {
+    case 0: return shm_load_relaxed(&h->sealed_count);
+    case 1: return shm_load_relaxed(&h->overwritten_frames);
+    case 2: return shm_load_acquire(&h->persisted_pos);
+    case 3: return shm_load_acquire(&h->fsynced_pos);
+    case 4: return shm_load_acquire(&h->deleted);
+    }
+    return 0;
+}
+
+/* Is there something for the cursor: a complete frame, a skip, or a lap? */
+static int cursor_ready(const struct shm_ring_header *h, const struct shm_cursor *cur)
+{
+    uint64_t p = cur->pos, mask = h->capacity - 1;
+    if (h->capacity - (p & mask) < SHM_FRAME_HEADER_BYTES)
+        return shm_load_acquire(&h->tail_pos) > p;
+    return shm_load_acquire(&FRAME(h, p, mask)->commit) == commit_word(p) ||
+           shm_load_acquire(&h->head_pos) > p;
+}
+
+static void note_stuck(struct shm_cursor *cur, uint64_t p)
+{
+    if (cur->stuck_pos != p) {
+        cur->stuck_pos = p;
+        cur->stuck_since_ns = shm_monotonic_ns();
+    }
+}
+
+/* Copies complete frames from cur->pos into buf and decodes their records
+ * into out, up to out->max_records records or buf_cap bytes.
+ * Returns SHM_OK (out->count may be 0: nothing new), SHM_E_OUT_OF_RANGE
+ * (cur->pos was lapped; nothing returned), SHM_E_CORRUPT (a complete,
+ * unlapped frame fails validation: cur->pos stays on it), SHM_E_BUSY (the
+ * first frame is uncommitted for longer than unblock_ns: seal it),
+ * SHM_E_BUFFER_SMALL (one frame exceeds buf_cap). A compressed batch is
+ * returned alone, undecoded, with out->compressed = 1 (Python decodes). */
+/* an error after records were decoded ends the read early instead: the
+ * caller gets those records, and the error on its next read */
+#define STOP(rc) do { if (out->count) goto done; return (rc); } while (0)
+
+int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                  int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
+{
+    const struct shm_ring_header *h = HDR(base);
+    uint64_t cap = h->capacity, mask = cap - 1, used = 0;
+    out->count = 0;
+    out->frames = out->gaps = out->compressed = 0;
+    out->bytes_used = 0;
+    while (out->count < out->max_records) {
+        uint64_t p = cur->pos, rem = cap - (p & mask);
+        if (rem < SHM_FRAME_HEADER_BYTES) {
+            if (shm_load_acquire(&h->tail_pos) <= p)
+                break;
+            cur->pos = p + rem;
+            continue;
+        }
+        const struct shm_frame_header *fh = FRAME(h, p, mask);
+        /* acquire: the frame's bytes are visible once its commit matches (I3) */
+        if (shm_load_acquire(&fh->commit) != commit_word(p)) {
+            if (shm_load_acquire(&h->tail_pos) <= p)
+                break;                                   /* caught up */
+            if (shm_load_acquire(&h->head_pos) > p) {    /* lapped */
+                if (out->count)
+                    break;
+                return SHM_E_OUT_OF_RANGE;
+            }
+            note_stuck(cur, p);                          /* in flight */
+            if (out->count == 0 && unblock_ns >= 0 &&
+                shm_monotonic_ns() - cur->stuck_since_ns >= unblock_ns)
+                return SHM_E_BUSY;
+            break;
+        }
+        uint32_t len = fh->length;
+        uint16_t kind = fh->kind;
+        uint64_t blen = 0;
+        struct shm_gap_body gap = {0, 0, 0};
+        int shape_ok = len >= SHM_FRAME_HEADER_BYTES && shm_align8(len) <= rem;
+        if (shape_ok && kind == SHM_FRAME_DATA) {
+            blen = len - SHM_FRAME_HEADER_BYTES;
+            if (used + blen > buf_cap) {
+                if (out->count || out->frames)
+                    break;
+                return SHM_E_BUFFER_SMALL;
+            }
+            memcpy(buf + used, fh + 1, blen);
+        } else if (shape_ok && kind == SHM_FRAME_GAP && len >= SHM_FRAME_HEADER_BYTES + sizeof gap) {
+            memcpy(&gap, fh + 1, sizeof gap);
+        }
+        /* acquire fence: the copy's loads complete before head is re-read (I5) */
+        shm_fence_acquire();
+        if (shm_load_relaxed(&h->head_pos) > p) {
+            if (out->count)
+                break;
+            return SHM_E_OUT_OF_RANGE;
+        }
+        if (!shape_ok)
+            STOP(SHM_E_CORRUPT);
+        cur->stuck_pos = ~(uint64_t)0;
+        if (kind == SHM_FRAME_PAD) {
+            cur->pos = p + shm_align8(len);
+            continue;
+        }
+        if (kind == SHM_FRAME_GAP) {
+            if (gap.base_offset + gap.count > cur->next_offset)
+                cur->next_offset = gap.base_offset + gap.count;
+            out->gaps++;
+            cur->pos = p + shm_align8(len);
+            continue;
+        }
+        if (kind != SHM_FRAME_DATA || blen < SHM_BATCH_HEADER_BYTES)
+            STOP(SHM_E_CORRUPT);
+        uint8_t *batch = buf + used;
+        if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
+            STOP(SHM_E_CORRUPT);
+        int64_t first = shm_batch_base_offset(batch);
+        int64_t last = first + shm_batch_last_delta(batch);
+        if (last < cur->next_offset) {          /* all below what the caller wants */
+            cur->pos = p + shm_align8(len);
+            continue;
+        }
+        int compressed = (batch[22] & 0x07) != 0;   /* attributes low byte */
+        if (compressed) {
+            if (out->count)
+                break;                           /* hand it over alone */
+            out->compressed = 1;
+            out->frames = 1;
+            out->bytes_used = blen;
+            cur->pos = p + shm_align8(len);
+            return SHM_OK;
+        }
+        uint32_t before = out->count;
+        if (last - first >= (int64_t)(out->max_records - out->count) && out->count)
+            break;                               /* take it whole next time */
+        int n = shm_batch_decode(batch, blen, (int64_t)used, cur->next_offset, out);
+        if (n == SHM_E_BUFFER_SMALL) {
+            /* more records than room: keep the frame, resume after the last taken */
+            cur->next_offset = out->offsets[out->count - 1] + 1;
+            used += blen;
+            out->frames++;
+            break;
+        }
+        if (n < 0) {
+            out->count = before;
+            STOP(SHM_E_CORRUPT);
+        }
+        used += blen;
+        out->frames++;
+        cur->next_offset = last + 1;
+        cur->pos = p + shm_align8(len);
+    }
+done:
+    out->bytes_used = used;
+    return SHM_OK;
+}
+#undef STOP
+
+/* Positions the cursor at the frame holding `offset` (or the first frame
+ * after it when offset falls in a gap). SHM_E_OUT_OF_RANGE when offset is
+ * below the ring's head or above its tail. */
+int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
+{
+    const struct shm_ring_header *h = HDR(base);
+    uint64_t mask = h->capacity - 1;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        uint64_t hp, tp, ho, to;
+        shm_pair_snapshot(&h->head_pos, &hp, &ho);
+        shm_pair_snapshot(&h->tail_pos, &tp, &to);
+        if (offset < (int64_t)ho || offset > (int64_t)to)
+            return SHM_E_OUT_OF_RANGE;
+        cur->stuck_pos = ~(uint64_t)0;
+        cur->next_offset = offset;
+        if (offset == (int64_t)to) {
+            cur->pos = tp;
+            return SHM_OK;
+        }
+        uint64_t p = hp;
+        int64_t o = (int64_t)ho;
+        int lapped = 0;
+        while (p < tp) {
+            uint64_t rem = h->capacity - (p & mask);
+            if (rem < SHM_FRAME_HEADER_BYTES) {
+                p += rem;
+                continue;
+            }
+            const struct shm_frame_header *fh = FRAME(h, p, mask);
+            if (shm_load_acquire(&fh->commit) != commit_word(p))
+                break;                    /* in flight: offset is at or after it */
+            /* copy the header and the batch header, then check for a lap */
+            struct { struct shm_frame_header h; uint8_t body[SHM_BATCH_HEADER_BYTES]; } c;
+            uint64_t n = fh->length < sizeof c ? fh->length : sizeof c;
+            if (n > rem)
+                n = rem;
+            memset(&c, 0, sizeof c);
+            memcpy(&c, fh, n);
+            /* acquire fence: the copy completes before head is re-read (I5) */
+            shm_fence_acquire();
+            if (shm_load_relaxed(&h->head_pos) > p) {
+                lapped = 1;
+                break;
+            }
+            uint64_t next;
+            int64_t noff;
+            if (frame_end(h, &c.h, p, o, &next, &noff) != SHM_OK)
+                return SHM_E_CORRUPT;
+            if (noff > offset)
+                break;                    /* this frame holds offset (or follows its gap) */
+            p = next;
+            o = noff;
+        }
+        if (lapped)
+            continue;
+        cur->pos = p;
+        return SHM_OK;
+    }
+    return SHM_E_OUT_OF_RANGE;
+}
+
+/* ------------------------------------------------------------ waiting */
+
+static int ready_any(void *const *bases, struct shm_cursor *const *curs, uint32_t n,
+                     int64_t unblock_ns, int64_t now, int64_t *stuck_deadline)
+{
+    *stuck_deadline = -1;
+    for (uint32_t i = 0; i < n; i++) {
+        if (cursor_ready(HDR(bases[i]), curs[i]))
+            return (int)i;
+        if (curs[i]->stuck_pos == curs[i]->pos && unblock_ns >= 0) {
+            int64_t d = curs[i]->stuck_since_ns + unblock_ns;
+            if (d <= now)
+                return (int)i;
+            if (*stuck_deadline < 0 || d < *stuck_deadline)
+                *stuck_deadline = d;
+        }
+    }
+    return -1;
+}
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+struct shm_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t __reserved;
+};
+
+/* Waits until one of n cursors has something to read (returns its index),
+ * or timeout_ns passes (SHM_E_TIMEOUT; < 0 waits forever). Spins for spin_ns
+ * first; then announces itself on every ring and parks in one futex_waitv
+ * (Linux 5.16+; older kernels fall back to 1 ms naps). hdrs are writable
+ * mappings of the ring headers (waiter counts), bases the (read-only) rings. */
+int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs, uint32_t n,
+                 int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns)
+{
+    int64_t start = shm_monotonic_ns(), now = start, sd;
+    int64_t deadline = timeout_ns >= 0 ? start + timeout_ns : -1;
+    int r;
+    uint32_t iter = 0;
+    while ((r = ready_any(bases, curs, n, unblock_ns, now, &sd)) < 0) {
+        if (deadline >= 0 && now >= deadline)
+            return SHM_E_TIMEOUT;
+        if (now - start < spin_ns) {
+            shm_cpu_relax();
+            if ((++iter & 63) == 0)
+                now = shm_monotonic_ns();
+            continue;
+        }
+        int64_t until = deadline;
+        if (sd >= 0 && (until < 0 || sd < until))
+            until = sd;
+        uint32_t m = n < 128 ? n : 128;
+        struct shm_futex_waitv w[128];
+        for (uint32_t i = 0; i < m; i++)
+            shm_fetch_add(&HDR(hdrs[i])->data_waiters, 1);
+        for (uint32_t i = 0; i < m; i++) {
+            w[i].uaddr = (uint64_t)(uintptr_t)&HDR(hdrs[i])->data_seq;
+            w[i].val = shm_load_acquire(&HDR(hdrs[i])->data_seq);
+            w[i].flags = 2; /* FUTEX2_SIZE_U32, shared */
+            w[i].__reserved = 0;
+        }
+        /* re-check after announcing: a commit before the announcement is seen here */
+        if ((r = ready_any(bases, curs, n, unblock_ns, shm_monotonic_ns(), &sd)) < 0) {
+            struct timespec ts, *tp = NULL;
+            int64_t slice = n > 128 ? 1000000 : -1;   /* rings past 128 get polled */
+            if (until >= 0) {
+                int64_t left = until - shm_monotonic_ns();
+                if (left < 0)
+                    left = 0;
+                if (slice < 0 || left < slice)
+                    slice = left;
+            }
+            if (slice >= 0) {
+                /* futex_waitv takes an absolute CLOCK_MONOTONIC deadline */
+                int64_t abs = shm_monotonic_ns() + slice;
+                ts.tv_sec = abs / 1000000000;
+                ts.tv_nsec = abs % 1000000000;
+                tp = &ts;
+            }
+            long rc = syscall(SYS_futex_waitv, w, m, 0, tp, CLOCK_MONOTONIC);
+            if (rc < 0 && errno == ENOSYS)
+                sleep_ns(slice >= 0 && slice < 1000000 ? slice : 1000000);
+        }
+        for (uint32_t i = 0; i < m; i++)
+            shm_fetch_sub(&HDR(hdrs[i])->data_waiters, 1);
+        if (r >= 0)
+            return r;
+        now = shm_monotonic_ns();
+    }
+    return r;
+}
+
+/* ------------------------------------------------------------ sealing */
+
+struct candidate {
+    struct shm_producer_slot *slot;
+    uint32_t state;
+    struct reservation r;
+    uint32_t count;
+};
+
+/* Does something begin right where c's reservation would end, carrying the
+ * next offset? Used only to tell apart dead INTENT slots naming one position. */
+static int reservation_fits(struct shm_ring_header *h, const struct candidate *c)
+{
+    uint64_t end = c->r.res_end, mask = h->capacity - 1;
+    int64_t end_off = c->r.base_offset + c->count;
+    uint64_t tp, to;
+    shm_pair_snapshot(&h->tail_pos, &tp, &to);
+    if (tp == end)
+        return (int64_t)to == end_off;
+    if (tp < end)
+        return 0;
+    for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
+        struct shm_producer_slot *s = &h->slots[i];
+        uint32_t st = shm_load_acquire(&s->state);
+        if ((st == SHM_SLOT_INTENT || st == SHM_SLOT_RESERVED) && s->res_pos == end &&
+            s->base_offset == end_off && s != c->slot)
+            return 1;
+    }
+    uint64_t p = end, rem = h->capacity - (end & mask);
+    if (rem < SHM_FRAME_HEADER_BYTES)
+        p += rem;
+    const struct shm_frame_header *fh = FRAME(h, p, mask);
+    if (shm_load_acquire(&fh->commit) != commit_word(p))
+        return 0;
+    if (fh->kind == SHM_FRAME_PAD)
+        return 1;   /* a pad carries no offset; accept the boundary */
+    if (fh->kind == SHM_FRAME_GAP)
+        return ((const struct shm_gap_body *)(fh + 1))->base_offset == end_off;
+    return shm_batch_base_offset((const uint8_t *)(fh + 1)) == end_off;
+}
+
+static void seal(struct shm_ring_header *h, const struct candidate *c)
+{
+    uint64_t mask = h->capacity - 1;
+    const struct reservation *r = &c->r;
+    if (r->frame_pos > r->res_pos && h->capacity - (r->res_pos & mask) >= SHM_FRAME_HEADER_BYTES) {
+        struct shm_frame_header *ph = FRAME(h, r->res_pos, mask);
+        if (shm_load_acquire(&ph->commit) != commit_word(r->res_pos)) {
+            ph->length = (uint32_t)(r->frame_pos - r->res_pos);
+            ph->kind = SHM_FRAME_PAD;
+            ph->flags = 0;
+            /* release: pad length and kind precede its commit */
+            shm_store_release(&ph->commit, commit_word(r->res_pos));
+        }
+    }
+    struct shm_frame_header *fh = FRAME(h, r->frame_pos, mask);
+    if (shm_load_acquire(&fh->commit) != commit_word(r->frame_pos)) {
+        struct shm_gap_body g = {r->base_offset, c->count, 0};
+        memcpy(fh + 1, &g, sizeof g);
+        fh->length = (uint32_t)(r->res_end - r->frame_pos);
+        fh->kind = SHM_FRAME_GAP;
+        fh->flags = 0;
+        /* seq_cst: the gap's body precedes its commit, and the commit precedes
+         * the waiter loads in wake_after_commit */
+        shm_store_seq_cst(&fh->commit, commit_word(r->frame_pos));
+        __atomic_fetch_add(&h->sealed_count, 1, __ATOMIC_RELAXED);
+    }
+    shm_store_relaxed(&c->slot->state, SHM_SLOT_IDLE);
+    /* release: the seal is visible before the slot can be claimed again */
+    shm_store_release(&c->slot->owner, 0);
+}
+
+/* Seals the reservation blocking position pos if, and only if, its owner is
+ * dead. SHM_OK: sealed, or nothing to seal (committed meanwhile, or lapped).
+ * SHM_E_BUSY: the owner is alive (slow), or the owner cannot be told apart
+ * yet. SHM_E_NOT_FOUND: no slot names pos. Needs a writable mapping. */
+int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
+{
+    struct shm_ring_header *h = HDR(base);
+    uint64_t mask = h->capacity - 1;
+    if (seal_lock(h) != SHM_OK)
+        return SHM_E_SYS;
+    int rc = SHM_OK;
+    if (shm_load_acquire(&h->head_pos) > pos || shm_load_acquire(&h->tail_pos) <= pos ||
+        shm_load_acquire(&FRAME(h, pos, mask)->commit) == commit_word(pos))
+        goto out;
+    struct candidate cands[SHM_PRODUCER_SLOTS];
+    int nc = 0, reserved = -1, fits = -1, nfits = 0;
+    for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
+        struct shm_producer_slot *s = &h->slots[i];
+        /* acquire: the intent fields are complete when the state is INTENT/RESERVED */
+        uint32_t st = shm_load_acquire(&s->state);
+        if (st != SHM_SLOT_INTENT && st != SHM_SLOT_RESERVED)
+            continue;
+        if (s->res_pos != pos && s->frame_pos != pos)
+            continue;
+        if (!slot_owner_dead(s, token_prefix)) {
+            rc = SHM_E_BUSY;   /* alive: a slow producer is never sealed over */
+            goto out;
+        }
+        struct candidate *c = &cands[nc++];
+        c->slot = s;
+        c->state = st;
+        c->r.res_pos = s->res_pos;
+        c->r.frame_pos = s->frame_pos;
+        c->r.res_end = s->res_end;
+        c->r.base_offset = s->base_offset;
+        c->count = s->count;
+        if (st == SHM_SLOT_RESERVED)
+            reserved = nc - 1;
+    }
+    if (nc == 0) {
+        rc = SHM_E_NOT_FOUND;
+        goto out;
+    }
+    int owner = reserved;
+    if (owner < 0 && nc == 1)
+        owner = 0;
+    if (owner < 0) {
+        for (int i = 0; i < nc; i++)
+            if (reservation_fits(h, &cands[i])) {
+                fits = i;
+                nfits++;
+            }
+        if (nfits != 1) {
+            rc = SHM_E_BUSY;
+            goto out;
+        }
+        owner = fits;
+    }
+    seal(h, &cands[owner]);
+    /* the other dead candidates lost their CAS: free their slots */
+    for (int i = 0; i < nc; i++)
+        if (i != owner) {
+            shm_store_relaxed(&cands[i].slot->state, SHM_SLOT_IDLE);
+            shm_store_release(&cands[i].slot->owner, 0);
+        }
+    wake(&h->data_seq);
+    wake(&h->space_seq);
+out:
+    seal_unlock(h);
+    return rc;
+}

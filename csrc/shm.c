@@ -1,0 +1,222 @@
+/* shm.c — operating-system plumbing: POSIX shm segments, futexes, clocks,
+ * and the process-liveness test.
+ *
+ * Owns: creating (with memory committed up front by posix_fallocate, so a
+ * full /dev/shm fails here and never as SIGBUS later), opening, mapping and
+ * unlinking segments; futex wait/wake on shared words; is-this-process-alive.
+ * Must never: interpret a segment's contents (ring.c and control.c do).
+ *
+ * Liveness: every shmlog process holds an exclusive flock on a token file
+ * named <token_prefix><pid>-<start_time> (shmlog/liveness.py creates it).
+ * The lock dies with the process (the kernel drops it when the last fd of the
+ * open file goes, which happens after the process's memory is gone, so a
+ * process seen dead can write no more). start_time in the name makes a
+ * reused pid a different token.
+ */
+#define _GNU_SOURCE
+#include "shmlog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int errno_status(int e)
+{
+    switch (e) {
+    case ENOENT: return SHM_E_NOT_FOUND;
+    case EEXIST: return SHM_E_EXISTS;
+    case EACCES: case EPERM: return SHM_E_PERM;
+    case ENOSPC: case ENOMEM: case EFBIG: return SHM_E_NOSPACE;
+    case EINVAL: case ENAMETOOLONG: return SHM_E_INVALID;
+    default: return SHM_E_SYS;
+    }
+}
+
+int shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct shm_map *out)
+{
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+    if (fd < 0)
+        return errno_status(errno);
+    int rc;
+    if (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)size) != 0) {
+        rc = errno_status(errno);
+        goto fail;
+    }
+    /* commit every page now: ENOSPC here instead of SIGBUS on first touch */
+    int e = posix_fallocate(fd, 0, (off_t)size);
+    if (e != 0) {
+        rc = errno_status(e);
+        goto fail;
+    }
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = errno_status(errno);
+        goto fail;
+    }
+    close(fd);
+    out->base = base;
+    out->size = size;
+    out->writable = 1;
+    return SHM_OK;
+fail:
+    {
+        int saved = errno;
+        close(fd);
+        shm_unlink(name);
+        errno = saved;
+    }
+    return rc;
+}
+
+int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
+                          struct shm_map *out)
+{
+    int fd = shm_open(name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
+    if (fd < 0)
+        return errno_status(errno);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int rc = errno_status(errno);
+        close(fd);
+        return rc;
+    }
+    if (size == 0)
+        size = (uint64_t)st.st_size - offset;
+    if (offset + size > (uint64_t)st.st_size || size == 0) {
+        close(fd);
+        return SHM_E_LAYOUT;
+    }
+    void *base = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd,
+                      (off_t)offset);
+    int saved = errno;
+    close(fd);
+    if (base == MAP_FAILED)
+        return errno_status(saved);
+    out->base = base;
+    out->size = size;
+    out->writable = writable;
+    return SHM_OK;
+}
+
+int shm_segment_open(const char *name, int writable, struct shm_map *out)
+{
+    return shm_segment_map_range(name, writable, 0, 0, out);
+}
+
+int shm_segment_unlink(const char *name)
+{
+    return shm_unlink(name) == 0 ? SHM_OK : errno_status(errno);
+}
+
+void shm_unmap(struct shm_map *m)
+{
+    if (m->base)
+        munmap(m->base, m->size);
+    m->base = NULL;
+    m->size = 0;
+}
+
+int64_t shm_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t shm_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Sleeps while *word == expected, at most timeout_ns (< 0: forever).
+ * Shared (not PRIVATE) futex: the word lives in a MAP_SHARED segment and the
+ * kernel keys it by inode and offset, so every mapping of it meets here.
+ * Returns SHM_OK on a wake, a changed word or a signal; SHM_E_TIMEOUT. */
+int shm_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns)
+{
+    struct timespec ts, *tp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000;
+        ts.tv_nsec = timeout_ns % 1000000000;
+        tp = &ts;
+    }
+    long r = syscall(SYS_futex, word, FUTEX_WAIT, expected, tp, NULL, 0);
+    if (r == 0 || errno == EAGAIN || errno == EINTR)
+        return SHM_OK;
+    if (errno == ETIMEDOUT)
+        return SHM_E_TIMEOUT;
+    return SHM_E_SYS;
+}
+
+int shm_futex_wake(uint32_t *word)
+{
+    long r = syscall(SYS_futex, word, FUTEX_WAKE, 0x7FFFFFFF, NULL, NULL, 0);
+    return r < 0 ? SHM_E_SYS : (int)r;
+}
+
+/* start time (field 22 of /proc/pid/stat), or 0 when there is no such pid */
+static uint64_t proc_start_time(uint32_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');   /* comm may hold spaces and parens */
+    if (!p)
+        return 0;
+    unsigned long long st = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt
+     * majflt cmajflt utime stime cutime cstime priority nice threads
+     * itrealvalue starttime(22) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+               &st) != 1)
+        return 0;
+    return st;
+}
+
+/* 1 alive, 0 dead. The flock on the token is the proof; where the token
+ * cannot be opened for another reason than absence (permissions), fall back
+ * to pid + start time from /proc, which is exact up to a pid reused within
+ * one clock tick. */
+int shm_process_alive(const char *token_prefix, uint32_t pid, uint64_t start_time)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s%u-%llu", token_prefix, pid,
+                     (unsigned long long)start_time);
+    if (n <= 0 || (size_t)n >= sizeof path)
+        return proc_start_time(pid) == start_time;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return proc_start_time(pid) == start_time;
+    }
+    int alive;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        alive = 0;
+        unlink(path);   /* a dead token: nobody will hold this name again */
+        flock(fd, LOCK_UN);
+    } else {
+        alive = errno == EWOULDBLOCK;
+        if (!alive)
+            alive = proc_start_time(pid) == start_time;
+    }
+    close(fd);
+    return alive;
+}

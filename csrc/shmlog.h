@@ -1,0 +1,399 @@
+/* shmlog.h — the one definition of every shared-memory layout and of the C
+ * core's API.
+ *
+ * Owns: the byte layout of the partition ring, the frame header, the control
+ * segment and its tables, the status codes, and the prototypes of the csrc C files.
+ * Must never: depend on Python, or be restated anywhere else. The cffi cdef
+ * is cut out of this file between the CDEF markers (shmlog/_build.py), so
+ * everything between them is plain C that cffi's parser accepts: fixed-size
+ * types, explicit padding, no attributes. Sizes and field offsets are pinned
+ * by _Static_assert below and checked again from Python (tests/test_layout.py).
+ *
+ * Vocabulary (DESIGN.md): a *position* is an absolute byte position in a
+ * partition's log since its creation, never reset; slot = position & (cap-1).
+ * An *offset* is a Kafka record offset. A *frame* is a 16-byte frame header
+ * followed by one Kafka RecordBatch v2 (DATA), or nothing useful (PAD), or a
+ * gap record (GAP, an aborted reservation). Frames are 8-byte aligned and
+ * never wrap. The on-disk segment bytes are the ring frame bytes.
+ */
+#ifndef SHMLOG_H
+#define SHMLOG_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF-BEGIN */
+
+/* ---------- versions and magics ---------- */
+#define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
+#define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
+#define SHM_LAYOUT_VERSION    1
+#define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
+
+#define SHM_FRAME_HEADER_BYTES 16
+#define SHM_BATCH_HEADER_BYTES 61                  /* Kafka RecordBatch v2 header */
+#define SHM_FRAME_ALIGN        8
+#define SHM_RING_HEADER_BYTES  16384               /* data area starts here */
+#define SHM_RING_MIN_BYTES     65536               /* 2^16 */
+#define SHM_RING_MAX_BYTES     68719476736         /* 2^36 */
+#define SHM_PRODUCER_SLOTS     192
+
+/* frame kinds */
+#define SHM_FRAME_DATA 1
+#define SHM_FRAME_PAD  2
+#define SHM_FRAME_GAP  3
+
+/* producer slot states */
+#define SHM_SLOT_IDLE     0   /* owned, no reservation open */
+#define SHM_SLOT_BUSY     1   /* a thread of the owner is in append, no intent published */
+#define SHM_SLOT_INTENT   2   /* intent published, tail CAS not (yet) known to succeed */
+#define SHM_SLOT_RESERVED 3   /* tail CAS succeeded: the reservation is this slot's */
+
+/* persistence modes */
+#define SHM_PERSIST_NONE 0    /* ephemeral: producers overwrite the oldest frames */
+#define SHM_PERSIST_DISK 1    /* durable: producers never pass the persister */
+
+/* topic states */
+#define SHM_TOPIC_FREE     0
+#define SHM_TOPIC_CREATING 1
+#define SHM_TOPIC_LIVE     2
+
+/* status codes: 0 ok, negative errors. Python maps them in shmlog/_native.py. */
+#define SHM_OK                 0
+#define SHM_E_SYS             -1   /* errno holds the cause */
+#define SHM_E_AGAIN           -2   /* nothing available / would block */
+#define SHM_E_TIMEOUT         -3
+#define SHM_E_FULL            -4   /* ring full past the timeout (BufferFull) */
+#define SHM_E_TOO_LARGE       -5   /* frame larger than the topic allows */
+#define SHM_E_OUT_OF_RANGE    -6   /* offset no longer (or not yet) in the ring */
+#define SHM_E_CORRUPT         -7   /* CRC / bounds / framing violated */
+#define SHM_E_LAYOUT          -8   /* wrong magic, version or size */
+#define SHM_E_NO_SLOT         -9   /* producer slot table full */
+#define SHM_E_TOPIC_GONE      -10  /* topic deleted or recreated under a handle */
+#define SHM_E_EXISTS          -11
+#define SHM_E_NOT_FOUND       -12
+#define SHM_E_TABLE_FULL      -13
+#define SHM_E_INVALID         -14
+#define SHM_E_NOSPACE         -15  /* /dev/shm (or disk) full */
+#define SHM_E_PERM            -16
+#define SHM_E_BUSY            -17  /* the blocking owner is alive: not sealed */
+#define SHM_E_BUFFER_SMALL    -18  /* caller's buffer cannot hold one frame */
+
+/* ---------- frame header (ring and disk) ----------
+ * commit is release-stored LAST by the writer and equals position ^
+ * SHM_COMMIT_XOR exactly when the frame at that position is complete. Any
+ * other value (bytes of an older lap, a half-written frame) means "not
+ * committed". A frame also says where it is: on disk the same word locates
+ * it. length counts the header and the body, unaligned; the next frame
+ * starts at position + align8(length). */
+struct shm_frame_header {
+    uint64_t commit;      /* position ^ SHM_COMMIT_XOR once complete */
+    uint32_t length;      /* header + body bytes (unaligned) */
+    uint16_t kind;        /* SHM_FRAME_DATA / PAD / GAP */
+    uint16_t flags;       /* 0 */
+};
+
+/* body of a GAP frame: the offsets an aborted reservation had claimed */
+struct shm_gap_body {
+    int64_t  base_offset;
+    uint32_t count;
+    uint32_t _pad;
+};
+
+/* ---------- producer slot (one cache line) ----------
+ * Written only by its owner, except by a sealer that has proven the owner
+ * dead (under the ring's seal lock). owner_pid + owner_start identify the
+ * process; its liveness token is a file it holds flock()ed. */
+struct shm_producer_slot {
+    uint64_t owner;        /* 0 = free; else (start_time << 32 | pid), claimed by CAS */
+    uint32_t state;        /* SHM_SLOT_* */
+    uint32_t pid;
+    uint64_t start_time;   /* process start, clock ticks since boot (/proc/pid/stat) */
+    uint64_t res_pos;      /* reservation start (a PAD may come first) */
+    uint64_t frame_pos;    /* position of the frame itself */
+    uint64_t res_end;      /* first position after the reservation */
+    int64_t  base_offset;  /* first offset claimed */
+    uint32_t count;        /* offsets claimed */
+    uint32_t _pad;
+};
+
+/* ---------- partition ring header (SHM_RING_HEADER_BYTES) ----------
+ * Every hot field sits in its own 128-byte span (two cache lines, so the
+ * adjacent-line prefetcher does not make neighbours share). */
+struct shm_ring_header {
+    /* span 0: cold identity, written once at creation; version published last */
+    uint64_t magic;
+    uint32_t version;          /* 0 while being initialised */
+    uint32_t header_bytes;
+    uint64_t capacity;         /* data bytes, power of two */
+    uint64_t total_bytes;      /* header_bytes + capacity */
+    uint64_t topic_generation; /* ties the ring to one life of one topic */
+    uint32_t partition;
+    uint32_t persistence;      /* SHM_PERSIST_* */
+    uint32_t max_frame_bytes;
+    uint32_t deleted;          /* set once when the topic is deleted (release) */
+    int64_t  created_ms;
+    int64_t  base_offset;      /* offset of the first frame ever (recovery may start > 0) */
+    uint64_t base_position;    /* position of the first frame ever */
+    uint8_t  _span0[128 - 80];
+
+    /* span 1: tail pair, moved together by one 16-byte CAS (producers) */
+    uint64_t tail_pos;         /* next position to reserve */
+    int64_t  tail_offset;      /* next offset to assign */
+    uint8_t  _span1[128 - 16];
+
+    /* span 2: head pair: oldest frame still intact in the ring and its
+     * first offset. Advanced (16-byte CAS) by producers making room. */
+    uint64_t head_pos;
+    int64_t  head_offset;
+    uint8_t  _span2[128 - 16];
+
+    /* span 3: persister cursors (durable rings): frames below persisted are
+     * copied to segment files; below fsynced they are on stable storage. */
+    uint64_t persisted_pos;
+    uint64_t fsynced_pos;
+    uint8_t  _span3[128 - 16];
+
+    /* span 4: data wake-ups: consumers announce themselves in data_waiters,
+     * producers bump data_seq and futex-wake only when it is non-zero. */
+    uint32_t data_waiters;
+    uint32_t data_seq;         /* futex word */
+    uint8_t  _span4[128 - 8];
+
+    /* span 5: space wake-ups: producers waiting for room (head/persisted) */
+    uint32_t space_waiters;
+    uint32_t space_seq;        /* futex word */
+    uint32_t persist_waiters;  /* durable flush waiting on the persister */
+    uint32_t persist_seq;      /* futex word the persister waits on */
+    uint8_t  _span5[128 - 16];
+
+    /* span 6: counters and the seal lock (cold, slow path) */
+    uint64_t sealed_count;     /* reservations sealed as GAP after owner death */
+    uint64_t overwritten_frames; /* ephemeral: frames dropped to make room */
+    uint8_t  seal_lock[64];    /* robust process-shared pthread mutex */
+    uint8_t  _span6[128 - 80];
+
+    uint8_t  _reserved[1024 - 7 * 128];
+    struct shm_producer_slot slots[SHM_PRODUCER_SLOTS];
+    uint8_t  _tail_reserved[SHM_RING_HEADER_BYTES - 1024 - SHM_PRODUCER_SLOTS * 64];
+};
+
+/* ---------- control segment ---------- */
+#define SHM_TOPIC_NAME_MAX 249
+
+struct shm_topic_config {
+    uint32_t partitions;
+    uint32_t persistence;      /* SHM_PERSIST_* */
+    uint64_t ring_bytes;
+    uint32_t max_message_bytes;
+    uint32_t fsync_mode;       /* 0 never, 1 interval, 2 always */
+    int64_t  fsync_interval_ms;
+    int64_t  retention_ms;     /* -1 = forever */
+    int64_t  retention_bytes;  /* -1 = unbounded */
+    int64_t  segment_bytes;
+    int64_t  segment_ms;
+};
+
+struct shm_topic_entry {      /* 512 bytes */
+    uint32_t state;            /* SHM_TOPIC_*; published last (release) */
+    uint32_t name_len;
+    uint64_t generation;       /* unique per creation; names the rings */
+    char     name[256];
+    struct shm_topic_config config;   /* 64 bytes */
+    int64_t  created_ms;
+    uint8_t  _pad[512 - 16 - 256 - 64 - 8];
+};
+
+struct shm_ctl_header {
+    /* span 0: identity; version published last */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_bytes;
+    uint64_t total_bytes;
+    uint32_t max_topics;
+    uint32_t _pad0;
+    int64_t  created_ms;
+    uint64_t topics_off;       /* byte offset of the topic table */
+    uint8_t  _span0[128 - 48];
+    /* span 1: structural lock (robust, process-shared) */
+    uint8_t  lock[64];
+    uint8_t  _span1[64];
+    /* span 2: metadata epoch, bumped on every topic-table change */
+    uint64_t topics_epoch;
+    uint64_t next_generation;
+    uint8_t  _span2[128 - 16];
+    uint8_t  _reserved[4096 - 3 * 128];
+};
+
+/* ---------- process-local handles (not shared memory) ---------- */
+struct shm_map {
+    void    *base;
+    uint64_t size;
+    int      writable;
+};
+
+/* one record batch to append; arrays are caller-owned */
+struct shm_batch_in {
+    uint32_t       count;
+    const uint8_t *values;        /* concatenated values */
+    const int64_t *value_lens;    /* count entries; -1 = null value */
+    const uint8_t *keys;          /* concatenated keys, or NULL when no keys */
+    const int64_t *key_lens;      /* count entries or NULL; -1 = null key */
+    const uint8_t *headers;       /* encoded header sections (count varint + pairs) or NULL */
+    const int64_t *header_lens;   /* count entries or NULL (NULL = no headers) */
+    int64_t        timestamp_ms;  /* -1 = now; one timestamp for the batch */
+};
+
+/* what a producer needs to append to one partition; built once per
+ * (producer, partition) so a send passes one pointer */
+struct shm_send_ctx {
+    void       *base;          /* writable ring mapping */
+    int32_t     slot;          /* this process's producer slot in the ring */
+    int32_t     _pad;
+    int64_t     timeout_ns;    /* max wait for room, then SHM_E_FULL */
+    int64_t     unblock_ns;    /* seal a dead writer's reservation after this */
+    const char *token_prefix;  /* liveness token path prefix */
+};
+
+struct shm_append_out {
+    uint64_t frame_pos;
+    int64_t  base_offset;
+    uint32_t count;
+    uint32_t frame_bytes;
+};
+
+/* consumer cursor over one ring */
+struct shm_cursor {
+    uint64_t pos;              /* next frame position to read */
+    int64_t  next_offset;      /* first offset the caller still wants */
+    uint64_t stuck_pos;        /* position of an uncommitted frame we wait on, or ~0 */
+    int64_t  stuck_since_ns;
+};
+
+/* decoded records of one read: parallel arrays, all caller-allocated with
+ * max_records entries; starts index into the read buffer. */
+struct shm_records_out {
+    uint32_t  max_records;
+    uint32_t  count;           /* records decoded */
+    int64_t  *offsets;
+    int64_t  *timestamps;
+    int64_t  *key_starts;
+    int64_t  *key_lens;        /* -1 = null */
+    int64_t  *value_starts;
+    int64_t  *value_lens;      /* -1 = null */
+    int64_t  *header_starts;   /* start of the headers section (count varint) */
+    int64_t  *header_counts;
+    uint64_t  bytes_used;      /* bytes of the buffer filled with frames */
+    uint32_t  frames;          /* frames copied */
+    uint32_t  gaps;            /* GAP frames passed */
+    uint32_t  compressed;      /* batches skipped because compressed (Python decodes) */
+    uint32_t  _pad;
+};
+
+/* ---------- shm.c: segments, futex, clocks, liveness ---------- */
+int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct shm_map *out);
+int      shm_segment_open(const char *name, int writable, struct shm_map *out);
+int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size, struct shm_map *out);
+int      shm_segment_unlink(const char *name);
+void     shm_unmap(struct shm_map *m);
+int64_t  shm_now_ms(void);
+int64_t  shm_monotonic_ns(void);
+int      shm_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
+int      shm_futex_wake(uint32_t *word);
+int      shm_process_alive(const char *token_prefix, uint32_t pid, uint64_t start_time);
+
+/* ---------- crc32c.c ---------- */
+uint32_t shm_crc32c(uint32_t crc, const uint8_t *data, size_t len);
+int      shm_crc32c_hardware(void);
+uint32_t shm_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
+
+/* ---------- batch.c: Kafka RecordBatch v2 codec ---------- */
+int64_t  shm_batch_encoded_size(const struct shm_batch_in *in);
+int64_t  shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_in *in,
+                          int64_t base_offset, int64_t timestamp_ms);
+int      shm_batch_validate(const uint8_t *batch, uint64_t len);
+int      shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base,
+                          int64_t min_offset, struct shm_records_out *out);
+int      shm_headers_decode(const uint8_t *sec, uint64_t len, uint32_t max, int64_t *key_starts,
+                            int64_t *key_lens, int64_t *val_starts, int64_t *val_lens);
+int32_t  shm_murmur2(const uint8_t *data, uint64_t len);
+int64_t  shm_batch_base_offset(const uint8_t *batch);
+int32_t  shm_batch_last_delta(const uint8_t *batch);
+void     shm_batch_set_base_offset(uint8_t *batch, int64_t off);
+int      shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total);
+int64_t  shm_headers_encode(uint8_t *dst, uint64_t cap, uint32_t n,
+                            const uint8_t *const *keys, const int64_t *key_lens,
+                            const uint8_t *const *vals, const int64_t *val_lens);
+
+/* ---------- ring.c: reserve / commit / read / seal ---------- */
+int      shm_ring_init(void *base, uint64_t capacity, uint64_t topic_generation, uint32_t partition,
+                       uint32_t persistence, uint32_t max_frame_bytes, int64_t base_offset,
+                       uint64_t base_position);
+int      shm_ring_check(const void *base, uint64_t mapped_bytes);
+int      shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const char *token_prefix);
+void     shm_ring_release_slot(void *base, int slot);
+int      shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in,
+                        struct shm_append_out *out);
+int64_t  shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len,
+                  const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
+                  int64_t timestamp_ms);
+int      shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                       int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
+int      shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs,
+                      uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns);
+int      shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset);
+int      shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix);
+void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_offset,
+                       uint64_t *head_pos, uint64_t *tail_pos);
+uint64_t shm_ring_counter(const void *base, int which);
+void     shm_ring_mark_deleted(void *base);
+void     shm_test_set_hold_ns(int64_t ns);
+
+/* ---------- control.c: control segment ---------- */
+uint64_t shm_ctl_size(uint32_t max_topics);
+int      shm_ctl_init(void *base, uint64_t size, uint32_t max_topics);
+int      shm_ctl_check(const void *base, uint64_t mapped_bytes);
+int      shm_ctl_lock(void *base, int64_t timeout_ns);
+void     shm_ctl_unlock(void *base);
+struct shm_topic_entry *shm_ctl_topic(void *base, uint32_t index);
+uint32_t shm_ctl_max_topics(const void *base);
+int      shm_ctl_topic_find(const void *base, const char *name, uint32_t name_len);
+int      shm_ctl_topic_reserve(void *base, const char *name, uint32_t name_len,
+                               const struct shm_topic_config *cfg, uint64_t *generation);
+void     shm_ctl_topic_publish(void *base, int index);
+void     shm_ctl_topic_free(void *base, int index);
+uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation);
+uint64_t shm_ctl_epoch(const void *base);
+
+/* ---------- layout table for the Python-side check ---------- */
+struct shm_layout_field {
+    const char *name;
+    uint64_t    offset;
+    uint64_t    size;
+};
+extern const struct shm_layout_field shm_layout_fields[];
+extern const uint32_t shm_layout_field_count;
+
+/* CDEF-END */
+
+/* ---------- layout pins (C only) ---------- */
+_Static_assert(sizeof(struct shm_frame_header) == SHM_FRAME_HEADER_BYTES, "frame header");
+_Static_assert(sizeof(struct shm_gap_body) == 16, "gap body");
+_Static_assert(sizeof(struct shm_producer_slot) == 64, "slot is one cache line");
+_Static_assert(sizeof(struct shm_ring_header) == SHM_RING_HEADER_BYTES, "ring header");
+_Static_assert(offsetof(struct shm_ring_header, tail_pos) == 128, "tail span");
+_Static_assert(offsetof(struct shm_ring_header, tail_pos) % 16 == 0, "tail pair 16-aligned for cmpxchg16b");
+_Static_assert(offsetof(struct shm_ring_header, head_pos) == 256, "head span");
+_Static_assert(offsetof(struct shm_ring_header, persisted_pos) == 384, "persist span");
+_Static_assert(offsetof(struct shm_ring_header, data_waiters) == 512, "data wake span");
+_Static_assert(offsetof(struct shm_ring_header, space_waiters) == 640, "space wake span");
+_Static_assert(offsetof(struct shm_ring_header, sealed_count) == 768, "counter span");
+_Static_assert(offsetof(struct shm_ring_header, slots) == 1024, "slots");
+_Static_assert(sizeof(struct shm_topic_config) == 64, "topic config");
+_Static_assert(sizeof(struct shm_topic_entry) == 512, "topic entry");
+_Static_assert(sizeof(struct shm_ctl_header) == 4096, "ctl header");
+_Static_assert(offsetof(struct shm_ctl_header, lock) == 128, "ctl lock span");
+
+static inline uint64_t shm_align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
+
+#endif

@@ -1,0 +1,107 @@
+"""_native.py — the one module that touches cffi's ffi/lib.
+
+Owns: loading the C core, mapping its status codes to shmlog.errors, and
+small wrappers around segments. Must never: hold policy (which topic, which
+partition, when to retry); callers decide, this module translates.
+"""
+import errno as _errno
+import os
+
+from . import errors
+from ._shmlog_c import ffi, lib
+
+STATUS_ERRORS = {
+    lib.SHM_E_TIMEOUT: errors.Timeout,
+    lib.SHM_E_FULL: errors.BufferFull,
+    lib.SHM_E_TOO_LARGE: errors.RecordTooLarge,
+    lib.SHM_E_OUT_OF_RANGE: errors.OffsetOutOfRange,
+    lib.SHM_E_CORRUPT: errors.CorruptRecord,
+    lib.SHM_E_LAYOUT: errors.LayoutMismatch,
+    lib.SHM_E_NO_SLOT: errors.TooManyProducers,
+    lib.SHM_E_TOPIC_GONE: errors.TopicDeleted,
+    lib.SHM_E_EXISTS: errors.TopicExists,
+    lib.SHM_E_NOT_FOUND: errors.UnknownTopicOrPartition,
+    lib.SHM_E_TABLE_FULL: errors.TableFull,
+    lib.SHM_E_INVALID: errors.InvalidArgument,
+    lib.SHM_E_NOSPACE: errors.NoSpace,
+    lib.SHM_E_PERM: errors.PermissionDenied,
+}
+
+
+def raise_status(rc: int, what: str):
+    """Raises the shmlog error for C status rc; `what` says what was being done."""
+    if rc == lib.SHM_E_SYS:
+        e = ffi.errno
+        raise errors.ShmlogError(f"{what}: {os.strerror(e)} (errno {_errno.errorcode.get(e, e)})")
+    cls = STATUS_ERRORS.get(rc, errors.ShmlogError)
+    raise cls(f"{what} (status {rc})" if cls is errors.ShmlogError else what)
+
+
+class Segment:
+    """A mapped POSIX shared-memory object. Unmapped by close() or GC."""
+
+    __slots__ = ("name", "map", "base", "size", "writable")
+
+    def __init__(self, name: str, m):
+        self.name = name
+        self.map = m
+        self.base = m.base
+        self.size = m.size
+        self.writable = bool(m.writable)
+
+    @classmethod
+    def create(cls, name: str, size: int, mode: int = 0o660) -> "Segment":
+        m = ffi.new("struct shm_map *")
+        rc = lib.shm_segment_create(name.encode(), size, mode, m)
+        if rc != lib.SHM_OK:
+            if rc == lib.SHM_E_NOSPACE:
+                raise errors.NoSpace(
+                    f"cannot allocate {size} bytes for shared-memory segment {name}: /dev/shm is full "
+                    "(free space, delete topics, or use smaller ring_bytes)")
+            raise_status(rc, f"cannot create shared-memory segment {name}")
+        return cls(name, ffi.gc(m, lib.shm_unmap))
+
+    @classmethod
+    def open(cls, name: str, writable: bool, offset: int = 0, size: int = 0) -> "Segment":
+        m = ffi.new("struct shm_map *")
+        rc = lib.shm_segment_map_range(name.encode(), int(writable), offset, size, m)
+        if rc != lib.SHM_OK:
+            if rc == lib.SHM_E_PERM:
+                raise errors.PermissionDenied(
+                    f"no {'write' if writable else 'read'} access to shared-memory segment {name}: "
+                    "run as the instance's user or a member of its group")
+            raise_status(rc, f"cannot open shared-memory segment {name}")
+        return cls(name, ffi.gc(m, lib.shm_unmap))
+
+    def close(self):
+        if self.map is not None:
+            lib.shm_unmap(self.map)
+            self.map = None
+            self.base = ffi.NULL
+
+
+def unlink_segment(name: str) -> bool:
+    """Removes a shm object by name; False when it did not exist."""
+    rc = lib.shm_segment_unlink(name.encode())
+    if rc == lib.SHM_E_NOT_FOUND:
+        return False
+    if rc != lib.SHM_OK:
+        raise_status(rc, f"cannot unlink shared-memory segment {name}")
+    return True
+
+
+def crc32c(data, crc: int = 0) -> int:
+    return lib.shm_crc32c(crc, ffi.from_buffer(data), len(data))
+
+
+def murmur2(data) -> int:
+    return lib.shm_murmur2(ffi.from_buffer(data), len(data))
+
+
+def layout_table() -> dict:
+    """{"struct.field": (offset, size)} as the C compiler laid them out."""
+    out = {}
+    for i in range(lib.shm_layout_field_count):
+        f = lib.shm_layout_fields[i]
+        out[ffi.string(f.name).decode()] = (f.offset, f.size)
+    return out

@@ -1,0 +1,134 @@
+"""config.py — instance settings and topic configuration, validated.
+
+Owns: where an instance lives (name, data dir, shm prefix, from arguments,
+then SHMLOG_* environment variables, then defaults), the naming rules, and
+TopicConfig with its validation. Must never: touch shared memory.
+"""
+import os
+import re
+
+import msgspec
+
+from . import errors
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+$")
+TOPIC_NAME_MAX = 249
+RING_MIN = 1 << 16
+RING_MAX = 1 << 36
+DEFAULT_RING_BYTES = 64 << 20
+DEFAULT_SHM_PREFIX = "shmlog."
+
+
+def validate_topic_name(name) -> str:
+    if not isinstance(name, str):
+        raise errors.InvalidType(f"topic name must be str, not {type(name).__name__}")
+    if not name or len(name) > TOPIC_NAME_MAX or name in (".", "..") or not _NAME_RE.match(name):
+        raise errors.InvalidTopicName(
+            f"invalid topic name {name!r}: use 1-{TOPIC_NAME_MAX} characters of [a-zA-Z0-9._-], "
+            "not '.' or '..'")
+    return name
+
+
+def validate_instance_name(name) -> str:
+    if not isinstance(name, str) or not name or len(name) > 64 or not _NAME_RE.match(name):
+        raise errors.InvalidArgument(
+            f"invalid instance name {name!r}: use 1-64 characters of [a-zA-Z0-9._-]")
+    return name
+
+
+def validate_shm_prefix(prefix) -> str:
+    if not isinstance(prefix, str) or len(prefix) > 64 or (prefix and not _NAME_RE.match(prefix)):
+        raise errors.InvalidArgument(
+            f"invalid shm prefix {prefix!r}: use at most 64 characters of [a-zA-Z0-9._-]")
+    return prefix
+
+
+class Settings(msgspec.Struct, frozen=True):
+    instance: str
+    data_dir: str
+    shm_prefix: str
+
+    @property
+    def ctl_name(self) -> str:
+        return f"/{self.shm_prefix}{self.instance}.ctl"
+
+    def ring_name(self, generation: int, partition: int) -> str:
+        return f"/{self.shm_prefix}{self.instance}.g{generation}.p{partition}"
+
+    @property
+    def segment_glob_prefix(self) -> str:
+        """Every /dev/shm entry of this instance starts with this."""
+        return f"{self.shm_prefix}{self.instance}."
+
+
+def default_data_dir(instance: str) -> str:
+    state = os.environ.get("STATE_DIRECTORY")          # systemd StateDirectory=
+    if state:
+        return os.path.join(state.split(":")[0], instance)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "shmlog", instance)
+
+
+def resolve(instance=None, data_dir=None, shm_prefix=None) -> Settings:
+    instance = validate_instance_name(instance or os.environ.get("SHMLOG_INSTANCE") or "default")
+    data_dir = data_dir or os.environ.get("SHMLOG_DATA_DIR") or default_data_dir(instance)
+    if shm_prefix is None:
+        shm_prefix = os.environ.get("SHMLOG_SHM_PREFIX", DEFAULT_SHM_PREFIX)
+    return Settings(instance, os.path.abspath(os.fspath(data_dir)), validate_shm_prefix(shm_prefix))
+
+
+PERSISTENCE = {"none": 0, "disk": 1}
+FSYNC_MODES = {"never": 0, "interval": 1, "always": 2}
+
+
+class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
+    partitions: int = 1
+    ring_bytes: int = DEFAULT_RING_BYTES
+    persistence: str = "none"
+    max_message_bytes: int | None = None     # default: ring_bytes // 4, at most 1 GiB
+    fsync: str = "interval:100"
+    retention_ms: int | None = 7 * 86400_000
+    retention_bytes: int | None = None
+    segment_bytes: int = 1 << 30
+    segment_ms: int = 7 * 86400_000
+
+    def validated(self) -> "TopicConfig":
+        def need_int(name, v, lo, hi=None):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise errors.InvalidType(f"{name} must be int, not {type(v).__name__}")
+            if v < lo or (hi is not None and v > hi):
+                raise errors.InvalidArgument(f"{name}={v} is out of range [{lo}, {hi or 'inf'}]")
+
+        need_int("partitions", self.partitions, 1, 4096)
+        need_int("ring_bytes", self.ring_bytes, RING_MIN, RING_MAX)
+        if self.ring_bytes & (self.ring_bytes - 1):
+            raise errors.InvalidArgument(f"ring_bytes={self.ring_bytes} must be a power of two")
+        if self.persistence not in PERSISTENCE:
+            raise errors.InvalidArgument(f"persistence must be one of {sorted(PERSISTENCE)}")
+        if self.persistence == "disk":
+            raise errors.NotSupported(
+                "durable topics (persistence='disk') are not in this build yet; use persistence='none'")
+        mmb = self.max_message_bytes
+        if mmb is None:
+            mmb = min(self.ring_bytes // 4, 1 << 30)
+        need_int("max_message_bytes", mmb, 256, self.ring_bytes // 2)
+        fsync_mode(self.fsync)
+        for name in ("retention_ms", "retention_bytes"):
+            v = getattr(self, name)
+            if v is not None:
+                need_int(name, v, 1)
+        need_int("segment_bytes", self.segment_bytes, 1 << 20)
+        need_int("segment_ms", self.segment_ms, 1)
+        return msgspec.structs.replace(self, max_message_bytes=mmb)
+
+
+def fsync_mode(spec) -> tuple[int, int]:
+    """'never' | 'always' | 'interval:N' (ms) -> (mode, interval_ms)."""
+    if not isinstance(spec, str):
+        raise errors.InvalidType("fsync must be a str such as 'interval:100'")
+    kind, _, arg = spec.partition(":")
+    if kind in ("never", "always") and not arg:
+        return FSYNC_MODES[kind], 0
+    if kind == "interval" and arg.isdigit() and int(arg) > 0:
+        return FSYNC_MODES[kind], int(arg)
+    raise errors.InvalidArgument(f"fsync={spec!r}: use 'never', 'always' or 'interval:N' (N ms > 0)")

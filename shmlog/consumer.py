@@ -1,0 +1,416 @@
+"""consumer.py — Consumer: reads records from partition rings.
+
+Owns: the assignment (explicit: every partition of the subscribed topics, or
+assign()), one cursor per assigned partition, the read buffer, turning the
+C core's decoded columns into Message objects (or numpy Columns), waiting
+(spin, then park on the rings' futexes), offset-reset policy, and asking the
+C core to seal a dead producer's half-written frame. Must never: block a
+producer, return a record twice or out of order within a partition, or
+return bytes the ring lapped during the copy (the C core re-checks).
+"""
+import time
+import zlib
+from itertools import repeat
+
+import numpy as np
+
+from . import errors
+from ._native import ffi, lib, raise_status
+from .records import Columns, Message, decode_headers
+
+RESETS = ("earliest", "latest", "none")
+DEFAULT_BUFFER = 4 << 20
+
+
+class _Part:
+    """One assigned partition: its ring and cursor."""
+
+    __slots__ = ("topic", "partition", "ring", "cur", "reset_to")
+
+    def __init__(self, topic, partition, ring):
+        self.topic = topic
+        self.partition = partition
+        self.ring = ring
+        self.cur = ffi.new("struct shm_cursor *")
+        self.cur.stuck_pos = 2**64 - 1
+        self.reset_to = None      # an offset to seek to before the next read
+
+
+class Consumer:
+    """Reads records. Without a group it reads every partition of `topics`
+    (or what assign() names); groups arrive in a later build.
+
+    wait="park" spins for spin_us then sleeps on a futex; wait="spin" spins
+    for the whole timeout (lowest latency, burns a core)."""
+
+    def __init__(self, log, topics=None, group=None, *, auto_offset_reset: str = "latest",
+                 enable_auto_commit: bool = True, wait: str = "park", spin_us: int = 50,
+                 check_crcs: bool = True, max_poll_records: int = 500,
+                 buffer_bytes: int = DEFAULT_BUFFER, consumer_timeout_ms: int | None = None):
+        if group is not None:
+            raise errors.NotSupported(
+                "consumer groups are not in this build yet; omit group= to read every partition, "
+                "or assign() partitions explicitly")
+        if auto_offset_reset not in RESETS:
+            raise errors.InvalidArgument(f"auto_offset_reset must be one of {RESETS}")
+        if wait not in ("park", "spin"):
+            raise errors.InvalidArgument("wait must be 'park' or 'spin'")
+        for name, v in (("spin_us", spin_us), ("max_poll_records", max_poll_records),
+                        ("buffer_bytes", buffer_bytes)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "spin_us" else 1):
+                raise errors.InvalidArgument(f"{name} must be a positive int")
+        self._log = log
+        self._reset = auto_offset_reset
+        self._spin_ns = -1 if wait == "spin" else spin_us * 1000
+        self._crc = int(bool(check_crcs))
+        self._max_poll = max_poll_records
+        self._consumer_timeout = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
+        self._buf_cap = buffer_bytes
+        self._buf = ffi.new("uint8_t[]", buffer_bytes)
+        self._out_cap = 0
+        self._out = None
+        self._arrays = None
+        self._grow_out(max(max_poll_records, 1024))
+        self._parts: list[_Part] = []
+        self._by_tp: dict[tuple, _Part] = {}
+        self._rr = 0
+        self._pending: list[Message] = []
+        self._pi = 0
+        self._wait_arrays = None
+        self._closed = False
+        if topics is not None:
+            if isinstance(topics, str):
+                topics = [topics]
+            self.subscribe(topics)
+
+    # ------------------------------------------------------------ assignment
+
+    def subscribe(self, topics):
+        """Reads every partition of these topics, from the reset position."""
+        entries = []
+        for t in topics:
+            h = self._log.topic_handle(t)
+            entries += [(t, p, None) for p in range(h.partitions)]
+        self.assign(entries)
+
+    def assign(self, partitions):
+        """[(topic, partition) or (topic, partition, offset)] replaces the assignment.
+        Without an offset a partition starts at the reset position."""
+        self._check_open()
+        parts = []
+        for tp in partitions:
+            topic, partition = tp[0], tp[1]
+            offset = tp[2] if len(tp) > 2 else None
+            h = self._log.topic_handle(topic)
+            part = _Part(topic, partition, self._log.ring(h, partition, writable=False))
+            self._start(part, offset)
+            parts.append(part)
+        self._parts = parts
+        self._by_tp = {(p.topic, p.partition): p for p in parts}
+        self._rr = 0
+        self._pending, self._pi = [], 0
+        self._wait_arrays = None
+
+    def assignment(self) -> list[tuple[str, int]]:
+        return [(p.topic, p.partition) for p in self._parts]
+
+    def _part(self, topic, partition) -> _Part:
+        p = self._by_tp.get((topic, partition))
+        if p is None:
+            raise errors.UnknownTopicOrPartition(f"{topic!r} partition {partition} is not assigned to this consumer")
+        return p
+
+    def _start(self, part: _Part, offset):
+        if offset is None:
+            self._apply_reset(part, None)
+        else:
+            if not isinstance(offset, int) or isinstance(offset, bool):
+                raise errors.InvalidType(f"offset must be int, not {type(offset).__name__}")
+            part.reset_to = offset
+
+    def _apply_reset(self, part: _Part, wanted):
+        start, end, _, _ = part.ring.ends()
+        if wanted is not None and self._reset == "none":
+            raise errors.OffsetOutOfRange(
+                f"{part.topic!r} partition {part.partition}: offset {wanted} is not in the log "
+                f"(now {start}..{end}); the consumer fell behind or seeked outside it — "
+                "seek() to a valid offset or set auto_offset_reset")
+        target = end if self._reset == "latest" else start
+        self._seek(part, target)
+
+    def _seek(self, part: _Part, offset: int):
+        rc = lib.shm_ring_seek(part.ring.base, part.cur, offset)
+        if rc == lib.SHM_E_OUT_OF_RANGE:
+            self._apply_reset(part, offset)
+        elif rc != lib.SHM_OK:
+            self._raise_read(rc, part)
+
+    def seek(self, topic: str, partition: int, offset: int):
+        """The next record returned for this partition is the one at offset
+        (or the first after it). Applied lazily, like Kafka's seek."""
+        part = self._part(topic, partition)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise errors.InvalidArgument("offset must be an int >= 0")
+        self._drop_pending(part)
+        part.reset_to = offset
+
+    def seek_to_beginning(self, topic, partition):
+        self.seek(topic, partition, self._part(topic, partition).ring.ends()[0])
+
+    def seek_to_end(self, topic, partition):
+        self.seek(topic, partition, self._part(topic, partition).ring.ends()[1])
+
+    def position(self, topic: str, partition: int) -> int:
+        """Offset of the next record this consumer will return for the partition."""
+        part = self._part(topic, partition)
+        if part.reset_to is not None:
+            return part.reset_to
+        for m in self._pending[self._pi:]:
+            if m.topic == topic and m.partition == partition:
+                return m.offset
+        return part.cur.next_offset
+
+    def end_offsets(self, partitions=None) -> dict:
+        parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
+        return {(p.topic, p.partition): p.ring.ends()[1] for p in parts}
+
+    def beginning_offsets(self, partitions=None) -> dict:
+        parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
+        return {(p.topic, p.partition): p.ring.ends()[0] for p in parts}
+
+    def _drop_pending(self, part: _Part):
+        rest = self._pending[self._pi:]
+        keep = [m for m in rest if m.topic != part.topic or m.partition != part.partition]
+        if len(keep) != len(rest):
+            # rewind the cursor to the first dropped record
+            first = next(m.offset for m in rest if m.topic == part.topic and m.partition == part.partition)
+            part.reset_to = first
+        self._pending, self._pi = keep, 0
+
+    # ------------------------------------------------------------ reading
+
+    def _grow_out(self, n):
+        self._out_cap = n
+        self._arrays = {k: ffi.new("int64_t[]", n) for k in
+                        ("offsets", "timestamps", "key_starts", "key_lens", "value_starts",
+                         "value_lens", "header_starts", "header_counts")}
+        out = ffi.new("struct shm_records_out *")
+        out.max_records = n
+        for k, a in self._arrays.items():
+            setattr(out, k, a)
+        self._out = out
+
+    def _read(self, part: _Part, max_records: int) -> int:
+        """Reads up to max_records from part into self._out; returns the count."""
+        if part.reset_to is not None:
+            off, part.reset_to = part.reset_to, None
+            self._seek(part, off)
+        out = self._out
+        if max_records > self._out_cap:
+            self._grow_out(max_records)
+            out = self._out
+        out.max_records = max_records
+        while True:
+            rc = lib.shm_ring_read(part.ring.base, part.cur, self._buf, self._buf_cap, self._crc,
+                                   self._log.unblock_ns, out)
+            if rc == lib.SHM_OK:
+                if out.compressed:
+                    return self._decompress(part)
+                return out.count
+            if rc == lib.SHM_E_OUT_OF_RANGE:
+                self._apply_reset(part, part.cur.next_offset)
+            elif rc == lib.SHM_E_BUSY:
+                self._seal(part)
+                return 0
+            elif rc == lib.SHM_E_BUFFER_SMALL:
+                self._buf_cap = max(self._buf_cap * 2, 1 << 20)
+                self._buf = ffi.new("uint8_t[]", self._buf_cap)
+            else:
+                self._raise_read(rc, part)
+
+    def _seal(self, part: _Part):
+        """A frame stayed uncommitted past the unblock timeout: seal it if its writer is dead."""
+        base = part.ring.writable_base()
+        if base is None:
+            return            # no write access: the supervisor seals it
+        lib.shm_ring_seal_stuck(base, part.cur.stuck_pos, self._log.token_prefix_c)
+        part.cur.stuck_since_ns = lib.shm_monotonic_ns()
+
+    def _raise_read(self, rc, part):
+        if rc == lib.SHM_E_CORRUPT:
+            raise errors.CorruptRecord(
+                f"{part.topic!r} partition {part.partition}: the frame at position {part.cur.pos} "
+                f"(offsets from {part.cur.next_offset}) fails its CRC or framing check; nothing was "
+                "returned from it. seek() past it to go on.")
+        raise_status(rc, f"read of {part.topic!r} partition {part.partition} failed")
+
+    def _decompress(self, part: _Part) -> int:
+        """A compressed batch (written by a Kafka client) arrived alone: inflate it, decode in C."""
+        raw = ffi.buffer(self._buf, self._out.bytes_used)[:]
+        codec = int.from_bytes(raw[21:23], "big") & 7
+        if codec != 1:
+            raise errors.NotSupported(
+                f"{part.topic!r} partition {part.partition}: batch compressed with codec {codec}; "
+                "only gzip is decoded in this build")
+        records = zlib.decompress(raw[61:], 16 + zlib.MAX_WBITS)
+        plain = raw[:21] + (int.from_bytes(raw[21:23], "big") & ~7).to_bytes(2, "big") + raw[23:61] + records
+        if len(plain) > self._buf_cap:
+            self._buf_cap = len(plain)
+            self._buf = ffi.new("uint8_t[]", self._buf_cap)
+        ffi.memmove(self._buf, plain, len(plain))
+        out = self._out
+        out.count = 0
+        n = lib.shm_batch_decode(self._buf, len(plain), 0, part.cur.next_offset, out)
+        if n < 0:
+            self._raise_read(lib.SHM_E_CORRUPT, part)
+        part.cur.next_offset = lib.shm_batch_base_offset(self._buf) + lib.shm_batch_last_delta(self._buf) + 1
+        out.bytes_used = len(plain)
+        return out.count
+
+    def _messages(self, part: _Part, n: int) -> list[Message]:
+        out, a = self._out, self._arrays
+        buf = ffi.buffer(self._buf, out.bytes_used)[:]
+        offs = ffi.unpack(a["offsets"], n)
+        ts = ffi.unpack(a["timestamps"], n)
+        vs = ffi.unpack(a["value_starts"], n)
+        vl = ffi.unpack(a["value_lens"], n)
+        kl = ffi.unpack(a["key_lens"], n)
+        hc = ffi.unpack(a["header_counts"], n)
+        topic, partition = part.topic, part.partition
+        if kl.count(-1) == n and hc.count(0) == n and -1 not in vl:
+            vals = [buf[s:s + l] for s, l in zip(vs, vl)]
+            return list(map(Message, repeat(topic, n), repeat(partition, n), offs, repeat(None, n),
+                            vals, repeat((), n), ts))
+        ks = ffi.unpack(a["key_starts"], n)
+        hs = ffi.unpack(a["header_starts"], n)
+        msgs = []
+        for i in range(n):
+            k = None if kl[i] < 0 else buf[ks[i]:ks[i] + kl[i]]
+            v = None if vl[i] < 0 else buf[vs[i]:vs[i] + vl[i]]
+            h = decode_headers(buf, hs[i]) if hc[i] else ()
+            msgs.append(Message(topic, partition, offs[i], k, v, h, ts[i]))
+        return msgs
+
+    def _read_any(self, max_records: int):
+        """(part, count) for the first partition, round-robin, with records."""
+        parts = self._parts
+        np_ = len(parts)
+        for i in range(np_):
+            part = parts[(self._rr + i) % np_]
+            n = self._read(part, max_records)
+            if n:
+                self._rr = (self._rr + i + 1) % np_
+                return part, n
+        return None, 0
+
+    def _wait(self, timeout_s):
+        if self._wait_arrays is None:
+            n = len(self._parts)
+            hdrs = ffi.new("void *[]", [p.ring.hdr for p in self._parts])
+            bases = ffi.new("void *[]", [p.ring.base for p in self._parts])
+            curs = ffi.new("struct shm_cursor *[]", [p.cur for p in self._parts])
+            self._wait_arrays = (hdrs, bases, curs, n)
+        hdrs, bases, curs, n = self._wait_arrays
+        tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
+        spin = tns if self._spin_ns < 0 else self._spin_ns
+        lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._log.unblock_ns)
+
+    def _poll_parts(self, max_records, timeout):
+        """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
+        self._check_open()
+        if not self._parts:
+            raise errors.InvalidArgument("this consumer has no partitions: subscribe() or assign() first")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            part, n = self._read_any(max_records)
+            if n:
+                return part, n
+            if deadline is None:
+                self._wait(None)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, 0
+            self._wait(left)
+
+    def poll(self, timeout: float | None = None) -> Message | None:
+        """The next record, or None when none arrives within timeout seconds
+        (None: wait forever)."""
+        pi = self._pi
+        if pi < len(self._pending):
+            self._pi = pi + 1
+            return self._pending[pi]
+        part, n = self._poll_parts(self._max_poll, timeout)
+        if not n:
+            return None
+        self._pending = self._messages(part, n)
+        self._pi = 1
+        return self._pending[0]
+
+    def poll_batch(self, max_messages: int = 10_000, timeout: float | None = None) -> list[Message]:
+        """Up to max_messages records (from one partition per call, round-robin)."""
+        if not isinstance(max_messages, int) or max_messages < 1:
+            raise errors.InvalidArgument("max_messages must be an int >= 1")
+        if self._pi < len(self._pending):
+            rest = self._pending[self._pi:self._pi + max_messages]
+            self._pi += len(rest)
+            return rest
+        part, n = self._poll_parts(max_messages, timeout)
+        return self._messages(part, n) if n else []
+
+    def poll_columns(self, max_messages: int = 100_000, timeout: float | None = None) -> Columns | None:
+        """Up to max_messages records of one partition as numpy columns (no per-record objects)."""
+        if self._pi < len(self._pending):
+            raise errors.InvalidArgument("poll_columns cannot follow a partly consumed poll(); drain poll() first")
+        part, n = self._poll_parts(max_messages, timeout)
+        if not n:
+            return None
+        a = self._arrays
+
+        def col(k):
+            return np.frombuffer(ffi.buffer(a[k], 8 * n), dtype=np.int64).copy()
+
+        return Columns(part.topic, part.partition, col("offsets"), col("timestamps"),
+                       ffi.buffer(self._buf, self._out.bytes_used)[:], col("value_starts"),
+                       col("value_lens"), col("key_starts"), col("key_lens"))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Message:
+        m = self.poll(self._consumer_timeout)
+        if m is None:
+            if self._closed:
+                raise StopIteration
+            if self._consumer_timeout is not None:
+                raise StopIteration
+        return m
+
+    # ------------------------------------------------------------ offsets (groups come later)
+
+    def commit(self, offsets=None, durable: bool = False):
+        raise errors.NotSupported("commit() needs a consumer group; groups are not in this build yet")
+
+    def committed(self, topic: str, partition: int):
+        raise errors.NotSupported("committed() needs a consumer group; groups are not in this build yet")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _check_open(self):
+        if self._closed:
+            raise errors.Closed("this consumer is closed")
+
+    def close(self):
+        self._closed = True
+        self._parts = []
+        self._by_tp = {}
+        self._pending, self._pi = [], 0
+        self._wait_arrays = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

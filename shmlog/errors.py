@@ -1,0 +1,92 @@
+"""errors.py — every exception shmlog raises, in one tree.
+
+Owns: the ShmlogError hierarchy. Each class says whether retrying the same
+call can succeed (`retriable`) and mixes in the builtin a caller would catch
+anyway (ValueError for bad values, TypeError for wrong types, ...).
+Must never: import anything from shmlog (every module imports this one).
+"""
+
+
+class ShmlogError(Exception):
+    """Base of every shmlog error."""
+
+    retriable = False
+
+
+class InvalidArgument(ShmlogError, ValueError):
+    """An argument has a value shmlog cannot accept; the message says which."""
+
+
+class InvalidType(ShmlogError, TypeError):
+    """An argument has the wrong type (for example str where bytes are needed)."""
+
+
+class InvalidTopicName(InvalidArgument):
+    """Topic names use [a-zA-Z0-9._-], 1 to 249 characters, and are not '.' or '..'."""
+
+
+class UnknownTopicOrPartition(ShmlogError, KeyError):
+    """The topic (or the partition number) does not exist."""
+
+    def __str__(self):  # KeyError would quote the message
+        return Exception.__str__(self)
+
+
+class TopicExists(ShmlogError):
+    """A topic with that name already exists."""
+
+
+class TopicDeleted(UnknownTopicOrPartition):
+    """The topic was deleted (or recreated) while this handle used it."""
+
+
+class OffsetOutOfRange(ShmlogError):
+    """The requested offset is not in the log: older than its start or past its end."""
+
+
+class BufferFull(ShmlogError):
+    """The ring stayed full for the whole producer timeout (Kafka's max.block.ms)."""
+
+    retriable = True
+
+
+class RecordTooLarge(InvalidArgument):
+    """A record (or batch) is larger than the topic's max_message_bytes."""
+
+
+class CorruptRecord(ShmlogError):
+    """A frame failed its CRC, bounds or framing checks; nothing was returned from it."""
+
+
+class LayoutMismatch(ShmlogError):
+    """A shared-memory segment has the wrong magic, layout version or size."""
+
+
+class TableFull(ShmlogError):
+    """A fixed-size table (topics, producer slots, ...) has no free entry."""
+
+
+class TooManyProducers(TableFull):
+    """Every producer slot of a partition ring is taken by a live process."""
+
+
+class NoSpace(ShmlogError, OSError):
+    """/dev/shm (or the disk) has no room for what was asked."""
+
+
+class PermissionDenied(ShmlogError, PermissionError):
+    """The OS refused access to a segment or file of the instance."""
+
+
+class Timeout(ShmlogError, TimeoutError):
+    """A bounded wait ran out."""
+
+    retriable = True
+
+
+class Closed(ShmlogError):
+    """The producer, consumer or connection was closed."""
+
+
+class NotSupported(ShmlogError):
+    """The feature exists in the API but not in this build yet; the message says what to use."""

@@ -1,0 +1,415 @@
+"""instance.py — a connection to one shmlog instance: `shmlog.connect()`.
+
+Owns: attaching (or creating) the instance's control segment, the topic
+admin operations (create, list, describe, delete) made under the control
+segment's robust lock, and the per-connection cache of mapped rings.
+Must never: produce or consume (producer.py and consumer.py do), or read a
+shared field without the C core.
+"""
+import os
+import time
+import weakref
+
+import msgspec
+
+from . import config, errors, liveness
+from ._native import Segment, ffi, lib, raise_status, unlink_segment
+
+LOCK_TIMEOUT_NS = 10_000_000_000
+
+
+class PartitionInfo(msgspec.Struct, frozen=True):
+    partition: int
+    log_start_offset: int       # oldest offset still readable
+    end_offset: int             # offset the next record will get
+    ring_bytes: int
+    ring_used_bytes: int
+    sealed_writes: int          # reservations of dead producers turned into offset gaps
+    overwritten_frames: int     # ephemeral: frames dropped to make room
+
+
+class TopicDescription(msgspec.Struct, frozen=True):
+    name: str
+    generation: int
+    config: config.TopicConfig
+    partitions: list[PartitionInfo]
+
+
+class TopicHandle:
+    """A LIVE topic-table entry as this process last saw it."""
+
+    __slots__ = ("name", "index", "generation", "config", "partitions")
+
+    def __init__(self, name, index, generation, cfg):
+        self.name = name
+        self.index = index
+        self.generation = generation
+        self.config = cfg
+        self.partitions = cfg.partitions
+
+
+class Ring:
+    """One mapped partition ring. Producers map it writable; consumers map the
+    data read-only plus the header writable (waiter announcements)."""
+
+    __slots__ = ("name", "topic", "partition", "seg", "base", "hdr_seg", "hdr", "rw_seg", "__weakref__")
+
+    def __init__(self, name, topic, partition, writable):
+        self.name = name
+        self.topic = topic
+        self.partition = partition
+        try:
+            self.seg = Segment.open(name, writable=writable)
+        except errors.UnknownTopicOrPartition:
+            raise errors.UnknownTopicOrPartition(
+                f"topic {topic!r} partition {partition}: ring {name} is missing "
+                "(the topic was deleted, or its creation was interrupted)") from None
+        self.base = self.seg.base
+        rc = lib.shm_ring_check(self.base, self.seg.size)
+        if rc != lib.SHM_OK:
+            self.seg.close()
+            raise errors.LayoutMismatch(
+                f"{name} is not a shmlog ring of layout version {lib.SHM_LAYOUT_VERSION} "
+                f"(status {rc}); it was made by another shmlog version or is damaged: "
+                "remove it with `shmlog doctor --clean`")
+        self.rw_seg = self.seg if writable else None
+        if writable:
+            self.hdr_seg, self.hdr = None, self.base
+        else:
+            self.hdr_seg = Segment.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES)
+            self.hdr = self.hdr_seg.base
+
+    def writable_base(self):
+        """A writable mapping (for sealing a dead producer's write), or None when not permitted."""
+        if self.rw_seg is None:
+            try:
+                self.rw_seg = Segment.open(self.name, writable=True)
+            except errors.PermissionDenied:
+                return None
+        return self.rw_seg.base
+
+    def ends(self):
+        """(log_start_offset, end_offset, head_pos, tail_pos)"""
+        v = ffi.new("int64_t[2]")
+        p = ffi.new("uint64_t[2]")
+        lib.shm_ring_ends(self.base, v, v + 1, p, p + 1)
+        return v[0], v[1], p[0], p[1]
+
+    def deleted(self) -> bool:
+        return bool(lib.shm_ring_counter(self.base, 4))
+
+    def close(self):
+        for s in (self.seg, self.hdr_seg, self.rw_seg):
+            if s is not None:
+                s.close()
+        self.base = self.hdr = ffi.NULL
+
+
+def _c_config(cfg: config.TopicConfig):
+    c = ffi.new("struct shm_topic_config *")
+    c.partitions = cfg.partitions
+    c.persistence = config.PERSISTENCE[cfg.persistence]
+    c.ring_bytes = cfg.ring_bytes
+    c.max_message_bytes = cfg.max_message_bytes
+    c.fsync_mode, c.fsync_interval_ms = config.fsync_mode(cfg.fsync)
+    c.retention_ms = -1 if cfg.retention_ms is None else cfg.retention_ms
+    c.retention_bytes = -1 if cfg.retention_bytes is None else cfg.retention_bytes
+    c.segment_bytes = cfg.segment_bytes
+    c.segment_ms = cfg.segment_ms
+    return c
+
+
+def _py_config(c) -> config.TopicConfig:
+    mode = {v: k for k, v in config.FSYNC_MODES.items()}[c.fsync_mode]
+    return config.TopicConfig(
+        partitions=c.partitions,
+        ring_bytes=c.ring_bytes,
+        persistence={v: k for k, v in config.PERSISTENCE.items()}[c.persistence],
+        max_message_bytes=c.max_message_bytes,
+        fsync=f"interval:{c.fsync_interval_ms}" if mode == "interval" else mode,
+        retention_ms=None if c.retention_ms < 0 else c.retention_ms,
+        retention_bytes=None if c.retention_bytes < 0 else c.retention_bytes,
+        segment_bytes=c.segment_bytes,
+        segment_ms=c.segment_ms,
+    )
+
+
+class Log:
+    """A connection to one instance. Use shmlog.connect() to make one."""
+
+    def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
+                 unblock_timeout_ms: int = 500):
+        self.settings = settings
+        if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
+            raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
+        self.unblock_ns = unblock_timeout_ms * 1_000_000
+        os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+        self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
+        self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
+        self._ctl = self._attach_ctl(max_topics)
+        self._handles: dict[str, TopicHandle] = {}
+        self._rings: dict[tuple, Ring] = {}
+        self._clients = weakref.WeakSet()
+        self._closed = False
+
+    # ------------------------------------------------------------ control segment
+
+    def _attach_ctl(self, max_topics: int) -> Segment:
+        name = self.settings.ctl_name
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                seg = Segment.open(name, writable=True)
+            except errors.UnknownTopicOrPartition:
+                try:
+                    seg = Segment.create(name, lib.shm_ctl_size(max_topics))
+                except errors.TopicExists:
+                    continue                      # another process created it first
+                rc = lib.shm_ctl_init(seg.base, seg.size, max_topics)
+                if rc != lib.SHM_OK:
+                    raise_status(rc, f"cannot initialise control segment {name}")
+                return seg
+            rc = lib.shm_ctl_check(seg.base, seg.size)
+            if rc == lib.SHM_OK:
+                return seg
+            seg.close()
+            if rc != lib.SHM_E_AGAIN:
+                raise errors.LayoutMismatch(
+                    f"{name} is not a shmlog control segment of layout version "
+                    f"{lib.SHM_LAYOUT_VERSION}: it was made by another shmlog version or is "
+                    f"damaged; stop its users and remove it (`shmlog doctor --clean`)")
+            if time.monotonic() > deadline:
+                raise errors.LayoutMismatch(
+                    f"control segment {name} was never finished by its creator; "
+                    "remove it with `shmlog doctor --clean`")
+            time.sleep(0.001)
+
+    def _lock(self):
+        self._check_open()
+        rc = lib.shm_ctl_lock(self._ctl.base, LOCK_TIMEOUT_NS)
+        if rc != lib.SHM_OK:
+            raise errors.Timeout("the instance's control lock stayed busy for 10 s") if rc == lib.SHM_E_TIMEOUT \
+                else raise_status(rc, "cannot take the control lock")
+        return _Unlocker(self._ctl.base)
+
+    def _check_open(self):
+        if self._closed:
+            raise errors.Closed("this shmlog connection is closed")
+
+    def _entries(self):
+        base = self._ctl.base
+        gen = ffi.new("uint64_t *")
+        for i in range(lib.shm_ctl_max_topics(base)):
+            st = lib.shm_ctl_topic_state(base, i, gen)
+            if st != lib.SHM_TOPIC_FREE:
+                yield i, st, gen[0], lib.shm_ctl_topic(base, i)
+
+    # ------------------------------------------------------------ topics
+
+    def create_topic(self, name: str, partitions: int = 1, ring_bytes: int = config.DEFAULT_RING_BYTES,
+                     retention_ms: int | None = 7 * 86400_000, retention_bytes: int | None = None,
+                     fsync: str = "interval:100", persistence: str = "none",
+                     max_message_bytes: int | None = None, segment_bytes: int = 1 << 30,
+                     segment_ms: int = 7 * 86400_000) -> TopicDescription:
+        config.validate_topic_name(name)
+        try:
+            cfg = config.TopicConfig(
+                partitions=partitions, ring_bytes=ring_bytes, persistence=persistence,
+                max_message_bytes=max_message_bytes, fsync=fsync, retention_ms=retention_ms,
+                retention_bytes=retention_bytes, segment_bytes=segment_bytes, segment_ms=segment_ms,
+            ).validated()
+        except msgspec.ValidationError as e:
+            raise errors.InvalidArgument(str(e)) from None
+        nb = name.encode()
+        with self._lock():
+            self._drop_abandoned(nb)
+            gen = ffi.new("uint64_t *")
+            idx = lib.shm_ctl_topic_reserve(self._ctl.base, nb, len(nb), _c_config(cfg), gen)
+            if idx == lib.SHM_E_EXISTS:
+                raise errors.TopicExists(f"topic {name!r} already exists")
+            if idx == lib.SHM_E_TABLE_FULL:
+                raise errors.TableFull(
+                    f"the instance's topic table is full ({lib.shm_ctl_max_topics(self._ctl.base)} "
+                    "topics): delete topics or recreate the instance with a larger max_topics")
+            if idx < 0:
+                raise_status(idx, f"cannot create topic {name!r}")
+            made = []
+            try:
+                for p in range(cfg.partitions):
+                    rname = self.settings.ring_name(gen[0], p)
+                    seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
+                    made.append(rname)
+                    rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, gen[0], p,
+                                           config.PERSISTENCE[cfg.persistence],
+                                           cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, 0, 0)
+                    seg.close()
+                    if rc != lib.SHM_OK:
+                        raise_status(rc, f"cannot initialise ring {rname}")
+            except BaseException:
+                for rname in made:
+                    unlink_segment(rname)
+                lib.shm_ctl_topic_free(self._ctl.base, idx)
+                raise
+            lib.shm_ctl_topic_publish(self._ctl.base, idx)
+        return self.describe_topic(name)
+
+    def _drop_abandoned(self, nb: bytes):
+        """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
+        idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
+        if idx < 0:
+            return
+        gen = ffi.new("uint64_t *")
+        if lib.shm_ctl_topic_state(self._ctl.base, idx, gen) == lib.SHM_TOPIC_CREATING:
+            e = lib.shm_ctl_topic(self._ctl.base, idx)
+            for p in range(e.config.partitions):
+                unlink_segment(self.settings.ring_name(gen[0], p))
+            lib.shm_ctl_topic_free(self._ctl.base, idx)
+
+    def delete_topic(self, name: str) -> None:
+        config.validate_topic_name(name)
+        nb = name.encode()
+        with self._lock():
+            idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
+            gen = ffi.new("uint64_t *")
+            if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
+                raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
+            e = lib.shm_ctl_topic(self._ctl.base, idx)
+            for p in range(e.config.partitions):
+                rname = self.settings.ring_name(gen[0], p)
+                try:
+                    seg = Segment.open(rname, writable=True)
+                    lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
+                    seg.close()
+                except errors.UnknownTopicOrPartition:
+                    pass
+                unlink_segment(rname)
+            lib.shm_ctl_topic_free(self._ctl.base, idx)
+        self._forget(name)
+
+    def list_topics(self) -> list[str]:
+        self._check_open()
+        return sorted(ffi.string(e.name, e.name_len).decode()
+                      for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        h = self.topic_handle(name)
+        parts = []
+        for p in range(h.partitions):
+            r = self.ring(h, p, writable=False)
+            start, end, hp, tp = r.ends()
+            parts.append(PartitionInfo(p, start, end, h.config.ring_bytes, tp - hp,
+                                       lib.shm_ring_counter(r.base, 0), lib.shm_ring_counter(r.base, 1)))
+        return TopicDescription(name, h.generation, h.config, parts)
+
+    # ------------------------------------------------------------ handles and rings
+
+    def topic_handle(self, name: str) -> TopicHandle:
+        """The LIVE topic called name (cached; re-read when the topic table changed)."""
+        self._check_open()
+        h = self._handles.get(name)
+        if h is not None:
+            gen = ffi.new("uint64_t *")
+            if lib.shm_ctl_topic_state(self._ctl.base, h.index, gen) == lib.SHM_TOPIC_LIVE \
+                    and gen[0] == h.generation:
+                return h
+            self._forget(name)
+        config.validate_topic_name(name)
+        nb = name.encode()
+        idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
+        gen = ffi.new("uint64_t *")
+        if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
+            raise errors.UnknownTopicOrPartition(
+                f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)")
+        e = lib.shm_ctl_topic(self._ctl.base, idx)
+        h = TopicHandle(name, idx, gen[0], _py_config(e.config))
+        self._handles[name] = h
+        return h
+
+    def ring(self, handle: TopicHandle, partition: int, writable: bool) -> Ring:
+        if not isinstance(partition, int) or isinstance(partition, bool):
+            raise errors.InvalidType(f"partition must be int, not {type(partition).__name__}")
+        if not 0 <= partition < handle.partitions:
+            raise errors.UnknownTopicOrPartition(
+                f"topic {handle.name!r} has partitions 0..{handle.partitions - 1}, not {partition}")
+        key = (handle.generation, partition, writable)
+        r = self._rings.get(key)
+        if r is None:
+            r = self._rings[key] = Ring(self.settings.ring_name(handle.generation, partition),
+                                        handle.name, partition, writable)
+        return r
+
+    def _forget(self, name: str):
+        h = self._handles.pop(name, None)
+        if h is not None:
+            for key in [k for k in self._rings if k[0] == h.generation]:
+                self._rings.pop(key).close()
+
+    # ------------------------------------------------------------ clients
+
+    def producer(self, **options):
+        from .producer import Producer
+        p = Producer(self, **options)
+        self._clients.add(p)
+        return p
+
+    def consumer(self, topics=None, group=None, **options):
+        from .consumer import Consumer
+        c = Consumer(self, topics=topics, group=group, **options)
+        self._clients.add(c)
+        return c
+
+    def close(self):
+        if self._closed:
+            return
+        for c in list(self._clients):
+            c.close()
+        for r in self._rings.values():
+            r.close()
+        self._rings.clear()
+        self._ctl.close()
+        self._closed = True
+
+    def destroy(self):
+        """Deletes every topic and the control segment of this instance (tests, `shmlog down --purge`)."""
+        self._check_open()
+        for name in self.list_topics():
+            try:
+                self.delete_topic(name)
+            except errors.UnknownTopicOrPartition:
+                pass
+        name = self.settings.ctl_name
+        self.close()
+        unlink_segment(name)
+        liveness.release_tokens(self.token_prefix)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Unlocker:
+    __slots__ = ("base",)
+
+    def __init__(self, base):
+        self.base = base
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        lib.shm_ctl_unlock(self.base)
+
+
+def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool = True, *,
+            shm_prefix: str | None = None, max_topics: int = 1024,
+            unblock_timeout_ms: int = 500) -> Log:
+    """Attaches to (creating if needed) the instance's control segment.
+
+    instance and data_dir default to $SHMLOG_INSTANCE / $SHMLOG_DATA_DIR, then
+    "default" and ~/.local/state/shmlog/<instance>. autostart is accepted for
+    the supervisor that later builds start; this build has no background
+    process to start (see README)."""
+    return Log(config.resolve(instance, data_dir, shm_prefix), max_topics=max_topics,
+               unblock_timeout_ms=unblock_timeout_ms)
