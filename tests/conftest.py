@@ -1,0 +1,65 @@
+"""conftest.py — isolation for every test that touches shared memory.
+
+Owns: the `inst` fixture: a fresh instance name, data dir and shm prefix per
+test, a connected Log, and cleanup of every /dev/shm entry with that prefix
+even when the test fails or a child process died holding things.
+"""
+import multiprocessing
+import os
+import signal
+import uuid
+
+import pytest
+
+import shmlog
+
+SHM_DIR = "/dev/shm"
+
+
+class Instance:
+    """What a test (and its child processes) need to reach its own instance."""
+
+    def __init__(self, tmp_path):
+        tag = uuid.uuid4().hex[:10]
+        self.kwargs = dict(instance=f"t{tag}", data_dir=str(tmp_path / "data"),
+                           shm_prefix=f"shmlogtest-{tag}.", unblock_timeout_ms=100)
+        self.prefix = self.kwargs["shm_prefix"]
+        self.log = shmlog.connect(**self.kwargs)
+        self.children = []
+
+    def connect(self, **overrides):
+        return shmlog.connect(**{**self.kwargs, **overrides})
+
+    def process(self, target, *args, **kwargs):
+        """A forked child process, killed at teardown if still alive."""
+        p = multiprocessing.get_context("fork").Process(target=target, args=args, kwargs=kwargs, daemon=True)
+        self.children.append(p)
+        return p
+
+    def segments(self):
+        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(self.prefix))
+
+    def cleanup(self):
+        for p in self.children:
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+            if p.pid:
+                p.join(5)
+        try:
+            self.log.close()
+        except Exception:
+            pass
+        for n in self.segments():
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except FileNotFoundError:
+                pass
+
+
+@pytest.fixture
+def inst(tmp_path):
+    i = Instance(tmp_path)
+    try:
+        yield i
+    finally:
+        i.cleanup()
