@@ -121,6 +121,14 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
         return size;
     if ((uint64_t)size > dst_cap)
         return SHM_E_BUFFER_SMALL;
+    shm_batch_encode_sized(dst, in, size, base_offset, timestamp_ms);
+    return size;
+}
+
+/* shm_batch_encode for a size already computed by shm_batch_encoded_size */
+void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
+                            int64_t base_offset, int64_t timestamp_ms)
+{
     put_be64(dst + OFF_BASE_OFFSET, (uint64_t)base_offset);
     put_be32(dst + OFF_LENGTH, (uint32_t)(size - 12));
     put_be32(dst + OFF_EPOCH, 0);
@@ -156,7 +164,6 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
     }
     uint32_t crc = shm_crc32c(0, dst + OFF_ATTR, (size_t)(size - OFF_ATTR));
     put_be32(dst + OFF_CRC, crc);
-    return size;
 }
 
 /* Structure and CRC of one batch of exactly len bytes. */
@@ -242,15 +249,15 @@ int shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base, int64
             continue;
         if (out->count >= out->max_records)
             return SHM_E_BUFFER_SMALL;
-        uint32_t j = out->count++;
-        out->offsets[j] = offset;
-        out->timestamps[j] = log_append_time ? max_ts : base_ts + ts_delta;
-        out->key_starts[j] = buf_base + (key - batch);
-        out->key_lens[j] = kl;
-        out->value_starts[j] = buf_base + (val - batch);
-        out->value_lens[j] = vl;
-        out->header_starts[j] = buf_base + (hdr - batch);
-        out->header_counts[j] = hcount;
+        int64_t *row = out->rows + (uint64_t)out->count++ * SHM_ROW_FIELDS;
+        row[SHM_ROW_OFFSET] = offset;
+        row[SHM_ROW_TIMESTAMP] = log_append_time ? max_ts : base_ts + ts_delta;
+        row[SHM_ROW_KEY_START] = buf_base + (key - batch);
+        row[SHM_ROW_KEY_LEN] = kl;
+        row[SHM_ROW_VALUE_START] = buf_base + (val - batch);
+        row[SHM_ROW_VALUE_LEN] = vl;
+        row[SHM_ROW_HEADER_START] = buf_base + (hdr - batch);
+        row[SHM_ROW_HEADER_COUNT] = hcount;
         appended++;
     }
     return appended;

@@ -323,6 +323,9 @@ static int wait_for_space(struct shm_ring_header *h, int64_t deadline_ns, uint32
     return SHM_OK;
 }
 
+/* timeout_ns == SHM_NOWAIT: return SHM_E_AGAIN instead of waiting */
+#define SHM_NOWAIT INT64_MIN
+
 static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint64_t alen,
                    uint32_t count, int64_t timeout_ns, const char *token_prefix, int64_t unblock_ns,
                    struct reservation *r)
@@ -346,6 +349,8 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
                 continue;
             if (rc == SHM_E_CORRUPT)
                 return rc;
+            if (timeout_ns == SHM_NOWAIT)
+                return SHM_E_AGAIN;
             if (deadline < 0 && timeout_ns >= 0)
                 deadline = shm_monotonic_ns() + timeout_ns;
             if (rc == SHM_E_BUSY) {
@@ -419,7 +424,13 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     uint64_t alen = shm_align8(frame_len), mask = h->capacity - 1;
     int64_t ts = in->timestamp_ms >= 0 ? in->timestamp_ms : shm_now_ms();
 
-    slot_enter(s);
+    if (timeout_ns == SHM_NOWAIT) {
+        /* express: another thread of ours is in this slot; let it finish elsewhere */
+        if (!shm_cas_u32(&s->state, SHM_SLOT_IDLE, SHM_SLOT_BUSY))
+            return SHM_E_AGAIN;
+    } else {
+        slot_enter(s);
+    }
     struct reservation r;
     int rc = reserve(h, s, alen, in->count, timeout_ns, token_prefix, unblock_ns, &r);
     if (rc != SHM_OK) {
@@ -427,7 +438,7 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
         return rc;
     }
     struct shm_frame_header *fh = FRAME(h, r.frame_pos, mask);
-    shm_batch_encode((uint8_t *)(fh + 1), alen - SHM_FRAME_HEADER_BYTES, in, r.base_offset, ts);
+    shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, r.base_offset, ts);
     if (__builtin_expect(test_hold_ns > 0, 0))
         sleep_ns(test_hold_ns);
     fh->length = (uint32_t)frame_len;
@@ -479,6 +490,23 @@ int64_t shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t v
     };
     struct shm_append_out out;
     int rc = shm_send_batch(ctx, &in, &out);
+    return rc == SHM_OK ? out.base_offset : rc;
+}
+
+int64_t shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len)
+{
+    struct shm_ring_header *h = HDR(ctx->base);
+    int64_t key_len = -1;
+    struct shm_batch_in in = {
+        .count = 1, .values = value, .value_lens = &value_len, .key_lens = &key_len,
+        .timestamp_ms = -1,
+    };
+    int64_t size = shm_batch_encoded_size(&in);
+    if (size < 0)
+        return size;
+    struct shm_append_out out;
+    int rc = append_frame(h, &h->slots[ctx->slot], &in, size, SHM_NOWAIT, ctx->token_prefix,
+                          ctx->unblock_ns, &out);
     return rc == SHM_OK ? out.base_offset : rc;
 }
 
@@ -544,6 +572,12 @@ static void note_stuck(struct shm_cursor *cur, uint64_t p)
  * first frame is uncommitted for longer than unblock_ns: seal it),
  * SHM_E_BUFFER_SMALL (one frame exceeds buf_cap). A compressed batch is
  * returned alone, undecoded, with out->compressed = 1 (Python decodes). */
+int shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+              int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
+{
+    return shm_ring_read(base, cur, buf, buf_cap, verify_crc, unblock_ns, out);
+}
+
 /* an error after records were decoded ends the read early instead: the
  * caller gets those records, and the error on its next read */
 #define STOP(rc) do { if (out->count) goto done; return (rc); } while (0)
@@ -644,7 +678,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
         int n = shm_batch_decode(batch, blen, (int64_t)used, cur->next_offset, out);
         if (n == SHM_E_BUFFER_SMALL) {
             /* more records than room: keep the frame, resume after the last taken */
-            cur->next_offset = out->offsets[out->count - 1] + 1;
+            cur->next_offset = out->rows[(uint64_t)(out->count - 1) * SHM_ROW_FIELDS + SHM_ROW_OFFSET] + 1;
             used += blen;
             out->frames++;
             break;

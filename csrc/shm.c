@@ -56,7 +56,7 @@ int shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct sh
         rc = errno_status(e);
         goto fail;
     }
-    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (base == MAP_FAILED) {
         rc = errno_status(errno);
         goto fail;
@@ -94,7 +94,7 @@ int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint6
         close(fd);
         return SHM_E_LAYOUT;
     }
-    void *base = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd,
+    void *base = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | MAP_POPULATE, fd,
                       (off_t)offset);
     int saved = errno;
     close(fd);

@@ -270,23 +270,26 @@ struct shm_cursor {
     int64_t  stuck_since_ns;
 };
 
-/* decoded records of one read: parallel arrays, all caller-allocated with
- * max_records entries; starts index into the read buffer. */
+/* decoded records of one read: one row of SHM_ROW_FIELDS int64 per record
+ * (row-major, so Python fetches a whole batch in one call); starts index
+ * into the read buffer. All caller-allocated, max_records rows. */
+#define SHM_ROW_FIELDS 8
+#define SHM_ROW_OFFSET 0
+#define SHM_ROW_TIMESTAMP 1
+#define SHM_ROW_KEY_START 2
+#define SHM_ROW_KEY_LEN 3          /* -1 = null */
+#define SHM_ROW_VALUE_START 4
+#define SHM_ROW_VALUE_LEN 5        /* -1 = null */
+#define SHM_ROW_HEADER_START 6     /* start of the headers section (count varint) */
+#define SHM_ROW_HEADER_COUNT 7
 struct shm_records_out {
     uint32_t  max_records;
     uint32_t  count;           /* records decoded */
-    int64_t  *offsets;
-    int64_t  *timestamps;
-    int64_t  *key_starts;
-    int64_t  *key_lens;        /* -1 = null */
-    int64_t  *value_starts;
-    int64_t  *value_lens;      /* -1 = null */
-    int64_t  *header_starts;   /* start of the headers section (count varint) */
-    int64_t  *header_counts;
+    int64_t  *rows;            /* max_records * SHM_ROW_FIELDS */
     uint64_t  bytes_used;      /* bytes of the buffer filled with frames */
     uint32_t  frames;          /* frames copied */
     uint32_t  gaps;            /* GAP frames passed */
-    uint32_t  compressed;      /* batches skipped because compressed (Python decodes) */
+    uint32_t  compressed;      /* 1: the buffer holds one compressed batch, undecoded */
     uint32_t  _pad;
 };
 
@@ -311,6 +314,8 @@ uint32_t shm_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
 int64_t  shm_batch_encoded_size(const struct shm_batch_in *in);
 int64_t  shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_in *in,
                           int64_t base_offset, int64_t timestamp_ms);
+void     shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
+                                int64_t base_offset, int64_t timestamp_ms);
 int      shm_batch_validate(const uint8_t *batch, uint64_t len);
 int      shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base,
                           int64_t min_offset, struct shm_records_out *out);
@@ -334,6 +339,11 @@ int      shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, cons
 void     shm_ring_release_slot(void *base, int slot);
 int      shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in,
                         struct shm_append_out *out);
+/* express tier (shmx_*): never block, keep the GIL (see shmlog/_build.py);
+ * SHM_E_AGAIN means "would wait": call the blocking form instead */
+int64_t  shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len);
+int      shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                   int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
 int64_t  shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len,
                   const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
                   int64_t timestamp_ms);

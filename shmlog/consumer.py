@@ -19,6 +19,7 @@ from ._native import ffi, lib, raise_status
 from .records import Columns, Message, decode_headers
 
 RESETS = ("earliest", "latest", "none")
+ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
 DEFAULT_BUFFER = 4 << 20
 
 
@@ -65,11 +66,9 @@ class Consumer:
         self._crc = int(bool(check_crcs))
         self._max_poll = max_poll_records
         self._consumer_timeout = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
-        self._buf_cap = buffer_bytes
-        self._buf = ffi.new("uint8_t[]", buffer_bytes)
+        self._set_buffer(buffer_bytes)
         self._out_cap = 0
-        self._out = None
-        self._arrays = None
+        self._out = self._rows = None
         self._grow_out(max(max_poll_records, 1024))
         self._parts: list[_Part] = []
         self._by_tp: dict[tuple, _Part] = {}
@@ -189,15 +188,17 @@ class Consumer:
 
     # ------------------------------------------------------------ reading
 
+    def _set_buffer(self, nbytes):
+        self._buf_cap = nbytes
+        self._buf = ffi.new("uint8_t[]", nbytes)
+        self._mv = memoryview(ffi.buffer(self._buf, nbytes))
+
     def _grow_out(self, n):
         self._out_cap = n
-        self._arrays = {k: ffi.new("int64_t[]", n) for k in
-                        ("offsets", "timestamps", "key_starts", "key_lens", "value_starts",
-                         "value_lens", "header_starts", "header_counts")}
+        self._rows = ffi.new("int64_t[]", n * ROW)
         out = ffi.new("struct shm_records_out *")
         out.max_records = n
-        for k, a in self._arrays.items():
-            setattr(out, k, a)
+        out.rows = self._rows
         self._out = out
 
     def _read(self, part: _Part, max_records: int) -> int:
@@ -209,9 +210,10 @@ class Consumer:
         if max_records > self._out_cap:
             self._grow_out(max_records)
             out = self._out
-        out.max_records = max_records
+        if out.max_records != max_records:
+            out.max_records = max_records
         while True:
-            rc = lib.shm_ring_read(part.ring.base, part.cur, self._buf, self._buf_cap, self._crc,
+            rc = lib.shmx_read(part.ring.base, part.cur, self._buf, self._buf_cap, self._crc,
                                    self._log.unblock_ns, out)
             if rc == lib.SHM_OK:
                 if out.compressed:
@@ -223,8 +225,7 @@ class Consumer:
                 self._seal(part)
                 return 0
             elif rc == lib.SHM_E_BUFFER_SMALL:
-                self._buf_cap = max(self._buf_cap * 2, 1 << 20)
-                self._buf = ffi.new("uint8_t[]", self._buf_cap)
+                self._set_buffer(max(self._buf_cap * 2, 1 << 20))
             else:
                 self._raise_read(rc, part)
 
@@ -255,8 +256,7 @@ class Consumer:
         records = zlib.decompress(raw[61:], 16 + zlib.MAX_WBITS)
         plain = raw[:21] + (int.from_bytes(raw[21:23], "big") & ~7).to_bytes(2, "big") + raw[23:61] + records
         if len(plain) > self._buf_cap:
-            self._buf_cap = len(plain)
-            self._buf = ffi.new("uint8_t[]", self._buf_cap)
+            self._set_buffer(len(plain))
         ffi.memmove(self._buf, plain, len(plain))
         out = self._out
         out.count = 0
@@ -267,27 +267,32 @@ class Consumer:
         out.bytes_used = len(plain)
         return out.count
 
+    def _message1(self, part: _Part) -> Message:
+        """The one record just decoded (the latency path: few Python-C crossings)."""
+        off, ts, ks, kl, vs, vl, hs, hc = ffi.unpack(self._rows, ROW)
+        mv = self._mv
+        return Message(part.topic, part.partition, off,
+                       None if kl < 0 else mv[ks:ks + kl].tobytes(),
+                       None if vl < 0 else mv[vs:vs + vl].tobytes(),
+                       decode_headers(mv, hs) if hc else (), ts)
+
     def _messages(self, part: _Part, n: int) -> list[Message]:
-        out, a = self._out, self._arrays
-        buf = ffi.buffer(self._buf, out.bytes_used)[:]
-        offs = ffi.unpack(a["offsets"], n)
-        ts = ffi.unpack(a["timestamps"], n)
-        vs = ffi.unpack(a["value_starts"], n)
-        vl = ffi.unpack(a["value_lens"], n)
-        kl = ffi.unpack(a["key_lens"], n)
-        hc = ffi.unpack(a["header_counts"], n)
+        if n == 1:
+            return [self._message1(part)]
+        r = ffi.unpack(self._rows, ROW * n)
+        data = self._mv[:self._out.bytes_used].tobytes()      # one bulk copy per batch
+        offs, ts, kl, vs, vl, hc = r[0::ROW], r[1::ROW], r[3::ROW], r[4::ROW], r[5::ROW], r[7::ROW]
         topic, partition = part.topic, part.partition
         if kl.count(-1) == n and hc.count(0) == n and -1 not in vl:
-            vals = [buf[s:s + l] for s, l in zip(vs, vl)]
+            vals = [data[s:s + l] for s, l in zip(vs, vl)]
             return list(map(Message, repeat(topic, n), repeat(partition, n), offs, repeat(None, n),
                             vals, repeat((), n), ts))
-        ks = ffi.unpack(a["key_starts"], n)
-        hs = ffi.unpack(a["header_starts"], n)
+        ks, hs = r[2::ROW], r[6::ROW]
         msgs = []
         for i in range(n):
-            k = None if kl[i] < 0 else buf[ks[i]:ks[i] + kl[i]]
-            v = None if vl[i] < 0 else buf[vs[i]:vs[i] + vl[i]]
-            h = decode_headers(buf, hs[i]) if hc[i] else ()
+            k = None if kl[i] < 0 else data[ks[i]:ks[i] + kl[i]]
+            v = None if vl[i] < 0 else data[vs[i]:vs[i] + vl[i]]
+            h = decode_headers(data, hs[i]) if hc[i] else ()
             msgs.append(Message(topic, partition, offs[i], k, v, h, ts[i]))
         return msgs
 
@@ -343,6 +348,8 @@ class Consumer:
             self._pi = pi + 1
             return self._pending[pi]
         part, n = self._poll_parts(self._max_poll, timeout)
+        if n == 1:
+            return self._message1(part)
         if not n:
             return None
         self._pending = self._messages(part, n)
@@ -361,20 +368,32 @@ class Consumer:
         return self._messages(part, n) if n else []
 
     def poll_columns(self, max_messages: int = 100_000, timeout: float | None = None) -> Columns | None:
-        """Up to max_messages records of one partition as numpy columns (no per-record objects)."""
+        """Up to max_messages records of one partition as numpy columns (no
+        per-record objects). The C core decodes straight into fresh arrays
+        and a fresh value buffer, which the returned Columns owns."""
         if self._pi < len(self._pending):
             raise errors.InvalidArgument("poll_columns cannot follow a partly consumed poll(); drain poll() first")
-        part, n = self._poll_parts(max_messages, timeout)
+        if not isinstance(max_messages, int) or max_messages < 1:
+            raise errors.InvalidArgument("max_messages must be an int >= 1")
+        rows = np.empty((max_messages, ROW), np.int64)
+        buf = np.empty(self._buf_cap, np.uint8)
+        saved = self._out, self._out_cap, self._rows, self._buf, self._buf_cap, self._mv
+        out = ffi.new("struct shm_records_out *")
+        out.rows = ffi.cast("int64_t *", rows.ctypes.data)
+        out.max_records = max_messages
+        self._out, self._out_cap, self._rows = out, max_messages, out.rows
+        self._buf = ffi.cast("uint8_t *", buf.ctypes.data)
+        try:
+            part, n = self._poll_parts(max_messages, timeout)
+            if n and self._buf != ffi.cast("uint8_t *", buf.ctypes.data):
+                buf = np.frombuffer(ffi.buffer(self._buf, out.bytes_used), np.uint8).copy()  # grew or inflated
+        finally:
+            self._out, self._out_cap, self._rows, self._buf, self._buf_cap, self._mv = saved
         if not n:
             return None
-        a = self._arrays
-
-        def col(k):
-            return np.frombuffer(ffi.buffer(a[k], 8 * n), dtype=np.int64).copy()
-
-        return Columns(part.topic, part.partition, col("offsets"), col("timestamps"),
-                       ffi.buffer(self._buf, self._out.bytes_used)[:], col("value_starts"),
-                       col("value_lens"), col("key_starts"), col("key_lens"))
+        r = rows[:n]
+        return Columns(part.topic, part.partition, r[:, 0], r[:, 1], buf[:out.bytes_used],
+                       r[:, 4], r[:, 5], r[:, 2], r[:, 3])
 
     def __iter__(self):
         return self

@@ -116,6 +116,22 @@ class Producer:
 
     def send(self, topic: str, value, key=None, headers=None, partition=None, timestamp_ms=None):
         """Appends one record; returns RecordMetadata(topic, partition, offset)."""
+        if key is None and headers is None and timestamp_ms is None and type(value) is bytes:
+            # express path: one GIL-holding C call; anything unusual takes the full path
+            w = self._writers.get(topic)
+            if w is not None:
+                if partition is None:
+                    w.sticky_left -= len(value)
+                    partition = w.sticky if w.sticky_left >= 0 else w.next_sticky(0)
+                if type(partition) is int and 0 <= partition < w.n:
+                    ctx = w.ctxs[partition]
+                    if ctx is not None:
+                        rc = lib.shmx_send(ctx, value, len(value))
+                        if rc >= 0:
+                            return RecordMetadata(topic, partition, rc)
+        return self._send(topic, value, key, headers, partition, timestamp_ms)
+
+    def _send(self, topic, value, key, headers, partition, timestamp_ms):
         w = self._writers.get(topic) or self._writer(topic)
         if type(value) is not bytes:
             value = _as_bytes(value, "value")

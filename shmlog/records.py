@@ -41,7 +41,7 @@ class BatchMetadata(msgspec.Struct, gc=False, frozen=True):
 class Columns(msgspec.Struct, gc=False):
     """A batch of records from one partition as numpy columns, without per-record objects.
 
-    values is one bytes object; record i's value is
+    values is one uint8 numpy array (the batches' bytes); record i's value is
     values[value_starts[i]:value_starts[i] + value_lengths[i]] (length -1 = null).
     Keys likewise. Arrays are int64 numpy arrays, owned by this object.
     """
@@ -50,7 +50,7 @@ class Columns(msgspec.Struct, gc=False):
     partition: int
     offsets: object
     timestamps_ms: object
-    values: bytes
+    values: object
     value_starts: object
     value_lengths: object
     key_starts: object
@@ -64,7 +64,7 @@ class Columns(msgspec.Struct, gc=False):
         if n < 0:
             return None
         s = int(self.value_starts[i])
-        return self.values[s:s + n]
+        return self.values[s:s + n].tobytes()
 
 
 def _varint(n: int) -> bytes:
