@@ -143,7 +143,12 @@ class Log:
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
         self.unblock_ns = unblock_timeout_ms * 1_000_000
-        os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+        try:
+            os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+        except PermissionError:
+            raise errors.PermissionDenied(
+                f"no access to data dir {settings.data_dir}: run as the instance's user or a member "
+                "of its group, or pass another data_dir") from None
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
         self._ctl = self._attach_ctl(max_topics)

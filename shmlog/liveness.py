@@ -10,6 +10,7 @@ forgets the parent's token (closing its copy does not drop the parent's
 lock) and makes its own on first need; objects holding per-process state
 register a reset hook here.
 """
+import atexit
 import fcntl
 import os
 import threading
@@ -91,3 +92,4 @@ def _after_fork_in_child():
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(release_tokens)

@@ -1,0 +1,51 @@
+"""OS-level failures: a full /dev/shm, and access the OS refuses."""
+import os
+import shutil
+
+import pytest
+
+import shmlog
+from shmlog import errors
+
+
+def test_full_dev_shm_fails_at_creation(inst):
+    """posix_fallocate refuses a ring larger than /dev/shm: NoSpace at create_topic, no SIGBUS later."""
+    free = shutil.disk_usage("/dev/shm").total
+    ring = 1 << 36
+    if ring <= free:
+        pytest.skip("/dev/shm is larger than the largest ring")
+    before = inst.segments()
+    with pytest.raises(errors.NoSpace, match="/dev/shm is full"):
+        inst.log.create_topic("huge", ring_bytes=ring)
+    assert inst.segments() == before                     # nothing half-made left behind
+    assert "huge" not in inst.log.list_topics()
+    inst.log.create_topic("small", ring_bytes=1 << 16)   # the instance still works
+    assert inst.log.producer().send("small", b"v", partition=0).offset == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+def test_other_user_is_refused(inst):
+    inst.log.create_topic("private", ring_bytes=1 << 16)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # child: become nobody, try to attach
+        code = 3
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                shmlog.connect(**inst.kwargs)
+                code = 1
+            except errors.PermissionDenied as e:
+                os.write(w, str(e).encode()[:500])
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    msg = os.read(r, 1000).decode()
+    os.close(r)
+    assert os.WEXITSTATUS(status) != 1, "another user attached to the instance"
+    assert os.WEXITSTATUS(status) == 0, "another user got an error that is not PermissionDenied"
+    assert "access" in msg
