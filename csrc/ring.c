@@ -7,10 +7,9 @@
  * torn.
  *
  * Layout: [shm_ring_header (16 KiB)][data: capacity bytes, a power of two].
- * A frame at position p lives at data[p & (cap-1)] and never wraps: when the
- * space left before the end is too small, the reservation covers it with a
- * PAD frame (or, when fewer than 16 bytes are left, with nothing: a reader at
- * such a position skips to the next lap).
+ * A frame at position p lives at data[(p - base_position) & (cap-1)] and
+ * never wraps: when the space left before the end is too small, the
+ * reservation covers it with a PAD frame.
  *
  * Invariants
  *  I1 head <= persisted (durable) <= tail, and tail - head <= capacity: the
@@ -27,6 +26,8 @@
  *     before (make_room), so an overwritten frame was always complete.
  *  I5 Readers copy, then re-check head (seqlock): if head passed the frame's
  *     position during the copy, the copy is discarded.
+ *  I6 Every frame starts with at least 16 bytes before the ring's end: a
+ *     reservation that would leave exactly 8 pads to the end instead.
  *
  * Who writes what: tail — producers (CAS). head — producers making room
  * (CAS). persisted/fsynced — the persister. data_waiters — consumers;
@@ -61,7 +62,19 @@
 
 #define HDR(b) ((struct shm_ring_header *)(b))
 #define DATA(b) ((uint8_t *)(b) + SHM_RING_HEADER_BYTES)
-#define FRAME(b, p, mask) ((struct shm_frame_header *)(DATA(b) + ((p) & (mask))))
+/* Slots count from the ring's base position, so every ring (a recovered one
+ * too) starts a lap at slot 0. Reservations never leave exactly 8 bytes before
+ * the end (I6), so every frame start has room for a frame header and every
+ * byte of the log lies inside a self-describing frame, in the ring and on disk. */
+static inline uint64_t slot_of(const struct shm_ring_header *h, uint64_t p)
+{
+    return (p - h->base_position) & (h->capacity - 1);
+}
+static inline uint64_t room_of(const struct shm_ring_header *h, uint64_t p)
+{
+    return h->capacity - slot_of(h, p);
+}
+#define FRAME(h, p) ((struct shm_frame_header *)(DATA(h) + slot_of((h), (p))))
 
 static int64_t test_hold_ns;   /* test hook: sleep between reserve and commit */
 
@@ -230,7 +243,7 @@ static inline void wake_after_commit(struct shm_ring_header *h)
 static int frame_end(const struct shm_ring_header *h, const struct shm_frame_header *fh, uint64_t p,
                      int64_t cur_offset, uint64_t *next_pos, int64_t *next_offset)
 {
-    uint64_t cap = h->capacity, rem = cap - (p & (cap - 1));
+    uint64_t rem = room_of(h, p);
     uint32_t len = fh->length;
     if (len < SHM_FRAME_HEADER_BYTES || shm_align8(len) > rem)
         return SHM_E_CORRUPT;
@@ -260,7 +273,6 @@ static int frame_end(const struct shm_ring_header *h, const struct shm_frame_hea
  * *stuck with SHM_E_BUSY. */
 static int make_room(struct shm_ring_header *h, uint64_t need, uint64_t *stuck)
 {
-    uint64_t mask = h->capacity - 1;
     for (;;) {
         uint64_t hp;
         int64_t ho;
@@ -272,20 +284,15 @@ static int make_room(struct shm_ring_header *h, uint64_t need, uint64_t *stuck)
             return SHM_E_AGAIN;
         uint64_t next;
         int64_t noff = ho;
-        uint64_t rem = h->capacity - (hp & mask);
-        if (rem < SHM_FRAME_HEADER_BYTES) {
-            next = hp + rem;
-        } else {
-            struct shm_frame_header *fh = FRAME(h, hp, mask);
-            /* acquire: the frame's length and body are complete if this matches */
-            if (shm_load_acquire(&fh->commit) != commit_word(hp)) {
-                *stuck = hp;
-                return SHM_E_BUSY;
-            }
-            int rc = frame_end(h, fh, hp, ho, &next, &noff);
-            if (rc != SHM_OK)
-                return rc;
+        struct shm_frame_header *fh = FRAME(h, hp);
+        /* acquire: the frame's length and body are complete if this matches */
+        if (shm_load_acquire(&fh->commit) != commit_word(hp)) {
+            *stuck = hp;
+            return SHM_E_BUSY;
         }
+        int rc = frame_end(h, fh, hp, ho, &next, &noff);
+        if (rc != SHM_OK)
+            return rc;
         /* full barrier (cmpxchg16b): head moves before we overwrite what it passed */
         if (shm_cas_pair(&h->head_pos, hp, (uint64_t)ho, next, (uint64_t)noff) &&
             h->persistence == SHM_PERSIST_NONE)
@@ -330,7 +337,7 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
                    uint32_t count, int64_t timeout_ns, const char *token_prefix, int64_t unblock_ns,
                    struct reservation *r)
 {
-    uint64_t cap = h->capacity, mask = cap - 1;
+    uint64_t cap = h->capacity;
     int64_t deadline = -1, stuck_since = -1;
     uint64_t stuck_at = ~(uint64_t)0;
     uint32_t spins = 0;
@@ -338,8 +345,10 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
         /* a torn read of the pair only makes the CAS below fail */
         uint64_t t = shm_load_relaxed(&h->tail_pos);
         int64_t o = shm_load_relaxed(&h->tail_offset);
-        uint64_t rem = cap - (t & mask);
-        uint64_t pad = rem < alen ? rem : 0;
+        uint64_t rem = room_of(h, t);
+        /* I6: pad to the lap's end when the frame does not fit, or would
+         * leave exactly 8 bytes (too few for a frame header) behind it */
+        uint64_t pad = (rem < alen || rem - alen == SHM_FRAME_ALIGN) ? rem : 0;
         uint64_t end = t + pad + alen;
         /* acquire: head's CAS (which made room) happens-before our writes */
         if (end > shm_load_acquire(&h->head_pos) + cap) {
@@ -384,7 +393,7 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
             r->res_end = end;
             r->base_offset = o;
             if (pad >= SHM_FRAME_HEADER_BYTES) {
-                struct shm_frame_header *ph = FRAME(h, t, mask);
+                struct shm_frame_header *ph = FRAME(h, t);
                 ph->length = (uint32_t)pad;
                 ph->kind = SHM_FRAME_PAD;
                 ph->flags = 0;
@@ -421,7 +430,7 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
         return SHM_E_TOO_LARGE;
     if (__builtin_expect(shm_load_relaxed(&h->deleted), 0))
         return SHM_E_TOPIC_GONE;
-    uint64_t alen = shm_align8(frame_len), mask = h->capacity - 1;
+    uint64_t alen = shm_align8(frame_len);
     int64_t ts = in->timestamp_ms >= 0 ? in->timestamp_ms : shm_now_ms();
 
     if (timeout_ns == SHM_NOWAIT) {
@@ -437,7 +446,7 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
         shm_store_release(&s->state, SHM_SLOT_IDLE);
         return rc;
     }
-    struct shm_frame_header *fh = FRAME(h, r.frame_pos, mask);
+    struct shm_frame_header *fh = FRAME(h, r.frame_pos);
     shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, r.base_offset, ts);
     if (__builtin_expect(test_hold_ns > 0, 0))
         sleep_ns(test_hold_ns);
@@ -549,10 +558,8 @@ uint64_t shm_ring_counter(const void *base, int which)
 /* Is there something for the cursor: a complete frame, a skip, or a lap? */
 static int cursor_ready(const struct shm_ring_header *h, const struct shm_cursor *cur)
 {
-    uint64_t p = cur->pos, mask = h->capacity - 1;
-    if (h->capacity - (p & mask) < SHM_FRAME_HEADER_BYTES)
-        return shm_load_acquire(&h->tail_pos) > p;
-    return shm_load_acquire(&FRAME(h, p, mask)->commit) == commit_word(p) ||
+    uint64_t p = cur->pos;
+    return shm_load_acquire(&FRAME(h, p)->commit) == commit_word(p) ||
            shm_load_acquire(&h->head_pos) > p;
 }
 
@@ -586,19 +593,13 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
                   int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
     const struct shm_ring_header *h = HDR(base);
-    uint64_t cap = h->capacity, mask = cap - 1, used = 0;
+    uint64_t used = 0;
     out->count = 0;
     out->frames = out->gaps = out->compressed = 0;
     out->bytes_used = 0;
     while (out->count < out->max_records) {
-        uint64_t p = cur->pos, rem = cap - (p & mask);
-        if (rem < SHM_FRAME_HEADER_BYTES) {
-            if (shm_load_acquire(&h->tail_pos) <= p)
-                break;
-            cur->pos = p + rem;
-            continue;
-        }
-        const struct shm_frame_header *fh = FRAME(h, p, mask);
+        uint64_t p = cur->pos, rem = room_of(h, p);
+        const struct shm_frame_header *fh = FRAME(h, p);
         /* acquire: the frame's bytes are visible once its commit matches (I3) */
         if (shm_load_acquire(&fh->commit) != commit_word(p)) {
             if (shm_load_acquire(&h->tail_pos) <= p)
@@ -704,7 +705,6 @@ done:
 int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
 {
     const struct shm_ring_header *h = HDR(base);
-    uint64_t mask = h->capacity - 1;
     for (int attempt = 0; attempt < 64; attempt++) {
         uint64_t hp, tp, ho, to;
         shm_pair_snapshot(&h->head_pos, &hp, &ho);
@@ -721,12 +721,8 @@ int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
         int64_t o = (int64_t)ho;
         int lapped = 0;
         while (p < tp) {
-            uint64_t rem = h->capacity - (p & mask);
-            if (rem < SHM_FRAME_HEADER_BYTES) {
-                p += rem;
-                continue;
-            }
-            const struct shm_frame_header *fh = FRAME(h, p, mask);
+            uint64_t rem = room_of(h, p);
+            const struct shm_frame_header *fh = FRAME(h, p);
             if (shm_load_acquire(&fh->commit) != commit_word(p))
                 break;                    /* in flight: offset is at or after it */
             /* copy the header and the batch header, then check for a lap */
@@ -867,7 +863,7 @@ struct candidate {
  * next offset? Used only to tell apart dead INTENT slots naming one position. */
 static int reservation_fits(struct shm_ring_header *h, const struct candidate *c)
 {
-    uint64_t end = c->r.res_end, mask = h->capacity - 1;
+    uint64_t end = c->r.res_end;
     int64_t end_off = c->r.base_offset + c->count;
     uint64_t tp, to;
     shm_pair_snapshot(&h->tail_pos, &tp, &to);
@@ -882,10 +878,8 @@ static int reservation_fits(struct shm_ring_header *h, const struct candidate *c
             s->base_offset == end_off && s != c->slot)
             return 1;
     }
-    uint64_t p = end, rem = h->capacity - (end & mask);
-    if (rem < SHM_FRAME_HEADER_BYTES)
-        p += rem;
-    const struct shm_frame_header *fh = FRAME(h, p, mask);
+    const struct shm_frame_header *fh = FRAME(h, end);
+    uint64_t p = end;
     if (shm_load_acquire(&fh->commit) != commit_word(p))
         return 0;
     if (fh->kind == SHM_FRAME_PAD)
@@ -897,10 +891,9 @@ static int reservation_fits(struct shm_ring_header *h, const struct candidate *c
 
 static void seal(struct shm_ring_header *h, const struct candidate *c)
 {
-    uint64_t mask = h->capacity - 1;
     const struct reservation *r = &c->r;
-    if (r->frame_pos > r->res_pos && h->capacity - (r->res_pos & mask) >= SHM_FRAME_HEADER_BYTES) {
-        struct shm_frame_header *ph = FRAME(h, r->res_pos, mask);
+    if (r->frame_pos > r->res_pos) {
+        struct shm_frame_header *ph = FRAME(h, r->res_pos);
         if (shm_load_acquire(&ph->commit) != commit_word(r->res_pos)) {
             ph->length = (uint32_t)(r->frame_pos - r->res_pos);
             ph->kind = SHM_FRAME_PAD;
@@ -909,7 +902,7 @@ static void seal(struct shm_ring_header *h, const struct candidate *c)
             shm_store_release(&ph->commit, commit_word(r->res_pos));
         }
     }
-    struct shm_frame_header *fh = FRAME(h, r->frame_pos, mask);
+    struct shm_frame_header *fh = FRAME(h, r->frame_pos);
     if (shm_load_acquire(&fh->commit) != commit_word(r->frame_pos)) {
         struct shm_gap_body g = {r->base_offset, c->count, 0};
         memcpy(fh + 1, &g, sizeof g);
@@ -933,12 +926,11 @@ static void seal(struct shm_ring_header *h, const struct candidate *c)
 int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
 {
     struct shm_ring_header *h = HDR(base);
-    uint64_t mask = h->capacity - 1;
     if (seal_lock(h) != SHM_OK)
         return SHM_E_SYS;
     int rc = SHM_OK;
     if (shm_load_acquire(&h->head_pos) > pos || shm_load_acquire(&h->tail_pos) <= pos ||
-        shm_load_acquire(&FRAME(h, pos, mask)->commit) == commit_word(pos))
+        shm_load_acquire(&FRAME(h, pos)->commit) == commit_word(pos))
         goto out;
     struct candidate cands[SHM_PRODUCER_SLOTS];
     int nc = 0, reserved = -1, fits = -1, nfits = 0;
