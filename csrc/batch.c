@@ -345,6 +345,7 @@ int32_t shm_murmur2(const uint8_t *data, uint64_t len)
 
 /* Batch header fields other modules need (ring.c, Python storage code). */
 int64_t shm_batch_base_offset(const uint8_t *batch) { return (int64_t)get_be64(batch + OFF_BASE_OFFSET); }
+int64_t shm_batch_max_timestamp(const uint8_t *batch) { return (int64_t)get_be64(batch + OFF_MAX_TS); }
 int32_t shm_batch_last_delta(const uint8_t *batch) { return (int32_t)get_be32(batch + OFF_LAST_DELTA); }
 void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch + OFF_BASE_OFFSET, (uint64_t)off); }
 

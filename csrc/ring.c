@@ -60,27 +60,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HDR(b) ((struct shm_ring_header *)(b))
-#define DATA(b) ((uint8_t *)(b) + SHM_RING_HEADER_BYTES)
-/* Slots count from the ring's base position, so every ring (a recovered one
- * too) starts a lap at slot 0. Reservations never leave exactly 8 bytes before
- * the end (I6), so every frame start has room for a frame header and every
- * byte of the log lies inside a self-describing frame, in the ring and on disk. */
-static inline uint64_t slot_of(const struct shm_ring_header *h, uint64_t p)
-{
-    return (p - h->base_position) & (h->capacity - 1);
-}
-static inline uint64_t room_of(const struct shm_ring_header *h, uint64_t p)
-{
-    return h->capacity - slot_of(h, p);
-}
-#define FRAME(h, p) ((struct shm_frame_header *)(DATA(h) + slot_of((h), (p))))
+#include "frame.h"
 
 static int64_t test_hold_ns;   /* test hook: sleep between reserve and commit */
 
 void shm_test_set_hold_ns(int64_t ns) { test_hold_ns = ns; }
-
-static inline uint64_t commit_word(uint64_t pos) { return pos ^ (uint64_t)SHM_COMMIT_XOR; }
 
 static void sleep_ns(int64_t ns)
 {
@@ -239,34 +223,6 @@ static inline void wake_after_commit(struct shm_ring_header *h)
 
 /* ------------------------------------------------------------ head */
 
-/* Offsets that follow the complete frame at p (whose header is fh). */
-static int frame_end(const struct shm_ring_header *h, const struct shm_frame_header *fh, uint64_t p,
-                     int64_t cur_offset, uint64_t *next_pos, int64_t *next_offset)
-{
-    uint64_t rem = room_of(h, p);
-    uint32_t len = fh->length;
-    if (len < SHM_FRAME_HEADER_BYTES || shm_align8(len) > rem)
-        return SHM_E_CORRUPT;
-    *next_pos = p + shm_align8(len);
-    const uint8_t *body = (const uint8_t *)(fh + 1);
-    switch (fh->kind) {
-    case SHM_FRAME_PAD:
-        *next_offset = cur_offset;
-        return SHM_OK;
-    case SHM_FRAME_GAP: {
-        const struct shm_gap_body *g = (const struct shm_gap_body *)body;
-        *next_offset = g->base_offset + g->count;
-        return SHM_OK;
-    }
-    case SHM_FRAME_DATA:
-        if (len < SHM_FRAME_HEADER_BYTES + SHM_BATCH_HEADER_BYTES)
-            return SHM_E_CORRUPT;
-        *next_offset = shm_batch_base_offset(body) + shm_batch_last_delta(body) + 1;
-        return SHM_OK;
-    }
-    return SHM_E_CORRUPT;
-}
-
 /* Moves head forward until head_pos >= need. Passes only complete frames,
  * and on a durable ring only persisted ones. Returns SHM_OK, SHM_E_AGAIN
  * (waiting on the persister) or the position of an uncommitted frame in
@@ -290,7 +246,7 @@ static int make_room(struct shm_ring_header *h, uint64_t need, uint64_t *stuck)
             *stuck = hp;
             return SHM_E_BUSY;
         }
-        int rc = frame_end(h, fh, hp, ho, &next, &noff);
+        int rc = frame_next(fh, hp, room_of(h, hp), ho, &next, &noff);
         if (rc != SHM_OK)
             return rc;
         /* full barrier (cmpxchg16b): head moves before we overwrite what it passed */
@@ -322,6 +278,8 @@ static int wait_for_space(struct shm_ring_header *h, int64_t deadline_ns, uint32
     }
     shm_fetch_add(&h->space_waiters, 1);
     uint32_t seq = shm_load_acquire(&h->space_seq);
+    if (h->persistence == SHM_PERSIST_DISK)
+        wake(&h->persist_seq);        /* full because the persister is behind: call it */
     int64_t slice = 2000000;   /* re-check at least every 2 ms: head moves without a wake */
     if (deadline_ns >= 0 && deadline_ns - now < slice)
         slice = deadline_ns - now;
@@ -459,6 +417,11 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     /* release: the slot goes idle only after the commit */
     shm_store_release(&s->state, SHM_SLOT_IDLE);
     wake_after_commit(h);
+    /* durable: a half-full ring calls the persister (it sleeps otherwise) */
+    if (h->persistence == SHM_PERSIST_DISK &&
+        __builtin_expect(__atomic_load_n(&h->persist_waiters, __ATOMIC_SEQ_CST) != 0, 0) &&
+        r.res_end - shm_load_relaxed(&h->persisted_pos) >= h->capacity / 2)
+        wake(&h->persist_seq);
     if (out) {
         out->frame_pos = r.frame_pos;
         out->base_offset = r.base_offset;
@@ -551,6 +514,11 @@ uint64_t shm_ring_counter(const void *base, int which)
     case 2: return shm_load_acquire(&h->persisted_pos);
     case 3: return shm_load_acquire(&h->fsynced_pos);
     case 4: return shm_load_acquire(&h->deleted);
+    case 5: return shm_load_acquire(&h->durable_waiters);
+    case 6: return (uint64_t)(int64_t)shm_load_acquire(&h->persist_errno);
+    case 7: return h->base_position;
+    case 8: return (uint64_t)h->base_offset;
+    case 9: return h->persistence;
     }
     return 0;
 }
@@ -595,7 +563,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
     const struct shm_ring_header *h = HDR(base);
     uint64_t used = 0;
     out->count = 0;
-    out->frames = out->gaps = out->compressed = 0;
+    out->frames = out->gaps = out->compressed = out->batch_start = 0;
     out->bytes_used = 0;
     while (out->count < out->max_records) {
         uint64_t p = cur->pos, rem = room_of(h, p);
@@ -740,7 +708,7 @@ int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
             }
             uint64_t next;
             int64_t noff;
-            if (frame_end(h, &c.h, p, o, &next, &noff) != SHM_OK)
+            if (frame_next(&c.h, p, rem, o, &next, &noff) != SHM_OK)
                 return SHM_E_CORRUPT;
             if (noff > offset)
                 break;                    /* this frame holds offset (or follows its gap) */
@@ -775,16 +743,6 @@ static int ready_any(void *const *bases, struct shm_cursor *const *curs, uint32_
     return -1;
 }
 
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
-struct shm_futex_waitv {
-    uint64_t val;
-    uint64_t uaddr;
-    uint32_t flags;
-    uint32_t __reserved;
-};
-
 /* Waits until one of n cursors has something to read (returns its index),
  * or timeout_ns passes (SHM_E_TIMEOUT; < 0 waits forever). Spins for spin_ns
  * first; then announces itself on every ring and parks in one futex_waitv
@@ -810,18 +768,15 @@ int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const
         if (sd >= 0 && (until < 0 || sd < until))
             until = sd;
         uint32_t m = n < 128 ? n : 128;
-        struct shm_futex_waitv w[128];
+        uint32_t *words[128], vals[128];
         for (uint32_t i = 0; i < m; i++)
             shm_fetch_add(&HDR(hdrs[i])->data_waiters, 1);
         for (uint32_t i = 0; i < m; i++) {
-            w[i].uaddr = (uint64_t)(uintptr_t)&HDR(hdrs[i])->data_seq;
-            w[i].val = shm_load_acquire(&HDR(hdrs[i])->data_seq);
-            w[i].flags = 2; /* FUTEX2_SIZE_U32, shared */
-            w[i].__reserved = 0;
+            words[i] = &HDR(hdrs[i])->data_seq;
+            vals[i] = shm_load_acquire(&HDR(hdrs[i])->data_seq);
         }
         /* re-check after announcing: a commit before the announcement is seen here */
         if ((r = ready_any(bases, curs, n, unblock_ns, shm_monotonic_ns(), &sd)) < 0) {
-            struct timespec ts, *tp = NULL;
             int64_t slice = n > 128 ? 1000000 : -1;   /* rings past 128 get polled */
             if (until >= 0) {
                 int64_t left = until - shm_monotonic_ns();
@@ -830,16 +785,7 @@ int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const
                 if (slice < 0 || left < slice)
                     slice = left;
             }
-            if (slice >= 0) {
-                /* futex_waitv takes an absolute CLOCK_MONOTONIC deadline */
-                int64_t abs = shm_monotonic_ns() + slice;
-                ts.tv_sec = abs / 1000000000;
-                ts.tv_nsec = abs % 1000000000;
-                tp = &ts;
-            }
-            long rc = syscall(SYS_futex_waitv, w, m, 0, tp, CLOCK_MONOTONIC);
-            if (rc < 0 && errno == ENOSYS)
-                sleep_ns(slice >= 0 && slice < 1000000 ? slice : 1000000);
+            shm_futex_waitv(words, vals, m, slice);
         }
         for (uint32_t i = 0; i < m; i++)
             shm_fetch_sub(&HDR(hdrs[i])->data_waiters, 1);

@@ -164,6 +164,56 @@ int shm_futex_wake(uint32_t *word)
     return r < 0 ? SHM_E_SYS : (int)r;
 }
 
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+struct shm_futex_waitv_entry {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+/* Sleeps until one of n (<= 128) shared futex words differs from its value in
+ * vals or is woken, at most timeout_ns (< 0: forever). Linux 5.16+
+ * futex_waitv; on older kernels a 1 ms nap (callers re-check and loop). */
+int shm_futex_waitv(uint32_t *const *words, const uint32_t *vals, uint32_t n, int64_t timeout_ns)
+{
+    struct shm_futex_waitv_entry w[128];
+    if (n > 128)
+        n = 128;
+    if (n == 0) {
+        struct timespec nap = {timeout_ns >= 0 ? timeout_ns / 1000000000 : 1,
+                               timeout_ns >= 0 ? timeout_ns % 1000000000 : 0};
+        nanosleep(&nap, NULL);
+        return SHM_E_TIMEOUT;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        w[i].val = vals[i];
+        w[i].uaddr = (uint64_t)(uintptr_t)words[i];
+        w[i].flags = 2;            /* FUTEX2_SIZE_U32; not private: words live in MAP_SHARED memory */
+        w[i].reserved = 0;
+    }
+    struct timespec ts, *tp = NULL;
+    if (timeout_ns >= 0) {
+        int64_t abs = shm_monotonic_ns() + timeout_ns;   /* futex_waitv takes an absolute deadline */
+        ts.tv_sec = abs / 1000000000;
+        ts.tv_nsec = abs % 1000000000;
+        tp = &ts;
+    }
+    long r = syscall(SYS_futex_waitv, w, n, 0, tp, CLOCK_MONOTONIC);
+    if (r >= 0 || errno == EAGAIN || errno == EINTR)
+        return SHM_OK;
+    if (errno == ETIMEDOUT)
+        return SHM_E_TIMEOUT;
+    if (errno == ENOSYS) {
+        struct timespec nap = {0, timeout_ns >= 0 && timeout_ns < 1000000 ? timeout_ns : 1000000};
+        nanosleep(&nap, NULL);
+        return SHM_OK;
+    }
+    return SHM_E_SYS;
+}
+
 /* start time (field 22 of /proc/pid/stat), or 0 when there is no such pid */
 static uint64_t proc_start_time(uint32_t pid)
 {

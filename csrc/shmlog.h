@@ -152,7 +152,9 @@ struct shm_ring_header {
      * copied to segment files; below fsynced they are on stable storage. */
     uint64_t persisted_pos;
     uint64_t fsynced_pos;
-    uint8_t  _span3[128 - 16];
+    int32_t  persist_errno;    /* last write/fsync failure of the persister, 0 = none */
+    uint32_t _pad3;
+    uint8_t  _span3[128 - 24];
 
     /* span 4: data wake-ups: consumers announce themselves in data_waiters,
      * producers bump data_seq and futex-wake only when it is non-zero. */
@@ -165,7 +167,9 @@ struct shm_ring_header {
     uint32_t space_seq;        /* futex word */
     uint32_t persist_waiters;  /* durable flush waiting on the persister */
     uint32_t persist_seq;      /* futex word the persister waits on */
-    uint8_t  _span5[128 - 16];
+    uint32_t durable_waiters;  /* flush(durable=True) callers waiting for fsynced */
+    uint32_t durable_seq;      /* futex word they wait on; the persister bumps it */
+    uint8_t  _span5[128 - 24];
 
     /* span 6: counters and the seal lock (cold, slow path) */
     uint64_t sealed_count;     /* reservations sealed as GAP after owner death */
@@ -289,8 +293,8 @@ struct shm_records_out {
     uint64_t  bytes_used;      /* bytes of the buffer filled with frames */
     uint32_t  frames;          /* frames copied */
     uint32_t  gaps;            /* GAP frames passed */
-    uint32_t  compressed;      /* 1: the buffer holds one compressed batch, undecoded */
-    uint32_t  _pad;
+    uint32_t  compressed;      /* 1: one compressed batch, undecoded, at buf[batch_start:bytes_used] */
+    uint32_t  batch_start;
 };
 
 /* ---------- shm.c: segments, futex, clocks, liveness ---------- */
@@ -303,6 +307,7 @@ int64_t  shm_now_ms(void);
 int64_t  shm_monotonic_ns(void);
 int      shm_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int      shm_futex_wake(uint32_t *word);
+int      shm_futex_waitv(uint32_t *const *words, const uint32_t *vals, uint32_t n, int64_t timeout_ns);
 int      shm_process_alive(const char *token_prefix, uint32_t pid, uint64_t start_time);
 
 /* ---------- crc32c.c ---------- */
@@ -324,6 +329,7 @@ int      shm_headers_decode(const uint8_t *sec, uint64_t len, uint32_t max, int6
 int32_t  shm_murmur2(const uint8_t *data, uint64_t len);
 int64_t  shm_batch_base_offset(const uint8_t *batch);
 int32_t  shm_batch_last_delta(const uint8_t *batch);
+int64_t  shm_batch_max_timestamp(const uint8_t *batch);
 void     shm_batch_set_base_offset(uint8_t *batch, int64_t off);
 int      shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total);
 int64_t  shm_headers_encode(uint8_t *dst, uint64_t cap, uint32_t n,
@@ -358,6 +364,44 @@ void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_off
 uint64_t shm_ring_counter(const void *base, int which);
 void     shm_ring_mark_deleted(void *base);
 void     shm_test_set_hold_ns(int64_t ns);
+
+/* ---------- log.c: frames in a linear buffer (segment files), persister scan ---------- */
+/* what shm_persist_scan found: a contiguous run of complete frames */
+struct shm_persist_out {
+    uint64_t end_pos;          /* position after the last complete frame taken */
+    uint64_t slot;             /* ring slot of the run's first byte */
+    int64_t  end_offset;       /* next offset after the run */
+    int64_t  max_timestamp;    /* largest batch timestamp in the run, or -1 */
+    uint32_t frames;
+    uint32_t index_count;      /* index rows written */
+};
+#define SHM_INDEX_FIELDS 3     /* index row: offset, position, max timestamp so far */
+int      shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset,
+                          uint64_t max_bytes, uint64_t index_every, uint64_t *next_index_pos,
+                          int64_t *index_rows, uint32_t max_index, struct shm_persist_out *out);
+void     shm_ring_publish_persisted(void *base, uint64_t pos);
+void     shm_ring_publish_fsynced(void *base, uint64_t pos, int32_t err);
+int      shm_ring_persist_wait(void *const *hdrs, uint32_t n, int64_t timeout_ns);
+int      shm_ring_durable_wait(void *hdr, uint64_t pos, int64_t timeout_ns);
+
+/* walks frames in buf (bytes of a segment file starting at position buf_pos) */
+int      shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
+                         int verify_crc, struct shm_records_out *out);
+int      shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t offset,
+                         struct shm_cursor *cur);
+/* recovery: validates frames from buf_pos; stops at the first bad or partial one */
+struct shm_scan_out {
+    uint64_t end_pos;          /* position after the last valid frame */
+    int64_t  end_offset;       /* next offset after it */
+    int64_t  max_timestamp;
+    uint64_t frames;
+    int32_t  stop_reason;      /* 0 end of data, 1 partial frame, 2 bad header, 3 bad CRC/body, 4 offset jump */
+    uint32_t _pad;
+    uint64_t bad_frame_len;    /* length field of the frame that stopped the scan (if its header was sane) */
+};
+int      shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t expect_offset,
+                             uint64_t index_every, uint64_t *next_index_pos, int64_t *index_rows,
+                             uint32_t max_index, uint32_t *index_count, struct shm_scan_out *out);
 
 /* ---------- control.c: control segment ---------- */
 uint64_t shm_ctl_size(uint32_t max_topics);

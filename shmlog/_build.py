@@ -14,7 +14,7 @@ from cffi import FFI
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 # setuptools wants source paths relative to the project root (setup.py's directory)
 CSRC_REL = os.path.relpath(CSRC, os.getcwd())
-SOURCES = ["crc32c.c", "batch.c", "shm.c", "ring.c", "control.c", "layout.c"]
+SOURCES = ["crc32c.c", "batch.c", "shm.c", "ring.c", "log.c", "control.c", "layout.c"]
 
 
 def cdef_text() -> str:
@@ -54,7 +54,7 @@ ffibuilder.set_source(
     PREAMBLE,
     sources=[os.path.join(CSRC_REL, s) for s in SOURCES],
     include_dirs=[CSRC_REL],
-    depends=[os.path.join(CSRC_REL, h) for h in ("shmlog.h", "atomics.h")],
+    depends=[os.path.join(CSRC_REL, h) for h in ("shmlog.h", "atomics.h", "frame.h")],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-fno-strict-aliasing"]
     + (["-mcx16"] if os.uname().machine in ("x86_64", "amd64") else []),

@@ -1,7 +1,7 @@
 """cli.py — the `shmlog` command line (also `python -m shmlog`).
 
 Owns: argument parsing, output formatting (text or --json) and exit codes
-for the commands this build has: `demo` and `topic create|list|describe|delete`.
+for the commands this build has: `demo`, `check` and `topic create|list|describe|delete`.
 Must never: hold logic the Python API lacks; every command is a thin call
 into shmlog.connect() and its objects. Failures print one line on stderr and
 exit non-zero.
@@ -14,13 +14,16 @@ import time
 
 import msgspec
 
-from . import connect, errors
+import os
+
+from . import connect, errors, storage
 
 EPILOG = """examples:
   shmlog demo                                  # produce in one process, consume in another, print rates
   shmlog topic create orders -p 4 --ring-bytes 67108864
   shmlog topic list --json
   shmlog topic describe orders
+  shmlog check ~/.local/state/shmlog/default --repair
   shmlog --instance dev topic delete orders
 """
 
@@ -39,7 +42,8 @@ def _emit(args, obj, text):
 def cmd_topic_create(args):
     with _connect(args) as log:
         d = log.create_topic(args.name, partitions=args.partitions, ring_bytes=args.ring_bytes,
-                             persistence=args.persistence)
+                             persistence=args.persistence, fsync=args.fsync,
+                             retention_ms=args.retention_ms, retention_bytes=args.retention_bytes)
         _emit(args, d, f"created topic {args.name!r} with {args.partitions} partition(s)")
 
 
@@ -65,6 +69,38 @@ def cmd_topic_delete(args):
     with _connect(args) as log:
         log.delete_topic(args.name)
         _emit(args, {"deleted": args.name}, f"deleted topic {args.name!r}")
+
+
+def cmd_check(args):
+    """Verifies every segment of a data dir offline; --repair truncates torn tails."""
+    root = os.path.join(args.data_dir_pos, "topics")
+    if not os.path.isdir(root):
+        raise errors.InvalidArgument(f"{args.data_dir_pos} has no topics/ directory: not a shmlog data dir")
+    report = []
+    for topic in sorted(os.listdir(root)):
+        for part in sorted(os.listdir(os.path.join(root, topic)), key=lambda x: int(x) if x.isdigit() else -1):
+            path = os.path.join(root, topic, part)
+            entry = {"topic": topic, "partition": part, "problems": [], "repaired": None}
+            if args.repair:
+                try:
+                    rep = storage.recover_partition(path, repair=True)
+                    if rep.truncated_bytes:
+                        entry["repaired"] = f"truncated {rep.truncated_bytes} bytes at file position {rep.truncated_at}"
+                except errors.CorruptRecord as e:
+                    entry["problems"].append(str(e))
+            entry["problems"] += [p for p in storage.check_partition(path) if p not in entry["problems"]]
+            report.append(entry)
+    bad = [e for e in report if e["problems"]]
+    if args.json:
+        print(json.dumps({"partitions": report, "ok": not bad}))
+    else:
+        for e in report:
+            state = "ok" if not e["problems"] else "DAMAGED"
+            print(f"{e['topic']}[{e['partition']}]: {state}" + (f" ({e['repaired']})" if e["repaired"] else ""))
+            for p in e["problems"]:
+                print(f"  {p}")
+    if bad:
+        raise SystemExit(1)
 
 
 def _demo_producer(conn_kwargs, topic, count, size, batch, ready):
@@ -94,7 +130,7 @@ def cmd_demo(args):
             log.delete_topic(topic)
         except errors.UnknownTopicOrPartition:
             pass
-        log.create_topic(topic, partitions=1, ring_bytes=64 << 20)
+        log.create_topic(topic, partitions=1, ring_bytes=64 << 20, persistence=args.persistence)
         try:
             c = log.consumer(topics=[topic], auto_offset_reset="earliest")
             ctx = multiprocessing.get_context("fork")
@@ -146,7 +182,13 @@ def build_parser():
     d.add_argument("--size", type=int, default=100, help="record size in bytes")
     d.add_argument("--batch", type=int, default=1, help="records per send_batch (1: per-message API)")
     d.add_argument("--topic", default="shmlog-demo")
+    d.add_argument("--persistence", default="none", choices=["none", "disk"])
     d.set_defaults(func=cmd_demo)
+
+    k = sub.add_parser("check", parents=[common], help="verify a data directory offline")
+    k.add_argument("data_dir_pos", metavar="DATA_DIR")
+    k.add_argument("--repair", action="store_true", help="truncate torn segment tails")
+    k.set_defaults(func=cmd_check)
 
     t = sub.add_parser("topic", parents=[common], help="create, list, describe, delete topics")
     ts = t.add_subparsers(dest="topic_command", required=True)
@@ -154,7 +196,10 @@ def build_parser():
     c.add_argument("name")
     c.add_argument("-p", "--partitions", type=int, default=1)
     c.add_argument("--ring-bytes", type=int, default=64 << 20, help="ring size per partition (power of two)")
-    c.add_argument("--persistence", default="none", choices=["none", "disk"])
+    c.add_argument("--persistence", default="disk", choices=["none", "disk"])
+    c.add_argument("--fsync", default="interval:100", help="never | always | interval:MS")
+    c.add_argument("--retention-ms", type=int, default=7 * 86400_000)
+    c.add_argument("--retention-bytes", type=int, default=None)
     c.set_defaults(func=cmd_topic_create)
     ts.add_parser("list", parents=[common], help="list topics").set_defaults(func=cmd_topic_list)
     x = ts.add_parser("describe", parents=[common], help="offsets and ring use per partition")

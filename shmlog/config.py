@@ -84,7 +84,7 @@ FSYNC_MODES = {"never": 0, "interval": 1, "always": 2}
 class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 1
     ring_bytes: int = DEFAULT_RING_BYTES
-    persistence: str = "none"
+    persistence: str = "disk"
     max_message_bytes: int | None = None     # default: ring_bytes // 4, at most 1 GiB
     fsync: str = "interval:100"
     retention_ms: int | None = 7 * 86400_000
@@ -105,9 +105,6 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise errors.InvalidArgument(f"ring_bytes={self.ring_bytes} must be a power of two")
         if self.persistence not in PERSISTENCE:
             raise errors.InvalidArgument(f"persistence must be one of {sorted(PERSISTENCE)}")
-        if self.persistence == "disk":
-            raise errors.NotSupported(
-                "durable topics (persistence='disk') are not in this build yet; use persistence='none'")
         mmb = self.max_message_bytes
         if mmb is None:
             mmb = min(self.ring_bytes // 4, 1 << 30)

@@ -14,7 +14,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import errors
+from . import errors, storage
 from ._native import ffi, lib, raise_status
 from .records import Columns, Message, decode_headers
 
@@ -26,15 +26,17 @@ DEFAULT_BUFFER = 4 << 20
 class _Part:
     """One assigned partition: its ring and cursor."""
 
-    __slots__ = ("topic", "partition", "ring", "cur", "reset_to")
+    __slots__ = ("topic", "partition", "ring", "cur", "reset_to", "plog", "on_disk")
 
-    def __init__(self, topic, partition, ring):
+    def __init__(self, topic, partition, ring, plog):
         self.topic = topic
         self.partition = partition
         self.ring = ring
         self.cur = ffi.new("struct shm_cursor *")
         self.cur.stuck_pos = 2**64 - 1
         self.reset_to = None      # an offset to seek to before the next read
+        self.plog = plog          # segment files (durable topics), else None
+        self.on_disk = False      # the cursor is below the ring's head: read the files
 
 
 class Consumer:
@@ -101,7 +103,11 @@ class Consumer:
             topic, partition = tp[0], tp[1]
             offset = tp[2] if len(tp) > 2 else None
             h = self._log.topic_handle(topic)
-            part = _Part(topic, partition, self._log.ring(h, partition, writable=False))
+            plog = None
+            if h.config.persistence == "disk":
+                plog = storage.PartitionLog(
+                    storage.partition_dir(self._log.settings.data_dir, topic, partition))
+            part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog)
             self._start(part, offset)
             parts.append(part)
         self._parts = parts
@@ -127,8 +133,18 @@ class Consumer:
                 raise errors.InvalidType(f"offset must be int, not {type(offset).__name__}")
             part.reset_to = offset
 
+    def _log_start(self, part: _Part) -> int:
+        start = part.ring.ends()[0]
+        if part.plog is not None:
+            part.plog.refresh()
+            disk = part.plog.start_offset()
+            if disk is not None and disk < start:
+                return disk
+        return start
+
     def _apply_reset(self, part: _Part, wanted):
-        start, end, _, _ = part.ring.ends()
+        _, end, _, _ = part.ring.ends()
+        start = self._log_start(part)
         if wanted is not None and self._reset == "none":
             raise errors.OffsetOutOfRange(
                 f"{part.topic!r} partition {part.partition}: offset {wanted} is not in the log "
@@ -138,8 +154,16 @@ class Consumer:
         self._seek(part, target)
 
     def _seek(self, part: _Part, offset: int):
+        part.on_disk = False
         rc = lib.shm_ring_seek(part.ring.base, part.cur, offset)
         if rc == lib.SHM_E_OUT_OF_RANGE:
+            start, end, _, _ = part.ring.ends()
+            if part.plog is not None and offset < start:
+                part.plog.refresh()
+                if part.plog.seek(offset, self._buf, self._buf_cap, part.cur):
+                    part.on_disk = True
+                    part.cur.stuck_pos = 2**64 - 1
+                    return
             self._apply_reset(part, offset)
         elif rc != lib.SHM_OK:
             self._raise_read(rc, part)
@@ -154,7 +178,7 @@ class Consumer:
         part.reset_to = offset
 
     def seek_to_beginning(self, topic, partition):
-        self.seek(topic, partition, self._part(topic, partition).ring.ends()[0])
+        self.seek(topic, partition, self._log_start(self._part(topic, partition)))
 
     def seek_to_end(self, topic, partition):
         self.seek(topic, partition, self._part(topic, partition).ring.ends()[1])
@@ -175,7 +199,28 @@ class Consumer:
 
     def beginning_offsets(self, partitions=None) -> dict:
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
-        return {(p.topic, p.partition): p.ring.ends()[0] for p in parts}
+        return {(p.topic, p.partition): self._log_start(p) for p in parts}
+
+    def offsets_for_times(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
+        """The earliest offset whose record timestamp is >= timestamp_ms, or None.
+        The time index narrows where to start; records are then read forward."""
+        part = self._part(topic, partition)
+        start = self._log_start(part)
+        if part.plog is not None:
+            for seg in part.plog.segments:
+                below = [o for t, o in seg.time_index() if t < timestamp_ms]
+                if not below:
+                    break
+                start = max(start, below[-1])
+        with Consumer(self._log, auto_offset_reset="earliest", check_crcs=bool(self._crc)) as tmp:
+            tmp.assign([(topic, partition, start)])
+            while True:
+                cols = tmp.poll_columns(65536, timeout=0)
+                if cols is None:
+                    return None
+                hit = np.nonzero(cols.timestamps_ms >= timestamp_ms)[0]
+                if len(hit):
+                    return int(cols.offsets[hit[0]])
 
     def _drop_pending(self, part: _Part):
         rest = self._pending[self._pi:]
@@ -212,6 +257,10 @@ class Consumer:
             out = self._out
         if out.max_records != max_records:
             out.max_records = max_records
+        if part.on_disk:
+            n = self._read_disk(part)
+            if n is not None:
+                return n
         while True:
             rc = lib.shmx_read(part.ring.base, part.cur, self._buf, self._buf_cap, self._crc,
                                    self._log.unblock_ns, out)
@@ -220,6 +269,12 @@ class Consumer:
                     return self._decompress(part)
                 return out.count
             if rc == lib.SHM_E_OUT_OF_RANGE:
+                if part.plog is not None:          # lapped: the files have it
+                    part.on_disk = True
+                    n = self._read_disk(part)
+                    if n is not None:
+                        return n
+                    continue
                 self._apply_reset(part, part.cur.next_offset)
             elif rc == lib.SHM_E_BUSY:
                 self._seal(part)
@@ -228,6 +283,48 @@ class Consumer:
                 self._set_buffer(max(self._buf_cap * 2, 1 << 20))
             else:
                 self._raise_read(rc, part)
+
+    def _read_disk(self, part: _Part):
+        """Reads from the segment files; None when the cursor reached the ring
+        (the caller reads the ring then)."""
+        cur, plog, out = part.cur, part.plog, self._out
+        for _ in range(64):
+            if cur.pos >= part.ring.ends()[2]:
+                part.on_disk = False
+                return None
+            seg = plog.segment_for_pos(cur.pos)
+            if seg is None or (seg is plog.segments[-1] and cur.pos >= seg.end_pos):
+                plog.refresh()
+                seg = plog.segment_for_pos(cur.pos)
+            if seg is None:                       # retention deleted what we were reading
+                self._apply_reset(part, cur.next_offset)
+                return 0
+            try:
+                n = plog.read(seg, cur.pos, self._buf, self._buf_cap)
+            except FileNotFoundError:
+                plog.refresh()
+                continue
+            if n == 0:                            # end of this segment: the next one starts here
+                plog.refresh()
+                if plog.segment_for_pos(cur.pos) is seg:
+                    return 0
+                continue
+            rc = lib.shm_frames_read(self._buf, n, cur.pos, cur, self._crc, out)
+            if rc == lib.SHM_E_AGAIN:             # a frame larger than the buffer
+                if n < self._buf_cap:
+                    return 0
+                self._set_buffer(self._buf_cap * 2)
+                continue
+            if rc == lib.SHM_E_CORRUPT:
+                raise errors.CorruptRecord(
+                    f"{part.topic!r} partition {part.partition}: damaged frame in {seg.path()} at file "
+                    f"position {cur.pos - seg.base_pos} (offsets from {cur.next_offset}); nothing was "
+                    "returned from it. seek() past it to go on, and run `shmlog check`.")
+            if out.compressed:
+                return self._decompress(part)
+            if out.count:
+                return out.count
+        return 0
 
     def _seal(self, part: _Part):
         """A frame stayed uncommitted past the unblock timeout: seal it if its writer is dead."""
@@ -247,7 +344,7 @@ class Consumer:
 
     def _decompress(self, part: _Part) -> int:
         """A compressed batch (written by a Kafka client) arrived alone: inflate it, decode in C."""
-        raw = ffi.buffer(self._buf, self._out.bytes_used)[:]
+        raw = ffi.buffer(self._buf, self._out.bytes_used)[self._out.batch_start:]
         codec = int.from_bytes(raw[21:23], "big") & 7
         if codec != 1:
             raise errors.NotSupported(

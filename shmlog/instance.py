@@ -6,14 +6,20 @@ segment's robust lock, and the per-connection cache of mapped rings.
 Must never: produce or consume (producer.py and consumer.py do), or read a
 shared field without the C core.
 """
+import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 import weakref
 
 import msgspec
 
-from . import config, errors, liveness
+from . import catalog, config, errors, liveness, storage
 from ._native import Segment, ffi, lib, raise_status, unlink_segment
+
+log = logging.getLogger("shmlog")
 
 LOCK_TIMEOUT_NS = 10_000_000_000
 
@@ -138,7 +144,7 @@ class Log:
     """A connection to one instance. Use shmlog.connect() to make one."""
 
     def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
-                 unblock_timeout_ms: int = 500):
+                 unblock_timeout_ms: int = 500, start_persister: bool = True):
         self.settings = settings
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
@@ -151,11 +157,16 @@ class Log:
                 "of its group, or pass another data_dir") from None
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
-        self._ctl = self._attach_ctl(max_topics)
         self._handles: dict[str, TopicHandle] = {}
         self._rings: dict[tuple, Ring] = {}
         self._clients = weakref.WeakSet()
         self._closed = False
+        self._start_persister = start_persister
+        self._ctl, created = self._attach_ctl(max_topics)
+        if created:
+            self._restore()
+        elif start_persister and self._has_durable():
+            self.ensure_persister()
 
     # ------------------------------------------------------------ control segment
 
@@ -173,10 +184,12 @@ class Log:
                 rc = lib.shm_ctl_init(seg.base, seg.size, max_topics)
                 if rc != lib.SHM_OK:
                     raise_status(rc, f"cannot initialise control segment {name}")
-                return seg
+                # restore before anyone can take the lock: others block on it (topic_handle)
+                lib.shm_ctl_lock(seg.base, -1)
+                return seg, True
             rc = lib.shm_ctl_check(seg.base, seg.size)
             if rc == lib.SHM_OK:
-                return seg
+                return seg, False
             seg.close()
             if rc != lib.SHM_E_AGAIN:
                 raise errors.LayoutMismatch(
@@ -209,11 +222,80 @@ class Log:
             if st != lib.SHM_TOPIC_FREE:
                 yield i, st, gen[0], lib.shm_ctl_topic(base, i)
 
+    def _restore(self):
+        """A new control segment: recreate the catalog's topics, each durable
+        partition's ring starting where its segment files end. Runs holding
+        the control lock (taken in _attach_ctl)."""
+        try:
+            cat = catalog.load(self.settings.data_dir)
+            for name, cfg in cat.topics.items():
+                bases = []
+                for p in range(cfg.partitions):
+                    if cfg.persistence == "disk":
+                        rep = storage.recover_partition(storage.partition_dir(self.settings.data_dir, name, p))
+                        if rep.truncated_bytes:
+                            log.warning("recovery: %s", rep)
+                        bases.append((rep.end_offset, rep.end_pos))
+                    else:
+                        bases.append((0, 0))
+                self._create_locked(name, cfg, bases)
+                log.info("restored topic %r (%d partitions)", name, cfg.partitions)
+        except BaseException:
+            lib.shm_ctl_unlock(self._ctl.base)
+            name = self.settings.ctl_name
+            self._ctl.close()
+            unlink_segment(name)     # the next connect retries the restore
+            raise
+        lib.shm_ctl_unlock(self._ctl.base)
+        if self._start_persister and self._has_durable():
+            self.ensure_persister()
+
+    def _has_durable(self) -> bool:
+        return any(e.config.persistence == lib.SHM_PERSIST_DISK
+                   for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE)
+
+    def ensure_persister(self, timeout: float = 10.0):
+        """Starts this instance's persister process unless one runs (the
+        supervisor will own it in a later build)."""
+        from . import persister        # lazily: `python -m shmlog.persister` imports this module
+        d = self.settings.data_dir
+        if persister.running(d):
+            return
+        errlog = open(os.path.join(d, "persister.log"), "ab")
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
+                 "--data-dir", d, "--shm-prefix", self.settings.shm_prefix],
+                stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, start_new_session=True,
+                close_fds=True)
+        finally:
+            errlog.close()
+        deadline = time.monotonic() + timeout
+        while not persister.running(d):
+            if time.monotonic() > deadline:
+                raise errors.Timeout(f"the persister did not start within {timeout} s; see {d}/persister.log")
+            time.sleep(0.005)
+
+    def stop_persister(self, timeout: float = 30.0) -> bool:
+        """SIGTERM to the persister; waits until it has fsynced and exited."""
+        from . import persister
+        d = self.settings.data_dir
+        pid = persister.pid_of(d)
+        if not pid or not persister.running(d):
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while persister.running(d):
+            if time.monotonic() > deadline:
+                raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")
+            time.sleep(0.005)
+        return True
+
     # ------------------------------------------------------------ topics
 
     def create_topic(self, name: str, partitions: int = 1, ring_bytes: int = config.DEFAULT_RING_BYTES,
                      retention_ms: int | None = 7 * 86400_000, retention_bytes: int | None = None,
-                     fsync: str = "interval:100", persistence: str = "none",
+                     fsync: str = "interval:100", persistence: str = "disk",
                      max_message_bytes: int | None = None, segment_bytes: int = 1 << 30,
                      segment_ms: int = 7 * 86400_000) -> TopicDescription:
         config.validate_topic_name(name)
@@ -225,38 +307,54 @@ class Log:
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
-        nb = name.encode()
         with self._lock():
-            self._drop_abandoned(nb)
-            gen = ffi.new("uint64_t *")
-            idx = lib.shm_ctl_topic_reserve(self._ctl.base, nb, len(nb), _c_config(cfg), gen)
-            if idx == lib.SHM_E_EXISTS:
-                raise errors.TopicExists(f"topic {name!r} already exists")
-            if idx == lib.SHM_E_TABLE_FULL:
-                raise errors.TableFull(
-                    f"the instance's topic table is full ({lib.shm_ctl_max_topics(self._ctl.base)} "
-                    "topics): delete topics or recreate the instance with a larger max_topics")
-            if idx < 0:
-                raise_status(idx, f"cannot create topic {name!r}")
-            made = []
-            try:
-                for p in range(cfg.partitions):
-                    rname = self.settings.ring_name(gen[0], p)
-                    seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
-                    made.append(rname)
-                    rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, gen[0], p,
-                                           config.PERSISTENCE[cfg.persistence],
-                                           cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, 0, 0)
-                    seg.close()
-                    if rc != lib.SHM_OK:
-                        raise_status(rc, f"cannot initialise ring {rname}")
-            except BaseException:
-                for rname in made:
-                    unlink_segment(rname)
-                lib.shm_ctl_topic_free(self._ctl.base, idx)
-                raise
-            lib.shm_ctl_topic_publish(self._ctl.base, idx)
+            self._create_locked(name, cfg, [(0, 0)] * cfg.partitions, fresh=True)
+            cat = catalog.load(self.settings.data_dir)
+            cat.topics[name] = cfg
+            catalog.save(self.settings.data_dir, cat)
+        if cfg.persistence == "disk" and self._start_persister:
+            self.ensure_persister()
         return self.describe_topic(name)
+
+    def _create_locked(self, name: str, cfg: config.TopicConfig, bases, fresh: bool = False):
+        """Under the lock: a topic-table entry and its rings; bases[p] = (offset, position)."""
+        nb = name.encode()
+        self._drop_abandoned(nb)
+        gen = ffi.new("uint64_t *")
+        idx = lib.shm_ctl_topic_reserve(self._ctl.base, nb, len(nb), _c_config(cfg), gen)
+        if idx == lib.SHM_E_EXISTS:
+            raise errors.TopicExists(f"topic {name!r} already exists")
+        if idx == lib.SHM_E_TABLE_FULL:
+            raise errors.TableFull(
+                f"the instance's topic table is full ({lib.shm_ctl_max_topics(self._ctl.base)} "
+                "topics): delete topics or recreate the instance with a larger max_topics")
+        if idx < 0:
+            raise_status(idx, f"cannot create topic {name!r}")
+        if fresh and cfg.persistence == "disk":
+            storage.remove_topic_dir(self.settings.data_dir, name)     # leftovers of an older life
+        made = []
+        try:
+            for p in range(cfg.partitions):
+                rname = self.settings.ring_name(gen[0], p)
+                seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
+                made.append(rname)
+                base_offset, base_pos = bases[p]
+                rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, gen[0], p,
+                                       config.PERSISTENCE[cfg.persistence],
+                                       cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base_offset,
+                                       base_pos)
+                seg.close()
+                if rc != lib.SHM_OK:
+                    raise_status(rc, f"cannot initialise ring {rname}")
+                if cfg.persistence == "disk":
+                    os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770,
+                                exist_ok=True)
+        except BaseException:
+            for rname in made:
+                unlink_segment(rname)
+            lib.shm_ctl_topic_free(self._ctl.base, idx)
+            raise
+        lib.shm_ctl_topic_publish(self._ctl.base, idx)
 
     def _drop_abandoned(self, nb: bytes):
         """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
@@ -289,6 +387,10 @@ class Log:
                     pass
                 unlink_segment(rname)
             lib.shm_ctl_topic_free(self._ctl.base, idx)
+            cat = catalog.load(self.settings.data_dir)
+            if cat.topics.pop(name, None) is not None:
+                catalog.save(self.settings.data_dir, cat)
+            storage.remove_topic_dir(self.settings.data_dir, name)
         self._forget(name)
 
     def list_topics(self) -> list[str]:
@@ -302,6 +404,11 @@ class Log:
         for p in range(h.partitions):
             r = self.ring(h, p, writable=False)
             start, end, hp, tp = r.ends()
+            if h.config.persistence == "disk":
+                disk_start = storage.PartitionLog(
+                    storage.partition_dir(self.settings.data_dir, name, p)).start_offset()
+                if disk_start is not None:
+                    start = min(start, disk_start)
             parts.append(PartitionInfo(p, start, end, h.config.ring_bytes, tp - hp,
                                        lib.shm_ring_counter(r.base, 0), lib.shm_ring_counter(r.base, 1)))
         return TopicDescription(name, h.generation, h.config, parts)
@@ -323,8 +430,11 @@ class Log:
         idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
         gen = ffi.new("uint64_t *")
         if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
-            raise errors.UnknownTopicOrPartition(
-                f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)")
+            with self._lock():       # a restore in progress holds the lock: wait for it
+                idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
+            if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
+                raise errors.UnknownTopicOrPartition(
+                    f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)")
         e = lib.shm_ctl_topic(self._ctl.base, idx)
         h = TopicHandle(name, idx, gen[0], _py_config(e.config))
         self._handles[name] = h
@@ -382,6 +492,7 @@ class Log:
                 self.delete_topic(name)
             except errors.UnknownTopicOrPartition:
                 pass
+        self.stop_persister()
         name = self.settings.ctl_name
         self.close()
         unlink_segment(name)
@@ -413,8 +524,9 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
     """Attaches to (creating if needed) the instance's control segment.
 
     instance and data_dir default to $SHMLOG_INSTANCE / $SHMLOG_DATA_DIR, then
-    "default" and ~/.local/state/shmlog/<instance>. autostart is accepted for
-    the supervisor that later builds start; this build has no background
-    process to start (see README)."""
+    "default" and ~/.local/state/shmlog/<instance>. A new control segment is
+    restored from the data dir's catalog and segment files. With autostart
+    (the default) the instance's persister is started when it has durable
+    topics and none runs."""
     return Log(config.resolve(instance, data_dir, shm_prefix), max_topics=max_topics,
-               unblock_timeout_ms=unblock_timeout_ms)
+               unblock_timeout_ms=unblock_timeout_ms, start_persister=autostart)

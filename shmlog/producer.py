@@ -6,6 +6,7 @@ writes, and turning a send or a batch into ONE call into the C core (one
 reservation, one frame). Must never: loop over records in Python where the C
 core can take the batch, or keep a slot after close() or across fork().
 """
+import os
 import random
 from array import array
 from itertools import compress
@@ -247,10 +248,14 @@ class Producer:
             self._log._forget(name)
             raise errors.TopicDeleted(f"topic {name!r} was deleted while this producer wrote to it")
         if rc == lib.SHM_E_FULL:
+            ring = w.rings[partition]
+            err = lib.shm_ring_counter(ring.base, 6) if ring is not None else 0
+            why = (f"the persister cannot write: {os.strerror(err)}" if err else
+                   "the persister is behind or not running" if w.handle.config.persistence == "disk"
+                   else "a writer a lap behind is still writing")
             raise errors.BufferFull(
                 f"topic {name!r} partition {partition}: no ring space for "
-                f"{self._timeout_ns // 1_000_000} ms (consumers do not hold space back; a writer "
-                "a lap behind is still writing, or the persister is behind)")
+                f"{self._timeout_ns // 1_000_000} ms ({why}); consumers never hold space back")
         if rc == lib.SHM_E_TOO_LARGE:
             raise errors.RecordTooLarge(
                 f"record batch is larger than topic {name!r}'s max_message_bytes "
@@ -260,11 +265,34 @@ class Producer:
         raise_status(rc, f"send to topic {name!r} partition {partition} failed")
 
     def flush(self, durable: bool = False, timeout: float | None = None) -> None:
-        """Every send is already visible to consumers when it returns. With
-        durable=True, waits until everything sent is fsynced — durable topics
-        are not in this build, so ephemeral topics have nothing to wait for."""
+        """Every send is visible to consumers when it returns, so a plain flush
+        has nothing to do. With durable=True it returns once every record sent
+        so far to a durable topic is fsynced (it waits for the persister to
+        pass the ring's tail as seen now, waking it to fsync at once)."""
         if self._closed:
             raise errors.Closed("this producer is closed")
+        if not durable:
+            return
+        tns = -1 if timeout is None else int(timeout * 1e9)
+        for w in list(self._writers.values()):
+            if w.handle.config.persistence != "disk":
+                continue
+            for ring in w.rings:
+                if ring is None:
+                    continue
+                tail = ring.ends()[3]
+                if lib.shm_ring_counter(ring.base, 3) >= tail:
+                    continue
+                if self._log._start_persister:
+                    self._log.ensure_persister()
+                rc = lib.shm_ring_durable_wait(ring.base, tail, tns)
+                if rc == lib.SHM_E_TIMEOUT:
+                    err = lib.shm_ring_counter(ring.base, 6)
+                    why = f": the persister reports {os.strerror(err)}" if err else ""
+                    raise errors.Timeout(f"topic {w.handle.name!r} partition {ring.partition}: records "
+                                         f"not fsynced within {timeout} s{why}")
+                if rc == lib.SHM_E_TOPIC_GONE:
+                    raise errors.TopicDeleted(f"topic {w.handle.name!r} was deleted before the flush")
 
     def close(self):
         if self._closed:

@@ -1,0 +1,356 @@
+/* log.c — the durable side of frames: what the persister takes from a ring,
+ * and frames read back from segment files.
+ *
+ * Owns: scanning a ring's committed prefix for the persister (without
+ * copying: the persister writes the ring bytes straight to the file), the
+ * persisted/fsynced cursors and their wake-ups, and walking frames in a
+ * linear buffer (bytes pread from a segment file) to read, seek and validate.
+ * Must never: move a ring's head or tail, or trust a length it has not
+ * bounded: segment bytes may be torn or corrupted.
+ *
+ * A segment file holds ring frames byte for byte, so a frame's commit word
+ * (position ^ SHM_COMMIT_XOR) says where it belongs: file position =
+ * position - segment base position, and a frame that does not name its own
+ * position is torn or corrupt.
+ *
+ * Persister protocol (durable rings): the persister alone writes
+ * persisted_pos and fsynced_pos. It copies only complete frames, so
+ * persisted_pos is always a frame boundary <= the first uncommitted frame;
+ * producers' make_room passes only frames below it (I1), so the bytes the
+ * persister is writing out cannot change under it.
+ */
+#define _GNU_SOURCE
+#include "shmlog.h"
+#include "atomics.h"
+#include "frame.h"
+
+#include <string.h>
+
+static void wake(uint32_t *seq)
+{
+    shm_fetch_add(seq, 1);
+    shm_futex_wake(seq);
+}
+
+/* ------------------------------------------------------------ persister */
+
+static void index_row(int64_t *rows, uint32_t *n, uint32_t max, int64_t offset, uint64_t pos,
+                      int64_t ts, uint64_t every, uint64_t *next_index_pos)
+{
+    if (pos < *next_index_pos || *n >= max)
+        return;
+    int64_t *r = rows + (uint64_t)(*n)++ * SHM_INDEX_FIELDS;
+    r[0] = offset;
+    r[1] = (int64_t)pos;
+    r[2] = ts;
+    *next_index_pos = pos + every;
+}
+
+int shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset, uint64_t max_bytes,
+                     uint64_t index_every, uint64_t *next_index_pos, int64_t *index_rows,
+                     uint32_t max_index, struct shm_persist_out *out)
+{
+    const struct shm_ring_header *h = HDR(base);
+    uint64_t p = from_pos, lap_end = from_pos + room_of(h, from_pos);
+    /* acquire: frames below the tail we read are reserved; commits checked per frame */
+    uint64_t tail = shm_load_acquire(&h->tail_pos);
+    int64_t off = from_offset, maxts = -1;
+    out->frames = out->index_count = 0;
+    out->slot = slot_of(h, from_pos);
+    while (p < tail && p < lap_end) {
+        const struct shm_frame_header *fh = FRAME(h, p);
+        /* acquire: a matching commit makes the frame's bytes visible */
+        if (shm_load_acquire(&fh->commit) != commit_word(p))
+            break;
+        uint64_t next;
+        int64_t noff;
+        if (frame_next(fh, p, room_of(h, p), off, &next, &noff) != SHM_OK) {
+            if (out->frames == 0)
+                return SHM_E_CORRUPT;
+            break;
+        }
+        if (next - from_pos > max_bytes && out->frames > 0)
+            break;
+        if (fh->kind != SHM_FRAME_PAD) {
+            int64_t first = frame_first_offset(fh, off);
+            if (fh->kind == SHM_FRAME_DATA) {
+                int64_t ts = shm_batch_max_timestamp((const uint8_t *)(fh + 1));
+                if (ts > maxts)
+                    maxts = ts;
+            }
+            index_row(index_rows, &out->index_count, max_index, first, p, maxts, index_every,
+                      next_index_pos);
+        }
+        off = noff;
+        p = next;
+        out->frames++;
+    }
+    out->end_pos = p;
+    out->end_offset = off;
+    out->max_timestamp = maxts;
+    return SHM_OK;
+}
+
+void shm_ring_publish_persisted(void *base, uint64_t pos)
+{
+    struct shm_ring_header *h = HDR(base);
+    /* release: the file write happened before producers may reuse the space */
+    shm_store_release(&h->persisted_pos, pos);
+    shm_fence_seq_cst();   /* the store above precedes the waiter load (Dekker with wait_for_space) */
+    if (shm_load_relaxed(&h->space_waiters))
+        wake(&h->space_seq);
+}
+
+void shm_ring_publish_fsynced(void *base, uint64_t pos, int32_t err)
+{
+    struct shm_ring_header *h = HDR(base);
+    shm_store_relaxed(&h->persist_errno, err);
+    /* release: the fsync completed before anyone reads the new position */
+    shm_store_release(&h->fsynced_pos, pos);
+    shm_fence_seq_cst();   /* the store above precedes the waiter load */
+    if (shm_load_relaxed(&h->durable_waiters))
+        wake(&h->durable_seq);
+}
+
+/* The persister sleeps until a producer or a durable flush needs it, or
+ * timeout_ns passes. hdrs: writable ring headers. */
+int shm_ring_persist_wait(void *const *hdrs, uint32_t n, int64_t timeout_ns)
+{
+    uint32_t m = n < 128 ? n : 128;
+    uint32_t *words[128] = {0}, vals[128] = {0};
+    for (uint32_t i = 0; i < m; i++) {
+        struct shm_ring_header *h = HDR(hdrs[i]);
+        shm_fetch_add(&h->persist_waiters, 1);
+        words[i] = &h->persist_seq;
+        vals[i] = shm_load_acquire(&h->persist_seq);
+    }
+    int rc = shm_futex_waitv(words, vals, m, n > 128 && (timeout_ns < 0 || timeout_ns > 1000000)
+                                                ? 1000000 : timeout_ns);
+    for (uint32_t i = 0; i < m; i++)
+        shm_fetch_sub(&HDR(hdrs[i])->persist_waiters, 1);
+    return rc;
+}
+
+/* flush(durable=True): waits until fsynced_pos >= pos, waking the persister
+ * so it fsyncs now rather than at its interval. SHM_E_TIMEOUT. */
+int shm_ring_durable_wait(void *hdr, uint64_t pos, int64_t timeout_ns)
+{
+    struct shm_ring_header *h = HDR(hdr);
+    int64_t deadline = timeout_ns >= 0 ? shm_monotonic_ns() + timeout_ns : -1;
+    for (;;) {
+        if (shm_load_acquire(&h->fsynced_pos) >= pos)
+            return SHM_OK;
+        if (shm_load_acquire(&h->deleted))
+            return SHM_E_TOPIC_GONE;
+        shm_fetch_add(&h->durable_waiters, 1);
+        uint32_t seq = shm_load_acquire(&h->durable_seq);
+        wake(&h->persist_seq);
+        int64_t slice = 100000000;   /* re-check every 100 ms (a persister may have died) */
+        if (deadline >= 0) {
+            int64_t left = deadline - shm_monotonic_ns();
+            if (left <= 0) {
+                shm_fetch_sub(&h->durable_waiters, 1);
+                return shm_load_acquire(&h->fsynced_pos) >= pos ? SHM_OK : SHM_E_TIMEOUT;
+            }
+            if (left < slice)
+                slice = left;
+        }
+        if (shm_load_acquire(&h->fsynced_pos) < pos)
+            shm_futex_wait(&h->durable_seq, seq, slice);
+        shm_fetch_sub(&h->durable_waiters, 1);
+    }
+}
+
+/* ------------------------------------------------------------ linear buffers */
+
+/* The frame at position p in buf, if its header is all there and names p. */
+static const struct shm_frame_header *linear_frame(const uint8_t *buf, uint64_t len,
+                                                   uint64_t buf_pos, uint64_t p, int *status)
+{
+    uint64_t o = p - buf_pos;
+    if (p < buf_pos || o + SHM_FRAME_HEADER_BYTES > len) {
+        *status = SHM_E_AGAIN;
+        return NULL;
+    }
+    const struct shm_frame_header *fh = (const struct shm_frame_header *)(buf + o);
+    if (fh->commit != commit_word(p)) {
+        *status = SHM_E_CORRUPT;
+        return NULL;
+    }
+    *status = SHM_OK;
+    return fh;
+}
+
+/* Decodes frames from cur->pos (inside buf) into out, like shm_ring_read
+ * but from bytes of a segment file. SHM_OK (maybe 0 records: more bytes are
+ * needed, or only gaps/pads), SHM_E_AGAIN (no complete frame at cur->pos:
+ * read a larger chunk), SHM_E_CORRUPT (cur->pos stays on the bad frame). */
+int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
+                    int verify_crc, struct shm_records_out *out)
+{
+    out->count = out->frames = out->gaps = out->compressed = 0;
+    out->bytes_used = 0;
+    int progressed = 0;
+    while (out->count < out->max_records) {
+        uint64_t p = cur->pos;
+        int st;
+        const struct shm_frame_header *fh = linear_frame(buf, len, buf_pos, p, &st);
+        if (!fh) {
+            if (st == SHM_E_AGAIN)
+                break;
+            return out->count ? SHM_OK : st;
+        }
+        uint64_t next;
+        int64_t noff;
+        uint64_t room = len - (p - buf_pos);
+        if (shm_align8(fh->length) > room)
+            break;                                   /* partial: needs more bytes */
+        if (frame_next(fh, p, room, cur->next_offset, &next, &noff) != SHM_OK)
+            return out->count ? SHM_OK : SHM_E_CORRUPT;
+        if (fh->kind == SHM_FRAME_PAD) {
+            cur->pos = next;
+            progressed = 1;
+            continue;
+        }
+        if (fh->kind == SHM_FRAME_GAP) {
+            if (noff > cur->next_offset)
+                cur->next_offset = noff;
+            out->gaps++;
+            cur->pos = next;
+            progressed = 1;
+            continue;
+        }
+        const uint8_t *batch = (const uint8_t *)(fh + 1);
+        uint64_t blen = fh->length - SHM_FRAME_HEADER_BYTES;
+        if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
+            return out->count ? SHM_OK : SHM_E_CORRUPT;
+        if (noff - 1 < cur->next_offset) {           /* all below what the caller wants */
+            cur->pos = next;
+            progressed = 1;
+            continue;
+        }
+        if (batch[22] & 0x07) {                      /* compressed: handed over alone */
+            if (out->count)
+                break;
+            out->compressed = 1;
+            out->frames = 1;
+            out->batch_start = (uint32_t)(batch - buf);
+            out->bytes_used = out->batch_start + blen;
+            cur->pos = next;
+            return SHM_OK;
+        }
+        if (noff - shm_batch_base_offset(batch) > (int64_t)(out->max_records - out->count) && out->count)
+            break;
+        int n = shm_batch_decode(batch, blen, (int64_t)(batch - buf), cur->next_offset, out);
+        if (n == SHM_E_BUFFER_SMALL) {
+            cur->next_offset = out->rows[(uint64_t)(out->count - 1) * SHM_ROW_FIELDS + SHM_ROW_OFFSET] + 1;
+            out->frames++;
+            break;
+        }
+        if (n < 0)
+            return out->count ? SHM_OK : SHM_E_CORRUPT;
+        out->frames++;
+        cur->next_offset = noff;
+        cur->pos = next;
+        progressed = 1;
+    }
+    out->bytes_used = len;
+    return (out->count || progressed) ? SHM_OK : SHM_E_AGAIN;
+}
+
+/* From cur->pos (a frame start inside buf), moves cur to the frame holding
+ * offset (or the first frame after it). SHM_OK: found; SHM_E_AGAIN: reached
+ * the end of buf (cur->pos is where to continue); SHM_E_CORRUPT. */
+int shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t offset,
+                    struct shm_cursor *cur)
+{
+    for (;;) {
+        uint64_t p = cur->pos;
+        int st;
+        const struct shm_frame_header *fh = linear_frame(buf, len, buf_pos, p, &st);
+        if (!fh)
+            return st;
+        uint64_t next;
+        int64_t noff;
+        uint64_t room = len - (p - buf_pos);
+        if (fh->length > room)
+            return SHM_E_AGAIN;
+        if (frame_next(fh, p, room, cur->next_offset, &next, &noff) != SHM_OK)
+            return SHM_E_CORRUPT;
+        if (noff > offset) {
+            cur->next_offset = offset;
+            return SHM_OK;
+        }
+        cur->pos = next;
+        cur->next_offset = noff;
+    }
+}
+
+/* Recovery: validates frames from buf_pos (a frame start): each names its
+ * position, has a sane length, a valid CRC (DATA) and the offsets that
+ * follow the previous frame. Stops at the first frame that fails, and says
+ * why; builds index rows on the way. */
+int shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t expect_offset,
+                        uint64_t index_every, uint64_t *next_index_pos, int64_t *index_rows,
+                        uint32_t max_index, uint32_t *index_count, struct shm_scan_out *out)
+{
+    uint64_t p = buf_pos;
+    int64_t off = expect_offset, maxts = -1;
+    out->frames = 0;
+    out->stop_reason = 0;
+    out->bad_frame_len = 0;
+    for (;;) {
+        uint64_t o = p - buf_pos;
+        if (o == len)
+            break;
+        if (o + SHM_FRAME_HEADER_BYTES > len) {
+            out->stop_reason = 1;
+            break;
+        }
+        const struct shm_frame_header *fh = (const struct shm_frame_header *)(buf + o);
+        uint64_t room = len - o;
+        if (fh->commit != commit_word(p) || fh->length < SHM_FRAME_HEADER_BYTES ||
+            (fh->kind != SHM_FRAME_DATA && fh->kind != SHM_FRAME_PAD && fh->kind != SHM_FRAME_GAP)) {
+            out->stop_reason = 2;
+            break;
+        }
+        out->bad_frame_len = fh->length;
+        if (shm_align8(fh->length) > room) {
+            out->stop_reason = 1;
+            break;
+        }
+        uint64_t next;
+        int64_t noff;
+        if (frame_next(fh, p, room, off, &next, &noff) != SHM_OK) {
+            out->stop_reason = 3;
+            break;
+        }
+        const uint8_t *body = (const uint8_t *)(fh + 1);
+        if (fh->kind == SHM_FRAME_DATA) {
+            if (shm_batch_validate(body, fh->length - SHM_FRAME_HEADER_BYTES) != SHM_OK) {
+                out->stop_reason = 3;
+                break;
+            }
+            int64_t ts = shm_batch_max_timestamp(body);
+            if (ts > maxts)
+                maxts = ts;
+        }
+        if (fh->kind != SHM_FRAME_PAD) {
+            int64_t first = frame_first_offset(fh, off);
+            if (off >= 0 && first != off) {
+                out->stop_reason = 4;
+                break;
+            }
+            index_row(index_rows, index_count, max_index, first, p, maxts, index_every,
+                      next_index_pos);
+        }
+        off = noff;
+        p = next;
+        out->frames++;
+        out->bad_frame_len = 0;
+    }
+    out->end_pos = p;
+    out->end_offset = off;
+    out->max_timestamp = maxts;
+    return SHM_OK;
+}

@@ -1,0 +1,45 @@
+"""catalog.py — topic configurations on disk: <data_dir>/meta/topics.json.
+
+Owns: reading and atomically rewriting (write, fsync, rename, fsync dir) the
+list of topics with their configs, so topics survive a reboot with their
+settings. Must never: be written outside the control segment's lock (one
+writer at a time), or leave a half-written file behind.
+"""
+import os
+
+import msgspec
+
+from .config import TopicConfig
+
+
+class Catalog(msgspec.Struct):
+    topics: dict[str, TopicConfig] = {}
+
+
+def path(data_dir: str) -> str:
+    return os.path.join(data_dir, "meta", "topics.json")
+
+
+def load(data_dir: str) -> Catalog:
+    try:
+        with open(path(data_dir), "rb") as f:
+            return msgspec.json.decode(f.read(), type=Catalog)
+    except FileNotFoundError:
+        return Catalog()
+
+
+def save(data_dir: str, cat: Catalog):
+    p = path(data_dir)
+    d = os.path.dirname(p)
+    os.makedirs(d, mode=0o770, exist_ok=True)
+    tmp = p + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.format(msgspec.json.encode(cat), indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

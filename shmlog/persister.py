@@ -1,0 +1,260 @@
+"""persister.py — the process that turns durable rings into segment files.
+
+Owns: one loop per instance (guarded by an flock on <data_dir>/persister.lock):
+copy each durable ring's committed prefix to its active segment (the ring
+bytes, unchanged), publish persisted_pos, fsync by the topic's policy (and
+at once when a durable flush waits) and publish fsynced_pos, roll segments,
+enforce retention. It sleeps on the rings' persist futex until a producer
+needs room, a flush waits, or an fsync interval is due; it never busy-loops.
+Must never: publish a position it has not written (persisted) or fsynced
+(fsynced), or write a frame that is not complete.
+
+Run as `python -m shmlog.persister --instance I --data-dir D --shm-prefix P`;
+shmlog.connect() starts it when an instance has durable topics (until the
+supervisor owns it).
+"""
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+
+from . import config, errors, storage
+from ._native import ffi, lib
+
+log = logging.getLogger("shmlog.persister")
+
+MAX_RUN = 32 << 20              # bytes copied per write
+MAX_INDEX = MAX_RUN // storage.INDEX_EVERY + 2
+RETENTION_EVERY_S = 1.0
+IDLE_WAIT_S = 0.1
+
+
+class _Partition:
+    def __init__(self, handle, partition, ring, data_dir):
+        self.handle, self.partition, self.ring = handle, partition, ring
+        cfg = handle.config
+        self.mode, self.interval_ms = config.fsync_mode(cfg.fsync)
+        self.writer = storage.PartitionWriter(storage.partition_dir(data_dir, handle.name, partition),
+                                              cfg.segment_bytes, cfg.segment_ms)
+        self.last_fsync = time.monotonic()
+        rep = storage.recover_partition(self.writer.plog.dir)
+        self.writer.plog.refresh()
+        start, end, head, tail = ring.ends()
+        base_pos = ffi.cast("struct shm_ring_header *", ring.base).base_position
+        if not self.writer.plog.segments:
+            self.pos, self.offset = base_pos, ffi.cast("struct shm_ring_header *", ring.base).base_offset
+        else:
+            self.pos, self.offset = rep.end_pos, rep.end_offset
+        if self.pos < head:
+            log.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
+                      "records between are lost", handle.name, partition, self.pos, head)
+            self.pos, self.offset = head, start
+            self.writer.roll(self.pos, self.offset)
+        self.writer.resume(self.pos, self.offset)
+        persisted = lib.shm_ring_counter(ring.base, 2)
+        if self.pos > persisted:
+            lib.shm_ring_publish_persisted(ring.base, self.pos)    # written before a crash
+        self.fsynced = min(self.pos, lib.shm_ring_counter(ring.base, 3))
+        self.rows = ffi.new("int64_t[]", MAX_INDEX * lib.SHM_INDEX_FIELDS)
+        self.out = ffi.new("struct shm_persist_out *")
+        self.error = 0
+
+    def copy(self) -> int:
+        """Writes what is committed; returns bytes written."""
+        written = 0
+        base = self.ring.base
+        data = ffi.cast("uint8_t *", base) + lib.SHM_RING_HEADER_BYTES
+        while True:
+            if self.writer.roll_needed():
+                self.writer.roll(self.pos, self.offset)
+            room = max(self.writer.segment_bytes - self.writer.active.size, 1)
+            rc = lib.shm_persist_scan(base, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
+                                      self.writer.next_index_pos, self.rows, MAX_INDEX, self.out)
+            if rc != lib.SHM_OK:
+                raise errors.CorruptRecord(f"{self.handle.name}[{self.partition}]: damaged frame in the "
+                                           f"ring at position {self.pos}")
+            out = self.out
+            if out.frames == 0:
+                return written
+            n = out.end_pos - self.pos
+            try:
+                self.writer.append(ffi.buffer(data + out.slot, n), self.rows, out.index_count)
+            except OSError as e:
+                self._fail(e)
+                return written
+            self.pos, self.offset = out.end_pos, out.end_offset
+            lib.shm_ring_publish_persisted(base, self.pos)
+            written += n
+            if self.mode == 2:                          # always
+                self.fsync()
+
+    def fsync(self):
+        try:
+            self.writer.fsync()
+        except OSError as e:
+            self._fail(e)
+            return
+        self.last_fsync = time.monotonic()
+        self.fsynced = self.pos
+        self.error = 0
+        lib.shm_ring_publish_fsynced(self.ring.base, self.pos, 0)
+
+    def fsync_due(self) -> bool:
+        if self.fsynced >= self.pos:
+            return False
+        if lib.shm_ring_counter(self.ring.base, 5):     # a durable flush waits
+            return True
+        return self.mode == 1 and (time.monotonic() - self.last_fsync) * 1000 >= self.interval_ms
+
+    def _fail(self, e: OSError):
+        if self.error != e.errno:
+            log.error("%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
+                      self.handle.name, self.partition, os.strerror(e.errno))
+        self.error = e.errno
+        lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, e.errno)
+
+    def close(self):
+        self.writer.close()
+
+
+class Persister:
+    def __init__(self, conn):
+        self.conn = conn
+        self.parts: dict[tuple, _Partition] = {}
+        self.epoch = None
+        self.stopping = False
+        self.last_retention = 0.0
+        self.hdrs = None
+
+    def sync_topics(self):
+        epoch = lib.shm_ctl_epoch(self.conn._ctl.base)
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        live = set()
+        for name in self.conn.list_topics():
+            try:
+                h = self.conn.topic_handle(name)
+            except errors.UnknownTopicOrPartition:
+                continue
+            if h.config.persistence != "disk":
+                continue
+            for p in range(h.partitions):
+                key = (h.generation, p)
+                live.add(key)
+                if key not in self.parts:
+                    ring = self.conn.ring(h, p, writable=True)
+                    self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+        for key in [k for k in self.parts if k not in live]:
+            self.parts.pop(key).close()
+        self.hdrs = ffi.new("void *[]", [p.ring.base for p in self.parts.values()]) if self.parts else None
+
+    def run_once(self) -> int:
+        self.sync_topics()
+        written = 0
+        for part in list(self.parts.values()):
+            if part.ring.deleted():
+                continue
+            written += part.copy()
+            if part.fsync_due():
+                part.fsync()
+        now = time.monotonic()
+        if now - self.last_retention >= RETENTION_EVERY_S:
+            self.last_retention = now
+            for part in self.parts.values():
+                cfg = part.handle.config
+                part.writer.enforce_retention(cfg.retention_ms, cfg.retention_bytes)
+        return written
+
+    def wait(self):
+        timeout = IDLE_WAIT_S
+        for part in self.parts.values():
+            if part.mode == 1 and part.fsynced < part.pos:
+                due = part.interval_ms / 1000 - (time.monotonic() - part.last_fsync)
+                timeout = min(timeout, max(due, 0))
+        if self.hdrs is None:
+            time.sleep(timeout)
+        else:
+            lib.shm_ring_persist_wait(self.hdrs, len(self.parts), int(timeout * 1e9))
+
+    def run(self):
+        while not self.stopping:
+            if not self.run_once():
+                self.wait()
+        self.shutdown()
+
+    def shutdown(self):
+        """Everything committed is written and fsynced before we go."""
+        self.run_once()
+        for part in self.parts.values():
+            part.copy()
+            part.fsync()
+            part.close()
+
+
+def lock_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "persister.lock")
+
+
+def running(data_dir: str) -> bool:
+    """Is a persister holding this data dir's lock?"""
+    try:
+        fd = os.open(lock_path(data_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def pid_of(data_dir: str):
+    try:
+        with open(lock_path(data_dir)) as f:
+            return int(f.read().strip() or 0) or None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="shmlog.persister")
+    ap.add_argument("--instance")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--shm-prefix")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s persister %(levelname)s %(message)s")
+    settings = config.resolve(args.instance, args.data_dir, args.shm_prefix)
+    os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+    fd = os.open(lock_path(settings.data_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0                                      # another persister has it
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    from .instance import Log
+    conn = Log(settings, start_persister=False)
+    p = Persister(conn)
+
+    def stop(*_):
+        p.stopping = True       # the signal also interrupts the futex wait
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        p.run()
+    finally:
+        conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
