@@ -165,6 +165,22 @@ static int slot_owner_dead(const struct shm_producer_slot *s, const char *token_
     return !shm_process_alive(token_prefix, pid, st);
 }
 
+/* Has the slot no reservation that still blocks the ring? IDLE and BUSY
+ * never reserved; INTENT/RESERVED are settled once the position they name
+ * is committed (the owner finished, or another producer won the CAS and
+ * finished), has been passed by head, or was never reserved at all (tail has
+ * not reached it). Only an unsettled slot needs shm_ring_seal_stuck. */
+static int slot_settled(const struct shm_ring_header *h, const struct shm_producer_slot *s)
+{
+    uint32_t st = shm_load_acquire(&s->state);
+    if (st == SHM_SLOT_IDLE || st == SHM_SLOT_BUSY)
+        return 1;
+    uint64_t fp = s->frame_pos, rp = s->res_pos;
+    if (shm_load_acquire(&h->tail_pos) <= rp || shm_load_acquire(&h->head_pos) > fp)
+        return 1;
+    return shm_load_acquire(&FRAME(h, fp)->commit) == commit_word(fp);
+}
+
 int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const char *token_prefix)
 {
     struct shm_ring_header *h = HDR(base);
@@ -180,14 +196,15 @@ int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const cha
             shm_store_release(&s->state, SHM_SLOT_IDLE);
             return i;
         }
-        /* table full: free the slots of dead owners that hold no reservation */
+        /* table full: free the slots of dead owners that hold no open reservation */
         if (seal_lock(h) != SHM_OK)
             return SHM_E_SYS;
         for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
             struct shm_producer_slot *s = &h->slots[i];
-            uint32_t st = shm_load_acquire(&s->state);
-            if ((st == SHM_SLOT_IDLE || st == SHM_SLOT_BUSY) && slot_owner_dead(s, token_prefix))
+            if (slot_settled(h, s) && slot_owner_dead(s, token_prefix)) {
+                shm_store_relaxed(&s->state, SHM_SLOT_IDLE);
                 shm_store_release(&s->owner, 0);
+            }
         }
         seal_unlock(h);
     }
@@ -916,8 +933,15 @@ int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
                 fits = i;
                 nfits++;
             }
-        if (nfits != 1) {
-            rc = SHM_E_BUSY;
+        if (nfits > 1) {      /* several fit: harmless only if they claimed the same range */
+            for (int i = 0; i < nc; i++)
+                if (reservation_fits(h, &cands[i]) &&
+                    (cands[i].r.res_end != cands[fits].r.res_end || cands[i].count != cands[fits].count ||
+                     cands[i].r.frame_pos != cands[fits].r.frame_pos))
+                    nfits = -1;
+        }
+        if (nfits == 0 || nfits == -1) {
+            rc = SHM_E_BUSY;  /* cannot tell the owner apart (yet): never guess */
             goto out;
         }
         owner = fits;

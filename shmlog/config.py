@@ -114,7 +114,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
             v = getattr(self, name)
             if v is not None:
                 need_int(name, v, 1)
-        need_int("segment_bytes", self.segment_bytes, 1 << 20)
+        need_int("segment_bytes", self.segment_bytes, 1 << 16)
         need_int("segment_ms", self.segment_ms, 1)
         return msgspec.structs.replace(self, max_message_bytes=mmb)
 

@@ -2,13 +2,16 @@
 
 Owns: the `inst` fixture: a fresh instance name, data dir and shm prefix per
 test, a connected Log, and cleanup of every /dev/shm entry with that prefix
-even when the test fails or a child process died holding things.
+and of the instance's persister even when the test fails or a child process
+died holding things.
 """
 import multiprocessing
 import os
 import signal
+import time
 import uuid
 
+import psutil
 import pytest
 
 import shmlog
@@ -39,21 +42,38 @@ class Instance:
     def segments(self):
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(self.prefix))
 
+    def kill_persister(self):
+        """kill -9 of the instance's persister(s), however many were started."""
+        victims = [p for p in psutil.process_iter(["cmdline"])
+                   if "shmlog.persister" in (p.info["cmdline"] or [])
+                   and self.kwargs["instance"] in (p.info["cmdline"] or [])]
+        for p in victims:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=5)
+
+    def drop_shared_memory(self):
+        """What a reboot does: every segment of the instance is gone."""
+        for n in self.segments():
+            try:
+                os.unlink(os.path.join(SHM_DIR, n))
+            except FileNotFoundError:
+                pass
+
     def cleanup(self):
         for p in self.children:
             if p.pid and p.is_alive():
                 os.kill(p.pid, signal.SIGKILL)
             if p.pid:
                 p.join(5)
+        self.kill_persister()
         try:
             self.log.close()
         except Exception:
             pass
-        for n in self.segments():
-            try:
-                os.unlink(os.path.join(SHM_DIR, n))
-            except FileNotFoundError:
-                pass
+        self.drop_shared_memory()
 
 
 @pytest.fixture
