@@ -105,6 +105,10 @@ int64_t shm_batch_encoded_size(const struct shm_batch_in *in)
         if (in->value_lens[i] < -1 || rec_len(in->key_lens, i) < -1 ||
             (in->header_lens && in->header_lens[i] < 1))
             return SHM_E_INVALID;
+        /* bound each part first: the sums below then cannot overflow */
+        if (in->value_lens[i] > (int64_t)UINT32_MAX || rec_len(in->key_lens, i) > (int64_t)UINT32_MAX ||
+            (in->header_lens && in->header_lens[i] > (int64_t)UINT32_MAX))
+            return SHM_E_TOO_LARGE;
         int64_t body = record_body_size(in, i);
         total += varint_size(body) + body;
         if (total > (int64_t)UINT32_MAX)
@@ -356,8 +360,11 @@ int shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total)
     for (uint64_t i = 0; i < n; i++) {
         if (lens[i] < -1)
             return -1;
-        if (lens[i] > 0)
+        if (lens[i] > 0) {
+            if ((uint64_t)lens[i] > total - sum)   /* no wrap: the sum may never pass total */
+                return -1;
             sum += (uint64_t)lens[i];
+        }
     }
     return sum == total ? 0 : -1;
 }

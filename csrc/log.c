@@ -212,9 +212,13 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
             progressed = 1;
             continue;
         }
+        int64_t first = frame_first_offset(fh, cur->next_offset);
+        if ((cur->expect_base >= 0 && first != cur->expect_base) || noff <= first)
+            return out->count ? SHM_OK : SHM_E_CORRUPT;   /* baseOffset is outside the CRC */
         if (fh->kind == SHM_FRAME_GAP) {
             if (noff > cur->next_offset)
                 cur->next_offset = noff;
+            cur->expect_base = noff;
             out->gaps++;
             cur->pos = next;
             progressed = 1;
@@ -225,6 +229,7 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
         if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
             return out->count ? SHM_OK : SHM_E_CORRUPT;
         if (noff - 1 < cur->next_offset) {           /* all below what the caller wants */
+            cur->expect_base = noff;
             cur->pos = next;
             progressed = 1;
             continue;
@@ -236,6 +241,7 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
             out->frames = 1;
             out->batch_start = (uint32_t)(batch - buf);
             out->bytes_used = out->batch_start + blen;
+            cur->expect_base = noff;
             cur->pos = next;
             return SHM_OK;
         }
@@ -251,6 +257,7 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
             return out->count ? SHM_OK : SHM_E_CORRUPT;
         out->frames++;
         cur->next_offset = noff;
+        cur->expect_base = noff;
         cur->pos = next;
         progressed = 1;
     }
@@ -279,6 +286,7 @@ int shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t 
             return SHM_E_CORRUPT;
         if (noff > offset) {
             cur->next_offset = offset;
+            cur->expect_base = -1;
             return SHM_OK;
         }
         cur->pos = next;

@@ -631,8 +631,11 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
             continue;
         }
         if (kind == SHM_FRAME_GAP) {
+            if (cur->expect_base >= 0 && gap.base_offset != cur->expect_base)
+                STOP(SHM_E_CORRUPT);
             if (gap.base_offset + gap.count > cur->next_offset)
                 cur->next_offset = gap.base_offset + gap.count;
+            cur->expect_base = gap.base_offset + gap.count;
             out->gaps++;
             cur->pos = p + shm_align8(len);
             continue;
@@ -644,7 +647,11 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
             STOP(SHM_E_CORRUPT);
         int64_t first = shm_batch_base_offset(batch);
         int64_t last = first + shm_batch_last_delta(batch);
+        /* baseOffset is outside Kafka's CRC: it must continue the previous frame */
+        if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
+            STOP(SHM_E_CORRUPT);
         if (last < cur->next_offset) {          /* all below what the caller wants */
+            cur->expect_base = last + 1;
             cur->pos = p + shm_align8(len);
             continue;
         }
@@ -655,6 +662,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
             out->compressed = 1;
             out->frames = 1;
             out->bytes_used = blen;
+            cur->expect_base = last + 1;
             cur->pos = p + shm_align8(len);
             return SHM_OK;
         }
@@ -676,6 +684,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
         used += blen;
         out->frames++;
         cur->next_offset = last + 1;
+        cur->expect_base = last + 1;
         cur->pos = p + shm_align8(len);
     }
 done:
@@ -698,7 +707,9 @@ int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
             return SHM_E_OUT_OF_RANGE;
         cur->stuck_pos = ~(uint64_t)0;
         cur->next_offset = offset;
+        cur->expect_base = -1;
         if (offset == (int64_t)to) {
+            cur->expect_base = offset;
             cur->pos = tp;
             return SHM_OK;
         }

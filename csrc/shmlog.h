@@ -272,6 +272,7 @@ struct shm_cursor {
     int64_t  next_offset;      /* first offset the caller still wants */
     uint64_t stuck_pos;        /* position of an uncommitted frame we wait on, or ~0 */
     int64_t  stuck_since_ns;
+    int64_t  expect_base;      /* first offset the next frame must carry; -1 after a seek */
 };
 
 /* decoded records of one read: one row of SHM_ROW_FIELDS int64 per record

@@ -11,7 +11,7 @@ import msgspec
 
 from . import errors
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9._-]+")
 TOPIC_NAME_MAX = 249
 RING_MIN = 1 << 16
 RING_MAX = 1 << 36
@@ -22,7 +22,7 @@ DEFAULT_SHM_PREFIX = "shmlog."
 def validate_topic_name(name) -> str:
     if not isinstance(name, str):
         raise errors.InvalidType(f"topic name must be str, not {type(name).__name__}")
-    if not name or len(name) > TOPIC_NAME_MAX or name in (".", "..") or not _NAME_RE.match(name):
+    if not name or len(name) > TOPIC_NAME_MAX or name in (".", "..") or not _NAME_RE.fullmatch(name):
         raise errors.InvalidTopicName(
             f"invalid topic name {name!r}: use 1-{TOPIC_NAME_MAX} characters of [a-zA-Z0-9._-], "
             "not '.' or '..'")
@@ -30,14 +30,14 @@ def validate_topic_name(name) -> str:
 
 
 def validate_instance_name(name) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not name or len(name) > 64 or not _NAME_RE.fullmatch(name):
         raise errors.InvalidArgument(
             f"invalid instance name {name!r}: use 1-64 characters of [a-zA-Z0-9._-]")
     return name
 
 
 def validate_shm_prefix(prefix) -> str:
-    if not isinstance(prefix, str) or len(prefix) > 64 or (prefix and not _NAME_RE.match(prefix)):
+    if not isinstance(prefix, str) or len(prefix) > 64 or (prefix and not _NAME_RE.fullmatch(prefix)):
         raise errors.InvalidArgument(
             f"invalid shm prefix {prefix!r}: use at most 64 characters of [a-zA-Z0-9._-]")
     return prefix

@@ -34,6 +34,7 @@ class _Part:
         self.ring = ring
         self.cur = ffi.new("struct shm_cursor *")
         self.cur.stuck_pos = 2**64 - 1
+        self.cur.expect_base = -1
         self.reset_to = None      # an offset to seek to before the next read
         self.plog = plog          # segment files (durable topics), else None
         self.on_disk = False      # the cursor is below the ring's head: read the files
@@ -120,6 +121,7 @@ class Consumer:
         return [(p.topic, p.partition) for p in self._parts]
 
     def _part(self, topic, partition) -> _Part:
+        self._check_open()
         p = self._by_tp.get((topic, partition))
         if p is None:
             raise errors.UnknownTopicOrPartition(f"{topic!r} partition {partition} is not assigned to this consumer")

@@ -454,10 +454,13 @@ class Log:
         return r
 
     def _forget(self, name: str):
+        """Drops the cached handle and rings of a topic. The mappings stay until
+        the producers and consumers using them let go (garbage collection
+        unmaps a Segment): unmapping here would pull memory from under them."""
         h = self._handles.pop(name, None)
         if h is not None:
             for key in [k for k in self._rings if k[0] == h.generation]:
-                self._rings.pop(key).close()
+                del self._rings[key]
 
     # ------------------------------------------------------------ clients
 

@@ -181,10 +181,21 @@ class Persister:
         else:
             lib.shm_ring_persist_wait(self.hdrs, len(self.parts), int(timeout * 1e9))
 
+    def orphaned(self) -> bool:
+        """The instance was destroyed (control segment or data dir gone): nothing to persist for."""
+        s = self.conn.settings
+        return not os.path.exists("/dev/shm" + s.ctl_name) or not os.path.isdir(s.data_dir)
+
     def run(self):
+        last_check = time.monotonic()
         while not self.stopping:
             if not self.run_once():
                 self.wait()
+            if time.monotonic() - last_check >= 1.0:
+                last_check = time.monotonic()
+                if self.orphaned():
+                    log.info("instance %s is gone; exiting", self.conn.settings.instance)
+                    break
         self.shutdown()
 
     def shutdown(self):

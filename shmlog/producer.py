@@ -167,7 +167,11 @@ class Producer:
         kept within each. Returns [BatchMetadata] in partition order."""
         w = self._writers.get(topic) or self._writer(topic)
         if not isinstance(values, (list, tuple)):
-            values = list(values)
+            try:
+                values = list(values)
+            except TypeError:
+                raise errors.InvalidType(
+                    f"values must be a list of bytes, not {type(values).__name__}") from None
         if not values:
             return []
         if keys is not None:

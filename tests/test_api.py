@@ -53,7 +53,7 @@ def ring_frames(inst, topic, partition=0):
 def test_create_list_describe_delete(inst):
     log = inst.log
     assert log.list_topics() == []
-    d = log.create_topic("orders", partitions=3, ring_bytes=RING, retention_ms=None,
+    d = log.create_topic("orders", persistence="none", partitions=3, ring_bytes=RING, retention_ms=None,
                          retention_bytes=1 << 20, fsync="never")
     assert isinstance(d, shmlog.TopicDescription)
     assert d.name == "orders" and d.generation > 0
@@ -69,7 +69,7 @@ def test_create_list_describe_delete(inst):
     assert len(rings) == 3
     assert os.stat(f"{SHM}/{rings[0]}").st_size == lib.SHM_RING_HEADER_BYTES + RING
 
-    log.create_topic("alpha", ring_bytes=RING, fsync="interval:250")
+    log.create_topic("alpha", persistence="none", ring_bytes=RING, fsync="interval:250")
     assert log.list_topics() == ["alpha", "orders"]
     assert log.describe_topic("alpha").config.fsync == "interval:250"
     other = inst.connect()
@@ -95,7 +95,7 @@ def test_create_list_describe_delete(inst):
         log.delete_topic("orders")
 
     # a recreated topic is a new life: new generation, offsets from 0
-    d2 = log.create_topic("orders", partitions=1, ring_bytes=RING)
+    d2 = log.create_topic("orders", persistence="none", partitions=1, ring_bytes=RING)
     assert d2.generation != d.generation
     with log.producer() as p:
         assert p.send("orders", b"y").offset == 0
@@ -103,11 +103,11 @@ def test_create_list_describe_delete(inst):
 
 
 def test_duplicate_topic_name(inst):
-    inst.log.create_topic("dup", partitions=2, ring_bytes=RING)
+    inst.log.create_topic("dup", persistence="none", partitions=2, ring_bytes=RING)
     with pytest.raises(errors.TopicExists):
-        inst.log.create_topic("dup", partitions=2, ring_bytes=RING)
+        inst.log.create_topic("dup", persistence="none", partitions=2, ring_bytes=RING)
     with pytest.raises(errors.TopicExists):
-        inst.connect().create_topic("dup", partitions=5, ring_bytes=RING)
+        inst.connect().create_topic("dup", persistence="none", partitions=5, ring_bytes=RING)
     assert inst.log.list_topics() == ["dup"]
     assert inst.log.describe_topic("dup").config.partitions == 2
     assert issubclass(errors.TopicExists, shmlog.ShmlogError)
@@ -117,7 +117,7 @@ def test_duplicate_topic_name(inst):
 
 
 def test_send_returns_offsets(inst):
-    inst.log.create_topic("t", partitions=2, ring_bytes=RING)
+    inst.log.create_topic("t", persistence="none", partitions=2, ring_bytes=RING)
     with inst.log.producer() as p:
         mds = [p.send("t", b"v%d" % i, partition=0) for i in range(10)]
         assert [m.offset for m in mds] == list(range(10))
@@ -144,7 +144,7 @@ def test_send_returns_offsets(inst):
 
 
 def test_key_partitioning_is_stable(inst):
-    inst.log.create_topic("k", partitions=8, ring_bytes=RING)
+    inst.log.create_topic("k", persistence="none", partitions=8, ring_bytes=RING)
     keys = [f"key-{i}".encode() for i in range(50)]
     with inst.log.producer() as p1, inst.connect().producer() as p2:
         first = {k: p1.send("k", b"v", key=k).partition for k in keys}
@@ -161,7 +161,7 @@ def test_key_partitioning_is_stable(inst):
 
 
 def test_headers_round_trip(inst):
-    inst.log.create_topic("h", ring_bytes=RING)
+    inst.log.create_topic("h", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         p.send("h", b"1", headers={"a": b"x", "none": None, "empty": b""})
         p.send("h", b"2", headers=[("dup", b"1"), ("dup", b"2"), ("ü", bytearray(b"u"))])
@@ -178,7 +178,7 @@ def test_headers_round_trip(inst):
 
 
 def test_timestamps(inst):
-    inst.log.create_topic("ts", ring_bytes=RING)
+    inst.log.create_topic("ts", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         before = int(time.time() * 1000)
         p.send("ts", b"now")
@@ -197,7 +197,7 @@ def test_timestamps(inst):
 
 
 def test_send_batch_is_one_frame(inst):
-    inst.log.create_topic("b", ring_bytes=RING)
+    inst.log.create_topic("b", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         p.send("b", b"first", partition=0)
         values = [b"v%d" % i for i in range(25)] + [None, b""]
@@ -223,7 +223,7 @@ def test_send_batch_is_one_frame(inst):
 
 def test_send_batch_with_keys_groups_by_partition(inst):
     n = 4
-    inst.log.create_topic("kb", partitions=n, ring_bytes=RING)
+    inst.log.create_topic("kb", persistence="none", partitions=n, ring_bytes=RING)
     keys = [f"k{i % 10}".encode() for i in range(40)]
     values = [b"v%d" % i for i in range(40)]
     want = {}
@@ -247,7 +247,7 @@ def test_send_batch_with_keys_groups_by_partition(inst):
 
 
 def test_send_packed_with_numpy_lengths(inst):
-    inst.log.create_topic("pk", ring_bytes=RING)
+    inst.log.create_topic("pk", persistence="none", ring_bytes=RING)
     values = [b"alpha", b"", b"gamma-gamma", None, b"d"]
     data = b"".join(v for v in values if v)
     lengths = np.array([-1 if v is None else len(v) for v in values], dtype=np.int64)
@@ -273,7 +273,7 @@ def test_send_packed_with_numpy_lengths(inst):
 
 
 def test_poll_poll_batch_columns_and_iteration(inst):
-    inst.log.create_topic("c", ring_bytes=RING)
+    inst.log.create_topic("c", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         p.send_batch("c", [b"r%d" % i for i in range(10)], partition=0)
         p.send("c", b"k-rec", key=b"kk", partition=0)
@@ -314,7 +314,7 @@ def test_poll_poll_batch_columns_and_iteration(inst):
 
 
 def test_poll_columns_keeps_its_buffers(inst):
-    inst.log.create_topic("cb", ring_bytes=RING)
+    inst.log.create_topic("cb", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         p.send_batch("cb", [b"a" * 10, b"b" * 10], partition=0)
     c = inst.log.consumer(topics=["cb"], auto_offset_reset="earliest")
@@ -328,7 +328,7 @@ def test_poll_columns_keeps_its_buffers(inst):
 
 @pytest.mark.parametrize("how", ["poll", "poll_batch", "poll_columns"])
 def test_record_larger_than_the_read_buffer(inst, how):
-    inst.log.create_topic("large", ring_bytes=1 << 25)            # max_message_bytes 8 MiB
+    inst.log.create_topic("large", persistence="none", ring_bytes=1 << 25)            # max_message_bytes 8 MiB
     big = bytes(range(256)) * (5 << 12)                             # 5 MiB > the 4 MiB default buffer
     with inst.log.producer() as p:
         p.send("large", big, key=b"k1", partition=0)
@@ -351,7 +351,7 @@ def test_record_larger_than_the_read_buffer(inst, how):
 
 
 def test_poll_wakes_on_a_record_from_another_process(inst):
-    inst.log.create_topic("wake", ring_bytes=RING)
+    inst.log.create_topic("wake", persistence="none", ring_bytes=RING)
 
     def child(kw):
         time.sleep(0.2)
@@ -370,7 +370,7 @@ def test_poll_wakes_on_a_record_from_another_process(inst):
 
 
 def test_assign_seek_position(inst):
-    inst.log.create_topic("s", partitions=2, ring_bytes=RING)
+    inst.log.create_topic("s", persistence="none", partitions=2, ring_bytes=RING)
     with inst.log.producer() as p:
         p.send_batch("s", [b"%d" % i for i in range(20)], partition=0)
         p.send_batch("s", [b"p1-%d" % i for i in range(3)], partition=1)
@@ -422,7 +422,7 @@ def test_assign_seek_position(inst):
 
 
 def test_seek_past_end_applies_reset_policy(inst):
-    inst.log.create_topic("r", ring_bytes=RING)
+    inst.log.create_topic("r", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         p.send_batch("r", [b"a", b"b", b"c"], partition=0)
     c = inst.log.consumer(auto_offset_reset="earliest")
@@ -435,7 +435,7 @@ def test_seek_past_end_applies_reset_policy(inst):
 
 
 def test_auto_offset_reset(inst):
-    inst.log.create_topic("ar", ring_bytes=RING)
+    inst.log.create_topic("ar", persistence="none", ring_bytes=RING)
     with inst.log.producer() as p:
         for i in range(5):
             p.send("ar", b"old%d" % i, partition=0)
@@ -451,7 +451,7 @@ def test_auto_offset_reset(inst):
 
 
 def test_lapped_consumer_on_ephemeral_topic_resets(inst):
-    inst.log.create_topic("lap", ring_bytes=RING)
+    inst.log.create_topic("lap", persistence="none", ring_bytes=RING)
     c = inst.log.consumer(topics=["lap"], auto_offset_reset="earliest")
     with inst.log.producer() as p:
         for i in range(300):                                  # ~300 KiB through a 64 KiB ring
@@ -468,7 +468,7 @@ def test_lapped_consumer_on_ephemeral_topic_resets(inst):
 
 
 def test_delete_topic_under_live_producer_other_connection(inst):
-    inst.log.create_topic("gone", ring_bytes=RING)
+    inst.log.create_topic("gone", persistence="none", ring_bytes=RING)
     p = inst.log.producer()
     assert p.send("gone", b"a").offset == 0
     assert p.send_batch("gone", [b"b"], partition=0)[0].base_offset == 1
@@ -479,13 +479,13 @@ def test_delete_topic_under_live_producer_other_connection(inst):
     with pytest.raises(errors.UnknownTopicOrPartition):
         p.send("gone", b"again")
     # recreated: the same producer writes to the new life from offset 0
-    inst.connect().create_topic("gone", ring_bytes=RING)
+    inst.connect().create_topic("gone", persistence="none", ring_bytes=RING)
     assert p.send("gone", b"new life", partition=0).offset == 0
     p.close()
 
 
 def test_delete_topic_under_live_batch_producer(inst):
-    inst.log.create_topic("gone2", ring_bytes=RING)
+    inst.log.create_topic("gone2", persistence="none", ring_bytes=RING)
     p = inst.log.producer()
     p.send_batch("gone2", [b"a", b"b"], partition=0)
     inst.connect().delete_topic("gone2")
@@ -502,15 +502,11 @@ def _in_child(inst, fn):
     return proc.exitcode
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Log.delete_topic() -> Log._forget() unmaps the rings cached in that Log while a "
-    "Producer of the same Log still holds their base pointers: the next send() segfaults "
-    "(SIGSEGV) instead of raising TopicDeleted"))
 def test_delete_topic_under_live_producer_same_connection(inst):
     def child():
         faulthandler.disable()          # a crash here is what the test looks for
         log = shmlog.connect(**inst.kwargs)
-        log.create_topic("same", ring_bytes=RING)
+        log.create_topic("same", persistence="none", ring_bytes=RING)
         p = log.producer()
         p.send("same", b"a", partition=0)
         log.delete_topic("same")
@@ -525,14 +521,11 @@ def test_delete_topic_under_live_producer_same_connection(inst):
     assert _in_child(inst, child) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Log.delete_topic() (or any topic_handle() refresh after a delete/recreate) closes "
-    "rings a Consumer of the same Log still reads: the next poll() segfaults"))
 def test_delete_topic_under_live_consumer_same_connection(inst):
     def child():
         faulthandler.disable()          # a crash here is what the test looks for
         log = shmlog.connect(**inst.kwargs)
-        log.create_topic("same", ring_bytes=RING)
+        log.create_topic("same", persistence="none", ring_bytes=RING)
         c = log.consumer(topics=["same"], auto_offset_reset="earliest")
         with log.producer() as p:
             p.send("same", b"a", partition=0)
@@ -548,7 +541,7 @@ def test_delete_topic_under_live_consumer_same_connection(inst):
 
 
 def test_context_managers_and_closed(inst):
-    inst.log.create_topic("cm", ring_bytes=RING)
+    inst.log.create_topic("cm", persistence="none", ring_bytes=RING)
     with inst.connect() as log:
         with log.producer() as p:
             p.send("cm", b"x", partition=0)
@@ -571,7 +564,7 @@ def test_context_managers_and_closed(inst):
     with pytest.raises(errors.Closed):
         log.list_topics()
     with pytest.raises(errors.Closed):
-        log.create_topic("cm2", ring_bytes=RING)
+        log.create_topic("cm2", persistence="none", ring_bytes=RING)
     with pytest.raises(errors.Closed):
         log.describe_topic("cm")
     p.close()                                  # idempotent
@@ -581,7 +574,7 @@ def test_context_managers_and_closed(inst):
 
 
 def test_closing_the_log_closes_its_clients(inst):
-    inst.log.create_topic("lc", ring_bytes=RING)
+    inst.log.create_topic("lc", persistence="none", ring_bytes=RING)
     log = inst.connect()
     p = log.producer()
     p.send("lc", b"x", partition=0)
@@ -595,17 +588,14 @@ def test_closing_the_log_closes_its_clients(inst):
 
 def test_closed_producers_release_their_slots(inst):
     # more producers than slots, one after another: each close() gives its slot back
-    inst.log.create_topic("slots", ring_bytes=RING)
+    inst.log.create_topic("slots", persistence="none", ring_bytes=RING)
     for i in range(lib.SHM_PRODUCER_SLOTS + 8):
         with inst.log.producer() as p:
             assert p.send("slots", b"x", partition=0).offset == i
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "closed Consumer.seek()/position() raise UnknownTopicOrPartition ('not assigned') "
-    "instead of errors.Closed"))
 def test_closed_consumer_seek_and_position_raise_closed(inst):
-    inst.log.create_topic("cs", ring_bytes=RING)
+    inst.log.create_topic("cs", persistence="none", ring_bytes=RING)
     c = inst.log.consumer(topics=["cs"])
     c.close()
     with pytest.raises(errors.Closed):
@@ -631,7 +621,7 @@ def test_env_vars_pick_instance_and_data_dir(tmp_path, monkeypatch):
         assert log.settings.data_dir == str(data)
         assert data.is_dir()
         assert os.path.exists(f"{SHM}/{prefix}{name}.ctl")
-        log.create_topic("envt", ring_bytes=RING)
+        log.create_topic("envt", persistence="none", ring_bytes=RING)
         # the prefix from the environment too; same instance, same topics
         monkeypatch.setenv("SHMLOG_SHM_PREFIX", prefix)
         log2 = shmlog.connect()

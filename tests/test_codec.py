@@ -343,7 +343,7 @@ def test_murmur2_matches_reference_on_random_keys():
 
 def test_producer_partition_is_kafka_default_partitioner(inst):
     n = 7
-    inst.log.create_topic("keys", partitions=n, ring_bytes=1 << 16)
+    inst.log.create_topic("keys", persistence="none", partitions=n, ring_bytes=1 << 16)
     with inst.log.producer() as p:
         for key in list(KAFKA_MURMUR2) + [b"", b"k", b"\x00\xff", "ü".encode()] + \
                 [f"user-{i}".encode() for i in range(40)]:
@@ -578,7 +578,7 @@ def test_headers_decode_truncated_raises_corrupt():
 def test_ring_frame_bytes_are_kafka_batches(inst):
     """A record sent through the producer lands in the ring as frame header + RecordBatch v2."""
     import mmap
-    d = inst.log.create_topic("frames", partitions=1, ring_bytes=1 << 16)
+    d = inst.log.create_topic("frames", persistence="none", partitions=1, ring_bytes=1 << 16)
     t0 = int(time.time() * 1000)
     with inst.log.producer() as p:
         p.send("frames", b"hello", key=b"k", headers={"h": b"v"}, timestamp_ms=123456)

@@ -208,7 +208,7 @@ CONCURRENT_VICTIMS = 4
 def test_kill_minus_9_between_reserve_and_commit(inst, tmp_path):
     topic = "crash"
     # live producers write ~2k records/s of 112-200 B frames: even 60 s fit in 16 MiB
-    inst.log.create_topic(topic, ring_bytes=16 << 20)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=16 << 20)
     stop = CTX.Event()
     final_end = CTX.RawValue("q", -1)
     t0 = time.monotonic()
@@ -295,7 +295,7 @@ def test_live_slow_producer_never_sealed_for_readers(inst, tmp_path):
     """A live producer holding its reservation 300 ms (3 x the unblock timeout) while fast
     records queue up behind it: the reader waits, seals nothing, then gets everything intact."""
     topic = "slow"
-    inst.log.create_topic(topic, ring_bytes=1 << 20)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=1 << 20)
     rounds, hold = 3, 300_000_000
     c = inst.log.consumer(auto_offset_reset="none")
     c.assign([(topic, 0, 0)])
@@ -343,7 +343,7 @@ def test_live_slow_producer_never_sealed_for_writers(inst, tmp_path):
     """A writer that needs the slot of a frame a live producer still holds (full ring)
     waits for it instead of sealing it, and gets no BufferFull within max_block_ms."""
     topic = "slowfull"
-    inst.log.create_topic(topic, ring_bytes=1 << 16)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=1 << 16)
     deadline = time.monotonic() + 20
     slow = _spawn(inst, tmp_path, "slow", _slow_producer, inst.kwargs, topic, 7, 1, 400_000_000)
     _wait_end(inst.log, topic, 1, deadline)        # the slow frame sits at position 0, uncommitted
@@ -387,7 +387,7 @@ def test_kill_minus_9_writers_lap_dead_reservations(inst, tmp_path):
     later seal it themselves after the unblock timeout and go on: no writer stalls for long,
     nothing raises BufferFull, and what the ring holds afterwards reads back intact."""
     topic = "crashlap"
-    inst.log.create_topic(topic, ring_bytes=1 << 16)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=1 << 16)
     stop = CTX.Event()
     writer = _spawn(inst, tmp_path, "writer", _lapping_writer, inst.kwargs, topic, LIVE_IDS[0], stop, 60)
     started = time.monotonic() + 10
@@ -433,7 +433,7 @@ def test_stuck_partition_does_not_hold_back_others(inst, tmp_path):
     holds) and then on a dead one (sealed after the unblock timeout), partition 1's records
     keep arriving at once; partition 0's records arrive intact, with exactly one gap."""
     topic = "twoparts"
-    inst.log.create_topic(topic, partitions=2, ring_bytes=1 << 20)
+    inst.log.create_topic(topic, persistence="none", partitions=2, ring_bytes=1 << 20)
     c = inst.log.consumer(topics=[topic], auto_offset_reset="earliest")
     p = inst.log.producer()
     deadline = time.monotonic() + 30

@@ -261,7 +261,7 @@ def test_four_producers_one_partition_two_consumers(inst, tmp_path):
     # ~2 x 250k single-record frames of 112-120 B + 2 x 250k batched records of ~32 B:
     # ~80 MB of frames, so a 128 MiB ring is never overwritten (checked at the end)
     topic = "mp"
-    inst.log.create_topic(topic, partitions=1, ring_bytes=128 << 20)
+    inst.log.create_topic(topic, persistence="none", partitions=1, ring_bytes=128 << 20)
     go = CTX.Event()
     start = time.monotonic()
     deadline = start + 150
@@ -404,7 +404,7 @@ def test_murmur2_matches_kafka():
 
 def test_keys_same_partition_across_processes(inst, tmp_path):
     topic = "keyed"
-    inst.log.create_topic(topic, partitions=KEYED_PARTITIONS, ring_bytes=8 << 20)
+    inst.log.create_topic(topic, persistence="none", partitions=KEYED_PARTITIONS, ring_bytes=8 << 20)
     total = KEYED_PRODUCERS * KEYED_PER_PRODUCER
     go = CTX.Event()
     deadline = time.monotonic() + 90

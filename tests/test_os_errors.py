@@ -16,16 +16,16 @@ def test_full_dev_shm_fails_at_creation(inst):
         pytest.skip("/dev/shm is larger than the largest ring")
     before = inst.segments()
     with pytest.raises(errors.NoSpace, match="/dev/shm is full"):
-        inst.log.create_topic("huge", ring_bytes=ring)
+        inst.log.create_topic("huge", persistence="none", ring_bytes=ring)
     assert inst.segments() == before                     # nothing half-made left behind
     assert "huge" not in inst.log.list_topics()
-    inst.log.create_topic("small", ring_bytes=1 << 16)   # the instance still works
+    inst.log.create_topic("small", persistence="none", ring_bytes=1 << 16)   # the instance still works
     assert inst.log.producer().send("small", b"v", partition=0).offset == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
 def test_other_user_is_refused(inst):
-    inst.log.create_topic("private", ring_bytes=1 << 16)
+    inst.log.create_topic("private", persistence="none", ring_bytes=1 << 16)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                                   # child: become nobody, try to attach

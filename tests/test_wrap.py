@@ -144,7 +144,7 @@ def test_random_sizes_many_laps_concurrent(inst, tmp_path):
     every one read intact and in order, no padding surfacing, no lap ever (reset 'none')."""
     ring = 1 << 20
     topic = "wrap"
-    inst.log.create_topic(topic, ring_bytes=ring)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=ring)
     sizes = sizes_for(1, 2_500)
     consumed = CTX.RawValue("q", 0)
     deadline = time.monotonic() + 50
@@ -269,7 +269,7 @@ def test_exact_boundaries(inst):
     that misses by 8 bytes; then checks seek() to every offset still held."""
     cap = 1 << 16
     topic = "edges"
-    inst.log.create_topic(topic, ring_bytes=cap)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=cap)
     st = _Stepper(inst, topic, cap)
     big = frame_bytes(5000)
     cases = [(8, 0), (8, 3000), (16, 100), (24, 0), (MIN_FRAME, 0), (MIN_FRAME + 8, 0),
@@ -309,7 +309,7 @@ def test_exact_boundaries(inst):
 def _setup_lapped(inst, reset):
     cap = 1 << 20
     topic = "lapped"
-    inst.log.create_topic(topic, ring_bytes=cap)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=cap)
     p = inst.log.producer(max_block_ms=2_000)
     sizes = sizes_for(7, 400)
     for off in range(10):
@@ -377,7 +377,7 @@ def test_lapped_repeatedly_while_reading_never_torn(inst, tmp_path):
     whatever the reader gets is intact and in order; it skips forward, never back."""
     cap = 1 << 20
     topic = "race"
-    inst.log.create_topic(topic, ring_bytes=cap)
+    inst.log.create_topic(topic, persistence="none", ring_bytes=cap)
     sizes = sizes_for(11, 30_000)
     deadline = time.monotonic() + 40
     pr, path = _spawn(inst, tmp_path, "producer", _free_producer, inst.kwargs, topic, sizes, 6.0)
