@@ -145,30 +145,41 @@ class Consumer:
         return start
 
     def _apply_reset(self, part: _Part, wanted):
-        _, end, _, _ = part.ring.ends()
-        start = self._log_start(part)
+        """Moves part by the reset policy (wanted: the offset that was out of range)."""
         if wanted is not None and self._reset == "none":
+            start, end = self._log_start(part), part.ring.ends()[1]
             raise errors.OffsetOutOfRange(
                 f"{part.topic!r} partition {part.partition}: offset {wanted} is not in the log "
                 f"(now {start}..{end}); the consumer fell behind or seeked outside it — "
                 "seek() to a valid offset or set auto_offset_reset")
-        target = end if self._reset == "latest" else start
-        self._seek(part, target)
+        for _ in range(100):
+            target = part.ring.ends()[1] if self._reset == "latest" else self._log_start(part)
+            if self._try_seek(part, target):
+                return
+        # an ephemeral ring overwritten faster than we can reach its head: go to its end
+        if not self._try_seek(part, part.ring.ends()[1]):
+            raise errors.OffsetOutOfRange(f"{part.topic!r} partition {part.partition}: cannot "
+                                          "position the consumer; the ring moves too fast")
 
-    def _seek(self, part: _Part, offset: int):
+    def _try_seek(self, part: _Part, offset: int) -> bool:
+        """Positions part at offset, from the ring or (durable, below the ring) the files."""
         part.on_disk = False
         rc = lib.shm_ring_seek(part.ring.base, part.cur, offset)
-        if rc == lib.SHM_E_OUT_OF_RANGE:
-            start, end, _, _ = part.ring.ends()
-            if part.plog is not None and offset < start:
-                part.plog.refresh()
-                if part.plog.seek(offset, self._buf, self._buf_cap, part.cur):
-                    part.on_disk = True
-                    part.cur.stuck_pos = 2**64 - 1
-                    return
-            self._apply_reset(part, offset)
-        elif rc != lib.SHM_OK:
+        if rc == lib.SHM_OK:
+            return True
+        if rc != lib.SHM_E_OUT_OF_RANGE:
             self._raise_read(rc, part)
+        if part.plog is not None and offset < part.ring.ends()[0]:
+            part.plog.refresh()
+            if part.plog.seek(offset, self._buf, self._buf_cap, part.cur):
+                part.on_disk = True
+                part.cur.stuck_pos = 2**64 - 1
+                return True
+        return False
+
+    def _seek(self, part: _Part, offset: int):
+        if not self._try_seek(part, offset):
+            self._apply_reset(part, offset)
 
     def seek(self, topic: str, partition: int, offset: int):
         """The next record returned for this partition is the one at offset

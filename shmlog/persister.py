@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import config, errors, storage
 from ._native import ffi, lib
@@ -62,6 +63,7 @@ class _Partition:
         self.rows = ffi.new("int64_t[]", MAX_INDEX * lib.SHM_INDEX_FIELDS)
         self.out = ffi.new("struct shm_persist_out *")
         self.error = 0
+        self.fsync_pending = False
 
     def copy(self) -> int:
         """Writes what is committed; returns bytes written."""
@@ -93,18 +95,44 @@ class _Partition:
                 self.fsync()
 
     def fsync(self):
+        """Synchronous fsync of everything written (policy 'always', shutdown)."""
         try:
             self.writer.fsync()
         except OSError as e:
             self._fail(e)
             return
+        self._synced(self.pos)
+
+    def fsync_async(self, pool):
+        """fsync in a helper thread while copying goes on: it covers what was
+        written before it starts, so that position is what it publishes."""
+        fds = self.writer.fsync_handles()
+        pos = self.pos
+        self.fsync_pending = True
         self.last_fsync = time.monotonic()
-        self.fsynced = self.pos
+
+        def work():
+            try:
+                for fd in fds or ():
+                    os.fsync(fd)
+                self._synced(pos)
+            except OSError as e:
+                self._fail(e)
+            finally:
+                for fd in fds or ():
+                    os.close(fd)
+                self.fsync_pending = False
+
+        pool.submit(work)
+
+    def _synced(self, pos):
+        self.last_fsync = time.monotonic()
+        self.fsynced = max(self.fsynced, pos)
         self.error = 0
-        lib.shm_ring_publish_fsynced(self.ring.base, self.pos, 0)
+        lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, 0)
 
     def fsync_due(self) -> bool:
-        if self.fsynced >= self.pos:
+        if self.fsynced >= self.pos or self.fsync_pending:
             return False
         if lib.shm_ring_counter(self.ring.base, 5):     # a durable flush waits
             return True
@@ -129,6 +157,7 @@ class Persister:
         self.stopping = False
         self.last_retention = 0.0
         self.hdrs = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
 
     def sync_topics(self):
         epoch = lib.shm_ctl_epoch(self.conn._ctl.base)
@@ -161,7 +190,7 @@ class Persister:
                 continue
             written += part.copy()
             if part.fsync_due():
-                part.fsync()
+                part.fsync_async(self.pool)
         now = time.monotonic()
         if now - self.last_retention >= RETENTION_EVERY_S:
             self.last_retention = now
@@ -200,7 +229,7 @@ class Persister:
 
     def shutdown(self):
         """Everything committed is written and fsynced before we go."""
-        self.run_once()
+        self.pool.shutdown(wait=True)
         for part in self.parts.values():
             part.copy()
             part.fsync()

@@ -214,6 +214,7 @@ class PartitionWriter:
     def roll(self, base_pos: int, base_offset: int):
         if self.active is not None and self.active.base_offset == base_offset:
             return                                   # nothing was written since the last roll
+        self.fsync()                                 # fsynced_pos may pass the old segment only once it is synced
         seg = Segment(self.plog.dir, base_offset, base_pos, 0, time.time())
         self._open(seg)
         self.plog.segments.append(seg)
@@ -244,6 +245,14 @@ class PartitionWriter:
             os.fsync(self.ifd)
             os.fsync(self.tfd)
         self.dirty = False
+
+    def fsync_handles(self):
+        """Duplicates of the active files' descriptors for an fsync in another
+        thread (a roll may close the originals meanwhile); None when clean."""
+        if not self.dirty or self.fd is None:
+            return None
+        self.dirty = False
+        return [os.dup(fd) for fd in (self.fd, self.ifd, self.tfd)]
 
     def close(self):
         for fd in (self.fd, self.ifd, self.tfd):
