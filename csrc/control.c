@@ -44,13 +44,7 @@ int shm_ctl_init(void *base, uint64_t size, uint32_t max_topics)
     c->topics_off = sizeof(struct shm_ctl_header);
     c->topics_epoch = 1;
     c->next_generation = 1;
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    int rc = pthread_mutex_init((pthread_mutex_t *)c->lock, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0)
+    if (shm_robust_mutex_init(c->lock) != SHM_OK)
         return SHM_E_SYS;
     /* release: the whole header is visible to whoever reads version != 0 */
     shm_store_release(&c->version, SHM_LAYOUT_VERSION);

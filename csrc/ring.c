@@ -99,13 +99,7 @@ int shm_ring_init(void *base, uint64_t capacity, uint64_t topic_generation, uint
     h->tail_pos = h->head_pos = h->persisted_pos = h->fsynced_pos = base_position;
     h->tail_offset = h->head_offset = base_offset;
 
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    int rc = pthread_mutex_init((pthread_mutex_t *)h->seal_lock, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0)
+    if (shm_robust_mutex_init(h->seal_lock) != SHM_OK)
         return SHM_E_SYS;
     /* release: every field above is visible to whoever reads version != 0 */
     shm_store_release(&h->version, SHM_LAYOUT_VERSION);

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
@@ -109,6 +110,19 @@ int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint6
 int shm_segment_open(const char *name, int writable, struct shm_map *out)
 {
     return shm_segment_map_range(name, writable, 0, 0, out);
+}
+
+/* A process-shared robust mutex in shared memory: a holder that dies makes
+ * the next locker get EOWNERDEAD instead of hanging. */
+int shm_robust_mutex_init(void *mutex)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init((pthread_mutex_t *)mutex, &a);
+    pthread_mutexattr_destroy(&a);
+    return rc == 0 ? SHM_OK : SHM_E_SYS;
 }
 
 int shm_segment_unlink(const char *name)

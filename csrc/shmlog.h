@@ -303,6 +303,7 @@ int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, stru
 int      shm_segment_open(const char *name, int writable, struct shm_map *out);
 int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size, struct shm_map *out);
 int      shm_segment_unlink(const char *name);
+int      shm_robust_mutex_init(void *mutex);
 void     shm_unmap(struct shm_map *m);
 int64_t  shm_now_ms(void);
 int64_t  shm_monotonic_ns(void);

@@ -14,7 +14,6 @@ shmlog.connect() starts it when an instance has durable topics (until the
 supervisor owns it).
 """
 import argparse
-import errno
 import fcntl
 import logging
 import os

@@ -70,20 +70,21 @@ class Segment:
         return self.base_pos + self.size
 
     def index(self) -> list[tuple[int, int]]:
-        try:
-            with open(self.path("index"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        return [_PAIR.unpack_from(data, i) for i in range(0, len(data) - len(data) % 16, 16)]
+        """(offset, position) rows"""
+        return _read_pairs(self.path("index"))
 
     def time_index(self) -> list[tuple[int, int]]:
-        try:
-            with open(self.path("timeindex"), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        return [_PAIR.unpack_from(data, i) for i in range(0, len(data) - len(data) % 16, 16)]
+        """(max timestamp so far, offset) rows"""
+        return _read_pairs(self.path("timeindex"))
+
+
+def _read_pairs(path: str) -> list[tuple[int, int]]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [_PAIR.unpack_from(data, i) for i in range(0, len(data) - len(data) % 16, 16)]
 
 
 def _first_pos(path: str):

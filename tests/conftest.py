@@ -7,8 +7,10 @@ died holding things.
 """
 import multiprocessing
 import os
+import pickle
 import signal
 import time
+import traceback
 import uuid
 
 import psutil
@@ -19,10 +21,23 @@ import shmlog
 SHM_DIR = "/dev/shm"
 
 
+def _child_main(fn, path, *args):
+    """Child body: run fn, pickle ("ok", result) or ("error", traceback) to path."""
+    try:
+        status = ("ok", fn(*args))
+    except BaseException:
+        status = ("error", traceback.format_exc())
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(status, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.rename(tmp, path)
+
+
 class Instance:
     """What a test (and its child processes) need to reach its own instance."""
 
     def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
         tag = uuid.uuid4().hex[:10]
         self.kwargs = dict(instance=f"t{tag}", data_dir=str(tmp_path / "data"),
                            shm_prefix=f"shmlogtest-{tag}.", unblock_timeout_ms=100)
@@ -38,6 +53,31 @@ class Instance:
         p = multiprocessing.get_context("fork").Process(target=target, args=args, kwargs=kwargs, daemon=True)
         self.children.append(p)
         return p
+
+    def spawn(self, name, fn, *args):
+        """Starts fn(*args) in a child whose result (or traceback) collect() returns."""
+        path = str(self.tmp_path / f"{name}.pkl")
+        pr = self.process(_child_main, fn, path, *args)
+        pr.start()
+        return name, pr, path
+
+    def collect(self, children, deadline):
+        """Joins every spawned child by the deadline; {name: result}; fails on any error or hang."""
+        for _, pr, _ in children:
+            pr.join(max(0.0, deadline - time.monotonic()))
+        hung = [name for name, pr, _ in children if pr.is_alive()]
+        assert not hung, f"children still running at the deadline (killed at teardown): {hung}"
+        results = {}
+        for name, pr, path in children:
+            if not os.path.exists(path):
+                pytest.fail(f"child {name} exited with code {pr.exitcode} without a result")
+            with open(path, "rb") as f:
+                status, res = pickle.load(f)
+            os.unlink(path)
+            if status != "ok":
+                pytest.fail(f"child {name} failed:\n{res}")
+            results[name] = res
+        return results
 
     def segments(self):
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(self.prefix))

@@ -14,14 +14,11 @@ Children report through pickle files in tmp_path; every wait is bounded.
 """
 import multiprocessing
 import os
-import pickle
 import random
 import signal
 import struct
 import time
-import traceback
 
-import pytest
 
 import shmlog
 from shmlog._native import lib
@@ -51,40 +48,6 @@ def check(value) -> tuple[int, int] | None:
 # ------------------------------------------------------------------ children
 
 
-def _run(fn, path, *args):
-    try:
-        status = ("ok", fn(*args))
-    except BaseException:
-        status = ("error", traceback.format_exc())
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(status, f)
-    os.rename(tmp, path)
-
-
-def _spawn(inst, tmp_path, name, fn, *args):
-    path = str(tmp_path / f"{name}.pkl")
-    pr = inst.process(_run, fn, path, *args)
-    pr.start()
-    return name, pr, path
-
-
-def _collect(children, deadline):
-    for _, pr, _ in children:
-        pr.join(max(0.0, deadline - time.monotonic()))
-    hung = [name for name, pr, _ in children if pr.is_alive()]
-    assert not hung, f"children still running at the deadline (killed at teardown): {hung}"
-    out = {}
-    for name, pr, path in children:
-        if not os.path.exists(path):
-            pytest.fail(f"child {name} exited with code {pr.exitcode} without a result")
-        with open(path, "rb") as f:
-            status, res = pickle.load(f)
-        os.unlink(path)
-        if status != "ok":
-            pytest.fail(f"child {name} failed:\n{res}")
-        out[name] = res
-    return out
 
 
 LIVE_IDS = (1, 2)
@@ -212,8 +175,8 @@ def test_kill_minus_9_between_reserve_and_commit(inst, tmp_path):
     stop = CTX.Event()
     final_end = CTX.RawValue("q", -1)
     t0 = time.monotonic()
-    reader = _spawn(inst, tmp_path, "reader", _reader, inst.kwargs, topic, final_end, 100)
-    live = [_spawn(inst, tmp_path, f"live-{pid}", _live_producer, inst.kwargs, topic, pid, stop)
+    reader = inst.spawn("reader", _reader, inst.kwargs, topic, final_end, 100)
+    live = [inst.spawn(f"live-{pid}", _live_producer, inst.kwargs, topic, pid, stop)
             for pid in LIVE_IDS]
 
     rng = random.Random(0xC0FFEE)
@@ -227,9 +190,9 @@ def test_kill_minus_9_between_reserve_and_commit(inst, tmp_path):
     kills, victims = _kill_loop(inst, topic, KILLS, CONCURRENT_VICTIMS, victim_args, 45)
     kill_seconds = time.monotonic() - t0
     stop.set()
-    res = _collect(live, time.monotonic() + 30)
+    res = inst.collect(live, time.monotonic() + 30)
     final_end.value = inst.log.describe_topic(topic).partitions[0].end_offset
-    res.update(_collect([reader], t0 + 150))
+    res.update(inst.collect([reader], t0 + 150))
     r = res["reader"]
     info = inst.log.describe_topic(topic).partitions[0]      # after the reader sealed what it met
     assert info.end_offset == final_end.value, "someone wrote after every writer was gone"
@@ -301,7 +264,7 @@ def test_live_slow_producer_never_sealed_for_readers(inst, tmp_path):
     c.assign([(topic, 0, 0)])
     fast = inst.log.producer()
     deadline = time.monotonic() + 20
-    slow = _spawn(inst, tmp_path, "slow", _slow_producer, inst.kwargs, topic, 7, rounds, hold)
+    slow = inst.spawn("slow", _slow_producer, inst.kwargs, topic, 7, rounds, hold)
     fast_acked = {}
     delivered = []
     waited = []
@@ -324,7 +287,7 @@ def test_live_slow_producer_never_sealed_for_readers(inst, tmp_path):
                 delivered.append((m.offset, *ps))
             assert inst.log.describe_topic(topic).partitions[0].sealed_writes == 0, "a live producer was sealed"
         waited.append(first_at - t_reserved)
-    acked = _collect([slow], deadline)["slow"]
+    acked = inst.collect([slow], deadline)["slow"]
     assert [o for o, _, _ in delivered] == list(range(len(delivered))), "offsets not dense and in order"
     got = {(pid, seq): off for off, pid, seq in delivered}
     assert len(got) == len(delivered) == rounds * 4
@@ -345,7 +308,7 @@ def test_live_slow_producer_never_sealed_for_writers(inst, tmp_path):
     topic = "slowfull"
     inst.log.create_topic(topic, persistence="none", ring_bytes=1 << 16)
     deadline = time.monotonic() + 20
-    slow = _spawn(inst, tmp_path, "slow", _slow_producer, inst.kwargs, topic, 7, 1, 400_000_000)
+    slow = inst.spawn("slow", _slow_producer, inst.kwargs, topic, 7, 1, 400_000_000)
     _wait_end(inst.log, topic, 1, deadline)        # the slow frame sits at position 0, uncommitted
     p = inst.log.producer(max_block_ms=5_000)
     took = []
@@ -353,7 +316,7 @@ def test_live_slow_producer_never_sealed_for_writers(inst, tmp_path):
         t = time.monotonic()
         assert p.send(topic, payload(9, i) + bytes(4000), partition=0).offset == i + 1
         took.append(time.monotonic() - t)
-    (off, held), = _collect([slow], deadline)["slow"]
+    (off, held), = inst.collect([slow], deadline)["slow"]
     assert off == 0 and held >= 0.35
     assert max(took) > 0.15, f"no writer ever waited on the slow frame: {max(took):.3f} s"
     info = inst.log.describe_topic(topic).partitions[0]
@@ -389,7 +352,7 @@ def test_kill_minus_9_writers_lap_dead_reservations(inst, tmp_path):
     topic = "crashlap"
     inst.log.create_topic(topic, persistence="none", ring_bytes=1 << 16)
     stop = CTX.Event()
-    writer = _spawn(inst, tmp_path, "writer", _lapping_writer, inst.kwargs, topic, LIVE_IDS[0], stop, 60)
+    writer = inst.spawn("writer", _lapping_writer, inst.kwargs, topic, LIVE_IDS[0], stop, 60)
     started = time.monotonic() + 10
     while inst.log.describe_topic(topic).partitions[0].end_offset < 200:
         assert time.monotonic() < started, "the lapping writer does not write"
@@ -401,7 +364,7 @@ def test_kill_minus_9_writers_lap_dead_reservations(inst, tmp_path):
                                                           rng.uniform(0.0, 0.08)), 30)
     time.sleep(0.3)                          # the writer laps (and seals) whatever the last kills left
     stop.set()
-    w = _collect([writer], time.monotonic() + 30)["writer"]
+    w = inst.collect([writer], time.monotonic() + 30)["writer"]
     info = inst.log.describe_topic(topic).partitions[0]
     assert kills == 40
     assert info.sealed_writes > 0, f"no dead reservation was sealed by a writer: {info}"
@@ -437,7 +400,7 @@ def test_stuck_partition_does_not_hold_back_others(inst, tmp_path):
     c = inst.log.consumer(topics=[topic], auto_offset_reset="earliest")
     p = inst.log.producer()
     deadline = time.monotonic() + 30
-    slow = _spawn(inst, tmp_path, "slow", _slow_producer, inst.kwargs, topic, 7, 2, 600_000_000)
+    slow = inst.spawn("slow", _slow_producer, inst.kwargs, topic, 7, 2, 600_000_000)
     sent = {}                                   # partition 1: seq -> send time
     late = []                                   # partition 1: delivery latencies
     p0 = []
@@ -480,7 +443,7 @@ def test_stuck_partition_does_not_hold_back_others(inst, tmp_path):
                 p0.append((m.offset, *check(m.value)))
             else:
                 late.append(time.monotonic() - max(sent[check(m.value)[1]], resumed))
-    acked = _collect([slow], deadline)["slow"]
+    acked = inst.collect([slow], deadline)["slow"]
     assert [(o, pid, s) for o, pid, s in p0] == [(acked[0][0], 7, 0), (acked[1][0], 7, 1), (3, 9, 0)], p0
     assert len(late) == seq, f"partition 1: {len(late)} of {seq} records delivered"
     assert max(late) < 0.25, f"partition 1 waited {max(late):.3f} s behind a stuck partition 0"

@@ -17,16 +17,12 @@ Children report through pickle files in tmp_path (never through a pipe that
 could fill up), and every wait has a deadline.
 """
 import multiprocessing
-import os
-import pickle
 import random
 import struct
 import time
-import traceback
 from array import array
 
 import numpy as np
-import pytest
 
 import shmlog
 
@@ -71,42 +67,6 @@ def _check_values(values: np.ndarray, what: str) -> np.ndarray:
 # ------------------------------------------------------------------ children
 
 
-def _run(fn, path, *args):
-    """Child body: run fn, pickle ("ok", result) or ("error", traceback) to path."""
-    try:
-        status = ("ok", fn(*args))
-    except BaseException:
-        status = ("error", traceback.format_exc())
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(status, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.rename(tmp, path)
-
-
-def _spawn(inst, tmp_path, name, fn, *args):
-    path = str(tmp_path / f"{name}.pkl")
-    pr = inst.process(_run, fn, path, *args)
-    pr.start()
-    return name, pr, path
-
-
-def _collect(children, deadline):
-    """Joins every child by the deadline and returns {name: result}; fails on any error or hang."""
-    for _, pr, _ in children:
-        pr.join(max(0.0, deadline - time.monotonic()))
-    hung = [name for name, pr, _ in children if pr.is_alive()]
-    assert not hung, f"children still running at the deadline (killed at teardown): {hung}"
-    results = {}
-    for name, pr, path in children:
-        if not os.path.exists(path):
-            pytest.fail(f"child {name} exited with code {pr.exitcode} without a result")
-        with open(path, "rb") as f:
-            status, res = pickle.load(f)
-        os.unlink(path)
-        if status != "ok":
-            pytest.fail(f"child {name} failed:\n{res}")
-        results[name] = res
-    return results
 
 
 # ------------------------------------------------------------------ single partition, 4 x 250k
@@ -265,13 +225,13 @@ def test_four_producers_one_partition_two_consumers(inst, tmp_path):
     go = CTX.Event()
     start = time.monotonic()
     deadline = start + 150
-    consumers = [_spawn(inst, tmp_path, "consumer-messages", _consume_messages, inst.kwargs, topic, TOTAL, 120),
-                 _spawn(inst, tmp_path, "consumer-columns", _consume_columns, inst.kwargs, topic, TOTAL, 120)]
-    producers = [_spawn(inst, tmp_path, f"producer-{pid}-{mode}", _produce, inst.kwargs, topic, pid,
+    consumers = [inst.spawn("consumer-messages", _consume_messages, inst.kwargs, topic, TOTAL, 120),
+                 inst.spawn("consumer-columns", _consume_columns, inst.kwargs, topic, TOTAL, 120)]
+    producers = [inst.spawn(f"producer-{pid}-{mode}", _produce, inst.kwargs, topic, pid,
                         PER_PRODUCER, mode, go)
                  for pid, mode in enumerate(MODES)]
     go.set()
-    res = _collect(producers + consumers, deadline)
+    res = inst.collect(producers + consumers, deadline)
     acked = [res[name]["acked"] for name, _, _ in producers]
     for pid, a in enumerate(acked):
         assert (np.diff(a) > 0).all(), f"producer {pid}: acknowledged offsets not increasing"
@@ -408,13 +368,13 @@ def test_keys_same_partition_across_processes(inst, tmp_path):
     total = KEYED_PRODUCERS * KEYED_PER_PRODUCER
     go = CTX.Event()
     deadline = time.monotonic() + 90
-    consumers = [_spawn(inst, tmp_path, f"keyed-consumer-{i}", _consume_keyed, inst.kwargs, topic, total, 75)
+    consumers = [inst.spawn(f"keyed-consumer-{i}", _consume_keyed, inst.kwargs, topic, total, 75)
                  for i in range(2)]
-    producers = [_spawn(inst, tmp_path, f"keyed-producer-{pid}", _produce_keyed, inst.kwargs, topic, pid,
+    producers = [inst.spawn(f"keyed-producer-{pid}", _produce_keyed, inst.kwargs, topic, pid,
                         KEYED_PER_PRODUCER, go)
                  for pid in range(KEYED_PRODUCERS)]
     go.set()
-    res = _collect(producers + consumers, deadline)
+    res = inst.collect(producers + consumers, deadline)
     acked = [res[name] for name, _, _ in producers]
     desc = inst.log.describe_topic(topic)
     assert all(p.overwritten_frames == 0 and p.log_start_offset == 0 for p in desc.partitions), desc

@@ -16,12 +16,9 @@ and the length comes from a seeded size table. A reader therefore checks
 every record it gets byte for byte.
 """
 import multiprocessing
-import os
-import pickle
 import random
 import struct
 import time
-import traceback
 
 import pytest
 
@@ -67,35 +64,6 @@ def _describe(bad: bytes | None, want: bytes) -> str:
 # ------------------------------------------------------------------ children
 
 
-def _run(fn, path, *args):
-    try:
-        status = ("ok", fn(*args))
-    except BaseException:
-        status = ("error", traceback.format_exc())
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(status, f)
-    os.rename(tmp, path)
-
-
-def _spawn(inst, tmp_path, name, fn, *args):
-    path = str(tmp_path / f"{name}.pkl")
-    pr = inst.process(_run, fn, path, *args)
-    pr.start()
-    return pr, path
-
-
-def _result(pr, path, deadline, name):
-    pr.join(max(0.0, deadline - time.monotonic()))
-    assert not pr.is_alive(), f"{name} still running at the deadline (killed at teardown)"
-    if not os.path.exists(path):
-        pytest.fail(f"{name} exited with code {pr.exitcode} without a result")
-    with open(path, "rb") as f:
-        status, res = pickle.load(f)
-    os.unlink(path)
-    if status != "ok":
-        pytest.fail(f"{name} failed:\n{res}")
-    return res
 
 
 def _paced_producer(kwargs, topic, sizes, ring_bytes, consumed, budget_s):
@@ -148,7 +116,7 @@ def test_random_sizes_many_laps_concurrent(inst, tmp_path):
     sizes = sizes_for(1, 2_500)
     consumed = CTX.RawValue("q", 0)
     deadline = time.monotonic() + 50
-    pr, path = _spawn(inst, tmp_path, "producer", _paced_producer, inst.kwargs, topic, sizes, ring, consumed, 45)
+    child = inst.spawn("producer", _paced_producer, inst.kwargs, topic, sizes, ring, consumed, 45)
 
     # a read buffer smaller than most records: the consumer must grow it (poll_batch keeps the
     # bigger buffer; poll_columns reads into a fresh one each call)
@@ -157,7 +125,7 @@ def test_random_sizes_many_laps_concurrent(inst, tmp_path):
     nxt = 0
     use_columns = False
     while nxt < len(sizes) and time.monotonic() < deadline:
-        producer_done = not pr.is_alive()
+        producer_done = not child[1].is_alive()
         if use_columns:
             cols = c.poll_columns(50, timeout=0.1)
             got = [] if cols is None else [(int(cols.offsets[i]), bytes(cols.value(i))) for i in range(len(cols))]
@@ -172,7 +140,7 @@ def test_random_sizes_many_laps_concurrent(inst, tmp_path):
         consumed.value = nxt
         if producer_done and not got:
             break
-    assert _result(pr, path, deadline, "producer") == len(sizes)
+    assert inst.collect([child], deadline)["producer"] == len(sizes)
     assert nxt == len(sizes), f"consumed {nxt} of {len(sizes)} records"
     assert c.poll(timeout=0.2) is None, "a record after the last one"
     info = inst.log.describe_topic(topic).partitions[0]
@@ -380,7 +348,7 @@ def test_lapped_repeatedly_while_reading_never_torn(inst, tmp_path):
     inst.log.create_topic(topic, persistence="none", ring_bytes=cap)
     sizes = sizes_for(11, 30_000)
     deadline = time.monotonic() + 40
-    pr, path = _spawn(inst, tmp_path, "producer", _free_producer, inst.kwargs, topic, sizes, 6.0)
+    child = inst.spawn("producer", _free_producer, inst.kwargs, topic, sizes, 6.0)
     c = inst.log.consumer(auto_offset_reset="earliest")
     c.assign([(topic, 0, 0)])
     rng = random.Random(3)
@@ -388,7 +356,7 @@ def test_lapped_repeatedly_while_reading_never_torn(inst, tmp_path):
     jumps = received = 0
     use_columns = False
     while time.monotonic() < deadline:
-        producer_done = not pr.is_alive()
+        producer_done = not child[1].is_alive()
         if use_columns:
             cols = c.poll_columns(rng.randint(1, 64), timeout=0.05)
             got = [] if cols is None else [(int(cols.offsets[i]), bytes(cols.value(i))) for i in range(len(cols))]
@@ -411,7 +379,7 @@ def test_lapped_repeatedly_while_reading_never_torn(inst, tmp_path):
             time.sleep(0.02)              # a long pause: lapped for sure
         elif r < 0.5:
             time.sleep(rng.uniform(0, 0.002))
-    produced = _result(pr, path, deadline, "producer")
+    produced = inst.collect([child], deadline)["producer"]
     info = inst.log.describe_topic(topic).partitions[0]
     assert info.end_offset == produced
     assert last == produced - 1, f"reader ended at {last}, producer wrote {produced}"
