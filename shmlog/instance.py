@@ -500,6 +500,7 @@ class Log:
         self.close()
         unlink_segment(name)
         liveness.release_tokens(self.token_prefix)
+        liveness.sweep_dead(self.token_prefix)
 
     def __enter__(self):
         return self

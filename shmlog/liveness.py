@@ -72,6 +72,34 @@ def _start_time_cached() -> int:
     return _st_cache[pid]
 
 
+def sweep_dead(prefix: str) -> int:
+    """Unlinks the tokens under prefix whose lock is free: their process is gone
+    (one that exited through os._exit or was killed left its file behind)."""
+    d, base = os.path.split(prefix)
+    removed = 0
+    for name in os.listdir(d):
+        if not name.startswith(base):
+            continue
+        path = os.path.join(d, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue                                  # alive
+        else:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def on_fork(obj):
     """Calls obj._after_fork() in a forked child."""
     _fork_hooks.add(obj)

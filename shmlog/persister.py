@@ -22,7 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config, errors, storage
+from . import config, errors, liveness, storage
 from ._native import ffi, lib
 
 log = logging.getLogger("shmlog.persister")
@@ -224,6 +224,7 @@ class Persister:
                 if self.orphaned():
                     log.info("instance %s is gone; exiting", self.conn.settings.instance)
                     break
+                liveness.sweep_dead(self.conn.token_prefix)
         self.shutdown()
 
     def shutdown(self):

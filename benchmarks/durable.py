@@ -1,0 +1,292 @@
+"""durable.py — durability benchmarks (T5): shmlog durable topics against the
+ephemeral ring, against the disk's own write rate, and against Redis Streams
+with appendonly/everysec, all in one run.
+
+Owns: its workloads and its report section. Run alone with
+`python -m benchmarks.durable [--quick]`; the harness may call run().
+Every consumer checks a sequence number in each record; a row that lost or
+reordered anything is FAILED.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+CTX = mp.get_context("fork")
+SEQ = struct.Struct("<Q")
+
+
+def _shmlog_kwargs(tmp):
+    tag = uuid.uuid4().hex[:8]
+    return dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
+
+
+def _cleanup_shm(kw):
+    for n in os.listdir("/dev/shm"):
+        if n.startswith(kw["shm_prefix"]):
+            try:
+                os.unlink("/dev/shm/" + n)
+            except FileNotFoundError:
+                pass
+
+
+def _produce(kw, n, size, batch, t0_q):
+    import shmlog
+    log = shmlog.connect(**kw)
+    p = log.producer()
+    pad = b"x" * (size - 8)
+    t0_q.put(time.monotonic())
+    for base in range(0, n, batch):
+        p.send_batch("t", [SEQ.pack(i) + pad for i in range(base, min(base + batch, n))], partition=0)
+    p.flush(durable=True, timeout=120)
+    t0_q.put(time.monotonic())
+
+
+def _consume(kw, n, res_q):
+    import shmlog
+    log = shmlog.connect(**kw)
+    c = log.consumer(topics=["t"], auto_offset_reset="earliest")
+    got = 0
+    while got < n:
+        cols = c.poll_columns(100_000, timeout=30)
+        if cols is None:
+            res_q.put(("error", f"timed out after {got} records"))
+            return
+        v = cols.values
+        starts = cols.value_starts
+        seqs = np.frombuffer(v, np.uint8)[(starts[:, None] + np.arange(8)).ravel()].view("<u8")
+        if not np.array_equal(seqs, np.arange(got, got + len(cols), dtype=np.uint64)):
+            res_q.put(("error", f"order/completeness broken near record {got}"))
+            return
+        got += len(cols)
+    res_q.put(("ok", time.monotonic()))
+
+
+def shmlog_t1(persistence, fsync, n, size=100, batch=1000):
+    """msgs/s from the producer's first send to the consumer's last verified record."""
+    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
+    kw = _shmlog_kwargs(tmp)
+    try:
+        import shmlog
+        log = shmlog.connect(**kw)
+        log.create_topic("t", ring_bytes=64 << 20, persistence=persistence, fsync=fsync,
+                         retention_bytes=None)
+        q, r = CTX.Queue(), CTX.Queue()
+        cons = CTX.Process(target=_consume, args=(kw, n, r))
+        prod = CTX.Process(target=_produce, args=(kw, n, size, batch, q))
+        cons.start()
+        prod.start()
+        t0 = q.get(timeout=60)
+        status, t1 = r.get(timeout=300)
+        prod.join(120)
+        cons.join(10)
+        if status != "ok":
+            return {"failed": t1}
+        return {"msgs_s": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6}
+    finally:
+        try:
+            log.destroy()
+        except Exception:
+            pass
+        _cleanup_shm(kw)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def shmlog_ingest(size, total_bytes, batch):
+    """Producer only, durable fsync=interval:100: MB/s until flush(durable=True) returns."""
+    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
+    kw = _shmlog_kwargs(tmp)
+    try:
+        import shmlog
+        log = shmlog.connect(**kw)
+        log.create_topic("t", ring_bytes=64 << 20, persistence="disk", fsync="interval:100")
+        n = total_bytes // size
+        q = CTX.Queue()
+        prod = CTX.Process(target=_produce, args=(kw, n, size, batch, q))
+        prod.start()
+        t0, t1 = q.get(timeout=60), q.get(timeout=600)
+        prod.join(30)
+        return {"mb_s": n * size / (t1 - t0) / 1e6}
+    finally:
+        try:
+            log.destroy()
+        except Exception:
+            pass
+        _cleanup_shm(kw)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_write_rate(total_bytes, chunk=32 << 20):
+    """The disk's own sequential write rate: a plain write loop + one fsync, same filesystem."""
+    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
+    buf = os.urandom(1 << 20) * (chunk >> 20)
+    try:
+        path = os.path.join(tmp, "plain")
+        t0 = time.monotonic()
+        with open(path, "wb", buffering=0) as f:
+            for _ in range(total_bytes // chunk):
+                f.write(buf)
+            os.fsync(f.fileno())
+        return {"mb_s": total_bytes / (time.monotonic() - t0) / 1e6}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------ Redis Streams
+
+def _redis_start(tmp):
+    sock = os.path.join(tmp, "redis.sock")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", sock, "--dir", tmp, "--appendonly", "yes",
+         "--appendfsync", "everysec", "--save", "", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.01)
+    return proc, sock
+
+
+def _redis_produce(sock, n, size, batch, q):
+    import redis
+    r = redis.Redis(unix_socket_path=sock)
+    pad = b"x" * (size - 8)
+    q.put(time.monotonic())
+    for base in range(0, n, batch):
+        pipe = r.pipeline(transaction=False)
+        for i in range(base, min(base + batch, n)):
+            pipe.xadd("t", {"v": SEQ.pack(i) + pad})
+        pipe.execute()
+
+
+def _redis_consume(sock, n, res_q):
+    import redis
+    r = redis.Redis(unix_socket_path=sock)
+    last, got = "0-0", 0
+    while got < n:
+        resp = r.xread({"t": last}, count=10_000, block=30_000)
+        if not resp:
+            res_q.put(("error", f"timed out after {got}"))
+            return
+        for _, entries in resp:
+            for eid, fields in entries:
+                if SEQ.unpack_from(fields[b"v"])[0] != got:
+                    res_q.put(("error", f"order broken at {got}"))
+                    return
+                got += 1
+                last = eid
+    res_q.put(("ok", time.monotonic()))
+
+
+def redis_t1(n, size=100, batch=1000):
+    if shutil.which("redis-server") is None:
+        return {"skipped": "redis-server not installed (apt-get install redis-server)"}
+    try:
+        import redis  # noqa: F401  (present?)
+    except ImportError:
+        return {"skipped": "the redis Python client is not installed (pip install redis)"}
+    tmp = tempfile.mkdtemp(prefix="shmlogbench-redis-")
+    proc, sock = _redis_start(tmp)
+    try:
+        q, res = CTX.Queue(), CTX.Queue()
+        cons = CTX.Process(target=_redis_consume, args=(sock, n, res))
+        prod = CTX.Process(target=_redis_produce, args=(sock, n, size, batch, q))
+        cons.start()
+        prod.start()
+        t0 = q.get(timeout=60)
+        status, t1 = res.get(timeout=600)
+        prod.join(60)
+        cons.join(10)
+        if status != "ok":
+            return {"failed": t1}
+        return {"msgs_s": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6}
+    finally:
+        proc.kill()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------ run + report
+
+def run(quick: bool = False, reps: int = 3) -> dict:
+    n = 1_000_000 if quick else 10_000_000
+    n_redis = 200_000 if quick else 1_000_000
+    ingest = (256 << 20) if quick else (2 << 30)
+    rows = {
+        "T5 ephemeral (persistence=none)": lambda: shmlog_t1("none", "never", n),
+        "T5 durable fsync=never": lambda: shmlog_t1("disk", "never", n),
+        "T5 durable fsync=interval:100": lambda: shmlog_t1("disk", "interval:100", n),
+        "T5 redis streams appendfsync=everysec": lambda: redis_t1(n_redis),
+        "ingest 1 KiB durable interval:100": lambda: shmlog_ingest(1024, ingest, 64),
+        "ingest 64 KiB durable interval:100": lambda: shmlog_ingest(64 << 10, ingest, 1),
+        "disk write loop (same fs)": lambda: disk_write_rate(ingest),
+    }
+    samples = {k: [] for k in rows}
+    for _ in range(reps):                     # interleaved: noise hits every row alike
+        for k, fn in rows.items():
+            samples[k].append(fn())
+    out = {}
+    for k, ss in samples.items():
+        bad = [s for s in ss if "failed" in s or "skipped" in s]
+        if bad:
+            out[k] = bad[0]
+            continue
+        key = "msgs_s" if "msgs_s" in ss[0] else "mb_s"
+        vals = [s[key] for s in ss]
+        out[k] = {"unit": key, "median": statistics.median(vals), "min": min(vals), "max": max(vals),
+                  "mb_s": statistics.median(s["mb_s"] for s in ss)}
+    return out
+
+
+def report(res: dict) -> str:
+    eph = res.get("T5 ephemeral (persistence=none)", {}).get("median")
+    disk = res.get("disk write loop (same fs)", {}).get("median")
+    lines = ["## T5 durability: 100 B records (batch 1000, poll_columns), ingest, Redis", "",
+             "| row | rate | range | MB/s | ratio |", "|---|---:|---|---:|---:|"]
+    for k, v in res.items():
+        if "median" not in v:
+            lines.append(f"| {k} | {'FAILED: ' + v['failed'] if 'failed' in v else 'skipped: ' + v['skipped']} | | | |")
+            continue
+        unit = "msgs/s" if v["unit"] == "msgs_s" else "MB/s"
+        if k.startswith("T5") and eph:
+            ratio = f"{v['median'] / eph:.2f}× ephemeral"
+        elif k.startswith("ingest") and disk:
+            ratio = f"{v['median'] / disk:.2f}× disk"
+        else:
+            ratio = ""
+        lines.append(f"| {k} | {v['median']:,.0f} {unit} | {v['min']:,.0f}-{v['max']:,.0f} | "
+                     f"{v['mb_s']:,.0f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.durable")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    a = ap.parse_args()
+    res = run(a.quick, a.reps)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "durable.json"), "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+                   "results": res}, f, indent=2)
+    md = report(res)
+    with open(os.path.join(a.out, "durable.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

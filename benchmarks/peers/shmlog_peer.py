@@ -1,0 +1,150 @@
+"""Peer adapter: shmlog (this project). One private instance per session, one topic per run."""
+import glob
+import os
+import shutil
+import uuid
+
+import numpy as np
+
+from .base import Channel, Peer, seqs_of
+
+
+def _seqs_from_columns(cols):
+    if cols is None or len(cols) == 0:      # poll_columns returns None on timeout
+        return seqs_of([])
+    lengths = np.asarray(cols.value_lengths)
+    if (lengths < 8).any():
+        raise ValueError("record shorter than its 8-byte sequence number")
+    vals = np.frombuffer(cols.values, np.uint8)
+    idx = np.asarray(cols.value_starts, np.int64)[:, None] + np.arange(8)
+    return vals[idx].view("<u8").ravel()     # reads the 8 bytes of every received record
+
+
+_FIT = "ring >= 64 MiB and sized to hold the whole run (MAP_POPULATE at attach, before t0)"
+
+
+class _Tx:
+    def __init__(self, ch):
+        self.log = ch.peer._connect()
+        self.p, self.topic = self.log.producer(), ch.topic
+
+    def send(self, buf):
+        self.p.send(self.topic, buf, partition=0)
+
+    def send_batch(self, bufs):
+        self.p.send_batch(self.topic, bufs, partition=0)
+
+    def close(self):
+        self.p.close()
+        self.log.close()
+
+
+class _Rx:
+    def __init__(self, ch, wait):
+        self.log = ch.peer._connect()
+        kw = {"wait": wait} if wait else {}
+        self.c = self.log.consumer(topics=[ch.topic], auto_offset_reset="earliest", **kw)
+        self.columns = ch.mode == "columns"
+
+    def recv(self, timeout):
+        m = self.c.poll(timeout=timeout)
+        return None if m is None else m.value   # (the handshake record arrives alone: no partial poll left)
+
+    def recv_seqs(self, timeout):
+        if self.columns:
+            return _seqs_from_columns(self.c.poll_columns(max_messages=100_000, timeout=timeout))
+        return seqs_of([m.value for m in self.c.poll_batch(max_messages=10_000, timeout=timeout)])
+
+    def close(self):
+        self.c.close()
+        self.log.close()
+
+
+class _Ch(Channel):
+    def __init__(self, peer, topic, mode):
+        self.peer, self.topic, self.mode = peer, topic, mode
+
+    def sender(self):
+        return _Tx(self)
+
+    def receiver(self):
+        return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode))
+
+    def close(self):
+        self.peer.log.delete_topic(self.topic)
+
+
+class ShmlogPeer(Peer):
+    name = "shmlog"
+    log = None
+
+    def check(self):
+        try:
+            import shmlog  # noqa: F401
+        except Exception as e:
+            return f"shmlog not importable ({type(e).__name__}: {e})"
+
+    def versions(self):
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return {"shmlog": version("shmlog")}
+        except PackageNotFoundError:
+            import shmlog
+            return {"shmlog": getattr(shmlog, "__version__", "unknown")}
+
+    def modes(self, row):
+        return {
+            "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}"},
+            "T1-batch": {"poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
+                         "columns": f"send_batch(1000 records) per call, poll_columns(<=100000) -> numpy columns, {_FIT}"},
+            "T2": {"spin": "two topics, Consumer(wait='spin') busy-polls",
+                   "park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
+            "T3": {"poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
+                   "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
+                                "a lapped consumer reads the segment files"},
+        }.get(row, {})
+
+    def _connect(self):
+        import shmlog
+        return shmlog.connect(instance=self.instance, data_dir=self.data_dir,
+                              shm_prefix=self.prefix, autostart=False)
+
+    def setup(self, workdir):
+        u = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.instance, self.prefix = f"bench-{u}", f"shmlogbench-{u}."
+        self.data_dir = os.path.join(workdir, "shmlog-data")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.log = self._connect()
+
+    def channel(self, row, mode, record_size, tag, count):
+        topic, ring = f"t-{tag}", 64 << 20
+        if mode == "durable64":       # a 64 MiB ring backed by segment files: nothing can be lapped away
+            self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="disk", fsync="never")
+            self.log.ensure_persister()
+            return _Ch(self, topic, mode)
+        # ephemeral: the ring holds the whole run, so persistence="none" never drops a record
+        per = record_size + (16 if row == "T1-batch" else 128)       # + frame/record overhead
+        ring = max(ring, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
+        self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="none")
+        return _Ch(self, topic, mode)
+
+    def teardown(self):
+        try:
+            if self.log is not None:
+                if hasattr(self.log, "destroy"):
+                    self.log.destroy()
+                else:
+                    self.log.close()
+        finally:
+            self.log = None
+            prefix = getattr(self, "prefix", None)
+            for path in glob.glob(f"/dev/shm/{glob.escape(prefix)}*") if prefix else []:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            if getattr(self, "data_dir", None):
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+PEER = ShmlogPeer()
