@@ -189,7 +189,7 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
                     int verify_crc, struct shm_records_out *out)
 {
     out->count = out->frames = out->gaps = out->compressed = 0;
-    out->bytes_used = 0;
+    out->bytes_used = len;         /* decoded rows point into buf[0:len], whatever ends the walk */
     int progressed = 0;
     while (out->count < out->max_records) {
         uint64_t p = cur->pos;
@@ -261,7 +261,6 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
         cur->pos = next;
         progressed = 1;
     }
-    out->bytes_used = len;
     return (out->count || progressed) ? SHM_OK : SHM_E_AGAIN;
 }
 

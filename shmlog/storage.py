@@ -382,8 +382,13 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
         names = sorted(n for n in (os.listdir(path) if os.path.isdir(path) else []) if n.endswith(".log"))
         rep.end_offset = int(names[-1][:20]) if names else 0
         return rep
+    if repair:
+        for s in segs[:-1]:
+            if not _index_ok(s):
+                _rebuild_index(s)
+                log.warning("%s: rebuilt a missing or damaged index", s.path())
     last = segs[-1]
-    idx = last.index()
+    idx = last.index() if _index_ok(last) else []
     # resume from the last index row whose frame still names its position
     start_pos, start_off = last.base_pos, last.base_offset
     for off, pos in reversed(idx):
@@ -418,6 +423,33 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
         rep.rebuilt_index = True
     rep.end_pos, rep.end_offset = out.end_pos, out.end_offset
     return rep
+
+
+def _index_ok(s: Segment) -> bool:
+    """Plausible and in step with the log: ordered rows inside the segment whose
+    first and last positions hold frames that name them; a time index beside it."""
+    rows = s.index()
+    if not rows:
+        return s.size == 0
+    if not os.path.exists(s.path("timeindex")) or rows[0][0] != s.base_offset:
+        return False
+    for (o1, p1), (o2, p2) in zip(rows, rows[1:]):
+        if o2 < o1 or p2 <= p1:
+            return False
+    if not all(s.base_pos <= p < s.end_pos for _, p in (rows[0], rows[-1])):
+        return False
+    return all(_first_pos_at(s.path(), p - s.base_pos) == p for _, p in (rows[0], rows[-1]))
+
+
+def _rebuild_index(s: Segment):
+    out, rows, _ = _scan(s.path(), s.base_pos, 0, s.base_offset, True)
+    new = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
+    for ext, pairs in (("index", [(o, p) for o, p, _ in new]), ("timeindex", [(t, o) for o, _, t in new])):
+        tmp = s.path(ext) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"".join(_PAIR.pack(a, b) for a, b in pairs))
+            os.fsync(f.fileno())
+        os.replace(tmp, s.path(ext))
 
 
 def _first_pos_at(path: str, file_pos: int):
