@@ -108,6 +108,17 @@ struct shm_topic_entry *shm_ctl_topic(void *base, uint32_t index)
     return (struct shm_topic_entry *)((uint8_t *)base + c->topics_off) + index;
 }
 
+uint32_t shm_ctl_restored(const void *base)
+{
+    /* acquire: a restorer's topic entries are visible once this reads 1 */
+    return shm_load_acquire(&CTL(base)->restored);
+}
+
+void shm_ctl_set_restored(void *base)
+{
+    shm_store_release(&CTL(base)->restored, 1);
+}
+
 uint64_t shm_ctl_epoch(const void *base)
 {
     return shm_load_acquire(&CTL(base)->topics_epoch);

@@ -40,6 +40,6 @@ const struct shm_layout_field shm_layout_fields[] = {
     S(shm_ctl_header), F(shm_ctl_header, magic), F(shm_ctl_header, version),
     F(shm_ctl_header, header_bytes), F(shm_ctl_header, total_bytes), F(shm_ctl_header, max_topics),
     F(shm_ctl_header, created_ms), F(shm_ctl_header, topics_off), F(shm_ctl_header, lock),
-    F(shm_ctl_header, topics_epoch), F(shm_ctl_header, next_generation),
+    F(shm_ctl_header, topics_epoch), F(shm_ctl_header, next_generation), F(shm_ctl_header, restored),
 };
 const uint32_t shm_layout_field_count = sizeof shm_layout_fields / sizeof shm_layout_fields[0];

@@ -225,7 +225,9 @@ struct shm_ctl_header {
     /* span 2: metadata epoch, bumped on every topic-table change */
     uint64_t topics_epoch;
     uint64_t next_generation;
-    uint8_t  _span2[128 - 16];
+    uint32_t restored;         /* 1 once topics were restored from the data dir (release) */
+    uint32_t _pad2;
+    uint8_t  _span2[128 - 24];
     uint8_t  _reserved[4096 - 3 * 128];
 };
 
@@ -420,6 +422,8 @@ void     shm_ctl_topic_publish(void *base, int index);
 void     shm_ctl_topic_free(void *base, int index);
 uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation);
 uint64_t shm_ctl_epoch(const void *base);
+uint32_t shm_ctl_restored(const void *base);
+void     shm_ctl_set_restored(void *base);
 
 /* ---------- layout table for the Python-side check ---------- */
 struct shm_layout_field {

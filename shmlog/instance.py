@@ -165,6 +165,11 @@ class Log:
         self._ctl, created = self._attach_ctl(max_topics)
         if created:
             self._restore()
+        elif not lib.shm_ctl_restored(self._ctl.base):
+            # the restorer holds the lock; if it died mid-way we finish its work
+            with self._lock():
+                if not lib.shm_ctl_restored(self._ctl.base):
+                    self._restore(locked_by_caller=True)
         elif start_persister and self._has_durable():
             self.ensure_persister()
 
@@ -222,13 +227,19 @@ class Log:
             if st != lib.SHM_TOPIC_FREE:
                 yield i, st, gen[0], lib.shm_ctl_topic(base, i)
 
-    def _restore(self):
+    def _restore(self, locked_by_caller: bool = False):
         """A new control segment: recreate the catalog's topics, each durable
         partition's ring starting where its segment files end. Runs holding
-        the control lock (taken in _attach_ctl)."""
+        the control lock (taken in _attach_ctl, or by the caller when it
+        completes the work of a restorer that died); topics already live are
+        kept, so running it twice is harmless."""
         try:
             cat = catalog.load(self.settings.data_dir)
             for name, cfg in cat.topics.items():
+                nb = name.encode()
+                idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
+                if idx >= 0 and lib.shm_ctl_topic_state(self._ctl.base, idx, ffi.NULL) == lib.SHM_TOPIC_LIVE:
+                    continue
                 bases = []
                 for p in range(cfg.partitions):
                     if cfg.persistence == "disk":
@@ -241,12 +252,15 @@ class Log:
                 self._create_locked(name, cfg, bases)
                 log.info("restored topic %r (%d partitions)", name, cfg.partitions)
         except BaseException:
-            lib.shm_ctl_unlock(self._ctl.base)
-            name = self.settings.ctl_name
-            self._ctl.close()
-            unlink_segment(name)     # the next connect retries the restore
+            if not locked_by_caller:
+                lib.shm_ctl_unlock(self._ctl.base)
+                name = self.settings.ctl_name
+                self._ctl.close()
+                unlink_segment(name)     # the next connect retries the restore
             raise
-        lib.shm_ctl_unlock(self._ctl.base)
+        lib.shm_ctl_set_restored(self._ctl.base)
+        if not locked_by_caller:
+            lib.shm_ctl_unlock(self._ctl.base)
         if self._start_persister and self._has_durable():
             self.ensure_persister()
 

@@ -290,3 +290,39 @@ def test_delete_durable_topic_removes_files(inst):
     inst.drop_shared_memory()
     inst.log = inst.connect()
     assert inst.log.list_topics() == []
+
+
+def _restore_then_die(kwargs):
+    from shmlog import instance
+    real = instance.Log._create_locked
+    made = []
+
+    def create_then_die(self, name, cfg, bases, fresh=False):
+        if made:                                   # dies with the lock held, the second topic half-made
+            os._exit(9)
+        made.append(name)
+        return real(self, name, cfg, bases, fresh)
+
+    instance.Log._create_locked = create_then_die
+    shmlog.connect(**kwargs, autostart=False)
+
+
+def test_a_restorer_that_dies_midway_is_finished_by_the_next_connect(inst):
+    for t in ("a", "b"):
+        durable(inst, name=t)
+        p = inst.log.producer()
+        for i in range(100):
+            p.send(t, value(i), partition=0)
+        p.flush(durable=True, timeout=10)
+    assert inst.log.stop_persister()
+    inst.log.close()
+    inst.drop_shared_memory()
+    child = inst.process(_restore_then_die, inst.kwargs)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+    assert [n for n in inst.segments() if n.endswith(".ctl")]     # left behind, half restored
+    inst.log = inst.connect()
+    assert inst.log.list_topics() == ["a", "b"]
+    assert [inst.log.describe_topic(t).partitions[0].end_offset for t in ("a", "b")] == [100, 100]
+    assert len(read_all(inst.log, "b")) == 100
