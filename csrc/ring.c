@@ -552,12 +552,12 @@ static void note_stuck(struct shm_cursor *cur, uint64_t p)
 
 /* Copies complete frames from cur->pos into buf and decodes their records
  * into out, up to out->max_records records or buf_cap bytes.
- * Returns SHM_OK (out->count may be 0: nothing new), SHM_E_OUT_OF_RANGE
+ * Returns the number of records decoded (0: nothing new), SHM_E_OUT_OF_RANGE
  * (cur->pos was lapped; nothing returned), SHM_E_CORRUPT (a complete,
  * unlapped frame fails validation: cur->pos stays on it), SHM_E_BUSY (the
  * first frame is uncommitted for longer than unblock_ns: seal it),
  * SHM_E_BUFFER_SMALL (one frame exceeds buf_cap). A compressed batch is
- * returned alone, undecoded, with out->compressed = 1 (Python decodes). */
+ * returned alone, undecoded: 0 with out->compressed = 1 (Python decodes). */
 int shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
               int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
@@ -683,7 +683,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
     }
 done:
     out->bytes_used = used;
-    return SHM_OK;
+    return (int)out->count;
 }
 #undef STOP
 

@@ -74,7 +74,9 @@ class Consumer:
         self._out = self._rows = None
         self._grow_out(max(max_poll_records, 1024))
         self._parts: list[_Part] = []
+        self._single = None           # the one assigned partition, for poll's fast path
         self._by_tp: dict[tuple, _Part] = {}
+        self._unblock_ns = log.unblock_ns
         self._rr = 0
         self._pending: list[Message] = []
         self._pi = 0
@@ -112,6 +114,7 @@ class Consumer:
             self._start(part, offset)
             parts.append(part)
         self._parts = parts
+        self._single = parts[0] if len(parts) == 1 else None
         self._by_tp = {(p.topic, p.partition): p for p in parts}
         self._rr = 0
         self._pending, self._pi = [], 0
@@ -252,7 +255,7 @@ class Consumer:
         self._mv = memoryview(ffi.buffer(self._buf, nbytes))
 
     def _grow_out(self, n):
-        self._out_cap = n
+        self._out_cap = self._out_max = n
         self._rows = ffi.new("int64_t[]", n * ROW)
         out = ffi.new("struct shm_records_out *")
         out.max_records = n
@@ -268,19 +271,19 @@ class Consumer:
         if max_records > self._out_cap:
             self._grow_out(max_records)
             out = self._out
-        if out.max_records != max_records:
-            out.max_records = max_records
+        if self._out_max != max_records:
+            out.max_records = self._out_max = max_records
         if part.on_disk:
             n = self._read_disk(part)
             if n is not None:
                 return n
         while True:
             rc = lib.shmx_read(part.ring.base, part.cur, self._buf, self._buf_cap, self._crc,
-                                   self._log.unblock_ns, out)
-            if rc == lib.SHM_OK:
-                if out.compressed:
+                               self._unblock_ns, out)
+            if rc >= 0:
+                if rc == 0 and out.compressed:
                     return self._decompress(part)
-                return out.count
+                return rc
             if rc == lib.SHM_E_OUT_OF_RANGE:
                 if part.plog is not None:          # lapped: the files have it
                     part.on_disk = True
@@ -428,7 +431,7 @@ class Consumer:
         hdrs, bases, curs, n = self._wait_arrays
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
-        lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._log.unblock_ns)
+        lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._unblock_ns)
 
     def _poll_parts(self, max_records, timeout):
         """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
@@ -457,6 +460,24 @@ class Consumer:
         if pi < len(self._pending):
             self._pi = pi + 1
             return self._pending[pi]
+        part = self._single
+        if part is not None and part.reset_to is None and not part.on_disk:
+            # the latency path: one partition in the ring; read, else wait once in C and read
+            if self._out_max != self._max_poll:
+                self._out.max_records = self._out_max = self._max_poll
+            args = (part.ring.base, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, self._out)
+            n = lib.shmx_read(*args)
+            if n == 0 and timeout != 0:
+                self._wait(timeout)
+                n = lib.shmx_read(*args)
+            if n == 1:
+                return self._message1(part)
+            if n > 1:
+                self._pending = self._messages(part, n)
+                self._pi = 1
+                return self._pending[0]
+            if n == 0 and timeout is not None and not self._out.compressed and part.cur.stuck_pos != part.cur.pos:
+                return None     # the wait ran the whole timeout (a stuck frame goes the general way)
         part, n = self._poll_parts(self._max_poll, timeout)
         if n == 1:
             return self._message1(part)
@@ -487,18 +508,18 @@ class Consumer:
             raise errors.InvalidArgument("max_messages must be an int >= 1")
         rows = np.empty((max_messages, ROW), np.int64)
         buf = np.empty(self._buf_cap, np.uint8)
-        saved = self._out, self._out_cap, self._rows, self._buf, self._buf_cap, self._mv
+        saved = self._out, self._out_cap, self._out_max, self._rows, self._buf, self._buf_cap, self._mv
         out = ffi.new("struct shm_records_out *")
         out.rows = ffi.cast("int64_t *", rows.ctypes.data)
         out.max_records = max_messages
-        self._out, self._out_cap, self._rows = out, max_messages, out.rows
+        self._out, self._out_cap, self._out_max, self._rows = out, max_messages, max_messages, out.rows
         self._buf = ffi.cast("uint8_t *", buf.ctypes.data)
         try:
             part, n = self._poll_parts(max_messages, timeout)
             if n and self._buf != ffi.cast("uint8_t *", buf.ctypes.data):
                 buf = np.frombuffer(ffi.buffer(self._buf, out.bytes_used), np.uint8).copy()  # grew or inflated
         finally:
-            self._out, self._out_cap, self._rows, self._buf, self._buf_cap, self._mv = saved
+            self._out, self._out_cap, self._out_max, self._rows, self._buf, self._buf_cap, self._mv = saved
         if not n:
             return None
         r = rows[:n]
@@ -534,6 +555,7 @@ class Consumer:
     def close(self):
         self._closed = True
         self._parts = []
+        self._single = None
         self._by_tp = {}
         self._pending, self._pi = [], 0
         self._wait_arrays = None

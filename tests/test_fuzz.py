@@ -383,7 +383,7 @@ def _read_all(base, verify, max_records=64):
     cur = ffi.new("struct shm_cursor *")
     cur.stuck_pos = 2**64 - 1
     rc = lib.shm_ring_seek(base, cur, 0)
-    assert rc in (lib.SHM_OK, lib.SHM_E_CORRUPT, lib.SHM_E_OUT_OF_RANGE)
+    assert rc >= 0 or rc in (lib.SHM_E_CORRUPT, lib.SHM_E_OUT_OF_RANGE)
     if rc != lib.SHM_OK:
         cur.pos, cur.next_offset = 0, 0
     buf = _READ_BUF.base()
@@ -392,7 +392,7 @@ def _read_all(base, verify, max_records=64):
     for _ in range(2000):
         _OUT.reset(max_records)
         rc = lib.shm_ring_read(base, cur, buf, cap, verify, -1, _OUT.out)
-        assert rc in (lib.SHM_OK, lib.SHM_E_CORRUPT, lib.SHM_E_OUT_OF_RANGE), rc
+        assert rc >= 0 or rc in (lib.SHM_E_CORRUPT, lib.SHM_E_OUT_OF_RANGE), rc
         out = _OUT.out
         assert out.bytes_used <= cap and out.count <= max_records
         for j in range(out.count):
@@ -401,7 +401,7 @@ def _read_all(base, verify, max_records=64):
             assert 0 <= vs and vs + max(vl, 0) <= out.bytes_used
             assert 0 <= hs <= out.bytes_used
             results.append(off)
-        if rc != lib.SHM_OK or (out.count == 0 and out.frames == 0 and out.gaps == 0):
+        if rc < 0 or (out.count == 0 and out.frames == 0 and out.gaps == 0):
             return rc, results
     pytest.fail("shm_ring_read made no end of the ring")
 
@@ -418,7 +418,7 @@ def test_damaged_ring_read_seek_append(sizes, damage, verify):
     pos = ffi.new("uint64_t[2]")
     lib.shm_ring_ends(base, ends, ends + 1, pos, pos + 1)
     rc, offs = _read_all(base, verify)
-    assert rc == lib.SHM_OK and offs == list(range(ends[0], ends[1]))    # undamaged: everything
+    assert rc >= 0 and offs == list(range(ends[0], ends[1]))    # undamaged: everything
 
     for at, val in damage:                              # damage the data area
         ffi.cast("uint8_t *", _RING.addr)[lib.SHM_RING_HEADER_BYTES + at] = val
