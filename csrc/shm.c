@@ -125,6 +125,13 @@ int shm_robust_mutex_init(void *mutex)
     return rc == 0 ? SHM_OK : SHM_E_SYS;
 }
 
+/* Starts writeback of a file range without waiting for it (the persister
+ * calls it after each run of frames, so the next fsync finds little left). */
+int shm_start_writeback(int fd, int64_t offset, int64_t nbytes)
+{
+    return sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) == 0 ? SHM_OK : SHM_E_SYS;
+}
+
 int shm_segment_unlink(const char *name)
 {
     return shm_unlink(name) == 0 ? SHM_OK : errno_status(errno);

@@ -306,6 +306,7 @@ int      shm_segment_open(const char *name, int writable, struct shm_map *out);
 int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size, struct shm_map *out);
 int      shm_segment_unlink(const char *name);
 int      shm_robust_mutex_init(void *mutex);
+int      shm_start_writeback(int fd, int64_t offset, int64_t nbytes);
 void     shm_unmap(struct shm_map *m);
 int64_t  shm_now_ms(void);
 int64_t  shm_monotonic_ns(void);

@@ -233,6 +233,7 @@ class PartitionWriter:
             if done:
                 os.ftruncate(self.fd, a.size)        # never leave a torn frame behind
             raise
+        lib.shm_start_writeback(self.fd, a.size, done)   # writeback now, in the background
         a.size += done
         if nrows:
             rows = ffi.unpack(index_rows, nrows * lib.SHM_INDEX_FIELDS)
