@@ -72,6 +72,30 @@ def _consume(kw, n, res_q):
     res_q.put(("ok", time.monotonic()))
 
 
+def _pair(produce, produce_args, consume, consume_args):
+    """Runs a consumer and a producer process; msgs/s from the producer's first send
+    (it puts its start time) to the consumer's last verified record."""
+    n = consume_args[1]
+    q, r = CTX.Queue(), CTX.Queue()
+    cons = CTX.Process(target=consume, args=(*consume_args, r))
+    prod = CTX.Process(target=produce, args=(*produce_args, q))
+    cons.start()
+    prod.start()
+    try:
+        t0 = q.get(timeout=60)
+        status, t1 = r.get(timeout=600)
+    finally:
+        prod.join(120)
+        cons.join(10)
+        for p in (prod, cons):
+            if p.is_alive():
+                p.kill()
+    if status != "ok":
+        return {"failed": t1}
+    size = produce_args[2]
+    return {"msgs_s": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6}
+
+
 def shmlog_t1(persistence, fsync, n, size=100, batch=1000):
     """msgs/s from the producer's first send to the consumer's last verified record."""
     tmp = tempfile.mkdtemp(prefix="shmlogbench-")
@@ -81,18 +105,7 @@ def shmlog_t1(persistence, fsync, n, size=100, batch=1000):
         log = shmlog.connect(**kw)
         log.create_topic("t", ring_bytes=64 << 20, persistence=persistence, fsync=fsync,
                          retention_bytes=None)
-        q, r = CTX.Queue(), CTX.Queue()
-        cons = CTX.Process(target=_consume, args=(kw, n, r))
-        prod = CTX.Process(target=_produce, args=(kw, n, size, batch, q))
-        cons.start()
-        prod.start()
-        t0 = q.get(timeout=60)
-        status, t1 = r.get(timeout=300)
-        prod.join(120)
-        cons.join(10)
-        if status != "ok":
-            return {"failed": t1}
-        return {"msgs_s": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6}
+        return _pair(_produce, (kw, n, size, batch), _consume, (kw, n))
     finally:
         try:
             log.destroy()
@@ -193,25 +206,13 @@ def _redis_consume(sock, n, res_q):
 def redis_t1(n, size=100, batch=1000):
     if shutil.which("redis-server") is None:
         return {"skipped": "redis-server not installed (apt-get install redis-server)"}
-    try:
-        import redis  # noqa: F401  (present?)
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("redis") is None:
         return {"skipped": "the redis Python client is not installed (pip install redis)"}
     tmp = tempfile.mkdtemp(prefix="shmlogbench-redis-")
     proc, sock = _redis_start(tmp)
     try:
-        q, res = CTX.Queue(), CTX.Queue()
-        cons = CTX.Process(target=_redis_consume, args=(sock, n, res))
-        prod = CTX.Process(target=_redis_produce, args=(sock, n, size, batch, q))
-        cons.start()
-        prod.start()
-        t0 = q.get(timeout=60)
-        status, t1 = res.get(timeout=600)
-        prod.join(60)
-        cons.join(10)
-        if status != "ok":
-            return {"failed": t1}
-        return {"msgs_s": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6}
+        return _pair(_redis_produce, (sock, n, size, batch), _redis_consume, (sock, n))
     finally:
         proc.kill()
         proc.wait(10)
