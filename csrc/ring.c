@@ -520,16 +520,15 @@ uint64_t shm_ring_counter(const void *base, int which)
 {
     const struct shm_ring_header *h = HDR(base);
     switch (which) {
-    case 0: return shm_load_relaxed(&h->sealed_count);
-    case 1: return shm_load_relaxed(&h->overwritten_frames);
-    case 2: return shm_load_acquire(&h->persisted_pos);
-    case 3: return shm_load_acquire(&h->fsynced_pos);
-    case 4: return shm_load_acquire(&h->deleted);
-    case 5: return shm_load_acquire(&h->durable_waiters);
-    case 6: return (uint64_t)(int64_t)shm_load_acquire(&h->persist_errno);
-    case 7: return h->base_position;
-    case 8: return (uint64_t)h->base_offset;
-    case 9: return h->persistence;
+    case SHM_COUNTER_SEALED: return shm_load_relaxed(&h->sealed_count);
+    case SHM_COUNTER_OVERWRITTEN: return shm_load_relaxed(&h->overwritten_frames);
+    case SHM_COUNTER_PERSISTED: return shm_load_acquire(&h->persisted_pos);
+    case SHM_COUNTER_FSYNCED: return shm_load_acquire(&h->fsynced_pos);
+    case SHM_COUNTER_DELETED: return shm_load_acquire(&h->deleted);
+    case SHM_COUNTER_DURABLE_WAITERS: return shm_load_acquire(&h->durable_waiters);
+    case SHM_COUNTER_PERSIST_ERRNO: return (uint64_t)(int64_t)shm_load_acquire(&h->persist_errno);
+    case SHM_COUNTER_BASE_POSITION: return h->base_position;          /* written once at init */
+    case SHM_COUNTER_BASE_OFFSET: return (uint64_t)h->base_offset;    /* written once at init */
     }
     return 0;
 }

@@ -107,11 +107,6 @@ int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint6
     return SHM_OK;
 }
 
-int shm_segment_open(const char *name, int writable, struct shm_map *out)
-{
-    return shm_segment_map_range(name, writable, 0, 0, out);
-}
-
 /* A process-shared robust mutex in shared memory: a holder that dies makes
  * the next locker get EOWNERDEAD instead of hanging. */
 int shm_robust_mutex_init(void *mutex)

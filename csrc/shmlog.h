@@ -302,7 +302,6 @@ struct shm_records_out {
 
 /* ---------- shm.c: segments, futex, clocks, liveness ---------- */
 int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct shm_map *out);
-int      shm_segment_open(const char *name, int writable, struct shm_map *out);
 int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size, struct shm_map *out);
 int      shm_segment_unlink(const char *name);
 int      shm_robust_mutex_init(void *mutex);
@@ -366,6 +365,16 @@ int      shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
 int      shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix);
 void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_offset,
                        uint64_t *head_pos, uint64_t *tail_pos);
+/* what shm_ring_counter reads (one atomic load each) */
+#define SHM_COUNTER_SEALED        0   /* reservations sealed as gaps */
+#define SHM_COUNTER_OVERWRITTEN   1   /* ephemeral frames dropped to make room */
+#define SHM_COUNTER_PERSISTED     2   /* persisted_pos */
+#define SHM_COUNTER_FSYNCED       3   /* fsynced_pos */
+#define SHM_COUNTER_DELETED       4   /* the topic was deleted */
+#define SHM_COUNTER_DURABLE_WAITERS 5 /* flush(durable=True) callers waiting */
+#define SHM_COUNTER_PERSIST_ERRNO 6   /* the persister's last write/fsync errno */
+#define SHM_COUNTER_BASE_POSITION 7   /* position of the ring's first frame */
+#define SHM_COUNTER_BASE_OFFSET   8   /* offset of the ring's first frame */
 uint64_t shm_ring_counter(const void *base, int which);
 void     shm_ring_mark_deleted(void *base);
 void     shm_test_set_hold_ns(int64_t ns);

@@ -102,7 +102,7 @@ class Ring:
         return v[0], v[1], p[0], p[1]
 
     def deleted(self) -> bool:
-        return bool(lib.shm_ring_counter(self.base, 4))
+        return bool(lib.shm_ring_counter(self.base, lib.SHM_COUNTER_DELETED))
 
     def close(self):
         for s in (self.seg, self.hdr_seg, self.rw_seg):
@@ -424,7 +424,7 @@ class Log:
                 if disk_start is not None:
                     start = min(start, disk_start)
             parts.append(PartitionInfo(p, start, end, h.config.ring_bytes, tp - hp,
-                                       lib.shm_ring_counter(r.base, 0), lib.shm_ring_counter(r.base, 1)))
+                                       lib.shm_ring_counter(r.base, lib.SHM_COUNTER_SEALED), lib.shm_ring_counter(r.base, lib.SHM_COUNTER_OVERWRITTEN)))
         return TopicDescription(name, h.generation, h.config, parts)
 
     # ------------------------------------------------------------ handles and rings

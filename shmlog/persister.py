@@ -44,9 +44,9 @@ class _Partition:
         rep = storage.recover_partition(self.writer.plog.dir)
         self.writer.plog.refresh()
         start, end, head, tail = ring.ends()
-        base_pos = ffi.cast("struct shm_ring_header *", ring.base).base_position
         if not self.writer.plog.segments:
-            self.pos, self.offset = base_pos, ffi.cast("struct shm_ring_header *", ring.base).base_offset
+            self.pos = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_BASE_POSITION)
+            self.offset = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_BASE_OFFSET)
         else:
             self.pos, self.offset = rep.end_pos, rep.end_offset
         if self.pos < head:
@@ -55,10 +55,10 @@ class _Partition:
             self.pos, self.offset = head, start
             self.writer.roll(self.pos, self.offset)
         self.writer.resume(self.pos, self.offset)
-        persisted = lib.shm_ring_counter(ring.base, 2)
+        persisted = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSISTED)
         if self.pos > persisted:
             lib.shm_ring_publish_persisted(ring.base, self.pos)    # written before a crash
-        self.fsynced = min(self.pos, lib.shm_ring_counter(ring.base, 3))
+        self.fsynced = min(self.pos, lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_FSYNCED))
         self.rows = ffi.new("int64_t[]", MAX_INDEX * lib.SHM_INDEX_FIELDS)
         self.out = ffi.new("struct shm_persist_out *")
         self.error = 0
@@ -133,7 +133,7 @@ class _Partition:
     def fsync_due(self) -> bool:
         if self.fsynced >= self.pos or self.fsync_pending:
             return False
-        if lib.shm_ring_counter(self.ring.base, 5):     # a durable flush waits
+        if lib.shm_ring_counter(self.ring.base, lib.SHM_COUNTER_DURABLE_WAITERS):     # a durable flush waits
             return True
         return self.mode == 1 and (time.monotonic() - self.last_fsync) * 1000 >= self.interval_ms
 

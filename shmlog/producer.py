@@ -253,7 +253,7 @@ class Producer:
             raise errors.TopicDeleted(f"topic {name!r} was deleted while this producer wrote to it")
         if rc == lib.SHM_E_FULL:
             ring = w.rings[partition]
-            err = lib.shm_ring_counter(ring.base, 6) if ring is not None else 0
+            err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO) if ring is not None else 0
             why = (f"the persister cannot write: {os.strerror(err)}" if err else
                    "the persister is behind or not running" if w.handle.config.persistence == "disk"
                    else "a writer a lap behind is still writing")
@@ -285,13 +285,13 @@ class Producer:
                 if ring is None:
                     continue
                 tail = ring.ends()[3]
-                if lib.shm_ring_counter(ring.base, 3) >= tail:
+                if lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_FSYNCED) >= tail:
                     continue
                 if self._log._start_persister:
                     self._log.ensure_persister()
                 rc = lib.shm_ring_durable_wait(ring.base, tail, tns)
                 if rc == lib.SHM_E_TIMEOUT:
-                    err = lib.shm_ring_counter(ring.base, 6)
+                    err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO)
                     why = f": the persister reports {os.strerror(err)}" if err else ""
                     raise errors.Timeout(f"topic {w.handle.name!r} partition {ring.partition}: records "
                                          f"not fsynced within {timeout} s{why}")

@@ -8,6 +8,7 @@ import pytest
 
 import shmlog
 from shmlog import errors, persister, storage
+from shmlog._native import lib
 
 
 def durable(inst, name="d", **kw):
@@ -225,7 +226,7 @@ def test_fsync_policies_and_durable_flush(inst):
             p.send(t, value(i), partition=0)
         p.flush(durable=True, timeout=10)
         r = p._writers[t].rings[0]
-        assert r.ends()[3] <= shmlog._native.lib.shm_ring_counter(r.base, 3)   # fsynced >= tail
+        assert r.ends()[3] <= lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED)   # fsynced >= tail
 
 
 def test_offsets_for_times(inst):
