@@ -3,8 +3,10 @@
 Owns: the assignment (explicit: every partition of the subscribed topics, or
 assign()), one cursor per assigned partition, the read buffer, turning the
 C core's decoded columns into Message objects (or numpy Columns), waiting
-(spin, then park on the rings' futexes), offset-reset policy, and asking the
-C core to seal a dead producer's half-written frame. Must never: block a
+(spin, then park on the rings' futexes), offset-reset policy, reading a
+durable partition's segment files while its cursor is below the ring's head
+(same positions: the switch back to the ring is a comparison), and asking
+the C core to seal a dead producer's half-written frame. Must never: block a
 producer, return a record twice or out of order within a partition, or
 return bytes the ring lapped during the copy (the C core re-checks).
 """

@@ -1,8 +1,11 @@
 """instance.py — a connection to one shmlog instance: `shmlog.connect()`.
 
-Owns: attaching (or creating) the instance's control segment, the topic
-admin operations (create, list, describe, delete) made under the control
-segment's robust lock, and the per-connection cache of mapped rings.
+Owns: attaching (or creating) the instance's control segment, restoring
+its topics from the data dir when the segment is new, the topic admin
+operations (create, list, describe, delete) made under the control
+segment's robust lock together with the on-disk catalog, starting and
+stopping the instance's persister process, and the per-connection cache of
+mapped rings.
 Must never: produce or consume (producer.py and consumer.py do), or read a
 shared field without the C core.
 """
