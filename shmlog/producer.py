@@ -8,6 +8,7 @@ core can take the batch, or keep a slot after close() or across fork().
 """
 import os
 import random
+import time
 from array import array
 from itertools import compress
 
@@ -17,6 +18,7 @@ from .records import BatchMetadata, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 STICKY_BYTES = 16384      # keyless records stay on one partition for this many bytes (Kafka's batch.size)
+WAIT_SLICE_NS = 1_000_000_000   # a blocked send looks up from the C wait this often (see _write)
 
 
 def _as_bytes(v, what: str):
@@ -62,7 +64,7 @@ class _TopicWriter:
         c = ffi.new("struct shm_send_ctx *")
         c.base = ring.base
         c.slot = slot
-        c.timeout_ns = self.producer._timeout_ns
+        c.timeout_ns = min(self.producer._timeout_ns, WAIT_SLICE_NS)
         c.unblock_ns = log.unblock_ns
         c.token_prefix = log.token_prefix_c
         self.ctxs[partition] = c
@@ -153,11 +155,9 @@ class Producer:
             timestamp_ms = -1
         elif type(timestamp_ms) is not int or timestamp_ms < 0:
             raise errors.InvalidArgument("timestamp_ms must be an int >= 0 (ms since the epoch) or None")
-        rc = lib.shm_send(ctx, ffi.NULL if value is None else value, -1 if value is None else len(value),
-                          ffi.NULL if key is None else key, -1 if key is None else len(key),
-                          hdr, hlen, timestamp_ms)
-        if rc < 0:
-            self._fail(rc, w, partition)
+        rc = self._write(w, partition, lib.shm_send, ctx, ffi.NULL if value is None else value,
+                         -1 if value is None else len(value), ffi.NULL if key is None else key,
+                         -1 if key is None else len(key), hdr, hlen, timestamp_ms)
         return RecordMetadata(topic, partition, rc)
 
     def send_batch(self, topic: str, values, keys=None, partition=None, timestamp_ms=None):
@@ -211,9 +211,7 @@ class Producer:
         else:
             inp.timestamp_ms = timestamp_ms
         out = ffi.new("struct shm_append_out *")
-        rc = lib.shm_send_batch(ctx, inp, out)
-        if rc < 0:
-            self._fail(rc, w, partition)
+        self._write(w, partition, lib.shm_send_batch, ctx, inp, out)
         return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)
 
     def send_packed(self, topic: str, data, lengths, partition=None, timestamp_ms=None):
@@ -239,10 +237,24 @@ class Producer:
         if lib.shm_packed_check(lens, n, len(data)) != 0:
             raise errors.InvalidArgument("lengths do not add up to len(data) (or one is below -1)")
         out = ffi.new("struct shm_append_out *")
-        rc = lib.shm_send_batch(ctx, inp, out)
+        self._write(w, partition, lib.shm_send_batch, ctx, inp, out)
+        return [BatchMetadata(w.handle.name, partition, out.base_offset, out.count)]
+
+    def _write(self, w, partition, fn, *args):
+        """One blocking C write. The C core waits for room at most WAIT_SLICE_NS
+        at a time; between slices, on a durable topic, a dead persister is
+        replaced (until the supervisor owns it), and the wait goes on until
+        max_block_ms is used up. Raises the shmlog error for a failure."""
+        start = time.monotonic()
+        while True:
+            rc = fn(*args)
+            if rc != lib.SHM_E_FULL or (time.monotonic() - start) * 1e9 >= self._timeout_ns:
+                break
+            if w.handle.config.persistence == "disk" and self._log._start_persister:
+                self._log.ensure_persister()
         if rc < 0:
             self._fail(rc, w, partition)
-        return [BatchMetadata(w.handle.name, partition, out.base_offset, out.count)]
+        return rc
 
     def _fail(self, rc, w, partition):
         name = w.handle.name

@@ -327,3 +327,20 @@ def test_a_restorer_that_dies_midway_is_finished_by_the_next_connect(inst):
     assert inst.log.list_topics() == ["a", "b"]
     assert [inst.log.describe_topic(t).partitions[0].end_offset for t in ("a", "b")] == [100, 100]
     assert len(read_all(inst.log, "b")) == 100
+
+
+def test_producers_outlive_a_dead_persister(inst):
+    """kill -9 of the persister: a blocked producer starts a new one and goes on."""
+    t = durable(inst)                                  # 64 KiB ring
+    p = inst.log.producer(max_block_ms=15_000)
+    p.send(t, value(0), partition=0)
+    inst.kill_persister()
+    assert not persister.running(inst.kwargs["data_dir"])
+    n = 5_000                                          # ~10 laps of the ring: impossible without a persister
+    for i in range(1, n):
+        p.send(t, value(i), partition=0)
+    assert persister.running(inst.kwargs["data_dir"])
+    p.flush(durable=True, timeout=10)
+    got = read_all(inst.log, t)
+    assert [m.offset for m in got] == list(range(n))
+    assert all(m.value == value(m.offset) for m in got)
