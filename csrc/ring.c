@@ -686,6 +686,61 @@ done:
 }
 #undef STOP
 
+/* Large-record path (one copy instead of two). If the frame at cur->pos is a
+ * complete, uncompressed DATA frame of one record, at least min_bytes long,
+ * whose offset the cursor wants: verify its CRC in place (verify_crc), decode
+ * its record into out[0..7] (a row, starts relative to the ring's data area)
+ * and put the frame's length in out[8]. Returns 1, or 0 when this is not such
+ * a frame (or anything is off: the general read then handles it). The caller
+ * copies what it needs straight from the ring, then calls shmx_large_confirm,
+ * which discards the copy if the ring lapped the frame meanwhile (I5). */
+int shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min_bytes,
+                    int verify_crc, int64_t *out)
+{
+    const struct shm_ring_header *h = HDR(base);
+    uint64_t p = cur->pos, rem = room_of(h, p);
+    const struct shm_frame_header *fh = FRAME(h, p);
+    /* acquire: the frame's bytes are visible once its commit matches (I3) */
+    if (shm_load_acquire(&fh->commit) != commit_word(p))
+        return 0;
+    uint32_t len = fh->length;
+    if (fh->kind != SHM_FRAME_DATA || len < min_bytes || shm_align8(len) > rem ||
+        len < SHM_FRAME_HEADER_BYTES + SHM_BATCH_HEADER_BYTES)
+        return 0;
+    const uint8_t *batch = (const uint8_t *)(fh + 1);
+    uint64_t blen = len - SHM_FRAME_HEADER_BYTES;
+    int64_t first = shm_batch_base_offset(batch);
+    if (shm_batch_last_delta(batch) != 0 || (batch[22] & 0x27) != 0 ||   /* one plain record */
+        (cur->expect_base >= 0 && first != cur->expect_base) || first < cur->next_offset)
+        return 0;
+    if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
+        return 0;
+    struct shm_records_out one = {.max_records = 1, .rows = out};
+    if (shm_batch_decode(batch, blen, (int64_t)(batch - DATA(h)), cur->next_offset, &one) != 1)
+        return 0;
+    out[SHM_ROW_FIELDS] = len;
+    /* acquire fence: the checks above read frame bytes; re-read head after them (I5) */
+    shm_fence_acquire();
+    return shm_load_relaxed(&h->head_pos) > p ? 0 : 1;
+}
+
+/* After copying from the frame shmx_large_peek described: SHM_E_OUT_OF_RANGE
+ * when the ring lapped it during the copy (the copy is garbage), else moves
+ * the cursor past it and returns 1. */
+int shmx_large_confirm(const void *base, struct shm_cursor *cur, const int64_t *peeked)
+{
+    const struct shm_ring_header *h = HDR(base);
+    /* acquire fence: the caller's copy completes before head is re-read (I5) */
+    shm_fence_acquire();
+    if (shm_load_relaxed(&h->head_pos) > cur->pos)
+        return SHM_E_OUT_OF_RANGE;
+    cur->pos += shm_align8((uint64_t)peeked[SHM_ROW_FIELDS]);
+    cur->next_offset = peeked[SHM_ROW_OFFSET] + 1;
+    cur->expect_base = peeked[SHM_ROW_OFFSET] + 1;
+    cur->stuck_pos = ~(uint64_t)0;
+    return 1;
+}
+
 /* Positions the cursor at the frame holding `offset` (or the first frame
  * after it when offset falls in a gap). SHM_E_OUT_OF_RANGE when offset is
  * below the ring's head or above its tail. */

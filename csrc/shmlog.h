@@ -354,6 +354,9 @@ int      shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_i
 int64_t  shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len);
 int      shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                    int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
+int      shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min_bytes,
+                         int verify_crc, int64_t *out);
+int      shmx_large_confirm(const void *base, struct shm_cursor *cur, const int64_t *peeked);
 int64_t  shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len,
                   const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
                   int64_t timestamp_ms);

@@ -22,13 +22,14 @@ from .records import Columns, Message, decode_headers
 
 RESETS = ("earliest", "latest", "none")
 ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
+LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
 
 
 class _Part:
     """One assigned partition: its ring and cursor."""
 
-    __slots__ = ("topic", "partition", "ring", "cur", "reset_to", "plog", "on_disk")
+    __slots__ = ("topic", "partition", "ring", "cur", "reset_to", "plog", "on_disk", "large", "data")
 
     def __init__(self, topic, partition, ring, plog):
         self.topic = topic
@@ -40,6 +41,8 @@ class _Part:
         self.reset_to = None      # an offset to seek to before the next read
         self.plog = plog          # segment files (durable topics), else None
         self.on_disk = False      # the cursor is below the ring's head: read the files
+        self.large = False        # the last record was large: try the one-copy path first
+        self.data = ffi.cast("uint8_t *", ring.base) + lib.SHM_RING_HEADER_BYTES
 
 
 class Consumer:
@@ -79,6 +82,7 @@ class Consumer:
         self._single = None           # the one assigned partition, for poll's fast path
         self._by_tp: dict[tuple, _Part] = {}
         self._unblock_ns = log.unblock_ns
+        self._peek = ffi.new("int64_t[]", ROW + 1)
         self._rr = 0
         self._pending: list[Message] = []
         self._pi = 0
@@ -382,9 +386,27 @@ class Consumer:
         out.bytes_used = len(plain)
         return out.count
 
+    def _take_large(self, part: _Part):
+        """A large single-record frame, copied once from the ring into its bytes
+        (the C core checks CRC and framing first, and the lap after the copy);
+        None when the next frame is not one (the general read handles it)."""
+        r = self._peek
+        if lib.shmx_large_peek(part.ring.base, part.cur, LARGE_BYTES, self._crc, r) != 1:
+            return None
+        off, ts, ks, kl, vs, vl, hs, hc, _ = ffi.unpack(r, ROW + 1)
+        if hc:
+            return None                          # with headers: the general path decodes them
+        data = part.data
+        m = Message(part.topic, part.partition, off, None if kl < 0 else ffi.buffer(data + ks, kl)[:],
+                    None if vl < 0 else ffi.buffer(data + vs, vl)[:], (), ts)
+        if lib.shmx_large_confirm(part.ring.base, part.cur, r) != 1:
+            return None                          # lapped during the copy: discarded
+        return m
+
     def _message1(self, part: _Part) -> Message:
         """The one record just decoded (the latency path: few Python-C crossings)."""
         off, ts, ks, kl, vs, vl, hs, hc = ffi.unpack(self._rows, ROW)
+        part.large = vl >= LARGE_BYTES
         mv = self._mv
         return Message(part.topic, part.partition, off,
                        None if kl < 0 else mv[ks:ks + kl].tobytes(),
@@ -468,9 +490,13 @@ class Consumer:
             if self._out_max != self._max_poll:
                 self._out.max_records = self._out_max = self._max_poll
             args = (part.ring.base, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, self._out)
+            if part.large and (m := self._take_large(part)) is not None:
+                return m
             n = lib.shmx_read(*args)
             if n == 0 and timeout != 0:
                 self._wait(timeout)
+                if part.large and (m := self._take_large(part)) is not None:
+                    return m
                 n = lib.shmx_read(*args)
             if n == 1:
                 return self._message1(part)
