@@ -8,6 +8,7 @@ Every consumer checks a sequence number in each record; a row that lost or
 reordered anything is FAILED.
 """
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -26,18 +27,30 @@ CTX = mp.get_context("fork")
 SEQ = struct.Struct("<Q")
 
 
-def _shmlog_kwargs(tmp):
+@contextlib.contextmanager
+def _topic(**config):
+    """A private instance with topic "t"; yields its connect() kwargs; always destroyed."""
+    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
     tag = uuid.uuid4().hex[:8]
-    return dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
-
-
-def _cleanup_shm(kw):
-    for n in os.listdir("/dev/shm"):
-        if n.startswith(kw["shm_prefix"]):
-            try:
-                os.unlink("/dev/shm/" + n)
-            except FileNotFoundError:
-                pass
+    kw = dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
+    log = None
+    try:
+        import shmlog
+        log = shmlog.connect(**kw)
+        log.create_topic("t", ring_bytes=64 << 20, **config)
+        yield kw
+    finally:
+        try:
+            if log is not None:
+                log.destroy()
+        finally:
+            for n in os.listdir("/dev/shm"):
+                if n.startswith(kw["shm_prefix"]):
+                    try:
+                        os.unlink("/dev/shm/" + n)
+                    except FileNotFoundError:
+                        pass
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _produce(kw, n, size, batch, t0_q):
@@ -98,31 +111,13 @@ def _pair(produce, produce_args, consume, consume_args):
 
 def shmlog_t1(persistence, fsync, n, size=100, batch=1000):
     """msgs/s from the producer's first send to the consumer's last verified record."""
-    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
-    kw = _shmlog_kwargs(tmp)
-    try:
-        import shmlog
-        log = shmlog.connect(**kw)
-        log.create_topic("t", ring_bytes=64 << 20, persistence=persistence, fsync=fsync,
-                         retention_bytes=None)
+    with _topic(persistence=persistence, fsync=fsync, retention_bytes=None) as kw:
         return _pair(_produce, (kw, n, size, batch), _consume, (kw, n))
-    finally:
-        try:
-            log.destroy()
-        except Exception:
-            pass
-        _cleanup_shm(kw)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def shmlog_ingest(size, total_bytes, batch):
     """Producer only, durable fsync=interval:100: MB/s until flush(durable=True) returns."""
-    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
-    kw = _shmlog_kwargs(tmp)
-    try:
-        import shmlog
-        log = shmlog.connect(**kw)
-        log.create_topic("t", ring_bytes=64 << 20, persistence="disk", fsync="interval:100")
+    with _topic(persistence="disk", fsync="interval:100") as kw:
         n = total_bytes // size
         q = CTX.Queue()
         prod = CTX.Process(target=_produce, args=(kw, n, size, batch, q))
@@ -130,13 +125,6 @@ def shmlog_ingest(size, total_bytes, batch):
         t0, t1 = q.get(timeout=60), q.get(timeout=600)
         prod.join(30)
         return {"mb_s": n * size / (t1 - t0) / 1e6}
-    finally:
-        try:
-            log.destroy()
-        except Exception:
-            pass
-        _cleanup_shm(kw)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def disk_write_rate(total_bytes, chunk=32 << 20):
