@@ -26,6 +26,11 @@ LARGE_BYTES = 64 << 10        # records this large are copied once, straight fro
 DEFAULT_BUFFER = 4 << 20
 
 
+def _check_timeout(timeout):
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
+
+
 class _Part:
     """One assigned partition: its ring and cursor."""
 
@@ -462,8 +467,7 @@ class Consumer:
         self._check_open()
         if not self._parts:
             raise errors.InvalidArgument("this consumer has no partitions: subscribe() or assign() first")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-            raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
+        _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             part, n = self._read_any(max_records)
@@ -486,6 +490,8 @@ class Consumer:
             return self._pending[pi]
         part = self._single
         if part is not None and part.reset_to is None and not part.on_disk:
+            if timeout is not None:
+                _check_timeout(timeout)
             # the latency path: one partition in the ring; read, else wait once in C and read
             if self._out_max != self._max_poll:
                 self._out.max_records = self._out_max = self._max_poll

@@ -618,3 +618,16 @@ def test_no_space_in_dev_shm(inst):
     assert inst.segments() == before
     inst.log.create_topic("huge", persistence="none", ring_bytes=RING)         # the table entry was freed
     assert inst.log.list_topics() == ["huge"]
+
+
+@pytest.mark.parametrize("timeout", [-1, "x", [1]], ids=repr)
+def test_bad_poll_timeout_on_one_partition(inst, timeout):
+    """The single-partition fast path checks the timeout like the general path."""
+    inst.log.create_topic("to", persistence="none", ring_bytes=RING)
+    c = inst.log.consumer(topics=["to"], auto_offset_reset="earliest")
+    with pytest.raises(errors.InvalidArgument):
+        c.poll(timeout=timeout)
+    inst.log.producer().send("to", b"v", partition=0)
+    with pytest.raises(errors.InvalidArgument):
+        c.poll(timeout=timeout)
+    assert c.poll(timeout=1).value == b"v"          # nothing was consumed by the refused calls
