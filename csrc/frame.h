@@ -6,6 +6,7 @@
 #define SHMLOG_FRAME_H
 
 #include "shmlog.h"
+#include "atomics.h"
 
 #define HDR(b) ((struct shm_ring_header *)(b))
 #define DATA(b) ((uint8_t *)(b) + SHM_RING_HEADER_BYTES)
@@ -54,6 +55,13 @@ static inline int frame_next(const struct shm_frame_header *fh, uint64_t p, uint
         return SHM_OK;
     }
     return SHM_E_CORRUPT;
+}
+
+/* Bumps a futex word and wakes every process sleeping on it. */
+static inline void wake(uint32_t *seq)
+{
+    shm_fetch_add(seq, 1);
+    shm_futex_wake(seq);
 }
 
 /* first offset a complete frame carries (PAD: none, returns cur_offset) */

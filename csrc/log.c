@@ -26,12 +26,6 @@
 
 #include <string.h>
 
-static void wake(uint32_t *seq)
-{
-    shm_fetch_add(seq, 1);
-    shm_futex_wake(seq);
-}
-
 /* ------------------------------------------------------------ persister */
 
 static void index_row(int64_t *rows, uint32_t *n, uint32_t max, int64_t offset, uint64_t pos,

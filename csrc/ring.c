@@ -215,12 +215,6 @@ void shm_ring_release_slot(void *base, int slot)
 
 /* ------------------------------------------------------------ wake-ups */
 
-static void wake(uint32_t *seq)
-{
-    shm_fetch_add(seq, 1);
-    shm_futex_wake(seq);
-}
-
 /* After a commit (or a seal): wake announced waiters. The caller's commit
  * store is seq_cst, so these loads cannot be satisfied before it: either we
  * see a waiter's announcement or the waiter's re-check sees our commit. */
