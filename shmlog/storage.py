@@ -414,13 +414,7 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
         # rebuild both indexes of the last segment: rows before start_pos kept, rest from the scan
         keep = [(o, p) for o, p in idx if p < start_pos]
         tkeep = [(t, o) for t, o in last.time_index() if o < start_off]
-        new = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
-        with open(last.path("index"), "wb") as f:
-            f.write(b"".join(_PAIR.pack(o, p) for o, p in keep + [(o, p) for o, p, _ in new]))
-            os.fsync(f.fileno())
-        with open(last.path("timeindex"), "wb") as f:
-            f.write(b"".join(_PAIR.pack(t, o) for t, o in tkeep + [(t, o) for o, _, t in new]))
-            os.fsync(f.fileno())
+        _write_indexes(last, rows, keep, tkeep)
         rep.rebuilt_index = True
     rep.end_pos, rep.end_offset = out.end_pos, out.end_offset
     return rep
@@ -443,9 +437,16 @@ def _index_ok(s: Segment) -> bool:
 
 
 def _rebuild_index(s: Segment):
-    out, rows, _ = _scan(s.path(), s.base_pos, 0, s.base_offset, True)
+    _, rows, _ = _scan(s.path(), s.base_pos, 0, s.base_offset, True)
+    _write_indexes(s, rows)
+
+
+def _write_indexes(s: Segment, rows, keep=(), tkeep=()):
+    """Rewrites both index files (write, fsync, rename): the kept pairs, then the
+    scan's index rows (offset, position, max timestamp)."""
     new = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
-    for ext, pairs in (("index", [(o, p) for o, p, _ in new]), ("timeindex", [(t, o) for o, _, t in new])):
+    for ext, pairs in (("index", list(keep) + [(o, p) for o, p, _ in new]),
+                       ("timeindex", list(tkeep) + [(t, o) for o, _, t in new])):
         tmp = s.path(ext) + ".tmp"
         with open(tmp, "wb") as f:
             f.write(b"".join(_PAIR.pack(a, b) for a, b in pairs))
