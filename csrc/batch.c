@@ -352,6 +352,24 @@ int64_t shm_batch_base_offset(const uint8_t *batch) { return (int64_t)get_be64(b
 int64_t shm_batch_max_timestamp(const uint8_t *batch) { return (int64_t)get_be64(batch + OFF_MAX_TS); }
 int32_t shm_batch_last_delta(const uint8_t *batch) { return (int32_t)get_be32(batch + OFF_LAST_DELTA); }
 void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch + OFF_BASE_OFFSET, (uint64_t)off); }
+void    shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch) { put_be32(batch + OFF_EPOCH, (uint32_t)epoch); }
+
+/* A batch written by someone else (a Kafka client) that shmlog is asked to
+ * store unchanged: the checks Kafka's broker makes on the header (magic 2,
+ * batchLength, CRC-32C, recordsCount == lastOffsetDelta + 1 > 0, no control
+ * batch). Returns its record count, SHM_E_CORRUPT (framing or CRC: Kafka's
+ * CORRUPT_MESSAGE) or SHM_E_INVALID (counts or control bit: INVALID_RECORD).
+ * The records themselves (maybe compressed) are not walked. */
+int64_t shm_batch_check_foreign(const uint8_t *batch, uint64_t len)
+{
+    if (shm_batch_validate(batch, len) != SHM_OK)
+        return SHM_E_CORRUPT;
+    int32_t last = (int32_t)get_be32(batch + OFF_LAST_DELTA);
+    int32_t count = (int32_t)get_be32(batch + OFF_COUNT);
+    if (count <= 0 || last < 0 || (int64_t)last + 1 != count || (get_be16(batch + OFF_ATTR) & 0x20))
+        return SHM_E_INVALID;
+    return count;
+}
 
 /* 0 when n lengths (each >= -1) add up to exactly total bytes. */
 int shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total)

@@ -258,6 +258,71 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
     return (out->count || progressed) ? SHM_OK : SHM_E_AGAIN;
 }
 
+/* shm_ring_read_batches for bytes of a segment file: from cur->pos (inside
+ * buf), moves the bodies of complete DATA frames (whole batches) to the front
+ * of buf, back to back, dropping frame headers, PAD and GAP frames and
+ * batches wholly below cur->next_offset. Only bytes already walked are
+ * overwritten. out->frames batches, out->bytes_used bytes. SHM_OK (maybe no
+ * batch: only gaps or pads), SHM_E_AGAIN (no complete frame at cur->pos: read
+ * a larger chunk), SHM_E_CORRUPT (nothing taken; cur->pos stays on the bad
+ * frame). */
+int shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
+                            struct shm_records_out *out)
+{
+    uint64_t used = 0;
+    int progressed = 0;
+    out->count = out->frames = out->gaps = out->compressed = out->batch_start = 0;
+    for (;;) {
+        uint64_t p = cur->pos;
+        int st;
+        const struct shm_frame_header *fh = linear_frame(buf, len, buf_pos, p, &st);
+        if (!fh) {
+            if (st == SHM_E_AGAIN)
+                break;
+            if (progressed)
+                break;
+            out->bytes_used = 0;
+            return st;
+        }
+        uint64_t next;
+        int64_t noff;
+        uint64_t room = len - (p - buf_pos);
+        if (shm_align8(fh->length) > room)
+            break;                                   /* partial: needs more bytes */
+        if (frame_next(fh, p, room, cur->next_offset, &next, &noff) != SHM_OK)
+            goto corrupt;
+        if (fh->kind == SHM_FRAME_PAD) {
+            cur->pos = next;
+            progressed = 1;
+            continue;
+        }
+        int64_t first = frame_first_offset(fh, cur->next_offset);
+        if ((cur->expect_base >= 0 && first != cur->expect_base) || noff <= first)
+            goto corrupt;                            /* baseOffset is outside the CRC */
+        cur->expect_base = noff;
+        cur->pos = next;
+        progressed = 1;
+        if (fh->kind == SHM_FRAME_GAP) {
+            if (noff > cur->next_offset)
+                cur->next_offset = noff;
+            out->gaps++;
+            continue;
+        }
+        if (noff - 1 < cur->next_offset)
+            continue;                                /* all below what the caller wants */
+        uint64_t blen = fh->length - SHM_FRAME_HEADER_BYTES;
+        memmove(buf + used, fh + 1, blen);           /* used <= p - buf_pos: walked bytes only */
+        used += blen;
+        out->frames++;
+        cur->next_offset = noff;
+    }
+    out->bytes_used = used;
+    return progressed ? SHM_OK : SHM_E_AGAIN;
+corrupt:
+    out->bytes_used = used;
+    return progressed ? SHM_OK : SHM_E_CORRUPT;
+}
+
 /* From cur->pos (a frame start inside buf), moves cur to the frame holding
  * offset (or the first frame after it). SHM_OK: found; SHM_E_AGAIN: reached
  * the end of buf (cur->pos is where to continue); SHM_E_CORRUPT. */

@@ -384,8 +384,18 @@ static int slot_enter(struct shm_producer_slot *s)
     return SHM_OK;
 }
 
+/* What goes into a frame's body: records to encode (in), or a batch encoded
+ * elsewhere (raw, of count records) that is copied and then stamped with its
+ * base offset and leader epoch. */
+struct frame_body {
+    const struct shm_batch_in *in;
+    const uint8_t *raw;
+    uint32_t count;
+    int32_t leader_epoch;
+};
+
 static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
-                        const struct shm_batch_in *in, int64_t size, int64_t timeout_ns,
+                        const struct frame_body *b, int64_t size, int64_t timeout_ns,
                         const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
 {
     uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
@@ -394,7 +404,10 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     if (__builtin_expect(shm_load_relaxed(&h->deleted), 0))
         return SHM_E_TOPIC_GONE;
     uint64_t alen = shm_align8(frame_len);
-    int64_t ts = in->timestamp_ms >= 0 ? in->timestamp_ms : shm_now_ms();
+    const struct shm_batch_in *in = b->in;
+    int64_t ts = 0;                   /* a raw batch carries its own timestamps */
+    if (in)
+        ts = in->timestamp_ms >= 0 ? in->timestamp_ms : shm_now_ms();
 
     if (timeout_ns == SHM_NOWAIT) {
         /* express: another thread of ours is in this slot; let it finish elsewhere */
@@ -404,13 +417,19 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
         slot_enter(s);
     }
     struct reservation r;
-    int rc = reserve(h, s, alen, in->count, timeout_ns, token_prefix, unblock_ns, &r);
+    int rc = reserve(h, s, alen, b->count, timeout_ns, token_prefix, unblock_ns, &r);
     if (rc != SHM_OK) {
         shm_store_release(&s->state, SHM_SLOT_IDLE);
         return rc;
     }
     struct shm_frame_header *fh = FRAME(h, r.frame_pos);
-    shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, r.base_offset, ts);
+    if (in) {
+        shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, r.base_offset, ts);
+    } else {
+        memcpy(fh + 1, b->raw, (size_t)size);
+        shm_batch_set_base_offset((uint8_t *)(fh + 1), r.base_offset);
+        shm_batch_set_leader_epoch((uint8_t *)(fh + 1), b->leader_epoch);
+    }
     if (__builtin_expect(test_hold_ns > 0, 0))
         sleep_ns(test_hold_ns);
     fh->length = (uint32_t)frame_len;
@@ -430,7 +449,7 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     if (out) {
         out->frame_pos = r.frame_pos;
         out->base_offset = r.base_offset;
-        out->count = in->count;
+        out->count = b->count;
         out->frame_bytes = (uint32_t)frame_len;
     }
     return SHM_OK;
@@ -445,8 +464,28 @@ int shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in
     int64_t size = shm_batch_encoded_size(in);
     if (size < 0)
         return (int)size;
-    return append_frame(h, &h->slots[ctx->slot], in, size, ctx->timeout_ns, ctx->token_prefix,
+    struct frame_body b = {.in = in, .count = in->count};
+    return append_frame(h, &h->slots[ctx->slot], &b, size, ctx->timeout_ns, ctx->token_prefix,
                         ctx->unblock_ns, out);
+}
+
+/* A RecordBatch v2 encoded by a Kafka client: checked (shm_batch_check_foreign:
+ * SHM_E_CORRUPT or SHM_E_INVALID), then stored byte for byte except baseOffset
+ * and partitionLeaderEpoch, which the CRC does not cover. */
+int shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t len,
+                 int32_t leader_epoch, struct shm_append_out *out)
+{
+    struct shm_ring_header *h = HDR(ctx->base);
+    if (ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
+        return SHM_E_INVALID;
+    if (len > UINT32_MAX - SHM_FRAME_HEADER_BYTES)
+        return SHM_E_TOO_LARGE;
+    int64_t count = shm_batch_check_foreign(batch, len);
+    if (count < 0)
+        return (int)count;
+    struct frame_body b = {.raw = batch, .count = (uint32_t)count, .leader_epoch = leader_epoch};
+    return append_frame(h, &h->slots[ctx->slot], &b, (int64_t)len, ctx->timeout_ns,
+                        ctx->token_prefix, ctx->unblock_ns, out);
 }
 
 /* One record (headers_len < 0: no headers); returns its offset or a
@@ -482,7 +521,8 @@ int64_t shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t 
     if (size < 0)
         return size;
     struct shm_append_out out;
-    int rc = append_frame(h, &h->slots[ctx->slot], &in, size, SHM_NOWAIT, ctx->token_prefix,
+    struct frame_body b = {.in = &in, .count = 1};
+    int rc = append_frame(h, &h->slots[ctx->slot], &b, size, SHM_NOWAIT, ctx->token_prefix,
                           ctx->unblock_ns, &out);
     return rc == SHM_OK ? out.base_offset : rc;
 }
@@ -679,6 +719,104 @@ done:
     return (int)out->count;
 }
 #undef STOP
+
+/* Like shm_ring_read, without decoding: copies the bodies of complete DATA
+ * frames (whole RecordBatch v2s, maybe compressed) back to back into buf,
+ * passing PAD and GAP frames and batches wholly below cur->next_offset. A
+ * batch that holds cur->next_offset is returned whole (Kafka's fetch does the
+ * same; clients skip the records below their position). Stops before a frame
+ * that would pass buf_cap. Returns the number of batches copied (out->frames,
+ * out->bytes_used), or SHM_E_OUT_OF_RANGE / SHM_E_CORRUPT / SHM_E_BUSY as
+ * shm_ring_read does, and SHM_E_BUFFER_SMALL when the first batch alone is
+ * larger than buf_cap (out->bytes_used then says how large it is). */
+int shm_ring_read_batches(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                          int64_t unblock_ns, struct shm_records_out *out)
+{
+    const struct shm_ring_header *h = HDR(base);
+    uint64_t used = 0;
+    out->count = out->frames = out->gaps = out->compressed = out->batch_start = 0;
+    out->bytes_used = 0;
+    for (;;) {
+        uint64_t p = cur->pos, rem = room_of(h, p);
+        const struct shm_frame_header *fh = FRAME(h, p);
+        /* acquire: the frame's bytes are visible once its commit matches (I3) */
+        if (shm_load_acquire(&fh->commit) != commit_word(p)) {
+            if (shm_load_acquire(&h->tail_pos) <= p)
+                break;                                   /* caught up */
+            if (shm_load_acquire(&h->head_pos) > p) {    /* lapped */
+                if (out->frames)
+                    break;
+                return SHM_E_OUT_OF_RANGE;
+            }
+            note_stuck(cur, p);                          /* in flight */
+            if (out->frames == 0 && unblock_ns >= 0 &&
+                shm_monotonic_ns() - cur->stuck_since_ns >= unblock_ns)
+                return SHM_E_BUSY;
+            break;
+        }
+        uint32_t len = fh->length;
+        uint16_t kind = fh->kind;
+        uint64_t blen = 0;
+        struct shm_gap_body gap = {0, 0, 0};
+        int shape_ok = len >= SHM_FRAME_HEADER_BYTES && shm_align8(len) <= rem;
+        if (shape_ok && kind == SHM_FRAME_DATA) {
+            blen = len - SHM_FRAME_HEADER_BYTES;
+            if (used + blen > buf_cap) {
+                if (out->frames)
+                    break;
+                out->bytes_used = blen;
+                return SHM_E_BUFFER_SMALL;
+            }
+            memcpy(buf + used, fh + 1, blen);
+        } else if (shape_ok && kind == SHM_FRAME_GAP && len >= SHM_FRAME_HEADER_BYTES + sizeof gap) {
+            memcpy(&gap, fh + 1, sizeof gap);
+        }
+        /* acquire fence: the copy's loads complete before head is re-read (I5) */
+        shm_fence_acquire();
+        if (shm_load_relaxed(&h->head_pos) > p) {
+            if (out->frames)
+                break;
+            return SHM_E_OUT_OF_RANGE;
+        }
+        if (!shape_ok)
+            goto corrupt;
+        cur->stuck_pos = ~(uint64_t)0;
+        if (kind == SHM_FRAME_PAD) {
+            cur->pos = p + shm_align8(len);
+            continue;
+        }
+        if (kind == SHM_FRAME_GAP) {
+            if (cur->expect_base >= 0 && gap.base_offset != cur->expect_base)
+                goto corrupt;
+            if (gap.base_offset + gap.count > cur->next_offset)
+                cur->next_offset = gap.base_offset + gap.count;
+            cur->expect_base = gap.base_offset + gap.count;
+            out->gaps++;
+            cur->pos = p + shm_align8(len);
+            continue;
+        }
+        if (kind != SHM_FRAME_DATA || blen < SHM_BATCH_HEADER_BYTES)
+            goto corrupt;
+        const uint8_t *batch = buf + used;
+        int64_t first = shm_batch_base_offset(batch);
+        int64_t last = first + shm_batch_last_delta(batch);
+        /* baseOffset is outside Kafka's CRC: it must continue the previous frame */
+        if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
+            goto corrupt;
+        cur->expect_base = last + 1;
+        cur->pos = p + shm_align8(len);
+        if (last < cur->next_offset)
+            continue;                                    /* all below what the caller wants */
+        cur->next_offset = last + 1;
+        used += blen;
+        out->frames++;
+    }
+    out->bytes_used = used;
+    return (int)out->frames;
+corrupt:
+    out->bytes_used = used;
+    return out->frames ? (int)out->frames : SHM_E_CORRUPT;
+}
 
 /* Large-record path (one copy instead of two). If the frame at cur->pos is a
  * complete, uncompressed DATA frame of one record, at least min_bytes long,

@@ -335,6 +335,8 @@ int64_t  shm_batch_base_offset(const uint8_t *batch);
 int32_t  shm_batch_last_delta(const uint8_t *batch);
 int64_t  shm_batch_max_timestamp(const uint8_t *batch);
 void     shm_batch_set_base_offset(uint8_t *batch, int64_t off);
+void     shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch);
+int64_t  shm_batch_check_foreign(const uint8_t *batch, uint64_t len);
 int      shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total);
 int64_t  shm_headers_encode(uint8_t *dst, uint64_t cap, uint32_t n,
                             const uint8_t *const *keys, const int64_t *key_lens,
@@ -357,6 +359,13 @@ int      shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint6
 int      shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min_bytes,
                          int verify_crc, int64_t *out);
 int      shmx_large_confirm(const void *base, struct shm_cursor *cur, const int64_t *peeked);
+/* a batch encoded elsewhere (Kafka listener): checked, stored unchanged apart
+ * from baseOffset and partitionLeaderEpoch (both outside the CRC) */
+int      shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t len,
+                      int32_t leader_epoch, struct shm_append_out *out);
+/* the batches themselves, without decoding: DATA frame bodies back to back */
+int      shm_ring_read_batches(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                               int64_t unblock_ns, struct shm_records_out *out);
 int64_t  shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len,
                   const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
                   int64_t timestamp_ms);
@@ -404,6 +413,8 @@ int      shm_ring_durable_wait(void *hdr, uint64_t pos, int64_t timeout_ns);
 /* walks frames in buf (bytes of a segment file starting at position buf_pos) */
 int      shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
                          int verify_crc, struct shm_records_out *out);
+int      shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
+                                 struct shm_records_out *out);
 int      shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t offset,
                          struct shm_cursor *cur);
 /* recovery: validates frames from buf_pos; stops at the first bad or partial one */

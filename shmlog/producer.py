@@ -240,6 +240,26 @@ class Producer:
         self._write(w, partition, lib.shm_send_batch, ctx, inp, out)
         return [BatchMetadata(w.handle.name, partition, out.base_offset, out.count)]
 
+    def send_encoded(self, topic: str, partition: int, batch, leader_epoch: int = 0) -> BatchMetadata:
+        """Appends one Kafka RecordBatch v2 encoded elsewhere (the Kafka
+        listener's path): the C core checks its header and CRC and stores it
+        unchanged apart from baseOffset and partitionLeaderEpoch. Raises
+        CorruptRecord (framing, CRC) or InvalidArgument (record counts,
+        control batch) for a batch Kafka would refuse."""
+        w = self._writers.get(topic) or self._writer(topic)
+        ctx = self._partition_ctx(w, partition)
+        out = ffi.new("struct shm_append_out *")
+        rc = lib.shm_send_raw(ctx, batch, len(batch), leader_epoch, out)
+        if rc == lib.SHM_E_CORRUPT:
+            raise errors.CorruptRecord(f"record batch for {topic!r} partition {partition} fails its "
+                                       "RecordBatch v2 framing or CRC-32C check")
+        if rc == lib.SHM_E_INVALID:
+            raise errors.InvalidArgument(f"record batch for {topic!r} partition {partition}: record count "
+                                         "disagrees with lastOffsetDelta, or it is a control batch")
+        if rc < 0:
+            self._write(w, partition, lib.shm_send_raw, ctx, batch, len(batch), leader_epoch, out)
+        return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)
+
     def _write(self, w, partition, fn, *args):
         """One blocking C write. The C core waits for room at most WAIT_SLICE_NS
         at a time; between slices, on a durable topic, a dead persister is

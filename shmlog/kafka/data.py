@@ -1,0 +1,364 @@
+"""data.py — the Kafka listener's data path over the native shmlog API.
+
+Owns: appending client RecordBatch v2 bytes to partition rings unchanged
+(Producer.send_encoded: the C core checks CRC and counts and stamps base
+offset and leader epoch), idempotent-producer state (producer ids, epochs,
+last sequences per partition), reading stored batches back for Fetch without
+decoding them (ring, or segment files below the ring), log start / end
+offsets and timestamp lookups, and waking long-polling fetches when a
+partition grows. Must never: re-encode a batch, block the event loop on a
+full ring (it retries asynchronously), or speak the wire protocol (the
+handlers do).
+"""
+import asyncio
+import collections
+import itertools
+import time
+
+from .. import errors, storage
+from .._native import ffi, lib
+from . import codes
+
+LEADER_EPOCH = 0                 # one broker, never a new leader: a constant epoch everywhere
+POLL_INTERVAL_S = 0.001          # how often waiting fetches look for records from native producers
+FULL_RETRY_S = 0.002             # a full ring (persister behind) is retried this often
+SEQ_CACHE = 5                    # batches remembered per producer and partition (Kafka keeps 5)
+
+
+class ProduceError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class _Seq:
+    """Sequence state of one producer id on one partition."""
+
+    __slots__ = ("epoch", "last_seq", "recent")
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+        self.last_seq = -1
+        self.recent = collections.deque(maxlen=SEQ_CACHE)    # (first_seq, last_seq, base_offset)
+
+
+class ProducerIds:
+    """InitProducerId and the idempotence checks Kafka's broker makes on a batch."""
+
+    def __init__(self):
+        # ids unique across listener restarts: milliseconds now, times 1000, plus a counter
+        self._next = itertools.count(int(time.time() * 1000) * 1000)
+        self._seqs: dict[tuple, _Seq] = {}
+
+    def new_id(self) -> int:
+        return next(self._next)
+
+    def check(self, pid, epoch, first_seq, count, topic, partition):
+        """None: append it; an int: the base offset of the same batch already
+        stored (a retry). Raises ProduceError for a fenced epoch or a gap."""
+        s = self._seqs.get((pid, topic, partition))
+        if s is None:
+            return None                        # unknown here (new, or before a restart): accept
+        if epoch < s.epoch:
+            raise ProduceError(codes.INVALID_PRODUCER_EPOCH,
+                               f"producer {pid} epoch {epoch} is older than {s.epoch}")
+        if epoch > s.epoch:
+            return None
+        last = (first_seq + count - 1) & 0x7FFFFFFF
+        for f, l, base in s.recent:
+            if f == first_seq and l == last:
+                return base
+        if s.last_seq >= 0 and first_seq != (s.last_seq + 1) & 0x7FFFFFFF:
+            raise ProduceError(codes.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                               f"producer {pid}: sequence {first_seq} after {s.last_seq}")
+        return None
+
+    def record(self, pid, epoch, first_seq, count, topic, partition, base_offset):
+        key = (pid, topic, partition)
+        s = self._seqs.get(key)
+        if s is None or epoch > s.epoch:
+            s = self._seqs[key] = _Seq(epoch)
+        last = (first_seq + count - 1) & 0x7FFFFFFF
+        s.last_seq = last
+        s.recent.append((first_seq, last, base_offset))
+
+    def forget_topic(self, topic):
+        for k in [k for k in self._seqs if k[1] == topic]:
+            del self._seqs[k]
+
+
+class FetchCursor:
+    """Where one connection's fetches of one partition stand: reused while the
+    client asks for the offset where the previous fetch ended (no seek)."""
+
+    __slots__ = ("cur", "generation", "next_offset", "on_disk")
+
+    def __init__(self):
+        self.cur = ffi.new("struct shm_cursor *")
+        self.cur.stuck_pos = 2**64 - 1
+        self.cur.expect_base = -1
+        self.generation = -1
+        self.next_offset = -1
+        self.on_disk = False
+
+
+class DataPath:
+    """The listener's one producer and its readers, on one shmlog connection."""
+
+    def __init__(self, log, produce_timeout_ms: int = 60_000):
+        self.log = log
+        self.producer = log.producer(max_block_ms=0)
+        self.producer_ids = ProducerIds()
+        self.produce_timeout_s = produce_timeout_ms / 1000
+        self._out = ffi.new("struct shm_records_out *")
+        self._buf_cap = 1 << 20
+        self._buf = ffi.new("uint8_t[]", self._buf_cap)
+        self._plogs: dict[tuple, storage.PartitionLog] = {}
+        self._waiters: list = []           # [(future, [(ring, offset)])]
+        self._ticker = None
+
+    # ------------------------------------------------------------ topics and offsets
+
+    def handle(self, topic):
+        """The topic's handle, or None when it does not exist."""
+        try:
+            return self.log.topic_handle(topic)
+        except errors.UnknownTopicOrPartition:
+            return None
+        except errors.InvalidArgument:
+            return None
+
+    def ring(self, h, partition):
+        return self.log.ring(h, partition, writable=False)
+
+    def _plog(self, h, partition):
+        key = (h.generation, partition)
+        pl = self._plogs.get(key)
+        if pl is None:
+            pl = self._plogs[key] = storage.PartitionLog(
+                storage.partition_dir(self.log.settings.data_dir, h.name, partition))
+        return pl
+
+    def offsets(self, h, partition):
+        """(log start offset, end offset)."""
+        start, end = self.ring(h, partition).ends()[:2]
+        if h.config.persistence == "disk":
+            pl = self._plog(h, partition)
+            pl.refresh()
+            disk = pl.start_offset()
+            if disk is not None and disk < start:
+                start = disk
+        return start, end
+
+    def offset_for_time(self, h, partition, timestamp_ms):
+        """(offset, timestamp) of the first record at or after timestamp_ms, or (-1, -1)."""
+        with self.log.consumer(auto_offset_reset="earliest") as c:
+            c.assign([(h.name, partition)])
+            c.seek_to_beginning(h.name, partition)
+            off = c.offsets_for_times(h.name, partition, timestamp_ms)
+            if off is None:
+                return -1, -1
+            c.seek(h.name, partition, off)
+            m = c.poll(timeout=0)
+            return off, (m.timestamp_ms if m is not None else timestamp_ms)
+
+    # ------------------------------------------------------------ produce
+
+    async def append(self, h, partition, batch):
+        """Stores one client batch; returns its base offset. Raises ProduceError."""
+        if len(batch) < lib.SHM_BATCH_HEADER_BYTES or batch[16] != 2:
+            raise ProduceError(codes.CORRUPT_MESSAGE if len(batch) < 17 else codes.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                               "Produce v3+ carries one RecordBatch v2 (magic 2) per partition")
+        pid = int.from_bytes(batch[43:51], "big", signed=True)
+        if int.from_bytes(batch[21:23], "big") & 0x10:
+            raise ProduceError(codes.INVALID_TXN_STATE, "transactions are not supported by this listener")
+        if pid >= 0:
+            epoch = int.from_bytes(batch[51:53], "big", signed=True)
+            seq = int.from_bytes(batch[53:57], "big", signed=True)
+            count = int.from_bytes(batch[23:27], "big", signed=True) + 1
+            if seq < 0:
+                raise ProduceError(codes.INVALID_RECORD, "an idempotent batch needs baseSequence >= 0")
+            dup = self.producer_ids.check(pid, epoch, seq, count, h.name, partition)
+            if dup is not None:
+                return dup
+        deadline = None
+        while True:
+            try:
+                md = self.producer.send_encoded(h.name, partition, batch, LEADER_EPOCH)
+                break
+            except errors.BufferFull:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.produce_timeout_s
+                    if h.config.persistence == "disk" and self.log._start_persister:
+                        self.log.ensure_persister()
+                if now > deadline:
+                    raise ProduceError(codes.REQUEST_TIMED_OUT, "the ring stayed full (persister behind)")
+                await asyncio.sleep(FULL_RETRY_S)
+            except errors.CorruptRecord as e:
+                raise ProduceError(codes.CORRUPT_MESSAGE, str(e)) from None
+            except errors.RecordTooLarge as e:
+                raise ProduceError(codes.MESSAGE_TOO_LARGE, str(e)) from None
+            except errors.InvalidArgument as e:
+                raise ProduceError(codes.INVALID_RECORD, str(e)) from None
+            except errors.UnknownTopicOrPartition as e:
+                raise ProduceError(codes.UNKNOWN_TOPIC_OR_PARTITION, str(e)) from None
+        if pid >= 0:
+            self.producer_ids.record(pid, epoch, seq, count, h.name, partition, md.base_offset)
+        self.wake()
+        return md.base_offset
+
+    # ------------------------------------------------------------ fetch
+
+    def read(self, fc: FetchCursor, h, partition, offset, max_bytes):
+        """(error code, records bytes) from offset: whole batches back to back,
+        at least the first one even when it is larger than max_bytes."""
+        ring = self.ring(h, partition)
+        start, end = self.offsets(h, partition)
+        if offset == end:
+            return codes.NONE, b""
+        if offset < start or offset > end:
+            return codes.OFFSET_OUT_OF_RANGE, b""
+        cur = fc.cur
+        if fc.generation != h.generation or fc.next_offset != offset:
+            if not self._seek(fc, h, partition, ring, offset):
+                return codes.OFFSET_OUT_OF_RANGE, b""
+        cap = max(min(max_bytes, 64 << 20), 1)
+        if cap > self._buf_cap:
+            self._grow(cap)
+        for _ in range(64):
+            if fc.on_disk:
+                rc, data = self._read_disk(fc, h, partition, ring, cap)
+                if rc is not None:
+                    fc.next_offset = cur.next_offset
+                    return rc, data
+            rc = lib.shm_ring_read_batches(ring.base, cur, self._buf, cap, self.log.unblock_ns, self._out)
+            if rc >= 0:
+                fc.next_offset = cur.next_offset
+                return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
+            if rc == lib.SHM_E_BUFFER_SMALL:
+                cap = self._out.bytes_used
+                self._grow(cap)
+            elif rc == lib.SHM_E_OUT_OF_RANGE:          # lapped: the files have it, or it is gone
+                if h.config.persistence != "disk":
+                    fc.next_offset = -1
+                    return codes.OFFSET_OUT_OF_RANGE, b""
+                fc.on_disk = True
+            elif rc == lib.SHM_E_BUSY:
+                # a frame uncommitted past the unblock timeout: seal it if its writer is dead
+                base = ring.writable_base()
+                if base is not None:
+                    lib.shm_ring_seal_stuck(base, cur.stuck_pos, self.log.token_prefix_c)
+                cur.stuck_since_ns = lib.shm_monotonic_ns()
+                fc.next_offset = cur.next_offset
+                return codes.NONE, b""
+            else:
+                fc.next_offset = -1
+                return codes.CORRUPT_MESSAGE, b""
+        return codes.NONE, b""
+
+    def _grow(self, cap):
+        self._buf_cap = max(cap, self._buf_cap)
+        self._buf = ffi.new("uint8_t[]", self._buf_cap)
+
+    def _seek(self, fc, h, partition, ring, offset) -> bool:
+        cur = fc.cur
+        fc.generation = h.generation
+        fc.on_disk = False
+        fc.next_offset = -1
+        cur.stuck_pos = 2**64 - 1
+        rc = lib.shm_ring_seek(ring.base, cur, offset)
+        if rc == lib.SHM_OK:
+            return True
+        if h.config.persistence == "disk" and rc == lib.SHM_E_OUT_OF_RANGE:
+            pl = self._plog(h, partition)
+            pl.refresh()
+            if pl.seek(offset, self._buf, self._buf_cap, cur):
+                fc.on_disk = True
+                return True
+        return False
+
+    def _read_disk(self, fc, h, partition, ring, cap):
+        """(code, bytes) from the segment files, or (None, None) once the
+        cursor reached the ring (read the ring then)."""
+        cur, pl, out = fc.cur, self._plog(h, partition), self._out
+        for _ in range(64):
+            if cur.pos >= ring.ends()[2]:
+                fc.on_disk = False
+                return None, None
+            seg = pl.segment_for_pos(cur.pos)
+            if seg is None or (seg is pl.segments[-1] and cur.pos >= seg.end_pos):
+                pl.refresh()
+                seg = pl.segment_for_pos(cur.pos)
+            if seg is None:
+                fc.next_offset = -1
+                return codes.OFFSET_OUT_OF_RANGE, b""
+            try:
+                n = pl.read(seg, cur.pos, self._buf, cap)
+            except FileNotFoundError:
+                pl.refresh()
+                continue
+            if n == 0:
+                pl.refresh()
+                if pl.segment_for_pos(cur.pos) is seg:
+                    return codes.NONE, b""
+                continue
+            rc = lib.shm_frames_read_batches(self._buf, n, cur.pos, cur, out)
+            if rc == lib.SHM_E_AGAIN:                  # one frame larger than cap
+                if n < cap:
+                    return codes.NONE, b""
+                cap *= 2
+                self._grow(cap)
+                continue
+            if rc == lib.SHM_E_CORRUPT:
+                fc.next_offset = -1
+                return codes.CORRUPT_MESSAGE, b""
+            if out.frames:
+                return codes.NONE, ffi.buffer(self._buf, out.bytes_used)[:]
+        return codes.NONE, b""
+
+    # ------------------------------------------------------------ waiting for records
+
+    def wake(self):
+        """Something was appended: every waiting fetch looks again."""
+        waiters, self._waiters = self._waiters, []
+        for fut, _ in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, watch, timeout_s: float):
+        """Waits until one of watch [(ring, offset)] has records past offset,
+        something is appended through this listener, or timeout_s passes."""
+        if timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiters.append((fut, watch))
+        if self._ticker is None or self._ticker.done():
+            self._ticker = loop.create_task(self._tick())
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiters = [w for w in self._waiters if w[0] is not fut]
+
+    async def _tick(self):
+        """While fetches wait: look every POLL_INTERVAL_S for records from
+        producers outside this listener (native producers write the rings directly)."""
+        while self._waiters:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            for fut, watch in list(self._waiters):
+                for ring, offset in watch:
+                    try:
+                        grown = ring.ends()[1] > offset or ring.deleted()
+                    except Exception:
+                        grown = True
+                    if grown:
+                        if not fut.done():
+                            fut.set_result(None)
+                        break
+
+    def close(self):
+        self.wake()
+        self.producer.close()

@@ -1,0 +1,409 @@
+"""groups.py — the Kafka group coordinator inside the listener process.
+
+Owns: Kafka-protocol consumer groups: membership (JoinGroup / SyncGroup /
+Heartbeat / LeaveGroup, session expiry), the rebalance state machine
+(Empty -> PreparingRebalance -> CompletingRebalance -> Stable), client-side
+assignment (the leader's SyncGroup carries every member's opaque assignment
+bytes), FindCoordinator (itself), DescribeGroups / ListGroups, and
+OffsetCommit / OffsetFetch, which go to shmlog's shared group offset table
+(log.commit_offsets / log.committed_offsets) so native consumers and `shmlog
+group describe` see what Kafka clients committed, and the reverse.
+Must never: interpret subscription or assignment bytes, block the event loop,
+or keep an offset anywhere but the shared table.
+"""
+import asyncio
+import logging
+import time
+import uuid
+
+from .. import errors
+from . import codes
+from .data import LEADER_EPOCH
+
+log = logging.getLogger("shmlog.kafka")
+
+EXPIRY_CHECK_S = 0.1          # how often sessions are checked
+MIN_SESSION_MS, MAX_SESSION_MS = 1000, 30 * 60_000
+
+
+class Member:
+    __slots__ = ("member_id", "instance_id", "client_id", "client_host", "session_ms", "rebalance_ms",
+                 "protocol_type", "protocols", "last_seen", "join_fut", "sync_fut", "assignment")
+
+    def __init__(self, member_id, instance_id, client_id, client_host):
+        self.member_id = member_id
+        self.instance_id = instance_id
+        self.client_id = client_id
+        self.client_host = client_host
+        self.session_ms = 45000
+        self.rebalance_ms = 300000
+        self.protocol_type = "consumer"
+        self.protocols = []               # [(name, metadata bytes)] in the member's preference order
+        self.last_seen = time.monotonic()
+        self.join_fut = None              # pending JoinGroup answer
+        self.sync_fut = None              # pending SyncGroup answer
+        self.assignment = b""
+
+    def metadata_for(self, protocol):
+        return next((m for n, m in self.protocols if n == protocol), b"")
+
+
+class Group:
+    def __init__(self, group_id):
+        self.group_id = group_id
+        self.state = "Empty"
+        self.generation = 0
+        self.protocol_type = None
+        self.protocol = None
+        self.leader = None
+        self.members: dict[str, Member] = {}
+        self.rebalance_task = None
+
+
+class GroupCoordinator:
+    def __init__(self, log_):
+        self.log = log_
+        self.groups: dict[str, Group] = {}
+        self.listener = None
+        self._expiry = None
+
+    def start(self):
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    def stop(self):
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for g in self.groups.values():
+            if g.rebalance_task is not None:
+                g.rebalance_task.cancel()
+
+    # ------------------------------------------------------------ coordinator lookup
+
+    async def find_coordinator(self, conn, req, version):
+        host, port = self._advertised()
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ErrorMessage": None, "NodeId": 0, "Host": host, "Port": port}
+
+    def _advertised(self):
+        return self.listener.advertised if self.listener is not None else ("127.0.0.1", 9092)
+
+    # ------------------------------------------------------------ membership
+
+    def _group(self, group_id) -> Group:
+        g = self.groups.get(group_id)
+        if g is None:
+            g = self.groups[group_id] = Group(group_id)
+        return g
+
+    async def join_group(self, conn, req, version):
+        group_id = req["GroupId"]
+        if not group_id:
+            return _join_error(codes.INVALID_GROUP_ID)
+        session_ms = req["SessionTimeoutMs"]
+        if not MIN_SESSION_MS <= session_ms <= MAX_SESSION_MS:
+            return _join_error(codes.INVALID_SESSION_TIMEOUT)
+        g = self._group(group_id)
+        protocols = [(p["Name"], bytes(p["Metadata"])) for p in req["Protocols"]]
+        ptype = req["ProtocolType"]
+        if not protocols or (g.members and (ptype != g.protocol_type or not self._common(g, protocols))):
+            return _join_error(codes.INCONSISTENT_GROUP_PROTOCOL)
+        member_id = req["MemberId"]
+        instance_id = req.get("GroupInstanceId")
+        if member_id:
+            m = g.members.get(member_id)
+            if m is None:
+                return _join_error(codes.UNKNOWN_MEMBER_ID, member_id)
+        else:
+            if instance_id is not None:          # static member rejoining: fence its old id
+                for old in [x for x in g.members.values() if x.instance_id == instance_id]:
+                    self._remove(g, old, "replaced by a new instance")
+            member_id = f"{conn.client_id or 'member'}-{uuid.uuid4()}"
+            m = g.members[member_id] = Member(member_id, instance_id, conn.client_id or "",
+                                              str(conn.peer[0]) if conn.peer else "")
+        m.session_ms = session_ms
+        rb = req.get("RebalanceTimeoutMs", -1)
+        m.rebalance_ms = rb if rb > 0 else session_ms
+        m.protocol_type = ptype
+        m.protocols = protocols
+        m.last_seen = time.monotonic()
+        g.protocol_type = ptype
+        if m.join_fut is not None and not m.join_fut.done():
+            m.join_fut.set_result(_join_error(codes.UNKNOWN_MEMBER_ID, member_id))
+        m.join_fut = asyncio.get_running_loop().create_future()
+        fut = m.join_fut
+        self._prepare_rebalance(g)
+        self._maybe_complete_join(g)
+        return await fut
+
+    def _common(self, g, protocols):
+        names = {n for n, _ in protocols}
+        return all(names & {n for n, _ in x.protocols} for x in g.members.values())
+
+    def _prepare_rebalance(self, g):
+        if g.state == "PreparingRebalance":
+            return
+        if g.state == "CompletingRebalance":
+            for x in g.members.values():              # the generation being synced is void
+                _resolve(x.sync_fut, {"ErrorCode": codes.REBALANCE_IN_PROGRESS, "Assignment": b""})
+        g.state = "PreparingRebalance"
+        timeout_s = max((x.rebalance_ms for x in g.members.values()), default=5000) / 1000
+        if g.rebalance_task is not None:
+            g.rebalance_task.cancel()
+        g.rebalance_task = asyncio.get_running_loop().create_task(self._join_deadline(g, timeout_s))
+
+    async def _join_deadline(self, g, timeout_s):
+        await asyncio.sleep(timeout_s)
+        # members that did not rejoin in time leave the group
+        for x in [x for x in g.members.values() if x.join_fut is None or x.join_fut.done()]:
+            self._remove(g, x, "did not rejoin within the rebalance timeout", rebalance=False)
+        self._maybe_complete_join(g, force=True)
+
+    def _maybe_complete_join(self, g, force=False):
+        if g.state != "PreparingRebalance":
+            return
+        waiting = [x for x in g.members.values() if x.join_fut is not None and not x.join_fut.done()]
+        if not waiting:
+            if not g.members:
+                self._set_empty(g)
+            return
+        if len(waiting) < len(g.members) and not force:
+            return
+        if g.rebalance_task is not None and g.rebalance_task is not asyncio.current_task():
+            g.rebalance_task.cancel()
+        g.rebalance_task = None
+        g.generation += 1
+        g.protocol = self._choose_protocol(g)
+        if g.leader not in g.members:
+            g.leader = next(iter(g.members))
+        g.state = "CompletingRebalance"
+        members = [{"MemberId": x.member_id, "GroupInstanceId": x.instance_id,
+                    "Metadata": x.metadata_for(g.protocol)} for x in g.members.values()]
+        for x in g.members.values():
+            x.assignment = b""
+            x.last_seen = time.monotonic()
+            _resolve(x.join_fut, {"ThrottleTimeMs": 0, "ErrorCode": 0, "GenerationId": g.generation,
+                                  "ProtocolType": g.protocol_type, "ProtocolName": g.protocol,
+                                  "Leader": g.leader, "MemberId": x.member_id,
+                                  "Members": members if x.member_id == g.leader else []})
+        log.info("group %r generation %d: %d members, leader %s, protocol %s", g.group_id, g.generation,
+                 len(g.members), g.leader, g.protocol)
+
+    def _choose_protocol(self, g):
+        """The protocol every member supports, by votes of each member's first choice among those."""
+        common = None
+        for x in g.members.values():
+            names = [n for n, _ in x.protocols]
+            common = set(names) if common is None else common & set(names)
+        votes = {}
+        for x in g.members.values():
+            first = next(n for n, _ in x.protocols if n in common)
+            votes[first] = votes.get(first, 0) + 1
+        return max(votes, key=lambda n: votes[n])
+
+    def _set_empty(self, g):
+        g.state = "Empty"
+        g.leader = None
+        g.protocol = None
+        if g.rebalance_task is not None and g.rebalance_task is not asyncio.current_task():
+            g.rebalance_task.cancel()
+        g.rebalance_task = None
+
+    def _remove(self, g, m, why, rebalance=True):
+        g.members.pop(m.member_id, None)
+        _resolve(m.join_fut, _join_error(codes.UNKNOWN_MEMBER_ID, m.member_id))
+        _resolve(m.sync_fut, {"ErrorCode": codes.UNKNOWN_MEMBER_ID, "Assignment": b""})
+        log.info("group %r: member %s leaves (%s)", g.group_id, m.member_id, why)
+        if g.leader == m.member_id:
+            g.leader = None
+        if not rebalance:
+            return
+        if not g.members:
+            self._set_empty(g)
+        else:
+            self._prepare_rebalance(g)
+            self._maybe_complete_join(g)
+
+    def _check_member(self, g, member_id, generation):
+        if g is None or member_id not in g.members:
+            return codes.UNKNOWN_MEMBER_ID
+        if generation != g.generation:
+            return codes.ILLEGAL_GENERATION
+        return codes.NONE
+
+    async def sync_group(self, conn, req, version):
+        g = self.groups.get(req["GroupId"])
+        err = self._check_member(g, req["MemberId"], req["GenerationId"])
+        if err:
+            return {"ThrottleTimeMs": 0, "ErrorCode": err, "Assignment": b""}
+        m = g.members[req["MemberId"]]
+        m.last_seen = time.monotonic()
+        if g.state == "PreparingRebalance":
+            return {"ThrottleTimeMs": 0, "ErrorCode": codes.REBALANCE_IN_PROGRESS, "Assignment": b""}
+        if g.state == "Stable":
+            return self._sync_answer(g, m)
+        _resolve(m.sync_fut, {"ErrorCode": codes.REBALANCE_IN_PROGRESS, "Assignment": b""})
+        m.sync_fut = asyncio.get_running_loop().create_future()
+        fut = m.sync_fut
+        if m.member_id == g.leader:
+            given = {a["MemberId"]: bytes(a["Assignment"]) for a in req["Assignments"]}
+            for x in g.members.values():
+                x.assignment = given.get(x.member_id, b"")
+            g.state = "Stable"
+            for x in g.members.values():
+                if x.sync_fut is not None and not x.sync_fut.done():
+                    x.sync_fut.set_result(self._sync_answer(g, x))
+        return await fut
+
+    def _sync_answer(self, g, m):
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ProtocolType": g.protocol_type,
+                "ProtocolName": g.protocol, "Assignment": m.assignment}
+
+    async def heartbeat(self, conn, req, version):
+        g = self.groups.get(req["GroupId"])
+        err = self._check_member(g, req["MemberId"], req["GenerationId"])
+        if not err:
+            g.members[req["MemberId"]].last_seen = time.monotonic()
+            if g.state == "PreparingRebalance":
+                err = codes.REBALANCE_IN_PROGRESS
+        return {"ThrottleTimeMs": 0, "ErrorCode": err}
+
+    async def leave_group(self, conn, req, version):
+        g = self.groups.get(req["GroupId"])
+        if version < 3:
+            ids = [{"MemberId": req["MemberId"], "GroupInstanceId": None}]
+        else:
+            ids = req["Members"]
+        results = []
+        for ident in ids:
+            m = None
+            if g is not None:
+                m = g.members.get(ident["MemberId"])
+                if m is None and ident.get("GroupInstanceId") is not None:
+                    m = next((x for x in g.members.values() if x.instance_id == ident["GroupInstanceId"]), None)
+            if m is None:
+                results.append({"MemberId": ident["MemberId"], "GroupInstanceId": ident.get("GroupInstanceId"),
+                                "ErrorCode": codes.UNKNOWN_MEMBER_ID})
+                continue
+            self._remove(g, m, "left the group")
+            results.append({"MemberId": m.member_id, "GroupInstanceId": m.instance_id, "ErrorCode": 0})
+        top = results[0]["ErrorCode"] if version < 3 and results else 0
+        return {"ThrottleTimeMs": 0, "ErrorCode": top, "Members": results}
+
+    async def _expire_loop(self):
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_S)
+            now = time.monotonic()
+            for g in list(self.groups.values()):
+                for m in list(g.members.values()):
+                    waiting = m.join_fut is not None and not m.join_fut.done()
+                    if not waiting and now - m.last_seen > m.session_ms / 1000:
+                        self._remove(g, m, "session timed out")
+
+    # ------------------------------------------------------------ offsets
+
+    async def offset_commit(self, conn, req, version):
+        group_id = req["GroupId"]
+        g = self.groups.get(group_id)
+        generation = req.get("GenerationIdOrMemberEpoch", -1)
+        member_id = req.get("MemberId", "")
+        err = codes.NONE
+        if generation == -1 and not member_id:
+            pass                                       # assign-mode client (kcat, assign()): accepted
+        else:
+            err = self._check_member(g, member_id, generation)
+            if not err and g.state == "PreparingRebalance":
+                err = codes.REBALANCE_IN_PROGRESS
+            if not err:
+                g.members[member_id].last_seen = time.monotonic()
+        results = {}
+        offsets = {}
+        for t in req["Topics"]:
+            h = self._handle(t["Name"])
+            for p in t["Partitions"]:
+                code = err
+                if not code and (h is None or not 0 <= p["PartitionIndex"] < h.partitions):
+                    code = codes.UNKNOWN_TOPIC_OR_PARTITION
+                if not code:
+                    offsets[(t["Name"], p["PartitionIndex"])] = p["CommittedOffset"]
+                results[(t["Name"], p["PartitionIndex"])] = code
+        if offsets:
+            try:
+                self.log.commit_offsets(group_id, offsets)
+            except errors.CommitFailed as e:
+                log.info("group %r: commit refused: %s", group_id, e)
+                for tp in offsets:
+                    results[tp] = codes.REBALANCE_IN_PROGRESS
+            except errors.ShmlogError as e:
+                log.warning("group %r: commit failed: %s", group_id, e)
+                for tp in offsets:
+                    results[tp] = codes.UNKNOWN_SERVER_ERROR
+        return {"ThrottleTimeMs": 0, "Topics": [
+            {"Name": t["Name"], "Partitions": [
+                {"PartitionIndex": p["PartitionIndex"], "ErrorCode": results[(t["Name"], p["PartitionIndex"])]}
+                for p in t["Partitions"]]} for t in req["Topics"]]}
+
+    def _handle(self, topic):
+        try:
+            return self.log.topic_handle(topic)
+        except errors.ShmlogError:
+            return None
+
+    async def offset_fetch(self, conn, req, version):
+        group_id = req["GroupId"]
+        try:
+            committed = self.log.committed_offsets(group_id)
+        except errors.UnknownGroup:
+            committed = {}
+        topics = req.get("Topics")
+        if topics is None:                              # v2+: every partition with a commit
+            by_topic = {}
+            for (t, p) in sorted(committed):
+                by_topic.setdefault(t, []).append(p)
+            topics = [{"Name": t, "PartitionIndexes": ps} for t, ps in by_topic.items()]
+        out = []
+        for t in topics:
+            parts = []
+            for p in t["PartitionIndexes"]:
+                off = committed.get((t["Name"], p))
+                parts.append({"PartitionIndex": p, "CommittedOffset": -1 if off is None else off,
+                              "CommittedLeaderEpoch": -1 if off is None else LEADER_EPOCH,
+                              "Metadata": "", "ErrorCode": 0})
+            out.append({"Name": t["Name"], "Partitions": parts})
+        return {"ThrottleTimeMs": 0, "Topics": out, "ErrorCode": 0}
+
+    # ------------------------------------------------------------ tooling
+
+    async def describe_groups(self, conn, req, version):
+        out = []
+        for gid in req["Groups"]:
+            g = self.groups.get(gid)
+            if g is None:
+                out.append({"ErrorCode": 0, "GroupId": gid, "GroupState": "Dead", "ProtocolType": "",
+                            "ProtocolData": "", "Members": []})
+                continue
+            out.append({"ErrorCode": 0, "GroupId": gid, "GroupState": g.state,
+                        "ProtocolType": g.protocol_type or "", "ProtocolData": g.protocol or "",
+                        "Members": [{"MemberId": m.member_id, "GroupInstanceId": m.instance_id,
+                                     "ClientId": m.client_id, "ClientHost": m.client_host,
+                                     "MemberMetadata": m.metadata_for(g.protocol),
+                                     "MemberAssignment": m.assignment} for m in g.members.values()]})
+        return {"ThrottleTimeMs": 0, "Groups": out}
+
+    async def list_groups(self, conn, req, version):
+        names = {gid: (g.protocol_type or "consumer", g.state) for gid, g in self.groups.items()}
+        try:
+            for gid in self.log.list_groups():
+                names.setdefault(gid, ("consumer", "Stable"))
+        except (AttributeError, errors.ShmlogError):
+            pass
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": [
+            {"GroupId": gid, "ProtocolType": pt, "GroupState": st} for gid, (pt, st) in sorted(names.items())]}
+
+
+def _join_error(code, member_id=""):
+    return {"ThrottleTimeMs": 0, "ErrorCode": code, "GenerationId": -1, "ProtocolName": None,
+            "Leader": "", "MemberId": member_id, "Members": []}
+
+
+def _resolve(fut, value):
+    if fut is not None and not fut.done():
+        fut.set_result(value)

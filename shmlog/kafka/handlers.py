@@ -1,0 +1,305 @@
+"""handlers.py — what the listener answers to Kafka's produce, fetch and admin requests.
+
+Owns: Metadata (this node the only broker and controller, every partition
+led by it at a constant epoch), Produce (one RecordBatch v2 per partition,
+stored through data.py; acks=0 answered by nothing), Fetch (a long poll over
+stored batches), ListOffsets, InitProducerId, OffsetForLeaderEpoch,
+CreateTopics / DeleteTopics and optional auto-creation. Each handler takes a
+decoded request dict and returns the response dict. Must never: encode bytes
+(codec.py does) or touch shared memory except through data.py and the Log.
+"""
+import asyncio
+import logging
+import time
+
+from .. import errors
+from . import codes
+from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError
+
+log = logging.getLogger("shmlog.kafka")
+
+NODE_ID = 0
+# Kafka topic configs CreateTopics may carry -> shmlog create_topic arguments
+TOPIC_CONFIGS = {
+    "retention.ms": ("retention_ms", int), "retention.bytes": ("retention_bytes", int),
+    "segment.bytes": ("segment_bytes", int), "segment.ms": ("segment_ms", int),
+    "max.message.bytes": ("max_message_bytes", int),
+    "shmlog.ring.bytes": ("ring_bytes", int), "shmlog.persistence": ("persistence", str),
+    "shmlog.fsync": ("fsync", str),
+}
+
+
+def _config_value(kind, v):
+    if kind is int:
+        n = int(v)
+        return None if n < 0 else n            # Kafka's -1: unlimited
+    return v
+
+
+class Handlers:
+    def __init__(self, listener, *, auto_create_topics, default_partitions, topic_defaults):
+        self.listener = listener
+        self.log = listener.log
+        self.data = DataPath(listener.log)
+        self.auto_create = auto_create_topics
+        self.default_partitions = default_partitions
+        self.topic_defaults = dict(topic_defaults)
+
+    # ------------------------------------------------------------ metadata
+
+    def _broker(self):
+        host, port = self.listener.advertised
+        return {"NodeId": NODE_ID, "Host": host, "Port": port, "Rack": None}
+
+    def _topic_meta(self, name, h):
+        if h is None:
+            return {"ErrorCode": codes.UNKNOWN_TOPIC_OR_PARTITION, "Name": name, "Partitions": []}
+        return {"ErrorCode": 0, "Name": name, "IsInternal": False, "Partitions": [
+            {"ErrorCode": 0, "PartitionIndex": p, "LeaderId": NODE_ID, "LeaderEpoch": LEADER_EPOCH,
+             "ReplicaNodes": [NODE_ID], "IsrNodes": [NODE_ID], "OfflineReplicas": []}
+            for p in range(h.partitions)]}
+
+    async def metadata(self, conn, req, version):
+        topics = req.get("Topics")
+        if topics is None or (version == 0 and not topics):
+            names = self.log.list_topics()             # all topics
+            allow = False
+        else:
+            names = [t["Name"] for t in topics if t.get("Name") is not None]
+            allow = req.get("AllowAutoTopicCreation", True) if version >= 4 else True
+        out = []
+        for name in names:
+            h = self.data.handle(name)
+            if h is None and allow and self.auto_create:
+                h = self._create(name, self.default_partitions, {})[1]
+            if h is None and not _valid_name(name):
+                out.append({"ErrorCode": codes.INVALID_TOPIC_EXCEPTION, "Name": name, "Partitions": []})
+                continue
+            out.append(self._topic_meta(name, h))
+        return {"ThrottleTimeMs": 0, "Brokers": [self._broker()],
+                "ClusterId": f"shmlog-{self.log.settings.instance}", "ControllerId": NODE_ID,
+                "Topics": out}
+
+    # ------------------------------------------------------------ topics
+
+    def _create(self, name, partitions, configs, validate_only=False):
+        """(error code, handle or None, message)"""
+        kwargs = dict(self.topic_defaults)
+        for k, v in configs.items():
+            spec = TOPIC_CONFIGS.get(k)
+            if spec is None:
+                continue                               # Kafka configs shmlog has no use for
+            try:
+                kwargs[spec[0]] = _config_value(spec[1], v)
+            except (TypeError, ValueError):
+                return codes.INVALID_CONFIG, None, f"config {k}={v!r} is not valid"
+        if not _valid_name(name):
+            return codes.INVALID_TOPIC_EXCEPTION, None, f"invalid topic name {name!r}"
+        if partitions <= 0:
+            return codes.INVALID_PARTITIONS, None, "the number of partitions must be > 0"
+        if validate_only:
+            if self.data.handle(name) is not None:
+                return codes.TOPIC_ALREADY_EXISTS, None, f"topic {name!r} already exists"
+            return codes.NONE, None, None
+        try:
+            self.log.create_topic(name, partitions=partitions, **kwargs)
+        except errors.TopicExists:
+            return codes.TOPIC_ALREADY_EXISTS, None, f"topic {name!r} already exists"
+        except (errors.InvalidArgument, errors.InvalidType) as e:
+            return codes.INVALID_CONFIG, None, str(e)
+        except errors.ShmlogError as e:
+            return codes.UNKNOWN_SERVER_ERROR, None, str(e)
+        log.info("created topic %r (%d partitions)", name, partitions)
+        return codes.NONE, self.data.handle(name), None
+
+    async def create_topics(self, conn, req, version):
+        out = []
+        for t in req["Topics"]:
+            n = t["NumPartitions"]
+            if n == -1:
+                n = self.default_partitions
+            rf = t["ReplicationFactor"]
+            if t.get("Assignments"):
+                code, msg = codes.INVALID_REQUEST, "replica assignments are not supported (one broker)"
+            elif rf not in (-1, 1):
+                code, msg = codes.INVALID_REPLICATION_FACTOR, "one broker: replication factor must be 1 (or -1)"
+            else:
+                configs = {c["Name"]: c["Value"] for c in t.get("Configs") or [] if c["Value"] is not None}
+                code, _, msg = self._create(t["Name"], n, configs, req.get("validateOnly", False))
+            out.append({"Name": t["Name"], "ErrorCode": code, "ErrorMessage": msg})
+        return {"ThrottleTimeMs": 0, "Topics": out}
+
+    async def delete_topics(self, conn, req, version):
+        out = []
+        for name in req.get("TopicNames") or []:
+            try:
+                self.log.delete_topic(name)
+                self.data.producer_ids.forget_topic(name)
+                code = codes.NONE
+            except errors.UnknownTopicOrPartition:
+                code = codes.UNKNOWN_TOPIC_OR_PARTITION
+            except errors.InvalidArgument:
+                code = codes.INVALID_TOPIC_EXCEPTION
+            out.append({"Name": name, "ErrorCode": code})
+        self.data.wake()
+        return {"ThrottleTimeMs": 0, "Responses": out}
+
+    # ------------------------------------------------------------ produce
+
+    async def produce(self, conn, req, version):
+        acks = req.get("Acks")
+        out = []
+        for t in req["TopicData"]:
+            h = self.data.handle(t["Name"])
+            parts = []
+            for pd in t["PartitionData"]:
+                p = pd["Index"]
+                r = {"Index": p, "ErrorCode": 0, "BaseOffset": -1, "LogAppendTimeMs": -1,
+                     "LogStartOffset": -1, "RecordErrors": [], "ErrorMessage": None}
+                records = pd.get("Records")
+                if version < 3:
+                    r["ErrorCode"] = codes.UNSUPPORTED_VERSION
+                elif acks not in (-1, 0, 1):
+                    r["ErrorCode"] = codes.INVALID_REQUIRED_ACKS
+                elif h is None or not 0 <= p < h.partitions:
+                    r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
+                elif not records:
+                    r["ErrorCode"] = codes.INVALID_RECORD
+                elif len(records) >= 12 and int.from_bytes(records[8:12], "big") + 12 < len(records):
+                    r["ErrorCode"], r["ErrorMessage"] = codes.INVALID_RECORD, "one record batch per partition"
+                else:
+                    try:
+                        r["BaseOffset"] = await self.data.append(h, p, records)
+                        r["LogStartOffset"] = self.data.offsets(h, p)[0] if version >= 5 else -1
+                    except ProduceError as e:
+                        r["ErrorCode"], r["ErrorMessage"] = e.code, str(e)
+                parts.append(r)
+            out.append({"Name": t["Name"], "PartitionResponses": parts})
+        return {"Responses": out, "ThrottleTimeMs": 0}
+
+    async def init_producer_id(self, conn, req, version):
+        if req.get("TransactionalId") is not None:
+            return {"ThrottleTimeMs": 0, "ErrorCode": codes.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "ProducerId": -1, "ProducerEpoch": -1}
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ProducerId": self.data.producer_ids.new_id(),
+                "ProducerEpoch": 0}
+
+    # ------------------------------------------------------------ fetch
+
+    async def fetch(self, conn, req, version):
+        deadline = time.monotonic() + max(req["MaxWaitMs"], 0) / 1000
+        min_bytes = req["MinBytes"]
+        topics = req["Topics"]
+        results = {}                      # (topic, partition) -> partition response
+        while True:
+            budget = req.get("MaxBytes", 0x7FFFFFFF) if version >= 3 else 0x7FFFFFFF
+            total, failed, watch = 0, False, []
+            for t in topics:
+                h = self.data.handle(t["Topic"])
+                for fp in t["Partitions"]:
+                    key = (t["Topic"], fp["Partition"])
+                    prev = results.get(key)
+                    if prev is not None and (prev["Records"] or prev["ErrorCode"]):
+                        total += len(prev["Records"])
+                        budget -= len(prev["Records"])
+                        continue
+                    r = results[key] = self._fetch_partition(conn, h, t["Topic"], fp, version, budget, total)
+                    n = len(r["Records"])
+                    total += n
+                    budget -= n
+                    if r["ErrorCode"]:
+                        failed = True
+                    elif n == 0 and h is not None:
+                        watch.append((self.data.ring(h, fp["Partition"]), fp["FetchOffset"]))
+            left = deadline - time.monotonic()
+            if total >= min_bytes or failed or left <= 0 or not watch:
+                break
+            await self.data.wait(watch, left)
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "SessionId": 0, "Responses": [
+            {"Topic": t["Topic"], "Partitions": [results[(t["Topic"], fp["Partition"])] for fp in t["Partitions"]]}
+            for t in topics]}
+
+    def _fetch_partition(self, conn, h, topic, fp, version, budget, total):
+        p = fp["Partition"]
+        r = {"PartitionIndex": p, "ErrorCode": 0, "HighWatermark": -1, "LastStableOffset": -1,
+             "LogStartOffset": -1, "AbortedTransactions": [], "PreferredReadReplica": -1, "Records": b""}
+        if version < 4:
+            r["ErrorCode"] = codes.UNSUPPORTED_VERSION
+            return r
+        if h is None or not 0 <= p < h.partitions:
+            r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
+            return r
+        if fp.get("CurrentLeaderEpoch", -1) > LEADER_EPOCH:
+            r["ErrorCode"] = codes.UNKNOWN_LEADER_EPOCH
+            return r
+        fc = conn.fetch_cursors.get((topic, p))
+        if fc is None:
+            fc = conn.fetch_cursors[(topic, p)] = FetchCursor()
+        start, end = self.data.offsets(h, p)
+        r["HighWatermark"] = r["LastStableOffset"] = end
+        r["LogStartOffset"] = start
+        if budget <= 0 and total > 0:
+            return r
+        limit = fp["PartitionMaxBytes"] if total == 0 else min(fp["PartitionMaxBytes"], budget)
+        code, data = self.data.read(fc, h, p, fp["FetchOffset"], limit)
+        r["ErrorCode"], r["Records"] = code, data
+        return r
+
+    # ------------------------------------------------------------ offsets
+
+    async def list_offsets(self, conn, req, version):
+        out = []
+        for t in req["Topics"]:
+            h = self.data.handle(t["Name"])
+            parts = []
+            for lp in t["Partitions"]:
+                p = lp["PartitionIndex"]
+                r = {"PartitionIndex": p, "ErrorCode": 0, "OldStyleOffsets": [], "Timestamp": -1, "Offset": -1,
+                     "LeaderEpoch": LEADER_EPOCH}
+                if h is None or not 0 <= p < h.partitions:
+                    r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    ts = lp["Timestamp"]
+                    start, end = self.data.offsets(h, p)
+                    if ts == -1:
+                        off = end
+                    elif ts == -2:
+                        off = start
+                    elif ts < 0:
+                        off = end               # -3 (max timestamp) and later specials: the end
+                    else:
+                        off, found_ts = await asyncio.get_running_loop().run_in_executor(
+                            None, self.data.offset_for_time, h, p, ts)
+                        r["Timestamp"] = found_ts
+                    r["Offset"] = off
+                    r["OldStyleOffsets"] = [off] if off >= 0 else []
+                parts.append(r)
+            out.append({"Name": t["Name"], "Partitions": parts})
+        return {"ThrottleTimeMs": 0, "Topics": out}
+
+    async def offset_for_leader_epoch(self, conn, req, version):
+        out = []
+        for t in req["Topics"]:
+            h = self.data.handle(t["Topic"])
+            parts = []
+            for pp in t["Partitions"]:
+                p = pp["Partition"]
+                r = {"ErrorCode": 0, "Partition": p, "LeaderEpoch": -1, "EndOffset": -1}
+                if h is None or not 0 <= p < h.partitions:
+                    r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
+                elif pp.get("CurrentLeaderEpoch", -1) > LEADER_EPOCH:
+                    r["ErrorCode"] = codes.UNKNOWN_LEADER_EPOCH
+                elif pp["LeaderEpoch"] <= LEADER_EPOCH:
+                    r["LeaderEpoch"], r["EndOffset"] = LEADER_EPOCH, self.data.offsets(h, p)[1]
+                parts.append(r)
+            out.append({"Topic": t["Topic"], "Partitions": parts})
+        return {"ThrottleTimeMs": 0, "Topics": out}
+
+
+def _valid_name(name) -> bool:
+    try:
+        from .. import config
+        config.validate_topic_name(name)
+        return True
+    except errors.ShmlogError:
+        return False

@@ -1,0 +1,224 @@
+"""server.py — the Kafka listener's TCP side: an asyncio server on loopback.
+
+Owns: accepting connections (a configurable maximum), size-prefixed framing
+with a frame-size limit, request/response headers (v0-v2 / v0-v1), the
+ApiVersions table and its unknown-version answer, dispatching each request
+to its handler, and writing responses in request order per connection while
+long polls (Fetch, JoinGroup, SyncGroup) wait asynchronously. Must never:
+let one client's bad frame, unknown API, slowness or silence crash or stall
+the listener or another connection; handle a request's meaning (handlers.py
+and groups.py do).
+"""
+import asyncio
+import logging
+import socket
+import struct
+
+from . import codec, codes
+from .groups import GroupCoordinator
+from .handlers import Handlers
+
+log = logging.getLogger("shmlog.kafka")
+
+# api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere,
+# every max below the API's first flexible version (ApiVersions itself answers 0-4)
+ADVERTISED = {
+    0: (0, 8),       # Produce (3-8 served; 0-2 answer UNSUPPORTED_VERSION)
+    1: (0, 11),      # Fetch (4-11 served; 0-3 answer UNSUPPORTED_VERSION)
+    2: (0, 5),       # ListOffsets
+    3: (0, 8),       # Metadata
+    8: (0, 7),       # OffsetCommit
+    9: (0, 5),       # OffsetFetch
+    10: (0, 2),      # FindCoordinator
+    11: (0, 5),      # JoinGroup
+    12: (0, 3),      # Heartbeat
+    13: (0, 3),      # LeaveGroup
+    14: (0, 3),      # SyncGroup
+    15: (0, 4),      # DescribeGroups
+    16: (0, 2),      # ListGroups
+    18: (0, 3),      # ApiVersions
+    19: (0, 4),      # CreateTopics
+    20: (0, 3),      # DeleteTopics
+    22: (0, 1),      # InitProducerId
+    23: (0, 3),      # OffsetForLeaderEpoch
+}
+API_VERSIONS = 18
+DEFERRED = {1, 11, 14}            # Fetch, JoinGroup, SyncGroup: answered when their wait ends
+MAX_IN_FLIGHT = 64                # requests read ahead of their responses, per connection
+FRAME_READ_TIMEOUT_S = 30.0       # a started frame must arrive whole within this
+
+
+class Connection:
+    """Per-connection state handlers may keep (fetch cursors)."""
+
+    __slots__ = ("peer", "client_id", "fetch_cursors")
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.client_id = None
+        self.fetch_cursors = {}
+
+
+class Listener:
+    """A Kafka-protocol front for one shmlog connection (`log`)."""
+
+    def __init__(self, log_, host="127.0.0.1", port=9092, *, advertised_host=None,
+                 auto_create_topics=False, default_partitions=1, topic_defaults=None,
+                 max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0):
+        self.log = log_
+        self.host, self.port = host, port
+        self.advertised_host = advertised_host
+        self.max_frame_bytes = max_frame_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.schema = codec.schema()
+        self.groups = GroupCoordinator(log_)
+        self.groups.listener = self
+        self.handlers = Handlers(self, auto_create_topics=auto_create_topics,
+                                 default_partitions=default_partitions, topic_defaults=topic_defaults or {})
+        self._table = {
+            0: self.handlers.produce, 1: self.handlers.fetch, 2: self.handlers.list_offsets,
+            3: self.handlers.metadata, 19: self.handlers.create_topics, 20: self.handlers.delete_topics,
+            22: self.handlers.init_producer_id, 23: self.handlers.offset_for_leader_epoch,
+            8: self.groups.offset_commit, 9: self.groups.offset_fetch, 10: self.groups.find_coordinator,
+            11: self.groups.join_group, 12: self.groups.heartbeat, 13: self.groups.leave_group,
+            14: self.groups.sync_group, 15: self.groups.describe_groups, 16: self.groups.list_groups,
+        }
+        self._server = None
+        self._conns = set()
+        self._tasks = set()             # one per connection, cancelled by stop()
+
+    @property
+    def advertised(self):
+        return self.advertised_host or self.host, self.port
+
+    async def start(self):
+        self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                  reuse_address=True, limit=1 << 16)
+        self.port = self._server.sockets[0].getsockname()[1]     # port 0: the one the OS chose
+        self.groups.start()
+        log.info("Kafka listener on %s:%d", self.host, self.port)
+        return self
+
+    async def serve_forever(self):
+        if self._server is None:
+            await self.start()
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def stop(self):
+        if self._server is not None:
+            self._server.close()
+            tasks = list(self._tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._server.wait_closed()
+        self.groups.stop()
+        self.handlers.data.close()
+
+    # ------------------------------------------------------------ connections
+
+    async def _serve(self, reader, writer):
+        if len(self._conns) >= self.max_connections:
+            log.warning("refusing a connection: %d open (max_connections)", len(self._conns))
+            writer.close()
+            return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        conn = Connection(writer.get_extra_info("peername"))
+        self._conns.add(writer)
+        me = asyncio.current_task()
+        self._tasks.add(me)
+        queue = asyncio.Queue(MAX_IN_FLIGHT)
+        sender = asyncio.create_task(self._send_loop(queue, writer))
+        try:
+            await self._read_loop(conn, reader, queue, sender)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            sender.cancel()
+        except Exception:                       # a bug in a handler: this connection only
+            log.exception("closing the connection from %s", conn.peer)
+        finally:
+            self._conns.discard(writer)
+            self._tasks.discard(me)
+            if not sender.done():
+                try:
+                    queue.put_nowait(None)
+                except asyncio.QueueFull:
+                    sender.cancel()
+            try:
+                await asyncio.wait_for(sender, 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                sender.cancel()
+            for item in list(queue._queue):     # long polls still waiting for this connection
+                if item is not None and not item[3].done():
+                    item[3].cancel()
+            writer.close()
+
+    async def _read_loop(self, conn, reader, queue, sender):
+        while not sender.done():
+            head = await asyncio.wait_for(reader.readexactly(4), self.idle_timeout_s)
+            size = struct.unpack(">i", head)[0]
+            if size < 8 or size > self.max_frame_bytes:
+                log.warning("closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size,
+                            self.max_frame_bytes)
+                return
+            frame = await asyncio.wait_for(reader.readexactly(size), FRAME_READ_TIMEOUT_S)
+            reply = await self._dispatch(conn, frame)
+            if reply is False:
+                return                          # undecodable: close, as Kafka does
+            if reply is not None:
+                await queue.put(reply)
+
+    async def _dispatch(self, conn, frame):
+        """(api_key, version, correlation id, awaitable body) to queue, None for
+        no response (acks=0), or False to close the connection."""
+        key, version = struct.unpack_from(">hh", frame, 0)
+        if key == API_VERSIONS:
+            return self._api_versions(frame, version)
+        api = self.schema.apis.get(key)
+        handler = self._table.get(key)
+        if api is None or handler is None or not api.request.valid[0] <= version <= ADVERTISED[key][1]:
+            log.info("closing %s: unsupported request api_key=%d version=%d", conn.peer, key, version)
+            return False
+        try:
+            key, version, corr, client_id, pos = self.schema.decode_request(frame)
+            req, _ = api.request.decode(frame, version, pos)
+        except codec.DecodeError as e:
+            log.info("closing %s: malformed %s v%d request: %s", conn.peer, api.name, version, e)
+            return False
+        conn.client_id = client_id
+        if key == 0 and req.get("Acks") == 0:
+            await handler(conn, req, version)
+            return None
+        if key in DEFERRED:
+            return key, version, corr, asyncio.ensure_future(handler(conn, req, version))
+        return key, version, corr, _done(await handler(conn, req, version))
+
+    def _api_versions(self, frame, version):
+        corr = struct.unpack_from(">i", frame, 4)[0]
+        keys = [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, (lo, hi) in sorted(ADVERTISED.items())]
+        if version > 4 or version < 0:
+            # KIP-511: a v0 body with UNSUPPORTED_VERSION and every API, header v0
+            return API_VERSIONS, 0, corr, _done({"ErrorCode": codes.UNSUPPORTED_VERSION, "ApiKeys": keys})
+        return API_VERSIONS, version, corr, _done({"ErrorCode": codes.NONE, "ApiKeys": keys, "ThrottleTimeMs": 0})
+
+    async def _send_loop(self, queue, writer):
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            key, version, corr, fut = item
+            body = await fut
+            writer.write(self.schema.encode_response(key, version, corr, body))
+            await writer.drain()
+
+
+def _done(value):
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
