@@ -361,4 +361,6 @@ class DataPath:
 
     def close(self):
         self.wake()
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.producer.close()
