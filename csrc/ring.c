@@ -583,6 +583,87 @@ static void note_stuck(struct shm_cursor *cur, uint64_t p)
     }
 }
 
+/* One reader step at cur->pos, shared by shm_ring_read and
+ * shm_ring_read_batches: a complete frame's header into *t, a DATA body
+ * copied to dst (room bytes free), a GAP body into t->gap, then the lap
+ * re-check (I5). TAKE_CAUGHT_UP / TAKE_IN_FLIGHT (the frame at cur->pos is
+ * not committed yet; noted as stuck) / SHM_OK (cur->pos not yet moved: the
+ * caller passes the frame), or SHM_E_OUT_OF_RANGE (lapped, before or during
+ * the copy), SHM_E_BUFFER_SMALL (t->blen exceeds room), SHM_E_CORRUPT
+ * (impossible length). */
+#define TAKE_CAUGHT_UP 1
+#define TAKE_IN_FLIGHT 2
+struct taken {
+    uint32_t len;
+    uint16_t kind;
+    uint64_t blen;                 /* DATA: batch bytes */
+    struct shm_gap_body gap;
+};
+
+static inline int take_frame(const struct shm_ring_header *h, struct shm_cursor *cur, uint8_t *dst,
+                             uint64_t room, struct taken *t)
+{
+    uint64_t p = cur->pos, rem = room_of(h, p);
+    const struct shm_frame_header *fh = FRAME(h, p);
+    /* acquire: the frame's bytes are visible once its commit matches (I3) */
+    if (shm_load_acquire(&fh->commit) != commit_word(p)) {
+        if (shm_load_acquire(&h->tail_pos) <= p)
+            return TAKE_CAUGHT_UP;
+        if (shm_load_acquire(&h->head_pos) > p)
+            return SHM_E_OUT_OF_RANGE;
+        note_stuck(cur, p);
+        return TAKE_IN_FLIGHT;
+    }
+    t->len = fh->length;
+    t->kind = fh->kind;
+    t->blen = 0;
+    t->gap = (struct shm_gap_body){0, 0, 0};
+    int shape_ok = t->len >= SHM_FRAME_HEADER_BYTES && shm_align8(t->len) <= rem;
+    if (shape_ok && t->kind == SHM_FRAME_DATA) {
+        t->blen = t->len - SHM_FRAME_HEADER_BYTES;
+        if (t->blen > room)
+            return SHM_E_BUFFER_SMALL;
+        memcpy(dst, fh + 1, t->blen);
+    } else if (shape_ok && t->kind == SHM_FRAME_GAP && t->len >= SHM_FRAME_HEADER_BYTES + sizeof t->gap) {
+        memcpy(&t->gap, fh + 1, sizeof t->gap);
+    }
+    /* acquire fence: the copy's loads complete before head is re-read (I5) */
+    shm_fence_acquire();
+    if (shm_load_relaxed(&h->head_pos) > p)
+        return SHM_E_OUT_OF_RANGE;
+    if (!shape_ok)
+        return SHM_E_CORRUPT;
+    cur->stuck_pos = ~(uint64_t)0;
+    return SHM_OK;
+}
+
+/* Passes a PAD or GAP frame just taken: 1 when it was one (cur moved past it),
+ * 0 for anything else, SHM_E_CORRUPT for a gap that does not continue the log. */
+static inline int pass_pad_gap(struct shm_cursor *cur, const struct taken *t, uint32_t *gaps)
+{
+    if (t->kind == SHM_FRAME_PAD) {
+        cur->pos += shm_align8(t->len);
+        return 1;
+    }
+    if (t->kind != SHM_FRAME_GAP)
+        return 0;
+    if (cur->expect_base >= 0 && t->gap.base_offset != cur->expect_base)
+        return SHM_E_CORRUPT;
+    if (t->gap.base_offset + t->gap.count > cur->next_offset)
+        cur->next_offset = t->gap.base_offset + t->gap.count;
+    cur->expect_base = t->gap.base_offset + t->gap.count;
+    (*gaps)++;
+    cur->pos += shm_align8(t->len);
+    return 1;
+}
+
+/* A stuck frame at the head of a read: SHM_E_BUSY once it has been stuck
+ * for unblock_ns (the caller seals it if its writer is dead). */
+static inline int stuck_long(const struct shm_cursor *cur, int64_t unblock_ns)
+{
+    return unblock_ns >= 0 && shm_monotonic_ns() - cur->stuck_since_ns >= unblock_ns;
+}
+
 /* Copies complete frames from cur->pos into buf and decodes their records
  * into out, up to out->max_records records or buf_cap bytes.
  * Returns the number of records decoded (0: nothing new), SHM_E_OUT_OF_RANGE
@@ -610,65 +691,36 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
     out->frames = out->gaps = out->compressed = out->batch_start = 0;
     out->bytes_used = 0;
     while (out->count < out->max_records) {
-        uint64_t p = cur->pos, rem = room_of(h, p);
-        const struct shm_frame_header *fh = FRAME(h, p);
-        /* acquire: the frame's bytes are visible once its commit matches (I3) */
-        if (shm_load_acquire(&fh->commit) != commit_word(p)) {
-            if (shm_load_acquire(&h->tail_pos) <= p)
-                break;                                   /* caught up */
-            if (shm_load_acquire(&h->head_pos) > p) {    /* lapped */
-                if (out->count)
-                    break;
-                return SHM_E_OUT_OF_RANGE;
-            }
-            note_stuck(cur, p);                          /* in flight */
-            if (out->count == 0 && unblock_ns >= 0 &&
-                shm_monotonic_ns() - cur->stuck_since_ns >= unblock_ns)
+        uint64_t p = cur->pos;
+        struct taken t;
+        int rc = take_frame(h, cur, buf + used, buf_cap - used, &t);
+        if (rc == TAKE_CAUGHT_UP)
+            break;
+        if (rc == TAKE_IN_FLIGHT) {
+            if (out->count == 0 && stuck_long(cur, unblock_ns))
                 return SHM_E_BUSY;
             break;
         }
-        uint32_t len = fh->length;
-        uint16_t kind = fh->kind;
-        uint64_t blen = 0;
-        struct shm_gap_body gap = {0, 0, 0};
-        int shape_ok = len >= SHM_FRAME_HEADER_BYTES && shm_align8(len) <= rem;
-        if (shape_ok && kind == SHM_FRAME_DATA) {
-            blen = len - SHM_FRAME_HEADER_BYTES;
-            if (used + blen > buf_cap) {
-                if (out->count || out->frames)
-                    break;
-                return SHM_E_BUFFER_SMALL;
-            }
-            memcpy(buf + used, fh + 1, blen);
-        } else if (shape_ok && kind == SHM_FRAME_GAP && len >= SHM_FRAME_HEADER_BYTES + sizeof gap) {
-            memcpy(&gap, fh + 1, sizeof gap);
+        if (rc == SHM_E_BUFFER_SMALL) {
+            if (out->count || out->frames)
+                break;
+            return rc;
         }
-        /* acquire fence: the copy's loads complete before head is re-read (I5) */
-        shm_fence_acquire();
-        if (shm_load_relaxed(&h->head_pos) > p) {
+        if (rc == SHM_E_OUT_OF_RANGE) {
             if (out->count)
                 break;
-            return SHM_E_OUT_OF_RANGE;
+            return rc;
         }
-        if (!shape_ok)
-            STOP(SHM_E_CORRUPT);
-        cur->stuck_pos = ~(uint64_t)0;
-        if (kind == SHM_FRAME_PAD) {
-            cur->pos = p + shm_align8(len);
+        if (rc != SHM_OK)
+            STOP(rc);
+        rc = pass_pad_gap(cur, &t, &out->gaps);
+        if (rc < 0)
+            STOP(rc);
+        if (rc)
             continue;
-        }
-        if (kind == SHM_FRAME_GAP) {
-            if (cur->expect_base >= 0 && gap.base_offset != cur->expect_base)
-                STOP(SHM_E_CORRUPT);
-            if (gap.base_offset + gap.count > cur->next_offset)
-                cur->next_offset = gap.base_offset + gap.count;
-            cur->expect_base = gap.base_offset + gap.count;
-            out->gaps++;
-            cur->pos = p + shm_align8(len);
-            continue;
-        }
-        if (kind != SHM_FRAME_DATA || blen < SHM_BATCH_HEADER_BYTES)
+        if (t.kind != SHM_FRAME_DATA || t.blen < SHM_BATCH_HEADER_BYTES)
             STOP(SHM_E_CORRUPT);
+        uint64_t blen = t.blen;
         uint8_t *batch = buf + used;
         if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
             STOP(SHM_E_CORRUPT);
@@ -679,7 +731,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
             STOP(SHM_E_CORRUPT);
         if (last < cur->next_offset) {          /* all below what the caller wants */
             cur->expect_base = last + 1;
-            cur->pos = p + shm_align8(len);
+            cur->pos = p + shm_align8(t.len);
             continue;
         }
         int compressed = (batch[22] & 0x07) != 0;   /* attributes low byte */
@@ -690,7 +742,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
             out->frames = 1;
             out->bytes_used = blen;
             cur->expect_base = last + 1;
-            cur->pos = p + shm_align8(len);
+            cur->pos = p + shm_align8(t.len);
             return SHM_OK;
         }
         uint32_t before = out->count;
@@ -712,7 +764,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
         out->frames++;
         cur->next_offset = last + 1;
         cur->expect_base = last + 1;
-        cur->pos = p + shm_align8(len);
+        cur->pos = p + shm_align8(t.len);
     }
 done:
     out->bytes_used = used;
@@ -737,85 +789,50 @@ int shm_ring_read_batches(const void *base, struct shm_cursor *cur, uint8_t *buf
     out->count = out->frames = out->gaps = out->compressed = out->batch_start = 0;
     out->bytes_used = 0;
     for (;;) {
-        uint64_t p = cur->pos, rem = room_of(h, p);
-        const struct shm_frame_header *fh = FRAME(h, p);
-        /* acquire: the frame's bytes are visible once its commit matches (I3) */
-        if (shm_load_acquire(&fh->commit) != commit_word(p)) {
-            if (shm_load_acquire(&h->tail_pos) <= p)
-                break;                                   /* caught up */
-            if (shm_load_acquire(&h->head_pos) > p) {    /* lapped */
-                if (out->frames)
-                    break;
-                return SHM_E_OUT_OF_RANGE;
-            }
-            note_stuck(cur, p);                          /* in flight */
-            if (out->frames == 0 && unblock_ns >= 0 &&
-                shm_monotonic_ns() - cur->stuck_since_ns >= unblock_ns)
+        uint64_t p = cur->pos;
+        struct taken t;
+        int rc = take_frame(h, cur, buf + used, buf_cap - used, &t);
+        if (rc == TAKE_CAUGHT_UP)
+            break;
+        if (rc == TAKE_IN_FLIGHT) {
+            if (out->frames == 0 && stuck_long(cur, unblock_ns))
                 return SHM_E_BUSY;
             break;
         }
-        uint32_t len = fh->length;
-        uint16_t kind = fh->kind;
-        uint64_t blen = 0;
-        struct shm_gap_body gap = {0, 0, 0};
-        int shape_ok = len >= SHM_FRAME_HEADER_BYTES && shm_align8(len) <= rem;
-        if (shape_ok && kind == SHM_FRAME_DATA) {
-            blen = len - SHM_FRAME_HEADER_BYTES;
-            if (used + blen > buf_cap) {
-                if (out->frames)
-                    break;
-                out->bytes_used = blen;
-                return SHM_E_BUFFER_SMALL;
-            }
-            memcpy(buf + used, fh + 1, blen);
-        } else if (shape_ok && kind == SHM_FRAME_GAP && len >= SHM_FRAME_HEADER_BYTES + sizeof gap) {
-            memcpy(&gap, fh + 1, sizeof gap);
+        if (rc == SHM_E_BUFFER_SMALL && out->frames == 0) {
+            out->bytes_used = t.blen;
+            return rc;
         }
-        /* acquire fence: the copy's loads complete before head is re-read (I5) */
-        shm_fence_acquire();
-        if (shm_load_relaxed(&h->head_pos) > p) {
-            if (out->frames)
-                break;
-            return SHM_E_OUT_OF_RANGE;
-        }
-        if (!shape_ok)
-            goto corrupt;
-        cur->stuck_pos = ~(uint64_t)0;
-        if (kind == SHM_FRAME_PAD) {
-            cur->pos = p + shm_align8(len);
+        if (rc == SHM_OK)
+            rc = pass_pad_gap(cur, &t, &out->gaps);
+        if (rc == 1)
             continue;
-        }
-        if (kind == SHM_FRAME_GAP) {
-            if (cur->expect_base >= 0 && gap.base_offset != cur->expect_base)
-                goto corrupt;
-            if (gap.base_offset + gap.count > cur->next_offset)
-                cur->next_offset = gap.base_offset + gap.count;
-            cur->expect_base = gap.base_offset + gap.count;
-            out->gaps++;
-            cur->pos = p + shm_align8(len);
-            continue;
-        }
-        if (kind != SHM_FRAME_DATA || blen < SHM_BATCH_HEADER_BYTES)
-            goto corrupt;
+        if (rc == SHM_OK && (t.kind != SHM_FRAME_DATA || t.blen < SHM_BATCH_HEADER_BYTES))
+            rc = SHM_E_CORRUPT;
         const uint8_t *batch = buf + used;
-        int64_t first = shm_batch_base_offset(batch);
-        int64_t last = first + shm_batch_last_delta(batch);
-        /* baseOffset is outside Kafka's CRC: it must continue the previous frame */
-        if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
-            goto corrupt;
+        int64_t first = 0, last = 0;
+        if (rc == SHM_OK) {
+            first = shm_batch_base_offset(batch);
+            last = first + shm_batch_last_delta(batch);
+            /* baseOffset is outside Kafka's CRC: it must continue the previous frame */
+            if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
+                rc = SHM_E_CORRUPT;
+        }
+        if (rc != SHM_OK) {
+            if (out->frames)
+                break;                           /* what came before is good: the error next time */
+            return rc;
+        }
         cur->expect_base = last + 1;
-        cur->pos = p + shm_align8(len);
+        cur->pos = p + shm_align8(t.len);
         if (last < cur->next_offset)
-            continue;                                    /* all below what the caller wants */
+            continue;                            /* all below what the caller wants */
         cur->next_offset = last + 1;
-        used += blen;
+        used += t.blen;
         out->frames++;
     }
     out->bytes_used = used;
     return (int)out->frames;
-corrupt:
-    out->bytes_used = used;
-    return out->frames ? (int)out->frames : SHM_E_CORRUPT;
 }
 
 /* Large-record path (one copy instead of two). If the frame at cur->pos is a
