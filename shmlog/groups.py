@@ -171,24 +171,31 @@ def assign_roundrobin(members, subs, partitions, current):
 
 def assign_sticky(members, subs, partitions, current):
     """Cooperative-sticky: keeps every partition where it is unless balance
-    needs it elsewhere; moves only what must move. Balance: no member holds
-    more than ceil(eligible partitions / eligible members) of a topic set it
-    shares, and unowned partitions go to the least-loaded subscriber."""
+    needs it elsewhere; moves only what must move. Balance among members of
+    one subscription: each holds floor(partitions / members), and only
+    `remainder` of them one more; unowned partitions go to the least-loaded
+    subscriber."""
     tps = sorted((t, p) for t in partitions for p in range(partitions[t]))
     eligible = {tp: [m for m in members if tp[0] in subs[m]] for tp in tps}
     out, load = {}, {m: 0 for m in members}
-    # quota: what a perfectly balanced member of its subscription would hold
-    quota = {}
+    floor, peer_set, extra = {}, {}, {}
     for m in members:
         mine = [tp for tp in tps if m in eligible[tp]]
-        peers = {x for tp in mine for x in eligible[tp]}
-        quota[m] = -(-len(mine) // max(len(peers), 1)) if mine else 0
+        peers = frozenset(x for tp in mine for x in eligible[tp]) or frozenset([m])
+        floor[m], peer_set[m] = divmod(len(mine), len(peers))[0], peers
+        extra.setdefault(peers, len(mine) % len(peers))
     keep = sorted((tp for tp in tps if current.get(tp) in eligible[tp]), key=lambda tp: (tp[1], tp[0]))
-    for tp in keep:
+    for tp in keep:                                  # up to the floor: stay
         m = current[tp]
-        if load[m] < quota[m]:
+        if load[m] < floor[m]:
             out[tp] = m
             load[m] += 1
+    for tp in keep:                                  # one more, while the remainder lasts
+        m = current[tp]
+        if tp not in out and load[m] == floor[m] and extra[peer_set[m]] > 0:
+            out[tp] = m
+            load[m] += 1
+            extra[peer_set[m]] -= 1
     for tp in tps:
         if tp not in out and eligible[tp]:
             m = min(eligible[tp], key=lambda x: (load[x], x))
@@ -891,10 +898,19 @@ class Membership:
         return out
 
     def _commit_quietly(self, offsets):
+        """Auto-commit: never raises for a partition that moved on (its new
+        owner's offsets rule) or whose topic was deleted."""
+        live = {}
+        for tp, off in offsets.items():
+            try:
+                self.log.topic_handle(tp[0])
+                live[tp] = off
+            except errors.UnknownTopicOrPartition:
+                pass
         try:
-            self.commit(offsets)
+            self.commit(live)
         except errors.CommitFailed:
-            pass          # a partition moved on: its new owner's offsets rule (auto-commit never raises)
+            pass
 
     def commit(self, offsets: dict, durable: bool = False):
         """Fenced commit (G2) of {(topic, partition): next offset}."""
