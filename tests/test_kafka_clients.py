@@ -265,6 +265,17 @@ def test_kafka_commits_are_shmlog_group_offsets(kafka):
     c = kp.KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id="sg", enable_auto_commit=False)
     assert c.committed(tp) == 4
     c.close()
+    # a native group consumer resumes where the Kafka client committed
+    c = kp.KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id="sg", enable_auto_commit=False)
+    c.assign([tp])
+    c.commit({tp: kp.structs.OffsetAndMetadata(6, "", -1)})
+    c.close()
+    with kafka.log.consumer(group="sg", topics=["shared"], auto_offset_reset="earliest",
+                            enable_auto_commit=False) as nc:
+        m = nc.poll(timeout=10)
+        assert m is not None and (m.offset, m.value) == (6, b"n6")
+        nc.commit()
+    assert kafka.log.describe_group("sg").partitions[0].committed == 7
 
 
 # ------------------------------------------------------------ Go (sarama)

@@ -473,3 +473,84 @@ def test_non_loopback_needs_explicit_permission(inst):
         shmlog.kafka.start(inst.log, "0.0.0.0", 0)
     assert shmlog.kafka.main(["--listen", "0.0.0.0:0", "--instance", "x"]) == 2
     assert shmlog.kafka.main(["--listen", "nonsense"]) == 2
+
+
+# ------------------------------------------------------------ group coordinator
+
+
+def _join(c, group, member="", corr=1, session_ms=6000):
+    return call(c, 11, 5, {"GroupId": group, "SessionTimeoutMs": session_ms, "RebalanceTimeoutMs": 3000,
+                           "MemberId": member, "GroupInstanceId": None, "ProtocolType": "consumer",
+                           "Protocols": [{"Name": "range", "Metadata": b"sub-" + member.encode()}]}, corr=corr)
+
+
+def _hb(c, group, gen, member):
+    return call(c, 12, 3, {"GroupId": group, "GenerationId": gen, "MemberId": member,
+                           "GroupInstanceId": None})["ErrorCode"]
+
+
+def test_group_membership_errors_and_rebalance(kafka):
+    kafka.log.create_topic("t", partitions=2, ring_bytes=1 << 16, persistence="none")
+    a = kafka.raw()
+    fc = call(a, 10, 2, {"Key": "g", "KeyType": 0})
+    assert (fc["ErrorCode"], fc["NodeId"], fc["Port"]) == (0, 0, kafka.port)
+    j = _join(a, "g")
+    m1, gen = j["MemberId"], j["GenerationId"]
+    assert j["ErrorCode"] == 0 and gen == 1 and j["Leader"] == m1 and len(j["Members"]) == 1
+    s = call(a, 14, 3, {"GroupId": "g", "GenerationId": gen, "MemberId": m1, "GroupInstanceId": None,
+                        "Assignments": [{"MemberId": m1, "Assignment": b"all-of-it"}]})
+    assert s == {"ThrottleTimeMs": 0, "ErrorCode": 0, "Assignment": b"all-of-it"}
+    assert _hb(a, "g", gen, m1) == 0
+    assert _hb(a, "g", gen + 5, m1) == 22                   # ILLEGAL_GENERATION
+    assert _hb(a, "g", gen, "nobody") == 25                 # UNKNOWN_MEMBER_ID
+    assert _join(a, "g", member="nobody")["ErrorCode"] == 25
+    # a second member's join starts a rebalance; the first hears of it by heartbeat
+    b = kafka.raw()
+    b.send_frame(request(11, 5, 50, {"GroupId": "g", "SessionTimeoutMs": 6000, "RebalanceTimeoutMs": 3000,
+                                     "MemberId": "", "GroupInstanceId": None, "ProtocolType": "consumer",
+                                     "Protocols": [{"Name": "range", "Metadata": b"b"}]}))
+    time.sleep(0.2)
+    assert _hb(a, "g", gen, m1) == 27                       # REBALANCE_IN_PROGRESS
+    commit = {"GroupId": "g", "GenerationIdOrMemberEpoch": gen, "MemberId": m1, "GroupInstanceId": None,
+              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 3,
+                                                      "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}]}]}
+    r = call(a, 8, 7, commit)
+    assert r["Topics"][0]["Partitions"][0]["ErrorCode"] == 27
+    j2 = _join(a, "g", member=m1, corr=3)                   # rejoin: generation 2 with both members
+    rb, _ = S.apis[11].response.decode(b.recv_frame(), 5, 4)
+    assert j2["GenerationId"] == rb["GenerationId"] == 2 and j2["Leader"] == m1
+    assert sorted(m["Metadata"] for m in j2["Members"]) == [b"b", b"sub-" + m1.encode()]
+    assert rb["Members"] == []
+    d = call(a, 15, 4, {"Groups": ["g", "none"], "IncludeAuthorizedOperations": False})
+    assert d["Groups"][0]["GroupState"] == "CompletingRebalance" and len(d["Groups"][0]["Members"]) == 2
+    assert d["Groups"][1]["GroupState"] == "Dead"
+    # LeaveGroup v3 of the second member
+    lv = call(b, 13, 3, {"GroupId": "g", "Members": [{"MemberId": rb["MemberId"], "GroupInstanceId": None}]})
+    assert lv["ErrorCode"] == 0 and lv["Members"][0]["ErrorCode"] == 0
+    assert "g" in [g["GroupId"] for g in call(a, 16, 2, {})["Groups"]]
+
+
+def test_assign_mode_commit_and_offset_fetch_use_the_shared_table(kafka):
+    kafka.log.create_topic("t", partitions=2, ring_bytes=1 << 16, persistence="none")
+    with kafka.log.producer() as p:
+        p.send_batch("t", [b"v"] * 50, partition=1)
+    c = kafka.raw()
+    commit = {"GroupId": "assign", "GenerationIdOrMemberEpoch": -1, "MemberId": "", "GroupInstanceId": None,
+              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 1, "CommittedOffset": 42,
+                                                      "CommittedLeaderEpoch": -1, "CommittedMetadata": None}]}]}
+    assert call(c, 8, 2, commit)["Topics"][0]["Partitions"][0]["ErrorCode"] == 0
+    assert kafka.log.committed_offsets("assign") == {("t", 1): 42}
+    f = call(c, 9, 5, {"GroupId": "assign", "Topics": [{"Name": "t", "PartitionIndexes": [0, 1]}],
+                       "RequireStable": False})
+    parts = f["Topics"][0]["Partitions"]
+    assert [(p["PartitionIndex"], p["CommittedOffset"]) for p in parts] == [(0, -1), (1, 42)]
+    assert parts[1]["CommittedLeaderEpoch"] == 0 and f["ErrorCode"] == 0
+    every = call(c, 9, 3, {"GroupId": "assign", "Topics": None})
+    assert every["Topics"] == [{"Name": "t", "Partitions": [
+        {"PartitionIndex": 1, "CommittedOffset": 42, "Metadata": "", "ErrorCode": 0}]}]
+    bad = dict(commit, Topics=[{"Name": "missing", "Partitions": commit["Topics"][0]["Partitions"]}])
+    assert call(c, 8, 2, bad)["Topics"][0]["Partitions"][0]["ErrorCode"] == 3
+    past = {**commit, "Topics": [{"Name": "t", "Partitions": [dict(commit["Topics"][0]["Partitions"][0],
+                                                                  CommittedOffset=51)]}]}
+    assert call(c, 8, 2, past)["Topics"][0]["Partitions"][0]["ErrorCode"] == 1
+    assert kafka.log.committed_offsets("assign") == {("t", 1): 42}

@@ -17,6 +17,7 @@ import time
 import uuid
 
 from .. import errors
+from ..groups import validate_group_name
 from . import codes
 from .data import LEADER_EPOCH
 
@@ -96,7 +97,9 @@ class GroupCoordinator:
 
     async def join_group(self, conn, req, version):
         group_id = req["GroupId"]
-        if not group_id:
+        try:
+            validate_group_name(group_id)         # the shared offset table's rule for group ids
+        except errors.ShmlogError:
             return _join_error(codes.INVALID_GROUP_ID)
         session_ms = req["SessionTimeoutMs"]
         if not MIN_SESSION_MS <= session_ms <= MAX_SESSION_MS:
@@ -322,16 +325,26 @@ class GroupCoordinator:
                 code = err
                 if not code and (h is None or not 0 <= p["PartitionIndex"] < h.partitions):
                     code = codes.UNKNOWN_TOPIC_OR_PARTITION
+                if not code and not 0 <= p["CommittedOffset"] <= self._end(h, p["PartitionIndex"]):
+                    code = codes.OFFSET_OUT_OF_RANGE      # shmlog's table holds offsets inside the log
                 if not code:
                     offsets[(t["Name"], p["PartitionIndex"])] = p["CommittedOffset"]
                 results[(t["Name"], p["PartitionIndex"])] = code
         if offsets:
             try:
                 self.log.commit_offsets(group_id, offsets)
-            except getattr(errors, "CommitFailed", _Never) as e:
+            except errors.CommitFailed as e:
                 log.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.REBALANCE_IN_PROGRESS
+            except errors.OffsetOutOfRange as e:               # the log was cut meanwhile
+                log.info("group %r: commit refused: %s", group_id, e)
+                for tp in offsets:
+                    results[tp] = codes.OFFSET_OUT_OF_RANGE
+            except errors.InvalidArgument as e:
+                log.info("group %r: commit refused: %s", group_id, e)
+                for tp in offsets:
+                    results[tp] = codes.INVALID_GROUP_ID
             except errors.ShmlogError as e:
                 log.warning("group %r: commit failed: %s", group_id, e)
                 for tp in offsets:
@@ -340,6 +353,9 @@ class GroupCoordinator:
             {"Name": t["Name"], "Partitions": [
                 {"PartitionIndex": p["PartitionIndex"], "ErrorCode": results[(t["Name"], p["PartitionIndex"])]}
                 for p in t["Partitions"]]} for t in req["Topics"]]}
+
+    def _end(self, h, partition):
+        return self.log.ring(h, partition, writable=False).ends()[1]
 
     def _handle(self, topic):
         try:
@@ -351,8 +367,10 @@ class GroupCoordinator:
         group_id = req["GroupId"]
         try:
             committed = self.log.committed_offsets(group_id)
-        except getattr(errors, "UnknownGroup", LookupError):
+        except errors.UnknownGroup:
             committed = {}
+        except errors.InvalidArgument:
+            return {"ThrottleTimeMs": 0, "Topics": [], "ErrorCode": codes.INVALID_GROUP_ID}
         topics = req.get("Topics")
         if topics is None:                              # v2+: every partition with a commit
             by_topic = {}
@@ -390,17 +408,10 @@ class GroupCoordinator:
 
     async def list_groups(self, conn, req, version):
         names = {gid: (g.protocol_type or "consumer", g.state) for gid, g in self.groups.items()}
-        try:
-            for gid in self.log.list_groups():
-                names.setdefault(gid, ("consumer", "Stable"))
-        except (AttributeError, errors.ShmlogError):
-            pass
+        for gid in self.log.list_groups():                # native groups share the offset table
+            names.setdefault(gid, ("consumer", "Stable"))
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": [
             {"GroupId": gid, "ProtocolType": pt, "GroupState": st} for gid, (pt, st) in sorted(names.items())]}
-
-
-class _Never(Exception):
-    pass
 
 
 def _join_error(code, member_id=""):
