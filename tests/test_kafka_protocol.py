@@ -410,6 +410,30 @@ def test_oversize_frame_unknown_api_and_garbage_close_only_that_connection(inst)
         k.stop()
 
 
+def test_a_client_that_never_reads_stalls_only_itself(kafka):
+    kafka.log.create_topic("t", ring_bytes=1 << 20, persistence="none")
+    with kafka.log.producer() as p:
+        for _ in range(8):                                # 800 KB, all still in the 1 MiB ring
+            p.send_batch("t", [b"x" * 1000] * 100, partition=0)
+    slow = kafka.raw()
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sock.settimeout(0.5)
+    sent = 0
+    try:
+        for i in range(400):                              # ~2 MB of responses nobody reads
+            slow.send_frame(request(1, 11, i, fetch_body("t", 0, 0)))
+            sent += 1
+    except (socket.timeout, OSError):
+        pass                                              # the listener stopped reading it: fine
+    assert sent > 10
+    t0 = time.monotonic()
+    _alive(kafka)
+    r = call(kafka.raw(), 1, 11, fetch_body("t", 0, 0))
+    assert len(r["Responses"][0]["Partitions"][0]["Records"]) > 1000
+    assert time.monotonic() - t0 < 5
+    slow.close()
+
+
 def test_max_connections(inst):
     k = Kafka(inst, max_connections=2)
     try:
