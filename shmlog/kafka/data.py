@@ -23,6 +23,7 @@ LEADER_EPOCH = 0                 # one broker, never a new leader: a constant ep
 POLL_INTERVAL_S = 0.001          # how often waiting fetches look for records from native producers
 FULL_RETRY_S = 0.002             # a full ring (persister behind) is retried this often
 SEQ_CACHE = 5                    # batches remembered per producer and partition (Kafka keeps 5)
+DISK_START_TTL_S = 1.0           # how stale a durable partition's log start offset may be
 
 
 class ProduceError(Exception):
@@ -114,6 +115,7 @@ class DataPath:
         self._buf_cap = 1 << 20
         self._buf = ffi.new("uint8_t[]", self._buf_cap)
         self._plogs: dict[tuple, storage.PartitionLog] = {}
+        self._plog_read: dict[tuple, float] = {}     # when each segment list was last re-read
         self._waiters: list = []           # [(future, [(ring, offset)])]
         self._ticker = None
 
@@ -139,12 +141,18 @@ class DataPath:
                 storage.partition_dir(self.log.settings.data_dir, h.name, partition))
         return pl
 
-    def offsets(self, h, partition):
-        """(log start offset, end offset)."""
+    def offsets(self, h, partition, fresh=False):
+        """(log start offset, end offset). A durable partition's segment list
+        is re-read at most every DISK_START_TTL_S (retention removes whole
+        segments rarely), or now when fresh."""
         start, end = self.ring(h, partition).ends()[:2]
         if h.config.persistence == "disk":
+            key = (h.generation, partition)
             pl = self._plog(h, partition)
-            pl.refresh()
+            now = time.monotonic()
+            if fresh or now - self._plog_read.get(key, 0.0) > DISK_START_TTL_S:
+                pl.refresh()
+                self._plog_read[key] = now
             disk = pl.start_offset()
             if disk is not None and disk < start:
                 start = disk
@@ -217,6 +225,8 @@ class DataPath:
         start, end = self.offsets(h, partition)
         if offset == end:
             return codes.NONE, b""
+        if offset < start:
+            start, end = self.offsets(h, partition, fresh=True)
         if offset < start or offset > end:
             return codes.OFFSET_OUT_OF_RANGE, b""
         cur = fc.cur

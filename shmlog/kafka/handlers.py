@@ -260,7 +260,7 @@ class Handlers:
                     r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
                 else:
                     ts = lp["Timestamp"]
-                    start, end = self.data.offsets(h, p)
+                    start, end = self.data.offsets(h, p, fresh=True)
                     if ts == -1:
                         off = end
                     elif ts == -2:
