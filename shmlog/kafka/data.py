@@ -6,13 +6,14 @@ offset and leader epoch), idempotent-producer state (producer ids, epochs,
 last sequences per partition), reading stored batches back for Fetch without
 decoding them (ring, or segment files below the ring), log start / end
 offsets and timestamp lookups, and waking long-polling fetches when a
-partition grows. Must never: re-encode a batch, block the event loop on a
+partition grows (a helper thread sleeps on the rings' futexes). Must never: re-encode a batch, block the event loop on a
 full ring (it retries asynchronously), or speak the wire protocol (the
 handlers do).
 """
 import asyncio
 import collections
 import itertools
+import threading
 import time
 
 from .. import errors, storage
@@ -20,7 +21,6 @@ from .._native import ffi, lib
 from . import codes
 
 LEADER_EPOCH = 0                 # one broker, never a new leader: a constant epoch everywhere
-POLL_INTERVAL_S = 0.001          # how often waiting fetches look for records from native producers
 FULL_RETRY_S = 0.002             # a full ring (persister behind) is retried this often
 SEQ_CACHE = 5                    # batches remembered per producer and partition (Kafka keeps 5)
 DISK_START_TTL_S = 1.0           # how stale a durable partition's log start offset may be
@@ -117,7 +117,7 @@ class DataPath:
         self._plogs: dict[tuple, storage.PartitionLog] = {}
         self._plog_read: dict[tuple, float] = {}     # when each segment list was last re-read
         self._waiters: list = []           # [(future, [(ring, offset)])]
-        self._ticker = None
+        self._watcher = None
 
     # ------------------------------------------------------------ topics and offsets
 
@@ -344,8 +344,11 @@ class DataPath:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._waiters.append((fut, watch))
-        if self._ticker is None or self._ticker.done():
-            self._ticker = loop.create_task(self._tick())
+        if self._watcher is None:
+            self._watcher = RingWatcher(loop, self._check_waiters)
+        for ring, _ in watch:
+            self._watcher.watch(ring)
+        self._check_waiters()           # records that landed since the caller looked
         try:
             await asyncio.wait_for(fut, timeout_s)
         except asyncio.TimeoutError:
@@ -353,24 +356,93 @@ class DataPath:
         finally:
             self._waiters = [w for w in self._waiters if w[0] is not fut]
 
-    async def _tick(self):
-        """While fetches wait: look every POLL_INTERVAL_S for records from
-        producers outside this listener (native producers write the rings directly)."""
-        while self._waiters:
-            await asyncio.sleep(POLL_INTERVAL_S)
-            for fut, watch in list(self._waiters):
-                for ring, offset in watch:
-                    try:
-                        grown = ring.ends()[1] > offset or ring.deleted()
-                    except Exception:
-                        grown = True
-                    if grown:
-                        if not fut.done():
-                            fut.set_result(None)
-                        break
+    def _check_waiters(self):
+        """Wakes every waiting fetch one of whose partitions grew (or was deleted)."""
+        for fut, watch in list(self._waiters):
+            for ring, offset in watch:
+                try:
+                    grown = ring.ends()[1] > offset or ring.deleted()
+                except Exception:
+                    grown = True
+                if grown:
+                    if not fut.done():
+                        fut.set_result(None)
+                    break
 
     def close(self):
         self.wake()
-        if self._ticker is not None:
-            self._ticker.cancel()
+        if self._watcher is not None:
+            self._watcher.stop()         # before the Log unmaps the rings it sleeps on
         self.producer.close()
+
+
+class RingWatcher:
+    """A helper thread parked (futex) on the rings that fetches waited on
+    recently: native producers write the rings directly, so this is how a
+    long poll hears of their records. It tells the event loop to look again
+    (call_soon_threadsafe) after every wake, and whenever repositioning its
+    cursors at the rings' tails passed something, so no record can fall
+    between a look and the next park."""
+
+    SLICE_NS = 50_000_000          # re-reads its ring set at least this often
+    FORGET_S = 30.0                # a ring nobody waited on for this long is dropped
+
+    def __init__(self, loop, on_change):
+        self._loop = loop
+        self._on_change = on_change
+        self._rings = {}           # ring name -> [ring, cursor, last waited on]
+        self._lock = threading.Lock()
+        self._added = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="shmlog-kafka-ring-watcher", daemon=True)
+        self._thread.start()
+
+    def watch(self, ring):
+        with self._lock:
+            e = self._rings.get(ring.name)
+            if e is None:
+                cur = ffi.new("struct shm_cursor *")
+                cur.pos = 2**64 - 1            # not placed yet
+                cur.stuck_pos = 2**64 - 1
+                self._rings[ring.name] = [ring, cur, time.monotonic()]
+                self._added.set()
+            else:
+                e[2] = time.monotonic()
+
+    def _run(self):
+        while not self._stopping:
+            now = time.monotonic()
+            with self._lock:
+                for k in [k for k, e in self._rings.items() if now - e[2] > self.FORGET_S]:
+                    del self._rings[k]
+                items = list(self._rings.values())
+                self._added.clear()
+            if not items:
+                self._added.wait(self.SLICE_NS / 1e9)
+                continue
+            moved = False
+            for ring, cur, _ in items:
+                tail = ring.ends()[3]
+                if cur.pos != tail:
+                    moved = True
+                    cur.pos = tail
+            if moved:
+                self._notify()
+            hdrs = ffi.new("void *[]", [e[0].hdr for e in items])
+            bases = ffi.new("void *[]", [e[0].base for e in items])
+            curs = ffi.new("struct shm_cursor *[]", [e[1] for e in items])
+            if lib.shm_wait_any(hdrs, bases, curs, len(items), self.SLICE_NS, 0, -1) >= 0:
+                self._notify()
+
+    def _notify(self):
+        if not self._stopping:
+            try:
+                self._loop.call_soon_threadsafe(self._on_change)
+            except RuntimeError:          # the loop closed under us
+                self._stopping = True
+
+    def stop(self):
+        self._stopping = True
+        self._added.set()
+        self._thread.join(5)
+
