@@ -187,6 +187,12 @@ def test_client_batch_is_stored_and_served_unchanged(kafka):
     stored2 = rec[len(b1):]
     assert rec[:len(b1)] == b1 and len(stored2) == len(b2)
     assert stored2[:8] == struct.pack(">q", 2) and stored2[8:12] == b2[8:12] and stored2[16:] == b2[16:]
+    # the first batch comes whole even when it is larger than the partition's max bytes
+    small = call(c, 1, 11, fetch_body("t", 0, 0, max_bytes=10))["Responses"][0]["Partitions"][0]
+    assert bytes(small["Records"]) == rec[:len(b1)]
+    # a fetch from inside a batch returns that batch whole (clients skip what they have)
+    mid = call(c, 1, 11, fetch_body("t", 0, 1))["Responses"][0]["Partitions"][0]
+    assert bytes(mid["Records"]) == rec
     # a native consumer reads the same records
     with kafka.log.consumer(auto_offset_reset="earliest") as cons:
         cons.assign([("t", 0)])
