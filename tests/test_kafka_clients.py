@@ -202,6 +202,7 @@ def test_confluent_kafka_delivery_reports_group_and_restart(kafka):
     # a new consumer of the group starts from the committed offsets (validated by OffsetForLeaderEpoch)
     again = consume(6, 6)
     assert sorted(again) == sorted(b"m%d" % i for i in range(30, 36))
+    assert kafka.listener.requests[23] > 0           # librdkafka validated the committed positions
 
 
 # ------------------------------------------------------------ aiokafka

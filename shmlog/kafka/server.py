@@ -10,6 +10,7 @@ the listener or another connection; handle a request's meaning (handlers.py
 and groups.py do).
 """
 import asyncio
+import collections
 import logging
 import socket
 import struct
@@ -87,6 +88,7 @@ class Listener:
         self._server = None
         self._conns = set()
         self._tasks = set()             # one per connection, cancelled by stop()
+        self.requests = collections.Counter()    # api key -> requests decoded (metrics, tests)
 
     @property
     def advertised(self):
@@ -192,6 +194,7 @@ class Listener:
             log.info("closing %s: malformed %s v%d request: %s", conn.peer, api.name, version, e)
             return False
         conn.client_id = client_id
+        self.requests[key] += 1
         if key == 0 and req.get("Acks") == 0:
             await handler(conn, req, version)
             return None
