@@ -202,7 +202,23 @@ def test_confluent_kafka_delivery_reports_group_and_restart(kafka):
     # a new consumer of the group starts from the committed offsets (validated by OffsetForLeaderEpoch)
     again = consume(6, 6)
     assert sorted(again) == sorted(b"m%d" % i for i in range(30, 36))
-    assert kafka.listener.requests[23] > 0           # librdkafka validated the committed positions
+    # a seek that names a leader epoch is validated with OffsetForLeaderEpoch first
+    c = ck.Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "ckg2"})
+    c.assign([ck.TopicPartition("ck", 0, 0)])
+    first = None
+    deadline = time.monotonic() + 20
+    while first is None and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        first = m if m is not None and not m.error() else None
+    assert first is not None and first.leader_epoch() == 0
+    c.seek(ck.TopicPartition("ck", 0, 2, leader_epoch=0))
+    got = []
+    while len(got) < 1 and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.append(m.offset())
+    c.close()
+    assert got == [2] and kafka.listener.requests[23] > 0
 
 
 # ------------------------------------------------------------ aiokafka

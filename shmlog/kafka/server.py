@@ -146,7 +146,6 @@ class Listener:
             log.exception("closing the connection from %s", conn.peer)
         finally:
             self._conns.discard(writer)
-            self._tasks.discard(me)
             if not sender.done():
                 try:
                     queue.put_nowait(None)
@@ -160,6 +159,7 @@ class Listener:
                 if item is not None and not item[3].done():
                     item[3].cancel()
             writer.close()
+            self._tasks.discard(me)              # last: stop() cancels and awaits every connection
 
     async def _read_loop(self, conn, reader, queue, sender):
         while not sender.done():
