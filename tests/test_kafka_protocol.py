@@ -584,3 +584,20 @@ def test_assign_mode_commit_and_offset_fetch_use_the_shared_table(kafka):
                                                                   CommittedOffset=51)]}]}
     assert call(c, 8, 2, past)["Topics"][0]["Partitions"][0]["ErrorCode"] == 1
     assert kafka.log.committed_offsets("assign") == {("t", 1): 42}
+
+
+def test_kafka_commit_to_a_partition_a_native_member_owns_is_refused(kafka):
+    kafka.log.create_topic("t", ring_bytes=1 << 16, persistence="none")
+    with kafka.log.producer() as p:
+        p.send_batch("t", [b"v"] * 5, partition=0)
+    c = kafka.raw()
+    commit = {"GroupId": "mixed", "GenerationIdOrMemberEpoch": -1, "MemberId": "", "GroupInstanceId": None,
+              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 3,
+                                                      "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}]}]}
+    with kafka.log.consumer(group="mixed", topics=["t"], auto_offset_reset="earliest",
+                            enable_auto_commit=False) as native:
+        assert native.poll(timeout=10) is not None          # joined: it owns partition 0
+        r = call(c, 8, 7, commit)
+        assert r["Topics"][0]["Partitions"][0]["ErrorCode"] == 27
+    assert call(c, 8, 7, commit)["Topics"][0]["Partitions"][0]["ErrorCode"] == 0   # gone: accepted
+    assert kafka.log.committed_offsets("mixed") == {("t", 0): 3}

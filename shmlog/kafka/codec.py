@@ -413,14 +413,14 @@ class Schema:
         hdr, pos = self.request_header.decode(frame, hv)
         return key, version, corr, hdr.get("ClientId"), pos
 
-    def encode_response(self, api_key: int, version: int, corr: int, body: dict) -> bytes:
+    def encode_response(self, api_key: int, version: int, corr: int, body: dict) -> bytearray:
         out = bytearray(4)
         out += _I32.pack(corr)
         if self.response_header_version(api_key, version) == 1:
             out.append(0)                      # no tagged fields
         self.apis[api_key].response.encode_into(out, body, version)
         struct.pack_into(">i", out, 0, len(out) - 4)
-        return bytes(out)
+        return out                         # a bytearray: the transport takes it without another copy
 
 
 _schema = None
