@@ -175,6 +175,34 @@ static const struct shm_frame_header *linear_frame(const uint8_t *buf, uint64_t 
     return fh;
 }
 
+/* The complete frame at cur->pos inside buf, checked to continue the log
+ * (baseOffset is outside the CRC): SHM_OK with *fhp, *next and *noff; 1 for a
+ * PAD (cur moved past it); SHM_E_AGAIN when buf has no complete frame there;
+ * SHM_E_CORRUPT. */
+static int linear_take(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
+                       const struct shm_frame_header **fhp, uint64_t *next, int64_t *noff)
+{
+    uint64_t p = cur->pos;
+    int st;
+    const struct shm_frame_header *fh = linear_frame(buf, len, buf_pos, p, &st);
+    if (!fh)
+        return st;
+    uint64_t room = len - (p - buf_pos);
+    if (shm_align8(fh->length) > room)
+        return SHM_E_AGAIN;
+    if (frame_next(fh, p, room, cur->next_offset, next, noff) != SHM_OK)
+        return SHM_E_CORRUPT;
+    if (fh->kind == SHM_FRAME_PAD) {
+        cur->pos = *next;
+        return 1;
+    }
+    int64_t first = frame_first_offset(fh, cur->next_offset);
+    if ((cur->expect_base >= 0 && first != cur->expect_base) || *noff <= first)
+        return SHM_E_CORRUPT;
+    *fhp = fh;
+    return SHM_OK;
+}
+
 /* Decodes frames from cur->pos (inside buf) into out, like shm_ring_read
  * but from bytes of a segment file. SHM_OK (maybe 0 records: more bytes are
  * needed, or only gaps/pads), SHM_E_AGAIN (no complete frame at cur->pos:
@@ -186,29 +214,18 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
     out->bytes_used = len;         /* decoded rows point into buf[0:len], whatever ends the walk */
     int progressed = 0;
     while (out->count < out->max_records) {
-        uint64_t p = cur->pos;
-        int st;
-        const struct shm_frame_header *fh = linear_frame(buf, len, buf_pos, p, &st);
-        if (!fh) {
-            if (st == SHM_E_AGAIN)
-                break;
-            return out->count ? SHM_OK : st;
-        }
+        const struct shm_frame_header *fh;
         uint64_t next;
         int64_t noff;
-        uint64_t room = len - (p - buf_pos);
-        if (shm_align8(fh->length) > room)
+        int st = linear_take(buf, len, buf_pos, cur, &fh, &next, &noff);
+        if (st == SHM_E_AGAIN)
             break;                                   /* partial: needs more bytes */
-        if (frame_next(fh, p, room, cur->next_offset, &next, &noff) != SHM_OK)
-            return out->count ? SHM_OK : SHM_E_CORRUPT;
-        if (fh->kind == SHM_FRAME_PAD) {
-            cur->pos = next;
+        if (st < 0)
+            return out->count ? SHM_OK : st;
+        if (st == 1) {
             progressed = 1;
             continue;
         }
-        int64_t first = frame_first_offset(fh, cur->next_offset);
-        if ((cur->expect_base >= 0 && first != cur->expect_base) || noff <= first)
-            return out->count ? SHM_OK : SHM_E_CORRUPT;   /* baseOffset is outside the CRC */
         if (fh->kind == SHM_FRAME_GAP) {
             if (noff > cur->next_offset)
                 cur->next_offset = noff;
@@ -273,32 +290,18 @@ int shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, struct
     int progressed = 0;
     out->count = out->frames = out->gaps = out->compressed = out->batch_start = 0;
     for (;;) {
-        uint64_t p = cur->pos;
-        int st;
-        const struct shm_frame_header *fh = linear_frame(buf, len, buf_pos, p, &st);
-        if (!fh) {
-            if (st == SHM_E_AGAIN)
-                break;
-            if (progressed)
-                break;
-            out->bytes_used = 0;
-            return st;
-        }
+        const struct shm_frame_header *fh;
         uint64_t next;
         int64_t noff;
-        uint64_t room = len - (p - buf_pos);
-        if (shm_align8(fh->length) > room)
+        int st = linear_take(buf, len, buf_pos, cur, &fh, &next, &noff);
+        if (st == SHM_E_AGAIN)
             break;                                   /* partial: needs more bytes */
-        if (frame_next(fh, p, room, cur->next_offset, &next, &noff) != SHM_OK)
+        if (st < 0)
             goto corrupt;
-        if (fh->kind == SHM_FRAME_PAD) {
-            cur->pos = next;
+        if (st == 1) {
             progressed = 1;
             continue;
         }
-        int64_t first = frame_first_offset(fh, cur->next_offset);
-        if ((cur->expect_base >= 0 && first != cur->expect_base) || noff <= first)
-            goto corrupt;                            /* baseOffset is outside the CRC */
         cur->expect_base = noff;
         cur->pos = next;
         progressed = 1;
