@@ -67,7 +67,7 @@ class _Ch(Channel):
     def sender(self):
         return _Tx(self)
 
-    def receiver(self):
+    def receiver(self, index=0):
         return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode))
 
     def close(self):
@@ -97,11 +97,12 @@ class ShmlogPeer(Peer):
             "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}"},
             "T1-batch": {"poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
                          "columns": f"send_batch(1000 records) per call, poll_columns(<=100000) -> numpy columns, {_FIT}"},
-            "T2": {"spin": "two topics, Consumer(wait='spin') busy-polls",
-                   "park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
+            "T2-spin": {"spin": "two topics, Consumer(wait='spin') busy-polls"},
+            "T2-block": {"park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
             "T3": {"poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
                    "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
                                 "a lapped consumer reads the segment files"},
+            "T4": {"poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}"},
         }.get(row, {})
 
     def _connect(self):
@@ -116,7 +117,7 @@ class ShmlogPeer(Peer):
         os.makedirs(self.data_dir, exist_ok=True)
         self.log = self._connect()
 
-    def channel(self, row, mode, record_size, tag, count):
+    def channel(self, row, mode, record_size, tag, count, consumers=1):
         topic, ring = f"t-{tag}", 64 << 20
         if mode == "durable64":       # a 64 MiB ring backed by segment files: nothing can be lapped away
             self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="disk", fsync="never")
