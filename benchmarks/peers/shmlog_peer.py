@@ -77,6 +77,7 @@ class _Ch(Channel):
 class ShmlogPeer(Peer):
     name = "shmlog"
     log = None
+    connect_kwargs = None     # set (instance, data_dir, shm_prefix) to use an existing isolated instance
 
     def check(self):
         try:
@@ -111,9 +112,13 @@ class ShmlogPeer(Peer):
                               shm_prefix=self.prefix, autostart=False)
 
     def setup(self, workdir):
-        u = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.instance, self.prefix = f"bench-{u}", f"shmlogbench-{u}."
-        self.data_dir = os.path.join(workdir, "shmlog-data")
+        if self.connect_kwargs:
+            kw = self.connect_kwargs
+            self.instance, self.prefix, self.data_dir = kw["instance"], kw["shm_prefix"], kw["data_dir"]
+        else:
+            u = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.instance, self.prefix = f"bench-{u}", f"shmlogbench-{u}."
+            self.data_dir = os.path.join(workdir, "shmlog-data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.log = self._connect()
 
