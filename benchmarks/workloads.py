@@ -13,7 +13,7 @@ BATCH = 1000                   # records per send_batch call
 SIZES = {   # records per run; quick: the whole suite finishes in < 1 minute on 2 cores
     True: {"T1-msg": 10_000, "T1-batch": 100_000, "T2-spin": 1_000, "T2-block": 1_000, "T2-warmup": 100,
            "T3": 48, "T4": 5_000},
-    False: {"T1-msg": 300_000, "T1-batch": 3_000_000, "T2-spin": 30_000, "T2-block": 30_000,
+    False: {"T1-msg": 300_000, "T1-batch": 3_000_000, "T2-spin": 20_000, "T2-block": 20_000,
             "T2-warmup": 2_000, "T3": 384, "T4": 100_000},
 }
 RECORD = {"T1-msg": 100, "T1-batch": 100, "T2-spin": 64, "T2-block": 64, "T3": 1 << 20, "T4": 100}

@@ -135,6 +135,9 @@ class Iceoryx2Peer(Peer):
         from importlib.metadata import version
         return {"iceoryx2": version("iceoryx2")}
 
+    def scale(self, row, mode):
+        return 0.3 if row == "T1-batch" else 1.0        # no batch API: per-record rate on fewer records
+
     def modes(self, row):
         svc = "publish-subscribe u8 slice, no safe overflow + RetryUntilDelivered, loan+memmove+send"
         poll = "receive() busy-poll with sched_yield, string_at copy-out"

@@ -79,7 +79,8 @@ class MpQueuePeer(Peer):
         return {"python-multiprocessing": platform.python_version()}
 
     def scale(self, row, mode):
-        return {("T1-msg", "queue"): 0.3, ("T4", "queues"): 0.2}.get((row, mode), 1.0)
+        return {("T1-msg", "queue"): 0.3, ("T4", "queues"): 0.2, ("T2-spin", "get_nowait"): 0.3,
+                ("T2-block", "queue"): 0.5}.get((row, mode), 1.0)
 
     def modes(self, row):
         return {

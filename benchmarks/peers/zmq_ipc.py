@@ -113,6 +113,9 @@ class ZmqPeer(Peer):
         import zmq
         return {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
 
+    def scale(self, row, mode):
+        return {("T1-batch", "multipart"): 0.3, ("T2-spin", "pair"): 0.5}.get((row, mode), 1.0)
+
     def modes(self, row):
         hwm = "HWM ~64 MiB"
         return {
