@@ -81,6 +81,31 @@ def _ratios(res):
     return lines + [""]
 
 
+TARGETS = [("T1-msg", 2.0, "per-message T1 ≥ 2× the best peer's per-message rate"),
+           ("T1-batch", 3.0, "batch T1 ≥ 3× the best peer's batched rate"),
+           ("T2-spin", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (spinning receivers)"),
+           ("T2-block", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (blocking receivers)"),
+           ("T3", 1.0, "T3 ≥ the best peer")]
+
+
+def _targets(res):
+    """Issue 6's targets, measured in this run: met or behind by how much (the why is the README's)."""
+    summary, lines = res["summary"], []
+    for row, need, text in TARGETS:
+        mine = best(summary, row, "shmlog")
+        rivals = [b for b in (best(summary, row, p) for p in res["peers"] if p != "shmlog") if b]
+        if mine is None or not rivals:
+            continue
+        top = max(rivals, key=lambda b: ratio(row, b, mine))      # the peer closest to (or past) shmlog
+        got = ratio(row, mine, top)
+        verdict = "met" if got >= need else f"**not met**: {got / need * 100:.0f} % of the target"
+        lines.append(f"| {text} | {top['peer']} {top['mode']} | {got:.2f}× | {verdict} |")
+    if not lines:
+        return []
+    return ["## Issue 6 targets in this run", "", "| target | best peer | shmlog ÷ best peer | |",
+            "|---|---|---:|---|"] + lines + [""]
+
+
 def _row_table(res, row):
     summary = res["summary"]
     rows = [s for s in summary if s["row"] == row]
@@ -228,7 +253,7 @@ def markdown(res):
     for name, why in res["skipped"].items():
         lines.append(f"- skipped **{name}**: {why}")
     if res["summary"]:
-        lines += _ratios(res)
+        lines += _ratios(res) + _targets(res)
     for row in TITLES:
         lines += _row_table(res, row)
     lines += _size_curve(res) + _partitions(res) + _topics(res) + _groups(res)
