@@ -40,6 +40,6 @@ def cli_main(argv=None, prog="python -m benchmarks", quick_default=False):
     bad = [s for s in res["summary"] if not s["ok"]]
     for s in bad:
         print(f"FAILED {s['row']} {s['peer']} {s['mode']}: {s['error']}", file=sys.stderr)
-    print(f"results: {os.path.join(a.out, 'results.md')} (+ results.json, "
-          f"{', '.join(res.get('plots') or ['no plots: pip install matplotlib'])})")
+    plots = res.get("plots") or []
+    print(f"results: {os.path.join(a.out, 'results.md')} (+ results.json{''.join(', ' + p for p in plots)})")
     return 0 if not bad else 1

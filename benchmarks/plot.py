@@ -121,5 +121,6 @@ def plot(res, out_dir):
     try:
         plt = _plt()
     except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install 'shmlog[bench]')")
         return []
     return [f for f in (_bars(plt, res, out_dir), _latency(plt, res, out_dir), _scaling(plt, res, out_dir)) if f]

@@ -1,5 +1,6 @@
 """Progress display for a benchmark run: a tqdm bar on a terminal when tqdm is installed (the `bench`
 extra), else one line per finished step. Owns only what is printed while running, never results."""
+import shutil
 import sys
 
 
@@ -11,7 +12,8 @@ class Progress:
         if enabled and self.stream.isatty():
             try:
                 from tqdm import tqdm
-                self.bar = tqdm(total=total, file=self.stream, unit="run", dynamic_ncols=True, leave=True)
+                cols = shutil.get_terminal_size((100, 24)).columns or 100   # a pty may say 0 columns
+                self.bar = tqdm(total=total, file=self.stream, unit="run", leave=True, ncols=min(cols, 120))
             except ImportError:
                 pass
 
