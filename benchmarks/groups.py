@@ -69,38 +69,33 @@ def _stable(log, group, members, deadline):
     return False
 
 
-def _member(kw, topic, group, per_part, joined, go, deadline):
+def _member(kw, topic, group, n, done, deadline):
+    """A group member: checks each partition it receives is contiguous from seq 0; stops when its group
+    (shared counter `done`) has received n records. The parent checks no partition went to 2 members."""
     import shmlog
     log = shmlog.connect(**kw)
     c = log.consumer(group=group, topics=[topic], auto_offset_reset="earliest",
                      session_timeout_ms=10_000, heartbeat_interval_ms=HEARTBEAT_MS)
-    joined.set()
-    expected = {}
-    got, t_end = 0, None
-    start = None
-    while True:
+    expected, got, t_end = {}, 0, None
+    unpack = SEQ.unpack_from
+    while done.value < n:
         ms = c.poll_batch(max_messages=10_000, timeout=0.05)
-        if start is None and go.is_set():
-            start = {tp: None for tp in c.assignment()}          # assignment fixed at go
-            expected = {tp[1]: 0 for tp in start}
         for m in ms:
-            if start is None or m.partition not in expected:
-                raise AssertionError(f"record from partition {m.partition} outside the assignment at start "
-                                     "(the group rebalanced during the run)")
-            seq = SEQ.unpack_from(m.value)[0]
-            if seq != expected[m.partition]:
+            seq = unpack(m.value)[0]
+            if seq != expected.get(m.partition, 0):
                 raise AssertionError(f"order/completeness: partition {m.partition} expected seq "
-                                     f"{expected[m.partition]}, got {seq}")
-            expected[m.partition] += 1
-            got += 1
+                                     f"{expected.get(m.partition, 0)}, got {seq}")
+            expected[m.partition] = seq + 1
+        if ms:
+            got += len(ms)
             t_end = time.monotonic_ns()
-        if start is not None and all(v == per_part for v in expected.values()):
-            break
+            with done.get_lock():
+                done.value += len(ms)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"member got {got} records; per partition {expected}")
+            raise TimeoutError(f"group {group} got {done.value} of {n} records; this member {expected}")
     c.close()
     log.close()
-    return {"t_end": t_end or time.monotonic_ns(), "received": got, "partitions": sorted(expected)}
+    return {"t_end": t_end or time.monotonic_ns(), "received": got, "per_partition": expected}
 
 
 def _producer(kw, topic, per_part, size, go, deadline):
@@ -124,14 +119,15 @@ def _producer(kw, topic, per_part, size, go, deadline):
 def throughput(groups, members, n, size=100, timeout=120.0):
     """records/s produced while every one of `groups` groups (of `members`) consumed all n records."""
     per_part = n // PARTITIONS
+    n = per_part * PARTITIONS
     deadline = time.monotonic() + timeout
     ring = max(1 << 20, 1 << int(per_part * (size + 32) * 1.3).bit_length())
     with private_instance() as (kw, log):
         log.create_topic("g", partitions=PARTITIONS, ring_bytes=ring, persistence="none")
         reaper = _Reaper(log)
         go = CTX.Event()
-        joined = [CTX.Event() for _ in range(groups * members)]
-        jobs = [(_member, (kw, "g", f"grp{i // members}", per_part, joined[i], go, deadline))
+        done = [CTX.Value("q", 0) for _ in range(groups)]
+        jobs = [(_member, (kw, "g", f"grp{i // members}", n, done[i // members], deadline))
                 for i in range(groups * members)]
         jobs.append((_producer, (kw, "g", per_part, size, go, deadline)))
 
@@ -148,8 +144,13 @@ def throughput(groups, members, n, size=100, timeout=120.0):
     bad = [r for r in res if not r["ok"]]
     if bad:
         return {"ok": False, "error": bad[0]["error"]}
-    if sum(r["received"] for r in res[:-1]) != n * groups:
-        return {"ok": False, "error": f"received {sum(r['received'] for r in res[:-1])} of {n * groups}"}
+    for g in range(groups):                 # every partition wholly, and by exactly one member
+        got = [r["per_partition"] for r in res[g * members:(g + 1) * members]]
+        for part in range(PARTITIONS):
+            owners = [pp[part] for pp in got if part in pp]
+            if owners != [per_part]:
+                return {"ok": False, "error": f"order/completeness: group {g} partition {part} received "
+                                              f"{owners} by its members, expected [{per_part}]"}
     secs = (max(r["t_end"] for r in res[:-1]) - res[-1]["t0"]) / 1e9
     return {"ok": True, "value": n / secs, "deliveries_per_s": n * groups / secs, "records": n}
 
