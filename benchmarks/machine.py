@@ -6,7 +6,7 @@ import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 
-PACKAGES = ("shmlog", "numpy", "cffi", "msgspec", "psutil", "pyzmq", "faster-fifo", "redis", "iceoryx2",
+PACKAGES = ("shmlog", "numpy", "cffi", "msgspec", "psutil", "pyzmq", "faster-fifo", "redis", "hiredis", "iceoryx2",
             "matplotlib", "tqdm")
 
 

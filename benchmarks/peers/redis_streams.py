@@ -146,7 +146,9 @@ class RedisStreamsPeer(Peer):
         import redis
         out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
         server = next((w[2:] for w in out.split() if w.startswith("v=")), out.strip())
-        return {"redis-server": server, "redis-py": redis.__version__}
+        from .. import machine
+        return {"redis-server": server, "redis-py": redis.__version__,
+                "hiredis": machine.package_version("hiredis") or "not installed (pure-Python parser)"}
 
     def scale(self, row, mode):
         return {("T1-msg", "xadd"): 0.03, ("T1-msg", "pipelined"): 0.15, ("T1-batch", "pipeline"): 0.03,
