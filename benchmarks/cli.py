@@ -32,7 +32,16 @@ def cli_main(argv=None, prog="python -m benchmarks", quick_default=False):
         print(f"{prog}: --reps must be at least 3 (got {a.reps})", file=sys.stderr)
         return 2
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-    from .harness import run
+    from .harness import SECTIONS, run
+    from .peers import PEERS
+    from .peers.base import ROWS
+    known = set(ROWS) | {r.split("-")[0] for r in ROWS} | set(SECTIONS)
+    for what, names, valid in (("peer", split(a.peers), PEERS), ("workload", split(a.workloads), known)):
+        unknown = [x for x in names or () if x not in valid]
+        if unknown:
+            print(f"{prog}: unknown {what} {', '.join(unknown)} (choose from {', '.join(sorted(valid))})",
+                  file=sys.stderr)
+            return 2
     res = run(a.quick, split(a.peers), a.out, reps=a.reps, workloads=split(a.workloads),
               log=lambda m: print(m, file=sys.stderr), progress=a.progress)
     if a.print_md:
