@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DEFAULT_OUT = "shmlog-bench-results"     # in the current directory; the README run writes benchmarks/results
 
 
 def parser(prog="python -m benchmarks", quick_default=False):
@@ -18,7 +18,7 @@ def parser(prog="python -m benchmarks", quick_default=False):
     ap.add_argument("--peers", help="comma list: shmlog,mpqueue,zmq,fasterfifo,redis,iceoryx2 (default: all)")
     ap.add_argument("--workloads", help="comma list of rows (T1,T2,T3,T4, or T1-msg, T2-spin, ...) and sections "
                     "(rows,size,partitions,topics,groups,T5); default: all")
-    ap.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"results directory (default ./{DEFAULT_OUT})")
     ap.add_argument("--reps", type=int, help="repetitions per row (min 3, default 3)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     ap.add_argument("--print", dest="print_md", action="store_true", help="print the markdown report at the end")

@@ -136,7 +136,7 @@ def _label(label):
 
 
 def run(quick, only=None, out_dir=None, reps=None, workloads=None, log=print, progress=True):
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    out_dir = out_dir or "shmlog-bench-results"
     reps = max(3, reps or 3)
     rows, sections = _expand(workloads)
     names = only or list(peer_registry.PEERS)
