@@ -157,7 +157,7 @@ def throughput(groups, members, n, size=100, timeout=120.0):
 
 def throughput_plan(quick):
     """[(label, fn)] for one repetition: the members curve (1 group) and the 4-group fan-out."""
-    n = 40_000 if quick else 1_000_000
+    n = 20_000 if quick else 400_000
     out = [({"kind": "members", "groups": 1, "members": k}, (lambda k=k: throughput(1, k, n)))
            for k in ((1, 2, 4) if quick else (1, 2, 3, 4))]
     out.append(({"kind": "fanout", "groups": 4, "members": 1}, lambda: throughput(4, 1, n)))

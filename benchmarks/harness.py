@@ -20,8 +20,8 @@ from .progress import Progress
 SECTIONS = ("rows", "size", "partitions", "topics", "groups", "T5")
 
 CURVES = {   # scaling-curve points; quick keeps the ends of each range
-    True: {"sizes": (64, 8 << 10, 1 << 20), "size_bytes": 4 << 20, "size_peers": ("shmlog", "zmq", "iceoryx2"),
-           "partitions": (1, 16, 256), "rate": 50_000, "rate_seconds": 0.3, "topics": 200},
+    True: {"sizes": (64, 8 << 10, 1 << 20), "size_bytes": 2 << 20, "size_peers": ("shmlog", "zmq", "iceoryx2"),
+           "partitions": (1, 16, 256), "rate": 50_000, "rate_seconds": 0.2, "topics": 100},
     False: {"sizes": (64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20),
             "size_bytes": 96 << 20, "size_peers": None,
             "partitions": (1, 4, 16, 64, 256), "rate": 100_000, "rate_seconds": 2.0, "topics": 1000},

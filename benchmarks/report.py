@@ -230,7 +230,10 @@ def _groups(res):
     if rb:
         lines += ["", f"Rebalance after kill -9 of one of 2 members (session_timeout_ms=1000, "
                       f"heartbeat_interval_ms=100, {rb.get('kills')} kills): time from the SIGKILL until the "
-                      "survivor owns all 4 partitions (it polls with a 5 ms timeout)."]
+                      "survivor owns all 4 partitions (it polls with a 5 ms timeout). A killed member's "
+                      "process is found dead through its liveness token by the next reap (the reaper's "
+                      "100 ms tick or a member's heartbeat), so this does not wait for the session timeout, "
+                      "which only bounds a live member that stops polling."]
         if rb.get("ok"):
             lines.append(f"p50 **{rb['p50_ms']:.0f} ms**, p99 {rb['p99_ms']:.0f} ms, "
                          f"min {rb['min_ms']:.0f} ms, max {rb['max_ms']:.0f} ms.")
