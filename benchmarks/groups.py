@@ -116,13 +116,13 @@ def _producer(kw, topic, per_part, size, go, deadline):
     return {"t0": t0}
 
 
-def throughput(groups, members, n, size=100, timeout=120.0):
+def throughput(groups, members, n, size=100, timeout=120.0, instance=None):
     """records/s produced while every one of `groups` groups (of `members`) consumed all n records."""
     per_part = n // PARTITIONS
     n = per_part * PARTITIONS
     deadline = time.monotonic() + timeout
     ring = max(1 << 20, 1 << int(per_part * (size + 32) * 1.3).bit_length())
-    with private_instance() as (kw, log):
+    with private_instance(instance) as (kw, log):
         log.create_topic("g", partitions=PARTITIONS, ring_bytes=ring, persistence="none")
         reaper = _Reaper(log)
         go = CTX.Event()
@@ -190,13 +190,13 @@ def _victim(kw, topic, group):
         c.poll(timeout=0.05)
 
 
-def rebalance(quick, kills=None, timeout_each=15.0):
+def rebalance(quick, kills=None, timeout_each=15.0, instance=None):
     """SIGKILL one of 2 members `kills` times; ms from the kill until the survivor owns all partitions."""
     import queue as _queue
     kills = kills or (3 if quick else 50)
     deadline = time.monotonic() + kills * (timeout_each + 3) + 30
     times, failures = [], []
-    with private_instance() as (kw, log):
+    with private_instance(instance) as (kw, log):
         log.create_topic("r", partitions=PARTITIONS, ring_bytes=1 << 20, persistence="none")
         reaper = _Reaper(log)
         q, stop = CTX.Queue(), CTX.Event()

@@ -25,9 +25,17 @@ SMALL_RING = 64 << 10             # topics curve: the smallest ring shmlog accep
 
 
 @contextlib.contextmanager
-def private_instance():
-    """A private shmlog instance; yields its connect() kwargs and a Log; always destroyed."""
+def private_instance(given=None):
+    """A private shmlog instance; yields its connect() kwargs and a Log; always destroyed.
+    given: connect() kwargs of an instance someone else owns and cleans up (a test's), used as is."""
     import shmlog
+    if given is not None:
+        log = shmlog.connect(**given)
+        try:
+            yield given, log
+        finally:
+            log.close()
+        return
     tmp = tempfile.mkdtemp(prefix="shmlogbench-")
     tag = uuid.uuid4().hex[:8]
     kw = dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
@@ -106,13 +114,13 @@ def _latency_consumer(kw, topic, parts, n, ready, deadline):
             "cpu_us_per_record": cpu * 1e6 / n}
 
 
-def partitions(parts, rate, seconds, size=100, timeout=120.0):
+def partitions(parts, rate, seconds, size=100, timeout=120.0, instance=None):
     """Delivered rate, latency and consumer CPU for `parts` partitions at a fixed total `rate`."""
     from .runner import CTX
     n = int(rate * seconds)
     per = max(SMALL_RING, 1 << int(n // parts * (size + 64) * 1.5).bit_length())   # holds the whole run
     deadline = time.monotonic() + timeout
-    with private_instance() as (kw, log):
+    with private_instance(instance) as (kw, log):
         log.create_topic("p", partitions=parts, ring_bytes=per, persistence="none")
         ready = CTX.Event()
         c, p = run_children([(_latency_consumer, (kw, "p", parts, n, ready, deadline)),
@@ -133,11 +141,11 @@ def _shm_bytes(prefix):
     return total
 
 
-def topics(count):
+def topics(count, instance=None):
     """Create `count` idle 1-partition topics (64 KiB rings, persistence none), measure, delete."""
     import psutil
     me = psutil.Process()
-    with private_instance() as (kw, log):
+    with private_instance(instance) as (kw, log):
         shm0, rss0 = _shm_bytes(kw["shm_prefix"]), me.memory_info().rss
         t0 = time.perf_counter()
         for i in range(count):

@@ -117,3 +117,25 @@ def test_verification_fails_a_run_that_lost_or_reordered_a_record(peer, fault):
             assert "order/completeness" in r["error"], r["error"]
             break                                         # one mode per row keeps this test in seconds
 
+
+
+def test_scaling_points_verify_and_measure(inst):
+    from benchmarks import scaling
+    r = scaling.partitions(8, rate=20_000, seconds=0.1, instance=inst.kwargs)
+    assert r["ok"], r.get("error")
+    assert r["records"] == 2000 and r["rate"] > 0 and 0 < r["p50_us"] <= r["p99_us"]
+    t = scaling.topics(20, instance=inst.kwargs)
+    assert t["ok"], t.get("error")
+    assert t["shm_bytes_per_partition"] >= scaling.SMALL_RING     # an idle partition holds its whole ring
+
+
+def test_group_rows_deliver_every_record_once_and_time_a_rebalance(inst):
+    from benchmarks import groups
+    if not groups.available():
+        pytest.skip("this shmlog has no consumer-group API")
+    r = groups.throughput(1, 2, 2000, timeout=60, instance=inst.kwargs)
+    assert r["ok"], r.get("error")
+    assert r["records"] == 2000 and r["value"] > 0
+    rb = groups.rebalance(True, kills=2, instance=inst.kwargs)
+    assert rb["ok"], rb.get("error")
+    assert len(rb["samples_ms"]) == 2 and 0 < rb["p50_ms"] < 15_000
