@@ -180,9 +180,9 @@ def redis_t1(n, size=100, batch=1000):
 
 def plan(quick: bool = False):
     """[(row name, fn)]; fn() -> {"ok": True, "msgs_s"|"mb_s": ...} or {"ok": False, "error": ...}."""
-    n = 50_000 if quick else 3_000_000
-    n_redis = 5_000 if quick else 200_000
-    ingest = (16 << 20) if quick else (1 << 30)
+    n = 30_000 if quick else 3_000_000
+    n_redis = 3_000 if quick else 200_000
+    ingest = (8 << 20) if quick else (1 << 30)
     rows = {
         "T5 ephemeral (persistence=none)": lambda: shmlog_t1("none", "never", n),
         "T5 durable fsync=never": lambda: shmlog_t1("disk", "never", n),

@@ -11,8 +11,8 @@ HELLO_SEQ = (1 << 64) - 1      # handshake record sent before t0 so both ends ar
 BATCH = 1000                   # records per send_batch call
 
 SIZES = {   # records per run; quick: the whole suite finishes in < 1 minute on 2 cores
-    True: {"T1-msg": 10_000, "T1-batch": 100_000, "T2-spin": 500, "T2-block": 500, "T2-warmup": 50,
-           "T3": 48, "T4": 5_000},
+    True: {"T1-msg": 10_000, "T1-batch": 50_000, "T2-spin": 300, "T2-block": 300, "T2-warmup": 30,
+           "T3": 32, "T4": 3_000},
     False: {"T1-msg": 300_000, "T1-batch": 3_000_000, "T2-spin": 20_000, "T2-block": 20_000,
             "T2-warmup": 2_000, "T3": 384, "T4": 100_000},
 }

@@ -20,7 +20,7 @@ def _seqs_from_columns(cols):
     return vals[idx].view("<u8").ravel()     # reads the 8 bytes of every received record
 
 
-_FIT = "ring >= 64 MiB and sized to hold the whole run (MAP_POPULATE at attach, before t0)"
+_FIT = "ring sized to hold the whole run (power of two >= 1.25x its bytes, >= 1 MiB; MAP_POPULATE at attach, before t0)"
 
 
 class _Tx:
@@ -130,7 +130,7 @@ class ShmlogPeer(Peer):
             return _Ch(self, topic, mode)
         # ephemeral: the ring holds the whole run, so persistence="none" never drops a record
         per = record_size + (16 if row == "T1-batch" else 128)       # + frame/record overhead
-        ring = max(ring, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
+        ring = max(1 << 20, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
         self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="none")
         return _Ch(self, topic, mode)
 
