@@ -128,7 +128,7 @@ def _line(section, label, r):
         return f"{r['rate']:,.0f} msg/s p99 {r['p99_us']:.0f} us cpu {r['cpu_us_per_record']:.1f} us/rec"
     if section == "topics":
         return f"create {r['create_s']:.2f} s, {r['shm_bytes_per_partition'] / 1024:.0f} KiB shm/partition"
-    return ", ".join(f"{k}={v:.3g}" for k, v in r.items() if isinstance(v, float))[:80]
+    return ", ".join(f"{k}={v:.3g}" for k, v in r.items() if isinstance(v, float) and k != "wall")[:80]
 
 
 def _label(label):

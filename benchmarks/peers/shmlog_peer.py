@@ -40,9 +40,11 @@ class _Tx:
 
 
 class _Rx:
-    def __init__(self, ch, wait):
+    def __init__(self, ch, wait, group=None):
         self.log = ch.peer._connect()
         kw = {"wait": wait} if wait else {}
+        if group is not None:                        # a consumer group of one member (T4 "groups")
+            kw.update(group=group, enable_auto_commit=False)
         self.c = self.log.consumer(topics=[ch.topic], auto_offset_reset="earliest", **kw)
         self.columns = ch.mode == "columns"
 
@@ -68,7 +70,8 @@ class _Ch(Channel):
         return _Tx(self)
 
     def receiver(self, index=0):
-        return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode))
+        return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode),
+                   group=f"g{index}" if self.mode == "groups" else None)
 
     def close(self):
         self.peer.log.delete_topic(self.topic)
@@ -94,6 +97,13 @@ class ShmlogPeer(Peer):
             return {"shmlog": getattr(shmlog, "__version__", "unknown")}
 
     def modes(self, row):
+        from .. import groups
+        modes = self._modes(row)
+        if not groups.available():
+            modes.pop("groups", None)                 # this shmlog predates consumer groups
+        return modes
+
+    def _modes(self, row):
         return {
             "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}"},
             "T1-batch": {"poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
@@ -103,7 +113,9 @@ class ShmlogPeer(Peer):
             "T3": {"poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
                    "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
                                 "a lapped consumer reads the segment files"},
-            "T4": {"poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}"},
+            "T4": {"poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}",
+                   "groups": f"one topic, 4 consumer groups of one member each (like Redis' 4 groups), "
+                             f"poll() per record, no commits, {_FIT}"},
         }.get(row, {})
 
     def _connect(self):
