@@ -299,11 +299,14 @@ class Log:
         """SIGTERM to the persister; waits until it has fsynced and exited."""
         from . import persister
         d = self.settings.data_dir
+        deadline = time.monotonic() + timeout
         pid = persister.pid_of(d)
+        while not pid and persister.running(d) and time.monotonic() < deadline:
+            time.sleep(0.001)            # it holds the lock but has not written its pid yet
+            pid = persister.pid_of(d)
         if not pid or not persister.running(d):
             return False
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
         while persister.running(d):
             if time.monotonic() > deadline:
                 raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")
