@@ -50,6 +50,13 @@ def _one_line(e: BaseException) -> str:
 def main(argv=None) -> int:
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
+    trailing = getattr(args, "trailing", None)
+    if trailing and extra:
+        # argparse stops filling a list positional at the first option (`produce T -l F`): the
+        # words after it come back unparsed; they belong to that list
+        words = [e for e in extra if e == "-" or not e.startswith("-")]
+        getattr(args, trailing).extend(words)
+        extra = [e for e in extra if e != "-" and e.startswith("-")]
     if extra and not getattr(args, "passthrough", False):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra

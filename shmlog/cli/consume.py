@@ -252,4 +252,4 @@ def register(sub, parent):
     p.add_argument("-K", dest="key_delimiter", default=None, metavar="DELIM",
                    help="print key DELIM value (when there is no -f)")
     p.add_argument("-G", "--group", default=None, help="consume as a member of this consumer group")
-    p.set_defaults(func=cmd_consume)
+    p.set_defaults(func=cmd_consume, trailing="topics")

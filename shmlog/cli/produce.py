@@ -90,6 +90,7 @@ def _records(args):
 
 
 def cmd_produce(args):
+    args.topic, args.files = args.operands[0], args.operands[1:]
     headers = parse_headers(args.header) or None
     per_partition: dict[int, list[int]] = {}      # partition -> [first offset, last offset, count]
     count = 0
@@ -123,9 +124,9 @@ def register(sub, parent):
     p = sub.add_parser("produce", parents=[parent], help="write records from stdin or files (like kcat -P)",
                        description="Writes one record per input line (or per delimiter, or per file).",
                        epilog=EPILOG)
-    p.add_argument("topic")
-    p.add_argument("files", nargs="*", metavar="FILE",
-                   help="files to send; each is one record unless -l ('-' is stdin)")
+    # one positional list, completed by cli.main with the words after an option (trailing=)
+    p.add_argument("operands", nargs="+", metavar="TOPIC [FILE ...]",
+                   help="the topic, then files to send; each file is one record unless -l ('-' is stdin)")
     p.add_argument("-p", "--partition", type=int, default=None,
                    help="partition to write (default: by key with murmur2 like Kafka, sticky without a key)")
     p.add_argument("-K", dest="key_delimiter", metavar="DELIM", default=None,
@@ -140,4 +141,4 @@ def register(sub, parent):
     p.add_argument("--durable", action="store_true", help="wait until every record is fsynced")
     p.add_argument("--max-block-ms", type=int, default=60_000, help="how long a send may wait for ring space")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")
-    p.set_defaults(func=cmd_produce)
+    p.set_defaults(func=cmd_produce, trailing="operands")
