@@ -439,3 +439,69 @@ def test_group_commands_say_when_groups_are_missing(inst):
     fails(run(inst, "group", "list"), 10, "groups")
     inst.log.create_topic("g0", partitions=1, ring_bytes=1 << 16, persistence="none")
     fails(run(inst, "consume", "g0", "-G", "g"), 10, "groups")
+
+
+def _group_fixture(inst):
+    inst.log.create_topic("gt", partitions=2, ring_bytes=1 << 16, persistence="none")
+    p = inst.log.producer()
+    for i in range(10):
+        for part in (0, 1):
+            p.send("gt", b"%d" % i, partition=part, timestamp_ms=2_000_000 + i * 1000)
+
+
+@needs_groups
+def test_group_list_describe_and_reset_offsets(inst):
+    _group_fixture(inst)
+    c = inst.log.consumer(group="billing", topics=["gt"], auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + 20
+        while len(c.assignment()) < 2 and time.monotonic() < deadline:
+            c.poll(timeout=0.1)
+        assert sorted(c.assignment()) == [("gt", 0), ("gt", 1)]
+        c.commit(offsets={("gt", 0): 4, ("gt", 1): 10})
+        (g,) = js(run(inst, "group", "list", "--json"))
+        assert g["group"] == "billing" and g["members"] == 1 and g["lag"] == 6
+        d = js(run(inst, "group", "describe", "billing", "--json"))
+        lag = {(q["topic"], q["partition"]): (q["committed"], q["end_offset"], q["lag"]) for q in d["partitions"]}
+        assert lag == {("gt", 0): (4, 10, 6), ("gt", 1): (10, 10, 0)}
+        (m,) = d["members"]
+        assert m["pid"] == os.getpid() and sorted(map(tuple, m["assignment"])) == [("gt", 0), ("gt", 1)]
+        text = ok(run(inst, "group", "describe", "billing"))
+        assert "LOG-END-OFFSET" in text and "MEMBER-ID" in text
+        # the plan is printed while members live; executing it is refused
+        plan = js(run(inst, "group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--json"))
+        assert not plan["executed"] and [(r["partition"], r["current_offset"], r["new_offset"])
+                                         for r in plan["plan"]] == [(0, 4, 0), (1, 10, 0)]
+        fails(run(inst, "group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--execute"), 5)
+        assert inst.log.committed_offsets("billing") == {("gt", 0): 4, ("gt", 1): 10}
+    finally:
+        c.close()
+
+    def reset(*args):
+        r = js(run(inst, "group", "reset-offsets", "billing", *args, "--execute", "--json"))
+        assert r["executed"]
+        return inst.log.committed_offsets("billing")
+
+    assert reset("--all-topics", "--to-earliest") == {("gt", 0): 0, ("gt", 1): 0}
+    assert reset("--topic", "gt:1", "--to-offset", "7") == {("gt", 0): 0, ("gt", 1): 7}
+    assert reset("--topic", "gt:1", "--shift-by", "-2") == {("gt", 0): 0, ("gt", 1): 5}
+    assert reset("--topic", "gt", "--to-datetime", "2003500") == {("gt", 0): 4, ("gt", 1): 4}
+    assert reset("--topic", "gt:0", "--to-offset", "999") == {("gt", 0): 10, ("gt", 1): 4}
+    assert reset("--all-topics", "--to-latest") == {("gt", 0): 10, ("gt", 1): 10}
+    fails(run(inst, "group", "describe", "nosuchgroup"), 3, "nosuchgroup")
+    fails(run(inst, "group", "reset-offsets", "billing", "--topic", "gt:5", "--to-earliest"), 3, "partitions 0..1")
+
+
+@needs_groups
+def test_consume_as_a_group_member_commits_and_resumes(inst):
+    _group_fixture(inst)
+    out = ok(run(inst, "consume", "gt", "-G", "g2", "-o", "beginning", "-e", "-f", r"%p:%o\n"))
+    assert sorted(out.split()) == sorted(f"{q}:{i}" for q in (0, 1) for i in range(10))
+    assert inst.log.committed_offsets("g2") == {("gt", 0): 10, ("gt", 1): 10}
+    inst.log.producer().send("gt", b"new", partition=0)
+    assert ok(run(inst, "consume", "gt", "-G", "g2", "-e")) == "new\n"     # resumes at the committed offset
+    fails(run(inst, "consume", "gt", "-G", "g2", "-o", "-3"), 2, "-G")
+    fails(run(inst, "consume", "gt", "-G", "g2", "-p", "0"), 2, "-G")
+    snap = js(run(inst, "status", "--json", "--interval", "0.1"))
+    (g,) = snap["groups"]
+    assert g["group"] == "g2" and g["lag"] == 0 and g["members"] == []
