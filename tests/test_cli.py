@@ -368,6 +368,14 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst):
         assert sorted(rep["cleaned"]) == sorted(rep["stale"])
         assert not os.path.exists(dead) and not os.path.exists(orphan)
         assert os.path.exists(alive)                                # a live process's token stays
+        # another instance's dead token: counted, removed only with --all-instances
+        other = os.path.join(SHM, f"{inst.prefix}other-{inst.kwargs['instance']}.live.999999997-1")
+        open(other, "wb").close()
+        rep = js(run(inst, "doctor", "--clean", "--json"))
+        assert os.path.exists(other) and os.path.basename(other) not in rep["stale"]
+        assert any(c["check"] == "other instances" for c in rep["checks"])
+        rep = js(run(inst, "doctor", "--clean", "--all-instances", "--json"))
+        assert os.path.basename(other) in rep["cleaned"] and not os.path.exists(other)
         assert inst.log.describe_topic("doc").partitions[0].end_offset == 0    # the live ring stays
     finally:
         done.set()

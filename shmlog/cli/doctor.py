@@ -22,6 +22,7 @@ EPILOG = """examples:
   shmlog doctor                  # report; exit 1 when a problem is found
   shmlog doctor --json
   shmlog doctor --clean          # also remove dead processes' tokens and orphaned rings
+  shmlog doctor --clean --all-instances   # and dead processes' tokens of every instance on the host
 """
 
 SHM_DIR = liveness.SHM_DIR
@@ -56,6 +57,14 @@ def instance_tokens(settings: config.Settings) -> tuple[list[str], list[str]]:
         if n.startswith(base):
             (dead if token_is_dead(os.path.join(SHM_DIR, n)) else live).append(n)
     return live, dead
+
+
+def other_dead_tokens(settings: config.Settings) -> list[str]:
+    """Tokens of dead processes of any other shmlog instance on this host (dead
+    by the same proof: their flock is free), left by kill -9 or os._exit."""
+    mine = os.path.basename(liveness.token_prefix(settings.shm_prefix, settings.instance))
+    return [n for n in sorted(os.listdir(SHM_DIR))
+            if _TOKEN_RE.search(n) and not n.startswith(mine) and token_is_dead(os.path.join(SHM_DIR, n))]
 
 
 class Report:
@@ -219,6 +228,13 @@ def cmd_doctor(args):
             (f", {len(dead)} dead one(s) left tokens" if dead else ""))
     check_segments(rep, settings, live)
     rep.stale += dead
+    others = other_dead_tokens(settings)
+    if others:
+        rep.add("other instances", "warn" if not args.all_instances else "ok",
+                f"{len(others)} token(s) of dead processes of other instances" +
+                ("" if args.all_instances else "; remove them with --clean --all-instances"))
+        if args.all_instances:
+            rep.stale += others
     from .. import persister
     running = persister.running(settings.data_dir)
     rep.add("persister", "ok", f"running (pid {persister.pid_of(settings.data_dir)})" if running
@@ -256,4 +272,6 @@ def register(sub, parent):
                        epilog=EPILOG)
     d.add_argument("--clean", action="store_true",
                    help="remove tokens of dead processes and rings no topic uses")
+    d.add_argument("--all-instances", action="store_true",
+                   help="also list (and with --clean remove) dead processes' tokens of every other instance")
     d.set_defaults(func=cmd_doctor)
