@@ -90,3 +90,19 @@ class Closed(ShmlogError):
 
 class NotSupported(ShmlogError):
     """The feature exists in the API but not in this build yet; the message says what to use."""
+
+
+class CommitFailed(ShmlogError):
+    """The commit was fenced: this member no longer owns the partition (it was
+    removed from its group, or the group moved the partition). Poll to rejoin."""
+
+
+class UnknownGroup(ShmlogError, KeyError):
+    """No consumer group has that id."""
+
+    def __str__(self):
+        return Exception.__str__(self)
+
+
+class GroupNotEmpty(ShmlogError):
+    """The operation needs a group without live members (reset offsets, delete)."""
