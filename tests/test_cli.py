@@ -3,6 +3,7 @@ output parsed, and its failure paths (one line on stderr, the documented exit
 code). Most run `python -m shmlog` as a real subprocess with the test
 instance's environment; the cheap ones call cli.main(argv) in-process."""
 import fcntl
+import io
 import json
 import os
 import subprocess
@@ -67,6 +68,17 @@ def inproc(inst, capsys, *args):
     return rc, out, err
 
 
+@pytest.fixture
+def sh(inst, capsysbinary, monkeypatch):
+    """Like run(), but cli.main in this process (no interpreter start-up): for the many
+    short calls, failure paths above all. Returns a CompletedProcess with bytes."""
+    def call(*args, input=b""):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input)))
+        rc, out, err = inproc(inst, capsysbinary, *args)
+        return subprocess.CompletedProcess(args, rc, out, err)
+    return call
+
+
 # ------------------------------------------------------------ parser, help, instance selection
 
 HELP_PATHS = [[], ["topic"], ["topic", "create"], ["topic", "list"], ["topic", "describe"], ["topic", "alter"],
@@ -123,39 +135,39 @@ def test_exit_codes_follow_the_error_tree():
 
 # ------------------------------------------------------------ topics
 
-def test_topic_create_describe_delete_and_failures(inst):
+def test_topic_create_describe_delete_and_failures(inst, sh):
     d = js(run(inst, "topic", "create", "orders", "-p", "3", "--ring-bytes", "65536", "--persistence", "none",
                "--retention-ms", "-1", "--json"))
     assert d["name"] == "orders" and d["config"]["partitions"] == 3 and d["config"]["retention_ms"] is None
     assert inst.log.describe_topic("orders").config.ring_bytes == 65536
     inst.log.producer().send("orders", b"v", partition=1)
-    d = js(run(inst, "topic", "describe", "orders", "--json"))
+    d = js(sh("topic", "describe", "orders", "--json"))
     assert [p["end_offset"] for p in d["partitions"]] == [0, 1, 0]
     assert all(p["persisted_lag_bytes"] == 0 for p in d["partitions"])
-    text = ok(run(inst, "topic", "describe", "orders"))
+    text = ok(sh("topic", "describe", "orders"))
     assert "RING FILL" in text and "orders" in text
-    fails(run(inst, "topic", "create", "orders", "--persistence", "none"), 4, "already exists")
-    fails(run(inst, "topic", "create", "bad/name"), 2, "invalid topic name")
-    fails(run(inst, "topic", "create", "t2", "--ring-bytes", "100000"), 2, "power of two")
-    fails(run(inst, "topic", "create", "t3", "--fsync", "sometimes"), 2, "fsync")
-    assert js(run(inst, "topic", "delete", "orders", "--json")) == {"deleted": "orders"}
+    fails(sh("topic", "create", "orders", "--persistence", "none"), 4, "already exists")
+    fails(sh("topic", "create", "bad/name"), 2, "invalid topic name")
+    fails(sh("topic", "create", "t2", "--ring-bytes", "100000"), 2, "power of two")
+    fails(sh("topic", "create", "t3", "--fsync", "sometimes"), 2, "fsync")
+    assert js(sh("topic", "delete", "orders", "--json")) == {"deleted": "orders"}
     assert "orders" not in inst.log.list_topics()
-    fails(run(inst, "topic", "describe", "orders"), 3, "does not exist")
-    fails(run(inst, "topic", "delete", "orders"), 3, "does not exist")
-    assert ok(run(inst, "topic", "list")).strip() == "(no topics)"
+    fails(sh("topic", "describe", "orders"), 3, "does not exist")
+    fails(sh("topic", "delete", "orders"), 3, "does not exist")
+    assert ok(sh("topic", "list")).strip() == "(no topics)"
 
 
-def test_topic_alter(inst):
+def test_topic_alter(inst, sh):
     inst.log.create_topic("alt", partitions=1, ring_bytes=1 << 16, persistence="none")
     fails(run(inst, "topic", "alter", "alt"), 2, "nothing to alter")
     if not hasattr(shmlog.Log, "alter_topic"):
         # until Log.alter_topic lands (issue 5, supervisor work) the command says so
-        fails(run(inst, "topic", "alter", "alt", "--retention-ms", "1000"), 10, "alter")
+        fails(sh("topic", "alter", "alt", "--retention-ms", "1000"), 10, "alter")
         return
-    d = js(run(inst, "topic", "alter", "alt", "--retention-ms", "1000", "--json"))
+    d = js(sh("topic", "alter", "alt", "--retention-ms", "1000", "--json"))
     assert d["config"]["retention_ms"] == 1000
     assert inst.log.describe_topic("alt").config.retention_ms == 1000
-    fails(run(inst, "topic", "alter", "nope", "--retention-ms", "1000"), 3, "nope")
+    fails(sh("topic", "alter", "nope", "--retention-ms", "1000"), 3, "nope")
 
 
 # ------------------------------------------------------------ produce and consume
@@ -209,19 +221,19 @@ def test_produce_files_whole_and_line_mode_and_delimiters(inst, tmp_path):
     assert "value" not in got[0] and __import__("base64").b64decode(got[0]["value_b64"]) == blob
 
 
-def test_produce_failures(inst, tmp_path):
+def test_produce_failures(inst, tmp_path, sh):
     inst.log.create_topic("pf", partitions=2, ring_bytes=1 << 16, persistence="none")
     fails(run(inst, "produce", "nope", input=b"x\n"), 3, "nope")
-    fails(run(inst, "produce", "pf", "-p", "5", input=b"x\n"), 3, "partitions 0..1")
-    fails(run(inst, "produce", "pf", "-H", "novalue", input=b"x\n"), 2, "KEY=VALUE")
-    fails(run(inst, "produce", "pf", str(tmp_path / "missing.txt")), 2, "missing.txt")
-    fails(run(inst, "produce", "pf", "-D", "", input=b"x\n"), 2, "delimiter")
+    fails(sh("produce", "pf", "-p", "5", input=b"x\n"), 3, "partitions 0..1")
+    fails(sh("produce", "pf", "-H", "novalue", input=b"x\n"), 2, "KEY=VALUE")
+    fails(sh("produce", "pf", str(tmp_path / "missing.txt")), 2, "missing.txt")
+    fails(sh("produce", "pf", "-D", "", input=b"x\n"), 2, "delimiter")
     big = b"x" * (1 << 15)                        # > max_message_bytes (ring / 4)
-    fails(run(inst, "produce", "pf", input=big + b"\n"), 2, "max_message_bytes")
+    fails(sh("produce", "pf", input=big + b"\n"), 2, "max_message_bytes")
     assert [p.end_offset for p in inst.log.describe_topic("pf").partitions] == [0, 0]
 
 
-def test_consume_start_offsets_count_and_time(inst):
+def test_consume_start_offsets_count_and_time(inst, sh):
     inst.log.create_topic("offs", partitions=2, ring_bytes=1 << 16, persistence="none")
     p = inst.log.producer()
     for i in range(10):
@@ -229,10 +241,12 @@ def test_consume_start_offsets_count_and_time(inst):
             p.send("offs", b"%d-%d" % (part, i), partition=part, timestamp_ms=1_000_000 + i * 1000)
 
     def offsets(*args):
-        out = ok(run(inst, "consume", "offs", "-e", "-f", r"%p:%o\n", *args))
+        out = ok(sh("consume", "offs", "-e", "-f", r"%p:%o\n", *args))
         return sorted(tuple(map(int, x.split(":"))) for x in out.split())
 
     assert offsets("-o", "beginning") == [(q, i) for q in (0, 1) for i in range(10)]
+    out = ok(run(inst, "consume", "offs", "-o", "beginning", "-e", "-f", r"%p:%o\n"))   # the same, as a process
+    assert sorted(tuple(map(int, x.split(":"))) for x in out.split()) == [(q, i) for q in (0, 1) for i in range(10)]
     assert offsets("-o", "end") == []
     assert offsets("-o", "7") == [(q, i) for q in (0, 1) for i in (7, 8, 9)]
     assert offsets("-o", "-2", "-p", "1") == [(1, 8), (1, 9)]
@@ -240,12 +254,12 @@ def test_consume_start_offsets_count_and_time(inst):
     assert offsets("-o", "@1005500") == [(q, i) for q in (0, 1) for i in range(6, 10)]
     assert offsets("-o", "@9999999") == []
     assert len(offsets("-o", "beginning", "-c", "3")) == 3
-    fails(run(inst, "consume", "offs", "-o", "sideways"), 2, "-o")
-    fails(run(inst, "consume", "offs", "-f", "%x"), 2, "%x")
-    fails(run(inst, "consume", "offs", "-o", "stored"), 2, "group")
-    fails(run(inst, "consume", "nope", "-e"), 3, "nope")
-    fails(run(inst, "consume", "offs", "-p", "9", "-e"), 3, "partitions 0..1")
-    fails(run(inst, "consume", "offs", "-o", "@yesterday"), 2, "ISO-8601")
+    fails(sh("consume", "offs", "-o", "sideways"), 2, "-o")
+    fails(sh("consume", "offs", "-f", "%x"), 2, "%x")
+    fails(sh("consume", "offs", "-o", "stored"), 2, "group")
+    fails(sh("consume", "nope", "-e"), 3, "nope")
+    fails(sh("consume", "offs", "-p", "9", "-e"), 3, "partitions 0..1")
+    fails(sh("consume", "offs", "-o", "@yesterday"), 2, "ISO-8601")
 
 
 def test_consume_tails_records_produced_after_it_started(inst):
@@ -286,17 +300,17 @@ def test_consume_into_a_closed_pipe_exits_quietly(inst):
     assert b"Traceback" not in r.stderr and b"Error" not in r.stderr, r.stderr
 
 
-def test_produce_durable_to_a_disk_topic_then_check(inst):
+def test_produce_durable_to_a_disk_topic_then_check(inst, sh):
     ok(run(inst, "topic", "create", "dur", "--ring-bytes", "65536", "--fsync", "never"))
     s = js(run(inst, "produce", "dur", "--durable", "--json", input=b"".join(b"%d\n" % i for i in range(50))))
     assert s["count"] == 50 and s["durable"]
     d = inst.log.describe_topic("dur")
     assert d.partitions[0].fsynced_lag_bytes == 0 and d.partitions[0].end_offset == 50
-    rep = js(run(inst, "check", "--json"))                         # the data dir from the environment
+    rep = js(sh("check", "--json"))                         # the data dir from the environment
     assert rep["ok"] and [(e["topic"], e["partition"]) for e in rep["partitions"]] == [("dur", "0")]
-    rep = js(run(inst, "check", inst.kwargs["data_dir"], "--json"))
+    rep = js(sh("check", inst.kwargs["data_dir"], "--json"))
     assert rep["ok"]
-    fails(run(inst, "check", str(inst.tmp_path)), 2, "not a shmlog data dir")
+    fails(sh("check", str(inst.tmp_path)), 2, "not a shmlog data dir")
 
 
 # ------------------------------------------------------------ status
@@ -339,7 +353,7 @@ def _hold_token(path, ready, done):
     done.wait(20)
 
 
-def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst):
+def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst, sh):
     inst.log.create_topic("doc", partitions=1, ring_bytes=1 << 16, persistence="none")
     rep = js(run(inst, "doctor", "--json"))
     assert rep["ok"] and rep["stale"] == []
@@ -361,20 +375,20 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst):
     inst.children.append(holder)
     assert ready.wait(10)
     try:
-        rep = js(run(inst, "doctor", "--json"))
+        rep = js(sh("doctor", "--json"))
         assert sorted(rep["stale"]) == sorted([os.path.basename(dead), os.path.basename(orphan)])
         assert rep["cleaned"] == [] and os.path.exists(dead) and os.path.exists(orphan)
-        rep = js(run(inst, "doctor", "--clean", "--json"))
+        rep = js(sh("doctor", "--clean", "--json"))
         assert sorted(rep["cleaned"]) == sorted(rep["stale"])
         assert not os.path.exists(dead) and not os.path.exists(orphan)
         assert os.path.exists(alive)                                # a live process's token stays
         # another instance's dead token: counted, removed only with --all-instances
         other = os.path.join(SHM, f"{inst.prefix}other-{inst.kwargs['instance']}.live.999999997-1")
         open(other, "wb").close()
-        rep = js(run(inst, "doctor", "--clean", "--json"))
+        rep = js(sh("doctor", "--clean", "--json"))
         assert os.path.exists(other) and os.path.basename(other) not in rep["stale"]
         assert any(c["check"] == "other instances" for c in rep["checks"])
-        rep = js(run(inst, "doctor", "--clean", "--all-instances", "--json"))
+        rep = js(sh("doctor", "--clean", "--all-instances", "--json"))
         assert os.path.basename(other) in rep["cleaned"] and not os.path.exists(other)
         assert inst.log.describe_topic("doc").partitions[0].end_offset == 0    # the live ring stays
     finally:
@@ -383,7 +397,7 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst):
         os.unlink(alive)
 
 
-def test_doctor_reports_world_writable_files_with_exit_1(inst):
+def test_doctor_reports_world_writable_files_with_exit_1(inst, sh):
     inst.log.create_topic("ww", partitions=1, ring_bytes=1 << 16, persistence="none")
     ring = os.path.join(SHM, inst.log.settings.ring_name(inst.log.describe_topic("ww").generation, 0).lstrip("/"))
     os.chmod(ring, 0o666)
@@ -393,7 +407,7 @@ def test_doctor_reports_world_writable_files_with_exit_1(inst):
     assert not rep["ok"]
     (bad,) = [c for c in rep["checks"] if c["status"] == "problem"]
     assert bad["check"] == "segment permissions" and "world-writable" in bad["detail"]
-    text = run(inst, "doctor")
+    text = sh("doctor")
     assert text.returncode == 1 and b"PROBLEM" in text.stdout
 
 
@@ -437,18 +451,6 @@ def test_delegated_commands_call_their_module_or_say_it_is_missing(inst, capsys,
 
 # ------------------------------------------------------------ groups (issue 4's API)
 
-needs_groups = pytest.mark.skipif(not hasattr(shmlog.Log, "list_groups"),
-                                  reason="consumer groups (issue 4) are not merged into this branch yet")
-
-
-def test_group_commands_say_when_groups_are_missing(inst):
-    if hasattr(shmlog.Log, "list_groups"):
-        pytest.skip("this build has consumer groups; the group tests below cover the commands")
-    fails(run(inst, "group", "list"), 10, "groups")
-    inst.log.create_topic("g0", partitions=1, ring_bytes=1 << 16, persistence="none")
-    fails(run(inst, "consume", "g0", "-G", "g"), 10, "groups")
-
-
 def _group_fixture(inst):
     inst.log.create_topic("gt", partitions=2, ring_bytes=1 << 16, persistence="none")
     p = inst.log.producer()
@@ -457,8 +459,7 @@ def _group_fixture(inst):
             p.send("gt", b"%d" % i, partition=part, timestamp_ms=2_000_000 + i * 1000)
 
 
-@needs_groups
-def test_group_list_describe_and_reset_offsets(inst):
+def test_group_list_describe_and_reset_offsets(inst, sh):
     _group_fixture(inst)
     c = inst.log.consumer(group="billing", topics=["gt"], auto_offset_reset="earliest", enable_auto_commit=False)
     try:
@@ -469,24 +470,24 @@ def test_group_list_describe_and_reset_offsets(inst):
         c.commit(offsets={("gt", 0): 4, ("gt", 1): 10})
         (g,) = js(run(inst, "group", "list", "--json"))
         assert g["group"] == "billing" and g["members"] == 1 and g["lag"] == 6
-        d = js(run(inst, "group", "describe", "billing", "--json"))
+        d = js(sh("group", "describe", "billing", "--json"))
         lag = {(q["topic"], q["partition"]): (q["committed"], q["end_offset"], q["lag"]) for q in d["partitions"]}
         assert lag == {("gt", 0): (4, 10, 6), ("gt", 1): (10, 10, 0)}
         (m,) = d["members"]
         assert m["pid"] == os.getpid() and sorted(map(tuple, m["assignment"])) == [("gt", 0), ("gt", 1)]
-        text = ok(run(inst, "group", "describe", "billing"))
+        text = ok(sh("group", "describe", "billing"))
         assert "LOG-END-OFFSET" in text and "MEMBER-ID" in text
         # the plan is printed while members live; executing it is refused
-        plan = js(run(inst, "group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--json"))
+        plan = js(sh("group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--json"))
         assert not plan["executed"] and [(r["partition"], r["current_offset"], r["new_offset"])
                                          for r in plan["plan"]] == [(0, 4, 0), (1, 10, 0)]
-        fails(run(inst, "group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--execute"), 5)
+        fails(sh("group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--execute"), 5)
         assert inst.log.committed_offsets("billing") == {("gt", 0): 4, ("gt", 1): 10}
     finally:
         c.close()
 
     def reset(*args):
-        r = js(run(inst, "group", "reset-offsets", "billing", *args, "--execute", "--json"))
+        r = js(sh("group", "reset-offsets", "billing", *args, "--execute", "--json"))
         assert r["executed"]
         return inst.log.committed_offsets("billing")
 
@@ -496,11 +497,10 @@ def test_group_list_describe_and_reset_offsets(inst):
     assert reset("--topic", "gt", "--to-datetime", "2003500") == {("gt", 0): 4, ("gt", 1): 4}
     assert reset("--topic", "gt:0", "--to-offset", "999") == {("gt", 0): 10, ("gt", 1): 4}
     assert reset("--all-topics", "--to-latest") == {("gt", 0): 10, ("gt", 1): 10}
-    fails(run(inst, "group", "describe", "nosuchgroup"), 3, "nosuchgroup")
-    fails(run(inst, "group", "reset-offsets", "billing", "--topic", "gt:5", "--to-earliest"), 3, "partitions 0..1")
+    fails(sh("group", "describe", "nosuchgroup"), 3, "nosuchgroup")
+    fails(sh("group", "reset-offsets", "billing", "--topic", "gt:5", "--to-earliest"), 3, "partitions 0..1")
 
 
-@needs_groups
 def test_consume_as_a_group_member_commits_and_resumes(inst):
     _group_fixture(inst)
     out = ok(run(inst, "consume", "gt", "-G", "g2", "-o", "beginning", "-e", "-f", r"%p:%o\n"))

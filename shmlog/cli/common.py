@@ -208,11 +208,3 @@ def human_bytes(n) -> str:
         n /= 1024
     return str(n)
 
-
-def groups_supported(log) -> bool:
-    return hasattr(log, "list_groups") and hasattr(log, "describe_group")
-
-
-def need_groups(log):
-    if not groups_supported(log):
-        raise errors.NotSupported("consumer groups are not in this build of shmlog")

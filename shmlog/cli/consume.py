@@ -189,7 +189,6 @@ class _Output:
 
 def _make_consumer(log, args, kind, n):
     if args.group:
-        common.need_groups(log)
         if kind not in ("beginning", "end", "stored"):
             raise common.CommandError("with -G the start is the group's committed offset; "
                                       "-o may only say where to start without one: beginning or end")

@@ -11,7 +11,6 @@ for them, or fail without them).
 import importlib
 
 from .. import errors
-from . import common
 
 BENCH_EPILOG = """examples:
   shmlog bench                          # the quick suite (under a minute), with a progress bar

@@ -29,14 +29,12 @@ def sample(log, settings) -> dict:
             topics[name] = log.describe_topic(name)
         except errors.UnknownTopicOrPartition:
             continue
-    groups = None
-    if common.groups_supported(log):
-        groups = {}
-        for g in log.list_groups():
-            try:
-                groups[g] = log.describe_group(g)
-            except errors.ShmlogError:
-                continue
+    groups = {}
+    for g in log.list_groups():
+        try:
+            groups[g] = log.describe_group(g)
+        except errors.UnknownGroup:
+            continue                                   # deleted meanwhile
     from .. import persister
     live, dead = instance_tokens(settings)
     return {"t": time.monotonic(), "topics": topics, "groups": groups,
@@ -66,17 +64,15 @@ def snapshot(settings, before: dict, after: dict) -> dict:
                           "sealed_writes": p.sealed_writes, "overwritten_frames": p.overwritten_frames})
         topics.append({"name": name, "persistence": d.config.persistence, "fsync": d.config.fsync,
                        "partitions": parts})
-    groups = None
-    if after["groups"] is not None:
-        groups = []
-        for g, d in after["groups"].items():
-            prev = (before["groups"] or {}).get(g)
-            rate = (_committed_sum(d) - _committed_sum(prev)) / dt if prev is not None else None
-            groups.append({"group": g, "state": d.state, "generation": d.generation,
-                           "rebalances": d.rebalances, "lag": sum(p.lag or 0 for p in d.partitions),
-                           "commit_rate": rate,
-                           "members": [{"member_id": m.member_id, "pid": m.pid, "client_id": m.client_id,
-                                        "partitions": len(m.assignment)} for m in d.members]})
+    groups = []
+    for g, d in after["groups"].items():
+        prev = before["groups"].get(g)
+        rate = (_committed_sum(d) - _committed_sum(prev)) / dt if prev is not None else None
+        groups.append({"group": g, "state": d.state, "generation": d.generation,
+                       "rebalances": d.rebalances, "lag": sum(p.lag or 0 for p in d.partitions),
+                       "commit_rate": rate,
+                       "members": [{"member_id": m.member_id, "pid": m.pid, "client_id": m.client_id,
+                                    "partitions": len(m.assignment)} for m in d.members]})
     return {"instance": settings.instance, "data_dir": settings.data_dir, "time_ms": int(time.time() * 1000),
             "interval_s": round(dt, 3),
             "persister": {"running": after["persister_pid"] is not None, "pid": after["persister_pid"]},
@@ -104,12 +100,11 @@ def sections(snap) -> list[tuple[str, list[str], list[list]]]:
                          q["sealed_writes"]])
     out = [(head, ["TOPIC", "PART", "END OFFSET", "PRODUCE", "RING FILL", "UNPERSISTED", "UNSYNCED", "SEALED"],
             rows)]
-    if snap["groups"] is not None:
-        grows = [[g["group"], g["state"], len(g["members"]), g["lag"], _rate(g["commit_rate"]), g["rebalances"],
-                  " ".join(f"{m['client_id'] or m['member_id']}(pid {m['pid']}, {m['partitions']}p)"
-                           for m in g["members"]) or "-"]
-                 for g in snap["groups"]]
-        out.append(("groups", ["GROUP", "STATE", "MEMBERS", "LAG", "COMMITS", "REBALANCES", "MEMBER LIST"], grows))
+    grows = [[g["group"], g["state"], len(g["members"]), g["lag"], _rate(g["commit_rate"]), g["rebalances"],
+              " ".join(f"{m['client_id'] or m['member_id']}(pid {m['pid']}, {m['partitions']}p)"
+                       for m in g["members"]) or "-"]
+             for g in snap["groups"]]
+    out.append(("groups", ["GROUP", "STATE", "MEMBERS", "LAG", "COMMITS", "REBALANCES", "MEMBER LIST"], grows))
     return out
 
 
