@@ -313,6 +313,30 @@ def test_produce_durable_to_a_disk_topic_then_check(inst, sh):
     fails(sh("check", str(inst.tmp_path)), 2, "not a shmlog data dir")
 
 
+def test_check_draws_a_progress_bar_on_a_terminal_only(inst):
+    inst.log.create_topic("bar", partitions=3, ring_bytes=1 << 16)
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "shmlog", "check"], stdout=subprocess.PIPE, stderr=slave,
+                           env=_env(inst, TERM="xterm"), timeout=30)
+        os.close(slave)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:                      # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(master)
+    assert r.returncode == 0 and r.stdout.decode().count(": ok") == 3
+    assert b"checking" in drawn and b"/3" in drawn
+    piped = run(inst, "check")
+    assert piped.returncode == 0 and piped.stderr == b""          # no bar into a pipe or a log
+
+
 # ------------------------------------------------------------ status
 
 def test_status_once_json_reports_rates_fill_and_lag(inst):
