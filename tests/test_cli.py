@@ -537,3 +537,23 @@ def test_consume_as_a_group_member_commits_and_resumes(inst):
     snap = js(run(inst, "status", "--json", "--interval", "0.1"))
     (g,) = snap["groups"]
     assert g["group"] == "g2" and g["lag"] == 0 and g["members"] == []
+
+
+def test_ctrl_c_ends_a_group_consume_and_commits_what_it_printed(inst):
+    _group_fixture(inst)
+    proc = subprocess.Popen([sys.executable, "-m", "shmlog", "consume", "gt", "-G", "tail", "-o", "beginning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(inst))
+    try:
+        seen = b""
+        deadline = time.monotonic() + 20
+        while seen.count(b"\n") < 20 and time.monotonic() < deadline:
+            seen += os.read(proc.stdout.fileno(), 4096)
+        assert seen.count(b"\n") == 20
+        proc.send_signal(2)                                      # SIGINT, as Ctrl-C
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and out == b"" and err == b"", err
+        assert inst.log.committed_offsets("tail") == {("gt", 0): 10, ("gt", 1): 10}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

@@ -218,6 +218,7 @@ def cmd_consume(args):
     kind, n = parse_offset(args.offset)
     out = _Output(args)
     got = 0
+    printed = {}                     # (topic, partition) -> offset after the last record printed
     with common.open_log(args) as log:
         c = _make_consumer(log, args, kind, n)
         try:
@@ -227,13 +228,18 @@ def cmd_consume(args):
                 if msgs:
                     out.write(msgs)
                     got += len(msgs)
+                    for m in msgs:
+                        printed[(m.topic, m.partition)] = m.offset + 1
                 elif args.exit_at_end and _all_at_end(c):
                     break
-            if args.group and got:
-                c.commit()
+        except KeyboardInterrupt:
+            pass                     # Ctrl-C ends a tailing consume: commit what was printed, exit 0
         finally:
-            sys.stdout.buffer.flush()
-            c.close()
+            try:
+                if args.group and printed:
+                    c.commit(offsets=printed)
+            finally:
+                c.close()
 
 
 def register(sub, parent):
