@@ -171,24 +171,31 @@ def assign_roundrobin(members, subs, partitions, current):
 
 def assign_sticky(members, subs, partitions, current):
     """Cooperative-sticky: keeps every partition where it is unless balance
-    needs it elsewhere; moves only what must move. Balance: no member holds
-    more than ceil(eligible partitions / eligible members) of a topic set it
-    shares, and unowned partitions go to the least-loaded subscriber."""
+    needs it elsewhere; moves only what must move. Balance among members of
+    one subscription: each holds floor(partitions / members), and only
+    `remainder` of them one more; unowned partitions go to the least-loaded
+    subscriber."""
     tps = sorted((t, p) for t in partitions for p in range(partitions[t]))
     eligible = {tp: [m for m in members if tp[0] in subs[m]] for tp in tps}
     out, load = {}, {m: 0 for m in members}
-    # quota: what a perfectly balanced member of its subscription would hold
-    quota = {}
+    floor, peer_set, extra = {}, {}, {}
     for m in members:
         mine = [tp for tp in tps if m in eligible[tp]]
-        peers = {x for tp in mine for x in eligible[tp]}
-        quota[m] = -(-len(mine) // max(len(peers), 1)) if mine else 0
+        peers = frozenset(x for tp in mine for x in eligible[tp]) or frozenset([m])
+        floor[m], peer_set[m] = divmod(len(mine), len(peers))[0], peers
+        extra.setdefault(peers, len(mine) % len(peers))
     keep = sorted((tp for tp in tps if current.get(tp) in eligible[tp]), key=lambda tp: (tp[1], tp[0]))
-    for tp in keep:
+    for tp in keep:                                  # up to the floor: stay
         m = current[tp]
-        if load[m] < quota[m]:
+        if load[m] < floor[m]:
             out[tp] = m
             load[m] += 1
+    for tp in keep:                                  # one more, while the remainder lasts
+        m = current[tp]
+        if tp not in out and load[m] == floor[m] and extra[peer_set[m]] > 0:
+            out[tp] = m
+            load[m] += 1
+            extra[peer_set[m]] -= 1
     for tp in tps:
         if tp not in out and eligible[tp]:
             m = min(eligible[tp], key=lambda x: (load[x], x))
@@ -687,11 +694,7 @@ class Membership:
                 raise errors.InvalidArgument(
                     f"group {self.group!r} uses the {ASSIGNORS[t.member(others[0]).assignor]!r} assignor; "
                     "every member must use the same partition_assignment_strategy")
-            mi = -1
-            if self.instance_id is not None:
-                same = [i for i in others if t.member(i).instance_id_len == len(self.instance_id)
-                        and ffi.unpack(t.member(i).instance_id, len(self.instance_id)) == self.instance_id]
-                mi = same[0] if same else -1
+            mi = self._static_entry(others)
             token = lib.shm_ctl_new_member_token(log._ctl.base)
             if mi >= 0:
                 # static member back within its session: same entry and partitions, new token
@@ -743,6 +746,15 @@ class Membership:
         for k, (ti, n, tg) in enumerate(subs):
             m.topics[k].index, m.topics[k].partitions, m.topics[k].generation = ti, n, tg
         self.member_id = member_id
+
+    def _static_entry(self, members) -> int:
+        """The entry of our group_instance_id among members, or -1."""
+        t, iid = self.t, self.instance_id
+        if iid is None:
+            return -1
+        same = [i for i in members if t.member(i).instance_id_len == len(iid)
+                and ffi.unpack(t.member(i).instance_id, len(iid)) == iid]
+        return same[0] if same else -1
 
     def _still_member(self) -> bool:
         return self.me.state == LIVE and self.me.token == self.token
@@ -828,6 +840,12 @@ class Membership:
             if lost:
                 consumer._drop_parts(lost)
                 self._callback(self.on_lost or self.on_revoke, lost)
+            if self._static_entry(self.t.group_members(self.gi).tolist()) >= 0:
+                # another process took our group_instance_id: we are the zombie (Kafka's FENCED_INSTANCE_ID)
+                self.leave()
+                raise errors.FencedInstance(
+                    f"another consumer joined group {self.group!r} with group_instance_id "
+                    f"{self.instance_id.decode()!r}; this one is fenced and closed")
             self._join()
             seq = self.seq_view[0]
         self.seen_seq = seq
@@ -891,10 +909,19 @@ class Membership:
         return out
 
     def _commit_quietly(self, offsets):
+        """Auto-commit: never raises for a partition that moved on (its new
+        owner's offsets rule) or whose topic was deleted."""
+        live = {}
+        for tp, off in offsets.items():
+            try:
+                self.log.topic_handle(tp[0])
+                live[tp] = off
+            except errors.UnknownTopicOrPartition:
+                pass
         try:
-            self.commit(offsets)
+            self.commit(live)
         except errors.CommitFailed:
-            pass          # a partition moved on: its new owner's offsets rule (auto-commit never raises)
+            pass
 
     def commit(self, offsets: dict, durable: bool = False):
         """Fenced commit (G2) of {(topic, partition): next offset}."""
