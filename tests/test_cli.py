@@ -88,7 +88,9 @@ HELP_PATHS = [[], ["topic"], ["topic", "create"], ["topic", "list"], ["topic", "
 
 
 @pytest.mark.parametrize("path", HELP_PATHS, ids=lambda p: " ".join(p) or "shmlog")
-def test_every_command_has_help_with_examples(path, capsys):
+def test_every_command_has_help_with_examples(path, capsys, monkeypatch):
+    for module in ("benchmarks", "shmlog.supervisor", "shmlog.kafka"):
+        monkeypatch.setitem(sys.modules, module, None)      # delegates' own help is theirs; this is ours
     with pytest.raises(SystemExit) as ei:
         cli.main([*path, "--help"])
     assert ei.value.code == 0
@@ -444,26 +446,26 @@ def test_bench_runs_the_suite_in_quick_mode(inst, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks", fake)
     assert inproc(inst, capsys, "bench")[0] == 0
     assert inproc(inst, capsys, "bench", "--full", "--peers", "shmlog")[0] == 0
-    assert calls == [["--quick"], ["--peers", "shmlog"]]
+    assert inproc(inst, capsys, "bench", "--help")[0] == 0             # the suite's own help
+    assert calls == [["--quick"], ["--full", "--peers", "shmlog"], ["--help"]]
     fake.cli_main = lambda argv: 3
     assert inproc(inst, capsys, "bench")[0] == 3                   # the suite's exit code
     monkeypatch.setitem(sys.modules, "benchmarks", None)           # not importable
     rc, out, err = inproc(inst, capsys, "bench")
     assert rc == 10 and len(err.strip().splitlines()) == 1 and "shmlog[bench]" in err
+    rc, out, err = inproc(inst, capsys, "bench", "--help")         # then our own help
+    assert rc == 0 and "examples:" in out
 
 
-@pytest.mark.parametrize("command,module,attr", [("supervisor", "shmlog.supervisor", "main"),
-                                                 ("up", "shmlog.supervisor", "up"),
-                                                 ("down", "shmlog.supervisor", "down"),
-                                                 ("kafka-listener", "shmlog.kafka", "main")])
-def test_delegated_commands_call_their_module_or_say_it_is_missing(inst, capsys, monkeypatch, command,
-                                                                   module, attr):
+@pytest.mark.parametrize("command,module", [("supervisor", "shmlog.supervisor"), ("kafka-listener", "shmlog.kafka")])
+def test_supervisor_and_kafka_listener_get_the_arguments_or_say_the_module_is_missing(inst, capsys, monkeypatch,
+                                                                                    command, module):
     monkeypatch.setitem(sys.modules, module, None)
     rc, out, err = inproc(inst, capsys, command)
     assert rc == 10 and len(err.strip().splitlines()) == 1 and module in err
     calls = []
     fake = types.ModuleType(module)
-    setattr(fake, attr, lambda argv: calls.append(argv) or 0)
+    fake.main = lambda argv: calls.append(argv) or 0
     monkeypatch.setitem(sys.modules, module, fake)
     rc, out, err = inproc(inst, capsys, command, "--config", "x.toml")
     assert rc == 0, err
@@ -471,6 +473,33 @@ def test_delegated_commands_call_their_module_or_say_it_is_missing(inst, capsys,
     (argv,) = calls
     assert argv[argv.index("--instance") + 1] == k["instance"] and argv[argv.index("--data-dir") + 1] == k["data_dir"]
     assert argv[-2:] == ["--config", "x.toml"]
+    fake.main = lambda argv: 3
+    assert inproc(inst, capsys, command)[0] == 3                   # its exit status is ours
+
+
+def test_up_and_down_call_the_supervisor_module(inst, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "shmlog.supervisor", None)
+    for command in ("up", "down"):
+        rc, out, err = inproc(inst, capsys, command)
+        assert rc == 10 and "shmlog.supervisor" in err and len(err.strip().splitlines()) == 1
+    calls = []
+    fake = types.ModuleType("shmlog.supervisor")
+    fake.up = lambda settings, config_path=None, timeout=20.0: calls.append(("up", settings, config_path,
+                                                                             timeout)) or 4242
+    fake.down = lambda settings, purge=False, timeout=120.0: calls.append(("down", settings, purge, timeout)) or True
+    monkeypatch.setitem(sys.modules, "shmlog.supervisor", fake)
+    rc, out, err = inproc(inst, capsys, "up", "--config", "s.toml", "--json")
+    assert rc == 0 and json.loads(out) == {"instance": inst.kwargs["instance"], "pid": 4242}
+    rc, out, err = inproc(inst, capsys, "down", "--purge", "--timeout", "5")
+    assert rc == 0 and "stopped" in out
+    (_, s1, cfg, t1), (_, s2, purge, t2) = calls
+    assert s1 == s2 == inst.log.settings and cfg == "s.toml" and t1 == 20.0 and purge is True and t2 == 5.0
+
+    def refuse(settings, config_path=None, timeout=20.0):
+        raise shmlog.errors.Timeout("the supervisor did not answer within 20 s")
+    fake.up = refuse
+    rc, out, err = inproc(inst, capsys, "up")
+    assert rc == 7 and err.strip() == "shmlog: error: the supervisor did not answer within 20 s"
 
 
 # ------------------------------------------------------------ groups (issue 4's API)

@@ -31,6 +31,7 @@ EXIT_CODES = [
     ("TopicExists", 4),
     ("GroupNotEmpty", 5),
     ("CommitFailed", 5),
+    ("AlreadyRunning", 5),
     ("PermissionDenied", 6),
     ("Timeout", 7),
     ("BufferFull", 7),
@@ -45,7 +46,7 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit codes:
   0 ok   1 error, or check/doctor found problems   2 bad usage or argument   3 no such topic/partition/group
-  4 already exists   5 group busy (live members)   6 permission denied   7 timed out (retry)
+  4 already exists   5 busy (group has live members; supervisor already runs)   6 permission denied   7 timed out (retry)
   8 damaged data or wrong layout   9 no space   10 not in this build   130 interrupted"""
 
 
