@@ -370,6 +370,20 @@ def test_status_once_json_reports_rates_fill_and_lag(inst):
     fails(run(inst, "status", "--interval", "0"), 2, "interval")
 
 
+def test_status_and_doctor_name_the_supervisor(inst, sh, monkeypatch):
+    fake = types.ModuleType("shmlog.supervisor")
+    fake.running_pid = lambda settings: 4321 if settings == inst.log.settings else None
+    monkeypatch.setitem(sys.modules, "shmlog.supervisor", fake)
+    monkeypatch.setattr(shmlog, "supervisor", fake, raising=False)
+    snap = js(sh("status", "--json", "--interval", "0.05"))
+    assert snap["supervisor"] == {"running": True, "pid": 4321}
+    assert "supervisor pid 4321" in ok(sh("status", "--once", "--interval", "0.05"))
+    (c,) = [c for c in js(sh("doctor", "--json"))["checks"] if c["check"] == "supervisor"]
+    assert "4321" in c["detail"]
+    fake.running_pid = lambda settings: None
+    assert js(sh("status", "--json", "--interval", "0.05"))["supervisor"] == {"running": False, "pid": None}
+
+
 # ------------------------------------------------------------ doctor
 
 def _hold_token(path, ready, done):

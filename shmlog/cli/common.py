@@ -209,3 +209,13 @@ def human_bytes(n) -> str:
         n /= 1024
     return str(n)
 
+
+
+def supervisor_pid(settings) -> int | None:
+    """The pid of the instance's running supervisor, or None (none runs, or this build has none)."""
+    try:
+        from .. import supervisor
+    except ImportError:
+        return None
+    running_pid = getattr(supervisor, "running_pid", None)
+    return running_pid(settings) if running_pid is not None else None

@@ -235,6 +235,9 @@ def cmd_doctor(args):
                 ("" if args.all_instances else "; remove them with --clean --all-instances"))
         if args.all_instances:
             rep.stale += others
+    sup = common.supervisor_pid(settings)
+    rep.add("supervisor", "ok", f"running (pid {sup})" if sup else "not running (`shmlog up` or the systemd unit "
+            "starts one; the data path works without it)")
     from .. import persister
     running = persister.running(settings.data_dir)
     rep.add("persister", "ok", f"running (pid {persister.pid_of(settings.data_dir)})" if running

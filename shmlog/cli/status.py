@@ -39,6 +39,7 @@ def sample(log, settings) -> dict:
     live, dead = instance_tokens(settings)
     return {"t": time.monotonic(), "topics": topics, "groups": groups,
             "persister_pid": persister.pid_of(settings.data_dir) if persister.running(settings.data_dir) else None,
+            "supervisor_pid": common.supervisor_pid(settings),
             "processes": len(live), "dead_tokens": len(dead)}
 
 
@@ -76,6 +77,7 @@ def snapshot(settings, before: dict, after: dict) -> dict:
     return {"instance": settings.instance, "data_dir": settings.data_dir, "time_ms": int(time.time() * 1000),
             "interval_s": round(dt, 3),
             "persister": {"running": after["persister_pid"] is not None, "pid": after["persister_pid"]},
+            "supervisor": {"running": after["supervisor_pid"] is not None, "pid": after["supervisor_pid"]},
             "processes": after["processes"], "dead_tokens": after["dead_tokens"],
             "topics": topics, "groups": groups}
 
@@ -86,8 +88,9 @@ def _rate(v) -> str:
 
 def sections(snap) -> list[tuple[str, list[str], list[list]]]:
     """(title, headers, rows) blocks shared by the plain and the rich rendering."""
-    p = snap["persister"]
+    p, s = snap["persister"], snap["supervisor"]
     head = (f"instance {snap['instance']}  data {snap['data_dir']}  processes {snap['processes']}  "
+            f"supervisor {'pid ' + str(s['pid']) if s['running'] else 'not running'}  "
             f"persister {'pid ' + str(p['pid']) if p['running'] else 'not running'}  "
             f"(rates over {snap['interval_s']} s)")
     rows = []
