@@ -174,7 +174,7 @@ def test_topic_alter(inst, sh):
 
 # ------------------------------------------------------------ produce and consume
 
-def test_produce_keys_headers_partition_and_consume_format(inst):
+def test_produce_keys_headers_partition_and_consume_format(inst, sh):
     inst.log.create_topic("kv", partitions=2, ring_bytes=1 << 16, persistence="none")
     s = js(run(inst, "produce", "kv", "-K:", "-H", "src=cli", "-H", "n=1", "-p", "1", "--json",
                input=b"a:1\nb:2\nnokey\n"))
@@ -195,31 +195,31 @@ def test_produce_keys_headers_partition_and_consume_format(inst):
     m = c.poll(timeout=1)
     assert (m.key, m.value, m.headers) == (b"a", b"1", (("src", b"cli"), ("n", b"1")))
     # a key decides the partition like the API's murmur2
-    ok(run(inst, "produce", "kv", "-k", "user-7", "-q", input=b"x\n"))
+    ok(sh("produce", "kv", "-k", "user-7", "-q", input=b"x\n"))
     want = inst.log.producer().send("kv", b"y", key=b"user-7").partition
-    got = [json.loads(x) for x in ok(run(inst, "consume", "kv", "-o", "beginning", "-e", "--json", "-p",
+    got = [json.loads(x) for x in ok(sh("consume", "kv", "-o", "beginning", "-e", "--json", "-p",
                                           str(want))).splitlines()]
     assert [(g["key"], g["value"]) for g in got if g["key"] == "user-7"] == [("user-7", "x"), ("user-7", "y")]
     # -K on consume prints key DELIM value
-    out = ok(run(inst, "consume", "kv", "-p", "1", "-o", "0", "-c", "2", "-K", "="))
+    out = ok(sh("consume", "kv", "-p", "1", "-o", "0", "-c", "2", "-K", "="))
     assert out == "a=1\nb=2\n"
 
 
-def test_produce_files_whole_and_line_mode_and_delimiters(inst, tmp_path):
+def test_produce_files_whole_and_line_mode_and_delimiters(inst, tmp_path, sh):
     inst.log.create_topic("files", partitions=1, ring_bytes=1 << 16, persistence="none")
     blob = bytes(range(256)) + b"\nline two\n"
     f1, f2 = tmp_path / "a.bin", tmp_path / "b.txt"
     f1.write_bytes(blob)
     f2.write_bytes(b"one\ntwo\nthree")            # no trailing delimiter: the last record still counts
     assert js(run(inst, "produce", "files", str(f1), "--json"))["count"] == 1
-    assert js(run(inst, "produce", "files", "-l", str(f2), "--json"))["count"] == 3
-    assert js(run(inst, "produce", "files", "-D", r"\0", "--json", input=b"x\0y\0"))["count"] == 2
+    assert js(sh("produce", "files", "-l", str(f2), "--json"))["count"] == 3
+    assert js(sh("produce", "files", "-D", r"\0", "--json", input=b"x\0y\0"))["count"] == 2
     c = inst.log.consumer(auto_offset_reset="earliest", topics=["files"])
     vals = [m.value for m in c.poll_batch(100, timeout=1)]
     while len(vals) < 6:
         vals += [m.value for m in c.poll_batch(100, timeout=1)]
     assert vals == [blob, b"one", b"two", b"three", b"x", b"y"]
-    got = [json.loads(x) for x in ok(run(inst, "consume", "files", "-o", "0", "-c", "1", "--json")).splitlines()]
+    got = [json.loads(x) for x in ok(sh("consume", "files", "-o", "0", "-c", "1", "--json")).splitlines()]
     assert "value" not in got[0] and __import__("base64").b64decode(got[0]["value_b64"]) == blob
 
 
