@@ -7,7 +7,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 
 PACKAGES = ("shmlog", "numpy", "cffi", "msgspec", "psutil", "pyzmq", "faster-fifo", "redis", "hiredis", "iceoryx2",
-            "matplotlib", "tqdm")
+            "matplotlib", "rich")
 
 
 def package_version(pkg):

@@ -1,6 +1,6 @@
-"""Progress display for a benchmark run: a tqdm bar on a terminal when tqdm is installed (the `bench`
-extra), else one line per finished step. Owns only what is printed while running, never results."""
-import shutil
+"""Progress display for a benchmark run: a rich progress bar on a terminal (rich is
+a core dependency, the CLI draws with it too), else one line per finished step.
+Owns only what is printed while running, never results."""
 import sys
 
 
@@ -10,12 +10,13 @@ class Progress:
         self.total, self.done, self.bar = total, 0, None
         self.enabled = enabled
         if enabled and self.stream.isatty():
-            try:
-                from tqdm import tqdm
-                cols = shutil.get_terminal_size((100, 24)).columns or 100   # a pty may say 0 columns
-                self.bar = tqdm(total=total, file=self.stream, unit="run", leave=True, ncols=min(cols, 120))
-            except ImportError:
-                pass
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, \
+                TimeElapsedColumn
+            self.bar = Bar(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), console=Console(file=self.stream), transient=False)
+            self.task = self.bar.add_task("benchmarks", total=total)
+            self.bar.start()
 
     def step(self, label, line):
         """One step finished: label = what ran, line = its result in a few words."""
@@ -23,18 +24,20 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.set_description_str(label[:40])
-            self.bar.update(1)
+            self.bar.update(self.task, advance=1, description=label[:40])
             if "FAILED" in line:
-                self.bar.write(f"{label}: {line}")
+                self.bar.console.print(f"{label}: {line}")
         else:
             print(f"[{self.done}/{self.total}] {label}: {line}", file=self.stream, flush=True)
 
     def note(self, text):
         if not self.enabled:
             return
-        (self.bar.write if self.bar is not None else lambda t: print(t, file=self.stream, flush=True))(text)
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def close(self):
         if self.bar is not None:
-            self.bar.close()
+            self.bar.stop()
