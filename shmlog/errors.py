@@ -97,6 +97,11 @@ class CommitFailed(ShmlogError):
     removed from its group, or the group moved the partition). Poll to rejoin."""
 
 
+class FencedInstance(CommitFailed):
+    """Another consumer took this one's group_instance_id (static membership):
+    this consumer is fenced for good; close it."""
+
+
 class UnknownGroup(ShmlogError, KeyError):
     """No consumer group has that id."""
 

@@ -694,11 +694,7 @@ class Membership:
                 raise errors.InvalidArgument(
                     f"group {self.group!r} uses the {ASSIGNORS[t.member(others[0]).assignor]!r} assignor; "
                     "every member must use the same partition_assignment_strategy")
-            mi = -1
-            if self.instance_id is not None:
-                same = [i for i in others if t.member(i).instance_id_len == len(self.instance_id)
-                        and ffi.unpack(t.member(i).instance_id, len(self.instance_id)) == self.instance_id]
-                mi = same[0] if same else -1
+            mi = self._static_entry(others)
             token = lib.shm_ctl_new_member_token(log._ctl.base)
             if mi >= 0:
                 # static member back within its session: same entry and partitions, new token
@@ -750,6 +746,15 @@ class Membership:
         for k, (ti, n, tg) in enumerate(subs):
             m.topics[k].index, m.topics[k].partitions, m.topics[k].generation = ti, n, tg
         self.member_id = member_id
+
+    def _static_entry(self, members) -> int:
+        """The entry of our group_instance_id among members, or -1."""
+        t, iid = self.t, self.instance_id
+        if iid is None:
+            return -1
+        same = [i for i in members if t.member(i).instance_id_len == len(iid)
+                and ffi.unpack(t.member(i).instance_id, len(iid)) == iid]
+        return same[0] if same else -1
 
     def _still_member(self) -> bool:
         return self.me.state == LIVE and self.me.token == self.token
@@ -835,6 +840,12 @@ class Membership:
             if lost:
                 consumer._drop_parts(lost)
                 self._callback(self.on_lost or self.on_revoke, lost)
+            if self._static_entry(self.t.group_members(self.gi).tolist()) >= 0:
+                # another process took our group_instance_id: we are the zombie (Kafka's FENCED_INSTANCE_ID)
+                self.leave()
+                raise errors.FencedInstance(
+                    f"another consumer joined group {self.group!r} with group_instance_id "
+                    f"{self.instance_id.decode()!r}; this one is fenced and closed")
             self._join()
             seq = self.seq_view[0]
         self.seen_seq = seq

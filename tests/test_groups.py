@@ -371,3 +371,17 @@ def test_commit_cas_is_fenced_in_c(inst, topic6):
     lib.shm_offset_set_owner(e, 0, -2)
     assert e.committed == 0 and e.owner == 0
     assert ffi.sizeof(e[0]) == 64
+
+
+def test_two_live_processes_with_one_instance_id_fence_the_older(inst, topic6):
+    log = inst.log
+    old = log.consumer(group="g", topics=[topic6], group_instance_id="svc", **FAST)
+    new = log.consumer(group="g", topics=[topic6], group_instance_id="svc", **FAST)
+    assert len(new.assignment()) == 6
+    with pytest.raises(errors.CommitFailed):
+        old.commit()
+    with pytest.raises(errors.FencedInstance):
+        old.poll(timeout=0)
+    new.poll(timeout=0)
+    assert len(new.assignment()) == 6 and len(log.describe_group("g").members) == 1
+    new.commit()
