@@ -90,3 +90,15 @@ class Closed(ShmlogError):
 
 class NotSupported(ShmlogError):
     """The feature exists in the API but not in this build yet; the message says what to use."""
+
+
+class InvalidConfig(InvalidArgument):
+    """The service config file is invalid; the message names the file and the key."""
+
+
+class AlreadyRunning(ShmlogError):
+    """Another live supervisor holds the instance."""
+
+
+class SupervisorError(ShmlogError):
+    """The supervisor could not be reached, started or stopped; the message says why."""

@@ -64,6 +64,13 @@ class _Partition:
         self.error = 0
         self.fsync_pending = False
 
+    def reconfigure(self, handle):
+        """alter_topic changed retention, fsync policy or segment sizes."""
+        self.handle = handle
+        cfg = handle.config
+        self.mode, self.interval_ms = config.fsync_mode(cfg.fsync)
+        self.writer.segment_bytes, self.writer.segment_ms = cfg.segment_bytes, cfg.segment_ms
+
     def copy(self) -> int:
         """Writes what is committed; returns bytes written."""
         written = 0
@@ -177,6 +184,8 @@ class Persister:
                 if key not in self.parts:
                     ring = self.conn.ring(h, p, writable=True)
                     self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                elif self.parts[key].handle.config != h.config:
+                    self.parts[key].reconfigure(h)          # alter_topic
         for key in [k for k in self.parts if k not in live]:
             self.parts.pop(key).close()
         self.hdrs = ffi.new("void *[]", [p.ring.base for p in self.parts.values()]) if self.parts else None
@@ -272,6 +281,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s persister %(levelname)s %(message)s")
     settings = config.resolve(args.instance, args.data_dir, args.shm_prefix)
+    os.umask(0o007)                                   # segment files 0660, dirs 0770 (see permissions.py)
     os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
     fd = os.open(lock_path(settings.data_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
     try:
