@@ -124,15 +124,19 @@ class Server:
         except BlockingIOError:
             return False
         with conn:
-            conn.settimeout(5.0)
+            conn.settimeout(1.0)                     # a silent client cannot hold the loop for long
             ok, (pid, uid, _) = permissions.peer_allowed(conn, self.gid)
+            try:
+                data = conn.recv(MAX_MESSAGE)        # read even when refusing: unread data would reset
+            except OSError:
+                return True
             if not ok:
                 log.warning("admin: refused pid %d uid %d (not the instance's user or group)", pid, uid)
                 rep = Reply(False, error="PermissionDenied",
                             message=f"uid {uid} is neither the instance's user nor in its group")
             else:
                 try:
-                    req = _req_decoder.decode(conn.recv(MAX_MESSAGE))
+                    req = _req_decoder.decode(data)
                     handler = self.handlers.get(req.op)
                     if handler is None:
                         raise errors.InvalidArgument(f"unknown admin request {req.op!r}")
