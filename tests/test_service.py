@@ -326,3 +326,38 @@ def test_metrics_endpoint_matches_the_api(inst, tmp_path):
     m = wait_for(lambda: (s := scrape(st.metrics_port)).get(("shmlog_worker_up", w0)) and s, what="worker up")
     assert m[("shmlog_worker_restarts_total", w0)] == 0
     assert m[("shmlog_persister_restarts_total", ())] == 0
+
+
+# ------------------------------------------------------------ tools/
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+
+
+def test_example_config_is_valid():
+    with open(os.path.join(TOOLS, "shmlog.toml")) as f:
+        text = f.read()
+    import grp
+    try:
+        grp.getgrnam("shmlog")
+    except KeyError:
+        text = text.replace('group = "shmlog"', "")      # the group exists where the unit runs
+    cfg = configfile.parse(text, "tools/shmlog.toml")
+    assert cfg.processes["billing"].replicas == 2 and cfg.topic_configs()["orders"].partitions == 4
+
+
+def test_systemd_unit_has_what_the_service_needs():
+    path = os.path.join(TOOLS, "shmlog.service")
+    with open(path) as f:
+        keys = {}
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                k, _, v = line.strip().partition("=")
+                keys[k] = v
+    assert keys["Type"] == "notify" and keys["RemoveIPC"] == "no"
+    assert keys["StateDirectory"] and keys["User"] and keys["Group"] and int(keys["WatchdogSec"]) > 1
+    assert "supervisor" in keys["ExecStart"] and keys["ExecReload"].endswith("-HUP $MAINPID")
+    import shutil
+    import subprocess
+    if shutil.which("systemd-analyze"):
+        r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+        assert "Unknown key" not in r.stderr and "Unknown section" not in r.stderr, r.stderr
