@@ -249,7 +249,8 @@ class Supervisor:
             self.persister_proc = subprocess.Popen(
                 [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
                  "--data-dir", d, "--shm-prefix", self.settings.shm_prefix],
-                stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, close_fds=True)
+                stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, close_fds=True,
+                start_new_session=True)       # a terminal's Ctrl-C is ours to handle, not its
         finally:
             errlog.close()
         if wait:
