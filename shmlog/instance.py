@@ -682,5 +682,10 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
         autostart = os.environ.get("SHMLOG_AUTOSTART", "1").lower() not in ("0", "false", "no", "off")
     if autostart:
         from . import supervisor
-        supervisor.up(settings)
+        try:
+            supervisor.up(settings)
+        except (errors.SupervisorError, errors.Timeout, errors.PermissionDenied) as e:
+            # the data path never needs it: go on as without autostart, and say why
+            log.warning("no supervisor for instance %s: %s; this connection works without one",
+                        settings.instance, e)
     return Log(settings, max_topics=max_topics, unblock_timeout_ms=unblock_timeout_ms)

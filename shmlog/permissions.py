@@ -10,6 +10,7 @@ decide anything about topics.
 import grp
 import os
 import socket
+import stat
 import struct
 
 SHM_DIR = "/dev/shm"
@@ -29,21 +30,21 @@ def group_gid(group: str | None) -> int | None:
 
 def prepare_data_dir(data_dir: str, group: str | None) -> None:
     """The supervisor's view of the data dir: 2770, group = the instance's group
-    (when one is configured), applied to what exists below it too."""
+    (when one is configured), applied to what exists below it too. Entries of
+    other owners are left as they are (only their owner or root may change them)."""
     os.makedirs(data_dir, mode=0o770, exist_ok=True)
     gid = group_gid(group)
+    me = os.geteuid()
     for root, dirs, files in os.walk(data_dir):
-        for d in [root] + [os.path.join(root, x) for x in dirs]:
-            if gid is not None:
-                os.chown(d, -1, gid)
-            os.chmod(d, DIR_MODE)
-        for f in files:
-            p = os.path.join(root, f)
-            if os.path.islink(p):
+        for p in [root] + [os.path.join(root, x) for x in dirs + files]:
+            st = os.lstat(p)
+            if me not in (0, st.st_uid) or stat.S_ISLNK(st.st_mode):
                 continue
-            if gid is not None:
+            if gid is not None and st.st_gid != gid:
                 os.chown(p, -1, gid)
-            os.chmod(p, os.stat(p).st_mode & 0o770)
+            mode = DIR_MODE if stat.S_ISDIR(st.st_mode) else st.st_mode & 0o770
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(p, mode)
 
 
 def instance_gid(data_dir: str) -> int | None:

@@ -76,7 +76,7 @@ def run_as(inst, user, fn, *args, timeout=60.0):
 
 
 def _as_member(kwargs, ring_name):
-    log = shmlog.connect(**kwargs)
+    log = shmlog.connect(**kwargs, autostart=True)      # finds root's supervisor running
     with log.producer() as p:
         md = p.send("t", b"from the member", partition=0)
     c = log.consumer(auto_offset_reset="earliest")
