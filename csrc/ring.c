@@ -1021,18 +1021,22 @@ out:
 
 /* The supervisor's sweep: seals the open reservation of every dead writer
  * (those nobody reads past yet, e.g. while every consumer maps the ring
- * read-only) and frees the slots of dead owners that hold none. Returns the
- * number of reservations sealed, or a negative status. Each seal goes
- * through shm_ring_seal_stuck, so a live (slow) writer is never sealed over. */
-int shm_ring_seal_dead(void *base, const char *token_prefix)
+ * read-only), and with free_slots also frees the slots of dead owners that
+ * hold none (that test costs a liveness check per claimed slot, so it runs
+ * less often). Returns the number of reservations sealed, or a negative
+ * status. Each seal goes through shm_ring_seal_stuck, so a live (slow)
+ * writer is never sealed over. */
+int shm_ring_seal_dead(void *base, const char *token_prefix, int free_slots)
 {
     struct shm_ring_header *h = HDR(base);
     int sealed = 0;
     for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
         struct shm_producer_slot *s = &h->slots[i];
-        if (shm_load_acquire(&s->owner) == 0 || !slot_owner_dead(s, token_prefix))
+        if (shm_load_acquire(&s->owner) == 0)
             continue;
         if (!slot_settled(h, s)) {
+            if (!slot_owner_dead(s, token_prefix))
+                continue;
             uint64_t before = shm_load_relaxed(&h->sealed_count);
             int rc = shm_ring_seal_stuck(base, s->res_pos, token_prefix);
             if (rc == SHM_E_SYS)
@@ -1041,6 +1045,8 @@ int shm_ring_seal_dead(void *base, const char *token_prefix)
                 sealed++;
             continue;   /* freed by the seal, or still ambiguous: the next sweep looks again */
         }
+        if (!free_slots || !slot_owner_dead(s, token_prefix))
+            continue;
         if (seal_lock(h) != SHM_OK)
             return SHM_E_SYS;
         free_if_dead_and_settled(h, s, token_prefix);

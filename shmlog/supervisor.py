@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -33,6 +34,7 @@ import psutil
 
 from . import admin, config, configfile, errors, liveness, notify, permissions, persister
 from ._native import lib
+from .instance import Log
 
 log = logging.getLogger("shmlog.supervisor")
 
@@ -86,7 +88,7 @@ class Supervisor:
         self.settings = settings
         self.cfg = cfg or configfile.ServiceConfig()
         self.log = None
-        self.lock = _NoLock()
+        self.lock = threading.Lock()          # the loop and the metrics thread both read the instance
         self.lock_fd = None
         self.admin = None
         self.metrics = None
@@ -113,8 +115,6 @@ class Supervisor:
         prev = read_state(s)
         if prev is not None and not prev.clean:
             log.warning("the previous supervisor (pid %d) did not stop cleanly; recovering", prev.pid)
-        import threading
-        self.lock = threading.Lock()         # the metrics thread reads the instance too
         self._attach()
         self._apply_topics(self.cfg)
         self.admin = admin.Server(s, self._handlers(), self.gid)
@@ -150,7 +150,6 @@ class Supervisor:
 
     def _attach(self):
         """Attaches the control segment, restoring it from the data dir when it is new."""
-        from .instance import Log
         if self.log is not None:
             self.log.close()
         self.log = Log(self.settings, start_persister=False, unblock_timeout_ms=self.cfg.unblock_timeout_ms,
@@ -178,7 +177,7 @@ class Supervisor:
             if fixed:
                 log.warning("topic %r: cannot change %s of an existing topic (delete and recreate it)",
                             name, ", ".join(fixed))
-            changes = {k: getattr(want, k) for k in ALTERABLE if getattr(have, k) != getattr(want, k)
+            changes = {k: getattr(want, k) for k in Log.ALTERABLE if getattr(have, k) != getattr(want, k)
                        and not (k == "partitions" and want.partitions < have.partitions)}
             if changes:
                 self.log.alter_topic(name, **changes)
@@ -278,19 +277,21 @@ class Supervisor:
 
     # ------------------------------------------------------------ loop
 
-    def tick(self):
-        """The 100 ms duties."""
+    def seal_dead_writers(self, free_slots: bool):
         prefix = self.log.token_prefix_c
         for name in self.log.list_topics():
             try:
                 h = self.log.topic_handle(name)
                 for p in range(h.partitions):
-                    r = self.log.ring(h, p, writable=True)
-                    n = lib.shm_ring_seal_dead(r.base, prefix)
+                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).base, prefix, int(free_slots))
                     if n > 0:
                         log.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
             except (errors.UnknownTopicOrPartition, errors.PermissionDenied):
                 continue
+
+    def tick(self):
+        """The 100 ms duties."""
+        self.seal_dead_writers(free_slots=False)
         if hasattr(self.log, "reap_groups"):
             self.log.reap_groups()
         self.ensure_persister()
@@ -298,6 +299,7 @@ class Supervisor:
 
     def slow_tick(self):
         """The once-a-second duties."""
+        self.seal_dead_writers(free_slots=True)
         if hasattr(self.log, "snapshot_offsets"):
             self.log.snapshot_offsets()
         if self.collector is not None:
@@ -440,18 +442,6 @@ class Supervisor:
             if self.lock_fd is not None:
                 os.close(self.lock_fd)
         log.info("stopped %s", "cleanly" if clean else "without a final flush")
-
-
-ALTERABLE = ("partitions", "retention_ms", "retention_bytes", "fsync", "segment_bytes", "segment_ms",
-             "max_message_bytes")
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------ shmlog up / down
