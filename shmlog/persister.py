@@ -163,6 +163,7 @@ class Persister:
         self.stopping = False
         self.last_retention = 0.0
         self.hdrs = None
+        self.ctl_ino = self._ctl_ino()          # the control segment we attached
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
 
     def sync_topics(self):
@@ -218,10 +219,16 @@ class Persister:
         else:
             lib.shm_ring_persist_wait(self.hdrs, len(self.parts), int(timeout * 1e9))
 
+    def _ctl_ino(self):
+        try:
+            return os.stat("/dev/shm" + self.conn.settings.ctl_name).st_ino
+        except FileNotFoundError:
+            return None
+
     def orphaned(self) -> bool:
-        """The instance was destroyed (control segment or data dir gone): nothing to persist for."""
-        s = self.conn.settings
-        return not os.path.exists("/dev/shm" + s.ctl_name) or not os.path.isdir(s.data_dir)
+        """The instance was destroyed or replaced (control segment gone or made
+        anew, data dir gone): nothing left to persist for in what we mapped."""
+        return self._ctl_ino() != self.ctl_ino or not os.path.isdir(self.conn.settings.data_dir)
 
     def run(self):
         last_check = time.monotonic()

@@ -360,6 +360,7 @@ class Supervisor:
                     with self.lock:
                         if self._ctl_ino() != self.ctl_ino:
                             log.warning("the control segment was removed or replaced; re-attaching")
+                            self.log.stop_persister(timeout=120)     # its rings are gone
                             self._attach()
                         self.slow_tick()
                     next_slow = now + SLOW_TICK_S

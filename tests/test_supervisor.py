@@ -219,3 +219,35 @@ def test_alter_topic(inst, with_supervisor):
     d = inst.log.describe_topic("t")
     assert (d.config.partitions, d.config.retention_ms, d.config.fsync) == (4, 5000, "always")
     assert [x.end_offset for x in d.partitions] == [0, 2, 0, 1]
+
+
+def test_the_supervisor_restores_an_instance_whose_shared_memory_vanished(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("d", partitions=2, ring_bytes=1 << 16)
+    with inst.log.producer() as p:
+        for i in range(300):
+            p.send("d", value(i), partition=i % 2)
+        p.flush(durable=True, timeout=10)
+    old_persister = persister.pid_of(inst.kwargs["data_dir"])
+    inst.log.close()
+    inst.drop_shared_memory()                         # under the running supervisor
+    ctl = "/dev/shm" + inst.settings.ctl_name
+    wait_for(lambda: os.path.exists(ctl), what="the supervisor to restore the instance")
+    wait_for(lambda: persister.running(inst.kwargs["data_dir"])
+             and persister.pid_of(inst.kwargs["data_dir"]) != old_persister, what="a new persister")
+    inst.log = log = inst.connect()
+    assert [x.end_offset for x in log.describe_topic("d").partitions] == [150, 150]
+    with log.producer(max_block_ms=10_000) as p:
+        for i in range(300, 3000):                   # laps the 64 KiB rings: the new persister works
+            p.send("d", value(i), partition=i % 2)
+        p.flush(durable=True, timeout=10)
+    assert sorted(m.value for m in read_all(log, "d")) == [value(i) for i in range(3000)]
+
+
+def test_destroy_stops_the_supervisor_first(inst):
+    sup = inst.start_supervisor()
+    inst.log.create_topic("t", ring_bytes=1 << 16)
+    inst.log.destroy()
+    assert sup.wait(30) == 0
+    assert inst.segments() == [] or all(".live." in n for n in inst.segments())
+    assert not os.path.exists(inst.kwargs["data_dir"] + "/topics/t")
