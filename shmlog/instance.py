@@ -380,27 +380,28 @@ class Log:
         made = []
         try:
             for p in range(cfg.partitions):
-                rname = self.settings.ring_name(gen[0], p)
-                seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
-                made.append(rname)
-                self._give_group(rname)
-                base_offset, base_pos = bases[p]
-                rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, gen[0], p,
-                                       config.PERSISTENCE[cfg.persistence],
-                                       cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base_offset,
-                                       base_pos)
-                seg.close()
-                if rc != lib.SHM_OK:
-                    raise_status(rc, f"cannot initialise ring {rname}")
-                if cfg.persistence == "disk":
-                    os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770,
-                                exist_ok=True)
+                self._make_ring(name, cfg, gen[0], p, bases[p], made)
         except BaseException:
             for rname in made:
                 unlink_segment(rname)
             lib.shm_ctl_topic_free(self._ctl.base, idx)
             raise
         lib.shm_ctl_topic_publish(self._ctl.base, idx)
+
+    def _make_ring(self, name: str, cfg: config.TopicConfig, generation: int, p: int, base, made: list):
+        """Under the lock: partition p's ring starting at base = (offset, position),
+        and its directory for a durable topic; made collects the ring names."""
+        rname = self.settings.ring_name(generation, p)
+        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
+        made.append(rname)
+        self._give_group(rname)
+        rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
+                               cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
+        seg.close()
+        if rc != lib.SHM_OK:
+            raise_status(rc, f"cannot initialise ring {rname}")
+        if cfg.persistence == "disk":
+            os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770, exist_ok=True)
 
     def _drop_abandoned(self, nb: bytes):
         """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
@@ -484,21 +485,9 @@ class Log:
             made = []
             try:
                 for p in range(old.partitions, new.partitions):
-                    rname = self.settings.ring_name(gen[0], p)
-                    unlink_segment(rname)                # a leftover of an interrupted alter
-                    seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + new.ring_bytes)
-                    made.append(rname)
-                    self._give_group(rname)
-                    rc = lib.shm_ring_init(seg.base, new.ring_bytes, gen[0], p,
-                                           config.PERSISTENCE[new.persistence],
-                                           new.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, 0, 0)
-                    seg.close()
-                    if rc != lib.SHM_OK:
-                        raise_status(rc, f"cannot initialise ring {rname}")
-                    if new.persistence == "disk":
-                        pdir = storage.partition_dir(self.settings.data_dir, name, p)
-                        shutil.rmtree(pdir, ignore_errors=True)      # leftovers of an interrupted alter
-                        os.makedirs(pdir, mode=0o770, exist_ok=True)
+                    unlink_segment(self.settings.ring_name(gen[0], p))      # leftovers of an interrupted alter
+                    shutil.rmtree(storage.partition_dir(self.settings.data_dir, name, p), ignore_errors=True)
+                    self._make_ring(name, new, gen[0], p, (0, 0), made)
                 if new.max_message_bytes != old.max_message_bytes:
                     for p in range(old.partitions):
                         seg = Segment.open(self.settings.ring_name(gen[0], p), writable=True)
