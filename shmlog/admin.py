@@ -140,11 +140,20 @@ class Server:
                     handler = self.handlers.get(req.op)
                     if handler is None:
                         raise errors.InvalidArgument(f"unknown admin request {req.op!r}")
-                    rep = Reply(True, result=handler(**req.args))
+                    try:
+                        result = handler(**req.args)
+                    except TypeError as e:
+                        if "argument" not in str(e):
+                            raise
+                        raise errors.InvalidArgument(f"bad arguments for {req.op!r}: {e}") from None
+                    rep = Reply(True, result=result)
                 except errors.ShmlogError as e:
                     rep = Reply(False, error=type(e).__name__, message=str(e))
-                except (msgspec.DecodeError, TypeError, OSError) as e:
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
                     rep = Reply(False, error="InvalidArgument", message=f"bad admin request: {e}")
+                except Exception as e:                  # the supervisor goes on; the caller learns why
+                    log.exception("admin: %s failed", data[:64])
+                    rep = Reply(False, error="SupervisorError", message=f"the supervisor failed: {e!r}")
             try:
                 conn.sendall(_encoder.encode(rep))
             except OSError:

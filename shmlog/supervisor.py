@@ -99,6 +99,7 @@ class Supervisor:
         self.persister_restarts = 0
         self.next_persister_start = 0.0
         self.stopping = False
+        self.failed_duties = set()
         self.reload_wanted = False
         self.ctl_ino = None
         self.gid = None
@@ -289,22 +290,32 @@ class Supervisor:
             except (errors.UnknownTopicOrPartition, errors.PermissionDenied):
                 continue
 
+    def _duty(self, fn, *args):
+        """One duty of the loop: a failure is logged (once per kind), never fatal."""
+        try:
+            fn(*args)
+        except Exception as e:
+            key = (fn.__name__, type(e).__name__)
+            if key not in self.failed_duties:
+                self.failed_duties.add(key)
+                log.exception("%s failed (it is retried; repeats of this error are not logged)", fn.__name__)
+
     def tick(self):
         """The 100 ms duties."""
-        self.seal_dead_writers(free_slots=False)
+        self._duty(self.seal_dead_writers, False)
         if hasattr(self.log, "reap_groups"):
-            self.log.reap_groups()
-        self.ensure_persister()
-        self.workers.tick()
+            self._duty(self.log.reap_groups)
+        self._duty(self.ensure_persister)
+        self._duty(self.workers.tick)
 
     def slow_tick(self):
         """The once-a-second duties."""
-        self.seal_dead_writers(free_slots=True)
+        self._duty(self.seal_dead_writers, True)
         if hasattr(self.log, "snapshot_offsets"):
-            self.log.snapshot_offsets()
+            self._duty(self.log.snapshot_offsets)
         if self.collector is not None:
-            self.collector.sample()
-        liveness.sweep_dead(self.log.token_prefix)
+            self._duty(self.collector.sample)
+        self._duty(liveness.sweep_dead, self.log.token_prefix)
         workers = self.workers.describe()
         if workers != self.state.workers:
             self.state.workers = workers

@@ -361,3 +361,71 @@ def test_systemd_unit_has_what_the_service_needs():
     if shutil.which("systemd-analyze"):
         r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
         assert "Unknown key" not in r.stderr and "Unknown section" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------ consumer groups (issue 4's API)
+
+GROUP_WORKER = r"""
+import json, os, sys, time
+import shmlog
+out = sys.argv[1]
+log = shmlog.connect()                  # SHMLOG_INSTANCE / SHMLOG_DATA_DIR / SHMLOG_SHM_PREFIX from the supervisor
+c = log.consumer(group=os.environ["SHMLOG_GROUP"], topics=["t"], auto_offset_reset="earliest",
+                 group_instance_id=os.environ["SHMLOG_GROUP_INSTANCE_ID"], session_timeout_ms=3000,
+                 heartbeat_interval_ms=100)
+seen = 0
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    seen += len(c.poll_batch(1000, timeout=0.05))
+    c.commit()
+    tmp = os.path.join(out, f"{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"assignment": sorted(list(tp) for tp in c.assignment()), "seen": seen,
+                   "replica": os.environ["SHMLOG_REPLICA"]}, f)
+    os.replace(tmp, os.path.join(out, f"{os.getpid()}.json"))
+"""
+
+needs_groups = pytest.mark.skipif(not hasattr(__import__("shmlog").Log, "list_groups"),
+                                  reason="needs consumer groups (issue 4)")
+
+
+@needs_groups
+def test_worker_replicas_share_partitions_as_one_group(inst, tmp_path):
+    script = tmp_path / "group_worker.py"
+    script.write_text(GROUP_WORKER)
+    out = tmp_path / "runs"
+    out.mkdir()
+    text = f"""
+metrics_port = 0
+[topics.t]
+partitions = 4
+ring_bytes = 65536
+persistence = "none"
+[processes.billing]
+command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, {json.dumps(str(out))}]
+replicas = 2
+restart = "always"
+backoff_ms = 100
+"""
+    inst.start_supervisor(config_text=text)
+    with inst.log.producer() as p:
+        for i in range(400):
+            p.send("t", b"r%d" % i, partition=i % 4)
+
+    def split_evenly():
+        runs = [r for r in _runs(out).values() if r["assignment"]]
+        parts = [tuple(map(tuple, r["assignment"])) for r in runs]
+        owned = [tp for a in parts for tp in a]
+        return len(runs) == 2 and sorted(owned) == [("t", p) for p in range(4)] and \
+            all(len(a) == 2 for a in parts) and sum(r["seen"] for r in runs) == 400 and runs
+
+    wait_for(split_evenly, timeout=60, what="two replicas splitting four partitions and reading all")
+    d = inst.log.describe_group("billing")
+    assert len(d.members) == 2
+    port = supervisor.read_state(inst.settings).metrics_port
+    m = wait_for(lambda: (s := scrape(port)).get(("shmlog_group_members", (("group", "billing"),))) == 2 and s,
+                 what="group metrics")
+    assert m[("shmlog_group_rebalances_total", (("group", "billing"),))] == d.rebalances
+    for pl in inst.log.describe_group("billing").partitions:
+        lv = (("group", "billing"), ("partition", str(pl.partition)), ("topic", pl.topic))
+        assert m[("shmlog_group_lag", lv)] >= 0
