@@ -47,6 +47,24 @@ def prepare_data_dir(data_dir: str, group: str | None) -> None:
                 os.chmod(p, mode)
 
 
+def adopt_segments(shm_names_prefix: str, gid: int | None) -> None:
+    """Segments made before the group was set (by clients, or an older
+    supervisor): 0660 and the instance's group, where we own them."""
+    if gid is None:
+        return
+    me = os.geteuid()
+    for name in os.listdir(SHM_DIR):
+        if not name.startswith(shm_names_prefix) or ".live." in name:
+            continue
+        p = os.path.join(SHM_DIR, name)
+        try:
+            st = os.lstat(p)
+            if me in (0, st.st_uid) and not stat.S_ISLNK(st.st_mode):
+                give_group(p, gid)
+        except FileNotFoundError:
+            pass
+
+
 def instance_gid(data_dir: str) -> int | None:
     """The instance's group: the data dir's group once a supervisor set it up
     (setgid dir); None (the creator's group) before."""
@@ -58,8 +76,8 @@ def instance_gid(data_dir: str) -> int | None:
 
 
 def give_group(path: str, gid: int | None, mode: int = 0o660) -> None:
-    """A new segment or socket of the instance: mode and group (owner keeps it)."""
-    if gid is not None and gid != os.getegid():
+    """A segment or socket of the instance: mode and group (owner keeps it)."""
+    if gid is not None and os.stat(path).st_gid != gid:
         os.chown(path, -1, gid)
     os.chmod(path, mode)
 

@@ -117,6 +117,7 @@ class Supervisor:
         if prev is not None and not prev.clean:
             log.warning("the previous supervisor (pid %d) did not stop cleanly; recovering", prev.pid)
         self._attach()
+        permissions.adopt_segments(s.segment_glob_prefix, self.gid)
         self._apply_topics(self.cfg)
         self.admin = admin.Server(s, self._handlers(), self.gid)
         if self.cfg.metrics_port >= 0:

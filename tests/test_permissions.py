@@ -128,6 +128,8 @@ def test_group_owns_everything_member_works_outsider_refused(inst, users, open_d
     group, member, outsider = users
     gid = grp.getgrnam(group).gr_gid
     _move_instance(inst, os.path.join(open_dir, "data"))
+    with inst.connect() as early:                   # made before the supervisor, without the group
+        early.create_topic("early", persistence="none", ring_bytes=1 << 16)
     inst.start_supervisor(config_text=f'group = "{group}"\nmetrics_port = -1\n'
                                       '[topics.t]\nring_bytes = 65536\nfsync = "always"\n')
     inst.log = log = inst.connect()
