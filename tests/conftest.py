@@ -154,6 +154,8 @@ class Instance:
     def stop_supervisor(self):
         """Clean stop of the instance's supervisor if one answers; kill -9 of any
         other (and of the workers a killed one left behind)."""
+        if not self.supervisors and not os.path.exists(_supervisor.state_path(self.settings)):
+            return                                    # none ever ran for this instance
         try:
             _supervisor.down(self.settings, timeout=30)
         except Exception:
