@@ -492,16 +492,29 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     # sh backgrounds the supervisor and exits at once: init adopts it, no zombie is left with us
     subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$SHMLOG_SUPERVISOR_LOG" 2>&1 &', "sh", *cmd],
                    env=env, start_new_session=True, check=True)
+    launched = time.time()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         pid = running_pid(settings)
         if pid is not None:
             return pid
         fatal = _fatal_line(logfile, start_at)
         if fatal and "AlreadyRunning" not in fatal:
             raise errors.SupervisorError(f"the supervisor did not start: {fatal}")
+        if time.monotonic() > deadline and not _starting(settings, launched):
+            raise errors.Timeout(f"the supervisor did not answer within {timeout} s; see {logfile}")
         time.sleep(0.02)
-    raise errors.Timeout(f"the supervisor did not answer within {timeout} s; see {logfile}")
+
+
+def _starting(settings: config.Settings, since: float) -> bool:
+    """Is a supervisor launched after `since` holding the lock, still busy
+    starting (recovering a large log, say)? Then up() waits on, up to an hour."""
+    try:
+        with open(lock_path(settings)) as f:
+            proc = psutil.Process(int(f.read().strip()))
+        return _alive(proc) and proc.create_time() >= since - 1 and time.time() - since < 3600
+    except (FileNotFoundError, ValueError, psutil.NoSuchProcess):
+        return False
 
 
 def _fatal_line(logfile: str, start_at: int) -> str | None:
