@@ -110,9 +110,10 @@ class Supervisor:
     def start(self):
         s = self.settings
         os.umask(permissions.FILE_UMASK)
+        os.makedirs(s.data_dir, mode=0o770, exist_ok=True)
+        self._take_lock()
         permissions.prepare_data_dir(s.data_dir, self.cfg.group)
         self.gid = permissions.instance_gid(s.data_dir)
-        self._take_lock()
         prev = read_state(s)
         if prev is not None and not prev.clean:
             log.warning("the previous supervisor (pid %d) did not stop cleanly; recovering", prev.pid)
@@ -583,8 +584,15 @@ def _purge_shared_memory(settings: config.Settings):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="shmlog supervisor",
-                                 description="Run the supervisor of one shmlog instance in the foreground.")
+    ap = argparse.ArgumentParser(
+        prog="shmlog supervisor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the supervisor of one shmlog instance in the foreground (what the systemd unit runs).",
+        epilog="examples:\n"
+               "  shmlog supervisor                                  # instance from $SHMLOG_INSTANCE or 'default'\n"
+               "  shmlog supervisor --config /etc/shmlog/shmlog.toml # declared topics and workers\n"
+               "  shmlog supervisor --instance dev --metrics-port 9464\n"
+               "signals: SIGTERM/SIGINT stop cleanly (everything committed fsynced), SIGHUP reloads the config.\n"
+               "exit status: 0 stopped, 1 failed to start, 3 another supervisor holds the instance.")
     ap.add_argument("--config", help="service config file (TOML)")
     ap.add_argument("--instance")
     ap.add_argument("--data-dir")
