@@ -251,3 +251,22 @@ def test_destroy_stops_the_supervisor_first(inst):
     assert sup.wait(30) == 0
     assert inst.segments() == [] or all(".live." in n for n in inst.segments())
     assert not os.path.exists(inst.kwargs["data_dir"] + "/topics/t")
+
+
+def test_down_purge_removes_shared_memory_and_the_next_start_restores(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("d", ring_bytes=1 << 16)
+    inst.log.create_topic("e", persistence="none", ring_bytes=1 << 16)
+    with inst.log.producer() as p:
+        p.send("d", b"kept")
+        p.send("e", b"lost")
+    st = admin.client(inst.settings).call("status")
+    assert st["topics"] == ["d", "e"] and st["persister_pid"] == persister.pid_of(inst.kwargs["data_dir"])
+    inst.log.close()
+    assert supervisor.down(inst.settings, purge=True)
+    assert [n for n in inst.segments() if ".live." not in n] == []
+    assert not persister.running(inst.kwargs["data_dir"])
+    inst.log = inst.connect(autostart=True)
+    assert inst.log.list_topics() == ["d", "e"]                 # configs come back from the catalog,
+    assert [m.value for m in read_all(inst.log, "d")] == [b"kept"]
+    assert inst.log.describe_topic("e").partitions[0].end_offset == 0     # ephemeral records do not
