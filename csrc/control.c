@@ -9,10 +9,21 @@
  * CREATING entry, which the next creator of that name reclaims (its rings
  * are recreated from scratch by the caller).
  *
- * Layout: [shm_ctl_header (4 KiB)][max_topics x shm_topic_entry (512 B)].
- * Later tables (groups, members, committed offsets, producers) are appended
- * after the topic table and located by *_off fields of the header; a new
- * table is a layout version bump.
+ * Layout: [shm_ctl_header (4 KiB)][max_topics x shm_topic_entry (512 B)]
+ * [max_groups x shm_group_entry (512 B)][max_members x shm_member_entry (1 KiB)]
+ * [max_offsets x shm_offset_entry (64 B)], each table located by an *_off
+ * field of the header; a new table is a layout version bump.
+ *
+ * Groups (invariants G1-G5 in shmlog.h): the group logic (membership,
+ * assignors, rebalances) is Python (shmlog/groups.py) and runs under the
+ * lock; this file gives it the few operations whose atomicity matters:
+ * publishing an entry, the commit CAS, the owner change, the change
+ * counter and the heartbeat stores. Why G2 holds: the rebalance changes
+ * owner only through shm_offset_set_owner, itself a pair CAS, so a commit's
+ * CAS that compared (committed, owner=token) succeeded at an instant when
+ * token owned the partition, and no later owner's commit can be overwritten
+ * by it: the later owner's commits all happen after the owner change, and a
+ * commit never changes owner.
  */
 #define _GNU_SOURCE
 #include "shmlog.h"
@@ -25,25 +36,51 @@
 
 #define CTL(b) ((struct shm_ctl_header *)(b))
 
-uint64_t shm_ctl_size(uint32_t max_topics)
+/* table offsets for these limits; returns the total size, page-rounded */
+static uint64_t ctl_layout(const struct shm_ctl_limits *lim, uint64_t *groups_off,
+                           uint64_t *members_off, uint64_t *offsets_off)
 {
-    uint64_t s = sizeof(struct shm_ctl_header) + (uint64_t)max_topics * sizeof(struct shm_topic_entry);
+    uint64_t s = sizeof(struct shm_ctl_header) + (uint64_t)lim->max_topics * sizeof(struct shm_topic_entry);
+    *groups_off = s;
+    s += (uint64_t)lim->max_groups * sizeof(struct shm_group_entry);
+    *members_off = s;
+    s += (uint64_t)lim->max_members * sizeof(struct shm_member_entry);
+    *offsets_off = s;
+    s += (uint64_t)lim->max_offsets * sizeof(struct shm_offset_entry);
     return (s + 4095) & ~(uint64_t)4095;
 }
 
-int shm_ctl_init(void *base, uint64_t size, uint32_t max_topics)
+uint64_t shm_ctl_size(const struct shm_ctl_limits *lim)
+{
+    uint64_t g, m, o;
+    return ctl_layout(lim, &g, &m, &o);
+}
+
+static int limits_ok(const struct shm_ctl_limits *lim)
+{
+    return lim->max_topics > 0 && lim->max_groups > 0 && lim->max_members > 0 &&
+           lim->max_offsets > 0 && lim->max_topics <= 1u << 20 && lim->max_groups <= 1u << 20 &&
+           lim->max_members <= 1u << 20 && lim->max_offsets <= 1u << 24;
+}
+
+int shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim)
 {
     struct shm_ctl_header *c = CTL(base);
-    if (max_topics == 0 || size < shm_ctl_size(max_topics))
+    if (!limits_ok(lim) || size < shm_ctl_size(lim))
         return SHM_E_INVALID;
     c->magic = SHM_CTL_MAGIC;
     c->header_bytes = sizeof(struct shm_ctl_header);
     c->total_bytes = size;
-    c->max_topics = max_topics;
+    c->max_topics = lim->max_topics;
+    c->max_groups = lim->max_groups;
+    c->max_members = lim->max_members;
+    c->max_offsets = lim->max_offsets;
     c->created_ms = shm_now_ms();
     c->topics_off = sizeof(struct shm_ctl_header);
+    ctl_layout(lim, &c->groups_off, &c->members_off, &c->offsets_off);
     c->topics_epoch = 1;
     c->next_generation = 1;
+    c->next_member_token = SHM_FIRST_MEMBER_TOKEN;
     if (shm_robust_mutex_init(c->lock) != SHM_OK)
         return SHM_E_SYS;
     /* release: the whole header is visible to whoever reads version != 0 */
@@ -61,8 +98,12 @@ int shm_ctl_check(const void *base, uint64_t mapped_bytes)
     if (v == 0)
         return SHM_E_AGAIN;
     if (v != SHM_LAYOUT_VERSION || c->header_bytes != sizeof(struct shm_ctl_header) ||
-        c->total_bytes != mapped_bytes || shm_ctl_size(c->max_topics) > mapped_bytes ||
-        c->topics_off != sizeof(struct shm_ctl_header))
+        c->total_bytes != mapped_bytes || c->topics_off != sizeof(struct shm_ctl_header))
+        return SHM_E_LAYOUT;
+    struct shm_ctl_limits lim = {c->max_topics, c->max_groups, c->max_members, c->max_offsets};
+    uint64_t g, m, o;
+    if (!limits_ok(&lim) || ctl_layout(&lim, &g, &m, &o) > mapped_bytes ||
+        g != c->groups_off || m != c->members_off || o != c->offsets_off)
         return SHM_E_LAYOUT;
     return SHM_OK;
 }
@@ -226,4 +267,104 @@ int shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *c
     shm_store_release(&c->partitions, cfg->partitions);
     bump_epoch(CTL(base));
     return SHM_OK;
+}
+
+/* ------------------------------------------------------------------ groups */
+
+struct shm_group_entry *shm_ctl_group(void *base, uint32_t index)
+{
+    struct shm_ctl_header *c = CTL(base);
+    return index < c->max_groups ? (struct shm_group_entry *)((uint8_t *)base + c->groups_off) + index : NULL;
+}
+
+struct shm_member_entry *shm_ctl_member(void *base, uint32_t index)
+{
+    struct shm_ctl_header *c = CTL(base);
+    return index < c->max_members ? (struct shm_member_entry *)((uint8_t *)base + c->members_off) + index : NULL;
+}
+
+struct shm_offset_entry *shm_ctl_offset(void *base, uint32_t index)
+{
+    struct shm_ctl_header *c = CTL(base);
+    return index < c->max_offsets ? (struct shm_offset_entry *)((uint8_t *)base + c->offsets_off) + index : NULL;
+}
+
+void shm_entry_publish(uint32_t *state, uint32_t value)
+{
+    /* release: an entry's fields, written before, are visible to whoever reads its state */
+    shm_store_release(state, value);
+}
+
+uint64_t shm_ctl_new_member_token(void *base)
+{
+    /* under the lock (G3); the atomic add also keeps a lock-less caller honest */
+    return shm_fetch_add(&CTL(base)->next_member_token, 1);
+}
+
+void shm_group_changed(struct shm_group_entry *g, int rebalanced)
+{
+    if (rebalanced) {
+        shm_store_relaxed(&g->generation, g->generation + 1);
+        shm_store_relaxed(&g->rebalances, g->rebalances + 1);
+        shm_store_relaxed(&g->rebalanced_ms, shm_now_ms());
+    }
+    /* release (G5): owners, pendings and members written under the lock are
+     * visible to a member whose acquire load sees the new change_seq */
+    shm_store_release(&g->change_seq, g->change_seq + 1);
+}
+
+uint64_t shm_group_change_seq(const struct shm_group_entry *g)
+{
+    /* acquire (G5): pairs with shm_group_changed */
+    return shm_load_acquire(&g->change_seq);
+}
+
+void shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms)
+{
+    /* relaxed: each is one self-contained fact read by reapers, nothing depends on its order */
+    shm_store_relaxed(&m->heartbeat_ms, heartbeat_ms);
+    if (polled_ms >= 0)
+        shm_store_relaxed(&m->polled_ms, polled_ms);
+}
+
+/* G2: stores offset as the committed offset if token owns the entry now.
+ * token 0 is an unfenced commit (no membership: Kafka assign mode, admin
+ * tools): it succeeds only while nobody owns the partition. */
+int shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset)
+{
+    uint64_t *pair = (uint64_t *)&e->committed;
+    for (;;) {
+        uint64_t lo, hi;
+        shm_pair_snapshot(pair, &lo, &hi);
+        if (hi != token)
+            return SHM_E_FENCED;
+        /* the CAS (a full barrier) fails if owner changed since the snapshot */
+        if (shm_cas_pair(pair, lo, hi, (uint64_t)offset, token))
+            break;
+    }
+    shm_store_relaxed(&e->commit_ms, shm_now_ms());
+    shm_fetch_add(&e->commits, 1);
+    /* seq_cst add: a snapshot writer that reads the new commit_seq reads this commit */
+    shm_fetch_add(&CTL(base)->commit_seq, 1);
+    return SHM_OK;
+}
+
+/* Under the lock: changes the owner, keeping the committed offset unless
+ * committed_or_keep >= -1 (restore and reset write one). A pair CAS, so a
+ * concurrent commit either lands before (and is kept) or fails (G2). */
+void shm_offset_set_owner(struct shm_offset_entry *e, uint64_t owner, int64_t committed_or_keep)
+{
+    uint64_t *pair = (uint64_t *)&e->committed;
+    for (;;) {
+        uint64_t lo, hi;
+        shm_pair_snapshot(pair, &lo, &hi);
+        uint64_t nlo = committed_or_keep >= -1 ? (uint64_t)committed_or_keep : lo;
+        if (shm_cas_pair(pair, lo, hi, nlo, owner))
+            return;
+    }
+}
+
+uint64_t shm_ctl_commit_seq(const void *base)
+{
+    return shm_load_acquire(&CTL(base)->commit_seq);
 }

@@ -27,7 +27,7 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    1
+#define SHM_LAYOUT_VERSION    2                   /* 2: group, member and offset tables */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
 #define SHM_FRAME_HEADER_BYTES 16
@@ -78,6 +78,7 @@
 #define SHM_E_PERM            -16
 #define SHM_E_BUSY            -17  /* the blocking owner is alive: not sealed */
 #define SHM_E_BUFFER_SMALL    -18  /* caller's buffer cannot hold one frame */
+#define SHM_E_FENCED          -19  /* commit by a member that does not own the partition */
 
 /* ---------- frame header (ring and disk) ----------
  * commit is release-stored LAST by the writer and equals position ^
@@ -208,6 +209,95 @@ struct shm_topic_entry {      /* 512 bytes */
     uint8_t  _pad[512 - 16 - 256 - 64 - 8];
 };
 
+/* ---------- consumer groups (control segment tables) ----------
+ * A group entry names a group; a member entry is one consumer process in
+ * it; an offset entry is one (group, topic, partition): its committed offset
+ * AND its owner, so the assignment lives where the commit is checked.
+ *
+ * Invariants (control.c states why they hold):
+ *  G1 Structural fields (every entry's state, names, member fields other
+ *     than heartbeat_ms/polled_ms, offset entries' owner/pending) change only
+ *     under the control segment's lock.
+ *  G2 committed and owner form one 16-byte pair changed only by CAS: a
+ *     commit succeeds only if, at that instant, owner is the committer's
+ *     token, so a member that lost a partition (a zombie) can never write
+ *     its offset, whatever it believes about the generation.
+ *  G3 A member's token is unique per join (next_member_token), never reused.
+ *  G4 A partition moves from a live owner A to B in two steps: the rebalance
+ *     sets pending = B (owner stays A); A commits and calls its revoke
+ *     callback, then sets owner = B, pending = 0 under the lock. If A is
+ *     removed (dead, timed out), the rebalance sets owner = B directly.
+ *  G5 change_seq is release-stored after every structural change of a
+ *     group (rebalance, handoff, removal): a member that loads it (acquire)
+ *     and sees a new value re-reads its assignment; an unchanged value means
+ *     its assignment is unchanged. x86-64 loads are acquire loads, so Python
+ *     may read this word through a memoryview (the consumer's hot path).
+ */
+#define SHM_GROUP_NAME_MAX     249
+#define SHM_MEMBER_ID_MAX      63
+#define SHM_MEMBER_TOPICS      32
+#define SHM_ENTRY_FREE         0
+#define SHM_ENTRY_LIVE         2
+#define SHM_MEMBER_STATIC      1       /* member flag: group_instance_id set */
+#define SHM_OWNER_RELEASE      1       /* pending value: the owner gives it up, to nobody */
+#define SHM_FIRST_MEMBER_TOKEN 2
+
+struct shm_group_entry {       /* 512 bytes */
+    uint32_t state;            /* SHM_ENTRY_*; published last (release) */
+    uint32_t name_len;
+    uint64_t change_seq;       /* G5: bumped (release) after every change of the group */
+    uint64_t generation;       /* rebalance generation (Kafka's meaning) */
+    uint64_t rebalances;       /* rebalances since the group was created */
+    uint32_t assignor;         /* index into the assignor list of shmlog/groups.py */
+    uint32_t dirty;            /* 1 while a rebalance is being written; a lock taker redoes it */
+    int64_t  created_ms;
+    int64_t  rebalanced_ms;
+    char     name[256];
+    uint8_t  _pad[512 - 56 - 256];
+};
+
+struct shm_member_topic {      /* one subscribed topic, as resolved at join */
+    uint32_t index;            /* topic table index */
+    uint32_t partitions;
+    uint64_t generation;       /* topic generation: a recreated topic is another topic */
+};
+
+struct shm_member_entry {      /* 1024 bytes */
+    uint32_t state;            /* SHM_ENTRY_*; published last (release) */
+    uint32_t group;            /* group table index */
+    uint64_t token;            /* G3 */
+    uint32_t pid;
+    uint32_t flags;            /* SHM_MEMBER_* */
+    uint64_t start_time;       /* with pid: the liveness token (shm_process_alive) */
+    int64_t  heartbeat_ms;     /* CLOCK_MONOTONIC ms; its owner's single atomic store */
+    int64_t  polled_ms;        /* last poll, CLOCK_MONOTONIC ms; single atomic store */
+    int64_t  joined_ms;        /* wall clock */
+    int32_t  session_timeout_ms;
+    int32_t  max_poll_interval_ms;
+    uint32_t assignor;
+    uint32_t n_topics;
+    uint32_t member_id_len;
+    uint32_t instance_id_len;
+    char     member_id[64];
+    char     instance_id[64];  /* group_instance_id (static membership) */
+    char     client_id[64];
+    struct shm_member_topic topics[SHM_MEMBER_TOPICS];
+    uint8_t  _pad[1024 - 80 - 192 - SHM_MEMBER_TOPICS * 16];
+};
+
+struct shm_offset_entry {      /* 64 bytes: one (group, topic, partition) */
+    uint32_t state;            /* SHM_ENTRY_*; published last (release) */
+    uint32_t group;
+    uint32_t topic;            /* topic table index */
+    uint32_t partition;
+    uint64_t topic_generation;
+    uint64_t pending;          /* G4: token it moves to, SHM_OWNER_RELEASE, or 0 */
+    int64_t  committed;        /* G2 pair, low half: next offset to read, -1 = none */
+    uint64_t owner;            /* G2 pair, high half: owning member's token, 0 = none */
+    int64_t  commit_ms;
+    uint64_t commits;
+};
+
 struct shm_ctl_header {
     /* span 0: identity; version published last */
     uint64_t magic;
@@ -218,7 +308,14 @@ struct shm_ctl_header {
     uint32_t _pad0;
     int64_t  created_ms;
     uint64_t topics_off;       /* byte offset of the topic table */
-    uint8_t  _span0[128 - 48];
+    uint32_t max_groups;
+    uint32_t max_members;
+    uint32_t max_offsets;
+    uint32_t _pad1;
+    uint64_t groups_off;       /* byte offsets of the group, member and offset tables */
+    uint64_t members_off;
+    uint64_t offsets_off;
+    uint8_t  _span0[128 - 88];
     /* span 1: structural lock (robust, process-shared) */
     uint8_t  lock[64];
     uint8_t  _span1[64];
@@ -227,8 +324,19 @@ struct shm_ctl_header {
     uint64_t next_generation;
     uint32_t restored;         /* 1 once topics were restored from the data dir (release) */
     uint32_t _pad2;
-    uint8_t  _span2[128 - 24];
-    uint8_t  _reserved[4096 - 3 * 128];
+    uint64_t next_member_token; /* G3, under the lock */
+    uint8_t  _span2[128 - 32];
+    /* span 3: bumped by every offset commit (the snapshot writer's "anything new?") */
+    uint64_t commit_seq;
+    uint8_t  _span3[128 - 8];
+    uint8_t  _reserved[4096 - 4 * 128];
+};
+
+struct shm_ctl_limits {
+    uint32_t max_topics;
+    uint32_t max_groups;
+    uint32_t max_members;
+    uint32_t max_offsets;
 };
 
 /* ---------- process-local handles (not shared memory) ---------- */
@@ -423,8 +531,8 @@ int      shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos,
                              uint32_t max_index, uint32_t *index_count, struct shm_scan_out *out);
 
 /* ---------- control.c: control segment ---------- */
-uint64_t shm_ctl_size(uint32_t max_topics);
-int      shm_ctl_init(void *base, uint64_t size, uint32_t max_topics);
+uint64_t shm_ctl_size(const struct shm_ctl_limits *lim);
+int      shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim);
 int      shm_ctl_check(const void *base, uint64_t mapped_bytes);
 int      shm_ctl_lock(void *base, int64_t timeout_ns);
 void     shm_ctl_unlock(void *base);
@@ -440,6 +548,19 @@ uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation);
 uint64_t shm_ctl_epoch(const void *base);
 uint32_t shm_ctl_restored(const void *base);
 void     shm_ctl_set_restored(void *base);
+
+/* groups: tables are reached through these; structural writes under the lock (G1) */
+struct shm_group_entry  *shm_ctl_group(void *base, uint32_t index);
+struct shm_member_entry *shm_ctl_member(void *base, uint32_t index);
+struct shm_offset_entry *shm_ctl_offset(void *base, uint32_t index);
+void     shm_entry_publish(uint32_t *state, uint32_t value);
+uint64_t shm_ctl_new_member_token(void *base);
+void     shm_group_changed(struct shm_group_entry *g, int rebalanced);
+uint64_t shm_group_change_seq(const struct shm_group_entry *g);
+void     shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms);
+int      shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset);
+void     shm_offset_set_owner(struct shm_offset_entry *e, uint64_t owner, int64_t committed_or_keep);
+uint64_t shm_ctl_commit_seq(const void *base);
 
 /* ---------- layout table for the Python-side check ---------- */
 struct shm_layout_field {
@@ -469,6 +590,12 @@ _Static_assert(sizeof(struct shm_topic_config) == 64, "topic config");
 _Static_assert(sizeof(struct shm_topic_entry) == 512, "topic entry");
 _Static_assert(sizeof(struct shm_ctl_header) == 4096, "ctl header");
 _Static_assert(offsetof(struct shm_ctl_header, lock) == 128, "ctl lock span");
+_Static_assert(offsetof(struct shm_ctl_header, commit_seq) == 384, "ctl commit span");
+_Static_assert(sizeof(struct shm_group_entry) == 512, "group entry");
+_Static_assert(sizeof(struct shm_member_entry) == 1024, "member entry");
+_Static_assert(sizeof(struct shm_offset_entry) == 64, "offset entry");
+_Static_assert(offsetof(struct shm_offset_entry, committed) % 16 == 0, "commit pair 16-aligned for cmpxchg16b");
+_Static_assert(offsetof(struct shm_offset_entry, owner) == offsetof(struct shm_offset_entry, committed) + 8, "pair");
 
 static inline uint64_t shm_align8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 

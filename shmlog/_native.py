@@ -25,6 +25,7 @@ STATUS_ERRORS = {
     lib.SHM_E_INVALID: errors.InvalidArgument,
     lib.SHM_E_NOSPACE: errors.NoSpace,
     lib.SHM_E_PERM: errors.PermissionDenied,
+    lib.SHM_E_FENCED: errors.CommitFailed,
 }
 
 

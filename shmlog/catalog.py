@@ -29,17 +29,7 @@ def load(data_dir: str) -> Catalog:
 
 
 def save(data_dir: str, cat: Catalog):
+    from .storage import write_atomically
     p = path(data_dir)
-    d = os.path.dirname(p)
-    os.makedirs(d, mode=0o770, exist_ok=True)
-    tmp = p + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(msgspec.json.format(msgspec.json.encode(cat), indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.makedirs(os.path.dirname(p), mode=0o770, exist_ok=True)
+    write_atomically(p, msgspec.json.format(msgspec.json.encode(cat), indent=2))

@@ -16,7 +16,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import errors, storage
+from . import errors, groups, storage
 from ._native import ffi, lib, raise_status
 from .records import Columns, Message, decode_headers
 
@@ -24,6 +24,10 @@ RESETS = ("earliest", "latest", "none")
 ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
 LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
+GROUP_WAIT_S = 0.1            # a group member's longest sleep between looks at its group
+GROUP_OPTIONS = {"group_instance_id", "client_id", "session_timeout_ms", "heartbeat_interval_ms",
+                 "max_poll_interval_ms", "partition_assignment_strategy", "on_assign", "on_revoke",
+                 "on_lost", "auto_commit_interval_ms"}
 
 
 def _check_timeout(timeout):
@@ -51,8 +55,14 @@ class _Part:
 
 
 class Consumer:
-    """Reads records. Without a group it reads every partition of `topics`
-    (or what assign() names); groups arrive in a later build.
+    """Reads records.
+
+    With group= and topics= it is a member of that consumer group: the group
+    shares the topics' partitions among its members (shmlog/groups.py), and
+    commit() / auto-commit store the group's offsets. With group= and no
+    topics, assign() picks partitions and commits are unfenced (Kafka's
+    assign mode). Without a group it reads every partition of `topics` (or
+    what assign() names) and keeps no offsets.
 
     wait="park" spins for spin_us then sleeps on a futex; wait="spin" spins
     for the whole timeout (lowest latency, burns a core)."""
@@ -60,11 +70,10 @@ class Consumer:
     def __init__(self, log, topics=None, group=None, *, auto_offset_reset: str = "latest",
                  enable_auto_commit: bool = True, wait: str = "park", spin_us: int = 50,
                  check_crcs: bool = True, max_poll_records: int = 500,
-                 buffer_bytes: int = DEFAULT_BUFFER, consumer_timeout_ms: int | None = None):
-        if group is not None:
-            raise errors.NotSupported(
-                "consumer groups are not in this build yet; omit group= to read every partition, "
-                "or assign() partitions explicitly")
+                 buffer_bytes: int = DEFAULT_BUFFER, consumer_timeout_ms: int | None = None,
+                 **group_options):
+        if group_options and group is None:
+            raise errors.InvalidArgument(f"{sorted(group_options)} need group=")
         if auto_offset_reset not in RESETS:
             raise errors.InvalidArgument(f"auto_offset_reset must be one of {RESETS}")
         if wait not in ("park", "spin"):
@@ -93,7 +102,18 @@ class Consumer:
         self._pi = 0
         self._wait_arrays = None
         self._closed = False
-        if topics is not None:
+        self._group = None             # groups.Membership when subscribed as a group member
+        self._group_name = None if group is None else groups.validate_group_name(group)
+        if group is not None and topics is not None:
+            unknown = set(group_options) - GROUP_OPTIONS
+            if unknown:
+                raise errors.InvalidArgument(f"unknown consumer options {sorted(unknown)}")
+            self._group = groups.Membership(log, self, group, topics, enable_auto_commit=enable_auto_commit,
+                                            **group_options)
+            self._group.sync()
+        elif group_options:
+            raise errors.InvalidArgument(f"{sorted(group_options)} need group= and topics=")
+        elif topics is not None:
             if isinstance(topics, str):
                 topics = [topics]
             self.subscribe(topics)
@@ -101,7 +121,15 @@ class Consumer:
     # ------------------------------------------------------------ assignment
 
     def subscribe(self, topics):
-        """Reads every partition of these topics, from the reset position."""
+        """Reads every partition of these topics, from the reset position (a
+        group member: changes its subscription and rebalances the group)."""
+        if self._group is not None:
+            topics = [topics] if isinstance(topics, str) else list(topics)
+            for t in topics:
+                self._log.topic_handle(t)
+            self._group.topics = topics
+            self._group._follow_topics()
+            return
         entries = []
         for t in topics:
             h = self._log.topic_handle(t)
@@ -110,20 +138,40 @@ class Consumer:
 
     def assign(self, partitions):
         """[(topic, partition) or (topic, partition, offset)] replaces the assignment.
-        Without an offset a partition starts at the reset position."""
+        Without an offset a partition starts at the group's committed offset
+        (group= without topics), else at the reset position."""
         self._check_open()
-        parts = []
-        for tp in partitions:
-            topic, partition = tp[0], tp[1]
-            offset = tp[2] if len(tp) > 2 else None
-            h = self._log.topic_handle(topic)
-            plog = None
-            if h.config.persistence == "disk":
-                plog = storage.PartitionLog(
-                    storage.partition_dir(self._log.settings.data_dir, topic, partition))
-            part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog)
-            self._start(part, offset)
-            parts.append(part)
+        if self._group is not None:
+            raise errors.InvalidArgument("this consumer is a group member (topics=...): the group assigns "
+                                         "its partitions; use a consumer without topics= to assign()")
+        committed = {}
+        if self._group_name is not None:
+            committed = groups.committed_offsets(self._log, self._group_name)
+        self._set_parts([self._new_part(tp[0], tp[1], tp[2] if len(tp) > 2 else committed.get((tp[0], tp[1])))
+                         for tp in partitions])
+
+    def _new_part(self, topic, partition, offset) -> _Part:
+        h = self._log.topic_handle(topic)
+        plog = None
+        if h.config.persistence == "disk":
+            plog = storage.PartitionLog(storage.partition_dir(self._log.settings.data_dir, topic, partition))
+        part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog)
+        self._start(part, offset)
+        return part
+
+    def _add_parts(self, starts):
+        """Group: adds [(topic, partition, offset or None)] to the assignment."""
+        self._set_parts(self._parts + [self._new_part(*s) for s in starts])
+
+    def _drop_parts(self, tps):
+        """Group: removes partitions; records decoded but not returned are dropped
+        (the next owner reads them from the committed offset)."""
+        gone = set(tps)
+        self._pending = [m for m in self._pending[self._pi:] if (m.topic, m.partition) not in gone]
+        self._pi = 0
+        self._set_parts([p for p in self._parts if (p.topic, p.partition) not in gone])
+
+    def _set_parts(self, parts):
         self._parts = parts
         self._single = parts[0] if len(parts) == 1 else None
         self._by_tp = {(p.topic, p.partition): p for p in parts}
@@ -451,6 +499,12 @@ class Consumer:
         return None, 0
 
     def _wait(self, timeout_s):
+        if self._group is not None:
+            # a member wakes at least every GROUP_WAIT_S to see rebalances
+            timeout_s = GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S)
+            if not self._parts:
+                time.sleep(timeout_s)
+                return
         if self._wait_arrays is None:
             n = len(self._parts)
             hdrs = ffi.new("void *[]", [p.ring.hdr for p in self._parts])
@@ -465,12 +519,17 @@ class Consumer:
     def _poll_parts(self, max_records, timeout):
         """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
         self._check_open()
-        if not self._parts:
+        g = self._group
+        if not self._parts and g is None:
             raise errors.InvalidArgument("this consumer has no partitions: subscribe() or assign() first")
         _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            part, n = self._read_any(max_records)
+            if g is not None:
+                g.polled = True
+                if g.seq_view[0] != g.seen_seq or g.commit_due:
+                    g.sync()
+            part, n = self._read_any(max_records) if self._parts else (None, 0)
             if n:
                 return part, n
             if deadline is None:
@@ -488,6 +547,11 @@ class Consumer:
         if pi < len(self._pending):
             self._pi = pi + 1
             return self._pending[pi]
+        g = self._group
+        if g is not None:
+            g.polled = True
+            if g.seq_view[0] != g.seen_seq or g.commit_due:
+                g.sync()
         part = self._single
         if part is not None and part.reset_to is None and not part.on_disk:
             if timeout is not None:
@@ -499,7 +563,7 @@ class Consumer:
             if part.large and (m := self._take_large(part)) is not None:
                 return m
             n = lib.shmx_read(*args)
-            if n == 0 and timeout != 0:
+            if n == 0 and timeout != 0 and g is None:
                 self._wait(timeout)
                 if part.large and (m := self._take_large(part)) is not None:
                     return m
@@ -510,7 +574,8 @@ class Consumer:
                 self._pending = self._messages(part, n)
                 self._pi = 1
                 return self._pending[0]
-            if n == 0 and timeout is not None and not self._out.compressed and part.cur.stuck_pos != part.cur.pos:
+            if n == 0 and timeout is not None and g is None and not self._out.compressed \
+                    and part.cur.stuck_pos != part.cur.pos:
                 return None     # the wait ran the whole timeout (a stuck frame goes the general way)
         part, n = self._poll_parts(self._max_poll, timeout)
         if n == 1:
@@ -572,13 +637,41 @@ class Consumer:
                 raise StopIteration
         return m
 
-    # ------------------------------------------------------------ offsets (groups come later)
+    # ------------------------------------------------------------ offsets
+
+    def _positions(self) -> dict:
+        return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in self._parts}
 
     def commit(self, offsets=None, durable: bool = False):
-        raise errors.NotSupported("commit() needs a consumer group; groups are not in this build yet")
+        """Commits {(topic, partition): next offset to read}; by default the
+        position of every assigned partition (what poll has returned so far).
+        Synchronous: visible to every process on return; durable=True also
+        waits until the offsets are on disk. A member that lost a partition
+        gets CommitFailed (fencing); a partition not assigned to this consumer
+        or an offset past the log's end is refused."""
+        self._check_open()
+        if self._group_name is None:
+            raise errors.InvalidArgument("commit() needs a consumer group: log.consumer(group=..., topics=[...])")
+        offsets = self._positions() if offsets is None else offsets
+        if not isinstance(offsets, dict):
+            raise errors.InvalidType("offsets must be a dict {(topic, partition): offset}")
+        if self._group is not None:
+            self._group.commit(offsets, durable=durable)
+            return
+        for tp in offsets:
+            if tp not in self._by_tp:
+                raise errors.InvalidArgument(f"{tp} is not assigned to this consumer")
+        groups.commit_offsets(self._log, self._group_name, offsets, durable=durable)
 
     def committed(self, topic: str, partition: int):
-        raise errors.NotSupported("committed() needs a consumer group; groups are not in this build yet")
+        """The group's committed offset for the partition, or None."""
+        self._check_open()
+        if self._group_name is None:
+            raise errors.InvalidArgument("committed() needs a consumer group: log.consumer(group=...)")
+        if self._group is not None:
+            return self._group.committed(topic, partition)
+        self._log.ring(self._log.topic_handle(topic), partition, writable=False)
+        return groups.committed_offsets(self._log, self._group_name).get((topic, partition))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -587,6 +680,15 @@ class Consumer:
             raise errors.Closed("this consumer is closed")
 
     def close(self):
+        if self._closed:
+            return
+        g = self._group
+        if g is not None:
+            try:
+                if g.auto_commit and not g.closed:
+                    g._commit_quietly(g._positions(g.entries))
+            finally:
+                g.leave()
         self._closed = True
         self._parts = []
         self._single = None

@@ -102,3 +102,24 @@ class AlreadyRunning(ShmlogError):
 
 class SupervisorError(ShmlogError):
     """The supervisor could not be reached, started or stopped; the message says why."""
+
+
+class CommitFailed(ShmlogError):
+    """The commit was fenced: this member no longer owns the partition (it was
+    removed from its group, or the group moved the partition). Poll to rejoin."""
+
+
+class FencedInstance(CommitFailed):
+    """Another consumer took this one's group_instance_id (static membership):
+    this consumer is fenced for good; close it."""
+
+
+class UnknownGroup(ShmlogError, KeyError):
+    """No consumer group has that id."""
+
+    def __str__(self):
+        return Exception.__str__(self)
+
+
+class GroupNotEmpty(ShmlogError):
+    """The operation needs a group without live members (reset offsets, delete)."""

@@ -22,7 +22,7 @@ import weakref
 
 import msgspec
 
-from . import catalog, config, errors, liveness, permissions, storage
+from . import catalog, config, errors, groups, liveness, permissions, storage
 from ._native import Segment, ffi, lib, raise_status, unlink_segment
 
 log = logging.getLogger("shmlog")
@@ -151,6 +151,7 @@ class Log:
     """A connection to one instance. Use shmlog.connect() to make one."""
 
     def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
+                 max_groups: int = 1024, max_members: int = 4096, max_offsets: int = 65536,
                  unblock_timeout_ms: int = 500, start_persister: bool = True, supervisor: bool = False):
         self.settings = settings
         self._is_supervisor = supervisor
@@ -171,7 +172,7 @@ class Log:
         self._clients = weakref.WeakSet()
         self._closed = False
         self._start_persister = start_persister
-        self._ctl, created = self._attach_ctl(max_topics)
+        self._ctl, created = self._attach_ctl(_limits(max_topics, max_groups, max_members, max_offsets))
         if created:
             self._restore()
         elif not lib.shm_ctl_restored(self._ctl.base):
@@ -184,7 +185,7 @@ class Log:
 
     # ------------------------------------------------------------ control segment
 
-    def _attach_ctl(self, max_topics: int) -> Segment:
+    def _attach_ctl(self, limits) -> Segment:
         name = self.settings.ctl_name
         deadline = time.monotonic() + 5
         while True:
@@ -192,11 +193,11 @@ class Log:
                 seg = Segment.open(name, writable=True)
             except errors.UnknownTopicOrPartition:
                 try:
-                    seg = Segment.create(name, lib.shm_ctl_size(max_topics))
+                    seg = Segment.create(name, lib.shm_ctl_size(limits))
                 except errors.TopicExists:
                     continue                      # another process created it first
                 self._give_group(name)
-                rc = lib.shm_ctl_init(seg.base, seg.size, max_topics)
+                rc = lib.shm_ctl_init(seg.base, seg.size, limits)
                 if rc != lib.SHM_OK:
                     raise_status(rc, f"cannot initialise control segment {name}")
                 # restore before anyone can take the lock: others block on it (topic_handle)
@@ -274,6 +275,7 @@ class Log:
                         bases.append((0, 0))
                 self._create_locked(name, cfg, bases)
                 log.info("restored topic %r (%d partitions)", name, cfg.partitions)
+            groups.restore_offsets(self)
         except BaseException:
             if not locked_by_caller:
                 lib.shm_ctl_unlock(self._ctl.base)
@@ -589,6 +591,49 @@ class Log:
             for key in [k for k in self._rings if k[0] == h.generation]:
                 del self._rings[key]
 
+    # ------------------------------------------------------------ consumer groups (shmlog/groups.py)
+
+    def list_groups(self) -> list[str]:
+        """Ids of every consumer group (with members or committed offsets)."""
+        self._check_open()
+        return groups.list_groups(self)
+
+    def describe_group(self, group: str) -> "groups.GroupDescription":
+        """Members, assignments, committed offsets, end offsets and lag per partition."""
+        self._check_open()
+        return groups.describe_group(self, group)
+
+    def commit_offsets(self, group: str, offsets: dict, durable: bool = False) -> None:
+        """Commits {(topic, partition): offset} for a group without membership
+        (Kafka assign mode, tools); CommitFailed where a live member owns the partition."""
+        self._check_open()
+        groups.commit_offsets(self, group, offsets, durable)
+
+    def committed_offsets(self, group: str) -> dict:
+        """{(topic, partition): committed offset} of a group ({} for an unknown group)."""
+        self._check_open()
+        return groups.committed_offsets(self, group)
+
+    def reset_offsets(self, group: str, offsets: dict) -> None:
+        """Sets committed offsets of a group that has no live members; on disk on return."""
+        self._check_open()
+        groups.reset_offsets(self, group, offsets)
+
+    def delete_group(self, group: str) -> None:
+        """Deletes a group without live members and its committed offsets."""
+        self._check_open()
+        groups.delete_group(self, group)
+
+    def reap_groups(self) -> int:
+        """Removes dead or timed-out members of every group and rebalances; returns how many."""
+        self._check_open()
+        return groups.reap(self)
+
+    def snapshot_offsets(self, if_changed_since: int | None = None) -> int:
+        """Writes every committed offset to the data dir (fsynced); returns the commit sequence it covers."""
+        self._check_open()
+        return groups.snapshot_offsets(self, if_changed_since)
+
     # ------------------------------------------------------------ clients
 
     def producer(self, **options):
@@ -652,8 +697,17 @@ class _Unlocker:
         lib.shm_ctl_unlock(self.base)
 
 
+def _limits(max_topics, max_groups, max_members, max_offsets):
+    for name, v, top in (("max_topics", max_topics, 1 << 20), ("max_groups", max_groups, 1 << 20),
+                         ("max_members", max_members, 1 << 20), ("max_offsets", max_offsets, 1 << 24)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+            raise errors.InvalidArgument(f"{name} must be an int in 1..{top}, not {v!r}")
+    return ffi.new("struct shm_ctl_limits *", [max_topics, max_groups, max_members, max_offsets])
+
+
 def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool | None = None, *,
-            shm_prefix: str | None = None, max_topics: int = 1024,
+            shm_prefix: str | None = None, max_topics: int = 1024, max_groups: int = 1024,
+            max_members: int = 4096, max_offsets: int = 65536,
             unblock_timeout_ms: int = 500) -> Log:
     """Attaches to (creating if needed) the instance's control segment.
 
@@ -665,7 +719,9 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
     the persister. Without autostart and with no supervisor running, this
     connection does that work itself: it restores the control segment and
     starts the persister when durable topics need one. The data path never
-    needs the supervisor."""
+    needs the supervisor. The max_* limits size the control segment's tables
+    when this call creates it; an existing instance keeps its own (a
+    supervisor creates it with the defaults)."""
     settings = config.resolve(instance, data_dir, shm_prefix)
     if autostart is None:
         autostart = os.environ.get("SHMLOG_AUTOSTART", "1").lower() not in ("0", "false", "no", "off")
@@ -677,4 +733,5 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
             # the data path never needs it: go on as without autostart, and say why
             log.warning("no supervisor for instance %s: %s; this connection works without one",
                         settings.instance, e)
-    return Log(settings, max_topics=max_topics, unblock_timeout_ms=unblock_timeout_ms)
+    return Log(settings, max_topics=max_topics, max_groups=max_groups, max_members=max_members,
+               max_offsets=max_offsets, unblock_timeout_ms=unblock_timeout_ms)

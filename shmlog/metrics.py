@@ -68,8 +68,6 @@ class InstanceCollector:
 
     def _groups(self):
         log = self.sup.log
-        if not hasattr(log, "list_groups"):
-            return
         for g in log.list_groups():
             try:
                 d = log.describe_group(g)

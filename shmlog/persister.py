@@ -165,6 +165,7 @@ class Persister:
         self.hdrs = None
         self.ctl_ino = self._ctl_ino()          # the control segment we attached
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self.offsets_seq = None        # commit_seq of the last offsets snapshot
 
     def sync_topics(self):
         epoch = lib.shm_ctl_epoch(self.conn._ctl.base)
@@ -241,7 +242,15 @@ class Persister:
                     log.info("instance %s is gone; exiting", self.conn.settings.instance)
                     break
                 liveness.sweep_dead(self.conn.token_prefix)
+                self.snapshot_offsets()
         self.shutdown()
+
+    def snapshot_offsets(self):
+        """Committed offsets reach the disk within a second of any commit."""
+        try:
+            self.offsets_seq = self.conn.snapshot_offsets(self.offsets_seq)
+        except OSError as e:
+            log.warning("cannot write the committed-offsets snapshot: %s", e)
 
     def shutdown(self):
         """Everything committed is written and fsynced before we go."""
@@ -250,6 +259,8 @@ class Persister:
             part.copy()
             part.fsync()
             part.close()
+        if not self.orphaned():
+            self.snapshot_offsets()
 
 
 def lock_path(data_dir: str) -> str:

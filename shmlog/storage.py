@@ -46,6 +46,19 @@ def fsync_dir(path: str):
         os.close(fd)
 
 
+def write_atomically(path: str, data: bytes, sync_dir: bool = True):
+    """Replaces path with data: a crash leaves the old file or the new one,
+    never a mix (write a tmp file, fsync, rename, fsync the directory)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(os.path.dirname(path))
+
+
 class CorruptSegment(errors.CorruptRecord):
     """A segment file holds a damaged frame followed by good ones."""
 
@@ -447,11 +460,7 @@ def _write_indexes(s: Segment, rows, keep=(), tkeep=()):
     new = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
     for ext, pairs in (("index", list(keep) + [(o, p) for o, p, _ in new]),
                        ("timeindex", list(tkeep) + [(t, o) for o, _, t in new])):
-        tmp = s.path(ext) + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(b"".join(_PAIR.pack(a, b) for a, b in pairs))
-            os.fsync(f.fileno())
-        os.replace(tmp, s.path(ext))
+        write_atomically(s.path(ext), b"".join(_PAIR.pack(a, b) for a, b in pairs), sync_dir=False)
 
 
 def _first_pos_at(path: str, file_pos: int):

@@ -4,8 +4,9 @@ Owns: the instance for as long as it runs (an flock on
 <data_dir>/supervisor.lock keeps a second supervisor out): recovery at start
 (attaching the control segment restores it from the data dir when it is
 new), the persister as its child (restarted when it dies), sealing the
-half-done writes of dead producers, reaping dead group members and
-snapshotting committed offsets (once the instance has groups), the declared
+half-done writes of dead producers, reaping dead or timed-out group
+members (their groups rebalance) every 100 ms and snapshotting committed
+offsets every second, the declared
 topics and workers of its config, the admin socket (the one writer of topic
 metadata), the metrics endpoint, systemd's notify protocol, and the clean
 stop on SIGTERM (workers stopped, everything committed written and fsynced,
@@ -100,6 +101,7 @@ class Supervisor:
         self.next_persister_start = 0.0
         self.stopping = False
         self.failed_duties = set()
+        self.offsets_seq = None               # commit sequence of the last offsets snapshot
         self.reload_wanted = False
         self.ctl_ino = None
         self.gid = None
@@ -302,19 +304,21 @@ class Supervisor:
                 self.failed_duties.add(key)
                 log.exception("%s failed (it is retried; repeats of this error are not logged)", fn.__name__)
 
+    def snapshot_offsets(self):
+        """Committed offsets reach the disk within a second of a commit (the persister does it too)."""
+        self.offsets_seq = self.log.snapshot_offsets(self.offsets_seq)
+
     def tick(self):
         """The 100 ms duties."""
         self._duty(self.seal_dead_writers, False)
-        if hasattr(self.log, "reap_groups"):
-            self._duty(self.log.reap_groups)
+        self._duty(self.log.reap_groups)
         self._duty(self.ensure_persister)
         self._duty(self.workers.tick)
 
     def slow_tick(self):
         """The once-a-second duties."""
         self._duty(self.seal_dead_writers, True)
-        if hasattr(self.log, "snapshot_offsets"):
-            self._duty(self.log.snapshot_offsets)
+        self._duty(self.snapshot_offsets)
         if self.collector is not None:
             self._duty(self.collector.sample)
         self._duty(liveness.sweep_dead, self.log.token_prefix)
@@ -438,8 +442,7 @@ class Supervisor:
             if not self.instance_gone():
                 with self.lock:
                     self.stop_persister()
-                    if hasattr(self.log, "snapshot_offsets"):
-                        self.log.snapshot_offsets()
+                    self.log.snapshot_offsets()
                 clean = True
         finally:
             if self.admin is not None:

@@ -21,7 +21,8 @@ CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 
 # structs that live in shared memory (or on disk): their bytes are the contract
 SHARED_STRUCTS = ["shm_frame_header", "shm_gap_body", "shm_producer_slot", "shm_ring_header",
-                  "shm_topic_config", "shm_topic_entry", "shm_ctl_header"]
+                  "shm_topic_config", "shm_topic_entry", "shm_ctl_header", "shm_group_entry",
+                  "shm_member_topic", "shm_member_entry", "shm_offset_entry"]
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,17 @@ def test_constants():
     # the slot table fits in the ring header, after the 1 KiB of spans
     assert ffi.offsetof("struct shm_ring_header", "slots") == 1024
     assert 1024 + lib.SHM_PRODUCER_SLOTS * 64 <= lib.SHM_RING_HEADER_BYTES
-    assert lib.shm_ctl_size(1) % 4096 == 0
-    assert lib.shm_ctl_size(1024) >= 4096 + 1024 * 512
+    lim = ffi.new("struct shm_ctl_limits *", [1, 1, 1, 1])
+    assert lib.shm_ctl_size(lim) % 4096 == 0
+    lim = ffi.new("struct shm_ctl_limits *", [1024, 16, 32, 64])
+    assert lib.shm_ctl_size(lim) >= 4096 + 1024 * 512 + 16 * 512 + 32 * 1024 + 64 * 64
+    assert ffi.sizeof("struct shm_group_entry") == 512
+    assert ffi.sizeof("struct shm_member_entry") == 1024
+    assert ffi.sizeof("struct shm_offset_entry") == 64
+    # the commit pair is one cmpxchg16b operand: 16-aligned, committed then owner
+    assert ffi.offsetof("struct shm_offset_entry", "committed") % 16 == 0
+    assert ffi.offsetof("struct shm_offset_entry", "owner") == ffi.offsetof("struct shm_offset_entry", "committed") + 8
+    assert dict(ffi.typeof("struct shm_group_entry").fields)["name"].type.length > lib.SHM_GROUP_NAME_MAX
 
 
 def test_hot_fields_on_separate_spans():
@@ -137,6 +147,7 @@ def test_hot_fields_on_separate_spans():
         assert off(f) % 4 == 0                                     # futex words aligned
     assert ffi.offsetof("struct shm_ctl_header", "lock") == 128
     assert ffi.offsetof("struct shm_ctl_header", "topics_epoch") == 256
+    assert ffi.offsetof("struct shm_ctl_header", "commit_seq") == 384     # every commit bumps it
     assert ffi.offsetof("struct shm_producer_slot", "owner") == 0
 
 
