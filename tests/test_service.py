@@ -363,7 +363,7 @@ def test_systemd_unit_has_what_the_service_needs():
         assert "Unknown key" not in r.stderr and "Unknown section" not in r.stderr, r.stderr
 
 
-# ------------------------------------------------------------ consumer groups (issue 4's API)
+# ------------------------------------------------------------ consumer groups
 
 GROUP_WORKER = r"""
 import json, os, sys, time
@@ -385,11 +385,6 @@ while time.monotonic() < deadline:
     os.replace(tmp, os.path.join(out, f"{os.getpid()}.json"))
 """
 
-needs_groups = pytest.mark.skipif(not hasattr(__import__("shmlog").Log, "list_groups"),
-                                  reason="needs consumer groups (issue 4)")
-
-
-@needs_groups
 def test_worker_replicas_share_partitions_as_one_group(inst, tmp_path):
     script = tmp_path / "group_worker.py"
     script.write_text(GROUP_WORKER)
@@ -419,13 +414,36 @@ backoff_ms = 100
         return len(runs) == 2 and sorted(owned) == [("t", p) for p in range(4)] and \
             all(len(a) == 2 for a in parts) and sum(r["seen"] for r in runs) == 400 and runs
 
-    wait_for(split_evenly, timeout=60, what="two replicas splitting four partitions and reading all")
+    runs = wait_for(split_evenly, timeout=60, what="two replicas splitting four partitions and reading all")
     d = inst.log.describe_group("billing")
     assert len(d.members) == 2
+    # kill -9 of one replica: the supervisor reaps it from the group and restarts it; the new
+    # process (same group_instance_id) gets partitions again
+    victim = next(pid for pid, r in _runs(out).items() if r["assignment"])
+    os.kill(victim, signal.SIGKILL)
+
+    def rebalanced_with_the_restarted_replica():
+        live = {pid: r for pid, r in _runs(out).items() if pid != victim and _alive(pid) and r["assignment"]}
+        owned = sorted(tuple(tp) for r in live.values() for tp in r["assignment"])
+        return len(live) == 2 and owned == [("t", p) for p in range(4)]
+
+    wait_for(rebalanced_with_the_restarted_replica, timeout=30, what="the group to take the restarted replica in")
+    d = inst.log.describe_group("billing")
+    assert len(d.members) == 2 and victim not in [m.pid for m in d.members]
     port = supervisor.read_state(inst.settings).metrics_port
     m = wait_for(lambda: (s := scrape(port)).get(("shmlog_group_members", (("group", "billing"),))) == 2 and s,
                  what="group metrics")
-    assert m[("shmlog_group_rebalances_total", (("group", "billing"),))] == d.rebalances
-    for pl in inst.log.describe_group("billing").partitions:
-        lv = (("group", "billing"), ("partition", str(pl.partition)), ("topic", pl.topic))
-        assert m[("shmlog_group_lag", lv)] >= 0
+    assert m[("shmlog_group_rebalances_total", (("group", "billing"),))] == \
+        inst.log.describe_group("billing").rebalances
+
+    def lag_matches_the_api():                       # both settle at 0 once every record is committed
+        s = scrape(port)
+        parts = inst.log.describe_group("billing").partitions
+        return len(parts) == 4 and all(
+            s.get(("shmlog_group_lag", (("group", "billing"), ("partition", str(pl.partition)),
+                                        ("topic", pl.topic)))) == pl.lag == 0 and
+            s.get(("shmlog_group_committed_offset", (("group", "billing"), ("partition", str(pl.partition)),
+                                                     ("topic", pl.topic)))) == pl.committed == 100
+            for pl in parts)
+
+    wait_for(lag_matches_the_api, timeout=30, what="group lag and committed offsets in the metrics")
