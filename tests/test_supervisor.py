@@ -270,3 +270,24 @@ def test_down_purge_removes_shared_memory_and_the_next_start_restores(inst):
     assert inst.log.list_topics() == ["d", "e"]                 # configs come back from the catalog,
     assert [m.value for m in read_all(inst.log, "d")] == [b"kept"]
     assert inst.log.describe_topic("e").partitions[0].end_offset == 0     # ephemeral records do not
+
+
+def test_a_group_follows_a_partition_increase(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("t", partitions=2, persistence="none", ring_bytes=1 << 16)
+    c = inst.log.consumer(group="g", topics=["t"], auto_offset_reset="earliest", heartbeat_interval_ms=50)
+    wait_for(lambda: c.poll(timeout=0.05) is None and len(c.assignment()) == 2, what="the first assignment")
+    inst.log.alter_topic("t", partitions=4)
+    with inst.log.producer() as p:
+        p.send("t", b"in the new partition", partition=3)
+    got = []
+
+    def new_partition_read():
+        m = c.poll(timeout=0.05)
+        if m is not None:
+            got.append(m)
+        return len(c.assignment()) == 4 and got
+
+    wait_for(new_partition_read, what="the new partitions in the assignment")
+    assert [(m.partition, m.value) for m in got] == [(3, b"in the new partition")]
+    c.close()
