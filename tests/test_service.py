@@ -178,6 +178,9 @@ info = {k: os.environ.get(k) for k in ("SHMLOG_INSTANCE", "SHMLOG_DATA_DIR", "SH
 with open(os.path.join(d, f"{os.getpid()}.json"), "w") as f:
     json.dump(info, f)
 mode = sys.argv[2]
+if mode == "stubborn":
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if mode == "fail":
     sys.exit(1)
 if mode == "done":
@@ -186,7 +189,7 @@ time.sleep(120)
 """
 
 
-def _worker_config(tmp_path, name, mode, replicas, restart, backoff_ms=200):
+def _worker_config(tmp_path, name, mode, replicas, restart, backoff_ms=200, stop_timeout_ms=5000):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out = tmp_path / f"runs-{name}"
@@ -197,7 +200,7 @@ command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, {json.dumps(
 replicas = {replicas}
 restart = "{restart}"
 backoff_ms = {backoff_ms}
-stop_timeout_ms = 5000
+stop_timeout_ms = {stop_timeout_ms}
 env = {{ EXTRA = "yes" }}
 """
 
@@ -243,6 +246,18 @@ def test_workers_start_restart_after_kill9_and_stop_on_shutdown(inst, tmp_path):
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(30) == 0
     assert not any(_alive(pid) for pid in live)
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_its_stop_timeout(inst, tmp_path):
+    out, text = _worker_config(tmp_path, "w", "stubborn", replicas=1, restart="always", stop_timeout_ms=300)
+    sup = inst.start_supervisor(config_text="metrics_port = -1\n" + text)
+    pid = next(iter(wait_for(lambda: _runs(out), what="the worker")))
+    time.sleep(0.2)                                  # its SIGTERM handler is in place
+    t0 = time.monotonic()
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+    assert not _alive(pid) and time.monotonic() - t0 < 10
+    assert "ignored SIGTERM" in inst.supervisor_output()
 
 
 @pytest.mark.parametrize("mode,restart,restarted", [
