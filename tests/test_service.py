@@ -48,7 +48,7 @@ def test_notify_socket_gets_ready_watchdog_stopping_in_order(inst, tmp_path):
     receive_until("WATCHDOG=1")                      # pings keep coming (every 100 ms)
     sup.send_signal(signal.SIGTERM)
     receive_until("STOPPING=1")
-    assert sup.wait(30) == 0
+    assert sup.wait(30) == 0, inst.supervisor_output()
     sock.close()
     assert got[0] == "READY=1"
     assert got[-1] == "STOPPING=1"
@@ -67,7 +67,7 @@ def test_notify_with_abstract_socket_and_no_watchdog(inst):
     while "STOPPING=1" not in seen:
         seen += sock.recv(4096).decode().split("\n")
     assert "WATCHDOG=1" not in seen
-    assert sup.wait(30) == 0
+    assert sup.wait(30) == 0, inst.supervisor_output()
 
 
 # ------------------------------------------------------------ config file
@@ -244,7 +244,7 @@ def test_workers_start_restart_after_kill9_and_stop_on_shutdown(inst, tmp_path):
     wait_for(lambda: sorted(w["restarts"] for w in supervisor.read_state(inst.settings).workers) == [0, 1],
              what="the restart in the state file")
     sup.send_signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    assert sup.wait(30) == 0, inst.supervisor_output()
     assert not any(_alive(pid) for pid in live)
 
 
@@ -255,7 +255,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_its_stop_timeout(inst, tm
     time.sleep(0.2)                                  # its SIGTERM handler is in place
     t0 = time.monotonic()
     sup.send_signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    assert sup.wait(30) == 0, inst.supervisor_output()
     assert not _alive(pid) and time.monotonic() - t0 < 10
     assert "ignored SIGTERM" in inst.supervisor_output()
 

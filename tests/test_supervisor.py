@@ -47,7 +47,7 @@ def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
     before = [x.end_offset for x in log.describe_topic("d").partitions]
     assert sum(before) == 3000
     sup.send_signal(signal.SIGTERM)
-    assert sup.wait(60) == 0
+    assert sup.wait(60) == 0, inst.supervisor_output()
     st = supervisor.read_state(inst.settings)
     assert st.clean and st.stopped_ms
     assert not persister.running(inst.kwargs["data_dir"])
@@ -64,7 +64,7 @@ def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
         for part in range(3):
             assert p.send("d", b"after", partition=part).offset == before[part]
     sup2.send_signal(signal.SIGTERM)
-    assert sup2.wait(60) == 0
+    assert sup2.wait(60) == 0, inst.supervisor_output()
 
 
 def test_kill9_of_the_supervisor_leaves_clients_working_and_a_new_one_adopts(inst):
@@ -95,7 +95,7 @@ def test_kill9_of_the_supervisor_leaves_clients_working_and_a_new_one_adopts(ins
     c.close()
     p.close()
     sup2.send_signal(signal.SIGTERM)
-    assert sup2.wait(60) == 0
+    assert sup2.wait(60) == 0, inst.supervisor_output()
 
 
 def test_a_second_supervisor_is_refused(inst):
@@ -248,7 +248,7 @@ def test_destroy_stops_the_supervisor_first(inst):
     sup = inst.start_supervisor()
     inst.log.create_topic("t", ring_bytes=1 << 16)
     inst.log.destroy()
-    assert sup.wait(30) == 0
+    assert sup.wait(30) == 0, inst.supervisor_output()
     assert inst.segments() == [] or all(".live." in n for n in inst.segments())
     assert not os.path.exists(inst.kwargs["data_dir"] + "/topics/t")
 
