@@ -323,11 +323,19 @@ class Log:
         """SIGTERM to the persister; waits until it has fsynced and exited."""
         from . import persister
         d = self.settings.data_dir
-        pid = persister.pid_of(d)
-        if not pid or not persister.running(d):
-            return False
-        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        if not persister.running(d):
+            return False
+        pid = persister.pid_of(d)
+        while not pid:                   # it holds the lock, its pid follows at once
+            if time.monotonic() > deadline or not persister.running(d):
+                return False
+            time.sleep(0.001)
+            pid = persister.pid_of(d)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass                         # it exited meanwhile
         while persister.running(d):
             if time.monotonic() > deadline:
                 raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")

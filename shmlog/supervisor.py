@@ -275,10 +275,15 @@ class Supervisor:
         d = self.settings.data_dir
         if self.log._has_durable() and not persister.running(d):
             self.ensure_persister(wait=True)          # it died: a last one writes what is left
-        self.log.stop_persister(timeout=120)
-        if self.persister_proc is not None:
-            self.persister_proc.wait(10)
-            self.persister_proc = None
+        self._stop_persister_process()
+
+    def _stop_persister_process(self):
+        proc, self.persister_proc = self.persister_proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)          # our child
+            proc.wait(120)
+        else:
+            self.log.stop_persister(timeout=120)      # one we adopted
 
     # ------------------------------------------------------------ loop
 
@@ -377,7 +382,7 @@ class Supervisor:
                     with self.lock:
                         if self._ctl_ino() != self.ctl_ino:
                             log.warning("the control segment was removed or replaced; re-attaching")
-                            self.log.stop_persister(timeout=120)     # its rings are gone
+                            self._stop_persister_process()          # its rings are gone
                             self._attach()
                         self.slow_tick()
                     next_slow = now + SLOW_TICK_S
