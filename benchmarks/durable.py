@@ -16,12 +16,13 @@ import shutil
 import socket
 import statistics
 import struct
-import subprocess
 import tempfile
 import time
-import uuid
 
 import numpy as np
+
+from .peers.redis_streams import start_server, stop_server
+from .scaling import private_instance
 
 CTX = mp.get_context("fork")
 SEQ = struct.Struct("<Q")
@@ -30,27 +31,9 @@ SEQ = struct.Struct("<Q")
 @contextlib.contextmanager
 def _topic(**config):
     """A private instance with topic "t"; yields its connect() kwargs; always destroyed."""
-    tmp = tempfile.mkdtemp(prefix="shmlogbench-")
-    tag = uuid.uuid4().hex[:8]
-    kw = dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
-    log = None
-    try:
-        import shmlog
-        log = shmlog.connect(**kw)
+    with private_instance() as (kw, log):
         log.create_topic("t", ring_bytes=64 << 20, **config)
         yield kw
-    finally:
-        try:
-            if log is not None:
-                log.destroy()
-        finally:
-            for n in os.listdir("/dev/shm"):
-                if n.startswith(kw["shm_prefix"]):
-                    try:
-                        os.unlink("/dev/shm/" + n)
-                    except FileNotFoundError:
-                        pass
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _produce(kw, n, size, batch, t0_q):
@@ -145,21 +128,6 @@ def disk_write_rate(total_bytes, chunk=32 << 20):
 
 # ------------------------------------------------------------ Redis Streams
 
-def _redis_start(tmp):
-    sock = os.path.join(tmp, "redis.sock")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", sock, "--dir", tmp, "--appendonly", "yes",
-         "--appendfsync", "everysec", "--save", "", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(sock):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.01)
-    return proc, sock
-
-
 def _redis_produce(sock, n, size, batch, q):
     import redis
     r = redis.Redis(unix_socket_path=sock)
@@ -198,45 +166,68 @@ def redis_t1(n, size=100, batch=1000):
     if importlib.util.find_spec("redis") is None:
         return {"skipped": "the redis Python client is not installed (pip install redis)"}
     tmp = tempfile.mkdtemp(prefix="shmlogbench-redis-")
-    proc, sock = _redis_start(tmp)
     try:
-        return _pair(_redis_produce, (sock, n, size, batch), _redis_consume, (sock, n))
+        proc, sock = start_server(tmp, "--appendonly", "yes", "--appendfsync", "everysec")
+        try:
+            return _pair(_redis_produce, (sock, n, size, batch), _redis_consume, (sock, n))
+        finally:
+            stop_server(proc)
     finally:
-        proc.kill()
-        proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------ run + report
 
-def run(quick: bool = False, reps: int = 3) -> dict:
-    n = 1_000_000 if quick else 10_000_000
-    n_redis = 200_000 if quick else 1_000_000
-    ingest = (256 << 20) if quick else (2 << 30)
+def plan(quick: bool = False):
+    """[(row name, fn)]; fn() -> {"ok": True, "msgs_s"|"mb_s": ...} or {"ok": False, "error": ...}."""
+    n = 30_000 if quick else 3_000_000
+    n_redis = 3_000 if quick else 200_000
+    ingest = (8 << 20) if quick else (1 << 30)
     rows = {
         "T5 ephemeral (persistence=none)": lambda: shmlog_t1("none", "never", n),
         "T5 durable fsync=never": lambda: shmlog_t1("disk", "never", n),
         "T5 durable fsync=interval:100": lambda: shmlog_t1("disk", "interval:100", n),
+        "T5 durable fsync=always": lambda: shmlog_t1("disk", "always", n // 10),
         "T5 redis streams appendfsync=everysec": lambda: redis_t1(n_redis),
         "ingest 1 KiB durable interval:100": lambda: shmlog_ingest(1024, ingest, 64),
         "ingest 64 KiB durable interval:100": lambda: shmlog_ingest(64 << 10, ingest, 1),
         "disk write loop (same fs)": lambda: disk_write_rate(ingest),
     }
-    samples = {k: [] for k in rows}
-    for _ in range(reps):                     # interleaved: noise hits every row alike
-        for k, fn in rows.items():
-            samples[k].append(fn())
+    return [(k, (lambda fn=fn: _outcome(fn))) for k, fn in rows.items()]
+
+
+def _outcome(fn):
+    r = fn()
+    if "failed" in r:
+        return {"ok": False, "error": r["failed"]}
+    if "skipped" in r:
+        return {"ok": False, "error": "skipped: " + r["skipped"], "skipped": r["skipped"]}
+    return {"ok": True, **r}
+
+
+def summarize(runs) -> dict:
+    """{row: {"unit", "median", "min", "max", "mb_s"} | {"failed": why} | {"skipped": why}}"""
+    by = {}
+    for r in runs:
+        by.setdefault(r["row"], []).append(r)
     out = {}
-    for k, ss in samples.items():
-        bad = [s for s in ss if "failed" in s or "skipped" in s]
+    for k, ss in by.items():
+        bad = [s for s in ss if not s["ok"]]
         if bad:
-            out[k] = bad[0]
+            out[k] = {"skipped": bad[0]["skipped"]} if "skipped" in bad[0] else {"failed": bad[0]["error"]}
             continue
         key = "msgs_s" if "msgs_s" in ss[0] else "mb_s"
         vals = [s[key] for s in ss]
         out[k] = {"unit": key, "median": statistics.median(vals), "min": min(vals), "max": max(vals),
                   "mb_s": statistics.median(s["mb_s"] for s in ss)}
     return out
+
+
+def run(quick: bool = False, reps: int = 3) -> dict:
+    """Standalone run: every row `reps` times, interleaved so noise hits every row alike."""
+    items = plan(quick)
+    runs = [{"row": k, **fn()} for _ in range(reps) for k, fn in items]
+    return summarize(runs)
 
 
 def report(res: dict) -> str:

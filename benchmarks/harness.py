@@ -1,218 +1,233 @@
-"""Runs workloads x peers: child process start/teardown with bounded waits, interleaved repetitions,
-median and min-max, machine facts. Entry point: run(quick, only, out_dir, reps=None, workloads=None)."""
-import datetime
-import multiprocessing as mp
+"""Runs a whole benchmark session: sets up every peer, builds the plan (table rows x peers x modes,
+scaling curves, groups, durability), runs it in interleaved repetitions (every repetition visits every
+item, rows rotated so no peer always goes first), summarizes median and min-max, writes the report.
+Entry point: run(quick, only, out_dir, reps=None, workloads=None, log=print, progress=True).
+Owns: ordering and bookkeeping. Must never: drop a failed run from the summary (a row with any failed
+repetition is marked failed and shows no number).
+"""
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
-import traceback
-from multiprocessing.connection import wait as mp_wait
 
+from . import groups, machine, report, runner, scaling
 from . import peers as peer_registry
-from . import report, workloads as W
+from . import workloads as W
 from .peers.base import ROWS
+from .progress import Progress
 
-CTX = mp.get_context("fork")   # channels (queues, shm handles) are inherited; sockets are made in the child
+SECTIONS = ("rows", "size", "partitions", "topics", "groups", "T5")
 
-
-def _child(fn, args, conn):
-    try:
-        res = {"ok": True, **fn(*args)}
-    except BaseException as e:  # report, never raise past the pipe
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}",
-               "trace": traceback.format_exc(limit=4)}
-    try:
-        conn.send(res)
-    finally:
-        conn.close()
+CURVES = {   # scaling-curve points; quick keeps the ends of each range
+    True: {"sizes": (64, 8 << 10, 1 << 20), "size_bytes": 2 << 20, "size_peers": ("shmlog", "zmq", "iceoryx2"),
+           "partitions": (1, 16, 256), "rate": 50_000, "rate_seconds": 0.2, "topics": 100},
+    False: {"sizes": (64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20),
+            "size_bytes": 96 << 20, "size_peers": None,
+            "partitions": (1, 4, 16, 64, 256), "rate": 100_000, "rate_seconds": 2.0, "topics": 1000},
+}
 
 
-def _run_children(jobs, timeout):
-    """jobs: [(fn, args)]. Returns one result dict per job; kills every child still alive at the end."""
-    procs, conns = [], []
-    try:
-        for fn, args in jobs:
-            r, w = CTX.Pipe(duplex=False)
-            p = CTX.Process(target=_child, args=(fn, args, w), daemon=True)
-            p.start()
-            w.close()
-            procs.append(p)
-            conns.append(r)
-        end, out = time.monotonic() + timeout, {}
-        while len(out) < len(conns) and time.monotonic() < end:
-            for r in mp_wait([r for r in conns if id(r) not in out], max(0.0, end - time.monotonic())):
-                try:
-                    out[id(r)] = r.recv()
-                except EOFError:
-                    out[id(r)] = {"ok": False, "error": "child died without a result"}
-                if not out[id(r)]["ok"]:
-                    end = min(end, time.monotonic() + 2.0)   # one side failed: short grace, then kill
-        out = [out.get(id(r), {"ok": False, "error": f"TIMEOUT after {timeout:.0f}s"}) for r in conns]
-        for p in procs:
-            p.join(max(0.1, min(5.0, end - time.monotonic())))
-        return out
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(2)
-            if p.is_alive():
-                p.kill()
-                p.join(2)
-        for r in conns:
-            r.close()
-
-
-def run_one(peer, row, mode, quick, tag, timeout):
-    n, size = W.SIZES[quick][row], W.RECORD[row]
-    deadline = time.monotonic() + timeout            # children share this absolute deadline
-    evs = [CTX.Event() for _ in range(2)]
-    if row == "T2":
-        warm = W.SIZES[quick]["T2-warmup"]
-        ping = peer.channel(row, mode, size, tag + "a", n + warm + 1)
-        try:
-            pong = peer.channel(row, mode, size, tag + "b", n + warm + 1)
-            try:
-                a, b = _run_children([(W.pinger, (ping, pong, n, warm, size, evs[0], evs[1], deadline)),
-                                      (W.ponger, (ping, pong, n + warm, evs[1], evs[0], deadline))], timeout + 5)
-            finally:
-                pong.close()
-        finally:
-            ping.close()
-        ok = a["ok"] and b["ok"]
-        return {"ok": ok, "error": None if ok else a.get("error") or b.get("error"),
-                "value": {k: a[k] for k in ("p50", "p99", "p99.9", "max", "mean")} if ok else None}
-    batch = W.BATCH if row == "T1-batch" else 0
-    ch = peer.channel(row, mode, size, tag, n + 1)
-    try:
-        c, p = _run_children([(W.consumer, (ch, n, batch, evs[0], evs[1], deadline)),
-                              (W.producer, (ch, n, size, batch, evs[0], evs[1], deadline))], timeout + 5)
-    finally:
-        ch.close()
-    ok = c["ok"] and p["ok"]
-    if not ok:
-        return {"ok": False, "error": c.get("error") if not c["ok"] else p.get("error"), "value": None}
-    secs = (c["t_end"] - p["t0"]) / 1e9
-    value = n / secs if row.startswith("T1") else n * size / secs / 1e9
-    return {"ok": True, "error": None, "value": value, "seconds": secs}
-
-
-def _version(pkg):
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_facts():
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    try:
-        g = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        git = g.stdout.strip() if g.returncode == 0 else "no commit"
-    except Exception:
-        git = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git": git, "start_method": "fork", "clock": "CLOCK_MONOTONIC (time.monotonic_ns)",
-            "numpy": _version("numpy"), "cffi": _version("cffi"),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+def stats(vals):
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
 
 def _expand(workloads):
     if not workloads:
-        return list(ROWS)
-    return [r for r in ROWS if any(r == w or r.split("-")[0] == w for w in workloads)]
+        return list(ROWS), list(SECTIONS)
+    rows = [r for r in ROWS if any(r == w or r.split("-")[0] == w for w in workloads)]
+    sections = [s for s in SECTIONS if s in workloads or (s == "rows" and rows)]
+    return rows, sections
 
 
-def run(quick, only=None, out_dir=None, reps=None, workloads=None, log=print):
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    reps = max(3, reps or 3) if quick else max(3, reps or 5)
-    timeout = 30.0 if quick else 300.0
-    rows, names = _expand(workloads), only or list(peer_registry.PEERS)
-    workdir = tempfile.mkdtemp(prefix="shmlogbench-", dir="/tmp")
-    res = {"machine": machine_facts(), "quick": quick, "reps": reps, "sizes": W.SIZES[quick],
-           "record_bytes": W.RECORD, "peers": {}, "skipped": {}, "runs": []}
+def _setup_peers(names, rows, workdir, res, log):
     active = []
-    try:
-        for name in names:
-            peer, reason = peer_registry.load(name) if name in peer_registry.PEERS else (None, "unknown peer")
-            if peer is not None:
+    for name in names:
+        peer, reason = peer_registry.load(name) if name in peer_registry.PEERS else (None, "unknown peer")
+        if peer is not None:
+            try:
+                active.append(peer)           # teardown must run even if setup fails half-way
+                peer.setup(workdir)
+            except Exception as e:
+                active.pop()
                 try:
-                    active.append(peer)           # teardown must run even if setup fails half-way
-                    peer.setup(workdir)
-                except Exception as e:
-                    active.pop()
-                    try:
-                        peer.teardown()
-                    except Exception:
-                        pass
-                    peer, reason = None, f"setup failed: {type(e).__name__}: {e}"
-            if peer is None:
-                res["skipped"][name] = reason
-                log(f"skip {name}: {reason}")
-                continue
-            res["peers"][name] = {"versions": peer.versions(),
-                                  "modes": {r: peer.modes(r) for r in rows if peer.modes(r)}}
-        for rep in range(reps):                   # interleaved: every rep runs every (row, peer, mode)
+                    peer.teardown()
+                except Exception:
+                    pass
+                peer, reason = None, f"setup failed: {type(e).__name__}: {e}"
+        if peer is None:
+            res["skipped"][name] = reason
+            log(f"skip {name}: {reason}")
+            continue
+        res["peers"][name] = {"versions": peer.versions(),
+                              "modes": {r: peer.modes(r) for r in rows if peer.modes(r)}}
+    return active
+
+
+def _count(peer, row, mode, quick):
+    return max(W.BATCH if row == "T1-batch" else 10, int(W.SIZES[quick][row] * peer.scale(row, mode)))
+
+
+def _curve_mode(peer):
+    modes = list(peer.modes("T1-msg"))
+    return "pipelined" if "pipelined" in modes else modes[0]
+
+
+def plan(quick, reps, rows, sections, active):
+    """[(rep, section, label, fn)]: fn() -> result dict with "ok"; reps interleaved."""
+    cv, timeout = CURVES[quick], 30.0 if quick else 300.0
+    items = []
+    for rep in range(reps):
+        if "rows" in sections:
             for row in rows:
-                plan = [(p, m) for p in active for m in p.modes(row)]
-                k = rep % len(plan) if plan else 0
-                for peer, mode in plan[k:] + plan[:k]:   # rotate who goes first
-                    tag = f"{len(res['runs'])}"
-                    t = time.monotonic()
-                    try:
-                        r = run_one(peer, row, mode, quick, tag, timeout)
-                    except Exception as e:
-                        r = {"ok": False, "error": f"harness: {type(e).__name__}: {e}", "value": None}
-                    r.update(row=row, peer=peer.name, mode=mode, rep=rep, wall=round(time.monotonic() - t, 3))
-                    res["runs"].append(r)
-                    log(f"rep {rep} {row:8} {peer.name:10} {mode:10} "
-                        + (_fmt_val(row, r["value"]) if r["ok"] else "FAILED " + str(r["error"])))
+                pm = [(p, m) for p in active for m in p.modes(row)]
+                k = rep % len(pm) if pm else 0
+                for peer, mode in pm[k:] + pm[:k]:       # rotate who goes first
+                    n = _count(peer, row, mode, quick)
+                    tag = f"{rep}-{row}-{mode}"
+                    items.append((rep, "rows", dict(row=row, peer=peer.name, mode=mode, n=n),
+                                  lambda peer=peer, row=row, mode=mode, n=n, tag=tag:
+                                  runner.run_row(peer, row, mode, quick, tag, timeout, n=n)))
+        if "size" in sections:
+            for size in cv["sizes"]:
+                for peer in active:
+                    if cv["size_peers"] and peer.name not in cv["size_peers"]:
+                        continue
+                    mode = _curve_mode(peer)
+                    n = max(32, min(int(cv["size_bytes"] // size), _count(peer, "T1-msg", mode, quick)))
+                    tag = f"{rep}-size{size}"
+                    items.append((rep, "size", dict(peer=peer.name, mode=mode, size=size, n=n),
+                                  lambda peer=peer, mode=mode, size=size, n=n, tag=tag:
+                                  runner.run_row(peer, "T1-msg", mode, quick, tag, timeout, size=size, n=n)))
+        if "partitions" in sections:
+            for parts in cv["partitions"]:
+                items.append((rep, "partitions", dict(partitions=parts, offered=cv["rate"]),
+                              lambda parts=parts: scaling.partitions(parts, cv["rate"], cv["rate_seconds"])))
+        if "topics" in sections:
+            items.append((rep, "topics", dict(topics=cv["topics"]), lambda: scaling.topics(cv["topics"])))
+        if "groups" in sections and groups.available():
+            for label, fn in groups.throughput_plan(quick):
+                items.append((rep, "groups", label, fn))
+        if "T5" in sections:
+            from . import durable
+            for key, fn in durable.plan(quick):
+                items.append((rep, "T5", dict(row=key), fn))
+    if "groups" in sections and groups.available():
+        items.append((reps, "groups", dict(kind="rebalance"), lambda: groups.rebalance(quick)))
+    return items
+
+
+def _line(section, label, r):
+    if not r.get("ok"):
+        return "FAILED " + str(r.get("error"))
+    if section == "rows":
+        return report.fmt_value(label["row"], r["value"])
+    if section == "size":
+        return f"{r['value']:,.0f} msg/s {r['bytes_per_s'] / 1e6:,.0f} MB/s"
+    if section == "partitions":
+        return f"{r['rate']:,.0f} msg/s p99 {r['p99_us']:.0f} us cpu {r['cpu_us_per_record']:.1f} us/rec"
+    if section == "topics":
+        return f"create {r['create_s']:.2f} s, {r['shm_bytes_per_partition'] / 1024:.0f} KiB shm/partition"
+    return ", ".join(f"{k}={v:.3g}" for k, v in r.items() if isinstance(v, float) and k != "wall")[:80]
+
+
+def _label(label):
+    return " ".join(str(v) for v in label.values())
+
+
+def run(quick, only=None, out_dir=None, reps=None, workloads=None, log=print, progress=True):
+    out_dir = out_dir or "shmlog-bench-results"
+    reps = max(3, reps or 3)
+    rows, sections = _expand(workloads)
+    names = only or list(peer_registry.PEERS)
+    workdir = tempfile.mkdtemp(prefix="shmlogbench-", dir="/tmp")
+    t_start = time.monotonic()
+    res = {"machine": machine.facts(), "quick": quick, "reps": reps, "sizes": W.SIZES[quick],
+           "record_bytes": W.RECORD, "curves_config": CURVES[quick], "peers": {}, "skipped": {},
+           "runs": [], "results": {s: [] for s in SECTIONS if s != "rows"}}
+    bar = None
+    try:
+        active = _setup_peers(names, rows, workdir, res, log)
+        if "groups" in sections and not groups.available():
+            res["skipped"]["consumer groups"] = "this shmlog has no consumer-group API (issue 4)"
+        items = plan(quick, reps, rows, sections, active)
+        bar = Progress(len(items), enabled=progress)
+        for rep, section, label, fn in items:
+            t = time.monotonic()
+            try:
+                r = fn()
+            except Exception as e:
+                r = {"ok": False, "error": f"harness: {type(e).__name__}: {e}", "value": None}
+            r = {**label, "rep": rep, **r, "wall": round(time.monotonic() - t, 3)}
+            (res["runs"] if section == "rows" else res["results"][section]).append(r)
+            bar.step(f"rep {rep} {section} {_label(label)}", _line(section, label, r))
     finally:
-        for peer in active:
+        if bar is not None:
+            bar.close()
+        for peer in locals().get("active", []):
             try:
                 peer.teardown()
             except Exception as e:
                 log(f"teardown {peer.name}: {e}")
         shutil.rmtree(workdir, ignore_errors=True)
-    if not workloads or "T5" in workloads:       # durability rows (shmlog durable, disk, Redis)
-        from . import durable
-        log("T5 durability rows ...")
-        res["durable"] = durable.run(quick, reps)
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["machine"]["wall_seconds"] = round(time.monotonic() - t_start, 1)
     res["summary"] = summarize(res["runs"])
+    res["curves"] = summarize_curves(res["results"])
     res["markdown"] = report.write(res, out_dir)
     return res
 
 
-def _fmt_val(row, v):
-    if row == "T2":
-        return " ".join(f"{k}={v[k]:.1f}us" for k in ("p50", "p99", "p99.9", "max"))
-    return f"{v:,.0f} msg/s" if row.startswith("T1") else f"{v:.2f} GB/s"
-
-
 def summarize(runs):
-    groups = {}
+    by = {}
     for r in runs:
-        groups.setdefault((r["row"], r["peer"], r["mode"]), []).append(r)
+        by.setdefault((r["row"], r["peer"], r["mode"]), []).append(r)
     out = []
-    for (row, peer, mode), rs in groups.items():
+    for (row, peer, mode), rs in by.items():
         bad = [r for r in rs if not r["ok"]]
-        s = {"row": row, "peer": peer, "mode": mode, "reps": len(rs), "ok": not bad,
+        s = {"row": row, "peer": peer, "mode": mode, "reps": len(rs), "n": rs[0].get("n"), "ok": not bad,
              "error": bad[0]["error"] if bad else None}
         if not bad:
-            if row == "T2":
+            if row.startswith("T2"):
                 for k in ("p50", "p99", "p99.9", "max"):
-                    vals = [r["value"][k] for r in rs]
-                    s[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+                    s[k] = stats([r["value"][k] for r in rs])
+                curves = [r["value"]["curve"] for r in rs]
+                s["curve"] = [statistics.median(c[i] for c in curves) for i in range(len(curves[0]))]
             else:
-                vals = [r["value"] for r in rs]
-                s["value"] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+                s["value"] = stats([r["value"] for r in rs])
         out.append(s)
+    return out
+
+
+def _group_by(runs, keys, fields):
+    by = {}
+    for r in runs:
+        by.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for key, rs in by.items():
+        bad = [r for r in rs if not r.get("ok")]
+        s = {**dict(zip(keys, key)), "reps": len(rs), "ok": not bad, "error": bad[0].get("error") if bad else None}
+        if not bad:
+            for f in fields:
+                vals = [r[f] for r in rs if r.get(f) is not None]
+                if vals:
+                    s[f] = stats(vals)
+        out.append(s)
+    return out
+
+
+def summarize_curves(results):
+    out = {
+        "size": _group_by(results.get("size", []), ("peer", "mode", "size", "n"), ("value", "bytes_per_s")),
+        "partitions": _group_by(results.get("partitions", []), ("partitions", "offered"),
+                                ("rate", "p50_us", "p99_us", "cpu_us_per_record")),
+        "topics": _group_by(results.get("topics", []), ("topics",),
+                            ("create_s", "delete_s", "create_ms_per_topic", "shm_bytes_per_partition",
+                             "creator_rss_bytes_per_partition")),
+    }
+    if results.get("groups"):
+        out["groups"] = groups.summarize(results["groups"])
+    if results.get("T5"):
+        from . import durable
+        out["T5"] = durable.summarize(results["T5"])
     return out

@@ -38,6 +38,8 @@ class PartitionInfo(msgspec.Struct, frozen=True):
     ring_used_bytes: int
     sealed_writes: int          # reservations of dead producers turned into offset gaps
     overwritten_frames: int     # ephemeral: frames dropped to make room
+    persisted_lag_bytes: int = 0    # durable: committed bytes the persister has not written yet
+    fsynced_lag_bytes: int = 0      # durable: committed bytes not fsynced yet
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -537,8 +539,14 @@ class Log:
                     storage.partition_dir(self.settings.data_dir, name, p)).start_offset()
                 if disk_start is not None:
                     start = min(start, disk_start)
+            persisted_lag = fsynced_lag = 0
+            if h.config.persistence == "disk":
+                persisted_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED), 0)
+                fsynced_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED), 0)
             parts.append(PartitionInfo(p, start, end, h.config.ring_bytes, tp - hp,
-                                       lib.shm_ring_counter(r.base, lib.SHM_COUNTER_SEALED), lib.shm_ring_counter(r.base, lib.SHM_COUNTER_OVERWRITTEN)))
+                                       lib.shm_ring_counter(r.base, lib.SHM_COUNTER_SEALED),
+                                       lib.shm_ring_counter(r.base, lib.SHM_COUNTER_OVERWRITTEN),
+                                       persisted_lag, fsynced_lag))
         return TopicDescription(name, h.generation, h.config, parts)
 
     # ------------------------------------------------------------ handles and rings

@@ -255,6 +255,8 @@ class Persister:
     def shutdown(self):
         """Everything committed is written and fsynced before we go."""
         self.pool.shutdown(wait=True)
+        if not self.orphaned():
+            self.sync_topics()          # a stop that came before the first pass still persists
         for part in self.parts.values():
             part.copy()
             part.fsync()
@@ -300,6 +302,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s persister %(levelname)s %(message)s")
     settings = config.resolve(args.instance, args.data_dir, args.shm_prefix)
     os.umask(0o007)                                   # segment files 0660, dirs 0770 (see permissions.py)
+    # handlers before the flock: whoever sees the flock may SIGTERM us at once,
+    # and a stop must still copy and fsync everything (shutdown does)
+    stop_requested = []
+
+    def stop(*_):
+        stop_requested.append(True)
+        if p is not None:
+            p.stopping = True       # the signal also interrupts the futex wait
+
+    p = None
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
     fd = os.open(lock_path(settings.data_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
     for attempt in range(20):
@@ -317,12 +331,7 @@ def main(argv=None) -> int:
     from .instance import Log
     conn = Log(settings, start_persister=False)
     p = Persister(conn)
-
-    def stop(*_):
-        p.stopping = True       # the signal also interrupts the futex wait
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    p.stopping = bool(stop_requested)
     try:
         p.run()
     finally:

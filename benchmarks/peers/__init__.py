@@ -6,6 +6,8 @@ PEERS = {
     "mpqueue": "benchmarks.peers.mpqueue",
     "zmq": "benchmarks.peers.zmq_ipc",
     "fasterfifo": "benchmarks.peers.fasterfifo",
+    "redis": "benchmarks.peers.redis_streams",
+    "iceoryx2": "benchmarks.peers.iceoryx2_peer",
 }
 
 

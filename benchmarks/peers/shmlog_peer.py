@@ -20,7 +20,7 @@ def _seqs_from_columns(cols):
     return vals[idx].view("<u8").ravel()     # reads the 8 bytes of every received record
 
 
-_FIT = "ring >= 64 MiB and sized to hold the whole run (MAP_POPULATE at attach, before t0)"
+_FIT = "ring sized to hold the whole run (power of two >= 1.25x its bytes, >= 1 MiB; MAP_POPULATE at attach, before t0)"
 
 
 class _Tx:
@@ -40,9 +40,11 @@ class _Tx:
 
 
 class _Rx:
-    def __init__(self, ch, wait):
+    def __init__(self, ch, wait, group=None):
         self.log = ch.peer._connect()
         kw = {"wait": wait} if wait else {}
+        if group is not None:                        # a consumer group of one member (T4 "groups")
+            kw.update(group=group, enable_auto_commit=False)
         self.c = self.log.consumer(topics=[ch.topic], auto_offset_reset="earliest", **kw)
         self.columns = ch.mode == "columns"
 
@@ -67,8 +69,9 @@ class _Ch(Channel):
     def sender(self):
         return _Tx(self)
 
-    def receiver(self):
-        return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode))
+    def receiver(self, index=0):
+        return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode),
+                   group=f"g{index}" if self.mode == "groups" else None)
 
     def close(self):
         self.peer.log.delete_topic(self.topic)
@@ -77,6 +80,7 @@ class _Ch(Channel):
 class ShmlogPeer(Peer):
     name = "shmlog"
     log = None
+    connect_kwargs = None     # set (instance, data_dir, shm_prefix) to use an existing isolated instance
 
     def check(self):
         try:
@@ -93,15 +97,25 @@ class ShmlogPeer(Peer):
             return {"shmlog": getattr(shmlog, "__version__", "unknown")}
 
     def modes(self, row):
+        from .. import groups
+        modes = self._modes(row)
+        if not groups.available():
+            modes.pop("groups", None)                 # this shmlog predates consumer groups
+        return modes
+
+    def _modes(self, row):
         return {
             "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}"},
             "T1-batch": {"poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
                          "columns": f"send_batch(1000 records) per call, poll_columns(<=100000) -> numpy columns, {_FIT}"},
-            "T2": {"spin": "two topics, Consumer(wait='spin') busy-polls",
-                   "park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
+            "T2-spin": {"spin": "two topics, Consumer(wait='spin') busy-polls"},
+            "T2-block": {"park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
             "T3": {"poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
                    "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
                                 "a lapped consumer reads the segment files"},
+            "T4": {"poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}",
+                   "groups": f"one topic, 4 consumer groups of one member each (like Redis' 4 groups), "
+                             f"poll() per record, no commits, {_FIT}"},
         }.get(row, {})
 
     def _connect(self):
@@ -110,13 +124,17 @@ class ShmlogPeer(Peer):
                               shm_prefix=self.prefix, autostart=False)
 
     def setup(self, workdir):
-        u = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.instance, self.prefix = f"bench-{u}", f"shmlogbench-{u}."
-        self.data_dir = os.path.join(workdir, "shmlog-data")
+        if self.connect_kwargs:
+            kw = self.connect_kwargs
+            self.instance, self.prefix, self.data_dir = kw["instance"], kw["shm_prefix"], kw["data_dir"]
+        else:
+            u = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.instance, self.prefix = f"bench-{u}", f"shmlogbench-{u}."
+            self.data_dir = os.path.join(workdir, "shmlog-data")
         os.makedirs(self.data_dir, exist_ok=True)
         self.log = self._connect()
 
-    def channel(self, row, mode, record_size, tag, count):
+    def channel(self, row, mode, record_size, tag, count, consumers=1):
         topic, ring = f"t-{tag}", 64 << 20
         if mode == "durable64":       # a 64 MiB ring backed by segment files: nothing can be lapped away
             self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="disk", fsync="never")
@@ -124,7 +142,7 @@ class ShmlogPeer(Peer):
             return _Ch(self, topic, mode)
         # ephemeral: the ring holds the whole run, so persistence="none" never drops a record
         per = record_size + (16 if row == "T1-batch" else 128)       # + frame/record overhead
-        ring = max(ring, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
+        ring = max(1 << 20, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
         self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="none")
         return _Ch(self, topic, mode)
 

@@ -1,9 +1,9 @@
-"""Peer adapter: pyzmq over ipc:// (PUSH/PULL and PAIR), fastest honest settings."""
+"""Peer adapter: pyzmq over ipc:// (PUSH/PULL, PAIR, PUB/SUB for fan-out), fastest honest settings."""
 import os
 
 import numpy as np
 
-from .base import Channel, Peer, seqs_of
+from .base import Channel, Peer, seqs_of, spin_until
 
 _BIG = 64 << 10   # at/above this size use zero-copy (copy=False) on both ends
 
@@ -13,13 +13,17 @@ class _Sock:
         import zmq
         self.zmq, self.ctx = zmq, zmq.Context()
         self.s = self.ctx.socket(kind)
+        if kind == zmq.SUB:
+            self.s.setsockopt(zmq.SUBSCRIBE, b"")
+        self.s.setsockopt(zmq.RECONNECT_IVL, 10)        # a SUB may connect before the PUB binds
         hwm = max(16, (64 << 20) // max(ch.record_size, 1))   # ~64 MiB buffered, like the shmlog ring
         self.s.setsockopt(zmq.SNDHWM, hwm)
         self.s.setsockopt(zmq.RCVHWM, hwm)
-        self.s.setsockopt(zmq.LINGER, 10_000)
+        self.s.setsockopt(zmq.LINGER, 0 if kind in (zmq.SUB, zmq.PULL) else 10_000)   # receivers owe nothing
         (self.s.bind if bind else self.s.connect)(ch.endpoint)
         self.copy = ch.record_size < _BIG
         self.packed = ch.mode == "packed"
+        self.spin = ch.spin
         self.to = None
 
     def close(self):
@@ -45,7 +49,16 @@ class _Rx(_Sock):
             self.to = timeout
             self.s.setsockopt(self.zmq.RCVTIMEO, int(timeout * 1000))
 
+    def _poll(self):
+        try:
+            m = self.s.recv(self.zmq.NOBLOCK, copy=self.copy)
+        except self.zmq.Again:
+            return None
+        return m if self.copy else m.buffer
+
     def recv(self, timeout):
+        if self.spin:
+            return spin_until(self._poll, timeout)
         self._timeout(timeout)
         try:
             m = self.s.recv(copy=self.copy)
@@ -70,14 +83,16 @@ class _Rx(_Sock):
 
 
 class _Ch(Channel):
-    def __init__(self, endpoint, kinds, record_size, mode):
+    def __init__(self, endpoint, kinds, record_size, mode, spin):
         self.endpoint, self.kinds, self.record_size, self.mode = endpoint, kinds, record_size, mode
+        self.spin = spin
+        self.fanout = mode == "pub-sub"
 
-    def sender(self):
-        return _Tx(self, self.kinds[0], bind=False)
+    def sender(self):                      # PUB binds once for its many SUBs; PUSH/PAIR connect
+        return _Tx(self, self.kinds[0], bind=self.fanout)
 
-    def receiver(self):
-        return _Rx(self, self.kinds[1], bind=True)
+    def receiver(self, index=0):
+        return _Rx(self, self.kinds[1], bind=not self.fanout)
 
     def close(self):
         path = self.endpoint[len("ipc://"):]
@@ -98,6 +113,9 @@ class ZmqPeer(Peer):
         import zmq
         return {"pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
 
+    def scale(self, row, mode):
+        return {("T1-batch", "multipart"): 0.3, ("T2-spin", "pair"): 0.5}.get((row, mode), 1.0)
+
     def modes(self, row):
         hwm = "HWM ~64 MiB"
         return {
@@ -106,18 +124,21 @@ class ZmqPeer(Peer):
             "T1-batch": {"multipart": f"PUSH/PULL ipc://, send_multipart/recv_multipart of 1000 frames (one frame per record), {hwm}",
                          "packed": "PUSH/PULL ipc://, 1000 records packed by the adapter into ONE frame "
                                    "(u32 count + u32 lengths + values; numpy decodes), not a zmq feature"},
-            "T2": {"push-pull": "two PUSH/PULL ipc:// pairs, blocking recv",
-                   "pair": "two PAIR ipc:// sockets, blocking recv"},
+            "T2-spin": {"pair": "two PAIR ipc:// sockets, the receiver loops on recv(NOBLOCK)"},
+            "T2-block": {"push-pull": "two PUSH/PULL ipc:// pairs, blocking recv",
+                         "pair": "two PAIR ipc:// sockets, blocking recv"},
             "T3": {"push-pull": f"PUSH/PULL ipc://, send/recv copy=False (zero-copy Frame), {hwm}"},
+            "T4": {"pub-sub": f"one PUB bound, 4 SUB connected over ipc://, send/recv per record, {hwm} "
+                              "(a PUB drops at HWM: the verification would mark the row failed)"},
         }.get(row, {})
 
     def setup(self, workdir):
         self.workdir = workdir
 
-    def channel(self, row, mode, record_size, tag, count):
+    def channel(self, row, mode, record_size, tag, count, consumers=1):
         import zmq
-        kinds = (zmq.PAIR, zmq.PAIR) if mode == "pair" else (zmq.PUSH, zmq.PULL)
-        return _Ch(f"ipc://{self.workdir}/zmq-{tag}.sock", kinds, record_size, mode)
+        kinds = {"pair": (zmq.PAIR, zmq.PAIR), "pub-sub": (zmq.PUB, zmq.SUB)}.get(mode, (zmq.PUSH, zmq.PULL))
+        return _Ch(f"ipc://{self.workdir}/zmq-{tag}.sock", kinds, record_size, mode, spin=row == "T2-spin")
 
 
 PEER = ZmqPeer()

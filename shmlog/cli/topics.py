@@ -1,0 +1,143 @@
+"""cli/topics.py — `shmlog topic create|list|describe|alter|delete`.
+
+Owns: the topic subcommands' arguments and output. Must never: change a
+topic other than through Log.create_topic / alter_topic / delete_topic.
+"""
+import msgspec
+
+from .. import errors
+from . import common
+
+EPILOG = """examples:
+  shmlog topic create orders -p 4 --ring-bytes 67108864 --fsync interval:100
+  shmlog topic create ticks --persistence none --ring-bytes 16777216
+  shmlog topic list
+  shmlog topic describe orders --json
+  shmlog topic alter orders --retention-ms 86400000 --partitions 8
+  shmlog topic delete orders
+"""
+
+# option -> (Log.create_topic / alter_topic keyword, type); -1 means "no limit" for retention
+CONFIG_OPTIONS = {
+    "partitions": int,
+    "ring_bytes": int,
+    "persistence": str,
+    "fsync": str,
+    "retention_ms": int,
+    "retention_bytes": int,
+    "max_message_bytes": int,
+    "segment_bytes": int,
+    "segment_ms": int,
+}
+UNLIMITED = ("retention_ms", "retention_bytes")
+
+
+def _add_config_options(p, defaults: bool):
+    def d(v):
+        return v if defaults else None
+
+    p.add_argument("-p", "--partitions", type=int, default=d(1), help="partition count" +
+                   ("" if defaults else " (can only grow)"))
+    p.add_argument("--ring-bytes", type=int, default=d(64 << 20), help="ring size per partition, a power of two")
+    p.add_argument("--persistence", choices=["none", "disk"], default=d("disk"),
+                   help="disk: segment files, replayable after a restart; none: the ring only")
+    p.add_argument("--fsync", default=d("interval:100"), help="never | always | interval:MS")
+    p.add_argument("--retention-ms", type=int, default=d(7 * 86400_000), help="-1: keep forever")
+    p.add_argument("--retention-bytes", type=int, default=None, help="per partition; -1: no limit")
+    p.add_argument("--max-message-bytes", type=int, default=None, help="default: ring bytes / 4")
+    p.add_argument("--segment-bytes", type=int, default=d(1 << 30), help="segment file size before a roll")
+    p.add_argument("--segment-ms", type=int, default=d(7 * 86400_000), help="segment age before a roll")
+
+
+def _config_from(args) -> dict:
+    out = {}
+    for name in CONFIG_OPTIONS:
+        v = getattr(args, name)
+        if v is None:
+            continue
+        if name in UNLIMITED and v == -1:
+            v = None
+        out[name] = v
+    return out
+
+
+def describe_text(d) -> str:
+    cfg = msgspec.structs.asdict(d.config)
+    head = f"topic {d.name}  generation {d.generation}\n  " + "  ".join(f"{k}={v}" for k, v in cfg.items())
+    rows = [(p.partition, p.log_start_offset, p.end_offset, p.end_offset - p.log_start_offset,
+             f"{100 * p.ring_used_bytes / max(p.ring_bytes, 1):.1f}%", p.persisted_lag_bytes,
+             p.fsynced_lag_bytes, p.sealed_writes) for p in d.partitions]
+    return head + "\n" + common.table(
+        ["PARTITION", "START", "END", "RECORDS", "RING FILL", "UNPERSISTED B", "UNSYNCED B", "SEALED"], rows)
+
+
+def cmd_create(args):
+    with common.open_log(args, writes=True) as log:
+        d = log.create_topic(args.name, **_config_from(args))
+        common.emit(args, d, f"created topic {args.name!r} with {d.config.partitions} partition(s)")
+
+
+def cmd_list(args):
+    with common.open_log(args) as log:
+        rows = []
+        for name in log.list_topics():
+            try:
+                h = log.topic_handle(name)
+            except errors.UnknownTopicOrPartition:
+                continue                                  # deleted meanwhile
+            c = h.config
+            rows.append({"name": name, "partitions": c.partitions, "persistence": c.persistence,
+                         "ring_bytes": c.ring_bytes, "fsync": c.fsync})
+        text = common.table(["NAME", "PARTITIONS", "PERSISTENCE", "RING BYTES", "FSYNC"],
+                            [list(r.values()) for r in rows]) if rows else "(no topics)"
+        common.emit(args, rows, text)
+
+
+def cmd_describe(args):
+    with common.open_log(args) as log:
+        d = log.describe_topic(args.name)
+        common.emit(args, d, describe_text(d))
+
+
+def cmd_alter(args):
+    changes = _config_from(args)
+    if not changes:
+        raise common.CommandError("nothing to alter: name at least one setting, e.g. --retention-ms")
+    with common.open_log(args, writes=True) as log:
+        alter = getattr(log, "alter_topic", None)
+        if alter is None:
+            raise errors.NotSupported("this build of shmlog cannot alter topics (Log.alter_topic is missing)")
+        d = alter(args.name, **changes)
+        if not hasattr(d, "partitions"):
+            d = log.describe_topic(args.name)
+        common.emit(args, d, f"altered topic {args.name!r}: " +
+                    ", ".join(f"{k}={'unlimited' if v is None else v}" for k, v in changes.items()))
+
+
+def cmd_delete(args):
+    with common.open_log(args, writes=True) as log:
+        log.delete_topic(args.name)
+        common.emit(args, {"deleted": args.name}, f"deleted topic {args.name!r}")
+
+
+def register(sub, parent):
+    t = sub.add_parser("topic", parents=[parent], help="create, list, describe, alter, delete topics",
+                       description="Topics: named logs of one or more partitions.", epilog=EPILOG)
+    ts = t.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
+    c = ts.add_parser("create", parents=[parent], help="create a topic", epilog=EPILOG)
+    c.add_argument("name")
+    _add_config_options(c, defaults=True)
+    c.set_defaults(func=cmd_create)
+    ts.add_parser("list", parents=[parent], help="list topics", epilog=EPILOG).set_defaults(func=cmd_list)
+    x = ts.add_parser("describe", parents=[parent], help="config, offsets, ring fill and lag per partition",
+                      epilog=EPILOG)
+    x.add_argument("name")
+    x.set_defaults(func=cmd_describe)
+    a = ts.add_parser("alter", parents=[parent], help="change a topic's settings (Log.alter_topic decides what may change)",
+                      epilog=EPILOG)
+    a.add_argument("name")
+    _add_config_options(a, defaults=False)
+    a.set_defaults(func=cmd_alter)
+    x = ts.add_parser("delete", parents=[parent], help="delete a topic, its rings and its files", epilog=EPILOG)
+    x.add_argument("name")
+    x.set_defaults(func=cmd_delete)
