@@ -246,6 +246,29 @@ void shm_ctl_topic_free(void *base, int index)
     bump_epoch(CTL(base));
 }
 
+/* alter_topic: a LIVE entry's config changes in place (caller holds the
+ * lock). Lock-free readers may see the old or the new value of each field;
+ * the caller makes every field's new value safe on its own (new rings exist
+ * before partitions grows). The epoch bump tells the persister to re-read. */
+int shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *cfg)
+{
+    struct shm_topic_entry *e = shm_ctl_topic(base, (uint32_t)index);
+    if (shm_load_acquire(&e->state) != SHM_TOPIC_LIVE)
+        return SHM_E_NOT_FOUND;
+    struct shm_topic_config *c = &e->config;
+    shm_store_relaxed(&c->retention_ms, cfg->retention_ms);
+    shm_store_relaxed(&c->retention_bytes, cfg->retention_bytes);
+    shm_store_relaxed(&c->segment_bytes, cfg->segment_bytes);
+    shm_store_relaxed(&c->segment_ms, cfg->segment_ms);
+    shm_store_relaxed(&c->fsync_interval_ms, cfg->fsync_interval_ms);
+    shm_store_relaxed(&c->fsync_mode, cfg->fsync_mode);
+    shm_store_relaxed(&c->max_message_bytes, cfg->max_message_bytes);
+    /* release: the rings of new partitions exist before readers see the count */
+    shm_store_release(&c->partitions, cfg->partitions);
+    bump_epoch(CTL(base));
+    return SHM_OK;
+}
+
 /* ------------------------------------------------------------------ groups */
 
 struct shm_group_entry *shm_ctl_group(void *base, uint32_t index)

@@ -175,6 +175,17 @@ static int slot_settled(const struct shm_ring_header *h, const struct shm_produc
     return shm_load_acquire(&FRAME(h, fp)->commit) == commit_word(fp);
 }
 
+/* Under seal_lock: frees slot s if its owner is dead and it holds no open reservation. */
+static void free_if_dead_and_settled(struct shm_ring_header *h, struct shm_producer_slot *s,
+                                     const char *token_prefix)
+{
+    if (slot_settled(h, s) && slot_owner_dead(s, token_prefix)) {
+        shm_store_relaxed(&s->state, SHM_SLOT_IDLE);
+        /* release: the slot is idle before another process can claim it */
+        shm_store_release(&s->owner, 0);
+    }
+}
+
 int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const char *token_prefix)
 {
     struct shm_ring_header *h = HDR(base);
@@ -193,13 +204,8 @@ int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const cha
         /* table full: free the slots of dead owners that hold no open reservation */
         if (seal_lock(h) != SHM_OK)
             return SHM_E_SYS;
-        for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
-            struct shm_producer_slot *s = &h->slots[i];
-            if (slot_settled(h, s) && slot_owner_dead(s, token_prefix)) {
-                shm_store_relaxed(&s->state, SHM_SLOT_IDLE);
-                shm_store_release(&s->owner, 0);
-            }
-        }
+        for (int i = 0; i < SHM_PRODUCER_SLOTS; i++)
+            free_if_dead_and_settled(h, &h->slots[i], token_prefix);
         seal_unlock(h);
     }
     return SHM_E_NO_SLOT;
@@ -1166,4 +1172,52 @@ int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
 out:
     seal_unlock(h);
     return rc;
+}
+
+/* The supervisor's sweep: seals the open reservation of every dead writer
+ * (those nobody reads past yet, e.g. while every consumer maps the ring
+ * read-only), and with free_slots also frees the slots of dead owners that
+ * hold none (that test costs a liveness check per claimed slot, so it runs
+ * less often). Returns the number of reservations sealed, or a negative
+ * status. Each seal goes through shm_ring_seal_stuck, so a live (slow)
+ * writer is never sealed over. */
+int shm_ring_seal_dead(void *base, const char *token_prefix, int free_slots)
+{
+    struct shm_ring_header *h = HDR(base);
+    int sealed = 0;
+    for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
+        struct shm_producer_slot *s = &h->slots[i];
+        if (shm_load_acquire(&s->owner) == 0)
+            continue;
+        if (!slot_settled(h, s)) {
+            if (!slot_owner_dead(s, token_prefix))
+                continue;
+            uint64_t before = shm_load_relaxed(&h->sealed_count);
+            int rc = shm_ring_seal_stuck(base, s->res_pos, token_prefix);
+            if (rc == SHM_E_SYS)
+                return rc;
+            if (shm_load_relaxed(&h->sealed_count) != before)
+                sealed++;
+            continue;   /* freed by the seal, or still ambiguous: the next sweep looks again */
+        }
+        if (!free_slots || !slot_owner_dead(s, token_prefix))
+            continue;
+        if (seal_lock(h) != SHM_OK)
+            return SHM_E_SYS;
+        free_if_dead_and_settled(h, s, token_prefix);
+        seal_unlock(h);
+    }
+    return sealed;
+}
+
+/* alter_topic max_message_bytes: producers read it before each reservation;
+ * a write racing the change is checked against the old or the new limit. */
+int shm_ring_set_max_frame_bytes(void *base, uint32_t max_frame_bytes)
+{
+    struct shm_ring_header *h = HDR(base);
+    if (max_frame_bytes < SHM_FRAME_HEADER_BYTES + SHM_BATCH_HEADER_BYTES + 8 ||
+        max_frame_bytes > h->capacity / 2)
+        return SHM_E_INVALID;
+    shm_store_relaxed(&h->max_frame_bytes, max_frame_bytes);
+    return SHM_OK;
 }

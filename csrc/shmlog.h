@@ -483,6 +483,8 @@ int      shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *
                       uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns);
 int      shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset);
 int      shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix);
+int      shm_ring_seal_dead(void *base, const char *token_prefix, int free_slots);
+int      shm_ring_set_max_frame_bytes(void *base, uint32_t max_frame_bytes);
 void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_offset,
                        uint64_t *head_pos, uint64_t *tail_pos);
 /* what shm_ring_counter reads (one atomic load each) */
@@ -552,6 +554,7 @@ int      shm_ctl_topic_reserve(void *base, const char *name, uint32_t name_len,
                                const struct shm_topic_config *cfg, uint64_t *generation);
 void     shm_ctl_topic_publish(void *base, int index);
 void     shm_ctl_topic_free(void *base, int index);
+int      shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *cfg);
 uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation);
 uint64_t shm_ctl_epoch(const void *base);
 uint32_t shm_ctl_restored(const void *base);

@@ -92,6 +92,18 @@ class NotSupported(ShmlogError):
     """The feature exists in the API but not in this build yet; the message says what to use."""
 
 
+class InvalidConfig(InvalidArgument):
+    """The service config file is invalid; the message names the file and the key."""
+
+
+class AlreadyRunning(ShmlogError):
+    """Another live supervisor holds the instance."""
+
+
+class SupervisorError(ShmlogError):
+    """The supervisor could not be reached, started or stopped; the message says why."""
+
+
 class CommitFailed(ShmlogError):
     """The commit was fenced: this member no longer owns the partition (it was
     removed from its group, or the group moved the partition). Poll to rejoin."""

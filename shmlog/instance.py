@@ -2,15 +2,18 @@
 
 Owns: attaching (or creating) the instance's control segment, restoring
 its topics from the data dir when the segment is new, the topic admin
-operations (create, list, describe, delete) made under the control
-segment's robust lock together with the on-disk catalog, starting and
-stopping the instance's persister process, and the per-connection cache of
-mapped rings.
+operations (create, list, describe, alter, delete) made under the control
+segment's robust lock together with the on-disk catalog — or, while a
+supervisor runs, sent to it over its admin socket (metadata has one
+writer) —, starting and stopping the instance's persister process when no
+supervisor does, autostarting the supervisor, and the per-connection cache
+of mapped rings.
 Must never: produce or consume (producer.py and consumer.py do), or read a
 shared field without the C core.
 """
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +22,7 @@ import weakref
 
 import msgspec
 
-from . import catalog, config, errors, groups, liveness, storage
+from . import catalog, config, errors, groups, liveness, permissions, storage
 from ._native import Segment, ffi, lib, raise_status, unlink_segment
 
 log = logging.getLogger("shmlog")
@@ -49,9 +52,10 @@ class TopicDescription(msgspec.Struct, frozen=True):
 class TopicHandle:
     """A LIVE topic-table entry as this process last saw it."""
 
-    __slots__ = ("name", "index", "generation", "config", "partitions")
+    __slots__ = ("name", "index", "generation", "config", "partitions", "epoch")
 
-    def __init__(self, name, index, generation, cfg):
+    def __init__(self, name, index, generation, cfg, epoch=0):
+        self.epoch = epoch          # the topic table's epoch when config was read
         self.name = name
         self.index = index
         self.generation = generation
@@ -150,8 +154,9 @@ class Log:
 
     def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
                  max_groups: int = 1024, max_members: int = 4096, max_offsets: int = 65536,
-                 unblock_timeout_ms: int = 500, start_persister: bool = True):
+                 unblock_timeout_ms: int = 500, start_persister: bool = True, supervisor: bool = False):
         self.settings = settings
+        self._is_supervisor = supervisor
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
         self.unblock_ns = unblock_timeout_ms * 1_000_000
@@ -161,6 +166,7 @@ class Log:
             raise errors.PermissionDenied(
                 f"no access to data dir {settings.data_dir}: run as the instance's user or a member "
                 "of its group, or pass another data_dir") from None
+        self._gid = permissions.instance_gid(settings.data_dir)
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
         self._handles: dict[str, TopicHandle] = {}
@@ -192,6 +198,7 @@ class Log:
                     seg = Segment.create(name, lib.shm_ctl_size(limits))
                 except errors.TopicExists:
                     continue                      # another process created it first
+                self._give_group(name)
                 rc = lib.shm_ctl_init(seg.base, seg.size, limits)
                 if rc != lib.SHM_OK:
                     raise_status(rc, f"cannot initialise control segment {name}")
@@ -212,6 +219,19 @@ class Log:
                     f"control segment {name} was never finished by its creator; "
                     "remove it with `shmlog doctor --clean`")
             time.sleep(0.001)
+
+    def _give_group(self, name: str):
+        """A new segment belongs to the instance's group (the data dir's, once a supervisor set it)."""
+        if self._gid is not None:
+            permissions.give_group(permissions.shm_path(name), self._gid)
+
+    def _supervisor(self):
+        """The admin client of the supervisor running this instance, or None
+        (no supervisor, or we are it): then topic changes are made here."""
+        if self._is_supervisor:
+            return None
+        from . import admin
+        return admin.client(self.settings)
 
     def _lock(self):
         self._check_open()
@@ -282,6 +302,10 @@ class Log:
         d = self.settings.data_dir
         if persister.running(d):
             return
+        sup = self._supervisor()
+        if sup is not None:
+            sup.call("ensure_persister")  # the supervisor owns it
+            return
         errlog = open(os.path.join(d, "persister.log"), "ab")
         try:
             subprocess.Popen(
@@ -302,13 +326,18 @@ class Log:
         from . import persister
         d = self.settings.data_dir
         deadline = time.monotonic() + timeout
-        pid = persister.pid_of(d)
-        while not pid and persister.running(d) and time.monotonic() < deadline:
-            time.sleep(0.001)            # it holds the lock but has not written its pid yet
-            pid = persister.pid_of(d)
-        if not pid or not persister.running(d):
+        if not persister.running(d):
             return False
-        os.kill(pid, signal.SIGTERM)
+        pid = persister.pid_of(d)
+        while not pid:                   # it holds the lock, its pid follows at once
+            if time.monotonic() > deadline or not persister.running(d):
+                return False
+            time.sleep(0.001)
+            pid = persister.pid_of(d)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass                         # it exited meanwhile
         while persister.running(d):
             if time.monotonic() > deadline:
                 raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")
@@ -331,6 +360,10 @@ class Log:
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
+        sup = self._supervisor()
+        if sup is not None:
+            sup.call("create_topic", name=name, config=msgspec.to_builtins(cfg))
+            return self.describe_topic(name)
         with self._lock():
             self._create_locked(name, cfg, [(0, 0)] * cfg.partitions, fresh=True)
             cat = catalog.load(self.settings.data_dir)
@@ -359,26 +392,28 @@ class Log:
         made = []
         try:
             for p in range(cfg.partitions):
-                rname = self.settings.ring_name(gen[0], p)
-                seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
-                made.append(rname)
-                base_offset, base_pos = bases[p]
-                rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, gen[0], p,
-                                       config.PERSISTENCE[cfg.persistence],
-                                       cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base_offset,
-                                       base_pos)
-                seg.close()
-                if rc != lib.SHM_OK:
-                    raise_status(rc, f"cannot initialise ring {rname}")
-                if cfg.persistence == "disk":
-                    os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770,
-                                exist_ok=True)
+                self._make_ring(name, cfg, gen[0], p, bases[p], made)
         except BaseException:
             for rname in made:
                 unlink_segment(rname)
             lib.shm_ctl_topic_free(self._ctl.base, idx)
             raise
         lib.shm_ctl_topic_publish(self._ctl.base, idx)
+
+    def _make_ring(self, name: str, cfg: config.TopicConfig, generation: int, p: int, base, made: list):
+        """Under the lock: partition p's ring starting at base = (offset, position),
+        and its directory for a durable topic; made collects the ring names."""
+        rname = self.settings.ring_name(generation, p)
+        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
+        made.append(rname)
+        self._give_group(rname)
+        rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
+                               cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
+        seg.close()
+        if rc != lib.SHM_OK:
+            raise_status(rc, f"cannot initialise ring {rname}")
+        if cfg.persistence == "disk":
+            os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770, exist_ok=True)
 
     def _drop_abandoned(self, nb: bytes):
         """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
@@ -394,6 +429,11 @@ class Log:
 
     def delete_topic(self, name: str) -> None:
         config.validate_topic_name(name)
+        sup = self._supervisor()
+        if sup is not None:
+            sup.call("delete_topic", name=name)
+            self._forget(name)
+            return
         nb = name.encode()
         with self._lock():
             idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
@@ -416,6 +456,72 @@ class Log:
                 catalog.save(self.settings.data_dir, cat)
             storage.remove_topic_dir(self.settings.data_dir, name)
         self._forget(name)
+
+    ALTERABLE = ("partitions", "retention_ms", "retention_bytes", "fsync", "segment_bytes", "segment_ms",
+                 "max_message_bytes")
+
+    def alter_topic(self, name: str, **changes) -> TopicDescription:
+        """Changes a topic's config: retention_ms, retention_bytes, fsync,
+        segment_bytes, segment_ms, max_message_bytes, or partitions (grow only,
+        like Kafka: the new partitions' rings are created; keys map to other
+        partitions from then on). ring_bytes and persistence are fixed at
+        creation. Producers opened before a partition increase keep writing to
+        the partitions they knew until they reopen the topic."""
+        config.validate_topic_name(name)
+        bad = sorted(set(changes) - set(self.ALTERABLE))
+        if bad:
+            raise errors.InvalidArgument(
+                f"cannot alter {', '.join(bad)}: alterable are {', '.join(self.ALTERABLE)} "
+                "(ring_bytes and persistence are fixed: delete and recreate the topic)")
+        if not changes:
+            return self.describe_topic(name)
+        sup = self._supervisor()
+        if sup is not None:
+            sup.call("alter_topic", name=name, changes=changes)
+            self._forget(name)
+            return self.describe_topic(name)
+        with self._lock():
+            nb = name.encode()
+            idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
+            gen = ffi.new("uint64_t *")
+            if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
+                raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
+            old = _py_config(lib.shm_ctl_topic(self._ctl.base, idx).config)
+            try:
+                new = msgspec.structs.replace(old, **changes).validated()
+            except msgspec.ValidationError as e:
+                raise errors.InvalidArgument(str(e)) from None
+            if new.partitions < old.partitions:
+                raise errors.InvalidArgument(
+                    f"topic {name!r} has {old.partitions} partitions: partitions can only grow")
+            made = []
+            try:
+                for p in range(old.partitions, new.partitions):
+                    unlink_segment(self.settings.ring_name(gen[0], p))      # leftovers of an interrupted alter
+                    shutil.rmtree(storage.partition_dir(self.settings.data_dir, name, p), ignore_errors=True)
+                    self._make_ring(name, new, gen[0], p, (0, 0), made)
+                if new.max_message_bytes != old.max_message_bytes:
+                    for p in range(old.partitions):
+                        seg = Segment.open(self.settings.ring_name(gen[0], p), writable=True)
+                        rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
+                                                              lib.SHM_FRAME_HEADER_BYTES)
+                        seg.close()
+                        if rc != lib.SHM_OK:
+                            raise_status(rc, f"cannot set max_message_bytes of {name!r} partition {p}")
+            except BaseException:
+                for rname in made:
+                    unlink_segment(rname)
+                raise
+            rc = lib.shm_ctl_topic_update(self._ctl.base, idx, _c_config(new))
+            if rc != lib.SHM_OK:
+                raise_status(rc, f"cannot alter topic {name!r}")
+            cat = catalog.load(self.settings.data_dir)
+            cat.topics[name] = new
+            catalog.save(self.settings.data_dir, cat)
+        self._forget(name)
+        if new.persistence == "disk" and self._start_persister:
+            self.ensure_persister()
+        return self.describe_topic(name)
 
     def list_topics(self) -> list[str]:
         self._check_open()
@@ -453,6 +559,14 @@ class Log:
             gen = ffi.new("uint64_t *")
             if lib.shm_ctl_topic_state(self._ctl.base, h.index, gen) == lib.SHM_TOPIC_LIVE \
                     and gen[0] == h.generation:
+                epoch = lib.shm_ctl_epoch(self._ctl.base)
+                if epoch == h.epoch:
+                    return h
+                cfg = _py_config(lib.shm_ctl_topic(self._ctl.base, h.index).config)
+                if cfg != h.config:             # altered: same rings, new config
+                    h = self._handles[name] = TopicHandle(name, h.index, h.generation, cfg, epoch)
+                else:
+                    h.epoch = epoch
                 return h
             self._forget(name)
         config.validate_topic_name(name)
@@ -465,8 +579,9 @@ class Log:
             if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
                 raise errors.UnknownTopicOrPartition(
                     f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)")
+        epoch = lib.shm_ctl_epoch(self._ctl.base)
         e = lib.shm_ctl_topic(self._ctl.base, idx)
-        h = TopicHandle(name, idx, gen[0], _py_config(e.config))
+        h = TopicHandle(name, idx, gen[0], _py_config(e.config), epoch)
         self._handles[name] = h
         return h
 
@@ -563,6 +678,9 @@ class Log:
     def destroy(self):
         """Deletes every topic and the control segment of this instance (tests, `shmlog down --purge`)."""
         self._check_open()
+        if not self._is_supervisor:
+            from . import supervisor
+            supervisor.down(self.settings)            # it would re-create what we remove
         for name in self.list_topics():
             try:
                 self.delete_topic(name)
@@ -603,18 +721,33 @@ def _limits(max_topics, max_groups, max_members, max_offsets):
     return ffi.new("struct shm_ctl_limits *", [max_topics, max_groups, max_members, max_offsets])
 
 
-def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool = True, *,
+def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool | None = None, *,
             shm_prefix: str | None = None, max_topics: int = 1024, max_groups: int = 1024,
             max_members: int = 4096, max_offsets: int = 65536,
             unblock_timeout_ms: int = 500) -> Log:
     """Attaches to (creating if needed) the instance's control segment.
 
     instance and data_dir default to $SHMLOG_INSTANCE / $SHMLOG_DATA_DIR, then
-    "default" and ~/.local/state/shmlog/<instance>. A new control segment is
-    restored from the data dir's catalog and segment files. With autostart
-    (the default) the instance's persister is started when it has durable
-    topics and none runs. The max_* limits size the control segment's tables
-    when this call creates it; an existing instance keeps its own."""
-    return Log(config.resolve(instance, data_dir, shm_prefix), max_topics=max_topics,
-               max_groups=max_groups, max_members=max_members, max_offsets=max_offsets,
-               unblock_timeout_ms=unblock_timeout_ms, start_persister=autostart)
+    "default" and ~/.local/state/shmlog/<instance>. With autostart (the
+    default; $SHMLOG_AUTOSTART=0 changes the default to off) a background
+    supervisor is started for the instance unless one runs (`shmlog down`
+    stops it); it restores a new control segment from the data dir and runs
+    the persister. Without autostart and with no supervisor running, this
+    connection does that work itself: it restores the control segment and
+    starts the persister when durable topics need one. The data path never
+    needs the supervisor. The max_* limits size the control segment's tables
+    when this call creates it; an existing instance keeps its own (a
+    supervisor creates it with the defaults)."""
+    settings = config.resolve(instance, data_dir, shm_prefix)
+    if autostart is None:
+        autostart = os.environ.get("SHMLOG_AUTOSTART", "1").lower() not in ("0", "false", "no", "off")
+    if autostart:
+        from . import supervisor
+        try:
+            supervisor.up(settings)
+        except (errors.SupervisorError, errors.Timeout, errors.PermissionDenied) as e:
+            # the data path never needs it: go on as without autostart, and say why
+            log.warning("no supervisor for instance %s: %s; this connection works without one",
+                        settings.instance, e)
+    return Log(settings, max_topics=max_topics, max_groups=max_groups, max_members=max_members,
+               max_offsets=max_offsets, unblock_timeout_ms=unblock_timeout_ms)

@@ -64,6 +64,13 @@ class _Partition:
         self.error = 0
         self.fsync_pending = False
 
+    def reconfigure(self, handle):
+        """alter_topic changed retention, fsync policy or segment sizes."""
+        self.handle = handle
+        cfg = handle.config
+        self.mode, self.interval_ms = config.fsync_mode(cfg.fsync)
+        self.writer.segment_bytes, self.writer.segment_ms = cfg.segment_bytes, cfg.segment_ms
+
     def copy(self) -> int:
         """Writes what is committed; returns bytes written."""
         written = 0
@@ -156,6 +163,7 @@ class Persister:
         self.stopping = False
         self.last_retention = 0.0
         self.hdrs = None
+        self.ctl_ino = self._ctl_ino()          # the control segment we attached
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self.offsets_seq = None        # commit_seq of the last offsets snapshot
 
@@ -178,6 +186,8 @@ class Persister:
                 if key not in self.parts:
                     ring = self.conn.ring(h, p, writable=True)
                     self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                elif self.parts[key].handle.config != h.config:
+                    self.parts[key].reconfigure(h)          # alter_topic
         for key in [k for k in self.parts if k not in live]:
             self.parts.pop(key).close()
         self.hdrs = ffi.new("void *[]", [p.ring.base for p in self.parts.values()]) if self.parts else None
@@ -210,10 +220,16 @@ class Persister:
         else:
             lib.shm_ring_persist_wait(self.hdrs, len(self.parts), int(timeout * 1e9))
 
+    def _ctl_ino(self):
+        try:
+            return os.stat("/dev/shm" + self.conn.settings.ctl_name).st_ino
+        except FileNotFoundError:
+            return None
+
     def orphaned(self) -> bool:
-        """The instance was destroyed (control segment or data dir gone): nothing to persist for."""
-        s = self.conn.settings
-        return not os.path.exists("/dev/shm" + s.ctl_name) or not os.path.isdir(s.data_dir)
+        """The instance was destroyed or replaced (control segment gone or made
+        anew, data dir gone): nothing left to persist for in what we mapped."""
+        return self._ctl_ino() != self.ctl_ino or not os.path.isdir(self.conn.settings.data_dir)
 
     def run(self):
         last_check = time.monotonic()
@@ -285,6 +301,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s persister %(levelname)s %(message)s")
     settings = config.resolve(args.instance, args.data_dir, args.shm_prefix)
+    os.umask(0o007)                                   # segment files 0660, dirs 0770 (see permissions.py)
     # handlers before the flock: whoever sees the flock may SIGTERM us at once,
     # and a stop must still copy and fsync everything (shutdown does)
     stop_requested = []
@@ -299,10 +316,16 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, stop)
     os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
     fd = os.open(lock_path(settings.data_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0                                      # another persister has it
+    for attempt in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            # running() elsewhere holds it for an instant to test it: only a
+            # lock held for 100 ms is another persister's
+            if attempt == 19:
+                return 0                              # another persister has it
+            time.sleep(0.005)
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     from .instance import Log

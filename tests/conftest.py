@@ -2,8 +2,13 @@
 
 Owns: the `inst` fixture: a fresh instance name, data dir and shm prefix per
 test, a connected Log, and cleanup of every /dev/shm entry with that prefix
-and of the instance's persister even when the test fails or a child process
-died holding things.
+and of the instance's persister, supervisor and its workers even when the
+test fails or a child process died holding things.
+
+SHMLOG_AUTOSTART=0 for the whole suite: a test's connections work directly
+(no background supervisor per test, which would cost a Python process each);
+the supervisor's own tests ask for one (inst.start_supervisor, or
+connect(autostart=True)).
 """
 import multiprocessing
 import os
@@ -13,10 +18,16 @@ import time
 import traceback
 import uuid
 
+import subprocess
+import sys
+
 import psutil
 import pytest
 
-import shmlog
+os.environ["SHMLOG_AUTOSTART"] = "0"           # before any connect; children inherit it
+
+import shmlog  # noqa: E402
+from shmlog import supervisor as _supervisor  # noqa: E402
 
 SHM_DIR = "/dev/shm"
 
@@ -42,8 +53,10 @@ class Instance:
         self.kwargs = dict(instance=f"t{tag}", data_dir=str(tmp_path / "data"),
                            shm_prefix=f"shmlogtest-{tag}.", unblock_timeout_ms=100)
         self.prefix = self.kwargs["shm_prefix"]
+        self.settings = shmlog.config.resolve(self.kwargs["instance"], self.kwargs["data_dir"], self.prefix)
         self.log = shmlog.connect(**self.kwargs)
         self.children = []
+        self.supervisors = []
 
     def connect(self, **overrides):
         return shmlog.connect(**{**self.kwargs, **overrides})
@@ -82,17 +95,84 @@ class Instance:
     def segments(self):
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(self.prefix))
 
-    def kill_persister(self):
-        """kill -9 of the instance's persister(s), however many were started."""
-        victims = [p for p in psutil.process_iter(["cmdline"])
-                   if "shmlog.persister" in (p.info["cmdline"] or [])
-                   and self.kwargs["instance"] in (p.info["cmdline"] or [])]
+    def _procs(self, module):
+        """Live processes running `python -m <module>` for this instance."""
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            cl = p.info["cmdline"] or []
+            if module in cl and self.kwargs["instance"] in cl and self.kwargs["data_dir"] in cl:
+                try:
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        out.append(p)
+                except psutil.NoSuchProcess:
+                    pass
+        return out
+
+    @staticmethod
+    def _kill(victims):
         for p in victims:
             try:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(victims, timeout=5)
+
+    def kill_persister(self):
+        """kill -9 of the instance's persister(s), however many were started."""
+        self._kill(self._procs("shmlog.persister"))
+
+    def start_supervisor(self, config_text=None, env=None, args=(), wait=True, timeout=20.0):
+        """`shmlog supervisor` of this instance in the foreground, as our child
+        (so a test can SIGTERM or kill -9 it); waits until it answers. Stopped at teardown."""
+        cmd = [sys.executable, "-m", "shmlog.supervisor", "--instance", self.kwargs["instance"],
+               "--data-dir", self.kwargs["data_dir"], "--shm-prefix", self.prefix, *args]
+        if config_text is not None:
+            path = self.tmp_path / f"shmlog-{len(self.supervisors)}.toml"
+            path.write_text(config_text)
+            cmd += ["--config", str(path)]
+        out = open(self.tmp_path / "supervisor.out", "ab")
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        out.close()
+        self.supervisors.append(proc)
+        if wait:
+            deadline = time.monotonic() + timeout
+            while _supervisor.running_pid(self.settings) != proc.pid:
+                if proc.poll() is not None:
+                    pytest.fail(f"the supervisor exited with {proc.returncode}:\n{self.supervisor_output()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the supervisor did not answer within {timeout} s:\n{self.supervisor_output()}")
+                time.sleep(0.01)
+        return proc
+
+    def supervisor_output(self) -> str:
+        try:
+            return (self.tmp_path / "supervisor.out").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop_supervisor(self):
+        """Clean stop of the instance's supervisor if one answers; kill -9 of any
+        other (and of the workers a killed one left behind)."""
+        if not self.supervisors and not os.path.exists(_supervisor.state_path(self.settings)):
+            return                                    # none ever ran for this instance
+        try:
+            _supervisor.down(self.settings, timeout=30)
+        except Exception:
+            pass
+        victims = self._procs("shmlog.supervisor")
+        st = _supervisor.read_state(self.settings)
+        pids = [w["pid"] for w in (st.workers if st else []) if w.get("pid")]
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._kill(victims)
+        for proc in self.supervisors:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
 
     def drop_shared_memory(self):
         """What a reboot does: every segment of the instance is gone."""
@@ -108,6 +188,7 @@ class Instance:
                 os.kill(p.pid, signal.SIGKILL)
             if p.pid:
                 p.join(5)
+        self.stop_supervisor()
         self.kill_persister()
         try:
             self.log.close()

@@ -1,0 +1,635 @@
+"""supervisor.py — one instance's supervisor: `shmlog supervisor`, `shmlog up` / `down`.
+
+Owns: the instance for as long as it runs (an flock on
+<data_dir>/supervisor.lock keeps a second supervisor out): recovery at start
+(attaching the control segment restores it from the data dir when it is
+new), the persister as its child (restarted when it dies), sealing the
+half-done writes of dead producers, reaping dead or timed-out group
+members (their groups rebalance) every 100 ms and snapshotting committed
+offsets every second, the declared
+topics and workers of its config, the admin socket (the one writer of topic
+metadata), the metrics endpoint, systemd's notify protocol, and the clean
+stop on SIGTERM (workers stopped, everything committed written and fsynced,
+state marked clean). SIGHUP reloads the config file.
+Must never: sit in the data path (producers and consumers never wait for it:
+if it dies they go on, and a new supervisor adopts the running instance), or
+block its loop on a client.
+
+State file <data_dir>/supervisor.json: pid, admin socket, metrics port,
+worker pids, and whether the last supervisor stopped cleanly.
+"""
+import argparse
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import msgspec
+import psutil
+
+from . import admin, config, configfile, errors, liveness, notify, permissions, persister
+from ._native import lib
+from .instance import Log
+
+log = logging.getLogger("shmlog.supervisor")
+
+TICK_S = 0.1                   # sealing, group reaping, persister and worker checks
+SLOW_TICK_S = 1.0              # offsets snapshot, metrics rates, STATUS, control-segment check
+PERSISTER_RESTART_S = 1.0      # at most one persister start per second
+EXIT_ALREADY_RUNNING = 3
+
+
+class State(msgspec.Struct, kw_only=True):
+    pid: int
+    instance: str
+    data_dir: str
+    shm_prefix: str
+    admin_socket: str
+    metrics_port: int | None = None
+    config: str | None = None
+    started_ms: int = 0
+    stopped_ms: int | None = None
+    clean: bool = False
+    workers: list[dict] = []
+
+
+def lock_path(settings: config.Settings) -> str:
+    return os.path.join(settings.data_dir, "supervisor.lock")
+
+
+def state_path(settings: config.Settings) -> str:
+    return os.path.join(settings.data_dir, "supervisor.json")
+
+
+def read_state(settings: config.Settings) -> State | None:
+    try:
+        with open(state_path(settings), "rb") as f:
+            return msgspec.json.decode(f.read(), type=State)
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def _write_state(settings: config.Settings, st: State):
+    p = state_path(settings)
+    tmp = p + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.encode(st))
+    os.replace(tmp, p)
+
+
+class Supervisor:
+    def __init__(self, settings: config.Settings, cfg: configfile.ServiceConfig | None = None):
+        from .workers import Workers
+        self.settings = settings
+        self.cfg = cfg or configfile.ServiceConfig()
+        self.log = None
+        self.lock = threading.Lock()          # the loop and the metrics thread both read the instance
+        self.lock_fd = None
+        self.admin = None
+        self.metrics = None
+        self.collector = None
+        self.workers = Workers(settings)
+        self.persister_proc = None
+        self.persister_started = 0
+        self.persister_restarts = 0
+        self.next_persister_start = 0.0
+        self.stopping = False
+        self.failed_duties = set()
+        self.offsets_seq = None               # commit sequence of the last offsets snapshot
+        self.reload_wanted = False
+        self.ctl_ino = None
+        self.gid = None
+        self.state = None
+
+    # ------------------------------------------------------------ start
+
+    def start(self):
+        s = self.settings
+        os.umask(permissions.FILE_UMASK)
+        os.makedirs(s.data_dir, mode=0o770, exist_ok=True)
+        self._take_lock()
+        permissions.prepare_data_dir(s.data_dir, self.cfg.group)
+        self.gid = permissions.instance_gid(s.data_dir)
+        prev = read_state(s)
+        if prev is not None and not prev.clean:
+            log.warning("the previous supervisor (pid %d) did not stop cleanly; recovering", prev.pid)
+        self._attach()
+        permissions.adopt_segments(s.segment_glob_prefix, self.gid)
+        self._apply_topics(self.cfg)
+        self.admin = admin.Server(s, self._handlers(), self.gid)
+        if self.cfg.metrics_port >= 0:
+            from .metrics import InstanceCollector, MetricsServer
+            self.collector = InstanceCollector(self)
+            self.metrics = MetricsServer(self.collector, self.cfg.metrics_port)
+        self.ensure_persister(wait=True)
+        self.workers.apply(self.cfg.processes)
+        self.state = State(pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
+                           admin_socket=self.admin.path, metrics_port=self.metrics.port if self.metrics else None,
+                           config=self.cfg.path, started_ms=int(time.time() * 1000),
+                           workers=self.workers.describe())
+        _write_state(s, self.state)
+        log.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,
+                 self.admin.path, f"127.0.0.1:{self.metrics.port}" if self.metrics else "off")
+
+    def _take_lock(self):
+        p = lock_path(self.settings)
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            st = read_state(self.settings)
+            raise errors.AlreadyRunning(
+                f"another supervisor{f' (pid {st.pid})' if st else ''} holds instance "
+                f"{self.settings.instance!r} (data dir {self.settings.data_dir}); stop it first "
+                "(`shmlog down`)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.lock_fd = fd
+
+    def _attach(self):
+        """Attaches the control segment, restoring it from the data dir when it is new."""
+        if self.log is not None:
+            self.log.close()
+        self.log = Log(self.settings, start_persister=False, unblock_timeout_ms=self.cfg.unblock_timeout_ms,
+                       supervisor=True)
+        self.ctl_ino = self._ctl_ino()
+
+    def _ctl_ino(self):
+        try:
+            return os.stat(permissions.shm_path(self.settings.ctl_name)).st_ino
+        except FileNotFoundError:
+            return None
+
+    def _apply_topics(self, cfg: configfile.ServiceConfig):
+        """Declared topics: created if absent, altered if changed, never deleted."""
+        for name, want in cfg.topic_configs().items():
+            try:
+                have = self.log.describe_topic(name).config
+            except errors.UnknownTopicOrPartition:
+                self.log.create_topic(name, **msgspec.structs.asdict(want))
+                log.info("created declared topic %r", name)
+                continue
+            fixed = [k for k in ("ring_bytes", "persistence") if getattr(have, k) != getattr(want, k)]
+            if want.partitions < have.partitions:
+                fixed.append("partitions (can only grow)")
+            if fixed:
+                log.warning("topic %r: cannot change %s of an existing topic (delete and recreate it)",
+                            name, ", ".join(fixed))
+            changes = {k: getattr(want, k) for k in Log.ALTERABLE if getattr(have, k) != getattr(want, k)
+                       and not (k == "partitions" and want.partitions < have.partitions)}
+            if changes:
+                self.log.alter_topic(name, **changes)
+                log.info("altered declared topic %r: %s", name, changes)
+
+    # ------------------------------------------------------------ admin requests
+
+    def _handlers(self) -> dict:
+        return {
+            "ping": lambda: {"pid": os.getpid(), "instance": self.settings.instance},
+            "status": self._status,
+            "create_topic": self._create_topic,
+            "delete_topic": self._delete_topic,
+            "alter_topic": self._alter_topic,
+            "ensure_persister": lambda: self.ensure_persister(wait=True),
+            "reload": self._reload_now,
+            "shutdown": self._request_stop,
+        }
+
+    def _create_topic(self, name: str, config: dict):
+        self.log.create_topic(name, **config)
+        self.ensure_persister(wait=True)
+
+    def _delete_topic(self, name: str):
+        self.log.delete_topic(name)
+
+    def _alter_topic(self, name: str, changes: dict):
+        self.log.alter_topic(name, **changes)
+        self.ensure_persister(wait=True)
+
+    def _reload_now(self):
+        self.reload()
+        return None
+
+    def _request_stop(self):
+        self.stopping = True
+
+    def _status(self) -> dict:
+        return {"pid": os.getpid(), "instance": self.settings.instance, "data_dir": self.settings.data_dir,
+                "topics": self.log.list_topics(), "persister_pid": persister.pid_of(self.settings.data_dir)
+                if persister.running(self.settings.data_dir) else None,
+                "persister_restarts": self.persister_restarts,
+                "metrics_port": self.metrics.port if self.metrics else None, "workers": self.workers.describe()}
+
+    # ------------------------------------------------------------ persister
+
+    def ensure_persister(self, wait: bool = False):
+        """The persister runs while the instance has durable topics: our child,
+        or one a client started before we came (adopted as it is)."""
+        d = self.settings.data_dir
+        if self.persister_proc is not None:
+            if self.persister_proc.poll() is None:
+                return
+            log.warning("the persister (pid %d) exited with %s", self.persister_proc.pid,
+                        self.persister_proc.returncode)
+            self.persister_proc = None
+        if not self.log._has_durable() or persister.running(d):
+            return
+        now = time.monotonic()
+        if now < self.next_persister_start and not wait:
+            return
+        self.next_persister_start = now + PERSISTER_RESTART_S
+        if self.persister_started:
+            self.persister_restarts += 1
+        self.persister_started += 1
+        errlog = open(os.path.join(d, "persister.log"), "ab")
+        try:
+            self.persister_proc = subprocess.Popen(
+                [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
+                 "--data-dir", d, "--shm-prefix", self.settings.shm_prefix],
+                stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, close_fds=True,
+                start_new_session=True)       # a terminal's Ctrl-C is ours to handle, not its
+        finally:
+            errlog.close()
+        if wait:
+            deadline = time.monotonic() + 10
+            while not persister.running(d):
+                if self.persister_proc.poll() is not None and not persister.running(d):
+                    if self.persister_proc.returncode == 0:      # another persister got the lock first
+                        self.persister_proc = None
+                        return
+                    raise errors.SupervisorError(f"the persister exited with status "
+                                                 f"{self.persister_proc.returncode}; see {d}/persister.log")
+                if time.monotonic() > deadline:
+                    raise errors.Timeout(f"the persister did not start within 10 s; see {d}/persister.log")
+                time.sleep(0.005)
+
+    def stop_persister(self):
+        """Everything committed is written and fsynced: the persister does it on SIGTERM."""
+        d = self.settings.data_dir
+        if self.log._has_durable() and not persister.running(d):
+            self.ensure_persister(wait=True)          # it died: a last one writes what is left
+        self._stop_persister_process()
+
+    def _stop_persister_process(self):
+        proc, self.persister_proc = self.persister_proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)          # our child
+            proc.wait(120)
+        else:
+            self.log.stop_persister(timeout=120)      # one we adopted
+
+    # ------------------------------------------------------------ loop
+
+    def seal_dead_writers(self, free_slots: bool):
+        prefix = self.log.token_prefix_c
+        for name in self.log.list_topics():
+            try:
+                h = self.log.topic_handle(name)
+                for p in range(h.partitions):
+                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).base, prefix, int(free_slots))
+                    if n > 0:
+                        log.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
+            except (errors.UnknownTopicOrPartition, errors.PermissionDenied):
+                continue
+
+    def _duty(self, fn, *args):
+        """One duty of the loop: a failure is logged (once per kind), never fatal."""
+        try:
+            fn(*args)
+        except Exception as e:
+            key = (fn.__name__, type(e).__name__)
+            if key not in self.failed_duties:
+                self.failed_duties.add(key)
+                log.exception("%s failed (it is retried; repeats of this error are not logged)", fn.__name__)
+
+    def snapshot_offsets(self):
+        """Committed offsets reach the disk within a second of a commit (the persister does it too)."""
+        self.offsets_seq = self.log.snapshot_offsets(self.offsets_seq)
+
+    def tick(self):
+        """The 100 ms duties."""
+        self._duty(self.seal_dead_writers, False)
+        self._duty(self.log.reap_groups)
+        self._duty(self.ensure_persister)
+        self._duty(self.workers.tick)
+
+    def slow_tick(self):
+        """The once-a-second duties."""
+        self._duty(self.seal_dead_writers, True)
+        self._duty(self.snapshot_offsets)
+        if self.collector is not None:
+            self._duty(self.collector.sample)
+        self._duty(liveness.sweep_dead, self.log.token_prefix)
+        workers = self.workers.describe()
+        if workers != self.state.workers:
+            self.state.workers = workers
+            _write_state(self.settings, self.state)
+        up = sum(1 for w in workers if w["pid"])
+        notify.notify(f"STATUS={len(self.log.list_topics())} topics, persister "
+                      f"{'up' if persister.running(self.settings.data_dir) else 'idle'}, "
+                      f"{up}/{len(workers)} workers up")
+
+    def instance_gone(self) -> bool:
+        return not os.path.isdir(self.settings.data_dir)
+
+    def run(self):
+        sel = selectors.DefaultSelector()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+
+        def on_term(*_):
+            self.stopping = True
+
+        def on_hup(*_):
+            self.reload_wanted = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+        sel.register(self.admin, selectors.EVENT_READ)
+        sel.register(wake_r, selectors.EVENT_READ)
+        wd = notify.watchdog_period_s()
+        notify.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=supervising {self.settings.instance}")
+        now = time.monotonic()
+        next_tick, next_slow, next_wd = now, now, now
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if wd is not None and now >= next_wd:
+                    notify.notify("WATCHDOG=1")
+                    next_wd = now + wd
+                if self.reload_wanted:
+                    self.reload_wanted = False
+                    with self.lock:
+                        self.reload()
+                if now >= next_tick:
+                    with self.lock:
+                        self.tick()
+                    next_tick = now + TICK_S
+                if now >= next_slow:
+                    if self.instance_gone():
+                        log.warning("the data dir %s is gone; stopping", self.settings.data_dir)
+                        break
+                    with self.lock:
+                        if self._ctl_ino() != self.ctl_ino:
+                            log.warning("the control segment was removed or replaced; re-attaching")
+                            self._stop_persister_process()          # its rings are gone
+                            self._attach()
+                        self.slow_tick()
+                    next_slow = now + SLOW_TICK_S
+                due = min(next_tick, next_slow, next_wd if wd is not None else next_slow)
+                for key, _ in sel.select(max(0.0, due - time.monotonic())):
+                    if key.fileobj is wake_r:
+                        try:
+                            while wake_r.recv(64):
+                                pass
+                        except BlockingIOError:
+                            pass
+                    else:
+                        with self.lock:
+                            while self.admin.serve_one(log):
+                                pass
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            sel.close()
+            wake_r.close()
+            wake_w.close()
+            self.shutdown()
+
+    def reload(self):
+        if self.cfg.path is None:
+            log.info("SIGHUP: no config file to reload")
+            return
+        try:
+            cfg = configfile.load(self.cfg.path)
+        except errors.ShmlogError as e:
+            log.error("SIGHUP: config not reloaded: %s", e)
+            return
+        if cfg.settings() != self.settings:
+            log.warning("SIGHUP: instance, data_dir and shm_prefix changes need a restart; ignored")
+        self.cfg = cfg
+        try:
+            self._apply_topics(cfg)
+        except errors.ShmlogError as e:
+            log.error("SIGHUP: declared topics: %s", e)
+        self.workers.apply(cfg.processes)
+        log.info("SIGHUP: reloaded %s", cfg.path)
+
+    def shutdown_partial(self):
+        """start() failed: let go of what it took, touch nothing else."""
+        self.workers.stop_all()
+        for x in (self.admin, self.metrics, self.log):
+            if x is not None:
+                try:
+                    x.close()
+                except Exception:
+                    pass
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def shutdown(self):
+        """SIGTERM: workers stop, everything committed is written and fsynced, state marked clean."""
+        notify.notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping")
+        clean = False
+        try:
+            self.workers.stop_all()
+            if not self.instance_gone():
+                with self.lock:
+                    self.stop_persister()
+                    self.log.snapshot_offsets()
+                clean = True
+        finally:
+            if self.admin is not None:
+                self.admin.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.state is not None and not self.instance_gone():
+                self.state.clean = clean
+                self.state.stopped_ms = int(time.time() * 1000)
+                self.state.workers = self.workers.describe()
+                _write_state(self.settings, self.state)
+            if self.log is not None:
+                self.log.close()
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
+        log.info("stopped %s", "cleanly" if clean else "without a final flush")
+
+
+# ------------------------------------------------------------ shmlog up / down
+
+
+def running_pid(settings: config.Settings) -> int | None:
+    """The pid of the supervisor answering on the instance's admin socket, or None."""
+    c = admin.client(settings)
+    if c is None:
+        return None
+    try:
+        return c.call("ping", timeout=5.0)["pid"]
+    except errors.ShmlogError:
+        return None
+
+
+def up(settings: config.Settings, config_path: str | None = None, timeout: float = 20.0) -> int:
+    """Starts a background supervisor for the instance unless one runs; returns its pid.
+    The supervisor is detached (its own session, parent init), like ray.init()'s."""
+    pid = running_pid(settings)
+    if pid is not None:
+        return pid
+    os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+    logfile = os.path.join(settings.data_dir, "supervisor.log")
+    try:
+        start_at = os.path.getsize(logfile)
+    except FileNotFoundError:
+        start_at = 0
+    cmd = [sys.executable, "-m", "shmlog.supervisor", "--instance", settings.instance, "--data-dir",
+           settings.data_dir, "--shm-prefix", settings.shm_prefix]
+    if config_path:
+        cmd += ["--config", os.path.abspath(config_path)]
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env["SHMLOG_SUPERVISOR_LOG"] = logfile
+    # sh backgrounds the supervisor and exits at once: init adopts it, no zombie is left with us
+    subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$SHMLOG_SUPERVISOR_LOG" 2>&1 &', "sh", *cmd],
+                   env=env, start_new_session=True, check=True)
+    launched = time.time()
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = running_pid(settings)
+        if pid is not None:
+            return pid
+        fatal = _fatal_line(logfile, start_at)
+        if fatal and "AlreadyRunning" not in fatal:
+            raise errors.SupervisorError(f"the supervisor did not start: {fatal}")
+        if time.monotonic() > deadline and not _starting(settings, launched):
+            raise errors.Timeout(f"the supervisor did not answer within {timeout} s; see {logfile}")
+        time.sleep(0.02)
+
+
+def _starting(settings: config.Settings, since: float) -> bool:
+    """Is a supervisor launched after `since` holding the lock, still busy
+    starting (recovering a large log, say)? Then up() waits on, up to an hour."""
+    try:
+        with open(lock_path(settings)) as f:
+            proc = psutil.Process(int(f.read().strip()))
+        return _alive(proc) and proc.create_time() >= since - 1 and time.time() - since < 3600
+    except (FileNotFoundError, ValueError, psutil.NoSuchProcess):
+        return False
+
+
+def _fatal_line(logfile: str, start_at: int) -> str | None:
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(start_at)
+            for line in f.read().decode(errors="replace").splitlines():
+                if "FATAL" in line:
+                    return line.split("FATAL", 1)[1].strip()
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def down(settings: config.Settings, purge: bool = False, timeout: float = 120.0) -> bool:
+    """Stops the instance's supervisor cleanly (workers stopped, everything
+    committed fsynced); True when one was running. purge=True then also removes
+    the instance's shared memory (its rings and control segment: ephemeral
+    topics are lost, durable ones are restored from the data dir next time)."""
+    stopped = False
+    c = admin.client(settings)
+    if c is not None:
+        pid = c.call("ping")["pid"]
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            proc = None
+        c.call("shutdown")
+        deadline = time.monotonic() + timeout
+        while proc is not None and _alive(proc):
+            if time.monotonic() > deadline:
+                raise errors.Timeout(f"the supervisor (pid {pid}) did not stop within {timeout} s")
+            time.sleep(0.01)
+        stopped = True
+    if purge:
+        _purge_shared_memory(settings)
+    return stopped
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _purge_shared_memory(settings: config.Settings):
+    d = settings.data_dir
+    if persister.running(d):
+        pid = persister.pid_of(d)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 120
+            while persister.running(d) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    prefix = settings.segment_glob_prefix
+    for name in os.listdir(permissions.SHM_DIR):
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(permissions.SHM_DIR, name))
+            except FileNotFoundError:
+                pass
+
+
+# ------------------------------------------------------------ entry point
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="shmlog supervisor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the supervisor of one shmlog instance in the foreground (what the systemd unit runs).",
+        epilog="examples:\n"
+               "  shmlog supervisor                                  # instance from $SHMLOG_INSTANCE or 'default'\n"
+               "  shmlog supervisor --config /etc/shmlog/shmlog.toml # declared topics and workers\n"
+               "  shmlog supervisor --instance dev --metrics-port 9464\n"
+               "signals: SIGTERM/SIGINT stop cleanly (everything committed fsynced), SIGHUP reloads the config.\n"
+               "exit status: 0 stopped, 1 failed to start, 3 another supervisor holds the instance.")
+    ap.add_argument("--config", help="service config file (TOML)")
+    ap.add_argument("--instance")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--shm-prefix")
+    ap.add_argument("--metrics-port", type=int, help="override the config's metrics_port (-1 = off)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
+    try:
+        cfg = configfile.load(args.config) if args.config else configfile.ServiceConfig()
+        if args.metrics_port is not None:
+            cfg = msgspec.structs.replace(cfg, metrics_port=args.metrics_port)
+        settings = cfg.settings(args.instance, args.data_dir, args.shm_prefix)
+        sup = Supervisor(settings, cfg)
+        try:
+            sup.start()
+        except BaseException:
+            sup.shutdown_partial()
+            raise
+    except errors.AlreadyRunning as e:
+        log.error("FATAL AlreadyRunning: %s", e)
+        return EXIT_ALREADY_RUNNING
+    except (errors.ShmlogError, OSError) as e:
+        log.error("FATAL %s", e)
+        return 1
+    sup.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The supervisor: start, clean stop, restart, kill -9 and adoption, sealing,
+one supervisor per instance, routing of topic changes, autostart, alter_topic."""
+import os
+import signal
+import time
+
+import pytest
+
+import shmlog
+from shmlog import admin, errors, persister, supervisor
+from shmlog._native import lib
+
+
+def value(i: int) -> bytes:
+    return b"v%08d" % i
+
+
+def read_all(log, topic, timeout=10.0):
+    n = log.describe_topic(topic).config.partitions
+    ends = [p.end_offset for p in log.describe_topic(topic).partitions]
+    c = log.consumer(auto_offset_reset="earliest")
+    c.assign([(topic, p, 0) for p in range(n)])
+    got = []
+    deadline = time.monotonic() + timeout
+    while any(c.position(topic, p) < ends[p] for p in range(n)) and time.monotonic() < deadline:
+        got += c.poll_batch(10_000, timeout=0.1)
+    c.close()
+    return got
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
+    sup = inst.start_supervisor()
+    log = inst.log
+    log.create_topic("d", partitions=3, ring_bytes=1 << 16, fsync="never")     # through the supervisor
+    assert admin.client(inst.settings) is not None
+    p = log.producer()
+    for i in range(3000):
+        p.send("d", value(i), key=b"k%d" % i)       # no durable flush: the clean stop must do it
+    before = [x.end_offset for x in log.describe_topic("d").partitions]
+    assert sum(before) == 3000
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(60) == 0, inst.supervisor_output()
+    st = supervisor.read_state(inst.settings)
+    assert st.clean and st.stopped_ms
+    assert not persister.running(inst.kwargs["data_dir"])
+    p.close()
+    log.close()
+    inst.drop_shared_memory()                        # a reboot: only the data dir is left
+    sup2 = inst.start_supervisor()                   # recovers the instance from disk
+    inst.log = log = inst.connect()
+    assert log.list_topics() == ["d"]
+    assert [x.end_offset for x in log.describe_topic("d").partitions] == before
+    got = read_all(log, "d")
+    assert sorted(m.value for m in got) == sorted(value(i) for i in range(3000))
+    with log.producer() as p:
+        for part in range(3):
+            assert p.send("d", b"after", partition=part).offset == before[part]
+    sup2.send_signal(signal.SIGTERM)
+    assert sup2.wait(60) == 0, inst.supervisor_output()
+
+
+def test_kill9_of_the_supervisor_leaves_clients_working_and_a_new_one_adopts(inst):
+    sup = inst.start_supervisor()
+    log = inst.log
+    log.create_topic("t", partitions=1, ring_bytes=1 << 16)       # durable, 64 KiB: needs the persister
+    p = log.producer(max_block_ms=15_000)
+    c = log.consumer(auto_offset_reset="earliest")
+    c.assign([("t", 0, 0)])
+    p.send("t", value(0), partition=0)
+    sup.kill()
+    sup.wait(10)
+    assert admin.client(inst.settings) is None
+    n = 5000                                         # ~10 laps of the ring
+    for i in range(1, n):
+        p.send("t", value(i), partition=0)
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < n and time.monotonic() < deadline:
+        got += c.poll_batch(10_000, timeout=0.1)
+    assert [m.value for m in got] == [value(i) for i in range(n)]
+    sup2 = inst.start_supervisor()                   # adopts: no restore, the same topics and offsets
+    assert log.describe_topic("t").partitions[0].end_offset == n
+    log.create_topic("u", persistence="none", ring_bytes=1 << 16)
+    assert sorted(log.list_topics()) == ["t", "u"]
+    p.send("t", b"more", partition=0)
+    p.flush(durable=True, timeout=10)
+    c.close()
+    p.close()
+    sup2.send_signal(signal.SIGTERM)
+    assert sup2.wait(60) == 0, inst.supervisor_output()
+
+
+def test_a_second_supervisor_is_refused(inst):
+    first = inst.start_supervisor()
+    second = inst.start_supervisor(wait=False)
+    assert second.wait(30) == supervisor.EXIT_ALREADY_RUNNING
+    assert "another supervisor" in inst.supervisor_output()
+    assert supervisor.running_pid(inst.settings) == first.pid
+
+
+def test_the_supervisor_restarts_a_dead_persister(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("t", ring_bytes=1 << 16)
+    d = inst.kwargs["data_dir"]
+    old = persister.pid_of(d)
+    assert persister.running(d)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: persister.running(d) and persister.pid_of(d) != old, what="a new persister")
+    assert admin.client(inst.settings).call("status")["persister_restarts"] == 1
+
+
+def _die_mid_write(kwargs, topic):
+    log = shmlog.connect(**kwargs)
+    p = log.producer()
+    p.send(topic, b"committed", partition=0)
+    lib.shm_test_set_hold_ns(60_000_000_000)     # the next write stays reserved, uncommitted
+    p.send(topic, b"never", partition=0)
+
+
+def test_the_supervisor_seals_a_dead_producers_write_without_any_reader(inst):
+    inst.log.create_topic("t", persistence="none", ring_bytes=1 << 16)
+    inst.start_supervisor()
+    child = inst.process(_die_mid_write, inst.kwargs, "t")
+    child.start()
+    wait_for(lambda: inst.log.describe_topic("t").partitions[0].end_offset == 2, what="the reservation")
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(5)
+    wait_for(lambda: inst.log.describe_topic("t").partitions[0].sealed_writes == 1, what="the seal")
+    with inst.log.producer() as p:
+        assert p.send("t", b"after", partition=0).offset == 2
+    c = inst.log.consumer(auto_offset_reset="earliest")
+    c.assign([("t", 0, 0)])
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += c.poll_batch(10, timeout=0.1)
+    assert [(m.offset, m.value) for m in got] == [(0, b"committed"), (2, b"after")]
+
+
+def test_autostart_starts_one_background_supervisor_and_down_stops_it(inst):
+    a = inst.connect(autostart=True)
+    pid = supervisor.running_pid(inst.settings)
+    assert pid is not None
+    b = inst.connect(autostart=True)
+    assert supervisor.running_pid(inst.settings) == pid             # reused, not a second one
+    a.create_topic("x", ring_bytes=1 << 16)
+    assert b.list_topics() == ["x"]
+    with b.producer() as p:
+        p.send("x", b"1")
+        p.flush(durable=True, timeout=10)
+    a.close()
+    b.close()
+    assert supervisor.down(inst.settings)
+    assert supervisor.running_pid(inst.settings) is None
+    assert supervisor.read_state(inst.settings).clean
+    assert not supervisor.down(inst.settings)                       # nothing left to stop
+
+
+def test_up_reports_a_supervisor_that_cannot_start(inst, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("metrics_port = 'x'\n")
+    with pytest.raises(errors.SupervisorError, match="metrics_port"):
+        supervisor.up(inst.settings, config_path=str(bad), timeout=20)
+
+
+def test_topic_errors_cross_the_admin_socket(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("t", persistence="none", ring_bytes=1 << 16)
+    with pytest.raises(errors.TopicExists):
+        inst.log.create_topic("t", persistence="none", ring_bytes=1 << 16)
+    with pytest.raises(errors.UnknownTopicOrPartition):
+        inst.log.delete_topic("nope")
+    with pytest.raises(errors.InvalidArgument, match="ring_bytes"):
+        inst.log.alter_topic("t", ring_bytes=1 << 17)
+    inst.log.delete_topic("t")
+    assert inst.log.list_topics() == []
+
+
+@pytest.mark.parametrize("with_supervisor", [False, True])
+def test_alter_topic(inst, with_supervisor):
+    if with_supervisor:
+        inst.start_supervisor()
+    log = inst.log
+    log.create_topic("t", partitions=2, ring_bytes=1 << 16, retention_ms=1000)
+    with log.producer() as p:
+        p.send("t", b"a", partition=1)
+    d = log.alter_topic("t", partitions=4, retention_ms=5000, fsync="always", max_message_bytes=4096)
+    assert d.config.partitions == 4 and len(d.partitions) == 4
+    assert (d.config.retention_ms, d.config.fsync, d.config.max_message_bytes) == (5000, "always", 4096)
+    with inst.connect() as other:                    # another connection sees the new config
+        assert other.describe_topic("t").config.partitions == 4
+        with other.producer() as p:
+            assert p.send("t", b"new", partition=3).offset == 0
+            assert p.send("t", b"b", partition=1).offset == 1
+            with pytest.raises(errors.RecordTooLarge):
+                p.send("t", b"x" * 8000, partition=0)
+            p.flush(durable=True, timeout=10)
+    assert sorted(m.value for m in read_all(log, "t")) == [b"a", b"b", b"new"]
+    with pytest.raises(errors.InvalidArgument, match="only grow"):
+        log.alter_topic("t", partitions=3)
+    with pytest.raises(errors.InvalidArgument, match="persistence"):
+        log.alter_topic("t", persistence="none")
+    with pytest.raises(errors.UnknownTopicOrPartition):
+        log.alter_topic("nope", retention_ms=1)
+    # the change is on disk too: a reboot keeps it
+    inst.stop_supervisor()
+    log.stop_persister()
+    log.close()
+    inst.drop_shared_memory()
+    inst.log = inst.connect()
+    d = inst.log.describe_topic("t")
+    assert (d.config.partitions, d.config.retention_ms, d.config.fsync) == (4, 5000, "always")
+    assert [x.end_offset for x in d.partitions] == [0, 2, 0, 1]
+
+
+def test_the_supervisor_restores_an_instance_whose_shared_memory_vanished(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("d", partitions=2, ring_bytes=1 << 16)
+    with inst.log.producer() as p:
+        for i in range(300):
+            p.send("d", value(i), partition=i % 2)
+        p.flush(durable=True, timeout=10)
+    old_persister = persister.pid_of(inst.kwargs["data_dir"])
+    inst.log.close()
+    inst.drop_shared_memory()                         # under the running supervisor
+    ctl = "/dev/shm" + inst.settings.ctl_name
+    wait_for(lambda: os.path.exists(ctl), what="the supervisor to restore the instance")
+    wait_for(lambda: persister.running(inst.kwargs["data_dir"])
+             and persister.pid_of(inst.kwargs["data_dir"]) != old_persister, what="a new persister")
+    inst.log = log = inst.connect()
+    assert [x.end_offset for x in log.describe_topic("d").partitions] == [150, 150]
+    with log.producer(max_block_ms=10_000) as p:
+        for i in range(300, 3000):                   # laps the 64 KiB rings: the new persister works
+            p.send("d", value(i), partition=i % 2)
+        p.flush(durable=True, timeout=10)
+    assert sorted(m.value for m in read_all(log, "d")) == [value(i) for i in range(3000)]
+
+
+def test_destroy_stops_the_supervisor_first(inst):
+    sup = inst.start_supervisor()
+    inst.log.create_topic("t", ring_bytes=1 << 16)
+    inst.log.destroy()
+    assert sup.wait(30) == 0, inst.supervisor_output()
+    assert inst.segments() == [] or all(".live." in n for n in inst.segments())
+    assert not os.path.exists(inst.kwargs["data_dir"] + "/topics/t")
+
+
+def test_down_purge_removes_shared_memory_and_the_next_start_restores(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("d", ring_bytes=1 << 16)
+    inst.log.create_topic("e", persistence="none", ring_bytes=1 << 16)
+    with inst.log.producer() as p:
+        p.send("d", b"kept")
+        p.send("e", b"lost")
+    st = admin.client(inst.settings).call("status")
+    assert st["topics"] == ["d", "e"] and st["persister_pid"] == persister.pid_of(inst.kwargs["data_dir"])
+    inst.log.close()
+    assert supervisor.down(inst.settings, purge=True)
+    assert [n for n in inst.segments() if ".live." not in n] == []
+    assert not persister.running(inst.kwargs["data_dir"])
+    inst.log = inst.connect(autostart=True)
+    assert inst.log.list_topics() == ["d", "e"]                 # configs come back from the catalog,
+    assert [m.value for m in read_all(inst.log, "d")] == [b"kept"]
+    assert inst.log.describe_topic("e").partitions[0].end_offset == 0     # ephemeral records do not
+
+
+def test_a_group_follows_a_partition_increase(inst):
+    inst.start_supervisor()
+    inst.log.create_topic("t", partitions=2, persistence="none", ring_bytes=1 << 16)
+    c = inst.log.consumer(group="g", topics=["t"], auto_offset_reset="earliest", heartbeat_interval_ms=50)
+    wait_for(lambda: c.poll(timeout=0.05) is None and len(c.assignment()) == 2, what="the first assignment")
+    inst.log.alter_topic("t", partitions=4)
+    with inst.log.producer() as p:
+        p.send("t", b"in the new partition", partition=3)
+    got = []
+
+    def new_partition_read():
+        m = c.poll(timeout=0.05)
+        if m is not None:
+            got.append(m)
+        return len(c.assignment()) == 4 and got
+
+    wait_for(new_partition_read, what="the new partitions in the assignment")
+    assert [(m.partition, m.value) for m in got] == [(3, b"in the new partition")]
+    c.close()
