@@ -405,7 +405,7 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
                         const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
 {
     uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
-    if (frame_len > h->max_frame_bytes)
+    if (frame_len > shm_load_relaxed(&h->max_frame_bytes))   /* alter_topic may change it */
         return SHM_E_TOO_LARGE;
     if (__builtin_expect(shm_load_relaxed(&h->deleted), 0))
         return SHM_E_TOPIC_GONE;

@@ -131,7 +131,7 @@ struct shm_ring_header {
     uint64_t topic_generation; /* ties the ring to one life of one topic */
     uint32_t partition;
     uint32_t persistence;      /* SHM_PERSIST_* */
-    uint32_t max_frame_bytes;
+    uint32_t max_frame_bytes;  /* the one span-0 field that changes (alter_topic; relaxed atomics) */
     uint32_t deleted;          /* set once when the topic is deleted (release) */
     int64_t  created_ms;
     int64_t  base_offset;      /* offset of the first frame ever (recovery may start > 0) */
