@@ -38,7 +38,10 @@ def private_instance(given=None):
         return
     tmp = tempfile.mkdtemp(prefix="shmlogbench-")
     tag = uuid.uuid4().hex[:8]
-    kw = dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
+    # no supervisor: the data path never uses it, and starting one per private instance
+    # would time Python start-ups (connect() still starts the persister for durable topics)
+    kw = dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.",
+              autostart=False)
     log = None
     try:
         log = shmlog.connect(**kw)
