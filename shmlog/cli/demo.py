@@ -9,7 +9,7 @@ import time
 from .. import connect, errors
 
 EPILOG = """examples:
-  shmlog demo                                  # 2,000,000 records of 100 B, per-message API
+  shmlog demo                                  # 1,000,000 records of 100 B, per-message API
   shmlog demo --batch 1000 --count 5000000     # the batch API
 """
 
@@ -32,6 +32,16 @@ def _demo_producer(conn_kwargs, topic, count, size, batch, ready):
               flush=True)
 
 
+def _ring_for(args) -> int:
+    """A ring that holds the whole run. An ephemeral ring overwrites its oldest
+    frames, so a producer that outruns the consumer by more than the ring would
+    lap it (the consumer then resets and records are skipped, by design)."""
+    per_frame = 16 + 61 + 16 + args.size            # frame header, batch header, one record
+    per_record = per_frame if args.batch <= 1 else args.size + 16 + (16 + 61) / args.batch
+    need = int(args.count * per_record * 1.25)
+    return max(64 << 20, 1 << (need - 1).bit_length())
+
+
 def cmd_demo(args):
     """Creates a topic, produces from a child process, consumes here, prints the rates."""
     topic = args.topic
@@ -41,7 +51,7 @@ def cmd_demo(args):
             log.delete_topic(topic)
         except errors.UnknownTopicOrPartition:
             pass
-        log.create_topic(topic, partitions=1, ring_bytes=64 << 20, persistence=args.persistence)
+        log.create_topic(topic, partitions=1, ring_bytes=_ring_for(args), persistence=args.persistence)
         try:
             c = log.consumer(topics=[topic], auto_offset_reset="earliest")
             ctx = multiprocessing.get_context("fork")
@@ -77,7 +87,7 @@ def cmd_demo(args):
 def register(sub, parent):
     d = sub.add_parser("demo", parents=[parent], help="produce in one process, consume in another, print rates",
                        epilog=EPILOG)
-    d.add_argument("--count", type=int, default=2_000_000)
+    d.add_argument("--count", type=int, default=1_000_000)
     d.add_argument("--size", type=int, default=100, help="record size in bytes")
     d.add_argument("--batch", type=int, default=1, help="records per send_batch (1: per-message API)")
     d.add_argument("--topic", default="shmlog-demo")
