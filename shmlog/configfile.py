@@ -14,6 +14,9 @@ Must never: act on the config (the supervisor does) or touch shared memory.
     partitions = 4
     retention_ms = 604800000
 
+    [kafka]
+    listen = "127.0.0.1:9092"                # the Kafka wire-protocol listener (loopback only by default)
+
     [processes.billing]
     command = ["python", "-m", "billing"]    # or one string, split like a shell
     replicas = 2
@@ -63,6 +66,22 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
 
 
+class KafkaSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """[kafka]: the Kafka wire-protocol listener the supervisor runs (see shmlog.kafka)."""
+    listen: str = ""                  # HOST:PORT; empty: no listener
+    allow_non_loopback: bool = False
+    advertised_host: str | None = None
+    auto_create_topics: bool = False
+    default_partitions: int = 1
+    max_frame_bytes: int = 100 << 20
+    max_connections: int = 1024
+
+    def options(self) -> dict:
+        d = msgspec.structs.asdict(self)
+        del d["listen"]
+        return d
+
+
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     instance: str | None = None
     data_dir: str | None = None
@@ -72,6 +91,7 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     unblock_timeout_ms: int = 500
     topics: dict[str, TopicSpec] = {}
     processes: dict[str, ProcessSpec] = {}
+    kafka: KafkaSpec = KafkaSpec()
     path: str | None = None           # where it was read from (set by load)
 
     def settings(self, instance=None, data_dir=None, shm_prefix=None) -> config.Settings:
@@ -103,6 +123,18 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
         _bad(where, f"metrics_port: {cfg.metrics_port} is not a port (0 = any free port, -1 = off)")
     if cfg.unblock_timeout_ms < 1:
         _bad(where, "unblock_timeout_ms: must be a positive number of ms")
+    k = cfg.kafka
+    if k.listen:
+        from .kafka.cli import is_loopback, parse_listen
+        try:
+            host, _ = parse_listen(k.listen)
+        except errors.InvalidArgument as e:
+            _bad(where, f"kafka.listen: {e}")
+        if not k.allow_non_loopback and not is_loopback(host):
+            _bad(where, f"kafka.listen: {host} is not a loopback address (set kafka.allow_non_loopback = true "
+                        "to expose shmlog beyond this host)")
+    if k.max_frame_bytes < 1024 or k.max_connections < 1 or k.default_partitions < 1:
+        _bad(where, "kafka: max_frame_bytes >= 1024, max_connections >= 1 and default_partitions >= 1")
     for name, spec in cfg.topics.items():
         try:
             config.validate_topic_name(name)

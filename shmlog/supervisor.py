@@ -52,6 +52,7 @@ class State(msgspec.Struct, kw_only=True):
     shm_prefix: str
     admin_socket: str
     metrics_port: int | None = None
+    kafka_port: int | None = None          # the Kafka listener's bound port, when one runs
     config: str | None = None
     started_ms: int = 0
     stopped_ms: int | None = None
@@ -93,6 +94,8 @@ class Supervisor:
         self.lock_fd = None
         self.admin = None
         self.metrics = None
+        self.kafka = None                     # the Kafka listener (shmlog.kafka.Running) and its own Log
+        self.kafka_log = None
         self.collector = None
         self.workers = Workers(settings)
         self.persister_proc = None
@@ -128,14 +131,44 @@ class Supervisor:
             self.collector = InstanceCollector(self)
             self.metrics = MetricsServer(self.collector, self.cfg.metrics_port)
         self.ensure_persister(wait=True)
+        self.start_kafka()
         self.workers.apply(self.cfg.processes)
         self.state = State(pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
                            admin_socket=self.admin.path, metrics_port=self.metrics.port if self.metrics else None,
+                           kafka_port=self.kafka.port if self.kafka else None,
                            config=self.cfg.path, started_ms=int(time.time() * 1000),
                            workers=self.workers.describe())
         _write_state(s, self.state)
         log.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,
                  self.admin.path, f"127.0.0.1:{self.metrics.port}" if self.metrics else "off")
+
+    def start_kafka(self):
+        """[kafka] listen: the listener runs on its own thread with its own
+        connection (its topic changes reach us through the admin socket, like
+        any client's)."""
+        k = self.cfg.kafka
+        if not k.listen:
+            return
+        from . import kafka
+        from .kafka.cli import parse_listen
+        host, port = parse_listen(k.listen)
+        s = self.settings
+        self.kafka_log = Log(s, unblock_timeout_ms=self.cfg.unblock_timeout_ms, start_persister=False)
+        try:
+            self.kafka = kafka.start(self.kafka_log, host, port, **k.options())
+        except BaseException:
+            self.kafka_log.close()
+            self.kafka_log = None
+            raise
+        log.info("Kafka listener on %s:%d", self.kafka.host, self.kafka.port)
+
+    def stop_kafka(self):
+        if self.kafka is not None:
+            self.kafka.stop()                 # before its Log closes: its waker sleeps on ring memory
+            self.kafka = None
+        if self.kafka_log is not None:
+            self.kafka_log.close()
+            self.kafka_log = None
 
     def _take_lock(self):
         p = lock_path(self.settings)
@@ -416,16 +449,27 @@ class Supervisor:
             return
         if cfg.settings() != self.settings:
             log.warning("SIGHUP: instance, data_dir and shm_prefix changes need a restart; ignored")
+        old_kafka = self.cfg.kafka
         self.cfg = cfg
         try:
             self._apply_topics(cfg)
         except errors.ShmlogError as e:
             log.error("SIGHUP: declared topics: %s", e)
         self.workers.apply(cfg.processes)
+        if cfg.kafka != old_kafka:
+            self.stop_kafka()
+            try:
+                self.start_kafka()
+            except (errors.ShmlogError, OSError) as e:
+                log.error("SIGHUP: Kafka listener: %s", e)
+            if self.state is not None:
+                self.state.kafka_port = self.kafka.port if self.kafka else None
+                _write_state(self.settings, self.state)
         log.info("SIGHUP: reloaded %s", cfg.path)
 
     def shutdown_partial(self):
         """start() failed: let go of what it took, touch nothing else."""
+        self.stop_kafka()
         self.workers.stop_all()
         for x in (self.admin, self.metrics, self.log):
             if x is not None:
@@ -443,6 +487,7 @@ class Supervisor:
         log.info("stopping")
         clean = False
         try:
+            self.stop_kafka()
             self.workers.stop_all()
             if not self.instance_gone():
                 with self.lock:
@@ -599,6 +644,7 @@ def main(argv=None) -> int:
                "  shmlog supervisor                                  # instance from $SHMLOG_INSTANCE or 'default'\n"
                "  shmlog supervisor --config /etc/shmlog/shmlog.toml # declared topics and workers\n"
                "  shmlog supervisor --instance dev --metrics-port 9464\n"
+               "  shmlog supervisor --kafka-listen 127.0.0.1:9092      # also serve Kafka clients\n"
                "signals: SIGTERM/SIGINT stop cleanly (everything committed fsynced), SIGHUP reloads the config.\n"
                "exit status: 0 stopped, 1 failed to start, 3 another supervisor holds the instance.")
     ap.add_argument("--config", help="service config file (TOML)")
@@ -606,6 +652,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--shm-prefix")
     ap.add_argument("--metrics-port", type=int, help="override the config's metrics_port (-1 = off)")
+    ap.add_argument("--kafka-listen", metavar="HOST:PORT",
+                    help="run the Kafka wire-protocol listener (overrides the config's [kafka] listen)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -614,6 +662,9 @@ def main(argv=None) -> int:
         cfg = configfile.load(args.config) if args.config else configfile.ServiceConfig()
         if args.metrics_port is not None:
             cfg = msgspec.structs.replace(cfg, metrics_port=args.metrics_port)
+        if args.kafka_listen is not None:
+            cfg = configfile.validate(msgspec.structs.replace(
+                cfg, kafka=msgspec.structs.replace(cfg.kafka, listen=args.kafka_listen)), "--kafka-listen")
         settings = cfg.settings(args.instance, args.data_dir, args.shm_prefix)
         sup = Supervisor(settings, cfg)
         try:

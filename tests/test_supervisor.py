@@ -291,3 +291,39 @@ def test_a_group_follows_a_partition_increase(inst):
     wait_for(new_partition_read, what="the new partitions in the assignment")
     assert [(m.partition, m.value) for m in got] == [(3, b"in the new partition")]
     c.close()
+
+
+def test_the_supervisor_runs_the_kafka_listener(inst):
+    """`--kafka-listen` (or [kafka] listen): the supervisor serves Kafka clients; their
+    topic changes reach it through the admin socket; SIGTERM stops the listener too."""
+    kafka = pytest.importorskip("kafka")
+    import socket
+    sup = inst.start_supervisor(args=("--kafka-listen", "127.0.0.1:0"))
+    port = supervisor.read_state(inst.settings).kafka_port
+    assert port
+    admin_client = kafka.KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=10000)
+    admin_client.create_topics([kafka.admin.NewTopic("kt", 2, 1)])
+    admin_client.close()
+    assert "kt" in inst.log.list_topics()
+    prod = kafka.KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=10000)
+    for i in range(10):
+        prod.send("kt", value(i), partition=i % 2)
+    prod.flush(10)
+    prod.close()
+    got = read_all(inst.log, "kt")
+    assert sorted(m.value for m in got) == [value(i) for i in range(10)]
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_kafka_listen_in_the_config_is_checked():
+    from shmlog import configfile
+    with pytest.raises(errors.InvalidConfig, match="kafka.listen"):
+        configfile.parse('[kafka]\nlisten = "192.0.2.1:9092"\n')
+    with pytest.raises(errors.InvalidConfig, match="kafka.listen"):
+        configfile.parse('[kafka]\nlisten = "nonsense"\n')
+    with pytest.raises(errors.InvalidConfig, match="kafka"):
+        configfile.parse('[kafka]\nlisten = "127.0.0.1:9092"\nmax_connections = 0\n')
+    assert configfile.parse('[kafka]\nlisten = "127.0.0.1:9092"\n').kafka.listen == "127.0.0.1:9092"
