@@ -208,11 +208,13 @@ env = {{ EXTRA = "yes" }}
 def _runs(out):
     res = {}
     for f in os.listdir(out):
+        if not f.endswith(".json"):
+            continue                                 # another writer's tmp file
         try:
             with open(out / f) as fh:
                 res[int(f.split(".")[0])] = json.load(fh)
-        except (ValueError, json.JSONDecodeError):
-            pass                                     # being written
+        except (ValueError, json.JSONDecodeError, FileNotFoundError):
+            pass                                     # being written, or renamed under us
     return res
 
 
