@@ -659,7 +659,6 @@ class Membership:
         self.auto_commit_ms = auto_commit_interval_ms
         self.t = _tables(log)
         self.token = 0
-        self.mi = -1
         self.entries = {}            # (topic, partition) -> offset entry index, owned now
         self.seen_seq = -1
         self.seen_generation = -1
@@ -720,7 +719,7 @@ class Membership:
                 self._fill(m, gi, token, subs)
                 lib.shm_entry_publish(ffi.addressof(m, "state"), LIVE)
                 _rebalance(log, gi)
-        self.mi, self.token, self.gi = mi, token, gi
+        self.token, self.gi = token, gi
         self.me = t.member(mi)
         self.gentry = t.group(gi)
         # the hot path's one load: change_seq through a memoryview (G5: x86-64 loads acquire)
