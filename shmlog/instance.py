@@ -259,17 +259,22 @@ class Log:
         the control lock (taken in _attach_ctl, or by the caller when it
         completes the work of a restorer that died); topics already live are
         kept, so running it twice is harmless."""
+        progress = _RecoveryProgress(self.settings.data_dir)
         try:
             cat = catalog.load(self.settings.data_dir)
+            progress.total = sum(c.partitions for c in cat.topics.values() if c.persistence == "disk")
             for name, cfg in cat.topics.items():
                 nb = name.encode()
                 idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
                 if idx >= 0 and lib.shm_ctl_topic_state(self._ctl.base, idx, ffi.NULL) == lib.SHM_TOPIC_LIVE:
+                    progress.done += cfg.partitions if cfg.persistence == "disk" else 0
                     continue
                 bases = []
                 for p in range(cfg.partitions):
                     if cfg.persistence == "disk":
+                        progress.report(name, p)
                         rep = storage.recover_partition(storage.partition_dir(self.settings.data_dir, name, p))
+                        progress.done += 1
                         if rep.truncated_bytes:
                             log.warning("recovery: %s", rep)
                         bases.append((rep.end_offset, rep.end_pos))
@@ -279,12 +284,14 @@ class Log:
                 log.info("restored topic %r (%d partitions)", name, cfg.partitions)
             groups.restore_offsets(self)
         except BaseException:
+            progress.finish()
             if not locked_by_caller:
                 lib.shm_ctl_unlock(self._ctl.base)
                 name = self.settings.ctl_name
                 self._ctl.close()
                 unlink_segment(name)     # the next connect retries the restore
             raise
+        progress.finish()
         lib.shm_ctl_set_restored(self._ctl.base)
         if not locked_by_caller:
             lib.shm_ctl_unlock(self._ctl.base)
@@ -698,6 +705,46 @@ class Log:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _RecoveryProgress:
+    """<data_dir>/recovery.json while a restore runs ({pid, done, total, topic,
+    partition}, in durable partitions), so `shmlog up` can draw a progress bar
+    for a large log. Written at most every REPORT_S; removed at the end."""
+
+    REPORT_S = 0.2
+
+    def __init__(self, data_dir):
+        self.path = os.path.join(data_dir, "recovery.json")
+        self.done = self.total = 0
+        self.last = 0.0
+
+    def report(self, topic, partition):
+        now = time.monotonic()
+        if now - self.last < self.REPORT_S:
+            return
+        self.last = now
+        try:
+            storage.write_atomically(self.path, msgspec.json.encode(
+                {"pid": os.getpid(), "done": self.done, "total": self.total, "topic": topic,
+                 "partition": partition}), sync_dir=False)
+        except OSError:
+            pass                      # progress is a courtesy; recovery goes on
+
+    def finish(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def read_recovery_progress(data_dir: str) -> dict | None:
+    """What a restore in progress wrote (see _RecoveryProgress), or None."""
+    try:
+        with open(os.path.join(data_dir, "recovery.json"), "rb") as f:
+            return msgspec.json.decode(f.read())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
 
 
 class _Unlocker:

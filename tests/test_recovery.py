@@ -217,3 +217,36 @@ def test_missing_or_damaged_indexes_are_rebuilt(inst):
     c.assign([("ix", 0, 1234)])                    # a seek that uses the rebuilt index
     m = c.poll(timeout=2)
     assert m.offset == 1234 and m.value.startswith(b"00001234")
+
+
+def test_recovery_reports_progress_in_the_data_dir(inst, monkeypatch):
+    """A restore writes <data_dir>/recovery.json as it goes (what `shmlog up`
+    draws its progress bar from) and removes it at the end."""
+    from shmlog import instance
+    log = inst.log
+    log.create_topic("a", partitions=2)
+    log.create_topic("b", partitions=1)
+    log.create_topic("e", partitions=2, persistence="none")      # not recovered: not counted
+    p = log.producer()
+    for t, n in (("a", 2), ("b", 1)):
+        for part in range(n):
+            p.send(t, b"x", partition=part)
+    p.flush(durable=True)
+    log.close()
+    inst.kill_persister()
+    inst.drop_shared_memory()
+    seen = []
+    original = instance._RecoveryProgress.report
+
+    def spy(self, topic, partition):
+        original(self, topic, partition)
+        seen.append(instance.read_recovery_progress(inst.kwargs["data_dir"]))
+    monkeypatch.setattr(instance._RecoveryProgress, "REPORT_S", 0.0)
+    monkeypatch.setattr(instance._RecoveryProgress, "report", spy)
+    log = inst.connect()
+    assert [(s["topic"], s["partition"], s["done"], s["total"]) for s in seen] == \
+        [("a", 0, 0, 3), ("a", 1, 1, 3), ("b", 0, 2, 3)]
+    assert all(s["pid"] == os.getpid() for s in seen)
+    assert instance.read_recovery_progress(inst.kwargs["data_dir"]) is None
+    assert log.describe_topic("a").partitions[1].end_offset == 1
+    log.close()

@@ -98,9 +98,44 @@ def cmd_up(args):
     up = load("shmlog.supervisor", "up", "up")
     if args.timeout <= 0:
         raise common.CommandError("--timeout must be > 0")
-    pid = up(common.settings(args), config_path=args.config, timeout=args.timeout)
+    pid = _up_with_progress(up, args)
     common.emit(args, {"instance": common.settings(args).instance, "pid": pid},
                 f"supervisor of instance {common.settings(args).instance!r} running (pid {pid})")
+
+
+def _up_with_progress(up, args):
+    """up() in a thread; on a terminal, a progress bar while the supervisor
+    recovers a large log (it writes <data_dir>/recovery.json as it goes)."""
+    import sys
+    import threading
+    from ..instance import read_recovery_progress
+    s = common.settings(args)
+    box = {}
+
+    def run():
+        try:
+            box["pid"] = up(s, config_path=args.config, timeout=args.timeout)
+        except BaseException as e:
+            box["error"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    bar = task = None
+    while t.is_alive():
+        t.join(0.1)
+        prog = read_recovery_progress(s.data_dir)
+        if prog and prog.get("total") and sys.stderr.isatty() and not args.json:
+            if bar is None:
+                from rich.progress import Progress
+                bar = Progress(transient=True)
+                bar.start()
+                task = bar.add_task("recovering", total=prog["total"])
+            bar.update(task, completed=prog["done"],
+                       description=f"recovering {prog['topic']}[{prog['partition']}]")
+    if bar is not None:
+        bar.stop()
+    if "error" in box:
+        raise box["error"]
+    return box["pid"]
 
 
 def cmd_down(args):
