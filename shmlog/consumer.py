@@ -25,9 +25,6 @@ ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog
 LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
 GROUP_WAIT_S = 0.1            # a group member's longest sleep between looks at its group
-GROUP_OPTIONS = {"group_instance_id", "client_id", "session_timeout_ms", "heartbeat_interval_ms",
-                 "max_poll_interval_ms", "partition_assignment_strategy", "on_assign", "on_revoke",
-                 "on_lost", "auto_commit_interval_ms"}
 
 
 def _check_timeout(timeout):
@@ -105,7 +102,7 @@ class Consumer:
         self._group = None             # groups.Membership when subscribed as a group member
         self._group_name = None if group is None else groups.validate_group_name(group)
         if group is not None and topics is not None:
-            unknown = set(group_options) - GROUP_OPTIONS
+            unknown = set(group_options) - groups.MEMBER_OPTIONS
             if unknown:
                 raise errors.InvalidArgument(f"unknown consumer options {sorted(unknown)}")
             self._group = groups.Membership(log, self, group, topics, enable_auto_commit=enable_auto_commit,

@@ -17,6 +17,7 @@ member that lost a partition cannot commit it, whatever generation it saw.
 Must never: write a structural field without the lock, let a commit change
 an owner, or call a user callback while holding the lock.
 """
+import inspect
 import logging
 import os
 import threading
@@ -952,3 +953,9 @@ class Membership:
             return None
         c = self.t.offset(i).committed
         return c if c >= 0 else None
+
+
+# the group options a consumer passes through (enable_auto_commit is the consumer's own)
+MEMBER_OPTIONS = frozenset(
+    name for name, prm in inspect.signature(Membership.__init__).parameters.items()
+    if prm.kind is inspect.Parameter.KEYWORD_ONLY) - {"enable_auto_commit"}
