@@ -15,8 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import weakref
 
@@ -313,20 +311,12 @@ class Log:
         if sup is not None:
             sup.call("ensure_persister")  # the supervisor owns it
             return
-        errlog = open(os.path.join(d, "persister.log"), "ab")
-        try:
-            subprocess.Popen(
-                [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
-                 "--data-dir", d, "--shm-prefix", self.settings.shm_prefix],
-                stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, start_new_session=True,
-                close_fds=True)
-        finally:
-            errlog.close()
-        deadline = time.monotonic() + timeout
-        while not persister.running(d):
-            if time.monotonic() > deadline:
-                raise errors.Timeout(f"the persister did not start within {timeout} s; see {d}/persister.log")
-            time.sleep(0.005)
+        from . import launch
+        launch.start("the persister", "shmlog.persister",
+                     ["--instance", self.settings.instance, "--data-dir", os.path.abspath(d),
+                      "--shm-prefix", self.settings.shm_prefix],
+                     os.path.join(d, "persister.log"), detach=False
+                     ).wait(lambda _: persister.running(d), timeout)   # its exit before that: an error at once
 
     def stop_persister(self, timeout: float = 30.0) -> bool:
         """SIGTERM to the persister; waits until it has fsynced and exited."""
@@ -792,7 +782,7 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
         from . import supervisor
         try:
             supervisor.up(settings)
-        except (errors.SupervisorError, errors.Timeout, errors.PermissionDenied) as e:
+        except errors.ShmlogError as e:
             # the data path never needs it: go on as without autostart, and say why
             log.warning("no supervisor for instance %s: %s; this connection works without one",
                         settings.instance, e)

@@ -25,7 +25,6 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -33,9 +32,9 @@ import time
 import msgspec
 import psutil
 
-from . import admin, config, configfile, errors, liveness, notify, permissions, persister
+from . import admin, config, configfile, errors, launch, liveness, notify, permissions, persister
 from ._native import lib
-from .instance import Log
+from .instance import Log, read_recovery_progress
 
 log = logging.getLogger("shmlog.supervisor")
 
@@ -281,27 +280,17 @@ class Supervisor:
         if self.persister_started:
             self.persister_restarts += 1
         self.persister_started += 1
-        errlog = open(os.path.join(d, "persister.log"), "ab")
-        try:
-            self.persister_proc = subprocess.Popen(
-                [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
-                 "--data-dir", d, "--shm-prefix", self.settings.shm_prefix],
-                stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog, close_fds=True,
-                start_new_session=True)       # a terminal's Ctrl-C is ours to handle, not its
-        finally:
-            errlog.close()
-        if wait:
-            deadline = time.monotonic() + 10
-            while not persister.running(d):
-                if self.persister_proc.poll() is not None and not persister.running(d):
-                    if self.persister_proc.returncode == 0:      # another persister got the lock first
-                        self.persister_proc = None
-                        return
-                    raise errors.SupervisorError(f"the persister exited with status "
-                                                 f"{self.persister_proc.returncode}; see {d}/persister.log")
-                if time.monotonic() > deadline:
-                    raise errors.Timeout(f"the persister did not start within 10 s; see {d}/persister.log")
-                time.sleep(0.005)
+        started = launch.start("the persister", "shmlog.persister",
+                               ["--instance", self.settings.instance, "--data-dir", d,
+                                "--shm-prefix", self.settings.shm_prefix],
+                               os.path.join(d, "persister.log"), detach=False)
+        self.persister_proc = started.proc
+        if not wait:
+            started.close()           # the next tick sees it running, or polls its exit
+            return
+        started.wait(lambda _: persister.running(d), 10.0)   # its exit before that is an error at once
+        if self.persister_proc.poll() is not None:        # exited at once: another persister holds the lock
+            self.persister_proc = None
 
     def stop_persister(self):
         """Everything committed is written and fsynced: the persister does it on SIGTERM."""
@@ -527,60 +516,58 @@ def running_pid(settings: config.Settings) -> int | None:
 
 def up(settings: config.Settings, config_path: str | None = None, timeout: float = 20.0) -> int:
     """Starts a background supervisor for the instance unless one runs; returns its pid.
-    The supervisor is detached (its own session, parent init), like ray.init()'s."""
+    The supervisor is detached (its own session, parent init, cwd /), like
+    ray.init()'s, and runs the installed package whatever our working directory
+    (shmlog.launch). It reports its start-up on a status pipe: a supervisor
+    that cannot start is reported at once with its reason (its error, or the
+    last lines it wrote when it died before it could say); one that restores a
+    large log is waited for past `timeout` while its progress moves."""
     pid = running_pid(settings)
     if pid is not None:
         return pid
     os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
-    logfile = os.path.join(settings.data_dir, "supervisor.log")
-    try:
-        start_at = os.path.getsize(logfile)
-    except FileNotFoundError:
-        start_at = 0
-    cmd = [sys.executable, "-m", "shmlog.supervisor", "--instance", settings.instance, "--data-dir",
-           settings.data_dir, "--shm-prefix", settings.shm_prefix]
+    logfile = os.path.join(os.path.abspath(settings.data_dir), "supervisor.log")
+    args = ["--instance", settings.instance, "--data-dir", os.path.abspath(settings.data_dir),
+            "--shm-prefix", settings.shm_prefix]
     if config_path:
-        cmd += ["--config", os.path.abspath(config_path)]
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    env["SHMLOG_SUPERVISOR_LOG"] = logfile
-    # sh backgrounds the supervisor and exits at once: init adopts it, no zombie is left with us
-    subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$SHMLOG_SUPERVISOR_LOG" 2>&1 &', "sh", *cmd],
-                   env=env, start_new_session=True, check=True)
-    launched = time.time()
-    deadline = time.monotonic() + timeout
+        args += ["--config", os.path.abspath(config_path)]
+    started = launch.start("the supervisor", "shmlog.supervisor", args, logfile, detach=True)
+    try:
+        st = started.wait(lambda st: st is not None and st["state"] == "ready", timeout)
+        return st["pid"]
+    except errors.AlreadyRunning:
+        return _wait_for_other(settings, timeout, logfile)   # a racing up(), or systemd's, got the lock first
+
+
+def _wait_for_other(settings: config.Settings, timeout: float, logfile: str) -> int:
+    """Another supervisor holds the instance's lock: its pid once it answers.
+    Past the timeout, waited for while it lives and its restore progresses."""
+    start = time.monotonic()
+    last, moved = None, start
     while True:
         pid = running_pid(settings)
         if pid is not None:
             return pid
-        fatal = _fatal_line(logfile, start_at)
-        if fatal and "AlreadyRunning" not in fatal:
-            raise errors.SupervisorError(f"the supervisor did not start: {fatal}")
-        if time.monotonic() > deadline and not _starting(settings, launched):
-            raise errors.Timeout(f"the supervisor did not answer within {timeout} s; see {logfile}")
+        now = time.monotonic()
+        prog = read_recovery_progress(settings.data_dir)
+        if prog != last:
+            last, moved = prog, now
+        if now - start > timeout:
+            holder = _lock_holder(settings)
+            if (holder is None or not prog or prog.get("pid") != holder.pid
+                    or now - moved > launch.PROGRESS_GRACE_S or now - start > launch.MAX_WAIT_S):
+                raise errors.Timeout(f"another supervisor holds instance {settings.instance!r} but did not "
+                                     f"answer within {timeout:g} s; see {logfile}")
         time.sleep(0.02)
 
 
-def _starting(settings: config.Settings, since: float) -> bool:
-    """Is a supervisor launched after `since` holding the lock, still busy
-    starting (recovering a large log, say)? Then up() waits on, up to an hour."""
+def _lock_holder(settings: config.Settings) -> psutil.Process | None:
     try:
         with open(lock_path(settings)) as f:
             proc = psutil.Process(int(f.read().strip()))
-        return _alive(proc) and proc.create_time() >= since - 1 and time.time() - since < 3600
-    except (FileNotFoundError, ValueError, psutil.NoSuchProcess):
-        return False
-
-
-def _fatal_line(logfile: str, start_at: int) -> str | None:
-    try:
-        with open(logfile, "rb") as f:
-            f.seek(start_at)
-            for line in f.read().decode(errors="replace").splitlines():
-                if "FATAL" in line:
-                    return line.split("FATAL", 1)[1].strip()
-    except FileNotFoundError:
-        pass
-    return None
+        return proc if _alive(proc) else None
+    except (OSError, ValueError, psutil.NoSuchProcess):
+        return None
 
 
 def down(settings: config.Settings, purge: bool = False, timeout: float = 120.0) -> bool:
@@ -658,6 +645,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
+    status = launch.StatusPipe.from_environment()     # whoever started us (up()) learns how it went
+    status.send("starting", pid=os.getpid())
     try:
         cfg = configfile.load(args.config) if args.config else configfile.ServiceConfig()
         if args.metrics_port is not None:
@@ -668,18 +657,69 @@ def main(argv=None) -> int:
         settings = cfg.settings(args.instance, args.data_dir, args.shm_prefix)
         sup = Supervisor(settings, cfg)
         try:
-            sup.start()
+            with StartupProgress(settings.data_dir, status):
+                sup.start()
         except BaseException:
             sup.shutdown_partial()
             raise
     except errors.AlreadyRunning as e:
         log.error("FATAL AlreadyRunning: %s", e)
+        status.send("failed", error="AlreadyRunning", message=str(e))
         return EXIT_ALREADY_RUNNING
     except (errors.ShmlogError, OSError) as e:
         log.error("FATAL %s", e)
+        status.send("failed", error=type(e).__name__ if isinstance(e, errors.ShmlogError) else
+                    "PermissionDenied" if isinstance(e, PermissionError) else "SupervisorError", message=str(e))
         return 1
+    except Exception as e:
+        log.exception("FATAL unexpected error during start-up")
+        status.send("failed", error="SupervisorError", message=f"unexpected error during start-up: {e!r}")
+        return 1
+    st = sup.state
+    status.send("ready", pid=os.getpid(), admin_socket=st.admin_socket, metrics_port=st.metrics_port,
+                kafka_port=st.kafka_port)
+    status.close()
     sup.run()
     return 0
+
+
+class StartupProgress:
+    """While start() runs (a restore of a large log can take minutes): the
+    restore's progress (<data_dir>/recovery.json) goes to the launcher's status
+    pipe and to systemd, whose start timeout is extended by EXTEND_S each time
+    the restore moved within the last launch.PROGRESS_GRACE_S: a long recovery
+    is not killed, a hung one still times out."""
+
+    EVERY_S = 0.5
+    EXTEND_S = 30
+
+    def __init__(self, data_dir: str, status: launch.StatusPipe):
+        self.data_dir, self.status = data_dir, status
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="startup-progress", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(5)
+
+    def _run(self):
+        last, moved = None, time.monotonic()
+        while not self.done.wait(self.EVERY_S):
+            prog = read_recovery_progress(self.data_dir)
+            if not prog or prog.get("pid") != os.getpid():
+                continue
+            now = time.monotonic()
+            if prog != last:
+                last, moved = prog, now
+                self.status.send("recovering", done=prog.get("done"), total=prog.get("total"),
+                                 topic=prog.get("topic"), partition=prog.get("partition"))
+            if now - moved <= launch.PROGRESS_GRACE_S:
+                notify.notify(f"EXTEND_TIMEOUT_USEC={self.EXTEND_S * 1_000_000}",
+                              f"STATUS=recovering: {prog.get('done')} of {prog.get('total')} durable partitions")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def test_autostart_starts_one_background_supervisor_and_down_stops_it(inst):
 def test_up_reports_a_supervisor_that_cannot_start(inst, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("metrics_port = 'x'\n")
-    with pytest.raises(errors.SupervisorError, match="metrics_port"):
+    with pytest.raises(errors.InvalidConfig, match="metrics_port"):     # the supervisor's own error, at once
         supervisor.up(inst.settings, config_path=str(bad), timeout=20)
 
 
