@@ -2,15 +2,17 @@
 
 Owns: where an instance's admin socket lives, the request/response structs
 (msgpack via msgspec, one request per SOCK_SEQPACKET connection), the
-server's accept-check-dispatch step (peer credentials checked with
+server (accept in the supervisor's loop, then a thread per connection,
+bounded, with a deadline per client; peer credentials checked with
 SO_PEERCRED before a request is read) and the client call that turns an
 error reply back into the shmlog exception.
-Must never: carry out a request itself (the supervisor's handlers do), or
-answer a peer that is neither our uid, root, nor in the instance's group.
+Must never: carry out a request itself (the supervisor's handlers do), let
+a client's silence or slowness hold the supervisor's loop, or answer a peer that is neither our uid, root, nor in the instance's group.
 """
 import hashlib
 import os
 import socket
+import threading
 from typing import Any
 
 import msgspec
@@ -66,11 +68,16 @@ class Client:
                 raise errors.PermissionDenied(
                     f"no access to the supervisor's admin socket {self.path}: run as the instance's user "
                     "or a member of its group") from None
-            s.sendall(_encoder.encode(Request(op, args)))
+            try:
+                s.sendall(_encoder.encode(Request(op, args)))
+            except (BrokenPipeError, ConnectionResetError):
+                pass                  # answered before we asked (a busy server): its reply is queued
             try:
                 data = s.recv(MAX_MESSAGE)
             except socket.timeout:
                 raise errors.Timeout(f"the supervisor did not answer {op!r} within {timeout} s") from None
+            except ConnectionResetError:
+                data = b""
         finally:
             s.close()
         if not data:
@@ -98,12 +105,25 @@ def client(settings: config.Settings) -> Client | None:
 
 
 class Server:
-    """The listening socket; the supervisor's loop calls serve_one() when it is readable."""
+    """The listening socket. The supervisor's loop calls serve_one() when it is
+    readable: it only accepts, and hands the connection to a thread of its own
+    (at most max_clients at once), so a client that connects and says nothing,
+    or reads its reply slowly, costs a thread for CLIENT_DEADLINE_S, never the
+    loop's time. Past max_clients a connection is answered "busy" at once.
+    Handlers run one at a time under `lock` (the supervisor's: its loop and
+    the metrics thread read the same instance)."""
 
-    def __init__(self, settings: config.Settings, handlers: dict, gid: int | None):
+    CLIENT_DEADLINE_S = 2.0            # to send the request, and again to take the reply
+    MAX_CLIENTS = 16
+
+    def __init__(self, settings: config.Settings, handlers: dict, gid: int | None,
+                 lock=None, max_clients: int = MAX_CLIENTS):
         self.path = socket_path(settings)
         self.handlers = handlers
         self.gid = gid
+        self.lock = lock or threading.Lock()
+        self.slots = threading.BoundedSemaphore(max_clients)
+        self.max_clients = max_clients
         if os.path.exists(self.path):
             if _answers(self.path):
                 raise errors.AlreadyRunning(f"a supervisor already listens at {self.path}")
@@ -118,47 +138,84 @@ class Server:
         return self.sock.fileno()
 
     def serve_one(self, log) -> bool:
-        """Accepts and answers one request; False when none was waiting."""
+        """Accepts one connection and starts its thread; False when none was waiting."""
         try:
             conn, _ = self.sock.accept()
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return False
-        with conn:
-            conn.settimeout(1.0)                     # a silent client cannot hold the loop for long
-            ok, (pid, uid, _) = permissions.peer_allowed(conn, self.gid)
-            try:
-                data = conn.recv(MAX_MESSAGE)        # read even when refusing: unread data would reset
-            except OSError:
-                return True
-            if not ok:
-                log.warning("admin: refused pid %d uid %d (not the instance's user or group)", pid, uid)
-                rep = Reply(False, error="PermissionDenied",
-                            message=f"uid {uid} is neither the instance's user nor in its group")
-            else:
-                try:
-                    req = _req_decoder.decode(data)
-                    handler = self.handlers.get(req.op)
-                    if handler is None:
-                        raise errors.InvalidArgument(f"unknown admin request {req.op!r}")
-                    try:
-                        result = handler(**req.args)
-                    except TypeError as e:
-                        if "argument" not in str(e):
-                            raise
-                        raise errors.InvalidArgument(f"bad arguments for {req.op!r}: {e}") from None
-                    rep = Reply(True, result=result)
-                except errors.ShmlogError as e:
-                    rep = Reply(False, error=type(e).__name__, message=str(e))
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    rep = Reply(False, error="InvalidArgument", message=f"bad admin request: {e}")
-                except Exception as e:                  # the supervisor goes on; the caller learns why
-                    log.exception("admin: %s failed", data[:64])
-                    rep = Reply(False, error="SupervisorError", message=f"the supervisor failed: {e!r}")
-            try:
-                conn.sendall(_encoder.encode(rep))
-            except OSError:
-                pass                                    # the client went away
+        except OSError as e:                           # EMFILE and the like: the next tick retries
+            log.warning("admin: accept failed: %s", e)
+            return False
+        if not self.slots.acquire(blocking=False):
+            self._busy(conn)
+            return True
+        try:
+            threading.Thread(target=self._serve, args=(conn, log), name="admin-client", daemon=True).start()
+        except BaseException:
+            self.slots.release()
+            conn.close()
+            raise
         return True
+
+    def _busy(self, conn):
+        """Every slot is taken (silent or slow clients): say so without waiting for anything."""
+        with conn:
+            conn.setblocking(False)
+            try:
+                conn.recv(MAX_MESSAGE)                 # read what came, so the close is no reset
+            except OSError:
+                pass
+            try:
+                conn.send(_encoder.encode(Reply(False, error="Timeout", message=(
+                    f"the supervisor is busy with {self.max_clients} admin connections; retry"))))
+            except OSError:
+                pass
+
+    def _serve(self, conn, log):
+        try:
+            with conn:
+                conn.settimeout(self.CLIENT_DEADLINE_S)
+                ok, (pid, uid, _) = permissions.peer_allowed(conn, self.gid)
+                try:
+                    data = conn.recv(MAX_MESSAGE)      # read even when refusing: unread data would reset
+                except OSError:
+                    return                             # silent past the deadline, or gone
+                if not ok:
+                    log.warning("admin: refused pid %d uid %d (not the instance's user or group)", pid, uid)
+                    rep = Reply(False, error="PermissionDenied",
+                                message=f"uid {uid} is neither the instance's user nor in its group")
+                elif not data:
+                    return
+                else:
+                    with self.lock:
+                        rep = self._dispatch(data, log)
+                try:
+                    conn.sendall(_encoder.encode(rep))
+                except OSError:
+                    pass                               # the client went away
+        finally:
+            self.slots.release()
+
+    def _dispatch(self, data: bytes, log) -> Reply:
+        try:
+            req = _req_decoder.decode(data)
+            handler = self.handlers.get(req.op)
+            if handler is None:
+                raise errors.InvalidArgument(f"unknown admin request {req.op!r}")
+            try:
+                result = handler(**req.args)
+            except TypeError as e:
+                if "argument" not in str(e):
+                    raise
+                raise errors.InvalidArgument(f"bad arguments for {req.op!r}: {e}") from None
+            return Reply(True, result=result)
+        except errors.ShmlogError as e:
+            return Reply(False, error=type(e).__name__, message=str(e))
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            return Reply(False, error="InvalidArgument", message=f"bad admin request: {e}")
+        except Exception as e:                          # the supervisor goes on; the caller learns why
+            log.exception("admin: %s failed", data[:64])
+            return Reply(False, error="SupervisorError", message=f"the supervisor failed: {e!r}")
 
     def close(self):
         self.sock.close()

@@ -124,7 +124,7 @@ class Supervisor:
         self._attach()
         permissions.adopt_segments(s.segment_glob_prefix, self.gid)
         self._apply_topics(self.cfg)
-        self.admin = admin.Server(s, self._handlers(), self.gid)
+        self.admin = admin.Server(s, self._handlers(), self.gid, self.lock)
         if self.cfg.metrics_port >= 0:
             from .metrics import InstanceCollector, MetricsServer
             self.collector = InstanceCollector(self)
@@ -417,9 +417,8 @@ class Supervisor:
                         except BlockingIOError:
                             pass
                     else:
-                        with self.lock:
-                            while self.admin.serve_one(log):
-                                pass
+                        while self.admin.serve_one(log):      # accepts only; each client has its thread
+                            pass
         finally:
             signal.set_wakeup_fd(old_fd)
             sel.close()

@@ -327,3 +327,67 @@ def test_kafka_listen_in_the_config_is_checked():
     with pytest.raises(errors.InvalidConfig, match="kafka"):
         configfile.parse('[kafka]\nlisten = "127.0.0.1:9092"\nmax_connections = 0\n')
     assert configfile.parse('[kafka]\nlisten = "127.0.0.1:9092"\n').kafka.listen == "127.0.0.1:9092"
+
+
+def _group_member(kw, topic, group, ready_path):
+    log = shmlog.connect(**kw)
+    c = log.consumer(topics=[topic], group=group, auto_offset_reset="earliest", session_timeout_ms=60_000)
+    deadline = time.monotonic() + 20
+    while not c.assignment() and time.monotonic() < deadline:
+        c.poll(timeout=0.1)
+    open(ready_path, "w").close()
+    time.sleep(600)
+
+
+def test_silent_admin_clients_never_stall_the_supervisor_loop(inst, tmp_path):
+    """Issue 11 #13: 20 clients connect to the admin socket and say nothing.
+    The loop still ticks: the watchdog keeps its 100 ms period, a group member
+    killed -9 is reaped by the supervisor (no other member is left to notice),
+    and another client's ping is answered at once."""
+    import socket as so
+    nsock_path = str(tmp_path / "notify.sock")
+    ns = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    ns.bind(nsock_path)
+    ns.settimeout(0.05)
+    inst.log.create_topic("g", partitions=2, ring_bytes=1 << 16, persistence="none")
+    proc = inst.start_supervisor(env={"NOTIFY_SOCKET": nsock_path, "WATCHDOG_USEC": "200000"})
+    ready = str(tmp_path / "member.ready")
+    member = inst.process(_group_member, inst.kwargs, "g", "grp", ready)
+    member.start()
+    wait_for(lambda: os.path.exists(ready), 30, "the member to join")
+    assert len(inst.log.describe_group("grp").members) == 1
+
+    silent = []
+    for _ in range(20):
+        s = so.socket(so.AF_UNIX, so.SOCK_SEQPACKET)
+        s.connect(admin.socket_path(inst.settings))
+        silent.append(s)
+    os.kill(member.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    beats, pings, reaped_at = [], [], None
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        try:
+            while True:
+                if ns.recv(4096).startswith(b"WATCHDOG=1"):
+                    beats.append(time.monotonic())
+        except so.timeout:
+            pass
+        if reaped_at is None and not inst.log.describe_group("grp").members:
+            reaped_at = time.monotonic()
+        t0 = time.monotonic()
+        try:
+            admin.Client(admin.socket_path(inst.settings)).call("ping", timeout=5)
+            pings.append(time.monotonic() - t0)
+        except errors.Timeout as e:          # "busy" is an answer too, and must come at once
+            assert "busy" in str(e)
+            pings.append(time.monotonic() - t0)
+    for s in silent:
+        s.close()
+    assert proc.poll() is None
+    assert len(beats) >= 10, f"only {len(beats)} watchdog pings in 3 s (period 0.1 s)"
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    assert max(gaps) < 1.0, f"the watchdog stalled for {max(gaps):.2f} s"
+    assert reaped_at is not None and reaped_at - t_kill < 2.0, "the dead member was not reaped by the supervisor"
+    assert max(pings) < 1.0, f"a ping took {max(pings):.2f} s"
+    ns.close()
