@@ -128,20 +128,28 @@ class InstanceCollector:
         G, GP = ["group"], ["group", "topic", "partition"]
         members = GaugeMetricFamily("shmlog_group_members", "Live members of the group", labels=G)
         rebal = CounterMetricFamily("shmlog_group_rebalances", "Rebalances of the group", labels=G)
-        lag = GaugeMetricFamily("shmlog_group_lag", "end offset - committed offset", labels=GP)
+        lag = GaugeMetricFamily("shmlog_group_lag", "end offset - committed offset (no sample while the partition "
+                                "has no committed offset: see shmlog_group_lag_unknown_partitions)", labels=GP)
+        unknown = GaugeMetricFamily("shmlog_group_lag_unknown_partitions",
+                                    "Partitions of the group with no committed offset, so no known lag", labels=G)
         committed = GaugeMetricFamily("shmlog_group_committed_offset", "Committed offset", labels=GP)
         crate = GaugeMetricFamily("shmlog_group_consume_records_per_second",
                                   "Committed records per second (last sampling interval)", labels=GP)
         for g, mem, parts, d in self._groups():
             members.add_metric([g], len(mem))
             rebal.add_metric([g], d.rebalances)
+            n_unknown = 0
             for pl in parts:
                 lv = [g, pl.topic, str(pl.partition)]
-                lag.add_metric(lv, pl.lag)
+                if pl.lag is None:            # nothing committed yet: an absent sample, not a made-up 0 or NaN
+                    n_unknown += 1
+                else:
+                    lag.add_metric(lv, pl.lag)
                 if pl.committed is not None:
                     committed.add_metric(lv, pl.committed)
                 crate.add_metric(lv, self.consume_records.get((g, pl.topic, pl.partition)))
-        return [members, rebal, lag, committed, crate]
+            unknown.add_metric([g], n_unknown)
+        return [members, rebal, lag, unknown, committed, crate]
 
     def _collect_processes(self):
         W = ["process", "replica"]

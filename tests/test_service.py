@@ -353,6 +353,46 @@ def test_metrics_endpoint_matches_the_api(inst, tmp_path):
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
+def _member_that_never_commits(kw, ready_path):
+    import shmlog
+    log = shmlog.connect(**kw)
+    c = log.consumer(topics=["lagged"], group="nocommit", auto_offset_reset="earliest", enable_auto_commit=False,
+                     session_timeout_ms=60_000)
+    deadline = time.monotonic() + 20
+    while len(c.assignment()) < 2 and time.monotonic() < deadline:
+        c.poll(timeout=0.1)
+    open(ready_path, "w").close()
+    time.sleep(600)
+
+
+def test_metrics_with_a_partition_that_has_no_committed_offset(inst, tmp_path):
+    """Issue 12 #2: a member killed -9 before its first commit left partitions
+    with no committed offset, and every scrape answered HTTP 500. Now: 200, the
+    known lag is there, the unknown one has no sample (not a made-up 0) and is
+    counted in shmlog_group_lag_unknown_partitions."""
+    inst.log.create_topic("lagged", partitions=2, ring_bytes=1 << 16, persistence="none")
+    with inst.log.producer() as p:
+        for i in range(10):
+            p.send("lagged", b"%d" % i, partition=i % 2)
+    inst.start_supervisor(config_text="metrics_port = 0\n")
+    port = supervisor.read_state(inst.settings).metrics_port
+    ready = str(tmp_path / "ready")
+    member = inst.process(_member_that_never_commits, inst.kwargs, ready)
+    member.start()
+    wait_for(lambda: os.path.exists(ready), 30, "the member to join")
+    os.kill(member.pid, signal.SIGKILL)
+    wait_for(lambda: not inst.log.describe_group("nocommit").members, 10, "the dead member to be reaped")
+    inst.log.commit_offsets("nocommit", {("lagged", 0): 2})          # one partition committed, one never
+    parts = {pl.partition: pl for pl in inst.log.describe_group("nocommit").partitions}
+    assert parts[0].lag == 3 and (1 not in parts or parts[1].lag is None)
+    m = scrape(port)                                                 # raised HTTPError 500 before
+    g = ("group", "nocommit")
+    assert m[("shmlog_group_lag", (g, ("partition", "0"), ("topic", "lagged")))] == 3
+    assert ("shmlog_group_lag", (g, ("partition", "1"), ("topic", "lagged"))) not in m
+    assert m[("shmlog_group_lag_unknown_partitions", (g,))] == sum(1 for pl in parts.values() if pl.lag is None)
+    assert m[("shmlog_group_members", (g,))] == 0
+
+
 def test_example_config_is_valid():
     with open(os.path.join(TOOLS, "shmlog.toml")) as f:
         text = f.read()
