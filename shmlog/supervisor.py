@@ -52,6 +52,7 @@ class State(msgspec.Struct, kw_only=True):
     admin_socket: str
     metrics_port: int | None = None
     kafka_port: int | None = None          # the Kafka listener's bound port, when one runs
+    kafka_host: str | None = None
     config: str | None = None
     started_ms: int = 0
     stopped_ms: int | None = None
@@ -135,7 +136,7 @@ class Supervisor:
         self.state = State(pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
                            admin_socket=self.admin.path, metrics_port=self.metrics.port if self.metrics else None,
                            kafka_port=self.kafka.port if self.kafka else None,
-                           config=self.cfg.path, started_ms=int(time.time() * 1000),
+                           kafka_host=self.kafka.host if self.kafka else None, config=self.cfg.path, started_ms=int(time.time() * 1000),
                            workers=self.workers.describe())
         _write_state(s, self.state)
         log.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,
@@ -452,6 +453,7 @@ class Supervisor:
                 log.error("SIGHUP: Kafka listener: %s", e)
             if self.state is not None:
                 self.state.kafka_port = self.kafka.port if self.kafka else None
+                self.state.kafka_host = self.kafka.host if self.kafka else None
                 _write_state(self.settings, self.state)
         log.info("SIGHUP: reloaded %s", cfg.path)
 
@@ -500,6 +502,14 @@ class Supervisor:
 
 
 # ------------------------------------------------------------ shmlog up / down
+
+
+def addresses(st: State | None) -> dict:
+    """Where a running supervisor serves: {"metrics": URL or None, "kafka": HOST:PORT or None}."""
+    if st is None:
+        return {"metrics": None, "kafka": None}
+    return {"metrics": f"http://127.0.0.1:{st.metrics_port}/metrics" if st.metrics_port else None,
+            "kafka": f"{st.kafka_host or '127.0.0.1'}:{st.kafka_port}" if st.kafka_port else None}
 
 
 def running_pid(settings: config.Settings) -> int | None:

@@ -376,12 +376,13 @@ def test_status_and_doctor_name_the_supervisor(inst, sh, monkeypatch):
     monkeypatch.setitem(sys.modules, "shmlog.supervisor", fake)
     monkeypatch.setattr(shmlog, "supervisor", fake, raising=False)
     snap = js(sh("status", "--json", "--interval", "0.05"))
-    assert snap["supervisor"] == {"running": True, "pid": 4321}
+    assert snap["supervisor"] == {"running": True, "pid": 4321, "metrics": None, "kafka": None}
     assert "supervisor pid 4321" in ok(sh("status", "--once", "--interval", "0.05"))
     (c,) = [c for c in js(sh("doctor", "--json"))["checks"] if c["check"] == "supervisor"]
     assert "4321" in c["detail"]
     fake.running_pid = lambda settings: None
-    assert js(sh("status", "--json", "--interval", "0.05"))["supervisor"] == {"running": False, "pid": None}
+    assert js(sh("status", "--json", "--interval", "0.05"))["supervisor"] == {"running": False, "pid": None,
+                                                                         "metrics": None, "kafka": None}
 
 
 # ------------------------------------------------------------ doctor
@@ -503,7 +504,8 @@ def test_up_and_down_call_the_supervisor_module(inst, capsys, monkeypatch):
     fake.down = lambda settings, purge=False, timeout=120.0: calls.append(("down", settings, purge, timeout)) or True
     monkeypatch.setitem(sys.modules, "shmlog.supervisor", fake)
     rc, out, err = inproc(inst, capsys, "up", "--config", "s.toml", "--json")
-    assert rc == 0 and json.loads(out) == {"instance": inst.kwargs["instance"], "pid": 4242}
+    assert rc == 0 and json.loads(out) == {"instance": inst.kwargs["instance"], "pid": 4242,
+                                           "metrics": None, "kafka": None}
     rc, out, err = inproc(inst, capsys, "down", "--purge", "--timeout", "5")
     assert rc == 0 and "stopped" in out
     (_, s1, cfg, t1), (_, s2, purge, t2) = calls
@@ -600,3 +602,116 @@ def test_ctrl_c_ends_a_group_consume_and_commits_what_it_printed(inst):
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_produce_hit_by_buffer_full_says_how_much_was_written(inst):
+    """Issue 12 #9: BufferFull in the middle of `shmlog produce` exited 7
+    without saying that some lines were written, so a rerun duplicated them.
+    Here the persister is stopped (SIGSTOP), so a small durable ring fills."""
+    import signal as sig
+    from shmlog import persister
+    inst.log.create_topic("full", ring_bytes=1 << 16, persistence="disk")
+    pid = persister.pid_of(inst.kwargs["data_dir"])
+    assert pid
+    os.kill(pid, sig.SIGSTOP)
+    try:
+        lines = b"".join(b"line-%05d-" % i + b"x" * 80 + b"\n" for i in range(5000))
+        r = run(inst, "produce", "full", "--max-block-ms", "300", input=lines, timeout=60)
+        end = inst.log.describe_topic("full").partitions[0].end_offset
+        line = fails(r, 7, "written before it")
+        assert 0 < end < 5000
+        assert f"{end} record(s) were written before it" in line, line
+        assert f"partition 0 at offset {end - 1}" in line and f"record {end + 1} of the input" in line, line
+        rj = run(inst, "produce", "full", "--max-block-ms", "300", "--json", input=lines, timeout=60)
+        assert rj.returncode == 7
+        summary = json.loads(rj.stdout)
+        assert summary["complete"] is False and summary["count"] == 0 and summary["last"] is None
+    finally:
+        os.kill(pid, sig.SIGCONT)
+
+
+def test_version_sizes_with_units_and_group_delete(inst, sh):
+    out = ok(run(inst, "--version"))
+    assert out.startswith(f"shmlog {shmlog.__version__} ")
+    ok(sh("topic", "create", "u1", "--ring-bytes", "64KiB", "--persistence", "none"))
+    ok(sh("topic", "create", "u2", "--ring-bytes", "1M", "--persistence", "none", "--max-message-bytes", "2kB"))
+    ok(sh("topic", "create", "u3", "--ring-bytes", "131072", "--persistence", "none"))
+    assert inst.log.describe_topic("u1").config.ring_bytes == 64 << 10
+    assert inst.log.describe_topic("u2").config.ring_bytes == 1 << 20
+    assert inst.log.describe_topic("u2").config.max_message_bytes == 2000
+    assert inst.log.describe_topic("u3").config.ring_bytes == 131072
+    fails(sh("topic", "create", "u4", "--ring-bytes", "64 furlongs"), 2, "not a size")
+    fails(sh("topic", "create", "u4", "--ring-bytes", "1.3"), 2, "whole number")
+    inst.log.commit_offsets("gdel", {("u1", 0): 0})
+    assert "gdel" in inst.log.list_groups()
+    ok(sh("group", "delete", "gdel"))
+    assert "gdel" not in inst.log.list_groups()
+    fails(sh("group", "delete", "gdel"), 3)
+
+
+def test_group_lag_unknown_is_not_shown_as_zero(inst, sh):
+    """Issue 12 #9: a group whose partitions have no committed offset showed "lag 0"."""
+    inst.log.create_topic("lg", partitions=2, ring_bytes=1 << 16, persistence="none")
+    with inst.log.producer() as p:
+        for i in range(6):
+            p.send("lg", b"x", partition=i % 2)
+    c = inst.log.consumer(topics=["lg"], group="lagq", enable_auto_commit=False, auto_offset_reset="earliest")
+    deadline = time.monotonic() + 10
+    while len(c.assignment()) < 2 and time.monotonic() < deadline:
+        c.poll(timeout=0.05)
+    try:
+        out = ok(sh("group", "describe", "lagq"))
+        assert "lag unknown" in out.splitlines()[0], out
+        rows = js(sh("group", "list", "--json"))
+        assert rows[0]["lag"] is None and rows[0]["lag_unknown_partitions"] == 2
+        c.commit({("lg", 0): 1})
+        out = ok(sh("group", "describe", "lagq"))
+        assert "lag 2 + unknown on 1 partition" in out.splitlines()[0], out
+        snap = js(sh("status", "--json"))
+        g = snap["groups"][0]
+        assert g["lag"] == 2 and g["lag_unknown_partitions"] == 1
+    finally:
+        c.close()
+
+
+def test_consume_prints_kcats_end_of_partition_and_out_of_range_notices(inst):
+    """Issue 12 #9: kcat's `% Reached end of topic T [p] at offset N` on stderr
+    (records alone on stdout), and a warning for an -o N outside the log."""
+    inst.log.create_topic("eof", partitions=2, ring_bytes=1 << 16, persistence="none")
+    with inst.log.producer() as p:
+        for i in range(5):
+            p.send("eof", b"r%d" % i, partition=i % 2)
+    r = run(inst, "consume", "eof", "-o", "beginning", "-e")
+    assert sorted(ok(r).split()) == [b"r%d".decode() % i for i in range(5)]
+    err = r.stderr.decode().splitlines()
+    assert "% Reached end of topic eof [0] at offset 3" in err and "% Reached end of topic eof [1] at offset 2" in err
+    r = run(inst, "consume", "eof", "-o", "beginning", "-e", "-q")
+    assert ok(r) and r.stderr == b""
+    r = run(inst, "consume", "eof", "-p", "0", "-o", "100", "-e")
+    assert ok(r) == ""
+    err = r.stderr.decode()
+    assert "% offset 100 is out of range for eof [0] (the log holds 0..3); starting at the end, offset 3" in err, err
+    r = run(inst, "consume", "eof", "-p", "1", "-o", "1", "-e")
+    assert ok(r) == "r3\n" and "out of range" not in r.stderr.decode()
+
+
+def test_up_and_status_show_the_metrics_and_kafka_addresses(inst, tmp_path):
+    """Issue 12 #9: the metrics port was shown nowhere but supervisor.json."""
+    from shmlog import supervisor
+    cfg = tmp_path / "svc.toml"
+    cfg.write_text('metrics_port = 0\n[kafka]\nlisten = "127.0.0.1:0"\n')
+    env = _env(inst, SHMLOG_AUTOSTART="1")
+    try:
+        out = ok(run(inst, "up", "--config", str(cfg), env=env, timeout=60))
+        st = supervisor.read_state(inst.settings)
+        metrics, kafka = f"http://127.0.0.1:{st.metrics_port}/metrics", f"127.0.0.1:{st.kafka_port}"
+        assert st.metrics_port and st.kafka_port
+        assert f"metrics  {metrics}" in out and f"kafka    {kafka}" in out, out
+        up = js(run(inst, "up", "--json", env=env, timeout=60))          # already running: the same answer
+        assert up["metrics"] == metrics and up["kafka"] == kafka
+        snap = js(run(inst, "status", "--json"))
+        assert snap["supervisor"]["metrics"] == metrics and snap["supervisor"]["kafka"] == kafka
+        text = ok(run(inst, "status", "--once"))
+        assert f"metrics {metrics}" in text and f"kafka {kafka}" in text, text
+    finally:
+        run(inst, "down", env=env, timeout=120)

@@ -35,6 +35,10 @@ def build_parser() -> common.Parser:
     ap = common.Parser(prog="shmlog", description="Kafka's model on one host, over shared memory.",
                        epilog=EPILOG)
     common.add_top_level_instance_options(ap)
+    from .. import __version__
+    where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--version", action="version",
+                    version=f"shmlog {__version__} ({where}, Python {sys.version.split()[0]})")
     parent = common.instance_options()
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
                             parser_class=common.Parser)

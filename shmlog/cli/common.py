@@ -194,6 +194,31 @@ def parse_time_ms(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
+               "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
+               "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from plain bytes (`67108864`, `-1` where it means no limit) or a
+    number with a unit: K M G T and KiB MiB GiB TiB are powers of 1024 (as in
+    dd and ulimit), kB MB GB TB powers of 1000; case does not matter. An
+    argparse type: a bad size is a one-line usage error."""
+    import re
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if unit is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: bytes, or a number with K/M/G/T, "
+                                         "KiB/MiB/GiB/TiB (1024s) or kB/MB/GB/TB (1000s), e.g. 64MiB")
+    num = m.group(1)
+    value = int(num) * unit if "." not in num else float(num) * unit
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes")
+    if int(value) < 0 and int(value) != -1:
+        raise argparse.ArgumentTypeError(f"size {text!r} is negative (-1 means no limit where allowed)")
+    return int(value)
+
+
 def format_ms(ms) -> str:
     if ms is None or ms < 0:
         return "-"
@@ -219,3 +244,19 @@ def supervisor_pid(settings) -> int | None:
         return None
     running_pid = getattr(supervisor, "running_pid", None)
     return running_pid(settings) if running_pid is not None else None
+
+
+def supervisor_addresses(settings, running: bool = True) -> dict:
+    """Where the instance's running supervisor serves metrics and Kafka clients
+    ({"metrics": URL | None, "kafka": HOST:PORT | None}; both None when none runs)."""
+    none = {"metrics": None, "kafka": None}
+    if not running:
+        return none
+    try:
+        from .. import supervisor
+    except ImportError:
+        return none
+    read_state, addresses = getattr(supervisor, "read_state", None), getattr(supervisor, "addresses", None)
+    if read_state is None or addresses is None:
+        return none
+    return addresses(read_state(settings))

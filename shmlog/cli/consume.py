@@ -3,7 +3,8 @@
 Owns: the -f format language (%t %p %o %k %s %K %S %T %h, backslash
 escapes), the -o start positions (beginning, end, stored, N, -N, @time),
 -e (exit once every partition was read to its end), -c (count), -G (a
-consumer group) and the --json record lines. Must never: print a record
+consumer group), the --json record lines, and kcat's notices on stderr
+("% Reached end of topic T [p] at offset N", an out-of-range -o N). Must never: print a record
 twice or out of order within a partition.
 """
 import base64
@@ -129,8 +130,9 @@ def parse_offset(spec: str):
                               "(ms since the epoch or ISO-8601)")
 
 
-def start_offsets(log, topics, partition, kind, n):
-    """[(topic, partition, offset or None)] for the assign-mode consumer."""
+def start_offsets(log, topics, partition, kind, n, warn=None):
+    """[(topic, partition, offset or None)] for the assign-mode consumer. An
+    absolute offset outside the log is clamped to it, and warn(text) says so."""
     out = []
     probe = None
     try:
@@ -150,6 +152,9 @@ def start_offsets(log, topics, partition, kind, n):
                     off = end
                 elif kind == "abs":
                     off = min(max(n, start), end)
+                    if off != n and warn is not None:
+                        warn(f"offset {n} is out of range for {t} [{p.partition}] (the log holds {start}..{end}); "
+                             f"starting at {'the beginning' if off == start else 'the end'}, offset {off}")
                 elif kind == "tail":
                     off = max(end - n, start)
                 else:                                # time
@@ -198,16 +203,33 @@ def _make_consumer(log, args, kind, n):
         raise common.CommandError("-o stored needs a group (-G GROUP)")
     c = log.consumer(auto_offset_reset="earliest")
     try:
-        c.assign(start_offsets(log, args.topics, args.partition, kind, n))
+        c.assign(start_offsets(log, args.topics, args.partition, kind, n, warn=lambda text: _notice(args, text)))
     except BaseException:
         c.close()
         raise
     return c
 
 
-def _all_at_end(c) -> bool:
+def _notice(args, text: str):
+    """kcat's notices: '% ...' lines on stderr (stdout holds only records), silenced by -q."""
+    if not args.quiet:
+        print(f"% {text}", file=sys.stderr, flush=True)
+
+
+def _at_end(c, args, announced: dict) -> bool:
+    """Announces each partition reaching its end (again after new records),
+    like kcat; True when every assigned partition is at its end."""
     ends = c.end_offsets()
-    return bool(ends) and all(c.position(t, p) >= end for (t, p), end in ends.items())
+    at_end = bool(ends)
+    for (t, p), end in sorted(ends.items()):
+        pos = c.position(t, p)
+        if pos is None or pos < end:
+            at_end = False
+            continue
+        if announced.get((t, p)) != pos:
+            announced[(t, p)] = pos
+            _notice(args, f"Reached end of topic {t} [{p}] at offset {pos}")
+    return at_end
 
 
 def cmd_consume(args):
@@ -219,6 +241,7 @@ def cmd_consume(args):
     out = _Output(args)
     got = 0
     printed = {}                     # (topic, partition) -> offset after the last record printed
+    announced = {}                   # (topic, partition) -> the offset its end was announced at
     with common.open_log(args) as log:
         c = _make_consumer(log, args, kind, n)
         try:
@@ -230,7 +253,7 @@ def cmd_consume(args):
                     got += len(msgs)
                     for m in msgs:
                         printed[(m.topic, m.partition)] = m.offset + 1
-                elif args.exit_at_end and _all_at_end(c):
+                elif _at_end(c, args, announced) and args.exit_at_end:
                     break
         except KeyboardInterrupt:
             pass                     # Ctrl-C ends a tailing consume: commit what was printed, exit 0
@@ -257,4 +280,6 @@ def register(sub, parent):
     p.add_argument("-K", dest="key_delimiter", default=None, metavar="DELIM",
                    help="print key DELIM value (when there is no -f)")
     p.add_argument("-G", "--group", default=None, help="consume as a member of this consumer group")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no '%% Reached end of topic' and out-of-range notices on stderr")
     p.set_defaults(func=cmd_consume, trailing="topics")

@@ -25,7 +25,7 @@ when the suite is installed: pip install 'shmlog[bench]' in a source checkout
 SERVICE_EPILOG = """examples:
   shmlog supervisor --config /etc/shmlog/shmlog.toml     # foreground; what the systemd unit runs
   shmlog up                                              # a background supervisor for development
-  shmlog up --config shmlog.toml --json                  # prints {"pid": N}
+  shmlog up --config shmlog.toml --json                  # {"pid": N, "metrics": URL, "kafka": HOST:PORT}
   shmlog down                                            # stop it cleanly (everything committed fsynced)
   shmlog down --purge                                    # and drop the instance's shared memory
   shmlog kafka-listener --listen 127.0.0.1:9092          # serve the instance to Kafka clients
@@ -99,8 +99,12 @@ def cmd_up(args):
     if args.timeout <= 0:
         raise common.CommandError("--timeout must be > 0")
     pid = _up_with_progress(up, args)
-    common.emit(args, {"instance": common.settings(args).instance, "pid": pid},
-                f"supervisor of instance {common.settings(args).instance!r} running (pid {pid})")
+    s = common.settings(args)
+    where = common.supervisor_addresses(s)
+    common.emit(args, {"instance": s.instance, "pid": pid, **where},
+                f"supervisor of instance {s.instance!r} running (pid {pid})" +
+                "".join(f"\n  {k:<8} {v}" for k, v in (("metrics", where["metrics"]),
+                                                       ("kafka", where["kafka"])) if v))
 
 
 def _up_with_progress(up, args):

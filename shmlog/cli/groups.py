@@ -1,4 +1,4 @@
-"""cli/groups.py — `shmlog group list|describe|reset-offsets`, like kafka-consumer-groups.sh.
+"""cli/groups.py — `shmlog group list|describe|delete|reset-offsets`, like kafka-consumer-groups.sh.
 
 Owns: the lag and member tables, and the reset plan (which partitions, which
 new offset) that is printed as a dry run unless --execute. Must never: move
@@ -12,6 +12,7 @@ from .consume import start_offsets
 EPILOG = """examples:
   shmlog group list
   shmlog group describe billing                             # lag per partition, members
+  shmlog group delete billing                               # refused while it has live members
   shmlog group reset-offsets billing --all-topics --to-earliest            # the plan only (dry run)
   shmlog group reset-offsets billing --topic orders --to-latest --execute
   shmlog group reset-offsets billing --topic orders:0,2 --to-offset 1000 --execute
@@ -20,8 +21,17 @@ EPILOG = """examples:
 """
 
 
-def _total_lag(d) -> int:
-    return sum(p.lag or 0 for p in d.partitions)
+def total_lag(d) -> tuple[int, int]:
+    """(sum of the known lags, partitions whose lag is unknown: nothing committed yet)."""
+    return sum(p.lag for p in d.partitions if p.lag is not None), sum(1 for p in d.partitions if p.lag is None)
+
+
+def lag_text(d) -> str:
+    """The group's lag as it is known: `12`, `12 + unknown on 2 partitions`, or `unknown`."""
+    known, unknown = total_lag(d)
+    if unknown and unknown == len(d.partitions):
+        return "unknown"
+    return f"{known}" + (f" + unknown on {unknown} partition{'s' if unknown > 1 else ''}" if unknown else "")
 
 
 def cmd_list(args):
@@ -32,16 +42,21 @@ def cmd_list(args):
                 d = log.describe_group(g)
             except errors.UnknownGroup:
                 continue                                # deleted meanwhile
-            rows.append({"group": g, "state": d.state, "members": len(d.members), "lag": _total_lag(d),
-                         "generation": d.generation})
+            known, unknown = total_lag(d)
+            rows.append({"group": g, "state": d.state, "members": len(d.members),
+                         "lag": None if unknown and unknown == len(d.partitions) else known,
+                         "lag_unknown_partitions": unknown, "generation": d.generation, "_lag_text": lag_text(d)})
         text = common.table(["GROUP", "STATE", "MEMBERS", "LAG", "GENERATION"],
-                            [list(r.values()) for r in rows]) if rows else "(no groups)"
+                            [(r["group"], r["state"], r["members"], r["_lag_text"], r["generation"]) for r in rows]
+                            ) if rows else "(no groups)"
+        for r in rows:
+            del r["_lag_text"]
         common.emit(args, rows, text)
 
 
 def describe_text(d) -> str:
     head = (f"group {d.group}  state {d.state}  generation {d.generation}  assignor {d.assignor}  "
-            f"rebalances {d.rebalances}  members {len(d.members)}  lag {_total_lag(d)}")
+            f"rebalances {d.rebalances}  members {len(d.members)}  lag {lag_text(d)}")
     parts = common.table(["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"],
                          [(p.topic, p.partition, p.committed, p.end_offset, p.lag, p.member_id)
                           for p in d.partitions]) if d.partitions else "(no committed offsets or assignments)"
@@ -127,6 +142,13 @@ def cmd_reset(args):
         common.emit(args, {"group": args.group, "executed": args.execute, "plan": plan}, text)
 
 
+def cmd_delete(args):
+    """Like kafka-consumer-groups.sh --delete: refused while the group has live members."""
+    with common.open_log(args, writes=True) as log:
+        log.delete_group(args.group)
+    common.emit(args, {"group": args.group, "deleted": True}, f"deleted group {args.group!r}")
+
+
 def register(sub, parent):
     g = sub.add_parser("group", parents=[parent], help="consumer groups: list, lag, reset offsets",
                        description="Consumer groups (like kafka-consumer-groups.sh).", epilog=EPILOG)
@@ -136,6 +158,10 @@ def register(sub, parent):
     d = gs.add_parser("describe", parents=[parent], help="lag per partition and the members", epilog=EPILOG)
     d.add_argument("group")
     d.set_defaults(func=cmd_describe)
+    x = gs.add_parser("delete", parents=[parent], help="delete a group and its committed offsets "
+                      "(refused while it has live members)", epilog=EPILOG)
+    x.add_argument("group")
+    x.set_defaults(func=cmd_delete)
     r = gs.add_parser("reset-offsets", parents=[parent], help="move committed offsets (dry run unless --execute)",
                       epilog=EPILOG)
     r.add_argument("group")

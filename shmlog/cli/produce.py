@@ -7,6 +7,7 @@ whole stream before sending (records go out as their delimiter arrives).
 import contextlib
 import sys
 
+from .. import errors
 from . import common
 
 EPILOG = r"""examples:
@@ -94,6 +95,8 @@ def cmd_produce(args):
     headers = parse_headers(args.header) or None
     per_partition: dict[int, list[int]] = {}      # partition -> [first offset, last offset, count]
     count = 0
+    last = None                                   # (partition, offset) of the last record written
+    failure = None
     with common.open_log(args, writes=True) as log:
         log.topic_handle(args.topic)               # fail fast, before reading any input
         with log.producer(max_block_ms=args.max_block_ms) as p:
@@ -107,12 +110,24 @@ def cmd_produce(args):
                         s[1] = md.offset
                         s[2] += 1
                     count += 1
+                    last = (md.partition, md.offset)
+            except errors.ShmlogError as e:
+                failure = e
             finally:
                 if count:
                     p.flush(durable=args.durable)
-    summary = {"topic": args.topic, "count": count, "durable": args.durable,
+    summary = {"topic": args.topic, "count": count, "durable": args.durable, "complete": failure is None,
+               "last": None if last is None else {"partition": last[0], "offset": last[1]},
                "partitions": [{"partition": k, "first_offset": v[0], "last_offset": v[1], "count": v[2]}
                               for k, v in sorted(per_partition.items())]}
+    if failure is not None:
+        # a rerun would send the first `count` records again: say exactly what landed
+        if args.json:
+            common.print_json(summary)
+        done = (f"{count} record(s) were written before it, the last to partition {last[0]} at offset "
+                f"{last[1]}; record {count + 1} of the input and everything after it were not sent"
+                if count else "no record was written")
+        raise type(failure)(f"{failure} — {done}") from failure
     if args.quiet and not args.json:
         return
     text = f"produced {count} record(s) to {args.topic!r}" + "".join(

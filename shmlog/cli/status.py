@@ -13,6 +13,7 @@ import time
 from .. import errors
 from . import common
 from .doctor import instance_tokens
+from .groups import lag_text, total_lag
 
 EPILOG = """examples:
   shmlog status                       # refreshes every second until Ctrl-C
@@ -37,9 +38,11 @@ def sample(log, settings) -> dict:
             continue                                   # deleted meanwhile
     from .. import persister
     live, dead = instance_tokens(settings)
+    sup_pid = common.supervisor_pid(settings)
     return {"t": time.monotonic(), "topics": topics, "groups": groups,
             "persister_pid": persister.pid_of(settings.data_dir) if persister.running(settings.data_dir) else None,
-            "supervisor_pid": common.supervisor_pid(settings),
+            "supervisor_pid": sup_pid,
+            "addresses": common.supervisor_addresses(settings, running=sup_pid is not None),
             "processes": len(live), "dead_tokens": len(dead)}
 
 
@@ -69,15 +72,18 @@ def snapshot(settings, before: dict, after: dict) -> dict:
     for g, d in after["groups"].items():
         prev = before["groups"].get(g)
         rate = (_committed_sum(d) - _committed_sum(prev)) / dt if prev is not None else None
+        known, unknown = total_lag(d)
         groups.append({"group": g, "state": d.state, "generation": d.generation,
-                       "rebalances": d.rebalances, "lag": sum(p.lag or 0 for p in d.partitions),
+                       "rebalances": d.rebalances, "lag": None if unknown and unknown == len(d.partitions) else known,
+                       "lag_unknown_partitions": unknown, "lag_text": lag_text(d),
                        "commit_rate": rate,
                        "members": [{"member_id": m.member_id, "pid": m.pid, "client_id": m.client_id,
                                     "partitions": len(m.assignment)} for m in d.members]})
     return {"instance": settings.instance, "data_dir": settings.data_dir, "time_ms": int(time.time() * 1000),
             "interval_s": round(dt, 3),
             "persister": {"running": after["persister_pid"] is not None, "pid": after["persister_pid"]},
-            "supervisor": {"running": after["supervisor_pid"] is not None, "pid": after["supervisor_pid"]},
+            "supervisor": {"running": after["supervisor_pid"] is not None, "pid": after["supervisor_pid"],
+                           **after["addresses"]},
             "processes": after["processes"], "dead_tokens": after["dead_tokens"],
             "topics": topics, "groups": groups}
 
@@ -92,6 +98,7 @@ def sections(snap) -> list[tuple[str, list[str], list[list]]]:
     head = (f"instance {snap['instance']}  data {snap['data_dir']}  processes {snap['processes']}  "
             f"supervisor {'pid ' + str(s['pid']) if s['running'] else 'not running'}  "
             f"persister {'pid ' + str(p['pid']) if p['running'] else 'not running'}  "
+            + "".join(f"{k} {s[k]}  " for k in ("metrics", "kafka") if s.get(k)) +
             f"(rates over {snap['interval_s']} s)")
     rows = []
     for t in snap["topics"]:
@@ -103,7 +110,7 @@ def sections(snap) -> list[tuple[str, list[str], list[list]]]:
                          q["sealed_writes"]])
     out = [(head, ["TOPIC", "PART", "END OFFSET", "PRODUCE", "RING FILL", "UNPERSISTED", "UNSYNCED", "SEALED"],
             rows)]
-    grows = [[g["group"], g["state"], len(g["members"]), g["lag"], _rate(g["commit_rate"]), g["rebalances"],
+    grows = [[g["group"], g["state"], len(g["members"]), g["lag_text"], _rate(g["commit_rate"]), g["rebalances"],
               " ".join(f"{m['client_id'] or m['member_id']}(pid {m['pid']}, {m['partitions']}p)"
                        for m in g["members"]) or "-"]
              for g in snap["groups"]]

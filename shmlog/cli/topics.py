@@ -10,7 +10,7 @@ from . import common
 
 EPILOG = """examples:
   shmlog topic create orders -p 4 --ring-bytes 67108864 --fsync interval:100
-  shmlog topic create ticks --persistence none --ring-bytes 16777216
+  shmlog topic create ticks --persistence none --ring-bytes 16MiB
   shmlog topic list
   shmlog topic describe orders --json
   shmlog topic alter orders --retention-ms 86400000 --partitions 8
@@ -38,14 +38,16 @@ def _add_config_options(p, defaults: bool):
 
     p.add_argument("-p", "--partitions", type=int, default=d(1), help="partition count" +
                    ("" if defaults else " (can only grow)"))
-    p.add_argument("--ring-bytes", type=int, default=d(64 << 20), help="ring size per partition, a power of two")
+    p.add_argument("--ring-bytes", type=common.parse_size, default=d(64 << 20),
+                   help="ring size per partition, a power of two (bytes, or with a unit: 64MiB, 1G)")
     p.add_argument("--persistence", choices=["none", "disk"], default=d("disk"),
                    help="disk: segment files, replayable after a restart; none: the ring only")
     p.add_argument("--fsync", default=d("interval:100"), help="never | always | interval:MS")
     p.add_argument("--retention-ms", type=int, default=d(7 * 86400_000), help="-1: keep forever")
-    p.add_argument("--retention-bytes", type=int, default=None, help="per partition; -1: no limit")
-    p.add_argument("--max-message-bytes", type=int, default=None, help="default: ring bytes / 4")
-    p.add_argument("--segment-bytes", type=int, default=d(1 << 30), help="segment file size before a roll")
+    p.add_argument("--retention-bytes", type=common.parse_size, default=None, help="per partition; -1: no limit")
+    p.add_argument("--max-message-bytes", type=common.parse_size, default=None, help="default: ring bytes / 4")
+    p.add_argument("--segment-bytes", type=common.parse_size, default=d(1 << 30),
+                   help="segment file size before a roll")
     p.add_argument("--segment-ms", type=int, default=d(7 * 86400_000), help="segment age before a roll")
 
 
