@@ -7,7 +7,8 @@ bounded, with a deadline per client; peer credentials checked with
 SO_PEERCRED before a request is read) and the client call that turns an
 error reply back into the shmlog exception.
 Must never: carry out a request itself (the supervisor's handlers do), let
-a client's silence or slowness hold the supervisor's loop, or answer a peer that is neither our uid, root, nor in the instance's group.
+a client's silence or slowness hold the supervisor's loop, or answer a
+peer that is neither our uid, root, nor in the instance's group.
 """
 import hashlib
 import os

@@ -63,8 +63,9 @@ class Started:
         if self.eof:
             time.sleep(wait_s)
             return
-        r, _, _ = select.select([self.fd], [], [], wait_s)
-        if not r:
+        poller = select.poll()                   # not select(): the caller may hold more than 1024 fds
+        poller.register(self.fd, select.POLLIN)
+        if not poller.poll(wait_s * 1000):
             return
         chunk = os.read(self.fd, 65536)
         if not chunk:
@@ -123,8 +124,9 @@ class Started:
                 if now > deadline:
                     recovering = st is not None and st["state"] == "recovering"
                     if not recovering or now - self.progress_at > PROGRESS_GRACE_S or now - start > MAX_WAIT_S:
-                        raise errors.Timeout(f"{self.what} did not start within {timeout:g} s"
-                                             f"{' (last state: ' + st['state'] + ')' if st else ''}; see {self.logfile}")
+                        last = f" (last state: {st['state']})" if st else ""
+                        raise errors.Timeout(f"{self.what} did not start within {timeout:g} s{last}; "
+                                             f"see {self.logfile}")
                 self._read(0.02)
         finally:
             self.close()
