@@ -108,3 +108,24 @@ def test_connect_from_a_source_tree_without_its_core_says_what_to_do(tmp_path):
                        env={"PATH": os.environ.get("PATH", "")}, timeout=60)
     assert r.returncode != 0
     assert "no compiled C core" in r.stderr and "pip install" in r.stderr, r.stderr
+
+
+def test_racing_ups_get_the_one_supervisor_that_won(inst):
+    """Several up() at once: one supervisor wins the instance's lock; the
+    others are told AlreadyRunning on their status pipe and wait for it."""
+    import threading
+    pids, errs = [], []
+
+    def one():
+        try:
+            pids.append(supervisor.up(inst.settings, timeout=60))
+        except Exception as e:           # noqa: BLE001 — the test reports it
+            errs.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errs and len(pids) == 4 and len(set(pids)) == 1, (pids, errs)
+    assert supervisor.running_pid(inst.settings) == pids[0]
