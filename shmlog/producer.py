@@ -171,6 +171,7 @@ class Producer:
         self._message_timeout_s = mt / 1000
         self._max_queued = queue_buffering_max_messages
         self._on_delivery = on_delivery
+        self._report_hook = None      # called (any thread, no lock held) when reports were queued: shmlog.aio
         self._async_reset()
         liveness.on_fork(self)
 
@@ -546,9 +547,12 @@ class Producer:
                 for b, base, err in done:
                     self._report(b, base, err)
                 self._cond.notify_all()
-                return bool(self._ready)
+                more, reported = bool(self._ready), bool(self._reports)
         finally:
             self._send_lock.release()
+        if reported and self._report_hook is not None:
+            self._report_hook()
+        return more
 
     def _write_batch(self, b, slice_ns):
         """Writes b as one frame: (base_offset, None) on success, (-1, error)
