@@ -709,7 +709,7 @@ class Producer:
         if self._closed:
             return
         try:
-            if self._queued:
+            if self._queued or self._nopen:
                 self._drain(None if timeout is None else time.monotonic() + timeout)
         finally:
             with self._lock:
