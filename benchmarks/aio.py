@@ -40,24 +40,14 @@ def _check(vals, start):
         raise AssertionError("records lost or out of order")
 
 
-def _send(log, topic, recs):
+def _write(log, topic, recs, method):
+    """Per-record send or produce (then flush: the records are written when it returns)."""
     p = log.producer()
-    send = p.send
+    call = getattr(p, method)
     t = time.perf_counter()
     for r in recs:
-        send(topic, r)
-    dt = time.perf_counter() - t
-    p.close()
-    return len(recs) / dt
-
-
-def _produce(log, topic, recs):
-    p = log.producer()
-    produce = p.produce
-    t = time.perf_counter()
-    for r in recs:
-        produce(topic, r)
-    if p.flush(60) != 0:
+        call(topic, r)
+    if method == "produce" and p.flush(60) != 0:
         raise AssertionError("flush left records queued")
     dt = time.perf_counter() - t
     p.close()
@@ -127,10 +117,8 @@ def main(argv=None):
             for row in order:
                 topic = f"{row}-{rep}"
                 log.create_topic(topic, persistence="none", ring_bytes=ring)
-                if row == "send":
-                    rows[row].append(_send(log, topic, recs))
-                elif row == "produce":
-                    rows[row].append(_produce(log, topic, recs))
+                if row in ("send", "produce"):
+                    rows[row].append(_write(log, topic, recs, row))
                 else:
                     _fill(log, topic, recs)
                     rows[row].append(_poll_batch(log, topic, n) if row == "poll_batch" else _aio(log, topic, n))
