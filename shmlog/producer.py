@@ -579,6 +579,12 @@ class Producer:
             return None
         try:
             self._fail(rc, w, p)
+        except errors.TopicDeleted as e:
+            with self._lock:                          # its open batches can never be written: close them
+                for ob in w.open:                     # (their next write reports TopicDeleted too)
+                    if ob is not None:
+                        self._close_batch(ob)
+            return -1, e
         except errors.ShmlogError as e:
             return -1, e
         return -1, errors.ShmlogError(f"write failed with status {rc}")

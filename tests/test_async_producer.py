@@ -358,3 +358,58 @@ def test_timestamps_split_batches(inst):
     assert [m.timestamp_ms for m in got[:3]] == [1_000, 1_000, 2_000]
     assert abs(got[3].timestamp_ms - time.time() * 1000) < 60_000
     assert len(raw_batches(inst.log, "t", 0)) == 3
+
+
+def test_deleted_topic_reported_to_every_queued_record(inst):
+    inst.log.create_topic("gone", partitions=2, persistence="none")
+    p = inst.log.producer(linger_ms=60_000)
+    reports = []
+    for i in range(20):
+        p.produce("gone", b"%d" % i, partition=i % 2, on_delivery=lambda e, m: reports.append(e))
+    inst.log.delete_topic("gone")
+    assert p.flush(10) == 0
+    assert len(reports) == 20 and all(isinstance(e, errors.UnknownTopicOrPartition) for e in reports)
+    with pytest.raises(errors.UnknownTopicOrPartition):
+        p.produce("gone", b"again")
+
+
+def _async_victim(kwargs, topic, path):
+    log = shmlog.connect(**kwargs)
+    p = log.producer(linger_ms=1, batch_num_messages=37)
+    with open(path, "a") as f:
+        def cb(err, msg):
+            assert err is None
+            f.write(f"{msg.offset} {msg.value.decode()}\n")
+            f.flush()
+        i = 0
+        while True:
+            p.produce(topic, b"%d" % i, on_delivery=cb)
+            i += 1
+            if i % 50 == 0:
+                p.poll(0)
+                time.sleep(0.001)
+
+
+def test_kill_minus_9_of_an_async_producer_mid_run(inst, tmp_path):
+    """Every record whose delivery report ran is in the log at its reported offset;
+    the log holds whole batches only: a prefix of what the victim produced, once each."""
+    inst.log.create_topic("k9", persistence="none", ring_bytes=16 << 20)
+    path = str(tmp_path / "acked")
+    vic = inst.process(_async_victim, inst.kwargs, "k9", path)
+    vic.start()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) or os.path.getsize(path) < 20_000:
+        assert time.monotonic() < deadline and vic.is_alive(), "victim wrote no reports"
+        time.sleep(0.01)
+    os.kill(vic.pid, signal.SIGKILL)
+    vic.join(5)
+    end = inst.log.describe_topic("k9").partitions[0].end_offset
+    got = read_all(inst.log, "k9", end)
+    with open(path) as f:
+        acked = [line.split() for line in f.read().splitlines() if line.count(" ") == 1]
+    at = {m.offset: m.value for m in got}
+    assert len(acked) > 100
+    assert all(at.get(int(o)) == v.encode() for o, v in acked), "an acknowledged record is missing or moved"
+    vals = [int(m.value) for m in got]
+    assert vals == list(range(len(vals))), "not a prefix of what was produced, in order, once each"
+    assert [m.offset for m in got] == list(range(len(got)))
