@@ -560,6 +560,9 @@ class Producer:
         w, p = b.w, b.partition
         try:
             ctx = ffi.new("struct shm_send_ctx *", (w.ctxs[p] or w.ctx(p))[0])
+        except errors.UnknownTopicOrPartition as e:    # deleted before its ring was opened here
+            self._topic_gone(w)
+            return -1, e
         except errors.ShmlogError as e:
             return -1, e
         ctx.timeout_ns = slice_ns
@@ -580,14 +583,25 @@ class Producer:
         try:
             self._fail(rc, w, p)
         except errors.TopicDeleted as e:
-            with self._lock:                          # its open batches can never be written: close them
-                for ob in w.open:                     # (their next write reports TopicDeleted too)
-                    if ob is not None:
-                        self._close_batch(ob)
+            self._topic_gone(w)
             return -1, e
         except errors.ShmlogError as e:
             return -1, e
         return -1, errors.ShmlogError(f"write failed with status {rc}")
+
+    def _topic_gone(self, w):
+        """The topic of w was deleted: its open batches can never be written
+        (closed here, their next write reports it) and the next produce()
+        looks the topic up again."""
+        name = w.handle.name
+        with self._lock:
+            for ob in w.open:
+                if ob is not None:
+                    self._close_batch(ob)
+            if self._writers.get(name) is w:
+                w.release()
+                del self._writers[name]
+                self._log._forget(name)
 
     def _full_error(self, b):
         try:

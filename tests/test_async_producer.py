@@ -413,3 +413,7 @@ def test_kill_minus_9_of_an_async_producer_mid_run(inst, tmp_path):
     vals = [int(m.value) for m in got]
     assert vals == list(range(len(vals))), "not a prefix of what was produced, in order, once each"
     assert [m.offset for m in got] == list(range(len(got)))
+    inst.log.create_topic("gone", persistence="none")
+    reports.clear()
+    p.produce("gone", b"new", on_delivery=lambda e, m: reports.append((e, m.offset)))
+    assert p.flush(10) == 0 and reports == [(None, 0)], "the re-created topic is not written"
