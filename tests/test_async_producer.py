@@ -371,6 +371,10 @@ def test_deleted_topic_reported_to_every_queued_record(inst):
     assert len(reports) == 20 and all(isinstance(e, errors.UnknownTopicOrPartition) for e in reports)
     with pytest.raises(errors.UnknownTopicOrPartition):
         p.produce("gone", b"again")
+    inst.log.create_topic("gone", persistence="none")
+    reports.clear()
+    p.produce("gone", b"new", on_delivery=lambda e, m: reports.append((e, m.offset)))
+    assert p.flush(10) == 0 and reports == [(None, 0)], "the re-created topic is not written"
 
 
 def _async_victim(kwargs, topic, path):
@@ -413,7 +417,3 @@ def test_kill_minus_9_of_an_async_producer_mid_run(inst, tmp_path):
     vals = [int(m.value) for m in got]
     assert vals == list(range(len(vals))), "not a prefix of what was produced, in order, once each"
     assert [m.offset for m in got] == list(range(len(got)))
-    inst.log.create_topic("gone", persistence="none")
-    reports.clear()
-    p.produce("gone", b"new", on_delivery=lambda e, m: reports.append((e, m.offset)))
-    assert p.flush(10) == 0 and reports == [(None, 0)], "the re-created topic is not written"
