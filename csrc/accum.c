@@ -153,9 +153,19 @@ int64_t shmx_accum_add_full(struct shm_accum *a, const uint8_t *v, int64_t vlen,
 /* The express path: a value without key or headers. Returns its index in the batch. */
 int64_t shmx_accum_add(struct shm_accum *a, const uint8_t *v, int64_t vlen)
 {
-    if (a->sealed || a->count + 1 >= a->max_count || a->bytes + REC_BOUND + 1 + (uint64_t)vlen >= a->max_bytes)
+    uint64_t size = REC_BOUND + 1 + (uint64_t)vlen;
+    if (a->sealed || vlen < 0 || a->count + 1 >= a->max_count || a->bytes + size >= a->max_bytes)
         return SHM_E_AGAIN;    /* the last record of a batch goes the slow way (it closes the batch) */
-    return shmx_accum_add_full(a, v, vlen, NULL, -1, NULL, -1);
+    uint32_t i = a->count;
+    if (i >= a->rows_cap || a->klens || a->hlens || a->vlen + (uint64_t)vlen > a->vcap)
+        return shmx_accum_add_full(a, v, vlen, NULL, -1, NULL, -1);
+    /* the common case: room in every array, no key or header column to fill */
+    memcpy(a->vals + a->vlen, v, (size_t)vlen);
+    a->vlen += (uint64_t)vlen;
+    a->vlens[i] = vlen;
+    a->bytes += size;
+    a->count = i + 1;
+    return i;
 }
 
 /* Seals the batch (no add succeeds after this); returns its record count. */
