@@ -456,8 +456,8 @@ class Producer:
         ts = timestamp if timestamp is not None else time.time_ns() // 1_000_000
         b = w.open[partition] = _Batch(w, partition, ts, timestamp is not None, now, self._linger_s,
                                        self._batch_num, min(self._batch_bytes, w.batch_limit))
-        if timestamp is None and partition == w.sticky:
-            self._express[topic] = b.acc
+        if timestamp is None and partition == w.sticky and self._on_delivery is None:
+            self._express[topic] = b.acc              # (records of the express path have no callback)
         self._nopen += 1
         if self._thread is None:
             self._thread = threading.Thread(target=self._linger_loop, name="shmlog-producer", daemon=True)
@@ -485,32 +485,43 @@ class Producer:
         if b.partition == w.sticky:
             w.next_sticky(STICKY_BYTES)               # Kafka's sticky partitioner: a new batch, a new partition
             nb = w.open[w.sticky]
-            if nb is not None and not nb.timed:
+            if nb is not None and not nb.timed and self._on_delivery is None:
                 self._express[name] = nb.acc
 
     def _linger_loop(self):
         """The background thread: closes batches whose linger_ms passed and
         writes ready batches, retrying a full ring until message_timeout_ms.
-        Sleeps on an Event until the next linger deadline (or a kick)."""
+        Sleeps on an Event until the next linger deadline (or a kick). An
+        unexpected error is logged and the loop goes on (it must outlive it:
+        lingering batches depend on it)."""
         while True:
-            self._kick.clear()
-            with self._lock:
-                if self._stopping:
+            try:
+                if self._linger_step():
                     return
-                now = time.monotonic()
-                opened = self._open_batches()
-                for b in opened:
-                    if b.deadline <= now:
-                        self._close_batch(b)
-                nxt = min((b.deadline for b in opened if b.deadline > now), default=None)
-                pending = bool(self._ready)
-            if pending:
-                self._write_ready(ASYNC_SLICE_NS, wait=True)
-                with self._lock:
-                    pending = bool(self._ready)
-            if pending:
-                continue
-            self._kick.wait(None if nxt is None else max(nxt - time.monotonic(), 0))
+            except Exception:
+                logging.getLogger("shmlog").exception("producer background thread")
+                time.sleep(0.1)
+
+    def _linger_step(self) -> bool:
+        """One round of the background thread; True when the producer is closing."""
+        self._kick.clear()
+        with self._lock:
+            if self._stopping:
+                return True
+            now = time.monotonic()
+            opened = self._open_batches()
+            for b in opened:
+                if b.deadline <= now:
+                    self._close_batch(b)
+            nxt = min((b.deadline for b in opened if b.deadline > now), default=None)
+            pending = bool(self._ready)
+        if pending:
+            self._write_ready(ASYNC_SLICE_NS, wait=True)
+            with self._lock:
+                if self._ready:
+                    return False                      # a full ring: the next round retries at once
+        self._kick.wait(None if nxt is None else max(nxt - time.monotonic(), 0))
+        return False
 
     def _write_ready(self, slice_ns: int, wait: bool) -> bool:
         """One pass over the ready batches, in order, each written with one C

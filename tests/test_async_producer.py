@@ -417,3 +417,13 @@ def test_kill_minus_9_of_an_async_producer_mid_run(inst, tmp_path):
     vals = [int(m.value) for m in got]
     assert vals == list(range(len(vals))), "not a prefix of what was produced, in order, once each"
     assert [m.offset for m in got] == list(range(len(got)))
+
+
+def test_producer_default_callback_reports_plain_records(inst):
+    inst.log.create_topic("t", persistence="none")
+    reports = []
+    p = inst.log.producer(on_delivery=lambda e, m: reports.append((e, m.offset)))
+    for i in range(500):
+        p.produce("t", b"%d" % i)                     # the plainest call: no key, no per-record callback
+    assert p.flush(10) == 0
+    assert reports == [(None, i) for i in range(500)]
