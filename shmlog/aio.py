@@ -32,8 +32,11 @@ Death: a consumer process killed while armed leaves data_waiters one too
 high on its rings: producers then make a futex wake syscall per commit that
 nobody needs (cost, never a lost wake; same as the sync consumer). The
 waiter thread dies with its process. A waiting coroutine cancelled (task
-cancel, timeout) unregisters and disarms in a finally block. Rings stay
-mapped while registered (the registration holds the Ring objects).
+cancel, timeout) unregisters and disarms in a finally block. The waiter
+thread loads a ring word only under the waiter's lock and only while its
+registration stands, so a ring unmapped after unregister() (consumer
+stopped, Log closed) is never read; closing the Log while a coroutine still
+waits on it is a use-after-close, as for the sync consumer.
 """
 import asyncio
 import collections
@@ -96,11 +99,18 @@ class _Shard:
             words[0], vals[0] = self.ctl, c0
             for i, (_, w, v) in enumerate(flat, 1):
                 words[i], vals[i] = w, v
-            n = len(flat) + 1
-            lib.shm_futex_waitv(words, vals, n, -1)
-            m = lib.shm_words_changed(words + 1, vals + 1, n - 1, changed)
-            if m:
-                self.waiter.fire({flat[changed[j]][0] for j in range(m)})
+            lib.shm_futex_waitv(words, vals, len(flat) + 1, -1)
+            # A word is read only under the lock and only while its registration
+            # stands: once unregister() returned, its ring may be unmapped (the
+            # kernel side of futex_waitv copes with that; a load here would not).
+            with lock:
+                live = [e for e in flat if e[0] in self.entries]
+                for i, (_, w, v) in enumerate(live, 1):
+                    words[i], vals[i] = w, v
+                m = lib.shm_words_changed(words + 1, vals + 1, len(live), changed)
+                fired = {live[changed[j]][0] for j in range(m)}
+            if fired:
+                self.waiter.fire(fired)
 
 
 class _Waiter:

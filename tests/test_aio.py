@@ -373,3 +373,25 @@ def test_arm_then_commit_wakes_a_wait_started_later(inst):
     assert lib.shm_wait_arm(hdrs, bases, curs, 1, 10**9, vals, sd) == 0
     assert data_waiters(inst.log, "arm") == 0
     c.close()
+
+
+def _wait_then_unmap(kwargs, rounds):
+    async def one(log):
+        c = aio.AIOConsumer(log, "um")
+        await c.start()
+        assert await c.getmany(timeout_ms=2) == {}
+        await c.stop()
+    for _ in range(rounds):
+        log = shmlog.connect(**kwargs)
+        asyncio.run(one(log))
+        log.close()                     # unmaps the ring the waiter thread just waited on
+    return rounds
+
+
+def test_waiter_never_reads_a_ring_unmapped_after_its_wait(inst):
+    """Wait, time out, unregister, close the Log (unmapping the ring), again and
+    again: the waiter thread wakes for each unregister and must not load the
+    word of a ring that is gone (that was a SIGSEGV)."""
+    inst.log.create_topic("um", persistence="none", ring_bytes=1 << 16)
+    kids = [inst.spawn("unmap", _wait_then_unmap, inst.kwargs, 300)]
+    assert inst.collect(kids, time.monotonic() + 120)["unmap"] == 300
