@@ -1027,6 +1027,63 @@ int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const
     return r;
 }
 
+/* The asyncio consumers' park (shmlog/aio.py), split around a wait that
+ * happens elsewhere: one waiter thread per process parks in ONE futex_waitv
+ * for every consumer of every event loop that is waiting, plus a private
+ * control word that wakes it when the set changes.
+ *
+ * Protocol (the same Dekker pair as shm_wait_any): arm does
+ *   data_waiters += 1 (seq_cst)  ->  v = data_seq  ->  re-check the cursors.
+ * A producer's commit store is seq_cst and its load of data_waiters follows
+ * it (wake_after_commit): either the re-check sees the commit (arm returns
+ * the ready index and undoes its announcement), or the producer sees the
+ * announcement and bumps data_seq past v, so a futex_waitv on (data_seq, v)
+ * started at ANY later time returns at once. The waiter thread therefore
+ * may start its wait after arm returns without losing the wake; it never
+ * needs to see the cursor. The caller disarms (data_waiters -= 1) once its
+ * wait is over, whatever ended it.
+ *
+ * Death: the count lives in the ring header. A consumer process dying while
+ * armed leaves data_waiters too high by one per ring: producers then make a
+ * futex wake syscall on each commit that nobody needs (a cost, never a
+ * missed wake), exactly as a consumer dying inside shm_wait_any does. A
+ * dead producer between commit and wake: its commit is visible, a reader
+ * parked on it waits until its timeout; arm's re-check covers commits made
+ * before the announcement. */
+int shm_wait_arm(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs, uint32_t n,
+                 int64_t unblock_ns, uint32_t *vals, int64_t *stuck_deadline_ns)
+{
+    for (uint32_t i = 0; i < n; i++)
+        shm_fetch_add(&HDR(hdrs[i])->data_waiters, 1);
+    for (uint32_t i = 0; i < n; i++)
+        vals[i] = shm_load_acquire(&HDR(hdrs[i])->data_seq);
+    int r = ready_any(bases, curs, n, unblock_ns, shm_monotonic_ns(), stuck_deadline_ns);
+    if (r >= 0)
+        shm_wait_disarm(hdrs, n);
+    return r;
+}
+
+void shm_wait_disarm(void *const *hdrs, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        shm_fetch_sub(&HDR(hdrs[i])->data_waiters, 1);
+}
+
+uint32_t shm_words_changed(uint32_t *const *words, const uint32_t *vals, uint32_t n, uint32_t *changed)
+{
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (shm_load_acquire(words[i]) != vals[i])
+            changed[m++] = i;
+    return m;
+}
+
+void shm_word_bump(uint32_t *word)
+{
+    shm_fetch_add(word, 1);
+    shm_futex_wake(word);
+}
+
 /* ------------------------------------------------------------ sealing */
 
 struct candidate {

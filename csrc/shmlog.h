@@ -501,6 +501,44 @@ uint64_t shm_ring_counter(const void *base, int which);
 void     shm_ring_mark_deleted(void *base);
 void     shm_test_set_hold_ns(int64_t ns);
 
+/* asyncio consumers (shmlog/aio.py): shm_wait_any's park split in two, for
+ * one waiter thread that parks for many consumers at once in futex_waitv.
+ * arm announces itself on every ring (data_waiters), loads each data_seq
+ * into vals, then re-checks the cursors: a cursor index >= 0 means ready
+ * (nothing stays announced), -1 means armed (the caller must disarm after
+ * its wait); *stuck_deadline_ns (monotonic, or -1) is when a stuck frame is
+ * due for sealing. */
+int      shm_wait_arm(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs, uint32_t n,
+                      int64_t unblock_ns, uint32_t *vals, int64_t *stuck_deadline_ns);
+void     shm_wait_disarm(void *const *hdrs, uint32_t n);
+/* indices i < n whose *words[i] != vals[i] (acquire loads) into changed; returns how many */
+uint32_t shm_words_changed(uint32_t *const *words, const uint32_t *vals, uint32_t n, uint32_t *changed);
+/* a process-private control futex: bump it and wake its waiter */
+void     shm_word_bump(uint32_t *word);
+
+/* ---------- accum.c: the asynchronous producer's batch being filled (process memory) ---------- */
+struct shm_accum {
+    uint32_t  count;           /* records in the batch */
+    uint32_t  max_count;       /* batch_num_messages */
+    uint64_t  bytes;           /* upper bound of the encoded records section */
+    uint64_t  max_bytes;       /* batch_size, at most one frame */
+    uint32_t  sealed;          /* 1: no add succeeds (being written) */
+    uint32_t  rows_cap;
+    uint8_t  *vals;  uint64_t vlen, vcap;  int64_t *vlens;
+    uint8_t  *keys;  uint64_t klen, kcap;  int64_t *klens;    /* NULL until a record has a key */
+    uint8_t  *hdrs;  uint64_t hlen, hcap;  int64_t *hlens;    /* NULL until a record has headers */
+};
+struct shm_accum *shm_accum_new(uint32_t max_count, uint64_t max_bytes);
+void     shm_accum_free(struct shm_accum *a);
+/* index of the record in the batch, or SHM_E_AGAIN (sealed or full: take the
+ * slow path), SHM_E_FULL (full), SHM_E_TOO_LARGE (alone over max_bytes),
+ * SHM_E_INVALID, SHM_E_NOSPACE (malloc) */
+int64_t  shmx_accum_add(struct shm_accum *a, const uint8_t *v, int64_t vlen);
+int64_t  shmx_accum_add_full(struct shm_accum *a, const uint8_t *v, int64_t vlen, const uint8_t *k,
+                             int64_t klen, const uint8_t *h, int64_t hlen);
+uint32_t shmx_accum_seal(struct shm_accum *a);
+void     shm_accum_batch_in(const struct shm_accum *a, struct shm_batch_in *in, int64_t timestamp_ms);
+
 /* ---------- log.c: frames in a linear buffer (segment files), persister scan ---------- */
 /* what shm_persist_scan found: a contiguous run of complete frames */
 struct shm_persist_out {

@@ -14,7 +14,7 @@ from cffi import FFI
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 # setuptools wants source paths relative to the project root (setup.py's directory)
 CSRC_REL = os.path.relpath(CSRC, os.getcwd())
-SOURCES = ["crc32c.c", "batch.c", "shm.c", "ring.c", "log.c", "control.c", "layout.c"]
+SOURCES = ["crc32c.c", "batch.c", "shm.c", "ring.c", "log.c", "control.c", "layout.c", "accum.c"]
 
 
 def cdef_text() -> str:

@@ -2,19 +2,29 @@
 
 Owns: choosing the partition (explicit, Kafka's murmur2 for keys, sticky for
 keyless records), claiming this process's producer slot in each ring it
-writes, and turning a send or a batch into ONE call into the C core (one
-reservation, one frame). Must never: loop over records in Python where the C
-core can take the batch, or keep a slot after close() or across fork().
+writes, turning a send or a batch into ONE call into the C core (one
+reservation, one frame), and the asynchronous produce()/poll()/flush() of
+confluent-kafka: the per-partition batches being filled, the linger thread
+that sends a batch when linger_ms passes, compression of a batch into one
+Kafka RecordBatch, retries on a full ring until message_timeout_ms, and the
+delivery reports served by poll()/flush(). Must never: loop over records in
+Python where the C core can take the batch, keep a slot after close() or
+across fork(), call a delivery callback from any thread but one calling
+poll()/flush()/close(), or report a record twice.
 """
+import collections
+import logging
 import os
 import random
+import struct
+import threading
 import time
 from array import array
 from itertools import compress
 
-from . import errors, liveness
+from . import compression, errors, liveness
 from ._native import ffi, lib, raise_status
-from .records import BatchMetadata, RecordMetadata, encode_headers
+from .records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 STICKY_BYTES = 16384      # keyless records stay on one partition for this many bytes (Kafka's batch.size)
@@ -33,7 +43,7 @@ def _as_bytes(v, what: str):
 class _TopicWriter:
     """Per-topic state of one producer: one send context per partition."""
 
-    __slots__ = ("producer", "handle", "n", "ctxs", "rings", "sticky", "sticky_left")
+    __slots__ = ("producer", "handle", "n", "ctxs", "rings", "sticky", "sticky_left", "batch_limit", "open")
 
     def __init__(self, producer, handle):
         self.producer = producer
@@ -43,6 +53,9 @@ class _TopicWriter:
         self.rings = [None] * self.n
         self.sticky = random.randrange(self.n)
         self.sticky_left = STICKY_BYTES
+        # produce(): the bytes a batch may reach (its records section) and stay one frame
+        self.batch_limit = handle.config.max_message_bytes - lib.SHM_BATCH_HEADER_BYTES
+        self.open = [None] * self.n     # produce(): the batch being filled per partition (producer's lock)
 
     def ctx(self, partition: int):
         c = self.ctxs[partition]
@@ -86,20 +99,95 @@ class _TopicWriter:
         self.ctxs = [None] * self.n
 
 
+class _Batch:
+    """Records produce()d to one partition and not yet written: one frame
+    (one Kafka RecordBatch) when they are. The columns live in C (struct
+    shm_accum, csrc/accum.c); Python keeps only what delivery reports need:
+    reps, (index, callback, key, value, headers) per record with a callback."""
+
+    __slots__ = ("w", "partition", "acc", "reps", "ts", "timed", "born", "deadline", "count")
+
+    def __init__(self, w, partition, ts, timed, now, linger_s, max_count, max_bytes):
+        self.w = w
+        self.partition = partition
+        self.acc = ffi.gc(lib.shm_accum_new(max_count, max_bytes), lib.shm_accum_free)
+        if self.acc == ffi.NULL:
+            raise MemoryError("cannot allocate a produce() batch")
+        self.reps = None
+        self.ts = ts               # the batch timestamp (Kafka has one per batch here)
+        self.timed = timed         # ts came from produce(timestamp=): only equal timestamps join
+        self.born = now            # monotonic time of its first record (message_timeout_ms runs from here)
+        self.deadline = now + linger_s
+        self.count = 0             # records, once sealed
+
+
+ASYNC_SLICE_NS = 100_000_000  # a background write waits for room this long before it looks up again
+
+
 class Producer:
-    """Writes records. Every send is synchronous: its offset is known at return.
+    """Writes records.
 
+    send()/send_batch() are synchronous: the offset is known at return, and
     max_block_ms bounds the wait for ring space (Kafka's max.block.ms) before
-    BufferFull. Thread-safe; use one per process or thread as you like."""
+    BufferFull.
 
-    def __init__(self, log, *, max_block_ms: int = 60_000):
+    produce()/poll()/flush() are confluent-kafka's asynchronous producer:
+    produce() appends to a per-partition batch and returns at once; a batch
+    is written as ONE frame (one C call) when it holds batch_num_messages
+    records or batch_size bytes, or linger_ms after its first record (a
+    background thread per producer, started by the first produce(), sends
+    lingering batches and retries full rings). Delivery reports
+    on_delivery(err, msg) are served by poll()/flush()/close() in the
+    calling thread, exactly once per record; see the README's "Asynchronous
+    producer" section for close, fork, BufferFull and thread safety.
+    Thread-safe."""
+
+    def __init__(self, log, *, max_block_ms: int = 60_000, linger_ms: float = 5,
+                 batch_size: int = 1_000_000, batch_num_messages: int = 10_000,
+                 compression_type: str | None = None, message_timeout_ms: int | None = None,
+                 delivery_timeout_ms: int | None = None, queue_buffering_max_messages: int = 100_000,
+                 on_delivery=None):
         if not isinstance(max_block_ms, int) or max_block_ms < 0:
             raise errors.InvalidArgument("max_block_ms must be an int >= 0")
+        if message_timeout_ms is not None and delivery_timeout_ms is not None:
+            raise errors.InvalidArgument("give message_timeout_ms or delivery_timeout_ms (the same setting), not both")
+        mt = 300_000 if message_timeout_ms is None and delivery_timeout_ms is None else \
+            message_timeout_ms if message_timeout_ms is not None else delivery_timeout_ms
+        for name, v, lo in (("linger_ms", linger_ms, 0), ("batch_size", batch_size, 1),
+                            ("batch_num_messages", batch_num_messages, 1), ("message_timeout_ms", mt, 0),
+                            ("queue_buffering_max_messages", queue_buffering_max_messages, 1)):
+            if not isinstance(v, (int, float) if name == "linger_ms" else int) or isinstance(v, bool) or v < lo:
+                raise errors.InvalidArgument(f"{name} must be {'a number' if name == 'linger_ms' else 'an int'} >= {lo}")
+        if on_delivery is not None and not callable(on_delivery):
+            raise errors.InvalidType("on_delivery must be callable(err, msg)")
+        self._codec = compression.NONE if compression_type is None else compression.codec_of(compression_type)
         self._log = log
         self._timeout_ns = max_block_ms * 1_000_000
         self._writers: dict[str, _TopicWriter] = {}
         self._closed = False
+        self._linger_s = linger_ms / 1000
+        self._batch_bytes = batch_size
+        self._batch_num = batch_num_messages
+        self._message_timeout_s = mt / 1000
+        self._max_queued = queue_buffering_max_messages
+        self._on_delivery = on_delivery
+        self._report_hook = None      # called (any thread, no lock held) when reports were queued: shmlog.aio
+        self._async_reset()
         liveness.on_fork(self)
+
+    def _async_reset(self):
+        """The asynchronous producer's state: empty (new, or in a forked child)."""
+        self._lock = threading.Lock()                 # guards everything below
+        self._cond = threading.Condition(self._lock)  # notified when reports arrive or the queue shrinks
+        self._send_lock = threading.Lock()            # one writer pass at a time (keeps partition order)
+        self._nopen = 0                               # batches being filled (in each writer's .open)
+        self._express: dict = {}                      # topic -> shm_accum of its open sticky batch
+        self._ready: collections.deque = collections.deque()   # closed batches, in close order
+        self._reports: list = []                      # (callback, err, msg) not yet served
+        self._queued = 0                              # records produced and not yet reported (len(self))
+        self._kick = threading.Event()                # wakes the linger thread
+        self._thread = None
+        self._stopping = False
 
     def _writer(self, topic) -> _TopicWriter:
         if self._closed:
@@ -195,21 +283,11 @@ class Producer:
 
     def _append(self, w, partition, values, keys, timestamp_ms):
         ctx = self._partition_ctx(w, partition)
-        vblob, vlens = _pack(values, "values")
-        inp = ffi.new("struct shm_batch_in *")
-        inp.count = len(values)
-        keep = [ffi.from_buffer(vblob), ffi.from_buffer("int64_t[]", vlens)]
-        inp.values, inp.value_lens = keep
-        if keys is not None and any(k is not None for k in keys):
-            kblob, klens = _pack(keys, "keys")
-            keep += [ffi.from_buffer(kblob), ffi.from_buffer("int64_t[]", klens)]
-            inp.keys, inp.key_lens = keep[2], keep[3]
-        if timestamp_ms is None:
-            inp.timestamp_ms = -1
-        elif type(timestamp_ms) is not int or timestamp_ms < 0:
+        if timestamp_ms is not None and (type(timestamp_ms) is not int or timestamp_ms < 0):
             raise errors.InvalidArgument("timestamp_ms must be an int >= 0 (ms since the epoch) or None")
-        else:
-            inp.timestamp_ms = timestamp_ms
+        if keys is not None and all(k is None for k in keys):
+            keys = None
+        inp, keep = _batch_in(values, keys, -1 if timestamp_ms is None else timestamp_ms)
         out = ffi.new("struct shm_append_out *")
         self._write(w, partition, lib.shm_send_batch, ctx, inp, out)
         return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)
@@ -300,16 +378,340 @@ class Producer:
             raise errors.InvalidArgument("invalid record lengths")
         raise_status(rc, f"send to topic {name!r} partition {partition} failed")
 
-    def flush(self, durable: bool = False, timeout: float | None = None) -> None:
-        """Every send is visible to consumers when it returns, so a plain flush
-        has nothing to do. With durable=True it returns once every record sent
-        so far to a durable topic is fsynced (it waits for the persister to
-        pass the ring's tail as seen now, waking it to fsync at once)."""
+    # ------------------------------------------------------------ asynchronous producer
+
+    def produce(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp=None,
+                on_delivery=None, callback=None):
+        """Queues one record and returns at once (confluent-kafka's produce).
+        on_delivery(err, msg) (or callback=, or the producer's on_delivery)
+        runs from a later poll()/flush()/close(): err None and msg a Message
+        with its offset, or err a shmlog error and msg.offset -1. Raises at
+        once for bad arguments, an unknown topic or partition, a record over
+        max_message_bytes, and BufferFull when queue_buffering_max_messages
+        records wait for delivery (call poll() or flush())."""
+        if type(value) is bytes and key is None and headers is None and partition is None and timestamp is None \
+                and on_delivery is None and callback is None:
+            # express path: one GIL-holding C call appends to the topic's open sticky batch
+            acc = self._express.get(topic)
+            if acc is not None and lib.shmx_accum_add(acc, value, len(value)) >= 0:
+                return
+        self._produce(topic, value, key, headers, partition, timestamp, on_delivery or callback or self._on_delivery)
+
+    def _produce(self, topic, value, key, headers, partition, timestamp, cb):
+        if value is not None and type(value) is not bytes:
+            value = _as_bytes(value, "value")
+        w = self._writers.get(topic) or self._writer(topic)
+        if key is not None:
+            if type(key) is not bytes:
+                key = _as_bytes(key, "key")
+            if partition is None:
+                partition = (lib.shm_murmur2(key, len(key)) & 0x7FFFFFFF) % w.n
+        if partition is None:
+            partition = w.sticky
+        elif type(partition) is not int or not 0 <= partition < w.n:
+            self._partition_ctx(w, partition)         # raises the right error
+        if cb is not None and not callable(cb):
+            raise errors.InvalidType("on_delivery must be callable(err, msg)")
+        if timestamp is not None and (type(timestamp) is not int or timestamp < 0):
+            raise errors.InvalidArgument("timestamp must be an int >= 0 (ms since the epoch) or None")
+        hdr = encode_headers(headers) if headers else None
+        args = (ffi.NULL if value is None else value, -1 if value is None else len(value),
+                ffi.NULL if key is None else key, -1 if key is None else len(key),
+                ffi.NULL if hdr is None else hdr, -1 if hdr is None else len(hdr))
+        with self._lock:
+            if self._queued >= self._max_queued:
+                raise errors.BufferFull(
+                    f"{self._queued} records wait for delivery (queue_buffering_max_messages); "
+                    "call poll() or flush()")
+            b = w.open[partition]
+            if b is not None and (b.timed != (timestamp is not None) or (timestamp is not None and b.ts != timestamp)):
+                self._close_batch(b)
+                b = None
+            for _ in range(2):
+                if b is None:
+                    b = self._new_batch(w, topic, partition, timestamp)
+                i = lib.shmx_accum_add_full(b.acc, *args)
+                if i >= 0:
+                    break
+                if i == lib.SHM_E_TOO_LARGE:
+                    raise errors.RecordTooLarge(
+                        f"record of {len(value or b'') + len(key or b'') + len(hdr or b'')} bytes is larger than "
+                        f"topic {topic!r}'s max_message_bytes ({w.handle.config.max_message_bytes})")
+                if i in (lib.SHM_E_INVALID, lib.SHM_E_NOSPACE):
+                    raise_status(i, "cannot queue the record")
+                self._close_batch(b)                  # full (or sealed): the record opens the next batch
+                b = None
+            if cb is not None:
+                if b.reps is None:
+                    b.reps = []
+                b.reps.append((i, cb, key, value, headers))
+            full = b.acc.count >= b.acc.max_count or b.acc.bytes >= b.acc.max_bytes - 64
+            if full:
+                self._close_batch(b)
+        if full:
+            self._write_ready(0, wait=False)
+
+    def _new_batch(self, w, topic, partition, timestamp) -> _Batch:
+        now = time.monotonic()
+        ts = timestamp if timestamp is not None else time.time_ns() // 1_000_000
+        b = w.open[partition] = _Batch(w, partition, ts, timestamp is not None, now, self._linger_s,
+                                       self._batch_num, min(self._batch_bytes, w.batch_limit))
+        if timestamp is None and partition == w.sticky and self._on_delivery is None:
+            self._express[topic] = b.acc              # (records of the express path have no callback)
+        self._nopen += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._linger_loop, name="shmlog-producer", daemon=True)
+            self._thread.start()
+        elif self._nopen == 1:
+            self._kick.set()                          # the thread sleeps without a deadline
+        return b
+
+    def _open_batches(self) -> list:
+        return [b for w in self._writers.values() for b in w.open if b is not None] if self._nopen else []
+
+    def _close_batch(self, b):
+        """Seals b (no express add succeeds after this, GIL-atomic) and moves
+        it to the batches ready to write (lock held)."""
+        w = b.w
+        w.open[b.partition] = None
+        self._nopen -= 1
+        b.count = lib.shmx_accum_seal(b.acc)
+        name = w.handle.name
+        if self._express.get(name) is b.acc:
+            del self._express[name]
+        if b.count:
+            self._ready.append(b)
+            self._queued += b.count
+        if b.partition == w.sticky:
+            w.next_sticky(STICKY_BYTES)               # Kafka's sticky partitioner: a new batch, a new partition
+            nb = w.open[w.sticky]
+            if nb is not None and not nb.timed and self._on_delivery is None:
+                self._express[name] = nb.acc
+
+    def _linger_loop(self):
+        """The background thread: closes batches whose linger_ms passed and
+        writes ready batches, retrying a full ring until message_timeout_ms.
+        Sleeps on an Event until the next linger deadline (or a kick). An
+        unexpected error is logged and the loop goes on (it must outlive it:
+        lingering batches depend on it)."""
+        while True:
+            try:
+                if self._linger_step():
+                    return
+            except Exception:
+                logging.getLogger("shmlog").exception("producer background thread")
+                time.sleep(0.1)
+
+    def _linger_step(self) -> bool:
+        """One round of the background thread; True when the producer is closing."""
+        self._kick.clear()
+        with self._lock:
+            if self._stopping:
+                return True
+            now = time.monotonic()
+            opened = self._open_batches()
+            for b in opened:
+                if b.deadline <= now:
+                    self._close_batch(b)
+            nxt = min((b.deadline for b in opened if b.deadline > now), default=None)
+            pending = bool(self._ready)
+        if pending:
+            self._write_ready(ASYNC_SLICE_NS, wait=True)
+            with self._lock:
+                if self._ready:
+                    return False                      # a full ring: the next round retries at once
+        self._kick.wait(None if nxt is None else max(nxt - time.monotonic(), 0))
+        return False
+
+    def _write_ready(self, slice_ns: int, wait: bool) -> bool:
+        """One pass over the ready batches, in order, each written with one C
+        call that waits at most slice_ns for room. A batch that finds its ring
+        full stays queued (and so do the later batches of its partition:
+        order is kept) until message_timeout_ms after its first record, then
+        fails with BufferFull. wait=False: skip the pass if another thread is
+        in one. Returns True when batches remain queued."""
+        if not self._send_lock.acquire(blocking=wait):
+            return True
+        try:
+            with self._lock:
+                todo, self._ready = self._ready, collections.deque()
+            back, blocked, done = [], set(), []
+            while todo:
+                b = todo.popleft()
+                tp = (b.w.handle.name, b.partition)
+                if tp in blocked:
+                    back.append(b)
+                    continue
+                res = self._write_batch(b, slice_ns)
+                if res is None:                       # no room yet
+                    if time.monotonic() - b.born >= self._message_timeout_s:
+                        done.append((b, -1, self._full_error(b)))
+                    else:
+                        blocked.add(tp)
+                        back.append(b)
+                elif isinstance(res, list):           # too large as one frame: the halves go next
+                    todo.extendleft(reversed(res))
+                else:
+                    done.append((b,) + res)
+            with self._lock:
+                self._ready.extendleft(reversed(back))
+                for b, base, err in done:
+                    self._report(b, base, err)
+                self._cond.notify_all()
+                more, reported = bool(self._ready), bool(self._reports)
+        finally:
+            self._send_lock.release()
+        if reported and self._report_hook is not None:
+            self._report_hook()
+        return more
+
+    def _write_batch(self, b, slice_ns):
+        """Writes b as one frame: (base_offset, None) on success, (-1, error)
+        on a failure that retrying cannot fix, None when the ring stayed full."""
+        w, p = b.w, b.partition
+        try:
+            ctx = ffi.new("struct shm_send_ctx *", (w.ctxs[p] or w.ctx(p))[0])
+        except errors.UnknownTopicOrPartition as e:    # deleted before its ring was opened here
+            self._topic_gone(w)
+            return -1, e
+        except errors.ShmlogError as e:
+            return -1, e
+        ctx.timeout_ns = slice_ns
+        out = ffi.new("struct shm_append_out *")
+        inp = ffi.new("struct shm_batch_in *")
+        lib.shm_accum_batch_in(b.acc, inp, b.ts)
+        if self._codec == compression.NONE:
+            rc = lib.shm_send_batch(ctx, inp, out)
+        else:
+            batch = _compressed_batch(self._codec, inp, b.ts)
+            rc = lib.shm_send_raw(ctx, batch, len(batch), 0, out)
+        if rc == 0:
+            return out.base_offset, None
+        if rc == lib.SHM_E_FULL:
+            if w.handle.config.persistence == "disk" and self._log._start_persister:
+                self._log.ensure_persister()
+            return None
+        try:
+            self._fail(rc, w, p)
+        except errors.TopicDeleted as e:
+            self._topic_gone(w)
+            return -1, e
+        except errors.ShmlogError as e:
+            return -1, e
+        return -1, errors.ShmlogError(f"write failed with status {rc}")
+
+    def _topic_gone(self, w):
+        """The topic of w was deleted: its open batches can never be written
+        (closed here, their next write reports it) and the next produce()
+        looks the topic up again."""
+        name = w.handle.name
+        with self._lock:
+            for ob in w.open:
+                if ob is not None:
+                    self._close_batch(ob)
+            if self._writers.get(name) is w:
+                w.release()
+                del self._writers[name]
+                self._log._forget(name)
+
+    def _full_error(self, b):
+        try:
+            self._fail(lib.SHM_E_FULL, b.w, b.partition)
+        except errors.BufferFull as e:
+            return errors.BufferFull(f"{e} — retried for message_timeout_ms "
+                                     f"({int(self._message_timeout_s * 1000)} ms)")
+
+    def _report(self, b, base, err):
+        """Queues b's delivery reports (lock held); records without a callback are done now."""
+        n = b.count
+        reps = b.reps or ()
+        self._queued -= n - len(reps)
+        if err is not None and len(reps) < n:
+            logging.getLogger("shmlog").warning("%d records to %r partition %d not delivered: %s",
+                                                n - len(reps), b.w.handle.name, b.partition, err)
+        topic, p, ts = b.w.handle.name, b.partition, b.ts
+        out = self._reports
+        for i, cb, key, value, h in reps:
+            h = () if not h else tuple(h.items()) if isinstance(h, dict) else tuple(map(tuple, h))
+            out.append((cb, err, Message(topic, p, -1 if err is not None else base + i, key, value, h, ts)))
+        b.acc = None                                  # the columns are freed now, not at the next GC
+
+    def poll(self, timeout: float | None = None) -> int:
+        """Serves delivery callbacks; waits up to timeout seconds (None: until
+        one arrives, or at once when nothing awaits delivery) for the first.
+        Returns how many callbacks ran. An exception from a callback
+        propagates; the reports after it stay queued."""
+        _check_wait(timeout)
+        with self._lock:
+            if not self._reports and timeout != 0 and self._queued:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not self._reports and self._queued:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._cond.wait(left)
+            reps, self._reports = self._reports, []
+        return self._serve(reps)
+
+    def _serve(self, reps) -> int:
+        for i, (cb, err, msg) in enumerate(reps):
+            try:
+                cb(err, msg)
+            except BaseException:
+                with self._lock:
+                    self._queued -= i + 1
+                    self._reports[:0] = reps[i + 1:]
+                raise
+        if reps:
+            with self._lock:
+                self._queued -= len(reps)
+                self._cond.notify_all()
+        return len(reps)
+
+    def __len__(self):
+        """Records produced and not yet reported (confluent-kafka's len(producer))."""
+        with self._lock:
+            return self._queued + sum(b.acc.count for b in self._open_batches())
+
+    def flush(self, timeout: float | None = None, durable: bool = False) -> int:
+        """Writes every record produce()d so far (without waiting for
+        linger_ms), serves their delivery callbacks and returns how many
+        records are still queued (0 unless timeout ran out). send()s are
+        visible when they return, so they need no flush. With durable=True it
+        then waits until every record written so far to a durable topic is
+        fsynced (waking the persister), raising Timeout past timeout."""
         if self._closed:
             raise errors.Closed("this producer is closed")
-        if not durable:
-            return
-        tns = -1 if timeout is None else int(timeout * 1e9)
+        _check_wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = self._drain(deadline)
+        if durable:
+            self._durable_wait(None if deadline is None else max(deadline - time.monotonic(), 0), timeout)
+        return left
+
+    def _drain(self, deadline) -> int:
+        """flush's body: close every batch, write until empty or deadline, serve reports."""
+        with self._lock:
+            for b in self._open_batches():
+                self._close_batch(b)
+        while True:
+            rem = None if deadline is None else deadline - time.monotonic()
+            slice_ns = ASYNC_SLICE_NS if rem is None else max(0, min(ASYNC_SLICE_NS, int(rem * 1e9)))
+            more = self._write_ready(slice_ns, wait=True) if self._ready else False
+            with self._lock:
+                reps, self._reports = self._reports, []
+            self._serve(reps)
+            if not self._queued:
+                return 0
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._queued
+            if not more:
+                with self._lock:                      # another thread is serving: wait for it
+                    if self._queued and not self._reports and not self._ready:
+                        self._cond.wait(0.05 if rem is None else max(min(rem, 0.05), 0))
+
+    def _durable_wait(self, tleft, timeout):
+        tns = -1 if tleft is None else int(tleft * 1e9)
         for w in list(self._writers.values()):
             if w.handle.config.persistence != "disk":
                 continue
@@ -330,25 +732,90 @@ class Producer:
                 if rc == lib.SHM_E_TOPIC_GONE:
                     raise errors.TopicDeleted(f"topic {w.handle.name!r} was deleted before the flush")
 
-    def close(self):
+    def close(self, timeout: float | None = None):
+        """Flushes produce()d records (up to timeout seconds; None: until each
+        is written or its message_timeout_ms ran out), fails the rest with
+        Closed through their callbacks, stops the linger thread and releases
+        this process's producer slots."""
         if self._closed:
             return
-        for w in self._writers.values():
-            w.release()
-        self._writers.clear()
-        self._closed = True
+        try:
+            if self._queued or self._nopen:
+                self._drain(None if timeout is None else time.monotonic() + timeout)
+        finally:
+            with self._lock:
+                self._stopping = True
+                for b in self._open_batches():
+                    self._close_batch(b)
+                rest, self._ready = list(self._ready), collections.deque()
+                for b in rest:
+                    self._report(b, -1, errors.Closed("the producer was closed before this record was written"))
+                reps, self._reports = self._reports, []
+            self._kick.set()
+            t = self._thread
+            if t is not None and t is not threading.current_thread():
+                t.join(5)
+            for w in self._writers.values():
+                w.release()
+            self._writers.clear()
+            self._closed = True
+            self._serve(reps)
 
     def _after_fork(self):
-        # the slots belong to the parent; the child claims its own on first send
+        # the slots belong to the parent; the child claims its own on first send.
+        # Records the parent produce()d are the parent's to deliver: the child's queue starts empty.
         for w in self._writers.values():
             w.ctxs = [None] * w.n
         self._writers.clear()
+        self._async_reset()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _check_wait(timeout):
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
+        raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
+
+
+def _batch_in(values, keys, ts):
+    """A struct shm_batch_in over packed copies of the columns, and the objects keeping them alive."""
+    vblob, vlens = _pack(values, "values")
+    inp = ffi.new("struct shm_batch_in *")
+    inp.count = len(values)
+    keep = [inp, ffi.from_buffer(vblob), ffi.from_buffer("int64_t[]", vlens)]
+    inp.values, inp.value_lens = keep[1], keep[2]
+    if keys is not None:
+        kblob, klens = _pack(keys, "keys")
+        keep += [ffi.from_buffer(kblob), ffi.from_buffer("int64_t[]", klens)]
+        inp.keys, inp.key_lens = keep[-2], keep[-1]
+    inp.timestamp_ms = ts
+    return inp, keep
+
+
+HDR = lib.SHM_BATCH_HEADER_BYTES
+
+
+def _compressed_batch(codec, inp, ts) -> bytes:
+    """The batch as a Kafka RecordBatch v2 whose records section is
+    compressed with codec (attributes bits 0-2), CRC-32C recomputed: what a
+    Kafka client sends, stored as one frame by shm_send_raw."""
+    size = lib.shm_batch_encoded_size(inp)
+    if size < 0:
+        raise_status(size, "cannot encode the batch")
+    buf = ffi.new("uint8_t[]", size)
+    lib.shm_batch_encode(buf, size, inp, 0, ts)
+    raw = ffi.buffer(buf, size)
+    out = bytearray(raw[:HDR])
+    out += compression.compress(codec, raw[HDR:])
+    struct.pack_into(">i", out, 8, len(out) - 12)      # batchLength
+    struct.pack_into(">h", out, 21, codec)             # attributes: the codec, CreateTime
+    c = ffi.from_buffer(out)
+    struct.pack_into(">I", out, 17, lib.shm_crc32c(0, c + 21, len(out) - 21))
+    return bytes(out)
 
 
 def _pack(items, what):

@@ -27,15 +27,50 @@ class _Tx:
     def __init__(self, ch):
         self.log = ch.peer._connect()
         self.p, self.topic = self.log.producer(), ch.topic
+        if ch.mode == "produce":          # the asynchronous producer: records queue, batches go as one frame
+            self.send = self._produce
+            self.flush = self.p.flush
 
     def send(self, buf):
         self.p.send(self.topic, buf, partition=0)
+
+    def _produce(self, buf):
+        self.p.produce(self.topic, buf)   # one partition: the sticky partition is 0
 
     def send_batch(self, bufs):
         self.p.send_batch(self.topic, bufs, partition=0)
 
     def close(self):
-        self.p.close()
+        self.p.close()                    # flushes what produce() queued
+        self.log.close()
+
+
+class _AioRx:
+    """The asyncio consumer (shmlog.aio.AIOConsumer.getmany) on an event loop of its own."""
+
+    def __init__(self, ch):
+        import asyncio
+
+        from shmlog import aio
+        self.log = ch.peer._connect()
+        self.loop = asyncio.new_event_loop()
+        self.c = aio.AIOConsumer(self.log, ch.topic, auto_offset_reset="earliest")
+        self.loop.run_until_complete(self.c.start())
+
+    def _getmany(self, timeout, max_records):
+        r = self.loop.run_until_complete(self.c.getmany(timeout_ms=timeout * 1000, max_records=max_records))
+        return [m.value for ms in r.values() for m in ms]
+
+    def recv(self, timeout):
+        v = self._getmany(timeout, 1)
+        return v[0] if v else None
+
+    def recv_seqs(self, timeout):
+        return seqs_of(self._getmany(timeout, 10_000))
+
+    def close(self):
+        self.loop.run_until_complete(self.c.stop())
+        self.loop.close()
         self.log.close()
 
 
@@ -70,6 +105,8 @@ class _Ch(Channel):
         return _Tx(self)
 
     def receiver(self, index=0):
+        if self.mode == "aio":
+            return _AioRx(self)
         return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode),
                    group=f"g{index}" if self.mode == "groups" else None)
 
@@ -105,8 +142,12 @@ class ShmlogPeer(Peer):
 
     def _modes(self, row):
         return {
-            "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}"},
+            "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}",
+                       "produce": "Producer.produce per record (asynchronous, linger_ms=5, one frame per "
+                                  f"batch, flushed at close), Consumer.poll per record, {_FIT}"},
             "T1-batch": {"poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
+                         "aio": "send_batch(1000 records) per call, asyncio AIOConsumer.getmany(<=10000) "
+                                f"(futex waiter thread, no polling), {_FIT}",
                          "columns": f"send_batch(1000 records) per call, poll_columns(<=100000) -> numpy columns, {_FIT}"},
             "T2-spin": {"spin": "two topics, Consumer(wait='spin') busy-polls"},
             "T2-block": {"park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
