@@ -173,6 +173,8 @@ class Handlers:
                         r["LogStartOffset"] = self.data.offsets(h, p)[0] if version >= 5 else -1
                     except ProduceError as e:
                         r["ErrorCode"], r["ErrorMessage"] = e.code, str(e)
+                        if e.bad_record is not None:
+                            r["RecordErrors"] = [{"BatchIndex": e.bad_record, "BatchIndexErrorMessage": str(e)}]
                 parts.append(r)
             out.append({"Name": t["Name"], "PartitionResponses": parts})
         return {"Responses": out, "ThrottleTimeMs": 0}
