@@ -286,9 +286,11 @@ class DataPath:
 
     # ------------------------------------------------------------ fetch
 
-    def read(self, fc: FetchCursor, h, partition, offset, max_bytes):
+    def read(self, fc: FetchCursor, h, partition, offset, max_bytes, min_one=True):
         """(error code, records bytes) from offset: whole batches back to back,
-        at least the first one even when it is larger than max_bytes."""
+        at most max_bytes of them — except that with min_one (nothing is in
+        the response yet, Kafka's minOneMessage) the first batch comes whole
+        even when it is larger, so a consumer always progresses."""
         ring = self.ring(h, partition)
         start, end = self.offsets(h, partition)
         if offset == end:
@@ -306,7 +308,7 @@ class DataPath:
             self._grow(cap)
         for _ in range(64):
             if fc.on_disk:
-                rc, data = self._read_disk(fc, h, partition, ring, cap)
+                rc, data = self._read_disk(fc, h, partition, ring, cap, min_one)
                 if rc is not None:
                     fc.next_offset = cur.next_offset
                     return rc, data
@@ -315,6 +317,8 @@ class DataPath:
                 fc.next_offset = cur.next_offset
                 return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
             if rc == lib.SHM_E_BUFFER_SMALL:
+                if not min_one:                            # the batch does not fit what is left
+                    return codes.NONE, b""
                 cap = self._out.bytes_used
                 self._grow(cap)
             elif rc == lib.SHM_E_OUT_OF_RANGE:          # lapped: the files have it, or it is gone
@@ -356,7 +360,7 @@ class DataPath:
                 return True
         return False
 
-    def _read_disk(self, fc, h, partition, ring, cap):
+    def _read_disk(self, fc, h, partition, ring, cap, min_one):
         """(code, bytes) from the segment files, or (None, None) once the
         cursor reached the ring (read the ring then)."""
         cur, pl, out = fc.cur, self._plog(h, partition), self._out
@@ -383,7 +387,7 @@ class DataPath:
                 continue
             rc = lib.shm_frames_read_batches(self._buf, n, cur.pos, cur, out)
             if rc == lib.SHM_E_AGAIN:                  # one frame larger than cap
-                if n < cap:
+                if n < cap or not min_one:
                     return codes.NONE, b""
                 cap *= 2
                 self._grow(cap)

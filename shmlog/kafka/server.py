@@ -15,9 +15,10 @@ import logging
 import socket
 import struct
 
+from .. import errors
 from . import codec, codes
 from .groups import GroupCoordinator
-from .handlers import Handlers
+from .handlers import FETCH_MAX_BYTES, Handlers
 
 log = logging.getLogger("shmlog.kafka")
 
@@ -45,8 +46,59 @@ ADVERTISED = {
 }
 API_VERSIONS = 18
 DEFERRED = {1, 11, 14}            # Fetch, JoinGroup, SyncGroup: answered when their wait ends
+MAX_QUEUED_REQUEST_BYTES = 256 << 20   # request bytes buffered across all connections (see ByteBudget)
 MAX_IN_FLIGHT = 64                # requests read ahead of their responses, per connection
 FRAME_READ_TIMEOUT_S = 30.0       # a started frame must arrive whole within this
+
+
+class ByteBudget:
+    """Request bytes held across every connection, from a frame's size prefix
+    until its handler returned (Kafka's queued.max.request.bytes): bounds the
+    listener's memory whatever max_connections x max_frame_bytes is. A frame
+    that would pass the limit waits (its socket unread) until others finish.
+    The whole bound: limit + max_connections x 128 KiB (each stream reader's
+    read-ahead) + the responses being written."""
+
+    SMALL = 1 << 16               # frames up to the stream reader's own buffer are not counted:
+                                  # that much is buffered per connection anyway, and the small
+                                  # requests (metadata, fetch, heartbeats) keep flowing in a flood
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._waiters = []
+
+    async def acquire(self, n: int, timeout_s: float) -> bool:
+        """True once n bytes are reserved; False after timeout_s without room."""
+        if n <= self.SMALL:
+            return True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.used + n > self.limit:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def release(self, n: int):
+        if n <= self.SMALL:
+            return
+        self.used -= n
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class Connection:
@@ -65,18 +117,27 @@ class Listener:
 
     def __init__(self, log_, host="127.0.0.1", port=9092, *, advertised_host=None,
                  auto_create_topics=False, default_partitions=1, topic_defaults=None,
-                 max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0):
+                 max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0,
+                 max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES, fetch_max_bytes=FETCH_MAX_BYTES):
+        if max_queued_request_bytes < max_frame_bytes:
+            raise errors.InvalidArgument(
+                f"max_queued_request_bytes ({max_queued_request_bytes}) must be at least max_frame_bytes "
+                f"({max_frame_bytes}): a frame that may never fit would wait forever")
+        if fetch_max_bytes < 1024:
+            raise errors.InvalidArgument("fetch_max_bytes must be at least 1024 (Kafka's minimum)")
         self.log = log_
         self.host, self.port = host, port
         self.advertised_host = advertised_host
         self.max_frame_bytes = max_frame_bytes
+        self.request_bytes = ByteBudget(max_queued_request_bytes)
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.schema = codec.schema()
         self.groups = GroupCoordinator(log_)
         self.groups.listener = self
         self.handlers = Handlers(self, auto_create_topics=auto_create_topics,
-                                 default_partitions=default_partitions, topic_defaults=topic_defaults or {})
+                                 default_partitions=default_partitions, topic_defaults=topic_defaults or {},
+                                 fetch_max_bytes=fetch_max_bytes)
         self._table = {
             0: self.handlers.produce, 1: self.handlers.fetch, 2: self.handlers.list_offsets,
             3: self.handlers.metadata, 19: self.handlers.create_topics, 20: self.handlers.delete_topics,
@@ -169,8 +230,24 @@ class Listener:
                 log.warning("closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size,
                             self.max_frame_bytes)
                 return
-            frame = await asyncio.wait_for(reader.readexactly(size), FRAME_READ_TIMEOUT_S)
-            reply = await self._dispatch(conn, frame)
+            # the frame's bytes count against the listener-wide budget from before they
+            # are read until its handler returned: a flood of half-sent frames waits here
+            # (the socket is not read, TCP pushes back) instead of growing memory
+            if not await self.request_bytes.acquire(size, self.idle_timeout_s):
+                log.warning("closing %s: waited %.0f s for %d bytes of max_queued_request_bytes", conn.peer,
+                            self.idle_timeout_s, size)
+                return
+            held = True
+            try:
+                frame = await asyncio.wait_for(reader.readexactly(size), FRAME_READ_TIMEOUT_S)
+                reply = await self._dispatch(conn, frame)
+                del frame
+                if reply and not reply[3].done():     # a long poll keeps its decoded request
+                    reply[3].add_done_callback(lambda _f, n=size: self.request_bytes.release(n))
+                    held = False
+            finally:
+                if held:
+                    self.request_bytes.release(size)
             if reply is False:
                 return                          # undecodable: close, as Kafka does
             if reply is not None:
