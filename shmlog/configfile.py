@@ -77,6 +77,7 @@ class KafkaSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     max_connections: int = 1024
     max_queued_request_bytes: int = 256 << 20   # request bytes buffered across connections
     fetch_max_bytes: int = 55 << 20             # most record bytes in one Fetch response
+    allow_any_local_user: bool = False          # default: only users the native API lets in
 
     def options(self) -> dict:
         d = msgspec.structs.asdict(self)

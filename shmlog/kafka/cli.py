@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fetch-max-bytes", type=int, default=FETCH_MAX_BYTES,
                     help="most record bytes in one Fetch response whatever the client asks "
                          "(Kafka's broker fetch.max.bytes; default 55 MiB)")
+    ap.add_argument("--allow-any-local-user", action="store_true",
+                    help="serve every local user; by default only root, the instance's owner and members "
+                         "of its group (who may use the native API) are served")
     ap.add_argument("--log-level", default="INFO")
     return ap
 
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
                     advertised_host=args.advertised_host, auto_create_topics=args.auto_create_topics,
                     default_partitions=args.default_partitions, max_frame_bytes=args.max_frame_bytes,
                     max_connections=args.max_connections, max_queued_request_bytes=args.max_queued_request_bytes,
-                    fetch_max_bytes=args.fetch_max_bytes)
+                    fetch_max_bytes=args.fetch_max_bytes, allow_any_local_user=args.allow_any_local_user)
     try:
         asyncio.run(run())
     except errors.ShmlogError as e:

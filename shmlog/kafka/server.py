@@ -16,7 +16,7 @@ import socket
 import struct
 
 from .. import errors
-from . import codec, codes
+from . import codec, codes, peers
 from .groups import GroupCoordinator
 from .handlers import FETCH_MAX_BYTES, Handlers
 
@@ -118,7 +118,8 @@ class Listener:
     def __init__(self, log_, host="127.0.0.1", port=9092, *, advertised_host=None,
                  auto_create_topics=False, default_partitions=1, topic_defaults=None,
                  max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0,
-                 max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES, fetch_max_bytes=FETCH_MAX_BYTES):
+                 max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES, fetch_max_bytes=FETCH_MAX_BYTES,
+                 allow_any_local_user=False):
         if max_queued_request_bytes < max_frame_bytes:
             raise errors.InvalidArgument(
                 f"max_queued_request_bytes ({max_queued_request_bytes}) must be at least max_frame_bytes "
@@ -130,6 +131,8 @@ class Listener:
         self.advertised_host = advertised_host
         self.max_frame_bytes = max_frame_bytes
         self.request_bytes = ByteBudget(max_queued_request_bytes)
+        self.allow_any_local_user = allow_any_local_user
+        self.refused = 0                # connections refused for their local user (tests, metrics)
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.schema = codec.schema()
@@ -192,6 +195,11 @@ class Listener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         conn = Connection(writer.get_extra_info("peername"))
+        if not self.allow_any_local_user:
+            why = peers.refusal(sock, *peers.instance_identity(self.log.settings.data_dir))
+            if why is not None:
+                await self._refuse(conn, reader, writer, why)
+                return
         self._conns.add(writer)
         me = asyncio.current_task()
         self._tasks.add(me)
@@ -221,6 +229,27 @@ class Listener:
                     item[3].cancel()
             writer.close()
             self._tasks.discard(me)              # last: stop() cancels and awaits every connection
+
+    async def _refuse(self, conn, reader, writer, why):
+        """A local user the native API would refuse: logged, its first request
+        answered with CLUSTER_AUTHORIZATION_FAILED when it is ApiVersions (what
+        every client sends first, so it reports why), then closed."""
+        self.refused += 1
+        log.warning("refusing the connection from %s: %s", conn.peer, why)
+        try:
+            head = await asyncio.wait_for(reader.readexactly(4), 5.0)
+            size = struct.unpack(">i", head)[0]
+            if 8 <= size <= ByteBudget.SMALL:
+                frame = await asyncio.wait_for(reader.readexactly(size), 5.0)
+                key, version = struct.unpack_from(">hh", frame, 0)
+                if key == API_VERSIONS:
+                    item = self._api_versions(frame, version, codes.CLUSTER_AUTHORIZATION_FAILED)
+                    writer.write(self.schema.encode_response(item[0], item[1], item[2], item[3].result()))
+                    await asyncio.wait_for(writer.drain(), 5.0)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, struct.error):
+            pass
+        finally:
+            writer.close()
 
     async def _read_loop(self, conn, reader, queue, sender):
         while not sender.done():
@@ -279,9 +308,12 @@ class Listener:
             return key, version, corr, asyncio.ensure_future(handler(conn, req, version))
         return key, version, corr, _done(await handler(conn, req, version))
 
-    def _api_versions(self, frame, version):
+    def _api_versions(self, frame, version, error=codes.NONE):
         corr = struct.unpack_from(">i", frame, 4)[0]
         keys = [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, (lo, hi) in sorted(ADVERTISED.items())]
+        if error:
+            return API_VERSIONS, version if 0 <= version <= 4 else 0, corr, _done(
+                {"ErrorCode": error, "ApiKeys": [], "ThrottleTimeMs": 0})
         if version > 4 or version < 0:
             # KIP-511: a v0 body with UNSUPPORTED_VERSION and every API, header v0
             return API_VERSIONS, 0, corr, _done({"ErrorCode": codes.UNSUPPORTED_VERSION, "ApiKeys": keys})
