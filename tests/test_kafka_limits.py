@@ -4,7 +4,7 @@ may be larger), a partition listed many times is served once, the listener's
 fetch_max_bytes caps what a client may ask for, and a flood of half-sent
 request frames stays inside max_queued_request_bytes (the listener's peak RSS
 is measured in its own process). Every wait is bounded."""
-import os
+import contextlib
 import re
 import socket
 import struct
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from kafka_util import Kafka, header_v1, kafka  # noqa: F401  (fixture)
-from test_kafka_protocol import call, fetch_body
+from test_kafka_protocol import call, request
 
 
 def batches_in(records: bytes):
@@ -135,20 +135,15 @@ def _rss_peak_kib(pid):
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
 
 
-def test_half_sent_frames_stay_inside_the_request_byte_budget(inst, tmp_path):
-    """40 connections each announce an 8 MiB frame and send 6 MiB of it
-    (240 MiB held without a bound before); with max_queued_request_bytes
-    16 MiB the listener's peak RSS grows by less than 64 MiB, small requests
-    are still answered during the flood, and a big request goes through once
-    the flood is gone."""
+@contextlib.contextmanager
+def listener_process(inst, tmp_path, *args):
+    """`shmlog kafka-listener` in its own process (its RSS is its own): yields (proc, port)."""
     errlog = tmp_path / "listener.err"
     with open(errlog, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shmlog.kafka.cli", "--listen", "127.0.0.1:0",
              "--instance", inst.kwargs["instance"], "--data-dir", inst.kwargs["data_dir"],
-             "--shm-prefix", inst.prefix, "--max-frame-bytes", str(8 << 20),
-             "--max-queued-request-bytes", str(16 << 20)], stderr=err)
-    socks = []
+             "--shm-prefix", inst.prefix, *args], stderr=err)
     try:
         port = None
         deadline = time.monotonic() + 30
@@ -161,60 +156,96 @@ def test_half_sent_frames_stay_inside_the_request_byte_budget(inst, tmp_path):
             else:
                 time.sleep(0.05)
         assert port, errlog.read_text()
-        probe = socket.create_connection(("127.0.0.1", port), timeout=10)
-
-        def api_versions(s, corr):
-            s.sendall(struct.pack(">i", 10) + header_v1(18, 0, corr, b"")[:10])
-            size = struct.unpack(">i", _recv(s, 4))[0]
-            return struct.unpack_from(">i", _recv(s, size))[0]
-
-        assert api_versions(probe, 1) == 1
-        base = _rss_peak_kib(proc.pid)
-        chunk = bytes(1 << 16)
-        for _ in range(40):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            s.setblocking(False)
-            s.send(struct.pack(">i", 8 << 20) + header_v1(0, 8, 1))
-            socks.append([s, 0])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(n < 6 << 20 for _, n in socks):
-            moved = False
-            for e in socks:
-                while e[1] < 6 << 20:
-                    try:
-                        e[1] += e[0].send(chunk)
-                        moved = True
-                    except BlockingIOError:
-                        break
-            if not moved:
-                time.sleep(0.02)
-        sent = sum(n for _, n in socks)
-        time.sleep(1.0)                                     # let the listener read what it will
-        assert api_versions(probe, 2) == 2                  # small requests still flow
-        grew = _rss_peak_kib(proc.pid) - base
-        print(f"half-sent flood: {sent >> 20} MiB sent, listener peak RSS +{grew >> 10} MiB")
-        assert sent > 40 << 20, sent                        # the flood really was sent
-        assert grew < 64 << 10, f"listener peak RSS grew by {grew} KiB with {sent >> 20} MiB half-sent"
-        for s, _ in socks:
-            s.close()
-        socks.clear()
-        time.sleep(0.5)
-        big = socket.create_connection(("127.0.0.1", port), timeout=20)
-        body = header_v1(18, 0, 3, b"")[:10]
-        big.sendall(struct.pack(">i", 4 << 20) + body + bytes((4 << 20) - len(body)))
-        size = struct.unpack(">i", _recv(big, 4))[0]        # an ApiVersions padded to 4 MiB is read and answered
-        assert struct.unpack_from(">i", _recv(big, size))[0] == 3
-        big.close()
-        probe.close()
+        yield proc, port
     finally:
-        for s, _ in socks:
-            s.close()
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _api_versions(s, corr):
+    s.sendall(struct.pack(">i", 10) + header_v1(18, 0, corr, b""))
+    size = struct.unpack(">i", _recv(s, 4))[0]
+    return struct.unpack_from(">i", _recv(s, size))[0]
+
+
+def test_half_sent_frames_stay_inside_the_request_byte_budget(inst, tmp_path):
+    """40 connections each announce an 8 MiB frame and send 6 MiB of it
+    (240 MiB held without a bound before); with max_queued_request_bytes
+    16 MiB the listener's peak RSS grows by less than 64 MiB, small requests
+    are still answered during the flood, and a big request goes through once
+    the flood is gone."""
+    socks = []
+    with listener_process(inst, tmp_path, "--max-frame-bytes", str(8 << 20),
+                          "--max-queued-request-bytes", str(16 << 20)) as (proc, port):
+        try:
+            probe = socket.create_connection(("127.0.0.1", port), timeout=10)
+            assert _api_versions(probe, 1) == 1
+            base = _rss_peak_kib(proc.pid)
+            chunk = bytes(1 << 16)
+            for _ in range(40):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.setblocking(False)
+                s.send(struct.pack(">i", 8 << 20) + header_v1(0, 8, 1))
+                socks.append([s, 0])
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and any(n < 6 << 20 for _, n in socks):
+                moved = False
+                for e in socks:
+                    while e[1] < 6 << 20:
+                        try:
+                            e[1] += e[0].send(chunk)
+                            moved = True
+                        except BlockingIOError:
+                            break
+                if not moved:
+                    time.sleep(0.02)
+            sent = sum(n for _, n in socks)
+            time.sleep(1.0)                                     # let the listener read what it will
+            assert _api_versions(probe, 2) == 2                 # small requests still flow
+            grew = _rss_peak_kib(proc.pid) - base
+            print(f"half-sent flood: {sent >> 20} MiB sent, listener peak RSS +{grew >> 10} MiB")
+            assert sent > 40 << 20, sent                        # the flood really was sent
+            assert grew < 64 << 10, f"listener peak RSS grew by {grew} KiB with {sent >> 20} MiB half-sent"
+            for s, _ in socks:
+                s.close()
+            socks.clear()
+            time.sleep(0.5)
+            big = socket.create_connection(("127.0.0.1", port), timeout=20)
+            body = header_v1(18, 0, 3, b"")
+            big.sendall(struct.pack(">i", 4 << 20) + body + bytes((4 << 20) - len(body)))
+            size = struct.unpack(">i", _recv(big, 4))[0]        # an ApiVersions padded to 4 MiB is answered
+            assert struct.unpack_from(">i", _recv(big, size))[0] == 3
+            big.close()
+            probe.close()
+        finally:
+            for s, _ in socks:
+                s.close()
+
+
+def test_pipelined_fetches_that_are_never_read_hold_one_response(inst, tmp_path):
+    """A client that sends 30 Fetches of 8 MiB each and reads nothing made the
+    listener build all 30 responses (240 MiB); fetches of one connection now
+    run one after another, each once the previous response was written."""
+    fill(inst.log, "t", 1, 80, 10_000)                     # ~8 MB in one partition
+    with listener_process(inst, tmp_path) as (proc, port):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert _api_versions(c, 1) == 1
+        base = _rss_peak_kib(proc.pid)
+        frame = request(1, 11, 7, multi_fetch("t", [0], 8 << 20, 8 << 20))
+        c.sendall(b"".join(struct.pack(">i", len(frame)) + frame for _ in range(30)))
+        time.sleep(4.0)
+        grew = _rss_peak_kib(proc.pid) - base
+        print(f"30 pipelined 8 MiB fetches, unread: listener peak RSS +{grew >> 10} MiB")
+        assert grew < 80 << 10, f"listener peak RSS grew by {grew} KiB"
+        c.settimeout(30)
+        for i in range(30):                                # and they are all answered, in order
+            size = struct.unpack(">i", _recv(c, 4))[0]
+            assert size > 7 << 20 and struct.unpack_from(">i", _recv(c, size))[0] == 7
+        c.close()
 
 
 def _recv(s, n):

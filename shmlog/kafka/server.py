@@ -104,12 +104,13 @@ class ByteBudget:
 class Connection:
     """Per-connection state handlers may keep (fetch cursors)."""
 
-    __slots__ = ("peer", "client_id", "fetch_cursors")
+    __slots__ = ("peer", "client_id", "fetch_cursors", "fetch_written")
 
     def __init__(self, peer):
         self.peer = peer
         self.client_id = None
         self.fetch_cursors = {}
+        self.fetch_written = None      # set once the last Fetch's response is written (see _dispatch)
 
 
 class Listener:
@@ -304,6 +305,14 @@ class Listener:
         if key == 0 and req.get("Acks") == 0:
             await handler(conn, req, version)
             return None
+        if key == 1:
+            # Fetches of one connection run one after another, each once the previous
+            # one's response was written: a client that pipelines fetches and never
+            # reads holds one response in memory, not MAX_IN_FLIGHT of them (Kafka
+            # mutes a connection until its response is sent, to the same end)
+            prev, written = conn.fetch_written, asyncio.get_running_loop().create_future()
+            conn.fetch_written = written
+            return key, version, corr, asyncio.ensure_future(_after(prev, handler(conn, req, version))), written
         if key in DEFERRED:
             return key, version, corr, asyncio.ensure_future(handler(conn, req, version))
         return key, version, corr, _done(await handler(conn, req, version))
@@ -324,10 +333,24 @@ class Listener:
             item = await queue.get()
             if item is None:
                 return
-            key, version, corr, fut = item
+            key, version, corr, fut = item[:4]
             body = await fut
             writer.write(self.schema.encode_response(key, version, corr, body))
+            del body
             await writer.drain()
+            if len(item) > 4:
+                item[4].set_result(None)          # the next Fetch of this connection may run
+
+
+async def _after(prev, coro):
+    """coro, once the future prev (None: nothing to wait for) is resolved or cancelled."""
+    try:
+        if prev is not None:
+            await asyncio.wait([prev])
+    except BaseException:
+        coro.close()                   # cancelled first: the handler never starts
+        raise
+    return await coro
 
 
 def _done(value):
