@@ -126,3 +126,26 @@ def test_tcp_peer_uid_from_proc_net_tcp(family, host):
     finally:
         conn.close()
         srv.close()
+
+
+def test_config_keys_reach_the_listener(inst, capsys):
+    """[kafka] allow_any_local_user, max_queued_request_bytes and fetch_max_bytes
+    are config keys the supervisor passes on; a budget below max_frame_bytes is refused."""
+    from shmlog import configfile, errors
+    from shmlog.kafka import cli
+    spec = configfile.KafkaSpec(listen="127.0.0.1:0", allow_any_local_user=True,
+                                max_queued_request_bytes=1 << 20, max_frame_bytes=1 << 20, fetch_max_bytes=4096)
+    opts = spec.options()
+    run = cli.start(inst.log, "127.0.0.1", 0, **opts)       # what the supervisor does with [kafka]
+    try:
+        lst = run.listener
+        assert lst.allow_any_local_user and lst.request_bytes.limit == 1 << 20
+        assert lst.handlers.fetch_max_bytes == 4096
+    finally:
+        run.stop()
+    bad = configfile.ServiceConfig(kafka=configfile.KafkaSpec(listen="127.0.0.1:0", max_queued_request_bytes=1 << 20))
+    with pytest.raises(errors.InvalidConfig, match="max_queued_request_bytes"):
+        configfile.validate(bad)
+    rc = cli.main(["--listen", "127.0.0.1:0", "--instance", inst.kwargs["instance"], "--data-dir",
+                   inst.kwargs["data_dir"], "--shm-prefix", inst.prefix, "--max-queued-request-bytes", "2048"])
+    assert rc == 2 and "max_queued_request_bytes" in capsys.readouterr().err
