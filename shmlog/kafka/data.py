@@ -1,8 +1,10 @@
 """data.py — the Kafka listener's data path over the native shmlog API.
 
 Owns: appending client RecordBatch v2 bytes to partition rings unchanged
-(Producer.send_encoded: the C core checks CRC and counts and stamps base
-offset and leader epoch), idempotent-producer state (producer ids, epochs,
+(Producer.send_encoded: the C core checks CRC, counts and records and stamps
+base offset and leader epoch) after Kafka's record-level validation
+(DataPath.validate: compressed batches inflated bounded, every record
+checked in C, a lying maxTimestamp rewritten), idempotent-producer state (producer ids, epochs,
 last sequences per partition), reading stored batches back for Fetch without
 decoding them (ring, or segment files below the ring), log start / end
 offsets and timestamp lookups, and waking long-polling fetches when a
@@ -198,7 +200,7 @@ class DataPath:
         maxTimestamp that is not the largest record timestamp is rewritten
         (and the CRC with it) — only after the client's CRC was verified.
         Raises ProduceError (CORRUPT_MESSAGE for framing and CRC,
-        INVALID_RECORD for records, MESSAGE_TOO_LARGE for a bomb)."""
+        INVALID_RECORD for records, an undecodable payload or a bomb)."""
         view = memoryview(batch)
         attr = int.from_bytes(view[21:23], "big")
         count = int.from_bytes(view[57:61], "big", signed=True)
