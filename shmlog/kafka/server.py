@@ -199,7 +199,11 @@ class Listener:
         if not self.allow_any_local_user:
             why = peers.refusal(sock, *peers.instance_identity(self.log.settings.data_dir))
             if why is not None:
-                await self._refuse(conn, reader, writer, why)
+                self._conns.add(writer)              # counts against max_connections while refused
+                try:
+                    await self._refuse(conn, reader, writer, why)
+                finally:
+                    self._conns.discard(writer)
                 return
         self._conns.add(writer)
         me = asyncio.current_task()
