@@ -200,6 +200,44 @@ static int skip_headers(const uint8_t **pp, const uint8_t *end, int64_t *count)
     return 0;
 }
 
+/* One record of a records section, as parse_record found it. */
+struct rec {
+    int64_t ts_delta, off_delta, key_len, value_len, header_count;
+    const uint8_t *key, *value, *headers;
+};
+
+/* Parses the record at *pp inside [*pp, end) and moves *pp past it: length
+ * varint in bounds, attributes byte, timestamp and offset deltas, key and
+ * value lengths (>= -1) inside the record, a headers section whose keys are
+ * not null, and nothing left over inside the record's declared length.
+ * 0 on success, -1 for any violation (nothing is read outside the range). */
+static int parse_record(const uint8_t **pp, const uint8_t *end, struct rec *r)
+{
+    const uint8_t *p = *pp;
+    int64_t rlen;
+    if (get_varint(&p, end, &rlen) || rlen < 1 || rlen > end - p)
+        return -1;
+    const uint8_t *rend = p + rlen;
+    p++;                                  /* record attributes (unused by Kafka) */
+    if (get_varint(&p, rend, &r->ts_delta) || get_varint(&p, rend, &r->off_delta))
+        return -1;
+    if (get_varint(&p, rend, &r->key_len) || r->key_len < -1 || r->key_len > rend - p)
+        return -1;
+    r->key = p;
+    if (r->key_len > 0)
+        p += r->key_len;
+    if (get_varint(&p, rend, &r->value_len) || r->value_len < -1 || r->value_len > rend - p)
+        return -1;
+    r->value = p;
+    if (r->value_len > 0)
+        p += r->value_len;
+    r->headers = p;
+    if (skip_headers(&p, rend, &r->header_count) || p != rend)
+        return -1;
+    *pp = p;
+    return 0;
+}
+
 /* Decodes the records of one batch (already validated by the caller, or not:
  * every bound is checked here too) into out, skipping records whose offset
  * is below min_offset. buf_base is the batch's position in the caller's
@@ -228,43 +266,66 @@ int shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base, int64
     const uint8_t *p = batch + SHM_BATCH_HEADER_BYTES, *end = batch + len;
     int appended = 0;
     for (int32_t i = 0; i < count; i++) {
-        int64_t rlen, ts_delta, off_delta, kl, vl, hcount;
-        if (get_varint(&p, end, &rlen) || rlen < 0 || rlen > end - p)
+        struct rec r;
+        if (parse_record(&p, end, &r))
             return SHM_E_CORRUPT;
-        const uint8_t *rend = p + rlen;
-        p++;                              /* record attributes */
-        if (p > rend || get_varint(&p, rend, &ts_delta) || get_varint(&p, rend, &off_delta))
-            return SHM_E_CORRUPT;
-        if (get_varint(&p, rend, &kl) || kl < -1 || kl > rend - p)
-            return SHM_E_CORRUPT;
-        const uint8_t *key = p;
-        if (kl > 0)
-            p += kl;
-        if (get_varint(&p, rend, &vl) || vl < -1 || vl > rend - p)
-            return SHM_E_CORRUPT;
-        const uint8_t *val = p;
-        if (vl > 0)
-            p += vl;
-        const uint8_t *hdr = p;
-        if (skip_headers(&p, rend, &hcount) || p != rend)
-            return SHM_E_CORRUPT;
-        int64_t offset = base_offset + off_delta;
+        int64_t offset = base_offset + r.off_delta;
         if (offset < min_offset)
             continue;
         if (out->count >= out->max_records)
             return SHM_E_BUFFER_SMALL;
         int64_t *row = out->rows + (uint64_t)out->count++ * SHM_ROW_FIELDS;
         row[SHM_ROW_OFFSET] = offset;
-        row[SHM_ROW_TIMESTAMP] = log_append_time ? max_ts : base_ts + ts_delta;
-        row[SHM_ROW_KEY_START] = buf_base + (key - batch);
-        row[SHM_ROW_KEY_LEN] = kl;
-        row[SHM_ROW_VALUE_START] = buf_base + (val - batch);
-        row[SHM_ROW_VALUE_LEN] = vl;
-        row[SHM_ROW_HEADER_START] = buf_base + (hdr - batch);
-        row[SHM_ROW_HEADER_COUNT] = hcount;
+        row[SHM_ROW_TIMESTAMP] = log_append_time ? max_ts : base_ts + r.ts_delta;
+        row[SHM_ROW_KEY_START] = buf_base + (r.key - batch);
+        row[SHM_ROW_KEY_LEN] = r.key_len;
+        row[SHM_ROW_VALUE_START] = buf_base + (r.value - batch);
+        row[SHM_ROW_VALUE_LEN] = r.value_len;
+        row[SHM_ROW_HEADER_START] = buf_base + (r.headers - batch);
+        row[SHM_ROW_HEADER_COUNT] = r.header_count;
         appended++;
     }
     return appended;
+}
+
+/* Every record of a records section of count records (a batch's bytes after
+ * its 61-byte header, or the inflated bytes of a compressed batch), the
+ * checks Kafka's broker makes before it appends (DefaultRecord.readFrom and
+ * LogValidator): each record parses inside its declared length (see
+ * parse_record), offsetDelta of record i is exactly i (count is
+ * lastOffsetDelta + 1, so the deltas run 0..count-1 in order), each
+ * timestamp baseTimestamp + timestampDelta neither overflows nor is below -1
+ * (NO_TIMESTAMP), and the section holds exactly count records, no byte more.
+ * *max_ts gets the largest record timestamp, *bad_record the index of the
+ * first record that fails (count when the count or the tail is wrong).
+ * SHM_OK or SHM_E_INVALID (Kafka's INVALID_RECORD). */
+int shm_records_check(const uint8_t *recs, uint64_t len, int32_t count, int64_t base_ts,
+                      int64_t *max_ts, int32_t *bad_record)
+{
+    const uint8_t *p = recs, *end = recs + len;
+    int64_t mx = -1;
+    *bad_record = -1;
+    if (count <= 0) {
+        *bad_record = 0;
+        return SHM_E_INVALID;
+    }
+    for (int32_t i = 0; i < count; i++) {
+        struct rec r;
+        int64_t ts;
+        if (parse_record(&p, end, &r) || r.off_delta != i ||
+            __builtin_add_overflow(base_ts, r.ts_delta, &ts) || ts < -1) {
+            *bad_record = i;
+            return SHM_E_INVALID;
+        }
+        if (ts > mx)
+            mx = ts;
+    }
+    if (p != end) {
+        *bad_record = count;
+        return SHM_E_INVALID;
+    }
+    *max_ts = mx;
+    return SHM_OK;
 }
 
 /* Decodes a headers section into parallel arrays (max n pairs); returns the
@@ -355,19 +416,35 @@ void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch 
 void    shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch) { put_be32(batch + OFF_EPOCH, (uint32_t)epoch); }
 
 /* A batch written by someone else (a Kafka client) that shmlog is asked to
- * store unchanged: the checks Kafka's broker makes on the header (magic 2,
- * batchLength, CRC-32C, recordsCount == lastOffsetDelta + 1 > 0, no control
- * batch). Returns its record count, SHM_E_CORRUPT (framing or CRC: Kafka's
- * CORRUPT_MESSAGE) or SHM_E_INVALID (counts or control bit: INVALID_RECORD).
- * The records themselves (maybe compressed) are not walked. */
+ * store unchanged: the checks Kafka's broker makes. On the header: magic 2,
+ * batchLength, CRC-32C (SHM_E_CORRUPT: Kafka's CORRUPT_MESSAGE), then
+ * recordsCount == lastOffsetDelta + 1 > 0 and no control batch
+ * (SHM_E_INVALID: INVALID_RECORD). An uncompressed batch's records are then
+ * walked one by one (shm_records_check: SHM_E_INVALID) and its
+ * maxTimestamp must be the largest record timestamp (CreateTime; Kafka's
+ * broker rewrites it, the listener does so before calling here), so that
+ * time indexes and retention built on it cannot be lied to. A compressed
+ * batch's records cannot be walked here: the caller inflates them (bounded)
+ * and checks them with shm_records_check first (the Kafka listener does).
+ * Returns the record count or a negative status. */
 int64_t shm_batch_check_foreign(const uint8_t *batch, uint64_t len)
 {
     if (shm_batch_validate(batch, len) != SHM_OK)
         return SHM_E_CORRUPT;
+    uint16_t attr = get_be16(batch + OFF_ATTR);
     int32_t last = (int32_t)get_be32(batch + OFF_LAST_DELTA);
     int32_t count = (int32_t)get_be32(batch + OFF_COUNT);
-    if (count <= 0 || last < 0 || (int64_t)last + 1 != count || (get_be16(batch + OFF_ATTR) & 0x20))
+    if (count <= 0 || last < 0 || (int64_t)last + 1 != count || (attr & 0x20))
         return SHM_E_INVALID;
+    if (!(attr & 0x07)) {
+        int64_t max_ts;
+        int32_t bad;
+        if (shm_records_check(batch + SHM_BATCH_HEADER_BYTES, len - SHM_BATCH_HEADER_BYTES, count,
+                              (int64_t)get_be64(batch + OFF_BASE_TS), &max_ts, &bad) != SHM_OK)
+            return SHM_E_INVALID;
+        if (!(attr & 0x08) && max_ts != (int64_t)get_be64(batch + OFF_MAX_TS))
+            return SHM_E_INVALID;
+    }
     return count;
 }
 

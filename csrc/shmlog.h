@@ -445,6 +445,8 @@ int64_t  shm_batch_max_timestamp(const uint8_t *batch);
 void     shm_batch_set_base_offset(uint8_t *batch, int64_t off);
 void     shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch);
 int64_t  shm_batch_check_foreign(const uint8_t *batch, uint64_t len);
+int      shm_records_check(const uint8_t *recs, uint64_t len, int32_t count, int64_t base_ts,
+                          int64_t *max_ts, int32_t *bad_record);
 int      shm_packed_check(const int64_t *lens, uint64_t n, uint64_t total);
 int64_t  shm_headers_encode(uint8_t *dst, uint64_t cap, uint32_t n,
                             const uint8_t *const *keys, const int64_t *key_lens,

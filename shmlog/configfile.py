@@ -75,6 +75,9 @@ class KafkaSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     default_partitions: int = 1
     max_frame_bytes: int = 100 << 20
     max_connections: int = 1024
+    max_queued_request_bytes: int = 256 << 20   # request bytes buffered across connections
+    fetch_max_bytes: int = 55 << 20             # most record bytes in one Fetch response
+    allow_any_local_user: bool = False          # default: only users the native API lets in
 
     def options(self) -> dict:
         d = msgspec.structs.asdict(self)
@@ -135,6 +138,8 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
                         "to expose shmlog beyond this host)")
     if k.max_frame_bytes < 1024 or k.max_connections < 1 or k.default_partitions < 1:
         _bad(where, "kafka: max_frame_bytes >= 1024, max_connections >= 1 and default_partitions >= 1")
+    if k.max_queued_request_bytes < k.max_frame_bytes or k.fetch_max_bytes < 1024:
+        _bad(where, "kafka: max_queued_request_bytes >= max_frame_bytes and fetch_max_bytes >= 1024")
     for name, spec in cfg.topics.items():
         try:
             config.validate_topic_name(name)

@@ -321,9 +321,11 @@ class Producer:
     def send_encoded(self, topic: str, partition: int, batch, leader_epoch: int = 0) -> BatchMetadata:
         """Appends one Kafka RecordBatch v2 encoded elsewhere (the Kafka
         listener's path): the C core checks its header and CRC and stores it
-        unchanged apart from baseOffset and partitionLeaderEpoch. Raises
-        CorruptRecord (framing, CRC) or InvalidArgument (record counts,
-        control batch) for a batch Kafka would refuse."""
+        unchanged apart from baseOffset and partitionLeaderEpoch; the records
+        of an uncompressed batch are walked too (shm_batch_check_foreign).
+        Raises CorruptRecord (framing, CRC) or InvalidArgument (record counts,
+        a malformed record, maxTimestamp, control batch) for a batch Kafka
+        would refuse."""
         w = self._writers.get(topic) or self._writer(topic)
         ctx = self._partition_ctx(w, partition)
         out = ffi.new("struct shm_append_out *")
@@ -333,7 +335,8 @@ class Producer:
                                        "RecordBatch v2 framing or CRC-32C check")
         if rc == lib.SHM_E_INVALID:
             raise errors.InvalidArgument(f"record batch for {topic!r} partition {partition}: record count "
-                                         "disagrees with lastOffsetDelta, or it is a control batch")
+                                         "disagrees with lastOffsetDelta, a record is malformed, maxTimestamp "
+                                         "is not its records' largest, or it is a control batch")
         if rc < 0:
             self._write(w, partition, lib.shm_send_raw, ctx, batch, len(batch), leader_epoch, out)
         return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)

@@ -542,10 +542,10 @@ def test_group_membership_errors_and_rebalance(kafka):
     time.sleep(0.2)
     assert _hb(a, "g", gen, m1) == 27                       # REBALANCE_IN_PROGRESS
     commit = {"GroupId": "g", "GenerationIdOrMemberEpoch": gen, "MemberId": m1, "GroupInstanceId": None,
-              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 3,
+              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 0,
                                                       "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}]}]}
     r = call(a, 8, 7, commit)
-    assert r["Topics"][0]["Partitions"][0]["ErrorCode"] == 27
+    assert r["Topics"][0]["Partitions"][0]["ErrorCode"] == 0  # PreparingRebalance: current generation commits
     j2 = _join(a, "g", member=m1, corr=3)                   # rejoin: generation 2 with both members
     rb, _ = S.apis[11].response.decode(b.recv_frame(), 5, 4)
     assert j2["GenerationId"] == rb["GenerationId"] == 2 and j2["Leader"] == m1

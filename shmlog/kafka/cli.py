@@ -15,7 +15,8 @@ import sys
 import threading
 
 from .. import errors
-from .server import Listener
+from .handlers import FETCH_MAX_BYTES
+from .server import MAX_QUEUED_REQUEST_BYTES, Listener
 
 DEFAULT_LISTEN = "127.0.0.1:9092"
 
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-frame-bytes", type=int, default=100 << 20,
                     help="largest request accepted; larger closes the connection (default 100 MiB)")
     ap.add_argument("--max-connections", type=int, default=1024)
+    ap.add_argument("--max-queued-request-bytes", type=int, default=MAX_QUEUED_REQUEST_BYTES,
+                    help="request bytes buffered across all connections; a frame past it waits "
+                         "(Kafka's queued.max.request.bytes; default 256 MiB, at least --max-frame-bytes)")
+    ap.add_argument("--fetch-max-bytes", type=int, default=FETCH_MAX_BYTES,
+                    help="most record bytes in one Fetch response whatever the client asks "
+                         "(Kafka's broker fetch.max.bytes; default 55 MiB)")
+    ap.add_argument("--allow-any-local-user", action="store_true",
+                    help="serve every local user; by default only root, the instance's owner and members "
+                         "of its group (who may use the native API) are served")
     ap.add_argument("--log-level", default="INFO")
     return ap
 
@@ -153,9 +163,13 @@ def main(argv=None) -> int:
         await serve(log, host, port, allow_non_loopback=args.allow_non_loopback, stop=stop,
                     advertised_host=args.advertised_host, auto_create_topics=args.auto_create_topics,
                     default_partitions=args.default_partitions, max_frame_bytes=args.max_frame_bytes,
-                    max_connections=args.max_connections)
+                    max_connections=args.max_connections, max_queued_request_bytes=args.max_queued_request_bytes,
+                    fetch_max_bytes=args.fetch_max_bytes, allow_any_local_user=args.allow_any_local_user)
     try:
         asyncio.run(run())
+    except errors.ShmlogError as e:
+        print(f"shmlog kafka-listener: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"shmlog kafka-listener: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         return 1

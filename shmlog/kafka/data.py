@@ -1,8 +1,10 @@
 """data.py — the Kafka listener's data path over the native shmlog API.
 
 Owns: appending client RecordBatch v2 bytes to partition rings unchanged
-(Producer.send_encoded: the C core checks CRC and counts and stamps base
-offset and leader epoch), idempotent-producer state (producer ids, epochs,
+(Producer.send_encoded: the C core checks CRC, counts and records and stamps
+base offset and leader epoch) after Kafka's record-level validation
+(DataPath.validate: compressed batches inflated bounded, every record
+checked in C, a lying maxTimestamp rewritten), idempotent-producer state (producer ids, epochs,
 last sequences per partition), reading stored batches back for Fetch without
 decoding them (ring, or segment files below the ring), log start / end
 offsets and timestamp lookups, and waking long-polling fetches when a
@@ -16,20 +18,36 @@ import itertools
 import threading
 import time
 
-from .. import errors, storage
-from .._native import ffi, lib
+from .. import compression, errors, storage
+from .._native import crc32c, ffi, lib
 from . import codes
 
 LEADER_EPOCH = 0                 # one broker, never a new leader: a constant epoch everywhere
 FULL_RETRY_S = 0.002             # a full ring (persister behind) is retried this often
 SEQ_CACHE = 5                    # batches remembered per producer and partition (Kafka keeps 5)
+INFLATE_INLINE_BYTES = 256 << 10 # compressed batches larger than this inflate off the event loop
 DISK_START_TTL_S = 1.0           # how stale a durable partition's log start offset may be
 
 
 class ProduceError(Exception):
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, bad_record: int | None = None):
         super().__init__(message)
         self.code = code
+        self.bad_record = bad_record       # Produce v8 RecordErrors: the failing record's index
+
+
+def _check_crc(batch):
+    if lib.shm_batch_validate(ffi.from_buffer(batch), len(batch)) != lib.SHM_OK:
+        raise ProduceError(codes.CORRUPT_MESSAGE, "record batch fails its RecordBatch v2 framing or CRC-32C check")
+
+
+def _records_check(records, count, base_ts):
+    """(max timestamp, None) of a records section that passes Kafka's
+    record-level checks (C: shm_records_check), or (None, index of the first
+    bad record)."""
+    max_ts, bad = ffi.new("int64_t *"), ffi.new("int32_t *")
+    rc = lib.shm_records_check(ffi.from_buffer(records), len(records), count, base_ts, max_ts, bad)
+    return (max_ts[0], None) if rc == lib.SHM_OK else (None, bad[0])
 
 
 class _Seq:
@@ -172,11 +190,63 @@ class DataPath:
 
     # ------------------------------------------------------------ produce
 
+    async def validate(self, h, batch):
+        """The batch to store, after the record-level checks Kafka's broker
+        makes (LogValidator) on top of the header checks the C core makes at
+        append: every record parses, offset deltas run 0..n-1, timestamps are
+        sane, no trailing bytes (C: shm_records_check). A compressed batch is
+        inflated first, bounded by the topic's max_message_bytes (a bomb is
+        refused before it inflates past the bound). As Kafka's broker does, a
+        maxTimestamp that is not the largest record timestamp is rewritten
+        (and the CRC with it) — only after the client's CRC was verified.
+        Raises ProduceError (CORRUPT_MESSAGE for framing and CRC,
+        INVALID_RECORD for records, an undecodable payload or a bomb)."""
+        view = memoryview(batch)
+        attr = int.from_bytes(view[21:23], "big")
+        count = int.from_bytes(view[57:61], "big", signed=True)
+        base_ts = int.from_bytes(view[27:35], "big", signed=True)
+        codec = attr & 0x07
+        if count <= 0 or attr & 0x20:
+            return batch                          # the C core refuses these with its own message
+        if codec:
+            _check_crc(batch)                     # before inflating anything
+            limit = max(h.config.max_message_bytes - lib.SHM_BATCH_HEADER_BYTES, 0)
+            try:
+                if len(batch) > INFLATE_INLINE_BYTES:
+                    records = await asyncio.get_running_loop().run_in_executor(
+                        None, compression.decompress, codec, view[61:], limit)
+                else:
+                    records = compression.decompress(codec, view[61:], limit)
+            except errors.CorruptRecord as e:
+                raise ProduceError(codes.INVALID_RECORD, str(e)) from None
+            except errors.NotSupported as e:
+                raise ProduceError(codes.UNSUPPORTED_FOR_MESSAGE_FORMAT, str(e)) from None
+        else:
+            records = view[61:]
+        max_ts, bad = _records_check(records, count, base_ts)
+        if bad is not None:
+            if not codec:
+                _check_crc(batch)                 # a damaged batch is CORRUPT_MESSAGE, as in Kafka
+            what = "is malformed" if bad < count else "(records count or trailing bytes) disagrees with the batch"
+            raise ProduceError(codes.INVALID_RECORD,
+                               f"record {bad} of the {compression.NAMES.get(codec, codec)} batch {what}: "
+                               "Kafka's record format (lengths, offset deltas 0..n-1, timestamps, headers)",
+                               bad_record=bad if bad < count else None)
+        if attr & 0x08 or max_ts == int.from_bytes(view[35:43], "big", signed=True):
+            return batch
+        if not codec:
+            _check_crc(batch)                     # never re-sign bytes the client did not sign
+        fixed = bytearray(batch)
+        fixed[35:43] = max_ts.to_bytes(8, "big", signed=True)
+        fixed[17:21] = crc32c(memoryview(fixed)[21:]).to_bytes(4, "big")
+        return bytes(fixed)
+
     async def append(self, h, partition, batch):
         """Stores one client batch; returns its base offset. Raises ProduceError."""
         if len(batch) < lib.SHM_BATCH_HEADER_BYTES or batch[16] != 2:
             raise ProduceError(codes.CORRUPT_MESSAGE if len(batch) < 17 else codes.UNSUPPORTED_FOR_MESSAGE_FORMAT,
                                "Produce v3+ carries one RecordBatch v2 (magic 2) per partition")
+        batch = await self.validate(h, batch)
         pid = int.from_bytes(batch[43:51], "big", signed=True)
         if int.from_bytes(batch[21:23], "big") & 0x10:
             raise ProduceError(codes.INVALID_TXN_STATE, "transactions are not supported by this listener")
@@ -218,9 +288,11 @@ class DataPath:
 
     # ------------------------------------------------------------ fetch
 
-    def read(self, fc: FetchCursor, h, partition, offset, max_bytes):
+    def read(self, fc: FetchCursor, h, partition, offset, max_bytes, min_one=True):
         """(error code, records bytes) from offset: whole batches back to back,
-        at least the first one even when it is larger than max_bytes."""
+        at most max_bytes of them — except that with min_one (nothing is in
+        the response yet, Kafka's minOneMessage) the first batch comes whole
+        even when it is larger, so a consumer always progresses."""
         ring = self.ring(h, partition)
         start, end = self.offsets(h, partition)
         if offset == end:
@@ -238,7 +310,7 @@ class DataPath:
             self._grow(cap)
         for _ in range(64):
             if fc.on_disk:
-                rc, data = self._read_disk(fc, h, partition, ring, cap)
+                rc, data = self._read_disk(fc, h, partition, ring, cap, min_one)
                 if rc is not None:
                     fc.next_offset = cur.next_offset
                     return rc, data
@@ -247,6 +319,8 @@ class DataPath:
                 fc.next_offset = cur.next_offset
                 return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
             if rc == lib.SHM_E_BUFFER_SMALL:
+                if not min_one:                            # the batch does not fit what is left
+                    return codes.NONE, b""
                 cap = self._out.bytes_used
                 self._grow(cap)
             elif rc == lib.SHM_E_OUT_OF_RANGE:          # lapped: the files have it, or it is gone
@@ -288,7 +362,7 @@ class DataPath:
                 return True
         return False
 
-    def _read_disk(self, fc, h, partition, ring, cap):
+    def _read_disk(self, fc, h, partition, ring, cap, min_one):
         """(code, bytes) from the segment files, or (None, None) once the
         cursor reached the ring (read the ring then)."""
         cur, pl, out = fc.cur, self._plog(h, partition), self._out
@@ -315,7 +389,7 @@ class DataPath:
                 continue
             rc = lib.shm_frames_read_batches(self._buf, n, cur.pos, cur, out)
             if rc == lib.SHM_E_AGAIN:                  # one frame larger than cap
-                if n < cap:
+                if n < cap or not min_one:
                     return codes.NONE, b""
                 cap *= 2
                 self._grow(cap)

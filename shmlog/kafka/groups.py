@@ -311,10 +311,13 @@ class GroupCoordinator:
         err = codes.NONE
         if generation == -1 and not member_id:
             pass                                       # assign-mode client (kcat, assign()): accepted
+        elif g is not None and g.state == "CompletingRebalance":
+            err = codes.REBALANCE_IN_PROGRESS         # the new generation is being synced
         else:
+            # Kafka's classic protocol: while PreparingRebalance, members of the
+            # current generation may still commit (a revoking client commits
+            # the partitions it is giving up then); only CompletingRebalance refuses
             err = self._check_member(g, member_id, generation)
-            if not err and g.state == "PreparingRebalance":
-                err = codes.REBALANCE_IN_PROGRESS
             if not err:
                 g.members[member_id].last_seen = time.monotonic()
         results = {}

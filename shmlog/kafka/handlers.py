@@ -19,6 +19,7 @@ from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError
 log = logging.getLogger("shmlog.kafka")
 
 NODE_ID = 0
+FETCH_MAX_BYTES = 55 << 20        # Kafka's broker fetch.max.bytes default: no response holds more records
 # Kafka topic configs CreateTopics may carry -> shmlog create_topic arguments
 TOPIC_CONFIGS = {
     "retention.ms": ("retention_ms", int), "retention.bytes": ("retention_bytes", int),
@@ -37,8 +38,10 @@ def _config_value(kind, v):
 
 
 class Handlers:
-    def __init__(self, listener, *, auto_create_topics, default_partitions, topic_defaults):
+    def __init__(self, listener, *, auto_create_topics, default_partitions, topic_defaults,
+                 fetch_max_bytes=FETCH_MAX_BYTES):
         self.listener = listener
+        self.fetch_max_bytes = fetch_max_bytes
         self.log = listener.log
         self.data = DataPath(listener.log)
         self.auto_create = auto_create_topics
@@ -173,6 +176,8 @@ class Handlers:
                         r["LogStartOffset"] = self.data.offsets(h, p)[0] if version >= 5 else -1
                     except ProduceError as e:
                         r["ErrorCode"], r["ErrorMessage"] = e.code, str(e)
+                        if e.bad_record is not None:
+                            r["RecordErrors"] = [{"BatchIndex": e.bad_record, "BatchIndexErrorMessage": str(e)}]
                 parts.append(r)
             out.append({"Name": t["Name"], "PartitionResponses": parts})
         return {"Responses": out, "ThrottleTimeMs": 0}
@@ -187,39 +192,48 @@ class Handlers:
     # ------------------------------------------------------------ fetch
 
     async def fetch(self, conn, req, version):
+        """Kafka's size rules: the whole response holds at most MaxBytes of
+        records (and at most the listener's fetch_max_bytes, Kafka's broker
+        fetch.max.bytes), each partition at most its PartitionMaxBytes; only
+        the first batch of the response may be larger, so a consumer always
+        progresses. A partition listed more than once is served once, as
+        Kafka's broker does (its request map keeps the first position and
+        the last entry's fields)."""
         deadline = time.monotonic() + max(req["MaxWaitMs"], 0) / 1000
         min_bytes = req["MinBytes"]
-        topics = req["Topics"]
+        max_bytes = min(req.get("MaxBytes", 0x7FFFFFFF), self.fetch_max_bytes)
+        wanted = {}                       # (topic, partition) -> fetch partition, in first-seen order
+        for t in req["Topics"]:
+            for fp in t["Partitions"]:
+                wanted[(t["Topic"], fp["Partition"])] = fp
         results = {}                      # (topic, partition) -> partition response
         while True:
-            budget = req.get("MaxBytes", 0x7FFFFFFF) if version >= 3 else 0x7FFFFFFF
             total, failed, watch = 0, False, []
-            for t in topics:
-                h = self.data.handle(t["Topic"])
-                for fp in t["Partitions"]:
-                    key = (t["Topic"], fp["Partition"])
-                    prev = results.get(key)
-                    if prev is not None and (prev["Records"] or prev["ErrorCode"]):
-                        total += len(prev["Records"])
-                        budget -= len(prev["Records"])
-                        continue
-                    r = results[key] = self._fetch_partition(conn, h, t["Topic"], fp, version, budget, total)
-                    n = len(r["Records"])
-                    total += n
-                    budget -= n
-                    if r["ErrorCode"]:
-                        failed = True
-                    elif n == 0 and h is not None:
-                        watch.append((self.data.ring(h, fp["Partition"]), fp["FetchOffset"]))
+            for (topic, p), fp in wanted.items():
+                prev = results.get((topic, p))
+                if prev is not None and (prev["Records"] or prev["ErrorCode"]):
+                    total += len(prev["Records"])
+                    continue
+                h = self.data.handle(topic)
+                r = results[(topic, p)] = self._fetch_partition(conn, h, topic, fp, version,
+                                                                max_bytes - total, total == 0)
+                n = len(r["Records"])
+                total += n
+                if r["ErrorCode"]:
+                    failed = True
+                elif n == 0 and h is not None:
+                    watch.append((self.data.ring(h, p), fp["FetchOffset"]))
             left = deadline - time.monotonic()
             if total >= min_bytes or failed or left <= 0 or not watch:
                 break
             await self.data.wait(watch, left)
+        by_topic = {}
+        for (topic, _), r in results.items():
+            by_topic.setdefault(topic, []).append(r)
         return {"ThrottleTimeMs": 0, "ErrorCode": 0, "SessionId": 0, "Responses": [
-            {"Topic": t["Topic"], "Partitions": [results[(t["Topic"], fp["Partition"])] for fp in t["Partitions"]]}
-            for t in topics]}
+            {"Topic": topic, "Partitions": parts} for topic, parts in by_topic.items()]}
 
-    def _fetch_partition(self, conn, h, topic, fp, version, budget, total):
+    def _fetch_partition(self, conn, h, topic, fp, version, budget, first):
         p = fp["Partition"]
         r = {"PartitionIndex": p, "ErrorCode": 0, "HighWatermark": -1, "LastStableOffset": -1,
              "LogStartOffset": -1, "AbortedTransactions": [], "PreferredReadReplica": -1, "Records": b""}
@@ -238,10 +252,10 @@ class Handlers:
         start, end = self.data.offsets(h, p)
         r["HighWatermark"] = r["LastStableOffset"] = end
         r["LogStartOffset"] = start
-        if budget <= 0 and total > 0:
+        limit = min(fp["PartitionMaxBytes"], budget)
+        if limit <= 0 and not first:
             return r
-        limit = fp["PartitionMaxBytes"] if total == 0 else min(fp["PartitionMaxBytes"], budget)
-        code, data = self.data.read(fc, h, p, fp["FetchOffset"], limit)
+        code, data = self.data.read(fc, h, p, fp["FetchOffset"], limit, min_one=first)
         r["ErrorCode"], r["Records"] = code, data
         return r
 

@@ -15,9 +15,10 @@ import logging
 import socket
 import struct
 
-from . import codec, codes
+from .. import errors
+from . import codec, codes, peers
 from .groups import GroupCoordinator
-from .handlers import Handlers
+from .handlers import FETCH_MAX_BYTES, Handlers
 
 log = logging.getLogger("shmlog.kafka")
 
@@ -45,19 +46,71 @@ ADVERTISED = {
 }
 API_VERSIONS = 18
 DEFERRED = {1, 11, 14}            # Fetch, JoinGroup, SyncGroup: answered when their wait ends
+MAX_QUEUED_REQUEST_BYTES = 256 << 20   # request bytes buffered across all connections (see ByteBudget)
 MAX_IN_FLIGHT = 64                # requests read ahead of their responses, per connection
 FRAME_READ_TIMEOUT_S = 30.0       # a started frame must arrive whole within this
+
+
+class ByteBudget:
+    """Request bytes held across every connection, from a frame's size prefix
+    until its handler returned (Kafka's queued.max.request.bytes): bounds the
+    listener's memory whatever max_connections x max_frame_bytes is. A frame
+    that would pass the limit waits (its socket unread) until others finish.
+    The whole bound: limit + max_connections x 128 KiB (each stream reader's
+    read-ahead) + the responses being written."""
+
+    SMALL = 1 << 16               # frames up to the stream reader's own buffer are not counted:
+                                  # that much is buffered per connection anyway, and the small
+                                  # requests (metadata, fetch, heartbeats) keep flowing in a flood
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._waiters = []
+
+    async def acquire(self, n: int, timeout_s: float) -> bool:
+        """True once n bytes are reserved; False after timeout_s without room."""
+        if n <= self.SMALL:
+            return True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.used + n > self.limit:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def release(self, n: int):
+        if n <= self.SMALL:
+            return
+        self.used -= n
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class Connection:
     """Per-connection state handlers may keep (fetch cursors)."""
 
-    __slots__ = ("peer", "client_id", "fetch_cursors")
+    __slots__ = ("peer", "client_id", "fetch_cursors", "fetch_written")
 
     def __init__(self, peer):
         self.peer = peer
         self.client_id = None
         self.fetch_cursors = {}
+        self.fetch_written = None      # set once the last Fetch's response is written (see _dispatch)
 
 
 class Listener:
@@ -65,18 +118,30 @@ class Listener:
 
     def __init__(self, log_, host="127.0.0.1", port=9092, *, advertised_host=None,
                  auto_create_topics=False, default_partitions=1, topic_defaults=None,
-                 max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0):
+                 max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0,
+                 max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES, fetch_max_bytes=FETCH_MAX_BYTES,
+                 allow_any_local_user=False):
+        if max_queued_request_bytes < max_frame_bytes:
+            raise errors.InvalidArgument(
+                f"max_queued_request_bytes ({max_queued_request_bytes}) must be at least max_frame_bytes "
+                f"({max_frame_bytes}): a frame that may never fit would wait forever")
+        if fetch_max_bytes < 1024:
+            raise errors.InvalidArgument("fetch_max_bytes must be at least 1024 (Kafka's minimum)")
         self.log = log_
         self.host, self.port = host, port
         self.advertised_host = advertised_host
         self.max_frame_bytes = max_frame_bytes
+        self.request_bytes = ByteBudget(max_queued_request_bytes)
+        self.allow_any_local_user = allow_any_local_user
+        self.refused = 0                # connections refused for their local user (tests, metrics)
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.schema = codec.schema()
         self.groups = GroupCoordinator(log_)
         self.groups.listener = self
         self.handlers = Handlers(self, auto_create_topics=auto_create_topics,
-                                 default_partitions=default_partitions, topic_defaults=topic_defaults or {})
+                                 default_partitions=default_partitions, topic_defaults=topic_defaults or {},
+                                 fetch_max_bytes=fetch_max_bytes)
         self._table = {
             0: self.handlers.produce, 1: self.handlers.fetch, 2: self.handlers.list_offsets,
             3: self.handlers.metadata, 19: self.handlers.create_topics, 20: self.handlers.delete_topics,
@@ -131,6 +196,15 @@ class Listener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         conn = Connection(writer.get_extra_info("peername"))
+        if not self.allow_any_local_user:
+            why = peers.refusal(sock, *peers.instance_identity(self.log.settings.data_dir))
+            if why is not None:
+                self._conns.add(writer)              # counts against max_connections while refused
+                try:
+                    await self._refuse(conn, reader, writer, why)
+                finally:
+                    self._conns.discard(writer)
+                return
         self._conns.add(writer)
         me = asyncio.current_task()
         self._tasks.add(me)
@@ -161,6 +235,27 @@ class Listener:
             writer.close()
             self._tasks.discard(me)              # last: stop() cancels and awaits every connection
 
+    async def _refuse(self, conn, reader, writer, why):
+        """A local user the native API would refuse: logged, its first request
+        answered with CLUSTER_AUTHORIZATION_FAILED when it is ApiVersions (what
+        every client sends first, so it reports why), then closed."""
+        self.refused += 1
+        log.warning("refusing the connection from %s: %s", conn.peer, why)
+        try:
+            head = await asyncio.wait_for(reader.readexactly(4), 5.0)
+            size = struct.unpack(">i", head)[0]
+            if 8 <= size <= ByteBudget.SMALL:
+                frame = await asyncio.wait_for(reader.readexactly(size), 5.0)
+                key, version = struct.unpack_from(">hh", frame, 0)
+                if key == API_VERSIONS:
+                    item = self._api_versions(frame, version, codes.CLUSTER_AUTHORIZATION_FAILED)
+                    writer.write(self.schema.encode_response(item[0], item[1], item[2], item[3].result()))
+                    await asyncio.wait_for(writer.drain(), 5.0)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError, struct.error):
+            pass
+        finally:
+            writer.close()
+
     async def _read_loop(self, conn, reader, queue, sender):
         while not sender.done():
             head = await asyncio.wait_for(reader.readexactly(4), self.idle_timeout_s)
@@ -169,8 +264,24 @@ class Listener:
                 log.warning("closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size,
                             self.max_frame_bytes)
                 return
-            frame = await asyncio.wait_for(reader.readexactly(size), FRAME_READ_TIMEOUT_S)
-            reply = await self._dispatch(conn, frame)
+            # the frame's bytes count against the listener-wide budget from before they
+            # are read until its handler returned: a flood of half-sent frames waits here
+            # (the socket is not read, TCP pushes back) instead of growing memory
+            if not await self.request_bytes.acquire(size, self.idle_timeout_s):
+                log.warning("closing %s: waited %.0f s for %d bytes of max_queued_request_bytes", conn.peer,
+                            self.idle_timeout_s, size)
+                return
+            held = True
+            try:
+                frame = await asyncio.wait_for(reader.readexactly(size), FRAME_READ_TIMEOUT_S)
+                reply = await self._dispatch(conn, frame)
+                del frame
+                if reply and not reply[3].done():     # a long poll keeps its decoded request
+                    reply[3].add_done_callback(lambda _f, n=size: self.request_bytes.release(n))
+                    held = False
+            finally:
+                if held:
+                    self.request_bytes.release(size)
             if reply is False:
                 return                          # undecodable: close, as Kafka does
             if reply is not None:
@@ -198,13 +309,24 @@ class Listener:
         if key == 0 and req.get("Acks") == 0:
             await handler(conn, req, version)
             return None
+        if key == 1:
+            # Fetches of one connection run one after another, each once the previous
+            # one's response was written: a client that pipelines fetches and never
+            # reads holds one response in memory, not MAX_IN_FLIGHT of them (Kafka
+            # mutes a connection until its response is sent, to the same end)
+            prev, written = conn.fetch_written, asyncio.get_running_loop().create_future()
+            conn.fetch_written = written
+            return key, version, corr, asyncio.ensure_future(_after(prev, handler(conn, req, version))), written
         if key in DEFERRED:
             return key, version, corr, asyncio.ensure_future(handler(conn, req, version))
         return key, version, corr, _done(await handler(conn, req, version))
 
-    def _api_versions(self, frame, version):
+    def _api_versions(self, frame, version, error=codes.NONE):
         corr = struct.unpack_from(">i", frame, 4)[0]
         keys = [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, (lo, hi) in sorted(ADVERTISED.items())]
+        if error:
+            return API_VERSIONS, version if 0 <= version <= 4 else 0, corr, _done(
+                {"ErrorCode": error, "ApiKeys": [], "ThrottleTimeMs": 0})
         if version > 4 or version < 0:
             # KIP-511: a v0 body with UNSUPPORTED_VERSION and every API, header v0
             return API_VERSIONS, 0, corr, _done({"ErrorCode": codes.UNSUPPORTED_VERSION, "ApiKeys": keys})
@@ -215,10 +337,24 @@ class Listener:
             item = await queue.get()
             if item is None:
                 return
-            key, version, corr, fut = item
+            key, version, corr, fut = item[:4]
             body = await fut
             writer.write(self.schema.encode_response(key, version, corr, body))
+            del body
             await writer.drain()
+            if len(item) > 4:
+                item[4].set_result(None)          # the next Fetch of this connection may run
+
+
+async def _after(prev, coro):
+    """coro, once the future prev (None: nothing to wait for) is resolved or cancelled."""
+    try:
+        if prev is not None:
+            await asyncio.wait([prev])
+    except BaseException:
+        coro.close()                   # cancelled first: the handler never starts
+        raise
+    return await coro
 
 
 def _done(value):
