@@ -370,7 +370,7 @@ class Log:
         lock and reconcile. Lock-free first: it costs one read of the catalog."""
         try:
             cat = catalog.load(self.settings.data_dir)
-        except errors.CorruptMetadata as e:
+        except (errors.CorruptMetadata, OSError) as e:
             log.warning("%s (the running instance goes on; topic changes are refused until it is repaired)", e)
             return
         live = {n: (v[2], v[3]) for n, v in self._live_entries().items()}
@@ -572,6 +572,7 @@ class Log:
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
+        cfg = _py_config(_c_config(cfg))     # as the table will hold it ("interval:0100" is "interval:100")
         sup = self._supervisor()
         if sup is not None:
             sup.call("create_topic", name=name, config=msgspec.to_builtins(cfg))
@@ -719,7 +720,7 @@ class Log:
                 raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
             idx, gen, tid, old = have
             try:
-                new = msgspec.structs.replace(old, **changes).validated()
+                new = _py_config(_c_config(msgspec.structs.replace(old, **changes).validated()))
             except msgspec.ValidationError as e:
                 raise errors.InvalidArgument(str(e)) from None
             if new.partitions < old.partitions:
