@@ -63,11 +63,17 @@ static int limits_ok(const struct shm_ctl_limits *lim)
            lim->max_members <= 1u << 20 && lim->max_offsets <= 1u << 24;
 }
 
-int shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim)
+int shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim,
+                 const char *data_dir, uint32_t data_dir_len, uint64_t dev, uint64_t ino)
 {
     struct shm_ctl_header *c = CTL(base);
-    if (!limits_ok(lim) || size < shm_ctl_size(lim))
+    if (!limits_ok(lim) || size < shm_ctl_size(lim) || data_dir_len > SHM_DATA_DIR_MAX)
         return SHM_E_INVALID;
+    c->data_dir_dev = dev;
+    c->data_dir_ino = ino;
+    memcpy(c->data_dir, data_dir, data_dir_len);
+    c->data_dir[data_dir_len] = 0;
+    c->data_dir_len = data_dir_len;
     c->magic = SHM_CTL_MAGIC;
     c->header_bytes = sizeof(struct shm_ctl_header);
     c->total_bytes = size;
@@ -79,7 +85,10 @@ int shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim)
     c->topics_off = sizeof(struct shm_ctl_header);
     ctl_layout(lim, &c->groups_off, &c->members_off, &c->offsets_off);
     c->topics_epoch = 1;
-    c->next_generation = 1;
+    /* generations name the rings: unique across lives of the control segment
+     * too, so a ring left by an earlier life (a failed restore, a control
+     * segment removed by hand) never collides with a new one */
+    c->next_generation = (uint64_t)c->created_ms * 1000 + 1;
     c->next_member_token = SHM_FIRST_MEMBER_TOKEN;
     if (shm_robust_mutex_init(c->lock) != SHM_OK)
         return SHM_E_SYS;
@@ -141,6 +150,16 @@ void shm_ctl_unlock(void *base)
 
 uint32_t shm_ctl_max_topics(const void *base) { return CTL(base)->max_topics; }
 
+/* the identity shm_ctl_init recorded (immutable after it published version) */
+const char *shm_ctl_data_dir(const void *base, uint32_t *len, uint64_t *dev, uint64_t *ino)
+{
+    const struct shm_ctl_header *c = CTL(base);
+    *len = c->data_dir_len <= SHM_DATA_DIR_MAX ? c->data_dir_len : SHM_DATA_DIR_MAX;
+    *dev = c->data_dir_dev;
+    *ino = c->data_dir_ino;
+    return c->data_dir;
+}
+
 struct shm_topic_entry *shm_ctl_topic(void *base, uint32_t index)
 {
     struct shm_ctl_header *c = CTL(base);
@@ -199,7 +218,7 @@ static void bump_epoch(struct shm_ctl_header *c)
  * SHM_E_EXISTS when a LIVE entry has the name; a CREATING one left by a dead
  * creator is taken over (its generation changes, so its rings are new). */
 int shm_ctl_topic_reserve(void *base, const char *name, uint32_t name_len,
-                          const struct shm_topic_config *cfg, uint64_t *generation)
+                          const struct shm_topic_config *cfg, uint64_t topic_id, uint64_t *generation)
 {
     struct shm_ctl_header *c = CTL(base);
     if (name_len == 0 || name_len > SHM_TOPIC_NAME_MAX)
@@ -222,12 +241,19 @@ int shm_ctl_topic_reserve(void *base, const char *name, uint32_t name_len,
     e->name_len = name_len;
     e->config = *cfg;
     e->created_ms = shm_now_ms();
+    e->topic_id = topic_id;
     uint64_t gen = c->next_generation++;
     shm_store_relaxed(&e->generation, gen);
     /* release: name and config are complete before the entry reads CREATING */
     shm_store_release(&e->state, SHM_TOPIC_CREATING);
     *generation = gen;
     return idx;
+}
+
+uint64_t shm_ctl_topic_id(const void *base, int index)
+{
+    struct shm_topic_entry *e = shm_ctl_topic((void *)base, (uint32_t)index);
+    return e ? e->topic_id : 0;    /* written before the entry's state was published */
 }
 
 void shm_ctl_topic_publish(void *base, int index)

@@ -27,7 +27,7 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    2                   /* 2: group, member and offset tables */
+#define SHM_LAYOUT_VERSION    3                   /* 2: group, member and offset tables; 3: topic ids, data dir identity */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
 #define SHM_FRAME_HEADER_BYTES 16
@@ -185,6 +185,7 @@ struct shm_ring_header {
 
 /* ---------- control segment ---------- */
 #define SHM_TOPIC_NAME_MAX 249
+#define SHM_DATA_DIR_MAX   2047        /* longest data dir path the control segment records */
 
 struct shm_topic_config {
     uint32_t partitions;
@@ -206,7 +207,8 @@ struct shm_topic_entry {      /* 512 bytes */
     char     name[256];
     struct shm_topic_config config;   /* 64 bytes */
     int64_t  created_ms;
-    uint8_t  _pad[512 - 16 - 256 - 64 - 8];
+    uint64_t topic_id;         /* the topic's id on disk (catalog, directory name): one per creation, kept across reboots */
+    uint8_t  _pad[512 - 16 - 256 - 64 - 16];
 };
 
 /* ---------- consumer groups (control segment tables) ----------
@@ -329,7 +331,16 @@ struct shm_ctl_header {
     /* span 3: bumped by every offset commit (the snapshot writer's "anything new?") */
     uint64_t commit_seq;
     uint8_t  _span3[128 - 8];
-    uint8_t  _reserved[4096 - 4 * 128];
+    /* span 4: the instance's identity (written once by shm_ctl_init, before
+     * version): one instance = one name + one data dir + one shm prefix. A
+     * connect whose data dir is not this one (device and inode of its
+     * realpath) is refused. data_dir is the realpath, for messages. */
+    uint64_t data_dir_dev;
+    uint64_t data_dir_ino;
+    uint32_t data_dir_len;
+    uint32_t _pad4;
+    char     data_dir[SHM_DATA_DIR_MAX + 1];
+    uint8_t  _reserved[4096 - 4 * 128 - 24 - SHM_DATA_DIR_MAX - 1];
 };
 
 struct shm_ctl_limits {
@@ -583,7 +594,9 @@ int      shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos,
 
 /* ---------- control.c: control segment ---------- */
 uint64_t shm_ctl_size(const struct shm_ctl_limits *lim);
-int      shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim);
+int      shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim,
+                      const char *data_dir, uint32_t data_dir_len, uint64_t dev, uint64_t ino);
+const char *shm_ctl_data_dir(const void *base, uint32_t *len, uint64_t *dev, uint64_t *ino);
 int      shm_ctl_check(const void *base, uint64_t mapped_bytes);
 int      shm_ctl_lock(void *base, int64_t timeout_ns);
 void     shm_ctl_unlock(void *base);
@@ -591,7 +604,8 @@ struct shm_topic_entry *shm_ctl_topic(void *base, uint32_t index);
 uint32_t shm_ctl_max_topics(const void *base);
 int      shm_ctl_topic_find(const void *base, const char *name, uint32_t name_len);
 int      shm_ctl_topic_reserve(void *base, const char *name, uint32_t name_len,
-                               const struct shm_topic_config *cfg, uint64_t *generation);
+                               const struct shm_topic_config *cfg, uint64_t topic_id, uint64_t *generation);
+uint64_t shm_ctl_topic_id(const void *base, int index);
 void     shm_ctl_topic_publish(void *base, int index);
 void     shm_ctl_topic_free(void *base, int index);
 int      shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *cfg);
@@ -642,6 +656,7 @@ _Static_assert(sizeof(struct shm_topic_entry) == 512, "topic entry");
 _Static_assert(sizeof(struct shm_ctl_header) == 4096, "ctl header");
 _Static_assert(offsetof(struct shm_ctl_header, lock) == 128, "ctl lock span");
 _Static_assert(offsetof(struct shm_ctl_header, commit_seq) == 384, "ctl commit span");
+_Static_assert(offsetof(struct shm_ctl_header, data_dir_dev) == 512, "ctl identity span");
 _Static_assert(sizeof(struct shm_group_entry) == 512, "group entry");
 _Static_assert(sizeof(struct shm_member_entry) == 1024, "member entry");
 _Static_assert(sizeof(struct shm_offset_entry) == 64, "offset entry");

@@ -151,7 +151,7 @@ class Consumer:
         h = self._log.topic_handle(topic)
         plog = None
         if h.config.persistence == "disk":
-            plog = storage.PartitionLog(storage.partition_dir(self._log.settings.data_dir, topic, partition))
+            plog = storage.PartitionLog(storage.partition_dir(self._log.settings.data_dir, topic, partition, h.topic_id))
         part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog)
         self._start(part, offset)
         return part

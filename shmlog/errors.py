@@ -123,3 +123,23 @@ class UnknownGroup(ShmlogError, KeyError):
 
 class GroupNotEmpty(ShmlogError):
     """The operation needs a group without live members (reset offsets, delete)."""
+
+
+class CorruptMetadata(CorruptRecord):
+    """A metadata file of the data dir (meta/topics.json, partition.metadata)
+    cannot be read; the message names the file and what to do."""
+
+
+class UnknownInstance(ShmlogError):
+    """A read-only connection found no such instance: no control segment and
+    no data in the data dir it looked in (the message names both)."""
+
+
+class InstanceNotRunning(UnknownInstance):
+    """A read-only connection found the instance's data dir but no running
+    instance (no control segment): start it (`shmlog up`) or connect for writing."""
+
+
+class InstanceConflict(ShmlogError):
+    """The instance's shared memory belongs to another data dir (one instance =
+    one name + one data dir + one shm prefix); the message names both dirs."""

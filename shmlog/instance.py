@@ -50,13 +50,14 @@ class TopicDescription(msgspec.Struct, frozen=True):
 class TopicHandle:
     """A LIVE topic-table entry as this process last saw it."""
 
-    __slots__ = ("name", "index", "generation", "config", "partitions", "epoch")
+    __slots__ = ("name", "index", "generation", "config", "partitions", "epoch", "topic_id")
 
-    def __init__(self, name, index, generation, cfg, epoch=0):
+    def __init__(self, name, index, generation, cfg, epoch=0, topic_id=0):
         self.epoch = epoch          # the topic table's epoch when config was read
         self.name = name
         self.index = index
-        self.generation = generation
+        self.generation = generation    # this control segment's name for the rings of this life
+        self.topic_id = topic_id        # the catalog's id of this life: names its directories
         self.config = cfg
         self.partitions = cfg.partitions
 
@@ -152,18 +153,23 @@ class Log:
 
     def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
                  max_groups: int = 1024, max_members: int = 4096, max_offsets: int = 65536,
-                 unblock_timeout_ms: int = 500, start_persister: bool = True, supervisor: bool = False):
+                 unblock_timeout_ms: int = 500, start_persister: bool = True, supervisor: bool = False,
+                 create: bool = True):
         self.settings = settings
         self._is_supervisor = supervisor
+        self._create = create
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
         self.unblock_ns = unblock_timeout_ms * 1_000_000
-        try:
-            os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
-        except PermissionError:
-            raise errors.PermissionDenied(
-                f"no access to data dir {settings.data_dir}: run as the instance's user or a member "
-                "of its group, or pass another data_dir") from None
+        if create:
+            try:
+                os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+            except PermissionError:
+                raise errors.PermissionDenied(
+                    f"no access to data dir {settings.data_dir}: run as the instance's user or a member "
+                    "of its group, or pass another data_dir") from None
+        else:
+            start_persister = False              # a read-only connection never starts a daemon
         self._gid = permissions.instance_gid(settings.data_dir)
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
@@ -180,8 +186,10 @@ class Log:
             with self._lock():
                 if not lib.shm_ctl_restored(self._ctl.base):
                     self._restore(locked_by_caller=True)
-        elif start_persister and self._has_durable():
-            self.ensure_persister()
+        else:
+            self._reconcile_if_needed()
+            if start_persister and self._has_durable():
+                self.ensure_persister()
 
     # ------------------------------------------------------------ control segment
 
@@ -192,12 +200,15 @@ class Log:
             try:
                 seg = Segment.open(name, writable=True)
             except errors.UnknownTopicOrPartition:
+                if not self._create:
+                    raise self._no_instance() from None
+                real, dev, ino = self._identity()
                 try:
                     seg = Segment.create(name, lib.shm_ctl_size(limits))
                 except errors.TopicExists:
                     continue                      # another process created it first
                 self._give_group(name)
-                rc = lib.shm_ctl_init(seg.base, seg.size, limits)
+                rc = lib.shm_ctl_init(seg.base, seg.size, limits, real, len(real), dev, ino)
                 if rc != lib.SHM_OK:
                     raise_status(rc, f"cannot initialise control segment {name}")
                 # restore before anyone can take the lock: others block on it (topic_handle)
@@ -205,6 +216,7 @@ class Log:
                 return seg, True
             rc = lib.shm_ctl_check(seg.base, seg.size)
             if rc == lib.SHM_OK:
+                self._check_identity(seg)
                 return seg, False
             seg.close()
             if rc != lib.SHM_E_AGAIN:
@@ -217,6 +229,58 @@ class Log:
                     f"control segment {name} was never finished by its creator; "
                     "remove it with `shmlog doctor --clean`")
             time.sleep(0.001)
+
+    # ------------------------------------------------------------ instance identity (issue 12.4, 12.7)
+    #
+    # One instance = one name + one data dir + one shm prefix. The creator of
+    # the control segment records the data dir's realpath and its device and
+    # inode in the header (shm_ctl_init, before the header is published), and
+    # every attach compares: another data dir under the same name and prefix
+    # (which used to run a second supervisor and persister on the same shared
+    # memory) is refused with both dirs named. device+inode, not the string,
+    # decide (a symlinked or bind-mounted path to the same dir is the same dir).
+
+    def _identity(self):
+        real = os.path.realpath(self.settings.data_dir)
+        b = real.encode()
+        if len(b) > lib.SHM_DATA_DIR_MAX:
+            raise errors.InvalidArgument(f"data dir {real} is longer than {lib.SHM_DATA_DIR_MAX} bytes")
+        st = os.stat(real)
+        return b, st.st_dev, st.st_ino
+
+    def _check_identity(self, seg):
+        n, dev, ino = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        theirs = ffi.string(lib.shm_ctl_data_dir(seg.base, n, dev, ino), n[0]).decode(errors="replace")
+        ours = os.path.realpath(self.settings.data_dir)
+        try:
+            st = os.stat(ours)
+            if (st.st_dev, st.st_ino) == (dev[0], ino[0]):
+                return
+        except OSError:
+            pass
+        seg.close()
+        s = self.settings
+        hint = (f"the data dir {theirs} it was made with was removed or replaced since: stop the instance's "
+                "processes and remove its shared memory (`shmlog doctor --clean` or `shmlog down --purge`)"
+                if theirs == ours else
+                f"use --data-dir {theirs} (or $SHMLOG_DATA_DIR) for this instance, or another --instance "
+                "or --shm-prefix for this data dir")
+        raise errors.InstanceConflict(
+            f"instance {s.instance!r} (shared memory {permissions.shm_path(s.ctl_name)}) belongs to data dir "
+            f"{theirs}, not {ours}: one instance is one name, one data dir and one shm prefix; {hint}")
+
+    def _no_instance(self) -> errors.UnknownInstance:
+        s = self.settings
+        shm = permissions.shm_path(s.ctl_name)
+        if os.path.exists(catalog.path(s.data_dir)):
+            return errors.InstanceNotRunning(
+                f"instance {s.instance!r} is not running: its data dir {s.data_dir} exists but its shared "
+                f"memory {shm} does not (after a reboot or `shmlog down --purge`); start it with `shmlog up` "
+                "(read-only commands never start an instance)")
+        return errors.UnknownInstance(
+            f"no instance {s.instance!r}: no shared memory {shm} and no {catalog.path(s.data_dir)} in the "
+            "data dir it looked in; check --instance, --data-dir and --shm-prefix (or $SHMLOG_INSTANCE, "
+            "$SHMLOG_DATA_DIR, $SHMLOG_SHM_PREFIX)")
 
     def _give_group(self, name: str):
         """A new segment belongs to the instance's group (the data dir's, once a supervisor set it)."""
@@ -252,38 +316,21 @@ class Log:
                 yield i, st, gen[0], lib.shm_ctl_topic(base, i)
 
     def _restore(self, locked_by_caller: bool = False):
-        """A new control segment: recreate the catalog's topics, each durable
-        partition's ring starting where its segment files end. Runs holding
-        the control lock (taken in _attach_ctl, or by the caller when it
-        completes the work of a restorer that died); topics already live are
-        kept, so running it twice is harmless."""
+        """A new control segment: the catalog's topics come back (reconcile
+        with an empty table), each durable partition's ring starting where its
+        segment files end, then the committed offsets. Runs holding the control
+        lock (taken in _attach_ctl, or by the caller when it completes the work
+        of a restorer that died); running it twice is harmless. A failure
+        removes every ring it made and the control segment, so the next
+        connect starts over (issue 11.14: no TopicExists until doctor --clean)."""
         progress = _RecoveryProgress(self.settings.data_dir)
         try:
-            cat = catalog.load(self.settings.data_dir)
-            progress.total = sum(c.partitions for c in cat.topics.values() if c.persistence == "disk")
-            for name, cfg in cat.topics.items():
-                nb = name.encode()
-                idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
-                if idx >= 0 and lib.shm_ctl_topic_state(self._ctl.base, idx, ffi.NULL) == lib.SHM_TOPIC_LIVE:
-                    progress.done += cfg.partitions if cfg.persistence == "disk" else 0
-                    continue
-                bases = []
-                for p in range(cfg.partitions):
-                    if cfg.persistence == "disk":
-                        progress.report(name, p)
-                        rep = storage.recover_partition(storage.partition_dir(self.settings.data_dir, name, p))
-                        progress.done += 1
-                        if rep.truncated_bytes:
-                            log.warning("recovery: %s", rep)
-                        bases.append((rep.end_offset, rep.end_pos))
-                    else:
-                        bases.append((0, 0))
-                self._create_locked(name, cfg, bases)
-                log.info("restored topic %r (%d partitions)", name, cfg.partitions)
+            self._reconcile_locked(progress)
             groups.restore_offsets(self)
         except BaseException:
             progress.finish()
             if not locked_by_caller:
+                self._unlink_all_rings()
                 lib.shm_ctl_unlock(self._ctl.base)
                 name = self.settings.ctl_name
                 self._ctl.close()
@@ -295,6 +342,164 @@ class Log:
             lib.shm_ctl_unlock(self._ctl.base)
         if self._start_persister and self._has_durable():
             self.ensure_persister()
+
+    def _unlink_all_rings(self):
+        """Lock held, the control segment is being given up: every ring it names goes."""
+        for _, _, gen, e in self._entries():
+            for p in range(e.config.partitions):
+                unlink_segment(self.settings.ring_name(gen, p))
+
+    # ------------------------------------------------------------ reconciling the catalog and the table
+    #
+    # catalog.py states the commit order and the invariant; this is the one
+    # place that restores it after a crash. Every step below is idempotent and
+    # rolls an intent forward, so a reconciler that dies is followed by
+    # another that finishes its work.
+
+    def _live_entries(self) -> dict:
+        """{name: (index, generation, topic_id, config)} of the LIVE topic-table entries."""
+        base = self._ctl.base
+        return {ffi.string(e.name, e.name_len).decode(): (i, gen, lib.shm_ctl_topic_id(base, i), _py_config(e.config))
+                for i, st, gen, e in self._entries() if st == lib.SHM_TOPIC_LIVE}
+
+    def _reconcile_if_needed(self):
+        """Attach to a running instance: if the table and the catalog disagree
+        (a topic change whose process died, a catalog damaged since), take the
+        lock and reconcile. Lock-free first: it costs one read of the catalog."""
+        try:
+            cat = catalog.load(self.settings.data_dir)
+        except (errors.CorruptMetadata, OSError) as e:
+            log.warning("%s (the running instance goes on; topic changes are refused until it is repaired)", e)
+            return
+        live = {n: (v[2], v[3]) for n, v in self._live_entries().items()}
+        want = {n: (r.topic_id, r.config) for n, r in cat.topics.items() if r.state == catalog.LIVE}
+        if want == live and len(want) == len(cat.topics) and not cat.migrated:
+            return
+        try:
+            with self._lock():
+                self._reconcile_locked()
+        except (errors.ShmlogError, OSError) as e:
+            log.warning("cannot reconcile the topic table with %s: %s (retried by the next topic change)",
+                        catalog.path(self.settings.data_dir), e)
+
+    def _reconcile_locked(self, progress=None) -> catalog.Catalog:
+        """Under the lock: completes every intent of the catalog and makes the
+        table's LIVE topics exactly the catalog's; returns the catalog."""
+        d = self.settings.data_dir
+        cat = catalog.load(d)
+        if cat.migrated:
+            catalog.save(d, cat)               # ids durable before a directory is renamed to carry one
+        for i, st, gen, e in list(self._entries()):
+            if st == lib.SHM_TOPIC_CREATING:   # a dead creator's: its rings were never published
+                self._drop_entry(i, gen, e.config.partitions, mark_deleted=False)
+        live = self._live_entries()
+        if progress is not None:
+            progress.total = sum(r.config.partitions for n, r in cat.topics.items()
+                                 if r.config.persistence == "disk" and r.state != catalog.DELETING and n not in live)
+        for name in sorted(cat.topics):
+            rec = cat.topics[name]
+            tid = rec.topic_id
+            have = live.pop(name, None)
+            if rec.state == catalog.DELETING:            # D2-D4 of an interrupted delete
+                if have is not None and have[2] == tid:
+                    self._drop_entry(have[0], have[1], have[3].partitions, mark_deleted=True)
+                elif have is not None:
+                    live[name] = have                    # another life is live: adopted below
+                storage.discard_topic_dir(d, name, tid)
+                del cat.topics[name]
+                catalog.save(d, cat)
+                log.info("completed the deletion of topic %r (id %s)", name, rec.id)
+                continue
+            if have is not None and have[2] != tid:
+                log.error("topic %r: the live topic has id %016x but %s says %s; keeping the live one "
+                          "(the directory %s is left as it is)", name, have[2], catalog.path(d), rec.id,
+                          storage.topic_dir(d, name, tid))
+                cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(have[2]), config=have[3])
+                catalog.save(d, cat)
+                continue
+            storage.adopt_legacy_dir(d, name, tid)
+            if have is None:                             # restore, or C2-C3 of an interrupted create
+                cfg = self._restore_topic(name, rec.config, tid, progress)
+            else:                                        # A2-A3 of an interrupted alter (or nothing)
+                cfg = self._apply_config(name, have[0], have[1], tid, have[3], rec.config)
+            if rec.state != catalog.LIVE or cfg != rec.config:
+                if rec.state != catalog.LIVE:
+                    log.info("completed the %s of topic %r", "creation" if rec.state == catalog.CREATING
+                             else "change", name)
+                cat.topics[name] = catalog.TopicRecord(id=rec.id, config=cfg)
+                catalog.save(d, cat)
+        for name, (_, _, tid, cfg) in live.items():      # live but unknown to the catalog: adopted
+            log.warning("topic %r is live but missing from %s: added to it", name, catalog.path(d))
+            cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
+            catalog.save(d, cat)
+        storage.empty_trash(d)
+        return cat
+
+    def _restore_topic(self, name: str, cfg: config.TopicConfig, tid: int, progress=None) -> config.TopicConfig:
+        """Under the lock: a table entry and rings for a catalog topic, each
+        durable ring starting where its directory's records end (a directory
+        that does not exist yet is made, never emptied)."""
+        bases = []
+        for p in range(cfg.partitions):
+            if cfg.persistence != "disk":
+                bases.append((0, 0))
+                continue
+            pd = storage.make_partition_dir(self.settings.data_dir, name, p, tid)
+            if progress is not None:
+                progress.report(name, p)
+            rep = storage.recover_partition(pd)
+            if progress is not None:
+                progress.done += 1
+            if rep.truncated_bytes:
+                log.warning("recovery: %s", rep)
+            bases.append((rep.end_offset, rep.end_pos))
+        self._create_entry(name, cfg, tid, bases)
+        log.info("restored topic %r (%d partitions)", name, cfg.partitions)
+        return cfg
+
+    def _apply_config(self, name, idx, gen, tid, old: config.TopicConfig, new: config.TopicConfig):
+        """Under the lock, A2-A3: the LIVE entry idx gets config new (new
+        partitions' directories and rings first, published by the entry's
+        partition count last); returns the config applied. Partitions never
+        shrink and ring_bytes/persistence never change: a catalog that says
+        otherwise (damage only) yields to the table for those fields."""
+        fixed = {k: getattr(old, k) for k in ("ring_bytes", "persistence") if getattr(old, k) != getattr(new, k)}
+        if new.partitions < old.partitions:
+            fixed["partitions"] = old.partitions
+        if fixed:
+            log.warning("topic %r: keeping %s of the live topic over %s", name, fixed,
+                        catalog.path(self.settings.data_dir))
+            new = msgspec.structs.replace(new, **fixed)
+        if new == old:
+            return new
+        made = []
+        try:
+            for p in range(old.partitions, new.partitions):
+                # a ring an interrupted alter made was never published (the
+                # entry's count did not include it): nobody wrote it
+                unlink_segment(self.settings.ring_name(gen, p))
+                base = (0, 0)
+                if new.persistence == "disk":
+                    pd = storage.make_partition_dir(self.settings.data_dir, name, p, tid)
+                    rep = storage.recover_partition(pd)      # records a crashed alter's producers wrote
+                    base = (rep.end_offset, rep.end_pos)
+                self._make_ring(name, new, gen, p, base, made)
+            if new.max_message_bytes != old.max_message_bytes:
+                for p in range(old.partitions):
+                    seg = Segment.open(self.settings.ring_name(gen, p), writable=True)
+                    rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
+                                                          lib.SHM_FRAME_HEADER_BYTES)
+                    seg.close()
+                    if rc != lib.SHM_OK:
+                        raise_status(rc, f"cannot set max_message_bytes of {name!r} partition {p}")
+        except BaseException:
+            for rname in made:
+                unlink_segment(rname)
+            raise
+        rc = lib.shm_ctl_topic_update(self._ctl.base, idx, _c_config(new))
+        if rc != lib.SHM_OK:
+            raise_status(rc, f"cannot alter topic {name!r}")
+        return new
 
     def _has_durable(self) -> bool:
         return any(e.config.persistence == lib.SHM_PERSIST_DISK
@@ -357,25 +562,44 @@ class Log:
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
+        cfg = _py_config(_c_config(cfg))     # as the table will hold it ("interval:0100" is "interval:100")
         sup = self._supervisor()
         if sup is not None:
             sup.call("create_topic", name=name, config=msgspec.to_builtins(cfg))
             return self.describe_topic(name)
+        d = self.settings.data_dir
         with self._lock():
-            self._create_locked(name, cfg, [(0, 0)] * cfg.partitions, fresh=True)
-            cat = catalog.load(self.settings.data_dir)
-            cat.topics[name] = cfg
-            catalog.save(self.settings.data_dir, cat)
+            cat = self._reconcile_locked()
+            if name in cat.topics:
+                raise errors.TopicExists(f"topic {name!r} already exists")
+            tid = catalog.new_topic_id()
+            cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg, state=catalog.CREATING)
+            catalog.save(d, cat)                                               # C1: the intent
+            try:
+                if cfg.persistence == "disk":
+                    for p in range(cfg.partitions):                            # C2
+                        storage.make_partition_dir(d, name, p, tid)
+                self._create_entry(name, cfg, tid, [(0, 0)] * cfg.partitions)  # C3
+            except BaseException:
+                # never published: nobody wrote a record; the intent is withdrawn
+                # (were we to die first, a reconciler would complete the creation)
+                del cat.topics[name]
+                catalog.save(d, cat)
+                shutil.rmtree(storage.topic_dir(d, name, tid), ignore_errors=True)
+                raise
+            cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
+            catalog.save(d, cat)                                               # C4: done
         if cfg.persistence == "disk" and self._start_persister:
             self.ensure_persister()
         return self.describe_topic(name)
 
-    def _create_locked(self, name: str, cfg: config.TopicConfig, bases, fresh: bool = False):
-        """Under the lock: a topic-table entry and its rings; bases[p] = (offset, position)."""
+    def _create_entry(self, name: str, cfg: config.TopicConfig, tid: int, bases):
+        """Under the lock: a topic-table entry (topic id tid) and its rings;
+        bases[p] = (offset, position). The directories exist already (C2)."""
         nb = name.encode()
         self._drop_abandoned(nb)
         gen = ffi.new("uint64_t *")
-        idx = lib.shm_ctl_topic_reserve(self._ctl.base, nb, len(nb), _c_config(cfg), gen)
+        idx = lib.shm_ctl_topic_reserve(self._ctl.base, nb, len(nb), _c_config(cfg), tid, gen)
         if idx == lib.SHM_E_EXISTS:
             raise errors.TopicExists(f"topic {name!r} already exists")
         if idx == lib.SHM_E_TABLE_FULL:
@@ -384,8 +608,6 @@ class Log:
                 "topics): delete topics or recreate the instance with a larger max_topics")
         if idx < 0:
             raise_status(idx, f"cannot create topic {name!r}")
-        if fresh and cfg.persistence == "disk":
-            storage.remove_topic_dir(self.settings.data_dir, name)     # leftovers of an older life
         made = []
         try:
             for p in range(cfg.partitions):
@@ -398,8 +620,8 @@ class Log:
         lib.shm_ctl_topic_publish(self._ctl.base, idx)
 
     def _make_ring(self, name: str, cfg: config.TopicConfig, generation: int, p: int, base, made: list):
-        """Under the lock: partition p's ring starting at base = (offset, position),
-        and its directory for a durable topic; made collects the ring names."""
+        """Under the lock: partition p's ring starting at base = (offset, position);
+        made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
         seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
         made.append(rname)
@@ -409,8 +631,6 @@ class Log:
         seg.close()
         if rc != lib.SHM_OK:
             raise_status(rc, f"cannot initialise ring {rname}")
-        if cfg.persistence == "disk":
-            os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770, exist_ok=True)
 
     def _drop_abandoned(self, nb: bytes):
         """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
@@ -419,10 +639,22 @@ class Log:
             return
         gen = ffi.new("uint64_t *")
         if lib.shm_ctl_topic_state(self._ctl.base, idx, gen) == lib.SHM_TOPIC_CREATING:
-            e = lib.shm_ctl_topic(self._ctl.base, idx)
-            for p in range(e.config.partitions):
-                unlink_segment(self.settings.ring_name(gen[0], p))
-            lib.shm_ctl_topic_free(self._ctl.base, idx)
+            self._drop_entry(idx, gen[0], lib.shm_ctl_topic(self._ctl.base, idx).config.partitions, False)
+
+    def _drop_entry(self, idx: int, gen: int, partitions: int, mark_deleted: bool):
+        """Under the lock: an entry's rings (marked deleted first, so live
+        handles stop) are unlinked and the entry freed."""
+        for p in range(partitions):
+            rname = self.settings.ring_name(gen, p)
+            if mark_deleted:
+                try:
+                    seg = Segment.open(rname, writable=True)
+                    lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
+                    seg.close()
+                except errors.UnknownTopicOrPartition:
+                    pass
+            unlink_segment(rname)
+        lib.shm_ctl_topic_free(self._ctl.base, idx)
 
     def delete_topic(self, name: str) -> None:
         config.validate_topic_name(name)
@@ -431,27 +663,19 @@ class Log:
             sup.call("delete_topic", name=name)
             self._forget(name)
             return
-        nb = name.encode()
+        d = self.settings.data_dir
         with self._lock():
-            idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
-            gen = ffi.new("uint64_t *")
-            if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
+            cat = self._reconcile_locked()
+            have = self._live_entries().get(name)
+            rec = cat.topics.get(name)
+            if have is None or rec is None:
                 raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
-            e = lib.shm_ctl_topic(self._ctl.base, idx)
-            for p in range(e.config.partitions):
-                rname = self.settings.ring_name(gen[0], p)
-                try:
-                    seg = Segment.open(rname, writable=True)
-                    lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
-                    seg.close()
-                except errors.UnknownTopicOrPartition:
-                    pass
-                unlink_segment(rname)
-            lib.shm_ctl_topic_free(self._ctl.base, idx)
-            cat = catalog.load(self.settings.data_dir)
-            if cat.topics.pop(name, None) is not None:
-                catalog.save(self.settings.data_dir, cat)
-            storage.remove_topic_dir(self.settings.data_dir, name)
+            cat.topics[name] = msgspec.structs.replace(rec, state=catalog.DELETING)
+            catalog.save(d, cat)                                          # D1: the intent
+            self._drop_entry(have[0], have[1], have[3].partitions, True)  # D2
+            storage.discard_topic_dir(d, name, rec.topic_id)              # D3
+            del cat.topics[name]
+            catalog.save(d, cat)                                          # D4: done
         self._forget(name)
 
     ALTERABLE = ("partitions", "retention_ms", "retention_bytes", "fsync", "segment_bytes", "segment_ms",
@@ -477,48 +701,41 @@ class Log:
             sup.call("alter_topic", name=name, changes=changes)
             self._forget(name)
             return self.describe_topic(name)
+        d = self.settings.data_dir
         with self._lock():
-            nb = name.encode()
-            idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
-            gen = ffi.new("uint64_t *")
-            if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
+            cat = self._reconcile_locked()
+            have = self._live_entries().get(name)
+            rec = cat.topics.get(name)
+            if have is None or rec is None:
                 raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
-            old = _py_config(lib.shm_ctl_topic(self._ctl.base, idx).config)
+            idx, gen, tid, old = have
             try:
-                new = msgspec.structs.replace(old, **changes).validated()
+                new = _py_config(_c_config(msgspec.structs.replace(old, **changes).validated()))
             except msgspec.ValidationError as e:
                 raise errors.InvalidArgument(str(e)) from None
             if new.partitions < old.partitions:
                 raise errors.InvalidArgument(
                     f"topic {name!r} has {old.partitions} partitions: partitions can only grow")
-            made = []
+            cat.topics[name] = catalog.TopicRecord(id=rec.id, config=new, state=catalog.ALTERING, prev=old)
+            catalog.save(d, cat)                                          # A1: the intent
             try:
-                for p in range(old.partitions, new.partitions):
-                    unlink_segment(self.settings.ring_name(gen[0], p))      # leftovers of an interrupted alter
-                    shutil.rmtree(storage.partition_dir(self.settings.data_dir, name, p), ignore_errors=True)
-                    self._make_ring(name, new, gen[0], p, (0, 0), made)
-                if new.max_message_bytes != old.max_message_bytes:
-                    for p in range(old.partitions):
-                        seg = Segment.open(self.settings.ring_name(gen[0], p), writable=True)
-                        rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
-                                                              lib.SHM_FRAME_HEADER_BYTES)
-                        seg.close()
-                        if rc != lib.SHM_OK:
-                            raise_status(rc, f"cannot set max_message_bytes of {name!r} partition {p}")
+                new = self._apply_config(name, idx, gen, tid, old, new)   # A2-A3
             except BaseException:
-                for rname in made:
-                    unlink_segment(rname)
+                cat.topics[name] = rec                                    # not applied: withdrawn
+                catalog.save(d, cat)
                 raise
-            rc = lib.shm_ctl_topic_update(self._ctl.base, idx, _c_config(new))
-            if rc != lib.SHM_OK:
-                raise_status(rc, f"cannot alter topic {name!r}")
-            cat = catalog.load(self.settings.data_dir)
-            cat.topics[name] = new
-            catalog.save(self.settings.data_dir, cat)
+            cat.topics[name] = catalog.TopicRecord(id=rec.id, config=new)
+            catalog.save(d, cat)                                          # A4: done
         self._forget(name)
         if new.persistence == "disk" and self._start_persister:
             self.ensure_persister()
         return self.describe_topic(name)
+
+    def partition_dir(self, name: str, partition: int) -> str:
+        """The directory of a durable partition of the topic's current life
+        (<data_dir>/topics/<name>@<topic id>/<partition>)."""
+        h = self.topic_handle(name)
+        return storage.partition_dir(self.settings.data_dir, name, partition, h.topic_id)
 
     def list_topics(self) -> list[str]:
         self._check_open()
@@ -533,7 +750,7 @@ class Log:
             start, end, hp, tp = r.ends()
             if h.config.persistence == "disk":
                 disk_start = storage.PartitionLog(
-                    storage.partition_dir(self.settings.data_dir, name, p)).start_offset()
+                    storage.partition_dir(self.settings.data_dir, name, p, h.topic_id)).start_offset()
                 if disk_start is not None:
                     start = min(start, disk_start)
             persisted_lag = fsynced_lag = 0
@@ -561,7 +778,7 @@ class Log:
                     return h
                 cfg = _py_config(lib.shm_ctl_topic(self._ctl.base, h.index).config)
                 if cfg != h.config:             # altered: same rings, new config
-                    h = self._handles[name] = TopicHandle(name, h.index, h.generation, cfg, epoch)
+                    h = self._handles[name] = TopicHandle(name, h.index, h.generation, cfg, epoch, h.topic_id)
                 else:
                     h.epoch = epoch
                 return h
@@ -578,7 +795,7 @@ class Log:
                     f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)")
         epoch = lib.shm_ctl_epoch(self._ctl.base)
         e = lib.shm_ctl_topic(self._ctl.base, idx)
-        h = TopicHandle(name, idx, gen[0], _py_config(e.config), epoch)
+        h = TopicHandle(name, idx, gen[0], _py_config(e.config), epoch, lib.shm_ctl_topic_id(self._ctl.base, idx))
         self._handles[name] = h
         return h
 
@@ -761,7 +978,7 @@ def _limits(max_topics, max_groups, max_members, max_offsets):
 def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool | None = None, *,
             shm_prefix: str | None = None, max_topics: int = 1024, max_groups: int = 1024,
             max_members: int = 4096, max_offsets: int = 65536,
-            unblock_timeout_ms: int = 500) -> Log:
+            unblock_timeout_ms: int = 500, create: bool = True) -> Log:
     """Attaches to (creating if needed) the instance's control segment.
 
     instance and data_dir default to $SHMLOG_INSTANCE / $SHMLOG_DATA_DIR, then
@@ -774,8 +991,17 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
     starts the persister when durable topics need one. The data path never
     needs the supervisor. The max_* limits size the control segment's tables
     when this call creates it; an existing instance keeps its own (a
-    supervisor creates it with the defaults)."""
+    supervisor creates it with the defaults).
+
+    create=False attaches to a running instance only, with no side effect:
+    no data dir, control segment or ring is made, no supervisor or persister
+    started (autostart is ignored); UnknownInstance (InstanceNotRunning when
+    the data dir holds topics) names the data dir it looked in. Read-only
+    commands of the CLI connect this way. A data dir that is not the one the
+    instance was created with is refused (InstanceConflict, both dirs named)."""
     settings = config.resolve(instance, data_dir, shm_prefix)
+    if not create:
+        autostart = False
     if autostart is None:
         autostart = os.environ.get("SHMLOG_AUTOSTART", "1").lower() not in ("0", "false", "no", "off")
     if autostart:
@@ -787,4 +1013,4 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
             log.warning("no supervisor for instance %s: %s; this connection works without one",
                         settings.instance, e)
     return Log(settings, max_topics=max_topics, max_groups=max_groups, max_members=max_members,
-               max_offsets=max_offsets, unblock_timeout_ms=unblock_timeout_ms)
+               max_offsets=max_offsets, unblock_timeout_ms=unblock_timeout_ms, create=create)

@@ -38,10 +38,17 @@ class _Partition:
         self.handle, self.partition, self.ring = handle, partition, ring
         cfg = handle.config
         self.mode, self.interval_ms = config.fsync_mode(cfg.fsync)
-        self.writer = storage.PartitionWriter(storage.partition_dir(data_dir, handle.name, partition),
-                                              cfg.segment_bytes, cfg.segment_ms)
+        # the directory of this topic life (its id in the name), held open and
+        # checked against partition.metadata: FileNotFoundError when the topic
+        # was deleted meanwhile (the caller skips it)
+        self.writer = storage.PartitionWriter(storage.partition_dir(data_dir, handle.name, partition, handle.topic_id),
+                                              cfg.segment_bytes, cfg.segment_ms, handle.topic_id)
         self.last_fsync = time.monotonic()
-        rep = storage.recover_partition(self.writer.plog.dir)
+        try:
+            rep = storage.recover_partition(self.writer.plog.dir)
+        except BaseException:
+            self.writer.close()
+            raise
         self.writer.plog.refresh()
         start, end, head, tail = ring.ends()
         if not self.writer.plog.segments:
@@ -77,8 +84,14 @@ class _Partition:
         base = self.ring.base
         data = ffi.cast("uint8_t *", base) + lib.SHM_RING_HEADER_BYTES
         while True:
-            if self.writer.roll_needed():
-                self.writer.roll(self.pos, self.offset)
+            if self.ring.deleted():
+                return written            # the topic was deleted: its directory is on its way out
+            try:
+                if self.writer.roll_needed():
+                    self.writer.roll(self.pos, self.offset)
+            except OSError as e:          # the directory vanished, ENOSPC: retried, never fatal
+                self._fail(e)
+                return written
             room = max(self.writer.segment_bytes - self.writer.active.size, 1)
             rc = lib.shm_persist_scan(base, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
                                       self.writer.next_index_pos, self.rows, MAX_INDEX, self.out)
@@ -184,8 +197,14 @@ class Persister:
                 key = (h.generation, p)
                 live.add(key)
                 if key not in self.parts:
-                    ring = self.conn.ring(h, p, writable=True)
-                    self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                    try:
+                        ring = self.conn.ring(h, p, writable=True)
+                        self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                    except (FileNotFoundError, errors.UnknownTopicOrPartition):
+                        # deleted between the listing and here (its directory or ring is gone)
+                        live.discard(key)
+                        self.epoch = None         # look again next pass
+                        continue
                 elif self.parts[key].handle.config != h.config:
                     self.parts[key].reconfigure(h)          # alter_topic
         for key in [k for k in self.parts if k not in live]:

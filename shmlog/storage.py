@@ -30,12 +30,151 @@ _PAIR = struct.Struct("<qq")
 XOR = lib.SHM_COMMIT_XOR
 
 
-def partition_dir(data_dir: str, topic: str, partition: int) -> str:
-    return os.path.join(data_dir, "topics", topic, str(partition))
+# ------------------------------------------------------------ directory layout (topic generations)
+#
+# <data_dir>/topics/<topic>@<id>/<partition>/  one directory per partition of
+# one LIFE of a topic: <id> is the catalog's 64-bit topic id in 16 hex digits
+# ('@' is not a topic-name character, so the split is unambiguous), and the
+# directory's partition.metadata repeats it. A topic deleted and re-created
+# gets a new id, hence new directories: nothing written for one life (a late
+# persister, a reader) can land in or be read from another's. Deletion
+# renames the topic directory into <data_dir>/trash/ (one atomic rename) and
+# removes it there, so a half-removed directory is never under topics/.
+# Files that are not ours (a stray file, an editor's backup) are skipped with
+# a warning wherever directories are listed; they never break anything.
+
+PARTITION_METADATA = "partition.metadata"
 
 
-def topic_dir(data_dir: str, topic: str) -> str:
-    return os.path.join(data_dir, "topics", topic)
+def topic_dir(data_dir: str, topic: str, topic_id: int) -> str:
+    return os.path.join(data_dir, "topics", f"{topic}@{topic_id:016x}")
+
+
+def partition_dir(data_dir: str, topic: str, partition: int, topic_id: int) -> str:
+    return os.path.join(topic_dir(data_dir, topic, topic_id), str(partition))
+
+
+def _metadata_text(topic: str, topic_id: int, partition: int) -> bytes:
+    return f"version: 0\ntopic: {topic}\ntopic_id: {topic_id:016x}\npartition: {partition}\n".encode()
+
+
+def make_partition_dir(data_dir: str, topic: str, partition: int, topic_id: int) -> str:
+    """Creates (if missing) one partition's directory with its partition.metadata,
+    durably (the directory entries fsynced). Never empties an existing one."""
+    d = partition_dir(data_dir, topic, partition, topic_id)
+    os.makedirs(d, mode=0o770, exist_ok=True)
+    meta = os.path.join(d, PARTITION_METADATA)
+    if not os.path.exists(meta):
+        write_atomically(meta, _metadata_text(topic, topic_id, partition))
+        fsync_dir(os.path.dirname(d))
+        fsync_dir(os.path.dirname(os.path.dirname(d)))
+    return d
+
+
+def check_partition_metadata(dir_fd: int, path: str, topic_id: int):
+    """Raises CorruptMetadata unless the directory open as dir_fd is topic_id's
+    (a directory without the file, written before it existed, passes)."""
+    try:
+        fd = os.open(PARTITION_METADATA, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        text = os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() == "topic_id" and v.strip() == f"{topic_id:016x}":
+            return
+    raise errors.CorruptMetadata(
+        f"{path}/{PARTITION_METADATA} does not name topic id {topic_id:016x}: this directory belongs to "
+        "another life of the topic; refusing to write into it (move it away)")
+
+
+def parse_topic_dir(entry: str):
+    """(topic, topic_id) of a topics/ entry name, or None when it is not one."""
+    name, at, tid = entry.rpartition("@")
+    if not at or len(tid) != 16 or not all(c in "0123456789abcdef" for c in tid) or not name:
+        return None
+    return name, int(tid, 16)
+
+
+def topic_dirs(data_dir: str):
+    """[(topic, topic_id, path)] of every topic directory under topics/ (legacy
+    `topics/<topic>` directories, of data dirs made before topic ids, have id
+    None); anything else is skipped with a warning."""
+    root = os.path.join(data_dir, "topics")
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    out = []
+    for n in names:
+        p = os.path.join(root, n)
+        if not os.path.isdir(p) or os.path.islink(p):
+            log.warning("%s: not a topic directory; ignored", p)
+            continue
+        parsed = parse_topic_dir(n)
+        if parsed is None and "@" in n:
+            log.warning("%s: not a topic directory name (<topic>@<16 hex digits>); ignored", p)
+            continue
+        out.append((*parsed, p) if parsed else (n, None, p))
+    return out
+
+
+def partition_dirs(topic_path: str):
+    """[(partition, path)] of a topic directory, in partition order; stray
+    entries (files, names that are not numbers) are skipped with a warning."""
+    out = []
+    for n in os.listdir(topic_path):
+        p = os.path.join(topic_path, n)
+        if not n.isdigit() or not os.path.isdir(p) or os.path.islink(p):
+            log.warning("%s: not a partition directory; ignored", p)
+            continue
+        out.append((int(n), p))
+    return sorted(out)
+
+
+def adopt_legacy_dir(data_dir: str, topic: str, topic_id: int):
+    """A data dir from before topic ids keeps topics/<topic>/: it becomes
+    topics/<topic>@<id>/ (one rename) once the catalog holds that id."""
+    old = os.path.join(data_dir, "topics", topic)
+    new = topic_dir(data_dir, topic, topic_id)
+    if os.path.isdir(old) and not os.path.islink(old) and not os.path.exists(new):
+        os.rename(old, new)
+        fsync_dir(os.path.dirname(new))
+        log.warning("adopted %s as %s (topic ids came after it was made)", old, new)
+
+
+def discard_topic_dir(data_dir: str, topic: str, topic_id: int):
+    """Deletion of one life's directory (only under a durable "deleting"
+    intent): renamed into trash/ atomically, then removed there."""
+    src = topic_dir(data_dir, topic, topic_id)
+    trash = os.path.join(data_dir, "trash")
+    if os.path.isdir(src):
+        os.makedirs(trash, mode=0o770, exist_ok=True)
+        os.rename(src, os.path.join(trash, os.path.basename(src)))
+        fsync_dir(os.path.dirname(src))
+        fsync_dir(trash)
+    empty_trash(data_dir)
+
+
+def empty_trash(data_dir: str):
+    """trash/ holds only directories a durable delete moved there."""
+    trash = os.path.join(data_dir, "trash")
+    try:
+        names = os.listdir(trash)
+    except FileNotFoundError:
+        return
+    for n in names:
+        p = os.path.join(trash, n)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
 
 
 def fsync_dir(path: str):
@@ -100,6 +239,13 @@ def _read_pairs(path: str) -> list[tuple[int, int]]:
     return [_PAIR.unpack_from(data, i) for i in range(0, len(data) - len(data) % 16, 16)]
 
 
+def segment_base(name: str):
+    """The base offset a segment file's name (<20 digits>.log) carries, or None for any other name."""
+    if len(name) != 24 or not name.endswith(".log") or not name[:20].isdigit():
+        return None
+    return int(name[:20])
+
+
 def _first_pos(path: str):
     with open(path, "rb") as f:
         head = f.read(8)
@@ -121,7 +267,9 @@ class PartitionLog:
         except FileNotFoundError:
             names = []
         for n in names:
-            if not n.endswith(".log") or len(n) != 24:
+            if segment_base(n) is None:
+                if not n.endswith((".index", ".timeindex")) and n != PARTITION_METADATA and ".tmp." not in n:
+                    log.warning("%s: not a segment file; ignored", os.path.join(self.dir, n))
                 continue
             p = os.path.join(self.dir, n)
             try:
@@ -190,9 +338,23 @@ class PartitionLog:
 # ------------------------------------------------------------ writer (the persister's)
 
 class PartitionWriter:
-    """Appends runs of frames to the active segment, rolls, keeps indexes."""
+    """Appends runs of frames to the active segment, rolls, keeps indexes.
 
-    def __init__(self, path: str, segment_bytes: int, segment_ms: int):
+    It holds its partition directory open (dfd) and creates every file
+    relative to it, after checking at open that the directory is this topic
+    life's (partition.metadata): a delete that renames the directory away
+    meanwhile leaves a late write in the deleted life's files, never in a new
+    life's. It never creates the directory (create_topic does): a directory
+    that is gone means the topic is gone (FileNotFoundError)."""
+
+    def __init__(self, path: str, segment_bytes: int, segment_ms: int, topic_id: int | None = None):
+        self.dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if topic_id is not None:
+                check_partition_metadata(self.dfd, path, topic_id)
+        except BaseException:
+            os.close(self.dfd)
+            raise
         self.plog = PartitionLog(path)
         self.segment_bytes, self.segment_ms = segment_bytes, segment_ms
         self.fd = self.ifd = self.tfd = None
@@ -200,14 +362,13 @@ class PartitionWriter:
         self.active_since = time.monotonic()
         self.next_index_pos = ffi.new("uint64_t *")
         self.dirty = False
-        os.makedirs(path, mode=0o770, exist_ok=True)
 
     def _open(self, seg: Segment):
-        self.close()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        self.fd = os.open(seg.path("log"), flags, 0o660)
-        self.ifd = os.open(seg.path("index"), flags, 0o660)
-        self.tfd = os.open(seg.path("timeindex"), flags, 0o660)
+        self._close_files()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        self.fd = os.open(os.path.basename(seg.path("log")), flags, 0o660, dir_fd=self.dfd)
+        self.ifd = os.open(os.path.basename(seg.path("index")), flags, 0o660, dir_fd=self.dfd)
+        self.tfd = os.open(os.path.basename(seg.path("timeindex")), flags, 0o660, dir_fd=self.dfd)
         self.active = seg
         self.active_since = time.monotonic()
 
@@ -233,7 +394,7 @@ class PartitionWriter:
         self._open(seg)
         self.plog.segments.append(seg)
         self.next_index_pos[0] = base_pos
-        fsync_dir(self.plog.dir)
+        os.fsync(self.dfd)
 
     def append(self, data, index_rows, nrows: int):
         """Writes data (ring bytes of complete frames) and the index rows; all or nothing."""
@@ -269,11 +430,17 @@ class PartitionWriter:
         self.dirty = False
         return [os.dup(fd) for fd in (self.fd, self.ifd, self.tfd)]
 
-    def close(self):
+    def _close_files(self):
         for fd in (self.fd, self.ifd, self.tfd):
             if fd is not None:
                 os.close(fd)
         self.fd = self.ifd = self.tfd = None
+
+    def close(self):
+        self._close_files()
+        if self.dfd is not None:
+            os.close(self.dfd)
+            self.dfd = None
 
     # ------------------------------------------------------------ retention
 
@@ -393,8 +560,9 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
                 except FileNotFoundError:
                     pass
     if not segs:
-        names = sorted(n for n in (os.listdir(path) if os.path.isdir(path) else []) if n.endswith(".log"))
-        rep.end_offset = int(names[-1][:20]) if names else 0
+        bases = sorted(b for b in (segment_base(n) for n in (os.listdir(path) if os.path.isdir(path) else []))
+                       if b is not None)
+        rep.end_offset = bases[-1] if bases else 0
         return rep
     if repair:
         for s in segs[:-1]:
@@ -486,5 +654,4 @@ def check_partition(path: str) -> list[str]:
     return problems
 
 
-def remove_topic_dir(data_dir: str, topic: str):
-    shutil.rmtree(topic_dir(data_dir, topic), ignore_errors=True)
+

@@ -42,7 +42,7 @@ def test_records_survive_ring_laps_and_read_back_from_disk(inst):
     for i in range(n):
         assert p.send(t, value(i), partition=0).offset == i
     p.flush(durable=True, timeout=20)
-    segs = sorted(f for f in os.listdir(storage.partition_dir(inst.kwargs["data_dir"], t, 0)) if f.endswith(".log"))
+    segs = sorted(f for f in os.listdir(inst.log.partition_dir(t, 0)) if f.endswith(".log"))
     assert len(segs) >= 2, "segments roll by size"
     got = read_all(inst.log, t)
     assert [m.offset for m in got] == list(range(n))
@@ -184,7 +184,7 @@ def test_retention_by_size_and_time(inst):
     for i in range(60_000):                         # ~7 MB
         p.send(t, value(i), partition=0)
     p.flush(durable=True, timeout=20)
-    d = storage.partition_dir(inst.kwargs["data_dir"], t, 0)
+    d = inst.log.partition_dir(t, 0)
 
     def total():                              # retention may delete a file while we look
         n = 0
@@ -248,7 +248,8 @@ def test_disk_full_gives_back_pressure_and_resumes(inst, tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        kw = dict(inst.kwargs, data_dir=str(mnt / "data"))
+        # another instance (one name = one data dir), same shm prefix: cleaned up with inst
+        kw = dict(inst.kwargs, data_dir=str(mnt / "data"), instance=inst.kwargs["instance"] + "-small")
         log = shmlog.connect(**kw)
         log.create_topic("full", persistence="disk", ring_bytes=1 << 16, segment_bytes=4 << 20)
         p = log.producer(max_block_ms=300)
@@ -285,8 +286,9 @@ def test_delete_durable_topic_removes_files(inst):
     p = inst.log.producer()
     p.send(t, b"x", partition=0)
     p.flush(durable=True, timeout=10)
+    tdir = os.path.dirname(inst.log.partition_dir(t, 0))
     inst.log.delete_topic(t)
-    assert not os.path.exists(storage.topic_dir(inst.kwargs["data_dir"], t))
+    assert not os.path.exists(tdir)
     inst.log.close()
     inst.drop_shared_memory()
     inst.log = inst.connect()
@@ -295,16 +297,16 @@ def test_delete_durable_topic_removes_files(inst):
 
 def _restore_then_die(kwargs):
     from shmlog import instance
-    real = instance.Log._create_locked
+    real = instance.Log._create_entry
     made = []
 
-    def create_then_die(self, name, cfg, bases, fresh=False):
+    def create_then_die(self, name, cfg, tid, bases):
         if made:                                   # dies with the lock held, the second topic half-made
             os._exit(9)
         made.append(name)
-        return real(self, name, cfg, bases, fresh)
+        return real(self, name, cfg, tid, bases)
 
-    instance.Log._create_locked = create_then_die
+    instance.Log._create_entry = create_then_die
     shmlog.connect(**kwargs, autostart=False)
 
 

@@ -29,7 +29,7 @@ def _write_log(inst, batches=60, seed=3):
         expect.append(b"tail%d" % b)
     p.flush(durable=True, timeout=10)
     assert inst.log.stop_persister()
-    d = storage.partition_dir(inst.kwargs["data_dir"], "r", 0)
+    d = inst.log.partition_dir("r", 0)
     return d, expect
 
 
@@ -199,7 +199,7 @@ def test_missing_or_damaged_indexes_are_rebuilt(inst):
         p.send("ix", b"%08d" % i + b"y" * 92, partition=0)
     p.flush(durable=True, timeout=10)
     assert inst.log.stop_persister()
-    d = storage.partition_dir(inst.kwargs["data_dir"], "ix", 0)
+    d = inst.log.partition_dir("ix", 0)
     segs = storage.PartitionLog(d).segments
     assert len(segs) >= 3
     os.unlink(segs[0].path("index"))              # missing

@@ -18,13 +18,12 @@ EPILOG = """examples:
 """
 
 
-def _partitions(root: str):
-    for topic in sorted(os.listdir(root)):
-        tdir = os.path.join(root, topic)
-        if not os.path.isdir(tdir):
-            continue
-        for part in sorted(os.listdir(tdir), key=lambda x: int(x) if x.isdigit() else -1):
-            yield topic, part, os.path.join(tdir, part)
+def _partitions(data_dir: str):
+    """(topic, partition, path) of every partition directory; stray files are
+    skipped with a warning (storage.topic_dirs / partition_dirs), never fatal."""
+    for topic, _, tdir in storage.topic_dirs(data_dir):
+        for part, path in storage.partition_dirs(tdir):
+            yield topic, str(part), path
 
 
 def check_one(path: str, repair: bool) -> dict:
@@ -45,7 +44,7 @@ def cmd_check(args):
     root = os.path.join(data_dir, "topics")
     if not os.path.isdir(root):
         raise errors.InvalidArgument(f"{data_dir} has no topics/ directory: not a shmlog data dir")
-    parts = list(_partitions(root))
+    parts = list(_partitions(data_dir))
     report = []
     bar, task = common.progress(args, len(parts), "checking segments")
     with bar:

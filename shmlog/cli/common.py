@@ -27,6 +27,8 @@ EXIT_CODES = [
     ("InvalidArgument", 2),
     ("InvalidType", 2),
     ("UnknownGroup", 3),
+    ("UnknownInstance", 3),
+    ("InstanceConflict", 5),
     ("UnknownTopicOrPartition", 3),
     ("TopicExists", 4),
     ("GroupNotEmpty", 5),
@@ -45,8 +47,9 @@ EXIT_PROBLEMS_FOUND = 1      # check / doctor found something wrong
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit codes:
-  0 ok   1 error, or check/doctor found problems   2 bad usage or argument   3 no such topic/partition/group
-  4 already exists   5 busy (group has live members; supervisor already runs)   6 permission denied   7 timed out (retry)
+  0 ok   1 error, or check/doctor found problems   2 bad usage or argument   3 no such topic/partition/group/instance
+  4 already exists   5 busy (group has live members; supervisor already runs; the instance has another data dir)
+  6 permission denied   7 timed out (retry)
   8 damaged data or wrong layout   9 no space   10 not in this build   130 interrupted"""
 
 
@@ -97,10 +100,15 @@ def settings(args) -> config.Settings:
 
 
 def open_log(args, *, writes: bool = False):
-    """A connection. Read-only commands pass autostart=False so a CLI call never
-    leaves a daemon behind; commands that write data or topics may start one."""
+    """A connection. Commands that create topics or produce (writes=True) may
+    create the instance and start its supervisor. Every other command (list,
+    describe, status, consume, group list/describe/reset) attaches to a
+    running instance only (connect(create=False)): it never creates a data
+    dir or shared memory nor starts a daemon, and a mistyped or stopped
+    instance is UnknownInstance / InstanceNotRunning (exit 3) naming the data
+    dir it looked in."""
     return connect(instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix,
-                   autostart=writes)
+                   autostart=writes, create=writes)
 
 
 def to_builtins(obj):

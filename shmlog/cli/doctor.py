@@ -192,7 +192,7 @@ def check_segments(rep: Report, settings, live_tokens):
     if ctl in names:
         try:
             with common.connect(instance=settings.instance, data_dir=settings.data_dir,
-                                shm_prefix=settings.shm_prefix, autostart=False) as log:
+                                shm_prefix=settings.shm_prefix, autostart=False, create=False) as log:
                 for t in log.list_topics():
                     try:
                         h = log.topic_handle(t)

@@ -156,7 +156,7 @@ class DataPath:
         pl = self._plogs.get(key)
         if pl is None:
             pl = self._plogs[key] = storage.PartitionLog(
-                storage.partition_dir(self.log.settings.data_dir, h.name, partition))
+                storage.partition_dir(self.log.settings.data_dir, h.name, partition, h.topic_id))
         return pl
 
     def offsets(self, h, partition, fresh=False):
