@@ -81,7 +81,7 @@ class _Partition:
                 self.writer.roll(self.pos, self.offset)
             room = max(self.writer.segment_bytes - self.writer.active.size, 1)
             rc = lib.shm_persist_scan(base, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
-                                      self.writer.next_index_pos, self.rows, MAX_INDEX, self.out)
+                                      self.writer.scan_state(), self.rows, MAX_INDEX, self.out)
             if rc != lib.SHM_OK:
                 raise errors.CorruptRecord(f"{self.handle.name}[{self.partition}]: damaged frame in the "
                                            f"ring at position {self.pos}")
@@ -90,7 +90,7 @@ class _Partition:
                 return written
             n = out.end_pos - self.pos
             try:
-                self.writer.append(ffi.buffer(data + out.slot, n), self.rows, out.index_count)
+                self.writer.append(ffi.buffer(data + out.slot, n), self.rows, out.index_count, out.end_offset)
             except OSError as e:
                 self._fail(e)
                 return written

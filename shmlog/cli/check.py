@@ -36,7 +36,10 @@ def check_one(path: str, repair: bool) -> dict:
                 entry["repaired"] = f"truncated {rep.truncated_bytes} bytes at file position {rep.truncated_at}"
         except errors.CorruptRecord as e:
             entry["problems"].append(str(e))
-    entry["problems"] += [p for p in storage.check_partition(path) if p not in entry["problems"]]
+    problems, rebuilt = storage.check_partition(path, repair=repair)
+    entry["problems"] += [p for p in problems if p not in entry["problems"]]
+    if rebuilt:
+        entry["repaired"] = "; ".join(([entry["repaired"]] if entry["repaired"] else []) + rebuilt)
     return entry
 
 
