@@ -52,8 +52,9 @@ class _Partition:
         if self.pos < head:
             log.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
                       "records between are lost", handle.name, partition, self.pos, head)
+            lost = (self.pos, self.offset) if self.writer.plog.segments else None
             self.pos, self.offset = head, start
-            self.writer.roll(self.pos, self.offset)
+            self.writer.roll(self.pos, self.offset, lost_from=lost)
         self.writer.resume(self.pos, self.offset)
         persisted = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSISTED)
         if self.pos > persisted:

@@ -27,6 +27,7 @@ from ._native import ffi, lib
 log = logging.getLogger("shmlog.storage")
 
 INDEX_EVERY = 4096                 # one index row per this many bytes of log
+SEGMENT_FILES = ("log", "index", "timeindex", "lost")   # .lost: a loss the persister recorded (see roll)
 CHUNK = 8 << 20                    # bytes read at a time
 _PAIR = struct.Struct("<qq")
 XOR = lib.SHM_COMMIT_XOR
@@ -80,8 +81,11 @@ class SegmentGap(errors.CorruptRecord):
         self.before, self.after = before.path(), after.path()
         end_offset = _segment_end(before)[0].end_offset if end_offset is None else end_offset
         self.missing = (end_offset, after.base_offset)
+        self.recorded = after.lost() == (before.end_pos, end_offset)
+        why = ("records the persister found lost and recorded in " + after.path("lost")
+               if self.recorded else "segment files missing")
         super().__init__(
-            f"segment files missing: offsets {end_offset}..{after.base_offset - 1} (positions "
+            f"{why}: offsets {end_offset}..{after.base_offset - 1} (positions "
             f"{before.end_pos}..{after.base_pos - 1}) between {self.before} and {self.after}. "
             "Restore the missing file, or seek() past the hole; `shmlog check` lists every hole.")
 
@@ -139,6 +143,16 @@ class Segment:
         if len(r) and not (np.all(np.diff(r, axis=0) >= 0) and r[0, 1] >= self.base_offset):
             return None
         return r
+
+    def lost(self):
+        """(position, offset) where the log ended before this segment when the
+        persister had to start it after a loss (its .lost file), else None."""
+        try:
+            with open(self.path("lost"), "rb") as f:
+                data = f.read(16)
+        except FileNotFoundError:
+            return None
+        return _PAIR.unpack(data) if len(data) == 16 else None
 
     def max_timestamp(self):
         """The largest record timestamp of a rolled segment (its final time-index
@@ -348,7 +362,15 @@ class PartitionWriter:
         return a is None or a.size >= self.segment_bytes or \
             (a.size > 0 and (time.monotonic() - self.active_since) * 1000 >= self.segment_ms)
 
-    def roll(self, base_pos: int, base_offset: int):
+    def roll(self, base_pos: int, base_offset: int, lost_from=None):
+        """Starts the segment at (base_pos, base_offset). lost_from: (position,
+        offset) where the files end when the records between are gone (the ring
+        no longer holds them): written to <base>.lost before the segment exists,
+        so recovery knows the hole in the chain is a loss already reported, not
+        a file deleted since; readers still get SegmentGap there."""
+        if lost_from is not None:
+            write_atomically(Segment(self.plog.dir, base_offset, base_pos, 0, 0).path("lost"),
+                             _PAIR.pack(*lost_from))
         if self.active is not None and self.active.base_offset == base_offset:
             return                                   # nothing was written since the last roll
         if self.active is not None and self.active.size and self.end_offset is not None:
@@ -421,7 +443,7 @@ class PartitionWriter:
             too_big = retention_bytes is not None and total - s.size >= retention_bytes
             if not (too_old or too_big):
                 break
-            for ext in ("log", "index", "timeindex"):
+            for ext in SEGMENT_FILES:
                 try:
                     os.unlink(s.path(ext))
                 except FileNotFoundError:
@@ -497,34 +519,47 @@ def _scan(path: str, start_pos: int, file_from: int, expect_offset: int, every, 
             return out, allrows, size
 
 
-def _good_after(path: str, bad_pos: int, base_pos: int) -> int | None:
-    """The file position of an intact frame after the damaged one at bad_pos (a
-    frame that names its position and whose batch passes its CRC), or None.
-    Every 8-aligned position to the end is a candidate: a damaged length field
-    must not make recovery mistake intact frames for a torn tail."""
+def _good_after(path: str, bad_pos: int, base_pos: int):
+    """(file position, base position) of an intact frame after the damaged one
+    at bad_pos (a frame that names its position and passes its checks), or
+    None. Every 8-aligned position to the end is a candidate, read a chunk at a
+    time: a damaged length field must not make recovery take intact frames for
+    a torn tail. The base position (from the first frame's commit word) may be
+    the damage itself: bases that two or more later frame headers agree on are
+    tried as well."""
     size = os.path.getsize(path)
-    start = bad_pos - base_pos + 8
+    fpos0 = bad_pos - base_pos + 8
+    bases = None
     with open(path, "rb") as f:
-        f.seek(start)
-        tail = f.read()
-    words = np.frombuffer(tail, "<u8", len(tail) // 8)
-    want = (np.arange(len(words), dtype=np.uint64) * np.uint64(8) + np.uint64(bad_pos + 8)) ^ np.uint64(XOR)
-    with open(path, "rb") as f:
-        for k in np.nonzero(words == want)[0][:4096]:
-            fpos = start + int(k) * 8
-            head = tail[int(k) * 8:int(k) * 8 + 16]
-            if len(head) < 16:
-                continue
-            length = int.from_bytes(head[8:12], "little")
-            kind = int.from_bytes(head[12:14], "little")
-            if length < 16 or fpos + length > size or kind not in (lib.SHM_FRAME_DATA, lib.SHM_FRAME_PAD,
-                                                                    lib.SHM_FRAME_GAP):
-                continue
-            f.seek(fpos)
-            frame = f.read(length)
-            if kind != lib.SHM_FRAME_DATA or lib.shm_batch_validate(frame[16:], length - 16) == lib.SHM_OK:
-                return fpos
+        while fpos0 < size:
+            f.seek(fpos0)
+            chunk = f.read(CHUNK)
+            words = np.frombuffer(chunk, "<u8", len(chunk) // 8)
+            implied = (words ^ np.uint64(XOR)) - (np.arange(len(words), dtype=np.uint64) * np.uint64(8) +
+                                                   np.uint64(fpos0))
+            if bases is None:
+                vals, counts = np.unique(implied, return_counts=True)
+                bases = [base_pos] + [int(v) for v in vals[counts >= 2] if int(v) != base_pos][:8]
+            for b in bases:
+                for k in np.nonzero(implied == np.uint64(b))[0][:4096]:
+                    fpos = fpos0 + int(k) * 8
+                    if _frame_ok(f, fpos, size):
+                        return fpos, b
+            fpos0 += len(chunk)
     return None
+
+
+def _frame_ok(f, fpos: int, size: int) -> bool:
+    """Does the frame header at file position fpos describe a whole frame that passes its checks?"""
+    f.seek(fpos)
+    head = f.read(16)
+    length, kind = int.from_bytes(head[8:12], "little"), int.from_bytes(head[12:14], "little")
+    if length < 16 or fpos + length > size or kind not in (lib.SHM_FRAME_DATA, lib.SHM_FRAME_PAD,
+                                                            lib.SHM_FRAME_GAP):
+        return False
+    f.seek(fpos)
+    frame = f.read(length)
+    return kind != lib.SHM_FRAME_DATA or lib.shm_batch_validate(frame[16:], length - 16) == lib.SHM_OK
 
 
 def _start_row(s: Segment):
@@ -560,7 +595,11 @@ def _check_end(s: Segment, out, size):
     """Raises CorruptSegment when the scan stopped before the end of the file
     and an intact frame follows the damage; returns the good length."""
     good_end = out.end_pos - s.base_pos
-    if good_end < size and _good_after(s.path(), out.end_pos, s.base_pos) is not None:
+    found = _good_after(s.path(), out.end_pos, s.base_pos) if good_end < size else None
+    if found is not None and found[1] != s.base_pos:
+        raise CorruptSegment(s.path(), 0, f"the first frame names position {s.base_pos}, the frames "
+                                          f"after it say the segment starts at {found[1]}")
+    if found is not None:
         raise CorruptSegment(s.path(), good_end, _WHY.get(out.stop_reason, "unreadable"))
     return good_end
 
@@ -578,7 +617,7 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
     while segs and segs[-1].size == 0 and len(segs) > 1:          # empty trailing segment
         s = segs.pop()
         if repair:
-            for ext in ("log", "index", "timeindex"):
+            for ext in SEGMENT_FILES:
                 try:
                     os.unlink(s.path(ext))
                 except FileNotFoundError:
@@ -594,7 +633,8 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
             _check_end(s, out, s.size)
             raise CorruptSegment(s.path(), out.end_pos - s.base_pos,
                                  f"{_WHY.get(out.stop_reason, 'unreadable')} in a rolled segment")
-        if out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset:
+        if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and \
+                nxt.lost() != (out.end_pos, out.end_offset):
             raise SegmentGap(s, nxt, out.end_offset)
         t = s.rows("timeindex")
         complete = len(t) and t[-1, 0] == out.max_timestamp and t[-1, 1] == out.end_offset

@@ -205,6 +205,19 @@ def test_a_missing_middle_segment_is_an_error_not_a_stall(inst):
     assert f"offsets {gone.base_offset}..{segs[2].base_offset - 1}" in msg
     assert [m.offset for m in got] == list(range(gone.base_offset))
     c.close()
+    # the Kafka listener's fetch answers CORRUPT_MESSAGE at the hole (not a dropped connection)
+    from shmlog.kafka import codes
+    from shmlog.kafka.data import DataPath, FetchCursor
+    dp, fc, h = DataPath(inst.log), FetchCursor(), inst.log.topic_handle("g")
+    off, seen = 0, []
+    for _ in range(200):
+        code, data = dp.read(fc, h, 0, off, 1 << 16)
+        seen.append(code)
+        if code != codes.NONE or not data:
+            break
+        off = fc.next_offset
+    assert seen[-1] == codes.CORRUPT_MESSAGE and off == gone.base_offset
+    assert dp.read(FetchCursor(), h, 0, gone.base_offset + 3, 1 << 16)[0] == codes.CORRUPT_MESSAGE
     # a seek into the missing range says the same
     c = inst.log.consumer(auto_offset_reset="none")
     c.assign([("g", 0, gone.base_offset + 3)])
@@ -223,6 +236,33 @@ def test_a_missing_middle_segment_is_an_error_not_a_stall(inst):
     assert r.returncode == 1
     problems = " ".join(p for e in json.loads(r.stdout)["partitions"] for p in e["problems"])
     assert "missing" in problems and segs[2].path() in problems
+
+
+def test_a_loss_the_persister_recorded_does_not_refuse_the_next_restart(inst):
+    """Files that end below the ring's head (the last segment lost while the ring
+    lived): the persister starts a segment at the ring's head and records the
+    hole in <base>.lost; a reboot accepts that hole, readers are still told."""
+    segs = _three_segments(inst)
+    assert inst.log.stop_persister()
+    for s in segs[-2:]:                                # more than the ring still holds
+        for ext in ("log", "index", "timeindex"):
+            os.unlink(s.path(ext))
+    inst.log.ensure_persister()
+    p = inst.log.producer()
+    p.send("g", b"after", partition=0)
+    p.flush(durable=True, timeout=10)
+    after = _segments(inst, "g")
+    assert after[-1].lost() == (segs[-3].end_pos, segs[-2].base_offset)
+    assert inst.log.stop_persister()
+    inst.log.close()
+    inst.drop_shared_memory()
+    inst.log = inst.connect()                          # accepted: a loss already reported
+    c = inst.log.consumer(auto_offset_reset="none")
+    c.assign([("g", 0, segs[-2].base_offset - 1)])
+    assert c.poll(timeout=2).offset == segs[-2].base_offset - 1
+    with pytest.raises(errors.CorruptRecord, match="recorded"):
+        c.poll_batch(100, timeout=1)
+    c.close()
 
 
 def _damage_row(seg, row, offset_delta=0, pos_delta=0):
