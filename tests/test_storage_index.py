@@ -336,3 +336,30 @@ def test_check_reads_index_and_time_index_files(inst):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout
     assert "rebuilt" in r.stdout
+
+
+def test_a_damaged_length_in_the_tail_is_refused_not_truncated(inst):
+    """A frame whose length field now runs past the end of the file, with intact
+    frames after it, looked like a torn tail: recovery truncated the intact
+    frames silently (found by tests/test_segment_fuzz.py)."""
+    _three_segments(inst, n=1200)
+    p = inst.log.producer()
+    for i in range(60):                                # until intact frames follow the last row's
+        last = _segments(inst, "g")[-1]
+        fpos = last.index()[-1][1] - last.base_pos     # recovery scans from this frame
+        if last.size - fpos > 1000:
+            break
+        p.send("g", b"more%04d" % i + b"y" * 92, partition=0)
+        p.flush(durable=True, timeout=10)
+    assert inst.log.stop_persister()
+    size = os.path.getsize(last.path())
+    assert size - fpos > 1000, "intact frames follow it"
+    with open(last.path(), "r+b") as f:
+        f.seek(fpos + 10)                              # the length's third byte: +64 KiB
+        b = f.read(1)
+        f.seek(fpos + 10)
+        f.write(bytes([b[0] ^ 0x01]))
+    with pytest.raises(errors.CorruptRecord) as ei:
+        storage.recover_partition(last.dir)
+    assert last.path() in str(ei.value) and f"file position {fpos}" in str(ei.value)
+    assert os.path.getsize(last.path()) == size
