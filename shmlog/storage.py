@@ -1,12 +1,16 @@
 """storage.py — a partition's log on disk: segment files and their indexes.
 
 Owns: the layout <data_dir>/topics/<topic>/<partition>/<base-offset>.log
-(+ .index: (offset, position) int64 pairs; + .timeindex: (max timestamp,
-offset) pairs), appending runs of frames (persister only), rolling,
-recovery of the last segment's tail, retention, and positioned reads.
-Must never: re-encode a frame (the file bytes are the ring bytes), or skip
-corruption silently: a torn tail is truncated and reported, a bad frame
-followed by good ones is refused with the file and position.
+(+ .index: (offset, position) int64 pairs; + .timeindex: (T, offset) pairs,
+T the largest timestamp of the segment's records below offset, monotonic;
++ .lost after a loss the persister recorded), appending runs of frames
+(persister only), rolling, recovery (the chain of segments, their indexes,
+the last segment's tail), retention by size and by a segment's largest
+timestamp, positioned reads, time lookups and the offline check.
+Must never: re-encode a frame (the file bytes are the ring bytes), trust an
+index row it has not checked against the frame it names, or skip corruption
+silently: a torn tail is truncated and reported, a bad frame followed by
+good ones and a hole in the segment chain are refused with file and position.
 
 A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
