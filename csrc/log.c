@@ -28,27 +28,47 @@
 
 /* ------------------------------------------------------------ persister */
 
+/* Index rows. Invariant (what readers and retention rely on): a row
+ * (O, position, T) names a frame that starts at `position` and carries first
+ * offset O, and T is the largest batch timestamp of every record of the
+ * segment below O; rows are in increasing position, O and T never decrease.
+ * T is carried across copy runs and recovery chunks in shm_index_state, so
+ * it is the segment's maximum so far, never one run's (issue 11, defect 5:
+ * a row holding one run's maximum let retention delete fresh records and
+ * offsets_for_times start past the answer). A crash between two runs loses
+ * nothing: the state is in the persister's memory and recovery recomputes it
+ * from the last verified row (its T) and the frames after it. */
 static void index_row(int64_t *rows, uint32_t *n, uint32_t max, int64_t offset, uint64_t pos,
-                      int64_t ts, uint64_t every, uint64_t *next_index_pos)
+                      int64_t ts, uint64_t every, struct shm_index_state *ix)
 {
-    if (pos < *next_index_pos || *n >= max)
+    if (pos < ix->next_pos || *n >= max)
         return;
     int64_t *r = rows + (uint64_t)(*n)++ * SHM_INDEX_FIELDS;
     r[0] = offset;
     r[1] = (int64_t)pos;
     r[2] = ts;
-    *next_index_pos = pos + every;
+    ix->next_pos = pos + every;
+}
+
+/* a DATA frame raises the segment's maximum after its row is written */
+static void note_timestamp(const struct shm_frame_header *fh, struct shm_index_state *ix)
+{
+    if (fh->kind != SHM_FRAME_DATA)
+        return;
+    int64_t ts = shm_batch_max_timestamp((const uint8_t *)(fh + 1));
+    if (ts > ix->max_timestamp)
+        ix->max_timestamp = ts;
 }
 
 int shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset, uint64_t max_bytes,
-                     uint64_t index_every, uint64_t *next_index_pos, int64_t *index_rows,
+                     uint64_t index_every, struct shm_index_state *ix, int64_t *index_rows,
                      uint32_t max_index, struct shm_persist_out *out)
 {
     const struct shm_ring_header *h = HDR(base);
     uint64_t p = from_pos, lap_end = from_pos + room_of(h, from_pos);
     /* acquire: frames below the tail we read are reserved; commits checked per frame */
     uint64_t tail = shm_load_acquire(&h->tail_pos);
-    int64_t off = from_offset, maxts = -1;
+    int64_t off = from_offset;
     out->frames = out->index_count = 0;
     out->slot = slot_of(h, from_pos);
     while (p < tail && p < lap_end) {
@@ -66,14 +86,9 @@ int shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset, u
         if (next - from_pos > max_bytes && out->frames > 0)
             break;
         if (fh->kind != SHM_FRAME_PAD) {
-            int64_t first = frame_first_offset(fh, off);
-            if (fh->kind == SHM_FRAME_DATA) {
-                int64_t ts = shm_batch_max_timestamp((const uint8_t *)(fh + 1));
-                if (ts > maxts)
-                    maxts = ts;
-            }
-            index_row(index_rows, &out->index_count, max_index, first, p, maxts, index_every,
-                      next_index_pos);
+            index_row(index_rows, &out->index_count, max_index, frame_first_offset(fh, off), p,
+                      ix->max_timestamp, index_every, ix);
+            note_timestamp(fh, ix);
         }
         off = noff;
         p = next;
@@ -81,7 +96,7 @@ int shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset, u
     }
     out->end_pos = p;
     out->end_offset = off;
-    out->max_timestamp = maxts;
+    out->max_timestamp = ix->max_timestamp;
     return SHM_OK;
 }
 
@@ -327,8 +342,14 @@ corrupt:
 }
 
 /* From cur->pos (a frame start inside buf), moves cur to the frame holding
- * offset (or the first frame after it). SHM_OK: found; SHM_E_AGAIN: reached
- * the end of buf (cur->pos is where to continue); SHM_E_CORRUPT. */
+ * offset (or the first frame after it). Every frame walked must carry the
+ * offset that follows the one before it, the first one cur->expect_base
+ * (when >= 0: the offset of the index row the walk starts from), so a
+ * damaged index row or a damaged baseOffset (outside the CRC) is
+ * SHM_E_CORRUPT, never a seek that lands past the offset asked for. SHM_OK:
+ * found (cur->expect_base: the verified first offset of that frame);
+ * SHM_E_AGAIN: reached the end of buf (cur->pos is where to continue);
+ * SHM_E_CORRUPT (cur->pos: the bad frame). */
 int shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t offset,
                     struct shm_cursor *cur)
 {
@@ -341,14 +362,21 @@ int shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t 
         uint64_t next;
         int64_t noff;
         uint64_t room = len - (p - buf_pos);
-        if (fh->length > room)
+        if (shm_align8(fh->length) > room)
             return SHM_E_AGAIN;
         if (frame_next(fh, p, room, cur->next_offset, &next, &noff) != SHM_OK)
             return SHM_E_CORRUPT;
-        if (noff > offset) {
-            cur->next_offset = offset;
-            cur->expect_base = -1;
-            return SHM_OK;
+        if (fh->kind != SHM_FRAME_PAD) {
+            int64_t first = frame_first_offset(fh, cur->next_offset);
+            if ((cur->expect_base >= 0 && first != cur->expect_base) || noff < first ||
+                (fh->kind == SHM_FRAME_DATA && noff == first))
+                return SHM_E_CORRUPT;
+            if (noff > offset) {
+                cur->next_offset = offset;
+                cur->expect_base = first;
+                return SHM_OK;
+            }
+            cur->expect_base = noff;
         }
         cur->pos = next;
         cur->next_offset = noff;
@@ -360,11 +388,11 @@ int shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t 
  * follow the previous frame. Stops at the first frame that fails, and says
  * why; builds index rows on the way. */
 int shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t expect_offset,
-                        uint64_t index_every, uint64_t *next_index_pos, int64_t *index_rows,
+                        uint64_t index_every, struct shm_index_state *ix, int64_t *index_rows,
                         uint32_t max_index, uint32_t *index_count, struct shm_scan_out *out)
 {
     uint64_t p = buf_pos;
-    int64_t off = expect_offset, maxts = -1;
+    int64_t off = expect_offset;
     out->frames = 0;
     out->stop_reason = 0;
     out->bad_frame_len = 0;
@@ -395,23 +423,19 @@ int shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int6
             break;
         }
         const uint8_t *body = (const uint8_t *)(fh + 1);
-        if (fh->kind == SHM_FRAME_DATA) {
-            if (shm_batch_validate(body, fh->length - SHM_FRAME_HEADER_BYTES) != SHM_OK) {
-                out->stop_reason = 3;
-                break;
-            }
-            int64_t ts = shm_batch_max_timestamp(body);
-            if (ts > maxts)
-                maxts = ts;
+        if (fh->kind == SHM_FRAME_DATA &&
+            shm_batch_validate(body, fh->length - SHM_FRAME_HEADER_BYTES) != SHM_OK) {
+            out->stop_reason = 3;
+            break;
         }
         if (fh->kind != SHM_FRAME_PAD) {
             int64_t first = frame_first_offset(fh, off);
-            if (off >= 0 && first != off) {
+            if ((off >= 0 && first != off) || noff < first) {
                 out->stop_reason = 4;
                 break;
             }
-            index_row(index_rows, index_count, max_index, first, p, maxts, index_every,
-                      next_index_pos);
+            index_row(index_rows, index_count, max_index, first, p, ix->max_timestamp, index_every, ix);
+            note_timestamp(fh, ix);
         }
         off = noff;
         p = next;
@@ -420,6 +444,6 @@ int shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int6
     }
     out->end_pos = p;
     out->end_offset = off;
-    out->max_timestamp = maxts;
+    out->max_timestamp = ix->max_timestamp;
     return SHM_OK;
 }

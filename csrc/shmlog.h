@@ -558,13 +558,23 @@ struct shm_persist_out {
     uint64_t end_pos;          /* position after the last complete frame taken */
     uint64_t slot;             /* ring slot of the run's first byte */
     int64_t  end_offset;       /* next offset after the run */
-    int64_t  max_timestamp;    /* largest batch timestamp in the run, or -1 */
+    int64_t  max_timestamp;    /* largest batch timestamp of the segment so far, or -1 */
     uint32_t frames;
     uint32_t index_count;      /* index rows written */
 };
-#define SHM_INDEX_FIELDS 3     /* index row: offset, position, max timestamp so far */
+/* index row: offset O of a frame, its position, and the largest timestamp of
+ * the segment's records below O (-1: none). .index holds (O, position),
+ * .timeindex (timestamp, O); both are monotonic. */
+#define SHM_INDEX_FIELDS 3
+/* a segment's index-building state, carried from one scan (a copy run, a
+ * recovery chunk) to the next of the same segment, so the timestamp of a
+ * row covers the whole segment before it, not one run */
+struct shm_index_state {
+    uint64_t next_pos;         /* the next row goes at the first frame at or after this position */
+    int64_t  max_timestamp;    /* largest batch max timestamp of the segment so far, or -1 */
+};
 int      shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset,
-                          uint64_t max_bytes, uint64_t index_every, uint64_t *next_index_pos,
+                          uint64_t max_bytes, uint64_t index_every, struct shm_index_state *ix,
                           int64_t *index_rows, uint32_t max_index, struct shm_persist_out *out);
 void     shm_ring_publish_persisted(void *base, uint64_t pos);
 void     shm_ring_publish_fsynced(void *base, uint64_t pos, int32_t err);
@@ -582,14 +592,14 @@ int      shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int
 struct shm_scan_out {
     uint64_t end_pos;          /* position after the last valid frame */
     int64_t  end_offset;       /* next offset after it */
-    int64_t  max_timestamp;
+    int64_t  max_timestamp;    /* largest batch timestamp of the segment so far, or -1 */
     uint64_t frames;
     int32_t  stop_reason;      /* 0 end of data, 1 partial frame, 2 bad header, 3 bad CRC/body, 4 offset jump */
     uint32_t _pad;
     uint64_t bad_frame_len;    /* length field of the frame that stopped the scan (if its header was sane) */
 };
 int      shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t expect_offset,
-                             uint64_t index_every, uint64_t *next_index_pos, int64_t *index_rows,
+                             uint64_t index_every, struct shm_index_state *ix, int64_t *index_rows,
                              uint32_t max_index, uint32_t *index_count, struct shm_scan_out *out);
 
 /* ---------- control.c: control segment ---------- */

@@ -279,11 +279,10 @@ class Consumer:
         part = self._part(topic, partition)
         start = self._log_start(part)
         if part.plog is not None:
-            for seg in part.plog.segments:
-                below = [o for t, o in seg.time_index() if t < timestamp_ms]
-                if not below:
-                    break
-                start = max(start, below[-1])
+            part.plog.refresh()
+            found = part.plog.offset_before_time(timestamp_ms)     # a monotonic time index
+            if found is not None:
+                start = max(start, found)
         with Consumer(self._log, auto_offset_reset="earliest", check_crcs=bool(self._crc)) as tmp:
             tmp.assign([(topic, partition, start)])
             while True:

@@ -59,8 +59,9 @@ class _Partition:
         if self.pos < head:
             log.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
                       "records between are lost", handle.name, partition, self.pos, head)
+            lost = (self.pos, self.offset) if self.writer.plog.segments else None
             self.pos, self.offset = head, start
-            self.writer.roll(self.pos, self.offset)
+            self.writer.roll(self.pos, self.offset, lost_from=lost)
         self.writer.resume(self.pos, self.offset)
         persisted = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSISTED)
         if self.pos > persisted:
@@ -94,7 +95,7 @@ class _Partition:
                 return written
             room = max(self.writer.segment_bytes - self.writer.active.size, 1)
             rc = lib.shm_persist_scan(base, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
-                                      self.writer.next_index_pos, self.rows, MAX_INDEX, self.out)
+                                      self.writer.scan_state(), self.rows, MAX_INDEX, self.out)
             if rc != lib.SHM_OK:
                 raise errors.CorruptRecord(f"{self.handle.name}[{self.partition}]: damaged frame in the "
                                            f"ring at position {self.pos}")
@@ -103,7 +104,7 @@ class _Partition:
                 return written
             n = out.end_pos - self.pos
             try:
-                self.writer.append(ffi.buffer(data + out.slot, n), self.rows, out.index_count)
+                self.writer.append(ffi.buffer(data + out.slot, n), self.rows, out.index_count, out.end_offset)
             except OSError as e:
                 self._fail(e)
                 return written

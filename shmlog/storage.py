@@ -1,12 +1,16 @@
 """storage.py — a partition's log on disk: segment files and their indexes.
 
 Owns: the layout <data_dir>/topics/<topic>/<partition>/<base-offset>.log
-(+ .index: (offset, position) int64 pairs; + .timeindex: (max timestamp,
-offset) pairs), appending runs of frames (persister only), rolling,
-recovery of the last segment's tail, retention, and positioned reads.
-Must never: re-encode a frame (the file bytes are the ring bytes), or skip
-corruption silently: a torn tail is truncated and reported, a bad frame
-followed by good ones is refused with the file and position.
+(+ .index: (offset, position) int64 pairs; + .timeindex: (T, offset) pairs,
+T the largest timestamp of the segment's records below offset, monotonic;
++ .lost after a loss the persister recorded), appending runs of frames
+(persister only), rolling, recovery (the chain of segments, their indexes,
+the last segment's tail), retention by size and by a segment's largest
+timestamp, positioned reads, time lookups and the offline check.
+Must never: re-encode a frame (the file bytes are the ring bytes), trust an
+index row it has not checked against the frame it names, or skip corruption
+silently: a torn tail is truncated and reported, a bad frame followed by
+good ones and a hole in the segment chain are refused with file and position.
 
 A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
@@ -19,12 +23,15 @@ import shutil
 import struct
 import time
 
+import numpy as np
+
 from . import errors
 from ._native import ffi, lib
 
 log = logging.getLogger("shmlog.storage")
 
 INDEX_EVERY = 4096                 # one index row per this many bytes of log
+SEGMENT_FILES = ("log", "index", "timeindex", "lost")   # .lost: a loss the persister recorded (see roll)
 CHUNK = 8 << 20                    # bytes read at a time
 _PAIR = struct.Struct("<qq")
 XOR = lib.SHM_COMMIT_XOR
@@ -208,6 +215,24 @@ class CorruptSegment(errors.CorruptRecord):
                          "restore the file or truncate it at that position yourself.")
 
 
+class SegmentGap(errors.CorruptRecord):
+    """The segment chain has a hole: a segment file does not start where the
+    one before it ends (a file was deleted or lost). Kafka refuses such a log;
+    so do recovery and every reader that reaches the hole (never a stall)."""
+
+    def __init__(self, before, after, end_offset=None):
+        self.before, self.after = before.path(), after.path()
+        end_offset = _segment_end(before)[0].end_offset if end_offset is None else end_offset
+        self.missing = (end_offset, after.base_offset)
+        self.recorded = after.lost() == (before.end_pos, end_offset)
+        why = ("records the persister found lost and recorded in " + after.path("lost")
+               if self.recorded else "segment files missing")
+        super().__init__(
+            f"{why}: offsets {end_offset}..{after.base_offset - 1} (positions "
+            f"{before.end_pos}..{after.base_pos - 1}) between {self.before} and {self.after}. "
+            "Restore the missing file, or seek() past the hole; `shmlog check` lists every hole.")
+
+
 class Segment:
     __slots__ = ("dir", "base_offset", "base_pos", "size", "mtime")
 
@@ -223,20 +248,60 @@ class Segment:
 
     def index(self) -> list[tuple[int, int]]:
         """(offset, position) rows"""
-        return _read_pairs(self.path("index"))
+        return [tuple(r) for r in self.rows("index").tolist()]
 
     def time_index(self) -> list[tuple[int, int]]:
-        """(max timestamp so far, offset) rows"""
-        return _read_pairs(self.path("timeindex"))
+        """(largest timestamp of the records below offset, offset) rows"""
+        return [tuple(r) for r in self.rows("timeindex").tolist()]
 
+    def rows(self, ext) -> np.ndarray:
+        """The pairs of an index file as an (n, 2) int64 array (a torn last row dropped)."""
+        try:
+            with open(self.path(ext), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        return np.frombuffer(data, "<i8", (len(data) // 16) * 2).reshape(-1, 2)
 
-def _read_pairs(path: str) -> list[tuple[int, int]]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    return [_PAIR.unpack_from(data, i) for i in range(0, len(data) - len(data) % 16, 16)]
+    def index_rows(self):
+        """The .index rows if they are plausible (positions increasing inside the
+        file, offsets not decreasing, none below the base), else None. A reader
+        still verifies the row it starts from against the frame it names."""
+        r = self.rows("index")
+        if not len(r):
+            return r
+        try:
+            end = self.base_pos + os.path.getsize(self.path())    # after the rows: they name written frames
+        except FileNotFoundError:
+            end = self.end_pos
+        if not (np.all(np.diff(r[:, 1]) > 0) and np.all(np.diff(r[:, 0]) >= 0) and
+                r[0, 0] >= self.base_offset and r[0, 1] >= self.base_pos and r[-1, 1] < end):
+            return None
+        return r
+
+    def time_rows(self):
+        """The .timeindex rows (timestamp, offset) if both columns are monotonic and
+        no offset is below the base, else None."""
+        r = self.rows("timeindex")
+        if len(r) and not (np.all(np.diff(r, axis=0) >= 0) and r[0, 1] >= self.base_offset):
+            return None
+        return r
+
+    def lost(self):
+        """(position, offset) where the log ended before this segment when the
+        persister had to start it after a loss (its .lost file), else None."""
+        try:
+            with open(self.path("lost"), "rb") as f:
+                data = f.read(16)
+        except FileNotFoundError:
+            return None
+        return _PAIR.unpack(data) if len(data) == 16 else None
+
+    def max_timestamp(self):
+        """The largest record timestamp of a rolled segment (its final time-index
+        row); Kafka's fallback when it has none: the file's modification time."""
+        r = self.time_rows()
+        return int(r[-1, 0]) if r is not None and len(r) and r[-1, 0] >= 0 else int(self.mtime * 1000)
 
 
 def segment_base(name: str):
@@ -258,6 +323,7 @@ class PartitionLog:
     def __init__(self, path: str):
         self.dir = path
         self.segments: list[Segment] = []
+        self.warned = set()
         self.refresh()
 
     def refresh(self):
@@ -268,7 +334,7 @@ class PartitionLog:
             names = []
         for n in names:
             if segment_base(n) is None:
-                if not n.endswith((".index", ".timeindex")) and n != PARTITION_METADATA and ".tmp." not in n:
+                if not n.endswith((".index", ".timeindex", ".lost")) and n != PARTITION_METADATA and ".tmp." not in n:
                     log.warning("%s: not a segment file; ignored", os.path.join(self.dir, n))
                 continue
             p = os.path.join(self.dir, n)
@@ -278,8 +344,8 @@ class PartitionLog:
             except FileNotFoundError:
                 continue                              # deleted by retention meanwhile
             if base_pos is None:
-                idx = Segment(self.dir, int(n[:20]), 0, 0, st.st_mtime).index()
-                base_pos = idx[0][1] if idx else None
+                idx = Segment(self.dir, int(n[:20]), 0, 0, st.st_mtime).rows("index")
+                base_pos = int(idx[0, 1]) if len(idx) else None
             if base_pos is None:
                 continue
             segs.append(Segment(self.dir, int(n[:20]), base_pos, st.st_size, st.st_mtime))
@@ -292,8 +358,16 @@ class PartitionLog:
         return self.segments[0].base_offset if self.segments else None
 
     def segment_for_pos(self, pos: int):
+        """The segment holding position pos (the last one when pos is past its end).
+        Raises SegmentGap when pos lies in a hole of the chain: a reader reaching
+        it gets an error naming the missing range, not a silent stall."""
         i = bisect.bisect_right([s.base_pos for s in self.segments], pos) - 1
-        return self.segments[i] if i >= 0 else None
+        if i < 0:
+            return None
+        s = self.segments[i]
+        if pos >= s.end_pos and i + 1 < len(self.segments):
+            raise SegmentGap(s, self.segments[i + 1])
+        return s
 
     def segment_for_offset(self, offset: int):
         i = bisect.bisect_right([s.base_offset for s in self.segments], offset) - 1
@@ -308,23 +382,43 @@ class PartitionLog:
             os.close(fd)
         return n
 
+    def _warn(self, seg, what):
+        if (seg.path(), what) not in self.warned:
+            self.warned.add((seg.path(), what))
+            log.warning("%s: %s; reading from the segment start instead (`shmlog check --repair` "
+                        "rebuilds it)", seg.path("index"), what)
+
     def seek(self, offset: int, buf, cap: int, cur) -> bool:
         """Positions cursor cur at offset (or the first frame after it); False when
-        offset is below the log start."""
+        offset is below the log start. The index row it starts from is only a
+        hint: the walk checks that the frame there carries the row's offset and
+        that every frame continues the one before (shm_frames_seek), so a damaged
+        row costs a scan from the segment start, never a skipped record."""
         seg = self.segment_for_offset(offset)
         if seg is None:
             return False
-        idx = seg.index()
-        j = bisect.bisect_right([o for o, _ in idx], offset) - 1
-        cur.pos = idx[j][1] if j >= 0 else seg.base_pos
-        cur.next_offset = idx[j][0] if j >= 0 else seg.base_offset
+        idx = seg.index_rows()
+        if idx is None:
+            self._warn(seg, "the index is damaged (rows out of order or outside the file)")
+            idx = np.empty((0, 2), np.int64)
+        j = int(np.searchsorted(idx[:, 0], offset, "right")) - 1
+        from_row = j >= 0
+        cur.pos, cur.next_offset = (int(idx[j, 1]), int(idx[j, 0])) if from_row else (seg.base_pos, seg.base_offset)
+        cur.expect_base = cur.next_offset
         while True:
             n = self.read(seg, cur.pos, buf, cap)
+            before = cur.pos
             rc = lib.shm_frames_seek(buf, n, cur.pos, offset, cur)
             if rc == lib.SHM_OK:
                 cur.next_offset = offset
                 return True
             if rc == lib.SHM_E_CORRUPT:
+                if from_row:
+                    self._warn(seg, f"index row {j} (file position {j * 16}) does not match the log")
+                    from_row = False
+                    cur.pos = seg.base_pos
+                    cur.next_offset = cur.expect_base = seg.base_offset
+                    continue
                 raise errors.CorruptRecord(f"{seg.path()}: damaged frame at file position "
                                            f"{cur.pos - seg.base_pos} while seeking offset {offset}")
             if cur.pos >= seg.end_pos:               # offset is past this segment
@@ -332,13 +426,49 @@ class PartitionLog:
                 if nxt is None or nxt is seg:
                     cur.next_offset = offset
                     return True
-                seg = nxt
+                seg, from_row = nxt, False
+            elif cur.pos == before and n == cap:     # a frame larger than the buffer
+                cap *= 2
+                buf = ffi.new("uint8_t[]", cap)
+            elif cur.pos == before:                  # a frame that ends past the file's end
+                if seg is not self.segments[-1]:
+                    raise errors.CorruptRecord(f"{seg.path()}: torn frame at file position "
+                                               f"{cur.pos - seg.base_pos} while seeking offset {offset}")
+                cur.next_offset = offset             # being written: the reader waits there
+                return True
+
+    def offset_before_time(self, timestamp_ms: int):
+        """An offset at or below the earliest record whose timestamp is >=
+        timestamp_ms (Kafka's offsetsForTimes), to read forward from; None without
+        segments. A time-index row (T, O) says every record below O is at most
+        T, so the answer is at or after the last row with T < timestamp_ms; a
+        rolled segment whose final row (its max, its end) is below the target is
+        passed whole."""
+        segs = self.segments
+        for i, s in enumerate(segs):
+            t = s.time_rows()
+            if t is None:
+                return s.base_offset                 # damaged: scan this segment whole
+            below = int(np.searchsorted(t[:, 0], timestamp_ms, "left"))
+            final = i + 1 < len(segs) and len(t) and t[-1, 1] == segs[i + 1].base_offset
+            if final and below == len(t):
+                continue
+            return int(t[below - 1, 1]) if below else s.base_offset
+        return None
 
 
 # ------------------------------------------------------------ writer (the persister's)
 
 class PartitionWriter:
     """Appends runs of frames to the active segment, rolls, keeps indexes.
+
+    Time index invariant (see log.c, index_row): a row (T, O) holds the largest
+    timestamp of the segment's records below offset O; rows are appended as the
+    C scan emits them (T carried across copy runs in self.ix), and a roll
+    appends the final row (segment max, segment end offset) and fsyncs it before
+    the next segment exists. Crash at each step: before the final row is
+    durable the old segment is still the last one, and recovery recomputes its
+    rows and final row from the frames; after it, the final row is on disk.
 
     It holds its partition directory open (dfd) and creates every file
     relative to it, after checking at open that the directory is this topic
@@ -360,7 +490,10 @@ class PartitionWriter:
         self.fd = self.ifd = self.tfd = None
         self.active: Segment | None = None
         self.active_since = time.monotonic()
-        self.next_index_pos = ffi.new("uint64_t *")
+        self.ix = ffi.new("struct shm_index_state *")          # committed: what the files hold
+        self.ix_scan = ffi.new("struct shm_index_state *")     # a copy run's, committed by append
+        self.ix.max_timestamp = -1
+        self.end_offset = None
         self.dirty = False
 
     def _open(self, seg: Segment):
@@ -373,31 +506,51 @@ class PartitionWriter:
         self.active_since = time.monotonic()
 
     def resume(self, end_pos: int, end_offset: int):
-        """Continue after recovery: the last segment is the active one."""
+        """Continue after recovery: the last segment is the active one; its index
+        state comes from the rows recovery wrote (the last one is its final row)."""
         segs = self.plog.segments
         if segs:
             self._open(segs[-1])
-            idx = segs[-1].index()
-            self.next_index_pos[0] = (idx[-1][1] + INDEX_EVERY) if idx else segs[-1].base_pos
+            idx, t = segs[-1].rows("index"), segs[-1].rows("timeindex")
+            self.ix.next_pos = (int(idx[-1, 1]) + INDEX_EVERY) if len(idx) else segs[-1].base_pos
+            self.ix.max_timestamp = int(t[-1, 0]) if len(t) else -1
         self.end_pos, self.end_offset = end_pos, end_offset
+
+    def scan_state(self):
+        """The index state a copy run scans with: a copy of the committed one."""
+        ffi.memmove(self.ix_scan, self.ix, ffi.sizeof("struct shm_index_state"))
+        return self.ix_scan
 
     def roll_needed(self) -> bool:
         a = self.active
         return a is None or a.size >= self.segment_bytes or \
             (a.size > 0 and (time.monotonic() - self.active_since) * 1000 >= self.segment_ms)
 
-    def roll(self, base_pos: int, base_offset: int):
+    def roll(self, base_pos: int, base_offset: int, lost_from=None):
+        """Starts the segment at (base_pos, base_offset). lost_from: (position,
+        offset) where the files end when the records between are gone (the ring
+        no longer holds them): written to <base>.lost before the segment exists,
+        so recovery knows the hole in the chain is a loss already reported, not
+        a file deleted since; readers still get SegmentGap there."""
+        if lost_from is not None:
+            write_atomically(Segment(self.plog.dir, base_offset, base_pos, 0, 0).path("lost"),
+                             _PAIR.pack(*lost_from))
         if self.active is not None and self.active.base_offset == base_offset:
             return                                   # nothing was written since the last roll
+        if self.active is not None and self.active.size and self.end_offset is not None:
+            os.write(self.tfd, _PAIR.pack(self.ix.max_timestamp, self.end_offset))   # final row
+            self.dirty = True
         self.fsync()                                 # fsynced_pos may pass the old segment only once it is synced
         seg = Segment(self.plog.dir, base_offset, base_pos, 0, time.time())
         self._open(seg)
         self.plog.segments.append(seg)
-        self.next_index_pos[0] = base_pos
+        self.ix.next_pos, self.ix.max_timestamp = base_pos, -1
+        self.end_offset = base_offset
         os.fsync(self.dfd)
 
-    def append(self, data, index_rows, nrows: int):
-        """Writes data (ring bytes of complete frames) and the index rows; all or nothing."""
+    def append(self, data, index_rows, nrows: int, end_offset: int):
+        """Writes data (ring bytes of complete frames, scanned with scan_state())
+        and the index rows; all or nothing. end_offset: the offset after them."""
         a = self.active
         done = 0
         try:
@@ -410,9 +563,11 @@ class PartitionWriter:
         lib.shm_start_writeback(self.fd, a.size, done)   # writeback now, in the background
         a.size += done
         if nrows:
-            rows = ffi.unpack(index_rows, nrows * lib.SHM_INDEX_FIELDS)
-            os.write(self.ifd, b"".join(_PAIR.pack(rows[i], rows[i + 1]) for i in range(0, len(rows), 3)))
-            os.write(self.tfd, b"".join(_PAIR.pack(rows[i + 2], rows[i]) for i in range(0, len(rows), 3)))
+            rows = np.frombuffer(ffi.buffer(index_rows, nrows * 24), "<i8").reshape(-1, 3)
+            os.write(self.ifd, rows[:, [0, 1]].tobytes())
+            os.write(self.tfd, rows[:, [2, 0]].tobytes())
+        ffi.memmove(self.ix, self.ix_scan, ffi.sizeof("struct shm_index_state"))
+        self.end_offset = end_offset
         self.dirty = True
 
     def fsync(self):
@@ -445,20 +600,20 @@ class PartitionWriter:
     # ------------------------------------------------------------ retention
 
     def enforce_retention(self, retention_ms, retention_bytes) -> int:
-        """Deletes whole non-active segments past the limits; returns how many."""
+        """Deletes whole non-active segments past the limits; returns how many.
+        By time, a segment goes once its largest record timestamp (its final
+        time-index row, as Kafka's largestTimestamp) is older than retention_ms."""
         segs = self.plog.segments
         total = sum(s.size for s in segs)
         now = time.time()
         dropped = 0
         while len(segs) > 1:
             s = segs[0]
-            ts = s.time_index()
-            newest_ms = ts[-1][0] if ts else s.mtime * 1000
-            too_old = retention_ms is not None and newest_ms < now * 1000 - retention_ms
+            too_old = retention_ms is not None and s.max_timestamp() < now * 1000 - retention_ms
             too_big = retention_bytes is not None and total - s.size >= retention_bytes
             if not (too_old or too_big):
                 break
-            for ext in ("log", "index", "timeindex"):
+            for ext in SEGMENT_FILES:
                 try:
                     os.unlink(s.path(ext))
                 except FileNotFoundError:
@@ -486,16 +641,27 @@ class RecoveryReport:
                 f"truncated_bytes={self.truncated_bytes}, rebuilt_index={self.rebuilt_index})")
 
 
-def _scan(path: str, start_pos: int, file_from: int, expect_offset: int, build_index: bool):
-    """Validates frames of path from file position file_from; returns (scan_out, rows)."""
+_WHY = {1: "torn frame at the end", 2: "bad frame header", 3: "CRC or body check failed",
+        4: "offset discontinuity"}
+
+
+def _scan(path: str, start_pos: int, file_from: int, expect_offset: int, every, max_ts: int = -1,
+          on_rows=None):
+    """Validates frames of path from file position file_from (position start_pos,
+    offset expect_offset), with max_ts the segment's largest timestamp below it.
+    Index rows every `every` bytes (1: every frame; None: none) go to on_rows as
+    (n, 3) arrays, else are returned concatenated. Returns (scan_out, rows, size);
+    memory stays within two chunks whatever the file holds."""
     out = ffi.new("struct shm_scan_out *")
-    nip = ffi.new("uint64_t *", start_pos)
-    rows_all = []
+    ix = ffi.new("struct shm_index_state *", {"next_pos": start_pos if every else 1 << 63,
+                                              "max_timestamp": max_ts})
+    chunks = []
     size = os.path.getsize(path)
-    buf_cap = max(CHUNK, 1)
+    buf_cap = min(CHUNK, max(size - file_from + 7, 64) & ~7)       # small segments, small buffers
     buf = ffi.new("uint8_t[]", buf_cap)
     pos, off, fpos = start_pos, expect_offset, file_from
-    maxrows = buf_cap // INDEX_EVERY + 2
+    step = every or INDEX_EVERY
+    maxrows = buf_cap // max(step, 32) + 2
     rows = ffi.new("int64_t[]", maxrows * lib.SHM_INDEX_FIELDS)
     cnt = ffi.new("uint32_t *")
     with open(path, "rb", buffering=0) as f:
@@ -503,58 +669,125 @@ def _scan(path: str, start_pos: int, file_from: int, expect_offset: int, build_i
             f.seek(fpos)
             n = f.readinto(ffi.buffer(buf, buf_cap))
             cnt[0] = 0
-            lib.shm_frames_validate(buf, n, pos, off, INDEX_EVERY if build_index else 1 << 62, nip, rows,
-                                    maxrows, cnt, out)
-            if build_index and cnt[0]:
-                rows_all += ffi.unpack(rows, cnt[0] * lib.SHM_INDEX_FIELDS)
+            lib.shm_frames_validate(buf, n, pos, off, step, ix, rows, maxrows, cnt, out)
+            if every and cnt[0]:
+                a = np.frombuffer(ffi.buffer(rows, cnt[0] * 24), "<i8").reshape(-1, 3).copy()
+                (on_rows or chunks.append)(a)
             consumed = out.end_pos - pos
             pos, off, fpos = out.end_pos, out.end_offset, fpos + consumed
             if out.stop_reason == 1 and fpos + buf_cap <= size and consumed == 0:
                 buf_cap *= 2                          # a frame larger than the chunk
                 buf = ffi.new("uint8_t[]", buf_cap)
+                maxrows = buf_cap // max(step, 32) + 2
+                rows = ffi.new("int64_t[]", maxrows * lib.SHM_INDEX_FIELDS)
                 continue
             if out.stop_reason == 1 and fpos < size and consumed > 0:
                 continue                              # chunk boundary, not the file's end
             if out.stop_reason == 0 and fpos < size:
                 continue
-            return out, rows_all, size
+            allrows = np.concatenate(chunks) if chunks else np.empty((0, 3), np.int64)
+            return out, allrows, size
 
 
-def _good_after(path: str, bad_pos: int, base_pos: int, bad_len: int, index) -> bool:
-    """Is there an intact frame after the damaged one at bad_pos?"""
-    candidates = []
-    if bad_len:
-        candidates.append(bad_pos + ((bad_len + 7) & ~7))
-    candidates += [p for _, p in index if p > bad_pos]
+def _good_after(path: str, bad_pos: int, base_pos: int):
+    """(file position, base position) of an intact frame after the damaged one
+    at bad_pos (a frame that names its position and passes its checks), or
+    None. Every 8-aligned position to the end is a candidate, read a chunk at a
+    time: a damaged length field must not make recovery take intact frames for
+    a torn tail. The base position (from the first frame's commit word) may be
+    the damage itself: bases that two or more later frame headers agree on are
+    tried as well."""
     size = os.path.getsize(path)
+    fpos0 = bad_pos - base_pos + 8
+    bases = None
     with open(path, "rb") as f:
-        for p in candidates[:64]:
-            f.seek(p - base_pos)
-            head = f.read(16)
-            if len(head) < 16 or int.from_bytes(head[:8], "little") != p ^ XOR:
-                continue
-            length = int.from_bytes(head[8:12], "little")
-            if p - base_pos + length > size:
-                continue
-            f.seek(p - base_pos)
-            frame = f.read(length)
-            kind = int.from_bytes(head[12:14], "little")
-            if kind != lib.SHM_FRAME_DATA or lib.shm_batch_validate(frame[16:], length - 16) == lib.SHM_OK:
-                return True
-    return False
+        while fpos0 < size:
+            f.seek(fpos0)
+            chunk = f.read(CHUNK)
+            words = np.frombuffer(chunk, "<u8", len(chunk) // 8)
+            implied = (words ^ np.uint64(XOR)) - (np.arange(len(words), dtype=np.uint64) * np.uint64(8) +
+                                                   np.uint64(fpos0))
+            if bases is None:
+                vals, counts = np.unique(implied, return_counts=True)
+                bases = [base_pos] + [int(v) for v in vals[counts >= 2] if int(v) != base_pos][:8]
+            for b in bases:
+                for k in np.nonzero(implied == np.uint64(b))[0][:4096]:
+                    fpos = fpos0 + int(k) * 8
+                    if _frame_ok(f, fpos, size):
+                        return fpos, b
+            fpos0 += len(chunk)
+    return None
+
+
+def _frame_ok(f, fpos: int, size: int) -> bool:
+    """Does the frame header at file position fpos describe a whole frame that passes its checks?"""
+    f.seek(fpos)
+    head = f.read(16)
+    length, kind = int.from_bytes(head[8:12], "little"), int.from_bytes(head[12:14], "little")
+    if length < 16 or fpos + length > size or kind not in (lib.SHM_FRAME_DATA, lib.SHM_FRAME_PAD,
+                                                            lib.SHM_FRAME_GAP):
+        return False
+    f.seek(fpos)
+    frame = f.read(length)
+    return kind != lib.SHM_FRAME_DATA or lib.shm_batch_validate(frame[16:], length - 16) == lib.SHM_OK
+
+
+def _start_row(s: Segment):
+    """(position, offset, max timestamp below it) of the last .index row that has a
+    matching .timeindex row, to scan forward from; the segment start otherwise.
+    The scan verifies the row (its frame must name the position and carry the offset)."""
+    idx, t = s.index_rows(), s.time_rows()
+    if idx is not None and t is not None and len(idx) and len(t):
+        k = np.searchsorted(t[:, 1], idx[:, 0], "left")
+        hit = np.nonzero((k < len(t)) & (t[np.minimum(k, len(t) - 1), 1] == idx[:, 0]))[0]
+        if len(hit):
+            r = hit[-1]
+            return int(idx[r, 1]), int(idx[r, 0]), int(t[k[r], 0]), r
+    return s.base_pos, s.base_offset, -1, -1
+
+
+def _segment_end(s: Segment, rebuild=False):
+    """Scans a segment from its start row to its end: (scan_out, index rows from
+    the scan, start (pos, offset, max_ts, row)). A start row the log contradicts
+    (its frame does not name it or carries another offset) is dropped for the
+    segment start: the index is damaged, not the log."""
+    start = (s.base_pos, s.base_offset, -1, -1) if rebuild else _start_row(s)
+    while True:
+        pos, off, mts, row = start
+        out, rows, size = _scan(s.path(), pos, pos - s.base_pos, off, INDEX_EVERY, mts)
+        if row >= 0 and out.frames == 0 and out.end_pos == pos and out.stop_reason in (1, 2, 4):
+            start = (s.base_pos, s.base_offset, -1, -1)
+            continue
+        return out, rows, start
+
+
+def _check_end(s: Segment, out, size):
+    """Raises CorruptSegment when the scan stopped before the end of the file
+    and an intact frame follows the damage; returns the good length."""
+    good_end = out.end_pos - s.base_pos
+    found = _good_after(s.path(), out.end_pos, s.base_pos) if good_end < size else None
+    if found is not None and found[1] != s.base_pos:
+        raise CorruptSegment(s.path(), 0, f"the first frame names position {s.base_pos}, the frames "
+                                          f"after it say the segment starts at {found[1]}")
+    if found is not None:
+        raise CorruptSegment(s.path(), good_end, _WHY.get(out.stop_reason, "unreadable"))
+    return good_end
 
 
 def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
-    """Validates the tail of the last segment, truncates a torn tail (repair=True),
-    rebuilds its indexes, and returns where the log ends. Raises CorruptSegment for
-    damage followed by intact frames."""
+    """Checks the segment chain (each rolled segment ends where the next starts:
+    no hole; its indexes plausible, rebuilt when not, its final time-index row
+    present), validates the tail of the last segment, truncates a torn tail
+    (repair=True), rewrites its indexes, and returns where the log ends.
+    Raises CorruptSegment for damage followed by intact frames and SegmentGap
+    for a hole in the chain (both name the files and positions)."""
     rep = RecoveryReport(path)
     plog = PartitionLog(path)
     segs = plog.segments
     while segs and segs[-1].size == 0 and len(segs) > 1:          # empty trailing segment
         s = segs.pop()
         if repair:
-            for ext in ("log", "index", "timeindex"):
+            for ext in SEGMENT_FILES:
                 try:
                     os.unlink(s.path(ext))
                 except FileNotFoundError:
@@ -564,26 +797,26 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
                        if b is not None)
         rep.end_offset = bases[-1] if bases else 0
         return rep
-    if repair:
-        for s in segs[:-1]:
-            if not _index_ok(s):
-                _rebuild_index(s)
-                log.warning("%s: rebuilt a missing or damaged index", s.path())
+    for s, nxt in zip(segs, segs[1:]):
+        damaged = s.index_rows() is None or s.time_rows() is None or not len(s.rows("index"))
+        out, rows, start = _segment_end(s, rebuild=damaged)
+        if out.end_pos != s.end_pos:
+            _check_end(s, out, s.size)
+            raise CorruptSegment(s.path(), out.end_pos - s.base_pos,
+                                 f"{_WHY.get(out.stop_reason, 'unreadable')} in a rolled segment")
+        if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and \
+                nxt.lost() != (out.end_pos, out.end_offset):
+            raise SegmentGap(s, nxt, out.end_offset)
+        t = s.rows("timeindex")
+        complete = len(t) and t[-1, 0] == out.max_timestamp and t[-1, 1] == out.end_offset
+        if repair and (damaged or start[3] < 0 or not complete):
+            _write_indexes(s, start, rows, out)
+            log.warning("%s: rebuilt a missing, damaged or incomplete index", s.path())
     last = segs[-1]
-    idx = last.index() if _index_ok(last) else []
-    # resume from the last index row whose frame still names its position
-    start_pos, start_off = last.base_pos, last.base_offset
-    for off, pos in reversed(idx):
-        if pos - last.base_pos < last.size and _first_pos_at(last.path(), pos - last.base_pos) == pos:
-            start_pos, start_off = pos, off
-            break
-    out, rows, size = _scan(last.path(), start_pos, start_pos - last.base_pos, start_off, True)
-    good_end = out.end_pos - last.base_pos
+    out, rows, start = _segment_end(last)
+    size = last.size
+    good_end = _check_end(last, out, size)
     if good_end < size:
-        if out.stop_reason in (2, 3, 4) and _good_after(last.path(), out.end_pos, last.base_pos,
-                                                        out.bad_frame_len, idx):
-            why = {2: "bad frame header", 3: "CRC or body check failed", 4: "offset discontinuity"}
-            raise CorruptSegment(last.path(), good_end, why[out.stop_reason])
         rep.truncated_at, rep.truncated_bytes = good_end, size - good_end
         if repair:
             with open(last.path(), "r+b") as f:
@@ -592,66 +825,115 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
             log.warning("%s: truncated a torn tail of %d bytes at file position %d",
                         last.path(), size - good_end, good_end)
     if repair:
-        # rebuild both indexes of the last segment: rows before start_pos kept, rest from the scan
-        keep = [(o, p) for o, p in idx if p < start_pos]
-        tkeep = [(t, o) for t, o in last.time_index() if o < start_off]
-        _write_indexes(last, rows, keep, tkeep)
+        _write_indexes(last, start, rows, out)
         rep.rebuilt_index = True
     rep.end_pos, rep.end_offset = out.end_pos, out.end_offset
     return rep
 
 
-def _index_ok(s: Segment) -> bool:
-    """Plausible and in step with the log: ordered rows inside the segment whose
-    first and last positions hold frames that name them; a time index beside it."""
-    rows = s.index()
-    if not rows:
-        return s.size == 0
-    if not os.path.exists(s.path("timeindex")) or rows[0][0] != s.base_offset:
-        return False
-    for (o1, p1), (o2, p2) in zip(rows, rows[1:]):
-        if o2 < o1 or p2 <= p1:
-            return False
-    if not all(s.base_pos <= p < s.end_pos for _, p in (rows[0], rows[-1])):
-        return False
-    return all(_first_pos_at(s.path(), p - s.base_pos) == p for _, p in (rows[0], rows[-1]))
+def _write_indexes(s: Segment, start, rows, out):
+    """Rewrites both index files (write, fsync, rename): the rows below the scan's
+    start, the scan's rows (offset, position, max timestamp below), and the final
+    time row (segment max, end offset)."""
+    pos, off = start[0], start[1]
+    idx, t = s.index_rows(), s.time_rows()
+    keep = idx[idx[:, 1] < pos] if idx is not None and start[3] >= 0 else np.empty((0, 2), np.int64)
+    tkeep = t[t[:, 1] < off] if t is not None and start[3] >= 0 else np.empty((0, 2), np.int64)
+    final = np.array([[out.max_timestamp, out.end_offset]], np.int64)
+    write_atomically(s.path("index"), keep.tobytes() + rows[:, [0, 1]].tobytes(), sync_dir=False)
+    write_atomically(s.path("timeindex"), tkeep.tobytes() + rows[:, [2, 0]].tobytes() + final.tobytes(),
+                     sync_dir=False)
 
 
-def _rebuild_index(s: Segment):
-    _, rows, _ = _scan(s.path(), s.base_pos, 0, s.base_offset, True)
-    _write_indexes(s, rows)
+def rebuild_indexes(s: Segment):
+    """Both index files of s anew from its frames (`shmlog check --repair`)."""
+    out, rows, start = _segment_end(s, rebuild=True)
+    _write_indexes(s, start, rows, out)
 
 
-def _write_indexes(s: Segment, rows, keep=(), tkeep=()):
-    """Rewrites both index files (write, fsync, rename): the kept pairs, then the
-    scan's index rows (offset, position, max timestamp)."""
-    new = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
-    for ext, pairs in (("index", list(keep) + [(o, p) for o, p, _ in new]),
-                       ("timeindex", list(tkeep) + [(t, o) for o, _, t in new])):
-        write_atomically(s.path(ext), b"".join(_PAIR.pack(a, b) for a, b in pairs), sync_dir=False)
+# ------------------------------------------------------------ offline check
+
+class _IndexCheck:
+    """Verifies every row of a segment's .index and .timeindex against the frames
+    of one full scan, chunk by chunk (rows of every frame: offset, position,
+    max timestamp below it)."""
+
+    def __init__(self, s: Segment):
+        self.s = s
+        self.problems = []
+        self.ix, self.t = s.rows("index"), s.rows("timeindex")
+        self.ix_ok = np.zeros(len(self.ix), bool)
+        self.t_ok = np.zeros(len(self.t), bool)
+        for ext, a in (("index", self.ix), ("timeindex", self.t)):
+            try:
+                n = os.path.getsize(s.path(ext))
+            except FileNotFoundError:
+                self.problems.append(f"{s.path(ext)}: missing")
+                continue
+            if n % 16:
+                self.problems.append(f"{s.path(ext)}: {n} bytes, not a whole number of rows "
+                                     f"(a torn row at file position {n - n % 16})")
+
+    def frames(self, r):
+        """One chunk of every-frame rows (first offset, position, max ts below)."""
+        if len(self.ix):
+            sel = (self.ix[:, 1] >= r[0, 1]) & (self.ix[:, 1] <= r[-1, 1])
+            i = np.minimum(np.searchsorted(r[:, 1], self.ix[sel, 1]), len(r) - 1)
+            self.ix_ok[sel] = (r[i, 1] == self.ix[sel, 1]) & (r[i, 0] == self.ix[sel, 0])
+        if len(self.t):
+            sel = (self.t[:, 1] >= r[0, 0]) & (self.t[:, 1] <= r[-1, 0])
+            i = np.minimum(np.searchsorted(r[:, 0], self.t[sel, 1]), len(r) - 1)
+            self.t_ok[sel] = (r[i, 0] == self.t[sel, 1]) & (r[i, 2] == self.t[sel, 0])
+
+    def finish(self, out, final: bool):
+        """final: the segment was rolled, so its time index must end with (max, end)."""
+        if len(self.t):
+            end = self.t[:, 1] == out.end_offset
+            self.t_ok[end] = self.t[end, 0] == out.max_timestamp
+        for ext, a, ok, what in (("index", self.ix, self.ix_ok, "does not name a frame start with that offset"),
+                                 ("timeindex", self.t, self.t_ok,
+                                  "is not the largest timestamp below that offset")):
+            bad = np.nonzero(~ok)[0]
+            for k in bad[:5]:
+                self.problems.append(f"{self.s.path(ext)}: row {k} (file position {k * 16}) "
+                                     f"{tuple(int(x) for x in a[k])} {what}")
+            if len(bad) > 5:
+                self.problems.append(f"{self.s.path(ext)}: {len(bad) - 5} more bad rows")
+            if len(a) > 1 and not (np.all(np.diff(a[:, 1 if ext == 'index' else 0]) >= 0)):
+                k = int(np.nonzero(np.diff(a[:, 1 if ext == 'index' else 0]) < 0)[0][0]) + 1
+                self.problems.append(f"{self.s.path(ext)}: row {k} (file position {k * 16}) is out of order")
+        if final and self.s.size and not (len(self.t) and self.t[-1, 1] == out.end_offset):
+            self.problems.append(f"{self.s.path('timeindex')}: no final row (segment max timestamp "
+                                 f"{out.max_timestamp}, end offset {out.end_offset}); retention "
+                                 "would fall back to the file time")
+        return self.problems
 
 
-def _first_pos_at(path: str, file_pos: int):
-    with open(path, "rb") as f:
-        f.seek(file_pos)
-        head = f.read(8)
-    return None if len(head) < 8 else int.from_bytes(head, "little") ^ XOR
-
-
-def check_partition(path: str) -> list[str]:
-    """Offline verification of every segment of a partition; returns problems found."""
-    problems = []
+def check_partition(path: str, repair: bool = False) -> tuple[list[str], list[str]]:
+    """Offline verification of every segment of a partition: frames, the chain
+    (no hole), every index and time-index row. Returns (problems, repaired);
+    repair=True rebuilds the indexes of segments whose log is intact."""
+    problems, repaired = [], []
     plog = PartitionLog(path)
-    expect = None
-    for s in plog.segments:
-        out, _, size = _scan(s.path(), s.base_pos, 0, s.base_offset if expect is None else expect, False)
-        if out.end_pos - s.base_pos < size:
-            why = {1: "torn frame at the end", 2: "bad frame header", 3: "CRC or body check failed",
-                   4: "offset discontinuity"}.get(out.stop_reason, "unreadable")
-            problems.append(f"{s.path()}: {why} at file position {out.end_pos - s.base_pos} "
-                            f"({size - (out.end_pos - s.base_pos)} bytes after it)")
-        expect = out.end_offset
-    return problems
+    prev = None
+    segs = plog.segments
+    for i, s in enumerate(segs):
+        if prev is not None and (prev[1] != s.base_pos or prev[2] != s.base_offset):
+            problems.append(str(SegmentGap(prev[0], s, prev[2])))
+        chk = _IndexCheck(s)
+        out, _, size = _scan(s.path(), s.base_pos, 0, s.base_offset, 1, on_rows=chk.frames)
+        log_ok = out.end_pos - s.base_pos == size
+        if not log_ok:
+            problems.append(f"{s.path()}: {_WHY.get(out.stop_reason, 'unreadable')} at file position "
+                            f"{out.end_pos - s.base_pos} ({size - (out.end_pos - s.base_pos)} bytes after it)")
+        bad_index = chk.finish(out, final=i + 1 < len(segs))
+        if bad_index and repair and log_ok:
+            rebuild_indexes(s)
+            repaired.append(f"rebuilt the indexes of {s.path()}")
+        else:
+            problems += bad_index
+        prev = (s, out.end_pos, out.end_offset)
+    return problems, repaired
 
 
 

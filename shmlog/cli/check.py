@@ -1,10 +1,11 @@
 """cli/check.py — `shmlog check`: offline verification of a data directory.
 
 Owns: walking <data_dir>/topics, verifying every segment of every partition
-(storage.check_partition), optional repair of torn tails
-(storage.recover_partition), the report and a progress bar. Must never:
-truncate anything without --repair, or repair damage that intact frames
-follow (storage refuses; the report names the file and position).
+(storage.check_partition: frames, holes in the segment chain, every .index
+and .timeindex row), optional repair of torn tails (storage.recover_partition)
+and damaged indexes, the report and a progress bar. Must never: truncate or
+rewrite anything without --repair, or repair damage that intact frames follow
+(storage refuses; the report names the file and position).
 """
 import os
 
@@ -14,7 +15,7 @@ from . import common
 EPILOG = """examples:
   shmlog check                              # the instance's data dir (--data-dir / $SHMLOG_DATA_DIR)
   shmlog check /var/lib/shmlog/default --json
-  shmlog check ~/.local/state/shmlog/dev --repair   # truncate torn tails (stop the instance first)
+  shmlog check ~/.local/state/shmlog/dev --repair   # truncate torn tails, rebuild indexes (stop the instance first)
 """
 
 
@@ -35,7 +36,10 @@ def check_one(path: str, repair: bool) -> dict:
                 entry["repaired"] = f"truncated {rep.truncated_bytes} bytes at file position {rep.truncated_at}"
         except errors.CorruptRecord as e:
             entry["problems"].append(str(e))
-    entry["problems"] += [p for p in storage.check_partition(path) if p not in entry["problems"]]
+    problems, rebuilt = storage.check_partition(path, repair=repair)
+    entry["problems"] += [p for p in problems if p not in entry["problems"]]
+    if rebuilt:
+        entry["repaired"] = "; ".join(([entry["repaired"]] if entry["repaired"] else []) + rebuilt)
     return entry
 
 
@@ -64,9 +68,11 @@ def cmd_check(args):
 
 def register(sub, parent):
     k = sub.add_parser("check", parents=[parent], help="verify a data directory offline",
-                       description="Verifies every segment file (framing, CRC-32C, offset continuity); "
-                                   "exits 1 when something is damaged.", epilog=EPILOG)
+                       description="Verifies every segment file (framing, CRC-32C, offset continuity), "
+                                   "the segment chain (no missing file) and every index and time-index "
+                                   "row; exits 1 when something is damaged.", epilog=EPILOG)
     k.add_argument("data_dir_pos", metavar="DATA_DIR", nargs="?", default=None,
                    help="default: the instance's data dir")
-    k.add_argument("--repair", action="store_true", help="truncate torn segment tails")
+    k.add_argument("--repair", action="store_true",
+                   help="truncate torn segment tails and rebuild damaged indexes")
     k.set_defaults(func=cmd_check)

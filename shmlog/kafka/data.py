@@ -302,15 +302,23 @@ class DataPath:
         if offset < start or offset > end:
             return codes.OFFSET_OUT_OF_RANGE, b""
         cur = fc.cur
-        if fc.generation != h.generation or fc.next_offset != offset:
-            if not self._seek(fc, h, partition, ring, offset):
-                return codes.OFFSET_OUT_OF_RANGE, b""
+        try:          # damaged segment files (a hole in the chain, a bad frame): Kafka's CORRUPT_MESSAGE
+            if fc.generation != h.generation or fc.next_offset != offset:
+                if not self._seek(fc, h, partition, ring, offset):
+                    return codes.OFFSET_OUT_OF_RANGE, b""
+        except errors.CorruptRecord:
+            fc.next_offset = -1
+            return codes.CORRUPT_MESSAGE, b""
         cap = max(min(max_bytes, 64 << 20), 1)
         if cap > self._buf_cap:
             self._grow(cap)
         for _ in range(64):
             if fc.on_disk:
-                rc, data = self._read_disk(fc, h, partition, ring, cap, min_one)
+                try:
+                    rc, data = self._read_disk(fc, h, partition, ring, cap, min_one)
+                except errors.CorruptRecord:
+                    fc.next_offset = -1
+                    return codes.CORRUPT_MESSAGE, b""
                 if rc is not None:
                     fc.next_offset = cur.next_offset
                     return rc, data
