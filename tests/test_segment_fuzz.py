@@ -104,7 +104,7 @@ def pristine(tmp_path_factory):
         rnd = random.Random(11)
         p = inst.log.producer()
         sent = []
-        d = storage.partition_dir(inst.kwargs["data_dir"], "z", 0)
+        d = inst.log.partition_dir("z", 0)
         plog = storage.PartitionLog(d)
         while not plog.segments or plog.segments[-1].size < 9000:
             n = rnd.randint(1, 6)

@@ -25,7 +25,7 @@ def _wait(pred, timeout=15.0, what="condition"):
 
 
 def _segments(inst, topic, partition=0):
-    return storage.PartitionLog(storage.partition_dir(inst.kwargs["data_dir"], topic, partition)).segments
+    return storage.PartitionLog(inst.log.partition_dir(topic, partition)).segments
 
 
 def _read_all(log, topic, start=0, timeout=0.3):
