@@ -765,6 +765,7 @@ class Membership:
         if self.closed:
             return
         self.closed = True
+        self.seq_view = (self.seen_seq,)    # the log may unmap the control segment now
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
