@@ -818,8 +818,43 @@ class Consumer:
 
     # ------------------------------------------------------------ offsets
 
-    def _positions(self) -> dict:
-        return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in self._parts}
+    def _commit_positions(self, tps=None) -> dict:
+        """What a commit without offsets commits for these partitions (default:
+        the assignment): the position (what poll has returned), or with
+        enable_auto_offset_store=False only what store_offsets() stored."""
+        parts = self._parts if tps is None else [self._by_tp[tp] for tp in tps if tp in self._by_tp]
+        if self._auto_store:
+            return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in parts}
+        return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}
+
+    def store_offsets(self, message=None, offsets=None):
+        """confluent-kafka's store_offsets, for enable_auto_offset_store=False:
+        store_offsets(message) stores message.offset + 1 for its partition;
+        store_offsets(offsets={(topic, partition): next offset}) (or a list of
+        (topic, partition, next offset)) stores those. Auto-commit, the commit
+        on revoke and close, and commit() without offsets then commit only the
+        stored offsets (at-least-once for records a service has finished,
+        whatever poll returned since). Stored offsets belong to the
+        assignment: a partition revoked or unassigned forgets its own."""
+        self._check_open()
+        if self._auto_store:
+            raise errors.InvalidArgument("store_offsets() needs enable_auto_offset_store=False (with the "
+                                         "default True, poll() stores every position itself)")
+        if (message is None) == (offsets is None):
+            raise errors.InvalidArgument("store_offsets() takes a message or offsets=, not both")
+        if message is not None:
+            todo = [(message.topic, message.partition, message.offset + 1)]
+        elif isinstance(offsets, dict):
+            todo = [(tp[0], tp[1], off) for tp, off in offsets.items()]
+        else:
+            todo = [tuple(x) for x in offsets]
+        parts = []
+        for t, q, off in todo:
+            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+                raise errors.InvalidArgument(f"offset for {(t, q)} must be an int >= 0, not {off!r}")
+            parts.append((self._part(t, q), off))
+        for part, off in parts:
+            part.stored = off
 
     def commit(self, offsets=None, durable: bool = False):
         """Commits {(topic, partition): next offset to read}; by default the
@@ -831,7 +866,7 @@ class Consumer:
         self._check_open()
         if self._group_name is None:
             raise errors.InvalidArgument("commit() needs a consumer group: log.consumer(group=..., topics=[...])")
-        offsets = self._positions() if offsets is None else offsets
+        offsets = self._commit_positions() if offsets is None else offsets
         if not isinstance(offsets, dict):
             raise errors.InvalidType("offsets must be a dict {(topic, partition): offset}")
         if self._group is not None:
