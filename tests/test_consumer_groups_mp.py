@@ -12,7 +12,7 @@ import time
 import traceback
 
 import shmlog
-from test_groups_mp import describe, produce, stable, touch, wait_for
+from test_groups_mp import Member, describe, produce, stable, touch, wait_for
 
 SESSION_MS = 1000
 BEAT_MS = 100
@@ -59,41 +59,14 @@ def _slow_member(kwargs, topic, group, logpath, stop, budget_s):
         raise
 
 
-class Slow:
+class Slow(Member):
+    """A _slow_member process and its event log (Member's readers)."""
+
     def __init__(self, inst, name, topic, group, stop, budget_s=40):
         self.name = name
         self.logpath = str(inst.tmp_path / f"{name}.jsonl")
         self.proc = inst.process(_slow_member, inst.kwargs, topic, group, self.logpath, stop, budget_s)
         self.proc.start()
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def events(self):
-        try:
-            with open(self.logpath, "rb") as f:
-                lines = f.read().split(b"\n")
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass                      # the torn last line of a member being written
-        return out
-
-    def of(self, kind):
-        return [e for e in self.events() if e["ev"] == kind]
-
-    def assignment(self):
-        st = self.of("state")
-        return st[-1]["a"] if st else None
-
-    def error(self):
-        errs = self.of("error")
-        return errs[0]["tb"] if errs else None
 
 
 def _records(members):
