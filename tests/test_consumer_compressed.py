@@ -240,3 +240,29 @@ def stored_codecs(log, topic, partition) -> set:
         codecs.add(struct.unpack_from(">h", raw, at + 21)[0] & 7)
         at += 12 + struct.unpack_from(">i", raw, at + 8)[0]
     return codecs
+
+
+def test_c_read_leaves_the_cursor_on_a_compressed_frame(inst):
+    """The C core's half of defect 1: shm_ring_read hands a compressed batch
+    over without passing it, so a caller that does not inflate it loses
+    nothing (it reads the same frame again)."""
+    log = inst.log
+    log.create_topic("cc", partitions=1, ring_bytes=RING, persistence="none")
+    with log.producer() as p:
+        p.send("cc", b"plain", partition=0)
+    write(log, "cc", 0, compressed_batch([value(i) for i in range(3)], 1))
+    ring = log.ring(log.topic_handle("cc"), 0, writable=False)
+    cur = ffi.new("struct shm_cursor *")
+    cur.stuck_pos = 2**64 - 1
+    assert lib.shm_ring_seek(ring.base, cur, 0) == lib.SHM_OK
+    cap = 1 << 16
+    buf = ffi.new("uint8_t[]", cap)
+    rows = ffi.new("int64_t[]", 64 * lib.SHM_ROW_FIELDS)
+    out = ffi.new("struct shm_records_out *")
+    out.rows, out.max_records = rows, 64
+    assert lib.shm_ring_read(ring.base, cur, buf, cap, 1, -1, out) == 1 and out.compressed == 0
+    at = cur.pos
+    for _ in range(2):
+        assert lib.shm_ring_read(ring.base, cur, buf, cap, 1, -1, out) == 0
+        assert out.compressed == 1 and (cur.pos, cur.next_offset) == (at, 1)
+        assert lib.shm_batch_base_offset(buf + out.batch_start) == 1
