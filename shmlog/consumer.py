@@ -238,7 +238,10 @@ class Consumer:
                     continue
                 if (t, h.generation) in dead:
                     continue              # its deletion is under way: look again when it is done
-                added += [self._new_part(t, q, None) for q in range(h.partitions) if (t, q) not in have]
+                try:
+                    added += [self._new_part(t, q, None) for q in range(h.partitions) if (t, q) not in have]
+                except errors.UnknownTopicOrPartition:
+                    continue              # deleted between the look and the mapping: the next epoch tells
         if not gone and not added:
             return
         tps = sorted({(p.topic, p.partition) for p in gone})
