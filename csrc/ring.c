@@ -966,8 +966,7 @@ static int ready_any(void *const *bases, struct shm_cursor *const *curs, uint32_
 {
     *stuck_deadline = -1;
     for (uint32_t i = 0; i < n; i++) {
-        /* a deleted ring wakes its waiters (shm_ring_mark_deleted): they look at the topic */
-        if (cursor_ready(HDR(bases[i]), curs[i]) || shm_load_relaxed(&HDR(bases[i])->deleted))
+        if (cursor_ready(HDR(bases[i]), curs[i]))
             return (int)i;
         if (curs[i]->stuck_pos == curs[i]->pos && unblock_ns >= 0) {
             int64_t d = curs[i]->stuck_since_ns + unblock_ns;

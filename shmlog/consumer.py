@@ -24,8 +24,7 @@ RESETS = ("earliest", "latest", "none")
 ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
 LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
-GROUP_WAIT_S = 0.1            # a group member's (or subscriber's) longest sleep between looks at
-                              # its group and the topic table
+GROUP_WAIT_S = 0.1            # a consumer's longest sleep between looks at its group and the topic table
 log = logging.getLogger("shmlog")
 
 
@@ -667,17 +666,12 @@ class Consumer:
                 return part, n
         return None, 0
 
-    def _wait_cap(self):
-        """The longest wait between looks at the group and the topic table: a
-        group member and a subscriber wake every GROUP_WAIT_S (rebalances, new
-        partitions); an assign() consumer waits on its rings alone (a deleted
-        ring wakes it)."""
-        return GROUP_WAIT_S if self._group is not None or self._topics is not None else None
-
     def _wait(self, timeout_s):
-        cap = self._wait_cap()
-        if cap is not None:
-            timeout_s = cap if timeout_s is None else min(timeout_s, cap)
+        """Waits on the active rings' futexes for at most GROUP_WAIT_S: between
+        waits a consumer looks at its group and the topic table (rebalances,
+        new partitions) and, after an idle wait, whether a ring it waits on was
+        deleted (the next look then follows the topic table)."""
+        timeout_s = GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S)
         if not self._active:             # nothing to wait on (all paused, or a member without partitions)
             time.sleep(GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S))
             return
@@ -690,9 +684,9 @@ class Consumer:
         hdrs, bases, curs, n = self._wait_arrays
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
-        r = lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._unblock_ns)
-        if r >= 0 and self._active[r].ring.deleted():
-            self._epoch = -1             # the next look follows the topic table
+        if lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62,
+                            self._unblock_ns) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
+            self._epoch = -1
 
     def _poll_parts(self, max_records, timeout):
         """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
@@ -718,13 +712,19 @@ class Consumer:
         """The next record, or None when none arrives within timeout seconds
         (None: wait forever). A group member looks at its group before it
         returns a record it decoded earlier, so a partition that moved away
-        is handed over at once and its decoded records are dropped."""
-        self._look()
+        is handed over at once and its decoded records are dropped. The topic
+        table is looked at before each read (not per record decoded earlier)."""
         g = self._group
+        if g is not None:
+            g.polled = True
+            if g.seq_view[0] != g.seen_seq or g.commit_due:
+                g.sync()
         pi = self._pi
         if pi < len(self._pending):
             self._pi = pi + 1
             return self._pending[pi]
+        if self._epoch_view[0] != self._epoch or self._error is not None:
+            self._look()
         part = self._single
         if part is not None and part.reset_to is None and not part.on_disk:
             if timeout is not None:
@@ -739,8 +739,7 @@ class Consumer:
             if n == 0 and self._out.compressed:
                 n = self._inflate(part)
             if n == 0 and timeout != 0 and g is None:
-                cap = self._wait_cap()
-                whole = timeout is not None and (cap is None or timeout <= cap)
+                whole = timeout is not None and timeout <= GROUP_WAIT_S
                 t0 = time.monotonic() if timeout is not None and not whole else None
                 self._wait(timeout)
                 if part.large and (m := self._take_large(part)) is not None:
