@@ -5,10 +5,17 @@ assign()), one cursor per assigned partition, the read buffer, turning the
 C core's decoded columns into Message objects (or numpy Columns), waiting
 (spin, then park on the rings' futexes), offset-reset policy, reading a
 durable partition's segment files while its cursor is below the ring's head
-(same positions: the switch back to the ring is a comparison), and asking
-the C core to seal a dead producer's half-written frame. Must never: block a
-producer, return a record twice or out of order within a partition, or
-return bytes the ring lapped during the copy (the C core re-checks).
+(same positions: the switch back to the ring is a comparison), inflating
+compressed batches (shmlog.compression) over as many reads as they take,
+following its topics (deletion, re-creation, growth), pause/resume, stored
+offsets, and asking the C core to seal a dead producer's half-written frame.
+Must never: block a producer, return a record twice or out of order within
+a partition, skip a record silently, or return bytes the ring lapped during
+the copy (the C core re-checks).
+
+Cursors, decoded records and inflated batches are process-local: a consumer
+that dies at any step leaves nothing shared half-done; a group's successor
+starts from the committed offset (at-least-once for what was not committed).
 """
 import logging
 import time
