@@ -754,10 +754,11 @@ class Consumer:
                 n = lib.shmx_read(*args)
                 if n == 0 and self._out.compressed:
                     n = self._inflate(part)
-                if n == 0 and whole and part.cur.stuck_pos != part.cur.pos and self._epoch != -1:
-                    return None     # the wait ran the whole timeout (a stuck frame goes the general way)
-                if t0 is not None:
-                    timeout = max(0.0, timeout - (time.monotonic() - t0))
+                if n == 0:
+                    if whole and part.cur.stuck_pos != part.cur.pos and self._epoch != -1:
+                        return None     # the wait ran the whole timeout (a stuck frame goes the general way)
+                    if t0 is not None:
+                        timeout = max(0.0, timeout - (time.monotonic() - t0))
             if n == 1:
                 return self._message1(part)
             if n > 1:
