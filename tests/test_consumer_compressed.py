@@ -15,6 +15,8 @@ import cramjam
 import lz4.frame
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.util import calc_crc32c
 
@@ -266,3 +268,54 @@ def test_c_read_leaves_the_cursor_on_a_compressed_frame(inst):
         assert lib.shm_ring_read(ring.base, cur, buf, cap, 1, -1, out) == 0
         assert out.compressed == 1 and (cur.pos, cur.next_offset) == (at, 1)
         assert lib.shm_batch_base_offset(buf + out.batch_start) == 1
+
+
+@settings(max_examples=15, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(batches=st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 4]), st.integers(1, 300)), min_size=1, max_size=12),
+       reads=st.lists(st.tuples(st.sampled_from(["poll", "batch", "columns", "seek"]), st.integers(1, 400)),
+                      min_size=1, max_size=40))
+def test_random_mix_of_plain_and_compressed_batches_and_reads(inst, batches, reads):
+    """Plain and compressed batches of random sizes, read by a random sequence
+    of poll / poll_batch(n) / poll_columns(n) and seeks back into the middle
+    of a batch: every record comes back once per pass, in order, with its
+    value, and position() always names the next one."""
+    log = inst.log
+    name = f"mix{len(log.list_topics())}"
+    log.create_topic(name, partitions=1, ring_bytes=4 << 20, persistence="none")
+    n = 0
+    with log.producer() as p:
+        for codec, count in batches:
+            vals = [value(n + i) for i in range(count)]
+            if codec:
+                p.send_encoded(name, 0, compressed_batch(vals, codec))
+            else:
+                p.send_batch(name, vals, partition=0)
+            n += count
+    with log.consumer(auto_offset_reset="earliest") as c:
+        c.assign([(name, 0, 0)])
+        expect = 0
+        # then drain: a compressed batch comes alone, so one read per batch at most
+        for how, size in list(reads) + [("batch", n + 1)] * (2 * len(batches) + 2):
+            if how == "seek":
+                expect = size % (n + 1)
+                c.seek(name, 0, expect)
+                continue
+            if how == "poll":
+                m = c.poll(0.5 if expect < n else 0)
+                got = [] if m is None else [(m.offset, m.value)]
+            elif how == "batch":
+                got = [(m.offset, m.value) for m in c.poll_batch(size, timeout=0.5 if expect < n else 0)]
+            elif c._pi < len(c._pending):            # documented: columns cannot follow a partial poll()
+                with pytest.raises(errors.InvalidArgument):
+                    c.poll_columns(size, timeout=0)
+                continue
+            else:
+                cols = c.poll_columns(size, timeout=0.5 if expect < n else 0)
+                got = [] if cols is None else [(int(o), cols.value(i)) for i, o in enumerate(cols.offsets)]
+            want = [(o, value(o)) for o in range(expect, min(n, expect + len(got)))]
+            assert got == want, (how, size, expect)
+            assert expect == n or got, f"nothing returned at {expect} of {n}"
+            expect += len(got)
+            assert c.position(name, 0) == expect
+        assert expect == n
