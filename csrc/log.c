@@ -260,15 +260,13 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
             progressed = 1;
             continue;
         }
-        if (batch[22] & 0x07) {                      /* compressed: handed over alone */
-            if (out->count)
-                break;
+        if (batch[22] & 0x07) {                      /* compressed: handed over alone, */
+            if (out->count)                          /* the cursor left on its frame as */
+                break;                               /* shm_ring_read does */
             out->compressed = 1;
             out->frames = 1;
             out->batch_start = (uint32_t)(batch - buf);
             out->bytes_used = out->batch_start + blen;
-            cur->expect_base = noff;
-            cur->pos = next;
             return SHM_OK;
         }
         if (noff - shm_batch_base_offset(batch) > (int64_t)(out->max_records - out->count) && out->count)

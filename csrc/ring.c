@@ -677,7 +677,8 @@ static inline int stuck_long(const struct shm_cursor *cur, int64_t unblock_ns)
  * unlapped frame fails validation: cur->pos stays on it), SHM_E_BUSY (the
  * first frame is uncommitted for longer than unblock_ns: seal it),
  * SHM_E_BUFFER_SMALL (one frame exceeds buf_cap). A compressed batch is
- * returned alone, undecoded: 0 with out->compressed = 1 (Python decodes). */
+ * returned alone, undecoded: 0 with out->compressed = 1 and cur->pos still on
+ * its frame (the caller inflates, decodes and passes it). */
 int shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
               int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
@@ -744,11 +745,15 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
         if (compressed) {
             if (out->count)
                 break;                           /* hand it over alone */
+            /* undecoded, at buf[batch_start:bytes_used], and the cursor stays
+             * ON the frame: the caller inflates it, decodes from
+             * cur->next_offset and passes the frame once it took the last
+             * record (consumer.py _inflate). A caller that ignores it reads
+             * the same frame again: nothing is skipped. */
             out->compressed = 1;
             out->frames = 1;
-            out->bytes_used = blen;
-            cur->expect_base = last + 1;
-            cur->pos = p + shm_align8(t.len);
+            out->batch_start = (uint32_t)used;
+            out->bytes_used = used + blen;
             return SHM_OK;
         }
         uint32_t before = out->count;

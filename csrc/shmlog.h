@@ -415,7 +415,8 @@ struct shm_records_out {
     uint64_t  bytes_used;      /* bytes of the buffer filled with frames */
     uint32_t  frames;          /* frames copied */
     uint32_t  gaps;            /* GAP frames passed */
-    uint32_t  compressed;      /* 1: one compressed batch, undecoded, at buf[batch_start:bytes_used] */
+    uint32_t  compressed;      /* 1: one compressed batch, undecoded, at buf[batch_start:bytes_used];
+                                  the cursor is still on its frame (the caller passes it) */
     uint32_t  batch_start;
 };
 

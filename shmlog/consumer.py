@@ -5,18 +5,25 @@ assign()), one cursor per assigned partition, the read buffer, turning the
 C core's decoded columns into Message objects (or numpy Columns), waiting
 (spin, then park on the rings' futexes), offset-reset policy, reading a
 durable partition's segment files while its cursor is below the ring's head
-(same positions: the switch back to the ring is a comparison), and asking
-the C core to seal a dead producer's half-written frame. Must never: block a
-producer, return a record twice or out of order within a partition, or
-return bytes the ring lapped during the copy (the C core re-checks).
+(same positions: the switch back to the ring is a comparison), inflating
+compressed batches (shmlog.compression) over as many reads as they take,
+following its topics (deletion, re-creation, growth), pause/resume, stored
+offsets, and asking the C core to seal a dead producer's half-written frame.
+Must never: block a producer, return a record twice or out of order within
+a partition, skip a record silently, or return bytes the ring lapped during
+the copy (the C core re-checks).
+
+Cursors, decoded records and inflated batches are process-local: a consumer
+that dies at any step leaves nothing shared half-done; a group's successor
+starts from the committed offset (at-least-once for what was not committed).
 """
+import logging
 import time
-import zlib
 from itertools import repeat
 
 import numpy as np
 
-from . import errors, groups, storage
+from . import compression, errors, groups, storage
 from ._native import ffi, lib, raise_status
 from .records import Columns, Message, decode_headers
 
@@ -24,7 +31,8 @@ RESETS = ("earliest", "latest", "none")
 ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
 LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
-GROUP_WAIT_S = 0.1            # a group member's longest sleep between looks at its group
+GROUP_WAIT_S = 0.1            # a consumer's longest sleep between looks at its group and the topic table
+log = logging.getLogger("shmlog")
 
 
 def _check_timeout(timeout):
@@ -35,9 +43,10 @@ def _check_timeout(timeout):
 class _Part:
     """One assigned partition: its ring and cursor."""
 
-    __slots__ = ("topic", "partition", "ring", "cur", "reset_to", "plog", "on_disk", "large", "data")
+    __slots__ = ("topic", "partition", "ring", "cur", "reset_to", "plog", "on_disk", "large", "data",
+                 "generation", "max_bytes", "inflated", "paused", "stored")
 
-    def __init__(self, topic, partition, ring, plog):
+    def __init__(self, topic, partition, ring, plog, generation=0, max_bytes=1 << 20):
         self.topic = topic
         self.partition = partition
         self.ring = ring
@@ -49,6 +58,11 @@ class _Part:
         self.on_disk = False      # the cursor is below the ring's head: read the files
         self.large = False        # the last record was large: try the one-copy path first
         self.data = ffi.cast("uint8_t *", ring.base) + lib.SHM_RING_HEADER_BYTES
+        self.generation = generation  # the topic generation the ring belongs to
+        self.max_bytes = max_bytes    # the topic's max_message_bytes: bound of an inflated batch
+        self.inflated = None          # ((frame pos, base offset), plain batch) of a batch read in parts
+        self.paused = False           # pause(): not read until resume()
+        self.stored = None            # store_offsets(): the offset auto-commit commits
 
 
 class Consumer:
@@ -68,7 +82,7 @@ class Consumer:
                  enable_auto_commit: bool = True, wait: str = "park", spin_us: int = 50,
                  check_crcs: bool = True, max_poll_records: int = 500,
                  buffer_bytes: int = DEFAULT_BUFFER, consumer_timeout_ms: int | None = None,
-                 **group_options):
+                 enable_auto_offset_store: bool = True, **group_options):
         if group_options and group is None:
             raise errors.InvalidArgument(f"{sorted(group_options)} need group=")
         if auto_offset_reset not in RESETS:
@@ -98,6 +112,13 @@ class Consumer:
         self._pending: list[Message] = []
         self._pi = 0
         self._wait_arrays = None
+        self._active: list[_Part] = []  # the assigned partitions not paused: what reads and waits look at
+        self._auto_store = bool(enable_auto_offset_store)
+        self._topics = None             # subscribe() without a group: the topics whose partitions it follows
+        hdr = ffi.cast("struct shm_ctl_header *", log._ctl.base)
+        self._epoch_view = memoryview(ffi.buffer(ffi.addressof(hdr, "topics_epoch"), 8)).cast("Q")
+        self._epoch = self._epoch_view[0]   # -1: look at the topics on the next poll (a ring was deleted)
+        self._error = None              # TopicDeleted for the next poll of an assign() consumer
         self._closed = False
         self._group = None             # groups.Membership when subscribed as a group member
         self._group_name = None if group is None else groups.validate_group_name(group)
@@ -127,11 +148,13 @@ class Consumer:
             self._group.topics = topics
             self._group._follow_topics()
             return
+        topics = [topics] if isinstance(topics, str) else list(dict.fromkeys(topics))
         entries = []
         for t in topics:
             h = self._log.topic_handle(t)
             entries += [(t, p, None) for p in range(h.partitions)]
         self.assign(entries)
+        self._topics = topics
 
     def assign(self, partitions):
         """[(topic, partition) or (topic, partition, offset)] replaces the assignment.
@@ -144,6 +167,8 @@ class Consumer:
         committed = {}
         if self._group_name is not None:
             committed = groups.committed_offsets(self._log, self._group_name)
+        self._topics = None
+        self._epoch = self._epoch_view[0]
         self._set_parts([self._new_part(tp[0], tp[1], tp[2] if len(tp) > 2 else committed.get((tp[0], tp[1])))
                          for tp in partitions])
 
@@ -152,7 +177,8 @@ class Consumer:
         plog = None
         if h.config.persistence == "disk":
             plog = storage.PartitionLog(storage.partition_dir(self._log.settings.data_dir, topic, partition, h.topic_id))
-        part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog)
+        part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog, h.generation,
+                     h.config.max_message_bytes)
         self._start(part, offset)
         return part
 
@@ -164,19 +190,128 @@ class Consumer:
         """Group: removes partitions; records decoded but not returned are dropped
         (the next owner reads them from the committed offset)."""
         gone = set(tps)
-        self._pending = [m for m in self._pending[self._pi:] if (m.topic, m.partition) not in gone]
-        self._pi = 0
         self._set_parts([p for p in self._parts if (p.topic, p.partition) not in gone])
 
     def _set_parts(self, parts):
+        """The new assignment. Records decoded but not returned are kept for the
+        partitions that stay (the same _Part: their cursors are past them) and
+        dropped for the others."""
+        old = {id(p) for p in self._parts}
+        kept = {(p.topic, p.partition) for p in parts if id(p) in old}
+        self._pending = [m for m in self._pending[self._pi:] if (m.topic, m.partition) in kept]
+        self._pi = 0
         self._parts = parts
-        self._single = parts[0] if len(parts) == 1 else None
         self._by_tp = {(p.topic, p.partition): p for p in parts}
+        self._refresh_active()
+
+    def _refresh_active(self):
+        self._active = [p for p in self._parts if not p.paused]
+        self._single = self._active[0] if len(self._active) == 1 and len(self._parts) == 1 else None
         self._rr = 0
-        self._pending, self._pi = [], 0
         self._wait_arrays = None
 
+    def _watch(self):
+        """The topic table changed, or a ring we wait on was deleted. Group
+        member: resubscribe (the group revokes a deleted topic's partitions and
+        assigns a re-created one's, sync() on this poll). subscribe() without a
+        group: follow the topics (a deleted topic's partitions leave the
+        assignment, new partitions and a re-created topic's join it, from
+        auto_offset_reset). assign(): a partition whose topic was deleted or
+        re-created leaves the assignment and the next poll raises TopicDeleted."""
+        self._epoch = self._epoch_view[0]
+        if self._group is not None:
+            self._group._follow_topics()
+            return
+        gone = []
+        for p in self._parts:
+            try:
+                h = self._log.topic_handle(p.topic)
+            except errors.UnknownTopicOrPartition:
+                h = None
+            if h is None or h.generation != p.generation or p.ring.deleted():
+                gone.append(p)
+            else:
+                p.max_bytes = h.config.max_message_bytes
+        keep = [p for p in self._parts if p not in gone]
+        added = []
+        if self._topics is not None:
+            have = {(p.topic, p.partition) for p in keep}
+            dead = {(p.topic, p.generation) for p in gone}
+            for t in self._topics:
+                try:
+                    h = self._log.topic_handle(t)
+                except errors.UnknownTopicOrPartition:
+                    continue
+                if (t, h.generation) in dead:
+                    continue              # its deletion is under way: look again when it is done
+                try:
+                    added += [self._new_part(t, q, None) for q in range(h.partitions) if (t, q) not in have]
+                except errors.UnknownTopicOrPartition:
+                    continue              # deleted between the look and the mapping: the next epoch tells
+        if not gone and not added:
+            return
+        tps = sorted({(p.topic, p.partition) for p in gone})
+        if gone:
+            log.warning("consumer: topic(s) %s deleted or re-created: partitions %s left the assignment",
+                        sorted({p.topic for p in gone}), tps)
+        if added:
+            log.info("consumer: partitions %s joined the assignment", [(p.topic, p.partition) for p in added])
+        self._set_parts(keep + added)
+        if gone and self._topics is None:
+            self._error = errors.TopicDeleted(
+                f"topic(s) {sorted({p.topic for p in gone})} were deleted (or re-created) while this consumer "
+                f"read them; partitions {tps} left its assignment. assign() them again to read the new topic.")
+
+    def _look(self):
+        """What every poll looks at first: the topic table's epoch (one load),
+        the group's change counter (one load), a TopicDeleted to report."""
+        if self._epoch_view[0] != self._epoch:
+            self._watch()
+        g = self._group
+        if g is not None:
+            g.polled = True
+            if g.seq_view[0] != g.seen_seq or g.commit_due:
+                g.sync()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    # ------------------------------------------------------------ pause / resume
+
+    def _tps(self, partitions) -> list[_Part]:
+        if isinstance(partitions, tuple) and len(partitions) == 2 and isinstance(partitions[0], str):
+            partitions = [partitions]
+        return [self._part(tp[0], tp[1]) for tp in partitions]
+
+    def pause(self, partitions):
+        """Stops reading these assigned partitions [(topic, partition)] until
+        resume() (confluent-kafka's pause). Records of them already decoded and
+        not yet returned are dropped and read again after resume(), so nothing
+        of a paused partition is returned. A group member stays in its group
+        (poll() keeps it alive); a partition revoked while paused arrives
+        unpaused at its next owner, as in Kafka."""
+        parts = self._tps(partitions)
+        for p in parts:
+            if not p.paused:
+                self._drop_pending(p)
+                p.paused = True
+        self._refresh_active()
+
+    def resume(self, partitions):
+        """Reads these paused partitions again, from where they stopped."""
+        for p in self._tps(partitions):
+            p.paused = False
+        self._refresh_active()
+
+    def paused(self) -> list[tuple[str, int]]:
+        """The assigned partitions that are paused."""
+        return [(p.topic, p.partition) for p in self._parts if p.paused]
+
     def assignment(self) -> list[tuple[str, int]]:
+        """The partitions this consumer reads. A group member's is the one its
+        last poll() saw (a rebalance shows after the next poll, as in Kafka)."""
+        if self._group is None and self._epoch_view[0] != self._epoch:
+            self._watch()
         return [(p.topic, p.partition) for p in self._parts]
 
     def _part(self, topic, partition) -> _Part:
@@ -266,10 +401,14 @@ class Consumer:
         return part.cur.next_offset
 
     def end_offsets(self, partitions=None) -> dict:
+        if self._group is None and self._epoch_view[0] != self._epoch:
+            self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
         return {(p.topic, p.partition): p.ring.ends()[1] for p in parts}
 
     def beginning_offsets(self, partitions=None) -> dict:
+        if self._group is None and self._epoch_view[0] != self._epoch:
+            self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
         return {(p.topic, p.partition): self._log_start(p) for p in parts}
 
@@ -337,7 +476,7 @@ class Consumer:
                                self._unblock_ns, out)
             if rc >= 0:
                 if rc == 0 and out.compressed:
-                    return self._decompress(part)
+                    return self._inflate(part)
                 return rc
             if rc == lib.SHM_E_OUT_OF_RANGE:
                 if part.plog is not None:          # lapped: the files have it
@@ -346,7 +485,7 @@ class Consumer:
                     if n is not None:
                         return n
                     continue
-                self._apply_reset(part, part.cur.next_offset)
+                self._lapped(part, "the ring overwrote the records before this consumer read them")
             elif rc == lib.SHM_E_BUSY:
                 self._seal(part)
                 return 0
@@ -368,7 +507,7 @@ class Consumer:
                 plog.refresh()
                 seg = plog.segment_for_pos(cur.pos)
             if seg is None:                       # retention deleted what we were reading
-                self._apply_reset(part, cur.next_offset)
+                self._lapped(part, "retention deleted the segment this consumer was reading")
                 return 0
             try:
                 n = plog.read(seg, cur.pos, self._buf, self._buf_cap)
@@ -392,10 +531,21 @@ class Consumer:
                     f"position {cur.pos - seg.base_pos} (offsets from {cur.next_offset}); nothing was "
                     "returned from it. seek() past it to go on, and run `shmlog check`.")
             if out.compressed:
-                return self._decompress(part)
+                return self._inflate(part)
             if out.count:
                 return out.count
         return 0
+
+    def _lapped(self, part: _Part, why: str):
+        """The records at the cursor are gone: move by auto_offset_reset
+        (OffsetOutOfRange with "none") and say how many were skipped."""
+        wanted = part.cur.next_offset
+        self._apply_reset(part, wanted)
+        skipped = part.cur.next_offset - wanted
+        if skipped > 0:
+            log.warning("consumer of %r partition %d: %s; skipped %d records (offsets %d..%d), going on at "
+                        "%d (auto_offset_reset=%r)", part.topic, part.partition, why, skipped, wanted,
+                        part.cur.next_offset - 1, part.cur.next_offset, self._reset)
 
     def _seal(self, part: _Part):
         """A frame stayed uncommitted past the unblock timeout: seal it if its writer is dead."""
@@ -413,26 +563,54 @@ class Consumer:
                 "returned from it. seek() past it to go on.")
         raise_status(rc, f"read of {part.topic!r} partition {part.partition} failed")
 
-    def _decompress(self, part: _Part) -> int:
-        """A compressed batch (written by a Kafka client) arrived alone: inflate it, decode in C."""
-        raw = ffi.buffer(self._buf, self._out.bytes_used)[self._out.batch_start:]
-        codec = int.from_bytes(raw[21:23], "big") & 7
-        if codec != 1:
-            raise errors.NotSupported(
-                f"{part.topic!r} partition {part.partition}: batch compressed with codec {codec}; "
-                "only gzip is decoded in this build")
-        records = zlib.decompress(raw[61:], 16 + zlib.MAX_WBITS)
-        plain = raw[:21] + (int.from_bytes(raw[21:23], "big") & ~7).to_bytes(2, "big") + raw[23:61] + records
+    def _inflate(self, part: _Part) -> int:
+        """The read stopped at a compressed batch (a Kafka client's), the cursor
+        still on its frame (csrc/ring.c shm_ring_read, csrc/log.c
+        shm_frames_read): inflate it, bounded by the topic's max_message_bytes,
+        decode it in C from cur.next_offset, up to out.max_records records. The
+        frame is passed only once its last record is taken; until then the
+        cursor stays on it with next_offset after the last record returned
+        (the uncompressed path does the same), and the inflated batch is kept
+        on the part so the next read decodes it again without inflating.
+        Nothing lives outside the cursor that position() or commit() would
+        miss, and a batch that fails (bad codec data, a bomb) raises
+        CorruptRecord with the cursor still on it, as a damaged frame does."""
+        out, cur = self._out, part.cur
+        start, end = out.batch_start, out.bytes_used
+        raw = self._buf + start
+        base = lib.shm_batch_base_offset(raw)
+        last = base + lib.shm_batch_last_delta(raw)
+        key = (cur.pos, base)
+        if part.inflated is not None and part.inflated[0] == key:
+            plain = part.inflated[1]
+        else:
+            head = ffi.buffer(raw, lib.SHM_BATCH_HEADER_BYTES)[:]
+            attrs = int.from_bytes(head[21:23], "big")
+            try:
+                records = compression.decompress(attrs & 7, ffi.buffer(raw + lib.SHM_BATCH_HEADER_BYTES,
+                                                                       end - start - lib.SHM_BATCH_HEADER_BYTES),
+                                                 part.max_bytes)
+            except (errors.CorruptRecord, errors.NotSupported) as e:
+                raise type(e)(f"{part.topic!r} partition {part.partition}: the compressed batch at offsets "
+                              f"{base}..{last} cannot be read: {e}; nothing was returned from it. seek() "
+                              "past it to go on.") from None
+            plain = head[:21] + (attrs & ~7).to_bytes(2, "big") + head[23:] + records
+            part.inflated = (key, plain)
         if len(plain) > self._buf_cap:
             self._set_buffer(len(plain))
         ffi.memmove(self._buf, plain, len(plain))
-        out = self._out
         out.count = 0
-        n = lib.shm_batch_decode(self._buf, len(plain), 0, part.cur.next_offset, out)
-        if n < 0:
-            self._raise_read(lib.SHM_E_CORRUPT, part)
-        part.cur.next_offset = lib.shm_batch_base_offset(self._buf) + lib.shm_batch_last_delta(self._buf) + 1
+        n = lib.shm_batch_decode(self._buf, len(plain), 0, cur.next_offset, out)
         out.bytes_used = len(plain)
+        if n == lib.SHM_E_BUFFER_SMALL:          # more records than asked for: the rest next time
+            cur.next_offset = self._rows[(out.count - 1) * ROW] + 1
+            return out.count
+        if n < 0:
+            part.inflated = None
+            self._raise_read(lib.SHM_E_CORRUPT, part)
+        part.inflated = None                      # the last record is taken: pass the frame
+        cur.pos += (lib.SHM_FRAME_HEADER_BYTES + end - start + 7) & ~7
+        cur.next_offset = cur.expect_base = last + 1
         return out.count
 
     def _take_large(self, part: _Part):
@@ -484,7 +662,7 @@ class Consumer:
 
     def _read_any(self, max_records: int):
         """(part, count) for the first partition, round-robin, with records."""
-        parts = self._parts
+        parts = self._active
         np_ = len(parts)
         for i in range(np_):
             part = parts[(self._rr + i) % np_]
@@ -495,37 +673,37 @@ class Consumer:
         return None, 0
 
     def _wait(self, timeout_s):
-        if self._group is not None:
-            # a member wakes at least every GROUP_WAIT_S to see rebalances
-            timeout_s = GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S)
-            if not self._parts:
-                time.sleep(timeout_s)
-                return
+        """Waits on the active rings' futexes for at most GROUP_WAIT_S: between
+        waits a consumer looks at its group and the topic table (rebalances,
+        new partitions) and, after an idle wait, whether a ring it waits on was
+        deleted (the next look then follows the topic table)."""
+        timeout_s = GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S)
+        if not self._active:             # nothing to wait on (all paused, or a member without partitions)
+            time.sleep(GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S))
+            return
         if self._wait_arrays is None:
-            n = len(self._parts)
-            hdrs = ffi.new("void *[]", [p.ring.hdr for p in self._parts])
-            bases = ffi.new("void *[]", [p.ring.base for p in self._parts])
-            curs = ffi.new("struct shm_cursor *[]", [p.cur for p in self._parts])
-            self._wait_arrays = (hdrs, bases, curs, n)
+            act = self._active
+            hdrs = ffi.new("void *[]", [p.ring.hdr for p in act])
+            bases = ffi.new("void *[]", [p.ring.base for p in act])
+            curs = ffi.new("struct shm_cursor *[]", [p.cur for p in act])
+            self._wait_arrays = (hdrs, bases, curs, len(act))
         hdrs, bases, curs, n = self._wait_arrays
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
-        lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._unblock_ns)
+        if lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62,
+                            self._unblock_ns) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
+            self._epoch = -1
 
     def _poll_parts(self, max_records, timeout):
         """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
         self._check_open()
-        g = self._group
-        if not self._parts and g is None:
+        if not self._parts and self._group is None and self._topics is None and self._error is None:
             raise errors.InvalidArgument("this consumer has no partitions: subscribe() or assign() first")
         _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if g is not None:
-                g.polled = True
-                if g.seq_view[0] != g.seen_seq or g.commit_due:
-                    g.sync()
-            part, n = self._read_any(max_records) if self._parts else (None, 0)
+            self._look()
+            part, n = self._read_any(max_records) if self._active else (None, 0)
             if n:
                 return part, n
             if deadline is None:
@@ -538,16 +716,21 @@ class Consumer:
 
     def poll(self, timeout: float | None = None) -> Message | None:
         """The next record, or None when none arrives within timeout seconds
-        (None: wait forever)."""
-        pi = self._pi
-        if pi < len(self._pending):
-            self._pi = pi + 1
-            return self._pending[pi]
+        (None: wait forever). A group member looks at its group before it
+        returns a record it decoded earlier, so a partition that moved away
+        is handed over at once and its decoded records are dropped. The topic
+        table is looked at before each read (not per record decoded earlier)."""
         g = self._group
         if g is not None:
             g.polled = True
             if g.seq_view[0] != g.seen_seq or g.commit_due:
                 g.sync()
+        pi = self._pi
+        if pi < len(self._pending):
+            self._pi = pi + 1
+            return self._pending[pi]
+        if self._epoch_view[0] != self._epoch or self._error is not None:
+            self._look()
         part = self._single
         if part is not None and part.reset_to is None and not part.on_disk:
             if timeout is not None:
@@ -559,20 +742,28 @@ class Consumer:
             if part.large and (m := self._take_large(part)) is not None:
                 return m
             n = lib.shmx_read(*args)
+            if n == 0 and self._out.compressed:
+                n = self._inflate(part)
             if n == 0 and timeout != 0 and g is None:
+                whole = timeout is not None and timeout <= GROUP_WAIT_S
+                t0 = time.monotonic() if timeout is not None and not whole else None
                 self._wait(timeout)
                 if part.large and (m := self._take_large(part)) is not None:
                     return m
                 n = lib.shmx_read(*args)
+                if n == 0 and self._out.compressed:
+                    n = self._inflate(part)
+                if n == 0:
+                    if whole and part.cur.stuck_pos != part.cur.pos and self._epoch != -1:
+                        return None     # the wait ran the whole timeout (a stuck frame goes the general way)
+                    if t0 is not None:
+                        timeout = max(0.0, timeout - (time.monotonic() - t0))
             if n == 1:
                 return self._message1(part)
             if n > 1:
                 self._pending = self._messages(part, n)
                 self._pi = 1
                 return self._pending[0]
-            if n == 0 and timeout is not None and g is None and not self._out.compressed \
-                    and part.cur.stuck_pos != part.cur.pos:
-                return None     # the wait ran the whole timeout (a stuck frame goes the general way)
         part, n = self._poll_parts(self._max_poll, timeout)
         if n == 1:
             return self._message1(part)
@@ -586,6 +777,7 @@ class Consumer:
         """Up to max_messages records (from one partition per call, round-robin)."""
         if not isinstance(max_messages, int) or max_messages < 1:
             raise errors.InvalidArgument("max_messages must be an int >= 1")
+        self._look()
         if self._pi < len(self._pending):
             rest = self._pending[self._pi:self._pi + max_messages]
             self._pi += len(rest)
@@ -635,8 +827,43 @@ class Consumer:
 
     # ------------------------------------------------------------ offsets
 
-    def _positions(self) -> dict:
-        return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in self._parts}
+    def _commit_positions(self, tps=None) -> dict:
+        """What a commit without offsets commits for these partitions (default:
+        the assignment): the position (what poll has returned), or with
+        enable_auto_offset_store=False only what store_offsets() stored."""
+        parts = self._parts if tps is None else [self._by_tp[tp] for tp in tps if tp in self._by_tp]
+        if self._auto_store:
+            return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in parts}
+        return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}
+
+    def store_offsets(self, message=None, offsets=None):
+        """confluent-kafka's store_offsets, for enable_auto_offset_store=False:
+        store_offsets(message) stores message.offset + 1 for its partition;
+        store_offsets(offsets={(topic, partition): next offset}) (or a list of
+        (topic, partition, next offset)) stores those. Auto-commit, the commit
+        on revoke and close, and commit() without offsets then commit only the
+        stored offsets (at-least-once for records a service has finished,
+        whatever poll returned since). Stored offsets belong to the
+        assignment: a partition revoked or unassigned forgets its own."""
+        self._check_open()
+        if self._auto_store:
+            raise errors.InvalidArgument("store_offsets() needs enable_auto_offset_store=False (with the "
+                                         "default True, poll() stores every position itself)")
+        if (message is None) == (offsets is None):
+            raise errors.InvalidArgument("store_offsets() takes a message or offsets=, not both")
+        if message is not None:
+            todo = [(message.topic, message.partition, message.offset + 1)]
+        elif isinstance(offsets, dict):
+            todo = [(tp[0], tp[1], off) for tp, off in offsets.items()]
+        else:
+            todo = [tuple(x) for x in offsets]
+        parts = []
+        for t, q, off in todo:
+            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+                raise errors.InvalidArgument(f"offset for {(t, q)} must be an int >= 0, not {off!r}")
+            parts.append((self._part(t, q), off))
+        for part, off in parts:
+            part.stored = off
 
     def commit(self, offsets=None, durable: bool = False):
         """Commits {(topic, partition): next offset to read}; by default the
@@ -648,7 +875,7 @@ class Consumer:
         self._check_open()
         if self._group_name is None:
             raise errors.InvalidArgument("commit() needs a consumer group: log.consumer(group=..., topics=[...])")
-        offsets = self._positions() if offsets is None else offsets
+        offsets = self._commit_positions() if offsets is None else offsets
         if not isinstance(offsets, dict):
             raise errors.InvalidType("offsets must be a dict {(topic, partition): offset}")
         if self._group is not None:
@@ -686,7 +913,9 @@ class Consumer:
             finally:
                 g.leave()
         self._closed = True
+        self._epoch_view, self._epoch = (0,), 0     # the log may unmap the control segment now
         self._parts = []
+        self._active = []
         self._single = None
         self._by_tp = {}
         self._pending, self._pi = [], 0

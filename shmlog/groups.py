@@ -765,6 +765,7 @@ class Membership:
         if self.closed:
             return
         self.closed = True
+        self.seq_view = (self.seen_seq,)    # the log may unmap the control segment now
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -900,13 +901,8 @@ class Membership:
             cb(self.consumer, list(tps))
 
     def _positions(self, entries: dict) -> dict:
-        out = {}
-        for tp in entries:
-            try:
-                out[tp] = self.consumer.position(*tp)
-            except errors.UnknownTopicOrPartition:
-                pass
-        return out
+        """What to commit for these partitions (positions, or stored offsets)."""
+        return self.consumer._commit_positions(list(entries))
 
     def _commit_quietly(self, offsets):
         """Auto-commit: never raises for a partition that moved on (its new
