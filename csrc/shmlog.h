@@ -79,6 +79,7 @@
 #define SHM_E_BUSY            -17  /* the blocking owner is alive: not sealed */
 #define SHM_E_BUFFER_SMALL    -18  /* caller's buffer cannot hold one frame */
 #define SHM_E_FENCED          -19  /* commit by a member that does not own the partition */
+#define SHM_E_UNTRUSTED       -20  /* segment of an untrusted owner, world-accessible, or not a regular file */
 
 /* ---------- frame header (ring and disk) ----------
  * commit is release-stored LAST by the writer and equals position ^
@@ -344,6 +345,21 @@ struct shm_map {
     void    *base;
     uint64_t size;
     int      writable;
+    uint32_t st_uid;           /* owner, group and mode of the segment as opened (fstat) */
+    uint32_t st_gid;
+    uint32_t st_mode;
+};
+
+/* Who may own a segment this process maps (issue 11, defect 9: anyone can
+ * create a name in /dev/shm first). A segment is trusted when it has no
+ * world bits and is owned by this euid, by root or by uid, or (has_gid)
+ * carries the instance's group gid: only root and the group's members can
+ * give a file that group, so a squatter outside it can never pass. */
+struct shm_trust {
+    uint32_t uid;              /* the instance's owner: the data dir's owner */
+    uint32_t gid;              /* the instance's group */
+    uint32_t has_gid;          /* 0: no group set up yet (the creator's group) */
+    uint32_t _pad;
 };
 
 /* one record batch to append; arrays are caller-owned */
@@ -409,8 +425,9 @@ struct shm_records_out {
 };
 
 /* ---------- shm.c: segments, futex, clocks, liveness ---------- */
-int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct shm_map *out);
-int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size, struct shm_map *out);
+int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out);
+int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
+                               const struct shm_trust *trust, struct shm_map *out);
 int      shm_segment_unlink(const char *name);
 int      shm_robust_mutex_init(void *mutex);
 int      shm_start_writeback(int fd, int64_t offset, int64_t nbytes);

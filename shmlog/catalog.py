@@ -9,6 +9,7 @@ import os
 
 import msgspec
 
+from . import safefile
 from .config import TopicConfig
 
 
@@ -22,8 +23,7 @@ def path(data_dir: str) -> str:
 
 def load(data_dir: str) -> Catalog:
     try:
-        with open(path(data_dir), "rb") as f:
-            return msgspec.json.decode(f.read(), type=Catalog)
+        return msgspec.json.decode(safefile.read_bytes(path(data_dir)), type=Catalog)
     except FileNotFoundError:
         return Catalog()
 
@@ -31,5 +31,5 @@ def load(data_dir: str) -> Catalog:
 def save(data_dir: str, cat: Catalog):
     from .storage import write_atomically
     p = path(data_dir)
-    os.makedirs(os.path.dirname(p), mode=0o770, exist_ok=True)
+    safefile.makedirs(os.path.dirname(p))
     write_atomically(p, msgspec.json.format(msgspec.json.encode(cat), indent=2))

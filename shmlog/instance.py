@@ -22,7 +22,7 @@ import weakref
 
 import msgspec
 
-from . import catalog, config, errors, groups, liveness, permissions, storage
+from . import catalog, config, errors, groups, liveness, permissions, safefile, storage
 from ._native import Segment, ffi, lib, raise_status, unlink_segment
 
 log = logging.getLogger("shmlog")
@@ -67,14 +67,15 @@ class Ring:
     """One mapped partition ring. Producers map it writable; consumers map the
     data read-only plus the header writable (waiter announcements)."""
 
-    __slots__ = ("name", "topic", "partition", "seg", "base", "hdr_seg", "hdr", "rw_seg", "__weakref__")
+    __slots__ = ("name", "topic", "partition", "seg", "base", "hdr_seg", "hdr", "rw_seg", "trust", "__weakref__")
 
-    def __init__(self, name, topic, partition, writable):
+    def __init__(self, name, topic, partition, writable, trust):
         self.name = name
         self.topic = topic
         self.partition = partition
+        self.trust = trust
         try:
-            self.seg = Segment.open(name, writable=writable)
+            self.seg = Segment.open(name, writable=writable, trust=trust)
         except errors.UnknownTopicOrPartition:
             raise errors.UnknownTopicOrPartition(
                 f"topic {topic!r} partition {partition}: ring {name} is missing "
@@ -91,14 +92,14 @@ class Ring:
         if writable:
             self.hdr_seg, self.hdr = None, self.base
         else:
-            self.hdr_seg = Segment.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES)
+            self.hdr_seg = Segment.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES, trust=trust)
             self.hdr = self.hdr_seg.base
 
     def writable_base(self):
         """A writable mapping (for sealing a dead producer's write), or None when not permitted."""
         if self.rw_seg is None:
             try:
-                self.rw_seg = Segment.open(self.name, writable=True)
+                self.rw_seg = Segment.open(self.name, writable=True, trust=self.trust)
             except errors.PermissionDenied:
                 return None
         return self.rw_seg.base
@@ -160,13 +161,9 @@ class Log:
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
         self.unblock_ns = unblock_timeout_ms * 1_000_000
-        try:
-            os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
-        except PermissionError:
-            raise errors.PermissionDenied(
-                f"no access to data dir {settings.data_dir}: run as the instance's user or a member "
-                "of its group, or pass another data_dir") from None
+        permissions.check_data_dir(settings.data_dir, create=True)
         self._gid = permissions.instance_gid(settings.data_dir)
+        self._trust = permissions.segment_trust(settings.data_dir)
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
         self._handles: dict[str, TopicHandle] = {}
@@ -192,13 +189,13 @@ class Log:
         deadline = time.monotonic() + 5
         while True:
             try:
-                seg = Segment.open(name, writable=True)
+                seg = Segment.open(name, writable=True, trust=self._trust)
             except errors.UnknownTopicOrPartition:
+                permissions.check_data_dir(self.settings.data_dir, write=True)   # before a segment exists
                 try:
-                    seg = Segment.create(name, lib.shm_ctl_size(limits))
+                    seg = Segment.create(name, lib.shm_ctl_size(limits), gid=self._gid)
                 except errors.TopicExists:
                     continue                      # another process created it first
-                self._give_group(name)
                 rc = lib.shm_ctl_init(seg.base, seg.size, limits)
                 if rc != lib.SHM_OK:
                     raise_status(rc, f"cannot initialise control segment {name}")
@@ -219,11 +216,6 @@ class Log:
                     f"control segment {name} was never finished by its creator; "
                     "remove it with `shmlog doctor --clean`")
             time.sleep(0.001)
-
-    def _give_group(self, name: str):
-        """A new segment belongs to the instance's group (the data dir's, once a supervisor set it)."""
-        if self._gid is not None:
-            permissions.give_group(permissions.shm_path(name), self._gid)
 
     def _supervisor(self):
         """The admin client of the supervisor running this instance, or None
@@ -313,7 +305,7 @@ class Log:
         if sup is not None:
             sup.call("ensure_persister")  # the supervisor owns it
             return
-        errlog = open(os.path.join(d, "persister.log"), "ab")
+        errlog = os.fdopen(safefile.open_append(os.path.join(d, "persister.log")), "ab")
         try:
             subprocess.Popen(
                 [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
@@ -411,16 +403,15 @@ class Log:
         """Under the lock: partition p's ring starting at base = (offset, position),
         and its directory for a durable topic; made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
-        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
+        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
         made.append(rname)
-        self._give_group(rname)
         rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
                                cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
         seg.close()
         if rc != lib.SHM_OK:
             raise_status(rc, f"cannot initialise ring {rname}")
         if cfg.persistence == "disk":
-            os.makedirs(storage.partition_dir(self.settings.data_dir, name, p), mode=0o770, exist_ok=True)
+            safefile.makedirs(storage.partition_dir(self.settings.data_dir, name, p))
 
     def _drop_abandoned(self, nb: bytes):
         """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
@@ -451,7 +442,7 @@ class Log:
             for p in range(e.config.partitions):
                 rname = self.settings.ring_name(gen[0], p)
                 try:
-                    seg = Segment.open(rname, writable=True)
+                    seg = Segment.open(rname, writable=True, trust=self._trust)
                     lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
                     seg.close()
                 except errors.UnknownTopicOrPartition:
@@ -509,7 +500,7 @@ class Log:
                     self._make_ring(name, new, gen[0], p, (0, 0), made)
                 if new.max_message_bytes != old.max_message_bytes:
                     for p in range(old.partitions):
-                        seg = Segment.open(self.settings.ring_name(gen[0], p), writable=True)
+                        seg = Segment.open(self.settings.ring_name(gen[0], p), writable=True, trust=self._trust)
                         rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
                                                               lib.SHM_FRAME_HEADER_BYTES)
                         seg.close()
@@ -602,7 +593,8 @@ class Log:
         r = self._rings.get(key)
         if r is None:
             r = self._rings[key] = Ring(self.settings.ring_name(handle.generation, partition),
-                                        handle.name, partition, writable)
+                                        handle.name, partition, writable,
+                                        permissions.segment_trust(self.settings.data_dir))
         return r
 
     def _forget(self, name: str):
@@ -741,9 +733,8 @@ class _RecoveryProgress:
 def read_recovery_progress(data_dir: str) -> dict | None:
     """What a restore in progress wrote (see _RecoveryProgress), or None."""
     try:
-        with open(os.path.join(data_dir, "recovery.json"), "rb") as f:
-            return msgspec.json.decode(f.read())
-    except (FileNotFoundError, msgspec.DecodeError):
+        return msgspec.json.decode(safefile.read_bytes(os.path.join(data_dir, "recovery.json")))
+    except (FileNotFoundError, msgspec.DecodeError, errors.PermissionDenied):
         return None
 
 

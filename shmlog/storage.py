@@ -19,7 +19,7 @@ import shutil
 import struct
 import time
 
-from . import errors
+from . import errors, safefile
 from ._native import ffi, lib
 
 log = logging.getLogger("shmlog.storage")
@@ -38,25 +38,14 @@ def topic_dir(data_dir: str, topic: str) -> str:
     return os.path.join(data_dir, "topics", topic)
 
 
-def fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = safefile.fsync_dir
 
 
 def write_atomically(path: str, data: bytes, sync_dir: bool = True):
     """Replaces path with data: a crash leaves the old file or the new one,
-    never a mix (write a tmp file, fsync, rename, fsync the directory)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(os.path.dirname(path))
+    never a mix (safefile.replace: an unpredictable tmp name, O_EXCL|O_NOFOLLOW,
+    fsync, rename, fsync the directory)."""
+    safefile.replace(path, data, sync_dir=sync_dir)
 
 
 class CorruptSegment(errors.CorruptRecord):
@@ -200,14 +189,13 @@ class PartitionWriter:
         self.active_since = time.monotonic()
         self.next_index_pos = ffi.new("uint64_t *")
         self.dirty = False
-        os.makedirs(path, mode=0o770, exist_ok=True)
+        safefile.makedirs(path)
 
     def _open(self, seg: Segment):
         self.close()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        self.fd = os.open(seg.path("log"), flags, 0o660)
-        self.ifd = os.open(seg.path("index"), flags, 0o660)
-        self.tfd = os.open(seg.path("timeindex"), flags, 0o660)
+        self.fd = safefile.open_append(seg.path("log"))
+        self.ifd = safefile.open_append(seg.path("index"))
+        self.tfd = safefile.open_append(seg.path("timeindex"))
         self.active = seg
         self.active_since = time.monotonic()
 
@@ -418,7 +406,7 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
             raise CorruptSegment(last.path(), good_end, why[out.stop_reason])
         rep.truncated_at, rep.truncated_bytes = good_end, size - good_end
         if repair:
-            with open(last.path(), "r+b") as f:
+            with os.fdopen(safefile.open_write_fd(last.path()), "wb") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
             log.warning("%s: truncated a torn tail of %d bytes at file position %d",

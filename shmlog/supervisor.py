@@ -33,7 +33,7 @@ import time
 import msgspec
 import psutil
 
-from . import admin, config, configfile, errors, liveness, notify, permissions, persister
+from . import admin, config, configfile, errors, liveness, notify, permissions, persister, safefile
 from ._native import lib
 from .instance import Log
 
@@ -70,18 +70,13 @@ def state_path(settings: config.Settings) -> str:
 
 def read_state(settings: config.Settings) -> State | None:
     try:
-        with open(state_path(settings), "rb") as f:
-            return msgspec.json.decode(f.read(), type=State)
-    except (FileNotFoundError, msgspec.DecodeError):
+        return msgspec.json.decode(safefile.read_bytes(state_path(settings)), type=State)
+    except (FileNotFoundError, msgspec.DecodeError, errors.PermissionDenied):
         return None
 
 
 def _write_state(settings: config.Settings, st: State):
-    p = state_path(settings)
-    tmp = p + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(msgspec.json.encode(st))
-    os.replace(tmp, p)
+    safefile.replace(state_path(settings), msgspec.json.encode(st), sync_dir=False)
 
 
 class Supervisor:
@@ -115,7 +110,7 @@ class Supervisor:
     def start(self):
         s = self.settings
         os.umask(permissions.FILE_UMASK)
-        os.makedirs(s.data_dir, mode=0o770, exist_ok=True)
+        safefile.makedirs(s.data_dir)
         self._take_lock()
         permissions.prepare_data_dir(s.data_dir, self.cfg.group)
         self.gid = permissions.instance_gid(s.data_dir)
@@ -172,7 +167,7 @@ class Supervisor:
 
     def _take_lock(self):
         p = lock_path(self.settings)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        fd = safefile.open_rw(p)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -281,7 +276,7 @@ class Supervisor:
         if self.persister_started:
             self.persister_restarts += 1
         self.persister_started += 1
-        errlog = open(os.path.join(d, "persister.log"), "ab")
+        errlog = os.fdopen(safefile.open_append(os.path.join(d, "persister.log")), "ab")
         try:
             self.persister_proc = subprocess.Popen(
                 [sys.executable, "-m", "shmlog.persister", "--instance", self.settings.instance,
@@ -531,7 +526,7 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     pid = running_pid(settings)
     if pid is not None:
         return pid
-    os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+    safefile.makedirs(settings.data_dir)
     logfile = os.path.join(settings.data_dir, "supervisor.log")
     try:
         start_at = os.path.getsize(logfile)
@@ -542,10 +537,14 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     if config_path:
         cmd += ["--config", os.path.abspath(config_path)]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    env["SHMLOG_SUPERVISOR_LOG"] = logfile
-    # sh backgrounds the supervisor and exits at once: init adopts it, no zombie is left with us
-    subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null >>"$SHMLOG_SUPERVISOR_LOG" 2>&1 &', "sh", *cmd],
-                   env=env, start_new_session=True, check=True)
+    # sh backgrounds the supervisor and exits at once: init adopts it, no zombie is left with us.
+    # The log is opened here (safefile: never through a planted symlink), not by a shell redirect.
+    logfd = safefile.open_append(logfile)
+    try:
+        subprocess.run(["/bin/sh", "-c", 'exec "$@" </dev/null &', "sh", *cmd],
+                       env=env, start_new_session=True, check=True, stdout=logfd, stderr=logfd)
+    finally:
+        os.close(logfd)
     launched = time.time()
     deadline = time.monotonic() + timeout
     while True:
