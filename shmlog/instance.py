@@ -65,9 +65,16 @@ class TopicHandle:
 
 class Ring:
     """One mapped partition ring. Producers map it writable; consumers map the
-    data read-only plus the header writable (waiter announcements)."""
+    data read-only plus the header writable (waiter announcements).
 
-    __slots__ = ("name", "topic", "partition", "seg", "base", "hdr_seg", "hdr", "rw_seg", "trust", "__weakref__")
+    base is the mapping (header fields only: counters, ends, waits); h is the
+    process-local handle (struct shm_ring) every access that indexes into the
+    ring takes: its geometry was read and validated once, here (issue 11,
+    defect 11), so a header rewritten later cannot send this process outside
+    its mapping."""
+
+    __slots__ = ("name", "topic", "partition", "seg", "base", "h", "hdr_seg", "hdr", "rw_seg", "rw_h",
+                 "trust", "__weakref__")
 
     def __init__(self, name, topic, partition, writable, trust):
         self.name = name
@@ -81,7 +88,8 @@ class Ring:
                 f"topic {topic!r} partition {partition}: ring {name} is missing "
                 "(the topic was deleted, or its creation was interrupted)") from None
         self.base = self.seg.base
-        rc = lib.shm_ring_check(self.base, self.seg.size)
+        self.h = ffi.new("struct shm_ring *")
+        rc = lib.shm_ring_open(self.h, self.base, self.seg.size, int(writable))
         if rc != lib.SHM_OK:
             self.seg.close()
             raise errors.LayoutMismatch(
@@ -89,6 +97,7 @@ class Ring:
                 f"(status {rc}); it was made by another shmlog version or is damaged: "
                 "remove it with `shmlog doctor --clean`")
         self.rw_seg = self.seg if writable else None
+        self.rw_h = self.h if writable else None
         if writable:
             self.hdr_seg, self.hdr = None, self.base
         else:
@@ -96,13 +105,21 @@ class Ring:
             self.hdr = self.hdr_seg.base
 
     def writable_base(self):
-        """A writable mapping (for sealing a dead producer's write), or None when not permitted."""
-        if self.rw_seg is None:
+        """A handle on a writable mapping (for sealing a dead producer's write,
+        shm_ring_seal_stuck), or None when not permitted. Its geometry is the
+        one validated at open (the same ring, mapped once more)."""
+        if self.rw_h is None:
             try:
-                self.rw_seg = Segment.open(self.name, writable=True, trust=self.trust)
+                seg = Segment.open(self.name, writable=True, trust=self.trust)
             except errors.PermissionDenied:
                 return None
-        return self.rw_seg.base
+            h = ffi.new("struct shm_ring *")
+            if seg.size != self.seg.size or lib.shm_ring_open(h, seg.base, seg.size, 1) != lib.SHM_OK \
+                    or (h.capacity, h.base_position) != (self.h.capacity, self.h.base_position):
+                seg.close()
+                return None
+            self.rw_seg, self.rw_h = seg, h
+        return self.rw_h
 
     def ends(self):
         """(log_start_offset, end_offset, head_pos, tail_pos)"""
@@ -119,6 +136,7 @@ class Ring:
             if s is not None:
                 s.close()
         self.base = self.hdr = ffi.NULL
+        self.h = self.rw_h = None
 
 
 def _c_config(cfg: config.TopicConfig):

@@ -80,7 +80,7 @@ class _Partition:
             if self.writer.roll_needed():
                 self.writer.roll(self.pos, self.offset)
             room = max(self.writer.segment_bytes - self.writer.active.size, 1)
-            rc = lib.shm_persist_scan(base, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
+            rc = lib.shm_persist_scan(self.ring.h, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
                                       self.writer.next_index_pos, self.rows, MAX_INDEX, self.out)
             if rc != lib.SHM_OK:
                 raise errors.CorruptRecord(f"{self.handle.name}[{self.partition}]: damaged frame in the "

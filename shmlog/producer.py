@@ -54,7 +54,7 @@ class _TopicWriter:
         log = self.producer._log
         ring = log.ring(self.handle, partition, writable=True)
         pid, st = liveness.ensure_token(log.token_prefix)
-        slot = lib.shm_ring_claim_slot(ring.base, pid, st, log.token_prefix_c)
+        slot = lib.shm_ring_claim_slot(ring.h, pid, st, log.token_prefix_c)
         if slot < 0:
             if slot == lib.SHM_E_NO_SLOT:
                 raise errors.TooManyProducers(
@@ -62,7 +62,7 @@ class _TopicWriter:
                     f"{lib.SHM_PRODUCER_SLOTS} producer slots are held by live processes")
             raise_status(slot, "cannot claim a producer slot")
         c = ffi.new("struct shm_send_ctx *")
-        c.base = ring.base
+        c.ring = ring.h
         c.slot = slot
         c.timeout_ns = min(self.producer._timeout_ns, WAIT_SLICE_NS)
         c.unblock_ns = log.unblock_ns

@@ -321,7 +321,7 @@ class Supervisor:
             try:
                 h = self.log.topic_handle(name)
                 for p in range(h.partitions):
-                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).base, prefix, int(free_slots))
+                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).h, prefix, int(free_slots))
                     if n > 0:
                         log.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
             except (errors.UnknownTopicOrPartition, errors.PermissionDenied):
