@@ -133,6 +133,35 @@ def unlink_segment(name: str) -> bool:
     return True
 
 
+_SLOT_STATES = {2: "intent published", 3: "reserved"}
+
+
+def full_ring_cause(ring_handle, token_prefix_c, durable: bool, timeout_ms: int, persist_errno: int = 0) -> str:
+    """Why producers of a full ring wait, in words (shm_ring_blocker): the
+    producer holding an uncommitted reservation at the ring's head (slot,
+    pid, position, offsets, for how long, alive or dead), or the persister
+    (with its last write error, persist_errno)."""
+    b = ffi.new("struct shm_blocker *")
+    if ring_handle is None or lib.shm_ring_blocker(ring_handle, token_prefix_c, b) != lib.SHM_OK:
+        b.kind = lib.SHM_BLOCK_PERSISTER if durable else lib.SHM_BLOCK_NONE
+    if persist_errno and b.kind != lib.SHM_BLOCK_WRITER:
+        return f"the persister cannot write: {os.strerror(persist_errno)}"
+    if b.kind == lib.SHM_BLOCK_WRITER:
+        if b.slot < 0:
+            return (f"the oldest frame (position {b.position}) is still being written and no producer "
+                    "slot names it any more (it is being sealed)")
+        held = f" for {b.held_ms / 1000:.1f} s" if b.held_ms >= 0 else ""
+        owner = {1: "alive but not finishing it (stopped with SIGSTOP, or stuck?): a live writer is never "
+                    "sealed over; resume or kill it",
+                 0: "dead: its reservation is sealed as a gap after unblock_timeout_ms"}.get(b.alive, "")
+        return (f"producer pid {b.pid} (slot {b.slot}) has held an uncommitted reservation of offsets "
+                f"{b.base_offset}..{b.base_offset + b.count - 1} at position {b.position}{held}"
+                f" ({_SLOT_STATES.get(b.state, b.state)}); it is {owner}")
+    if b.kind == lib.SHM_BLOCK_PERSISTER:
+        return f"the persister has not copied past position {b.persisted_pos}: it is behind or not running"
+    return f"no space was free for {timeout_ms} ms, though nothing blocks the ring now (a burst of writers?)"
+
+
 def crc32c(data, crc: int = 0) -> int:
     return lib.shm_crc32c(crc, ffi.from_buffer(data), len(data))
 

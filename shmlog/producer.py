@@ -13,7 +13,7 @@ from array import array
 from itertools import compress
 
 from . import errors, liveness
-from ._native import ffi, lib, raise_status
+from ._native import ffi, full_ring_cause, lib, raise_status
 from .records import BatchMetadata, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -286,12 +286,11 @@ class Producer:
         if rc == lib.SHM_E_FULL:
             ring = w.rings[partition]
             err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO) if ring is not None else 0
-            why = (f"the persister cannot write: {os.strerror(err)}" if err else
-                   "the persister is behind or not running" if w.handle.config.persistence == "disk"
-                   else "a writer a lap behind is still writing")
+            why = full_ring_cause(ring.h if ring is not None else None, self._log.token_prefix_c,
+                                  w.handle.config.persistence == "disk", self._timeout_ns // 1_000_000, err)
             raise errors.BufferFull(
                 f"topic {name!r} partition {partition}: no ring space for "
-                f"{self._timeout_ns // 1_000_000} ms ({why}); consumers never hold space back")
+                f"{self._timeout_ns // 1_000_000} ms: {why}; consumers never hold space back")
         if rc == lib.SHM_E_TOO_LARGE:
             raise errors.RecordTooLarge(
                 f"record batch is larger than topic {name!r}'s max_message_bytes "

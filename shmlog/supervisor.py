@@ -526,7 +526,7 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     pid = running_pid(settings)
     if pid is not None:
         return pid
-    safefile.makedirs(settings.data_dir)
+    permissions.check_data_dir(settings.data_dir, create=True, write=True)   # PermissionDenied, not EACCES later
     logfile = os.path.join(settings.data_dir, "supervisor.log")
     try:
         start_at = os.path.getsize(logfile)
