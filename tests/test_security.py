@@ -482,3 +482,71 @@ def test_buffer_full_names_the_producer_holding_a_reservation(inst):
         os.kill(holder.pid, signal.SIGKILL)
         os.kill(holder.pid, signal.SIGCONT)
         holder.join(10)
+
+
+# ------------------------------------------------------------ defect 9: squatted liveness tokens
+
+
+def _create_token(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+    return "created"
+
+
+@needs_root
+def test_squatted_liveness_token_refused(inst):
+    """Another user pre-creates this process's token name: it could unlink it
+    later and make us look dead (our open reservation sealed under us)."""
+    from shmlog import liveness
+    prefix = liveness.token_prefix(inst.prefix, "squat")
+    path = f"{prefix}{os.getpid()}-{liveness.start_time()}"
+    try:
+        assert _as_nobody(_create_token, path) == ("ok", "created")
+        with pytest.raises(errors.PermissionDenied) as e:
+            liveness.ensure_token(prefix)
+        assert path in str(e.value)
+    finally:
+        liveness.release_tokens(prefix)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def _hold_token_lock(path, ready, done):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    import fcntl
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ready.set()
+    done.wait(60)
+
+
+@needs_root
+def test_squatter_cannot_keep_a_dead_writer_alive(inst):
+    """A token for a dead (pid, start time), made and locked by another uid, is not
+    proof of life: the writer is seen dead, so its reservation can be sealed."""
+    from shmlog import liveness
+    ctx = multiprocessing.get_context("fork")
+    gone = ctx.Process(target=lambda: None)
+    gone.start()
+    gone.join()
+    pid, st = gone.pid, 12345                       # a pid now unused, with some start time
+    prefix = liveness.token_prefix(inst.prefix, "keepalive")
+    path = f"{prefix}{pid}-{st}"
+    ready, done = ctx.Event(), ctx.Event()
+
+    def squatter():
+        os.setgroups([NOBODY])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        _hold_token_lock(path, ready, done)
+
+    p = inst.process(squatter)
+    p.start()
+    try:
+        assert ready.wait(20)
+        assert lib.shm_process_alive(prefix.encode(), pid, st) == 0
+    finally:
+        done.set()
+        p.join(10)
+        if os.path.exists(path):
+            os.unlink(path)
