@@ -59,7 +59,7 @@ def os_error(e: OSError, path: str, doing: str) -> Exception:
     become PermissionDenied with the fix; others stay as they are)."""
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return errors.PermissionDenied(
-            f"cannot {doing} {path}: {os.strerror(e.errno)} (uid {os.geteuid()}); run as the "
+            f"no access to {path} (cannot {doing}: {os.strerror(e.errno)}, uid {os.geteuid()}); run as the "
             "instance's user or a member of its group, or pass another data_dir")
     if e.errno == errno.ELOOP:
         return _denied(path, f"refusing to {doing}", "it is a symbolic link (someone planted it?); remove it")
