@@ -17,15 +17,32 @@ static inline uint64_t commit_word(uint64_t pos) { return pos ^ (uint64_t)SHM_CO
  * too) starts a lap at slot 0. Reservations never leave exactly 8 bytes before
  * the end (I6), so every frame start has room for a frame header and every
  * byte of the log lies inside a self-describing frame, in the ring and on disk. */
-static inline uint64_t slot_of(const struct shm_ring_header *h, uint64_t p)
+/* Every index comes from the process-local handle (struct shm_ring), never
+ * from the shared header: slot_of is < capacity whatever p is, so a frame
+ * header at FRAME(r, p) is always inside the mapping (I6 keeps 16 bytes
+ * before the end for a sane writer; readers check lengths against room_of). */
+static inline uint64_t slot_of(const struct shm_ring *r, uint64_t p)
 {
-    return (p - h->base_position) & (h->capacity - 1);
+    return (p - r->base_position) & r->mask;
 }
-static inline uint64_t room_of(const struct shm_ring_header *h, uint64_t p)
+static inline uint64_t room_of(const struct shm_ring *r, uint64_t p)
 {
-    return h->capacity - slot_of(h, p);
+    return r->capacity - slot_of(r, p);
 }
-#define FRAME(h, p) ((struct shm_frame_header *)(DATA(h) + slot_of((h), (p))))
+/* The frame header for position p: at slot_of(r, p) for every position a
+ * sane ring holds (8-aligned, at least 16 bytes before the end, I6). A
+ * crafted position (unaligned, or 8 bytes before the end) is moved down to
+ * an aligned slot with room for a header, so even then a header access stays
+ * inside the mapping; its commit word (or its length against room_of) then
+ * fails every check. Moving down never adds room: anything up to room_of(r, p)
+ * bytes from the header is still inside the mapping. */
+static inline uint64_t frame_slot(const struct shm_ring *r, uint64_t p)
+{
+    uint64_t s = slot_of(r, p) & ~(uint64_t)(SHM_FRAME_ALIGN - 1);
+    uint64_t last = r->capacity - SHM_FRAME_HEADER_BYTES;
+    return s <= last ? s : last;
+}
+#define FRAME(r, p) ((struct shm_frame_header *)((r)->data + frame_slot((r), (p))))
 
 /* For the complete frame fh at p with `room` bytes available from p: the
  * position and offset that follow it. SHM_E_CORRUPT when its length or kind

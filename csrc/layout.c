@@ -14,7 +14,7 @@ const struct shm_layout_field shm_layout_fields[] = {
     S(shm_producer_slot), F(shm_producer_slot, owner), F(shm_producer_slot, state),
     F(shm_producer_slot, pid), F(shm_producer_slot, start_time), F(shm_producer_slot, res_pos),
     F(shm_producer_slot, frame_pos), F(shm_producer_slot, res_end),
-    F(shm_producer_slot, base_offset), F(shm_producer_slot, count),
+    F(shm_producer_slot, base_offset), F(shm_producer_slot, count), F(shm_producer_slot, res_ms),
     S(shm_ring_header), F(shm_ring_header, magic), F(shm_ring_header, version),
     F(shm_ring_header, header_bytes), F(shm_ring_header, capacity), F(shm_ring_header, total_bytes),
     F(shm_ring_header, topic_generation), F(shm_ring_header, partition),

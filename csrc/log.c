@@ -60,25 +60,27 @@ static void note_timestamp(const struct shm_frame_header *fh, struct shm_index_s
         ix->max_timestamp = ts;
 }
 
-int shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset, uint64_t max_bytes,
+int shm_persist_scan(const struct shm_ring *r, uint64_t from_pos, int64_t from_offset, uint64_t max_bytes,
                      uint64_t index_every, struct shm_index_state *ix, int64_t *index_rows,
                      uint32_t max_index, struct shm_persist_out *out)
 {
-    const struct shm_ring_header *h = HDR(base);
-    uint64_t p = from_pos, lap_end = from_pos + room_of(h, from_pos);
+    if (!r || r->magic != SHM_RING_HANDLE_MAGIC)
+        return SHM_E_INVALID;
+    const struct shm_ring_header *h = r->hdr;
+    uint64_t p = from_pos, lap_end = from_pos + room_of(r, from_pos);
     /* acquire: frames below the tail we read are reserved; commits checked per frame */
     uint64_t tail = shm_load_acquire(&h->tail_pos);
     int64_t off = from_offset;
     out->frames = out->index_count = 0;
-    out->slot = slot_of(h, from_pos);
+    out->slot = slot_of(r, from_pos);
     while (p < tail && p < lap_end) {
-        const struct shm_frame_header *fh = FRAME(h, p);
+        const struct shm_frame_header *fh = FRAME(r, p);
         /* acquire: a matching commit makes the frame's bytes visible */
         if (shm_load_acquire(&fh->commit) != commit_word(p))
             break;
         uint64_t next;
         int64_t noff;
-        if (frame_next(fh, p, room_of(h, p), off, &next, &noff) != SHM_OK) {
+        if (frame_next(fh, p, room_of(r, p), off, &next, &noff) != SHM_OK) {
             if (out->frames == 0)
                 return SHM_E_CORRUPT;
             break;

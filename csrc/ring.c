@@ -124,6 +124,45 @@ int shm_ring_check(const void *base, uint64_t mapped_bytes)
     return SHM_OK;
 }
 
+/* Fills the process-local handle r from a mapping of mapped_bytes that
+ * shm_ring_check accepted: the geometry is copied here once, and every later
+ * access indexes with these copies (frame.h), so a header rewritten after
+ * this (a crafted capacity or base_position) cannot move an access outside
+ * the mapping. SHM_E_LAYOUT / SHM_E_AGAIN as shm_ring_check. */
+int shm_ring_open(struct shm_ring *r, void *base, uint64_t mapped_bytes, int writable)
+{
+    memset(r, 0, sizeof *r);
+    int rc = shm_ring_check(base, mapped_bytes);
+    if (rc != SHM_OK)
+        return rc;
+    const struct shm_ring_header *h = HDR(base);
+    /* one read of each field into a local: what was checked is what is kept */
+    uint64_t cap = __atomic_load_n(&h->capacity, __ATOMIC_RELAXED);
+    uint64_t bp = __atomic_load_n(&h->base_position, __ATOMIC_RELAXED);
+    uint32_t persistence = __atomic_load_n(&h->persistence, __ATOMIC_RELAXED);
+    if (cap < SHM_RING_MIN_BYTES || cap > (uint64_t)SHM_RING_MAX_BYTES || (cap & (cap - 1)) ||
+        cap + SHM_RING_HEADER_BYTES != mapped_bytes || bp % SHM_FRAME_ALIGN ||
+        (persistence != SHM_PERSIST_NONE && persistence != SHM_PERSIST_DISK))
+        return SHM_E_LAYOUT;
+    r->hdr = HDR(base);
+    r->data = DATA(base);
+    r->capacity = cap;
+    r->mask = cap - 1;
+    r->base_position = bp;
+    r->mapped_bytes = mapped_bytes;
+    r->persistence = persistence;
+    r->max_frame_cap = (uint32_t)(cap / 2 < UINT32_MAX ? cap / 2 : UINT32_MAX);
+    r->writable = writable;
+    r->magic = SHM_RING_HANDLE_MAGIC;
+    return SHM_OK;
+}
+
+/* a handle shm_ring_open filled (not a raw mapping passed by mistake) */
+static inline int handle_ok(const struct shm_ring *r)
+{
+    return r && r->magic == SHM_RING_HANDLE_MAGIC;
+}
+
 /* ------------------------------------------------------------ seal lock */
 
 static int seal_lock(struct shm_ring_header *h)
@@ -164,31 +203,34 @@ static int slot_owner_dead(const struct shm_producer_slot *s, const char *token_
  * is committed (the owner finished, or another producer won the CAS and
  * finished), has been passed by head, or was never reserved at all (tail has
  * not reached it). Only an unsettled slot needs shm_ring_seal_stuck. */
-static int slot_settled(const struct shm_ring_header *h, const struct shm_producer_slot *s)
+static int slot_settled(const struct shm_ring *r, const struct shm_producer_slot *s)
 {
+    const struct shm_ring_header *h = r->hdr;
     uint32_t st = shm_load_acquire(&s->state);
     if (st == SHM_SLOT_IDLE || st == SHM_SLOT_BUSY)
         return 1;
     uint64_t fp = s->frame_pos, rp = s->res_pos;
     if (shm_load_acquire(&h->tail_pos) <= rp || shm_load_acquire(&h->head_pos) > fp)
         return 1;
-    return shm_load_acquire(&FRAME(h, fp)->commit) == commit_word(fp);
+    return shm_load_acquire(&FRAME(r, fp)->commit) == commit_word(fp);
 }
 
 /* Under seal_lock: frees slot s if its owner is dead and it holds no open reservation. */
-static void free_if_dead_and_settled(struct shm_ring_header *h, struct shm_producer_slot *s,
+static void free_if_dead_and_settled(const struct shm_ring *r, struct shm_producer_slot *s,
                                      const char *token_prefix)
 {
-    if (slot_settled(h, s) && slot_owner_dead(s, token_prefix)) {
+    if (slot_settled(r, s) && slot_owner_dead(s, token_prefix)) {
         shm_store_relaxed(&s->state, SHM_SLOT_IDLE);
         /* release: the slot is idle before another process can claim it */
         shm_store_release(&s->owner, 0);
     }
 }
 
-int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const char *token_prefix)
+int shm_ring_claim_slot(const struct shm_ring *r, uint32_t pid, uint64_t start_time, const char *token_prefix)
 {
-    struct shm_ring_header *h = HDR(base);
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
+    struct shm_ring_header *h = r->hdr;
     uint64_t me = owner_word(pid, start_time);
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
@@ -205,7 +247,7 @@ int shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const cha
         if (seal_lock(h) != SHM_OK)
             return SHM_E_SYS;
         for (int i = 0; i < SHM_PRODUCER_SLOTS; i++)
-            free_if_dead_and_settled(h, &h->slots[i], token_prefix);
+            free_if_dead_and_settled(r, &h->slots[i], token_prefix);
         seal_unlock(h);
     }
     return SHM_E_NO_SLOT;
@@ -238,8 +280,9 @@ static inline void wake_after_commit(struct shm_ring_header *h)
  * and on a durable ring only persisted ones. Returns SHM_OK, SHM_E_AGAIN
  * (waiting on the persister) or the position of an uncommitted frame in
  * *stuck with SHM_E_BUSY. */
-static int make_room(struct shm_ring_header *h, uint64_t need, uint64_t *stuck)
+static int make_room(const struct shm_ring *r, uint64_t need, uint64_t *stuck)
 {
+    struct shm_ring_header *h = r->hdr;
     for (;;) {
         uint64_t hp;
         int64_t ho;
@@ -247,22 +290,22 @@ static int make_room(struct shm_ring_header *h, uint64_t need, uint64_t *stuck)
         if (hp >= need)
             return SHM_OK;
         /* acquire: frames below persisted were fully copied before it moved */
-        if (h->persistence == SHM_PERSIST_DISK && hp >= shm_load_acquire(&h->persisted_pos))
+        if (r->persistence == SHM_PERSIST_DISK && hp >= shm_load_acquire(&h->persisted_pos))
             return SHM_E_AGAIN;
         uint64_t next;
         int64_t noff = ho;
-        struct shm_frame_header *fh = FRAME(h, hp);
+        struct shm_frame_header *fh = FRAME(r, hp);
         /* acquire: the frame's length and body are complete if this matches */
         if (shm_load_acquire(&fh->commit) != commit_word(hp)) {
             *stuck = hp;
             return SHM_E_BUSY;
         }
-        int rc = frame_next(fh, hp, room_of(h, hp), ho, &next, &noff);
+        int rc = frame_next(fh, hp, room_of(r, hp), ho, &next, &noff);
         if (rc != SHM_OK)
             return rc;
         /* full barrier (cmpxchg16b): head moves before we overwrite what it passed */
         if (shm_cas_pair(&h->head_pos, hp, (uint64_t)ho, next, (uint64_t)noff) &&
-            h->persistence == SHM_PERSIST_NONE)
+            r->persistence == SHM_PERSIST_NONE)
             __atomic_fetch_add(&h->overwritten_frames, 1, __ATOMIC_RELAXED);
     }
 }
@@ -274,8 +317,9 @@ struct reservation {
     int64_t base_offset;
 };
 
-static int wait_for_space(struct shm_ring_header *h, int64_t deadline_ns, uint32_t *spins)
+static int wait_for_space(const struct shm_ring *r, int64_t deadline_ns, uint32_t *spins)
 {
+    struct shm_ring_header *h = r->hdr;
     if (++*spins < 64) {
         shm_cpu_relax();
         return SHM_OK;
@@ -289,7 +333,7 @@ static int wait_for_space(struct shm_ring_header *h, int64_t deadline_ns, uint32
     }
     shm_fetch_add(&h->space_waiters, 1);
     uint32_t seq = shm_load_acquire(&h->space_seq);
-    if (h->persistence == SHM_PERSIST_DISK)
+    if (r->persistence == SHM_PERSIST_DISK)
         wake(&h->persist_seq);        /* full because the persister is behind: call it */
     int64_t slice = 2000000;   /* re-check at least every 2 ms: head moves without a wake */
     if (deadline_ns >= 0 && deadline_ns - now < slice)
@@ -302,11 +346,13 @@ static int wait_for_space(struct shm_ring_header *h, int64_t deadline_ns, uint32
 /* timeout_ns == SHM_NOWAIT: return SHM_E_AGAIN instead of waiting */
 #define SHM_NOWAIT INT64_MIN
 
-static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint64_t alen,
-                   uint32_t count, int64_t timeout_ns, const char *token_prefix, int64_t unblock_ns,
-                   struct reservation *r)
+static int reserve(const struct shm_ring *ring, struct shm_producer_slot *s, uint64_t alen,
+                   uint32_t count, uint32_t now_ms, int64_t timeout_ns, const char *token_prefix,
+                   int64_t unblock_ns, struct reservation *res)
 {
-    uint64_t cap = h->capacity;
+    const struct shm_ring *r = ring;
+    struct shm_ring_header *h = r->hdr;
+    uint64_t cap = r->capacity;
     int64_t deadline = -1, stuck_since = -1;
     uint64_t stuck_at = ~(uint64_t)0;
     uint32_t spins = 0;
@@ -314,7 +360,7 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
         /* a torn read of the pair only makes the CAS below fail */
         uint64_t t = shm_load_relaxed(&h->tail_pos);
         int64_t o = shm_load_relaxed(&h->tail_offset);
-        uint64_t rem = room_of(h, t);
+        uint64_t rem = room_of(r, t);
         /* I6: pad to the lap's end when the frame does not fit, or would
          * leave exactly 8 bytes (too few for a frame header) behind it */
         uint64_t pad = (rem < alen || rem - alen == SHM_FRAME_ALIGN) ? rem : 0;
@@ -322,7 +368,7 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
         /* acquire: head's CAS (which made room) happens-before our writes */
         if (end > shm_load_acquire(&h->head_pos) + cap) {
             uint64_t stuck = 0;
-            int rc = make_room(h, end - cap, &stuck);
+            int rc = make_room(r, end - cap, &stuck);
             if (rc == SHM_OK)
                 continue;
             if (rc == SHM_E_CORRUPT)
@@ -338,11 +384,11 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
                     stuck_at = stuck;
                     stuck_since = now;
                 } else if (now - stuck_since >= unblock_ns) {
-                    shm_ring_seal_stuck(h, stuck, token_prefix);
+                    shm_ring_seal_stuck(r, stuck, token_prefix);
                     stuck_since = now;
                 }
             }
-            rc = wait_for_space(h, deadline, &spins);
+            rc = wait_for_space(r, deadline, &spins);
             if (rc != SHM_OK)
                 return rc;
             continue;
@@ -352,17 +398,18 @@ static int reserve(struct shm_ring_header *h, struct shm_producer_slot *s, uint6
         s->res_end = end;
         s->base_offset = o;
         s->count = count;
+        s->res_ms = now_ms;
         /* release: the intent fields are visible before the state says INTENT */
         shm_store_release(&s->state, SHM_SLOT_INTENT);
         /* full barrier: the intent is published before the reservation exists */
         if (shm_cas_pair(&h->tail_pos, t, (uint64_t)o, end, (uint64_t)(o + count))) {
             shm_store_release(&s->state, SHM_SLOT_RESERVED);
-            r->res_pos = t;
-            r->frame_pos = t + pad;
-            r->res_end = end;
-            r->base_offset = o;
+            res->res_pos = t;
+            res->frame_pos = t + pad;
+            res->res_end = end;
+            res->base_offset = o;
             if (pad >= SHM_FRAME_HEADER_BYTES) {
-                struct shm_frame_header *ph = FRAME(h, t);
+                struct shm_frame_header *ph = FRAME(r, t);
                 ph->length = (uint32_t)pad;
                 ph->kind = SHM_FRAME_PAD;
                 ph->flags = 0;
@@ -400,12 +447,17 @@ struct frame_body {
     int32_t leader_epoch;
 };
 
-static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
+static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
                         const struct frame_body *b, int64_t size, int64_t timeout_ns,
                         const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
 {
+    struct shm_ring_header *h = r->hdr;
     uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
-    if (frame_len > shm_load_relaxed(&h->max_frame_bytes))   /* alter_topic may change it */
+    /* alter_topic may change it; never past half of the capacity this process validated */
+    uint32_t max_frame = shm_load_relaxed(&h->max_frame_bytes);
+    if (max_frame > r->max_frame_cap)
+        max_frame = r->max_frame_cap;
+    if (frame_len > max_frame)
         return SHM_E_TOO_LARGE;
     if (__builtin_expect(shm_load_relaxed(&h->deleted), 0))
         return SHM_E_TOPIC_GONE;
@@ -414,6 +466,7 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     int64_t ts = 0;                   /* a raw batch carries its own timestamps */
     if (in)
         ts = in->timestamp_ms >= 0 ? in->timestamp_ms : shm_now_ms();
+    uint32_t now_ms = (uint32_t)(in && in->timestamp_ms < 0 ? ts : shm_now_ms());
 
     if (timeout_ns == SHM_NOWAIT) {
         /* express: another thread of ours is in this slot; let it finish elsewhere */
@@ -422,18 +475,18 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     } else {
         slot_enter(s);
     }
-    struct reservation r;
-    int rc = reserve(h, s, alen, b->count, timeout_ns, token_prefix, unblock_ns, &r);
+    struct reservation res;
+    int rc = reserve(r, s, alen, b->count, now_ms, timeout_ns, token_prefix, unblock_ns, &res);
     if (rc != SHM_OK) {
         shm_store_release(&s->state, SHM_SLOT_IDLE);
         return rc;
     }
-    struct shm_frame_header *fh = FRAME(h, r.frame_pos);
+    struct shm_frame_header *fh = FRAME(r, res.frame_pos);
     if (in) {
-        shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, r.base_offset, ts);
+        shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, res.base_offset, ts);
     } else {
         memcpy(fh + 1, b->raw, (size_t)size);
-        shm_batch_set_base_offset((uint8_t *)(fh + 1), r.base_offset);
+        shm_batch_set_base_offset((uint8_t *)(fh + 1), res.base_offset);
         shm_batch_set_leader_epoch((uint8_t *)(fh + 1), b->leader_epoch);
     }
     if (__builtin_expect(test_hold_ns > 0, 0))
@@ -443,18 +496,18 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
     fh->flags = 0;
     /* seq_cst store: releases the frame's bytes to readers (I3) and orders the
      * waiter loads in wake_after_commit after it (Dekker with poll's re-check) */
-    shm_store_seq_cst(&fh->commit, commit_word(r.frame_pos));
+    shm_store_seq_cst(&fh->commit, commit_word(res.frame_pos));
     /* release: the slot goes idle only after the commit */
     shm_store_release(&s->state, SHM_SLOT_IDLE);
     wake_after_commit(h);
     /* durable: a half-full ring calls the persister (it sleeps otherwise) */
-    if (h->persistence == SHM_PERSIST_DISK &&
+    if (r->persistence == SHM_PERSIST_DISK &&
         __builtin_expect(__atomic_load_n(&h->persist_waiters, __ATOMIC_SEQ_CST) != 0, 0) &&
-        r.res_end - shm_load_relaxed(&h->persisted_pos) >= h->capacity / 2)
+        res.res_end - shm_load_relaxed(&h->persisted_pos) >= r->capacity / 2)
         wake(&h->persist_seq);
     if (out) {
-        out->frame_pos = r.frame_pos;
-        out->base_offset = r.base_offset;
+        out->frame_pos = res.frame_pos;
+        out->base_offset = res.base_offset;
         out->count = b->count;
         out->frame_bytes = (uint32_t)frame_len;
     }
@@ -464,14 +517,14 @@ static int append_frame(struct shm_ring_header *h, struct shm_producer_slot *s,
 int shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in,
                    struct shm_append_out *out)
 {
-    struct shm_ring_header *h = HDR(ctx->base);
-    if (ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
+    const struct shm_ring *r = ctx->ring;
+    if (!handle_ok(r) || ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
         return SHM_E_INVALID;
     int64_t size = shm_batch_encoded_size(in);
     if (size < 0)
         return (int)size;
     struct frame_body b = {.in = in, .count = in->count};
-    return append_frame(h, &h->slots[ctx->slot], &b, size, ctx->timeout_ns, ctx->token_prefix,
+    return append_frame(r, &r->hdr->slots[ctx->slot], &b, size, ctx->timeout_ns, ctx->token_prefix,
                         ctx->unblock_ns, out);
 }
 
@@ -481,8 +534,8 @@ int shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in
 int shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t len,
                  int32_t leader_epoch, struct shm_append_out *out)
 {
-    struct shm_ring_header *h = HDR(ctx->base);
-    if (ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
+    const struct shm_ring *r = ctx->ring;
+    if (!handle_ok(r) || ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
         return SHM_E_INVALID;
     if (len > UINT32_MAX - SHM_FRAME_HEADER_BYTES)
         return SHM_E_TOO_LARGE;
@@ -490,7 +543,7 @@ int shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t 
     if (count < 0)
         return (int)count;
     struct frame_body b = {.raw = batch, .count = (uint32_t)count, .leader_epoch = leader_epoch};
-    return append_frame(h, &h->slots[ctx->slot], &b, (int64_t)len, ctx->timeout_ns,
+    return append_frame(r, &r->hdr->slots[ctx->slot], &b, (int64_t)len, ctx->timeout_ns,
                         ctx->token_prefix, ctx->unblock_ns, out);
 }
 
@@ -517,7 +570,9 @@ int64_t shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t v
 
 int64_t shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len)
 {
-    struct shm_ring_header *h = HDR(ctx->base);
+    const struct shm_ring *r = ctx->ring;
+    if (!handle_ok(r) || ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS)
+        return SHM_E_INVALID;
     int64_t key_len = -1;
     struct shm_batch_in in = {
         .count = 1, .values = value, .value_lens = &value_len, .key_lens = &key_len,
@@ -528,7 +583,7 @@ int64_t shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t 
         return size;
     struct shm_append_out out;
     struct frame_body b = {.in = &in, .count = 1};
-    int rc = append_frame(h, &h->slots[ctx->slot], &b, size, SHM_NOWAIT, ctx->token_prefix,
+    int rc = append_frame(r, &r->hdr->slots[ctx->slot], &b, size, SHM_NOWAIT, ctx->token_prefix,
                           ctx->unblock_ns, &out);
     return rc == SHM_OK ? out.base_offset : rc;
 }
@@ -574,10 +629,11 @@ uint64_t shm_ring_counter(const void *base, int which)
 }
 
 /* Is there something for the cursor: a complete frame, a skip, or a lap? */
-static int cursor_ready(const struct shm_ring_header *h, const struct shm_cursor *cur)
+static int cursor_ready(const struct shm_ring *r, const struct shm_cursor *cur)
 {
+    const struct shm_ring_header *h = r->hdr;
     uint64_t p = cur->pos;
-    return shm_load_acquire(&FRAME(h, p)->commit) == commit_word(p) ||
+    return shm_load_acquire(&FRAME(r, p)->commit) == commit_word(p) ||
            shm_load_acquire(&h->head_pos) > p;
 }
 
@@ -606,11 +662,12 @@ struct taken {
     struct shm_gap_body gap;
 };
 
-static inline int take_frame(const struct shm_ring_header *h, struct shm_cursor *cur, uint8_t *dst,
+static inline int take_frame(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *dst,
                              uint64_t room, struct taken *t)
 {
-    uint64_t p = cur->pos, rem = room_of(h, p);
-    const struct shm_frame_header *fh = FRAME(h, p);
+    const struct shm_ring_header *h = r->hdr;
+    uint64_t p = cur->pos, rem = room_of(r, p);
+    const struct shm_frame_header *fh = FRAME(r, p);
     /* acquire: the frame's bytes are visible once its commit matches (I3) */
     if (shm_load_acquire(&fh->commit) != commit_word(p)) {
         if (shm_load_acquire(&h->tail_pos) <= p)
@@ -679,20 +736,21 @@ static inline int stuck_long(const struct shm_cursor *cur, int64_t unblock_ns)
  * SHM_E_BUFFER_SMALL (one frame exceeds buf_cap). A compressed batch is
  * returned alone, undecoded: 0 with out->compressed = 1 and cur->pos still on
  * its frame (the caller inflates, decodes and passes it). */
-int shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+int shmx_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
               int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
-    return shm_ring_read(base, cur, buf, buf_cap, verify_crc, unblock_ns, out);
+    return shm_ring_read(r, cur, buf, buf_cap, verify_crc, unblock_ns, out);
 }
 
 /* an error after records were decoded ends the read early instead: the
  * caller gets those records, and the error on its next read */
 #define STOP(rc) do { if (out->count) goto done; return (rc); } while (0)
 
-int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+int shm_ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                   int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
-    const struct shm_ring_header *h = HDR(base);
+    if (__builtin_expect(!handle_ok(r), 0))
+        return SHM_E_INVALID;
     uint64_t used = 0;
     out->count = 0;
     out->frames = out->gaps = out->compressed = out->batch_start = 0;
@@ -700,7 +758,7 @@ int shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64
     while (out->count < out->max_records) {
         uint64_t p = cur->pos;
         struct taken t;
-        int rc = take_frame(h, cur, buf + used, buf_cap - used, &t);
+        int rc = take_frame(r, cur, buf + used, buf_cap - used, &t);
         if (rc == TAKE_CAUGHT_UP)
             break;
         if (rc == TAKE_IN_FLIGHT) {
@@ -792,17 +850,18 @@ done:
  * out->bytes_used), or SHM_E_OUT_OF_RANGE / SHM_E_CORRUPT / SHM_E_BUSY as
  * shm_ring_read does, and SHM_E_BUFFER_SMALL when the first batch alone is
  * larger than buf_cap (out->bytes_used then says how large it is). */
-int shm_ring_read_batches(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+int shm_ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                           int64_t unblock_ns, struct shm_records_out *out)
 {
-    const struct shm_ring_header *h = HDR(base);
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
     uint64_t used = 0;
     out->count = out->frames = out->gaps = out->compressed = out->batch_start = 0;
     out->bytes_used = 0;
     for (;;) {
         uint64_t p = cur->pos;
         struct taken t;
-        int rc = take_frame(h, cur, buf + used, buf_cap - used, &t);
+        int rc = take_frame(r, cur, buf + used, buf_cap - used, &t);
         if (rc == TAKE_CAUGHT_UP)
             break;
         if (rc == TAKE_IN_FLIGHT) {
@@ -854,12 +913,14 @@ int shm_ring_read_batches(const void *base, struct shm_cursor *cur, uint8_t *buf
  * a frame (or anything is off: the general read then handles it). The caller
  * copies what it needs straight from the ring, then calls shmx_large_confirm,
  * which discards the copy if the ring lapped the frame meanwhile (I5). */
-int shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min_bytes,
+int shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint64_t min_bytes,
                     int verify_crc, int64_t *out)
 {
-    const struct shm_ring_header *h = HDR(base);
-    uint64_t p = cur->pos, rem = room_of(h, p);
-    const struct shm_frame_header *fh = FRAME(h, p);
+    if (!handle_ok(r))
+        return 0;
+    const struct shm_ring_header *h = r->hdr;
+    uint64_t p = cur->pos, rem = room_of(r, p);
+    const struct shm_frame_header *fh = FRAME(r, p);
     /* acquire: the frame's bytes are visible once its commit matches (I3) */
     if (shm_load_acquire(&fh->commit) != commit_word(p))
         return 0;
@@ -876,7 +937,7 @@ int shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min
     if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
         return 0;
     struct shm_records_out one = {.max_records = 1, .rows = out};
-    if (shm_batch_decode(batch, blen, (int64_t)(batch - DATA(h)), cur->next_offset, &one) != 1)
+    if (shm_batch_decode(batch, blen, (int64_t)(batch - r->data), cur->next_offset, &one) != 1)
         return 0;
     out[SHM_ROW_FIELDS] = len;
     /* acquire fence: the checks above read frame bytes; re-read head after them (I5) */
@@ -887,9 +948,11 @@ int shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min
 /* After copying from the frame shmx_large_peek described: SHM_E_OUT_OF_RANGE
  * when the ring lapped it during the copy (the copy is garbage), else moves
  * the cursor past it and returns 1. */
-int shmx_large_confirm(const void *base, struct shm_cursor *cur, const int64_t *peeked)
+int shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked)
 {
-    const struct shm_ring_header *h = HDR(base);
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
+    const struct shm_ring_header *h = r->hdr;
     /* acquire fence: the caller's copy completes before head is re-read (I5) */
     shm_fence_acquire();
     if (shm_load_relaxed(&h->head_pos) > cur->pos)
@@ -904,9 +967,11 @@ int shmx_large_confirm(const void *base, struct shm_cursor *cur, const int64_t *
 /* Positions the cursor at the frame holding `offset` (or the first frame
  * after it when offset falls in a gap). SHM_E_OUT_OF_RANGE when offset is
  * below the ring's head or above its tail. */
-int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
+int shm_ring_seek(const struct shm_ring *r, struct shm_cursor *cur, int64_t offset)
 {
-    const struct shm_ring_header *h = HDR(base);
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
+    const struct shm_ring_header *h = r->hdr;
     for (int attempt = 0; attempt < 64; attempt++) {
         uint64_t hp, tp, ho, to;
         shm_pair_snapshot(&h->head_pos, &hp, &ho);
@@ -925,8 +990,8 @@ int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
         int64_t o = (int64_t)ho;
         int lapped = 0;
         while (p < tp) {
-            uint64_t rem = room_of(h, p);
-            const struct shm_frame_header *fh = FRAME(h, p);
+            uint64_t rem = room_of(r, p);
+            const struct shm_frame_header *fh = FRAME(r, p);
             if (shm_load_acquire(&fh->commit) != commit_word(p))
                 break;                    /* in flight: offset is at or after it */
             /* copy the header and the batch header, then check for a lap */
@@ -961,12 +1026,12 @@ int shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset)
 
 /* ------------------------------------------------------------ waiting */
 
-static int ready_any(void *const *bases, struct shm_cursor *const *curs, uint32_t n,
+static int ready_any(const struct shm_ring *const *rings, struct shm_cursor *const *curs, uint32_t n,
                      int64_t unblock_ns, int64_t now, int64_t *stuck_deadline)
 {
     *stuck_deadline = -1;
     for (uint32_t i = 0; i < n; i++) {
-        if (cursor_ready(HDR(bases[i]), curs[i]))
+        if (cursor_ready(rings[i], curs[i]))
             return (int)i;
         if (curs[i]->stuck_pos == curs[i]->pos && unblock_ns >= 0) {
             int64_t d = curs[i]->stuck_since_ns + unblock_ns;
@@ -983,15 +1048,19 @@ static int ready_any(void *const *bases, struct shm_cursor *const *curs, uint32_
  * or timeout_ns passes (SHM_E_TIMEOUT; < 0 waits forever). Spins for spin_ns
  * first; then announces itself on every ring and parks in one futex_waitv
  * (Linux 5.16+; older kernels fall back to 1 ms naps). hdrs are writable
- * mappings of the ring headers (waiter counts), bases the (read-only) rings. */
-int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs, uint32_t n,
-                 int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns)
+ * mappings of the ring headers (waiter counts), rings the handles of the
+ * (maybe read-only) rings. */
+int shm_wait_any(void *const *hdrs, const struct shm_ring *const *rings, struct shm_cursor *const *curs,
+                 uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns)
 {
+    for (uint32_t i = 0; i < n; i++)
+        if (!handle_ok(rings[i]))
+            return SHM_E_INVALID;
     int64_t start = shm_monotonic_ns(), now = start, sd;
     int64_t deadline = timeout_ns >= 0 ? start + timeout_ns : -1;
     int r;
     uint32_t iter = 0;
-    while ((r = ready_any(bases, curs, n, unblock_ns, now, &sd)) < 0) {
+    while ((r = ready_any(rings, curs, n, unblock_ns, now, &sd)) < 0) {
         if (deadline >= 0 && now >= deadline)
             return SHM_E_TIMEOUT;
         if (now - start < spin_ns) {
@@ -1012,7 +1081,7 @@ int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const
             vals[i] = shm_load_acquire(&HDR(hdrs[i])->data_seq);
         }
         /* re-check after announcing: a commit before the announcement is seen here */
-        if ((r = ready_any(bases, curs, n, unblock_ns, shm_monotonic_ns(), &sd)) < 0) {
+        if ((r = ready_any(rings, curs, n, unblock_ns, shm_monotonic_ns(), &sd)) < 0) {
             int64_t slice = n > 128 ? 1000000 : -1;   /* rings past 128 get polled */
             if (until >= 0) {
                 int64_t left = until - shm_monotonic_ns();
@@ -1055,14 +1124,17 @@ int shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const
  * dead producer between commit and wake: its commit is visible, a reader
  * parked on it waits until its timeout; arm's re-check covers commits made
  * before the announcement. */
-int shm_wait_arm(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs, uint32_t n,
-                 int64_t unblock_ns, uint32_t *vals, int64_t *stuck_deadline_ns)
+int shm_wait_arm(void *const *hdrs, const struct shm_ring *const *rings, struct shm_cursor *const *curs,
+                 uint32_t n, int64_t unblock_ns, uint32_t *vals, int64_t *stuck_deadline_ns)
 {
+    for (uint32_t i = 0; i < n; i++)
+        if (!handle_ok(rings[i]))
+            return SHM_E_INVALID;
     for (uint32_t i = 0; i < n; i++)
         shm_fetch_add(&HDR(hdrs[i])->data_waiters, 1);
     for (uint32_t i = 0; i < n; i++)
         vals[i] = shm_load_acquire(&HDR(hdrs[i])->data_seq);
-    int r = ready_any(bases, curs, n, unblock_ns, shm_monotonic_ns(), stuck_deadline_ns);
+    int r = ready_any(rings, curs, n, unblock_ns, shm_monotonic_ns(), stuck_deadline_ns);
     if (r >= 0)
         shm_wait_disarm(hdrs, n);
     return r;
@@ -1100,8 +1172,9 @@ struct candidate {
 
 /* Does something begin right where c's reservation would end, carrying the
  * next offset? Used only to tell apart dead INTENT slots naming one position. */
-static int reservation_fits(struct shm_ring_header *h, const struct candidate *c)
+static int reservation_fits(const struct shm_ring *r, const struct candidate *c)
 {
+    struct shm_ring_header *h = r->hdr;
     uint64_t end = c->r.res_end;
     int64_t end_off = c->r.base_offset + c->count;
     uint64_t tp, to;
@@ -1117,40 +1190,62 @@ static int reservation_fits(struct shm_ring_header *h, const struct candidate *c
             s->base_offset == end_off && s != c->slot)
             return 1;
     }
-    const struct shm_frame_header *fh = FRAME(h, end);
+    const struct shm_frame_header *fh = FRAME(r, end);
     uint64_t p = end;
     if (shm_load_acquire(&fh->commit) != commit_word(p))
         return 0;
     if (fh->kind == SHM_FRAME_PAD)
         return 1;   /* a pad carries no offset; accept the boundary */
+    /* the body read below must lie inside the frame and the ring */
+    if (room_of(r, p) < SHM_FRAME_HEADER_BYTES + sizeof(struct shm_gap_body))
+        return 0;
     if (fh->kind == SHM_FRAME_GAP)
         return ((const struct shm_gap_body *)(fh + 1))->base_offset == end_off;
     return shm_batch_base_offset((const uint8_t *)(fh + 1)) == end_off;
 }
 
-static void seal(struct shm_ring_header *h, const struct candidate *c)
+/* Can the reservation a (maybe crafted) slot describes be sealed in place?
+ * Both frames it writes (a PAD header at res_pos, a GAP header and body at
+ * frame_pos) must lie inside the ring, in order, within one lap. */
+static int reservation_sane(const struct shm_ring *ring, const struct reservation *res)
 {
-    const struct reservation *r = &c->r;
-    if (r->frame_pos > r->res_pos) {
-        struct shm_frame_header *ph = FRAME(h, r->res_pos);
-        if (shm_load_acquire(&ph->commit) != commit_word(r->res_pos)) {
-            ph->length = (uint32_t)(r->frame_pos - r->res_pos);
+    uint64_t gap = SHM_FRAME_HEADER_BYTES + sizeof(struct shm_gap_body);
+    if ((res->res_pos - ring->base_position) % SHM_FRAME_ALIGN ||
+        (res->frame_pos - ring->base_position) % SHM_FRAME_ALIGN ||
+        res->frame_pos < res->res_pos || res->res_end < res->frame_pos + gap)
+        return 0;
+    if (res->frame_pos > res->res_pos &&
+        (res->frame_pos - res->res_pos < SHM_FRAME_HEADER_BYTES ||
+         res->frame_pos - res->res_pos > room_of(ring, res->res_pos)))
+        return 0;
+    return res->res_end - res->frame_pos <= room_of(ring, res->frame_pos) &&
+           res->res_end - res->frame_pos <= UINT32_MAX;
+}
+
+static void seal(const struct shm_ring *r, const struct candidate *c)
+{
+    struct shm_ring_header *h = r->hdr;
+    const struct reservation *res = &c->r;
+    if (res->frame_pos > res->res_pos) {
+        struct shm_frame_header *ph = FRAME(r, res->res_pos);
+        if (shm_load_acquire(&ph->commit) != commit_word(res->res_pos)) {
+            ph->length = (uint32_t)(res->frame_pos - res->res_pos);
             ph->kind = SHM_FRAME_PAD;
             ph->flags = 0;
             /* release: pad length and kind precede its commit */
-            shm_store_release(&ph->commit, commit_word(r->res_pos));
+            shm_store_release(&ph->commit, commit_word(res->res_pos));
         }
     }
-    struct shm_frame_header *fh = FRAME(h, r->frame_pos);
-    if (shm_load_acquire(&fh->commit) != commit_word(r->frame_pos)) {
-        struct shm_gap_body g = {r->base_offset, c->count, 0};
+    struct shm_frame_header *fh = FRAME(r, res->frame_pos);
+    if (shm_load_acquire(&fh->commit) != commit_word(res->frame_pos)) {
+        struct shm_gap_body g = {res->base_offset, c->count, 0};
         memcpy(fh + 1, &g, sizeof g);
-        fh->length = (uint32_t)(r->res_end - r->frame_pos);
+        fh->length = (uint32_t)(res->res_end - res->frame_pos);
         fh->kind = SHM_FRAME_GAP;
         fh->flags = 0;
         /* seq_cst: the gap's body precedes its commit, and the commit precedes
          * the waiter loads in wake_after_commit */
-        shm_store_seq_cst(&fh->commit, commit_word(r->frame_pos));
+        shm_store_seq_cst(&fh->commit, commit_word(res->frame_pos));
         __atomic_fetch_add(&h->sealed_count, 1, __ATOMIC_RELAXED);
     }
     shm_store_relaxed(&c->slot->state, SHM_SLOT_IDLE);
@@ -1162,14 +1257,16 @@ static void seal(struct shm_ring_header *h, const struct candidate *c)
  * dead. SHM_OK: sealed, or nothing to seal (committed meanwhile, or lapped).
  * SHM_E_BUSY: the owner is alive (slow), or the owner cannot be told apart
  * yet. SHM_E_NOT_FOUND: no slot names pos. Needs a writable mapping. */
-int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
+int shm_ring_seal_stuck(const struct shm_ring *r, uint64_t pos, const char *token_prefix)
 {
-    struct shm_ring_header *h = HDR(base);
+    if (!handle_ok(r) || !r->writable)
+        return SHM_E_INVALID;
+    struct shm_ring_header *h = r->hdr;
     if (seal_lock(h) != SHM_OK)
         return SHM_E_SYS;
     int rc = SHM_OK;
     if (shm_load_acquire(&h->head_pos) > pos || shm_load_acquire(&h->tail_pos) <= pos ||
-        shm_load_acquire(&FRAME(h, pos)->commit) == commit_word(pos))
+        shm_load_acquire(&FRAME(r, pos)->commit) == commit_word(pos))
         goto out;
     struct candidate cands[SHM_PRODUCER_SLOTS];
     int nc = 0, reserved = -1, fits = -1, nfits = 0;
@@ -1205,13 +1302,13 @@ int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
         owner = 0;
     if (owner < 0) {
         for (int i = 0; i < nc; i++)
-            if (reservation_fits(h, &cands[i])) {
+            if (reservation_fits(r, &cands[i])) {
                 fits = i;
                 nfits++;
             }
         if (nfits > 1) {      /* several fit: harmless only if they claimed the same range */
             for (int i = 0; i < nc; i++)
-                if (reservation_fits(h, &cands[i]) &&
+                if (reservation_fits(r, &cands[i]) &&
                     (cands[i].r.res_end != cands[fits].r.res_end || cands[i].count != cands[fits].count ||
                      cands[i].r.frame_pos != cands[fits].r.frame_pos))
                     nfits = -1;
@@ -1222,7 +1319,11 @@ int shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix)
         }
         owner = fits;
     }
-    seal(h, &cands[owner]);
+    if (!reservation_sane(r, &cands[owner].r)) {
+        rc = SHM_E_CORRUPT;   /* a slot that describes no possible reservation: never write by it */
+        goto out;
+    }
+    seal(r, &cands[owner]);
     /* the other dead candidates lost their CAS: free their slots */
     for (int i = 0; i < nc; i++)
         if (i != owner) {
@@ -1243,19 +1344,21 @@ out:
  * less often). Returns the number of reservations sealed, or a negative
  * status. Each seal goes through shm_ring_seal_stuck, so a live (slow)
  * writer is never sealed over. */
-int shm_ring_seal_dead(void *base, const char *token_prefix, int free_slots)
+int shm_ring_seal_dead(const struct shm_ring *r, const char *token_prefix, int free_slots)
 {
-    struct shm_ring_header *h = HDR(base);
+    if (!handle_ok(r) || !r->writable)
+        return SHM_E_INVALID;
+    struct shm_ring_header *h = r->hdr;
     int sealed = 0;
     for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
         struct shm_producer_slot *s = &h->slots[i];
         if (shm_load_acquire(&s->owner) == 0)
             continue;
-        if (!slot_settled(h, s)) {
+        if (!slot_settled(r, s)) {
             if (!slot_owner_dead(s, token_prefix))
                 continue;
             uint64_t before = shm_load_relaxed(&h->sealed_count);
-            int rc = shm_ring_seal_stuck(base, s->res_pos, token_prefix);
+            int rc = shm_ring_seal_stuck(r, s->res_pos, token_prefix);
             if (rc == SHM_E_SYS)
                 return rc;
             if (shm_load_relaxed(&h->sealed_count) != before)
@@ -1266,10 +1369,57 @@ int shm_ring_seal_dead(void *base, const char *token_prefix, int free_slots)
             continue;
         if (seal_lock(h) != SHM_OK)
             return SHM_E_SYS;
-        free_if_dead_and_settled(h, s, token_prefix);
+        free_if_dead_and_settled(r, s, token_prefix);
         seal_unlock(h);
     }
     return sealed;
+}
+
+/* What keeps producers of a full ring waiting (issue 11, defect 14: a
+ * SIGSTOPped producer holding a reservation blocks its partition, and the
+ * message must name it, not the persister). Head can only pass complete
+ * frames (I4): if the frame at head is uncommitted, the slot whose
+ * reservation covers it is the cause (its pid, state, offsets, how long it
+ * has been open, and whether its owner is alive: a live one is never sealed
+ * over, a dead one is sealed after the unblock timeout). Else, on a durable
+ * ring, head waits for persisted_pos. Read-only; a snapshot that may be
+ * stale by the time the caller prints it. */
+int shm_ring_blocker(const struct shm_ring *r, const char *token_prefix, struct shm_blocker *out)
+{
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
+    const struct shm_ring_header *h = r->hdr;
+    memset(out, 0, sizeof *out);
+    out->slot = -1;
+    out->alive = -1;
+    out->held_ms = -1;
+    uint64_t hp = shm_load_acquire(&h->head_pos), tp = shm_load_acquire(&h->tail_pos);
+    out->position = hp;
+    out->persisted_pos = shm_load_acquire(&h->persisted_pos);
+    if (hp < tp && shm_load_acquire(&FRAME(r, hp)->commit) != commit_word(hp)) {
+        out->kind = SHM_BLOCK_WRITER;
+        for (int i = 0; i < SHM_PRODUCER_SLOTS; i++) {
+            const struct shm_producer_slot *s = &h->slots[i];
+            uint32_t st = shm_load_acquire(&s->state);
+            if (st != SHM_SLOT_INTENT && st != SHM_SLOT_RESERVED)
+                continue;
+            if (!(s->res_pos <= hp && hp < s->res_end))
+                continue;
+            out->slot = i;
+            out->state = st;
+            out->pid = shm_load_relaxed(&s->pid);
+            out->base_offset = s->base_offset;
+            out->count = s->count;
+            out->held_ms = (int64_t)(uint32_t)((uint32_t)shm_now_ms() - shm_load_relaxed(&s->res_ms));
+            out->alive = !slot_owner_dead(s, token_prefix);
+            if (st == SHM_SLOT_RESERVED)
+                break;       /* the CAS winner; an INTENT naming the same position lost it */
+        }
+        return SHM_OK;
+    }
+    if (r->persistence == SHM_PERSIST_DISK && hp >= out->persisted_pos && hp < tp)
+        out->kind = SHM_BLOCK_PERSISTER;
+    return SHM_OK;
 }
 
 /* alter_topic max_message_bytes: producers read it before each reservation;

@@ -4,7 +4,18 @@
  * Owns: creating (with memory committed up front by posix_fallocate, so a
  * full /dev/shm fails here and never as SIGBUS later), opening, mapping and
  * unlinking segments; futex wait/wake on shared words; is-this-process-alive.
- * Must never: interpret a segment's contents (ring.c and control.c do).
+ * Must never: interpret a segment's contents (ring.c and control.c do), or
+ * map a segment it has not checked the owner and mode of (struct shm_trust).
+ *
+ * Squatting (issue 11, defect 9): segment names are predictable and
+ * /dev/shm is world-writable, so another user can create an instance's
+ * control segment or a ring before the instance does, 0666, and read or
+ * forge everything. shm_open (glibc adds O_NOFOLLOW) then fstat on the fd we
+ * map: a segment that is not a regular file, has a world bit, or is owned by
+ * someone the instance does not trust is refused (SHM_E_UNTRUSTED) before a
+ * byte of it is mapped; out->st_uid/st_gid/st_mode say what was found. A
+ * created segment gets its group with fchown on the creating fd, never by
+ * name.
  *
  * Liveness: every shmlog process holds an exclusive flock on a token file
  * named <token_prefix><pid>-<start_time> (shmlog/liveness.py creates it).
@@ -41,13 +52,14 @@ static int errno_status(int e)
     }
 }
 
-int shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct shm_map *out)
+int shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out)
 {
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
         return errno_status(errno);
     int rc;
-    if (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)size) != 0) {
+    if ((gid >= 0 && fchown(fd, (uid_t)-1, (gid_t)gid) != 0) || fchmod(fd, (mode_t)mode) != 0 ||
+        ftruncate(fd, (off_t)size) != 0) {
         rc = errno_status(errno);
         goto fail;
     }
@@ -66,6 +78,9 @@ int shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct sh
     out->base = base;
     out->size = size;
     out->writable = 1;
+    out->st_uid = (uint32_t)geteuid();
+    out->st_gid = gid >= 0 ? (uint32_t)gid : (uint32_t)getegid();
+    out->st_mode = mode;
     return SHM_OK;
 fail:
     {
@@ -77,10 +92,19 @@ fail:
     return rc;
 }
 
-int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
-                          struct shm_map *out)
+static int segment_trusted(const struct stat *st, const struct shm_trust *t)
 {
-    int fd = shm_open(name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC, 0);
+    if (!S_ISREG(st->st_mode) || (st->st_mode & 0007))
+        return 0;
+    if (st->st_uid == geteuid() || st->st_uid == 0 || st->st_uid == t->uid)
+        return 1;
+    return t->has_gid && st->st_gid == t->gid;
+}
+
+int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
+                          const struct shm_trust *trust, struct shm_map *out)
+{
+    int fd = shm_open(name, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0);
     if (fd < 0)
         return errno_status(errno);
     struct stat st;
@@ -88,6 +112,13 @@ int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint6
         int rc = errno_status(errno);
         close(fd);
         return rc;
+    }
+    out->st_uid = (uint32_t)st.st_uid;
+    out->st_gid = (uint32_t)st.st_gid;
+    out->st_mode = (uint32_t)st.st_mode;
+    if (!trust || !segment_trusted(&st, trust)) {
+        close(fd);
+        return SHM_E_UNTRUSTED;
     }
     if (size == 0)
         size = (uint64_t)st.st_size - offset;
@@ -256,10 +287,34 @@ static uint64_t proc_start_time(uint32_t pid)
     return st;
 }
 
+/* Is uid one of pid's uids (real, effective, saved, fs: /proc/pid/status)?
+ * A token's owner is the fsuid of the process that made it. */
+static int proc_has_uid(uint32_t pid, uint32_t uid)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%u/status", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strstr(buf, "\nUid:");
+    unsigned u[4];
+    if (!p || sscanf(p + 5, "%u %u %u %u", &u[0], &u[1], &u[2], &u[3]) != 4)
+        return 0;
+    return u[0] == uid || u[1] == uid || u[2] == uid || u[3] == uid;
+}
+
 /* 1 alive, 0 dead. The flock on the token is the proof; where the token
  * cannot be opened for another reason than absence (permissions), fall back
  * to pid + start time from /proc, which is exact up to a pid reused within
- * one clock tick. */
+ * one clock tick. A token is proof only if it is a regular file owned by
+ * one of pid's uids: a squatter's token (another user pre-creating the
+ * name and holding its lock, to keep a dead writer "alive" and its
+ * reservation unsealed) is not, and the /proc test decides instead. */
 int shm_process_alive(const char *token_prefix, uint32_t pid, uint64_t start_time)
 {
     char path[4096];
@@ -267,10 +322,16 @@ int shm_process_alive(const char *token_prefix, uint32_t pid, uint64_t start_tim
                      (unsigned long long)start_time);
     if (n <= 0 || (size_t)n >= sizeof path)
         return proc_start_time(pid) == start_time;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT)
             return 0;
+        return proc_start_time(pid) == start_time;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+        (st.st_uid != geteuid() && !proc_has_uid(pid, (uint32_t)st.st_uid))) {
+        close(fd);
         return proc_start_time(pid) == start_time;
     }
     int alive;

@@ -79,6 +79,7 @@
 #define SHM_E_BUSY            -17  /* the blocking owner is alive: not sealed */
 #define SHM_E_BUFFER_SMALL    -18  /* caller's buffer cannot hold one frame */
 #define SHM_E_FENCED          -19  /* commit by a member that does not own the partition */
+#define SHM_E_UNTRUSTED       -20  /* segment of an untrusted owner, world-accessible, or not a regular file */
 
 /* ---------- frame header (ring and disk) ----------
  * commit is release-stored LAST by the writer and equals position ^
@@ -115,7 +116,7 @@ struct shm_producer_slot {
     uint64_t res_end;      /* first position after the reservation */
     int64_t  base_offset;  /* first offset claimed */
     uint32_t count;        /* offsets claimed */
-    uint32_t _pad;
+    uint32_t res_ms;       /* wall clock ms (low 32 bits) when the reservation was made: diagnostics */
 };
 
 /* ---------- partition ring header (SHM_RING_HEADER_BYTES) ----------
@@ -355,6 +356,59 @@ struct shm_map {
     void    *base;
     uint64_t size;
     int      writable;
+    uint32_t st_uid;           /* owner, group and mode of the segment as opened (fstat) */
+    uint32_t st_gid;
+    uint32_t st_mode;
+};
+
+/* Who may own a segment this process maps (issue 11, defect 9: anyone can
+ * create a name in /dev/shm first). A segment is trusted when it has no
+ * world bits and is owned by this euid, by root or by uid, or (has_gid)
+ * carries the instance's group gid: only root and the group's members can
+ * give a file that group, so a squatter outside it can never pass. */
+struct shm_trust {
+    uint32_t uid;              /* the instance's owner: the data dir's owner */
+    uint32_t gid;              /* the instance's group */
+    uint32_t has_gid;          /* 0: no group set up yet (the creator's group) */
+    uint32_t _pad;
+};
+
+/* A process-local handle on one mapped ring (issue 11, defect 11). The
+ * geometry is read from the header ONCE, validated (shm_ring_open), and from
+ * then on every index into the ring is computed from these copies, never
+ * from shared memory: a process that rewrites capacity or base_position in
+ * the header afterwards cannot make another process address outside its
+ * mapping. magic tells a handle from a raw mapping passed by mistake. */
+#define SHM_RING_HANDLE_MAGIC 0x4C444E48474C4D53   /* "SMLGHNDL" */
+struct shm_ring {
+    uint64_t magic;            /* SHM_RING_HANDLE_MAGIC once opened */
+    struct shm_ring_header *hdr;   /* the mapping: header, then data */
+    uint8_t *data;             /* hdr + SHM_RING_HEADER_BYTES */
+    uint64_t capacity;         /* data bytes, a power of two, as validated at open */
+    uint64_t mask;             /* capacity - 1 */
+    uint64_t base_position;    /* position of the ring's first frame, 8-aligned */
+    uint64_t mapped_bytes;
+    uint32_t persistence;
+    uint32_t max_frame_cap;    /* capacity / 2: the shared max_frame_bytes is clamped to it */
+    int32_t  writable;
+    uint32_t _pad;
+};
+
+/* what blocks producers of a full ring (shm_ring_blocker) */
+#define SHM_BLOCK_NONE       0   /* room now, or nothing identifiable */
+#define SHM_BLOCK_WRITER     1   /* the oldest frame is an uncommitted reservation of slot `slot` */
+#define SHM_BLOCK_PERSISTER  2   /* durable: head reached persisted_pos */
+struct shm_blocker {
+    uint32_t kind;             /* SHM_BLOCK_* */
+    int32_t  slot;             /* -1 when no slot names the position */
+    uint32_t pid;
+    uint32_t state;            /* SHM_SLOT_* of that slot */
+    uint64_t position;         /* the blocking frame's position */
+    int64_t  base_offset;      /* offsets it claimed */
+    uint32_t count;
+    int32_t  alive;            /* 1 alive, 0 dead, -1 unknown */
+    int64_t  held_ms;          /* how long the reservation has been open, -1 unknown */
+    uint64_t persisted_pos;
 };
 
 /* one record batch to append; arrays are caller-owned */
@@ -372,7 +426,7 @@ struct shm_batch_in {
 /* what a producer needs to append to one partition; built once per
  * (producer, partition) so a send passes one pointer */
 struct shm_send_ctx {
-    void       *base;          /* writable ring mapping */
+    const struct shm_ring *ring;   /* a handle on a writable mapping */
     int32_t     slot;          /* this process's producer slot in the ring */
     int32_t     _pad;
     int64_t     timeout_ns;    /* max wait for room, then SHM_E_FULL */
@@ -421,8 +475,9 @@ struct shm_records_out {
 };
 
 /* ---------- shm.c: segments, futex, clocks, liveness ---------- */
-int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, struct shm_map *out);
-int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size, struct shm_map *out);
+int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out);
+int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
+                               const struct shm_trust *trust, struct shm_map *out);
 int      shm_segment_unlink(const char *name);
 int      shm_robust_mutex_init(void *mutex);
 int      shm_start_writeback(int fd, int64_t offset, int64_t nbytes);
@@ -469,35 +524,37 @@ int      shm_ring_init(void *base, uint64_t capacity, uint64_t topic_generation,
                        uint32_t persistence, uint32_t max_frame_bytes, int64_t base_offset,
                        uint64_t base_position);
 int      shm_ring_check(const void *base, uint64_t mapped_bytes);
-int      shm_ring_claim_slot(void *base, uint32_t pid, uint64_t start_time, const char *token_prefix);
+int      shm_ring_open(struct shm_ring *r, void *base, uint64_t mapped_bytes, int writable);
+int      shm_ring_blocker(const struct shm_ring *r, const char *token_prefix, struct shm_blocker *out);
+int      shm_ring_claim_slot(const struct shm_ring *r, uint32_t pid, uint64_t start_time, const char *token_prefix);
 void     shm_ring_release_slot(void *base, int slot);
 int      shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in,
                         struct shm_append_out *out);
 /* express tier (shmx_*): never block, keep the GIL (see shmlog/_build.py);
  * SHM_E_AGAIN means "would wait": call the blocking form instead */
 int64_t  shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len);
-int      shmx_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+int      shmx_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                    int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
-int      shmx_large_peek(const void *base, const struct shm_cursor *cur, uint64_t min_bytes,
+int      shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint64_t min_bytes,
                          int verify_crc, int64_t *out);
-int      shmx_large_confirm(const void *base, struct shm_cursor *cur, const int64_t *peeked);
+int      shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked);
 /* a batch encoded elsewhere (Kafka listener): checked, stored unchanged apart
  * from baseOffset and partitionLeaderEpoch (both outside the CRC) */
 int      shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t len,
                       int32_t leader_epoch, struct shm_append_out *out);
 /* the batches themselves, without decoding: DATA frame bodies back to back */
-int      shm_ring_read_batches(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+int      shm_ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                                int64_t unblock_ns, struct shm_records_out *out);
 int64_t  shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t value_len,
                   const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
                   int64_t timestamp_ms);
-int      shm_ring_read(const void *base, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+int      shm_ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                        int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
-int      shm_wait_any(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs,
+int      shm_wait_any(void *const *hdrs, const struct shm_ring *const *rings, struct shm_cursor *const *curs,
                       uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns);
-int      shm_ring_seek(const void *base, struct shm_cursor *cur, int64_t offset);
-int      shm_ring_seal_stuck(void *base, uint64_t pos, const char *token_prefix);
-int      shm_ring_seal_dead(void *base, const char *token_prefix, int free_slots);
+int      shm_ring_seek(const struct shm_ring *r, struct shm_cursor *cur, int64_t offset);
+int      shm_ring_seal_stuck(const struct shm_ring *r, uint64_t pos, const char *token_prefix);
+int      shm_ring_seal_dead(const struct shm_ring *r, const char *token_prefix, int free_slots);
 int      shm_ring_set_max_frame_bytes(void *base, uint32_t max_frame_bytes);
 void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_offset,
                        uint64_t *head_pos, uint64_t *tail_pos);
@@ -522,8 +579,8 @@ void     shm_test_set_hold_ns(int64_t ns);
  * (nothing stays announced), -1 means armed (the caller must disarm after
  * its wait); *stuck_deadline_ns (monotonic, or -1) is when a stuck frame is
  * due for sealing. */
-int      shm_wait_arm(void *const *hdrs, void *const *bases, struct shm_cursor *const *curs, uint32_t n,
-                      int64_t unblock_ns, uint32_t *vals, int64_t *stuck_deadline_ns);
+int      shm_wait_arm(void *const *hdrs, const struct shm_ring *const *rings, struct shm_cursor *const *curs,
+                      uint32_t n, int64_t unblock_ns, uint32_t *vals, int64_t *stuck_deadline_ns);
 void     shm_wait_disarm(void *const *hdrs, uint32_t n);
 /* indices i < n whose *words[i] != vals[i] (acquire loads) into changed; returns how many */
 uint32_t shm_words_changed(uint32_t *const *words, const uint32_t *vals, uint32_t n, uint32_t *changed);
@@ -574,7 +631,7 @@ struct shm_index_state {
     uint64_t next_pos;         /* the next row goes at the first frame at or after this position */
     int64_t  max_timestamp;    /* largest batch max timestamp of the segment so far, or -1 */
 };
-int      shm_persist_scan(const void *base, uint64_t from_pos, int64_t from_offset,
+int      shm_persist_scan(const struct shm_ring *r, uint64_t from_pos, int64_t from_offset,
                           uint64_t max_bytes, uint64_t index_every, struct shm_index_state *ix,
                           int64_t *index_rows, uint32_t max_index, struct shm_persist_out *out);
 void     shm_ring_publish_persisted(void *base, uint64_t pos);

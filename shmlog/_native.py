@@ -26,7 +26,32 @@ STATUS_ERRORS = {
     lib.SHM_E_NOSPACE: errors.NoSpace,
     lib.SHM_E_PERM: errors.PermissionDenied,
     lib.SHM_E_FENCED: errors.CommitFailed,
+    lib.SHM_E_UNTRUSTED: errors.PermissionDenied,
 }
+
+
+def trust_of(data_dir: str):
+    """Who may own the instance's segments: its owner (the data dir's owner),
+    root, us, and — once a supervisor made the data dir setgid — anyone who
+    could give a segment the instance's group. See struct shm_trust."""
+    t = ffi.new("struct shm_trust *")
+    try:
+        st = os.stat(data_dir)
+    except OSError:
+        t.uid = os.geteuid()
+        return t
+    t.uid = st.st_uid
+    if st.st_mode & 0o2000:
+        t.gid, t.has_gid = st.st_gid, 1
+    return t
+
+
+def _owner(uid: int) -> str:
+    import pwd
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def raise_status(rc: int, what: str):
@@ -51,26 +76,43 @@ class Segment:
         self.writable = bool(m.writable)
 
     @classmethod
-    def create(cls, name: str, size: int, mode: int = 0o660) -> "Segment":
+    def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "Segment":
+        """A new segment (O_EXCL), mode and group (gid None: ours) set on its fd."""
         m = ffi.new("struct shm_map *")
-        rc = lib.shm_segment_create(name.encode(), size, mode, m)
+        rc = lib.shm_segment_create(name.encode(), size, mode, -1 if gid is None else gid, m)
         if rc != lib.SHM_OK:
             if rc == lib.SHM_E_NOSPACE:
                 raise errors.NoSpace(
                     f"cannot allocate {size} bytes for shared-memory segment {name}: /dev/shm is full "
                     "(free space, delete topics, or use smaller ring_bytes)")
+            if rc == lib.SHM_E_PERM:
+                raise errors.PermissionDenied(
+                    f"cannot create shared-memory segment /dev/shm{name} with group {gid}: "
+                    "run as the instance's user or a member of its group")
             raise_status(rc, f"cannot create shared-memory segment {name}")
         return cls(name, ffi.gc(m, lib.shm_unmap))
 
     @classmethod
-    def open(cls, name: str, writable: bool, offset: int = 0, size: int = 0) -> "Segment":
+    def open(cls, name: str, writable: bool, offset: int = 0, size: int = 0, *, trust) -> "Segment":
+        """Maps an existing segment after checking its owner and mode against
+        trust (trust_of(data_dir)); PermissionDenied naming what was found."""
         m = ffi.new("struct shm_map *")
-        rc = lib.shm_segment_map_range(name.encode(), int(writable), offset, size, m)
+        rc = lib.shm_segment_map_range(name.encode(), int(writable), offset, size, trust, m)
         if rc != lib.SHM_OK:
             if rc == lib.SHM_E_PERM:
                 raise errors.PermissionDenied(
-                    f"no {'write' if writable else 'read'} access to shared-memory segment {name}: "
+                    f"no {'write' if writable else 'read'} access to shared-memory segment /dev/shm{name}: "
                     "run as the instance's user or a member of its group")
+            if rc == lib.SHM_E_UNTRUSTED:
+                mode = m.st_mode & 0o7777
+                why = ("is not a regular file" if (m.st_mode & 0o170000) != 0o100000 else
+                       f"is accessible to every user (mode {mode:04o})" if mode & 0o007 else
+                       f"belongs to {_owner(m.st_uid)}, group {m.st_gid}, which is neither the instance's "
+                       f"owner ({_owner(trust.uid)}), root, nor its group")
+                raise errors.PermissionDenied(
+                    f"refusing shared-memory segment /dev/shm{name}: it {why}; another user may have "
+                    "created it to read or forge the instance's data. Remove it as its owner or root "
+                    f"(rm /dev/shm{name}, or `shmlog doctor --clean`) and reconnect")
             raise_status(rc, f"cannot open shared-memory segment {name}")
         return cls(name, ffi.gc(m, lib.shm_unmap))
 
@@ -89,6 +131,35 @@ def unlink_segment(name: str) -> bool:
     if rc != lib.SHM_OK:
         raise_status(rc, f"cannot unlink shared-memory segment {name}")
     return True
+
+
+_SLOT_STATES = {2: "intent published", 3: "reserved"}
+
+
+def full_ring_cause(ring_handle, token_prefix_c, durable: bool, timeout_ms: int, persist_errno: int = 0) -> str:
+    """Why producers of a full ring wait, in words (shm_ring_blocker): the
+    producer holding an uncommitted reservation at the ring's head (slot,
+    pid, position, offsets, for how long, alive or dead), or the persister
+    (with its last write error, persist_errno)."""
+    b = ffi.new("struct shm_blocker *")
+    if ring_handle is None or lib.shm_ring_blocker(ring_handle, token_prefix_c, b) != lib.SHM_OK:
+        b.kind = lib.SHM_BLOCK_PERSISTER if durable else lib.SHM_BLOCK_NONE
+    if persist_errno and b.kind != lib.SHM_BLOCK_WRITER:
+        return f"the persister cannot write: {os.strerror(persist_errno)}"
+    if b.kind == lib.SHM_BLOCK_WRITER:
+        if b.slot < 0:
+            return (f"the oldest frame (position {b.position}) is still being written and no producer "
+                    "slot names it any more (it is being sealed)")
+        held = f" for {b.held_ms / 1000:.1f} s" if b.held_ms >= 0 else ""
+        owner = {1: "alive but not finishing it (stopped with SIGSTOP, or stuck?): a live writer is never "
+                    "sealed over; resume or kill it",
+                 0: "dead: its reservation is sealed as a gap after unblock_timeout_ms"}.get(b.alive, "")
+        return (f"producer pid {b.pid} (slot {b.slot}) has held an uncommitted reservation of offsets "
+                f"{b.base_offset}..{b.base_offset + b.count - 1} at position {b.position}{held}"
+                f" ({_SLOT_STATES.get(b.state, b.state)}); it is {owner}")
+    if b.kind == lib.SHM_BLOCK_PERSISTER:
+        return f"the persister has not copied past position {b.persisted_pos}: it is behind or not running"
+    return f"no space was free for {timeout_ms} ms, though nothing blocks the ring now (a burst of writers?)"
 
 
 def crc32c(data, crc: int = 0) -> int:

@@ -357,7 +357,7 @@ class AIOConsumer:
         arr = self._arrays
         if arr is None or arr[0] is not parts:
             hdrs = ffi.new("void *[]", [p.ring.hdr for p in parts])
-            bases = ffi.new("void *[]", [p.ring.base for p in parts])
+            bases = ffi.new("struct shm_ring *[]", [p.ring.h for p in parts])
             curs = ffi.new("struct shm_cursor *[]", [p.cur for p in parts])
             words = [ffi.addressof(ffi.cast("struct shm_ring_header *", p.ring.hdr), "data_seq") for p in parts]
             arr = self._arrays = (parts, hdrs, bases, curs, words, [p.ring for p in parts])

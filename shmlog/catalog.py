@@ -82,6 +82,7 @@ import os
 import msgspec
 
 from . import errors
+from . import safefile
 from .config import TopicConfig
 
 FORMAT = 2
@@ -132,8 +133,7 @@ def load(data_dir: str) -> Catalog:
     (naming the file) when it cannot be read as a catalog."""
     p = path(data_dir)
     try:
-        with open(p, "rb") as f:
-            raw = f.read()
+        raw = safefile.read_bytes(p)
     except FileNotFoundError:
         return Catalog()
     try:
@@ -161,7 +161,7 @@ def save(data_dir: str, cat: Catalog):
     leaves the old catalog or the new one."""
     from .storage import write_atomically
     p = path(data_dir)
-    os.makedirs(os.path.dirname(p), mode=0o770, exist_ok=True)
+    safefile.makedirs(os.path.dirname(p))
     cat.migrated = False
     data = msgspec.json.encode({"format": FORMAT, "topics": cat.topics})
     write_atomically(p, msgspec.json.format(data, indent=2))

@@ -358,7 +358,7 @@ class Consumer:
     def _try_seek(self, part: _Part, offset: int) -> bool:
         """Positions part at offset, from the ring or (durable, below the ring) the files."""
         part.on_disk = False
-        rc = lib.shm_ring_seek(part.ring.base, part.cur, offset)
+        rc = lib.shm_ring_seek(part.ring.h, part.cur, offset)
         if rc == lib.SHM_OK:
             return True
         if rc != lib.SHM_E_OUT_OF_RANGE:
@@ -472,7 +472,7 @@ class Consumer:
             if n is not None:
                 return n
         while True:
-            rc = lib.shmx_read(part.ring.base, part.cur, self._buf, self._buf_cap, self._crc,
+            rc = lib.shmx_read(part.ring.h, part.cur, self._buf, self._buf_cap, self._crc,
                                self._unblock_ns, out)
             if rc >= 0:
                 if rc == 0 and out.compressed:
@@ -618,7 +618,7 @@ class Consumer:
         (the C core checks CRC and framing first, and the lap after the copy);
         None when the next frame is not one (the general read handles it)."""
         r = self._peek
-        if lib.shmx_large_peek(part.ring.base, part.cur, LARGE_BYTES, self._crc, r) != 1:
+        if lib.shmx_large_peek(part.ring.h, part.cur, LARGE_BYTES, self._crc, r) != 1:
             return None
         off, ts, ks, kl, vs, vl, hs, hc, _ = ffi.unpack(r, ROW + 1)
         if hc:
@@ -626,7 +626,7 @@ class Consumer:
         data = part.data
         m = Message(part.topic, part.partition, off, None if kl < 0 else ffi.buffer(data + ks, kl)[:],
                     None if vl < 0 else ffi.buffer(data + vs, vl)[:], (), ts)
-        if lib.shmx_large_confirm(part.ring.base, part.cur, r) != 1:
+        if lib.shmx_large_confirm(part.ring.h, part.cur, r) != 1:
             return None                          # lapped during the copy: discarded
         return m
 
@@ -684,7 +684,7 @@ class Consumer:
         if self._wait_arrays is None:
             act = self._active
             hdrs = ffi.new("void *[]", [p.ring.hdr for p in act])
-            bases = ffi.new("void *[]", [p.ring.base for p in act])
+            bases = ffi.new("struct shm_ring *[]", [p.ring.h for p in act])
             curs = ffi.new("struct shm_cursor *[]", [p.cur for p in act])
             self._wait_arrays = (hdrs, bases, curs, len(act))
         hdrs, bases, curs, n = self._wait_arrays
@@ -738,7 +738,7 @@ class Consumer:
             # the latency path: one partition in the ring; read, else wait once in C and read
             if self._out_max != self._max_poll:
                 self._out.max_records = self._out_max = self._max_poll
-            args = (part.ring.base, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, self._out)
+            args = (part.ring.h, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, self._out)
             if part.large and (m := self._take_large(part)) is not None:
                 return m
             n = lib.shmx_read(*args)

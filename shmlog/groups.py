@@ -27,7 +27,7 @@ import uuid
 import msgspec
 import numpy as np
 
-from . import errors, liveness, storage
+from . import errors, liveness, safefile, storage
 from ._native import ffi, lib
 
 GROUP_NAME_MAX = lib.SHM_GROUP_NAME_MAX
@@ -564,7 +564,7 @@ def delete_group(log, group: str):
 
 def _meta(log) -> str:
     d = os.path.join(log.settings.data_dir, "meta")
-    os.makedirs(d, mode=0o770, exist_ok=True)
+    safefile.makedirs(d)
     return d
 
 
@@ -578,7 +578,7 @@ def snapshot_offsets(log, if_changed_since: int | None = None) -> int:
     if if_changed_since is not None and seq == if_changed_since:
         return seq
     meta = _meta(log)
-    fd = os.open(os.path.join(meta, "offsets.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    fd = safefile.open_rw(os.path.join(meta, "offsets.lock"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         seq = lib.shm_ctl_commit_seq(log._ctl.base)
@@ -598,8 +598,7 @@ def restore_offsets(log):
     """Lock held, new control segment: groups and committed offsets from the snapshot."""
     path = os.path.join(log.settings.data_dir, "meta", SNAPSHOT)
     try:
-        with open(path, "rb") as f:
-            snap = msgspec.msgpack.decode(f.read())
+        snap = msgspec.msgpack.decode(safefile.read_bytes(path))
     except FileNotFoundError:
         return
     except (OSError, msgspec.DecodeError) as e:

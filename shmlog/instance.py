@@ -20,7 +20,7 @@ import weakref
 
 import msgspec
 
-from . import catalog, config, errors, groups, liveness, permissions, storage
+from . import catalog, config, errors, groups, liveness, permissions, safefile, storage
 from ._native import Segment, ffi, lib, raise_status, unlink_segment
 
 log = logging.getLogger("shmlog")
@@ -64,22 +64,31 @@ class TopicHandle:
 
 class Ring:
     """One mapped partition ring. Producers map it writable; consumers map the
-    data read-only plus the header writable (waiter announcements)."""
+    data read-only plus the header writable (waiter announcements).
 
-    __slots__ = ("name", "topic", "partition", "seg", "base", "hdr_seg", "hdr", "rw_seg", "__weakref__")
+    base is the mapping (header fields only: counters, ends, waits); h is the
+    process-local handle (struct shm_ring) every access that indexes into the
+    ring takes: its geometry was read and validated once, here (issue 11,
+    defect 11), so a header rewritten later cannot send this process outside
+    its mapping."""
 
-    def __init__(self, name, topic, partition, writable):
+    __slots__ = ("name", "topic", "partition", "seg", "base", "h", "hdr_seg", "hdr", "rw_seg", "rw_h",
+                 "trust", "__weakref__")
+
+    def __init__(self, name, topic, partition, writable, trust):
         self.name = name
         self.topic = topic
         self.partition = partition
+        self.trust = trust
         try:
-            self.seg = Segment.open(name, writable=writable)
+            self.seg = Segment.open(name, writable=writable, trust=trust)
         except errors.UnknownTopicOrPartition:
             raise errors.UnknownTopicOrPartition(
                 f"topic {topic!r} partition {partition}: ring {name} is missing "
                 "(the topic was deleted, or its creation was interrupted)") from None
         self.base = self.seg.base
-        rc = lib.shm_ring_check(self.base, self.seg.size)
+        self.h = ffi.new("struct shm_ring *")
+        rc = lib.shm_ring_open(self.h, self.base, self.seg.size, int(writable))
         if rc != lib.SHM_OK:
             self.seg.close()
             raise errors.LayoutMismatch(
@@ -87,20 +96,29 @@ class Ring:
                 f"(status {rc}); it was made by another shmlog version or is damaged: "
                 "remove it with `shmlog doctor --clean`")
         self.rw_seg = self.seg if writable else None
+        self.rw_h = self.h if writable else None
         if writable:
             self.hdr_seg, self.hdr = None, self.base
         else:
-            self.hdr_seg = Segment.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES)
+            self.hdr_seg = Segment.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES, trust=trust)
             self.hdr = self.hdr_seg.base
 
     def writable_base(self):
-        """A writable mapping (for sealing a dead producer's write), or None when not permitted."""
-        if self.rw_seg is None:
+        """A handle on a writable mapping (for sealing a dead producer's write,
+        shm_ring_seal_stuck), or None when not permitted. Its geometry is the
+        one validated at open (the same ring, mapped once more)."""
+        if self.rw_h is None:
             try:
-                self.rw_seg = Segment.open(self.name, writable=True)
+                seg = Segment.open(self.name, writable=True, trust=self.trust)
             except errors.PermissionDenied:
                 return None
-        return self.rw_seg.base
+            h = ffi.new("struct shm_ring *")
+            if seg.size != self.seg.size or lib.shm_ring_open(h, seg.base, seg.size, 1) != lib.SHM_OK \
+                    or (h.capacity, h.base_position) != (self.h.capacity, self.h.base_position):
+                seg.close()
+                return None
+            self.rw_seg, self.rw_h = seg, h
+        return self.rw_h
 
     def ends(self):
         """(log_start_offset, end_offset, head_pos, tail_pos)"""
@@ -117,6 +135,7 @@ class Ring:
             if s is not None:
                 s.close()
         self.base = self.hdr = ffi.NULL
+        self.h = self.rw_h = None
 
 
 def _c_config(cfg: config.TopicConfig):
@@ -162,15 +181,11 @@ class Log:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
         self.unblock_ns = unblock_timeout_ms * 1_000_000
         if create:
-            try:
-                os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
-            except PermissionError:
-                raise errors.PermissionDenied(
-                    f"no access to data dir {settings.data_dir}: run as the instance's user or a member "
-                    "of its group, or pass another data_dir") from None
+            permissions.check_data_dir(settings.data_dir, create=True)
         else:
             start_persister = False              # a read-only connection never starts a daemon
         self._gid = permissions.instance_gid(settings.data_dir)
+        self._trust = permissions.segment_trust(settings.data_dir)
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
         self._handles: dict[str, TopicHandle] = {}
@@ -198,16 +213,16 @@ class Log:
         deadline = time.monotonic() + 5
         while True:
             try:
-                seg = Segment.open(name, writable=True)
+                seg = Segment.open(name, writable=True, trust=self._trust)
             except errors.UnknownTopicOrPartition:
                 if not self._create:
                     raise self._no_instance() from None
+                permissions.check_data_dir(self.settings.data_dir, write=True)   # before a segment exists
                 real, dev, ino = self._identity()
                 try:
-                    seg = Segment.create(name, lib.shm_ctl_size(limits))
+                    seg = Segment.create(name, lib.shm_ctl_size(limits), gid=self._gid)
                 except errors.TopicExists:
                     continue                      # another process created it first
-                self._give_group(name)
                 rc = lib.shm_ctl_init(seg.base, seg.size, limits, real, len(real), dev, ino)
                 if rc != lib.SHM_OK:
                     raise_status(rc, f"cannot initialise control segment {name}")
@@ -281,11 +296,6 @@ class Log:
             f"no instance {s.instance!r}: no shared memory {shm} and no {catalog.path(s.data_dir)} in the "
             "data dir it looked in; check --instance, --data-dir and --shm-prefix (or $SHMLOG_INSTANCE, "
             "$SHMLOG_DATA_DIR, $SHMLOG_SHM_PREFIX)")
-
-    def _give_group(self, name: str):
-        """A new segment belongs to the instance's group (the data dir's, once a supervisor set it)."""
-        if self._gid is not None:
-            permissions.give_group(permissions.shm_path(name), self._gid)
 
     def _supervisor(self):
         """The admin client of the supervisor running this instance, or None
@@ -486,7 +496,7 @@ class Log:
                 self._make_ring(name, new, gen, p, base, made)
             if new.max_message_bytes != old.max_message_bytes:
                 for p in range(old.partitions):
-                    seg = Segment.open(self.settings.ring_name(gen, p), writable=True)
+                    seg = Segment.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
                     rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
                                                           lib.SHM_FRAME_HEADER_BYTES)
                     seg.close()
@@ -623,9 +633,8 @@ class Log:
         """Under the lock: partition p's ring starting at base = (offset, position);
         made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
-        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes)
+        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
         made.append(rname)
-        self._give_group(rname)
         rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
                                cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
         seg.close()
@@ -648,7 +657,7 @@ class Log:
             rname = self.settings.ring_name(gen, p)
             if mark_deleted:
                 try:
-                    seg = Segment.open(rname, writable=True)
+                    seg = Segment.open(rname, writable=True, trust=self._trust)
                     lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
                     seg.close()
                 except errors.UnknownTopicOrPartition:
@@ -809,7 +818,8 @@ class Log:
         r = self._rings.get(key)
         if r is None:
             r = self._rings[key] = Ring(self.settings.ring_name(handle.generation, partition),
-                                        handle.name, partition, writable)
+                                        handle.name, partition, writable,
+                                        permissions.segment_trust(self.settings.data_dir))
         return r
 
     def _forget(self, name: str):
@@ -948,9 +958,8 @@ class _RecoveryProgress:
 def read_recovery_progress(data_dir: str) -> dict | None:
     """What a restore in progress wrote (see _RecoveryProgress), or None."""
     try:
-        with open(os.path.join(data_dir, "recovery.json"), "rb") as f:
-            return msgspec.json.decode(f.read())
-    except (FileNotFoundError, msgspec.DecodeError):
+        return msgspec.json.decode(safefile.read_bytes(os.path.join(data_dir, "recovery.json")))
+    except (FileNotFoundError, msgspec.DecodeError, errors.PermissionDenied):
         return None
 
 

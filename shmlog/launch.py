@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from . import errors
+from . import errors, safefile
 
 STATUS_FD_ENV = "SHMLOG_STATUS_FD"
 # systemd's variables name one process (the unit's main one); a daemon we start is not it
@@ -151,8 +151,8 @@ def start(what: str, module: str, args: list[str], logfile: str, *, detach: bool
     env[STATUS_FD_ENV] = str(w)
     cmd = command(module, *args)
     try:
-        out = open(logfile, "ab")
-    except OSError:
+        out = os.fdopen(safefile.open_append(logfile), "ab")     # never through a planted symlink
+    except (OSError, errors.ShmlogError):
         os.close(r)
         os.close(w)
         raise

@@ -16,6 +16,8 @@ import os
 import threading
 import weakref
 
+from . import errors, safefile
+
 SHM_DIR = "/dev/shm"
 
 _lock = threading.Lock()
@@ -41,8 +43,14 @@ def ensure_token(prefix: str) -> tuple[int, int]:
     with _lock:
         if prefix not in _tokens:
             path = f"{prefix}{pid}-{st}"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = safefile.open_rw(path, owner_only=True)    # a squatter's token is refused
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise errors.PermissionDenied(
+                    f"liveness token {path} is locked by another process (planted by another "
+                    "user?); remove it as its owner or root") from None
             _tokens[prefix] = fd
     return pid, st
 
@@ -82,9 +90,9 @@ def sweep_dead(prefix: str) -> int:
             continue
         path = os.path.join(d, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue                                  # gone, or a planted symlink: not a token of ours
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

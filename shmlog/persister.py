@@ -22,7 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config, errors, liveness, storage
+from . import config, errors, liveness, safefile, storage
 from ._native import ffi, lib
 
 log = logging.getLogger("shmlog.persister")
@@ -94,7 +94,7 @@ class _Partition:
                 self._fail(e)
                 return written
             room = max(self.writer.segment_bytes - self.writer.active.size, 1)
-            rc = lib.shm_persist_scan(base, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
+            rc = lib.shm_persist_scan(self.ring.h, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
                                       self.writer.scan_state(), self.rows, MAX_INDEX, self.out)
             if rc != lib.SHM_OK:
                 raise errors.CorruptRecord(f"{self.handle.name}[{self.partition}]: damaged frame in the "
@@ -292,8 +292,8 @@ def lock_path(data_dir: str) -> str:
 def running(data_dir: str) -> bool:
     """Is a persister holding this data dir's lock?"""
     try:
-        fd = os.open(lock_path(data_dir), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = safefile.open_read(lock_path(data_dir))
+    except (FileNotFoundError, errors.PermissionDenied):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -307,9 +307,8 @@ def running(data_dir: str) -> bool:
 
 def pid_of(data_dir: str):
     try:
-        with open(lock_path(data_dir)) as f:
-            return int(f.read().strip() or 0) or None
-    except (FileNotFoundError, ValueError):
+        return int(safefile.read_bytes(lock_path(data_dir)).strip() or 0) or None
+    except (FileNotFoundError, ValueError, errors.PermissionDenied):
         return None
 
 
@@ -334,8 +333,7 @@ def main(argv=None) -> int:
     p = None
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
-    fd = os.open(lock_path(settings.data_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    fd = safefile.open_rw(lock_path(settings.data_dir), create_dirs=True)
     for attempt in range(20):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

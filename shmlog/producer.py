@@ -23,7 +23,7 @@ from array import array
 from itertools import compress
 
 from . import compression, errors, liveness
-from ._native import ffi, lib, raise_status
+from ._native import ffi, full_ring_cause, lib, raise_status
 from .records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -67,7 +67,7 @@ class _TopicWriter:
         log = self.producer._log
         ring = log.ring(self.handle, partition, writable=True)
         pid, st = liveness.ensure_token(log.token_prefix)
-        slot = lib.shm_ring_claim_slot(ring.base, pid, st, log.token_prefix_c)
+        slot = lib.shm_ring_claim_slot(ring.h, pid, st, log.token_prefix_c)
         if slot < 0:
             if slot == lib.SHM_E_NO_SLOT:
                 raise errors.TooManyProducers(
@@ -75,7 +75,7 @@ class _TopicWriter:
                     f"{lib.SHM_PRODUCER_SLOTS} producer slots are held by live processes")
             raise_status(slot, "cannot claim a producer slot")
         c = ffi.new("struct shm_send_ctx *")
-        c.base = ring.base
+        c.ring = ring.h
         c.slot = slot
         c.timeout_ns = min(self.producer._timeout_ns, WAIT_SLICE_NS)
         c.unblock_ns = log.unblock_ns
@@ -367,12 +367,11 @@ class Producer:
         if rc == lib.SHM_E_FULL:
             ring = w.rings[partition]
             err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO) if ring is not None else 0
-            why = (f"the persister cannot write: {os.strerror(err)}" if err else
-                   "the persister is behind or not running" if w.handle.config.persistence == "disk"
-                   else "a writer a lap behind is still writing")
+            why = full_ring_cause(ring.h if ring is not None else None, self._log.token_prefix_c,
+                                  w.handle.config.persistence == "disk", self._timeout_ns // 1_000_000, err)
             raise errors.BufferFull(
                 f"topic {name!r} partition {partition}: no ring space for "
-                f"{self._timeout_ns // 1_000_000} ms ({why}); consumers never hold space back")
+                f"{self._timeout_ns // 1_000_000} ms: {why}; consumers never hold space back")
         if rc == lib.SHM_E_TOO_LARGE:
             raise errors.RecordTooLarge(
                 f"record batch is larger than topic {name!r}'s max_message_bytes "

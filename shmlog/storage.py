@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import errors
+from . import errors, safefile
 from ._native import ffi, lib
 
 log = logging.getLogger("shmlog.storage")
@@ -69,7 +69,7 @@ def make_partition_dir(data_dir: str, topic: str, partition: int, topic_id: int)
     """Creates (if missing) one partition's directory with its partition.metadata,
     durably (the directory entries fsynced). Never empties an existing one."""
     d = partition_dir(data_dir, topic, partition, topic_id)
-    os.makedirs(d, mode=0o770, exist_ok=True)
+    safefile.makedirs(d)
     meta = os.path.join(d, PARTITION_METADATA)
     if not os.path.exists(meta):
         write_atomically(meta, _metadata_text(topic, topic_id, partition))
@@ -159,7 +159,7 @@ def discard_topic_dir(data_dir: str, topic: str, topic_id: int):
     src = topic_dir(data_dir, topic, topic_id)
     trash = os.path.join(data_dir, "trash")
     if os.path.isdir(src):
-        os.makedirs(trash, mode=0o770, exist_ok=True)
+        safefile.makedirs(trash)
         os.rename(src, os.path.join(trash, os.path.basename(src)))
         fsync_dir(os.path.dirname(src))
         fsync_dir(trash)
@@ -184,25 +184,14 @@ def empty_trash(data_dir: str):
                 pass
 
 
-def fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = safefile.fsync_dir
 
 
 def write_atomically(path: str, data: bytes, sync_dir: bool = True):
     """Replaces path with data: a crash leaves the old file or the new one,
-    never a mix (write a tmp file, fsync, rename, fsync the directory)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(os.path.dirname(path))
+    never a mix (safefile.replace: an unpredictable tmp name, O_EXCL|O_NOFOLLOW,
+    fsync, rename, fsync the directory)."""
+    safefile.replace(path, data, sync_dir=sync_dir)
 
 
 class CorruptSegment(errors.CorruptRecord):
@@ -819,7 +808,7 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
     if good_end < size:
         rep.truncated_at, rep.truncated_bytes = good_end, size - good_end
         if repair:
-            with open(last.path(), "r+b") as f:
+            with os.fdopen(safefile.open_write_fd(last.path()), "wb") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
             log.warning("%s: truncated a torn tail of %d bytes at file position %d",

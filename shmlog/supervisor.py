@@ -32,7 +32,7 @@ import time
 import msgspec
 import psutil
 
-from . import admin, config, configfile, errors, launch, liveness, notify, permissions, persister
+from . import admin, config, configfile, errors, launch, liveness, notify, permissions, persister, safefile
 from ._native import lib
 from .instance import Log, read_recovery_progress
 
@@ -70,18 +70,13 @@ def state_path(settings: config.Settings) -> str:
 
 def read_state(settings: config.Settings) -> State | None:
     try:
-        with open(state_path(settings), "rb") as f:
-            return msgspec.json.decode(f.read(), type=State)
-    except (FileNotFoundError, msgspec.DecodeError):
+        return msgspec.json.decode(safefile.read_bytes(state_path(settings)), type=State)
+    except (FileNotFoundError, msgspec.DecodeError, errors.PermissionDenied):
         return None
 
 
 def _write_state(settings: config.Settings, st: State):
-    p = state_path(settings)
-    tmp = p + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(msgspec.json.encode(st))
-    os.replace(tmp, p)
+    safefile.replace(state_path(settings), msgspec.json.encode(st), sync_dir=False)
 
 
 class Supervisor:
@@ -115,7 +110,7 @@ class Supervisor:
     def start(self):
         s = self.settings
         os.umask(permissions.FILE_UMASK)
-        os.makedirs(s.data_dir, mode=0o770, exist_ok=True)
+        safefile.makedirs(s.data_dir)
         self._take_lock()
         permissions.prepare_data_dir(s.data_dir, self.cfg.group)
         self.gid = permissions.instance_gid(s.data_dir)
@@ -172,7 +167,7 @@ class Supervisor:
 
     def _take_lock(self):
         p = lock_path(self.settings)
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        fd = safefile.open_rw(p)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -316,7 +311,7 @@ class Supervisor:
             try:
                 h = self.log.topic_handle(name)
                 for p in range(h.partitions):
-                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).base, prefix, int(free_slots))
+                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).h, prefix, int(free_slots))
                     if n > 0:
                         log.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
             except (errors.UnknownTopicOrPartition, errors.PermissionDenied):
@@ -534,7 +529,7 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     pid = running_pid(settings)
     if pid is not None:
         return pid
-    os.makedirs(settings.data_dir, mode=0o770, exist_ok=True)
+    permissions.check_data_dir(settings.data_dir, create=True, write=True)   # PermissionDenied, not EACCES later
     logfile = os.path.join(os.path.abspath(settings.data_dir), "supervisor.log")
     args = ["--instance", settings.instance, "--data-dir", os.path.abspath(settings.data_dir),
             "--shm-prefix", settings.shm_prefix]

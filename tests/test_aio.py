@@ -357,7 +357,7 @@ def test_arm_then_commit_wakes_a_wait_started_later(inst):
     c = inst.log.consumer(["arm"])
     part = c._parts[0]
     hdrs = ffi.new("void *[]", [part.ring.hdr])
-    bases = ffi.new("void *[]", [part.ring.base])
+    bases = ffi.new("struct shm_ring *[]", [part.ring.h])
     curs = ffi.new("struct shm_cursor *[]", [part.cur])
     vals = ffi.new("uint32_t[]", 1)
     sd = ffi.new("int64_t *")

@@ -37,13 +37,13 @@ def raw_batches(log, topic, partition):
     cur = ffi.new("struct shm_cursor *")
     cur.stuck_pos = 2**64 - 1
     cur.expect_base = -1
-    assert lib.shm_ring_seek(ring.base, cur, 0) == 0
+    assert lib.shm_ring_seek(ring.h, cur, 0) == 0
     cap = 1 << 22
     buf = ffi.new("uint8_t[]", cap)
     out = ffi.new("struct shm_records_out *")
     batches = []
     while True:
-        rc = lib.shm_ring_read_batches(ring.base, cur, buf, cap, 10**9, out)
+        rc = lib.shm_ring_read_batches(ring.h, cur, buf, cap, 10**9, out)
         assert rc >= 0, rc
         if out.bytes_used == 0:
             return batches

@@ -231,11 +231,11 @@ def stored_codecs(log, topic, partition) -> set:
     ring = log.ring(h, partition, writable=False)
     cur = ffi.new("struct shm_cursor *")
     cur.stuck_pos = 2**64 - 1
-    assert lib.shm_ring_seek(ring.base, cur, 0) == lib.SHM_OK
+    assert lib.shm_ring_seek(ring.h, cur, 0) == lib.SHM_OK
     cap = 8 << 20
     buf = ffi.new("uint8_t[]", cap)
     out = ffi.new("struct shm_records_out *")
-    assert lib.shm_ring_read_batches(ring.base, cur, buf, cap, -1, out) > 0
+    assert lib.shm_ring_read_batches(ring.h, cur, buf, cap, -1, out) > 0
     raw = ffi.buffer(buf, out.bytes_used)[:]
     codecs, at = set(), 0
     while at < len(raw):
@@ -256,16 +256,16 @@ def test_c_read_leaves_the_cursor_on_a_compressed_frame(inst):
     ring = log.ring(log.topic_handle("cc"), 0, writable=False)
     cur = ffi.new("struct shm_cursor *")
     cur.stuck_pos = 2**64 - 1
-    assert lib.shm_ring_seek(ring.base, cur, 0) == lib.SHM_OK
+    assert lib.shm_ring_seek(ring.h, cur, 0) == lib.SHM_OK
     cap = 1 << 16
     buf = ffi.new("uint8_t[]", cap)
     rows = ffi.new("int64_t[]", 64 * lib.SHM_ROW_FIELDS)
     out = ffi.new("struct shm_records_out *")
     out.rows, out.max_records = rows, 64
-    assert lib.shm_ring_read(ring.base, cur, buf, cap, 1, -1, out) == 1 and out.compressed == 0
+    assert lib.shm_ring_read(ring.h, cur, buf, cap, 1, -1, out) == 1 and out.compressed == 0
     at = cur.pos
     for _ in range(2):
-        assert lib.shm_ring_read(ring.base, cur, buf, cap, 1, -1, out) == 0
+        assert lib.shm_ring_read(ring.h, cur, buf, cap, 1, -1, out) == 0
         assert out.compressed == 1 and (cur.pos, cur.next_offset) == (at, 1)
         assert lib.shm_batch_base_offset(buf + out.batch_start) == 1
 

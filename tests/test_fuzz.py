@@ -348,6 +348,7 @@ _RING = Guarded(lib.SHM_RING_HEADER_BYTES + RING_CAP)
 assert _RING.size == lib.SHM_RING_HEADER_BYTES + RING_CAP
 _READ_BUF = Guarded(1 << 20)
 _TOKEN = ffi.new("char[]", b"/dev/shm/shmlog-fuzz-no-such-token.")
+_HANDLE = ffi.new("struct shm_ring *")
 
 
 def _fresh_ring():
@@ -355,15 +356,17 @@ def _fresh_ring():
     base = ffi.cast("void *", _RING.addr)
     assert lib.shm_ring_init(base, RING_CAP, 1, 0, 0, RING_CAP // 4, 0, 0) == lib.SHM_OK
     assert lib.shm_ring_check(base, _RING.size) == lib.SHM_OK
-    slot = lib.shm_ring_claim_slot(base, os.getpid(), liveness.start_time(), _TOKEN)
+    h = _HANDLE
+    assert lib.shm_ring_open(h, base, _RING.size, 1) == lib.SHM_OK
+    slot = lib.shm_ring_claim_slot(h, os.getpid(), liveness.start_time(), _TOKEN)
     assert slot >= 0
     ctx = ffi.new("struct shm_send_ctx *")
-    ctx.base = base
+    ctx.ring = h
     ctx.slot = slot
     ctx.timeout_ns = 1_000_000              # never wait long for room
     ctx.unblock_ns = 10**12                 # never seal (we are alive anyway)
     ctx.token_prefix = _TOKEN
-    return base, ctx
+    return h, ctx
 
 
 def _append(ctx, values):
@@ -423,7 +426,7 @@ def test_damaged_ring_read_seek_append(sizes, damage, verify):
         assert _append(ctx, [bytes([len(batch)]) * n for n in batch]) >= 0
     ends = ffi.new("int64_t[2]")
     pos = ffi.new("uint64_t[2]")
-    lib.shm_ring_ends(base, ends, ends + 1, pos, pos + 1)
+    lib.shm_ring_ends(base.hdr, ends, ends + 1, pos, pos + 1)
     rc, offs = _read_all(base, verify)
     assert rc >= 0 and offs == list(range(ends[0], ends[1]))    # undamaged: everything
 

@@ -322,7 +322,7 @@ class DataPath:
                 if rc is not None:
                     fc.next_offset = cur.next_offset
                     return rc, data
-            rc = lib.shm_ring_read_batches(ring.base, cur, self._buf, cap, self.log.unblock_ns, self._out)
+            rc = lib.shm_ring_read_batches(ring.h, cur, self._buf, cap, self.log.unblock_ns, self._out)
             if rc >= 0:
                 fc.next_offset = cur.next_offset
                 return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
@@ -359,7 +359,7 @@ class DataPath:
         fc.on_disk = False
         fc.next_offset = -1
         cur.stuck_pos = 2**64 - 1
-        rc = lib.shm_ring_seek(ring.base, cur, offset)
+        rc = lib.shm_ring_seek(ring.h, cur, offset)
         if rc == lib.SHM_OK:
             return True
         if h.config.persistence == "disk" and rc == lib.SHM_E_OUT_OF_RANGE:
@@ -511,7 +511,7 @@ class RingWatcher:
             if moved:
                 self._notify()
             hdrs = ffi.new("void *[]", [e[0].hdr for e in items])
-            bases = ffi.new("void *[]", [e[0].base for e in items])
+            bases = ffi.new("struct shm_ring *[]", [e[0].h for e in items])
             curs = ffi.new("struct shm_cursor *[]", [e[1] for e in items])
             if lib.shm_wait_any(hdrs, bases, curs, len(items), self.SLICE_NS, 0, -1) >= 0:
                 self._notify()
