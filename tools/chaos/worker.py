@@ -283,25 +283,34 @@ def describe_all(log):
 
 
 def admin(a, h):
+    """One admin request, or a list of them (a["ops"]), then a describe of every topic.
+    Exit status 1 when a request failed (TopicExists for an "ensure" excepted)."""
     log = connect(a)
-    op = a["op"]
-    t0 = time.time()
-    try:
-        if op == "create":
-            log.create_topic(a["topic"], **a["config"])
-        elif op == "delete":
-            log.delete_topic(a["topic"])
-        elif op == "alter":
-            log.alter_topic(a["topic"], **a["changes"])
-        elif op != "describe":
-            raise ValueError(f"unknown admin op {op!r}")
-        res = {"ok": True}
-    except errors.ShmlogError as e:
-        res = {"ok": False, "err": type(e).__name__, "msg": str(e)[:300]}
-    h.event("admin", op=op, topic=a.get("topic"), boot=a["boot"], t0=t0, **res,
-            args={k: a[k] for k in ("config", "changes") if k in a})
+    failed = False
+    for req in a.get("ops") or [a]:
+        op = req["op"]
+        t0 = time.time()
+        try:
+            if op in ("create", "ensure"):
+                try:
+                    log.create_topic(req["topic"], **req["config"])
+                except errors.TopicExists:
+                    if op == "create":
+                        raise
+            elif op == "delete":
+                log.delete_topic(req["topic"])
+            elif op == "alter":
+                log.alter_topic(req["topic"], **req["changes"])
+            elif op != "describe":
+                raise ValueError(f"unknown admin op {op!r}")
+            res = {"ok": True}
+        except errors.ShmlogError as e:
+            res = {"ok": False, "err": type(e).__name__, "msg": str(e)[:300]}
+            failed = True
+        h.event("admin", op="create" if op == "ensure" else op, topic=req.get("topic"), boot=a["boot"], t0=t0,
+                **res, args={k: req[k] for k in ("config", "changes") if k in req})
     h.event("describe", boot=a["boot"], topics=describe_all(log))
-    if not res["ok"]:
+    if failed:
         sys.exit(1)
 
 
