@@ -307,16 +307,21 @@ class Campaign:
         r = self.rng
         choice = r.choice(["recreate", "recreate", "grow", "fsync", "retention", "temp", "delete-temp"])
         topic = r.choice(["dur", "eph", "kaf"])
+        marker = os.path.join(self.run_dir, f"admin-go.{time.monotonic_ns()}") if kill_supervisor else None
         if choice == "recreate":
             # delete then create: two requests, the second after the first ends
             def both():
                 try:
-                    self.admin("delete", topic, wait=True)
+                    self.admin("delete", topic, wait=True, marker=marker)
                     self._ensure(topic)
                 finally:
                     self.admin_busy.release()
             threading.Thread(target=both, daemon=True).start()
             desc = {"op": "recreate", "topic": topic}
+            if kill_supervisor:
+                deadline = time.monotonic() + 15
+                while not os.path.exists(marker) and time.monotonic() < deadline:
+                    time.sleep(0.002)
         else:
             if choice == "grow":
                 desc = {"op": "alter", "topic": "dur", "changes": {"partitions": r.randint(2, 4)}}
@@ -339,14 +344,19 @@ class Campaign:
             else:
                 desc = {"op": "describe"}
             op = desc.pop("op")
-            self.admin(op, wait=False, **desc)
+            self.admin(op, wait=False, marker=marker, **desc)
             desc["op"] = op
+            if kill_supervisor:
+                deadline = time.monotonic() + 15            # the child's start-up is slow on a busy host
+                while not os.path.exists(marker) and time.monotonic() < deadline:
+                    time.sleep(0.002)
         if kill_supervisor:
             time.sleep(r.uniform(0.0, 0.06))
             sup = self.procs["supervisor"]
             if self._alive(sup):
                 sup.popen.send_signal(signal.SIGKILL)
                 sup.down_until = time.monotonic() + 0.2
+                desc["killed_supervisor"] = True
         return desc
 
     # ------------------------------------------------------------ faults
@@ -394,6 +404,17 @@ class Campaign:
                 return None
             ev.update(desc)
             ev["t1"] = time.time()
+            if kind == "admin+kill" and r.random() < 0.5:
+                # and a reboot once the request ended: what the control segment and the
+                # catalog disagree on shows when the instance is restored from disk
+                if self.admin_busy.acquire(timeout=40):
+                    self.admin_busy.release()
+                    self.h.event("fault", t0=ev["t1"], **{**ev, "kind": "admin+kill"}, then="reboot")
+                    kind = ev["kind"] = "reboot"
+                    t0 = time.time()
+                    self.reboot()
+                    ev["t1"] = time.time()
+                    ev["boot"] = self.boot
         elif kind == "reboot":
             if self.admin_busy.locked():
                 return None
