@@ -29,11 +29,12 @@ FAULTS, DURATION = 14, 12.0
 KNOWN = {
     "skipped": "issue 11 defects 1 and 2: a single-partition poll() drops compressed batches, a compressed "
                "batch larger than the read is CorruptRecord and skipped (Kafka client gzip batches)",
+    "refused-intact": "issue 11 defect 2: a Kafka client's gzip batch larger than the read is CorruptRecord",
     "silent-stall": "issue 11 defect 7: a truncated middle segment stalls a reader silently",
     "unrefused-damage": "issue 11 defect 7: records of a truncated middle segment are gone without a refusal",
 }
 CHECKS = ["lost-durable", "lost-ring", "offset-reused", "duplicated", "other-generation", "skipped",
-          "redelivered", "stall", "silent-stall", "unrefused-damage", "readback"]
+          "redelivered", "stall", "silent-stall", "unrefused-damage", "refused-intact", "readback"]
 
 
 @pytest.fixture(scope="module")

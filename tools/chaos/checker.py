@@ -26,6 +26,9 @@ Checks (each violation names the check, the seed and a short trace):
   skipped            a consumer read offsets a and b > a+1 of a durable topic
                      in one session while the read-back holds a record between
                      (above the final log start)
+  unrefused-damage   a record in a segment the campaign damaged is missing, no refusal
+  refused-intact     a reader got CorruptRecord where the campaign damaged nothing
+  silent-stall       the read-back stopped for 5 s with no error
   redelivered        a group delivered a record below an offset it had
                      committed (durably) before — outside the at-least-once window
   stall              a producer made no progress for longer than
@@ -35,10 +38,12 @@ Checks (each violation names the check, the seed and a short trace):
 """
 import bisect
 import collections
+import re
 
 from . import history
 
 SLACK_S = 3.0
+_REFUSED = re.compile(r"'([^']+)' partition (\d+).*?\(offsets from (\d+)\)")
 
 
 class Checker:
@@ -123,6 +128,7 @@ class Checker:
         self.progress = collections.defaultdict(list)  # file -> [t of each ack]
         self.first_read = {}
         self.stuck = []
+        self.refused_events = []
         self.kack_window = {}                          # Kafka record id -> (t0, t) of its batch
         for f, es in self.files.items():
             for e in es:
@@ -173,6 +179,7 @@ class Checker:
                             self.commits[(e["group"], e["topic"], inc, int(p))].append((e["t"], off))
                 elif ev == "refused":
                     self.stats["refusals"] += 1
+                    self.refused_events.append((f, e))
                     if "p" in e:
                         self.refusals[(e["topic"], e["p"])].append((e["at"], e["next"]))
                 elif ev == "stuck":
@@ -248,6 +255,25 @@ class Checker:
         if dups:
             self.violation("duplicated", f"{len(dups)} record ids at more than one offset; first: "
                            f"{dups[0][0]} at {dups[0][1][:4]}", dups[1:4])
+
+    def check_refusals(self):
+        """A refusal (CorruptRecord) where the campaign damaged nothing: an intact record
+        reported as corrupt (and, when the reader seeks past it as told, skipped)."""
+        bad = collections.defaultdict(list)
+        for f, e in self.refused_events:
+            m = _REFUSED.search(e.get("msg") or "")
+            p = e.get("p", int(m.group(2)) if m else None)
+            off = int(m.group(3)) if m else e.get("at")
+            if p is None or off is None:
+                continue
+            if any(d["topic"] == e["topic"] and d["p"] == p and d["base"] <= off < d["next"] and d["t0"] <= e["t"]
+                   for d in self.damage):
+                self.stats["refusals_of_damage"] += 1
+                continue
+            bad[(e["topic"], p)].append((off, f, (e.get("msg") or "")[:160]))
+        for (topic, p), rows in bad.items():
+            self.violation("refused-intact", f"{len(rows)} refusals (CorruptRecord) of {topic} p{p} where nothing was "
+                           f"damaged, at offsets {_ranges([r[0] for r in rows])}", rows[:3])
 
     def check_stuck(self):
         """The read-back stopped making progress without an error (then went on at the next segment)."""
@@ -430,6 +456,7 @@ class Checker:
         self.check_offsets()
         self.check_duplicates()
         self.check_stuck()
+        self.check_refusals()
         self.check_losses(clean)
         self.check_skips()
         self.check_groups()
