@@ -146,3 +146,16 @@ def test_history_drops_a_torn_last_line(tmp_path):
     with open(p, "a") as f:
         f.write('{"ev": "b", "x"')            # the writer was killed mid-line
     assert [e["ev"] for e in history.read(p)] == ["a"]
+
+
+def test_checker_finds_a_false_refusal_and_a_stall(tmp_path):
+    _synthetic(str(tmp_path), [(o, f"producer0.0.1:{o}") for o in range(5)])
+    with open(tmp_path / "history" / "consumer-dur.0.1.jsonl", "w") as f:
+        f.write(json.dumps({"ev": "refused", "t": 20, "topic": "dur", "boot": 0, "sess": 1,
+                            "msg": "'dur' partition 0: the frame at position 0 (offsets from 2) fails its CRC"}) + "\n")
+    with open(tmp_path / "history" / "producer0.0.1.jsonl", "a") as f:   # then 10 s without an ack, no fault
+        f.write(json.dumps({"ev": "ack", "t": 24, "lvl": "ring", "topic": "dur", "boot": 0, "gen": 1, "gen2": 1,
+                            "p": 0, "off": 9, "w": "producer0.0.1", "s0": 99, "n": 0, "t0": 24}) + "\n")
+    rep = checker.check(str(tmp_path))
+    got = collections.Counter(v["check"] for v in rep["violations"])
+    assert got == {"refused-intact": 1, "stall": 1}, rep["violations"]
