@@ -9,6 +9,7 @@ Must never: share an instance with another test, or pass without the
 campaign having injected faults and checked acknowledged records.
 """
 import collections
+import fcntl
 import json
 import os
 import subprocess
@@ -37,17 +38,26 @@ CHECKS = ["lost-durable", "lost-ring", "offset-reused", "duplicated", "other-gen
           "redelivered", "stall", "silent-stall", "unrefused-damage", "refused-intact", "readback"]
 
 
-@pytest.fixture(scope="module")
-def reports(tmp_path_factory):
-    out = {}
-    for seed in SEEDS:
-        run_dir = str(tmp_path_factory.mktemp(f"chaos{seed}") / "run")
-        c = campaign.Campaign(seed, FAULTS, DURATION, run_dir, tmpfs_mb=96, quiet=True)
-        c.run()
-        rep = checker.check(run_dir)
-        rep["instance"], rep["shm_prefix"], rep["data_dir"] = c.instance, c.shm_prefix, c.data_dir
-        out[seed] = rep
-    return out
+@pytest.fixture(scope="session")
+def reports(tmp_path_factory, worker_id):
+    """The campaign runs once per session even under xdist: the first worker runs it
+    under an flock in the directory all workers share and leaves the reports there."""
+    shared = tmp_path_factory.getbasetemp().parent if worker_id != "master" else tmp_path_factory.getbasetemp()
+    done = shared / "chaos-reports.json"
+    with open(shared / "chaos.lock", "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        if done.exists():
+            return {int(k): v for k, v in json.loads(done.read_text()).items()}
+        out = {}
+        for seed in SEEDS:
+            run_dir = str(tmp_path_factory.mktemp(f"chaos{seed}") / "run")
+            c = campaign.Campaign(seed, FAULTS, DURATION, run_dir, tmpfs_mb=96, quiet=True)
+            c.run()
+            rep = checker.check(run_dir)
+            rep["instance"], rep["shm_prefix"], rep["data_dir"] = c.instance, c.shm_prefix, c.data_dir
+            out[seed] = rep
+        done.write_text(json.dumps(out, default=str))
+        return out
 
 
 def _fmt(vs):

@@ -588,6 +588,9 @@ class Campaign:
         sup = self.procs["supervisor"]
         with self.lock:
             self.rebooting = True
+        if not self._alive(sup):
+            self._spawn(sup)
+        self._wait_supervisor(60)          # a SIGTERM before its handler is installed is no clean stop
         clean = False
         if self._alive(sup):
             sup.popen.send_signal(signal.SIGTERM)
