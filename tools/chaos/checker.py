@@ -192,20 +192,29 @@ class Checker:
 
     def _inc_at(self, topic, boot, t0, t1):
         """The incarnation live over [t0, t1] in this boot, from describes (a Kafka client knows no generation)."""
-        best = None
-        for f, es in self.files.items():
-            for e in es:
-                if e["ev"] == "describe" and e["boot"] == boot and e["t"] <= t0 and topic in e["topics"]:
-                    if best is None or e["t"] > best[0]:
-                        best = (e["t"], e["topics"][topic]["gen"])
-        if best is None:
+        if not hasattr(self, "_desc_idx"):
+            self._desc_idx = collections.defaultdict(list)      # (topic, boot) -> [(t, gen)] sorted
+            self._change_idx = collections.defaultdict(list)    # topic -> [t0 of create/delete] sorted
+            for es in self.files.values():
+                for e in es:
+                    if e["ev"] == "describe":
+                        for t, d in e["topics"].items():
+                            self._desc_idx[(t, e["boot"])].append((e["t"], d["gen"]))
+                    elif e["ev"] == "admin" and e.get("op") in ("create", "delete"):
+                        self._change_idx[e.get("topic")].append(e["t0"])
+            for v in self._desc_idx.values():
+                v.sort()
+            for v in self._change_idx.values():
+                v.sort()
+        ds = self._desc_idx.get((topic, boot), [])
+        i = bisect.bisect_right(ds, (t0, float("inf"))) - 1
+        if i < 0:
             return None
-        for f, es in self.files.items():
-            for e in es:
-                if e["ev"] == "admin" and e.get("topic") == topic and e.get("op") in ("create", "delete") \
-                        and best[0] <= e["t0"] <= t1:
-                    return None
-        return self.inc.get((topic, boot, best[1]))
+        dt, gen = ds[i]
+        ch = self._change_idx.get(topic, [])
+        if bisect.bisect_left(ch, dt) < bisect.bisect_right(ch, t1):
+            return None
+        return self.inc.get((topic, boot, gen))
 
     # ------------------------------------------------------------ checks
 
