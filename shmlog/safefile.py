@@ -153,20 +153,32 @@ def _check_file(fd: int, path: str, dir_gid: int | None) -> None:
         raise _denied(path, "refusing to write", f"{why} (someone planted it?); remove it")
 
 
-def _open_in(path: str, flags: int, mode: int, create_dirs: bool, doing: str,
+def _open_at(dfd: int, name: str, path: str, flags: int, mode: int, doing: str,
              owner_only: bool = False) -> int:
-    d, name = os.path.split(os.path.abspath(os.fspath(path)))
-    dfd = open_dir(d, create=create_dirs)
+    """name opened relative to the directory fd dfd (S2); path only names it in errors."""
     try:
         dir_gid = None if owner_only else os.fstat(dfd).st_gid
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dfd)
     except OSError as e:
         raise os_error(e, path, doing) from None
-    finally:
-        os.close(dfd)
     _check_file(fd, path, dir_gid)
     os.set_blocking(fd, True)
     return fd
+
+
+def _open_in(path: str, flags: int, mode: int, create_dirs: bool, doing: str,
+             owner_only: bool = False) -> int:
+    d, name = os.path.split(os.path.abspath(os.fspath(path)))
+    dfd = open_dir(d, create=create_dirs)
+    try:
+        return _open_at(dfd, name, path, flags, mode, doing, owner_only)
+    finally:
+        os.close(dfd)
+
+
+def open_append_at(dfd: int, name: str, path: str, mode: int = 0o660) -> int:
+    """open_append of name in the directory dfd (a directory the caller holds open)."""
+    return _open_at(dfd, name, path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode, "open for append")
 
 
 def open_append(path: str, mode: int = 0o660, create_dirs: bool = False) -> int:

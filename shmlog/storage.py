@@ -382,7 +382,17 @@ class PartitionLog:
         offset is below the log start. The index row it starts from is only a
         hint: the walk checks that the frame there carries the row's offset and
         that every frame continues the one before (shm_frames_seek), so a damaged
-        row costs a scan from the segment start, never a skipped record."""
+        row costs a scan from the segment start, never a skipped record. A
+        segment that retention removes meanwhile: the listing is read again and
+        the seek retried (the offset may now be below the log start: False)."""
+        for _ in range(8):
+            try:
+                return self._seek(offset, buf, cap, cur)
+            except FileNotFoundError:
+                self.refresh()
+        raise errors.OffsetOutOfRange(f"{self.dir}: segments keep vanishing under a seek to offset {offset}")
+
+    def _seek(self, offset: int, buf, cap: int, cur) -> bool:
         seg = self.segment_for_offset(offset)
         if seg is None:
             return False
@@ -467,7 +477,7 @@ class PartitionWriter:
     that is gone means the topic is gone (FileNotFoundError)."""
 
     def __init__(self, path: str, segment_bytes: int, segment_ms: int, topic_id: int | None = None):
-        self.dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.dfd = safefile.open_dir(path, fsyncable=True)      # never through a planted symlink
         try:
             if topic_id is not None:
                 check_partition_metadata(self.dfd, path, topic_id)
@@ -487,10 +497,10 @@ class PartitionWriter:
 
     def _open(self, seg: Segment):
         self._close_files()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-        self.fd = os.open(os.path.basename(seg.path("log")), flags, 0o660, dir_fd=self.dfd)
-        self.ifd = os.open(os.path.basename(seg.path("index")), flags, 0o660, dir_fd=self.dfd)
-        self.tfd = os.open(os.path.basename(seg.path("timeindex")), flags, 0o660, dir_fd=self.dfd)
+        at = safefile.open_append_at
+        self.fd = at(self.dfd, os.path.basename(seg.path("log")), seg.path("log"))
+        self.ifd = at(self.dfd, os.path.basename(seg.path("index")), seg.path("index"))
+        self.tfd = at(self.dfd, os.path.basename(seg.path("timeindex")), seg.path("timeindex"))
         self.active = seg
         self.active_since = time.monotonic()
 

@@ -26,14 +26,8 @@ from tools.chaos import campaign, checker, history  # noqa: E402
 SEEDS = (17, 26)                 # their 14-fault schedules hold every fault kind (reboots, damage, ENOSPC...)
 FAULTS, DURATION = 14, 12.0
 
-# check -> the issue 11 defect that makes it fail on a tree without that fix (remove after the merge)
-KNOWN = {
-    "skipped": "issue 11 defects 1 and 2: a single-partition poll() drops compressed batches, a compressed "
-               "batch larger than the read is CorruptRecord and skipped (Kafka client gzip batches)",
-    "refused-intact": "issue 11 defect 2: a Kafka client's gzip batch larger than the read is CorruptRecord",
-    "silent-stall": "issue 11 defect 7: a truncated middle segment stalls a reader silently",
-    "unrefused-damage": "issue 11 defect 7: records of a truncated middle segment are gone without a refusal",
-}
+# check -> a known defect that makes it fail (xfail naming it); empty when every check must hold
+KNOWN: dict[str, str] = {}      # none since the merge: the defects it met are fixed
 CHECKS = ["lost-durable", "lost-ring", "offset-reused", "duplicated", "other-generation", "skipped",
           "redelivered", "stall", "silent-stall", "unrefused-damage", "refused-intact", "readback"]
 

@@ -229,7 +229,7 @@ def test_admin_symlink_in_the_path_is_followed(tmp_path):
 def _squat_ctl(name, size):
     seg = Segment.create(name, size, mode=0o666)
     lim = ffi.new("struct shm_ctl_limits *", [1024, 1024, 4096, 65536])
-    assert lib.shm_ctl_init(seg.base, seg.size, lim) == lib.SHM_OK
+    assert lib.shm_ctl_init(seg.base, seg.size, lim, b"/elsewhere", 10, 0, 0) == lib.SHM_OK
     os.chmod("/dev/shm" + name, 0o666)
     return "squatted"
 

@@ -100,7 +100,8 @@ def test_retention_still_deletes_a_segment_whose_newest_record_is_old(inst):
 def _out_of_order(inst, topic, segment_bytes=64 << 20):
     """Offset 0 carries the latest timestamp; everything after it is older, in
     copy runs of their own that each write index rows."""
-    inst.log.create_topic(topic, persistence="disk", ring_bytes=1 << 16, segment_bytes=segment_bytes)
+    inst.log.create_topic(topic, persistence="disk", ring_bytes=1 << 16, segment_bytes=segment_bytes,
+                          retention_ms=None)
     p = inst.log.producer()
     base = 1_700_000_000_000
     p.send(topic, b"late", partition=0, timestamp_ms=base + 10_000)
@@ -128,7 +129,8 @@ def test_offsets_for_times_is_the_earliest_offset_at_or_after_the_target(inst):
 def test_offsets_for_times_across_segment_rolls(inst):
     """The record at or after the target is in segment 1, after its last index
     row; segment 2's rows all hold older timestamps."""
-    inst.log.create_topic("roll", persistence="disk", ring_bytes=1 << 17, segment_bytes=1 << 16)
+    inst.log.create_topic("roll", persistence="disk", ring_bytes=1 << 17, segment_bytes=1 << 16,
+                          retention_ms=None)              # its 2023 timestamps: 7-day retention would race the test
     p = inst.log.producer()
     base = 1_700_000_000_000
     n = 0
