@@ -921,15 +921,24 @@ class Membership:
                 active[tp] = i
             else:
                 revoking.append(i)
-        held = set(self.entries)
+        # A partition is held as its offset ENTRY, not its name: a topic deleted
+        # and re-created between two syncs (one heartbeat) has the same
+        # (name, partition) under a new generation and a new entry. Keeping
+        # the old entry made the member read the old life's position and
+        # commit into the dead generation's entry, which no snapshot writes
+        # (chaos seed 100: a durable commit gone at the next reboot). A new
+        # entry for a held name is a revoke of the old one and an assign.
+        same = {tp for tp, i in self.entries.items() if active.get(tp) == i}
         if self.eager and generation != self.seen_generation:
-            revoked, added = sorted(held), sorted(active)
+            revoked, added = sorted(self.entries), sorted(active)
         else:
-            revoked, added = sorted(held - set(active)), sorted(set(active) - held)
+            revoked, added = sorted(set(self.entries) - same), sorted(set(active) - same)
         self.seen_generation = generation
         if revoked:
             if self.auto_commit:
-                self._commit_quietly(self._positions({tp: self.entries[tp] for tp in revoked}))
+                live = [tp for tp in revoked if _topic_of(self.log, t.offset(self.entries[tp]).topic,
+                                                          t.offset(self.entries[tp]).topic_generation)]
+                self._commit_quietly(self._positions({tp: self.entries[tp] for tp in live}))
             self._callback(self.on_revoke, revoked)
             consumer._drop_parts(revoked)
             for tp in revoked:
