@@ -993,6 +993,13 @@ class Membership:
                 raise errors.InvalidArgument(
                     f"{tp} is not assigned to this member of group {self.group!r}; it can commit only "
                     f"its own partitions: {sorted(self.entries)}")
+            e = self.t.offset(i)
+            if _topic_of(self.log, e.topic, e.topic_generation) is None:
+                # the snapshot writes live generations only: a commit here would
+                # return and never be durable (chaos seed 100)
+                raise errors.CommitFailed(
+                    f"topic {tp[0]!r} was deleted or re-created since this member was assigned {tp}; "
+                    "nothing was committed. Poll to take the new topic's partitions.")
             _check_offset(self.log, tp[0], tp[1], off)
             todo.append((tp, i, off))
         fenced = [tp for tp, i, off in todo

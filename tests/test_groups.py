@@ -406,6 +406,8 @@ def test_topic_recreated_within_a_heartbeat_moves_the_member_to_the_new_life(ins
     log.create_topic("dur", partitions=2, ring_bytes=1 << 18)
     fill(log, "dur", 2, 150)
     c._group._follow_topics()                      # what the heartbeat thread does on its next tick
+    with pytest.raises(errors.CommitFailed, match="re-created"):
+        c.commit({("dur", 0): 1}, durable=True)    # the old life's entry: it could never be durable
     new = []
     assert until(lambda: new.extend(c.poll_batch(500, timeout=0.05)) or len(new) >= 300), \
         f"the member read {len(new)} of the new topic's 300 records"
