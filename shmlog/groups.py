@@ -23,11 +23,12 @@ import os
 import threading
 import time
 import uuid
+from typing import Annotated
 
 import msgspec
 import numpy as np
 
-from . import errors, liveness, safefile, storage
+from . import config, errors, liveness, safefile, storage
 from ._native import ffi, lib
 
 GROUP_NAME_MAX = lib.SHM_GROUP_NAME_MAX
@@ -594,26 +595,81 @@ def snapshot_offsets(log, if_changed_since: int | None = None) -> int:
     return seq
 
 
-def restore_offsets(log):
-    """Lock held, new control segment: groups and committed offsets from the snapshot."""
-    path = os.path.join(log.settings.data_dir, "meta", SNAPSHOT)
+# The snapshot's schema, checked whole before anything is restored. The file
+# is only ever replaced atomically (tmp + fsync + rename), so a file that does
+# not match is not a torn write of ours but damage or a foreign edit: Kafka
+# refuses to guess about committed offsets it cannot read, and so does shmlog
+# (CorruptMetadata naming the file, nothing restored, the segment given up so
+# the next connect retries). Partial recovery would silently move a group back
+# to auto_offset_reset: a lost commit, which is what the snapshot exists to
+# prevent. The user moves the file away to start without committed offsets.
+_Partition = msgspec.Meta(ge=0, le=2**31 - 1)
+_Offset = msgspec.Meta(ge=-1, le=2**63 - 1)
+_Ms = msgspec.Meta(ge=-2**63, le=2**63 - 1)
+
+
+class _Snapshot(msgspec.Struct):
+    version: int
+    groups: dict[str, list[tuple[str, Annotated[int, _Partition], Annotated[int, _Offset], Annotated[int, _Ms]]]]
+
+
+def _read_snapshot(path: str) -> dict:
+    """{group: [(topic, partition, offset, commit_ms)]} of the snapshot, {} when
+    there is none; CorruptMetadata naming the file when it is not a snapshot."""
     try:
-        snap = msgspec.msgpack.decode(safefile.read_bytes(path))
+        raw = safefile.read_bytes(path)
     except FileNotFoundError:
-        return
-    except (OSError, msgspec.DecodeError) as e:
-        raise errors.CorruptRecord(f"{path} is damaged ({e}); move it away to start without committed offsets")
+        return {}
+    except OSError as e:
+        raise errors.CorruptMetadata(f"cannot read {path}: {e}") from None
+
+    def damaged(why):
+        return errors.CorruptMetadata(
+            f"{path} is damaged ({why}). It holds the consumer groups' committed offsets: restore it "
+            "from a backup, or move it away to start without committed offsets (groups then start "
+            "from auto_offset_reset); nothing was restored")
+    try:
+        snap = msgspec.msgpack.decode(raw, type=_Snapshot)
+    except msgspec.DecodeError as e:          # ValidationError included: wrong types, out of range
+        raise damaged(e) from None
+    if snap.version != 1:
+        raise damaged(f"version {snap.version}, this shmlog reads version 1")
+    for group, rows in snap.groups.items():
+        try:
+            validate_group_name(group)
+            for topic, *_ in rows:
+                config.validate_topic_name(topic)
+        except errors.ShmlogError as e:
+            raise damaged(e) from None
+    return snap.groups
+
+
+def restore_offsets(log):
+    """Lock held, new control segment: groups and committed offsets from the
+    snapshot. Idempotent (a restorer that died is followed by another): an
+    entry that exists is updated, never duplicated."""
+    path = os.path.join(log.settings.data_dir, "meta", SNAPSHOT)
+    snap = _read_snapshot(path)
     t = _tables(log)
-    for group, rows in snap.get("groups", {}).items():
+    base = log._ctl.base
+    gen = ffi.new("uint64_t *")
+    for group, rows in snap.items():
         gi = _ensure_group(log, group)
+        index = _offset_index(t)
         for topic, p, off, commit_ms in rows:
             nb = topic.encode()
-            ti = lib.shm_ctl_topic_find(log._ctl.base, nb, len(nb))    # no topic_handle: it may lock
-            gen = ffi.new("uint64_t *")
-            if ti < 0 or lib.shm_ctl_topic_state(log._ctl.base, ti, gen) != lib.SHM_TOPIC_LIVE:
+            ti = lib.shm_ctl_topic_find(base, nb, len(nb))    # no topic_handle: it may lock
+            if ti < 0 or lib.shm_ctl_topic_state(base, ti, gen) != lib.SHM_TOPIC_LIVE:
                 continue
-            if p < lib.shm_ctl_topic(log._ctl.base, ti).config.partitions:
-                t.offset(_new_offset_entry(t, (gi, ti, gen[0], p), off)).commit_ms = commit_ms
+            if p >= lib.shm_ctl_topic(base, ti).config.partitions:
+                continue
+            key = (gi, ti, gen[0], p)
+            i = index.get(key)
+            if i is None:
+                i = index[key] = _new_offset_entry(t, key, off)
+            else:
+                lib.shm_offset_set_owner(t.offset(i), 0, max(off, t.offset(i).committed))
+            t.offset(i).commit_ms = commit_ms
 
 
 # ------------------------------------------------------------------ a member
@@ -865,15 +921,24 @@ class Membership:
                 active[tp] = i
             else:
                 revoking.append(i)
-        held = set(self.entries)
+        # A partition is held as its offset ENTRY, not its name: a topic deleted
+        # and re-created between two syncs (one heartbeat) has the same
+        # (name, partition) under a new generation and a new entry. Keeping
+        # the old entry made the member read the old life's position and
+        # commit into the dead generation's entry, which no snapshot writes
+        # (chaos seed 100: a durable commit gone at the next reboot). A new
+        # entry for a held name is a revoke of the old one and an assign.
+        same = {tp for tp, i in self.entries.items() if active.get(tp) == i}
         if self.eager and generation != self.seen_generation:
-            revoked, added = sorted(held), sorted(active)
+            revoked, added = sorted(self.entries), sorted(active)
         else:
-            revoked, added = sorted(held - set(active)), sorted(set(active) - held)
+            revoked, added = sorted(set(self.entries) - same), sorted(set(active) - same)
         self.seen_generation = generation
         if revoked:
             if self.auto_commit:
-                self._commit_quietly(self._positions({tp: self.entries[tp] for tp in revoked}))
+                live = [tp for tp in revoked if _topic_of(self.log, t.offset(self.entries[tp]).topic,
+                                                          t.offset(self.entries[tp]).topic_generation)]
+                self._commit_quietly(self._positions({tp: self.entries[tp] for tp in live}))
             self._callback(self.on_revoke, revoked)
             consumer._drop_parts(revoked)
             for tp in revoked:
@@ -928,6 +993,13 @@ class Membership:
                 raise errors.InvalidArgument(
                     f"{tp} is not assigned to this member of group {self.group!r}; it can commit only "
                     f"its own partitions: {sorted(self.entries)}")
+            e = self.t.offset(i)
+            if _topic_of(self.log, e.topic, e.topic_generation) is None:
+                # the snapshot writes live generations only: a commit here would
+                # return and never be durable (chaos seed 100)
+                raise errors.CommitFailed(
+                    f"topic {tp[0]!r} was deleted or re-created since this member was assigned {tp}; "
+                    "nothing was committed. Poll to take the new topic's partitions.")
             _check_offset(self.log, tp[0], tp[1], off)
             todo.append((tp, i, off))
         fenced = [tp for tp, i, off in todo

@@ -192,9 +192,6 @@ def test_damaged_topics_json_is_a_clear_error_and_loses_nothing(populated):
     assert not findings, _report(findings)
 
 
-@pytest.mark.xfail(strict=False, reason="new (groups.restore_offsets, consumer's area): a well-formed "
-                                        "offsets.msgpack with values of the wrong type raises AttributeError/"
-                                        "TypeError/ValueError, not CorruptRecord")
 def test_damaged_offsets_snapshot_is_a_clear_error_and_loses_nothing(populated):
     findings = []
 
@@ -273,3 +270,27 @@ def test_damaged_recovery_json_reads_as_absent_or_a_progress_dict(tmp_path_facto
     prog = read_recovery_progress(str(d))
     assert prog is None or (isinstance(prog, dict) and all(
         isinstance(prog.get(k), int) and not isinstance(prog.get(k), bool) for k in ("done", "total"))), prog
+
+
+@pytest.mark.parametrize("content", [
+    msgspec.msgpack.encode({"version": 1, "groups": {"g": 5}}),
+    msgspec.msgpack.encode({"version": 1, "groups": {"g": [["fz", -1, 3, 0]]}}),
+    msgspec.msgpack.encode({"version": 1, "groups": {"g": [["fz", 0, 2 ** 64 - 1, 0]]}}),
+    msgspec.msgpack.encode({"version": 1, "groups": {"g": [[None, 0, 3, 0]]}}),
+    msgspec.msgpack.encode({"version": 1, "groups": {"x" * 300: [["fz", 0, 3, 0]]}}),
+    msgspec.msgpack.encode({"version": 2, "groups": {}}),
+    b"\x82\xa7version"])
+def test_wrong_offsets_snapshot_is_refused_naming_the_file(populated, content):
+    """A well-formed but wrong snapshot: CorruptMetadata naming the file, no
+    traceback, and with the original back the committed offset is there."""
+    path = os.path.join(populated.settings.data_dir, "meta", "offsets.msgpack")
+    original = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(content)
+    try:
+        res = _attempt(populated, "wrong")
+    finally:
+        with open(path, "wb") as f:
+            f.write(original)
+    assert res[:2] == ("shmlog", "CorruptMetadata") and path in res[2], res
+    _intact(populated)

@@ -385,3 +385,38 @@ def test_two_live_processes_with_one_instance_id_fence_the_older(inst, topic6):
     new.poll(timeout=0)
     assert len(new.assignment()) == 6 and len(log.describe_group("g").members) == 1
     new.commit()
+
+
+def test_topic_recreated_within_a_heartbeat_moves_the_member_to_the_new_life(inst):
+    """Chaos seed 100: `dur` deleted and re-created between two syncs of a
+    member keeps its (name, partition) but gets new offset entries. The member
+    must read the new life from its start and commit into the new entries (the
+    ones the snapshot writes): its durable commits then survive a reboot. It
+    used to keep the dead generation's entries: it read nothing of the new
+    topic, and whatever it committed was in no snapshot."""
+    log = inst.log
+    log.create_topic("dur", partitions=2, ring_bytes=1 << 18)
+    fill(log, "dur", 2, 100)
+    c = log.consumer(group="g", topics=["dur"], auto_offset_reset="earliest", enable_auto_commit=False,
+                     session_timeout_ms=30000, heartbeat_interval_ms=10000)   # no heartbeat in between
+    got = []
+    assert until(lambda: got.extend(c.poll_batch(500, timeout=0.05)) or len(got) >= 200)
+    c.commit({("dur", 0): 100, ("dur", 1): 100}, durable=True)
+    log.delete_topic("dur")
+    log.create_topic("dur", partitions=2, ring_bytes=1 << 18)
+    fill(log, "dur", 2, 150)
+    c._group._follow_topics()                      # what the heartbeat thread does on its next tick
+    with pytest.raises(errors.CommitFailed, match="re-created"):
+        c.commit({("dur", 0): 1}, durable=True)    # the old life's entry: it could never be durable
+    new = []
+    assert until(lambda: new.extend(c.poll_batch(500, timeout=0.05)) or len(new) >= 300), \
+        f"the member read {len(new)} of the new topic's 300 records"
+    assert sorted((m.partition, m.offset) for m in new) == [(p, o) for p in range(2) for o in range(150)]
+    c.commit({("dur", 0): 150, ("dur", 1): 120}, durable=True)
+    assert log.committed_offsets("g") == {("dur", 0): 150, ("dur", 1): 120}
+    c.close()
+    log.close()
+    inst.kill_persister()
+    inst.drop_shared_memory()                      # reboot: the commit comes back from the snapshot
+    inst.log = log = inst.connect()
+    assert log.committed_offsets("g") == {("dur", 0): 150, ("dur", 1): 120}

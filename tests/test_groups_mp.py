@@ -661,3 +661,86 @@ def test_member_that_stops_polling_is_removed_after_max_poll_interval(inst):
     consumed = [r for m in members for r in m.consumed()]
     check_records(consumed, P)
     assert sorted((r[0], r[1]) for r in consumed) == sorted((p, o) for p in range(P) for o in range(10))
+
+
+# ------------------------------------------------------------------ chaos seed 100: admin+kill, then reboot
+
+def _durable_member(kwargs, path):
+    """Polls group gdur on dur; after each commit(durable=True) returns, one
+    write(2) of 'partition offset' (a kill -9 leaves whole lines)."""
+    log = shmlog.connect(**kwargs)
+    c = log.consumer(group="gdur", topics=["dur"], auto_offset_reset="earliest", enable_auto_commit=False,
+                     session_timeout_ms=3000, heartbeat_interval_ms=300)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    while True:
+        msgs = c.poll_batch(100, timeout=0.2)
+        last = {}
+        for m in msgs:
+            last[m.partition] = m.offset + 1
+        if last:
+            c.commit({("dur", p): o for p, o in last.items()}, durable=True)
+            os.write(fd, "".join(f"{p} {o}\n" for p, o in last.items()).encode())
+
+
+def _dur_producer(kwargs):
+    log = shmlog.connect(**kwargs)
+    p = log.producer()
+    i = 0
+    while True:
+        p.send_batch("dur", [b"r%d" % (i + k) for k in range(20)], partition=(i // 20) % 2)
+        p.flush(durable=True)
+        i += 20
+        time.sleep(0.002)
+
+
+def _recreate(kwargs):
+    log = shmlog.connect(**kwargs)
+    log.delete_topic("kaf")
+    log.create_topic("kaf", partitions=1, segment_bytes=1 << 16)
+
+
+@pytest.mark.parametrize("kill_after_ms", [0, 40])
+def test_durable_commits_survive_admin_kill_then_reboot(inst, tmp_path, kill_after_ms):
+    """Chaos seed 100: the supervisor killed -9 0-60 ms into a delete and
+    re-create of another topic, members going on committing durably with no
+    supervisor, then a reboot (every process killed, /dev/shm dropped): every
+    commit(durable=True) that returned is restored, for every partition."""
+    sup = inst.start_supervisor()
+    log = inst.log
+    log.create_topic("dur", partitions=2, ring_bytes=1 << 18, segment_bytes=1 << 16)
+    log.create_topic("kaf", partitions=1, segment_bytes=1 << 16)
+    kw = inst.kwargs
+    prod = inst.process(_dur_producer, kw)
+    prod.start()
+    paths = [str(tmp_path / f"m{i}.commits") for i in range(2)]
+    members = [inst.process(_durable_member, kw, p) for p in paths]
+    for m in members:
+        m.start()
+    time.sleep(2.5)
+    admin = inst.process(_recreate, kw)
+    admin.start()
+    time.sleep(kill_after_ms / 1000)
+    sup.kill()
+    sup.wait(10)
+    time.sleep(1.5)                                # members commit durably with no supervisor
+    for pr in [*members, prod, admin]:
+        if pr.is_alive():
+            os.kill(pr.pid, signal.SIGKILL)
+        pr.join(5)
+    inst.kill_persister()
+    try:
+        log.close()
+    except Exception:
+        pass
+    inst.drop_shared_memory()
+    acked = {}
+    for path in paths:
+        if os.path.exists(path):
+            for line in open(path).read().splitlines():
+                p, o = map(int, line.split())
+                acked[p] = max(acked.get(p, 0), o)
+    assert set(acked) == {0, 1}, f"the members committed too little to judge: {acked}"
+    inst.log = log2 = inst.connect()               # the reboot's restore
+    got = log2.committed_offsets("gdur")
+    lost = {p: (o, got.get(("dur", p))) for p, o in acked.items() if (got.get(("dur", p)) or -1) < o}
+    assert not lost, f"durable commits lost across the reboot: {{partition: (acked, restored)}} = {lost}"
