@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from . import config, errors, permissions
+from . import config, errors, permissions, safefile
 
 MAX_MESSAGE = 1 << 20
 CALL_TIMEOUT_S = 60.0          # creating a topic allocates its rings; stopping fsyncs everything
@@ -215,6 +215,12 @@ class Server:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return Reply(False, error="InvalidArgument", message=f"bad admin request: {e}")
         except Exception as e:                          # the supervisor goes on; the caller learns why
+            if isinstance(e, OSError):
+                # an OS failure a handler let through (a write outside safefile): a full
+                # filesystem or quota is NoSpace, a refusal PermissionDenied, as safefile's own
+                mapped = safefile.os_error(e, e.filename or "the instance's data dir", "write")
+                if isinstance(mapped, errors.ShmlogError):
+                    return Reply(False, error=type(mapped).__name__, message=str(mapped))
             log.exception("admin: %s failed", data[:64])
             return Reply(False, error="SupervisorError", message=f"the supervisor failed: {e!r}")
 

@@ -17,6 +17,7 @@ import shutil
 import signal
 import time
 import weakref
+from typing import Annotated
 
 import msgspec
 
@@ -942,9 +943,9 @@ class _RecoveryProgress:
             return
         self.last = now
         try:
-            storage.write_atomically(self.path, msgspec.json.encode(
-                {"pid": os.getpid(), "done": self.done, "total": self.total, "topic": topic,
-                 "partition": partition}), sync_dir=False)
+            storage.write_atomically(self.path, msgspec.json.encode(RecoveryProgress(
+                pid=os.getpid(), done=self.done, total=self.total, topic=topic, partition=partition)),
+                sync_dir=False)
         except OSError:
             pass                      # progress is a courtesy; recovery goes on
 
@@ -955,11 +956,40 @@ class _RecoveryProgress:
             pass
 
 
-def read_recovery_progress(data_dir: str) -> dict | None:
-    """What a restore in progress wrote (see _RecoveryProgress), or None."""
+class RecoveryProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """The shape of <data_dir>/recovery.json: `done` of `total` durable partitions
+    restored by process `pid`, now at topic[partition]."""
+    pid: Annotated[int, msgspec.Meta(gt=0)]
+    done: Annotated[int, msgspec.Meta(ge=0)]
+    total: Annotated[int, msgspec.Meta(ge=0)]
+    topic: str | None = None
+    partition: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+_damaged_progress_seen = {}       # path -> the damaged content last warned about (warned once, not per poll)
+
+
+def read_recovery_progress(data_dir: str) -> RecoveryProgress | None:
+    """What a restore in progress wrote (see _RecoveryProgress), or None when no
+    progress is known: no file, or one that is damaged (not JSON, another shape,
+    done > total). The file is advisory (a progress bar, systemd's start timeout
+    extension), so a damaged one is a warning, never an error; the restore
+    rewrites it whole (rename) at its next report."""
+    path = os.path.join(data_dir, "recovery.json")
     try:
-        return msgspec.json.decode(safefile.read_bytes(os.path.join(data_dir, "recovery.json")))
-    except (FileNotFoundError, msgspec.DecodeError, errors.PermissionDenied):
+        raw = safefile.read_bytes(path)
+    except (FileNotFoundError, errors.PermissionDenied):
+        return None
+    try:
+        prog = msgspec.json.decode(raw, type=RecoveryProgress)
+        if prog.done > prog.total:
+            raise msgspec.ValidationError(f"done {prog.done} > total {prog.total}")
+        return prog
+    except msgspec.DecodeError as e:          # ValidationError is a DecodeError
+        if _damaged_progress_seen.get(path) != raw:
+            _damaged_progress_seen[path] = raw
+            log.warning("ignoring the damaged restore progress file %s (%s): no progress known; "
+                        "the restore rewrites it as it goes", path, e)
         return None
 
 

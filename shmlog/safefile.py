@@ -4,6 +4,7 @@ Owns: reaching a directory without following a symlink that someone else
 planted, creating directories, replacing a file atomically under an
 unpredictable temporary name, opening a file for append / read-write /
 read, and turning the OS's permission failures into errors.PermissionDenied
+and a full filesystem or quota (ENOSPC, EDQUOT) into errors.NoSpace, each
 naming the path and the fix.
 Must never: decide what goes into a file, widen a mode, or write through a
 name it has not just checked (every open is an openat on a directory fd it
@@ -63,9 +64,19 @@ def os_error(e: OSError, path: str, doing: str) -> Exception:
             "instance's user or a member of its group, or pass another data_dir")
     if e.errno == errno.ELOOP:
         return _denied(path, f"refusing to {doing}", "it is a symbolic link (someone planted it?); remove it")
-    if e.errno == errno.ENOSPC:
-        return errors.NoSpace(f"cannot {doing} {path}: no space left on device")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return no_space(e, path, doing)
     return e
+
+
+def no_space(e: OSError, path: str, doing: str) -> errors.NoSpace:
+    """errors.NoSpace for an ENOSPC (filesystem full, or out of inodes) or EDQUOT
+    (the user's quota) while `doing` on path: the path, and what to do about it.
+    What was being written is not in place (replace() leaves the old file)."""
+    why = "the user's disk quota is exhausted" if e.errno == errno.EDQUOT else "no space left on its filesystem"
+    return errors.NoSpace(
+        f"cannot {doing} {path}: {why}. Free space there (delete what else fills "
+        "that filesystem, shorten retention_ms/retention_bytes, delete topics) or grow it, then retry")
 
 
 def _trusted_link(st: os.stat_result) -> bool:
@@ -253,7 +264,10 @@ def replace(path: str, data: bytes, sync_dir: bool = True, mode: int = 0o660,
                 raise os_error(e, path, "write") from None
             raise
         if sync_dir:
-            os.fsync(dfd)
+            try:
+                os.fsync(dfd)
+            except OSError as e:
+                raise os_error(e, d, "fsync directory") from None
     finally:
         os.close(dfd)
 
@@ -262,6 +276,8 @@ def fsync_dir(path: str) -> None:
     fd = open_dir(path, fsyncable=True)
     try:
         os.fsync(fd)
+    except OSError as e:
+        raise os_error(e, path, "fsync directory") from None
     finally:
         os.close(fd)
 

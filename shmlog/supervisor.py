@@ -558,7 +558,7 @@ def _wait_for_other(settings: config.Settings, timeout: float, logfile: str) -> 
             last, moved = prog, now
         if now - start > timeout:
             holder = _lock_holder(settings)
-            if (holder is None or not prog or prog.get("pid") != holder.pid
+            if (holder is None or not prog or prog.pid != holder.pid
                     or now - moved > launch.PROGRESS_GRACE_S or now - start > launch.MAX_WAIT_S):
                 raise errors.Timeout(f"another supervisor holds instance {settings.instance!r} but did not "
                                      f"answer within {timeout:g} s; see {logfile}")
@@ -714,16 +714,16 @@ class StartupProgress:
         last, moved = None, time.monotonic()
         while not self.done.wait(self.EVERY_S):
             prog = read_recovery_progress(self.data_dir)
-            if not prog or prog.get("pid") != os.getpid():
+            if not prog or prog.pid != os.getpid():
                 continue
             now = time.monotonic()
             if prog != last:
                 last, moved = prog, now
-                self.status.send("recovering", done=prog.get("done"), total=prog.get("total"),
-                                 topic=prog.get("topic"), partition=prog.get("partition"))
+                self.status.send("recovering", done=prog.done, total=prog.total,
+                                 topic=prog.topic, partition=prog.partition)
             if now - moved <= launch.PROGRESS_GRACE_S:
                 notify.notify(f"EXTEND_TIMEOUT_USEC={self.EXTEND_S * 1_000_000}",
-                              f"STATUS=recovering: {prog.get('done')} of {prog.get('total')} durable partitions")
+                              f"STATUS=recovering: {prog.done} of {prog.total} durable partitions")
 
 
 if __name__ == "__main__":

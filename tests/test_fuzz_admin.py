@@ -145,8 +145,6 @@ def test_a_client_that_never_sends_does_not_hold_the_supervisor(sup):
         silent.close()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 defect 13: silent admin-socket clients stall the supervisor "
-                                        "loop one at a time (service is making it concurrent)")
 def test_eight_silent_clients_do_not_stall_the_supervisor(sup):
     inst, path = sup
     silent = []

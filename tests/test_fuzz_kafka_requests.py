@@ -182,10 +182,6 @@ def test_mutated_request_bodies_get_a_response_or_a_close(listener):
     if bugs:
         text = "handlers raised foreign exceptions (the connection was closed):\n" + "\n".join(
             f"{n} x {where}: {exc}" for (where, exc), n in sorted(bugs.items()))
-        if all("describe_groups" in where for where, _ in bugs):
-            # found by this test; kafka's area: codec._array decodes a -1 length as None even for a
-            # non-nullable array, and DescribeGroups iterates it. Remove once fixed there.
-            pytest.xfail("new bug (shmlog/kafka/codec.py _array ignores `nullable`): " + text)
         pytest.fail(text)
 
 
@@ -225,3 +221,38 @@ def test_huge_declared_lengths_do_not_allocate(listener):
             assert proc.poll() is None and (out != "waiting" or key in server.DEFERRED), (key, version, pos)
     _api_versions_ok(port)
     assert psutil.Process(proc.pid).memory_info().rss - rss0 < RSS_GROWTH_MAX
+
+
+def test_null_array_is_null_only_where_the_schema_says_nullable():
+    """A -1 (classic) or 0 (compact) array length is null only for a field nullable at that
+    version; anywhere else it is a malformed request (Kafka's broker refuses it), not a None
+    a handler then iterates. Metadata v1+ Topics is nullable ("all topics")."""
+    groups = SCHEMA.apis[15].request
+    for version, null in ((0, b"\xff\xff\xff\xff"), (4, b"\xff\xff\xff\xff\x00")):
+        with pytest.raises(codec.DecodeError, match="non-nullable"):
+            groups.decode(null, version)
+    with pytest.raises(codec.DecodeError, match="non-nullable"):
+        SCHEMA.apis[15].request.decode(b"\x00\x00\x00", 5)          # flexible: compact 0 = null
+    meta = SCHEMA.apis[3].request
+    with pytest.raises(codec.DecodeError, match="non-nullable"):
+        meta.decode(b"\xff\xff\xff\xff", 0)
+    assert meta.decode(b"\xff\xff\xff\xff", 1)[0]["Topics"] is None
+    assert meta.decode(b"\x00" * 5, 9)[0]["Topics"] is None     # compact null, flexible
+    # an element of a nested non-nullable array: OffsetFetch v1, one topic whose PartitionIndexes is null
+    of = SCHEMA.apis[9].request
+    body = struct.pack(">h", 1) + b"g" + struct.pack(">i", 1) + struct.pack(">h", 2) + b"fz" + struct.pack(">i", -1)
+    with pytest.raises(codec.DecodeError, match="non-nullable"):
+        of.decode(body, 1)
+
+
+def test_null_non_nullable_array_closes_the_connection_without_a_traceback(listener):
+    """DescribeGroups with a null Groups array: the listener closes that connection (as Kafka
+    does for a malformed request), logs no traceback, and keeps serving."""
+    proc, port, logpath = listener
+    out, _ = _exchange(port, 15, 0, 77, b"\xff\xff\xff\xff")
+    assert out == "closed"
+    out, _ = _exchange(port, 3, 1, 78, b"\xff\xff\xff\xff")      # a nullable null: all topics
+    assert out == "response"
+    _api_versions_ok(port)
+    assert proc.poll() is None
+    assert not _tracebacks(logpath), _tracebacks(logpath)

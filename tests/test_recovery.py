@@ -244,9 +244,9 @@ def test_recovery_reports_progress_in_the_data_dir(inst, monkeypatch):
     monkeypatch.setattr(instance._RecoveryProgress, "REPORT_S", 0.0)
     monkeypatch.setattr(instance._RecoveryProgress, "report", spy)
     log = inst.connect()
-    assert [(s["topic"], s["partition"], s["done"], s["total"]) for s in seen] == \
+    assert [(s.topic, s.partition, s.done, s.total) for s in seen] == \
         [("a", 0, 0, 3), ("a", 1, 1, 3), ("b", 0, 2, 3)]
-    assert all(s["pid"] == os.getpid() for s in seen)
+    assert all(s.pid == os.getpid() for s in seen)
     assert instance.read_recovery_progress(inst.kwargs["data_dir"]) is None
     assert log.describe_topic("a").partitions[1].end_offset == 1
     log.close()

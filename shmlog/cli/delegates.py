@@ -127,14 +127,14 @@ def _up_with_progress(up, args):
     while t.is_alive():
         t.join(0.1)
         prog = read_recovery_progress(s.data_dir)
-        if prog and prog.get("total") and sys.stderr.isatty() and not args.json:
+        if prog and prog.total and sys.stderr.isatty() and not args.json:
             if bar is None:
                 from rich.progress import Progress
                 bar = Progress(transient=True)
                 bar.start()
-                task = bar.add_task("recovering", total=prog["total"])
-            bar.update(task, completed=prog["done"],
-                       description=f"recovering {prog['topic']}[{prog['partition']}]")
+                task = bar.add_task("recovering", total=prog.total)
+            bar.update(task, completed=prog.done,
+                       description=f"recovering {prog.topic}[{prog.partition}]")
     if bar is not None:
         bar.stop()
     if "error" in box:

@@ -148,9 +148,13 @@ def _array(elem_read, elem_write, compact: bool, nullable: bool):
             n = _I32.unpack_from(buf, pos)[0]
             pos += 4
         if n < 0:
-            if n == -1:
+            # -1 is null, and only where the schema says the field is nullable at this
+            # version: Kafka's broker refuses a null non-nullable array as a malformed
+            # request (handlers may iterate every non-nullable array without a check)
+            if n == -1 and nullable:
                 return None, pos
-            raise DecodeError(f"negative array length {n}")
+            raise DecodeError(f"negative array length {n}" if n != -1
+                              else "null for a non-nullable array")
         if n > len(buf) - pos:       # every element takes at least one byte
             raise DecodeError(f"array of {n} cannot fit in {len(buf) - pos} bytes")
         items = []
