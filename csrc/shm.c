@@ -261,19 +261,28 @@ int shm_futex_waitv(uint32_t *const *words, const uint32_t *vals, uint32_t n, in
     return SHM_E_SYS;
 }
 
-/* start time (field 22 of /proc/pid/stat), or 0 when there is no such pid */
-static uint64_t proc_start_time(uint32_t pid)
+/* /proc/<pid>/<file> read into buf (NUL-terminated); 0 when there is no such pid */
+static int read_proc(uint32_t pid, const char *file, char *buf, size_t cap)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/%s", pid, file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, cap - 1);
     close(fd);
     if (n <= 0)
         return 0;
     buf[n] = 0;
+    return 1;
+}
+
+/* start time (field 22 of /proc/pid/stat), or 0 when there is no such pid */
+static uint64_t proc_start_time(uint32_t pid)
+{
+    char buf[1024];
+    if (!read_proc(pid, "stat", buf, sizeof buf))
+        return 0;
     char *p = strrchr(buf, ')');   /* comm may hold spaces and parens */
     if (!p)
         return 0;
@@ -291,16 +300,9 @@ static uint64_t proc_start_time(uint32_t pid)
  * A token's owner is the fsuid of the process that made it. */
 static int proc_has_uid(uint32_t pid, uint32_t uid)
 {
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%u/status", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[4096];
+    if (!read_proc(pid, "status", buf, sizeof buf))
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
     char *p = strstr(buf, "\nUid:");
     unsigned u[4];
     if (!p || sscanf(p + 5, "%u %u %u %u", &u[0], &u[1], &u[2], &u[3]) != 4)

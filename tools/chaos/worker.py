@@ -166,14 +166,19 @@ def consumer(a, h):
             c = None
             time.sleep(0.5)
         except errors.ShmlogError as e:
-            h.event("err", op="poll", topic=topic, err=type(e).__name__, msg=str(e)[:200])
-            try:
-                if c is not None:
-                    c.close()
-            except errors.ShmlogError:
-                pass
-            c = None
-            time.sleep(0.1)
+            c = _drop_consumer(h, c, topic, e)
+
+
+def _drop_consumer(h, c, topic, e):
+    """A poll failed with e: record it, close the consumer (it is made anew), pause a little."""
+    h.event("err", op="poll", topic=topic, err=type(e).__name__, msg=str(e)[:200])
+    try:
+        if c is not None:
+            c.close()
+    except errors.ShmlogError:
+        pass
+    time.sleep(0.1)
+    return None
 
 
 def member(a, h):
@@ -213,14 +218,7 @@ def member(a, h):
             h.event("refused", topic=topic, boot=a["boot"], sess=state["sess"], msg=str(e)[:300])
             time.sleep(0.5)
         except errors.ShmlogError as e:
-            h.event("err", op="poll", topic=topic, err=type(e).__name__, msg=str(e)[:200])
-            try:
-                if c is not None:
-                    c.close()
-            except errors.ShmlogError:
-                pass
-            c = None
-            time.sleep(0.1)
+            c = _drop_consumer(h, c, topic, e)
 
 
 # ------------------------------------------------------------------ Kafka client
