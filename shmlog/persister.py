@@ -50,18 +50,12 @@ class _Partition:
             self.writer.close()
             raise
         self.writer.plog.refresh()
-        start, end, head, tail = ring.ends()
         if not self.writer.plog.segments:
             self.pos = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_BASE_POSITION)
             self.offset = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_BASE_OFFSET)
         else:
             self.pos, self.offset = rep.end_pos, rep.end_offset
-        if self.pos < head:
-            log.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
-                      "records between are lost", handle.name, partition, self.pos, head)
-            lost = (self.pos, self.offset) if self.writer.plog.segments else None
-            self.pos, self.offset = head, start
-            self.writer.roll(self.pos, self.offset, lost_from=lost)
+        self._skip_lost()
         self.writer.resume(self.pos, self.offset)
         persisted = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSISTED)
         if self.pos > persisted:
@@ -71,6 +65,23 @@ class _Partition:
         self.out = ffi.new("struct shm_persist_out *")
         self.error = 0
         self.fsync_pending = False
+
+    def _skip_lost(self) -> bool:
+        """Files that end below the ring's head (segments deleted while the ring
+        lived, or a ring made anew): the records between are gone. The hole is
+        recorded (storage.roll, <base>.lost) and copying goes on from the head.
+        Producers guard only the ring's persisted position, which may be past
+        ours here, so they can lap us again before the first copy: copy() calls
+        this again when a scan finds nothing below the head."""
+        start, _end, head, _tail = self.ring.ends()
+        if self.pos >= head:
+            return False
+        log.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
+                  "records between are lost", self.handle.name, self.partition, self.pos, head)
+        lost = (self.pos, self.offset) if self.writer.plog.segments else None
+        self.pos, self.offset = head, start
+        self.writer.roll(self.pos, self.offset, lost_from=lost)
+        return True
 
     def reconfigure(self, handle):
         """alter_topic changed retention, fsync policy or segment sizes."""
@@ -101,6 +112,11 @@ class _Partition:
                                            f"ring at position {self.pos}")
             out = self.out
             if out.frames == 0:
+                try:               # behind the ring's persisted position: producers may lap us
+                    if lib.shm_ring_counter(base, lib.SHM_COUNTER_PERSISTED) > self.pos and self._skip_lost():
+                        continue
+                except OSError as e:
+                    self._fail(e)
                 return written
             n = out.end_pos - self.pos
             try:

@@ -532,8 +532,13 @@ class PartitionWriter:
         so recovery knows the hole in the chain is a loss already reported, not
         a file deleted since; readers still get SegmentGap there."""
         if lost_from is not None:
+            a = self.active
+            if a is not None and a.size == 0 and a.lost() is not None:
+                lost_from = a.lost()        # lapped again before a byte was copied: one hole
             write_atomically(Segment(self.plog.dir, base_offset, base_pos, 0, 0).path("lost"),
                              _PAIR.pack(*lost_from))
+            if a is not None and a.size == 0 and a.base_offset != base_offset:
+                self._drop_active()         # a crash before this leaves an empty trailing segment: recovery drops it
         if self.active is not None and self.active.base_offset == base_offset:
             return                                   # nothing was written since the last roll
         if self.active is not None and self.active.size and self.end_offset is not None:
@@ -583,6 +588,18 @@ class PartitionWriter:
             return None
         self.dirty = False
         return [os.dup(fd) for fd in (self.fd, self.ifd, self.tfd)]
+
+    def _drop_active(self):
+        """Removes the empty active segment (its files, its .lost) before a roll."""
+        a = self.active
+        self._close_files()
+        for ext in SEGMENT_FILES:
+            try:
+                os.unlink(os.path.basename(a.path(ext)), dir_fd=self.dfd)
+            except FileNotFoundError:
+                pass
+        self.plog.segments.remove(a)
+        self.active = None
 
     def _close_files(self):
         for fd in (self.fd, self.ifd, self.tfd):
