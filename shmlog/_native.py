@@ -1,14 +1,23 @@
 """_native.py — the one module that touches cffi's ffi/lib.
 
-Owns: loading the C core, mapping its status codes to shmlog.errors, and
+Owns: loading the C core (and binding the CPython-API fast path,
+shmlog._fastpath, to it), mapping its status codes to shmlog.errors, and
 small wrappers around segments. Must never: hold policy (which topic, which
 partition, when to retry); callers decide, this module translates.
 """
 import errno as _errno
 import os
 
-from . import errors
+from . import _fastpath, errors
 from ._shmlog_c import ffi, lib
+
+# the fast path (csrc/fastpath.c) calls the core through this module's copy of it
+_fastpath.bind(int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmx_accum_add"))))
+
+
+def address_of(cdata) -> int:
+    """A C pointer as the int the fast path's tables hold."""
+    return int(ffi.cast("uintptr_t", cdata))
 
 STATUS_ERRORS = {
     lib.SHM_E_TIMEOUT: errors.Timeout,

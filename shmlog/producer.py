@@ -23,7 +23,8 @@ from array import array
 from itertools import compress
 
 from . import compression, errors, liveness
-from ._native import ffi, full_ring_cause, lib, raise_status
+from ._fastpath import ProducerBase
+from ._native import address_of, ffi, full_ring_cause, lib, raise_status
 from .records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -105,7 +106,7 @@ class _Batch:
     shm_accum, csrc/accum.c); Python keeps only what delivery reports need:
     reps, (index, callback, key, value, headers) per record with a callback."""
 
-    __slots__ = ("w", "partition", "acc", "reps", "ts", "timed", "born", "deadline", "count")
+    __slots__ = ("w", "partition", "acc", "addr", "reps", "ts", "timed", "born", "deadline", "count")
 
     def __init__(self, w, partition, ts, timed, now, linger_s, max_count, max_bytes):
         self.w = w
@@ -113,6 +114,7 @@ class _Batch:
         self.acc = ffi.gc(lib.shm_accum_new(max_count, max_bytes), lib.shm_accum_free)
         if self.acc == ffi.NULL:
             raise MemoryError("cannot allocate a produce() batch")
+        self.addr = address_of(self.acc)   # its key in the fast path's express table
         self.reps = None
         self.ts = ts               # the batch timestamp (Kafka has one per batch here)
         self.timed = timed         # ts came from produce(timestamp=): only equal timestamps join
@@ -124,7 +126,7 @@ class _Batch:
 ASYNC_SLICE_NS = 100_000_000  # a background write waits for room this long before it looks up again
 
 
-class Producer:
+class Producer(ProducerBase):
     """Writes records.
 
     send()/send_batch() are synchronous: the offset is known at return, and
@@ -181,7 +183,7 @@ class Producer:
         self._cond = threading.Condition(self._lock)  # notified when reports arrive or the queue shrinks
         self._send_lock = threading.Lock()            # one writer pass at a time (keeps partition order)
         self._nopen = 0                               # batches being filled (in each writer's .open)
-        self._express: dict = {}                      # topic -> shm_accum of its open sticky batch
+        self._express = {}                            # topic -> address of its open sticky batch's shm_accum
         self._ready: collections.deque = collections.deque()   # closed batches, in close order
         self._reports: list = []                      # (callback, err, msg) not yet served
         self._queued = 0                              # records produced and not yet reported (len(self))
@@ -382,21 +384,13 @@ class Producer:
 
     # ------------------------------------------------------------ asynchronous producer
 
-    def produce(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp=None,
-                on_delivery=None, callback=None):
-        """Queues one record and returns at once (confluent-kafka's produce).
-        on_delivery(err, msg) (or callback=, or the producer's on_delivery)
-        runs from a later poll()/flush()/close(): err None and msg a Message
-        with its offset, or err a shmlog error and msg.offset -1. Raises at
-        once for bad arguments, an unknown topic or partition, a record over
-        max_message_bytes, and BufferFull when queue_buffering_max_messages
-        records wait for delivery (call poll() or flush())."""
-        if type(value) is bytes and key is None and headers is None and partition is None and timestamp is None \
-                and on_delivery is None and callback is None:
-            # express path: one GIL-holding C call appends to the topic's open sticky batch
-            acc = self._express.get(topic)
-            if acc is not None and lib.shmx_accum_add(acc, value, len(value)) >= 0:
-                return
+    # produce(topic, value=None, key=None, headers=None, partition=None, timestamp=None,
+    #         on_delivery=None, callback=None) is ProducerBase.produce (csrc/fastpath.c, where its
+    #         docstring is): its express case in C, everything else through _produce_any.
+
+    def _produce_any(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp=None,
+                     on_delivery=None, callback=None):
+        """produce() for every case its C express path does not take."""
         self._produce(topic, value, key, headers, partition, timestamp, on_delivery or callback or self._on_delivery)
 
     def _produce(self, topic, value, key, headers, partition, timestamp, cb):
@@ -447,11 +441,15 @@ class Producer:
                 if b.reps is None:
                     b.reps = []
                 b.reps.append((i, cb, key, value, headers))
-            full = b.acc.count >= b.acc.max_count or b.acc.bytes >= b.acc.max_bytes - 64
-            if full:
+            if b.acc.count >= b.acc.max_count or b.acc.bytes >= b.acc.max_bytes - 64:
                 self._close_batch(b)
-        if full:
-            self._write_ready(0, wait=False)
+            ready = bool(self._ready)
+        if ready:
+            # Closed batches (this one, or ones linger_ms closed) are written by the thread
+            # that produces: a producing loop holds the GIL and starves the background
+            # thread. When the queue is half full and the background thread is in a pass,
+            # wait for that pass instead of running into BufferFull with room in the ring.
+            self._write_ready(0, wait=self._queued >= self._max_queued // 2)
 
     def _new_batch(self, w, topic, partition, timestamp) -> _Batch:
         now = time.monotonic()
@@ -459,7 +457,7 @@ class Producer:
         b = w.open[partition] = _Batch(w, partition, ts, timestamp is not None, now, self._linger_s,
                                        self._batch_num, min(self._batch_bytes, w.batch_limit))
         if timestamp is None and partition == w.sticky and self._on_delivery is None:
-            self._express[topic] = b.acc              # (records of the express path have no callback)
+            self._express[topic] = b.addr             # (records of the express path have no callback)
         self._nopen += 1
         if self._thread is None:
             self._thread = threading.Thread(target=self._linger_loop, name="shmlog-producer", daemon=True)
@@ -479,7 +477,7 @@ class Producer:
         self._nopen -= 1
         b.count = lib.shmx_accum_seal(b.acc)
         name = w.handle.name
-        if self._express.get(name) is b.acc:
+        if self._express.get(name) == b.addr:
             del self._express[name]
         if b.count:
             self._ready.append(b)
@@ -488,7 +486,7 @@ class Producer:
             w.next_sticky(STICKY_BYTES)               # Kafka's sticky partitioner: a new batch, a new partition
             nb = w.open[w.sticky]
             if nb is not None and not nb.timed and self._on_delivery is None:
-                self._express[name] = nb.acc
+                self._express[name] = nb.addr
 
     def _linger_loop(self):
         """The background thread: closes batches whose linger_ms passed and

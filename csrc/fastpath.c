@@ -1,0 +1,184 @@
+/* fastpath.c — shmlog._fastpath: the per-record calls at the Python
+ * boundary, written against the CPython C API (METH_FASTCALL, no Python
+ * frame, no argument tuple).
+ *
+ * Owns: ProducerBase, the C base type of shmlog.producer.Producer, with its
+ * produce() method: the express case (topic and bytes value only, the
+ * topic's sticky batch open and without callbacks) appends to the open
+ * batch with one call into the core; every other case calls the Python
+ * method _produce_any(...) with the same arguments, which holds all the
+ * policy. Must never: link a second copy of the core (its functions come
+ * from the cffi module through bind(), so each process has one copy of the
+ * core and its state), hold policy, or release the GIL (the express add and
+ * the linger thread's seal are atomic with respect to each other only
+ * because both run under it; see csrc/accum.c).
+ *
+ * The express table is Producer._express: a dict from topic name to the
+ * address (an int) of the struct shm_accum of that topic's open sticky
+ * batch. The Python side inserts an entry when it opens such a batch and
+ * removes it (under the GIL) before it seals or frees the batch, so an
+ * address found here is always a live, unsealed accumulator.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include "shmlog.h"
+
+static __typeof__(&shmx_accum_add) accum_add;    /* from the cffi module (bind) */
+static PyObject *str_produce_any;                 /* interned "_produce_any" */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *express;          /* dict: topic -> int address of its open struct shm_accum */
+} ProducerBase;
+
+/* The express case: (topic, value) with value exact bytes, positional or
+ * value=; any other keyword must be None. Returns 1 when the record was
+ * added, 0 when the general path must take it, -1 with an exception set. */
+static int produce_express(ProducerBase *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1 || nargs > 2 || accum_add == NULL || self->express == NULL || !PyDict_CheckExact(self->express))
+        return 0;
+    PyObject *topic = args[0], *value = nargs == 2 ? args[1] : NULL;
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *v = args[nargs + i];
+            if (value == NULL && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "value") == 0)
+                value = v;
+            else if (v != Py_None)
+                return 0;
+        }
+    }
+    if (value == NULL || !PyBytes_CheckExact(value) || !PyUnicode_CheckExact(topic))
+        return 0;
+    PyObject *addr = PyDict_GetItemWithError(self->express, topic);     /* borrowed */
+    if (addr == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    struct shm_accum *a = PyLong_AsVoidPtr(addr);
+    if (a == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return accum_add(a, (const uint8_t *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)) >= 0;
+}
+
+static PyObject *ProducerBase_produce(ProducerBase *self, PyObject *const *args, Py_ssize_t nargsf,
+                                      PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int r = produce_express(self, args, nargs, kwnames);
+    if (r < 0)
+        return NULL;
+    if (r)
+        Py_RETURN_NONE;
+    /* the general path: self._produce_any(*args, **kwargs), no tuple or dict built */
+    Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[10], **stack = n + 1 <= 10 ? small : PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+    if (stack == NULL)
+        return PyErr_NoMemory();
+    stack[0] = (PyObject *)self;
+    memcpy(stack + 1, args, (size_t)n * sizeof(PyObject *));
+    PyObject *res = PyObject_VectorcallMethod(str_produce_any, stack, (size_t)(nargs + 1), kwnames);
+    if (stack != small)
+        PyMem_Free(stack);
+    return res;
+}
+
+static int ProducerBase_traverse(ProducerBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->express);
+    return 0;
+}
+
+static int ProducerBase_clear(ProducerBase *self)
+{
+    Py_CLEAR(self->express);
+    return 0;
+}
+
+static void ProducerBase_dealloc(ProducerBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    ProducerBase_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(produce_doc,
+"produce($self, /, topic, value=None, key=None, headers=None, partition=None,\n"
+"        timestamp=None, on_delivery=None, callback=None)\n"
+"--\n"
+"\n"
+"Queues one record and returns at once (confluent-kafka's produce).\n"
+"on_delivery(err, msg) (or callback=, or the producer's on_delivery)\n"
+"runs from a later poll()/flush()/close(): err None and msg a Message\n"
+"with its offset, or err a shmlog error and msg.offset -1. Raises at\n"
+"once for bad arguments, an unknown topic or partition, a record over\n"
+"max_message_bytes, and BufferFull when queue_buffering_max_messages\n"
+"records wait for delivery (call poll() or flush()).");
+
+static PyMethodDef ProducerBase_methods[] = {
+    {"produce", (PyCFunction)(void (*)(void))ProducerBase_produce, METH_FASTCALL | METH_KEYWORDS, produce_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef ProducerBase_members[] = {
+    {"_express", T_OBJECT, offsetof(ProducerBase, express), 0,
+     "topic -> address of the struct shm_accum of its open sticky batch (see csrc/fastpath.c)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ProducerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmlog._fastpath.ProducerBase",
+    .tp_basicsize = sizeof(ProducerBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C half of shmlog.Producer: produce()'s express case.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)ProducerBase_dealloc,
+    .tp_traverse = (traverseproc)ProducerBase_traverse,
+    .tp_clear = (inquiry)ProducerBase_clear,
+    .tp_methods = ProducerBase_methods,
+    .tp_members = ProducerBase_members,
+};
+
+static PyObject *fastpath_bind(PyObject *mod, PyObject *addr)
+{
+    void *p = PyLong_AsVoidPtr(addr);
+    if (p == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "bind: a null function address");
+        return NULL;
+    }
+    accum_add = (__typeof__(accum_add))p;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef fastpath_functions[] = {
+    {"bind", fastpath_bind, METH_O,
+     "bind(shmx_accum_add_address): the core's functions, from the cffi module (shmlog._native)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT, "shmlog._fastpath",
+    "The per-record calls at the Python boundary in C (see csrc/fastpath.c).", -1, fastpath_functions,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    if (PyType_Ready(&ProducerBaseType) < 0)
+        return NULL;
+    str_produce_any = PyUnicode_InternFromString("_produce_any");
+    if (str_produce_any == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastpath_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ProducerBaseType);
+    if (PyModule_AddObject(m, "ProducerBase", (PyObject *)&ProducerBaseType) < 0) {
+        Py_DECREF(&ProducerBaseType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
