@@ -110,13 +110,16 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
             mmb = min(self.ring_bytes // 4, 1 << 30)
         need_int("max_message_bytes", mmb, 256, self.ring_bytes // 2)
         fsync_mode(self.fsync)
+        unlimited = {}
         for name in ("retention_ms", "retention_bytes"):
             v = getattr(self, name)
-            if v is not None:
+            if v == -1 and type(v) is int:
+                unlimited[name] = None             # Kafka's -1: no limit (stored as None)
+            elif v is not None:
                 need_int(name, v, 1)
         need_int("segment_bytes", self.segment_bytes, 1 << 16)
         need_int("segment_ms", self.segment_ms, 1)
-        return msgspec.structs.replace(self, max_message_bytes=mmb)
+        return msgspec.structs.replace(self, max_message_bytes=mmb, **unlimited)
 
 
 def fsync_mode(spec) -> tuple[int, int]:

@@ -50,6 +50,19 @@ def ring_frames(inst, topic, partition=0):
 # ---------------------------------------------------------------- topics
 
 
+def test_minus_one_retention_means_no_limit_as_in_kafka(inst):
+    """Kafka's retention.ms / retention.bytes = -1 is "keep forever"; the
+    Python API used to refuse it (the CLI and the listener mapped it)."""
+    d = inst.log.create_topic("forever", persistence="none", ring_bytes=RING, retention_ms=-1, retention_bytes=-1)
+    assert d.config.retention_ms is None and d.config.retention_bytes is None
+    inst.log.alter_topic("forever", retention_ms=60_000)
+    assert inst.log.describe_topic("forever").config.retention_ms == 60_000
+    assert inst.log.alter_topic("forever", retention_ms=-1).config.retention_ms is None
+    for bad in (-2, 0, True):
+        with pytest.raises((errors.InvalidArgument, errors.InvalidType)):
+            inst.log.create_topic("bad", persistence="none", ring_bytes=RING, retention_ms=bad)
+
+
 def test_create_list_describe_delete(inst):
     log = inst.log
     assert log.list_topics() == []
