@@ -49,15 +49,34 @@ static inline void shm_cffi_save_errno(void) { _cffi_save_errno(); }
 #define Py_END_ALLOW_THREADS if (_save) PyEval_RestoreThread(_save); }
 """
 
+
+
+def build_flags() -> tuple[list[str], list[str]]:
+    """(compile args, link args) for every C extension of shmlog (setup.py
+    uses these for shmlog._fastpath too). SHMLOG_SANITIZE=1 builds with
+    AddressSanitizer and UndefinedBehaviorSanitizer (run Python with the ASan
+    runtime preloaded: `make sanitize`, CONTRIBUTING.md); SHMLOG_DEBUG=1
+    builds -O0 -g. The default is -O2."""
+    warn = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+    if os.uname().machine in ("x86_64", "amd64"):
+        warn.append("-mcx16")
+    if os.environ.get("SHMLOG_SANITIZE") == "1":
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        return ["-O1", "-g"] + warn + san, san
+    if os.environ.get("SHMLOG_DEBUG") == "1":
+        return ["-O0", "-g"] + warn, []
+    return ["-O2"] + warn, []
+
+
+COMPILE_ARGS, LINK_ARGS = build_flags()
 ffibuilder.set_source(
     "shmlog._shmlog_c",
     PREAMBLE,
     sources=[os.path.join(CSRC_REL, s) for s in SOURCES],
     include_dirs=[CSRC_REL],
     depends=[os.path.join(CSRC_REL, h) for h in ("shmlog.h", "atomics.h", "frame.h")],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                        "-fno-strict-aliasing"]
-    + (["-mcx16"] if os.uname().machine in ("x86_64", "amd64") else []),
+    extra_compile_args=COMPILE_ARGS,
+    extra_link_args=LINK_ARGS,
     libraries=["rt", "pthread"],
 )
 
