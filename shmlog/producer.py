@@ -196,7 +196,12 @@ class Producer(ProducerBase):
             raise errors.Closed("this producer is closed")
         w = self._writers.get(topic)
         if w is None:
-            w = self._writers[topic] = _TopicWriter(self, self._log.topic_handle(topic))
+            # two threads may get here for one topic: one writer wins (setdefault is atomic
+            # under the GIL); a loser kept aside would hold batches no flush ever sees
+            new = _TopicWriter(self, self._log.topic_handle(topic))
+            w = self._writers.setdefault(topic, new)
+            if w is not new:
+                new.release()
         return w
 
     def _partition_ctx(self, w: _TopicWriter, partition):

@@ -373,6 +373,41 @@ def test_a_tight_produce_loop_gets_no_buffer_full_while_the_ring_has_room(inst):
     p.close()
 
 
+def test_threads_that_first_produce_to_a_topic_together_share_one_writer(inst, monkeypatch):
+    """Two threads whose first produce() to a topic overlap: each used to build
+    its own topic writer and the one that lost the dict slot kept filling a
+    batch that no linger pass or flush ever saw — its records were lost while
+    flush() returned 0 (found by the sanitizer build's slower timing)."""
+    import threading
+    inst.log.create_topic("t", persistence="none", ring_bytes=4 << 20)
+    p = inst.log.producer(linger_ms=5, batch_num_messages=1000)
+    real = inst.log.topic_handle
+    gate = threading.Barrier(2)
+
+    def slow_handle(name):
+        h = real(name)
+        if threading.current_thread().name.startswith("first-"):
+            try:
+                gate.wait(timeout=2)                 # both threads are inside _writer() now
+            except threading.BrokenBarrierError:
+                pass
+        return h
+    monkeypatch.setattr(inst.log, "topic_handle", slow_handle)
+
+    def run(t):
+        for i in range(200):
+            p.produce("t", b"%d-%03d" % (t, i))
+    ts = [threading.Thread(target=run, args=(t,), name=f"first-{t}") for t in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert p.flush(10) == 0
+    got = sorted(m.value for m in read_all(inst.log, "t", 400, timeout=5))
+    assert got == sorted(b"%d-%03d" % (t, i) for t in range(2) for i in range(200))
+    p.close()
+
+
 def test_produce_call_errors_are_pythons(inst):
     inst.log.create_topic("t", persistence="none")
     p = inst.log.producer()
