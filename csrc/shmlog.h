@@ -9,7 +9,7 @@
  * types, explicit padding, no attributes. Sizes and field offsets are pinned
  * by _Static_assert below and checked again from Python (tests/test_layout.py).
  *
- * Vocabulary (DESIGN.md): a *position* is an absolute byte position in a
+ * Vocabulary (docs/DESIGN.md): a *position* is an absolute byte position in a
  * partition's log since its creation, never reset; slot = position & (cap-1).
  * An *offset* is a Kafka record offset. A *frame* is a 16-byte frame header
  * followed by one Kafka RecordBatch v2 (DATA), or nothing useful (PAD), or a

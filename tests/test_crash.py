@@ -1,6 +1,6 @@
 """test_crash.py — producers killed with SIGKILL between reserve and commit.
 
-What must hold (DESIGN.md, "A producer killed mid-write"; csrc/ring.c, "A
+What must hold (docs/DESIGN.md, "A producer killed mid-write"; csrc/ring.c, "A
 producer dying at each step"): a reservation whose owner died is sealed as
 an offset gap (counted in sealed_writes) once a reader has waited the unblock
 timeout on it, so no reader stalls for long; committed records are never

@@ -1,6 +1,6 @@
 """test_multiprocess.py — many producer processes, independent consumer processes.
 
-What must hold (DESIGN.md, "Partition ring"): a reservation is one atomic
+What must hold (docs/DESIGN.md, "Partition ring"): a reservation is one atomic
 step on the tail, so the byte order of frames is their offset order and every
 record gets exactly one offset; a send is synchronous, so the offset it
 returns is where the record is. Several processes appending to ONE partition

@@ -1,0 +1,34 @@
+# Makefile — the contributor's tasks (CONTRIBUTING.md says when to use which).
+# Every target uses the python on PATH (a venv is expected); nothing here is needed to run shmlog.
+PYTHON ?= python3
+ASAN_PRELOAD = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libubsan.so)
+C_FACING_TESTS = tests/test_fuzz.py tests/test_codec.py tests/test_wrap.py tests/test_crash.py \
+                 tests/test_segment_fuzz.py tests/test_async_producer.py
+
+.PHONY: build test test-one sanitize bench bench-quick clean
+
+build:            ## (re)build the C extensions in place: after any edit under csrc/
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+
+test:             ## the README's test command (what .ci/run runs)
+	tools/test-deps && $(PYTHON) -m pip install -q -e '.[test,bench]' && $(PYTHON) -m pytest -n auto
+
+test-one:         ## make test-one T=tests/test_api.py::test_create_list_describe_delete
+	$(PYTHON) -m pytest -q -p no:xdist $(T)
+
+sanitize:         ## the C-facing tests on an ASan+UBSan build, then the normal build again
+	SHMLOG_SANITIZE=1 $(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	LD_PRELOAD="$(ASAN_PRELOAD)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_segv=0:handle_sigbus=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 $(C_FACING_TESTS); \
+	rc=$$?; $(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .; exit $$rc
+
+bench-quick:      ## the side-by-side benchmarks, short (minutes)
+	$(PYTHON) -m benchmarks --quick
+
+bench:            ## the full side-by-side benchmarks (tens of minutes) and the async rows
+	$(PYTHON) -m benchmarks && $(PYTHON) -m benchmarks.aio
+
+clean:
+	rm -rf build *.egg-info shmlog/*.so
