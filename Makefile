@@ -8,7 +8,7 @@ C_FACING_TESTS = tests/test_fuzz.py tests/test_codec.py tests/test_wrap.py tests
 .PHONY: build test test-one sanitize bench bench-quick clean
 
 build:            ## (re)build the C extensions in place: after any edit under csrc/
-	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) -m pip install -q --no-deps -e .
 
 test:             ## the README's test command (what .ci/run runs)
 	tools/test-deps && $(PYTHON) -m pip install -q -e '.[test,bench]' && $(PYTHON) -m pytest -n auto
@@ -17,12 +17,12 @@ test-one:         ## make test-one T=tests/test_api.py::test_create_list_describ
 	$(PYTHON) -m pytest -q -p no:xdist $(T)
 
 sanitize:         ## the C-facing tests on an ASan+UBSan build, then the normal build again
-	SHMLOG_SANITIZE=1 $(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	SHMLOG_SANITIZE=1 $(PYTHON) -m pip install -q --no-deps -e .
 	LD_PRELOAD="$(ASAN_PRELOAD)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:handle_segv=0:handle_sigbus=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 $(C_FACING_TESTS); \
-	rc=$$?; $(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .; exit $$rc
+	rc=$$?; $(PYTHON) -m pip install -q --no-deps -e .; exit $$rc
 
 bench-quick:      ## the side-by-side benchmarks, short (minutes)
 	$(PYTHON) -m benchmarks --quick
