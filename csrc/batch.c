@@ -29,19 +29,7 @@
 
 #include <string.h>
 
-#define OFF_BASE_OFFSET 0
-#define OFF_LENGTH 8
-#define OFF_EPOCH 12
-#define OFF_MAGIC 16
-#define OFF_CRC 17
-#define OFF_ATTR 21
-#define OFF_LAST_DELTA 23
-#define OFF_BASE_TS 27
-#define OFF_MAX_TS 35
-#define OFF_PRODUCER_ID 43
-#define OFF_PRODUCER_EPOCH 51
-#define OFF_BASE_SEQ 53
-#define OFF_COUNT 57
+/* field offsets and attribute bits: SHM_RB_* in shmlog.h */
 
 static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
 static inline void put_be32(uint8_t *p, uint32_t v) { v = __builtin_bswap32(v); memcpy(p, &v, 4); }
@@ -133,18 +121,18 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
 void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
                             int64_t base_offset, int64_t timestamp_ms)
 {
-    put_be64(dst + OFF_BASE_OFFSET, (uint64_t)base_offset);
-    put_be32(dst + OFF_LENGTH, (uint32_t)(size - 12));
-    put_be32(dst + OFF_EPOCH, 0);
-    dst[OFF_MAGIC] = 2;
-    put_be16(dst + OFF_ATTR, 0);
-    put_be32(dst + OFF_LAST_DELTA, in->count - 1);
-    put_be64(dst + OFF_BASE_TS, (uint64_t)timestamp_ms);
-    put_be64(dst + OFF_MAX_TS, (uint64_t)timestamp_ms);
-    put_be64(dst + OFF_PRODUCER_ID, (uint64_t)-1);
-    put_be16(dst + OFF_PRODUCER_EPOCH, 0xFFFF);
-    put_be32(dst + OFF_BASE_SEQ, 0xFFFFFFFFu);
-    put_be32(dst + OFF_COUNT, in->count);
+    put_be64(dst + SHM_RB_BASE_OFFSET, (uint64_t)base_offset);
+    put_be32(dst + SHM_RB_LENGTH, (uint32_t)(size - 12));
+    put_be32(dst + SHM_RB_LEADER_EPOCH, 0);
+    dst[SHM_RB_MAGIC] = 2;
+    put_be16(dst + SHM_RB_ATTRIBUTES, 0);
+    put_be32(dst + SHM_RB_LAST_OFFSET_DELTA, in->count - 1);
+    put_be64(dst + SHM_RB_BASE_TIMESTAMP, (uint64_t)timestamp_ms);
+    put_be64(dst + SHM_RB_MAX_TIMESTAMP, (uint64_t)timestamp_ms);
+    put_be64(dst + SHM_RB_PRODUCER_ID, (uint64_t)-1);
+    put_be16(dst + SHM_RB_PRODUCER_EPOCH, 0xFFFF);
+    put_be32(dst + SHM_RB_BASE_SEQUENCE, 0xFFFFFFFFu);
+    put_be32(dst + SHM_RB_RECORDS_COUNT, in->count);
 
     uint8_t *p = dst + SHM_BATCH_HEADER_BYTES;
     const uint8_t *vals = in->values, *keys = in->keys, *hdrs = in->headers;
@@ -166,18 +154,18 @@ void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t
             *p++ = 0;                  /* no headers */
         }
     }
-    uint32_t crc = shm_crc32c(0, dst + OFF_ATTR, (size_t)(size - OFF_ATTR));
-    put_be32(dst + OFF_CRC, crc);
+    uint32_t crc = shm_crc32c(0, dst + SHM_RB_ATTRIBUTES, (size_t)(size - SHM_RB_ATTRIBUTES));
+    put_be32(dst + SHM_RB_CRC, crc);
 }
 
 /* Structure and CRC of one batch of exactly len bytes. */
 int shm_batch_validate(const uint8_t *batch, uint64_t len)
 {
-    if (len < SHM_BATCH_HEADER_BYTES || batch[OFF_MAGIC] != 2)
+    if (len < SHM_BATCH_HEADER_BYTES || batch[SHM_RB_MAGIC] != 2)
         return SHM_E_CORRUPT;
-    if ((uint64_t)get_be32(batch + OFF_LENGTH) + 12 != len)
+    if ((uint64_t)get_be32(batch + SHM_RB_LENGTH) + 12 != len)
         return SHM_E_CORRUPT;
-    if (shm_crc32c(0, batch + OFF_ATTR, len - OFF_ATTR) != get_be32(batch + OFF_CRC))
+    if (shm_crc32c(0, batch + SHM_RB_ATTRIBUTES, len - SHM_RB_ATTRIBUTES) != get_be32(batch + SHM_RB_CRC))
         return SHM_E_CORRUPT;
     return SHM_OK;
 }
@@ -247,22 +235,22 @@ static int parse_record(const uint8_t **pp, const uint8_t *end, struct rec *r)
 int shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base, int64_t min_offset,
                      struct shm_records_out *out)
 {
-    if (len < SHM_BATCH_HEADER_BYTES || batch[OFF_MAGIC] != 2)
+    if (len < SHM_BATCH_HEADER_BYTES || batch[SHM_RB_MAGIC] != 2)
         return SHM_E_CORRUPT;
-    uint16_t attr = get_be16(batch + OFF_ATTR);
-    int64_t base_offset = (int64_t)get_be64(batch + OFF_BASE_OFFSET);
-    int64_t base_ts = (int64_t)get_be64(batch + OFF_BASE_TS);
-    int64_t max_ts = (int64_t)get_be64(batch + OFF_MAX_TS);
-    int32_t count = (int32_t)get_be32(batch + OFF_COUNT);
+    uint16_t attr = get_be16(batch + SHM_RB_ATTRIBUTES);
+    int64_t base_offset = (int64_t)get_be64(batch + SHM_RB_BASE_OFFSET);
+    int64_t base_ts = (int64_t)get_be64(batch + SHM_RB_BASE_TIMESTAMP);
+    int64_t max_ts = (int64_t)get_be64(batch + SHM_RB_MAX_TIMESTAMP);
+    int32_t count = (int32_t)get_be32(batch + SHM_RB_RECORDS_COUNT);
     if (count < 0 || (uint64_t)count > len)
         return SHM_E_CORRUPT;
-    if (attr & 0x20)                      /* control batch: no user records */
+    if (attr & SHM_RB_ATTR_CONTROL)                      /* control batch: no user records */
         return 0;
-    if (attr & 0x07) {                    /* compressed: Python's job */
+    if (attr & SHM_RB_ATTR_CODEC_MASK) {                    /* compressed: Python's job */
         out->compressed++;
         return 0;
     }
-    int log_append_time = (attr & 0x08) != 0;
+    int log_append_time = (attr & SHM_RB_ATTR_LOG_APPEND_TIME) != 0;
     const uint8_t *p = batch + SHM_BATCH_HEADER_BYTES, *end = batch + len;
     int appended = 0;
     for (int32_t i = 0; i < count; i++) {
@@ -409,11 +397,11 @@ int32_t shm_murmur2(const uint8_t *data, uint64_t len)
 }
 
 /* Batch header fields other modules need (ring.c, Python storage code). */
-int64_t shm_batch_base_offset(const uint8_t *batch) { return (int64_t)get_be64(batch + OFF_BASE_OFFSET); }
-int64_t shm_batch_max_timestamp(const uint8_t *batch) { return (int64_t)get_be64(batch + OFF_MAX_TS); }
-int32_t shm_batch_last_delta(const uint8_t *batch) { return (int32_t)get_be32(batch + OFF_LAST_DELTA); }
-void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch + OFF_BASE_OFFSET, (uint64_t)off); }
-void    shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch) { put_be32(batch + OFF_EPOCH, (uint32_t)epoch); }
+int64_t shm_batch_base_offset(const uint8_t *batch) { return (int64_t)get_be64(batch + SHM_RB_BASE_OFFSET); }
+int64_t shm_batch_max_timestamp(const uint8_t *batch) { return (int64_t)get_be64(batch + SHM_RB_MAX_TIMESTAMP); }
+int32_t shm_batch_last_delta(const uint8_t *batch) { return (int32_t)get_be32(batch + SHM_RB_LAST_OFFSET_DELTA); }
+void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch + SHM_RB_BASE_OFFSET, (uint64_t)off); }
+void    shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch) { put_be32(batch + SHM_RB_LEADER_EPOCH, (uint32_t)epoch); }
 
 /* A batch written by someone else (a Kafka client) that shmlog is asked to
  * store unchanged: the checks Kafka's broker makes. On the header: magic 2,
@@ -431,18 +419,18 @@ int64_t shm_batch_check_foreign(const uint8_t *batch, uint64_t len)
 {
     if (shm_batch_validate(batch, len) != SHM_OK)
         return SHM_E_CORRUPT;
-    uint16_t attr = get_be16(batch + OFF_ATTR);
-    int32_t last = (int32_t)get_be32(batch + OFF_LAST_DELTA);
-    int32_t count = (int32_t)get_be32(batch + OFF_COUNT);
-    if (count <= 0 || last < 0 || (int64_t)last + 1 != count || (attr & 0x20))
+    uint16_t attr = get_be16(batch + SHM_RB_ATTRIBUTES);
+    int32_t last = (int32_t)get_be32(batch + SHM_RB_LAST_OFFSET_DELTA);
+    int32_t count = (int32_t)get_be32(batch + SHM_RB_RECORDS_COUNT);
+    if (count <= 0 || last < 0 || (int64_t)last + 1 != count || (attr & SHM_RB_ATTR_CONTROL))
         return SHM_E_INVALID;
-    if (!(attr & 0x07)) {
+    if (!(attr & SHM_RB_ATTR_CODEC_MASK)) {
         int64_t max_ts;
         int32_t bad;
         if (shm_records_check(batch + SHM_BATCH_HEADER_BYTES, len - SHM_BATCH_HEADER_BYTES, count,
-                              (int64_t)get_be64(batch + OFF_BASE_TS), &max_ts, &bad) != SHM_OK)
+                              (int64_t)get_be64(batch + SHM_RB_BASE_TIMESTAMP), &max_ts, &bad) != SHM_OK)
             return SHM_E_INVALID;
-        if (!(attr & 0x08) && max_ts != (int64_t)get_be64(batch + OFF_MAX_TS))
+        if (!(attr & SHM_RB_ATTR_LOG_APPEND_TIME) && max_ts != (int64_t)get_be64(batch + SHM_RB_MAX_TIMESTAMP))
             return SHM_E_INVALID;
     }
     return count;

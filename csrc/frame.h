@@ -82,6 +82,13 @@ static inline void wake(uint32_t *seq)
 }
 
 /* first offset a complete frame carries (PAD: none, returns cur_offset) */
+/* Is this RecordBatch's records section compressed? (the codec bits sit in the
+ * low byte of the big-endian attributes) */
+static inline int batch_compressed(const uint8_t *batch)
+{
+    return (batch[SHM_RB_ATTRIBUTES + 1] & SHM_RB_ATTR_CODEC_MASK) != 0;
+}
+
 static inline int64_t frame_first_offset(const struct shm_frame_header *fh, int64_t cur_offset)
 {
     const uint8_t *body = (const uint8_t *)(fh + 1);

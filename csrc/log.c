@@ -262,7 +262,7 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
             progressed = 1;
             continue;
         }
-        if (batch[22] & 0x07) {                      /* compressed: handed over alone, */
+        if (batch_compressed(batch)) {               /* compressed: handed over alone, */
             if (out->count)                          /* the cursor left on its frame as */
                 break;                               /* shm_ring_read does */
             out->compressed = 1;

@@ -799,8 +799,7 @@ int shm_ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf
             cur->pos = p + shm_align8(t.len);
             continue;
         }
-        int compressed = (batch[22] & 0x07) != 0;   /* attributes low byte */
-        if (compressed) {
+        if (batch_compressed(batch)) {
             if (out->count)
                 break;                           /* hand it over alone */
             /* undecoded, at buf[batch_start:bytes_used], and the cursor stays

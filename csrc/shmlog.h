@@ -32,6 +32,26 @@
 
 #define SHM_FRAME_HEADER_BYTES 16
 #define SHM_BATCH_HEADER_BYTES 61                  /* Kafka RecordBatch v2 header */
+
+/* Kafka RecordBatch v2 header fields (byte offsets, big-endian) and attribute
+ * bits: the one definition the C core and Python (through the cdef) decode by */
+#define SHM_RB_BASE_OFFSET       0     /* int64 */
+#define SHM_RB_LENGTH            8     /* int32: bytes after this field */
+#define SHM_RB_LEADER_EPOCH      12    /* int32 */
+#define SHM_RB_MAGIC             16    /* int8: 2 */
+#define SHM_RB_CRC               17    /* uint32: CRC-32C of attributes..end */
+#define SHM_RB_ATTRIBUTES        21    /* int16 */
+#define SHM_RB_LAST_OFFSET_DELTA 23    /* int32 */
+#define SHM_RB_BASE_TIMESTAMP    27    /* int64 */
+#define SHM_RB_MAX_TIMESTAMP     35    /* int64 */
+#define SHM_RB_PRODUCER_ID       43    /* int64 */
+#define SHM_RB_PRODUCER_EPOCH    51    /* int16 */
+#define SHM_RB_BASE_SEQUENCE     53    /* int32 */
+#define SHM_RB_RECORDS_COUNT     57    /* int32; the records follow at SHM_BATCH_HEADER_BYTES */
+#define SHM_RB_ATTR_CODEC_MASK   0x07  /* 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd */
+#define SHM_RB_ATTR_LOG_APPEND_TIME 0x08
+#define SHM_RB_ATTR_TRANSACTIONAL 0x10
+#define SHM_RB_ATTR_CONTROL      0x20
 #define SHM_FRAME_ALIGN        8
 #define SHM_RING_HEADER_BYTES  16384               /* data area starts here */
 #define SHM_RING_MIN_BYTES     65536               /* 2^16 */

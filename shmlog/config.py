@@ -92,6 +92,9 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     segment_bytes: int = 1 << 30
     segment_ms: int = 7 * 86400_000
 
+    # TopicConfig() is THE topic defaults: create_topic, the config file ([topics.NAME]) and
+    # `shmlog topic create` all take theirs from it (TOPIC_DEFAULTS below)
+
     def validated(self) -> "TopicConfig":
         def need_int(name, v, lo, hi=None):
             if not isinstance(v, int) or isinstance(v, bool):
@@ -120,6 +123,9 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
         need_int("segment_bytes", self.segment_bytes, 1 << 16)
         need_int("segment_ms", self.segment_ms, 1)
         return msgspec.structs.replace(self, max_message_bytes=mmb, **unlimited)
+
+
+TOPIC_DEFAULTS = TopicConfig()
 
 
 def fsync_mode(spec) -> tuple[int, int]:

@@ -36,16 +36,8 @@ from . import config, errors
 RESTART_POLICIES = ("always", "on-failure", "never")
 
 
-class TopicSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    partitions: int = 1
-    ring_bytes: int = config.DEFAULT_RING_BYTES
-    persistence: str = "disk"
-    max_message_bytes: int | None = None
-    fsync: str = "interval:100"
-    retention_ms: int | None = 7 * 86400_000
-    retention_bytes: int | None = None
-    segment_bytes: int = 1 << 30
-    segment_ms: int = 7 * 86400_000
+class TopicSpec(config.TopicConfig, forbid_unknown_fields=True):
+    """A [topics.NAME] table: TopicConfig's fields and defaults, unknown keys refused."""
 
     def topic_config(self) -> config.TopicConfig:
         return config.TopicConfig(**msgspec.structs.asdict(self)).validated()

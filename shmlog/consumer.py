@@ -585,16 +585,17 @@ class Consumer:
             plain = part.inflated[1]
         else:
             head = ffi.buffer(raw, lib.SHM_BATCH_HEADER_BYTES)[:]
-            attrs = int.from_bytes(head[21:23], "big")
+            at = lib.SHM_RB_ATTRIBUTES
+            attrs = int.from_bytes(head[at:at + 2], "big")
             try:
-                records = compression.decompress(attrs & 7, ffi.buffer(raw + lib.SHM_BATCH_HEADER_BYTES,
+                records = compression.decompress(attrs & lib.SHM_RB_ATTR_CODEC_MASK, ffi.buffer(raw + lib.SHM_BATCH_HEADER_BYTES,
                                                                        end - start - lib.SHM_BATCH_HEADER_BYTES),
                                                  part.max_bytes)
             except (errors.CorruptRecord, errors.NotSupported) as e:
                 raise type(e)(f"{part.topic!r} partition {part.partition}: the compressed batch at offsets "
                               f"{base}..{last} cannot be read: {e}; nothing was returned from it. seek() "
                               "past it to go on.") from None
-            plain = head[:21] + (attrs & ~7).to_bytes(2, "big") + head[23:] + records
+            plain = head[:at] + (attrs & ~lib.SHM_RB_ATTR_CODEC_MASK).to_bytes(2, "big") + head[at + 2:] + records
             part.inflated = (key, plain)
         if len(plain) > self._buf_cap:
             self._set_buffer(len(plain))

@@ -168,6 +168,9 @@ def _py_config(c) -> config.TopicConfig:
     )
 
 
+_D = config.TOPIC_DEFAULTS          # create_topic's defaults (one place: config.TopicConfig)
+
+
 class Log:
     """A connection to one instance. Use shmlog.connect() to make one."""
 
@@ -559,11 +562,11 @@ class Log:
 
     # ------------------------------------------------------------ topics
 
-    def create_topic(self, name: str, partitions: int = 1, ring_bytes: int = config.DEFAULT_RING_BYTES,
-                     retention_ms: int | None = 7 * 86400_000, retention_bytes: int | None = None,
-                     fsync: str = "interval:100", persistence: str = "disk",
-                     max_message_bytes: int | None = None, segment_bytes: int = 1 << 30,
-                     segment_ms: int = 7 * 86400_000) -> TopicDescription:
+    def create_topic(self, name: str, partitions: int = _D.partitions, ring_bytes: int = _D.ring_bytes,
+                     retention_ms: int | None = _D.retention_ms, retention_bytes: int | None = _D.retention_bytes,
+                     fsync: str = _D.fsync, persistence: str = _D.persistence,
+                     max_message_bytes: int | None = _D.max_message_bytes, segment_bytes: int = _D.segment_bytes,
+                     segment_ms: int = _D.segment_ms) -> TopicDescription:
         config.validate_topic_name(name)
         try:
             cfg = config.TopicConfig(

@@ -816,10 +816,10 @@ def _compressed_batch(codec, inp, ts) -> bytes:
     raw = ffi.buffer(buf, size)
     out = bytearray(raw[:HDR])
     out += compression.compress(codec, raw[HDR:])
-    struct.pack_into(">i", out, 8, len(out) - 12)      # batchLength
-    struct.pack_into(">h", out, 21, codec)             # attributes: the codec, CreateTime
-    c = ffi.from_buffer(out)
-    struct.pack_into(">I", out, 17, lib.shm_crc32c(0, c + 21, len(out) - 21))
+    struct.pack_into(">i", out, lib.SHM_RB_LENGTH, len(out) - lib.SHM_RB_LENGTH - 4)   # bytes after the field
+    struct.pack_into(">h", out, lib.SHM_RB_ATTRIBUTES, codec)                         # the codec, CreateTime
+    at = lib.SHM_RB_ATTRIBUTES
+    struct.pack_into(">I", out, lib.SHM_RB_CRC, lib.shm_crc32c(0, ffi.from_buffer(out) + at, len(out) - at))
     return bytes(out)
 
 

@@ -5,7 +5,7 @@ topic other than through Log.create_topic / alter_topic / delete_topic.
 """
 import msgspec
 
-from .. import errors
+from .. import config, errors
 from . import common
 
 EPILOG = """examples:
@@ -36,19 +36,20 @@ def _add_config_options(p, defaults: bool):
     def d(v):
         return v if defaults else None
 
-    p.add_argument("-p", "--partitions", type=int, default=d(1), help="partition count" +
+    D = config.TOPIC_DEFAULTS
+    p.add_argument("-p", "--partitions", type=int, default=d(D.partitions), help="partition count" +
                    ("" if defaults else " (can only grow)"))
-    p.add_argument("--ring-bytes", type=common.parse_size, default=d(64 << 20),
+    p.add_argument("--ring-bytes", type=common.parse_size, default=d(D.ring_bytes),
                    help="ring size per partition, a power of two (bytes, or with a unit: 64MiB, 1G)")
-    p.add_argument("--persistence", choices=["none", "disk"], default=d("disk"),
+    p.add_argument("--persistence", choices=sorted(config.PERSISTENCE), default=d(D.persistence),
                    help="disk: segment files, replayable after a restart; none: the ring only")
-    p.add_argument("--fsync", default=d("interval:100"), help="never | always | interval:MS")
-    p.add_argument("--retention-ms", type=int, default=d(7 * 86400_000), help="-1: keep forever")
+    p.add_argument("--fsync", default=d(D.fsync), help="never | always | interval:MS")
+    p.add_argument("--retention-ms", type=int, default=d(D.retention_ms), help="-1: keep forever")
     p.add_argument("--retention-bytes", type=common.parse_size, default=None, help="per partition; -1: no limit")
     p.add_argument("--max-message-bytes", type=common.parse_size, default=None, help="default: ring bytes / 4")
-    p.add_argument("--segment-bytes", type=common.parse_size, default=d(1 << 30),
+    p.add_argument("--segment-bytes", type=common.parse_size, default=d(D.segment_bytes),
                    help="segment file size before a roll")
-    p.add_argument("--segment-ms", type=int, default=d(7 * 86400_000), help="segment age before a roll")
+    p.add_argument("--segment-ms", type=int, default=d(D.segment_ms), help="segment age before a roll")
 
 
 def _config_from(args) -> dict:

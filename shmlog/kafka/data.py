@@ -25,6 +25,25 @@ from . import codes
 LEADER_EPOCH = 0                 # one broker, never a new leader: a constant epoch everywhere
 FULL_RETRY_S = 0.002             # a full ring (persister behind) is retried this often
 SEQ_CACHE = 5                    # batches remembered per producer and partition (Kafka keeps 5)
+# RecordBatch v2 header fields and attribute bits: csrc/shmlog.h (SHM_RB_*), through the cdef
+_HDR = lib.SHM_BATCH_HEADER_BYTES
+_CODEC, _TXN, _CONTROL, _LOG_APPEND_TIME = (lib.SHM_RB_ATTR_CODEC_MASK, lib.SHM_RB_ATTR_TRANSACTIONAL,
+                                            lib.SHM_RB_ATTR_CONTROL, lib.SHM_RB_ATTR_LOG_APPEND_TIME)
+
+
+_LEN_END = lib.SHM_RB_LENGTH + 4     # the length field counts the bytes after itself
+
+
+def _be(buf, off: int, size: int) -> int:
+    """The signed big-endian field of `size` bytes at `off` of a RecordBatch."""
+    return int.from_bytes(buf[off:off + size], "big", signed=True)
+
+
+def batch_bytes(buf) -> int:
+    """The size of the RecordBatch that starts buf, from its length field."""
+    return _be(buf, lib.SHM_RB_LENGTH, 4) + _LEN_END
+
+
 INFLATE_INLINE_BYTES = 256 << 10 # compressed batches larger than this inflate off the event loop
 DISK_START_TTL_S = 1.0           # how stale a durable partition's log start offset may be
 
@@ -202,11 +221,11 @@ class DataPath:
         Raises ProduceError (CORRUPT_MESSAGE for framing and CRC,
         INVALID_RECORD for records, an undecodable payload or a bomb)."""
         view = memoryview(batch)
-        attr = int.from_bytes(view[21:23], "big")
-        count = int.from_bytes(view[57:61], "big", signed=True)
-        base_ts = int.from_bytes(view[27:35], "big", signed=True)
-        codec = attr & 0x07
-        if count <= 0 or attr & 0x20:
+        attr = _be(view, lib.SHM_RB_ATTRIBUTES, 2) & 0xFFFF
+        count = _be(view, lib.SHM_RB_RECORDS_COUNT, 4)
+        base_ts = _be(view, lib.SHM_RB_BASE_TIMESTAMP, 8)
+        codec = attr & _CODEC
+        if count <= 0 or attr & _CONTROL:
             return batch                          # the C core refuses these with its own message
         if codec:
             _check_crc(batch)                     # before inflating anything
@@ -214,15 +233,15 @@ class DataPath:
             try:
                 if len(batch) > INFLATE_INLINE_BYTES:
                     records = await asyncio.get_running_loop().run_in_executor(
-                        None, compression.decompress, codec, view[61:], limit)
+                        None, compression.decompress, codec, view[_HDR:], limit)
                 else:
-                    records = compression.decompress(codec, view[61:], limit)
+                    records = compression.decompress(codec, view[_HDR:], limit)
             except errors.CorruptRecord as e:
                 raise ProduceError(codes.INVALID_RECORD, str(e)) from None
             except errors.NotSupported as e:
                 raise ProduceError(codes.UNSUPPORTED_FOR_MESSAGE_FORMAT, str(e)) from None
         else:
-            records = view[61:]
+            records = view[_HDR:]
         max_ts, bad = _records_check(records, count, base_ts)
         if bad is not None:
             if not codec:
@@ -232,28 +251,30 @@ class DataPath:
                                f"record {bad} of the {compression.NAMES.get(codec, codec)} batch {what}: "
                                "Kafka's record format (lengths, offset deltas 0..n-1, timestamps, headers)",
                                bad_record=bad if bad < count else None)
-        if attr & 0x08 or max_ts == int.from_bytes(view[35:43], "big", signed=True):
+        if attr & _LOG_APPEND_TIME or max_ts == _be(view, lib.SHM_RB_MAX_TIMESTAMP, 8):
             return batch
         if not codec:
             _check_crc(batch)                     # never re-sign bytes the client did not sign
         fixed = bytearray(batch)
-        fixed[35:43] = max_ts.to_bytes(8, "big", signed=True)
-        fixed[17:21] = crc32c(memoryview(fixed)[21:]).to_bytes(4, "big")
+        mt, crc, at = lib.SHM_RB_MAX_TIMESTAMP, lib.SHM_RB_CRC, lib.SHM_RB_ATTRIBUTES
+        fixed[mt:mt + 8] = max_ts.to_bytes(8, "big", signed=True)
+        fixed[crc:crc + 4] = crc32c(memoryview(fixed)[at:]).to_bytes(4, "big")
         return bytes(fixed)
 
     async def append(self, h, partition, batch):
         """Stores one client batch; returns its base offset. Raises ProduceError."""
-        if len(batch) < lib.SHM_BATCH_HEADER_BYTES or batch[16] != 2:
-            raise ProduceError(codes.CORRUPT_MESSAGE if len(batch) < 17 else codes.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        if len(batch) < _HDR or batch[lib.SHM_RB_MAGIC] != 2:
+            raise ProduceError(codes.CORRUPT_MESSAGE if len(batch) <= lib.SHM_RB_MAGIC
+                               else codes.UNSUPPORTED_FOR_MESSAGE_FORMAT,
                                "Produce v3+ carries one RecordBatch v2 (magic 2) per partition")
         batch = await self.validate(h, batch)
-        pid = int.from_bytes(batch[43:51], "big", signed=True)
-        if int.from_bytes(batch[21:23], "big") & 0x10:
+        pid = _be(batch, lib.SHM_RB_PRODUCER_ID, 8)
+        if _be(batch, lib.SHM_RB_ATTRIBUTES, 2) & _TXN:
             raise ProduceError(codes.INVALID_TXN_STATE, "transactions are not supported by this listener")
         if pid >= 0:
-            epoch = int.from_bytes(batch[51:53], "big", signed=True)
-            seq = int.from_bytes(batch[53:57], "big", signed=True)
-            count = int.from_bytes(batch[23:27], "big", signed=True) + 1
+            epoch = _be(batch, lib.SHM_RB_PRODUCER_EPOCH, 2)
+            seq = _be(batch, lib.SHM_RB_BASE_SEQUENCE, 4)
+            count = _be(batch, lib.SHM_RB_LAST_OFFSET_DELTA, 4) + 1
             if seq < 0:
                 raise ProduceError(codes.INVALID_RECORD, "an idempotent batch needs baseSequence >= 0")
             dup = self.producer_ids.check(pid, epoch, seq, count, h.name, partition)

@@ -14,7 +14,7 @@ import time
 
 from .. import errors
 from . import codes
-from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError
+from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError, batch_bytes
 
 log = logging.getLogger("shmlog.kafka")
 
@@ -168,7 +168,7 @@ class Handlers:
                     r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
                 elif not records:
                     r["ErrorCode"] = codes.INVALID_RECORD
-                elif len(records) >= 12 and int.from_bytes(records[8:12], "big") + 12 < len(records):
+                elif len(records) >= 12 and batch_bytes(records) < len(records):
                     r["ErrorCode"], r["ErrorMessage"] = codes.INVALID_RECORD, "one record batch per partition"
                 else:
                     try:
