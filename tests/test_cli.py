@@ -468,7 +468,7 @@ def test_bench_runs_the_suite_in_quick_mode(inst, capsys, monkeypatch):
     assert inproc(inst, capsys, "bench")[0] == 3                   # the suite's exit code
     monkeypatch.setitem(sys.modules, "benchmarks", None)           # not importable
     rc, out, err = inproc(inst, capsys, "bench")
-    assert rc == 10 and len(err.strip().splitlines()) == 1 and "shmlog[bench]" in err
+    assert rc == 10 and len(err.strip().splitlines()) == 1 and "source checkout" in err
     rc, out, err = inproc(inst, capsys, "bench", "--help")         # then our own help
     assert rc == 0 and "examples:" in out
 

@@ -10,6 +10,8 @@ error. Must never: import those modules at start-up (every other command
 would pay for them, or fail without them).
 """
 import importlib
+import os
+import sys
 
 from .. import errors
 from . import common
@@ -19,7 +21,7 @@ BENCH_EPILOG = """examples:
   shmlog bench --full                   # the full suite (many minutes; the numbers in the README)
   shmlog bench --peers shmlog,mpqueue --workloads T1 --print
 the suite's own options (--peers, --workloads, --out, --reps, ...) are listed by `shmlog bench --help`
-when the suite is installed: pip install 'shmlog[bench]' in a source checkout
+run from the root of a source checkout (the suite is not installed) after pip install -e '.[bench]'
 """
 
 SERVICE_EPILOG = """examples:
@@ -76,11 +78,14 @@ def _exit_with(rc):
     raise SystemExit(rc if isinstance(rc, int) else 0)
 
 
-BENCH_HINT = "; run it from a source checkout with the bench extra: pip install 'shmlog[bench]'"
+BENCH_HINT = ("; the suite is not installed: run `shmlog bench` (or `python -m benchmarks`) from the root "
+              "of a source checkout, after pip install -e '.[bench]'")
 
 
 def cmd_bench(args):
     argv = list(args.extra)
+    if os.path.isfile(os.path.join("benchmarks", "__init__.py")) and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # the suite lives in the checkout, not in the package
     fn = _load_or_own_help(args, "benchmarks", "cli_main", "bench", BENCH_HINT)
     if not ({"--quick", "--full"} & set(argv)) and not _wants_help(argv):
         argv.insert(0, "--quick")
