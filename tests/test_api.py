@@ -1,4 +1,4 @@
-"""test_api.py — the public Python API (docs/docs/DESIGN.md "Public Python API") end to end,
+"""test_api.py — the public Python API (docs/DESIGN.md "Public Python API") end to end,
 one instance per test (the `inst` fixture).
 """
 import faulthandler
