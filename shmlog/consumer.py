@@ -522,6 +522,9 @@ class Consumer:
             rc = lib.shm_frames_read(self._buf, n, cur.pos, cur, self._crc, out)
             if rc == lib.SHM_E_AGAIN:             # a frame larger than the buffer
                 if n < self._buf_cap:
+                    torn = plog.torn(seg, cur.pos)
+                    if torn is not None:
+                        raise torn
                     return 0
                 self._set_buffer(self._buf_cap * 2)
                 continue

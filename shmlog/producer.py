@@ -364,6 +364,8 @@ class Producer:
             self._writers.pop(name, None)
             self._log._forget(name)
             raise errors.TopicDeleted(f"topic {name!r} was deleted while this producer wrote to it")
+        if rc == lib.SHM_E_OFFLINE:
+            raise errors.PartitionOffline(self._log.offline_reason(w.handle, partition))
         if rc == lib.SHM_E_FULL:
             ring = w.rings[partition]
             err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO) if ring is not None else 0
