@@ -735,6 +735,8 @@ class Producer:
                                          f"not fsynced within {timeout} s{why}")
                 if rc == lib.SHM_E_TOPIC_GONE:
                     raise errors.TopicDeleted(f"topic {w.handle.name!r} was deleted before the flush")
+                if rc == lib.SHM_E_OFFLINE:
+                    raise errors.PartitionOffline(self._log.offline_reason(w.handle, ring.partition, ring))
 
     def close(self, timeout: float | None = None):
         """Flushes produce()d records (up to timeout seconds; None: until each

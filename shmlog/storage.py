@@ -12,6 +12,45 @@ index row it has not checked against the frame it names, or skip corruption
 silently: a torn tail is truncated and reported, a bad frame followed by
 good ones and a hole in the segment chain are refused with file and position.
 
+Quarantine (issue 11). Invariant: damage that recovery finds in ONE
+partition's files (CorruptSegment: a bad frame with intact ones after it, or a
+rolled segment that ends early; SegmentGap: a hole in the chain no .lost file
+records) takes that partition offline and nothing else: recover_partition
+(quarantine=True, the restore in instance.py and the persister's start)
+reports it in rep.damage instead of raising, and the restorer writes the
+damage's kind, position and first offset into the partition's ring header
+(offline, offline_pos, offline_offset: csrc/shmlog.h) before the topic is
+published, so every process sees it. An offline partition: its files are
+never written below or at the damage (no truncation, no index rewrite of the
+damaged segment; the persister does not open it, so no copy and no retention
+either — a torn tail of the LAST segment is still truncated, as any crash
+recovery does, when the damage is in a rolled segment); readers get every
+record before the damage and CorruptRecord naming the file and position when
+they reach it (the Kafka listener: CORRUPT_MESSAGE), and may seek past it to
+the intact segments after it; appends get SHM_E_OFFLINE (PartitionOffline,
+Kafka's KAFKA_STORAGE_ERROR). Writes are refused rather than appended after
+the damage because the only thing that makes the offset chain after it
+trustworthy is the chain itself, and a damaged last segment leaves its end
+unknown; refusing in every case keeps one rule, keeps retention from deleting
+the evidence, and costs nothing that is committed. The ring starts at the
+log's proven end (the last segment's end; the damage itself when the damage
+is in the last segment), so offsets are never reused when the partition
+comes back. It comes back when a restore (a new control segment: reboot, or
+`shmlog down --purge` + `up`) finds the files intact: the operator restored
+the file, or `shmlog check --repair` repaired what loses nothing.
+No committed record is lost by quarantine: it deletes and truncates nothing
+that recovery did not already (only a torn tail of the last segment), and a
+record acknowledged durably is in the files, where it stays. Death: the
+restore runs under the control lock, rings are made and marked offline
+before the table entry is published; a restorer killed mid-way leaves a
+CREATING entry (dropped by the next restorer, which decides again from the
+same untouched files) or a published one (offline flag already set), so a
+kill -9 at any step ends in the same quarantine. A persister that finds
+damage at its start (the files were damaged while the instance ran) marks
+the live ring offline itself; records producers had put in the ring and it
+had not copied stay readable there until a reboot, as any acks=1 record the
+persister has not copied (README, Reliability).
+
 A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
 position - segment base position.
@@ -199,11 +238,12 @@ class CorruptSegment(errors.CorruptRecord):
     segment ends early). pos, offset: where the damage is and the first offset
     it affects (None when not known)."""
 
-    def __init__(self, path, file_pos, why, pos=None, offset=None):
+    def __init__(self, path, file_pos, why, pos=None, offset=None, followed=True):
         self.path, self.file_pos, self.pos, self.offset = path, file_pos, pos, offset
-        super().__init__(f"{path}: damaged frame at file position {file_pos} ({why}) with intact "
-                         "frames after it; refusing to guess. Inspect with `shmlog check`, then "
-                         "restore the file or truncate it at that position yourself.")
+        after = "with intact frames after it" if followed else "in a segment that is not the last one"
+        super().__init__(f"{path}: damaged frame at file position {file_pos} ({why}) {after}; refusing "
+                         "to guess. Inspect with `shmlog check`, then restore the file or truncate it "
+                         "at that position yourself.")
 
 
 class SegmentGap(errors.CorruptRecord):
@@ -830,7 +870,7 @@ def _recover_rolled(s: Segment, nxt: Segment, repair: bool):
         _check_end(s, out, s.size)
         raise CorruptSegment(s.path(), out.end_pos - s.base_pos,
                              f"{_WHY.get(out.stop_reason, 'unreadable')} in a rolled segment",
-                             out.end_pos, out.end_offset)
+                             out.end_pos, out.end_offset, followed=False)
     if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and \
             nxt.lost() != (out.end_pos, out.end_offset):
         raise SegmentGap(s, nxt, out.end_offset)
