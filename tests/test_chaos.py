@@ -27,7 +27,12 @@ SEEDS = (17, 26)                 # their 14-fault schedules hold every fault kin
 FAULTS, DURATION = 14, 12.0
 
 # check -> a known defect that makes it fail (xfail naming it); empty when every check must hold
-KNOWN: dict[str, str] = {}      # none since the merge: the defects it met are fixed
+KNOWN: dict[str, str] = {
+    # seen once damage faults came back (seed 26): gdur re-read dur p0 from offset 0 after a
+    # reboot that followed an ENOSPC fill at the moment of a commit(durable=True) of 3984;
+    # p0 was not quarantined. Group offsets/commit durability: another helper's open work.
+    "redelivered": "seed 26: group offsets lost across ENOSPC + reboot (groups/commit, open)",
+}
 # Damage faults (bit flips and truncations of closed segments) are back in the
 # CI seeds: a damaged partition is quarantined at the next restore (or
 # persister start) and the rest of the instance is served; the checker
