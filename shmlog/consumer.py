@@ -500,6 +500,9 @@ class Consumer:
         cur, plog, out = part.cur, part.plog, self._out
         for _ in range(64):
             if cur.pos >= part.ring.ends()[2]:
+                if part.ring.damage_at(cur.pos):
+                    raise errors.CorruptRecord(
+                        self._log.offline_reason(self._log.topic_handle(part.topic), part.partition, part.ring))
                 part.on_disk = False
                 return None
             seg = plog.segment_for_pos(cur.pos)

@@ -142,6 +142,14 @@ class Ring:
         return (kind, lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_POS),
                 ffi.cast("int64_t", lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_OFFSET)))
 
+    def damage_at(self, pos: int) -> bool:
+        """A reader from the files reached the ring at pos: is that the damage of a
+        quarantined partition (damaged LAST segment: the ring starts at the
+        damage, what follows it in the file is not proven)? It gets CorruptRecord
+        there, as at any damage, rather than waiting at an end."""
+        off = self.offline()
+        return off is not None and pos == off[1]
+
     def close(self):
         for s in (self.seg, self.hdr_seg, self.rw_seg):
             if s is not None:

@@ -28,10 +28,11 @@ FAULTS, DURATION = 14, 12.0
 
 # check -> a known defect that makes it fail (xfail naming it); empty when every check must hold
 KNOWN: dict[str, str] = {
-    # seen once damage faults came back (seed 26): gdur re-read dur p0 from offset 0 after a
-    # reboot that followed an ENOSPC fill at the moment of a commit(durable=True) of 3984;
-    # p0 was not quarantined. Group offsets/commit durability: another helper's open work.
-    "redelivered": "seed 26: group offsets lost across ENOSPC + reboot (groups/commit, open)",
+    # seen once damage faults came back (their draws change seed 26's schedule): gdur re-read
+    # dur p0 (not quarantined) from offset 0 after a commit(durable=True) of 3984, when the
+    # restore after a reboot died of ENOSPC (supervisor FATAL rewriting an index while the
+    # tmpfs was full) and another process restored next. Group offsets: another helper's area.
+    "redelivered": "seed 26: durable group offsets gone after a restore that failed on ENOSPC (open)",
 }
 # Damage faults (bit flips and truncations of closed segments) are back in the
 # CI seeds: a damaged partition is quarantined at the next restore (or

@@ -229,6 +229,10 @@ def test_damage_in_the_last_segment_quarantines_and_keeps_the_file(inst):
         inst.log.producer().send("q", b"x", partition=0)
     assert os.path.getsize(last.path()) == size
     assert inst.log.describe_topic("q").partitions[1].offline is None
+    # a reader gets every record before the damage, then CorruptRecord there (not a silent wait)
+    got, err = _read(inst.log, "q", 0)
+    assert [m.value for m in got] == [_value(0, i) for i in range(first)]
+    assert err is not None and last.path() in str(err) and f"file position {fpos}" in str(err)
 
 
 def test_storage_quarantine_reports_instead_of_raising(tmp_path, inst):
