@@ -153,6 +153,8 @@ int shm_ring_durable_wait(void *hdr, uint64_t pos, int64_t timeout_ns)
             return SHM_OK;
         if (shm_load_acquire(&h->deleted))
             return SHM_E_TOPIC_GONE;
+        if (shm_load_acquire(&h->offline))     /* quarantined: the persister copies nothing more */
+            return SHM_E_OFFLINE;
         shm_fetch_add(&h->durable_waiters, 1);
         uint32_t seq = shm_load_acquire(&h->durable_seq);
         wake(&h->persist_seq);

@@ -459,8 +459,8 @@ static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
         max_frame = r->max_frame_cap;
     if (frame_len > max_frame)
         return SHM_E_TOO_LARGE;
-    if (__builtin_expect(shm_load_relaxed(&h->deleted), 0))
-        return SHM_E_TOPIC_GONE;
+    if (__builtin_expect(shm_load_relaxed(&h->deleted) | shm_load_relaxed(&h->offline), 0))
+        return shm_load_relaxed(&h->deleted) ? SHM_E_TOPIC_GONE : SHM_E_OFFLINE;
     uint64_t alen = shm_align8(frame_len);
     const struct shm_batch_in *in = b->in;
     int64_t ts = 0;                   /* a raw batch carries its own timestamps */
@@ -624,8 +624,24 @@ uint64_t shm_ring_counter(const void *base, int which)
     case SHM_COUNTER_PERSIST_ERRNO: return (uint64_t)(int64_t)shm_load_acquire(&h->persist_errno);
     case SHM_COUNTER_BASE_POSITION: return h->base_position;          /* written once at init */
     case SHM_COUNTER_BASE_OFFSET: return (uint64_t)h->base_offset;    /* written once at init */
+    case SHM_COUNTER_OFFLINE: return shm_load_relaxed(&h->offline);   /* written once before publish */
+    case SHM_COUNTER_OFFLINE_POS: return h->offline_pos;
+    case SHM_COUNTER_OFFLINE_OFFSET: return (uint64_t)h->offline_offset;
     }
     return 0;
+}
+
+int shm_ring_set_offline(void *base, uint32_t kind, uint64_t pos, int64_t offset)
+{
+    struct shm_ring_header *h = HDR(base);
+    if (kind != SHM_OFFLINE_FRAME && kind != SHM_OFFLINE_GAP)
+        return SHM_E_INVALID;
+    h->offline_pos = pos;
+    h->offline_offset = offset;
+    /* release: the position is visible to whoever sees the flag (the topic is
+     * published after this, which orders it for every opener anyway) */
+    shm_store_release(&h->offline, kind);
+    return SHM_OK;
 }
 
 /* Is there something for the cursor: a complete frame, a skip, or a lap? */

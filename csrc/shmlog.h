@@ -27,7 +27,7 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    3                   /* 2: group, member and offset tables; 3: topic ids, data dir identity */
+#define SHM_LAYOUT_VERSION    4                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine) */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
 #define SHM_FRAME_HEADER_BYTES 16
@@ -100,6 +100,7 @@
 #define SHM_E_BUFFER_SMALL    -18  /* caller's buffer cannot hold one frame */
 #define SHM_E_FENCED          -19  /* commit by a member that does not own the partition */
 #define SHM_E_UNTRUSTED       -20  /* segment of an untrusted owner, world-accessible, or not a regular file */
+#define SHM_E_OFFLINE         -21  /* the partition is quarantined (damaged files): writes refused */
 
 /* ---------- frame header (ring and disk) ----------
  * commit is release-stored LAST by the writer and equals position ^
@@ -157,7 +158,16 @@ struct shm_ring_header {
     int64_t  created_ms;
     int64_t  base_offset;      /* offset of the first frame ever (recovery may start > 0) */
     uint64_t base_position;    /* position of the first frame ever */
-    uint8_t  _span0[128 - 80];
+    /* quarantine (storage.py, recover_partition): set once by the restorer
+     * after init and before the topic is published, never cleared (a ring
+     * made anew at the next restore decides again). Not 0: the segment files
+     * are damaged at position offline_pos (first affected offset
+     * offline_offset); appends get SHM_E_OFFLINE. */
+    uint32_t offline;          /* SHM_OFFLINE_* */
+    uint32_t _pad0;
+    uint64_t offline_pos;
+    int64_t  offline_offset;
+    uint8_t  _span0[128 - 104];
 
     /* span 1: tail pair, moved together by one 16-byte CAS (producers) */
     uint64_t tail_pos;         /* next position to reserve */
@@ -588,6 +598,14 @@ void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_off
 #define SHM_COUNTER_PERSIST_ERRNO 6   /* the persister's last write/fsync errno */
 #define SHM_COUNTER_BASE_POSITION 7   /* position of the ring's first frame */
 #define SHM_COUNTER_BASE_OFFSET   8   /* offset of the ring's first frame */
+#define SHM_COUNTER_OFFLINE       9   /* SHM_OFFLINE_* (0: online) */
+#define SHM_COUNTER_OFFLINE_POS   10  /* position of the damage */
+#define SHM_COUNTER_OFFLINE_OFFSET 11 /* first offset the damage affects */
+#define SHM_OFFLINE_NONE          0
+#define SHM_OFFLINE_FRAME         1   /* a damaged frame with intact ones after it */
+#define SHM_OFFLINE_GAP           2   /* a hole in the segment chain nobody recorded */
+/* quarantines a ring (before its topic is published): SHM_E_INVALID for kind 0 */
+int      shm_ring_set_offline(void *base, uint32_t kind, uint64_t pos, int64_t offset);
 uint64_t shm_ring_counter(const void *base, int which);
 void     shm_ring_mark_deleted(void *base);
 void     shm_test_set_hold_ns(int64_t ns);

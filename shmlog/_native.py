@@ -36,6 +36,7 @@ STATUS_ERRORS = {
     lib.SHM_E_PERM: errors.PermissionDenied,
     lib.SHM_E_FENCED: errors.CommitFailed,
     lib.SHM_E_UNTRUSTED: errors.PermissionDenied,
+    lib.SHM_E_OFFLINE: errors.PartitionOffline,
 }
 
 

@@ -500,6 +500,9 @@ class Consumer:
         cur, plog, out = part.cur, part.plog, self._out
         for _ in range(64):
             if cur.pos >= part.ring.ends()[2]:
+                if part.ring.damage_at(cur.pos):
+                    raise errors.CorruptRecord(
+                        self._log.offline_reason(self._log.topic_handle(part.topic), part.partition, part.ring))
                 part.on_disk = False
                 return None
             seg = plog.segment_for_pos(cur.pos)
@@ -522,6 +525,9 @@ class Consumer:
             rc = lib.shm_frames_read(self._buf, n, cur.pos, cur, self._crc, out)
             if rc == lib.SHM_E_AGAIN:             # a frame larger than the buffer
                 if n < self._buf_cap:
+                    torn = plog.torn(seg, cur.pos)
+                    if torn is not None:
+                        raise torn
                     return 0
                 self._set_buffer(self._buf_cap * 2)
                 continue

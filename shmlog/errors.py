@@ -58,6 +58,14 @@ class CorruptRecord(ShmlogError):
     """A frame failed its CRC, bounds or framing checks; nothing was returned from it."""
 
 
+class PartitionOffline(CorruptRecord):
+    """The partition is quarantined: its segment files are damaged (a bad frame
+    or a hole in a rolled segment, found at restore). Records before the damage
+    are still served; writes are refused, because the log's end past the damage
+    is not proven. Not retriable: restore the file (or see `shmlog check
+    --repair`) and restart the instance. Kafka's KAFKA_STORAGE_ERROR."""
+
+
 class LayoutMismatch(ShmlogError):
     """A shared-memory segment has the wrong magic, layout version or size."""
 

@@ -39,6 +39,8 @@ class PartitionInfo(msgspec.Struct, frozen=True):
     overwritten_frames: int     # ephemeral: frames dropped to make room
     persisted_lag_bytes: int = 0    # durable: committed bytes the persister has not written yet
     fsynced_lag_bytes: int = 0      # durable: committed bytes not fsynced yet
+    offline: str | None = None      # quarantined (damaged files): what and where; writes refused
+    offline_offset: int | None = None   # the first offset the damage affects
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -130,6 +132,23 @@ class Ring:
 
     def deleted(self) -> bool:
         return bool(lib.shm_ring_counter(self.base, lib.SHM_COUNTER_DELETED))
+
+    def offline(self):
+        """(kind, position, offset) of the damage when the partition is
+        quarantined (storage.py, "Quarantine"), else None."""
+        kind = lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE)
+        if not kind:
+            return None
+        return (kind, lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_POS),
+                ffi.cast("int64_t", lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_OFFSET)))
+
+    def damage_at(self, pos: int) -> bool:
+        """A reader from the files reached the ring at pos: is that the damage of a
+        quarantined partition (damaged LAST segment: the ring starts at the
+        damage, what follows it in the file is not proven)? It gets CorruptRecord
+        there, as at any damage, rather than waiting at an end."""
+        off = self.offline()
+        return off is not None and pos == off[1]
 
     def close(self):
         for s in (self.seg, self.hdr_seg, self.rw_seg):
@@ -453,7 +472,7 @@ class Log:
         """Under the lock: a table entry and rings for a catalog topic, each
         durable ring starting where its directory's records end (a directory
         that does not exist yet is made, never emptied)."""
-        bases = []
+        bases, damage = [], {}
         for p in range(cfg.partitions):
             if cfg.persistence != "disk":
                 bases.append((0, 0))
@@ -461,15 +480,28 @@ class Log:
             pd = storage.make_partition_dir(self.settings.data_dir, name, p, tid)
             if progress is not None:
                 progress.report(name, p)
-            rep = storage.recover_partition(pd)
+            rep = self._recover(name, p, pd, damage)
             if progress is not None:
                 progress.done += 1
-            if rep.truncated_bytes:
-                log.warning("recovery: %s", rep)
             bases.append((rep.end_offset, rep.end_pos))
-        self._create_entry(name, cfg, tid, bases)
-        log.info("restored topic %r (%d partitions)", name, cfg.partitions)
+        self._create_entry(name, cfg, tid, bases, damage)
+        log.info("restored topic %r (%d partitions%s)", name, cfg.partitions,
+                 f", {len(damage)} OFFLINE: {sorted(damage)}" if damage else "")
         return cfg
+
+    @staticmethod
+    def _recover(name: str, p: int, pd: str, damage: dict) -> storage.RecoveryReport:
+        """storage.recover_partition at restore, with quarantine (see
+        shmlog/storage.py, "Quarantine"): damage in partition p's files goes
+        into damage[p] instead of refusing the whole instance."""
+        rep = storage.recover_partition(pd, quarantine=True)
+        if rep.truncated_bytes:
+            log.warning("recovery: %s", rep)
+        if rep.damage is not None:
+            damage[p] = rep.damage
+            log.error("topic %r partition %d is OFFLINE (quarantined): %s; the other partitions are "
+                      "served", name, p, rep.damage.error)
+        return rep
 
     def _apply_config(self, name, idx, gen, tid, old: config.TopicConfig, new: config.TopicConfig):
         """Under the lock, A2-A3: the LIVE entry idx gets config new (new
@@ -486,7 +518,7 @@ class Log:
             new = msgspec.structs.replace(new, **fixed)
         if new == old:
             return new
-        made = []
+        made, damage = [], {}
         try:
             for p in range(old.partitions, new.partitions):
                 # a ring an interrupted alter made was never published (the
@@ -495,9 +527,9 @@ class Log:
                 base = (0, 0)
                 if new.persistence == "disk":
                     pd = storage.make_partition_dir(self.settings.data_dir, name, p, tid)
-                    rep = storage.recover_partition(pd)      # records a crashed alter's producers wrote
+                    rep = self._recover(name, p, pd, damage)   # records a crashed alter's producers wrote
                     base = (rep.end_offset, rep.end_pos)
-                self._make_ring(name, new, gen, p, base, made)
+                self._make_ring(name, new, gen, p, base, made, damage.get(p))
             if new.max_message_bytes != old.max_message_bytes:
                 for p in range(old.partitions):
                     seg = Segment.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
@@ -607,9 +639,11 @@ class Log:
             self.ensure_persister()
         return self.describe_topic(name)
 
-    def _create_entry(self, name: str, cfg: config.TopicConfig, tid: int, bases):
+    def _create_entry(self, name: str, cfg: config.TopicConfig, tid: int, bases, damage=None):
         """Under the lock: a topic-table entry (topic id tid) and its rings;
-        bases[p] = (offset, position). The directories exist already (C2)."""
+        bases[p] = (offset, position); damage[p]: partition p is quarantined
+        (its ring is taken offline before the entry is published). The
+        directories exist already (C2)."""
         nb = name.encode()
         self._drop_abandoned(nb)
         gen = ffi.new("uint64_t *")
@@ -625,7 +659,7 @@ class Log:
         made = []
         try:
             for p in range(cfg.partitions):
-                self._make_ring(name, cfg, gen[0], p, bases[p], made)
+                self._make_ring(name, cfg, gen[0], p, bases[p], made, (damage or {}).get(p))
         except BaseException:
             for rname in made:
                 unlink_segment(rname)
@@ -633,14 +667,17 @@ class Log:
             raise
         lib.shm_ctl_topic_publish(self._ctl.base, idx)
 
-    def _make_ring(self, name: str, cfg: config.TopicConfig, generation: int, p: int, base, made: list):
-        """Under the lock: partition p's ring starting at base = (offset, position);
-        made collects the ring names."""
+    def _make_ring(self, name: str, cfg: config.TopicConfig, generation: int, p: int, base, made: list,
+                   damage: storage.Damage | None = None):
+        """Under the lock: partition p's ring starting at base = (offset, position),
+        offline when damage says so; made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
         seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
         made.append(rname)
         rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
                                cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
+        if rc == lib.SHM_OK and damage is not None:
+            rc = lib.shm_ring_set_offline(seg.base, damage.kind, damage.pos, damage.offset)
         seg.close()
         if rc != lib.SHM_OK:
             raise_status(rc, f"cannot initialise ring {rname}")
@@ -770,11 +807,21 @@ class Log:
             if h.config.persistence == "disk":
                 persisted_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED), 0)
                 fsynced_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED), 0)
+            off = r.offline()
             parts.append(PartitionInfo(p, start, end, h.config.ring_bytes, tp - hp,
                                        lib.shm_ring_counter(r.base, lib.SHM_COUNTER_SEALED),
                                        lib.shm_ring_counter(r.base, lib.SHM_COUNTER_OVERWRITTEN),
-                                       persisted_lag, fsynced_lag))
+                                       persisted_lag, fsynced_lag, self.offline_reason(h, p, r),
+                                       int(off[2]) if off else None))
         return TopicDescription(name, h.generation, h.config, parts)
+
+    def offline_reason(self, h: TopicHandle, p: int, ring: Ring | None = None) -> str | None:
+        """Why partition p of h refuses writes (quarantined at restore), or None."""
+        off = (ring or self.ring(h, p, writable=False)).offline()
+        if off is None:
+            return None
+        return f"topic {h.name!r} partition {p}: " + storage.describe_offline(
+            storage.partition_dir(self.settings.data_dir, h.name, p, h.topic_id), off[0], off[1], int(off[2]))
 
     # ------------------------------------------------------------ handles and rings
 

@@ -101,6 +101,10 @@ class InstanceCollector:
                                           "Writes of dead producers sealed as offset gaps", labels=P),
             "over": CounterMetricFamily("shmlog_partition_overwritten_frames",
                                         "Ephemeral frames dropped to make room", labels=P),
+            "offline": GaugeMetricFamily("shmlog_partition_offline",
+                                         "1: quarantined at restore (damaged segment files, writes refused; the "
+                                         "supervisor log and `shmlog status` name the file and position)",
+                                         labels=P),
         }
         for d, p, r in self._partitions():
             name = d.name
@@ -120,6 +124,7 @@ class InstanceCollector:
             fam["fill"].add_metric(lv, p.ring_used_bytes / p.ring_bytes)
             fam["sealed"].add_metric(lv, p.sealed_writes)
             fam["over"].add_metric(lv, p.overwritten_frames)
+            fam["offline"].add_metric(lv, 1 if p.offline else 0)
         yield from fam.values()
         yield from self._collect_groups()
         yield from self._collect_processes()

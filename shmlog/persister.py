@@ -33,6 +33,10 @@ RETENTION_EVERY_S = 1.0
 IDLE_WAIT_S = 0.1
 
 
+class Offline(Exception):
+    """The partition is quarantined (storage.py, "Quarantine"): not persisted."""
+
+
 class _Partition:
     def __init__(self, handle, partition, ring, data_dir):
         self.handle, self.partition, self.ring = handle, partition, ring
@@ -45,7 +49,14 @@ class _Partition:
                                               cfg.segment_bytes, cfg.segment_ms, handle.topic_id)
         self.last_fsync = time.monotonic()
         try:
-            rep = storage.recover_partition(self.writer.plog.dir)
+            rep = storage.recover_partition(self.writer.plog.dir, quarantine=True)
+            if rep.damage is not None:
+                # damaged since the restore (it saw none, or the ring would be
+                # offline): quarantined now, nothing copied or removed; the
+                # ring keeps what producers already wrote (acks=1 records, lost
+                # only by a reboot, as any the persister has not copied)
+                lib.shm_ring_set_offline(ring.base, rep.damage.kind, rep.damage.pos, rep.damage.offset)
+                raise Offline(rep.damage)
         except BaseException:
             self.writer.close()
             raise
@@ -196,6 +207,7 @@ class Persister:
         self.ctl_ino = self._ctl_ino()          # the control segment we attached
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self.offsets_seq = None        # commit_seq of the last offsets snapshot
+        self.offline = set()           # (generation, partition) of quarantined rings, logged once
 
     def sync_topics(self):
         epoch = lib.shm_ctl_epoch(self.conn._ctl.base)
@@ -216,7 +228,16 @@ class Persister:
                 if key not in self.parts:
                     try:
                         ring = self.conn.ring(h, p, writable=True)
-                        self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                        if ring.offline() is None:
+                            try:
+                                self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                            except Offline:
+                                pass                         # it took the ring offline
+                        if ring.offline() is not None:       # quarantined: its files are left alone
+                            if key not in self.offline:
+                                self.offline.add(key)
+                                log.error("%s", self.conn.offline_reason(h, p, ring))
+                            continue
                     except (FileNotFoundError, errors.UnknownTopicOrPartition):
                         # deleted between the listing and here (its directory or ring is gone)
                         live.discard(key)

@@ -371,6 +371,8 @@ class Producer(ProducerBase):
             self._writers.pop(name, None)
             self._log._forget(name)
             raise errors.TopicDeleted(f"topic {name!r} was deleted while this producer wrote to it")
+        if rc == lib.SHM_E_OFFLINE:
+            raise errors.PartitionOffline(self._log.offline_reason(w.handle, partition))
         if rc == lib.SHM_E_FULL:
             ring = w.rings[partition]
             err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO) if ring is not None else 0
@@ -736,6 +738,8 @@ class Producer(ProducerBase):
                                          f"not fsynced within {timeout} s{why}")
                 if rc == lib.SHM_E_TOPIC_GONE:
                     raise errors.TopicDeleted(f"topic {w.handle.name!r} was deleted before the flush")
+                if rc == lib.SHM_E_OFFLINE:
+                    raise errors.PartitionOffline(self._log.offline_reason(w.handle, ring.partition, ring))
 
     def close(self, timeout: float | None = None):
         """Flushes produce()d records (up to timeout seconds; None: until each

@@ -12,6 +12,45 @@ index row it has not checked against the frame it names, or skip corruption
 silently: a torn tail is truncated and reported, a bad frame followed by
 good ones and a hole in the segment chain are refused with file and position.
 
+Quarantine (issue 11). Invariant: damage that recovery finds in ONE
+partition's files (CorruptSegment: a bad frame with intact ones after it, or a
+rolled segment that ends early; SegmentGap: a hole in the chain no .lost file
+records) takes that partition offline and nothing else: recover_partition
+(quarantine=True, the restore in instance.py and the persister's start)
+reports it in rep.damage instead of raising, and the restorer writes the
+damage's kind, position and first offset into the partition's ring header
+(offline, offline_pos, offline_offset: csrc/shmlog.h) before the topic is
+published, so every process sees it. An offline partition: its files are
+never written below or at the damage (no truncation, no index rewrite of the
+damaged segment; the persister does not open it, so no copy and no retention
+either — a torn tail of the LAST segment is still truncated, as any crash
+recovery does, when the damage is in a rolled segment); readers get every
+record before the damage and CorruptRecord naming the file and position when
+they reach it (the Kafka listener: CORRUPT_MESSAGE), and may seek past it to
+the intact segments after it; appends get SHM_E_OFFLINE (PartitionOffline,
+Kafka's KAFKA_STORAGE_ERROR). Writes are refused rather than appended after
+the damage because the only thing that makes the offset chain after it
+trustworthy is the chain itself, and a damaged last segment leaves its end
+unknown; refusing in every case keeps one rule, keeps retention from deleting
+the evidence, and costs nothing that is committed. The ring starts at the
+log's proven end (the last segment's end; the damage itself when the damage
+is in the last segment), so offsets are never reused when the partition
+comes back. It comes back when a restore (a new control segment: reboot, or
+`shmlog down --purge` + `up`) finds the files intact: the operator restored
+the file, or `shmlog check --repair` repaired what loses nothing.
+No committed record is lost by quarantine: it deletes and truncates nothing
+that recovery did not already (only a torn tail of the last segment), and a
+record acknowledged durably is in the files, where it stays. Death: the
+restore runs under the control lock, rings are made and marked offline
+before the table entry is published; a restorer killed mid-way leaves a
+CREATING entry (dropped by the next restorer, which decides again from the
+same untouched files) or a published one (offline flag already set), so a
+kill -9 at any step ends in the same quarantine. A persister that finds
+damage at its start (the files were damaged while the instance ran) marks
+the live ring offline itself; records producers had put in the ring and it
+had not copied stay readable there until a reboot, as any acks=1 record the
+persister has not copied (README, Reliability).
+
 A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
 position - segment base position.
@@ -195,13 +234,16 @@ def write_atomically(path: str, data: bytes, sync_dir: bool = True):
 
 
 class CorruptSegment(errors.CorruptRecord):
-    """A segment file holds a damaged frame followed by good ones."""
+    """A segment file holds a damaged frame followed by good ones (or a rolled
+    segment ends early). pos, offset: where the damage is and the first offset
+    it affects (None when not known)."""
 
-    def __init__(self, path, file_pos, why):
-        self.path, self.file_pos = path, file_pos
-        super().__init__(f"{path}: damaged frame at file position {file_pos} ({why}) with intact "
-                         "frames after it; refusing to guess. Inspect with `shmlog check`, then "
-                         "restore the file or truncate it at that position yourself.")
+    def __init__(self, path, file_pos, why, pos=None, offset=None, followed=True):
+        self.path, self.file_pos, self.pos, self.offset = path, file_pos, pos, offset
+        after = "with intact frames after it" if followed else "in a segment that is not the last one"
+        super().__init__(f"{path}: damaged frame at file position {file_pos} ({why}) {after}; refusing "
+                         "to guess. Inspect with `shmlog check`, then restore the file or truncate it "
+                         "at that position yourself.")
 
 
 class SegmentGap(errors.CorruptRecord):
@@ -213,6 +255,7 @@ class SegmentGap(errors.CorruptRecord):
         self.before, self.after = before.path(), after.path()
         end_offset = _segment_end(before)[0].end_offset if end_offset is None else end_offset
         self.missing = (end_offset, after.base_offset)
+        self.path, self.pos, self.offset = self.before, before.end_pos, end_offset
         self.recorded = after.lost() == (before.end_pos, end_offset)
         why = ("records the persister found lost and recorded in " + after.path("lost")
                if self.recorded else "segment files missing")
@@ -370,6 +413,15 @@ class PartitionLog:
         finally:
             os.close(fd)
         return n
+
+    def torn(self, seg: Segment, pos: int):
+        """A read at pos found a frame that runs past the end of seg's file: being
+        written when seg is the last segment (None: wait), else damage that never
+        completes (the CorruptRecord to raise: a rolled segment that ends early)."""
+        if seg is self.segments[-1]:
+            return None
+        return errors.CorruptRecord(f"{seg.path()}: torn frame at file position {pos - seg.base_pos} "
+                                    "in a rolled segment (the file ends inside it); run `shmlog check`")
 
     def _warn(self, seg, what):
         if (seg.path(), what) not in self.warned:
@@ -651,10 +703,26 @@ class RecoveryReport:
         self.rebuilt_index = False
         self.end_pos = 0
         self.end_offset = 0
+        self.damage: Damage | None = None      # quarantine=True: the first damage found
 
     def __repr__(self):
         return (f"RecoveryReport({self.path!r}, end_offset={self.end_offset}, end_pos={self.end_pos}, "
-                f"truncated_bytes={self.truncated_bytes}, rebuilt_index={self.rebuilt_index})")
+                f"truncated_bytes={self.truncated_bytes}, rebuilt_index={self.rebuilt_index}, "
+                f"damage={self.damage})")
+
+
+class Damage:
+    """Where a quarantined partition's files are damaged: kind (lib.SHM_OFFLINE_FRAME
+    or SHM_OFFLINE_GAP), pos (the position where the readable log stops), offset
+    (the first offset the damage affects), and the error that describes it."""
+    __slots__ = ("kind", "pos", "offset", "error")
+
+    def __init__(self, e: errors.CorruptRecord):
+        self.kind = lib.SHM_OFFLINE_GAP if isinstance(e, SegmentGap) else lib.SHM_OFFLINE_FRAME
+        self.pos, self.offset, self.error = e.pos, e.offset, e
+
+    def __repr__(self):
+        return f"Damage(pos={self.pos}, offset={self.offset}: {self.error})"
 
 
 _WHY = {1: "torn frame at the end", 2: "bad frame header", 3: "CRC or body check failed",
@@ -784,19 +852,50 @@ def _check_end(s: Segment, out, size):
     found = _good_after(s.path(), out.end_pos, s.base_pos) if good_end < size else None
     if found is not None and found[1] != s.base_pos:
         raise CorruptSegment(s.path(), 0, f"the first frame names position {s.base_pos}, the frames "
-                                          f"after it say the segment starts at {found[1]}")
+                                          f"after it say the segment starts at {found[1]}",
+                             s.base_pos, s.base_offset)
     if found is not None:
-        raise CorruptSegment(s.path(), good_end, _WHY.get(out.stop_reason, "unreadable"))
+        raise CorruptSegment(s.path(), good_end, _WHY.get(out.stop_reason, "unreadable"),
+                             out.end_pos, out.end_offset)
     return good_end
 
 
-def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
+def _recover_rolled(s: Segment, nxt: Segment, repair: bool):
+    """One rolled segment: it must scan to its end and end where nxt starts (or
+    where nxt's .lost says the log ended); indexes rebuilt when damaged. Raises
+    CorruptSegment or SegmentGap, having written nothing for s."""
+    damaged = s.index_rows() is None or s.time_rows() is None or not len(s.rows("index"))
+    out, rows, start = _segment_end(s, rebuild=damaged)
+    if out.end_pos != s.end_pos:
+        _check_end(s, out, s.size)
+        raise CorruptSegment(s.path(), out.end_pos - s.base_pos,
+                             f"{_WHY.get(out.stop_reason, 'unreadable')} in a rolled segment",
+                             out.end_pos, out.end_offset, followed=False)
+    if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and \
+            nxt.lost() != (out.end_pos, out.end_offset):
+        raise SegmentGap(s, nxt, out.end_offset)
+    t = s.rows("timeindex")
+    complete = len(t) and t[-1, 0] == out.max_timestamp and t[-1, 1] == out.end_offset
+    if repair and (damaged or start[3] < 0 or not complete):
+        _write_indexes(s, start, rows, out)
+        log.warning("%s: rebuilt a missing, damaged or incomplete index", s.path())
+
+
+def recover_partition(path: str, repair: bool = True, quarantine: bool = False) -> RecoveryReport:
     """Checks the segment chain (each rolled segment ends where the next starts:
     no hole; its indexes plausible, rebuilt when not, its final time-index row
     present), validates the tail of the last segment, truncates a torn tail
     (repair=True), rewrites its indexes, and returns where the log ends.
     Raises CorruptSegment for damage followed by intact frames and SegmentGap
-    for a hole in the chain (both name the files and positions)."""
+    for a hole in the chain (both name the files and positions).
+
+    quarantine=True (the restore at instance start, the persister's start):
+    that damage is not raised but reported (rep.damage, the first one) and the
+    walk goes on, so rep.end_* is still where the log ends (the last segment
+    scanned and its torn tail repaired as always) when the damage is in a
+    rolled segment, or where the readable prefix ends when it is in the last
+    one. Nothing of a damaged segment is written (neither its log nor its
+    indexes); the caller takes the partition offline (see instance.py)."""
     rep = RecoveryReport(path)
     plog = PartitionLog(path)
     segs = plog.segments
@@ -814,24 +913,23 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
         rep.end_offset = bases[-1] if bases else 0
         return rep
     for s, nxt in zip(segs, segs[1:]):
-        damaged = s.index_rows() is None or s.time_rows() is None or not len(s.rows("index"))
-        out, rows, start = _segment_end(s, rebuild=damaged)
-        if out.end_pos != s.end_pos:
-            _check_end(s, out, s.size)
-            raise CorruptSegment(s.path(), out.end_pos - s.base_pos,
-                                 f"{_WHY.get(out.stop_reason, 'unreadable')} in a rolled segment")
-        if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and \
-                nxt.lost() != (out.end_pos, out.end_offset):
-            raise SegmentGap(s, nxt, out.end_offset)
-        t = s.rows("timeindex")
-        complete = len(t) and t[-1, 0] == out.max_timestamp and t[-1, 1] == out.end_offset
-        if repair and (damaged or start[3] < 0 or not complete):
-            _write_indexes(s, start, rows, out)
-            log.warning("%s: rebuilt a missing, damaged or incomplete index", s.path())
+        try:
+            _recover_rolled(s, nxt, repair)
+        except (CorruptSegment, SegmentGap) as e:
+            if not quarantine:
+                raise
+            rep.damage = rep.damage or Damage(e)
     last = segs[-1]
     out, rows, start = _segment_end(last)
     size = last.size
-    good_end = _check_end(last, out, size)
+    try:
+        good_end = _check_end(last, out, size)
+    except CorruptSegment as e:
+        if not quarantine:
+            raise
+        rep.damage = rep.damage or Damage(e)
+        rep.end_pos, rep.end_offset = out.end_pos, out.end_offset      # what follows is not proven
+        return rep
     if good_end < size:
         rep.truncated_at, rep.truncated_bytes = good_end, size - good_end
         if repair:
@@ -845,6 +943,24 @@ def recover_partition(path: str, repair: bool = True) -> RecoveryReport:
         rep.rebuilt_index = True
     rep.end_pos, rep.end_offset = out.end_pos, out.end_offset
     return rep
+
+
+def describe_offline(path: str, kind: int, pos: int, offset: int) -> str:
+    """The message of a quarantined partition (its ring's offline fields):
+    the file and file position of the damage, read from the directory now."""
+    plog = PartitionLog(path)
+    where = f"{path} at position {pos}"
+    for i, s in enumerate(plog.segments):
+        if s.base_pos <= pos < s.end_pos or (pos == s.end_pos and kind == lib.SHM_OFFLINE_GAP):
+            where = f"{s.path()} at file position {pos - s.base_pos}"
+            if kind == lib.SHM_OFFLINE_GAP and i + 1 < len(plog.segments):
+                where += f" (the next segment, {plog.segments[i + 1].path()}, does not start there)"
+            break
+    what = "a hole in the segment chain" if kind == lib.SHM_OFFLINE_GAP else "a damaged frame"
+    return (f"partition offline (quarantined at restore): {what} in {where}, offsets from {offset}; "
+            "records before it are served, writes are refused. Restore the file (see `shmlog check`; "
+            "`shmlog check --repair` fixes what loses nothing), then restart the instance with its "
+            "shared memory made anew (`shmlog down --purge`, `shmlog up`): the restore decides again")
 
 
 def _write_indexes(s: Segment, start, rows, out):

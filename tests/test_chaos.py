@@ -23,20 +23,25 @@ if ROOT not in sys.path:
 
 from tools.chaos import campaign, checker, history  # noqa: E402
 
-SEEDS = (17, 26)                 # their 14-fault schedules hold reboots, ENOSPC, admin+kill, kills and stops
+SEEDS = (17, 26)                 # their 14-fault schedules hold every fault kind (reboots, damage, ENOSPC...)
 FAULTS, DURATION = 14, 12.0
 
 # check -> a known defect that makes it fail (xfail naming it); empty when every check must hold
-KNOWN: dict[str, str] = {}      # none since the merge: the defects it met are fixed
-# Damage faults (bit flips and truncations of closed segments) are left out of
-# the CI seeds: recovery now checks every rolled segment and refuses a damaged
-# one, and that refusal stops the whole instance from starting (recovery is
-# per instance, not per partition), so the read-back never finishes. Open in
-# issue 11 (a damaged partition should be quarantined, the rest served); the
-# long campaign reports it (`python -m tools.chaos` with every kind).
-WEIGHTS = {k: w for k, w in campaign.WEIGHTS.items() if k != "damage"}
+KNOWN: dict[str, str] = {
+    # seen once damage faults came back (their draws change seed 26's schedule): gdur re-read
+    # dur p0 (not quarantined) from offset 0 after a commit(durable=True) of 3984, when the
+    # restore after a reboot died of ENOSPC (supervisor FATAL rewriting an index while the
+    # tmpfs was full) and another process restored next. Group offsets: another helper's area.
+    "redelivered": "seed 26: durable group offsets gone after a restore that failed on ENOSPC (open)",
+}
+# Damage faults (bit flips and truncations of closed segments) are back in the
+# CI seeds: a damaged partition is quarantined at the next restore (or
+# persister start) and the rest of the instance is served; the checker
+# excuses only what quarantine documents (checker.py, "Quarantine").
+WEIGHTS = campaign.WEIGHTS
 CHECKS = ["lost-durable", "lost-ring", "offset-reused", "duplicated", "other-generation", "skipped",
-          "redelivered", "stall", "silent-stall", "unrefused-damage", "refused-intact", "readback"]
+          "redelivered", "stall", "silent-stall", "unrefused-damage", "refused-intact", "offline-intact",
+          "readback"]
 
 
 @pytest.fixture(scope="session")

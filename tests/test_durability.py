@@ -300,11 +300,11 @@ def _restore_then_die(kwargs):
     real = instance.Log._create_entry
     made = []
 
-    def create_then_die(self, name, cfg, tid, bases):
+    def create_then_die(self, name, cfg, tid, bases, *rest):
         if made:                                   # dies with the lock held, the second topic half-made
             os._exit(9)
         made.append(name)
-        return real(self, name, cfg, tid, bases)
+        return real(self, name, cfg, tid, bases, *rest)
 
     instance.Log._create_entry = create_then_die
     shmlog.connect(**kwargs, autostart=False)

@@ -9,6 +9,7 @@ steps of a topic change, kill -9 it there, let a new supervisor attach,
 acknowledge records (flush(durable=True)), reboot (kill -9 everything,
 drop the instance's /dev/shm entries) and check what came back.
 """
+import errno
 import os
 import signal
 import subprocess
@@ -313,20 +314,26 @@ def _stop_everything(inst):
     inst.drop_shared_memory()
 
 
-def test_a_failed_restore_leaves_no_rings_and_the_next_connect_succeeds(inst):
+def test_a_failed_restore_leaves_no_rings_and_the_next_connect_succeeds(inst, monkeypatch):
     _durable_with_records(inst, "a")
-    _durable_with_records(inst, "b", segment_bytes=1 << 30)         # one segment: damage inside it
-    seg = storage.PartitionLog(_pdir(inst.log, "b")).segments[-1]
+    _durable_with_records(inst, "b", segment_bytes=1 << 30)
+    bdir = _pdir(inst.log, "b")
     _stop_everything(inst)
-    with open(seg.path(), "r+b") as f:                  # damage followed by intact frames: restore refuses
-        good = f.read()
-        f.seek(len(good) - 600)                     # inside the last index interval, frames after it
-        f.write(b"\xff" * 16)
-    with pytest.raises(errors.CorruptRecord, match="damaged frame"):
+    # damaged files no longer fail a restore (they quarantine one partition:
+    # tests/test_quarantine.py); a full disk while recovery rewrites b's
+    # indexes still does (chaos seed 26 met it)
+    real = storage._write_indexes
+
+    def full(s, *args):
+        if s.dir == bdir:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(s, *args)
+
+    monkeypatch.setattr(storage, "_write_indexes", full)
+    with pytest.raises(OSError):
         inst.connect()
     assert inst.segments() == [], "the failed restore left shared memory behind"
-    with open(seg.path(), "wb") as f:
-        f.write(good)
+    monkeypatch.setattr(storage, "_write_indexes", real)
     inst.log = inst.connect()                           # no TopicExists
     assert inst.log.list_topics() == ["a", "b"]
 

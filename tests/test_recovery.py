@@ -130,7 +130,7 @@ def _check_reports(inst, seg, fpos):
     assert os.path.getsize(seg) == size
 
 
-def test_damage_in_the_recovered_tail_refuses_the_restart(inst):
+def test_damage_in_the_recovered_tail_quarantines_the_partition(inst):
     d, _ = _write_log(inst)
     seg = _segment(d)
     last_row = storage.PartitionLog(d).segments[0].index()[-1]
@@ -145,10 +145,13 @@ def test_damage_in_the_recovered_tail_refuses_the_restart(inst):
     size = os.path.getsize(seg)
     inst.log.close()
     inst.drop_shared_memory()
-    with pytest.raises(errors.CorruptRecord, match="file position"):
-        inst.connect()                             # refused, not skipped
+    log = inst.connect()                           # the instance starts; this partition is offline
+    why = log.describe_topic("r").partitions[0].offline
+    assert seg in why and f"file position {fpos}" in why
+    with pytest.raises(errors.PartitionOffline, match="file position"):
+        log.producer().send("r", b"x", partition=0)    # refused, not appended after an unknown end
+    log.close()
     assert os.path.getsize(seg) == size            # nothing truncated behind the user's back
-    assert not [n for n in inst.segments() if n.endswith(".ctl")]   # the next connect retries
     _check_reports(inst, seg, fpos)
 
 

@@ -65,7 +65,8 @@ def snapshot(settings, before: dict, after: dict) -> dict:
                           "ring_used_bytes": p.ring_used_bytes, "ring_bytes": p.ring_bytes,
                           "ring_fill": p.ring_used_bytes / max(p.ring_bytes, 1),
                           "persisted_lag_bytes": p.persisted_lag_bytes, "fsynced_lag_bytes": p.fsynced_lag_bytes,
-                          "sealed_writes": p.sealed_writes, "overwritten_frames": p.overwritten_frames})
+                          "sealed_writes": p.sealed_writes, "overwritten_frames": p.overwritten_frames,
+                          "offline": p.offline, "offline_offset": p.offline_offset})
         topics.append({"name": name, "persistence": d.config.persistence, "fsync": d.config.fsync,
                        "partitions": parts})
     groups = []
@@ -110,6 +111,11 @@ def sections(snap) -> list[tuple[str, list[str], list[list]]]:
                          q["sealed_writes"]])
     out = [(head, ["TOPIC", "PART", "END OFFSET", "PRODUCE", "RING FILL", "UNPERSISTED", "UNSYNCED", "SEALED"],
             rows)]
+    off = [[t["name"], q["partition"], q["offline_offset"], q["offline"]]
+           for t in snap["topics"] for q in t["partitions"] if q.get("offline")]
+    if off:                               # quarantined partitions (damaged files): writes refused
+        out.append(("OFFLINE partitions (quarantined: damaged segment files)",
+                    ["TOPIC", "PART", "FROM OFFSET", "WHY"], off))
     grows = [[g["group"], g["state"], len(g["members"]), g["lag_text"], _rate(g["commit_rate"]), g["rebalances"],
               " ".join(f"{m['client_id'] or m['member_id']}(pid {m['pid']}, {m['partitions']}p)"
                        for m in g["members"]) or "-"]

@@ -294,6 +294,8 @@ class DataPath:
                 if now > deadline:
                     raise ProduceError(codes.REQUEST_TIMED_OUT, "the ring stayed full (persister behind)")
                 await asyncio.sleep(FULL_RETRY_S)
+            except errors.PartitionOffline as e:     # quarantined: Kafka's answer for an offline log dir
+                raise ProduceError(codes.KAFKA_STORAGE_ERROR, str(e)) from None
             except errors.CorruptRecord as e:
                 raise ProduceError(codes.CORRUPT_MESSAGE, str(e)) from None
             except errors.RecordTooLarge as e:
@@ -418,6 +420,9 @@ class DataPath:
                 continue
             rc = lib.shm_frames_read_batches(self._buf, n, cur.pos, cur, out)
             if rc == lib.SHM_E_AGAIN:                  # one frame larger than cap
+                if n < cap and pl.torn(seg, cur.pos) is not None:
+                    fc.next_offset = -1
+                    return codes.CORRUPT_MESSAGE, b""
                 if n < cap or not min_one:
                     return codes.NONE, b""
                 cap *= 2

@@ -514,7 +514,8 @@ class Campaign:
                 how = "truncate"
         except OSError:
             return None
-        return {"how": how, "topic": rel[0], "p": int(rel[1]), "base": base, "next": nxt, "pos": pos, "size": size}
+        topic = rel[0].rpartition("@")[0] or rel[0]          # topics/<topic>@<id>/<p>/
+        return {"how": how, "topic": topic, "p": int(rel[1]), "base": base, "next": nxt, "pos": pos, "size": size}
 
     # ------------------------------------------------------------ the run
 

@@ -28,6 +28,16 @@ Checks (each violation names the check, the seed and a short trace):
                      (above the final log start)
   unrefused-damage   a record in a segment the campaign damaged is missing, no refusal
   refused-intact     a reader got CorruptRecord where the campaign damaged nothing
+  offline-intact     the final describe reports a partition offline (quarantined)
+                     where the campaign damaged nothing
+
+Quarantine: a partition whose files the campaign damaged may be reported
+offline (describe's "offline": the first offset the damage affects) after
+the restore or a persister restart that found it; it then refuses writes and
+copies nothing more, so ring-acknowledged records at or above that offset
+that were not yet persisted are not "lost-ring" (counted as
+acked_ring_quarantined). Durable acknowledgements are not excused: they are
+on disk, and must be read back or refused (the damaged range) as before.
   silent-stall       the read-back stopped for 5 s with no error
   redelivered        a group delivered a record below an offset it had
                      committed (durably) before — outside the at-least-once window
@@ -309,6 +319,10 @@ class Checker:
                 continue
             if lvl == "ring" and not (topic in self.durable_topics and boot == last_fault_boot and camp_final_clean):
                 continue
+            q = (fin.get("offline") or [None] * (p + 1))[p]
+            if lvl == "ring" and q is not None and off >= q and self._damaged(topic, p):
+                self.stats["acked_ring_quarantined"] += 1
+                continue
             key = (topic, inc, p, off)
             self.stats[f"acked_{lvl}_checked"] += 1
             if rid in rb_ids.get(key, ()):
@@ -328,6 +342,21 @@ class Checker:
                            f"from {topic} incarnation {inc} p{p}: "
                            f"offsets {_ranges(offs)}; final log start {self.final[topic]['start'][p]}, "
                            f"end {self.final[topic]['end'][p]}", recs[:5])
+
+    def _damaged(self, topic, p) -> bool:
+        return any(d["topic"] == topic and d["p"] == p for d in self.damage)
+
+    def check_quarantine(self):
+        """A partition reported offline must be one the campaign damaged."""
+        for topic, fin in self.final.items():
+            for p, q in enumerate(fin.get("offline") or []):
+                if q is None:
+                    continue
+                if self._damaged(topic, p):
+                    self.stats["quarantined_partitions"] += 1
+                else:
+                    self.violation("offline-intact", f"{topic} p{p} is reported offline (from offset {q}) but "
+                                   "the campaign damaged none of its files", [fin])
 
     def check_skips(self):
         present = collections.defaultdict(list)
@@ -467,6 +496,7 @@ class Checker:
         self.check_stuck()
         self.check_refusals()
         self.check_losses(clean)
+        self.check_quarantine()
         self.check_skips()
         self.check_groups()
         self.check_stalls()

@@ -276,7 +276,8 @@ def describe_all(log):
             continue
         out[t] = {"gen": d.generation, "persistence": d.config.persistence, "partitions": len(d.partitions),
                   "start": [pi.log_start_offset for pi in d.partitions],
-                  "end": [pi.end_offset for pi in d.partitions]}
+                  "end": [pi.end_offset for pi in d.partitions],
+                  "offline": [pi.offline_offset for pi in d.partitions]}    # quarantined from that offset
     return out
 
 
@@ -314,8 +315,8 @@ def admin(a, h):
         sys.exit(1)
 
 
-def _segment_bases(data_dir, topic, p):
-    d = os.path.join(data_dir, "topics", topic, str(p))
+def _segment_bases(log, topic, p):
+    d = log.partition_dir(topic, p)           # topics/<topic>@<id>/<p>/
     try:
         return sorted(int(n[:-4]) for n in os.listdir(d) if n.endswith(".log") and n[:-4].isdigit())
     except FileNotFoundError:
@@ -346,7 +347,7 @@ def readback(a, h):
                 if stuck:
                     # a refusal names the damage; no progress and no error for 5 s is a silent
                     # stall: either way the read goes on at the next segment file, if any
-                    nxt = [b for b in _segment_bases(a["data_dir"], topic, p) if b > pos]
+                    nxt = [b for b in _segment_bases(log, topic, p) if b > pos]
                     h.event("refused" if err else "stuck", topic=topic, boot=a["boot"], p=p, at=pos,
                             next=nxt[0] if nxt else None, msg=str(err)[:300] if err else None)
                     if not nxt:
