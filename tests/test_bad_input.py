@@ -309,7 +309,7 @@ def test_edge_valid_topic_names(inst):
     (dict(fsync=100), errors.InvalidType),
     (dict(persistence="tape"), errors.InvalidArgument),
     (dict(retention_ms=0), errors.InvalidArgument),
-    (dict(retention_bytes=-1), errors.InvalidArgument),
+    (dict(retention_bytes=-2), errors.InvalidArgument),
     (dict(segment_bytes=1), errors.InvalidArgument),
 ], ids=lambda v: repr(v) if isinstance(v, dict) else "")
 def test_bad_topic_config(inst, kwargs, exc):
