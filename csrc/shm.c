@@ -3,7 +3,8 @@
  *
  * Owns: creating (with memory committed up front by posix_fallocate, so a
  * full /dev/shm fails here and never as SIGBUS later; or hidden, O_TMPFILE,
- * and published whole by a link), opening, mapping and unlinking segments; futex wait/wake on shared words; is-this-process-alive.
+ * and published whole by a link), opening, mapping and unlinking segments;
+ * futex wait/wake on shared words; is-this-process-alive.
  * Must never: interpret a segment's contents (ring.c and control.c do), or
  * map a segment it has not checked the owner and mode of (struct shm_trust).
  *
