@@ -176,7 +176,15 @@ uint32_t shm_ctl_restored(const void *base)
 
 void shm_ctl_set_restored(void *base)
 {
-    shm_store_release(&CTL(base)->restored, 1);
+    shm_store_release(&CTL(base)->restored, SHM_CTL_RESTORED);
+}
+
+/* A creator whose restore failed gives the segment up (it unlinks it next):
+ * whoever attached it meanwhile and waits for the lock must attach again,
+ * not finish the restore in a segment nobody else will see. */
+void shm_ctl_set_abandoned(void *base)
+{
+    shm_store_release(&CTL(base)->restored, SHM_CTL_ABANDONED);
 }
 
 uint64_t shm_ctl_epoch(const void *base)

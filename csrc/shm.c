@@ -2,8 +2,9 @@
  * and the process-liveness test.
  *
  * Owns: creating (with memory committed up front by posix_fallocate, so a
- * full /dev/shm fails here and never as SIGBUS later), opening, mapping and
- * unlinking segments; futex wait/wake on shared words; is-this-process-alive.
+ * full /dev/shm fails here and never as SIGBUS later; or hidden, O_TMPFILE,
+ * and published whole by a link), opening, mapping and unlinking segments;
+ * futex wait/wake on shared words; is-this-process-alive.
  * Must never: interpret a segment's contents (ring.c and control.c do), or
  * map a segment it has not checked the owner and mode of (struct shm_trust).
  *
@@ -40,6 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define SHM_DIR "/dev/shm"
+
 static int errno_status(int e)
 {
     switch (e) {
@@ -52,29 +55,20 @@ static int errno_status(int e)
     }
 }
 
-int shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out)
+/* Sizes, commits and maps a segment created on fd (mode and group set on the
+ * fd, never by name). fd stays open. */
+static int segment_setup(int fd, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out)
 {
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
-    if (fd < 0)
-        return errno_status(errno);
-    int rc;
     if ((gid >= 0 && fchown(fd, (uid_t)-1, (gid_t)gid) != 0) || fchmod(fd, (mode_t)mode) != 0 ||
-        ftruncate(fd, (off_t)size) != 0) {
-        rc = errno_status(errno);
-        goto fail;
-    }
+        ftruncate(fd, (off_t)size) != 0)
+        return errno_status(errno);
     /* commit every page now: ENOSPC here instead of SIGBUS on first touch */
     int e = posix_fallocate(fd, 0, (off_t)size);
-    if (e != 0) {
-        rc = errno_status(e);
-        goto fail;
-    }
+    if (e != 0)
+        return errno_status(e);
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-    if (base == MAP_FAILED) {
-        rc = errno_status(errno);
-        goto fail;
-    }
-    close(fd);
+    if (base == MAP_FAILED)
+        return errno_status(errno);
     out->base = base;
     out->size = size;
     out->writable = 1;
@@ -82,14 +76,55 @@ int shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t g
     out->st_gid = gid >= 0 ? (uint32_t)gid : (uint32_t)getegid();
     out->st_mode = mode;
     return SHM_OK;
-fail:
-    {
+}
+
+int shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out)
+{
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+    if (fd < 0)
+        return errno_status(errno);
+    int rc = segment_setup(fd, size, mode, gid, out);
+    int saved = errno;
+    close(fd);
+    if (rc != SHM_OK)
+        shm_unlink(name);
+    errno = saved;
+    return rc;
+}
+
+/* A segment with no name yet (O_TMPFILE in /dev/shm): nobody can open it
+ * until shm_segment_publish links it, so its creator initialises it fully
+ * first, and a creator killed before publishing leaves nothing behind (the
+ * control segment: a name that exists is a finished header, never the
+ * zero-filled or half-stamped one a plain create shows for a while, or
+ * forever when its creator dies). *fd_out is the one handle to it: publish
+ * with it, then close it. */
+int shm_segment_create_hidden(uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out, int *fd_out)
+{
+    int fd = open(SHM_DIR, O_TMPFILE | O_RDWR | O_CLOEXEC, (mode_t)(mode & 0600));
+    if (fd < 0)
+        return errno_status(errno);
+    int rc = segment_setup(fd, size, mode, gid, out);
+    if (rc != SHM_OK) {
         int saved = errno;
         close(fd);
-        shm_unlink(name);
         errno = saved;
+        return rc;
     }
-    return rc;
+    *fd_out = fd;
+    return SHM_OK;
+}
+
+/* Gives the hidden segment on fd its name, atomically: SHM_E_EXISTS when the
+ * name is taken (another creator won; the hidden segment is still unnamed). */
+int shm_segment_publish(int fd, const char *name)
+{
+    char src[64], dst[512];
+    snprintf(src, sizeof src, "/proc/self/fd/%d", fd);
+    if (snprintf(dst, sizeof dst, "%s/%s", SHM_DIR, name[0] == '/' ? name + 1 : name) >= (int)sizeof dst ||
+        strchr(name + 1, '/'))
+        return SHM_E_INVALID;
+    return linkat(AT_FDCWD, src, AT_FDCWD, dst, AT_SYMLINK_FOLLOW) == 0 ? SHM_OK : errno_status(errno);
 }
 
 static int segment_trusted(const struct stat *st, const struct shm_trust *t)

@@ -274,6 +274,8 @@ struct shm_topic_entry {      /* 512 bytes */
 #define SHM_MEMBER_STATIC      1       /* member flag: group_instance_id set */
 #define SHM_OWNER_RELEASE      1       /* pending value: the owner gives it up, to nobody */
 #define SHM_FIRST_MEMBER_TOKEN 2
+#define SHM_CTL_RESTORED       1       /* shm_ctl_header.restored */
+#define SHM_CTL_ABANDONED      2
 
 struct shm_group_entry {       /* 512 bytes */
     uint32_t state;            /* SHM_ENTRY_*; published last (release) */
@@ -355,7 +357,8 @@ struct shm_ctl_header {
     /* span 2: metadata epoch, bumped on every topic-table change */
     uint64_t topics_epoch;
     uint64_t next_generation;
-    uint32_t restored;         /* 1 once topics were restored from the data dir (release) */
+    uint32_t restored;         /* SHM_CTL_RESTORED once topics were restored from the data dir,
+                                  SHM_CTL_ABANDONED when a failed restore gave the segment up (release) */
     uint32_t _pad2;
     uint64_t next_member_token; /* G3, under the lock */
     uint8_t  _span2[128 - 32];
@@ -506,6 +509,8 @@ struct shm_records_out {
 
 /* ---------- shm.c: segments, futex, clocks, liveness ---------- */
 int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out);
+int      shm_segment_create_hidden(uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out, int *fd_out);
+int      shm_segment_publish(int fd, const char *name);
 int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
                                const struct shm_trust *trust, struct shm_map *out);
 int      shm_segment_unlink(const char *name);
@@ -719,6 +724,7 @@ uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation);
 uint64_t shm_ctl_epoch(const void *base);
 uint32_t shm_ctl_restored(const void *base);
 void     shm_ctl_set_restored(void *base);
+void     shm_ctl_set_abandoned(void *base);
 
 /* groups: tables are reached through these; structural writes under the lock (G1) */
 struct shm_group_entry  *shm_ctl_group(void *base, uint32_t index);

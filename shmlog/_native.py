@@ -76,14 +76,15 @@ def raise_status(rc: int, what: str):
 class Segment:
     """A mapped POSIX shared-memory object. Unmapped by close() or GC."""
 
-    __slots__ = ("name", "map", "base", "size", "writable")
+    __slots__ = ("name", "map", "base", "size", "writable", "fd")
 
-    def __init__(self, name: str, m):
+    def __init__(self, name: str, m, fd: int = -1):
         self.name = name
         self.map = m
         self.base = m.base
         self.size = m.size
         self.writable = bool(m.writable)
+        self.fd = fd                # a hidden segment's one handle until publish()
 
     @classmethod
     def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "Segment":
@@ -91,16 +92,30 @@ class Segment:
         m = ffi.new("struct shm_map *")
         rc = lib.shm_segment_create(name.encode(), size, mode, -1 if gid is None else gid, m)
         if rc != lib.SHM_OK:
-            if rc == lib.SHM_E_NOSPACE:
-                raise errors.NoSpace(
-                    f"cannot allocate {size} bytes for shared-memory segment {name}: /dev/shm is full "
-                    "(free space, delete topics, or use smaller ring_bytes)")
-            if rc == lib.SHM_E_PERM:
-                raise errors.PermissionDenied(
-                    f"cannot create shared-memory segment /dev/shm{name} with group {gid}: "
-                    "run as the instance's user or a member of its group")
-            raise_status(rc, f"cannot create shared-memory segment {name}")
+            _create_failed(rc, name, size, gid)
         return cls(name, ffi.gc(m, lib.shm_unmap))
+
+    @classmethod
+    def create_hidden(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "Segment":
+        """A new segment nobody can open until publish() gives it `name`:
+        its creator initialises it first, and one killed before publishing
+        leaves nothing (csrc/shm.c shm_segment_create_hidden)."""
+        m, fd = ffi.new("struct shm_map *"), ffi.new("int *")
+        rc = lib.shm_segment_create_hidden(size, mode, -1 if gid is None else gid, m, fd)
+        if rc != lib.SHM_OK:
+            _create_failed(rc, name, size, gid)
+        return cls(name, ffi.gc(m, lib.shm_unmap), fd[0])
+
+    def publish(self):
+        """Links a hidden segment under its name, atomically; TopicExists
+        when another creator's is there (this one then goes with close())."""
+        fd, self.fd = self.fd, -1
+        try:
+            rc = lib.shm_segment_publish(fd, self.name.encode())
+        finally:
+            os.close(fd)
+        if rc != lib.SHM_OK:
+            raise_status(rc, f"cannot publish shared-memory segment {self.name}")
 
     @classmethod
     def open(cls, name: str, writable: bool, offset: int = 0, size: int = 0, *, trust) -> "Segment":
@@ -127,10 +142,25 @@ class Segment:
         return cls(name, ffi.gc(m, lib.shm_unmap))
 
     def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if self.map is not None:
             lib.shm_unmap(self.map)
             self.map = None
             self.base = ffi.NULL
+
+
+def _create_failed(rc: int, name: str, size: int, gid):
+    if rc == lib.SHM_E_NOSPACE:
+        raise errors.NoSpace(
+            f"cannot allocate {size} bytes for shared-memory segment {name}: /dev/shm is full "
+            "(free space, delete topics, or use smaller ring_bytes)")
+    if rc == lib.SHM_E_PERM:
+        raise errors.PermissionDenied(
+            f"cannot create shared-memory segment /dev/shm{name} with group {gid}: "
+            "run as the instance's user or a member of its group")
+    raise_status(rc, f"cannot create shared-memory segment {name}")
 
 
 def unlink_segment(name: str) -> bool:

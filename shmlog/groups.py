@@ -663,6 +663,12 @@ def restore_offsets(log):
                 continue
             if p >= lib.shm_ctl_topic(base, ti).config.partitions:
                 continue
+            # A commit past the restored end covered records that were only in
+            # the ring (a member reads them before the persister copies them):
+            # they are gone and their offsets go to new records, so the group
+            # resumes at the truncation point (Kafka's KIP-320), never past
+            # new records nor reset to auto_offset_reset (chaos seed 200)
+            off = min(off, _restored_end(log, topic, gen[0], p))
             key = (gi, ti, gen[0], p)
             i = index.get(key)
             if i is None:
@@ -670,6 +676,17 @@ def restore_offsets(log):
             else:
                 lib.shm_offset_set_owner(t.offset(i), 0, max(off, t.offset(i).committed))
             t.offset(i).commit_ms = commit_ms
+
+
+def _restored_end(log, topic: str, generation: int, partition: int) -> int:
+    """Lock held, restore: the end offset of a partition's ring as the restore
+    made it (where its segment files end; 0 for a ring-only topic)."""
+    from .instance import Ring                  # instance imports this module
+    r = Ring(log.settings.ring_name(generation, partition), topic, partition, False, log._trust)
+    try:
+        return r.ends()[1]
+    finally:
+        r.close()
 
 
 # ------------------------------------------------------------------ a member

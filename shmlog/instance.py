@@ -216,18 +216,25 @@ class Log:
         self._clients = weakref.WeakSet()
         self._closed = False
         self._start_persister = start_persister
-        self._ctl, created = self._attach_ctl(_limits(max_topics, max_groups, max_members, max_offsets))
-        if created:
-            self._restore()
-        elif not lib.shm_ctl_restored(self._ctl.base):
-            # the restorer holds the lock; if it died mid-way we finish its work
-            with self._lock():
-                if not lib.shm_ctl_restored(self._ctl.base):
-                    self._restore(locked_by_caller=True)
-        else:
-            self._reconcile_if_needed()
-            if start_persister and self._has_durable():
-                self.ensure_persister()
+        limits = _limits(max_topics, max_groups, max_members, max_offsets)
+        while True:
+            self._ctl, created = self._attach_ctl(limits)
+            if created:
+                self._restore()
+            elif not lib.shm_ctl_restored(self._ctl.base):
+                # the restorer holds the lock; if it died mid-way we finish its work
+                with self._lock():
+                    state = lib.shm_ctl_restored(self._ctl.base)
+                    if not state:
+                        self._restore(locked_by_caller=True)
+                if state == lib.SHM_CTL_ABANDONED:     # its restore failed: attach the next one
+                    self._ctl.close()
+                    continue
+            else:
+                self._reconcile_if_needed()
+                if start_persister and self._has_durable():
+                    self.ensure_persister()
+            break
 
     # ------------------------------------------------------------ control segment
 
@@ -242,18 +249,28 @@ class Log:
                     raise self._no_instance() from None
                 permissions.check_data_dir(self.settings.data_dir, write=True)   # before a segment exists
                 real, dev, ino = self._identity()
+                # made under no name and published whole (csrc/shm.c): nobody
+                # ever opens a zero-filled or half-stamped header, and a
+                # creator killed before the link leaves nothing
+                seg = Segment.create_hidden(name, lib.shm_ctl_size(limits), gid=self._gid)
                 try:
-                    seg = Segment.create(name, lib.shm_ctl_size(limits), gid=self._gid)
+                    rc = lib.shm_ctl_init(seg.base, seg.size, limits, real, len(real), dev, ino)
+                    if rc != lib.SHM_OK:
+                        raise_status(rc, f"cannot initialise control segment {name}")
+                    # restore before anyone can take the lock: others block on it (topic_handle)
+                    lib.shm_ctl_lock(seg.base, -1)
+                    seg.publish()
                 except errors.TopicExists:
+                    seg.close()
                     continue                      # another process created it first
-                rc = lib.shm_ctl_init(seg.base, seg.size, limits, real, len(real), dev, ino)
-                if rc != lib.SHM_OK:
-                    raise_status(rc, f"cannot initialise control segment {name}")
-                # restore before anyone can take the lock: others block on it (topic_handle)
-                lib.shm_ctl_lock(seg.base, -1)
+                except BaseException:
+                    seg.close()
+                    raise
                 return seg, True
             rc = lib.shm_ctl_check(seg.base, seg.size)
-            if rc == lib.SHM_OK:
+            if rc == lib.SHM_OK and lib.shm_ctl_restored(seg.base) == lib.SHM_CTL_ABANDONED:
+                rc = lib.SHM_E_AGAIN              # its creator's restore failed; it unlinks it now
+            elif rc == lib.SHM_OK:
                 self._check_identity(seg)
                 return seg, False
             seg.close()
@@ -364,6 +381,7 @@ class Log:
             progress.finish()
             if not locked_by_caller:
                 self._unlink_all_rings()
+                lib.shm_ctl_set_abandoned(self._ctl.base)     # waiters attach the next one
                 lib.shm_ctl_unlock(self._ctl.base)
                 name = self.settings.ctl_name
                 self._ctl.close()

@@ -606,22 +606,30 @@ class PartitionWriter:
 
     def append(self, data, index_rows, nrows: int, end_offset: int):
         """Writes data (ring bytes of complete frames, scanned with scan_state())
-        and the index rows; all or nothing. end_offset: the offset after them."""
+        and the index rows; all or nothing. end_offset: the offset after them.
+        A failed write (ENOSPC) takes back what this call wrote to each of the
+        three files: the caller retries the same run, and data kept when only
+        an index write failed was appended twice (chaos seed 201: a segment
+        whose frames after the copy named positions 4088 bytes back, refused
+        by every restore)."""
         a = self.active
-        done = 0
-        try:
-            while done < len(data):
-                done += os.write(self.fd, data[done:])
-        except OSError:
-            if done:
-                os.ftruncate(self.fd, a.size)        # never leave a torn frame behind
-            raise
-        lib.shm_start_writeback(self.fd, a.size, done)   # writeback now, in the background
-        a.size += done
+        fds, bufs = [self.fd], [data]
         if nrows:
             rows = np.frombuffer(ffi.buffer(index_rows, nrows * 24), "<i8").reshape(-1, 3)
-            os.write(self.ifd, rows[:, [0, 1]].tobytes())
-            os.write(self.tfd, rows[:, [2, 0]].tobytes())
+            fds += [self.ifd, self.tfd]
+            bufs += [rows[:, [0, 1]].tobytes(), rows[:, [2, 0]].tobytes()]
+        done = [0] * len(fds)
+        try:
+            for k, (fd, buf) in enumerate(zip(fds, bufs)):
+                while done[k] < len(buf):
+                    done[k] += os.write(fd, buf[done[k]:])
+        except OSError:
+            for fd, n in zip(fds, done):
+                if n:           # never leave a torn frame or row behind, nor a run the retry writes again
+                    os.ftruncate(fd, os.fstat(fd).st_size - n)
+            raise
+        lib.shm_start_writeback(self.fd, a.size, done[0])   # writeback now, in the background
+        a.size += done[0]
         ffi.memmove(self.ix, self.ix_scan, ffi.sizeof("struct shm_index_state"))
         self.end_offset = end_offset
         self.dirty = True

@@ -156,6 +156,19 @@ def test_checker_finds_loss_reuse_skip_and_redelivery(tmp_path):
     assert "offsets 1, 3" in lost["msg"] and lost["seed"] == 99
 
 
+def test_checker_counts_a_new_record_at_a_freed_offset_as_no_redelivery(tmp_path):
+    # after a commit of 5 the member gets offset 3 holding another record (a reboot
+    # lost the ring-only one and gave its offset away) and offset 1 again: one redelivery
+    run = str(tmp_path)
+    _synthetic(run, [(o, f"producer0.0.1:{o}") for o in range(5)], member_offs=range(5), commits=[(40, 5)])
+    with open(os.path.join(run, "history", "member.0.1.jsonl"), "a") as f:
+        for t, o, rid in ((41, 3, "producer1.0.2:0"), (42, 1, "producer0.0.1:1")):
+            f.write(json.dumps({"ev": "read", "t": t, "kind": "member", "topic": "dur", "boot": 0, "gen": 1,
+                                "gen2": 1, "sess": 2, "group": "g", "recs": [[0, o, rid, 0, 1]]}) + "\n")
+    bad = [v for v in checker.check(run)["violations"] if v["check"] == "redelivered"]
+    assert len(bad) == 1 and "1 records delivered again" in bad[0]["msg"] and "offset 1 " in bad[0]["msg"], bad
+
+
 def test_history_drops_a_torn_last_line(tmp_path):
     p = str(tmp_path / "h.jsonl")
     w = history.Writer(p)

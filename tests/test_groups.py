@@ -420,3 +420,38 @@ def test_topic_recreated_within_a_heartbeat_moves_the_member_to_the_new_life(ins
     inst.drop_shared_memory()                      # reboot: the commit comes back from the snapshot
     inst.log = log = inst.connect()
     assert log.committed_offsets("g") == {("dur", 0): 150, ("dur", 1): 120}
+
+
+def test_a_commit_past_records_a_reboot_lost_resumes_at_the_restored_end(inst):
+    """A member may read (and durably commit past) records that were only in
+    the ring; a reboot before the persister copied them loses them, and the
+    restored log ends below the commit. The group resumes at that end (the
+    truncation point, as Kafka's KIP-320 consumer does), reading the new
+    records that get those offsets — not OffsetOutOfRange and a reset to the
+    earliest offset, which redelivered every record below the durable commit
+    (chaos seed 200: gdur p1 read again from 66975 after a commit of 67149)."""
+    log = inst.log
+    log.create_topic("d", partitions=1, ring_bytes=1 << 16)
+    fill(log, "d", 1, 10).flush(durable=True)
+    assert log.stop_persister()                          # from here on records stay in the ring
+    p = log.producer()
+    p.send_batch("d", [b"ring-only-%d" % i for i in range(5)], partition=0)
+    c = log.consumer(group="g", topics=["d"], auto_offset_reset="earliest", enable_auto_commit=False, **FAST)
+    assert [m.offset for m in drain([c], 15)] == list(range(15))
+    c.commit({("d", 0): 15}, durable=True)
+    c.close()
+    p.close()
+    log.close()
+    inst.kill_persister()
+    inst.drop_shared_memory()                            # reboot: the 5 ring-only records are gone
+    log = inst.connect()
+    assert log.describe_topic("d").partitions[0].end_offset == 10
+    assert log.committed_offsets("g") == {("d", 0): 10}
+    p = log.producer()
+    p.send_batch("d", [b"new-%d" % i for i in range(3)], partition=0)
+    c = log.consumer(group="g", topics=["d"], auto_offset_reset="earliest", **FAST)
+    got = drain([c], 3, timeout=3)
+    assert [(m.offset, m.value) for m in got] == [(10, b"new-0"), (11, b"new-1"), (12, b"new-2")]
+    c.close()
+    p.close()
+    log.close()

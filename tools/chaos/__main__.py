@@ -35,6 +35,34 @@ def report_text(rep: dict, run_dir: str, secs: float) -> str:
     return "\n".join(lines)
 
 
+def totals_text(reports: list) -> str:
+    """One summary over every seed: what issue 11's note reports."""
+    faults, stats = {}, {}
+    for rep in reports:
+        for k, v in rep["faults"].items():
+            faults[k] = faults.get(k, 0) + v
+        for k, v in rep["stats"].items():
+            if isinstance(v, (int, float)) and not k.startswith("consumer_latency"):
+                stats[k] = max(stats.get(k, 0), v) if "longest" in k else stats.get(k, 0) + v
+    bad = [rep["seed"] for rep in reports if rep["violations"]]
+    by_check = {}
+    for rep in reports:
+        for k, v in rep["violations_by_check"].items():
+            by_check[k] = by_check.get(k, 0) + v
+    seeds = [rep["seed"] for rep in reports]
+    worst = max(reports, key=lambda r: r["stats"].get("longest_unexcused_stall_s", 0))
+    return "\n".join([
+        f"total over {len(reports)} seeds ({seeds[0]}-{seeds[-1]}): {sum(faults.values())} faults: "
+        + ", ".join(f"{k} {v}" for k, v in faults.items()),
+        f"  acknowledged: durable {stats.get('acked_durable', 0)}, ring {stats.get('acked_ring', 0)}, kafka "
+        f"{stats.get('acked_ring_kafka', 0)}; checked: durable {stats.get('acked_durable_checked', 0)}, ring "
+        f"{stats.get('acked_ring_checked', 0)}; redelivered within the window {stats.get('redelivered_in_window', 0)}",
+        f"  longest gap between acknowledgements {stats.get('longest_gap_s', 0)} s, longest not excused "
+        f"{stats.get('longest_unexcused_stall_s', 0)} s (seed {worst['seed']})",
+        f"  violations: {sum(len(r['violations']) for r in reports)} {json.dumps(by_check)}; seeds with "
+        f"violations: {bad or 'none'}"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.chaos", description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1, help="first seed (default 1)")
@@ -79,6 +107,8 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(reports, f, indent=1)
+    if len(reports) > 1:
+        print(totals_text(reports), flush=True)
     return 1 if bad else 0
 
 

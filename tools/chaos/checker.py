@@ -132,7 +132,7 @@ class Checker:
         self.where = collections.defaultdict(set)      # id -> {(topic, inc, p, off)}
         self.acks = []                                 # (lvl, topic, inc, boot, p, off, id, t, file)
         self.sessions = collections.defaultdict(list)  # (file, sess, topic, inc, p) -> [off]
-        self.group_deliv = collections.defaultdict(list)   # (group, topic, inc, p) -> [(t, off)]
+        self.group_deliv = collections.defaultdict(list)   # (group, topic, inc, p) -> [(t, off, id, file)]
         self.commits = collections.defaultdict(list)   # (group, topic, inc, p) -> [(t, off)]
         self.refusals = collections.defaultdict(list)  # (topic, p) -> [(at, next)]
         self.progress = collections.defaultdict(list)  # file -> [t of each ack]
@@ -181,7 +181,7 @@ class Checker:
                             self.sessions[(f, e["sess"], e["topic"], inc, p)].append(off)
                             self.first_read.setdefault((e["kind"], rid), e["t"])
                         if e["kind"] == "member":
-                            self.group_deliv[(e["group"], e["topic"], inc, p)].append((e["t"], off, f))
+                            self.group_deliv[(e["group"], e["topic"], inc, p)].append((e["t"], off, rid, f))
                 elif ev == "commit":
                     inc = self.inc_of(e["topic"], e["boot"], e["gen"], e["gen2"])
                     if inc is not None:
@@ -396,15 +396,18 @@ class Checker:
             seen = set()
             bad = []
             ct = [c[0] for c in commits]
-            for t, off, f in dels:
-                if off in seen:
+            for t, off, rid, f in dels:
+                # a delivery again is the same record at the same offset: a
+                # reboot gives the offsets of ring-only records it lost to new
+                # records, which a group reads for the first time
+                if (rid, off) in seen:
                     i = bisect.bisect_left(ct, t)
                     committed = max((c[1] for c in commits[:i]), default=0)
                     if off < committed:
                         bad.append((off, f, t, committed))
                     else:
                         self.stats["redelivered_in_window"] += 1
-                seen.add(off)
+                seen.add((rid, off))
             if bad:
                 self.violation("redelivered", f"group {key[0]} {key[1]} incarnation {key[2]} p{key[3]}: "
                                f"{len(bad)} records delivered again below an offset already committed "
