@@ -27,13 +27,7 @@ SEEDS = (17, 26)                 # their 14-fault schedules hold every fault kin
 FAULTS, DURATION = 14, 12.0
 
 # check -> a known defect that makes it fail (xfail naming it); empty when every check must hold
-KNOWN: dict[str, str] = {
-    # seen once damage faults came back (their draws change seed 26's schedule): gdur re-read
-    # dur p0 (not quarantined) from offset 0 after a commit(durable=True) of 3984, when the
-    # restore after a reboot died of ENOSPC (supervisor FATAL rewriting an index while the
-    # tmpfs was full) and another process restored next. Group offsets: another helper's area.
-    "redelivered": "seed 26: durable group offsets gone after a restore that failed on ENOSPC (open)",
-}
+KNOWN: dict[str, str] = {}
 # Damage faults (bit flips and truncations of closed segments) are back in the
 # CI seeds: a damaged partition is quarantined at the next restore (or
 # persister start) and the rest of the instance is served; the checker
