@@ -176,7 +176,8 @@ class Consumer:
         h = self._log.topic_handle(topic)
         plog = None
         if h.config.persistence == "disk":
-            plog = storage.PartitionLog(storage.partition_dir(self._log.settings.data_dir, topic, partition, h.topic_id))
+            d = storage.partition_dir(self._log.settings.data_dir, topic, partition, h.topic_id)
+            plog = storage.PartitionLog(d)
         part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog, h.generation,
                      h.config.max_message_bytes)
         self._start(part, offset)
@@ -594,7 +595,8 @@ class Consumer:
             at = lib.SHM_RB_ATTRIBUTES
             attrs = int.from_bytes(head[at:at + 2], "big")
             try:
-                records = compression.decompress(attrs & lib.SHM_RB_ATTR_CODEC_MASK, ffi.buffer(raw + lib.SHM_BATCH_HEADER_BYTES,
+                hb = lib.SHM_BATCH_HEADER_BYTES
+                records = compression.decompress(attrs & lib.SHM_RB_ATTR_CODEC_MASK, ffi.buffer(raw + hb,
                                                                        end - start - lib.SHM_BATCH_HEADER_BYTES),
                                                  part.max_bytes)
             except (errors.CorruptRecord, errors.NotSupported) as e:

@@ -724,7 +724,8 @@ class Membership:
         if len(topics) > lib.SHM_MEMBER_TOPICS:
             raise errors.InvalidArgument(f"a member subscribes to at most {lib.SHM_MEMBER_TOPICS} topics")
         self.log, self.consumer, self.topics = log, consumer, topics
-        self.session_ms, self.beat_ms, self.max_poll_ms = session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms
+        self.session_ms, self.beat_ms = session_timeout_ms, heartbeat_interval_ms
+        self.max_poll_ms = max_poll_interval_ms
         self.assignor = ASSIGNORS.index(partition_assignment_strategy)
         self.eager = partition_assignment_strategy in EAGER
         self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
@@ -801,7 +802,8 @@ class Membership:
 
     def _fill(self, m, gi, token, subs):
         now = monotonic_ms()
-        member_id = self.instance_id.decode() if self.instance_id else f"{self.client_id.decode()}-{uuid.uuid4().hex[:20]}"
+        member_id = (self.instance_id.decode() if self.instance_id
+                     else f"{self.client_id.decode()}-{uuid.uuid4().hex[:20]}")
         mid = member_id.encode()
         m.group, m.token, m.pid, m.start_time = gi, token, self.pid, self.start_time
         m.flags = lib.SHM_MEMBER_STATIC if self.instance_id else 0

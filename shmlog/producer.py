@@ -159,7 +159,8 @@ class Producer(ProducerBase):
                             ("batch_num_messages", batch_num_messages, 1), ("message_timeout_ms", mt, 0),
                             ("queue_buffering_max_messages", queue_buffering_max_messages, 1)):
             if not isinstance(v, (int, float) if name == "linger_ms" else int) or isinstance(v, bool) or v < lo:
-                raise errors.InvalidArgument(f"{name} must be {'a number' if name == 'linger_ms' else 'an int'} >= {lo}")
+                kind = "a number" if name == "linger_ms" else "an int"
+                raise errors.InvalidArgument(f"{name} must be {kind} >= {lo}")
         if on_delivery is not None and not callable(on_delivery):
             raise errors.InvalidType("on_delivery must be callable(err, msg)")
         self._codec = compression.NONE if compression_type is None else compression.codec_of(compression_type)

@@ -1004,7 +1004,7 @@ class _IndexCheck:
         self.ix, self.t = s.rows("index"), s.rows("timeindex")
         self.ix_ok = np.zeros(len(self.ix), bool)
         self.t_ok = np.zeros(len(self.t), bool)
-        for ext, a in (("index", self.ix), ("timeindex", self.t)):
+        for ext, _a in (("index", self.ix), ("timeindex", self.t)):
             try:
                 n = os.path.getsize(s.path(ext))
             except FileNotFoundError:

@@ -131,7 +131,8 @@ class Supervisor:
         self.state = State(pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
                            admin_socket=self.admin.path, metrics_port=self.metrics.port if self.metrics else None,
                            kafka_port=self.kafka.port if self.kafka else None,
-                           kafka_host=self.kafka.host if self.kafka else None, config=self.cfg.path, started_ms=int(time.time() * 1000),
+                           kafka_host=self.kafka.host if self.kafka else None, config=self.cfg.path,
+                           started_ms=int(time.time() * 1000),
                            workers=self.workers.describe())
         _write_state(s, self.state)
         log.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,

@@ -221,7 +221,7 @@ def test_buffer_full_reported_through_callbacks_after_message_timeout(inst):
 def test_flush_timeout_returns_what_is_left(inst):
     _full_ring(inst, "full")
     p = inst.log.producer(message_timeout_ms=60_000)
-    for i in range(2000):
+    for _i in range(2000):
         p.produce("full", b"z" * 100)
     t0 = time.monotonic()
     left = p.flush(0.3)

@@ -87,7 +87,7 @@ def test_random_bytes_get_an_error_reply(sup):
         if not data:
             data = b"\x00"
         rep, dt = _call_raw(path, data)
-        r = _check_reply(rep, data)
+        _check_reply(rep, data)
         slow.append(dt)
     run()
     assert max(slow) < REPLY_S

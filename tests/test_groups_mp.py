@@ -524,7 +524,7 @@ def _commit_to_caps_and_exit(inst, topic, members_per_group, connect=None):
     want = {(topic, p): c for p, c in CAPS.items()}
     for group in ("durable", "plain"):
         wait_for(f"group {group} to commit up to the caps",
-                 lambda: inst.log.committed_offsets(group) == want, 20, members, describe(inst.log, group))
+                 lambda group=group: inst.log.committed_offsets(group) == want, 20, members, describe(inst.log, group))
     touch(stop)
     join_all(members, 20)
     for group in ("durable", "plain"):
@@ -602,13 +602,13 @@ def test_two_groups_on_one_topic_each_see_every_record(inst):
     everyone = members["sticky"] + members["range"]
     prod = inst.spawn("producer", _producer, inst.kwargs, topic, P, prod_stop, N, 4, 0.002)
     for group, ms in members.items():
-        wait_for(f"group {group} to settle", lambda: stable(inst.log, group, ms, P), 15, everyone,
+        wait_for(f"group {group} to settle", lambda group=group, ms=ms: stable(inst.log, group, ms, P), 15, everyone,
                  describe(inst.log, group))
     assert inst.collect([prod], time.monotonic() + 30)["producer"] == N
     want = sorted((s % P, s // P) for s in range(N))
     for group, ms in members.items():
         wait_for(f"group {group} to consume all {N} records",
-                 lambda: {(r[0], r[1]) for m in ms for r in m.consumed()} >= set(want), 20, everyone)
+                 lambda ms=ms: {(r[0], r[1]) for m in ms for r in m.consumed()} >= set(want), 20, everyone)
     touch(stop)
     join_all(everyone, 20)
     for group, ms in members.items():

@@ -74,7 +74,7 @@ def test_commit_rules_per_group_state(kafka):
     generation ILLEGAL_GENERATION; CompletingRebalance: REBALANCE_IN_PROGRESS."""
     kafka.log.create_topic("t", ring_bytes=1 << 16, persistence="none")
     with kafka.log.producer() as p:
-        for i in range(10):
+        for _i in range(10):
             p.send("t", b"x", partition=0)
     a = kafka.raw()
     j = _join(a, "g")

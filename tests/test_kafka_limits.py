@@ -242,7 +242,7 @@ def test_pipelined_fetches_that_are_never_read_hold_one_response(inst, tmp_path)
         print(f"30 pipelined 8 MiB fetches, unread: listener peak RSS +{grew >> 10} MiB")
         assert grew < 80 << 10, f"listener peak RSS grew by {grew} KiB"
         c.settimeout(30)
-        for i in range(30):                                # and they are all answered, in order
+        for _i in range(30):                                # and they are all answered, in order
             size = struct.unpack(">i", _recv(c, 4))[0]
             assert size > 7 << 20 and struct.unpack_from(">i", _recv(c, size))[0] == 7
         c.close()

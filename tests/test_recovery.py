@@ -20,7 +20,7 @@ def _write_log(inst, batches=60, seed=3):
     rnd = random.Random(seed)
     p = inst.log.producer()
     expect = []
-    for b in range(batches):
+    for _b in range(batches):
         vals = [rnd.randbytes(rnd.choice([0, 5, 100, 700])) for _ in range(rnd.randint(1, 12))]
         p.send_batch("r", vals, partition=0)
         expect += vals

@@ -604,7 +604,7 @@ backoff_ms = 100
         return len(runs) == 2 and sorted(owned) == [("t", p) for p in range(4)] and \
             all(len(a) == 2 for a in parts) and sum(r["seen"] for r in runs) == 400 and runs
 
-    runs = wait_for(split_evenly, timeout=60, what="two replicas splitting four partitions and reading all")
+    wait_for(split_evenly, timeout=60, what="two replicas splitting four partitions and reading all")
     d = inst.log.describe_group("billing")
     assert len(d.members) == 2
     # kill -9 of one replica: the supervisor reaps it from the group and restarts it; the new

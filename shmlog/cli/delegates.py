@@ -70,7 +70,7 @@ def _load_or_own_help(args, module, attr, what, hint=""):
     except errors.NotSupported:
         if _wants_help(args.extra):
             args.parser.print_help()
-            raise SystemExit(0)
+            raise SystemExit(0) from None
         raise
 
 

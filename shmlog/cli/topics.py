@@ -136,7 +136,8 @@ def register(sub, parent):
                       epilog=EPILOG)
     x.add_argument("name")
     x.set_defaults(func=cmd_describe)
-    a = ts.add_parser("alter", parents=[parent], help="change a topic's settings (Log.alter_topic decides what may change)",
+    a = ts.add_parser("alter", parents=[parent],
+                      help="change a topic's settings (Log.alter_topic decides what may change)",
                       epilog=EPILOG)
     a.add_argument("name")
     _add_config_options(a, defaults=False)

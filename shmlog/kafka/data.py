@@ -292,7 +292,7 @@ class DataPath:
                     if h.config.persistence == "disk" and self.log._start_persister:
                         self.log.ensure_persister()
                 if now > deadline:
-                    raise ProduceError(codes.REQUEST_TIMED_OUT, "the ring stayed full (persister behind)")
+                    raise ProduceError(codes.REQUEST_TIMED_OUT, "the ring stayed full (persister behind)") from None
                 await asyncio.sleep(FULL_RETRY_S)
             except errors.PartitionOffline as e:     # quarantined: Kafka's answer for an offline log dir
                 raise ProduceError(codes.KAFKA_STORAGE_ERROR, str(e)) from None

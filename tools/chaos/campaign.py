@@ -94,7 +94,8 @@ class Campaign:
     # ------------------------------------------------------------ setup and teardown
 
     def env(self):
-        return {**os.environ, "SHMLOG_AUTOSTART": "0", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        return {**os.environ, "SHMLOG_AUTOSTART": "0",
+                "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                 "PYTHONUNBUFFERED": "1"}
 
     def base_args(self):

@@ -76,7 +76,7 @@ class Checker:
 
     def _incarnations(self):
         evs = []
-        for name, es in self.files.items():
+        for _name, es in self.files.items():
             for e in es:
                 if e["ev"] == "describe":
                     evs.append((e["t"], 1, e))
@@ -310,7 +310,7 @@ class Checker:
         last_fault_boot = max([e["boot"] for e in self.camp if e["ev"] == "reboot" and not e.get("final")] + [0])
         lost = collections.defaultdict(list)
         durable_ids = {a[6] for a in self.acks if a[0] == "durable"}
-        for (lvl, topic, inc, boot, p, off, rid, t, f) in self.acks:
+        for (lvl, topic, inc, boot, p, off, rid, t, _f) in self.acks:
             if lvl == "ring" and rid in durable_ids:
                 continue                       # judged at its stronger level
             fin = self.final.get(topic)
@@ -442,7 +442,8 @@ class Checker:
                 if kafka:
                     # a Kafka client's gaps are its own timeouts and backoffs (request_timeout_ms,
                     # reconnects): a figure, not judged against shmlog's unblock timeout
-                    self.stats["kafka_client_longest_gap_s"] = round(max(gap, self.stats["kafka_client_longest_gap_s"]), 3)
+                    longest = max(gap, self.stats["kafka_client_longest_gap_s"])
+                    self.stats["kafka_client_longest_gap_s"] = round(longest, 3)
                     continue
                 longest_raw = max(longest_raw, gap)
                 if gap <= bound:
@@ -469,7 +470,7 @@ class Checker:
         that was killed re-reads from the earliest offset, so the tail includes catch-up)."""
         lat = []
         unread = 0
-        for (lvl, topic, inc, boot, p, off, rid, t, f) in self.acks:
+        for (lvl, _topic, _inc, _boot, _p, _off, rid, t, _f) in self.acks:
             if lvl != "ring":
                 continue
             r = self.first_read.get(("consumer", rid))

@@ -138,7 +138,7 @@ def consumer(a, h):
     topic = a["topic"]
     sess = 0
     c = None
-    parts = None
+    parts = c_gen = None
     while not stop:
         try:
             hd = log.topic_handle(topic)

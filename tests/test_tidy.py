@@ -1,0 +1,18 @@
+"""test_tidy.py — the code's own properties, checked like any behaviour
+(TigerBeetle's tidy): ruff's lint rules (pyproject.toml [tool.ruff]) hold
+over shmlog/, tests/, tools/ and benchmarks/.
+
+Owns: running the linter as part of the suite, so CI refuses a change that
+breaks it. Must never: change a file (check only)."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_ruff_lint_is_clean():
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
+                        "shmlog", "tests", "tools", "benchmarks"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
