@@ -404,7 +404,9 @@ def test_topic_recreated_within_a_heartbeat_moves_the_member_to_the_new_life(ins
     c.commit({("dur", 0): 100, ("dur", 1): 100}, durable=True)
     log.delete_topic("dur")
     log.create_topic("dur", partitions=2, ring_bytes=1 << 18)
-    fill(log, "dur", 2, 150)
+    # durable, so the reboot below keeps them: a commit past records a reboot lost
+    # is restored at the log's new end (test_a_commit_past_records_a_reboot_lost...)
+    fill(log, "dur", 2, 150).flush(durable=True, timeout=10)
     c._group._follow_topics()                      # what the heartbeat thread does on its next tick
     with pytest.raises(errors.CommitFailed, match="re-created"):
         c.commit({("dur", 0): 1}, durable=True)    # the old life's entry: it could never be durable

@@ -442,8 +442,8 @@ class Checker:
                 if kafka:
                     # a Kafka client's gaps are its own timeouts and backoffs (request_timeout_ms,
                     # reconnects): a figure, not judged against shmlog's unblock timeout
-                    longest = max(gap, self.stats["kafka_client_longest_gap_s"])
-                    self.stats["kafka_client_longest_gap_s"] = round(longest, 3)
+                    client_max = max(gap, self.stats["kafka_client_longest_gap_s"])
+                    self.stats["kafka_client_longest_gap_s"] = round(client_max, 3)
                     continue
                 longest_raw = max(longest_raw, gap)
                 if gap <= bound:
