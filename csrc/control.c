@@ -383,8 +383,9 @@ int shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, in
     return SHM_OK;
 }
 
-/* Under the lock: changes the owner, keeping the committed offset unless
- * committed_or_keep >= -1 (restore and reset write one). A pair CAS, so a
+/* Under the lock: changes the owner, keeping the committed offset when
+ * committed_or_keep is SHM_OFFSET_KEEP (any value below -1); restore and
+ * reset write one (>= -1). A pair CAS, so a
  * concurrent commit either lands before (and is kept) or fails (G2). */
 void shm_offset_set_owner(struct shm_offset_entry *e, uint64_t owner, int64_t committed_or_keep)
 {

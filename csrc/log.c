@@ -396,44 +396,44 @@ int shm_frames_validate(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int6
     uint64_t p = buf_pos;
     int64_t off = expect_offset;
     out->frames = 0;
-    out->stop_reason = 0;
+    out->stop_reason = SHM_SCAN_END;
     out->bad_frame_len = 0;
     for (;;) {
         uint64_t o = p - buf_pos;
         if (o == len)
             break;
         if (o + SHM_FRAME_HEADER_BYTES > len) {
-            out->stop_reason = 1;
+            out->stop_reason = SHM_SCAN_TORN;
             break;
         }
         const struct shm_frame_header *fh = (const struct shm_frame_header *)(buf + o);
         uint64_t room = len - o;
         if (fh->commit != commit_word(p) || fh->length < SHM_FRAME_HEADER_BYTES ||
             (fh->kind != SHM_FRAME_DATA && fh->kind != SHM_FRAME_PAD && fh->kind != SHM_FRAME_GAP)) {
-            out->stop_reason = 2;
+            out->stop_reason = SHM_SCAN_BAD_HEADER;
             break;
         }
         out->bad_frame_len = fh->length;
         if (shm_align8(fh->length) > room) {
-            out->stop_reason = 1;
+            out->stop_reason = SHM_SCAN_TORN;
             break;
         }
         uint64_t next;
         int64_t noff;
         if (frame_next(fh, p, room, off, &next, &noff) != SHM_OK) {
-            out->stop_reason = 3;
+            out->stop_reason = SHM_SCAN_BAD_BODY;
             break;
         }
         const uint8_t *body = (const uint8_t *)(fh + 1);
         if (fh->kind == SHM_FRAME_DATA &&
             shm_batch_validate(body, fh->length - SHM_FRAME_HEADER_BYTES) != SHM_OK) {
-            out->stop_reason = 3;
+            out->stop_reason = SHM_SCAN_BAD_BODY;
             break;
         }
         if (fh->kind != SHM_FRAME_PAD) {
             int64_t first = frame_first_offset(fh, off);
             if ((off >= 0 && first != off) || noff < first) {
-                out->stop_reason = 4;
+                out->stop_reason = SHM_SCAN_OFFSET_JUMP;
                 break;
             }
             index_row(index_rows, index_count, max_index, first, p, ix->max_timestamp, index_every, ix);

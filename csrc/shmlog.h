@@ -218,12 +218,17 @@ struct shm_ring_header {
 #define SHM_TOPIC_NAME_MAX 249
 #define SHM_DATA_DIR_MAX   2047        /* longest data dir path the control segment records */
 
+/* a durable topic's fsync policy (topic config, fsync_mode) */
+#define SHM_FSYNC_NEVER       0
+#define SHM_FSYNC_INTERVAL    1
+#define SHM_FSYNC_ALWAYS      2
+
 struct shm_topic_config {
     uint32_t partitions;
     uint32_t persistence;      /* SHM_PERSIST_* */
     uint64_t ring_bytes;
     uint32_t max_message_bytes;
-    uint32_t fsync_mode;       /* 0 never, 1 interval, 2 always */
+    uint32_t fsync_mode;       /* SHM_FSYNC_* */
     int64_t  fsync_interval_ms;
     int64_t  retention_ms;     /* -1 = forever */
     int64_t  retention_bytes;  /* -1 = unbounded */
@@ -690,12 +695,19 @@ int      shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, s
 int      shm_frames_seek(const uint8_t *buf, uint64_t len, uint64_t buf_pos, int64_t offset,
                          struct shm_cursor *cur);
 /* recovery: validates frames from buf_pos; stops at the first bad or partial one */
+/* why a segment scan stopped (struct below, stop_reason) */
+#define SHM_SCAN_END          0    /* end of data */
+#define SHM_SCAN_TORN         1    /* a partial frame: a torn tail */
+#define SHM_SCAN_BAD_HEADER   2
+#define SHM_SCAN_BAD_BODY     3    /* CRC or record checks failed */
+#define SHM_SCAN_OFFSET_JUMP  4    /* the offsets do not continue */
+
 struct shm_scan_out {
     uint64_t end_pos;          /* position after the last valid frame */
     int64_t  end_offset;       /* next offset after it */
     int64_t  max_timestamp;    /* largest batch timestamp of the segment so far, or -1 */
     uint64_t frames;
-    int32_t  stop_reason;      /* 0 end of data, 1 partial frame, 2 bad header, 3 bad CRC/body, 4 offset jump */
+    int32_t  stop_reason;      /* SHM_SCAN_* */
     uint32_t _pad;
     uint64_t bad_frame_len;    /* length field of the frame that stopped the scan (if its header was sane) */
 };
@@ -736,6 +748,7 @@ void     shm_group_changed(struct shm_group_entry *g, int rebalanced);
 uint64_t shm_group_change_seq(const struct shm_group_entry *g);
 void     shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms);
 int      shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset);
+#define SHM_OFFSET_KEEP      -2   /* shm_offset_set_owner: leave the committed offset as it is */
 void     shm_offset_set_owner(struct shm_offset_entry *e, uint64_t owner, int64_t committed_or_keep);
 uint64_t shm_ctl_commit_seq(const void *base);
 

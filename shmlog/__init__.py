@@ -36,10 +36,7 @@ def _source_tree_redirect():
 _source_tree_redirect()   # when it redirects, the imports below resolve in the installed copy too
 
 from . import errors
-from .errors import (BufferFull, Closed, CorruptRecord, InvalidArgument, InvalidTopicName,
-                     InvalidType, LayoutMismatch, NoSpace, NotSupported, OffsetOutOfRange,
-                     PermissionDenied, RecordTooLarge, ShmlogError, TableFull, Timeout,
-                     TooManyProducers, TopicDeleted, TopicExists, UnknownTopicOrPartition)
+from .errors import *  # noqa: F403  (every public exception: errors.__all__)
 from .instance import Log, PartitionInfo, TopicDescription, connect
 from .records import BatchMetadata, Columns, Message, RecordMetadata
 
@@ -47,8 +44,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "connect", "Log", "Message", "RecordMetadata", "BatchMetadata", "Columns", "TopicDescription",
-    "PartitionInfo", "errors", "ShmlogError", "BufferFull", "Closed", "CorruptRecord",
-    "InvalidArgument", "InvalidTopicName", "InvalidType", "LayoutMismatch", "NoSpace",
-    "NotSupported", "OffsetOutOfRange", "PermissionDenied", "RecordTooLarge", "TableFull",
-    "Timeout", "TooManyProducers", "TopicDeleted", "TopicExists", "UnknownTopicOrPartition",
+    "PartitionInfo", "errors",
 ]
+__all__ += errors.__all__

@@ -10,6 +10,7 @@ import re
 import msgspec
 
 from . import errors
+from ._native import lib
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9._-]+")
 TOPIC_NAME_MAX = 249
@@ -78,7 +79,7 @@ def resolve(instance=None, data_dir=None, shm_prefix=None) -> Settings:
 
 
 PERSISTENCE = {"none": 0, "disk": 1}
-FSYNC_MODES = {"never": 0, "interval": 1, "always": 2}
+FSYNC_MODES = {"never": lib.SHM_FSYNC_NEVER, "interval": lib.SHM_FSYNC_INTERVAL, "always": lib.SHM_FSYNC_ALWAYS}
 
 
 class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):

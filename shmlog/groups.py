@@ -319,7 +319,7 @@ def _rebalance(log, gi: int):
         if e.owner in member_of:
             e.pending = 0 if e.owner == target else (target or RELEASE)
         else:
-            lib.shm_offset_set_owner(e, target, -2)
+            lib.shm_offset_set_owner(e, target, lib.SHM_OFFSET_KEEP)
             e.pending = 0
     kept = set(entry_of.values())
     for i in t.group_offsets(gi).tolist():
@@ -329,7 +329,7 @@ def _rebalance(log, gi: int):
         if e.owner in member_of:
             e.pending = RELEASE           # its owner gives it up on its next poll
         else:
-            lib.shm_offset_set_owner(e, 0, -2)
+            lib.shm_offset_set_owner(e, 0, lib.SHM_OFFSET_KEEP)
             e.pending = 0
             if _topic_of(log, e.topic, e.topic_generation) is None:
                 _free(e)                  # the topic is gone, and its offsets with it
@@ -779,7 +779,7 @@ class Membership:
                 for i in t.group_offsets(gi).tolist():
                     e = t.offset(i)
                     if e.owner == old:
-                        lib.shm_offset_set_owner(e, token, -2)
+                        lib.shm_offset_set_owner(e, token, lib.SHM_OFFSET_KEEP)
                     if e.pending == old:
                         e.pending = token
                 if same_subs:
@@ -967,7 +967,7 @@ class Membership:
                 for i in revoking:
                     e = t.offset(i)
                     if e.owner == self.token and e.pending != 0:
-                        lib.shm_offset_set_owner(e, 0 if e.pending == RELEASE else e.pending, -2)
+                        lib.shm_offset_set_owner(e, 0 if e.pending == RELEASE else e.pending, lib.SHM_OFFSET_KEEP)
                         e.pending = 0
                 lib.shm_group_changed(self.gentry, 0)
         if added:

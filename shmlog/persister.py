@@ -138,7 +138,7 @@ class _Partition:
             self.pos, self.offset = out.end_pos, out.end_offset
             lib.shm_ring_publish_persisted(base, self.pos)
             written += n
-            if self.mode == 2:                          # always
+            if self.mode == lib.SHM_FSYNC_ALWAYS:
                 self.fsync()
 
     def fsync(self):
@@ -183,7 +183,7 @@ class _Partition:
             return False
         if lib.shm_ring_counter(self.ring.base, lib.SHM_COUNTER_DURABLE_WAITERS):     # a durable flush waits
             return True
-        return self.mode == 1 and (time.monotonic() - self.last_fsync) * 1000 >= self.interval_ms
+        return self.mode == lib.SHM_FSYNC_INTERVAL and (time.monotonic() - self.last_fsync) * 1000 >= self.interval_ms
 
     def _fail(self, e: OSError):
         if self.error != e.errno:
@@ -269,7 +269,7 @@ class Persister:
     def wait(self):
         timeout = IDLE_WAIT_S
         for part in self.parts.values():
-            if part.mode == 1 and part.fsynced < part.pos:
+            if part.mode == lib.SHM_FSYNC_INTERVAL and part.fsynced < part.pos:
                 due = part.interval_ms / 1000 - (time.monotonic() - part.last_fsync)
                 timeout = min(timeout, max(due, 0))
         if self.hdrs is None:

@@ -733,8 +733,8 @@ class Damage:
         return f"Damage(pos={self.pos}, offset={self.offset}: {self.error})"
 
 
-_WHY = {1: "torn frame at the end", 2: "bad frame header", 3: "CRC or body check failed",
-        4: "offset discontinuity"}
+_WHY = {lib.SHM_SCAN_TORN: "torn frame at the end", lib.SHM_SCAN_BAD_HEADER: "bad frame header",
+        lib.SHM_SCAN_BAD_BODY: "CRC or body check failed", lib.SHM_SCAN_OFFSET_JUMP: "offset discontinuity"}
 
 
 def _scan(path: str, start_pos: int, file_from: int, expect_offset: int, every, max_ts: int = -1,
@@ -767,15 +767,15 @@ def _scan(path: str, start_pos: int, file_from: int, expect_offset: int, every, 
                 (on_rows or chunks.append)(a)
             consumed = out.end_pos - pos
             pos, off, fpos = out.end_pos, out.end_offset, fpos + consumed
-            if out.stop_reason == 1 and fpos + buf_cap <= size and consumed == 0:
+            if out.stop_reason == lib.SHM_SCAN_TORN and fpos + buf_cap <= size and consumed == 0:
                 buf_cap *= 2                          # a frame larger than the chunk
                 buf = ffi.new("uint8_t[]", buf_cap)
                 maxrows = buf_cap // max(step, 32) + 2
                 rows = ffi.new("int64_t[]", maxrows * lib.SHM_INDEX_FIELDS)
                 continue
-            if out.stop_reason == 1 and fpos < size and consumed > 0:
+            if out.stop_reason == lib.SHM_SCAN_TORN and fpos < size and consumed > 0:
                 continue                              # chunk boundary, not the file's end
-            if out.stop_reason == 0 and fpos < size:
+            if out.stop_reason == lib.SHM_SCAN_END and fpos < size:
                 continue
             allrows = np.concatenate(chunks) if chunks else np.empty((0, 3), np.int64)
             return out, allrows, size
@@ -847,7 +847,8 @@ def _segment_end(s: Segment, rebuild=False):
     while True:
         pos, off, mts, row = start
         out, rows, size = _scan(s.path(), pos, pos - s.base_pos, off, INDEX_EVERY, mts)
-        if row >= 0 and out.frames == 0 and out.end_pos == pos and out.stop_reason in (1, 2, 4):
+        stale_row = out.stop_reason in (lib.SHM_SCAN_TORN, lib.SHM_SCAN_BAD_HEADER, lib.SHM_SCAN_OFFSET_JUMP)
+        if row >= 0 and out.frames == 0 and out.end_pos == pos and stale_row:
             start = (s.base_pos, s.base_offset, -1, -1)
             continue
         return out, rows, start

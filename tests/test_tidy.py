@@ -16,3 +16,17 @@ def test_ruff_lint_is_clean():
                         "shmlog", "tests", "tools", "benchmarks"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_public_exception_is_exported_from_shmlog():
+    """errors.__all__ names every exception errors.py defines, and `from shmlog import X` works for each."""
+    import inspect
+
+    import shmlog
+    from shmlog import errors
+    defined = {n for n, o in vars(errors).items()
+               if inspect.isclass(o) and issubclass(o, BaseException) and o.__module__ == errors.__name__
+               and not n.startswith("_")}
+    assert defined == set(errors.__all__)
+    assert all(getattr(shmlog, n) is getattr(errors, n) for n in defined)
+    assert defined <= set(shmlog.__all__)
