@@ -12,6 +12,17 @@ import pytest
 import shmlog.kafka
 
 
+def recv_exact(sock, n) -> bytes:
+    """n bytes from sock; ConnectionError when the listener closes first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed by the listener")
+        buf += chunk
+    return buf
+
+
 class RawClient:
     """One TCP connection to the listener; frames in, frames out, bounded waits."""
 
@@ -23,13 +34,7 @@ class RawClient:
         self.sock.sendall(struct.pack(">i", len(payload)) + payload)
 
     def recv_exact(self, n):
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("closed by the listener")
-            buf += chunk
-        return buf
+        return recv_exact(self.sock, n)
 
     def recv_frame(self) -> bytes:
         size = struct.unpack(">i", self.recv_exact(4))[0]

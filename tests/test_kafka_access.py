@@ -15,20 +15,11 @@ import time
 import pytest
 
 from kafka_util import Kafka, header_v1
+from kafka_util import recv_exact as _recv
 from shmlog.kafka import peers
 from test_permissions import run_as, users  # noqa: F401  (fixture)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
-
-
-def _recv(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed by the listener")
-        buf += chunk
-    return buf
 
 
 def _as_client(port):

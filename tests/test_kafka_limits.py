@@ -15,6 +15,7 @@ import time
 import pytest
 
 from kafka_util import Kafka, header_v1, kafka  # noqa: F401  (fixture)
+from kafka_util import recv_exact as _recv
 from test_kafka_protocol import call, request
 
 
@@ -246,13 +247,3 @@ def test_pipelined_fetches_that_are_never_read_hold_one_response(inst, tmp_path)
             size = struct.unpack(">i", _recv(c, 4))[0]
             assert size > 7 << 20 and struct.unpack_from(">i", _recv(c, size))[0] == 7
         c.close()
-
-
-def _recv(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed by the listener")
-        buf += chunk
-    return buf

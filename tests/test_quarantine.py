@@ -13,10 +13,9 @@ import time
 import pytest
 
 from shmlog import errors, storage
-from shmlog._native import lib
+from test_recovery import _frames
 
 N = 3000
-XOR = lib.SHM_COMMIT_XOR
 
 
 def _value(p, i):
@@ -41,20 +40,6 @@ def _setup(inst):
     return segs
 
 
-def _frames(path):
-    """[(file_pos, first_offset)] of a segment's data frames, parsed here."""
-    data = open(path, "rb").read()
-    out, fpos = [], 0
-    base = int.from_bytes(data[:8], "little") ^ XOR
-    while fpos < len(data):
-        assert int.from_bytes(data[fpos:fpos + 8], "little") ^ XOR == base + fpos
-        length = int.from_bytes(data[fpos + 8:fpos + 12], "little")
-        if int.from_bytes(data[fpos + 12:fpos + 14], "little") == lib.SHM_FRAME_DATA:
-            out.append((fpos, int.from_bytes(data[fpos + 16:fpos + 24], "big")))
-        fpos += (length + 7) & ~7
-    return out
-
-
 def _recovered_frame(seg):
     """(file position, first offset) of a frame recovery scans: the one at the
     segment's last index row (recovery verifies from there; what lies before it
@@ -64,7 +49,7 @@ def _recovered_frame(seg):
     at = rows[-1][1] - seg.base_pos if rows else frames[1][0]
     k = [f[0] for f in frames].index(at)
     assert k + 2 < len(frames), "intact frames must follow the damaged one"
-    return frames[k]
+    return frames[k][0], frames[k][2]
 
 
 def _damage(seg, how):
