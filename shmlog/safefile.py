@@ -264,20 +264,22 @@ def replace(path: str, data: bytes, sync_dir: bool = True, mode: int = 0o660,
                 raise os_error(e, path, "write") from None
             raise
         if sync_dir:
-            try:
-                os.fsync(dfd)
-            except OSError as e:
-                raise os_error(e, d, "fsync directory") from None
+            _fsync_dir_fd(dfd, d)
     finally:
         os.close(dfd)
+
+
+def _fsync_dir_fd(fd: int, path: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise os_error(e, path, "fsync directory") from None
 
 
 def fsync_dir(path: str) -> None:
     fd = open_dir(path, fsyncable=True)
     try:
-        os.fsync(fd)
-    except OSError as e:
-        raise os_error(e, path, "fsync directory") from None
+        _fsync_dir_fd(fd, path)
     finally:
         os.close(fd)
 
