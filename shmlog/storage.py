@@ -585,11 +585,11 @@ class PartitionWriter:
         a file deleted since; readers still get SegmentGap there."""
         if lost_from is not None:
             a = self.active
-            if a is not None and a.size == 0 and a.lost() is not None:
-                lost_from = a.lost()        # lapped again before a byte was copied: one hole
+            empty = a is not None and a.size == 0
+            lost_from = (a.lost() if empty else None) or lost_from   # lapped again before a copy: one hole
             write_atomically(Segment(self.plog.dir, base_offset, base_pos, 0, 0).path("lost"),
                              _PAIR.pack(*lost_from))
-            if a is not None and a.size == 0 and a.base_offset != base_offset:
+            if empty and a.base_offset != base_offset:
                 self._drop_active()         # a crash before this leaves an empty trailing segment: recovery drops it
         if self.active is not None and self.active.base_offset == base_offset:
             return                                   # nothing was written since the last roll
