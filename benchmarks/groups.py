@@ -28,7 +28,7 @@ SESSION_MS, HEARTBEAT_MS, REAP_S = 1000, 100, 0.1
 def available():
     """True when shmlog has the consumer-group API (issue 4)."""
     try:
-        from shmlog.instance import Log
+        from shmlog import Log
     except Exception:
         return False
     return all(hasattr(Log, n) for n in ("describe_group", "reap_groups", "list_groups"))

@@ -10,7 +10,7 @@ def _source_tree_redirect():
     """`python -m shmlog` run inside a clone after `pip install .` finds the
     clone's source tree first on sys.path (the working directory), and the
     source tree has no compiled core. Then the installed copy is imported in
-    its place (the daemons never meet this: shmlog.launch starts them with -P
+    its place (the daemons never meet this: shmlog.ipc.launch starts them with -P
     in /). With no installed copy either, the ImportError says what to do."""
     import glob
     import importlib.util
@@ -36,14 +36,16 @@ def _source_tree_redirect():
 _source_tree_redirect()   # when it redirects, the imports below resolve in the installed copy too
 
 from . import errors
+from ._version import __version__
+from .client.consumer import Consumer
+from .client.log import Log, connect
+from .client.producer import Producer
+from .control.plane import PartitionInfo, TopicDescription
 from .errors import *  # noqa: F403  (every public exception: errors.__all__)
-from .instance import Log, PartitionInfo, TopicDescription, connect
 from .records import BatchMetadata, Columns, Message, RecordMetadata
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "connect", "Log", "Message", "RecordMetadata", "BatchMetadata", "Columns", "TopicDescription",
-    "PartitionInfo", "errors",
+    "connect", "Log", "Producer", "Consumer", "Message", "RecordMetadata", "BatchMetadata", "Columns",
+    "TopicDescription", "PartitionInfo", "errors", "__version__",
 ]
 __all__ += errors.__all__

@@ -8,11 +8,12 @@ partition, when to retry); callers decide, this module translates.
 import errno as _errno
 import os
 
-from . import _fastpath, errors
+from . import errors
+from ._fastpath import bind as _bind_fastpath
 from ._shmlog_c import ffi, lib
 
 # the fast path (csrc/fastpath.c) calls the core through this module's copy of it
-_fastpath.bind(int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmx_accum_add"))))
+_bind_fastpath(int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmx_accum_add"))))
 
 
 def address_of(cdata) -> int:
@@ -73,7 +74,7 @@ def raise_status(rc: int, what: str):
     raise cls(f"{what} (status {rc})" if cls is errors.ShmlogError else what)
 
 
-class Segment:
+class ShmMapping:
     """A mapped POSIX shared-memory object. Unmapped by close() or GC."""
 
     __slots__ = ("name", "map", "base", "size", "writable", "fd")
@@ -87,7 +88,7 @@ class Segment:
         self.fd = fd                # a hidden segment's one handle until publish()
 
     @classmethod
-    def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "Segment":
+    def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "ShmMapping":
         """A new segment (O_EXCL), mode and group (gid None: ours) set on its fd."""
         m = ffi.new("struct shm_map *")
         rc = lib.shm_segment_create(name.encode(), size, mode, -1 if gid is None else gid, m)
@@ -96,7 +97,7 @@ class Segment:
         return cls(name, ffi.gc(m, lib.shm_unmap))
 
     @classmethod
-    def create_hidden(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "Segment":
+    def create_hidden(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "ShmMapping":
         """A new segment nobody can open until publish() gives it `name`:
         its creator initialises it first, and one killed before publishing
         leaves nothing (csrc/shm.c shm_segment_create_hidden)."""
@@ -118,7 +119,7 @@ class Segment:
             raise_status(rc, f"cannot publish shared-memory segment {self.name}")
 
     @classmethod
-    def open(cls, name: str, writable: bool, offset: int = 0, size: int = 0, *, trust) -> "Segment":
+    def open(cls, name: str, writable: bool, offset: int = 0, size: int = 0, *, trust) -> "ShmMapping":
         """Maps an existing segment after checking its owner and mode against
         trust (trust_of(data_dir)); PermissionDenied naming what was found."""
         m = ffi.new("struct shm_map *")

@@ -27,7 +27,8 @@ import pytest
 os.environ["SHMLOG_AUTOSTART"] = "0"           # before any connect; children inherit it
 
 import shmlog  # noqa: E402
-from shmlog import supervisor as _supervisor  # noqa: E402
+from shmlog.service import supervisor as _supervisor  # noqa: E402
+from shmlog.ipc import daemons
 
 SHM_DIR = "/dev/shm"
 
@@ -119,12 +120,12 @@ class Instance:
 
     def kill_persister(self):
         """kill -9 of the instance's persister(s), however many were started."""
-        self._kill(self._procs("shmlog.persister"))
+        self._kill(self._procs("shmlog.service.persister"))
 
     def start_supervisor(self, config_text=None, env=None, args=(), wait=True, timeout=20.0):
         """`shmlog supervisor` of this instance in the foreground, as our child
         (so a test can SIGTERM or kill -9 it); waits until it answers. Stopped at teardown."""
-        cmd = [sys.executable, "-m", "shmlog.supervisor", "--instance", self.kwargs["instance"],
+        cmd = [sys.executable, "-m", "shmlog.service.supervisor", "--instance", self.kwargs["instance"],
                "--data-dir", self.kwargs["data_dir"], "--shm-prefix", self.prefix, *args]
         if config_text is not None:
             path = self.tmp_path / f"shmlog-{len(self.supervisors)}.toml"
@@ -137,7 +138,7 @@ class Instance:
         self.supervisors.append(proc)
         if wait:
             deadline = time.monotonic() + timeout
-            while _supervisor.running_pid(self.settings) != proc.pid:
+            while daemons.running_pid(self.settings) != proc.pid:
                 if proc.poll() is not None:
                     pytest.fail(f"the supervisor exited with {proc.returncode}:\n{self.supervisor_output()}")
                 if time.monotonic() > deadline:
@@ -154,14 +155,14 @@ class Instance:
     def stop_supervisor(self):
         """Clean stop of the instance's supervisor if one answers; kill -9 of any
         other (and of the workers a killed one left behind)."""
-        if not self.supervisors and not os.path.exists(_supervisor.state_path(self.settings)):
+        if not self.supervisors and not os.path.exists(daemons.supervisor_state_path(self.settings)):
             return                                    # none ever ran for this instance
         try:
-            _supervisor.down(self.settings, timeout=30)
+            daemons.down(self.settings, timeout=30)
         except Exception:
             pass
-        victims = self._procs("shmlog.supervisor")
-        st = _supervisor.read_state(self.settings)
+        victims = self._procs("shmlog.service.supervisor")
+        st = daemons.read_supervisor_state(self.settings)
         pids = [w["pid"] for w in (st.workers if st else []) if w.get("pid")]
         for pid in pids:
             try:

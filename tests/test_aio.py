@@ -17,7 +17,8 @@ import time
 import pytest
 
 import shmlog
-from shmlog import aio, errors
+from shmlog import errors
+from shmlog.client import aio
 from shmlog._native import ffi, lib
 
 

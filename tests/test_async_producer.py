@@ -412,7 +412,7 @@ def test_produce_call_errors_are_pythons(inst):
     inst.log.create_topic("t", persistence="none")
     p = inst.log.producer()
     import inspect
-    from shmlog.producer import Producer
+    from shmlog import Producer
     assert list(inspect.signature(Producer.produce).parameters)[:3] == ["self", "topic", "value"]
     assert "confluent-kafka" in Producer.produce.__doc__
     with pytest.raises(TypeError):

@@ -17,6 +17,7 @@ import pytest
 import shmlog
 from shmlog import cli
 from shmlog.cli import common
+from shmlog.ipc import daemons
 
 SHM = "/dev/shm"
 
@@ -89,7 +90,7 @@ HELP_PATHS = [[], ["topic"], ["topic", "create"], ["topic", "list"], ["topic", "
 
 @pytest.mark.parametrize("path", HELP_PATHS, ids=lambda p: " ".join(p) or "shmlog")
 def test_every_command_has_help_with_examples(path, capsys, monkeypatch):
-    for module in ("benchmarks", "shmlog.supervisor", "shmlog.kafka"):
+    for module in ("benchmarks", "shmlog.service.supervisor", "shmlog.kafka"):
         monkeypatch.setitem(sys.modules, module, None)      # delegates' own help is theirs; this is ours
     with pytest.raises(SystemExit) as ei:
         cli.main([*path, "--help"])
@@ -372,16 +373,13 @@ def test_status_once_json_reports_rates_fill_and_lag(inst):
 
 
 def test_status_and_doctor_name_the_supervisor(inst, sh, monkeypatch):
-    fake = types.ModuleType("shmlog.supervisor")
-    fake.running_pid = lambda settings: 4321 if settings == inst.log.settings else None
-    monkeypatch.setitem(sys.modules, "shmlog.supervisor", fake)
-    monkeypatch.setattr(shmlog, "supervisor", fake, raising=False)
+    monkeypatch.setattr(daemons, "running_pid", lambda settings: 4321 if settings == inst.log.settings else None)
     snap = js(sh("status", "--json", "--interval", "0.05"))
     assert snap["supervisor"] == {"running": True, "pid": 4321, "metrics": None, "kafka": None}
     assert "supervisor pid 4321" in ok(sh("status", "--once", "--interval", "0.05"))
     (c,) = [c for c in js(sh("doctor", "--json"))["checks"] if c["check"] == "supervisor"]
     assert "4321" in c["detail"]
-    fake.running_pid = lambda settings: None
+    monkeypatch.setattr(daemons, "running_pid", lambda settings: None)
     assert js(sh("status", "--json", "--interval", "0.05"))["supervisor"] == {"running": False, "pid": None,
                                                                          "metrics": None, "kafka": None}
 
@@ -473,7 +471,7 @@ def test_bench_runs_the_suite_in_quick_mode(inst, capsys, monkeypatch):
     assert rc == 0 and "examples:" in out
 
 
-@pytest.mark.parametrize("command,module", [("supervisor", "shmlog.supervisor"), ("kafka-listener", "shmlog.kafka")])
+@pytest.mark.parametrize("command,module", [("supervisor", "shmlog.service.supervisor"), ("kafka-listener", "shmlog.kafka")])
 def test_supervisor_and_kafka_listener_get_the_arguments_or_say_the_module_is_missing(inst, capsys, monkeypatch,
                                                                                     command, module):
     monkeypatch.setitem(sys.modules, module, None)
@@ -493,17 +491,12 @@ def test_supervisor_and_kafka_listener_get_the_arguments_or_say_the_module_is_mi
     assert inproc(inst, capsys, command)[0] == 3                   # its exit status is ours
 
 
-def test_up_and_down_call_the_supervisor_module(inst, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "shmlog.supervisor", None)
-    for command in ("up", "down"):
-        rc, out, err = inproc(inst, capsys, command)
-        assert rc == 10 and "shmlog.supervisor" in err and len(err.strip().splitlines()) == 1
+def test_up_and_down_call_the_daemon_launcher(inst, capsys, monkeypatch):
     calls = []
-    fake = types.ModuleType("shmlog.supervisor")
-    fake.up = lambda settings, config_path=None, timeout=20.0: calls.append(("up", settings, config_path,
-                                                                             timeout)) or 4242
-    fake.down = lambda settings, purge=False, timeout=120.0: calls.append(("down", settings, purge, timeout)) or True
-    monkeypatch.setitem(sys.modules, "shmlog.supervisor", fake)
+    monkeypatch.setattr(daemons, "up", lambda settings, config_path=None, timeout=20.0: calls.append(
+        ("up", settings, config_path, timeout)) or 4242)
+    monkeypatch.setattr(daemons, "down", lambda settings, purge=False, timeout=120.0: calls.append(
+        ("down", settings, purge, timeout)) or True)
     rc, out, err = inproc(inst, capsys, "up", "--config", "s.toml", "--json")
     assert rc == 0 and json.loads(out) == {"instance": inst.kwargs["instance"], "pid": 4242,
                                            "metrics": None, "kafka": None}
@@ -514,7 +507,7 @@ def test_up_and_down_call_the_supervisor_module(inst, capsys, monkeypatch):
 
     def refuse(settings, config_path=None, timeout=20.0):
         raise shmlog.errors.Timeout("the supervisor did not answer within 20 s")
-    fake.up = refuse
+    monkeypatch.setattr(daemons, "up", refuse)
     rc, out, err = inproc(inst, capsys, "up")
     assert rc == 7 and err.strip() == "shmlog: error: the supervisor did not answer within 20 s"
 
@@ -610,9 +603,9 @@ def test_produce_hit_by_buffer_full_says_how_much_was_written(inst):
     without saying that some lines were written, so a rerun duplicated them.
     Here the persister is stopped (SIGSTOP), so a small durable ring fills."""
     import signal as sig
-    from shmlog import persister
+    from shmlog.service import persister
     inst.log.create_topic("full", ring_bytes=1 << 16, persistence="disk")
-    pid = persister.pid_of(inst.kwargs["data_dir"])
+    pid = daemons.persister_pid(inst.kwargs["data_dir"])
     assert pid
     os.kill(pid, sig.SIGSTOP)
     try:
@@ -698,13 +691,13 @@ def test_consume_prints_kcats_end_of_partition_and_out_of_range_notices(inst):
 
 def test_up_and_status_show_the_metrics_and_kafka_addresses(inst, tmp_path):
     """Issue 12 #9: the metrics port was shown nowhere but supervisor.json."""
-    from shmlog import supervisor
+    from shmlog.service import supervisor
     cfg = tmp_path / "svc.toml"
     cfg.write_text('metrics_port = 0\n[kafka]\nlisten = "127.0.0.1:0"\n')
     env = _env(inst, SHMLOG_AUTOSTART="1")
     try:
         out = ok(run(inst, "up", "--config", str(cfg), env=env, timeout=60))
-        st = supervisor.read_state(inst.settings)
+        st = daemons.read_supervisor_state(inst.settings)
         metrics, kafka = f"http://127.0.0.1:{st.metrics_port}/metrics", f"127.0.0.1:{st.kafka_port}"
         assert st.metrics_port and st.kafka_port
         assert f"metrics  {metrics}" in out and f"kafka    {kafka}" in out, out

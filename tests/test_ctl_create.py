@@ -18,8 +18,9 @@ import time
 import pytest
 
 import shmlog
-from shmlog import _native, errors, instance, permissions
-from shmlog._native import Segment, ffi, lib
+from shmlog import _native, errors, permissions
+from shmlog.control import plane
+from shmlog._native import ShmMapping, ffi, lib
 
 SHM = "/dev/shm"
 
@@ -39,7 +40,7 @@ def _stop_everything(inst):
 
 
 class _DieAt:
-    """The C core as instance.py and _native.py see it, except that calling
+    """The C core as control/plane.py and _native.py see it, except that calling
     `step` kills this process with SIGKILL first."""
 
     def __init__(self, real, step):
@@ -52,8 +53,8 @@ class _DieAt:
 
 
 def _connect_and_die_at(kwargs, step):
-    real = lib
-    instance.lib = _native.lib = _DieAt(real, step)
+    real = plane.lib
+    plane.lib = _native.lib = _DieAt(real, step)
     shmlog.connect(**kwargs)
     return "survived"
 
@@ -92,7 +93,7 @@ def _watch(name, trust, stop_path, budget_s=30):
     deadline = time.monotonic() + budget_s
     while not os.path.exists(stop_path) and time.monotonic() < deadline:
         try:
-            seg = Segment.open(name, writable=False, trust=trust)
+            seg = ShmMapping.open(name, writable=False, trust=trust)
         except errors.UnknownTopicOrPartition:
             continue
         except errors.LayoutMismatch as e:
@@ -166,7 +167,7 @@ def test_a_waiter_on_a_failed_restore_attaches_the_next_control_segment(inst, mo
         time.sleep(0.3)
         raise errors.NoSpace("injected: the restore failed")
 
-    monkeypatch.setattr(instance.groups, "restore_offsets", failing_restore)
+    monkeypatch.setattr(plane.offsets_snapshot, "restore_offsets", failing_restore)
     with pytest.raises(errors.NoSpace, match="injected"):
         inst.connect()
     monkeypatch.undo()

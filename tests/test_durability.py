@@ -7,8 +7,11 @@ import time
 import pytest
 
 import shmlog
-from shmlog import errors, persister, storage
+from shmlog import errors, storage
+from shmlog.service import persister
 from shmlog._native import lib
+from shmlog import Log
+from shmlog.ipc import daemons
 
 
 def durable(inst, name="d", **kw):
@@ -104,7 +107,7 @@ def test_restart_after_clean_stop_and_after_crash(inst):
         assert [x.end_offset for x in inst.log.describe_topic(t).partitions] == before
         d = inst.log.describe_topic(t)
         assert d.config.partitions == 3 and d.config.persistence == "disk"
-        assert persister.running(inst.kwargs["data_dir"])
+        assert daemons.persister_running(inst.kwargs["data_dir"])
     # offsets continue, never reused
     md = inst.log.producer().send(t, b"next", partition=0)
     assert md.offset == before[0]
@@ -274,8 +277,8 @@ def test_disk_full_gives_back_pressure_and_resumes(inst, tmp_path):
         assert all(m.value == value(m.offset, 1000) for m in got)
         log.destroy()
     finally:
-        pid = persister.pid_of(str(mnt / "data"))
-        if pid and persister.running(str(mnt / "data")):
+        pid = daemons.persister_pid(str(mnt / "data"))
+        if pid and daemons.persister_running(str(mnt / "data")):
             os.kill(pid, 9)
             time.sleep(0.2)
         subprocess.run(["umount", "-l", str(mnt)])
@@ -296,8 +299,8 @@ def test_delete_durable_topic_removes_files(inst):
 
 
 def _restore_then_die(kwargs):
-    from shmlog import instance
-    real = instance.Log._create_entry
+    from shmlog.control import plane
+    real = plane.ControlPlane._create_entry
     made = []
 
     def create_then_die(self, name, cfg, tid, bases, *rest):
@@ -306,7 +309,7 @@ def _restore_then_die(kwargs):
         made.append(name)
         return real(self, name, cfg, tid, bases, *rest)
 
-    instance.Log._create_entry = create_then_die
+    plane.ControlPlane._create_entry = create_then_die
     shmlog.connect(**kwargs, autostart=False)
 
 
@@ -337,11 +340,11 @@ def test_producers_outlive_a_dead_persister(inst):
     p = inst.log.producer(max_block_ms=15_000)
     p.send(t, value(0), partition=0)
     inst.kill_persister()
-    assert not persister.running(inst.kwargs["data_dir"])
+    assert not daemons.persister_running(inst.kwargs["data_dir"])
     n = 5_000                                          # ~10 laps of the ring: impossible without a persister
     for i in range(1, n):
         p.send(t, value(i), partition=0)
-    assert persister.running(inst.kwargs["data_dir"])
+    assert daemons.persister_running(inst.kwargs["data_dir"])
     p.flush(durable=True, timeout=10)
     got = read_all(inst.log, t)
     assert [m.offset for m in got] == list(range(n))

@@ -14,7 +14,8 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from shmlog import admin, errors
+from shmlog import errors
+from shmlog.ipc import admin
 
 REPLY_S = 10.0
 OPS = ["ping", "status", "create_topic", "delete_topic", "alter_topic", "ensure_persister", "reload"]

@@ -23,8 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import shmlog
-from shmlog import errors, supervisor
-from shmlog.instance import Log, RecoveryProgress, read_recovery_progress
+from shmlog import errors
+from shmlog.service import supervisor
+from shmlog import Log
+from shmlog.ipc.progress import RecoveryProgress, read_recovery_progress
+from shmlog.ipc import daemons
 
 RECORDS = 240
 COMMITTED = 57
@@ -239,18 +242,18 @@ def test_damaged_supervisor_json_reads_as_absent_or_valid(tmp_path_factory, data
     s = shmlog.config.resolve("fz", str(d), "shmlogtest-fz.")
     bad = data.draw(damaged(STATE, json.loads, lambda t: json.dumps(t).encode()))
     (d / "supervisor.json").write_bytes(bad)
-    st_ = supervisor.read_state(s)
-    assert st_ is None or isinstance(st_, supervisor.State)
-    assert supervisor.running_pid(s) is None                  # no socket: nobody answers
+    st_ = daemons.read_supervisor_state(s)
+    assert st_ is None or isinstance(st_, daemons.SupervisorState)
+    assert daemons.running_pid(s) is None                  # no socket: nobody answers
 
 
 @pytest.mark.parametrize("content", [b"", b"{", STATE[:40], b"\xff" * 64, b'{"pid": "x"}', b"[1, 2]",
                                      json.dumps({"pid": 2 ** 70, "clean": "yes"}).encode()])
 def test_supervisor_starts_over_a_damaged_state_file(inst, content):
-    with open(supervisor.state_path(inst.settings), "wb") as f:
+    with open(daemons.supervisor_state_path(inst.settings), "wb") as f:
         f.write(content)
     proc = inst.start_supervisor()
-    st_ = supervisor.read_state(inst.settings)
+    st_ = daemons.read_supervisor_state(inst.settings)
     assert st_ is not None and st_.pid == proc.pid                # rewritten whole
     inst.log.create_topic("after", persistence="none")            # and serving
     assert "after" in inst.log.list_topics()

@@ -7,8 +7,11 @@ import time
 import msgspec
 import pytest
 
-from shmlog import errors, groups
+from shmlog import errors
+from shmlog.control import groups
 from shmlog._native import ffi, lib
+from shmlog.control import assignors
+from shmlog.control import tables
 
 FAST = dict(session_timeout_ms=1000, heartbeat_interval_ms=50)
 
@@ -59,7 +62,7 @@ def _universe(partitions):
 def test_range_assignor_matches_kafka():
     # Kafka's RangeAssignor javadoc example: C0, C1 on t0, t1 with 3 partitions each
     subs = {"C0": {"t0", "t1"}, "C1": {"t0", "t1"}}
-    out = groups.assign_range(["C0", "C1"], subs, {"t0": 3, "t1": 3}, {})
+    out = assignors.assign_range(["C0", "C1"], subs, {"t0": 3, "t1": 3}, {})
     assert sorted(tp for tp, m in out.items() if m == "C0") == [("t0", 0), ("t0", 1), ("t1", 0), ("t1", 1)]
     assert sorted(tp for tp, m in out.items() if m == "C1") == [("t0", 2), ("t1", 2)]
 
@@ -67,7 +70,7 @@ def test_range_assignor_matches_kafka():
 def test_roundrobin_assignor_matches_kafka():
     # Kafka's RoundRobinAssignor javadoc example
     subs = {"C0": {"t0", "t1"}, "C1": {"t0", "t1"}}
-    out = groups.assign_roundrobin(["C0", "C1"], subs, {"t0": 3, "t1": 3}, {})
+    out = assignors.assign_roundrobin(["C0", "C1"], subs, {"t0": 3, "t1": 3}, {})
     assert sorted(tp for tp, m in out.items() if m == "C0") == [("t0", 0), ("t0", 2), ("t1", 1)]
     assert sorted(tp for tp, m in out.items() if m == "C1") == [("t0", 1), ("t1", 0), ("t1", 2)]
 
@@ -77,8 +80,8 @@ def test_sticky_assignor_moves_only_what_must_move(n_parts, before, after):
     parts = {"t": n_parts}
     members = [f"m{i}" for i in range(max(before, after))]
     subs = {m: {"t"} for m in members}
-    first = groups.assign_sticky(members[:before], subs, parts, {})
-    second = groups.assign_sticky(members[:after], subs, parts, first)
+    first = assignors.assign_sticky(members[:before], subs, parts, {})
+    second = assignors.assign_sticky(members[:after], subs, parts, first)
     assert sorted(second) == _universe(parts)                        # covers everything
     loads = [sum(1 for m in second.values() if m == x) for x in members[:after]]
     assert max(loads) - min(loads) <= 1                              # balanced
@@ -92,7 +95,7 @@ def test_sticky_assignor_moves_only_what_must_move(n_parts, before, after):
 
 def test_sticky_assignor_with_different_subscriptions():
     subs = {"a": {"x"}, "b": {"x", "y"}, "c": {"y"}}
-    out = groups.assign_sticky(["a", "b", "c"], subs, {"x": 4, "y": 4}, {})
+    out = assignors.assign_sticky(["a", "b", "c"], subs, {"x": 4, "y": 4}, {})
     assert sorted(out) == _universe({"x": 4, "y": 4})
     for tp, m in out.items():
         assert tp[0] in subs[m]
@@ -358,7 +361,7 @@ def test_commit_cas_is_fenced_in_c(inst, topic6):
     """G2 at the C level: only the owner's token commits, and owner changes keep the offset."""
     log = inst.log
     log.commit_offsets("g", {(topic6, 0): 0})
-    t = groups._tables(log)
+    t = tables.tables_of(log)
     i = next(iter(_ for _ in t.group_offsets(t.find_group("g")).tolist()))
     e = t.offset(i)
     base = log._ctl.base

@@ -122,7 +122,8 @@ def test_tcp_peer_uid_from_proc_net_tcp(family, host):
 def test_config_keys_reach_the_listener(inst, capsys):
     """[kafka] allow_any_local_user, max_queued_request_bytes and fetch_max_bytes
     are config keys the supervisor passes on; a budget below max_frame_bytes is refused."""
-    from shmlog import configfile, errors
+    from shmlog import errors
+    from shmlog.service import configfile
     from shmlog.kafka import cli
     spec = configfile.KafkaSpec(listen="127.0.0.1:0", allow_any_local_user=True,
                                 max_queued_request_bytes=1 << 20, max_frame_bytes=1 << 20, fetch_max_bytes=4096)

@@ -20,15 +20,20 @@ import psutil
 import pytest
 
 import shmlog
-from shmlog import catalog, errors, persister, storage
-from shmlog import supervisor as _supervisor
+from shmlog import errors, storage
+from shmlog.control import catalog
+from shmlog.service import persister
+from shmlog.service import supervisor as _supervisor
+from shmlog.ipc import daemons
 
 # Runs `shmlog supervisor` with SHMLOG_TEST_FAULT=before|after:<what>:<n>: the
 # process SIGSTOPs itself before/after the n-th call of <what> (catalog.save,
-# or a lib function instance.py calls), for the test to kill -9 it there.
+# or a lib function control/plane.py calls), for the test to kill -9 it there.
 FAULT_RUNNER = r"""
 import os, signal, sys
-from shmlog import catalog, instance, supervisor
+from shmlog.control import catalog
+from shmlog.control import plane
+from shmlog.service import supervisor
 when, what, nth = os.environ["SHMLOG_TEST_FAULT"].split(":")
 nth, calls = int(nth), [0]
 
@@ -46,12 +51,12 @@ def wrap(fn):
 if what == "save":
     catalog.save = wrap(catalog.save)
 else:
-    real = instance.lib
+    real = plane.lib
     class Lib:
         def __getattr__(self, n):
             v = getattr(real, n)
             return wrap(v) if n == what else v
-    instance.lib = Lib()
+    plane.lib = Lib()
 sys.exit(supervisor.main(sys.argv[1:]))
 """
 
@@ -72,7 +77,7 @@ def _start_faulty_supervisor(inst, fault):
     out.close()
     inst.supervisors.append(proc)
     deadline = time.monotonic() + 30
-    while _supervisor.running_pid(inst.settings) != proc.pid:
+    while daemons.running_pid(inst.settings) != proc.pid:
         assert proc.poll() is None, inst.supervisor_output()
         assert time.monotonic() < deadline, inst.supervisor_output()
         time.sleep(0.02)
@@ -222,7 +227,7 @@ def test_delete_and_recreate_under_a_live_producer_and_persister_keeps_generatio
     import pickle
     stop, out = str(inst.tmp_path / "stop"), str(inst.tmp_path / "sent.pkl")
     _durable(inst.log, "t", fsync="interval:5", ring_bytes=1 << 23)
-    pers = persister.pid_of(inst.kwargs["data_dir"])
+    pers = daemons.persister_pid(inst.kwargs["data_dir"])
     child = inst.process(_child_producer, inst.kwargs, stop, out)
     child.start()
     lives = {}                                         # topic id -> {offset: value} read in that life
@@ -262,7 +267,7 @@ def test_delete_and_recreate_under_a_live_producer_and_persister_keeps_generatio
     for tid, off, v in sent:                           # each child record is in its own life, where it said
         if off in lives.get(tid, {}):
             assert lives[tid][off] == v, f"life {tid}: offset {off} holds {lives[tid][off]!r}, not {v!r}"
-    assert persister.pid_of(inst.kwargs["data_dir"]) == pers and persister.running(inst.kwargs["data_dir"]), \
+    assert daemons.persister_pid(inst.kwargs["data_dir"]) == pers and daemons.persister_running(inst.kwargs["data_dir"]), \
         "the persister died (or was replaced) during the cycles"
     _reboot(inst)
     inst.log = inst.connect()
@@ -322,18 +327,18 @@ def test_a_failed_restore_leaves_no_rings_and_the_next_connect_succeeds(inst, mo
     # damaged files no longer fail a restore (they quarantine one partition:
     # tests/test_quarantine.py); a full disk while recovery rewrites b's
     # indexes still does (chaos seed 26 met it)
-    real = storage._write_indexes
+    real = storage.recovery._write_indexes
 
     def full(s, *args):
         if s.dir == bdir:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(s, *args)
 
-    monkeypatch.setattr(storage, "_write_indexes", full)
+    monkeypatch.setattr(storage.recovery, "_write_indexes", full)
     with pytest.raises(OSError):
         inst.connect()
     assert inst.segments() == [], "the failed restore left shared memory behind"
-    monkeypatch.setattr(storage, "_write_indexes", real)
+    monkeypatch.setattr(storage.recovery, "_write_indexes", real)
     inst.log = inst.connect()                           # no TopicExists
     assert inst.log.list_topics() == ["a", "b"]
 
@@ -401,13 +406,13 @@ def test_the_same_instance_with_another_data_dir_is_refused(inst, tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 5, (r.returncode, err)
     assert os.path.realpath(inst.kwargs["data_dir"]) in err and other in err
-    assert not persister.running(other), "a second persister runs on the same shared memory"
+    assert not daemons.persister_running(other), "a second persister runs on the same shared memory"
     r = _cli(inst, "up", env=env)
     assert r.returncode != 0, r.stdout
     assert os.path.realpath(inst.kwargs["data_dir"]) in r.stderr.decode()
     time.sleep(0.5)
-    assert _instance_processes(inst, "shmlog.supervisor") == 1, "a second supervisor runs"
-    assert _instance_processes(inst, "shmlog.persister") == 1
+    assert _instance_processes(inst, "shmlog.service.supervisor") == 1, "a second supervisor runs"
+    assert _instance_processes(inst, "shmlog.service.persister") == 1
     with pytest.raises(errors.InstanceConflict, match="one instance is one name, one data dir"):
         shmlog.connect(**dict(inst.kwargs, data_dir=other))
     assert inst.log.list_topics() == ["d"]               # the instance itself goes on
@@ -451,6 +456,6 @@ def test_read_only_commands_after_down_purge_restore_nothing_and_start_nothing(i
         err = r.stderr.decode()
         assert r.returncode == 3 and "not running" in err, (cmd, r.returncode, err)
         assert inst.segments() == [], f"{cmd} re-created shared memory"
-        assert not persister.running(inst.kwargs["data_dir"]), f"{cmd} started a persister"
+        assert not daemons.persister_running(inst.kwargs["data_dir"]), f"{cmd} started a persister"
     inst.log = inst.connect()                           # a writing connection restores it
     assert inst.log.list_topics() == ["d"]

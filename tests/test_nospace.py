@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import Instance  # noqa: E402
 
 import shmlog  # noqa: E402
-from shmlog import admin, errors, safefile  # noqa: E402
-from shmlog.instance import Log  # noqa: E402
+from shmlog import errors, safefile
+from shmlog.ipc import admin  # noqa: E402
+from shmlog import Log  # noqa: E402
 
 RECORDS = 300
 
@@ -135,7 +136,7 @@ def test_the_admin_server_translates_an_os_error_a_handler_let_through(code, cls
         raise OSError(code, os.strerror(code), "/d/topics/t@1/0/partition.metadata")
     server = types.SimpleNamespace(handlers={"create_topic": handler})
     rep = admin.Server._dispatch(server, msgspec.msgpack.encode(admin.Request("create_topic")),
-                                 shmlog.instance.log)
+                                 shmlog.control.plane.logger)
     assert not rep.ok and rep.error == cls, rep
     if cls != "SupervisorError":
         assert "/d/topics/t@1/0/partition.metadata" in rep.message, rep
@@ -149,7 +150,8 @@ def test_an_index_write_that_fails_takes_back_its_data(inst, monkeypatch):
     or cut off as a torn tail. The failed append now takes back what it
     wrote; the retry writes the run once."""
     import glob
-    from shmlog import persister, storage
+    from shmlog import storage
+    from shmlog.service import persister
     log = inst.log
     log.create_topic("d", partitions=1, ring_bytes=1 << 16)
     log.stop_persister()                                 # this test runs the persister in-process
@@ -171,7 +173,7 @@ def test_an_index_write_that_fails_takes_back_its_data(inst, monkeypatch):
 
     produce(values[:200])
     per = persister.Persister(log)
-    monkeypatch.setattr(storage.os, "write", write)
+    monkeypatch.setattr(storage.writer.os, "write", write)
     per.run_once()
     assert failed, "the copy wrote no index row"
     monkeypatch.undo()

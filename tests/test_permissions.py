@@ -23,9 +23,10 @@ import uuid
 import pytest
 
 import shmlog
-import shmlog.consumer  # noqa: F401  (imported before fork: the users cannot read /root)
-import shmlog.producer  # noqa: F401
-from shmlog import admin, config, errors, permissions
+import shmlog.client.consumer  # noqa: F401  (imported before fork: the users cannot read /root)
+import shmlog.client.producer  # noqa: F401
+from shmlog import config, errors, permissions
+from shmlog.ipc import admin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                                 reason="needs root and useradd to create a throwaway user")

@@ -14,6 +14,7 @@ import pytest
 
 from shmlog import errors, storage
 from test_recovery import _frames
+from shmlog.ipc import daemons
 
 N = 3000
 
@@ -184,8 +185,8 @@ def test_quarantine_is_reported_by_the_supervisor_its_metrics_and_survives_kill9
     assert "OFFLINE" in out and segs[1].path() in out, out[-3000:]
     log = inst.connect()
     _assert_quarantined(inst, log, segs[1], fpos, first, "flip")
-    from shmlog import supervisor
-    port = supervisor.read_state(inst.settings).metrics_port
+    from shmlog.service import supervisor
+    port = daemons.read_supervisor_state(inst.settings).metrics_port
     import urllib.request
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'shmlog_partition_offline{partition="0",topic="q"} 1.0' in text

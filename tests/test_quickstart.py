@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from shmlog import errors, supervisor
+from shmlog import errors
+from shmlog.service import supervisor
+from shmlog.ipc import daemons
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +64,7 @@ def test_the_readme_first_command_in_a_fresh_clone_and_venv(inst, tmp_path):
             assert "no supervisor" not in r.stderr, f"{how} {where}: {r.stderr}"
             assert took < 60, f"{how} {where}: the demo took {took:.1f} s"
             # the supervisor it started ran the installed package, not the clone's source tree
-            pid = supervisor.running_pid(inst.settings)
+            pid = daemons.running_pid(inst.settings)
             assert pid is not None, f"{how} {where}: no supervisor runs after the demo"
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 assert f.read().split(b"\0")[0] == py.encode()
@@ -84,7 +86,7 @@ def test_up_reports_a_supervisor_that_dies_before_it_can_say_why(inst, tmp_path,
     monkeypatch.setenv("PYTHONPATH", str(broken.parent))
     t0 = time.monotonic()
     with pytest.raises(errors.SupervisorError, match="broken on purpose"):
-        supervisor.up(inst.settings, timeout=20)
+        daemons.up(inst.settings, timeout=20)
     assert time.monotonic() - t0 < 8
 
 
@@ -93,7 +95,7 @@ def test_up_reports_a_config_error_at_once_with_its_reason(inst, tmp_path):
     bad.write_text("[topics.orders]\npartitons = 4\n")
     t0 = time.monotonic()
     with pytest.raises(errors.InvalidConfig, match="partitons"):
-        supervisor.up(inst.settings, config_path=str(bad), timeout=20)
+        daemons.up(inst.settings, config_path=str(bad), timeout=20)
     assert time.monotonic() - t0 < 8
 
 
@@ -118,7 +120,7 @@ def test_racing_ups_get_the_one_supervisor_that_won(inst):
 
     def one():
         try:
-            pids.append(supervisor.up(inst.settings, timeout=60))
+            pids.append(daemons.up(inst.settings, timeout=60))
         except Exception as e:           # noqa: BLE001 — the test reports it
             errs.append(e)
 
@@ -128,4 +130,4 @@ def test_racing_ups_get_the_one_supervisor_that_won(inst):
     for t in threads:
         t.join(120)
     assert not errs and len(pids) == 4 and len(set(pids)) == 1, (pids, errs)
-    assert supervisor.running_pid(inst.settings) == pids[0]
+    assert daemons.running_pid(inst.settings) == pids[0]

@@ -10,6 +10,7 @@ import pytest
 
 from shmlog import errors, storage
 from shmlog._native import lib
+from shmlog.ipc import progress
 
 XOR = lib.SHM_COMMIT_XOR
 
@@ -225,7 +226,7 @@ def test_missing_or_damaged_indexes_are_rebuilt(inst):
 def test_recovery_reports_progress_in_the_data_dir(inst, monkeypatch):
     """A restore writes <data_dir>/recovery.json as it goes (what `shmlog up`
     draws its progress bar from) and removes it at the end."""
-    from shmlog import instance
+    from shmlog.control import plane
     log = inst.log
     log.create_topic("a", partitions=2)
     log.create_topic("b", partitions=1)
@@ -239,17 +240,17 @@ def test_recovery_reports_progress_in_the_data_dir(inst, monkeypatch):
     inst.kill_persister()
     inst.drop_shared_memory()
     seen = []
-    original = instance._RecoveryProgress.report
+    original = progress.ProgressWriter.report
 
     def spy(self, topic, partition):
         original(self, topic, partition)
-        seen.append(instance.read_recovery_progress(inst.kwargs["data_dir"]))
-    monkeypatch.setattr(instance._RecoveryProgress, "REPORT_S", 0.0)
-    monkeypatch.setattr(instance._RecoveryProgress, "report", spy)
+        seen.append(progress.read_recovery_progress(inst.kwargs["data_dir"]))
+    monkeypatch.setattr(progress.ProgressWriter, "REPORT_S", 0.0)
+    monkeypatch.setattr(progress.ProgressWriter, "report", spy)
     log = inst.connect()
     assert [(s.topic, s.partition, s.done, s.total) for s in seen] == \
         [("a", 0, 0, 3), ("a", 1, 1, 3), ("b", 0, 2, 3)]
     assert all(s.pid == os.getpid() for s in seen)
-    assert instance.read_recovery_progress(inst.kwargs["data_dir"]) is None
+    assert progress.read_recovery_progress(inst.kwargs["data_dir"]) is None
     assert log.describe_topic("a").partitions[1].end_offset == 1
     log.close()

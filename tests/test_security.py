@@ -22,8 +22,13 @@ import traceback
 import pytest
 
 import shmlog
-from shmlog import config, errors, groups, persister, safefile, storage, supervisor
-from shmlog._native import Segment, ffi, lib, trust_of
+from shmlog import config, errors, safefile, storage
+from shmlog.control import groups
+from shmlog.service import persister
+from shmlog.service import supervisor
+from shmlog._native import ShmMapping, ffi, lib, trust_of
+from shmlog.control import offsets_snapshot
+from shmlog.ipc import daemons
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (to drop to another uid in a child)")
@@ -134,11 +139,11 @@ def test_replace_over_a_planted_symlink_replaces_the_link(open_dir, victim):
 @needs_root
 def test_supervisor_state_tmp_symlink_not_followed(open_dir, victim):
     s = config.resolve("sec", _group_dir(open_dir / "data"), "shmlogsec.")
-    _as_nobody(_plant, supervisor.state_path(s) + ".tmp", victim)
-    supervisor._write_state(s, supervisor.State(pid=os.getpid(), instance="sec", data_dir=s.data_dir,
+    _as_nobody(_plant, daemons.supervisor_state_path(s) + ".tmp", victim)
+    daemons.write_supervisor_state(s, daemons.SupervisorState(pid=os.getpid(), instance="sec", data_dir=s.data_dir,
                                                 shm_prefix=s.shm_prefix, admin_socket="x"))
     _untouched(victim)
-    assert supervisor.read_state(s).pid == os.getpid()
+    assert daemons.read_supervisor_state(s).pid == os.getpid()
 
 
 @needs_root
@@ -176,7 +181,7 @@ def test_lock_file_symlink_refused(open_dir, victim):
     """supervisor.lock was opened O_CREAT through a symlink, then truncated and
     rewritten with the pid: the victim's content was gone."""
     s = config.resolve("sec", _group_dir(open_dir / "data"), "shmlogsec.")
-    _as_nobody(_plant, supervisor.lock_path(s), victim)
+    _as_nobody(_plant, daemons.supervisor_lock_path(s), victim)
     with pytest.raises(errors.PermissionDenied):
         supervisor.Supervisor(s)._take_lock()
     _untouched(victim)
@@ -191,7 +196,7 @@ def test_offsets_lock_symlink_creates_nothing_outside(moved, tmp_path):
     elsewhere = tmp_path / "created-by-root"
     _as_nobody(_plant, os.path.join(meta, "offsets.lock"), elsewhere)
     with pytest.raises(errors.PermissionDenied):
-        groups.snapshot_offsets(inst.log)
+        offsets_snapshot.snapshot_offsets(inst.log)
     assert not elsewhere.exists()
 
 
@@ -227,7 +232,7 @@ def test_admin_symlink_in_the_path_is_followed(tmp_path):
 
 
 def _squat_ctl(name, size):
-    seg = Segment.create(name, size, mode=0o666)
+    seg = ShmMapping.create(name, size, mode=0o666)
     lim = ffi.new("struct shm_ctl_limits *", [1024, 1024, 4096, 65536])
     assert lib.shm_ctl_init(seg.base, seg.size, lim, b"/elsewhere", 10, 0, 0) == lib.SHM_OK
     os.chmod("/dev/shm" + name, 0o666)
@@ -347,7 +352,7 @@ def test_crafted_ring_header_never_crashes(inst, what):
     procs = {"persister": inst.process(_warm_persister, kw, go)}
     procs["persister"].start()
     deadline = time.monotonic() + 20
-    while not persister.running(inst.settings.data_dir):
+    while not daemons.persister_running(inst.settings.data_dir):
         assert time.monotonic() < deadline, "persister did not start"
         time.sleep(0.01)
     procs["producer"] = inst.process(_warm_producer, kw, "c", go, 3000)
@@ -357,7 +362,7 @@ def test_crafted_ring_header_never_crashes(inst, what):
     time.sleep(1.0)                                   # each has mapped the ring and used it
     with inst.connect() as log:
         gen = log.describe_topic("c").generation
-    seg = Segment.open(inst.settings.ring_name(gen, 0), writable=True, trust=trust_of(inst.settings.data_dir))
+    seg = ShmMapping.open(inst.settings.ring_name(gen, 0), writable=True, trust=trust_of(inst.settings.data_dir))
     h = ffi.cast("struct shm_ring_header *", seg.base)
     CORRUPTIONS[what](h)
     go.set()

@@ -11,7 +11,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shmlog import configfile, errors, supervisor
+from shmlog import errors
+from shmlog.service import configfile
+from shmlog.service import supervisor
+from shmlog.ipc import daemons
 
 
 def wait_for(cond, timeout=10.0, what="condition"):
@@ -165,7 +168,7 @@ ring_bytes = 65536
     cfg_path.write_text("[topics.a]\npartitions = 'x'\n")
     sup.send_signal(signal.SIGHUP)
     wait_for(lambda: "config not reloaded" in inst.supervisor_output(), what="the reload error")
-    assert supervisor.running_pid(inst.settings) == sup.pid
+    assert daemons.running_pid(inst.settings) == sup.pid
 
 
 # ------------------------------------------------------------ workers
@@ -246,7 +249,7 @@ def test_workers_start_restart_after_kill9_and_stop_on_shutdown(inst, tmp_path):
     assert time.monotonic() - killed_at < 5                               # within its backoff (0.3 s) + slack
     live = [pid for pid in runs if pid != victim]
     assert all(_alive(pid) for pid in live)
-    wait_for(lambda: sorted(w["restarts"] for w in supervisor.read_state(inst.settings).workers) == [0, 1],
+    wait_for(lambda: sorted(w["restarts"] for w in daemons.read_supervisor_state(inst.settings).workers) == [0, 1],
              what="the restart in the state file")
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(30) == 0, inst.supervisor_output()
@@ -308,7 +311,7 @@ def scrape(port):
 def test_metrics_endpoint_matches_the_api(inst, tmp_path):
     out, wtext = _worker_config(tmp_path, "w", "sleep", replicas=1, restart="always")
     inst.start_supervisor(config_text="metrics_port = 0\n" + wtext)
-    st = supervisor.read_state(inst.settings)
+    st = daemons.read_supervisor_state(inst.settings)
     assert st.metrics_port
     log = inst.log
     log.create_topic("d", partitions=2, ring_bytes=1 << 16, fsync="never")
@@ -375,7 +378,7 @@ def test_metrics_with_a_partition_that_has_no_committed_offset(inst, tmp_path):
         for i in range(10):
             p.send("lagged", b"%d" % i, partition=i % 2)
     inst.start_supervisor(config_text="metrics_port = 0\n")
-    port = supervisor.read_state(inst.settings).metrics_port
+    port = daemons.read_supervisor_state(inst.settings).metrics_port
     ready = str(tmp_path / "ready")
     member = inst.process(_member_that_never_commits, inst.kwargs, ready)
     member.start()
@@ -422,7 +425,7 @@ def test_the_example_config_starts_cleanly_as_shipped(inst):
     proc = inst.start_supervisor(config_text=_shipped_config(), args=("--metrics-port", "0"))
     time.sleep(3)
     assert proc.poll() is None
-    st = supervisor.read_state(inst.settings)
+    st = daemons.read_supervisor_state(inst.settings)
     assert st.workers == [] and st.kafka_port is None
     assert sorted(inst.log.list_topics()) == ["orders", "ticks"]
     out = inst.supervisor_output()
@@ -491,7 +494,8 @@ def test_the_start_timeout_is_extended_while_a_restore_moves(tmp_path, monkeypat
     restore) into EXTEND_TIMEOUT_USEC for systemd and "recovering" lines on the
     launcher's status pipe; once the restore stops moving for the grace time,
     the extensions stop, so a hung start still times out."""
-    from shmlog import launch, storage
+    from shmlog import storage
+    from shmlog.ipc import launch
     nsock_path = str(tmp_path / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(nsock_path)
@@ -620,7 +624,7 @@ backoff_ms = 100
     wait_for(rebalanced_with_the_restarted_replica, timeout=30, what="the group to take the restarted replica in")
     d = inst.log.describe_group("billing")
     assert len(d.members) == 2 and victim not in [m.pid for m in d.members]
-    port = supervisor.read_state(inst.settings).metrics_port
+    port = daemons.read_supervisor_state(inst.settings).metrics_port
     m = wait_for(lambda: (s := scrape(port)).get(("shmlog_group_members", (("group", "billing"),))) == 2 and s,
                  what="group metrics")
     assert m[("shmlog_group_rebalances_total", (("group", "billing"),))] == \

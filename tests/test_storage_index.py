@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from shmlog import errors, persister, storage
+from shmlog import errors, storage
+from shmlog.service import persister
 
 HOUR_MS = 3600_000
 
@@ -308,7 +309,7 @@ def _damage_row(seg, row, offset_delta=0, pos_delta=0):
     o, p = rows[row]
     with open(seg.path("index"), "r+b") as f:
         f.seek(row * 16)
-        f.write(storage._PAIR.pack(o + offset_delta, p + pos_delta))
+        f.write(storage.INDEX_PAIR.pack(o + offset_delta, p + pos_delta))
     return o, p
 
 
@@ -359,7 +360,7 @@ def test_check_reads_index_and_time_index_files(inst):
     ts = segs[1].time_index()
     with open(segs[1].path("timeindex"), "r+b") as f:             # a row that understates its max
         f.seek(3 * 16)
-        f.write(storage._PAIR.pack(ts[3][0] - 5, ts[3][1]))
+        f.write(storage.INDEX_PAIR.pack(ts[3][0] - 5, ts[3][1]))
     with open(segs[2].path("index"), "ab") as f:                  # a torn row
         f.write(b"\x01\x02\x03")
     r = subprocess.run([sys.executable, "-m", "shmlog", "check", inst.kwargs["data_dir"], "--json"],

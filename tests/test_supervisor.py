@@ -7,8 +7,12 @@ import time
 import pytest
 
 import shmlog
-from shmlog import admin, errors, persister, supervisor
+from shmlog import errors
+from shmlog.ipc import admin
+from shmlog.service import persister
+from shmlog.service import supervisor
 from shmlog._native import lib
+from shmlog.ipc import daemons
 
 
 def value(i: int) -> bytes:
@@ -48,9 +52,9 @@ def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
     assert sum(before) == 3000
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(60) == 0, inst.supervisor_output()
-    st = supervisor.read_state(inst.settings)
+    st = daemons.read_supervisor_state(inst.settings)
     assert st.clean and st.stopped_ms
-    assert not persister.running(inst.kwargs["data_dir"])
+    assert not daemons.persister_running(inst.kwargs["data_dir"])
     p.close()
     log.close()
     inst.drop_shared_memory()                        # a reboot: only the data dir is left
@@ -103,17 +107,17 @@ def test_a_second_supervisor_is_refused(inst):
     second = inst.start_supervisor(wait=False)
     assert second.wait(30) == supervisor.EXIT_ALREADY_RUNNING
     assert "another supervisor" in inst.supervisor_output()
-    assert supervisor.running_pid(inst.settings) == first.pid
+    assert daemons.running_pid(inst.settings) == first.pid
 
 
 def test_the_supervisor_restarts_a_dead_persister(inst):
     inst.start_supervisor()
     inst.log.create_topic("t", ring_bytes=1 << 16)
     d = inst.kwargs["data_dir"]
-    old = persister.pid_of(d)
-    assert persister.running(d)
+    old = daemons.persister_pid(d)
+    assert daemons.persister_running(d)
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: persister.running(d) and persister.pid_of(d) != old, what="a new persister")
+    wait_for(lambda: daemons.persister_running(d) and daemons.persister_pid(d) != old, what="a new persister")
     assert admin.client(inst.settings).call("status")["persister_restarts"] == 1
 
 
@@ -147,10 +151,10 @@ def test_the_supervisor_seals_a_dead_producers_write_without_any_reader(inst):
 
 def test_autostart_starts_one_background_supervisor_and_down_stops_it(inst):
     a = inst.connect(autostart=True)
-    pid = supervisor.running_pid(inst.settings)
+    pid = daemons.running_pid(inst.settings)
     assert pid is not None
     b = inst.connect(autostart=True)
-    assert supervisor.running_pid(inst.settings) == pid             # reused, not a second one
+    assert daemons.running_pid(inst.settings) == pid             # reused, not a second one
     a.create_topic("x", ring_bytes=1 << 16)
     assert b.list_topics() == ["x"]
     with b.producer() as p:
@@ -158,17 +162,17 @@ def test_autostart_starts_one_background_supervisor_and_down_stops_it(inst):
         p.flush(durable=True, timeout=10)
     a.close()
     b.close()
-    assert supervisor.down(inst.settings)
-    assert supervisor.running_pid(inst.settings) is None
-    assert supervisor.read_state(inst.settings).clean
-    assert not supervisor.down(inst.settings)                       # nothing left to stop
+    assert daemons.down(inst.settings)
+    assert daemons.running_pid(inst.settings) is None
+    assert daemons.read_supervisor_state(inst.settings).clean
+    assert not daemons.down(inst.settings)                       # nothing left to stop
 
 
 def test_up_reports_a_supervisor_that_cannot_start(inst, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("metrics_port = 'x'\n")
     with pytest.raises(errors.InvalidConfig, match="metrics_port"):     # the supervisor's own error, at once
-        supervisor.up(inst.settings, config_path=str(bad), timeout=20)
+        daemons.up(inst.settings, config_path=str(bad), timeout=20)
 
 
 def test_topic_errors_cross_the_admin_socket(inst):
@@ -228,13 +232,13 @@ def test_the_supervisor_restores_an_instance_whose_shared_memory_vanished(inst):
         for i in range(300):
             p.send("d", value(i), partition=i % 2)
         p.flush(durable=True, timeout=10)
-    old_persister = persister.pid_of(inst.kwargs["data_dir"])
+    old_persister = daemons.persister_pid(inst.kwargs["data_dir"])
     inst.log.close()
     inst.drop_shared_memory()                         # under the running supervisor
     ctl = "/dev/shm" + inst.settings.ctl_name
     wait_for(lambda: os.path.exists(ctl), what="the supervisor to restore the instance")
-    wait_for(lambda: persister.running(inst.kwargs["data_dir"])
-             and persister.pid_of(inst.kwargs["data_dir"]) != old_persister, what="a new persister")
+    wait_for(lambda: daemons.persister_running(inst.kwargs["data_dir"])
+             and daemons.persister_pid(inst.kwargs["data_dir"]) != old_persister, what="a new persister")
     inst.log = log = inst.connect()
     assert [x.end_offset for x in log.describe_topic("d").partitions] == [150, 150]
     with log.producer(max_block_ms=10_000) as p:
@@ -261,11 +265,11 @@ def test_down_purge_removes_shared_memory_and_the_next_start_restores(inst):
         p.send("d", b"kept")
         p.send("e", b"lost")
     st = admin.client(inst.settings).call("status")
-    assert st["topics"] == ["d", "e"] and st["persister_pid"] == persister.pid_of(inst.kwargs["data_dir"])
+    assert st["topics"] == ["d", "e"] and st["persister_pid"] == daemons.persister_pid(inst.kwargs["data_dir"])
     inst.log.close()
-    assert supervisor.down(inst.settings, purge=True)
+    assert daemons.down(inst.settings, purge=True)
     assert [n for n in inst.segments() if ".live." not in n] == []
-    assert not persister.running(inst.kwargs["data_dir"])
+    assert not daemons.persister_running(inst.kwargs["data_dir"])
     inst.log = inst.connect(autostart=True)
     assert inst.log.list_topics() == ["d", "e"]                 # configs come back from the catalog,
     assert [m.value for m in read_all(inst.log, "d")] == [b"kept"]
@@ -299,7 +303,7 @@ def test_the_supervisor_runs_the_kafka_listener(inst):
     kafka = pytest.importorskip("kafka")
     import socket
     sup = inst.start_supervisor(args=("--kafka-listen", "127.0.0.1:0"))
-    port = supervisor.read_state(inst.settings).kafka_port
+    port = daemons.read_supervisor_state(inst.settings).kafka_port
     assert port
     admin_client = kafka.KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=10000)
     admin_client.create_topics([kafka.admin.NewTopic("kt", 2, 1)])
@@ -319,7 +323,7 @@ def test_the_supervisor_runs_the_kafka_listener(inst):
 
 
 def test_kafka_listen_in_the_config_is_checked():
-    from shmlog import configfile
+    from shmlog.service import configfile
     with pytest.raises(errors.InvalidConfig, match="kafka.listen"):
         configfile.parse('[kafka]\nlisten = "192.0.2.1:9092"\n')
     with pytest.raises(errors.InvalidConfig, match="kafka.listen"):

@@ -10,7 +10,8 @@ import os
 import sys
 
 from .. import errors
-from . import check, common, consume, delegates, demo, doctor, groups, produce, status, topics
+from .._version import __version__
+from . import check, common, consume, consumer_groups, delegates, demo, doctor, produce, status, topics
 
 EPILOG = f"""examples:
   shmlog topic create orders -p 4
@@ -28,14 +29,13 @@ $SHMLOG_DATA_DIR / $SHMLOG_SHM_PREFIX, else 'default' in ~/.local/state/shmlog/d
 {common.EXIT_CODES_HELP}
 """
 
-COMMANDS = (topics, produce, consume, groups, status, doctor, check, delegates, demo)
+COMMANDS = (topics, produce, consume, consumer_groups, status, doctor, check, delegates, demo)
 
 
 def build_parser() -> common.Parser:
     ap = common.Parser(prog="shmlog", description="Kafka's model on one host, over shared memory.",
                        epilog=EPILOG)
     common.add_top_level_instance_options(ap)
-    from .. import __version__
     where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--version", action="version",
                     version=f"shmlog {__version__} ({where}, Python {sys.version.split()[0]})")

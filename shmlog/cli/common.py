@@ -14,7 +14,9 @@ import sys
 
 import msgspec
 
-from .. import config, connect, errors
+from .. import config, errors
+from ..client.log import connect
+from ..ipc import daemons
 
 
 class CommandError(errors.ShmlogError):
@@ -245,26 +247,11 @@ def human_bytes(n) -> str:
 
 
 def supervisor_pid(settings) -> int | None:
-    """The pid of the instance's running supervisor, or None (none runs, or this build has none)."""
-    try:
-        from .. import supervisor
-    except ImportError:
-        return None
-    running_pid = getattr(supervisor, "running_pid", None)
-    return running_pid(settings) if running_pid is not None else None
+    """The pid of the instance's running supervisor, or None."""
+    return daemons.running_pid(settings)
 
 
 def supervisor_addresses(settings, running: bool = True) -> dict:
     """Where the instance's running supervisor serves metrics and Kafka clients
     ({"metrics": URL | None, "kafka": HOST:PORT | None}; both None when none runs)."""
-    none = {"metrics": None, "kafka": None}
-    if not running:
-        return none
-    try:
-        from .. import supervisor
-    except ImportError:
-        return none
-    read_state, addresses = getattr(supervisor, "read_state", None), getattr(supervisor, "addresses", None)
-    if read_state is None or addresses is None:
-        return none
-    return addresses(read_state(settings))
+    return daemons.addresses(daemons.read_supervisor_state(settings) if running else None)

@@ -1,7 +1,7 @@
 """cli/delegates.py — subcommands whose work lives in other modules.
 
 Owns: `bench` (benchmarks.cli_main, quick mode unless --full), `supervisor`
-(shmlog.supervisor.main), `up` / `down` (shmlog.supervisor.up / down) and
+(shmlog.service.supervisor.main), `up` / `down` (shmlog.ipc.daemons.up / down) and
 `kafka-listener` (shmlog.kafka.main): each module imported only when its
 command runs; `bench`, `supervisor` and `kafka-listener` are handed the
 arguments this parser does not know (and --help, so their own help shows),
@@ -12,8 +12,11 @@ would pay for them, or fail without them).
 import importlib
 import os
 import sys
+import threading
 
 from .. import errors
+from ..ipc import daemons
+from ..ipc.progress import read_recovery_progress
 from . import common
 
 BENCH_EPILOG = """examples:
@@ -100,7 +103,7 @@ def _argv_delegate(module, attr, what):
 
 
 def cmd_up(args):
-    up = load("shmlog.supervisor", "up", "up")
+    up = daemons.up
     if args.timeout <= 0:
         raise common.CommandError("--timeout must be > 0")
     pid = _up_with_progress(up, args)
@@ -115,9 +118,6 @@ def cmd_up(args):
 def _up_with_progress(up, args):
     """up() in a thread; on a terminal, a progress bar while the supervisor
     recovers a large log (it writes <data_dir>/recovery.json as it goes)."""
-    import sys
-    import threading
-    from ..instance import read_recovery_progress
     s = common.settings(args)
     box = {}
 
@@ -148,7 +148,7 @@ def _up_with_progress(up, args):
 
 
 def cmd_down(args):
-    down = load("shmlog.supervisor", "down", "down")
+    down = daemons.down
     if args.timeout <= 0:
         raise common.CommandError("--timeout must be > 0")
     stopped = down(common.settings(args), purge=args.purge, timeout=args.timeout)
@@ -164,7 +164,7 @@ def register(sub, parent):
                        help="run the benchmark suite (quick mode unless --full)", epilog=BENCH_EPILOG)
     b.set_defaults(func=cmd_bench, passthrough=True, parser=b)
     for name, module, text in (
-            ("supervisor", "shmlog.supervisor", "run the instance's supervisor in the foreground"),
+            ("supervisor", daemons.SUPERVISOR_MODULE, "run the instance's supervisor in the foreground"),
             ("kafka-listener", "shmlog.kafka", "serve the instance over Kafka's wire protocol")):
         p = sub.add_parser(name, parents=[parent], add_help=False, help=text, epilog=SERVICE_EPILOG,
                            description=f"{text.capitalize()}. Every option is passed to {module}.main "

@@ -6,7 +6,8 @@ Must never: leave its topic behind, even when the run fails.
 import multiprocessing
 import time
 
-from .. import connect, errors
+from .. import errors
+from ..client.log import connect
 
 EPILOG = """examples:
   shmlog demo                                  # 1,000,000 records of 100 B, per-message API

@@ -16,6 +16,7 @@ import stat
 import time
 
 from .. import config, errors, liveness
+from ..ipc import daemons
 from . import common
 
 EPILOG = """examples:
@@ -238,9 +239,8 @@ def cmd_doctor(args):
     sup = common.supervisor_pid(settings)
     rep.add("supervisor", "ok", f"running (pid {sup})" if sup else "not running (`shmlog up` or the systemd unit "
             "starts one; the data path works without it)")
-    from .. import persister
-    running = persister.running(settings.data_dir)
-    rep.add("persister", "ok", f"running (pid {persister.pid_of(settings.data_dir)})" if running
+    running = daemons.persister_running(settings.data_dir)
+    rep.add("persister", "ok", f"running (pid {daemons.persister_pid(settings.data_dir)})" if running
             else "not running (started by connect/`shmlog up` when durable topics exist)")
     if rep.stale:
         rep.add("stale", "warn", f"{len(rep.stale)} stale segment(s)/token(s)" +

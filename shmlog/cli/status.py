@@ -11,9 +11,10 @@ import sys
 import time
 
 from .. import errors
+from ..ipc import daemons
 from . import common
 from .doctor import instance_tokens
-from .groups import lag_text, total_lag
+from .consumer_groups import lag_text, total_lag
 
 EPILOG = """examples:
   shmlog status                       # refreshes every second until Ctrl-C
@@ -36,11 +37,11 @@ def sample(log, settings) -> dict:
             groups[g] = log.describe_group(g)
         except errors.UnknownGroup:
             continue                                   # deleted meanwhile
-    from .. import persister
     live, dead = instance_tokens(settings)
     sup_pid = common.supervisor_pid(settings)
     return {"t": time.monotonic(), "topics": topics, "groups": groups,
-            "persister_pid": persister.pid_of(settings.data_dir) if persister.running(settings.data_dir) else None,
+            "persister_pid": (daemons.persister_pid(settings.data_dir)
+                              if daemons.persister_running(settings.data_dir) else None),
             "supervisor_pid": sup_pid,
             "addresses": common.supervisor_addresses(settings, running=sup_pid is not None),
             "processes": len(live), "dead_tokens": len(dead)}

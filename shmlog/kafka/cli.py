@@ -15,6 +15,7 @@ import sys
 import threading
 
 from .. import errors
+from ..client.log import connect
 from .handlers import FETCH_MAX_BYTES
 from .server import MAX_QUEUED_REQUEST_BYTES, Listener
 
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import shmlog
+
     try:
         host, port = parse_listen(args.listen)
         if args.max_frame_bytes < 1024 or args.max_connections < 1 or args.default_partitions < 1:
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         if not args.allow_non_loopback and not is_loopback(host):
             raise errors.InvalidArgument(f"refusing to listen on {host}: not a loopback address "
                                          "(add --allow-non-loopback to mean it)")
-        log = shmlog.connect(instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix)
+        log = connect(instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix)
     except errors.ShmlogError as e:
         print(f"shmlog kafka-listener: {e}", file=sys.stderr)
         return 2

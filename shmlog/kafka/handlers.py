@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 
-from .. import errors
+from .. import config, errors
 from . import codes
 from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError, batch_bytes
 
-log = logging.getLogger("shmlog.kafka")
+logger = logging.getLogger("shmlog.kafka")
 
 NODE_ID = 0
 FETCH_MAX_BYTES = 55 << 20        # Kafka's broker fetch.max.bytes default: no response holds more records
@@ -112,7 +112,7 @@ class Handlers:
             return codes.INVALID_CONFIG, None, str(e)
         except errors.ShmlogError as e:
             return codes.UNKNOWN_SERVER_ERROR, None, str(e)
-        log.info("created topic %r (%d partitions)", name, partitions)
+        logger.info("created topic %r (%d partitions)", name, partitions)
         return codes.NONE, self.data.handle(name), None
 
     async def create_topics(self, conn, req, version):
@@ -312,7 +312,6 @@ class Handlers:
 
 def _valid_name(name) -> bool:
     try:
-        from .. import config
         config.validate_topic_name(name)
         return True
     except errors.ShmlogError:

@@ -17,10 +17,10 @@ import struct
 
 from .. import errors
 from . import codec, codes, peers
-from .groups import GroupCoordinator
+from .coordinator import GroupCoordinator
 from .handlers import FETCH_MAX_BYTES, Handlers
 
-log = logging.getLogger("shmlog.kafka")
+logger = logging.getLogger("shmlog.kafka")
 
 # api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere,
 # every max below the API's first flexible version (ApiVersions itself answers 0-4)
@@ -164,7 +164,7 @@ class Listener:
                                                   reuse_address=True, limit=1 << 16)
         self.port = self._server.sockets[0].getsockname()[1]     # port 0: the one the OS chose
         self.groups.start()
-        log.info("Kafka listener on %s:%d", self.host, self.port)
+        logger.info("Kafka listener on %s:%d", self.host, self.port)
         return self
 
     async def serve_forever(self):
@@ -188,7 +188,7 @@ class Listener:
 
     async def _serve(self, reader, writer):
         if len(self._conns) >= self.max_connections:
-            log.warning("refusing a connection: %d open (max_connections)", len(self._conns))
+            logger.warning("refusing a connection: %d open (max_connections)", len(self._conns))
             writer.close()
             return
         sock = writer.get_extra_info("socket")
@@ -217,7 +217,7 @@ class Listener:
         except asyncio.CancelledError:
             sender.cancel()
         except Exception:                       # a bug in a handler: this connection only
-            log.exception("closing the connection from %s", conn.peer)
+            logger.exception("closing the connection from %s", conn.peer)
         finally:
             self._conns.discard(writer)
             if not sender.done():
@@ -240,7 +240,7 @@ class Listener:
         answered with CLUSTER_AUTHORIZATION_FAILED when it is ApiVersions (what
         every client sends first, so it reports why), then closed."""
         self.refused += 1
-        log.warning("refusing the connection from %s: %s", conn.peer, why)
+        logger.warning("refusing the connection from %s: %s", conn.peer, why)
         try:
             head = await asyncio.wait_for(reader.readexactly(4), 5.0)
             size = struct.unpack(">i", head)[0]
@@ -261,14 +261,14 @@ class Listener:
             head = await asyncio.wait_for(reader.readexactly(4), self.idle_timeout_s)
             size = struct.unpack(">i", head)[0]
             if size < 8 or size > self.max_frame_bytes:
-                log.warning("closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size,
+                logger.warning("closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size,
                             self.max_frame_bytes)
                 return
             # the frame's bytes count against the listener-wide budget from before they
             # are read until its handler returned: a flood of half-sent frames waits here
             # (the socket is not read, TCP pushes back) instead of growing memory
             if not await self.request_bytes.acquire(size, self.idle_timeout_s):
-                log.warning("closing %s: waited %.0f s for %d bytes of max_queued_request_bytes", conn.peer,
+                logger.warning("closing %s: waited %.0f s for %d bytes of max_queued_request_bytes", conn.peer,
                             self.idle_timeout_s, size)
                 return
             held = True
@@ -296,13 +296,13 @@ class Listener:
         api = self.schema.apis.get(key)
         handler = self._table.get(key)
         if api is None or handler is None or not api.request.valid[0] <= version <= ADVERTISED[key][1]:
-            log.info("closing %s: unsupported request api_key=%d version=%d", conn.peer, key, version)
+            logger.info("closing %s: unsupported request api_key=%d version=%d", conn.peer, key, version)
             return False
         try:
             key, version, corr, client_id, pos = self.schema.decode_request(frame)
             req, _ = api.request.decode(frame, version, pos)
         except codec.DecodeError as e:
-            log.info("closing %s: malformed %s v%d request: %s", conn.peer, api.name, version, e)
+            logger.info("closing %s: malformed %s v%d request: %s", conn.peer, api.name, version, e)
             return False
         conn.client_id = client_id
         self.requests[key] += 1

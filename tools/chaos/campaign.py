@@ -156,7 +156,7 @@ class Campaign:
         logf = open(os.path.join(self.ldir, f"{p.name}.log"), "ab")
         py = sys.executable
         if p.kind == "supervisor":
-            cmd = [py, "-m", "shmlog.supervisor", "--instance", self.instance, "--data-dir", self.data_dir,
+            cmd = [py, "-m", "shmlog.service.supervisor", "--instance", self.instance, "--data-dir", self.data_dir,
                    "--shm-prefix", self.shm_prefix, "--metrics-port", "-1", "--log-level", "WARNING"]
         elif p.kind == "listener":
             cmd = [py, "-m", "shmlog", "kafka-listener", "--listen", f"127.0.0.1:{self.kport}",
@@ -192,7 +192,7 @@ class Campaign:
             return None
         try:
             for c in psutil.Process(sup.popen.pid).children(recursive=True):
-                if "shmlog.persister" in c.cmdline():
+                if "shmlog.service.persister" in c.cmdline():
                     return c.pid
         except psutil.Error:
             pass

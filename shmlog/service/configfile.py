@@ -31,7 +31,8 @@ import tomllib
 
 import msgspec
 
-from . import config, errors
+from .. import config, errors
+from ..kafka.cli import is_loopback, parse_listen
 
 RESTART_POLICIES = ("always", "on-failure", "never")
 
@@ -120,7 +121,6 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
         _bad(where, "unblock_timeout_ms: must be a positive number of ms")
     k = cfg.kafka
     if k.listen:
-        from .kafka.cli import is_loopback, parse_listen
         try:
             host, _ = parse_listen(k.listen)
         except errors.InvalidArgument as e:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from . import errors, safefile
+from .. import errors, safefile
 
 STATUS_FD_ENV = "SHMLOG_STATUS_FD"
 # systemd's variables name one process (the unit's main one); a daemon we start is not it

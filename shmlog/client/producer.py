@@ -22,10 +22,10 @@ import time
 from array import array
 from itertools import compress
 
-from . import compression, errors, liveness
-from ._fastpath import ProducerBase
-from ._native import address_of, ffi, full_ring_cause, lib, raise_status
-from .records import BatchMetadata, Message, RecordMetadata, encode_headers
+from .. import compression, errors, liveness
+from .._fastpath import ProducerBase
+from .._native import address_of, ffi, full_ring_cause, lib, raise_status
+from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 STICKY_BYTES = 16384      # keyless records stay on one partition for this many bytes (Kafka's batch.size)

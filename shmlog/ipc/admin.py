@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from . import config, errors, permissions, safefile
+from .. import config, errors, permissions, safefile
 
 MAX_MESSAGE = 1 << 20
 CALL_TIMEOUT_S = 60.0          # creating a topic allocates its rings; stopping fsyncs everything

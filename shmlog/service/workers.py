@@ -15,10 +15,10 @@ import signal
 import subprocess
 import time
 
-from . import config
+from .. import config
 from .configfile import ProcessSpec
 
-log = logging.getLogger("shmlog.workers")
+logger = logging.getLogger("shmlog.workers")
 
 QUICK_FAILURE_S = 10.0        # a replica that ran less than this doubles its backoff
 
@@ -77,12 +77,12 @@ class Workers:
             r.proc = subprocess.Popen(r.spec.argv(), env=self._env(r), cwd=r.spec.cwd, stdin=subprocess.DEVNULL,
                                       start_new_session=True, close_fds=True)
         except OSError as e:
-            log.error("worker %s[%d]: cannot start %s: %s", r.name, r.index, r.spec.argv(), e)
+            logger.error("worker %s[%d]: cannot start %s: %s", r.name, r.index, r.spec.argv(), e)
             r.proc = None
             self._schedule_restart(r, failed=True, ran_s=0.0)
             return
         r.started = time.monotonic()
-        log.info("worker %s[%d] started (pid %d)", r.name, r.index, r.proc.pid)
+        logger.info("worker %s[%d] started (pid %d)", r.name, r.index, r.proc.pid)
 
     def _schedule_restart(self, r: Replica, failed: bool, ran_s: float):
         policy = r.spec.restart
@@ -107,7 +107,7 @@ class Workers:
                     continue
                 r.last_exit = rc
                 r.proc = None
-                log.warning("worker %s[%d] exited with %s", r.name, r.index,
+                logger.warning("worker %s[%d] exited with %s", r.name, r.index,
                             f"signal {-rc}" if rc < 0 else f"status {rc}")
                 self._schedule_restart(r, failed=rc != 0, ran_s=now - r.started)
                 if r.next_start is not None:
@@ -126,7 +126,7 @@ class Workers:
             try:
                 r.proc.wait(timeout=r.spec.stop_timeout_ms / 1000)
             except subprocess.TimeoutExpired:
-                log.warning("worker %s[%d] ignored SIGTERM for %d ms: SIGKILL", r.name, r.index,
+                logger.warning("worker %s[%d] ignored SIGTERM for %d ms: SIGKILL", r.name, r.index,
                             r.spec.stop_timeout_ms)
                 try:
                     os.killpg(r.proc.pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger("shmlog.notify")
+logger = logging.getLogger("shmlog.notify")
 
 
 def _address() -> str | None:
@@ -31,7 +31,7 @@ def notify(*fields: str) -> bool:
         s.sendto("\n".join(fields).encode(), addr)
         return True
     except OSError as e:
-        log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e)
+        logger.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e)
         return False
     finally:
         s.close()

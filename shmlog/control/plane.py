@@ -1,30 +1,31 @@
-"""instance.py — a connection to one shmlog instance: `shmlog.connect()`.
+"""control/plane.py — the Python half of an instance's control segment.
 
-Owns: attaching (or creating) the instance's control segment, restoring
-its topics from the data dir when the segment is new, the topic admin
-operations (create, list, describe, alter, delete) made under the control
-segment's robust lock together with the on-disk catalog — or, while a
-supervisor runs, sent to it over its admin socket (metadata has one
-writer) —, starting and stopping the instance's persister process when no
-supervisor does, autostarting the supervisor, and the per-connection cache
-of mapped rings.
-Must never: produce or consume (producer.py and consumer.py do), or read a
-shared field without the C core.
+Owns: attaching (or creating) the control segment and checking the instance
+identity it records, the control lock, restoring topics and offsets from the
+data dir into a new segment, reconciling the topic table with the on-disk
+catalog after a crash, the topic operations carried out here under the lock
+(create, alter, delete), describing topics, the per-process cache of mapped
+rings, and the group operations (control/groups.py does the work).
+Layer: the control plane. The daemons build on it directly (the supervisor
+is its one writer while it runs); the client's Log (client/log.py) extends
+it with routing through the supervisor, daemon start-up and the clients.
+Must never: produce or consume, start or stop a daemon, talk to the
+supervisor, or read a shared field without the C core.
 """
 import logging
 import os
 import shutil
-import signal
 import time
-import weakref
-from typing import Annotated
 
 import msgspec
 
-from . import catalog, config, errors, groups, liveness, permissions, safefile, storage
-from ._native import Segment, ffi, lib, raise_status, unlink_segment
+from .. import config, errors, liveness, permissions, storage
+from .._native import ShmMapping, ffi, lib, raise_status, unlink_segment
+from ..ipc.progress import ProgressWriter
+from . import catalog, groups, offsets_snapshot
+from .ring_map import Ring
 
-log = logging.getLogger("shmlog")
+logger = logging.getLogger("shmlog")
 
 LOCK_TIMEOUT_NS = 10_000_000_000
 
@@ -65,99 +66,6 @@ class TopicHandle:
         self.partitions = cfg.partitions
 
 
-class Ring:
-    """One mapped partition ring. Producers map it writable; consumers map the
-    data read-only plus the header writable (waiter announcements).
-
-    base is the mapping (header fields only: counters, ends, waits); h is the
-    process-local handle (struct shm_ring) every access that indexes into the
-    ring takes: its geometry was read and validated once, here (issue 11,
-    defect 11), so a header rewritten later cannot send this process outside
-    its mapping."""
-
-    __slots__ = ("name", "topic", "partition", "seg", "base", "h", "hdr_seg", "hdr", "rw_seg", "rw_h",
-                 "trust", "__weakref__")
-
-    def __init__(self, name, topic, partition, writable, trust):
-        self.name = name
-        self.topic = topic
-        self.partition = partition
-        self.trust = trust
-        try:
-            self.seg = Segment.open(name, writable=writable, trust=trust)
-        except errors.UnknownTopicOrPartition:
-            raise errors.UnknownTopicOrPartition(
-                f"topic {topic!r} partition {partition}: ring {name} is missing "
-                "(the topic was deleted, or its creation was interrupted)") from None
-        self.base = self.seg.base
-        self.h = ffi.new("struct shm_ring *")
-        rc = lib.shm_ring_open(self.h, self.base, self.seg.size, int(writable))
-        if rc != lib.SHM_OK:
-            self.seg.close()
-            raise errors.LayoutMismatch(
-                f"{name} is not a shmlog ring of layout version {lib.SHM_LAYOUT_VERSION} "
-                f"(status {rc}); it was made by another shmlog version or is damaged: "
-                "remove it with `shmlog doctor --clean`")
-        self.rw_seg = self.seg if writable else None
-        self.rw_h = self.h if writable else None
-        if writable:
-            self.hdr_seg, self.hdr = None, self.base
-        else:
-            self.hdr_seg = Segment.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES, trust=trust)
-            self.hdr = self.hdr_seg.base
-
-    def writable_base(self):
-        """A handle on a writable mapping (for sealing a dead producer's write,
-        shm_ring_seal_stuck), or None when not permitted. Its geometry is the
-        one validated at open (the same ring, mapped once more)."""
-        if self.rw_h is None:
-            try:
-                seg = Segment.open(self.name, writable=True, trust=self.trust)
-            except errors.PermissionDenied:
-                return None
-            h = ffi.new("struct shm_ring *")
-            if seg.size != self.seg.size or lib.shm_ring_open(h, seg.base, seg.size, 1) != lib.SHM_OK \
-                    or (h.capacity, h.base_position) != (self.h.capacity, self.h.base_position):
-                seg.close()
-                return None
-            self.rw_seg, self.rw_h = seg, h
-        return self.rw_h
-
-    def ends(self):
-        """(log_start_offset, end_offset, head_pos, tail_pos)"""
-        v = ffi.new("int64_t[2]")
-        p = ffi.new("uint64_t[2]")
-        lib.shm_ring_ends(self.base, v, v + 1, p, p + 1)
-        return v[0], v[1], p[0], p[1]
-
-    def deleted(self) -> bool:
-        return bool(lib.shm_ring_counter(self.base, lib.SHM_COUNTER_DELETED))
-
-    def offline(self):
-        """(kind, position, offset) of the damage when the partition is
-        quarantined (storage.py, "Quarantine"), else None."""
-        kind = lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE)
-        if not kind:
-            return None
-        return (kind, lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_POS),
-                ffi.cast("int64_t", lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_OFFSET)))
-
-    def damage_at(self, pos: int) -> bool:
-        """A reader from the files reached the ring at pos: is that the damage of a
-        quarantined partition (damaged LAST segment: the ring starts at the
-        damage, what follows it in the file is not proven)? It gets CorruptRecord
-        there, as at any damage, rather than waiting at an end."""
-        off = self.offline()
-        return off is not None and pos == off[1]
-
-    def close(self):
-        for s in (self.seg, self.hdr_seg, self.rw_seg):
-            if s is not None:
-                s.close()
-        self.base = self.hdr = ffi.NULL
-        self.h = self.rw_h = None
-
-
 def _c_config(cfg: config.TopicConfig):
     c = ffi.new("struct shm_topic_config *")
     c.partitions = cfg.partitions
@@ -190,32 +98,27 @@ def _py_config(c) -> config.TopicConfig:
 _D = config.TOPIC_DEFAULTS          # create_topic's defaults (one place: config.TopicConfig)
 
 
-class Log:
-    """A connection to one instance. Use shmlog.connect() to make one."""
+class ControlPlane:
+    """An instance's control segment, attached (created and restored when new).
+    Clients use its subclass Log (shmlog.connect()); daemons use it as it is."""
 
     def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
                  max_groups: int = 1024, max_members: int = 4096, max_offsets: int = 65536,
-                 unblock_timeout_ms: int = 500, start_persister: bool = True, supervisor: bool = False,
-                 create: bool = True):
+                 unblock_timeout_ms: int = 500, create: bool = True):
         self.settings = settings
-        self._is_supervisor = supervisor
         self._create = create
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
             raise errors.InvalidArgument("unblock_timeout_ms must be a positive int")
         self.unblock_ns = unblock_timeout_ms * 1_000_000
         if create:
             permissions.check_data_dir(settings.data_dir, create=True)
-        else:
-            start_persister = False              # a read-only connection never starts a daemon
         self._gid = permissions.instance_gid(settings.data_dir)
         self._trust = permissions.segment_trust(settings.data_dir)
         self.token_prefix = liveness.token_prefix(settings.shm_prefix, settings.instance)
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
         self._handles: dict[str, TopicHandle] = {}
         self._rings: dict[tuple, Ring] = {}
-        self._clients = weakref.WeakSet()
         self._closed = False
-        self._start_persister = start_persister
         limits = _limits(max_topics, max_groups, max_members, max_offsets)
         while True:
             self._ctl, created = self._attach_ctl(limits)
@@ -232,18 +135,16 @@ class Log:
                     continue
             else:
                 self._reconcile_if_needed()
-                if start_persister and self._has_durable():
-                    self.ensure_persister()
             break
 
     # ------------------------------------------------------------ control segment
 
-    def _attach_ctl(self, limits) -> Segment:
+    def _attach_ctl(self, limits) -> ShmMapping:
         name = self.settings.ctl_name
         deadline = time.monotonic() + 5
         while True:
             try:
-                seg = Segment.open(name, writable=True, trust=self._trust)
+                seg = ShmMapping.open(name, writable=True, trust=self._trust)
             except errors.UnknownTopicOrPartition:
                 if not self._create:
                     raise self._no_instance() from None
@@ -252,7 +153,7 @@ class Log:
                 # made under no name and published whole (csrc/shm.c): nobody
                 # ever opens a zero-filled or half-stamped header, and a
                 # creator killed before the link leaves nothing
-                seg = Segment.create_hidden(name, lib.shm_ctl_size(limits), gid=self._gid)
+                seg = ShmMapping.create_hidden(name, lib.shm_ctl_size(limits), gid=self._gid)
                 try:
                     rc = lib.shm_ctl_init(seg.base, seg.size, limits, real, len(real), dev, ino)
                     if rc != lib.SHM_OK:
@@ -337,14 +238,6 @@ class Log:
             "data dir it looked in; check --instance, --data-dir and --shm-prefix (or $SHMLOG_INSTANCE, "
             "$SHMLOG_DATA_DIR, $SHMLOG_SHM_PREFIX)")
 
-    def _supervisor(self):
-        """The admin client of the supervisor running this instance, or None
-        (no supervisor, or we are it): then topic changes are made here."""
-        if self._is_supervisor:
-            return None
-        from . import admin
-        return admin.client(self.settings)
-
     def _lock(self):
         self._check_open()
         rc = lib.shm_ctl_lock(self._ctl.base, LOCK_TIMEOUT_NS)
@@ -373,10 +266,10 @@ class Log:
         of a restorer that died); running it twice is harmless. A failure
         removes every ring it made and the control segment, so the next
         connect starts over (issue 11.14: no TopicExists until doctor --clean)."""
-        progress = _RecoveryProgress(self.settings.data_dir)
+        progress = ProgressWriter(self.settings.data_dir)
         try:
             self._reconcile_locked(progress)
-            groups.restore_offsets(self)
+            offsets_snapshot.restore_offsets(self)
         except BaseException:
             progress.finish()
             if not locked_by_caller:
@@ -391,8 +284,6 @@ class Log:
         lib.shm_ctl_set_restored(self._ctl.base)
         if not locked_by_caller:
             lib.shm_ctl_unlock(self._ctl.base)
-        if self._start_persister and self._has_durable():
-            self.ensure_persister()
 
     def _unlink_all_rings(self):
         """Lock held, the control segment is being given up: every ring it names goes."""
@@ -420,7 +311,7 @@ class Log:
         try:
             cat = catalog.load(self.settings.data_dir)
         except (errors.CorruptMetadata, OSError) as e:
-            log.warning("%s (the running instance goes on; topic changes are refused until it is repaired)", e)
+            logger.warning("%s (the running instance goes on; topic changes are refused until it is repaired)", e)
             return
         live = {n: (v[2], v[3]) for n, v in self._live_entries().items()}
         want = {n: (r.topic_id, r.config) for n, r in cat.topics.items() if r.state == catalog.LIVE}
@@ -430,7 +321,7 @@ class Log:
             with self._lock():
                 self._reconcile_locked()
         except (errors.ShmlogError, OSError) as e:
-            log.warning("cannot reconcile the topic table with %s: %s (retried by the next topic change)",
+            logger.warning("cannot reconcile the topic table with %s: %s (retried by the next topic change)",
                         catalog.path(self.settings.data_dir), e)
 
     def _reconcile_locked(self, progress=None) -> catalog.Catalog:
@@ -459,10 +350,10 @@ class Log:
                 storage.discard_topic_dir(d, name, tid)
                 del cat.topics[name]
                 catalog.save(d, cat)
-                log.info("completed the deletion of topic %r (id %s)", name, rec.id)
+                logger.info("completed the deletion of topic %r (id %s)", name, rec.id)
                 continue
             if have is not None and have[2] != tid:
-                log.error("topic %r: the live topic has id %016x but %s says %s; keeping the live one "
+                logger.error("topic %r: the live topic has id %016x but %s says %s; keeping the live one "
                           "(the directory %s is left as it is)", name, have[2], catalog.path(d), rec.id,
                           storage.topic_dir(d, name, tid))
                 cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(have[2]), config=have[3])
@@ -475,12 +366,12 @@ class Log:
                 cfg = self._apply_config(name, have[0], have[1], tid, have[3], rec.config)
             if rec.state != catalog.LIVE or cfg != rec.config:
                 if rec.state != catalog.LIVE:
-                    log.info("completed the %s of topic %r", "creation" if rec.state == catalog.CREATING
+                    logger.info("completed the %s of topic %r", "creation" if rec.state == catalog.CREATING
                              else "change", name)
                 cat.topics[name] = catalog.TopicRecord(id=rec.id, config=cfg)
                 catalog.save(d, cat)
         for name, (_, _, tid, cfg) in live.items():      # live but unknown to the catalog: adopted
-            log.warning("topic %r is live but missing from %s: added to it", name, catalog.path(d))
+            logger.warning("topic %r is live but missing from %s: added to it", name, catalog.path(d))
             cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
             catalog.save(d, cat)
         storage.empty_trash(d)
@@ -503,7 +394,7 @@ class Log:
                 progress.done += 1
             bases.append((rep.end_offset, rep.end_pos))
         self._create_entry(name, cfg, tid, bases, damage)
-        log.info("restored topic %r (%d partitions%s)", name, cfg.partitions,
+        logger.info("restored topic %r (%d partitions%s)", name, cfg.partitions,
                  f", {len(damage)} OFFLINE: {sorted(damage)}" if damage else "")
         return cfg
 
@@ -514,10 +405,10 @@ class Log:
         into damage[p] instead of refusing the whole instance."""
         rep = storage.recover_partition(pd, quarantine=True)
         if rep.truncated_bytes:
-            log.warning("recovery: %s", rep)
+            logger.warning("recovery: %s", rep)
         if rep.damage is not None:
             damage[p] = rep.damage
-            log.error("topic %r partition %d is OFFLINE (quarantined): %s; the other partitions are "
+            logger.error("topic %r partition %d is OFFLINE (quarantined): %s; the other partitions are "
                       "served", name, p, rep.damage.error)
         return rep
 
@@ -531,7 +422,7 @@ class Log:
         if new.partitions < old.partitions:
             fixed["partitions"] = old.partitions
         if fixed:
-            log.warning("topic %r: keeping %s of the live topic over %s", name, fixed,
+            logger.warning("topic %r: keeping %s of the live topic over %s", name, fixed,
                         catalog.path(self.settings.data_dir))
             new = msgspec.structs.replace(new, **fixed)
         if new == old:
@@ -550,7 +441,7 @@ class Log:
                 self._make_ring(name, new, gen, p, base, made, damage.get(p))
             if new.max_message_bytes != old.max_message_bytes:
                 for p in range(old.partitions):
-                    seg = Segment.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
+                    seg = ShmMapping.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
                     rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
                                                           lib.SHM_FRAME_HEADER_BYTES)
                     seg.close()
@@ -565,50 +456,10 @@ class Log:
             raise_status(rc, f"cannot alter topic {name!r}")
         return new
 
-    def _has_durable(self) -> bool:
+    def has_durable(self) -> bool:
+        """Has the instance a topic on disk (so it needs a persister)?"""
         return any(e.config.persistence == lib.SHM_PERSIST_DISK
                    for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE)
-
-    def ensure_persister(self, timeout: float = 10.0):
-        """Starts this instance's persister process unless one runs (the
-        supervisor will own it in a later build)."""
-        from . import persister        # lazily: `python -m shmlog.persister` imports this module
-        d = self.settings.data_dir
-        if persister.running(d):
-            return
-        sup = self._supervisor()
-        if sup is not None:
-            sup.call("ensure_persister")  # the supervisor owns it
-            return
-        from . import launch
-        launch.start("the persister", "shmlog.persister",
-                     ["--instance", self.settings.instance, "--data-dir", os.path.abspath(d),
-                      "--shm-prefix", self.settings.shm_prefix],
-                     os.path.join(d, "persister.log"), detach=False
-                     ).wait(lambda _: persister.running(d), timeout)   # its exit before that: an error at once
-
-    def stop_persister(self, timeout: float = 30.0) -> bool:
-        """SIGTERM to the persister; waits until it has fsynced and exited."""
-        from . import persister
-        d = self.settings.data_dir
-        deadline = time.monotonic() + timeout
-        if not persister.running(d):
-            return False
-        pid = persister.pid_of(d)
-        while not pid:                   # it holds the lock, its pid follows at once
-            if time.monotonic() > deadline or not persister.running(d):
-                return False
-            time.sleep(0.001)
-            pid = persister.pid_of(d)
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass                         # it exited meanwhile
-        while persister.running(d):
-            if time.monotonic() > deadline:
-                raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")
-            time.sleep(0.005)
-        return True
 
     # ------------------------------------------------------------ topics
 
@@ -627,10 +478,11 @@ class Log:
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
         cfg = _py_config(_c_config(cfg))     # as the table will hold it ("interval:0100" is "interval:100")
-        sup = self._supervisor()
-        if sup is not None:
-            sup.call("create_topic", name=name, config=msgspec.to_builtins(cfg))
-            return self.describe_topic(name)
+        self._create_topic(name, cfg)
+        return self.describe_topic(name)
+
+    def _create_topic(self, name: str, cfg: config.TopicConfig):
+        """Creates a validated topic here, under the lock (C1-C4: catalog.py)."""
         d = self.settings.data_dir
         with self._lock():
             cat = self._reconcile_locked()
@@ -653,9 +505,6 @@ class Log:
                 raise
             cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
             catalog.save(d, cat)                                               # C4: done
-        if cfg.persistence == "disk" and self._start_persister:
-            self.ensure_persister()
-        return self.describe_topic(name)
 
     def _create_entry(self, name: str, cfg: config.TopicConfig, tid: int, bases, damage=None):
         """Under the lock: a topic-table entry (topic id tid) and its rings;
@@ -690,7 +539,7 @@ class Log:
         """Under the lock: partition p's ring starting at base = (offset, position),
         offline when damage says so; made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
-        seg = Segment.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
+        seg = ShmMapping.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
         made.append(rname)
         rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
                                cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
@@ -716,7 +565,7 @@ class Log:
             rname = self.settings.ring_name(gen, p)
             if mark_deleted:
                 try:
-                    seg = Segment.open(rname, writable=True, trust=self._trust)
+                    seg = ShmMapping.open(rname, writable=True, trust=self._trust)
                     lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
                     seg.close()
                 except errors.UnknownTopicOrPartition:
@@ -726,11 +575,11 @@ class Log:
 
     def delete_topic(self, name: str) -> None:
         config.validate_topic_name(name)
-        sup = self._supervisor()
-        if sup is not None:
-            sup.call("delete_topic", name=name)
-            self._forget(name)
-            return
+        self._delete_topic(name)
+        self._forget(name)
+
+    def _delete_topic(self, name: str):
+        """Deletes a topic here, under the lock (D1-D4: catalog.py)."""
         d = self.settings.data_dir
         with self._lock():
             cat = self._reconcile_locked()
@@ -744,7 +593,6 @@ class Log:
             storage.discard_topic_dir(d, name, rec.topic_id)              # D3
             del cat.topics[name]
             catalog.save(d, cat)                                          # D4: done
-        self._forget(name)
 
     ALTERABLE = ("partitions", "retention_ms", "retention_bytes", "fsync", "segment_bytes", "segment_ms",
                  "max_message_bytes")
@@ -764,11 +612,12 @@ class Log:
                 "(ring_bytes and persistence are fixed: delete and recreate the topic)")
         if not changes:
             return self.describe_topic(name)
-        sup = self._supervisor()
-        if sup is not None:
-            sup.call("alter_topic", name=name, changes=changes)
-            self._forget(name)
-            return self.describe_topic(name)
+        self._alter_topic(name, changes)
+        self._forget(name)
+        return self.describe_topic(name)
+
+    def _alter_topic(self, name: str, changes: dict) -> config.TopicConfig:
+        """Alters a topic here, under the lock (A1-A4: catalog.py); returns its new config."""
         d = self.settings.data_dir
         with self._lock():
             cat = self._reconcile_locked()
@@ -794,10 +643,7 @@ class Log:
                 raise
             cat.topics[name] = catalog.TopicRecord(id=rec.id, config=new)
             catalog.save(d, cat)                                          # A4: done
-        self._forget(name)
-        if new.persistence == "disk" and self._start_persister:
-            self.ensure_persister()
-        return self.describe_topic(name)
+        return new
 
     def partition_dir(self, name: str, partition: int) -> str:
         """The directory of a durable partition of the topic's current life
@@ -894,13 +740,13 @@ class Log:
     def _forget(self, name: str):
         """Drops the cached handle and rings of a topic. The mappings stay until
         the producers and consumers using them let go (garbage collection
-        unmaps a Segment): unmapping here would pull memory from under them."""
+        unmaps a ShmMapping): unmapping here would pull memory from under them."""
         h = self._handles.pop(name, None)
         if h is not None:
             for key in [k for k in self._rings if k[0] == h.generation]:
                 del self._rings[key]
 
-    # ------------------------------------------------------------ consumer groups (shmlog/groups.py)
+    # ------------------------------------------------------------ consumer groups (control/groups.py)
 
     def list_groups(self) -> list[str]:
         """Ids of every consumer group (with members or committed offsets)."""
@@ -941,45 +787,30 @@ class Log:
     def snapshot_offsets(self, if_changed_since: int | None = None) -> int:
         """Writes every committed offset to the data dir (fsynced); returns the commit sequence it covers."""
         self._check_open()
-        return groups.snapshot_offsets(self, if_changed_since)
-
-    # ------------------------------------------------------------ clients
-
-    def producer(self, **options):
-        from .producer import Producer
-        p = Producer(self, **options)
-        self._clients.add(p)
-        return p
-
-    def consumer(self, topics=None, group=None, **options):
-        from .consumer import Consumer
-        c = Consumer(self, topics=topics, group=group, **options)
-        self._clients.add(c)
-        return c
+        return offsets_snapshot.snapshot_offsets(self, if_changed_since)
 
     def close(self):
         if self._closed:
             return
-        for c in list(self._clients):
-            c.close()
         for r in self._rings.values():
             r.close()
         self._rings.clear()
         self._ctl.close()
         self._closed = True
 
-    def destroy(self):
-        """Deletes every topic and the control segment of this instance (tests, `shmlog down --purge`)."""
-        self._check_open()
-        if not self._is_supervisor:
-            from . import supervisor
-            supervisor.down(self.settings)            # it would re-create what we remove
+    def delete_all_topics(self):
         for name in self.list_topics():
             try:
                 self.delete_topic(name)
             except errors.UnknownTopicOrPartition:
                 pass
-        self.stop_persister()
+
+    def destroy(self):
+        """Deletes every topic and the control segment of this instance (tests,
+        `shmlog down --purge`). Its daemons are stopped first by the caller
+        (Log.destroy): a supervisor would re-create what this removes."""
+        self._check_open()
+        self.delete_all_topics()
         name = self.settings.ctl_name
         self.close()
         unlink_segment(name)
@@ -991,74 +822,6 @@ class Log:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class _RecoveryProgress:
-    """<data_dir>/recovery.json while a restore runs ({pid, done, total, topic,
-    partition}, in durable partitions), so `shmlog up` can draw a progress bar
-    for a large log. Written at most every REPORT_S; removed at the end."""
-
-    REPORT_S = 0.2
-
-    def __init__(self, data_dir):
-        self.path = os.path.join(data_dir, "recovery.json")
-        self.done = self.total = 0
-        self.last = 0.0
-
-    def report(self, topic, partition):
-        now = time.monotonic()
-        if now - self.last < self.REPORT_S:
-            return
-        self.last = now
-        try:
-            storage.write_atomically(self.path, msgspec.json.encode(RecoveryProgress(
-                pid=os.getpid(), done=self.done, total=self.total, topic=topic, partition=partition)),
-                sync_dir=False)
-        except OSError:
-            pass                      # progress is a courtesy; recovery goes on
-
-    def finish(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-class RecoveryProgress(msgspec.Struct, frozen=True, kw_only=True):
-    """The shape of <data_dir>/recovery.json: `done` of `total` durable partitions
-    restored by process `pid`, now at topic[partition]."""
-    pid: Annotated[int, msgspec.Meta(gt=0)]
-    done: Annotated[int, msgspec.Meta(ge=0)]
-    total: Annotated[int, msgspec.Meta(ge=0)]
-    topic: str | None = None
-    partition: Annotated[int, msgspec.Meta(ge=0)] | None = None
-
-
-_damaged_progress_seen = {}       # path -> the damaged content last warned about (warned once, not per poll)
-
-
-def read_recovery_progress(data_dir: str) -> RecoveryProgress | None:
-    """What a restore in progress wrote (see _RecoveryProgress), or None when no
-    progress is known: no file, or one that is damaged (not JSON, another shape,
-    done > total). The file is advisory (a progress bar, systemd's start timeout
-    extension), so a damaged one is a warning, never an error; the restore
-    rewrites it whole (rename) at its next report."""
-    path = os.path.join(data_dir, "recovery.json")
-    try:
-        raw = safefile.read_bytes(path)
-    except (FileNotFoundError, errors.PermissionDenied):
-        return None
-    try:
-        prog = msgspec.json.decode(raw, type=RecoveryProgress)
-        if prog.done > prog.total:
-            raise msgspec.ValidationError(f"done {prog.done} > total {prog.total}")
-        return prog
-    except msgspec.DecodeError as e:          # ValidationError is a DecodeError
-        if _damaged_progress_seen.get(path) != raw:
-            _damaged_progress_seen[path] = raw
-            log.warning("ignoring the damaged restore progress file %s (%s): no progress known; "
-                        "the restore rewrites it as it goes", path, e)
-        return None
 
 
 class _Unlocker:
@@ -1082,42 +845,3 @@ def _limits(max_topics, max_groups, max_members, max_offsets):
     return ffi.new("struct shm_ctl_limits *", [max_topics, max_groups, max_members, max_offsets])
 
 
-def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool | None = None, *,
-            shm_prefix: str | None = None, max_topics: int = 1024, max_groups: int = 1024,
-            max_members: int = 4096, max_offsets: int = 65536,
-            unblock_timeout_ms: int = 500, create: bool = True) -> Log:
-    """Attaches to (creating if needed) the instance's control segment.
-
-    instance and data_dir default to $SHMLOG_INSTANCE / $SHMLOG_DATA_DIR, then
-    "default" and ~/.local/state/shmlog/<instance>. With autostart (the
-    default; $SHMLOG_AUTOSTART=0 changes the default to off) a background
-    supervisor is started for the instance unless one runs (`shmlog down`
-    stops it); it restores a new control segment from the data dir and runs
-    the persister. Without autostart and with no supervisor running, this
-    connection does that work itself: it restores the control segment and
-    starts the persister when durable topics need one. The data path never
-    needs the supervisor. The max_* limits size the control segment's tables
-    when this call creates it; an existing instance keeps its own (a
-    supervisor creates it with the defaults).
-
-    create=False attaches to a running instance only, with no side effect:
-    no data dir, control segment or ring is made, no supervisor or persister
-    started (autostart is ignored); UnknownInstance (InstanceNotRunning when
-    the data dir holds topics) names the data dir it looked in. Read-only
-    commands of the CLI connect this way. A data dir that is not the one the
-    instance was created with is refused (InstanceConflict, both dirs named)."""
-    settings = config.resolve(instance, data_dir, shm_prefix)
-    if not create:
-        autostart = False
-    if autostart is None:
-        autostart = os.environ.get("SHMLOG_AUTOSTART", "1").lower() not in ("0", "false", "no", "off")
-    if autostart:
-        from . import supervisor
-        try:
-            supervisor.up(settings)
-        except errors.ShmlogError as e:
-            # the data path never needs it: go on as without autostart, and say why
-            log.warning("no supervisor for instance %s: %s; this connection works without one",
-                        settings.instance, e)
-    return Log(settings, max_topics=max_topics, max_groups=max_groups, max_members=max_members,
-               max_offsets=max_offsets, unblock_timeout_ms=unblock_timeout_ms, create=create)

@@ -1,4 +1,4 @@
-"""persister.py — the process that turns durable rings into segment files.
+"""service/persister.py — the process that turns durable rings into segment files.
 
 Owns: one loop per instance (guarded by an flock on <data_dir>/persister.lock):
 copy each durable ring's committed prefix to its active segment (the ring
@@ -9,9 +9,9 @@ needs room, a flush waits, or an fsync interval is due; it never busy-loops.
 Must never: publish a position it has not written (persisted) or fsynced
 (fsynced), or write a frame that is not complete.
 
-Run as `python -m shmlog.persister --instance I --data-dir D --shm-prefix P`;
-shmlog.connect() starts it when an instance has durable topics (until the
-supervisor owns it).
+Run as `python -m shmlog.service.persister --instance I --data-dir D --shm-prefix P`;
+the supervisor starts it (shmlog.connect() does, when none runs) while an
+instance has durable topics.
 """
 import argparse
 import fcntl
@@ -22,10 +22,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config, errors, liveness, safefile, storage
-from ._native import ffi, lib
+from .. import config, errors, liveness, safefile, storage
+from .._native import ffi, lib
+from ..control.plane import ControlPlane
+from ..ipc import daemons
 
-log = logging.getLogger("shmlog.persister")
+logger = logging.getLogger("shmlog.persister")
 
 MAX_RUN = 32 << 20              # bytes copied per write
 MAX_INDEX = MAX_RUN // storage.INDEX_EVERY + 2
@@ -87,7 +89,7 @@ class _Partition:
         start, _end, head, _tail = self.ring.ends()
         if self.pos >= head:
             return False
-        log.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
+        logger.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
                   "records between are lost", self.handle.name, self.partition, self.pos, head)
         lost = (self.pos, self.offset) if self.writer.plog.segments else None
         self.pos, self.offset = head, start
@@ -187,7 +189,7 @@ class _Partition:
 
     def _fail(self, e: OSError):
         if self.error != e.errno:
-            log.error("%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
+            logger.error("%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
                       self.handle.name, self.partition, os.strerror(e.errno))
         self.error = e.errno
         lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, e.errno)
@@ -197,8 +199,8 @@ class _Partition:
 
 
 class Persister:
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, plane):
+        self.plane = plane
         self.parts: dict[tuple, _Partition] = {}
         self.epoch = None
         self.stopping = False
@@ -210,14 +212,14 @@ class Persister:
         self.offline = set()           # (generation, partition) of quarantined rings, logged once
 
     def sync_topics(self):
-        epoch = lib.shm_ctl_epoch(self.conn._ctl.base)
+        epoch = lib.shm_ctl_epoch(self.plane._ctl.base)
         if epoch == self.epoch:
             return
         self.epoch = epoch
         live = set()
-        for name in self.conn.list_topics():
+        for name in self.plane.list_topics():
             try:
-                h = self.conn.topic_handle(name)
+                h = self.plane.topic_handle(name)
             except errors.UnknownTopicOrPartition:
                 continue
             if h.config.persistence != "disk":
@@ -227,16 +229,16 @@ class Persister:
                 live.add(key)
                 if key not in self.parts:
                     try:
-                        ring = self.conn.ring(h, p, writable=True)
+                        ring = self.plane.ring(h, p, writable=True)
                         if ring.offline() is None:
                             try:
-                                self.parts[key] = _Partition(h, p, ring, self.conn.settings.data_dir)
+                                self.parts[key] = _Partition(h, p, ring, self.plane.settings.data_dir)
                             except Offline:
                                 pass                         # it took the ring offline
                         if ring.offline() is not None:       # quarantined: its files are left alone
                             if key not in self.offline:
                                 self.offline.add(key)
-                                log.error("%s", self.conn.offline_reason(h, p, ring))
+                                logger.error("%s", self.plane.offline_reason(h, p, ring))
                             continue
                     except (FileNotFoundError, errors.UnknownTopicOrPartition):
                         # deleted between the listing and here (its directory or ring is gone)
@@ -279,14 +281,14 @@ class Persister:
 
     def _ctl_ino(self):
         try:
-            return os.stat("/dev/shm" + self.conn.settings.ctl_name).st_ino
+            return os.stat("/dev/shm" + self.plane.settings.ctl_name).st_ino
         except FileNotFoundError:
             return None
 
     def orphaned(self) -> bool:
         """The instance was destroyed or replaced (control segment gone or made
         anew, data dir gone): nothing left to persist for in what we mapped."""
-        return self._ctl_ino() != self.ctl_ino or not os.path.isdir(self.conn.settings.data_dir)
+        return self._ctl_ino() != self.ctl_ino or not os.path.isdir(self.plane.settings.data_dir)
 
     def run(self):
         last_check = time.monotonic()
@@ -296,18 +298,18 @@ class Persister:
             if time.monotonic() - last_check >= 1.0:
                 last_check = time.monotonic()
                 if self.orphaned():
-                    log.info("instance %s is gone; exiting", self.conn.settings.instance)
+                    logger.info("instance %s is gone; exiting", self.plane.settings.instance)
                     break
-                liveness.sweep_dead(self.conn.token_prefix)
+                liveness.sweep_dead(self.plane.token_prefix)
                 self.snapshot_offsets()
         self.shutdown()
 
     def snapshot_offsets(self):
         """Committed offsets reach the disk within a second of any commit."""
         try:
-            self.offsets_seq = self.conn.snapshot_offsets(self.offsets_seq)
+            self.offsets_seq = self.plane.snapshot_offsets(self.offsets_seq)
         except OSError as e:
-            log.warning("cannot write the committed-offsets snapshot: %s", e)
+            logger.warning("cannot write the committed-offsets snapshot: %s", e)
 
     def shutdown(self):
         """Everything committed is written and fsynced before we go."""
@@ -320,33 +322,6 @@ class Persister:
             part.close()
         if not self.orphaned():
             self.snapshot_offsets()
-
-
-def lock_path(data_dir: str) -> str:
-    return os.path.join(data_dir, "persister.lock")
-
-
-def running(data_dir: str) -> bool:
-    """Is a persister holding this data dir's lock?"""
-    try:
-        fd = safefile.open_read(lock_path(data_dir))
-    except (FileNotFoundError, errors.PermissionDenied):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def pid_of(data_dir: str):
-    try:
-        return int(safefile.read_bytes(lock_path(data_dir)).strip() or 0) or None
-    except (FileNotFoundError, ValueError, errors.PermissionDenied):
-        return None
 
 
 def main(argv=None) -> int:
@@ -370,27 +345,26 @@ def main(argv=None) -> int:
     p = None
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    fd = safefile.open_rw(lock_path(settings.data_dir), create_dirs=True)
+    fd = safefile.open_rw(daemons.persister_lock_path(settings.data_dir), create_dirs=True)
     for attempt in range(20):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            # running() elsewhere holds it for an instant to test it: only a
+            # persister_running() elsewhere holds it for an instant to test it: only a
             # lock held for 100 ms is another persister's
             if attempt == 19:
                 return 0                              # another persister has it
             time.sleep(0.005)
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    from .instance import Log
-    conn = Log(settings, start_persister=False)
-    p = Persister(conn)
+    plane = ControlPlane(settings)
+    p = Persister(plane)
     p.stopping = bool(stop_requested)
     try:
         p.run()
     finally:
-        conn.close()
+        plane.close()
     return 0
 
 

@@ -23,16 +23,19 @@ from itertools import repeat
 
 import numpy as np
 
-from . import compression, errors, groups, storage
-from ._native import ffi, lib, raise_status
-from .records import Columns, Message, decode_headers
+from .. import compression, errors, storage
+from ..control import groups
+from ..control.tables import validate_group_name
+from .membership import MEMBER_OPTIONS, Membership
+from .._native import ffi, lib, raise_status
+from ..records import Columns, Message, decode_headers
 
 RESETS = ("earliest", "latest", "none")
 ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
 LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
 GROUP_WAIT_S = 0.1            # a consumer's longest sleep between looks at its group and the topic table
-log = logging.getLogger("shmlog")
+logger = logging.getLogger("shmlog")
 
 
 def _check_timeout(timeout):
@@ -69,7 +72,7 @@ class Consumer:
     """Reads records.
 
     With group= and topics= it is a member of that consumer group: the group
-    shares the topics' partitions among its members (shmlog/groups.py), and
+    shares the topics' partitions among its members (control/groups.py, client/membership.py), and
     commit() / auto-commit store the group's offsets. With group= and no
     topics, assign() picks partitions and commits are unfenced (Kafka's
     assign mode). Without a group it reads every partition of `topics` (or
@@ -120,13 +123,13 @@ class Consumer:
         self._epoch = self._epoch_view[0]   # -1: look at the topics on the next poll (a ring was deleted)
         self._error = None              # TopicDeleted for the next poll of an assign() consumer
         self._closed = False
-        self._group = None             # groups.Membership when subscribed as a group member
-        self._group_name = None if group is None else groups.validate_group_name(group)
+        self._group = None             # a Membership when subscribed as a group member
+        self._group_name = None if group is None else validate_group_name(group)
         if group is not None and topics is not None:
-            unknown = set(group_options) - groups.MEMBER_OPTIONS
+            unknown = set(group_options) - MEMBER_OPTIONS
             if unknown:
                 raise errors.InvalidArgument(f"unknown consumer options {sorted(unknown)}")
-            self._group = groups.Membership(log, self, group, topics, enable_auto_commit=enable_auto_commit,
+            self._group = Membership(log, self, group, topics, enable_auto_commit=enable_auto_commit,
                                             **group_options)
             self._group.sync()
         elif group_options:
@@ -253,10 +256,10 @@ class Consumer:
             return
         tps = sorted({(p.topic, p.partition) for p in gone})
         if gone:
-            log.warning("consumer: topic(s) %s deleted or re-created: partitions %s left the assignment",
+            logger.warning("consumer: topic(s) %s deleted or re-created: partitions %s left the assignment",
                         sorted({p.topic for p in gone}), tps)
         if added:
-            log.info("consumer: partitions %s joined the assignment", [(p.topic, p.partition) for p in added])
+            logger.info("consumer: partitions %s joined the assignment", [(p.topic, p.partition) for p in added])
         self._set_parts(keep + added)
         if gone and self._topics is None:
             self._error = errors.TopicDeleted(
@@ -550,7 +553,7 @@ class Consumer:
         self._apply_reset(part, wanted)
         skipped = part.cur.next_offset - wanted
         if skipped > 0:
-            log.warning("consumer of %r partition %d: %s; skipped %d records (offsets %d..%d), going on at "
+            logger.warning("consumer of %r partition %d: %s; skipped %d records (offsets %d..%d), going on at "
                         "%d (auto_offset_reset=%r)", part.topic, part.partition, why, skipped, wanted,
                         part.cur.next_offset - 1, part.cur.next_offset, self._reset)
 

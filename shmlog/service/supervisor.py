@@ -30,13 +30,20 @@ import threading
 import time
 
 import msgspec
-import psutil
 
-from . import admin, config, configfile, errors, launch, liveness, notify, permissions, persister, safefile
-from ._native import lib
-from .instance import Log, read_recovery_progress
+from .. import config, errors, liveness, permissions, safefile
+from .._native import lib
+from ..ipc import admin, daemons, launch
+from .. import kafka
+from ..kafka.cli import parse_listen
+from . import configfile, notify
+from .metrics import InstanceCollector, MetricsServer
+from .workers import Workers
+from ..control.plane import ControlPlane
+from ..client.log import Log
+from ..ipc.progress import read_recovery_progress
 
-log = logging.getLogger("shmlog.supervisor")
+logger = logging.getLogger("shmlog.supervisor")
 
 TICK_S = 0.1                   # sealing, group reaping, persister and worker checks
 SLOW_TICK_S = 1.0              # offsets snapshot, metrics rates, STATUS, control-segment check
@@ -44,47 +51,11 @@ PERSISTER_RESTART_S = 1.0      # at most one persister start per second
 EXIT_ALREADY_RUNNING = 3
 
 
-class State(msgspec.Struct, kw_only=True):
-    pid: int
-    instance: str
-    data_dir: str
-    shm_prefix: str
-    admin_socket: str
-    metrics_port: int | None = None
-    kafka_port: int | None = None          # the Kafka listener's bound port, when one runs
-    kafka_host: str | None = None
-    config: str | None = None
-    started_ms: int = 0
-    stopped_ms: int | None = None
-    clean: bool = False
-    workers: list[dict] = []
-
-
-def lock_path(settings: config.Settings) -> str:
-    return os.path.join(settings.data_dir, "supervisor.lock")
-
-
-def state_path(settings: config.Settings) -> str:
-    return os.path.join(settings.data_dir, "supervisor.json")
-
-
-def read_state(settings: config.Settings) -> State | None:
-    try:
-        return msgspec.json.decode(safefile.read_bytes(state_path(settings)), type=State)
-    except (FileNotFoundError, msgspec.DecodeError, errors.PermissionDenied):
-        return None
-
-
-def _write_state(settings: config.Settings, st: State):
-    safefile.replace(state_path(settings), msgspec.json.encode(st), sync_dir=False)
-
-
 class Supervisor:
     def __init__(self, settings: config.Settings, cfg: configfile.ServiceConfig | None = None):
-        from .workers import Workers
         self.settings = settings
         self.cfg = cfg or configfile.ServiceConfig()
-        self.log = None
+        self.plane = None
         self.lock = threading.Lock()          # the loop and the metrics thread both read the instance
         self.lock_fd = None
         self.admin = None
@@ -114,28 +85,28 @@ class Supervisor:
         self._take_lock()
         permissions.prepare_data_dir(s.data_dir, self.cfg.group)
         self.gid = permissions.instance_gid(s.data_dir)
-        prev = read_state(s)
+        prev = daemons.read_supervisor_state(s)
         if prev is not None and not prev.clean:
-            log.warning("the previous supervisor (pid %d) did not stop cleanly; recovering", prev.pid)
+            logger.warning("the previous supervisor (pid %d) did not stop cleanly; recovering", prev.pid)
         self._attach()
         permissions.adopt_segments(s.segment_glob_prefix, self.gid)
         self._apply_topics(self.cfg)
         self.admin = admin.Server(s, self._handlers(), self.gid, self.lock)
         if self.cfg.metrics_port >= 0:
-            from .metrics import InstanceCollector, MetricsServer
             self.collector = InstanceCollector(self)
             self.metrics = MetricsServer(self.collector, self.cfg.metrics_port)
         self.ensure_persister(wait=True)
         self.start_kafka()
         self.workers.apply(self.cfg.processes)
-        self.state = State(pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
+        self.state = daemons.SupervisorState(
+            pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
                            admin_socket=self.admin.path, metrics_port=self.metrics.port if self.metrics else None,
                            kafka_port=self.kafka.port if self.kafka else None,
                            kafka_host=self.kafka.host if self.kafka else None, config=self.cfg.path,
                            started_ms=int(time.time() * 1000),
                            workers=self.workers.describe())
-        _write_state(s, self.state)
-        log.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,
+        daemons.write_supervisor_state(s, self.state)
+        logger.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,
                  self.admin.path, f"127.0.0.1:{self.metrics.port}" if self.metrics else "off")
 
     def start_kafka(self):
@@ -145,8 +116,6 @@ class Supervisor:
         k = self.cfg.kafka
         if not k.listen:
             return
-        from . import kafka
-        from .kafka.cli import parse_listen
         host, port = parse_listen(k.listen)
         s = self.settings
         self.kafka_log = Log(s, unblock_timeout_ms=self.cfg.unblock_timeout_ms, start_persister=False)
@@ -156,7 +125,7 @@ class Supervisor:
             self.kafka_log.close()
             self.kafka_log = None
             raise
-        log.info("Kafka listener on %s:%d", self.kafka.host, self.kafka.port)
+        logger.info("Kafka listener on %s:%d", self.kafka.host, self.kafka.port)
 
     def stop_kafka(self):
         if self.kafka is not None:
@@ -167,13 +136,13 @@ class Supervisor:
             self.kafka_log = None
 
     def _take_lock(self):
-        p = lock_path(self.settings)
+        p = daemons.supervisor_lock_path(self.settings)
         fd = safefile.open_rw(p)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            st = read_state(self.settings)
+            st = daemons.read_supervisor_state(self.settings)
             raise errors.AlreadyRunning(
                 f"another supervisor{f' (pid {st.pid})' if st else ''} holds instance "
                 f"{self.settings.instance!r} (data dir {self.settings.data_dir}); stop it first "
@@ -184,10 +153,9 @@ class Supervisor:
 
     def _attach(self):
         """Attaches the control segment, restoring it from the data dir when it is new."""
-        if self.log is not None:
-            self.log.close()
-        self.log = Log(self.settings, start_persister=False, unblock_timeout_ms=self.cfg.unblock_timeout_ms,
-                       supervisor=True)
+        if self.plane is not None:
+            self.plane.close()
+        self.plane = ControlPlane(self.settings, unblock_timeout_ms=self.cfg.unblock_timeout_ms)
         self.ctl_ino = self._ctl_ino()
 
     def _ctl_ino(self):
@@ -200,22 +168,22 @@ class Supervisor:
         """Declared topics: created if absent, altered if changed, never deleted."""
         for name, want in cfg.topic_configs().items():
             try:
-                have = self.log.describe_topic(name).config
+                have = self.plane.describe_topic(name).config
             except errors.UnknownTopicOrPartition:
-                self.log.create_topic(name, **msgspec.structs.asdict(want))
-                log.info("created declared topic %r", name)
+                self.plane.create_topic(name, **msgspec.structs.asdict(want))
+                logger.info("created declared topic %r", name)
                 continue
             fixed = [k for k in ("ring_bytes", "persistence") if getattr(have, k) != getattr(want, k)]
             if want.partitions < have.partitions:
                 fixed.append("partitions (can only grow)")
             if fixed:
-                log.warning("topic %r: cannot change %s of an existing topic (delete and recreate it)",
+                logger.warning("topic %r: cannot change %s of an existing topic (delete and recreate it)",
                             name, ", ".join(fixed))
-            changes = {k: getattr(want, k) for k in Log.ALTERABLE if getattr(have, k) != getattr(want, k)
+            changes = {k: getattr(want, k) for k in ControlPlane.ALTERABLE if getattr(have, k) != getattr(want, k)
                        and not (k == "partitions" and want.partitions < have.partitions)}
             if changes:
-                self.log.alter_topic(name, **changes)
-                log.info("altered declared topic %r: %s", name, changes)
+                self.plane.alter_topic(name, **changes)
+                logger.info("altered declared topic %r: %s", name, changes)
 
     # ------------------------------------------------------------ admin requests
 
@@ -232,14 +200,14 @@ class Supervisor:
         }
 
     def _create_topic(self, name: str, config: dict):
-        self.log.create_topic(name, **config)
+        self.plane.create_topic(name, **config)
         self.ensure_persister(wait=True)
 
     def _delete_topic(self, name: str):
-        self.log.delete_topic(name)
+        self.plane.delete_topic(name)
 
     def _alter_topic(self, name: str, changes: dict):
-        self.log.alter_topic(name, **changes)
+        self.plane.alter_topic(name, **changes)
         self.ensure_persister(wait=True)
 
     def _reload_now(self):
@@ -251,8 +219,8 @@ class Supervisor:
 
     def _status(self) -> dict:
         return {"pid": os.getpid(), "instance": self.settings.instance, "data_dir": self.settings.data_dir,
-                "topics": self.log.list_topics(), "persister_pid": persister.pid_of(self.settings.data_dir)
-                if persister.running(self.settings.data_dir) else None,
+                "topics": self.plane.list_topics(), "persister_pid": daemons.persister_pid(self.settings.data_dir)
+                if daemons.persister_running(self.settings.data_dir) else None,
                 "persister_restarts": self.persister_restarts,
                 "metrics_port": self.metrics.port if self.metrics else None, "workers": self.workers.describe()}
 
@@ -265,10 +233,10 @@ class Supervisor:
         if self.persister_proc is not None:
             if self.persister_proc.poll() is None:
                 return
-            log.warning("the persister (pid %d) exited with %s", self.persister_proc.pid,
+            logger.warning("the persister (pid %d) exited with %s", self.persister_proc.pid,
                         self.persister_proc.returncode)
             self.persister_proc = None
-        if not self.log._has_durable() or persister.running(d):
+        if not self.plane.has_durable() or daemons.persister_running(d):
             return
         now = time.monotonic()
         if now < self.next_persister_start and not wait:
@@ -277,22 +245,17 @@ class Supervisor:
         if self.persister_started:
             self.persister_restarts += 1
         self.persister_started += 1
-        started = launch.start("the persister", "shmlog.persister",
-                               ["--instance", self.settings.instance, "--data-dir", d,
-                                "--shm-prefix", self.settings.shm_prefix],
-                               os.path.join(d, "persister.log"), detach=False)
+        # without wait, the next tick sees it running or polls its exit
+        started = daemons.start_persister(self.settings, wait=wait)
+        started.close()
         self.persister_proc = started.proc
-        if not wait:
-            started.close()           # the next tick sees it running, or polls its exit
-            return
-        started.wait(lambda _: persister.running(d), 10.0)   # its exit before that is an error at once
-        if self.persister_proc.poll() is not None:        # exited at once: another persister holds the lock
+        if wait and self.persister_proc.poll() is not None:   # exited at once: another persister holds the lock
             self.persister_proc = None
 
     def stop_persister(self):
         """Everything committed is written and fsynced: the persister does it on SIGTERM."""
         d = self.settings.data_dir
-        if self.log._has_durable() and not persister.running(d):
+        if self.plane.has_durable() and not daemons.persister_running(d):
             self.ensure_persister(wait=True)          # it died: a last one writes what is left
         self._stop_persister_process()
 
@@ -302,19 +265,19 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)          # our child
             proc.wait(120)
         else:
-            self.log.stop_persister(timeout=120)      # one we adopted
+            daemons.stop_persister(self.settings, timeout=120)      # one we adopted
 
     # ------------------------------------------------------------ loop
 
     def seal_dead_writers(self, free_slots: bool):
-        prefix = self.log.token_prefix_c
-        for name in self.log.list_topics():
+        prefix = self.plane.token_prefix_c
+        for name in self.plane.list_topics():
             try:
-                h = self.log.topic_handle(name)
+                h = self.plane.topic_handle(name)
                 for p in range(h.partitions):
-                    n = lib.shm_ring_seal_dead(self.log.ring(h, p, writable=True).h, prefix, int(free_slots))
+                    n = lib.shm_ring_seal_dead(self.plane.ring(h, p, writable=True).h, prefix, int(free_slots))
                     if n > 0:
-                        log.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
+                        logger.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
             except (errors.UnknownTopicOrPartition, errors.PermissionDenied):
                 continue
 
@@ -326,16 +289,16 @@ class Supervisor:
             key = (fn.__name__, type(e).__name__)
             if key not in self.failed_duties:
                 self.failed_duties.add(key)
-                log.exception("%s failed (it is retried; repeats of this error are not logged)", fn.__name__)
+                logger.exception("%s failed (it is retried; repeats of this error are not logged)", fn.__name__)
 
     def snapshot_offsets(self):
         """Committed offsets reach the disk within a second of a commit (the persister does it too)."""
-        self.offsets_seq = self.log.snapshot_offsets(self.offsets_seq)
+        self.offsets_seq = self.plane.snapshot_offsets(self.offsets_seq)
 
     def tick(self):
         """The 100 ms duties."""
         self._duty(self.seal_dead_writers, False)
-        self._duty(self.log.reap_groups)
+        self._duty(self.plane.reap_groups)
         self._duty(self.ensure_persister)
         self._duty(self.workers.tick)
 
@@ -345,14 +308,14 @@ class Supervisor:
         self._duty(self.snapshot_offsets)
         if self.collector is not None:
             self._duty(self.collector.sample)
-        self._duty(liveness.sweep_dead, self.log.token_prefix)
+        self._duty(liveness.sweep_dead, self.plane.token_prefix)
         workers = self.workers.describe()
         if workers != self.state.workers:
             self.state.workers = workers
-            _write_state(self.settings, self.state)
+            daemons.write_supervisor_state(self.settings, self.state)
         up = sum(1 for w in workers if w["pid"])
-        notify.notify(f"STATUS={len(self.log.list_topics())} topics, persister "
-                      f"{'up' if persister.running(self.settings.data_dir) else 'idle'}, "
+        notify.notify(f"STATUS={len(self.plane.list_topics())} topics, persister "
+                      f"{'up' if daemons.persister_running(self.settings.data_dir) else 'idle'}, "
                       f"{up}/{len(workers)} workers up")
 
     def instance_gone(self) -> bool:
@@ -396,11 +359,11 @@ class Supervisor:
                     next_tick = now + TICK_S
                 if now >= next_slow:
                     if self.instance_gone():
-                        log.warning("the data dir %s is gone; stopping", self.settings.data_dir)
+                        logger.warning("the data dir %s is gone; stopping", self.settings.data_dir)
                         break
                     with self.lock:
                         if self._ctl_ino() != self.ctl_ino:
-                            log.warning("the control segment was removed or replaced; re-attaching")
+                            logger.warning("the control segment was removed or replaced; re-attaching")
                             self._stop_persister_process()          # its rings are gone
                             self._attach()
                         self.slow_tick()
@@ -414,7 +377,7 @@ class Supervisor:
                         except BlockingIOError:
                             pass
                     else:
-                        while self.admin.serve_one(log):      # accepts only; each client has its thread
+                        while self.admin.serve_one(logger):      # accepts only; each client has its thread
                             pass
         finally:
             signal.set_wakeup_fd(old_fd)
@@ -425,39 +388,39 @@ class Supervisor:
 
     def reload(self):
         if self.cfg.path is None:
-            log.info("SIGHUP: no config file to reload")
+            logger.info("SIGHUP: no config file to reload")
             return
         try:
             cfg = configfile.load(self.cfg.path)
         except errors.ShmlogError as e:
-            log.error("SIGHUP: config not reloaded: %s", e)
+            logger.error("SIGHUP: config not reloaded: %s", e)
             return
         if cfg.settings() != self.settings:
-            log.warning("SIGHUP: instance, data_dir and shm_prefix changes need a restart; ignored")
+            logger.warning("SIGHUP: instance, data_dir and shm_prefix changes need a restart; ignored")
         old_kafka = self.cfg.kafka
         self.cfg = cfg
         try:
             self._apply_topics(cfg)
         except errors.ShmlogError as e:
-            log.error("SIGHUP: declared topics: %s", e)
+            logger.error("SIGHUP: declared topics: %s", e)
         self.workers.apply(cfg.processes)
         if cfg.kafka != old_kafka:
             self.stop_kafka()
             try:
                 self.start_kafka()
             except (errors.ShmlogError, OSError) as e:
-                log.error("SIGHUP: Kafka listener: %s", e)
+                logger.error("SIGHUP: Kafka listener: %s", e)
             if self.state is not None:
                 self.state.kafka_port = self.kafka.port if self.kafka else None
                 self.state.kafka_host = self.kafka.host if self.kafka else None
-                _write_state(self.settings, self.state)
-        log.info("SIGHUP: reloaded %s", cfg.path)
+                daemons.write_supervisor_state(self.settings, self.state)
+        logger.info("SIGHUP: reloaded %s", cfg.path)
 
     def shutdown_partial(self):
         """start() failed: let go of what it took, touch nothing else."""
         self.stop_kafka()
         self.workers.stop_all()
-        for x in (self.admin, self.metrics, self.log):
+        for x in (self.admin, self.metrics, self.plane):
             if x is not None:
                 try:
                     x.close()
@@ -470,7 +433,7 @@ class Supervisor:
     def shutdown(self):
         """SIGTERM: workers stop, everything committed is written and fsynced, state marked clean."""
         notify.notify("STOPPING=1", "STATUS=stopping")
-        log.info("stopping")
+        logger.info("stopping")
         clean = False
         try:
             self.stop_kafka()
@@ -478,7 +441,7 @@ class Supervisor:
             if not self.instance_gone():
                 with self.lock:
                     self.stop_persister()
-                    self.log.snapshot_offsets()
+                    self.plane.snapshot_offsets()
                 clean = True
         finally:
             if self.admin is not None:
@@ -489,140 +452,12 @@ class Supervisor:
                 self.state.clean = clean
                 self.state.stopped_ms = int(time.time() * 1000)
                 self.state.workers = self.workers.describe()
-                _write_state(self.settings, self.state)
-            if self.log is not None:
-                self.log.close()
+                daemons.write_supervisor_state(self.settings, self.state)
+            if self.plane is not None:
+                self.plane.close()
             if self.lock_fd is not None:
                 os.close(self.lock_fd)
-        log.info("stopped %s", "cleanly" if clean else "without a final flush")
-
-
-# ------------------------------------------------------------ shmlog up / down
-
-
-def addresses(st: State | None) -> dict:
-    """Where a running supervisor serves: {"metrics": URL or None, "kafka": HOST:PORT or None}."""
-    if st is None:
-        return {"metrics": None, "kafka": None}
-    return {"metrics": f"http://127.0.0.1:{st.metrics_port}/metrics" if st.metrics_port else None,
-            "kafka": f"{st.kafka_host or '127.0.0.1'}:{st.kafka_port}" if st.kafka_port else None}
-
-
-def running_pid(settings: config.Settings) -> int | None:
-    """The pid of the supervisor answering on the instance's admin socket, or None."""
-    c = admin.client(settings)
-    if c is None:
-        return None
-    try:
-        return c.call("ping", timeout=5.0)["pid"]
-    except errors.ShmlogError:
-        return None
-
-
-def up(settings: config.Settings, config_path: str | None = None, timeout: float = 20.0) -> int:
-    """Starts a background supervisor for the instance unless one runs; returns its pid.
-    The supervisor is detached (its own session, parent init, cwd /), like
-    ray.init()'s, and runs the installed package whatever our working directory
-    (shmlog.launch). It reports its start-up on a status pipe: a supervisor
-    that cannot start is reported at once with its reason (its error, or the
-    last lines it wrote when it died before it could say); one that restores a
-    large log is waited for past `timeout` while its progress moves."""
-    pid = running_pid(settings)
-    if pid is not None:
-        return pid
-    permissions.check_data_dir(settings.data_dir, create=True, write=True)   # PermissionDenied, not EACCES later
-    logfile = os.path.join(os.path.abspath(settings.data_dir), "supervisor.log")
-    args = ["--instance", settings.instance, "--data-dir", os.path.abspath(settings.data_dir),
-            "--shm-prefix", settings.shm_prefix]
-    if config_path:
-        args += ["--config", os.path.abspath(config_path)]
-    started = launch.start("the supervisor", "shmlog.supervisor", args, logfile, detach=True)
-    try:
-        st = started.wait(lambda st: st is not None and st["state"] == "ready", timeout)
-        return st["pid"]
-    except errors.AlreadyRunning:
-        return _wait_for_other(settings, timeout, logfile)   # a racing up(), or systemd's, got the lock first
-
-
-def _wait_for_other(settings: config.Settings, timeout: float, logfile: str) -> int:
-    """Another supervisor holds the instance's lock: its pid once it answers.
-    Past the timeout, waited for while it lives and its restore progresses."""
-    start = time.monotonic()
-    last, moved = None, start
-    while True:
-        pid = running_pid(settings)
-        if pid is not None:
-            return pid
-        now = time.monotonic()
-        prog = read_recovery_progress(settings.data_dir)
-        if prog != last:
-            last, moved = prog, now
-        if now - start > timeout:
-            holder = _lock_holder(settings)
-            if (holder is None or not prog or prog.pid != holder.pid
-                    or now - moved > launch.PROGRESS_GRACE_S or now - start > launch.MAX_WAIT_S):
-                raise errors.Timeout(f"another supervisor holds instance {settings.instance!r} but did not "
-                                     f"answer within {timeout:g} s; see {logfile}")
-        time.sleep(0.02)
-
-
-def _lock_holder(settings: config.Settings) -> psutil.Process | None:
-    try:
-        with open(lock_path(settings)) as f:
-            proc = psutil.Process(int(f.read().strip()))
-        return proc if _alive(proc) else None
-    except (OSError, ValueError, psutil.NoSuchProcess):
-        return None
-
-
-def down(settings: config.Settings, purge: bool = False, timeout: float = 120.0) -> bool:
-    """Stops the instance's supervisor cleanly (workers stopped, everything
-    committed fsynced); True when one was running. purge=True then also removes
-    the instance's shared memory (its rings and control segment: ephemeral
-    topics are lost, durable ones are restored from the data dir next time)."""
-    stopped = False
-    c = admin.client(settings)
-    if c is not None:
-        pid = c.call("ping")["pid"]
-        try:
-            proc = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            proc = None
-        c.call("shutdown")
-        deadline = time.monotonic() + timeout
-        while proc is not None and _alive(proc):
-            if time.monotonic() > deadline:
-                raise errors.Timeout(f"the supervisor (pid {pid}) did not stop within {timeout} s")
-            time.sleep(0.01)
-        stopped = True
-    if purge:
-        _purge_shared_memory(settings)
-    return stopped
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _purge_shared_memory(settings: config.Settings):
-    d = settings.data_dir
-    if persister.running(d):
-        pid = persister.pid_of(d)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 120
-            while persister.running(d) and time.monotonic() < deadline:
-                time.sleep(0.01)
-    prefix = settings.segment_glob_prefix
-    for name in os.listdir(permissions.SHM_DIR):
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join(permissions.SHM_DIR, name))
-            except FileNotFoundError:
-                pass
+        logger.info("stopped %s", "cleanly" if clean else "without a final flush")
 
 
 # ------------------------------------------------------------ entry point
@@ -668,16 +503,16 @@ def main(argv=None) -> int:
             sup.shutdown_partial()
             raise
     except errors.AlreadyRunning as e:
-        log.error("FATAL AlreadyRunning: %s", e)
+        logger.error("FATAL AlreadyRunning: %s", e)
         status.send("failed", error="AlreadyRunning", message=str(e))
         return EXIT_ALREADY_RUNNING
     except (errors.ShmlogError, OSError) as e:
-        log.error("FATAL %s", e)
+        logger.error("FATAL %s", e)
         status.send("failed", error=type(e).__name__ if isinstance(e, errors.ShmlogError) else
                     "PermissionDenied" if isinstance(e, PermissionError) else "SupervisorError", message=str(e))
         return 1
     except Exception as e:
-        log.exception("FATAL unexpected error during start-up")
+        logger.exception("FATAL unexpected error during start-up")
         status.send("failed", error="SupervisorError", message=f"unexpected error during start-up: {e!r}")
         return 1
     st = sup.state

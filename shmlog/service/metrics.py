@@ -13,8 +13,8 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
-from . import errors
-from ._native import lib
+from .. import errors
+from .._native import lib
 
 
 class _Rates:
@@ -46,7 +46,7 @@ class InstanceCollector:
 
     def _partitions(self):
         """(topic description, partition info, ring) of every live partition."""
-        log = self.sup.log
+        log = self.sup.plane
         for name in log.list_topics():
             try:
                 d = log.describe_topic(name)
@@ -67,7 +67,7 @@ class InstanceCollector:
                     self.consume_records.sample((g, pl.topic, pl.partition), pl.committed, now)
 
     def _groups(self):
-        log = self.sup.log
+        log = self.sup.plane
         for g in log.list_groups():
             try:
                 d = log.describe_group(g)

@@ -81,9 +81,10 @@ import os
 
 import msgspec
 
-from . import errors
-from . import safefile
-from .config import TopicConfig
+from .. import errors
+from .. import safefile
+from ..config import TopicConfig
+from ..storage import write_atomically
 
 FORMAT = 2
 LIVE, CREATING, ALTERING, DELETING = "live", "creating", "altering", "deleting"
@@ -159,7 +160,6 @@ def load(data_dir: str) -> Catalog:
 def save(data_dir: str, cat: Catalog):
     """Atomically replaces the file (write, fsync, rename, fsync dir): a crash
     leaves the old catalog or the new one."""
-    from .storage import write_atomically
     p = path(data_dir)
     safefile.makedirs(os.path.dirname(p))
     cat.migrated = False

@@ -17,11 +17,11 @@ import time
 import uuid
 
 from .. import errors
-from ..groups import validate_group_name
+from ..control.tables import validate_group_name
 from . import codes
 from .data import LEADER_EPOCH
 
-log = logging.getLogger("shmlog.kafka")
+logger = logging.getLogger("shmlog.kafka")
 
 EXPIRY_CHECK_S = 0.1          # how often sessions are checked
 MIN_SESSION_MS, MAX_SESSION_MS = 1000, 30 * 60_000
@@ -187,7 +187,7 @@ class GroupCoordinator:
                                   "ProtocolType": g.protocol_type, "ProtocolName": g.protocol,
                                   "Leader": g.leader, "MemberId": x.member_id,
                                   "Members": members if x.member_id == g.leader else []})
-        log.info("group %r generation %d: %d members, leader %s, protocol %s", g.group_id, g.generation,
+        logger.info("group %r generation %d: %d members, leader %s, protocol %s", g.group_id, g.generation,
                  len(g.members), g.leader, g.protocol)
 
     def _choose_protocol(self, g):
@@ -214,7 +214,7 @@ class GroupCoordinator:
         g.members.pop(m.member_id, None)
         _resolve(m.join_fut, _join_error(codes.UNKNOWN_MEMBER_ID, m.member_id))
         _resolve(m.sync_fut, {"ErrorCode": codes.UNKNOWN_MEMBER_ID, "Assignment": b""})
-        log.info("group %r: member %s leaves (%s)", g.group_id, m.member_id, why)
+        logger.info("group %r: member %s leaves (%s)", g.group_id, m.member_id, why)
         if g.leader == m.member_id:
             g.leader = None
         if not rebalance:
@@ -337,19 +337,19 @@ class GroupCoordinator:
             try:
                 self.log.commit_offsets(group_id, offsets)
             except errors.CommitFailed as e:
-                log.info("group %r: commit refused: %s", group_id, e)
+                logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.REBALANCE_IN_PROGRESS
             except errors.OffsetOutOfRange as e:               # the log was cut meanwhile
-                log.info("group %r: commit refused: %s", group_id, e)
+                logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.OFFSET_OUT_OF_RANGE
             except errors.InvalidArgument as e:
-                log.info("group %r: commit refused: %s", group_id, e)
+                logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.INVALID_GROUP_ID
             except errors.ShmlogError as e:
-                log.warning("group %r: commit failed: %s", group_id, e)
+                logger.warning("group %r: commit failed: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.UNKNOWN_SERVER_ERROR
         return {"ThrottleTimeMs": 0, "Topics": [
