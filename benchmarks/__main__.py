@@ -1,4 +1,5 @@
 """python -m benchmarks [--quick|--full] [--peers a,b] [--workloads T1,T2,...] [--out DIR] [--reps N]."""
+
 import sys
 
 from .cli import cli_main

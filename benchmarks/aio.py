@@ -13,6 +13,7 @@ lost or reordered one raises instead of reporting. Must never: share a
 topic between rows or count set-up (topic creation, pre-filling) in a rate.
 (The cross-process rows are in the main suite: T1-msg "produce", T1-batch "aio".)
 """
+
 import argparse
 import asyncio
 import glob
@@ -57,7 +58,7 @@ def _write(log, topic, recs, method):
 def _fill(log, topic, recs):
     p = log.producer()
     for i in range(0, len(recs), 1000):
-        p.send_batch(topic, recs[i:i + 1000], partition=0)
+        p.send_batch(topic, recs[i : i + 1000], partition=0)
     p.close()
 
 
@@ -91,6 +92,7 @@ def _aio(log, topic, n):
                     _check([m.value for m in ms], got)
                     got += len(ms)
             return n / (time.perf_counter() - t)
+
     return asyncio.run(run())
 
 
@@ -101,6 +103,7 @@ def main(argv=None):
     ap.add_argument("--out", help="directory for aio.json and aio.md")
     a = ap.parse_args(argv)
     import shmlog
+
     n = 50_000 if a.quick else 300_000
     tag = uuid.uuid4().hex[:8]
     data = tempfile.mkdtemp(prefix="shmlog-bench-aio-")
@@ -113,7 +116,7 @@ def main(argv=None):
     try:
         for rep in range(a.reps):
             load.append(os.getloadavg()[0])
-            order = list(rows)[rep % 2 * 2:] + list(rows)[:rep % 2 * 2]     # alternate who goes first
+            order = list(rows)[rep % 2 * 2 :] + list(rows)[: rep % 2 * 2]  # alternate who goes first
             for row in order:
                 topic = f"{row}-{rep}"
                 log.create_topic(topic, persistence="none", ring_bytes=ring)
@@ -129,13 +132,20 @@ def main(argv=None):
             os.unlink(f)
         shutil.rmtree(data, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    lines = [f"100 B records, {n} per row, {a.reps} interleaved repetitions, load average "
-             f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores", "",
-             "| row | median msgs/s | min-max |", "|---|---:|---:|"]
+    lines = [
+        f"100 B records, {n} per row, {a.reps} interleaved repetitions, load average "
+        f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores",
+        "",
+        "| row | median msgs/s | min-max |",
+        "|---|---:|---:|",
+    ]
     for k, v in rows.items():
         lines.append(f"| {k} | {med[k] / 1e3:,.0f} k | {min(v) / 1e3:,.0f}-{max(v) / 1e3:,.0f} k |")
-    lines += ["", f"produce / send = {med['produce'] / med['send']:.2f}x (target >= 2x); "
-                  f"aio / poll_batch = {med['aio'] / med['poll_batch']:.2f} (target >= 0.70)"]
+    lines += [
+        "",
+        f"produce / send = {med['produce'] / med['send']:.2f}x (target >= 2x); "
+        f"aio / poll_batch = {med['aio'] / med['poll_batch']:.2f} (target >= 0.70)",
+    ]
     text = "\n".join(lines)
     print(text)
     if a.out:

@@ -7,6 +7,7 @@ Owns: its workloads and its report section. Run alone with
 Every consumer checks a sequence number in each record; a row that lost or
 reordered anything is FAILED.
 """
+
 import argparse
 import contextlib
 import json
@@ -38,6 +39,7 @@ def _topic(**config):
 
 def _produce(kw, n, size, batch, t0_q):
     import shmlog
+
     log = shmlog.connect(**kw)
     p = log.producer()
     pad = b"x" * (size - 8)
@@ -50,6 +52,7 @@ def _produce(kw, n, size, batch, t0_q):
 
 def _consume(kw, n, res_q):
     import shmlog
+
     log = shmlog.connect(**kw)
     c = log.consumer(topics=["t"], auto_offset_reset="earliest")
     got = 0
@@ -128,8 +131,10 @@ def disk_write_rate(total_bytes, chunk=32 << 20):
 
 # ------------------------------------------------------------ Redis Streams
 
+
 def _redis_produce(sock, n, size, batch, q):
     import redis
+
     r = redis.Redis(unix_socket_path=sock)
     pad = b"x" * (size - 8)
     q.put(time.monotonic())
@@ -142,6 +147,7 @@ def _redis_produce(sock, n, size, batch, q):
 
 def _redis_consume(sock, n, res_q):
     import redis
+
     r = redis.Redis(unix_socket_path=sock)
     last, got = "0-0", 0
     while got < n:
@@ -163,6 +169,7 @@ def redis_t1(n, size=100, batch=1000):
     if shutil.which("redis-server") is None:
         return {"skipped": "redis-server not installed (apt-get install redis-server)"}
     import importlib.util
+
     if importlib.util.find_spec("redis") is None:
         return {"skipped": "the redis Python client is not installed (pip install redis)"}
     tmp = tempfile.mkdtemp(prefix="shmlogbench-redis-")
@@ -177,6 +184,7 @@ def redis_t1(n, size=100, batch=1000):
 
 
 # ------------------------------------------------------------ run + report
+
 
 def plan(quick: bool = False):
     """[(row name, fn)]; fn() -> {"ok": True, "msgs_s"|"mb_s": ...} or {"ok": False, "error": ...}."""
@@ -218,8 +226,13 @@ def summarize(runs) -> dict:
             continue
         key = "msgs_s" if "msgs_s" in ss[0] else "mb_s"
         vals = [s[key] for s in ss]
-        out[k] = {"unit": key, "median": statistics.median(vals), "min": min(vals), "max": max(vals),
-                  "mb_s": statistics.median(s["mb_s"] for s in ss)}
+        out[k] = {
+            "unit": key,
+            "median": statistics.median(vals),
+            "min": min(vals),
+            "max": max(vals),
+            "mb_s": statistics.median(s["mb_s"] for s in ss),
+        }
     return out
 
 
@@ -233,8 +246,12 @@ def run(quick: bool = False, reps: int = 3) -> dict:
 def report(res: dict) -> str:
     eph = res.get("T5 ephemeral (persistence=none)", {}).get("median")
     disk = res.get("disk write loop (same fs)", {}).get("median")
-    lines = ["## T5 durability: 100 B records (batch 1000, poll_columns), ingest, Redis", "",
-             "| row | rate | range | MB/s | ratio |", "|---|---:|---|---:|---:|"]
+    lines = [
+        "## T5 durability: 100 B records (batch 1000, poll_columns), ingest, Redis",
+        "",
+        "| row | rate | range | MB/s | ratio |",
+        "|---|---:|---|---:|---:|",
+    ]
     for k, v in res.items():
         if "median" not in v:
             lines.append(f"| {k} | {'FAILED: ' + v['failed'] if 'failed' in v else 'skipped: ' + v['skipped']} | | | |")
@@ -246,8 +263,9 @@ def report(res: dict) -> str:
             ratio = f"{v['median'] / disk:.2f}× disk"
         else:
             ratio = ""
-        lines.append(f"| {k} | {v['median']:,.0f} {unit} | {v['min']:,.0f}-{v['max']:,.0f} | "
-                     f"{v['mb_s']:,.0f} | {ratio} |")
+        lines.append(
+            f"| {k} | {v['median']:,.0f} {unit} | {v['min']:,.0f}-{v['max']:,.0f} | {v['mb_s']:,.0f} | {ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -260,8 +278,9 @@ def main():
     res = run(a.quick, a.reps)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "durable.json"), "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-                   "results": res}, f, indent=2)
+        json.dump(
+            {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "results": res}, f, indent=2
+        )
     md = report(res)
     with open(os.path.join(a.out, "durable.md"), "w") as f:
         f.write(md)

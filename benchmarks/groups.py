@@ -8,6 +8,7 @@
 Owns: these workloads and their summary. Must never: count a record twice or report a run whose group
 rebalanced mid-measurement (that run fails).
 """
+
 import os
 import signal
 import statistics
@@ -60,8 +61,12 @@ def _stable(log, group, members, deadline):
         try:
             d = log.describe_group(group)
             owned = sum(len(m.assignment) for m in d.members)
-            if d.state == "Stable" and len(d.members) == members and owned == PARTITIONS \
-                    and all(m.assignment for m in d.members):
+            if (
+                d.state == "Stable"
+                and len(d.members) == members
+                and owned == PARTITIONS
+                and all(m.assignment for m in d.members)
+            ):
                 return True
         except Exception:
             pass
@@ -73,9 +78,15 @@ def _member(kw, topic, group, n, done, deadline):
     """A group member: checks each partition it receives is contiguous from seq 0; stops when its group
     (shared counter `done`) has received n records. The parent checks no partition went to 2 members."""
     import shmlog
+
     log = shmlog.connect(**kw)
-    c = log.consumer(group=group, topics=[topic], auto_offset_reset="earliest",
-                     session_timeout_ms=10_000, heartbeat_interval_ms=HEARTBEAT_MS)
+    c = log.consumer(
+        group=group,
+        topics=[topic],
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=HEARTBEAT_MS,
+    )
     expected, got, t_end = {}, 0, None
     unpack = SEQ.unpack_from
     while done.value < n:
@@ -83,8 +94,10 @@ def _member(kw, topic, group, n, done, deadline):
         for m in ms:
             seq = unpack(m.value)[0]
             if seq != expected.get(m.partition, 0):
-                raise AssertionError(f"order/completeness: partition {m.partition} expected seq "
-                                     f"{expected.get(m.partition, 0)}, got {seq}")
+                raise AssertionError(
+                    f"order/completeness: partition {m.partition} expected seq "
+                    f"{expected.get(m.partition, 0)}, got {seq}"
+                )
             expected[m.partition] = seq + 1
         if ms:
             got += len(ms)
@@ -100,6 +113,7 @@ def _member(kw, topic, group, n, done, deadline):
 
 def _producer(kw, topic, per_part, size, go, deadline):
     import shmlog
+
     log = shmlog.connect(**kw)
     p = log.producer()
     pad = b"x" * (size - SEQ.size)
@@ -127,13 +141,15 @@ def throughput(groups, members, n, size=100, timeout=120.0, instance=None):
         reaper = _Reaper(log)
         go = CTX.Event()
         done = [CTX.Value("q", 0) for _ in range(groups)]
-        jobs = [(_member, (kw, "g", f"grp{i // members}", n, done[i // members], deadline))
-                for i in range(groups * members)]
+        jobs = [
+            (_member, (kw, "g", f"grp{i // members}", n, done[i // members], deadline)) for i in range(groups * members)
+        ]
         jobs.append((_producer, (kw, "g", per_part, size, go, deadline)))
 
-        def release():   # parent side, in a thread while run_children waits: go once every group is stable
+        def release():  # parent side, in a thread while run_children waits: go once every group is stable
             if all(_stable(log, f"grp{g}", members, deadline) for g in range(groups)):
                 go.set()
+
         t = threading.Thread(target=release, daemon=True)
         t.start()
         try:
@@ -144,13 +160,16 @@ def throughput(groups, members, n, size=100, timeout=120.0, instance=None):
     bad = [r for r in res if not r["ok"]]
     if bad:
         return {"ok": False, "error": bad[0]["error"]}
-    for g in range(groups):                 # every partition wholly, and by exactly one member
-        got = [r["per_partition"] for r in res[g * members:(g + 1) * members]]
+    for g in range(groups):  # every partition wholly, and by exactly one member
+        got = [r["per_partition"] for r in res[g * members : (g + 1) * members]]
         for part in range(PARTITIONS):
             owners = [pp[part] for pp in got if part in pp]
             if owners != [per_part]:
-                return {"ok": False, "error": f"order/completeness: group {g} partition {part} received "
-                                              f"{owners} by its members, expected [{per_part}]"}
+                return {
+                    "ok": False,
+                    "error": f"order/completeness: group {g} partition {part} received "
+                    f"{owners} by its members, expected [{per_part}]",
+                }
     secs = (max(r["t_end"] for r in res[:-1]) - res[-1]["t0"]) / 1e9
     return {"ok": True, "value": n / secs, "deliveries_per_s": n * groups / secs, "records": n}
 
@@ -158,8 +177,10 @@ def throughput(groups, members, n, size=100, timeout=120.0, instance=None):
 def throughput_plan(quick):
     """[(label, fn)] for one repetition: the members curve (1 group) and the 4-group fan-out."""
     n = 20_000 if quick else 400_000
-    out = [({"kind": "members", "groups": 1, "members": k}, (lambda k=k: throughput(1, k, n)))
-           for k in ((1, 2, 4) if quick else (1, 2, 3, 4))]
+    out = [
+        ({"kind": "members", "groups": 1, "members": k}, (lambda k=k: throughput(1, k, n)))
+        for k in ((1, 2, 4) if quick else (1, 2, 3, 4))
+    ]
     out.append(({"kind": "fanout", "groups": 4, "members": 1}, lambda: throughput(4, 1, n)))
     return out
 
@@ -167,9 +188,15 @@ def throughput_plan(quick):
 def _survivor(kw, topic, group, q, stop, deadline):
     """Polls in a loop and reports (monotonic time, assignment) whenever its assignment changes."""
     import shmlog
+
     log = shmlog.connect(**kw)
-    c = log.consumer(group=group, topics=[topic], auto_offset_reset="latest",
-                     session_timeout_ms=SESSION_MS, heartbeat_interval_ms=HEARTBEAT_MS)
+    c = log.consumer(
+        group=group,
+        topics=[topic],
+        auto_offset_reset="latest",
+        session_timeout_ms=SESSION_MS,
+        heartbeat_interval_ms=HEARTBEAT_MS,
+    )
     last = None
     while not stop.is_set() and time.monotonic() < deadline:
         c.poll(timeout=0.005)
@@ -183,16 +210,23 @@ def _survivor(kw, topic, group, q, stop, deadline):
 
 def _victim(kw, topic, group):
     import shmlog
+
     log = shmlog.connect(**kw)
-    c = log.consumer(group=group, topics=[topic], auto_offset_reset="latest",
-                     session_timeout_ms=SESSION_MS, heartbeat_interval_ms=HEARTBEAT_MS)
-    while True:                      # until SIGKILL
+    c = log.consumer(
+        group=group,
+        topics=[topic],
+        auto_offset_reset="latest",
+        session_timeout_ms=SESSION_MS,
+        heartbeat_interval_ms=HEARTBEAT_MS,
+    )
+    while True:  # until SIGKILL
         c.poll(timeout=0.05)
 
 
 def rebalance(quick, kills=None, timeout_each=15.0, instance=None):
     """SIGKILL one of 2 members `kills` times; ms from the kill until the survivor owns all partitions."""
     import queue as _queue
+
     kills = kills or (3 if quick else 50)
     deadline = time.monotonic() + kills * (timeout_each + 3) + 30
     times, failures = [], []
@@ -212,7 +246,7 @@ def rebalance(quick, kills=None, timeout_each=15.0, instance=None):
                     victim.kill()
                     victim.join(5)
                     continue
-                while True:                                   # drop assignment changes seen so far
+                while True:  # drop assignment changes seen so far
                     try:
                         q.get_nowait()
                     except _queue.Empty:
@@ -239,12 +273,22 @@ def rebalance(quick, kills=None, timeout_each=15.0, instance=None):
                 surv.kill()
             reaper.close()
     if failures or not times:
-        return {"ok": False, "error": failures[0] if failures else "no kill measured", "kills": kills,
-                "measured": len(times)}
+        return {
+            "ok": False,
+            "error": failures[0] if failures else "no kill measured",
+            "kills": kills,
+            "measured": len(times),
+        }
     ms = np.array(times)
-    return {"ok": True, "kills": kills, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-            "samples_ms": [round(x, 2) for x in times]}
+    return {
+        "ok": True,
+        "kills": kills,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "samples_ms": [round(x, 2) for x in times],
+    }
 
 
 def summarize(runs):
@@ -258,8 +302,13 @@ def summarize(runs):
         if kind == "rebalance":
             out["rebalance"] = rs[0]
             continue
-        s = {"groups": groups, "members": members, "reps": len(rs), "ok": not bad,
-             "error": bad[0].get("error") if bad else None}
+        s = {
+            "groups": groups,
+            "members": members,
+            "reps": len(rs),
+            "ok": not bad,
+            "error": bad[0].get("error") if bad else None,
+        }
         if not bad:
             vals = [r["value"] for r in rs]
             s["value"] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}

@@ -5,6 +5,7 @@ Entry point: run(quick, only, out_dir, reps=None, workloads=None, log=print, pro
 Owns: ordering and bookkeeping. Must never: drop a failed run from the summary (a row with any failed
 repetition is marked failed and shows no number).
 """
+
 import os
 import shutil
 import statistics
@@ -19,12 +20,25 @@ from .progress import Progress
 
 SECTIONS = ("rows", "size", "partitions", "topics", "groups", "T5")
 
-CURVES = {   # scaling-curve points; quick keeps the ends of each range
-    True: {"sizes": (64, 8 << 10, 1 << 20), "size_bytes": 2 << 20, "size_peers": ("shmlog", "zmq", "iceoryx2"),
-           "partitions": (1, 16, 256), "rate": 50_000, "rate_seconds": 0.2, "topics": 100},
-    False: {"sizes": (64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20),
-            "size_bytes": 96 << 20, "size_peers": None,
-            "partitions": (1, 4, 16, 64, 256), "rate": 100_000, "rate_seconds": 2.0, "topics": 1000},
+CURVES = {  # scaling-curve points; quick keeps the ends of each range
+    True: {
+        "sizes": (64, 8 << 10, 1 << 20),
+        "size_bytes": 2 << 20,
+        "size_peers": ("shmlog", "zmq", "iceoryx2"),
+        "partitions": (1, 16, 256),
+        "rate": 50_000,
+        "rate_seconds": 0.2,
+        "topics": 100,
+    },
+    False: {
+        "sizes": (64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20),
+        "size_bytes": 96 << 20,
+        "size_peers": None,
+        "partitions": (1, 4, 16, 64, 256),
+        "rate": 100_000,
+        "rate_seconds": 2.0,
+        "topics": 1000,
+    },
 }
 
 
@@ -46,7 +60,7 @@ def _setup_peers(names, rows, workdir, res, log):
         peer, reason = peer_registry.load(name) if name in peer_registry.PEERS else (None, "unknown peer")
         if peer is not None:
             try:
-                active.append(peer)           # teardown must run even if setup fails half-way
+                active.append(peer)  # teardown must run even if setup fails half-way
                 peer.setup(workdir)
             except Exception as e:
                 active.pop()
@@ -59,8 +73,7 @@ def _setup_peers(names, rows, workdir, res, log):
             res["skipped"][name] = reason
             log(f"skip {name}: {reason}")
             continue
-        res["peers"][name] = {"versions": peer.versions(),
-                              "modes": {r: peer.modes(r) for r in rows if peer.modes(r)}}
+        res["peers"][name] = {"versions": peer.versions(), "modes": {r: peer.modes(r) for r in rows if peer.modes(r)}}
     return active
 
 
@@ -82,12 +95,19 @@ def plan(quick, reps, rows, sections, active):
             for row in rows:
                 pm = [(p, m) for p in active for m in p.modes(row)]
                 k = rep % len(pm) if pm else 0
-                for peer, mode in pm[k:] + pm[:k]:       # rotate who goes first
+                for peer, mode in pm[k:] + pm[:k]:  # rotate who goes first
                     n = _count(peer, row, mode, quick)
                     tag = f"{rep}-{row}-{mode}"
-                    items.append((rep, "rows", dict(row=row, peer=peer.name, mode=mode, n=n),
-                                  lambda peer=peer, row=row, mode=mode, n=n, tag=tag:
-                                  runner.run_row(peer, row, mode, quick, tag, timeout, n=n)))
+                    items.append(
+                        (
+                            rep,
+                            "rows",
+                            dict(row=row, peer=peer.name, mode=mode, n=n),
+                            lambda peer=peer, row=row, mode=mode, n=n, tag=tag: runner.run_row(
+                                peer, row, mode, quick, tag, timeout, n=n
+                            ),
+                        )
+                    )
         if "size" in sections:
             for size in cv["sizes"]:
                 for peer in active:
@@ -96,13 +116,26 @@ def plan(quick, reps, rows, sections, active):
                     mode = _curve_mode(peer)
                     n = max(32, min(int(cv["size_bytes"] // size), _count(peer, "T1-msg", mode, quick)))
                     tag = f"{rep}-size{size}"
-                    items.append((rep, "size", dict(peer=peer.name, mode=mode, size=size, n=n),
-                                  lambda peer=peer, mode=mode, size=size, n=n, tag=tag:
-                                  runner.run_row(peer, "T1-msg", mode, quick, tag, timeout, size=size, n=n)))
+                    items.append(
+                        (
+                            rep,
+                            "size",
+                            dict(peer=peer.name, mode=mode, size=size, n=n),
+                            lambda peer=peer, mode=mode, size=size, n=n, tag=tag: runner.run_row(
+                                peer, "T1-msg", mode, quick, tag, timeout, size=size, n=n
+                            ),
+                        )
+                    )
         if "partitions" in sections:
             for parts in cv["partitions"]:
-                items.append((rep, "partitions", dict(partitions=parts, offered=cv["rate"]),
-                              lambda parts=parts: scaling.partitions(parts, cv["rate"], cv["rate_seconds"])))
+                items.append(
+                    (
+                        rep,
+                        "partitions",
+                        dict(partitions=parts, offered=cv["rate"]),
+                        lambda parts=parts: scaling.partitions(parts, cv["rate"], cv["rate_seconds"]),
+                    )
+                )
         if "topics" in sections:
             items.append((rep, "topics", dict(topics=cv["topics"]), lambda: scaling.topics(cv["topics"])))
         if "groups" in sections and groups.available():
@@ -110,6 +143,7 @@ def plan(quick, reps, rows, sections, active):
                 items.append((rep, "groups", label, fn))
         if "T5" in sections:
             from . import durable
+
             for key, fn in durable.plan(quick):
                 items.append((rep, "T5", dict(row=key), fn))
     if "groups" in sections and groups.available():
@@ -142,9 +176,18 @@ def run(quick, only=None, out_dir=None, reps=None, workloads=None, log=print, pr
     names = only or list(peer_registry.PEERS)
     workdir = tempfile.mkdtemp(prefix="shmlogbench-", dir="/tmp")
     t_start = time.monotonic()
-    res = {"machine": machine.facts(), "quick": quick, "reps": reps, "sizes": W.SIZES[quick],
-           "record_bytes": W.RECORD, "curves_config": CURVES[quick], "peers": {}, "skipped": {},
-           "runs": [], "results": {s: [] for s in SECTIONS if s != "rows"}}
+    res = {
+        "machine": machine.facts(),
+        "quick": quick,
+        "reps": reps,
+        "sizes": W.SIZES[quick],
+        "record_bytes": W.RECORD,
+        "curves_config": CURVES[quick],
+        "peers": {},
+        "skipped": {},
+        "runs": [],
+        "results": {s: [] for s in SECTIONS if s != "rows"},
+    }
     bar = None
     try:
         active = _setup_peers(names, rows, workdir, res, log)
@@ -185,8 +228,15 @@ def summarize(runs):
     out = []
     for (row, peer, mode), rs in by.items():
         bad = [r for r in rs if not r["ok"]]
-        s = {"row": row, "peer": peer, "mode": mode, "reps": len(rs), "n": rs[0].get("n"), "ok": not bad,
-             "error": bad[0]["error"] if bad else None}
+        s = {
+            "row": row,
+            "peer": peer,
+            "mode": mode,
+            "reps": len(rs),
+            "n": rs[0].get("n"),
+            "ok": not bad,
+            "error": bad[0]["error"] if bad else None,
+        }
         if not bad:
             if row.startswith("T2"):
                 for k in ("p50", "p99", "p99.9", "max"):
@@ -219,15 +269,25 @@ def _group_by(runs, keys, fields):
 def summarize_curves(results):
     out = {
         "size": _group_by(results.get("size", []), ("peer", "mode", "size", "n"), ("value", "bytes_per_s")),
-        "partitions": _group_by(results.get("partitions", []), ("partitions", "offered"),
-                                ("rate", "p50_us", "p99_us", "cpu_us_per_record")),
-        "topics": _group_by(results.get("topics", []), ("topics",),
-                            ("create_s", "delete_s", "create_ms_per_topic", "shm_bytes_per_partition",
-                             "creator_rss_bytes_per_partition")),
+        "partitions": _group_by(
+            results.get("partitions", []), ("partitions", "offered"), ("rate", "p50_us", "p99_us", "cpu_us_per_record")
+        ),
+        "topics": _group_by(
+            results.get("topics", []),
+            ("topics",),
+            (
+                "create_s",
+                "delete_s",
+                "create_ms_per_topic",
+                "shm_bytes_per_partition",
+                "creator_rss_bytes_per_partition",
+            ),
+        ),
     }
     if results.get("groups"):
         out["groups"] = groups.summarize(results["groups"])
     if results.get("T5"):
         from . import durable
+
         out["T5"] = durable.summarize(results["T5"])
     return out

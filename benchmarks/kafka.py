@@ -12,6 +12,7 @@ lost or reordered anything is FAILED.
 
 Run: `python -m benchmarks.kafka [--quick]` (needs `pip install -e '.[kafka]'`).
 """
+
 import argparse
 import contextlib
 import json
@@ -41,10 +42,11 @@ def _payloads(n: int) -> list:
 def _listener_main(kw, conn):
     import shmlog
     import shmlog.kafka
+
     log = shmlog.connect(**kw)
     run = shmlog.kafka.start(log, "127.0.0.1", 0)
     conn.send(run.port)
-    conn.recv()                      # until the parent says stop
+    conn.recv()  # until the parent says stop
     run.stop()
     log.close()
 
@@ -53,6 +55,7 @@ def _listener_main(kw, conn):
 def instance():
     """A private instance and its Kafka listener in a child process; yields (kw, bootstrap)."""
     import shmlog
+
     tmp = tempfile.mkdtemp(prefix="shmlogbench-kafka-")
     tag = uuid.uuid4().hex[:8]
     kw = dict(instance=f"kbench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.")
@@ -88,6 +91,7 @@ def _check(seqs, n):
 
 def produce_confluent(bootstrap, topic, n):
     from confluent_kafka import Producer
+
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
     values = _payloads(n)
     produce = p.produce
@@ -106,7 +110,8 @@ def produce_confluent(bootstrap, topic, n):
 
 def produce_kafka_python(bootstrap, topic, n):
     from kafka import KafkaProducer
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)      # defaults: idempotent, acks=all
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)  # defaults: idempotent, acks=all
     values = _payloads(n)
     t0 = time.perf_counter()
     for v in values:
@@ -133,8 +138,10 @@ def produce_native(log, topic, n):
 
 def consume_confluent(bootstrap, topic, n):
     from confluent_kafka import Consumer, TopicPartition
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": 10})
+
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
+    )
     c.assign([TopicPartition(topic, 0, 0)])
     seqs = []
     t0 = time.perf_counter()
@@ -150,6 +157,7 @@ def consume_confluent(bootstrap, topic, n):
 
 def consume_kafka_python(bootstrap, topic, n):
     from kafka import KafkaConsumer, TopicPartition
+
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
     tp = TopicPartition(topic, 0)
     c.assign([tp])
@@ -185,12 +193,14 @@ def consume_native(log, topic, n):
 def _lat_consumer(kind, target, topic, n, conn):
     """Child: reads n records, each carrying its send time; sends back latencies in µs."""
     import shmlog
+
     lat, seqs = [], []
 
     def note(v):
         now = time.monotonic_ns()
         seqs.append(SEQ.unpack_from(v)[0])
         lat.append((now - SEQ.unpack_from(v, 8)[0]) / 1000)
+
     deadline = time.monotonic() + 120
     if kind == "native":
         log = shmlog.connect(**target)
@@ -204,8 +214,16 @@ def _lat_consumer(kind, target, topic, n, conn):
         log.close()
     elif kind == "confluent":
         from confluent_kafka import Consumer, TopicPartition
-        c = Consumer({"bootstrap.servers": target, "group.id": "lat", "fetch.wait.max.ms": 100,
-                      "fetch.min.bytes": 1, "fetch.queue.backoff.ms": 0})
+
+        c = Consumer(
+            {
+                "bootstrap.servers": target,
+                "group.id": "lat",
+                "fetch.wait.max.ms": 100,
+                "fetch.min.bytes": 1,
+                "fetch.queue.backoff.ms": 0,
+            }
+        )
         c.assign([TopicPartition(topic, 0, 0)])
         c.poll(0.5)
         conn.send("ready")
@@ -216,6 +234,7 @@ def _lat_consumer(kind, target, topic, n, conn):
         c.close()
     else:
         from kafka import KafkaConsumer, TopicPartition
+
         c = KafkaConsumer(bootstrap_servers=target, enable_auto_commit=False, fetch_max_wait_ms=100)
         tp = TopicPartition(topic, 0)
         c.assign([tp])
@@ -232,8 +251,9 @@ def _lat_consumer(kind, target, topic, n, conn):
 
 def latency(kind, log, kw, bootstrap, topic, n):
     parent, child = CTX.Pipe()
-    proc = CTX.Process(target=_lat_consumer,
-                       args=(kind, kw if kind == "native" else bootstrap, topic, n, child), daemon=True)
+    proc = CTX.Process(
+        target=_lat_consumer, args=(kind, kw if kind == "native" else bootstrap, topic, n, child), daemon=True
+    )
     proc.start()
     if not parent.poll(60):
         proc.kill()
@@ -247,14 +267,17 @@ def latency(kind, log, kw, bootstrap, topic, n):
         done = sender.close
     elif kind == "confluent":
         from confluent_kafka import Producer
+
         sender = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
 
         def send(i):
             sender.produce(topic, SEQ.pack(i) + SEQ.pack(time.monotonic_ns()) + pad, partition=0)
             sender.poll(0)
+
         done = lambda: sender.flush(30)  # noqa: E731
     else:
         from kafka import KafkaProducer
+
         sender = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
         send = lambda i: sender.send(topic, SEQ.pack(i) + SEQ.pack(time.monotonic_ns()) + pad, partition=0)  # noqa: E731
         done = lambda: sender.close(10)  # noqa: E731
@@ -275,8 +298,11 @@ def latency(kind, log, kw, bootstrap, topic, n):
 
 
 def run(quick: bool):
-    sizes = {"confluent": 200_000 if quick else 1_000_000, "kafka-python": 20_000 if quick else 100_000,
-             "native": 200_000 if quick else 1_000_000}
+    sizes = {
+        "confluent": 200_000 if quick else 1_000_000,
+        "kafka-python": 20_000 if quick else 100_000,
+        "native": 200_000 if quick else 1_000_000,
+    }
     lat_n = 300 if quick else 2000
     rows = []
     with instance() as (log, kw, bootstrap):
@@ -296,35 +322,57 @@ def run(quick: bool):
             ltopic = f"lat-{client}"
             _topic(log, ltopic)
             lat, lok = latency(client, log, kw, bootstrap, ltopic, lat_n)
-            rows.append({"client": client, "records": n, "produce_msgs_s": prate, "consume_msgs_s": crate,
-                         "latency": lat, "ok": pok and cok and lok})
-            print(f"{client}: produce {prate:,.0f}/s consume {crate:,.0f}/s latency {lat} ok={rows[-1]['ok']}",
-                  flush=True)
+            rows.append(
+                {
+                    "client": client,
+                    "records": n,
+                    "produce_msgs_s": prate,
+                    "consume_msgs_s": crate,
+                    "latency": lat,
+                    "ok": pok and cok and lok,
+                }
+            )
+            print(
+                f"{client}: produce {prate:,.0f}/s consume {crate:,.0f}/s latency {lat} ok={rows[-1]['ok']}", flush=True
+            )
     native = rows[0]
     for r in rows:
         r["produce_ratio_native_over_client"] = native["produce_msgs_s"] / r["produce_msgs_s"]
         r["consume_ratio_native_over_client"] = native["consume_msgs_s"] / r["consume_msgs_s"]
         if r["latency"] and native["latency"]:
             r["latency_p50_ratio_client_over_native"] = r["latency"]["p50_us"] / native["latency"]["p50_us"]
-    return {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": quick,
-            "record_bytes": RECORD, "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": quick,
+        "record_bytes": RECORD,
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "rows": rows,
+    }
 
 
 def markdown(res) -> str:
-    lines = [f"# Kafka listener benchmark ({res['when']}{', quick' if res['quick'] else ''})", "",
-             f"{res['record_bytes']}-byte records, one partition, per-message calls on every side; "
-             f"{res['cpus']} CPUs, load {res['load_avg'][0]:.1f}. Ratios: native / client for rates, "
-             "client / native for latency (> 1: the native API is better).", "",
-             "| client | records | produce msgs/s | consume msgs/s | latency p50 / p99 µs | produce ratio | "
-             "consume ratio | p50 ratio | ok |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Kafka listener benchmark ({res['when']}{', quick' if res['quick'] else ''})",
+        "",
+        f"{res['record_bytes']}-byte records, one partition, per-message calls on every side; "
+        f"{res['cpus']} CPUs, load {res['load_avg'][0]:.1f}. Ratios: native / client for rates, "
+        "client / native for latency (> 1: the native API is better).",
+        "",
+        "| client | records | produce msgs/s | consume msgs/s | latency p50 / p99 µs | produce ratio | "
+        "consume ratio | p50 ratio | ok |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in res["rows"]:
         lat = r["latency"]
         lat_s = f"{lat['p50_us']:.0f} / {lat['p99_us']:.0f}" if lat else "n/a"
         pr = r.get("latency_p50_ratio_client_over_native")
-        lines.append(f"| {r['client']} | {r['records']:,} | {r['produce_msgs_s']:,.0f} | {r['consume_msgs_s']:,.0f} | "
-                     f"{lat_s} | {r['produce_ratio_native_over_client']:.2f}× | "
-                     f"{r['consume_ratio_native_over_client']:.2f}× | {f'{pr:.1f}×' if pr else 'n/a'} | "
-                     f"{'ok' if r['ok'] else 'FAILED'} |")
+        lines.append(
+            f"| {r['client']} | {r['records']:,} | {r['produce_msgs_s']:,.0f} | {r['consume_msgs_s']:,.0f} | "
+            f"{lat_s} | {r['produce_ratio_native_over_client']:.2f}× | "
+            f"{r['consume_ratio_native_over_client']:.2f}× | {f'{pr:.1f}×' if pr else 'n/a'} | "
+            f"{'ok' if r['ok'] else 'FAILED'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -1,22 +1,29 @@
 """PNG plots from a results dict (matplotlib, the optional `bench` extra): results.png (throughput and
 p50 bars with min-max whiskers), latency.png (T2 round-trip percentile curves), scaling.png (record
 size, partitions, consumers in a group). Returns the file names written; [] without matplotlib."""
+
 import os
 
 import numpy as np
 
 from .workloads import PERCENTILES
 
-BARS = [("T1-msg", "value", "msgs/s"), ("T1-batch", "value", "msgs/s"),
-        ("T2-spin", "p50", "round trip p50 µs (lower is better)"),
-        ("T2-block", "p50", "round trip p50 µs (lower is better)"), ("T3", "value", "GB/s"),
-        ("T4", "value", "records/s to all 4")]
+BARS = [
+    ("T1-msg", "value", "msgs/s"),
+    ("T1-batch", "value", "msgs/s"),
+    ("T2-spin", "p50", "round trip p50 µs (lower is better)"),
+    ("T2-block", "p50", "round trip p50 µs (lower is better)"),
+    ("T3", "value", "GB/s"),
+    ("T4", "value", "records/s to all 4"),
+]
 
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -27,14 +34,19 @@ def _bars(plt, res, out_dir):
     cols = 3
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.2 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (row, key, unit) in zip(axes.flat, panels):
         rs = [s for s in res["summary"] if s["row"] == row and s["ok"]]
         med = [s[key]["median"] for s in rs]
         err = [[m - s[key]["min"] for m, s in zip(med, rs)], [s[key]["max"] - m for m, s in zip(med, rs)]]
-        ax.bar(range(len(rs)), med, yerr=err, capsize=3,
-               color=["tab:red" if s["peer"] == "shmlog" else "tab:gray" for s in rs])
+        ax.bar(
+            range(len(rs)),
+            med,
+            yerr=err,
+            capsize=3,
+            color=["tab:red" if s["peer"] == "shmlog" else "tab:gray" for s in rs],
+        )
         ax.set_xticks(range(len(rs)), [f"{s['peer']}\n{s['mode']}" for s in rs], fontsize=7, rotation=45)
         ax.set_title(row)
         ax.set_ylabel(unit)
@@ -50,13 +62,18 @@ def _latency(plt, res, out_dir):
     rows = [r for r in ("T2-spin", "T2-block") if any(s["row"] == r and s["ok"] for s in res["summary"])]
     if not rows:
         return None
-    pct = np.array(PERCENTILES[:-1], float)               # the max is not a percentile on this axis
-    x = -np.log10(1 - pct / 100.0)                        # 50 % -> 0.3, 99 % -> 2, 99.99 % -> 4
+    pct = np.array(PERCENTILES[:-1], float)  # the max is not a percentile on this axis
+    x = -np.log10(1 - pct / 100.0)  # 50 % -> 0.3, 99 % -> 2, 99.99 % -> 4
     fig, axes = plt.subplots(1, len(rows), figsize=(7 * len(rows), 4.5), squeeze=False)
     for ax, row in zip(axes[0], rows):
         for s in (s for s in res["summary"] if s["row"] == row and s["ok"]):
-            ax.plot(x, s["curve"][:-1], marker=".", label=f"{s['peer']} {s['mode']}",
-                    linewidth=2.5 if s["peer"] == "shmlog" else 1.2)
+            ax.plot(
+                x,
+                s["curve"][:-1],
+                marker=".",
+                label=f"{s['peer']} {s['mode']}",
+                linewidth=2.5 if s["peer"] == "shmlog" else 1.2,
+            )
         ticks = [0, 50, 90, 99, 99.9, 99.99]
         ax.set_xticks([-np.log10(1 - t / 100) for t in ticks], [f"{t}%" for t in ticks])
         ax.set_yscale("log")
@@ -83,8 +100,13 @@ def _scaling(plt, res, out_dir):
         if panel == "size":
             for peer in dict.fromkeys(p["peer"] for p in size):
                 pts = sorted((p for p in size if p["peer"] == peer and p["ok"]), key=lambda p: p["size"])
-                ax.plot([p["size"] for p in pts], [p["bytes_per_s"]["median"] / 1e6 for p in pts], marker="o",
-                        label=peer, linewidth=2.5 if peer == "shmlog" else 1.2)
+                ax.plot(
+                    [p["size"] for p in pts],
+                    [p["bytes_per_s"]["median"] / 1e6 for p in pts],
+                    marker="o",
+                    label=peer,
+                    linewidth=2.5 if peer == "shmlog" else 1.2,
+                )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("record size (bytes)")
@@ -104,9 +126,16 @@ def _scaling(plt, res, out_dir):
             ax.legend(fontsize=7)
         else:
             pts = [m for m in members if m["ok"]]
-            ax.errorbar([m["members"] for m in pts], [m["value"]["median"] for m in pts],
-                        yerr=[[m["value"]["median"] - m["value"]["min"] for m in pts],
-                              [m["value"]["max"] - m["value"]["median"] for m in pts]], marker="o", capsize=3)
+            ax.errorbar(
+                [m["members"] for m in pts],
+                [m["value"]["median"] for m in pts],
+                yerr=[
+                    [m["value"]["median"] - m["value"]["min"] for m in pts],
+                    [m["value"]["max"] - m["value"]["median"] for m in pts],
+                ],
+                marker="o",
+                capsize=3,
+            )
             ax.set_xlabel("consumers in the group")
             ax.set_ylabel("records/s")
             ax.set_ylim(bottom=0)

@@ -1,6 +1,7 @@
 """Progress display for a benchmark run: a rich progress bar on a terminal (rich is
 a core dependency, the CLI draws with it too), else one line per finished step.
 Owns only what is printed while running, never results."""
+
 import sys
 
 
@@ -11,10 +12,16 @@ class Progress:
         self.enabled = enabled
         if enabled and self.stream.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, \
-                TimeElapsedColumn
-            self.bar = Bar(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), console=Console(file=self.stream), transient=False)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+            self.bar = Bar(
+                TextColumn("{task.description:<40}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
             self.task = self.bar.add_task("benchmarks", total=total)
             self.bar.start()
 

@@ -2,21 +2,32 @@
 workload (median, min-max, ratio), scaling curves, groups, durability, and the modes' one-line
 descriptions; then the plots (plot.py). Owns the text of the report; must never compute a number
 that is not in the results it is given."""
+
 import json
 import os
 
 UNITS = {"T1-msg": "msgs/s", "T1-batch": "msgs/s", "T3": "GB/s (1e9 B/s)", "T4": "records/s (each to all 4)"}
-TITLES = {"T1-msg": "T1 per-message: 100 B records, 1 producer -> 1 consumer",
-          "T1-batch": "T1 batch: 100 B records, 1000 records per send call",
-          "T2-spin": "T2 ping-pong round trip, spinning receivers: 64 B records, microseconds",
-          "T2-block": "T2 ping-pong round trip, blocking receivers: 64 B records, microseconds",
-          "T3": "T3 large records: 1 MiB records, 1 producer -> 1 consumer",
-          "T4": "T4 fan-out: 100 B records, 1 producer -> 4 consumers, each consumer gets every record"}
-SHORT = {"T1-msg": "T1 per-message", "T1-batch": "T1 batch", "T2-spin": "T2 p50, spinning",
-         "T2-block": "T2 p50, blocking", "T3": "T3 1 MiB", "T4": "T4 fan-out 1->4"}
-CORES_NOTE = ("This machine has {cores} cores: every 1->1 row runs 2 busy processes, T4 runs 5 (1 producer, "
-              "4 consumers), the members curve runs 1 producer + k members and the T2-spin rows spin 2 "
-              "processes; beyond 2 busy processes the core count, not the transport, bounds the numbers.")
+TITLES = {
+    "T1-msg": "T1 per-message: 100 B records, 1 producer -> 1 consumer",
+    "T1-batch": "T1 batch: 100 B records, 1000 records per send call",
+    "T2-spin": "T2 ping-pong round trip, spinning receivers: 64 B records, microseconds",
+    "T2-block": "T2 ping-pong round trip, blocking receivers: 64 B records, microseconds",
+    "T3": "T3 large records: 1 MiB records, 1 producer -> 1 consumer",
+    "T4": "T4 fan-out: 100 B records, 1 producer -> 4 consumers, each consumer gets every record",
+}
+SHORT = {
+    "T1-msg": "T1 per-message",
+    "T1-batch": "T1 batch",
+    "T2-spin": "T2 p50, spinning",
+    "T2-block": "T2 p50, blocking",
+    "T3": "T3 1 MiB",
+    "T4": "T4 fan-out 1->4",
+}
+CORES_NOTE = (
+    "This machine has {cores} cores: every 1->1 row runs 2 busy processes, T4 runs 5 (1 producer, "
+    "4 consumers), the members curve runs 1 producer + k members and the T2-spin rows spin 2 "
+    "processes; beyond 2 busy processes the core count, not the transport, bounds the numbers."
+)
 
 
 def fmt_value(row, v):
@@ -48,26 +59,40 @@ def _header(res):
     m = res["machine"]
     pk = ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items() if v)
     pv = ", ".join(f"{k} {v}" for p in res["peers"].values() for k, v in p["versions"].items())
-    return [f"# shmlog benchmarks ({'quick' if res['quick'] else 'full'})", "",
-            f"{m['date']} · {m['cpu']} · {m['cores']} cores · {(m.get('memory_bytes') or 0) >> 30} GiB · "
-            f"Linux {m['kernel']} · Python {m['python']} · git {m['git'][:12]} · load avg (1/5/15 min) "
-            f"{m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end · {m.get('wall_seconds')} s wall", "",
-            f"Packages: {pk}", "", f"Peers: {pv}", "",
-            f"{res['reps']} interleaved repetitions per row (every repetition runs every row and peer; the "
-            "order rotates); median, [min-max] over repetitions. Producers and consumers are separate "
-            "processes (fork). Throughput = records / (last consumer's time after verifying its last "
-            "record - producer's time before sending the first), one system-wide monotonic clock. Every "
-            "consumer checks each record's sequence number; a row that lost or reordered anything in any "
-            "repetition is FAILED and shows no number. n = records per repetition (slow peers run fewer "
-            "records of the same row; a rate does not depend on n).", "",
-            CORES_NOTE.format(cores=m["cores"]), ""]
+    return [
+        f"# shmlog benchmarks ({'quick' if res['quick'] else 'full'})",
+        "",
+        f"{m['date']} · {m['cpu']} · {m['cores']} cores · {(m.get('memory_bytes') or 0) >> 30} GiB · "
+        f"Linux {m['kernel']} · Python {m['python']} · git {m['git'][:12]} · load avg (1/5/15 min) "
+        f"{m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end · {m.get('wall_seconds')} s wall",
+        "",
+        f"Packages: {pk}",
+        "",
+        f"Peers: {pv}",
+        "",
+        f"{res['reps']} interleaved repetitions per row (every repetition runs every row and peer; the "
+        "order rotates); median, [min-max] over repetitions. Producers and consumers are separate "
+        "processes (fork). Throughput = records / (last consumer's time after verifying its last "
+        "record - producer's time before sending the first), one system-wide monotonic clock. Every "
+        "consumer checks each record's sequence number; a row that lost or reordered anything in any "
+        "repetition is FAILED and shows no number. n = records per repetition (slow peers run fewer "
+        "records of the same row; a rate does not depend on n).",
+        "",
+        CORES_NOTE.format(cores=m["cores"]),
+        "",
+    ]
 
 
 def _ratios(res):
     summary, peers = res["summary"], [p for p in res["peers"] if p != "shmlog"]
-    lines = ["## shmlog's ratio to each peer", "",
-             "Best shmlog mode ÷ the peer's best mode (> 1: shmlog is better; T2 compares p50 round trips).", "",
-             "| workload | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
+    lines = [
+        "## shmlog's ratio to each peer",
+        "",
+        "Best shmlog mode ÷ the peer's best mode (> 1: shmlog is better; T2 compares p50 round trips).",
+        "",
+        "| workload | " + " | ".join(peers) + " |",
+        "|---|" + "---:|" * len(peers),
+    ]
     for row in TITLES:
         mine = best(summary, row, "shmlog")
         if mine is None:
@@ -81,11 +106,13 @@ def _ratios(res):
     return lines + [""]
 
 
-TARGETS = [("T1-msg", 2.0, "per-message T1 ≥ 2× the best peer's per-message rate"),
-           ("T1-batch", 3.0, "batch T1 ≥ 3× the best peer's batched rate"),
-           ("T2-spin", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (spinning receivers)"),
-           ("T2-block", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (blocking receivers)"),
-           ("T3", 1.0, "T3 ≥ the best peer")]
+TARGETS = [
+    ("T1-msg", 2.0, "per-message T1 ≥ 2× the best peer's per-message rate"),
+    ("T1-batch", 3.0, "batch T1 ≥ 3× the best peer's batched rate"),
+    ("T2-spin", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (spinning receivers)"),
+    ("T2-block", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (blocking receivers)"),
+    ("T3", 1.0, "T3 ≥ the best peer"),
+]
 
 
 def _targets(res):
@@ -96,14 +123,17 @@ def _targets(res):
         rivals = [b for b in (best(summary, row, p) for p in res["peers"] if p != "shmlog") if b]
         if mine is None or not rivals:
             continue
-        top = max(rivals, key=lambda b: ratio(row, b, mine))      # the peer closest to (or past) shmlog
+        top = max(rivals, key=lambda b: ratio(row, b, mine))  # the peer closest to (or past) shmlog
         got = ratio(row, mine, top)
         verdict = "met" if got >= need else f"**not met**: {got / need * 100:.0f} % of the target"
         lines.append(f"| {text} | {top['peer']} {top['mode']} | {got:.2f}× | {verdict} |")
     if not lines:
         return []
-    return ["## Issue 6 targets in this run", "", "| target | best peer | shmlog ÷ best peer | |",
-            "|---|---|---:|---|"] + lines + [""]
+    return (
+        ["## Issue 6 targets in this run", "", "| target | best peer | shmlog ÷ best peer | |", "|---|---|---:|---|"]
+        + lines
+        + [""]
+    )
 
 
 def _row_table(res, row):
@@ -115,16 +145,20 @@ def _row_table(res, row):
     lines = ["", f"## {TITLES[row]}", ""]
     if row.startswith("T2"):
         note = f"p50 ÷ shmlog {ref['mode']} p50 (lower is better)" if ref else "no shmlog reference"
-        lines += [f"| peer | mode | n | p50 | p99 | p99.9 | max | p50 range | {note} |",
-                  "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+        lines += [
+            f"| peer | mode | n | p50 | p99 | p99.9 | max | p50 range | {note} |",
+            "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        ]
         for s in rows:
             if not s["ok"]:
                 lines.append(f"| {s['peer']} | {s['mode']} | {s['n']:,} | FAILED | | | | {s['error']} | |")
                 continue
             q = {k: s[k]["median"] for k in ("p50", "p99", "p99.9", "max")}
             r = f"{q['p50'] / ref['p50']['median']:.2f}×" if ref else "-"
-            lines.append(f"| {s['peer']} | {s['mode']} | {s['n']:,} | {q['p50']:.1f} | {q['p99']:.1f} | "
-                         f"{q['p99.9']:.1f} | {q['max']:.0f} | {s['p50']['min']:.1f}-{s['p50']['max']:.1f} | {r} |")
+            lines.append(
+                f"| {s['peer']} | {s['mode']} | {s['n']:,} | {q['p50']:.1f} | {q['p99']:.1f} | "
+                f"{q['p99.9']:.1f} | {q['max']:.0f} | {s['p50']['min']:.1f}-{s['p50']['max']:.1f} | {r} |"
+            )
         return lines
     note = f"÷ shmlog {ref['mode']} (higher is better)" if ref else "no shmlog reference"
     lines += [f"| peer | mode | n | {UNITS[row]} | range | {note} |", "|---|---|---:|---:|---|---:|"]
@@ -134,8 +168,10 @@ def _row_table(res, row):
             continue
         v = s["value"]
         r = f"{v['median'] / ref['value']['median']:.2f}×" if ref else "-"
-        lines.append(f"| {s['peer']} | {s['mode']} | {s['n']:,} | {_num(v['median'], row)} | "
-                     f"{_num(v['min'], row)}-{_num(v['max'], row)} | {r} |")
+        lines.append(
+            f"| {s['peer']} | {s['mode']} | {s['n']:,} | {_num(v['median'], row)} | "
+            f"{_num(v['min'], row)}-{_num(v['max'], row)} | {r} |"
+        )
     return lines
 
 
@@ -146,9 +182,15 @@ def _size_curve(res):
     peers = list(dict.fromkeys(p["peer"] for p in pts))
     sizes = sorted({p["size"] for p in pts})
     cell = {(p["peer"], p["size"]): p for p in pts}
-    lines = ["", "## Scaling: throughput vs record size (per-message send/receive, MB/s of payload)", "",
-             "Each peer's per-message mode (redis: pipelined); n shrinks with size (fixed bytes per point).", "",
-             "| record size | " + " | ".join(peers) + " |", "|---:|" + "---:|" * len(peers)]
+    lines = [
+        "",
+        "## Scaling: throughput vs record size (per-message send/receive, MB/s of payload)",
+        "",
+        "Each peer's per-message mode (redis: pipelined); n shrinks with size (fixed bytes per point).",
+        "",
+        "| record size | " + " | ".join(peers) + " |",
+        "|---:|" + "---:|" * len(peers),
+    ]
     for size in sizes:
         cells = []
         for p in peers:
@@ -176,18 +218,25 @@ def _partitions(res):
     if not pts:
         return []
     rate = pts[0]["offered"]
-    lines = ["", f"## Scaling: partitions at a fixed total rate ({rate:,} records/s offered, 100 B, shmlog)", "",
-             "One producer sends record i to partition i mod P at the fixed total rate; one consumer "
-             "reads every partition (poll_batch) and checks per-partition order. Latency = consumer's clock "
-             "at poll return - the send time in the record.", "",
-             "| partitions | delivered records/s | latency p50 µs | latency p99 µs | consumer CPU µs/record |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        f"## Scaling: partitions at a fixed total rate ({rate:,} records/s offered, 100 B, shmlog)",
+        "",
+        "One producer sends record i to partition i mod P at the fixed total rate; one consumer "
+        "reads every partition (poll_batch) and checks per-partition order. Latency = consumer's clock "
+        "at poll return - the send time in the record.",
+        "",
+        "| partitions | delivered records/s | latency p50 µs | latency p99 µs | consumer CPU µs/record |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for s in sorted(pts, key=lambda s: s["partitions"]):
         if not s["ok"]:
             lines.append(f"| {s['partitions']} | FAILED: {s['error']} | | | |")
             continue
-        lines.append(f"| {s['partitions']} | {_med(s, 'rate', '{:,.0f}')} | {_med(s, 'p50_us', '{:,.0f}')} | "
-                     f"{_med(s, 'p99_us', '{:,.0f}')} | {_med(s, 'cpu_us_per_record', '{:.2f}')} |")
+        lines.append(
+            f"| {s['partitions']} | {_med(s, 'rate', '{:,.0f}')} | {_med(s, 'p50_us', '{:,.0f}')} | "
+            f"{_med(s, 'p99_us', '{:,.0f}')} | {_med(s, 'cpu_us_per_record', '{:.2f}')} |"
+        )
     return lines
 
 
@@ -199,14 +248,17 @@ def _topics(res):
         if not s["ok"]:
             lines.append(f"FAILED: {s['error']}")
             continue
-        lines += ["Small rings on purpose: an idle partition's memory is its ring (committed at creation with "
-                  "posix_fallocate) plus its header, so this measures the fixed cost per partition.", "",
-                  "| create all | delete all | per topic | /dev/shm per idle partition | creator RSS per partition |",
-                  "|---:|---:|---:|---:|---:|",
-                  f"| {_med(s, 'create_s', '{:.2f}')} s | {_med(s, 'delete_s', '{:.2f}')} s | "
-                  f"{_med(s, 'create_ms_per_topic', '{:.2f}')} ms | "
-                  f"{s['shm_bytes_per_partition']['median'] / 1024:.0f} KiB | "
-                  f"{s['creator_rss_bytes_per_partition']['median'] / 1024:.0f} KiB |"]
+        lines += [
+            "Small rings on purpose: an idle partition's memory is its ring (committed at creation with "
+            "posix_fallocate) plus its header, so this measures the fixed cost per partition.",
+            "",
+            "| create all | delete all | per topic | /dev/shm per idle partition | creator RSS per partition |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {_med(s, 'create_s', '{:.2f}')} s | {_med(s, 'delete_s', '{:.2f}')} s | "
+            f"{_med(s, 'create_ms_per_topic', '{:.2f}')} ms | "
+            f"{s['shm_bytes_per_partition']['median'] / 1024:.0f} KiB | "
+            f"{s['creator_rss_bytes_per_partition']['median'] / 1024:.0f} KiB |",
+        ]
     return lines
 
 
@@ -214,11 +266,17 @@ def _groups(res):
     g = res["curves"].get("groups")
     if not g:
         return []
-    lines = ["", "## Consumer groups (issue 4): 4-partition topic, 100 B records, shmlog", "",
-             "Members join, the group becomes Stable, then one producer sends; each member checks "
-             "per-partition order; every group must get every record once. A reaper thread calls "
-             "reap_groups() every 100 ms, as the supervisor does.", "",
-             "| groups × members | records/s | range |", "|---|---:|---|"]
+    lines = [
+        "",
+        "## Consumer groups (issue 4): 4-partition topic, 100 B records, shmlog",
+        "",
+        "Members join, the group becomes Stable, then one producer sends; each member checks "
+        "per-partition order; every group must get every record once. A reaper thread calls "
+        "reap_groups() every 100 ms, as the supervisor does.",
+        "",
+        "| groups × members | records/s | range |",
+        "|---|---:|---|",
+    ]
     for s in g["members"] + ([g["fanout"]] if g.get("fanout") else []):
         label = f"{s['groups']} × {s['members']}" + (" (fan-out: each group gets all)" if s["groups"] > 1 else "")
         if not s["ok"]:
@@ -228,15 +286,20 @@ def _groups(res):
         lines.append(f"| {label} | {v['median']:,.0f} | {v['min']:,.0f}-{v['max']:,.0f} |")
     rb = g.get("rebalance")
     if rb:
-        lines += ["", f"Rebalance after kill -9 of one of 2 members (session_timeout_ms=1000, "
-                      f"heartbeat_interval_ms=100, {rb.get('kills')} kills): time from the SIGKILL until the "
-                      "survivor owns all 4 partitions (it polls with a 5 ms timeout). A killed member's "
-                      "process is found dead through its liveness token by the next reap (the reaper's "
-                      "100 ms tick or a member's heartbeat), so this does not wait for the session timeout, "
-                      "which only bounds a live member that stops polling."]
+        lines += [
+            "",
+            f"Rebalance after kill -9 of one of 2 members (session_timeout_ms=1000, "
+            f"heartbeat_interval_ms=100, {rb.get('kills')} kills): time from the SIGKILL until the "
+            "survivor owns all 4 partitions (it polls with a 5 ms timeout). A killed member's "
+            "process is found dead through its liveness token by the next reap (the reaper's "
+            "100 ms tick or a member's heartbeat), so this does not wait for the session timeout, "
+            "which only bounds a live member that stops polling.",
+        ]
         if rb.get("ok"):
-            lines.append(f"p50 **{rb['p50_ms']:.0f} ms**, p99 {rb['p99_ms']:.0f} ms, "
-                         f"min {rb['min_ms']:.0f} ms, max {rb['max_ms']:.0f} ms.")
+            lines.append(
+                f"p50 **{rb['p50_ms']:.0f} ms**, p99 {rb['p99_ms']:.0f} ms, "
+                f"min {rb['min_ms']:.0f} ms, max {rb['max_ms']:.0f} ms."
+            )
         else:
             lines.append(f"FAILED: {rb.get('error')}")
     return lines
@@ -262,11 +325,15 @@ def markdown(res):
     lines += _size_curve(res) + _partitions(res) + _topics(res) + _groups(res)
     if res["curves"].get("T5"):
         from .durable import report as durable_report
-        lines += ["", durable_report(res["curves"]["T5"]),
-                  "T5 modes: shmlog send_batch(1000) -> poll_columns, 64 MiB ring; Redis 7 on a unix "
-                  "socket, appendonly yes, appendfsync everysec, redis-py pipelined XADD (1000 per "
-                  "round trip) -> XREAD count=10000; ingest = producer alone until flush(durable=True); "
-                  "disk = a plain 32 MiB write loop + one fsync on the same filesystem."]
+
+        lines += [
+            "",
+            durable_report(res["curves"]["T5"]),
+            "T5 modes: shmlog send_batch(1000) -> poll_columns, 64 MiB ring; Redis 7 on a unix "
+            "socket, appendonly yes, appendfsync everysec, redis-py pipelined XADD (1000 per "
+            "round trip) -> XREAD count=10000; ingest = producer alone until flush(durable=True); "
+            "disk = a plain 32 MiB write loop + one fsync on the same filesystem.",
+        ]
     lines += _modes(res)
     plots = [f for f in ("results.png", "latency.png", "scaling.png") if f in res.get("plots", [])]
     if plots:
@@ -278,6 +345,7 @@ def write(res, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     try:
         from .plot import plot
+
         res["plots"] = plot(res, out_dir)
     except Exception as e:  # a plot must never cost the numbers
         res["plots"] = []

@@ -3,6 +3,7 @@ T2 (pinger + ponger), with bounded waits; every child is killed if still alive a
 Owns: process start/teardown and turning child results into one value. Must never: retry a failed
 run or report a number from a run whose consumer did not verify every record.
 """
+
 import multiprocessing as mp
 import time
 import traceback
@@ -11,15 +12,14 @@ from multiprocessing.connection import wait as mp_wait
 from . import workloads as W
 from .peers.base import FANOUT
 
-CTX = mp.get_context("fork")   # channels (queues, shm handles) are inherited; sockets are made in the child
+CTX = mp.get_context("fork")  # channels (queues, shm handles) are inherited; sockets are made in the child
 
 
 def _child(fn, args, conn):
     try:
         res = {"ok": True, **(fn(*args) or {})}
     except BaseException as e:  # report, never raise past the pipe
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}",
-               "trace": traceback.format_exc(limit=4)}
+        res = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=4)}
     try:
         conn.send(res)
     finally:
@@ -45,7 +45,7 @@ def run_children(jobs, timeout):
                 except EOFError:
                     out[id(r)] = {"ok": False, "error": "child died without a result"}
                 if not out[id(r)]["ok"]:
-                    end = min(end, time.monotonic() + 2.0)   # one side failed: short grace, then kill
+                    end = min(end, time.monotonic() + 2.0)  # one side failed: short grace, then kill
         out = [out.get(id(r), {"ok": False, "error": f"TIMEOUT after {timeout:.0f}s"}) for r in conns]
         for p in procs:
             p.join(max(0.1, min(5.0, end - time.monotonic())))
@@ -68,22 +68,26 @@ def _first_error(results):
 
 def ping_pong(peer, row, mode, n, warm, size, tag, timeout):
     """T2: round-trip latency percentiles (µs) measured by the pinger."""
-    deadline = time.monotonic() + timeout            # children share this absolute deadline
+    deadline = time.monotonic() + timeout  # children share this absolute deadline
     evs = [CTX.Event() for _ in range(2)]
     ping = peer.channel(row, mode, size, tag + "a", n + warm + 1)
     try:
         pong = peer.channel(row, mode, size, tag + "b", n + warm + 1)
         try:
-            a, b = run_children([(W.pinger, (ping, pong, n, warm, size, evs[0], evs[1], deadline)),
-                                 (W.ponger, (ping, pong, n + warm, evs[1], evs[0], deadline))], timeout + 5)
+            a, b = run_children(
+                [
+                    (W.pinger, (ping, pong, n, warm, size, evs[0], evs[1], deadline)),
+                    (W.ponger, (ping, pong, n + warm, evs[1], evs[0], deadline)),
+                ],
+                timeout + 5,
+            )
         finally:
             pong.close()
     finally:
         ping.close()
     if not (a["ok"] and b["ok"]):
         return {"ok": False, "error": _first_error([a, b]), "value": None}
-    return {"ok": True, "error": None,
-            "value": {k: a[k] for k in ("p50", "p99", "p99.9", "max", "mean", "curve")}}
+    return {"ok": True, "error": None, "value": {k: a[k] for k in ("p50", "p99", "p99.9", "max", "mean", "curve")}}
 
 
 def stream(peer, row, mode, n, size, batch, consumers, tag, timeout):
@@ -114,5 +118,5 @@ def run_row(peer, row, mode, quick, tag, timeout, size=None, n=None):
     batch = W.BATCH if row == "T1-batch" else 0
     r = stream(peer, row, mode, n, size, batch, FANOUT if row == "T4" else 1, tag, timeout)
     if r["ok"] and row == "T3":
-        r["value"] = r["bytes_per_s"] / 1e9          # T3 reports GB/s
+        r["value"] = r["bytes_per_s"] / 1e9  # T3 reports GB/s
     return r

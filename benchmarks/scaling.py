@@ -7,6 +7,7 @@ The record-size curve is runner.stream over every peer; the consumers-in-a-group
 Every consumer verifies per-partition order and completeness. Must never: leave an instance behind
 (each call makes and destroys its own private one).
 """
+
 import contextlib
 import os
 import resource
@@ -20,8 +21,8 @@ import numpy as np
 
 from .runner import run_children
 
-HDR = struct.Struct("<QQ")        # sequence number within its partition, send time (monotonic ns)
-SMALL_RING = 64 << 10             # topics curve: the smallest ring shmlog accepts
+HDR = struct.Struct("<QQ")  # sequence number within its partition, send time (monotonic ns)
+SMALL_RING = 64 << 10  # topics curve: the smallest ring shmlog accepts
 
 
 @contextlib.contextmanager
@@ -29,6 +30,7 @@ def private_instance(given=None):
     """A private shmlog instance; yields its connect() kwargs and a Log; always destroyed.
     given: connect() kwargs of an instance someone else owns and cleans up (a test's), used as is."""
     import shmlog
+
     if given is not None:
         log = shmlog.connect(**given)
         try:
@@ -40,8 +42,9 @@ def private_instance(given=None):
     tag = uuid.uuid4().hex[:8]
     # no supervisor: the data path never uses it, and starting one per private instance
     # would time Python start-ups (connect() still starts the persister for durable topics)
-    kw = dict(instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.",
-              autostart=False)
+    kw = dict(
+        instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.", autostart=False
+    )
     log = None
     try:
         log = shmlog.connect(**kw)
@@ -60,6 +63,7 @@ def private_instance(given=None):
 
 def _paced_producer(kw, topic, parts, rate, n, size, ready, deadline):
     import shmlog
+
     log = shmlog.connect(**kw)
     p = log.producer()
     pad = b"x" * (size - HDR.size)
@@ -70,7 +74,7 @@ def _paced_producer(kw, topic, parts, rate, n, size, ready, deadline):
     t0 = clock()
     period = 1e9 / rate
     for i in range(n):
-        if i % 64 == 0:                              # pace: never ahead of the fixed total rate
+        if i % 64 == 0:  # pace: never ahead of the fixed total rate
             ahead = t0 + i * period - clock()
             if ahead > 200_000:
                 time.sleep(ahead / 1e9)
@@ -85,6 +89,7 @@ def _paced_producer(kw, topic, parts, rate, n, size, ready, deadline):
 
 def _latency_consumer(kw, topic, parts, n, ready, deadline):
     import shmlog
+
     log = shmlog.connect(**kw)
     c = log.consumer(topics=[topic], auto_offset_reset="earliest")
     ready.set()
@@ -102,8 +107,9 @@ def _latency_consumer(kw, topic, parts, n, ready, deadline):
         for m in ms:
             seq, sent = unpack(m.value)
             if seq != expected[m.partition]:
-                raise AssertionError(f"order/completeness: partition {m.partition} expected seq "
-                                     f"{expected[m.partition]}, got {seq}")
+                raise AssertionError(
+                    f"order/completeness: partition {m.partition} expected seq {expected[m.partition]}, got {seq}"
+                )
             expected[m.partition] += 1
             lat[got] = t - sent
             got += 1
@@ -113,26 +119,44 @@ def _latency_consumer(kw, topic, parts, n, ready, deadline):
     log.close()
     us = lat / 1000.0
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    return {"t_end": t_end, "p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99)),
-            "cpu_us_per_record": cpu * 1e6 / n}
+    return {
+        "t_end": t_end,
+        "p50": float(np.percentile(us, 50)),
+        "p99": float(np.percentile(us, 99)),
+        "cpu_us_per_record": cpu * 1e6 / n,
+    }
 
 
 def partitions(parts, rate, seconds, size=100, timeout=120.0, instance=None):
     """Delivered rate, latency and consumer CPU for `parts` partitions at a fixed total `rate`."""
     from .runner import CTX
+
     n = int(rate * seconds)
-    per = max(SMALL_RING, 1 << int(n // parts * (size + 64) * 1.5).bit_length())   # holds the whole run
+    per = max(SMALL_RING, 1 << int(n // parts * (size + 64) * 1.5).bit_length())  # holds the whole run
     deadline = time.monotonic() + timeout
     with private_instance(instance) as (kw, log):
         log.create_topic("p", partitions=parts, ring_bytes=per, persistence="none")
         ready = CTX.Event()
-        c, p = run_children([(_latency_consumer, (kw, "p", parts, n, ready, deadline)),
-                             (_paced_producer, (kw, "p", parts, rate, n, size, ready, deadline))], timeout + 5)
+        c, p = run_children(
+            [
+                (_latency_consumer, (kw, "p", parts, n, ready, deadline)),
+                (_paced_producer, (kw, "p", parts, rate, n, size, ready, deadline)),
+            ],
+            timeout + 5,
+        )
     if not (c["ok"] and p["ok"]):
         return {"ok": False, "error": c.get("error") if not c["ok"] else p.get("error")}
     secs = (c["t_end"] - p["t0"]) / 1e9
-    return {"ok": True, "rate": n / secs, "offered": rate, "p50_us": c["p50"], "p99_us": c["p99"],
-            "cpu_us_per_record": c["cpu_us_per_record"], "ring_bytes": per, "records": n}
+    return {
+        "ok": True,
+        "rate": n / secs,
+        "offered": rate,
+        "p50_us": c["p50"],
+        "p99_us": c["p99"],
+        "cpu_us_per_record": c["cpu_us_per_record"],
+        "ring_bytes": per,
+        "records": n,
+    }
 
 
 def _shm_bytes(prefix):
@@ -147,6 +171,7 @@ def _shm_bytes(prefix):
 def topics(count, instance=None):
     """Create `count` idle 1-partition topics (64 KiB rings, persistence none), measure, delete."""
     import psutil
+
     me = psutil.Process()
     with private_instance(instance) as (kw, log):
         shm0, rss0 = _shm_bytes(kw["shm_prefix"]), me.memory_info().rss
@@ -161,7 +186,13 @@ def topics(count, instance=None):
         for i in range(count):
             log.delete_topic(f"idle-{i}")
         delete_s = time.perf_counter() - t0
-    return {"ok": True, "topics": count, "ring_bytes": SMALL_RING, "create_s": create_s, "delete_s": delete_s,
-            "create_ms_per_topic": create_s * 1e3 / count,
-            "shm_bytes_per_partition": (shm1 - shm0) / count,
-            "creator_rss_bytes_per_partition": (rss1 - rss0) / count}
+    return {
+        "ok": True,
+        "topics": count,
+        "ring_bytes": SMALL_RING,
+        "create_s": create_s,
+        "delete_s": delete_s,
+        "create_ms_per_topic": create_s * 1e3 / count,
+        "shm_bytes_per_partition": (shm1 - shm0) / count,
+        "creator_rss_bytes_per_partition": (rss1 - rss0) / count,
+    }

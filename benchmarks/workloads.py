@@ -3,21 +3,36 @@
 Clock: time.monotonic_ns() is CLOCK_MONOTONIC, one system-wide clock, so a producer's t0 and a
 consumer's t_end are comparable. Every consumer checks seq == expected for every record.
 """
+
 import time
 
 import numpy as np
 
-HELLO_SEQ = (1 << 64) - 1      # handshake record sent before t0 so both ends are connected
-BATCH = 1000                   # records per send_batch call
+HELLO_SEQ = (1 << 64) - 1  # handshake record sent before t0 so both ends are connected
+BATCH = 1000  # records per send_batch call
 
-SIZES = {   # records per run; quick: the whole suite finishes in < 1 minute on 2 cores
-    True: {"T1-msg": 10_000, "T1-batch": 50_000, "T2-spin": 300, "T2-block": 300, "T2-warmup": 30,
-           "T3": 32, "T4": 3_000},
-    False: {"T1-msg": 300_000, "T1-batch": 3_000_000, "T2-spin": 20_000, "T2-block": 20_000,
-            "T2-warmup": 2_000, "T3": 384, "T4": 100_000},
+SIZES = {  # records per run; quick: the whole suite finishes in < 1 minute on 2 cores
+    True: {
+        "T1-msg": 10_000,
+        "T1-batch": 50_000,
+        "T2-spin": 300,
+        "T2-block": 300,
+        "T2-warmup": 30,
+        "T3": 32,
+        "T4": 3_000,
+    },
+    False: {
+        "T1-msg": 300_000,
+        "T1-batch": 3_000_000,
+        "T2-spin": 20_000,
+        "T2-block": 20_000,
+        "T2-warmup": 2_000,
+        "T3": 384,
+        "T4": 100_000,
+    },
 }
 RECORD = {"T1-msg": 100, "T1-batch": 100, "T2-spin": 64, "T2-block": 64, "T3": 1 << 20, "T4": 100}
-PERCENTILES = (0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100)   # T2 latency curve
+PERCENTILES = (0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100)  # T2 latency curve
 
 
 def now():
@@ -50,7 +65,7 @@ def _seq(buf):
 def _handshake(tx, size, gos, deadline):
     """Sends the handshake record until every consumer saw one (a late SUB may miss the first)."""
     hello = HELLO_SEQ.to_bytes(8, "little") + b"h" * (size - 8)
-    flush = getattr(tx, "flush", None)           # senders that queue records (redis pipelined)
+    flush = getattr(tx, "flush", None)  # senders that queue records (redis pipelined)
     while True:
         tx.send(hello)
         if flush is not None:
@@ -66,8 +81,8 @@ def _handshake(tx, size, gos, deadline):
 
 def producer(ch, n, size, batch, readies, gos, deadline):
     """readies/gos: one Event per consumer. Returns t0 (before the first record) and t_sent."""
-    recs = records(n, size)                      # built before t0: we time the transport
-    chunks = [recs[i:i + batch] for i in range(0, n, batch)] if batch else None
+    recs = records(n, size)  # built before t0: we time the transport
+    chunks = [recs[i : i + batch] for i in range(0, n, batch)] if batch else None
     for ready in readies:
         _wait(ready, deadline, "consumer ready")
     tx = ch.sender()
@@ -95,7 +110,7 @@ def consumer(ch, index, n, batch, ready, go, deadline):
     if batch:
         while expected < n:
             s = rx.recv_seqs(0.5)
-            s = s[s != HELLO_SEQ] if expected == 0 else s   # repeated handshake records
+            s = s[s != HELLO_SEQ] if expected == 0 else s  # repeated handshake records
             if len(s) == 0:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"received {expected} of {n} records")
@@ -112,7 +127,7 @@ def consumer(ch, index, n, batch, ready, go, deadline):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"received {expected} of {n} records")
                 continue
-            if expected == 0 and _seq(buf) == HELLO_SEQ:   # repeated handshake records
+            if expected == 0 and _seq(buf) == HELLO_SEQ:  # repeated handshake records
                 continue
             if _seq(buf) != expected:
                 raise AssertionError(f"order/completeness: expected seq {expected}, got {_seq(buf)}")
@@ -152,8 +167,7 @@ def pinger(ping, pong, iters, warmup, size, my_ready, peer_ready, deadline):
     us = lat[warmup:] / 1000.0
     curve = [float(x) for x in np.percentile(us, PERCENTILES)]
     p = dict(zip(PERCENTILES, curve))
-    return {"p50": p[50], "p99": p[99], "p99.9": p[99.9], "max": p[100], "mean": float(us.mean()),
-            "curve": curve}
+    return {"p50": p[50], "p99": p[99], "p99.9": p[99.9], "max": p[100], "mean": float(us.mean()), "curve": curve}
 
 
 def ponger(ping, pong, total, my_ready, peer_ready, deadline):
@@ -171,7 +185,7 @@ def ponger(ping, pong, total, my_ready, peer_ready, deadline):
             buf = recv(0.5)
         if _seq(buf) != i:
             raise AssertionError(f"order/completeness: expected ping seq {i}, got {_seq(buf)}")
-        send(buf)                                  # echo the received record
+        send(buf)  # echo the received record
     tx.close()
     rx.close()
     return {}

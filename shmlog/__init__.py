@@ -16,24 +16,29 @@ def _source_tree_redirect():
     import importlib.util
     import os
     import sys
+
     here = os.path.dirname(os.path.abspath(__file__))
     if glob.glob(os.path.join(here, "_shmlog_c*")):
         return False
     for entry in sys.path:
         d = os.path.join(os.path.abspath(entry or os.curdir), "shmlog")
         if d != here and glob.glob(os.path.join(d, "_shmlog_c*")) and os.path.isfile(os.path.join(d, "__init__.py")):
-            spec = importlib.util.spec_from_file_location(__name__, os.path.join(d, "__init__.py"),
-                                                          submodule_search_locations=[d])
+            spec = importlib.util.spec_from_file_location(
+                __name__, os.path.join(d, "__init__.py"), submodule_search_locations=[d]
+            )
             mod = importlib.util.module_from_spec(spec)
-            sys.modules[__name__] = mod          # what `import shmlog` returns from now on
+            sys.modules[__name__] = mod  # what `import shmlog` returns from now on
             spec.loader.exec_module(mod)
             return True
-    raise ImportError(f"shmlog is imported from its source tree {here}, which has no compiled C core: "
-                      "install it (`pip install .`, then run from another directory, or "
-                      "`pip install -e .` to build the core in place)", name="shmlog._shmlog_c")
+    raise ImportError(
+        f"shmlog is imported from its source tree {here}, which has no compiled C core: "
+        "install it (`pip install .`, then run from another directory, or "
+        "`pip install -e .` to build the core in place)",
+        name="shmlog._shmlog_c",
+    )
 
 
-_source_tree_redirect()   # when it redirects, the imports below resolve in the installed copy too
+_source_tree_redirect()  # when it redirects, the imports below resolve in the installed copy too
 
 from . import errors
 from ._version import __version__
@@ -45,7 +50,17 @@ from .errors import *  # noqa: F403  (every public exception: errors.__all__)
 from .records import BatchMetadata, Columns, Message, RecordMetadata
 
 __all__ = [
-    "connect", "Log", "Producer", "Consumer", "Message", "RecordMetadata", "BatchMetadata", "Columns",
-    "TopicDescription", "PartitionInfo", "errors", "__version__",
+    "connect",
+    "Log",
+    "Producer",
+    "Consumer",
+    "Message",
+    "RecordMetadata",
+    "BatchMetadata",
+    "Columns",
+    "TopicDescription",
+    "PartitionInfo",
+    "errors",
+    "__version__",
 ]
 __all__ += errors.__all__

@@ -1,4 +1,5 @@
 """python -m shmlog: the command line (shmlog/cli.py)."""
+
 import sys
 
 from .cli import main

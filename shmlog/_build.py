@@ -5,6 +5,7 @@ markers, so C and Python cannot drift) and compiling csrc/*.c into the
 extension module shmlog._shmlog_c. Must never: be imported at run time;
 setup.py runs it through cffi_modules.
 """
+
 import os
 import pathlib
 import re
@@ -48,7 +49,6 @@ static inline void shm_cffi_save_errno(void) { _cffi_save_errno(); }
 #define Py_BEGIN_ALLOW_THREADS { PyThreadState *_save = SHM_EXPRESS ? NULL : PyEval_SaveThread();
 #define Py_END_ALLOW_THREADS if (_save) PyEval_RestoreThread(_save); }
 """
-
 
 
 def build_flags() -> tuple[list[str], list[str]]:

@@ -5,6 +5,7 @@ shmlog._fastpath, to it), mapping its status codes to shmlog.errors, and
 small wrappers around segments. Must never: hold policy (which topic, which
 partition, when to retry); callers decide, this module translates.
 """
+
 import errno as _errno
 import os
 
@@ -19,6 +20,7 @@ _bind_fastpath(int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmx_accum_add"))))
 def address_of(cdata) -> int:
     """A C pointer as the int the fast path's tables hold."""
     return int(ffi.cast("uintptr_t", cdata))
+
 
 STATUS_ERRORS = {
     lib.SHM_E_TIMEOUT: errors.Timeout,
@@ -59,6 +61,7 @@ def trust_of(data_dir: str):
 
 def _owner(uid: int) -> str:
     import pwd
+
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
     except KeyError:
@@ -85,7 +88,7 @@ class ShmMapping:
         self.base = m.base
         self.size = m.size
         self.writable = bool(m.writable)
-        self.fd = fd                # a hidden segment's one handle until publish()
+        self.fd = fd  # a hidden segment's one handle until publish()
 
     @classmethod
     def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "ShmMapping":
@@ -128,17 +131,23 @@ class ShmMapping:
             if rc == lib.SHM_E_PERM:
                 raise errors.PermissionDenied(
                     f"no {'write' if writable else 'read'} access to shared-memory segment /dev/shm{name}: "
-                    "run as the instance's user or a member of its group")
+                    "run as the instance's user or a member of its group"
+                )
             if rc == lib.SHM_E_UNTRUSTED:
                 mode = m.st_mode & 0o7777
-                why = ("is not a regular file" if (m.st_mode & 0o170000) != 0o100000 else
-                       f"is accessible to every user (mode {mode:04o})" if mode & 0o007 else
-                       f"belongs to {_owner(m.st_uid)}, group {m.st_gid}, which is neither the instance's "
-                       f"owner ({_owner(trust.uid)}), root, nor its group")
+                why = (
+                    "is not a regular file"
+                    if (m.st_mode & 0o170000) != 0o100000
+                    else f"is accessible to every user (mode {mode:04o})"
+                    if mode & 0o007
+                    else f"belongs to {_owner(m.st_uid)}, group {m.st_gid}, which is neither the instance's "
+                    f"owner ({_owner(trust.uid)}), root, nor its group"
+                )
                 raise errors.PermissionDenied(
                     f"refusing shared-memory segment /dev/shm{name}: it {why}; another user may have "
                     "created it to read or forge the instance's data. Remove it as its owner or root "
-                    f"(rm /dev/shm{name}, or `shmlog doctor --clean`) and reconnect")
+                    f"(rm /dev/shm{name}, or `shmlog doctor --clean`) and reconnect"
+                )
             raise_status(rc, f"cannot open shared-memory segment {name}")
         return cls(name, ffi.gc(m, lib.shm_unmap))
 
@@ -156,11 +165,13 @@ def _create_failed(rc: int, name: str, size: int, gid):
     if rc == lib.SHM_E_NOSPACE:
         raise errors.NoSpace(
             f"cannot allocate {size} bytes for shared-memory segment {name}: /dev/shm is full "
-            "(free space, delete topics, or use smaller ring_bytes)")
+            "(free space, delete topics, or use smaller ring_bytes)"
+        )
     if rc == lib.SHM_E_PERM:
         raise errors.PermissionDenied(
             f"cannot create shared-memory segment /dev/shm{name} with group {gid}: "
-            "run as the instance's user or a member of its group")
+            "run as the instance's user or a member of its group"
+        )
     raise_status(rc, f"cannot create shared-memory segment {name}")
 
 
@@ -189,15 +200,21 @@ def full_ring_cause(ring_handle, token_prefix_c, durable: bool, timeout_ms: int,
         return f"the persister cannot write: {os.strerror(persist_errno)}"
     if b.kind == lib.SHM_BLOCK_WRITER:
         if b.slot < 0:
-            return (f"the oldest frame (position {b.position}) is still being written and no producer "
-                    "slot names it any more (it is being sealed)")
+            return (
+                f"the oldest frame (position {b.position}) is still being written and no producer "
+                "slot names it any more (it is being sealed)"
+            )
         held = f" for {b.held_ms / 1000:.1f} s" if b.held_ms >= 0 else ""
-        owner = {1: "alive but not finishing it (stopped with SIGSTOP, or stuck?): a live writer is never "
-                    "sealed over; resume or kill it",
-                 0: "dead: its reservation is sealed as a gap after unblock_timeout_ms"}.get(b.alive, "")
-        return (f"producer pid {b.pid} (slot {b.slot}) has held an uncommitted reservation of offsets "
-                f"{b.base_offset}..{b.base_offset + b.count - 1} at position {b.position}{held}"
-                f" ({_SLOT_STATES.get(b.state, b.state)}); it is {owner}")
+        owner = {
+            1: "alive but not finishing it (stopped with SIGSTOP, or stuck?): a live writer is never "
+            "sealed over; resume or kill it",
+            0: "dead: its reservation is sealed as a gap after unblock_timeout_ms",
+        }.get(b.alive, "")
+        return (
+            f"producer pid {b.pid} (slot {b.slot}) has held an uncommitted reservation of offsets "
+            f"{b.base_offset}..{b.base_offset + b.count - 1} at position {b.position}{held}"
+            f" ({_SLOT_STATES.get(b.state, b.state)}); it is {owner}"
+        )
     if b.kind == lib.SHM_BLOCK_PERSISTER:
         return f"the persister has not copied past position {b.persisted_pos}: it is behind or not running"
     return f"no space was free for {timeout_ms} ms, though nothing blocks the ring now (a burst of writers?)"

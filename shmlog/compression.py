@@ -14,6 +14,7 @@ and xerial's block framing (the Java client: magic b"\\x82SNAPPY\\x00", then
 [u32 length, raw block] chunks); both are read, raw is written.
 LZ4 is the LZ4 frame format (Kafka's magic v1+ batches).
 """
+
 import zlib
 
 import cramjam
@@ -36,8 +37,7 @@ def codec_of(name) -> int:
         return name
     if isinstance(name, str) and name.lower() in CODECS:
         return CODECS[name.lower()]
-    raise errors.InvalidArgument(
-        f"unknown compression codec {name!r}; use one of {', '.join(CODECS)}")
+    raise errors.InvalidArgument(f"unknown compression codec {name!r}; use one of {', '.join(CODECS)}")
 
 
 def compress(codec: int, data) -> bytes:
@@ -59,7 +59,8 @@ def compress(codec: int, data) -> bytes:
 def _too_big(max_bytes):
     return errors.CorruptRecord(
         f"a compressed batch inflates past {max_bytes} bytes (the topic's message size limit); "
-        "refused as a decompression bomb")
+        "refused as a decompression bomb"
+    )
 
 
 def _bad(codec, exc):
@@ -81,12 +82,12 @@ def _snappy_raw_len(block) -> int:
 def _snappy(data, max_bytes) -> bytes:
     data = bytes(data)
     if data.startswith(_XERIAL_MAGIC):
-        pos, out, total = 16, [], 0            # magic (8), version (4), compatible version (4)
+        pos, out, total = 16, [], 0  # magic (8), version (4), compatible version (4)
         while pos < len(data):
             if pos + 4 > len(data):
                 raise ValueError("truncated xerial chunk header")
-            n = int.from_bytes(data[pos:pos + 4], "big")
-            block = data[pos + 4:pos + 4 + n]
+            n = int.from_bytes(data[pos : pos + 4], "big")
+            block = data[pos + 4 : pos + 4 + n]
             if len(block) != n:
                 raise ValueError("truncated xerial chunk")
             total += _snappy_raw_len(block)
@@ -120,7 +121,7 @@ def _zstd(data: bytes, max_bytes: int) -> bytes:
     out = []
     while data:
         size = zstandard.frame_content_size(data)
-        if size == -1:               # not declared: count it, bounded, before inflating
+        if size == -1:  # not declared: count it, bounded, before inflating
             reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
             size = len(_streamed(reader.read, max_bytes))
         if size > max_bytes:

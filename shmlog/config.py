@@ -4,6 +4,7 @@ Owns: where an instance lives (name, data dir, shm prefix, from arguments,
 then SHMLOG_* environment variables, then defaults), the naming rules, and
 TopicConfig with its validation. Must never: touch shared memory.
 """
+
 import os
 import re
 
@@ -25,22 +26,20 @@ def validate_topic_name(name) -> str:
         raise errors.InvalidType(f"topic name must be str, not {type(name).__name__}")
     if not name or len(name) > TOPIC_NAME_MAX or name in (".", "..") or not _NAME_RE.fullmatch(name):
         raise errors.InvalidTopicName(
-            f"invalid topic name {name!r}: use 1-{TOPIC_NAME_MAX} characters of [a-zA-Z0-9._-], "
-            "not '.' or '..'")
+            f"invalid topic name {name!r}: use 1-{TOPIC_NAME_MAX} characters of [a-zA-Z0-9._-], not '.' or '..'"
+        )
     return name
 
 
 def validate_instance_name(name) -> str:
     if not isinstance(name, str) or not name or len(name) > 64 or not _NAME_RE.fullmatch(name):
-        raise errors.InvalidArgument(
-            f"invalid instance name {name!r}: use 1-64 characters of [a-zA-Z0-9._-]")
+        raise errors.InvalidArgument(f"invalid instance name {name!r}: use 1-64 characters of [a-zA-Z0-9._-]")
     return name
 
 
 def validate_shm_prefix(prefix) -> str:
     if not isinstance(prefix, str) or len(prefix) > 64 or (prefix and not _NAME_RE.fullmatch(prefix)):
-        raise errors.InvalidArgument(
-            f"invalid shm prefix {prefix!r}: use at most 64 characters of [a-zA-Z0-9._-]")
+        raise errors.InvalidArgument(f"invalid shm prefix {prefix!r}: use at most 64 characters of [a-zA-Z0-9._-]")
     return prefix
 
 
@@ -63,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True):
 
 
 def default_data_dir(instance: str) -> str:
-    state = os.environ.get("STATE_DIRECTORY")          # systemd StateDirectory=
+    state = os.environ.get("STATE_DIRECTORY")  # systemd StateDirectory=
     if state:
         return os.path.join(state.split(":")[0], instance)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -86,7 +85,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 1
     ring_bytes: int = DEFAULT_RING_BYTES
     persistence: str = "disk"
-    max_message_bytes: int | None = None     # default: ring_bytes // 4, at most 1 GiB
+    max_message_bytes: int | None = None  # default: ring_bytes // 4, at most 1 GiB
     fsync: str = "interval:100"
     retention_ms: int | None = 7 * 86400_000
     retention_bytes: int | None = None
@@ -118,7 +117,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("retention_ms", "retention_bytes"):
             v = getattr(self, name)
             if v == -1 and type(v) is int:
-                unlimited[name] = None             # Kafka's -1: no limit (stored as None)
+                unlimited[name] = None  # Kafka's -1: no limit (stored as None)
             elif v is not None:
                 need_int(name, v, 1)
         need_int("segment_bytes", self.segment_bytes, 1 << 16)

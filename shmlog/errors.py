@@ -152,10 +152,38 @@ class InstanceConflict(ShmlogError):
     """The instance's shared memory belongs to another data dir (one instance =
     one name + one data dir + one shm prefix); the message names both dirs."""
 
+
 # every public exception: `from shmlog import X` works for each (shmlog/__init__.py)
-__all__ = ["ShmlogError", "InvalidArgument", "InvalidType", "InvalidTopicName", "UnknownTopicOrPartition",
-    "TopicExists", "TopicDeleted", "OffsetOutOfRange", "BufferFull", "RecordTooLarge", "CorruptRecord",
-    "PartitionOffline", "LayoutMismatch", "TableFull", "TooManyProducers", "NoSpace", "PermissionDenied",
-    "Timeout", "Closed", "NotSupported", "InvalidConfig", "AlreadyRunning", "SupervisorError",
-    "CommitFailed", "FencedInstance", "UnknownGroup", "GroupNotEmpty", "CorruptMetadata", "UnknownInstance",
-    "InstanceNotRunning", "InstanceConflict"]
+__all__ = [
+    "ShmlogError",
+    "InvalidArgument",
+    "InvalidType",
+    "InvalidTopicName",
+    "UnknownTopicOrPartition",
+    "TopicExists",
+    "TopicDeleted",
+    "OffsetOutOfRange",
+    "BufferFull",
+    "RecordTooLarge",
+    "CorruptRecord",
+    "PartitionOffline",
+    "LayoutMismatch",
+    "TableFull",
+    "TooManyProducers",
+    "NoSpace",
+    "PermissionDenied",
+    "Timeout",
+    "Closed",
+    "NotSupported",
+    "InvalidConfig",
+    "AlreadyRunning",
+    "SupervisorError",
+    "CommitFailed",
+    "FencedInstance",
+    "UnknownGroup",
+    "GroupNotEmpty",
+    "CorruptMetadata",
+    "UnknownInstance",
+    "InstanceNotRunning",
+    "InstanceConflict",
+]

@@ -10,6 +10,7 @@ forgets the parent's token (closing its copy does not drop the parent's
 lock) and makes its own on first need; objects holding per-process state
 register a reset hook here.
 """
+
 import atexit
 import fcntl
 import os
@@ -21,7 +22,7 @@ from . import errors, safefile
 SHM_DIR = "/dev/shm"
 
 _lock = threading.Lock()
-_tokens = {}        # token_prefix -> fd
+_tokens = {}  # token_prefix -> fd
 _fork_hooks = weakref.WeakSet()
 
 
@@ -29,7 +30,7 @@ def start_time(pid: int | None = None) -> int:
     """Process start time in clock ticks since boot (field 22 of /proc/pid/stat)."""
     with open(f"/proc/{pid or os.getpid()}/stat", "rb") as f:
         data = f.read()
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 def token_prefix(shm_prefix: str, instance: str) -> str:
@@ -43,14 +44,15 @@ def ensure_token(prefix: str) -> tuple[int, int]:
     with _lock:
         if prefix not in _tokens:
             path = f"{prefix}{pid}-{st}"
-            fd = safefile.open_rw(path, owner_only=True)    # a squatter's token is refused
+            fd = safefile.open_rw(path, owner_only=True)  # a squatter's token is refused
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 raise errors.PermissionDenied(
                     f"liveness token {path} is locked by another process (planted by another "
-                    "user?); remove it as its owner or root") from None
+                    "user?); remove it as its owner or root"
+                ) from None
             _tokens[prefix] = fd
     return pid, st
 
@@ -92,11 +94,11 @@ def sweep_dead(prefix: str) -> int:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            continue                                  # gone, or a planted symlink: not a token of ours
+            continue  # gone, or a planted symlink: not a token of ours
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            continue                                  # alive
+            continue  # alive
         else:
             try:
                 os.unlink(path)

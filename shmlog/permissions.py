@@ -10,6 +10,7 @@ change a file it reached by a name that could have been swapped for a
 symlink (every chown/chmod goes through an O_PATH|O_NOFOLLOW fd), or decide
 anything about topics.
 """
+
 import grp
 import os
 import socket
@@ -20,8 +21,8 @@ from . import errors, safefile
 from ._native import trust_of
 
 SHM_DIR = "/dev/shm"
-DIR_MODE = 0o2770          # rwx for owner and group, setgid: new files take the dir's group
-FILE_UMASK = 0o007         # files 0660, dirs 0770 for the processes that own the instance
+DIR_MODE = 0o2770  # rwx for owner and group, setgid: new files take the dir's group
+FILE_UMASK = 0o007  # files 0660, dirs 0770 for the processes that own the instance
 
 
 def group_gid(group: str | None) -> int | None:
@@ -31,6 +32,7 @@ def group_gid(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         from .errors import InvalidArgument
+
         raise InvalidArgument(f"no such group {group!r} on this host (create it with groupadd)") from None
 
 
@@ -48,7 +50,8 @@ def check_data_dir(data_dir: str, create: bool = False, write: bool = False) -> 
             raise errors.PermissionDenied(
                 f"no {'write ' if write else ''}access to data dir {data_dir} (owner uid {st.st_uid}, "
                 f"group {st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o}) for uid {os.geteuid()}: run as "
-                "the instance's user or a member of its group, or pass another data_dir")
+                "the instance's user or a member of its group, or pass another data_dir"
+            )
     except OSError as e:
         raise safefile.os_error(e, data_dir, "use data dir") from None
 
@@ -68,8 +71,8 @@ def _fix_entry(name: str, dir_fd: int | None, gid: int | None, mode_of) -> None:
     try:
         st = os.fstat(fd)
         if stat.S_ISLNK(st.st_mode) or os.geteuid() not in (0, st.st_uid):
-            return                      # links are left alone; others' entries are theirs to change
-        via = f"/proc/self/fd/{fd}"     # the inode we hold, whatever the name points to now
+            return  # links are left alone; others' entries are theirs to change
+        via = f"/proc/self/fd/{fd}"  # the inode we hold, whatever the name points to now
         if gid is not None and st.st_gid != gid:
             os.chown(via, -1, gid)
         mode = mode_of(st)

@@ -4,6 +4,7 @@ Owns: Message, RecordMetadata, BatchMetadata, Columns and the Kafka headers
 section codec (count varint, then key/value pairs). Must never: touch shared
 memory; batches are encoded and decoded by the C core.
 """
+
 import msgspec
 
 from . import errors
@@ -64,7 +65,7 @@ class Columns(msgspec.Struct, gc=False):
         if n < 0:
             return None
         s = int(self.value_starts[i])
-        return self.values[s:s + n].tobytes()
+        return self.values[s : s + n].tobytes()
 
 
 def _varint(n: int) -> bytes:
@@ -121,12 +122,12 @@ def decode_headers(buf, start: int) -> tuple:
     out = []
     for _ in range(n):
         kl, i = _read_varint(buf, i)
-        k = bytes(buf[i:i + kl]).decode("utf-8", "replace")
+        k = bytes(buf[i : i + kl]).decode("utf-8", "replace")
         i += kl
         vl, i = _read_varint(buf, i)
         if vl < 0:
             out.append((k, None))
         else:
-            out.append((k, bytes(buf[i:i + vl])))
+            out.append((k, bytes(buf[i : i + vl])))
             i += vl
     return tuple(out)

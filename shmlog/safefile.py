@@ -39,6 +39,7 @@ by shmlog; is_tmp_name() recognises it); after the rename, the new file is in
 place but maybe not durable until the directory fsync (the old or the new
 file after a power loss, never a mix).
 """
+
 import errno
 import os
 import secrets
@@ -61,7 +62,8 @@ def os_error(e: OSError, path: str, doing: str) -> Exception:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return errors.PermissionDenied(
             f"no access to {path} (cannot {doing}: {os.strerror(e.errno)}, uid {os.geteuid()}); run as the "
-            "instance's user or a member of its group, or pass another data_dir")
+            "instance's user or a member of its group, or pass another data_dir"
+        )
     if e.errno == errno.ELOOP:
         return _denied(path, f"refusing to {doing}", "it is a symbolic link (someone planted it?); remove it")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -76,7 +78,8 @@ def no_space(e: OSError, path: str, doing: str) -> errors.NoSpace:
     why = "the user's disk quota is exhausted" if e.errno == errno.EDQUOT else "no space left on its filesystem"
     return errors.NoSpace(
         f"cannot {doing} {path}: {why}. Free space there (delete what else fills "
-        "that filesystem, shorten retention_ms/retention_bytes, delete topics) or grow it, then retry")
+        "that filesystem, shorten retention_ms/retention_bytes, delete topics) or grow it, then retry"
+    )
 
 
 def _trusted_link(st: os.stat_result) -> bool:
@@ -111,9 +114,11 @@ def open_dir(path: str, create: bool = False, mode: int = 0o770, fsyncable: bool
             if stat.S_ISLNK(st.st_mode):
                 here = os.path.join(done, comp)
                 if not _trusted_link(st):
-                    raise _denied(here, "refusing to follow the symbolic link",
-                                  f"it belongs to uid {st.st_uid}, not to this user or root "
-                                  "(someone planted it?); remove it")
+                    raise _denied(
+                        here,
+                        "refusing to follow the symbolic link",
+                        f"it belongs to uid {st.st_uid}, not to this user or root (someone planted it?); remove it",
+                    )
                 links += 1
                 if links > _MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), here)
@@ -164,8 +169,7 @@ def _check_file(fd: int, path: str, dir_gid: int | None) -> None:
         raise _denied(path, "refusing to write", f"{why} (someone planted it?); remove it")
 
 
-def _open_at(dfd: int, name: str, path: str, flags: int, mode: int, doing: str,
-             owner_only: bool = False) -> int:
+def _open_at(dfd: int, name: str, path: str, flags: int, mode: int, doing: str, owner_only: bool = False) -> int:
     """name opened relative to the directory fd dfd (S2); path only names it in errors."""
     try:
         dir_gid = None if owner_only else os.fstat(dfd).st_gid
@@ -177,8 +181,7 @@ def _open_at(dfd: int, name: str, path: str, flags: int, mode: int, doing: str,
     return fd
 
 
-def _open_in(path: str, flags: int, mode: int, create_dirs: bool, doing: str,
-             owner_only: bool = False) -> int:
+def _open_in(path: str, flags: int, mode: int, create_dirs: bool, doing: str, owner_only: bool = False) -> int:
     d, name = os.path.split(os.path.abspath(os.fspath(path)))
     dfd = open_dir(d, create=create_dirs)
     try:
@@ -236,8 +239,7 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def replace(path: str, data: bytes, sync_dir: bool = True, mode: int = 0o660,
-            create_dirs: bool = False) -> None:
+def replace(path: str, data: bytes, sync_dir: bool = True, mode: int = 0o660, create_dirs: bool = False) -> None:
     """Replaces path with data atomically (S3): a crash leaves the old file or
     the new one, never a mix, and never writes anywhere but path."""
     d, name = os.path.split(os.path.abspath(os.fspath(path)))
@@ -245,8 +247,7 @@ def replace(path: str, data: bytes, sync_dir: bool = True, mode: int = 0o660,
     tmp = f"{name}.tmp.{secrets.token_hex(16)}"
     try:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         mode, dir_fd=dfd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
         except OSError as e:
             raise os_error(e, path, "write") from None
         try:

@@ -10,6 +10,7 @@ SHMLOG_AUTOSTART=0 for the whole suite: a test's connections work directly
 the supervisor's own tests ask for one (inst.start_supervisor, or
 connect(autostart=True)).
 """
+
 import multiprocessing
 import os
 import pickle
@@ -24,7 +25,7 @@ import sys
 import psutil
 import pytest
 
-os.environ["SHMLOG_AUTOSTART"] = "0"           # before any connect; children inherit it
+os.environ["SHMLOG_AUTOSTART"] = "0"  # before any connect; children inherit it
 
 import shmlog  # noqa: E402
 from shmlog.service import supervisor as _supervisor  # noqa: E402
@@ -51,8 +52,9 @@ class Instance:
     def __init__(self, tmp_path):
         self.tmp_path = tmp_path
         tag = uuid.uuid4().hex[:10]
-        self.kwargs = dict(instance=f"t{tag}", data_dir=str(tmp_path / "data"),
-                           shm_prefix=f"shmlogtest-{tag}.", unblock_timeout_ms=100)
+        self.kwargs = dict(
+            instance=f"t{tag}", data_dir=str(tmp_path / "data"), shm_prefix=f"shmlogtest-{tag}.", unblock_timeout_ms=100
+        )
         self.prefix = self.kwargs["shm_prefix"]
         self.settings = shmlog.config.resolve(self.kwargs["instance"], self.kwargs["data_dir"], self.prefix)
         self.log = shmlog.connect(**self.kwargs)
@@ -125,15 +127,26 @@ class Instance:
     def start_supervisor(self, config_text=None, env=None, args=(), wait=True, timeout=20.0):
         """`shmlog supervisor` of this instance in the foreground, as our child
         (so a test can SIGTERM or kill -9 it); waits until it answers. Stopped at teardown."""
-        cmd = [sys.executable, "-m", "shmlog.service.supervisor", "--instance", self.kwargs["instance"],
-               "--data-dir", self.kwargs["data_dir"], "--shm-prefix", self.prefix, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "shmlog.service.supervisor",
+            "--instance",
+            self.kwargs["instance"],
+            "--data-dir",
+            self.kwargs["data_dir"],
+            "--shm-prefix",
+            self.prefix,
+            *args,
+        ]
         if config_text is not None:
             path = self.tmp_path / f"shmlog-{len(self.supervisors)}.toml"
             path.write_text(config_text)
             cmd += ["--config", str(path)]
         out = open(self.tmp_path / "supervisor.out", "ab")
-        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         out.close()
         self.supervisors.append(proc)
         if wait:
@@ -156,7 +169,7 @@ class Instance:
         """Clean stop of the instance's supervisor if one answers; kill -9 of any
         other (and of the workers a killed one left behind)."""
         if not self.supervisors and not os.path.exists(daemons.supervisor_state_path(self.settings)):
-            return                                    # none ever ran for this instance
+            return  # none ever ran for this instance
         try:
             daemons.down(self.settings, timeout=30)
         except Exception:

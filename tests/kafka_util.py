@@ -4,6 +4,7 @@ instance (port chosen by the OS) and a raw-socket client that speaks frames.
 Owns: the `kafka` fixture's machinery and the raw client. Must never: hide a
 listener failure (a refused or closed connection raises in the test).
 """
+
 import socket
 import struct
 
@@ -87,9 +88,16 @@ def batch(records, producer_id=-1, producer_epoch=-1, base_sequence=-1, compress
     """A RecordBatch v2 built by kafka-python's own builder (an oracle independent of shmlog).
     records: [(key, value, headers)] or [(key, value, headers, timestamp_ms)]."""
     from kafka.record.default_records import DefaultRecordBatchBuilder
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=False,
-                                  producer_id=producer_id, producer_epoch=producer_epoch,
-                                  base_sequence=base_sequence, batch_size=64 << 20)
+
+    b = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=compression,
+        is_transactional=False,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
+        batch_size=64 << 20,
+    )
     for i, r in enumerate(records):
         ts = r[3] if len(r) > 3 else (base_ts or 1_700_000_000_000)
         b.append(i, ts, r[0], r[1], list(r[2]))

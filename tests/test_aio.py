@@ -7,6 +7,7 @@ wake; a cancelled wait leaves nothing announced; more than 127 rings), groups
 and commits, and bad arguments. Must never: poll where it checks a wake
 (every wait below is a bounded await on the API).
 """
+
 import asyncio
 import os
 import random
@@ -36,9 +37,11 @@ def _producer(kwargs, topic, pid, n, use_produce):
     p = log.producer()
     acked = {}
     if use_produce:
+
         def cb(err, msg, seq=None):
             assert err is None, err
             acked[int(msg.value.split(b":")[1])] = (msg.partition, msg.offset)
+
         for seq in range(n):
             p.produce(topic, b"%d:%d" % (pid, seq), key=b"%d" % (seq % 5), on_delivery=cb)
             if seq % 100 == 0:
@@ -69,6 +72,7 @@ def test_multiprocess_producers_to_asyncio_consumer(inst):
                     assert all((m.topic, m.partition) == tp for m in ms)
                     got += ms
             return kids, got
+
     kids, got = run(consume(), 90)
     res = inst.collect(kids, time.monotonic() + 60)
     assert len(got) == n * procs
@@ -82,16 +86,15 @@ def test_multiprocess_producers_to_asyncio_consumer(inst):
         acked = res[f"p{i}"]
         assert len(acked) == n
         assert all(at[po] == b"%d:%d" % (i, seq) for seq, po in acked.items()), f"producer {i}: acked != read"
-        for part in range(2):                      # each producer's records keep their order in a partition
-            seqs = [int(m.value.split(b":")[1]) for m in got
-                    if m.partition == part and m.value.startswith(b"%d:" % i)]
+        for part in range(2):  # each producer's records keep their order in a partition
+            seqs = [int(m.value.split(b":")[1]) for m in got if m.partition == part and m.value.startswith(b"%d:" % i)]
             assert seqs == sorted(seqs)
 
 
 def _victim(kwargs, topic):
     log = shmlog.connect(**kwargs)
     p = log.producer()
-    lib.shm_test_set_hold_ns(60 * 10**9)        # reserve, then sit there until killed
+    lib.shm_test_set_hold_ns(60 * 10**9)  # reserve, then sit there until killed
     p.send(topic, b"victim", partition=0)
 
 
@@ -110,7 +113,7 @@ def test_kill_minus_9_producer_while_asyncio_consumer_waits(inst):
             vic = inst.process(_victim, inst.kwargs, "crash")
             vic.start()
             deadline = time.monotonic() + 20
-            while inst.log.describe_topic("crash").partitions[0].end_offset < 2:   # victim reserved
+            while inst.log.describe_topic("crash").partitions[0].end_offset < 2:  # victim reserved
                 assert time.monotonic() < deadline, "victim never reserved"
                 await asyncio.sleep(0.01)
             os.kill(vic.pid, signal.SIGKILL)
@@ -126,6 +129,7 @@ def test_kill_minus_9_producer_while_asyncio_consumer_waits(inst):
                 for ms in (await c.getmany(timeout_ms=1000)).values():
                     got += ms
             return got, time.monotonic() - t0
+
     got, took = run(go())
     assert [m.value for m in got] == [b"after-%d" % i for i in range(50)]
     assert [m.offset for m in got] == list(range(2, 52)), "the dead reservation's offset is a gap, nothing twice"
@@ -161,6 +165,7 @@ def test_one_waiter_thread_for_many_waiting_consumers(inst):
         for c in cs:
             await c.stop()
         return threads, waiters, got
+
     threads, waiters, got = run(go())
     assert waiters == 1
     assert threads <= 1, f"{threads} threads for 25 waiting consumers"
@@ -181,6 +186,7 @@ def test_more_rings_than_one_futex_waitv(inst):
             t0 = time.monotonic()
             r = await task
             return shards, r, time.monotonic() - t0
+
     shards, r, took = run(go())
     assert shards == 2
     assert {tp: [m.value for m in ms] for tp, ms in r.items()} == {aio.TopicPartition("wide", 139): [b"last"]}
@@ -223,6 +229,7 @@ def test_no_lost_wake_between_arm_and_wait(inst):
                 stop.set()
                 go_ev.set()
                 th.join(10)
+
     run(go(), 120)
     assert sent == list(range(rounds))
     assert data_waiters(inst.log, "race") == 0
@@ -242,6 +249,7 @@ def test_cancelled_wait_leaves_nothing_announced(inst):
             r = await c.getmany(timeout_ms=50)
             assert r == {}
             return [s.nwords for s in aio._the_waiter().shards]
+
     nwords = run(go())
     assert [data_waiters(inst.log, "c", i) for i in range(3)] == [0, 0, 0]
     assert set(nwords) == {0}
@@ -279,6 +287,7 @@ def test_group_members_share_partitions_commit_and_resume(inst):
                     break
             pos = await c.position(aio.TopicPartition("g", 0))
         return got, sa, sb, rest, pos
+
     got, sa, sb, rest, pos = run(go())
     assert sa and sb and not sa & sb and len(sa | sb) == 4
     allm = got["a"] + got["b"]
@@ -327,6 +336,7 @@ def test_aio_producer_futures_and_errors(inst):
         await c.stop()
         with pytest.raises(errors.InvalidArgument):
             aio.AIOProducer(inst.log, on_delivery=print)
+
     run(go())
 
 
@@ -347,6 +357,7 @@ def test_seek_and_max_records(inst):
             assert (await c.getone()).offset == 0
             await c.seek_to_end(tp)
             assert await c.getmany(timeout_ms=50) == {}
+
     run(go())
 
 
@@ -382,10 +393,11 @@ def _wait_then_unmap(kwargs, rounds):
         await c.start()
         assert await c.getmany(timeout_ms=2) == {}
         await c.stop()
+
     for _ in range(rounds):
         log = shmlog.connect(**kwargs)
         asyncio.run(one(log))
-        log.close()                     # unmaps the ring the waiter thread just waited on
+        log.close()  # unmaps the ring the waiter thread just waited on
     return rounds
 
 

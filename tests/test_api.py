@@ -1,6 +1,7 @@
 """test_api.py — the public Python API (docs/DESIGN.md "Public Python API") end to end,
 one instance per test (the `inst` fixture).
 """
+
 import faulthandler
 import mmap
 import os
@@ -34,8 +35,7 @@ def ring_path(inst, topic, partition=0):
 def ring_frames(inst, topic, partition=0):
     """[(position, length, kind, record_count)] of the committed frames from position 0."""
     frames = []
-    with open(ring_path(inst, topic, partition), "rb") as f, \
-            mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+    with open(ring_path(inst, topic, partition), "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
         pos, data = 0, lib.SHM_RING_HEADER_BYTES
         while pos + 16 <= len(m) - data:
             commit, length, kind, _ = struct.unpack_from("<QIHH", m, data + pos)
@@ -66,8 +66,15 @@ def test_minus_one_retention_means_no_limit_as_in_kafka(inst):
 def test_create_list_describe_delete(inst):
     log = inst.log
     assert log.list_topics() == []
-    d = log.create_topic("orders", persistence="none", partitions=3, ring_bytes=RING, retention_ms=None,
-                         retention_bytes=1 << 20, fsync="never")
+    d = log.create_topic(
+        "orders",
+        persistence="none",
+        partitions=3,
+        ring_bytes=RING,
+        retention_ms=None,
+        retention_bytes=1 << 20,
+        fsync="never",
+    )
     assert isinstance(d, shmlog.TopicDescription)
     assert d.name == "orders" and d.generation > 0
     assert d.config.partitions == 3 and d.config.ring_bytes == RING
@@ -135,13 +142,13 @@ def test_send_returns_offsets(inst):
         mds = [p.send("t", b"v%d" % i, partition=0) for i in range(10)]
         assert [m.offset for m in mds] == list(range(10))
         assert all(isinstance(m, shmlog.RecordMetadata) and m.topic == "t" and m.partition == 0 for m in mds)
-        assert p.send("t", b"other", partition=1).offset == 0       # per-partition offsets
-        assert p.send("t", None, partition=0).offset == 10          # tombstone
+        assert p.send("t", b"other", partition=1).offset == 0  # per-partition offsets
+        assert p.send("t", None, partition=0).offset == 10  # tombstone
         assert p.send("t", bytearray(b"ba"), partition=0).offset == 11
         assert p.send("t", memoryview(b"mv"), partition=0).offset == 12
         md = p.send("t", b"keyless", partition=1)
         assert (md.partition, md.offset) == (1, 1)
-        md = p.send("t", b"keyless")                                # sticky partition
+        md = p.send("t", b"keyless")  # sticky partition
         assert md.partition in (0, 1) and md.offset == (13 if md.partition == 0 else 2)
         p.flush()
         nxt = 13 + (md.partition == 0)
@@ -167,7 +174,7 @@ def test_key_partitioning_is_stable(inst):
                 assert p2.send("k", b"v", key=k).partition == first[k]
     for k in keys:
         assert first[k] == (lib.shm_murmur2(k, len(k)) & 0x7FFFFFFF) % 8
-    assert len(set(first.values())) > 4          # the hash actually spreads keys
+    assert len(set(first.values())) > 4  # the hash actually spreads keys
     c = inst.log.consumer(topics=["k"], auto_offset_reset="earliest")
     for m in drain(c, 150):
         assert m.partition == first[m.key]
@@ -186,7 +193,10 @@ def test_headers_round_trip(inst):
     assert [m.headers for m in ms] == [
         (("a", b"x"), ("none", None), ("empty", b"")),
         (("dup", b"1"), ("dup", b"2"), ("ü", b"u")),
-        (), (), (("t", b"tup"),)]
+        (),
+        (),
+        (("t", b"tup"),),
+    ]
     assert ms[4].key == b"k"
 
 
@@ -224,10 +234,13 @@ def test_send_batch_is_one_frame(inst):
         # keyless batch without a partition: still one frame
         assert len(p.send_batch("b", (b"g%d" % i for i in range(5)))) == 1
     frames = ring_frames(inst, "b")
-    assert [(k, n) for _, _, k, n in frames] == [(lib.SHM_FRAME_DATA, 1), (lib.SHM_FRAME_DATA, 27),
-                                                 (lib.SHM_FRAME_DATA, 1), (lib.SHM_FRAME_DATA, 5)]
-    assert inst.log.describe_topic("b").partitions[0].ring_used_bytes == \
-        frames[-1][0] + ((frames[-1][1] + 7) & ~7)
+    assert [(k, n) for _, _, k, n in frames] == [
+        (lib.SHM_FRAME_DATA, 1),
+        (lib.SHM_FRAME_DATA, 27),
+        (lib.SHM_FRAME_DATA, 1),
+        (lib.SHM_FRAME_DATA, 5),
+    ]
+    assert inst.log.describe_topic("b").partitions[0].ring_used_bytes == frames[-1][0] + ((frames[-1][1] + 7) & ~7)
     c = inst.log.consumer(topics=["b"], auto_offset_reset="earliest")
     ms = drain(c, 1 + 27 + 1 + 5)
     assert [m.offset for m in ms] == list(range(34))
@@ -244,7 +257,7 @@ def test_send_batch_with_keys_groups_by_partition(inst):
         want.setdefault((lib.shm_murmur2(k, len(k)) & 0x7FFFFFFF) % n, []).append((k, v))
     with inst.log.producer() as p:
         mds = p.send_batch("kb", values, keys=keys)
-    assert [m.partition for m in mds] == sorted(want)                 # partition order
+    assert [m.partition for m in mds] == sorted(want)  # partition order
     for m in mds:
         assert m.base_offset == 0 and m.count == len(want[m.partition])
         assert [k for _, _, k, _ in ring_frames(inst, "kb", m.partition)] == [lib.SHM_FRAME_DATA]
@@ -252,7 +265,7 @@ def test_send_batch_with_keys_groups_by_partition(inst):
     got = {}
     for m in drain(c, 40):
         got.setdefault(m.partition, []).append((m.key, m.value))
-    assert got == want                                                # order kept within each
+    assert got == want  # order kept within each
     # explicit partition with keys: one frame, keys kept
     with inst.log.producer() as p:
         mds = p.send_batch("kb", [b"a", b"b"], keys=[b"x", None], partition=3)
@@ -269,6 +282,7 @@ def test_send_packed_with_numpy_lengths(inst):
         assert len(mds) == 1 and (mds[0].base_offset, mds[0].count) == (0, 5)
         # array('q') and a bytearray work too
         from array import array
+
         mds = p.send_packed("pk", bytearray(b"xyz"), array("q", [1, 2]), partition=0)
         assert (mds[0].base_offset, mds[0].count) == (5, 2)
         assert p.send_packed("pk", b"", np.array([], dtype=np.int64)) == []
@@ -294,7 +308,7 @@ def test_poll_poll_batch_columns_and_iteration(inst):
     m = c.poll(timeout=2)
     assert isinstance(m, shmlog.Message)
     assert (m.topic, m.partition, m.offset, m.key, m.value, m.headers) == ("c", 0, 0, None, b"r0", ())
-    batch = c.poll_batch(max_messages=3, timeout=1)          # pending records first
+    batch = c.poll_batch(max_messages=3, timeout=1)  # pending records first
     assert [x.offset for x in batch] == [1, 2, 3]
     rest = drain(c, 7)
     assert [x.offset for x in rest] == list(range(4, 11))
@@ -315,7 +329,7 @@ def test_poll_poll_batch_columns_and_iteration(inst):
     assert [cols.value(i) for i in range(11)] == [b"r%d" % i for i in range(10)] + [b"k-rec"]
     assert list(cols.key_lengths[:10]) == [-1] * 10 and cols.key_lengths[10] == 2
     s, n = int(cols.key_starts[10]), int(cols.key_lengths[10])
-    assert bytes(cols.values[s:s + n]) == b"kk"
+    assert bytes(cols.values[s : s + n]) == b"kk"
     assert all(abs(int(t) - time.time() * 1000) < 60_000 for t in cols.timestamps_ms)
     assert c.position("c", 0) == 11
 
@@ -334,15 +348,15 @@ def test_poll_columns_keeps_its_buffers(inst):
     cols = c.poll_columns(timeout=1)
     with inst.log.producer() as p:
         p.send_batch("cb", [b"c" * 10, b"d" * 10], partition=0)
-    more = c.poll_batch(timeout=1)          # reuses the consumer's own buffers
+    more = c.poll_batch(timeout=1)  # reuses the consumer's own buffers
     assert [m.value for m in more] == [b"c" * 10, b"d" * 10]
     assert [cols.value(i) for i in range(2)] == [b"a" * 10, b"b" * 10]
 
 
 @pytest.mark.parametrize("how", ["poll", "poll_batch", "poll_columns"])
 def test_record_larger_than_the_read_buffer(inst, how):
-    inst.log.create_topic("large", persistence="none", ring_bytes=1 << 25)            # max_message_bytes 8 MiB
-    big = bytes(range(256)) * (5 << 12)                             # 5 MiB > the 4 MiB default buffer
+    inst.log.create_topic("large", persistence="none", ring_bytes=1 << 25)  # max_message_bytes 8 MiB
+    big = bytes(range(256)) * (5 << 12)  # 5 MiB > the 4 MiB default buffer
     with inst.log.producer() as p:
         p.send("large", big, key=b"k1", partition=0)
         p.send("large", b"small", partition=0)
@@ -460,14 +474,14 @@ def test_auto_offset_reset(inst):
     assert [m.value for m in drain(early, 6)] == [b"old0", b"old1", b"old2", b"old3", b"old4", b"new"]
     assert [(m.offset, m.value) for m in drain(late, 1)] == [(5, b"new")]
     assert late.poll(timeout=0.05) is None
-    assert [m.offset for m in drain(default, 1)] == [5]       # Kafka's default: latest
+    assert [m.offset for m in drain(default, 1)] == [5]  # Kafka's default: latest
 
 
 def test_lapped_consumer_on_ephemeral_topic_resets(inst):
     inst.log.create_topic("lap", persistence="none", ring_bytes=RING)
     c = inst.log.consumer(topics=["lap"], auto_offset_reset="earliest")
     with inst.log.producer() as p:
-        for i in range(300):                                  # ~300 KiB through a 64 KiB ring
+        for i in range(300):  # ~300 KiB through a 64 KiB ring
             p.send("lap", bytes([i % 256]) * 1000, partition=0)
     d = inst.log.describe_topic("lap").partitions[0]
     assert d.log_start_offset > 0 and d.end_offset == 300 and d.overwritten_frames > 0
@@ -517,7 +531,7 @@ def _in_child(inst, fn):
 
 def test_delete_topic_under_live_producer_same_connection(inst):
     def child():
-        faulthandler.disable()          # a crash here is what the test looks for
+        faulthandler.disable()  # a crash here is what the test looks for
         log = shmlog.connect(**inst.kwargs)
         log.create_topic("same", persistence="none", ring_bytes=RING)
         p = log.producer()
@@ -536,7 +550,7 @@ def test_delete_topic_under_live_producer_same_connection(inst):
 
 def test_delete_topic_under_live_consumer_same_connection(inst):
     def child():
-        faulthandler.disable()          # a crash here is what the test looks for
+        faulthandler.disable()  # a crash here is what the test looks for
         log = shmlog.connect(**inst.kwargs)
         log.create_topic("same", persistence="none", ring_bytes=RING)
         c = log.consumer(topics=["same"], auto_offset_reset="earliest")
@@ -570,8 +584,12 @@ def test_context_managers_and_closed(inst):
         p.send_packed("cm", b"y", np.array([1], dtype=np.int64))
     with pytest.raises(errors.Closed):
         p.flush()
-    for call in (lambda: c.poll(timeout=0), lambda: c.poll_batch(timeout=0),
-                 lambda: c.poll_columns(timeout=0), lambda: c.assign([("cm", 0)])):
+    for call in (
+        lambda: c.poll(timeout=0),
+        lambda: c.poll_batch(timeout=0),
+        lambda: c.poll_columns(timeout=0),
+        lambda: c.assign([("cm", 0)]),
+    ):
         with pytest.raises(errors.Closed):
             call()
     with pytest.raises(errors.Closed):
@@ -580,10 +598,10 @@ def test_context_managers_and_closed(inst):
         log.create_topic("cm2", persistence="none", ring_bytes=RING)
     with pytest.raises(errors.Closed):
         log.describe_topic("cm")
-    p.close()                                  # idempotent
+    p.close()  # idempotent
     c.close()
     log.close()
-    assert inst.log.list_topics() == ["cm"]    # closing one connection touches nothing shared
+    assert inst.log.list_topics() == ["cm"]  # closing one connection touches nothing shared
 
 
 def test_closing_the_log_closes_its_clients(inst):
@@ -619,6 +637,7 @@ def test_closed_consumer_seek_and_position_raise_closed(inst):
 
 def test_env_vars_pick_instance_and_data_dir(tmp_path, monkeypatch):
     import uuid
+
     tag = uuid.uuid4().hex[:10]
     prefix = f"shmlogtest-env-{tag}."
     name = f"env{tag}"

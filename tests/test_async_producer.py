@@ -8,6 +8,7 @@ listener by confluent-kafka), BufferFull through callbacks after
 message_timeout_ms, flush timeouts, close and fork with queued records, and
 bad arguments. Must never: sleep where a bounded wait on a condition works.
 """
+
 import os
 import signal
 import struct
@@ -51,7 +52,7 @@ def raw_batches(log, topic, partition):
         i = 0
         while i < len(data):
             n = struct.unpack_from(">i", data, i + 8)[0] + 12
-            batches.append(data[i:i + n])
+            batches.append(data[i : i + n])
             i += n
 
 
@@ -71,9 +72,9 @@ def decode(batch):
     assert lib.shm_batch_decode(buf, len(plain), 0, 0, out) >= 0
     recs = []
     for i in range(out.count):
-        r = rows[i * ROW:(i + 1) * ROW]
-        k = None if r[3] < 0 else plain[r[2]:r[2] + r[3]]
-        v = None if r[5] < 0 else plain[r[4]:r[4] + r[5]]
+        r = rows[i * ROW : (i + 1) * ROW]
+        k = None if r[3] < 0 else plain[r[2] : r[2] + r[3]]
+        v = None if r[5] < 0 else plain[r[4] : r[4] + r[5]]
         recs.append((r[0], k, v))
     return codec, recs
 
@@ -85,8 +86,13 @@ def test_delivery_reports_exactly_once_with_the_offsets_consumers_read(inst):
     n = 3000
     for i in range(n):
         key = b"k%d" % (i % 11) if i % 3 else None
-        p.produce("t", b"v%d" % i, key=key, headers={"i": b"%d" % i} if i % 4 == 0 else None,
-                  on_delivery=lambda err, msg: reports.append((err, msg)))
+        p.produce(
+            "t",
+            b"v%d" % i,
+            key=key,
+            headers={"i": b"%d" % i} if i % 4 == 0 else None,
+            on_delivery=lambda err, msg: reports.append((err, msg)),
+        )
         if i % 500 == 0:
             p.poll(0)
     assert p.flush(10) == 0
@@ -160,6 +166,7 @@ def test_compressed_batch_is_a_kafka_record_batch(inst, codec):
 def test_compressed_batches_read_by_confluent_kafka(inst):
     ck = pytest.importorskip("confluent_kafka")
     from kafka_util import Kafka
+
     k = Kafka(inst)
     try:
         inst.log.create_topic("ckc", partitions=1, persistence="none", ring_bytes=4 << 20)
@@ -172,8 +179,14 @@ def test_compressed_batches_read_by_confluent_kafka(inst):
                 p.produce("ckc", v)
             assert p.flush(10) == 0
             p.close()
-        c = ck.Consumer({"bootstrap.servers": k.bootstrap, "group.id": "g", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+        c = ck.Consumer(
+            {
+                "bootstrap.servers": k.bootstrap,
+                "group.id": "g",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         c.assign([ck.TopicPartition("ckc", 0, 0)])
         got, deadline = [], time.monotonic() + 30
         while len(got) < len(want) and time.monotonic() < deadline:
@@ -198,7 +211,7 @@ def test_buffer_full_reported_through_callbacks_after_message_timeout(inst):
     _full_ring(inst, "full")
     p = inst.log.producer(message_timeout_ms=1500, linger_ms=1, batch_num_messages=50)
     reports = []
-    n = 2000                                     # ~220 KB of records for a 64 KiB ring
+    n = 2000  # ~220 KB of records for a 64 KiB ring
     t0 = time.monotonic()
     for i in range(n):
         p.produce("full", b"%04d" % i + b"y" * 100, on_delivery=lambda e, m: reports.append((e, m)))
@@ -276,14 +289,20 @@ def test_fork_child_starts_with_an_empty_queue(inst):
 
 def test_threads_produce_concurrently(inst):
     import threading
+
     inst.log.create_topic("t", partitions=2, persistence="none", ring_bytes=4 << 20)
     p = inst.log.producer(linger_ms=1, batch_num_messages=64)
     reports = []
 
     def run(t):
         for i in range(3000):
-            p.produce("t", b"%d-%d" % (t, i), key=None if i % 2 else b"%d" % t,
-                      on_delivery=(lambda e, m: reports.append(m)) if i % 3 == 0 else None)
+            p.produce(
+                "t",
+                b"%d-%d" % (t, i),
+                key=None if i % 2 else b"%d" % t,
+                on_delivery=(lambda e, m: reports.append(m)) if i % 3 == 0 else None,
+            )
+
     ts = [threading.Thread(target=run, args=(t,)) for t in range(4)]
     for t in ts:
         t.start()
@@ -295,7 +314,7 @@ def test_threads_produce_concurrently(inst):
     assert len(reports) == 4 * 1000
     pos = {(m.partition, m.offset): m.value for m in got}
     assert all(pos[(m.partition, m.offset)] == m.value for m in reports)
-    for t in range(4):                               # one thread's records keep their order per partition
+    for t in range(4):  # one thread's records keep their order per partition
         for part in range(2):
             seq = [int(m.value.split(b"-")[1]) for m in got if m.partition == part and m.value.startswith(b"%d-" % t)]
             assert seq == sorted(seq)
@@ -311,15 +330,15 @@ def test_express_and_general_calls_keep_one_order(inst):
         v = b"%06d" % i
         form = i % 6
         if form == 0:
-            p.produce("t", v)                                   # express, positional
+            p.produce("t", v)  # express, positional
         elif form == 1:
-            p.produce("t", value=v)                             # express, keyword
+            p.produce("t", value=v)  # express, keyword
         elif form == 2:
             p.produce("t", v, key=None, headers=None, partition=None, timestamp=None, on_delivery=None)
         elif form == 3:
-            p.produce(topic="t", value=v)                       # general: topic by keyword
+            p.produce(topic="t", value=v)  # general: topic by keyword
         elif form == 4:
-            p.produce("t", bytearray(v))                        # general: not exact bytes
+            p.produce("t", bytearray(v))  # general: not exact bytes
         else:
             p.produce("t", memoryview(v))
         want.append(v)
@@ -335,6 +354,7 @@ def test_express_adds_race_the_linger_thread_and_lose_nothing(inst):
     GIL (csrc/fastpath.c, accum.c), so no record is added to a sealed batch
     and lost, none is written twice."""
     import threading
+
     inst.log.create_topic("t", persistence="none", ring_bytes=16 << 20)
     p = inst.log.producer(linger_ms=0.01, batch_num_messages=50)
     n = 40_000
@@ -342,6 +362,7 @@ def test_express_adds_race_the_linger_thread_and_lose_nothing(inst):
     def run(t):
         for i in range(n):
             p.produce("t", b"%d-%07d" % (t, i))
+
     ts = [threading.Thread(target=run, args=(t,)) for t in range(2)]
     for t in ts:
         t.start()
@@ -379,6 +400,7 @@ def test_threads_that_first_produce_to_a_topic_together_share_one_writer(inst, m
     batch that no linger pass or flush ever saw — its records were lost while
     flush() returned 0 (found by the sanitizer build's slower timing)."""
     import threading
+
     inst.log.create_topic("t", persistence="none", ring_bytes=4 << 20)
     p = inst.log.producer(linger_ms=5, batch_num_messages=1000)
     real = inst.log.topic_handle
@@ -388,15 +410,17 @@ def test_threads_that_first_produce_to_a_topic_together_share_one_writer(inst, m
         h = real(name)
         if threading.current_thread().name.startswith("first-"):
             try:
-                gate.wait(timeout=2)                 # both threads are inside _writer() now
+                gate.wait(timeout=2)  # both threads are inside _writer() now
             except threading.BrokenBarrierError:
                 pass
         return h
+
     monkeypatch.setattr(inst.log, "topic_handle", slow_handle)
 
     def run(t):
         for i in range(200):
             p.produce("t", b"%d-%03d" % (t, i))
+
     ts = [threading.Thread(target=run, args=(t,), name=f"first-{t}") for t in range(2)]
     for t in ts:
         t.start()
@@ -413,6 +437,7 @@ def test_produce_call_errors_are_pythons(inst):
     p = inst.log.producer()
     import inspect
     from shmlog import Producer
+
     assert list(inspect.signature(Producer.produce).parameters)[:3] == ["self", "topic", "value"]
     assert "confluent-kafka" in Producer.produce.__doc__
     with pytest.raises(TypeError):
@@ -434,8 +459,14 @@ def test_produce_call_errors_are_pythons(inst):
 
 def test_bad_arguments(inst):
     inst.log.create_topic("t", partitions=2, persistence="none", max_message_bytes=4096)
-    for kw in ({"linger_ms": -1}, {"batch_size": 0}, {"batch_num_messages": "9"}, {"message_timeout_ms": -5},
-               {"queue_buffering_max_messages": 0}, {"message_timeout_ms": 1, "delivery_timeout_ms": 1}):
+    for kw in (
+        {"linger_ms": -1},
+        {"batch_size": 0},
+        {"batch_num_messages": "9"},
+        {"message_timeout_ms": -5},
+        {"queue_buffering_max_messages": 0},
+        {"message_timeout_ms": 1, "delivery_timeout_ms": 1},
+    ):
         with pytest.raises(errors.InvalidArgument):
             inst.log.producer(**kw)
     with pytest.raises(errors.InvalidArgument):
@@ -467,7 +498,7 @@ def test_bad_arguments(inst):
         p.flush(timeout="1")
     assert len(p) == 0, "a refused record was queued"
     served = []
-    for i in range(10):                              # written, but their reports are not served yet
+    for i in range(10):  # written, but their reports are not served yet
         p.produce("t", b"%d" % i, partition=0, on_delivery=lambda e, m: served.append(m.offset))
     with pytest.raises(errors.BufferFull):
         p.produce("t", b"one too many", partition=0)
@@ -512,10 +543,12 @@ def _async_victim(kwargs, topic, path):
     log = shmlog.connect(**kwargs)
     p = log.producer(linger_ms=1, batch_num_messages=37)
     with open(path, "a") as f:
+
         def cb(err, msg):
             assert err is None
             f.write(f"{msg.offset} {msg.value.decode()}\n")
             f.flush()
+
         i = 0
         while True:
             p.produce(topic, b"%d" % i, on_delivery=cb)
@@ -555,6 +588,6 @@ def test_producer_default_callback_reports_plain_records(inst):
     reports = []
     p = inst.log.producer(on_delivery=lambda e, m: reports.append((e, m.offset)))
     for i in range(500):
-        p.produce("t", b"%d" % i)                     # the plainest call: no key, no per-record callback
+        p.produce("t", b"%d" % i)  # the plainest call: no key, no per-record callback
     assert p.flush(10) == 0
     assert reports == [(None, i) for i in range(500)]

@@ -1,6 +1,7 @@
 """test_bad_input.py — wrong types, bad values, damaged shared memory, full rings:
 each is a clear shmlog error (never a crash, never silent data loss).
 """
+
 import faulthandler
 import mmap
 import os
@@ -97,27 +98,39 @@ BAD_SENDS = {
 @pytest.mark.parametrize("kwargs", list(BAD_SENDS.values()), ids=list(BAD_SENDS))
 def test_send_wrong_types(inst, topic, kwargs):
     with inst.log.producer() as p:
-        p.send(topic, b"warm", partition=0)          # the express path has a writer for the topic
+        p.send(topic, b"warm", partition=0)  # the express path has a writer for the topic
         with pytest.raises(errors.InvalidType) as ei:
             p.send(topic, **kwargs)
         assert isinstance(ei.value, TypeError) and isinstance(ei.value, shmlog.ShmlogError)
         assert str(ei.value)
-        with pytest.raises(errors.InvalidType):      # and on a fresh producer
+        with pytest.raises(errors.InvalidType):  # and on a fresh producer
             inst.connect().producer().send(topic, **kwargs)
-        assert p.send(topic, b"ok", partition=0).offset == 1   # nothing was written
+        assert p.send(topic, b"ok", partition=0).offset == 1  # nothing was written
 
 
-@pytest.mark.parametrize("call", [
-    lambda p: p.send_batch("t", ["a", "b"]),
-    lambda p: p.send_batch("t", [b"a", 1]),
-    lambda p: p.send_batch("t", [b"a"], keys=[1]),
-    lambda p: p.send_batch("t", [b"a"], keys=["k"]),
-    lambda p: p.send_batch("t", [b"a"], keys=[b"k"], partition="1"),
-    lambda p: p.send_packed("t", "text", np.array([4], dtype=np.int64)),
-    lambda p: p.send_packed("t", b"abcd", [4]),
-    lambda p: p.send_packed("t", b"abcd", np.array([4], dtype=np.int64), partition=0.0),
-], ids=["str values", "int value", "int key", "str key", "str partition", "str data",
-        "list lengths", "float partition"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: p.send_batch("t", ["a", "b"]),
+        lambda p: p.send_batch("t", [b"a", 1]),
+        lambda p: p.send_batch("t", [b"a"], keys=[1]),
+        lambda p: p.send_batch("t", [b"a"], keys=["k"]),
+        lambda p: p.send_batch("t", [b"a"], keys=[b"k"], partition="1"),
+        lambda p: p.send_packed("t", "text", np.array([4], dtype=np.int64)),
+        lambda p: p.send_packed("t", b"abcd", [4]),
+        lambda p: p.send_packed("t", b"abcd", np.array([4], dtype=np.int64), partition=0.0),
+    ],
+    ids=[
+        "str values",
+        "int value",
+        "int key",
+        "str key",
+        "str partition",
+        "str data",
+        "list lengths",
+        "float partition",
+    ],
+)
 def test_batch_wrong_types(inst, topic, call):
     with inst.log.producer() as p:
         with pytest.raises(errors.InvalidType) as ei:
@@ -162,7 +175,7 @@ def test_client_options_validated(inst, topic):
     with pytest.raises(errors.InvalidArgument):
         c.poll_batch(max_messages=0, timeout=0)
     with pytest.raises(errors.InvalidArgument):
-        inst.log.consumer().poll(timeout=0)           # nothing assigned
+        inst.log.consumer().poll(timeout=0)  # nothing assigned
     with pytest.raises(errors.InvalidType):
         c.assign([(topic, 0, "5")])
     with pytest.raises(errors.InvalidArgument):
@@ -178,23 +191,31 @@ def test_oversize_record_rejected_and_nothing_lost(inst):
     inst.log.create_topic("big", persistence="none", ring_bytes=RING, max_message_bytes=4096)
     with inst.log.producer() as p:
         assert p.send("big", b"a" * 100, partition=0).offset == 0
-        assert p.send("big", b"b" * 3900, partition=0).offset == 1            # fits
-        for kwargs in (dict(value=b"x" * 4096), dict(value=b"x" * 100_000),
-                       dict(value=b"v", key=b"k" * 5000),
-                       dict(value=b"v", headers={"h": b"x" * 5000})):
+        assert p.send("big", b"b" * 3900, partition=0).offset == 1  # fits
+        for kwargs in (
+            dict(value=b"x" * 4096),
+            dict(value=b"x" * 100_000),
+            dict(value=b"v", key=b"k" * 5000),
+            dict(value=b"v", headers={"h": b"x" * 5000}),
+        ):
             with pytest.raises(errors.RecordTooLarge) as ei:
                 p.send("big", partition=0, **kwargs)
             assert isinstance(ei.value, ValueError) and "max_message_bytes" in str(ei.value)
         with pytest.raises(errors.RecordTooLarge):
-            p.send_batch("big", [b"y" * 1000] * 5, partition=0)              # one frame too big
+            p.send_batch("big", [b"y" * 1000] * 5, partition=0)  # one frame too big
         with pytest.raises(errors.RecordTooLarge):
             p.send_packed("big", b"z" * 5000, np.array([2500, 2500], dtype=np.int64), partition=0)
-        assert p.send("big", b"c", partition=0).offset == 2                  # no offset gap
+        assert p.send("big", b"c", partition=0).offset == 2  # no offset gap
         assert p.send_batch("big", [b"d", b"e"], partition=0)[0].base_offset == 3
     c = inst.log.consumer(topics=["big"], auto_offset_reset="earliest")
     ms = drain(c, 5)
     assert [(m.offset, m.value[:1], len(m.value)) for m in ms] == [
-        (0, b"a", 100), (1, b"b", 3900), (2, b"c", 1), (3, b"d", 1), (4, b"e", 1)]
+        (0, b"a", 100),
+        (1, b"b", 3900),
+        (2, b"c", 1),
+        (3, b"d", 1),
+        (4, b"e", 1),
+    ]
     assert c.poll(timeout=0.05) is None
 
 
@@ -228,7 +249,7 @@ def test_encoded_size_rejects_huge_lengths():
 
 def test_send_packed_huge_lengths_do_not_crash(inst, topic):
     def child():
-        faulthandler.disable()          # a crash here is what the test looks for
+        faulthandler.disable()  # a crash here is what the test looks for
         log = shmlog.connect(**inst.kwargs)
         p = log.producer()
         try:
@@ -257,8 +278,12 @@ def test_invalid_topic_names(inst, name):
         log.create_topic(name, persistence="none", ring_bytes=RING)
     assert isinstance(ei.value, ValueError) and isinstance(ei.value, errors.InvalidArgument)
     assert "invalid topic name" in str(ei.value)
-    for call in (lambda: log.describe_topic(name), lambda: log.delete_topic(name),
-                 lambda: log.producer().send(name, b"v"), lambda: log.consumer(topics=[name])):
+    for call in (
+        lambda: log.describe_topic(name),
+        lambda: log.delete_topic(name),
+        lambda: log.producer().send(name, b"v"),
+        lambda: log.consumer(topics=[name]),
+    ):
         with pytest.raises(errors.InvalidTopicName):
             call()
     assert log.list_topics() == []
@@ -287,31 +312,35 @@ def test_edge_valid_topic_names(inst):
     assert sorted(inst.log.list_topics()) == sorted(["x" * 249, "a", "A.b-c_9", "...", "-"])
 
 
-@pytest.mark.parametrize("kwargs,exc", [
-    (dict(partitions=0), errors.InvalidArgument),
-    (dict(partitions=-1), errors.InvalidArgument),
-    (dict(partitions=4097), errors.InvalidArgument),
-    (dict(partitions="2"), errors.InvalidType),
-    (dict(partitions=2.0), errors.InvalidType),
-    (dict(partitions=True), errors.InvalidType),
-    (dict(partitions=None), errors.InvalidType),
-    (dict(ring_bytes=3 << 16), errors.InvalidArgument),
-    (dict(ring_bytes=(1 << 16) + 8), errors.InvalidArgument),
-    (dict(ring_bytes=1 << 15), errors.InvalidArgument),
-    (dict(ring_bytes=1 << 37), errors.InvalidArgument),
-    (dict(ring_bytes=0), errors.InvalidArgument),
-    (dict(ring_bytes=-(1 << 16)), errors.InvalidArgument),
-    (dict(ring_bytes=float(1 << 16)), errors.InvalidType),
-    (dict(max_message_bytes=100), errors.InvalidArgument),
-    (dict(max_message_bytes=RING), errors.InvalidArgument),
-    (dict(fsync="sometimes"), errors.InvalidArgument),
-    (dict(fsync="interval:0"), errors.InvalidArgument),
-    (dict(fsync=100), errors.InvalidType),
-    (dict(persistence="tape"), errors.InvalidArgument),
-    (dict(retention_ms=0), errors.InvalidArgument),
-    (dict(retention_bytes=-2), errors.InvalidArgument),
-    (dict(segment_bytes=1), errors.InvalidArgument),
-], ids=lambda v: repr(v) if isinstance(v, dict) else "")
+@pytest.mark.parametrize(
+    "kwargs,exc",
+    [
+        (dict(partitions=0), errors.InvalidArgument),
+        (dict(partitions=-1), errors.InvalidArgument),
+        (dict(partitions=4097), errors.InvalidArgument),
+        (dict(partitions="2"), errors.InvalidType),
+        (dict(partitions=2.0), errors.InvalidType),
+        (dict(partitions=True), errors.InvalidType),
+        (dict(partitions=None), errors.InvalidType),
+        (dict(ring_bytes=3 << 16), errors.InvalidArgument),
+        (dict(ring_bytes=(1 << 16) + 8), errors.InvalidArgument),
+        (dict(ring_bytes=1 << 15), errors.InvalidArgument),
+        (dict(ring_bytes=1 << 37), errors.InvalidArgument),
+        (dict(ring_bytes=0), errors.InvalidArgument),
+        (dict(ring_bytes=-(1 << 16)), errors.InvalidArgument),
+        (dict(ring_bytes=float(1 << 16)), errors.InvalidType),
+        (dict(max_message_bytes=100), errors.InvalidArgument),
+        (dict(max_message_bytes=RING), errors.InvalidArgument),
+        (dict(fsync="sometimes"), errors.InvalidArgument),
+        (dict(fsync="interval:0"), errors.InvalidArgument),
+        (dict(fsync=100), errors.InvalidType),
+        (dict(persistence="tape"), errors.InvalidArgument),
+        (dict(retention_ms=0), errors.InvalidArgument),
+        (dict(retention_bytes=-2), errors.InvalidArgument),
+        (dict(segment_bytes=1), errors.InvalidArgument),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, dict) else "",
+)
 def test_bad_topic_config(inst, kwargs, exc):
     kwargs = {"ring_bytes": RING, "persistence": "none", **kwargs}
     before = inst.segments()
@@ -319,8 +348,8 @@ def test_bad_topic_config(inst, kwargs, exc):
         inst.log.create_topic("cfg", **kwargs)
     assert isinstance(ei.value, shmlog.ShmlogError) and str(ei.value)
     assert inst.log.list_topics() == []
-    assert inst.segments() == before                      # no ring left behind
-    inst.log.create_topic("cfg", persistence="none", ring_bytes=RING)          # the name is still free
+    assert inst.segments() == before  # no ring left behind
+    inst.log.create_topic("cfg", persistence="none", ring_bytes=RING)  # the name is still free
 
 
 # ---------------------------------------------------------------- unknown topic / partition
@@ -332,7 +361,7 @@ def test_unknown_topic_or_partition(inst, topic):
         with pytest.raises(errors.UnknownTopicOrPartition) as ei:
             p.send("nope", b"v")
         assert isinstance(ei.value, KeyError) and "nope" in str(ei.value)
-        assert str(ei.value)[0] != "'"                    # not KeyError's quoting
+        assert str(ei.value)[0] != "'"  # not KeyError's quoting
         for part in (2, 99, -1):
             with pytest.raises(errors.UnknownTopicOrPartition):
                 p.send(topic, b"v", partition=part)
@@ -343,16 +372,18 @@ def test_unknown_topic_or_partition(inst, topic):
         with pytest.raises(errors.UnknownTopicOrPartition):
             p.send_batch("nope", [b"v"])
         assert p.send(topic, b"fine", partition=1).offset == 0
-    for call in (lambda: log.describe_topic("nope"), lambda: log.delete_topic("nope"),
-                 lambda: log.consumer(topics=["nope"]),
-                 lambda: log.consumer().assign([("nope", 0)]),
-                 lambda: log.consumer().assign([(topic, 2)]),
-                 lambda: log.consumer().assign([(topic, -1)])):
+    for call in (
+        lambda: log.describe_topic("nope"),
+        lambda: log.delete_topic("nope"),
+        lambda: log.consumer(topics=["nope"]),
+        lambda: log.consumer().assign([("nope", 0)]),
+        lambda: log.consumer().assign([(topic, 2)]),
+        lambda: log.consumer().assign([(topic, -1)]),
+    ):
         with pytest.raises(errors.UnknownTopicOrPartition):
             call()
     c = log.consumer(topics=[topic])
-    for call in (lambda: c.seek(topic, 7, 0), lambda: c.position("nope", 0),
-                 lambda: c.end_offsets([(topic, 3)])):
+    for call in (lambda: c.seek(topic, 7, 0), lambda: c.position("nope", 0), lambda: c.end_offsets([(topic, 3)])):
         with pytest.raises(errors.UnknownTopicOrPartition):
             call()
 
@@ -364,26 +395,29 @@ def _poke(path, offset, fmt, value):
     """Overwrites a field of a shm object; returns the old bytes."""
     with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
         size = struct.calcsize(fmt)
-        old = m[offset:offset + size]
+        old = m[offset : offset + size]
         struct.pack_into(fmt, m, offset, value)
         return old
 
 
 def _restore(path, offset, old):
     with open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
-        m[offset:offset + len(old)] = old
+        m[offset : offset + len(old)] = old
 
 
-@pytest.mark.parametrize("field,fmt,value", [
-    ("magic", "<Q", 0x0123456789ABCDEF),
-    ("magic", "<Q", 0),
-    ("version", "<I", lib.SHM_LAYOUT_VERSION + 1),
-    ("version", "<I", 0xFFFFFFFF),
-    ("version", "<I", 0),                         # never finished by its creator
-    ("header_bytes", "<I", 4096),
-    ("total_bytes", "<Q", 12345),
-    ("capacity", "<Q", RING * 2),
-])
+@pytest.mark.parametrize(
+    "field,fmt,value",
+    [
+        ("magic", "<Q", 0x0123456789ABCDEF),
+        ("magic", "<Q", 0),
+        ("version", "<I", lib.SHM_LAYOUT_VERSION + 1),
+        ("version", "<I", 0xFFFFFFFF),
+        ("version", "<I", 0),  # never finished by its creator
+        ("header_bytes", "<I", 4096),
+        ("total_bytes", "<Q", 12345),
+        ("capacity", "<Q", RING * 2),
+    ],
+)
 def test_ring_with_wrong_layout_is_refused(inst, topic, field, fmt, value):
     with inst.log.producer() as p:
         p.send(topic, b"before", partition=0)
@@ -391,10 +425,10 @@ def test_ring_with_wrong_layout_is_refused(inst, topic, field, fmt, value):
     off = ffi.offsetof("struct shm_ring_header", field)
     old = _poke(path, off, fmt, value)
     try:
-        fresh = inst.connect()                     # a new process's view: nothing cached
+        fresh = inst.connect()  # a new process's view: nothing cached
         with pytest.raises(errors.LayoutMismatch) as ei:
             fresh.producer().send(topic, b"x", partition=0)
-        assert "layout version" in str(ei.value) and path[len(SHM):] in str(ei.value)
+        assert "layout version" in str(ei.value) and path[len(SHM) :] in str(ei.value)
         with pytest.raises(errors.LayoutMismatch):
             fresh.consumer(topics=[topic])
         with pytest.raises(errors.LayoutMismatch):
@@ -412,14 +446,17 @@ def test_ring_with_wrong_layout_is_refused(inst, topic, field, fmt, value):
     assert [m.value for m in drain(c, 2)] == [b"before", b"after"]
 
 
-@pytest.mark.parametrize("field,fmt,value", [
-    ("magic", "<Q", 0x1122334455667788),
-    ("version", "<I", lib.SHM_LAYOUT_VERSION + 1),
-    ("header_bytes", "<I", 1024),
-    ("total_bytes", "<Q", 4096),
-    ("topics_off", "<Q", 8192),
-    ("max_topics", "<I", 1 << 20),
-])
+@pytest.mark.parametrize(
+    "field,fmt,value",
+    [
+        ("magic", "<Q", 0x1122334455667788),
+        ("version", "<I", lib.SHM_LAYOUT_VERSION + 1),
+        ("header_bytes", "<I", 1024),
+        ("total_bytes", "<Q", 4096),
+        ("topics_off", "<Q", 8192),
+        ("max_topics", "<I", 1 << 20),
+    ],
+)
 def test_control_segment_with_wrong_layout_is_refused(inst, field, fmt, value):
     inst.log.create_topic("ctl", persistence="none", ring_bytes=RING)
     path = SHM + inst.log.settings.ctl_name
@@ -441,7 +478,7 @@ def test_truncated_ring_is_refused(inst, topic):
     os.truncate(path, lib.SHM_RING_HEADER_BYTES + RING // 2)
     with pytest.raises(errors.LayoutMismatch):
         inst.connect().producer().send(topic, b"x", partition=1)
-    os.truncate(path, 100)                         # shorter than the header
+    os.truncate(path, 100)  # shorter than the header
     with pytest.raises(errors.LayoutMismatch):
         inst.connect().consumer().assign([(topic, 1)])
 
@@ -459,7 +496,7 @@ def _flip_in_value(inst, topic, frame_index, letter, bit=0, delta=10):
     with RingFile(ring_file(inst, topic)) as rf:
         pos, length, kind = rf.frames()[frame_index]
         start = DATA + pos
-        at = rf.m[start:start + length].find(bytes([letter]) * 100)
+        at = rf.m[start : start + length].find(bytes([letter]) * 100)
         assert at > 16 + 61
         rf.m[start + at + delta] ^= 1 << bit
         return pos
@@ -483,7 +520,7 @@ def test_corrupted_value_raises_corrupt_record(inst, topic, how):
                 cols = c.poll_columns(timeout=0.2)
                 got += [] if cols is None else [(int(o), cols.value(i)) for i, o in enumerate(cols.offsets)]
     got = [(m.offset, m.value) if isinstance(m, shmlog.Message) else m for m in got]
-    assert got == [(0, b"A" * 100), (1, b"B" * 100)]          # records before it are returned
+    assert got == [(0, b"A" * 100), (1, b"B" * 100)]  # records before it are returned
     msg = str(ei.value)
     assert "partition 0" in msg and f"position {pos}" in msg and "CRC" in msg and "seek" in msg
     # it stays refused (no silent skipping), and the position stays on it
@@ -501,11 +538,11 @@ def test_corrupted_value_without_crc_check_and_framing_damage(inst, topic):
     c = inst.log.consumer(topics=[topic], auto_offset_reset="earliest", check_crcs=False)
     c.assign([(topic, 0, 0)])
     ms = drain(c, 5)
-    assert ms[1].value == b"@" + b"B" * 99                      # 0x42 ^ 0x02: not checked, as asked
+    assert ms[1].value == b"@" + b"B" * 99  # 0x42 ^ 0x02: not checked, as asked
     # now damage the structure of frame 3 (D): its first record's length varint
     with RingFile(ring_file(inst, topic)) as rf:
         pos, length, kind = rf.frames()[3]
-        rf.m[DATA + pos + 16 + 61] = 0x7E                       # record length 63 > what is left
+        rf.m[DATA + pos + 16 + 61] = 0x7E  # record length 63 > what is left
     for crc in (False, True):
         c2 = inst.log.consumer(check_crcs=crc)
         c2.assign([(topic, 0, 0)])
@@ -528,7 +565,7 @@ def test_corrupted_frame_header(inst, topic, damage):
             struct.pack_into("<I", rf.m, at + 8, 20)
         elif damage == "kind":
             struct.pack_into("<H", rf.m, at + 12, 9)
-        else:                                      # batch recordCount beyond the body
+        else:  # batch recordCount beyond the body
             struct.pack_into(">i", rf.m, at + 16 + 57, 1000)
     for crc in (True, False):
         c = inst.log.consumer(check_crcs=crc)
@@ -544,7 +581,7 @@ def test_corrupted_base_offset_is_detected(inst, topic):
     _three_then_two(inst, topic)
     with RingFile(ring_file(inst, topic)) as rf:
         pos, length, kind = rf.frames()[2]
-        rf.m[DATA + pos + 16 + 2] ^= 0x01              # baseOffset += 2^40
+        rf.m[DATA + pos + 16 + 2] ^= 0x01  # baseOffset += 2^40
     c = inst.log.consumer(topics=[topic], auto_offset_reset="earliest")
     got = []
     try:
@@ -562,7 +599,7 @@ def test_corrupted_base_offset_is_detected(inst, topic):
 def _hold_and_send(kwargs, topic, hold_ns):
     log = shmlog.connect(**kwargs)
     p = log.producer()
-    lib.shm_test_set_hold_ns(hold_ns)             # sleep between reserve and commit
+    lib.shm_test_set_hold_ns(hold_ns)  # sleep between reserve and commit
     p.send(topic, b"held" * 100, partition=0)
     os._exit(0)
 
@@ -586,10 +623,10 @@ def test_buffer_full_while_a_live_writer_holds_a_reservation(inst):
     elapsed = time.monotonic() - t0
     assert elapsed < 5
     assert ei.value.retriable and "full" in str(ei.value)
-    assert RING // 1100 - 3 <= sent <= RING // 1000    # about one lap, no more
+    assert RING // 1100 - 3 <= sent <= RING // 1000  # about one lap, no more
     assert child.is_alive()
     d = inst.log.describe_topic("full").partitions[0]
-    assert d.sealed_writes == 0                        # a live writer is never sealed over
+    assert d.sealed_writes == 0  # a live writer is never sealed over
     assert d.end_offset == 1 + sent
     # still full while the writer lives
     with pytest.raises(errors.BufferFull):
@@ -616,7 +653,7 @@ def test_no_space_in_dev_shm(inst):
     assert isinstance(ei.value, OSError) and "/dev/shm" in str(ei.value)
     assert inst.log.list_topics() == []
     assert inst.segments() == before
-    inst.log.create_topic("huge", persistence="none", ring_bytes=RING)         # the table entry was freed
+    inst.log.create_topic("huge", persistence="none", ring_bytes=RING)  # the table entry was freed
     assert inst.log.list_topics() == ["huge"]
 
 
@@ -630,4 +667,4 @@ def test_bad_poll_timeout_on_one_partition(inst, timeout):
     inst.log.producer().send("to", b"v", partition=0)
     with pytest.raises(errors.InvalidArgument):
         c.poll(timeout=timeout)
-    assert c.poll(timeout=1).value == b"v"          # nothing was consumed by the refused calls
+    assert c.poll(timeout=1).value == b"v"  # nothing was consumed by the refused calls

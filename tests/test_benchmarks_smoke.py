@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark suite: every peer adapter moves a few records through every row it
 offers (seconds, not a benchmark), and the consumers' verification marks a run failed when one record
 is dropped or two are swapped. A peer whose package or server is missing is skipped with the reason."""
+
 import tempfile
 
 import pytest
@@ -19,7 +20,7 @@ def peer(request, inst):
     if p is None:
         pytest.skip(f"{request.param}: {reason}")
     if request.param == "shmlog":
-        p.connect_kwargs = inst.kwargs          # the test's own isolated instance
+        p.connect_kwargs = inst.kwargs  # the test's own isolated instance
     with tempfile.TemporaryDirectory(prefix="shmlogbench-test-") as workdir:
         try:
             p.setup(workdir)
@@ -80,7 +81,7 @@ class _FaultySender:
                 out.append(b)
             elif seq == self.at:
                 if self.fault == "swap":
-                    self.held = b          # sent after the next record
+                    self.held = b  # sent after the next record
             elif self.held is not None:
                 out += [b, self.held]
                 self.held = None
@@ -115,22 +116,23 @@ def test_verification_fails_a_run_that_lost_or_reordered_a_record(peer, fault):
             r = _run(_FaultyPeer(peer, fault, n // 2), row, mode, n=n, tag=fault)
             assert not r["ok"] and r["value"] is None, f"{peer.name} {row} {mode}: a {fault} went unnoticed"
             assert "order/completeness" in r["error"], r["error"]
-            break                                         # one mode per row keeps this test in seconds
-
+            break  # one mode per row keeps this test in seconds
 
 
 def test_scaling_points_verify_and_measure(inst):
     from benchmarks import scaling
+
     r = scaling.partitions(8, rate=20_000, seconds=0.1, instance=inst.kwargs)
     assert r["ok"], r.get("error")
     assert r["records"] == 2000 and r["rate"] > 0 and 0 < r["p50_us"] <= r["p99_us"]
     t = scaling.topics(20, instance=inst.kwargs)
     assert t["ok"], t.get("error")
-    assert t["shm_bytes_per_partition"] >= scaling.SMALL_RING     # an idle partition holds its whole ring
+    assert t["shm_bytes_per_partition"] >= scaling.SMALL_RING  # an idle partition holds its whole ring
 
 
 def test_group_rows_deliver_every_record_once_and_time_a_rebalance(inst):
     from benchmarks import groups
+
     if not groups.available():
         pytest.skip("this shmlog has no consumer-group API")
     r = groups.throughput(1, 2, 2000, timeout=60, instance=inst.kwargs)

@@ -8,6 +8,7 @@ xfail(strict=False) naming the defect, to be removed after the merge.
 Must never: share an instance with another test, or pass without the
 campaign having injected faults and checked acknowledged records.
 """
+
 import collections
 import fcntl
 import json
@@ -23,7 +24,7 @@ if ROOT not in sys.path:
 
 from tools.chaos import campaign, checker, history  # noqa: E402
 
-SEEDS = (17, 26)                 # their 14-fault schedules hold every fault kind (reboots, damage, ENOSPC...)
+SEEDS = (17, 26)  # their 14-fault schedules hold every fault kind (reboots, damage, ENOSPC...)
 FAULTS, DURATION = 14, 12.0
 
 # check -> a known defect that makes it fail (xfail naming it); empty when every check must hold
@@ -33,9 +34,21 @@ KNOWN: dict[str, str] = {}
 # persister start) and the rest of the instance is served; the checker
 # excuses only what quarantine documents (checker.py, "Quarantine").
 WEIGHTS = campaign.WEIGHTS
-CHECKS = ["lost-durable", "lost-ring", "offset-reused", "duplicated", "other-generation", "skipped",
-          "redelivered", "stall", "silent-stall", "unrefused-damage", "refused-intact", "offline-intact",
-          "readback"]
+CHECKS = [
+    "lost-durable",
+    "lost-ring",
+    "offset-reused",
+    "duplicated",
+    "other-generation",
+    "skipped",
+    "redelivered",
+    "stall",
+    "silent-stall",
+    "unrefused-damage",
+    "refused-intact",
+    "offline-intact",
+    "readback",
+]
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +112,7 @@ def test_schedule_is_a_function_of_the_seed(tmp_path):
 
 # ------------------------------------------------------------------ the checker finds what it must
 
+
 def _write(run_dir, name, events):
     os.makedirs(os.path.join(run_dir, "history"), exist_ok=True)
     with open(os.path.join(run_dir, "history", name + ".jsonl"), "w") as f:
@@ -110,38 +124,95 @@ def _synthetic(run_dir, readback_recs, member_offs=(), commits=()):
     """A run with one durable topic 'dur' (1 partition) and producer acks for offsets 0-4."""
     topics = {"dur": {"persistence": "disk"}}
     d0 = {"dur": {"gen": 1, "persistence": "disk", "partitions": 1, "start": [0], "end": [5]}}
-    _write(run_dir, "campaign", [
-        {"ev": "setup", "t": 0, "seed": 99, "unblock_ms": 500, "topics": topics},
-        {"ev": "reboot", "t": 50, "boot": 1, "final": True},
-        {"ev": "final-stop", "t": 49, "clean": True, "boot": 0}])
+    _write(
+        run_dir,
+        "campaign",
+        [
+            {"ev": "setup", "t": 0, "seed": 99, "unblock_ms": 500, "topics": topics},
+            {"ev": "reboot", "t": 50, "boot": 1, "final": True},
+            {"ev": "final-stop", "t": 49, "clean": True, "boot": 0},
+        ],
+    )
     _write(run_dir, "admin.1", [{"ev": "describe", "t": 1, "boot": 0, "topics": d0}])
-    acks = [{"ev": "ack", "t": 10 + i, "lvl": lvl, "topic": "dur", "boot": 0, "gen": 1, "gen2": 1, "p": 0,
-             "off": i, "w": "producer0.0.1", "s0": i, "n": 1, "t0": 10 + i}
-            for i in range(5) for lvl in ("ring", "durable")]
+    acks = [
+        {
+            "ev": "ack",
+            "t": 10 + i,
+            "lvl": lvl,
+            "topic": "dur",
+            "boot": 0,
+            "gen": 1,
+            "gen2": 1,
+            "p": 0,
+            "off": i,
+            "w": "producer0.0.1",
+            "s0": i,
+            "n": 1,
+            "t0": 10 + i,
+        }
+        for i in range(5)
+        for lvl in ("ring", "durable")
+    ]
     _write(run_dir, "producer0.0.1", acks)
-    reads = [{"ev": "read", "t": 30 + i, "kind": "member", "topic": "dur", "boot": 0, "gen": 1, "gen2": 1,
-              "sess": 1, "group": "g", "recs": [[0, o, f"producer0.0.1:{o}", 0, 1]]} for i, o in enumerate(member_offs)]
-    _write(run_dir, "member.0.1", reads + [{"ev": "commit", "t": t, "group": "g", "topic": "dur", "boot": 0,
-                                            "gen": 1, "gen2": 1, "offs": {"0": o}} for t, o in commits])
-    _write(run_dir, "readback", [
-        {"ev": "describe", "t": 51, "boot": 1, "final": True, "topics": {"dur": {**d0["dur"], "gen": 1}}},
-        {"ev": "read", "t": 52, "kind": "readback", "topic": "dur", "boot": 1, "gen": 1, "gen2": 1, "sess": 0,
-         "recs": [[0, o, rid, 0, 1] for o, rid in readback_recs]},
-        {"ev": "done", "t": 53}])
+    reads = [
+        {
+            "ev": "read",
+            "t": 30 + i,
+            "kind": "member",
+            "topic": "dur",
+            "boot": 0,
+            "gen": 1,
+            "gen2": 1,
+            "sess": 1,
+            "group": "g",
+            "recs": [[0, o, f"producer0.0.1:{o}", 0, 1]],
+        }
+        for i, o in enumerate(member_offs)
+    ]
+    _write(
+        run_dir,
+        "member.0.1",
+        reads
+        + [
+            {"ev": "commit", "t": t, "group": "g", "topic": "dur", "boot": 0, "gen": 1, "gen2": 1, "offs": {"0": o}}
+            for t, o in commits
+        ],
+    )
+    _write(
+        run_dir,
+        "readback",
+        [
+            {"ev": "describe", "t": 51, "boot": 1, "final": True, "topics": {"dur": {**d0["dur"], "gen": 1}}},
+            {
+                "ev": "read",
+                "t": 52,
+                "kind": "readback",
+                "topic": "dur",
+                "boot": 1,
+                "gen": 1,
+                "gen2": 1,
+                "sess": 0,
+                "recs": [[0, o, rid, 0, 1] for o, rid in readback_recs],
+            },
+            {"ev": "done", "t": 53},
+        ],
+    )
 
 
 def test_checker_passes_a_clean_history(tmp_path):
-    _synthetic(str(tmp_path), [(o, f"producer0.0.1:{o}") for o in range(5)], member_offs=range(5),
-               commits=[(40, 5)])
+    _synthetic(str(tmp_path), [(o, f"producer0.0.1:{o}") for o in range(5)], member_offs=range(5), commits=[(40, 5)])
     rep = checker.check(str(tmp_path))
     assert rep["violations"] == [] and rep["stats"]["acked_durable_checked"] == 5
 
 
 def test_checker_finds_loss_reuse_skip_and_redelivery(tmp_path):
     # offset 1 lost, offset 3 holds another record, the member skipped 2 and got 0 again below its commit
-    _synthetic(str(tmp_path), [(0, "producer0.0.1:0"), (2, "producer0.0.1:2"), (3, "producer9.0.1:7"),
-                               (4, "producer0.0.1:4")],
-               member_offs=[0, 1, 3, 4, 0], commits=[(32, 2)])
+    _synthetic(
+        str(tmp_path),
+        [(0, "producer0.0.1:0"), (2, "producer0.0.1:2"), (3, "producer9.0.1:7"), (4, "producer0.0.1:4")],
+        member_offs=[0, 1, 3, 4, 0],
+        commits=[(32, 2)],
+    )
     rep = checker.check(str(tmp_path))
     got = collections.Counter(v["check"] for v in rep["violations"])
     assert got["lost-durable"] == 1 and got["offset-reused"] == 1, rep["violations"]
@@ -157,8 +228,23 @@ def test_checker_counts_a_new_record_at_a_freed_offset_as_no_redelivery(tmp_path
     _synthetic(run, [(o, f"producer0.0.1:{o}") for o in range(5)], member_offs=range(5), commits=[(40, 5)])
     with open(os.path.join(run, "history", "member.0.1.jsonl"), "a") as f:
         for t, o, rid in ((41, 3, "producer1.0.2:0"), (42, 1, "producer0.0.1:1")):
-            f.write(json.dumps({"ev": "read", "t": t, "kind": "member", "topic": "dur", "boot": 0, "gen": 1,
-                                "gen2": 1, "sess": 2, "group": "g", "recs": [[0, o, rid, 0, 1]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "ev": "read",
+                        "t": t,
+                        "kind": "member",
+                        "topic": "dur",
+                        "boot": 0,
+                        "gen": 1,
+                        "gen2": 1,
+                        "sess": 2,
+                        "group": "g",
+                        "recs": [[0, o, rid, 0, 1]],
+                    }
+                )
+                + "\n"
+            )
     bad = [v for v in checker.check(run)["violations"] if v["check"] == "redelivered"]
     assert len(bad) == 1 and "1 records delivered again" in bad[0]["msg"] and "offset 1 " in bad[0]["msg"], bad
 
@@ -169,18 +255,47 @@ def test_history_drops_a_torn_last_line(tmp_path):
     w.event("a", x=1)
     w.close()
     with open(p, "a") as f:
-        f.write('{"ev": "b", "x"')            # the writer was killed mid-line
+        f.write('{"ev": "b", "x"')  # the writer was killed mid-line
     assert [e["ev"] for e in history.read(p)] == ["a"]
 
 
 def test_checker_finds_a_false_refusal_and_a_stall(tmp_path):
     _synthetic(str(tmp_path), [(o, f"producer0.0.1:{o}") for o in range(5)])
     with open(tmp_path / "history" / "consumer-dur.0.1.jsonl", "w") as f:
-        f.write(json.dumps({"ev": "refused", "t": 20, "topic": "dur", "boot": 0, "sess": 1,
-                            "msg": "'dur' partition 0: the frame at position 0 (offsets from 2) fails its CRC"}) + "\n")
-    with open(tmp_path / "history" / "producer0.0.1.jsonl", "a") as f:   # then 10 s without an ack, no fault
-        f.write(json.dumps({"ev": "ack", "t": 24, "lvl": "ring", "topic": "dur", "boot": 0, "gen": 1, "gen2": 1,
-                            "p": 0, "off": 9, "w": "producer0.0.1", "s0": 99, "n": 0, "t0": 24}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "ev": "refused",
+                    "t": 20,
+                    "topic": "dur",
+                    "boot": 0,
+                    "sess": 1,
+                    "msg": "'dur' partition 0: the frame at position 0 (offsets from 2) fails its CRC",
+                }
+            )
+            + "\n"
+        )
+    with open(tmp_path / "history" / "producer0.0.1.jsonl", "a") as f:  # then 10 s without an ack, no fault
+        f.write(
+            json.dumps(
+                {
+                    "ev": "ack",
+                    "t": 24,
+                    "lvl": "ring",
+                    "topic": "dur",
+                    "boot": 0,
+                    "gen": 1,
+                    "gen2": 1,
+                    "p": 0,
+                    "off": 9,
+                    "w": "producer0.0.1",
+                    "s0": 99,
+                    "n": 0,
+                    "t0": 24,
+                }
+            )
+            + "\n"
+        )
     rep = checker.check(str(tmp_path))
     got = collections.Counter(v["check"] for v in rep["violations"])
     assert got == {"refused-intact": 1, "stall": 1}, rep["violations"]

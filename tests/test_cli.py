@@ -2,6 +2,7 @@
 output parsed, and its failure paths (one line on stderr, the documented exit
 code). Most run `python -m shmlog` as a real subprocess with the test
 instance's environment; the cheap ones call cli.main(argv) in-process."""
+
 import fcntl
 import io
 import json
@@ -24,16 +25,24 @@ SHM = "/dev/shm"
 
 def _env(inst, **extra):
     env = dict(os.environ)
-    env.update(SHMLOG_INSTANCE=inst.kwargs["instance"], SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
-               SHMLOG_SHM_PREFIX=inst.kwargs["shm_prefix"])
+    env.update(
+        SHMLOG_INSTANCE=inst.kwargs["instance"],
+        SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
+        SHMLOG_SHM_PREFIX=inst.kwargs["shm_prefix"],
+    )
     env.update(extra)
     return env
 
 
 def run(inst, *args, input=None, env=None, timeout=30):
     """`python -m shmlog ARGS` with the instance chosen by the environment."""
-    return subprocess.run([sys.executable, "-m", "shmlog", *args], input=input, capture_output=True,
-                          env=env or _env(inst), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "shmlog", *args],
+        input=input,
+        capture_output=True,
+        env=env or _env(inst),
+        timeout=timeout,
+    )
 
 
 def ok(r) -> str:
@@ -73,25 +82,47 @@ def inproc(inst, capsys, *args):
 def sh(inst, capsysbinary, monkeypatch):
     """Like run(), but cli.main in this process (no interpreter start-up): for the many
     short calls, failure paths above all. Returns a CompletedProcess with bytes."""
+
     def call(*args, input=b""):
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input)))
         rc, out, err = inproc(inst, capsysbinary, *args)
         return subprocess.CompletedProcess(args, rc, out, err)
+
     return call
 
 
 # ------------------------------------------------------------ parser, help, instance selection
 
-HELP_PATHS = [[], ["topic"], ["topic", "create"], ["topic", "list"], ["topic", "describe"], ["topic", "alter"],
-              ["topic", "delete"], ["produce"], ["consume"], ["group"], ["group", "list"], ["group", "describe"],
-              ["group", "reset-offsets"], ["status"], ["doctor"], ["check"], ["bench"], ["supervisor"], ["up"],
-              ["down"], ["kafka-listener"], ["demo"]]
+HELP_PATHS = [
+    [],
+    ["topic"],
+    ["topic", "create"],
+    ["topic", "list"],
+    ["topic", "describe"],
+    ["topic", "alter"],
+    ["topic", "delete"],
+    ["produce"],
+    ["consume"],
+    ["group"],
+    ["group", "list"],
+    ["group", "describe"],
+    ["group", "reset-offsets"],
+    ["status"],
+    ["doctor"],
+    ["check"],
+    ["bench"],
+    ["supervisor"],
+    ["up"],
+    ["down"],
+    ["kafka-listener"],
+    ["demo"],
+]
 
 
 @pytest.mark.parametrize("path", HELP_PATHS, ids=lambda p: " ".join(p) or "shmlog")
 def test_every_command_has_help_with_examples(path, capsys, monkeypatch):
     for module in ("benchmarks", "shmlog.service.supervisor", "shmlog.kafka"):
-        monkeypatch.setitem(sys.modules, module, None)      # delegates' own help is theirs; this is ours
+        monkeypatch.setitem(sys.modules, module, None)  # delegates' own help is theirs; this is ours
     with pytest.raises(SystemExit) as ei:
         cli.main([*path, "--help"])
     assert ei.value.code == 0
@@ -100,8 +131,13 @@ def test_every_command_has_help_with_examples(path, capsys, monkeypatch):
 
 
 def test_usage_errors_are_one_line_with_exit_2(inst, capsys):
-    for argv in (["topic", "list", "--bogus"], ["nosuchcommand"], ["topic"], ["consume"],
-                 ["group", "reset-offsets", "g", "--topic", "t"]):
+    for argv in (
+        ["topic", "list", "--bogus"],
+        ["nosuchcommand"],
+        ["topic"],
+        ["consume"],
+        ["group", "reset-offsets", "g", "--topic", "t"],
+    ):
         rc, out, err = inproc(inst, capsys, *argv)
         assert rc == 2, (argv, err)
         assert len(err.strip().splitlines()) == 1 and "error:" in err, err
@@ -113,16 +149,20 @@ def test_instance_options_before_after_and_from_the_environment(inst):
     bare = {n: v for n, v in os.environ.items() if not n.startswith("SHMLOG_")}
     ok(run(inst, "topic", "create", "after", "--persistence", "none", "--ring-bytes", "65536", *opts, env=bare))
     ok(run(inst, *opts, "topic", "create", "before", "--persistence", "none", "--ring-bytes", "65536", env=bare))
-    names = {t["name"] for t in js(run(inst, "topic", "list", "--json"))}       # from the environment
+    names = {t["name"] for t in js(run(inst, "topic", "list", "--json"))}  # from the environment
     assert names == {"after", "before"}
     assert set(inst.log.list_topics()) == {"after", "before"}
     # another instance name in the environment is another instance: it does not see these topics
     other = _env(inst, SHMLOG_INSTANCE=k["instance"] + "x", SHMLOG_DATA_DIR=k["data_dir"] + "x")
     r = run(inst, "topic", "list", "--json", env=other)
-    assert r.returncode == 3 and b"no instance" in r.stderr, r.stderr      # and nothing made (tests/test_metadata.py)
+    assert r.returncode == 3 and b"no instance" in r.stderr, r.stderr  # and nothing made (tests/test_metadata.py)
     # an option beats the environment
-    assert {t["name"] for t in js(run(inst, "topic", "list", "--json", "--instance", k["instance"],
-                                      "--data-dir", k["data_dir"], env=other))} == {"after", "before"}
+    assert {
+        t["name"]
+        for t in js(
+            run(inst, "topic", "list", "--json", "--instance", k["instance"], "--data-dir", k["data_dir"], env=other)
+        )
+    } == {"after", "before"}
 
 
 def test_exit_codes_follow_the_error_tree():
@@ -139,9 +179,25 @@ def test_exit_codes_follow_the_error_tree():
 
 # ------------------------------------------------------------ topics
 
+
 def test_topic_create_describe_delete_and_failures(inst, sh):
-    d = js(run(inst, "topic", "create", "orders", "-p", "3", "--ring-bytes", "65536", "--persistence", "none",
-               "--retention-ms", "-1", "--json"))
+    d = js(
+        run(
+            inst,
+            "topic",
+            "create",
+            "orders",
+            "-p",
+            "3",
+            "--ring-bytes",
+            "65536",
+            "--persistence",
+            "none",
+            "--retention-ms",
+            "-1",
+            "--json",
+        )
+    )
     assert d["name"] == "orders" and d["config"]["partitions"] == 3 and d["config"]["retention_ms"] is None
     assert inst.log.describe_topic("orders").config.ring_bytes == 65536
     inst.log.producer().send("orders", b"v", partition=1)
@@ -176,18 +232,22 @@ def test_topic_alter(inst, sh):
 
 # ------------------------------------------------------------ produce and consume
 
+
 def test_produce_keys_headers_partition_and_consume_format(inst, sh):
     inst.log.create_topic("kv", partitions=2, ring_bytes=1 << 16, persistence="none")
-    s = js(run(inst, "produce", "kv", "-K:", "-H", "src=cli", "-H", "n=1", "-p", "1", "--json",
-               input=b"a:1\nb:2\nnokey\n"))
+    s = js(
+        run(inst, "produce", "kv", "-K:", "-H", "src=cli", "-H", "n=1", "-p", "1", "--json", input=b"a:1\nb:2\nnokey\n")
+    )
     assert s["count"] == 3 and s["partitions"] == [{"partition": 1, "first_offset": 0, "last_offset": 2, "count": 3}]
-    out = ok(run(inst, "consume", "kv", "-o", "beginning", "-e",
-                 "-f", r"%t|%p|%o|%k|%s|%K|%S|%h|%T\t%%\n"))
+    out = ok(run(inst, "consume", "kv", "-o", "beginning", "-e", "-f", r"%t|%p|%o|%k|%s|%K|%S|%h|%T\t%%\n"))
     lines = out.splitlines()
     assert len(lines) == 3
     rows = [ln.split("|") for ln in lines]
-    assert [r[:7] for r in rows] == [["kv", "1", "0", "a", "1", "1", "1"], ["kv", "1", "1", "b", "2", "1", "1"],
-                                     ["kv", "1", "2", "", "nokey", "-1", "5"]]
+    assert [r[:7] for r in rows] == [
+        ["kv", "1", "0", "a", "1", "1", "1"],
+        ["kv", "1", "1", "b", "2", "1", "1"],
+        ["kv", "1", "2", "", "nokey", "-1", "5"],
+    ]
     assert all(r[7] == "src=cli,n=1" for r in rows)
     ts, tail = rows[0][8].split("\t")
     assert tail == "%" and abs(int(ts) - time.time() * 1000) < 60_000
@@ -199,8 +259,9 @@ def test_produce_keys_headers_partition_and_consume_format(inst, sh):
     # a key decides the partition like the API's murmur2
     ok(sh("produce", "kv", "-k", "user-7", "-q", input=b"x\n"))
     want = inst.log.producer().send("kv", b"y", key=b"user-7").partition
-    got = [json.loads(x) for x in ok(sh("consume", "kv", "-o", "beginning", "-e", "--json", "-p",
-                                          str(want))).splitlines()]
+    got = [
+        json.loads(x) for x in ok(sh("consume", "kv", "-o", "beginning", "-e", "--json", "-p", str(want))).splitlines()
+    ]
     assert [(g["key"], g["value"]) for g in got if g["key"] == "user-7"] == [("user-7", "x"), ("user-7", "y")]
     # -K on consume prints key DELIM value
     out = ok(sh("consume", "kv", "-p", "1", "-o", "0", "-c", "2", "-K", "="))
@@ -212,7 +273,7 @@ def test_produce_files_whole_and_line_mode_and_delimiters(inst, tmp_path, sh):
     blob = bytes(range(256)) + b"\nline two\n"
     f1, f2 = tmp_path / "a.bin", tmp_path / "b.txt"
     f1.write_bytes(blob)
-    f2.write_bytes(b"one\ntwo\nthree")            # no trailing delimiter: the last record still counts
+    f2.write_bytes(b"one\ntwo\nthree")  # no trailing delimiter: the last record still counts
     assert js(run(inst, "produce", "files", str(f1), "--json"))["count"] == 1
     assert js(sh("produce", "files", "-l", str(f2), "--json"))["count"] == 3
     assert js(sh("produce", "files", "-D", r"\0", "--json", input=b"x\0y\0"))["count"] == 2
@@ -232,7 +293,7 @@ def test_produce_failures(inst, tmp_path, sh):
     fails(sh("produce", "pf", "-H", "novalue", input=b"x\n"), 2, "KEY=VALUE")
     fails(sh("produce", "pf", str(tmp_path / "missing.txt")), 2, "missing.txt")
     fails(sh("produce", "pf", "-D", "", input=b"x\n"), 2, "delimiter")
-    big = b"x" * (1 << 15)                        # > max_message_bytes (ring / 4)
+    big = b"x" * (1 << 15)  # > max_message_bytes (ring / 4)
     fails(sh("produce", "pf", input=big + b"\n"), 2, "max_message_bytes")
     assert [p.end_offset for p in inst.log.describe_topic("pf").partitions] == [0, 0]
 
@@ -249,12 +310,12 @@ def test_consume_start_offsets_count_and_time(inst, sh):
         return sorted(tuple(map(int, x.split(":"))) for x in out.split())
 
     assert offsets("-o", "beginning") == [(q, i) for q in (0, 1) for i in range(10)]
-    out = ok(run(inst, "consume", "offs", "-o", "beginning", "-e", "-f", r"%p:%o\n"))   # the same, as a process
+    out = ok(run(inst, "consume", "offs", "-o", "beginning", "-e", "-f", r"%p:%o\n"))  # the same, as a process
     assert sorted(tuple(map(int, x.split(":"))) for x in out.split()) == [(q, i) for q in (0, 1) for i in range(10)]
     assert offsets("-o", "end") == []
     assert offsets("-o", "7") == [(q, i) for q in (0, 1) for i in (7, 8, 9)]
     assert offsets("-o", "-2", "-p", "1") == [(1, 8), (1, 9)]
-    assert offsets("-o", "500") == []                               # past the end: clamped to it
+    assert offsets("-o", "500") == []  # past the end: clamped to it
     assert offsets("-o", "@1005500") == [(q, i) for q in (0, 1) for i in range(6, 10)]
     assert offsets("-o", "@9999999") == []
     assert len(offsets("-o", "beginning", "-c", "3")) == 3
@@ -268,8 +329,12 @@ def test_consume_start_offsets_count_and_time(inst, sh):
 
 def test_consume_tails_records_produced_after_it_started(inst):
     inst.log.create_topic("live", partitions=1, ring_bytes=1 << 16, persistence="none")
-    proc = subprocess.Popen([sys.executable, "-m", "shmlog", "consume", "live", "-c", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(inst))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmlog", "consume", "live", "-c", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(inst),
+    )
     try:
         p = inst.log.producer()
         deadline = time.monotonic() + 20
@@ -297,9 +362,14 @@ def test_consume_into_a_closed_pipe_exits_quietly(inst):
     p = inst.log.producer()
     for _ in range(5):
         p.send_batch("pipe", [b"x" * 100] * 1000)
-    r = subprocess.run(f"{sys.executable} -m shmlog consume pipe -o beginning -e | head -1",
-                       shell=True, capture_output=True, env=_env(inst), timeout=30,
-                       executable="/bin/bash")
+    r = subprocess.run(
+        f"{sys.executable} -m shmlog consume pipe -o beginning -e | head -1",
+        shell=True,
+        capture_output=True,
+        env=_env(inst),
+        timeout=30,
+        executable="/bin/bash",
+    )
     assert r.stdout == b"x" * 100 + b"\n"
     assert b"Traceback" not in r.stderr and b"Error" not in r.stderr, r.stderr
 
@@ -310,7 +380,7 @@ def test_produce_durable_to_a_disk_topic_then_check(inst, sh):
     assert s["count"] == 50 and s["durable"]
     d = inst.log.describe_topic("dur")
     assert d.partitions[0].fsynced_lag_bytes == 0 and d.partitions[0].end_offset == 50
-    rep = js(sh("check", "--json"))                         # the data dir from the environment
+    rep = js(sh("check", "--json"))  # the data dir from the environment
     assert rep["ok"] and [(e["topic"], e["partition"]) for e in rep["partitions"]] == [("dur", "0")]
     rep = js(sh("check", inst.kwargs["data_dir"], "--json"))
     assert rep["ok"]
@@ -321,14 +391,19 @@ def test_check_draws_a_progress_bar_on_a_terminal_only(inst):
     inst.log.create_topic("bar", partitions=3, ring_bytes=1 << 16)
     master, slave = os.openpty()
     try:
-        r = subprocess.run([sys.executable, "-m", "shmlog", "check"], stdout=subprocess.PIPE, stderr=slave,
-                           env=_env(inst, TERM="xterm"), timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "shmlog", "check"],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=_env(inst, TERM="xterm"),
+            timeout=30,
+        )
         os.close(slave)
         drawn = b""
         while True:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:                      # EIO: the terminal's other end is closed
+            except OSError:  # EIO: the terminal's other end is closed
                 break
             if not chunk:
                 break
@@ -338,10 +413,11 @@ def test_check_draws_a_progress_bar_on_a_terminal_only(inst):
     assert r.returncode == 0 and r.stdout.decode().count(": ok") == 3
     assert b"checking" in drawn and b"/3" in drawn
     piped = run(inst, "check")
-    assert piped.returncode == 0 and piped.stderr == b""          # no bar into a pipe or a log
+    assert piped.returncode == 0 and piped.stderr == b""  # no bar into a pipe or a log
 
 
 # ------------------------------------------------------------ status
+
 
 def test_status_once_json_reports_rates_fill_and_lag(inst):
     inst.log.create_topic("st", partitions=2, ring_bytes=1 << 16, persistence="none")
@@ -365,7 +441,7 @@ def test_status_once_json_reports_rates_fill_and_lag(inst):
     p0, p1 = top["partitions"]
     assert top["name"] == "st" and p0["produce_rate"] > 0 and p1["produce_rate"] == 0
     assert 0 < p0["ring_fill"] <= 1 and p0["ring_used_bytes"] > 0 and p1["end_offset"] == 0
-    assert "persisted_lag_bytes" in p0 and snap["processes"] >= 1      # this test process holds a token
+    assert "persisted_lag_bytes" in p0 and snap["processes"] >= 1  # this test process holds a token
     # text snapshots, refreshed --count times (a pipe gets plain text, not the rich live view)
     out = ok(run(inst, "status", "--interval", "0.1", "--count", "2"))
     assert out.count("END OFFSET") == 2 and "st" in out
@@ -380,11 +456,16 @@ def test_status_and_doctor_name_the_supervisor(inst, sh, monkeypatch):
     (c,) = [c for c in js(sh("doctor", "--json"))["checks"] if c["check"] == "supervisor"]
     assert "4321" in c["detail"]
     monkeypatch.setattr(daemons, "running_pid", lambda settings: None)
-    assert js(sh("status", "--json", "--interval", "0.05"))["supervisor"] == {"running": False, "pid": None,
-                                                                         "metrics": None, "kafka": None}
+    assert js(sh("status", "--json", "--interval", "0.05"))["supervisor"] == {
+        "running": False,
+        "pid": None,
+        "metrics": None,
+        "kafka": None,
+    }
 
 
 # ------------------------------------------------------------ doctor
+
 
 def _hold_token(path, ready, done):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
@@ -399,8 +480,8 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst, sh):
     assert rep["ok"] and rep["stale"] == []
     assert {c["check"] for c in rep["checks"]} >= {"/dev/shm", "open files", "data dir", "segment permissions"}
     base = f"{inst.prefix}{inst.kwargs['instance']}."
-    dead = os.path.join(SHM, base + "live.999999999-1")            # a token nobody holds: its process died
-    orphan = os.path.join(SHM, base + "g999.p0")                    # a ring no topic refers to
+    dead = os.path.join(SHM, base + "live.999999999-1")  # a token nobody holds: its process died
+    orphan = os.path.join(SHM, base + "g999.p0")  # a ring no topic refers to
     alive = os.path.join(SHM, base + "live.999999998-1")
     for path in (dead, orphan):
         with open(path, "wb") as f:
@@ -408,6 +489,7 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst, sh):
     old = time.time() - 3600
     os.utime(orphan, (old, old))
     import multiprocessing
+
     ctx = multiprocessing.get_context("fork")
     ready, done = ctx.Event(), ctx.Event()
     holder = ctx.Process(target=_hold_token, args=(alive, ready, done))
@@ -421,7 +503,7 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst, sh):
         rep = js(sh("doctor", "--clean", "--json"))
         assert sorted(rep["cleaned"]) == sorted(rep["stale"])
         assert not os.path.exists(dead) and not os.path.exists(orphan)
-        assert os.path.exists(alive)                                # a live process's token stays
+        assert os.path.exists(alive)  # a live process's token stays
         # another instance's dead token: counted, removed only with --all-instances
         other = os.path.join(SHM, f"{inst.prefix}other-{inst.kwargs['instance']}.live.999999997-1")
         open(other, "wb").close()
@@ -430,7 +512,7 @@ def test_doctor_finds_and_cleans_stale_tokens_and_rings(inst, sh):
         assert any(c["check"] == "other instances" for c in rep["checks"])
         rep = js(sh("doctor", "--clean", "--all-instances", "--json"))
         assert os.path.basename(other) in rep["cleaned"] and not os.path.exists(other)
-        assert inst.log.describe_topic("doc").partitions[0].end_offset == 0    # the live ring stays
+        assert inst.log.describe_topic("doc").partitions[0].end_offset == 0  # the live ring stays
     finally:
         done.set()
         holder.join(5)
@@ -453,6 +535,7 @@ def test_doctor_reports_world_writable_files_with_exit_1(inst, sh):
 
 # ------------------------------------------------------------ bench and the delegated commands
 
+
 def test_bench_runs_the_suite_in_quick_mode(inst, capsys, monkeypatch):
     calls = []
     fake = types.ModuleType("benchmarks")
@@ -460,20 +543,23 @@ def test_bench_runs_the_suite_in_quick_mode(inst, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks", fake)
     assert inproc(inst, capsys, "bench")[0] == 0
     assert inproc(inst, capsys, "bench", "--full", "--peers", "shmlog")[0] == 0
-    assert inproc(inst, capsys, "bench", "--help")[0] == 0             # the suite's own help
+    assert inproc(inst, capsys, "bench", "--help")[0] == 0  # the suite's own help
     assert calls == [["--quick"], ["--full", "--peers", "shmlog"], ["--help"]]
     fake.cli_main = lambda argv: 3
-    assert inproc(inst, capsys, "bench")[0] == 3                   # the suite's exit code
-    monkeypatch.setitem(sys.modules, "benchmarks", None)           # not importable
+    assert inproc(inst, capsys, "bench")[0] == 3  # the suite's exit code
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # not importable
     rc, out, err = inproc(inst, capsys, "bench")
     assert rc == 10 and len(err.strip().splitlines()) == 1 and "source checkout" in err
-    rc, out, err = inproc(inst, capsys, "bench", "--help")         # then our own help
+    rc, out, err = inproc(inst, capsys, "bench", "--help")  # then our own help
     assert rc == 0 and "examples:" in out
 
 
-@pytest.mark.parametrize("command,module", [("supervisor", "shmlog.service.supervisor"), ("kafka-listener", "shmlog.kafka")])
-def test_supervisor_and_kafka_listener_get_the_arguments_or_say_the_module_is_missing(inst, capsys, monkeypatch,
-                                                                                    command, module):
+@pytest.mark.parametrize(
+    "command,module", [("supervisor", "shmlog.service.supervisor"), ("kafka-listener", "shmlog.kafka")]
+)
+def test_supervisor_and_kafka_listener_get_the_arguments_or_say_the_module_is_missing(
+    inst, capsys, monkeypatch, command, module
+):
     monkeypatch.setitem(sys.modules, module, None)
     rc, out, err = inproc(inst, capsys, command)
     assert rc == 10 and len(err.strip().splitlines()) == 1 and module in err
@@ -488,18 +574,28 @@ def test_supervisor_and_kafka_listener_get_the_arguments_or_say_the_module_is_mi
     assert argv[argv.index("--instance") + 1] == k["instance"] and argv[argv.index("--data-dir") + 1] == k["data_dir"]
     assert argv[-2:] == ["--config", "x.toml"]
     fake.main = lambda argv: 3
-    assert inproc(inst, capsys, command)[0] == 3                   # its exit status is ours
+    assert inproc(inst, capsys, command)[0] == 3  # its exit status is ours
 
 
 def test_up_and_down_call_the_daemon_launcher(inst, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr(daemons, "up", lambda settings, config_path=None, timeout=20.0: calls.append(
-        ("up", settings, config_path, timeout)) or 4242)
-    monkeypatch.setattr(daemons, "down", lambda settings, purge=False, timeout=120.0: calls.append(
-        ("down", settings, purge, timeout)) or True)
+    monkeypatch.setattr(
+        daemons,
+        "up",
+        lambda settings, config_path=None, timeout=20.0: calls.append(("up", settings, config_path, timeout)) or 4242,
+    )
+    monkeypatch.setattr(
+        daemons,
+        "down",
+        lambda settings, purge=False, timeout=120.0: calls.append(("down", settings, purge, timeout)) or True,
+    )
     rc, out, err = inproc(inst, capsys, "up", "--config", "s.toml", "--json")
-    assert rc == 0 and json.loads(out) == {"instance": inst.kwargs["instance"], "pid": 4242,
-                                           "metrics": None, "kafka": None}
+    assert rc == 0 and json.loads(out) == {
+        "instance": inst.kwargs["instance"],
+        "pid": 4242,
+        "metrics": None,
+        "kafka": None,
+    }
     rc, out, err = inproc(inst, capsys, "down", "--purge", "--timeout", "5")
     assert rc == 0 and "stopped" in out
     (_, s1, cfg, t1), (_, s2, purge, t2) = calls
@@ -507,12 +603,14 @@ def test_up_and_down_call_the_daemon_launcher(inst, capsys, monkeypatch):
 
     def refuse(settings, config_path=None, timeout=20.0):
         raise shmlog.errors.Timeout("the supervisor did not answer within 20 s")
+
     monkeypatch.setattr(daemons, "up", refuse)
     rc, out, err = inproc(inst, capsys, "up")
     assert rc == 7 and err.strip() == "shmlog: error: the supervisor did not answer within 20 s"
 
 
 # ------------------------------------------------------------ groups (issue 4's API)
+
 
 def _group_fixture(inst):
     inst.log.create_topic("gt", partitions=2, ring_bytes=1 << 16, persistence="none")
@@ -542,8 +640,9 @@ def test_group_list_describe_and_reset_offsets(inst, sh):
         assert "LOG-END-OFFSET" in text and "MEMBER-ID" in text
         # the plan is printed while members live; executing it is refused
         plan = js(sh("group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--json"))
-        assert not plan["executed"] and [(r["partition"], r["current_offset"], r["new_offset"])
-                                         for r in plan["plan"]] == [(0, 4, 0), (1, 10, 0)]
+        assert not plan["executed"] and [
+            (r["partition"], r["current_offset"], r["new_offset"]) for r in plan["plan"]
+        ] == [(0, 4, 0), (1, 10, 0)]
         fails(sh("group", "reset-offsets", "billing", "--all-topics", "--to-earliest", "--execute"), 5)
         assert inst.log.committed_offsets("billing") == {("gt", 0): 4, ("gt", 1): 10}
     finally:
@@ -570,7 +669,7 @@ def test_consume_as_a_group_member_commits_and_resumes(inst):
     assert sorted(out.split()) == sorted(f"{q}:{i}" for q in (0, 1) for i in range(10))
     assert inst.log.committed_offsets("g2") == {("gt", 0): 10, ("gt", 1): 10}
     inst.log.producer().send("gt", b"new", partition=0)
-    assert ok(run(inst, "consume", "gt", "-G", "g2", "-e")) == "new\n"     # resumes at the committed offset
+    assert ok(run(inst, "consume", "gt", "-G", "g2", "-e")) == "new\n"  # resumes at the committed offset
     fails(run(inst, "consume", "gt", "-G", "g2", "-o", "-3"), 2, "-G")
     fails(run(inst, "consume", "gt", "-G", "g2", "-p", "0"), 2, "-G")
     snap = js(run(inst, "status", "--json", "--interval", "0.1"))
@@ -580,15 +679,19 @@ def test_consume_as_a_group_member_commits_and_resumes(inst):
 
 def test_ctrl_c_ends_a_group_consume_and_commits_what_it_printed(inst):
     _group_fixture(inst)
-    proc = subprocess.Popen([sys.executable, "-m", "shmlog", "consume", "gt", "-G", "tail", "-o", "beginning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(inst))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shmlog", "consume", "gt", "-G", "tail", "-o", "beginning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(inst),
+    )
     try:
         seen = b""
         deadline = time.monotonic() + 20
         while seen.count(b"\n") < 20 and time.monotonic() < deadline:
             seen += os.read(proc.stdout.fileno(), 4096)
         assert seen.count(b"\n") == 20
-        proc.send_signal(2)                                      # SIGINT, as Ctrl-C
+        proc.send_signal(2)  # SIGINT, as Ctrl-C
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0 and out == b"" and err == b"", err
         assert inst.log.committed_offsets("tail") == {("gt", 0): 10, ("gt", 1): 10}
@@ -604,6 +707,7 @@ def test_produce_hit_by_buffer_full_says_how_much_was_written(inst):
     Here the persister is stopped (SIGSTOP), so a small durable ring fills."""
     import signal as sig
     from shmlog.service import persister
+
     inst.log.create_topic("full", ring_bytes=1 << 16, persistence="disk")
     pid = daemons.persister_pid(inst.kwargs["data_dir"])
     assert pid
@@ -692,6 +796,7 @@ def test_consume_prints_kcats_end_of_partition_and_out_of_range_notices(inst):
 def test_up_and_status_show_the_metrics_and_kafka_addresses(inst, tmp_path):
     """Issue 12 #9: the metrics port was shown nowhere but supervisor.json."""
     from shmlog.service import supervisor
+
     cfg = tmp_path / "svc.toml"
     cfg.write_text('metrics_port = 0\n[kafka]\nlisten = "127.0.0.1:0"\n')
     env = _env(inst, SHMLOG_AUTOSTART="1")
@@ -701,7 +806,7 @@ def test_up_and_status_show_the_metrics_and_kafka_addresses(inst, tmp_path):
         metrics, kafka = f"http://127.0.0.1:{st.metrics_port}/metrics", f"127.0.0.1:{st.kafka_port}"
         assert st.metrics_port and st.kafka_port
         assert f"metrics  {metrics}" in out and f"kafka    {kafka}" in out, out
-        up = js(run(inst, "up", "--json", env=env, timeout=60))          # already running: the same answer
+        up = js(run(inst, "up", "--json", env=env, timeout=60))  # already running: the same answer
         assert up["metrics"] == metrics and up["kafka"] == kafka
         snap = js(run(inst, "status", "--json"))
         assert snap["supervisor"]["metrics"] == metrics and snap["supervisor"]["kafka"] == kafka

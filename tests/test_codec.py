@@ -6,6 +6,7 @@ v2 format (big-endian 61-byte batch header, CRC-32C over attributes..end,
 zig-zag varint records), not from csrc/batch.c, so it checks the bytes the
 C encoder produces rather than restating them.
 """
+
 import random
 import struct
 import time
@@ -51,7 +52,7 @@ def py_murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & M
     for i in range(length // 4):
-        k = int.from_bytes(data[4 * i:4 * i + 4], "little")
+        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
         k = (k * m) & M
         k ^= k >> r
         k = (k * m) & M
@@ -101,8 +102,21 @@ assert HEADER.size == 61
 
 def py_decode_batch(buf: bytes) -> dict:
     """Kafka RecordBatch v2 -> dict; asserts every structural rule of the spec."""
-    (base_offset, batch_length, leader_epoch, magic, crc, attributes, last_delta, base_ts, max_ts,
-     producer_id, producer_epoch, base_seq, count) = HEADER.unpack_from(buf, 0)
+    (
+        base_offset,
+        batch_length,
+        leader_epoch,
+        magic,
+        crc,
+        attributes,
+        last_delta,
+        base_ts,
+        max_ts,
+        producer_id,
+        producer_epoch,
+        base_seq,
+        count,
+    ) = HEADER.unpack_from(buf, 0)
     assert magic == 2
     assert batch_length == len(buf) - 12, "batchLength counts the bytes after itself"
     assert crc == py_crc32c(buf[21:]), "CRC-32C over attributes..end"
@@ -116,36 +130,63 @@ def py_decode_batch(buf: bytes) -> dict:
         ts_delta, i = read_varint(buf, i)
         off_delta, i = read_varint(buf, i)
         kl, i = read_varint(buf, i)
-        key = None if kl < 0 else bytes(buf[i:i + kl])
+        key = None if kl < 0 else bytes(buf[i : i + kl])
         i += max(kl, 0)
         vl, i = read_varint(buf, i)
-        value = None if vl < 0 else bytes(buf[i:i + vl])
+        value = None if vl < 0 else bytes(buf[i : i + vl])
         i += max(vl, 0)
         hn, i = read_varint(buf, i)
         headers = []
         for _ in range(hn):
             hkl, i = read_varint(buf, i)
-            hk = bytes(buf[i:i + hkl]).decode()
+            hk = bytes(buf[i : i + hkl]).decode()
             i += hkl
             hvl, i = read_varint(buf, i)
-            hv = None if hvl < 0 else bytes(buf[i:i + hvl])
+            hv = None if hvl < 0 else bytes(buf[i : i + hvl])
             i += max(hvl, 0)
             headers.append((hk, hv))
         assert i - start == rlen, "record length varint must equal the record's bytes"
-        records.append(dict(attributes=rec_attr, offset=base_offset + off_delta,
-                            offset_delta=off_delta, timestamp=base_ts + ts_delta, key=key,
-                            value=value, headers=tuple(headers)))
+        records.append(
+            dict(
+                attributes=rec_attr,
+                offset=base_offset + off_delta,
+                offset_delta=off_delta,
+                timestamp=base_ts + ts_delta,
+                key=key,
+                value=value,
+                headers=tuple(headers),
+            )
+        )
     assert i == len(buf), "batch must end right after its last record"
     if records:
         assert last_delta == records[-1]["offset_delta"]
-    return dict(base_offset=base_offset, leader_epoch=leader_epoch, attributes=attributes,
-                last_offset_delta=last_delta, base_ts=base_ts, max_ts=max_ts,
-                producer_id=producer_id, producer_epoch=producer_epoch, base_seq=base_seq,
-                count=count, records=records)
+    return dict(
+        base_offset=base_offset,
+        leader_epoch=leader_epoch,
+        attributes=attributes,
+        last_offset_delta=last_delta,
+        base_ts=base_ts,
+        max_ts=max_ts,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_seq=base_seq,
+        count=count,
+        records=records,
+    )
 
 
-def py_encode_batch(records, base_offset, base_ts, *, attributes=0, max_ts=None,
-                    producer_id=-1, producer_epoch=-1, base_seq=-1, leader_epoch=0):
+def py_encode_batch(
+    records,
+    base_offset,
+    base_ts,
+    *,
+    attributes=0,
+    max_ts=None,
+    producer_id=-1,
+    producer_epoch=-1,
+    base_seq=-1,
+    leader_epoch=0,
+):
     """records: dicts with value, key, headers (list of pairs), offset_delta, ts_delta."""
     body = bytearray()
     for r in records:
@@ -161,8 +202,17 @@ def py_encode_batch(records, base_offset, base_ts, *, attributes=0, max_ts=None,
             rec += zz_varint(-1) if hv is None else zz_varint(len(hv)) + hv
         body += zz_varint(len(rec)) + rec
     last = records[-1]["offset_delta"] if records else 0
-    tail = struct.pack(">hiqqqhii", attributes, last, base_ts, base_ts if max_ts is None else max_ts,
-                       producer_id, producer_epoch, base_seq, len(records)) + bytes(body)
+    tail = struct.pack(
+        ">hiqqqhii",
+        attributes,
+        last,
+        base_ts,
+        base_ts if max_ts is None else max_ts,
+        producer_id,
+        producer_epoch,
+        base_seq,
+        len(records),
+    ) + bytes(body)
     head = struct.pack(">qiib", base_offset, len(tail) + 4 + 1 + 4, leader_epoch, 2)
     return head + struct.pack(">I", py_crc32c(tail)) + tail
 
@@ -208,8 +258,16 @@ class CBatch:
 
 
 _OUT_FIELDS = dict(ffi.typeof("struct shm_records_out").fields)
-ROW_NAMES = ("offsets", "timestamps", "key_starts", "key_lens", "value_starts", "value_lens",
-             "header_starts", "header_counts")
+ROW_NAMES = (
+    "offsets",
+    "timestamps",
+    "key_starts",
+    "key_lens",
+    "value_starts",
+    "value_lens",
+    "header_starts",
+    "header_counts",
+)
 
 
 class Out:
@@ -231,11 +289,17 @@ class Out:
     def row(self, j) -> dict:
         """Record j as {field name: value}."""
         if "rows" in _OUT_FIELDS:
-            r = self.rows[j * lib.SHM_ROW_FIELDS:(j + 1) * lib.SHM_ROW_FIELDS]
-            idx = dict(offsets=lib.SHM_ROW_OFFSET, timestamps=lib.SHM_ROW_TIMESTAMP,
-                       key_starts=lib.SHM_ROW_KEY_START, key_lens=lib.SHM_ROW_KEY_LEN,
-                       value_starts=lib.SHM_ROW_VALUE_START, value_lens=lib.SHM_ROW_VALUE_LEN,
-                       header_starts=lib.SHM_ROW_HEADER_START, header_counts=lib.SHM_ROW_HEADER_COUNT)
+            r = self.rows[j * lib.SHM_ROW_FIELDS : (j + 1) * lib.SHM_ROW_FIELDS]
+            idx = dict(
+                offsets=lib.SHM_ROW_OFFSET,
+                timestamps=lib.SHM_ROW_TIMESTAMP,
+                key_starts=lib.SHM_ROW_KEY_START,
+                key_lens=lib.SHM_ROW_KEY_LEN,
+                value_starts=lib.SHM_ROW_VALUE_START,
+                value_lens=lib.SHM_ROW_VALUE_LEN,
+                header_starts=lib.SHM_ROW_HEADER_START,
+                header_counts=lib.SHM_ROW_HEADER_COUNT,
+            )
             return {k: r[i] for k, i in idx.items()}
         return {k: self.arrays[k][j] for k in ROW_NAMES}
 
@@ -251,10 +315,16 @@ def c_decode(batch: bytes, *, pad_before=0, min_offset=0, max_records=None):
         r = o.row(j)
         ks, kl, vs, vl = r["key_starts"], r["key_lens"], r["value_starts"], r["value_lens"]
         hs, hc = r["header_starts"], r["header_counts"]
-        recs.append(dict(offset=r["offsets"], timestamp=r["timestamps"],
-                         key=None if kl < 0 else buf[ks:ks + kl],
-                         value=None if vl < 0 else buf[vs:vs + vl],
-                         headers=decode_headers(buf, hs) if hc else (), header_count=hc))
+        recs.append(
+            dict(
+                offset=r["offsets"],
+                timestamp=r["timestamps"],
+                key=None if kl < 0 else buf[ks : ks + kl],
+                value=None if vl < 0 else buf[vs : vs + vl],
+                headers=decode_headers(buf, hs) if hc else (),
+                header_count=hc,
+            )
+        )
     return rc, recs, o.out
 
 
@@ -278,11 +348,36 @@ def test_crc32c_hardware_equals_portable_random_lengths_and_alignments():
     rng = random.Random(0xC4C)
     big = bytearray(rng.randbytes(100_000 + 16))
     mv = memoryview(big)
-    lengths = [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 255, 256, 257, 1023, 4096,
-               4097, 65536, 99_999, 100_000] + [rng.randrange(0, 100_001) for _ in range(60)]
+    lengths = [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        7,
+        8,
+        9,
+        15,
+        16,
+        17,
+        31,
+        63,
+        64,
+        65,
+        255,
+        256,
+        257,
+        1023,
+        4096,
+        4097,
+        65536,
+        99_999,
+        100_000,
+    ] + [rng.randrange(0, 100_001) for _ in range(60)]
     for n in lengths:
         for off in range(0, 8):
-            cb = ffi.from_buffer(mv[off:off + n])
+            cb = ffi.from_buffer(mv[off : off + n])
             hw = lib.shm_crc32c(0, cb, n)
             sw = lib.shm_crc32c_portable(0, cb, n)
             assert hw == sw, f"len {n} offset {off}: hardware {hw:#x} != portable {sw:#x}"
@@ -291,8 +386,8 @@ def test_crc32c_hardware_equals_portable_random_lengths_and_alignments():
     # the references agree on small inputs at every alignment
     for n in (0, 1, 7, 8, 9, 33, 100, 1000):
         for off in range(1, 8):
-            chunk = bytes(mv[off:off + n])
-            assert lib.shm_crc32c(0, ffi.from_buffer(mv[off:off + n]), n) == py_crc32c(chunk)
+            chunk = bytes(mv[off : off + n])
+            assert lib.shm_crc32c(0, ffi.from_buffer(mv[off : off + n]), n) == py_crc32c(chunk)
 
 
 def test_crc32c_incremental_composition():
@@ -345,8 +440,9 @@ def test_producer_partition_is_kafka_default_partitioner(inst):
     n = 7
     inst.log.create_topic("keys", persistence="none", partitions=n, ring_bytes=1 << 16)
     with inst.log.producer() as p:
-        for key in list(KAFKA_MURMUR2) + [b"", b"k", b"\x00\xff", "ü".encode()] + \
-                [f"user-{i}".encode() for i in range(40)]:
+        for key in (
+            list(KAFKA_MURMUR2) + [b"", b"k", b"\x00\xff", "ü".encode()] + [f"user-{i}".encode() for i in range(40)]
+        ):
             expect = (py_murmur2(key) & 0x7FFFFFFF) % n
             assert p.send("keys", b"v", key=key).partition == expect, key
             assert p.send("keys", b"v", key=bytearray(key)).partition == expect
@@ -371,7 +467,7 @@ def test_batch_encode_bytes_follow_kafka_spec():
     assert d["base_offset"] == 1234
     assert d["count"] == 5
     assert d["last_offset_delta"] == 4
-    assert d["attributes"] == 0                  # no compression, CreateTime, not transactional
+    assert d["attributes"] == 0  # no compression, CreateTime, not transactional
     assert d["base_ts"] == d["max_ts"] == ts
     assert d["producer_id"] == -1 and d["producer_epoch"] == -1 and d["base_seq"] == -1
     for i, r in enumerate(d["records"]):
@@ -382,8 +478,10 @@ def test_batch_encode_bytes_follow_kafka_spec():
         assert r["key"] == s["keys"][i]
         assert r["headers"] == tuple(s["headers"][i] or ())
     # same conventions, independent encoder: byte for byte identical
-    recs = [dict(value=v, key=k, headers=h, offset_delta=i)
-            for i, (v, k, h) in enumerate(zip(s["values"], s["keys"], s["headers"]))]
+    recs = [
+        dict(value=v, key=k, headers=h, offset_delta=i)
+        for i, (v, k, h) in enumerate(zip(s["values"], s["keys"], s["headers"]))
+    ]
     assert py_encode_batch(recs, 1234, ts) == raw
     assert lib.shm_batch_validate(raw, len(raw)) == lib.SHM_OK
 
@@ -425,11 +523,14 @@ def test_batch_decode_min_offset_and_small_output():
 
 def test_c_decoder_reads_independently_encoded_batches():
     # non-zero timestamp deltas, offset gaps (a compacted batch), odd producer fields
-    recs = [dict(value=b"a", key=b"k", offset_delta=0, ts_delta=0),
-            dict(value=None, key=None, offset_delta=3, ts_delta=-5, headers=[("h", None)]),
-            dict(value=b"c" * 200, key=b"", offset_delta=9, ts_delta=1000)]
-    raw = py_encode_batch(recs, 50, 10_000, producer_id=42, producer_epoch=3, base_seq=7,
-                          leader_epoch=-1, max_ts=11_000)
+    recs = [
+        dict(value=b"a", key=b"k", offset_delta=0, ts_delta=0),
+        dict(value=None, key=None, offset_delta=3, ts_delta=-5, headers=[("h", None)]),
+        dict(value=b"c" * 200, key=b"", offset_delta=9, ts_delta=1000),
+    ]
+    raw = py_encode_batch(
+        recs, 50, 10_000, producer_id=42, producer_epoch=3, base_seq=7, leader_epoch=-1, max_ts=11_000
+    )
     assert lib.shm_batch_validate(raw, len(raw)) == lib.SHM_OK
     assert lib.shm_batch_base_offset(raw) == 50 and lib.shm_batch_last_delta(raw) == 9
     rc, out, _ = c_decode(raw)
@@ -455,7 +556,7 @@ def test_batch_set_base_offset_keeps_crc_valid():
     lib.shm_batch_set_base_offset(ffi.from_buffer(raw), 1 << 40)
     assert lib.shm_batch_base_offset(bytes(raw)) == 1 << 40
     assert struct.unpack_from(">q", raw, 0)[0] == 1 << 40
-    assert lib.shm_batch_validate(bytes(raw), len(raw)) == lib.SHM_OK   # baseOffset is outside the CRC
+    assert lib.shm_batch_validate(bytes(raw), len(raw)) == lib.SHM_OK  # baseOffset is outside the CRC
     rc, recs, _ = c_decode(bytes(raw))
     assert [r["offset"] for r in recs] == [1 << 40, (1 << 40) + 1]
 
@@ -470,7 +571,7 @@ def test_batch_encode_rejects_bad_input():
     b.inp.key_lens[0] = -5
     assert lib.shm_batch_encoded_size(b.inp) == lib.SHM_E_INVALID
     b = CBatch([b"a"], headers=[[]])
-    b.inp.header_lens[0] = 0             # a headers section is at least its count varint
+    b.inp.header_lens[0] = 0  # a headers section is at least its count varint
     assert lib.shm_batch_encoded_size(b.inp) == lib.SHM_E_INVALID
     b = CBatch([b"abc", b"def"])
     size = lib.shm_batch_encoded_size(b.inp)
@@ -488,14 +589,19 @@ def test_packed_check():
 
 
 _values = st.one_of(st.none(), st.binary(max_size=300))
-_hdrs = st.one_of(st.none(), st.lists(st.tuples(st.text(max_size=12), st.one_of(st.none(), st.binary(max_size=40))),
-                                      max_size=4))
+_hdrs = st.one_of(
+    st.none(), st.lists(st.tuples(st.text(max_size=12), st.one_of(st.none(), st.binary(max_size=40))), max_size=4)
+)
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=SLOW_OK)
-@given(rows=st.lists(st.tuples(_values, _values, _hdrs), min_size=1, max_size=30),
-       base=st.integers(0, 2**62), ts=st.integers(0, 2**62), with_keys=st.booleans(),
-       with_headers=st.booleans())
+@given(
+    rows=st.lists(st.tuples(_values, _values, _hdrs), min_size=1, max_size=30),
+    base=st.integers(0, 2**62),
+    ts=st.integers(0, 2**62),
+    with_keys=st.booleans(),
+    with_headers=st.booleans(),
+)
 def test_batch_round_trip_property(rows, base, ts, with_keys, with_headers):
     values = [r[0] for r in rows]
     keys = [r[1] for r in rows] if with_keys else None
@@ -558,13 +664,13 @@ def test_headers_python_and_c_agree(pairs):
     assert got == len(pairs)
     for j, (k, v) in enumerate(pairs):
         ks, kl, vs, vl = (a[j] for a in arr)
-        assert sec[ks:ks + kl] == k.encode()
-        assert (None if vl < 0 else sec[vs:vs + vl]) == v
+        assert sec[ks : ks + kl] == k.encode()
+        assert (None if vl < 0 else sec[vs : vs + vl]) == v
 
 
 def test_headers_decode_truncated_raises_corrupt():
     sec = encode_headers([("key", b"value")])
-    for cut in range(0, len(sec) - 5):        # cut inside the varints/key
+    for cut in range(0, len(sec) - 5):  # cut inside the varints/key
         with pytest.raises(errors.CorruptRecord):
             decode_headers(sec[:cut], 0)
     arr = [ffi.new("int64_t[]", 4) for _ in range(4)]
@@ -578,6 +684,7 @@ def test_headers_decode_truncated_raises_corrupt():
 def test_ring_frame_bytes_are_kafka_batches(inst):
     """A record sent through the producer lands in the ring as frame header + RecordBatch v2."""
     import mmap
+
     d = inst.log.create_topic("frames", persistence="none", partitions=1, ring_bytes=1 << 16)
     t0 = int(time.time() * 1000)
     with inst.log.producer() as p:
@@ -592,7 +699,7 @@ def test_ring_frame_bytes_are_kafka_batches(inst):
             commit, length, kind, flags = struct.unpack_from("<QIHH", m, data + pos)
             assert commit == pos ^ lib.SHM_COMMIT_XOR
             assert kind == lib.SHM_FRAME_DATA and flags == 0
-            frames.append(py_decode_batch(bytes(m[data + pos + 16:data + pos + length])))
+            frames.append(py_decode_batch(bytes(m[data + pos + 16 : data + pos + length])))
             pos += (length + 7) & ~7
     a, b = frames
     assert a["base_offset"] == 0 and a["count"] == 1 and a["base_ts"] == 123456

@@ -6,6 +6,7 @@ batch, bombs and damaged codec data. Batches come two ways: built here by
 hand (kafka-python's record builder for the records, an independent
 compressor, the CRC recomputed) and written with the raw send the Kafka
 listener uses; and produced by confluent-kafka through the listener."""
+
 import hashlib
 import struct
 import time
@@ -33,8 +34,12 @@ def _gzip(b):
     return c.compress(b) + c.flush()
 
 
-SQUASH = {1: _gzip, 2: lambda b: bytes(cramjam.snappy.compress_raw(b)), 3: lz4.frame.compress,
-          4: lambda b: zstandard.ZstdCompressor().compress(b)}
+SQUASH = {
+    1: _gzip,
+    2: lambda b: bytes(cramjam.snappy.compress_raw(b)),
+    3: lz4.frame.compress,
+    4: lambda b: zstandard.ZstdCompressor().compress(b),
+}
 
 
 def value(i):
@@ -45,8 +50,15 @@ def compressed_batch(values, codec, keys=None, base_ts=1_700_000_000_000, squash
     """A RecordBatch v2 holding values, its records section compressed with
     codec: kafka-python builds the plain batch, the section is compressed
     here, attributes, length and CRC-32C set again."""
-    b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
-                                  producer_epoch=-1, base_sequence=-1, batch_size=64 << 20)
+    b = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=64 << 20,
+    )
     for i, v in enumerate(values):
         b.append(i, base_ts + i, None if keys is None else keys[i], v, [("i", b"%d" % i)])
     plain = bytes(b.build())
@@ -110,8 +122,7 @@ def test_single_partition_poll_returns_every_compressed_batch(inst, codec):
         assert [m.offset for m in got] == list(range(13, 18))
 
 
-@pytest.mark.parametrize("how,size,parts", [("batch", 100, 1), ("poll", None, 3), ("columns", 100, 1),
-                                            ("batch", 7, 2)])
+@pytest.mark.parametrize("how,size,parts", [("batch", 100, 1), ("poll", None, 3), ("columns", 100, 1), ("batch", 7, 2)])
 def test_compressed_batch_larger_than_the_read_is_served_whole(inst, how, size, parts):
     """Defect 2: a batch of 1,200 records read 100 (poll_batch, poll_columns),
     500 (poll on several partitions) or 7 at a time: every record once, in
@@ -156,7 +167,7 @@ def test_compressed_batches_read_back_from_the_segment_files(inst):
     log.create_topic("dc", partitions=1, ring_bytes=1 << 16, segment_bytes=1 << 20, persistence="disk")
     expect = []
     with log.producer() as p:
-        for b in range(200):                     # 200 x 50 records, ~2.5 KiB each compressed: ~8 laps
+        for b in range(200):  # 200 x 50 records, ~2.5 KiB each compressed: ~8 laps
             vals = [hashlib.sha256(b"%d" % (b * 1000 + i)).hexdigest().encode() for i in range(50)]
             meta = p.send_encoded("dc", 0, compressed_batch(vals, 1 + b % 4))
             expect += [(meta.base_offset + i, v) for i, v in enumerate(vals)]
@@ -206,8 +217,9 @@ def test_confluent_kafka_compressed_batches_reach_native_consumers(kafka, codec)
     ck = pytest.importorskip("confluent_kafka", reason="pip install confluent-kafka")
     log = kafka.log
     log.create_topic("ckz", partitions=3, ring_bytes=4 << 20, persistence="none")
-    p = ck.Producer({"bootstrap.servers": kafka.bootstrap, "compression.type": codec, "linger.ms": 200,
-                     "batch.num.messages": 5000})
+    p = ck.Producer(
+        {"bootstrap.servers": kafka.bootstrap, "compression.type": codec, "linger.ms": 200, "batch.num.messages": 5000}
+    )
     n = 2000
     for i in range(n):
         p.produce("ckz", value=value(i), key=b"k", partition=i % 2)
@@ -270,11 +282,18 @@ def test_c_read_leaves_the_cursor_on_a_compressed_frame(inst):
         assert lib.shm_batch_base_offset(buf + out.batch_start) == 1
 
 
-@settings(max_examples=15, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(batches=st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 4]), st.integers(1, 300)), min_size=1, max_size=12),
-       reads=st.lists(st.tuples(st.sampled_from(["poll", "batch", "columns", "seek"]), st.integers(1, 400)),
-                      min_size=1, max_size=40))
+@settings(
+    max_examples=15,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batches=st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 4]), st.integers(1, 300)), min_size=1, max_size=12),
+    reads=st.lists(
+        st.tuples(st.sampled_from(["poll", "batch", "columns", "seek"]), st.integers(1, 400)), min_size=1, max_size=40
+    ),
+)
 def test_random_mix_of_plain_and_compressed_batches_and_reads(inst, batches, reads):
     """Plain and compressed batches of random sizes, read by a random sequence
     of poll / poll_batch(n) / poll_columns(n) and seeks back into the middle
@@ -306,7 +325,7 @@ def test_random_mix_of_plain_and_compressed_batches_and_reads(inst, batches, rea
                 got = [] if m is None else [(m.offset, m.value)]
             elif how == "batch":
                 got = [(m.offset, m.value) for m in c.poll_batch(size, timeout=0.5 if expect < n else 0)]
-            elif c._pi < len(c._pending):            # documented: columns cannot follow a partial poll()
+            elif c._pi < len(c._pending):  # documented: columns cannot follow a partial poll()
                 with pytest.raises(errors.InvalidArgument):
                     c.poll_columns(size, timeout=0)
                 continue

@@ -5,6 +5,7 @@ and a zombie (SIGSTOP past its session, SIGCONT) must find itself removed on
 its next poll, drop the records of partitions it no longer owns, run on_lost
 and rejoin. Real processes, real signals, bounded waits; members log JSON
 lines (one write each) that the parent reads."""
+
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from test_groups_mp import Member, describe, produce, stable, touch, wait_for
 SESSION_MS = 1000
 BEAT_MS = 100
 RING = 4 << 20
-WORK_S = 0.02                     # per record: 500 buffered records are 10 s of work
+WORK_S = 0.02  # per record: 500 buffered records are 10 s of work
 
 
 def _slow_member(kwargs, topic, group, logpath, stop, budget_s):
@@ -32,12 +33,18 @@ def _slow_member(kwargs, topic, group, logpath, stop, budget_s):
 
     try:
         log = shmlog.connect(**kwargs)
-        c = log.consumer(group=group, topics=[topic], auto_offset_reset="earliest", max_poll_records=500,
-                         session_timeout_ms=SESSION_MS, heartbeat_interval_ms=BEAT_MS,
-                         auto_commit_interval_ms=200,
-                         on_assign=lambda cons, tps: note(ev="assign", tps=sorted(p for _, p in tps)),
-                         on_revoke=lambda cons, tps: note(ev="revoke", tps=sorted(p for _, p in tps)),
-                         on_lost=lambda cons, tps: note(ev="lost", tps=sorted(p for _, p in tps)))
+        c = log.consumer(
+            group=group,
+            topics=[topic],
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+            session_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=BEAT_MS,
+            auto_commit_interval_ms=200,
+            on_assign=lambda cons, tps: note(ev="assign", tps=sorted(p for _, p in tps)),
+            on_revoke=lambda cons, tps: note(ev="revoke", tps=sorted(p for _, p in tps)),
+            on_lost=lambda cons, tps: note(ev="lost", tps=sorted(p for _, p in tps)),
+        )
         note(ev="joined", pid=os.getpid())
         last = None
         deadline = time.monotonic() + budget_s
@@ -48,8 +55,9 @@ def _slow_member(kwargs, topic, group, logpath, stop, budget_s):
                 note(ev="state", a=a)
                 last = a
             if m is not None:
-                note(ev="rec", p=m.partition, o=m.offset, v=int(m.value), owned=(m.topic, m.partition) in
-                     c.assignment())
+                note(
+                    ev="rec", p=m.partition, o=m.offset, v=int(m.value), owned=(m.topic, m.partition) in c.assignment()
+                )
                 time.sleep(WORK_S)
         c.close()
         log.close()
@@ -82,8 +90,9 @@ def test_slow_member_hands_partitions_over_without_serving_its_buffer_first(inst
     wait_for("a to read", lambda: len(a.of("rec")) >= 5, 15, [a])
     b = Slow(inst, "b", topic, group, stop)
     t0 = time.monotonic()
-    split = wait_for("b to get partitions", lambda: stable(inst.log, group, [a, b], P), 15, [a, b],
-                     describe(inst.log, group))
+    split = wait_for(
+        "b to get partitions", lambda: stable(inst.log, group, [a, b], P), 15, [a, b], describe(inst.log, group)
+    )
     took = time.monotonic() - t0
     assert split["b"], split
     # a holds up to 500 decoded records (10 s of its work): the hand-over must not wait for them
@@ -113,15 +122,14 @@ def test_zombie_with_buffered_records_drops_them_runs_on_lost_and_rejoins(inst):
     stop = str(inst.tmp_path / "stop")
     z = Slow(inst, "z", topic, group, stop)
     o = Slow(inst, "o", topic, group, stop)
-    before = wait_for("2 members", lambda: stable(inst.log, group, [z, o], P), 15, [z, o],
-                      describe(inst.log, group))
+    before = wait_for("2 members", lambda: stable(inst.log, group, [z, o], P), 15, [z, o], describe(inst.log, group))
     held = before["z"]
-    wait_for("z to read its partitions", lambda: len([e for e in z.of("rec") if e["p"] in held]) >= 10,
-             15, [z, o])
+    wait_for("z to read its partitions", lambda: len([e for e in z.of("rec") if e["p"] in held]) >= 10, 15, [z, o])
     os.kill(z.pid, signal.SIGSTOP)
     try:
-        wait_for("o to take every partition", lambda: stable(inst.log, group, [o], P), 15, [o],
-                 describe(inst.log, group))
+        wait_for(
+            "o to take every partition", lambda: stable(inst.log, group, [o], P), 15, [o], describe(inst.log, group)
+        )
     finally:
         os.kill(z.pid, signal.SIGCONT)
     t_cont = time.monotonic()
@@ -130,8 +138,7 @@ def test_zombie_with_buffered_records_drops_them_runs_on_lost_and_rejoins(inst):
     assert lost["tps"] == held
     stale = [e for e in z.of("rec") if t_cont < e["t"] < lost["t"]]
     assert len(stale) <= 1, f"the zombie returned {len(stale)} records of partitions it had lost"
-    again = wait_for("z to rejoin", lambda: stable(inst.log, group, [z, o], P), 15, [z, o],
-                     describe(inst.log, group))
+    again = wait_for("z to rejoin", lambda: stable(inst.log, group, [z, o], P), 15, [z, o], describe(inst.log, group))
     assert again["z"], again
     desc = {d.pid: sorted(p for _, p in d.assignment) for d in inst.log.describe_group(group).members}
     assert desc[z.pid] == z.assignment(), "the zombie's assignment() disagrees with the group"

@@ -3,6 +3,7 @@ confluent-kafka user expects (issue 12 defect 5, item 9, Build 5):
 deletion and re-creation (assign(): TopicDeleted; a subscription by name, with
 or without a group: follows the topic), partition growth, a lapped ephemeral
 consumer's warning, pause/resume/paused, store_offsets. Every wait bounded."""
+
 import logging
 import threading
 import time
@@ -25,8 +26,9 @@ def poll_until(c, pred, timeout=10.0, step=0.1):
     deadline = time.monotonic() + timeout
     while not pred(got):
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out; got {len(got)} records, the last: "
-                        f"{[(m.topic, m.partition, m.offset) for m in got[-5:]]}")
+            pytest.fail(
+                f"timed out; got {len(got)} records, the last: {[(m.topic, m.partition, m.offset) for m in got[-5:]]}"
+            )
         m = c.poll(step)
         if m is not None:
             got.append(m)
@@ -34,6 +36,7 @@ def poll_until(c, pred, timeout=10.0, step=0.1):
 
 
 # ------------------------------------------------------------ deletion
+
 
 def test_assigned_consumer_gets_topic_deleted_when_waiting(inst):
     log = inst.log
@@ -47,11 +50,12 @@ def test_assigned_consumer_gets_topic_deleted_when_waiting(inst):
     def waiter():
         try:
             seen.append(c.poll(20))
-        except Exception as e:        # noqa: BLE001 - the test looks at what was raised
+        except Exception as e:  # noqa: BLE001 - the test looks at what was raised
             seen.append(e)
+
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.3)                   # parked in its futex wait
+    time.sleep(0.3)  # parked in its futex wait
     t0 = time.monotonic()
     log.delete_topic("del")
     th.join(10)
@@ -113,10 +117,15 @@ def test_group_member_follows_a_deleted_and_recreated_topic(inst):
     log.create_topic("gt", partitions=2, ring_bytes=RING, persistence="none")
     send(log, "gt", [b"old"])
     calls = []
-    with log.consumer(group="g", topics=["gt"], auto_offset_reset="earliest", session_timeout_ms=3000,
-                      heartbeat_interval_ms=500,
-                      on_assign=lambda c, tps: calls.append(("assign", sorted(tps))),
-                      on_revoke=lambda c, tps: calls.append(("revoke", sorted(tps)))) as c:
+    with log.consumer(
+        group="g",
+        topics=["gt"],
+        auto_offset_reset="earliest",
+        session_timeout_ms=3000,
+        heartbeat_interval_ms=500,
+        on_assign=lambda c, tps: calls.append(("assign", sorted(tps))),
+        on_revoke=lambda c, tps: calls.append(("revoke", sorted(tps))),
+    ) as c:
         assert poll_until(c, lambda g: len(g) == 1)[0].value == b"old"
         log.delete_topic("gt")
         deadline = time.monotonic() + 5
@@ -133,6 +142,7 @@ def test_group_member_follows_a_deleted_and_recreated_topic(inst):
 
 
 # ------------------------------------------------------------ growth
+
 
 def test_subscriber_without_a_group_sees_new_partitions(inst):
     log = inst.log
@@ -162,13 +172,14 @@ def test_subscriber_sees_new_partitions_while_busy_on_the_old_one(inst):
 
 # ------------------------------------------------------------ lapped
 
+
 def test_lapped_ephemeral_consumer_logs_how_many_records_it_skipped(inst, caplog):
     log = inst.log
     log.create_topic("lap", partitions=1, ring_bytes=RING, persistence="none")
     send(log, "lap", [b"first"])
     with log.consumer(topics="lap", auto_offset_reset="earliest") as c:
         assert c.poll(1).value == b"first"
-        ends = send(log, "lap", [b"x" * 200] * 2000)        # ~10 laps of a 64 KiB ring
+        ends = send(log, "lap", [b"x" * 200] * 2000)  # ~10 laps of a 64 KiB ring
         with caplog.at_level(logging.WARNING, logger="shmlog"):
             m = c.poll(1)
         first_kept = m.offset
@@ -181,13 +192,14 @@ def test_lapped_ephemeral_consumer_logs_how_many_records_it_skipped(inst, caplog
 
 # ------------------------------------------------------------ pause / resume / store_offsets
 
+
 def test_pause_resume_paused(inst):
     log = inst.log
     log.create_topic("pr", partitions=2, ring_bytes=1 << 20, persistence="none")
     send(log, "pr", [b"a%d" % i for i in range(600)], partition=0)
     send(log, "pr", [b"b%d" % i for i in range(5)], partition=1)
     with log.consumer(topics="pr", auto_offset_reset="earliest") as c:
-        first = c.poll(1)                       # decodes up to max_poll_records of one partition
+        first = c.poll(1)  # decodes up to max_poll_records of one partition
         c.pause([(first.topic, first.partition)])
         assert c.paused() == [(first.topic, first.partition)]
         other = 1 - first.partition
@@ -225,10 +237,16 @@ def test_store_offsets_commits_only_what_was_stored(inst):
     log = inst.log
     log.create_topic("so", partitions=1, ring_bytes=RING, persistence="none")
     send(log, "so", [b"%d" % i for i in range(10)])
-    with log.consumer(group="sog", topics="so", auto_offset_reset="earliest", enable_auto_offset_store=False,
-                      auto_commit_interval_ms=100, heartbeat_interval_ms=50) as c:
+    with log.consumer(
+        group="sog",
+        topics="so",
+        auto_offset_reset="earliest",
+        enable_auto_offset_store=False,
+        auto_commit_interval_ms=100,
+        heartbeat_interval_ms=50,
+    ) as c:
         got = poll_until(c, lambda g: len(g) == 10)
-        c.store_offsets(got[3])                     # records 0..3 are done
+        c.store_offsets(got[3])  # records 0..3 are done
         deadline = time.monotonic() + 5
         while c.committed("so", 0) != 4 and time.monotonic() < deadline:
             c.poll(0.05)

@@ -12,6 +12,7 @@ reserving a frame and committing it, so a kill lands inside the window at
 will. Every value is self-checking (producer id, sequence, 64-bit mix).
 Children report through pickle files in tmp_path; every wait is bounded.
 """
+
 import multiprocessing
 import os
 import random
@@ -25,7 +26,7 @@ from shmlog._native import lib
 
 CTX = multiprocessing.get_context("fork")
 MASK = (1 << 64) - 1
-REC = struct.Struct("<IIQQ")       # producer id, sequence, two mixes: 24 bytes
+REC = struct.Struct("<IIQQ")  # producer id, sequence, two mixes: 24 bytes
 
 
 def _mix(pid: int, seq: int) -> tuple[int, int]:
@@ -46,8 +47,6 @@ def check(value) -> tuple[int, int] | None:
 
 
 # ------------------------------------------------------------------ children
-
-
 
 
 LIVE_IDS = (1, 2)
@@ -85,7 +84,7 @@ def _victim(kwargs, topic, vid, hold_ns, pause_s):
     p = log.producer(max_block_ms=10_000)
     lib.shm_test_set_hold_ns(hold_ns)
     seq = 0
-    deadline = time.monotonic() + 30        # never outlive a broken parent for long
+    deadline = time.monotonic() + 30  # never outlive a broken parent for long
     while time.monotonic() < deadline:
         p.send(topic, payload(vid, seq), partition=0)
         seq += 1
@@ -99,7 +98,7 @@ def _reader(kwargs, topic, final_end, budget_s):
     log = shmlog.connect(**kwargs)
     c = log.consumer(auto_offset_reset="none")
     c.assign([(topic, 0, 0)])
-    got = []                                 # (offset, pid, seq)
+    got = []  # (offset, pid, seq)
     bad = []
     max_gap = 0.0
     last = time.monotonic()
@@ -123,19 +122,24 @@ def _reader(kwargs, topic, final_end, budget_s):
                     continue
                 got.append((m.offset, *ps))
         elif c.position(topic, 0) >= c.end_offsets()[(topic, 0)]:
-            last = now                       # caught up with nothing reserved: idle, not stuck
+            last = now  # caught up with nothing reserved: idle, not stuck
     tail = c.poll_batch(100, timeout=0.2)
     c.close()
     log.close()
-    return {"got": got, "bad": bad, "max_gap": max_gap, "timed_out": timed_out,
-            "after_end": [(m.offset, m.value) for m in tail]}
+    return {
+        "got": got,
+        "bad": bad,
+        "max_gap": max_gap,
+        "timed_out": timed_out,
+        "after_end": [(m.offset, m.value) for m in tail],
+    }
 
 
 def _kill_loop(inst, topic, n, concurrent, victim_args, budget_s):
     """Starts victims (at most `concurrent` at a time) and SIGKILLs each at its chosen moment
     until n are dead or budget_s is spent. victim_args(vid) -> (hold_ns, pause_s, kill_after_s).
     Returns (kills, number of victims started)."""
-    active = []                              # [kill_at, process]
+    active = []  # [kill_at, process]
     started = kills = 0
     end = time.monotonic() + budget_s
     while kills < n and time.monotonic() < end:
@@ -153,8 +157,9 @@ def _kill_loop(inst, topic, n, concurrent, victim_args, budget_s):
         os.kill(pr.pid, signal.SIGKILL)
         pr.join(5)
         assert not pr.is_alive(), "a SIGKILLed victim did not die"
-        assert pr.exitcode == -signal.SIGKILL, \
+        assert pr.exitcode == -signal.SIGKILL, (
             f"victim {pr.pid} ended by itself with exit code {pr.exitcode} before it was killed"
+        )
         kills += 1
     for _, pr in active:
         os.kill(pr.pid, signal.SIGKILL)
@@ -176,8 +181,7 @@ def test_kill_minus_9_between_reserve_and_commit(inst, tmp_path):
     final_end = CTX.RawValue("q", -1)
     t0 = time.monotonic()
     reader = inst.spawn("reader", _reader, inst.kwargs, topic, final_end, 100)
-    live = [inst.spawn(f"live-{pid}", _live_producer, inst.kwargs, topic, pid, stop)
-            for pid in LIVE_IDS]
+    live = [inst.spawn(f"live-{pid}", _live_producer, inst.kwargs, topic, pid, stop) for pid in LIVE_IDS]
 
     rng = random.Random(0xC0FFEE)
 
@@ -194,12 +198,13 @@ def test_kill_minus_9_between_reserve_and_commit(inst, tmp_path):
     final_end.value = inst.log.describe_topic(topic).partitions[0].end_offset
     res.update(inst.collect([reader], t0 + 150))
     r = res["reader"]
-    info = inst.log.describe_topic(topic).partitions[0]      # after the reader sealed what it met
+    info = inst.log.describe_topic(topic).partitions[0]  # after the reader sealed what it met
     assert info.end_offset == final_end.value, "someone wrote after every writer was gone"
 
     assert kills >= 200, f"only {kills} kills in {kill_seconds:.1f} s"
-    assert not r["timed_out"], (f"reader stuck: {len(r['got'])} records, end {info.end_offset}, "
-                                f"sealed {info.sealed_writes}")
+    assert not r["timed_out"], (
+        f"reader stuck: {len(r['got'])} records, end {info.end_offset}, sealed {info.sealed_writes}"
+    )
     assert not r["bad"], f"garbage delivered: {r['bad'][:3]}"
     assert not r["after_end"], f"records past the end: {r['after_end'][:3]}"
     offsets = [o for o, _, _ in r["got"]]
@@ -224,8 +229,9 @@ def test_kill_minus_9_between_reserve_and_commit(inst, tmp_path):
     # every offset not delivered is exactly one sealed reservation (victims write one record each)
     missing = info.end_offset - len(offsets)
     assert info.sealed_writes > 0, "no reservation was ever sealed: kills never landed inside a hold"
-    assert missing == info.sealed_writes, \
+    assert missing == info.sealed_writes, (
         f"{missing} offsets never delivered but {info.sealed_writes} reservations sealed"
+    )
     assert info.sealed_writes < kills, "every kill landed inside a hold: none outside"
     assert info.overwritten_frames == 0, f"ring too small for this test: {info}"
     # unblock timeout is 100 ms: a stuck reader moves on well within a second
@@ -270,7 +276,7 @@ def test_live_slow_producer_never_sealed_for_readers(inst, tmp_path):
     waited = []
     fseq = 0
     for rnd in range(rounds):
-        end = _wait_end(inst.log, topic, len(delivered) + 1, deadline)   # the slow record is reserved
+        end = _wait_end(inst.log, topic, len(delivered) + 1, deadline)  # the slow record is reserved
         t_reserved = time.monotonic()
         for _ in range(3):
             fast_acked[fseq] = fast.send(topic, payload(8, fseq), partition=0).offset
@@ -309,14 +315,14 @@ def test_live_slow_producer_never_sealed_for_writers(inst, tmp_path):
     inst.log.create_topic(topic, persistence="none", ring_bytes=1 << 16)
     deadline = time.monotonic() + 20
     slow = inst.spawn("slow", _slow_producer, inst.kwargs, topic, 7, 1, 400_000_000)
-    _wait_end(inst.log, topic, 1, deadline)        # the slow frame sits at position 0, uncommitted
+    _wait_end(inst.log, topic, 1, deadline)  # the slow frame sits at position 0, uncommitted
     p = inst.log.producer(max_block_ms=5_000)
     took = []
-    for i in range(24):                            # ~96 KiB into a 64 KiB ring: laps the slow frame
+    for i in range(24):  # ~96 KiB into a 64 KiB ring: laps the slow frame
         t = time.monotonic()
         assert p.send(topic, payload(9, i) + bytes(4000), partition=0).offset == i + 1
         took.append(time.monotonic() - t)
-    (off, held), = inst.collect([slow], deadline)["slow"]
+    ((off, held),) = inst.collect([slow], deadline)["slow"]
     assert off == 0 and held >= 0.35
     assert max(took) > 0.15, f"no writer ever waited on the slow frame: {max(took):.3f} s"
     info = inst.log.describe_topic(topic).partitions[0]
@@ -360,9 +366,10 @@ def test_kill_minus_9_writers_lap_dead_reservations(inst, tmp_path):
     rng = random.Random(0xDEAD)
     # victims hold every write 30-50 ms and die at a random moment: mostly inside a hold,
     # sometimes while waiting for room (they write into the same full ring), or before writing
-    kills, _ = _kill_loop(inst, topic, 40, 2, lambda vid: (rng.randint(30, 50) * 1_000_000, 0.0,
-                                                          rng.uniform(0.0, 0.08)), 30)
-    time.sleep(0.3)                          # the writer laps (and seals) whatever the last kills left
+    kills, _ = _kill_loop(
+        inst, topic, 40, 2, lambda vid: (rng.randint(30, 50) * 1_000_000, 0.0, rng.uniform(0.0, 0.08)), 30
+    )
+    time.sleep(0.3)  # the writer laps (and seals) whatever the last kills left
     stop.set()
     w = inst.collect([writer], time.monotonic() + 30)["writer"]
     info = inst.log.describe_topic(topic).partitions[0]
@@ -384,8 +391,13 @@ def test_kill_minus_9_writers_lap_dead_reservations(inst, tmp_path):
             assert m.offset > last
             last = m.offset
             v = m.value
-            ok = check(v) if v is not None and len(v) == REC.size else \
-                check(v[:REC.size]) if v is not None and len(v) == REC.size + len(PAD) and v[REC.size:] == PAD else None
+            ok = (
+                check(v)
+                if v is not None and len(v) == REC.size
+                else check(v[: REC.size])
+                if v is not None and len(v) == REC.size + len(PAD) and v[REC.size :] == PAD
+                else None
+            )
             assert ok is not None, f"garbage at offset {m.offset}: {v[:32]!r}"
             n += 1
     assert n > 0 and last < info.end_offset
@@ -401,8 +413,8 @@ def test_stuck_partition_does_not_hold_back_others(inst, tmp_path):
     p = inst.log.producer()
     deadline = time.monotonic() + 30
     slow = inst.spawn("slow", _slow_producer, inst.kwargs, topic, 7, 2, 600_000_000)
-    sent = {}                                   # partition 1: seq -> send time
-    late = []                                   # partition 1: delivery latencies
+    sent = {}  # partition 1: seq -> send time
+    late = []  # partition 1: delivery latencies
     p0 = []
     victim = None
     seq = 0
@@ -421,7 +433,7 @@ def test_stuck_partition_does_not_hold_back_others(inst, tmp_path):
             # and a record behind the dead reservation, which must come through after the seal
             p.send(topic, payload(9, 0), partition=0)
             phase_end = time.monotonic() + 0.5
-            resumed = time.monotonic()          # this process was busy, not the consumer
+            resumed = time.monotonic()  # this process was busy, not the consumer
         sent[seq] = time.monotonic()
         assert p.send(topic, payload(8, seq), partition=1).partition == 1
         seq += 1
@@ -434,7 +446,7 @@ def test_stuck_partition_does_not_hold_back_others(inst, tmp_path):
             else:
                 p0.append((m.offset, *ps))
         time.sleep(0.001)
-    while True:                                 # drain
+    while True:  # drain
         ms = c.poll_batch(100, timeout=0.3)
         if not ms:
             break

@@ -11,6 +11,7 @@ segment whose creator's restore then failed attaches the next one instead of
 finishing the restore in the orphan (which nobody else would see).
 Children are forked; every wait is bounded.
 """
+
 import os
 import signal
 import time
@@ -59,8 +60,14 @@ def _connect_and_die_at(kwargs, step):
     return "survived"
 
 
-STEPS = ["shm_segment_create_hidden", "shm_segment_create", "shm_ctl_init", "shm_ctl_lock",
-         "shm_segment_publish", "shm_ctl_set_restored"]
+STEPS = [
+    "shm_segment_create_hidden",
+    "shm_segment_create",
+    "shm_ctl_init",
+    "shm_ctl_lock",
+    "shm_segment_publish",
+    "shm_ctl_set_restored",
+]
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -74,7 +81,7 @@ def test_kill_minus_9_of_a_control_segment_creator_at_each_step(inst, step):
     pr.start()
     pr.join(30)
     assert pr.exitcode == -signal.SIGKILL, f"the creator did not reach {step} (exit {pr.exitcode})"
-    inst.log = inst.connect()           # no LayoutMismatch, no "never finished by its creator"
+    inst.log = inst.connect()  # no LayoutMismatch, no "never finished by its creator"
     assert inst.log.list_topics() == ["d"]
     c = inst.log.consumer(auto_offset_reset="earliest")
     c.assign([("d", 0, 0)])
@@ -111,7 +118,9 @@ def test_a_process_racing_creators_never_sees_a_half_made_control_segment(inst, 
     name = inst.settings.ctl_name
     _stop_everything(inst)
     stop = str(tmp_path / "stop")
-    watchers = [inst.spawn(f"w{i}", _watch, name, permissions.segment_trust(inst.kwargs["data_dir"]), stop) for i in range(2)]
+    watchers = [
+        inst.spawn(f"w{i}", _watch, name, permissions.segment_trust(inst.kwargs["data_dir"]), stop) for i in range(2)
+    ]
     try:
         deadline = time.monotonic() + 20
         cycles = 0
@@ -146,7 +155,7 @@ def _attach_when_it_exists(kwargs, path):
     log = shmlog.connect(**kwargs)
     mine = _mapped_inodes(os.getpid())[int(ffi.cast("uintptr_t", log._ctl.base))]
     topics = log.list_topics()
-    named = os.stat(path).st_ino if os.path.exists(path) else None     # None: it works in an orphan
+    named = os.stat(path).st_ino if os.path.exists(path) else None  # None: it works in an orphan
     log.close()
     return mine, named, topics
 

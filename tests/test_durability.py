@@ -1,4 +1,5 @@
 """Durable topics: persister, reads from disk, restart, retention, disk full."""
+
 import os
 import random
 import subprocess
@@ -41,7 +42,7 @@ def read_all(log, topic, partition=0, start=0, timeout=0.3, **kw):
 def test_records_survive_ring_laps_and_read_back_from_disk(inst):
     t = durable(inst)
     p = inst.log.producer()
-    n = 20_000                                    # ~2.4 MB through a 64 KiB ring: ~40 laps
+    n = 20_000  # ~2.4 MB through a 64 KiB ring: ~40 laps
     for i in range(n):
         assert p.send(t, value(i), partition=0).offset == i
     p.flush(durable=True, timeout=20)
@@ -67,7 +68,7 @@ def test_consumer_from_zero_after_ten_laps_joins_the_live_ring(inst):
     then the ring, while a producer keeps writing: no gap, no duplicate."""
     t = durable(inst)
     p = inst.log.producer()
-    first = 8_000                                  # > 10 laps of 64 KiB with 120-byte frames
+    first = 8_000  # > 10 laps of 64 KiB with 120-byte frames
     for i in range(first):
         p.send(t, value(i), partition=0)
     p.flush(durable=True, timeout=20)
@@ -97,11 +98,11 @@ def test_restart_after_clean_stop_and_after_crash(inst):
     before = [x.end_offset for x in inst.log.describe_topic(t).partitions]
     for crash in (False, True):
         if crash:
-            inst.kill_persister()                  # kill -9
+            inst.kill_persister()  # kill -9
         else:
-            assert inst.log.stop_persister()        # SIGTERM: everything fsynced
+            assert inst.log.stop_persister()  # SIGTERM: everything fsynced
         inst.log.close()
-        inst.drop_shared_memory()                  # a reboot
+        inst.drop_shared_memory()  # a reboot
         inst.log = inst.connect()
         assert inst.log.list_topics() == ["d", "eph"]
         assert [x.end_offset for x in inst.log.describe_topic(t).partitions] == before
@@ -122,7 +123,7 @@ def _crash_round_producer(kwargs, topic, round_no, acked_path):
         i += 20
         if i % 100 == 0:
             p.flush(durable=True, timeout=10)
-            with open(acked_path, "a") as f:            # acknowledged: on disk
+            with open(acked_path, "a") as f:  # acknowledged: on disk
                 f.write(f"{round_no}:{i}\n")
                 f.flush()
 
@@ -146,7 +147,7 @@ def test_kill_everything_repeatedly_loses_no_acknowledged_record(inst, tmp_path)
         inst.log.close()
         if r % 2:
             inst.drop_shared_memory()
-        inst.log = inst.connect()                  # restores and restarts the persister
+        inst.log = inst.connect()  # restores and restarts the persister
         prod = inst.process(_crash_round_producer, inst.kwargs, t, r, acked_path)
         cons = inst.process(_crash_round_consumer, inst.kwargs, t)
         prod.start()
@@ -184,12 +185,12 @@ def test_kill_everything_repeatedly_loses_no_acknowledged_record(inst, tmp_path)
 def test_retention_by_size_and_time(inst):
     t = durable(inst, segment_bytes=1 << 20, retention_bytes=2 << 20)
     p = inst.log.producer()
-    for i in range(60_000):                         # ~7 MB
+    for i in range(60_000):  # ~7 MB
         p.send(t, value(i), partition=0)
     p.flush(durable=True, timeout=20)
     d = inst.log.partition_dir(t, 0)
 
-    def total():                              # retention may delete a file while we look
+    def total():  # retention may delete a file while we look
         n = 0
         for f in os.listdir(d):
             try:
@@ -198,13 +199,13 @@ def test_retention_by_size_and_time(inst):
                 pass
         return n
 
-    deadline = time.monotonic() + 10          # the persister enforces retention every second
+    deadline = time.monotonic() + 10  # the persister enforces retention every second
     while total() >= (2 << 20) + (1 << 20) + (64 << 10) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert total() < (2 << 20) + (1 << 20) + (64 << 10)
     start = inst.log.describe_topic(t).partitions[0].log_start_offset
     assert start > 0
-    got = read_all(inst.log, t)                     # earliest: from the new start
+    got = read_all(inst.log, t)  # earliest: from the new start
     assert got[0].offset == start and got[-1].offset == 59_999
     with pytest.raises(errors.OffsetOutOfRange):
         c = inst.log.consumer(auto_offset_reset="none")
@@ -229,7 +230,7 @@ def test_fsync_policies_and_durable_flush(inst):
             p.send(t, value(i), partition=0)
         p.flush(durable=True, timeout=10)
         r = p._writers[t].rings[0]
-        assert r.ends()[3] <= lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED)   # fsynced >= tail
+        assert r.ends()[3] <= lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED)  # fsynced >= tail
 
 
 def test_offsets_for_times(inst):
@@ -264,7 +265,7 @@ def test_disk_full_gives_back_pressure_and_resumes(inst, tmp_path):
         assert acked > 500
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
         deadline = time.monotonic() + 10
-        while True:                                    # the persister resumes on its own
+        while True:  # the persister resumes on its own
             try:
                 p.send("full", value(acked, 1000), partition=0)
                 acked += 1
@@ -300,11 +301,12 @@ def test_delete_durable_topic_removes_files(inst):
 
 def _restore_then_die(kwargs):
     from shmlog.control import plane
+
     real = plane.ControlPlane._create_entry
     made = []
 
     def create_then_die(self, name, cfg, tid, bases, *rest):
-        if made:                                   # dies with the lock held, the second topic half-made
+        if made:  # dies with the lock held, the second topic half-made
             os._exit(9)
         made.append(name)
         return real(self, name, cfg, tid, bases, *rest)
@@ -327,7 +329,7 @@ def test_a_restorer_that_dies_midway_is_finished_by_the_next_connect(inst):
     child.start()
     child.join(30)
     assert child.exitcode == 9
-    assert [n for n in inst.segments() if n.endswith(".ctl")]     # left behind, half restored
+    assert [n for n in inst.segments() if n.endswith(".ctl")]  # left behind, half restored
     inst.log = inst.connect()
     assert inst.log.list_topics() == ["a", "b"]
     assert [inst.log.describe_topic(t).partitions[0].end_offset for t in ("a", "b")] == [100, 100]
@@ -336,12 +338,12 @@ def test_a_restorer_that_dies_midway_is_finished_by_the_next_connect(inst):
 
 def test_producers_outlive_a_dead_persister(inst):
     """kill -9 of the persister: a blocked producer starts a new one and goes on."""
-    t = durable(inst)                                  # 64 KiB ring
+    t = durable(inst)  # 64 KiB ring
     p = inst.log.producer(max_block_ms=15_000)
     p.send(t, value(0), partition=0)
     inst.kill_persister()
     assert not daemons.persister_running(inst.kwargs["data_dir"])
-    n = 5_000                                          # ~10 laps of the ring: impossible without a persister
+    n = 5_000  # ~10 laps of the ring: impossible without a persister
     for i in range(1, n):
         p.send(t, value(i), partition=0)
     assert daemons.persister_running(inst.kwargs["data_dir"])

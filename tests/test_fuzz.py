@@ -9,6 +9,7 @@ every single-bit flip of a valid batch inside its CRC/length/magic is
 rejected; and a ring whose data area is damaged is read, sought and
 appended to without crashing or hanging.
 """
+
 import ctypes
 import mmap
 import os
@@ -67,10 +68,21 @@ class Out:
         if "rows" in _OUT_FIELDS:
             self.rows = ffi.new("int64_t[]", n * lib.SHM_ROW_FIELDS)
             self.out.rows = self.rows
-        else:                                           # older builds: one array per field
+        else:  # older builds: one array per field
             self.arrays = [ffi.new("int64_t[]", n) for _ in range(8)]
-            for k, a in zip(("offsets", "timestamps", "key_starts", "key_lens", "value_starts",
-                             "value_lens", "header_starts", "header_counts"), self.arrays):
+            for k, a in zip(
+                (
+                    "offsets",
+                    "timestamps",
+                    "key_starts",
+                    "key_lens",
+                    "value_starts",
+                    "value_lens",
+                    "header_starts",
+                    "header_counts",
+                ),
+                self.arrays,
+            ):
                 setattr(self.out, k, a)
 
     def reset(self, n=None):
@@ -82,10 +94,17 @@ class Out:
     def row(self, j):
         """(offset, ts, key_start, key_len, value_start, value_len, header_start, header_count)"""
         if "rows" in _OUT_FIELDS:
-            r = self.rows[j * lib.SHM_ROW_FIELDS:(j + 1) * lib.SHM_ROW_FIELDS]
-            return (r[lib.SHM_ROW_OFFSET], r[lib.SHM_ROW_TIMESTAMP], r[lib.SHM_ROW_KEY_START],
-                    r[lib.SHM_ROW_KEY_LEN], r[lib.SHM_ROW_VALUE_START], r[lib.SHM_ROW_VALUE_LEN],
-                    r[lib.SHM_ROW_HEADER_START], r[lib.SHM_ROW_HEADER_COUNT])
+            r = self.rows[j * lib.SHM_ROW_FIELDS : (j + 1) * lib.SHM_ROW_FIELDS]
+            return (
+                r[lib.SHM_ROW_OFFSET],
+                r[lib.SHM_ROW_TIMESTAMP],
+                r[lib.SHM_ROW_KEY_START],
+                r[lib.SHM_ROW_KEY_LEN],
+                r[lib.SHM_ROW_VALUE_START],
+                r[lib.SHM_ROW_VALUE_LEN],
+                r[lib.SHM_ROW_HEADER_START],
+                r[lib.SHM_ROW_HEADER_COUNT],
+            )
         return tuple(a[j] for a in self.arrays)
 
 
@@ -122,7 +141,7 @@ def check_decode(data: bytes, min_offset=0):
     """Decodes data at the guard page; asserts the result stays inside it."""
     n = len(data)
     p = _INPUT.place(data)
-    base = 1 << 20                                   # starts are reported relative to this
+    base = 1 << 20  # starts are reported relative to this
     _OUT.reset(max(n, 1))
     rc = lib.shm_batch_decode(p, n, base, min_offset, _OUT.out)
     assert rc >= 0 or rc == lib.SHM_E_CORRUPT, rc
@@ -138,7 +157,7 @@ def check_decode(data: bytes, min_offset=0):
         assert lo <= ks <= hi and ks + max(kl, 0) <= hi, (ks, kl, lo, hi)
         assert lo <= vs <= hi and vs + max(vl, 0) <= hi, (vs, vl, lo, hi)
         assert lo <= hs <= hi, (hs, lo, hi)
-        assert ks + max(kl, 0) <= vs <= hs                       # key, value, headers in order
+        assert ks + max(kl, 0) <= vs <= hs  # key, value, headers in order
         # the headers section it points at decodes within the input, with that many pairs
         rest = hi - hs
         if hc <= 4096:
@@ -182,26 +201,27 @@ def _varint(n):
 def mutated_batches(draw):
     b = bytearray(draw(valid_batches()))
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "flip", "truncate", "length", "count", "varint",
-                                   "splice", "extend", "byte"]))
+        op = draw(
+            st.sampled_from(["flip", "flip", "truncate", "length", "count", "varint", "splice", "extend", "byte"])
+        )
         if not b:
             break
         if op == "flip":
             i = draw(st.integers(0, len(b) * 8 - 1))
             b[i // 8] ^= 1 << (i % 8)
         elif op == "truncate":
-            del b[draw(st.integers(0, len(b) - 1)):]
+            del b[draw(st.integers(0, len(b) - 1)) :]
         elif op == "length" and len(b) >= 12:
-            b[8:12] = draw(st.integers(-2**31, 2**31 - 1)).to_bytes(4, "big", signed=True)
+            b[8:12] = draw(st.integers(-(2**31), 2**31 - 1)).to_bytes(4, "big", signed=True)
         elif op == "count" and len(b) >= 61:
-            b[57:61] = draw(st.sampled_from([0, 1, 2, 1000, 2**31 - 1, -1, len(b)])).to_bytes(
-                4, "big", signed=True)
+            b[57:61] = draw(st.sampled_from([0, 1, 2, 1000, 2**31 - 1, -1, len(b)])).to_bytes(4, "big", signed=True)
         elif op == "varint" and len(b) > 61:
             # overwrite some varint-ish spot in the records with an extreme varint
             at = draw(st.integers(61, len(b) - 1))
-            v = _varint(draw(st.sampled_from([-2, -1, 0, 1, 127, 2**31 - 1, -2**31, 2**62, -2**63,
-                                              len(b), len(b) + 1])))
-            b[at:at + len(v)] = v
+            v = _varint(
+                draw(st.sampled_from([-2, -1, 0, 1, 127, 2**31 - 1, -(2**31), 2**62, -(2**63), len(b), len(b) + 1]))
+            )
+            b[at : at + len(v)] = v
         elif op == "splice":
             at = draw(st.integers(0, len(b)))
             b[at:at] = draw(st.binary(min_size=1, max_size=16))
@@ -218,9 +238,18 @@ def header_then_garbage(draw):
     body = draw(st.binary(max_size=400))
     count = draw(st.integers(0, 40))
     attr = draw(st.sampled_from([0, 0, 0, 0x08, 0x01, 0x20, 0x10]))
-    hdr = (draw(st.integers(0, 2**40)).to_bytes(8, "big") + (len(body) + 49).to_bytes(4, "big") +
-           bytes(4) + b"\x02" + bytes(4) + attr.to_bytes(2, "big") + (count - 1 if count else 0).to_bytes(4, "big") +
-           bytes(16) + b"\xff" * 14 + count.to_bytes(4, "big"))
+    hdr = (
+        draw(st.integers(0, 2**40)).to_bytes(8, "big")
+        + (len(body) + 49).to_bytes(4, "big")
+        + bytes(4)
+        + b"\x02"
+        + bytes(4)
+        + attr.to_bytes(2, "big")
+        + (count - 1 if count else 0).to_bytes(4, "big")
+        + bytes(16)
+        + b"\xff" * 14
+        + count.to_bytes(4, "big")
+    )
     assert len(hdr) == 61
     return hdr + body
 
@@ -234,7 +263,8 @@ def test_guard_page_is_armed():
     if pid == 0:
         try:
             import faulthandler
-            faulthandler.disable()                   # the crash is the expected outcome
+
+            faulthandler.disable()  # the crash is the expected outcome
             ffi.cast("volatile uint8_t *", _INPUT.addr + _INPUT.size)[0]
         finally:
             os._exit(0)
@@ -259,7 +289,7 @@ def test_decode_plausible_header_random_records(data):
 def test_decode_mutated_batches(data, min_offset):
     rc, valid = check_decode(data, min_offset=min_offset % 3 if min_offset & 1 else min_offset)
     if valid == lib.SHM_OK:
-        assert rc >= 0                       # what validates also decodes
+        assert rc >= 0  # what validates also decodes
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=SLOW_OK)
@@ -363,8 +393,8 @@ def _fresh_ring():
     ctx = ffi.new("struct shm_send_ctx *")
     ctx.ring = h
     ctx.slot = slot
-    ctx.timeout_ns = 1_000_000              # never wait long for room
-    ctx.unblock_ns = 10**12                 # never seal (we are alive anyway)
+    ctx.timeout_ns = 1_000_000  # never wait long for room
+    ctx.unblock_ns = 10**12  # never seal (we are alive anyway)
     ctx.token_prefix = _TOKEN
     return h, ctx
 
@@ -417,26 +447,28 @@ def _read_all(base, verify, max_records=64):
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=SLOW_OK)
-@given(sizes=st.lists(st.lists(st.integers(0, 900), min_size=1, max_size=6), min_size=1, max_size=80),
-       damage=st.lists(st.tuples(st.integers(0, RING_CAP - 1), st.integers(0, 255)), max_size=6),
-       verify=st.sampled_from([0, 1]))
+@given(
+    sizes=st.lists(st.lists(st.integers(0, 900), min_size=1, max_size=6), min_size=1, max_size=80),
+    damage=st.lists(st.tuples(st.integers(0, RING_CAP - 1), st.integers(0, 255)), max_size=6),
+    verify=st.sampled_from([0, 1]),
+)
 def test_damaged_ring_read_seek_append(sizes, damage, verify):
     base, ctx = _fresh_ring()
-    for batch in sizes:                                # may lap the 64 KiB ring
+    for batch in sizes:  # may lap the 64 KiB ring
         assert _append(ctx, [bytes([len(batch)]) * n for n in batch]) >= 0
     ends = ffi.new("int64_t[2]")
     pos = ffi.new("uint64_t[2]")
     lib.shm_ring_ends(base.hdr, ends, ends + 1, pos, pos + 1)
     rc, offs = _read_all(base, verify)
-    assert rc >= 0 and offs == list(range(ends[0], ends[1]))    # undamaged: everything
+    assert rc >= 0 and offs == list(range(ends[0], ends[1]))  # undamaged: everything
 
-    for at, val in damage:                              # damage the data area
+    for at, val in damage:  # damage the data area
         ffi.cast("uint8_t *", _RING.addr)[lib.SHM_RING_HEADER_BYTES + at] = val
     _read_all(base, verify)
     cur = ffi.new("struct shm_cursor *")
     for off in {0, ends[0], (ends[0] + ends[1]) // 2, ends[1], ends[1] + 5}:
         assert lib.shm_ring_seek(base, cur, off) in (lib.SHM_OK, lib.SHM_E_CORRUPT, lib.SHM_E_OUT_OF_RANGE)
-    for _ in range(40):                                 # appending over the damage must not hang or crash
+    for _ in range(40):  # appending over the damage must not hang or crash
         rc = _append(ctx, [b"z" * 1500])
         assert rc in (lib.SHM_OK, lib.SHM_E_CORRUPT, lib.SHM_E_FULL), rc
     _read_all(base, verify)

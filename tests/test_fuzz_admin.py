@@ -7,6 +7,7 @@ failed", which is a foreign exception caught at the top), within a time
 limit, and that the supervisor keeps serving afterwards.
 Must never: send "shutdown" (a well-formed one legitimately stops it).
 """
+
 import socket
 import time
 
@@ -20,23 +21,44 @@ from shmlog.ipc import admin
 REPLY_S = 10.0
 OPS = ["ping", "status", "create_topic", "delete_topic", "alter_topic", "ensure_persister", "reload"]
 ARG_NAMES = ["name", "config", "changes", "partitions", "ring_bytes", "persistence", "fsync", "x", ""]
-CONFIG_KEYS = ["partitions", "ring_bytes", "persistence", "fsync", "retention_ms", "retention_bytes",
-               "segment_bytes", "segment_ms", "max_message_bytes", "bogus"]
+CONFIG_KEYS = [
+    "partitions",
+    "ring_bytes",
+    "persistence",
+    "fsync",
+    "retention_ms",
+    "retention_bytes",
+    "segment_bytes",
+    "segment_ms",
+    "max_message_bytes",
+    "bogus",
+]
 
 weird = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.sampled_from([-1, 0, 2 ** 31, 2 ** 40, 2 ** 63 - 1, 2 ** 64 - 1]),
-    st.floats(), st.text(max_size=10), st.binary(max_size=10), st.lists(st.integers(), max_size=3))
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([-1, 0, 2**31, 2**40, 2**63 - 1, 2**64 - 1]),
+    st.floats(),
+    st.text(max_size=10),
+    st.binary(max_size=10),
+    st.lists(st.integers(), max_size=3),
+)
 config_like = st.dictionaries(st.sampled_from(CONFIG_KEYS), weird, max_size=4)
-requests_ = st.fixed_dictionaries({
-    "op": st.one_of(st.sampled_from(OPS), weird),
-    "args": st.one_of(st.dictionaries(st.sampled_from(ARG_NAMES), st.one_of(weird, config_like), max_size=3), weird),
-})
+requests_ = st.fixed_dictionaries(
+    {
+        "op": st.one_of(st.sampled_from(OPS), weird),
+        "args": st.one_of(
+            st.dictionaries(st.sampled_from(ARG_NAMES), st.one_of(weird, config_like), max_size=3), weird
+        ),
+    }
+)
 
 
 def _call_raw(path, data: bytes, timeout=REPLY_S):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if len(data) > 100_000:
-        s.setsockopt(socket.SOL_SOCKET, 32, 4 * len(data))      # SO_SNDBUFFORCE (root): one message this big
+        s.setsockopt(socket.SOL_SOCKET, 32, 4 * len(data))  # SO_SNDBUFFORCE (root): one message this big
     s.settimeout(timeout)
     try:
         s.connect(path)
@@ -74,8 +96,9 @@ def _still_serving(inst, path):
     assert inst.log.describe_topic("keep").partitions[0].end_offset == 1
 
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 def test_random_bytes_get_an_error_reply(sup):
@@ -90,6 +113,7 @@ def test_random_bytes_get_an_error_reply(sup):
         rep, dt = _call_raw(path, data)
         _check_reply(rep, data)
         slow.append(dt)
+
     run()
     assert max(slow) < REPLY_S
     _still_serving(inst, path)
@@ -115,6 +139,7 @@ def test_ill_typed_requests_get_a_named_error(sup):
             name = req["args"].get("name")
             if isinstance(name, str) and name != "keep":
                 inst.log.delete_topic(name)
+
     run()
     _still_serving(inst, path)
     assert not foreign, foreign[:5]
@@ -122,11 +147,12 @@ def test_ill_typed_requests_get_a_named_error(sup):
 
 def test_oversized_request_is_refused_and_the_supervisor_goes_on(sup):
     inst, path = sup
-    big = msgspec.msgpack.encode({"op": "create_topic", "args": {"name": "x" * (admin.MAX_MESSAGE + 4096),
-                                                                 "config": {}}})
+    big = msgspec.msgpack.encode(
+        {"op": "create_topic", "args": {"name": "x" * (admin.MAX_MESSAGE + 4096), "config": {}}}
+    )
     try:
         rep, dt = _call_raw(path, big)
-    except OSError as e:                    # not root: the kernel refuses a message this big (EMSGSIZE)
+    except OSError as e:  # not root: the kernel refuses a message this big (EMSGSIZE)
         pytest.skip(f"cannot send a message larger than the admin socket's limit here: {e}")
     r = _check_reply(rep, "request past MAX_MESSAGE")
     assert not r.ok and dt < REPLY_S

@@ -11,6 +11,7 @@ limit), the listener must stay up, answer a fresh connection, keep its RSS
 bounded and log no traceback (a handler that raised a foreign exception).
 Must never: share the listener with another test (its own instance).
 """
+
 import os
 import random
 import signal
@@ -33,17 +34,47 @@ REPLY_S = 10.0
 RSS_GROWTH_MAX = 200 << 20
 SCHEMA = codec.Schema()
 # (api key, version) for every API and version the listener serves, ApiVersions included
-SERVED = [(k, v) for k, (lo, hi) in sorted(server.ADVERTISED.items()) for v in range(lo, hi + 1)
-          if k in SCHEMA.apis and SCHEMA.apis[k].request.valid[0] <= v <= SCHEMA.apis[k].request.valid[1]
-          and not (k == 0 and v < 3) and not (k == 1 and v < 4)]
+SERVED = [
+    (k, v)
+    for k, (lo, hi) in sorted(server.ADVERTISED.items())
+    for v in range(lo, hi + 1)
+    if k in SCHEMA.apis
+    and SCHEMA.apis[k].request.valid[0] <= v <= SCHEMA.apis[k].request.valid[1]
+    and not (k == 0 and v < 3)
+    and not (k == 1 and v < 4)
+]
 
-PLAUSIBLE = {"TopicName": "fz", "Name": "fz", "Topic": "fz", "GroupId": "g", "Key": "g", "MemberId": "",
-             "ProtocolType": "consumer", "MaxBytes": 1 << 20, "PartitionMaxBytes": 1 << 16, "MaxWaitMs": 50,
-             "MinBytes": 0, "TimeoutMs": 1000, "SessionTimeoutMs": 6000, "RebalanceTimeoutMs": 1000,
-             "NumPartitions": 1, "ReplicationFactor": 1, "Acks": 1, "ReplicaId": -1, "IsolationLevel": 0,
-             "Timestamp": -1, "GenerationId": -1, "CommittedOffset": 0, "FetchOffset": 0, "LogStartOffset": -1,
-             "TransactionTimeoutMs": 1000, "ProducerId": -1, "ProducerEpoch": -1, "CurrentLeaderEpoch": -1,
-             "LeaderEpoch": -1}
+PLAUSIBLE = {
+    "TopicName": "fz",
+    "Name": "fz",
+    "Topic": "fz",
+    "GroupId": "g",
+    "Key": "g",
+    "MemberId": "",
+    "ProtocolType": "consumer",
+    "MaxBytes": 1 << 20,
+    "PartitionMaxBytes": 1 << 16,
+    "MaxWaitMs": 50,
+    "MinBytes": 0,
+    "TimeoutMs": 1000,
+    "SessionTimeoutMs": 6000,
+    "RebalanceTimeoutMs": 1000,
+    "NumPartitions": 1,
+    "ReplicationFactor": 1,
+    "Acks": 1,
+    "ReplicaId": -1,
+    "IsolationLevel": 0,
+    "Timestamp": -1,
+    "GenerationId": -1,
+    "CommittedOffset": 0,
+    "FetchOffset": 0,
+    "LogStartOffset": -1,
+    "TransactionTimeoutMs": 1000,
+    "ProducerId": -1,
+    "ProducerEpoch": -1,
+    "CurrentLeaderEpoch": -1,
+    "LeaderEpoch": -1,
+}
 
 
 def _sample(fields, version):
@@ -86,15 +117,15 @@ def request_frames(draw):
     elif how == "flip" and body:
         for _ in range(draw(st.integers(1, 4))):
             pos = draw(st.integers(0, len(body) - 1))
-            body = body[:pos] + bytes([body[pos] ^ (1 << draw(st.integers(0, 7)))]) + body[pos + 1:]
+            body = body[:pos] + bytes([body[pos] ^ (1 << draw(st.integers(0, 7)))]) + body[pos + 1 :]
     elif how == "cut" and body:
-        body = body[:draw(st.integers(0, len(body) - 1))]
+        body = body[: draw(st.integers(0, len(body) - 1))]
     elif how == "stretch":
         body = body + draw(st.binary(min_size=1, max_size=64))
     elif how == "int" and len(body) >= 4:
         pos = draw(st.integers(0, len(body) - 4))
-        val = draw(st.sampled_from([0x7FFFFFFF, -1, -2 ** 31, 0x10000, 0xFFFF]))
-        body = body[:pos] + struct.pack(">i", val) + body[pos + 4:]
+        val = draw(st.sampled_from([0x7FFFFFFF, -1, -(2**31), 0x10000, 0xFFFF]))
+        body = body[:pos] + struct.pack(">i", val) + body[pos + 4 :]
     return key, version, how, body
 
 
@@ -105,10 +136,27 @@ def listener(inst, tmp_path):
         port = s.getsockname()[1]
     inst.log.create_topic("fz", partitions=1, ring_bytes=1 << 16)
     logf = open(tmp_path / "listener.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "shmlog", "kafka-listener", "--listen", f"127.0.0.1:{port}",
-                             "--instance", inst.kwargs["instance"], "--data-dir", inst.kwargs["data_dir"],
-                             "--shm-prefix", inst.prefix, "--max-frame-bytes", str(1 << 20)],
-                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shmlog",
+            "kafka-listener",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--instance",
+            inst.kwargs["instance"],
+            "--data-dir",
+            inst.kwargs["data_dir"],
+            "--shm-prefix",
+            inst.prefix,
+            "--max-frame-bytes",
+            str(1 << 20),
+        ],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     logf.close()
     deadline = time.monotonic() + 20
     while True:
@@ -160,8 +208,7 @@ def test_mutated_request_bodies_get_a_response_or_a_close(listener):
     outcomes = {}
     peak = [rss0]
 
-    @settings(max_examples=400, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(request_frames())
     def run(req):
         key, version, how, body = req
@@ -173,15 +220,17 @@ def test_mutated_request_bodies_get_a_response_or_a_close(listener):
         assert dt <= REPLY_S + 1
         outcomes[(key, how, out)] = outcomes.get((key, how, out), 0) + 1
         peak[0] = max(peak[0], psutil.Process(proc.pid).memory_info().rss)
+
     run()
     _api_versions_ok(port)
     assert peak[0] - rss0 < RSS_GROWTH_MAX, f"RSS grew by {(peak[0] - rss0) >> 20} MiB"
     served = {k for k, _, o in outcomes if o == "response"}
-    assert 18 in served and 3 in served, outcomes          # the mutations did not only hit the framing
+    assert 18 in served and 3 in served, outcomes  # the mutations did not only hit the framing
     bugs = _tracebacks(logpath)
     if bugs:
         text = "handlers raised foreign exceptions (the connection was closed):\n" + "\n".join(
-            f"{n} x {where}: {exc}" for (where, exc), n in sorted(bugs.items()))
+            f"{n} x {where}: {exc}" for (where, exc), n in sorted(bugs.items())
+        )
         pytest.fail(text)
 
 
@@ -216,7 +265,7 @@ def test_huge_declared_lengths_do_not_allocate(listener):
     for key, version in SERVED:
         body = BODIES[(key, version)]
         for pos in range(0, max(len(body) - 3, 1), max(1, len(body) // 8)):
-            b = body[:pos] + b"\x7f\xff\xff\xff" + body[pos + 4:]
+            b = body[:pos] + b"\x7f\xff\xff\xff" + body[pos + 4 :]
             out, dt = _exchange(port, key, version, 5, b)
             assert proc.poll() is None and (out != "waiting" or key in server.DEFERRED), (key, version, pos)
     _api_versions_ok(port)
@@ -232,12 +281,12 @@ def test_null_array_is_null_only_where_the_schema_says_nullable():
         with pytest.raises(codec.DecodeError, match="non-nullable"):
             groups.decode(null, version)
     with pytest.raises(codec.DecodeError, match="non-nullable"):
-        SCHEMA.apis[15].request.decode(b"\x00\x00\x00", 5)          # flexible: compact 0 = null
+        SCHEMA.apis[15].request.decode(b"\x00\x00\x00", 5)  # flexible: compact 0 = null
     meta = SCHEMA.apis[3].request
     with pytest.raises(codec.DecodeError, match="non-nullable"):
         meta.decode(b"\xff\xff\xff\xff", 0)
     assert meta.decode(b"\xff\xff\xff\xff", 1)[0]["Topics"] is None
-    assert meta.decode(b"\x00" * 5, 9)[0]["Topics"] is None     # compact null, flexible
+    assert meta.decode(b"\x00" * 5, 9)[0]["Topics"] is None  # compact null, flexible
     # an element of a nested non-nullable array: OffsetFetch v1, one topic whose PartitionIndexes is null
     of = SCHEMA.apis[9].request
     body = struct.pack(">h", 1) + b"g" + struct.pack(">i", 1) + struct.pack(">h", 2) + b"fz" + struct.pack(">i", -1)
@@ -251,7 +300,7 @@ def test_null_non_nullable_array_closes_the_connection_without_a_traceback(liste
     proc, port, logpath = listener
     out, _ = _exchange(port, 15, 0, 77, b"\xff\xff\xff\xff")
     assert out == "closed"
-    out, _ = _exchange(port, 3, 1, 78, b"\xff\xff\xff\xff")      # a nullable null: all topics
+    out, _ = _exchange(port, 3, 1, 78, b"\xff\xff\xff\xff")  # a nullable null: all topics
     assert out == "response"
     _api_versions_ok(port)
     assert proc.poll() is None

@@ -11,6 +11,7 @@ finding, not a stuck suite; after each one the original file is put back
 and every record and committed offset must still be there.
 Must never: leave rings or processes behind (the inst fixture cleans up).
 """
+
 import copy
 import json
 import multiprocessing
@@ -34,9 +35,15 @@ COMMITTED = 57
 ATTEMPT_S = 30.0
 
 weird = st.one_of(
-    st.none(), st.booleans(), st.sampled_from([-1, 0, 1, 2 ** 31, 2 ** 40, 2 ** 63 - 1, 2 ** 64, -2 ** 63, 10 ** 30]),
-    st.integers(), st.floats(allow_nan=True), st.text(max_size=12), st.lists(st.integers(), max_size=3),
-    st.dictionaries(st.text(max_size=6), st.integers(), max_size=2))
+    st.none(),
+    st.booleans(),
+    st.sampled_from([-1, 0, 1, 2**31, 2**40, 2**63 - 1, 2**64, -(2**63), 10**30]),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
+)
 
 
 def _paths(obj, prefix=()):
@@ -66,10 +73,10 @@ def damaged(draw, original: bytes, decode, encode):
     value of its tree replaced by something of the wrong type or size."""
     how = draw(st.sampled_from(["truncate", "flip", "append", "value", "value", "empty"]))
     if how == "truncate":
-        return original[:draw(st.integers(0, len(original) - 1))]
+        return original[: draw(st.integers(0, len(original) - 1))]
     if how == "flip":
         pos = draw(st.integers(0, len(original) - 1))
-        return original[:pos] + bytes([original[pos] ^ (1 << draw(st.integers(0, 7)))]) + original[pos + 1:]
+        return original[:pos] + bytes([original[pos] ^ (1 << draw(st.integers(0, 7)))]) + original[pos + 1 :]
     if how == "append":
         return original + draw(st.binary(min_size=1, max_size=64))
     if how == "empty":
@@ -78,11 +85,12 @@ def damaged(draw, original: bytes, decode, encode):
     paths = list(_paths(tree))
     try:
         return encode(_replace(tree, draw(st.sampled_from(paths)), draw(weird)))
-    except (OverflowError, TypeError, ValueError):       # not encodable (msgpack's int range): cut it instead
-        return original[:len(original) // 2]
+    except (OverflowError, TypeError, ValueError):  # not encodable (msgpack's int range): cut it instead
+        return original[: len(original) // 2]
 
 
 # ------------------------------------------------------------------ a populated instance, rebooted per attempt
+
 
 @pytest.fixture
 def populated(inst):
@@ -173,8 +181,9 @@ def _fuzz_file(inst, rel, decode, encode, data, findings):
     return res
 
 
-FUZZ = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 def _report(findings):
@@ -187,8 +196,10 @@ def test_damaged_topics_json_is_a_clear_error_and_loses_nothing(populated):
     @FUZZ
     @given(st.data())
     def run(data):
-        _fuzz_file(populated, os.path.join("meta", "topics.json"), json.loads,
-                   lambda t: json.dumps(t).encode(), data, findings)
+        _fuzz_file(
+            populated, os.path.join("meta", "topics.json"), json.loads, lambda t: json.dumps(t).encode(), data, findings
+        )
+
     run()
     assert not findings, _report(findings)
 
@@ -199,8 +210,15 @@ def test_damaged_offsets_snapshot_is_a_clear_error_and_loses_nothing(populated):
     @FUZZ
     @given(st.data())
     def run(data):
-        _fuzz_file(populated, os.path.join("meta", "offsets.msgpack"), msgspec.msgpack.decode,
-                   msgspec.msgpack.encode, data, findings)
+        _fuzz_file(
+            populated,
+            os.path.join("meta", "offsets.msgpack"),
+            msgspec.msgpack.decode,
+            msgspec.msgpack.encode,
+            data,
+            findings,
+        )
+
     run()
     assert not findings, _report(findings)
 
@@ -213,7 +231,7 @@ def test_topics_json_truncated_at_every_tenth_is_refused_or_restored(populated):
     outcomes = []
     for i in range(10):
         with open(path, "wb") as f:
-            f.write(original[:len(original) * i // 10])
+            f.write(original[: len(original) * i // 10])
         try:
             outcomes.append(_attempt(populated, f"cut{i}"))
         finally:
@@ -222,17 +240,32 @@ def test_topics_json_truncated_at_every_tenth_is_refused_or_restored(populated):
     _intact(populated)
     # a cut topics.json is CorruptMetadata naming the file (issue 11 defect 14; every cut point
     # is that today), or a restore that succeeds; never a foreign exception
-    bad = [o for o in outcomes if o[0] != "ok" and not (
-        o[0] == "shmlog" and o[1] == "CorruptMetadata" and "topics.json" in o[2])]
+    bad = [
+        o
+        for o in outcomes
+        if o[0] != "ok" and not (o[0] == "shmlog" and o[1] == "CorruptMetadata" and "topics.json" in o[2])
+    ]
     assert not bad, f"topics.json load: outcomes {outcomes}"
 
 
 # ------------------------------------------------------------------ supervisor.json and recovery.json
 
-STATE = msgspec.json.encode({"pid": 12345, "instance": "i", "data_dir": "/x", "shm_prefix": "p.",
-                             "admin_socket": "/x/admin.sock", "metrics_port": 9464, "kafka_port": None,
-                             "config": None, "started_ms": 1, "stopped_ms": 2, "clean": True,
-                             "workers": [{"name": "w", "replica": 0, "pid": 4242}]})
+STATE = msgspec.json.encode(
+    {
+        "pid": 12345,
+        "instance": "i",
+        "data_dir": "/x",
+        "shm_prefix": "p.",
+        "admin_socket": "/x/admin.sock",
+        "metrics_port": 9464,
+        "kafka_port": None,
+        "config": None,
+        "started_ms": 1,
+        "stopped_ms": 2,
+        "clean": True,
+        "workers": [{"name": "w", "replica": 0, "pid": 4242}],
+    }
+)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
@@ -244,18 +277,28 @@ def test_damaged_supervisor_json_reads_as_absent_or_valid(tmp_path_factory, data
     (d / "supervisor.json").write_bytes(bad)
     st_ = daemons.read_supervisor_state(s)
     assert st_ is None or isinstance(st_, daemons.SupervisorState)
-    assert daemons.running_pid(s) is None                  # no socket: nobody answers
+    assert daemons.running_pid(s) is None  # no socket: nobody answers
 
 
-@pytest.mark.parametrize("content", [b"", b"{", STATE[:40], b"\xff" * 64, b'{"pid": "x"}', b"[1, 2]",
-                                     json.dumps({"pid": 2 ** 70, "clean": "yes"}).encode()])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        STATE[:40],
+        b"\xff" * 64,
+        b'{"pid": "x"}',
+        b"[1, 2]",
+        json.dumps({"pid": 2**70, "clean": "yes"}).encode(),
+    ],
+)
 def test_supervisor_starts_over_a_damaged_state_file(inst, content):
     with open(daemons.supervisor_state_path(inst.settings), "wb") as f:
         f.write(content)
     proc = inst.start_supervisor()
     st_ = daemons.read_supervisor_state(inst.settings)
-    assert st_ is not None and st_.pid == proc.pid                # rewritten whole
-    inst.log.create_topic("after", persistence="none")            # and serving
+    assert st_ is not None and st_.pid == proc.pid  # rewritten whole
+    inst.log.create_topic("after", persistence="none")  # and serving
     assert "after" in inst.log.list_topics()
 
 
@@ -269,22 +312,38 @@ def test_damaged_recovery_json_reads_as_absent_or_a_progress_record(tmp_path_fac
     bad = data.draw(damaged(PROGRESS, json.loads, lambda t: json.dumps(t).encode()))
     (d / "recovery.json").write_bytes(bad)
     prog = read_recovery_progress(str(d))
-    assert prog is None or (isinstance(prog, RecoveryProgress) and all(
-        type(v) is int and v >= 0 for v in (prog.pid, prog.done, prog.total)) and prog.done <= prog.total
+    assert prog is None or (
+        isinstance(prog, RecoveryProgress)
+        and all(type(v) is int and v >= 0 for v in (prog.pid, prog.done, prog.total))
+        and prog.done <= prog.total
         and (prog.topic is None or isinstance(prog.topic, str))
-        and (prog.partition is None or type(prog.partition) is int)), prog
+        and (prog.partition is None or type(prog.partition) is int)
+    ), prog
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[1, 2]", b'"recovering"', b"7", b"null", b"\xff\xfe",
-                                     b'{"pid": 1, "done": "3", "total": 9}', b'{"pid": 1, "done": 3}',
-                                     b'{"pid": 1, "done": 9, "total": 3}', b'{"pid": -4, "done": 0, "total": 1}',
-                                     b'{"pid": 1, "done": true, "total": 9}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[1, 2]",
+        b'"recovering"',
+        b"7",
+        b"null",
+        b"\xff\xfe",
+        b'{"pid": 1, "done": "3", "total": 9}',
+        b'{"pid": 1, "done": 3}',
+        b'{"pid": 1, "done": 9, "total": 3}',
+        b'{"pid": -4, "done": 0, "total": 1}',
+        b'{"pid": 1, "done": true, "total": 9}',
+    ],
+)
 def test_a_damaged_recovery_json_is_no_progress_and_one_warning(tmp_path, caplog, content):
     """recovery.json is advisory: a damaged one is "no progress known" with one warning naming
     the file (not one per poll of `shmlog up`), and a good one written later reads again."""
     (tmp_path / "recovery.json").write_bytes(content)
     with caplog.at_level("WARNING", logger="shmlog"):
-        for _ in range(5):                                 # `shmlog up` polls it every 0.1 s
+        for _ in range(5):  # `shmlog up` polls it every 0.1 s
             assert read_recovery_progress(str(tmp_path)) is None
     warned = [r for r in caplog.records if "recovery.json" in r.getMessage()]
     assert len(warned) == 1 and "damaged" in warned[0].getMessage(), [r.getMessage() for r in caplog.records]
@@ -292,14 +351,18 @@ def test_a_damaged_recovery_json_is_no_progress_and_one_warning(tmp_path, caplog
     assert read_recovery_progress(str(tmp_path)) == RecoveryProgress(pid=1, done=3, total=9, topic="t", partition=2)
 
 
-@pytest.mark.parametrize("content", [
-    msgspec.msgpack.encode({"version": 1, "groups": {"g": 5}}),
-    msgspec.msgpack.encode({"version": 1, "groups": {"g": [["fz", -1, 3, 0]]}}),
-    msgspec.msgpack.encode({"version": 1, "groups": {"g": [["fz", 0, 2 ** 64 - 1, 0]]}}),
-    msgspec.msgpack.encode({"version": 1, "groups": {"g": [[None, 0, 3, 0]]}}),
-    msgspec.msgpack.encode({"version": 1, "groups": {"x" * 300: [["fz", 0, 3, 0]]}}),
-    msgspec.msgpack.encode({"version": 2, "groups": {}}),
-    b"\x82\xa7version"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        msgspec.msgpack.encode({"version": 1, "groups": {"g": 5}}),
+        msgspec.msgpack.encode({"version": 1, "groups": {"g": [["fz", -1, 3, 0]]}}),
+        msgspec.msgpack.encode({"version": 1, "groups": {"g": [["fz", 0, 2**64 - 1, 0]]}}),
+        msgspec.msgpack.encode({"version": 1, "groups": {"g": [[None, 0, 3, 0]]}}),
+        msgspec.msgpack.encode({"version": 1, "groups": {"x" * 300: [["fz", 0, 3, 0]]}}),
+        msgspec.msgpack.encode({"version": 2, "groups": {}}),
+        b"\x82\xa7version",
+    ],
+)
 def test_wrong_offsets_snapshot_is_refused_naming_the_file(populated, content):
     """A well-formed but wrong snapshot: CorruptMetadata naming the file, no
     traceback, and with the original back the committed offset is there."""

@@ -1,6 +1,7 @@
 """Consumer groups in one process: assignors, the group API, commits, fencing,
 offsets on disk, and bad input. Multi-process behaviour (kills, SIGSTOP,
 restarts) is in test_groups_mp.py."""
+
 import os
 import time
 
@@ -55,6 +56,7 @@ def topic6(inst):
 
 # ------------------------------------------------------------------ assignors
 
+
 def _universe(partitions):
     return sorted((t, p) for t, n in partitions.items() for p in range(n))
 
@@ -82,11 +84,11 @@ def test_sticky_assignor_moves_only_what_must_move(n_parts, before, after):
     subs = {m: {"t"} for m in members}
     first = assignors.assign_sticky(members[:before], subs, parts, {})
     second = assignors.assign_sticky(members[:after], subs, parts, first)
-    assert sorted(second) == _universe(parts)                        # covers everything
+    assert sorted(second) == _universe(parts)  # covers everything
     loads = [sum(1 for m in second.values() if m == x) for x in members[:after]]
-    assert max(loads) - min(loads) <= 1                              # balanced
+    assert max(loads) - min(loads) <= 1  # balanced
     moved = sum(1 for tp in second if first.get(tp) != second[tp])
-    survivors = set(members[:min(before, after)])
+    survivors = set(members[: min(before, after)])
     # what must move: partitions of members that left, plus what newcomers need
     orphaned = sum(1 for m in first.values() if m not in survivors)
     newcomers = max(after - before, 0)
@@ -102,6 +104,7 @@ def test_sticky_assignor_with_different_subscriptions():
 
 
 # ------------------------------------------------------------------ the group API
+
 
 def test_members_split_partitions_and_commit(inst, topic6):
     log = inst.log
@@ -139,7 +142,7 @@ def test_leaving_member_hands_over_at_committed_offset(inst, topic6):
     assert until(lambda: len(c2.assignment()) == 3, poll=(c1, c2), sink=seen)
     theirs = {p for _, p in c2.assignment()}
     seen += drain([c2], 15)
-    c2.close()                                  # auto-commit on close, then leave
+    c2.close()  # auto-commit on close, then leave
     assert until(lambda: len(c1.assignment()) == 6, poll=(c1,), sink=seen)
     seen += drain([c1], 30 - len(seen), timeout=3)
     # every record once: c2's partitions continue at its committed offsets
@@ -151,9 +154,12 @@ def test_revoke_commits_first_and_callbacks_run_in_order(inst, topic6):
     log = inst.log
     fill(log, topic6, 6, 4)
     events = []
-    cb = dict(on_assign=lambda c, tps: events.append(("assign", sorted(tps))),
-              on_revoke=lambda c, tps: events.append(
-                  ("revoke", sorted(tps), [log.committed_offsets("g").get(tp) for tp in sorted(tps)])))
+    cb = dict(
+        on_assign=lambda c, tps: events.append(("assign", sorted(tps))),
+        on_revoke=lambda c, tps: events.append(
+            ("revoke", sorted(tps), [log.committed_offsets("g").get(tp) for tp in sorted(tps)])
+        ),
+    )
     c1 = log.consumer(group="g", topics=[topic6], auto_offset_reset="earliest", **FAST, **cb)
     assert events == [("assign", [(topic6, p) for p in range(6)])]
     drain([c1], 24)
@@ -161,16 +167,18 @@ def test_revoke_commits_first_and_callbacks_run_in_order(inst, topic6):
     assert until(lambda: len(c2.assignment()) == 3, poll=(c1, c2))
     kind, revoked, committed_then = events[1]
     assert kind == "revoke" and len(revoked) == 3
-    assert committed_then == [4, 4, 4]           # committed before on_revoke ran
-    assert len(events) == 2                       # cooperative: kept partitions are not revoked
-    assert not drain([c2], 1, timeout=0.3)        # c2 starts at the committed offsets
+    assert committed_then == [4, 4, 4]  # committed before on_revoke ran
+    assert len(events) == 2  # cooperative: kept partitions are not revoked
+    assert not drain([c2], 1, timeout=0.3)  # c2 starts at the committed offsets
 
 
 def test_eager_assignor_revokes_everything(inst, topic6):
     log = inst.log
     events = []
-    cb = dict(on_assign=lambda c, tps: events.append(("assign", len(tps))),
-              on_revoke=lambda c, tps: events.append(("revoke", len(tps))))
+    cb = dict(
+        on_assign=lambda c, tps: events.append(("assign", len(tps))),
+        on_revoke=lambda c, tps: events.append(("revoke", len(tps))),
+    )
     c1 = log.consumer(group="g", topics=[topic6], partition_assignment_strategy="range", **FAST, **cb)
     c2 = log.consumer(group="g", topics=[topic6], partition_assignment_strategy="range", **FAST)
     assert until(lambda: len(c2.assignment()) == 3, poll=(c1, c2))
@@ -192,10 +200,10 @@ def test_fenced_member_cannot_commit_and_rejoins(inst, topic6):
     c2.commit({(topic6, 0): 1})
     with pytest.raises(errors.CommitFailed):
         c1.commit()
-    assert log.committed_offsets("g") == {(topic6, 0): 1}       # the zombie overwrote nothing
+    assert log.committed_offsets("g") == {(topic6, 0): 1}  # the zombie overwrote nothing
     lost = []
     c1._group.on_lost = lambda c, tps: lost.append(len(tps))
-    c1.poll(timeout=0)                                           # sees it was removed: rejoins
+    c1.poll(timeout=0)  # sees it was removed: rejoins
     assert lost == [6]
     assert c1._group._still_member()
     assert until(lambda: len(c1.assignment()) == 3, poll=(c1, c2))
@@ -241,7 +249,7 @@ def test_two_groups_each_get_the_whole_stream(inst, topic6):
 
 def test_offsets_survive_losing_shared_memory(inst, topic6):
     log = inst.log
-    log.create_topic("d", partitions=2)                  # durable: restored with the data dir
+    log.create_topic("d", partitions=2)  # durable: restored with the data dir
     fill(log, "d", 2, 10).flush(durable=True)
     c = log.consumer(group="g", topics=["d"], auto_offset_reset="earliest", enable_auto_commit=False, **FAST)
     drain([c], 20)
@@ -264,7 +272,7 @@ def test_persister_snapshots_plain_commits(inst):
     log = inst.log
     log.create_topic("d", partitions=1)
     fill(log, "d", 1, 4)
-    log.commit_offsets("g", {("d", 0): 3})               # not durable: the persister writes it
+    log.commit_offsets("g", {("d", 0): 3})  # not durable: the persister writes it
     path = os.path.join(log.settings.data_dir, "meta", "offsets.msgpack")
     assert until(lambda: os.path.exists(path) and b"\x03" in open(path, "rb").read(), timeout=5)
 
@@ -273,13 +281,12 @@ def test_static_member_keeps_partitions_without_rebalancing_others(inst, topic6)
     log = inst.log
     revokes = []
     s1 = log.consumer(group="g", topics=[topic6], group_instance_id="svc-1", **FAST)
-    other = log.consumer(group="g", topics=[topic6], **FAST,
-                         on_revoke=lambda c, tps: revokes.append(tps))
+    other = log.consumer(group="g", topics=[topic6], **FAST, on_revoke=lambda c, tps: revokes.append(tps))
     assert until(lambda: len(other.assignment()) == 3, poll=(s1, other))
     revokes.clear()
     mine = sorted(s1.assignment())
     gen = log.describe_group("g").generation
-    s1.close()                           # a static member keeps its place until the session timeout
+    s1.close()  # a static member keeps its place until the session timeout
     s1b = log.consumer(group="g", topics=[topic6], group_instance_id="svc-1", **FAST)
     assert sorted(s1b.assignment()) == mine
     other.poll(timeout=0)
@@ -300,6 +307,7 @@ def test_topic_deleted_under_a_group(inst, topic6):
 
 # ------------------------------------------------------------------ bad input
 
+
 def test_bad_group_input(inst, topic6):
     log = inst.log
     fill(log, topic6, 6, 2)
@@ -317,14 +325,14 @@ def test_bad_group_input(inst, topic6):
     with pytest.raises(errors.InvalidArgument):
         log.consumer(group="g", topics=[topic6], session_timeout_ms=100, heartbeat_interval_ms=100)
     with pytest.raises(errors.InvalidArgument):
-        log.consumer(topics=[topic6], session_timeout_ms=1000)          # group options need a group
+        log.consumer(topics=[topic6], session_timeout_ms=1000)  # group options need a group
     with pytest.raises(errors.InvalidArgument):
         log.consumer(group="g", topics=[topic6], bogus_option=1)
     with pytest.raises(errors.InvalidArgument):
-        log.consumer(topics=[topic6]).commit()                         # no group: nothing to commit to
+        log.consumer(topics=[topic6]).commit()  # no group: nothing to commit to
     c = log.consumer(group="g", topics=[topic6], **FAST)
     with pytest.raises(errors.OffsetOutOfRange):
-        c.commit({(topic6, 0): 3})                                      # the log ends at 2
+        c.commit({(topic6, 0): 3})  # the log ends at 2
     with pytest.raises(errors.OffsetOutOfRange):
         c.commit({(topic6, 0): -1})
     with pytest.raises(errors.InvalidType):
@@ -332,7 +340,7 @@ def test_bad_group_input(inst, topic6):
     with pytest.raises(errors.UnknownTopicOrPartition):
         c.committed(topic6, 6)
     with pytest.raises(errors.InvalidArgument):
-        c.assign([(topic6, 0)])                                         # members do not assign
+        c.assign([(topic6, 0)])  # members do not assign
     with pytest.raises(errors.OffsetOutOfRange):
         log.commit_offsets("other", {(topic6, 1): 99})
     with pytest.raises(errors.InvalidArgument):
@@ -400,8 +408,14 @@ def test_topic_recreated_within_a_heartbeat_moves_the_member_to_the_new_life(ins
     log = inst.log
     log.create_topic("dur", partitions=2, ring_bytes=1 << 18)
     fill(log, "dur", 2, 100)
-    c = log.consumer(group="g", topics=["dur"], auto_offset_reset="earliest", enable_auto_commit=False,
-                     session_timeout_ms=30000, heartbeat_interval_ms=10000)   # no heartbeat in between
+    c = log.consumer(
+        group="g",
+        topics=["dur"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=30000,
+        heartbeat_interval_ms=10000,
+    )  # no heartbeat in between
     got = []
     assert until(lambda: got.extend(c.poll_batch(500, timeout=0.05)) or len(got) >= 200)
     c.commit({("dur", 0): 100, ("dur", 1): 100}, durable=True)
@@ -410,19 +424,20 @@ def test_topic_recreated_within_a_heartbeat_moves_the_member_to_the_new_life(ins
     # durable, so the reboot below keeps them: a commit past records a reboot lost
     # is restored at the log's new end (test_a_commit_past_records_a_reboot_lost...)
     fill(log, "dur", 2, 150).flush(durable=True, timeout=10)
-    c._group._follow_topics()                      # what the heartbeat thread does on its next tick
+    c._group._follow_topics()  # what the heartbeat thread does on its next tick
     with pytest.raises(errors.CommitFailed, match="re-created"):
-        c.commit({("dur", 0): 1}, durable=True)    # the old life's entry: it could never be durable
+        c.commit({("dur", 0): 1}, durable=True)  # the old life's entry: it could never be durable
     new = []
-    assert until(lambda: new.extend(c.poll_batch(500, timeout=0.05)) or len(new) >= 300), \
+    assert until(lambda: new.extend(c.poll_batch(500, timeout=0.05)) or len(new) >= 300), (
         f"the member read {len(new)} of the new topic's 300 records"
+    )
     assert sorted((m.partition, m.offset) for m in new) == [(p, o) for p in range(2) for o in range(150)]
     c.commit({("dur", 0): 150, ("dur", 1): 120}, durable=True)
     assert log.committed_offsets("g") == {("dur", 0): 150, ("dur", 1): 120}
     c.close()
     log.close()
     inst.kill_persister()
-    inst.drop_shared_memory()                      # reboot: the commit comes back from the snapshot
+    inst.drop_shared_memory()  # reboot: the commit comes back from the snapshot
     inst.log = log = inst.connect()
     assert log.committed_offsets("g") == {("dur", 0): 150, ("dur", 1): 120}
 
@@ -438,7 +453,7 @@ def test_a_commit_past_records_a_reboot_lost_resumes_at_the_restored_end(inst):
     log = inst.log
     log.create_topic("d", partitions=1, ring_bytes=1 << 16)
     fill(log, "d", 1, 10).flush(durable=True)
-    assert log.stop_persister()                          # from here on records stay in the ring
+    assert log.stop_persister()  # from here on records stay in the ring
     p = log.producer()
     p.send_batch("d", [b"ring-only-%d" % i for i in range(5)], partition=0)
     c = log.consumer(group="g", topics=["d"], auto_offset_reset="earliest", enable_auto_commit=False, **FAST)
@@ -448,7 +463,7 @@ def test_a_commit_past_records_a_reboot_lost_resumes_at_the_restored_end(inst):
     p.close()
     log.close()
     inst.kill_persister()
-    inst.drop_shared_memory()                            # reboot: the 5 ring-only records are gone
+    inst.drop_shared_memory()  # reboot: the 5 ring-only records are gone
     log = inst.connect()
     assert log.describe_topic("d").partitions[0].end_offset == 10
     assert log.committed_offsets("g") == {("d", 0): 10}

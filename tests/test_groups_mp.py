@@ -22,6 +22,7 @@ only what they logged as consumed, and log a commit only after it returned,
 so the parent's view of a killed member's last commit is never ahead of the
 truth. Every wait has a deadline; children have their own time budget.
 """
+
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ GROUP_TIMEOUTS = dict(session_timeout_ms=SESSION_MS, heartbeat_interval_ms=BEAT_
 
 
 # ------------------------------------------------------------------ children
+
 
 def _exists(path):
     return path is not None and os.path.exists(path)
@@ -65,10 +67,10 @@ def _member(kwargs, topic, group, logpath, opts):
                 if time.monotonic() > deadline:
                     raise TimeoutError("never told to go")
                 time.sleep(0.002)
-        caps = opts.get("caps")           # {partition: offset}: records from there on are not processed
+        caps = opts.get("caps")  # {partition: offset}: records from there on are not processed
         durable = opts.get("durable", False)
         every = opts.get("commit_every", 50)
-        nxt = {}                          # (topic, partition) -> next offset to process
+        nxt = {}  # (topic, partition) -> next offset to process
 
         def on_assign(cons, tps):
             note(ev="assign", tps=sorted(p for _, p in tps))
@@ -86,9 +88,16 @@ def _member(kwargs, topic, group, logpath, opts):
                 nxt.pop(tp, None)
             note(ev="lost", tps=sorted(p for _, p in tps))
 
-        c = log.consumer(group=group, topics=[topic], auto_offset_reset="earliest", enable_auto_commit=False,
-                         on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost,
-                         **{**GROUP_TIMEOUTS, **opts.get("group_options", {})})
+        c = log.consumer(
+            group=group,
+            topics=[topic],
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            on_lost=on_lost,
+            **{**GROUP_TIMEOUTS, **opts.get("group_options", {})},
+        )
         note(ev="joined", pid=os.getpid())
 
         def commit_now(what):
@@ -169,6 +178,7 @@ def _producer(kwargs, topic, partitions, stop, n_max, per_batch, pause_s):
 
 # ------------------------------------------------------------------ parent side
 
+
 class Member:
     """A member process and its event log."""
 
@@ -211,7 +221,7 @@ class Member:
     def commits(self, events=None):
         """{partition: last committed offset} from commit and revoke events, in order."""
         last = {}
-        for e in (self.events() if events is None else events):
+        for e in self.events() if events is None else events:
             if e["ev"] in ("commit", "revoke"):
                 for p, o in e["committed"].items():
                     last[int(p)] = o
@@ -243,8 +253,9 @@ def wait_for(what, cond, timeout, members=(), diag=None):
         if time.monotonic() > deadline:
             info = diag() if diag else ""
             states = {m.name: (m.assignment(), m.proc.is_alive()) for m in members}
-            pytest.fail(f"timed out after {timeout} s waiting for {what}; members (assignment, alive): "
-                        f"{states}\n{info}")
+            pytest.fail(
+                f"timed out after {timeout} s waiting for {what}; members (assignment, alive): {states}\n{info}"
+            )
         time.sleep(0.05)
 
 
@@ -253,7 +264,7 @@ def stable(log, group, members, partitions):
     agree, the members are exactly `members`, no move is pending, and the
     assignments are disjoint and cover every partition; else None."""
     if group not in log.list_groups():
-        return None              # no member joined yet
+        return None  # no member joined yet
     desc = log.describe_group(group)
     if desc.state != "Stable" or len(desc.members) != len(members):
         return None
@@ -305,6 +316,7 @@ def touch(path):
 
 # ------------------------------------------------------------------ 1. join, rebalance, kill -9
 
+
 def test_group_rebalances_on_join_and_kill9_without_loss(inst):
     P, topic, group = 6, "orders", "billing"
     inst.log.create_topic(topic, partitions=P, ring_bytes=RING, persistence="none")
@@ -312,16 +324,18 @@ def test_group_rebalances_on_join_and_kill9_without_loss(inst):
     stop, prod_stop = str(d / "stop"), str(d / "prod_stop")
     members = [Member(inst, f"m{i}", topic, group, stop=stop, commit_every=40) for i in range(3)]
 
-    three = wait_for("3 members to settle", lambda: stable(inst.log, group, members, P), 15,
-                     members, describe(inst.log, group))
+    three = wait_for(
+        "3 members to settle", lambda: stable(inst.log, group, members, P), 15, members, describe(inst.log, group)
+    )
     assert all(len(a) == 2 for a in three.values()), three
 
     prod = inst.spawn("producer", _producer, inst.kwargs, topic, P, prod_stop, 30_000, 6, 0.005)
     wait_for("records to flow", lambda: all(m.consumed() for m in members), 10, members)
 
     members.append(Member(inst, "m3", topic, group, stop=stop, commit_every=40))
-    four = wait_for("4 members to settle", lambda: stable(inst.log, group, members, P), 15,
-                    members, describe(inst.log, group))
+    four = wait_for(
+        "4 members to settle", lambda: stable(inst.log, group, members, P), 15, members, describe(inst.log, group)
+    )
     assert sorted(len(a) for a in four.values()) == [1, 1, 2, 2], four
 
     victim = next(m for m in members if len(four[m.name]) == 2)
@@ -332,20 +346,30 @@ def test_group_rebalances_on_join_and_kill9_without_loss(inst):
     t_kill = time.monotonic()
     victim.proc.join(5)
     survivors = [m for m in members if m is not victim]
-    after = wait_for("the victim's partitions to move", lambda: stable(inst.log, group, survivors, P), 15,
-                     survivors, describe(inst.log, group))
+    after = wait_for(
+        "the victim's partitions to move",
+        lambda: stable(inst.log, group, survivors, P),
+        15,
+        survivors,
+        describe(inst.log, group),
+    )
     took = time.monotonic() - t_kill
     assert took < 3 * SESSION_MS / 1000, f"partitions of a kill -9'ed member moved after {took:.2f} s"
-    for m in survivors:        # cooperative-sticky: survivors keep what they had
+    for m in survivors:  # cooperative-sticky: survivors keep what they had
         assert set(four[m.name]) <= set(after[m.name]), (four, after)
     assert moved <= {p for a in after.values() for p in a}
 
     # consumption continues on the moved partitions
     seen = {p: max((r[1] for m in survivors for r in m.consumed() if r[0] == p), default=-1) for p in moved}
-    wait_for("survivors to consume the moved partitions",
-             lambda: all(max((r[1] for m in survivors for r in m.consumed() if r[0] == p), default=-1) > seen[p]
-                         for p in moved), 10, survivors)
-    time.sleep(1.0)            # and keeps going for a while
+    wait_for(
+        "survivors to consume the moved partitions",
+        lambda: all(
+            max((r[1] for m in survivors for r in m.consumed() if r[0] == p), default=-1) > seen[p] for p in moved
+        ),
+        10,
+        survivors,
+    )
+    time.sleep(1.0)  # and keeps going for a while
     touch(prod_stop)
     n = inst.collect([prod], time.monotonic() + 30)["producer"]
 
@@ -354,6 +378,7 @@ def test_group_rebalances_on_join_and_kill9_without_loss(inst):
     def all_consumed():
         got = {(r[0], r[1]) for m in members for r in m.consumed()}
         return got >= everything
+
     wait_for(f"all {n} records to be consumed", all_consumed, 20, survivors)
     touch(stop)
     join_all(survivors, 20)
@@ -367,12 +392,17 @@ def test_group_rebalances_on_join_and_kill9_without_loss(inst):
     victim_ev = victim.events()
     floor = victim.commits(victim_ev)
     for p in moved:
-        if p not in floor:     # never committed: the next owner starts where the victim started
+        if p not in floor:  # never committed: the next owner starts where the victim started
             floor[p] = min((r[1] for r in victim.consumed(victim_ev) if r[0] == p), default=float("inf"))
-    bad = {k: v for k, v in counts.items()
-           if len(v) > 1 and not (len(v) == 2 and victim.name in v and k[0] in moved and k[1] >= floor[k[0]])}
-    assert not bad, (f"duplicates outside the killed member's uncommitted window (its last commits "
-                     f"{floor}): {sorted(bad.items())[:10]}")
+    bad = {
+        k: v
+        for k, v in counts.items()
+        if len(v) > 1 and not (len(v) == 2 and victim.name in v and k[0] in moved and k[1] >= floor[k[0]])
+    }
+    assert not bad, (
+        f"duplicates outside the killed member's uncommitted window (its last commits "
+        f"{floor}): {sorted(bad.items())[:10]}"
+    )
     for m in survivors:
         ev = m.events()
         assert not m.of("lost", ev) and not m.of("commit_failed", ev), (m.name, m.of("lost", ev))
@@ -383,21 +413,43 @@ def test_group_rebalances_on_join_and_kill9_without_loss(inst):
 
 # ------------------------------------------------------------------ 2. static membership
 
+
 def test_static_member_restarting_within_session_keeps_partitions(inst):
     P, topic, group = 6, "events", "static"
     inst.log.create_topic(topic, partitions=P, ring_bytes=RING, persistence="none")
     produce(inst.log, topic, P, 120)
     d = inst.tmp_path
     stop, go = str(d / "stop"), str(d / "go")
-    members = [Member(inst, f"s{i}", topic, group, stop=stop, commit_every=5,
-                      group_options={"group_instance_id": f"worker-{i}"}) for i in range(3)]
+    members = [
+        Member(
+            inst, f"s{i}", topic, group, stop=stop, commit_every=5, group_options={"group_instance_id": f"worker-{i}"}
+        )
+        for i in range(3)
+    ]
     # the replacement is forked and connected now, and joins the moment it is told to
-    heir = Member(inst, "s1-restarted", topic, group, stop=stop, go=go, commit_every=5,
-                  group_options={"group_instance_id": "worker-1"})
-    before = wait_for("3 static members to settle", lambda: stable(inst.log, group, members, P), 15,
-                      members, describe(inst.log, group))
-    wait_for("everything to be consumed and committed",
-             lambda: inst.log.committed_offsets(group) == {(topic, p): 20 for p in range(P)}, 15, members)
+    heir = Member(
+        inst,
+        "s1-restarted",
+        topic,
+        group,
+        stop=stop,
+        go=go,
+        commit_every=5,
+        group_options={"group_instance_id": "worker-1"},
+    )
+    before = wait_for(
+        "3 static members to settle",
+        lambda: stable(inst.log, group, members, P),
+        15,
+        members,
+        describe(inst.log, group),
+    )
+    wait_for(
+        "everything to be consumed and committed",
+        lambda: inst.log.committed_offsets(group) == {(topic, p): 20 for p in range(P)},
+        15,
+        members,
+    )
     marks = {m.name: len(m.events()) for m in members}
     victim = members[1]
     victim.kill()
@@ -411,8 +463,9 @@ def test_static_member_restarting_within_session_keeps_partitions(inst):
     wait_for("the restarted member's assignment", lambda: heir.assignment() is not None, 10, live)
     back = time.monotonic() - t_kill
     assert back < SESSION_MS / 1000, f"restart took {back:.2f} s, longer than the session: the test is invalid"
-    after = wait_for("the group to settle", lambda: stable(inst.log, group, live, P), 10,
-                     live, describe(inst.log, group))
+    after = wait_for(
+        "the group to settle", lambda: stable(inst.log, group, live, P), 10, live, describe(inst.log, group)
+    )
     assert after["s1-restarted"] == before["s1"], (before, after)
     # stay past the dead process's session timeout: nothing may move then either
     time.sleep(max(0.0, t_kill + 2 * SESSION_MS / 1000 - time.monotonic()))
@@ -420,7 +473,7 @@ def test_static_member_restarting_within_session_keeps_partitions(inst):
     desc = inst.log.describe_group(group)
     assert sorted(m.group_instance_id for m in desc.members) == ["worker-0", "worker-1", "worker-2"]
     for m in (members[0], members[2]):
-        later = m.events()[marks[m.name]:]
+        later = m.events()[marks[m.name] :]
         moves = [e for e in later if e["ev"] in ("revoke", "lost", "assign")]
         assert not moves, f"{m.name} saw {moves} when a static member restarted"
         assert m.assignment() == before[m.name]
@@ -428,18 +481,22 @@ def test_static_member_restarting_within_session_keeps_partitions(inst):
     assert first and first[0]["tps"] == before["s1"], first
     assert not heir.of("revoke") and not heir.of("lost")
     produce(inst.log, topic, P, 60, start=120)
-    wait_for("the restarted member to consume from its committed offsets",
-             lambda: {(r[0], r[1]) for r in heir.consumed()} >= {(p, o) for p in before["s1"] for o in range(20, 30)},
-             10, live)
+    wait_for(
+        "the restarted member to consume from its committed offsets",
+        lambda: {(r[0], r[1]) for r in heir.consumed()} >= {(p, o) for p in before["s1"] for o in range(20, 30)},
+        10,
+        live,
+    )
     touch(stop)
     join_all(live, 20)
     got = heir.consumed()
     for p in before["s1"]:
         offs = sorted(r[1] for r in got if r[0] == p)
-        assert offs == list(range(20, 30)), (p, offs)    # resumed at the committed 20, nothing lost or repeated
+        assert offs == list(range(20, 30)), (p, offs)  # resumed at the committed 20, nothing lost or repeated
 
 
 # ------------------------------------------------------------------ 3. zombie fencing (SIGSTOP)
+
 
 def test_sigstopped_member_is_fenced_then_rejoins(inst):
     P, topic, group = 4, "jobs", "fenced"
@@ -451,12 +508,17 @@ def test_sigstopped_member_is_fenced_then_rejoins(inst):
     wait_for("the first member", lambda: stable(inst.log, group, [zombie], P), 10, [zombie])
     other = Member(inst, "other", topic, group, stop=stop, commit_every=5)
     members = [zombie, other]
-    before = wait_for("2 members to settle", lambda: stable(inst.log, group, members, P), 15,
-                      members, describe(inst.log, group))
+    before = wait_for(
+        "2 members to settle", lambda: stable(inst.log, group, members, P), 15, members, describe(inst.log, group)
+    )
     held = before["zombie"]
     assert len(held) == 2, before
-    wait_for("everything to be committed",
-             lambda: inst.log.committed_offsets(group) == {(topic, p): 10 for p in range(P)}, 15, members)
+    wait_for(
+        "everything to be committed",
+        lambda: inst.log.committed_offsets(group) == {(topic, p): 10 for p in range(P)},
+        15,
+        members,
+    )
 
     touch(freeze)
     frozen = wait_for("the member to freeze", lambda: zombie.of("frozen"), 10, members)[0]
@@ -464,44 +526,65 @@ def test_sigstopped_member_is_fenced_then_rejoins(inst):
     zombie.kill(signal.SIGSTOP)
     t_stop = time.monotonic()
     try:
-        taken = wait_for("the stopped member's partitions to move",
-                         lambda: stable(inst.log, group, [other], P), 15, [other], describe(inst.log, group))
+        taken = wait_for(
+            "the stopped member's partitions to move",
+            lambda: stable(inst.log, group, [other], P),
+            15,
+            [other],
+            describe(inst.log, group),
+        )
         took = time.monotonic() - t_stop
         assert taken == {"other": list(range(P))}
-        assert 0.8 * SESSION_MS / 1000 <= took < 4 * SESSION_MS / 1000, \
+        assert 0.8 * SESSION_MS / 1000 <= took < 4 * SESSION_MS / 1000, (
             f"a stopped (alive) member lost its partitions after {took:.2f} s, session timeout is {SESSION_MS} ms"
-        produce(inst.log, topic, P, 40, start=40)          # the new owner commits past the zombie's positions
-        wait_for("the new owner to commit everything",
-                 lambda: inst.log.committed_offsets(group) == {(topic, p): 20 for p in range(P)}, 15, [other])
+        )
+        produce(inst.log, topic, P, 40, start=40)  # the new owner commits past the zombie's positions
+        wait_for(
+            "the new owner to commit everything",
+            lambda: inst.log.committed_offsets(group) == {(topic, p): 20 for p in range(P)},
+            15,
+            [other],
+        )
         touch(thaw)
     finally:
         zombie.kill(signal.SIGCONT)
     res = wait_for("the zombie's stale commit", lambda: zombie.of("stale_commit"), 10, members)[0]
     assert res["ok"] is False, "a member removed from its group could still commit"
-    assert inst.log.committed_offsets(group) == {(topic, p): 20 for p in range(P)}, \
+    assert inst.log.committed_offsets(group) == {(topic, p): 20 for p in range(P)}, (
         "the zombie's stale commit overwrote the new owner's offsets"
+    )
     assert {int(p): o for p, o in frozen["stale"].items()} == {p: 10 for p in held}
 
     # it polls, learns it was removed, rejoins and works again
-    again = wait_for("the zombie to rejoin", lambda: stable(inst.log, group, members, P), 15,
-                     members, describe(inst.log, group))
+    again = wait_for(
+        "the zombie to rejoin", lambda: stable(inst.log, group, members, P), 15, members, describe(inst.log, group)
+    )
     assert again["zombie"], again
     ev = zombie.events()
     lost = zombie.of("lost", ev)
     assert lost and lost[0]["tps"] == held, lost
     mark = len(ev)
     produce(inst.log, topic, P, 40, start=80)
-    wait_for("everything to be committed after the rejoin",
-             lambda: inst.log.committed_offsets(group) == {(topic, p): 30 for p in range(P)}, 15, members)
-    wait_for("a successful commit by the rejoined member",
-             lambda: any(e["ev"] == "commit" for e in zombie.events()[mark:]), 10, members)
+    wait_for(
+        "everything to be committed after the rejoin",
+        lambda: inst.log.committed_offsets(group) == {(topic, p): 30 for p in range(P)},
+        15,
+        members,
+    )
+    wait_for(
+        "a successful commit by the rejoined member",
+        lambda: any(e["ev"] == "commit" for e in zombie.events()[mark:]),
+        10,
+        members,
+    )
     touch(stop)
     join_all(members, 20)
     consumed = [r for m in members for r in m.consumed()]
     check_records(consumed, P)
     keys = sorted((r[0], r[1]) for r in consumed)
-    assert keys == sorted((p, o) for p in range(P) for o in range(30)), \
+    assert keys == sorted((p, o) for p in range(P) for o in range(30)), (
         "records lost or consumed twice (every hand-over here was committed)"
+    )
     assert not [e for e in zombie.events()[mark:] if e["ev"] == "commit_failed"]
 
 
@@ -519,12 +602,28 @@ def _commit_to_caps_and_exit(inst, topic, members_per_group, connect=None):
     members = []
     for group, durable in (("durable", True), ("plain", False)):
         for i in range(members_per_group):
-            members.append(Member(inst, f"{group}{i}", topic, group, stop=stop, caps=CAPS, durable=durable,
-                                  commit_every=20, connect=connect or {}))
+            members.append(
+                Member(
+                    inst,
+                    f"{group}{i}",
+                    topic,
+                    group,
+                    stop=stop,
+                    caps=CAPS,
+                    durable=durable,
+                    commit_every=20,
+                    connect=connect or {},
+                )
+            )
     want = {(topic, p): c for p, c in CAPS.items()}
     for group in ("durable", "plain"):
-        wait_for(f"group {group} to commit up to the caps",
-                 lambda group=group: inst.log.committed_offsets(group) == want, 20, members, describe(inst.log, group))
+        wait_for(
+            f"group {group} to commit up to the caps",
+            lambda group=group: inst.log.committed_offsets(group) == want,
+            20,
+            members,
+            describe(inst.log, group),
+        )
     touch(stop)
     join_all(members, 20)
     for group in ("durable", "plain"):
@@ -538,12 +637,18 @@ def _resume(inst, topic, group, start, connect=None):
     to the end, exactly once."""
     d = inst.tmp_path
     stop = str(d / f"stop-{group}")
-    members = [Member(inst, f"{group}-again{i}", topic, group, stop=stop, commit_every=20, connect=connect or {})
-               for i in range(2)]
+    members = [
+        Member(inst, f"{group}-again{i}", topic, group, stop=stop, commit_every=20, connect=connect or {})
+        for i in range(2)
+    ]
     want = sorted((p, o) for p in range(len(CAPS)) for o in range(start[p], TOTAL_PER_PARTITION))
-    wait_for(f"group {group} to read on from its offsets",
-             lambda: {(r[0], r[1]) for m in members for r in m.consumed()} >= set(want), 20, members,
-             describe(inst.log, group))
+    wait_for(
+        f"group {group} to read on from its offsets",
+        lambda: {(r[0], r[1]) for m in members for r in m.consumed()} >= set(want),
+        20,
+        members,
+        describe(inst.log, group),
+    )
     touch(stop)
     join_all(members, 20)
     consumed = [r for m in members for r in m.consumed()]
@@ -558,7 +663,7 @@ def test_groups_resume_at_committed_offsets_after_every_process_exits(inst):
     inst.log.create_topic(topic, partitions=P, ring_bytes=RING, persistence="none")
     produce(inst.log, topic, P, P * TOTAL_PER_PARTITION)
     _commit_to_caps_and_exit(inst, topic, 2)
-    inst.log.close()                   # the test's own connection too: nothing of the groups is in a process
+    inst.log.close()  # the test's own connection too: nothing of the groups is in a process
     inst.log = inst.connect()
     for group in ("durable", "plain"):
         _resume(inst, topic, group, CAPS)
@@ -581,13 +686,15 @@ def test_durably_committed_group_resumes_after_shared_memory_is_lost(inst):
     restored = inst.log.committed_offsets("durable")
     assert restored == {(topic, p): c for p, c in CAPS.items()}, f"durable commits lost in the restart: {restored}"
     plain = inst.log.committed_offsets("plain")
-    assert all(plain.get((topic, p), 0) <= c for p, c in CAPS.items()), \
+    assert all(plain.get((topic, p), 0) <= c for p, c in CAPS.items()), (
         f"restored plain offsets beyond what was committed: {plain}"
+    )
     _resume(inst, topic, "durable", CAPS, connect=no_persister)
     _resume(inst, topic, "plain", {p: plain.get((topic, p), 0) for p in CAPS}, connect=no_persister)
 
 
 # ------------------------------------------------------------------ 5. fan-out
+
 
 def test_two_groups_on_one_topic_each_see_every_record(inst):
     P, topic, N = 4, "feed", 2000
@@ -597,18 +704,36 @@ def test_two_groups_on_one_topic_each_see_every_record(inst):
     members = {"sticky": [], "range": []}
     for group, strategy in (("sticky", "cooperative-sticky"), ("range", "range")):
         for i in range(2):
-            members[group].append(Member(inst, f"{group}{i}", topic, group, stop=stop, commit_every=30,
-                                         group_options={"partition_assignment_strategy": strategy}))
+            members[group].append(
+                Member(
+                    inst,
+                    f"{group}{i}",
+                    topic,
+                    group,
+                    stop=stop,
+                    commit_every=30,
+                    group_options={"partition_assignment_strategy": strategy},
+                )
+            )
     everyone = members["sticky"] + members["range"]
     prod = inst.spawn("producer", _producer, inst.kwargs, topic, P, prod_stop, N, 4, 0.002)
     for group, ms in members.items():
-        wait_for(f"group {group} to settle", lambda group=group, ms=ms: stable(inst.log, group, ms, P), 15, everyone,
-                 describe(inst.log, group))
+        wait_for(
+            f"group {group} to settle",
+            lambda group=group, ms=ms: stable(inst.log, group, ms, P),
+            15,
+            everyone,
+            describe(inst.log, group),
+        )
     assert inst.collect([prod], time.monotonic() + 30)["producer"] == N
     want = sorted((s % P, s // P) for s in range(N))
     for group, ms in members.items():
-        wait_for(f"group {group} to consume all {N} records",
-                 lambda ms=ms: {(r[0], r[1]) for m in ms for r in m.consumed()} >= set(want), 20, everyone)
+        wait_for(
+            f"group {group} to consume all {N} records",
+            lambda ms=ms: {(r[0], r[1]) for m in ms for r in m.consumed()} >= set(want),
+            20,
+            everyone,
+        )
     touch(stop)
     join_all(everyone, 20)
     for group, ms in members.items():
@@ -621,6 +746,7 @@ def test_two_groups_on_one_topic_each_see_every_record(inst):
 
 # ------------------------------------------------------------------ 6. max poll interval
 
+
 def test_member_that_stops_polling_is_removed_after_max_poll_interval(inst):
     P, topic, group = 4, "tasks", "slow"
     max_poll_ms = 1500
@@ -628,31 +754,52 @@ def test_member_that_stops_polling_is_removed_after_max_poll_interval(inst):
     produce(inst.log, topic, P, 40)
     d = inst.tmp_path
     stop, freeze, thaw = str(d / "stop"), str(d / "freeze"), str(d / "thaw")
-    slow = Member(inst, "slow", topic, group, stop=stop, freeze=freeze, thaw=thaw, commit_every=5,
-                  group_options={"max_poll_interval_ms": max_poll_ms})
+    slow = Member(
+        inst,
+        "slow",
+        topic,
+        group,
+        stop=stop,
+        freeze=freeze,
+        thaw=thaw,
+        commit_every=5,
+        group_options={"max_poll_interval_ms": max_poll_ms},
+    )
     wait_for("the first member", lambda: stable(inst.log, group, [slow], P), 10, [slow])
     other = Member(inst, "other", topic, group, stop=stop, commit_every=5)
     members = [slow, other]
-    before = wait_for("2 members to settle", lambda: stable(inst.log, group, members, P), 15,
-                      members, describe(inst.log, group))
-    wait_for("everything to be committed",
-             lambda: inst.log.committed_offsets(group) == {(topic, p): 10 for p in range(P)}, 15, members)
-    touch(freeze)          # its main thread stops polling; its heartbeat thread keeps beating
+    before = wait_for(
+        "2 members to settle", lambda: stable(inst.log, group, members, P), 15, members, describe(inst.log, group)
+    )
+    wait_for(
+        "everything to be committed",
+        lambda: inst.log.committed_offsets(group) == {(topic, p): 10 for p in range(P)},
+        15,
+        members,
+    )
+    touch(freeze)  # its main thread stops polling; its heartbeat thread keeps beating
     frozen = wait_for("the member to stop polling", lambda: slow.of("frozen"), 10, members)[0]
     t_freeze = frozen["t"]
-    taken = wait_for("the idle member's partitions to move", lambda: stable(inst.log, group, [other], P), 15,
-                     members, describe(inst.log, group))
+    taken = wait_for(
+        "the idle member's partitions to move",
+        lambda: stable(inst.log, group, [other], P),
+        15,
+        members,
+        describe(inst.log, group),
+    )
     took = time.monotonic() - t_freeze
     assert taken == {"other": list(range(P))}
-    assert took >= 0.8 * max_poll_ms / 1000, \
+    assert took >= 0.8 * max_poll_ms / 1000, (
         f"removed after {took:.2f} s: a member that heartbeats must stay for max_poll_interval_ms={max_poll_ms}"
+    )
     assert took < max_poll_ms / 1000 + 3, f"removed only after {took:.2f} s"
     assert slow.proc.is_alive()
     touch(thaw)
     res = wait_for("its stale commit", lambda: slow.of("stale_commit"), 10, members)[0]
     assert res["ok"] is False, "a member removed for not polling could still commit"
-    again = wait_for("the slow member to rejoin", lambda: stable(inst.log, group, members, P), 15,
-                     members, describe(inst.log, group))
+    again = wait_for(
+        "the slow member to rejoin", lambda: stable(inst.log, group, members, P), 15, members, describe(inst.log, group)
+    )
     assert again["slow"], again
     lost = slow.of("lost")
     assert lost and lost[0]["tps"] == before["slow"], lost
@@ -665,12 +812,19 @@ def test_member_that_stops_polling_is_removed_after_max_poll_interval(inst):
 
 # ------------------------------------------------------------------ chaos seed 100: admin+kill, then reboot
 
+
 def _durable_member(kwargs, path):
     """Polls group gdur on dur; after each commit(durable=True) returns, one
     write(2) of 'partition offset' (a kill -9 leaves whole lines)."""
     log = shmlog.connect(**kwargs)
-    c = log.consumer(group="gdur", topics=["dur"], auto_offset_reset="earliest", enable_auto_commit=False,
-                     session_timeout_ms=3000, heartbeat_interval_ms=300)
+    c = log.consumer(
+        group="gdur",
+        topics=["dur"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=3000,
+        heartbeat_interval_ms=300,
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     while True:
         msgs = c.poll_batch(100, timeout=0.2)
@@ -722,7 +876,7 @@ def test_durable_commits_survive_admin_kill_then_reboot(inst, tmp_path, kill_aft
     time.sleep(kill_after_ms / 1000)
     sup.kill()
     sup.wait(10)
-    time.sleep(1.5)                                # members commit durably with no supervisor
+    time.sleep(1.5)  # members commit durably with no supervisor
     for pr in [*members, prod, admin]:
         if pr.is_alive():
             os.kill(pr.pid, signal.SIGKILL)
@@ -740,7 +894,7 @@ def test_durable_commits_survive_admin_kill_then_reboot(inst, tmp_path, kill_aft
                 p, o = map(int, line.split())
                 acked[p] = max(acked.get(p, 0), o)
     assert set(acked) == {0, 1}, f"the members committed too little to judge: {acked}"
-    inst.log = log2 = inst.connect()               # the reboot's restore
+    inst.log = log2 = inst.connect()  # the reboot's restore
     got = log2.committed_offsets("gdur")
     lost = {p: (o, got.get(("dur", p))) for p, o in acked.items() if (got.get(("dur", p)) or -1) < o}
     assert not lost, f"durable commits lost across the reboot: {{partition: (acked, restored)}} = {lost}"

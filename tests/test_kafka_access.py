@@ -5,6 +5,7 @@ CLUSTER_AUTHORIZATION_FAILED, then the connection closed, nothing served —
 unless the listener runs with allow_any_local_user. The peer's uid comes from
 /proc/net/tcp{,6}. The other users are forked children that setuid() (needs
 root and useradd, like tests/test_permissions.py); every wait is bounded."""
+
 import encodings.idna  # noqa: F401  (the children, as other users, cannot import it from /root)
 import os
 import pwd
@@ -55,6 +56,7 @@ def _give_instance_a_group(inst, gid):
 def test_outsiders_are_refused_members_served(inst, users):  # noqa: F811
     group, member, outsider = users
     import grp
+
     _give_instance_a_group(inst, grp.getgrnam(group).gr_gid)
     k = Kafka(inst, auto_create_topics=True)
     try:
@@ -62,15 +64,15 @@ def test_outsiders_are_refused_members_served(inst, users):  # noqa: F811
         for user in (outsider, nobody):
             got = run_as(inst, user, _as_client, k.port)
             assert got["uid"] == user.pw_uid
-            assert got["api_versions"] == (1, 31, 0), got            # CLUSTER_AUTHORIZATION_FAILED, no APIs
+            assert got["api_versions"] == (1, 31, 0), got  # CLUSTER_AUTHORIZATION_FAILED, no APIs
             assert str(got["metadata"]).startswith("closed"), got
         assert k.listener.refused == 2
-        assert "t" not in inst.log.list_topics()                     # the refused Metadata created nothing
-        got = run_as(inst, member, _as_client, k.port)               # in the instance's group: served
+        assert "t" not in inst.log.list_topics()  # the refused Metadata created nothing
+        got = run_as(inst, member, _as_client, k.port)  # in the instance's group: served
         assert got["api_versions"][:2] == (1, 0) and got["api_versions"][2] > 10
         assert got["metadata"] == 2
         assert "t" in inst.log.list_topics()
-        assert _as_client(k.port)["metadata"] == 2                   # root, the owner: served
+        assert _as_client(k.port)["metadata"] == 2  # root, the owner: served
     finally:
         k.stop()
 
@@ -88,7 +90,7 @@ def test_allow_any_local_user_serves_everyone(inst):
 
 @needs_root
 def test_without_a_group_only_the_owner_and_root_are_served(inst, users):  # noqa: F811
-    _, member, _ = users                   # a group exists, but this instance has none
+    _, member, _ = users  # a group exists, but this instance has none
     k = Kafka(inst)
     try:
         assert run_as(inst, member, _as_client, k.port)["api_versions"][1] == 31
@@ -109,7 +111,7 @@ def test_tcp_peer_uid_from_proc_net_tcp(family, host):
     try:
         assert peers.tcp_peer_uid(conn) == os.geteuid()
         assert peers.is_loopback_peer(conn)
-        cli.close()                        # the client's row leaves ESTABLISHED: no uid, refused on loopback
+        cli.close()  # the client's row leaves ESTABLISHED: no uid, refused on loopback
         deadline = time.monotonic() + 5
         while peers.tcp_peer_uid(conn) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -125,10 +127,16 @@ def test_config_keys_reach_the_listener(inst, capsys):
     from shmlog import errors
     from shmlog.service import configfile
     from shmlog.kafka import cli
-    spec = configfile.KafkaSpec(listen="127.0.0.1:0", allow_any_local_user=True,
-                                max_queued_request_bytes=1 << 20, max_frame_bytes=1 << 20, fetch_max_bytes=4096)
+
+    spec = configfile.KafkaSpec(
+        listen="127.0.0.1:0",
+        allow_any_local_user=True,
+        max_queued_request_bytes=1 << 20,
+        max_frame_bytes=1 << 20,
+        fetch_max_bytes=4096,
+    )
     opts = spec.options()
-    run = cli.start(inst.log, "127.0.0.1", 0, **opts)       # what the supervisor does with [kafka]
+    run = cli.start(inst.log, "127.0.0.1", 0, **opts)  # what the supervisor does with [kafka]
     try:
         lst = run.listener
         assert lst.allow_any_local_user and lst.request_bytes.limit == 1 << 20
@@ -138,6 +146,18 @@ def test_config_keys_reach_the_listener(inst, capsys):
     bad = configfile.ServiceConfig(kafka=configfile.KafkaSpec(listen="127.0.0.1:0", max_queued_request_bytes=1 << 20))
     with pytest.raises(errors.InvalidConfig, match="max_queued_request_bytes"):
         configfile.validate(bad)
-    rc = cli.main(["--listen", "127.0.0.1:0", "--instance", inst.kwargs["instance"], "--data-dir",
-                   inst.kwargs["data_dir"], "--shm-prefix", inst.prefix, "--max-queued-request-bytes", "2048"])
+    rc = cli.main(
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--instance",
+            inst.kwargs["instance"],
+            "--data-dir",
+            inst.kwargs["data_dir"],
+            "--shm-prefix",
+            inst.prefix,
+            "--max-queued-request-bytes",
+            "2048",
+        ]
+    )
     assert rc == 2 and "max_queued_request_bytes" in capsys.readouterr().err

@@ -3,6 +3,7 @@ confluent-kafka, aiokafka, and (when Debian's Go toolchain and sarama are
 installed) a sarama program. Records cross between Kafka clients and native
 shmlog producers/consumers. Every wait is bounded; a test skips, with the
 reason, only when its client is not installed."""
+
 import asyncio
 import os
 import shutil
@@ -20,8 +21,9 @@ need_kcat = pytest.mark.skipif(KCAT is None, reason="kcat is not installed (Debi
 
 
 def kcat(kafka, *args, input=None, timeout=30):
-    r = subprocess.run([KCAT, "-b", kafka.bootstrap, *args], input=input, capture_output=True,
-                       text=True, timeout=timeout)
+    r = subprocess.run(
+        [KCAT, "-b", kafka.bootstrap, *args], input=input, capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -60,7 +62,12 @@ def test_kcat_list_produce_consume_plain_and_gzip(kafka):
     # the gzip batch is stored compressed, exactly as kcat sent it; native consumers inflate it
     got = native_records(kafka.log, "k", 2, 5)
     assert sorted((m.partition, m.key, m.value) for m in got) == [
-        (0, b"a", b"1"), (0, b"b", b"2"), (1, b"c", b"3"), (1, b"d", b"4"), (1, b"e", b"5")]
+        (0, b"a", b"1"),
+        (0, b"b", b"2"),
+        (1, b"c", b"3"),
+        (1, b"d", b"4"),
+        (1, b"e", b"5"),
+    ]
 
 
 @need_kcat
@@ -83,11 +90,33 @@ def test_kcat_records_reach_native_consumers_and_back(kafka):
 def test_kcat_group_members_share_partitions_and_take_over_a_killed_one(kafka, tmp_path):
     kafka.log.create_topic("g", partitions=4, ring_bytes=1 << 16, persistence="none")
     outs = [open(tmp_path / f"m{i}.out", "w+") for i in range(2)]
-    members = [subprocess.Popen(
-        [KCAT, "-b", kafka.bootstrap, "-G", "kgrp", "g", "-o", "beginning", "-f", "%p %s\n", "-u",
-         "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"],
-        stdout=outs[i], stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+    members = [
+        subprocess.Popen(
+            [
+                KCAT,
+                "-b",
+                kafka.bootstrap,
+                "-G",
+                "kgrp",
+                "g",
+                "-o",
+                "beginning",
+                "-f",
+                "%p %s\n",
+                "-u",
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=500",
+            ],
+            stdout=outs[i],
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
+
         def lines(i):
             outs[i].flush()
             return (tmp_path / f"m{i}.out").read_text().splitlines()
@@ -98,8 +127,15 @@ def test_kcat_group_members_share_partitions_and_take_over_a_killed_one(kafka, t
                     p.send("g", f"{tag}{part}".encode(), partition=part)
 
         # both members joined and split the four partitions
-        wait_for(lambda: len(kafka.listener.groups.groups.get("kgrp").members) == 2
-                 if "kgrp" in kafka.listener.groups.groups else False, 30, "two kcat members")
+        wait_for(
+            lambda: (
+                len(kafka.listener.groups.groups.get("kgrp").members) == 2
+                if "kgrp" in kafka.listener.groups.groups
+                else False
+            ),
+            30,
+            "two kcat members",
+        )
         wait_for(lambda: kafka.listener.groups.groups["kgrp"].state == "Stable", 30, "a stable group")
         produce("a")
         wait_for(lambda: len(lines(0)) + len(lines(1)) >= 4, 30, "the first records")
@@ -110,9 +146,11 @@ def test_kcat_group_members_share_partitions_and_take_over_a_killed_one(kafka, t
         wait_for(lambda: len(kafka.listener.groups.groups["kgrp"].members) == 1, 30, "the dead member's expiry")
         produce("b")
         # at-least-once: partitions moved before a commit are read again from the start
-        wait_for(lambda: {line for line in lines(0) if line.split()[1].startswith("b")} ==
-                 {"0 b0", "1 b1", "2 b2", "3 b3"}, 40,
-                 lambda: f"the survivor to read every partition: {lines(0)}")
+        wait_for(
+            lambda: {line for line in lines(0) if line.split()[1].startswith("b")} == {"0 b0", "1 b1", "2 b2", "3 b3"},
+            40,
+            lambda: f"the survivor to read every partition: {lines(0)}",
+        )
     finally:
         for m in members:
             if m.poll() is None:
@@ -128,20 +166,26 @@ def test_kcat_group_members_share_partitions_and_take_over_a_killed_one(kafka, t
 def test_kafka_python_defaults_group_commit_resume_and_admin(kafka):
     kp = pytest.importorskip("kafka", reason="pip install kafka-python")
     from kafka.admin import NewTopic
+
     admin = kp.KafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=10000)
     try:
         admin.create_topics([NewTopic("kp", num_partitions=2, replication_factor=1)])
         assert kafka.log.describe_topic("kp").config.partitions == 2
-        prod = kp.KafkaProducer(bootstrap_servers=kafka.bootstrap)      # defaults: idempotent, acks=all
+        prod = kp.KafkaProducer(bootstrap_servers=kafka.bootstrap)  # defaults: idempotent, acks=all
         futs = [prod.send("kp", key=b"k%d" % i, value=b"v%d" % i) for i in range(20)]
         prod.flush(10)
         assert all(f.get(timeout=10).offset >= 0 for f in futs)
         prod.close(5)
 
         def consume(n):
-            c = kp.KafkaConsumer("kp", bootstrap_servers=kafka.bootstrap, group_id="kpg",
-                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                 consumer_timeout_ms=15000)
+            c = kp.KafkaConsumer(
+                "kp",
+                bootstrap_servers=kafka.bootstrap,
+                group_id="kpg",
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                consumer_timeout_ms=15000,
+            )
             got = []
             for m in c:
                 got.append(m.value)
@@ -150,6 +194,7 @@ def test_kafka_python_defaults_group_commit_resume_and_admin(kafka):
             c.commit()
             c.close()
             return got
+
         assert sorted(consume(20)) == sorted(b"v%d" % i for i in range(20))
         committed = kafka.log.committed_offsets("kpg")
         assert sum(committed.values()) == 20
@@ -158,7 +203,7 @@ def test_kafka_python_defaults_group_commit_resume_and_admin(kafka):
             prod.send("kp", value=b"v%d" % i)
         prod.flush(10)
         prod.close(5)
-        assert sorted(consume(5)) == sorted(b"v%d" % i for i in range(20, 25))   # resumed, nothing again
+        assert sorted(consume(5)) == sorted(b"v%d" % i for i in range(20, 25))  # resumed, nothing again
         admin.delete_topics(["kp"])
         assert "kp" not in kafka.log.list_topics()
     finally:
@@ -174,14 +219,25 @@ def test_confluent_kafka_delivery_reports_group_and_restart(kafka):
     p = ck.Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
     reports = []
     for i in range(30):
-        p.produce("ck", key=b"%d" % i, value=b"m%d" % i, headers=[("i", b"%d" % i)],
-                  on_delivery=lambda err, msg: reports.append((err, msg.partition(), msg.offset())))
+        p.produce(
+            "ck",
+            key=b"%d" % i,
+            value=b"m%d" % i,
+            headers=[("i", b"%d" % i)],
+            on_delivery=lambda err, msg: reports.append((err, msg.partition(), msg.offset())),
+        )
     assert p.flush(15) == 0
     assert len(reports) == 30 and all(e is None and o >= 0 for e, _, o in reports)
 
     def consume(n, commit_after):
-        c = ck.Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "ckg",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c = ck.Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "group.id": "ckg",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         c.subscribe(["ck"])
         got = []
         deadline = time.monotonic() + 30
@@ -194,6 +250,7 @@ def test_confluent_kafka_delivery_reports_group_and_restart(kafka):
                 c.commit(asynchronous=False)
         c.close()
         return got
+
     first = consume(30, 30)
     assert sorted(first) == sorted(b"m%d" % i for i in range(30))
     for i in range(30, 36):
@@ -236,8 +293,9 @@ def test_aiokafka_produce_and_group_consume(kafka):
                 await prod.send_and_wait("ak", b"a%d" % i, key=b"%d" % i)
         finally:
             await prod.stop()
-        cons = aiokafka.AIOKafkaConsumer("ak", bootstrap_servers=kafka.bootstrap, group_id="akg",
-                                         auto_offset_reset="earliest")
+        cons = aiokafka.AIOKafkaConsumer(
+            "ak", bootstrap_servers=kafka.bootstrap, group_id="akg", auto_offset_reset="earliest"
+        )
         await cons.start()
         got = []
         try:
@@ -250,6 +308,7 @@ def test_aiokafka_produce_and_group_consume(kafka):
         finally:
             await cons.stop()
         return got
+
     got = asyncio.run(asyncio.wait_for(run(), 60))
     assert sorted(got) == sorted(b"a%d" % i for i in range(10))
     assert sum(kafka.log.committed_offsets("akg").values()) == 10
@@ -287,8 +346,9 @@ def test_kafka_commits_are_shmlog_group_offsets(kafka):
     c.assign([tp])
     c.commit({tp: kp.structs.OffsetAndMetadata(6, "", -1)})
     c.close()
-    with kafka.log.consumer(group="sg", topics=["shared"], auto_offset_reset="earliest",
-                            enable_auto_commit=False) as nc:
+    with kafka.log.consumer(
+        group="sg", topics=["shared"], auto_offset_reset="earliest", enable_auto_commit=False
+    ) as nc:
         m = nc.poll(timeout=10)
         assert m is not None and (m.offset, m.value) == (6, b"n6")
         nc.commit()
@@ -299,10 +359,12 @@ def test_kafka_commits_are_shmlog_group_offsets(kafka):
 
 GOPATH = "/usr/share/gocode"
 SARAMA = os.path.join(GOPATH, "src/github.com/Shopify/sarama")
-need_sarama = pytest.mark.skipif(shutil.which("go") is None or not os.path.isdir(SARAMA),
-                                 reason="Go client needs Debian's golang-go and golang-github-shopify-sarama-dev")
+need_sarama = pytest.mark.skipif(
+    shutil.which("go") is None or not os.path.isdir(SARAMA),
+    reason="Go client needs Debian's golang-go and golang-github-shopify-sarama-dev",
+)
 
-SARAMA_PROGRAM = textwrap.dedent('''
+SARAMA_PROGRAM = textwrap.dedent("""
     package main
 
     import (
@@ -360,7 +422,7 @@ SARAMA_PROGRAM = textwrap.dedent('''
         cancel()
         g.Close()
     }
-''')
+""")
 
 
 @need_sarama
@@ -369,11 +431,13 @@ def test_sarama_sync_producer_and_consumer_group(kafka, tmp_path):
     src = tmp_path / "src" / "saramatest"
     src.mkdir(parents=True)
     (src / "main.go").write_text(SARAMA_PROGRAM)
-    env = dict(os.environ, GO111MODULE="off", GOPATH=f"{tmp_path}:{GOPATH}", GOFLAGS="",
-               GOCACHE=str(tmp_path / "gocache"))
+    env = dict(
+        os.environ, GO111MODULE="off", GOPATH=f"{tmp_path}:{GOPATH}", GOFLAGS="", GOCACHE=str(tmp_path / "gocache")
+    )
     exe = tmp_path / "saramatest"
-    b = subprocess.run(["go", "build", "-o", str(exe), "saramatest"], env=env, capture_output=True,
-                       text=True, timeout=400)
+    b = subprocess.run(
+        ["go", "build", "-o", str(exe), "saramatest"], env=env, capture_output=True, text=True, timeout=400
+    )
     if b.returncode != 0:
         pytest.fail(f"go build failed:\n{b.stderr[-3000:]}")
     r = subprocess.run([str(exe), kafka.bootstrap, "go"], capture_output=True, text=True, timeout=90)

@@ -3,6 +3,7 @@ real clients (issue 15): a member of the current generation commits while
 the group prepares a rebalance (what librdkafka does in its revoke callback)
 — Kafka accepts it; only a commit during CompletingRebalance is refused.
 Every wait is bounded."""
+
 import time
 
 import pytest
@@ -17,17 +18,23 @@ def test_confluent_commit_in_the_revoke_callback_is_accepted(kafka):
     with kafka.log.producer() as p:
         for i in range(20):
             p.send("t", b"m%d" % i, partition=i % 2)
-    conf = {"bootstrap.servers": kafka.bootstrap, "group.id": "g", "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "heartbeat.interval.ms": 200, "session.timeout.ms": 10_000}
+    conf = {
+        "bootstrap.servers": kafka.bootstrap,
+        "group.id": "g",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "heartbeat.interval.ms": 200,
+        "session.timeout.ms": 10_000,
+    }
     revoked, commit_errors = [], []
 
     def on_revoke(consumer, parts):
         revoked.append([(p.topic, p.partition) for p in parts])
         try:
-            consumer.commit(asynchronous=False)          # the consumed positions of what it gives up
+            consumer.commit(asynchronous=False)  # the consumed positions of what it gives up
             commit_errors.append(None)
         except ck.KafkaException as e:
-            commit_errors.append(str(e))                 # (a later revoke at close has none: _NO_OFFSET)
+            commit_errors.append(str(e))  # (a later revoke at close has none: _NO_OFFSET)
 
     c1 = ck.Consumer(conf)
     c2 = None
@@ -50,22 +57,45 @@ def test_confluent_commit_in_the_revoke_callback_is_accepted(kafka):
         c1.close()
         if c2 is not None:
             c2.close()
-    assert commit_errors[0] is None, commit_errors       # the first revoke: during PreparingRebalance
+    assert commit_errors[0] is None, commit_errors  # the first revoke: during PreparingRebalance
     assert kafka.log.committed_offsets("g") == {("t", 0): 10, ("t", 1): 10}
 
 
 def _join(c, group, member="", corr=1):
     proto = [{"Name": "range", "Metadata": b"\x00\x00\x00\x00\x00\x01\x00\x01t\x00\x00\x00\x00"}]
-    body = {"GroupId": group, "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 3_000, "MemberId": member,
-            "GroupInstanceId": None, "ProtocolType": "consumer", "Protocols": proto}
+    body = {
+        "GroupId": group,
+        "SessionTimeoutMs": 10_000,
+        "RebalanceTimeoutMs": 3_000,
+        "MemberId": member,
+        "GroupInstanceId": None,
+        "ProtocolType": "consumer",
+        "Protocols": proto,
+    }
     return call(c, 11, 5, body, corr=corr)
 
 
 def _commit(c, group, gen, member, offset, corr):
-    body = {"GroupId": group, "GenerationIdOrMemberEpoch": gen, "MemberId": member, "GroupInstanceId": None,
-            "RetentionTimeMs": -1,
-            "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": offset,
-                                                     "CommittedLeaderEpoch": -1, "CommittedMetadata": None}]}]}
+    body = {
+        "GroupId": group,
+        "GenerationIdOrMemberEpoch": gen,
+        "MemberId": member,
+        "GroupInstanceId": None,
+        "RetentionTimeMs": -1,
+        "Topics": [
+            {
+                "Name": "t",
+                "Partitions": [
+                    {
+                        "PartitionIndex": 0,
+                        "CommittedOffset": offset,
+                        "CommittedLeaderEpoch": -1,
+                        "CommittedMetadata": None,
+                    }
+                ],
+            }
+        ],
+    }
     return call(c, 8, 7, body, corr=corr)["Topics"][0]["Partitions"][0]["ErrorCode"]
 
 
@@ -79,25 +109,43 @@ def test_commit_rules_per_group_state(kafka):
     a = kafka.raw()
     j = _join(a, "g")
     member, gen = j["MemberId"], j["GenerationId"]
-    sync = {"GroupId": "g", "GenerationId": gen, "MemberId": member, "GroupInstanceId": None,
-            "Assignments": [{"MemberId": member, "Assignment": b""}]}
+    sync = {
+        "GroupId": "g",
+        "GenerationId": gen,
+        "MemberId": member,
+        "GroupInstanceId": None,
+        "Assignments": [{"MemberId": member, "Assignment": b""}],
+    }
     assert call(a, 14, 3, sync, corr=2)["ErrorCode"] == 0
-    assert _commit(a, "g", gen, member, 3, corr=3) == 0                       # Stable
+    assert _commit(a, "g", gen, member, 3, corr=3) == 0  # Stable
     b = kafka.raw()
-    b.send_frame(request(11, 5, 4, {"GroupId": "g", "SessionTimeoutMs": 10_000, "RebalanceTimeoutMs": 3_000,
-                                    "MemberId": "", "GroupInstanceId": None, "ProtocolType": "consumer",
-                                    "Protocols": [{"Name": "range", "Metadata": b""}]}))
+    b.send_frame(
+        request(
+            11,
+            5,
+            4,
+            {
+                "GroupId": "g",
+                "SessionTimeoutMs": 10_000,
+                "RebalanceTimeoutMs": 3_000,
+                "MemberId": "",
+                "GroupInstanceId": None,
+                "ProtocolType": "consumer",
+                "Protocols": [{"Name": "range", "Metadata": b""}],
+            },
+        )
+    )
     deadline = time.monotonic() + 5
     while kafka.listener.groups.groups["g"].state != "PreparingRebalance" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert kafka.listener.groups.groups["g"].state == "PreparingRebalance"
-    assert _commit(a, "g", gen, member, 5, corr=5) == 0                       # PreparingRebalance: accepted
-    assert _commit(a, "g", gen - 1, member, 6, corr=6) == 22                  # ILLEGAL_GENERATION
+    assert _commit(a, "g", gen, member, 5, corr=5) == 0  # PreparingRebalance: accepted
+    assert _commit(a, "g", gen - 1, member, 6, corr=6) == 22  # ILLEGAL_GENERATION
     assert kafka.log.committed_offsets("g")[("t", 0)] == 5
-    j2 = _join(a, "g", member=member, corr=7)                                 # a rejoins: the join completes
+    j2 = _join(a, "g", member=member, corr=7)  # a rejoins: the join completes
     assert j2["ErrorCode"] == 0 and j2["GenerationId"] == gen + 1
     assert kafka.listener.groups.groups["g"].state == "CompletingRebalance"
-    assert _commit(a, "g", gen + 1, member, 7, corr=8) == 27                  # REBALANCE_IN_PROGRESS
+    assert _commit(a, "g", gen + 1, member, 7, corr=8) == 27  # REBALANCE_IN_PROGRESS
     assert kafka.log.committed_offsets("g")[("t", 0)] == 5
     b.close()
     a.close()

@@ -4,6 +4,7 @@ may be larger), a partition listed many times is served once, the listener's
 fetch_max_bytes caps what a client may ask for, and a flood of half-sent
 request frames stays inside max_queued_request_bytes (the listener's peak RSS
 is measured in its own process). Every wait is bounded."""
+
 import contextlib
 import re
 import socket
@@ -39,22 +40,40 @@ def fill(log, topic, partitions, batches, value_bytes, per_batch=10):
 
 
 def multi_fetch(topic, parts, max_bytes, partition_max_bytes, offset=0):
-    return {"ReplicaId": -1, "MaxWaitMs": 0, "MinBytes": 1, "MaxBytes": max_bytes, "IsolationLevel": 0,
-            "SessionId": 0, "SessionEpoch": -1,
-            "Topics": [{"Topic": topic, "Partitions": [
-                {"Partition": p, "FetchOffset": offset, "LogStartOffset": -1, "PartitionMaxBytes": partition_max_bytes}
-                for p in parts]}],
-            "ForgottenTopicsData": [], "RackId": ""}
+    return {
+        "ReplicaId": -1,
+        "MaxWaitMs": 0,
+        "MinBytes": 1,
+        "MaxBytes": max_bytes,
+        "IsolationLevel": 0,
+        "SessionId": 0,
+        "SessionEpoch": -1,
+        "Topics": [
+            {
+                "Topic": topic,
+                "Partitions": [
+                    {
+                        "Partition": p,
+                        "FetchOffset": offset,
+                        "LogStartOffset": -1,
+                        "PartitionMaxBytes": partition_max_bytes,
+                    }
+                    for p in parts
+                ],
+            }
+        ],
+        "ForgottenTopicsData": [],
+        "RackId": "",
+    }
 
 
 def records_of(resp):
-    return [(t["Topic"], p["PartitionIndex"], bytes(p["Records"]))
-            for t in resp["Responses"] for p in t["Partitions"]]
+    return [(t["Topic"], p["PartitionIndex"], bytes(p["Records"])) for t in resp["Responses"] for p in t["Partitions"]]
 
 
 def test_fetch_response_is_capped_at_max_bytes_across_partitions(kafka):
     """The first partition used to take its whole PartitionMaxBytes whatever MaxBytes said."""
-    fill(kafka.log, "t", 4, 40, 1000)                     # 4 x 40 batches of ~10 KB
+    fill(kafka.log, "t", 4, 40, 1000)  # 4 x 40 batches of ~10 KB
     c = kafka.raw()
     for max_bytes in (50_000, 120_000, 1_000_000):
         resp = call(c, 1, 11, multi_fetch("t", range(4), max_bytes, 1 << 20), corr=max_bytes)
@@ -62,7 +81,7 @@ def test_fetch_response_is_capped_at_max_bytes_across_partitions(kafka):
         total = sum(len(r) for _, _, r in got)
         assert 0 < total <= max_bytes, (max_bytes, total)
         for _, _, r in got:
-            batches_in(r)                                  # whole batches only
+            batches_in(r)  # whole batches only
         # and it is not starved: within one batch of the limit
         assert total > max_bytes - 2 * 10_200
     # each partition still at most its own PartitionMaxBytes
@@ -78,7 +97,7 @@ def test_only_the_first_batch_of_a_response_may_exceed_max_bytes(kafka):
     c = kafka.raw()
     resp = call(c, 1, 11, multi_fetch("t", [0, 1], 1000, 1000))
     got = records_of(resp)
-    assert [len(batches_in(r)) for _, _, r in got] == [1, 0]          # consumer progresses on p0
+    assert [len(batches_in(r)) for _, _, r in got] == [1, 0]  # consumer progresses on p0
     assert len(got[0][2]) > 200_000
 
 
@@ -107,12 +126,20 @@ def test_confluent_consumer_with_small_fetch_max_bytes_reads_everything(kafka):
     """librdkafka with fetch.max.bytes=1000000 looped on 'Invalid response size'
     when the first partition's response passed it (issue 15 item 1)."""
     ck = pytest.importorskip("confluent_kafka", reason="pip install confluent-kafka")
-    fill(kafka.log, "t", 4, 120, 4000, per_batch=10)      # ~19 MB in 480 batches of ~40 KB
+    fill(kafka.log, "t", 4, 120, 4000, per_batch=10)  # ~19 MB in 480 batches of ~40 KB
     errors_seen = []
-    c = ck.Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": "g", "auto.offset.reset": "earliest",
-                     "fetch.max.bytes": 1_000_000, "max.partition.fetch.bytes": 20_000_000,
-                     "receive.message.max.bytes": 1_000_000 + 512, "enable.auto.commit": False,
-                     "error_cb": lambda e: errors_seen.append(str(e))})
+    c = ck.Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": "g",
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 1_000_000,
+            "max.partition.fetch.bytes": 20_000_000,
+            "receive.message.max.bytes": 1_000_000 + 512,
+            "enable.auto.commit": False,
+            "error_cb": lambda e: errors_seen.append(str(e)),
+        }
+    )
     try:
         c.subscribe(["t"])
         seen = {p: 0 for p in range(4)}
@@ -142,9 +169,22 @@ def listener_process(inst, tmp_path, *args):
     errlog = tmp_path / "listener.err"
     with open(errlog, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shmlog.kafka.cli", "--listen", "127.0.0.1:0",
-             "--instance", inst.kwargs["instance"], "--data-dir", inst.kwargs["data_dir"],
-             "--shm-prefix", inst.prefix, *args], stderr=err)
+            [
+                sys.executable,
+                "-m",
+                "shmlog.kafka.cli",
+                "--listen",
+                "127.0.0.1:0",
+                "--instance",
+                inst.kwargs["instance"],
+                "--data-dir",
+                inst.kwargs["data_dir"],
+                "--shm-prefix",
+                inst.prefix,
+                *args,
+            ],
+            stderr=err,
+        )
     try:
         port = None
         deadline = time.monotonic() + 30
@@ -180,8 +220,9 @@ def test_half_sent_frames_stay_inside_the_request_byte_budget(inst, tmp_path):
     are still answered during the flood, and a big request goes through once
     the flood is gone."""
     socks = []
-    with listener_process(inst, tmp_path, "--max-frame-bytes", str(8 << 20),
-                          "--max-queued-request-bytes", str(16 << 20)) as (proc, port):
+    with listener_process(
+        inst, tmp_path, "--max-frame-bytes", str(8 << 20), "--max-queued-request-bytes", str(16 << 20)
+    ) as (proc, port):
         try:
             probe = socket.create_connection(("127.0.0.1", port), timeout=10)
             assert _api_versions(probe, 1) == 1
@@ -205,11 +246,11 @@ def test_half_sent_frames_stay_inside_the_request_byte_budget(inst, tmp_path):
                 if not moved:
                     time.sleep(0.02)
             sent = sum(n for _, n in socks)
-            time.sleep(1.0)                                     # let the listener read what it will
-            assert _api_versions(probe, 2) == 2                 # small requests still flow
+            time.sleep(1.0)  # let the listener read what it will
+            assert _api_versions(probe, 2) == 2  # small requests still flow
             grew = _rss_peak_kib(proc.pid) - base
             print(f"half-sent flood: {sent >> 20} MiB sent, listener peak RSS +{grew >> 10} MiB")
-            assert sent > 40 << 20, sent                        # the flood really was sent
+            assert sent > 40 << 20, sent  # the flood really was sent
             assert grew < 64 << 10, f"listener peak RSS grew by {grew} KiB with {sent >> 20} MiB half-sent"
             for s, _ in socks:
                 s.close()
@@ -218,7 +259,7 @@ def test_half_sent_frames_stay_inside_the_request_byte_budget(inst, tmp_path):
             big = socket.create_connection(("127.0.0.1", port), timeout=20)
             body = header_v1(18, 0, 3, b"")
             big.sendall(struct.pack(">i", 4 << 20) + body + bytes((4 << 20) - len(body)))
-            size = struct.unpack(">i", _recv(big, 4))[0]        # an ApiVersions padded to 4 MiB is answered
+            size = struct.unpack(">i", _recv(big, 4))[0]  # an ApiVersions padded to 4 MiB is answered
             assert struct.unpack_from(">i", _recv(big, size))[0] == 3
             big.close()
             probe.close()
@@ -231,7 +272,7 @@ def test_pipelined_fetches_that_are_never_read_hold_one_response(inst, tmp_path)
     """A client that sends 30 Fetches of 8 MiB each and reads nothing made the
     listener build all 30 responses (240 MiB); fetches of one connection now
     run one after another, each once the previous response was written."""
-    fill(inst.log, "t", 1, 80, 10_000)                     # ~8 MB in one partition
+    fill(inst.log, "t", 1, 80, 10_000)  # ~8 MB in one partition
     with listener_process(inst, tmp_path) as (proc, port):
         c = socket.create_connection(("127.0.0.1", port), timeout=10)
         assert _api_versions(c, 1) == 1
@@ -243,7 +284,7 @@ def test_pipelined_fetches_that_are_never_read_hold_one_response(inst, tmp_path)
         print(f"30 pipelined 8 MiB fetches, unread: listener peak RSS +{grew >> 10} MiB")
         assert grew < 80 << 10, f"listener peak RSS grew by {grew} KiB"
         c.settimeout(30)
-        for _i in range(30):                                # and they are all answered, in order
+        for _i in range(30):  # and they are all answered, in order
             size = struct.unpack(">i", _recv(c, 4))[0]
             assert size > 7 << 20 and struct.unpack_from(">i", _recv(c, size))[0] == 7
         c.close()

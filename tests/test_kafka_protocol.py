@@ -1,6 +1,7 @@
 """Kafka listener, wire level: golden byte layouts from raw sockets, Kafka's
 error codes, idempotent de-duplication, long-poll fetch, limits and a fuzzed
 request decoder. Every socket wait is bounded."""
+
 import random
 import socket
 import struct
@@ -40,16 +41,39 @@ def call(client, key, version, body, corr=1):
 
 
 def produce_body(topic, partition, records, acks=-1):
-    return {"TransactionalId": None, "Acks": acks, "TimeoutMs": 5000,
-            "TopicData": [{"Name": topic, "PartitionData": [{"Index": partition, "Records": records}]}]}
+    return {
+        "TransactionalId": None,
+        "Acks": acks,
+        "TimeoutMs": 5000,
+        "TopicData": [{"Name": topic, "PartitionData": [{"Index": partition, "Records": records}]}],
+    }
 
 
 def fetch_body(topic, partition, offset, max_wait_ms=0, min_bytes=1, max_bytes=1 << 20):
-    return {"ReplicaId": -1, "MaxWaitMs": max_wait_ms, "MinBytes": min_bytes, "MaxBytes": 50 << 20,
-            "IsolationLevel": 0, "SessionId": 0, "SessionEpoch": -1,
-            "Topics": [{"Topic": topic, "Partitions": [{"Partition": partition, "FetchOffset": offset,
-                                                         "LogStartOffset": -1, "PartitionMaxBytes": max_bytes}]}],
-            "ForgottenTopicsData": [], "RackId": ""}
+    return {
+        "ReplicaId": -1,
+        "MaxWaitMs": max_wait_ms,
+        "MinBytes": min_bytes,
+        "MaxBytes": 50 << 20,
+        "IsolationLevel": 0,
+        "SessionId": 0,
+        "SessionEpoch": -1,
+        "Topics": [
+            {
+                "Topic": topic,
+                "Partitions": [
+                    {
+                        "Partition": partition,
+                        "FetchOffset": offset,
+                        "LogStartOffset": -1,
+                        "PartitionMaxBytes": max_bytes,
+                    }
+                ],
+            }
+        ],
+        "ForgottenTopicsData": [],
+        "RackId": "",
+    }
 
 
 def produce_result(resp):
@@ -71,10 +95,10 @@ def test_api_versions_v0_golden(kafka):
     body = c.recv_frame()
     assert struct.unpack_from(">i", body)[0] == 7
     err, keys, end = _parse_v0_api_versions(body)
-    assert err == 0 and end == len(body)                     # v0: no throttle time
+    assert err == 0 and end == len(body)  # v0: no throttle time
     assert keys == [(k, lo, hi) for k, (lo, hi) in sorted(ADVERTISED.items())]
     assert (0, 0, 8) in keys and (1, 0, 11) in keys and (18, 0, 3) in keys and (23, 0, 3) in keys
-    assert all(lo == 0 for _, lo, _ in keys)                 # min 0 everywhere (librdkafka < 2.11.1)
+    assert all(lo == 0 for _, lo, _ in keys)  # min 0 everywhere (librdkafka < 2.11.1)
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -84,18 +108,18 @@ def test_api_versions_flexible_golden(kafka, version):
     body = b"\x05shm1" + b"\x041.0" + b"\x00"
     c.send_frame(header_v1(18, version, 9) + b"\x00" + body)
     resp = c.recv_frame()
-    assert struct.unpack_from(">i", resp)[0] == 9            # response header v0: no tag block
+    assert struct.unpack_from(">i", resp)[0] == 9  # response header v0: no tag block
     err = struct.unpack_from(">h", resp, 4)[0]
     n, pos = codec.read_uvarint(resp, 6)
     n -= 1
     keys = []
     for _ in range(n):
         keys.append(struct.unpack_from(">hhh", resp, pos))
-        assert resp[pos + 6] == 0                            # each entry's empty tag block
+        assert resp[pos + 6] == 0  # each entry's empty tag block
         pos += 7
     throttle = struct.unpack_from(">i", resp, pos)[0]
     assert err == 0 and throttle == 0
-    assert resp[pos + 4:] == b"\x00"                         # the body's tag block, nothing else
+    assert resp[pos + 4 :] == b"\x00"  # the body's tag block, nothing else
     assert (18, 0, 3) in keys and len(keys) == len(ADVERTISED)
 
 
@@ -163,7 +187,7 @@ def test_produce_acks0_gets_no_reply_and_is_stored(kafka):
     c = kafka.raw()
     c.send_frame(request(0, 3, 1, produce_body("t", 0, batch([(b"k", b"v", [])]), acks=0)))
     c.send_frame(header_v1(18, 0, 2))
-    assert struct.unpack_from(">i", c.recv_frame())[0] == 2    # the next reply is the next request's
+    assert struct.unpack_from(">i", c.recv_frame())[0] == 2  # the next reply is the next request's
     with kafka.log.consumer(auto_offset_reset="earliest") as cons:
         cons.assign([("t", 0)])
         m = cons.poll(timeout=5)
@@ -184,12 +208,12 @@ def test_client_batch_is_stored_and_served_unchanged(kafka):
     assert p["AbortedTransactions"] == [] and p["PreferredReadReplica"] == -1
     rec = bytes(p["Records"])
     # byte for byte, apart from baseOffset (bytes 0..7) and partitionLeaderEpoch (12..15)
-    stored2 = rec[len(b1):]
-    assert rec[:len(b1)] == b1 and len(stored2) == len(b2)
+    stored2 = rec[len(b1) :]
+    assert rec[: len(b1)] == b1 and len(stored2) == len(b2)
     assert stored2[:8] == struct.pack(">q", 2) and stored2[8:12] == b2[8:12] and stored2[16:] == b2[16:]
     # the first batch comes whole even when it is larger than the partition's max bytes
     small = call(c, 1, 11, fetch_body("t", 0, 0, max_bytes=10))["Responses"][0]["Partitions"][0]
-    assert bytes(small["Records"]) == rec[:len(b1)]
+    assert bytes(small["Records"]) == rec[: len(b1)]
     # a fetch from inside a batch returns that batch whole (clients skip what they have)
     mid = call(c, 1, 11, fetch_body("t", 0, 1))["Responses"][0]["Partitions"][0]
     assert bytes(mid["Records"]) == rec
@@ -199,7 +223,10 @@ def test_client_batch_is_stored_and_served_unchanged(kafka):
         got = cons.poll_batch(10, timeout=5)
         got += cons.poll_batch(10, timeout=1)
     assert [(m.offset, m.key, m.value, m.headers) for m in got] == [
-        (0, b"k1", b"v1", (("h", b"x"),)), (1, None, b"v2", ()), (2, b"k3", None, ())]
+        (0, b"k1", b"v1", (("h", b"x"),)),
+        (1, None, b"v2", ()),
+        (2, b"k3", None, ()),
+    ]
     assert got[2].timestamp_ms == 1_700_000_000_123
 
 
@@ -247,13 +274,13 @@ def test_fetch_errors(kafka):
     kafka.log.create_topic("t", ring_bytes=1 << 16, persistence="none")
     c = kafka.raw()
     r = call(c, 1, 11, fetch_body("t", 0, 5))
-    assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 1           # OFFSET_OUT_OF_RANGE
+    assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 1  # OFFSET_OUT_OF_RANGE
     r = call(c, 1, 11, fetch_body("missing", 0, 0))
     assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 3
     r = call(c, 1, 11, fetch_body("t", 7, 0))
     assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 3
     r = call(c, 1, 3, fetch_body("t", 0, 0))
-    assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 35          # Fetch v0-3 unsupported
+    assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 35  # Fetch v0-3 unsupported
 
 
 def test_fetch_reads_a_durable_topic_from_its_segment_files(kafka):
@@ -267,6 +294,7 @@ def test_fetch_reads_a_durable_topic_from_its_segment_files(kafka):
     c = kafka.raw()
     seen, off = [], 0
     from kafka.record.default_records import DefaultRecordBatch
+
     while off < end:
         r = call(c, 1, 11, fetch_body("d", 0, off, max_bytes=256 << 10), corr=off + 1)
         p = r["Responses"][0]["Partitions"][0]
@@ -293,8 +321,9 @@ def test_produce_error_codes(kafka):
     bad_crc[-1] ^= 0xFF
     assert produce_result(call(c, 0, 8, produce_body("t", 0, bytes(bad_crc))))["ErrorCode"] == 2
     bad_count = bytearray(good)
-    bad_count[57:61] = struct.pack(">i", 2)                  # recordsCount != lastOffsetDelta + 1
+    bad_count[57:61] = struct.pack(">i", 2)  # recordsCount != lastOffsetDelta + 1
     from shmlog._native import crc32c
+
     bad_count[17:21] = struct.pack(">I", crc32c(bytes(bad_count[21:])))
     assert produce_result(call(c, 0, 8, produce_body("t", 0, bytes(bad_count))))["ErrorCode"] == 87
     big = batch([(None, b"x" * 8000, [])])
@@ -303,7 +332,7 @@ def test_produce_error_codes(kafka):
     assert produce_result(call(c, 0, 8, produce_body("t", 3, good)))["ErrorCode"] == 3
     assert produce_result(call(c, 0, 8, produce_body("t", 0, good + good)))["ErrorCode"] == 87
     assert produce_result(call(c, 0, 2, produce_body("t", 0, good)))["ErrorCode"] == 35
-    assert kafka.log.describe_topic("t").partitions[0].end_offset == 0    # nothing bad was stored
+    assert kafka.log.describe_topic("t").partitions[0].end_offset == 0  # nothing bad was stored
     assert produce_result(call(c, 0, 8, produce_body("t", 0, good)))["ErrorCode"] == 0
 
 
@@ -316,7 +345,7 @@ def test_idempotent_producer_dedup_and_sequence_errors(kafka):
     b0 = batch([(None, b"a", []), (None, b"b", [])], producer_id=pid, producer_epoch=0, base_sequence=0)
     b1 = batch([(None, b"c", [])], producer_id=pid, producer_epoch=0, base_sequence=2)
     assert produce_result(call(c, 0, 8, produce_body("t", 0, b0)))["BaseOffset"] == 0
-    again = produce_result(call(c, 0, 8, produce_body("t", 0, b0)))            # a retry: same offset
+    again = produce_result(call(c, 0, 8, produce_body("t", 0, b0)))  # a retry: same offset
     assert again["ErrorCode"] == 0 and again["BaseOffset"] == 0
     assert produce_result(call(c, 0, 8, produce_body("t", 0, b1)))["BaseOffset"] == 2
     gap = batch([(None, b"d", [])], producer_id=pid, producer_epoch=0, base_sequence=9)
@@ -336,9 +365,20 @@ def test_list_offsets_earliest_latest_by_time(kafka):
     c = kafka.raw()
 
     def lo(version, ts):
-        body = {"ReplicaId": -1, "IsolationLevel": 0, "Topics": [{"Name": "t", "Partitions": [
-            {"PartitionIndex": 0, "CurrentLeaderEpoch": -1, "Timestamp": ts, "MaxNumOffsets": 1}]}]}
+        body = {
+            "ReplicaId": -1,
+            "IsolationLevel": 0,
+            "Topics": [
+                {
+                    "Name": "t",
+                    "Partitions": [
+                        {"PartitionIndex": 0, "CurrentLeaderEpoch": -1, "Timestamp": ts, "MaxNumOffsets": 1}
+                    ],
+                }
+            ],
+        }
         return call(c, 2, version, body)["Topics"][0]["Partitions"][0]
+
     assert lo(5, -1)["Offset"] == 5 and lo(5, -1)["LeaderEpoch"] == 0
     assert lo(1, -2)["Offset"] == 0
     hit = lo(4, 1_000_025)
@@ -354,31 +394,46 @@ def test_offset_for_leader_epoch(kafka):
     c = kafka.raw()
 
     def ofle(epoch, current=-1):
-        body = {"ReplicaId": -1, "Topics": [{"Topic": "t", "Partitions": [
-            {"Partition": 0, "CurrentLeaderEpoch": current, "LeaderEpoch": epoch}]}]}
+        body = {
+            "ReplicaId": -1,
+            "Topics": [
+                {"Topic": "t", "Partitions": [{"Partition": 0, "CurrentLeaderEpoch": current, "LeaderEpoch": epoch}]}
+            ],
+        }
         return call(c, 23, 3, body)["Topics"][0]["Partitions"][0]
+
     assert ofle(0) == {"ErrorCode": 0, "Partition": 0, "LeaderEpoch": 0, "EndOffset": 1}
-    assert (ofle(5)["LeaderEpoch"], ofle(5)["EndOffset"]) == (-1, -1)      # a future epoch
+    assert (ofle(5)["LeaderEpoch"], ofle(5)["EndOffset"]) == (-1, -1)  # a future epoch
     assert ofle(0, current=3)["ErrorCode"] == 75
 
 
 def test_create_and_delete_topics(kafka):
     c = kafka.raw()
-    body = {"Topics": [{"Name": "made", "NumPartitions": 3, "ReplicationFactor": 1, "Assignments": [],
-                        "Configs": [{"Name": "retention.ms", "Value": "60000"},
-                                    {"Name": "shmlog.ring.bytes", "Value": "65536"},
-                                    {"Name": "cleanup.policy", "Value": "delete"}]},
-                       {"Name": "bad/name", "NumPartitions": 1, "ReplicationFactor": 1, "Assignments": [],
-                        "Configs": []},
-                       {"Name": "rf3", "NumPartitions": 1, "ReplicationFactor": 3, "Assignments": [],
-                        "Configs": []}],
-            "timeoutMs": 5000, "validateOnly": False}
+    body = {
+        "Topics": [
+            {
+                "Name": "made",
+                "NumPartitions": 3,
+                "ReplicationFactor": 1,
+                "Assignments": [],
+                "Configs": [
+                    {"Name": "retention.ms", "Value": "60000"},
+                    {"Name": "shmlog.ring.bytes", "Value": "65536"},
+                    {"Name": "cleanup.policy", "Value": "delete"},
+                ],
+            },
+            {"Name": "bad/name", "NumPartitions": 1, "ReplicationFactor": 1, "Assignments": [], "Configs": []},
+            {"Name": "rf3", "NumPartitions": 1, "ReplicationFactor": 3, "Assignments": [], "Configs": []},
+        ],
+        "timeoutMs": 5000,
+        "validateOnly": False,
+    }
     r = call(c, 19, 4, body)
     assert [t["ErrorCode"] for t in r["Topics"]] == [0, 17, 38]
     d = kafka.log.describe_topic("made")
     assert d.config.partitions == 3 and d.config.retention_ms == 60000 and d.config.ring_bytes == 65536
     r = call(c, 19, 4, body)
-    assert r["Topics"][0]["ErrorCode"] == 36                                 # TOPIC_ALREADY_EXISTS
+    assert r["Topics"][0]["ErrorCode"] == 36  # TOPIC_ALREADY_EXISTS
     r = call(c, 20, 3, {"TopicNames": ["made", "never-was"], "TimeoutMs": 5000})
     assert [x["ErrorCode"] for x in r["Responses"]] == [0, 3]
     assert "made" not in kafka.log.list_topics()
@@ -398,20 +453,20 @@ def test_oversize_frame_unknown_api_and_garbage_close_only_that_connection(inst)
     k = Kafka(inst, max_frame_bytes=4096)
     try:
         c = k.raw()
-        c.sock.sendall(struct.pack(">i", 1 << 20))                           # oversize: refused unread
+        c.sock.sendall(struct.pack(">i", 1 << 20))  # oversize: refused unread
         assert c.closed_by_peer()
         c = k.raw()
-        c.send_frame(header_v1(4242, 0, 1))                                  # unknown API key
+        c.send_frame(header_v1(4242, 0, 1))  # unknown API key
         assert c.closed_by_peer()
         c = k.raw()
-        c.send_frame(header_v1(3, 1, 1) + b"\x00\x00\x00\x05\x00")           # truncated Metadata body
+        c.send_frame(header_v1(3, 1, 1) + b"\x00\x00\x00\x05\x00")  # truncated Metadata body
         assert c.closed_by_peer()
         c = k.raw()
         c.sock.sendall(struct.pack(">i", -5))
         assert c.closed_by_peer()
         half = k.raw()
-        half.sock.sendall(struct.pack(">i", 100) + b"\x00\x12")              # half a frame, then silence
-        _alive(k)                                                            # others are served meanwhile
+        half.sock.sendall(struct.pack(">i", 100) + b"\x00\x12")  # half a frame, then silence
+        _alive(k)  # others are served meanwhile
     finally:
         k.stop()
 
@@ -419,18 +474,18 @@ def test_oversize_frame_unknown_api_and_garbage_close_only_that_connection(inst)
 def test_a_client_that_never_reads_stalls_only_itself(kafka):
     kafka.log.create_topic("t", ring_bytes=1 << 20, persistence="none")
     with kafka.log.producer() as p:
-        for _ in range(8):                                # 800 KB, all still in the 1 MiB ring
+        for _ in range(8):  # 800 KB, all still in the 1 MiB ring
             p.send_batch("t", [b"x" * 1000] * 100, partition=0)
     slow = kafka.raw()
     slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.sock.settimeout(0.5)
     sent = 0
     try:
-        for i in range(400):                              # ~2 MB of responses nobody reads
+        for i in range(400):  # ~2 MB of responses nobody reads
             slow.send_frame(request(1, 11, i, fetch_body("t", 0, 0)))
             sent += 1
     except (socket.timeout, OSError):
-        pass                                              # the listener stopped reading it: fine
+        pass  # the listener stopped reading it: fine
     assert sent > 10
     t0 = time.monotonic()
     _alive(kafka)
@@ -464,10 +519,23 @@ def test_fuzzed_requests_never_crash_the_listener(kafka):
         request(3, 8, 1, {"Topics": [{"Name": "t"}], "AllowAutoTopicCreation": False}),
         request(0, 8, 1, produce_body("t", 0, batch([(b"k", b"v", [("h", b"x")])]))),
         request(1, 11, 1, fetch_body("t", 0, 0)),
-        request(2, 5, 1, {"ReplicaId": -1, "Topics": [{"Name": "t", "Partitions": [
-            {"PartitionIndex": 0, "Timestamp": -1}]}]}),
-        request(19, 4, 1, {"Topics": [{"Name": "fz", "NumPartitions": 1, "ReplicationFactor": 1,
-                                      "Assignments": [], "Configs": []}], "timeoutMs": 1000}),
+        request(
+            2,
+            5,
+            1,
+            {"ReplicaId": -1, "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "Timestamp": -1}]}]},
+        ),
+        request(
+            19,
+            4,
+            1,
+            {
+                "Topics": [
+                    {"Name": "fz", "NumPartitions": 1, "ReplicationFactor": 1, "Assignments": [], "Configs": []}
+                ],
+                "timeoutMs": 1000,
+            },
+        ),
     ]
     for i in range(250):
         frame = bytearray(rng.choice(seeds))
@@ -476,12 +544,12 @@ def test_fuzzed_requests_never_crash_the_listener(kafka):
             if op < 0.6:
                 frame[rng.randrange(len(frame))] = rng.randrange(256)
             elif op < 0.8:
-                del frame[rng.randrange(len(frame)):]
+                del frame[rng.randrange(len(frame)) :]
             else:
                 frame += bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
         if len(frame) < 4:
             frame = frame.ljust(4, b"\x00")
-        frame[4:8] = struct.pack(">i", 1000 + i)           # fixed correlation id (keeps the reply checkable)
+        frame[4:8] = struct.pack(">i", 1000 + i)  # fixed correlation id (keeps the reply checkable)
         c = kafka.raw()
         c.sock.settimeout(3)
         try:
@@ -489,7 +557,7 @@ def test_fuzzed_requests_never_crash_the_listener(kafka):
             resp = c.recv_frame()
             assert len(resp) >= 4
         except (ConnectionError, socket.timeout, OSError):
-            pass                                           # closed, or waiting (fetch long poll): both fine
+            pass  # closed, or waiting (fetch long poll): both fine
         finally:
             c.close()
     _alive(kafka)
@@ -509,14 +577,27 @@ def test_non_loopback_needs_explicit_permission(inst):
 
 
 def _join(c, group, member="", corr=1, session_ms=6000):
-    return call(c, 11, 5, {"GroupId": group, "SessionTimeoutMs": session_ms, "RebalanceTimeoutMs": 3000,
-                           "MemberId": member, "GroupInstanceId": None, "ProtocolType": "consumer",
-                           "Protocols": [{"Name": "range", "Metadata": b"sub-" + member.encode()}]}, corr=corr)
+    return call(
+        c,
+        11,
+        5,
+        {
+            "GroupId": group,
+            "SessionTimeoutMs": session_ms,
+            "RebalanceTimeoutMs": 3000,
+            "MemberId": member,
+            "GroupInstanceId": None,
+            "ProtocolType": "consumer",
+            "Protocols": [{"Name": "range", "Metadata": b"sub-" + member.encode()}],
+        },
+        corr=corr,
+    )
 
 
 def _hb(c, group, gen, member):
-    return call(c, 12, 3, {"GroupId": group, "GenerationId": gen, "MemberId": member,
-                           "GroupInstanceId": None})["ErrorCode"]
+    return call(c, 12, 3, {"GroupId": group, "GenerationId": gen, "MemberId": member, "GroupInstanceId": None})[
+        "ErrorCode"
+    ]
 
 
 def test_group_membership_errors_and_rebalance(kafka):
@@ -527,26 +608,60 @@ def test_group_membership_errors_and_rebalance(kafka):
     j = _join(a, "g")
     m1, gen = j["MemberId"], j["GenerationId"]
     assert j["ErrorCode"] == 0 and gen == 1 and j["Leader"] == m1 and len(j["Members"]) == 1
-    s = call(a, 14, 3, {"GroupId": "g", "GenerationId": gen, "MemberId": m1, "GroupInstanceId": None,
-                        "Assignments": [{"MemberId": m1, "Assignment": b"all-of-it"}]})
+    s = call(
+        a,
+        14,
+        3,
+        {
+            "GroupId": "g",
+            "GenerationId": gen,
+            "MemberId": m1,
+            "GroupInstanceId": None,
+            "Assignments": [{"MemberId": m1, "Assignment": b"all-of-it"}],
+        },
+    )
     assert s == {"ThrottleTimeMs": 0, "ErrorCode": 0, "Assignment": b"all-of-it"}
     assert _hb(a, "g", gen, m1) == 0
-    assert _hb(a, "g", gen + 5, m1) == 22                   # ILLEGAL_GENERATION
-    assert _hb(a, "g", gen, "nobody") == 25                 # UNKNOWN_MEMBER_ID
+    assert _hb(a, "g", gen + 5, m1) == 22  # ILLEGAL_GENERATION
+    assert _hb(a, "g", gen, "nobody") == 25  # UNKNOWN_MEMBER_ID
     assert _join(a, "g", member="nobody")["ErrorCode"] == 25
     # a second member's join starts a rebalance; the first hears of it by heartbeat
     b = kafka.raw()
-    b.send_frame(request(11, 5, 50, {"GroupId": "g", "SessionTimeoutMs": 6000, "RebalanceTimeoutMs": 3000,
-                                     "MemberId": "", "GroupInstanceId": None, "ProtocolType": "consumer",
-                                     "Protocols": [{"Name": "range", "Metadata": b"b"}]}))
+    b.send_frame(
+        request(
+            11,
+            5,
+            50,
+            {
+                "GroupId": "g",
+                "SessionTimeoutMs": 6000,
+                "RebalanceTimeoutMs": 3000,
+                "MemberId": "",
+                "GroupInstanceId": None,
+                "ProtocolType": "consumer",
+                "Protocols": [{"Name": "range", "Metadata": b"b"}],
+            },
+        )
+    )
     time.sleep(0.2)
-    assert _hb(a, "g", gen, m1) == 27                       # REBALANCE_IN_PROGRESS
-    commit = {"GroupId": "g", "GenerationIdOrMemberEpoch": gen, "MemberId": m1, "GroupInstanceId": None,
-              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 0,
-                                                      "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}]}]}
+    assert _hb(a, "g", gen, m1) == 27  # REBALANCE_IN_PROGRESS
+    commit = {
+        "GroupId": "g",
+        "GenerationIdOrMemberEpoch": gen,
+        "MemberId": m1,
+        "GroupInstanceId": None,
+        "Topics": [
+            {
+                "Name": "t",
+                "Partitions": [
+                    {"PartitionIndex": 0, "CommittedOffset": 0, "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}
+                ],
+            }
+        ],
+    }
     r = call(a, 8, 7, commit)
     assert r["Topics"][0]["Partitions"][0]["ErrorCode"] == 0  # PreparingRebalance: current generation commits
-    j2 = _join(a, "g", member=m1, corr=3)                   # rejoin: generation 2 with both members
+    j2 = _join(a, "g", member=m1, corr=3)  # rejoin: generation 2 with both members
     rb, _ = S.apis[11].response.decode(b.recv_frame(), 5, 4)
     assert j2["GenerationId"] == rb["GenerationId"] == 2 and j2["Leader"] == m1
     assert sorted(m["Metadata"] for m in j2["Members"]) == [b"b", b"sub-" + m1.encode()]
@@ -565,23 +680,38 @@ def test_assign_mode_commit_and_offset_fetch_use_the_shared_table(kafka):
     with kafka.log.producer() as p:
         p.send_batch("t", [b"v"] * 50, partition=1)
     c = kafka.raw()
-    commit = {"GroupId": "assign", "GenerationIdOrMemberEpoch": -1, "MemberId": "", "GroupInstanceId": None,
-              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 1, "CommittedOffset": 42,
-                                                      "CommittedLeaderEpoch": -1, "CommittedMetadata": None}]}]}
+    commit = {
+        "GroupId": "assign",
+        "GenerationIdOrMemberEpoch": -1,
+        "MemberId": "",
+        "GroupInstanceId": None,
+        "Topics": [
+            {
+                "Name": "t",
+                "Partitions": [
+                    {"PartitionIndex": 1, "CommittedOffset": 42, "CommittedLeaderEpoch": -1, "CommittedMetadata": None}
+                ],
+            }
+        ],
+    }
     assert call(c, 8, 2, commit)["Topics"][0]["Partitions"][0]["ErrorCode"] == 0
     assert kafka.log.committed_offsets("assign") == {("t", 1): 42}
-    f = call(c, 9, 5, {"GroupId": "assign", "Topics": [{"Name": "t", "PartitionIndexes": [0, 1]}],
-                       "RequireStable": False})
+    f = call(
+        c, 9, 5, {"GroupId": "assign", "Topics": [{"Name": "t", "PartitionIndexes": [0, 1]}], "RequireStable": False}
+    )
     parts = f["Topics"][0]["Partitions"]
     assert [(p["PartitionIndex"], p["CommittedOffset"]) for p in parts] == [(0, -1), (1, 42)]
     assert parts[1]["CommittedLeaderEpoch"] == 0 and f["ErrorCode"] == 0
     every = call(c, 9, 3, {"GroupId": "assign", "Topics": None})
-    assert every["Topics"] == [{"Name": "t", "Partitions": [
-        {"PartitionIndex": 1, "CommittedOffset": 42, "Metadata": "", "ErrorCode": 0}]}]
+    assert every["Topics"] == [
+        {"Name": "t", "Partitions": [{"PartitionIndex": 1, "CommittedOffset": 42, "Metadata": "", "ErrorCode": 0}]}
+    ]
     bad = dict(commit, Topics=[{"Name": "missing", "Partitions": commit["Topics"][0]["Partitions"]}])
     assert call(c, 8, 2, bad)["Topics"][0]["Partitions"][0]["ErrorCode"] == 3
-    past = {**commit, "Topics": [{"Name": "t", "Partitions": [dict(commit["Topics"][0]["Partitions"][0],
-                                                                  CommittedOffset=51)]}]}
+    past = {
+        **commit,
+        "Topics": [{"Name": "t", "Partitions": [dict(commit["Topics"][0]["Partitions"][0], CommittedOffset=51)]}],
+    }
     assert call(c, 8, 2, past)["Topics"][0]["Partitions"][0]["ErrorCode"] == 1
     assert kafka.log.committed_offsets("assign") == {("t", 1): 42}
 
@@ -591,13 +721,25 @@ def test_kafka_commit_to_a_partition_a_native_member_owns_is_refused(kafka):
     with kafka.log.producer() as p:
         p.send_batch("t", [b"v"] * 5, partition=0)
     c = kafka.raw()
-    commit = {"GroupId": "mixed", "GenerationIdOrMemberEpoch": -1, "MemberId": "", "GroupInstanceId": None,
-              "Topics": [{"Name": "t", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 3,
-                                                      "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}]}]}
-    with kafka.log.consumer(group="mixed", topics=["t"], auto_offset_reset="earliest",
-                            enable_auto_commit=False) as native:
-        assert native.poll(timeout=10) is not None          # joined: it owns partition 0
+    commit = {
+        "GroupId": "mixed",
+        "GenerationIdOrMemberEpoch": -1,
+        "MemberId": "",
+        "GroupInstanceId": None,
+        "Topics": [
+            {
+                "Name": "t",
+                "Partitions": [
+                    {"PartitionIndex": 0, "CommittedOffset": 3, "CommittedLeaderEpoch": -1, "CommittedMetadata": ""}
+                ],
+            }
+        ],
+    }
+    with kafka.log.consumer(
+        group="mixed", topics=["t"], auto_offset_reset="earliest", enable_auto_commit=False
+    ) as native:
+        assert native.poll(timeout=10) is not None  # joined: it owns partition 0
         r = call(c, 8, 7, commit)
         assert r["Topics"][0]["Partitions"][0]["ErrorCode"] == 27
-    assert call(c, 8, 7, commit)["Topics"][0]["Partitions"][0]["ErrorCode"] == 0   # gone: accepted
+    assert call(c, 8, 7, commit)["Topics"][0]["Partitions"][0]["ErrorCode"] == 0  # gone: accepted
     assert kafka.log.committed_offsets("mixed") == {("t", 0): 3}

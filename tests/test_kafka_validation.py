@@ -6,6 +6,7 @@ max_message_bytes and their inflated records checked; a lying maxTimestamp
 is rewritten as Kafka's broker does; and a mutation campaign checks that
 whatever the listener accepts a consumer can read back whole and in order.
 Every socket wait is bounded."""
+
 import random
 import struct
 import zlib
@@ -24,8 +25,9 @@ pytest.importorskip("kafka", reason="kafka-python builds the oracle record batch
 TS = 1_700_000_000_000
 
 
-def record(off_delta, key=b"k", value=b"v", ts_delta=0, headers=(), tail=b"", length_adjust=0,
-           key_len=None, header_count=None):
+def record(
+    off_delta, key=b"k", value=b"v", ts_delta=0, headers=(), tail=b"", length_adjust=0, key_len=None, header_count=None
+):
     """One record, its parts overridable to craft malformed ones."""
     body = b"\x00" + varint(ts_delta) + varint(off_delta)
     body += varint(len(key) if key_len is None and key is not None else (-1 if key is None else key_len))
@@ -59,6 +61,7 @@ def fetch_all(c, topic="t"):
 def decode_batches(data: bytes):
     """[(offset, key, value, timestamp)] of every batch in data, by kafka-python (an independent decoder)."""
     from kafka.record.default_records import DefaultRecordBatch
+
     out, view = [], memoryview(data)
     while len(view) >= 12:
         n = struct.unpack_from(">i", view, 8)[0] + 12
@@ -101,7 +104,7 @@ def test_malformed_records_are_refused_and_nothing_is_stored(kafka, case, compre
     records, count = MALFORMED[case]
     b = raw_batch(gz(records), count, attr=1) if compressed else raw_batch(records, count)
     r = produce_result(call(c, 0, 8, produce_body("t", 0, b)))
-    assert r["ErrorCode"] == 87, (case, r)                          # INVALID_RECORD
+    assert r["ErrorCode"] == 87, (case, r)  # INVALID_RECORD
     assert r["BaseOffset"] == -1 and r["ErrorMessage"]
     assert kafka.log.describe_topic("t").partitions[0].end_offset == 0
     assert fetch_all(c) == b""
@@ -129,7 +132,7 @@ def test_a_damaged_batch_is_still_corrupt_message_not_invalid_record(kafka):
     c = kafka.raw()
     for compressed in (False, True):
         b = bytearray(raw_batch(gz(record(0)), 1, attr=1) if compressed else raw_batch(record(0), 1))
-        b[-1] ^= 0x40                         # CRC no longer matches: checked before anything is inflated
+        b[-1] ^= 0x40  # CRC no longer matches: checked before anything is inflated
         assert produce_result(call(c, 0, 8, produce_body("t", 0, bytes(b))))["ErrorCode"] == 2
 
 
@@ -138,9 +141,14 @@ def test_undecodable_compressed_payloads_are_refused(kafka):
     kafka.log.create_topic("t", ring_bytes=1 << 20, persistence="none")
     c = kafka.raw()
     good = record(0) + record(1)
-    payloads = {1: [b"not gzip at all", gz(good)[:-6]],
-                2: [b"\xff\xff\xff\xff\x0f garbage"], 3: [b"\x04\x22\x4d\x18 broken lz4"],
-                4: [b"\x28\xb5\x2f\xfd broken zstd"], 5: [gz(good)], 7: [gz(good)]}
+    payloads = {
+        1: [b"not gzip at all", gz(good)[:-6]],
+        2: [b"\xff\xff\xff\xff\x0f garbage"],
+        3: [b"\x04\x22\x4d\x18 broken lz4"],
+        4: [b"\x28\xb5\x2f\xfd broken zstd"],
+        5: [gz(good)],
+        7: [gz(good)],
+    }
     for codec, datas in payloads.items():
         for data in datas:
             r = produce_result(call(c, 0, 8, produce_body("t", 0, raw_batch(data, 2, attr=codec))))
@@ -153,7 +161,7 @@ def test_gzip_bomb_is_refused_without_inflating_past_the_limit(kafka):
     inflated records are bounded by the topic's limit now."""
     kafka.log.create_topic("t", ring_bytes=1 << 22, persistence="none", max_message_bytes=1 << 20)
     c = kafka.raw()
-    size = 200 << 20                           # one 200 MB value, compressed as a stream
+    size = 200 << 20  # one 200 MB value, compressed as a stream
     body_len = 1 + 1 + 1 + 1 + len(varint(size)) + size + 1
     bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     payload = bomb.compress(varint(body_len) + b"\x00" + varint(0) + varint(0) + varint(-1) + varint(size))
@@ -203,9 +211,16 @@ def test_mutated_batches_never_reach_a_consumer_as_garbage(kafka):
     accepted = refused = 0
     for i in range(400):
         n = rnd.randint(1, 6)
-        recs = b"".join(record(j, key=rnd.randbytes(rnd.randint(0, 5)), value=rnd.randbytes(rnd.randint(0, 20)),
-                               ts_delta=rnd.randint(0, 50), headers=[(b"h", b"x")] * rnd.randint(0, 2))
-                        for j in range(n))
+        recs = b"".join(
+            record(
+                j,
+                key=rnd.randbytes(rnd.randint(0, 5)),
+                value=rnd.randbytes(rnd.randint(0, 20)),
+                ts_delta=rnd.randint(0, 50),
+                headers=[(b"h", b"x")] * rnd.randint(0, 2),
+            )
+            for j in range(n)
+        )
         data = bytearray(recs)
         for _ in range(rnd.randint(1, 3)):
             op, pos = rnd.random(), rnd.randrange(len(data))
@@ -214,7 +229,7 @@ def test_mutated_batches_never_reach_a_consumer_as_garbage(kafka):
             elif op < 0.8:
                 data[pos:pos] = rnd.randbytes(rnd.randint(1, 3))
             else:
-                del data[pos:pos + rnd.randint(1, 3)]
+                del data[pos : pos + rnd.randint(1, 3)]
         compressed = i % 2 == 1
         b = raw_batch(gz(bytes(data)) if compressed else bytes(data), n, attr=1 if compressed else 0, max_ts=TS + 50)
         code = produce_result(call(c, 0, 8, produce_body("t", 0, b), corr=i))["ErrorCode"]
@@ -225,8 +240,11 @@ def test_mutated_batches_never_reach_a_consumer_as_garbage(kafka):
     end = kafka.log.describe_topic("t").partitions[0].end_offset
     seen, off = [], 0
     from kafka.record.default_records import DefaultRecordBatch  # noqa: F401
+
     while off < end:
-        p = call(c, 1, 11, fetch_body("t", 0, off, max_bytes=1 << 20), corr=10_000 + off)["Responses"][0]["Partitions"][0]
+        p = call(c, 1, 11, fetch_body("t", 0, off, max_bytes=1 << 20), corr=10_000 + off)["Responses"][0]["Partitions"][
+            0
+        ]
         assert p["ErrorCode"] == 0 and p["Records"]
         seen += [o for o, *_ in decode_batches(bytes(p["Records"])) if o >= off]
         off = seen[-1] + 1

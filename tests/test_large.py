@@ -1,4 +1,5 @@
 """Large records through poll(): the one-copy path (copy from the ring, then check the lap)."""
+
 import hashlib
 import time
 
@@ -23,14 +24,14 @@ def test_large_and_small_records_mixed(inst):
     sent = []
     for i, n in enumerate(sizes):
         key = b"k%d" % i if i % 3 == 0 else None
-        headers = {"h": b"%d" % i} if i == 3 else None       # headers take the general path
+        headers = {"h": b"%d" % i} if i == 3 else None  # headers take the general path
         p.send("big", _val(i, n), key=key, headers=headers, partition=0)
         sent.append((_val(i, n), key, (("h", b"%d" % i),) if headers else ()))
     for i, (v, k, h) in enumerate(sent):
         m = c.poll(timeout=1)
         assert (m.offset, m.value, m.key, m.headers) == (i, v, k, h)
     assert c.poll(timeout=0.05) is None
-    p.send("big", _val(99, 100_000), partition=0)          # after an empty poll: still exact
+    p.send("big", _val(99, 100_000), partition=0)  # after an empty poll: still exact
     assert c.poll(timeout=1).value == _val(99, 100_000)
 
 
@@ -57,4 +58,4 @@ def test_lapped_while_copying_never_returns_a_torn_large_record(inst):
         assert m.offset > last
         last, got = m.offset, got + 1
     written = inst.collect([child], deadline)["writer"]
-    assert got > 10 and written > got                        # it was lapped, and read on
+    assert got > 10 and written > got  # it was lapped, and read on

@@ -7,6 +7,7 @@ shared structs' fields, and pin the constants the format depends on. A last
 test compiles a probe with the system C compiler for every field cffi knows,
 independent of layout.c.
 """
+
 import os
 import pathlib
 import shutil
@@ -20,9 +21,19 @@ from shmlog._native import ffi, layout_table, lib
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 
 # structs that live in shared memory (or on disk): their bytes are the contract
-SHARED_STRUCTS = ["shm_frame_header", "shm_gap_body", "shm_producer_slot", "shm_ring_header",
-                  "shm_topic_config", "shm_topic_entry", "shm_ctl_header", "shm_group_entry",
-                  "shm_member_topic", "shm_member_entry", "shm_offset_entry"]
+SHARED_STRUCTS = [
+    "shm_frame_header",
+    "shm_gap_body",
+    "shm_producer_slot",
+    "shm_ring_header",
+    "shm_topic_config",
+    "shm_topic_entry",
+    "shm_ctl_header",
+    "shm_group_entry",
+    "shm_member_topic",
+    "shm_member_entry",
+    "shm_offset_entry",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +74,7 @@ def test_table_covers_every_shared_struct(table):
 
 def test_array_fields_match_via_typeof(table):
     # arrays: the element type and length as cffi sees them, times each other
-    for key in ("shm_ring_header.slots", "shm_ring_header.seal_lock", "shm_topic_entry.name",
-                "shm_ctl_header.lock"):
+    for key in ("shm_ring_header.slots", "shm_ring_header.seal_lock", "shm_topic_entry.name", "shm_ctl_header.lock"):
         struct, name = key.split(".")
         t = ffi.typeof(f"struct {struct}")
         ft = dict(t.fields)[name].type
@@ -133,21 +143,23 @@ def test_hot_fields_on_separate_spans():
     # DESIGN: hot fields written by different parties sit on separate cache lines
     # (128-byte spans so the adjacent-line prefetcher does not pair them)
     off = lambda f: ffi.offsetof("struct shm_ring_header", f)  # noqa: E731
-    assert off("tail_pos") == 128 and off("tail_pos") % 16 == 0      # cmpxchg16b pair
+    assert off("tail_pos") == 128 and off("tail_pos") % 16 == 0  # cmpxchg16b pair
     assert off("tail_offset") == off("tail_pos") + 8
     assert off("head_pos") == 256 and off("head_offset") == off("head_pos") + 8
     assert off("persisted_pos") == 384
     assert off("data_waiters") == 512
     assert off("space_waiters") == 640
     assert off("sealed_count") == 768
-    spans = [off(f) // 128 for f in ("magic", "tail_pos", "head_pos", "persisted_pos",
-                                     "data_waiters", "space_waiters", "sealed_count")]
+    spans = [
+        off(f) // 128
+        for f in ("magic", "tail_pos", "head_pos", "persisted_pos", "data_waiters", "space_waiters", "sealed_count")
+    ]
     assert len(set(spans)) == len(spans)
     for f in ("data_seq", "space_seq", "persist_seq"):
-        assert off(f) % 4 == 0                                     # futex words aligned
+        assert off(f) % 4 == 0  # futex words aligned
     assert ffi.offsetof("struct shm_ctl_header", "lock") == 128
     assert ffi.offsetof("struct shm_ctl_header", "topics_epoch") == 256
-    assert ffi.offsetof("struct shm_ctl_header", "commit_seq") == 384     # every commit bumps it
+    assert ffi.offsetof("struct shm_ctl_header", "commit_seq") == 384  # every commit bumps it
     assert ffi.offsetof("struct shm_producer_slot", "owner") == 0
 
 
@@ -164,15 +176,17 @@ def test_every_cffi_field_matches_the_c_compiler(tmp_path):
         lines.append(f'printf("%zu %zu\\n", (size_t)0, sizeof(struct {s}));')
         expect.append((s, 0, ffi.sizeof(t)))
         for name, f in t.fields:
-            lines.append(f'printf("%zu %zu\\n", offsetof(struct {s}, {name}), '
-                         f'sizeof(((struct {s} *)0)->{name}));')
+            lines.append(f'printf("%zu %zu\\n", offsetof(struct {s}, {name}), sizeof(((struct {s} *)0)->{name}));')
             expect.append((f"{s}.{name}", f.offset, ffi.sizeof(f.type)))
     src = tmp_path / "probe.c"
-    src.write_text('#include <stdio.h>\n#include <stddef.h>\n#include "shmlog.h"\n'
-                   "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
+    src.write_text(
+        '#include <stdio.h>\n#include <stddef.h>\n#include "shmlog.h"\n'
+        "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n"
+    )
     exe = tmp_path / "probe"
-    r = subprocess.run([cc, "-std=gnu11", "-O0", f"-I{CSRC}", str(src), "-o", str(exe)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [cc, "-std=gnu11", "-O0", f"-I{CSRC}", str(src), "-o", str(exe)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=10, check=True).stdout.split("\n")
     bad = []

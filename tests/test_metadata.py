@@ -9,6 +9,7 @@ steps of a topic change, kill -9 it there, let a new supervisor attach,
 acknowledge records (flush(durable=True)), reboot (kill -9 everything,
 drop the instance's /dev/shm entries) and check what came back.
 """
+
 import errno
 import os
 import signal
@@ -62,18 +63,36 @@ sys.exit(supervisor.main(sys.argv[1:]))
 
 
 def _cli(inst, *args, env=None, timeout=60):
-    e = dict(os.environ, SHMLOG_INSTANCE=inst.kwargs["instance"], SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
-             SHMLOG_SHM_PREFIX=inst.prefix)
+    e = dict(
+        os.environ,
+        SHMLOG_INSTANCE=inst.kwargs["instance"],
+        SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
+        SHMLOG_SHM_PREFIX=inst.prefix,
+    )
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "shmlog", *args], capture_output=True, env=e, timeout=timeout)
 
 
 def _start_faulty_supervisor(inst, fault):
-    cmd = [sys.executable, "-c", FAULT_RUNNER, "--instance", inst.kwargs["instance"], "--data-dir",
-           inst.kwargs["data_dir"], "--shm-prefix", inst.prefix]
+    cmd = [
+        sys.executable,
+        "-c",
+        FAULT_RUNNER,
+        "--instance",
+        inst.kwargs["instance"],
+        "--data-dir",
+        inst.kwargs["data_dir"],
+        "--shm-prefix",
+        inst.prefix,
+    ]
     out = open(inst.tmp_path / "supervisor.out", "ab")
-    proc = subprocess.Popen(cmd, env={**os.environ, "SHMLOG_TEST_FAULT": fault}, stdout=out,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "SHMLOG_TEST_FAULT": fault},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     out.close()
     inst.supervisors.append(proc)
     deadline = time.monotonic() + 30
@@ -87,8 +106,7 @@ def _start_faulty_supervisor(inst, fault):
 def _produce(log, topic, tag, n=200, partition=0):
     """n records acknowledged durable: {offset: value}."""
     p = log.producer()
-    acked = {p.send(topic, b"%s:%d" % (tag, i), partition=partition).offset: b"%s:%d" % (tag, i)
-             for i in range(n)}
+    acked = {p.send(topic, b"%s:%d" % (tag, i), partition=partition).offset: b"%s:%d" % (tag, i) for i in range(n)}
     p.flush(durable=True, timeout=20)
     p.close()
     return acked
@@ -129,8 +147,7 @@ def _durable(log, name, **kw):
 
 
 OPS = {
-    "create": (["topic", "create", "t", "--persistence", "disk", "--ring-bytes", "65536"],
-               "shm_ctl_topic_publish"),
+    "create": (["topic", "create", "t", "--persistence", "disk", "--ring-bytes", "65536"], "shm_ctl_topic_publish"),
     "alter": (["topic", "alter", "t", "--partitions", "2"], "shm_ctl_topic_update"),
     "delete": (["topic", "delete", "t"], "shm_ctl_topic_free"),
 }
@@ -151,15 +168,22 @@ def test_kill9_of_the_supervisor_at_every_step_of_a_topic_change_loses_nothing(i
     inst.log.close()
     args, ctl_call = OPS[op]
     s1 = _start_faulty_supervisor(inst, point.format(ctl=ctl_call))
-    change = subprocess.Popen([sys.executable, "-m", "shmlog", *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=dict(
-                                  os.environ, SHMLOG_INSTANCE=inst.kwargs["instance"],
-                                  SHMLOG_DATA_DIR=inst.kwargs["data_dir"], SHMLOG_SHM_PREFIX=inst.prefix))
+    change = subprocess.Popen(
+        [sys.executable, "-m", "shmlog", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(
+            os.environ,
+            SHMLOG_INSTANCE=inst.kwargs["instance"],
+            SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
+            SHMLOG_SHM_PREFIX=inst.prefix,
+        ),
+    )
     deadline = time.monotonic() + 30
     while psutil.Process(s1.pid).status() != psutil.STATUS_STOPPED and change.poll() is None:
         assert time.monotonic() < deadline, "the change neither finished nor reached the fault point"
         time.sleep(0.01)
-    s1.kill()                                           # kill -9 at that step
+    s1.kill()  # kill -9 at that step
     s1.wait(10)
     try:
         change.wait(30)
@@ -167,7 +191,7 @@ def test_kill9_of_the_supervisor_at_every_step_of_a_topic_change_loses_nothing(i
         change.kill()
         change.wait(5)
 
-    s2 = inst.start_supervisor()                        # attaches to the surviving control segment
+    s2 = inst.start_supervisor()  # attaches to the surviving control segment
     inst.log = inst.connect()
     visible = "t" in inst.log.list_topics()
     if visible:
@@ -176,11 +200,11 @@ def test_kill9_of_the_supervisor_at_every_step_of_a_topic_change_loses_nothing(i
         acked["t"].update(_produce(inst.log, "t", b"after"))
         if len(parts) == 2:
             acked["t1"] = _produce(inst.log, "t", b"p1", partition=1)
-    inst.log.create_topic("z", persistence="disk", ring_bytes=1 << 16)     # a later change
+    inst.log.create_topic("z", persistence="disk", ring_bytes=1 << 16)  # a later change
     inst.log.alter_topic("z", partitions=2)
     _reboot(inst, s2)
 
-    inst.log = inst.connect()                           # restores from the data dir alone
+    inst.log = inst.connect()  # restores from the data dir alone
     topics = inst.log.list_topics()
     assert ("t" in topics) == visible, f"topic t {'vanished' if visible else 'came back'} at the reboot"
     got = _read(inst.log, "keep")
@@ -200,17 +224,19 @@ def test_kill9_of_the_supervisor_at_every_step_of_a_topic_change_loses_nothing(i
 
 # ------------------------------------------------------------ 11.4: generations on disk
 
+
 def _child_producer(kwargs, stop_path, out_path):
     """A live producer of topic t across its deletions and re-creations: logs
     (topic id of the life it wrote to, offset, value) of every record sent."""
     import pickle
+
     log = shmlog.connect(**kwargs)
     p = log.producer(max_block_ms=2000)
     sent, i = [], 0
     while not os.path.exists(stop_path):
         v = b"c%d" % i
         if i % 20 == 0:
-            time.sleep(0.002)                          # live, not a flood: ~10k records/s at most
+            time.sleep(0.002)  # live, not a flood: ~10k records/s at most
         try:
             md = p.send("t", v, partition=0)
         except (errors.UnknownTopicOrPartition, errors.BufferFull, errors.Timeout):
@@ -225,12 +251,13 @@ def _child_producer(kwargs, stop_path, out_path):
 
 def test_delete_and_recreate_under_a_live_producer_and_persister_keeps_generations_apart(inst):
     import pickle
+
     stop, out = str(inst.tmp_path / "stop"), str(inst.tmp_path / "sent.pkl")
     _durable(inst.log, "t", fsync="interval:5", ring_bytes=1 << 23)
     pers = daemons.persister_pid(inst.kwargs["data_dir"])
     child = inst.process(_child_producer, inst.kwargs, stop, out)
     child.start()
-    lives = {}                                         # topic id -> {offset: value} read in that life
+    lives = {}  # topic id -> {offset: value} read in that life
     main_acked = {}
     cycles = 16
     for cycle in range(cycles):
@@ -238,21 +265,22 @@ def test_delete_and_recreate_under_a_live_producer_and_persister_keeps_generatio
             _durable(inst.log, "t", fsync="interval:5", ring_bytes=1 << 23)
         h = inst.log.topic_handle("t")
         tid = getattr(h, "topic_id", None) or h.generation
-        got = _read(inst.log, "t")                     # a new life holds nothing of an older one
+        got = _read(inst.log, "t")  # a new life holds nothing of an older one
         lives[tid] = got
         assert sorted(got) == list(range(len(got))), f"cycle {cycle}: a new topic starts at {min(got)}"
         alien = [v for v in got.values() if not v.startswith(b"c")]
         assert not alien, f"cycle {cycle}: the new topic holds records of an older life: {alien[:3]}"
         p = inst.log.producer(max_block_ms=5000)
         if cycle < cycles - 1:
-            for j in range(60):                        # 6 MiB, ~100 segment rolls: the persister lags
+            for j in range(60):  # 6 MiB, ~100 segment rolls: the persister lags
                 p.send_batch("t", [b"m%d:%d:" % (cycle, j) + b"x" * 1000] * 100, partition=0)
             p.close()
-            inst.log.delete_topic("t")                 # while the persister copies that burst
+            inst.log.delete_topic("t")  # while the persister copies that burst
             continue
         final = tid
-        main_acked = {p.send("t", b"m%d:%d" % (cycle, j), partition=0).offset: b"m%d:%d" % (cycle, j)
-                      for j in range(400)}
+        main_acked = {
+            p.send("t", b"m%d:%d" % (cycle, j), partition=0).offset: b"m%d:%d" % (cycle, j) for j in range(400)
+        }
         p.flush(durable=True, timeout=20)
         p.close()
         got = _read(inst.log, "t")
@@ -264,18 +292,20 @@ def test_delete_and_recreate_under_a_live_producer_and_persister_keeps_generatio
     assert child.exitcode == 0
     with open(out, "rb") as f:
         sent = pickle.load(f)
-    for tid, off, v in sent:                           # each child record is in its own life, where it said
+    for tid, off, v in sent:  # each child record is in its own life, where it said
         if off in lives.get(tid, {}):
             assert lives[tid][off] == v, f"life {tid}: offset {off} holds {lives[tid][off]!r}, not {v!r}"
-    assert daemons.persister_pid(inst.kwargs["data_dir"]) == pers and daemons.persister_running(inst.kwargs["data_dir"]), \
-        "the persister died (or was replaced) during the cycles"
+    assert daemons.persister_pid(inst.kwargs["data_dir"]) == pers and daemons.persister_running(
+        inst.kwargs["data_dir"]
+    ), "the persister died (or was replaced) during the cycles"
     _reboot(inst)
     inst.log = inst.connect()
     got = _read(inst.log, "t")
     assert sorted(got) == list(range(len(got))), "after the reboot: offsets are not 0.. contiguous"
     assert all(got.get(o) == v for o, v in main_acked.items()), "acknowledged records lost at the reboot"
-    assert not [v for v in got.values() if v.startswith(b"m") and not v.startswith(b"m%d:" % (cycles - 1))], \
+    assert not [v for v in got.values() if v.startswith(b"m") and not v.startswith(b"m%d:" % (cycles - 1))], (
         "records of an older life came back"
+    )
     dirs = os.listdir(os.path.join(inst.kwargs["data_dir"], "topics"))
     assert dirs == [f"t@{final:016x}"], dirs
     assert not os.listdir(os.path.join(inst.kwargs["data_dir"], "trash"))
@@ -292,20 +322,21 @@ def test_a_late_writer_of_a_deleted_life_cannot_reach_the_new_one(inst):
     new = inst.log.partition_dir("t", 0)
     assert new != old
     with pytest.raises(FileNotFoundError):
-        w.roll(777 * 8, 777)                            # its directory is gone: no file appears anywhere
+        w.roll(777 * 8, 777)  # its directory is gone: no file appears anywhere
     w.close()
     assert "00000000000000000777.log" not in os.listdir(new)
-    with pytest.raises(errors.CorruptMetadata):         # a directory of another life is refused
+    with pytest.raises(errors.CorruptMetadata):  # a directory of another life is refused
         storage.PartitionWriter(new, 1 << 16, 1 << 30, 12345)
 
 
 # ------------------------------------------------------------ 11.14
 
+
 def _pdir(log, topic, p=0):
     """The partition's directory (through the Log: its name carries the topic id)."""
     if hasattr(log, "partition_dir"):
         return log.partition_dir(topic, p)
-    return storage.partition_dir(log.settings.data_dir, topic, p)     # before topic ids
+    return storage.partition_dir(log.settings.data_dir, topic, p)  # before topic ids
 
 
 def _durable_with_records(inst, name, n=300, **kw):
@@ -339,18 +370,22 @@ def test_a_failed_restore_leaves_no_rings_and_the_next_connect_succeeds(inst, mo
         inst.connect()
     assert inst.segments() == [], "the failed restore left shared memory behind"
     monkeypatch.setattr(storage.recovery, "_write_indexes", real)
-    inst.log = inst.connect()                           # no TopicExists
+    inst.log = inst.connect()  # no TopicExists
     assert inst.log.list_topics() == ["a", "b"]
 
 
 def test_stray_files_in_the_data_dir_break_nothing(inst):
     acked = _durable_with_records(inst, "s")
-    _durable(inst.log, "e")                             # durable, no records yet
+    _durable(inst.log, "e")  # durable, no records yet
     pdir, edir = _pdir(inst.log, "s"), _pdir(inst.log, "e")
     _stop_everything(inst)
-    for path in (os.path.join(pdir, "abcdefghijklmnopqrst.log"), os.path.join(pdir, "notes.txt"),
-                 os.path.join(edir, "x.log"), os.path.join(os.path.dirname(pdir), "README"),
-                 os.path.join(inst.kwargs["data_dir"], "topics", "stray.txt")):
+    for path in (
+        os.path.join(pdir, "abcdefghijklmnopqrst.log"),
+        os.path.join(pdir, "notes.txt"),
+        os.path.join(edir, "x.log"),
+        os.path.join(os.path.dirname(pdir), "README"),
+        os.path.join(inst.kwargs["data_dir"], "topics", "stray.txt"),
+    ):
         with open(path, "w") as f:
             f.write("not a segment\n")
     inst.log = inst.connect()
@@ -370,7 +405,7 @@ def test_a_damaged_catalog_is_a_clear_error_and_is_left_as_it_is(inst):
     with open(path, "rb") as f:
         data = f.read()
     with open(path, "wb") as f:
-        f.write(data[: len(data) // 2])                 # half-written
+        f.write(data[: len(data) // 2])  # half-written
     with pytest.raises(getattr(errors, "CorruptMetadata", errors.ShmlogError), match="topics.json is damaged"):
         inst.connect()
     assert inst.segments() == []
@@ -384,6 +419,7 @@ def test_a_damaged_catalog_is_a_clear_error_and_is_left_as_it_is(inst):
 
 
 # ------------------------------------------------------------ 12.4: one instance, one data dir
+
 
 def _instance_processes(inst, module):
     n = 0
@@ -415,13 +451,19 @@ def test_the_same_instance_with_another_data_dir_is_refused(inst, tmp_path):
     assert _instance_processes(inst, "shmlog.service.persister") == 1
     with pytest.raises(errors.InstanceConflict, match="one instance is one name, one data dir"):
         shmlog.connect(**dict(inst.kwargs, data_dir=other))
-    assert inst.log.list_topics() == ["d"]               # the instance itself goes on
+    assert inst.log.list_topics() == ["d"]  # the instance itself goes on
 
 
 # ------------------------------------------------------------ 12.7: read-only commands have no side effects
 
-READ_ONLY = [("topic", "list"), ("topic", "describe", "d"), ("status", "--once"), ("group", "list"),
-             ("group", "describe", "g"), ("consume", "d", "--exit")]
+READ_ONLY = [
+    ("topic", "list"),
+    ("topic", "describe", "d"),
+    ("status", "--once"),
+    ("group", "list"),
+    ("group", "describe", "g"),
+    ("consume", "d", "--exit"),
+]
 
 
 def test_read_only_commands_of_a_mistyped_instance_create_nothing(inst, tmp_path):
@@ -436,8 +478,9 @@ def test_read_only_commands_of_a_mistyped_instance_create_nothing(inst, tmp_path
         assert r.returncode == 3, (cmd, r.returncode, err, r.stdout)
         assert "no instance" in err and str(state / "shmlog") in err and "Traceback" not in err, (cmd, err)
         assert not state.exists(), f"{cmd} created a data dir"
-        assert not [n for n in os.listdir("/dev/shm") if n.startswith(inst.prefix + "typo")], \
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(inst.prefix + "typo")], (
             f"{cmd} created shared memory"
+        )
     with pytest.raises(errors.UnknownInstance):
         shmlog.connect(instance="typo", data_dir=str(state / "x"), shm_prefix=inst.prefix, create=False)
     assert not state.exists()
@@ -449,7 +492,7 @@ def test_read_only_commands_after_down_purge_restore_nothing_and_start_nothing(i
     inst.start_supervisor()
     r = _cli(inst, "down", "--purge")
     assert r.returncode == 0, r.stderr
-    inst.kill_persister()                               # any left: the test is about what comes after
+    inst.kill_persister()  # any left: the test is about what comes after
     assert inst.segments() == []
     for cmd in READ_ONLY:
         r = _cli(inst, *cmd)
@@ -457,5 +500,5 @@ def test_read_only_commands_after_down_purge_restore_nothing_and_start_nothing(i
         assert r.returncode == 3 and "not running" in err, (cmd, r.returncode, err)
         assert inst.segments() == [], f"{cmd} re-created shared memory"
         assert not daemons.persister_running(inst.kwargs["data_dir"]), f"{cmd} started a persister"
-    inst.log = inst.connect()                           # a writing connection restores it
+    inst.log = inst.connect()  # a writing connection restores it
     assert inst.log.list_topics() == ["d"]

@@ -16,6 +16,7 @@ caught by the parent, which checks everything with numpy.
 Children report through pickle files in tmp_path (never through a pipe that
 could fill up), and every wait has a deadline.
 """
+
 import multiprocessing
 import random
 import struct
@@ -32,7 +33,7 @@ CTX = multiprocessing.get_context("fork")
 
 MASK = (1 << 64) - 1
 C1, C2, C3, C4 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93
-REC = np.dtype([("pid", "<u4"), ("seq", "<u4"), ("a", "<u8"), ("b", "<u8")])   # 24 bytes
+REC = np.dtype([("pid", "<u4"), ("seq", "<u4"), ("a", "<u8"), ("b", "<u8")])  # 24 bytes
 VALUE_BYTES = REC.itemsize
 KEY_BYTES = 8
 
@@ -59,14 +60,13 @@ def _check_values(values: np.ndarray, what: str) -> np.ndarray:
     recs = np.ascontiguousarray(values).view(REC).reshape(-1)
     a, b = _mix_np(recs["pid"], recs["seq"])
     bad = np.nonzero((recs["a"] != a) | (recs["b"] != b))[0]
-    assert len(bad) == 0, (f"{what}: {len(bad)} records with a wrong checksum, first at index "
-                           f"{bad[0]}: {bytes(values[bad[0]]).hex()}")
+    assert len(bad) == 0, (
+        f"{what}: {len(bad)} records with a wrong checksum, first at index {bad[0]}: {bytes(values[bad[0]]).hex()}"
+    )
     return recs
 
 
 # ------------------------------------------------------------------ children
-
-
 
 
 # ------------------------------------------------------------------ single partition, 4 x 250k
@@ -83,11 +83,11 @@ def _produce(kwargs, topic, pid, n, mode, go):
     acked = np.empty(n, np.int64)
     go.wait(30)
     t0 = time.monotonic()
-    if mode == "send":                      # express path after the first send
+    if mode == "send":  # express path after the first send
         for seq in range(n):
             md = p.send(topic, payload(pid, seq), partition=0)
             acked[seq] = md.offset
-    elif mode == "send_key":                # keyed full path; 1 partition, so murmur2 % 1 == 0
+    elif mode == "send_key":  # keyed full path; 1 partition, so murmur2 % 1 == 0
         for seq in range(n):
             v = payload(pid, seq)
             md = p.send(topic, v, key=v[:KEY_BYTES])
@@ -101,12 +101,12 @@ def _produce(kwargs, topic, pid, n, mode, go):
             k = 100 if mode == "batch100" else rng.randint(1, 300)
             k = min(k, n - seq)
             vals = [payload(pid, s) for s in range(seq, seq + k)]
-            if packed:                      # batch_random alternates send_batch / send_packed
+            if packed:  # batch_random alternates send_batch / send_packed
                 (bm,) = p.send_packed(topic, b"".join(vals), array("q", [VALUE_BYTES] * k), partition=0)
             else:
                 (bm,) = p.send_batch(topic, vals, partition=0)
             assert (bm.partition, bm.count) == (0, k), bm
-            acked[seq:seq + k] = np.arange(bm.base_offset, bm.base_offset + k)
+            acked[seq : seq + k] = np.arange(bm.base_offset, bm.base_offset + k)
             seq += k
             packed = mode == "batch_random" and not packed
     p.close()
@@ -140,15 +140,17 @@ def _consume_messages(kwargs, topic, total, budget_s):
                 klens.append(len(k))
                 kblob += k[:KEY_BYTES].ljust(KEY_BYTES, b"\0")
             n += 1
-    extra = c.poll_batch(100, timeout=0.3)      # nothing may follow the last record
+    extra = c.poll_batch(100, timeout=0.3)  # nothing may follow the last record
     c.close()
     log.close()
-    return {"offsets": np.frombuffer(offsets, np.int64).copy(),
-            "vlens": np.frombuffer(vlens, np.int64).copy(),
-            "values": np.frombuffer(bytes(vblob), np.uint8).reshape(-1, VALUE_BYTES),
-            "klens": np.frombuffer(klens, np.int64).copy(),
-            "keys": np.frombuffer(bytes(kblob), np.uint8).reshape(-1, KEY_BYTES),
-            "extra": [(m.offset, m.value) for m in extra]}
+    return {
+        "offsets": np.frombuffer(offsets, np.int64).copy(),
+        "vlens": np.frombuffer(vlens, np.int64).copy(),
+        "values": np.frombuffer(bytes(vblob), np.uint8).reshape(-1, VALUE_BYTES),
+        "klens": np.frombuffer(klens, np.int64).copy(),
+        "keys": np.frombuffer(bytes(kblob), np.uint8).reshape(-1, KEY_BYTES),
+        "extra": [(m.offset, m.value) for m in extra],
+    }
 
 
 def _gather(buf, starts, lens, width):
@@ -203,12 +205,15 @@ def _verify_single_partition(name, res, acked):
         mine = recs["pid"] == pid
         seqs = recs["seq"][mine]
         assert len(seqs) == PER_PRODUCER, f"{name}: producer {pid}: {len(seqs)} records"
-        assert np.array_equal(seqs, np.arange(PER_PRODUCER)), \
+        assert np.array_equal(seqs, np.arange(PER_PRODUCER)), (
             f"{name}: producer {pid}: records out of order or duplicated"
+        )
         got = offsets[mine]
         diff = np.nonzero(got != acked[pid])[0]
-        assert len(diff) == 0, (f"{name}: producer {pid} seq {diff[0]} was acknowledged at offset "
-                                f"{acked[pid][diff[0]]} but consumed at {got[diff[0]]}")
+        assert len(diff) == 0, (
+            f"{name}: producer {pid} seq {diff[0]} was acknowledged at offset "
+            f"{acked[pid][diff[0]]} but consumed at {got[diff[0]]}"
+        )
     keyed = recs["pid"] == MODES.index("send_key")
     assert (res["klens"][keyed] == KEY_BYTES).all(), f"{name}: keyed producer's key missing"
     assert np.array_equal(res["keys"][keyed], res["values"][keyed][:, :KEY_BYTES]), f"{name}: wrong key"
@@ -225,11 +230,14 @@ def test_four_producers_one_partition_two_consumers(inst, tmp_path):
     go = CTX.Event()
     start = time.monotonic()
     deadline = start + 150
-    consumers = [inst.spawn("consumer-messages", _consume_messages, inst.kwargs, topic, TOTAL, 120),
-                 inst.spawn("consumer-columns", _consume_columns, inst.kwargs, topic, TOTAL, 120)]
-    producers = [inst.spawn(f"producer-{pid}-{mode}", _produce, inst.kwargs, topic, pid,
-                        PER_PRODUCER, mode, go)
-                 for pid, mode in enumerate(MODES)]
+    consumers = [
+        inst.spawn("consumer-messages", _consume_messages, inst.kwargs, topic, TOTAL, 120),
+        inst.spawn("consumer-columns", _consume_columns, inst.kwargs, topic, TOTAL, 120),
+    ]
+    producers = [
+        inst.spawn(f"producer-{pid}-{mode}", _produce, inst.kwargs, topic, pid, PER_PRODUCER, mode, go)
+        for pid, mode in enumerate(MODES)
+    ]
     go.set()
     res = inst.collect(producers + consumers, deadline)
     acked = [res[name]["acked"] for name, _, _ in producers]
@@ -242,8 +250,7 @@ def test_four_producers_one_partition_two_consumers(inst, tmp_path):
     assert switches[0] >= N_PRODUCERS - 1
     info = inst.log.describe_topic(topic).partitions[0]
     assert info.end_offset == TOTAL
-    assert info.log_start_offset == 0 and info.overwritten_frames == 0, \
-        f"the ring was too small for this test: {info}"
+    assert info.log_start_offset == 0 and info.overwritten_frames == 0, f"the ring was too small for this test: {info}"
     assert info.sealed_writes == 0
 
 
@@ -290,7 +297,7 @@ def _key(i: int) -> bytes:
     return b"key-%03d" % i
 
 
-KREC = struct.Struct("<IIIIQ")    # pid, seq, key index, per-(pid, key) sequence, mix
+KREC = struct.Struct("<IIIIQ")  # pid, seq, key index, per-(pid, key) sequence, mix
 
 
 def _kpayload(pid, seq, ki, kseq):
@@ -302,7 +309,7 @@ def _produce_keyed(kwargs, topic, pid, n, go):
     p = log.producer(max_block_ms=30_000)
     rng = random.Random(1000 + pid)
     kseq = [0] * N_KEYS
-    acked = {}                               # seq -> (partition, offset)
+    acked = {}  # seq -> (partition, offset)
     go.wait(30)
     seq = 0
     while seq < n:
@@ -312,15 +319,15 @@ def _produce_keyed(kwargs, topic, pid, n, go):
             ki = rng.randrange(N_KEYS)
             batch.append((s, ki, _kpayload(pid, s, ki, kseq[ki])))
             kseq[ki] += 1
-        if pid == 0:                         # one send per record, key chooses the partition
+        if pid == 0:  # one send per record, key chooses the partition
             for s, ki, v in batch:
                 md = p.send(topic, v, key=_key(ki))
                 acked[s] = (md.partition, md.offset)
-        elif pid == 1:                       # with headers, too
+        elif pid == 1:  # with headers, too
             for s, ki, v in batch:
                 md = p.send(topic, v, key=_key(ki), headers={"pid": b"1", "seq": str(s).encode()})
                 acked[s] = (md.partition, md.offset)
-        else:                                # send_batch with keys: grouped by partition, order kept
+        else:  # send_batch with keys: grouped by partition, order kept
             mds = p.send_batch(topic, [v for _, _, v in batch], keys=[_key(ki) for _, ki, _ in batch])
             by_part = {}
             for s, ki, _ in batch:
@@ -353,10 +360,16 @@ def _consume_keyed(kwargs, topic, total, budget_s):
 
 def test_murmur2_matches_kafka():
     # Kafka's own vectors (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java)
-    cases = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
-             b"a-little-bit-longer-string": -1486304829,
-             b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971, b"abc": 479470107}
+    cases = {
+        b"21": -973932308,
+        b"foobar": -790332482,
+        b"a-little-bit-long-string": -985981536,
+        b"a-little-bit-longer-string": -1486304829,
+        b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+        b"abc": 479470107,
+    }
     from shmlog._native import lib
+
     for k, want in cases.items():
         assert kafka_murmur2(k) == want, k
         assert lib.shm_murmur2(k, len(k)) == want, k
@@ -368,11 +381,11 @@ def test_keys_same_partition_across_processes(inst, tmp_path):
     total = KEYED_PRODUCERS * KEYED_PER_PRODUCER
     go = CTX.Event()
     deadline = time.monotonic() + 90
-    consumers = [inst.spawn(f"keyed-consumer-{i}", _consume_keyed, inst.kwargs, topic, total, 75)
-                 for i in range(2)]
-    producers = [inst.spawn(f"keyed-producer-{pid}", _produce_keyed, inst.kwargs, topic, pid,
-                        KEYED_PER_PRODUCER, go)
-                 for pid in range(KEYED_PRODUCERS)]
+    consumers = [inst.spawn(f"keyed-consumer-{i}", _consume_keyed, inst.kwargs, topic, total, 75) for i in range(2)]
+    producers = [
+        inst.spawn(f"keyed-producer-{pid}", _produce_keyed, inst.kwargs, topic, pid, KEYED_PER_PRODUCER, go)
+        for pid in range(KEYED_PRODUCERS)
+    ]
     go.set()
     res = inst.collect(producers + consumers, deadline)
     acked = [res[name] for name, _, _ in producers]
@@ -398,13 +411,15 @@ def test_keys_same_partition_across_processes(inst, tmp_path):
             assert mix == _mix(pid * 1000 + ki, seq * 100_000 + kseq)[1], f"{name}: bad checksum at {part}/{off}"
             assert key == _key(ki), f"{name}: record {pid}/{seq} has key {key!r}, expected {_key(ki)!r}"
             key_part.setdefault(key, set()).add(part)
-            assert part == kafka_partition(key, KEYED_PARTITIONS), \
+            assert part == kafka_partition(key, KEYED_PARTITIONS), (
                 f"{name}: key {key!r} in partition {part}, Kafka's partitioner says {kafka_partition(key, KEYED_PARTITIONS)}"
+            )
             want_h = (("pid", b"1"), ("seq", str(seq).encode())) if pid == 1 else ()
             assert tuple(headers) == want_h, f"{name}: record {pid}/{seq} has headers {headers!r}"
             # per (producer, key) order survives, whatever the interleaving
-            assert kseq == last_kseq.get((pid, ki), -1) + 1, \
+            assert kseq == last_kseq.get((pid, ki), -1) + 1, (
                 f"{name}: producer {pid} key {ki}: sequence {kseq} after {last_kseq.get((pid, ki))}"
+            )
             last_kseq[(pid, ki)] = kseq
             assert (pid, seq) not in seen, f"{name}: record {pid}/{seq} delivered twice"
             seen[(pid, seq)] = (part, off)
@@ -413,7 +428,8 @@ def test_keys_same_partition_across_processes(inst, tmp_path):
         assert len({next(iter(ps)) for ps in key_part.values()}) == KEYED_PARTITIONS
         for pid in range(KEYED_PRODUCERS):
             for seq in range(KEYED_PER_PRODUCER):
-                assert seen.get((pid, seq)) == acked[pid][seq], \
+                assert seen.get((pid, seq)) == acked[pid][seq], (
                     f"{name}: record {pid}/{seq} acknowledged at {acked[pid][seq]}, consumed at {seen.get((pid, seq))}"
+                )
         views.append(seen)
     assert views[0] == views[1]

@@ -9,6 +9,7 @@ os_error and the admin server's catch-all for an OSError a handler let through.
 Must never: leave the mount behind (umount in the fixture, even on failure),
 or fill any filesystem but its own tmpfs.
 """
+
 import errno
 import os
 import subprocess
@@ -34,8 +35,9 @@ def tmpfs_inst(tmp_path):
     """An Instance whose data dir is its own 8 MiB tmpfs."""
     data = tmp_path / "data"
     data.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0770", "tmpfs", str(data)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0770", "tmpfs", str(data)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
     try:
@@ -84,23 +86,41 @@ def test_admin_requests_on_a_full_data_dir_are_nospace_and_lose_nothing(tmpfs_in
     ballast = os.path.join(inst.kwargs["data_dir"], "ballast")
     fd = _fill(ballast)
     try:
-        for what, call in (("create", lambda: log.create_topic("new", partitions=2)),
-                           ("alter", lambda: log.alter_topic("keep", retention_ms=3_600_000)),
-                           ("delete", lambda: log.delete_topic("keep"))):
+        for what, call in (
+            ("create", lambda: log.create_topic("new", partitions=2)),
+            ("alter", lambda: log.alter_topic("keep", retention_ms=3_600_000)),
+            ("delete", lambda: log.delete_topic("keep")),
+        ):
             with pytest.raises(errors.NoSpace) as ei:
                 call()
             msg = str(ei.value)
             assert inst.kwargs["data_dir"] in msg and "Free space there" in msg, (what, msg)
         # and the CLI: one line, exit code 9 (NoSpace)
-        r = subprocess.run([sys.executable, "-m", "shmlog", "topic", "create", "cli", "--instance",
-                            inst.kwargs["instance"], "--data-dir", inst.kwargs["data_dir"],
-                            "--shm-prefix", inst.prefix], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shmlog",
+                "topic",
+                "create",
+                "cli",
+                "--instance",
+                inst.kwargs["instance"],
+                "--data-dir",
+                inst.kwargs["data_dir"],
+                "--shm-prefix",
+                inst.prefix,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 9 and "no space left" in r.stderr, (r.returncode, r.stderr)
     finally:
         os.close(fd)
         os.unlink(ballast)
     assert inst.supervisors[-1].poll() is None, "the supervisor died on ENOSPC"
-    log.create_topic("new", partitions=2)                      # space freed: works at once
+    log.create_topic("new", partitions=2)  # space freed: works at once
     log.alter_topic("keep", retention_ms=3_600_000)
     assert {"keep", "new"} <= set(log.list_topics())
     assert log.describe_topic("keep").config.retention_ms == 3_600_000
@@ -129,14 +149,23 @@ def test_a_full_filesystem_or_quota_is_nospace_with_the_path_and_the_fix(code):
     assert ("quota" in str(e)) == (code == errno.EDQUOT)
 
 
-@pytest.mark.parametrize("code,cls", [(errno.ENOSPC, "NoSpace"), (errno.EDQUOT, "NoSpace"),
-                                      (errno.EACCES, "PermissionDenied"), (errno.EIO, "SupervisorError")])
+@pytest.mark.parametrize(
+    "code,cls",
+    [
+        (errno.ENOSPC, "NoSpace"),
+        (errno.EDQUOT, "NoSpace"),
+        (errno.EACCES, "PermissionDenied"),
+        (errno.EIO, "SupervisorError"),
+    ],
+)
 def test_the_admin_server_translates_an_os_error_a_handler_let_through(code, cls, caplog):
     def handler():
         raise OSError(code, os.strerror(code), "/d/topics/t@1/0/partition.metadata")
+
     server = types.SimpleNamespace(handlers={"create_topic": handler})
-    rep = admin.Server._dispatch(server, msgspec.msgpack.encode(admin.Request("create_topic")),
-                                 shmlog.control.plane.logger)
+    rep = admin.Server._dispatch(
+        server, msgspec.msgpack.encode(admin.Request("create_topic")), shmlog.control.plane.logger
+    )
     assert not rep.ok and rep.error == cls, rep
     if cls != "SupervisorError":
         assert "/d/topics/t@1/0/partition.metadata" in rep.message, rep
@@ -152,9 +181,10 @@ def test_an_index_write_that_fails_takes_back_its_data(inst, monkeypatch):
     import glob
     from shmlog import storage
     from shmlog.service import persister
+
     log = inst.log
     log.create_topic("d", partitions=1, ring_bytes=1 << 16)
-    log.stop_persister()                                 # this test runs the persister in-process
+    log.stop_persister()  # this test runs the persister in-process
     p = log.producer()
     values = [b"%04d" % i + b"x" * 100 for i in range(300)]
 
@@ -177,7 +207,7 @@ def test_an_index_write_that_fails_takes_back_its_data(inst, monkeypatch):
     per.run_once()
     assert failed, "the copy wrote no index row"
     monkeypatch.undo()
-    per.run_once()                                       # the retry of the failed run
+    per.run_once()  # the retry of the failed run
     produce(values[200:])
     per.run_once()
     per.shutdown()
@@ -186,6 +216,6 @@ def test_an_index_write_that_fails_takes_back_its_data(inst, monkeypatch):
     pdir = glob.glob(os.path.join(inst.kwargs["data_dir"], "topics", "d@*", "0"))[0]
     assert storage.check_partition(pdir) == ([], [])
     inst.drop_shared_memory()
-    inst.log = inst.connect()                            # the restore scans the segment
+    inst.log = inst.connect()  # the restore scans the segment
     assert inst.log.describe_topic("d").partitions[0].end_offset == 300
     assert _read_all(inst.log, "d", 300) == values

@@ -1,4 +1,5 @@
 """OS-level failures: a full /dev/shm, and access the OS refuses."""
+
 import os
 import shutil
 
@@ -17,9 +18,9 @@ def test_full_dev_shm_fails_at_creation(inst):
     before = inst.segments()
     with pytest.raises(errors.NoSpace, match="/dev/shm is full"):
         inst.log.create_topic("huge", persistence="none", ring_bytes=ring)
-    assert inst.segments() == before                     # nothing half-made left behind
+    assert inst.segments() == before  # nothing half-made left behind
     assert "huge" not in inst.log.list_topics()
-    inst.log.create_topic("small", persistence="none", ring_bytes=1 << 16)   # the instance still works
+    inst.log.create_topic("small", persistence="none", ring_bytes=1 << 16)  # the instance still works
     assert inst.log.producer().send("small", b"v", partition=0).offset == 0
 
 
@@ -28,7 +29,7 @@ def test_other_user_is_refused(inst):
     inst.log.create_topic("private", persistence="none", ring_bytes=1 << 16)
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:                                   # child: become nobody, try to attach
+    if pid == 0:  # child: become nobody, try to attach
         code = 3
         try:
             os.setgroups([])

@@ -6,6 +6,7 @@ Needs root (it creates a throwaway group and two users); skipped otherwise.
 The children drop to those users after fork(), so the interpreter is already
 loaded and needs no access to its install directory.
 """
+
 import grp
 import logging
 import multiprocessing
@@ -28,8 +29,9 @@ import shmlog.client.producer  # noqa: F401
 from shmlog import config, errors, permissions
 from shmlog.ipc import admin
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
-                                reason="needs root and useradd to create a throwaway user")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("useradd"), reason="needs root and useradd to create a throwaway user"
+)
 
 
 @pytest.fixture
@@ -77,7 +79,7 @@ def run_as(inst, user, fn, *args, timeout=60.0):
 
 
 def _as_member(kwargs, ring_name):
-    log = shmlog.connect(**kwargs, autostart=True)      # finds root's supervisor running
+    log = shmlog.connect(**kwargs, autostart=True)  # finds root's supervisor running
     with log.producer() as p:
         md = p.send("t", b"from the member", partition=0)
     c = log.consumer(auto_offset_reset="earliest")
@@ -88,7 +90,7 @@ def _as_member(kwargs, ring_name):
         got += c.poll_batch(10, timeout=0.1)
     with open("/proc/self/maps") as f:
         maps = [line.split()[1] for line in f if ring_name in line]
-    log.create_topic("made-by-member", persistence="none", ring_bytes=1 << 16)     # via the admin socket
+    log.create_topic("made-by-member", persistence="none", ring_bytes=1 << 16)  # via the admin socket
     c.close()
     log.close()
     return {"offset": md.offset, "values": [m.value for m in got], "maps": maps}
@@ -129,10 +131,11 @@ def test_group_owns_everything_member_works_outsider_refused(inst, users, open_d
     group, member, outsider = users
     gid = grp.getgrnam(group).gr_gid
     _move_instance(inst, os.path.join(open_dir, "data"))
-    with inst.connect() as early:                   # made before the supervisor, without the group
+    with inst.connect() as early:  # made before the supervisor, without the group
         early.create_topic("early", persistence="none", ring_bytes=1 << 16)
-    inst.start_supervisor(config_text=f'group = "{group}"\nmetrics_port = -1\n'
-                                      '[topics.t]\nring_bytes = 65536\nfsync = "always"\n')
+    inst.start_supervisor(
+        config_text=f'group = "{group}"\nmetrics_port = -1\n[topics.t]\nring_bytes = 65536\nfsync = "always"\n'
+    )
     inst.log = log = inst.connect()
     with log.producer() as p:
         p.send("t", b"from root", partition=0)
@@ -158,7 +161,7 @@ def test_group_owns_everything_member_works_outsider_refused(inst, users, open_d
 
     r = run_as(inst, member, _as_member, inst.kwargs, ring_name)
     assert r["offset"] == 1 and r["values"] == [b"from root", b"from the member"]
-    assert "rw-s" in r["maps"] and "r--s" in r["maps"]        # producer maps it writable, consumer read-only
+    assert "rw-s" in r["maps"] and "r--s" in r["maps"]  # producer maps it writable, consumer read-only
     assert "made-by-member" in log.list_topics()
 
     r = run_as(inst, outsider, _as_outsider, inst.kwargs, sock)
@@ -182,10 +185,10 @@ def test_admin_socket_checks_peer_credentials(inst, users, open_dir):
     os.makedirs(settings.data_dir)
     os.chmod(settings.data_dir, 0o755)
     server = admin.Server(settings, {"ping": lambda: "pong"}, grp.getgrnam(group).gr_gid)
-    os.chmod(server.path, 0o666)                    # only the credential check stands in the way
+    os.chmod(server.path, 0o666)  # only the credential check stands in the way
     stop = threading.Event()
 
-    def serve():                                    # answers while the children call
+    def serve():  # answers while the children call
         while not stop.is_set():
             if not server.serve_one(logging.getLogger("test")):
                 time.sleep(0.005)
@@ -193,8 +196,9 @@ def test_admin_socket_checks_peer_credentials(inst, users, open_dir):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        res = {name: run_as(inst, user, _ping, server.path) for name, user in
-               (("outsider", outsider), ("member", member))}
+        res = {
+            name: run_as(inst, user, _ping, server.path) for name, user in (("outsider", outsider), ("member", member))
+        }
     finally:
         stop.set()
         t.join(10)

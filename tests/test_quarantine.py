@@ -2,6 +2,7 @@
 flip, a truncation, a missing file) takes that partition offline at restore
 instead of refusing the instance; everything else is served, and restoring the
 file brings it back at the next restart."""
+
 import json
 import os
 import shutil
@@ -59,7 +60,7 @@ def _damage(seg, how):
     saved = {seg.path(e): open(seg.path(e), "rb").read() for e in ("log", "index", "timeindex")}
     fpos, first = _recovered_frame(seg)
     if how == "flip":
-        at = fpos + 16 + 61 + 2                   # inside the records: covered by the CRC
+        at = fpos + 16 + 61 + 2  # inside the records: covered by the CRC
         with open(seg.path(), "r+b") as f:
             f.seek(at)
             b = f.read(1)
@@ -67,8 +68,8 @@ def _damage(seg, how):
             f.write(bytes([b[0] ^ 0x10]))
     elif how == "truncate":
         with open(seg.path(), "r+b") as f:
-            f.truncate(fpos + 40)                 # inside a frame: the rolled segment ends early
-    else:                                         # gone: a hole in the chain nobody recorded
+            f.truncate(fpos + 40)  # inside a frame: the rolled segment ends early
+    else:  # gone: a hole in the chain nobody recorded
         for e in ("log", "index", "timeindex"):
             os.unlink(seg.path(e))
         fpos, first = seg.size, seg.base_offset
@@ -98,9 +99,24 @@ def _read(log, topic, p, start=0, limit=None):
 
 
 def _status_json(inst):
-    r = subprocess.run([sys.executable, "-m", "shmlog", "status", "--json", "--instance", inst.kwargs["instance"],
-                        "--data-dir", inst.kwargs["data_dir"], "--shm-prefix", inst.prefix],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmlog",
+            "status",
+            "--json",
+            "--instance",
+            inst.kwargs["instance"],
+            "--data-dir",
+            inst.kwargs["data_dir"],
+            "--shm-prefix",
+            inst.prefix,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -141,7 +157,7 @@ def test_damage_in_a_middle_segment_quarantines_only_that_partition(inst, how):
     fpos, first, saved = _damage(segs[1], how)
     sizes = _log_sizes(segs[0].dir)
     inst.drop_shared_memory()
-    inst.log = inst.connect()                     # was: CorruptRecord / SegmentGap, the instance refused
+    inst.log = inst.connect()  # was: CorruptRecord / SegmentGap, the instance refused
     _assert_quarantined(inst, inst.log, segs[1], fpos, first, how)
     # reported by status --json and the text status
     st = _status_json(inst)
@@ -150,8 +166,14 @@ def test_damage_in_a_middle_segment_quarantines_only_that_partition(inst, how):
     # the damaged partition's segment files are untouched (the persister left it alone;
     # recovery rewrote no index of the damaged segment)
     assert _log_sizes(segs[0].dir) == sizes
-    assert all(open(path, "rb").read() == data for path, data in saved.items() if os.path.exists(path)
-               and not path.endswith(".log")) or how == "gone"
+    assert (
+        all(
+            open(path, "rb").read() == data
+            for path, data in saved.items()
+            if os.path.exists(path) and not path.endswith(".log")
+        )
+        or how == "gone"
+    )
     # the operator restores the file: the next restart serves the partition fully again
     assert inst.log.stop_persister()
     inst.log.close()
@@ -164,7 +186,7 @@ def test_damage_in_a_middle_segment_quarantines_only_that_partition(inst, how):
     got, err = _read(inst.log, "q", 0)
     assert err is None and [m.value for m in got] == [_value(0, i) for i in range(N)]
     pr = inst.log.producer()
-    assert pr.send("q", b"p0-next", partition=0).offset == N      # offsets continue, none reused
+    assert pr.send("q", b"p0-next", partition=0).offset == N  # offsets continue, none reused
     pr.close()
 
 
@@ -186,8 +208,10 @@ def test_quarantine_is_reported_by_the_supervisor_its_metrics_and_survives_kill9
     log = inst.connect()
     _assert_quarantined(inst, log, segs[1], fpos, first, "flip")
     from shmlog.service import supervisor
+
     port = daemons.read_supervisor_state(inst.settings).metrics_port
     import urllib.request
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'shmlog_partition_offline{partition="0",topic="q"} 1.0' in text
     assert 'shmlog_partition_offline{partition="1",topic="q"} 0.0' in text
@@ -229,5 +253,5 @@ def test_storage_quarantine_reports_instead_of_raising(tmp_path, inst):
     rep = storage.recover_partition(segs[0].dir, quarantine=True)
     assert rep.damage is not None and rep.damage.offset == first
     assert rep.damage.pos == segs[1].base_pos + fpos
-    assert rep.end_offset == N                    # the walk went on past the damage to the real end
+    assert rep.end_offset == N  # the walk went on past the damage to the real end
     shutil.rmtree(tmp_path / "data", ignore_errors=True)

@@ -3,6 +3,7 @@ tree, a fresh venv, `pip install .` (not -e: no compiled core in the source
 tree), then `shmlog demo`, as the console script and as `python -m shmlog`,
 from inside the clone and from elsewhere. Also: a supervisor that cannot
 start is reported at once, with its reason, however it fails."""
+
 import os
 import shutil
 import subprocess
@@ -21,13 +22,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _fresh_clone(dst) -> str:
     """`git clone` of this worktree, with the working tree's files (committed or
     not, build products excluded) copied over, so the test sees this code."""
-    if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")) and not os.path.isfile(
-            os.path.join(ROOT, ".git")):
+    if (
+        shutil.which("git") is None
+        or not os.path.isdir(os.path.join(ROOT, ".git"))
+        and not os.path.isfile(os.path.join(ROOT, ".git"))
+    ):
         pytest.skip("not a git checkout")
     clone = os.path.join(dst, "clone")
     subprocess.run(["git", "clone", "-q", ROOT, clone], check=True)
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           check=True, capture_output=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
     for f in filter(None, files):
         src = os.path.join(ROOT, os.fsdecode(f))
         if os.path.isfile(src):
@@ -44,12 +52,14 @@ def test_the_readme_first_command_in_a_fresh_clone_and_venv(inst, tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
     py, exe = os.path.join(venv, "bin", "python"), os.path.join(venv, "bin", "shmlog")
     # `pip install .` (its build tools from the index, as for a user); the dependencies come from the system site
-    r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "."], cwd=clone,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [py, "-m", "pip", "install", "-q", "--no-deps", "."], cwd=clone, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHMLOG_", "PYTHON", "VIRTUAL_ENV"))}
-    env.update(SHMLOG_INSTANCE=inst.kwargs["instance"], SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
-               SHMLOG_SHM_PREFIX=inst.prefix)           # autostart on, as a user has it
+    env.update(
+        SHMLOG_INSTANCE=inst.kwargs["instance"], SHMLOG_DATA_DIR=inst.kwargs["data_dir"], SHMLOG_SHM_PREFIX=inst.prefix
+    )  # autostart on, as a user has it
     elsewhere = str(tmp_path / "elsewhere")
     os.makedirs(elsewhere)
     logfile = os.path.join(inst.kwargs["data_dir"], "supervisor.log")
@@ -104,10 +114,17 @@ def test_connect_from_a_source_tree_without_its_core_says_what_to_do(tmp_path):
     installed copy to fall back on: one clear ImportError, not a bare
     ModuleNotFoundError from deep inside."""
     tree = tmp_path / "tree"
-    shutil.copytree(os.path.join(ROOT, "shmlog"), tree / "shmlog",
-                    ignore=shutil.ignore_patterns("_shmlog_c*", "__pycache__"))
-    r = subprocess.run([sys.executable, "-S", "-c", "import shmlog"], cwd=tree, capture_output=True, text=True,
-                       env={"PATH": os.environ.get("PATH", "")}, timeout=60)
+    shutil.copytree(
+        os.path.join(ROOT, "shmlog"), tree / "shmlog", ignore=shutil.ignore_patterns("_shmlog_c*", "__pycache__")
+    )
+    r = subprocess.run(
+        [sys.executable, "-S", "-c", "import shmlog"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", "")},
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "no compiled C core" in r.stderr and "pip install" in r.stderr, r.stderr
 
@@ -116,12 +133,13 @@ def test_racing_ups_get_the_one_supervisor_that_won(inst):
     """Several up() at once: one supervisor wins the instance's lock; the
     others are told AlreadyRunning on their status pipe and wait for it."""
     import threading
+
     pids, errs = [], []
 
     def one():
         try:
             pids.append(daemons.up(inst.settings, timeout=60))
-        except Exception as e:           # noqa: BLE001 — the test reports it
+        except Exception as e:  # noqa: BLE001 — the test reports it
             errs.append(e)
 
     threads = [threading.Thread(target=one) for _ in range(4)]

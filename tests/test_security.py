@@ -8,6 +8,7 @@ here, the data dir made 2770 root:nogroup as a supervisor makes it) or
 outside it; children drop privileges after fork(), so the interpreter is
 already loaded. Tests that need root skip otherwise.
 """
+
 import errno
 import multiprocessing
 import os
@@ -32,7 +33,7 @@ from shmlog.ipc import daemons
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (to drop to another uid in a child)")
-NOBODY = 65534          # uid nobody, gid nogroup on Debian
+NOBODY = 65534  # uid nobody, gid nogroup on Debian
 VICTIM = b"precious: must never change\n"
 
 
@@ -140,8 +141,12 @@ def test_replace_over_a_planted_symlink_replaces_the_link(open_dir, victim):
 def test_supervisor_state_tmp_symlink_not_followed(open_dir, victim):
     s = config.resolve("sec", _group_dir(open_dir / "data"), "shmlogsec.")
     _as_nobody(_plant, daemons.supervisor_state_path(s) + ".tmp", victim)
-    daemons.write_supervisor_state(s, daemons.SupervisorState(pid=os.getpid(), instance="sec", data_dir=s.data_dir,
-                                                shm_prefix=s.shm_prefix, admin_socket="x"))
+    daemons.write_supervisor_state(
+        s,
+        daemons.SupervisorState(
+            pid=os.getpid(), instance="sec", data_dir=s.data_dir, shm_prefix=s.shm_prefix, admin_socket="x"
+        ),
+    )
     _untouched(victim)
     assert daemons.read_supervisor_state(s).pid == os.getpid()
 
@@ -207,8 +212,9 @@ def test_fifo_does_not_hang_a_writer(tmp_path):
     with pytest.raises((errors.PermissionDenied, OSError)) as e:
         safefile.open_append(str(tmp_path / "persister.log"))
     assert time.monotonic() - t0 < 5
-    assert not isinstance(e.value, OSError) or e.value.errno == errno.ENXIO or \
-        isinstance(e.value, errors.PermissionDenied)
+    assert (
+        not isinstance(e.value, OSError) or e.value.errno == errno.ENXIO or isinstance(e.value, errors.PermissionDenied)
+    )
 
 
 def test_hard_link_refused(tmp_path, victim):
@@ -273,7 +279,7 @@ def test_ring_of_another_owner_refused(inst):
     inst.log.create_topic("o", persistence="none", ring_bytes=1 << 16)
     gen = inst.log.describe_topic("o").generation
     path = "/dev/shm" + inst.settings.ring_name(gen, 0)
-    os.chown(path, NOBODY, NOBODY)                 # as if nobody had created it first
+    os.chown(path, NOBODY, NOBODY)  # as if nobody had created it first
     with inst.connect() as other:
         with pytest.raises(errors.PermissionDenied) as e:
             other.consumer().assign([("o", 0, 0)])
@@ -304,7 +310,7 @@ def _warm_producer(kw, topic, go, n):
             p.send(topic, b"x" * (i % 300), partition=0)
         except errors.ShmlogError:
             errs += 1
-            if errs >= 5:         # errors, not a crash: enough
+            if errs >= 5:  # errors, not a crash: enough
                 break
     os._exit(0)
 
@@ -332,10 +338,15 @@ def _warm_persister(kw, go):
 CORRUPTIONS = {
     "capacity": lambda h: setattr(h, "capacity", 1 << 40),
     "base_position": lambda h: setattr(h, "base_position", 12345),
-    "tail_near_end": lambda h: (setattr(h, "tail_pos", h.base_position + h.capacity - 8),
-                                setattr(h, "head_pos", h.base_position + 8)),
-    "head_tail_absurd": lambda h: (setattr(h, "tail_pos", 2**64 - 3), setattr(h, "head_pos", 2**63 + 5),
-                                   setattr(h, "persisted_pos", 2**63 + 1)),
+    "tail_near_end": lambda h: (
+        setattr(h, "tail_pos", h.base_position + h.capacity - 8),
+        setattr(h, "head_pos", h.base_position + 8),
+    ),
+    "head_tail_absurd": lambda h: (
+        setattr(h, "tail_pos", 2**64 - 3),
+        setattr(h, "head_pos", 2**63 + 5),
+        setattr(h, "persisted_pos", 2**63 + 1),
+    ),
     "max_frame_bytes": lambda h: setattr(h, "max_frame_bytes", 2**32 - 1),
 }
 
@@ -359,7 +370,7 @@ def test_crafted_ring_header_never_crashes(inst, what):
     procs["consumer"] = inst.process(_warm_consumer, kw, "c", go, 300)
     procs["producer"].start()
     procs["consumer"].start()
-    time.sleep(1.0)                                   # each has mapped the ring and used it
+    time.sleep(1.0)  # each has mapped the ring and used it
     with inst.connect() as log:
         gen = log.describe_topic("c").generation
     seg = ShmMapping.open(inst.settings.ring_name(gen, 0), writable=True, trust=trust_of(inst.settings.data_dir))
@@ -377,8 +388,9 @@ def test_crafted_ring_header_never_crashes(inst, what):
     codes = {n: p.exitcode for n, p in procs.items()}
     seg.close()
     for n, c in codes.items():
-        assert c is not None and c >= 0, f"{n} died of signal {-c} ({signal.Signals(-c).name}) " \
-                                         f"after {what} was corrupted: {codes}"
+        assert c is not None and c >= 0, (
+            f"{n} died of signal {-c} ({signal.Signals(-c).name}) after {what} was corrupted: {codes}"
+        )
 
 
 def test_raw_mapping_is_not_a_handle(inst):
@@ -407,10 +419,22 @@ def _cli_as_outsider(kw):
     import contextlib
     import io
     from shmlog import cli
+
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        rc = cli.main(["--instance", kw["instance"], "--data-dir", kw["data_dir"], "--shm-prefix",
-                       kw["shm_prefix"], "produce", "t", "-"])
+        rc = cli.main(
+            [
+                "--instance",
+                kw["instance"],
+                "--data-dir",
+                kw["data_dir"],
+                "--shm-prefix",
+                kw["shm_prefix"],
+                "produce",
+                "t",
+                "-",
+            ]
+        )
     return rc, err.getvalue()
 
 
@@ -421,7 +445,7 @@ def test_outsider_gets_permission_denied(moved, autostart):
     data dir, and nothing left in /dev/shm."""
     inst = moved
     d = inst.settings.data_dir
-    os.chmod(d, 0o2770)                               # root's, group root: nobody is outside
+    os.chmod(d, 0o2770)  # root's, group root: nobody is outside
     status, res = _as_nobody(_connect_as_outsider, inst.kwargs, autostart)
     assert status == "ok", res
     assert res.startswith("PermissionDenied") and d in res, res
@@ -455,7 +479,7 @@ def test_unwritable_data_dir_leaves_no_segment(moved):
 
 
 def _hold_a_reservation(kw, topic, ready):
-    lib.shm_test_set_hold_ns(120 * 10**9)            # reserve, then sleep before the commit
+    lib.shm_test_set_hold_ns(120 * 10**9)  # reserve, then sleep before the commit
     log = shmlog.connect(**kw, autostart=False)
     p = log.producer()
     ready.set()
@@ -472,7 +496,7 @@ def test_buffer_full_names_the_producer_holding_a_reservation(inst):
     holder.start()
     assert ready.wait(20)
     deadline = time.monotonic() + 20
-    while log.describe_topic("s").partitions[0].end_offset < 2:     # its reservation is open
+    while log.describe_topic("s").partitions[0].end_offset < 2:  # its reservation is open
         assert time.monotonic() < deadline
         time.sleep(0.01)
     os.kill(holder.pid, signal.SIGSTOP)
@@ -504,6 +528,7 @@ def test_squatted_liveness_token_refused(inst):
     """Another user pre-creates this process's token name: it could unlink it
     later and make us look dead (our open reservation sealed under us)."""
     from shmlog import liveness
+
     prefix = liveness.token_prefix(inst.prefix, "squat")
     path = f"{prefix}{os.getpid()}-{liveness.start_time()}"
     try:
@@ -520,6 +545,7 @@ def test_squatted_liveness_token_refused(inst):
 def _hold_token_lock(path, ready, done):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     import fcntl
+
     fcntl.flock(fd, fcntl.LOCK_EX)
     ready.set()
     done.wait(60)
@@ -530,11 +556,12 @@ def test_squatter_cannot_keep_a_dead_writer_alive(inst):
     """A token for a dead (pid, start time), made and locked by another uid, is not
     proof of life: the writer is seen dead, so its reservation can be sealed."""
     from shmlog import liveness
+
     ctx = multiprocessing.get_context("fork")
     gone = ctx.Process(target=lambda: None)
     gone.start()
     gone.join()
-    pid, st = gone.pid, 12345                       # a pid now unused, with some start time
+    pid, st = gone.pid, 12345  # a pid now unused, with some start time
     prefix = liveness.token_prefix(inst.prefix, "keepalive")
     path = f"{prefix}{pid}-{st}"
     ready, done = ctx.Event(), ctx.Event()

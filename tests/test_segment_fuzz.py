@@ -11,6 +11,7 @@ The oracle knows the original frames (parsed here, independently of the C
 code) and the records the producer sent; it reads back through storage's
 reader (PartitionLog.seek, segment_for_pos, shm_frames_read: the path a
 consumer takes on disk) and `shmlog check`'s verifier."""
+
 import os
 import random
 import resource
@@ -28,8 +29,8 @@ from shmlog._native import ffi, lib
 import conftest
 
 XOR = lib.SHM_COMMIT_XOR
-CASE_S = 2.0                      # one case (write, recover, read, check) stays under this
-RSS_GROWTH_KB = 256 << 10         # the whole sweep stays under this much more peak memory
+CASE_S = 2.0  # one case (write, recover, read, check) stays under this
+RSS_GROWTH_KB = 256 << 10  # the whole sweep stays under this much more peak memory
 N_LOG_FLIPS = int(os.environ.get("SHMLOG_FUZZ_FLIPS", "600"))
 
 
@@ -39,8 +40,9 @@ class Pristine:
     def __init__(self, d):
         names = sorted(os.listdir(d))
         self.name = next(n for n in names if n.endswith(".log"))[:-4]
-        self.files = {ext: open(os.path.join(d, f"{self.name}.{ext}"), "rb").read()
-                      for ext in ("log", "index", "timeindex")}
+        self.files = {
+            ext: open(os.path.join(d, f"{self.name}.{ext}"), "rb").read() for ext in ("log", "index", "timeindex")
+        }
         self.frames = _frames(self.files["log"])
         self.records = _read_log(d)[0]
         self.total = self.frames[-1][3]
@@ -51,10 +53,10 @@ def _frames(data):
     out, fpos = [], 0
     base = int.from_bytes(data[:8], "little") ^ XOR
     while fpos < len(data):
-        assert int.from_bytes(data[fpos:fpos + 8], "little") ^ XOR == base + fpos
-        length = int.from_bytes(data[fpos + 8:fpos + 12], "little")
-        assert int.from_bytes(data[fpos + 12:fpos + 14], "little") == lib.SHM_FRAME_DATA
-        body = data[fpos + 16:fpos + length]
+        assert int.from_bytes(data[fpos : fpos + 8], "little") ^ XOR == base + fpos
+        length = int.from_bytes(data[fpos + 8 : fpos + 12], "little")
+        assert int.from_bytes(data[fpos + 12 : fpos + 14], "little") == lib.SHM_FRAME_DATA
+        body = data[fpos + 16 : fpos + length]
         first = int.from_bytes(body[0:8], "big")
         end = fpos + ((length + 7) & ~7)
         out.append((fpos, end, first, first + int.from_bytes(body[23:27], "big") + 1))
@@ -84,13 +86,12 @@ def _read_log(d, start=0):
             n = plog.read(seg, cur.pos, buf, cap)
             rc = lib.shm_frames_read(buf, n, cur.pos, cur, 1, out)
             if rc == lib.SHM_E_CORRUPT or (rc == lib.SHM_E_AGAIN and n < cap):
-                raise errors.CorruptRecord(f"{seg.path()}: damaged frame at file position "
-                                           f"{cur.pos - seg.base_pos}")
+                raise errors.CorruptRecord(f"{seg.path()}: damaged frame at file position {cur.pos - seg.base_pos}")
             assert rc == lib.SHM_OK, rc
             mv = ffi.buffer(buf, n)
             r = np.frombuffer(ffi.buffer(rows, out.count * 64), "<i8").reshape(-1, 8)
             for o, ts, ks, kl, vs, vl, _, _ in r.tolist():
-                got.append((o, ts, None if kl < 0 else mv[ks:ks + kl], None if vl < 0 else mv[vs:vs + vl]))
+                got.append((o, ts, None if kl < 0 else mv[ks : ks + kl], None if vl < 0 else mv[vs : vs + vl]))
         raise AssertionError("reader made no progress")
     except errors.CorruptRecord as e:
         return got, e
@@ -110,11 +111,11 @@ def pristine(tmp_path_factory):
             n = rnd.randint(1, 6)
             vals = [rnd.choice([b"", rnd.randbytes(rnd.randint(1, 80))]) for _ in range(n)]
             keys = [rnd.choice([None, rnd.randbytes(rnd.randint(0, 12))]) for _ in range(n)]
-            ts = 1_700_000_000_000 + rnd.randint(-5000, 5000)             # out of order on purpose
+            ts = 1_700_000_000_000 + rnd.randint(-5000, 5000)  # out of order on purpose
             p.send_batch("z", vals, keys=keys, partition=0, timestamp_ms=ts)
             sent += [(k, v, ts) for k, v in zip(keys, vals)]
             if rnd.random() < 0.3:
-                p.flush(durable=True, timeout=10)                        # copy runs of varied length
+                p.flush(durable=True, timeout=10)  # copy runs of varied length
                 plog.refresh()
         p.flush(durable=True, timeout=10)
         assert inst.log.stop_persister()
@@ -131,7 +132,7 @@ class Sweep:
     def __init__(self, pristine, scratch, monkeypatch):
         self.p = pristine
         self.d = scratch
-        monkeypatch.setattr(os, "fsync", lambda fd: None)   # durability is not under test here
+        monkeypatch.setattr(os, "fsync", lambda fd: None)  # durability is not under test here
         self.worst = 0.0
         self.rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.cases = 0
@@ -172,7 +173,7 @@ class Sweep:
             assert not any(intact[i] for i in dropped), f"an intact frame was truncated ({what})"
         assert rep.end_offset >= prefix, f"records lost silently ({what}): {rep}"
         got, err = _read_log(self.d)
-        assert got == self.p.records[:len(got)], f"a wrong record ({what})"
+        assert got == self.p.records[: len(got)], f"a wrong record ({what})"
         assert len(got) >= prefix, f"a false alarm or a skip before the damage ({what}): {err}"
         if err is None:
             assert len(got) == rep.end_offset, f"stopped silently at {len(got)} ({what})"
@@ -280,12 +281,16 @@ def _time_lookups_are_lower_bounds(sweep):
         start = plog.offset_before_time(ts)
         if want is not None and start > want:
             problems, _ = storage.check_partition(sweep.d)
-            assert any(sweep.path("timeindex") in p and "row" in p for p in problems), \
+            assert any(sweep.path("timeindex") in p and "row" in p for p in problems), (
                 f"offset_before_time({ts}) = {start} > {want}, unreported"
+            )
 
 
-@settings(max_examples=int(os.environ.get("SHMLOG_FUZZ_EXAMPLES", "150")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("SHMLOG_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_combined_damage_never_returns_a_wrong_record(sweep, data):
     """Several flips, a zeroed or random run of bytes, and a cut, together."""
@@ -300,9 +305,9 @@ def test_combined_damage_never_returns_a_wrong_record(sweep, data):
         n = data.draw(st.integers(1, 64))
         fill = data.draw(st.sampled_from([b"\0", b"\xff", None]))
         run = fill * n if fill else data.draw(st.binary(min_size=n, max_size=n))
-        run = run[:len(log) - at]
+        run = run[: len(log) - at]
         changed = [at + i for i in range(len(run)) if log[at + i] != run[i]]
-        log[at:at + len(run)] = run
+        log[at : at + len(run)] = run
         damaged |= set(changed)
     cut = data.draw(st.integers(len(log) // 2, len(log)), label="cut")
     idx = sweep.p.files["index"]

@@ -1,5 +1,6 @@
 """Running as a service: systemd notify, the config file (declared topics,
 SIGHUP, errors naming the key), declared workers, and the metrics endpoint."""
+
 import json
 import os
 import signal
@@ -48,7 +49,7 @@ def test_notify_socket_gets_ready_watchdog_stopping_in_order(inst, tmp_path):
 
     receive_until("READY=1")
     receive_until("WATCHDOG=1")
-    receive_until("WATCHDOG=1")                      # pings keep coming (every 100 ms)
+    receive_until("WATCHDOG=1")  # pings keep coming (every 100 ms)
     sup.send_signal(signal.SIGTERM)
     receive_until("STOPPING=1")
     assert sup.wait(30) == 0, inst.supervisor_output()
@@ -121,7 +122,7 @@ env = {{ LEVEL = "debug" }}
     cfg = configfile.load(str(p))
     s = cfg.settings()
     assert (s.instance, s.data_dir) == ("svc", f"{tmp_path}/d")
-    assert cfg.settings(instance="other").instance == "other"             # arguments win
+    assert cfg.settings(instance="other").instance == "other"  # arguments win
     tc = cfg.topic_configs()["orders"]
     assert (tc.partitions, tc.fsync, tc.ring_bytes) == (4, "always", 64 << 20)
     w = cfg.processes["billing"]
@@ -163,7 +164,7 @@ ring_bytes = 65536
     wait_for(lambda: "c" in log.list_topics(), what="topic c")
     d = wait_for(lambda: (d := log.describe_topic("a")).config.partitions == 3 and d, what="topic a altered")
     assert d.config.retention_ms == 9000 and len(d.partitions) == 3
-    assert log.list_topics() == ["a", "b", "c"]                        # b stays: never deleted implicitly
+    assert log.list_topics() == ["a", "b", "c"]  # b stays: never deleted implicitly
     # a config that cannot apply is reported, the running one kept
     cfg_path.write_text("[topics.a]\npartitions = 'x'\n")
     sup.send_signal(signal.SIGHUP)
@@ -197,7 +198,9 @@ def _worker_config(tmp_path, name, mode, replicas, restart, backoff_ms=200, stop
     script.write_text(WORKER)
     out = tmp_path / f"runs-{name}"
     out.mkdir()
-    return out, f"""
+    return (
+        out,
+        f"""
 [processes.{name}]
 command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, {json.dumps(str(out))}, "{mode}"]
 replicas = {replicas}
@@ -205,19 +208,20 @@ restart = "{restart}"
 backoff_ms = {backoff_ms}
 stop_timeout_ms = {stop_timeout_ms}
 env = {{ EXTRA = "yes" }}
-"""
+""",
+    )
 
 
 def _runs(out):
     res = {}
     for f in os.listdir(out):
         if not f.endswith(".json"):
-            continue                                 # another writer's tmp file
+            continue  # another writer's tmp file
         try:
             with open(out / f) as fh:
                 res[int(f.split(".")[0])] = json.load(fh)
         except (ValueError, json.JSONDecodeError, FileNotFoundError):
-            pass                                     # being written, or renamed under us
+            pass  # being written, or renamed under us
     return res
 
 
@@ -230,7 +234,7 @@ def _alive(pid):
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
-        return False                                 # reaped between the two looks
+        return False  # reaped between the two looks
 
 
 def test_workers_start_restart_after_kill9_and_stop_on_shutdown(inst, tmp_path):
@@ -238,19 +242,23 @@ def test_workers_start_restart_after_kill9_and_stop_on_shutdown(inst, tmp_path):
     sup = inst.start_supervisor(config_text="metrics_port = -1\n" + text)
     runs = wait_for(lambda: len(r := _runs(out)) == 2 and r, what="two replicas")
     envs = list(runs.values())
-    assert {e["SHMLOG_GROUP"] for e in envs} == {"billing"}                  # one consumer group
+    assert {e["SHMLOG_GROUP"] for e in envs} == {"billing"}  # one consumer group
     assert sorted(e["SHMLOG_GROUP_INSTANCE_ID"] for e in envs) == ["billing-0", "billing-1"]
-    assert {(e["SHMLOG_INSTANCE"], e["SHMLOG_DATA_DIR"], e["SHMLOG_SHM_PREFIX"], e["EXTRA"], e["SHMLOG_REPLICAS"])
-            for e in envs} == {(inst.kwargs["instance"], inst.kwargs["data_dir"], inst.prefix, "yes", "2")}
+    assert {
+        (e["SHMLOG_INSTANCE"], e["SHMLOG_DATA_DIR"], e["SHMLOG_SHM_PREFIX"], e["EXTRA"], e["SHMLOG_REPLICAS"])
+        for e in envs
+    } == {(inst.kwargs["instance"], inst.kwargs["data_dir"], inst.prefix, "yes", "2")}
     victim = min(runs)
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     runs = wait_for(lambda: len(r := _runs(out)) == 3 and r, timeout=10, what="the restart")
-    assert time.monotonic() - killed_at < 5                               # within its backoff (0.3 s) + slack
+    assert time.monotonic() - killed_at < 5  # within its backoff (0.3 s) + slack
     live = [pid for pid in runs if pid != victim]
     assert all(_alive(pid) for pid in live)
-    wait_for(lambda: sorted(w["restarts"] for w in daemons.read_supervisor_state(inst.settings).workers) == [0, 1],
-             what="the restart in the state file")
+    wait_for(
+        lambda: sorted(w["restarts"] for w in daemons.read_supervisor_state(inst.settings).workers) == [0, 1],
+        what="the restart in the state file",
+    )
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(30) == 0, inst.supervisor_output()
     assert not any(_alive(pid) for pid in live)
@@ -260,7 +268,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_its_stop_timeout(inst, tm
     out, text = _worker_config(tmp_path, "w", "stubborn", replicas=1, restart="always", stop_timeout_ms=300)
     sup = inst.start_supervisor(config_text="metrics_port = -1\n" + text)
     pid = next(iter(wait_for(lambda: _runs(out), what="the worker")))
-    time.sleep(0.2)                                  # its SIGTERM handler is in place
+    time.sleep(0.2)  # its SIGTERM handler is in place
     t0 = time.monotonic()
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(30) == 0, inst.supervisor_output()
@@ -268,9 +276,10 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_its_stop_timeout(inst, tm
     assert "ignored SIGTERM" in inst.supervisor_output()
 
 
-@pytest.mark.parametrize("mode,restart,restarted", [
-    ("fail", "on-failure", True), ("done", "on-failure", False), ("done", "always", True),
-    ("fail", "never", False)])
+@pytest.mark.parametrize(
+    "mode,restart,restarted",
+    [("fail", "on-failure", True), ("done", "on-failure", False), ("done", "always", True), ("fail", "never", False)],
+)
 def test_worker_restart_policies(inst, tmp_path, mode, restart, restarted):
     out, text = _worker_config(tmp_path, "w", mode, replicas=1, restart=restart, backoff_ms=50)
     inst.start_supervisor(config_text="metrics_port = -1\n" + text)
@@ -288,7 +297,7 @@ def test_workers_follow_a_reloaded_config(inst, tmp_path):
     first = wait_for(lambda: _runs(out), what="one replica")
     (inst.tmp_path / "shmlog-0.toml").write_text("metrics_port = -1\n" + text.replace("replicas = 1", "replicas = 3"))
     sup.send_signal(signal.SIGHUP)
-    runs = wait_for(lambda: len(r := _runs(out)) == 4 and r, what="the spec change")   # 1 stopped, 3 new
+    runs = wait_for(lambda: len(r := _runs(out)) == 4 and r, what="the spec change")  # 1 stopped, 3 new
     assert not _alive(next(iter(first)))
     (inst.tmp_path / "shmlog-0.toml").write_text("metrics_port = -1\n")
     sup.send_signal(signal.SIGHUP)
@@ -322,7 +331,7 @@ def test_metrics_endpoint_matches_the_api(inst, tmp_path):
             p.send("d", b"x" * 100, partition=i % 2)
             p.send("e", b"y" * 10, partition=0)
 
-        def producing_shows_a_rate():                 # the rate is over the last 1 s sampling interval
+        def producing_shows_a_rate():  # the rate is over the last 1 s sampling interval
             p.send_batch("d", [b"x" * 100] * 50, partition=0)
             time.sleep(0.05)
             return scrape(st.metrics_port).get(rate_key, 0) > 0
@@ -341,7 +350,7 @@ def test_metrics_endpoint_matches_the_api(inst, tmp_path):
             assert m[("shmlog_partition_sealed_writes_total", lv)] == part.sealed_writes
             assert m[("shmlog_partition_produced_bytes_total", lv)] > part.end_offset * 10
     d0 = (("partition", "0"), ("topic", "d"))
-    assert m[("shmlog_partition_fsynced_lag_bytes", d0)] == 0                 # flushed durably above
+    assert m[("shmlog_partition_fsynced_lag_bytes", d0)] == 0  # flushed durably above
     assert m[("shmlog_partition_persisted_lag_bytes", d0)] == 0
     assert ("shmlog_partition_persisted_lag_bytes", (("partition", "0"), ("topic", "e"))) not in m
     wait_for(lambda: _runs(out), what="the worker")
@@ -358,9 +367,15 @@ TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _member_that_never_commits(kw, ready_path):
     import shmlog
+
     log = shmlog.connect(**kw)
-    c = log.consumer(topics=["lagged"], group="nocommit", auto_offset_reset="earliest", enable_auto_commit=False,
-                     session_timeout_ms=60_000)
+    c = log.consumer(
+        topics=["lagged"],
+        group="nocommit",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=60_000,
+    )
     deadline = time.monotonic() + 20
     while len(c.assignment()) < 2 and time.monotonic() < deadline:
         c.poll(timeout=0.1)
@@ -385,10 +400,10 @@ def test_metrics_with_a_partition_that_has_no_committed_offset(inst, tmp_path):
     wait_for(lambda: os.path.exists(ready), 30, "the member to join")
     os.kill(member.pid, signal.SIGKILL)
     wait_for(lambda: not inst.log.describe_group("nocommit").members, 10, "the dead member to be reaped")
-    inst.log.commit_offsets("nocommit", {("lagged", 0): 2})          # one partition committed, one never
+    inst.log.commit_offsets("nocommit", {("lagged", 0): 2})  # one partition committed, one never
     parts = {pl.partition: pl for pl in inst.log.describe_group("nocommit").partitions}
     assert parts[0].lag == 3 and (1 not in parts or parts[1].lag is None)
-    m = scrape(port)                                                 # raised HTTPError 500 before
+    m = scrape(port)  # raised HTTPError 500 before
     g = ("group", "nocommit")
     assert m[("shmlog_group_lag", (g, ("partition", "0"), ("topic", "lagged")))] == 3
     assert ("shmlog_group_lag", (g, ("partition", "1"), ("topic", "lagged"))) not in m
@@ -400,23 +415,25 @@ def test_example_config_is_valid():
     with open(os.path.join(TOOLS, "shmlog.toml")) as f:
         text = f.read()
     import grp
+
     try:
         grp.getgrnam("shmlog")
     except KeyError:
-        text = text.replace('group = "shmlog"', "")      # the group exists where the unit runs
+        text = text.replace('group = "shmlog"', "")  # the group exists where the unit runs
     cfg = configfile.parse(text, "tools/shmlog.toml")
     assert cfg.topic_configs()["orders"].partitions == 4
-    assert not cfg.processes          # no worker a fresh machine lacks (it crash-looped: `python3 -m billing`)
+    assert not cfg.processes  # no worker a fresh machine lacks (it crash-looped: `python3 -m billing`)
 
 
 def _shipped_config() -> str:
     with open(os.path.join(TOOLS, "shmlog.toml")) as f:
         text = f.read()
     import grp
+
     try:
         grp.getgrnam("shmlog")
     except KeyError:
-        text = text.replace('group = "shmlog"', "")      # the install steps create it; this machine lacks it
+        text = text.replace('group = "shmlog"', "")  # the install steps create it; this machine lacks it
     return text
 
 
@@ -434,6 +451,7 @@ def test_the_example_config_starts_cleanly_as_shipped(inst):
 
 def _readme_install_block() -> list[str]:
     import re
+
     with open(os.path.join(os.path.dirname(TOOLS), "README.md")) as f:
         m = re.search(r"\n( *)```sh\n\1(VENV=/opt/shmlog\n.*?)\1```", f.read(), re.S)
     assert m, "the README's systemd install block is missing"
@@ -450,6 +468,7 @@ def test_the_readme_install_steps_and_systemd_analyze_verify(inst, tmp_path):
     import shutil
     import subprocess
     from test_quickstart import _fresh_clone
+
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is missing (tools/test-deps installs the systemd package)")
     clone = _fresh_clone(str(tmp_path))
@@ -464,13 +483,12 @@ def test_the_readme_install_steps_and_systemd_analyze_verify(inst, tmp_path):
         if line.startswith("VENV="):
             line = f"VENV={root}/opt/shmlog"
         line = line.replace("python3 -m venv", f"{sys.executable} -m venv --system-site-packages")
-        line = line.replace("pip install .", "pip install -q --no-deps .")    # dependencies from the system site
+        line = line.replace("pip install .", "pip install -q --no-deps .")  # dependencies from the system site
         for d in ("/etc/", "/usr/share/doc/"):
             line = line.replace(f" {d}", f" {root}{d}")
         script.append(line)
     assert len(skipped) == 2 and len(script) == 6, script
-    r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=clone, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(["bash", "-c", "\n".join(script)], cwd=clone, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     unit = os.path.join(root, "etc/systemd/system/shmlog.service")
     with open(unit) as f:
@@ -496,6 +514,7 @@ def test_the_start_timeout_is_extended_while_a_restore_moves(tmp_path, monkeypat
     the extensions stop, so a hung start still times out."""
     from shmlog import storage
     from shmlog.ipc import launch
+
     nsock_path = str(tmp_path / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(nsock_path)
@@ -508,8 +527,10 @@ def test_the_start_timeout_is_extended_while_a_restore_moves(tmp_path, monkeypat
     data.mkdir()
 
     def progress(done):
-        storage.write_atomically(str(data / "recovery.json"), json.dumps(
-            {"pid": os.getpid(), "done": done, "total": 10, "topic": "t", "partition": done}).encode())
+        storage.write_atomically(
+            str(data / "recovery.json"),
+            json.dumps({"pid": os.getpid(), "done": done, "total": 10, "topic": "t", "partition": done}).encode(),
+        )
 
     def drain():
         out = []
@@ -525,7 +546,7 @@ def test_the_start_timeout_is_extended_while_a_restore_moves(tmp_path, monkeypat
             progress(done)
             time.sleep(0.3)
         moving = drain()
-        time.sleep(2.5)                          # the restore stopped moving: past the grace time
+        time.sleep(2.5)  # the restore stopped moving: past the grace time
         drain()
         time.sleep(0.5)
         stalled = drain()
@@ -552,6 +573,7 @@ def test_systemd_unit_has_what_the_service_needs():
     assert "supervisor" in keys["ExecStart"] and keys["ExecReload"].endswith("-HUP $MAINPID")
     import shutil
     import subprocess
+
     if shutil.which("systemd-analyze"):
         r = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
         assert "Unknown key" not in r.stderr and "Unknown section" not in r.stderr, r.stderr
@@ -579,6 +601,7 @@ while time.monotonic() < deadline:
     os.replace(tmp, os.path.join(out, f"{os.getpid()}.json"))
 """
 
+
 def test_worker_replicas_share_partitions_as_one_group(inst, tmp_path):
     script = tmp_path / "group_worker.py"
     script.write_text(GROUP_WORKER)
@@ -605,8 +628,13 @@ backoff_ms = 100
         runs = [r for r in _runs(out).values() if r["assignment"]]
         parts = [tuple(map(tuple, r["assignment"])) for r in runs]
         owned = [tp for a in parts for tp in a]
-        return len(runs) == 2 and sorted(owned) == [("t", p) for p in range(4)] and \
-            all(len(a) == 2 for a in parts) and sum(r["seen"] for r in runs) == 400 and runs
+        return (
+            len(runs) == 2
+            and sorted(owned) == [("t", p) for p in range(4)]
+            and all(len(a) == 2 for a in parts)
+            and sum(r["seen"] for r in runs) == 400
+            and runs
+        )
 
     wait_for(split_evenly, timeout=60, what="two replicas splitting four partitions and reading all")
     d = inst.log.describe_group("billing")
@@ -625,19 +653,30 @@ backoff_ms = 100
     d = inst.log.describe_group("billing")
     assert len(d.members) == 2 and victim not in [m.pid for m in d.members]
     port = daemons.read_supervisor_state(inst.settings).metrics_port
-    m = wait_for(lambda: (s := scrape(port)).get(("shmlog_group_members", (("group", "billing"),))) == 2 and s,
-                 what="group metrics")
-    assert m[("shmlog_group_rebalances_total", (("group", "billing"),))] == \
-        inst.log.describe_group("billing").rebalances
+    m = wait_for(
+        lambda: (s := scrape(port)).get(("shmlog_group_members", (("group", "billing"),))) == 2 and s,
+        what="group metrics",
+    )
+    assert (
+        m[("shmlog_group_rebalances_total", (("group", "billing"),))] == inst.log.describe_group("billing").rebalances
+    )
 
-    def lag_matches_the_api():                       # both settle at 0 once every record is committed
+    def lag_matches_the_api():  # both settle at 0 once every record is committed
         s = scrape(port)
         parts = inst.log.describe_group("billing").partitions
         return len(parts) == 4 and all(
-            s.get(("shmlog_group_lag", (("group", "billing"), ("partition", str(pl.partition)),
-                                        ("topic", pl.topic)))) == pl.lag == 0 and
-            s.get(("shmlog_group_committed_offset", (("group", "billing"), ("partition", str(pl.partition)),
-                                                     ("topic", pl.topic)))) == pl.committed == 100
-            for pl in parts)
+            s.get(("shmlog_group_lag", (("group", "billing"), ("partition", str(pl.partition)), ("topic", pl.topic))))
+            == pl.lag
+            == 0
+            and s.get(
+                (
+                    "shmlog_group_committed_offset",
+                    (("group", "billing"), ("partition", str(pl.partition)), ("topic", pl.topic)),
+                )
+            )
+            == pl.committed
+            == 100
+            for pl in parts
+        )
 
     wait_for(lag_matches_the_api, timeout=30, what="group lag and committed offsets in the metrics")

@@ -1,5 +1,6 @@
 """The supervisor: start, clean stop, restart, kill -9 and adoption, sealing,
 one supervisor per instance, routing of topic changes, autostart, alter_topic."""
+
 import os
 import signal
 import time
@@ -43,11 +44,11 @@ def wait_for(cond, timeout=10.0, what="condition"):
 def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
     sup = inst.start_supervisor()
     log = inst.log
-    log.create_topic("d", partitions=3, ring_bytes=1 << 16, fsync="never")     # through the supervisor
+    log.create_topic("d", partitions=3, ring_bytes=1 << 16, fsync="never")  # through the supervisor
     assert admin.client(inst.settings) is not None
     p = log.producer()
     for i in range(3000):
-        p.send("d", value(i), key=b"k%d" % i)       # no durable flush: the clean stop must do it
+        p.send("d", value(i), key=b"k%d" % i)  # no durable flush: the clean stop must do it
     before = [x.end_offset for x in log.describe_topic("d").partitions]
     assert sum(before) == 3000
     sup.send_signal(signal.SIGTERM)
@@ -57,8 +58,8 @@ def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
     assert not daemons.persister_running(inst.kwargs["data_dir"])
     p.close()
     log.close()
-    inst.drop_shared_memory()                        # a reboot: only the data dir is left
-    sup2 = inst.start_supervisor()                   # recovers the instance from disk
+    inst.drop_shared_memory()  # a reboot: only the data dir is left
+    sup2 = inst.start_supervisor()  # recovers the instance from disk
     inst.log = log = inst.connect()
     assert log.list_topics() == ["d"]
     assert [x.end_offset for x in log.describe_topic("d").partitions] == before
@@ -74,7 +75,7 @@ def test_clean_stop_loses_nothing_and_restart_continues_offsets(inst):
 def test_kill9_of_the_supervisor_leaves_clients_working_and_a_new_one_adopts(inst):
     sup = inst.start_supervisor()
     log = inst.log
-    log.create_topic("t", partitions=1, ring_bytes=1 << 16)       # durable, 64 KiB: needs the persister
+    log.create_topic("t", partitions=1, ring_bytes=1 << 16)  # durable, 64 KiB: needs the persister
     p = log.producer(max_block_ms=15_000)
     c = log.consumer(auto_offset_reset="earliest")
     c.assign([("t", 0, 0)])
@@ -82,7 +83,7 @@ def test_kill9_of_the_supervisor_leaves_clients_working_and_a_new_one_adopts(ins
     sup.kill()
     sup.wait(10)
     assert admin.client(inst.settings) is None
-    n = 5000                                         # ~10 laps of the ring
+    n = 5000  # ~10 laps of the ring
     for i in range(1, n):
         p.send("t", value(i), partition=0)
     got = []
@@ -90,7 +91,7 @@ def test_kill9_of_the_supervisor_leaves_clients_working_and_a_new_one_adopts(ins
     while len(got) < n and time.monotonic() < deadline:
         got += c.poll_batch(10_000, timeout=0.1)
     assert [m.value for m in got] == [value(i) for i in range(n)]
-    sup2 = inst.start_supervisor()                   # adopts: no restore, the same topics and offsets
+    sup2 = inst.start_supervisor()  # adopts: no restore, the same topics and offsets
     assert log.describe_topic("t").partitions[0].end_offset == n
     log.create_topic("u", persistence="none", ring_bytes=1 << 16)
     assert sorted(log.list_topics()) == ["t", "u"]
@@ -125,7 +126,7 @@ def _die_mid_write(kwargs, topic):
     log = shmlog.connect(**kwargs)
     p = log.producer()
     p.send(topic, b"committed", partition=0)
-    lib.shm_test_set_hold_ns(60_000_000_000)     # the next write stays reserved, uncommitted
+    lib.shm_test_set_hold_ns(60_000_000_000)  # the next write stays reserved, uncommitted
     p.send(topic, b"never", partition=0)
 
 
@@ -154,7 +155,7 @@ def test_autostart_starts_one_background_supervisor_and_down_stops_it(inst):
     pid = daemons.running_pid(inst.settings)
     assert pid is not None
     b = inst.connect(autostart=True)
-    assert daemons.running_pid(inst.settings) == pid             # reused, not a second one
+    assert daemons.running_pid(inst.settings) == pid  # reused, not a second one
     a.create_topic("x", ring_bytes=1 << 16)
     assert b.list_topics() == ["x"]
     with b.producer() as p:
@@ -165,13 +166,13 @@ def test_autostart_starts_one_background_supervisor_and_down_stops_it(inst):
     assert daemons.down(inst.settings)
     assert daemons.running_pid(inst.settings) is None
     assert daemons.read_supervisor_state(inst.settings).clean
-    assert not daemons.down(inst.settings)                       # nothing left to stop
+    assert not daemons.down(inst.settings)  # nothing left to stop
 
 
 def test_up_reports_a_supervisor_that_cannot_start(inst, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("metrics_port = 'x'\n")
-    with pytest.raises(errors.InvalidConfig, match="metrics_port"):     # the supervisor's own error, at once
+    with pytest.raises(errors.InvalidConfig, match="metrics_port"):  # the supervisor's own error, at once
         daemons.up(inst.settings, config_path=str(bad), timeout=20)
 
 
@@ -199,7 +200,7 @@ def test_alter_topic(inst, with_supervisor):
     d = log.alter_topic("t", partitions=4, retention_ms=5000, fsync="always", max_message_bytes=4096)
     assert d.config.partitions == 4 and len(d.partitions) == 4
     assert (d.config.retention_ms, d.config.fsync, d.config.max_message_bytes) == (5000, "always", 4096)
-    with inst.connect() as other:                    # another connection sees the new config
+    with inst.connect() as other:  # another connection sees the new config
         assert other.describe_topic("t").config.partitions == 4
         with other.producer() as p:
             assert p.send("t", b"new", partition=3).offset == 0
@@ -234,15 +235,20 @@ def test_the_supervisor_restores_an_instance_whose_shared_memory_vanished(inst):
         p.flush(durable=True, timeout=10)
     old_persister = daemons.persister_pid(inst.kwargs["data_dir"])
     inst.log.close()
-    inst.drop_shared_memory()                         # under the running supervisor
+    inst.drop_shared_memory()  # under the running supervisor
     ctl = "/dev/shm" + inst.settings.ctl_name
     wait_for(lambda: os.path.exists(ctl), what="the supervisor to restore the instance")
-    wait_for(lambda: daemons.persister_running(inst.kwargs["data_dir"])
-             and daemons.persister_pid(inst.kwargs["data_dir"]) != old_persister, what="a new persister")
+    wait_for(
+        lambda: (
+            daemons.persister_running(inst.kwargs["data_dir"])
+            and daemons.persister_pid(inst.kwargs["data_dir"]) != old_persister
+        ),
+        what="a new persister",
+    )
     inst.log = log = inst.connect()
     assert [x.end_offset for x in log.describe_topic("d").partitions] == [150, 150]
     with log.producer(max_block_ms=10_000) as p:
-        for i in range(300, 3000):                   # laps the 64 KiB rings: the new persister works
+        for i in range(300, 3000):  # laps the 64 KiB rings: the new persister works
             p.send("d", value(i), partition=i % 2)
         p.flush(durable=True, timeout=10)
     assert sorted(m.value for m in read_all(log, "d")) == [value(i) for i in range(3000)]
@@ -271,9 +277,9 @@ def test_down_purge_removes_shared_memory_and_the_next_start_restores(inst):
     assert [n for n in inst.segments() if ".live." not in n] == []
     assert not daemons.persister_running(inst.kwargs["data_dir"])
     inst.log = inst.connect(autostart=True)
-    assert inst.log.list_topics() == ["d", "e"]                 # configs come back from the catalog,
+    assert inst.log.list_topics() == ["d", "e"]  # configs come back from the catalog,
     assert [m.value for m in read_all(inst.log, "d")] == [b"kept"]
-    assert inst.log.describe_topic("e").partitions[0].end_offset == 0     # ephemeral records do not
+    assert inst.log.describe_topic("e").partitions[0].end_offset == 0  # ephemeral records do not
 
 
 def test_a_group_follows_a_partition_increase(inst):
@@ -302,6 +308,7 @@ def test_the_supervisor_runs_the_kafka_listener(inst):
     topic changes reach it through the admin socket; SIGTERM stops the listener too."""
     kafka = pytest.importorskip("kafka")
     import socket
+
     sup = inst.start_supervisor(args=("--kafka-listen", "127.0.0.1:0"))
     port = daemons.read_supervisor_state(inst.settings).kafka_port
     assert port
@@ -324,6 +331,7 @@ def test_the_supervisor_runs_the_kafka_listener(inst):
 
 def test_kafka_listen_in_the_config_is_checked():
     from shmlog.service import configfile
+
     with pytest.raises(errors.InvalidConfig, match="kafka.listen"):
         configfile.parse('[kafka]\nlisten = "192.0.2.1:9092"\n')
     with pytest.raises(errors.InvalidConfig, match="kafka.listen"):
@@ -349,6 +357,7 @@ def test_silent_admin_clients_never_stall_the_supervisor_loop(inst, tmp_path):
     killed -9 is reaped by the supervisor (no other member is left to notice),
     and another client's ping is answered at once."""
     import socket as so
+
     nsock_path = str(tmp_path / "notify.sock")
     ns = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
     ns.bind(nsock_path)
@@ -383,7 +392,7 @@ def test_silent_admin_clients_never_stall_the_supervisor_loop(inst, tmp_path):
         try:
             admin.Client(admin.socket_path(inst.settings)).call("ping", timeout=5)
             pings.append(time.monotonic() - t0)
-        except errors.Timeout as e:          # "busy" is an answer too, and must come at once
+        except errors.Timeout as e:  # "busy" is an answer too, and must come at once
             assert "busy" in str(e)
             pings.append(time.monotonic() - t0)
     for s in silent:

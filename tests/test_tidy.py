@@ -4,6 +4,7 @@ over shmlog/, tests/, tools/ and benchmarks/.
 
 Owns: running the linter as part of the suite, so CI refuses a change that
 breaks it. Must never: change a file (check only)."""
+
 import os
 import subprocess
 import sys
@@ -12,9 +13,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_ruff_lint_is_clean():
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
-                        "shmlog", "tests", "tools", "benchmarks"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--output-format",
+            "concise",
+            "shmlog",
+            "tests",
+            "tools",
+            "benchmarks",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -24,9 +41,15 @@ def test_every_public_exception_is_exported_from_shmlog():
 
     import shmlog
     from shmlog import errors
-    defined = {n for n, o in vars(errors).items()
-               if inspect.isclass(o) and issubclass(o, BaseException) and o.__module__ == errors.__name__
-               and not n.startswith("_")}
+
+    defined = {
+        n
+        for n, o in vars(errors).items()
+        if inspect.isclass(o)
+        and issubclass(o, BaseException)
+        and o.__module__ == errors.__name__
+        and not n.startswith("_")
+    }
     assert defined == set(errors.__all__)
     assert all(getattr(shmlog, n) is getattr(errors, n) for n in defined)
     assert defined <= set(shmlog.__all__)

@@ -15,6 +15,7 @@ the first 8 bytes are the offset, the rest a slice of a fixed random pool,
 and the length comes from a seeded size table. A reader therefore checks
 every record it gets byte for byte.
 """
+
 import multiprocessing
 import random
 import struct
@@ -52,7 +53,7 @@ def sizes_for(seed: int, n: int) -> list[int]:
 def value_for(offset: int, size: int) -> bytes:
     head = struct.pack("<Q", offset ^ 0xA5A5A5A5A5A5A5A5)
     start = (offset * 7919) % (len(POOL) - MAX_VALUE)
-    return (head + POOL[start:start + max(0, size - 8)])[:size]
+    return (head + POOL[start : start + max(0, size - 8)])[:size]
 
 
 def _describe(bad: bytes | None, want: bytes) -> str:
@@ -64,8 +65,6 @@ def _describe(bad: bytes | None, want: bytes) -> str:
 # ------------------------------------------------------------------ children
 
 
-
-
 def _paced_producer(kwargs, topic, sizes, ring_bytes, consumed, budget_s):
     """Writes every record, but never more than half a ring ahead of the consumer's
     progress (consumed: records read so far), so a correct ring never laps it."""
@@ -73,7 +72,7 @@ def _paced_producer(kwargs, topic, sizes, ring_bytes, consumed, budget_s):
     p = log.producer(max_block_ms=10_000)
     cum = [0]
     for s in sizes:
-        cum.append(cum[-1] + s + 128)          # frame bytes, roughly (header + batch + record)
+        cum.append(cum[-1] + s + 128)  # frame bytes, roughly (header + batch + record)
     deadline = time.monotonic() + budget_s
     for off, s in enumerate(sizes):
         while cum[off + 1] - cum[consumed.value] > ring_bytes // 2:
@@ -153,6 +152,7 @@ def test_random_sizes_many_laps_concurrent(inst, tmp_path):
 
 # frame bytes of one record with no key and no headers (Kafka RecordBatch v2 in a 16 B frame header)
 
+
 def _varint_len(z: int) -> int:
     n = 1
     while z >= 0x80:
@@ -162,7 +162,7 @@ def _varint_len(z: int) -> int:
 
 
 def frame_bytes(n: int) -> int:
-    body = 1 + 1 + 1 + 1 + _varint_len(2 * n) + n + 1   # attrs, ts delta, offset delta, key -1, len, value, 0 headers
+    body = 1 + 1 + 1 + 1 + _varint_len(2 * n) + n + 1  # attrs, ts delta, offset delta, key -1, len, value, 0 headers
     raw = 16 + 61 + _varint_len(2 * body) + body
     return (raw + 7) & ~7
 
@@ -207,27 +207,30 @@ class _Stepper:
         # exactly 8 bytes (no room for a frame header) is padded too (ring.c I6) -- earlier
         # builds left those 8 bytes headerless and readers skipped them: both must read back
         want = (fits, padded) if rem - f == 8 else (padded,) if f > rem else (fits,)
-        assert self.tail() in want, (f"frame model is off: {n} B value at position {before} "
-                                     f"moved the tail to {self.tail()}, expected one of {want}")
+        assert self.tail() in want, (
+            f"frame model is off: {n} B value at position {before} "
+            f"moved the tail to {self.tail()}, expected one of {want}"
+        )
         self.padded_8 = rem - f == 8 and self.tail() == padded
         m = self.c.poll(timeout=1.0)
         assert m is not None, f"record {off} not delivered"
-        assert m.offset == off and m.value == value_for(off, n), \
+        assert m.offset == off and m.value == value_for(off, n), (
             f"expected record {off}, got {m.offset}: {_describe(m.value, value_for(off, n))}"
+        )
 
     def fill_to(self, r):
         """Sends records until exactly r bytes are left before the end of the ring."""
         for _ in range(200):
-            rem = -self.tail() % self.cap        # 0 right at a lap boundary
+            rem = -self.tail() % self.cap  # 0 right at a lap boundary
             need = rem - r
             if need == 0:
                 return
-            if need < MIN_FRAME:                 # cannot land there with one frame: go round
+            if need < MIN_FRAME:  # cannot land there with one frame: go round
                 self.send(1000)
             else:
                 self.send(size_for_frame(need if need <= 8192 else min(8192, need - MIN_FRAME)))
                 if r == 8 and self.padded_8:
-                    return                       # 8 bytes are never left (I6): this pad was the edge
+                    return  # 8 bytes are never left (I6): this pad was the edge
         raise AssertionError(f"could not leave {r} bytes at the end of the ring")
 
 
@@ -240,8 +243,20 @@ def test_exact_boundaries(inst):
     inst.log.create_topic(topic, persistence="none", ring_bytes=cap)
     st = _Stepper(inst, topic, cap)
     big = frame_bytes(5000)
-    cases = [(8, 0), (8, 3000), (16, 100), (24, 0), (MIN_FRAME, 0), (MIN_FRAME + 8, 0),
-             (big, 5000), (big - 8, 5000), (0, 7), (0, 12_000), (40, 64), (8, 1)]
+    cases = [
+        (8, 0),
+        (8, 3000),
+        (16, 100),
+        (24, 0),
+        (MIN_FRAME, 0),
+        (MIN_FRAME + 8, 0),
+        (big, 5000),
+        (big - 8, 5000),
+        (0, 7),
+        (0, 12_000),
+        (40, 64),
+        (8, 1),
+    ]
     for lap in range(3):
         for r, n in cases:
             st.fill_to(r)
@@ -324,8 +339,9 @@ def test_paused_consumer_lapped_earliest_resumes_at_log_start(inst):
         for m in ms:
             assert m.value == value_for(m.offset, sizes[m.offset]), f"offset {m.offset}: wrong value"
             offs.append(m.offset)
-    assert offs == list(range(info.log_start_offset, info.end_offset)), \
+    assert offs == list(range(info.log_start_offset, info.end_offset)), (
         f"resumed at {offs[:1]}, log start was {info.log_start_offset}"
+    )
     assert c.position(topic, 0) == info.end_offset
 
 
@@ -376,7 +392,7 @@ def test_lapped_repeatedly_while_reading_never_torn(inst, tmp_path):
             break
         r = rng.random()
         if r < 0.05:
-            time.sleep(0.02)              # a long pause: lapped for sure
+            time.sleep(0.02)  # a long pause: lapped for sure
         elif r < 0.5:
             time.sleep(rng.uniform(0, 0.002))
     produced = inst.collect([child], deadline)["producer"]

@@ -1,4 +1,5 @@
 """Registry of peer adapters: name -> module path. Each module exposes PEER (a base.Peer)."""
+
 import importlib
 
 PEERS = {

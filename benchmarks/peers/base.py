@@ -16,12 +16,13 @@ sequence number; recv_seqs must read them from the records it actually received.
 Must never: create sockets, shared memory or server connections in the parent that a child
 would inherit (fork); everything live is made in sender()/receiver().
 """
+
 import time
 
 import numpy as np
 
 ROWS = ("T1-msg", "T1-batch", "T2-spin", "T2-block", "T3", "T4")
-FANOUT = 4                      # T4: consumers per producer
+FANOUT = 4  # T4: consumers per producer
 
 
 def seqs_of(bufs):
@@ -46,13 +47,13 @@ def spin_until(poll, timeout):
 class Peer:
     name = "?"
 
-    def check(self):            # None if usable, else a one-line reason to skip
+    def check(self):  # None if usable, else a one-line reason to skip
         return None
 
-    def versions(self):         # {"package": "version"}
+    def versions(self):  # {"package": "version"}
         return {}
 
-    def modes(self, row):       # {mode_name: one-line honest description}; {} = row not offered
+    def modes(self, row):  # {mode_name: one-line honest description}; {} = row not offered
         return {}
 
     def scale(self, row, mode):

@@ -1,5 +1,6 @@
 """Peer adapter: faster-fifo Queue (shared-memory circular buffer, raw bytes, no pickling).
 Fan-out (T4) has no native form: the producer puts every record into one queue per consumer."""
+
 import queue as _queue
 
 from .base import Channel, Peer, seqs_of, spin_until
@@ -81,6 +82,7 @@ class FasterFifoPeer(Peer):
 
     def versions(self):
         from importlib.metadata import version
+
         return {"faster-fifo": version("faster-fifo")}
 
     def scale(self, row, mode):
@@ -98,6 +100,7 @@ class FasterFifoPeer(Peer):
 
     def channel(self, row, mode, record_size, tag, count, consumers=1):
         import faster_fifo
+
         size = max(64 << 20, 4 * record_size)
         qs = [faster_fifo.Queue(max_size_bytes=size, dumps=_ident, loads=bytes) for _ in range(consumers)]
         return _Ch(qs, spin=row == "T2-spin")

@@ -8,17 +8,19 @@ with the producer), T2-spin busy-polls, T2-block waits on an iceoryx2 event (Lis
 sender notifies after each send.
 Must never: create an iceoryx2 node in the parent (nodes are per process, made after fork).
 """
+
 import ctypes
 import os
 import time
 
 from .base import Channel, Peer, seqs_of, spin_until
 
-_SLOTS_BYTES = 64 << 20      # subscriber buffer ~64 MiB of records, like the other peers' queues
+_SLOTS_BYTES = 64 << 20  # subscriber buffer ~64 MiB of records, like the other peers' queues
 
 
 def _iox():
     import iceoryx2 as iox
+
     iox.set_log_level(iox.LogLevel.Error)
     return iox
 
@@ -28,22 +30,30 @@ class _Port:
         iox = self.iox = _iox()
         self.ch = ch
         self.node = iox.NodeBuilder.new().create(iox.ServiceType.Ipc)
-        self.svc = (self.node.service_builder(iox.ServiceName.new(ch.name))
-                    .publish_subscribe(iox.Slice[ctypes.c_uint8])
-                    .enable_safe_overflow(False).history_size(0)
-                    .subscriber_max_buffer_size(ch.slots).max_publishers(1)
-                    .max_subscribers(ch.consumers).open_or_create())
+        self.svc = (
+            self.node.service_builder(iox.ServiceName.new(ch.name))
+            .publish_subscribe(iox.Slice[ctypes.c_uint8])
+            .enable_safe_overflow(False)
+            .history_size(0)
+            .subscriber_max_buffer_size(ch.slots)
+            .max_publishers(1)
+            .max_subscribers(ch.consumers)
+            .open_or_create()
+        )
         self.event = None
         if ch.blocking:
-            self.event = (self.node.service_builder(iox.ServiceName.new(ch.name + "/ev"))
-                          .event().open_or_create())
+            self.event = self.node.service_builder(iox.ServiceName.new(ch.name + "/ev")).event().open_or_create()
 
 
 class _Tx(_Port):
     def __init__(self, ch):
         super().__init__(ch)
-        self.pub = (self.svc.publisher_builder().initial_max_slice_len(ch.record_size)
-                    .backpressure_strategy(self.iox.BackpressureStrategy.RetryUntilDelivered).create())
+        self.pub = (
+            self.svc.publisher_builder()
+            .initial_max_slice_len(ch.record_size)
+            .backpressure_strategy(self.iox.BackpressureStrategy.RetryUntilDelivered)
+            .create()
+        )
         self.notifier = self.event.notifier_builder().create() if self.event else None
 
     def send(self, buf):
@@ -75,7 +85,7 @@ class _Rx(_Port):
         if s is None:
             return None
         buf = ctypes.string_at(s.payload_ptr, s.header.number_of_elements)
-        s.delete()                                   # give the slot back to the publisher at once
+        s.delete()  # give the slot back to the publisher at once
         return buf
 
     def recv(self, timeout):
@@ -133,10 +143,11 @@ class Iceoryx2Peer(Peer):
 
     def versions(self):
         from importlib.metadata import version
+
         return {"iceoryx2": version("iceoryx2")}
 
     def scale(self, row, mode):
-        return 0.3 if row == "T1-batch" else 1.0        # no batch API: per-record rate on fewer records
+        return 0.3 if row == "T1-batch" else 1.0  # no batch API: per-record rate on fewer records
 
     def modes(self, row):
         svc = "publish-subscribe u8 slice, no safe overflow + RetryUntilDelivered, loan+memmove+send"
@@ -145,15 +156,22 @@ class Iceoryx2Peer(Peer):
             "T1-msg": {"pubsub": f"{svc}; {poll}"},
             "T1-batch": {"pubsub": f"{svc} per record (no batch API); receive up to 10000 per call; {poll}"},
             "T2-spin": {"spin": "two services, the receiver busy-polls receive()"},
-            "T2-block": {"event": "two services + two event services: notify() after each send, "
-                                  "the receiver waits in Listener.timed_wait"},
+            "T2-block": {
+                "event": "two services + two event services: notify() after each send, "
+                "the receiver waits in Listener.timed_wait"
+            },
             "T3": {"pubsub": f"{svc} per 1 MiB record; {poll}"},
             "T4": {"pubsub": f"{svc}; one publisher, 4 subscribers; {poll}"},
         }.get(row, {})
 
     def channel(self, row, mode, record_size, tag, count, consumers=1):
-        return _Ch(f"shmlogbench/{os.getpid()}/{tag}", record_size, consumers,
-                   spin=row == "T2-spin", blocking=row == "T2-block")
+        return _Ch(
+            f"shmlogbench/{os.getpid()}/{tag}",
+            record_size,
+            consumers,
+            spin=row == "T2-spin",
+            blocking=row == "T2-block",
+        )
 
 
 PEER = Iceoryx2Peer()

@@ -1,5 +1,6 @@
 """Peer adapter: multiprocessing.Queue (stdlib, pickles objects, feeder thread + pipe).
 Fan-out (T4) has no native form: the producer puts every record into one queue per consumer."""
+
 import multiprocessing as mp
 import platform
 import queue as _queue
@@ -19,12 +20,12 @@ class _Tx:
 
     def send_batch(self, bufs):
         for q in self.qs:
-            q.put(bufs)           # the whole list travels as ONE pickled message
+            q.put(bufs)  # the whole list travels as ONE pickled message
 
     def close(self):
         for q in self.qs:
             q.close()
-            q.join_thread()       # flush the feeder thread before exit
+            q.join_thread()  # flush the feeder thread before exit
 
 
 class _Rx:
@@ -57,7 +58,7 @@ class _Rx:
 
 class _Ch(Channel):
     def __init__(self, consumers, spin):
-        self.qs = [_CTX.Queue() for _ in range(consumers)]     # unbounded (the default)
+        self.qs = [_CTX.Queue() for _ in range(consumers)]  # unbounded (the default)
         self.spin = spin
 
     def sender(self):
@@ -79,8 +80,12 @@ class MpQueuePeer(Peer):
         return {"python-multiprocessing": platform.python_version()}
 
     def scale(self, row, mode):
-        return {("T1-msg", "queue"): 0.3, ("T4", "queues"): 0.2, ("T2-spin", "get_nowait"): 0.3,
-                ("T2-block", "queue"): 0.5}.get((row, mode), 1.0)
+        return {
+            ("T1-msg", "queue"): 0.3,
+            ("T4", "queues"): 0.2,
+            ("T2-spin", "get_nowait"): 0.3,
+            ("T2-block", "queue"): 0.5,
+        }.get((row, mode), 1.0)
 
     def modes(self, row):
         return {

@@ -1,4 +1,5 @@
 """Peer adapter: shmlog (this project). One private instance per session, one topic per run."""
+
 import glob
 import os
 import shutil
@@ -10,14 +11,14 @@ from .base import Channel, Peer, seqs_of
 
 
 def _seqs_from_columns(cols):
-    if cols is None or len(cols) == 0:      # poll_columns returns None on timeout
+    if cols is None or len(cols) == 0:  # poll_columns returns None on timeout
         return seqs_of([])
     lengths = np.asarray(cols.value_lengths)
     if (lengths < 8).any():
         raise ValueError("record shorter than its 8-byte sequence number")
     vals = np.frombuffer(cols.values, np.uint8)
     idx = np.asarray(cols.value_starts, np.int64)[:, None] + np.arange(8)
-    return vals[idx].view("<u8").ravel()     # reads the 8 bytes of every received record
+    return vals[idx].view("<u8").ravel()  # reads the 8 bytes of every received record
 
 
 _FIT = "ring sized to hold the whole run (power of two >= 1.25x its bytes, >= 1 MiB; MAP_POPULATE at attach, before t0)"
@@ -27,7 +28,7 @@ class _Tx:
     def __init__(self, ch):
         self.log = ch.peer._connect()
         self.p, self.topic = self.log.producer(), ch.topic
-        if ch.mode == "produce":          # the asynchronous producer: records queue, batches go as one frame
+        if ch.mode == "produce":  # the asynchronous producer: records queue, batches go as one frame
             self.send = self._produce
             self.flush = self.p.flush
 
@@ -35,13 +36,13 @@ class _Tx:
         self.p.send(self.topic, buf, partition=0)
 
     def _produce(self, buf):
-        self.p.produce(self.topic, buf)   # one partition: the sticky partition is 0
+        self.p.produce(self.topic, buf)  # one partition: the sticky partition is 0
 
     def send_batch(self, bufs):
         self.p.send_batch(self.topic, bufs, partition=0)
 
     def close(self):
-        self.p.close()                    # flushes what produce() queued
+        self.p.close()  # flushes what produce() queued
         self.log.close()
 
 
@@ -52,6 +53,7 @@ class _AioRx:
         import asyncio
 
         from shmlog import aio
+
         self.log = ch.peer._connect()
         self.loop = asyncio.new_event_loop()
         self.c = aio.AIOConsumer(self.log, ch.topic, auto_offset_reset="earliest")
@@ -78,14 +80,14 @@ class _Rx:
     def __init__(self, ch, wait, group=None):
         self.log = ch.peer._connect()
         kw = {"wait": wait} if wait else {}
-        if group is not None:                        # a consumer group of one member (T4 "groups")
+        if group is not None:  # a consumer group of one member (T4 "groups")
             kw.update(group=group, enable_auto_commit=False)
         self.c = self.log.consumer(topics=[ch.topic], auto_offset_reset="earliest", **kw)
         self.columns = ch.mode == "columns"
 
     def recv(self, timeout):
         m = self.c.poll(timeout=timeout)
-        return None if m is None else m.value   # (the handshake record arrives alone: no partial poll left)
+        return None if m is None else m.value  # (the handshake record arrives alone: no partial poll left)
 
     def recv_seqs(self, timeout):
         if self.columns:
@@ -107,8 +109,9 @@ class _Ch(Channel):
     def receiver(self, index=0):
         if self.mode == "aio":
             return _AioRx(self)
-        return _Rx(self, {"spin": "spin", "park": "park"}.get(self.mode),
-                   group=f"g{index}" if self.mode == "groups" else None)
+        return _Rx(
+            self, {"spin": "spin", "park": "park"}.get(self.mode), group=f"g{index}" if self.mode == "groups" else None
+        )
 
     def close(self):
         self.peer.log.delete_topic(self.topic)
@@ -117,7 +120,7 @@ class _Ch(Channel):
 class ShmlogPeer(Peer):
     name = "shmlog"
     log = None
-    connect_kwargs = None     # set (instance, data_dir, shm_prefix) to use an existing isolated instance
+    connect_kwargs = None  # set (instance, data_dir, shm_prefix) to use an existing isolated instance
 
     def check(self):
         try:
@@ -127,42 +130,53 @@ class ShmlogPeer(Peer):
 
     def versions(self):
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             return {"shmlog": version("shmlog")}
         except PackageNotFoundError:
             import shmlog
+
             return {"shmlog": getattr(shmlog, "__version__", "unknown")}
 
     def modes(self, row):
         from .. import groups
+
         modes = self._modes(row)
         if not groups.available():
-            modes.pop("groups", None)                 # this shmlog predates consumer groups
+            modes.pop("groups", None)  # this shmlog predates consumer groups
         return modes
 
     def _modes(self, row):
         return {
-            "T1-msg": {"poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}",
-                       "produce": "Producer.produce per record (asynchronous, linger_ms=5, one frame per "
-                                  f"batch, flushed at close), Consumer.poll per record, {_FIT}"},
-            "T1-batch": {"poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
-                         "aio": "send_batch(1000 records) per call, asyncio AIOConsumer.getmany(<=10000) "
-                                f"(futex waiter thread, no polling), {_FIT}",
-                         "columns": f"send_batch(1000 records) per call, poll_columns(<=100000) -> numpy columns, {_FIT}"},
+            "T1-msg": {
+                "poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}",
+                "produce": "Producer.produce per record (asynchronous, linger_ms=5, one frame per "
+                f"batch, flushed at close), Consumer.poll per record, {_FIT}",
+            },
+            "T1-batch": {
+                "poll_batch": f"send_batch(1000 records) per call, poll_batch(<=10000) -> list[Message], {_FIT}",
+                "aio": "send_batch(1000 records) per call, asyncio AIOConsumer.getmany(<=10000) "
+                f"(futex waiter thread, no polling), {_FIT}",
+                "columns": f"send_batch(1000 records) per call, poll_columns(<=100000) -> numpy columns, {_FIT}",
+            },
             "T2-spin": {"spin": "two topics, Consumer(wait='spin') busy-polls"},
             "T2-block": {"park": "two topics, Consumer(wait='park') spins briefly then futex-parks"},
-            "T3": {"poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
-                   "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
-                                "a lapped consumer reads the segment files"},
-            "T4": {"poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}",
-                   "groups": f"one topic, 4 consumer groups of one member each (like Redis' 4 groups), "
-                             f"poll() per record, no commits, {_FIT}"},
+            "T3": {
+                "poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
+                "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
+                "a lapped consumer reads the segment files",
+            },
+            "T4": {
+                "poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}",
+                "groups": f"one topic, 4 consumer groups of one member each (like Redis' 4 groups), "
+                f"poll() per record, no commits, {_FIT}",
+            },
         }.get(row, {})
 
     def _connect(self):
         import shmlog
-        return shmlog.connect(instance=self.instance, data_dir=self.data_dir,
-                              shm_prefix=self.prefix, autostart=False)
+
+        return shmlog.connect(instance=self.instance, data_dir=self.data_dir, shm_prefix=self.prefix, autostart=False)
 
     def setup(self, workdir):
         if self.connect_kwargs:
@@ -177,12 +191,12 @@ class ShmlogPeer(Peer):
 
     def channel(self, row, mode, record_size, tag, count, consumers=1):
         topic, ring = f"t-{tag}", 64 << 20
-        if mode == "durable64":       # a 64 MiB ring backed by segment files: nothing can be lapped away
+        if mode == "durable64":  # a 64 MiB ring backed by segment files: nothing can be lapped away
             self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="disk", fsync="never")
             self.log.ensure_persister()
             return _Ch(self, topic, mode)
         # ephemeral: the ring holds the whole run, so persistence="none" never drops a record
-        per = record_size + (16 if row == "T1-batch" else 128)       # + frame/record overhead
+        per = record_size + (16 if row == "T1-batch" else 128)  # + frame/record overhead
         ring = max(1 << 20, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
         self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="none")
         return _Ch(self, topic, mode)

@@ -6,6 +6,7 @@ common.EXIT_CODES. Must never: hold logic the Python API lacks (every command
 is a thin call into shmlog.connect() and its objects), or print a traceback
 for an expected failure.
 """
+
 import os
 import sys
 
@@ -33,15 +34,14 @@ COMMANDS = (topics, produce, consume, consumer_groups, status, doctor, check, de
 
 
 def build_parser() -> common.Parser:
-    ap = common.Parser(prog="shmlog", description="Kafka's model on one host, over shared memory.",
-                       epilog=EPILOG)
+    ap = common.Parser(prog="shmlog", description="Kafka's model on one host, over shared memory.", epilog=EPILOG)
     common.add_top_level_instance_options(ap)
     where = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ap.add_argument("--version", action="version",
-                    version=f"shmlog {__version__} ({where}, Python {sys.version.split()[0]})")
+    ap.add_argument(
+        "--version", action="version", version=f"shmlog {__version__} ({where}, Python {sys.version.split()[0]})"
+    )
     parent = common.instance_options()
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                            parser_class=common.Parser)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=common.Parser)
     for mod in COMMANDS:
         mod.register(sub, parent)
     return ap

@@ -7,6 +7,7 @@ and damaged indexes, the report and a progress bar. Must never: truncate or
 rewrite anything without --repair, or repair damage that intact frames follow
 (storage refuses; the report names the file and position).
 """
+
 import os
 
 from .. import errors, storage
@@ -57,22 +58,30 @@ def cmd_check(args):
             report.append({"topic": topic, "partition": part, **check_one(path, args.repair)})
             bar.advance(task)
     bad = [e for e in report if e["problems"]]
-    text = "\n".join(
-        f"{e['topic']}[{e['partition']}]: {'ok' if not e['problems'] else 'DAMAGED'}"
-        + (f" ({e['repaired']})" if e["repaired"] else "") + "".join(f"\n  {p}" for p in e["problems"])
-        for e in report) or f"{data_dir}: no partitions"
+    text = (
+        "\n".join(
+            f"{e['topic']}[{e['partition']}]: {'ok' if not e['problems'] else 'DAMAGED'}"
+            + (f" ({e['repaired']})" if e["repaired"] else "")
+            + "".join(f"\n  {p}" for p in e["problems"])
+            for e in report
+        )
+        or f"{data_dir}: no partitions"
+    )
     common.emit(args, {"data_dir": data_dir, "partitions": report, "ok": not bad}, text)
     if bad:
         raise SystemExit(common.EXIT_PROBLEMS_FOUND)
 
 
 def register(sub, parent):
-    k = sub.add_parser("check", parents=[parent], help="verify a data directory offline",
-                       description="Verifies every segment file (framing, CRC-32C, offset continuity), "
-                                   "the segment chain (no missing file) and every index and time-index "
-                                   "row; exits 1 when something is damaged.", epilog=EPILOG)
-    k.add_argument("data_dir_pos", metavar="DATA_DIR", nargs="?", default=None,
-                   help="default: the instance's data dir")
-    k.add_argument("--repair", action="store_true",
-                   help="truncate torn segment tails and rebuild damaged indexes")
+    k = sub.add_parser(
+        "check",
+        parents=[parent],
+        help="verify a data directory offline",
+        description="Verifies every segment file (framing, CRC-32C, offset continuity), "
+        "the segment chain (no missing file) and every index and time-index "
+        "row; exits 1 when something is damaged.",
+        epilog=EPILOG,
+    )
+    k.add_argument("data_dir_pos", metavar="DATA_DIR", nargs="?", default=None, help="default: the instance's data dir")
+    k.add_argument("--repair", action="store_true", help="truncate torn segment tails and rebuild damaged indexes")
     k.set_defaults(func=cmd_check)

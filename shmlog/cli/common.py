@@ -7,6 +7,7 @@ table output, progress bars (rich), and parsing of times and escapes.
 Must never: hold logic the Python API lacks, or print a traceback for an
 expected failure.
 """
+
 import argparse
 import datetime
 import json
@@ -45,7 +46,7 @@ EXIT_CODES = [
     ("NotSupported", 10),
     ("ShmlogError", 1),
 ]
-EXIT_PROBLEMS_FOUND = 1      # check / doctor found something wrong
+EXIT_PROBLEMS_FOUND = 1  # check / doctor found something wrong
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit codes:
@@ -81,12 +82,19 @@ def instance_options() -> argparse.ArgumentParser:
     Defaults are SUPPRESSed there so a value given before the subcommand survives."""
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("instance")
-    g.add_argument("--instance", default=argparse.SUPPRESS,
-                   help="instance name (default $SHMLOG_INSTANCE, else 'default')")
-    g.add_argument("--data-dir", default=argparse.SUPPRESS,
-                   help="data directory (default $SHMLOG_DATA_DIR, else ~/.local/state/shmlog/INSTANCE)")
-    g.add_argument("--shm-prefix", default=argparse.SUPPRESS,
-                   help="prefix of the instance's /dev/shm names (default $SHMLOG_SHM_PREFIX, else 'shmlog.')")
+    g.add_argument(
+        "--instance", default=argparse.SUPPRESS, help="instance name (default $SHMLOG_INSTANCE, else 'default')"
+    )
+    g.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        help="data directory (default $SHMLOG_DATA_DIR, else ~/.local/state/shmlog/INSTANCE)",
+    )
+    g.add_argument(
+        "--shm-prefix",
+        default=argparse.SUPPRESS,
+        help="prefix of the instance's /dev/shm names (default $SHMLOG_SHM_PREFIX, else 'shmlog.')",
+    )
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     return common
 
@@ -109,8 +117,9 @@ def open_log(args, *, writes: bool = False):
     dir or shared memory nor starts a daemon, and a mistyped or stopped
     instance is UnknownInstance / InstanceNotRunning (exit 3) naming the data
     dir it looked in."""
-    return connect(instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix,
-                   autostart=writes, create=writes)
+    return connect(
+        instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix, autostart=writes, create=writes
+    )
 
 
 def to_builtins(obj):
@@ -135,12 +144,13 @@ def table(headers, rows) -> str:
     """A plain aligned text table (numbers right-aligned), for output that is also piped."""
     rows = [["-" if v is None else str(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    numeric = [all(r[i].lstrip("-").replace(".", "", 1).isdigit() or r[i] == "-" for r in rows) and rows
-               for i in range(len(headers))]
+    numeric = [
+        all(r[i].lstrip("-").replace(".", "", 1).isdigit() or r[i] == "-" for r in rows) and rows
+        for i in range(len(headers))
+    ]
 
     def line(cells):
-        return "  ".join(c.rjust(w) if num else c.ljust(w)
-                         for c, w, num in zip(cells, widths, numeric)).rstrip()
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
 
     return "\n".join([line(headers)] + [line(r) for r in rows])
 
@@ -151,9 +161,15 @@ def progress(args, total: int, description: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(file=sys.stderr)
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 console=console, transient=True,
-                 disable=bool(getattr(args, "json", False)) or not console.is_terminal)
+    p = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=bool(getattr(args, "json", False)) or not console.is_terminal,
+    )
     task = p.add_task(description, total=total)
     return p, task
 
@@ -172,8 +188,8 @@ def unescape(s: str) -> bytes:
                 out += simple[n]
                 i += 2
                 continue
-            if n == ord("x") and _is_hex(b[i + 2:i + 4]):
-                out.append(int(b[i + 2:i + 4], 16))
+            if n == ord("x") and _is_hex(b[i + 2 : i + 4]):
+                out.append(int(b[i + 2 : i + 4], 16))
                 i += 4
                 continue
         out.append(c)
@@ -197,16 +213,31 @@ def parse_time_ms(text: str) -> int:
     try:
         dt = datetime.datetime.fromisoformat(t)
     except ValueError:
-        raise CommandError(f"{text!r} is neither milliseconds since the epoch nor an ISO-8601 time "
-                           "such as 2026-11-25T12:00:00 or 2026-11-25T12:00:00+00:00") from None
+        raise CommandError(
+            f"{text!r} is neither milliseconds since the epoch nor an ISO-8601 time "
+            "such as 2026-11-25T12:00:00 or 2026-11-25T12:00:00+00:00"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.astimezone()
     return int(dt.timestamp() * 1000)
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
-               "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
-               "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
 
 
 def parse_size(text: str) -> int:
@@ -215,11 +246,14 @@ def parse_size(text: str) -> int:
     dd and ulimit), kB MB GB TB powers of 1000; case does not matter. An
     argparse type: a bad size is a one-line usage error."""
     import re
+
     m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
     if unit is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size: bytes, or a number with K/M/G/T, "
-                                         "KiB/MiB/GiB/TiB (1024s) or kB/MB/GB/TB (1000s), e.g. 64MiB")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: bytes, or a number with K/M/G/T, "
+            "KiB/MiB/GiB/TiB (1024s) or kB/MB/GB/TB (1000s), e.g. 64MiB"
+        )
     num = m.group(1)
     value = int(num) * unit if "." not in num else float(num) * unit
     if value != int(value):
@@ -243,7 +277,6 @@ def human_bytes(n) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
 
 
 def supervisor_pid(settings) -> int | None:

@@ -7,6 +7,7 @@ consumer group), the --json record lines, and kcat's notices on stderr
 ("% Reached end of topic T [p] at offset N", an out-of-range -o N). Must never: print a record
 twice or out of order within a partition.
 """
+
 import base64
 import json
 import sys
@@ -36,9 +37,9 @@ def compile_format(fmt: str):
     raw = common.unescape(fmt)
     i = 0
     while i < len(raw):
-        c = raw[i:i + 1]
+        c = raw[i : i + 1]
         if c == b"%":
-            code = raw[i + 1:i + 2].decode("latin-1")
+            code = raw[i + 1 : i + 2].decode("latin-1")
             if code == "%":
                 lit += b"%"
             elif code in FIELDS:
@@ -47,8 +48,10 @@ def compile_format(fmt: str):
                     lit = bytearray()
                 parts.append(code)
             else:
-                raise common.CommandError(f"unknown format field %{code or '(end)'} in -f {fmt!r}; "
-                                          f"use one of {' '.join('%' + f for f in sorted(FIELDS))}")
+                raise common.CommandError(
+                    f"unknown format field %{code or '(end)'} in -f {fmt!r}; "
+                    f"use one of {' '.join('%' + f for f in sorted(FIELDS))}"
+                )
             i += 2
             continue
         lit += c
@@ -126,8 +129,9 @@ def parse_offset(spec: str):
     if s.lstrip("-").isdigit():
         n = int(s)
         return ("tail", -n) if s.startswith("-") else ("abs", n)
-    raise common.CommandError(f"-o {spec!r}: use beginning, end, stored, N, -N or @TIME "
-                              "(ms since the epoch or ISO-8601)")
+    raise common.CommandError(
+        f"-o {spec!r}: use beginning, end, stored, N, -N or @TIME (ms since the epoch or ISO-8601)"
+    )
 
 
 def start_offsets(log, topics, partition, kind, n, warn=None):
@@ -142,7 +146,8 @@ def start_offsets(log, topics, partition, kind, n, warn=None):
             if partition is not None:
                 if not 0 <= partition < len(parts):
                     raise errors.UnknownTopicOrPartition(
-                        f"topic {t!r} has partitions 0..{len(parts) - 1}, not {partition}")
+                        f"topic {t!r} has partitions 0..{len(parts) - 1}, not {partition}"
+                    )
                 parts = [parts[partition]]
             for p in parts:
                 start, end = p.log_start_offset, p.end_offset
@@ -153,11 +158,13 @@ def start_offsets(log, topics, partition, kind, n, warn=None):
                 elif kind == "abs":
                     off = min(max(n, start), end)
                     if off != n and warn is not None:
-                        warn(f"offset {n} is out of range for {t} [{p.partition}] (the log holds {start}..{end}); "
-                             f"starting at {'the beginning' if off == start else 'the end'}, offset {off}")
+                        warn(
+                            f"offset {n} is out of range for {t} [{p.partition}] (the log holds {start}..{end}); "
+                            f"starting at {'the beginning' if off == start else 'the end'}, offset {off}"
+                        )
                 elif kind == "tail":
                     off = max(end - n, start)
-                else:                                # time
+                else:  # time
                     if probe is None:
                         probe = log.consumer(auto_offset_reset="earliest")
                     probe.assign([(t, p.partition, start)])
@@ -189,14 +196,16 @@ class _Output:
             parts = self.parts
             data = b"".join(render(parts, m) for m in msgs)
         self.out.write(data)
-        self.out.flush()              # a tailing consume shows each poll at once, in a pipe too
+        self.out.flush()  # a tailing consume shows each poll at once, in a pipe too
 
 
 def _make_consumer(log, args, kind, n):
     if args.group:
         if kind not in ("beginning", "end", "stored"):
-            raise common.CommandError("with -G the start is the group's committed offset; "
-                                      "-o may only say where to start without one: beginning or end")
+            raise common.CommandError(
+                "with -G the start is the group's committed offset; "
+                "-o may only say where to start without one: beginning or end"
+            )
         reset = "earliest" if kind == "beginning" else "latest"
         return log.consumer(group=args.group, topics=args.topics, auto_offset_reset=reset)
     if kind == "stored":
@@ -240,8 +249,8 @@ def cmd_consume(args):
     kind, n = parse_offset(args.offset)
     out = _Output(args)
     got = 0
-    printed = {}                     # (topic, partition) -> offset after the last record printed
-    announced = {}                   # (topic, partition) -> the offset its end was announced at
+    printed = {}  # (topic, partition) -> offset after the last record printed
+    announced = {}  # (topic, partition) -> the offset its end was announced at
     with common.open_log(args) as log:
         c = _make_consumer(log, args, kind, n)
         try:
@@ -256,7 +265,7 @@ def cmd_consume(args):
                 elif _at_end(c, args, announced) and args.exit_at_end:
                     break
         except KeyboardInterrupt:
-            pass                     # Ctrl-C ends a tailing consume: commit what was printed, exit 0
+            pass  # Ctrl-C ends a tailing consume: commit what was printed, exit 0
         finally:
             try:
                 if args.group and printed:
@@ -266,20 +275,35 @@ def cmd_consume(args):
 
 
 def register(sub, parent):
-    p = sub.add_parser("consume", parents=[parent], help="print records (like kcat -C)",
-                       description="Reads records and prints them by a format (or as JSON lines).",
-                       epilog=EPILOG)
+    p = sub.add_parser(
+        "consume",
+        parents=[parent],
+        help="print records (like kcat -C)",
+        description="Reads records and prints them by a format (or as JSON lines).",
+        epilog=EPILOG,
+    )
     p.add_argument("topics", nargs="+", metavar="TOPIC")
     p.add_argument("-p", "--partition", type=int, default=None, help="only this partition")
-    p.add_argument("-o", "--offset", default="end",
-                   help="beginning | end | stored (-G) | N | -N (N before the end) | @TIME (default: end)")
-    p.add_argument("-e", "--exit", dest="exit_at_end", action="store_true",
-                   help="exit once every partition has been read to its end")
+    p.add_argument(
+        "-o",
+        "--offset",
+        default="end",
+        help="beginning | end | stored (-G) | N | -N (N before the end) | @TIME (default: end)",
+    )
+    p.add_argument(
+        "-e",
+        "--exit",
+        dest="exit_at_end",
+        action="store_true",
+        help="exit once every partition has been read to its end",
+    )
     p.add_argument("-c", "--count", type=int, default=None, help="exit after this many records")
     p.add_argument("-f", "--format", default=None, help="output format, see below")
-    p.add_argument("-K", dest="key_delimiter", default=None, metavar="DELIM",
-                   help="print key DELIM value (when there is no -f)")
+    p.add_argument(
+        "-K", dest="key_delimiter", default=None, metavar="DELIM", help="print key DELIM value (when there is no -f)"
+    )
     p.add_argument("-G", "--group", default=None, help="consume as a member of this consumer group")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no '%% Reached end of topic' and out-of-range notices on stderr")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no '%% Reached end of topic' and out-of-range notices on stderr"
+    )
     p.set_defaults(func=cmd_consume, trailing="topics")

@@ -5,6 +5,7 @@ new offset) that is printed as a dry run unless --execute. Must never: move
 a group's offsets without --execute, or while the group has live members
 (Log.reset_offsets refuses that with GroupNotEmpty).
 """
+
 from .. import errors
 from . import common
 from .consume import start_offsets
@@ -41,29 +42,62 @@ def cmd_list(args):
             try:
                 d = log.describe_group(g)
             except errors.UnknownGroup:
-                continue                                # deleted meanwhile
+                continue  # deleted meanwhile
             known, unknown = total_lag(d)
-            rows.append({"group": g, "state": d.state, "members": len(d.members),
-                         "lag": None if unknown and unknown == len(d.partitions) else known,
-                         "lag_unknown_partitions": unknown, "generation": d.generation, "_lag_text": lag_text(d)})
-        text = common.table(["GROUP", "STATE", "MEMBERS", "LAG", "GENERATION"],
-                            [(r["group"], r["state"], r["members"], r["_lag_text"], r["generation"]) for r in rows]
-                            ) if rows else "(no groups)"
+            rows.append(
+                {
+                    "group": g,
+                    "state": d.state,
+                    "members": len(d.members),
+                    "lag": None if unknown and unknown == len(d.partitions) else known,
+                    "lag_unknown_partitions": unknown,
+                    "generation": d.generation,
+                    "_lag_text": lag_text(d),
+                }
+            )
+        text = (
+            common.table(
+                ["GROUP", "STATE", "MEMBERS", "LAG", "GENERATION"],
+                [(r["group"], r["state"], r["members"], r["_lag_text"], r["generation"]) for r in rows],
+            )
+            if rows
+            else "(no groups)"
+        )
         for r in rows:
             del r["_lag_text"]
         common.emit(args, rows, text)
 
 
 def describe_text(d) -> str:
-    head = (f"group {d.group}  state {d.state}  generation {d.generation}  assignor {d.assignor}  "
-            f"rebalances {d.rebalances}  members {len(d.members)}  lag {lag_text(d)}")
-    parts = common.table(["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"],
-                         [(p.topic, p.partition, p.committed, p.end_offset, p.lag, p.member_id)
-                          for p in d.partitions]) if d.partitions else "(no committed offsets or assignments)"
-    members = common.table(["MEMBER-ID", "INSTANCE-ID", "PID", "CLIENT-ID", "PARTITIONS"],
-                           [(m.member_id, m.group_instance_id, m.pid, m.client_id,
-                             ",".join(f"{t}:{p}" for t, p in m.assignment) or "-") for m in d.members]) \
-        if d.members else "(no live members)"
+    head = (
+        f"group {d.group}  state {d.state}  generation {d.generation}  assignor {d.assignor}  "
+        f"rebalances {d.rebalances}  members {len(d.members)}  lag {lag_text(d)}"
+    )
+    parts = (
+        common.table(
+            ["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"],
+            [(p.topic, p.partition, p.committed, p.end_offset, p.lag, p.member_id) for p in d.partitions],
+        )
+        if d.partitions
+        else "(no committed offsets or assignments)"
+    )
+    members = (
+        common.table(
+            ["MEMBER-ID", "INSTANCE-ID", "PID", "CLIENT-ID", "PARTITIONS"],
+            [
+                (
+                    m.member_id,
+                    m.group_instance_id,
+                    m.pid,
+                    m.client_id,
+                    ",".join(f"{t}:{p}" for t, p in m.assignment) or "-",
+                )
+                for m in d.members
+            ],
+        )
+        if d.members
+        else "(no live members)"
+    )
     return f"{head}\n\n{parts}\n\n{members}"
 
 
@@ -90,8 +124,9 @@ def _targets(log, args):
         d = log.describe_group(args.group)
         tps = sorted({(p.topic, p.partition) for p in d.partitions} | set(log.committed_offsets(args.group)))
         if not tps:
-            raise common.CommandError(f"group {args.group!r} has no committed offsets or assignments: "
-                                      "name the topics with --topic")
+            raise common.CommandError(
+                f"group {args.group!r} has no committed offsets or assignments: name the topics with --topic"
+            )
         return tps
     out = []
     for spec in args.topic:
@@ -122,9 +157,9 @@ def plan_reset(log, args, committed: dict) -> list[dict]:
         if kind == "shift":
             if cur is None:
                 raise common.CommandError(f"{t}:{p} has no committed offset to shift; use --to-earliest/--to-latest")
-            (_, _, new), = start_offsets(log, [t], p, "abs", max(cur + n, 0))
+            ((_, _, new),) = start_offsets(log, [t], p, "abs", max(cur + n, 0))
         else:
-            (_, _, new), = start_offsets(log, [t], p, kind, n)
+            ((_, _, new),) = start_offsets(log, [t], p, kind, n)
         plan.append({"topic": t, "partition": p, "current_offset": cur, "new_offset": new})
     return plan
 
@@ -135,10 +170,8 @@ def cmd_reset(args):
         plan = plan_reset(log, args, committed)
         if args.execute:
             log.reset_offsets(args.group, {(r["topic"], r["partition"]): r["new_offset"] for r in plan})
-        text = common.table(["TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"],
-                            [list(r.values()) for r in plan])
-        text += ("\nreset done." if args.execute else
-                 "\ndry run: nothing changed; add --execute to apply this plan.")
+        text = common.table(["TOPIC", "PARTITION", "CURRENT-OFFSET", "NEW-OFFSET"], [list(r.values()) for r in plan])
+        text += "\nreset done." if args.execute else "\ndry run: nothing changed; add --execute to apply this plan."
         common.emit(args, {"group": args.group, "executed": args.execute, "plan": plan}, text)
 
 
@@ -150,20 +183,31 @@ def cmd_delete(args):
 
 
 def register(sub, parent):
-    g = sub.add_parser("group", parents=[parent], help="consumer groups: list, lag, reset offsets",
-                       description="Consumer groups (like kafka-consumer-groups.sh).", epilog=EPILOG)
+    g = sub.add_parser(
+        "group",
+        parents=[parent],
+        help="consumer groups: list, lag, reset offsets",
+        description="Consumer groups (like kafka-consumer-groups.sh).",
+        epilog=EPILOG,
+    )
     gs = g.add_subparsers(dest="group_command", required=True, metavar="ACTION")
-    gs.add_parser("list", parents=[parent], help="groups with state, members and total lag",
-                  epilog=EPILOG).set_defaults(func=cmd_list)
+    gs.add_parser(
+        "list", parents=[parent], help="groups with state, members and total lag", epilog=EPILOG
+    ).set_defaults(func=cmd_list)
     d = gs.add_parser("describe", parents=[parent], help="lag per partition and the members", epilog=EPILOG)
     d.add_argument("group")
     d.set_defaults(func=cmd_describe)
-    x = gs.add_parser("delete", parents=[parent], help="delete a group and its committed offsets "
-                      "(refused while it has live members)", epilog=EPILOG)
+    x = gs.add_parser(
+        "delete",
+        parents=[parent],
+        help="delete a group and its committed offsets (refused while it has live members)",
+        epilog=EPILOG,
+    )
     x.add_argument("group")
     x.set_defaults(func=cmd_delete)
-    r = gs.add_parser("reset-offsets", parents=[parent], help="move committed offsets (dry run unless --execute)",
-                      epilog=EPILOG)
+    r = gs.add_parser(
+        "reset-offsets", parents=[parent], help="move committed offsets (dry run unless --execute)", epilog=EPILOG
+    )
     r.add_argument("group")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--topic", action="append", metavar="TOPIC[:P,P]", help="repeatable")
@@ -178,4 +222,3 @@ def register(sub, parent):
     mode.add_argument("--execute", action="store_true", help="apply the plan")
     mode.add_argument("--dry-run", action="store_true", help="print the plan only (the default)")
     r.set_defaults(func=cmd_reset)
-

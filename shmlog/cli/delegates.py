@@ -9,6 +9,7 @@ plus the instance options given. A missing module or extra is a one-line
 error. Must never: import those modules at start-up (every other command
 would pay for them, or fail without them).
 """
+
 import importlib
 import os
 import sys
@@ -81,14 +82,16 @@ def _exit_with(rc):
     raise SystemExit(rc if isinstance(rc, int) else 0)
 
 
-BENCH_HINT = ("; the suite is not installed: run `shmlog bench` (or `python -m benchmarks`) from the root "
-              "of a source checkout, after pip install -e '.[bench]'")
+BENCH_HINT = (
+    "; the suite is not installed: run `shmlog bench` (or `python -m benchmarks`) from the root "
+    "of a source checkout, after pip install -e '.[bench]'"
+)
 
 
 def cmd_bench(args):
     argv = list(args.extra)
     if os.path.isfile(os.path.join("benchmarks", "__init__.py")) and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())     # the suite lives in the checkout, not in the package
+        sys.path.insert(0, os.getcwd())  # the suite lives in the checkout, not in the package
     fn = _load_or_own_help(args, "benchmarks", "cli_main", "bench", BENCH_HINT)
     if not ({"--quick", "--full"} & set(argv)) and not _wants_help(argv):
         argv.insert(0, "--quick")
@@ -99,6 +102,7 @@ def _argv_delegate(module, attr, what):
     def cmd(args):
         fn = _load_or_own_help(args, module, attr, what)
         _exit_with(fn(_forwarded(args) + list(args.extra)))
+
     return cmd
 
 
@@ -109,10 +113,12 @@ def cmd_up(args):
     pid = _up_with_progress(up, args)
     s = common.settings(args)
     where = common.supervisor_addresses(s)
-    common.emit(args, {"instance": s.instance, "pid": pid, **where},
-                f"supervisor of instance {s.instance!r} running (pid {pid})" +
-                "".join(f"\n  {k:<8} {v}" for k, v in (("metrics", where["metrics"]),
-                                                       ("kafka", where["kafka"])) if v))
+    common.emit(
+        args,
+        {"instance": s.instance, "pid": pid, **where},
+        f"supervisor of instance {s.instance!r} running (pid {pid})"
+        + "".join(f"\n  {k:<8} {v}" for k, v in (("metrics", where["metrics"]), ("kafka", where["kafka"])) if v),
+    )
 
 
 def _up_with_progress(up, args):
@@ -126,6 +132,7 @@ def _up_with_progress(up, args):
             box["pid"] = up(s, config_path=args.config, timeout=args.timeout)
         except BaseException as e:
             box["error"] = e
+
     t = threading.Thread(target=run, daemon=True)
     t.start()
     bar = task = None
@@ -135,11 +142,11 @@ def _up_with_progress(up, args):
         if prog and prog.total and sys.stderr.isatty() and not args.json:
             if bar is None:
                 from rich.progress import Progress
+
                 bar = Progress(transient=True)
                 bar.start()
                 task = bar.add_task("recovering", total=prog.total)
-            bar.update(task, completed=prog.done,
-                       description=f"recovering {prog.topic}[{prog.partition}]")
+            bar.update(task, completed=prog.done, description=f"recovering {prog.topic}[{prog.partition}]")
     if bar is not None:
         bar.stop()
     if "error" in box:
@@ -153,34 +160,55 @@ def cmd_down(args):
         raise common.CommandError("--timeout must be > 0")
     stopped = down(common.settings(args), purge=args.purge, timeout=args.timeout)
     name = common.settings(args).instance
-    common.emit(args, {"instance": name, "stopped": bool(stopped), "purged": args.purge},
-                (f"stopped the supervisor of instance {name!r}" if stopped else
-                 f"no supervisor was running for instance {name!r}") +
-                ("; its shared memory is removed" if args.purge else ""))
+    common.emit(
+        args,
+        {"instance": name, "stopped": bool(stopped), "purged": args.purge},
+        (
+            f"stopped the supervisor of instance {name!r}"
+            if stopped
+            else f"no supervisor was running for instance {name!r}"
+        )
+        + ("; its shared memory is removed" if args.purge else ""),
+    )
 
 
 def register(sub, parent):
-    b = sub.add_parser("bench", parents=[parent], add_help=False,
-                       help="run the benchmark suite (quick mode unless --full)", epilog=BENCH_EPILOG)
+    b = sub.add_parser(
+        "bench",
+        parents=[parent],
+        add_help=False,
+        help="run the benchmark suite (quick mode unless --full)",
+        epilog=BENCH_EPILOG,
+    )
     b.set_defaults(func=cmd_bench, passthrough=True, parser=b)
     for name, module, text in (
-            ("supervisor", daemons.SUPERVISOR_MODULE, "run the instance's supervisor in the foreground"),
-            ("kafka-listener", "shmlog.kafka", "serve the instance over Kafka's wire protocol")):
-        p = sub.add_parser(name, parents=[parent], add_help=False, help=text, epilog=SERVICE_EPILOG,
-                           description=f"{text.capitalize()}. Every option is passed to {module}.main "
-                                       "(`--help` shows its own once it is installed).")
+        ("supervisor", daemons.SUPERVISOR_MODULE, "run the instance's supervisor in the foreground"),
+        ("kafka-listener", "shmlog.kafka", "serve the instance over Kafka's wire protocol"),
+    ):
+        p = sub.add_parser(
+            name,
+            parents=[parent],
+            add_help=False,
+            help=text,
+            epilog=SERVICE_EPILOG,
+            description=f"{text.capitalize()}. Every option is passed to {module}.main "
+            "(`--help` shows its own once it is installed).",
+        )
         p.set_defaults(func=_argv_delegate(module, "main", name), passthrough=True, parser=p)
-    u = sub.add_parser("up", parents=[parent], help="start a background supervisor for the instance",
-                       epilog=SERVICE_EPILOG)
+    u = sub.add_parser(
+        "up", parents=[parent], help="start a background supervisor for the instance", epilog=SERVICE_EPILOG
+    )
     u.add_argument("--config", default=None, help="service config file (TOML)")
     u.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it to answer")
     u.set_defaults(func=cmd_up)
-    d = sub.add_parser("down", parents=[parent], help="stop the instance's background supervisor cleanly",
-                       epilog=SERVICE_EPILOG)
-    d.add_argument("--purge", action="store_true",
-                   help="then remove the instance's shared memory (ephemeral topics are lost; durable ones "
-                        "come back from the data dir)")
+    d = sub.add_parser(
+        "down", parents=[parent], help="stop the instance's background supervisor cleanly", epilog=SERVICE_EPILOG
+    )
+    d.add_argument(
+        "--purge",
+        action="store_true",
+        help="then remove the instance's shared memory (ephemeral topics are lost; durable ones "
+        "come back from the data dir)",
+    )
     d.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to stop")
     d.set_defaults(func=cmd_down)
-
-

@@ -3,6 +3,7 @@
 Owns: the demo topic's life (created, then deleted) and the two-process run.
 Must never: leave its topic behind, even when the run fails.
 """
+
 import multiprocessing
 import time
 
@@ -29,15 +30,14 @@ def _demo_producer(conn_kwargs, topic, count, size, batch, ready):
             for _ in range(count):
                 send(topic, value, partition=0)
         dt = time.perf_counter() - t0
-        print(f"producer: {count:,} records of {size} B in {dt:.3f} s = {count / dt:,.0f} records/s",
-              flush=True)
+        print(f"producer: {count:,} records of {size} B in {dt:.3f} s = {count / dt:,.0f} records/s", flush=True)
 
 
 def _ring_for(args) -> int:
     """A ring that holds the whole run. An ephemeral ring overwrites its oldest
     frames, so a producer that outruns the consumer by more than the ring would
     lap it (the consumer then resets and records are skipped, by design)."""
-    per_frame = 16 + 61 + 16 + args.size            # frame header, batch header, one record
+    per_frame = 16 + 61 + 16 + args.size  # frame header, batch header, one record
     per_record = per_frame if args.batch <= 1 else args.size + 16 + (16 + 61) / args.batch
     need = int(args.count * per_record * 1.25)
     return max(64 << 20, 1 << (need - 1).bit_length())
@@ -57,8 +57,7 @@ def cmd_demo(args):
             c = log.consumer(topics=[topic], auto_offset_reset="earliest")
             ctx = multiprocessing.get_context("fork")
             ready = ctx.Event()
-            prod = ctx.Process(target=_demo_producer,
-                               args=(kw, topic, args.count, args.size, args.batch, ready))
+            prod = ctx.Process(target=_demo_producer, args=(kw, topic, args.count, args.size, args.batch, ready))
             prod.start()
             ready.set()
             got, t0 = 0, None
@@ -77,8 +76,10 @@ def cmd_demo(args):
                 got += n
             dt = time.perf_counter() - (t0 or time.perf_counter())
             prod.join(30)
-            print(f"consumer: {got:,} records in {dt:.3f} s = {got / max(dt, 1e-9):,.0f} records/s "
-                  f"({'batch' if args.batch > 1 else 'per-message'} API, other process)")
+            print(
+                f"consumer: {got:,} records in {dt:.3f} s = {got / max(dt, 1e-9):,.0f} records/s "
+                f"({'batch' if args.batch > 1 else 'per-message'} API, other process)"
+            )
             if got < args.count:
                 raise errors.ShmlogError(f"demo consumed {got} of {args.count} records")
         finally:
@@ -86,8 +87,9 @@ def cmd_demo(args):
 
 
 def register(sub, parent):
-    d = sub.add_parser("demo", parents=[parent], help="produce in one process, consume in another, print rates",
-                       epilog=EPILOG)
+    d = sub.add_parser(
+        "demo", parents=[parent], help="produce in one process, consume in another, print rates", epilog=EPILOG
+    )
     d.add_argument("--count", type=int, default=1_000_000)
     d.add_argument("--size", type=int, default=100, help="record size in bytes")
     d.add_argument("--batch", type=int, default=1, help="records per send_batch (1: per-message API)")

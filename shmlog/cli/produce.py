@@ -4,6 +4,7 @@ Owns: splitting input into records (delimiter, key delimiter, whole files),
 headers from -H, and the summary of what landed where. Must never: buffer a
 whole stream before sending (records go out as their delimiter arrives).
 """
+
 import contextlib
 import sys
 
@@ -67,7 +68,7 @@ def _records(args):
     def split_key(rec):
         if kdelim is not None:
             k, sep, v = rec.partition(kdelim)
-            return (k, v) if sep else (None, rec)    # no delimiter: the whole record is the value
+            return (k, v) if sep else (None, rec)  # no delimiter: the whole record is the value
         return fixed_key, rec
 
     if not args.files:
@@ -93,12 +94,12 @@ def _records(args):
 def cmd_produce(args):
     args.topic, args.files = args.operands[0], args.operands[1:]
     headers = parse_headers(args.header) or None
-    per_partition: dict[int, list[int]] = {}      # partition -> [first offset, last offset, count]
+    per_partition: dict[int, list[int]] = {}  # partition -> [first offset, last offset, count]
     count = 0
-    last = None                                   # (partition, offset) of the last record written
+    last = None  # (partition, offset) of the last record written
     failure = None
     with common.open_log(args, writes=True) as log:
-        log.topic_handle(args.topic)               # fail fast, before reading any input
+        log.topic_handle(args.topic)  # fail fast, before reading any input
         with log.producer(max_block_ms=args.max_block_ms) as p:
             try:
                 for key, value in _records(args):
@@ -116,43 +117,77 @@ def cmd_produce(args):
             finally:
                 if count:
                     p.flush(durable=args.durable)
-    summary = {"topic": args.topic, "count": count, "durable": args.durable, "complete": failure is None,
-               "last": None if last is None else {"partition": last[0], "offset": last[1]},
-               "partitions": [{"partition": k, "first_offset": v[0], "last_offset": v[1], "count": v[2]}
-                              for k, v in sorted(per_partition.items())]}
+    summary = {
+        "topic": args.topic,
+        "count": count,
+        "durable": args.durable,
+        "complete": failure is None,
+        "last": None if last is None else {"partition": last[0], "offset": last[1]},
+        "partitions": [
+            {"partition": k, "first_offset": v[0], "last_offset": v[1], "count": v[2]}
+            for k, v in sorted(per_partition.items())
+        ],
+    }
     if failure is not None:
         # a rerun would send the first `count` records again: say exactly what landed
         if args.json:
             common.print_json(summary)
-        done = (f"{count} record(s) were written before it, the last to partition {last[0]} at offset "
-                f"{last[1]}; record {count + 1} of the input and everything after it were not sent"
-                if count else "no record was written")
+        done = (
+            f"{count} record(s) were written before it, the last to partition {last[0]} at offset "
+            f"{last[1]}; record {count + 1} of the input and everything after it were not sent"
+            if count
+            else "no record was written"
+        )
         raise type(failure)(f"{failure} — {done}") from failure
     if args.quiet and not args.json:
         return
     text = f"produced {count} record(s) to {args.topic!r}" + "".join(
-        f"\n  partition {k}: {v[2]} record(s), offsets {v[0]}..{v[1]}" for k, v in sorted(per_partition.items()))
+        f"\n  partition {k}: {v[2]} record(s), offsets {v[0]}..{v[1]}" for k, v in sorted(per_partition.items())
+    )
     common.emit(args, summary, text)
 
 
 def register(sub, parent):
-    p = sub.add_parser("produce", parents=[parent], help="write records from stdin or files (like kcat -P)",
-                       description="Writes one record per input line (or per delimiter, or per file).",
-                       epilog=EPILOG)
+    p = sub.add_parser(
+        "produce",
+        parents=[parent],
+        help="write records from stdin or files (like kcat -P)",
+        description="Writes one record per input line (or per delimiter, or per file).",
+        epilog=EPILOG,
+    )
     # one positional list, completed by cli.main with the words after an option (trailing=)
-    p.add_argument("operands", nargs="+", metavar="TOPIC [FILE ...]",
-                   help="the topic, then files to send; each file is one record unless -l ('-' is stdin)")
-    p.add_argument("-p", "--partition", type=int, default=None,
-                   help="partition to write (default: by key with murmur2 like Kafka, sticky without a key)")
-    p.add_argument("-K", dest="key_delimiter", metavar="DELIM", default=None,
-                   help="split each record into key and value at the first DELIM")
+    p.add_argument(
+        "operands",
+        nargs="+",
+        metavar="TOPIC [FILE ...]",
+        help="the topic, then files to send; each file is one record unless -l ('-' is stdin)",
+    )
+    p.add_argument(
+        "-p",
+        "--partition",
+        type=int,
+        default=None,
+        help="partition to write (default: by key with murmur2 like Kafka, sticky without a key)",
+    )
+    p.add_argument(
+        "-K",
+        dest="key_delimiter",
+        metavar="DELIM",
+        default=None,
+        help="split each record into key and value at the first DELIM",
+    )
     p.add_argument("-k", "--key", default=None, help="one key for every record")
-    p.add_argument("-H", "--header", action="append", metavar="KEY=VALUE", help="a header on every record "
-                   "(repeatable)")
-    p.add_argument("-D", "--delimiter", default=r"\n", metavar="DELIM",
-                   help=r"record delimiter (default \n; escapes \n \t \0 \xHH)")
-    p.add_argument("-l", dest="line_mode", action="store_true",
-                   help="read FILEs record by record like stdin, not whole-file")
+    p.add_argument("-H", "--header", action="append", metavar="KEY=VALUE", help="a header on every record (repeatable)")
+    p.add_argument(
+        "-D",
+        "--delimiter",
+        default=r"\n",
+        metavar="DELIM",
+        help=r"record delimiter (default \n; escapes \n \t \0 \xHH)",
+    )
+    p.add_argument(
+        "-l", dest="line_mode", action="store_true", help="read FILEs record by record like stdin, not whole-file"
+    )
     p.add_argument("--durable", action="store_true", help="wait until every record is fsynced")
     p.add_argument("--max-block-ms", type=int, default=60_000, help="how long a send may wait for ring space")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary")

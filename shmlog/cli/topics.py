@@ -3,6 +3,7 @@
 Owns: the topic subcommands' arguments and output. Must never: change a
 topic other than through Log.create_topic / alter_topic / delete_topic.
 """
+
 import msgspec
 
 from .. import config, errors
@@ -37,18 +38,32 @@ def _add_config_options(p, defaults: bool):
         return v if defaults else None
 
     D = config.TOPIC_DEFAULTS
-    p.add_argument("-p", "--partitions", type=int, default=d(D.partitions), help="partition count" +
-                   ("" if defaults else " (can only grow)"))
-    p.add_argument("--ring-bytes", type=common.parse_size, default=d(D.ring_bytes),
-                   help="ring size per partition, a power of two (bytes, or with a unit: 64MiB, 1G)")
-    p.add_argument("--persistence", choices=sorted(config.PERSISTENCE), default=d(D.persistence),
-                   help="disk: segment files, replayable after a restart; none: the ring only")
+    p.add_argument(
+        "-p",
+        "--partitions",
+        type=int,
+        default=d(D.partitions),
+        help="partition count" + ("" if defaults else " (can only grow)"),
+    )
+    p.add_argument(
+        "--ring-bytes",
+        type=common.parse_size,
+        default=d(D.ring_bytes),
+        help="ring size per partition, a power of two (bytes, or with a unit: 64MiB, 1G)",
+    )
+    p.add_argument(
+        "--persistence",
+        choices=sorted(config.PERSISTENCE),
+        default=d(D.persistence),
+        help="disk: segment files, replayable after a restart; none: the ring only",
+    )
     p.add_argument("--fsync", default=d(D.fsync), help="never | always | interval:MS")
     p.add_argument("--retention-ms", type=int, default=d(D.retention_ms), help="-1: keep forever")
     p.add_argument("--retention-bytes", type=common.parse_size, default=None, help="per partition; -1: no limit")
     p.add_argument("--max-message-bytes", type=common.parse_size, default=None, help="default: ring bytes / 4")
-    p.add_argument("--segment-bytes", type=common.parse_size, default=d(D.segment_bytes),
-                   help="segment file size before a roll")
+    p.add_argument(
+        "--segment-bytes", type=common.parse_size, default=d(D.segment_bytes), help="segment file size before a roll"
+    )
     p.add_argument("--segment-ms", type=int, default=d(D.segment_ms), help="segment age before a roll")
 
 
@@ -67,11 +82,26 @@ def _config_from(args) -> dict:
 def describe_text(d) -> str:
     cfg = msgspec.structs.asdict(d.config)
     head = f"topic {d.name}  generation {d.generation}\n  " + "  ".join(f"{k}={v}" for k, v in cfg.items())
-    rows = [(p.partition, p.log_start_offset, p.end_offset, p.end_offset - p.log_start_offset,
-             f"{100 * p.ring_used_bytes / max(p.ring_bytes, 1):.1f}%", p.persisted_lag_bytes,
-             p.fsynced_lag_bytes, p.sealed_writes) for p in d.partitions]
-    return head + "\n" + common.table(
-        ["PARTITION", "START", "END", "RECORDS", "RING FILL", "UNPERSISTED B", "UNSYNCED B", "SEALED"], rows)
+    rows = [
+        (
+            p.partition,
+            p.log_start_offset,
+            p.end_offset,
+            p.end_offset - p.log_start_offset,
+            f"{100 * p.ring_used_bytes / max(p.ring_bytes, 1):.1f}%",
+            p.persisted_lag_bytes,
+            p.fsynced_lag_bytes,
+            p.sealed_writes,
+        )
+        for p in d.partitions
+    ]
+    return (
+        head
+        + "\n"
+        + common.table(
+            ["PARTITION", "START", "END", "RECORDS", "RING FILL", "UNPERSISTED B", "UNSYNCED B", "SEALED"], rows
+        )
+    )
 
 
 def cmd_create(args):
@@ -87,12 +117,22 @@ def cmd_list(args):
             try:
                 h = log.topic_handle(name)
             except errors.UnknownTopicOrPartition:
-                continue                                  # deleted meanwhile
+                continue  # deleted meanwhile
             c = h.config
-            rows.append({"name": name, "partitions": c.partitions, "persistence": c.persistence,
-                         "ring_bytes": c.ring_bytes, "fsync": c.fsync})
-        text = common.table(["NAME", "PARTITIONS", "PERSISTENCE", "RING BYTES", "FSYNC"],
-                            [list(r.values()) for r in rows]) if rows else "(no topics)"
+            rows.append(
+                {
+                    "name": name,
+                    "partitions": c.partitions,
+                    "persistence": c.persistence,
+                    "ring_bytes": c.ring_bytes,
+                    "fsync": c.fsync,
+                }
+            )
+        text = (
+            common.table(["NAME", "PARTITIONS", "PERSISTENCE", "RING BYTES", "FSYNC"], [list(r.values()) for r in rows])
+            if rows
+            else "(no topics)"
+        )
         common.emit(args, rows, text)
 
 
@@ -113,8 +153,12 @@ def cmd_alter(args):
         d = alter(args.name, **changes)
         if not hasattr(d, "partitions"):
             d = log.describe_topic(args.name)
-        common.emit(args, d, f"altered topic {args.name!r}: " +
-                    ", ".join(f"{k}={'unlimited' if v is None else v}" for k, v in changes.items()))
+        common.emit(
+            args,
+            d,
+            f"altered topic {args.name!r}: "
+            + ", ".join(f"{k}={'unlimited' if v is None else v}" for k, v in changes.items()),
+        )
 
 
 def cmd_delete(args):
@@ -124,21 +168,30 @@ def cmd_delete(args):
 
 
 def register(sub, parent):
-    t = sub.add_parser("topic", parents=[parent], help="create, list, describe, alter, delete topics",
-                       description="Topics: named logs of one or more partitions.", epilog=EPILOG)
+    t = sub.add_parser(
+        "topic",
+        parents=[parent],
+        help="create, list, describe, alter, delete topics",
+        description="Topics: named logs of one or more partitions.",
+        epilog=EPILOG,
+    )
     ts = t.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
     c = ts.add_parser("create", parents=[parent], help="create a topic", epilog=EPILOG)
     c.add_argument("name")
     _add_config_options(c, defaults=True)
     c.set_defaults(func=cmd_create)
     ts.add_parser("list", parents=[parent], help="list topics", epilog=EPILOG).set_defaults(func=cmd_list)
-    x = ts.add_parser("describe", parents=[parent], help="config, offsets, ring fill and lag per partition",
-                      epilog=EPILOG)
+    x = ts.add_parser(
+        "describe", parents=[parent], help="config, offsets, ring fill and lag per partition", epilog=EPILOG
+    )
     x.add_argument("name")
     x.set_defaults(func=cmd_describe)
-    a = ts.add_parser("alter", parents=[parent],
-                      help="change a topic's settings (Log.alter_topic decides what may change)",
-                      epilog=EPILOG)
+    a = ts.add_parser(
+        "alter",
+        parents=[parent],
+        help="change a topic's settings (Log.alter_topic decides what may change)",
+        epilog=EPILOG,
+    )
     a.add_argument("name")
     _add_config_options(a, defaults=False)
     a.set_defaults(func=cmd_alter)

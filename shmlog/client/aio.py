@@ -38,6 +38,7 @@ registration stands, so a ring unmapped after unregister() (consumer
 stopped, Log closed) is never read; closing the Log while a coroutine still
 waits on it is a use-after-close, as for the sync consumer.
 """
+
 import asyncio
 import collections
 import os
@@ -50,10 +51,11 @@ from .consumer import GROUP_WAIT_S
 from ..records import BatchMetadata, RecordMetadata
 
 TopicPartition = collections.namedtuple("TopicPartition", "topic partition")
-MAX_WORDS = 127          # futex_waitv takes 128 words; one is the control word
+MAX_WORDS = 127  # futex_waitv takes 128 words; one is the control word
 
 
 # ------------------------------------------------------------------ the waiter
+
 
 class _Reg:
     """One waiting consumer: its future, its loop, the words it waits on."""
@@ -77,7 +79,7 @@ class _Shard:
     def __init__(self, waiter):
         self.waiter = waiter
         self.ctl = ffi.new("uint32_t *")
-        self.entries: dict[_Reg, list] = {}     # reg -> [(word, val)] it waits on here
+        self.entries: dict[_Reg, list] = {}  # reg -> [(word, val)] it waits on here
         self.nwords = 0
         self.thread = threading.Thread(target=self._run, name="shmlog-aio-waiter", daemon=True)
         self.thread.start()
@@ -91,7 +93,7 @@ class _Shard:
         changed = ffi.new("uint32_t[]", MAX_WORDS + 1)
         lock = self.waiter.lock
         while True:
-            c0 = self.ctl[0]                      # BEFORE the snapshot (protocol step 2)
+            c0 = self.ctl[0]  # BEFORE the snapshot (protocol step 2)
             with lock:
                 if self.waiter.stopping:
                     return
@@ -130,8 +132,8 @@ class _Waiter:
                 if shard is None:
                     shard = _Shard(self)
                     self.shards.append(shard)
-                take = pairs[:MAX_WORDS - shard.nwords]
-                pairs = pairs[len(take):]
+                take = pairs[: MAX_WORDS - shard.nwords]
+                pairs = pairs[len(take) :]
                 shard.entries.setdefault(reg, []).extend(take)
                 shard.nwords += len(take)
                 reg.shards.append(shard)
@@ -147,7 +149,7 @@ class _Waiter:
                     s.nwords -= len(ent)
             reg.shards = []
         for s in shards:
-            s.bump()                  # its thread drops the words (it must not wait on them any longer)
+            s.bump()  # its thread drops the words (it must not wait on them any longer)
 
     def fire(self, regs):
         for reg in regs:
@@ -156,7 +158,7 @@ class _Waiter:
             reg.fired = True
             try:
                 reg.loop.call_soon_threadsafe(_resolve, reg.fut)
-            except RuntimeError:      # the loop is closed: nobody waits any more
+            except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
         with self.lock:
             for reg in regs:
@@ -190,6 +192,7 @@ def waiter_threads() -> int:
 
 
 # ------------------------------------------------------------------ consumer
+
 
 class AIOConsumer:
     """aiokafka's AIOKafkaConsumer over a shmlog Consumer.
@@ -366,7 +369,7 @@ class AIOConsumer:
         vals = ffi.new("uint32_t[]", n)
         sd = ffi.new("int64_t *")
         if lib.shm_wait_arm(hdrs, bases, curs, n, c._unblock_ns, vals, sd) >= 0:
-            return                                  # something arrived meanwhile
+            return  # something arrived meanwhile
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         reg = _Reg(loop, fut, words, list(vals), (hdrs, rings))
@@ -390,6 +393,7 @@ class AIOConsumer:
 
 
 # ------------------------------------------------------------------ producer
+
 
 class AIOProducer:
     """aiokafka's AIOKafkaProducer over a shmlog Producer's produce().
@@ -478,11 +482,12 @@ class AIOProducer:
         queue_buffering_max_messages records await delivery."""
         p = self._producer()
         fut = self._loop.create_future()
-        cb = lambda err, msg: self._settle(fut, err, msg)   # noqa: E731
+        cb = lambda err, msg: self._settle(fut, err, msg)  # noqa: E731
         while True:
             try:
-                p.produce(topic, value, key=key, headers=headers, partition=partition,
-                          timestamp=timestamp_ms, on_delivery=cb)
+                p.produce(
+                    topic, value, key=key, headers=headers, partition=partition, timestamp=timestamp_ms, on_delivery=cb
+                )
                 return fut
             except errors.BufferFull:
                 self._space.clear()
@@ -490,8 +495,9 @@ class AIOProducer:
                 if len(p) >= p._max_queued:
                     await self._space.wait()
 
-    async def send_and_wait(self, topic: str, value=None, key=None, partition=None, timestamp_ms=None,
-                            headers=None) -> RecordMetadata:
+    async def send_and_wait(
+        self, topic: str, value=None, key=None, partition=None, timestamp_ms=None, headers=None
+    ) -> RecordMetadata:
         fut = await self.send(topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms, headers=headers)
         return await fut
 
@@ -500,7 +506,8 @@ class AIOProducer:
         one C call, run in a worker thread so a full ring never blocks the loop)."""
         p = self._producer()
         return await self._loop.run_in_executor(
-            None, lambda: p.send_batch(topic, values, keys=keys, partition=partition))
+            None, lambda: p.send_batch(topic, values, keys=keys, partition=partition)
+        )
 
     async def flush(self, timeout: float | None = None) -> int:
         """Writes everything queued and resolves its futures; returns how many records are still queued."""

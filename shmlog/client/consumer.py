@@ -17,6 +17,7 @@ Cursors, decoded records and inflated batches are process-local: a consumer
 that dies at any step leaves nothing shared half-done; a group's successor
 starts from the committed offset (at-least-once for what was not committed).
 """
+
 import logging
 import time
 from itertools import repeat
@@ -31,10 +32,10 @@ from .._native import ffi, lib, raise_status
 from ..records import Columns, Message, decode_headers
 
 RESETS = ("earliest", "latest", "none")
-ROW = lib.SHM_ROW_FIELDS      # int64 fields per decoded record, see csrc/shmlog.h
-LARGE_BYTES = 64 << 10        # records this large are copied once, straight from the ring
+ROW = lib.SHM_ROW_FIELDS  # int64 fields per decoded record, see csrc/shmlog.h
+LARGE_BYTES = 64 << 10  # records this large are copied once, straight from the ring
 DEFAULT_BUFFER = 4 << 20
-GROUP_WAIT_S = 0.1            # a consumer's longest sleep between looks at its group and the topic table
+GROUP_WAIT_S = 0.1  # a consumer's longest sleep between looks at its group and the topic table
 logger = logging.getLogger("shmlog")
 
 
@@ -46,8 +47,22 @@ def _check_timeout(timeout):
 class _Part:
     """One assigned partition: its ring and cursor."""
 
-    __slots__ = ("topic", "partition", "ring", "cur", "reset_to", "plog", "on_disk", "large", "data",
-                 "generation", "max_bytes", "inflated", "paused", "stored")
+    __slots__ = (
+        "topic",
+        "partition",
+        "ring",
+        "cur",
+        "reset_to",
+        "plog",
+        "on_disk",
+        "large",
+        "data",
+        "generation",
+        "max_bytes",
+        "inflated",
+        "paused",
+        "stored",
+    )
 
     def __init__(self, topic, partition, ring, plog, generation=0, max_bytes=1 << 20):
         self.topic = topic
@@ -56,16 +71,16 @@ class _Part:
         self.cur = ffi.new("struct shm_cursor *")
         self.cur.stuck_pos = 2**64 - 1
         self.cur.expect_base = -1
-        self.reset_to = None      # an offset to seek to before the next read
-        self.plog = plog          # segment files (durable topics), else None
-        self.on_disk = False      # the cursor is below the ring's head: read the files
-        self.large = False        # the last record was large: try the one-copy path first
+        self.reset_to = None  # an offset to seek to before the next read
+        self.plog = plog  # segment files (durable topics), else None
+        self.on_disk = False  # the cursor is below the ring's head: read the files
+        self.large = False  # the last record was large: try the one-copy path first
         self.data = ffi.cast("uint8_t *", ring.base) + lib.SHM_RING_HEADER_BYTES
         self.generation = generation  # the topic generation the ring belongs to
-        self.max_bytes = max_bytes    # the topic's max_message_bytes: bound of an inflated batch
-        self.inflated = None          # ((frame pos, base offset), plain batch) of a batch read in parts
-        self.paused = False           # pause(): not read until resume()
-        self.stored = None            # store_offsets(): the offset auto-commit commits
+        self.max_bytes = max_bytes  # the topic's max_message_bytes: bound of an inflated batch
+        self.inflated = None  # ((frame pos, base offset), plain batch) of a batch read in parts
+        self.paused = False  # pause(): not read until resume()
+        self.stored = None  # store_offsets(): the offset auto-commit commits
 
 
 class Consumer:
@@ -81,19 +96,30 @@ class Consumer:
     wait="park" spins for spin_us then sleeps on a futex; wait="spin" spins
     for the whole timeout (lowest latency, burns a core)."""
 
-    def __init__(self, log, topics=None, group=None, *, auto_offset_reset: str = "latest",
-                 enable_auto_commit: bool = True, wait: str = "park", spin_us: int = 50,
-                 check_crcs: bool = True, max_poll_records: int = 500,
-                 buffer_bytes: int = DEFAULT_BUFFER, consumer_timeout_ms: int | None = None,
-                 enable_auto_offset_store: bool = True, **group_options):
+    def __init__(
+        self,
+        log,
+        topics=None,
+        group=None,
+        *,
+        auto_offset_reset: str = "latest",
+        enable_auto_commit: bool = True,
+        wait: str = "park",
+        spin_us: int = 50,
+        check_crcs: bool = True,
+        max_poll_records: int = 500,
+        buffer_bytes: int = DEFAULT_BUFFER,
+        consumer_timeout_ms: int | None = None,
+        enable_auto_offset_store: bool = True,
+        **group_options,
+    ):
         if group_options and group is None:
             raise errors.InvalidArgument(f"{sorted(group_options)} need group=")
         if auto_offset_reset not in RESETS:
             raise errors.InvalidArgument(f"auto_offset_reset must be one of {RESETS}")
         if wait not in ("park", "spin"):
             raise errors.InvalidArgument("wait must be 'park' or 'spin'")
-        for name, v in (("spin_us", spin_us), ("max_poll_records", max_poll_records),
-                        ("buffer_bytes", buffer_bytes)):
+        for name, v in (("spin_us", spin_us), ("max_poll_records", max_poll_records), ("buffer_bytes", buffer_bytes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "spin_us" else 1):
                 raise errors.InvalidArgument(f"{name} must be a positive int")
         self._log = log
@@ -107,7 +133,7 @@ class Consumer:
         self._out = self._rows = None
         self._grow_out(max(max_poll_records, 1024))
         self._parts: list[_Part] = []
-        self._single = None           # the one assigned partition, for poll's fast path
+        self._single = None  # the one assigned partition, for poll's fast path
         self._by_tp: dict[tuple, _Part] = {}
         self._unblock_ns = log.unblock_ns
         self._peek = ffi.new("int64_t[]", ROW + 1)
@@ -117,20 +143,19 @@ class Consumer:
         self._wait_arrays = None
         self._active: list[_Part] = []  # the assigned partitions not paused: what reads and waits look at
         self._auto_store = bool(enable_auto_offset_store)
-        self._topics = None             # subscribe() without a group: the topics whose partitions it follows
+        self._topics = None  # subscribe() without a group: the topics whose partitions it follows
         hdr = ffi.cast("struct shm_ctl_header *", log._ctl.base)
         self._epoch_view = memoryview(ffi.buffer(ffi.addressof(hdr, "topics_epoch"), 8)).cast("Q")
-        self._epoch = self._epoch_view[0]   # -1: look at the topics on the next poll (a ring was deleted)
-        self._error = None              # TopicDeleted for the next poll of an assign() consumer
+        self._epoch = self._epoch_view[0]  # -1: look at the topics on the next poll (a ring was deleted)
+        self._error = None  # TopicDeleted for the next poll of an assign() consumer
         self._closed = False
-        self._group = None             # a Membership when subscribed as a group member
+        self._group = None  # a Membership when subscribed as a group member
         self._group_name = None if group is None else validate_group_name(group)
         if group is not None and topics is not None:
             unknown = set(group_options) - MEMBER_OPTIONS
             if unknown:
                 raise errors.InvalidArgument(f"unknown consumer options {sorted(unknown)}")
-            self._group = Membership(log, self, group, topics, enable_auto_commit=enable_auto_commit,
-                                            **group_options)
+            self._group = Membership(log, self, group, topics, enable_auto_commit=enable_auto_commit, **group_options)
             self._group.sync()
         elif group_options:
             raise errors.InvalidArgument(f"{sorted(group_options)} need group= and topics=")
@@ -165,15 +190,18 @@ class Consumer:
         (group= without topics), else at the reset position."""
         self._check_open()
         if self._group is not None:
-            raise errors.InvalidArgument("this consumer is a group member (topics=...): the group assigns "
-                                         "its partitions; use a consumer without topics= to assign()")
+            raise errors.InvalidArgument(
+                "this consumer is a group member (topics=...): the group assigns "
+                "its partitions; use a consumer without topics= to assign()"
+            )
         committed = {}
         if self._group_name is not None:
             committed = groups.committed_offsets(self._log, self._group_name)
         self._topics = None
         self._epoch = self._epoch_view[0]
-        self._set_parts([self._new_part(tp[0], tp[1], tp[2] if len(tp) > 2 else committed.get((tp[0], tp[1])))
-                         for tp in partitions])
+        self._set_parts(
+            [self._new_part(tp[0], tp[1], tp[2] if len(tp) > 2 else committed.get((tp[0], tp[1]))) for tp in partitions]
+        )
 
     def _new_part(self, topic, partition, offset) -> _Part:
         h = self._log.topic_handle(topic)
@@ -181,8 +209,14 @@ class Consumer:
         if h.config.persistence == "disk":
             d = storage.partition_dir(self._log.settings.data_dir, topic, partition, h.topic_id)
             plog = storage.PartitionLog(d)
-        part = _Part(topic, partition, self._log.ring(h, partition, writable=False), plog, h.generation,
-                     h.config.max_message_bytes)
+        part = _Part(
+            topic,
+            partition,
+            self._log.ring(h, partition, writable=False),
+            plog,
+            h.generation,
+            h.config.max_message_bytes,
+        )
         self._start(part, offset)
         return part
 
@@ -202,7 +236,7 @@ class Consumer:
         dropped for the others."""
         old = {id(p) for p in self._parts}
         kept = {(p.topic, p.partition) for p in parts if id(p) in old}
-        self._pending = [m for m in self._pending[self._pi:] if (m.topic, m.partition) in kept]
+        self._pending = [m for m in self._pending[self._pi :] if (m.topic, m.partition) in kept]
         self._pi = 0
         self._parts = parts
         self._by_tp = {(p.topic, p.partition): p for p in parts}
@@ -247,24 +281,28 @@ class Consumer:
                 except errors.UnknownTopicOrPartition:
                     continue
                 if (t, h.generation) in dead:
-                    continue              # its deletion is under way: look again when it is done
+                    continue  # its deletion is under way: look again when it is done
                 try:
                     added += [self._new_part(t, q, None) for q in range(h.partitions) if (t, q) not in have]
                 except errors.UnknownTopicOrPartition:
-                    continue              # deleted between the look and the mapping: the next epoch tells
+                    continue  # deleted between the look and the mapping: the next epoch tells
         if not gone and not added:
             return
         tps = sorted({(p.topic, p.partition) for p in gone})
         if gone:
-            logger.warning("consumer: topic(s) %s deleted or re-created: partitions %s left the assignment",
-                        sorted({p.topic for p in gone}), tps)
+            logger.warning(
+                "consumer: topic(s) %s deleted or re-created: partitions %s left the assignment",
+                sorted({p.topic for p in gone}),
+                tps,
+            )
         if added:
             logger.info("consumer: partitions %s joined the assignment", [(p.topic, p.partition) for p in added])
         self._set_parts(keep + added)
         if gone and self._topics is None:
             self._error = errors.TopicDeleted(
                 f"topic(s) {sorted({p.topic for p in gone})} were deleted (or re-created) while this consumer "
-                f"read them; partitions {tps} left its assignment. assign() them again to read the new topic.")
+                f"read them; partitions {tps} left its assignment. assign() them again to read the new topic."
+            )
 
     def _look(self):
         """What every poll looks at first: the topic table's epoch (one load),
@@ -349,15 +387,17 @@ class Consumer:
             raise errors.OffsetOutOfRange(
                 f"{part.topic!r} partition {part.partition}: offset {wanted} is not in the log "
                 f"(now {start}..{end}); the consumer fell behind or seeked outside it — "
-                "seek() to a valid offset or set auto_offset_reset")
+                "seek() to a valid offset or set auto_offset_reset"
+            )
         for _ in range(100):
             target = part.ring.ends()[1] if self._reset == "latest" else self._log_start(part)
             if self._try_seek(part, target):
                 return
         # an ephemeral ring overwritten faster than we can reach its head: go to its end
         if not self._try_seek(part, part.ring.ends()[1]):
-            raise errors.OffsetOutOfRange(f"{part.topic!r} partition {part.partition}: cannot "
-                                          "position the consumer; the ring moves too fast")
+            raise errors.OffsetOutOfRange(
+                f"{part.topic!r} partition {part.partition}: cannot position the consumer; the ring moves too fast"
+            )
 
     def _try_seek(self, part: _Part, offset: int) -> bool:
         """Positions part at offset, from the ring or (durable, below the ring) the files."""
@@ -399,7 +439,7 @@ class Consumer:
         part = self._part(topic, partition)
         if part.reset_to is not None:
             return part.reset_to
-        for m in self._pending[self._pi:]:
+        for m in self._pending[self._pi :]:
             if m.topic == topic and m.partition == partition:
                 return m.offset
         return part.cur.next_offset
@@ -423,7 +463,7 @@ class Consumer:
         start = self._log_start(part)
         if part.plog is not None:
             part.plog.refresh()
-            found = part.plog.offset_before_time(timestamp_ms)     # a monotonic time index
+            found = part.plog.offset_before_time(timestamp_ms)  # a monotonic time index
             if found is not None:
                 start = max(start, found)
         with Consumer(self._log, auto_offset_reset="earliest", check_crcs=bool(self._crc)) as tmp:
@@ -437,7 +477,7 @@ class Consumer:
                     return int(cols.offsets[hit[0]])
 
     def _drop_pending(self, part: _Part):
-        rest = self._pending[self._pi:]
+        rest = self._pending[self._pi :]
         keep = [m for m in rest if m.topic != part.topic or m.partition != part.partition]
         if len(keep) != len(rest):
             # rewind the cursor to the first dropped record
@@ -476,14 +516,13 @@ class Consumer:
             if n is not None:
                 return n
         while True:
-            rc = lib.shmx_read(part.ring.h, part.cur, self._buf, self._buf_cap, self._crc,
-                               self._unblock_ns, out)
+            rc = lib.shmx_read(part.ring.h, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, out)
             if rc >= 0:
                 if rc == 0 and out.compressed:
                     return self._inflate(part)
                 return rc
             if rc == lib.SHM_E_OUT_OF_RANGE:
-                if part.plog is not None:          # lapped: the files have it
+                if part.plog is not None:  # lapped: the files have it
                     part.on_disk = True
                     n = self._read_disk(part)
                     if n is not None:
@@ -506,14 +545,15 @@ class Consumer:
             if cur.pos >= part.ring.ends()[2]:
                 if part.ring.damage_at(cur.pos):
                     raise errors.CorruptRecord(
-                        self._log.offline_reason(self._log.topic_handle(part.topic), part.partition, part.ring))
+                        self._log.offline_reason(self._log.topic_handle(part.topic), part.partition, part.ring)
+                    )
                 part.on_disk = False
                 return None
             seg = plog.segment_for_pos(cur.pos)
             if seg is None or (seg is plog.segments[-1] and cur.pos >= seg.end_pos):
                 plog.refresh()
                 seg = plog.segment_for_pos(cur.pos)
-            if seg is None:                       # retention deleted what we were reading
+            if seg is None:  # retention deleted what we were reading
                 self._lapped(part, "retention deleted the segment this consumer was reading")
                 return 0
             try:
@@ -521,13 +561,13 @@ class Consumer:
             except FileNotFoundError:
                 plog.refresh()
                 continue
-            if n == 0:                            # end of this segment: the next one starts here
+            if n == 0:  # end of this segment: the next one starts here
                 plog.refresh()
                 if plog.segment_for_pos(cur.pos) is seg:
                     return 0
                 continue
             rc = lib.shm_frames_read(self._buf, n, cur.pos, cur, self._crc, out)
-            if rc == lib.SHM_E_AGAIN:             # a frame larger than the buffer
+            if rc == lib.SHM_E_AGAIN:  # a frame larger than the buffer
                 if n < self._buf_cap:
                     torn = plog.torn(seg, cur.pos)
                     if torn is not None:
@@ -539,7 +579,8 @@ class Consumer:
                 raise errors.CorruptRecord(
                     f"{part.topic!r} partition {part.partition}: damaged frame in {seg.path()} at file "
                     f"position {cur.pos - seg.base_pos} (offsets from {cur.next_offset}); nothing was "
-                    "returned from it. seek() past it to go on, and run `shmlog check`.")
+                    "returned from it. seek() past it to go on, and run `shmlog check`."
+                )
             if out.compressed:
                 return self._inflate(part)
             if out.count:
@@ -553,15 +594,24 @@ class Consumer:
         self._apply_reset(part, wanted)
         skipped = part.cur.next_offset - wanted
         if skipped > 0:
-            logger.warning("consumer of %r partition %d: %s; skipped %d records (offsets %d..%d), going on at "
-                        "%d (auto_offset_reset=%r)", part.topic, part.partition, why, skipped, wanted,
-                        part.cur.next_offset - 1, part.cur.next_offset, self._reset)
+            logger.warning(
+                "consumer of %r partition %d: %s; skipped %d records (offsets %d..%d), going on at "
+                "%d (auto_offset_reset=%r)",
+                part.topic,
+                part.partition,
+                why,
+                skipped,
+                wanted,
+                part.cur.next_offset - 1,
+                part.cur.next_offset,
+                self._reset,
+            )
 
     def _seal(self, part: _Part):
         """A frame stayed uncommitted past the unblock timeout: seal it if its writer is dead."""
         base = part.ring.writable_base()
         if base is None:
-            return            # no write access: the supervisor seals it
+            return  # no write access: the supervisor seals it
         lib.shm_ring_seal_stuck(base, part.cur.stuck_pos, self._log.token_prefix_c)
         part.cur.stuck_since_ns = lib.shm_monotonic_ns()
 
@@ -570,7 +620,8 @@ class Consumer:
             raise errors.CorruptRecord(
                 f"{part.topic!r} partition {part.partition}: the frame at position {part.cur.pos} "
                 f"(offsets from {part.cur.next_offset}) fails its CRC or framing check; nothing was "
-                "returned from it. seek() past it to go on.")
+                "returned from it. seek() past it to go on."
+            )
         raise_status(rc, f"read of {part.topic!r} partition {part.partition} failed")
 
     def _inflate(self, part: _Part) -> int:
@@ -596,17 +647,21 @@ class Consumer:
         else:
             head = ffi.buffer(raw, lib.SHM_BATCH_HEADER_BYTES)[:]
             at = lib.SHM_RB_ATTRIBUTES
-            attrs = int.from_bytes(head[at:at + 2], "big")
+            attrs = int.from_bytes(head[at : at + 2], "big")
             try:
                 hb = lib.SHM_BATCH_HEADER_BYTES
-                records = compression.decompress(attrs & lib.SHM_RB_ATTR_CODEC_MASK, ffi.buffer(raw + hb,
-                                                                       end - start - lib.SHM_BATCH_HEADER_BYTES),
-                                                 part.max_bytes)
+                records = compression.decompress(
+                    attrs & lib.SHM_RB_ATTR_CODEC_MASK,
+                    ffi.buffer(raw + hb, end - start - lib.SHM_BATCH_HEADER_BYTES),
+                    part.max_bytes,
+                )
             except (errors.CorruptRecord, errors.NotSupported) as e:
-                raise type(e)(f"{part.topic!r} partition {part.partition}: the compressed batch at offsets "
-                              f"{base}..{last} cannot be read: {e}; nothing was returned from it. seek() "
-                              "past it to go on.") from None
-            plain = head[:at] + (attrs & ~lib.SHM_RB_ATTR_CODEC_MASK).to_bytes(2, "big") + head[at + 2:] + records
+                raise type(e)(
+                    f"{part.topic!r} partition {part.partition}: the compressed batch at offsets "
+                    f"{base}..{last} cannot be read: {e}; nothing was returned from it. seek() "
+                    "past it to go on."
+                ) from None
+            plain = head[:at] + (attrs & ~lib.SHM_RB_ATTR_CODEC_MASK).to_bytes(2, "big") + head[at + 2 :] + records
             part.inflated = (key, plain)
         if len(plain) > self._buf_cap:
             self._set_buffer(len(plain))
@@ -614,13 +669,13 @@ class Consumer:
         out.count = 0
         n = lib.shm_batch_decode(self._buf, len(plain), 0, cur.next_offset, out)
         out.bytes_used = len(plain)
-        if n == lib.SHM_E_BUFFER_SMALL:          # more records than asked for: the rest next time
+        if n == lib.SHM_E_BUFFER_SMALL:  # more records than asked for: the rest next time
             cur.next_offset = self._rows[(out.count - 1) * ROW] + 1
             return out.count
         if n < 0:
             part.inflated = None
             self._raise_read(lib.SHM_E_CORRUPT, part)
-        part.inflated = None                      # the last record is taken: pass the frame
+        part.inflated = None  # the last record is taken: pass the frame
         cur.pos += (lib.SHM_FRAME_HEADER_BYTES + end - start + 7) & ~7
         cur.next_offset = cur.expect_base = last + 1
         return out.count
@@ -634,12 +689,19 @@ class Consumer:
             return None
         off, ts, ks, kl, vs, vl, hs, hc, _ = ffi.unpack(r, ROW + 1)
         if hc:
-            return None                          # with headers: the general path decodes them
+            return None  # with headers: the general path decodes them
         data = part.data
-        m = Message(part.topic, part.partition, off, None if kl < 0 else ffi.buffer(data + ks, kl)[:],
-                    None if vl < 0 else ffi.buffer(data + vs, vl)[:], (), ts)
+        m = Message(
+            part.topic,
+            part.partition,
+            off,
+            None if kl < 0 else ffi.buffer(data + ks, kl)[:],
+            None if vl < 0 else ffi.buffer(data + vs, vl)[:],
+            (),
+            ts,
+        )
         if lib.shmx_large_confirm(part.ring.h, part.cur, r) != 1:
-            return None                          # lapped during the copy: discarded
+            return None  # lapped during the copy: discarded
         return m
 
     def _message1(self, part: _Part) -> Message:
@@ -647,27 +709,33 @@ class Consumer:
         off, ts, ks, kl, vs, vl, hs, hc = ffi.unpack(self._rows, ROW)
         part.large = vl >= LARGE_BYTES
         mv = self._mv
-        return Message(part.topic, part.partition, off,
-                       None if kl < 0 else mv[ks:ks + kl].tobytes(),
-                       None if vl < 0 else mv[vs:vs + vl].tobytes(),
-                       decode_headers(mv, hs) if hc else (), ts)
+        return Message(
+            part.topic,
+            part.partition,
+            off,
+            None if kl < 0 else mv[ks : ks + kl].tobytes(),
+            None if vl < 0 else mv[vs : vs + vl].tobytes(),
+            decode_headers(mv, hs) if hc else (),
+            ts,
+        )
 
     def _messages(self, part: _Part, n: int) -> list[Message]:
         if n == 1:
             return [self._message1(part)]
         r = ffi.unpack(self._rows, ROW * n)
-        data = self._mv[:self._out.bytes_used].tobytes()      # one bulk copy per batch
+        data = self._mv[: self._out.bytes_used].tobytes()  # one bulk copy per batch
         offs, ts, kl, vs, vl, hc = r[0::ROW], r[1::ROW], r[3::ROW], r[4::ROW], r[5::ROW], r[7::ROW]
         topic, partition = part.topic, part.partition
         if kl.count(-1) == n and hc.count(0) == n and -1 not in vl:
-            vals = [data[s:s + l] for s, l in zip(vs, vl)]
-            return list(map(Message, repeat(topic, n), repeat(partition, n), offs, repeat(None, n),
-                            vals, repeat((), n), ts))
+            vals = [data[s : s + l] for s, l in zip(vs, vl)]
+            return list(
+                map(Message, repeat(topic, n), repeat(partition, n), offs, repeat(None, n), vals, repeat((), n), ts)
+            )
         ks, hs = r[2::ROW], r[6::ROW]
         msgs = []
         for i in range(n):
-            k = None if kl[i] < 0 else data[ks[i]:ks[i] + kl[i]]
-            v = None if vl[i] < 0 else data[vs[i]:vs[i] + vl[i]]
+            k = None if kl[i] < 0 else data[ks[i] : ks[i] + kl[i]]
+            v = None if vl[i] < 0 else data[vs[i] : vs[i] + vl[i]]
             h = decode_headers(data, hs[i]) if hc[i] else ()
             msgs.append(Message(topic, partition, offs[i], k, v, h, ts[i]))
         return msgs
@@ -690,7 +758,7 @@ class Consumer:
         new partitions) and, after an idle wait, whether a ring it waits on was
         deleted (the next look then follows the topic table)."""
         timeout_s = GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S)
-        if not self._active:             # nothing to wait on (all paused, or a member without partitions)
+        if not self._active:  # nothing to wait on (all paused, or a member without partitions)
             time.sleep(GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S))
             return
         if self._wait_arrays is None:
@@ -702,8 +770,9 @@ class Consumer:
         hdrs, bases, curs, n = self._wait_arrays
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
-        if lib.shm_wait_any(hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62,
-                            self._unblock_ns) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
+        if lib.shm_wait_any(
+            hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._unblock_ns
+        ) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
             self._epoch = -1
 
     def _poll_parts(self, max_records, timeout):
@@ -767,7 +836,7 @@ class Consumer:
                     n = self._inflate(part)
                 if n == 0:
                     if whole and part.cur.stuck_pos != part.cur.pos and self._epoch != -1:
-                        return None     # the wait ran the whole timeout (a stuck frame goes the general way)
+                        return None  # the wait ran the whole timeout (a stuck frame goes the general way)
                     if t0 is not None:
                         timeout = max(0.0, timeout - (time.monotonic() - t0))
             if n == 1:
@@ -791,7 +860,7 @@ class Consumer:
             raise errors.InvalidArgument("max_messages must be an int >= 1")
         self._look()
         if self._pi < len(self._pending):
-            rest = self._pending[self._pi:self._pi + max_messages]
+            rest = self._pending[self._pi : self._pi + max_messages]
             self._pi += len(rest)
             return rest
         part, n = self._poll_parts(max_messages, timeout)
@@ -822,8 +891,9 @@ class Consumer:
         if not n:
             return None
         r = rows[:n]
-        return Columns(part.topic, part.partition, r[:, 0], r[:, 1], buf[:out.bytes_used],
-                       r[:, 4], r[:, 5], r[:, 2], r[:, 3])
+        return Columns(
+            part.topic, part.partition, r[:, 0], r[:, 1], buf[: out.bytes_used], r[:, 4], r[:, 5], r[:, 2], r[:, 3]
+        )
 
     def __iter__(self):
         return self
@@ -859,8 +929,10 @@ class Consumer:
         assignment: a partition revoked or unassigned forgets its own."""
         self._check_open()
         if self._auto_store:
-            raise errors.InvalidArgument("store_offsets() needs enable_auto_offset_store=False (with the "
-                                         "default True, poll() stores every position itself)")
+            raise errors.InvalidArgument(
+                "store_offsets() needs enable_auto_offset_store=False (with the "
+                "default True, poll() stores every position itself)"
+            )
         if (message is None) == (offsets is None):
             raise errors.InvalidArgument("store_offsets() takes a message or offsets=, not both")
         if message is not None:
@@ -925,7 +997,7 @@ class Consumer:
             finally:
                 g.leave()
         self._closed = True
-        self._epoch_view, self._epoch = (0,), 0     # the log may unmap the control segment now
+        self._epoch_view, self._epoch = (0,), 0  # the log may unmap the control segment now
         self._parts = []
         self._active = []
         self._single = None

@@ -9,6 +9,7 @@ and consumers of this connection and closing them with it.
 Must never: carry out a topic change itself while a supervisor runs, or
 produce or consume (producer.py and consumer.py do).
 """
+
 import logging
 import os
 import weakref
@@ -30,7 +31,7 @@ class Log(ControlPlane):
     def __init__(self, settings: config.Settings, *, start_persister: bool = True, **limits):
         super().__init__(settings, **limits)
         self._clients: weakref.WeakSet = weakref.WeakSet()
-        self._start_persister = start_persister and self._create     # a read-only connection starts nothing
+        self._start_persister = start_persister and self._create  # a read-only connection starts nothing
         if self._start_persister and self.has_durable():
             self.ensure_persister()
 
@@ -114,10 +115,19 @@ class Log(ControlPlane):
         super().destroy()
 
 
-def connect(instance: str | None = None, data_dir: str | None = None, autostart: bool | None = None, *,
-            shm_prefix: str | None = None, max_topics: int = 1024, max_groups: int = 1024,
-            max_members: int = 4096, max_offsets: int = 65536,
-            unblock_timeout_ms: int = 500, create: bool = True) -> Log:
+def connect(
+    instance: str | None = None,
+    data_dir: str | None = None,
+    autostart: bool | None = None,
+    *,
+    shm_prefix: str | None = None,
+    max_topics: int = 1024,
+    max_groups: int = 1024,
+    max_members: int = 4096,
+    max_offsets: int = 65536,
+    unblock_timeout_ms: int = 500,
+    create: bool = True,
+) -> Log:
     """Attaches to (creating if needed) the instance's control segment.
 
     instance and data_dir default to $SHMLOG_INSTANCE / $SHMLOG_DATA_DIR, then
@@ -148,7 +158,13 @@ def connect(instance: str | None = None, data_dir: str | None = None, autostart:
             daemons.up(settings)
         except errors.ShmlogError as e:
             # the data path never needs it: go on as without autostart, and say why
-            logger.warning("no supervisor for instance %s: %s; this connection works without one",
-                        settings.instance, e)
-    return Log(settings, max_topics=max_topics, max_groups=max_groups, max_members=max_members,
-               max_offsets=max_offsets, unblock_timeout_ms=unblock_timeout_ms, create=create)
+            logger.warning("no supervisor for instance %s: %s; this connection works without one", settings.instance, e)
+    return Log(
+        settings,
+        max_topics=max_topics,
+        max_groups=max_groups,
+        max_members=max_members,
+        max_offsets=max_offsets,
+        unblock_timeout_ms=unblock_timeout_ms,
+        create=create,
+    )

@@ -6,6 +6,7 @@ handing partitions over (commit, on_revoke, release), its commits, leaving.
 Must never: call a user callback while holding the control lock, or commit
 a partition it no longer owns (groups.py fences it).
 """
+
 import inspect
 import logging
 import threading
@@ -33,22 +34,41 @@ from ..control.tables import (
 
 # ------------------------------------------------------------------ a member
 
+
 class Membership:
     """One consumer's place in a group: its member entry, heartbeat thread and
     view of its assignment. The consumer's poll thread calls sync(); the
     heartbeat thread stamps heartbeat_ms/polled_ms, reaps dead members of
     the group and follows topic changes."""
 
-    def __init__(self, log, consumer, group: str, topics, *, group_instance_id=None, client_id="shmlog",
-                 session_timeout_ms=45000, heartbeat_interval_ms=3000, max_poll_interval_ms=300000,
-                 partition_assignment_strategy="cooperative-sticky", on_assign=None, on_revoke=None,
-                 on_lost=None, enable_auto_commit=True, auto_commit_interval_ms=5000):
+    def __init__(
+        self,
+        log,
+        consumer,
+        group: str,
+        topics,
+        *,
+        group_instance_id=None,
+        client_id="shmlog",
+        session_timeout_ms=45000,
+        heartbeat_interval_ms=3000,
+        max_poll_interval_ms=300000,
+        partition_assignment_strategy="cooperative-sticky",
+        on_assign=None,
+        on_revoke=None,
+        on_lost=None,
+        enable_auto_commit=True,
+        auto_commit_interval_ms=5000,
+    ):
         self.group = validate_group_name(group)
         if partition_assignment_strategy not in ASSIGNORS:
             raise errors.InvalidArgument(f"partition_assignment_strategy must be one of {ASSIGNORS}")
-        for name, v in (("session_timeout_ms", session_timeout_ms), ("heartbeat_interval_ms", heartbeat_interval_ms),
-                        ("max_poll_interval_ms", max_poll_interval_ms),
-                        ("auto_commit_interval_ms", auto_commit_interval_ms)):
+        for name, v in (
+            ("session_timeout_ms", session_timeout_ms),
+            ("heartbeat_interval_ms", heartbeat_interval_ms),
+            ("max_poll_interval_ms", max_poll_interval_ms),
+            ("auto_commit_interval_ms", auto_commit_interval_ms),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31:
                 raise errors.InvalidArgument(f"{name} must be a positive int of milliseconds")
         if heartbeat_interval_ms >= session_timeout_ms:
@@ -75,10 +95,10 @@ class Membership:
         self.auto_commit_ms = auto_commit_interval_ms
         self.t = tables_of(log)
         self.token = 0
-        self.entries = {}            # (topic, partition) -> offset entry index, owned now
+        self.entries = {}  # (topic, partition) -> offset entry index, owned now
         self.seen_seq = -1
         self.seen_generation = -1
-        self.polled = True           # set by every poll, cleared by the heartbeat thread
+        self.polled = True  # set by every poll, cleared by the heartbeat thread
         self.commit_due = False
         self.topics_epoch = lib.shm_ctl_epoch(log._ctl.base)
         self.closed = False
@@ -108,15 +128,17 @@ class Membership:
             if others and t.member(others[0]).assignor != self.assignor:
                 raise errors.InvalidArgument(
                     f"group {self.group!r} uses the {ASSIGNORS[t.member(others[0]).assignor]!r} assignor; "
-                    "every member must use the same partition_assignment_strategy")
+                    "every member must use the same partition_assignment_strategy"
+                )
             mi = self._static_entry(others)
             token = lib.shm_ctl_new_member_token(log._ctl.base)
             if mi >= 0:
                 # static member back within its session: same entry and partitions, new token
                 m = t.member(mi)
                 old = m.token
-                same_subs = [(m.topics[k].index, m.topics[k].partitions, m.topics[k].generation)
-                             for k in range(m.n_topics)] == subs
+                same_subs = [
+                    (m.topics[k].index, m.topics[k].partitions, m.topics[k].generation) for k in range(m.n_topics)
+                ] == subs
                 self._fill(m, gi, token, subs)
                 for i in t.group_offsets(gi).tolist():
                     e = t.offset(i)
@@ -129,8 +151,9 @@ class Membership:
                 else:
                     rebalance(log, gi)
             else:
-                mi = free_slot(t.members, "member", "close idle consumers or recreate the instance with a "
-                                "larger max_members")
+                mi = free_slot(
+                    t.members, "member", "close idle consumers or recreate the instance with a larger max_members"
+                )
                 m = t.member(mi)
                 self._fill(m, gi, token, subs)
                 lib.shm_entry_publish(ffi.addressof(m, "state"), LIVE)
@@ -144,8 +167,9 @@ class Membership:
 
     def _fill(self, m, gi, token, subs):
         now = monotonic_ms()
-        member_id = (self.instance_id.decode() if self.instance_id
-                     else f"{self.client_id.decode()}-{uuid.uuid4().hex[:20]}")
+        member_id = (
+            self.instance_id.decode() if self.instance_id else f"{self.client_id.decode()}-{uuid.uuid4().hex[:20]}"
+        )
         mid = member_id.encode()
         m.group, m.token, m.pid, m.start_time = gi, token, self.pid, self.start_time
         m.flags = lib.SHM_MEMBER_STATIC if self.instance_id else 0
@@ -168,8 +192,11 @@ class Membership:
         t, iid = self.t, self.instance_id
         if iid is None:
             return -1
-        same = [i for i in members if t.member(i).instance_id_len == len(iid)
-                and ffi.unpack(t.member(i).instance_id, len(iid)) == iid]
+        same = [
+            i
+            for i in members
+            if t.member(i).instance_id_len == len(iid) and ffi.unpack(t.member(i).instance_id, len(iid)) == iid
+        ]
         return same[0] if same else -1
 
     def _still_member(self) -> bool:
@@ -181,7 +208,7 @@ class Membership:
         if self.closed:
             return
         self.closed = True
-        self.seq_view = (self.seen_seq,)    # the log may unmap the control segment now
+        self.seq_view = (self.seen_seq,)  # the log may unmap the control segment now
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -211,11 +238,10 @@ class Membership:
                     self._follow_topics()
             except errors.Closed:
                 return
-            except Exception:      # keep beating: a failed reap is retried next tick
+            except Exception:  # keep beating: a failed reap is retried next tick
                 if self._stop.is_set():
                     return
-                logging.getLogger("shmlog").warning("group %r heartbeat: %s", self.group, "failed",
-                                                    exc_info=True)
+                logging.getLogger("shmlog").warning("group %r heartbeat: %s", self.group, "failed", exc_info=True)
 
     def _follow_topics(self):
         """A topic was created, deleted or grew: resubscribe if ours changed."""
@@ -262,7 +288,8 @@ class Membership:
                 self.leave()
                 raise errors.FencedInstance(
                     f"another consumer joined group {self.group!r} with group_instance_id "
-                    f"{self.instance_id.decode()!r}; this one is fenced and closed")
+                    f"{self.instance_id.decode()!r}; this one is fenced and closed"
+                )
             self._join()
             seq = self.seq_view[0]
         self.seen_seq = seq
@@ -297,8 +324,11 @@ class Membership:
         self.seen_generation = generation
         if revoked:
             if self.auto_commit:
-                live = [tp for tp in revoked if topic_of(self.log, t.offset(self.entries[tp]).topic,
-                                                          t.offset(self.entries[tp]).topic_generation)]
+                live = [
+                    tp
+                    for tp in revoked
+                    if topic_of(self.log, t.offset(self.entries[tp]).topic, t.offset(self.entries[tp]).topic_generation)
+                ]
                 self._commit_quietly(self._positions({tp: self.entries[tp] for tp in live}))
             self._callback(self.on_revoke, revoked)
             consumer._drop_parts(revoked)
@@ -353,22 +383,28 @@ class Membership:
             if i is None:
                 raise errors.InvalidArgument(
                     f"{tp} is not assigned to this member of group {self.group!r}; it can commit only "
-                    f"its own partitions: {sorted(self.entries)}")
+                    f"its own partitions: {sorted(self.entries)}"
+                )
             e = self.t.offset(i)
             if topic_of(self.log, e.topic, e.topic_generation) is None:
                 # the snapshot writes live generations only: a commit here would
                 # return and never be durable (chaos seed 100)
                 raise errors.CommitFailed(
                     f"topic {tp[0]!r} was deleted or re-created since this member was assigned {tp}; "
-                    "nothing was committed. Poll to take the new topic's partitions.")
+                    "nothing was committed. Poll to take the new topic's partitions."
+                )
             check_offset(self.log, tp[0], tp[1], off)
             todo.append((tp, i, off))
-        fenced = [tp for tp, i, off in todo
-                  if lib.shm_offset_commit(base, self.t.offset(i), self.token, off) == lib.SHM_E_FENCED]
+        fenced = [
+            tp
+            for tp, i, off in todo
+            if lib.shm_offset_commit(base, self.t.offset(i), self.token, off) == lib.SHM_E_FENCED
+        ]
         if fenced:
             raise errors.CommitFailed(
                 f"group {self.group!r} moved {fenced} to another member (this member was removed or the "
-                "group rebalanced); their offsets were not committed. Poll to rejoin and continue.")
+                "group rebalanced); their offsets were not committed. Poll to rejoin and continue."
+            )
         if durable:
             snapshot_offsets(self.log)
 
@@ -385,5 +421,7 @@ class Membership:
 
 # the group options a consumer passes through (enable_auto_commit is the consumer's own)
 MEMBER_OPTIONS = frozenset(
-    name for name, prm in inspect.signature(Membership.__init__).parameters.items()
-    if prm.kind is inspect.Parameter.KEYWORD_ONLY) - {"enable_auto_commit"}
+    name
+    for name, prm in inspect.signature(Membership.__init__).parameters.items()
+    if prm.kind is inspect.Parameter.KEYWORD_ONLY
+) - {"enable_auto_commit"}

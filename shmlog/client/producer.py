@@ -12,6 +12,7 @@ Python where the C core can take the batch, keep a slot after close() or
 across fork(), call a delivery callback from any thread but one calling
 poll()/flush()/close(), or report a record twice.
 """
+
 import collections
 import logging
 import os
@@ -28,8 +29,8 @@ from .._native import address_of, ffi, full_ring_cause, lib, raise_status
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-STICKY_BYTES = 16384      # keyless records stay on one partition for this many bytes (Kafka's batch.size)
-WAIT_SLICE_NS = 1_000_000_000   # a blocked send looks up from the C wait this often (see _write)
+STICKY_BYTES = 16384  # keyless records stay on one partition for this many bytes (Kafka's batch.size)
+WAIT_SLICE_NS = 1_000_000_000  # a blocked send looks up from the C wait this often (see _write)
 
 
 def _as_bytes(v, what: str):
@@ -37,8 +38,7 @@ def _as_bytes(v, what: str):
         return v
     if isinstance(v, _BYTES_LIKE):
         return bytes(v)
-    raise errors.InvalidType(f"{what} must be bytes (or None), not {type(v).__name__}; "
-                             "encode str with .encode()")
+    raise errors.InvalidType(f"{what} must be bytes (or None), not {type(v).__name__}; encode str with .encode()")
 
 
 class _TopicWriter:
@@ -56,7 +56,7 @@ class _TopicWriter:
         self.sticky_left = STICKY_BYTES
         # produce(): the bytes a batch may reach (its records section) and stay one frame
         self.batch_limit = handle.config.max_message_bytes - lib.SHM_BATCH_HEADER_BYTES
-        self.open = [None] * self.n     # produce(): the batch being filled per partition (producer's lock)
+        self.open = [None] * self.n  # produce(): the batch being filled per partition (producer's lock)
 
     def ctx(self, partition: int):
         c = self.ctxs[partition]
@@ -73,7 +73,8 @@ class _TopicWriter:
             if slot == lib.SHM_E_NO_SLOT:
                 raise errors.TooManyProducers(
                     f"topic {self.handle.name!r} partition {partition}: all "
-                    f"{lib.SHM_PRODUCER_SLOTS} producer slots are held by live processes")
+                    f"{lib.SHM_PRODUCER_SLOTS} producer slots are held by live processes"
+                )
             raise_status(slot, "cannot claim a producer slot")
         c = ffi.new("struct shm_send_ctx *")
         c.ring = ring.h
@@ -114,13 +115,13 @@ class _Batch:
         self.acc = ffi.gc(lib.shm_accum_new(max_count, max_bytes), lib.shm_accum_free)
         if self.acc == ffi.NULL:
             raise MemoryError("cannot allocate a produce() batch")
-        self.addr = address_of(self.acc)   # its key in the fast path's express table
+        self.addr = address_of(self.acc)  # its key in the fast path's express table
         self.reps = None
-        self.ts = ts               # the batch timestamp (Kafka has one per batch here)
-        self.timed = timed         # ts came from produce(timestamp=): only equal timestamps join
-        self.born = now            # monotonic time of its first record (message_timeout_ms runs from here)
+        self.ts = ts  # the batch timestamp (Kafka has one per batch here)
+        self.timed = timed  # ts came from produce(timestamp=): only equal timestamps join
+        self.born = now  # monotonic time of its first record (message_timeout_ms runs from here)
         self.deadline = now + linger_s
-        self.count = 0             # records, once sealed
+        self.count = 0  # records, once sealed
 
 
 ASYNC_SLICE_NS = 100_000_000  # a background write waits for room this long before it looks up again
@@ -144,20 +145,38 @@ class Producer(ProducerBase):
     producer" section for close, fork, BufferFull and thread safety.
     Thread-safe."""
 
-    def __init__(self, log, *, max_block_ms: int = 60_000, linger_ms: float = 5,
-                 batch_size: int = 1_000_000, batch_num_messages: int = 10_000,
-                 compression_type: str | None = None, message_timeout_ms: int | None = None,
-                 delivery_timeout_ms: int | None = None, queue_buffering_max_messages: int = 100_000,
-                 on_delivery=None):
+    def __init__(
+        self,
+        log,
+        *,
+        max_block_ms: int = 60_000,
+        linger_ms: float = 5,
+        batch_size: int = 1_000_000,
+        batch_num_messages: int = 10_000,
+        compression_type: str | None = None,
+        message_timeout_ms: int | None = None,
+        delivery_timeout_ms: int | None = None,
+        queue_buffering_max_messages: int = 100_000,
+        on_delivery=None,
+    ):
         if not isinstance(max_block_ms, int) or max_block_ms < 0:
             raise errors.InvalidArgument("max_block_ms must be an int >= 0")
         if message_timeout_ms is not None and delivery_timeout_ms is not None:
             raise errors.InvalidArgument("give message_timeout_ms or delivery_timeout_ms (the same setting), not both")
-        mt = 300_000 if message_timeout_ms is None and delivery_timeout_ms is None else \
-            message_timeout_ms if message_timeout_ms is not None else delivery_timeout_ms
-        for name, v, lo in (("linger_ms", linger_ms, 0), ("batch_size", batch_size, 1),
-                            ("batch_num_messages", batch_num_messages, 1), ("message_timeout_ms", mt, 0),
-                            ("queue_buffering_max_messages", queue_buffering_max_messages, 1)):
+        mt = (
+            300_000
+            if message_timeout_ms is None and delivery_timeout_ms is None
+            else message_timeout_ms
+            if message_timeout_ms is not None
+            else delivery_timeout_ms
+        )
+        for name, v, lo in (
+            ("linger_ms", linger_ms, 0),
+            ("batch_size", batch_size, 1),
+            ("batch_num_messages", batch_num_messages, 1),
+            ("message_timeout_ms", mt, 0),
+            ("queue_buffering_max_messages", queue_buffering_max_messages, 1),
+        ):
             if not isinstance(v, (int, float) if name == "linger_ms" else int) or isinstance(v, bool) or v < lo:
                 kind = "a number" if name == "linger_ms" else "an int"
                 raise errors.InvalidArgument(f"{name} must be {kind} >= {lo}")
@@ -174,21 +193,21 @@ class Producer(ProducerBase):
         self._message_timeout_s = mt / 1000
         self._max_queued = queue_buffering_max_messages
         self._on_delivery = on_delivery
-        self._report_hook = None      # called (any thread, no lock held) when reports were queued: shmlog.aio
+        self._report_hook = None  # called (any thread, no lock held) when reports were queued: shmlog.aio
         self._async_reset()
         liveness.on_fork(self)
 
     def _async_reset(self):
         """The asynchronous producer's state: empty (new, or in a forked child)."""
-        self._lock = threading.Lock()                 # guards everything below
+        self._lock = threading.Lock()  # guards everything below
         self._cond = threading.Condition(self._lock)  # notified when reports arrive or the queue shrinks
-        self._send_lock = threading.Lock()            # one writer pass at a time (keeps partition order)
-        self._nopen = 0                               # batches being filled (in each writer's .open)
-        self._express = {}                            # topic -> address of its open sticky batch's shm_accum
-        self._ready: collections.deque = collections.deque()   # closed batches, in close order
-        self._reports: list = []                      # (callback, err, msg) not yet served
-        self._queued = 0                              # records produced and not yet reported (len(self))
-        self._kick = threading.Event()                # wakes the linger thread
+        self._send_lock = threading.Lock()  # one writer pass at a time (keeps partition order)
+        self._nopen = 0  # batches being filled (in each writer's .open)
+        self._express = {}  # topic -> address of its open sticky batch's shm_accum
+        self._ready: collections.deque = collections.deque()  # closed batches, in close order
+        self._reports: list = []  # (callback, err, msg) not yet served
+        self._queued = 0  # records produced and not yet reported (len(self))
+        self._kick = threading.Event()  # wakes the linger thread
         self._thread = None
         self._stopping = False
 
@@ -210,7 +229,8 @@ class Producer(ProducerBase):
             if not isinstance(partition, int) or isinstance(partition, bool):
                 raise errors.InvalidType(f"partition must be int or None, not {type(partition).__name__}")
             raise errors.UnknownTopicOrPartition(
-                f"topic {w.handle.name!r} has partitions 0..{w.n - 1}, not {partition}")
+                f"topic {w.handle.name!r} has partitions 0..{w.n - 1}, not {partition}"
+            )
         return w.ctxs[partition] or w.ctx(partition)
 
     def send(self, topic: str, value, key=None, headers=None, partition=None, timestamp_ms=None):
@@ -251,9 +271,19 @@ class Producer(ProducerBase):
             timestamp_ms = -1
         elif type(timestamp_ms) is not int or timestamp_ms < 0:
             raise errors.InvalidArgument("timestamp_ms must be an int >= 0 (ms since the epoch) or None")
-        rc = self._write(w, partition, lib.shm_send, ctx, ffi.NULL if value is None else value,
-                         -1 if value is None else len(value), ffi.NULL if key is None else key,
-                         -1 if key is None else len(key), hdr, hlen, timestamp_ms)
+        rc = self._write(
+            w,
+            partition,
+            lib.shm_send,
+            ctx,
+            ffi.NULL if value is None else value,
+            -1 if value is None else len(value),
+            ffi.NULL if key is None else key,
+            -1 if key is None else len(key),
+            hdr,
+            hlen,
+            timestamp_ms,
+        )
         return RecordMetadata(topic, partition, rc)
 
     def send_batch(self, topic: str, values, keys=None, partition=None, timestamp_ms=None):
@@ -266,8 +296,7 @@ class Producer(ProducerBase):
             try:
                 values = list(values)
             except TypeError:
-                raise errors.InvalidType(
-                    f"values must be a list of bytes, not {type(values).__name__}") from None
+                raise errors.InvalidType(f"values must be a list of bytes, not {type(values).__name__}") from None
         if not values:
             return []
         if keys is not None:
@@ -283,10 +312,12 @@ class Producer(ProducerBase):
                         k = keys[i] = _as_bytes(k, "key")
                         p = (lib.shm_murmur2(k, len(k)) & 0x7FFFFFFF) % w.n
                     by_part.setdefault(p, []).append(i)
-                return [self._append(w, p, [values[i] for i in idx], [keys[i] for i in idx], timestamp_ms)
-                        for p, idx in sorted(by_part.items())]
+                return [
+                    self._append(w, p, [values[i] for i in idx], [keys[i] for i in idx], timestamp_ms)
+                    for p, idx in sorted(by_part.items())
+                ]
         if partition is None:
-            partition = w.next_sticky(STICKY_BYTES)     # a batch moves the sticky partition on
+            partition = w.next_sticky(STICKY_BYTES)  # a batch moves the sticky partition on
         return [self._append(w, partition, values, keys, timestamp_ms)]
 
     def _append(self, w, partition, values, keys, timestamp_ms):
@@ -339,12 +370,15 @@ class Producer(ProducerBase):
         out = ffi.new("struct shm_append_out *")
         rc = lib.shm_send_raw(ctx, batch, len(batch), leader_epoch, out)
         if rc == lib.SHM_E_CORRUPT:
-            raise errors.CorruptRecord(f"record batch for {topic!r} partition {partition} fails its "
-                                       "RecordBatch v2 framing or CRC-32C check")
+            raise errors.CorruptRecord(
+                f"record batch for {topic!r} partition {partition} fails its RecordBatch v2 framing or CRC-32C check"
+            )
         if rc == lib.SHM_E_INVALID:
-            raise errors.InvalidArgument(f"record batch for {topic!r} partition {partition}: record count "
-                                         "disagrees with lastOffsetDelta, a record is malformed, maxTimestamp "
-                                         "is not its records' largest, or it is a control batch")
+            raise errors.InvalidArgument(
+                f"record batch for {topic!r} partition {partition}: record count "
+                "disagrees with lastOffsetDelta, a record is malformed, maxTimestamp "
+                "is not its records' largest, or it is a control batch"
+            )
         if rc < 0:
             self._write(w, partition, lib.shm_send_raw, ctx, batch, len(batch), leader_epoch, out)
         return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)
@@ -377,15 +411,22 @@ class Producer(ProducerBase):
         if rc == lib.SHM_E_FULL:
             ring = w.rings[partition]
             err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO) if ring is not None else 0
-            why = full_ring_cause(ring.h if ring is not None else None, self._log.token_prefix_c,
-                                  w.handle.config.persistence == "disk", self._timeout_ns // 1_000_000, err)
+            why = full_ring_cause(
+                ring.h if ring is not None else None,
+                self._log.token_prefix_c,
+                w.handle.config.persistence == "disk",
+                self._timeout_ns // 1_000_000,
+                err,
+            )
             raise errors.BufferFull(
                 f"topic {name!r} partition {partition}: no ring space for "
-                f"{self._timeout_ns // 1_000_000} ms: {why}; consumers never hold space back")
+                f"{self._timeout_ns // 1_000_000} ms: {why}; consumers never hold space back"
+            )
         if rc == lib.SHM_E_TOO_LARGE:
             raise errors.RecordTooLarge(
                 f"record batch is larger than topic {name!r}'s max_message_bytes "
-                f"({w.handle.config.max_message_bytes}); send smaller records or batches")
+                f"({w.handle.config.max_message_bytes}); send smaller records or batches"
+            )
         if rc == lib.SHM_E_INVALID:
             raise errors.InvalidArgument("invalid record lengths")
         raise_status(rc, f"send to topic {name!r} partition {partition} failed")
@@ -396,8 +437,17 @@ class Producer(ProducerBase):
     #         on_delivery=None, callback=None) is ProducerBase.produce (csrc/fastpath.c, where its
     #         docstring is): its express case in C, everything else through _produce_any.
 
-    def _produce_any(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp=None,
-                     on_delivery=None, callback=None):
+    def _produce_any(
+        self,
+        topic: str,
+        value=None,
+        key=None,
+        headers=None,
+        partition=None,
+        timestamp=None,
+        on_delivery=None,
+        callback=None,
+    ):
         """produce() for every case its C express path does not take."""
         self._produce(topic, value, key, headers, partition, timestamp, on_delivery or callback or self._on_delivery)
 
@@ -413,20 +463,25 @@ class Producer(ProducerBase):
         if partition is None:
             partition = w.sticky
         elif type(partition) is not int or not 0 <= partition < w.n:
-            self._partition_ctx(w, partition)         # raises the right error
+            self._partition_ctx(w, partition)  # raises the right error
         if cb is not None and not callable(cb):
             raise errors.InvalidType("on_delivery must be callable(err, msg)")
         if timestamp is not None and (type(timestamp) is not int or timestamp < 0):
             raise errors.InvalidArgument("timestamp must be an int >= 0 (ms since the epoch) or None")
         hdr = encode_headers(headers) if headers else None
-        args = (ffi.NULL if value is None else value, -1 if value is None else len(value),
-                ffi.NULL if key is None else key, -1 if key is None else len(key),
-                ffi.NULL if hdr is None else hdr, -1 if hdr is None else len(hdr))
+        args = (
+            ffi.NULL if value is None else value,
+            -1 if value is None else len(value),
+            ffi.NULL if key is None else key,
+            -1 if key is None else len(key),
+            ffi.NULL if hdr is None else hdr,
+            -1 if hdr is None else len(hdr),
+        )
         with self._lock:
             if self._queued >= self._max_queued:
                 raise errors.BufferFull(
-                    f"{self._queued} records wait for delivery (queue_buffering_max_messages); "
-                    "call poll() or flush()")
+                    f"{self._queued} records wait for delivery (queue_buffering_max_messages); call poll() or flush()"
+                )
             b = w.open[partition]
             if b is not None and (b.timed != (timestamp is not None) or (timestamp is not None and b.ts != timestamp)):
                 self._close_batch(b)
@@ -440,10 +495,11 @@ class Producer(ProducerBase):
                 if i == lib.SHM_E_TOO_LARGE:
                     raise errors.RecordTooLarge(
                         f"record of {len(value or b'') + len(key or b'') + len(hdr or b'')} bytes is larger than "
-                        f"topic {topic!r}'s max_message_bytes ({w.handle.config.max_message_bytes})")
+                        f"topic {topic!r}'s max_message_bytes ({w.handle.config.max_message_bytes})"
+                    )
                 if i in (lib.SHM_E_INVALID, lib.SHM_E_NOSPACE):
                     raise_status(i, "cannot queue the record")
-                self._close_batch(b)                  # full (or sealed): the record opens the next batch
+                self._close_batch(b)  # full (or sealed): the record opens the next batch
                 b = None
             if cb is not None:
                 if b.reps is None:
@@ -462,16 +518,24 @@ class Producer(ProducerBase):
     def _new_batch(self, w, topic, partition, timestamp) -> _Batch:
         now = time.monotonic()
         ts = timestamp if timestamp is not None else time.time_ns() // 1_000_000
-        b = w.open[partition] = _Batch(w, partition, ts, timestamp is not None, now, self._linger_s,
-                                       self._batch_num, min(self._batch_bytes, w.batch_limit))
+        b = w.open[partition] = _Batch(
+            w,
+            partition,
+            ts,
+            timestamp is not None,
+            now,
+            self._linger_s,
+            self._batch_num,
+            min(self._batch_bytes, w.batch_limit),
+        )
         if timestamp is None and partition == w.sticky and self._on_delivery is None:
-            self._express[topic] = b.addr             # (records of the express path have no callback)
+            self._express[topic] = b.addr  # (records of the express path have no callback)
         self._nopen += 1
         if self._thread is None:
             self._thread = threading.Thread(target=self._linger_loop, name="shmlog-producer", daemon=True)
             self._thread.start()
         elif self._nopen == 1:
-            self._kick.set()                          # the thread sleeps without a deadline
+            self._kick.set()  # the thread sleeps without a deadline
         return b
 
     def _open_batches(self) -> list:
@@ -491,7 +555,7 @@ class Producer(ProducerBase):
             self._ready.append(b)
             self._queued += b.count
         if b.partition == w.sticky:
-            w.next_sticky(STICKY_BYTES)               # Kafka's sticky partitioner: a new batch, a new partition
+            w.next_sticky(STICKY_BYTES)  # Kafka's sticky partitioner: a new batch, a new partition
             nb = w.open[w.sticky]
             if nb is not None and not nb.timed and self._on_delivery is None:
                 self._express[name] = nb.addr
@@ -527,7 +591,7 @@ class Producer(ProducerBase):
             self._write_ready(ASYNC_SLICE_NS, wait=True)
             with self._lock:
                 if self._ready:
-                    return False                      # a full ring: the next round retries at once
+                    return False  # a full ring: the next round retries at once
         self._kick.wait(None if nxt is None else max(nxt - time.monotonic(), 0))
         return False
 
@@ -551,13 +615,13 @@ class Producer(ProducerBase):
                     back.append(b)
                     continue
                 res = self._write_batch(b, slice_ns)
-                if res is None:                       # no room yet
+                if res is None:  # no room yet
                     if time.monotonic() - b.born >= self._message_timeout_s:
                         done.append((b, -1, self._full_error(b)))
                     else:
                         blocked.add(tp)
                         back.append(b)
-                elif isinstance(res, list):           # too large as one frame: the halves go next
+                elif isinstance(res, list):  # too large as one frame: the halves go next
                     todo.extendleft(reversed(res))
                 else:
                     done.append((b,) + res)
@@ -579,7 +643,7 @@ class Producer(ProducerBase):
         w, p = b.w, b.partition
         try:
             ctx = ffi.new("struct shm_send_ctx *", (w.ctxs[p] or w.ctx(p))[0])
-        except errors.UnknownTopicOrPartition as e:    # deleted before its ring was opened here
+        except errors.UnknownTopicOrPartition as e:  # deleted before its ring was opened here
             self._topic_gone(w)
             return -1, e
         except errors.ShmlogError as e:
@@ -626,8 +690,7 @@ class Producer(ProducerBase):
         try:
             self._fail(lib.SHM_E_FULL, b.w, b.partition)
         except errors.BufferFull as e:
-            return errors.BufferFull(f"{e} — retried for message_timeout_ms "
-                                     f"({int(self._message_timeout_s * 1000)} ms)")
+            return errors.BufferFull(f"{e} — retried for message_timeout_ms ({int(self._message_timeout_s * 1000)} ms)")
 
     def _report(self, b, base, err):
         """Queues b's delivery reports (lock held); records without a callback are done now."""
@@ -635,14 +698,15 @@ class Producer(ProducerBase):
         reps = b.reps or ()
         self._queued -= n - len(reps)
         if err is not None and len(reps) < n:
-            logging.getLogger("shmlog").warning("%d records to %r partition %d not delivered: %s",
-                                                n - len(reps), b.w.handle.name, b.partition, err)
+            logging.getLogger("shmlog").warning(
+                "%d records to %r partition %d not delivered: %s", n - len(reps), b.w.handle.name, b.partition, err
+            )
         topic, p, ts = b.w.handle.name, b.partition, b.ts
         out = self._reports
         for i, cb, key, value, h in reps:
             h = () if not h else tuple(h.items()) if isinstance(h, dict) else tuple(map(tuple, h))
             out.append((cb, err, Message(topic, p, -1 if err is not None else base + i, key, value, h, ts)))
-        b.acc = None                                  # the columns are freed now, not at the next GC
+        b.acc = None  # the columns are freed now, not at the next GC
 
     def poll(self, timeout: float | None = None) -> int:
         """Serves delivery callbacks; waits up to timeout seconds (None: until
@@ -668,7 +732,7 @@ class Producer(ProducerBase):
             except BaseException:
                 with self._lock:
                     self._queued -= i + 1
-                    self._reports[:0] = reps[i + 1:]
+                    self._reports[:0] = reps[i + 1 :]
                 raise
         if reps:
             with self._lock:
@@ -714,7 +778,7 @@ class Producer(ProducerBase):
             if deadline is not None and time.monotonic() >= deadline:
                 return self._queued
             if not more:
-                with self._lock:                      # another thread is serving: wait for it
+                with self._lock:  # another thread is serving: wait for it
                     if self._queued and not self._reports and not self._ready:
                         self._cond.wait(0.05 if rem is None else max(min(rem, 0.05), 0))
 
@@ -735,8 +799,10 @@ class Producer(ProducerBase):
                 if rc == lib.SHM_E_TIMEOUT:
                     err = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSIST_ERRNO)
                     why = f": the persister reports {os.strerror(err)}" if err else ""
-                    raise errors.Timeout(f"topic {w.handle.name!r} partition {ring.partition}: records "
-                                         f"not fsynced within {timeout} s{why}")
+                    raise errors.Timeout(
+                        f"topic {w.handle.name!r} partition {ring.partition}: records "
+                        f"not fsynced within {timeout} s{why}"
+                    )
                 if rc == lib.SHM_E_TOPIC_GONE:
                     raise errors.TopicDeleted(f"topic {w.handle.name!r} was deleted before the flush")
                 if rc == lib.SHM_E_OFFLINE:
@@ -821,8 +887,8 @@ def _compressed_batch(codec, inp, ts) -> bytes:
     raw = ffi.buffer(buf, size)
     out = bytearray(raw[:HDR])
     out += compression.compress(codec, raw[HDR:])
-    struct.pack_into(">i", out, lib.SHM_RB_LENGTH, len(out) - lib.SHM_RB_LENGTH - 4)   # bytes after the field
-    struct.pack_into(">h", out, lib.SHM_RB_ATTRIBUTES, codec)                         # the codec, CreateTime
+    struct.pack_into(">i", out, lib.SHM_RB_LENGTH, len(out) - lib.SHM_RB_LENGTH - 4)  # bytes after the field
+    struct.pack_into(">h", out, lib.SHM_RB_ATTRIBUTES, codec)  # the codec, CreateTime
     at = lib.SHM_RB_ATTRIBUTES
     struct.pack_into(">I", out, lib.SHM_RB_CRC, lib.shm_crc32c(0, ffi.from_buffer(out) + at, len(out) - at))
     return bytes(out)

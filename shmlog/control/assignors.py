@@ -5,14 +5,16 @@ Owns: pure functions from (members, subscriptions, partition counts, current
 owners) to owners. Must never: touch shared memory or take a lock (the
 rebalance in groups.py calls them under the lock).
 """
+
 ASSIGNORS = ("range", "roundrobin", "cooperative-sticky")
-EAGER = {"range", "roundrobin"}     # Kafka's eager protocol: revoke everything, then assign
+EAGER = {"range", "roundrobin"}  # Kafka's eager protocol: revoke everything, then assign
 
 
 # ------------------------------------------------------------------ assignors
 # Each takes members (ids, sorted), subs {member: set(topics)}, partitions
 # {topic: count}, current {(topic, partition): member} and returns
 # {(topic, partition): member} for every subscribed partition.
+
 
 def assign_range(members, subs, partitions, current):
     out = {}
@@ -57,12 +59,12 @@ def assign_sticky(members, subs, partitions, current):
         floor[m], peer_set[m] = divmod(len(mine), len(peers))[0], peers
         extra.setdefault(peers, len(mine) % len(peers))
     keep = sorted((tp for tp in tps if current.get(tp) in eligible[tp]), key=lambda tp: (tp[1], tp[0]))
-    for tp in keep:                                  # up to the floor: stay
+    for tp in keep:  # up to the floor: stay
         m = current[tp]
         if load[m] < floor[m]:
             out[tp] = m
             load[m] += 1
-    for tp in keep:                                  # one more, while the remainder lasts
+    for tp in keep:  # one more, while the remainder lasts
         m = current[tp]
         if tp not in out and load[m] == floor[m] and extra[peer_set[m]] > 0:
             out[tp] = m

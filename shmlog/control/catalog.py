@@ -77,6 +77,7 @@ differs from the live entry's keeps the live one (its ring holds records
 maybe not on disk yet); the other id's directory is left where it is and
 reported. Neither path deletes anything.
 """
+
 import os
 
 import msgspec
@@ -91,10 +92,10 @@ LIVE, CREATING, ALTERING, DELETING = "live", "creating", "altering", "deleting"
 
 
 class TopicRecord(msgspec.Struct, kw_only=True, frozen=True):
-    id: str                              # 16 hex digits: the topic id (never 0)
+    id: str  # 16 hex digits: the topic id (never 0)
     config: TopicConfig
-    state: str = LIVE                    # live | creating | altering | deleting (an intent)
-    prev: TopicConfig | None = None      # altering: the config before
+    state: str = LIVE  # live | creating | altering | deleting (an intent)
+    prev: TopicConfig | None = None  # altering: the config before
 
     @property
     def topic_id(self) -> int:
@@ -104,7 +105,7 @@ class TopicRecord(msgspec.Struct, kw_only=True, frozen=True):
 class Catalog(msgspec.Struct):
     format: int = FORMAT
     topics: dict[str, TopicRecord] = {}
-    migrated: bool = False               # read from the format-1 file: save before relying on the ids
+    migrated: bool = False  # read from the format-1 file: save before relying on the ids
 
 
 def format_id(topic_id: int) -> str:
@@ -126,7 +127,8 @@ def _damaged(p: str, why) -> errors.CorruptMetadata:
     return errors.CorruptMetadata(
         f"{p} is damaged ({why}). It lists the instance's topics: restore it from a backup, or move "
         "it away to start with no topics (the records under topics/ are kept and can be re-adopted "
-        "by re-creating each topic's entry); nothing was changed")
+        "by re-creating each topic's entry); nothing was changed"
+    )
 
 
 def load(data_dir: str) -> Catalog:
@@ -141,18 +143,23 @@ def load(data_dir: str) -> Catalog:
         doc = msgspec.json.decode(raw)
         if not isinstance(doc, dict):
             raise _damaged(p, "not a JSON object")
-        if "format" not in doc:          # format 1: {"topics": {name: config}}; ids are drawn now
+        if "format" not in doc:  # format 1: {"topics": {name: config}}; ids are drawn now
             old = msgspec.convert(doc, type=dict[str, dict[str, TopicConfig]]).get("topics", {})
-            return Catalog(topics={n: TopicRecord(id=format_id(new_topic_id()), config=c)
-                                   for n, c in old.items()}, migrated=True)
+            return Catalog(
+                topics={n: TopicRecord(id=format_id(new_topic_id()), config=c) for n, c in old.items()}, migrated=True
+            )
         cat = msgspec.convert(doc, type=Catalog)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise _damaged(p, e) from None
     if cat.format != FORMAT:
         raise _damaged(p, f"format {cat.format}, this shmlog reads format {FORMAT}")
     for name, rec in cat.topics.items():
-        if rec.state not in (LIVE, CREATING, ALTERING, DELETING) or len(rec.id) != 16 \
-                or not all(c in "0123456789abcdef" for c in rec.id) or rec.topic_id == 0:
+        if (
+            rec.state not in (LIVE, CREATING, ALTERING, DELETING)
+            or len(rec.id) != 16
+            or not all(c in "0123456789abcdef" for c in rec.id)
+            or rec.topic_id == 0
+        ):
             raise _damaged(p, f"topic {name!r} has state {rec.state!r} and id {rec.id!r}")
     return cat
 

@@ -54,7 +54,7 @@ def rebalance(log, gi: int):
     order = sorted(members)
     token_of = {mid: m.token for mid, m in members.items()}
     member_of = {tok: mid for mid, tok in token_of.items()}
-    topics = {}                     # name -> (index, generation, partitions)
+    topics = {}  # name -> (index, generation, partitions)
     subs = {}
     for mid, m in members.items():
         subs[mid] = set()
@@ -95,12 +95,12 @@ def rebalance(log, gi: int):
             continue
         e = t.offset(i)
         if e.owner in member_of:
-            e.pending = RELEASE           # its owner gives it up on its next poll
+            e.pending = RELEASE  # its owner gives it up on its next poll
         else:
             lib.shm_offset_set_owner(e, 0, lib.SHM_OFFSET_KEEP)
             e.pending = 0
             if topic_of(log, e.topic, e.topic_generation) is None:
-                free_entry(e)                  # the topic is gone, and its offsets with it
+                free_entry(e)  # the topic is gone, and its offsets with it
     lib.shm_group_changed(g, 1)
     g.dirty = 0
 
@@ -119,8 +119,7 @@ def _member_dead(log, m, now: int) -> str | None:
         return "session timeout"
     if now - m.polled_ms > m.max_poll_interval_ms:
         return "max poll interval exceeded"
-    if not (m.flags & lib.SHM_MEMBER_STATIC) and not lib.shm_process_alive(log.token_prefix_c, m.pid,
-                                                                          m.start_time):
+    if not (m.flags & lib.SHM_MEMBER_STATIC) and not lib.shm_process_alive(log.token_prefix_c, m.pid, m.start_time):
         return "process died"
     return None
 
@@ -135,9 +134,14 @@ def reap(log, group: int | None = None, spare: int = 0) -> int:
     live = (m["state"] == LIVE) & (m["token"] != spare)
     if group is not None:
         live &= m["group"] == group
-    cand = np.nonzero(live & ((now - m["heartbeat_ms"] > m["session_timeout_ms"]) |
-                              (now - m["polled_ms"] > m["max_poll_interval_ms"]) |
-                              ((m["flags"] & lib.SHM_MEMBER_STATIC) == 0)))[0].tolist()
+    cand = np.nonzero(
+        live
+        & (
+            (now - m["heartbeat_ms"] > m["session_timeout_ms"])
+            | (now - m["polled_ms"] > m["max_poll_interval_ms"])
+            | ((m["flags"] & lib.SHM_MEMBER_STATIC) == 0)
+        )
+    )[0].tolist()
     suspects = [i for i in cand if _member_dead(log, t.member(i), now)]
     if not suspects:
         return 0
@@ -158,6 +162,7 @@ def reap(log, group: int | None = None, spare: int = 0) -> int:
 
 # ------------------------------------------------------------------ offsets: admin, snapshot, restore
 
+
 class PartitionLag(msgspec.Struct, frozen=True):
     topic: str
     partition: int
@@ -177,7 +182,7 @@ class MemberDescription(msgspec.Struct, frozen=True):
 
 class GroupDescription(msgspec.Struct, frozen=True):
     group: str
-    state: str                 # "Empty" | "Stable" | "Rebalancing"
+    state: str  # "Empty" | "Stable" | "Rebalancing"
     generation: int
     assignor: str
     rebalances: int
@@ -219,14 +224,23 @@ def describe_group(log, group: str) -> GroupDescription:
         moving |= e.pending != 0
         end = end_offset(log, topic, p)
         c = e.committed if e.committed >= 0 else None
-        parts.append(PartitionLag(topic, p, c, end, None if c is None else max(end - c, 0),
-                                  owner[0] if owner else None))
-    descs = [MemberDescription(mid, entry_name(m, "instance_id_len", "instance_id") if m.instance_id_len else None,
-                               ffi.string(m.client_id).decode(), m.pid, by_token[m.token][1])
-             for m, mid in members]
+        parts.append(
+            PartitionLag(topic, p, c, end, None if c is None else max(end - c, 0), owner[0] if owner else None)
+        )
+    descs = [
+        MemberDescription(
+            mid,
+            entry_name(m, "instance_id_len", "instance_id") if m.instance_id_len else None,
+            ffi.string(m.client_id).decode(),
+            m.pid,
+            by_token[m.token][1],
+        )
+        for m, mid in members
+    ]
     state = "Empty" if not descs else "Rebalancing" if moving else "Stable"
-    return GroupDescription(group, state, g.generation, ASSIGNORS[g.assignor], g.rebalances,
-                            sorted(descs, key=lambda d: d.member_id), parts)
+    return GroupDescription(
+        group, state, g.generation, ASSIGNORS[g.assignor], g.rebalances, sorted(descs, key=lambda d: d.member_id), parts
+    )
 
 
 def check_offset(log, topic, partition, offset):
@@ -235,7 +249,8 @@ def check_offset(log, topic, partition, offset):
     end = end_offset(log, topic, partition)
     if not 0 <= offset <= end:
         raise errors.OffsetOutOfRange(
-            f"cannot commit offset {offset} for {topic!r} partition {partition}: the log ends at {end}")
+            f"cannot commit offset {offset} for {topic!r} partition {partition}: the log ends at {end}"
+        )
 
 
 def _validate_offsets(log, offsets: dict) -> list:
@@ -247,7 +262,7 @@ def _validate_offsets(log, offsets: dict) -> list:
         if not (isinstance(tp, tuple) and len(tp) == 2):
             raise errors.InvalidArgument(f"offset keys are (topic, partition) tuples, not {tp!r}")
         h = log.topic_handle(tp[0])
-        log.ring(h, tp[1], writable=False)           # validates the partition
+        log.ring(h, tp[1], writable=False)  # validates the partition
         check_offset(log, tp[0], tp[1], off)
         out.append((h, tp[0], tp[1], off))
     return out
@@ -276,11 +291,15 @@ def commit_offsets(log, group: str, offsets: dict, durable: bool = False):
     with log._lock():
         gi = ensure_group(log, group)
         todo = _entries_for(log, gi, todo)
-    fenced = [(tp, p) for i, tp, p, off in todo
-              if lib.shm_offset_commit(log._ctl.base, t.offset(i), 0, off) == lib.SHM_E_FENCED]
+    fenced = [
+        (tp, p)
+        for i, tp, p, off in todo
+        if lib.shm_offset_commit(log._ctl.base, t.offset(i), 0, off) == lib.SHM_E_FENCED
+    ]
     if fenced:
-        raise errors.CommitFailed(f"group {group!r}: partitions {fenced} are owned by live members; "
-                                  "commit from the member that owns them")
+        raise errors.CommitFailed(
+            f"group {group!r}: partitions {fenced} are owned by live members; commit from the member that owns them"
+        )
     if durable:
         snapshot_offsets(log)
 

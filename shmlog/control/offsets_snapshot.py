@@ -8,6 +8,7 @@ restored end: KIP-320).
 Must never: write the snapshot without its flock, or restore an offset past
 what the partition's files hold.
 """
+
 import os
 from typing import Annotated
 
@@ -43,6 +44,7 @@ def snapshot_offsets(log, if_changed_since: int | None = None) -> int:
     covers. Writers serialise on a flock and read the table while holding
     it, so a later file never holds older offsets than an earlier one."""
     import fcntl
+
     seq = lib.shm_ctl_commit_seq(log._ctl.base)
     if if_changed_since is not None and seq == if_changed_since:
         return seq
@@ -56,8 +58,7 @@ def snapshot_offsets(log, if_changed_since: int | None = None) -> int:
         for gi in np.nonzero(t.groups["state"] == LIVE)[0].tolist():
             rows = [[topic, p, e.committed, e.commit_ms] for topic, p, e in group_entries(log, gi) if e.committed >= 0]
             groups[entry_name(t.group(gi))] = rows
-        storage.write_atomically(os.path.join(meta, SNAPSHOT),
-                                 msgspec.msgpack.encode({"version": 1, "groups": groups}))
+        storage.write_atomically(os.path.join(meta, SNAPSHOT), msgspec.msgpack.encode({"version": 1, "groups": groups}))
     finally:
         os.close(fd)
     return seq
@@ -73,7 +74,7 @@ def snapshot_offsets(log, if_changed_since: int | None = None) -> int:
 # prevent. The user moves the file away to start without committed offsets.
 _Partition = msgspec.Meta(ge=0, le=2**31 - 1)
 _Offset = msgspec.Meta(ge=-1, le=2**63 - 1)
-_Ms = msgspec.Meta(ge=-2**63, le=2**63 - 1)
+_Ms = msgspec.Meta(ge=-(2**63), le=2**63 - 1)
 
 
 class _Snapshot(msgspec.Struct):
@@ -95,10 +96,12 @@ def _read_snapshot(path: str) -> dict:
         return errors.CorruptMetadata(
             f"{path} is damaged ({why}). It holds the consumer groups' committed offsets: restore it "
             "from a backup, or move it away to start without committed offsets (groups then start "
-            "from auto_offset_reset); nothing was restored")
+            "from auto_offset_reset); nothing was restored"
+        )
+
     try:
         snap = msgspec.msgpack.decode(raw, type=_Snapshot)
-    except msgspec.DecodeError as e:          # ValidationError included: wrong types, out of range
+    except msgspec.DecodeError as e:  # ValidationError included: wrong types, out of range
         raise damaged(e) from None
     if snap.version != 1:
         raise damaged(f"version {snap.version}, this shmlog reads version 1")
@@ -126,7 +129,7 @@ def restore_offsets(log):
         index = offset_index(t)
         for topic, p, off, commit_ms in rows:
             nb = topic.encode()
-            ti = lib.shm_ctl_topic_find(base, nb, len(nb))    # no topic_handle: it may lock
+            ti = lib.shm_ctl_topic_find(base, nb, len(nb))  # no topic_handle: it may lock
             if ti < 0 or lib.shm_ctl_topic_state(base, ti, gen) != lib.SHM_TOPIC_LIVE:
                 continue
             if p >= lib.shm_ctl_topic(base, ti).config.partitions:

@@ -12,6 +12,7 @@ it with routing through the supervisor, daemon start-up and the clients.
 Must never: produce or consume, start or stop a daemon, talk to the
 supervisor, or read a shared field without the C core.
 """
+
 import logging
 import os
 import shutil
@@ -32,16 +33,16 @@ LOCK_TIMEOUT_NS = 10_000_000_000
 
 class PartitionInfo(msgspec.Struct, frozen=True):
     partition: int
-    log_start_offset: int       # oldest offset still readable
-    end_offset: int             # offset the next record will get
+    log_start_offset: int  # oldest offset still readable
+    end_offset: int  # offset the next record will get
     ring_bytes: int
     ring_used_bytes: int
-    sealed_writes: int          # reservations of dead producers turned into offset gaps
-    overwritten_frames: int     # ephemeral: frames dropped to make room
-    persisted_lag_bytes: int = 0    # durable: committed bytes the persister has not written yet
-    fsynced_lag_bytes: int = 0      # durable: committed bytes not fsynced yet
-    offline: str | None = None      # quarantined (damaged files): what and where; writes refused
-    offline_offset: int | None = None   # the first offset the damage affects
+    sealed_writes: int  # reservations of dead producers turned into offset gaps
+    overwritten_frames: int  # ephemeral: frames dropped to make room
+    persisted_lag_bytes: int = 0  # durable: committed bytes the persister has not written yet
+    fsynced_lag_bytes: int = 0  # durable: committed bytes not fsynced yet
+    offline: str | None = None  # quarantined (damaged files): what and where; writes refused
+    offline_offset: int | None = None  # the first offset the damage affects
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -57,11 +58,11 @@ class TopicHandle:
     __slots__ = ("name", "index", "generation", "config", "partitions", "epoch", "topic_id")
 
     def __init__(self, name, index, generation, cfg, epoch=0, topic_id=0):
-        self.epoch = epoch          # the topic table's epoch when config was read
+        self.epoch = epoch  # the topic table's epoch when config was read
         self.name = name
         self.index = index
-        self.generation = generation    # this control segment's name for the rings of this life
-        self.topic_id = topic_id        # the catalog's id of this life: names its directories
+        self.generation = generation  # this control segment's name for the rings of this life
+        self.topic_id = topic_id  # the catalog's id of this life: names its directories
         self.config = cfg
         self.partitions = cfg.partitions
 
@@ -95,16 +96,24 @@ def _py_config(c) -> config.TopicConfig:
     )
 
 
-_D = config.TOPIC_DEFAULTS          # create_topic's defaults (one place: config.TopicConfig)
+_D = config.TOPIC_DEFAULTS  # create_topic's defaults (one place: config.TopicConfig)
 
 
 class ControlPlane:
     """An instance's control segment, attached (created and restored when new).
     Clients use its subclass Log (shmlog.connect()); daemons use it as it is."""
 
-    def __init__(self, settings: config.Settings, *, max_topics: int = 1024,
-                 max_groups: int = 1024, max_members: int = 4096, max_offsets: int = 65536,
-                 unblock_timeout_ms: int = 500, create: bool = True):
+    def __init__(
+        self,
+        settings: config.Settings,
+        *,
+        max_topics: int = 1024,
+        max_groups: int = 1024,
+        max_members: int = 4096,
+        max_offsets: int = 65536,
+        unblock_timeout_ms: int = 500,
+        create: bool = True,
+    ):
         self.settings = settings
         self._create = create
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
@@ -130,7 +139,7 @@ class ControlPlane:
                     state = lib.shm_ctl_restored(self._ctl.base)
                     if not state:
                         self._restore(locked_by_caller=True)
-                if state == lib.SHM_CTL_ABANDONED:     # its restore failed: attach the next one
+                if state == lib.SHM_CTL_ABANDONED:  # its restore failed: attach the next one
                     self._ctl.close()
                     continue
             else:
@@ -148,7 +157,7 @@ class ControlPlane:
             except errors.UnknownTopicOrPartition:
                 if not self._create:
                     raise self._no_instance() from None
-                permissions.check_data_dir(self.settings.data_dir, write=True)   # before a segment exists
+                permissions.check_data_dir(self.settings.data_dir, write=True)  # before a segment exists
                 real, dev, ino = self._identity()
                 # made under no name and published whole (csrc/shm.c): nobody
                 # ever opens a zero-filled or half-stamped header, and a
@@ -163,14 +172,14 @@ class ControlPlane:
                     seg.publish()
                 except errors.TopicExists:
                     seg.close()
-                    continue                      # another process created it first
+                    continue  # another process created it first
                 except BaseException:
                     seg.close()
                     raise
                 return seg, True
             rc = lib.shm_ctl_check(seg.base, seg.size)
             if rc == lib.SHM_OK and lib.shm_ctl_restored(seg.base) == lib.SHM_CTL_ABANDONED:
-                rc = lib.SHM_E_AGAIN              # its creator's restore failed; it unlinks it now
+                rc = lib.SHM_E_AGAIN  # its creator's restore failed; it unlinks it now
             elif rc == lib.SHM_OK:
                 self._check_identity(seg)
                 return seg, False
@@ -179,11 +188,12 @@ class ControlPlane:
                 raise errors.LayoutMismatch(
                     f"{name} is not a shmlog control segment of layout version "
                     f"{lib.SHM_LAYOUT_VERSION}: it was made by another shmlog version or is "
-                    f"damaged; stop its users and remove it (`shmlog doctor --clean`)")
+                    f"damaged; stop its users and remove it (`shmlog doctor --clean`)"
+                )
             if time.monotonic() > deadline:
                 raise errors.LayoutMismatch(
-                    f"control segment {name} was never finished by its creator; "
-                    "remove it with `shmlog doctor --clean`")
+                    f"control segment {name} was never finished by its creator; remove it with `shmlog doctor --clean`"
+                )
             time.sleep(0.001)
 
     # ------------------------------------------------------------ instance identity (issue 12.4, 12.7)
@@ -216,14 +226,17 @@ class ControlPlane:
             pass
         seg.close()
         s = self.settings
-        hint = (f"the data dir {theirs} it was made with was removed or replaced since: stop the instance's "
-                "processes and remove its shared memory (`shmlog doctor --clean` or `shmlog down --purge`)"
-                if theirs == ours else
-                f"use --data-dir {theirs} (or $SHMLOG_DATA_DIR) for this instance, or another --instance "
-                "or --shm-prefix for this data dir")
+        hint = (
+            f"the data dir {theirs} it was made with was removed or replaced since: stop the instance's "
+            "processes and remove its shared memory (`shmlog doctor --clean` or `shmlog down --purge`)"
+            if theirs == ours
+            else f"use --data-dir {theirs} (or $SHMLOG_DATA_DIR) for this instance, or another --instance "
+            "or --shm-prefix for this data dir"
+        )
         raise errors.InstanceConflict(
             f"instance {s.instance!r} (shared memory {permissions.shm_path(s.ctl_name)}) belongs to data dir "
-            f"{theirs}, not {ours}: one instance is one name, one data dir and one shm prefix; {hint}")
+            f"{theirs}, not {ours}: one instance is one name, one data dir and one shm prefix; {hint}"
+        )
 
     def _no_instance(self) -> errors.UnknownInstance:
         s = self.settings
@@ -232,18 +245,23 @@ class ControlPlane:
             return errors.InstanceNotRunning(
                 f"instance {s.instance!r} is not running: its data dir {s.data_dir} exists but its shared "
                 f"memory {shm} does not (after a reboot or `shmlog down --purge`); start it with `shmlog up` "
-                "(read-only commands never start an instance)")
+                "(read-only commands never start an instance)"
+            )
         return errors.UnknownInstance(
             f"no instance {s.instance!r}: no shared memory {shm} and no {catalog.path(s.data_dir)} in the "
             "data dir it looked in; check --instance, --data-dir and --shm-prefix (or $SHMLOG_INSTANCE, "
-            "$SHMLOG_DATA_DIR, $SHMLOG_SHM_PREFIX)")
+            "$SHMLOG_DATA_DIR, $SHMLOG_SHM_PREFIX)"
+        )
 
     def _lock(self):
         self._check_open()
         rc = lib.shm_ctl_lock(self._ctl.base, LOCK_TIMEOUT_NS)
         if rc != lib.SHM_OK:
-            raise errors.Timeout("the instance's control lock stayed busy for 10 s") if rc == lib.SHM_E_TIMEOUT \
+            raise (
+                errors.Timeout("the instance's control lock stayed busy for 10 s")
+                if rc == lib.SHM_E_TIMEOUT
                 else raise_status(rc, "cannot take the control lock")
+            )
         return _Unlocker(self._ctl.base)
 
     def _check_open(self):
@@ -274,11 +292,11 @@ class ControlPlane:
             progress.finish()
             if not locked_by_caller:
                 self._unlink_all_rings()
-                lib.shm_ctl_set_abandoned(self._ctl.base)     # waiters attach the next one
+                lib.shm_ctl_set_abandoned(self._ctl.base)  # waiters attach the next one
                 lib.shm_ctl_unlock(self._ctl.base)
                 name = self.settings.ctl_name
                 self._ctl.close()
-                unlink_segment(name)     # the next connect retries the restore
+                unlink_segment(name)  # the next connect retries the restore
             raise
         progress.finish()
         lib.shm_ctl_set_restored(self._ctl.base)
@@ -301,8 +319,11 @@ class ControlPlane:
     def _live_entries(self) -> dict:
         """{name: (index, generation, topic_id, config)} of the LIVE topic-table entries."""
         base = self._ctl.base
-        return {ffi.string(e.name, e.name_len).decode(): (i, gen, lib.shm_ctl_topic_id(base, i), _py_config(e.config))
-                for i, st, gen, e in self._entries() if st == lib.SHM_TOPIC_LIVE}
+        return {
+            ffi.string(e.name, e.name_len).decode(): (i, gen, lib.shm_ctl_topic_id(base, i), _py_config(e.config))
+            for i, st, gen, e in self._entries()
+            if st == lib.SHM_TOPIC_LIVE
+        }
 
     def _reconcile_if_needed(self):
         """Attach to a running instance: if the table and the catalog disagree
@@ -321,8 +342,11 @@ class ControlPlane:
             with self._lock():
                 self._reconcile_locked()
         except (errors.ShmlogError, OSError) as e:
-            logger.warning("cannot reconcile the topic table with %s: %s (retried by the next topic change)",
-                        catalog.path(self.settings.data_dir), e)
+            logger.warning(
+                "cannot reconcile the topic table with %s: %s (retried by the next topic change)",
+                catalog.path(self.settings.data_dir),
+                e,
+            )
 
     def _reconcile_locked(self, progress=None) -> catalog.Catalog:
         """Under the lock: completes every intent of the catalog and makes the
@@ -330,47 +354,57 @@ class ControlPlane:
         d = self.settings.data_dir
         cat = catalog.load(d)
         if cat.migrated:
-            catalog.save(d, cat)               # ids durable before a directory is renamed to carry one
+            catalog.save(d, cat)  # ids durable before a directory is renamed to carry one
         for i, st, gen, e in list(self._entries()):
-            if st == lib.SHM_TOPIC_CREATING:   # a dead creator's: its rings were never published
+            if st == lib.SHM_TOPIC_CREATING:  # a dead creator's: its rings were never published
                 self._drop_entry(i, gen, e.config.partitions, mark_deleted=False)
         live = self._live_entries()
         if progress is not None:
-            progress.total = sum(r.config.partitions for n, r in cat.topics.items()
-                                 if r.config.persistence == "disk" and r.state != catalog.DELETING and n not in live)
+            progress.total = sum(
+                r.config.partitions
+                for n, r in cat.topics.items()
+                if r.config.persistence == "disk" and r.state != catalog.DELETING and n not in live
+            )
         for name in sorted(cat.topics):
             rec = cat.topics[name]
             tid = rec.topic_id
             have = live.pop(name, None)
-            if rec.state == catalog.DELETING:            # D2-D4 of an interrupted delete
+            if rec.state == catalog.DELETING:  # D2-D4 of an interrupted delete
                 if have is not None and have[2] == tid:
                     self._drop_entry(have[0], have[1], have[3].partitions, mark_deleted=True)
                 elif have is not None:
-                    live[name] = have                    # another life is live: adopted below
+                    live[name] = have  # another life is live: adopted below
                 storage.discard_topic_dir(d, name, tid)
                 del cat.topics[name]
                 catalog.save(d, cat)
                 logger.info("completed the deletion of topic %r (id %s)", name, rec.id)
                 continue
             if have is not None and have[2] != tid:
-                logger.error("topic %r: the live topic has id %016x but %s says %s; keeping the live one "
-                          "(the directory %s is left as it is)", name, have[2], catalog.path(d), rec.id,
-                          storage.topic_dir(d, name, tid))
+                logger.error(
+                    "topic %r: the live topic has id %016x but %s says %s; keeping the live one "
+                    "(the directory %s is left as it is)",
+                    name,
+                    have[2],
+                    catalog.path(d),
+                    rec.id,
+                    storage.topic_dir(d, name, tid),
+                )
                 cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(have[2]), config=have[3])
                 catalog.save(d, cat)
                 continue
             storage.adopt_legacy_dir(d, name, tid)
-            if have is None:                             # restore, or C2-C3 of an interrupted create
+            if have is None:  # restore, or C2-C3 of an interrupted create
                 cfg = self._restore_topic(name, rec.config, tid, progress)
-            else:                                        # A2-A3 of an interrupted alter (or nothing)
+            else:  # A2-A3 of an interrupted alter (or nothing)
                 cfg = self._apply_config(name, have[0], have[1], tid, have[3], rec.config)
             if rec.state != catalog.LIVE or cfg != rec.config:
                 if rec.state != catalog.LIVE:
-                    logger.info("completed the %s of topic %r", "creation" if rec.state == catalog.CREATING
-                             else "change", name)
+                    logger.info(
+                        "completed the %s of topic %r", "creation" if rec.state == catalog.CREATING else "change", name
+                    )
                 cat.topics[name] = catalog.TopicRecord(id=rec.id, config=cfg)
                 catalog.save(d, cat)
-        for name, (_, _, tid, cfg) in live.items():      # live but unknown to the catalog: adopted
+        for name, (_, _, tid, cfg) in live.items():  # live but unknown to the catalog: adopted
             logger.warning("topic %r is live but missing from %s: added to it", name, catalog.path(d))
             cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
             catalog.save(d, cat)
@@ -394,8 +428,12 @@ class ControlPlane:
                 progress.done += 1
             bases.append((rep.end_offset, rep.end_pos))
         self._create_entry(name, cfg, tid, bases, damage)
-        logger.info("restored topic %r (%d partitions%s)", name, cfg.partitions,
-                 f", {len(damage)} OFFLINE: {sorted(damage)}" if damage else "")
+        logger.info(
+            "restored topic %r (%d partitions%s)",
+            name,
+            cfg.partitions,
+            f", {len(damage)} OFFLINE: {sorted(damage)}" if damage else "",
+        )
         return cfg
 
     @staticmethod
@@ -408,8 +446,12 @@ class ControlPlane:
             logger.warning("recovery: %s", rep)
         if rep.damage is not None:
             damage[p] = rep.damage
-            logger.error("topic %r partition %d is OFFLINE (quarantined): %s; the other partitions are "
-                      "served", name, p, rep.damage.error)
+            logger.error(
+                "topic %r partition %d is OFFLINE (quarantined): %s; the other partitions are served",
+                name,
+                p,
+                rep.damage.error,
+            )
         return rep
 
     def _apply_config(self, name, idx, gen, tid, old: config.TopicConfig, new: config.TopicConfig):
@@ -422,8 +464,9 @@ class ControlPlane:
         if new.partitions < old.partitions:
             fixed["partitions"] = old.partitions
         if fixed:
-            logger.warning("topic %r: keeping %s of the live topic over %s", name, fixed,
-                        catalog.path(self.settings.data_dir))
+            logger.warning(
+                "topic %r: keeping %s of the live topic over %s", name, fixed, catalog.path(self.settings.data_dir)
+            )
             new = msgspec.structs.replace(new, **fixed)
         if new == old:
             return new
@@ -436,14 +479,13 @@ class ControlPlane:
                 base = (0, 0)
                 if new.persistence == "disk":
                     pd = storage.make_partition_dir(self.settings.data_dir, name, p, tid)
-                    rep = self._recover(name, p, pd, damage)   # records a crashed alter's producers wrote
+                    rep = self._recover(name, p, pd, damage)  # records a crashed alter's producers wrote
                     base = (rep.end_offset, rep.end_pos)
                 self._make_ring(name, new, gen, p, base, made, damage.get(p))
             if new.max_message_bytes != old.max_message_bytes:
                 for p in range(old.partitions):
                     seg = ShmMapping.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
-                    rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes +
-                                                          lib.SHM_FRAME_HEADER_BYTES)
+                    rc = lib.shm_ring_set_max_frame_bytes(seg.base, new.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES)
                     seg.close()
                     if rc != lib.SHM_OK:
                         raise_status(rc, f"cannot set max_message_bytes of {name!r} partition {p}")
@@ -458,26 +500,41 @@ class ControlPlane:
 
     def has_durable(self) -> bool:
         """Has the instance a topic on disk (so it needs a persister)?"""
-        return any(e.config.persistence == lib.SHM_PERSIST_DISK
-                   for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE)
+        return any(
+            e.config.persistence == lib.SHM_PERSIST_DISK for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE
+        )
 
     # ------------------------------------------------------------ topics
 
-    def create_topic(self, name: str, partitions: int = _D.partitions, ring_bytes: int = _D.ring_bytes,
-                     retention_ms: int | None = _D.retention_ms, retention_bytes: int | None = _D.retention_bytes,
-                     fsync: str = _D.fsync, persistence: str = _D.persistence,
-                     max_message_bytes: int | None = _D.max_message_bytes, segment_bytes: int = _D.segment_bytes,
-                     segment_ms: int = _D.segment_ms) -> TopicDescription:
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = _D.partitions,
+        ring_bytes: int = _D.ring_bytes,
+        retention_ms: int | None = _D.retention_ms,
+        retention_bytes: int | None = _D.retention_bytes,
+        fsync: str = _D.fsync,
+        persistence: str = _D.persistence,
+        max_message_bytes: int | None = _D.max_message_bytes,
+        segment_bytes: int = _D.segment_bytes,
+        segment_ms: int = _D.segment_ms,
+    ) -> TopicDescription:
         config.validate_topic_name(name)
         try:
             cfg = config.TopicConfig(
-                partitions=partitions, ring_bytes=ring_bytes, persistence=persistence,
-                max_message_bytes=max_message_bytes, fsync=fsync, retention_ms=retention_ms,
-                retention_bytes=retention_bytes, segment_bytes=segment_bytes, segment_ms=segment_ms,
+                partitions=partitions,
+                ring_bytes=ring_bytes,
+                persistence=persistence,
+                max_message_bytes=max_message_bytes,
+                fsync=fsync,
+                retention_ms=retention_ms,
+                retention_bytes=retention_bytes,
+                segment_bytes=segment_bytes,
+                segment_ms=segment_ms,
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
-        cfg = _py_config(_c_config(cfg))     # as the table will hold it ("interval:0100" is "interval:100")
+        cfg = _py_config(_c_config(cfg))  # as the table will hold it ("interval:0100" is "interval:100")
         self._create_topic(name, cfg)
         return self.describe_topic(name)
 
@@ -490,10 +547,10 @@ class ControlPlane:
                 raise errors.TopicExists(f"topic {name!r} already exists")
             tid = catalog.new_topic_id()
             cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg, state=catalog.CREATING)
-            catalog.save(d, cat)                                               # C1: the intent
+            catalog.save(d, cat)  # C1: the intent
             try:
                 if cfg.persistence == "disk":
-                    for p in range(cfg.partitions):                            # C2
+                    for p in range(cfg.partitions):  # C2
                         storage.make_partition_dir(d, name, p, tid)
                 self._create_entry(name, cfg, tid, [(0, 0)] * cfg.partitions)  # C3
             except BaseException:
@@ -504,7 +561,7 @@ class ControlPlane:
                 shutil.rmtree(storage.topic_dir(d, name, tid), ignore_errors=True)
                 raise
             cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
-            catalog.save(d, cat)                                               # C4: done
+            catalog.save(d, cat)  # C4: done
 
     def _create_entry(self, name: str, cfg: config.TopicConfig, tid: int, bases, damage=None):
         """Under the lock: a topic-table entry (topic id tid) and its rings;
@@ -520,7 +577,8 @@ class ControlPlane:
         if idx == lib.SHM_E_TABLE_FULL:
             raise errors.TableFull(
                 f"the instance's topic table is full ({lib.shm_ctl_max_topics(self._ctl.base)} "
-                "topics): delete topics or recreate the instance with a larger max_topics")
+                "topics): delete topics or recreate the instance with a larger max_topics"
+            )
         if idx < 0:
             raise_status(idx, f"cannot create topic {name!r}")
         made = []
@@ -534,15 +592,31 @@ class ControlPlane:
             raise
         lib.shm_ctl_topic_publish(self._ctl.base, idx)
 
-    def _make_ring(self, name: str, cfg: config.TopicConfig, generation: int, p: int, base, made: list,
-                   damage: storage.Damage | None = None):
+    def _make_ring(
+        self,
+        name: str,
+        cfg: config.TopicConfig,
+        generation: int,
+        p: int,
+        base,
+        made: list,
+        damage: storage.Damage | None = None,
+    ):
         """Under the lock: partition p's ring starting at base = (offset, position),
         offline when damage says so; made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
         seg = ShmMapping.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
         made.append(rname)
-        rc = lib.shm_ring_init(seg.base, cfg.ring_bytes, generation, p, config.PERSISTENCE[cfg.persistence],
-                               cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES, base[0], base[1])
+        rc = lib.shm_ring_init(
+            seg.base,
+            cfg.ring_bytes,
+            generation,
+            p,
+            config.PERSISTENCE[cfg.persistence],
+            cfg.max_message_bytes + lib.SHM_FRAME_HEADER_BYTES,
+            base[0],
+            base[1],
+        )
         if rc == lib.SHM_OK and damage is not None:
             rc = lib.shm_ring_set_offline(seg.base, damage.kind, damage.pos, damage.offset)
         seg.close()
@@ -566,7 +640,7 @@ class ControlPlane:
             if mark_deleted:
                 try:
                     seg = ShmMapping.open(rname, writable=True, trust=self._trust)
-                    lib.shm_ring_mark_deleted(seg.base)     # live handles see it and stop
+                    lib.shm_ring_mark_deleted(seg.base)  # live handles see it and stop
                     seg.close()
                 except errors.UnknownTopicOrPartition:
                     pass
@@ -588,14 +662,21 @@ class ControlPlane:
             if have is None or rec is None:
                 raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
             cat.topics[name] = msgspec.structs.replace(rec, state=catalog.DELETING)
-            catalog.save(d, cat)                                          # D1: the intent
+            catalog.save(d, cat)  # D1: the intent
             self._drop_entry(have[0], have[1], have[3].partitions, True)  # D2
-            storage.discard_topic_dir(d, name, rec.topic_id)              # D3
+            storage.discard_topic_dir(d, name, rec.topic_id)  # D3
             del cat.topics[name]
-            catalog.save(d, cat)                                          # D4: done
+            catalog.save(d, cat)  # D4: done
 
-    ALTERABLE = ("partitions", "retention_ms", "retention_bytes", "fsync", "segment_bytes", "segment_ms",
-                 "max_message_bytes")
+    ALTERABLE = (
+        "partitions",
+        "retention_ms",
+        "retention_bytes",
+        "fsync",
+        "segment_bytes",
+        "segment_ms",
+        "max_message_bytes",
+    )
 
     def alter_topic(self, name: str, **changes) -> TopicDescription:
         """Changes a topic's config: retention_ms, retention_bytes, fsync,
@@ -609,7 +690,8 @@ class ControlPlane:
         if bad:
             raise errors.InvalidArgument(
                 f"cannot alter {', '.join(bad)}: alterable are {', '.join(self.ALTERABLE)} "
-                "(ring_bytes and persistence are fixed: delete and recreate the topic)")
+                "(ring_bytes and persistence are fixed: delete and recreate the topic)"
+            )
         if not changes:
             return self.describe_topic(name)
         self._alter_topic(name, changes)
@@ -632,17 +714,18 @@ class ControlPlane:
                 raise errors.InvalidArgument(str(e)) from None
             if new.partitions < old.partitions:
                 raise errors.InvalidArgument(
-                    f"topic {name!r} has {old.partitions} partitions: partitions can only grow")
+                    f"topic {name!r} has {old.partitions} partitions: partitions can only grow"
+                )
             cat.topics[name] = catalog.TopicRecord(id=rec.id, config=new, state=catalog.ALTERING, prev=old)
-            catalog.save(d, cat)                                          # A1: the intent
+            catalog.save(d, cat)  # A1: the intent
             try:
-                new = self._apply_config(name, idx, gen, tid, old, new)   # A2-A3
+                new = self._apply_config(name, idx, gen, tid, old, new)  # A2-A3
             except BaseException:
-                cat.topics[name] = rec                                    # not applied: withdrawn
+                cat.topics[name] = rec  # not applied: withdrawn
                 catalog.save(d, cat)
                 raise
             cat.topics[name] = catalog.TopicRecord(id=rec.id, config=new)
-            catalog.save(d, cat)                                          # A4: done
+            catalog.save(d, cat)  # A4: done
         return new
 
     def partition_dir(self, name: str, partition: int) -> str:
@@ -653,8 +736,9 @@ class ControlPlane:
 
     def list_topics(self) -> list[str]:
         self._check_open()
-        return sorted(ffi.string(e.name, e.name_len).decode()
-                      for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE)
+        return sorted(
+            ffi.string(e.name, e.name_len).decode() for _, st, _, e in self._entries() if st == lib.SHM_TOPIC_LIVE
+        )
 
     def describe_topic(self, name: str) -> TopicDescription:
         h = self.topic_handle(name)
@@ -664,7 +748,8 @@ class ControlPlane:
             start, end, hp, tp = r.ends()
             if h.config.persistence == "disk":
                 disk_start = storage.PartitionLog(
-                    storage.partition_dir(self.settings.data_dir, name, p, h.topic_id)).start_offset()
+                    storage.partition_dir(self.settings.data_dir, name, p, h.topic_id)
+                ).start_offset()
                 if disk_start is not None:
                     start = min(start, disk_start)
             persisted_lag = fsynced_lag = 0
@@ -672,11 +757,21 @@ class ControlPlane:
                 persisted_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED), 0)
                 fsynced_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED), 0)
             off = r.offline()
-            parts.append(PartitionInfo(p, start, end, h.config.ring_bytes, tp - hp,
-                                       lib.shm_ring_counter(r.base, lib.SHM_COUNTER_SEALED),
-                                       lib.shm_ring_counter(r.base, lib.SHM_COUNTER_OVERWRITTEN),
-                                       persisted_lag, fsynced_lag, self.offline_reason(h, p, r),
-                                       int(off[2]) if off else None))
+            parts.append(
+                PartitionInfo(
+                    p,
+                    start,
+                    end,
+                    h.config.ring_bytes,
+                    tp - hp,
+                    lib.shm_ring_counter(r.base, lib.SHM_COUNTER_SEALED),
+                    lib.shm_ring_counter(r.base, lib.SHM_COUNTER_OVERWRITTEN),
+                    persisted_lag,
+                    fsynced_lag,
+                    self.offline_reason(h, p, r),
+                    int(off[2]) if off else None,
+                )
+            )
         return TopicDescription(name, h.generation, h.config, parts)
 
     def offline_reason(self, h: TopicHandle, p: int, ring: Ring | None = None) -> str | None:
@@ -685,7 +780,8 @@ class ControlPlane:
         if off is None:
             return None
         return f"topic {h.name!r} partition {p}: " + storage.describe_offline(
-            storage.partition_dir(self.settings.data_dir, h.name, p, h.topic_id), off[0], off[1], int(off[2]))
+            storage.partition_dir(self.settings.data_dir, h.name, p, h.topic_id), off[0], off[1], int(off[2])
+        )
 
     # ------------------------------------------------------------ handles and rings
 
@@ -695,13 +791,12 @@ class ControlPlane:
         h = self._handles.get(name)
         if h is not None:
             gen = ffi.new("uint64_t *")
-            if lib.shm_ctl_topic_state(self._ctl.base, h.index, gen) == lib.SHM_TOPIC_LIVE \
-                    and gen[0] == h.generation:
+            if lib.shm_ctl_topic_state(self._ctl.base, h.index, gen) == lib.SHM_TOPIC_LIVE and gen[0] == h.generation:
                 epoch = lib.shm_ctl_epoch(self._ctl.base)
                 if epoch == h.epoch:
                     return h
                 cfg = _py_config(lib.shm_ctl_topic(self._ctl.base, h.index).config)
-                if cfg != h.config:             # altered: same rings, new config
+                if cfg != h.config:  # altered: same rings, new config
                     h = self._handles[name] = TopicHandle(name, h.index, h.generation, cfg, epoch, h.topic_id)
                 else:
                     h.epoch = epoch
@@ -712,11 +807,12 @@ class ControlPlane:
         idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
         gen = ffi.new("uint64_t *")
         if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
-            with self._lock():       # a restore in progress holds the lock: wait for it
+            with self._lock():  # a restore in progress holds the lock: wait for it
                 idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
             if idx < 0 or lib.shm_ctl_topic_state(self._ctl.base, idx, gen) != lib.SHM_TOPIC_LIVE:
                 raise errors.UnknownTopicOrPartition(
-                    f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)")
+                    f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)"
+                )
         epoch = lib.shm_ctl_epoch(self._ctl.base)
         e = lib.shm_ctl_topic(self._ctl.base, idx)
         h = TopicHandle(name, idx, gen[0], _py_config(e.config), epoch, lib.shm_ctl_topic_id(self._ctl.base, idx))
@@ -728,13 +824,18 @@ class ControlPlane:
             raise errors.InvalidType(f"partition must be int, not {type(partition).__name__}")
         if not 0 <= partition < handle.partitions:
             raise errors.UnknownTopicOrPartition(
-                f"topic {handle.name!r} has partitions 0..{handle.partitions - 1}, not {partition}")
+                f"topic {handle.name!r} has partitions 0..{handle.partitions - 1}, not {partition}"
+            )
         key = (handle.generation, partition, writable)
         r = self._rings.get(key)
         if r is None:
-            r = self._rings[key] = Ring(self.settings.ring_name(handle.generation, partition),
-                                        handle.name, partition, writable,
-                                        permissions.segment_trust(self.settings.data_dir))
+            r = self._rings[key] = Ring(
+                self.settings.ring_name(handle.generation, partition),
+                handle.name,
+                partition,
+                writable,
+                permissions.segment_trust(self.settings.data_dir),
+            )
         return r
 
     def _forget(self, name: str):
@@ -838,10 +939,12 @@ class _Unlocker:
 
 
 def _limits(max_topics, max_groups, max_members, max_offsets):
-    for name, v, top in (("max_topics", max_topics, 1 << 20), ("max_groups", max_groups, 1 << 20),
-                         ("max_members", max_members, 1 << 20), ("max_offsets", max_offsets, 1 << 24)):
+    for name, v, top in (
+        ("max_topics", max_topics, 1 << 20),
+        ("max_groups", max_groups, 1 << 20),
+        ("max_members", max_members, 1 << 20),
+        ("max_offsets", max_offsets, 1 << 24),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
             raise errors.InvalidArgument(f"{name} must be an int in 1..{top}, not {v!r}")
     return ffi.new("struct shm_ctl_limits *", [max_topics, max_groups, max_members, max_offsets])
-
-

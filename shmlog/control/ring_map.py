@@ -7,6 +7,7 @@ offline (quarantine).
 Must never: index into the ring from Python (the C core does, through the
 handle `h` validated here), or keep a mapping after close.
 """
+
 from .. import errors
 from .._native import ShmMapping, ffi, lib
 
@@ -21,8 +22,20 @@ class Ring:
     defect 11), so a header rewritten later cannot send this process outside
     its mapping."""
 
-    __slots__ = ("name", "topic", "partition", "seg", "base", "h", "hdr_seg", "hdr", "rw_seg", "rw_h",
-                 "trust", "__weakref__")
+    __slots__ = (
+        "name",
+        "topic",
+        "partition",
+        "seg",
+        "base",
+        "h",
+        "hdr_seg",
+        "hdr",
+        "rw_seg",
+        "rw_h",
+        "trust",
+        "__weakref__",
+    )
 
     def __init__(self, name, topic, partition, writable, trust):
         self.name = name
@@ -34,7 +47,8 @@ class Ring:
         except errors.UnknownTopicOrPartition:
             raise errors.UnknownTopicOrPartition(
                 f"topic {topic!r} partition {partition}: ring {name} is missing "
-                "(the topic was deleted, or its creation was interrupted)") from None
+                "(the topic was deleted, or its creation was interrupted)"
+            ) from None
         self.base = self.seg.base
         self.h = ffi.new("struct shm_ring *")
         rc = lib.shm_ring_open(self.h, self.base, self.seg.size, int(writable))
@@ -43,7 +57,8 @@ class Ring:
             raise errors.LayoutMismatch(
                 f"{name} is not a shmlog ring of layout version {lib.SHM_LAYOUT_VERSION} "
                 f"(status {rc}); it was made by another shmlog version or is damaged: "
-                "remove it with `shmlog doctor --clean`")
+                "remove it with `shmlog doctor --clean`"
+            )
         self.rw_seg = self.seg if writable else None
         self.rw_h = self.h if writable else None
         if writable:
@@ -62,8 +77,11 @@ class Ring:
             except errors.PermissionDenied:
                 return None
             h = ffi.new("struct shm_ring *")
-            if seg.size != self.seg.size or lib.shm_ring_open(h, seg.base, seg.size, 1) != lib.SHM_OK \
-                    or (h.capacity, h.base_position) != (self.h.capacity, self.h.base_position):
+            if (
+                seg.size != self.seg.size
+                or lib.shm_ring_open(h, seg.base, seg.size, 1) != lib.SHM_OK
+                or (h.capacity, h.base_position) != (self.h.capacity, self.h.base_position)
+            ):
                 seg.close()
                 return None
             self.rw_seg, self.rw_h = seg, h
@@ -85,8 +103,11 @@ class Ring:
         kind = lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE)
         if not kind:
             return None
-        return (kind, lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_POS),
-                ffi.cast("int64_t", lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_OFFSET)))
+        return (
+            kind,
+            lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_POS),
+            ffi.cast("int64_t", lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE_OFFSET)),
+        )
 
     def damage_at(self, pos: int) -> bool:
         """A reader from the files reached the ring at pos: is that the damage of a

@@ -7,6 +7,7 @@ the constants the group code shares (entry states, the release marker).
 Must never: take the lock itself or decide anything about ownership
 (groups.py rebalances; client/membership.py joins and leaves).
 """
+
 import time
 
 import numpy as np
@@ -21,18 +22,18 @@ RELEASE = lib.SHM_OWNER_RELEASE
 
 
 def monotonic_ms() -> int:
-    return time.monotonic_ns() // 1_000_000     # CLOCK_MONOTONIC: one clock for every process
+    return time.monotonic_ns() // 1_000_000  # CLOCK_MONOTONIC: one clock for every process
 
 
 # ------------------------------------------------------------------ names
+
 
 def validate_group_name(name) -> str:
     if not isinstance(name, str):
         raise errors.InvalidType(f"group id must be str, not {type(name).__name__}")
     b = name.encode()
     if not b or len(b) > GROUP_NAME_MAX or not name.isprintable():
-        raise errors.InvalidArgument(
-            f"invalid group id {name!r}: use 1-{GROUP_NAME_MAX} bytes of printable characters")
+        raise errors.InvalidArgument(f"invalid group id {name!r}: use 1-{GROUP_NAME_MAX} bytes of printable characters")
     return name
 
 
@@ -58,16 +59,36 @@ def _dtype(ctype: str, fields: list[str]) -> np.dtype:
     for f in fields:
         ft = types[f].type
         formats.append(f"S{ft.length}" if ft.kind == "array" else _NP[ft.cname])
-    return np.dtype({"names": fields, "formats": formats,
-                     "offsets": [ffi.offsetof(t, f) for f in fields], "itemsize": ffi.sizeof(t)})
+    return np.dtype(
+        {
+            "names": fields,
+            "formats": formats,
+            "offsets": [ffi.offsetof(t, f) for f in fields],
+            "itemsize": ffi.sizeof(t),
+        }
+    )
 
 
 GROUP_DT = _dtype("shm_group_entry", ["state", "name_len", "name"])
-MEMBER_DT = _dtype("shm_member_entry", ["state", "group", "token", "pid", "flags", "start_time",
-                                        "heartbeat_ms", "polled_ms", "session_timeout_ms",
-                                        "max_poll_interval_ms", "instance_id"])
-OFFSET_DT = _dtype("shm_offset_entry", ["state", "group", "topic", "partition", "topic_generation",
-                                        "pending", "committed", "owner"])
+MEMBER_DT = _dtype(
+    "shm_member_entry",
+    [
+        "state",
+        "group",
+        "token",
+        "pid",
+        "flags",
+        "start_time",
+        "heartbeat_ms",
+        "polled_ms",
+        "session_timeout_ms",
+        "max_poll_interval_ms",
+        "instance_id",
+    ],
+)
+OFFSET_DT = _dtype(
+    "shm_offset_entry", ["state", "group", "topic", "partition", "topic_generation", "pending", "committed", "owner"]
+)
 
 
 class Tables:
@@ -122,6 +143,7 @@ def entry_name(entry, length_field="name_len", field="name") -> str:
 
 # ------------------------------------------------------------------ structural changes (under the lock)
 
+
 def topic_of(log, index: int, generation: int):
     """(name, partitions) of a LIVE topic entry with that generation, else None."""
     gen = ffi.new("uint64_t *")
@@ -136,8 +158,11 @@ def ensure_group(log, name: str) -> int:
     gi = t.find_group(name)
     if gi >= 0:
         return gi
-    gi = free_slot(t.groups, "group", "delete unused groups (`shmlog group delete`) or recreate the "
-                    "instance with a larger max_groups")
+    gi = free_slot(
+        t.groups,
+        "group",
+        "delete unused groups (`shmlog group delete`) or recreate the instance with a larger max_groups",
+    )
     g = t.group(gi)
     nb = name.encode()
     ffi.memmove(g.name, nb + b"\0" * (256 - len(nb)), 256)
@@ -162,14 +187,19 @@ def offset_index(t: Tables) -> dict:
     """{(group, topic index, topic generation, partition): entry index} of LIVE entries."""
     o = t.offsets
     live = np.nonzero(o["state"] == LIVE)[0]
-    keys = zip(o["group"][live].tolist(), o["topic"][live].tolist(),
-               o["topic_generation"][live].tolist(), o["partition"][live].tolist())
+    keys = zip(
+        o["group"][live].tolist(),
+        o["topic"][live].tolist(),
+        o["topic_generation"][live].tolist(),
+        o["partition"][live].tolist(),
+    )
     return dict(zip(keys, live.tolist()))
 
 
 def new_offset_entry(t: Tables, key, committed: int = -1) -> int:
-    i = free_slot(t.offsets, "committed-offset", "delete unused groups or recreate the instance with a "
-                   "larger max_offsets")
+    i = free_slot(
+        t.offsets, "committed-offset", "delete unused groups or recreate the instance with a larger max_offsets"
+    )
     e = t.offset(i)
     e.group, e.topic, e.topic_generation, e.partition = key
     e.pending = 0
@@ -182,7 +212,6 @@ def new_offset_entry(t: Tables, key, committed: int = -1) -> int:
 
 def free_entry(entry):
     lib.shm_entry_publish(ffi.addressof(entry, "state"), lib.SHM_ENTRY_FREE)
-
 
 
 def group_entries(log, gi: int):

@@ -10,6 +10,7 @@ Must never: carry out a request itself (the supervisor's handlers do), let
 a client's silence or slowness hold the supervisor's loop, or answer a
 peer that is neither our uid, root, nor in the instance's group.
 """
+
 import hashlib
 import os
 import socket
@@ -21,7 +22,7 @@ import msgspec
 from .. import config, errors, permissions, safefile
 
 MAX_MESSAGE = 1 << 20
-CALL_TIMEOUT_S = 60.0          # creating a topic allocates its rings; stopping fsyncs everything
+CALL_TIMEOUT_S = 60.0  # creating a topic allocates its rings; stopping fsyncs everything
 
 
 class Request(msgspec.Struct):
@@ -32,7 +33,7 @@ class Request(msgspec.Struct):
 class Reply(msgspec.Struct):
     ok: bool
     result: Any = None
-    error: str | None = None           # a class name of shmlog.errors
+    error: str | None = None  # a class name of shmlog.errors
     message: str | None = None
 
 
@@ -68,11 +69,12 @@ class Client:
             except PermissionError:
                 raise errors.PermissionDenied(
                     f"no access to the supervisor's admin socket {self.path}: run as the instance's user "
-                    "or a member of its group") from None
+                    "or a member of its group"
+                ) from None
             try:
                 s.sendall(_encoder.encode(Request(op, args)))
             except (BrokenPipeError, ConnectionResetError):
-                pass                  # answered before we asked (a busy server): its reply is queued
+                pass  # answered before we asked (a busy server): its reply is queued
             try:
                 data = s.recv(MAX_MESSAGE)
             except socket.timeout:
@@ -114,11 +116,12 @@ class Server:
     Handlers run one at a time under `lock` (the supervisor's: its loop and
     the metrics thread read the same instance)."""
 
-    CLIENT_DEADLINE_S = 2.0            # to send the request, and again to take the reply
+    CLIENT_DEADLINE_S = 2.0  # to send the request, and again to take the reply
     MAX_CLIENTS = 16
 
-    def __init__(self, settings: config.Settings, handlers: dict, gid: int | None,
-                 lock=None, max_clients: int = MAX_CLIENTS):
+    def __init__(
+        self, settings: config.Settings, handlers: dict, gid: int | None, lock=None, max_clients: int = MAX_CLIENTS
+    ):
         self.path = socket_path(settings)
         self.handlers = handlers
         self.gid = gid
@@ -128,7 +131,7 @@ class Server:
         if os.path.exists(self.path):
             if _answers(self.path):
                 raise errors.AlreadyRunning(f"a supervisor already listens at {self.path}")
-            os.unlink(self.path)                       # a dead supervisor's
+            os.unlink(self.path)  # a dead supervisor's
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.sock.bind(self.path)
         permissions.give_group(self.path, gid, 0o660)
@@ -144,7 +147,7 @@ class Server:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return False
-        except OSError as e:                           # EMFILE and the like: the next tick retries
+        except OSError as e:  # EMFILE and the like: the next tick retries
             log.warning("admin: accept failed: %s", e)
             return False
         if not self.slots.acquire(blocking=False):
@@ -163,12 +166,19 @@ class Server:
         with conn:
             conn.setblocking(False)
             try:
-                conn.recv(MAX_MESSAGE)                 # read what came, so the close is no reset
+                conn.recv(MAX_MESSAGE)  # read what came, so the close is no reset
             except OSError:
                 pass
             try:
-                conn.send(_encoder.encode(Reply(False, error="Timeout", message=(
-                    f"the supervisor is busy with {self.max_clients} admin connections; retry"))))
+                conn.send(
+                    _encoder.encode(
+                        Reply(
+                            False,
+                            error="Timeout",
+                            message=(f"the supervisor is busy with {self.max_clients} admin connections; retry"),
+                        )
+                    )
+                )
             except OSError:
                 pass
 
@@ -178,13 +188,16 @@ class Server:
                 conn.settimeout(self.CLIENT_DEADLINE_S)
                 ok, (pid, uid, _) = permissions.peer_allowed(conn, self.gid)
                 try:
-                    data = conn.recv(MAX_MESSAGE)      # read even when refusing: unread data would reset
+                    data = conn.recv(MAX_MESSAGE)  # read even when refusing: unread data would reset
                 except OSError:
-                    return                             # silent past the deadline, or gone
+                    return  # silent past the deadline, or gone
                 if not ok:
                     log.warning("admin: refused pid %d uid %d (not the instance's user or group)", pid, uid)
-                    rep = Reply(False, error="PermissionDenied",
-                                message=f"uid {uid} is neither the instance's user nor in its group")
+                    rep = Reply(
+                        False,
+                        error="PermissionDenied",
+                        message=f"uid {uid} is neither the instance's user nor in its group",
+                    )
                 elif not data:
                     return
                 else:
@@ -193,7 +206,7 @@ class Server:
                 try:
                     conn.sendall(_encoder.encode(rep))
                 except OSError:
-                    pass                               # the client went away
+                    pass  # the client went away
         finally:
             self.slots.release()
 
@@ -214,7 +227,7 @@ class Server:
             return Reply(False, error=type(e).__name__, message=str(e))
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return Reply(False, error="InvalidArgument", message=f"bad admin request: {e}")
-        except Exception as e:                          # the supervisor goes on; the caller learns why
+        except Exception as e:  # the supervisor goes on; the caller learns why
             if isinstance(e, OSError):
                 # an OS failure a handler let through (a write outside safefile): a full
                 # filesystem or quota is NoSpace, a refusal PermissionDenied, as safefile's own

@@ -13,6 +13,7 @@ Must never: import the daemons themselves (they are started as processes,
 `python -m shmlog.service.<daemon>`), or decide by reading a daemon's log
 whether it started (launch.py's status pipe does).
 """
+
 import fcntl
 import os
 import signal
@@ -31,6 +32,7 @@ PERSISTER_MODULE = "shmlog.service.persister"
 
 # ------------------------------------------------------------ the supervisor
 
+
 class SupervisorState(msgspec.Struct, kw_only=True):
     pid: int
     instance: str
@@ -38,7 +40,7 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     shm_prefix: str
     admin_socket: str
     metrics_port: int | None = None
-    kafka_port: int | None = None          # the Kafka listener's bound port, when one runs
+    kafka_port: int | None = None  # the Kafka listener's bound port, when one runs
     kafka_host: str | None = None
     config: str | None = None
     started_ms: int = 0
@@ -66,14 +68,14 @@ def write_supervisor_state(settings: config.Settings, st: SupervisorState):
     safefile.replace(supervisor_state_path(settings), msgspec.json.encode(st), sync_dir=False)
 
 
-
-
 def addresses(st: SupervisorState | None) -> dict:
     """Where a running supervisor serves: {"metrics": URL or None, "kafka": HOST:PORT or None}."""
     if st is None:
         return {"metrics": None, "kafka": None}
-    return {"metrics": f"http://127.0.0.1:{st.metrics_port}/metrics" if st.metrics_port else None,
-            "kafka": f"{st.kafka_host or '127.0.0.1'}:{st.kafka_port}" if st.kafka_port else None}
+    return {
+        "metrics": f"http://127.0.0.1:{st.metrics_port}/metrics" if st.metrics_port else None,
+        "kafka": f"{st.kafka_host or '127.0.0.1'}:{st.kafka_port}" if st.kafka_port else None,
+    }
 
 
 def running_pid(settings: config.Settings) -> int | None:
@@ -98,10 +100,16 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     pid = running_pid(settings)
     if pid is not None:
         return pid
-    permissions.check_data_dir(settings.data_dir, create=True, write=True)   # PermissionDenied, not EACCES later
+    permissions.check_data_dir(settings.data_dir, create=True, write=True)  # PermissionDenied, not EACCES later
     logfile = os.path.join(os.path.abspath(settings.data_dir), "supervisor.log")
-    args = ["--instance", settings.instance, "--data-dir", os.path.abspath(settings.data_dir),
-            "--shm-prefix", settings.shm_prefix]
+    args = [
+        "--instance",
+        settings.instance,
+        "--data-dir",
+        os.path.abspath(settings.data_dir),
+        "--shm-prefix",
+        settings.shm_prefix,
+    ]
     if config_path:
         args += ["--config", os.path.abspath(config_path)]
     started = launch.start("the supervisor", SUPERVISOR_MODULE, args, logfile, detach=True)
@@ -109,7 +117,7 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
         st = started.wait(lambda st: st is not None and st["state"] == "ready", timeout)
         return st["pid"]
     except errors.AlreadyRunning:
-        return _wait_for_other(settings, timeout, logfile)   # a racing up(), or systemd's, got the lock first
+        return _wait_for_other(settings, timeout, logfile)  # a racing up(), or systemd's, got the lock first
 
 
 def _wait_for_other(settings: config.Settings, timeout: float, logfile: str) -> int:
@@ -127,10 +135,17 @@ def _wait_for_other(settings: config.Settings, timeout: float, logfile: str) -> 
             last, moved = prog, now
         if now - start > timeout:
             holder = _lock_holder(settings)
-            if (holder is None or not prog or prog.pid != holder.pid
-                    or now - moved > launch.PROGRESS_GRACE_S or now - start > launch.MAX_WAIT_S):
-                raise errors.Timeout(f"another supervisor holds instance {settings.instance!r} but did not "
-                                     f"answer within {timeout:g} s; see {logfile}")
+            if (
+                holder is None
+                or not prog
+                or prog.pid != holder.pid
+                or now - moved > launch.PROGRESS_GRACE_S
+                or now - start > launch.MAX_WAIT_S
+            ):
+                raise errors.Timeout(
+                    f"another supervisor holds instance {settings.instance!r} but did not "
+                    f"answer within {timeout:g} s; see {logfile}"
+                )
         time.sleep(0.02)
 
 
@@ -176,7 +191,7 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def _purge_shared_memory(settings: config.Settings):
-    stop_persister(settings, timeout=120)       # it would write what we remove
+    stop_persister(settings, timeout=120)  # it would write what we remove
     prefix = settings.segment_glob_prefix
     for name in os.listdir(permissions.SHM_DIR):
         if name.startswith(prefix):
@@ -186,8 +201,8 @@ def _purge_shared_memory(settings: config.Settings):
                 pass
 
 
-
 # ------------------------------------------------------------ the persister
+
 
 def persister_lock_path(data_dir: str) -> str:
     return os.path.join(data_dir, "persister.lock")
@@ -216,14 +231,17 @@ def persister_pid(data_dir: str):
         return None
 
 
-
 def start_persister(settings: config.Settings, *, wait: bool = True, timeout: float = 10.0) -> launch.Started:
     """Starts the instance's persister as a child of this process; with wait,
     returns once it holds its lock (its exit before that is an error at once)."""
     d = os.path.abspath(settings.data_dir)
-    started = launch.start("the persister", PERSISTER_MODULE,
-                           ["--instance", settings.instance, "--data-dir", d, "--shm-prefix", settings.shm_prefix],
-                           os.path.join(d, "persister.log"), detach=False)
+    started = launch.start(
+        "the persister",
+        PERSISTER_MODULE,
+        ["--instance", settings.instance, "--data-dir", d, "--shm-prefix", settings.shm_prefix],
+        os.path.join(d, "persister.log"),
+        detach=False,
+    )
     if wait:
         started.wait(lambda _: persister_running(d), timeout)
     return started
@@ -237,7 +255,7 @@ def stop_persister(settings: config.Settings, timeout: float = 30.0) -> bool:
     if not persister_running(d):
         return False
     pid = persister_pid(d)
-    while not pid:                   # it holds the lock, its pid follows at once
+    while not pid:  # it holds the lock, its pid follows at once
         if time.monotonic() > deadline or not persister_running(d):
             return False
         time.sleep(0.001)
@@ -245,7 +263,7 @@ def stop_persister(settings: config.Settings, timeout: float = 30.0) -> bool:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        pass                         # it exited meanwhile
+        pass  # it exited meanwhile
     while persister_running(d):
         if time.monotonic() > deadline:
             raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")

@@ -22,6 +22,7 @@ Must never: search a log for a word to decide whether a daemon started, wait
 on a daemon that already exited, or let the pipe leak into the daemon's own
 children (StatusPipe marks it close-on-exec at once).
 """
+
 import json
 import os
 import select
@@ -35,13 +36,13 @@ from .. import errors, safefile
 STATUS_FD_ENV = "SHMLOG_STATUS_FD"
 # systemd's variables name one process (the unit's main one); a daemon we start is not it
 SYSTEMD_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-PROGRESS_GRACE_S = 60.0        # past the deadline, a restore that reported progress this recently is waited for
+PROGRESS_GRACE_S = 60.0  # past the deadline, a restore that reported progress this recently is waited for
 MAX_WAIT_S = 3600.0
 
 
 def command(module: str, *args: str) -> list[str]:
     """argv of `python -m module args` that imports the installed package whatever the cwd."""
-    safe = ["-P"] if sys.version_info >= (3, 11) else []     # 3.10: cwd "/" alone keeps the source tree out
+    safe = ["-P"] if sys.version_info >= (3, 11) else []  # 3.10: cwd "/" alone keeps the source tree out
     return [sys.executable, *safe, "-m", module, *args]
 
 
@@ -54,7 +55,7 @@ class Started:
 
     def __init__(self, what: str, fd: int, logfile: str, log_at: int, proc: subprocess.Popen | None):
         self.what, self.fd, self.logfile, self.log_at, self.proc = what, fd, logfile, log_at, proc
-        self.status: dict | None = None        # the latest line the daemon wrote
+        self.status: dict | None = None  # the latest line the daemon wrote
         self.progress_at = time.monotonic()
         self._buf = b""
         self.eof = False
@@ -63,7 +64,7 @@ class Started:
         if self.eof:
             time.sleep(wait_s)
             return
-        poller = select.poll()                   # not select(): the caller may hold more than 1024 fds
+        poller = select.poll()  # not select(): the caller may hold more than 1024 fds
         poller.register(self.fd, select.POLLIN)
         if not poller.poll(wait_s * 1000):
             return
@@ -118,15 +119,16 @@ class Started:
                             pass
                     tail = self.log_tail()
                     raise errors.SupervisorError(
-                        f"{self.what} exited during start-up{code}"
-                        f"{': ' + tail if tail else ''} (see {self.logfile})")
+                        f"{self.what} exited during start-up{code}{': ' + tail if tail else ''} (see {self.logfile})"
+                    )
                 now = time.monotonic()
                 if now > deadline:
                     recovering = st is not None and st["state"] == "recovering"
                     if not recovering or now - self.progress_at > PROGRESS_GRACE_S or now - start > MAX_WAIT_S:
                         last = f" (last state: {st['state']})" if st else ""
-                        raise errors.Timeout(f"{self.what} did not start within {timeout:g} s{last}; "
-                                             f"see {self.logfile}")
+                        raise errors.Timeout(
+                            f"{self.what} did not start within {timeout:g} s{last}; see {self.logfile}"
+                        )
                 self._read(0.02)
         finally:
             self.close()
@@ -146,12 +148,12 @@ def start(what: str, module: str, args: list[str], logfile: str, *, detach: bool
         log_at = os.path.getsize(logfile)
     except OSError:
         log_at = 0
-    r, w = os.pipe()                             # both close-on-exec; pass_fds hands w to the daemon
+    r, w = os.pipe()  # both close-on-exec; pass_fds hands w to the daemon
     env = environment()
     env[STATUS_FD_ENV] = str(w)
     cmd = command(module, *args)
     try:
-        out = os.fdopen(safefile.open_append(logfile), "ab")     # never through a planted symlink
+        out = os.fdopen(safefile.open_append(logfile), "ab")  # never through a planted symlink
     except (OSError, errors.ShmlogError):
         os.close(r)
         os.close(w)
@@ -159,11 +161,28 @@ def start(what: str, module: str, args: list[str], logfile: str, *, detach: bool
     proc = None
     try:
         if detach:
-            subprocess.run(["/bin/sh", "-c", 'exec "$@" &', "sh", *cmd], stdin=subprocess.DEVNULL, stdout=out,
-                           stderr=out, cwd="/", env=env, start_new_session=True, pass_fds=(w,), check=True)
+            subprocess.run(
+                ["/bin/sh", "-c", 'exec "$@" &', "sh", *cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                cwd="/",
+                env=env,
+                start_new_session=True,
+                pass_fds=(w,),
+                check=True,
+            )
         else:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/", env=env,
-                                    start_new_session=True, pass_fds=(w,))
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                cwd="/",
+                env=env,
+                start_new_session=True,
+                pass_fds=(w,),
+            )
     except BaseException:
         os.close(r)
         raise
@@ -189,7 +208,7 @@ class StatusPipe:
         if raw is not None and raw.isdigit():
             fd = int(raw)
             try:
-                os.set_inheritable(fd, False)     # our own children (persister, workers) must not hold it
+                os.set_inheritable(fd, False)  # our own children (persister, workers) must not hold it
             except OSError:
                 fd = None
         return cls(fd)

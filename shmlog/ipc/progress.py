@@ -7,6 +7,7 @@ every REPORT_S, removing it at the end, reading it tolerantly.
 Must never: fail a restore (progress is a courtesy), or trust the file's
 content (a damaged one is a warning and "no progress known").
 """
+
 import logging
 import os
 import time
@@ -37,11 +38,17 @@ class ProgressWriter:
             return
         self.last = now
         try:
-            safefile.replace(self.path, msgspec.json.encode(RecoveryProgress(
-                pid=os.getpid(), done=self.done, total=self.total, topic=topic, partition=partition)),
-                sync_dir=False)
+            safefile.replace(
+                self.path,
+                msgspec.json.encode(
+                    RecoveryProgress(
+                        pid=os.getpid(), done=self.done, total=self.total, topic=topic, partition=partition
+                    )
+                ),
+                sync_dir=False,
+            )
         except OSError:
-            pass                      # progress is a courtesy; recovery goes on
+            pass  # progress is a courtesy; recovery goes on
 
     def finish(self):
         try:
@@ -53,6 +60,7 @@ class ProgressWriter:
 class RecoveryProgress(msgspec.Struct, frozen=True, kw_only=True):
     """The shape of <data_dir>/recovery.json: `done` of `total` durable partitions
     restored by process `pid`, now at topic[partition]."""
+
     pid: Annotated[int, msgspec.Meta(gt=0)]
     done: Annotated[int, msgspec.Meta(ge=0)]
     total: Annotated[int, msgspec.Meta(ge=0)]
@@ -60,7 +68,7 @@ class RecoveryProgress(msgspec.Struct, frozen=True, kw_only=True):
     partition: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
-_damaged_progress_seen = {}       # path -> the damaged content last warned about (warned once, not per poll)
+_damaged_progress_seen = {}  # path -> the damaged content last warned about (warned once, not per poll)
 
 
 def read_recovery_progress(data_dir: str) -> RecoveryProgress | None:
@@ -79,9 +87,13 @@ def read_recovery_progress(data_dir: str) -> RecoveryProgress | None:
         if prog.done > prog.total:
             raise msgspec.ValidationError(f"done {prog.done} > total {prog.total}")
         return prog
-    except msgspec.DecodeError as e:          # ValidationError is a DecodeError
+    except msgspec.DecodeError as e:  # ValidationError is a DecodeError
         if _damaged_progress_seen.get(path) != raw:
             _damaged_progress_seen[path] = raw
-            logger.warning("ignoring the damaged restore progress file %s (%s): no progress known; "
-                        "the restore rewrites it as it goes", path, e)
+            logger.warning(
+                "ignoring the damaged restore progress file %s (%s): no progress known; "
+                "the restore rewrites it as it goes",
+                path,
+                e,
+            )
         return None

@@ -6,6 +6,7 @@ running in a background thread) and `main(argv)` (`shmlog kafka-listener`).
 It owns nothing else; server.py, handlers.py, groups.py, data.py and
 codec.py hold the listener.
 """
+
 from .cli import main, serve, start
 from .server import Listener
 

@@ -5,6 +5,7 @@ unless asked for explicitly, connecting to the instance, and running the
 listener until SIGINT/SIGTERM (main), in the caller's loop (serve) or in a
 background thread (start). Must never: hold protocol logic.
 """
+
 import argparse
 import asyncio
 import ipaddress
@@ -34,14 +35,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         try:
-            return all(ipaddress.ip_address(a[4][0]).is_loopback
-                       for a in socket.getaddrinfo(host, None))
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
         except OSError:
             return False
 
 
-async def serve(log, host="127.0.0.1", port=9092, *, allow_non_loopback=False, started=None, stop=None,
-                **options):
+async def serve(log, host="127.0.0.1", port=9092, *, allow_non_loopback=False, started=None, stop=None, **options):
     """Runs a listener for `log` in the running event loop until `stop` (an
     asyncio.Event) is set or the task is cancelled. `started` (a callable)
     gets the Listener once it accepts connections (its .port is the bound
@@ -49,7 +48,8 @@ async def serve(log, host="127.0.0.1", port=9092, *, allow_non_loopback=False, s
     if not allow_non_loopback and not is_loopback(host):
         raise errors.InvalidArgument(
             f"refusing to listen on {host}: not a loopback address; pass allow_non_loopback=True "
-            "(--allow-non-loopback) to expose shmlog beyond this host")
+            "(--allow-non-loopback) to expose shmlog beyond this host"
+        )
     listener = Listener(log, host, port, **options)
     await listener.start()
     if started is not None:
@@ -91,9 +91,10 @@ def start(log, host="127.0.0.1", port=9092, **options) -> Running:
         def started(lst):
             box["listener"] = lst
             ready.set()
+
         try:
             loop.run_until_complete(serve(log, host, port, started=started, stop=stop, **options))
-        except BaseException as e:       # reported to the caller of start()
+        except BaseException as e:  # reported to the caller of start()
             box["error"] = e
             ready.set()
         finally:
@@ -110,30 +111,48 @@ def start(log, host="127.0.0.1", port=9092, **options) -> Running:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="shmlog kafka-listener",
-                                 description="Serve Kafka's wire protocol for a shmlog instance.")
+    ap = argparse.ArgumentParser(
+        prog="shmlog kafka-listener", description="Serve Kafka's wire protocol for a shmlog instance."
+    )
     ap.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
-    ap.add_argument("--allow-non-loopback", action="store_true",
-                    help="allow a --listen address other than loopback")
+    ap.add_argument("--allow-non-loopback", action="store_true", help="allow a --listen address other than loopback")
     ap.add_argument("--advertised-host", default=None, help="host name given to clients (default: the listen host)")
     ap.add_argument("--instance", default=None)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--shm-prefix", default=None)
-    ap.add_argument("--auto-create-topics", action="store_true",
-                    help="create a topic when a client asks for its metadata (Kafka's auto.create.topics.enable)")
+    ap.add_argument(
+        "--auto-create-topics",
+        action="store_true",
+        help="create a topic when a client asks for its metadata (Kafka's auto.create.topics.enable)",
+    )
     ap.add_argument("--default-partitions", type=int, default=1, help="partitions of auto-created topics")
-    ap.add_argument("--max-frame-bytes", type=int, default=100 << 20,
-                    help="largest request accepted; larger closes the connection (default 100 MiB)")
+    ap.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=100 << 20,
+        help="largest request accepted; larger closes the connection (default 100 MiB)",
+    )
     ap.add_argument("--max-connections", type=int, default=1024)
-    ap.add_argument("--max-queued-request-bytes", type=int, default=MAX_QUEUED_REQUEST_BYTES,
-                    help="request bytes buffered across all connections; a frame past it waits "
-                         "(Kafka's queued.max.request.bytes; default 256 MiB, at least --max-frame-bytes)")
-    ap.add_argument("--fetch-max-bytes", type=int, default=FETCH_MAX_BYTES,
-                    help="most record bytes in one Fetch response whatever the client asks "
-                         "(Kafka's broker fetch.max.bytes; default 55 MiB)")
-    ap.add_argument("--allow-any-local-user", action="store_true",
-                    help="serve every local user; by default only root, the instance's owner and members "
-                         "of its group (who may use the native API) are served")
+    ap.add_argument(
+        "--max-queued-request-bytes",
+        type=int,
+        default=MAX_QUEUED_REQUEST_BYTES,
+        help="request bytes buffered across all connections; a frame past it waits "
+        "(Kafka's queued.max.request.bytes; default 256 MiB, at least --max-frame-bytes)",
+    )
+    ap.add_argument(
+        "--fetch-max-bytes",
+        type=int,
+        default=FETCH_MAX_BYTES,
+        help="most record bytes in one Fetch response whatever the client asks "
+        "(Kafka's broker fetch.max.bytes; default 55 MiB)",
+    )
+    ap.add_argument(
+        "--allow-any-local-user",
+        action="store_true",
+        help="serve every local user; by default only root, the instance's owner and members "
+        "of its group (who may use the native API) are served",
+    )
     ap.add_argument("--log-level", default="INFO")
     return ap
 
@@ -146,11 +165,13 @@ def main(argv=None) -> int:
     try:
         host, port = parse_listen(args.listen)
         if args.max_frame_bytes < 1024 or args.max_connections < 1 or args.default_partitions < 1:
-            raise errors.InvalidArgument("--max-frame-bytes >= 1024, --max-connections >= 1 and "
-                                         "--default-partitions >= 1 are required")
+            raise errors.InvalidArgument(
+                "--max-frame-bytes >= 1024, --max-connections >= 1 and --default-partitions >= 1 are required"
+            )
         if not args.allow_non_loopback and not is_loopback(host):
-            raise errors.InvalidArgument(f"refusing to listen on {host}: not a loopback address "
-                                         "(add --allow-non-loopback to mean it)")
+            raise errors.InvalidArgument(
+                f"refusing to listen on {host}: not a loopback address (add --allow-non-loopback to mean it)"
+            )
         log = connect(instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix)
     except errors.ShmlogError as e:
         print(f"shmlog kafka-listener: {e}", file=sys.stderr)
@@ -161,11 +182,22 @@ def main(argv=None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(log, host, port, allow_non_loopback=args.allow_non_loopback, stop=stop,
-                    advertised_host=args.advertised_host, auto_create_topics=args.auto_create_topics,
-                    default_partitions=args.default_partitions, max_frame_bytes=args.max_frame_bytes,
-                    max_connections=args.max_connections, max_queued_request_bytes=args.max_queued_request_bytes,
-                    fetch_max_bytes=args.fetch_max_bytes, allow_any_local_user=args.allow_any_local_user)
+        await serve(
+            log,
+            host,
+            port,
+            allow_non_loopback=args.allow_non_loopback,
+            stop=stop,
+            advertised_host=args.advertised_host,
+            auto_create_topics=args.auto_create_topics,
+            default_partitions=args.default_partitions,
+            max_frame_bytes=args.max_frame_bytes,
+            max_connections=args.max_connections,
+            max_queued_request_bytes=args.max_queued_request_bytes,
+            fetch_max_bytes=args.fetch_max_bytes,
+            allow_any_local_user=args.allow_any_local_user,
+        )
+
     try:
         asyncio.run(run())
     except errors.ShmlogError as e:

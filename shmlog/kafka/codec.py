@@ -14,6 +14,7 @@ Why our own and not a library: the project supports Python >= 3.10 and kio
 are a client's (hand-kept per version, no broker side for several APIs we
 need). Interpreting the JSON keeps one source of truth for ~40 definitions.
 """
+
 import json
 import os
 import struct
@@ -69,6 +70,7 @@ def _fixed(st):
 
     def write(out, v):
         out += st.pack(v)
+
     return read, write
 
 
@@ -79,16 +81,18 @@ def _bool():
 
     def write(out, v):
         out.append(1 if v else 0)
+
     return read, write
 
 
 def _uuid_rw():
     def read(buf, pos):
         _need(buf, pos, 16)
-        return bytes(buf[pos:pos + 16]), pos + 16
+        return bytes(buf[pos : pos + 16]), pos + 16
 
     def write(out, v):
         out += (v or bytes(16)) if not isinstance(v, _uuid.UUID) else v.bytes
+
     return read, write
 
 
@@ -113,7 +117,7 @@ def _blob(kind: str, compact: bool, nullable: bool):
                 return None, pos
             raise DecodeError(f"negative length {n} for a non-nullable {kind}")
         _need(buf, pos, n)
-        v = buf[pos:pos + n]
+        v = buf[pos : pos + n]
         if as_str:
             try:
                 v = bytes(v).decode()
@@ -135,6 +139,7 @@ def _blob(kind: str, compact: bool, nullable: bool):
         else:
             out += _I16.pack(len(v)) if as_str else _I32.pack(len(v))
         out += v
+
     return read, write
 
 
@@ -153,9 +158,8 @@ def _array(elem_read, elem_write, compact: bool, nullable: bool):
             # request (handlers may iterate every non-nullable array without a check)
             if n == -1 and nullable:
                 return None, pos
-            raise DecodeError(f"negative array length {n}" if n != -1
-                              else "null for a non-nullable array")
-        if n > len(buf) - pos:       # every element takes at least one byte
+            raise DecodeError(f"negative array length {n}" if n != -1 else "null for a non-nullable array")
+        if n > len(buf) - pos:  # every element takes at least one byte
             raise DecodeError(f"array of {n} cannot fit in {len(buf) - pos} bytes")
         items = []
         for _ in range(n):
@@ -176,15 +180,25 @@ def _array(elem_read, elem_write, compact: bool, nullable: bool):
             out += _I32.pack(len(v))
         for item in v:
             elem_write(out, item)
+
     return read, write
 
 
-_PRIMS = {"int8": _fixed(_I8), "int16": _fixed(_I16), "int32": _fixed(_I32), "int64": _fixed(_I64),
-          "uint16": _fixed(_U16), "uint32": _fixed(_U32), "float64": _fixed(_F64), "bool": _bool(),
-          "uuid": _uuid_rw()}
+_PRIMS = {
+    "int8": _fixed(_I8),
+    "int16": _fixed(_I16),
+    "int32": _fixed(_I32),
+    "int64": _fixed(_I64),
+    "uint16": _fixed(_U16),
+    "uint32": _fixed(_U32),
+    "float64": _fixed(_F64),
+    "bool": _bool(),
+    "uuid": _uuid_rw(),
+}
 
 
 # ------------------------------------------------------------ versions
+
 
 def parse_versions(spec) -> tuple[int, int]:
     """'3+' -> (3, big), '1-4' -> (1, 4), '2' -> (2, 2), 'none' -> (1, 0) (empty)."""
@@ -223,10 +237,11 @@ def _default(field, typ: str):
         return b""
     if typ == "uuid":
         return bytes(16)
-    return None          # a struct: absent
+    return None  # a struct: absent
 
 
 # ------------------------------------------------------------ messages
+
 
 def load_definition(name: str) -> dict:
     with open(os.path.join(HERE, name + ".json")) as f:
@@ -294,7 +309,7 @@ class Message:
             return _PRIMS[typ]
         if typ in ("string", "bytes", "records"):
             return _blob(typ, flex, nullable)
-        return self._struct(self._sub_fields(f, typ), version, flex)        # a single struct
+        return self._struct(self._sub_fields(f, typ), version, flex)  # a single struct
 
     def _sub_fields(self, f, typ):
         if "fields" in f:
@@ -331,7 +346,7 @@ class Message:
                     _need(buf, pos, size)
                     t = tagged.get(tag)
                     if t is not None:
-                        obj[t[0]], _ = t[1](buf[:pos + size], pos)
+                        obj[t[0]], _ = t[1](buf[: pos + size], pos)
                     pos += size
                 for name, _, _, d, _ in tagged.values():
                     obj.setdefault(name, d)
@@ -353,6 +368,7 @@ class Message:
                     write_uvarint(out, tag)
                     write_uvarint(out, len(b))
                     out += b
+
         return read, write
 
     def decode(self, buf, version: int, pos: int = 0):
@@ -381,10 +397,26 @@ class Api:
         self.name = name
 
 
-API_NAMES = ("Produce", "Fetch", "ListOffsets", "Metadata", "OffsetCommit", "OffsetFetch",
-             "FindCoordinator", "JoinGroup", "Heartbeat", "LeaveGroup", "SyncGroup", "DescribeGroups",
-             "ListGroups", "ApiVersions", "CreateTopics", "DeleteTopics", "InitProducerId",
-             "OffsetForLeaderEpoch")
+API_NAMES = (
+    "Produce",
+    "Fetch",
+    "ListOffsets",
+    "Metadata",
+    "OffsetCommit",
+    "OffsetFetch",
+    "FindCoordinator",
+    "JoinGroup",
+    "Heartbeat",
+    "LeaveGroup",
+    "SyncGroup",
+    "DescribeGroups",
+    "ListGroups",
+    "ApiVersions",
+    "CreateTopics",
+    "DeleteTopics",
+    "InitProducerId",
+    "OffsetForLeaderEpoch",
+)
 
 
 class Schema:
@@ -403,7 +435,7 @@ class Schema:
         return 2 if a is not None and a.request.is_flexible(version) else 1
 
     def response_header_version(self, api_key: int, version: int) -> int:
-        if api_key == 18:      # ApiVersions answers with header v0 at every version (KIP-511)
+        if api_key == 18:  # ApiVersions answers with header v0 at every version (KIP-511)
             return 0
         a = self.apis.get(api_key)
         return 1 if a is not None and a.response.is_flexible(version) else 0
@@ -421,10 +453,10 @@ class Schema:
         out = bytearray(4)
         out += _I32.pack(corr)
         if self.response_header_version(api_key, version) == 1:
-            out.append(0)                      # no tagged fields
+            out.append(0)  # no tagged fields
         self.apis[api_key].response.encode_into(out, body, version)
         struct.pack_into(">i", out, 0, len(out) - 4)
-        return out                         # a bytearray: the transport takes it without another copy
+        return out  # a bytearray: the transport takes it without another copy
 
 
 _schema = None

@@ -2,6 +2,7 @@
 
 Owns: the numbers and nothing else. Must never: import the listener.
 """
+
 NONE = 0
 UNKNOWN_SERVER_ERROR = -1
 OFFSET_OUT_OF_RANGE = 1

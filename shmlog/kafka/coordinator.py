@@ -11,6 +11,7 @@ group describe` see what Kafka clients committed, and the reverse.
 Must never: interpret subscription or assignment bytes, block the event loop,
 or keep an offset anywhere but the shared table.
 """
+
 import asyncio
 import logging
 import time
@@ -23,13 +24,25 @@ from .data import LEADER_EPOCH
 
 logger = logging.getLogger("shmlog.kafka")
 
-EXPIRY_CHECK_S = 0.1          # how often sessions are checked
+EXPIRY_CHECK_S = 0.1  # how often sessions are checked
 MIN_SESSION_MS, MAX_SESSION_MS = 1000, 30 * 60_000
 
 
 class Member:
-    __slots__ = ("member_id", "instance_id", "client_id", "client_host", "session_ms", "rebalance_ms",
-                 "protocol_type", "protocols", "last_seen", "join_fut", "sync_fut", "assignment")
+    __slots__ = (
+        "member_id",
+        "instance_id",
+        "client_id",
+        "client_host",
+        "session_ms",
+        "rebalance_ms",
+        "protocol_type",
+        "protocols",
+        "last_seen",
+        "join_fut",
+        "sync_fut",
+        "assignment",
+    )
 
     def __init__(self, member_id, instance_id, client_id, client_host):
         self.member_id = member_id
@@ -39,10 +52,10 @@ class Member:
         self.session_ms = 45000
         self.rebalance_ms = 300000
         self.protocol_type = "consumer"
-        self.protocols = []               # [(name, metadata bytes)] in the member's preference order
+        self.protocols = []  # [(name, metadata bytes)] in the member's preference order
         self.last_seen = time.monotonic()
-        self.join_fut = None              # pending JoinGroup answer
-        self.sync_fut = None              # pending SyncGroup answer
+        self.join_fut = None  # pending JoinGroup answer
+        self.sync_fut = None  # pending SyncGroup answer
         self.assignment = b""
 
     def metadata_for(self, protocol):
@@ -98,7 +111,7 @@ class GroupCoordinator:
     async def join_group(self, conn, req, version):
         group_id = req["GroupId"]
         try:
-            validate_group_name(group_id)         # the shared offset table's rule for group ids
+            validate_group_name(group_id)  # the shared offset table's rule for group ids
         except errors.ShmlogError:
             return _join_error(codes.INVALID_GROUP_ID)
         session_ms = req["SessionTimeoutMs"]
@@ -116,12 +129,13 @@ class GroupCoordinator:
             if m is None:
                 return _join_error(codes.UNKNOWN_MEMBER_ID, member_id)
         else:
-            if instance_id is not None:          # static member rejoining: fence its old id
+            if instance_id is not None:  # static member rejoining: fence its old id
                 for old in [x for x in g.members.values() if x.instance_id == instance_id]:
                     self._remove(g, old, "replaced by a new instance")
             member_id = f"{conn.client_id or 'member'}-{uuid.uuid4()}"
-            m = g.members[member_id] = Member(member_id, instance_id, conn.client_id or "",
-                                              str(conn.peer[0]) if conn.peer else "")
+            m = g.members[member_id] = Member(
+                member_id, instance_id, conn.client_id or "", str(conn.peer[0]) if conn.peer else ""
+            )
         m.session_ms = session_ms
         rb = req.get("RebalanceTimeoutMs", -1)
         m.rebalance_ms = rb if rb > 0 else session_ms
@@ -145,7 +159,7 @@ class GroupCoordinator:
         if g.state == "PreparingRebalance":
             return
         if g.state == "CompletingRebalance":
-            for x in g.members.values():              # the generation being synced is void
+            for x in g.members.values():  # the generation being synced is void
                 _resolve(x.sync_fut, {"ErrorCode": codes.REBALANCE_IN_PROGRESS, "Assignment": b""})
         g.state = "PreparingRebalance"
         timeout_s = max((x.rebalance_ms for x in g.members.values()), default=5000) / 1000
@@ -178,17 +192,34 @@ class GroupCoordinator:
         if g.leader not in g.members:
             g.leader = next(iter(g.members))
         g.state = "CompletingRebalance"
-        members = [{"MemberId": x.member_id, "GroupInstanceId": x.instance_id,
-                    "Metadata": x.metadata_for(g.protocol)} for x in g.members.values()]
+        members = [
+            {"MemberId": x.member_id, "GroupInstanceId": x.instance_id, "Metadata": x.metadata_for(g.protocol)}
+            for x in g.members.values()
+        ]
         for x in g.members.values():
             x.assignment = b""
             x.last_seen = time.monotonic()
-            _resolve(x.join_fut, {"ThrottleTimeMs": 0, "ErrorCode": 0, "GenerationId": g.generation,
-                                  "ProtocolType": g.protocol_type, "ProtocolName": g.protocol,
-                                  "Leader": g.leader, "MemberId": x.member_id,
-                                  "Members": members if x.member_id == g.leader else []})
-        logger.info("group %r generation %d: %d members, leader %s, protocol %s", g.group_id, g.generation,
-                 len(g.members), g.leader, g.protocol)
+            _resolve(
+                x.join_fut,
+                {
+                    "ThrottleTimeMs": 0,
+                    "ErrorCode": 0,
+                    "GenerationId": g.generation,
+                    "ProtocolType": g.protocol_type,
+                    "ProtocolName": g.protocol,
+                    "Leader": g.leader,
+                    "MemberId": x.member_id,
+                    "Members": members if x.member_id == g.leader else [],
+                },
+            )
+        logger.info(
+            "group %r generation %d: %d members, leader %s, protocol %s",
+            g.group_id,
+            g.generation,
+            len(g.members),
+            g.leader,
+            g.protocol,
+        )
 
     def _choose_protocol(self, g):
         """The protocol every member supports, by votes of each member's first choice among those."""
@@ -257,8 +288,13 @@ class GroupCoordinator:
         return await fut
 
     def _sync_answer(self, g, m):
-        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ProtocolType": g.protocol_type,
-                "ProtocolName": g.protocol, "Assignment": m.assignment}
+        return {
+            "ThrottleTimeMs": 0,
+            "ErrorCode": 0,
+            "ProtocolType": g.protocol_type,
+            "ProtocolName": g.protocol,
+            "Assignment": m.assignment,
+        }
 
     async def heartbeat(self, conn, req, version):
         g = self.groups.get(req["GroupId"])
@@ -283,8 +319,13 @@ class GroupCoordinator:
                 if m is None and ident.get("GroupInstanceId") is not None:
                     m = next((x for x in g.members.values() if x.instance_id == ident["GroupInstanceId"]), None)
             if m is None:
-                results.append({"MemberId": ident["MemberId"], "GroupInstanceId": ident.get("GroupInstanceId"),
-                                "ErrorCode": codes.UNKNOWN_MEMBER_ID})
+                results.append(
+                    {
+                        "MemberId": ident["MemberId"],
+                        "GroupInstanceId": ident.get("GroupInstanceId"),
+                        "ErrorCode": codes.UNKNOWN_MEMBER_ID,
+                    }
+                )
                 continue
             self._remove(g, m, "left the group")
             results.append({"MemberId": m.member_id, "GroupInstanceId": m.instance_id, "ErrorCode": 0})
@@ -310,9 +351,9 @@ class GroupCoordinator:
         member_id = req.get("MemberId", "")
         err = codes.NONE
         if generation == -1 and not member_id:
-            pass                                       # assign-mode client (kcat, assign()): accepted
+            pass  # assign-mode client (kcat, assign()): accepted
         elif g is not None and g.state == "CompletingRebalance":
-            err = codes.REBALANCE_IN_PROGRESS         # the new generation is being synced
+            err = codes.REBALANCE_IN_PROGRESS  # the new generation is being synced
         else:
             # Kafka's classic protocol: while PreparingRebalance, members of the
             # current generation may still commit (a revoking client commits
@@ -329,7 +370,7 @@ class GroupCoordinator:
                 if not code and (h is None or not 0 <= p["PartitionIndex"] < h.partitions):
                     code = codes.UNKNOWN_TOPIC_OR_PARTITION
                 if not code and not 0 <= p["CommittedOffset"] <= self._end(h, p["PartitionIndex"]):
-                    code = codes.OFFSET_OUT_OF_RANGE      # shmlog's table holds offsets inside the log
+                    code = codes.OFFSET_OUT_OF_RANGE  # shmlog's table holds offsets inside the log
                 if not code:
                     offsets[(t["Name"], p["PartitionIndex"])] = p["CommittedOffset"]
                 results[(t["Name"], p["PartitionIndex"])] = code
@@ -340,7 +381,7 @@ class GroupCoordinator:
                 logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.REBALANCE_IN_PROGRESS
-            except errors.OffsetOutOfRange as e:               # the log was cut meanwhile
+            except errors.OffsetOutOfRange as e:  # the log was cut meanwhile
                 logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.OFFSET_OUT_OF_RANGE
@@ -352,10 +393,19 @@ class GroupCoordinator:
                 logger.warning("group %r: commit failed: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.UNKNOWN_SERVER_ERROR
-        return {"ThrottleTimeMs": 0, "Topics": [
-            {"Name": t["Name"], "Partitions": [
-                {"PartitionIndex": p["PartitionIndex"], "ErrorCode": results[(t["Name"], p["PartitionIndex"])]}
-                for p in t["Partitions"]]} for t in req["Topics"]]}
+        return {
+            "ThrottleTimeMs": 0,
+            "Topics": [
+                {
+                    "Name": t["Name"],
+                    "Partitions": [
+                        {"PartitionIndex": p["PartitionIndex"], "ErrorCode": results[(t["Name"], p["PartitionIndex"])]}
+                        for p in t["Partitions"]
+                    ],
+                }
+                for t in req["Topics"]
+            ],
+        }
 
     def _end(self, h, partition):
         return self.log.ring(h, partition, writable=False).ends()[1]
@@ -375,9 +425,9 @@ class GroupCoordinator:
         except errors.InvalidArgument:
             return {"ThrottleTimeMs": 0, "Topics": [], "ErrorCode": codes.INVALID_GROUP_ID}
         topics = req.get("Topics")
-        if topics is None:                              # v2+: every partition with a commit
+        if topics is None:  # v2+: every partition with a commit
             by_topic = {}
-            for (t, p) in sorted(committed):
+            for t, p in sorted(committed):
                 by_topic.setdefault(t, []).append(p)
             topics = [{"Name": t, "PartitionIndexes": ps} for t, ps in by_topic.items()]
         out = []
@@ -385,9 +435,15 @@ class GroupCoordinator:
             parts = []
             for p in t["PartitionIndexes"]:
                 off = committed.get((t["Name"], p))
-                parts.append({"PartitionIndex": p, "CommittedOffset": -1 if off is None else off,
-                              "CommittedLeaderEpoch": -1 if off is None else LEADER_EPOCH,
-                              "Metadata": "", "ErrorCode": 0})
+                parts.append(
+                    {
+                        "PartitionIndex": p,
+                        "CommittedOffset": -1 if off is None else off,
+                        "CommittedLeaderEpoch": -1 if off is None else LEADER_EPOCH,
+                        "Metadata": "",
+                        "ErrorCode": 0,
+                    }
+                )
             out.append({"Name": t["Name"], "Partitions": parts})
         return {"ThrottleTimeMs": 0, "Topics": out, "ErrorCode": 0}
 
@@ -398,28 +454,62 @@ class GroupCoordinator:
         for gid in req["Groups"]:
             g = self.groups.get(gid)
             if g is None:
-                out.append({"ErrorCode": 0, "GroupId": gid, "GroupState": "Dead", "ProtocolType": "",
-                            "ProtocolData": "", "Members": []})
+                out.append(
+                    {
+                        "ErrorCode": 0,
+                        "GroupId": gid,
+                        "GroupState": "Dead",
+                        "ProtocolType": "",
+                        "ProtocolData": "",
+                        "Members": [],
+                    }
+                )
                 continue
-            out.append({"ErrorCode": 0, "GroupId": gid, "GroupState": g.state,
-                        "ProtocolType": g.protocol_type or "", "ProtocolData": g.protocol or "",
-                        "Members": [{"MemberId": m.member_id, "GroupInstanceId": m.instance_id,
-                                     "ClientId": m.client_id, "ClientHost": m.client_host,
-                                     "MemberMetadata": m.metadata_for(g.protocol),
-                                     "MemberAssignment": m.assignment} for m in g.members.values()]})
+            out.append(
+                {
+                    "ErrorCode": 0,
+                    "GroupId": gid,
+                    "GroupState": g.state,
+                    "ProtocolType": g.protocol_type or "",
+                    "ProtocolData": g.protocol or "",
+                    "Members": [
+                        {
+                            "MemberId": m.member_id,
+                            "GroupInstanceId": m.instance_id,
+                            "ClientId": m.client_id,
+                            "ClientHost": m.client_host,
+                            "MemberMetadata": m.metadata_for(g.protocol),
+                            "MemberAssignment": m.assignment,
+                        }
+                        for m in g.members.values()
+                    ],
+                }
+            )
         return {"ThrottleTimeMs": 0, "Groups": out}
 
     async def list_groups(self, conn, req, version):
         names = {gid: (g.protocol_type or "consumer", g.state) for gid, g in self.groups.items()}
-        for gid in self.log.list_groups():                # native groups share the offset table
+        for gid in self.log.list_groups():  # native groups share the offset table
             names.setdefault(gid, ("consumer", "Stable"))
-        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "Groups": [
-            {"GroupId": gid, "ProtocolType": pt, "GroupState": st} for gid, (pt, st) in sorted(names.items())]}
+        return {
+            "ThrottleTimeMs": 0,
+            "ErrorCode": 0,
+            "Groups": [
+                {"GroupId": gid, "ProtocolType": pt, "GroupState": st} for gid, (pt, st) in sorted(names.items())
+            ],
+        }
 
 
 def _join_error(code, member_id=""):
-    return {"ThrottleTimeMs": 0, "ErrorCode": code, "GenerationId": -1, "ProtocolName": None,
-            "Leader": "", "MemberId": member_id, "Members": []}
+    return {
+        "ThrottleTimeMs": 0,
+        "ErrorCode": code,
+        "GenerationId": -1,
+        "ProtocolName": None,
+        "Leader": "",
+        "MemberId": member_id,
+        "Members": [],
+    }
 
 
 def _resolve(fut, value):

@@ -12,6 +12,7 @@ partition grows (a helper thread sleeps on the rings' futexes). Must never: re-e
 full ring (it retries asynchronously), or speak the wire protocol (the
 handlers do).
 """
+
 import asyncio
 import collections
 import itertools
@@ -22,21 +23,25 @@ from .. import compression, errors, storage
 from .._native import crc32c, ffi, lib
 from . import codes
 
-LEADER_EPOCH = 0                 # one broker, never a new leader: a constant epoch everywhere
-FULL_RETRY_S = 0.002             # a full ring (persister behind) is retried this often
-SEQ_CACHE = 5                    # batches remembered per producer and partition (Kafka keeps 5)
+LEADER_EPOCH = 0  # one broker, never a new leader: a constant epoch everywhere
+FULL_RETRY_S = 0.002  # a full ring (persister behind) is retried this often
+SEQ_CACHE = 5  # batches remembered per producer and partition (Kafka keeps 5)
 # RecordBatch v2 header fields and attribute bits: csrc/shmlog.h (SHM_RB_*), through the cdef
 _HDR = lib.SHM_BATCH_HEADER_BYTES
-_CODEC, _TXN, _CONTROL, _LOG_APPEND_TIME = (lib.SHM_RB_ATTR_CODEC_MASK, lib.SHM_RB_ATTR_TRANSACTIONAL,
-                                            lib.SHM_RB_ATTR_CONTROL, lib.SHM_RB_ATTR_LOG_APPEND_TIME)
+_CODEC, _TXN, _CONTROL, _LOG_APPEND_TIME = (
+    lib.SHM_RB_ATTR_CODEC_MASK,
+    lib.SHM_RB_ATTR_TRANSACTIONAL,
+    lib.SHM_RB_ATTR_CONTROL,
+    lib.SHM_RB_ATTR_LOG_APPEND_TIME,
+)
 
 
-_LEN_END = lib.SHM_RB_LENGTH + 4     # the length field counts the bytes after itself
+_LEN_END = lib.SHM_RB_LENGTH + 4  # the length field counts the bytes after itself
 
 
 def _be(buf, off: int, size: int) -> int:
     """The signed big-endian field of `size` bytes at `off` of a RecordBatch."""
-    return int.from_bytes(buf[off:off + size], "big", signed=True)
+    return int.from_bytes(buf[off : off + size], "big", signed=True)
 
 
 def batch_bytes(buf) -> int:
@@ -44,15 +49,15 @@ def batch_bytes(buf) -> int:
     return _be(buf, lib.SHM_RB_LENGTH, 4) + _LEN_END
 
 
-INFLATE_INLINE_BYTES = 256 << 10 # compressed batches larger than this inflate off the event loop
-DISK_START_TTL_S = 1.0           # how stale a durable partition's log start offset may be
+INFLATE_INLINE_BYTES = 256 << 10  # compressed batches larger than this inflate off the event loop
+DISK_START_TTL_S = 1.0  # how stale a durable partition's log start offset may be
 
 
 class ProduceError(Exception):
     def __init__(self, code: int, message: str, bad_record: int | None = None):
         super().__init__(message)
         self.code = code
-        self.bad_record = bad_record       # Produce v8 RecordErrors: the failing record's index
+        self.bad_record = bad_record  # Produce v8 RecordErrors: the failing record's index
 
 
 def _check_crc(batch):
@@ -77,7 +82,7 @@ class _Seq:
     def __init__(self, epoch):
         self.epoch = epoch
         self.last_seq = -1
-        self.recent = collections.deque(maxlen=SEQ_CACHE)    # (first_seq, last_seq, base_offset)
+        self.recent = collections.deque(maxlen=SEQ_CACHE)  # (first_seq, last_seq, base_offset)
 
 
 class ProducerIds:
@@ -96,10 +101,9 @@ class ProducerIds:
         stored (a retry). Raises ProduceError for a fenced epoch or a gap."""
         s = self._seqs.get((pid, topic, partition))
         if s is None:
-            return None                        # unknown here (new, or before a restart): accept
+            return None  # unknown here (new, or before a restart): accept
         if epoch < s.epoch:
-            raise ProduceError(codes.INVALID_PRODUCER_EPOCH,
-                               f"producer {pid} epoch {epoch} is older than {s.epoch}")
+            raise ProduceError(codes.INVALID_PRODUCER_EPOCH, f"producer {pid} epoch {epoch} is older than {s.epoch}")
         if epoch > s.epoch:
             return None
         last = (first_seq + count - 1) & 0x7FFFFFFF
@@ -107,8 +111,9 @@ class ProducerIds:
             if f == first_seq and l == last:
                 return base
         if s.last_seq >= 0 and first_seq != (s.last_seq + 1) & 0x7FFFFFFF:
-            raise ProduceError(codes.OUT_OF_ORDER_SEQUENCE_NUMBER,
-                               f"producer {pid}: sequence {first_seq} after {s.last_seq}")
+            raise ProduceError(
+                codes.OUT_OF_ORDER_SEQUENCE_NUMBER, f"producer {pid}: sequence {first_seq} after {s.last_seq}"
+            )
         return None
 
     def record(self, pid, epoch, first_seq, count, topic, partition, base_offset):
@@ -152,8 +157,8 @@ class DataPath:
         self._buf_cap = 1 << 20
         self._buf = ffi.new("uint8_t[]", self._buf_cap)
         self._plogs: dict[tuple, storage.PartitionLog] = {}
-        self._plog_read: dict[tuple, float] = {}     # when each segment list was last re-read
-        self._waiters: list = []           # [(future, [(ring, offset)])]
+        self._plog_read: dict[tuple, float] = {}  # when each segment list was last re-read
+        self._waiters: list = []  # [(future, [(ring, offset)])]
         self._watcher = None
 
     # ------------------------------------------------------------ topics and offsets
@@ -175,7 +180,8 @@ class DataPath:
         pl = self._plogs.get(key)
         if pl is None:
             pl = self._plogs[key] = storage.PartitionLog(
-                storage.partition_dir(self.log.settings.data_dir, h.name, partition, h.topic_id))
+                storage.partition_dir(self.log.settings.data_dir, h.name, partition, h.topic_id)
+            )
         return pl
 
     def offsets(self, h, partition, fresh=False):
@@ -226,14 +232,15 @@ class DataPath:
         base_ts = _be(view, lib.SHM_RB_BASE_TIMESTAMP, 8)
         codec = attr & _CODEC
         if count <= 0 or attr & _CONTROL:
-            return batch                          # the C core refuses these with its own message
+            return batch  # the C core refuses these with its own message
         if codec:
-            _check_crc(batch)                     # before inflating anything
+            _check_crc(batch)  # before inflating anything
             limit = max(h.config.max_message_bytes - lib.SHM_BATCH_HEADER_BYTES, 0)
             try:
                 if len(batch) > INFLATE_INLINE_BYTES:
                     records = await asyncio.get_running_loop().run_in_executor(
-                        None, compression.decompress, codec, view[_HDR:], limit)
+                        None, compression.decompress, codec, view[_HDR:], limit
+                    )
                 else:
                     records = compression.decompress(codec, view[_HDR:], limit)
             except errors.CorruptRecord as e:
@@ -245,28 +252,31 @@ class DataPath:
         max_ts, bad = _records_check(records, count, base_ts)
         if bad is not None:
             if not codec:
-                _check_crc(batch)                 # a damaged batch is CORRUPT_MESSAGE, as in Kafka
+                _check_crc(batch)  # a damaged batch is CORRUPT_MESSAGE, as in Kafka
             what = "is malformed" if bad < count else "(records count or trailing bytes) disagrees with the batch"
-            raise ProduceError(codes.INVALID_RECORD,
-                               f"record {bad} of the {compression.NAMES.get(codec, codec)} batch {what}: "
-                               "Kafka's record format (lengths, offset deltas 0..n-1, timestamps, headers)",
-                               bad_record=bad if bad < count else None)
+            raise ProduceError(
+                codes.INVALID_RECORD,
+                f"record {bad} of the {compression.NAMES.get(codec, codec)} batch {what}: "
+                "Kafka's record format (lengths, offset deltas 0..n-1, timestamps, headers)",
+                bad_record=bad if bad < count else None,
+            )
         if attr & _LOG_APPEND_TIME or max_ts == _be(view, lib.SHM_RB_MAX_TIMESTAMP, 8):
             return batch
         if not codec:
-            _check_crc(batch)                     # never re-sign bytes the client did not sign
+            _check_crc(batch)  # never re-sign bytes the client did not sign
         fixed = bytearray(batch)
         mt, crc, at = lib.SHM_RB_MAX_TIMESTAMP, lib.SHM_RB_CRC, lib.SHM_RB_ATTRIBUTES
-        fixed[mt:mt + 8] = max_ts.to_bytes(8, "big", signed=True)
-        fixed[crc:crc + 4] = crc32c(memoryview(fixed)[at:]).to_bytes(4, "big")
+        fixed[mt : mt + 8] = max_ts.to_bytes(8, "big", signed=True)
+        fixed[crc : crc + 4] = crc32c(memoryview(fixed)[at:]).to_bytes(4, "big")
         return bytes(fixed)
 
     async def append(self, h, partition, batch):
         """Stores one client batch; returns its base offset. Raises ProduceError."""
         if len(batch) < _HDR or batch[lib.SHM_RB_MAGIC] != 2:
-            raise ProduceError(codes.CORRUPT_MESSAGE if len(batch) <= lib.SHM_RB_MAGIC
-                               else codes.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                               "Produce v3+ carries one RecordBatch v2 (magic 2) per partition")
+            raise ProduceError(
+                codes.CORRUPT_MESSAGE if len(batch) <= lib.SHM_RB_MAGIC else codes.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                "Produce v3+ carries one RecordBatch v2 (magic 2) per partition",
+            )
         batch = await self.validate(h, batch)
         pid = _be(batch, lib.SHM_RB_PRODUCER_ID, 8)
         if _be(batch, lib.SHM_RB_ATTRIBUTES, 2) & _TXN:
@@ -294,7 +304,7 @@ class DataPath:
                 if now > deadline:
                     raise ProduceError(codes.REQUEST_TIMED_OUT, "the ring stayed full (persister behind)") from None
                 await asyncio.sleep(FULL_RETRY_S)
-            except errors.PartitionOffline as e:     # quarantined: Kafka's answer for an offline log dir
+            except errors.PartitionOffline as e:  # quarantined: Kafka's answer for an offline log dir
                 raise ProduceError(codes.KAFKA_STORAGE_ERROR, str(e)) from None
             except errors.CorruptRecord as e:
                 raise ProduceError(codes.CORRUPT_MESSAGE, str(e)) from None
@@ -325,7 +335,7 @@ class DataPath:
         if offset < start or offset > end:
             return codes.OFFSET_OUT_OF_RANGE, b""
         cur = fc.cur
-        try:          # damaged segment files (a hole in the chain, a bad frame): Kafka's CORRUPT_MESSAGE
+        try:  # damaged segment files (a hole in the chain, a bad frame): Kafka's CORRUPT_MESSAGE
             if fc.generation != h.generation or fc.next_offset != offset:
                 if not self._seek(fc, h, partition, ring, offset):
                     return codes.OFFSET_OUT_OF_RANGE, b""
@@ -350,11 +360,11 @@ class DataPath:
                 fc.next_offset = cur.next_offset
                 return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
             if rc == lib.SHM_E_BUFFER_SMALL:
-                if not min_one:                            # the batch does not fit what is left
+                if not min_one:  # the batch does not fit what is left
                     return codes.NONE, b""
                 cap = self._out.bytes_used
                 self._grow(cap)
-            elif rc == lib.SHM_E_OUT_OF_RANGE:          # lapped: the files have it, or it is gone
+            elif rc == lib.SHM_E_OUT_OF_RANGE:  # lapped: the files have it, or it is gone
                 if h.config.persistence != "disk":
                     fc.next_offset = -1
                     return codes.OFFSET_OUT_OF_RANGE, b""
@@ -419,7 +429,7 @@ class DataPath:
                     return codes.NONE, b""
                 continue
             rc = lib.shm_frames_read_batches(self._buf, n, cur.pos, cur, out)
-            if rc == lib.SHM_E_AGAIN:                  # one frame larger than cap
+            if rc == lib.SHM_E_AGAIN:  # one frame larger than cap
                 if n < cap and pl.torn(seg, cur.pos) is not None:
                     fc.next_offset = -1
                     return codes.CORRUPT_MESSAGE, b""
@@ -456,7 +466,7 @@ class DataPath:
             self._watcher = RingWatcher(loop, self._check_waiters)
         for ring, _ in watch:
             self._watcher.watch(ring)
-        self._check_waiters()           # records that landed since the caller looked
+        self._check_waiters()  # records that landed since the caller looked
         try:
             await asyncio.wait_for(fut, timeout_s)
         except asyncio.TimeoutError:
@@ -480,7 +490,7 @@ class DataPath:
     def close(self):
         self.wake()
         if self._watcher is not None:
-            self._watcher.stop()         # before the Log unmaps the rings it sleeps on
+            self._watcher.stop()  # before the Log unmaps the rings it sleeps on
         self.producer.close()
 
 
@@ -492,13 +502,13 @@ class RingWatcher:
     cursors at the rings' tails passed something, so no record can fall
     between a look and the next park."""
 
-    SLICE_NS = 50_000_000          # re-reads its ring set at least this often
-    FORGET_S = 30.0                # a ring nobody waited on for this long is dropped
+    SLICE_NS = 50_000_000  # re-reads its ring set at least this often
+    FORGET_S = 30.0  # a ring nobody waited on for this long is dropped
 
     def __init__(self, loop, on_change):
         self._loop = loop
         self._on_change = on_change
-        self._rings = {}           # ring name -> [ring, cursor, last waited on]
+        self._rings = {}  # ring name -> [ring, cursor, last waited on]
         self._lock = threading.Lock()
         self._added = threading.Event()
         self._stopping = False
@@ -510,7 +520,7 @@ class RingWatcher:
             e = self._rings.get(ring.name)
             if e is None:
                 cur = ffi.new("struct shm_cursor *")
-                cur.pos = 2**64 - 1            # not placed yet
+                cur.pos = 2**64 - 1  # not placed yet
                 cur.stuck_pos = 2**64 - 1
                 self._rings[ring.name] = [ring, cur, time.monotonic()]
                 self._added.set()
@@ -546,11 +556,10 @@ class RingWatcher:
         if not self._stopping:
             try:
                 self._loop.call_soon_threadsafe(self._on_change)
-            except RuntimeError:          # the loop closed under us
+            except RuntimeError:  # the loop closed under us
                 self._stopping = True
 
     def stop(self):
         self._stopping = True
         self._added.set()
         self._thread.join(5)
-

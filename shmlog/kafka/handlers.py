@@ -8,6 +8,7 @@ CreateTopics / DeleteTopics and optional auto-creation. Each handler takes a
 decoded request dict and returns the response dict. Must never: encode bytes
 (codec.py does) or touch shared memory except through data.py and the Log.
 """
+
 import asyncio
 import logging
 import time
@@ -19,13 +20,16 @@ from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError, batch_bytes
 logger = logging.getLogger("shmlog.kafka")
 
 NODE_ID = 0
-FETCH_MAX_BYTES = 55 << 20        # Kafka's broker fetch.max.bytes default: no response holds more records
+FETCH_MAX_BYTES = 55 << 20  # Kafka's broker fetch.max.bytes default: no response holds more records
 # Kafka topic configs CreateTopics may carry -> shmlog create_topic arguments
 TOPIC_CONFIGS = {
-    "retention.ms": ("retention_ms", int), "retention.bytes": ("retention_bytes", int),
-    "segment.bytes": ("segment_bytes", int), "segment.ms": ("segment_ms", int),
+    "retention.ms": ("retention_ms", int),
+    "retention.bytes": ("retention_bytes", int),
+    "segment.bytes": ("segment_bytes", int),
+    "segment.ms": ("segment_ms", int),
     "max.message.bytes": ("max_message_bytes", int),
-    "shmlog.ring.bytes": ("ring_bytes", int), "shmlog.persistence": ("persistence", str),
+    "shmlog.ring.bytes": ("ring_bytes", int),
+    "shmlog.persistence": ("persistence", str),
     "shmlog.fsync": ("fsync", str),
 }
 
@@ -33,13 +37,14 @@ TOPIC_CONFIGS = {
 def _config_value(kind, v):
     if kind is int:
         n = int(v)
-        return None if n < 0 else n            # Kafka's -1: unlimited
+        return None if n < 0 else n  # Kafka's -1: unlimited
     return v
 
 
 class Handlers:
-    def __init__(self, listener, *, auto_create_topics, default_partitions, topic_defaults,
-                 fetch_max_bytes=FETCH_MAX_BYTES):
+    def __init__(
+        self, listener, *, auto_create_topics, default_partitions, topic_defaults, fetch_max_bytes=FETCH_MAX_BYTES
+    ):
         self.listener = listener
         self.fetch_max_bytes = fetch_max_bytes
         self.log = listener.log
@@ -57,15 +62,28 @@ class Handlers:
     def _topic_meta(self, name, h):
         if h is None:
             return {"ErrorCode": codes.UNKNOWN_TOPIC_OR_PARTITION, "Name": name, "Partitions": []}
-        return {"ErrorCode": 0, "Name": name, "IsInternal": False, "Partitions": [
-            {"ErrorCode": 0, "PartitionIndex": p, "LeaderId": NODE_ID, "LeaderEpoch": LEADER_EPOCH,
-             "ReplicaNodes": [NODE_ID], "IsrNodes": [NODE_ID], "OfflineReplicas": []}
-            for p in range(h.partitions)]}
+        return {
+            "ErrorCode": 0,
+            "Name": name,
+            "IsInternal": False,
+            "Partitions": [
+                {
+                    "ErrorCode": 0,
+                    "PartitionIndex": p,
+                    "LeaderId": NODE_ID,
+                    "LeaderEpoch": LEADER_EPOCH,
+                    "ReplicaNodes": [NODE_ID],
+                    "IsrNodes": [NODE_ID],
+                    "OfflineReplicas": [],
+                }
+                for p in range(h.partitions)
+            ],
+        }
 
     async def metadata(self, conn, req, version):
         topics = req.get("Topics")
         if topics is None or (version == 0 and not topics):
-            names = self.log.list_topics()             # all topics
+            names = self.log.list_topics()  # all topics
             allow = False
         else:
             names = [t["Name"] for t in topics if t.get("Name") is not None]
@@ -79,9 +97,13 @@ class Handlers:
                 out.append({"ErrorCode": codes.INVALID_TOPIC_EXCEPTION, "Name": name, "Partitions": []})
                 continue
             out.append(self._topic_meta(name, h))
-        return {"ThrottleTimeMs": 0, "Brokers": [self._broker()],
-                "ClusterId": f"shmlog-{self.log.settings.instance}", "ControllerId": NODE_ID,
-                "Topics": out}
+        return {
+            "ThrottleTimeMs": 0,
+            "Brokers": [self._broker()],
+            "ClusterId": f"shmlog-{self.log.settings.instance}",
+            "ControllerId": NODE_ID,
+            "Topics": out,
+        }
 
     # ------------------------------------------------------------ topics
 
@@ -91,7 +113,7 @@ class Handlers:
         for k, v in configs.items():
             spec = TOPIC_CONFIGS.get(k)
             if spec is None:
-                continue                               # Kafka configs shmlog has no use for
+                continue  # Kafka configs shmlog has no use for
             try:
                 kwargs[spec[0]] = _config_value(spec[1], v)
             except (TypeError, ValueError):
@@ -157,8 +179,15 @@ class Handlers:
             parts = []
             for pd in t["PartitionData"]:
                 p = pd["Index"]
-                r = {"Index": p, "ErrorCode": 0, "BaseOffset": -1, "LogAppendTimeMs": -1,
-                     "LogStartOffset": -1, "RecordErrors": [], "ErrorMessage": None}
+                r = {
+                    "Index": p,
+                    "ErrorCode": 0,
+                    "BaseOffset": -1,
+                    "LogAppendTimeMs": -1,
+                    "LogStartOffset": -1,
+                    "RecordErrors": [],
+                    "ErrorMessage": None,
+                }
                 records = pd.get("Records")
                 if version < 3:
                     r["ErrorCode"] = codes.UNSUPPORTED_VERSION
@@ -184,10 +213,13 @@ class Handlers:
 
     async def init_producer_id(self, conn, req, version):
         if req.get("TransactionalId") is not None:
-            return {"ThrottleTimeMs": 0, "ErrorCode": codes.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    "ProducerId": -1, "ProducerEpoch": -1}
-        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ProducerId": self.data.producer_ids.new_id(),
-                "ProducerEpoch": 0}
+            return {
+                "ThrottleTimeMs": 0,
+                "ErrorCode": codes.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                "ProducerId": -1,
+                "ProducerEpoch": -1,
+            }
+        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ProducerId": self.data.producer_ids.new_id(), "ProducerEpoch": 0}
 
     # ------------------------------------------------------------ fetch
 
@@ -202,11 +234,11 @@ class Handlers:
         deadline = time.monotonic() + max(req["MaxWaitMs"], 0) / 1000
         min_bytes = req["MinBytes"]
         max_bytes = min(req.get("MaxBytes", 0x7FFFFFFF), self.fetch_max_bytes)
-        wanted = {}                       # (topic, partition) -> fetch partition, in first-seen order
+        wanted = {}  # (topic, partition) -> fetch partition, in first-seen order
         for t in req["Topics"]:
             for fp in t["Partitions"]:
                 wanted[(t["Topic"], fp["Partition"])] = fp
-        results = {}                      # (topic, partition) -> partition response
+        results = {}  # (topic, partition) -> partition response
         while True:
             total, failed, watch = 0, False, []
             for (topic, p), fp in wanted.items():
@@ -215,8 +247,9 @@ class Handlers:
                     total += len(prev["Records"])
                     continue
                 h = self.data.handle(topic)
-                r = results[(topic, p)] = self._fetch_partition(conn, h, topic, fp, version,
-                                                                max_bytes - total, total == 0)
+                r = results[(topic, p)] = self._fetch_partition(
+                    conn, h, topic, fp, version, max_bytes - total, total == 0
+                )
                 n = len(r["Records"])
                 total += n
                 if r["ErrorCode"]:
@@ -230,13 +263,25 @@ class Handlers:
         by_topic = {}
         for (topic, _), r in results.items():
             by_topic.setdefault(topic, []).append(r)
-        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "SessionId": 0, "Responses": [
-            {"Topic": topic, "Partitions": parts} for topic, parts in by_topic.items()]}
+        return {
+            "ThrottleTimeMs": 0,
+            "ErrorCode": 0,
+            "SessionId": 0,
+            "Responses": [{"Topic": topic, "Partitions": parts} for topic, parts in by_topic.items()],
+        }
 
     def _fetch_partition(self, conn, h, topic, fp, version, budget, first):
         p = fp["Partition"]
-        r = {"PartitionIndex": p, "ErrorCode": 0, "HighWatermark": -1, "LastStableOffset": -1,
-             "LogStartOffset": -1, "AbortedTransactions": [], "PreferredReadReplica": -1, "Records": b""}
+        r = {
+            "PartitionIndex": p,
+            "ErrorCode": 0,
+            "HighWatermark": -1,
+            "LastStableOffset": -1,
+            "LogStartOffset": -1,
+            "AbortedTransactions": [],
+            "PreferredReadReplica": -1,
+            "Records": b"",
+        }
         if version < 4:
             r["ErrorCode"] = codes.UNSUPPORTED_VERSION
             return r
@@ -268,8 +313,14 @@ class Handlers:
             parts = []
             for lp in t["Partitions"]:
                 p = lp["PartitionIndex"]
-                r = {"PartitionIndex": p, "ErrorCode": 0, "OldStyleOffsets": [], "Timestamp": -1, "Offset": -1,
-                     "LeaderEpoch": LEADER_EPOCH}
+                r = {
+                    "PartitionIndex": p,
+                    "ErrorCode": 0,
+                    "OldStyleOffsets": [],
+                    "Timestamp": -1,
+                    "Offset": -1,
+                    "LeaderEpoch": LEADER_EPOCH,
+                }
                 if h is None or not 0 <= p < h.partitions:
                     r["ErrorCode"] = codes.UNKNOWN_TOPIC_OR_PARTITION
                 else:
@@ -280,10 +331,11 @@ class Handlers:
                     elif ts == -2:
                         off = start
                     elif ts < 0:
-                        off = end               # -3 (max timestamp) and later specials: the end
+                        off = end  # -3 (max timestamp) and later specials: the end
                     else:
                         off, found_ts = await asyncio.get_running_loop().run_in_executor(
-                            None, self.data.offset_for_time, h, p, ts)
+                            None, self.data.offset_for_time, h, p, ts
+                        )
                         r["Timestamp"] = found_ts
                     r["Offset"] = off
                     r["OldStyleOffsets"] = [off] if off >= 0 else []

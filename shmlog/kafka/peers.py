@@ -17,6 +17,7 @@ A peer with no row on a non-loopback listener is a remote host: it has no
 local uid, and the operator let it in by allowing non-loopback listening.
 The read is O(sockets on the host); fine at connection rate, not per request.
 """
+
 import ipaddress
 import os
 import pwd
@@ -27,7 +28,7 @@ import struct
 from .. import permissions
 
 TABLES = {socket.AF_INET: "/proc/net/tcp", socket.AF_INET6: "/proc/net/tcp6"}
-ESTABLISHED = "01"              # the `st` column; TIME_WAIT rows (06) show uid 0 and never count
+ESTABLISHED = "01"  # the `st` column; TIME_WAIT rows (06) show uid 0 and never count
 
 
 def _hex(family, host: str, port: int) -> str:
@@ -49,7 +50,7 @@ def tcp_peer_uid(sock: socket.socket) -> int | None:
     want_remote = _hex(family, local[0].split("%")[0], local[1])
     try:
         with open(TABLES[family]) as f:
-            next(f, None)                                 # the column titles
+            next(f, None)  # the column titles
             for line in f:
                 cols = line.split()
                 if len(cols) > 7 and cols[1] == want_local and cols[2] == want_remote and cols[3] == ESTABLISHED:
@@ -82,7 +83,7 @@ def uid_allowed(uid: int, owners: set[int], gid: int | None) -> bool:
     try:
         pw = pwd.getpwuid(uid)
     except KeyError:
-        return False                                       # no account: no known groups
+        return False  # no account: no known groups
     return gid in os.getgrouplist(pw.pw_name, pw.pw_gid)
 
 
@@ -107,9 +108,11 @@ def refusal(sock: socket.socket, owners: set[int], gid: int | None) -> str | Non
     if uid is None:
         if is_loopback_peer(sock):
             return "its local uid cannot be found (/proc/net/tcp)"
-        return None                   # a remote host: let in by allow_non_loopback, it has no local uid
+        return None  # a remote host: let in by allow_non_loopback, it has no local uid
     if uid_allowed(uid, owners, gid):
         return None
-    return (f"{describe_uid(uid)} is not root, the instance's owner or a member of its group "
-            f"(the native API refuses it too); start the listener with allow_any_local_user "
-            f"(--allow-any-local-user) to serve every local user")
+    return (
+        f"{describe_uid(uid)} is not root, the instance's owner or a member of its group "
+        f"(the native API refuses it too); start the listener with allow_any_local_user "
+        f"(--allow-any-local-user) to serve every local user"
+    )

@@ -9,6 +9,7 @@ let one client's bad frame, unknown API, slowness or silence crash or stall
 the listener or another connection; handle a request's meaning (handlers.py
 and groups.py do).
 """
+
 import asyncio
 import collections
 import logging
@@ -25,30 +26,30 @@ logger = logging.getLogger("shmlog.kafka")
 # api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere,
 # every max below the API's first flexible version (ApiVersions itself answers 0-4)
 ADVERTISED = {
-    0: (0, 8),       # Produce (3-8 served; 0-2 answer UNSUPPORTED_VERSION)
-    1: (0, 11),      # Fetch (4-11 served; 0-3 answer UNSUPPORTED_VERSION)
-    2: (0, 5),       # ListOffsets
-    3: (0, 8),       # Metadata
-    8: (0, 7),       # OffsetCommit
-    9: (0, 5),       # OffsetFetch
-    10: (0, 2),      # FindCoordinator
-    11: (0, 5),      # JoinGroup
-    12: (0, 3),      # Heartbeat
-    13: (0, 3),      # LeaveGroup
-    14: (0, 3),      # SyncGroup
-    15: (0, 4),      # DescribeGroups
-    16: (0, 2),      # ListGroups
-    18: (0, 3),      # ApiVersions
-    19: (0, 4),      # CreateTopics
-    20: (0, 3),      # DeleteTopics
-    22: (0, 1),      # InitProducerId
-    23: (0, 3),      # OffsetForLeaderEpoch
+    0: (0, 8),  # Produce (3-8 served; 0-2 answer UNSUPPORTED_VERSION)
+    1: (0, 11),  # Fetch (4-11 served; 0-3 answer UNSUPPORTED_VERSION)
+    2: (0, 5),  # ListOffsets
+    3: (0, 8),  # Metadata
+    8: (0, 7),  # OffsetCommit
+    9: (0, 5),  # OffsetFetch
+    10: (0, 2),  # FindCoordinator
+    11: (0, 5),  # JoinGroup
+    12: (0, 3),  # Heartbeat
+    13: (0, 3),  # LeaveGroup
+    14: (0, 3),  # SyncGroup
+    15: (0, 4),  # DescribeGroups
+    16: (0, 2),  # ListGroups
+    18: (0, 3),  # ApiVersions
+    19: (0, 4),  # CreateTopics
+    20: (0, 3),  # DeleteTopics
+    22: (0, 1),  # InitProducerId
+    23: (0, 3),  # OffsetForLeaderEpoch
 }
 API_VERSIONS = 18
-DEFERRED = {1, 11, 14}            # Fetch, JoinGroup, SyncGroup: answered when their wait ends
-MAX_QUEUED_REQUEST_BYTES = 256 << 20   # request bytes buffered across all connections (see ByteBudget)
-MAX_IN_FLIGHT = 64                # requests read ahead of their responses, per connection
-FRAME_READ_TIMEOUT_S = 30.0       # a started frame must arrive whole within this
+DEFERRED = {1, 11, 14}  # Fetch, JoinGroup, SyncGroup: answered when their wait ends
+MAX_QUEUED_REQUEST_BYTES = 256 << 20  # request bytes buffered across all connections (see ByteBudget)
+MAX_IN_FLIGHT = 64  # requests read ahead of their responses, per connection
+FRAME_READ_TIMEOUT_S = 30.0  # a started frame must arrive whole within this
 
 
 class ByteBudget:
@@ -59,9 +60,9 @@ class ByteBudget:
     The whole bound: limit + max_connections x 128 KiB (each stream reader's
     read-ahead) + the responses being written."""
 
-    SMALL = 1 << 16               # frames up to the stream reader's own buffer are not counted:
-                                  # that much is buffered per connection anyway, and the small
-                                  # requests (metadata, fetch, heartbeats) keep flowing in a flood
+    SMALL = 1 << 16  # frames up to the stream reader's own buffer are not counted:
+    # that much is buffered per connection anyway, and the small
+    # requests (metadata, fetch, heartbeats) keep flowing in a flood
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -110,21 +111,34 @@ class Connection:
         self.peer = peer
         self.client_id = None
         self.fetch_cursors = {}
-        self.fetch_written = None      # set once the last Fetch's response is written (see _dispatch)
+        self.fetch_written = None  # set once the last Fetch's response is written (see _dispatch)
 
 
 class Listener:
     """A Kafka-protocol front for one shmlog connection (`log`)."""
 
-    def __init__(self, log_, host="127.0.0.1", port=9092, *, advertised_host=None,
-                 auto_create_topics=False, default_partitions=1, topic_defaults=None,
-                 max_frame_bytes=100 << 20, max_connections=1024, idle_timeout_s=600.0,
-                 max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES, fetch_max_bytes=FETCH_MAX_BYTES,
-                 allow_any_local_user=False):
+    def __init__(
+        self,
+        log_,
+        host="127.0.0.1",
+        port=9092,
+        *,
+        advertised_host=None,
+        auto_create_topics=False,
+        default_partitions=1,
+        topic_defaults=None,
+        max_frame_bytes=100 << 20,
+        max_connections=1024,
+        idle_timeout_s=600.0,
+        max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        allow_any_local_user=False,
+    ):
         if max_queued_request_bytes < max_frame_bytes:
             raise errors.InvalidArgument(
                 f"max_queued_request_bytes ({max_queued_request_bytes}) must be at least max_frame_bytes "
-                f"({max_frame_bytes}): a frame that may never fit would wait forever")
+                f"({max_frame_bytes}): a frame that may never fit would wait forever"
+            )
         if fetch_max_bytes < 1024:
             raise errors.InvalidArgument("fetch_max_bytes must be at least 1024 (Kafka's minimum)")
         self.log = log_
@@ -133,36 +147,50 @@ class Listener:
         self.max_frame_bytes = max_frame_bytes
         self.request_bytes = ByteBudget(max_queued_request_bytes)
         self.allow_any_local_user = allow_any_local_user
-        self.refused = 0                # connections refused for their local user (tests, metrics)
+        self.refused = 0  # connections refused for their local user (tests, metrics)
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.schema = codec.schema()
         self.groups = GroupCoordinator(log_)
         self.groups.listener = self
-        self.handlers = Handlers(self, auto_create_topics=auto_create_topics,
-                                 default_partitions=default_partitions, topic_defaults=topic_defaults or {},
-                                 fetch_max_bytes=fetch_max_bytes)
+        self.handlers = Handlers(
+            self,
+            auto_create_topics=auto_create_topics,
+            default_partitions=default_partitions,
+            topic_defaults=topic_defaults or {},
+            fetch_max_bytes=fetch_max_bytes,
+        )
         self._table = {
-            0: self.handlers.produce, 1: self.handlers.fetch, 2: self.handlers.list_offsets,
-            3: self.handlers.metadata, 19: self.handlers.create_topics, 20: self.handlers.delete_topics,
-            22: self.handlers.init_producer_id, 23: self.handlers.offset_for_leader_epoch,
-            8: self.groups.offset_commit, 9: self.groups.offset_fetch, 10: self.groups.find_coordinator,
-            11: self.groups.join_group, 12: self.groups.heartbeat, 13: self.groups.leave_group,
-            14: self.groups.sync_group, 15: self.groups.describe_groups, 16: self.groups.list_groups,
+            0: self.handlers.produce,
+            1: self.handlers.fetch,
+            2: self.handlers.list_offsets,
+            3: self.handlers.metadata,
+            19: self.handlers.create_topics,
+            20: self.handlers.delete_topics,
+            22: self.handlers.init_producer_id,
+            23: self.handlers.offset_for_leader_epoch,
+            8: self.groups.offset_commit,
+            9: self.groups.offset_fetch,
+            10: self.groups.find_coordinator,
+            11: self.groups.join_group,
+            12: self.groups.heartbeat,
+            13: self.groups.leave_group,
+            14: self.groups.sync_group,
+            15: self.groups.describe_groups,
+            16: self.groups.list_groups,
         }
         self._server = None
         self._conns = set()
-        self._tasks = set()             # one per connection, cancelled by stop()
-        self.requests = collections.Counter()    # api key -> requests decoded (metrics, tests)
+        self._tasks = set()  # one per connection, cancelled by stop()
+        self.requests = collections.Counter()  # api key -> requests decoded (metrics, tests)
 
     @property
     def advertised(self):
         return self.advertised_host or self.host, self.port
 
     async def start(self):
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  reuse_address=True, limit=1 << 16)
-        self.port = self._server.sockets[0].getsockname()[1]     # port 0: the one the OS chose
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True, limit=1 << 16)
+        self.port = self._server.sockets[0].getsockname()[1]  # port 0: the one the OS chose
         self.groups.start()
         logger.info("Kafka listener on %s:%d", self.host, self.port)
         return self
@@ -199,7 +227,7 @@ class Listener:
         if not self.allow_any_local_user:
             why = peers.refusal(sock, *peers.instance_identity(self.log.settings.data_dir))
             if why is not None:
-                self._conns.add(writer)              # counts against max_connections while refused
+                self._conns.add(writer)  # counts against max_connections while refused
                 try:
                     await self._refuse(conn, reader, writer, why)
                 finally:
@@ -216,7 +244,7 @@ class Listener:
             pass
         except asyncio.CancelledError:
             sender.cancel()
-        except Exception:                       # a bug in a handler: this connection only
+        except Exception:  # a bug in a handler: this connection only
             logger.exception("closing the connection from %s", conn.peer)
         finally:
             self._conns.discard(writer)
@@ -229,11 +257,11 @@ class Listener:
                 await asyncio.wait_for(sender, 5)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 sender.cancel()
-            for item in list(queue._queue):     # long polls still waiting for this connection
+            for item in list(queue._queue):  # long polls still waiting for this connection
                 if item is not None and not item[3].done():
                     item[3].cancel()
             writer.close()
-            self._tasks.discard(me)              # last: stop() cancels and awaits every connection
+            self._tasks.discard(me)  # last: stop() cancels and awaits every connection
 
     async def _refuse(self, conn, reader, writer, why):
         """A local user the native API would refuse: logged, its first request
@@ -261,29 +289,34 @@ class Listener:
             head = await asyncio.wait_for(reader.readexactly(4), self.idle_timeout_s)
             size = struct.unpack(">i", head)[0]
             if size < 8 or size > self.max_frame_bytes:
-                logger.warning("closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size,
-                            self.max_frame_bytes)
+                logger.warning(
+                    "closing %s: frame of %d bytes (max_frame_bytes %d)", conn.peer, size, self.max_frame_bytes
+                )
                 return
             # the frame's bytes count against the listener-wide budget from before they
             # are read until its handler returned: a flood of half-sent frames waits here
             # (the socket is not read, TCP pushes back) instead of growing memory
             if not await self.request_bytes.acquire(size, self.idle_timeout_s):
-                logger.warning("closing %s: waited %.0f s for %d bytes of max_queued_request_bytes", conn.peer,
-                            self.idle_timeout_s, size)
+                logger.warning(
+                    "closing %s: waited %.0f s for %d bytes of max_queued_request_bytes",
+                    conn.peer,
+                    self.idle_timeout_s,
+                    size,
+                )
                 return
             held = True
             try:
                 frame = await asyncio.wait_for(reader.readexactly(size), FRAME_READ_TIMEOUT_S)
                 reply = await self._dispatch(conn, frame)
                 del frame
-                if reply and not reply[3].done():     # a long poll keeps its decoded request
+                if reply and not reply[3].done():  # a long poll keeps its decoded request
                     reply[3].add_done_callback(lambda _f, n=size: self.request_bytes.release(n))
                     held = False
             finally:
                 if held:
                     self.request_bytes.release(size)
             if reply is False:
-                return                          # undecodable: close, as Kafka does
+                return  # undecodable: close, as Kafka does
             if reply is not None:
                 await queue.put(reply)
 
@@ -325,8 +358,12 @@ class Listener:
         corr = struct.unpack_from(">i", frame, 4)[0]
         keys = [{"ApiKey": k, "MinVersion": lo, "MaxVersion": hi} for k, (lo, hi) in sorted(ADVERTISED.items())]
         if error:
-            return API_VERSIONS, version if 0 <= version <= 4 else 0, corr, _done(
-                {"ErrorCode": error, "ApiKeys": [], "ThrottleTimeMs": 0})
+            return (
+                API_VERSIONS,
+                version if 0 <= version <= 4 else 0,
+                corr,
+                _done({"ErrorCode": error, "ApiKeys": [], "ThrottleTimeMs": 0}),
+            )
         if version > 4 or version < 0:
             # KIP-511: a v0 body with UNSUPPORTED_VERSION and every API, header v0
             return API_VERSIONS, 0, corr, _done({"ErrorCode": codes.UNSUPPORTED_VERSION, "ApiKeys": keys})
@@ -343,7 +380,7 @@ class Listener:
             del body
             await writer.drain()
             if len(item) > 4:
-                item[4].set_result(None)          # the next Fetch of this connection may run
+                item[4].set_result(None)  # the next Fetch of this connection may run
 
 
 async def _after(prev, coro):
@@ -352,7 +389,7 @@ async def _after(prev, coro):
         if prev is not None:
             await asyncio.wait([prev])
     except BaseException:
-        coro.close()                   # cancelled first: the handler never starts
+        coro.close()  # cancelled first: the handler never starts
         raise
     return await coro
 

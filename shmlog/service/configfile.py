@@ -24,6 +24,7 @@ Must never: act on the config (the supervisor does) or touch shared memory.
     backoff_ms = 1000                        # first restart delay, doubled per quick failure
     env = { LOG_LEVEL = "info" }
 """
+
 import os
 import re
 import shlex
@@ -52,7 +53,7 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backoff_max_ms: int = 30_000
     stop_timeout_ms: int = 10_000
     env: dict[str, str] = {}
-    group: str | None = None          # consumer group of the replicas (default: the process name)
+    group: str | None = None  # consumer group of the replicas (default: the process name)
     cwd: str | None = None
 
     def argv(self) -> list[str]:
@@ -61,16 +62,17 @@ class ProcessSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class KafkaSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """[kafka]: the Kafka wire-protocol listener the supervisor runs (see shmlog.kafka)."""
-    listen: str = ""                  # HOST:PORT; empty: no listener
+
+    listen: str = ""  # HOST:PORT; empty: no listener
     allow_non_loopback: bool = False
     advertised_host: str | None = None
     auto_create_topics: bool = False
     default_partitions: int = 1
     max_frame_bytes: int = 100 << 20
     max_connections: int = 1024
-    max_queued_request_bytes: int = 256 << 20   # request bytes buffered across connections
-    fetch_max_bytes: int = 55 << 20             # most record bytes in one Fetch response
-    allow_any_local_user: bool = False          # default: only users the native API lets in
+    max_queued_request_bytes: int = 256 << 20  # request bytes buffered across connections
+    fetch_max_bytes: int = 55 << 20  # most record bytes in one Fetch response
+    allow_any_local_user: bool = False  # default: only users the native API lets in
 
     def options(self) -> dict:
         d = msgspec.structs.asdict(self)
@@ -88,12 +90,15 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     topics: dict[str, TopicSpec] = {}
     processes: dict[str, ProcessSpec] = {}
     kafka: KafkaSpec = KafkaSpec()
-    path: str | None = None           # where it was read from (set by load)
+    path: str | None = None  # where it was read from (set by load)
 
     def settings(self, instance=None, data_dir=None, shm_prefix=None) -> config.Settings:
         """Arguments win over the file; the file wins over the environment and the defaults."""
-        return config.resolve(instance or self.instance, data_dir or self.data_dir,
-                              shm_prefix if shm_prefix is not None else self.shm_prefix)
+        return config.resolve(
+            instance or self.instance,
+            data_dir or self.data_dir,
+            shm_prefix if shm_prefix is not None else self.shm_prefix,
+        )
 
     def topic_configs(self) -> dict[str, config.TopicConfig]:
         return {name: spec.topic_config() for name, spec in self.topics.items()}
@@ -111,6 +116,7 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
             _bad(where, f"instance: {e}")
     if cfg.group is not None:
         import grp
+
         try:
             grp.getgrnam(cfg.group)
         except KeyError:
@@ -126,8 +132,11 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
         except errors.InvalidArgument as e:
             _bad(where, f"kafka.listen: {e}")
         if not k.allow_non_loopback and not is_loopback(host):
-            _bad(where, f"kafka.listen: {host} is not a loopback address (set kafka.allow_non_loopback = true "
-                        "to expose shmlog beyond this host)")
+            _bad(
+                where,
+                f"kafka.listen: {host} is not a loopback address (set kafka.allow_non_loopback = true "
+                "to expose shmlog beyond this host)",
+            )
     if k.max_frame_bytes < 1024 or k.max_connections < 1 or k.default_partitions < 1:
         _bad(where, "kafka: max_frame_bytes >= 1024, max_connections >= 1 and default_partitions >= 1")
     if k.max_queued_request_bytes < k.max_frame_bytes or k.fetch_max_bytes < 1024:
@@ -181,8 +190,7 @@ def parse(text: str, where: str = "config") -> ServiceConfig:
         table = raw.pop(section, {})
         if not isinstance(table, dict):
             _bad(where, f"{section}: must be a table of [{section}.NAME] sections")
-        sections[section] = {name: _convert(body, typ, f"{section}.{name}", where)
-                             for name, body in table.items()}
+        sections[section] = {name: _convert(body, typ, f"{section}.{name}", where) for name, body in table.items()}
     cfg = _convert(raw, ServiceConfig, "", where)
     return validate(msgspec.structs.replace(cfg, **sections), where)
 

@@ -7,6 +7,7 @@ worker: restarts, up), sampling rates, and the loopback HTTP endpoint.
 Must never: write to the instance; every value is read through the Log API
 (describe_topic, describe_group) or a ring counter, under the supervisor's lock.
 """
+
 import time
 
 from prometheus_client import start_http_server
@@ -52,7 +53,7 @@ class InstanceCollector:
                 d = log.describe_topic(name)
                 h = log.topic_handle(name)
             except errors.UnknownTopicOrPartition:
-                continue                                # deleted meanwhile
+                continue  # deleted meanwhile
             for p in d.partitions:
                 yield d, p, log.ring(h, p.partition, writable=False)
 
@@ -84,27 +85,42 @@ class InstanceCollector:
         fam = {
             "end": GaugeMetricFamily("shmlog_partition_end_offset", "Offset the next record will get", labels=P),
             "start": GaugeMetricFamily("shmlog_partition_log_start_offset", "Oldest readable offset", labels=P),
-            "bytes": CounterMetricFamily("shmlog_partition_produced_bytes", "Frame bytes written since creation",
-                                         labels=P),
-            "prate": GaugeMetricFamily("shmlog_partition_produce_records_per_second",
-                                       "Records produced per second (last sampling interval)", labels=P),
-            "brate": GaugeMetricFamily("shmlog_partition_produce_bytes_per_second",
-                                       "Bytes produced per second (last sampling interval)", labels=P),
-            "plag": GaugeMetricFamily("shmlog_partition_persisted_lag_bytes",
-                                      "Bytes written to the ring but not yet to the segment files", labels=P),
-            "flag": GaugeMetricFamily("shmlog_partition_fsynced_lag_bytes", "Bytes written but not yet fsynced",
-                                      labels=P),
+            "bytes": CounterMetricFamily(
+                "shmlog_partition_produced_bytes", "Frame bytes written since creation", labels=P
+            ),
+            "prate": GaugeMetricFamily(
+                "shmlog_partition_produce_records_per_second",
+                "Records produced per second (last sampling interval)",
+                labels=P,
+            ),
+            "brate": GaugeMetricFamily(
+                "shmlog_partition_produce_bytes_per_second",
+                "Bytes produced per second (last sampling interval)",
+                labels=P,
+            ),
+            "plag": GaugeMetricFamily(
+                "shmlog_partition_persisted_lag_bytes",
+                "Bytes written to the ring but not yet to the segment files",
+                labels=P,
+            ),
+            "flag": GaugeMetricFamily(
+                "shmlog_partition_fsynced_lag_bytes", "Bytes written but not yet fsynced", labels=P
+            ),
             "used": GaugeMetricFamily("shmlog_partition_ring_used_bytes", "Bytes the ring holds", labels=P),
             "cap": GaugeMetricFamily("shmlog_partition_ring_capacity_bytes", "Ring capacity", labels=P),
             "fill": GaugeMetricFamily("shmlog_partition_ring_fill_ratio", "Ring used / capacity", labels=P),
-            "sealed": CounterMetricFamily("shmlog_partition_sealed_writes",
-                                          "Writes of dead producers sealed as offset gaps", labels=P),
-            "over": CounterMetricFamily("shmlog_partition_overwritten_frames",
-                                        "Ephemeral frames dropped to make room", labels=P),
-            "offline": GaugeMetricFamily("shmlog_partition_offline",
-                                         "1: quarantined at restore (damaged segment files, writes refused; the "
-                                         "supervisor log and `shmlog status` name the file and position)",
-                                         labels=P),
+            "sealed": CounterMetricFamily(
+                "shmlog_partition_sealed_writes", "Writes of dead producers sealed as offset gaps", labels=P
+            ),
+            "over": CounterMetricFamily(
+                "shmlog_partition_overwritten_frames", "Ephemeral frames dropped to make room", labels=P
+            ),
+            "offline": GaugeMetricFamily(
+                "shmlog_partition_offline",
+                "1: quarantined at restore (damaged segment files, writes refused; the "
+                "supervisor log and `shmlog status` name the file and position)",
+                labels=P,
+            ),
         }
         for d, p, r in self._partitions():
             name = d.name
@@ -133,20 +149,30 @@ class InstanceCollector:
         G, GP = ["group"], ["group", "topic", "partition"]
         members = GaugeMetricFamily("shmlog_group_members", "Live members of the group", labels=G)
         rebal = CounterMetricFamily("shmlog_group_rebalances", "Rebalances of the group", labels=G)
-        lag = GaugeMetricFamily("shmlog_group_lag", "end offset - committed offset (no sample while the partition "
-                                "has no committed offset: see shmlog_group_lag_unknown_partitions)", labels=GP)
-        unknown = GaugeMetricFamily("shmlog_group_lag_unknown_partitions",
-                                    "Partitions of the group with no committed offset, so no known lag", labels=G)
+        lag = GaugeMetricFamily(
+            "shmlog_group_lag",
+            "end offset - committed offset (no sample while the partition "
+            "has no committed offset: see shmlog_group_lag_unknown_partitions)",
+            labels=GP,
+        )
+        unknown = GaugeMetricFamily(
+            "shmlog_group_lag_unknown_partitions",
+            "Partitions of the group with no committed offset, so no known lag",
+            labels=G,
+        )
         committed = GaugeMetricFamily("shmlog_group_committed_offset", "Committed offset", labels=GP)
-        crate = GaugeMetricFamily("shmlog_group_consume_records_per_second",
-                                  "Committed records per second (last sampling interval)", labels=GP)
+        crate = GaugeMetricFamily(
+            "shmlog_group_consume_records_per_second",
+            "Committed records per second (last sampling interval)",
+            labels=GP,
+        )
         for g, mem, parts, d in self._groups():
             members.add_metric([g], len(mem))
             rebal.add_metric([g], d.rebalances)
             n_unknown = 0
             for pl in parts:
                 lv = [g, pl.topic, str(pl.partition)]
-                if pl.lag is None:            # nothing committed yet: an absent sample, not a made-up 0 or NaN
+                if pl.lag is None:  # nothing committed yet: an absent sample, not a made-up 0 or NaN
                     n_unknown += 1
                 else:
                     lag.add_metric(lv, pl.lag)
@@ -182,4 +208,3 @@ class MetricsServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
-

@@ -5,6 +5,7 @@ $NOTIFY_SOCKET and reading the watchdog interval from $WATCHDOG_USEC.
 Must never: fail the caller: without systemd (no $NOTIFY_SOCKET) every call
 is a no-op, and a send error is reported, not raised.
 """
+
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ def _address() -> str | None:
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return None
-    if addr[0] == "@":                               # abstract namespace
+    if addr[0] == "@":  # abstract namespace
         addr = "\0" + addr[1:]
     return addr
 

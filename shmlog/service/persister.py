@@ -13,6 +13,7 @@ Run as `python -m shmlog.service.persister --instance I --data-dir D --shm-prefi
 the supervisor starts it (shmlog.connect() does, when none runs) while an
 instance has durable topics.
 """
+
 import argparse
 import fcntl
 import logging
@@ -29,7 +30,7 @@ from ..ipc import daemons
 
 logger = logging.getLogger("shmlog.persister")
 
-MAX_RUN = 32 << 20              # bytes copied per write
+MAX_RUN = 32 << 20  # bytes copied per write
 MAX_INDEX = MAX_RUN // storage.INDEX_EVERY + 2
 RETENTION_EVERY_S = 1.0
 IDLE_WAIT_S = 0.1
@@ -47,8 +48,12 @@ class _Partition:
         # the directory of this topic life (its id in the name), held open and
         # checked against partition.metadata: FileNotFoundError when the topic
         # was deleted meanwhile (the caller skips it)
-        self.writer = storage.PartitionWriter(storage.partition_dir(data_dir, handle.name, partition, handle.topic_id),
-                                              cfg.segment_bytes, cfg.segment_ms, handle.topic_id)
+        self.writer = storage.PartitionWriter(
+            storage.partition_dir(data_dir, handle.name, partition, handle.topic_id),
+            cfg.segment_bytes,
+            cfg.segment_ms,
+            handle.topic_id,
+        )
         self.last_fsync = time.monotonic()
         try:
             rep = storage.recover_partition(self.writer.plog.dir, quarantine=True)
@@ -72,7 +77,7 @@ class _Partition:
         self.writer.resume(self.pos, self.offset)
         persisted = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_PERSISTED)
         if self.pos > persisted:
-            lib.shm_ring_publish_persisted(ring.base, self.pos)    # written before a crash
+            lib.shm_ring_publish_persisted(ring.base, self.pos)  # written before a crash
         self.fsynced = min(self.pos, lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_FSYNCED))
         self.rows = ffi.new("int64_t[]", MAX_INDEX * lib.SHM_INDEX_FIELDS)
         self.out = ffi.new("struct shm_persist_out *")
@@ -89,8 +94,13 @@ class _Partition:
         start, _end, head, _tail = self.ring.ends()
         if self.pos >= head:
             return False
-        logger.error("%s[%d]: segment files end at position %d but the ring starts at %d: "
-                  "records between are lost", self.handle.name, self.partition, self.pos, head)
+        logger.error(
+            "%s[%d]: segment files end at position %d but the ring starts at %d: records between are lost",
+            self.handle.name,
+            self.partition,
+            self.pos,
+            head,
+        )
         lost = (self.pos, self.offset) if self.writer.plog.segments else None
         self.pos, self.offset = head, start
         self.writer.roll(self.pos, self.offset, lost_from=lost)
@@ -110,22 +120,32 @@ class _Partition:
         data = ffi.cast("uint8_t *", base) + lib.SHM_RING_HEADER_BYTES
         while True:
             if self.ring.deleted():
-                return written            # the topic was deleted: its directory is on its way out
+                return written  # the topic was deleted: its directory is on its way out
             try:
                 if self.writer.roll_needed():
                     self.writer.roll(self.pos, self.offset)
-            except OSError as e:          # the directory vanished, ENOSPC: retried, never fatal
+            except OSError as e:  # the directory vanished, ENOSPC: retried, never fatal
                 self._fail(e)
                 return written
             room = max(self.writer.segment_bytes - self.writer.active.size, 1)
-            rc = lib.shm_persist_scan(self.ring.h, self.pos, self.offset, min(MAX_RUN, room), storage.INDEX_EVERY,
-                                      self.writer.scan_state(), self.rows, MAX_INDEX, self.out)
+            rc = lib.shm_persist_scan(
+                self.ring.h,
+                self.pos,
+                self.offset,
+                min(MAX_RUN, room),
+                storage.INDEX_EVERY,
+                self.writer.scan_state(),
+                self.rows,
+                MAX_INDEX,
+                self.out,
+            )
             if rc != lib.SHM_OK:
-                raise errors.CorruptRecord(f"{self.handle.name}[{self.partition}]: damaged frame in the "
-                                           f"ring at position {self.pos}")
+                raise errors.CorruptRecord(
+                    f"{self.handle.name}[{self.partition}]: damaged frame in the ring at position {self.pos}"
+                )
             out = self.out
             if out.frames == 0:
-                try:               # behind the ring's persisted position: producers may lap us
+                try:  # behind the ring's persisted position: producers may lap us
                     if lib.shm_ring_counter(base, lib.SHM_COUNTER_PERSISTED) > self.pos and self._skip_lost():
                         continue
                 except OSError as e:
@@ -183,14 +203,18 @@ class _Partition:
     def fsync_due(self) -> bool:
         if self.fsynced >= self.pos or self.fsync_pending:
             return False
-        if lib.shm_ring_counter(self.ring.base, lib.SHM_COUNTER_DURABLE_WAITERS):     # a durable flush waits
+        if lib.shm_ring_counter(self.ring.base, lib.SHM_COUNTER_DURABLE_WAITERS):  # a durable flush waits
             return True
         return self.mode == lib.SHM_FSYNC_INTERVAL and (time.monotonic() - self.last_fsync) * 1000 >= self.interval_ms
 
     def _fail(self, e: OSError):
         if self.error != e.errno:
-            logger.error("%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
-                      self.handle.name, self.partition, os.strerror(e.errno))
+            logger.error(
+                "%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
+                self.handle.name,
+                self.partition,
+                os.strerror(e.errno),
+            )
         self.error = e.errno
         lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, e.errno)
 
@@ -206,10 +230,10 @@ class Persister:
         self.stopping = False
         self.last_retention = 0.0
         self.hdrs = None
-        self.ctl_ino = self._ctl_ino()          # the control segment we attached
+        self.ctl_ino = self._ctl_ino()  # the control segment we attached
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
-        self.offsets_seq = None        # commit_seq of the last offsets snapshot
-        self.offline = set()           # (generation, partition) of quarantined rings, logged once
+        self.offsets_seq = None  # commit_seq of the last offsets snapshot
+        self.offline = set()  # (generation, partition) of quarantined rings, logged once
 
     def sync_topics(self):
         epoch = lib.shm_ctl_epoch(self.plane._ctl.base)
@@ -234,8 +258,8 @@ class Persister:
                             try:
                                 self.parts[key] = _Partition(h, p, ring, self.plane.settings.data_dir)
                             except Offline:
-                                pass                         # it took the ring offline
-                        if ring.offline() is not None:       # quarantined: its files are left alone
+                                pass  # it took the ring offline
+                        if ring.offline() is not None:  # quarantined: its files are left alone
                             if key not in self.offline:
                                 self.offline.add(key)
                                 logger.error("%s", self.plane.offline_reason(h, p, ring))
@@ -243,10 +267,10 @@ class Persister:
                     except (FileNotFoundError, errors.UnknownTopicOrPartition):
                         # deleted between the listing and here (its directory or ring is gone)
                         live.discard(key)
-                        self.epoch = None         # look again next pass
+                        self.epoch = None  # look again next pass
                         continue
                 elif self.parts[key].handle.config != h.config:
-                    self.parts[key].reconfigure(h)          # alter_topic
+                    self.parts[key].reconfigure(h)  # alter_topic
         for key in [k for k in self.parts if k not in live]:
             self.parts.pop(key).close()
         self.hdrs = ffi.new("void *[]", [p.ring.base for p in self.parts.values()]) if self.parts else None
@@ -315,7 +339,7 @@ class Persister:
         """Everything committed is written and fsynced before we go."""
         self.pool.shutdown(wait=True)
         if not self.orphaned():
-            self.sync_topics()          # a stop that came before the first pass still persists
+            self.sync_topics()  # a stop that came before the first pass still persists
         for part in self.parts.values():
             part.copy()
             part.fsync()
@@ -332,7 +356,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s persister %(levelname)s %(message)s")
     settings = config.resolve(args.instance, args.data_dir, args.shm_prefix)
-    os.umask(0o007)                                   # segment files 0660, dirs 0770 (see permissions.py)
+    os.umask(0o007)  # segment files 0660, dirs 0770 (see permissions.py)
     # handlers before the flock: whoever sees the flock may SIGTERM us at once,
     # and a stop must still copy and fsync everything (shutdown does)
     stop_requested = []
@@ -340,7 +364,7 @@ def main(argv=None) -> int:
     def stop(*_):
         stop_requested.append(True)
         if p is not None:
-            p.stopping = True       # the signal also interrupts the futex wait
+            p.stopping = True  # the signal also interrupts the futex wait
 
     p = None
     signal.signal(signal.SIGTERM, stop)
@@ -354,7 +378,7 @@ def main(argv=None) -> int:
             # persister_running() elsewhere holds it for an instant to test it: only a
             # lock held for 100 ms is another persister's
             if attempt == 19:
-                return 0                              # another persister has it
+                return 0  # another persister has it
             time.sleep(0.005)
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())

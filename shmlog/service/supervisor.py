@@ -18,6 +18,7 @@ block its loop on a client.
 State file <data_dir>/supervisor.json: pid, admin socket, metrics port,
 worker pids, and whether the last supervisor stopped cleanly.
 """
+
 import argparse
 import fcntl
 import logging
@@ -45,9 +46,9 @@ from ..ipc.progress import read_recovery_progress
 
 logger = logging.getLogger("shmlog.supervisor")
 
-TICK_S = 0.1                   # sealing, group reaping, persister and worker checks
-SLOW_TICK_S = 1.0              # offsets snapshot, metrics rates, STATUS, control-segment check
-PERSISTER_RESTART_S = 1.0      # at most one persister start per second
+TICK_S = 0.1  # sealing, group reaping, persister and worker checks
+SLOW_TICK_S = 1.0  # offsets snapshot, metrics rates, STATUS, control-segment check
+PERSISTER_RESTART_S = 1.0  # at most one persister start per second
 EXIT_ALREADY_RUNNING = 3
 
 
@@ -56,11 +57,11 @@ class Supervisor:
         self.settings = settings
         self.cfg = cfg or configfile.ServiceConfig()
         self.plane = None
-        self.lock = threading.Lock()          # the loop and the metrics thread both read the instance
+        self.lock = threading.Lock()  # the loop and the metrics thread both read the instance
         self.lock_fd = None
         self.admin = None
         self.metrics = None
-        self.kafka = None                     # the Kafka listener (shmlog.kafka.Running) and its own Log
+        self.kafka = None  # the Kafka listener (shmlog.kafka.Running) and its own Log
         self.kafka_log = None
         self.collector = None
         self.workers = Workers(settings)
@@ -70,7 +71,7 @@ class Supervisor:
         self.next_persister_start = 0.0
         self.stopping = False
         self.failed_duties = set()
-        self.offsets_seq = None               # commit sequence of the last offsets snapshot
+        self.offsets_seq = None  # commit sequence of the last offsets snapshot
         self.reload_wanted = False
         self.ctl_ino = None
         self.gid = None
@@ -99,15 +100,26 @@ class Supervisor:
         self.start_kafka()
         self.workers.apply(self.cfg.processes)
         self.state = daemons.SupervisorState(
-            pid=os.getpid(), instance=s.instance, data_dir=s.data_dir, shm_prefix=s.shm_prefix,
-                           admin_socket=self.admin.path, metrics_port=self.metrics.port if self.metrics else None,
-                           kafka_port=self.kafka.port if self.kafka else None,
-                           kafka_host=self.kafka.host if self.kafka else None, config=self.cfg.path,
-                           started_ms=int(time.time() * 1000),
-                           workers=self.workers.describe())
+            pid=os.getpid(),
+            instance=s.instance,
+            data_dir=s.data_dir,
+            shm_prefix=s.shm_prefix,
+            admin_socket=self.admin.path,
+            metrics_port=self.metrics.port if self.metrics else None,
+            kafka_port=self.kafka.port if self.kafka else None,
+            kafka_host=self.kafka.host if self.kafka else None,
+            config=self.cfg.path,
+            started_ms=int(time.time() * 1000),
+            workers=self.workers.describe(),
+        )
         daemons.write_supervisor_state(s, self.state)
-        logger.info("supervising instance %s (data dir %s, admin %s, metrics %s)", s.instance, s.data_dir,
-                 self.admin.path, f"127.0.0.1:{self.metrics.port}" if self.metrics else "off")
+        logger.info(
+            "supervising instance %s (data dir %s, admin %s, metrics %s)",
+            s.instance,
+            s.data_dir,
+            self.admin.path,
+            f"127.0.0.1:{self.metrics.port}" if self.metrics else "off",
+        )
 
     def start_kafka(self):
         """[kafka] listen: the listener runs on its own thread with its own
@@ -129,7 +141,7 @@ class Supervisor:
 
     def stop_kafka(self):
         if self.kafka is not None:
-            self.kafka.stop()                 # before its Log closes: its waker sleeps on ring memory
+            self.kafka.stop()  # before its Log closes: its waker sleeps on ring memory
             self.kafka = None
         if self.kafka_log is not None:
             self.kafka_log.close()
@@ -146,7 +158,8 @@ class Supervisor:
             raise errors.AlreadyRunning(
                 f"another supervisor{f' (pid {st.pid})' if st else ''} holds instance "
                 f"{self.settings.instance!r} (data dir {self.settings.data_dir}); stop it first "
-                "(`shmlog down`)") from None
+                "(`shmlog down`)"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.lock_fd = fd
@@ -177,10 +190,15 @@ class Supervisor:
             if want.partitions < have.partitions:
                 fixed.append("partitions (can only grow)")
             if fixed:
-                logger.warning("topic %r: cannot change %s of an existing topic (delete and recreate it)",
-                            name, ", ".join(fixed))
-            changes = {k: getattr(want, k) for k in ControlPlane.ALTERABLE if getattr(have, k) != getattr(want, k)
-                       and not (k == "partitions" and want.partitions < have.partitions)}
+                logger.warning(
+                    "topic %r: cannot change %s of an existing topic (delete and recreate it)", name, ", ".join(fixed)
+                )
+            changes = {
+                k: getattr(want, k)
+                for k in ControlPlane.ALTERABLE
+                if getattr(have, k) != getattr(want, k)
+                and not (k == "partitions" and want.partitions < have.partitions)
+            }
             if changes:
                 self.plane.alter_topic(name, **changes)
                 logger.info("altered declared topic %r: %s", name, changes)
@@ -218,11 +236,18 @@ class Supervisor:
         self.stopping = True
 
     def _status(self) -> dict:
-        return {"pid": os.getpid(), "instance": self.settings.instance, "data_dir": self.settings.data_dir,
-                "topics": self.plane.list_topics(), "persister_pid": daemons.persister_pid(self.settings.data_dir)
-                if daemons.persister_running(self.settings.data_dir) else None,
-                "persister_restarts": self.persister_restarts,
-                "metrics_port": self.metrics.port if self.metrics else None, "workers": self.workers.describe()}
+        return {
+            "pid": os.getpid(),
+            "instance": self.settings.instance,
+            "data_dir": self.settings.data_dir,
+            "topics": self.plane.list_topics(),
+            "persister_pid": daemons.persister_pid(self.settings.data_dir)
+            if daemons.persister_running(self.settings.data_dir)
+            else None,
+            "persister_restarts": self.persister_restarts,
+            "metrics_port": self.metrics.port if self.metrics else None,
+            "workers": self.workers.describe(),
+        }
 
     # ------------------------------------------------------------ persister
 
@@ -233,8 +258,9 @@ class Supervisor:
         if self.persister_proc is not None:
             if self.persister_proc.poll() is None:
                 return
-            logger.warning("the persister (pid %d) exited with %s", self.persister_proc.pid,
-                        self.persister_proc.returncode)
+            logger.warning(
+                "the persister (pid %d) exited with %s", self.persister_proc.pid, self.persister_proc.returncode
+            )
             self.persister_proc = None
         if not self.plane.has_durable() or daemons.persister_running(d):
             return
@@ -249,23 +275,23 @@ class Supervisor:
         started = daemons.start_persister(self.settings, wait=wait)
         started.close()
         self.persister_proc = started.proc
-        if wait and self.persister_proc.poll() is not None:   # exited at once: another persister holds the lock
+        if wait and self.persister_proc.poll() is not None:  # exited at once: another persister holds the lock
             self.persister_proc = None
 
     def stop_persister(self):
         """Everything committed is written and fsynced: the persister does it on SIGTERM."""
         d = self.settings.data_dir
         if self.plane.has_durable() and not daemons.persister_running(d):
-            self.ensure_persister(wait=True)          # it died: a last one writes what is left
+            self.ensure_persister(wait=True)  # it died: a last one writes what is left
         self._stop_persister_process()
 
     def _stop_persister_process(self):
         proc, self.persister_proc = self.persister_proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)          # our child
+            proc.send_signal(signal.SIGTERM)  # our child
             proc.wait(120)
         else:
-            daemons.stop_persister(self.settings, timeout=120)      # one we adopted
+            daemons.stop_persister(self.settings, timeout=120)  # one we adopted
 
     # ------------------------------------------------------------ loop
 
@@ -314,9 +340,11 @@ class Supervisor:
             self.state.workers = workers
             daemons.write_supervisor_state(self.settings, self.state)
         up = sum(1 for w in workers if w["pid"])
-        notify.notify(f"STATUS={len(self.plane.list_topics())} topics, persister "
-                      f"{'up' if daemons.persister_running(self.settings.data_dir) else 'idle'}, "
-                      f"{up}/{len(workers)} workers up")
+        notify.notify(
+            f"STATUS={len(self.plane.list_topics())} topics, persister "
+            f"{'up' if daemons.persister_running(self.settings.data_dir) else 'idle'}, "
+            f"{up}/{len(workers)} workers up"
+        )
 
     def instance_gone(self) -> bool:
         return not os.path.isdir(self.settings.data_dir)
@@ -364,7 +392,7 @@ class Supervisor:
                     with self.lock:
                         if self._ctl_ino() != self.ctl_ino:
                             logger.warning("the control segment was removed or replaced; re-attaching")
-                            self._stop_persister_process()          # its rings are gone
+                            self._stop_persister_process()  # its rings are gone
                             self._attach()
                         self.slow_tick()
                     next_slow = now + SLOW_TICK_S
@@ -377,7 +405,7 @@ class Supervisor:
                         except BlockingIOError:
                             pass
                     else:
-                        while self.admin.serve_one(logger):      # accepts only; each client has its thread
+                        while self.admin.serve_one(logger):  # accepts only; each client has its thread
                             pass
         finally:
             signal.set_wakeup_fd(old_fd)
@@ -465,35 +493,43 @@ class Supervisor:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="shmlog supervisor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="shmlog supervisor",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the supervisor of one shmlog instance in the foreground (what the systemd unit runs).",
         epilog="examples:\n"
-               "  shmlog supervisor                                  # instance from $SHMLOG_INSTANCE or 'default'\n"
-               "  shmlog supervisor --config /etc/shmlog/shmlog.toml # declared topics and workers\n"
-               "  shmlog supervisor --instance dev --metrics-port 9464\n"
-               "  shmlog supervisor --kafka-listen 127.0.0.1:9092      # also serve Kafka clients\n"
-               "signals: SIGTERM/SIGINT stop cleanly (everything committed fsynced), SIGHUP reloads the config.\n"
-               "exit status: 0 stopped, 1 failed to start, 3 another supervisor holds the instance.")
+        "  shmlog supervisor                                  # instance from $SHMLOG_INSTANCE or 'default'\n"
+        "  shmlog supervisor --config /etc/shmlog/shmlog.toml # declared topics and workers\n"
+        "  shmlog supervisor --instance dev --metrics-port 9464\n"
+        "  shmlog supervisor --kafka-listen 127.0.0.1:9092      # also serve Kafka clients\n"
+        "signals: SIGTERM/SIGINT stop cleanly (everything committed fsynced), SIGHUP reloads the config.\n"
+        "exit status: 0 stopped, 1 failed to start, 3 another supervisor holds the instance.",
+    )
     ap.add_argument("--config", help="service config file (TOML)")
     ap.add_argument("--instance")
     ap.add_argument("--data-dir")
     ap.add_argument("--shm-prefix")
     ap.add_argument("--metrics-port", type=int, help="override the config's metrics_port (-1 = off)")
-    ap.add_argument("--kafka-listen", metavar="HOST:PORT",
-                    help="run the Kafka wire-protocol listener (overrides the config's [kafka] listen)")
+    ap.add_argument(
+        "--kafka-listen",
+        metavar="HOST:PORT",
+        help="run the Kafka wire-protocol listener (overrides the config's [kafka] listen)",
+    )
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s")
-    status = launch.StatusPipe.from_environment()     # whoever started us (up()) learns how it went
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s supervisor[%(process)d] %(levelname)s %(message)s"
+    )
+    status = launch.StatusPipe.from_environment()  # whoever started us (up()) learns how it went
     status.send("starting", pid=os.getpid())
     try:
         cfg = configfile.load(args.config) if args.config else configfile.ServiceConfig()
         if args.metrics_port is not None:
             cfg = msgspec.structs.replace(cfg, metrics_port=args.metrics_port)
         if args.kafka_listen is not None:
-            cfg = configfile.validate(msgspec.structs.replace(
-                cfg, kafka=msgspec.structs.replace(cfg.kafka, listen=args.kafka_listen)), "--kafka-listen")
+            cfg = configfile.validate(
+                msgspec.structs.replace(cfg, kafka=msgspec.structs.replace(cfg.kafka, listen=args.kafka_listen)),
+                "--kafka-listen",
+            )
         settings = cfg.settings(args.instance, args.data_dir, args.shm_prefix)
         sup = Supervisor(settings, cfg)
         try:
@@ -508,16 +544,24 @@ def main(argv=None) -> int:
         return EXIT_ALREADY_RUNNING
     except (errors.ShmlogError, OSError) as e:
         logger.error("FATAL %s", e)
-        status.send("failed", error=type(e).__name__ if isinstance(e, errors.ShmlogError) else
-                    "PermissionDenied" if isinstance(e, PermissionError) else "SupervisorError", message=str(e))
+        status.send(
+            "failed",
+            error=type(e).__name__
+            if isinstance(e, errors.ShmlogError)
+            else "PermissionDenied"
+            if isinstance(e, PermissionError)
+            else "SupervisorError",
+            message=str(e),
+        )
         return 1
     except Exception as e:
         logger.exception("FATAL unexpected error during start-up")
         status.send("failed", error="SupervisorError", message=f"unexpected error during start-up: {e!r}")
         return 1
     st = sup.state
-    status.send("ready", pid=os.getpid(), admin_socket=st.admin_socket, metrics_port=st.metrics_port,
-                kafka_port=st.kafka_port)
+    status.send(
+        "ready", pid=os.getpid(), admin_socket=st.admin_socket, metrics_port=st.metrics_port, kafka_port=st.kafka_port
+    )
     status.close()
     sup.run()
     return 0
@@ -555,11 +599,14 @@ class StartupProgress:
             now = time.monotonic()
             if prog != last:
                 last, moved = prog, now
-                self.status.send("recovering", done=prog.done, total=prog.total,
-                                 topic=prog.topic, partition=prog.partition)
+                self.status.send(
+                    "recovering", done=prog.done, total=prog.total, topic=prog.topic, partition=prog.partition
+                )
             if now - moved <= launch.PROGRESS_GRACE_S:
-                notify.notify(f"EXTEND_TIMEOUT_USEC={self.EXTEND_S * 1_000_000}",
-                              f"STATUS=recovering: {prog.done} of {prog.total} durable partitions")
+                notify.notify(
+                    f"EXTEND_TIMEOUT_USEC={self.EXTEND_S * 1_000_000}",
+                    f"STATUS=recovering: {prog.done} of {prog.total} durable partitions",
+                )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ reloaded config, and stopping them (SIGTERM, then SIGKILL after their stop
 timeout). Must never: block the supervisor's loop (tick() only polls), or
 touch shared memory.
 """
+
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from .configfile import ProcessSpec
 
 logger = logging.getLogger("shmlog.workers")
 
-QUICK_FAILURE_S = 10.0        # a replica that ran less than this doubles its backoff
+QUICK_FAILURE_S = 10.0  # a replica that ran less than this doubles its backoff
 
 
 class Replica:
@@ -30,7 +31,7 @@ class Replica:
         self.started = 0.0
         self.restarts = 0
         self.backoff_s = spec.backoff_ms / 1000
-        self.next_start = 0.0          # monotonic time of the next (re)start; None: never again
+        self.next_start = 0.0  # monotonic time of the next (re)start; None: never again
         self.last_exit: int | None = None
 
     @property
@@ -62,20 +63,33 @@ class Workers:
         s = self.settings
         env = dict(os.environ)
         env.update(r.spec.env)
-        env.update({
-            "SHMLOG_INSTANCE": s.instance, "SHMLOG_DATA_DIR": s.data_dir, "SHMLOG_SHM_PREFIX": s.shm_prefix,
-            "SHMLOG_GROUP": r.spec.group or r.name, "SHMLOG_GROUP_INSTANCE_ID": f"{r.name}-{r.index}",
-            "SHMLOG_WORKER": r.name, "SHMLOG_REPLICA": str(r.index), "SHMLOG_REPLICAS": str(r.spec.replicas),
-        })
-        env.pop("NOTIFY_SOCKET", None)          # systemd talks to the supervisor only
+        env.update(
+            {
+                "SHMLOG_INSTANCE": s.instance,
+                "SHMLOG_DATA_DIR": s.data_dir,
+                "SHMLOG_SHM_PREFIX": s.shm_prefix,
+                "SHMLOG_GROUP": r.spec.group or r.name,
+                "SHMLOG_GROUP_INSTANCE_ID": f"{r.name}-{r.index}",
+                "SHMLOG_WORKER": r.name,
+                "SHMLOG_REPLICA": str(r.index),
+                "SHMLOG_REPLICAS": str(r.spec.replicas),
+            }
+        )
+        env.pop("NOTIFY_SOCKET", None)  # systemd talks to the supervisor only
         env.pop("WATCHDOG_USEC", None)
         env.pop("WATCHDOG_PID", None)
         return env
 
     def _start(self, r: Replica):
         try:
-            r.proc = subprocess.Popen(r.spec.argv(), env=self._env(r), cwd=r.spec.cwd, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, close_fds=True)
+            r.proc = subprocess.Popen(
+                r.spec.argv(),
+                env=self._env(r),
+                cwd=r.spec.cwd,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as e:
             logger.error("worker %s[%d]: cannot start %s: %s", r.name, r.index, r.spec.argv(), e)
             r.proc = None
@@ -107,8 +121,9 @@ class Workers:
                     continue
                 r.last_exit = rc
                 r.proc = None
-                logger.warning("worker %s[%d] exited with %s", r.name, r.index,
-                            f"signal {-rc}" if rc < 0 else f"status {rc}")
+                logger.warning(
+                    "worker %s[%d] exited with %s", r.name, r.index, f"signal {-rc}" if rc < 0 else f"status {rc}"
+                )
                 self._schedule_restart(r, failed=rc != 0, ran_s=now - r.started)
                 if r.next_start is not None:
                     r.restarts += 1
@@ -126,8 +141,9 @@ class Workers:
             try:
                 r.proc.wait(timeout=r.spec.stop_timeout_ms / 1000)
             except subprocess.TimeoutExpired:
-                logger.warning("worker %s[%d] ignored SIGTERM for %d ms: SIGKILL", r.name, r.index,
-                            r.spec.stop_timeout_ms)
+                logger.warning(
+                    "worker %s[%d] ignored SIGTERM for %d ms: SIGKILL", r.name, r.index, r.spec.stop_timeout_ms
+                )
                 try:
                     os.killpg(r.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -141,5 +157,7 @@ class Workers:
         self._stop(list(self.replicas.values()))
 
     def describe(self) -> list[dict]:
-        return [{"process": r.name, "replica": r.index, "pid": r.pid, "restarts": r.restarts,
-                 "last_exit": r.last_exit} for r in self.replicas.values()]
+        return [
+            {"process": r.name, "replica": r.index, "pid": r.pid, "restarts": r.restarts, "last_exit": r.last_exit}
+            for r in self.replicas.values()
+        ]

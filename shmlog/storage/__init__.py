@@ -12,13 +12,42 @@ through it. It knows nothing of topics' configuration, groups or clients.
 The names below are the package's interface; the modules' other names are
 their own.
 """
-from .layout import (adopt_legacy_dir, discard_topic_dir, empty_trash, make_partition_dir, partition_dir,
-                     partition_dirs, topic_dir, topic_dirs, write_atomically)
+
+from .layout import (
+    adopt_legacy_dir,
+    discard_topic_dir,
+    empty_trash,
+    make_partition_dir,
+    partition_dir,
+    partition_dirs,
+    topic_dir,
+    topic_dirs,
+    write_atomically,
+)
 from .recovery import Damage, RecoveryReport, check_partition, describe_offline, recover_partition
 from .segment import INDEX_EVERY, INDEX_PAIR, CorruptSegment, PartitionLog, SegmentFile, SegmentGap
 from .writer import PartitionWriter
 
-__all__ = ["adopt_legacy_dir", "discard_topic_dir", "empty_trash", "make_partition_dir", "partition_dir",
-           "partition_dirs", "topic_dir", "topic_dirs", "write_atomically", "Damage", "RecoveryReport",
-           "check_partition", "describe_offline", "recover_partition", "INDEX_EVERY", "INDEX_PAIR",
-           "CorruptSegment", "PartitionLog", "SegmentFile", "SegmentGap", "PartitionWriter"]
+__all__ = [
+    "adopt_legacy_dir",
+    "discard_topic_dir",
+    "empty_trash",
+    "make_partition_dir",
+    "partition_dir",
+    "partition_dirs",
+    "topic_dir",
+    "topic_dirs",
+    "write_atomically",
+    "Damage",
+    "RecoveryReport",
+    "check_partition",
+    "describe_offline",
+    "recover_partition",
+    "INDEX_EVERY",
+    "INDEX_PAIR",
+    "CorruptSegment",
+    "PartitionLog",
+    "SegmentFile",
+    "SegmentGap",
+    "PartitionWriter",
+]

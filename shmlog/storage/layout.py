@@ -9,6 +9,7 @@ directories through the trash.
 Must never: open a segment file or know a frame's layout (segment.py,
 writer.py and recovery.py do).
 """
+
 import logging
 import os
 import shutil
@@ -75,7 +76,8 @@ def check_partition_metadata(dir_fd: int, path: str, topic_id: int):
             return
     raise errors.CorruptMetadata(
         f"{path}/{PARTITION_METADATA} does not name topic id {topic_id:016x}: this directory belongs to "
-        "another life of the topic; refusing to write into it (move it away)")
+        "another life of the topic; refusing to write into it (move it away)"
+    )
 
 
 def parse_topic_dir(entry: str):

@@ -56,6 +56,7 @@ A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
 position - segment base position.
 """
+
 import logging
 import os
 
@@ -82,6 +83,7 @@ logger = logging.getLogger("shmlog.storage")
 
 # ------------------------------------------------------------ recovery
 
+
 class RecoveryReport:
     def __init__(self, path):
         self.path = path
@@ -90,18 +92,21 @@ class RecoveryReport:
         self.rebuilt_index = False
         self.end_pos = 0
         self.end_offset = 0
-        self.damage: Damage | None = None      # quarantine=True: the first damage found
+        self.damage: Damage | None = None  # quarantine=True: the first damage found
 
     def __repr__(self):
-        return (f"RecoveryReport({self.path!r}, end_offset={self.end_offset}, end_pos={self.end_pos}, "
-                f"truncated_bytes={self.truncated_bytes}, rebuilt_index={self.rebuilt_index}, "
-                f"damage={self.damage})")
+        return (
+            f"RecoveryReport({self.path!r}, end_offset={self.end_offset}, end_pos={self.end_pos}, "
+            f"truncated_bytes={self.truncated_bytes}, rebuilt_index={self.rebuilt_index}, "
+            f"damage={self.damage})"
+        )
 
 
 class Damage:
     """Where a quarantined partition's files are damaged: kind (lib.SHM_OFFLINE_FRAME
     or SHM_OFFLINE_GAP), pos (the position where the readable log stops), offset
     (the first offset the damage affects), and the error that describes it."""
+
     __slots__ = ("kind", "pos", "offset", "error")
 
     def __init__(self, e: errors.CorruptRecord):
@@ -128,8 +133,9 @@ def _good_after(path: str, bad_pos: int, base_pos: int):
             f.seek(fpos0)
             chunk = f.read(CHUNK)
             words = np.frombuffer(chunk, "<u8", len(chunk) // 8)
-            implied = (words ^ np.uint64(XOR)) - (np.arange(len(words), dtype=np.uint64) * np.uint64(8) +
-                                                   np.uint64(fpos0))
+            implied = (words ^ np.uint64(XOR)) - (
+                np.arange(len(words), dtype=np.uint64) * np.uint64(8) + np.uint64(fpos0)
+            )
             if bases is None:
                 vals, counts = np.unique(implied, return_counts=True)
                 bases = [base_pos] + [int(v) for v in vals[counts >= 2] if int(v) != base_pos][:8]
@@ -147,8 +153,7 @@ def _frame_ok(f, fpos: int, size: int) -> bool:
     f.seek(fpos)
     head = f.read(16)
     length, kind = int.from_bytes(head[8:12], "little"), int.from_bytes(head[12:14], "little")
-    if length < 16 or fpos + length > size or kind not in (lib.SHM_FRAME_DATA, lib.SHM_FRAME_PAD,
-                                                            lib.SHM_FRAME_GAP):
+    if length < 16 or fpos + length > size or kind not in (lib.SHM_FRAME_DATA, lib.SHM_FRAME_PAD, lib.SHM_FRAME_GAP):
         return False
     f.seek(fpos)
     frame = f.read(length)
@@ -161,12 +166,17 @@ def _check_end(s: SegmentFile, out, size):
     good_end = out.end_pos - s.base_pos
     found = _good_after(s.path(), out.end_pos, s.base_pos) if good_end < size else None
     if found is not None and found[1] != s.base_pos:
-        raise CorruptSegment(s.path(), 0, f"the first frame names position {s.base_pos}, the frames "
-                                          f"after it say the segment starts at {found[1]}",
-                             s.base_pos, s.base_offset)
+        raise CorruptSegment(
+            s.path(),
+            0,
+            f"the first frame names position {s.base_pos}, the frames after it say the segment starts at {found[1]}",
+            s.base_pos,
+            s.base_offset,
+        )
     if found is not None:
-        raise CorruptSegment(s.path(), good_end, SCAN_STOP_REASONS.get(out.stop_reason, "unreadable"),
-                             out.end_pos, out.end_offset)
+        raise CorruptSegment(
+            s.path(), good_end, SCAN_STOP_REASONS.get(out.stop_reason, "unreadable"), out.end_pos, out.end_offset
+        )
     return good_end
 
 
@@ -178,11 +188,18 @@ def _recover_rolled(s: SegmentFile, nxt: SegmentFile, repair: bool):
     out, rows, start = segment_end(s, rebuild=damaged)
     if out.end_pos != s.end_pos:
         _check_end(s, out, s.size)
-        raise CorruptSegment(s.path(), out.end_pos - s.base_pos,
-                             f"{SCAN_STOP_REASONS.get(out.stop_reason, 'unreadable')} in a rolled segment",
-                             out.end_pos, out.end_offset, followed=False)
-    if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and \
-            nxt.lost() != (out.end_pos, out.end_offset):
+        raise CorruptSegment(
+            s.path(),
+            out.end_pos - s.base_pos,
+            f"{SCAN_STOP_REASONS.get(out.stop_reason, 'unreadable')} in a rolled segment",
+            out.end_pos,
+            out.end_offset,
+            followed=False,
+        )
+    if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and nxt.lost() != (
+        out.end_pos,
+        out.end_offset,
+    ):
         raise SegmentGap(s, nxt, out.end_offset)
     t = s.rows("timeindex")
     complete = len(t) and t[-1, 0] == out.max_timestamp and t[-1, 1] == out.end_offset
@@ -209,7 +226,7 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
     rep = RecoveryReport(path)
     plog = PartitionLog(path)
     segs = plog.segments
-    while segs and segs[-1].size == 0 and len(segs) > 1:          # empty trailing segment
+    while segs and segs[-1].size == 0 and len(segs) > 1:  # empty trailing segment
         s = segs.pop()
         if repair:
             for ext in SEGMENT_FILES:
@@ -218,8 +235,9 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
                 except FileNotFoundError:
                     pass
     if not segs:
-        bases = sorted(b for b in (segment_base(n) for n in (os.listdir(path) if os.path.isdir(path) else []))
-                       if b is not None)
+        bases = sorted(
+            b for b in (segment_base(n) for n in (os.listdir(path) if os.path.isdir(path) else [])) if b is not None
+        )
         rep.end_offset = bases[-1] if bases else 0
         return rep
     for s, nxt in zip(segs, segs[1:]):
@@ -238,7 +256,7 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
         if not quarantine:
             raise
         rep.damage = rep.damage or Damage(e)
-        rep.end_pos, rep.end_offset = out.end_pos, out.end_offset      # what follows is not proven
+        rep.end_pos, rep.end_offset = out.end_pos, out.end_offset  # what follows is not proven
         return rep
     if good_end < size:
         rep.truncated_at, rep.truncated_bytes = good_end, size - good_end
@@ -246,8 +264,9 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
             with os.fdopen(safefile.open_write_fd(last.path()), "wb") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
-            logger.warning("%s: truncated a torn tail of %d bytes at file position %d",
-                        last.path(), size - good_end, good_end)
+            logger.warning(
+                "%s: truncated a torn tail of %d bytes at file position %d", last.path(), size - good_end, good_end
+            )
     if repair:
         _write_indexes(last, start, rows, out)
         rep.rebuilt_index = True
@@ -267,10 +286,12 @@ def describe_offline(path: str, kind: int, pos: int, offset: int) -> str:
                 where += f" (the next segment, {plog.segments[i + 1].path()}, does not start there)"
             break
     what = "a hole in the segment chain" if kind == lib.SHM_OFFLINE_GAP else "a damaged frame"
-    return (f"partition offline (quarantined at restore): {what} in {where}, offsets from {offset}; "
-            "records before it are served, writes are refused. Restore the file (see `shmlog check`; "
-            "`shmlog check --repair` fixes what loses nothing), then restart the instance with its "
-            "shared memory made anew (`shmlog down --purge`, `shmlog up`): the restore decides again")
+    return (
+        f"partition offline (quarantined at restore): {what} in {where}, offsets from {offset}; "
+        "records before it are served, writes are refused. Restore the file (see `shmlog check`; "
+        "`shmlog check --repair` fixes what loses nothing), then restart the instance with its "
+        "shared memory made anew (`shmlog down --purge`, `shmlog up`): the restore decides again"
+    )
 
 
 def _write_indexes(s: SegmentFile, start, rows, out):
@@ -283,8 +304,7 @@ def _write_indexes(s: SegmentFile, start, rows, out):
     tkeep = t[t[:, 1] < off] if t is not None and start[3] >= 0 else np.empty((0, 2), np.int64)
     final = np.array([[out.max_timestamp, out.end_offset]], np.int64)
     write_atomically(s.path("index"), keep.tobytes() + rows[:, [0, 1]].tobytes(), sync_dir=False)
-    write_atomically(s.path("timeindex"), tkeep.tobytes() + rows[:, [2, 0]].tobytes() + final.tobytes(),
-                     sync_dir=False)
+    write_atomically(s.path("timeindex"), tkeep.tobytes() + rows[:, [2, 0]].tobytes() + final.tobytes(), sync_dir=False)
 
 
 def rebuild_indexes(s: SegmentFile):
@@ -294,6 +314,7 @@ def rebuild_indexes(s: SegmentFile):
 
 
 # ------------------------------------------------------------ offline check
+
 
 class _IndexCheck:
     """Verifies every row of a segment's .index and .timeindex against the frames
@@ -313,8 +334,9 @@ class _IndexCheck:
                 self.problems.append(f"{s.path(ext)}: missing")
                 continue
             if n % 16:
-                self.problems.append(f"{s.path(ext)}: {n} bytes, not a whole number of rows "
-                                     f"(a torn row at file position {n - n % 16})")
+                self.problems.append(
+                    f"{s.path(ext)}: {n} bytes, not a whole number of rows (a torn row at file position {n - n % 16})"
+                )
 
     def frames(self, r):
         """One chunk of every-frame rows (first offset, position, max ts below)."""
@@ -332,22 +354,26 @@ class _IndexCheck:
         if len(self.t):
             end = self.t[:, 1] == out.end_offset
             self.t_ok[end] = self.t[end, 0] == out.max_timestamp
-        for ext, a, ok, what in (("index", self.ix, self.ix_ok, "does not name a frame start with that offset"),
-                                 ("timeindex", self.t, self.t_ok,
-                                  "is not the largest timestamp below that offset")):
+        for ext, a, ok, what in (
+            ("index", self.ix, self.ix_ok, "does not name a frame start with that offset"),
+            ("timeindex", self.t, self.t_ok, "is not the largest timestamp below that offset"),
+        ):
             bad = np.nonzero(~ok)[0]
             for k in bad[:5]:
-                self.problems.append(f"{self.s.path(ext)}: row {k} (file position {k * 16}) "
-                                     f"{tuple(int(x) for x in a[k])} {what}")
+                self.problems.append(
+                    f"{self.s.path(ext)}: row {k} (file position {k * 16}) {tuple(int(x) for x in a[k])} {what}"
+                )
             if len(bad) > 5:
                 self.problems.append(f"{self.s.path(ext)}: {len(bad) - 5} more bad rows")
-            if len(a) > 1 and not (np.all(np.diff(a[:, 1 if ext == 'index' else 0]) >= 0)):
-                k = int(np.nonzero(np.diff(a[:, 1 if ext == 'index' else 0]) < 0)[0][0]) + 1
+            if len(a) > 1 and not (np.all(np.diff(a[:, 1 if ext == "index" else 0]) >= 0)):
+                k = int(np.nonzero(np.diff(a[:, 1 if ext == "index" else 0]) < 0)[0][0]) + 1
                 self.problems.append(f"{self.s.path(ext)}: row {k} (file position {k * 16}) is out of order")
         if final and self.s.size and not (len(self.t) and self.t[-1, 1] == out.end_offset):
-            self.problems.append(f"{self.s.path('timeindex')}: no final row (segment max timestamp "
-                                 f"{out.max_timestamp}, end offset {out.end_offset}); retention "
-                                 "would fall back to the file time")
+            self.problems.append(
+                f"{self.s.path('timeindex')}: no final row (segment max timestamp "
+                f"{out.max_timestamp}, end offset {out.end_offset}); retention "
+                "would fall back to the file time"
+            )
         return self.problems
 
 
@@ -366,8 +392,10 @@ def check_partition(path: str, repair: bool = False) -> tuple[list[str], list[st
         out, _, size = scan_frames(s.path(), s.base_pos, 0, s.base_offset, 1, on_rows=chk.frames)
         log_ok = out.end_pos - s.base_pos == size
         if not log_ok:
-            problems.append(f"{s.path()}: {SCAN_STOP_REASONS.get(out.stop_reason, 'unreadable')} at file position "
-                            f"{out.end_pos - s.base_pos} ({size - (out.end_pos - s.base_pos)} bytes after it)")
+            problems.append(
+                f"{s.path()}: {SCAN_STOP_REASONS.get(out.stop_reason, 'unreadable')} at file position "
+                f"{out.end_pos - s.base_pos} ({size - (out.end_pos - s.base_pos)} bytes after it)"
+            )
         bad_index = chk.finish(out, final=i + 1 < len(segs))
         if bad_index and repair and log_ok:
             rebuild_indexes(s)

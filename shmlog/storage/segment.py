@@ -11,6 +11,7 @@ A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
 position - segment base position.
 """
+
 import bisect
 import logging
 import os
@@ -24,11 +25,12 @@ from .layout import PARTITION_METADATA
 
 logger = logging.getLogger("shmlog.storage")
 
-INDEX_EVERY = 4096                 # one index row per this many bytes of log
-SEGMENT_FILES = ("log", "index", "timeindex", "lost")   # .lost: a loss the persister recorded (see writer.roll)
-CHUNK = 8 << 20                    # bytes read at a time
+INDEX_EVERY = 4096  # one index row per this many bytes of log
+SEGMENT_FILES = ("log", "index", "timeindex", "lost")  # .lost: a loss the persister recorded (see writer.roll)
+CHUNK = 8 << 20  # bytes read at a time
 INDEX_PAIR = struct.Struct("<qq")
 XOR = lib.SHM_COMMIT_XOR
+
 
 class CorruptSegment(errors.CorruptRecord):
     """A segment file holds a damaged frame followed by good ones (or a rolled
@@ -38,9 +40,11 @@ class CorruptSegment(errors.CorruptRecord):
     def __init__(self, path, file_pos, why, pos=None, offset=None, followed=True):
         self.path, self.file_pos, self.pos, self.offset = path, file_pos, pos, offset
         after = "with intact frames after it" if followed else "in a segment that is not the last one"
-        super().__init__(f"{path}: damaged frame at file position {file_pos} ({why}) {after}; refusing "
-                         "to guess. Inspect with `shmlog check`, then restore the file or truncate it "
-                         "at that position yourself.")
+        super().__init__(
+            f"{path}: damaged frame at file position {file_pos} ({why}) {after}; refusing "
+            "to guess. Inspect with `shmlog check`, then restore the file or truncate it "
+            "at that position yourself."
+        )
 
 
 class SegmentGap(errors.CorruptRecord):
@@ -54,12 +58,16 @@ class SegmentGap(errors.CorruptRecord):
         self.missing = (end_offset, after.base_offset)
         self.path, self.pos, self.offset = self.before, before.end_pos, end_offset
         self.recorded = after.lost() == (before.end_pos, end_offset)
-        why = ("records the persister found lost and recorded in " + after.path("lost")
-               if self.recorded else "segment files missing")
+        why = (
+            "records the persister found lost and recorded in " + after.path("lost")
+            if self.recorded
+            else "segment files missing"
+        )
         super().__init__(
             f"{why}: offsets {end_offset}..{after.base_offset - 1} (positions "
             f"{before.end_pos}..{after.base_pos - 1}) between {self.before} and {self.after}. "
-            "Restore the missing file, or seek() past the hole; `shmlog check` lists every hole.")
+            "Restore the missing file, or seek() past the hole; `shmlog check` lists every hole."
+        )
 
 
 class SegmentFile:
@@ -100,11 +108,16 @@ class SegmentFile:
         if not len(r):
             return r
         try:
-            end = self.base_pos + os.path.getsize(self.path())    # after the rows: they name written frames
+            end = self.base_pos + os.path.getsize(self.path())  # after the rows: they name written frames
         except FileNotFoundError:
             end = self.end_pos
-        if not (np.all(np.diff(r[:, 1]) > 0) and np.all(np.diff(r[:, 0]) >= 0) and
-                r[0, 0] >= self.base_offset and r[0, 1] >= self.base_pos and r[-1, 1] < end):
+        if not (
+            np.all(np.diff(r[:, 1]) > 0)
+            and np.all(np.diff(r[:, 0]) >= 0)
+            and r[0, 0] >= self.base_offset
+            and r[0, 1] >= self.base_pos
+            and r[-1, 1] < end
+        ):
             return None
         return r
 
@@ -171,7 +184,7 @@ class PartitionLog:
                 st = os.stat(p)
                 base_pos = _first_pos(p)
             except FileNotFoundError:
-                continue                              # deleted by retention meanwhile
+                continue  # deleted by retention meanwhile
             if base_pos is None:
                 idx = SegmentFile(self.dir, int(n[:20]), 0, 0, st.st_mtime).rows("index")
                 base_pos = int(idx[0, 1]) if len(idx) else None
@@ -217,14 +230,19 @@ class PartitionLog:
         completes (the CorruptRecord to raise: a rolled segment that ends early)."""
         if seg is self.segments[-1]:
             return None
-        return errors.CorruptRecord(f"{seg.path()}: torn frame at file position {pos - seg.base_pos} "
-                                    "in a rolled segment (the file ends inside it); run `shmlog check`")
+        return errors.CorruptRecord(
+            f"{seg.path()}: torn frame at file position {pos - seg.base_pos} "
+            "in a rolled segment (the file ends inside it); run `shmlog check`"
+        )
 
     def _warn(self, seg, what):
         if (seg.path(), what) not in self.warned:
             self.warned.add((seg.path(), what))
-            logger.warning("%s: %s; reading from the segment start instead (`shmlog check --repair` "
-                        "rebuilds it)", seg.path("index"), what)
+            logger.warning(
+                "%s: %s; reading from the segment start instead (`shmlog check --repair` rebuilds it)",
+                seg.path("index"),
+                what,
+            )
 
     def seek(self, offset: int, buf, cap: int, cur) -> bool:
         """Positions cursor cur at offset (or the first frame after it); False when
@@ -267,22 +285,26 @@ class PartitionLog:
                     cur.pos = seg.base_pos
                     cur.next_offset = cur.expect_base = seg.base_offset
                     continue
-                raise errors.CorruptRecord(f"{seg.path()}: damaged frame at file position "
-                                           f"{cur.pos - seg.base_pos} while seeking offset {offset}")
-            if cur.pos >= seg.end_pos:               # offset is past this segment
+                raise errors.CorruptRecord(
+                    f"{seg.path()}: damaged frame at file position "
+                    f"{cur.pos - seg.base_pos} while seeking offset {offset}"
+                )
+            if cur.pos >= seg.end_pos:  # offset is past this segment
                 nxt = self.segment_for_pos(cur.pos)
                 if nxt is None or nxt is seg:
                     cur.next_offset = offset
                     return True
                 seg, from_row = nxt, False
-            elif cur.pos == before and n == cap:     # a frame larger than the buffer
+            elif cur.pos == before and n == cap:  # a frame larger than the buffer
                 cap *= 2
                 buf = ffi.new("uint8_t[]", cap)
-            elif cur.pos == before:                  # a frame that ends past the file's end
+            elif cur.pos == before:  # a frame that ends past the file's end
                 if seg is not self.segments[-1]:
-                    raise errors.CorruptRecord(f"{seg.path()}: torn frame at file position "
-                                               f"{cur.pos - seg.base_pos} while seeking offset {offset}")
-                cur.next_offset = offset             # being written: the reader waits there
+                    raise errors.CorruptRecord(
+                        f"{seg.path()}: torn frame at file position "
+                        f"{cur.pos - seg.base_pos} while seeking offset {offset}"
+                    )
+                cur.next_offset = offset  # being written: the reader waits there
                 return True
 
     def offset_before_time(self, timestamp_ms: int):
@@ -296,7 +318,7 @@ class PartitionLog:
         for i, s in enumerate(segs):
             t = s.time_rows()
             if t is None:
-                return s.base_offset                 # damaged: scan this segment whole
+                return s.base_offset  # damaged: scan this segment whole
             below = int(np.searchsorted(t[:, 0], timestamp_ms, "left"))
             final = i + 1 < len(segs) and len(t) and t[-1, 1] == segs[i + 1].base_offset
             if final and below == len(t):
@@ -307,23 +329,25 @@ class PartitionLog:
 
 # ------------------------------------------------------------ validating a segment's frames (the C scan)
 
-SCAN_STOP_REASONS = {lib.SHM_SCAN_TORN: "torn frame at the end", lib.SHM_SCAN_BAD_HEADER: "bad frame header",
-        lib.SHM_SCAN_BAD_BODY: "CRC or body check failed", lib.SHM_SCAN_OFFSET_JUMP: "offset discontinuity"}
+SCAN_STOP_REASONS = {
+    lib.SHM_SCAN_TORN: "torn frame at the end",
+    lib.SHM_SCAN_BAD_HEADER: "bad frame header",
+    lib.SHM_SCAN_BAD_BODY: "CRC or body check failed",
+    lib.SHM_SCAN_OFFSET_JUMP: "offset discontinuity",
+}
 
 
-def scan_frames(path: str, start_pos: int, file_from: int, expect_offset: int, every, max_ts: int = -1,
-          on_rows=None):
+def scan_frames(path: str, start_pos: int, file_from: int, expect_offset: int, every, max_ts: int = -1, on_rows=None):
     """Validates frames of path from file position file_from (position start_pos,
     offset expect_offset), with max_ts the segment's largest timestamp below it.
     Index rows every `every` bytes (1: every frame; None: none) go to on_rows as
     (n, 3) arrays, else are returned concatenated. Returns (scan_out, rows, size);
     memory stays within two chunks whatever the file holds."""
     out = ffi.new("struct shm_scan_out *")
-    ix = ffi.new("struct shm_index_state *", {"next_pos": start_pos if every else 1 << 63,
-                                              "max_timestamp": max_ts})
+    ix = ffi.new("struct shm_index_state *", {"next_pos": start_pos if every else 1 << 63, "max_timestamp": max_ts})
     chunks = []
     size = os.path.getsize(path)
-    buf_cap = min(CHUNK, max(size - file_from + 7, 64) & ~7)       # small segments, small buffers
+    buf_cap = min(CHUNK, max(size - file_from + 7, 64) & ~7)  # small segments, small buffers
     buf = ffi.new("uint8_t[]", buf_cap)
     pos, off, fpos = start_pos, expect_offset, file_from
     step = every or INDEX_EVERY
@@ -342,13 +366,13 @@ def scan_frames(path: str, start_pos: int, file_from: int, expect_offset: int, e
             consumed = out.end_pos - pos
             pos, off, fpos = out.end_pos, out.end_offset, fpos + consumed
             if out.stop_reason == lib.SHM_SCAN_TORN and fpos + buf_cap <= size and consumed == 0:
-                buf_cap *= 2                          # a frame larger than the chunk
+                buf_cap *= 2  # a frame larger than the chunk
                 buf = ffi.new("uint8_t[]", buf_cap)
                 maxrows = buf_cap // max(step, 32) + 2
                 rows = ffi.new("int64_t[]", maxrows * lib.SHM_INDEX_FIELDS)
                 continue
             if out.stop_reason == lib.SHM_SCAN_TORN and fpos < size and consumed > 0:
-                continue                              # chunk boundary, not the file's end
+                continue  # chunk boundary, not the file's end
             if out.stop_reason == lib.SHM_SCAN_END and fpos < size:
                 continue
             allrows = np.concatenate(chunks) if chunks else np.empty((0, 3), np.int64)

@@ -6,6 +6,7 @@ rolling, fsync, retention by size and by a segment's largest timestamp.
 Must never: re-encode a frame (the file bytes are the ring bytes), or leave
 a partial append behind after a failed write.
 """
+
 import logging
 import os
 import time
@@ -20,6 +21,7 @@ from .segment import INDEX_EVERY, INDEX_PAIR, SEGMENT_FILES, PartitionLog, Segme
 logger = logging.getLogger("shmlog.storage")
 
 # ------------------------------------------------------------ writer (the persister's)
+
 
 class PartitionWriter:
     """Appends runs of frames to the active segment, rolls, keeps indexes.
@@ -40,7 +42,7 @@ class PartitionWriter:
     that is gone means the topic is gone (FileNotFoundError)."""
 
     def __init__(self, path: str, segment_bytes: int, segment_ms: int, topic_id: int | None = None):
-        self.dfd = safefile.open_dir(path, fsyncable=True)      # never through a planted symlink
+        self.dfd = safefile.open_dir(path, fsyncable=True)  # never through a planted symlink
         try:
             if topic_id is not None:
                 check_partition_metadata(self.dfd, path, topic_id)
@@ -52,8 +54,8 @@ class PartitionWriter:
         self.fd = self.ifd = self.tfd = None
         self.active: SegmentFile | None = None
         self.active_since = time.monotonic()
-        self.ix = ffi.new("struct shm_index_state *")          # committed: what the files hold
-        self.ix_scan = ffi.new("struct shm_index_state *")     # a copy run's, committed by append
+        self.ix = ffi.new("struct shm_index_state *")  # committed: what the files hold
+        self.ix_scan = ffi.new("struct shm_index_state *")  # a copy run's, committed by append
         self.ix.max_timestamp = -1
         self.end_offset = None
         self.dirty = False
@@ -85,8 +87,11 @@ class PartitionWriter:
 
     def roll_needed(self) -> bool:
         a = self.active
-        return a is None or a.size >= self.segment_bytes or \
-            (a.size > 0 and (time.monotonic() - self.active_since) * 1000 >= self.segment_ms)
+        return (
+            a is None
+            or a.size >= self.segment_bytes
+            or (a.size > 0 and (time.monotonic() - self.active_since) * 1000 >= self.segment_ms)
+        )
 
     def roll(self, base_pos: int, base_offset: int, lost_from=None):
         """Starts the segment at (base_pos, base_offset). lost_from: (position,
@@ -97,17 +102,18 @@ class PartitionWriter:
         if lost_from is not None:
             a = self.active
             empty = a is not None and a.size == 0
-            lost_from = (a.lost() if empty else None) or lost_from   # lapped again before a copy: one hole
-            write_atomically(SegmentFile(self.plog.dir, base_offset, base_pos, 0, 0).path("lost"),
-                             INDEX_PAIR.pack(*lost_from))
+            lost_from = (a.lost() if empty else None) or lost_from  # lapped again before a copy: one hole
+            write_atomically(
+                SegmentFile(self.plog.dir, base_offset, base_pos, 0, 0).path("lost"), INDEX_PAIR.pack(*lost_from)
+            )
             if empty and a.base_offset != base_offset:
-                self._drop_active()         # a crash before this leaves an empty trailing segment: recovery drops it
+                self._drop_active()  # a crash before this leaves an empty trailing segment: recovery drops it
         if self.active is not None and self.active.base_offset == base_offset:
-            return                                   # nothing was written since the last roll
+            return  # nothing was written since the last roll
         if self.active is not None and self.active.size and self.end_offset is not None:
-            os.write(self.tfd, INDEX_PAIR.pack(self.ix.max_timestamp, self.end_offset))   # final row
+            os.write(self.tfd, INDEX_PAIR.pack(self.ix.max_timestamp, self.end_offset))  # final row
             self.dirty = True
-        self.fsync()                                 # fsynced_pos may pass the old segment only once it is synced
+        self.fsync()  # fsynced_pos may pass the old segment only once it is synced
         seg = SegmentFile(self.plog.dir, base_offset, base_pos, 0, time.time())
         self._open(seg)
         self.plog.segments.append(seg)
@@ -133,13 +139,13 @@ class PartitionWriter:
         try:
             for k, (fd, buf) in enumerate(zip(fds, bufs)):
                 while done[k] < len(buf):
-                    done[k] += os.write(fd, buf[done[k]:])
+                    done[k] += os.write(fd, buf[done[k] :])
         except OSError:
             for fd, n in zip(fds, done):
-                if n:           # never leave a torn frame or row behind, nor a run the retry writes again
+                if n:  # never leave a torn frame or row behind, nor a run the retry writes again
                     os.ftruncate(fd, os.fstat(fd).st_size - n)
             raise
-        lib.shm_start_writeback(self.fd, a.size, done[0])   # writeback now, in the background
+        lib.shm_start_writeback(self.fd, a.size, done[0])  # writeback now, in the background
         a.size += done[0]
         ffi.memmove(self.ix, self.ix_scan, ffi.sizeof("struct shm_index_state"))
         self.end_offset = end_offset

@@ -2,6 +2,7 @@
 
 Owns: the command line and the report. Must never: judge (checker.py) or inject (campaign.py).
 """
+
 import argparse
 import json
 import os
@@ -14,20 +15,22 @@ from . import campaign, checker
 
 def report_text(rep: dict, run_dir: str, secs: float) -> str:
     s = rep["stats"]
-    lines = [f"seed {rep['seed']}: {rep['faults_total']} faults in {secs:.0f} s, run dir {run_dir}",
-             "  faults: " + ", ".join(f"{k} {v}" for k, v in rep["faults"].items()),
-             f"  acknowledged: durable {s.get('acked_durable', 0)}, ring {s.get('acked_ring', 0)}, "
-             f"kafka {s.get('acked_ring_kafka', 0)}; checked against the read-back: durable "
-             f"{s.get('acked_durable_checked', 0)}, ring {s.get('acked_ring_checked', 0)} "
-             f"(not checkable: topic re-created or below retention: durable {s.get('acked_durable_not_checkable', 0)})",
-             f"  read: consumer {s.get('read_consumer', 0)}, member {s.get('read_member', 0)}, read-back "
-             f"{s.get('read_readback', 0)}; refusals {s.get('refusals', 0)}; redelivered within the "
-             f"at-least-once window {s.get('redelivered_in_window', 0)}",
-             f"  longest gap between acknowledgements {s.get('longest_gap_s', 0)} s, longest not excused by "
-             f"a fault on the producer's path {s.get('longest_unexcused_stall_s', 0)} s; final clean stop "
-             f"{rep['final_clean_stop']}; plain consumers' ack-to-read latency p50/p99/max "
-             f"{s.get('consumer_latency_p50_s')}/{s.get('consumer_latency_p99_s')}/{s.get('consumer_latency_max_s')} s",
-             f"  violations: {len(rep['violations'])} " + json.dumps(rep["violations_by_check"])]
+    lines = [
+        f"seed {rep['seed']}: {rep['faults_total']} faults in {secs:.0f} s, run dir {run_dir}",
+        "  faults: " + ", ".join(f"{k} {v}" for k, v in rep["faults"].items()),
+        f"  acknowledged: durable {s.get('acked_durable', 0)}, ring {s.get('acked_ring', 0)}, "
+        f"kafka {s.get('acked_ring_kafka', 0)}; checked against the read-back: durable "
+        f"{s.get('acked_durable_checked', 0)}, ring {s.get('acked_ring_checked', 0)} "
+        f"(not checkable: topic re-created or below retention: durable {s.get('acked_durable_not_checkable', 0)})",
+        f"  read: consumer {s.get('read_consumer', 0)}, member {s.get('read_member', 0)}, read-back "
+        f"{s.get('read_readback', 0)}; refusals {s.get('refusals', 0)}; redelivered within the "
+        f"at-least-once window {s.get('redelivered_in_window', 0)}",
+        f"  longest gap between acknowledgements {s.get('longest_gap_s', 0)} s, longest not excused by "
+        f"a fault on the producer's path {s.get('longest_unexcused_stall_s', 0)} s; final clean stop "
+        f"{rep['final_clean_stop']}; plain consumers' ack-to-read latency p50/p99/max "
+        f"{s.get('consumer_latency_p50_s')}/{s.get('consumer_latency_p99_s')}/{s.get('consumer_latency_max_s')} s",
+        f"  violations: {len(rep['violations'])} " + json.dumps(rep["violations_by_check"]),
+    ]
     for v in rep["violations"][:30]:
         lines.append(f"    [{v['check']}] seed {v['seed']}: {v['msg']}")
         for t in v["trace"][:3]:
@@ -51,16 +54,20 @@ def totals_text(reports: list) -> str:
             by_check[k] = by_check.get(k, 0) + v
     seeds = [rep["seed"] for rep in reports]
     worst = max(reports, key=lambda r: r["stats"].get("longest_unexcused_stall_s", 0))
-    return "\n".join([
-        f"total over {len(reports)} seeds ({seeds[0]}-{seeds[-1]}): {sum(faults.values())} faults: "
-        + ", ".join(f"{k} {v}" for k, v in faults.items()),
-        f"  acknowledged: durable {stats.get('acked_durable', 0)}, ring {stats.get('acked_ring', 0)}, kafka "
-        f"{stats.get('acked_ring_kafka', 0)}; checked: durable {stats.get('acked_durable_checked', 0)}, ring "
-        f"{stats.get('acked_ring_checked', 0)}; redelivered within the window {stats.get('redelivered_in_window', 0)}",
-        f"  longest gap between acknowledgements {stats.get('longest_gap_s', 0)} s, longest not excused "
-        f"{stats.get('longest_unexcused_stall_s', 0)} s (seed {worst['seed']})",
-        f"  violations: {sum(len(r['violations']) for r in reports)} {json.dumps(by_check)}; seeds with "
-        f"violations: {bad or 'none'}"])
+    return "\n".join(
+        [
+            f"total over {len(reports)} seeds ({seeds[0]}-{seeds[-1]}): {sum(faults.values())} faults: "
+            + ", ".join(f"{k} {v}" for k, v in faults.items()),
+            f"  acknowledged: durable {stats.get('acked_durable', 0)}, ring {stats.get('acked_ring', 0)}, kafka "
+            f"{stats.get('acked_ring_kafka', 0)}; checked: durable {stats.get('acked_durable_checked', 0)}, ring "
+            f"{stats.get('acked_ring_checked', 0)}; redelivered within the window "
+            f"{stats.get('redelivered_in_window', 0)}",
+            f"  longest gap between acknowledgements {stats.get('longest_gap_s', 0)} s, longest not excused "
+            f"{stats.get('longest_unexcused_stall_s', 0)} s (seed {worst['seed']})",
+            f"  violations: {sum(len(r['violations']) for r in reports)} {json.dumps(by_check)}; seeds with "
+            f"violations: {bad or 'none'}",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -91,11 +98,15 @@ def main(argv=None) -> int:
         weights = {k: (w if k in kinds else 0) for k, w in campaign.WEIGHTS.items()}
     reports, bad = [], 0
     for seed in range(args.seed, args.seed + args.seeds):
-        run_dir = args.run_dir if args.run_dir and args.seeds == 1 else os.path.join(
-            args.run_dir or "/tmp/shmlog-chaos", str(seed))
+        run_dir = (
+            args.run_dir
+            if args.run_dir and args.seeds == 1
+            else os.path.join(args.run_dir or "/tmp/shmlog-chaos", str(seed))
+        )
         t0 = time.monotonic()
-        campaign.Campaign(seed, args.faults, args.duration, run_dir, tmpfs_mb=args.tmpfs_mb,
-                          kafka=not args.no_kafka, weights=weights).run()
+        campaign.Campaign(
+            seed, args.faults, args.duration, run_dir, tmpfs_mb=args.tmpfs_mb, kafka=not args.no_kafka, weights=weights
+        ).run()
         rep = checker.check(run_dir, args.slack)
         rep["run_dir"] = run_dir
         reports.append(rep)

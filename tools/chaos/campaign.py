@@ -25,6 +25,7 @@ Faults (the event "fault" in history/campaign.jsonl, with its window):
             partition (the checker then expects a refusal there, never a
             silent loss or a changed record)
 """
+
 import json
 import os
 import random
@@ -57,12 +58,23 @@ class Proc:
         self.name, self.kind, self.args = name, kind, args or {}
         self.popen = None
         self.launch = 0
-        self.down_until = 0.0        # restarted by the monitor after this time
+        self.down_until = 0.0  # restarted by the monitor after this time
 
 
 class Campaign:
-    def __init__(self, seed: int, faults: int, duration: float, run_dir: str, *, tmpfs_mb: int = 192,
-                 kafka: bool = True, unblock_ms: int = 500, weights: dict | None = None, quiet: bool = False):
+    def __init__(
+        self,
+        seed: int,
+        faults: int,
+        duration: float,
+        run_dir: str,
+        *,
+        tmpfs_mb: int = 192,
+        kafka: bool = True,
+        unblock_ms: int = 500,
+        weights: dict | None = None,
+        quiet: bool = False,
+    ):
         self.seed, self.n_faults, self.duration = seed, faults, duration
         self.rng = random.Random(seed)
         self.run_dir = os.path.abspath(run_dir)
@@ -94,13 +106,21 @@ class Campaign:
     # ------------------------------------------------------------ setup and teardown
 
     def env(self):
-        return {**os.environ, "SHMLOG_AUTOSTART": "0",
-                "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "PYTHONUNBUFFERED": "1"}
+        return {
+            **os.environ,
+            "SHMLOG_AUTOSTART": "0",
+            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def base_args(self):
-        return dict(instance=self.instance, data_dir=self.data_dir, shm_prefix=self.shm_prefix,
-                    unblock_ms=self.unblock_ms, boot=self.boot)
+        return dict(
+            instance=self.instance,
+            data_dir=self.data_dir,
+            shm_prefix=self.shm_prefix,
+            unblock_ms=self.unblock_ms,
+            boot=self.boot,
+        )
 
     def setup(self):
         if os.path.exists(self.run_dir):
@@ -108,13 +128,18 @@ class Campaign:
         for d in (self.hdir, self.ldir, self.data_dir):
             os.makedirs(d)
         self.h = history.Writer(os.path.join(self.hdir, "campaign.jsonl"))
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.tmpfs_mb}m,mode=0770", "tmpfs", self.data_dir],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.tmpfs_mb}m,mode=0770", "tmpfs", self.data_dir],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode == 0:
             self.mounted = True
         else:
-            self.notes.append(f"mount of a tmpfs refused ({r.stderr.strip()}): data dir on the run dir's "
-                              "filesystem, enospc faults skipped (filling a shared disk is not acceptable)")
+            self.notes.append(
+                f"mount of a tmpfs refused ({r.stderr.strip()}): data dir on the run dir's "
+                "filesystem, enospc faults skipped (filling a shared disk is not acceptable)"
+            )
             self.weights["enospc"] = 0
         if self.kafka:
             try:
@@ -122,8 +147,17 @@ class Campaign:
             except ImportError:
                 self.notes.append("kafka-python not installed: no Kafka client worker")
                 self.kafka = False
-        self.h.event("setup", seed=self.seed, faults=self.n_faults, duration=self.duration, instance=self.instance,
-                     tmpfs=self.mounted, unblock_ms=self.unblock_ms, notes=self.notes, topics=TOPICS)
+        self.h.event(
+            "setup",
+            seed=self.seed,
+            faults=self.n_faults,
+            duration=self.duration,
+            instance=self.instance,
+            tmpfs=self.mounted,
+            unblock_ms=self.unblock_ms,
+            notes=self.notes,
+            topics=TOPICS,
+        )
 
     def teardown(self):
         self._kill_instance()
@@ -156,18 +190,56 @@ class Campaign:
         logf = open(os.path.join(self.ldir, f"{p.name}.log"), "ab")
         py = sys.executable
         if p.kind == "supervisor":
-            cmd = [py, "-m", "shmlog.service.supervisor", "--instance", self.instance, "--data-dir", self.data_dir,
-                   "--shm-prefix", self.shm_prefix, "--metrics-port", "-1", "--log-level", "WARNING"]
+            cmd = [
+                py,
+                "-m",
+                "shmlog.service.supervisor",
+                "--instance",
+                self.instance,
+                "--data-dir",
+                self.data_dir,
+                "--shm-prefix",
+                self.shm_prefix,
+                "--metrics-port",
+                "-1",
+                "--log-level",
+                "WARNING",
+            ]
         elif p.kind == "listener":
-            cmd = [py, "-m", "shmlog", "kafka-listener", "--listen", f"127.0.0.1:{self.kport}",
-                   "--instance", self.instance, "--data-dir", self.data_dir, "--shm-prefix", self.shm_prefix]
+            cmd = [
+                py,
+                "-m",
+                "shmlog",
+                "kafka-listener",
+                "--listen",
+                f"127.0.0.1:{self.kport}",
+                "--instance",
+                self.instance,
+                "--data-dir",
+                self.data_dir,
+                "--shm-prefix",
+                self.shm_prefix,
+            ]
         else:
             wid = f"{p.name}.{self.boot}.{p.launch}"
-            a = {**self.base_args(), **p.args, "wid": wid, "seed": self.rng.getrandbits(32), "port": self.kport,
-                 "history": os.path.join(self.hdir, f"{wid}.jsonl")}
+            a = {
+                **self.base_args(),
+                **p.args,
+                "wid": wid,
+                "seed": self.rng.getrandbits(32),
+                "port": self.kport,
+                "history": os.path.join(self.hdir, f"{wid}.jsonl"),
+            }
             cmd = [py, "-m", "tools.chaos.worker", p.kind, json.dumps(a)]
-        p.popen = subprocess.Popen(cmd, cwd=REPO, env=self.env(), stdout=logf, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        p.popen = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=self.env(),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         logf.close()
         self.h.event("spawn", name=p.name, kind=p.kind, pid=p.popen.pid, boot=self.boot, launch=p.launch)
 
@@ -178,7 +250,7 @@ class Campaign:
         if p.popen is None:
             return
         try:
-            os.killpg(p.popen.pid, signal.SIGKILL)       # its own session: the supervisor's persister too
+            os.killpg(p.popen.pid, signal.SIGKILL)  # its own session: the supervisor's persister too
         except (ProcessLookupError, PermissionError):
             pass
         try:
@@ -259,20 +331,31 @@ class Campaign:
                 if not self._alive(p) and now >= p.down_until:
                     if p.popen is not None:
                         self.h.event("exited", name=p.name, rc=p.popen.returncode, boot=self.boot)
-                    self._spawn(p)             # never waits: the loop keeps the schedule
+                    self._spawn(p)  # never waits: the loop keeps the schedule
 
     # ------------------------------------------------------------ admin
 
     def admin(self, op, topic=None, wait=True, timeout=30.0, **extra):
         """One admin request in a child process (it may hang on a stopped supervisor)."""
         self.admin_n += 1
-        a = {**self.base_args(), "op": op, "topic": topic, **extra,
-             "history": os.path.join(self.hdir, f"admin.{self.admin_n}.jsonl")}
+        a = {
+            **self.base_args(),
+            "op": op,
+            "topic": topic,
+            **extra,
+            "history": os.path.join(self.hdir, f"admin.{self.admin_n}.jsonl"),
+        }
         t0 = time.time()
         logf = open(os.path.join(self.ldir, "admin.log"), "ab")
-        pr = subprocess.Popen([sys.executable, "-m", "tools.chaos.worker", "admin", json.dumps(a)], cwd=REPO,
-                              env=self.env(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              start_new_session=True)
+        pr = subprocess.Popen(
+            [sys.executable, "-m", "tools.chaos.worker", "admin", json.dumps(a)],
+            cwd=REPO,
+            env=self.env(),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         logf.close()
 
         def finish():
@@ -283,8 +366,17 @@ class Campaign:
                 os.killpg(pr.pid, signal.SIGKILL)
                 pr.wait()
                 ok = False
-            self.h.event("admin-done", op=op, topic=topic, t0=t0, n=self.admin_n, rc=pr.returncode,
-                         timed_out=not ok, boot=self.boot)
+            self.h.event(
+                "admin-done",
+                op=op,
+                topic=topic,
+                t0=t0,
+                n=self.admin_n,
+                rc=pr.returncode,
+                timed_out=not ok,
+                boot=self.boot,
+            )
+
         if wait:
             finish()
         else:
@@ -317,6 +409,7 @@ class Campaign:
                     self._ensure(topic)
                 finally:
                     self.admin_busy.release()
+
             threading.Thread(target=both, daemon=True).start()
             desc = {"op": "recreate", "topic": topic}
             if kill_supervisor:
@@ -327,8 +420,11 @@ class Campaign:
             if choice == "grow":
                 desc = {"op": "alter", "topic": "dur", "changes": {"partitions": r.randint(2, 4)}}
             elif choice == "fsync":
-                desc = {"op": "alter", "topic": topic if topic != "eph" else "dur",
-                        "changes": {"fsync": r.choice(["always", "never", "interval:20", "interval:200"])}}
+                desc = {
+                    "op": "alter",
+                    "topic": topic if topic != "eph" else "dur",
+                    "changes": {"fsync": r.choice(["always", "never", "interval:20", "interval:200"])},
+                }
             elif choice == "retention":
                 t = r.choice(["dur", "kaf"])
                 on = t not in self.retention_on
@@ -337,9 +433,13 @@ class Campaign:
             elif choice == "temp":
                 name = f"tmp{self.admin_n}"
                 self.temp_topics.append(name)
-                desc = {"op": "create", "topic": name,
-                        "config": dict(partitions=r.randint(1, 3), ring_bytes=1 << 16,
-                                       persistence=r.choice(["disk", "none"]))}
+                desc = {
+                    "op": "create",
+                    "topic": name,
+                    "config": dict(
+                        partitions=r.randint(1, 3), ring_bytes=1 << 16, persistence=r.choice(["disk", "none"])
+                    ),
+                }
             elif self.temp_topics:
                 desc = {"op": "delete", "topic": self.temp_topics.pop(0)}
             else:
@@ -348,7 +448,7 @@ class Campaign:
             self.admin(op, wait=False, marker=marker, **desc)
             desc["op"] = op
             if kill_supervisor:
-                deadline = time.monotonic() + 15            # the child's start-up is slow on a busy host
+                deadline = time.monotonic() + 15  # the child's start-up is slow on a busy host
                 while not os.path.exists(marker) and time.monotonic() < deadline:
                     time.sleep(0.002)
         if kill_supervisor:
@@ -378,8 +478,11 @@ class Campaign:
         if kind in ("kill", "stop"):
             names = sorted(self.procs) + ["persister"]
             name = r.choice(names)
-            pid = self.persister_pid() if name == "persister" else (
-                self.procs[name].popen.pid if self._alive(self.procs[name]) else None)
+            pid = (
+                self.persister_pid()
+                if name == "persister"
+                else (self.procs[name].popen.pid if self._alive(self.procs[name]) else None)
+            )
             if pid is None:
                 return None
             ev.update(target=name, pid=pid)
@@ -474,7 +577,7 @@ class Campaign:
                     while True:
                         os.write(fd, b"\0" * 4096)
                 except OSError:
-                    pass                               # ENOSPC: the tmpfs is full
+                    pass  # ENOSPC: the tmpfs is full
             finally:
                 os.close(fd)
             time.sleep(seconds)
@@ -491,7 +594,7 @@ class Campaign:
         tdir = os.path.join(self.data_dir, "topics")
         for root, _dirs, files in os.walk(tdir):
             logs = sorted((int(f[:-4]), f) for f in files if f.endswith(".log") and f[:-4].isdigit())
-            for (base, f), (nxt, _) in zip(logs, logs[1:]):         # closed segments only (not the last)
+            for (base, f), (nxt, _) in zip(logs, logs[1:]):  # closed segments only (not the last)
                 cands.append((os.path.join(root, f), base, nxt))
         if not cands:
             return None
@@ -515,7 +618,7 @@ class Campaign:
                 how = "truncate"
         except OSError:
             return None
-        topic = rel[0].rpartition("@")[0] or rel[0]          # topics/<topic>@<id>/<p>/
+        topic = rel[0].rpartition("@")[0] or rel[0]  # topics/<topic>@<id>/<p>/
         return {"how": how, "topic": topic, "p": int(rel[1]), "base": base, "next": nxt, "pos": pos, "size": size}
 
     # ------------------------------------------------------------ the run
@@ -569,13 +672,15 @@ class Campaign:
         while self.filling and time.monotonic() < deadline:
             time.sleep(0.05)
         # retention back to a week, and every main topic there (a failed re-create leaves one missing)
-        self.admin("batch", ops=[{"op": "alter", "topic": t, "changes": {"retention_ms": WEEK_MS}}
-                                 for t in sorted(self.retention_on)] +
-                   [{"op": "ensure", "topic": t, "config": c} for t, c in TOPICS.items()])
+        self.admin(
+            "batch",
+            ops=[{"op": "alter", "topic": t, "changes": {"retention_ms": WEEK_MS}} for t in sorted(self.retention_on)]
+            + [{"op": "ensure", "topic": t, "config": c} for t, c in TOPICS.items()],
+        )
         for p in self.procs.values():
             p.down_until = 0
         self.monitor()
-        time.sleep(2.0)                                 # consumers catch up
+        time.sleep(2.0)  # consumers catch up
         workers = [p for p in self.procs.values() if p.kind not in ("supervisor", "listener")]
         for p in workers + [self.procs.get("listener")]:
             if p is not None and self._alive(p):
@@ -592,7 +697,7 @@ class Campaign:
             self.rebooting = True
         if not self._alive(sup):
             self._spawn(sup)
-        self._wait_supervisor(60)          # a SIGTERM before its handler is installed is no clean stop
+        self._wait_supervisor(60)  # a SIGTERM before its handler is installed is no clean stop
         clean = False
         if self._alive(sup):
             sup.popen.send_signal(signal.SIGTERM)
@@ -607,8 +712,14 @@ class Campaign:
         self.h.event("reboot", boot=self.boot, final=True)
         self._start_supervisor()
         a = {**self.base_args(), "history": os.path.join(self.hdir, "readback.jsonl")}
-        r = subprocess.run([sys.executable, "-m", "tools.chaos.worker", "readback", json.dumps(a)], cwd=REPO,
-                           env=self.env(), capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "tools.chaos.worker", "readback", json.dumps(a)],
+            cwd=REPO,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         self.h.event("readback-done", rc=r.returncode, stderr=r.stderr[-2000:])
         if r.returncode:
             self.h.event("problem", what="read-back failed", stderr=r.stderr[-2000:])
@@ -619,6 +730,7 @@ class socket_port:
 
     def __enter__(self):
         import socket
+
         self.s = socket.socket()
         self.s.bind(("127.0.0.1", 0))
         return self.s.getsockname()[1]

@@ -46,6 +46,7 @@ on disk, and must be read back or refused (the damaged range) as before.
                      path excuse (its own stop/kill, reboot, ENOSPC,
                      persister/supervisor/listener faults it depends on)
 """
+
 import bisect
 import collections
 import re
@@ -86,9 +87,9 @@ class Checker:
             if e["ev"] == "admin-done" and e.get("timed_out") and e.get("op") in ("create", "delete"):
                 evs.append((e["t0"], 0, {**e, "ok": None}))
         evs.sort(key=lambda x: (x[0], x[1]))
-        self.inc = {}                      # (topic, boot, gen) -> incarnation number or None (ambiguous)
+        self.inc = {}  # (topic, boot, gen) -> incarnation number or None (ambiguous)
         self.inc_durable = {}
-        last = {}                          # topic -> (boot, gen) last described
+        last = {}  # topic -> (boot, gen) last described
         pending = collections.defaultdict(bool)
         count = collections.Counter()
         self.final = {}
@@ -107,7 +108,7 @@ class Checker:
                         self.inc[key] = self.inc.get((t,) + prev)
                     elif prev is not None and prev[0] != e["boot"] and pending[t]:
                         count[t] += 1
-                        self.inc[key] = None        # restored across a reboot after an unfinished change
+                        self.inc[key] = None  # restored across a reboot after an unfinished change
                     else:
                         count[t] += 1
                         self.inc[key] = count[t]
@@ -128,18 +129,18 @@ class Checker:
     # ------------------------------------------------------------ collection
 
     def _collect(self):
-        self.at = collections.defaultdict(list)        # (topic, inc, p, off) -> [(id, boot, what, file, t)]
-        self.where = collections.defaultdict(set)      # id -> {(topic, inc, p, off)}
-        self.acks = []                                 # (lvl, topic, inc, boot, p, off, id, t, file)
+        self.at = collections.defaultdict(list)  # (topic, inc, p, off) -> [(id, boot, what, file, t)]
+        self.where = collections.defaultdict(set)  # id -> {(topic, inc, p, off)}
+        self.acks = []  # (lvl, topic, inc, boot, p, off, id, t, file)
         self.sessions = collections.defaultdict(list)  # (file, sess, topic, inc, p) -> [off]
-        self.group_deliv = collections.defaultdict(list)   # (group, topic, inc, p) -> [(t, off, id, file)]
-        self.commits = collections.defaultdict(list)   # (group, topic, inc, p) -> [(t, off)]
+        self.group_deliv = collections.defaultdict(list)  # (group, topic, inc, p) -> [(t, off, id, file)]
+        self.commits = collections.defaultdict(list)  # (group, topic, inc, p) -> [(t, off)]
         self.refusals = collections.defaultdict(list)  # (topic, p) -> [(at, next)]
         self.progress = collections.defaultdict(list)  # file -> [t of each ack]
         self.first_read = {}
         self.stuck = []
         self.refused_events = []
-        self.kack_window = {}                          # Kafka record id -> (t0, t) of its batch
+        self.kack_window = {}  # Kafka record id -> (t0, t) of its batch
         for f, es in self.files.items():
             for e in es:
                 ev = e["ev"]
@@ -174,9 +175,12 @@ class Checker:
                         if pgen is not None:
                             pinc = self.inc.get((e["topic"], pboot, pgen))
                             if pinc is not None and pinc != inc:
-                                self.violation("other-generation",
-                                               f"{e['topic']} incarnation {inc} p{p} offset {off} returned {rid}, "
-                                               f"written to incarnation {pinc}", [f, e["t"]])
+                                self.violation(
+                                    "other-generation",
+                                    f"{e['topic']} incarnation {inc} p{p} offset {off} returned {rid}, "
+                                    f"written to incarnation {pinc}",
+                                    [f, e["t"]],
+                                )
                         if e["kind"] != "readback":
                             self.sessions[(f, e["sess"], e["topic"], inc, p)].append(off)
                             self.first_read.setdefault((e["kind"], rid), e["t"])
@@ -194,7 +198,7 @@ class Checker:
                         self.refusals[(e["topic"], e["p"])].append((e["at"], e["next"]))
                 elif ev == "stuck":
                     self.stuck.append(e)
-        for (lvl, topic, inc, boot, p, off, rid, t, f) in self.acks:
+        for lvl, topic, inc, boot, p, off, rid, t, f in self.acks:
             if inc is not None:
                 key = (topic, inc, p, off)
                 self.at[key].append((rid, boot, "ack-" + lvl, f, t))
@@ -203,8 +207,8 @@ class Checker:
     def _inc_at(self, topic, boot, t0, t1):
         """The incarnation live over [t0, t1] in this boot, from describes (a Kafka client knows no generation)."""
         if not hasattr(self, "_desc_idx"):
-            self._desc_idx = collections.defaultdict(list)      # (topic, boot) -> [(t, gen)] sorted
-            self._change_idx = collections.defaultdict(list)    # topic -> [t0 of create/delete] sorted
+            self._desc_idx = collections.defaultdict(list)  # (topic, boot) -> [(t, gen)] sorted
+            self._change_idx = collections.defaultdict(list)  # topic -> [t0 of create/delete] sorted
             for es in self.files.values():
                 for e in es:
                     if e["ev"] == "describe":
@@ -234,7 +238,7 @@ class Checker:
             ids = {e[0] for e in ents}
             if len(ids) < 2:
                 continue
-            boots = collections.defaultdict(set)          # id -> boots it was seen in
+            boots = collections.defaultdict(set)  # id -> boots it was seen in
             for e in ents:
                 boots[e[0]].add(e[1])
             durable_boot = {e[0]: e[1] for e in ents if e[2] == "ack-durable"}
@@ -243,8 +247,9 @@ class Checker:
                 by_boot[e[1]].add(e[0])
             if any(len(s) > 1 for s in by_boot.values()):
                 why = "two records in one boot"
-            elif any(b2 >= bd for rid, bd in durable_boot.items() for other, bs in boots.items()
-                     if other != rid for b2 in bs):
+            elif any(
+                b2 >= bd for rid, bd in durable_boot.items() for other, bs in boots.items() if other != rid for b2 in bs
+            ):
                 why = "a durably acknowledged record replaced"
             else:
                 self.stats["offsets_reused_after_reboot_not_durable"] += 1
@@ -252,16 +257,22 @@ class Checker:
             bad[(key[0], key[1], key[2], why)].append((key[3], sorted(ents, key=lambda e: e[4])[:4]))
         for (topic, inc, p, why), rows in bad.items():
             rows.sort()
-            self.violation("offset-reused", f"{topic} incarnation {inc} p{p}: {why} at {len(rows)} offsets "
-                           f"{_ranges([r[0] for r in rows])}", rows[0][1])
+            self.violation(
+                "offset-reused",
+                f"{topic} incarnation {inc} p{p}: {why} at {len(rows)} offsets {_ranges([r[0] for r in rows])}",
+                rows[0][1],
+            )
 
     def check_duplicates(self):
         """One id at two offsets. Native sends never retry, so any is a violation; a
         Kafka client retries a batch in flight when the listener dies, and the
         listener's idempotence state dies with it (documented), so a Kafka record
         whose batch overlapped a listener kill or a reboot may be there twice."""
-        restarts = [e["t0"] for e in self.camp if e["ev"] == "fault" and (
-            e["kind"] == "reboot" or (e["kind"] == "kill" and e.get("target") == "listener"))]
+        restarts = [
+            e["t0"]
+            for e in self.camp
+            if e["ev"] == "fault" and (e["kind"] == "reboot" or (e["kind"] == "kill" and e.get("target") == "listener"))
+        ]
         dups = []
         for rid, keys in self.where.items():
             if len(keys) < 2:
@@ -272,8 +283,11 @@ class Checker:
                 continue
             dups.append((rid, sorted(keys)))
         if dups:
-            self.violation("duplicated", f"{len(dups)} record ids at more than one offset; first: "
-                           f"{dups[0][0]} at {dups[0][1][:4]}", dups[1:4])
+            self.violation(
+                "duplicated",
+                f"{len(dups)} record ids at more than one offset; first: {dups[0][0]} at {dups[0][1][:4]}",
+                dups[1:4],
+            )
 
     def check_refusals(self):
         """A refusal (CorruptRecord) where the campaign damaged nothing: an intact record
@@ -285,20 +299,30 @@ class Checker:
             off = int(m.group(3)) if m else e.get("at")
             if p is None or off is None:
                 continue
-            if any(d["topic"] == e["topic"] and d["p"] == p and d["base"] <= off < d["next"] and d["t0"] <= e["t"]
-                   for d in self.damage):
+            if any(
+                d["topic"] == e["topic"] and d["p"] == p and d["base"] <= off < d["next"] and d["t0"] <= e["t"]
+                for d in self.damage
+            ):
                 self.stats["refusals_of_damage"] += 1
                 continue
             bad[(e["topic"], p)].append((off, f, (e.get("msg") or "")[:160]))
         for (topic, p), rows in bad.items():
-            self.violation("refused-intact", f"{len(rows)} refusals (CorruptRecord) of {topic} p{p} where nothing was "
-                           f"damaged, at offsets {_ranges([r[0] for r in rows])}", rows[:3])
+            self.violation(
+                "refused-intact",
+                f"{len(rows)} refusals (CorruptRecord) of {topic} p{p} where nothing was "
+                f"damaged, at offsets {_ranges([r[0] for r in rows])}",
+                rows[:3],
+            )
 
     def check_stuck(self):
         """The read-back stopped making progress without an error (then went on at the next segment)."""
         for e in self.stuck:
-            self.violation("silent-stall", f"the read-back of {e['topic']} p{e['p']} stopped at offset {e['at']} "
-                           f"for 5 s with no error (next segment file starts at {e['next']})", [e])
+            self.violation(
+                "silent-stall",
+                f"the read-back of {e['topic']} p{e['p']} stopped at offset {e['at']} "
+                f"for 5 s with no error (next segment file starts at {e['next']})",
+                [e],
+            )
 
     def check_losses(self, camp_final_clean):
         read_back = {k for k, ents in self.at.items() if any(e[2] == "readback" for e in ents)}
@@ -310,9 +334,9 @@ class Checker:
         last_fault_boot = max([e["boot"] for e in self.camp if e["ev"] == "reboot" and not e.get("final")] + [0])
         lost = collections.defaultdict(list)
         durable_ids = {a[6] for a in self.acks if a[0] == "durable"}
-        for (lvl, topic, inc, boot, p, off, rid, t, _f) in self.acks:
+        for lvl, topic, inc, boot, p, off, rid, t, _f in self.acks:
             if lvl == "ring" and rid in durable_ids:
-                continue                       # judged at its stronger level
+                continue  # judged at its stronger level
             fin = self.final.get(topic)
             if inc is None or fin is None or fin["inc"] != inc or p >= fin["partitions"] or off < fin["start"][p]:
                 self.stats[f"acked_{lvl}_not_checkable"] += 1
@@ -330,18 +354,24 @@ class Checker:
             if any(a <= off and (n is None or off < n) for a, n in self.refusals.get((topic, p), [])):
                 self.stats["acked_refused_expected"] += 1
                 continue
-            damaged = any(d["topic"] == topic and d["p"] == p and d["base"] <= off < d["next"] and d["t0"] > t
-                          for d in self.damage)
+            damaged = any(
+                d["topic"] == topic and d["p"] == p and d["base"] <= off < d["next"] and d["t0"] > t
+                for d in self.damage
+            )
             lost[(lvl, topic, inc, p, damaged)].append((off, rid, t))
         for (lvl, topic, inc, p, damaged), recs in lost.items():
             recs.sort()
             offs = [o for o, _, _ in recs]
             check = "unrefused-damage" if damaged else "lost-durable" if lvl == "durable" else "lost-ring"
-            self.violation(check, f"{len(recs)} records acknowledged ({lvl}) "
-                           f"{'in a damaged segment, missing without a refusal,' if damaged else 'lost'} "
-                           f"from {topic} incarnation {inc} p{p}: "
-                           f"offsets {_ranges(offs)}; final log start {self.final[topic]['start'][p]}, "
-                           f"end {self.final[topic]['end'][p]}", recs[:5])
+            self.violation(
+                check,
+                f"{len(recs)} records acknowledged ({lvl}) "
+                f"{'in a damaged segment, missing without a refusal,' if damaged else 'lost'} "
+                f"from {topic} incarnation {inc} p{p}: "
+                f"offsets {_ranges(offs)}; final log start {self.final[topic]['start'][p]}, "
+                f"end {self.final[topic]['end'][p]}",
+                recs[:5],
+            )
 
     def _damaged(self, topic, p) -> bool:
         return any(d["topic"] == topic and d["p"] == p for d in self.damage)
@@ -355,22 +385,26 @@ class Checker:
                 if self._damaged(topic, p):
                     self.stats["quarantined_partitions"] += 1
                 else:
-                    self.violation("offline-intact", f"{topic} p{p} is reported offline (from offset {q}) but "
-                                   "the campaign damaged none of its files", [fin])
+                    self.violation(
+                        "offline-intact",
+                        f"{topic} p{p} is reported offline (from offset {q}) but "
+                        "the campaign damaged none of its files",
+                        [fin],
+                    )
 
     def check_skips(self):
         present = collections.defaultdict(list)
-        for (topic, inc, p, off) in self.at:
+        for topic, inc, p, off in self.at:
             present[(topic, inc, p)].append(off)
         for v in present.values():
             v.sort()
-        bad = collections.defaultdict(lambda: [0, set(), []])    # (kind, topic, inc, p) -> [sessions, offsets, who]
+        bad = collections.defaultdict(lambda: [0, set(), []])  # (kind, topic, inc, p) -> [sessions, offsets, who]
         for (f, sess, topic, inc, p), offs in self.sessions.items():
             if topic not in self.durable_topics:
                 continue
             fin = self.final.get(topic)
             if not (fin and fin["inc"] == inc and p < fin["partitions"]):
-                continue                  # the incarnation is gone: retention cannot be ruled out
+                continue  # the incarnation is gone: retention cannot be ruled out
             start = fin["start"][p]
             pres = present[(topic, inc, p)]
             skipped = []
@@ -386,8 +420,12 @@ class Checker:
                 row[1].update(skipped)
                 row[2].append(f"{f} session {sess}")
         for (kind, topic, inc, p), (n, offs, who) in bad.items():
-            self.violation("skipped", f"{kind}: {n} read sessions of {topic} incarnation {inc} p{p} went past "
-                           f"{len(offs)} distinct records they never returned: offsets {_ranges(offs)}", who[:3])
+            self.violation(
+                "skipped",
+                f"{kind}: {n} read sessions of {topic} incarnation {inc} p{p} went past "
+                f"{len(offs)} distinct records they never returned: offsets {_ranges(offs)}",
+                who[:3],
+            )
 
     def check_groups(self):
         for key, dels in self.group_deliv.items():
@@ -409,9 +447,13 @@ class Checker:
                         self.stats["redelivered_in_window"] += 1
                 seen.add((rid, off))
             if bad:
-                self.violation("redelivered", f"group {key[0]} {key[1]} incarnation {key[2]} p{key[3]}: "
-                               f"{len(bad)} records delivered again below an offset already committed "
-                               f"(first: offset {bad[0][0]} to {bad[0][1]}, committed {bad[0][3]})", bad[:5])
+                self.violation(
+                    "redelivered",
+                    f"group {key[0]} {key[1]} incarnation {key[2]} p{key[3]}: "
+                    f"{len(bad)} records delivered again below an offset already committed "
+                    f"(first: offset {bad[0][0]} to {bad[0][1]}, committed {bad[0][3]})",
+                    bad[:5],
+                )
 
     def _windows(self):
         """Fault windows [t0, t1 + restart allowance] by what they affect."""
@@ -449,10 +491,13 @@ class Checker:
                 if gap <= bound:
                     continue
                 covered = 0.0
-                for (w0, w1, kind, target) in wins:
-                    relevant = (target == name or kind in ("reboot", "enospc", "admin-delete", "admin+kill")
-                                or (kind in ("kill", "stop") and target in ("persister", "supervisor"))
-                                or (kafka and target == "listener"))
+                for w0, w1, kind, target in wins:
+                    relevant = (
+                        target == name
+                        or kind in ("reboot", "enospc", "admin-delete", "admin+kill")
+                        or (kind in ("kill", "stop") and target in ("persister", "supervisor"))
+                        or (kafka and target == "listener")
+                    )
                     if relevant:
                         covered += max(0.0, min(b, w1) - max(a, w0))
                 unexcused = gap - min(covered, gap)
@@ -460,8 +505,12 @@ class Checker:
                     longest = (unexcused, (f, a, b))
                 if unexcused > bound:
                     near = [(round(w0 - a, 2), kind, target) for (w0, w1, kind, target) in wins if w1 >= a and w0 <= b]
-                    self.violation("stall", f"{f}: no acknowledgement for {gap:.2f} s ({unexcused:.2f} s not "
-                                   f"excused by faults on its path; bound {bound:.2f} s)", near[:8])
+                    self.violation(
+                        "stall",
+                        f"{f}: no acknowledgement for {gap:.2f} s ({unexcused:.2f} s not "
+                        f"excused by faults on its path; bound {bound:.2f} s)",
+                        near[:8],
+                    )
         self.stats["longest_gap_s"] = round(longest_raw, 3)
         self.stats["longest_unexcused_stall_s"] = round(longest[0], 3)
 
@@ -470,7 +519,7 @@ class Checker:
         that was killed re-reads from the earliest offset, so the tail includes catch-up)."""
         lat = []
         unread = 0
-        for (lvl, _topic, _inc, _boot, _p, _off, rid, t, _f) in self.acks:
+        for lvl, _topic, _inc, _boot, _p, _off, rid, t, _f in self.acks:
             if lvl != "ring":
                 continue
             r = self.first_read.get(("consumer", rid))
@@ -508,13 +557,25 @@ class Checker:
         faults = collections.Counter()
         for e in self.camp:
             if e["ev"] == "fault":
-                faults[e["kind"] + (f":{e['target']}" if e.get("target") and e["kind"] in ("kill", "stop")
-                                    and e["target"] in ("supervisor", "persister", "listener") else "")] += 1
-        return {"seed": self.seed, "final_clean_stop": clean,
-                "faults": dict(sorted(faults.items())), "faults_total": sum(faults.values()),
-                "stats": dict(sorted(self.stats.items())),
-                "violations_by_check": dict(collections.Counter(v["check"] for v in self.violations)),
-                "violations": self.violations}
+                faults[
+                    e["kind"]
+                    + (
+                        f":{e['target']}"
+                        if e.get("target")
+                        and e["kind"] in ("kill", "stop")
+                        and e["target"] in ("supervisor", "persister", "listener")
+                        else ""
+                    )
+                ] += 1
+        return {
+            "seed": self.seed,
+            "final_clean_stop": clean,
+            "faults": dict(sorted(faults.items())),
+            "faults_total": sum(faults.values()),
+            "stats": dict(sorted(self.stats.items())),
+            "violations_by_check": dict(collections.Counter(v["check"] for v in self.violations)),
+            "violations": self.violations,
+        }
 
 
 def _ranges(offs):

@@ -7,6 +7,7 @@ Must never: buffer an acknowledgement in user space after claiming it (a
 worker writes an ack line only after the acknowledging call returned, and
 the line is in the kernel before the worker acts on it).
 """
+
 import json
 import os
 import time

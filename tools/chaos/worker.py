@@ -21,6 +21,7 @@ Must never: use shmlog internals beyond the public API (topic_handle's
 generation is how a process tells topic generations apart), or write an ack
 line before the call that acknowledges returned.
 """
+
 import json
 import os
 import random
@@ -60,8 +61,9 @@ def parse(value: bytes | None):
 
 
 def connect(a):
-    return shmlog.connect(a["instance"], a["data_dir"], autostart=False, shm_prefix=a["shm_prefix"],
-                          unblock_timeout_ms=a["unblock_ms"])
+    return shmlog.connect(
+        a["instance"], a["data_dir"], autostart=False, shm_prefix=a["shm_prefix"], unblock_timeout_ms=a["unblock_ms"]
+    )
 
 
 def gen_of(log, topic):
@@ -83,6 +85,7 @@ def retrying_connect(a, h):
 
 # ------------------------------------------------------------------ producer
 
+
 def producer(a, h):
     rng = random.Random(a["seed"])
     log = retrying_connect(a, h)
@@ -100,8 +103,18 @@ def producer(a, h):
             t0 = time.time()
             md = p.send_batch(topic, values, partition=part)[0]
             g2 = gen_of(log, topic)
-            base = dict(topic=topic, boot=a["boot"], gen=h0.generation, gen2=g2, p=md.partition,
-                        off=md.base_offset, w=wid, s0=seq, n=n, t0=t0)
+            base = dict(
+                topic=topic,
+                boot=a["boot"],
+                gen=h0.generation,
+                gen2=g2,
+                p=md.partition,
+                off=md.base_offset,
+                w=wid,
+                s0=seq,
+                n=n,
+                t0=t0,
+            )
             seq += n
             h.event("ack", lvl="ring", **base)
             if durable:
@@ -120,14 +133,14 @@ def producer(a, h):
 
 # ------------------------------------------------------------------ consumers
 
+
 def _record_reads(h, a, kind, topic, g0, g1, sess, msgs, group=None):
     recs = []
     for m in msgs:
         pid = parse(m.value)
         recs.append([m.partition, m.offset] + (list(pid) if pid else ["?", None, None]))
     if recs:
-        h.event("read", kind=kind, topic=topic, boot=a["boot"], gen=g0, gen2=g1, sess=sess, group=group,
-                recs=recs)
+        h.event("read", kind=kind, topic=topic, boot=a["boot"], gen=g0, gen2=g1, sess=sess, group=group, recs=recs)
 
 
 def consumer(a, h):
@@ -196,10 +209,17 @@ def member(a, h):
     while not stop:
         try:
             if c is None:
-                c = log.consumer(group=group, topics=[topic], auto_offset_reset="earliest",
-                                 enable_auto_commit=False, session_timeout_ms=3000,
-                                 heartbeat_interval_ms=300, on_assign=changed, on_revoke=changed,
-                                 on_lost=changed)
+                c = log.consumer(
+                    group=group,
+                    topics=[topic],
+                    auto_offset_reset="earliest",
+                    enable_auto_commit=False,
+                    session_timeout_ms=3000,
+                    heartbeat_interval_ms=300,
+                    on_assign=changed,
+                    on_revoke=changed,
+                    on_lost=changed,
+                )
                 state["sess"] += 1
             g0 = gen_of(log, topic)
             msgs = c.poll_batch(rng.choice([10, 100]), timeout=0.3)
@@ -210,8 +230,15 @@ def member(a, h):
                 for m in msgs:
                     last[m.partition] = m.offset + 1
                 c.commit({(topic, p): o for p, o in last.items()}, durable=True)
-                h.event("commit", group=group, topic=topic, boot=a["boot"], gen=g0, gen2=gen_of(log, topic),
-                        offs={str(p): o for p, o in last.items()})
+                h.event(
+                    "commit",
+                    group=group,
+                    topic=topic,
+                    boot=a["boot"],
+                    gen=g0,
+                    gen2=gen_of(log, topic),
+                    offs={str(p): o for p, o in last.items()},
+                )
         except errors.CommitFailed as e:
             h.event("err", op="commit", err=type(e).__name__, msg=str(e)[:200])
         except errors.CorruptRecord as e:
@@ -223,27 +250,39 @@ def member(a, h):
 
 # ------------------------------------------------------------------ Kafka client
 
+
 def kafka(a, h):
     """kafka-python against the listener: gzip batches of many small records
     (what librdkafka and the JVM client send). acks=1: "in the ring"."""
     import logging
+
     logging.disable(logging.CRITICAL)
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
+
     rng = random.Random(a["seed"])
     wid, seq = a["wid"], 0
     prod = None
     while not stop:
         try:
             if prod is None:
-                prod = KafkaProducer(bootstrap_servers=f"127.0.0.1:{a['port']}", acks=1, compression_type="gzip",
-                                     linger_ms=20, batch_size=32768, retries=0, request_timeout_ms=3000,
-                                     max_block_ms=3000)
+                prod = KafkaProducer(
+                    bootstrap_servers=f"127.0.0.1:{a['port']}",
+                    acks=1,
+                    compression_type="gzip",
+                    linger_ms=20,
+                    batch_size=32768,
+                    retries=0,
+                    request_timeout_ms=3000,
+                    max_block_ms=3000,
+                )
             n = rng.randint(50, 400)
             t0 = time.time()
-            s0, seq = seq, seq + n             # ids are never reused, even when this batch fails
-            futs = [(s0 + i, prod.send(a["topic"], payload(wid, s0 + i, a["boot"], None, rng.randint(0, 30))))
-                    for i in range(n)]
+            s0, seq = seq, seq + n  # ids are never reused, even when this batch fails
+            futs = [
+                (s0 + i, prod.send(a["topic"], payload(wid, s0 + i, a["boot"], None, rng.randint(0, 30))))
+                for i in range(n)
+            ]
             prod.flush(timeout=5)
             acks = []
             for s, f in futs:
@@ -254,7 +293,7 @@ def kafka(a, h):
                     h.event("err", op="kafka-send", err=type(e).__name__, msg=str(e)[:200])
             if acks:
                 h.event("kack", lvl="ring", topic=a["topic"], boot=a["boot"], w=wid, t0=t0, recs=acks)
-        except Exception as e:              # kafka-python raises many kinds while the listener is down
+        except Exception as e:  # kafka-python raises many kinds while the listener is down
             h.event("err", op="kafka", err=type(e).__name__, msg=str(e)[:200])
             try:
                 if prod is not None:
@@ -267,6 +306,7 @@ def kafka(a, h):
 
 # ------------------------------------------------------------------ admin and read-back
 
+
 def describe_all(log):
     out = {}
     for t in log.list_topics():
@@ -274,10 +314,14 @@ def describe_all(log):
             d = log.describe_topic(t)
         except errors.ShmlogError:
             continue
-        out[t] = {"gen": d.generation, "persistence": d.config.persistence, "partitions": len(d.partitions),
-                  "start": [pi.log_start_offset for pi in d.partitions],
-                  "end": [pi.end_offset for pi in d.partitions],
-                  "offline": [pi.offline_offset for pi in d.partitions]}    # quarantined from that offset
+        out[t] = {
+            "gen": d.generation,
+            "persistence": d.config.persistence,
+            "partitions": len(d.partitions),
+            "start": [pi.log_start_offset for pi in d.partitions],
+            "end": [pi.end_offset for pi in d.partitions],
+            "offline": [pi.offline_offset for pi in d.partitions],
+        }  # quarantined from that offset
     return out
 
 
@@ -290,7 +334,7 @@ def admin(a, h):
         op = req["op"]
         t0 = time.time()
         if a.get("marker"):
-            open(a["marker"], "w").close()      # the campaign times a supervisor kill from here
+            open(a["marker"], "w").close()  # the campaign times a supervisor kill from here
         try:
             if op in ("create", "ensure"):
                 try:
@@ -308,15 +352,22 @@ def admin(a, h):
         except errors.ShmlogError as e:
             res = {"ok": False, "err": type(e).__name__, "msg": str(e)[:300]}
             failed = True
-        h.event("admin", op="create" if op == "ensure" else op, topic=req.get("topic"), boot=a["boot"], t0=t0,
-                **res, args={k: req[k] for k in ("config", "changes") if k in req})
+        h.event(
+            "admin",
+            op="create" if op == "ensure" else op,
+            topic=req.get("topic"),
+            boot=a["boot"],
+            t0=t0,
+            **res,
+            args={k: req[k] for k in ("config", "changes") if k in req},
+        )
     h.event("describe", boot=a["boot"], topics=describe_all(log))
     if failed:
         sys.exit(1)
 
 
 def _segment_bases(log, topic, p):
-    d = log.partition_dir(topic, p)           # topics/<topic>@<id>/<p>/
+    d = log.partition_dir(topic, p)  # topics/<topic>@<id>/<p>/
     try:
         return sorted(int(n[:-4]) for n in os.listdir(d) if n.endswith(".log") and n[:-4].isdigit())
     except FileNotFoundError:
@@ -348,8 +399,15 @@ def readback(a, h):
                     # a refusal names the damage; no progress and no error for 5 s is a silent
                     # stall: either way the read goes on at the next segment file, if any
                     nxt = [b for b in _segment_bases(log, topic, p) if b > pos]
-                    h.event("refused" if err else "stuck", topic=topic, boot=a["boot"], p=p, at=pos,
-                            next=nxt[0] if nxt else None, msg=str(err)[:300] if err else None)
+                    h.event(
+                        "refused" if err else "stuck",
+                        topic=topic,
+                        boot=a["boot"],
+                        p=p,
+                        at=pos,
+                        next=nxt[0] if nxt else None,
+                        msg=str(err)[:300] if err else None,
+                    )
                     if not nxt:
                         break
                     pos = nxt[0]
@@ -366,8 +424,14 @@ def readback(a, h):
     h.event("done")
 
 
-KINDS = {"producer": producer, "consumer": consumer, "member": member, "kafka": kafka, "admin": admin,
-         "readback": readback}
+KINDS = {
+    "producer": producer,
+    "consumer": consumer,
+    "member": member,
+    "kafka": kafka,
+    "admin": admin,
+    "readback": readback,
+}
 
 
 def main():
