@@ -2,8 +2,7 @@
 # Every target uses the python on PATH (a venv is expected); nothing here is needed to run shmlog.
 PYTHON ?= python3
 ASAN_PRELOAD = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libubsan.so)
-C_FACING_TESTS = tests/test_fuzz.py tests/test_codec.py tests/test_wrap.py tests/test_crash.py \
-                 tests/test_segment_fuzz.py tests/test_async_producer.py
+C_FACING_TESTS = tests/native
 
 .PHONY: build test test-one sanitize bench bench-quick clean
 
@@ -13,7 +12,7 @@ build:            ## (re)build the C extensions in place: after any edit under c
 test:             ## the README's test command (what .ci/run runs)
 	tools/test-deps && $(PYTHON) -m pip install -q -e '.[test,bench]' && $(PYTHON) -m pytest -n auto
 
-test-one:         ## make test-one T=tests/test_api.py::test_create_list_describe_delete
+test-one:         ## make test-one T=tests/integration/test_api.py::test_create_list_describe_delete
 	$(PYTHON) -m pytest -q -p no:xdist $(T)
 
 sanitize:         ## the C-facing tests on an ASan+UBSan build, then the normal build again

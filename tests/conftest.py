@@ -218,3 +218,18 @@ def inst(tmp_path):
         yield i
     finally:
         i.cleanup()
+
+
+TIERS = ("unit", "native", "integration", "service", "kafka")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test carries its tier (its folder) as a marker (`pytest -m native`),
+    and a root_only test is skipped, saying so, when we are not root."""
+    not_root = pytest.mark.skip(reason="root-only: needs root (.ci/run runs as root)")
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if os.geteuid() != 0 and item.get_closest_marker("root_only"):
+            item.add_marker(not_root)

@@ -16,7 +16,7 @@ from shmlog import errors
 from shmlog.service import supervisor
 from shmlog.ipc import daemons
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _fresh_clone(dst) -> str:

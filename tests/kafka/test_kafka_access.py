@@ -20,7 +20,7 @@ from kafka_util import recv_exact as _recv
 from shmlog.kafka import peers
 from test_permissions import run_as, users  # noqa: F401  (fixture)
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
+needs_root = pytest.mark.root_only  # acting as other users needs root
 
 
 def _as_client(port):

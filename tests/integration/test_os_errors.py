@@ -24,7 +24,7 @@ def test_full_dev_shm_fails_at_creation(inst):
     assert inst.log.producer().send("small", b"v", partition=0).offset == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another uid")
+@pytest.mark.root_only  # switching to another uid needs root
 def test_other_user_is_refused(inst):
     inst.log.create_topic("private", persistence="none", ring_bytes=1 << 16)
     r, w = os.pipe()

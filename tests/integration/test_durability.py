@@ -245,7 +245,7 @@ def test_offsets_for_times(inst):
     assert c.offsets_for_times(t, 0, 9_000_000) is None
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@pytest.mark.root_only  # mounting a small tmpfs needs root
 def test_disk_full_gives_back_pressure_and_resumes(inst, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()

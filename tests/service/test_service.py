@@ -362,7 +362,7 @@ def test_metrics_endpoint_matches_the_api(inst, tmp_path):
 
 # ------------------------------------------------------------ tools/
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
 
 
 def _member_that_never_commits(kw, ready_path):

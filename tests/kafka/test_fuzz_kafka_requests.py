@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from shmlog.kafka import codec, server
 
-sys.path.insert(0, os.path.dirname(__file__))
 from kafka_util import RawClient, header_v1  # noqa: E402
 
 REPLY_S = 10.0

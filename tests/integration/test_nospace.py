@@ -19,7 +19,6 @@ import types
 import msgspec
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from conftest import Instance  # noqa: E402
 
 import shmlog  # noqa: E402

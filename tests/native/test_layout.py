@@ -18,7 +18,7 @@ import pytest
 from shmlog import config
 from shmlog._native import ffi, layout_table, lib
 
-CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 
 # structs that live in shared memory (or on disk): their bytes are the contract
 SHARED_STRUCTS = [
