@@ -148,6 +148,8 @@ class ShmMapping:
                     "created it to read or forge the instance's data. Remove it as its owner or root "
                     f"(rm /dev/shm{name}, or `shmlog doctor --clean`) and reconnect"
                 )
+            if rc == lib.SHM_E_NOT_FOUND:
+                raise errors.SharedMemoryMissing(f"shared-memory segment /dev/shm{name} does not exist")
             raise_status(rc, f"cannot open shared-memory segment {name}")
         return cls(name, ffi.gc(m, lib.shm_unmap))
 

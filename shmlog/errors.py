@@ -66,6 +66,13 @@ class PartitionOffline(CorruptRecord):
     --repair`) and restart the instance. Kafka's KAFKA_STORAGE_ERROR."""
 
 
+class SharedMemoryMissing(ShmlogError, FileNotFoundError):
+    """A shared-memory object the instance names (a ring, the control
+    segment) does not exist. Internal callers turn it into what it means
+    where they are (UnknownTopicOrPartition for a ring, UnknownInstance or a
+    new control segment for the control segment)."""
+
+
 class LayoutMismatch(ShmlogError):
     """A shared-memory segment has the wrong magic, layout version or size."""
 
@@ -156,6 +163,7 @@ class InstanceConflict(ShmlogError):
 # every public exception: `from shmlog import X` works for each (shmlog/__init__.py)
 __all__ = [
     "ShmlogError",
+    "SharedMemoryMissing",
     "InvalidArgument",
     "InvalidType",
     "InvalidTopicName",

@@ -7,7 +7,7 @@ half-applied. Must never: be written outside the control segment's lock (one
 writer at a time), leave a half-written file behind, or let a damaged file
 pass as "no topics" (that would make a restore forget every topic).
 
-The commit order of topic metadata (instance.py follows it; this is the
+The commit order of topic metadata (control/plane.py follows it; this is the
 contract, read it before changing either file)
 ===============================================================================
 

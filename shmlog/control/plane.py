@@ -154,7 +154,7 @@ class ControlPlane:
         while True:
             try:
                 seg = ShmMapping.open(name, writable=True, trust=self._trust)
-            except errors.UnknownTopicOrPartition:
+            except errors.SharedMemoryMissing:
                 if not self._create:
                     raise self._no_instance() from None
                 permissions.check_data_dir(self.settings.data_dir, write=True)  # before a segment exists
@@ -439,7 +439,7 @@ class ControlPlane:
     @staticmethod
     def _recover(name: str, p: int, pd: str, damage: dict) -> storage.RecoveryReport:
         """storage.recover_partition at restore, with quarantine (see
-        shmlog/storage.py, "Quarantine"): damage in partition p's files goes
+        storage/recovery.py, "Quarantine"): damage in partition p's files goes
         into damage[p] instead of refusing the whole instance."""
         rep = storage.recover_partition(pd, quarantine=True)
         if rep.truncated_bytes:
@@ -642,7 +642,7 @@ class ControlPlane:
                     seg = ShmMapping.open(rname, writable=True, trust=self._trust)
                     lib.shm_ring_mark_deleted(seg.base)  # live handles see it and stop
                     seg.close()
-                except errors.UnknownTopicOrPartition:
+                except errors.SharedMemoryMissing:
                     pass
             unlink_segment(rname)
         lib.shm_ctl_topic_free(self._ctl.base, idx)

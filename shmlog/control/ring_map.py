@@ -42,13 +42,7 @@ class Ring:
         self.topic = topic
         self.partition = partition
         self.trust = trust
-        try:
-            self.seg = ShmMapping.open(name, writable=writable, trust=trust)
-        except errors.UnknownTopicOrPartition:
-            raise errors.UnknownTopicOrPartition(
-                f"topic {topic!r} partition {partition}: ring {name} is missing "
-                "(the topic was deleted, or its creation was interrupted)"
-            ) from None
+        self.seg = self._open(writable)
         self.base = self.seg.base
         self.h = ffi.new("struct shm_ring *")
         rc = lib.shm_ring_open(self.h, self.base, self.seg.size, int(writable))
@@ -64,8 +58,17 @@ class Ring:
         if writable:
             self.hdr_seg, self.hdr = None, self.base
         else:
-            self.hdr_seg = ShmMapping.open(name, writable=True, size=lib.SHM_RING_HEADER_BYTES, trust=trust)
+            self.hdr_seg = self._open(True, lib.SHM_RING_HEADER_BYTES)
             self.hdr = self.hdr_seg.base
+
+    def _open(self, writable: bool, size: int = 0) -> ShmMapping:
+        try:
+            return ShmMapping.open(self.name, writable=writable, size=size, trust=self.trust)
+        except errors.SharedMemoryMissing:
+            raise errors.UnknownTopicOrPartition(
+                f"topic {self.topic!r} partition {self.partition}: ring {self.name} is missing "
+                "(the topic was deleted, or its creation was interrupted)"
+            ) from None
 
     def writable_base(self):
         """A handle on a writable mapping (for sealing a dead producer's write,
@@ -74,7 +77,7 @@ class Ring:
         if self.rw_h is None:
             try:
                 seg = ShmMapping.open(self.name, writable=True, trust=self.trust)
-            except errors.PermissionDenied:
+            except (errors.PermissionDenied, errors.SharedMemoryMissing):
                 return None
             h = ffi.new("struct shm_ring *")
             if (
@@ -99,7 +102,7 @@ class Ring:
 
     def offline(self):
         """(kind, position, offset) of the damage when the partition is
-        quarantined (storage.py, "Quarantine"), else None."""
+        quarantined (storage/recovery.py, "Quarantine"), else None."""
         kind = lib.shm_ring_counter(self.base, lib.SHM_COUNTER_OFFLINE)
         if not kind:
             return None

@@ -93,7 +93,7 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     """Starts a background supervisor for the instance unless one runs; returns its pid.
     The supervisor is detached (its own session, parent init, cwd /), like
     ray.init()'s, and runs the installed package whatever our working directory
-    (shmlog.launch). It reports its start-up on a status pipe: a supervisor
+    (ipc/launch.py). It reports its start-up on a status pipe: a supervisor
     that cannot start is reported at once with its reason (its error, or the
     last lines it wrote when it died before it could say); one that restores a
     large log is waited for past `timeout` while its progress moves."""

@@ -7,7 +7,7 @@ to its handler, and writing responses in request order per connection while
 long polls (Fetch, JoinGroup, SyncGroup) wait asynchronously. Must never:
 let one client's bad frame, unknown API, slowness or silence crash or stall
 the listener or another connection; handle a request's meaning (handlers.py
-and groups.py do).
+and coordinator.py do).
 """
 
 import asyncio

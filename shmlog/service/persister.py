@@ -37,7 +37,7 @@ IDLE_WAIT_S = 0.1
 
 
 class Offline(Exception):
-    """The partition is quarantined (storage.py, "Quarantine"): not persisted."""
+    """The partition is quarantined (storage/recovery.py, "Quarantine"): not persisted."""
 
 
 class _Partition:
@@ -349,7 +349,7 @@ class Persister:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="shmlog.persister")
+    ap = argparse.ArgumentParser(prog="shmlog.service.persister")
     ap.add_argument("--instance")
     ap.add_argument("--data-dir")
     ap.add_argument("--shm-prefix")

@@ -17,7 +17,7 @@ Quarantine (issue 11). Invariant: damage that recovery finds in ONE
 partition's files (CorruptSegment: a bad frame with intact ones after it, or a
 rolled segment that ends early; SegmentGap: a hole in the chain no .lost file
 records) takes that partition offline and nothing else: recover_partition
-(quarantine=True, the restore in instance.py and the persister's start)
+(quarantine=True, the restore in control/plane.py and the persister's start)
 reports it in rep.damage instead of raising, and the restorer writes the
 damage's kind, position and first offset into the partition's ring header
 (offline, offline_pos, offline_offset: csrc/shmlog.h) before the topic is
@@ -222,7 +222,7 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
     scanned and its torn tail repaired as always) when the damage is in a
     rolled segment, or where the readable prefix ends when it is in the last
     one. Nothing of a damaged segment is written (neither its log nor its
-    indexes); the caller takes the partition offline (see instance.py)."""
+    indexes); the caller takes the partition offline (see control/plane.py)."""
     rep = RecoveryReport(path)
     plog = PartitionLog(path)
     segs = plog.segments

@@ -1,7 +1,7 @@
 """test_aio.py — shmlog.aio: the asyncio consumer and producer.
 
 Owns: the asyncio API's ordering, exactly-once-per-offset and crash checks
-(the sync API's, tests/test_multiprocess.py and test_crash.py), the futex
+(the sync API's, tests/integration/test_multiprocess.py and test_crash.py), the futex
 waiter's promises (one thread per process, not one per consumer; no lost
 wake; a cancelled wait leaves nothing announced; more than 127 rings), groups
 and commits, and bad arguments. Must never: poll where it checks a wake

@@ -21,6 +21,7 @@ import pytest
 import shmlog
 from shmlog import _native, errors, permissions
 from shmlog.control import plane
+from shmlog.control.ring_map import Ring
 from shmlog._native import ShmMapping, ffi, lib
 
 SHM = "/dev/shm"
@@ -101,7 +102,7 @@ def _watch(name, trust, stop_path, budget_s=30):
     while not os.path.exists(stop_path) and time.monotonic() < deadline:
         try:
             seg = ShmMapping.open(name, writable=False, trust=trust)
-        except errors.UnknownTopicOrPartition:
+        except errors.SharedMemoryMissing:
             continue
         except errors.LayoutMismatch as e:
             bad.append(str(e))
@@ -185,3 +186,17 @@ def test_a_waiter_on_a_failed_restore_attaches_the_next_control_segment(inst, mo
     assert topics == ["d"]
     inst.log = inst.connect()
     assert os.path.exists(path) and inst.log.list_topics() == ["d"]
+
+
+def test_a_missing_shared_memory_object_is_not_a_topic_error(inst):
+    """A missing shm object is SharedMemoryMissing where it is opened; only the
+    ring mapping turns it into UnknownTopicOrPartition (issue 16.5)."""
+    trust = _native.trust_of(inst.settings.data_dir)
+    with pytest.raises(errors.SharedMemoryMissing) as e:
+        ShmMapping.open(inst.settings.ring_name(999999, 0), writable=False, trust=trust)
+    assert not isinstance(e.value, errors.UnknownTopicOrPartition)
+    inst.log.create_topic("gone", partitions=1, ring_bytes=1 << 16, persistence="none")
+    h = inst.log.topic_handle("gone")
+    _native.unlink_segment(inst.settings.ring_name(h.generation, 0))
+    with pytest.raises(errors.UnknownTopicOrPartition, match="ring .* is missing"):
+        Ring(inst.settings.ring_name(h.generation, 0), "gone", 0, False, trust)

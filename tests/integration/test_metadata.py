@@ -356,7 +356,7 @@ def test_a_failed_restore_leaves_no_rings_and_the_next_connect_succeeds(inst, mo
     bdir = _pdir(inst.log, "b")
     _stop_everything(inst)
     # damaged files no longer fail a restore (they quarantine one partition:
-    # tests/test_quarantine.py); a full disk while recovery rewrites b's
+    # tests/integration/test_quarantine.py); a full disk while recovery rewrites b's
     # indexes still does (chaos seed 26 met it)
     real = storage.recovery._write_indexes
 

@@ -229,7 +229,7 @@ def test_a_missing_middle_segment_is_an_error_not_a_stall(inst):
     with pytest.raises(errors.CorruptRecord, match="missing"):
         c.poll(timeout=1)
     c.close()
-    # and a restart quarantines the partition (tests/test_quarantine.py), naming the files
+    # and a restart quarantines the partition (tests/integration/test_quarantine.py), naming the files
     assert inst.log.stop_persister()
     inst.log.close()
     inst.drop_shared_memory()
@@ -395,7 +395,7 @@ def test_check_reads_index_and_time_index_files(inst):
 def test_a_damaged_length_in_the_tail_is_refused_not_truncated(inst):
     """A frame whose length field now runs past the end of the file, with intact
     frames after it, looked like a torn tail: recovery truncated the intact
-    frames silently (found by tests/test_segment_fuzz.py)."""
+    frames silently (found by tests/native/test_segment_fuzz.py)."""
     _three_segments(inst, n=1200)
     p = inst.log.producer()
     for i in range(60):  # until intact frames follow the last row's

@@ -4,7 +4,7 @@ refused by the listener too — its ApiVersions answered with
 CLUSTER_AUTHORIZATION_FAILED, then the connection closed, nothing served —
 unless the listener runs with allow_any_local_user. The peer's uid comes from
 /proc/net/tcp{,6}. The other users are forked children that setuid() (needs
-root and useradd, like tests/test_permissions.py); every wait is bounded."""
+root and useradd, like tests/integration/test_permissions.py); every wait is bounded."""
 
 import encodings.idna  # noqa: F401  (the children, as other users, cannot import it from /root)
 import os

@@ -155,7 +155,9 @@ def test_instance_options_before_after_and_from_the_environment(inst):
     # another instance name in the environment is another instance: it does not see these topics
     other = _env(inst, SHMLOG_INSTANCE=k["instance"] + "x", SHMLOG_DATA_DIR=k["data_dir"] + "x")
     r = run(inst, "topic", "list", "--json", env=other)
-    assert r.returncode == 3 and b"no instance" in r.stderr, r.stderr  # and nothing made (tests/test_metadata.py)
+    assert r.returncode == 3 and b"no instance" in r.stderr, (
+        r.stderr
+    )  # and nothing made (tests/integration/test_metadata.py)
     # an option beats the environment
     assert {
         t["name"]
