@@ -652,15 +652,22 @@ class ControlPlane:
         self._delete_topic(name)
         self._forget(name)
 
+    def _existing_locked(self, name: str):
+        """Under the lock, after reconciling: (catalog, its table entry
+        (index, generation, topic id, config), its catalog record) of a topic
+        that exists, else UnknownTopicOrPartition."""
+        cat = self._reconcile_locked()
+        have = self._live_entries().get(name)
+        rec = cat.topics.get(name)
+        if have is None or rec is None:
+            raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
+        return cat, have, rec
+
     def _delete_topic(self, name: str):
         """Deletes a topic here, under the lock (D1-D4: catalog.py)."""
         d = self.settings.data_dir
         with self._lock():
-            cat = self._reconcile_locked()
-            have = self._live_entries().get(name)
-            rec = cat.topics.get(name)
-            if have is None or rec is None:
-                raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
+            cat, have, rec = self._existing_locked(name)
             cat.topics[name] = msgspec.structs.replace(rec, state=catalog.DELETING)
             catalog.save(d, cat)  # D1: the intent
             self._drop_entry(have[0], have[1], have[3].partitions, True)  # D2
@@ -702,11 +709,7 @@ class ControlPlane:
         """Alters a topic here, under the lock (A1-A4: catalog.py); returns its new config."""
         d = self.settings.data_dir
         with self._lock():
-            cat = self._reconcile_locked()
-            have = self._live_entries().get(name)
-            rec = cat.topics.get(name)
-            if have is None or rec is None:
-                raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
+            cat, have, rec = self._existing_locked(name)
             idx, gen, tid, old = have
             try:
                 new = _py_config(_c_config(msgspec.structs.replace(old, **changes).validated()))
