@@ -6,7 +6,7 @@ from one start-up step (_source_tree_redirect).
 """
 
 
-def _source_tree_redirect():
+def _source_tree_redirect() -> bool:
     """`python -m shmlog` run inside a clone after `pip install .` finds the
     clone's source tree first on sys.path (the working directory), and the
     source tree has no compiled core. Then the installed copy is imported in

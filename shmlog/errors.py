@@ -28,7 +28,7 @@ class InvalidTopicName(InvalidArgument):
 class UnknownTopicOrPartition(ShmlogError, KeyError):
     """The topic (or the partition number) does not exist."""
 
-    def __str__(self):  # KeyError would quote the message
+    def __str__(self) -> str:  # KeyError would quote the message
         return Exception.__str__(self)
 
 
@@ -125,7 +125,7 @@ class FencedInstance(CommitFailed):
 class UnknownGroup(ShmlogError, KeyError):
     """No consumer group has that id."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return Exception.__str__(self)
 
 
