@@ -221,7 +221,9 @@ class Producer(ProducerBase):
         self._message_timeout_s = mt / 1000
         self._max_queued = queue_buffering_max_messages
         self._on_delivery = on_delivery
-        self._report_hook = None  # called (any thread, no lock held) when reports were queued: shmlog.aio
+        self._report_hook: Callable[[], None] | None = (
+            None  # called (any thread, no lock held) when reports were queued: shmlog.aio
+        )
         self._async_reset()
         liveness.on_fork(self)
 
