@@ -26,6 +26,7 @@ def _source_tree_redirect() -> bool:
             spec = importlib.util.spec_from_file_location(
                 __name__, os.path.join(d, "__init__.py"), submodule_search_locations=[d]
             )
+            assert spec is not None and spec.loader is not None  # a file location always has both
             mod = importlib.util.module_from_spec(spec)
             sys.modules[__name__] = mod  # what `import shmlog` returns from now on
             spec.loader.exec_module(mod)

@@ -57,6 +57,9 @@ class RecordTooLarge(InvalidArgument):
 class CorruptRecord(ShmlogError):
     """A frame failed its CRC, bounds or framing checks; nothing was returned from it."""
 
+    pos: int  # where it is (file position), set by the storage readers that raise it
+    offset: int  # the first offset it affects
+
 
 class PartitionOffline(CorruptRecord):
     """The partition is quarantined: its segment files are damaged (a bad frame

@@ -259,23 +259,23 @@ class AIOConsumer:
         self._arrays = None
 
     def assign(self, partitions: Iterable[TP]) -> None:
-        self._consumer().assign([tuple(p) for p in partitions])
+        self._consumer().assign([(*p,) for p in partitions])
         self._arrays = None
 
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(t, p) for t, p in self._consumer().assignment()}
 
     def seek(self, tp: TP, offset: int) -> None:
-        self._pending = collections.deque(m for m in self._pending if (m.topic, m.partition) != tuple(tp))
+        self._pending = collections.deque(m for m in self._pending if (m.topic, m.partition) != (*tp,))
         self._consumer().seek(tp[0], tp[1], offset)
 
     async def seek_to_beginning(self, *partitions: TP) -> None:
         for tp in partitions or self.assignment():
-            self.seek(tp, self._consumer().beginning_offsets([tuple(tp)])[tuple(tp)])
+            self.seek(tp, self._consumer().beginning_offsets([(*tp,)])[(tp[0], tp[1])])
 
     async def seek_to_end(self, *partitions: TP) -> None:
         for tp in partitions or self.assignment():
-            self.seek(tp, self._consumer().end_offsets([tuple(tp)])[tuple(tp)])
+            self.seek(tp, self._consumer().end_offsets([(*tp,)])[(tp[0], tp[1])])
 
     async def position(self, tp: TP) -> int:
         return self._consumer().position(tp[0], tp[1])
@@ -284,7 +284,7 @@ class AIOConsumer:
         return self._consumer().committed(tp[0], tp[1])
 
     async def end_offsets(self, partitions: Iterable[TP]) -> dict[TopicPartition, int]:
-        return {TopicPartition(*k): v for k, v in self._consumer().end_offsets([tuple(p) for p in partitions]).items()}
+        return {TopicPartition(*k): v for k, v in self._consumer().end_offsets([(*p,) for p in partitions]).items()}
 
     async def commit(self, offsets: dict[TP, Any] | None = None) -> None:
         """Commits {TopicPartition: next offset} (default: what getone/getmany

@@ -784,10 +784,10 @@ class Consumer:
             hdrs,
             bases,
             curs,
-            n,
+            n,  # type: ignore[has-type]
             tns,
             spin if spin >= 0 else 1 << 62,
-            self._unblock_ns,  # type: ignore[has-type]
+            self._unblock_ns,
         ) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
             self._epoch = -1
 
