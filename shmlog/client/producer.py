@@ -32,7 +32,6 @@ from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 if TYPE_CHECKING:
     from ..control.plane import TopicHandle
-    from .log import Log
 
 BytesLike = bytes | bytearray | memoryview
 Headers = dict[str, BytesLike | None] | Iterable[tuple[str, BytesLike | None]]
@@ -175,7 +174,7 @@ class Producer(ProducerBase):
 
     def __init__(
         self,
-        log: "Log",
+        log: Any,  # the Log that makes it (client/log.py imports this module: not imported back)
         *,
         max_block_ms: int = 60_000,
         linger_ms: float = 5,
