@@ -4,7 +4,7 @@ PYTHON ?= python3
 ASAN_PRELOAD = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libubsan.so)
 C_FACING_TESTS = tests/native
 
-.PHONY: build test test-one sanitize bench bench-quick clean
+.PHONY: build test test-one lint format typecheck sanitize bench bench-quick clean
 
 build:            ## (re)build the C extensions in place: after any edit under csrc/
 	$(PYTHON) -m pip install -q --no-deps -e .
@@ -14,6 +14,17 @@ test:             ## the README's test command (what .ci/run runs)
 
 test-one:         ## make test-one T=tests/integration/test_api.py::test_create_list_describe_delete
 	$(PYTHON) -m pytest -q -p no:xdist $(T)
+
+lint:             ## ruff's lint rules, the format check and the layer contracts (import-linter)
+	$(PYTHON) -m ruff check shmlog tests tools benchmarks
+	$(PYTHON) -m ruff format --check shmlog tests tools benchmarks
+	lint-imports
+
+format:           ## ruff format over the tree (changes files)
+	$(PYTHON) -m ruff format shmlog tests tools benchmarks
+
+typecheck:        ## mypy over the package ([tool.mypy] in pyproject.toml)
+	$(PYTHON) -m mypy
 
 sanitize:         ## the C-facing tests on an ASan+UBSan build, then the normal build again
 	SHMLOG_SANITIZE=1 $(PYTHON) -m pip install -q --no-deps -e .

@@ -6,7 +6,7 @@ from one start-up step (_source_tree_redirect).
 """
 
 
-def _source_tree_redirect():
+def _source_tree_redirect() -> bool:
     """`python -m shmlog` run inside a clone after `pip install .` finds the
     clone's source tree first on sys.path (the working directory), and the
     source tree has no compiled core. Then the installed copy is imported in
@@ -26,6 +26,7 @@ def _source_tree_redirect():
             spec = importlib.util.spec_from_file_location(
                 __name__, os.path.join(d, "__init__.py"), submodule_search_locations=[d]
             )
+            assert spec is not None and spec.loader is not None  # a file location always has both
             mod = importlib.util.module_from_spec(spec)
             sys.modules[__name__] = mod  # what `import shmlog` returns from now on
             spec.loader.exec_module(mod)

@@ -8,6 +8,7 @@ partition, when to retry); callers decide, this module translates.
 
 import errno as _errno
 import os
+from typing import NoReturn
 
 from . import errors
 from ._fastpath import bind as _bind_fastpath
@@ -68,7 +69,7 @@ def _owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def raise_status(rc: int, what: str):
+def raise_status(rc: int, what: str) -> NoReturn:
     """Raises the shmlog error for C status rc; `what` says what was being done."""
     if rc == lib.SHM_E_SYS:
         e = ffi.errno

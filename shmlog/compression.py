@@ -103,7 +103,8 @@ def _snappy(data, max_bytes) -> bytes:
 
 def _streamed(read, max_bytes) -> bytes:
     """Pull output in chunks from read(n) until it ends, refusing more than max_bytes."""
-    out, total = [], 0
+    out: list[bytes] = []
+    total = 0
     while True:
         chunk = read(min(_CHUNK, max_bytes + 1 - total))
         if not chunk:

@@ -7,6 +7,7 @@ TopicConfig with its validation. Must never: touch shared memory.
 
 import os
 import re
+from typing import Any
 
 import msgspec
 
@@ -21,7 +22,7 @@ DEFAULT_RING_BYTES = 64 << 20
 DEFAULT_SHM_PREFIX = "shmlog."
 
 
-def validate_topic_name(name) -> str:
+def validate_topic_name(name: object) -> str:
     if not isinstance(name, str):
         raise errors.InvalidType(f"topic name must be str, not {type(name).__name__}")
     if not name or len(name) > TOPIC_NAME_MAX or name in (".", "..") or not _NAME_RE.fullmatch(name):
@@ -31,13 +32,13 @@ def validate_topic_name(name) -> str:
     return name
 
 
-def validate_instance_name(name) -> str:
+def validate_instance_name(name: object) -> str:
     if not isinstance(name, str) or not name or len(name) > 64 or not _NAME_RE.fullmatch(name):
         raise errors.InvalidArgument(f"invalid instance name {name!r}: use 1-64 characters of [a-zA-Z0-9._-]")
     return name
 
 
-def validate_shm_prefix(prefix) -> str:
+def validate_shm_prefix(prefix: object) -> str:
     if not isinstance(prefix, str) or len(prefix) > 64 or (prefix and not _NAME_RE.fullmatch(prefix)):
         raise errors.InvalidArgument(f"invalid shm prefix {prefix!r}: use at most 64 characters of [a-zA-Z0-9._-]")
     return prefix
@@ -69,7 +70,9 @@ def default_data_dir(instance: str) -> str:
     return os.path.join(base, "shmlog", instance)
 
 
-def resolve(instance=None, data_dir=None, shm_prefix=None) -> Settings:
+def resolve(
+    instance: str | None = None, data_dir: str | os.PathLike[str] | None = None, shm_prefix: str | None = None
+) -> Settings:
     instance = validate_instance_name(instance or os.environ.get("SHMLOG_INSTANCE") or "default")
     data_dir = data_dir or os.environ.get("SHMLOG_DATA_DIR") or default_data_dir(instance)
     if shm_prefix is None:
@@ -96,7 +99,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     # `shmlog topic create` all take theirs from it (TOPIC_DEFAULTS below)
 
     def validated(self) -> "TopicConfig":
-        def need_int(name, v, lo, hi=None):
+        def need_int(name: str, v: object, lo: int, hi: int | None = None) -> None:
             if not isinstance(v, int) or isinstance(v, bool):
                 raise errors.InvalidType(f"{name} must be int, not {type(v).__name__}")
             if v < lo or (hi is not None and v > hi):
@@ -113,7 +116,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
             mmb = min(self.ring_bytes // 4, 1 << 30)
         need_int("max_message_bytes", mmb, 256, self.ring_bytes // 2)
         fsync_mode(self.fsync)
-        unlimited = {}
+        unlimited: dict[str, Any] = {}
         for name in ("retention_ms", "retention_bytes"):
             v = getattr(self, name)
             if v == -1 and type(v) is int:
@@ -128,7 +131,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
 TOPIC_DEFAULTS = TopicConfig()
 
 
-def fsync_mode(spec) -> tuple[int, int]:
+def fsync_mode(spec: object) -> tuple[int, int]:
     """'never' | 'always' | 'interval:N' (ms) -> (mode, interval_ms)."""
     if not isinstance(spec, str):
         raise errors.InvalidType("fsync must be a str such as 'interval:100'")

@@ -28,7 +28,7 @@ class InvalidTopicName(InvalidArgument):
 class UnknownTopicOrPartition(ShmlogError, KeyError):
     """The topic (or the partition number) does not exist."""
 
-    def __str__(self):  # KeyError would quote the message
+    def __str__(self) -> str:  # KeyError would quote the message
         return Exception.__str__(self)
 
 
@@ -56,6 +56,9 @@ class RecordTooLarge(InvalidArgument):
 
 class CorruptRecord(ShmlogError):
     """A frame failed its CRC, bounds or framing checks; nothing was returned from it."""
+
+    pos: int  # where it is (file position), set by the storage readers that raise it
+    offset: int  # the first offset it affects
 
 
 class PartitionOffline(CorruptRecord):
@@ -132,7 +135,7 @@ class FencedInstance(CommitFailed):
 class UnknownGroup(ShmlogError, KeyError):
     """No consumer group has that id."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return Exception.__str__(self)
 
 

@@ -16,14 +16,15 @@ import fcntl
 import os
 import threading
 import weakref
+from typing import Any
 
 from . import errors, safefile
 
 SHM_DIR = "/dev/shm"
 
 _lock = threading.Lock()
-_tokens = {}  # token_prefix -> fd
-_fork_hooks = weakref.WeakSet()
+_tokens: dict[str, Any] = {}  # token_prefix -> fd
+_fork_hooks: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def start_time(pid: int | None = None) -> int:
@@ -71,7 +72,7 @@ def release_tokens(prefix: str | None = None):
             os.close(fd)
 
 
-_st_cache = {}
+_st_cache: dict[int, Any] = {}
 
 
 def _start_time_cached() -> int:

@@ -5,6 +5,8 @@ section codec (count varint, then key/value pairs). Must never: touch shared
 memory; batches are encoded and decoded by the C core.
 """
 
+from typing import Any
+
 import msgspec
 
 from . import errors
@@ -18,7 +20,7 @@ class Message(msgspec.Struct, gc=False, frozen=True):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple
+    headers: tuple[tuple[str, bytes | None], ...]
     timestamp_ms: int
 
 
@@ -49,15 +51,15 @@ class Columns(msgspec.Struct, gc=False):
 
     topic: str
     partition: int
-    offsets: object
-    timestamps_ms: object
-    values: object
-    value_starts: object
-    value_lengths: object
-    key_starts: object
-    key_lengths: object
+    offsets: Any  # numpy.ndarray
+    timestamps_ms: Any  # numpy.ndarray
+    values: Any  # numpy.ndarray
+    value_starts: Any  # numpy.ndarray
+    value_lengths: Any  # numpy.ndarray
+    key_starts: Any  # numpy.ndarray
+    key_lengths: Any  # numpy.ndarray
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.offsets)
 
     def value(self, i: int) -> bytes | None:
@@ -78,7 +80,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode_headers(headers) -> bytes:
+def encode_headers(headers: Any) -> bytes:
     """dict or iterable of (str, bytes|None) -> Kafka headers section."""
     items = headers.items() if isinstance(headers, dict) else headers
     try:
@@ -103,7 +105,7 @@ def encode_headers(headers) -> bytes:
     return b"".join(out)
 
 
-def _read_varint(buf, i: int) -> tuple[int, int]:
+def _read_varint(buf: bytes | bytearray | memoryview, i: int) -> tuple[int, int]:
     z = shift = 0
     while True:
         if i >= len(buf) or shift > 63:
@@ -116,10 +118,10 @@ def _read_varint(buf, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def decode_headers(buf, start: int) -> tuple:
+def decode_headers(buf: bytes | bytearray | memoryview, start: int) -> tuple[tuple[str, bytes | None], ...]:
     """Kafka headers section at buf[start:] -> tuple of (str, bytes|None)."""
     n, i = _read_varint(buf, start)
-    out = []
+    out: list[tuple[str, bytes | None]] = []
     for _ in range(n):
         kl, i = _read_varint(buf, i)
         k = bytes(buf[i : i + kl]).decode("utf-8", "replace")

@@ -29,7 +29,7 @@ def _partitions(data_dir: str):
 
 
 def check_one(path: str, repair: bool) -> dict:
-    entry = {"problems": [], "repaired": None}
+    entry: dict = {"problems": [], "repaired": None}
     if repair:
         try:
             rep = storage.recover_partition(path, repair=True)

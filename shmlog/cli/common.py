@@ -254,6 +254,7 @@ def parse_size(text: str) -> int:
             f"{text!r} is not a size: bytes, or a number with K/M/G/T, "
             "KiB/MiB/GiB/TiB (1024s) or kB/MB/GB/TB (1000s), e.g. 64MiB"
         )
+    assert m is not None  # unit is None otherwise
     num = m.group(1)
     value = int(num) * unit if "." not in num else float(num) * unit
     if value != int(value):

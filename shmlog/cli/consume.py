@@ -33,7 +33,8 @@ FIELDS = {"t", "p", "o", "k", "s", "K", "S", "T", "h"}
 
 def compile_format(fmt: str):
     """-f text -> list of bytes literals and single-letter field codes."""
-    parts, lit = [], bytearray()
+    parts: list[bytes | str] = []
+    lit = bytearray()
     raw = common.unescape(fmt)
     i = 0
     while i < len(raw):

@@ -54,7 +54,8 @@ def token_is_dead(path: str) -> bool:
 def instance_tokens(settings: config.Settings) -> tuple[list[str], list[str]]:
     """(live, dead) token names of this instance's processes."""
     base = os.path.basename(liveness.token_prefix(settings.shm_prefix, settings.instance))
-    live, dead = [], []
+    live: list[str] = []
+    dead: list[str] = []
     for n in sorted(os.listdir(SHM_DIR)):
         if n.startswith(base):
             (dead if token_is_dead(os.path.join(SHM_DIR, n)) else live).append(n)

@@ -44,13 +44,26 @@ import collections
 import os
 import threading
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import errors
 from .._native import ffi, lib
 from .consumer import GROUP_WAIT_S
-from ..records import BatchMetadata, RecordMetadata
+from ..records import BatchMetadata, Message, RecordMetadata
 
-TopicPartition = collections.namedtuple("TopicPartition", "topic partition")
+if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .log import Log
+    from .producer import BytesLike, Headers, Producer
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+TP = tuple[str, int]  # a TopicPartition or a plain (topic, partition) pair
 MAX_WORDS = 127  # futex_waitv takes 128 words; one is the control word
 
 
@@ -62,13 +75,15 @@ class _Reg:
 
     __slots__ = ("loop", "fut", "words", "vals", "keep", "fired", "shards")
 
-    def __init__(self, loop, fut, words, vals, keep):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[None]", words: Any, vals: list[int], keep: Any
+    ) -> None:
         self.loop, self.fut, self.words, self.vals, self.keep = loop, fut, words, vals, keep
         self.fired = False
-        self.shards = []
+        self.shards: list[_Shard] = []
 
 
-def _resolve(fut):
+def _resolve(fut: "asyncio.Future[None]") -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -76,18 +91,18 @@ def _resolve(fut):
 class _Shard:
     """One waiter thread: at most MAX_WORDS ring words plus its control word."""
 
-    def __init__(self, waiter):
+    def __init__(self, waiter: "_Waiter") -> None:
         self.waiter = waiter
         self.ctl = ffi.new("uint32_t *")
-        self.entries: dict[_Reg, list] = {}  # reg -> [(word, val)] it waits on here
+        self.entries: dict[_Reg, list[tuple[Any, int]]] = {}  # reg -> [(word, val)] it waits on here
         self.nwords = 0
         self.thread = threading.Thread(target=self._run, name="shmlog-aio-waiter", daemon=True)
         self.thread.start()
 
-    def bump(self):
+    def bump(self) -> None:
         lib.shm_word_bump(self.ctl)
 
-    def _run(self):
+    def _run(self) -> None:
         words = ffi.new("uint32_t *[]", MAX_WORDS + 1)
         vals = ffi.new("uint32_t[]", MAX_WORDS + 1)
         changed = ffi.new("uint32_t[]", MAX_WORDS + 1)
@@ -118,13 +133,13 @@ class _Shard:
 class _Waiter:
     """The process's futex waiter: shards of MAX_WORDS words, each one thread."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.shards: list[_Shard] = []
         self.stopping = False
         self.pid = os.getpid()
 
-    def register(self, reg: _Reg):
+    def register(self, reg: _Reg) -> None:
         pairs = list(zip(reg.words, reg.vals))
         with self.lock:
             while pairs:
@@ -140,7 +155,7 @@ class _Waiter:
         for s in set(reg.shards):
             s.bump()
 
-    def unregister(self, reg: _Reg):
+    def unregister(self, reg: _Reg) -> None:
         with self.lock:
             shards = set(reg.shards)
             for s in shards:
@@ -151,7 +166,7 @@ class _Waiter:
         for s in shards:
             s.bump()  # its thread drops the words (it must not wait on them any longer)
 
-    def fire(self, regs):
+    def fire(self, regs: Iterable[_Reg]) -> None:
         for reg in regs:
             if reg.fired:
                 continue
@@ -169,7 +184,7 @@ class _Waiter:
                 reg.shards = []
 
 
-_waiter = None
+_waiter: _Waiter | None = None
 _waiter_lock = threading.Lock()
 
 
@@ -203,93 +218,93 @@ class AIOConsumer:
     waits for records awaits a future that the process's futex waiter
     resolves when a producer commits to one of its rings."""
 
-    def __init__(self, log, *topics, group_id=None, **options):
+    def __init__(self, log: "Log", *topics: str, group_id: str | None = None, **options: Any) -> None:
         if any(not isinstance(t, str) for t in topics):
             raise errors.InvalidType("topics must be str")
         self._log = log
         self._topics = list(topics)
         self._group_id = group_id
         self._options = options
-        self._c = None
-        self._arrays = None
-        self._pending: collections.deque = collections.deque()
+        self._c: Consumer | None = None
+        self._arrays: tuple[Any, ...] | None = None
+        self._pending: collections.deque[Message] = collections.deque()
 
-    async def start(self):
+    async def start(self) -> None:
         if self._c is not None:
             return
         self._c = self._log.consumer(self._topics or None, group=self._group_id, **self._options)
 
-    async def stop(self):
+    async def stop(self) -> None:
         c, self._c = self._c, None
         if c is not None:
             c.close()
         self._arrays = None
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> "AIOConsumer":
         await self.start()
         return self
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _consumer(self):
+    def _consumer(self) -> "Consumer":
         if self._c is None:
             raise errors.Closed("this AIOConsumer is not started (await start()) or was stopped")
         return self._c
 
     # ---------------------------------------------------------- assignment and offsets
 
-    def subscribe(self, topics):
+    def subscribe(self, topics: str | Iterable[str]) -> None:
         self._consumer().subscribe(topics)
         self._arrays = None
 
-    def assign(self, partitions):
-        self._consumer().assign([tuple(p) for p in partitions])
+    def assign(self, partitions: Iterable[TP]) -> None:
+        self._consumer().assign([(*p,) for p in partitions])
         self._arrays = None
 
-    def assignment(self) -> set:
+    def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(t, p) for t, p in self._consumer().assignment()}
 
-    def seek(self, tp, offset: int):
-        self._pending = collections.deque(m for m in self._pending if (m.topic, m.partition) != tuple(tp))
+    def seek(self, tp: TP, offset: int) -> None:
+        self._pending = collections.deque(m for m in self._pending if (m.topic, m.partition) != (*tp,))
         self._consumer().seek(tp[0], tp[1], offset)
 
-    async def seek_to_beginning(self, *partitions):
+    async def seek_to_beginning(self, *partitions: TP) -> None:
         for tp in partitions or self.assignment():
-            self.seek(tp, self._consumer().beginning_offsets([tuple(tp)])[tuple(tp)])
+            self.seek(tp, self._consumer().beginning_offsets([(*tp,)])[(tp[0], tp[1])])
 
-    async def seek_to_end(self, *partitions):
+    async def seek_to_end(self, *partitions: TP) -> None:
         for tp in partitions or self.assignment():
-            self.seek(tp, self._consumer().end_offsets([tuple(tp)])[tuple(tp)])
+            self.seek(tp, self._consumer().end_offsets([(*tp,)])[(tp[0], tp[1])])
 
-    async def position(self, tp) -> int:
+    async def position(self, tp: TP) -> int:
         return self._consumer().position(tp[0], tp[1])
 
-    async def committed(self, tp):
+    async def committed(self, tp: TP) -> int | None:
         return self._consumer().committed(tp[0], tp[1])
 
-    async def end_offsets(self, partitions) -> dict:
-        return {TopicPartition(*k): v for k, v in self._consumer().end_offsets([tuple(p) for p in partitions]).items()}
+    async def end_offsets(self, partitions: Iterable[TP]) -> dict[TopicPartition, int]:
+        return {TopicPartition(*k): v for k, v in self._consumer().end_offsets([(*p,) for p in partitions]).items()}
 
-    async def commit(self, offsets=None):
+    async def commit(self, offsets: dict[TP, Any] | None = None) -> None:
         """Commits {TopicPartition: next offset} (default: what getone/getmany
         returned so far). Shared-memory writes: it does not block the loop."""
         c = self._consumer()
         if offsets is None and self._pending:
             # records fetched but not returned yet are not consumed
-            first = {}
+            first: dict[TP, int] = {}
             for m in self._pending:
                 first.setdefault((m.topic, m.partition), m.offset)
             offsets = {tp: first.get(tp, c.position(*tp)) for tp in c.assignment()}
         elif offsets is not None:
-            offsets = {tuple(k): (v.offset if hasattr(v, "offset") else v) for k, v in offsets.items()}
+            offsets = {(k[0], k[1]): (v.offset if hasattr(v, "offset") else v) for k, v in offsets.items()}
         c.commit(offsets)
 
     # ---------------------------------------------------------- reading
 
-    def _drain(self, max_records: int) -> dict:
+    def _drain(self, max_records: int) -> dict[TopicPartition, list[Message]]:
         c = self._consumer()
-        out: dict = {}
+        out: dict[TopicPartition, list[Message]] = {}
         total = 0
         pend = self._pending
         while pend and total < max_records:
@@ -305,7 +320,9 @@ class AIOConsumer:
             total += len(batch)
         return out
 
-    async def getmany(self, *partitions, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+    async def getmany(
+        self, *partitions: TP, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Message]]:
         """{TopicPartition: [Message]} of up to max_records records (default
         max_poll_records), waiting up to timeout_ms for the first."""
         if partitions:
@@ -324,7 +341,7 @@ class AIOConsumer:
                 return out
             await self._wait(left)
 
-    async def getone(self):
+    async def getone(self) -> Message:
         """The next Message, waiting as long as it takes."""
         while True:
             if self._pending:
@@ -335,10 +352,10 @@ class AIOConsumer:
                 return batch[0]
             await self._wait(None)
 
-    def __aiter__(self):
+    def __aiter__(self) -> "AIOConsumer":
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Message:
         if self._c is None:
             raise StopAsyncIteration
         try:
@@ -346,7 +363,7 @@ class AIOConsumer:
         except errors.Closed:
             raise StopAsyncIteration from None
 
-    async def _wait(self, timeout_s):
+    async def _wait(self, timeout_s: float | None) -> None:
         """Parks until a ring of this consumer has something (or timeout_s, or
         a stuck frame is due for sealing, or a member's group look is due)."""
         c = self._consumer()
@@ -371,7 +388,7 @@ class AIOConsumer:
         if lib.shm_wait_arm(hdrs, bases, curs, n, c._unblock_ns, vals, sd) >= 0:
             return  # something arrived meanwhile
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[None] = loop.create_future()
         reg = _Reg(loop, fut, words, list(vals), (hdrs, rings))
         waiter = _the_waiter()
         try:
@@ -405,18 +422,18 @@ class AIOProducer:
     Producer (one frame per batch) and the future resolved on the event
     loop when its delivery report arrives."""
 
-    def __init__(self, log, **options):
+    def __init__(self, log: "Log", **options: Any) -> None:
         if "on_delivery" in options:
             raise errors.InvalidArgument("AIOProducer reports through the futures send() returns, not on_delivery")
         self._log = log
         self._options = options
-        self._p = None
-        self._loop = None
-        self._loop_thread = None
+        self._p: Producer | None = None
+        self._loop: Any = None  # asyncio.AbstractEventLoop once started
+        self._loop_thread: int | None = None
         self._serve_scheduled = False
-        self._space = None
+        self._space: Any = None  # asyncio.Event once started
 
-    async def start(self):
+    async def start(self) -> None:
         if self._p is not None:
             return
         self._loop = asyncio.get_running_loop()
@@ -425,7 +442,7 @@ class AIOProducer:
         self._p = self._log.producer(**self._options)
         self._p._report_hook = self._reports_ready
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Flushes what was sent (resolving every future) and closes."""
         p = self._p
         if p is None:
@@ -436,19 +453,19 @@ class AIOProducer:
             self._p = None
             await self._loop.run_in_executor(None, p.close)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> "AIOProducer":
         await self.start()
         return self
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _producer(self):
+    def _producer(self) -> "Producer":
         if self._p is None:
             raise errors.Closed("this AIOProducer is not started (await start()) or was stopped")
         return self._p
 
-    def _reports_ready(self):
+    def _reports_ready(self) -> None:
         """Called by the Producer (any thread) when delivery reports were queued."""
         if self._serve_scheduled:
             return
@@ -458,14 +475,14 @@ class AIOProducer:
         except RuntimeError:
             pass
 
-    def _serve(self):
+    def _serve(self) -> None:
         self._serve_scheduled = False
         p = self._p
         if p is not None:
             p.poll(0)
             self._space.set()
 
-    def _settle(self, fut, err, msg):
+    def _settle(self, fut: "asyncio.Future[RecordMetadata]", err: BaseException | None, msg: Message) -> None:
         if threading.get_ident() != self._loop_thread:
             self._loop.call_soon_threadsafe(self._settle, fut, err, msg)
             return
@@ -476,7 +493,15 @@ class AIOProducer:
         else:
             fut.set_result(RecordMetadata(msg.topic, msg.partition, msg.offset))
 
-    async def send(self, topic: str, value=None, key=None, partition=None, timestamp_ms=None, headers=None):
+    async def send(
+        self,
+        topic: str,
+        value: "BytesLike | None" = None,
+        key: "BytesLike | None" = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: "Headers | None" = None,
+    ) -> "asyncio.Future[RecordMetadata]":
         """Queues one record; returns a future of its RecordMetadata (raises
         the shmlog error on failure). Waits (without blocking the loop) while
         queue_buffering_max_messages records await delivery."""
@@ -496,12 +521,25 @@ class AIOProducer:
                     await self._space.wait()
 
     async def send_and_wait(
-        self, topic: str, value=None, key=None, partition=None, timestamp_ms=None, headers=None
+        self,
+        topic: str,
+        value: "BytesLike | None" = None,
+        key: "BytesLike | None" = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: "Headers | None" = None,
     ) -> RecordMetadata:
         fut = await self.send(topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms, headers=headers)
         return await fut
 
-    async def send_batch(self, values, topic: str, *, partition=None, keys=None) -> list[BatchMetadata]:
+    async def send_batch(
+        self,
+        values: "list[BytesLike | None]",
+        topic: str,
+        *,
+        partition: int | None = None,
+        keys: "list[BytesLike | None] | None" = None,
+    ) -> list[BatchMetadata]:
         """The records now, as one frame per partition (the sync send_batch:
         one C call, run in a worker thread so a full ring never blocks the loop)."""
         p = self._producer()

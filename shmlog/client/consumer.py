@@ -20,7 +20,9 @@ starts from the committed offset (at-least-once for what was not committed).
 
 import logging
 import time
+from collections.abc import Iterable
 from itertools import repeat
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -39,7 +41,7 @@ GROUP_WAIT_S = 0.1  # a consumer's longest sleep between looks at its group and 
 logger = logging.getLogger("shmlog")
 
 
-def _check_timeout(timeout):
+def _check_timeout(timeout: object) -> None:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
 
@@ -64,7 +66,15 @@ class _Part:
         "stored",
     )
 
-    def __init__(self, topic, partition, ring, plog, generation=0, max_bytes=1 << 20):
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        ring: Any,
+        plog: Any,  # storage.PartitionLog (durable topics) or None
+        generation: int = 0,
+        max_bytes: int = 1 << 20,
+    ) -> None:
         self.topic = topic
         self.partition = partition
         self.ring = ring
@@ -98,9 +108,9 @@ class Consumer:
 
     def __init__(
         self,
-        log,
-        topics=None,
-        group=None,
+        log: Any,
+        topics: str | Iterable[str] | None = None,
+        group: str | None = None,
         *,
         auto_offset_reset: str = "latest",
         enable_auto_commit: bool = True,
@@ -111,8 +121,8 @@ class Consumer:
         buffer_bytes: int = DEFAULT_BUFFER,
         consumer_timeout_ms: int | None = None,
         enable_auto_offset_store: bool = True,
-        **group_options,
-    ):
+        **group_options: Any,
+    ) -> None:
         if group_options and group is None:
             raise errors.InvalidArgument(f"{sorted(group_options)} need group=")
         if auto_offset_reset not in RESETS:
@@ -166,7 +176,7 @@ class Consumer:
 
     # ------------------------------------------------------------ assignment
 
-    def subscribe(self, topics):
+    def subscribe(self, topics: str | Iterable[str]) -> None:
         """Reads every partition of these topics, from the reset position (a
         group member: changes its subscription and rebalances the group)."""
         if self._group is not None:
@@ -182,9 +192,9 @@ class Consumer:
             h = self._log.topic_handle(t)
             entries += [(t, p, None) for p in range(h.partitions)]
         self.assign(entries)
-        self._topics = topics
+        self._topics = topics  # type: ignore[assignment]
 
-    def assign(self, partitions):
+    def assign(self, partitions: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> None:
         """[(topic, partition) or (topic, partition, offset)] replaces the assignment.
         Without an offset a partition starts at the group's committed offset
         (group= without topics), else at the reset position."""
@@ -203,7 +213,7 @@ class Consumer:
             [self._new_part(tp[0], tp[1], tp[2] if len(tp) > 2 else committed.get((tp[0], tp[1]))) for tp in partitions]
         )
 
-    def _new_part(self, topic, partition, offset) -> _Part:
+    def _new_part(self, topic: str, partition: int, offset: int | None) -> _Part:
         h = self._log.topic_handle(topic)
         plog = None
         if h.config.persistence == "disk":
@@ -220,17 +230,17 @@ class Consumer:
         self._start(part, offset)
         return part
 
-    def _add_parts(self, starts):
+    def _add_parts(self, starts: Iterable[tuple[str, int, int | None]]) -> None:
         """Group: adds [(topic, partition, offset or None)] to the assignment."""
         self._set_parts(self._parts + [self._new_part(*s) for s in starts])
 
-    def _drop_parts(self, tps):
+    def _drop_parts(self, tps: Iterable[tuple[str, int]]) -> None:
         """Group: removes partitions; records decoded but not returned are dropped
         (the next owner reads them from the committed offset)."""
         gone = set(tps)
         self._set_parts([p for p in self._parts if (p.topic, p.partition) not in gone])
 
-    def _set_parts(self, parts):
+    def _set_parts(self, parts: list[_Part]) -> None:
         """The new assignment. Records decoded but not returned are kept for the
         partitions that stay (the same _Part: their cursors are past them) and
         dropped for the others."""
@@ -242,13 +252,13 @@ class Consumer:
         self._by_tp = {(p.topic, p.partition): p for p in parts}
         self._refresh_active()
 
-    def _refresh_active(self):
+    def _refresh_active(self) -> None:
         self._active = [p for p in self._parts if not p.paused]
-        self._single = self._active[0] if len(self._active) == 1 and len(self._parts) == 1 else None
+        self._single = self._active[0] if len(self._active) == 1 and len(self._parts) == 1 else None  # type: ignore[assignment]
         self._rr = 0
         self._wait_arrays = None
 
-    def _watch(self):
+    def _watch(self) -> None:
         """The topic table changed, or a ring we wait on was deleted. Group
         member: resubscribe (the group revokes a deleted topic's partitions and
         assigns a re-created one's, sync() on this poll). subscribe() without a
@@ -271,7 +281,7 @@ class Consumer:
             else:
                 p.max_bytes = h.config.max_message_bytes
         keep = [p for p in self._parts if p not in gone]
-        added = []
+        added = []  # type: ignore[var-annotated]
         if self._topics is not None:
             have = {(p.topic, p.partition) for p in keep}
             dead = {(p.topic, p.generation) for p in gone}
@@ -299,12 +309,12 @@ class Consumer:
             logger.info("consumer: partitions %s joined the assignment", [(p.topic, p.partition) for p in added])
         self._set_parts(keep + added)
         if gone and self._topics is None:
-            self._error = errors.TopicDeleted(
+            self._error = errors.TopicDeleted(  # type: ignore[assignment]
                 f"topic(s) {sorted({p.topic for p in gone})} were deleted (or re-created) while this consumer "
                 f"read them; partitions {tps} left its assignment. assign() them again to read the new topic."
             )
 
-    def _look(self):
+    def _look(self) -> None:
         """What every poll looks at first: the topic table's epoch (one load),
         the group's change counter (one load), a TopicDeleted to report."""
         if self._epoch_view[0] != self._epoch:
@@ -320,12 +330,12 @@ class Consumer:
 
     # ------------------------------------------------------------ pause / resume
 
-    def _tps(self, partitions) -> list[_Part]:
+    def _tps(self, partitions: tuple[str, int] | Iterable[tuple[str, int]]) -> list[_Part]:
         if isinstance(partitions, tuple) and len(partitions) == 2 and isinstance(partitions[0], str):
             partitions = [partitions]
         return [self._part(tp[0], tp[1]) for tp in partitions]
 
-    def pause(self, partitions):
+    def pause(self, partitions: tuple[str, int] | Iterable[tuple[str, int]]) -> None:
         """Stops reading these assigned partitions [(topic, partition)] until
         resume() (confluent-kafka's pause). Records of them already decoded and
         not yet returned are dropped and read again after resume(), so nothing
@@ -339,7 +349,7 @@ class Consumer:
                 p.paused = True
         self._refresh_active()
 
-    def resume(self, partitions):
+    def resume(self, partitions: tuple[str, int] | Iterable[tuple[str, int]]) -> None:
         """Reads these paused partitions again, from where they stopped."""
         for p in self._tps(partitions):
             p.paused = False
@@ -356,20 +366,20 @@ class Consumer:
             self._watch()
         return [(p.topic, p.partition) for p in self._parts]
 
-    def _part(self, topic, partition) -> _Part:
+    def _part(self, topic: str, partition: int) -> _Part:
         self._check_open()
         p = self._by_tp.get((topic, partition))
         if p is None:
             raise errors.UnknownTopicOrPartition(f"{topic!r} partition {partition} is not assigned to this consumer")
         return p
 
-    def _start(self, part: _Part, offset):
+    def _start(self, part: _Part, offset: int | None) -> None:
         if offset is None:
             self._apply_reset(part, None)
         else:
             if not isinstance(offset, int) or isinstance(offset, bool):
                 raise errors.InvalidType(f"offset must be int, not {type(offset).__name__}")
-            part.reset_to = offset
+            part.reset_to = offset  # type: ignore[assignment]
 
     def _log_start(self, part: _Part) -> int:
         start = part.ring.ends()[0]
@@ -380,7 +390,7 @@ class Consumer:
                 return disk
         return start
 
-    def _apply_reset(self, part: _Part, wanted):
+    def _apply_reset(self, part: _Part, wanted: int | None) -> None:
         """Moves part by the reset policy (wanted: the offset that was out of range)."""
         if wanted is not None and self._reset == "none":
             start, end = self._log_start(part), part.ring.ends()[1]
@@ -415,23 +425,23 @@ class Consumer:
                 return True
         return False
 
-    def _seek(self, part: _Part, offset: int):
+    def _seek(self, part: _Part, offset: int) -> None:
         if not self._try_seek(part, offset):
             self._apply_reset(part, offset)
 
-    def seek(self, topic: str, partition: int, offset: int):
+    def seek(self, topic: str, partition: int, offset: int) -> None:
         """The next record returned for this partition is the one at offset
         (or the first after it). Applied lazily, like Kafka's seek."""
         part = self._part(topic, partition)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise errors.InvalidArgument("offset must be an int >= 0")
         self._drop_pending(part)
-        part.reset_to = offset
+        part.reset_to = offset  # type: ignore[assignment]
 
-    def seek_to_beginning(self, topic, partition):
+    def seek_to_beginning(self, topic: str, partition: int) -> None:
         self.seek(topic, partition, self._log_start(self._part(topic, partition)))
 
-    def seek_to_end(self, topic, partition):
+    def seek_to_end(self, topic: str, partition: int) -> None:
         self.seek(topic, partition, self._part(topic, partition).ring.ends()[1])
 
     def position(self, topic: str, partition: int) -> int:
@@ -444,13 +454,13 @@ class Consumer:
                 return m.offset
         return part.cur.next_offset
 
-    def end_offsets(self, partitions=None) -> dict:
+    def end_offsets(self, partitions: Iterable[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         if self._group is None and self._epoch_view[0] != self._epoch:
             self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
         return {(p.topic, p.partition): p.ring.ends()[1] for p in parts}
 
-    def beginning_offsets(self, partitions=None) -> dict:
+    def beginning_offsets(self, partitions: Iterable[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         if self._group is None and self._epoch_view[0] != self._epoch:
             self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
@@ -476,23 +486,23 @@ class Consumer:
                 if len(hit):
                     return int(cols.offsets[hit[0]])
 
-    def _drop_pending(self, part: _Part):
+    def _drop_pending(self, part: _Part) -> None:
         rest = self._pending[self._pi :]
         keep = [m for m in rest if m.topic != part.topic or m.partition != part.partition]
         if len(keep) != len(rest):
             # rewind the cursor to the first dropped record
             first = next(m.offset for m in rest if m.topic == part.topic and m.partition == part.partition)
-            part.reset_to = first
+            part.reset_to = first  # type: ignore[assignment]
         self._pending, self._pi = keep, 0
 
     # ------------------------------------------------------------ reading
 
-    def _set_buffer(self, nbytes):
+    def _set_buffer(self, nbytes: int) -> None:
         self._buf_cap = nbytes
         self._buf = ffi.new("uint8_t[]", nbytes)
         self._mv = memoryview(ffi.buffer(self._buf, nbytes))
 
-    def _grow_out(self, n):
+    def _grow_out(self, n: int) -> None:
         self._out_cap = self._out_max = n
         self._rows = ffi.new("int64_t[]", n * ROW)
         out = ffi.new("struct shm_records_out *")
@@ -510,7 +520,7 @@ class Consumer:
             self._grow_out(max_records)
             out = self._out
         if self._out_max != max_records:
-            out.max_records = self._out_max = max_records
+            out.max_records = self._out_max = max_records  # type: ignore[attr-defined]
         if part.on_disk:
             n = self._read_disk(part)
             if n is not None:
@@ -518,7 +528,7 @@ class Consumer:
         while True:
             rc = lib.shmx_read(part.ring.h, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, out)
             if rc >= 0:
-                if rc == 0 and out.compressed:
+                if rc == 0 and out.compressed:  # type: ignore[attr-defined]
                     return self._inflate(part)
                 return rc
             if rc == lib.SHM_E_OUT_OF_RANGE:
@@ -537,7 +547,7 @@ class Consumer:
             else:
                 self._raise_read(rc, part)
 
-    def _read_disk(self, part: _Part):
+    def _read_disk(self, part: _Part) -> int | None:
         """Reads from the segment files; None when the cursor reached the ring
         (the caller reads the ring then)."""
         cur, plog, out = part.cur, part.plog, self._out
@@ -581,13 +591,13 @@ class Consumer:
                     f"position {cur.pos - seg.base_pos} (offsets from {cur.next_offset}); nothing was "
                     "returned from it. seek() past it to go on, and run `shmlog check`."
                 )
-            if out.compressed:
+            if out.compressed:  # type: ignore[attr-defined]
                 return self._inflate(part)
-            if out.count:
-                return out.count
+            if out.count:  # type: ignore[attr-defined]
+                return out.count  # type: ignore[attr-defined]
         return 0
 
-    def _lapped(self, part: _Part, why: str):
+    def _lapped(self, part: _Part, why: str) -> None:
         """The records at the cursor are gone: move by auto_offset_reset
         (OffsetOutOfRange with "none") and say how many were skipped."""
         wanted = part.cur.next_offset
@@ -607,7 +617,7 @@ class Consumer:
                 self._reset,
             )
 
-    def _seal(self, part: _Part):
+    def _seal(self, part: _Part) -> None:
         """A frame stayed uncommitted past the unblock timeout: seal it if its writer is dead."""
         base = part.ring.writable_base()
         if base is None:
@@ -615,7 +625,7 @@ class Consumer:
         lib.shm_ring_seal_stuck(base, part.cur.stuck_pos, self._log.token_prefix_c)
         part.cur.stuck_since_ns = lib.shm_monotonic_ns()
 
-    def _raise_read(self, rc, part):
+    def _raise_read(self, rc: int, part: _Part) -> NoReturn:
         if rc == lib.SHM_E_CORRUPT:
             raise errors.CorruptRecord(
                 f"{part.topic!r} partition {part.partition}: the frame at position {part.cur.pos} "
@@ -637,7 +647,7 @@ class Consumer:
         miss, and a batch that fails (bad codec data, a bomb) raises
         CorruptRecord with the cursor still on it, as a damaged frame does."""
         out, cur = self._out, part.cur
-        start, end = out.batch_start, out.bytes_used
+        start, end = out.batch_start, out.bytes_used  # type: ignore[attr-defined]
         raw = self._buf + start
         base = lib.shm_batch_base_offset(raw)
         last = base + lib.shm_batch_last_delta(raw)
@@ -662,25 +672,25 @@ class Consumer:
                     "past it to go on."
                 ) from None
             plain = head[:at] + (attrs & ~lib.SHM_RB_ATTR_CODEC_MASK).to_bytes(2, "big") + head[at + 2 :] + records
-            part.inflated = (key, plain)
+            part.inflated = (key, plain)  # type: ignore[assignment]
         if len(plain) > self._buf_cap:
             self._set_buffer(len(plain))
         ffi.memmove(self._buf, plain, len(plain))
-        out.count = 0
+        out.count = 0  # type: ignore[attr-defined]
         n = lib.shm_batch_decode(self._buf, len(plain), 0, cur.next_offset, out)
-        out.bytes_used = len(plain)
+        out.bytes_used = len(plain)  # type: ignore[attr-defined]
         if n == lib.SHM_E_BUFFER_SMALL:  # more records than asked for: the rest next time
-            cur.next_offset = self._rows[(out.count - 1) * ROW] + 1
-            return out.count
+            cur.next_offset = self._rows[(out.count - 1) * ROW] + 1  # type: ignore[attr-defined, index]
+            return out.count  # type: ignore[attr-defined]
         if n < 0:
             part.inflated = None
             self._raise_read(lib.SHM_E_CORRUPT, part)
         part.inflated = None  # the last record is taken: pass the frame
         cur.pos += (lib.SHM_FRAME_HEADER_BYTES + end - start + 7) & ~7
         cur.next_offset = cur.expect_base = last + 1
-        return out.count
+        return out.count  # type: ignore[attr-defined]
 
-    def _take_large(self, part: _Part):
+    def _take_large(self, part: _Part) -> Message | None:
         """A large single-record frame, copied once from the ring into its bytes
         (the C core checks CRC and framing first, and the lap after the copy);
         None when the next frame is not one (the general read handles it)."""
@@ -723,7 +733,7 @@ class Consumer:
         if n == 1:
             return [self._message1(part)]
         r = ffi.unpack(self._rows, ROW * n)
-        data = self._mv[: self._out.bytes_used].tobytes()  # one bulk copy per batch
+        data = self._mv[: self._out.bytes_used].tobytes()  # type: ignore[attr-defined]  # one bulk copy per batch
         offs, ts, kl, vs, vl, hc = r[0::ROW], r[1::ROW], r[3::ROW], r[4::ROW], r[5::ROW], r[7::ROW]
         topic, partition = part.topic, part.partition
         if kl.count(-1) == n and hc.count(0) == n and -1 not in vl:
@@ -740,7 +750,7 @@ class Consumer:
             msgs.append(Message(topic, partition, offs[i], k, v, h, ts[i]))
         return msgs
 
-    def _read_any(self, max_records: int):
+    def _read_any(self, max_records: int) -> tuple[Any, int]:
         """(part, count) for the first partition, round-robin, with records."""
         parts = self._active
         np_ = len(parts)
@@ -752,7 +762,7 @@ class Consumer:
                 return part, n
         return None, 0
 
-    def _wait(self, timeout_s):
+    def _wait(self, timeout_s: float | None) -> None:
         """Waits on the active rings' futexes for at most GROUP_WAIT_S: between
         waits a consumer looks at its group and the topic table (rebalances,
         new partitions) and, after an idle wait, whether a ring it waits on was
@@ -766,16 +776,22 @@ class Consumer:
             hdrs = ffi.new("void *[]", [p.ring.hdr for p in act])
             bases = ffi.new("struct shm_ring *[]", [p.ring.h for p in act])
             curs = ffi.new("struct shm_cursor *[]", [p.cur for p in act])
-            self._wait_arrays = (hdrs, bases, curs, len(act))
-        hdrs, bases, curs, n = self._wait_arrays
+            self._wait_arrays = (hdrs, bases, curs, len(act))  # type: ignore[assignment]
+        hdrs, bases, curs, n = self._wait_arrays  # type: ignore[misc]
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
         if lib.shm_wait_any(
-            hdrs, bases, curs, n, tns, spin if spin >= 0 else 1 << 62, self._unblock_ns
+            hdrs,
+            bases,
+            curs,
+            n,  # type: ignore[has-type]
+            tns,
+            spin if spin >= 0 else 1 << 62,
+            self._unblock_ns,
         ) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
             self._epoch = -1
 
-    def _poll_parts(self, max_records, timeout):
+    def _poll_parts(self, max_records: int, timeout: float | None) -> tuple[Any, int]:
         """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
         self._check_open()
         if not self._parts and self._group is None and self._topics is None and self._error is None:
@@ -895,7 +911,7 @@ class Consumer:
             part.topic, part.partition, r[:, 0], r[:, 1], buf[: out.bytes_used], r[:, 4], r[:, 5], r[:, 2], r[:, 3]
         )
 
-    def __iter__(self):
+    def __iter__(self) -> "Consumer":
         return self
 
     def __next__(self) -> Message:
@@ -905,20 +921,20 @@ class Consumer:
                 raise StopIteration
             if self._consumer_timeout is not None:
                 raise StopIteration
-        return m
+        return m  # type: ignore[return-value]
 
     # ------------------------------------------------------------ offsets
 
-    def _commit_positions(self, tps=None) -> dict:
+    def _commit_positions(self, tps: Iterable[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """What a commit without offsets commits for these partitions (default:
         the assignment): the position (what poll has returned), or with
         enable_auto_offset_store=False only what store_offsets() stored."""
         parts = self._parts if tps is None else [self._by_tp[tp] for tp in tps if tp in self._by_tp]
         if self._auto_store:
             return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in parts}
-        return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}
+        return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}  # type: ignore[misc]
 
-    def store_offsets(self, message=None, offsets=None):
+    def store_offsets(self, message: Message | None = None, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """confluent-kafka's store_offsets, for enable_auto_offset_store=False:
         store_offsets(message) stores message.offset + 1 for its partition;
         store_offsets(offsets={(topic, partition): next offset}) (or a list of
@@ -940,16 +956,16 @@ class Consumer:
         elif isinstance(offsets, dict):
             todo = [(tp[0], tp[1], off) for tp, off in offsets.items()]
         else:
-            todo = [tuple(x) for x in offsets]
+            todo = [tuple(x) for x in offsets]  # type: ignore[attr-defined]
         parts = []
         for t, q, off in todo:
             if not isinstance(off, int) or isinstance(off, bool) or off < 0:
                 raise errors.InvalidArgument(f"offset for {(t, q)} must be an int >= 0, not {off!r}")
             parts.append((self._part(t, q), off))
         for part, off in parts:
-            part.stored = off
+            part.stored = off  # type: ignore[assignment]
 
-    def commit(self, offsets=None, durable: bool = False):
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None, durable: bool = False) -> None:
         """Commits {(topic, partition): next offset to read}; by default the
         position of every assigned partition (what poll has returned so far).
         Synchronous: visible to every process on return; durable=True also
@@ -970,7 +986,7 @@ class Consumer:
                 raise errors.InvalidArgument(f"{tp} is not assigned to this consumer")
         groups.commit_offsets(self._log, self._group_name, offsets, durable=durable)
 
-    def committed(self, topic: str, partition: int):
+    def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset for the partition, or None."""
         self._check_open()
         if self._group_name is None:
@@ -982,11 +998,11 @@ class Consumer:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self._closed:
             raise errors.Closed("this consumer is closed")
 
-    def close(self):
+    def close(self) -> None:
         if self._closed:
             return
         g = self._group
@@ -997,7 +1013,7 @@ class Consumer:
             finally:
                 g.leave()
         self._closed = True
-        self._epoch_view, self._epoch = (0,), 0  # the log may unmap the control segment now
+        self._epoch_view, self._epoch = (0,), 0  # type: ignore[assignment]  # the log may unmap the control segment now
         self._parts = []
         self._active = []
         self._single = None
@@ -1005,8 +1021,8 @@ class Consumer:
         self._pending, self._pi = [], 0
         self._wait_arrays = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Consumer":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

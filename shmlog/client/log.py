@@ -13,6 +13,8 @@ produce or consume (producer.py and consumer.py do).
 import logging
 import os
 import weakref
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -28,9 +30,9 @@ logger = logging.getLogger("shmlog")
 class Log(ControlPlane):
     """A connection to one instance. Use shmlog.connect() to make one."""
 
-    def __init__(self, settings: config.Settings, *, start_persister: bool = True, **limits):
+    def __init__(self, settings: config.Settings, *, start_persister: bool = True, **limits: Any) -> None:
         super().__init__(settings, **limits)
-        self._clients: weakref.WeakSet = weakref.WeakSet()
+        self._clients: weakref.WeakSet[Producer | Consumer] = weakref.WeakSet()
         self._start_persister = start_persister and self._create  # a read-only connection starts nothing
         if self._start_persister and self.has_durable():
             self.ensure_persister()
@@ -42,7 +44,7 @@ class Log(ControlPlane):
         then topic changes are made here."""
         return admin.client(self.settings)
 
-    def _create_topic(self, name: str, cfg: config.TopicConfig):
+    def _create_topic(self, name: str, cfg: config.TopicConfig) -> None:
         sup = self._supervisor()
         if sup is not None:
             sup.call("create_topic", name=name, config=msgspec.to_builtins(cfg))
@@ -51,26 +53,26 @@ class Log(ControlPlane):
         if cfg.persistence == "disk" and self._start_persister:
             self.ensure_persister()
 
-    def _delete_topic(self, name: str):
+    def _delete_topic(self, name: str) -> None:
         sup = self._supervisor()
         if sup is not None:
             sup.call("delete_topic", name=name)
             return
         super()._delete_topic(name)
 
-    def _alter_topic(self, name: str, changes: dict) -> config.TopicConfig | None:
+    def _alter_topic(self, name: str, changes: dict[str, Any]) -> config.TopicConfig | None:
         sup = self._supervisor()
         if sup is not None:
             sup.call("alter_topic", name=name, changes=changes)
             return None
         new = super()._alter_topic(name, changes)
-        if new.persistence == "disk" and self._start_persister:
+        if new is not None and new.persistence == "disk" and self._start_persister:
             self.ensure_persister()
         return new
 
     # ------------------------------------------------------------ the persister, when no supervisor runs
 
-    def ensure_persister(self, timeout: float = 10.0):
+    def ensure_persister(self, timeout: float = 10.0) -> None:
         """Starts this instance's persister unless one runs; while a supervisor
         runs it is asked to (it owns the persister)."""
         if daemons.persister_running(self.settings.data_dir):
@@ -87,24 +89,24 @@ class Log(ControlPlane):
 
     # ------------------------------------------------------------ clients
 
-    def producer(self, **options) -> Producer:
+    def producer(self, **options: Any) -> Producer:
         p = Producer(self, **options)
         self._clients.add(p)
         return p
 
-    def consumer(self, topics=None, group=None, **options) -> Consumer:
+    def consumer(self, topics: str | Iterable[str] | None = None, group: str | None = None, **options: Any) -> Consumer:
         c = Consumer(self, topics=topics, group=group, **options)
         self._clients.add(c)
         return c
 
-    def close(self):
+    def close(self) -> None:
         if self._closed:
             return
         for c in list(self._clients):
             c.close()
         super().close()
 
-    def destroy(self):
+    def destroy(self) -> None:
         """Deletes every topic and the control segment of this instance (tests,
         `shmlog down --purge`): the supervisor is stopped first (it would
         re-create what we remove), the persister after the topics are gone."""

@@ -21,19 +21,34 @@ import struct
 import threading
 import time
 from array import array
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from .. import compression, errors, liveness
 from .._fastpath import ProducerBase
 from .._native import address_of, ffi, full_ring_cause, lib, raise_status
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
+if TYPE_CHECKING:
+    from ..control.plane import TopicHandle
+
+BytesLike = bytes | bytearray | memoryview
+Headers = dict[str, BytesLike | None] | Iterable[tuple[str, BytesLike | None]]
+DeliveryCallback = Callable[[BaseException | None, Message], object]
+
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 STICKY_BYTES = 16384  # keyless records stay on one partition for this many bytes (Kafka's batch.size)
 WAIT_SLICE_NS = 1_000_000_000  # a blocked send looks up from the C wait this often (see _write)
 
 
-def _as_bytes(v, what: str):
+@overload
+def _as_bytes(v: None, what: str) -> None: ...
+@overload
+def _as_bytes(v: BytesLike, what: str) -> bytes: ...
+@overload
+def _as_bytes(v: object, what: str) -> bytes | None: ...
+def _as_bytes(v: object, what: str) -> bytes | None:
     if v is None or type(v) is bytes:
         return v
     if isinstance(v, _BYTES_LIKE):
@@ -46,25 +61,27 @@ class _TopicWriter:
 
     __slots__ = ("producer", "handle", "n", "ctxs", "rings", "sticky", "sticky_left", "batch_limit", "open")
 
-    def __init__(self, producer, handle):
+    def __init__(self, producer: "Producer", handle: "TopicHandle") -> None:
         self.producer = producer
         self.handle = handle
         self.n = handle.partitions
-        self.ctxs = [None] * self.n
-        self.rings = [None] * self.n
+        self.ctxs: list[Any] = [None] * self.n
+        self.rings: list[Any] = [None] * self.n
         self.sticky = random.randrange(self.n)
         self.sticky_left = STICKY_BYTES
         # produce(): the bytes a batch may reach (its records section) and stay one frame
         self.batch_limit = handle.config.max_message_bytes - lib.SHM_BATCH_HEADER_BYTES
-        self.open = [None] * self.n  # produce(): the batch being filled per partition (producer's lock)
+        self.open: list[_Batch | None] = [
+            None
+        ] * self.n  # produce(): the batch being filled per partition (producer's lock)
 
-    def ctx(self, partition: int):
+    def ctx(self, partition: int) -> Any:
         c = self.ctxs[partition]
         if c is None:
             c = self._open(partition)
         return c
 
-    def _open(self, partition: int):
+    def _open(self, partition: int) -> Any:
         log = self.producer._log
         ring = log.ring(self.handle, partition, writable=True)
         pid, st = liveness.ensure_token(log.token_prefix)
@@ -94,7 +111,7 @@ class _TopicWriter:
                 self.sticky = (self.sticky + random.randrange(1, self.n)) % self.n
         return self.sticky
 
-    def release(self):
+    def release(self) -> None:
         for c, r in zip(self.ctxs, self.rings):
             if c is not None and r.base != ffi.NULL:
                 lib.shm_ring_release_slot(r.base, c.slot)
@@ -109,14 +126,24 @@ class _Batch:
 
     __slots__ = ("w", "partition", "acc", "addr", "reps", "ts", "timed", "born", "deadline", "count")
 
-    def __init__(self, w, partition, ts, timed, now, linger_s, max_count, max_bytes):
+    def __init__(
+        self,
+        w: _TopicWriter,
+        partition: int,
+        ts: int,
+        timed: bool,
+        now: float,
+        linger_s: float,
+        max_count: int,
+        max_bytes: int,
+    ) -> None:
         self.w = w
         self.partition = partition
         self.acc = ffi.gc(lib.shm_accum_new(max_count, max_bytes), lib.shm_accum_free)
         if self.acc == ffi.NULL:
             raise MemoryError("cannot allocate a produce() batch")
         self.addr = address_of(self.acc)  # its key in the fast path's express table
-        self.reps = None
+        self.reps: list[tuple[int, DeliveryCallback, Any, Any, Any]] | None = None
         self.ts = ts  # the batch timestamp (Kafka has one per batch here)
         self.timed = timed  # ts came from produce(timestamp=): only equal timestamps join
         self.born = now  # monotonic time of its first record (message_timeout_ms runs from here)
@@ -147,7 +174,7 @@ class Producer(ProducerBase):
 
     def __init__(
         self,
-        log,
+        log: Any,  # the Log that makes it (client/log.py imports this module: not imported back)
         *,
         max_block_ms: int = 60_000,
         linger_ms: float = 5,
@@ -157,18 +184,18 @@ class Producer(ProducerBase):
         message_timeout_ms: int | None = None,
         delivery_timeout_ms: int | None = None,
         queue_buffering_max_messages: int = 100_000,
-        on_delivery=None,
-    ):
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
         if not isinstance(max_block_ms, int) or max_block_ms < 0:
             raise errors.InvalidArgument("max_block_ms must be an int >= 0")
         if message_timeout_ms is not None and delivery_timeout_ms is not None:
             raise errors.InvalidArgument("give message_timeout_ms or delivery_timeout_ms (the same setting), not both")
         mt = (
-            300_000
-            if message_timeout_ms is None and delivery_timeout_ms is None
-            else message_timeout_ms
+            message_timeout_ms
             if message_timeout_ms is not None
             else delivery_timeout_ms
+            if delivery_timeout_ms is not None
+            else 300_000
         )
         for name, v, lo in (
             ("linger_ms", linger_ms, 0),
@@ -193,25 +220,27 @@ class Producer(ProducerBase):
         self._message_timeout_s = mt / 1000
         self._max_queued = queue_buffering_max_messages
         self._on_delivery = on_delivery
-        self._report_hook = None  # called (any thread, no lock held) when reports were queued: shmlog.aio
+        self._report_hook: Callable[[], None] | None = (
+            None  # called (any thread, no lock held) when reports were queued: shmlog.aio
+        )
         self._async_reset()
         liveness.on_fork(self)
 
-    def _async_reset(self):
+    def _async_reset(self) -> None:
         """The asynchronous producer's state: empty (new, or in a forked child)."""
         self._lock = threading.Lock()  # guards everything below
         self._cond = threading.Condition(self._lock)  # notified when reports arrive or the queue shrinks
         self._send_lock = threading.Lock()  # one writer pass at a time (keeps partition order)
         self._nopen = 0  # batches being filled (in each writer's .open)
-        self._express = {}  # topic -> address of its open sticky batch's shm_accum
+        self._express: dict[str, int] = {}  # topic -> address of its open sticky batch's shm_accum
         self._ready: collections.deque = collections.deque()  # closed batches, in close order
         self._reports: list = []  # (callback, err, msg) not yet served
         self._queued = 0  # records produced and not yet reported (len(self))
         self._kick = threading.Event()  # wakes the linger thread
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
 
-    def _writer(self, topic) -> _TopicWriter:
+    def _writer(self, topic: str) -> _TopicWriter:
         if self._closed:
             raise errors.Closed("this producer is closed")
         w = self._writers.get(topic)
@@ -224,7 +253,7 @@ class Producer(ProducerBase):
                 new.release()
         return w
 
-    def _partition_ctx(self, w: _TopicWriter, partition):
+    def _partition_ctx(self, w: _TopicWriter, partition: int) -> Any:
         if type(partition) is not int or not 0 <= partition < w.n:
             if not isinstance(partition, int) or isinstance(partition, bool):
                 raise errors.InvalidType(f"partition must be int or None, not {type(partition).__name__}")
@@ -233,7 +262,15 @@ class Producer(ProducerBase):
             )
         return w.ctxs[partition] or w.ctx(partition)
 
-    def send(self, topic: str, value, key=None, headers=None, partition=None, timestamp_ms=None):
+    def send(
+        self,
+        topic: str,
+        value: BytesLike | None,
+        key: BytesLike | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordMetadata:
         """Appends one record; returns RecordMetadata(topic, partition, offset)."""
         if key is None and headers is None and timestamp_ms is None and type(value) is bytes:
             # express path: one GIL-holding C call; anything unusual takes the full path
@@ -250,7 +287,15 @@ class Producer(ProducerBase):
                             return RecordMetadata(topic, partition, rc)
         return self._send(topic, value, key, headers, partition, timestamp_ms)
 
-    def _send(self, topic, value, key, headers, partition, timestamp_ms):
+    def _send(
+        self,
+        topic: str,
+        value: Any,
+        key: Any,
+        headers: Headers | None,
+        partition: int | None,
+        timestamp_ms: int | None,
+    ) -> RecordMetadata:
         w = self._writers.get(topic) or self._writer(topic)
         if type(value) is not bytes:
             value = _as_bytes(value, "value")
@@ -286,7 +331,14 @@ class Producer(ProducerBase):
         )
         return RecordMetadata(topic, partition, rc)
 
-    def send_batch(self, topic: str, values, keys=None, partition=None, timestamp_ms=None):
+    def send_batch(
+        self,
+        topic: str,
+        values: Sequence[BytesLike | None],
+        keys: Sequence[BytesLike | None] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> list[BatchMetadata]:
         """Appends many records with one reservation per partition touched (one
         frame each). Without keys (or with an explicit partition) that is one
         frame; with keys, records are grouped by their murmur2 partition, order
@@ -320,7 +372,14 @@ class Producer(ProducerBase):
             partition = w.next_sticky(STICKY_BYTES)  # a batch moves the sticky partition on
         return [self._append(w, partition, values, keys, timestamp_ms)]
 
-    def _append(self, w, partition, values, keys, timestamp_ms):
+    def _append(
+        self,
+        w: _TopicWriter,
+        partition: int,
+        values: Sequence[BytesLike | None],
+        keys: Sequence[BytesLike | None] | None,
+        timestamp_ms: int | None,
+    ) -> BatchMetadata:
         ctx = self._partition_ctx(w, partition)
         if timestamp_ms is not None and (type(timestamp_ms) is not int or timestamp_ms < 0):
             raise errors.InvalidArgument("timestamp_ms must be an int >= 0 (ms since the epoch) or None")
@@ -331,7 +390,14 @@ class Producer(ProducerBase):
         self._write(w, partition, lib.shm_send_batch, ctx, inp, out)
         return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)
 
-    def send_packed(self, topic: str, data, lengths, partition=None, timestamp_ms=None):
+    def send_packed(
+        self,
+        topic: str,
+        data: Any,
+        lengths: Any,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> list[BatchMetadata]:
         """send_batch for values already packed: data is one bytes-like buffer,
         lengths an int64 sequence (numpy array, array('q')) of value lengths.
         No per-record Python work at all."""
@@ -357,7 +423,7 @@ class Producer(ProducerBase):
         self._write(w, partition, lib.shm_send_batch, ctx, inp, out)
         return [BatchMetadata(w.handle.name, partition, out.base_offset, out.count)]
 
-    def send_encoded(self, topic: str, partition: int, batch, leader_epoch: int = 0) -> BatchMetadata:
+    def send_encoded(self, topic: str, partition: int, batch: BytesLike, leader_epoch: int = 0) -> BatchMetadata:
         """Appends one Kafka RecordBatch v2 encoded elsewhere (the Kafka
         listener's path): the C core checks its header and CRC and stores it
         unchanged apart from baseOffset and partitionLeaderEpoch; the records
@@ -383,7 +449,7 @@ class Producer(ProducerBase):
             self._write(w, partition, lib.shm_send_raw, ctx, batch, len(batch), leader_epoch, out)
         return BatchMetadata(w.handle.name, partition, out.base_offset, out.count)
 
-    def _write(self, w, partition, fn, *args):
+    def _write(self, w: _TopicWriter, partition: int, fn: Callable[..., int], *args: Any) -> int:
         """One blocking C write. The C core waits for room at most WAIT_SLICE_NS
         at a time; between slices, on a durable topic, a dead persister is
         replaced (until the supervisor owns it), and the wait goes on until
@@ -399,7 +465,7 @@ class Producer(ProducerBase):
             self._fail(rc, w, partition)
         return rc
 
-    def _fail(self, rc, w, partition):
+    def _fail(self, rc: int, w: _TopicWriter, partition: int) -> NoReturn:
         name = w.handle.name
         if rc == lib.SHM_E_TOPIC_GONE:
             w.release()
@@ -440,18 +506,27 @@ class Producer(ProducerBase):
     def _produce_any(
         self,
         topic: str,
-        value=None,
-        key=None,
-        headers=None,
-        partition=None,
-        timestamp=None,
-        on_delivery=None,
-        callback=None,
-    ):
+        value: BytesLike | None = None,
+        key: BytesLike | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        callback: DeliveryCallback | None = None,
+    ) -> None:
         """produce() for every case its C express path does not take."""
         self._produce(topic, value, key, headers, partition, timestamp, on_delivery or callback or self._on_delivery)
 
-    def _produce(self, topic, value, key, headers, partition, timestamp, cb):
+    def _produce(
+        self,
+        topic: str,
+        value: Any,
+        key: Any,
+        headers: Headers | None,
+        partition: int | None,
+        timestamp: int | None,
+        cb: DeliveryCallback | None,
+    ) -> None:
         if value is not None and type(value) is not bytes:
             value = _as_bytes(value, "value")
         w = self._writers.get(topic) or self._writer(topic)
@@ -501,6 +576,7 @@ class Producer(ProducerBase):
                     raise_status(i, "cannot queue the record")
                 self._close_batch(b)  # full (or sealed): the record opens the next batch
                 b = None
+            assert b is not None  # the loop breaks with a batch or raises
             if cb is not None:
                 if b.reps is None:
                     b.reps = []
@@ -515,7 +591,7 @@ class Producer(ProducerBase):
             # wait for that pass instead of running into BufferFull with room in the ring.
             self._write_ready(0, wait=self._queued >= self._max_queued // 2)
 
-    def _new_batch(self, w, topic, partition, timestamp) -> _Batch:
+    def _new_batch(self, w: _TopicWriter, topic: str, partition: int, timestamp: int | None) -> _Batch:
         now = time.monotonic()
         ts = timestamp if timestamp is not None else time.time_ns() // 1_000_000
         b = w.open[partition] = _Batch(
@@ -538,10 +614,10 @@ class Producer(ProducerBase):
             self._kick.set()  # the thread sleeps without a deadline
         return b
 
-    def _open_batches(self) -> list:
+    def _open_batches(self) -> list[_Batch]:
         return [b for w in self._writers.values() for b in w.open if b is not None] if self._nopen else []
 
-    def _close_batch(self, b):
+    def _close_batch(self, b: _Batch) -> None:
         """Seals b (no express add succeeds after this, GIL-atomic) and moves
         it to the batches ready to write (lock held)."""
         w = b.w
@@ -560,7 +636,7 @@ class Producer(ProducerBase):
             if nb is not None and not nb.timed and self._on_delivery is None:
                 self._express[name] = nb.addr
 
-    def _linger_loop(self):
+    def _linger_loop(self) -> None:
         """The background thread: closes batches whose linger_ms passed and
         writes ready batches, retrying a full ring until message_timeout_ms.
         Sleeps on an Event until the next linger deadline (or a kick). An
@@ -637,7 +713,7 @@ class Producer(ProducerBase):
             self._report_hook()
         return more
 
-    def _write_batch(self, b, slice_ns):
+    def _write_batch(self, b: _Batch, slice_ns: int) -> Any:
         """Writes b as one frame: (base_offset, None) on success, (-1, error)
         on a failure that retrying cannot fix, None when the ring stayed full."""
         w, p = b.w, b.partition
@@ -672,7 +748,7 @@ class Producer(ProducerBase):
             return -1, e
         return -1, errors.ShmlogError(f"write failed with status {rc}")
 
-    def _topic_gone(self, w):
+    def _topic_gone(self, w: _TopicWriter) -> Any:
         """The topic of w was deleted: its open batches can never be written
         (closed here, their next write reports it) and the next produce()
         looks the topic up again."""
@@ -686,13 +762,13 @@ class Producer(ProducerBase):
                 del self._writers[name]
                 self._log._forget(name)
 
-    def _full_error(self, b):
+    def _full_error(self, b: _Batch) -> errors.ShmlogError:
         try:
             self._fail(lib.SHM_E_FULL, b.w, b.partition)
         except errors.BufferFull as e:
             return errors.BufferFull(f"{e} — retried for message_timeout_ms ({int(self._message_timeout_s * 1000)} ms)")
 
-    def _report(self, b, base, err):
+    def _report(self, b: _Batch, base: int, err: BaseException | None) -> None:
         """Queues b's delivery reports (lock held); records without a callback are done now."""
         n = b.count
         reps = b.reps or ()
@@ -725,7 +801,7 @@ class Producer(ProducerBase):
             reps, self._reports = self._reports, []
         return self._serve(reps)
 
-    def _serve(self, reps) -> int:
+    def _serve(self, reps: list[tuple[DeliveryCallback, BaseException | None, Message]]) -> int:
         for i, (cb, err, msg) in enumerate(reps):
             try:
                 cb(err, msg)
@@ -740,7 +816,7 @@ class Producer(ProducerBase):
                 self._cond.notify_all()
         return len(reps)
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Records produced and not yet reported (confluent-kafka's len(producer))."""
         with self._lock:
             return self._queued + sum(b.acc.count for b in self._open_batches())
@@ -761,7 +837,7 @@ class Producer(ProducerBase):
             self._durable_wait(None if deadline is None else max(deadline - time.monotonic(), 0), timeout)
         return left
 
-    def _drain(self, deadline) -> int:
+    def _drain(self, deadline: float | None) -> int:
         """flush's body: close every batch, write until empty or deadline, serve reports."""
         with self._lock:
             for b in self._open_batches():
@@ -782,7 +858,7 @@ class Producer(ProducerBase):
                     if self._queued and not self._reports and not self._ready:
                         self._cond.wait(0.05 if rem is None else max(min(rem, 0.05), 0))
 
-    def _durable_wait(self, tleft, timeout):
+    def _durable_wait(self, tleft: float | None, timeout: float | None) -> Any:
         tns = -1 if tleft is None else int(tleft * 1e9)
         for w in list(self._writers.values()):
             if w.handle.config.persistence != "disk":
@@ -808,7 +884,7 @@ class Producer(ProducerBase):
                 if rc == lib.SHM_E_OFFLINE:
                     raise errors.PartitionOffline(self._log.offline_reason(w.handle, ring.partition, ring))
 
-    def close(self, timeout: float | None = None):
+    def close(self, timeout: float | None = None) -> None:
         """Flushes produce()d records (up to timeout seconds; None: until each
         is written or its message_timeout_ms ran out), fails the rest with
         Closed through their callbacks, stops the linger thread and releases
@@ -837,7 +913,7 @@ class Producer(ProducerBase):
             self._closed = True
             self._serve(reps)
 
-    def _after_fork(self):
+    def _after_fork(self) -> None:
         # the slots belong to the parent; the child claims its own on first send.
         # Records the parent produce()d are the parent's to deliver: the child's queue starts empty.
         for w in self._writers.values():
@@ -845,19 +921,21 @@ class Producer(ProducerBase):
         self._writers.clear()
         self._async_reset()
 
-    def __enter__(self):
+    def __enter__(self) -> "Producer":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _check_wait(timeout):
+def _check_wait(timeout: object) -> None:
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0):
         raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
 
 
-def _batch_in(values, keys, ts):
+def _batch_in(
+    values: Sequence[BytesLike | None], keys: Sequence[BytesLike | None] | None, ts: int
+) -> tuple[Any, list[Any]]:
     """A struct shm_batch_in over packed copies of the columns, and the objects keeping them alive."""
     vblob, vlens = _pack(values, "values")
     inp = ffi.new("struct shm_batch_in *")
@@ -875,7 +953,7 @@ def _batch_in(values, keys, ts):
 HDR = lib.SHM_BATCH_HEADER_BYTES
 
 
-def _compressed_batch(codec, inp, ts) -> bytes:
+def _compressed_batch(codec: int, inp: Any, ts: int) -> bytes:
     """The batch as a Kafka RecordBatch v2 whose records section is
     compressed with codec (attributes bits 0-2), CRC-32C recomputed: what a
     Kafka client sends, stored as one frame by shm_send_raw."""
@@ -894,7 +972,7 @@ def _compressed_batch(codec, inp, ts) -> bytes:
     return bytes(out)
 
 
-def _pack(items, what):
+def _pack(items: Sequence[Any], what: str) -> tuple[bytes, array]:
     """list of bytes|None -> (one bytes blob, array('q') of lengths, -1 for None)."""
     try:
         if None in items:

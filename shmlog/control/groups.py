@@ -55,7 +55,7 @@ def rebalance(log, gi: int):
     token_of = {mid: m.token for mid, m in members.items()}
     member_of = {tok: mid for mid, tok in token_of.items()}
     topics = {}  # name -> (index, generation, partitions)
-    subs = {}
+    subs = {}  # type: ignore[var-annotated]
     for mid, m in members.items():
         subs[mid] = set()
         for k in range(m.n_topics):
@@ -77,7 +77,7 @@ def rebalance(log, gi: int):
     intended = {}
     for tp, i in entry_of.items():
         e = t.offset(i)
-        mid = member_of.get(e.pending) or member_of.get(e.owner)
+        mid = member_of.get(e.pending) or member_of.get(e.owner)  # type: ignore[assignment]
         if mid is not None:
             intended[tp] = mid
     new = ASSIGN[assignor](order, subs, {n: v[2] for n, v in topics.items()}, intended) if order else {}
@@ -210,7 +210,7 @@ def describe_group(log, group: str) -> GroupDescription:
     t = tables_of(log)
     gi = _group_index(log, group)
     g = t.group(gi)
-    members, by_token = [], {}
+    members, by_token = [], {}  # type: ignore[var-annotated]
     for mi in t.group_members(gi).tolist():
         m = t.member(mi)
         mid = entry_name(m, "member_id_len", "member_id")

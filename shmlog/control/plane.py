@@ -17,6 +17,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
 
 import msgspec
 
@@ -57,7 +60,9 @@ class TopicHandle:
 
     __slots__ = ("name", "index", "generation", "config", "partitions", "epoch", "topic_id")
 
-    def __init__(self, name, index, generation, cfg, epoch=0, topic_id=0):
+    def __init__(
+        self, name: str, index: int, generation: int, cfg: config.TopicConfig, epoch: int = 0, topic_id: int = 0
+    ) -> None:
         self.epoch = epoch  # the topic table's epoch when config was read
         self.name = name
         self.index = index
@@ -67,7 +72,7 @@ class TopicHandle:
         self.partitions = cfg.partitions
 
 
-def _c_config(cfg: config.TopicConfig):
+def _c_config(cfg: config.TopicConfig) -> Any:
     c = ffi.new("struct shm_topic_config *")
     c.partitions = cfg.partitions
     c.persistence = config.PERSISTENCE[cfg.persistence]
@@ -81,7 +86,7 @@ def _c_config(cfg: config.TopicConfig):
     return c
 
 
-def _py_config(c) -> config.TopicConfig:
+def _py_config(c: Any) -> config.TopicConfig:
     mode = {v: k for k, v in config.FSYNC_MODES.items()}[c.fsync_mode]
     return config.TopicConfig(
         partitions=c.partitions,
@@ -113,7 +118,7 @@ class ControlPlane:
         max_offsets: int = 65536,
         unblock_timeout_ms: int = 500,
         create: bool = True,
-    ):
+    ) -> None:
         self.settings = settings
         self._create = create
         if not isinstance(unblock_timeout_ms, int) or unblock_timeout_ms < 1:
@@ -148,7 +153,7 @@ class ControlPlane:
 
     # ------------------------------------------------------------ control segment
 
-    def _attach_ctl(self, limits) -> ShmMapping:
+    def _attach_ctl(self, limits: Any) -> tuple[ShmMapping, bool]:
         name = self.settings.ctl_name
         deadline = time.monotonic() + 5
         while True:
@@ -206,7 +211,7 @@ class ControlPlane:
     # memory) is refused with both dirs named. device+inode, not the string,
     # decide (a symlinked or bind-mounted path to the same dir is the same dir).
 
-    def _identity(self):
+    def _identity(self) -> tuple[bytes, int, int]:
         real = os.path.realpath(self.settings.data_dir)
         b = real.encode()
         if len(b) > lib.SHM_DATA_DIR_MAX:
@@ -214,7 +219,7 @@ class ControlPlane:
         st = os.stat(real)
         return b, st.st_dev, st.st_ino
 
-    def _check_identity(self, seg):
+    def _check_identity(self, seg: ShmMapping) -> None:
         n, dev, ino = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("uint64_t *")
         theirs = ffi.string(lib.shm_ctl_data_dir(seg.base, n, dev, ino), n[0]).decode(errors="replace")
         ours = os.path.realpath(self.settings.data_dir)
@@ -253,7 +258,7 @@ class ControlPlane:
             "$SHMLOG_DATA_DIR, $SHMLOG_SHM_PREFIX)"
         )
 
-    def _lock(self):
+    def _lock(self) -> "_Unlocker":
         self._check_open()
         rc = lib.shm_ctl_lock(self._ctl.base, LOCK_TIMEOUT_NS)
         if rc != lib.SHM_OK:
@@ -264,11 +269,11 @@ class ControlPlane:
             )
         return _Unlocker(self._ctl.base)
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self._closed:
             raise errors.Closed("this shmlog connection is closed")
 
-    def _entries(self):
+    def _entries(self) -> Iterator[tuple[int, int, int, Any]]:
         base = self._ctl.base
         gen = ffi.new("uint64_t *")
         for i in range(lib.shm_ctl_max_topics(base)):
@@ -276,7 +281,7 @@ class ControlPlane:
             if st != lib.SHM_TOPIC_FREE:
                 yield i, st, gen[0], lib.shm_ctl_topic(base, i)
 
-    def _restore(self, locked_by_caller: bool = False):
+    def _restore(self, locked_by_caller: bool = False) -> None:
         """A new control segment: the catalog's topics come back (reconcile
         with an empty table), each durable partition's ring starting where its
         segment files end, then the committed offsets. Runs holding the control
@@ -303,7 +308,7 @@ class ControlPlane:
         if not locked_by_caller:
             lib.shm_ctl_unlock(self._ctl.base)
 
-    def _unlink_all_rings(self):
+    def _unlink_all_rings(self) -> None:
         """Lock held, the control segment is being given up: every ring it names goes."""
         for _, _, gen, e in self._entries():
             for p in range(e.config.partitions):
@@ -316,7 +321,7 @@ class ControlPlane:
     # rolls an intent forward, so a reconciler that dies is followed by
     # another that finishes its work.
 
-    def _live_entries(self) -> dict:
+    def _live_entries(self) -> dict[str, tuple[int, int, int, config.TopicConfig]]:
         """{name: (index, generation, topic_id, config)} of the LIVE topic-table entries."""
         base = self._ctl.base
         return {
@@ -325,7 +330,7 @@ class ControlPlane:
             if st == lib.SHM_TOPIC_LIVE
         }
 
-    def _reconcile_if_needed(self):
+    def _reconcile_if_needed(self) -> None:
         """Attach to a running instance: if the table and the catalog disagree
         (a topic change whose process died, a catalog damaged since), take the
         lock and reconcile. Lock-free first: it costs one read of the catalog."""
@@ -348,7 +353,7 @@ class ControlPlane:
                 e,
             )
 
-    def _reconcile_locked(self, progress=None) -> catalog.Catalog:
+    def _reconcile_locked(self, progress: ProgressWriter | None = None) -> catalog.Catalog:
         """Under the lock: completes every intent of the catalog and makes the
         table's LIVE topics exactly the catalog's; returns the catalog."""
         d = self.settings.data_dir
@@ -411,11 +416,14 @@ class ControlPlane:
         storage.empty_trash(d)
         return cat
 
-    def _restore_topic(self, name: str, cfg: config.TopicConfig, tid: int, progress=None) -> config.TopicConfig:
+    def _restore_topic(
+        self, name: str, cfg: config.TopicConfig, tid: int, progress: ProgressWriter | None = None
+    ) -> config.TopicConfig:
         """Under the lock: a table entry and rings for a catalog topic, each
         durable ring starting where its directory's records end (a directory
         that does not exist yet is made, never emptied)."""
-        bases, damage = [], {}
+        bases: list[tuple[int, int]] = []
+        damage: dict[int, storage.Damage] = {}
         for p in range(cfg.partitions):
             if cfg.persistence != "disk":
                 bases.append((0, 0))
@@ -437,7 +445,7 @@ class ControlPlane:
         return cfg
 
     @staticmethod
-    def _recover(name: str, p: int, pd: str, damage: dict) -> storage.RecoveryReport:
+    def _recover(name: str, p: int, pd: str, damage: dict[int, storage.Damage]) -> storage.RecoveryReport:
         """storage.recover_partition at restore, with quarantine (see
         storage/recovery.py, "Quarantine"): damage in partition p's files goes
         into damage[p] instead of refusing the whole instance."""
@@ -454,7 +462,9 @@ class ControlPlane:
             )
         return rep
 
-    def _apply_config(self, name, idx, gen, tid, old: config.TopicConfig, new: config.TopicConfig):
+    def _apply_config(
+        self, name: str, idx: int, gen: int, tid: int, old: config.TopicConfig, new: config.TopicConfig
+    ) -> config.TopicConfig:
         """Under the lock, A2-A3: the LIVE entry idx gets config new (new
         partitions' directories and rings first, published by the entry's
         partition count last); returns the config applied. Partitions never
@@ -470,7 +480,8 @@ class ControlPlane:
             new = msgspec.structs.replace(new, **fixed)
         if new == old:
             return new
-        made, damage = [], {}
+        made: list[str] = []
+        damage: dict[int, storage.Damage] = {}
         try:
             for p in range(old.partitions, new.partitions):
                 # a ring an interrupted alter made was never published (the
@@ -538,7 +549,7 @@ class ControlPlane:
         self._create_topic(name, cfg)
         return self.describe_topic(name)
 
-    def _create_topic(self, name: str, cfg: config.TopicConfig):
+    def _create_topic(self, name: str, cfg: config.TopicConfig) -> None:
         """Creates a validated topic here, under the lock (C1-C4: catalog.py)."""
         d = self.settings.data_dir
         with self._lock():
@@ -563,7 +574,14 @@ class ControlPlane:
             cat.topics[name] = catalog.TopicRecord(id=catalog.format_id(tid), config=cfg)
             catalog.save(d, cat)  # C4: done
 
-    def _create_entry(self, name: str, cfg: config.TopicConfig, tid: int, bases, damage=None):
+    def _create_entry(
+        self,
+        name: str,
+        cfg: config.TopicConfig,
+        tid: int,
+        bases: list[tuple[int, int]],
+        damage: dict[int, storage.Damage] | None = None,
+    ) -> None:
         """Under the lock: a topic-table entry (topic id tid) and its rings;
         bases[p] = (offset, position); damage[p]: partition p is quarantined
         (its ring is taken offline before the entry is published). The
@@ -581,7 +599,7 @@ class ControlPlane:
             )
         if idx < 0:
             raise_status(idx, f"cannot create topic {name!r}")
-        made = []
+        made: list[str] = []
         try:
             for p in range(cfg.partitions):
                 self._make_ring(name, cfg, gen[0], p, bases[p], made, (damage or {}).get(p))
@@ -598,10 +616,10 @@ class ControlPlane:
         cfg: config.TopicConfig,
         generation: int,
         p: int,
-        base,
-        made: list,
+        base: tuple[int, int],
+        made: list[str],
         damage: storage.Damage | None = None,
-    ):
+    ) -> None:
         """Under the lock: partition p's ring starting at base = (offset, position),
         offline when damage says so; made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
@@ -623,7 +641,7 @@ class ControlPlane:
         if rc != lib.SHM_OK:
             raise_status(rc, f"cannot initialise ring {rname}")
 
-    def _drop_abandoned(self, nb: bytes):
+    def _drop_abandoned(self, nb: bytes) -> None:
         """Under the lock: a CREATING entry can only be a dead creator's; remove its rings."""
         idx = lib.shm_ctl_topic_find(self._ctl.base, nb, len(nb))
         if idx < 0:
@@ -632,7 +650,7 @@ class ControlPlane:
         if lib.shm_ctl_topic_state(self._ctl.base, idx, gen) == lib.SHM_TOPIC_CREATING:
             self._drop_entry(idx, gen[0], lib.shm_ctl_topic(self._ctl.base, idx).config.partitions, False)
 
-    def _drop_entry(self, idx: int, gen: int, partitions: int, mark_deleted: bool):
+    def _drop_entry(self, idx: int, gen: int, partitions: int, mark_deleted: bool) -> None:
         """Under the lock: an entry's rings (marked deleted first, so live
         handles stop) are unlinked and the entry freed."""
         for p in range(partitions):
@@ -652,7 +670,7 @@ class ControlPlane:
         self._delete_topic(name)
         self._forget(name)
 
-    def _existing_locked(self, name: str):
+    def _existing_locked(self, name: str) -> tuple[catalog.Catalog, tuple, catalog.TopicRecord]:
         """Under the lock, after reconciling: (catalog, its table entry
         (index, generation, topic id, config), its catalog record) of a topic
         that exists, else UnknownTopicOrPartition."""
@@ -663,7 +681,7 @@ class ControlPlane:
             raise errors.UnknownTopicOrPartition(f"topic {name!r} does not exist")
         return cat, have, rec
 
-    def _delete_topic(self, name: str):
+    def _delete_topic(self, name: str) -> None:
         """Deletes a topic here, under the lock (D1-D4: catalog.py)."""
         d = self.settings.data_dir
         with self._lock():
@@ -685,7 +703,7 @@ class ControlPlane:
         "max_message_bytes",
     )
 
-    def alter_topic(self, name: str, **changes) -> TopicDescription:
+    def alter_topic(self, name: str, **changes: Any) -> TopicDescription:
         """Changes a topic's config: retention_ms, retention_bytes, fsync,
         segment_bytes, segment_ms, max_message_bytes, or partitions (grow only,
         like Kafka: the new partitions' rings are created; keys map to other
@@ -705,7 +723,7 @@ class ControlPlane:
         self._forget(name)
         return self.describe_topic(name)
 
-    def _alter_topic(self, name: str, changes: dict) -> config.TopicConfig:
+    def _alter_topic(self, name: str, changes: dict[str, Any]) -> config.TopicConfig | None:
         """Alters a topic here, under the lock (A1-A4: catalog.py); returns its new config."""
         d = self.settings.data_dir
         with self._lock():
@@ -841,7 +859,7 @@ class ControlPlane:
             )
         return r
 
-    def _forget(self, name: str):
+    def _forget(self, name: str) -> None:
         """Drops the cached handle and rings of a topic. The mappings stay until
         the producers and consumers using them let go (garbage collection
         unmaps a ShmMapping): unmapping here would pull memory from under them."""
@@ -862,18 +880,18 @@ class ControlPlane:
         self._check_open()
         return groups.describe_group(self, group)
 
-    def commit_offsets(self, group: str, offsets: dict, durable: bool = False) -> None:
+    def commit_offsets(self, group: str, offsets: dict[tuple[str, int], int], durable: bool = False) -> None:
         """Commits {(topic, partition): offset} for a group without membership
         (Kafka assign mode, tools); CommitFailed where a live member owns the partition."""
         self._check_open()
         groups.commit_offsets(self, group, offsets, durable)
 
-    def committed_offsets(self, group: str) -> dict:
+    def committed_offsets(self, group: str) -> dict[tuple[str, int], int]:
         """{(topic, partition): committed offset} of a group ({} for an unknown group)."""
         self._check_open()
         return groups.committed_offsets(self, group)
 
-    def reset_offsets(self, group: str, offsets: dict) -> None:
+    def reset_offsets(self, group: str, offsets: dict[tuple[str, int], int]) -> None:
         """Sets committed offsets of a group that has no live members; on disk on return."""
         self._check_open()
         groups.reset_offsets(self, group, offsets)
@@ -893,7 +911,7 @@ class ControlPlane:
         self._check_open()
         return offsets_snapshot.snapshot_offsets(self, if_changed_since)
 
-    def close(self):
+    def close(self) -> None:
         if self._closed:
             return
         for r in self._rings.values():
@@ -902,14 +920,14 @@ class ControlPlane:
         self._ctl.close()
         self._closed = True
 
-    def delete_all_topics(self):
+    def delete_all_topics(self) -> None:
         for name in self.list_topics():
             try:
                 self.delete_topic(name)
             except errors.UnknownTopicOrPartition:
                 pass
 
-    def destroy(self):
+    def destroy(self) -> None:
         """Deletes every topic and the control segment of this instance (tests,
         `shmlog down --purge`). Its daemons are stopped first by the caller
         (Log.destroy): a supervisor would re-create what this removes."""
@@ -921,27 +939,29 @@ class ControlPlane:
         liveness.release_tokens(self.token_prefix)
         liveness.sweep_dead(self.token_prefix)
 
-    def __enter__(self):
+    def __enter__(self) -> "ControlPlane":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
 class _Unlocker:
     __slots__ = ("base",)
 
-    def __init__(self, base):
+    def __init__(self, base: Any) -> None:
         self.base = base
 
-    def __enter__(self):
+    def __enter__(self) -> "_Unlocker":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         lib.shm_ctl_unlock(self.base)
 
 
-def _limits(max_topics, max_groups, max_members, max_offsets):
+def _limits(max_topics: int, max_groups: int, max_members: int, max_offsets: int) -> Any:
     for name, v, top in (
         ("max_topics", max_topics, 1 << 20),
         ("max_groups", max_groups, 1 << 20),

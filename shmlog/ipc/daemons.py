@@ -115,6 +115,7 @@ def up(settings: config.Settings, config_path: str | None = None, timeout: float
     started = launch.start("the supervisor", SUPERVISOR_MODULE, args, logfile, detach=True)
     try:
         st = started.wait(lambda st: st is not None and st["state"] == "ready", timeout)
+        assert st is not None  # wait returns once ready(st) holds
         return st["pid"]
     except errors.AlreadyRunning:
         return _wait_for_other(settings, timeout, logfile)  # a racing up(), or systemd's, got the lock first

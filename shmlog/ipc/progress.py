@@ -68,7 +68,8 @@ class RecoveryProgress(msgspec.Struct, frozen=True, kw_only=True):
     partition: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
-_damaged_progress_seen = {}  # path -> the damaged content last warned about (warned once, not per poll)
+# path -> the damaged content last warned about (warned once, not per poll)
+_damaged_progress_seen: dict[str, object] = {}
 
 
 def read_recovery_progress(data_dir: str) -> RecoveryProgress | None:

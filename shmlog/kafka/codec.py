@@ -19,6 +19,7 @@ import json
 import os
 import struct
 import uuid as _uuid
+from typing import Any
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "messages")
 
@@ -283,7 +284,7 @@ class Message:
         self.valid = parse_versions(self.d["validVersions"])
         self.flexible = parse_versions(self.d.get("flexibleVersions", "none"))
         self.common = {s["name"]: s for s in self.d.get("commonStructs", [])}
-        self._programs = {}
+        self._programs: dict[int, Any] = {}
 
     def is_flexible(self, version: int) -> bool:
         return _in(self.flexible, version)

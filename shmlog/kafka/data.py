@@ -463,9 +463,9 @@ class DataPath:
         fut = loop.create_future()
         self._waiters.append((fut, watch))
         if self._watcher is None:
-            self._watcher = RingWatcher(loop, self._check_waiters)
+            self._watcher = RingWatcher(loop, self._check_waiters)  # type: ignore[assignment]
         for ring, _ in watch:
-            self._watcher.watch(ring)
+            self._watcher.watch(ring)  # type: ignore[attr-defined]
         self._check_waiters()  # records that landed since the caller looked
         try:
             await asyncio.wait_for(fut, timeout_s)

@@ -68,7 +68,7 @@ class ByteBudget:
         self.limit = limit
         self.used = 0
         self.peak = 0
-        self._waiters = []
+        self._waiters: list[asyncio.Future] = []
 
     async def acquire(self, n: int, timeout_s: float) -> bool:
         """True once n bytes are reserved; False after timeout_s without room."""

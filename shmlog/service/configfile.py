@@ -38,7 +38,7 @@ from ..kafka.cli import is_loopback, parse_listen
 RESTART_POLICIES = ("always", "on-failure", "never")
 
 
-class TopicSpec(config.TopicConfig, forbid_unknown_fields=True):
+class TopicSpec(config.TopicConfig, frozen=True, forbid_unknown_fields=True):
     """A [topics.NAME] table: TopicConfig's fields and defaults, unknown keys refused."""
 
     def topic_config(self) -> config.TopicConfig:
@@ -147,21 +147,21 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
             spec.topic_config()
         except errors.ShmlogError as e:
             _bad(where, f"topics.{name}: {e}")
-    for name, spec in cfg.processes.items():
+    for name, pspec in cfg.processes.items():
         key = f"processes.{name}"
         try:
             config.validate_instance_name(name)
         except errors.InvalidArgument:
             _bad(where, f"{key}: process names use 1-64 characters of [a-zA-Z0-9._-]")
-        if not spec.argv():
+        if not pspec.argv():
             _bad(where, f"{key}.command: empty command")
-        if not 0 <= spec.replicas <= 1024:
-            _bad(where, f"{key}.replicas: {spec.replicas} is out of range [0, 1024]")
-        if spec.restart not in RESTART_POLICIES:
-            _bad(where, f"{key}.restart: {spec.restart!r} is not one of {', '.join(RESTART_POLICIES)}")
-        for k in ("backoff_ms", "backoff_max_ms", "stop_timeout_ms"):
-            if getattr(spec, k) < 0:
-                _bad(where, f"{key}.{k}: must be >= 0")
+        if not 0 <= pspec.replicas <= 1024:
+            _bad(where, f"{key}.replicas: {pspec.replicas} is out of range [0, 1024]")
+        if pspec.restart not in RESTART_POLICIES:
+            _bad(where, f"{key}.restart: {pspec.restart!r} is not one of {', '.join(RESTART_POLICIES)}")
+        for field in ("backoff_ms", "backoff_max_ms", "stop_timeout_ms"):
+            if getattr(pspec, field) < 0:
+                _bad(where, f"{key}.{field}: must be >= 0")
     return cfg
 
 

@@ -213,7 +213,7 @@ class _Partition:
                 "%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
                 self.handle.name,
                 self.partition,
-                os.strerror(e.errno),
+                os.strerror(e.errno) if e.errno is not None else e,
             )
         self.error = e.errno
         lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, e.errno)

@@ -29,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import msgspec
 
@@ -56,7 +57,7 @@ class Supervisor:
     def __init__(self, settings: config.Settings, cfg: configfile.ServiceConfig | None = None):
         self.settings = settings
         self.cfg = cfg or configfile.ServiceConfig()
-        self.plane = None
+        self.plane: Any = None  # the ControlPlane, once started (Any: None only before start())
         self.lock = threading.Lock()  # the loop and the metrics thread both read the instance
         self.lock_fd = None
         self.admin = None
@@ -65,17 +66,17 @@ class Supervisor:
         self.kafka_log = None
         self.collector = None
         self.workers = Workers(settings)
-        self.persister_proc = None
+        self.persister_proc: Any = None  # subprocess.Popen while one runs
         self.persister_started = 0
         self.persister_restarts = 0
         self.next_persister_start = 0.0
         self.stopping = False
-        self.failed_duties = set()
+        self.failed_duties: set[str] = set()
         self.offsets_seq = None  # commit sequence of the last offsets snapshot
         self.reload_wanted = False
         self.ctl_ino = None
         self.gid = None
-        self.state = None
+        self.state: Any = None  # daemons.SupervisorState once started
 
     # ------------------------------------------------------------ start
 

@@ -31,7 +31,7 @@ class Replica:
         self.started = 0.0
         self.restarts = 0
         self.backoff_s = spec.backoff_ms / 1000
-        self.next_start = 0.0  # monotonic time of the next (re)start; None: never again
+        self.next_start: float | None = 0.0  # monotonic time of the next (re)start; None: never again
         self.last_exit: int | None = None
 
     @property
@@ -131,24 +131,24 @@ class Workers:
                 self._start(r)
 
     def _stop(self, reps: list[Replica]):
-        running = [r for r in reps if r.proc is not None and r.proc.poll() is None]
-        for r in running:
+        running = [(r, r.proc) for r in reps if r.proc is not None and r.proc.poll() is None]
+        for _, proc in running:
             try:
-                os.killpg(r.proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for r in running:
+        for r, proc in running:
             try:
-                r.proc.wait(timeout=r.spec.stop_timeout_ms / 1000)
+                proc.wait(timeout=r.spec.stop_timeout_ms / 1000)
             except subprocess.TimeoutExpired:
                 logger.warning(
                     "worker %s[%d] ignored SIGTERM for %d ms: SIGKILL", r.name, r.index, r.spec.stop_timeout_ms
                 )
                 try:
-                    os.killpg(r.proc.pid, signal.SIGKILL)
+                    os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                r.proc.wait(timeout=10)
+                proc.wait(timeout=10)
         for r in reps:
             r.proc = None
             r.next_start = None

@@ -16,6 +16,7 @@ import bisect
 import logging
 import os
 import struct
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,7 @@ class PartitionLog:
     def __init__(self, path: str):
         self.dir = path
         self.segments: list[SegmentFile] = []
-        self.warned = set()
+        self.warned: set[Any] = set()
         self.refresh()
 
     def refresh(self):
@@ -345,7 +346,7 @@ def scan_frames(path: str, start_pos: int, file_from: int, expect_offset: int, e
     memory stays within two chunks whatever the file holds."""
     out = ffi.new("struct shm_scan_out *")
     ix = ffi.new("struct shm_index_state *", {"next_pos": start_pos if every else 1 << 63, "max_timestamp": max_ts})
-    chunks = []
+    chunks: list[Any] = []
     size = os.path.getsize(path)
     buf_cap = min(CHUNK, max(size - file_from + 7, 64) & ~7)  # small segments, small buffers
     buf = ffi.new("uint8_t[]", buf_cap)

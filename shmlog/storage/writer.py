@@ -10,6 +10,7 @@ a partial append behind after a failed write.
 import logging
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -51,13 +52,15 @@ class PartitionWriter:
             raise
         self.plog = PartitionLog(path)
         self.segment_bytes, self.segment_ms = segment_bytes, segment_ms
-        self.fd = self.ifd = self.tfd = None
-        self.active: SegmentFile | None = None
+        self.fd: Any = None  # int while a segment is open
+        self.ifd: Any = None
+        self.tfd: Any = None
+        self.active: Any = None  # the SegmentFile written, once open
         self.active_since = time.monotonic()
         self.ix = ffi.new("struct shm_index_state *")  # committed: what the files hold
         self.ix_scan = ffi.new("struct shm_index_state *")  # a copy run's, committed by append
         self.ix.max_timestamp = -1
-        self.end_offset = None
+        self.end_offset: int | None = None
         self.dirty = False
 
     def _open(self, seg: SegmentFile):
