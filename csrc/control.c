@@ -347,7 +347,8 @@ void shm_group_changed(struct shm_group_entry *g, int rebalanced)
     shm_store_release(&g->change_seq, g->change_seq + 1);
 }
 
-uint64_t shm_group_change_seq(const struct shm_group_entry *g)
+/* express tier (never blocks, no errno): the consumer's poll calls it once */
+uint64_t shmx_group_change_seq(const struct shm_group_entry *g)
 {
     /* acquire (G5): pairs with shm_group_changed */
     return shm_load_acquire(&g->change_seq);

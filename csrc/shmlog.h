@@ -268,8 +268,8 @@ struct shm_topic_entry {      /* 512 bytes */
  *  G5 change_seq is release-stored after every structural change of a
  *     group (rebalance, handoff, removal): a member that loads it (acquire)
  *     and sees a new value re-reads its assignment; an unchanged value means
- *     its assignment is unchanged. x86-64 loads are acquire loads, so Python
- *     may read this word through a memoryview (the consumer's hot path).
+ *     its assignment is unchanged. Python reads it only through
+ *     shmx_group_change_seq (an express call: the consumer's hot path).
  */
 #define SHM_GROUP_NAME_MAX     249
 #define SHM_MEMBER_ID_MAX      63
@@ -745,7 +745,7 @@ struct shm_offset_entry *shm_ctl_offset(void *base, uint32_t index);
 void     shm_entry_publish(uint32_t *state, uint32_t value);
 uint64_t shm_ctl_new_member_token(void *base);
 void     shm_group_changed(struct shm_group_entry *g, int rebalanced);
-uint64_t shm_group_change_seq(const struct shm_group_entry *g);
+uint64_t shmx_group_change_seq(const struct shm_group_entry *g);   /* express tier */
 void     shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms);
 int      shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset);
 #define SHM_OFFSET_KEEP      -2   /* shm_offset_set_owner: leave the committed offset as it is */

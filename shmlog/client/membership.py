@@ -21,6 +21,7 @@ from ..control.offsets_snapshot import snapshot_offsets
 from ..control.tables import (
     LIVE,
     RELEASE,
+    change_seq,
     ensure_group,
     free_entry,
     free_slot,
@@ -161,9 +162,13 @@ class Membership:
         self.token, self.gi = token, gi
         self.me = t.member(mi)
         self.gentry = t.group(gi)
-        # the hot path's one load: change_seq through a memoryview (G5: x86-64 loads acquire)
-        self.seq_view = memoryview(ffi.buffer(ffi.addressof(self.gentry, "change_seq"), 8)).cast("Q")
         self.seen_seq = -1
+
+    def changed(self) -> bool:
+        """Whether the group changed since the last sync: the poll's one load
+        of change_seq (G5, an express C call). False once closed (the log may
+        have unmapped the control segment)."""
+        return not self.closed and change_seq(self.gentry) != self.seen_seq
 
     def _fill(self, m, gi, token, subs):
         now = monotonic_ms()
@@ -207,8 +212,7 @@ class Membership:
         members keep their place until the session timeout, like Kafka."""
         if self.closed:
             return
-        self.closed = True
-        self.seq_view = (self.seen_seq,)  # the log may unmap the control segment now
+        self.closed = True  # changed() reads the control segment no more: the log may unmap it
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -273,7 +277,7 @@ class Membership:
         if self.commit_due:
             self.commit_due = False
             self._commit_quietly(self._positions(self.entries))
-        seq = self.seq_view[0]
+        seq = change_seq(self.gentry)
         if seq == self.seen_seq:
             return
         consumer = self.consumer
@@ -291,7 +295,7 @@ class Membership:
                     f"{self.instance_id.decode()!r}; this one is fenced and closed"
                 )
             self._join()
-            seq = self.seq_view[0]
+            seq = change_seq(self.gentry)
         self.seen_seq = seq
         generation = self.gentry.generation
         active, revoking = {}, []

@@ -137,6 +137,11 @@ def tables_of(log) -> Tables:
     return t
 
 
+def change_seq(g) -> int:
+    """Group entry g's change counter (G5): one acquire load, an express call."""
+    return lib.shmx_group_change_seq(g)
+
+
 def entry_name(entry, length_field="name_len", field="name") -> str:
     return ffi.unpack(getattr(entry, field), getattr(entry, length_field)).decode()
 
