@@ -93,7 +93,7 @@ int shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim,
     if (shm_robust_mutex_init(c->lock) != SHM_OK)
         return SHM_E_SYS;
     /* release: the whole header is visible to whoever reads version != 0 */
-    shm_store_release(&c->version, SHM_LAYOUT_VERSION);
+    shm_store_release(&c->version, SHM_LAYOUT_STAMP);
     return SHM_OK;
 }
 
@@ -106,7 +106,7 @@ int shm_ctl_check(const void *base, uint64_t mapped_bytes)
     uint32_t v = shm_load_acquire(&c->version);
     if (v == 0)
         return SHM_E_AGAIN;
-    if (v != SHM_LAYOUT_VERSION || c->header_bytes != sizeof(struct shm_ctl_header) ||
+    if (v != SHM_LAYOUT_STAMP || c->header_bytes != sizeof(struct shm_ctl_header) ||
         c->total_bytes != mapped_bytes || c->topics_off != sizeof(struct shm_ctl_header))
         return SHM_E_LAYOUT;
     struct shm_ctl_limits lim = {c->max_topics, c->max_groups, c->max_members, c->max_offsets};

@@ -27,7 +27,8 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    4                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine) */
+#define SHM_LAYOUT_VERSION    4                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine).
+                                                      Headers hold SHM_LAYOUT_STAMP: this number folded with the build's facts (below) */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
 #define SHM_FRAME_HEADER_BYTES 16
@@ -760,8 +761,41 @@ struct shm_layout_field {
 };
 extern const struct shm_layout_field shm_layout_fields[];
 extern const uint32_t shm_layout_field_count;
+uint32_t shm_layout_stamp(void);   /* SHM_LAYOUT_STAMP of this build (layout.c) */
 
 /* CDEF-END */
+
+/* ---------- the layout stamp (C only) ----------
+ * What a segment's header `version` word holds: SHM_LAYOUT_VERSION (the
+ * human-readable number, bits 0-7) folded with the facts of the build that
+ * change the bytes without changing this header, as LMDB's lock format does:
+ * the architecture (bits 8-11), the pointer size (bits 12-15) and
+ * sizeof(pthread_mutex_t), whose bytes sit in the segments (bits 16-23).
+ * A segment made by an incompatible build then fails shm_ctl_check /
+ * shm_ring_check (LayoutMismatch) instead of being misread. Never 0 (0 means
+ * "not yet initialised"). Python reads it through shm_layout_stamp(). */
+#include <pthread.h>
+#if defined(__x86_64__)
+#define SHM_ARCH_ID 1
+#elif defined(__aarch64__)
+#define SHM_ARCH_ID 2
+#elif defined(__i386__)
+#define SHM_ARCH_ID 3
+#elif defined(__arm__)
+#define SHM_ARCH_ID 4
+#elif defined(__powerpc64__)
+#define SHM_ARCH_ID 5
+#elif defined(__riscv)
+#define SHM_ARCH_ID 6
+#else
+#define SHM_ARCH_ID 15
+#endif
+#define SHM_LAYOUT_STAMP                                                                   \
+    ((uint32_t)SHM_LAYOUT_VERSION | (uint32_t)SHM_ARCH_ID << 8 | (uint32_t)sizeof(void *) << 12 | \
+     (uint32_t)sizeof(pthread_mutex_t) << 16)
+_Static_assert(SHM_LAYOUT_VERSION > 0 && SHM_LAYOUT_VERSION < 256, "layout version fits its byte");
+_Static_assert(sizeof(void *) < 16, "pointer size fits its nibble");
+_Static_assert(sizeof(pthread_mutex_t) < 256, "mutex size fits its byte");
 
 /* ---------- layout pins (C only) ---------- */
 _Static_assert(sizeof(struct shm_frame_header) == SHM_FRAME_HEADER_BYTES, "frame header");
