@@ -739,13 +739,26 @@ uint32_t shm_ctl_restored(const void *base);
 void     shm_ctl_set_restored(void *base);
 void     shm_ctl_set_abandoned(void *base);
 
-/* groups: tables are reached through these; structural writes under the lock (G1) */
+/* groups: tables are reached through these; every write to them is one of
+ * these functions, structural ones under the lock (G1) */
 struct shm_group_entry  *shm_ctl_group(void *base, uint32_t index);
 struct shm_member_entry *shm_ctl_member(void *base, uint32_t index);
 struct shm_offset_entry *shm_ctl_offset(void *base, uint32_t index);
 void     shm_entry_publish(uint32_t *state, uint32_t value);
 uint64_t shm_ctl_new_member_token(void *base);
+int      shm_group_init(struct shm_group_entry *g, const char *name, uint32_t name_len, uint32_t assignor);
+void     shm_group_rebalance_begin(struct shm_group_entry *g, int64_t assignor);
 void     shm_group_changed(struct shm_group_entry *g, int rebalanced);
+int      shm_member_fill(struct shm_member_entry *m, uint32_t group, uint64_t token, uint32_t pid,
+                         uint64_t start_time, uint32_t flags, int64_t now_ms, int32_t session_timeout_ms,
+                         int32_t max_poll_interval_ms, uint32_t assignor, const char *member_id,
+                         uint32_t member_id_len, const char *instance_id, uint32_t instance_id_len,
+                         const char *client_id, uint32_t client_id_len);
+int      shm_member_set_topics(struct shm_member_entry *m, const struct shm_member_topic *topics, uint32_t n);
+void     shm_offset_init(struct shm_offset_entry *e, uint32_t group, uint32_t topic, uint64_t topic_generation,
+                         uint32_t partition, int64_t committed);
+void     shm_offset_set_pending(struct shm_offset_entry *e, uint64_t pending);
+void     shm_offset_restore(struct shm_offset_entry *e, int64_t committed, int64_t commit_ms);
 uint64_t shmx_group_change_seq(const struct shm_group_entry *g);   /* express tier */
 void     shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms);
 int      shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset);
