@@ -16,9 +16,10 @@
  *
  * Groups (invariants G1-G5 in shmlog.h): the group logic (membership,
  * assignors, rebalances) is Python (shmlog/groups.py) and runs under the
- * lock; this file gives it the few operations whose atomicity matters:
- * publishing an entry, the commit CAS, the owner change, the change
- * counter and the heartbeat stores. Why G2 holds: the rebalance changes
+ * lock; this file makes every write to those tables (Python never writes a
+ * shared struct): initialising and publishing an entry, filling a member,
+ * the commit CAS, the owner and pending changes, the change counter and
+ * the heartbeat stores. Why G2 holds: the rebalance changes
  * owner only through shm_offset_set_owner, itself a pair CAS, so a commit's
  * CAS that compared (committed, owner=token) succeeded at an instant when
  * token owned the partition, and no later owner's commit can be overwritten
@@ -93,7 +94,7 @@ int shm_ctl_init(void *base, uint64_t size, const struct shm_ctl_limits *lim,
     if (shm_robust_mutex_init(c->lock) != SHM_OK)
         return SHM_E_SYS;
     /* release: the whole header is visible to whoever reads version != 0 */
-    shm_store_release(&c->version, SHM_LAYOUT_VERSION);
+    shm_store_release(&c->version, SHM_LAYOUT_STAMP);
     return SHM_OK;
 }
 
@@ -106,7 +107,7 @@ int shm_ctl_check(const void *base, uint64_t mapped_bytes)
     uint32_t v = shm_load_acquire(&c->version);
     if (v == 0)
         return SHM_E_AGAIN;
-    if (v != SHM_LAYOUT_VERSION || c->header_bytes != sizeof(struct shm_ctl_header) ||
+    if (v != SHM_LAYOUT_STAMP || c->header_bytes != sizeof(struct shm_ctl_header) ||
         c->total_bytes != mapped_bytes || c->topics_off != sizeof(struct shm_ctl_header))
         return SHM_E_LAYOUT;
     struct shm_ctl_limits lim = {c->max_topics, c->max_groups, c->max_members, c->max_offsets};
@@ -335,6 +336,35 @@ uint64_t shm_ctl_new_member_token(void *base)
     return shm_fetch_add(&CTL(base)->next_member_token, 1);
 }
 
+/* Under the lock (G1), on a FREE entry: names it, resets its counters and
+ * publishes it LIVE (release, last). change_seq keeps counting from the
+ * entry's earlier life, so it never repeats for a member holding the entry. */
+int shm_group_init(struct shm_group_entry *g, const char *name, uint32_t name_len, uint32_t assignor)
+{
+    if (name_len == 0 || name_len > SHM_GROUP_NAME_MAX)
+        return SHM_E_INVALID;
+    memset(g->name, 0, sizeof g->name);
+    memcpy(g->name, name, name_len);
+    g->name_len = name_len;
+    g->generation = g->rebalances = 0;
+    g->dirty = 0;
+    g->assignor = assignor;
+    g->created_ms = shm_now_ms();
+    g->rebalanced_ms = 0;
+    shm_entry_publish(&g->state, SHM_ENTRY_LIVE);
+    return SHM_OK;
+}
+
+/* Under the lock: a rebalance of g starts writing (dirty = 1: a lock taker
+ * that finds it set redoes the rebalance) with this assignor (< 0: keep).
+ * shm_group_changed(g, 1) ends it. */
+void shm_group_rebalance_begin(struct shm_group_entry *g, int64_t assignor)
+{
+    shm_store_relaxed(&g->dirty, 1);
+    if (assignor >= 0)
+        shm_store_relaxed(&g->assignor, (uint32_t)assignor);
+}
+
 void shm_group_changed(struct shm_group_entry *g, int rebalanced)
 {
     if (rebalanced) {
@@ -345,9 +375,95 @@ void shm_group_changed(struct shm_group_entry *g, int rebalanced)
     /* release (G5): owners, pendings and members written under the lock are
      * visible to a member whose acquire load sees the new change_seq */
     shm_store_release(&g->change_seq, g->change_seq + 1);
+    if (rebalanced)
+        shm_store_relaxed(&g->dirty, 0);   /* the rebalance is complete */
 }
 
-uint64_t shm_group_change_seq(const struct shm_group_entry *g)
+static void put_name(char *dst, uint32_t cap, const char *src, uint32_t len)
+{
+    memset(dst, 0, cap);
+    memcpy(dst, src, len);
+}
+
+/* Under the lock (G1): writes every field of member entry m but its state
+ * and topics (shm_member_set_topics); the caller publishes a FREE entry
+ * afterwards (shm_entry_publish), or refills its own LIVE one (a static
+ * member's rejoin: lock-free readers then see old or new values per field,
+ * as they do for heartbeats). heartbeat_ms/polled_ms start at now_ms
+ * (CLOCK_MONOTONIC); joined_ms is the wall clock. */
+int shm_member_fill(struct shm_member_entry *m, uint32_t group, uint64_t token, uint32_t pid, uint64_t start_time,
+                    uint32_t flags, int64_t now_ms, int32_t session_timeout_ms, int32_t max_poll_interval_ms,
+                    uint32_t assignor, const char *member_id, uint32_t member_id_len, const char *instance_id,
+                    uint32_t instance_id_len, const char *client_id, uint32_t client_id_len)
+{
+    if (member_id_len > SHM_MEMBER_ID_MAX || instance_id_len > SHM_MEMBER_ID_MAX ||
+        client_id_len >= sizeof m->client_id)
+        return SHM_E_INVALID;
+    m->group = group;
+    m->token = token;
+    m->pid = pid;
+    m->start_time = start_time;
+    m->flags = flags;
+    shm_member_beat(m, now_ms, now_ms);
+    m->joined_ms = shm_now_ms();
+    m->session_timeout_ms = session_timeout_ms;
+    m->max_poll_interval_ms = max_poll_interval_ms;
+    m->assignor = assignor;
+    put_name(m->member_id, sizeof m->member_id, member_id, member_id_len);
+    m->member_id_len = member_id_len;
+    put_name(m->instance_id, sizeof m->instance_id, instance_id, instance_id_len);
+    m->instance_id_len = instance_id_len;
+    put_name(m->client_id, sizeof m->client_id, client_id, client_id_len);
+    return SHM_OK;
+}
+
+/* Under the lock (G1): the member's subscription, as resolved now. A
+ * rebalance (by the caller, same lock hold) reads it. */
+int shm_member_set_topics(struct shm_member_entry *m, const struct shm_member_topic *topics, uint32_t n)
+{
+    if (n > SHM_MEMBER_TOPICS)
+        return SHM_E_INVALID;
+    memcpy(m->topics, topics, n * sizeof *topics);
+    m->n_topics = n;
+    return SHM_OK;
+}
+
+/* Under the lock (G1), on a FREE entry: (group, topic, generation,
+ * partition) with no owner, no pending move and committed offset committed
+ * (-1: none), published LIVE last (release). */
+void shm_offset_init(struct shm_offset_entry *e, uint32_t group, uint32_t topic, uint64_t topic_generation,
+                     uint32_t partition, int64_t committed)
+{
+    e->group = group;
+    e->topic = topic;
+    e->topic_generation = topic_generation;
+    e->partition = partition;
+    e->pending = 0;
+    e->commit_ms = 0;
+    e->commits = 0;
+    shm_offset_set_owner(e, 0, committed);
+    shm_entry_publish(&e->state, SHM_ENTRY_LIVE);
+}
+
+/* Under the lock (G1, G4): the token the partition moves to,
+ * SHM_OWNER_RELEASE, or 0. Relaxed: a member acts on it after the acquire
+ * load of change_seq that shm_group_changed releases after it, and
+ * re-checks it under the lock before it hands over. */
+void shm_offset_set_pending(struct shm_offset_entry *e, uint64_t pending)
+{
+    shm_store_relaxed(&e->pending, pending);
+}
+
+/* Under the lock, restoring the snapshot into a new control segment: no
+ * owner, committed offset and its time as the snapshot holds them. */
+void shm_offset_restore(struct shm_offset_entry *e, int64_t committed, int64_t commit_ms)
+{
+    shm_offset_set_owner(e, 0, committed);
+    shm_store_relaxed(&e->commit_ms, commit_ms);
+}
+
+/* express tier (never blocks, no errno): the consumer's poll calls it once */
+uint64_t shmx_group_change_seq(const struct shm_group_entry *g)
 {
     /* acquire (G5): pairs with shm_group_changed */
     return shm_load_acquire(&g->change_seq);

@@ -1,7 +1,8 @@
 /* layout.c — the C compiler's word on every shared struct's size and field
  * offsets, exported as a table so Python can prove its view (cffi's, built
  * from the same header) agrees. Every named field of every shared struct is
- * listed (tests/test_layout.py fails when one is missing). Owns nothing else. */
+ * listed (tests/test_layout.py fails when one is missing); and this build's layout
+ * stamp (SHM_LAYOUT_STAMP, shmlog.h). Owns nothing else. */
 #include "shmlog.h"
 
 #define F(type, field) {#type "." #field, offsetof(struct type, field), sizeof(((struct type *)0)->field)}
@@ -67,3 +68,5 @@ const struct shm_layout_field shm_layout_fields[] = {
     F(shm_offset_entry, commit_ms), F(shm_offset_entry, commits),
 };
 const uint32_t shm_layout_field_count = sizeof shm_layout_fields / sizeof shm_layout_fields[0];
+
+uint32_t shm_layout_stamp(void) { return SHM_LAYOUT_STAMP; }

@@ -102,7 +102,7 @@ int shm_ring_init(void *base, uint64_t capacity, uint64_t topic_generation, uint
     if (shm_robust_mutex_init(h->seal_lock) != SHM_OK)
         return SHM_E_SYS;
     /* release: every field above is visible to whoever reads version != 0 */
-    shm_store_release(&h->version, SHM_LAYOUT_VERSION);
+    shm_store_release(&h->version, SHM_LAYOUT_STAMP);
     return SHM_OK;
 }
 
@@ -117,7 +117,7 @@ int shm_ring_check(const void *base, uint64_t mapped_bytes)
     uint32_t v = shm_load_acquire(&h->version);
     if (v == 0)
         return SHM_E_AGAIN;
-    if (v != SHM_LAYOUT_VERSION || h->header_bytes != SHM_RING_HEADER_BYTES ||
+    if (v != SHM_LAYOUT_STAMP || h->header_bytes != SHM_RING_HEADER_BYTES ||
         h->total_bytes != mapped_bytes || h->capacity + SHM_RING_HEADER_BYTES != mapped_bytes ||
         (h->capacity & (h->capacity - 1)))
         return SHM_E_LAYOUT;

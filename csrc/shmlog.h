@@ -27,7 +27,8 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    4                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine) */
+#define SHM_LAYOUT_VERSION    4                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine).
+                                                      Headers hold SHM_LAYOUT_STAMP: this number folded with the build's facts (below) */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
 #define SHM_FRAME_HEADER_BYTES 16
@@ -268,8 +269,8 @@ struct shm_topic_entry {      /* 512 bytes */
  *  G5 change_seq is release-stored after every structural change of a
  *     group (rebalance, handoff, removal): a member that loads it (acquire)
  *     and sees a new value re-reads its assignment; an unchanged value means
- *     its assignment is unchanged. x86-64 loads are acquire loads, so Python
- *     may read this word through a memoryview (the consumer's hot path).
+ *     its assignment is unchanged. Python reads it only through
+ *     shmx_group_change_seq (an express call: the consumer's hot path).
  */
 #define SHM_GROUP_NAME_MAX     249
 #define SHM_MEMBER_ID_MAX      63
@@ -738,14 +739,27 @@ uint32_t shm_ctl_restored(const void *base);
 void     shm_ctl_set_restored(void *base);
 void     shm_ctl_set_abandoned(void *base);
 
-/* groups: tables are reached through these; structural writes under the lock (G1) */
+/* groups: tables are reached through these; every write to them is one of
+ * these functions, structural ones under the lock (G1) */
 struct shm_group_entry  *shm_ctl_group(void *base, uint32_t index);
 struct shm_member_entry *shm_ctl_member(void *base, uint32_t index);
 struct shm_offset_entry *shm_ctl_offset(void *base, uint32_t index);
 void     shm_entry_publish(uint32_t *state, uint32_t value);
 uint64_t shm_ctl_new_member_token(void *base);
+int      shm_group_init(struct shm_group_entry *g, const char *name, uint32_t name_len, uint32_t assignor);
+void     shm_group_rebalance_begin(struct shm_group_entry *g, int64_t assignor);
 void     shm_group_changed(struct shm_group_entry *g, int rebalanced);
-uint64_t shm_group_change_seq(const struct shm_group_entry *g);
+int      shm_member_fill(struct shm_member_entry *m, uint32_t group, uint64_t token, uint32_t pid,
+                         uint64_t start_time, uint32_t flags, int64_t now_ms, int32_t session_timeout_ms,
+                         int32_t max_poll_interval_ms, uint32_t assignor, const char *member_id,
+                         uint32_t member_id_len, const char *instance_id, uint32_t instance_id_len,
+                         const char *client_id, uint32_t client_id_len);
+int      shm_member_set_topics(struct shm_member_entry *m, const struct shm_member_topic *topics, uint32_t n);
+void     shm_offset_init(struct shm_offset_entry *e, uint32_t group, uint32_t topic, uint64_t topic_generation,
+                         uint32_t partition, int64_t committed);
+void     shm_offset_set_pending(struct shm_offset_entry *e, uint64_t pending);
+void     shm_offset_restore(struct shm_offset_entry *e, int64_t committed, int64_t commit_ms);
+uint64_t shmx_group_change_seq(const struct shm_group_entry *g);   /* express tier */
 void     shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms);
 int      shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset);
 #define SHM_OFFSET_KEEP      -2   /* shm_offset_set_owner: leave the committed offset as it is */
@@ -760,8 +774,41 @@ struct shm_layout_field {
 };
 extern const struct shm_layout_field shm_layout_fields[];
 extern const uint32_t shm_layout_field_count;
+uint32_t shm_layout_stamp(void);   /* SHM_LAYOUT_STAMP of this build (layout.c) */
 
 /* CDEF-END */
+
+/* ---------- the layout stamp (C only) ----------
+ * What a segment's header `version` word holds: SHM_LAYOUT_VERSION (the
+ * human-readable number, bits 0-7) folded with the facts of the build that
+ * change the bytes without changing this header, as LMDB's lock format does:
+ * the architecture (bits 8-11), the pointer size (bits 12-15) and
+ * sizeof(pthread_mutex_t), whose bytes sit in the segments (bits 16-23).
+ * A segment made by an incompatible build then fails shm_ctl_check /
+ * shm_ring_check (LayoutMismatch) instead of being misread. Never 0 (0 means
+ * "not yet initialised"). Python reads it through shm_layout_stamp(). */
+#include <pthread.h>
+#if defined(__x86_64__)
+#define SHM_ARCH_ID 1
+#elif defined(__aarch64__)
+#define SHM_ARCH_ID 2
+#elif defined(__i386__)
+#define SHM_ARCH_ID 3
+#elif defined(__arm__)
+#define SHM_ARCH_ID 4
+#elif defined(__powerpc64__)
+#define SHM_ARCH_ID 5
+#elif defined(__riscv)
+#define SHM_ARCH_ID 6
+#else
+#define SHM_ARCH_ID 15
+#endif
+#define SHM_LAYOUT_STAMP                                                                   \
+    ((uint32_t)SHM_LAYOUT_VERSION | (uint32_t)SHM_ARCH_ID << 8 | (uint32_t)sizeof(void *) << 12 | \
+     (uint32_t)sizeof(pthread_mutex_t) << 16)
+_Static_assert(SHM_LAYOUT_VERSION > 0 && SHM_LAYOUT_VERSION < 256, "layout version fits its byte");
+_Static_assert(sizeof(void *) < 16, "pointer size fits its nibble");
+_Static_assert(sizeof(pthread_mutex_t) < 256, "mutex size fits its byte");
 
 /* ---------- layout pins (C only) ---------- */
 _Static_assert(sizeof(struct shm_frame_header) == SHM_FRAME_HEADER_BYTES, "frame header");

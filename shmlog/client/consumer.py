@@ -322,7 +322,7 @@ class Consumer:
         g = self._group
         if g is not None:
             g.polled = True
-            if g.seq_view[0] != g.seen_seq or g.commit_due:
+            if g.commit_due or g.changed():
                 g.sync()
         if self._error is not None:
             err, self._error = self._error, None
@@ -820,7 +820,7 @@ class Consumer:
         g = self._group
         if g is not None:
             g.polled = True
-            if g.seq_view[0] != g.seen_seq or g.commit_due:
+            if g.commit_due or g.changed():
                 g.sync()
         pi = self._pi
         if pi < len(self._pending):

@@ -10,25 +10,37 @@ a partition it no longer owns (groups.py fences it).
 import inspect
 import logging
 import threading
-import time
 import uuid
 
 from .. import errors, liveness
-from .._native import ffi, lib
 from ..control.assignors import ASSIGNORS, EAGER
 from ..control.groups import check_offset, finish_dirty, reap, rebalance
 from ..control.offsets_snapshot import snapshot_offsets
 from ..control.tables import (
     LIVE,
+    MEMBER_TOPICS,
     RELEASE,
+    change_seq,
+    commit,
     ensure_group,
     free_entry,
     free_slot,
+    group_changed,
+    member_beat,
+    member_fill,
+    member_topics,
     monotonic_ms,
+    new_member_token,
     offset_index,
+    publish,
+    same_instance,
+    set_member_topics,
+    set_owner,
+    set_pending,
     short_name,
     tables_of,
     topic_of,
+    topics_epoch,
     validate_group_name,
 )
 
@@ -83,8 +95,8 @@ class Membership:
         topics = list(dict.fromkeys(topics or []))
         if not topics:
             raise errors.InvalidArgument("a group consumer needs topics=[...] to subscribe to")
-        if len(topics) > lib.SHM_MEMBER_TOPICS:
-            raise errors.InvalidArgument(f"a member subscribes to at most {lib.SHM_MEMBER_TOPICS} topics")
+        if len(topics) > MEMBER_TOPICS:
+            raise errors.InvalidArgument(f"a member subscribes to at most {MEMBER_TOPICS} topics")
         self.log, self.consumer, self.topics = log, consumer, topics
         self.session_ms, self.beat_ms = session_timeout_ms, heartbeat_interval_ms
         self.max_poll_ms = max_poll_interval_ms
@@ -100,7 +112,7 @@ class Membership:
         self.seen_generation = -1
         self.polled = True  # set by every poll, cleared by the heartbeat thread
         self.commit_due = False
-        self.topics_epoch = lib.shm_ctl_epoch(log._ctl.base)
+        self.topics_epoch = topics_epoch(log)
         self.closed = False
         self.pid, self.start_time = liveness.ensure_token(log.token_prefix)
         self._join()
@@ -131,23 +143,21 @@ class Membership:
                     "every member must use the same partition_assignment_strategy"
                 )
             mi = self._static_entry(others)
-            token = lib.shm_ctl_new_member_token(log._ctl.base)
+            token = new_member_token(log)
             if mi >= 0:
                 # static member back within its session: same entry and partitions, new token
                 m = t.member(mi)
                 old = m.token
-                same_subs = [
-                    (m.topics[k].index, m.topics[k].partitions, m.topics[k].generation) for k in range(m.n_topics)
-                ] == subs
+                same_subs = member_topics(m) == subs
                 self._fill(m, gi, token, subs)
                 for i in t.group_offsets(gi).tolist():
                     e = t.offset(i)
                     if e.owner == old:
-                        lib.shm_offset_set_owner(e, token, lib.SHM_OFFSET_KEEP)
+                        set_owner(e, token)
                     if e.pending == old:
-                        e.pending = token
+                        set_pending(e, token)
                 if same_subs:
-                    lib.shm_group_changed(g, 0)
+                    group_changed(g)
                 else:
                     rebalance(log, gi)
             else:
@@ -156,35 +166,40 @@ class Membership:
                 )
                 m = t.member(mi)
                 self._fill(m, gi, token, subs)
-                lib.shm_entry_publish(ffi.addressof(m, "state"), LIVE)
+                publish(m)
                 rebalance(log, gi)
         self.token, self.gi = token, gi
         self.me = t.member(mi)
         self.gentry = t.group(gi)
-        # the hot path's one load: change_seq through a memoryview (G5: x86-64 loads acquire)
-        self.seq_view = memoryview(ffi.buffer(ffi.addressof(self.gentry, "change_seq"), 8)).cast("Q")
         self.seen_seq = -1
+
+    def changed(self) -> bool:
+        """Whether the group changed since the last sync: the poll's one load
+        of change_seq (G5, an express C call). False once closed (the log may
+        have unmapped the control segment)."""
+        return not self.closed and change_seq(self.gentry) != self.seen_seq
 
     def _fill(self, m, gi, token, subs):
         now = monotonic_ms()
         member_id = (
             self.instance_id.decode() if self.instance_id else f"{self.client_id.decode()}-{uuid.uuid4().hex[:20]}"
         )
-        mid = member_id.encode()
-        m.group, m.token, m.pid, m.start_time = gi, token, self.pid, self.start_time
-        m.flags = lib.SHM_MEMBER_STATIC if self.instance_id else 0
-        m.heartbeat_ms = m.polled_ms = now
-        m.joined_ms = int(time.time() * 1000)
-        m.session_timeout_ms, m.max_poll_interval_ms, m.assignor = self.session_ms, self.max_poll_ms, self.assignor
-        ffi.memmove(m.member_id, mid + b"\0" * (64 - len(mid)), 64)
-        m.member_id_len = len(mid)
-        iid = self.instance_id or b""
-        ffi.memmove(m.instance_id, iid + b"\0" * (64 - len(iid)), 64)
-        m.instance_id_len = len(iid)
-        ffi.memmove(m.client_id, self.client_id + b"\0" * (64 - len(self.client_id)), 64)
-        m.n_topics = len(subs)
-        for k, (ti, n, tg) in enumerate(subs):
-            m.topics[k].index, m.topics[k].partitions, m.topics[k].generation = ti, n, tg
+        member_fill(
+            m,
+            gi,
+            token,
+            self.pid,
+            self.start_time,
+            self.instance_id is not None,
+            now,
+            self.session_ms,
+            self.max_poll_ms,
+            self.assignor,
+            member_id.encode(),
+            self.instance_id or b"",
+            self.client_id,
+        )
+        set_member_topics(m, subs)
         self.member_id = member_id
 
     def _static_entry(self, members) -> int:
@@ -192,11 +207,7 @@ class Membership:
         t, iid = self.t, self.instance_id
         if iid is None:
             return -1
-        same = [
-            i
-            for i in members
-            if t.member(i).instance_id_len == len(iid) and ffi.unpack(t.member(i).instance_id, len(iid)) == iid
-        ]
+        same = [i for i in members if same_instance(t.member(i), iid)]
         return same[0] if same else -1
 
     def _still_member(self) -> bool:
@@ -207,8 +218,7 @@ class Membership:
         members keep their place until the session timeout, like Kafka."""
         if self.closed:
             return
-        self.closed = True
-        self.seq_view = (self.seen_seq,)  # the log may unmap the control segment now
+        self.closed = True  # changed() reads the control segment no more: the log may unmap it
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -228,11 +238,11 @@ class Membership:
                 polled = now if self.polled else -1
                 self.polled = False
                 if self._still_member():
-                    lib.shm_member_beat(self.me, now, polled)
+                    member_beat(self.me, now, polled)
                 if self.auto_commit and now - last_commit >= self.auto_commit_ms:
                     self.commit_due, last_commit = True, now
                 reap(self.log, self.gi, spare=self.token)
-                epoch = lib.shm_ctl_epoch(self.log._ctl.base)
+                epoch = topics_epoch(self.log)
                 if epoch != self.topics_epoch:
                     self.topics_epoch = epoch
                     self._follow_topics()
@@ -256,11 +266,8 @@ class Membership:
         with self.log._lock():
             if not self._still_member():
                 return
-            cur = [(m.topics[k].index, m.topics[k].partitions, m.topics[k].generation) for k in range(m.n_topics)]
-            if cur != subs:
-                m.n_topics = len(subs)
-                for k, (ti, n, tg) in enumerate(subs):
-                    m.topics[k].index, m.topics[k].partitions, m.topics[k].generation = ti, n, tg
+            if member_topics(m) != subs:
+                set_member_topics(m, subs)
                 rebalance(self.log, self.gi)
 
     # ---------------------------------------------------------- the poll thread
@@ -273,7 +280,7 @@ class Membership:
         if self.commit_due:
             self.commit_due = False
             self._commit_quietly(self._positions(self.entries))
-        seq = self.seq_view[0]
+        seq = change_seq(self.gentry)
         if seq == self.seen_seq:
             return
         consumer = self.consumer
@@ -291,7 +298,7 @@ class Membership:
                     f"{self.instance_id.decode()!r}; this one is fenced and closed"
                 )
             self._join()
-            seq = self.seq_view[0]
+            seq = change_seq(self.gentry)
         self.seen_seq = seq
         generation = self.gentry.generation
         active, revoking = {}, []
@@ -339,9 +346,9 @@ class Membership:
                 for i in revoking:
                     e = t.offset(i)
                     if e.owner == self.token and e.pending != 0:
-                        lib.shm_offset_set_owner(e, 0 if e.pending == RELEASE else e.pending, lib.SHM_OFFSET_KEEP)
-                        e.pending = 0
-                lib.shm_group_changed(self.gentry, 0)
+                        set_owner(e, 0 if e.pending == RELEASE else e.pending)
+                        set_pending(e, 0)
+                group_changed(self.gentry)
         if added:
             starts = []
             for tp in added:
@@ -376,7 +383,6 @@ class Membership:
 
     def commit(self, offsets: dict, durable: bool = False):
         """Fenced commit (G2) of {(topic, partition): next offset}."""
-        base = self.log._ctl.base
         todo = []
         for tp, off in offsets.items():
             i = self.entries.get(tp)
@@ -395,11 +401,7 @@ class Membership:
                 )
             check_offset(self.log, tp[0], tp[1], off)
             todo.append((tp, i, off))
-        fenced = [
-            tp
-            for tp, i, off in todo
-            if lib.shm_offset_commit(base, self.t.offset(i), self.token, off) == lib.SHM_E_FENCED
-        ]
+        fenced = [tp for tp, i, off in todo if not commit(self.log, self.t.offset(i), self.token, off)]
         if fenced:
             raise errors.CommitFailed(
                 f"group {self.group!r} moved {fenced} to another member (this member was removed or the "

@@ -22,19 +22,26 @@ import msgspec
 import numpy as np
 
 from .. import errors
-from .._native import ffi, lib
 from .assignors import ASSIGN, ASSIGNORS
 from .offsets_snapshot import snapshot_offsets
 from .tables import (
     LIVE,
+    MEMBER_STATIC,
     RELEASE,
+    commit,
     ensure_group,
     entry_name,
     free_entry,
+    group_changed,
     group_entries,
+    member_alive,
+    member_client_id,
     monotonic_ms,
     new_offset_entry,
     offset_index,
+    rebalance_begin,
+    set_owner,
+    set_pending,
     tables_of,
     topic_of,
     validate_group_name,
@@ -46,7 +53,6 @@ def rebalance(log, gi: int):
     Idempotent, so a holder that died half way is finished by the next one."""
     t = tables_of(log)
     g = t.group(gi)
-    g.dirty = 1
     members = {}
     for mi in t.group_members(gi).tolist():
         m = t.member(mi)
@@ -64,8 +70,8 @@ def rebalance(log, gi: int):
             if found:
                 topics[found[0]] = (st.index, st.generation, found[1])
                 subs[mid].add(found[0])
-    if order:
-        g.assignor = members[order[0]].assignor
+    # reads above, writes from here: a holder that dies before the end leaves dirty set
+    rebalance_begin(g, members[order[0]].assignor if order else -1)
     assignor = ASSIGNORS[g.assignor]
     index = offset_index(t)
     entry_of = {}
@@ -85,24 +91,23 @@ def rebalance(log, gi: int):
         e = t.offset(i)
         target = token_of[new[tp]] if tp in new else 0
         if e.owner in member_of:
-            e.pending = 0 if e.owner == target else (target or RELEASE)
+            set_pending(e, 0 if e.owner == target else (target or RELEASE))
         else:
-            lib.shm_offset_set_owner(e, target, lib.SHM_OFFSET_KEEP)
-            e.pending = 0
+            set_owner(e, target)
+            set_pending(e, 0)
     kept = set(entry_of.values())
     for i in t.group_offsets(gi).tolist():
         if i in kept:
             continue
         e = t.offset(i)
         if e.owner in member_of:
-            e.pending = RELEASE  # its owner gives it up on its next poll
+            set_pending(e, RELEASE)  # its owner gives it up on its next poll
         else:
-            lib.shm_offset_set_owner(e, 0, lib.SHM_OFFSET_KEEP)
-            e.pending = 0
+            set_owner(e, 0)
+            set_pending(e, 0)
             if topic_of(log, e.topic, e.topic_generation) is None:
                 free_entry(e)  # the topic is gone, and its offsets with it
-    lib.shm_group_changed(g, 1)
-    g.dirty = 0
+    group_changed(g, rebalanced=True)  # clears dirty after the change_seq release
 
 
 def finish_dirty(log):
@@ -119,7 +124,7 @@ def _member_dead(log, m, now: int) -> str | None:
         return "session timeout"
     if now - m.polled_ms > m.max_poll_interval_ms:
         return "max poll interval exceeded"
-    if not (m.flags & lib.SHM_MEMBER_STATIC) and not lib.shm_process_alive(log.token_prefix_c, m.pid, m.start_time):
+    if not (m.flags & MEMBER_STATIC) and not member_alive(log, m):
         return "process died"
     return None
 
@@ -139,7 +144,7 @@ def reap(log, group: int | None = None, spare: int = 0) -> int:
         & (
             (now - m["heartbeat_ms"] > m["session_timeout_ms"])
             | (now - m["polled_ms"] > m["max_poll_interval_ms"])
-            | ((m["flags"] & lib.SHM_MEMBER_STATIC) == 0)
+            | ((m["flags"] & MEMBER_STATIC) == 0)
         )
     )[0].tolist()
     suspects = [i for i in cand if _member_dead(log, t.member(i), now)]
@@ -231,7 +236,7 @@ def describe_group(log, group: str) -> GroupDescription:
         MemberDescription(
             mid,
             entry_name(m, "instance_id_len", "instance_id") if m.instance_id_len else None,
-            ffi.string(m.client_id).decode(),
+            member_client_id(m),
             m.pid,
             by_token[m.token][1],
         )
@@ -291,11 +296,7 @@ def commit_offsets(log, group: str, offsets: dict, durable: bool = False):
     with log._lock():
         gi = ensure_group(log, group)
         todo = _entries_for(log, gi, todo)
-    fenced = [
-        (tp, p)
-        for i, tp, p, off in todo
-        if lib.shm_offset_commit(log._ctl.base, t.offset(i), 0, off) == lib.SHM_E_FENCED
-    ]
+    fenced = [(tp, p) for i, tp, p, off in todo if not commit(log, t.offset(i), 0, off)]
     if fenced:
         raise errors.CommitFailed(
             f"group {group!r}: partitions {fenced} are owned by live members; commit from the member that owns them"
@@ -322,7 +323,7 @@ def reset_offsets(log, group: str, offsets: dict):
         if len(t.group_members(gi)):
             raise errors.GroupNotEmpty(f"group {group!r} has live members; stop them before resetting offsets")
         for i, _, _, off in _entries_for(log, gi, todo):
-            lib.shm_offset_set_owner(t.offset(i), 0, off)
+            set_owner(t.offset(i), 0, off)
     snapshot_offsets(log)
 
 

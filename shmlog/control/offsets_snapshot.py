@@ -16,15 +16,17 @@ import msgspec
 import numpy as np
 
 from .. import config, errors, safefile, storage
-from .._native import ffi, lib
 from .ring_map import Ring
 from .tables import (
     LIVE,
+    commit_seq,
     ensure_group,
     entry_name,
     group_entries,
+    live_topic,
     new_offset_entry,
     offset_index,
+    restore_offset,
     tables_of,
     validate_group_name,
 )
@@ -45,14 +47,14 @@ def snapshot_offsets(log, if_changed_since: int | None = None) -> int:
     it, so a later file never holds older offsets than an earlier one."""
     import fcntl
 
-    seq = lib.shm_ctl_commit_seq(log._ctl.base)
+    seq = commit_seq(log)
     if if_changed_since is not None and seq == if_changed_since:
         return seq
     meta = _meta(log)
     fd = safefile.open_rw(os.path.join(meta, "offsets.lock"))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        seq = lib.shm_ctl_commit_seq(log._ctl.base)
+        seq = commit_seq(log)
         t = tables_of(log)
         groups = {}
         for gi in np.nonzero(t.groups["state"] == LIVE)[0].tolist():
@@ -122,31 +124,25 @@ def restore_offsets(log):
     path = os.path.join(log.settings.data_dir, "meta", SNAPSHOT)
     snap = _read_snapshot(path)
     t = tables_of(log)
-    base = log._ctl.base
-    gen = ffi.new("uint64_t *")
     for group, rows in snap.items():
         gi = ensure_group(log, group)
         index = offset_index(t)
         for topic, p, off, commit_ms in rows:
-            nb = topic.encode()
-            ti = lib.shm_ctl_topic_find(base, nb, len(nb))  # no topic_handle: it may lock
-            if ti < 0 or lib.shm_ctl_topic_state(base, ti, gen) != lib.SHM_TOPIC_LIVE:
+            found = live_topic(log, topic)  # no topic_handle: it may lock
+            if found is None or p >= found[2]:
                 continue
-            if p >= lib.shm_ctl_topic(base, ti).config.partitions:
-                continue
+            ti, gen = found[:2]
             # A commit past the restored end covered records that were only in
             # the ring (a member reads them before the persister copies them):
             # they are gone and their offsets go to new records, so the group
             # resumes at the truncation point (Kafka's KIP-320), never past
             # new records nor reset to auto_offset_reset (chaos seed 200)
-            off = min(off, _restored_end(log, topic, gen[0], p))
-            key = (gi, ti, gen[0], p)
+            off = min(off, _restored_end(log, topic, gen, p))
+            key = (gi, ti, gen, p)
             i = index.get(key)
             if i is None:
                 i = index[key] = new_offset_entry(t, key, off)
-            else:
-                lib.shm_offset_set_owner(t.offset(i), 0, max(off, t.offset(i).committed))
-            t.offset(i).commit_ms = commit_ms
+            restore_offset(t.offset(i), max(off, t.offset(i).committed), commit_ms)
 
 
 def _restored_end(log, topic: str, generation: int, partition: int) -> int:

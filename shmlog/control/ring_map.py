@@ -100,6 +100,18 @@ class Ring:
     def deleted(self) -> bool:
         return bool(lib.shm_ring_counter(self.base, lib.SHM_COUNTER_DELETED))
 
+    def persisted(self):
+        """(persisted position, fsynced position): how far the persister copied and fsynced."""
+        return (
+            lib.shm_ring_counter(self.base, lib.SHM_COUNTER_PERSISTED),
+            lib.shm_ring_counter(self.base, lib.SHM_COUNTER_FSYNCED),
+        )
+
+    def seal_dead(self, token_prefix_c, free_slots: bool) -> int:
+        """Seals the writes that dead producers left reserved (writable handle);
+        free_slots also frees their slots. Returns how many were sealed."""
+        return lib.shm_ring_seal_dead(self.h, token_prefix_c, int(free_slots))
+
     def offline(self):
         """(kind, position, offset) of the damage when the partition is
         quarantined (storage/recovery.py, "Quarantine"), else None."""

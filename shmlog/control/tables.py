@@ -2,10 +2,14 @@
 as Python sees them (layout and invariants G1-G5 in csrc/shmlog.h).
 
 Owns: numpy views of the three tables, group-id and member-id validation,
-finding and allocating entries (under the control lock, by the caller), and
-the constants the group code shares (entry states, the release marker).
-Must never: take the lock itself or decide anything about ownership
-(groups.py rebalances; client/membership.py joins and leaves).
+finding and allocating entries (under the control lock, by the caller), the
+constants the group code shares (entry states, the release marker), and the
+group code's one door to the C core: every write to these tables is a call
+here to a csrc/control.c function (groups.py, offsets_snapshot.py and
+client/membership.py touch neither ffi nor lib functions).
+Must never: take the lock itself, decide anything about ownership
+(groups.py rebalances; client/membership.py joins and leaves), or assign a
+field of a shared struct from Python.
 """
 
 import time
@@ -19,6 +23,9 @@ from .assignors import ASSIGNORS
 GROUP_NAME_MAX = lib.SHM_GROUP_NAME_MAX
 LIVE = lib.SHM_ENTRY_LIVE
 RELEASE = lib.SHM_OWNER_RELEASE
+KEEP = lib.SHM_OFFSET_KEEP  # set_owner: leave the committed offset as it is
+MEMBER_STATIC = lib.SHM_MEMBER_STATIC
+MEMBER_TOPICS = lib.SHM_MEMBER_TOPICS
 
 
 def monotonic_ms() -> int:
@@ -137,6 +144,11 @@ def tables_of(log) -> Tables:
     return t
 
 
+def change_seq(g) -> int:
+    """Group entry g's change counter (G5): one acquire load, an express call."""
+    return lib.shmx_group_change_seq(g)
+
+
 def entry_name(entry, length_field="name_len", field="name") -> str:
     return ffi.unpack(getattr(entry, field), getattr(entry, length_field)).decode()
 
@@ -163,15 +175,8 @@ def ensure_group(log, name: str) -> int:
         "group",
         "delete unused groups (`shmlog group delete`) or recreate the instance with a larger max_groups",
     )
-    g = t.group(gi)
     nb = name.encode()
-    ffi.memmove(g.name, nb + b"\0" * (256 - len(nb)), 256)
-    g.name_len = len(nb)
-    g.generation = g.rebalances = g.dirty = 0
-    g.assignor = ASSIGNORS.index("cooperative-sticky")
-    g.created_ms = int(time.time() * 1000)
-    g.rebalanced_ms = 0
-    lib.shm_entry_publish(ffi.addressof(g, "state"), LIVE)
+    _check(lib.shm_group_init(t.group(gi), nb, len(nb), ASSIGNORS.index("cooperative-sticky")), "group init")
     return gi
 
 
@@ -200,18 +205,141 @@ def new_offset_entry(t: Tables, key, committed: int = -1) -> int:
     i = free_slot(
         t.offsets, "committed-offset", "delete unused groups or recreate the instance with a larger max_offsets"
     )
-    e = t.offset(i)
-    e.group, e.topic, e.topic_generation, e.partition = key
-    e.pending = 0
-    e.commit_ms = 0
-    e.commits = 0
-    lib.shm_offset_set_owner(e, 0, committed)
-    lib.shm_entry_publish(ffi.addressof(e, "state"), LIVE)
+    lib.shm_offset_init(t.offset(i), *key, committed)
     return i
+
+
+def publish(entry):
+    """Lock held: a filled FREE entry becomes LIVE (release, last)."""
+    lib.shm_entry_publish(ffi.addressof(entry, "state"), LIVE)
 
 
 def free_entry(entry):
     lib.shm_entry_publish(ffi.addressof(entry, "state"), lib.SHM_ENTRY_FREE)
+
+
+def _check(rc, what):
+    if rc != lib.SHM_OK:
+        from .._native import raise_status
+
+        raise_status(rc, what)
+
+
+# groups
+
+
+def rebalance_begin(g, assignor: int = -1):
+    """Lock held: g's rebalance starts writing (dirty), with this assignor (-1: keep)."""
+    lib.shm_group_rebalance_begin(g, assignor)
+
+
+def group_changed(g, rebalanced: bool = False):
+    """Lock held: bumps change_seq (G5); a rebalance also bumps the generation and clears dirty."""
+    lib.shm_group_changed(g, 1 if rebalanced else 0)
+
+
+# members
+
+
+def new_member_token(log) -> int:
+    return lib.shm_ctl_new_member_token(log._ctl.base)
+
+
+def member_fill(m, gi, token, pid, start_time, static, now_ms, session_ms, max_poll_ms, assignor, mid, iid, cid):
+    """Lock held: every field of member entry m but state and topics (C: shm_member_fill)."""
+    flags = MEMBER_STATIC if static else 0
+    rc = lib.shm_member_fill(
+        m,
+        gi,
+        token,
+        pid,
+        start_time,
+        flags,
+        now_ms,
+        session_ms,
+        max_poll_ms,
+        assignor,
+        mid,
+        len(mid),
+        iid,
+        len(iid),
+        cid,
+        len(cid),
+    )
+    _check(rc, "member fill")
+
+
+def member_topics(m) -> list:
+    """[(topic index, partitions, topic generation)] a member subscribed to."""
+    return [(m.topics[k].index, m.topics[k].partitions, m.topics[k].generation) for k in range(m.n_topics)]
+
+
+def set_member_topics(m, subs):
+    """Lock held: the member's subscription [(topic index, partitions, topic generation)]."""
+    topics = ffi.new("struct shm_member_topic[]", max(len(subs), 1))
+    for k, (ti, n, tg) in enumerate(subs):
+        topics[k].index, topics[k].partitions, topics[k].generation = ti, n, tg  # process-local array
+    _check(lib.shm_member_set_topics(m, topics, len(subs)), "member topics")
+
+
+def member_beat(m, heartbeat_ms: int, polled_ms: int):
+    lib.shm_member_beat(m, heartbeat_ms, polled_ms)
+
+
+def member_alive(log, m) -> bool:
+    """Whether member m's process lives (its pid and start time)."""
+    return bool(lib.shm_process_alive(log.token_prefix_c, m.pid, m.start_time))
+
+
+def member_client_id(m) -> str:
+    return ffi.string(m.client_id).decode()
+
+
+def same_instance(m, iid: bytes) -> bool:
+    return m.instance_id_len == len(iid) and ffi.unpack(m.instance_id, len(iid)) == iid
+
+
+# offsets
+
+
+def set_owner(e, owner: int, committed: int = KEEP):
+    """Lock held: the owner changes by a pair CAS (G2); committed KEEP leaves the offset."""
+    lib.shm_offset_set_owner(e, owner, committed)
+
+
+def set_pending(e, pending: int):
+    """Lock held (G4): the token e moves to, RELEASE, or 0."""
+    lib.shm_offset_set_pending(e, pending)
+
+
+def restore_offset(e, committed: int, commit_ms: int):
+    """Lock held, restore: no owner, this committed offset and its time."""
+    lib.shm_offset_restore(e, committed, commit_ms)
+
+
+def commit(log, e, token: int, offset: int) -> bool:
+    """The fenced commit (G2): False if token does not own e now (token 0: nobody may)."""
+    return lib.shm_offset_commit(log._ctl.base, e, token, offset) != lib.SHM_E_FENCED
+
+
+def commit_seq(log) -> int:
+    return lib.shm_ctl_commit_seq(log._ctl.base)
+
+
+def topics_epoch(log) -> int:
+    return lib.shm_ctl_epoch(log._ctl.base)
+
+
+def live_topic(log, name: str):
+    """(index, generation, partitions) of the LIVE topic of that name, without
+    the lock (no topic_handle: it may lock), else None."""
+    base = log._ctl.base
+    nb = name.encode()
+    ti = lib.shm_ctl_topic_find(base, nb, len(nb))
+    gen = ffi.new("uint64_t *")
+    if ti < 0 or lib.shm_ctl_topic_state(base, ti, gen) != lib.SHM_TOPIC_LIVE:
+        return None
+    return ti, gen[0], lib.shm_ctl_topic(base, ti).config.partitions
 
 
 def group_entries(log, gi: int):

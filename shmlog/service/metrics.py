@@ -15,7 +15,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from .. import errors
-from .._native import lib
 
 
 class _Rates:
@@ -133,8 +132,9 @@ class InstanceCollector:
             fam["prate"].add_metric(lv, self.produce_records.get((name, p.partition)))
             fam["brate"].add_metric(lv, self.produce_bytes.get((name, p.partition)))
             if durable:
-                fam["plag"].add_metric(lv, tail - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED))
-                fam["flag"].add_metric(lv, tail - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED))
+                persisted, fsynced = r.persisted()
+                fam["plag"].add_metric(lv, tail - persisted)
+                fam["flag"].add_metric(lv, tail - fsynced)
             fam["used"].add_metric(lv, p.ring_used_bytes)
             fam["cap"].add_metric(lv, p.ring_bytes)
             fam["fill"].add_metric(lv, p.ring_used_bytes / p.ring_bytes)

@@ -34,7 +34,6 @@ from typing import Any
 import msgspec
 
 from .. import config, errors, liveness, permissions, safefile
-from .._native import lib
 from ..ipc import admin, daemons, launch
 from .. import kafka
 from ..kafka.cli import parse_listen
@@ -302,7 +301,7 @@ class Supervisor:
             try:
                 h = self.plane.topic_handle(name)
                 for p in range(h.partitions):
-                    n = lib.shm_ring_seal_dead(self.plane.ring(h, p, writable=True).h, prefix, int(free_slots))
+                    n = self.plane.ring(h, p, writable=True).seal_dead(prefix, free_slots)
                     if n > 0:
                         logger.warning("%s[%d]: sealed %d write(s) of dead producers", name, p, n)
             except (errors.UnknownTopicOrPartition, errors.PermissionDenied):

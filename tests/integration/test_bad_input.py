@@ -411,6 +411,7 @@ def _restore(path, offset, old):
         ("magic", "<Q", 0x0123456789ABCDEF),
         ("magic", "<Q", 0),
         ("version", "<I", lib.SHM_LAYOUT_VERSION + 1),
+        ("version", "<I", lib.shm_layout_stamp() ^ (0x3 << 8)),  # same number, another architecture's build
         ("version", "<I", 0xFFFFFFFF),
         ("version", "<I", 0),  # never finished by its creator
         ("header_bytes", "<I", 4096),
@@ -451,6 +452,7 @@ def test_ring_with_wrong_layout_is_refused(inst, topic, field, fmt, value):
     [
         ("magic", "<Q", 0x1122334455667788),
         ("version", "<I", lib.SHM_LAYOUT_VERSION + 1),
+        ("version", "<I", lib.shm_layout_stamp() ^ (0xFF << 16)),  # another sizeof(pthread_mutex_t)
         ("header_bytes", "<I", 1024),
         ("total_bytes", "<Q", 4096),
         ("topics_off", "<Q", 8192),

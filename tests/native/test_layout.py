@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from shmlog import config
-from shmlog._native import ffi, layout_table, lib
+from shmlog import config, errors
+from shmlog._native import STATUS_ERRORS, ffi, layout_table, lib
 
 CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 
@@ -196,3 +196,64 @@ def test_every_cffi_field_matches_the_c_compiler(tmp_path):
             bad.append(f"{key}: C {(c_off, c_size)} != cffi {(off, size)}")
     assert len(out) - 1 == len(expect)
     assert not bad, "\n".join(bad)
+
+
+def test_layout_stamp_folds_the_build():
+    """The header word every segment carries: SHM_LAYOUT_VERSION folded with
+    the architecture, the pointer size and sizeof(pthread_mutex_t)."""
+    import platform
+
+    stamp = lib.shm_layout_stamp()
+    assert stamp & 0xFF == lib.SHM_LAYOUT_VERSION
+    arch = {"x86_64": 1, "amd64": 1, "aarch64": 2, "arm64": 2}.get(platform.machine())
+    if arch is not None:
+        assert (stamp >> 8) & 0xF == arch
+    assert (stamp >> 12) & 0xF == ffi.sizeof("void *")
+    assert (stamp >> 16) & 0xFF >= 24  # a pthread_mutex_t is at least 24 bytes on every libc we know
+    assert stamp >> 24 == 0
+
+
+def test_layout_stamp_matches_the_c_compiler(tmp_path):
+    """Independent of layout.c: the system compiler's SHM_LAYOUT_STAMP and
+    sizeof(pthread_mutex_t) agree with the module's."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "stamp.c"
+    src.write_text(
+        '#include <stdio.h>\n#include "shmlog.h"\n'
+        'int main(void) { printf("%u %zu\\n", (unsigned)SHM_LAYOUT_STAMP, sizeof(pthread_mutex_t)); return 0; }\n'
+    )
+    exe = tmp_path / "stamp"
+    r = subprocess.run(
+        [cc, "-std=gnu11", "-O0", f"-I{CSRC}", str(src), "-o", str(exe)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    stamp, mutex = map(int, subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split())
+    assert stamp == lib.shm_layout_stamp()
+    assert (stamp >> 16) & 0xFF == mutex
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        lambda s: s ^ (0x3 << 8),  # another architecture
+        lambda s: (s & ~(0xF << 12)) | (4 << 12),  # 32-bit pointers
+        lambda s: (s & ~(0xFF << 16)) | (((s >> 16) & 0xFF) + 8) << 16,  # another libc's pthread_mutex_t
+        lambda s: lib.SHM_LAYOUT_VERSION,  # the bare number: a build before the stamp
+    ],
+)
+def test_segment_of_an_incompatible_build_is_refused(foreign):
+    """A control segment or ring whose header was made by a build with other
+    layout facts fails the attach check (LayoutMismatch in Python)."""
+    lim = ffi.new("struct shm_ctl_limits *", [1, 1, 1, 1])
+    size = lib.shm_ctl_size(lim)
+    buf = ffi.new("uint64_t[]", size // 8)  # 8-aligned, like a mapping
+    assert lib.shm_ctl_init(buf, size, lim, b"/d", 2, 1, 2) == lib.SHM_OK
+    assert lib.shm_ctl_check(buf, size) == lib.SHM_OK
+    hdr = ffi.cast("struct shm_ctl_header *", buf)
+    assert hdr.version == lib.shm_layout_stamp()
+    hdr.version = foreign(lib.shm_layout_stamp())
+    assert hdr.version != lib.shm_layout_stamp()
+    assert lib.shm_ctl_check(buf, size) == lib.SHM_E_LAYOUT
+    assert STATUS_ERRORS[lib.SHM_E_LAYOUT] is errors.LayoutMismatch
