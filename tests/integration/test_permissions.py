@@ -29,8 +29,10 @@ import shmlog.client.producer  # noqa: F401
 from shmlog import config, errors, permissions
 from shmlog.ipc import admin
 
-pytestmark = [pytest.mark.root_only,
-              pytest.mark.skipif(not shutil.which("useradd"), reason="needs useradd to create a throwaway user")]
+pytestmark = [
+    pytest.mark.root_only,
+    pytest.mark.skipif(not shutil.which("useradd"), reason="needs useradd to create a throwaway user"),
+]
 
 
 @pytest.fixture
