@@ -99,4 +99,71 @@ static inline int64_t frame_first_offset(const struct shm_frame_header *fh, int6
     return cur_offset;
 }
 
+/* The decoding readers' step for one complete DATA frame, shared by
+ * shm_ring_read (ring.c) and shm_frames_read (log.c): batch[0:blen] is its
+ * RecordBatch, at byte `at` of the caller's buffer, and next_pos is where
+ * the frame ends. Checks the CRC (verify_crc) and that the batch continues
+ * the log, then:
+ *   READ_PASSED     all its records are below cur->next_offset: passed;
+ *   READ_TAKEN      its records decoded into out from cur->next_offset, passed;
+ *   READ_PARTIAL    more records than out has room for: those that fit are
+ *                   decoded, the cursor stays on the frame with next_offset
+ *                   after the last one taken (end the walk);
+ *   READ_STOP       left whole for the next read (out too full for it, or
+ *                   compressed after records): end the walk;
+ *   READ_COMPRESSED a compressed batch handed over alone, undecoded, at
+ *                   buf[batch_start:bytes_used], the cursor ON its frame (the
+ *                   caller inflates it, decodes from cur->next_offset and
+ *                   passes the frame once it took the last record: a caller
+ *                   that ignores it reads the same frame again);
+ *   SHM_E_CORRUPT   nothing of it is in out, the cursor on it. */
+#define READ_PASSED 0
+#define READ_TAKEN 1
+#define READ_PARTIAL 2
+#define READ_STOP 3
+#define READ_COMPRESSED 4
+static inline int decode_frame(const uint8_t *batch, uint64_t blen, uint64_t at, uint64_t next_pos,
+                               int verify_crc, struct shm_cursor *cur, struct shm_records_out *out)
+{
+    if (blen < SHM_BATCH_HEADER_BYTES || (verify_crc && shm_batch_validate(batch, blen) != SHM_OK))
+        return SHM_E_CORRUPT;
+    int64_t first = shm_batch_base_offset(batch);
+    int64_t last = first + shm_batch_last_delta(batch);
+    /* baseOffset is outside Kafka's CRC: it must continue the previous frame */
+    if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
+        return SHM_E_CORRUPT;
+    if (last < cur->next_offset) {
+        cur->expect_base = last + 1;
+        cur->pos = next_pos;
+        return READ_PASSED;
+    }
+    if (batch_compressed(batch)) {
+        if (out->count)
+            return READ_STOP;
+        out->compressed = 1;
+        out->frames = 1;
+        out->batch_start = (uint32_t)at;
+        out->bytes_used = at + blen;
+        return READ_COMPRESSED;
+    }
+    if (last - first >= (int64_t)(out->max_records - out->count) && out->count)
+        return READ_STOP;                        /* take it whole next time */
+    uint32_t before = out->count;
+    int n = shm_batch_decode(batch, blen, (int64_t)at, cur->next_offset, out);
+    if (n == SHM_E_BUFFER_SMALL) {
+        cur->next_offset = out->rows[(uint64_t)(out->count - 1) * SHM_ROW_FIELDS + SHM_ROW_OFFSET] + 1;
+        out->frames++;
+        return READ_PARTIAL;
+    }
+    if (n < 0) {
+        out->count = before;
+        return SHM_E_CORRUPT;
+    }
+    out->frames++;
+    cur->next_offset = last + 1;
+    cur->expect_base = last + 1;
+    cur->pos = next_pos;
+    return READ_TAKEN;
+}
+
 #endif

@@ -223,9 +223,12 @@ static int linear_take(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struc
 }
 
 /* Decodes frames from cur->pos (inside buf) into out, like shm_ring_read
- * but from bytes of a segment file. SHM_OK (maybe 0 records: more bytes are
- * needed, or only gaps/pads), SHM_E_AGAIN (no complete frame at cur->pos:
- * read a larger chunk), SHM_E_CORRUPT (cur->pos stays on the bad frame). */
+ * but from bytes of a segment file, with the same step for each DATA frame
+ * (frame.h decode_frame) and the same return convention: the number of
+ * records decoded (maybe 0: only gaps/pads, or a compressed batch handed
+ * over alone: out->compressed), SHM_E_AGAIN (no complete frame at cur->pos:
+ * read a larger chunk), SHM_E_CORRUPT (cur->pos stays on the bad frame; an
+ * error after records were decoded ends the read early instead). */
 int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
                     int verify_crc, struct shm_records_out *out)
 {
@@ -240,7 +243,7 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
         if (st == SHM_E_AGAIN)
             break;                                   /* partial: needs more bytes */
         if (st < 0)
-            return out->count ? SHM_OK : st;
+            return out->count ? (int)out->count : st;
         if (st == 1) {
             progressed = 1;
             continue;
@@ -255,51 +258,27 @@ int shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct s
             continue;
         }
         const uint8_t *batch = (const uint8_t *)(fh + 1);
-        uint64_t blen = fh->length - SHM_FRAME_HEADER_BYTES;
-        if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
-            return out->count ? SHM_OK : SHM_E_CORRUPT;
-        if (noff - 1 < cur->next_offset) {           /* all below what the caller wants */
-            cur->expect_base = noff;
-            cur->pos = next;
-            progressed = 1;
-            continue;
-        }
-        if (batch_compressed(batch)) {               /* compressed: handed over alone, */
-            if (out->count)                          /* the cursor left on its frame as */
-                break;                               /* shm_ring_read does */
-            out->compressed = 1;
-            out->frames = 1;
-            out->batch_start = (uint32_t)(batch - buf);
-            out->bytes_used = out->batch_start + blen;
-            return SHM_OK;
-        }
-        if (noff - shm_batch_base_offset(batch) > (int64_t)(out->max_records - out->count) && out->count)
+        int rc = decode_frame(batch, fh->length - SHM_FRAME_HEADER_BYTES, (uint64_t)(batch - buf), next,
+                              verify_crc, cur, out);
+        if (rc < 0)
+            return out->count ? (int)out->count : rc;
+        if (rc == READ_COMPRESSED)
+            return 0;
+        if (rc == READ_PARTIAL || rc == READ_STOP)
             break;
-        int n = shm_batch_decode(batch, blen, (int64_t)(batch - buf), cur->next_offset, out);
-        if (n == SHM_E_BUFFER_SMALL) {
-            cur->next_offset = out->rows[(uint64_t)(out->count - 1) * SHM_ROW_FIELDS + SHM_ROW_OFFSET] + 1;
-            out->frames++;
-            break;
-        }
-        if (n < 0)
-            return out->count ? SHM_OK : SHM_E_CORRUPT;
-        out->frames++;
-        cur->next_offset = noff;
-        cur->expect_base = noff;
-        cur->pos = next;
         progressed = 1;
     }
-    return (out->count || progressed) ? SHM_OK : SHM_E_AGAIN;
+    return (out->count || progressed) ? (int)out->count : SHM_E_AGAIN;
 }
 
 /* shm_ring_read_batches for bytes of a segment file: from cur->pos (inside
  * buf), moves the bodies of complete DATA frames (whole batches) to the front
  * of buf, back to back, dropping frame headers, PAD and GAP frames and
  * batches wholly below cur->next_offset. Only bytes already walked are
- * overwritten. out->frames batches, out->bytes_used bytes. SHM_OK (maybe no
- * batch: only gaps or pads), SHM_E_AGAIN (no complete frame at cur->pos: read
- * a larger chunk), SHM_E_CORRUPT (nothing taken; cur->pos stays on the bad
- * frame). */
+ * overwritten. Returns, as shm_ring_read_batches does, the number of batches
+ * (out->frames; out->bytes_used bytes; maybe 0: only gaps or pads),
+ * SHM_E_AGAIN (no complete frame at cur->pos: read a larger chunk),
+ * SHM_E_CORRUPT (nothing taken; cur->pos stays on the bad frame). */
 int shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
                             struct shm_records_out *out)
 {
@@ -337,10 +316,10 @@ int shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, struct
         cur->next_offset = noff;
     }
     out->bytes_used = used;
-    return progressed ? SHM_OK : SHM_E_AGAIN;
+    return progressed ? (int)out->frames : SHM_E_AGAIN;
 corrupt:
     out->bytes_used = used;
-    return progressed ? SHM_OK : SHM_E_CORRUPT;
+    return progressed ? (int)out->frames : SHM_E_CORRUPT;
 }
 
 /* From cur->pos (a frame start inside buf), moves cur to the frame holding

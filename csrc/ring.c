@@ -751,7 +751,9 @@ static inline int stuck_long(const struct shm_cursor *cur, int64_t unblock_ns)
  * first frame is uncommitted for longer than unblock_ns: seal it),
  * SHM_E_BUFFER_SMALL (one frame exceeds buf_cap). A compressed batch is
  * returned alone, undecoded: 0 with out->compressed = 1 and cur->pos still on
- * its frame (the caller inflates, decodes and passes it). */
+ * its frame (the caller inflates, decodes and passes it). Each DATA frame
+ * goes through frame.h decode_frame, the step shm_frames_read (log.c) takes
+ * for the same frames in a segment file. */
 int shmx_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
               int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
@@ -799,56 +801,17 @@ int shm_ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf
             STOP(rc);
         if (rc)
             continue;
-        if (t.kind != SHM_FRAME_DATA || t.blen < SHM_BATCH_HEADER_BYTES)
+        if (t.kind != SHM_FRAME_DATA)
             STOP(SHM_E_CORRUPT);
-        uint64_t blen = t.blen;
-        uint8_t *batch = buf + used;
-        if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
-            STOP(SHM_E_CORRUPT);
-        int64_t first = shm_batch_base_offset(batch);
-        int64_t last = first + shm_batch_last_delta(batch);
-        /* baseOffset is outside Kafka's CRC: it must continue the previous frame */
-        if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
-            STOP(SHM_E_CORRUPT);
-        if (last < cur->next_offset) {          /* all below what the caller wants */
-            cur->expect_base = last + 1;
-            cur->pos = p + shm_align8(t.len);
-            continue;
-        }
-        if (batch_compressed(batch)) {
-            if (out->count)
-                break;                           /* hand it over alone */
-            /* undecoded, at buf[batch_start:bytes_used], and the cursor stays
-             * ON the frame: the caller inflates it, decodes from
-             * cur->next_offset and passes the frame once it took the last
-             * record (consumer.py _inflate). A caller that ignores it reads
-             * the same frame again: nothing is skipped. */
-            out->compressed = 1;
-            out->frames = 1;
-            out->batch_start = (uint32_t)used;
-            out->bytes_used = used + blen;
-            return SHM_OK;
-        }
-        uint32_t before = out->count;
-        if (last - first >= (int64_t)(out->max_records - out->count) && out->count)
-            break;                               /* take it whole next time */
-        int n = shm_batch_decode(batch, blen, (int64_t)used, cur->next_offset, out);
-        if (n == SHM_E_BUFFER_SMALL) {
-            /* more records than room: keep the frame, resume after the last taken */
-            cur->next_offset = out->rows[(uint64_t)(out->count - 1) * SHM_ROW_FIELDS + SHM_ROW_OFFSET] + 1;
-            used += blen;
-            out->frames++;
+        rc = decode_frame(buf + used, t.blen, used, p + shm_align8(t.len), verify_crc, cur, out);
+        if (rc < 0)
+            STOP(rc);
+        if (rc == READ_COMPRESSED)
+            return 0;
+        if (rc == READ_TAKEN || rc == READ_PARTIAL)
+            used += t.blen;
+        if (rc == READ_PARTIAL || rc == READ_STOP)
             break;
-        }
-        if (n < 0) {
-            out->count = before;
-            STOP(SHM_E_CORRUPT);
-        }
-        used += blen;
-        out->frames++;
-        cur->next_offset = last + 1;
-        cur->expect_base = last + 1;
-        cur->pos = p + shm_align8(t.len);
     }
 done:
     out->bytes_used = used;

@@ -688,7 +688,9 @@ void     shm_ring_publish_fsynced(void *base, uint64_t pos, int32_t err);
 int      shm_ring_persist_wait(void *const *hdrs, uint32_t n, int64_t timeout_ns);
 int      shm_ring_durable_wait(void *hdr, uint64_t pos, int64_t timeout_ns);
 
-/* walks frames in buf (bytes of a segment file starting at position buf_pos) */
+/* walks frames in buf (bytes of a segment file starting at position buf_pos);
+ * the read functions return what shm_ring_read / shm_ring_read_batches do
+ * (a count >= 0, or an SHM_E_*), and SHM_E_AGAIN when buf holds no whole frame */
 int      shm_frames_read(const uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,
                          int verify_crc, struct shm_records_out *out);
 int      shm_frames_read_batches(uint8_t *buf, uint64_t len, uint64_t buf_pos, struct shm_cursor *cur,

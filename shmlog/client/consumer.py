@@ -3,12 +3,12 @@
 Owns: the assignment (explicit: every partition of the subscribed topics, or
 assign()), one cursor per assigned partition, the read buffer, turning the
 C core's decoded columns into Message objects (or numpy Columns), waiting
-(spin, then park on the rings' futexes), offset-reset policy, reading a
-durable partition's segment files while its cursor is below the ring's head
-(same positions: the switch back to the ring is a comparison), inflating
-compressed batches (shmlog.compression) over as many reads as they take,
-following its topics (deletion, re-creation, growth), pause/resume, stored
-offsets, and asking the C core to seal a dead producer's half-written frame.
+(spin, then park on the rings' futexes), offset-reset policy (what a
+lapped cursor does), inflating compressed batches (shmlog.compression) over
+as many reads as they take, following its topics (deletion, re-creation,
+growth), pause/resume and stored offsets. Each partition's cursor, the
+switch between its segment files and its ring, and sealing a dead
+producer's half-written frame are its PartitionReader's (client/reader.py).
 Must never: block a producer, return a record twice or out of order within
 a partition, skip a record silently, or return bytes the ring lapped during
 the copy (the C core re-checks).
@@ -22,15 +22,17 @@ import logging
 import time
 from collections.abc import Iterable
 from itertools import repeat
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from .. import compression, errors, storage
 from ..control import groups
+from ..control.ring_map import Ring
 from ..control.tables import validate_group_name
 from .membership import MEMBER_OPTIONS, Membership
-from .._native import ffi, lib, raise_status
+from .reader import LAPPED, PartitionReader
+from .._native import ffi, lib
 from ..records import Columns, Message, decode_headers
 
 RESETS = ("earliest", "latest", "none")
@@ -46,44 +48,26 @@ def _check_timeout(timeout: object) -> None:
         raise errors.InvalidArgument("timeout must be a number of seconds >= 0, or None")
 
 
-class _Part:
-    """One assigned partition: its ring and cursor."""
+class _Part(PartitionReader):
+    """One assigned partition: its reader (ring, files, cursor) and what the consumer keeps beside it."""
 
-    __slots__ = (
-        "topic",
-        "partition",
-        "ring",
-        "cur",
-        "reset_to",
-        "plog",
-        "on_disk",
-        "large",
-        "data",
-        "generation",
-        "max_bytes",
-        "inflated",
-        "paused",
-        "stored",
-    )
+    __slots__ = ("reset_to", "large", "data", "generation", "max_bytes", "inflated", "paused", "stored")
+    reset_to: int | None
+    inflated: tuple[tuple[int, int], bytes] | None
+    stored: int | None
 
     def __init__(
         self,
+        log: Any,
         topic: str,
         partition: int,
-        ring: Any,
-        plog: Any,  # storage.PartitionLog (durable topics) or None
+        ring: Ring,
+        plog: storage.PartitionLog | None,
         generation: int = 0,
         max_bytes: int = 1 << 20,
     ) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.ring = ring
-        self.cur = ffi.new("struct shm_cursor *")
-        self.cur.stuck_pos = 2**64 - 1
-        self.cur.expect_base = -1
+        super().__init__(log, topic, partition, ring, plog)
         self.reset_to = None  # an offset to seek to before the next read
-        self.plog = plog  # segment files (durable topics), else None
-        self.on_disk = False  # the cursor is below the ring's head: read the files
         self.large = False  # the last record was large: try the one-copy path first
         self.data = ffi.cast("uint8_t *", ring.base) + lib.SHM_RING_HEADER_BYTES
         self.generation = generation  # the topic generation the ring belongs to
@@ -140,7 +124,8 @@ class Consumer:
         self._consumer_timeout = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
         self._set_buffer(buffer_bytes)
         self._out_cap = 0
-        self._out = self._rows = None
+        self._out: Any = None
+        self._rows: Any = None
         self._grow_out(max(max_poll_records, 1024))
         self._parts: list[_Part] = []
         self._single = None  # the one assigned partition, for poll's fast path
@@ -220,6 +205,7 @@ class Consumer:
             d = storage.partition_dir(self._log.settings.data_dir, topic, partition, h.topic_id)
             plog = storage.PartitionLog(d)
         part = _Part(
+            self._log,
             topic,
             partition,
             self._log.ring(h, partition, writable=False),
@@ -379,54 +365,29 @@ class Consumer:
         else:
             if not isinstance(offset, int) or isinstance(offset, bool):
                 raise errors.InvalidType(f"offset must be int, not {type(offset).__name__}")
-            part.reset_to = offset  # type: ignore[assignment]
-
-    def _log_start(self, part: _Part) -> int:
-        start = part.ring.ends()[0]
-        if part.plog is not None:
-            part.plog.refresh()
-            disk = part.plog.start_offset()
-            if disk is not None and disk < start:
-                return disk
-        return start
+            part.reset_to = offset
 
     def _apply_reset(self, part: _Part, wanted: int | None) -> None:
         """Moves part by the reset policy (wanted: the offset that was out of range)."""
         if wanted is not None and self._reset == "none":
-            start, end = self._log_start(part), part.ring.ends()[1]
+            start, end = part.log_start(), part.ring.ends()[1]
             raise errors.OffsetOutOfRange(
                 f"{part.topic!r} partition {part.partition}: offset {wanted} is not in the log "
                 f"(now {start}..{end}); the consumer fell behind or seeked outside it — "
                 "seek() to a valid offset or set auto_offset_reset"
             )
         for _ in range(100):
-            target = part.ring.ends()[1] if self._reset == "latest" else self._log_start(part)
-            if self._try_seek(part, target):
+            target = part.ring.ends()[1] if self._reset == "latest" else part.log_start()
+            if part.seek(target, self._buf, self._buf_cap):
                 return
         # an ephemeral ring overwritten faster than we can reach its head: go to its end
-        if not self._try_seek(part, part.ring.ends()[1]):
+        if not part.seek(part.ring.ends()[1], self._buf, self._buf_cap):
             raise errors.OffsetOutOfRange(
                 f"{part.topic!r} partition {part.partition}: cannot position the consumer; the ring moves too fast"
             )
 
-    def _try_seek(self, part: _Part, offset: int) -> bool:
-        """Positions part at offset, from the ring or (durable, below the ring) the files."""
-        part.on_disk = False
-        rc = lib.shm_ring_seek(part.ring.h, part.cur, offset)
-        if rc == lib.SHM_OK:
-            return True
-        if rc != lib.SHM_E_OUT_OF_RANGE:
-            self._raise_read(rc, part)
-        if part.plog is not None and offset < part.ring.ends()[0]:
-            part.plog.refresh()
-            if part.plog.seek(offset, self._buf, self._buf_cap, part.cur):
-                part.on_disk = True
-                part.cur.stuck_pos = 2**64 - 1
-                return True
-        return False
-
     def _seek(self, part: _Part, offset: int) -> None:
-        if not self._try_seek(part, offset):
+        if not part.seek(offset, self._buf, self._buf_cap):
             self._apply_reset(part, offset)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
@@ -436,10 +397,10 @@ class Consumer:
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise errors.InvalidArgument("offset must be an int >= 0")
         self._drop_pending(part)
-        part.reset_to = offset  # type: ignore[assignment]
+        part.reset_to = offset
 
     def seek_to_beginning(self, topic: str, partition: int) -> None:
-        self.seek(topic, partition, self._log_start(self._part(topic, partition)))
+        self.seek(topic, partition, self._part(topic, partition).log_start())
 
     def seek_to_end(self, topic: str, partition: int) -> None:
         self.seek(topic, partition, self._part(topic, partition).ring.ends()[1])
@@ -464,13 +425,13 @@ class Consumer:
         if self._group is None and self._epoch_view[0] != self._epoch:
             self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
-        return {(p.topic, p.partition): self._log_start(p) for p in parts}
+        return {(p.topic, p.partition): p.log_start() for p in parts}
 
     def offsets_for_times(self, topic: str, partition: int, timestamp_ms: int) -> int | None:
         """The earliest offset whose record timestamp is >= timestamp_ms, or None.
         The time index narrows where to start; records are then read forward."""
         part = self._part(topic, partition)
-        start = self._log_start(part)
+        start = part.log_start()
         if part.plog is not None:
             part.plog.refresh()
             found = part.plog.offset_before_time(timestamp_ms)  # a monotonic time index
@@ -492,7 +453,7 @@ class Consumer:
         if len(keep) != len(rest):
             # rewind the cursor to the first dropped record
             first = next(m.offset for m in rest if m.topic == part.topic and m.partition == part.partition)
-            part.reset_to = first  # type: ignore[assignment]
+            part.reset_to = first
         self._pending, self._pi = keep, 0
 
     # ------------------------------------------------------------ reading
@@ -520,82 +481,15 @@ class Consumer:
             self._grow_out(max_records)
             out = self._out
         if self._out_max != max_records:
-            out.max_records = self._out_max = max_records  # type: ignore[attr-defined]
-        if part.on_disk:
-            n = self._read_disk(part)
-            if n is not None:
-                return n
+            out.max_records = self._out_max = max_records
         while True:
-            rc = lib.shmx_read(part.ring.h, part.cur, self._buf, self._buf_cap, self._crc, self._unblock_ns, out)
-            if rc >= 0:
-                if rc == 0 and out.compressed:  # type: ignore[attr-defined]
-                    return self._inflate(part)
-                return rc
-            if rc == lib.SHM_E_OUT_OF_RANGE:
-                if part.plog is not None:  # lapped: the files have it
-                    part.on_disk = True
-                    n = self._read_disk(part)
-                    if n is not None:
-                        return n
-                    continue
-                self._lapped(part, "the ring overwrote the records before this consumer read them")
-            elif rc == lib.SHM_E_BUSY:
-                self._seal(part)
-                return 0
-            elif rc == lib.SHM_E_BUFFER_SMALL:
-                self._set_buffer(max(self._buf_cap * 2, 1 << 20))
-            else:
-                self._raise_read(rc, part)
-
-    def _read_disk(self, part: _Part) -> int | None:
-        """Reads from the segment files; None when the cursor reached the ring
-        (the caller reads the ring then)."""
-        cur, plog, out = part.cur, part.plog, self._out
-        for _ in range(64):
-            if cur.pos >= part.ring.ends()[2]:
-                if part.ring.damage_at(cur.pos):
-                    raise errors.CorruptRecord(
-                        self._log.offline_reason(self._log.topic_handle(part.topic), part.partition, part.ring)
-                    )
-                part.on_disk = False
-                return None
-            seg = plog.segment_for_pos(cur.pos)
-            if seg is None or (seg is plog.segments[-1] and cur.pos >= seg.end_pos):
-                plog.refresh()
-                seg = plog.segment_for_pos(cur.pos)
-            if seg is None:  # retention deleted what we were reading
-                self._lapped(part, "retention deleted the segment this consumer was reading")
-                return 0
-            try:
-                n = plog.read(seg, cur.pos, self._buf, self._buf_cap)
-            except FileNotFoundError:
-                plog.refresh()
-                continue
-            if n == 0:  # end of this segment: the next one starts here
-                plog.refresh()
-                if plog.segment_for_pos(cur.pos) is seg:
-                    return 0
-                continue
-            rc = lib.shm_frames_read(self._buf, n, cur.pos, cur, self._crc, out)
-            if rc == lib.SHM_E_AGAIN:  # a frame larger than the buffer
-                if n < self._buf_cap:
-                    torn = plog.torn(seg, cur.pos)
-                    if torn is not None:
-                        raise torn
-                    return 0
-                self._set_buffer(self._buf_cap * 2)
-                continue
-            if rc == lib.SHM_E_CORRUPT:
-                raise errors.CorruptRecord(
-                    f"{part.topic!r} partition {part.partition}: damaged frame in {seg.path()} at file "
-                    f"position {cur.pos - seg.base_pos} (offsets from {cur.next_offset}); nothing was "
-                    "returned from it. seek() past it to go on, and run `shmlog check`."
-                )
-            if out.compressed:  # type: ignore[attr-defined]
-                return self._inflate(part)
-            if out.count:  # type: ignore[attr-defined]
-                return out.count  # type: ignore[attr-defined]
-        return 0
+            n = part.read(self._buf, self._buf_cap, out, self._crc)
+            if n >= 0:
+                return self._inflate(part) if n == 0 and out.compressed else n
+            if n == LAPPED:
+                self._lapped(part, part.gone)
+            else:  # BUFFER_SMALL: one frame is larger than the buffer
+                self._set_buffer(max(out.bytes_used, 1 << 20))
 
     def _lapped(self, part: _Part, why: str) -> None:
         """The records at the cursor are gone: move by auto_offset_reset
@@ -617,23 +511,6 @@ class Consumer:
                 self._reset,
             )
 
-    def _seal(self, part: _Part) -> None:
-        """A frame stayed uncommitted past the unblock timeout: seal it if its writer is dead."""
-        base = part.ring.writable_base()
-        if base is None:
-            return  # no write access: the supervisor seals it
-        lib.shm_ring_seal_stuck(base, part.cur.stuck_pos, self._log.token_prefix_c)
-        part.cur.stuck_since_ns = lib.shm_monotonic_ns()
-
-    def _raise_read(self, rc: int, part: _Part) -> NoReturn:
-        if rc == lib.SHM_E_CORRUPT:
-            raise errors.CorruptRecord(
-                f"{part.topic!r} partition {part.partition}: the frame at position {part.cur.pos} "
-                f"(offsets from {part.cur.next_offset}) fails its CRC or framing check; nothing was "
-                "returned from it. seek() past it to go on."
-            )
-        raise_status(rc, f"read of {part.topic!r} partition {part.partition} failed")
-
     def _inflate(self, part: _Part) -> int:
         """The read stopped at a compressed batch (a Kafka client's), the cursor
         still on its frame (csrc/ring.c shm_ring_read, csrc/log.c
@@ -647,7 +524,7 @@ class Consumer:
         miss, and a batch that fails (bad codec data, a bomb) raises
         CorruptRecord with the cursor still on it, as a damaged frame does."""
         out, cur = self._out, part.cur
-        start, end = out.batch_start, out.bytes_used  # type: ignore[attr-defined]
+        start, end = out.batch_start, out.bytes_used
         raw = self._buf + start
         base = lib.shm_batch_base_offset(raw)
         last = base + lib.shm_batch_last_delta(raw)
@@ -672,23 +549,23 @@ class Consumer:
                     "past it to go on."
                 ) from None
             plain = head[:at] + (attrs & ~lib.SHM_RB_ATTR_CODEC_MASK).to_bytes(2, "big") + head[at + 2 :] + records
-            part.inflated = (key, plain)  # type: ignore[assignment]
+            part.inflated = (key, plain)
         if len(plain) > self._buf_cap:
             self._set_buffer(len(plain))
         ffi.memmove(self._buf, plain, len(plain))
-        out.count = 0  # type: ignore[attr-defined]
+        out.count = 0
         n = lib.shm_batch_decode(self._buf, len(plain), 0, cur.next_offset, out)
-        out.bytes_used = len(plain)  # type: ignore[attr-defined]
+        out.bytes_used = len(plain)
         if n == lib.SHM_E_BUFFER_SMALL:  # more records than asked for: the rest next time
-            cur.next_offset = self._rows[(out.count - 1) * ROW] + 1  # type: ignore[attr-defined, index]
-            return out.count  # type: ignore[attr-defined]
+            cur.next_offset = self._rows[(out.count - 1) * ROW] + 1
+            return out.count
         if n < 0:
             part.inflated = None
-            self._raise_read(lib.SHM_E_CORRUPT, part)
+            part.raise_read(lib.SHM_E_CORRUPT)
         part.inflated = None  # the last record is taken: pass the frame
         cur.pos += (lib.SHM_FRAME_HEADER_BYTES + end - start + 7) & ~7
         cur.next_offset = cur.expect_base = last + 1
-        return out.count  # type: ignore[attr-defined]
+        return out.count
 
     def _take_large(self, part: _Part) -> Message | None:
         """A large single-record frame, copied once from the ring into its bytes
@@ -733,7 +610,7 @@ class Consumer:
         if n == 1:
             return [self._message1(part)]
         r = ffi.unpack(self._rows, ROW * n)
-        data = self._mv[: self._out.bytes_used].tobytes()  # type: ignore[attr-defined]  # one bulk copy per batch
+        data = self._mv[: self._out.bytes_used].tobytes()  # one bulk copy per batch
         offs, ts, kl, vs, vl, hc = r[0::ROW], r[1::ROW], r[3::ROW], r[4::ROW], r[5::ROW], r[7::ROW]
         topic, partition = part.topic, part.partition
         if kl.count(-1) == n and hc.count(0) == n and -1 not in vl:
@@ -932,7 +809,7 @@ class Consumer:
         parts = self._parts if tps is None else [self._by_tp[tp] for tp in tps if tp in self._by_tp]
         if self._auto_store:
             return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in parts}
-        return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}  # type: ignore[misc]
+        return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}
 
     def store_offsets(self, message: Message | None = None, offsets: dict[tuple[str, int], int] | None = None) -> None:
         """confluent-kafka's store_offsets, for enable_auto_offset_store=False:
@@ -963,7 +840,7 @@ class Consumer:
                 raise errors.InvalidArgument(f"offset for {(t, q)} must be an int >= 0, not {off!r}")
             parts.append((self._part(t, q), off))
         for part, off in parts:
-            part.stored = off  # type: ignore[assignment]
+            part.stored = off
 
     def commit(self, offsets: dict[tuple[str, int], int] | None = None, durable: bool = False) -> None:
         """Commits {(topic, partition): next offset to read}; by default the

@@ -6,7 +6,8 @@ base offset and leader epoch) after Kafka's record-level validation
 (DataPath.validate: compressed batches inflated bounded, every record
 checked in C, a lying maxTimestamp rewritten), idempotent-producer state (producer ids, epochs,
 last sequences per partition), reading stored batches back for Fetch without
-decoding them (ring, or segment files below the ring), log start / end
+decoding them (one client.reader.PartitionReader per fetch cursor: the
+segment files below the ring, then the ring), log start / end
 offsets and timestamp lookups, and waking long-polling fetches when a
 partition grows (a helper thread sleeps on the rings' futexes). Must never: re-encode a batch, block the event loop on a
 full ring (it retries asynchronously), or speak the wire protocol (the
@@ -20,6 +21,7 @@ import threading
 import time
 
 from .. import compression, errors, storage
+from ..client.reader import LAPPED, READ_STEPS, PartitionReader
 from .._native import crc32c, ffi, lib
 from . import codes
 
@@ -131,18 +133,16 @@ class ProducerIds:
 
 
 class FetchCursor:
-    """Where one connection's fetches of one partition stand: reused while the
-    client asks for the offset where the previous fetch ended (no seek)."""
+    """Where one connection's fetches of one partition stand: a PartitionReader
+    (client/reader.py) reused while the client asks for the offset where the
+    previous fetch ended (no seek)."""
 
-    __slots__ = ("cur", "generation", "next_offset", "on_disk")
+    __slots__ = ("reader", "generation", "next_offset")
 
     def __init__(self):
-        self.cur = ffi.new("struct shm_cursor *")
-        self.cur.stuck_pos = 2**64 - 1
-        self.cur.expect_base = -1
+        self.reader = None  # placed by the first fetch
         self.generation = -1
         self.next_offset = -1
-        self.on_disk = False
 
 
 class DataPath:
@@ -334,116 +334,45 @@ class DataPath:
             start, end = self.offsets(h, partition, fresh=True)
         if offset < start or offset > end:
             return codes.OFFSET_OUT_OF_RANGE, b""
-        cur = fc.cur
         try:  # damaged segment files (a hole in the chain, a bad frame): Kafka's CORRUPT_MESSAGE
-            if fc.generation != h.generation or fc.next_offset != offset:
+            if fc.generation != h.generation or fc.next_offset != offset or fc.reader is None:
                 if not self._seek(fc, h, partition, ring, offset):
                     return codes.OFFSET_OUT_OF_RANGE, b""
-        except errors.CorruptRecord:
-            fc.next_offset = -1
-            return codes.CORRUPT_MESSAGE, b""
-        cap = max(min(max_bytes, 64 << 20), 1)
-        if cap > self._buf_cap:
-            self._grow(cap)
-        for _ in range(64):
-            if fc.on_disk:
-                try:
-                    rc, data = self._read_disk(fc, h, partition, ring, cap, min_one)
-                except errors.CorruptRecord:
+            reader = fc.reader
+            reader.ring = ring
+            cap = max(min(max_bytes, 64 << 20), 1)
+            if cap > self._buf_cap:
+                self._grow(cap)
+            for _ in range(READ_STEPS):
+                rc = reader.read(self._buf, cap, self._out)
+                if rc >= 0:
+                    fc.next_offset = reader.cur.next_offset
+                    return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
+                if rc == LAPPED:  # the ring overwrote it (ephemeral) or retention deleted it
                     fc.next_offset = -1
-                    return codes.CORRUPT_MESSAGE, b""
-                if rc is not None:
-                    fc.next_offset = cur.next_offset
-                    return rc, data
-            rc = lib.shm_ring_read_batches(ring.h, cur, self._buf, cap, self.log.unblock_ns, self._out)
-            if rc >= 0:
-                fc.next_offset = cur.next_offset
-                return codes.NONE, ffi.buffer(self._buf, self._out.bytes_used)[:]
-            if rc == lib.SHM_E_BUFFER_SMALL:
-                if not min_one:  # the batch does not fit what is left
+                    return codes.OFFSET_OUT_OF_RANGE, b""
+                if not min_one:  # BUFFER_SMALL: the first batch does not fit what is left
                     return codes.NONE, b""
                 cap = self._out.bytes_used
                 self._grow(cap)
-            elif rc == lib.SHM_E_OUT_OF_RANGE:  # lapped: the files have it, or it is gone
-                if h.config.persistence != "disk":
-                    fc.next_offset = -1
-                    return codes.OFFSET_OUT_OF_RANGE, b""
-                fc.on_disk = True
-            elif rc == lib.SHM_E_BUSY:
-                # a frame uncommitted past the unblock timeout: seal it if its writer is dead
-                base = ring.writable_base()
-                if base is not None:
-                    lib.shm_ring_seal_stuck(base, cur.stuck_pos, self.log.token_prefix_c)
-                cur.stuck_since_ns = lib.shm_monotonic_ns()
-                fc.next_offset = cur.next_offset
-                return codes.NONE, b""
-            else:
-                fc.next_offset = -1
-                return codes.CORRUPT_MESSAGE, b""
-        return codes.NONE, b""
+            return codes.NONE, b""
+        except errors.OffsetOutOfRange:  # segments kept vanishing under the seek
+            fc.next_offset = -1
+            return codes.OFFSET_OUT_OF_RANGE, b""
+        except errors.ShmlogError:
+            fc.next_offset = -1
+            return codes.CORRUPT_MESSAGE, b""
 
     def _grow(self, cap):
         self._buf_cap = max(cap, self._buf_cap)
         self._buf = ffi.new("uint8_t[]", self._buf_cap)
 
     def _seek(self, fc, h, partition, ring, offset) -> bool:
-        cur = fc.cur
+        plog = self._plog(h, partition) if h.config.persistence == "disk" else None
+        fc.reader = PartitionReader(self.log, h.name, partition, ring, plog, batches=True)
         fc.generation = h.generation
-        fc.on_disk = False
         fc.next_offset = -1
-        cur.stuck_pos = 2**64 - 1
-        rc = lib.shm_ring_seek(ring.h, cur, offset)
-        if rc == lib.SHM_OK:
-            return True
-        if h.config.persistence == "disk" and rc == lib.SHM_E_OUT_OF_RANGE:
-            pl = self._plog(h, partition)
-            pl.refresh()
-            if pl.seek(offset, self._buf, self._buf_cap, cur):
-                fc.on_disk = True
-                return True
-        return False
-
-    def _read_disk(self, fc, h, partition, ring, cap, min_one):
-        """(code, bytes) from the segment files, or (None, None) once the
-        cursor reached the ring (read the ring then)."""
-        cur, pl, out = fc.cur, self._plog(h, partition), self._out
-        for _ in range(64):
-            if cur.pos >= ring.ends()[2]:
-                fc.on_disk = False
-                return None, None
-            seg = pl.segment_for_pos(cur.pos)
-            if seg is None or (seg is pl.segments[-1] and cur.pos >= seg.end_pos):
-                pl.refresh()
-                seg = pl.segment_for_pos(cur.pos)
-            if seg is None:
-                fc.next_offset = -1
-                return codes.OFFSET_OUT_OF_RANGE, b""
-            try:
-                n = pl.read(seg, cur.pos, self._buf, cap)
-            except FileNotFoundError:
-                pl.refresh()
-                continue
-            if n == 0:
-                pl.refresh()
-                if pl.segment_for_pos(cur.pos) is seg:
-                    return codes.NONE, b""
-                continue
-            rc = lib.shm_frames_read_batches(self._buf, n, cur.pos, cur, out)
-            if rc == lib.SHM_E_AGAIN:  # one frame larger than cap
-                if n < cap and pl.torn(seg, cur.pos) is not None:
-                    fc.next_offset = -1
-                    return codes.CORRUPT_MESSAGE, b""
-                if n < cap or not min_one:
-                    return codes.NONE, b""
-                cap *= 2
-                self._grow(cap)
-                continue
-            if rc == lib.SHM_E_CORRUPT:
-                fc.next_offset = -1
-                return codes.CORRUPT_MESSAGE, b""
-            if out.frames:
-                return codes.NONE, ffi.buffer(self._buf, out.bytes_used)[:]
-        return codes.NONE, b""
+        return fc.reader.seek(offset, self._buf, self._buf_cap)
 
     # ------------------------------------------------------------ waiting for records
 
