@@ -1,4 +1,4 @@
-"""python -m shmlog: the command line (shmlog/cli.py)."""
+"""python -m shmlog: the command line (shmlog/cli/)."""
 
 import sys
 

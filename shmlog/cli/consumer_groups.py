@@ -1,4 +1,4 @@
-"""cli/groups.py — `shmlog group list|describe|delete|reset-offsets`, like kafka-consumer-groups.sh.
+"""cli/consumer_groups.py — `shmlog group list|describe|delete|reset-offsets`, like kafka-consumer-groups.sh.
 
 Owns: the lag and member tables, and the reset plan (which partitions, which
 new offset) that is printed as a dry run unless --execute. Must never: move

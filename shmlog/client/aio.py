@@ -1,4 +1,4 @@
-"""aio.py — the asyncio API (aiokafka's shape): AIOProducer, AIOConsumer.
+"""client/aio.py — the asyncio API (aiokafka's shape): AIOProducer, AIOConsumer.
 
 Owns: the process's futex waiter (one thread per process, more only past
 127 waiting rings, parked in ONE futex_waitv on the ring futex words of

@@ -1,4 +1,4 @@
-"""consumer.py — Consumer: reads records from partition rings.
+"""client/consumer.py — Consumer: reads records from partition rings.
 
 Owns: the assignment (explicit: every partition of the subscribed topics, or
 assign()), one cursor per assigned partition, the read buffer, turning the

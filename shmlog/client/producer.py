@@ -1,4 +1,4 @@
-"""producer.py — Producer: writes records into partition rings.
+"""client/producer.py — Producer: writes records into partition rings.
 
 Owns: choosing the partition (explicit, Kafka's murmur2 for keys, sticky for
 keyless records), claiming this process's producer slot in each ring it

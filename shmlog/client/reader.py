@@ -1,4 +1,4 @@
-"""reader.py — PartitionReader: one partition's read position, over its ring
+"""client/reader.py — PartitionReader: one partition's read position, over its ring
 and, for a durable topic, its segment files.
 
 Owns: the cursor (struct shm_cursor) and where it reads (on_disk: below the

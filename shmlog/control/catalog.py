@@ -1,4 +1,4 @@
-"""catalog.py — the durable record of which topics exist: <data_dir>/meta/topics.json.
+"""control/catalog.py — the durable record of which topics exist: <data_dir>/meta/topics.json.
 
 Owns: reading and atomically rewriting (write, fsync, rename, fsync dir) the
 topics with their id, config and metadata state, so topics survive a reboot

@@ -1,4 +1,4 @@
-"""admin.py — the supervisor's admin socket: wire format, server and client.
+"""ipc/admin.py — the supervisor's admin socket: wire format, server and client.
 
 Owns: where an instance's admin socket lives, the request/response structs
 (msgpack via msgspec, one request per SOCK_SEQPACKET connection), the

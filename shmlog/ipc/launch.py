@@ -1,4 +1,4 @@
-"""launch.py — how the library starts its daemons (the supervisor, the persister).
+"""ipc/launch.py — how the library starts its daemons (the supervisor, the persister).
 
 Owns: a daemon's command line (this interpreter with -P, so neither the
 caller's working directory nor a script directory can put a source tree in

@@ -1,4 +1,4 @@
-"""cli.py — `shmlog kafka-listener` and the entry points a supervisor calls.
+"""kafka/cli.py — `shmlog kafka-listener` and the entry points a supervisor calls.
 
 Owns: parsing the listener's command line, refusing a non-loopback address
 unless asked for explicitly, connecting to the instance, and running the

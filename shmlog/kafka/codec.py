@@ -1,4 +1,4 @@
-"""codec.py — Kafka protocol messages <-> bytes, driven by Kafka's own JSON definitions.
+"""kafka/codec.py — Kafka protocol messages <-> bytes, driven by Kafka's own JSON definitions.
 
 Owns: reading the message definitions in messages/ (Apache Kafka's schema
 files, copied unchanged), compiling each (message, version) into a program of

@@ -1,4 +1,4 @@
-"""codes.py — Kafka protocol error codes the listener returns (Kafka's Errors.java numbers).
+"""kafka/codes.py — Kafka protocol error codes the listener returns (Kafka's Errors.java numbers).
 
 Owns: the numbers and nothing else. Must never: import the listener.
 """

@@ -1,4 +1,4 @@
-"""groups.py — the Kafka group coordinator inside the listener process.
+"""kafka/coordinator.py — the Kafka group coordinator inside the listener process.
 
 Owns: Kafka-protocol consumer groups: membership (JoinGroup / SyncGroup /
 Heartbeat / LeaveGroup, session expiry), the rebalance state machine

@@ -1,4 +1,4 @@
-"""data.py — the Kafka listener's data path over the native shmlog API.
+"""kafka/data.py — the Kafka listener's data path over the native shmlog API.
 
 Owns: appending client RecordBatch v2 bytes to partition rings unchanged
 (Producer.send_encoded: the C core checks CRC, counts and records and stamps

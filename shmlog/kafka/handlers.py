@@ -1,4 +1,4 @@
-"""handlers.py — what the listener answers to Kafka's produce, fetch and admin requests.
+"""kafka/handlers.py — what the listener answers to Kafka's produce, fetch and admin requests.
 
 Owns: Metadata (this node the only broker and controller, every partition
 led by it at a constant epoch), Produce (one RecordBatch v2 per partition,

@@ -1,4 +1,4 @@
-"""peers.py — who is on the other end of a listener connection, and may they in.
+"""kafka/peers.py — who is on the other end of a listener connection, and may they in.
 
 Owns: finding the local uid behind a TCP peer and deciding whether that uid
 may use the instance the way the native API would let it (root, the

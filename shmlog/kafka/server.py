@@ -1,4 +1,4 @@
-"""server.py — the Kafka listener's TCP side: an asyncio server on loopback.
+"""kafka/server.py — the Kafka listener's TCP side: an asyncio server on loopback.
 
 Owns: accepting connections (a configurable maximum), size-prefixed framing
 with a frame-size limit, request/response headers (v0-v2 / v0-v1), the

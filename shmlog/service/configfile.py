@@ -1,4 +1,4 @@
-"""configfile.py — the service config file (TOML) that `shmlog supervisor --config` reads.
+"""service/configfile.py — the service config file (TOML) that `shmlog supervisor --config` reads.
 
 Owns: the file's schema as msgspec structs (instance, data dir, permissions
 group, metrics port, declared [topics.NAME] and [processes.NAME] workers),

@@ -1,4 +1,4 @@
-"""metrics.py — the supervisor's Prometheus exposition (prometheus-client).
+"""service/metrics.py — the supervisor's Prometheus exposition (prometheus-client).
 
 Owns: the metric families (per partition: end and start offsets, bytes
 produced, produce and consume rates, persisted and fsynced lag, ring fill,

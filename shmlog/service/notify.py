@@ -1,4 +1,4 @@
-"""notify.py — systemd's notify protocol, spoken directly (no libsystemd).
+"""service/notify.py — systemd's notify protocol, spoken directly (no libsystemd).
 
 Owns: sending READY=1, STOPPING=1, WATCHDOG=1 and STATUS=... datagrams to
 $NOTIFY_SOCKET and reading the watchdog interval from $WATCHDOG_USEC.

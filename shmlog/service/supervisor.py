@@ -1,4 +1,4 @@
-"""supervisor.py — one instance's supervisor: `shmlog supervisor`, `shmlog up` / `down`.
+"""service/supervisor.py — one instance's supervisor: `shmlog supervisor`, `shmlog up` / `down`.
 
 Owns: the instance for as long as it runs (an flock on
 <data_dir>/supervisor.lock keeps a second supervisor out): recovery at start

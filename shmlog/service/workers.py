@@ -1,4 +1,4 @@
-"""workers.py — the [processes.NAME] workers a supervisor runs.
+"""service/workers.py — the [processes.NAME] workers a supervisor runs.
 
 Owns: starting each declared command's replicas (each in its own session,
 with SHMLOG_INSTANCE, SHMLOG_DATA_DIR, SHMLOG_SHM_PREFIX, SHMLOG_GROUP,
