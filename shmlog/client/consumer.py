@@ -308,7 +308,7 @@ class Consumer:
         g = self._group
         if g is not None:
             g.polled = True
-            if g.commit_due or g.changed():
+            if g.commit_due or g.read_seq() != g.seen_seq:
                 g.sync()
         if self._error is not None:
             err, self._error = self._error, None
@@ -697,7 +697,7 @@ class Consumer:
         g = self._group
         if g is not None:
             g.polled = True
-            if g.commit_due or g.changed():
+            if g.commit_due or g.read_seq() != g.seen_seq:
                 g.sync()
         pi = self._pi
         if pi < len(self._pending):

@@ -21,6 +21,7 @@ from ..control.tables import (
     MEMBER_TOPICS,
     RELEASE,
     change_seq,
+    change_seq_reader,
     commit,
     ensure_group,
     free_entry,
@@ -172,12 +173,12 @@ class Membership:
         self.me = t.member(mi)
         self.gentry = t.group(gi)
         self.seen_seq = -1
+        # the poll's one load: `g.read_seq() != g.seen_seq` means the group changed
+        # since the last sync (G5); after leave() it reads the control segment no more
+        self.read_seq = change_seq_reader(self.gentry)
 
-    def changed(self) -> bool:
-        """Whether the group changed since the last sync: the poll's one load
-        of change_seq (G5, an express C call). False once closed (the log may
-        have unmapped the control segment)."""
-        return not self.closed and change_seq(self.gentry) != self.seen_seq
+    def _seen(self) -> int:
+        return self.seen_seq
 
     def _fill(self, m, gi, token, subs):
         now = monotonic_ms()
@@ -218,7 +219,8 @@ class Membership:
         members keep their place until the session timeout, like Kafka."""
         if self.closed:
             return
-        self.closed = True  # changed() reads the control segment no more: the log may unmap it
+        self.closed = True
+        self.read_seq = self._seen  # the control segment is read no more: the log may unmap it
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)

@@ -12,7 +12,9 @@ Must never: take the lock itself, decide anything about ownership
 field of a shared struct from Python.
 """
 
+import functools
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -147,6 +149,12 @@ def tables_of(log) -> Tables:
 def change_seq(g) -> int:
     """Group entry g's change counter (G5): one acquire load, an express call."""
     return lib.shmx_group_change_seq(g)
+
+
+def change_seq_reader(g) -> Callable[[], int]:
+    """change_seq(g) bound to g, for a poll loop: the express call and no
+    Python frame around it (about 30 ns; a method around it costs 100 more)."""
+    return functools.partial(lib.shmx_group_change_seq, g)
 
 
 def entry_name(entry, length_field="name_len", field="name") -> str:
