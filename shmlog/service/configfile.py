@@ -28,7 +28,12 @@ Must never: act on the config (the supervisor does) or touch shared memory.
 import os
 import re
 import shlex
-import tomllib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 
 import msgspec
 

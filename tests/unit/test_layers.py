@@ -174,7 +174,10 @@ def test_every_module_imports_on_its_own(module, tmp_path):
 
 def test_the_layers_contract_names_every_subpackage():
     """A new subpackage must be placed in a layer, or the rule silently skips it."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     with open(PYPROJECT, "rb") as f:
         contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
