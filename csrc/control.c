@@ -462,6 +462,13 @@ void shm_offset_restore(struct shm_offset_entry *e, int64_t committed, int64_t c
     shm_store_relaxed(&e->commit_ms, commit_ms);
 }
 
+/* express tier (never blocks, no errno): a consumer's poll looks at the topic
+ * table's epoch once; acquire pairs with the release that bumps it */
+uint64_t shmx_ctl_epoch(const void *base)
+{
+    return shm_load_acquire(&CTL(base)->topics_epoch);
+}
+
 /* express tier (never blocks, no errno): the consumer's poll calls it once */
 uint64_t shmx_group_change_seq(const struct shm_group_entry *g)
 {

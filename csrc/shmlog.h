@@ -762,6 +762,7 @@ void     shm_offset_init(struct shm_offset_entry *e, uint32_t group, uint32_t to
 void     shm_offset_set_pending(struct shm_offset_entry *e, uint64_t pending);
 void     shm_offset_restore(struct shm_offset_entry *e, int64_t committed, int64_t commit_ms);
 uint64_t shmx_group_change_seq(const struct shm_group_entry *g);   /* express tier */
+uint64_t shmx_ctl_epoch(const void *base);                         /* express tier: topics_epoch, acquire */
 void     shm_member_beat(struct shm_member_entry *m, int64_t heartbeat_ms, int64_t polled_ms);
 int      shm_offset_commit(void *base, struct shm_offset_entry *e, uint64_t token, int64_t offset);
 #define SHM_OFFSET_KEEP      -2   /* shm_offset_set_owner: leave the committed offset as it is */

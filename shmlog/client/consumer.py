@@ -20,7 +20,8 @@ starts from the committed offset (at-least-once for what was not committed).
 
 import logging
 import time
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any
 
@@ -139,9 +140,9 @@ class Consumer:
         self._active: list[_Part] = []  # the assigned partitions not paused: what reads and waits look at
         self._auto_store = bool(enable_auto_offset_store)
         self._topics = None  # subscribe() without a group: the topics whose partitions it follows
-        hdr = ffi.cast("struct shm_ctl_header *", log._ctl.base)
-        self._epoch_view = memoryview(ffi.buffer(ffi.addressof(hdr, "topics_epoch"), 8)).cast("Q")
-        self._epoch = self._epoch_view[0]  # -1: look at the topics on the next poll (a ring was deleted)
+        # the topic table's epoch, one acquire load per poll (an express call bound to the segment)
+        self._read_epoch: Callable[[], int] = functools.partial(lib.shmx_ctl_epoch, log._ctl.base)
+        self._epoch = self._read_epoch()  # -1: look at the topics on the next poll (a ring was deleted)
         self._error = None  # TopicDeleted for the next poll of an assign() consumer
         self._closed = False
         self._group = None  # a Membership when subscribed as a group member
@@ -193,7 +194,7 @@ class Consumer:
         if self._group_name is not None:
             committed = groups.committed_offsets(self._log, self._group_name)
         self._topics = None
-        self._epoch = self._epoch_view[0]
+        self._epoch = self._read_epoch()
         self._set_parts(
             [self._new_part(tp[0], tp[1], tp[2] if len(tp) > 2 else committed.get((tp[0], tp[1]))) for tp in partitions]
         )
@@ -252,7 +253,7 @@ class Consumer:
         assignment, new partitions and a re-created topic's join it, from
         auto_offset_reset). assign(): a partition whose topic was deleted or
         re-created leaves the assignment and the next poll raises TopicDeleted."""
-        self._epoch = self._epoch_view[0]
+        self._epoch = self._read_epoch()
         if self._group is not None:
             self._group._follow_topics()
             return
@@ -303,7 +304,7 @@ class Consumer:
     def _look(self) -> None:
         """What every poll looks at first: the topic table's epoch (one load),
         the group's change counter (one load), a TopicDeleted to report."""
-        if self._epoch_view[0] != self._epoch:
+        if self._read_epoch() != self._epoch:
             self._watch()
         g = self._group
         if g is not None:
@@ -348,7 +349,7 @@ class Consumer:
     def assignment(self) -> list[tuple[str, int]]:
         """The partitions this consumer reads. A group member's is the one its
         last poll() saw (a rebalance shows after the next poll, as in Kafka)."""
-        if self._group is None and self._epoch_view[0] != self._epoch:
+        if self._group is None and self._read_epoch() != self._epoch:
             self._watch()
         return [(p.topic, p.partition) for p in self._parts]
 
@@ -416,13 +417,13 @@ class Consumer:
         return part.cur.next_offset
 
     def end_offsets(self, partitions: Iterable[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
-        if self._group is None and self._epoch_view[0] != self._epoch:
+        if self._group is None and self._read_epoch() != self._epoch:
             self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
         return {(p.topic, p.partition): p.ring.ends()[1] for p in parts}
 
     def beginning_offsets(self, partitions: Iterable[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
-        if self._group is None and self._epoch_view[0] != self._epoch:
+        if self._group is None and self._read_epoch() != self._epoch:
             self._watch()
         parts = self._parts if partitions is None else [self._part(t, p) for t, p in partitions]
         return {(p.topic, p.partition): p.log_start() for p in parts}
@@ -703,7 +704,7 @@ class Consumer:
         if pi < len(self._pending):
             self._pi = pi + 1
             return self._pending[pi]
-        if self._epoch_view[0] != self._epoch or self._error is not None:
+        if self._read_epoch() != self._epoch or self._error is not None:
             self._look()
         part = self._single
         if part is not None and part.reset_to is None and not part.on_disk:
@@ -890,7 +891,7 @@ class Consumer:
             finally:
                 g.leave()
         self._closed = True
-        self._epoch_view, self._epoch = (0,), 0  # type: ignore[assignment]  # the log may unmap the control segment now
+        self._read_epoch, self._epoch = repeat(0).__next__, 0  # the log may unmap the control segment now
         self._parts = []
         self._active = []
         self._single = None
