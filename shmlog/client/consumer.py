@@ -129,21 +129,21 @@ class Consumer:
         self._rows: Any = None
         self._grow_out(max(max_poll_records, 1024))
         self._parts: list[_Part] = []
-        self._single = None  # the one assigned partition, for poll's fast path
+        self._single: _Part | None = None  # the one assigned partition, for poll's fast path
         self._by_tp: dict[tuple, _Part] = {}
         self._unblock_ns = log.unblock_ns
         self._peek = ffi.new("int64_t[]", ROW + 1)
         self._rr = 0
         self._pending: list[Message] = []
         self._pi = 0
-        self._wait_arrays = None
+        self._wait_arrays: tuple[Any, Any, Any, int] | None = None
         self._active: list[_Part] = []  # the assigned partitions not paused: what reads and waits look at
         self._auto_store = bool(enable_auto_offset_store)
-        self._topics = None  # subscribe() without a group: the topics whose partitions it follows
+        self._topics: list[str] | None = None  # subscribe() without a group: the topics whose partitions it follows
         # the topic table's epoch, one acquire load per poll (an express call bound to the segment)
         self._read_epoch: Callable[[], int] = functools.partial(lib.shmx_ctl_epoch, log._ctl.base)
         self._epoch = self._read_epoch()  # -1: look at the topics on the next poll (a ring was deleted)
-        self._error = None  # TopicDeleted for the next poll of an assign() consumer
+        self._error: errors.ShmlogError | None = None  # TopicDeleted for the next poll of an assign() consumer
         self._closed = False
         self._group = None  # a Membership when subscribed as a group member
         self._group_name = None if group is None else validate_group_name(group)
@@ -178,7 +178,7 @@ class Consumer:
             h = self._log.topic_handle(t)
             entries += [(t, p, None) for p in range(h.partitions)]
         self.assign(entries)
-        self._topics = topics  # type: ignore[assignment]
+        self._topics = topics
 
     def assign(self, partitions: Iterable[tuple[str, int] | tuple[str, int, int | None]]) -> None:
         """[(topic, partition) or (topic, partition, offset)] replaces the assignment.
@@ -241,7 +241,7 @@ class Consumer:
 
     def _refresh_active(self) -> None:
         self._active = [p for p in self._parts if not p.paused]
-        self._single = self._active[0] if len(self._active) == 1 and len(self._parts) == 1 else None  # type: ignore[assignment]
+        self._single = self._active[0] if len(self._active) == 1 and len(self._parts) == 1 else None
         self._rr = 0
         self._wait_arrays = None
 
@@ -268,7 +268,7 @@ class Consumer:
             else:
                 p.max_bytes = h.config.max_message_bytes
         keep = [p for p in self._parts if p not in gone]
-        added = []  # type: ignore[var-annotated]
+        added: list[_Part] = []
         if self._topics is not None:
             have = {(p.topic, p.partition) for p in keep}
             dead = {(p.topic, p.generation) for p in gone}
@@ -296,7 +296,7 @@ class Consumer:
             logger.info("consumer: partitions %s joined the assignment", [(p.topic, p.partition) for p in added])
         self._set_parts(keep + added)
         if gone and self._topics is None:
-            self._error = errors.TopicDeleted(  # type: ignore[assignment]
+            self._error = errors.TopicDeleted(
                 f"topic(s) {sorted({p.topic for p in gone})} were deleted (or re-created) while this consumer "
                 f"read them; partitions {tps} left its assignment. assign() them again to read the new topic."
             )
@@ -654,15 +654,15 @@ class Consumer:
             hdrs = ffi.new("void *[]", [p.ring.hdr for p in act])
             bases = ffi.new("struct shm_ring *[]", [p.ring.h for p in act])
             curs = ffi.new("struct shm_cursor *[]", [p.cur for p in act])
-            self._wait_arrays = (hdrs, bases, curs, len(act))  # type: ignore[assignment]
-        hdrs, bases, curs, n = self._wait_arrays  # type: ignore[misc]
+            self._wait_arrays = (hdrs, bases, curs, len(act))
+        hdrs, bases, curs, n = self._wait_arrays
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
         if lib.shm_wait_any(
             hdrs,
             bases,
             curs,
-            n,  # type: ignore[has-type]
+            n,
             tns,
             spin if spin >= 0 else 1 << 62,
             self._unblock_ns,
@@ -731,7 +731,7 @@ class Consumer:
                 if n == 0:
                     if whole and part.cur.stuck_pos != part.cur.pos and self._epoch != -1:
                         return None  # the wait ran the whole timeout (a stuck frame goes the general way)
-                    if t0 is not None:
+                    if t0 is not None and timeout is not None:
                         timeout = max(0.0, timeout - (time.monotonic() - t0))
             if n == 1:
                 return self._message1(part)
@@ -794,12 +794,9 @@ class Consumer:
 
     def __next__(self) -> Message:
         m = self.poll(self._consumer_timeout)
-        if m is None:
-            if self._closed:
-                raise StopIteration
-            if self._consumer_timeout is not None:
-                raise StopIteration
-        return m  # type: ignore[return-value]
+        if m is None:  # closed, or consumer_timeout_ms passed with nothing
+            raise StopIteration
+        return m
 
     # ------------------------------------------------------------ offsets
 
@@ -812,7 +809,11 @@ class Consumer:
             return {(p.topic, p.partition): self.position(p.topic, p.partition) for p in parts}
         return {(p.topic, p.partition): p.stored for p in parts if p.stored is not None}
 
-    def store_offsets(self, message: Message | None = None, offsets: dict[tuple[str, int], int] | None = None) -> None:
+    def store_offsets(
+        self,
+        message: Message | None = None,
+        offsets: dict[tuple[str, int], int] | Iterable[tuple[str, int, int]] | None = None,
+    ) -> None:
         """confluent-kafka's store_offsets, for enable_auto_offset_store=False:
         store_offsets(message) stores message.offset + 1 for its partition;
         store_offsets(offsets={(topic, partition): next offset}) (or a list of
@@ -834,7 +835,8 @@ class Consumer:
         elif isinstance(offsets, dict):
             todo = [(tp[0], tp[1], off) for tp, off in offsets.items()]
         else:
-            todo = [tuple(x) for x in offsets]  # type: ignore[attr-defined]
+            assert offsets is not None  # one of the two, checked above
+            todo = [(x[0], x[1], x[2]) for x in offsets]
         parts = []
         for t, q, off in todo:
             if not isinstance(off, int) or isinstance(off, bool) or off < 0:

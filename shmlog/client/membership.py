@@ -108,7 +108,7 @@ class Membership:
         self.auto_commit_ms = auto_commit_interval_ms
         self.t = tables_of(log)
         self.token = 0
-        self.entries = {}  # type: ignore[var-annotated]  # (topic, partition) -> offset entry index, owned now
+        self.entries: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset entry index, owned now
         self.seen_seq = -1
         self.seen_generation = -1
         self.polled = True  # set by every poll, cleared by the heartbeat thread

@@ -18,6 +18,8 @@ Must never: write a structural field without the lock, let a commit change
 an owner, or call a user callback while holding the lock.
 """
 
+from typing import Any
+
 import msgspec
 import numpy as np
 
@@ -61,7 +63,7 @@ def rebalance(log, gi: int):
     token_of = {mid: m.token for mid, m in members.items()}
     member_of = {tok: mid for mid, tok in token_of.items()}
     topics = {}  # name -> (index, generation, partitions)
-    subs = {}  # type: ignore[var-annotated]
+    subs: dict[str, set[str]] = {}
     for mid, m in members.items():
         subs[mid] = set()
         for k in range(m.n_topics):
@@ -83,9 +85,9 @@ def rebalance(log, gi: int):
     intended = {}
     for tp, i in entry_of.items():
         e = t.offset(i)
-        mid = member_of.get(e.pending) or member_of.get(e.owner)  # type: ignore[assignment]
-        if mid is not None:
-            intended[tp] = mid
+        owner_id = member_of.get(e.pending) or member_of.get(e.owner)
+        if owner_id is not None:
+            intended[tp] = owner_id
     new = ASSIGN[assignor](order, subs, {n: v[2] for n, v in topics.items()}, intended) if order else {}
     for tp, i in entry_of.items():
         e = t.offset(i)
@@ -215,7 +217,8 @@ def describe_group(log, group: str) -> GroupDescription:
     t = tables_of(log)
     gi = _group_index(log, group)
     g = t.group(gi)
-    members, by_token = [], {}  # type: ignore[var-annotated]
+    members: list[tuple[Any, str]] = []  # (member entry, member id)
+    by_token: dict[int, tuple[str, list[tuple[str, int]]]] = {}
     for mi in t.group_members(gi).tolist():
         m = t.member(mi)
         mid = entry_name(m, "member_id_len", "member_id")

@@ -159,7 +159,7 @@ class DataPath:
         self._plogs: dict[tuple, storage.PartitionLog] = {}
         self._plog_read: dict[tuple, float] = {}  # when each segment list was last re-read
         self._waiters: list = []  # [(future, [(ring, offset)])]
-        self._watcher = None
+        self._watcher: RingWatcher | None = None
 
     # ------------------------------------------------------------ topics and offsets
 
@@ -392,9 +392,9 @@ class DataPath:
         fut = loop.create_future()
         self._waiters.append((fut, watch))
         if self._watcher is None:
-            self._watcher = RingWatcher(loop, self._check_waiters)  # type: ignore[assignment]
+            self._watcher = RingWatcher(loop, self._check_waiters)
         for ring, _ in watch:
-            self._watcher.watch(ring)  # type: ignore[attr-defined]
+            self._watcher.watch(ring)
         self._check_waiters()  # records that landed since the caller looked
         try:
             await asyncio.wait_for(fut, timeout_s)
