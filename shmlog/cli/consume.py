@@ -251,7 +251,7 @@ def cmd_consume(args):
     out = _Output(args)
     got = 0
     printed = {}  # (topic, partition) -> offset after the last record printed
-    announced = {}  # (topic, partition) -> the offset its end was announced at
+    announced: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset its end was announced at
     with common.open_log(args) as log:
         c = _make_consumer(log, args, kind, n)
         try:

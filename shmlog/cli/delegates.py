@@ -146,6 +146,7 @@ def _up_with_progress(up, args):
                 bar = Progress(transient=True)
                 bar.start()
                 task = bar.add_task("recovering", total=prog.total)
+            assert task is not None  # added with the bar
             bar.update(task, completed=prog.done, description=f"recovering {prog.topic}[{prog.partition}]")
     if bar is not None:
         bar.stop()

@@ -135,7 +135,7 @@ def cmd_produce(args):
         done = (
             f"{count} record(s) were written before it, the last to partition {last[0]} at offset "
             f"{last[1]}; record {count + 1} of the input and everything after it were not sent"
-            if count
+            if last is not None  # set with the first record written (count > 0)
             else "no record was written"
         )
         raise type(failure)(f"{failure} — {done}") from failure

@@ -295,6 +295,7 @@ class Membership:
             if self._static_entry(self.t.group_members(self.gi).tolist()) >= 0:
                 # another process took our group_instance_id: we are the zombie (Kafka's FENCED_INSTANCE_ID)
                 self.leave()
+                assert self.instance_id is not None  # _static_entry found it among the members
                 raise errors.FencedInstance(
                     f"another consumer joined group {self.group!r} with group_instance_id "
                     f"{self.instance_id.decode()!r}; this one is fenced and closed"

@@ -52,7 +52,8 @@ def assign_sticky(members, subs, partitions, current):
     tps = sorted((t, p) for t in partitions for p in range(partitions[t]))
     eligible = {tp: [m for m in members if tp[0] in subs[m]] for tp in tps}
     out, load = {}, {m: 0 for m in members}
-    floor, peer_set, extra = {}, {}, {}
+    floor, peer_set = {}, {}
+    extra: dict[frozenset, int] = {}  # peers -> how many of them hold one more
     for m in members:
         mine = [tp for tp in tps if m in eligible[tp]]
         peers = frozenset(x for tp in mine for x in eligible[tp]) or frozenset([m])

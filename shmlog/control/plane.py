@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -102,6 +102,9 @@ def _py_config(c: Any) -> config.TopicConfig:
 
 
 _D = config.TOPIC_DEFAULTS  # create_topic's defaults (one place: config.TopicConfig)
+
+
+_Plane = TypeVar("_Plane", bound="ControlPlane")
 
 
 class ControlPlane:
@@ -939,7 +942,7 @@ class ControlPlane:
         liveness.release_tokens(self.token_prefix)
         liveness.sweep_dead(self.token_prefix)
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self: _Plane) -> _Plane:  # a Log's `with` hands back the Log
         return self
 
     def __exit__(

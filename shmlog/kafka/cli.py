@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+from typing import Any
 
 from .. import errors
 from ..client.log import connect
@@ -80,7 +81,7 @@ class Running:
 def start(log, host="127.0.0.1", port=9092, **options) -> Running:
     """Starts a listener on its own thread and event loop; returns once it accepts connections."""
     ready = threading.Event()
-    box = {}
+    box: dict[str, Any] = {}  # loop, stop, listener or error, from the listener's thread
 
     def run():
         loop = asyncio.new_event_loop()

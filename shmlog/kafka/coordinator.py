@@ -223,11 +223,12 @@ class GroupCoordinator:
 
     def _choose_protocol(self, g):
         """The protocol every member supports, by votes of each member's first choice among those."""
-        common = None
+        common: set[str] | None = None
         for x in g.members.values():
             names = [n for n, _ in x.protocols]
             common = set(names) if common is None else common & set(names)
-        votes = {}
+        assert common is not None, "chosen only for a group with members"
+        votes: dict[str, int] = {}
         for x in g.members.values():
             first = next(n for n, _ in x.protocols if n in common)
             votes[first] = votes.get(first, 0) + 1
@@ -268,6 +269,7 @@ class GroupCoordinator:
         err = self._check_member(g, req["MemberId"], req["GenerationId"])
         if err:
             return {"ThrottleTimeMs": 0, "ErrorCode": err, "Assignment": b""}
+        assert g is not None  # _check_member refuses a missing group
         m = g.members[req["MemberId"]]
         m.last_seen = time.monotonic()
         if g.state == "PreparingRebalance":
@@ -300,6 +302,7 @@ class GroupCoordinator:
         g = self.groups.get(req["GroupId"])
         err = self._check_member(g, req["MemberId"], req["GenerationId"])
         if not err:
+            assert g is not None  # _check_member refuses a missing group
             g.members[req["MemberId"]].last_seen = time.monotonic()
             if g.state == "PreparingRebalance":
                 err = codes.REBALANCE_IN_PROGRESS
@@ -360,6 +363,7 @@ class GroupCoordinator:
             # the partitions it is giving up then); only CompletingRebalance refuses
             err = self._check_member(g, member_id, generation)
             if not err:
+                assert g is not None  # _check_member refuses a missing group
                 g.members[member_id].last_seen = time.monotonic()
         results = {}
         offsets = {}
@@ -426,7 +430,7 @@ class GroupCoordinator:
             return {"ThrottleTimeMs": 0, "Topics": [], "ErrorCode": codes.INVALID_GROUP_ID}
         topics = req.get("Topics")
         if topics is None:  # v2+: every partition with a commit
-            by_topic = {}
+            by_topic: dict[str, list[int]] = {}
             for t, p in sorted(committed):
                 by_topic.setdefault(t, []).append(p)
             topics = [{"Name": t, "PartitionIndexes": ps} for t, ps in by_topic.items()]

@@ -84,7 +84,8 @@ class _Seq:
     def __init__(self, epoch):
         self.epoch = epoch
         self.last_seq = -1
-        self.recent = collections.deque(maxlen=SEQ_CACHE)  # (first_seq, last_seq, base_offset)
+        # (first_seq, last_seq, base_offset) of the latest batches
+        self.recent: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=SEQ_CACHE)
 
 
 class ProducerIds:
@@ -140,7 +141,7 @@ class FetchCursor:
     __slots__ = ("reader", "generation", "next_offset")
 
     def __init__(self):
-        self.reader = None  # placed by the first fetch
+        self.reader: PartitionReader | None = None  # placed by the first fetch
         self.generation = -1
         self.next_offset = -1
 
@@ -233,6 +234,7 @@ class DataPath:
         codec = attr & _CODEC
         if count <= 0 or attr & _CONTROL:
             return batch  # the C core refuses these with its own message
+        records: bytes | memoryview
         if codec:
             _check_crc(batch)  # before inflating anything
             limit = max(h.config.max_message_bytes - lib.SHM_BATCH_HEADER_BYTES, 0)
@@ -339,6 +341,7 @@ class DataPath:
                 if not self._seek(fc, h, partition, ring, offset):
                     return codes.OFFSET_OUT_OF_RANGE, b""
             reader = fc.reader
+            assert reader is not None  # placed by _seek
             reader.ring = ring
             cap = max(min(max_bytes, 64 << 20), 1)
             if cap > self._buf_cap:

@@ -12,6 +12,7 @@ decoded request dict and returns the response dict. Must never: encode bytes
 import asyncio
 import logging
 import time
+from typing import Any
 
 from .. import config, errors
 from . import codes
@@ -238,7 +239,7 @@ class Handlers:
         for t in req["Topics"]:
             for fp in t["Partitions"]:
                 wanted[(t["Topic"], fp["Partition"])] = fp
-        results = {}  # (topic, partition) -> partition response
+        results: dict[tuple[str, int], dict[str, Any]] = {}  # (topic, partition) -> partition response
         while True:
             total, failed, watch = 0, False, []
             for (topic, p), fp in wanted.items():
@@ -260,7 +261,7 @@ class Handlers:
             if total >= min_bytes or failed or left <= 0 or not watch:
                 break
             await self.data.wait(watch, left)
-        by_topic = {}
+        by_topic: dict[str, list[dict[str, Any]]] = {}
         for (topic, _), r in results.items():
             by_topic.setdefault(topic, []).append(r)
         return {

@@ -15,6 +15,7 @@ import collections
 import logging
 import socket
 import struct
+from typing import Any
 
 from .. import errors
 from . import codec, codes, peers
@@ -179,10 +180,10 @@ class Listener:
             15: self.groups.describe_groups,
             16: self.groups.list_groups,
         }
-        self._server = None
+        self._server: asyncio.Server | None = None
         self._conns = set()
         self._tasks = set()  # one per connection, cancelled by stop()
-        self.requests = collections.Counter()  # api key -> requests decoded (metrics, tests)
+        self.requests: collections.Counter[int] = collections.Counter()  # api key -> requests decoded (metrics, tests)
 
     @property
     def advertised(self):
@@ -198,6 +199,7 @@ class Listener:
     async def serve_forever(self):
         if self._server is None:
             await self.start()
+        assert self._server is not None  # start() set it
         async with self._server:
             await self._server.serve_forever()
 
@@ -236,7 +238,8 @@ class Listener:
         self._conns.add(writer)
         me = asyncio.current_task()
         self._tasks.add(me)
-        queue = asyncio.Queue(MAX_IN_FLIGHT)
+        # (api key, version, correlation id, body future[, written future]); None: the sender stops
+        queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         sender = asyncio.create_task(self._send_loop(queue, writer))
         try:
             await self._read_loop(conn, reader, queue, sender)
@@ -257,7 +260,8 @@ class Listener:
                 await asyncio.wait_for(sender, 5)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 sender.cancel()
-            for item in list(queue._queue):  # long polls still waiting for this connection
+            while not queue.empty():  # long polls still waiting for this connection
+                item = queue.get_nowait()
                 if item is not None and not item[3].done():
                     item[3].cancel()
             writer.close()

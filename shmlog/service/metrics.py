@@ -81,7 +81,7 @@ class InstanceCollector:
 
     def _collect(self):
         P = ["topic", "partition"]
-        fam = {
+        fam: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "end": GaugeMetricFamily("shmlog_partition_end_offset", "Offset the next record will get", labels=P),
             "start": GaugeMetricFamily("shmlog_partition_log_start_offset", "Oldest readable offset", labels=P),
             "bytes": CounterMetricFamily(

@@ -15,6 +15,7 @@ instance has durable topics.
 """
 
 import argparse
+import errno
 import fcntl
 import logging
 import os
@@ -38,6 +39,15 @@ IDLE_WAIT_S = 0.1
 
 class Offline(Exception):
     """The partition is quarantined (storage/recovery.py, "Quarantine"): not persisted."""
+
+
+def _errno_of(e: OSError) -> int:
+    """The errno to publish for an OSError raised without one."""
+    if isinstance(e, errors.NoSpace):
+        return errno.ENOSPC
+    if isinstance(e, PermissionError):
+        return errno.EACCES
+    return errno.EIO
 
 
 class _Partition:
@@ -208,15 +218,18 @@ class _Partition:
         return self.mode == lib.SHM_FSYNC_INTERVAL and (time.monotonic() - self.last_fsync) * 1000 >= self.interval_ms
 
     def _fail(self, e: OSError):
-        if self.error != e.errno:
+        # shmlog's own OSErrors (errors.NoSpace, errors.PermissionDenied, from safefile) carry no errno;
+        # the ring's persist_errno is an int32 that clients pass to os.strerror
+        code = e.errno if e.errno is not None else _errno_of(e)
+        if self.error != code:
             logger.error(
                 "%s[%d]: cannot persist: %s (producers will get BufferFull; retrying)",
                 self.handle.name,
                 self.partition,
                 os.strerror(e.errno) if e.errno is not None else e,
             )
-        self.error = e.errno
-        lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, e.errno)
+        self.error = code
+        lib.shm_ring_publish_fsynced(self.ring.base, self.fsynced, code)
 
     def close(self):
         self.writer.close()

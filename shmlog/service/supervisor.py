@@ -36,7 +36,7 @@ import msgspec
 from .. import config, errors, liveness, permissions, safefile
 from ..ipc import admin, daemons, launch
 from .. import kafka
-from ..kafka.cli import parse_listen
+from ..kafka.cli import Running, parse_listen
 from . import configfile, notify
 from .metrics import InstanceCollector, MetricsServer
 from .workers import Workers
@@ -58,23 +58,23 @@ class Supervisor:
         self.cfg = cfg or configfile.ServiceConfig()
         self.plane: Any = None  # the ControlPlane, once started (Any: None only before start())
         self.lock = threading.Lock()  # the loop and the metrics thread both read the instance
-        self.lock_fd = None
-        self.admin = None
-        self.metrics = None
-        self.kafka = None  # the Kafka listener (shmlog.kafka.Running) and its own Log
-        self.kafka_log = None
-        self.collector = None
+        self.lock_fd: int | None = None
+        self.admin: admin.Server | None = None
+        self.metrics: MetricsServer | None = None
+        self.kafka: Running | None = None  # the Kafka listener and its own Log
+        self.kafka_log: Log | None = None
+        self.collector: InstanceCollector | None = None
         self.workers = Workers(settings)
         self.persister_proc: Any = None  # subprocess.Popen while one runs
         self.persister_started = 0
         self.persister_restarts = 0
         self.next_persister_start = 0.0
         self.stopping = False
-        self.failed_duties: set[str] = set()
-        self.offsets_seq = None  # commit sequence of the last offsets snapshot
+        self.failed_duties: set[tuple[str, str]] = set()  # (duty, exception type) already logged
+        self.offsets_seq: int | None = None  # commit sequence of the last offsets snapshot
         self.reload_wanted = False
-        self.ctl_ino = None
-        self.gid = None
+        self.ctl_ino: int | None = None
+        self.gid: int | None = None
         self.state: Any = None  # daemons.SupervisorState once started
 
     # ------------------------------------------------------------ start
@@ -171,7 +171,7 @@ class Supervisor:
         self.plane = ControlPlane(self.settings, unblock_timeout_ms=self.cfg.unblock_timeout_ms)
         self.ctl_ino = self._ctl_ino()
 
-    def _ctl_ino(self):
+    def _ctl_ino(self) -> int | None:
         try:
             return os.stat(permissions.shm_path(self.settings.ctl_name)).st_ino
         except FileNotFoundError:
@@ -365,7 +365,9 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
-        sel.register(self.admin, selectors.EVENT_READ)
+        server = self.admin
+        assert server is not None, "run() after start()"
+        sel.register(server, selectors.EVENT_READ)
         sel.register(wake_r, selectors.EVENT_READ)
         wd = notify.watchdog_period_s()
         notify.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=supervising {self.settings.instance}")
@@ -405,7 +407,7 @@ class Supervisor:
                         except BlockingIOError:
                             pass
                     else:
-                        while self.admin.serve_one(logger):  # accepts only; each client has its thread
+                        while server.serve_one(logger):  # accepts only; each client has its thread
                             pass
         finally:
             signal.set_wakeup_fd(old_fd)

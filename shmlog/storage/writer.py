@@ -43,7 +43,7 @@ class PartitionWriter:
     that is gone means the topic is gone (FileNotFoundError)."""
 
     def __init__(self, path: str, segment_bytes: int, segment_ms: int, topic_id: int | None = None):
-        self.dfd = safefile.open_dir(path, fsyncable=True)  # never through a planted symlink
+        self.dfd: Any = safefile.open_dir(path, fsyncable=True)  # never through a planted symlink; None once closed
         try:
             if topic_id is not None:
                 check_partition_metadata(self.dfd, path, topic_id)
