@@ -44,8 +44,11 @@ import errno
 import os
 import secrets
 import stat
+from typing import TypeVar
 
 from . import errors
+
+_E = TypeVar("_E", bound=OSError)
 
 # O_PATH: a directory we may search but not list (a 0711 parent) is still reached
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -56,16 +59,30 @@ def _denied(path: str, what: str, fix: str) -> errors.PermissionDenied:
     return errors.PermissionDenied(f"{what} {path}: {fix}")
 
 
+def _keeping_errno(exc: _E, e: OSError) -> _E:
+    """exc (a shmlog OSError with its own message) carries e's errno, so a
+    caller that records or compares errnos (the persister publishes one in the
+    ring) sees the OS's reason; str(exc) stays the message."""
+    exc.errno = e.errno
+    return exc
+
+
 def os_error(e: OSError, path: str, doing: str) -> Exception:
     """The shmlog error for an OSError raised while `doing` on path (EACCES/EPERM
-    become PermissionDenied with the fix; others stay as they are)."""
+    become PermissionDenied with the fix; others stay as they are). Each keeps
+    the errno it was made from."""
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return errors.PermissionDenied(
-            f"no access to {path} (cannot {doing}: {os.strerror(e.errno)}, uid {os.geteuid()}); run as the "
-            "instance's user or a member of its group, or pass another data_dir"
+        return _keeping_errno(
+            errors.PermissionDenied(
+                f"no access to {path} (cannot {doing}: {os.strerror(e.errno)}, uid {os.geteuid()}); run as the "
+                "instance's user or a member of its group, or pass another data_dir"
+            ),
+            e,
         )
     if e.errno == errno.ELOOP:
-        return _denied(path, f"refusing to {doing}", "it is a symbolic link (someone planted it?); remove it")
+        return _keeping_errno(
+            _denied(path, f"refusing to {doing}", "it is a symbolic link (someone planted it?); remove it"), e
+        )
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return no_space(e, path, doing)
     return e
@@ -76,10 +93,11 @@ def no_space(e: OSError, path: str, doing: str) -> errors.NoSpace:
     (the user's quota) while `doing` on path: the path, and what to do about it.
     What was being written is not in place (replace() leaves the old file)."""
     why = "the user's disk quota is exhausted" if e.errno == errno.EDQUOT else "no space left on its filesystem"
-    return errors.NoSpace(
+    exc = errors.NoSpace(
         f"cannot {doing} {path}: {why}. Free space there (delete what else fills "
         "that filesystem, shorten retention_ms/retention_bytes, delete topics) or grow it, then retry"
     )
+    return _keeping_errno(exc, e)
 
 
 def _trusted_link(st: os.stat_result) -> bool:

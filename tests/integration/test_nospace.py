@@ -218,3 +218,34 @@ def test_an_index_write_that_fails_takes_back_its_data(inst, monkeypatch):
     inst.log = inst.connect()  # the restore scans the segment
     assert inst.log.describe_topic("d").partitions[0].end_offset == 300
     assert _read_all(inst.log, "d", 300) == values
+
+
+def test_a_full_disk_error_keeps_its_errno_and_the_persister_publishes_it():
+    """safefile's NoSpace/PermissionDenied carry the OS's errno (their message is
+    their own), and the persister publishes an errno for any OSError, one raised
+    without an errno included: the ring's persist_errno is an int clients pass to
+    os.strerror. Before, a NoSpace at a segment roll (errno None) made the
+    persister's ring update raise TypeError and the persister exit, over and over."""
+    from shmlog import safefile
+    from shmlog.service import persister as persister_mod
+
+    full = safefile.os_error(OSError(errno.ENOSPC, "No space left on device"), "/d/t/0/1.log", "create")
+    quota = safefile.os_error(OSError(errno.EDQUOT, "Disk quota exceeded"), "/d/t/0/1.log", "create")
+    denied = safefile.os_error(OSError(errno.EACCES, "Permission denied"), "/d/t/0/1.log", "create")
+    assert isinstance(full, shmlog.errors.NoSpace) and full.errno == errno.ENOSPC and "/d/t/0/1.log" in str(full)
+    assert isinstance(quota, shmlog.errors.NoSpace) and quota.errno == errno.EDQUOT
+    assert isinstance(denied, shmlog.errors.PermissionDenied) and denied.errno == errno.EACCES
+    assert not str(full).startswith("[Errno")
+    published = []
+    part = types.SimpleNamespace(
+        error=0, fsynced=7, handle=types.SimpleNamespace(name="t"), partition=0, ring=types.SimpleNamespace(base=None)
+    )
+    real = persister_mod.lib
+    persister_mod.lib = types.SimpleNamespace(shm_ring_publish_fsynced=lambda base, pos, code: published.append(code))
+    try:
+        for e in (full, shmlog.errors.NoSpace("no errno"), shmlog.errors.PermissionDenied("no errno"), OSError("x")):
+            persister_mod._Partition._fail(part, e)
+    finally:
+        persister_mod.lib = real
+    assert published == [errno.ENOSPC, errno.ENOSPC, errno.EACCES, errno.EIO]
+    assert all(isinstance(c, int) for c in published)
