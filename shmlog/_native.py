@@ -10,6 +10,8 @@ import errno as _errno
 import os
 from typing import NoReturn
 
+import psutil
+
 from . import errors
 from ._fastpath import bind as _bind_fastpath
 from ._shmlog_c import ffi, lib
@@ -94,6 +96,7 @@ class ShmMapping:
     @classmethod
     def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "ShmMapping":
         """A new segment (O_EXCL), mode and group (gid None: ours) set on its fd."""
+        check_memory_for(name, size)
         m = ffi.new("struct shm_map *")
         rc = lib.shm_segment_create(name.encode(), size, mode, -1 if gid is None else gid, m)
         if rc != lib.SHM_OK:
@@ -105,6 +108,7 @@ class ShmMapping:
         """A new segment nobody can open until publish() gives it `name`:
         its creator initialises it first, and one killed before publishing
         leaves nothing (csrc/shm.c shm_segment_create_hidden)."""
+        check_memory_for(name, size)
         m, fd = ffi.new("struct shm_map *"), ffi.new("int *")
         rc = lib.shm_segment_create_hidden(size, mode, -1 if gid is None else gid, m, fd)
         if rc != lib.SHM_OK:
@@ -162,6 +166,46 @@ class ShmMapping:
             lib.shm_unmap(self.map)
             self.map = None
             self.base = ffi.NULL
+
+
+# Shared memory is RAM: a segment's pages are committed when it is made
+# (posix_fallocate) and stay resident until it is removed, swap or not, and
+# /dev/shm's size limit is no guard (it defaults to half the RAM per mount,
+# and other tmpfs mounts share the same RAM). A segment that would leave the
+# host with less than MEMORY_RESERVE available is refused with NoSpace before
+# anything is made, rather than left to the kernel's OOM killer (issue 13.6:
+# a few hundred auto-created topics took 19 GB and the OOM killer ended the
+# process). $SHMLOG_MEMORY_RESERVE_BYTES overrides the reserve (0: no check).
+MEMORY_RESERVE_FRACTION = 0.05
+MEMORY_RESERVE_MIN = 256 << 20
+
+
+def memory_reserve(total: int) -> int:
+    env = os.environ.get("SHMLOG_MEMORY_RESERVE_BYTES")
+    if env is not None:
+        try:
+            return max(int(env), 0)
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"$SHMLOG_MEMORY_RESERVE_BYTES must be a number of bytes, not {env!r}"
+            ) from None
+    return max(int(total * MEMORY_RESERVE_FRACTION), MEMORY_RESERVE_MIN)
+
+
+def check_memory_for(name: str, size: int) -> None:
+    """NoSpace when a segment of `size` bytes would leave the host with less
+    than the reserve of available memory."""
+    vm = psutil.virtual_memory()
+    reserve = memory_reserve(vm.total)
+    if reserve and size > vm.available - reserve:
+        mib = 1 << 20
+        raise errors.NoSpace(
+            f"cannot allocate {size // mib} MiB for shared-memory segment {name}: the host has "
+            f"{vm.available // mib} MiB of memory available and shmlog keeps {reserve // mib} MiB of it free "
+            "(shared memory is RAM; an exhausted host ends in the OOM killer). Use smaller ring_bytes "
+            "(create_topic(ring_bytes=...), the Kafka listener's topic defaults), delete topics, or set "
+            "$SHMLOG_MEMORY_RESERVE_BYTES"
+        )
 
 
 def _create_failed(rc: int, name: str, size: int, gid):

@@ -131,6 +131,26 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
 TOPIC_DEFAULTS = TopicConfig()
 
 
+def validate_topic_defaults(defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    """Topic defaults a creator applies to topics it makes without being told
+    (the Kafka listener's auto-created and CreateTopics topics): any TopicConfig
+    field but partitions (the listener's default_partitions), checked as a
+    topic with them would be. Returns them unchanged."""
+    fields = set(msgspec.structs.asdict(TOPIC_DEFAULTS)) - {"partitions"}
+    bad = sorted(set(defaults) - fields)
+    if bad:
+        raise errors.InvalidArgument(
+            f"{where}: unknown topic setting(s) {', '.join(bad)}; known: {', '.join(sorted(fields))}"
+        )
+    try:
+        msgspec.structs.replace(TOPIC_DEFAULTS, **defaults).validated()
+    except (msgspec.ValidationError, TypeError) as e:
+        raise errors.InvalidArgument(f"{where}: {e}") from None
+    except errors.ShmlogError as e:
+        raise type(e)(f"{where}: {e}") from None
+    return dict(defaults)
+
+
 def fsync_mode(spec: object) -> tuple[int, int]:
     """'never' | 'always' | 'interval:N' (ms) -> (mode, interval_ms)."""
     if not isinstance(spec, str):

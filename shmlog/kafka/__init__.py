@@ -3,7 +3,7 @@
 This module is the facade: `serve(log, host, port, ...)` (a coroutine a
 supervisor runs in its own thread's event loop), `start(...)` (a Listener
 running in a background thread) and `main(argv)` (`shmlog kafka-listener`).
-It owns nothing else; server.py, handlers.py, groups.py, data.py and
+It owns nothing else; server.py, handlers.py, coordinator.py, data.py and
 codec.py hold the listener.
 """
 

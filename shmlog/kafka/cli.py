@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from .. import errors
+from .. import config, errors
 from ..client.log import connect
 from .handlers import FETCH_MAX_BYTES
 from .server import MAX_QUEUED_REQUEST_BYTES, Listener
@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--default-partitions", type=int, default=1, help="partitions of auto-created topics")
     ap.add_argument(
+        "--topic-default",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the topics the listener creates (auto-created, or CreateTopics without it), "
+        "e.g. ring_bytes=1048576 persistence=none retention_ms=3600000; repeatable",
+    )
+    ap.add_argument(
         "--max-frame-bytes",
         type=int,
         default=100 << 20,
@@ -158,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _setting(kv: str) -> tuple[str, int | str]:
+    """KEY=VALUE of --topic-default: an int where VALUE is one, else the string."""
+    key, sep, value = kv.partition("=")
+    if not sep or not key:
+        raise errors.InvalidArgument(f"--topic-default {kv!r}: use KEY=VALUE, e.g. ring_bytes=1048576")
+    try:
+        return key.strip(), int(value)
+    except ValueError:
+        return key.strip(), value
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -173,6 +192,9 @@ def main(argv=None) -> int:
             raise errors.InvalidArgument(
                 f"refusing to listen on {host}: not a loopback address (add --allow-non-loopback to mean it)"
             )
+        topic_defaults = config.validate_topic_defaults(
+            dict(_setting(kv) for kv in args.topic_default), "--topic-default"
+        )
         log = connect(instance=args.instance, data_dir=args.data_dir, shm_prefix=args.shm_prefix)
     except errors.ShmlogError as e:
         print(f"shmlog kafka-listener: {e}", file=sys.stderr)
@@ -192,6 +214,7 @@ def main(argv=None) -> int:
             advertised_host=args.advertised_host,
             auto_create_topics=args.auto_create_topics,
             default_partitions=args.default_partitions,
+            topic_defaults=topic_defaults,
             max_frame_bytes=args.max_frame_bytes,
             max_connections=args.max_connections,
             max_queued_request_bytes=args.max_queued_request_bytes,

@@ -2,7 +2,10 @@
 error codes, idempotent de-duplication, long-poll fetch, limits and a fuzzed
 request decoder. Every socket wait is bounded."""
 
+import os
 import random
+import subprocess
+import sys
 import socket
 import struct
 import time
@@ -177,6 +180,58 @@ def test_metadata_without_auto_create_reports_unknown_topic(inst):
         assert "nope" not in inst.log.list_topics()
     finally:
         k.stop()
+
+
+def test_auto_created_topics_take_the_listeners_topic_defaults(inst, tmp_path):
+    """The ring size (and any other setting) of the topics the listener creates
+    is the operator's (issue 13.6: a few hundred auto-created topics at 64 MiB
+    per partition ended in the OOM killer): from the API, the config file's
+    [kafka.topic_defaults] and `shmlog kafka-listener --topic-default`, each
+    checked as a topic with them would be."""
+    from shmlog.service import configfile
+
+    k = Kafka(
+        inst,
+        auto_create_topics=True,
+        default_partitions=2,
+        topic_defaults={"ring_bytes": 1 << 16, "persistence": "none"},
+    )
+    try:
+        r = call(k.raw(), 3, 8, {"Topics": [{"Name": "small-auto"}], "AllowAutoTopicCreation": True})
+        assert r["Topics"][0]["ErrorCode"] == 0
+        d = inst.log.describe_topic("small-auto")
+        assert (d.config.ring_bytes, d.config.persistence, d.config.partitions) == (1 << 16, "none", 2)
+    finally:
+        k.stop()
+    cfg = configfile.parse('[kafka]\nlisten = "127.0.0.1:0"\n[kafka.topic_defaults]\nring_bytes = 65536\n')
+    assert cfg.kafka.topic_defaults == {"ring_bytes": 65536}
+    with pytest.raises(errors.InvalidConfig, match="kafka.topic_defaults.*power of two"):
+        configfile.parse('[kafka]\nlisten = "127.0.0.1:0"\n[kafka.topic_defaults]\nring_bytes = 100000\n')
+    with pytest.raises(errors.InvalidConfig, match="unknown topic setting.*partitions"):
+        configfile.parse('[kafka]\nlisten = "127.0.0.1:0"\n[kafka.topic_defaults]\npartitions = 4\n')
+    env = dict(
+        os.environ,
+        SHMLOG_INSTANCE=inst.kwargs["instance"],
+        SHMLOG_DATA_DIR=inst.kwargs["data_dir"],
+        SHMLOG_SHM_PREFIX=inst.prefix,
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmlog",
+            "kafka-listener",
+            "--listen",
+            "127.0.0.1:0",
+            "--topic-default",
+            "ring_bytes=100000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "--topic-default" in r.stderr and "power of two" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------ Produce / Fetch
