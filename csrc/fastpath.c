@@ -13,6 +13,14 @@
  * the linger thread's seal are atomic with respect to each other only
  * because both run under it; see csrc/accum.c).
  *
+ * It also owns the consumer's batch builders, messages() and values(): the
+ * rows one read decoded (struct shm_records_out, SHM_ROW_* in shmlog.h)
+ * become Message objects (or value bytes) in one C loop, each value copied
+ * once, straight from the consumer's read buffer; every row is checked
+ * against the bytes the read filled, so a row that points outside them is
+ * an error, never a read outside the buffer. Records with headers get
+ * headers=None here and are finished by the caller (decode_headers).
+ *
  * The express table is Producer._express: a dict from topic name to the
  * address (an int) of the struct shm_accum of that topic's open sticky
  * batch. The Python side inserts an entry when it opens such a batch and
@@ -153,9 +161,127 @@ static PyObject *fastpath_bind(PyObject *mod, PyObject *addr)
     Py_RETURN_NONE;
 }
 
+/* bytes of buf[start:start+len], None for len -1; -1 (error set) when the
+ * row points outside the used bytes */
+static PyObject *slice_or_none(const char *buf, uint64_t used, int64_t start, int64_t len)
+{
+    if (len < 0) {
+        Py_RETURN_NONE;
+    }
+    if (start < 0 || (uint64_t)start > used || (uint64_t)len > used - (uint64_t)start) {
+        PyErr_Format(PyExc_ValueError, "a decoded row points outside the read buffer (%lld+%lld > %llu)",
+                     (long long)start, (long long)len, (unsigned long long)used);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize(buf + start, (Py_ssize_t)len);
+}
+
+/* the read buffer, the rows and their count from (buf_addr, used, rows_addr, n) */
+static int batch_args(PyObject *const *args, const char **buf, uint64_t *used, const int64_t **rows, Py_ssize_t *n)
+{
+    *buf = PyLong_AsVoidPtr(args[0]);
+    *used = PyLong_AsUnsignedLongLong(args[1]);
+    *rows = PyLong_AsVoidPtr(args[2]);
+    *n = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return -1;
+    if (*buf == NULL || *rows == NULL || *n < 0) {
+        PyErr_SetString(PyExc_ValueError, "messages/values: a null buffer or rows, or a negative count");
+        return -1;
+    }
+    return 0;
+}
+
+/* messages(buf_addr, used, rows_addr, n, cls, topic, partition) -> (list of
+ * cls(topic, partition, offset, key, value, headers, timestamp_ms), how many
+ * have headers): headers is () for a record without headers and None for one
+ * with them (the caller decodes those). */
+static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "messages() takes 7 arguments");
+        return NULL;
+    }
+    const char *buf;
+    uint64_t used;
+    const int64_t *rows;
+    Py_ssize_t n;
+    if (batch_args(args, &buf, &used, &rows, &n) < 0)
+        return NULL;
+    PyObject *cls = args[4], *topic = args[5], *partition = args[6];
+    PyObject *empty = PyTuple_New(0);
+    PyObject *out = PyList_New(n);
+    Py_ssize_t with_headers = 0;
+    if (empty == NULL || out == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t *r = rows + i * SHM_ROW_FIELDS;
+        PyObject *key = slice_or_none(buf, used, r[SHM_ROW_KEY_START], r[SHM_ROW_KEY_LEN]);
+        PyObject *value = key ? slice_or_none(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN]) : NULL;
+        PyObject *off = value ? PyLong_FromLongLong(r[SHM_ROW_OFFSET]) : NULL;
+        PyObject *ts = off ? PyLong_FromLongLong(r[SHM_ROW_TIMESTAMP]) : NULL;
+        PyObject *m = NULL;
+        if (ts != NULL) {
+            PyObject *headers = empty;
+            if (r[SHM_ROW_HEADER_COUNT]) {
+                headers = Py_None;
+                with_headers++;
+            }
+            PyObject *margs[7] = {topic, partition, off, key, value, headers, ts};
+            m = PyObject_Vectorcall(cls, margs, 7, NULL);
+        }
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        Py_XDECREF(off);
+        Py_XDECREF(ts);
+        if (m == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, m);
+    }
+    Py_DECREF(empty);
+    PyObject *res = Py_BuildValue("(Nn)", out, with_headers);
+    return res;
+fail:
+    Py_XDECREF(empty);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* values(buf_addr, used, rows_addr, n) -> list of each record's value (bytes, or None) */
+static PyObject *fastpath_values(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "values() takes 4 arguments");
+        return NULL;
+    }
+    const char *buf;
+    uint64_t used;
+    const int64_t *rows;
+    Py_ssize_t n;
+    if (batch_args(args, &buf, &used, &rows, &n) < 0)
+        return NULL;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t *r = rows + i * SHM_ROW_FIELDS;
+        PyObject *v = slice_or_none(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
 static PyMethodDef fastpath_functions[] = {
     {"bind", fastpath_bind, METH_O,
      "bind(shmx_accum_add_address): the core's functions, from the cffi module (shmlog._native)."},
+    {"messages", (PyCFunction)(void (*)(void))fastpath_messages, METH_FASTCALL,
+     "messages(buf_addr, used, rows_addr, n, cls, topic, partition) -> (Message list, how many have headers)."},
+    {"values", (PyCFunction)(void (*)(void))fastpath_values, METH_FASTCALL,
+     "values(buf_addr, used, rows_addr, n): a read's decoded rows' values (bytes, or None)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -200,7 +200,7 @@ def check_memory_for(name: str, size: int) -> None:
     if reserve and size > vm.available - reserve:
         mib = 1 << 20
         raise errors.NoSpace(
-            f"cannot allocate {size // mib} MiB for shared-memory segment {name}: the host has "
+            f"cannot allocate {size // mib} MiB for shared-memory segment /dev/shm{name}: the host has "
             f"{vm.available // mib} MiB of memory available and shmlog keeps {reserve // mib} MiB of it free "
             "(shared memory is RAM; an exhausted host ends in the OOM killer). Use smaller ring_bytes "
             "(create_topic(ring_bytes=...), the Kafka listener's topic defaults), delete topics, or set "

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from .. import compression, errors, storage
@@ -33,7 +34,9 @@ from ..control.ring_map import Ring
 from ..control.tables import validate_group_name
 from .membership import MEMBER_OPTIONS, Membership
 from .reader import LAPPED, PartitionReader
-from .._native import ffi, lib
+from .._fastpath import messages as batch_messages
+from .._fastpath import values as batch_values
+from .._native import address_of, ffi, lib
 from ..records import Columns, Message, decode_headers
 
 RESETS = ("earliest", "latest", "none")
@@ -462,11 +465,13 @@ class Consumer:
     def _set_buffer(self, nbytes: int) -> None:
         self._buf_cap = nbytes
         self._buf = ffi.new("uint8_t[]", nbytes)
+        self._buf_addr = address_of(self._buf)  # for the C batch builders (csrc/fastpath.c)
         self._mv = memoryview(ffi.buffer(self._buf, nbytes))
 
     def _grow_out(self, n: int) -> None:
         self._out_cap = self._out_max = n
         self._rows = ffi.new("int64_t[]", n * ROW)
+        self._rows_addr = address_of(self._rows)
         out = ffi.new("struct shm_records_out *")
         out.max_records = n
         out.rows = self._rows
@@ -608,24 +613,20 @@ class Consumer:
         )
 
     def _messages(self, part: _Part, n: int) -> list[Message]:
+        """The n records of the last read as Messages: built in C (one copy of
+        each key and value, straight from the read buffer); only records with
+        headers come back here to have them decoded."""
         if n == 1:
             return [self._message1(part)]
-        r = ffi.unpack(self._rows, ROW * n)
-        data = self._mv[: self._out.bytes_used].tobytes()  # one bulk copy per batch
-        offs, ts, kl, vs, vl, hc = r[0::ROW], r[1::ROW], r[3::ROW], r[4::ROW], r[5::ROW], r[7::ROW]
-        topic, partition = part.topic, part.partition
-        if kl.count(-1) == n and hc.count(0) == n and -1 not in vl:
-            vals = [data[s : s + l] for s, l in zip(vs, vl)]
-            return list(
-                map(Message, repeat(topic, n), repeat(partition, n), offs, repeat(None, n), vals, repeat((), n), ts)
-            )
-        ks, hs = r[2::ROW], r[6::ROW]
-        msgs = []
-        for i in range(n):
-            k = None if kl[i] < 0 else data[ks[i] : ks[i] + kl[i]]
-            v = None if vl[i] < 0 else data[vs[i] : vs[i] + vl[i]]
-            h = decode_headers(data, hs[i]) if hc[i] else ()
-            msgs.append(Message(topic, partition, offs[i], k, v, h, ts[i]))
+        msgs, with_headers = batch_messages(
+            self._buf_addr, self._out.bytes_used, self._rows_addr, n, Message, part.topic, part.partition
+        )
+        if with_headers:
+            rows = self._rows
+            for i, m in enumerate(msgs):
+                if m.headers is None:
+                    hs = decode_headers(self._mv[: self._out.bytes_used], rows[i * ROW + lib.SHM_ROW_HEADER_START])
+                    msgs[i] = msgspec.structs.replace(m, headers=hs)
         return msgs
 
     def _read_any(self, max_records: int) -> tuple[Any, int]:
@@ -759,6 +760,23 @@ class Consumer:
             return rest
         part, n = self._poll_parts(max_messages, timeout)
         return self._messages(part, n) if n else []
+
+    def poll_values(self, max_messages: int = 10_000, timeout: float | None = None) -> list[bytes | None]:
+        """Up to max_messages records' values (bytes; None for a null value),
+        from one partition per call, round-robin: poll_batch without the
+        Message objects, for a consumer that wants values only (the list is
+        built in C). Positions, commits and group hand-overs as poll_batch."""
+        if not isinstance(max_messages, int) or max_messages < 1:
+            raise errors.InvalidArgument("max_messages must be an int >= 1")
+        self._look()
+        if self._pi < len(self._pending):
+            rest = self._pending[self._pi : self._pi + max_messages]
+            self._pi += len(rest)
+            return [m.value for m in rest]
+        part, n = self._poll_parts(max_messages, timeout)
+        if not n:
+            return []
+        return batch_values(self._buf_addr, self._out.bytes_used, self._rows_addr, n)
 
     def poll_columns(self, max_messages: int = 100_000, timeout: float | None = None) -> Columns | None:
         """Up to max_messages records of one partition as numpy columns (no
