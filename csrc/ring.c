@@ -1,7 +1,8 @@
 /* ring.c — a partition ring in shared memory: reserve, commit, read, seal.
  *
  * Owns: every access to a ring's header cursors, producer slots and frames.
- * Must never: block a reader on a writer, block a writer on a reader, let a
+ * Must never: block a reader on a writer, block a writer on a reader (except
+ * on an overflow=block ring, and then only on a live reader), let a
  * producer overwrite a frame that is not yet committed (or, on a durable
  * ring, not yet persisted), or hand a caller bytes that a later lap may have
  * torn.
@@ -46,6 +47,69 @@
  *  - frame written, not committed: same as above; the bytes are discarded.
  *  - committed, slot not yet IDLE: the frame is complete; the stale slot is
  *    ignored (its position is committed) and reclaimed later.
+ *
+ * overflow=block (ephemeral rings, issue 13)
+ * On a ring whose overflow is SHM_OVERFLOW_BLOCK a producer never moves head
+ * past a frame that a live attached reader has not finished copying; it
+ * waits instead (bounded by its timeout, then SHM_E_FULL: BufferFull).
+ *  B1 Every attached reader (a consumer's cursor on one partition it reads)
+ *     owns one reader slot: owner is claimed by CAS with the owner word of
+ *     pid + start_time (as producer slots), then pos, pid and, last, with a
+ *     release store, start_time. A scanner that loads owner, then start_time
+ *     (acquire) and finds owner == owner_word(pid, start_time) reads a pos at
+ *     least as new as the claim's. Anything else is "free or being filled":
+ *     ignored.
+ *  B2 pos is the first position the reader has not finished with. The reader
+ *     stores it (seq_cst, so release) only after its copy of the frames below
+ *     it passed the lap check (I5): the bytes below pos are never needed by it
+ *     again. pos grows, except by the owner's own seek.
+ *  B3 make_room on a BLOCK ring passes the frame at hp only if every
+ *     identified slot in [0, reader_hi) with pos >= hp has pos > hp (the
+ *     floor, scanned once per make_room call with acquire loads, before the
+ *     head CAS and the overwrite: the reader's copy happens-before our
+ *     overwrite). A stale floor is lower than the truth, so only more
+ *     cautious. A slot with pos < hp was lapped before it was protected (B4)
+ *     and is ignored (its reader gets SHM_E_OUT_OF_RANGE and seeks).
+ *  B4 Protection starts with the first floor scan that sees the claim; a
+ *     reservation already inside make_room may still pass the frames its
+ *     older floor allowed (at most what it needed). A backward seek is the
+ *     same: protected from the next scan. The claim stores the cursor's pos
+ *     as it is; a pos below head is a lap the next read reports.
+ *  B5 Wake-ups: a blocked producer announces itself in space_waiters
+ *     (seq_cst RMW), then re-loads the blocking slot's pos before sleeping on
+ *     space_seq; a reader stores pos (seq_cst), then loads space_waiters and,
+ *     when not 0, bumps space_seq and futex-wakes. One of the two sees the
+ *     other (Dekker); the sleep is also sliced at 2 ms.
+ *  B6 A slot whose owner is dead (liveness token) is freed (CAS owner -> 0,
+ *     readers_freed++) by whoever proves it: a producer blocked on that slot
+ *     for unblock_ns, shm_ring_seal_dead (the supervisor's tick), a claimer
+ *     finding the table full. The freer never writes pos: a new claimer may
+ *     already own the slot. A live owner releases its own slot: pos = DONE
+ *     (blocks nobody), then owner = 0 (release), then wakes space waiters.
+ *
+ * Who writes what: a reader slot's owner, pid, start_time and pos — its
+ * owner (a freer only CASes owner to 0 after proving it dead); reader_hi —
+ * claimers (CAS, grows only); overflow — alter_topic (relaxed); blocked_ns,
+ * blocked_waits — producers that waited on a reader (relaxed adds).
+ *
+ * A reader dying at each step:
+ *  - after the owner CAS, before start_time: the slot never becomes
+ *    identified: ignored by every floor, but never freed (one slot leaks, as
+ *    a producer slot claimed and not filled in does).
+ *  - identified, reading or stopped: its pos stays where it was; producers
+ *    block on it. A producer blocked on it for unblock_ns checks its
+ *    liveness token and, dead, frees it (B6); so does the supervisor's tick.
+ *    kill -9 of a slow consumer releases its producers within unblock_ns.
+ *  - after a copy, before the pos store: pos is older than what it read:
+ *    more cautious; freed as above.
+ *  - releasing, after pos = DONE, before owner = 0: blocks nobody; freed by
+ *    the next sweep that finds it dead.
+ * A producer dying while it waits on a reader holds no reservation (tail did
+ * not move for it); its space_waiters increment stays (readers then wake on
+ * every advance: a cost, not a fault), its producer slot is reclaimed as any.
+ * A reader that is alive but never reads (SIGSTOP, not polling, a paused
+ * partition: pause keeps the position, as Kafka's does) blocks producers up
+ * to their timeout: that is the point of the mode.
  */
 #define _GNU_SOURCE
 #include "shmlog.h"
