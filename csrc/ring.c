@@ -540,8 +540,9 @@ static int make_room(const struct shm_ring *r, uint64_t need, uint64_t *stuck, i
         if (rc != SHM_OK)
             return rc;
         /* full barrier (cmpxchg16b): head moves before we overwrite what it passed */
+        /* overwritten_frames: dropped unread; on a block ring only with no reader attached (B3) */
         if (shm_cas_pair(&h->head_pos, hp, (uint64_t)ho, next, (uint64_t)noff) &&
-            r->persistence == SHM_PERSIST_NONE)
+            r->persistence == SHM_PERSIST_NONE && (!block || floor == UINT64_MAX))
             __atomic_fetch_add(&h->overwritten_frames, 1, __ATOMIC_RELAXED);
     }
 }
