@@ -107,7 +107,7 @@ def test_kill9_of_a_slow_consumer_releases_the_producer(inst, tmp_path):
     done = []
 
     def fill():
-        for i in range(5000):  # 5000 x ~100 B frames: several times the 64 KiB ring
+        for _ in range(5000):  # 5000 x ~100 B frames: several times the 64 KiB ring
             p.send("t", b"v" * 40, partition=0)
         done.append(time.monotonic())
 
