@@ -298,6 +298,7 @@ int shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *c
     shm_store_relaxed(&c->fsync_interval_ms, cfg->fsync_interval_ms);
     shm_store_relaxed(&c->fsync_mode, cfg->fsync_mode);
     shm_store_relaxed(&c->max_message_bytes, cfg->max_message_bytes);
+    shm_store_relaxed(&c->overflow, cfg->overflow);
     /* release: the rings of new partitions exist before readers see the count */
     shm_store_release(&c->partitions, cfg->partitions);
     bump_epoch(CTL(base));

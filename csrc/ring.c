@@ -1,7 +1,8 @@
 /* ring.c — a partition ring in shared memory: reserve, commit, read, seal.
  *
  * Owns: every access to a ring's header cursors, producer slots and frames.
- * Must never: block a reader on a writer, block a writer on a reader, let a
+ * Must never: block a reader on a writer, block a writer on a reader (except
+ * on an overflow=block ring, and then only on a live reader), let a
  * producer overwrite a frame that is not yet committed (or, on a durable
  * ring, not yet persisted), or hand a caller bytes that a later lap may have
  * torn.
@@ -46,6 +47,69 @@
  *  - frame written, not committed: same as above; the bytes are discarded.
  *  - committed, slot not yet IDLE: the frame is complete; the stale slot is
  *    ignored (its position is committed) and reclaimed later.
+ *
+ * overflow=block (ephemeral rings, issue 13)
+ * On a ring whose overflow is SHM_OVERFLOW_BLOCK a producer never moves head
+ * past a frame that a live attached reader has not finished copying; it
+ * waits instead (bounded by its timeout, then SHM_E_FULL: BufferFull).
+ *  B1 Every attached reader (a consumer's cursor on one partition it reads)
+ *     owns one reader slot: owner is claimed by CAS with the owner word of
+ *     pid + start_time (as producer slots), then pos, pid and, last, with a
+ *     release store, start_time. A scanner that loads owner, then start_time
+ *     (acquire) and finds owner == owner_word(pid, start_time) reads a pos at
+ *     least as new as the claim's. Anything else is "free or being filled":
+ *     ignored.
+ *  B2 pos is the first position the reader has not finished with. The reader
+ *     stores it (seq_cst, so release) only after its copy of the frames below
+ *     it passed the lap check (I5): the bytes below pos are never needed by it
+ *     again. pos grows, except by the owner's own seek.
+ *  B3 make_room on a BLOCK ring passes the frame at hp only if every
+ *     identified slot in [0, reader_hi) with pos >= hp has pos > hp (the
+ *     floor, scanned once per make_room call with acquire loads, before the
+ *     head CAS and the overwrite: the reader's copy happens-before our
+ *     overwrite). A stale floor is lower than the truth, so only more
+ *     cautious. A slot with pos < hp was lapped before it was protected (B4)
+ *     and is ignored (its reader gets SHM_E_OUT_OF_RANGE and seeks).
+ *  B4 Protection starts with the first floor scan that sees the claim; a
+ *     reservation already inside make_room may still pass the frames its
+ *     older floor allowed (at most what it needed). A backward seek is the
+ *     same: protected from the next scan. The claim stores the cursor's pos
+ *     as it is; a pos below head is a lap the next read reports.
+ *  B5 Wake-ups: a blocked producer announces itself in space_waiters
+ *     (seq_cst RMW), then re-loads the blocking slot's pos before sleeping on
+ *     space_seq; a reader stores pos (seq_cst), then loads space_waiters and,
+ *     when not 0, bumps space_seq and futex-wakes. One of the two sees the
+ *     other (Dekker); the sleep is also sliced at 2 ms.
+ *  B6 A slot whose owner is dead (liveness token) is freed (CAS owner -> 0,
+ *     readers_freed++) by whoever proves it: a producer blocked on that slot
+ *     for unblock_ns, shm_ring_seal_dead (the supervisor's tick), a claimer
+ *     finding the table full. The freer never writes pos: a new claimer may
+ *     already own the slot. A live owner releases its own slot: pos = DONE
+ *     (blocks nobody), then owner = 0 (release), then wakes space waiters.
+ *
+ * Who writes what: a reader slot's owner, pid, start_time and pos — its
+ * owner (a freer only CASes owner to 0 after proving it dead); reader_hi —
+ * claimers (CAS, grows only); overflow — alter_topic (relaxed); blocked_ns,
+ * blocked_waits — producers that waited on a reader (relaxed adds).
+ *
+ * A reader dying at each step:
+ *  - after the owner CAS, before start_time: the slot never becomes
+ *    identified: ignored by every floor, but never freed (one slot leaks, as
+ *    a producer slot claimed and not filled in does).
+ *  - identified, reading or stopped: its pos stays where it was; producers
+ *    block on it. A producer blocked on it for unblock_ns checks its
+ *    liveness token and, dead, frees it (B6); so does the supervisor's tick.
+ *    kill -9 of a slow consumer releases its producers within unblock_ns.
+ *  - after a copy, before the pos store: pos is older than what it read:
+ *    more cautious; freed as above.
+ *  - releasing, after pos = DONE, before owner = 0: blocks nobody; freed by
+ *    the next sweep that finds it dead.
+ * A producer dying while it waits on a reader holds no reservation (tail did
+ * not move for it); its space_waiters increment stays (readers then wake on
+ * every advance: a cost, not a fault), its producer slot is reclaimed as any.
+ * A reader that is alive but never reads (SIGSTOP, not polling, a paused
+ * partition: pause keeps the position, as Kafka's does) blocks producers up
+ * to their timeout: that is the point of the mode.
  */
 #define _GNU_SOURCE
 #include "shmlog.h"
@@ -261,6 +325,162 @@ void shm_ring_release_slot(void *base, int slot)
     shm_store_release(&s->owner, 0);
 }
 
+/* ------------------------------------------------------------ reader slots (overflow=block) */
+
+#define READER_DONE UINT64_MAX   /* pos of a slot being released: blocks nobody (B6) */
+
+/* B1: is slot s held by an identified owner? Then *pos is its position. */
+static inline int reader_identified(const struct shm_reader_slot *s, uint64_t *pos)
+{
+    uint64_t ow = shm_load_acquire(&s->owner);
+    if (ow == 0)
+        return 0;
+    /* acquire: pairs with the claimer's release of start_time: pos is the claim's or newer */
+    uint64_t st = shm_load_acquire(&s->start_time);
+    uint32_t pid = shm_load_relaxed(&s->pid);
+    if (ow != owner_word(pid, st))
+        return 0;
+    /* acquire: the reader's copy below pos happens-before what we do after this (B2) */
+    *pos = shm_load_acquire(&s->pos);
+    return 1;
+}
+
+static inline uint32_t reader_count(const struct shm_ring_header *h)
+{
+    /* acquire: pairs with the claimer's CAS; a slot claimed after this load is B4's late claim */
+    uint32_t n = shm_load_acquire(&h->reader_hi);
+    return n > SHM_READER_SLOTS ? SHM_READER_SLOTS : n;
+}
+
+/* B3: the lowest pos >= hp of an identified reader and its slot (*slot), or
+ * UINT64_MAX and -1 when no reader holds anything at or after hp. */
+static uint64_t reader_floor(const struct shm_ring_header *h, uint64_t hp, int *slot)
+{
+    uint64_t floor = UINT64_MAX;
+    *slot = -1;
+    for (uint32_t i = 0, n = reader_count(h); i < n; i++) {
+        uint64_t p;
+        if (reader_identified(&h->readers[i], &p) && p >= hp && p < floor) {
+            floor = p;
+            *slot = (int)i;
+        }
+    }
+    return floor;
+}
+
+/* B6: frees reader slot i if its identified owner is dead; 1 when freed. */
+static int free_reader_if_dead(struct shm_ring_header *h, int i, const char *token_prefix)
+{
+    struct shm_reader_slot *s = &h->readers[i];
+    uint64_t ow = shm_load_acquire(&s->owner);
+    /* acquire: as in reader_identified */
+    uint64_t st = shm_load_acquire(&s->start_time);
+    uint32_t pid = shm_load_relaxed(&s->pid);
+    if (ow == 0 || ow != owner_word(pid, st) || shm_process_alive(token_prefix, pid, st))
+        return 0;
+    /* full barrier (CAS): only the dead owner's word is replaced; pos is left to the next claimer */
+    if (!shm_cas_u64(&s->owner, ow, 0))
+        return 0;
+    __atomic_fetch_add(&h->readers_freed, 1, __ATOMIC_RELAXED);
+    wake(&h->space_seq);
+    return 1;
+}
+
+/* Claims a reader slot in the ring whose WRITABLE header mapping is hdr for
+ * cursor cur, at cur->pos (B1, B4). Returns the slot index, SHM_E_NO_SLOT
+ * when all are held by live owners, SHM_E_INVALID when cur holds one. */
+int shm_reader_claim(void *hdr, uint32_t pid, uint64_t start_time, const char *token_prefix,
+                     struct shm_cursor *cur)
+{
+    struct shm_ring_header *h = HDR(hdr);
+    if (cur->reader_hdr)
+        return SHM_E_INVALID;
+    uint64_t me = owner_word(pid, start_time);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < SHM_READER_SLOTS; i++) {
+            struct shm_reader_slot *s = &h->readers[i];
+            if (shm_load_relaxed(&s->owner) != 0 || !shm_cas_u64(&s->owner, 0, me))
+                continue;
+            shm_store_relaxed(&s->pos, cur->pos);
+            shm_store_relaxed(&s->pid, pid);
+            shm_store_relaxed(&s->claimed_ms, shm_now_ms());
+            /* release: pos and pid are visible to whoever reads this start_time (B1) */
+            shm_store_release(&s->start_time, start_time);
+            uint32_t hi = shm_load_relaxed(&h->reader_hi);
+            while (hi < (uint32_t)i + 1 && !shm_cas_u32(&h->reader_hi, hi, (uint32_t)i + 1))
+                hi = shm_load_relaxed(&h->reader_hi);
+            cur->reader_hdr = h;
+            cur->reader = i;
+            return i;
+        }
+        for (int i = 0; i < SHM_READER_SLOTS; i++)
+            free_reader_if_dead(h, i, token_prefix);
+    }
+    return SHM_E_NO_SLOT;
+}
+
+/* Releases cur's reader slot at once (B6): blocks nobody from here on. */
+void shm_reader_release(struct shm_cursor *cur)
+{
+    struct shm_ring_header *h = cur->reader_hdr;
+    if (!h || cur->reader < 0 || cur->reader >= SHM_READER_SLOTS)
+        return;
+    struct shm_reader_slot *s = &h->readers[cur->reader];
+    shm_store_relaxed(&s->pos, READER_DONE);
+    /* release: DONE is visible before the slot can be claimed again (B6) */
+    shm_store_release(&s->owner, 0);
+    cur->reader_hdr = NULL;
+    /* seq_cst fence: the release is ordered before the waiter load (B5) */
+    shm_fence_seq_cst();
+    if (__atomic_load_n(&h->space_waiters, __ATOMIC_SEQ_CST) != 0)
+        wake(&h->space_seq);
+}
+
+/* B2/B5: after a read or a seek moved cur, publish its position. */
+static inline void reader_publish(const struct shm_cursor *cur)
+{
+    struct shm_ring_header *h = cur->reader_hdr;
+    if (__builtin_expect(h == NULL, 1))
+        return;
+    struct shm_reader_slot *s = &h->readers[cur->reader];
+    if (shm_load_relaxed(&s->pos) == cur->pos)
+        return;
+    /* seq_cst store: releases our finished copy to producers (B2) and orders
+     * the waiter load after it (Dekker with the producer's re-load, B5) */
+    shm_store_seq_cst(&s->pos, cur->pos);
+    if (__builtin_expect(__atomic_load_n(&h->space_waiters, __ATOMIC_SEQ_CST) != 0, 0))
+        wake(&h->space_seq);
+}
+
+/* The slowest identified reader (describe_topic): its slot, or -1; *pid, *pos. */
+int shm_ring_slowest_reader(const void *base, uint32_t *pid, uint64_t *pos)
+{
+    const struct shm_ring_header *h = HDR(base);
+    int slot = -1;
+    uint64_t low = READER_DONE;
+    for (uint32_t i = 0, n = reader_count(h); i < n; i++) {
+        uint64_t p;
+        if (reader_identified(&h->readers[i], &p) && p < low) {
+            low = p;
+            slot = (int)i;
+            *pid = shm_load_relaxed(&h->readers[i].pid);
+        }
+    }
+    *pos = low;
+    return slot;
+}
+
+int shm_ring_set_overflow(void *base, uint32_t overflow)
+{
+    struct shm_ring_header *h = HDR(base);
+    if (overflow != SHM_OVERFLOW_OVERWRITE && overflow != SHM_OVERFLOW_BLOCK)
+        return SHM_E_INVALID;
+    /* relaxed: producers read it at each make_room; a racing write uses the old or the new mode */
+    shm_store_relaxed(&h->overflow, overflow);
+    wake(&h->space_seq);   /* producers waiting on a reader re-decide */
+    return SHM_OK;
+}
+
 /* ------------------------------------------------------------ wake-ups */
 
 /* After a commit (or a seal): wake announced waiters. The caller's commit
@@ -279,16 +499,32 @@ static inline void wake_after_commit(struct shm_ring_header *h)
 /* Moves head forward until head_pos >= need. Passes only complete frames,
  * and on a durable ring only persisted ones. Returns SHM_OK, SHM_E_AGAIN
  * (waiting on the persister) or the position of an uncommitted frame in
- * *stuck with SHM_E_BUSY. */
-static int make_room(const struct shm_ring *r, uint64_t need, uint64_t *stuck)
+ * *stuck with SHM_E_BUSY, or (overflow=block) ROOM_READER with the slot of
+ * the reader that has not read the frame at head in *reader (B3). */
+#define ROOM_READER 1   /* make_room: a live reader has not read the frame at head (B3) */
+
+static int make_room(const struct shm_ring *r, uint64_t need, uint64_t *stuck, int *reader)
 {
     struct shm_ring_header *h = r->hdr;
+    int block = r->persistence == SHM_PERSIST_NONE && shm_load_relaxed(&h->overflow) == SHM_OVERFLOW_BLOCK;
+    uint64_t floor = UINT64_MAX;
+    int scanned = 0;
     for (;;) {
         uint64_t hp;
         int64_t ho;
         shm_pair_snapshot(&h->head_pos, &hp, (uint64_t *)&ho);
         if (hp >= need)
             return SHM_OK;
+        if (block) {
+            if (!scanned) {
+                floor = reader_floor(h, hp, reader);
+                scanned = 1;
+            }
+            if (floor <= hp) {
+                *stuck = hp;
+                return ROOM_READER;
+            }
+        }
         /* acquire: frames below persisted were fully copied before it moved */
         if (r->persistence == SHM_PERSIST_DISK && hp >= shm_load_acquire(&h->persisted_pos))
             return SHM_E_AGAIN;
@@ -304,8 +540,9 @@ static int make_room(const struct shm_ring *r, uint64_t need, uint64_t *stuck)
         if (rc != SHM_OK)
             return rc;
         /* full barrier (cmpxchg16b): head moves before we overwrite what it passed */
+        /* overwritten_frames: dropped unread; on a block ring only with no reader attached (B3) */
         if (shm_cas_pair(&h->head_pos, hp, (uint64_t)ho, next, (uint64_t)noff) &&
-            r->persistence == SHM_PERSIST_NONE)
+            r->persistence == SHM_PERSIST_NONE && (!block || floor == UINT64_MAX))
             __atomic_fetch_add(&h->overwritten_frames, 1, __ATOMIC_RELAXED);
     }
 }
@@ -317,7 +554,8 @@ struct reservation {
     int64_t base_offset;
 };
 
-static int wait_for_space(const struct shm_ring *r, int64_t deadline_ns, uint32_t *spins)
+static int wait_for_space(const struct shm_ring *r, int64_t deadline_ns, uint32_t *spins,
+                          const uint64_t *reader_pos, uint64_t seen)
 {
     struct shm_ring_header *h = r->hdr;
     if (++*spins < 64) {
@@ -333,6 +571,11 @@ static int wait_for_space(const struct shm_ring *r, int64_t deadline_ns, uint32_
     }
     shm_fetch_add(&h->space_waiters, 1);
     uint32_t seq = shm_load_acquire(&h->space_seq);
+    /* B5: after announcing (seq_cst RMW), a reader that moved meanwhile is seen here */
+    if (reader_pos && __atomic_load_n(reader_pos, __ATOMIC_SEQ_CST) != seen) {
+        shm_fetch_sub(&h->space_waiters, 1);
+        return SHM_OK;
+    }
     if (r->persistence == SHM_PERSIST_DISK)
         wake(&h->persist_seq);        /* full because the persister is behind: call it */
     int64_t slice = 2000000;   /* re-check at least every 2 ms: head moves without a wake */
@@ -346,9 +589,35 @@ static int wait_for_space(const struct shm_ring *r, int64_t deadline_ns, uint32_
 /* timeout_ns == SHM_NOWAIT: return SHM_E_AGAIN instead of waiting */
 #define SHM_NOWAIT INT64_MIN
 
-static int reserve(const struct shm_ring *ring, struct shm_producer_slot *s, uint64_t alen,
+/* overflow=block: how long this reservation has waited on a reader, and on which */
+struct block_wait {
+    int64_t since;          /* first wait on a reader, -1: none */
+    int64_t on_since;       /* first wait on this slot */
+    int slot;               /* the reader slot waited on, -1 */
+};
+
+static int reserve_inner(const struct shm_ring *ring, struct shm_producer_slot *s, uint64_t alen,
+                         uint32_t count, uint32_t now_ms, int64_t timeout_ns, const char *token_prefix,
+                         int64_t unblock_ns, struct reservation *res, struct block_wait *bw);
+
+/* reserve_inner, and the time it waited on readers added to the ring's counters */
+static int reserve(const struct shm_ring *r, struct shm_producer_slot *s, uint64_t alen,
                    uint32_t count, uint32_t now_ms, int64_t timeout_ns, const char *token_prefix,
                    int64_t unblock_ns, struct reservation *res)
+{
+    struct block_wait bw = {-1, -1, -1};
+    int rc = reserve_inner(r, s, alen, count, now_ms, timeout_ns, token_prefix, unblock_ns, res, &bw);
+    if (__builtin_expect(bw.since >= 0, 0)) {
+        struct shm_ring_header *h = r->hdr;
+        __atomic_fetch_add(&h->blocked_ns, (uint64_t)(shm_monotonic_ns() - bw.since), __ATOMIC_RELAXED);
+        __atomic_fetch_add(&h->blocked_waits, 1, __ATOMIC_RELAXED);
+    }
+    return rc;
+}
+
+static int reserve_inner(const struct shm_ring *ring, struct shm_producer_slot *s, uint64_t alen,
+                         uint32_t count, uint32_t now_ms, int64_t timeout_ns, const char *token_prefix,
+                         int64_t unblock_ns, struct reservation *res, struct block_wait *bw)
 {
     const struct shm_ring *r = ring;
     struct shm_ring_header *h = r->hdr;
@@ -368,7 +637,8 @@ static int reserve(const struct shm_ring *ring, struct shm_producer_slot *s, uin
         /* acquire: head's CAS (which made room) happens-before our writes */
         if (end > shm_load_acquire(&h->head_pos) + cap) {
             uint64_t stuck = 0;
-            int rc = make_room(r, end - cap, &stuck);
+            int reader = -1;
+            int rc = make_room(r, end - cap, &stuck, &reader);
             if (rc == SHM_OK)
                 continue;
             if (rc == SHM_E_CORRUPT)
@@ -377,6 +647,24 @@ static int reserve(const struct shm_ring *ring, struct shm_producer_slot *s, uin
                 return SHM_E_AGAIN;
             if (deadline < 0 && timeout_ns >= 0)
                 deadline = shm_monotonic_ns() + timeout_ns;
+            if (rc == ROOM_READER) {
+                /* B6: a reader that holds us for unblock_ns is checked for liveness */
+                int64_t now = shm_monotonic_ns();
+                if (bw->since < 0)
+                    bw->since = now;
+                if (reader != bw->slot) {
+                    bw->slot = reader;
+                    bw->on_since = now;
+                } else if (now - bw->on_since >= unblock_ns) {
+                    free_reader_if_dead(h, reader, token_prefix);
+                    bw->on_since = now;
+                }
+                uint64_t *rp = &h->readers[reader].pos;
+                rc = wait_for_space(r, deadline, &spins, rp, stuck);
+                if (rc != SHM_OK)
+                    return rc;
+                continue;
+            }
             if (rc == SHM_E_BUSY) {
                 /* a frame a lap behind is still being written: slow or dead owner */
                 int64_t now = shm_monotonic_ns();
@@ -388,7 +676,7 @@ static int reserve(const struct shm_ring *ring, struct shm_producer_slot *s, uin
                     stuck_since = now;
                 }
             }
-            rc = wait_for_space(r, deadline, &spins);
+            rc = wait_for_space(r, deadline, &spins, NULL, 0);
             if (rc != SHM_OK)
                 return rc;
             continue;
@@ -627,6 +915,10 @@ uint64_t shm_ring_counter(const void *base, int which)
     case SHM_COUNTER_OFFLINE: return shm_load_relaxed(&h->offline);   /* written once before publish */
     case SHM_COUNTER_OFFLINE_POS: return h->offline_pos;
     case SHM_COUNTER_OFFLINE_OFFSET: return (uint64_t)h->offline_offset;
+    case SHM_COUNTER_OVERFLOW: return shm_load_relaxed(&h->overflow);
+    case SHM_COUNTER_BLOCKED_NS: return shm_load_relaxed(&h->blocked_ns);
+    case SHM_COUNTER_BLOCKED_WAITS: return shm_load_relaxed(&h->blocked_waits);
+    case SHM_COUNTER_READERS_FREED: return shm_load_relaxed(&h->readers_freed);
     }
     return 0;
 }
@@ -764,8 +1056,20 @@ int shmx_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, ui
  * caller gets those records, and the error on its next read */
 #define STOP(rc) do { if (out->count) goto done; return (rc); } while (0)
 
+static int ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                     int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
+
+/* ring_read, then the cursor's position published to its reader slot (B2) */
 int shm_ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                   int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
+{
+    int rc = ring_read(r, cur, buf, buf_cap, verify_crc, unblock_ns, out);
+    reader_publish(cur);
+    return rc;
+}
+
+static int ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                     int verify_crc, int64_t unblock_ns, struct shm_records_out *out)
 {
     if (__builtin_expect(!handle_ok(r), 0))
         return SHM_E_INVALID;
@@ -828,8 +1132,19 @@ done:
  * out->bytes_used), or SHM_E_OUT_OF_RANGE / SHM_E_CORRUPT / SHM_E_BUSY as
  * shm_ring_read does, and SHM_E_BUFFER_SMALL when the first batch alone is
  * larger than buf_cap (out->bytes_used then says how large it is). */
+static int ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                             int64_t unblock_ns, struct shm_records_out *out);
+
 int shm_ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                           int64_t unblock_ns, struct shm_records_out *out)
+{
+    int rc = ring_read_batches(r, cur, buf, buf_cap, unblock_ns, out);
+    reader_publish(cur);   /* B2: what was copied is released */
+    return rc;
+}
+
+static int ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
+                             int64_t unblock_ns, struct shm_records_out *out)
 {
     if (!handle_ok(r))
         return SHM_E_INVALID;
@@ -939,6 +1254,7 @@ int shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const i
     cur->next_offset = peeked[SHM_ROW_OFFSET] + 1;
     cur->expect_base = peeked[SHM_ROW_OFFSET] + 1;
     cur->stuck_pos = ~(uint64_t)0;
+    reader_publish(cur);   /* B2: the caller's copy is done */
     return 1;
 }
 
@@ -962,6 +1278,7 @@ int shm_ring_seek(const struct shm_ring *r, struct shm_cursor *cur, int64_t offs
         if (offset == (int64_t)to) {
             cur->expect_base = offset;
             cur->pos = tp;
+            reader_publish(cur);
             return SHM_OK;
         }
         uint64_t p = hp;
@@ -997,6 +1314,7 @@ int shm_ring_seek(const struct shm_ring *r, struct shm_cursor *cur, int64_t offs
         if (lapped)
             continue;
         cur->pos = p;
+        reader_publish(cur);   /* B4: a seek (even backward) is protected from the next scan */
         return SHM_OK;
     }
     return SHM_E_OUT_OF_RANGE;
@@ -1350,6 +1668,12 @@ int shm_ring_seal_dead(const struct shm_ring *r, const char *token_prefix, int f
         free_if_dead_and_settled(r, s, token_prefix);
         seal_unlock(h);
     }
+    /* B6: dead readers' slots (on a block ring every tick: they hold producers back) */
+    if (free_slots || shm_load_relaxed(&h->overflow) == SHM_OVERFLOW_BLOCK) {
+        for (uint32_t i = 0, n = reader_count(h); i < n; i++)
+            if (shm_load_relaxed(&h->readers[i].owner) != 0)
+                free_reader_if_dead(h, (int)i, token_prefix);
+    }
     return sealed;
 }
 
@@ -1397,6 +1721,18 @@ int shm_ring_blocker(const struct shm_ring *r, const char *token_prefix, struct 
     }
     if (r->persistence == SHM_PERSIST_DISK && hp >= out->persisted_pos && hp < tp)
         out->kind = SHM_BLOCK_PERSISTER;
+    if (r->persistence == SHM_PERSIST_NONE && shm_load_relaxed(&h->overflow) == SHM_OVERFLOW_BLOCK && hp < tp) {
+        int slot;
+        if (reader_floor(h, hp, &slot) <= hp) {
+            const struct shm_reader_slot *rs = &h->readers[slot];
+            out->kind = SHM_BLOCK_READER;
+            out->slot = slot;
+            out->pid = shm_load_relaxed(&rs->pid);
+            out->held_ms = shm_now_ms() - shm_load_relaxed(&rs->claimed_ms);
+            uint64_t ow = shm_load_acquire(&rs->owner);
+            out->alive = ow != 0 && shm_process_alive(token_prefix, out->pid, shm_load_acquire(&rs->start_time));
+        }
+    }
     return SHM_OK;
 }
 

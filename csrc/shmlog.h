@@ -27,7 +27,8 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    4                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine).
+#define SHM_LAYOUT_VERSION    5                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine);
+                                                      5: reader slots, overflow mode (overflow=block).
                                                       Headers hold SHM_LAYOUT_STAMP: this number folded with the build's facts (below) */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
@@ -58,6 +59,7 @@
 #define SHM_RING_MIN_BYTES     65536               /* 2^16 */
 #define SHM_RING_MAX_BYTES     68719476736         /* 2^36 */
 #define SHM_PRODUCER_SLOTS     192
+#define SHM_READER_SLOTS       48                  /* fill the header after the producer slots */
 
 /* frame kinds */
 #define SHM_FRAME_DATA 1
@@ -73,6 +75,10 @@
 /* persistence modes */
 #define SHM_PERSIST_NONE 0    /* ephemeral: producers overwrite the oldest frames */
 #define SHM_PERSIST_DISK 1    /* durable: producers never pass the persister */
+
+/* overflow modes (ephemeral rings): what a producer does when the ring is full */
+#define SHM_OVERFLOW_OVERWRITE 0  /* drop the oldest frames, read or not */
+#define SHM_OVERFLOW_BLOCK     1  /* wait for the slowest live reader (ring.c, "overflow=block") */
 
 /* topic states */
 #define SHM_TOPIC_FREE     0
@@ -141,6 +147,20 @@ struct shm_producer_slot {
     uint32_t res_ms;       /* wall clock ms (low 32 bits) when the reservation was made: diagnostics */
 };
 
+/* ---------- reader slot (one cache line) ----------
+ * One attached consumer's read position in one ring (ring.c, "overflow=block").
+ * Written only by its owner, except freed (owner = 0) by whoever proves the
+ * owner dead. pos is the first position the reader has not finished with. */
+struct shm_reader_slot {
+    uint64_t owner;        /* 0 = free; else the owner word of pid + start_time, claimed by CAS */
+    uint32_t pid;
+    uint32_t _pad;
+    uint64_t start_time;   /* process start (/proc/pid/stat), with pid the liveness token */
+    uint64_t pos;          /* consumed up to here: release-stored after the bytes are copied */
+    int64_t  claimed_ms;   /* wall clock: diagnostics */
+    uint8_t  _pad1[64 - 40];
+};
+
 /* ---------- partition ring header (SHM_RING_HEADER_BYTES) ----------
  * Every hot field sits in its own 128-byte span (two cache lines, so the
  * adjacent-line prefetcher does not make neighbours share). */
@@ -168,7 +188,9 @@ struct shm_ring_header {
     uint32_t _pad0;
     uint64_t offline_pos;
     int64_t  offline_offset;
-    uint8_t  _span0[128 - 104];
+    uint32_t overflow;         /* SHM_OVERFLOW_*: alter_topic may change it (relaxed atomics) */
+    uint32_t reader_hi;        /* reader slots [0, reader_hi) were ever claimed; only grows (CAS) */
+    uint8_t  _span0[128 - 112];
 
     /* span 1: tail pair, moved together by one 16-byte CAS (producers) */
     uint64_t tail_pos;         /* next position to reserve */
@@ -210,9 +232,15 @@ struct shm_ring_header {
     uint8_t  seal_lock[64];    /* robust process-shared pthread mutex */
     uint8_t  _span6[128 - 80];
 
-    uint8_t  _reserved[1024 - 7 * 128];
+    /* span 7: overflow=block counters (written by waiting producers, relaxed) */
+    uint64_t blocked_ns;       /* time producers spent waiting on a reader */
+    uint64_t blocked_waits;    /* reservations that had to wait on a reader */
+    uint64_t readers_freed;    /* reader slots of dead owners freed */
+    uint8_t  _span7[128 - 24];
+
     struct shm_producer_slot slots[SHM_PRODUCER_SLOTS];
-    uint8_t  _tail_reserved[SHM_RING_HEADER_BYTES - 1024 - SHM_PRODUCER_SLOTS * 64];
+    struct shm_reader_slot readers[SHM_READER_SLOTS];
+    uint8_t  _tail_reserved[SHM_RING_HEADER_BYTES - 1024 - SHM_PRODUCER_SLOTS * 64 - SHM_READER_SLOTS * 64];
 };
 
 /* ---------- control segment ---------- */
@@ -235,6 +263,8 @@ struct shm_topic_config {
     int64_t  retention_bytes;  /* -1 = unbounded */
     int64_t  segment_bytes;
     int64_t  segment_ms;
+    uint32_t overflow;         /* SHM_OVERFLOW_* */
+    uint32_t _pad0;
 };
 
 struct shm_topic_entry {      /* 512 bytes */
@@ -242,10 +272,10 @@ struct shm_topic_entry {      /* 512 bytes */
     uint32_t name_len;
     uint64_t generation;       /* unique per creation; names the rings */
     char     name[256];
-    struct shm_topic_config config;   /* 64 bytes */
+    struct shm_topic_config config;   /* 72 bytes */
     int64_t  created_ms;
     uint64_t topic_id;         /* the topic's id on disk (catalog, directory name): one per creation, kept across reboots */
-    uint8_t  _pad[512 - 16 - 256 - 64 - 16];
+    uint8_t  _pad[512 - 16 - 256 - 72 - 16];
 };
 
 /* ---------- consumer groups (control segment tables) ----------
@@ -437,6 +467,7 @@ struct shm_ring {
 #define SHM_BLOCK_NONE       0   /* room now, or nothing identifiable */
 #define SHM_BLOCK_WRITER     1   /* the oldest frame is an uncommitted reservation of slot `slot` */
 #define SHM_BLOCK_PERSISTER  2   /* durable: head reached persisted_pos */
+#define SHM_BLOCK_READER     3   /* overflow=block: reader slot `slot` (pid) has not read the frame at head */
 struct shm_blocker {
     uint32_t kind;             /* SHM_BLOCK_* */
     int32_t  slot;             /* -1 when no slot names the position */
@@ -487,6 +518,9 @@ struct shm_cursor {
     uint64_t stuck_pos;        /* position of an uncommitted frame we wait on, or ~0 */
     int64_t  stuck_since_ns;
     int64_t  expect_base;      /* first offset the next frame must carry; -1 after a seek */
+    struct shm_ring_header *reader_hdr;  /* writable header holding this cursor's reader slot, or NULL */
+    int32_t  reader;           /* reader slot index (shm_reader_claim), valid when reader_hdr is set */
+    int32_t  _pad;
 };
 
 /* decoded records of one read: one row of SHM_ROW_FIELDS int64 per record
@@ -597,6 +631,12 @@ int      shm_ring_seek(const struct shm_ring *r, struct shm_cursor *cur, int64_t
 int      shm_ring_seal_stuck(const struct shm_ring *r, uint64_t pos, const char *token_prefix);
 int      shm_ring_seal_dead(const struct shm_ring *r, const char *token_prefix, int free_slots);
 int      shm_ring_set_max_frame_bytes(void *base, uint32_t max_frame_bytes);
+int      shm_ring_set_overflow(void *base, uint32_t overflow);
+/* reader slots (overflow=block): hdr is a WRITABLE mapping of the ring's header */
+int      shm_reader_claim(void *hdr, uint32_t pid, uint64_t start_time, const char *token_prefix,
+                          struct shm_cursor *cur);
+void     shm_reader_release(struct shm_cursor *cur);
+int      shm_ring_slowest_reader(const void *base, uint32_t *pid, uint64_t *pos);
 void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_offset,
                        uint64_t *head_pos, uint64_t *tail_pos);
 /* what shm_ring_counter reads (one atomic load each) */
@@ -612,6 +652,10 @@ void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_off
 #define SHM_COUNTER_OFFLINE       9   /* SHM_OFFLINE_* (0: online) */
 #define SHM_COUNTER_OFFLINE_POS   10  /* position of the damage */
 #define SHM_COUNTER_OFFLINE_OFFSET 11 /* first offset the damage affects */
+#define SHM_COUNTER_OVERFLOW      12  /* SHM_OVERFLOW_* */
+#define SHM_COUNTER_BLOCKED_NS    13  /* overflow=block: ns producers waited on a reader */
+#define SHM_COUNTER_BLOCKED_WAITS 14  /* overflow=block: reservations that waited on a reader */
+#define SHM_COUNTER_READERS_FREED 15  /* reader slots of dead owners freed */
 #define SHM_OFFLINE_NONE          0
 #define SHM_OFFLINE_FRAME         1   /* a damaged frame with intact ones after it */
 #define SHM_OFFLINE_GAP           2   /* a hole in the segment chain nobody recorded */
@@ -825,8 +869,10 @@ _Static_assert(offsetof(struct shm_ring_header, persisted_pos) == 384, "persist 
 _Static_assert(offsetof(struct shm_ring_header, data_waiters) == 512, "data wake span");
 _Static_assert(offsetof(struct shm_ring_header, space_waiters) == 640, "space wake span");
 _Static_assert(offsetof(struct shm_ring_header, sealed_count) == 768, "counter span");
+_Static_assert(offsetof(struct shm_ring_header, blocked_ns) == 896, "block counter span");
 _Static_assert(offsetof(struct shm_ring_header, slots) == 1024, "slots");
-_Static_assert(sizeof(struct shm_topic_config) == 64, "topic config");
+_Static_assert(sizeof(struct shm_reader_slot) == 64, "reader slot is one cache line");
+_Static_assert(sizeof(struct shm_topic_config) == 72, "topic config");
 _Static_assert(sizeof(struct shm_topic_entry) == 512, "topic entry");
 _Static_assert(sizeof(struct shm_ctl_header) == 4096, "ctl header");
 _Static_assert(offsetof(struct shm_ctl_header, lock) == 128, "ctl lock span");

@@ -262,6 +262,12 @@ def full_ring_cause(ring_handle, token_prefix_c, durable: bool, timeout_ms: int,
             f"{b.base_offset}..{b.base_offset + b.count - 1} at position {b.position}{held}"
             f" ({_SLOT_STATES.get(b.state, b.state)}); it is {owner}"
         )
+    if b.kind == lib.SHM_BLOCK_READER:
+        state = {1: "alive: resume it, let it poll, or close it", 0: "dead: its slot is freed after unblock_timeout_ms"}
+        return (
+            f"a consumer is behind (overflow=block): reader slot {b.slot}, pid {b.pid}, has not read "
+            f"the oldest frame (position {b.position}); it is {state.get(b.alive, 'of unknown state')}"
+        )
     if b.kind == lib.SHM_BLOCK_PERSISTER:
         return f"the persister has not copied past position {b.persisted_pos}: it is behind or not running"
     return f"no space was free for {timeout_ms} ms, though nothing blocks the ring now (a burst of writers?)"

@@ -81,6 +81,9 @@ def resolve(
 
 
 PERSISTENCE = {"none": 0, "disk": 1}
+# what a producer of a full ephemeral ring does: drop the oldest frames, or wait for the slowest
+# live consumer (csrc/ring.c, "overflow=block")
+OVERFLOW = {"overwrite": lib.SHM_OVERFLOW_OVERWRITE, "block": lib.SHM_OVERFLOW_BLOCK}
 FSYNC_MODES = {"never": lib.SHM_FSYNC_NEVER, "interval": lib.SHM_FSYNC_INTERVAL, "always": lib.SHM_FSYNC_ALWAYS}
 
 
@@ -94,6 +97,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     retention_bytes: int | None = None
     segment_bytes: int = 1 << 30
     segment_ms: int = 7 * 86400_000
+    overflow: str = "overwrite"  # persistence="none" only: "block" never overwrites what a live consumer has not read
 
     # TopicConfig() is THE topic defaults: create_topic, the config file ([topics.NAME]) and
     # `shmlog topic create` all take theirs from it (TOPIC_DEFAULTS below)
@@ -123,6 +127,12 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
                 unlimited[name] = None  # Kafka's -1: no limit (stored as None)
             elif v is not None:
                 need_int(name, v, 1)
+        if self.overflow not in OVERFLOW:
+            raise errors.InvalidArgument(f"overflow must be one of {sorted(OVERFLOW)}, not {self.overflow!r}")
+        if self.overflow == "block" and self.persistence != "none":
+            raise errors.InvalidArgument(
+                'overflow="block" needs persistence="none" (a durable topic never overwrites: consumers read the files)'
+            )
         need_int("segment_bytes", self.segment_bytes, 1 << 16)
         need_int("segment_ms", self.segment_ms, 1)
         return msgspec.structs.replace(self, max_message_bytes=mmb, **unlimited)

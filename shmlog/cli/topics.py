@@ -29,6 +29,7 @@ CONFIG_OPTIONS = {
     "max_message_bytes": int,
     "segment_bytes": int,
     "segment_ms": int,
+    "overflow": str,
 }
 UNLIMITED = ("retention_ms", "retention_bytes")
 
@@ -65,6 +66,13 @@ def _add_config_options(p, defaults: bool):
         "--segment-bytes", type=common.parse_size, default=d(D.segment_bytes), help="segment file size before a roll"
     )
     p.add_argument("--segment-ms", type=int, default=d(D.segment_ms), help="segment age before a roll")
+    p.add_argument(
+        "--overflow",
+        choices=sorted(config.OVERFLOW),
+        default=d(D.overflow),
+        help="persistence none: overwrite the oldest records when full, or block producers until "
+        "the slowest live consumer has read them",
+    )
 
 
 def _config_from(args) -> dict:

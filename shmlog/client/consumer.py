@@ -218,6 +218,17 @@ class Consumer:
             h.config.max_message_bytes,
         )
         self._start(part, offset)
+        if h.config.persistence == "none":
+            # every ephemeral ring (alter_topic may switch it to overflow="block" later); pause keeps
+            # the slot, as Kafka keeps a paused partition's position; unassign/revoke/close release it
+            if part.hold() < 0 and h.config.overflow == "block":
+                logger.warning(
+                    "topic %r partition %d: all %d reader slots are held: this consumer is not "
+                    "protected from overwrites (overflow=block)",
+                    topic,
+                    partition,
+                    lib.SHM_READER_SLOTS,
+                )
         return part
 
     def _add_parts(self, starts: Iterable[tuple[str, int, int | None]]) -> None:
@@ -235,6 +246,10 @@ class Consumer:
         partitions that stay (the same _Part: their cursors are past them) and
         dropped for the others."""
         old = {id(p) for p in self._parts}
+        new = {id(p) for p in parts}
+        for p in self._parts:
+            if id(p) not in new:
+                p.let_go()  # a partition this consumer no longer reads holds no producer back
         kept = {(p.topic, p.partition) for p in parts if id(p) in old}
         self._pending = [m for m in self._pending[self._pi :] if (m.topic, m.partition) in kept]
         self._pi = 0
@@ -912,6 +927,8 @@ class Consumer:
                 g.leave()
         self._closed = True
         self._read_epoch, self._epoch = repeat(0).__next__, 0  # the log may unmap the control segment now
+        for p in self._parts:
+            p.let_go()
         self._parts = []
         self._active = []
         self._single = None

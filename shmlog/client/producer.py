@@ -486,7 +486,8 @@ class Producer(ProducerBase):
             )
             raise errors.BufferFull(
                 f"topic {name!r} partition {partition}: no ring space for "
-                f"{self._timeout_ns // 1_000_000} ms: {why}; consumers never hold space back"
+                f"{self._timeout_ns // 1_000_000} ms: {why}"
+                + ("" if w.handle.config.overflow == "block" else "; consumers never hold space back")
             )
         if rc == lib.SHM_E_TOO_LARGE:
             raise errors.RecordTooLarge(

@@ -17,7 +17,7 @@ return, decode or inflate what it reads (its callers do), or own the read
 buffer (callers share one across partitions).
 """
 
-from .. import errors
+from .. import errors, liveness
 from .._native import ffi, lib, raise_status
 
 NOWHERE = 2**64 - 1  # a cursor position that is no frame's
@@ -51,6 +51,19 @@ class PartitionReader:
         self.batches = batches  # whole RecordBatches (shm_*_read_batches), else decoded records
         self.unblock_ns = log.unblock_ns
         self.gone = ""  # after LAPPED: why the records at the cursor are gone
+
+    def hold(self) -> int:
+        """Claims a reader slot for this cursor in the ring's (writable) header:
+        on an overflow="block" ring producers then never overwrite what it has
+        not read (csrc/ring.c, "overflow=block"). Every read and seek publishes
+        the cursor's position to it. Returns the slot, or SHM_E_NO_SLOT."""
+        pid, st = liveness.ensure_token(self.log.token_prefix)
+        return lib.shm_reader_claim(self.ring.hdr, pid, st, self.log.token_prefix_c, self.cur)
+
+    def let_go(self) -> None:
+        """Releases the reader slot, if held: it holds producers back no longer."""
+        if self.cur.reader_hdr != ffi.NULL:
+            lib.shm_reader_release(self.cur)
 
     def log_start(self) -> int:
         """The first offset still held, in the files or the ring."""

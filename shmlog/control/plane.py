@@ -46,6 +46,10 @@ class PartitionInfo(msgspec.Struct, frozen=True):
     fsynced_lag_bytes: int = 0  # durable: committed bytes not fsynced yet
     offline: str | None = None  # quarantined (damaged files): what and where; writes refused
     offline_offset: int | None = None  # the first offset the damage affects
+    slowest_reader_lag_bytes: int | None = None  # bytes the slowest attached consumer has not read (None: none)
+    slowest_reader_pid: int | None = None
+    blocked_ms: float = 0.0  # overflow="block": time producers waited on a consumer
+    blocked_waits: int = 0  # overflow="block": writes that had to wait on a consumer
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -83,6 +87,7 @@ def _c_config(cfg: config.TopicConfig) -> Any:
     c.retention_bytes = -1 if cfg.retention_bytes is None else cfg.retention_bytes
     c.segment_bytes = cfg.segment_bytes
     c.segment_ms = cfg.segment_ms
+    c.overflow = config.OVERFLOW[cfg.overflow]
     return c
 
 
@@ -98,6 +103,7 @@ def _py_config(c: Any) -> config.TopicConfig:
         retention_bytes=None if c.retention_bytes < 0 else c.retention_bytes,
         segment_bytes=c.segment_bytes,
         segment_ms=c.segment_ms,
+        overflow={v: k for k, v in config.OVERFLOW.items()}[c.overflow],
     )
 
 
@@ -496,6 +502,13 @@ class ControlPlane:
                     rep = self._recover(name, p, pd, damage)  # records a crashed alter's producers wrote
                     base = (rep.end_offset, rep.end_pos)
                 self._make_ring(name, new, gen, p, base, made, damage.get(p))
+            if new.overflow != old.overflow:
+                for p in range(old.partitions):
+                    seg = ShmMapping.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
+                    rc = lib.shm_ring_set_overflow(seg.base, config.OVERFLOW[new.overflow])
+                    seg.close()
+                    if rc != lib.SHM_OK:
+                        raise_status(rc, f"cannot set overflow of {name!r} partition {p}")
             if new.max_message_bytes != old.max_message_bytes:
                 for p in range(old.partitions):
                     seg = ShmMapping.open(self.settings.ring_name(gen, p), writable=True, trust=self._trust)
@@ -532,6 +545,7 @@ class ControlPlane:
         max_message_bytes: int | None = _D.max_message_bytes,
         segment_bytes: int = _D.segment_bytes,
         segment_ms: int = _D.segment_ms,
+        overflow: str = _D.overflow,
     ) -> TopicDescription:
         config.validate_topic_name(name)
         try:
@@ -545,6 +559,7 @@ class ControlPlane:
                 retention_bytes=retention_bytes,
                 segment_bytes=segment_bytes,
                 segment_ms=segment_ms,
+                overflow=overflow,
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
@@ -638,6 +653,8 @@ class ControlPlane:
             base[0],
             base[1],
         )
+        if rc == lib.SHM_OK:
+            rc = lib.shm_ring_set_overflow(seg.base, config.OVERFLOW[cfg.overflow])
         if rc == lib.SHM_OK and damage is not None:
             rc = lib.shm_ring_set_offline(seg.base, damage.kind, damage.pos, damage.offset)
         seg.close()
@@ -704,11 +721,13 @@ class ControlPlane:
         "segment_bytes",
         "segment_ms",
         "max_message_bytes",
+        "overflow",
     )
 
     def alter_topic(self, name: str, **changes: Any) -> TopicDescription:
         """Changes a topic's config: retention_ms, retention_bytes, fsync,
-        segment_bytes, segment_ms, max_message_bytes, or partitions (grow only,
+        segment_bytes, segment_ms, max_message_bytes, overflow (persistence="none"
+        topics: "overwrite" or "block"), or partitions (grow only,
         like Kafka: the new partitions' rings are created; keys map to other
         partitions from then on). ring_bytes and persistence are fixed at
         creation. Producers opened before a partition increase keep writing to
@@ -781,6 +800,8 @@ class ControlPlane:
                 persisted_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED), 0)
                 fsynced_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_FSYNCED), 0)
             off = r.offline()
+            rpid, rpos = ffi.new("uint32_t *"), ffi.new("uint64_t *")
+            slow = lib.shm_ring_slowest_reader(r.base, rpid, rpos)
             parts.append(
                 PartitionInfo(
                     p,
@@ -794,6 +815,10 @@ class ControlPlane:
                     fsynced_lag,
                     self.offline_reason(h, p, r),
                     int(off[2]) if off else None,
+                    max(tp - rpos[0], 0) if slow >= 0 else None,
+                    rpid[0] if slow >= 0 else None,
+                    lib.shm_ring_counter(r.base, lib.SHM_COUNTER_BLOCKED_NS) / 1e6,
+                    lib.shm_ring_counter(r.base, lib.SHM_COUNTER_BLOCKED_WAITS),
                 )
             )
         return TopicDescription(name, h.generation, h.config, parts)

@@ -114,6 +114,16 @@ class InstanceCollector:
             "over": CounterMetricFamily(
                 "shmlog_partition_overwritten_frames", "Ephemeral frames dropped to make room", labels=P
             ),
+            "rlag": GaugeMetricFamily(
+                "shmlog_partition_slowest_reader_lag_bytes",
+                "Bytes the slowest attached consumer has not read (ephemeral topics with a consumer)",
+                labels=P,
+            ),
+            "blocked": CounterMetricFamily(
+                "shmlog_partition_producer_blocked_seconds",
+                'overflow="block": time producers waited on a consumer that is behind',
+                labels=P,
+            ),
             "offline": GaugeMetricFamily(
                 "shmlog_partition_offline",
                 "1: quarantined at restore (damaged segment files, writes refused; the "
@@ -140,6 +150,10 @@ class InstanceCollector:
             fam["fill"].add_metric(lv, p.ring_used_bytes / p.ring_bytes)
             fam["sealed"].add_metric(lv, p.sealed_writes)
             fam["over"].add_metric(lv, p.overwritten_frames)
+            if p.slowest_reader_lag_bytes is not None:
+                fam["rlag"].add_metric(lv, p.slowest_reader_lag_bytes)
+            if d.config.overflow == "block":
+                fam["blocked"].add_metric(lv, p.blocked_ms / 1000)
             fam["offline"].add_metric(lv, 1 if p.offline else 0)
         yield from fam.values()
         yield from self._collect_groups()
