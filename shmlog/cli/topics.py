@@ -90,7 +90,7 @@ def _config_from(args) -> dict:
 def describe_text(d) -> str:
     cfg = msgspec.structs.asdict(d.config)
     head = f"topic {d.name}  generation {d.generation}\n  " + "  ".join(f"{k}={v}" for k, v in cfg.items())
-    rows = [
+    rows: list[tuple] = [
         (
             p.partition,
             p.log_start_offset,
@@ -103,13 +103,19 @@ def describe_text(d) -> str:
         )
         for p in d.partitions
     ]
-    return (
-        head
-        + "\n"
-        + common.table(
-            ["PARTITION", "START", "END", "RECORDS", "RING FILL", "UNPERSISTED B", "UNSYNCED B", "SEALED"], rows
-        )
-    )
+    headers = ["PARTITION", "START", "END", "RECORDS", "RING FILL", "UNPERSISTED B", "UNSYNCED B", "SEALED"]
+    if d.config.overflow == "block":  # lossless ephemeral: who holds producers back, and for how long
+        headers += ["SLOWEST READER LAG B", "READER PID", "BLOCKED MS"]
+        rows = [
+            (
+                *r,
+                "-" if p.slowest_reader_lag_bytes is None else p.slowest_reader_lag_bytes,
+                p.slowest_reader_pid or "-",
+                p.blocked_ms,
+            )
+            for r, p in zip(rows, d.partitions)
+        ]
+    return head + "\n" + common.table(headers, rows)
 
 
 def cmd_create(args):

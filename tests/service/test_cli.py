@@ -207,7 +207,14 @@ def test_topic_create_describe_delete_and_failures(inst, sh):
     assert [p["end_offset"] for p in d["partitions"]] == [0, 1, 0]
     assert all(p["persisted_lag_bytes"] == 0 for p in d["partitions"])
     text = ok(sh("topic", "describe", "orders"))
-    assert "RING FILL" in text and "orders" in text
+    assert "RING FILL" in text and "orders" in text and "SLOWEST READER" not in text
+    ok(sh("topic", "create", "rpc", "--persistence", "none", "--overflow", "block", "--ring-bytes", "64KiB"))
+    c = inst.log.consumer(["rpc"], auto_offset_reset="earliest")
+    c.poll(0)  # holds partition 0 of a lossless topic
+    text = ok(sh("topic", "describe", "rpc"))
+    assert "SLOWEST READER LAG B" in text and f" {os.getpid()} " in text, text
+    c.close()
+    inst.log.delete_topic("rpc")
     fails(sh("topic", "create", "orders", "--persistence", "none"), 4, "already exists")
     fails(sh("topic", "create", "bad/name"), 2, "invalid topic name")
     fails(sh("topic", "create", "t2", "--ring-bytes", "100000"), 2, "power of two")
