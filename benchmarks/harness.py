@@ -15,7 +15,7 @@ import time
 from . import groups, machine, report, runner, scaling
 from . import peers as peer_registry
 from . import workloads as W
-from .peers.base import ROWS
+from .peers.base import ROWS, base_row
 from .progress import Progress
 
 SECTIONS = ("rows", "size", "partitions", "topics", "groups", "T5")
@@ -73,12 +73,13 @@ def _setup_peers(names, rows, workdir, res, log):
             res["skipped"][name] = reason
             log(f"skip {name}: {reason}")
             continue
-        res["peers"][name] = {"versions": peer.versions(), "modes": {r: peer.modes(r) for r in rows if peer.modes(r)}}
+        modes = {r: peer.modes(base_row(r)) for r in rows}
+        res["peers"][name] = {"versions": peer.versions(), "modes": {r: m for r, m in modes.items() if m}}
     return active
 
 
 def _count(peer, row, mode, quick):
-    return max(W.BATCH if row == "T1-batch" else 10, int(W.SIZES[quick][row] * peer.scale(row, mode)))
+    return max(W.BATCH if row == "T1-batch" else 10, int(W.SIZES[quick][row] * peer.scale(base_row(row), mode)))
 
 
 def _curve_mode(peer):
@@ -93,7 +94,7 @@ def plan(quick, reps, rows, sections, active):
     for rep in range(reps):
         if "rows" in sections:
             for row in rows:
-                pm = [(p, m) for p in active for m in p.modes(row)]
+                pm = [(p, m) for p in active for m in p.modes(base_row(row))]
                 k = rep % len(pm) if pm else 0
                 for peer, mode in pm[k:] + pm[:k]:  # rotate who goes first
                     n = _count(peer, row, mode, quick)

@@ -12,6 +12,8 @@ TITLES = {
     "T1-batch": "T1 batch: 100 B records, 1000 records per send call",
     "T2-spin": "T2 ping-pong round trip, spinning receivers: 64 B records, microseconds",
     "T2-block": "T2 ping-pong round trip, blocking receivers: 64 B records, microseconds",
+    "T2-block-loaded": "T2 ping-pong round trip, blocking receivers, every core busy (one numpy loop "
+    "process per core): 64 B records, microseconds",
     "T3": "T3 large records: 1 MiB records, 1 producer -> 1 consumer",
     "T4": "T4 fan-out: 100 B records, 1 producer -> 4 consumers, each consumer gets every record",
 }
@@ -20,6 +22,7 @@ SHORT = {
     "T1-batch": "T1 batch",
     "T2-spin": "T2 p50, spinning",
     "T2-block": "T2 p50, blocking",
+    "T2-block-loaded": "T2 p50, blocking, cores busy",
     "T3": "T3 1 MiB",
     "T4": "T4 fan-out 1->4",
 }
@@ -111,6 +114,7 @@ TARGETS = [
     ("T1-batch", 3.0, "batch T1 ≥ 3× the best peer's batched rate"),
     ("T2-spin", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (spinning receivers)"),
     ("T2-block", 2.5, "T2 p50 ≥ 2.5× faster than the best peer (blocking receivers)"),
+    ("T2-block-loaded", 1.0, "T2 p50 under load ≤ the best peer's (blocking receivers, every core busy)"),
     ("T3", 1.0, "T3 ≥ the best peer"),
 ]
 
@@ -172,6 +176,34 @@ def _row_table(res, row):
             f"| {s['peer']} | {s['mode']} | {s['n']:,} | {_num(v['median'], row)} | "
             f"{_num(v['min'], row)}-{_num(v['max'], row)} | {r} |"
         )
+    return lines
+
+
+def _loaded_table(res):
+    """T2-block idle and under load side by side (p50, p99 medians), one line per peer and mode."""
+    summary = res["summary"]
+    idle = {(s["peer"], s["mode"]): s for s in summary if s["row"] == "T2-block"}
+    loaded = {(s["peer"], s["mode"]): s for s in summary if s["row"] == "T2-block-loaded"}
+    if not loaded:
+        return []
+    lines = [
+        "",
+        "## T2 blocking receivers: idle vs every core busy (round trip, microseconds)",
+        "",
+        "| peer | mode | idle p50 | idle p99 | loaded p50 | loaded p99 | loaded ÷ idle p50 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def cells(s):
+        if s is None:
+            return ["", ""]
+        return ["FAILED", ""] if not s["ok"] else [f"{s[k]['median']:.1f}" for k in ("p50", "p99")]
+
+    for key in list(dict.fromkeys([*idle, *loaded])):
+        i, ld = idle.get(key), loaded.get(key)
+        both = i is not None and ld is not None and i["ok"] and ld["ok"]
+        r = f"{ld['p50']['median'] / i['p50']['median']:.2f}×" if both else "-"
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells(i) + cells(ld)) + f" | {r} |")
     return lines
 
 
@@ -322,6 +354,7 @@ def markdown(res):
         lines += _ratios(res) + _targets(res)
     for row in TITLES:
         lines += _row_table(res, row)
+    lines += _loaded_table(res)
     lines += _size_curve(res) + _partitions(res) + _topics(res) + _groups(res)
     if res["curves"].get("T5"):
         from .durable import report as durable_report

@@ -4,13 +4,15 @@ Owns: process start/teardown and turning child results into one value. Must neve
 run or report a number from a run whose consumer did not verify every record.
 """
 
+import contextlib
 import multiprocessing as mp
 import time
 import traceback
 from multiprocessing.connection import wait as mp_wait
 
+from . import load
 from . import workloads as W
-from .peers.base import FANOUT
+from .peers.base import FANOUT, LOADED, base_row
 
 CTX = mp.get_context("fork")  # channels (queues, shm handles) are inherited; sockets are made in the child
 
@@ -67,24 +69,27 @@ def _first_error(results):
 
 
 def ping_pong(peer, row, mode, n, warm, size, tag, timeout):
-    """T2: round-trip latency percentiles (µs) measured by the pinger."""
+    """T2: round-trip latency percentiles (µs) measured by the pinger. A "-loaded" row runs the same
+    ping-pong while one busy process per core runs (started before the channels, stopped after)."""
     deadline = time.monotonic() + timeout  # children share this absolute deadline
     evs = [CTX.Event() for _ in range(2)]
-    ping = peer.channel(row, mode, size, tag + "a", n + warm + 1)
-    try:
-        pong = peer.channel(row, mode, size, tag + "b", n + warm + 1)
+    with load.cpu_hogs() if row.endswith(LOADED) else contextlib.nullcontext():
+        row = base_row(row)
+        ping = peer.channel(row, mode, size, tag + "a", n + warm + 1)
         try:
-            a, b = run_children(
-                [
-                    (W.pinger, (ping, pong, n, warm, size, evs[0], evs[1], deadline)),
-                    (W.ponger, (ping, pong, n + warm, evs[1], evs[0], deadline)),
-                ],
-                timeout + 5,
-            )
+            pong = peer.channel(row, mode, size, tag + "b", n + warm + 1)
+            try:
+                a, b = run_children(
+                    [
+                        (W.pinger, (ping, pong, n, warm, size, evs[0], evs[1], deadline)),
+                        (W.ponger, (ping, pong, n + warm, evs[1], evs[0], deadline)),
+                    ],
+                    timeout + 5,
+                )
+            finally:
+                pong.close()
         finally:
-            pong.close()
-    finally:
-        ping.close()
+            ping.close()
     if not (a["ok"] and b["ok"]):
         return {"ok": False, "error": _first_error([a, b]), "value": None}
     return {"ok": True, "error": None, "value": {k: a[k] for k in ("p50", "p99", "p99.9", "max", "mean", "curve")}}

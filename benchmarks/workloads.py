@@ -17,6 +17,7 @@ SIZES = {  # records per run; quick: the whole suite finishes in < 1 minute on 2
         "T1-batch": 50_000,
         "T2-spin": 300,
         "T2-block": 300,
+        "T2-block-loaded": 300,
         "T2-warmup": 30,
         "T3": 32,
         "T4": 3_000,
@@ -26,12 +27,21 @@ SIZES = {  # records per run; quick: the whole suite finishes in < 1 minute on 2
         "T1-batch": 3_000_000,
         "T2-spin": 20_000,
         "T2-block": 20_000,
+        "T2-block-loaded": 20_000,
         "T2-warmup": 2_000,
         "T3": 384,
         "T4": 100_000,
     },
 }
-RECORD = {"T1-msg": 100, "T1-batch": 100, "T2-spin": 64, "T2-block": 64, "T3": 1 << 20, "T4": 100}
+RECORD = {
+    "T1-msg": 100,
+    "T1-batch": 100,
+    "T2-spin": 64,
+    "T2-block": 64,
+    "T2-block-loaded": 64,
+    "T3": 1 << 20,
+    "T4": 100,
+}
 PERCENTILES = (0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100)  # T2 latency curve
 
 

@@ -11,7 +11,8 @@ Lifecycle, driven by benchmarks/harness.py and benchmarks/runner.py:
   parent:  ch.close() after the run; peer.teardown() at session end (always, in finally).
 
 Rows: "T1-msg", "T1-batch", "T2-spin" (the receiver busy-polls), "T2-block" (the receiver sleeps in
-the kernel until a record arrives), "T3", "T4". A record's first 8 bytes are its little-endian
+the kernel until a record arrives), "T2-block-loaded" (T2-block while every core runs a busy process;
+adapters never see it: the harness asks them for "T2-block", see base_row), "T3", "T4". A record's first 8 bytes are its little-endian
 sequence number; recv_seqs must read them from the records it actually received.
 Must never: create sockets, shared memory or server connections in the parent that a child
 would inherit (fork); everything live is made in sender()/receiver().
@@ -21,8 +22,14 @@ import time
 
 import numpy as np
 
-ROWS = ("T1-msg", "T1-batch", "T2-spin", "T2-block", "T3", "T4")
+ROWS = ("T1-msg", "T1-batch", "T2-spin", "T2-block", "T2-block-loaded", "T3", "T4")
 FANOUT = 4  # T4: consumers per producer
+LOADED = "-loaded"  # a row run under CPU load (benchmarks/load.py); the peer runs the row without it
+
+
+def base_row(row):
+    """The row a peer adapter implements: "T2-block-loaded" -> "T2-block"."""
+    return row[: -len(LOADED)] if row.endswith(LOADED) else row
 
 
 def seqs_of(bufs):
