@@ -1341,30 +1341,92 @@ static int ready_any(const struct shm_ring *const *rings, struct shm_cursor *con
 }
 
 /* Waits until one of n cursors has something to read (returns its index),
- * or timeout_ns passes (SHM_E_TIMEOUT; < 0 waits forever). Spins for spin_ns
- * first; then announces itself on every ring and parks in one futex_waitv
- * (Linux 5.16+; older kernels fall back to 1 ms naps). hdrs are writable
- * mappings of the ring headers (waiter counts), rings the handles of the
- * (maybe read-only) rings. */
+ * or timeout_ns passes (SHM_E_TIMEOUT; < 0 waits forever). Spins first; then
+ * announces itself on every ring and parks in one futex_waitv (Linux 5.16+;
+ * older kernels fall back to 1 ms naps). hdrs are writable mappings of the
+ * ring headers (waiter counts), rings the handles of the (maybe read-only)
+ * rings.
+ *
+ * The spin. spin == NULL (wait="spin", the asyncio and Kafka callers): a
+ * fixed spin_ns, nothing else. spin != NULL (wait="park"): the spin is
+ * adaptive, its state process-local in *spin (one per consumer):
+ *  - Descheduled: the spinner reads the monotonic clock every 64 relax
+ *    iterations; when two reads are more than SPIN_DESCHED_NS apart (and
+ *    more than 4x the shortest gap of this spin, so a slow ready_any over
+ *    many rings is not mistaken for it), another runnable thread had our
+ *    core, and spinning on only keeps it from the peer: the spin ends at
+ *    once and the waiter parks.
+ *  - Budget: the spin lasts spin->budget_ns, in [min(SPIN_FLOOR_NS,
+ *    spin_ns), spin_ns]. Data that arrives within the spin, or so soon after
+ *    a park (<= LONG/2 after the wait began) that a longer spin would have
+ *    caught it, doubles the budget back towards spin_ns. A wait that ends
+ *    LONG after it began (data long after any spin, or a timeout) halves it:
+ *    spinning for records that come that rarely only burns a core.
+ *    LONG = max(8 spin_ns, 500 us): two parked peers of a ping-pong see
+ *    each other's futex wake latency (tens of us, more on a VM) added to
+ *    every wait, which must not look like "rare records", or both would stay
+ *    at the floor although spinning would serve them.
+ * Neither rule touches the park: whatever ends the spin, the waiter takes the
+ * same announce -> re-check -> futex_waitv path (the Dekker pair described
+ * above shm_wait_arm), so ending a spin early can cost latency, never a wake.
+ * No shared layout changes; *spin is read and written only by its caller's
+ * thread, so it needs no atomics. */
+#define SPIN_DESCHED_NS 5000
+#define SPIN_FLOOR_NS   1000
+#define SPIN_LONG_MIN_NS 500000
+
+static void spin_adapt(struct shm_spin_state *st, int64_t spin_ns, int64_t budget, int64_t waited, int got)
+{
+    int64_t lng = 8 * spin_ns > SPIN_LONG_MIN_NS ? 8 * spin_ns : SPIN_LONG_MIN_NS;
+    int64_t floor = spin_ns < SPIN_FLOOR_NS ? spin_ns : SPIN_FLOOR_NS;
+    if (got && waited <= lng / 2)
+        budget = budget > spin_ns / 2 ? spin_ns : 2 * budget;
+    else if (!got || waited > lng)
+        budget = budget / 2 < floor ? floor : budget / 2;
+    st->budget_ns = budget;
+}
+
 int shm_wait_any(void *const *hdrs, const struct shm_ring *const *rings, struct shm_cursor *const *curs,
-                 uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns)
+                 uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns,
+                 struct shm_spin_state *spin)
 {
     for (uint32_t i = 0; i < n; i++)
         if (!handle_ok(rings[i]))
             return SHM_E_INVALID;
     int64_t start = shm_monotonic_ns(), now = start, sd;
     int64_t deadline = timeout_ns >= 0 ? start + timeout_ns : -1;
-    int r;
+    int64_t budget = spin_ns, last = start, gap_min = INT64_MAX;
+    if (spin != NULL) {
+        if (spin_ns < 0)
+            spin_ns = 0;
+        budget = spin->budget_ns > 0 && spin->budget_ns <= spin_ns ? spin->budget_ns : spin_ns;
+        spin->waits++;
+    }
+    int r, spinning = 1;
     uint32_t iter = 0;
     while ((r = ready_any(rings, curs, n, unblock_ns, now, &sd)) < 0) {
         if (deadline >= 0 && now >= deadline)
-            return SHM_E_TIMEOUT;
-        if (now - start < spin_ns) {
+            break;
+        if (spinning && now - start < budget) {
             shm_cpu_relax();
-            if ((++iter & 63) == 0)
+            if ((++iter & 63) == 0) {
                 now = shm_monotonic_ns();
+                if (spin != NULL) {
+                    int64_t gap = now - last;
+                    last = now;
+                    if (gap > SPIN_DESCHED_NS && gap > 4 * gap_min) {
+                        spinning = 0;   /* descheduled: park now, freeing the core */
+                        spin->desched_exits++;
+                    }
+                    if (gap < gap_min)
+                        gap_min = gap;
+                }
+            }
             continue;
         }
+        if (spinning && spin != NULL)
+            spin->parks++;
+        spinning = 0;   /* a wake that finds nothing parks again without spinning */
         int64_t until = deadline;
         if (sd >= 0 && (until < 0 || sd < until))
             until = sd;
@@ -1391,10 +1453,12 @@ int shm_wait_any(void *const *hdrs, const struct shm_ring *const *rings, struct 
         for (uint32_t i = 0; i < m; i++)
             shm_fetch_sub(&HDR(hdrs[i])->data_waiters, 1);
         if (r >= 0)
-            return r;
+            break;
         now = shm_monotonic_ns();
     }
-    return r;
+    if (spin != NULL)
+        spin_adapt(spin, spin_ns, budget, shm_monotonic_ns() - start, r >= 0);
+    return r >= 0 ? r : SHM_E_TIMEOUT;
 }
 
 /* The asyncio consumers' park (shmlog/aio.py), split around a wait that

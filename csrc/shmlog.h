@@ -625,8 +625,17 @@ int64_t  shm_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t 
                   int64_t timestamp_ms);
 int      shm_ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                        int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
+/* A park-mode consumer's adaptive spin (shm_wait_any): process-local, one per
+ * consumer, never in shared memory; zero-initialised = start at spin_ns. */
+struct shm_spin_state {
+    int64_t  budget_ns;        /* the next wait's spin, in [floor, spin_ns]; <= 0: spin_ns */
+    uint64_t waits;            /* shm_wait_any calls with this state */
+    uint64_t parks;            /* of those, how many announced themselves and parked */
+    uint64_t desched_exits;    /* spins cut short because the spinner had been descheduled */
+};
 int      shm_wait_any(void *const *hdrs, const struct shm_ring *const *rings, struct shm_cursor *const *curs,
-                      uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns);
+                      uint32_t n, int64_t timeout_ns, int64_t spin_ns, int64_t unblock_ns,
+                      struct shm_spin_state *spin);
 int      shm_ring_seek(const struct shm_ring *r, struct shm_cursor *cur, int64_t offset);
 int      shm_ring_seal_stuck(const struct shm_ring *r, uint64_t pos, const char *token_prefix);
 int      shm_ring_seal_dead(const struct shm_ring *r, const char *token_prefix, int free_slots);

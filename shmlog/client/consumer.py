@@ -123,6 +123,8 @@ class Consumer:
         self._log = log
         self._reset = auto_offset_reset
         self._spin_ns = -1 if wait == "spin" else spin_us * 1000
+        # park mode: the adaptive spin's process-local state (csrc/ring.c, above shm_wait_any)
+        self._spin_state = ffi.NULL if wait == "spin" else ffi.new("struct shm_spin_state *")
         self._crc = int(bool(check_crcs))
         self._max_poll = max_poll_records
         self._consumer_timeout = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
@@ -682,6 +684,7 @@ class Consumer:
             tns,
             spin if spin >= 0 else 1 << 62,
             self._unblock_ns,
+            self._spin_state,
         ) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
             self._epoch = -1
 

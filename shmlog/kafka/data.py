@@ -481,7 +481,7 @@ class RingWatcher:
             hdrs = ffi.new("void *[]", [e[0].hdr for e in items])
             bases = ffi.new("struct shm_ring *[]", [e[0].h for e in items])
             curs = ffi.new("struct shm_cursor *[]", [e[1] for e in items])
-            if lib.shm_wait_any(hdrs, bases, curs, len(items), self.SLICE_NS, 0, -1) >= 0:
+            if lib.shm_wait_any(hdrs, bases, curs, len(items), self.SLICE_NS, 0, -1, ffi.NULL) >= 0:
                 self._notify()
 
     def _notify(self):
