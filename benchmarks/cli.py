@@ -27,7 +27,7 @@ def parser(prog="python -m benchmarks", quick_default=False):
         action="store_false",
         help="README sizes, < 15 minutes on 2 cores" + ("" if quick_default else " (the default)"),
     )
-    ap.add_argument("--peers", help="comma list: shmlog,mpqueue,zmq,fasterfifo,redis,iceoryx2 (default: all)")
+    ap.add_argument("--peers", help="comma list: shmlog,mpqueue,zmq,fasterfifo,redis,iceoryx2,pipe (default: all)")
     ap.add_argument(
         "--workloads",
         help="comma list of rows (T1,T2,T3,T4, or T1-msg, T2-spin, ...) and sections "

@@ -9,6 +9,7 @@ PEERS = {
     "fasterfifo": "benchmarks.peers.fasterfifo",
     "redis": "benchmarks.peers.redis_streams",
     "iceoryx2": "benchmarks.peers.iceoryx2_peer",
+    "pipe": "benchmarks.peers.pipe",
 }
 
 
