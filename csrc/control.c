@@ -188,11 +188,6 @@ void shm_ctl_set_abandoned(void *base)
     shm_store_release(&CTL(base)->restored, SHM_CTL_ABANDONED);
 }
 
-uint64_t shm_ctl_epoch(const void *base)
-{
-    return shm_load_acquire(&CTL(base)->topics_epoch);
-}
-
 uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation)
 {
     struct shm_topic_entry *e = shm_ctl_topic((void *)base, (uint32_t)index);
@@ -463,8 +458,9 @@ void shm_offset_restore(struct shm_offset_entry *e, int64_t committed, int64_t c
     shm_store_relaxed(&e->commit_ms, commit_ms);
 }
 
-/* express tier (never blocks, no errno): a consumer's poll looks at the topic
- * table's epoch once; acquire pairs with the release that bumps it */
+/* the topic table's epoch (every reader: a consumer's poll, handles, the
+ * persister). Express tier: never blocks, no errno. Acquire pairs with the
+ * release that bumps it. */
 uint64_t shmx_ctl_epoch(const void *base)
 {
     return shm_load_acquire(&CTL(base)->topics_epoch);

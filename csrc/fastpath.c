@@ -176,9 +176,15 @@ static PyObject *slice_or_none(const char *buf, uint64_t used, int64_t start, in
     return PyBytes_FromStringAndSize(buf + start, (Py_ssize_t)len);
 }
 
-/* the read buffer, the rows and their count from (buf_addr, used, rows_addr, n) */
-static int batch_args(PyObject *const *args, const char **buf, uint64_t *used, const int64_t **rows, Py_ssize_t *n)
+/* the read buffer, the rows and their count from (buf_addr, used, rows_addr, n, ...):
+ * the first four of the `want` arguments `name` takes */
+static int batch_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name, const char **buf,
+                      uint64_t *used, const int64_t **rows, Py_ssize_t *n)
 {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", name, want);
+        return -1;
+    }
     *buf = PyLong_AsVoidPtr(args[0]);
     *used = PyLong_AsUnsignedLongLong(args[1]);
     *rows = PyLong_AsVoidPtr(args[2]);
@@ -198,15 +204,11 @@ static int batch_args(PyObject *const *args, const char **buf, uint64_t *used, c
  * with them (the caller decodes those). */
 static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "messages() takes 7 arguments");
-        return NULL;
-    }
     const char *buf;
     uint64_t used;
     const int64_t *rows;
     Py_ssize_t n;
-    if (batch_args(args, &buf, &used, &rows, &n) < 0)
+    if (batch_args(args, nargs, 7, "messages", &buf, &used, &rows, &n) < 0)
         return NULL;
     PyObject *cls = args[4], *topic = args[5], *partition = args[6];
     PyObject *empty = PyTuple_New(0);
@@ -250,15 +252,11 @@ fail:
 /* values(buf_addr, used, rows_addr, n) -> list of each record's value (bytes, or None) */
 static PyObject *fastpath_values(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "values() takes 4 arguments");
-        return NULL;
-    }
     const char *buf;
     uint64_t used;
     const int64_t *rows;
     Py_ssize_t n;
-    if (batch_args(args, &buf, &used, &rows, &n) < 0)
+    if (batch_args(args, nargs, 4, "values", &buf, &used, &rows, &n) < 0)
         return NULL;
     PyObject *out = PyList_New(n);
     if (out == NULL)

@@ -789,7 +789,6 @@ void     shm_ctl_topic_publish(void *base, int index);
 void     shm_ctl_topic_free(void *base, int index);
 int      shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *cfg);
 uint32_t shm_ctl_topic_state(const void *base, int index, uint64_t *generation);
-uint64_t shm_ctl_epoch(const void *base);
 uint32_t shm_ctl_restored(const void *base);
 void     shm_ctl_set_restored(void *base);
 void     shm_ctl_set_abandoned(void *base);

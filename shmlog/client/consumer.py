@@ -639,10 +639,10 @@ class Consumer:
             self._buf_addr, self._out.bytes_used, self._rows_addr, n, Message, part.topic, part.partition
         )
         if with_headers:
-            rows = self._rows
+            rows, data = self._rows, self._mv[: self._out.bytes_used]
             for i, m in enumerate(msgs):
                 if m.headers is None:
-                    hs = decode_headers(self._mv[: self._out.bytes_used], rows[i * ROW + lib.SHM_ROW_HEADER_START])
+                    hs = decode_headers(data, rows[i * ROW + lib.SHM_ROW_HEADER_START])
                     msgs[i] = msgspec.structs.replace(m, headers=hs)
         return msgs
 
@@ -769,14 +769,9 @@ class Consumer:
 
     def poll_batch(self, max_messages: int = 10_000, timeout: float | None = None) -> list[Message]:
         """Up to max_messages records (from one partition per call, round-robin)."""
-        if not isinstance(max_messages, int) or max_messages < 1:
-            raise errors.InvalidArgument("max_messages must be an int >= 1")
-        self._look()
-        if self._pi < len(self._pending):
-            rest = self._pending[self._pi : self._pi + max_messages]
-            self._pi += len(rest)
+        rest, part, n = self._batch(max_messages, timeout)
+        if rest is not None:
             return rest
-        part, n = self._poll_parts(max_messages, timeout)
         return self._messages(part, n) if n else []
 
     def poll_values(self, max_messages: int = 10_000, timeout: float | None = None) -> list[bytes | None]:
@@ -784,17 +779,24 @@ class Consumer:
         from one partition per call, round-robin: poll_batch without the
         Message objects, for a consumer that wants values only (the list is
         built in C). Positions, commits and group hand-overs as poll_batch."""
+        rest, part, n = self._batch(max_messages, timeout)
+        if rest is not None:
+            return [m.value for m in rest]
+        return batch_values(self._buf_addr, self._out.bytes_used, self._rows_addr, n) if n else []
+
+    def _batch(self, max_messages: int, timeout: float | None) -> tuple[list[Message] | None, Any, int]:
+        """poll_batch's and poll_values' read: (records poll() decoded earlier
+        and not yet returned, or None; else the partition and count of a fresh
+        read into the buffer)."""
         if not isinstance(max_messages, int) or max_messages < 1:
             raise errors.InvalidArgument("max_messages must be an int >= 1")
         self._look()
         if self._pi < len(self._pending):
             rest = self._pending[self._pi : self._pi + max_messages]
             self._pi += len(rest)
-            return [m.value for m in rest]
+            return rest, None, 0
         part, n = self._poll_parts(max_messages, timeout)
-        if not n:
-            return []
-        return batch_values(self._buf_addr, self._out.bytes_used, self._rows_addr, n)
+        return None, part, n
 
     def poll_columns(self, max_messages: int = 100_000, timeout: float | None = None) -> Columns | None:
         """Up to max_messages records of one partition as numpy columns (no

@@ -20,7 +20,6 @@ from ..control.tables import (
     LIVE,
     MEMBER_TOPICS,
     RELEASE,
-    change_seq,
     change_seq_reader,
     commit,
     ensure_group,
@@ -282,7 +281,7 @@ class Membership:
         if self.commit_due:
             self.commit_due = False
             self._commit_quietly(self._positions(self.entries))
-        seq = change_seq(self.gentry)
+        seq = self.read_seq()
         if seq == self.seen_seq:
             return
         consumer = self.consumer
@@ -301,7 +300,7 @@ class Membership:
                     f"{self.instance_id.decode()!r}; this one is fenced and closed"
                 )
             self._join()
-            seq = change_seq(self.gentry)
+            seq = self.read_seq()  # the entry _join bound
         self.seen_seq = seq
         generation = self.gentry.generation
         active, revoking = {}, []

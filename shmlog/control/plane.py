@@ -841,7 +841,7 @@ class ControlPlane:
         if h is not None:
             gen = ffi.new("uint64_t *")
             if lib.shm_ctl_topic_state(self._ctl.base, h.index, gen) == lib.SHM_TOPIC_LIVE and gen[0] == h.generation:
-                epoch = lib.shm_ctl_epoch(self._ctl.base)
+                epoch = lib.shmx_ctl_epoch(self._ctl.base)
                 if epoch == h.epoch:
                     return h
                 cfg = _py_config(lib.shm_ctl_topic(self._ctl.base, h.index).config)
@@ -862,7 +862,7 @@ class ControlPlane:
                 raise errors.UnknownTopicOrPartition(
                     f"topic {name!r} does not exist (create it with create_topic or `shmlog topic create`)"
                 )
-        epoch = lib.shm_ctl_epoch(self._ctl.base)
+        epoch = lib.shmx_ctl_epoch(self._ctl.base)
         e = lib.shm_ctl_topic(self._ctl.base, idx)
         h = TopicHandle(name, idx, gen[0], _py_config(e.config), epoch, lib.shm_ctl_topic_id(self._ctl.base, idx))
         self._handles[name] = h

@@ -146,14 +146,10 @@ def tables_of(log) -> Tables:
     return t
 
 
-def change_seq(g) -> int:
-    """Group entry g's change counter (G5): one acquire load, an express call."""
-    return lib.shmx_group_change_seq(g)
-
-
 def change_seq_reader(g) -> Callable[[], int]:
-    """change_seq(g) bound to g, for a poll loop: the express call and no
-    Python frame around it (about 30 ns; a method around it costs 100 more)."""
+    """Group entry g's change counter (G5), one acquire load per call: the
+    express C call bound to g, no Python frame around it (about 30 ns; a
+    method around it costs 100 more), for the poll loop and sync alike."""
     return functools.partial(lib.shmx_group_change_seq, g)
 
 
@@ -335,7 +331,7 @@ def commit_seq(log) -> int:
 
 
 def topics_epoch(log) -> int:
-    return lib.shm_ctl_epoch(log._ctl.base)
+    return lib.shmx_ctl_epoch(log._ctl.base)
 
 
 def live_topic(log, name: str):

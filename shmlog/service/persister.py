@@ -249,7 +249,7 @@ class Persister:
         self.offline = set()  # (generation, partition) of quarantined rings, logged once
 
     def sync_topics(self):
-        epoch = lib.shm_ctl_epoch(self.plane._ctl.base)
+        epoch = lib.shmx_ctl_epoch(self.plane._ctl.base)
         if epoch == self.epoch:
             return
         self.epoch = epoch
