@@ -28,7 +28,7 @@ CURVES = {  # scaling-curve points; quick keeps the ends of each range
         "partitions": (1, 16, 256),
         "rate": 50_000,
         "rate_seconds": 0.2,
-        "topics": 100,
+        "topics": 250,
     },
     False: {
         "sizes": (64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20),
@@ -37,7 +37,7 @@ CURVES = {  # scaling-curve points; quick keeps the ends of each range
         "partitions": (1, 4, 16, 64, 256),
         "rate": 100_000,
         "rate_seconds": 2.0,
-        "topics": 1000,
+        "topics": 2500,  # x 4 partitions: issue 13.6's 10,000
     },
 }
 
@@ -279,7 +279,9 @@ def summarize_curves(results):
             (
                 "create_s",
                 "delete_s",
-                "create_ms_per_topic",
+                "partitions",
+                "create_ms_per_partition",
+                "delete_ms_per_partition",
                 "shm_bytes_per_partition",
                 "creator_rss_bytes_per_partition",
             ),

@@ -1,8 +1,8 @@
 """shmlog scaling curves (how cost grows with work), one measurement per call:
   partitions(P): one producer spreads a FIXED total rate over P partitions; one consumer reads them all;
                  delivered rate, end-to-end latency p50/p99 and consumer CPU per record.
-  topics(count): time to create (and delete) `count` one-partition topics with 64 KiB rings, and the
-                 memory each idle partition holds (/dev/shm blocks, creator's RSS growth).
+  topics(count): time to create (and delete) `count` 4-partition topics with the default 64 MiB rings,
+                 and the memory each idle partition holds (/dev/shm blocks, creator's RSS growth).
 The record-size curve is runner.stream over every peer; the consumers-in-a-group curve is groups.py.
 Every consumer verifies per-partition order and completeness. Must never: leave an instance behind
 (each call makes and destroys its own private one).
@@ -22,7 +22,6 @@ import numpy as np
 from .runner import run_children
 
 HDR = struct.Struct("<QQ")  # sequence number within its partition, send time (monotonic ns)
-SMALL_RING = 64 << 10  # topics curve: the smallest ring shmlog accepts
 
 
 @contextlib.contextmanager
@@ -132,7 +131,7 @@ def partitions(parts, rate, seconds, size=100, timeout=120.0, instance=None):
     from .runner import CTX
 
     n = int(rate * seconds)
-    per = max(SMALL_RING, 1 << int(n // parts * (size + 64) * 1.5).bit_length())  # holds the whole run
+    per = max(64 << 10, 1 << int(n // parts * (size + 64) * 1.5).bit_length())  # holds the whole run
     deadline = time.monotonic() + timeout
     with private_instance(instance) as (kw, log):
         log.create_topic("p", partitions=parts, ring_bytes=per, persistence="none")
@@ -168,20 +167,23 @@ def _shm_bytes(prefix):
     return total
 
 
-def topics(count, instance=None):
-    """Create `count` idle 1-partition topics (64 KiB rings, persistence none), measure, delete."""
+def topics(count, partitions=4, instance=None):
+    """Create `count` idle topics of `partitions` partitions with the DEFAULT ring size (64 MiB of
+    address space each; memory follows traffic, csrc/ring.c M1-M4), persistence none; measure; delete."""
     import psutil
 
     me = psutil.Process()
+    n = count * partitions
     with private_instance(instance) as (kw, log):
         shm0, rss0 = _shm_bytes(kw["shm_prefix"]), me.memory_info().rss
         t0 = time.perf_counter()
         for i in range(count):
-            log.create_topic(f"idle-{i}", partitions=1, ring_bytes=SMALL_RING, persistence="none")
+            log.create_topic(f"idle-{i}", partitions=partitions, persistence="none")
         create_s = time.perf_counter() - t0
         shm1, rss1 = _shm_bytes(kw["shm_prefix"]), me.memory_info().rss
         if len(log.list_topics()) < count:
             return {"ok": False, "error": f"list_topics shows {len(log.list_topics())} of {count} topics"}
+        ring_bytes = log.describe_topic("idle-0").config.ring_bytes
         t0 = time.perf_counter()
         for i in range(count):
             log.delete_topic(f"idle-{i}")
@@ -189,10 +191,12 @@ def topics(count, instance=None):
     return {
         "ok": True,
         "topics": count,
-        "ring_bytes": SMALL_RING,
+        "partitions": n,
+        "ring_bytes": ring_bytes,
         "create_s": create_s,
         "delete_s": delete_s,
-        "create_ms_per_topic": create_s * 1e3 / count,
-        "shm_bytes_per_partition": (shm1 - shm0) / count,
-        "creator_rss_bytes_per_partition": (rss1 - rss0) / count,
+        "create_ms_per_partition": create_s * 1e3 / n,
+        "delete_ms_per_partition": delete_s * 1e3 / n,
+        "shm_bytes_per_partition": (shm1 - shm0) / n,
+        "creator_rss_bytes_per_partition": (rss1 - rss0) / n,
     }

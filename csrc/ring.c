@@ -110,6 +110,40 @@
  * A reader that is alive but never reads (SIGSTOP, not polling, a paused
  * partition: pause keeps the position, as Kafka's does) blocks producers up
  * to their timeout: that is the point of the mode.
+ *
+ * Memory follows traffic (issue 13.6)
+ * A ring's data area is `capacity` bytes of address space, but only the part
+ * its first lap has reached has memory behind it: an idle partition holds its
+ * 16 KiB header and SHM_RING_INITIAL_COMMIT (64 KiB) of data, not 64 MiB.
+ *  M1 committed_bytes (span 0) says data bytes [0, committed) have pages in
+ *     the segment (tmpfs) whoever committed them; it starts at
+ *     SHM_RING_INITIAL_COMMIT (shm_ring_init commits them) and only grows,
+ *     to capacity. Where the kernel cannot populate on request the creator
+ *     committed everything and committed_bytes = capacity from the start.
+ *  M2 A producer never writes a byte at or past committed: before its tail
+ *     CAS, a reservation whose end (relative to base_position) lies past
+ *     committed first commits up to it (commit_more: the memory-reserve
+ *     check, then MADV_POPULATE_WRITE; doubling, at most SHM_RING_GROW_MAX a
+ *     step), then re-reads the tail. Positions of later laps map below
+ *     capacity, all committed after the first. A commit the host cannot
+ *     afford is SHM_E_NOSPACE (NoSpace): the producer gets an error, the
+ *     ring keeps every frame it has, and no process ever takes SIGBUS or
+ *     the OOM killer for it.
+ *  M3 committed is published (CAS, release) only after the pages were
+ *     populated, so a producer that sees it (acquire) writes into pages the
+ *     segment already has. Readers read only below tail, so only committed
+ *     bytes. Nothing un-commits: a ring that once filled keeps its memory
+ *     until the topic is deleted (as Kafka keeps a segment file).
+ *  M4 Mapping never populates (a read fault on a hole of a shared tmpfs
+ *     mapping would commit it); shm_ring_open populates the page tables of
+ *     the header and of the data committed at that moment, and later commits
+ *     fault in once per page per process.
+ * Who writes what: committed_bytes — producers (CAS to a larger value).
+ * A producer dying at each step: before or during the populate — the pages
+ * it populated stay (they are the segment's; the next producer re-populates
+ * them for free) and committed did not move; after the CAS — the commit
+ * stands, nothing reserved; in every case no reservation exists yet (M2
+ * comes before the tail CAS), so the death analysis above is unchanged.
  */
 #define _GNU_SOURCE
 #include "shmlog.h"
@@ -120,6 +154,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -162,6 +197,14 @@ int shm_ring_init(void *base, uint64_t capacity, uint64_t topic_generation, uint
     h->base_position = base_position;
     h->tail_pos = h->head_pos = h->persisted_pos = h->fsynced_pos = base_position;
     h->tail_offset = h->head_offset = base_offset;
+    /* M1: the first SHM_RING_INITIAL_COMMIT data bytes get memory now;
+     * where the kernel cannot commit later the creator committed it all */
+    uint64_t initial = SHM_RING_INITIAL_COMMIT < capacity ? SHM_RING_INITIAL_COMMIT : capacity;
+    if (!shm_lazy_commit_supported())
+        initial = capacity;
+    else if (shm_commit_pages(DATA(base), initial) != SHM_OK)
+        return SHM_E_NOSPACE;
+    h->committed_bytes = initial;
 
     if (shm_robust_mutex_init(h->seal_lock) != SHM_OK)
         return SHM_E_SYS;
@@ -218,6 +261,36 @@ int shm_ring_open(struct shm_ring *r, void *base, uint64_t mapped_bytes, int wri
     r->max_frame_cap = (uint32_t)(cap / 2 < UINT32_MAX ? cap / 2 : UINT32_MAX);
     r->writable = writable;
     r->magic = SHM_RING_HANDLE_MAGIC;
+    /* M4: page tables for the header and the committed data now, not a
+     * fault per page on the hot path (the data committed later faults in) */
+    uint64_t committed = shm_load_acquire(&h->committed_bytes);
+    if (committed > cap)
+        committed = cap;
+    (void)madvise(base, SHM_RING_HEADER_BYTES + committed, writable ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    return SHM_OK;
+}
+
+/* M2: commits data pages past `have` so that [0, need) is committed:
+ * doubling, at most SHM_RING_GROW_MAX a step, page-aligned, never past the
+ * capacity. Any number of producers may race here: populating a page twice
+ * is harmless and committed_bytes only grows (CAS to the larger value). */
+static int commit_more(const struct shm_ring *r, uint64_t need, uint64_t have)
+{
+    uint64_t step = have < SHM_RING_GROW_MAX ? have : SHM_RING_GROW_MAX;
+    if (step < SHM_RING_INITIAL_COMMIT)
+        step = SHM_RING_INITIAL_COMMIT;
+    uint64_t want = have + step > need ? have + step : need;
+    want = (want + SHM_PAGE_BYTES - 1) & ~(uint64_t)(SHM_PAGE_BYTES - 1);
+    if (want > r->capacity)
+        want = r->capacity;
+    int rc = shm_commit_pages(r->data + have, want - have);
+    if (rc != SHM_OK)
+        return rc;
+    uint64_t *cb = &r->hdr->committed_bytes;
+    uint64_t cur = shm_load_relaxed(cb);
+    /* release: pairs with the acquire in reserve and open (M3) */
+    while (cur < want && !shm_cas_u64(cb, cur, want))
+        cur = shm_load_relaxed(cb);
     return SHM_OK;
 }
 
@@ -634,6 +707,16 @@ static int reserve_inner(const struct shm_ring *ring, struct shm_producer_slot *
          * leave exactly 8 bytes (too few for a frame header) behind it */
         uint64_t pad = (rem < alen || rem - alen == SHM_FRAME_ALIGN) ? rem : 0;
         uint64_t end = t + pad + alen;
+        /* M2: the first lap commits memory ahead of the frames it writes */
+        uint64_t committed = shm_load_acquire(&h->committed_bytes);
+        if (__builtin_expect(committed < cap, 0) && end - r->base_position > committed) {
+            if (timeout_ns == SHM_NOWAIT)
+                return SHM_E_AGAIN;     /* express keeps the GIL: commit in the blocking form */
+            int rc = commit_more(r, end - r->base_position, committed);
+            if (rc != SHM_OK)
+                return rc;
+            continue;
+        }
         /* acquire: head's CAS (which made room) happens-before our writes */
         if (end > shm_load_acquire(&h->head_pos) + cap) {
             uint64_t stuck = 0;
@@ -919,6 +1002,7 @@ uint64_t shm_ring_counter(const void *base, int which)
     case SHM_COUNTER_BLOCKED_NS: return shm_load_relaxed(&h->blocked_ns);
     case SHM_COUNTER_BLOCKED_WAITS: return shm_load_relaxed(&h->blocked_waits);
     case SHM_COUNTER_READERS_FREED: return shm_load_relaxed(&h->readers_freed);
+    case SHM_COUNTER_COMMITTED: return shm_load_relaxed(&h->committed_bytes);
     }
     return 0;
 }

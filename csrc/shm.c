@@ -1,10 +1,21 @@
 /* shm.c — operating-system plumbing: POSIX shm segments, futexes, clocks,
  * and the process-liveness test.
  *
- * Owns: creating (with memory committed up front by posix_fallocate, so a
- * full /dev/shm fails here and never as SIGBUS later; or hidden, O_TMPFILE,
- * and published whole by a link), opening, mapping and unlinking segments;
- * futex wait/wake on shared words; is-this-process-alive.
+ * Owns: creating (with the memory of the first commit_bytes committed up
+ * front by posix_fallocate, so a full /dev/shm fails here and never as
+ * SIGBUS later; or hidden, O_TMPFILE, and published whole by a link),
+ * opening, mapping and unlinking segments; committing more of a segment's
+ * pages later (shm_commit_pages: the memory-reserve check, then
+ * MADV_POPULATE_WRITE, whose failure is an error code, never SIGBUS); futex
+ * wait/wake on shared words; is-this-process-alive.
+ *
+ * Memory: a segment's pages are RAM once committed and stay so until it is
+ * removed. Every commit, at creation or later, first checks that the host
+ * keeps at least the reserve (shm_set_memory_reserve; 0: no check) of
+ * MemAvailable afterwards, and fails with SHM_E_NOSPACE (errno ENOMEM)
+ * instead: an exhausted host ends in the kernel's OOM killer, which is
+ * never the answer to a producer. Mapping never commits (no MAP_POPULATE):
+ * ring.c populates the committed part of a ring at open.
  * Must never: interpret a segment's contents (ring.c and control.c do), or
  * map a segment it has not checked the owner and mode of (struct shm_trust).
  *
@@ -55,20 +66,104 @@ static int errno_status(int e)
     }
 }
 
-/* Sizes, commits and maps a segment created on fd (mode and group set on the
- * fd, never by name). fd stays open. */
-static int segment_setup(int fd, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out)
+static uint64_t memory_reserve;   /* bytes of MemAvailable every commit leaves; 0: no check */
+
+void shm_set_memory_reserve(uint64_t bytes)
 {
+    __atomic_store_n(&memory_reserve, bytes, __ATOMIC_RELAXED);
+}
+
+/* MemAvailable from /proc/meminfo in bytes; UINT64_MAX when unreadable */
+uint64_t shm_memory_available(void)
+{
+    char buf[4096];
+    int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return UINT64_MAX;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return UINT64_MAX;
+    buf[n] = 0;
+    const char *p = strstr(buf, "MemAvailable:");
+    unsigned long long kib;
+    if (!p || sscanf(p + 13, "%llu", &kib) != 1)
+        return UINT64_MAX;
+    return (uint64_t)kib * 1024;
+}
+
+static int memory_allows(uint64_t len)
+{
+    uint64_t reserve = __atomic_load_n(&memory_reserve, __ATOMIC_RELAXED);
+    if (reserve == 0)
+        return 1;
+    uint64_t avail = shm_memory_available();
+    return avail == UINT64_MAX || (avail > reserve && avail - reserve >= len);
+}
+
+/* 1 when this kernel populates shared pages on request (MADV_POPULATE_WRITE,
+ * Linux 5.14): segments may then commit their memory as they fill. Without
+ * it every segment commits all of its pages at creation. */
+int shm_lazy_commit_supported(void)
+{
+    static int supported = -1;
+    int s = __atomic_load_n(&supported, __ATOMIC_RELAXED);
+    if (s < 0) {
+        void *p = mmap(NULL, SHM_PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        s = p != MAP_FAILED && madvise(p, SHM_PAGE_BYTES, MADV_POPULATE_WRITE) == 0;
+        if (p != MAP_FAILED)
+            munmap(p, SHM_PAGE_BYTES);
+        __atomic_store_n(&supported, s, __ATOMIC_RELAXED);
+    }
+    return s;
+}
+
+/* Gives [addr, addr + len) of a writable shared mapping its memory (addr
+ * and len page-aligned), after the reserve check: SHM_E_NOSPACE with errno
+ * ENOMEM when the host would be left under the reserve or the kernel cannot
+ * provide the pages (a full tmpfs), never SIGBUS. Pages already committed
+ * (by any process) cost only their page-table entries. */
+int shm_commit_pages(void *addr, uint64_t len)
+{
+    if (len == 0)
+        return SHM_OK;
+    if (!memory_allows(len)) {
+        errno = ENOMEM;
+        return SHM_E_NOSPACE;
+    }
+    if (madvise(addr, len, MADV_POPULATE_WRITE) == 0)
+        return SHM_OK;
+    if (errno == EFAULT || errno == ENOMEM || errno == EHWPOISON) {
+        errno = ENOMEM;
+        return SHM_E_NOSPACE;
+    }
+    return errno_status(errno);
+}
+
+/* Sizes, commits the first commit_bytes of, and maps a segment created on
+ * fd (mode and group set on the fd, never by name). fd stays open. */
+static int segment_setup(int fd, uint64_t size, uint64_t commit_bytes, uint32_t mode, int64_t gid,
+                         struct shm_map *out)
+{
+    if (commit_bytes > size || !shm_lazy_commit_supported())
+        commit_bytes = size;
     if ((gid >= 0 && fchown(fd, (uid_t)-1, (gid_t)gid) != 0) || fchmod(fd, (mode_t)mode) != 0 ||
         ftruncate(fd, (off_t)size) != 0)
         return errno_status(errno);
-    /* commit every page now: ENOSPC here instead of SIGBUS on first touch */
-    int e = posix_fallocate(fd, 0, (off_t)size);
-    if (e != 0)
+    if (!memory_allows(commit_bytes)) {
+        errno = ENOMEM;
+        return SHM_E_NOSPACE;
+    }
+    /* commit now: ENOSPC here instead of SIGBUS on first touch */
+    int e = posix_fallocate(fd, 0, (off_t)commit_bytes);
+    if (e != 0) {
+        errno = e;
         return errno_status(e);
-    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    }
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED)
         return errno_status(errno);
+    (void)madvise(base, commit_bytes, MADV_POPULATE_WRITE);   /* page tables now, not on first touch */
     out->base = base;
     out->size = size;
     out->writable = 1;
@@ -78,12 +173,13 @@ static int segment_setup(int fd, uint64_t size, uint32_t mode, int64_t gid, stru
     return SHM_OK;
 }
 
-int shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out)
+int shm_segment_create(const char *name, uint64_t size, uint64_t commit_bytes, uint32_t mode, int64_t gid,
+                       struct shm_map *out)
 {
     int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
     if (fd < 0)
         return errno_status(errno);
-    int rc = segment_setup(fd, size, mode, gid, out);
+    int rc = segment_setup(fd, size, commit_bytes, mode, gid, out);
     int saved = errno;
     close(fd);
     if (rc != SHM_OK)
@@ -104,7 +200,7 @@ int shm_segment_create_hidden(uint64_t size, uint32_t mode, int64_t gid, struct 
     int fd = open(SHM_DIR, O_TMPFILE | O_RDWR | O_CLOEXEC, (mode_t)(mode & 0600));
     if (fd < 0)
         return errno_status(errno);
-    int rc = segment_setup(fd, size, mode, gid, out);
+    int rc = segment_setup(fd, size, size, mode, gid, out);
     if (rc != SHM_OK) {
         int saved = errno;
         close(fd);
@@ -161,8 +257,8 @@ int shm_segment_map_range(const char *name, int writable, uint64_t offset, uint6
         close(fd);
         return SHM_E_LAYOUT;
     }
-    void *base = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | MAP_POPULATE, fd,
-                      (off_t)offset);
+    /* no MAP_POPULATE: a read fault on a page never committed would commit it */
+    void *base = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, (off_t)offset);
     int saved = errno;
     close(fd);
     if (base == MAP_FAILED)

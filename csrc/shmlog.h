@@ -27,8 +27,8 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    5                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine);
-                                                      5: reader slots, overflow mode (overflow=block).
+#define SHM_LAYOUT_VERSION    6                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine);
+                                                      5: reader slots, overflow mode (overflow=block); 6: committed_bytes (rings commit memory as they fill).
                                                       Headers hold SHM_LAYOUT_STAMP: this number folded with the build's facts (below) */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
@@ -60,6 +60,13 @@
 #define SHM_RING_MAX_BYTES     68719476736         /* 2^36 */
 #define SHM_PRODUCER_SLOTS     192
 #define SHM_READER_SLOTS       48                  /* fill the header after the producer slots */
+/* memory commit (ring.c, "Memory follows traffic"): a new ring commits its
+ * header and the first SHM_RING_INITIAL_COMMIT data bytes; its first lap
+ * commits more as producers reach it, doubling, at most SHM_RING_GROW_MAX
+ * bytes a step */
+#define SHM_RING_INITIAL_COMMIT 65536
+#define SHM_RING_GROW_MAX      4194304
+#define SHM_PAGE_BYTES         4096                /* commit granularity; SHM_RING_HEADER_BYTES is a multiple */
 
 /* frame kinds */
 #define SHM_FRAME_DATA 1
@@ -190,7 +197,8 @@ struct shm_ring_header {
     int64_t  offline_offset;
     uint32_t overflow;         /* SHM_OVERFLOW_*: alter_topic may change it (relaxed atomics) */
     uint32_t reader_hi;        /* reader slots [0, reader_hi) were ever claimed; only grows (CAS) */
-    uint8_t  _span0[128 - 112];
+    uint64_t committed_bytes;  /* data bytes [0, committed) have memory behind them; grows to capacity (CAS) */
+    uint8_t  _span0[128 - 120];
 
     /* span 1: tail pair, moved together by one 16-byte CAS (producers) */
     uint64_t tail_pos;         /* next position to reserve */
@@ -548,7 +556,12 @@ struct shm_records_out {
 };
 
 /* ---------- shm.c: segments, futex, clocks, liveness ---------- */
-int      shm_segment_create(const char *name, uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out);
+int      shm_segment_create(const char *name, uint64_t size, uint64_t commit_bytes, uint32_t mode, int64_t gid,
+                            struct shm_map *out);
+int      shm_commit_pages(void *addr, uint64_t len);
+int      shm_lazy_commit_supported(void);
+void     shm_set_memory_reserve(uint64_t bytes);
+uint64_t shm_memory_available(void);
 int      shm_segment_create_hidden(uint64_t size, uint32_t mode, int64_t gid, struct shm_map *out, int *fd_out);
 int      shm_segment_publish(int fd, const char *name);
 int      shm_segment_map_range(const char *name, int writable, uint64_t offset, uint64_t size,
@@ -665,6 +678,7 @@ void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_off
 #define SHM_COUNTER_BLOCKED_NS    13  /* overflow=block: ns producers waited on a reader */
 #define SHM_COUNTER_BLOCKED_WAITS 14  /* overflow=block: reservations that waited on a reader */
 #define SHM_COUNTER_READERS_FREED 15  /* reader slots of dead owners freed */
+#define SHM_COUNTER_COMMITTED     16  /* data bytes with memory behind them (committed_bytes) */
 #define SHM_OFFLINE_NONE          0
 #define SHM_OFFLINE_FRAME         1   /* a damaged frame with intact ones after it */
 #define SHM_OFFLINE_GAP           2   /* a hole in the segment chain nobody recorded */

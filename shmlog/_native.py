@@ -94,11 +94,22 @@ class ShmMapping:
         self.fd = fd  # a hidden segment's one handle until publish()
 
     @classmethod
-    def create(cls, name: str, size: int, mode: int = 0o660, gid: int | None = None) -> "ShmMapping":
-        """A new segment (O_EXCL), mode and group (gid None: ours) set on its fd."""
-        check_memory_for(name, size)
+    def create(
+        cls, name: str, size: int, mode: int = 0o660, gid: int | None = None, commit: int | None = None
+    ) -> "ShmMapping":
+        """A new segment (O_EXCL), mode and group (gid None: ours) set on its
+        fd, with memory behind its first `commit` bytes (None: all of it;
+        where the kernel cannot commit later, always all)."""
+        commit = size if commit is None or not lib.shm_lazy_commit_supported() else min(commit, size)
+        shm = os.statvfs("/dev/shm")
+        if size > shm.f_blocks * shm.f_frsize:
+            raise errors.NoSpace(
+                f"cannot make shared-memory segment /dev/shm{name} of {size} bytes: it is larger than all of "
+                f"/dev/shm ({shm.f_blocks * shm.f_frsize} bytes) and could never fill; use smaller ring_bytes"
+            )
+        check_memory_for(name, commit)
         m = ffi.new("struct shm_map *")
-        rc = lib.shm_segment_create(name.encode(), size, mode, -1 if gid is None else gid, m)
+        rc = lib.shm_segment_create(name.encode(), size, commit, mode, -1 if gid is None else gid, m)
         if rc != lib.SHM_OK:
             _create_failed(rc, name, size, gid)
         return cls(name, ffi.gc(m, lib.shm_unmap))
@@ -169,12 +180,14 @@ class ShmMapping:
 
 
 # Shared memory is RAM: a segment's pages are committed when it is made
-# (posix_fallocate) and stay resident until it is removed, swap or not, and
-# /dev/shm's size limit is no guard (it defaults to half the RAM per mount,
-# and other tmpfs mounts share the same RAM). A segment that would leave the
-# host with less than MEMORY_RESERVE available is refused with NoSpace before
-# anything is made, rather than left to the kernel's OOM killer (issue 13.6:
-# a few hundred auto-created topics took 19 GB and the OOM killer ended the
+# (posix_fallocate) or, for a ring, as its first lap reaches them (csrc/ring.c,
+# "Memory follows traffic"), and stay resident until it is removed, swap or
+# not; /dev/shm's size limit is no guard (it defaults to half the RAM per
+# mount, and other tmpfs mounts share the same RAM). A commit that would leave
+# the host with less than MEMORY_RESERVE available is refused with NoSpace,
+# at creation here and on the data path in C (shm_set_memory_reserve, set once
+# at import), rather than left to the kernel's OOM killer (issue 13.6: a few
+# hundred auto-created topics took 19 GB and the OOM killer ended the
 # process). $SHMLOG_MEMORY_RESERVE_BYTES overrides the reserve (0: no check).
 MEMORY_RESERVE_FRACTION = 0.05
 MEMORY_RESERVE_MIN = 256 << 20
@@ -192,23 +205,45 @@ def memory_reserve(total: int) -> int:
     return max(int(total * MEMORY_RESERVE_FRACTION), MEMORY_RESERVE_MIN)
 
 
+def memory_shortfall() -> str:
+    """Why shared memory cannot be committed, and what to do, in words."""
+    vm = psutil.virtual_memory()
+    reserve, mib = memory_reserve(vm.total), 1 << 20
+    return (
+        f"the host has {vm.available // mib} MiB of memory available and shmlog keeps {reserve // mib} MiB "
+        "of it free (shared memory is RAM; an exhausted host ends in the OOM killer). Use smaller ring_bytes "
+        "(create_topic(ring_bytes=...), the Kafka listener's topic defaults), delete topics, or set "
+        "$SHMLOG_MEMORY_RESERVE_BYTES"
+    )
+
+
 def check_memory_for(name: str, size: int) -> None:
-    """NoSpace when a segment of `size` bytes would leave the host with less
-    than the reserve of available memory."""
+    """NoSpace when committing `size` bytes of a segment would leave the host
+    with less than the reserve of available memory, or when the segment could
+    never fit in /dev/shm."""
     vm = psutil.virtual_memory()
     reserve = memory_reserve(vm.total)
+    lib.shm_set_memory_reserve(reserve)  # the data path's commits (C) follow the same reserve
     if reserve and size > vm.available - reserve:
-        mib = 1 << 20
         raise errors.NoSpace(
-            f"cannot allocate {size // mib} MiB for shared-memory segment /dev/shm{name}: the host has "
-            f"{vm.available // mib} MiB of memory available and shmlog keeps {reserve // mib} MiB of it free "
-            "(shared memory is RAM; an exhausted host ends in the OOM killer). Use smaller ring_bytes "
-            "(create_topic(ring_bytes=...), the Kafka listener's topic defaults), delete topics, or set "
-            "$SHMLOG_MEMORY_RESERVE_BYTES"
+            f"cannot allocate {size >> 20} MiB for shared-memory segment /dev/shm{name}: " + memory_shortfall()
         )
 
 
+def _set_reserve_at_import() -> None:
+    try:
+        lib.shm_set_memory_reserve(memory_reserve(psutil.virtual_memory().total))
+    except errors.InvalidArgument:  # a bad $SHMLOG_MEMORY_RESERVE_BYTES is raised where a segment is made
+        total = psutil.virtual_memory().total
+        lib.shm_set_memory_reserve(max(int(total * MEMORY_RESERVE_FRACTION), MEMORY_RESERVE_MIN))
+
+
+_set_reserve_at_import()
+
+
 def _create_failed(rc: int, name: str, size: int, gid):
+    if rc == lib.SHM_E_NOSPACE and ffi.errno == _errno.ENOMEM:  # C's memory-reserve check
+        raise errors.NoSpace(f"cannot commit memory for shared-memory segment /dev/shm{name}: " + memory_shortfall())
     if rc == lib.SHM_E_NOSPACE:
         raise errors.NoSpace(
             f"cannot allocate {size} bytes for shared-memory segment {name}: /dev/shm is full "

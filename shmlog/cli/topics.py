@@ -97,13 +97,14 @@ def describe_text(d) -> str:
             p.end_offset,
             p.end_offset - p.log_start_offset,
             f"{100 * p.ring_used_bytes / max(p.ring_bytes, 1):.1f}%",
+            common.human_bytes(p.resident_bytes),
             p.persisted_lag_bytes,
             p.fsynced_lag_bytes,
             p.sealed_writes,
         )
         for p in d.partitions
     ]
-    headers = ["PARTITION", "START", "END", "RECORDS", "RING FILL", "UNPERSISTED B", "UNSYNCED B", "SEALED"]
+    headers = ["PARTITION", "START", "END", "RECORDS", "RING FILL", "RESIDENT", "UNPERSISTED B", "UNSYNCED B", "SEALED"]
     if d.config.overflow == "block":  # lossless ephemeral: who holds producers back, and for how long
         headers += ["SLOWEST READER LAG B", "READER PID", "BLOCKED MS"]
         rows = [

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from .. import compression, errors, liveness
 from .._fastpath import ProducerBase
-from .._native import address_of, ffi, full_ring_cause, lib, raise_status
+from .._native import address_of, ffi, full_ring_cause, lib, memory_shortfall, raise_status
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 if TYPE_CHECKING:
@@ -488,6 +488,13 @@ class Producer(ProducerBase):
                 f"topic {name!r} partition {partition}: no ring space for "
                 f"{self._timeout_ns // 1_000_000} ms: {why}"
                 + ("" if w.handle.config.overflow == "block" else "; consumers never hold space back")
+            )
+        if rc == lib.SHM_E_NOSPACE:
+            ring = w.rings[partition]
+            have = lib.shm_ring_counter(ring.base, lib.SHM_COUNTER_COMMITTED) if ring is not None else 0
+            raise errors.NoSpace(
+                f"topic {name!r} partition {partition}: its ring cannot commit memory past the "
+                f"{have >> 10} KiB it has (nothing was written; every record before is kept): " + memory_shortfall()
             )
         if rc == lib.SHM_E_TOO_LARGE:
             raise errors.RecordTooLarge(

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .. import config, errors, liveness, permissions, storage
-from .._native import ShmMapping, ffi, lib, raise_status, unlink_segment
+from .._native import ShmMapping, ffi, lib, memory_shortfall, raise_status, unlink_segment
 from ..ipc.progress import ProgressWriter
 from . import catalog, groups, offsets_snapshot
 from .ring_map import Ring
@@ -50,6 +50,7 @@ class PartitionInfo(msgspec.Struct, frozen=True):
     slowest_reader_pid: int | None = None
     blocked_ms: float = 0.0  # overflow="block": time producers waited on a consumer
     blocked_waits: int = 0  # overflow="block": writes that had to wait on a consumer
+    resident_bytes: int = 0  # shared memory the ring holds: header + data its first lap reached
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -641,7 +642,10 @@ class ControlPlane:
         """Under the lock: partition p's ring starting at base = (offset, position),
         offline when damage says so; made collects the ring names."""
         rname = self.settings.ring_name(generation, p)
-        seg = ShmMapping.create(rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid)
+        # the header only: shm_ring_init commits the first data pages, the first lap the rest
+        seg = ShmMapping.create(
+            rname, lib.SHM_RING_HEADER_BYTES + cfg.ring_bytes, gid=self._gid, commit=lib.SHM_RING_HEADER_BYTES
+        )
         made.append(rname)
         rc = lib.shm_ring_init(
             seg.base,
@@ -658,6 +662,10 @@ class ControlPlane:
         if rc == lib.SHM_OK and damage is not None:
             rc = lib.shm_ring_set_offline(seg.base, damage.kind, damage.pos, damage.offset)
         seg.close()
+        if rc == lib.SHM_E_NOSPACE:
+            raise errors.NoSpace(
+                f"cannot commit the first {lib.SHM_RING_INITIAL_COMMIT >> 10} KiB of ring {rname}: {memory_shortfall()}"
+            )
         if rc != lib.SHM_OK:
             raise_status(rc, f"cannot initialise ring {rname}")
 
@@ -819,6 +827,7 @@ class ControlPlane:
                     rpid[0] if slow >= 0 else None,
                     lib.shm_ring_counter(r.base, lib.SHM_COUNTER_BLOCKED_NS) / 1e6,
                     lib.shm_ring_counter(r.base, lib.SHM_COUNTER_BLOCKED_WAITS),
+                    lib.SHM_RING_HEADER_BYTES + lib.shm_ring_counter(r.base, lib.SHM_COUNTER_COMMITTED),
                 )
             )
         return TopicDescription(name, h.generation, h.config, parts)

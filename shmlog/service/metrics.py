@@ -107,6 +107,11 @@ class InstanceCollector:
             ),
             "used": GaugeMetricFamily("shmlog_partition_ring_used_bytes", "Bytes the ring holds", labels=P),
             "cap": GaugeMetricFamily("shmlog_partition_ring_capacity_bytes", "Ring capacity", labels=P),
+            "resident": GaugeMetricFamily(
+                "shmlog_partition_ring_resident_bytes",
+                "Shared memory the ring holds (header + the data its first lap reached)",
+                labels=P,
+            ),
             "fill": GaugeMetricFamily("shmlog_partition_ring_fill_ratio", "Ring used / capacity", labels=P),
             "sealed": CounterMetricFamily(
                 "shmlog_partition_sealed_writes", "Writes of dead producers sealed as offset gaps", labels=P
@@ -147,6 +152,7 @@ class InstanceCollector:
                 fam["flag"].add_metric(lv, tail - fsynced)
             fam["used"].add_metric(lv, p.ring_used_bytes)
             fam["cap"].add_metric(lv, p.ring_bytes)
+            fam["resident"].add_metric(lv, p.resident_bytes)
             fam["fill"].add_metric(lv, p.ring_used_bytes / p.ring_bytes)
             fam["sealed"].add_metric(lv, p.sealed_writes)
             fam["over"].add_metric(lv, p.overwritten_frames)

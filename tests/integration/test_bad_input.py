@@ -645,8 +645,8 @@ def test_buffer_full_while_a_live_writer_holds_a_reservation(inst):
 
 
 def test_no_space_in_dev_shm(inst, monkeypatch):
-    # the tmpfs's own ENOSPC (posix_fallocate), past the host-memory reserve check
-    # that refuses such a ring first (tests/integration/test_nospace.py)
+    # a ring that could never fit in the tmpfs, past the host-memory reserve
+    # check (tests/integration/test_nospace.py, test_ring_memory.py)
     monkeypatch.setenv("SHMLOG_MEMORY_RESERVE_BYTES", "0")
     st = os.statvfs(SHM)
     if st.f_blocks * st.f_frsize >= 1 << 36:

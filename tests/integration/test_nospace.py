@@ -249,24 +249,3 @@ def test_a_full_disk_error_keeps_its_errno_and_the_persister_publishes_it():
         persister_mod.lib = real
     assert published == [errno.ENOSPC, errno.ENOSPC, errno.EACCES, errno.EIO]
     assert all(isinstance(c, int) for c in published)
-
-
-def test_a_topic_that_would_exhaust_the_hosts_memory_is_refused_before_anything_is_made(inst, monkeypatch):
-    """Shared memory is RAM: a ring that would leave the host with less than
-    the reserve available is NoSpace naming the fix, made before the OOM
-    killer would be (issue 13.6); nothing of the topic is left behind, and the
-    same create works once memory is there."""
-    from shmlog import _native
-
-    before = inst.segments()  # this instance's objects only: other workers make and remove theirs meanwhile
-    fake = types.SimpleNamespace(total=4 << 30, available=300 << 20)  # reserve: max(5 % of 4 GiB, 256 MiB)
-    monkeypatch.setattr(_native.psutil, "virtual_memory", lambda: fake)
-    with pytest.raises(errors.NoSpace, match="MiB of memory available.*ring_bytes") as e:
-        inst.log.create_topic("huge", partitions=2, ring_bytes=64 << 20, persistence="none")
-    assert "OOM" in str(e.value)
-    assert "huge" not in inst.log.list_topics()
-    assert inst.segments() == before
-    inst.log.create_topic("small", partitions=1, ring_bytes=1 << 16, persistence="none")  # fits the 44 MiB left
-    monkeypatch.setenv("SHMLOG_MEMORY_RESERVE_BYTES", "0")  # the check off: the 64 MiB rings are made
-    inst.log.create_topic("huge", partitions=2, ring_bytes=64 << 20, persistence="none")
-    assert {"small", "huge"} <= set(inst.log.list_topics())
