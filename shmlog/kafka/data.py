@@ -306,8 +306,8 @@ class DataPath:
                 if now > deadline:
                     raise ProduceError(codes.REQUEST_TIMED_OUT, "the ring stayed full (persister behind)") from None
                 await asyncio.sleep(FULL_RETRY_S)
-            except errors.PartitionOffline as e:  # quarantined: Kafka's answer for an offline log dir
-                raise ProduceError(codes.KAFKA_STORAGE_ERROR, str(e)) from None
+            except (errors.PartitionOffline, errors.NoSpace) as e:  # Kafka's (retriable) answer for a log dir
+                raise ProduceError(codes.KAFKA_STORAGE_ERROR, str(e)) from None  # offline or out of space
             except errors.CorruptRecord as e:
                 raise ProduceError(codes.CORRUPT_MESSAGE, str(e)) from None
             except errors.RecordTooLarge as e:
