@@ -233,3 +233,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, tier))
         if os.geteuid() != 0 and item.get_closest_marker("root_only"):
             item.add_marker(not_root)
+        for m in item.iter_markers("conformance"):  # travels to the xdist controller with the report
+            item.user_properties.append(("conformance", (m.kwargs["client"], m.kwargs["feature"])))
+
+
+# ------------------------------------------------------------ conformance table
+# Every test marked conformance(client=..., feature=...) is one cell's
+# evidence in the README's Kafka client x feature table. With
+# $SHMLOG_CONFORMANCE_OUT set, the run's outcomes per (client, feature) are
+# written there as JSON at the end (tools/conformance-table renders them).
+_conformance: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    cells = [v for k, v in report.user_properties if k == "conformance"]
+    if not cells or (report.when != "call" and not (report.failed or report.skipped)):
+        return
+    outcome = "skipped" if report.skipped else "failed" if report.failed else "passed"
+    for client, feature in cells:
+        _conformance.setdefault(f"{client}|{feature}", []).append({"test": report.nodeid, "outcome": outcome})
+
+
+def pytest_sessionfinish(session):
+    out = os.environ.get("SHMLOG_CONFORMANCE_OUT")
+    if out and not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        import json
+
+        with open(out, "w") as f:
+            json.dump(_conformance, f, indent=1, sort_keys=True)

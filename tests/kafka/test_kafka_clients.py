@@ -51,6 +51,8 @@ def wait_for(pred, timeout, what):
 
 
 @need_kcat
+@pytest.mark.conformance(client="kcat", feature="produce/consume")
+@pytest.mark.conformance(client="kcat", feature="codecs")
 def test_kcat_list_produce_consume_plain_and_gzip(kafka):
     kafka.log.create_topic("k", partitions=2, ring_bytes=1 << 16, persistence="none")
     meta = kcat(kafka, "-L")
@@ -71,6 +73,7 @@ def test_kcat_list_produce_consume_plain_and_gzip(kafka):
 
 
 @need_kcat
+@pytest.mark.conformance(client="kcat", feature="produce/consume")
 def test_kcat_records_reach_native_consumers_and_back(kafka):
     kafka.log.create_topic("mix", ring_bytes=1 << 16, persistence="none")
     kcat(kafka, "-P", "-t", "mix", "-p", "0", "-K:", "-H", "trace=abc", "-H", "n=1", input="key1:value1\n")
@@ -87,6 +90,8 @@ def test_kcat_records_reach_native_consumers_and_back(kafka):
 
 
 @need_kcat
+@pytest.mark.conformance(client="kcat", feature="groups eager")
+@pytest.mark.conformance(client="kcat", feature="commits")
 def test_kcat_group_members_share_partitions_and_take_over_a_killed_one(kafka, tmp_path):
     kafka.log.create_topic("g", partitions=4, ring_bytes=1 << 16, persistence="none")
     outs = [open(tmp_path / f"m{i}.out", "w+") for i in range(2)]
@@ -163,6 +168,10 @@ def test_kcat_group_members_share_partitions_and_take_over_a_killed_one(kafka, t
 # ------------------------------------------------------------ kafka-python
 
 
+@pytest.mark.conformance(client="kafka-python", feature="produce/consume")
+@pytest.mark.conformance(client="kafka-python", feature="groups eager")
+@pytest.mark.conformance(client="kafka-python", feature="commits")
+@pytest.mark.conformance(client="kafka-python", feature="admin")
 def test_kafka_python_defaults_group_commit_resume_and_admin(kafka):
     kp = pytest.importorskip("kafka", reason="pip install kafka-python")
     from kafka.admin import NewTopic
@@ -213,6 +222,9 @@ def test_kafka_python_defaults_group_commit_resume_and_admin(kafka):
 # ------------------------------------------------------------ confluent-kafka
 
 
+@pytest.mark.conformance(client="confluent-kafka", feature="produce/consume")
+@pytest.mark.conformance(client="confluent-kafka", feature="groups eager")
+@pytest.mark.conformance(client="confluent-kafka", feature="commits")
 def test_confluent_kafka_delivery_reports_group_and_restart(kafka):
     ck = pytest.importorskip("confluent_kafka", reason="pip install confluent-kafka")
     kafka.log.create_topic("ck", partitions=3, ring_bytes=1 << 16, persistence="none")
@@ -281,6 +293,9 @@ def test_confluent_kafka_delivery_reports_group_and_restart(kafka):
 # ------------------------------------------------------------ aiokafka
 
 
+@pytest.mark.conformance(client="aiokafka", feature="produce/consume")
+@pytest.mark.conformance(client="aiokafka", feature="groups eager")
+@pytest.mark.conformance(client="aiokafka", feature="commits")
 def test_aiokafka_produce_and_group_consume(kafka):
     aiokafka = pytest.importorskip("aiokafka", reason="pip install aiokafka")
     kafka.log.create_topic("ak", partitions=2, ring_bytes=1 << 16, persistence="none")
@@ -325,6 +340,7 @@ class _nullctx:
 # ------------------------------------------------------------ groups shared with native consumers
 
 
+@pytest.mark.conformance(client="kafka-python", feature="commits")
 def test_kafka_commits_are_shmlog_group_offsets(kafka):
     kp = pytest.importorskip("kafka", reason="pip install kafka-python")
     kafka.log.create_topic("shared", ring_bytes=1 << 16, persistence="none")
@@ -426,6 +442,9 @@ SARAMA_PROGRAM = textwrap.dedent("""
 
 
 @need_sarama
+@pytest.mark.conformance(client="sarama", feature="produce/consume")
+@pytest.mark.conformance(client="sarama", feature="groups eager")
+@pytest.mark.conformance(client="sarama", feature="commits")
 def test_sarama_sync_producer_and_consumer_group(kafka, tmp_path):
     kafka.log.create_topic("go", ring_bytes=1 << 16, persistence="none")
     src = tmp_path / "src" / "saramatest"

@@ -12,6 +12,7 @@ from kafka_util import kafka  # noqa: F401  (fixture)
 from test_kafka_protocol import call, request
 
 
+@pytest.mark.conformance(client="confluent-kafka", feature="commits")
 def test_confluent_commit_in_the_revoke_callback_is_accepted(kafka):
     ck = pytest.importorskip("confluent_kafka", reason="pip install confluent-kafka")
     kafka.log.create_topic("t", partitions=2, ring_bytes=1 << 16, persistence="none")
