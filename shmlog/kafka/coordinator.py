@@ -10,7 +10,9 @@ assignment (the leader's SyncGroup carries every member's opaque assignment
 bytes), FindCoordinator (itself), DescribeGroups / ListGroups, and
 OffsetCommit / OffsetFetch, which go to shmlog's shared group offset table
 (log.commit_offsets / log.committed_offsets) so native consumers and `shmlog
-group describe` see what Kafka clients committed, and the reverse.
+group describe` see what Kafka clients committed, and the reverse (any
+offset is stored, as in Kafka; commit metadata strings go beside it, to
+offset_metadata.CommitMetadata).
 Must never: interpret subscription or assignment bytes, block the event loop,
 or keep an offset anywhere but the shared table.
 """
@@ -24,6 +26,7 @@ from .. import errors
 from ..control.tables import validate_group_name
 from . import codes
 from .data import LEADER_EPOCH
+from .offset_metadata import METADATA_MAX_CHARS, CommitMetadata
 
 logger = logging.getLogger("shmlog.kafka")
 
@@ -85,6 +88,7 @@ class GroupCoordinator:
     def __init__(self, log_, initial_delay_ms=INITIAL_REBALANCE_DELAY_MS):
         self.log = log_
         self.initial_delay_ms = initial_delay_ms
+        self.metadata = CommitMetadata(log_)
         self.groups: dict[str, Group] = {}
         self.listener = None
         self._expiry = None
@@ -454,28 +458,31 @@ class GroupCoordinator:
                 g.members[member_id].last_seen = time.monotonic()
         results = {}
         offsets = {}
+        notes = []  # (topic, partition, topic id, offset, metadata) of what is committed
         for t in req["Topics"]:
             h = self._handle(t["Name"])
             for p in t["Partitions"]:
                 code = err
+                md = p.get("CommittedMetadata") or ""  # Kafka stores a null string as ""
                 if not code and (h is None or not 0 <= p["PartitionIndex"] < h.partitions):
                     code = codes.UNKNOWN_TOPIC_OR_PARTITION
-                if not code and not 0 <= p["CommittedOffset"] <= self._end(h, p["PartitionIndex"]):
-                    code = codes.OFFSET_OUT_OF_RANGE  # shmlog's table holds offsets inside the log
+                if not code and len(md) > METADATA_MAX_CHARS:
+                    code = codes.OFFSET_METADATA_TOO_LARGE  # Kafka's offset.metadata.max.bytes
                 if not code:
-                    offsets[(t["Name"], p["PartitionIndex"])] = p["CommittedOffset"]
+                    # Kafka stores any offset, inside the log or not (the consumer's
+                    # auto.offset.reset handles it on fetch); a negative one is "none"
+                    off = max(p["CommittedOffset"], -1)
+                    offsets[(t["Name"], p["PartitionIndex"])] = off
+                    notes.append((t["Name"], p["PartitionIndex"], h.topic_id, off, md))
                 results[(t["Name"], p["PartitionIndex"])] = code
         if offsets:
             try:
-                self.log.commit_offsets(group_id, offsets)
+                self.log.commit_offsets(group_id, offsets, any_offset=True)
             except errors.CommitFailed as e:
                 logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.REBALANCE_IN_PROGRESS
-            except errors.OffsetOutOfRange as e:  # the log was cut meanwhile
-                logger.info("group %r: commit refused: %s", group_id, e)
-                for tp in offsets:
-                    results[tp] = codes.OFFSET_OUT_OF_RANGE
+                notes = []
             except errors.InvalidArgument as e:
                 logger.info("group %r: commit refused: %s", group_id, e)
                 for tp in offsets:
@@ -484,6 +491,7 @@ class GroupCoordinator:
                 logger.warning("group %r: commit failed: %s", group_id, e)
                 for tp in offsets:
                     results[tp] = codes.UNKNOWN_SERVER_ERROR
+        await self._note_metadata(group_id, notes, results)
         return {
             "ThrottleTimeMs": 0,
             "Topics": [
@@ -498,8 +506,18 @@ class GroupCoordinator:
             ],
         }
 
-    def _end(self, h, partition):
-        return self.log.ring(h, partition, writable=False).ends()[1]
+    async def _note_metadata(self, group_id, notes, results):
+        """Stores the metadata strings of committed partitions (a thread: file I/O);
+        nothing to write when none is given and none was held."""
+        notes = [n for n in notes if not results[n[:2]]]
+        if not any(n[4] for n in notes) and not self.metadata.known(group_id, [n[:2] for n in notes]):
+            return
+        try:
+            await asyncio.to_thread(self.metadata.update, group_id, notes)
+        except (OSError, errors.ShmlogError) as e:  # the offsets are stored; their strings are not
+            logger.warning("group %r: commit metadata not stored: %s", group_id, e)
+            for n in notes:
+                results[n[:2]] = codes.KAFKA_STORAGE_ERROR
 
     def _handle(self, topic):
         try:
@@ -515,6 +533,7 @@ class GroupCoordinator:
             committed = {}
         except errors.InvalidArgument:
             return {"ThrottleTimeMs": 0, "Topics": [], "ErrorCode": codes.INVALID_GROUP_ID}
+        await asyncio.to_thread(self.metadata.refresh)
         topics = req.get("Topics")
         if topics is None:  # v2+: every partition with a commit
             by_topic: dict[str, list[int]] = {}
@@ -522,16 +541,19 @@ class GroupCoordinator:
                 by_topic.setdefault(t, []).append(p)
             topics = [{"Name": t, "PartitionIndexes": ps} for t, ps in by_topic.items()]
         out = []
+        with_metadata = self.metadata.known(group_id)
         for t in topics:
             parts = []
+            h = self._handle(t["Name"]) if with_metadata else None
             for p in t["PartitionIndexes"]:
                 off = committed.get((t["Name"], p))
+                md = "" if h is None or off is None else self.metadata.get(group_id, t["Name"], p, h.topic_id, off)
                 parts.append(
                     {
                         "PartitionIndex": p,
                         "CommittedOffset": -1 if off is None else off,
                         "CommittedLeaderEpoch": -1 if off is None else LEADER_EPOCH,
-                        "Metadata": "",
+                        "Metadata": md,
                         "ErrorCode": 0,
                     }
                 )
