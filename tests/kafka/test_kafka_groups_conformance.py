@@ -447,3 +447,65 @@ def test_initial_delay_is_extended_by_each_join_up_to_the_rebalance_timeout(inst
         a.close()
         b.close()
         k.stop()
+
+
+# ------------------------------------------------------------ many members, changing subscriptions
+
+# librdkafka's test 0113 u_multiple_subscription_changes: (time s, consumer, subscription)
+_PLAYBOOK = [
+    (0, 0, 1), (4, 1, 1), (4, 1, 1), (4, 1, 1), (4, 2, 1), (6, 3, 1), (6, 4, 1), (6, 5, 1), (6, 6, 1),
+    (6, 7, 2), (6, 1, 1), (6, 1, 2), (6, 1, 1), (6, 2, 2), (7, 2, 1), (7, 1, 2), (8, 0, 2), (8, 1, 1),
+    (8, 0, 1), (13, 2, 1), (13, 1, 2), (13, 5, 2), (14, 6, 2), (15, 7, 1), (15, 1, 1), (15, 5, 1), (15, 6, 1),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.conformance(client="confluent-kafka", feature="groups cooperative")
+@pytest.mark.parametrize("variation", [0, 1, 2])
+def test_confluent_eight_members_changing_subscriptions_settle(kafka, variation):
+    """8 cooperative-sticky members subscribing and re-subscribing to changing
+    topic sets (the playbook of librdkafka's 0113): every member ends with its
+    share of the partitions of what it subscribes to, no partition unowned."""
+    ck = _ck()
+    for t in ("u1", "u2"):
+        kafka.log.create_topic(t, partitions=16, ring_bytes=1 << 16, persistence="none")
+    subs = {1: ["u1"], 2: [["u1", "u2"], ["u2"], []][variation]}
+    conf = _conf(kafka, **{"partition.assignment.strategy": "cooperative-sticky", "session.timeout.ms": 6000})
+    owned: list[set] = [set() for _ in range(8)]
+
+    def callbacks(i):
+        def on_assign(c, parts):
+            owned[i] |= {(p.topic, p.partition) for p in parts}
+
+        def on_revoke(c, parts):
+            owned[i] -= {(p.topic, p.partition) for p in parts}
+
+        return {"on_assign": on_assign, "on_revoke": on_revoke, "on_lost": on_revoke}
+
+    cs = [ck.Consumer(dict(conf, **{"client.id": f"C_{i}"})) for i in range(8)]
+    current: dict[int, list] = {}
+    try:
+        t0 = time.monotonic()
+        for at, i, sub in _PLAYBOOK:
+            while time.monotonic() - t0 < at:
+                for c in cs:
+                    c.poll(0.01)
+            topics = subs[sub]
+            current[i] = topics
+            if topics:
+                cs[i].subscribe(topics, **callbacks(i))
+            else:
+                cs[i].unsubscribe()
+
+        def expected(i):
+            return sum(16 // sum(t in current.get(j, []) for j in range(8)) for t in current.get(i, []))
+
+        def settled():
+            return all(len(owned[i]) == expected(i) for i in range(8))
+
+        _poll_until(cs, settled, 60, lambda: f"{[len(o) for o in owned]} vs {[expected(i) for i in range(8)]}")
+        subscribed = {t for ts in current.values() for t in ts}
+        assert sorted(tp for o in owned for tp in o) == sorted((t, p) for t in subscribed for p in range(16))
+    finally:
+        for c in cs:
+            c.close()
