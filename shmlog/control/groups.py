@@ -261,8 +261,9 @@ def check_offset(log, topic, partition, offset):
         )
 
 
-def _validate_offsets(log, offsets: dict) -> list:
-    """[(handle, topic, partition, offset)]; call without the lock (topic lookups may take it)."""
+def _validate_offsets(log, offsets: dict, any_offset: bool = False) -> list:
+    """[(handle, topic, partition, offset)]; call without the lock (topic lookups may take it).
+    any_offset: Kafka's OffsetCommit rule, any offset >= -1 (-1: none), not only one inside the log."""
     if not isinstance(offsets, dict):
         raise errors.InvalidType("offsets must be a dict {(topic, partition): offset}")
     out = []
@@ -271,7 +272,10 @@ def _validate_offsets(log, offsets: dict) -> list:
             raise errors.InvalidArgument(f"offset keys are (topic, partition) tuples, not {tp!r}")
         h = log.topic_handle(tp[0])
         log.ring(h, tp[1], writable=False)  # validates the partition
-        check_offset(log, tp[0], tp[1], off)
+        if not any_offset:
+            check_offset(log, tp[0], tp[1], off)
+        elif not isinstance(off, int) or isinstance(off, bool) or not -1 <= off < 2**63:
+            raise errors.InvalidArgument(f"offset must be an int from -1 to 2**63-1, not {off!r}")
         out.append((h, tp[0], tp[1], off))
     return out
 
@@ -290,12 +294,12 @@ def _entries_for(log, gi: int, todo: list) -> list:
     return out
 
 
-def commit_offsets(log, group: str, offsets: dict, durable: bool = False):
+def commit_offsets(log, group: str, offsets: dict, durable: bool = False, any_offset: bool = False):
     """Unfenced commit (Kafka assign mode, admin tools): each partition must
     have no live owner, else CommitFailed. Creates the group if needed."""
     validate_group_name(group)
     t = tables_of(log)
-    todo = _validate_offsets(log, offsets)
+    todo = _validate_offsets(log, offsets, any_offset)
     with log._lock():
         gi = ensure_group(log, group)
         todo = _entries_for(log, gi, todo)

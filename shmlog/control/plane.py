@@ -917,11 +917,15 @@ class ControlPlane:
         self._check_open()
         return groups.describe_group(self, group)
 
-    def commit_offsets(self, group: str, offsets: dict[tuple[str, int], int], durable: bool = False) -> None:
+    def commit_offsets(
+        self, group: str, offsets: dict[tuple[str, int], int], durable: bool = False, any_offset: bool = False
+    ) -> None:
         """Commits {(topic, partition): offset} for a group without membership
-        (Kafka assign mode, tools); CommitFailed where a live member owns the partition."""
+        (Kafka assign mode, tools); CommitFailed where a live member owns the partition.
+        any_offset=True stores an offset outside the log too, as Kafka's OffsetCommit
+        does (-1 removes the commit); a consumer starting there applies auto_offset_reset."""
         self._check_open()
-        groups.commit_offsets(self, group, offsets, durable)
+        groups.commit_offsets(self, group, offsets, durable, any_offset)
 
     def committed_offsets(self, group: str) -> dict[tuple[str, int], int]:
         """{(topic, partition): committed offset} of a group ({} for an unknown group)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import config, errors
 from ..client.log import connect
+from .coordinator import INITIAL_REBALANCE_DELAY_MS
 from .handlers import FETCH_MAX_BYTES
 from .server import MAX_QUEUED_REQUEST_BYTES, Listener
 
@@ -157,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(Kafka's broker fetch.max.bytes; default 55 MiB)",
     )
     ap.add_argument(
+        "--group-initial-rebalance-delay-ms",
+        type=int,
+        default=INITIAL_REBALANCE_DELAY_MS,
+        help="how long an empty group's first rebalance waits for more members, again after each "
+        "new one up to the rebalance timeout (Kafka's group.initial.rebalance.delay.ms; default 3000)",
+    )
+    ap.add_argument(
         "--allow-any-local-user",
         action="store_true",
         help="serve every local user; by default only root, the instance's owner and members "
@@ -219,6 +227,7 @@ def main(argv=None) -> int:
             max_connections=args.max_connections,
             max_queued_request_bytes=args.max_queued_request_bytes,
             fetch_max_bytes=args.fetch_max_bytes,
+            group_initial_rebalance_delay_ms=args.group_initial_rebalance_delay_ms,
             allow_any_local_user=args.allow_any_local_user,
         )
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import errors
 from . import codec, codes, peers
-from .coordinator import GroupCoordinator
+from .coordinator import INITIAL_REBALANCE_DELAY_MS, GroupCoordinator
 from .handlers import FETCH_MAX_BYTES, Handlers
 
 logger = logging.getLogger("shmlog.kafka")
@@ -134,6 +134,7 @@ class Listener:
         max_queued_request_bytes=MAX_QUEUED_REQUEST_BYTES,
         fetch_max_bytes=FETCH_MAX_BYTES,
         allow_any_local_user=False,
+        group_initial_rebalance_delay_ms=INITIAL_REBALANCE_DELAY_MS,
     ):
         if max_queued_request_bytes < max_frame_bytes:
             raise errors.InvalidArgument(
@@ -142,6 +143,8 @@ class Listener:
             )
         if fetch_max_bytes < 1024:
             raise errors.InvalidArgument("fetch_max_bytes must be at least 1024 (Kafka's minimum)")
+        if group_initial_rebalance_delay_ms < 0:
+            raise errors.InvalidArgument("group_initial_rebalance_delay_ms must be 0 or more")
         self.log = log_
         self.host, self.port = host, port
         self.advertised_host = advertised_host
@@ -152,7 +155,7 @@ class Listener:
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.schema = codec.schema()
-        self.groups = GroupCoordinator(log_)
+        self.groups = GroupCoordinator(log_, group_initial_rebalance_delay_ms)
         self.groups.listener = self
         self.handlers = Handlers(
             self,

@@ -77,6 +77,7 @@ class KafkaSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     max_connections: int = 1024
     max_queued_request_bytes: int = 256 << 20  # request bytes buffered across connections
     fetch_max_bytes: int = 55 << 20  # most record bytes in one Fetch response
+    group_initial_rebalance_delay_ms: int = 3000  # Kafka's group.initial.rebalance.delay.ms
     allow_any_local_user: bool = False  # default: only users the native API lets in
     # [kafka.topic_defaults]: settings of the topics the listener creates (auto-created or
     # CreateTopics without them), e.g. ring_bytes = 1048576 (issue 13.6); any [topics.NAME] key but partitions
@@ -149,6 +150,8 @@ def validate(cfg: ServiceConfig, where: str = "config") -> ServiceConfig:
         _bad(where, "kafka: max_frame_bytes >= 1024, max_connections >= 1 and default_partitions >= 1")
     if k.max_queued_request_bytes < k.max_frame_bytes or k.fetch_max_bytes < 1024:
         _bad(where, "kafka: max_queued_request_bytes >= max_frame_bytes and fetch_max_bytes >= 1024")
+    if k.group_initial_rebalance_delay_ms < 0:
+        _bad(where, "kafka: group_initial_rebalance_delay_ms must be 0 or more")
     try:
         config.validate_topic_defaults(k.topic_defaults, "kafka.topic_defaults")
     except errors.ShmlogError as e:

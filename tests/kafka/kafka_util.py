@@ -77,7 +77,8 @@ class Kafka:
 
 @pytest.fixture
 def kafka(inst):
-    k = Kafka(inst, auto_create_topics=True)
+    # a short group.initial.rebalance.delay.ms (Kafka's is 3 s) keeps the group tests quick
+    k = Kafka(inst, auto_create_topics=True, group_initial_rebalance_delay_ms=100)
     try:
         yield k
     finally:

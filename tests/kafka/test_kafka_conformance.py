@@ -9,6 +9,7 @@ import time
 import pytest
 
 from kafka_util import kafka  # noqa: F401  (fixture)
+from test_kafka_groups_conformance import _conf, _scommit
 from test_kafka_protocol import call, request
 
 
@@ -19,14 +20,7 @@ def test_confluent_commit_in_the_revoke_callback_is_accepted(kafka):
     with kafka.log.producer() as p:
         for i in range(20):
             p.send("t", b"m%d" % i, partition=i % 2)
-    conf = {
-        "bootstrap.servers": kafka.bootstrap,
-        "group.id": "g",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "heartbeat.interval.ms": 200,
-        "session.timeout.ms": 10_000,
-    }
+    conf = _conf(kafka)
     revoked, commit_errors = [], []
 
     def on_revoke(consumer, parts):
@@ -77,29 +71,10 @@ def _join(c, group, member="", corr=1):
 
 
 def _commit(c, group, gen, member, offset, corr):
-    body = {
-        "GroupId": group,
-        "GenerationIdOrMemberEpoch": gen,
-        "MemberId": member,
-        "GroupInstanceId": None,
-        "RetentionTimeMs": -1,
-        "Topics": [
-            {
-                "Name": "t",
-                "Partitions": [
-                    {
-                        "PartitionIndex": 0,
-                        "CommittedOffset": offset,
-                        "CommittedLeaderEpoch": -1,
-                        "CommittedMetadata": None,
-                    }
-                ],
-            }
-        ],
-    }
-    return call(c, 8, 7, body, corr=corr)["Topics"][0]["Partitions"][0]["ErrorCode"]
+    return _scommit(c, gen, member, None, corr, offset=offset, group=group)
 
 
+@pytest.mark.conformance(client="raw", feature="commits")
 def test_commit_rules_per_group_state(kafka):
     """Stable and PreparingRebalance: current-generation commits accepted, an old
     generation ILLEGAL_GENERATION; CompletingRebalance: REBALANCE_IN_PROGRESS."""
