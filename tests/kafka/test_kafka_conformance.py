@@ -74,7 +74,6 @@ def _commit(c, group, gen, member, offset, corr):
     return _scommit(c, gen, member, None, corr, offset=offset, group=group)
 
 
-@pytest.mark.conformance(client="raw", feature="commits")
 def test_commit_rules_per_group_state(kafka):
     """Stable and PreparingRebalance: current-generation commits accepted, an old
     generation ILLEGAL_GENERATION; CompletingRebalance: REBALANCE_IN_PROGRESS."""

@@ -222,7 +222,6 @@ def _scommit(c, gen, member, instance, corr, offset=0, metadata=None, group="s")
     return call(c, 8, 7, body, corr=corr)["Topics"][0]["Partitions"][0]["ErrorCode"]
 
 
-@pytest.mark.conformance(client="raw", feature="groups static")
 def test_static_member_fencing_rules_on_every_group_api(kafka):
     """The newest join of an instance id wins: the replaced member id gets
     FENCED_INSTANCE_ID on Heartbeat, SyncGroup, OffsetCommit and JoinGroup;
@@ -259,7 +258,6 @@ def test_static_member_fencing_rules_on_every_group_api(kafka):
     b.close()
 
 
-@pytest.mark.conformance(client="raw", feature="groups static")
 def test_static_rejoin_during_completing_rebalance_rebalances(kafka):
     """Kafka: a known static instance joining while the leader computes the
     assignment voids that generation (the leader assigned the old member id)."""
@@ -299,7 +297,6 @@ def _fetch(c, group, corr):
     return p["CommittedOffset"], p["Metadata"], p["ErrorCode"]
 
 
-@pytest.mark.conformance(client="raw", feature="commits")
 def test_commit_stores_any_offset_and_its_metadata(kafka):
     kafka.log.create_topic("t", ring_bytes=1 << 16, persistence="none")
     with kafka.log.producer() as p:
@@ -425,7 +422,6 @@ def test_initial_rebalance_delay_is_a_listener_option(inst):
     )
 
 
-@pytest.mark.conformance(client="raw", feature="groups eager")
 def test_initial_delay_is_extended_by_each_join_up_to_the_rebalance_timeout(inst):
     inst.log.create_topic("t", ring_bytes=1 << 16, persistence="none")
     k = Kafka(inst, group_initial_rebalance_delay_ms=400)
