@@ -20,6 +20,11 @@
  * against the bytes the read filled, so a row that points outside them is
  * an error, never a read outside the buffer. Records with headers get
  * headers=None here and are finished by the caller (decode_headers).
+ * With a views list (Consumer(copy=False)) values are read-only memoryviews
+ * instead, over a ViewSource that counts every buffer taken from it;
+ * release() releases them at the consumer's next poll and reports any whose
+ * bytes something still points at, so the consumer never reuses bytes a
+ * view, slice or array of a value can still read.
  *
  * The express table is Producer._express: a dict from topic name to the
  * address (an int) of the struct shm_accum of that topic's open sticky
@@ -161,9 +166,64 @@ static PyObject *fastpath_bind(PyObject *mod, PyObject *addr)
     Py_RETURN_NONE;
 }
 
-/* bytes of buf[start:start+len], None for len -1; -1 (error set) when the
- * row points outside the used bytes */
-static PyObject *slice_or_none(const char *buf, uint64_t used, int64_t start, int64_t len)
+/* ViewSource: the exporter behind every copy=False value view. It counts
+ * the buffers taken from it, so the consumer knows when nothing at all —
+ * not its own view, nor a slice, a memoryview of it or a numpy array made
+ * from it — still points at the bytes (release() below). */
+typedef struct {
+    PyObject_HEAD
+    char *ptr;
+    Py_ssize_t len;
+    Py_ssize_t exports;
+} ViewSource;
+
+static int ViewSource_getbuffer(ViewSource *self, Py_buffer *view, int flags)
+{
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->len, 1, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void ViewSource_releasebuffer(ViewSource *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyBufferProcs ViewSource_as_buffer = {
+    (getbufferproc)ViewSource_getbuffer,
+    (releasebufferproc)ViewSource_releasebuffer,
+};
+
+static PyTypeObject ViewSourceType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlog._fastpath.ViewSource",
+    .tp_basicsize = sizeof(ViewSource),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_as_buffer = &ViewSource_as_buffer,
+    .tp_doc = "The bytes behind Consumer(copy=False) value views (csrc/fastpath.c).",
+};
+
+/* a read-only memoryview of len bytes at p, its source appended to views */
+static PyObject *new_view(char *p, Py_ssize_t len, PyObject *views)
+{
+    ViewSource *src = PyObject_New(ViewSource, &ViewSourceType);
+    if (src == NULL)
+        return NULL;
+    src->ptr = p;
+    src->len = len;
+    src->exports = 0;
+    PyObject *v = PyMemoryView_FromObject((PyObject *)src);
+    if (v != NULL && PyList_Append(views, v) < 0)
+        Py_CLEAR(v);
+    Py_DECREF(src);
+    return v;
+}
+
+/* A value: bytes of buf[start:start+len], or (views a list: copy=False) a
+ * read-only memoryview of them whose source is appended to views (the
+ * consumer releases them at its next poll); None for len -1; NULL (error
+ * set) when the row points outside the used bytes */
+static PyObject *value_of(const char *buf, uint64_t used, int64_t start, int64_t len, PyObject *views)
 {
     if (len < 0) {
         Py_RETURN_NONE;
@@ -173,16 +233,22 @@ static PyObject *slice_or_none(const char *buf, uint64_t used, int64_t start, in
                      (long long)start, (long long)len, (unsigned long long)used);
         return NULL;
     }
-    return PyBytes_FromStringAndSize(buf + start, (Py_ssize_t)len);
+    if (views == Py_None)
+        return PyBytes_FromStringAndSize(buf + start, (Py_ssize_t)len);
+    return new_view((char *)buf + start, (Py_ssize_t)len, views);
 }
 
 /* the read buffer, the rows and their count from (buf_addr, used, rows_addr, n, ...):
- * the first four of the `want` arguments `name` takes */
+ * the first four of the `want` arguments `name` takes (the last, views, optional) */
 static int batch_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name, const char **buf,
                       uint64_t *used, const int64_t **rows, Py_ssize_t *n)
 {
-    if (nargs != want) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", name, want);
+    if (nargs != want && nargs != want - 1) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd or %zd arguments", name, want - 1, want);
+        return -1;
+    }
+    if (nargs == want && args[want - 1] != Py_None && !PyList_CheckExact(args[want - 1])) {
+        PyErr_Format(PyExc_TypeError, "%s(): views must be a list or None", name);
         return -1;
     }
     *buf = PyLong_AsVoidPtr(args[0]);
@@ -198,19 +264,21 @@ static int batch_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, 
     return 0;
 }
 
-/* messages(buf_addr, used, rows_addr, n, cls, topic, partition) -> (list of
- * cls(topic, partition, offset, key, value, headers, timestamp_ms), how many
- * have headers): headers is () for a record without headers and None for one
- * with them (the caller decodes those). */
+/* messages(buf_addr, used, rows_addr, n, cls, topic, partition[, views]) ->
+ * (list of cls(topic, partition, offset, key, value, headers, timestamp_ms),
+ * how many have headers): headers is () for a record without headers and
+ * None for one with them (the caller decodes those). With views a list,
+ * values are read-only memoryviews of the read buffer, appended to it. */
 static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     const char *buf;
     uint64_t used;
     const int64_t *rows;
     Py_ssize_t n;
-    if (batch_args(args, nargs, 7, "messages", &buf, &used, &rows, &n) < 0)
+    if (batch_args(args, nargs, 8, "messages", &buf, &used, &rows, &n) < 0)
         return NULL;
     PyObject *cls = args[4], *topic = args[5], *partition = args[6];
+    PyObject *views = nargs == 8 ? args[7] : Py_None;
     PyObject *empty = PyTuple_New(0);
     PyObject *out = PyList_New(n);
     Py_ssize_t with_headers = 0;
@@ -218,8 +286,8 @@ static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssiz
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         const int64_t *r = rows + i * SHM_ROW_FIELDS;
-        PyObject *key = slice_or_none(buf, used, r[SHM_ROW_KEY_START], r[SHM_ROW_KEY_LEN]);
-        PyObject *value = key ? slice_or_none(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN]) : NULL;
+        PyObject *key = value_of(buf, used, r[SHM_ROW_KEY_START], r[SHM_ROW_KEY_LEN], Py_None);
+        PyObject *value = key ? value_of(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN], views) : NULL;
         PyObject *off = value ? PyLong_FromLongLong(r[SHM_ROW_OFFSET]) : NULL;
         PyObject *ts = off ? PyLong_FromLongLong(r[SHM_ROW_TIMESTAMP]) : NULL;
         PyObject *m = NULL;
@@ -249,21 +317,23 @@ fail:
     return NULL;
 }
 
-/* values(buf_addr, used, rows_addr, n) -> list of each record's value (bytes, or None) */
+/* values(buf_addr, used, rows_addr, n[, views]) -> list of each record's
+ * value (bytes, or None; memoryviews appended to views when it is a list) */
 static PyObject *fastpath_values(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     const char *buf;
     uint64_t used;
     const int64_t *rows;
     Py_ssize_t n;
-    if (batch_args(args, nargs, 4, "values", &buf, &used, &rows, &n) < 0)
+    if (batch_args(args, nargs, 5, "values", &buf, &used, &rows, &n) < 0)
         return NULL;
+    PyObject *views = nargs == 5 ? args[4] : Py_None;
     PyObject *out = PyList_New(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         const int64_t *r = rows + i * SHM_ROW_FIELDS;
-        PyObject *v = slice_or_none(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN]);
+        PyObject *v = value_of(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN], views);
         if (v == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -273,13 +343,89 @@ static PyObject *fastpath_values(PyObject *mod, PyObject *const *args, Py_ssize_
     return out;
 }
 
+/* view(addr, len, views) -> a read-only memoryview of len bytes at addr
+ * (a frame in the ring, shmx_large_peek bounds-checked it), appended to views */
+static PyObject *fastpath_view(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "view(addr, len, views: list)");
+        return NULL;
+    }
+    char *p = PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t len = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (p == NULL || len < 0) {
+        PyErr_SetString(PyExc_ValueError, "view: a null address or a negative length");
+        return NULL;
+    }
+    return new_view(p, len, args[2]);
+}
+
+/* release(views) -> how many values still have buffers taken from them
+ * (their sources stay in the list; the rest is removed): every view handed
+ * out by the last poll is released, so using one afterwards raises
+ * ValueError instead of reading bytes that are no longer its record's. A
+ * value whose source still has exports (a slice or memoryview of the view,
+ * np.frombuffer of it) is counted: its bytes must not be reused yet. */
+static PyObject *fastpath_release(PyObject *mod, PyObject *views)
+{
+    static PyObject *name;
+    if (!PyList_CheckExact(views)) {
+        PyErr_SetString(PyExc_TypeError, "release(views: list)");
+        return NULL;
+    }
+    if (name == NULL && (name = PyUnicode_InternFromString("release")) == NULL)
+        return NULL;
+    PyObject *still = PyList_New(0);
+    if (still == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(views);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(views, i), *src = v;
+        if (PyMemoryView_Check(v)) {
+            src = PyMemoryView_GET_BASE(v);   /* the ViewSource, held by the view's managed buffer */
+            Py_XINCREF(src);
+            PyObject *r = PyObject_CallMethodNoArgs(v, name);
+            if (r == NULL && PyErr_ExceptionMatches(PyExc_BufferError))
+                PyErr_Clear();                /* exported directly: counted through its source below */
+            else if (r == NULL) {
+                Py_XDECREF(src);
+                Py_DECREF(still);
+                return NULL;
+            }
+            Py_XDECREF(r);
+        } else {
+            Py_INCREF(src);
+        }
+        int keep = src != NULL && Py_IS_TYPE(src, &ViewSourceType) && ((ViewSource *)src)->exports > 0;
+        if (keep && PyList_Append(still, src) < 0) {
+            Py_DECREF(src);
+            Py_DECREF(still);
+            return NULL;
+        }
+        Py_XDECREF(src);
+    }
+    Py_ssize_t kept = PyList_GET_SIZE(still);
+    int rc = PyList_SetSlice(views, 0, n, still);
+    Py_DECREF(still);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromSsize_t(kept);
+}
+
 static PyMethodDef fastpath_functions[] = {
+    {"view", (PyCFunction)(void (*)(void))fastpath_view, METH_FASTCALL,
+     "view(addr, len, views): a read-only memoryview of ring memory, appended to views."},
+    {"release", fastpath_release, METH_O,
+     "release(views): releases every view in the list; returns how many stay (still exported)."},
     {"bind", fastpath_bind, METH_O,
      "bind(shmx_accum_add_address): the core's functions, from the cffi module (shmlog._native)."},
     {"messages", (PyCFunction)(void (*)(void))fastpath_messages, METH_FASTCALL,
-     "messages(buf_addr, used, rows_addr, n, cls, topic, partition) -> (Message list, how many have headers)."},
+     "messages(buf_addr, used, rows_addr, n, cls, topic, partition[, views]) -> (Message list, how many have "
+     "headers)."},
     {"values", (PyCFunction)(void (*)(void))fastpath_values, METH_FASTCALL,
-     "values(buf_addr, used, rows_addr, n): a read's decoded rows' values (bytes, or None)."},
+     "values(buf_addr, used, rows_addr, n[, views]): a read's decoded rows' values (bytes, or None)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -290,7 +436,7 @@ static struct PyModuleDef fastpath_module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&ProducerBaseType) < 0)
+    if (PyType_Ready(&ProducerBaseType) < 0 || PyType_Ready(&ViewSourceType) < 0)
         return NULL;
     str_produce_any = PyUnicode_InternFromString("_produce_any");
     if (str_produce_any == NULL)

@@ -104,6 +104,12 @@
  *    more cautious; freed as above.
  *  - releasing, after pos = DONE, before owner = 0: blocks nobody; freed by
  *    the next sweep that finds it dead.
+ *  B7 Zero-copy views (Consumer(copy=False)): a reader that hands out a view
+ *     of a frame in the ring moves its cursor past the frame without
+ *     publishing (shmx_large_confirm with publish 0): its slot's pos stays at
+ *     the frame, so by B3 no producer overwrites it, until the reader's next
+ *     poll releases the views and publishes (shmx_reader_publish). Only on a
+ *     BLOCK ring and only with a claimed slot; else the reader copies.
  * A producer dying while it waits on a reader holds no reservation (tail did
  * not move for it); its space_waiters increment stays (readers then wake on
  * every advance: a cost, not a fault), its producer slot is reclaimed as any.
@@ -1325,7 +1331,7 @@ int shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint
 /* After copying from the frame shmx_large_peek described: SHM_E_OUT_OF_RANGE
  * when the ring lapped it during the copy (the copy is garbage), else moves
  * the cursor past it and returns 1. */
-int shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked)
+int shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked, int publish)
 {
     if (!handle_ok(r))
         return SHM_E_INVALID;
@@ -1338,8 +1344,17 @@ int shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const i
     cur->next_offset = peeked[SHM_ROW_OFFSET] + 1;
     cur->expect_base = peeked[SHM_ROW_OFFSET] + 1;
     cur->stuck_pos = ~(uint64_t)0;
-    reader_publish(cur);   /* B2: the caller's copy is done */
+    if (publish)
+        reader_publish(cur);   /* B2: the caller's copy is done */
     return 1;
+}
+
+/* B7 (zero-copy views): publishes the cursor's position to its reader slot,
+ * releasing frames below it that a caller kept viewing in the ring after
+ * shmx_large_confirm(..., publish=0). */
+void shmx_reader_publish(const struct shm_cursor *cur)
+{
+    reader_publish(cur);
 }
 
 /* Positions the cursor at the frame holding `offset` (or the first frame

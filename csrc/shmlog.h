@@ -625,7 +625,8 @@ int      shmx_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *bu
                    int verify_crc, int64_t unblock_ns, struct shm_records_out *out);
 int      shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint64_t min_bytes,
                          int verify_crc, int64_t *out);
-int      shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked);
+int      shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked, int publish);
+void     shmx_reader_publish(const struct shm_cursor *cur);
 /* a batch encoded elsewhere (Kafka listener): checked, stored unchanged apart
  * from baseOffset and partitionLeaderEpoch (both outside the CRC) */
 int      shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t len,

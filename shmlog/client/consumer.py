@@ -35,7 +35,9 @@ from ..control.tables import validate_group_name
 from .membership import MEMBER_OPTIONS, Membership
 from .reader import LAPPED, PartitionReader
 from .._fastpath import messages as batch_messages
+from .._fastpath import release as release_views
 from .._fastpath import values as batch_values
+from .._fastpath import view as ring_view
 from .._native import address_of, ffi, lib
 from ..records import Columns, Message, decode_headers
 
@@ -109,6 +111,7 @@ class Consumer:
         buffer_bytes: int = DEFAULT_BUFFER,
         consumer_timeout_ms: int | None = None,
         enable_auto_offset_store: bool = True,
+        copy: bool = True,
         **group_options: Any,
     ) -> None:
         if group_options and group is None:
@@ -128,6 +131,12 @@ class Consumer:
         self._crc = int(bool(check_crcs))
         self._max_poll = max_poll_records
         self._consumer_timeout = None if consumer_timeout_ms is None else consumer_timeout_ms / 1000
+        # copy=False: values are read-only memoryviews, released at the poll after they were all returned
+        # (see _release); the read buffers they view and the partitions whose ring they view stay until then
+        self._views: list[memoryview] | None = None if copy else []
+        self._retired: list[Any] = []
+        self._pinned: list[_Part] = []
+        self._buf: Any = None
         self._set_buffer(buffer_bytes)
         self._out_cap = 0
         self._out: Any = None
@@ -480,10 +489,34 @@ class Consumer:
     # ------------------------------------------------------------ reading
 
     def _set_buffer(self, nbytes: int) -> None:
+        if self._views:
+            self._retired.append(self._buf)  # views still point into it
         self._buf_cap = nbytes
         self._buf = ffi.new("uint8_t[]", nbytes)
         self._buf_addr = address_of(self._buf)  # for the C batch builders (csrc/fastpath.c)
         self._mv = memoryview(ffi.buffer(self._buf, nbytes))
+
+    def _release(self) -> None:
+        """copy=False, before a read: every value view handed out is released
+        (using one afterwards raises ValueError, never reads another record's
+        bytes), then the frames they viewed in a ring are given back to its
+        producers (csrc/ring.c B7). Views of records poll() decoded but has
+        not returned yet stay. A view with exports of its own (np.frombuffer
+        of it) cannot be released: InvalidArgument, nothing read, nothing
+        given back, until it is dropped."""
+        if self._pi < len(self._pending):
+            return
+        views = self._views
+        if views and release_views(views):
+            raise errors.InvalidArgument(
+                f"{len(views)} value view(s) from an earlier poll are still exported (np.frombuffer, a ctypes "
+                "or struct buffer of them): copy what you keep (bytes(view)) and drop the rest before polling "
+                "again; nothing was read (Consumer(copy=False))"
+            )
+        self._retired.clear()
+        for part in self._pinned:
+            lib.shmx_reader_publish(part.cur)
+        self._pinned.clear()
 
     def _grow_out(self, n: int) -> None:
         self._out_cap = self._out_max = n
@@ -600,18 +633,29 @@ class Consumer:
         off, ts, ks, kl, vs, vl, hs, hc, _ = ffi.unpack(r, ROW + 1)
         if hc:
             return None  # with headers: the general path decodes them
-        data = part.data
-        m = Message(
-            part.topic,
-            part.partition,
-            off,
-            None if kl < 0 else ffi.buffer(data + ks, kl)[:],
-            None if vl < 0 else ffi.buffer(data + vs, vl)[:],
-            (),
-            ts,
+        data, views = part.data, self._views
+        # copy=False on a block ring with our reader slot: a view of the frame itself, kept from producers
+        # until the next poll (B7); otherwise one copy
+        pin = (
+            views is not None
+            and vl >= 0
+            and part.cur.reader_hdr != ffi.NULL
+            and lib.shm_ring_counter(part.ring.base, lib.SHM_COUNTER_OVERFLOW) == lib.SHM_OVERFLOW_BLOCK
         )
-        if lib.shmx_large_confirm(part.ring.h, part.cur, r) != 1:
+        value: Any
+        if pin and views is not None:
+            value = ring_view(address_of(data + vs), vl, views)
+        else:
+            value = None if vl < 0 else ffi.buffer(data + vs, vl)[:]
+        m = Message(part.topic, part.partition, off, None if kl < 0 else ffi.buffer(data + ks, kl)[:], value, (), ts)
+        if lib.shmx_large_confirm(part.ring.h, part.cur, r, int(not pin)) != 1:
+            if pin and views is not None:
+                views.pop().release()
             return None  # lapped during the copy: discarded
+        if pin:
+            self._pinned.append(part)
+        elif views is not None and value is not None:
+            m = msgspec.structs.replace(m, value=memoryview(value))
         return m
 
     def _message1(self, part: _Part) -> Message:
@@ -619,12 +663,18 @@ class Consumer:
         off, ts, ks, kl, vs, vl, hs, hc = ffi.unpack(self._rows, ROW)
         part.large = vl >= LARGE_BYTES
         mv = self._mv
+        if vl < 0:
+            value = None
+        elif self._views is None:
+            value = mv[vs : vs + vl].tobytes()
+        else:
+            value = ring_view(self._buf_addr + vs, vl, self._views)
         return Message(
             part.topic,
             part.partition,
             off,
             None if kl < 0 else mv[ks : ks + kl].tobytes(),
-            None if vl < 0 else mv[vs : vs + vl].tobytes(),
+            value,
             decode_headers(mv, hs) if hc else (),
             ts,
         )
@@ -636,7 +686,7 @@ class Consumer:
         if n == 1:
             return [self._message1(part)]
         msgs, with_headers = batch_messages(
-            self._buf_addr, self._out.bytes_used, self._rows_addr, n, Message, part.topic, part.partition
+            self._buf_addr, self._out.bytes_used, self._rows_addr, n, Message, part.topic, part.partition, self._views
         )
         if with_headers:
             rows, data = self._rows, self._mv[: self._out.bytes_used]
@@ -714,6 +764,8 @@ class Consumer:
         returns a record it decoded earlier, so a partition that moved away
         is handed over at once and its decoded records are dropped. The topic
         table is looked at before each read (not per record decoded earlier)."""
+        if self._views is not None:
+            self._release()
         g = self._group
         if g is not None:
             g.polled = True
@@ -782,7 +834,7 @@ class Consumer:
         rest, part, n = self._batch(max_messages, timeout)
         if rest is not None:
             return [m.value for m in rest]
-        return batch_values(self._buf_addr, self._out.bytes_used, self._rows_addr, n) if n else []
+        return batch_values(self._buf_addr, self._out.bytes_used, self._rows_addr, n, self._views) if n else []
 
     def _batch(self, max_messages: int, timeout: float | None) -> tuple[list[Message] | None, Any, int]:
         """poll_batch's and poll_values' read: (records poll() decoded earlier
@@ -790,6 +842,8 @@ class Consumer:
         read into the buffer)."""
         if not isinstance(max_messages, int) or max_messages < 1:
             raise errors.InvalidArgument("max_messages must be an int >= 1")
+        if self._views is not None:
+            self._release()
         self._look()
         if self._pi < len(self._pending):
             rest = self._pending[self._pi : self._pi + max_messages]
@@ -806,6 +860,8 @@ class Consumer:
             raise errors.InvalidArgument("poll_columns cannot follow a partly consumed poll(); drain poll() first")
         if not isinstance(max_messages, int) or max_messages < 1:
             raise errors.InvalidArgument("max_messages must be an int >= 1")
+        if self._views is not None:
+            self._release()
         rows = np.empty((max_messages, ROW), np.int64)
         buf = np.empty(self._buf_cap, np.uint8)
         saved = self._out, self._out_cap, self._out_max, self._rows, self._buf, self._buf_cap, self._mv
@@ -931,6 +987,9 @@ class Consumer:
             finally:
                 g.leave()
         self._closed = True
+        if self._views:
+            release_views(self._views)  # a view still exported keeps nothing: the rings go with let_go
+        self._pinned.clear()
         self._read_epoch, self._epoch = repeat(0).__next__, 0  # the log may unmap the control segment now
         for p in self._parts:
             p.let_go()
