@@ -117,6 +117,8 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
     return size;
 }
 
+#define FUSED_COPY_MIN 4096   /* values this large are copied and summed in one pass */
+
 /* shm_batch_encode for a size already computed by shm_batch_encoded_size */
 void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
                             int64_t base_offset, int64_t timestamp_ms)
@@ -134,7 +136,12 @@ void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t
     put_be32(dst + SHM_RB_BASE_SEQUENCE, 0xFFFFFFFFu);
     put_be32(dst + SHM_RB_RECORDS_COUNT, in->count);
 
-    uint8_t *p = dst + SHM_BATCH_HEADER_BYTES;
+    /* The CRC covers attributes..end. It runs behind the writes: what was
+     * written since `from` is summed before each large value, which is
+     * copied and summed in one pass (shm_crc32c_copy), so a large record's
+     * bytes are read once, not once to copy and once to sum. */
+    uint8_t *p = dst + SHM_BATCH_HEADER_BYTES, *from = dst + SHM_RB_ATTRIBUTES;
+    uint32_t crc = 0;
     const uint8_t *vals = in->values, *keys = in->keys, *hdrs = in->headers;
     for (uint32_t i = 0; i < in->count; i++) {
         int64_t k = rec_len(in->key_lens, i), v = in->value_lens[i];
@@ -145,7 +152,17 @@ void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t
         p = put_varint(p, k);
         if (k > 0) { memcpy(p, keys, (size_t)k); p += k; keys += k; }
         p = put_varint(p, v);
-        if (v > 0) { memcpy(p, vals, (size_t)v); p += v; vals += v; }
+        if (v >= FUSED_COPY_MIN) {
+            crc = shm_crc32c(crc, from, (size_t)(p - from));
+            crc = shm_crc32c_copy(crc, p, vals, (size_t)v);
+            p += v;
+            vals += v;
+            from = p;
+        } else if (v > 0) {
+            memcpy(p, vals, (size_t)v);
+            p += v;
+            vals += v;
+        }
         if (in->header_lens) {
             memcpy(p, hdrs, (size_t)in->header_lens[i]);
             p += in->header_lens[i];
@@ -154,7 +171,7 @@ void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t
             *p++ = 0;                  /* no headers */
         }
     }
-    uint32_t crc = shm_crc32c(0, dst + SHM_RB_ATTRIBUTES, (size_t)(size - SHM_RB_ATTRIBUTES));
+    crc = shm_crc32c(crc, from, (size_t)(dst + size - from));
     put_be32(dst + SHM_RB_CRC, crc);
 }
 

@@ -1,10 +1,11 @@
 /* crc32c.c — CRC-32C (Castagnoli), the checksum of Kafka's RecordBatch v2.
  *
- * Owns: one function, shm_crc32c(crc, data, len), with the usual pre/post
+ * Owns: shm_crc32c(crc, data, len), with the usual pre/post
  * inversion, so shm_crc32c(0, "123456789", 9) == 0xE3069283. Uses the
  * SSE4.2 / ARMv8 crc32c instruction where the CPU has it, over three
  * interleaved streams for large inputs (the instruction's latency is 3
- * cycles, its throughput 1 per cycle), and a slicing-by-8 table otherwise.
+ * cycles, its throughput 1 per cycle), and a slicing-by-8 table otherwise;
+ * and shm_crc32c_copy, the same checksum of a copy made in the same pass.
  * Must never: touch shared memory or allocate.
  */
 #include "shmlog.h"
@@ -142,6 +143,64 @@ HW_ATTR static uint32_t crc_hw_3way(uint32_t c, const uint8_t *p, size_t block, 
     return multmodp(shift, c) ^ c2;
 }
 
+/* crc_hw_3way and crc_hw_serial that also store what they read at dst: a
+ * copy and its checksum in one pass over the source (shm_crc32c_copy) */
+HW_ATTR static uint32_t crc_hw_3way_copy(uint32_t c, uint8_t *dst, const uint8_t *p, size_t block, uint32_t shift)
+{
+    uint32_t c1 = 0, c2 = 0;
+    const uint8_t *p1 = p + block, *p2 = p + 2 * block;
+    uint8_t *d1 = dst + block, *d2 = dst + 2 * block;
+    for (size_t i = 0; i < block; i += 8) {
+        uint64_t w0, w1, w2;
+        memcpy(&w0, p + i, 8);
+        memcpy(&w1, p1 + i, 8);
+        memcpy(&w2, p2 + i, 8);
+        memcpy(dst + i, &w0, 8);
+        memcpy(d1 + i, &w1, 8);
+        memcpy(d2 + i, &w2, 8);
+        c = CRC8(c, w0);
+        c1 = CRC8(c1, w1);
+        c2 = CRC8(c2, w2);
+    }
+    c = multmodp(shift, c) ^ c1;
+    return multmodp(shift, c) ^ c2;
+}
+
+HW_ATTR static uint32_t crc_hw_copy(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+{
+    while (n && ((uintptr_t)p & 7)) {
+        *dst++ = *p;
+        c = CRC1(c, *p++);
+        n--;
+    }
+    while (n >= 3 * LONG_BLOCK) {
+        c = crc_hw_3way_copy(c, dst, p, LONG_BLOCK, shift_long);
+        p += 3 * LONG_BLOCK;
+        dst += 3 * LONG_BLOCK;
+        n -= 3 * LONG_BLOCK;
+    }
+    while (n >= 3 * SHORT_BLOCK) {
+        c = crc_hw_3way_copy(c, dst, p, SHORT_BLOCK, shift_short);
+        p += 3 * SHORT_BLOCK;
+        dst += 3 * SHORT_BLOCK;
+        n -= 3 * SHORT_BLOCK;
+    }
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        memcpy(dst, &w, 8);
+        c = CRC8(c, w);
+        p += 8;
+        dst += 8;
+        n -= 8;
+    }
+    while (n--) {
+        *dst++ = *p;
+        c = CRC1(c, *p++);
+    }
+    return c;
+}
+
 HW_ATTR static uint32_t crc_hw(uint32_t c, const uint8_t *p, size_t n)
 {
     while (n && ((uintptr_t)p & 7)) {
@@ -193,6 +252,20 @@ uint32_t shm_crc32c(uint32_t crc, const uint8_t *data, size_t len)
         return ~crc_hw(c, data, len);
 #endif
     return ~crc_table(c, data, len);
+}
+
+/* Copies len bytes from src to dst (not overlapping) and returns
+ * shm_crc32c(crc, src, len), reading src once: the copy a producer or
+ * reader makes anyway carries the checksum (issue 13.3). */
+uint32_t shm_crc32c_copy(uint32_t crc, uint8_t *dst, const uint8_t *src, size_t len)
+{
+    crc_init_once();
+#if defined(SHM_HAVE_X86_CRC) || defined(SHM_HAVE_ARM_CRC)
+    if (hw)
+        return ~crc_hw_copy(~crc, dst, src, len);
+#endif
+    memcpy(dst, src, len);
+    return ~crc_table(~crc, src, len);
 }
 
 /* The table path, callable directly so tests can hold both paths to the same

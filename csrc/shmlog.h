@@ -579,6 +579,7 @@ int      shm_process_alive(const char *token_prefix, uint32_t pid, uint64_t star
 
 /* ---------- crc32c.c ---------- */
 uint32_t shm_crc32c(uint32_t crc, const uint8_t *data, size_t len);
+uint32_t shm_crc32c_copy(uint32_t crc, uint8_t *dst, const uint8_t *src, size_t len);
 int      shm_crc32c_hardware(void);
 uint32_t shm_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
 

@@ -390,6 +390,26 @@ def test_crc32c_hardware_equals_portable_random_lengths_and_alignments():
             assert lib.shm_crc32c(0, ffi.from_buffer(mv[off : off + n]), n) == py_crc32c(chunk)
 
 
+def test_crc32c_copy_is_a_copy_and_the_same_checksum_at_every_alignment():
+    """shm_crc32c_copy (the producer's fused copy + CRC of large values): the
+    bytes land exactly, nothing past them is written, the checksum is
+    shm_crc32c's, for source and destination misaligned independently."""
+    rng = random.Random(0xC0C)
+    src_all = rng.randbytes(200_000 + 16)
+    for n in [0, 1, 7, 8, 9, 63, 255, 767, 768, 769, 4096, 24_575, 24_576, 49_153, 100_000, 200_000] + [
+        rng.randrange(0, 200_001) for _ in range(20)
+    ]:
+        for soff, doff in ((0, 0), (1, 0), (0, 3), (5, 7)):
+            src = src_all[soff : soff + n]
+            dst = ffi.new("uint8_t[]", n + 16)
+            ffi.memmove(dst, b"\xee" * (n + 16), n + 16)
+            c = lib.shm_crc32c_copy(0x1234, dst + doff, src, n)
+            assert c == lib.shm_crc32c_portable(0x1234, src, n), (n, soff, doff)
+            out = ffi.buffer(dst, n + 16)[:]
+            assert out[doff : doff + n] == src
+            assert out[:doff] == b"\xee" * doff and out[doff + n :] == b"\xee" * (16 - doff)
+
+
 def test_crc32c_incremental_composition():
     rng = random.Random(7)
     for _ in range(100):
@@ -708,3 +728,33 @@ def test_ring_frame_bytes_are_kafka_batches(inst):
     assert b["base_offset"] == 1 and b["count"] == 3 and b["last_offset_delta"] == 2
     assert [r["value"] for r in b["records"]] == [b"a", None, b"ccc"]
     assert abs(b["base_ts"] - t0) < 60_000
+
+
+def test_batch_with_large_values_fused_crc_is_kafkas():
+    """Values of 4 KiB and more are copied and summed in one pass (batch.c,
+    FUSED_COPY_MIN): the batch, mixed with small and null values, keys and
+    headers, is what Kafka's own reader (kafka-python) accepts, CRC included."""
+    from kafka.record.default_records import DefaultRecordBatch
+
+    rng = random.Random(7)
+    values = [rng.randbytes(n) for n in (100, 4095, 4096, 5000, 0, 70_000, 3, 200_000)] + [None]
+    keys = [b"k%d" % i if i % 2 else None for i in range(len(values))]
+    vbytes = b"".join(v or b"" for v in values)
+    kbytes = b"".join(k or b"" for k in keys)
+    inp = ffi.new("struct shm_batch_in *")
+    inp.count = len(values)
+    vl = ffi.new("int64_t[]", [-1 if v is None else len(v) for v in values])
+    kl = ffi.new("int64_t[]", [-1 if k is None else len(k) for k in keys])
+    vb, kb = ffi.from_buffer(vbytes), ffi.from_buffer(kbytes)
+    inp.values, inp.value_lens, inp.keys, inp.key_lens = vb, vl, kb, kl
+    inp.headers, inp.header_lens, inp.timestamp_ms = ffi.NULL, ffi.NULL, 1_700_000_000_000
+    cap = len(vbytes) + 4096
+    dst = ffi.new("uint8_t[]", cap)
+    n = lib.shm_batch_encode(dst, cap, inp, 42, 1_700_000_000_000)
+    assert n > 0
+    raw = ffi.buffer(dst, n)[:]
+    assert lib.shm_batch_validate(dst, n) == lib.SHM_OK
+    b = DefaultRecordBatch(raw)
+    assert b.validate_crc()
+    got = [(r.offset, r.key, r.value) for r in b]
+    assert got == [(42 + i, k, v) for i, (k, v) in enumerate(zip(keys, values))]
