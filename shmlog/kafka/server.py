@@ -25,8 +25,9 @@ from .handlers import FETCH_MAX_BYTES, Handlers
 
 logger = logging.getLogger("shmlog.kafka")
 
-# api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere,
-# every max below the API's first flexible version (ApiVersions itself answers 0-4)
+# api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere;
+# the APIs the issue-15 clients prefer flexible serve their flexible versions too (codec.py
+# encodes both), the others stop below their first flexible version (ApiVersions answers 0-4)
 ADVERTISED = {
     0: (0, 8),  # Produce (3-8 served; 0-2 answer UNSUPPORTED_VERSION)
     1: (0, 11),  # Fetch (4-11 served; 0-3 answer UNSUPPORTED_VERSION)
