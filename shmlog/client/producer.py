@@ -75,6 +75,17 @@ class _TopicWriter:
             None
         ] * self.n  # produce(): the batch being filled per partition (producer's lock)
 
+    def grow(self, handle: "TopicHandle") -> int:
+        """The topic gained partitions (alter_topic) in this life: the writer
+        takes them on; returns its partition count."""
+        more = handle.partitions - self.n
+        if handle.generation == self.handle.generation and more > 0:
+            self.ctxs += [None] * more
+            self.rings += [None] * more
+            self.open += [None] * more
+            self.handle, self.n = handle, handle.partitions
+        return self.n
+
     def ctx(self, partition: int) -> Any:
         c = self.ctxs[partition]
         if c is None:
@@ -257,6 +268,8 @@ class Producer(ProducerBase):
         if type(partition) is not int or not 0 <= partition < w.n:
             if not isinstance(partition, int) or isinstance(partition, bool):
                 raise errors.InvalidType(f"partition must be int or None, not {type(partition).__name__}")
+            if partition >= w.n and w.grow(self._log.topic_handle(w.handle.name)) > partition:
+                return w.ctx(partition)  # alter_topic added it since this writer opened the topic
             raise errors.UnknownTopicOrPartition(
                 f"topic {w.handle.name!r} has partitions 0..{w.n - 1}, not {partition}"
             )

@@ -66,21 +66,31 @@ class PartitionReader:
             lib.shm_reader_release(self.cur)
 
     def log_start(self) -> int:
-        """The first offset still held, in the files or the ring."""
-        start = self.ring.ends()[0]
+        """The first offset still held, in the files or the ring, and not
+        below the start delete_records moved the partition to."""
+        start, end = self.ring.ends()[:2]
         if self.plog is not None:
             self.plog.refresh()
             disk = self.plog.start_offset()
             if disk is not None and disk < start:
-                return disk
-        return start
+                start = disk
+        return self._floor(start, end)
+
+    def _floor(self, start: int, end: int) -> int:
+        try:
+            h = self.log.topic_handle(self.topic)
+        except errors.UnknownTopicOrPartition:
+            return start
+        return self.log.log_start_floor(h, self.partition, start, end)
 
     def seek(self, offset: int, buf, cap: int) -> bool:
         """Positions the cursor at offset (or the first record after it), in
         the ring or (durable, below the ring) the files; False when neither
-        holds it."""
+        holds it, or delete_records moved the log start past it."""
         self.on_disk = False
         self.cur.stuck_pos = NOWHERE
+        if self._floor(offset, 1 << 62) > offset:  # below where delete_records moved the start
+            return False
         rc = lib.shm_ring_seek(self.ring.h, self.cur, offset)
         if rc == lib.SHM_OK:
             return True

@@ -344,3 +344,22 @@ def delete_group(log, group: str):
             free_entry(t.offset(i))
         free_entry(t.group(gi))
     snapshot_offsets(log)
+
+
+def delete_offsets(log, group: str, partitions) -> list[tuple[str, int]]:
+    """Removes the group's committed offsets of partitions [(topic,
+    partition)] no live member owns (Kafka's OffsetDelete); returns the
+    partitions refused because a live member owns them. Durable on return."""
+    wanted = set(partitions)
+    owned = []
+    with log._lock():
+        gi = _group_index(log, group)
+        for topic, p, e in group_entries(log, gi):
+            if (topic, p) not in wanted:
+                continue
+            if e.owner != 0 or e.pending != 0:
+                owned.append((topic, p))
+            else:
+                free_entry(e)
+    snapshot_offsets(log)
+    return owned

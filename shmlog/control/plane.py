@@ -26,7 +26,7 @@ import msgspec
 from .. import config, errors, liveness, permissions, storage
 from .._native import ShmMapping, ffi, lib, memory_shortfall, raise_status, unlink_segment
 from ..ipc.progress import ProgressWriter
-from . import catalog, groups, offsets_snapshot
+from . import catalog, groups, log_start, offsets_snapshot
 from .ring_map import Ring
 
 logger = logging.getLogger("shmlog")
@@ -142,6 +142,7 @@ class ControlPlane:
         self.token_prefix_c = ffi.new("char[]", self.token_prefix.encode())
         self._handles: dict[str, TopicHandle] = {}
         self._rings: dict[tuple, Ring] = {}
+        self._log_starts = log_start.LogStarts(settings.data_dir)
         self._closed = False
         limits = _limits(max_topics, max_groups, max_members, max_offsets)
         while True:
@@ -390,6 +391,7 @@ class ControlPlane:
                 elif have is not None:
                     live[name] = have  # another life is live: adopted below
                 storage.discard_topic_dir(d, name, tid)
+                self._log_starts.discard(name, tid)
                 del cat.topics[name]
                 catalog.save(d, cat)
                 logger.info("completed the deletion of topic %r (id %s)", name, rec.id)
@@ -434,6 +436,8 @@ class ControlPlane:
         that does not exist yet is made, never emptied)."""
         bases: list[tuple[int, int]] = []
         damage: dict[int, storage.Damage] = {}
+        if cfg.persistence != "disk":
+            self._log_starts.discard(name, tid)  # its rings start at offset 0 again
         for p in range(cfg.partitions):
             if cfg.persistence != "disk":
                 bases.append((0, 0))
@@ -718,6 +722,7 @@ class ControlPlane:
             catalog.save(d, cat)  # D1: the intent
             self._drop_entry(have[0], have[1], have[3].partitions, True)  # D2
             storage.discard_topic_dir(d, name, rec.topic_id)  # D3
+            self._log_starts.discard(name, rec.topic_id)
             del cat.topics[name]
             catalog.save(d, cat)  # D4: done
 
@@ -796,13 +801,8 @@ class ControlPlane:
         parts = []
         for p in range(h.partitions):
             r = self.ring(h, p, writable=False)
-            start, end, hp, tp = r.ends()
-            if h.config.persistence == "disk":
-                disk_start = storage.PartitionLog(
-                    storage.partition_dir(self.settings.data_dir, name, p, h.topic_id)
-                ).start_offset()
-                if disk_start is not None:
-                    start = min(start, disk_start)
+            _, end, hp, tp = r.ends()
+            start = self.describe_start(h, p)
             persisted_lag = fsynced_lag = 0
             if h.config.persistence == "disk":
                 persisted_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED), 0)
@@ -831,6 +831,52 @@ class ControlPlane:
                 )
             )
         return TopicDescription(name, h.generation, h.config, parts)
+
+    def log_start_floor(self, h: TopicHandle, partition: int, start: int, end: int) -> int:
+        """The log start offset of a partition whose records run from start
+        (the oldest the ring or the files hold) to end: start, or the offset
+        delete_records moved it to (never past end)."""
+        floor = self._log_starts.of(h.name, h.topic_id).get(partition)
+        return start if floor is None or floor <= start else min(floor, end)
+
+    def delete_records(self, topic: str, offsets: dict[int, int]) -> dict[int, int]:
+        """Kafka's DeleteRecords: each partition's log start offset moves
+        forward to its offset (-1: the end offset); records below it are no
+        longer readable (consumers seeking there are out of range, and reset).
+        An offset below the current start changes nothing. Returns {partition:
+        log start offset}, durable on return (it survives a restart; the
+        segment files stay until retention removes them). OffsetOutOfRange for
+        an offset past the end or below -1, UnknownTopicOrPartition for a
+        partition the topic lacks; then nothing is changed."""
+        h = self.topic_handle(topic)
+        want: dict[int, int] = {}
+        for p, off in offsets.items():
+            if not isinstance(off, int) or isinstance(off, bool):
+                raise errors.InvalidType(f"offset must be int, not {type(off).__name__}")
+            end = self.ring(h, p, writable=False).ends()[1]
+            if off == -1:
+                off = end
+            if not 0 <= off <= end:
+                raise errors.OffsetOutOfRange(
+                    f"cannot delete records of {topic!r} partition {p} below {off}: the log ends at {end}"
+                )
+            want[p] = off
+        with self._lock():
+            if self.topic_handle(topic).topic_id != h.topic_id:
+                raise errors.UnknownTopicOrPartition(f"topic {topic!r} was deleted meanwhile")
+            self._log_starts.advance(topic, h.topic_id, want)
+        return {p: self.describe_start(h, p) for p in want}
+
+    def describe_start(self, h: TopicHandle, partition: int) -> int:
+        """The log start offset of one partition (describe_topic's, alone)."""
+        start, end = self.ring(h, partition, writable=False).ends()[:2]
+        if h.config.persistence == "disk":
+            disk = storage.PartitionLog(
+                storage.partition_dir(self.settings.data_dir, h.name, partition, h.topic_id)
+            ).start_offset()
+            if disk is not None:
+                start = min(start, disk)
+        return self.log_start_floor(h, partition, start, end)
 
     def offline_reason(self, h: TopicHandle, p: int, ring: Ring | None = None) -> str | None:
         """Why partition p of h refuses writes (quarantined at restore), or None."""
@@ -941,6 +987,12 @@ class ControlPlane:
         """Deletes a group without live members and its committed offsets."""
         self._check_open()
         groups.delete_group(self, group)
+
+    def delete_offsets(self, group: str, partitions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Removes a group's committed offsets of [(topic, partition)] that no
+        live member owns; returns those refused because one does."""
+        self._check_open()
+        return groups.delete_offsets(self, group, partitions)
 
     def reap_groups(self) -> int:
         """Removes dead or timed-out members of every group and rebalances; returns how many."""

@@ -417,6 +417,11 @@ API_NAMES = (
     "DeleteTopics",
     "InitProducerId",
     "OffsetForLeaderEpoch",
+    "DeleteRecords",
+    "CreatePartitions",
+    "DeleteGroups",
+    "OffsetDelete",
+    "DescribeCluster",
 )
 
 

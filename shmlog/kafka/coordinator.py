@@ -7,7 +7,8 @@ fences the old one), the rebalance state machine (Empty ->
 PreparingRebalance -> CompletingRebalance -> Stable, with Kafka's
 group.initial.rebalance.delay.ms before an empty group's first generation), client-side
 assignment (the leader's SyncGroup carries every member's opaque assignment
-bytes), FindCoordinator (itself), DescribeGroups / ListGroups, and
+bytes), FindCoordinator (itself), DescribeGroups (ListGroups is admin.py's, over
+this coordinator's groups), and
 OffsetCommit / OffsetFetch, which go to shmlog's shared group offset table
 (log.commit_offsets / log.committed_offsets) so native consumers and `shmlog
 group describe` see what Kafka clients committed, and the reverse (any
@@ -600,17 +601,12 @@ class GroupCoordinator:
             )
         return {"ThrottleTimeMs": 0, "Groups": out}
 
-    async def list_groups(self, conn, req, version):
-        names = {gid: (g.protocol_type or "consumer", g.state) for gid, g in self.groups.items()}
-        for gid in self.log.list_groups():  # native groups share the offset table
-            names.setdefault(gid, ("consumer", "Stable"))
-        return {
-            "ThrottleTimeMs": 0,
-            "ErrorCode": 0,
-            "Groups": [
-                {"GroupId": gid, "ProtocolType": pt, "GroupState": st} for gid, (pt, st) in sorted(names.items())
-            ],
-        }
+    def forget(self, group_id):
+        """Drops an empty group (DeleteGroups deleted it): DescribeGroups says Dead from then on."""
+        g = self.groups.get(group_id)
+        if g is not None and not g.members:
+            self._set_empty(g)
+            del self.groups[group_id]
 
 
 def _join_error(code, member_id=""):

@@ -188,7 +188,7 @@ class DataPath:
     def offsets(self, h, partition, fresh=False):
         """(log start offset, end offset). A durable partition's segment list
         is re-read at most every DISK_START_TTL_S (retention removes whole
-        segments rarely), or now when fresh."""
+        segments rarely), or now when fresh; DeleteRecords' start applies."""
         start, end = self.ring(h, partition).ends()[:2]
         if h.config.persistence == "disk":
             key = (h.generation, partition)
@@ -200,7 +200,7 @@ class DataPath:
             disk = pl.start_offset()
             if disk is not None and disk < start:
                 start = disk
-        return start, end
+        return self.log.log_start_floor(h, partition, start, end), end
 
     def offset_for_time(self, h, partition, timestamp_ms):
         """(offset, timestamp) of the first record at or after timestamp_ms, or (-1, -1)."""
@@ -213,6 +213,27 @@ class DataPath:
             c.seek(h.name, partition, off)
             m = c.poll(timeout=0)
             return off, (m.timestamp_ms if m is not None else timestamp_ms)
+
+    def max_timestamp(self, h, partition):
+        """(offset, timestamp) of the first record with the largest timestamp
+        (ListOffsets MAX_TIMESTAMP, KIP-734), or (-1, -1) for an empty log:
+        every record from the log start is read (Kafka keeps it per segment;
+        here it is one pass, off the event loop)."""
+        start, end = self.offsets(h, partition, fresh=True)
+        best = (-1, -1)
+        if start >= end:
+            return best
+        with self.log.consumer(auto_offset_reset="earliest") as c:
+            c.assign([(h.name, partition, start)])
+            while True:
+                cols = c.poll_columns(timeout=0)
+                if cols is None:
+                    return best
+                i = int(cols.timestamps_ms.argmax())
+                if int(cols.timestamps_ms[i]) > best[1]:
+                    best = (int(cols.offsets[i]), int(cols.timestamps_ms[i]))
+                if int(cols.offsets[-1]) + 1 >= end:
+                    return best
 
     # ------------------------------------------------------------ produce
 

@@ -56,7 +56,10 @@ class Handlers:
 
     # ------------------------------------------------------------ metadata
 
-    def _broker(self):
+    def cluster_id(self):
+        return f"shmlog-{self.log.settings.instance}"
+
+    def broker(self):
         host, port = self.listener.advertised
         return {"NodeId": NODE_ID, "Host": host, "Port": port, "Rack": None}
 
@@ -100,8 +103,8 @@ class Handlers:
             out.append(self._topic_meta(name, h))
         return {
             "ThrottleTimeMs": 0,
-            "Brokers": [self._broker()],
-            "ClusterId": f"shmlog-{self.log.settings.instance}",
+            "Brokers": [self.broker()],
+            "ClusterId": self.cluster_id(),
             "ControllerId": NODE_ID,
             "Topics": out,
         }
@@ -329,10 +332,14 @@ class Handlers:
                     start, end = self.data.offsets(h, p, fresh=True)
                     if ts == -1:
                         off = end
-                    elif ts == -2:
+                    elif ts in (-2, -4):  # earliest; earliest local (KIP-405): the same, nothing is tiered
                         off = start
+                    elif ts == -3:  # the record with the largest timestamp (KIP-734)
+                        off, r["Timestamp"] = await asyncio.get_running_loop().run_in_executor(
+                            None, self.data.max_timestamp, h, p
+                        )
                     elif ts < 0:
-                        off = end  # -3 (max timestamp) and later specials: the end
+                        off = -1  # -5 (latest tiered, KIP-1005) and later specials: no tiered storage, none
                     else:
                         off, found_ts = await asyncio.get_running_loop().run_in_executor(
                             None, self.data.offset_for_time, h, p, ts

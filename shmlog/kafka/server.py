@@ -19,17 +19,19 @@ from typing import Any
 
 from .. import errors
 from . import codec, codes, peers
+from .admin import Admin
 from .coordinator import INITIAL_REBALANCE_DELAY_MS, GroupCoordinator
 from .handlers import FETCH_MAX_BYTES, Handlers
 
 logger = logging.getLogger("shmlog.kafka")
 
-# api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere,
-# every max below the API's first flexible version (ApiVersions itself answers 0-4)
+# api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere;
+# the APIs the issue-15 clients prefer flexible serve their flexible versions too (codec.py
+# encodes both), the others stop below their first flexible version (ApiVersions answers 0-4)
 ADVERTISED = {
     0: (0, 8),  # Produce (3-8 served; 0-2 answer UNSUPPORTED_VERSION)
     1: (0, 11),  # Fetch (4-11 served; 0-3 answer UNSUPPORTED_VERSION)
-    2: (0, 5),  # ListOffsets
+    2: (0, 10),  # ListOffsets (7+: max timestamp, KIP-734; 6+ flexible)
     3: (0, 8),  # Metadata
     8: (0, 7),  # OffsetCommit
     9: (0, 5),  # OffsetFetch
@@ -39,12 +41,17 @@ ADVERTISED = {
     13: (0, 3),  # LeaveGroup
     14: (0, 3),  # SyncGroup
     15: (0, 4),  # DescribeGroups
-    16: (0, 2),  # ListGroups
+    16: (0, 5),  # ListGroups (4+: states filter, 5: types filter; 3+ flexible)
     18: (0, 3),  # ApiVersions
     19: (0, 4),  # CreateTopics
     20: (0, 3),  # DeleteTopics
     22: (0, 1),  # InitProducerId
     23: (0, 3),  # OffsetForLeaderEpoch
+    21: (0, 2),  # DeleteRecords (admin.py; 2 flexible)
+    37: (0, 3),  # CreatePartitions (admin.py; 2+ flexible)
+    42: (0, 2),  # DeleteGroups (admin.py; 2 flexible)
+    47: (0, 0),  # OffsetDelete (admin.py)
+    60: (0, 2),  # DescribeCluster (admin.py; flexible)
 }
 API_VERSIONS = 18
 DEFERRED = {1, 11, 14}  # Fetch, JoinGroup, SyncGroup: answered when their wait ends
@@ -164,6 +171,7 @@ class Listener:
             topic_defaults=topic_defaults or {},
             fetch_max_bytes=fetch_max_bytes,
         )
+        self.admin = Admin(self)
         self._table = {
             0: self.handlers.produce,
             1: self.handlers.fetch,
@@ -181,7 +189,12 @@ class Listener:
             13: self.groups.leave_group,
             14: self.groups.sync_group,
             15: self.groups.describe_groups,
-            16: self.groups.list_groups,
+            16: self.admin.list_groups,
+            21: self.admin.delete_records,
+            37: self.admin.create_partitions,
+            42: self.admin.delete_groups,
+            47: self.admin.offset_delete,
+            60: self.admin.describe_cluster,
         }
         self._server: asyncio.Server | None = None
         self._conns = set()

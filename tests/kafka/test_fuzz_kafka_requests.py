@@ -73,6 +73,9 @@ PLAUSIBLE = {
     "ProducerEpoch": -1,
     "CurrentLeaderEpoch": -1,
     "LeaderEpoch": -1,
+    "Count": 2,  # CreatePartitions
+    "Offset": 0,  # DeleteRecords
+    "EndpointType": 1,  # DescribeCluster
 }
 
 
@@ -178,12 +181,17 @@ def listener(inst, tmp_path):
             proc.wait(5)
 
 
+def _header(key, version, corr):
+    """Request header v1, or v2 (an empty tagged-field section) for a flexible version."""
+    return header_v1(key, version, corr) + (b"\x00" if SCHEMA.request_header_version(key, version) == 2 else b"")
+
+
 def _exchange(port, key, version, corr, body):
     """'response' / 'closed' / 'waiting' (no answer yet, connection open) and the time taken."""
     c = RawClient(port, timeout=REPLY_S)
     t0 = time.monotonic()
     try:
-        c.send_frame(header_v1(key, version, corr) + body)
+        c.send_frame(_header(key, version, corr) + body)
         try:
             frame = c.recv_frame()
         except (ConnectionError, OSError) as e:
