@@ -18,7 +18,6 @@ from confluent_kafka import admin as ck_admin  # noqa: E402
 
 admin_case = pytest.mark.conformance(client="confluent-kafka", feature="admin")
 kp_case = pytest.mark.conformance(client="kafka-python", feature="admin")
-raw_case = pytest.mark.conformance(client="raw", feature="admin")
 
 NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND, GROUP_SUBSCRIBED_TO_TOPIC = 68, 69, 86
 INVALID_PARTITIONS, INVALID_REPLICA_ASSIGNMENT, OFFSET_OUT_OF_RANGE = 37, 39, 1
@@ -95,7 +94,6 @@ def test_confluent_create_partitions_grows_and_new_partitions_take_records(kafka
     assert _error_code(a.create_partitions([ck_admin.NewPartitions("nope", 3)])["nope"]) == 3
 
 
-@raw_case
 def test_raw_create_partitions_of_a_durable_topic(kafka):
     kafka.log.create_topic("dur", partitions=1, ring_bytes=1 << 16, persistence="disk")
     raw = kafka.raw()
@@ -173,7 +171,6 @@ def test_kafka_python_delete_records(kafka):
     assert kafka.log.describe_topic("kdr").partitions[0].log_start_offset == 3
 
 
-@raw_case
 def test_raw_delete_records_errors_and_flexible_version(kafka):
     _fill(kafka, "rdr", 3)
     body = {
@@ -287,7 +284,6 @@ def test_kafka_python_list_and_delete_groups(kafka):
     assert "kp-idle" not in kafka.log.list_groups()
 
 
-@raw_case
 def test_raw_list_groups_filters_and_delete_groups_versions(kafka):
     kafka.log.create_topic("lg", ring_bytes=1 << 16, persistence="none")
     kafka.log.commit_offsets("e1", {("lg", 0): 0})
@@ -333,7 +329,6 @@ def test_kafka_python_describe_cluster(kafka):
     assert [b["node_id"] if "node_id" in b else b["broker_id"] for b in d["brokers"]] == [0]
 
 
-@raw_case
 def test_raw_describe_cluster_versions_and_endpoint_type(kafka):
     raw = kafka.raw()
     for v in (0, 1, 2):
@@ -363,7 +358,6 @@ def test_confluent_list_offsets_max_timestamp(kafka):
     assert (got.offset, got.timestamp) == (1, 5000)  # the first record with the largest timestamp
 
 
-@raw_case
 def test_raw_list_offsets_flexible_versions(kafka):
     kafka.log.create_topic("lo", ring_bytes=1 << 16, persistence="none")
     raw = kafka.raw()
@@ -385,7 +379,6 @@ def test_raw_list_offsets_flexible_versions(kafka):
         assert (p["ErrorCode"], p["Offset"]) == (0, want), (v, ts)
 
 
-@raw_case
 def test_api_versions_advertises_the_admin_apis(kafka):
     raw = kafka.raw()
     r = call(raw, 18, 3, {"ClientSoftwareName": "raw", "ClientSoftwareVersion": "1"})
