@@ -1,9 +1,10 @@
 """kafka/server.py — the Kafka listener's TCP side: an asyncio server on loopback.
 
 Owns: accepting connections (a configurable maximum), size-prefixed framing
-with a frame-size limit, request/response headers (v0-v2 / v0-v1), the
-ApiVersions table and its unknown-version answer, dispatching each request
-to its handler, and writing responses in request order per connection while
+with a frame-size limit, request/response headers (v0-v2 / v0-v1), the API
+table (APIS: the versions ApiVersions lists and each API's handler, one entry
+per API) and the answers to versions it does not list, dispatching each
+request to its handler, and writing responses in request order per connection while
 long polls (Fetch, JoinGroup, SyncGroup) wait asynchronously. Must never:
 let one client's bad frame, unknown API, slowness or silence crash or stall
 the listener or another connection; handle a request's meaning (handlers.py
