@@ -87,6 +87,12 @@ OVERFLOW = {"overwrite": lib.SHM_OVERFLOW_OVERWRITE, "block": lib.SHM_OVERFLOW_B
 FSYNC_MODES = {"never": lib.SHM_FSYNC_NEVER, "interval": lib.SHM_FSYNC_INTERVAL, "always": lib.SHM_FSYNC_ALWAYS}
 
 
+def max_message_cap(ring_bytes: int) -> int:
+    """The largest batch a ring of ring_bytes holds: its frame (header
+    included) may take half the ring (C: shm_ring_init)."""
+    return ring_bytes // 2 - lib.SHM_FRAME_HEADER_BYTES
+
+
 class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 1
     ring_bytes: int = DEFAULT_RING_BYTES
@@ -118,7 +124,7 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
         mmb = self.max_message_bytes
         if mmb is None:
             mmb = min(self.ring_bytes // 4, 1 << 30)
-        need_int("max_message_bytes", mmb, 256, self.ring_bytes // 2)
+        need_int("max_message_bytes", mmb, 256, max_message_cap(self.ring_bytes))
         fsync_mode(self.fsync)
         unlimited: dict[str, Any] = {}
         for name in ("retention_ms", "retention_bytes"):

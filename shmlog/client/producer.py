@@ -443,8 +443,15 @@ class Producer(ProducerBase):
         of an uncompressed batch are walked too (shm_batch_check_foreign).
         Raises CorruptRecord (framing, CRC) or InvalidArgument (record counts,
         a malformed record, maxTimestamp, control batch) for a batch Kafka
-        would refuse."""
-        w = self._writers.get(topic) or self._writer(topic)
+        would refuse. The batch goes to the topic that is live under that name
+        now: a writer still held for a deleted (and re-created) topic is let go
+        first, so the Kafka listener's first Produce after a topic was
+        re-created is stored, not refused."""
+        w = self._writers.get(topic)
+        if w is None or w.handle.generation != self._log.topic_handle(topic).generation:
+            if w is not None:
+                self._topic_gone(w)
+            w = self._writer(topic)
         ctx = self._partition_ctx(w, partition)
         out = ffi.new("struct shm_append_out *")
         rc = lib.shm_send_raw(ctx, batch, len(batch), leader_epoch, out)

@@ -289,6 +289,13 @@ class Message:
     def is_flexible(self, version: int) -> bool:
         return _in(self.flexible, version)
 
+    def has_version(self, version: int) -> bool:
+        return _in(self.valid, version)
+
+    def top_level(self, version: int) -> set[str]:
+        """The names of the message's own fields (not its structs') at version."""
+        return {f["name"] for f in self.d["fields"] if _in(parse_versions(f.get("versions")), version)}
+
     def _program(self, version: int):
         prog = self._programs.get(version)
         if prog is None:

@@ -94,6 +94,8 @@ class ProducerIds:
     def __init__(self):
         # ids unique across listener restarts: milliseconds now, times 1000, plus a counter
         self._next = itertools.count(int(time.time() * 1000) * 1000)
+        # (producer id, (topic name, topic generation), partition) -> state: a re-created
+        # topic (a new generation) starts with none, as a new topic does in Kafka
         self._seqs: dict[tuple, _Seq] = {}
 
     def new_id(self) -> int:
@@ -128,8 +130,8 @@ class ProducerIds:
         s.last_seq = last
         s.recent.append((first_seq, last, base_offset))
 
-    def forget_topic(self, topic):
-        for k in [k for k in self._seqs if k[1] == topic]:
+    def forget_topic(self, name):
+        for k in [k for k in self._seqs if k[1][0] == name]:
             del self._seqs[k]
 
 
@@ -310,7 +312,7 @@ class DataPath:
             count = _be(batch, lib.SHM_RB_LAST_OFFSET_DELTA, 4) + 1
             if seq < 0:
                 raise ProduceError(codes.INVALID_RECORD, "an idempotent batch needs baseSequence >= 0")
-            dup = self.producer_ids.check(pid, epoch, seq, count, h.name, partition)
+            dup = self.producer_ids.check(pid, epoch, seq, count, (h.name, h.generation), partition)
             if dup is not None:
                 return dup
         deadline = None
@@ -338,7 +340,7 @@ class DataPath:
             except errors.UnknownTopicOrPartition as e:
                 raise ProduceError(codes.UNKNOWN_TOPIC_OR_PARTITION, str(e)) from None
         if pid >= 0:
-            self.producer_ids.record(pid, epoch, seq, count, h.name, partition, md.base_offset)
+            self.producer_ids.record(pid, epoch, seq, count, (h.name, h.generation), partition, md.base_offset)
         self.wake()
         return md.base_offset
 

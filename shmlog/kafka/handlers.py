@@ -22,6 +22,12 @@ logger = logging.getLogger("shmlog.kafka")
 
 NODE_ID = 0
 FETCH_MAX_BYTES = 55 << 20  # Kafka's broker fetch.max.bytes default: no response holds more records
+MAX_MESSAGE_BYTES = 1048588  # Kafka's max.message.bytes default: the largest batch a topic it creates takes
+# Metadata v8+ authorized operations: Kafka without an authorizer answers every operation the
+# resource type supports (AclOperation codes as bits: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
+# DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12)
+TOPIC_OPERATIONS = sum(1 << op for op in (3, 4, 5, 6, 7, 8, 10, 11))
+CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
 # Kafka topic configs CreateTopics may carry -> shmlog create_topic arguments
 TOPIC_CONFIGS = {
     "retention.ms": ("retention_ms", int),
@@ -63,13 +69,14 @@ class Handlers:
         host, port = self.listener.advertised
         return {"NodeId": NODE_ID, "Host": host, "Port": port, "Rack": None}
 
-    def _topic_meta(self, name, h):
+    def _topic_meta(self, name, h, operations):
         if h is None:
             return {"ErrorCode": codes.UNKNOWN_TOPIC_OR_PARTITION, "Name": name, "Partitions": []}
         return {
             "ErrorCode": 0,
             "Name": name,
             "IsInternal": False,
+            "TopicAuthorizedOperations": operations,
             "Partitions": [
                 {
                     "ErrorCode": 0,
@@ -92,6 +99,8 @@ class Handlers:
         else:
             names = [t["Name"] for t in topics if t.get("Name") is not None]
             allow = req.get("AllowAutoTopicCreation", True) if version >= 4 else True
+        unasked = -(2**31)  # Kafka's "not requested"
+        topic_ops = TOPIC_OPERATIONS if req.get("IncludeTopicAuthorizedOperations") else unasked
         out = []
         for name in names:
             h = self.data.handle(name)
@@ -100,13 +109,16 @@ class Handlers:
             if h is None and not _valid_name(name):
                 out.append({"ErrorCode": codes.INVALID_TOPIC_EXCEPTION, "Name": name, "Partitions": []})
                 continue
-            out.append(self._topic_meta(name, h))
+            out.append(self._topic_meta(name, h, topic_ops))
         return {
             "ThrottleTimeMs": 0,
             "Brokers": [self.broker()],
             "ClusterId": self.cluster_id(),
             "ControllerId": NODE_ID,
             "Topics": out,
+            "ClusterAuthorizedOperations": CLUSTER_OPERATIONS
+            if req.get("IncludeClusterAuthorizedOperations")
+            else unasked,
         }
 
     # ------------------------------------------------------------ topics
@@ -122,6 +134,11 @@ class Handlers:
                 kwargs[spec[0]] = _config_value(spec[1], v)
             except (TypeError, ValueError):
                 return codes.INVALID_CONFIG, None, f"config {k}={v!r} is not valid"
+        # Kafka's max.message.bytes (its default unless set), at most what the ring holds
+        ring = kwargs.get("ring_bytes") or config.DEFAULT_RING_BYTES
+        mmb = kwargs.get("max_message_bytes")
+        if isinstance(ring, int) and (mmb is None or isinstance(mmb, int)):
+            kwargs["max_message_bytes"] = min(MAX_MESSAGE_BYTES if mmb is None else mmb, config.max_message_cap(ring))
         if not _valid_name(name):
             return codes.INVALID_TOPIC_EXCEPTION, None, f"invalid topic name {name!r}"
         if partitions <= 0:
@@ -149,8 +166,11 @@ class Handlers:
                 n = self.default_partitions
             rf = t["ReplicationFactor"]
             if t.get("Assignments"):
-                code, msg = codes.INVALID_REQUEST, "replica assignments are not supported (one broker)"
-            elif rf not in (-1, 1):
+                code, msg, n = _assignment_partitions(t)
+                if code:
+                    out.append({"Name": t["Name"], "ErrorCode": code, "ErrorMessage": msg})
+                    continue
+            if rf not in (-1, 1):
                 code, msg = codes.INVALID_REPLICATION_FACTOR, "one broker: replication factor must be 1 (or -1)"
             else:
                 configs = {c["Name"]: c["Value"] for c in t.get("Configs") or [] if c["Value"] is not None}
@@ -244,11 +264,13 @@ class Handlers:
                 wanted[(t["Topic"], fp["Partition"])] = fp
         results: dict[tuple[str, int], dict[str, Any]] = {}  # (topic, partition) -> partition response
         while True:
-            total, failed, watch = 0, False, []
+            # what earlier rounds of a long poll hold counts first, wherever it sits in the
+            # request: only a response holding nothing yet may take an oversized first batch
+            done = {k for k, r in results.items() if r["Records"] or r["ErrorCode"]}
+            total = sum(len(results[k]["Records"]) for k in done)
+            failed, watch = False, []
             for (topic, p), fp in wanted.items():
-                prev = results.get((topic, p))
-                if prev is not None and (prev["Records"] or prev["ErrorCode"]):
-                    total += len(prev["Records"])
+                if (topic, p) in done:
                     continue
                 h = self.data.handle(topic)
                 r = results[(topic, p)] = self._fetch_partition(
@@ -286,7 +308,7 @@ class Handlers:
             "PreferredReadReplica": -1,
             "Records": b"",
         }
-        if version < 4:
+        if version < 4:  # not listed (message sets v0/v1), answered here when sent anyway
             r["ErrorCode"] = codes.UNSUPPORTED_VERSION
             return r
         if h is None or not 0 <= p < h.partitions:
@@ -368,6 +390,58 @@ class Handlers:
                 parts.append(r)
             out.append({"Topic": t["Topic"], "Partitions": parts})
         return {"ThrottleTimeMs": 0, "Topics": out}
+
+
+def _assignment_partitions(t):
+    """(error code, message, partition count) of a CreateTopics entry with a
+    manual replica assignment, checked as Kafka's controller does
+    (ReplicationControlManager): NumPartitions and ReplicationFactor must be
+    -1 (INVALID_REQUEST), the partitions 0..n-1 each once, every replica list
+    non-empty and naming only known brokers, each once
+    (INVALID_REPLICA_ASSIGNMENT). The only broker is this node: [NODE_ID]."""
+    if t["ReplicationFactor"] != -1:
+        return (
+            codes.INVALID_REQUEST,
+            "A manual partition assignment was specified, but replication factor was not set to -1.",
+            0,
+        )
+    if t["NumPartitions"] != -1:
+        return (
+            codes.INVALID_REQUEST,
+            "A manual partition assignment was specified, but numPartitions was not set to -1.",
+            0,
+        )
+    seen = set()
+    for a in t["Assignments"]:
+        p, replicas = a["PartitionIndex"], a["BrokerIds"] or []
+        if p in seen:
+            return codes.INVALID_REPLICA_ASSIGNMENT, f"Found multiple manual partition assignments for partition {p}", 0
+        seen.add(p)
+        if not replicas:
+            return (
+                codes.INVALID_REPLICA_ASSIGNMENT,
+                "The manual partition assignment includes an empty replica list.",
+                0,
+            )
+        for b in replicas:
+            if b != NODE_ID:
+                return (
+                    codes.INVALID_REPLICA_ASSIGNMENT,
+                    (
+                        f"The manual partition assignment includes broker {b}, but no such broker is registered "
+                        f"(this listener is the only broker, {NODE_ID})."
+                    ),
+                    0,
+                )
+        if len(replicas) > 1:
+            return (
+                codes.INVALID_REPLICA_ASSIGNMENT,
+                (f"The manual partition assignment includes the broker {NODE_ID} more than once."),
+                0,
+            )
+    if seen != set(range(len(seen))):
+        return codes.INVALID_REPLICA_ASSIGNMENT, "partitions should be a consecutive 0-based integer sequence", 0
+    return codes.NONE, None, len(seen)
 
 
 def _valid_name(name) -> bool:

@@ -1,9 +1,10 @@
 """kafka/server.py — the Kafka listener's TCP side: an asyncio server on loopback.
 
 Owns: accepting connections (a configurable maximum), size-prefixed framing
-with a frame-size limit, request/response headers (v0-v2 / v0-v1), the
-ApiVersions table and its unknown-version answer, dispatching each request
-to its handler, and writing responses in request order per connection while
+with a frame-size limit, request/response headers (v0-v2 / v0-v1), the API
+table (APIS: the versions ApiVersions lists and each API's handler, one entry
+per API) and the answers to versions it does not list, dispatching each
+request to its handler, and writing responses in request order per connection while
 long polls (Fetch, JoinGroup, SyncGroup) wait asynchronously. Must never:
 let one client's bad frame, unknown API, slowness or silence crash or stall
 the listener or another connection; handle a request's meaning (handlers.py
@@ -15,7 +16,7 @@ import collections
 import logging
 import socket
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import errors
 from . import codec, codes, peers
@@ -25,36 +26,53 @@ from .handlers import FETCH_MAX_BYTES, Handlers
 
 logger = logging.getLogger("shmlog.kafka")
 
-# api key -> (advertised min, advertised max); see PROTOCOL-NOTES.md §1: min 0 everywhere;
-# the APIs the issue-15 clients prefer flexible serve their flexible versions too (codec.py
-# encodes both), the others stop below their first flexible version (ApiVersions answers 0-4)
-ADVERTISED = {
-    0: (0, 8),  # Produce (3-8 served; 0-2 answer UNSUPPORTED_VERSION)
-    1: (0, 11),  # Fetch (4-11 served; 0-3 answer UNSUPPORTED_VERSION)
-    2: (0, 10),  # ListOffsets (7+: max timestamp, KIP-734; 6+ flexible)
-    3: (0, 8),  # Metadata
-    8: (0, 7),  # OffsetCommit
-    9: (0, 5),  # OffsetFetch
-    10: (0, 2),  # FindCoordinator
-    11: (0, 5),  # JoinGroup
-    12: (0, 3),  # Heartbeat
-    13: (0, 3),  # LeaveGroup
-    14: (0, 3),  # SyncGroup
-    15: (0, 4),  # DescribeGroups
-    16: (0, 5),  # ListGroups (4+: states filter, 5: types filter; 3+ flexible)
-    18: (0, 3),  # ApiVersions
-    19: (0, 4),  # CreateTopics
-    20: (0, 3),  # DeleteTopics
-    22: (0, 1),  # InitProducerId
-    23: (0, 3),  # OffsetForLeaderEpoch
-    21: (0, 2),  # DeleteRecords (admin.py; 2 flexible)
-    37: (0, 3),  # CreatePartitions (admin.py; 2+ flexible)
-    42: (0, 2),  # DeleteGroups (admin.py; 2 flexible)
-    47: (0, 0),  # OffsetDelete (admin.py)
-    60: (0, 2),  # DescribeCluster (admin.py; flexible)
+
+class Api(NamedTuple):
+    """One API the listener serves: the versions ApiVersions lists and the
+    Listener attribute and method that answer it."""
+
+    min_advertised: int
+    max: int
+    owner: str  # the Listener attribute holding the handler ("" for ApiVersions, answered here)
+    method: str
+    deferred: bool = False  # answered when its wait ends (long polls): responses keep request order
+    answered_from: int | None = None  # unlisted versions from here up reach the handler, which
+    # answers them UNSUPPORTED_VERSION in its own shape (per partition)
+
+
+# api key -> Api: the ONE table ApiVersions lists and _dispatch serves from (one entry per API;
+# see PROTOCOL-NOTES.md §1). Every listed version is served, with one exception Kafka 4 makes
+# too (KAFKA-18659): Produce 0-2 are listed, because librdkafka before 2.11.1 (kcat on Debian)
+# compresses only when Produce v0 is, and answered UNSUPPORTED_VERSION per partition
+# (message sets v0/v1 are not stored). Fetch starts at 4 (RecordBatch v2), as in Kafka 4.
+APIS = {
+    0: Api(0, 8, "handlers", "produce"),
+    1: Api(4, 11, "handlers", "fetch", deferred=True, answered_from=0),
+    2: Api(0, 10, "handlers", "list_offsets"),  # 7+: max timestamp (KIP-734); 6+ flexible
+    3: Api(0, 8, "handlers", "metadata"),
+    8: Api(0, 7, "groups", "offset_commit"),
+    9: Api(0, 5, "groups", "offset_fetch"),
+    10: Api(0, 2, "groups", "find_coordinator"),
+    11: Api(0, 5, "groups", "join_group", deferred=True),
+    12: Api(0, 3, "groups", "heartbeat"),
+    13: Api(0, 3, "groups", "leave_group"),
+    14: Api(0, 3, "groups", "sync_group", deferred=True),
+    15: Api(0, 4, "groups", "describe_groups"),
+    16: Api(0, 5, "admin", "list_groups"),  # 4+: states filter, 5: types filter; 3+ flexible
+    18: Api(0, 3, "", ""),  # ApiVersions (v4 is answered too, as v3: it saves kafka-python a retry)
+    19: Api(0, 4, "handlers", "create_topics"),
+    20: Api(0, 3, "handlers", "delete_topics"),
+    22: Api(0, 1, "handlers", "init_producer_id"),
+    23: Api(0, 3, "handlers", "offset_for_leader_epoch"),
+    21: Api(0, 2, "admin", "delete_records"),  # 2 flexible
+    37: Api(0, 3, "admin", "create_partitions"),  # 2+ flexible
+    42: Api(0, 2, "admin", "delete_groups"),  # 2 flexible
+    47: Api(0, 0, "admin", "offset_delete"),
+    60: Api(0, 2, "admin", "describe_cluster"),  # flexible
 }
+ADVERTISED = {k: (a.min_advertised, a.max) for k, a in APIS.items()}  # what ApiVersions lists
+DEFERRED = {k for k, a in APIS.items() if a.deferred}
 API_VERSIONS = 18
-DEFERRED = {1, 11, 14}  # Fetch, JoinGroup, SyncGroup: answered when their wait ends
 MAX_QUEUED_REQUEST_BYTES = 256 << 20  # request bytes buffered across all connections (see ByteBudget)
 MAX_IN_FLIGHT = 64  # requests read ahead of their responses, per connection
 FRAME_READ_TIMEOUT_S = 30.0  # a started frame must arrive whole within this
@@ -172,30 +190,7 @@ class Listener:
             fetch_max_bytes=fetch_max_bytes,
         )
         self.admin = Admin(self)
-        self._table = {
-            0: self.handlers.produce,
-            1: self.handlers.fetch,
-            2: self.handlers.list_offsets,
-            3: self.handlers.metadata,
-            19: self.handlers.create_topics,
-            20: self.handlers.delete_topics,
-            22: self.handlers.init_producer_id,
-            23: self.handlers.offset_for_leader_epoch,
-            8: self.groups.offset_commit,
-            9: self.groups.offset_fetch,
-            10: self.groups.find_coordinator,
-            11: self.groups.join_group,
-            12: self.groups.heartbeat,
-            13: self.groups.leave_group,
-            14: self.groups.sync_group,
-            15: self.groups.describe_groups,
-            16: self.admin.list_groups,
-            21: self.admin.delete_records,
-            37: self.admin.create_partitions,
-            42: self.admin.delete_groups,
-            47: self.admin.offset_delete,
-            60: self.admin.describe_cluster,
-        }
+        self._table = {k: getattr(getattr(self, a.owner), a.method) for k, a in APIS.items() if a.owner}
         self._server: asyncio.Server | None = None
         self._conns = set()
         self._tasks = set()  # one per connection, cancelled by stop()
@@ -348,9 +343,12 @@ class Listener:
             return self._api_versions(frame, version)
         api = self.schema.apis.get(key)
         handler = self._table.get(key)
-        if api is None or handler is None or not api.request.valid[0] <= version <= ADVERTISED[key][1]:
-            logger.info("closing %s: unsupported request api_key=%d version=%d", conn.peer, key, version)
+        if api is None or handler is None:
+            logger.info("closing %s: unknown api_key=%d", conn.peer, key)
             return False
+        a = APIS[key]
+        if not (a.min_advertised if a.answered_from is None else a.answered_from) <= version <= a.max:
+            return self._unsupported(conn, api, frame, version)
         try:
             key, version, corr, client_id, pos = self.schema.decode_request(frame)
             req, _ = api.request.decode(frame, version, pos)
@@ -373,6 +371,24 @@ class Listener:
         if key in DEFERRED:
             return key, version, corr, asyncio.ensure_future(handler(conn, req, version))
         return key, version, corr, _done(await handler(conn, req, version))
+
+    def _unsupported(self, conn, api, frame, version):
+        """A version ApiVersions does not list: UNSUPPORTED_VERSION in the
+        response's top-level ErrorCode when that version has one; otherwise
+        (or undecodable) the connection is closed, as Kafka does for every
+        unsupported version."""
+        if api.request.has_version(version) and "ErrorCode" in api.response.top_level(version):
+            try:
+                _, _, corr, _, pos = self.schema.decode_request(frame)
+                api.request.decode(frame, version, pos)
+            except codec.DecodeError:
+                pass
+            else:
+                logger.info("%s: %s v%d is not served: UNSUPPORTED_VERSION", conn.peer, api.name, version)
+                body = {"ErrorCode": codes.UNSUPPORTED_VERSION, "ThrottleTimeMs": 0}
+                return api.key, version, corr, _done(body)
+        logger.info("closing %s: unsupported request %s v%d", conn.peer, api.name, version)
+        return False
 
     def _api_versions(self, frame, version, error=codes.NONE):
         corr = struct.unpack_from(">i", frame, 4)[0]

@@ -673,3 +673,12 @@ def test_bad_poll_timeout_on_one_partition(inst, timeout):
     with pytest.raises(errors.InvalidArgument):
         c.poll(timeout=timeout)
     assert c.poll(timeout=1).value == b"v"  # nothing was consumed by the refused calls
+
+
+def test_max_message_bytes_leaves_room_for_the_frame_header(inst):
+    """Half the ring passed validation, then failed in shm_ring_init with
+    'cannot initialise ring': the frame, header included, takes at most half."""
+    with pytest.raises(errors.InvalidArgument, match="max_message_bytes"):
+        inst.log.create_topic("cfg", ring_bytes=RING, persistence="none", max_message_bytes=RING // 2)
+    inst.log.create_topic("cfg", ring_bytes=RING, persistence="none", max_message_bytes=RING // 2 - 16)
+    assert inst.log.topic_handle("cfg").config.max_message_bytes == RING // 2 - 16

@@ -100,8 +100,9 @@ def test_api_versions_v0_golden(kafka):
     err, keys, end = _parse_v0_api_versions(body)
     assert err == 0 and end == len(body)  # v0: no throttle time
     assert keys == [(k, lo, hi) for k, (lo, hi) in sorted(ADVERTISED.items())]
-    assert (0, 0, 8) in keys and (1, 0, 11) in keys and (18, 0, 3) in keys and (23, 0, 3) in keys
-    assert all(lo == 0 for _, lo, _ in keys)  # min 0 everywhere (librdkafka < 2.11.1)
+    assert (0, 0, 8) in keys and (1, 4, 11) in keys and (18, 0, 3) in keys and (23, 0, 3) in keys
+    # min 0 everywhere but Fetch (served from 4, as in Kafka 4): librdkafka < 2.11.1 (PROTOCOL-NOTES §1)
+    assert all(lo == 0 for k, lo, _ in keys if k != 1)
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -335,7 +336,7 @@ def test_fetch_errors(kafka):
     r = call(c, 1, 11, fetch_body("t", 7, 0))
     assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 3
     r = call(c, 1, 3, fetch_body("t", 0, 0))
-    assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 35  # Fetch v0-3 unsupported
+    assert r["Responses"][0]["Partitions"][0]["ErrorCode"] == 35  # Fetch v0-3: not listed, answered UNSUPPORTED_VERSION
 
 
 def test_fetch_reads_a_durable_topic_from_its_segment_files(kafka):
