@@ -309,6 +309,11 @@ def _minimal(key, version):
             "ReplicaId": -1,
             "Topics": [{"Topic": "av", "Partitions": [{"Partition": 0, "CurrentLeaderEpoch": -1, "LeaderEpoch": 0}]}],
         },
+        21: {"Topics": [{"Name": "av", "Partitions": [{"PartitionIndex": 0, "Offset": 0}]}], "TimeoutMs": 5000},
+        37: {"Topics": [{"Name": "av", "Count": 2, "Assignments": None}], "TimeoutMs": 5000, "ValidateOnly": True},
+        42: {"GroupsNames": ["nobody-group"]},
+        47: {"GroupId": "avg", "Topics": [{"Name": "av", "Partitions": [{"PartitionIndex": 0}]}]},
+        60: {"IncludeClusterAuthorizedOperations": False, "EndpointType": 1, "IncludeFencedBrokers": False},
     }
     return bodies[key]
 
@@ -365,7 +370,8 @@ def test_an_unadvertised_version_gets_unsupported_version(kafka):
     resp = c.recv_frame()
     assert struct.unpack_from(">ih", resp) == (5, 35)
     # an API whose response carries a top-level ErrorCode at that version: answered with 35
-    for key, version in ((10, table[10][1] + 1), (16, table[16][1] + 1), (22, table[22][1] + 1)):
+    # (ListGroups is served to its last version, 5: nothing above it to ask for)
+    for key, version in ((10, table[10][1] + 1), (22, table[22][1] + 1)):
         body = S.apis[key].request.encode({}, version) if S.apis[key].request.is_flexible(version) else b""
         frame = header_v1(key, version, 6) + (b"\x00" if S.apis[key].request.is_flexible(version) else b"") + body
         c.send_frame(frame)
