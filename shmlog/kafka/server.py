@@ -46,24 +46,24 @@ class Api(NamedTuple):
 # compresses only when Produce v0 is, and answered UNSUPPORTED_VERSION per partition
 # (message sets v0/v1 are not stored). Fetch starts at 4 (RecordBatch v2), as in Kafka 4.
 APIS = {
-    0: Api(0, 8, "handlers", "produce"),
-    1: Api(4, 11, "handlers", "fetch", deferred=True, answered_from=0),
+    0: Api(0, 9, "handlers", "produce"),  # 9 flexible
+    1: Api(4, 12, "handlers", "fetch", deferred=True, answered_from=0),  # 12 flexible (13+: topic ids)
     2: Api(0, 10, "handlers", "list_offsets"),  # 7+: max timestamp (KIP-734); 6+ flexible
-    3: Api(0, 8, "handlers", "metadata"),
-    8: Api(0, 7, "groups", "offset_commit"),
-    9: Api(0, 5, "groups", "offset_fetch"),
-    10: Api(0, 2, "groups", "find_coordinator"),
-    11: Api(0, 5, "groups", "join_group", deferred=True),
-    12: Api(0, 3, "groups", "heartbeat"),
-    13: Api(0, 3, "groups", "leave_group"),
-    14: Api(0, 3, "groups", "sync_group", deferred=True),
-    15: Api(0, 4, "groups", "describe_groups"),
+    3: Api(0, 12, "handlers", "metadata"),  # 9+ flexible, 10+ topic ids (answered zero: names only)
+    8: Api(0, 8, "groups", "offset_commit"),  # 8 flexible
+    9: Api(0, 7, "groups", "offset_fetch"),  # 6+ flexible (8+: several groups per request)
+    10: Api(0, 3, "groups", "find_coordinator"),  # 3 flexible (4+: batched keys)
+    11: Api(0, 6, "groups", "join_group", deferred=True),  # 6 flexible
+    12: Api(0, 4, "groups", "heartbeat"),  # 4 flexible
+    13: Api(0, 4, "groups", "leave_group"),  # 4 flexible
+    14: Api(0, 4, "groups", "sync_group", deferred=True),  # 4 flexible
+    15: Api(0, 5, "groups", "describe_groups"),  # 5 flexible
     16: Api(0, 5, "admin", "list_groups"),  # 4+: states filter, 5: types filter; 3+ flexible
     18: Api(0, 3, "", ""),  # ApiVersions (v4 is answered too, as v3: it saves kafka-python a retry)
-    19: Api(0, 4, "handlers", "create_topics"),
-    20: Api(0, 3, "handlers", "delete_topics"),
-    22: Api(0, 1, "handlers", "init_producer_id"),
-    23: Api(0, 3, "handlers", "offset_for_leader_epoch"),
+    19: Api(0, 5, "handlers", "create_topics"),  # 5 flexible
+    20: Api(0, 4, "handlers", "delete_topics"),  # 4 flexible
+    22: Api(0, 2, "handlers", "init_producer_id"),  # 2 flexible
+    23: Api(0, 4, "handlers", "offset_for_leader_epoch"),  # 4 flexible
     21: Api(0, 2, "admin", "delete_records"),  # 2 flexible
     37: Api(0, 3, "admin", "create_partitions"),  # 2+ flexible
     42: Api(0, 2, "admin", "delete_groups"),  # 2 flexible

@@ -100,7 +100,7 @@ def test_api_versions_v0_golden(kafka):
     err, keys, end = _parse_v0_api_versions(body)
     assert err == 0 and end == len(body)  # v0: no throttle time
     assert keys == [(k, lo, hi) for k, (lo, hi) in sorted(ADVERTISED.items())]
-    assert (0, 0, 8) in keys and (1, 4, 11) in keys and (18, 0, 3) in keys and (23, 0, 3) in keys
+    assert (0, 0, 9) in keys and (1, 4, 12) in keys and (18, 0, 3) in keys and (23, 0, 4) in keys
     # min 0 everywhere but Fetch (served from 4, as in Kafka 4): librdkafka < 2.11.1 (PROTOCOL-NOTES §1)
     assert all(lo == 0 for k, lo, _ in keys if k != 1)
 
