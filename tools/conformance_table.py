@@ -60,7 +60,10 @@ def versions() -> dict[str, str]:
     ):
         try:
             m = __import__(mod)
-            out[name] = f"{m.version()[0]} (librdkafka {m.libversion()[0]})" if attr is None else getattr(m, attr)
+            if attr is None:  # confluent_kafka.version() is a str, libversion() a (str, int)
+                out[name] = f"{m.version()} (librdkafka {m.libversion()[0]})"
+            else:
+                out[name] = getattr(m, attr)
         except ImportError:
             out[name] = "not installed"
     for name, cmd in (

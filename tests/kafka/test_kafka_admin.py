@@ -387,3 +387,42 @@ def test_api_versions_advertises_the_admin_apis(kafka):
     assert got[60] == (0, 2) and got[16] == (0, 5) and got[2][1] >= 7
     r = call(raw, 37, 2, {"Topics": [{"Name": "lo2", "Count": 2}], "TimeoutMs": 1000})
     assert r["Results"][0]["ErrorCode"] == 3
+
+
+# ------------------------------------------------------------ aiokafka's admin client
+
+
+@pytest.mark.conformance(client="aiokafka", feature="admin")
+def test_aiokafka_admin_create_grow_delete_records_groups_and_cluster(kafka):
+    """aiokafka's AIOKafkaAdminClient against the listener: create a topic,
+    grow it (CreatePartitions), move its log start (DeleteRecords), list
+    groups and describe the cluster; each answer checked against shmlog."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
+    from aiokafka.structs import TopicPartition
+
+    async def run():
+        a = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=10_000)
+        await a.start()
+        try:
+            await a.create_topics([NewTopic("aa", num_partitions=1, replication_factor=1)])
+            await a.create_partitions({"aa": NewPartitions(total_count=3)})
+            with kafka.log.producer() as p:
+                for i in range(10):
+                    p.send("aa", b"r%d" % i, partition=0)
+            low = await a.delete_records({TopicPartition("aa", 0): RecordsToDelete(before_offset=4)})
+            assert low == {TopicPartition("aa", 0): 4}
+            kafka.log.commit_offsets("aag", {("aa", 1): 0})
+            groups = await a.list_consumer_groups()
+            cluster = await a.describe_cluster()
+            return groups, cluster
+        finally:
+            await a.close()
+
+    groups, cluster = asyncio.run(asyncio.wait_for(run(), 60))
+    d = kafka.log.describe_topic("aa")
+    assert len(d.partitions) == 3
+    assert d.partitions[0].log_start_offset == 4 and d.partitions[0].end_offset == 10
+    assert "aag" in [g[0] for g in groups]
+    assert cluster["controller_id"] == 0 and [b["node_id"] for b in cluster["brokers"]] == [0]
