@@ -195,10 +195,10 @@ class ShmlogPeer(Peer):
             self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="disk", fsync="never")
             self.log.ensure_persister()
             return _Ch(self, topic, mode)
-        # ephemeral: the ring holds the whole run, so persistence="none" never drops a record
-        per = record_size + (16 if row == "T1-batch" else 128)  # + frame/record overhead
-        ring = max(1 << 20, 1 << (int(count * per * 1.25) + 4 * record_size).bit_length())
-        self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="none")
+        # ephemeral: a ring a user would pick (16 MiB, issue 13's definition), lossless because
+        # overflow="block" holds the producer back instead of lapping a consumer that is behind
+        ring = max(16 << 20, 1 << (8 * record_size).bit_length())
+        self.log.create_topic(topic, partitions=1, ring_bytes=ring, persistence="none", overflow="block")
         return _Ch(self, topic, mode)
 
     def teardown(self):
