@@ -25,7 +25,7 @@ HDR = struct.Struct("<QQ")  # sequence number within its partition, send time (m
 
 
 @contextlib.contextmanager
-def private_instance(given=None):
+def private_instance(given=None, **options):
     """A private shmlog instance; yields its connect() kwargs and a Log; always destroyed.
     given: connect() kwargs of an instance someone else owns and cleans up (a test's), used as is."""
     import shmlog
@@ -42,7 +42,11 @@ def private_instance(given=None):
     # no supervisor: the data path never uses it, and starting one per private instance
     # would time Python start-ups (connect() still starts the persister for durable topics)
     kw = dict(
-        instance=f"bench{tag}", data_dir=os.path.join(tmp, "data"), shm_prefix=f"shmlogbench-{tag}.", autostart=False
+        instance=f"bench{tag}",
+        data_dir=os.path.join(tmp, "data"),
+        shm_prefix=f"shmlogbench-{tag}.",
+        autostart=False,
+        **options,
     )
     log = None
     try:
@@ -174,7 +178,7 @@ def topics(count, partitions=4, instance=None):
 
     me = psutil.Process()
     n = count * partitions
-    with private_instance(instance) as (kw, log):
+    with private_instance(instance, max_topics=count + 16) as (kw, log):
         shm0, rss0 = _shm_bytes(kw["shm_prefix"]), me.memory_info().rss
         t0 = time.perf_counter()
         for i in range(count):

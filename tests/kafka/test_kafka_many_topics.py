@@ -1,7 +1,8 @@
 """test_kafka_many_topics.py — a Kafka client's test suite can create many
 topics (issue 15, Operations; issue 13.6): librdkafka (confluent-kafka)
 produces one record to each of 1,000 topics that do not exist, the listener
-auto-creates them with 4 partitions and its default 64 MiB rings, and
+auto-creates them with 4 partitions and its default 64 MiB rings (the suite
+runs 250 topics; SHMLOG_MANY_TOPICS=1000 is the recorded run), and
 /dev/shm holds ~80 KiB per idle partition (it was all 64 MiB of each, and
 the OOM killer ended the listener a few hundred topics in). Every record is
 delivered and readable; the numbers are printed for the note and the README.
@@ -14,7 +15,8 @@ import pytest
 
 from kafka_util import Kafka
 
-TOPICS = 1000
+# the suite runs 250 (about 20 s); the recorded run is SHMLOG_MANY_TOPICS=1000 (74 s here, 2026-12-02)
+TOPICS = int(os.environ.get("SHMLOG_MANY_TOPICS", "250"))
 PARTITIONS = 4
 
 
@@ -35,7 +37,7 @@ def test_a_thousand_auto_created_topics_cost_80_kib_per_idle_partition(inst, cap
     try:
         before = _shm_bytes(inst.prefix)
         p = ck.Producer(
-            {"bootstrap.servers": k.bootstrap, "linger.ms": 5, "message.timeout.ms": 120000, "socket.timeout.ms": 60000}
+            {"bootstrap.servers": k.bootstrap, "linger.ms": 5, "message.timeout.ms": 300000, "socket.timeout.ms": 60000}
         )
         failed = []
 
@@ -47,13 +49,13 @@ def test_a_thousand_auto_created_topics_cost_80_kib_per_idle_partition(inst, cap
         for i in range(TOPICS):
             p.produce(f"many-{i:04d}", f"r{i}".encode(), on_delivery=report)
             p.poll(0)
-        left = p.flush(180)
+        left = p.flush(300)
         elapsed = time.monotonic() - t0
         assert left == 0 and not failed, failed[:5]
         topics = [t for t in inst.log.list_topics() if t.startswith("many-")]
         assert len(topics) == TOPICS
         parts = TOPICS * PARTITIONS
-        d = inst.log.describe_topic("many-0999")
+        d = inst.log.describe_topic(f"many-{TOPICS - 1:04d}")
         assert d.config.ring_bytes == 64 << 20 and len(d.partitions) == PARTITIONS
         assert sum(q.end_offset for q in d.partitions) == 1
         per = (_shm_bytes(inst.prefix) - before) / parts
