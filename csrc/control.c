@@ -294,6 +294,9 @@ int shm_ctl_topic_update(void *base, int index, const struct shm_topic_config *c
     shm_store_relaxed(&c->fsync_mode, cfg->fsync_mode);
     shm_store_relaxed(&c->max_message_bytes, cfg->max_message_bytes);
     shm_store_relaxed(&c->overflow, cfg->overflow);
+    shm_store_relaxed(&c->cleanup_policy, cfg->cleanup_policy);
+    shm_store_relaxed(&c->delete_retention_ms, cfg->delete_retention_ms);
+    shm_store_relaxed(&c->min_compaction_lag_ms, cfg->min_compaction_lag_ms);
     /* release: the rings of new partitions exist before readers see the count */
     shm_store_release(&c->partitions, cfg->partitions);
     bump_epoch(CTL(base));

@@ -27,8 +27,9 @@
 /* ---------- versions and magics ---------- */
 #define SHM_RING_MAGIC        0x474E4952474C4D53   /* "SMLGRING" little-endian */
 #define SHM_CTL_MAGIC         0x4C5443474C4D5300   /* "\0SMLGCTL" */
-#define SHM_LAYOUT_VERSION    6                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine);
-                                                      5: reader slots, overflow mode (overflow=block); 6: committed_bytes (rings commit memory as they fill).
+#define SHM_LAYOUT_VERSION    7                   /* 2: group, member and offset tables; 3: topic ids, data dir identity; 4: ring offline (quarantine);
+                                                      5: reader slots, overflow mode (overflow=block); 6: committed_bytes (rings commit memory as they fill);
+                                                      7: cleanup policy and compaction settings in the topic config, the ring's open-transaction bound.
                                                       Headers hold SHM_LAYOUT_STAMP: this number folded with the build's facts (below) */
 #define SHM_COMMIT_XOR        0x5A17C0DE9E3779B9   /* commit word = position ^ this */
 
@@ -86,6 +87,8 @@
 /* overflow modes (ephemeral rings): what a producer does when the ring is full */
 #define SHM_OVERFLOW_OVERWRITE 0  /* drop the oldest frames, read or not */
 #define SHM_OVERFLOW_BLOCK     1  /* wait for the slowest live reader (ring.c, "overflow=block") */
+#define SHM_CLEANUP_DELETE     1  /* cleanup.policy bits: retention deletes whole segments */
+#define SHM_CLEANUP_COMPACT    2  /* the cleaner keeps the latest record per key */
 
 /* topic states */
 #define SHM_TOPIC_FREE     0
@@ -198,7 +201,12 @@ struct shm_ring_header {
     uint32_t overflow;         /* SHM_OVERFLOW_*: alter_topic may change it (relaxed atomics) */
     uint32_t reader_hi;        /* reader slots [0, reader_hi) were ever claimed; only grows (CAS) */
     uint64_t committed_bytes;  /* data bytes [0, committed) have memory behind them; grows to capacity (CAS) */
-    uint8_t  _span0[128 - 120];
+    /* transactions (shmlog/control/transactions.py, its essay): 0 when no open
+     * transaction holds this partition, else 1 + the lowest offset an open
+     * transaction may have written here: the last stable offset. Written only
+     * by the transaction coordinator under its lock (release); read_committed
+     * readers acquire it and read no further. */
+    uint64_t txn_bound;
 
     /* span 1: tail pair, moved together by one 16-byte CAS (producers) */
     uint64_t tail_pos;         /* next position to reserve */
@@ -272,7 +280,9 @@ struct shm_topic_config {
     int64_t  segment_bytes;
     int64_t  segment_ms;
     uint32_t overflow;         /* SHM_OVERFLOW_* */
-    uint32_t _pad0;
+    uint32_t cleanup_policy;   /* SHM_CLEANUP_* bits (Kafka's cleanup.policy) */
+    int64_t  delete_retention_ms;   /* compacted topics: how long a tombstone outlives compaction */
+    int64_t  min_compaction_lag_ms; /* compacted topics: records younger than this are never compacted */
 };
 
 struct shm_topic_entry {      /* 512 bytes */
@@ -280,10 +290,10 @@ struct shm_topic_entry {      /* 512 bytes */
     uint32_t name_len;
     uint64_t generation;       /* unique per creation; names the rings */
     char     name[256];
-    struct shm_topic_config config;   /* 72 bytes */
+    struct shm_topic_config config;   /* 88 bytes */
     int64_t  created_ms;
     uint64_t topic_id;         /* the topic's id on disk (catalog, directory name): one per creation, kept across reboots */
-    uint8_t  _pad[512 - 16 - 256 - 72 - 16];
+    uint8_t  _pad[512 - 16 - 256 - 88 - 16];
 };
 
 /* ---------- consumer groups (control segment tables) ----------
@@ -896,7 +906,7 @@ _Static_assert(offsetof(struct shm_ring_header, sealed_count) == 768, "counter s
 _Static_assert(offsetof(struct shm_ring_header, blocked_ns) == 896, "block counter span");
 _Static_assert(offsetof(struct shm_ring_header, slots) == 1024, "slots");
 _Static_assert(sizeof(struct shm_reader_slot) == 64, "reader slot is one cache line");
-_Static_assert(sizeof(struct shm_topic_config) == 72, "topic config");
+_Static_assert(sizeof(struct shm_topic_config) == 88, "topic config");
 _Static_assert(sizeof(struct shm_topic_entry) == 512, "topic entry");
 _Static_assert(sizeof(struct shm_ctl_header) == 4096, "ctl header");
 _Static_assert(offsetof(struct shm_ctl_header, lock) == 128, "ctl lock span");

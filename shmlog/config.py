@@ -84,6 +84,13 @@ PERSISTENCE = {"none": 0, "disk": 1}
 # what a producer of a full ephemeral ring does: drop the oldest frames, or wait for the slowest
 # live consumer (csrc/ring.c, "overflow=block")
 OVERFLOW = {"overwrite": lib.SHM_OVERFLOW_OVERWRITE, "block": lib.SHM_OVERFLOW_BLOCK}
+# Kafka's cleanup.policy: "delete" (retention removes whole segments), "compact" (the cleaner
+# keeps the latest record per key), or both
+CLEANUP_POLICIES = {
+    "delete": lib.SHM_CLEANUP_DELETE,
+    "compact": lib.SHM_CLEANUP_COMPACT,
+    "compact,delete": lib.SHM_CLEANUP_COMPACT | lib.SHM_CLEANUP_DELETE,
+}
 FSYNC_MODES = {"never": lib.SHM_FSYNC_NEVER, "interval": lib.SHM_FSYNC_INTERVAL, "always": lib.SHM_FSYNC_ALWAYS}
 
 
@@ -104,6 +111,9 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
     segment_bytes: int = 1 << 30
     segment_ms: int = 7 * 86400_000
     overflow: str = "overwrite"  # persistence="none" only: "block" never overwrites what a live consumer has not read
+    cleanup_policy: str = "delete"  # Kafka's names: "delete", "compact", "compact,delete" ("delete,compact" accepted)
+    delete_retention_ms: int = 86400_000  # compacted topics: a tombstone outlives compaction this long
+    min_compaction_lag_ms: int = 0  # compacted topics: a record younger than this is never compacted away
 
     # TopicConfig() is THE topic defaults: create_topic, the config file ([topics.NAME]) and
     # `shmlog topic create` all take theirs from it (TOPIC_DEFAULTS below)
@@ -139,9 +149,22 @@ class TopicConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise errors.InvalidArgument(
                 'overflow="block" needs persistence="none" (a durable topic never overwrites: consumers read the files)'
             )
+        policy = self.cleanup_policy
+        if isinstance(policy, str):
+            policy = ",".join(sorted(p.strip() for p in policy.split(",")))  # Kafka's list: either order
+        if policy not in CLEANUP_POLICIES:
+            raise errors.InvalidArgument(
+                f"cleanup_policy must be one of {', '.join(map(repr, CLEANUP_POLICIES))}, not {self.cleanup_policy!r}"
+            )
+        if "compact" in policy and self.persistence != "disk":
+            raise errors.InvalidArgument(
+                f'cleanup_policy={policy!r} needs persistence="disk": compaction rewrites segment files'
+            )
+        need_int("delete_retention_ms", self.delete_retention_ms, 0)
+        need_int("min_compaction_lag_ms", self.min_compaction_lag_ms, 0)
         need_int("segment_bytes", self.segment_bytes, 1 << 16)
         need_int("segment_ms", self.segment_ms, 1)
-        return msgspec.structs.replace(self, max_message_bytes=mmb, **unlimited)
+        return msgspec.structs.replace(self, max_message_bytes=mmb, cleanup_policy=policy, **unlimited)
 
 
 TOPIC_DEFAULTS = TopicConfig()

@@ -30,6 +30,9 @@ CONFIG_OPTIONS = {
     "segment_bytes": int,
     "segment_ms": int,
     "overflow": str,
+    "cleanup_policy": str,
+    "delete_retention_ms": int,
+    "min_compaction_lag_ms": int,
 }
 UNLIMITED = ("retention_ms", "retention_bytes")
 
@@ -72,6 +75,24 @@ def _add_config_options(p, defaults: bool):
         default=d(D.overflow),
         help="persistence none: overwrite the oldest records when full, or block producers until "
         "the slowest live consumer has read them",
+    )
+    p.add_argument(
+        "--cleanup-policy",
+        choices=sorted(config.CLEANUP_POLICIES),
+        default=d(D.cleanup_policy),
+        help="delete: retention removes old segments; compact: keep the latest record per key (durable topics)",
+    )
+    p.add_argument(
+        "--delete-retention-ms",
+        type=int,
+        default=d(D.delete_retention_ms),
+        help="compacted topics: how long a tombstone outlives compaction",
+    )
+    p.add_argument(
+        "--min-compaction-lag-ms",
+        type=int,
+        default=d(D.min_compaction_lag_ms),
+        help="compacted topics: records younger than this are never compacted",
     )
 
 

@@ -89,6 +89,9 @@ def _c_config(cfg: config.TopicConfig) -> Any:
     c.segment_bytes = cfg.segment_bytes
     c.segment_ms = cfg.segment_ms
     c.overflow = config.OVERFLOW[cfg.overflow]
+    c.cleanup_policy = config.CLEANUP_POLICIES[cfg.cleanup_policy]
+    c.delete_retention_ms = cfg.delete_retention_ms
+    c.min_compaction_lag_ms = cfg.min_compaction_lag_ms
     return c
 
 
@@ -105,6 +108,9 @@ def _py_config(c: Any) -> config.TopicConfig:
         segment_bytes=c.segment_bytes,
         segment_ms=c.segment_ms,
         overflow={v: k for k, v in config.OVERFLOW.items()}[c.overflow],
+        cleanup_policy={v: k for k, v in config.CLEANUP_POLICIES.items()}[c.cleanup_policy],
+        delete_retention_ms=c.delete_retention_ms,
+        min_compaction_lag_ms=c.min_compaction_lag_ms,
     )
 
 
@@ -551,6 +557,9 @@ class ControlPlane:
         segment_bytes: int = _D.segment_bytes,
         segment_ms: int = _D.segment_ms,
         overflow: str = _D.overflow,
+        cleanup_policy: str = _D.cleanup_policy,
+        delete_retention_ms: int = _D.delete_retention_ms,
+        min_compaction_lag_ms: int = _D.min_compaction_lag_ms,
     ) -> TopicDescription:
         config.validate_topic_name(name)
         try:
@@ -565,6 +574,9 @@ class ControlPlane:
                 segment_bytes=segment_bytes,
                 segment_ms=segment_ms,
                 overflow=overflow,
+                cleanup_policy=cleanup_policy,
+                delete_retention_ms=delete_retention_ms,
+                min_compaction_lag_ms=min_compaction_lag_ms,
             ).validated()
         except msgspec.ValidationError as e:
             raise errors.InvalidArgument(str(e)) from None
@@ -735,12 +747,16 @@ class ControlPlane:
         "segment_ms",
         "max_message_bytes",
         "overflow",
+        "cleanup_policy",
+        "delete_retention_ms",
+        "min_compaction_lag_ms",
     )
 
     def alter_topic(self, name: str, **changes: Any) -> TopicDescription:
         """Changes a topic's config: retention_ms, retention_bytes, fsync,
         segment_bytes, segment_ms, max_message_bytes, overflow (persistence="none"
-        topics: "overwrite" or "block"), or partitions (grow only,
+        topics: "overwrite" or "block"), cleanup_policy, delete_retention_ms,
+        min_compaction_lag_ms, or partitions (grow only,
         like Kafka: the new partitions' rings are created; keys map to other
         partitions from then on). ring_bytes and persistence are fixed at
         creation. Producers opened before a partition increase keep writing to

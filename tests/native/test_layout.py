@@ -112,7 +112,7 @@ def test_constants():
     assert lib.SHM_RING_HEADER_BYTES == 16384 == ffi.sizeof("struct shm_ring_header")
     assert ffi.sizeof("struct shm_producer_slot") == 64
     assert ffi.sizeof("struct shm_gap_body") == 16
-    assert ffi.sizeof("struct shm_topic_config") == 72
+    assert ffi.sizeof("struct shm_topic_config") == 88
     assert ffi.sizeof("struct shm_topic_entry") == 512
     assert ffi.sizeof("struct shm_ctl_header") == 4096
     assert lib.SHM_BATCH_HEADER_BYTES == 61
