@@ -113,7 +113,7 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
         return size;
     if ((uint64_t)size > dst_cap)
         return SHM_E_BUFFER_SMALL;
-    shm_batch_encode_sized(dst, in, size, base_offset, timestamp_ms);
+    shm_batch_encode_sized(dst, in, size, base_offset, timestamp_ms, NULL);
     return size;
 }
 
@@ -121,19 +121,19 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
 
 /* shm_batch_encode for a size already computed by shm_batch_encoded_size */
 void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
-                            int64_t base_offset, int64_t timestamp_ms)
+                            int64_t base_offset, int64_t timestamp_ms, const struct shm_batch_stamp *stamp)
 {
     put_be64(dst + SHM_RB_BASE_OFFSET, (uint64_t)base_offset);
     put_be32(dst + SHM_RB_LENGTH, (uint32_t)(size - 12));
     put_be32(dst + SHM_RB_LEADER_EPOCH, 0);
     dst[SHM_RB_MAGIC] = 2;
-    put_be16(dst + SHM_RB_ATTRIBUTES, 0);
+    put_be16(dst + SHM_RB_ATTRIBUTES, stamp ? stamp->attributes : 0);
     put_be32(dst + SHM_RB_LAST_OFFSET_DELTA, in->count - 1);
     put_be64(dst + SHM_RB_BASE_TIMESTAMP, (uint64_t)timestamp_ms);
     put_be64(dst + SHM_RB_MAX_TIMESTAMP, (uint64_t)timestamp_ms);
-    put_be64(dst + SHM_RB_PRODUCER_ID, (uint64_t)-1);
-    put_be16(dst + SHM_RB_PRODUCER_EPOCH, 0xFFFF);
-    put_be32(dst + SHM_RB_BASE_SEQUENCE, 0xFFFFFFFFu);
+    put_be64(dst + SHM_RB_PRODUCER_ID, stamp ? (uint64_t)stamp->producer_id : (uint64_t)-1);
+    put_be16(dst + SHM_RB_PRODUCER_EPOCH, stamp ? (uint16_t)stamp->producer_epoch : 0xFFFF);
+    put_be32(dst + SHM_RB_BASE_SEQUENCE, stamp ? (uint32_t)stamp->base_sequence : 0xFFFFFFFFu);
     put_be32(dst + SHM_RB_RECORDS_COUNT, in->count);
 
     /* The CRC covers attributes..end. It runs behind the writes: what was

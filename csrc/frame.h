@@ -117,6 +117,24 @@ static inline int64_t frame_first_offset(const struct shm_frame_header *fh, int6
  *                   passes the frame once it took the last record: a caller
  *                   that ignores it reads the same frame again);
  *   SHM_E_CORRUPT   nothing of it is in out, the cursor on it. */
+/* read_committed: is this transactional batch (first offset `first`) one of
+ * an aborted transaction? (struct shm_txn_abort says when) */
+static inline int txn_aborted(const uint8_t *batch, int64_t first, const struct shm_cursor *cur)
+{
+    uint64_t pid_be;
+    uint16_t epoch_be;
+    memcpy(&pid_be, batch + SHM_RB_PRODUCER_ID, 8);
+    memcpy(&epoch_be, batch + SHM_RB_PRODUCER_EPOCH, 2);
+    int64_t pid = (int64_t)__builtin_bswap64(pid_be);
+    int32_t epoch = (int16_t)__builtin_bswap16(epoch_be);
+    for (int64_t i = 0; i < cur->n_aborted; i++) {
+        const struct shm_txn_abort *a = &cur->aborted[i];
+        if (a->producer_id == pid && a->first_offset <= first && first <= a->last_offset && epoch <= a->max_epoch)
+            return 1;
+    }
+    return 0;
+}
+
 #define READ_PASSED 0
 #define READ_TAKEN 1
 #define READ_PARTIAL 2
@@ -133,6 +151,18 @@ static inline int decode_frame(const uint8_t *batch, uint64_t blen, uint64_t at,
     if ((cur->expect_base >= 0 && first != cur->expect_base) || last < first)
         return SHM_E_CORRUPT;
     if (last < cur->next_offset) {
+        cur->expect_base = last + 1;
+        cur->pos = next_pos;
+        return READ_PASSED;
+    }
+    uint8_t attrs = batch[SHM_RB_ATTRIBUTES + 1];
+    if (cur->read_committed && first >= cur->stable_end)
+        return READ_STOP;                        /* past the last stable offset: not yet */
+    if ((attrs & SHM_RB_ATTR_CONTROL) ||
+        (cur->read_committed && (attrs & SHM_RB_ATTR_TRANSACTIONAL) && txn_aborted(batch, first, cur))) {
+        /* a transaction marker is never a record a reader sees; an aborted
+         * transaction's batch is not, for read_committed: passed whole */
+        cur->next_offset = last + 1;
         cur->expect_base = last + 1;
         cur->pos = next_pos;
         return READ_PASSED;

@@ -34,7 +34,7 @@ const struct shm_layout_field shm_layout_fields[] = {
     F(shm_ring_header, sealed_count), F(shm_ring_header, overwritten_frames),
     F(shm_ring_header, seal_lock), F(shm_ring_header, overflow), F(shm_ring_header, reader_hi),
     F(shm_ring_header, committed_bytes), F(shm_ring_header, txn_bound),
-    F(shm_ring_header, blocked_ns), F(shm_ring_header, blocked_waits), F(shm_ring_header, readers_freed),
+    F(shm_ring_header, blocked_ns), F(shm_ring_header, blocked_waits), F(shm_ring_header, readers_freed), F(shm_ring_header, txn_aborts),
     F(shm_ring_header, slots), F(shm_ring_header, readers),
     S(shm_topic_config), F(shm_topic_config, partitions), F(shm_topic_config, persistence),
     F(shm_topic_config, ring_bytes), F(shm_topic_config, max_message_bytes),

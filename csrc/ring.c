@@ -822,6 +822,8 @@ struct frame_body {
     const uint8_t *raw;
     uint32_t count;
     int32_t leader_epoch;
+    const struct shm_send_ctx *stamp;   /* encoded batches: the producer fields, or NULL */
+    uint16_t extra_attributes;          /* control batches: SHM_RB_ATTR_CONTROL */
 };
 
 static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
@@ -860,7 +862,18 @@ static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
     }
     struct shm_frame_header *fh = FRAME(r, res.frame_pos);
     if (in) {
-        shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, res.base_offset, ts);
+        struct shm_batch_stamp st, *stp = NULL;
+        if (b->stamp) {
+            /* the sequence is taken once the reservation is ours: a failed
+             * reservation uses none (ctx is this producer's, its fields ours) */
+            int32_t *seq = (int32_t *)&b->stamp->next_sequence;
+            st.producer_id = b->stamp->producer_id;
+            st.producer_epoch = b->stamp->producer_epoch;
+            st.attributes = (uint16_t)(b->stamp->batch_attributes | b->extra_attributes);
+            st.base_sequence = b->extra_attributes ? -1 : __atomic_fetch_add(seq, (int32_t)b->count, __ATOMIC_RELAXED);
+            stp = &st;
+        }
+        shm_batch_encode_sized((uint8_t *)(fh + 1), in, size, res.base_offset, ts, stp);
     } else {
         memcpy(fh + 1, b->raw, (size_t)size);
         shm_batch_set_base_offset((uint8_t *)(fh + 1), res.base_offset);
@@ -900,7 +913,7 @@ int shm_send_batch(const struct shm_send_ctx *ctx, const struct shm_batch_in *in
     int64_t size = shm_batch_encoded_size(in);
     if (size < 0)
         return (int)size;
-    struct frame_body b = {.in = in, .count = in->count};
+    struct frame_body b = {.in = in, .count = in->count, .stamp = ctx->stamped ? ctx : NULL};
     return append_frame(r, &r->hdr->slots[ctx->slot], &b, size, ctx->timeout_ns, ctx->token_prefix,
                         ctx->unblock_ns, out);
 }
@@ -922,6 +935,66 @@ int shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t 
     struct frame_body b = {.raw = batch, .count = (uint32_t)count, .leader_epoch = leader_epoch};
     return append_frame(r, &r->hdr->slots[ctx->slot], &b, (int64_t)len, ctx->timeout_ns,
                         ctx->token_prefix, ctx->unblock_ns, out);
+}
+
+int shm_send_control(const struct shm_send_ctx *ctx, int64_t producer_id, int16_t producer_epoch,
+                     int32_t type, int32_t coordinator_epoch, struct shm_append_out *out)
+{
+    const struct shm_ring *r = ctx->ring;
+    if (!handle_ok(r) || ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS ||
+        (type != SHM_CONTROL_ABORT && type != SHM_CONTROL_COMMIT))
+        return SHM_E_INVALID;
+    uint8_t key[4] = {0, 0, 0, (uint8_t)type};
+    uint8_t value[6] = {0, 0, (uint8_t)(coordinator_epoch >> 24), (uint8_t)(coordinator_epoch >> 16),
+                        (uint8_t)(coordinator_epoch >> 8), (uint8_t)coordinator_epoch};
+    int64_t key_len = sizeof key, value_len = sizeof value;
+    struct shm_batch_in in = {
+        .count = 1, .values = value, .value_lens = &value_len, .keys = key, .key_lens = &key_len,
+        .timestamp_ms = -1,
+    };
+    struct shm_send_ctx who = *ctx;
+    who.stamped = 1;
+    who.producer_id = producer_id;
+    who.producer_epoch = producer_epoch;
+    who.batch_attributes = SHM_RB_ATTR_TRANSACTIONAL;
+    int64_t size = shm_batch_encoded_size(&in);
+    struct frame_body b = {.in = &in, .count = 1, .stamp = &who, .extra_attributes = SHM_RB_ATTR_CONTROL};
+    return append_frame(r, &r->hdr->slots[ctx->slot], &b, size, ctx->timeout_ns, ctx->token_prefix,
+                        ctx->unblock_ns, out);
+}
+
+void shm_ring_set_txn_bound(void *base, uint64_t bound)
+{
+    /* release: the markers the coordinator wrote before are visible to a
+     * reader that acquires the new bound */
+    shm_store_release(&HDR(base)->txn_bound, bound);
+    wake(&HDR(base)->data_seq);   /* read_committed readers parked at the old bound */
+}
+
+uint64_t shmx_ring_txn_bound(const void *base)
+{
+    return shm_load_acquire(&HDR(base)->txn_bound);
+}
+
+void shm_ring_note_aborts(void *base, uint64_t n)
+{
+    /* release: the index entries were written before the count says so */
+    __atomic_fetch_add(&HDR(base)->txn_aborts, n, __ATOMIC_RELEASE);
+}
+
+int64_t shmx_txn_refresh(const struct shm_ring *r, struct shm_cursor *cur)
+{
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
+    /* acquire the bound first: the coordinator counted an abort's entries
+     * before it moved the bound past that transaction, so a count read after
+     * it covers every transaction below the bound (shmlog/control/transactions.py, T4) */
+    uint64_t bound = shm_load_acquire(&r->hdr->txn_bound);
+    uint64_t aborts = shm_load_acquire(&r->hdr->txn_aborts);
+    if (aborts != cur->aborts_seen)
+        return (int64_t)aborts;
+    cur->stable_end = bound ? (int64_t)(bound - 1) : INT64_MAX;
+    return -1;
 }
 
 /* One record (headers_len < 0: no headers); returns its offset or a
@@ -959,7 +1032,7 @@ int64_t shmx_send(const struct shm_send_ctx *ctx, const uint8_t *value, int64_t 
     if (size < 0)
         return size;
     struct shm_append_out out;
-    struct frame_body b = {.in = &in, .count = 1};
+    struct frame_body b = {.in = &in, .count = 1, .stamp = ctx->stamped ? ctx : NULL};
     int rc = append_frame(r, &r->hdr->slots[ctx->slot], &b, size, SHM_NOWAIT, ctx->token_prefix,
                           ctx->unblock_ns, &out);
     return rc == SHM_OK ? out.base_offset : rc;
@@ -1163,6 +1236,8 @@ static int ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *
 {
     if (__builtin_expect(!handle_ok(r), 0))
         return SHM_E_INVALID;
+    if (cur->read_committed && shmx_txn_refresh(r, cur) >= 0)
+        return SHM_E_TXN_STALE;
     uint64_t used = 0;
     out->count = 0;
     out->frames = out->gaps = out->compressed = out->batch_start = 0;
@@ -1314,7 +1389,7 @@ int shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint
     const uint8_t *batch = (const uint8_t *)(fh + 1);
     uint64_t blen = len - SHM_FRAME_HEADER_BYTES;
     int64_t first = shm_batch_base_offset(batch);
-    if (shm_batch_last_delta(batch) != 0 || (batch[22] & 0x27) != 0 ||   /* one plain record */
+    if (shm_batch_last_delta(batch) != 0 || (batch[22] & 0x37) != 0 ||   /* one plain, non-transactional record */
         (cur->expect_base >= 0 && first != cur->expect_base) || first < cur->next_offset)
         return 0;
     if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)

@@ -118,6 +118,7 @@
 #define SHM_E_FENCED          -19  /* commit by a member that does not own the partition */
 #define SHM_E_UNTRUSTED       -20  /* segment of an untrusted owner, world-accessible, or not a regular file */
 #define SHM_E_OFFLINE         -21  /* the partition is quarantined (damaged files): writes refused */
+#define SHM_E_TXN_STALE       -22  /* read_committed: the partition's abort index grew; reload it (shmx_txn_refresh) */
 
 /* ---------- frame header (ring and disk) ----------
  * commit is release-stored LAST by the writer and equals position ^
@@ -252,7 +253,10 @@ struct shm_ring_header {
     uint64_t blocked_ns;       /* time producers spent waiting on a reader */
     uint64_t blocked_waits;    /* reservations that had to wait on a reader */
     uint64_t readers_freed;    /* reader slots of dead owners freed */
-    uint8_t  _span7[128 - 24];
+    uint64_t txn_aborts;       /* entries the transaction coordinator appended to this partition's abort
+                                  index (before it moves txn_bound; release): a read_committed reader whose
+                                  copy is older reloads it */
+    uint8_t  _span7[128 - 32];
 
     struct shm_producer_slot slots[SHM_PRODUCER_SLOTS];
     struct shm_reader_slot readers[SHM_READER_SLOTS];
@@ -516,11 +520,42 @@ struct shm_batch_in {
 struct shm_send_ctx {
     const struct shm_ring *ring;   /* a handle on a writable mapping */
     int32_t     slot;          /* this process's producer slot in the ring */
-    int32_t     _pad;
+    int32_t     stamped;       /* 1: batches carry the producer fields below (idempotent, transactional) */
     int64_t     timeout_ns;    /* max wait for room, then SHM_E_FULL */
     int64_t     unblock_ns;    /* seal a dead writer's reservation after this */
     const char *token_prefix;  /* liveness token path prefix */
+    int64_t     producer_id;   /* stamped: Kafka's producerId */
+    int16_t     producer_epoch;
+    uint16_t    batch_attributes;  /* stamped: extra attribute bits (SHM_RB_ATTR_TRANSACTIONAL) */
+    int32_t     next_sequence; /* stamped: baseSequence of the next batch; each append advances it by
+                                  its record count (atomic, after the reservation) */
 };
+
+/* the producer fields a batch is encoded with (shm_batch_encode_sized) */
+struct shm_batch_stamp {
+    int64_t  producer_id;
+    int32_t  base_sequence;    /* -1: none */
+    int16_t  producer_epoch;
+    uint16_t attributes;       /* SHM_RB_ATTR_TRANSACTIONAL | SHM_RB_ATTR_CONTROL */
+};
+
+/* one aborted transaction on one partition, as the transaction coordinator
+ * appends it to the partition's abort index (shmlog/control/transactions.py)
+ * and a read_committed reader consults it: a transactional batch of
+ * producer_id with epoch <= max_epoch at an offset in [first_offset,
+ * last_offset] is aborted. A fenced (or timed-out) producer's entry ends at
+ * INT64_MAX: nothing its old epochs write afterwards is ever committed. */
+struct shm_txn_abort {
+    int64_t  producer_id;
+    int64_t  first_offset;
+    int64_t  last_offset;
+    int32_t  max_epoch;
+    int32_t  _pad;
+};
+
+/* control record types (key: int16 version 0, int16 type) */
+#define SHM_CONTROL_ABORT  0
+#define SHM_CONTROL_COMMIT 1
 
 struct shm_append_out {
     uint64_t frame_pos;
@@ -538,7 +573,11 @@ struct shm_cursor {
     int64_t  expect_base;      /* first offset the next frame must carry; -1 after a seek */
     struct shm_ring_header *reader_hdr;  /* writable header holding this cursor's reader slot, or NULL */
     int32_t  reader;           /* reader slot index (shm_reader_claim), valid when reader_hdr is set */
-    int32_t  _pad;
+    int32_t  read_committed;   /* 1: stop at stable_end, pass aborted transactional batches */
+    int64_t  stable_end;       /* read_committed: no batch at or past this offset is read (the LSO) */
+    const struct shm_txn_abort *aborted;  /* read_committed: the partition's aborted transactions */
+    int64_t  n_aborted;
+    uint64_t aborts_seen;      /* read_committed: the ring's txn_aborts when `aborted` was loaded */
 };
 
 /* decoded records of one read: one row of SHM_ROW_FIELDS int64 per record
@@ -598,7 +637,7 @@ int64_t  shm_batch_encoded_size(const struct shm_batch_in *in);
 int64_t  shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_in *in,
                           int64_t base_offset, int64_t timestamp_ms);
 void     shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
-                                int64_t base_offset, int64_t timestamp_ms);
+                                int64_t base_offset, int64_t timestamp_ms, const struct shm_batch_stamp *stamp);
 int      shm_batch_validate(const uint8_t *batch, uint64_t len);
 int      shm_batch_decode(const uint8_t *batch, uint64_t len, int64_t buf_base,
                           int64_t min_offset, struct shm_records_out *out);
@@ -642,6 +681,21 @@ void     shmx_reader_publish(const struct shm_cursor *cur);
  * from baseOffset and partitionLeaderEpoch (both outside the CRC) */
 int      shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint64_t len,
                       int32_t leader_epoch, struct shm_append_out *out);
+/* a transaction marker: one control batch (attributes TRANSACTIONAL|CONTROL)
+ * of producer_id/epoch holding one control record, key (0, SHM_CONTROL_*),
+ * value (0, coordinator_epoch) -- Kafka's EndTxnMarker */
+int      shm_send_control(const struct shm_send_ctx *ctx, int64_t producer_id, int16_t producer_epoch,
+                          int32_t type, int32_t coordinator_epoch, struct shm_append_out *out);
+/* the transaction coordinator's bound (struct shm_ring_header txn_bound): release store / acquire load */
+void     shm_ring_set_txn_bound(void *base, uint64_t bound);
+uint64_t shmx_ring_txn_bound(const void *base);
+/* read_committed: sets cur->stable_end from the ring's txn_bound (the last
+ * stable offset; INT64_MAX with no open transaction) when the cursor's abort
+ * list is current and returns -1; else returns the ring's txn_aborts (reload
+ * the abort index, set aborts_seen to it, call again). */
+int64_t  shmx_txn_refresh(const struct shm_ring *r, struct shm_cursor *cur);
+/* the coordinator appended n entries to the partition's abort index (release) */
+void     shm_ring_note_aborts(void *base, uint64_t n);
 /* the batches themselves, without decoding: DATA frame bodies back to back */
 int      shm_ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *buf, uint64_t buf_cap,
                                int64_t unblock_ns, struct shm_records_out *out);

@@ -127,6 +127,16 @@ class CommitFailed(ShmlogError):
     removed from its group, or the group moved the partition). Poll to rejoin."""
 
 
+class ProducerFenced(ShmlogError):
+    """A newer producer with the same transactional_id fenced this one (or its
+    transaction timed out and was aborted); confluent-kafka's _FENCED. Close it."""
+
+
+class InvalidTxnState(ShmlogError):
+    """A transactional call out of order (commit_transaction without
+    begin_transaction, a send outside a transaction, ...); Kafka's INVALID_TXN_STATE."""
+
+
 class FencedInstance(CommitFailed):
     """Another consumer took this one's group_instance_id (static membership):
     this consumer is fenced for good; close it."""
@@ -166,6 +176,8 @@ class InstanceConflict(ShmlogError):
 # every public exception: `from shmlog import X` works for each (shmlog/__init__.py)
 __all__ = [
     "ShmlogError",
+    "ProducerFenced",
+    "InvalidTxnState",
     "SharedMemoryMissing",
     "InvalidArgument",
     "InvalidType",

@@ -23,7 +23,7 @@ import time
 import functools
 from collections.abc import Callable, Iterable
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -71,8 +71,9 @@ class _Part(PartitionReader):
         plog: storage.PartitionLog | None,
         generation: int = 0,
         max_bytes: int = 1 << 20,
+        read_committed: bool = True,
     ) -> None:
-        super().__init__(log, topic, partition, ring, plog)
+        super().__init__(log, topic, partition, ring, plog, read_committed=read_committed)
         self.reset_to = None  # an offset to seek to before the next read
         self.large = False  # the last record was large: try the one-copy path first
         self.data = ffi.cast("uint8_t *", ring.base) + lib.SHM_RING_HEADER_BYTES
@@ -81,6 +82,13 @@ class _Part(PartitionReader):
         self.inflated = None  # ((frame pos, base offset), plain batch) of a batch read in parts
         self.paused = False  # pause(): not read until resume()
         self.stored = None  # store_offsets(): the offset auto-commit commits
+
+
+class GroupMetadata(NamedTuple):
+    """consumer.consumer_group_metadata(): a group and the member that owns its partitions (0: none)."""
+
+    group: str
+    member_token: int
 
 
 class Consumer:
@@ -112,6 +120,7 @@ class Consumer:
         consumer_timeout_ms: int | None = None,
         enable_auto_offset_store: bool = True,
         copy: bool = True,
+        isolation_level: str = "read_committed",
         **group_options: Any,
     ) -> None:
         if group_options and group is None:
@@ -120,6 +129,11 @@ class Consumer:
             raise errors.InvalidArgument(f"auto_offset_reset must be one of {RESETS}")
         if wait not in ("park", "spin"):
             raise errors.InvalidArgument("wait must be 'park' or 'spin'")
+        if isolation_level not in ("read_committed", "read_uncommitted"):
+            raise errors.InvalidArgument(
+                f"isolation_level must be 'read_committed' or 'read_uncommitted', not {isolation_level!r}"
+            )
+        self._read_committed = isolation_level == "read_committed"
         for name, v in (("spin_us", spin_us), ("max_poll_records", max_poll_records), ("buffer_bytes", buffer_bytes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "spin_us" else 1):
                 raise errors.InvalidArgument(f"{name} must be a positive int")
@@ -227,6 +241,7 @@ class Consumer:
             plog,
             h.generation,
             h.config.max_message_bytes,
+            self._read_committed,
         )
         self._start(part, offset)
         if h.config.persistence == "none":
@@ -893,6 +908,16 @@ class Consumer:
         return m
 
     # ------------------------------------------------------------ offsets
+
+    def consumer_group_metadata(self) -> "GroupMetadata":
+        """What send_offsets_to_transaction() needs to commit this consumer's
+        offsets in a transaction (confluent-kafka's name): the group and this
+        member, so the commit is refused once the partitions moved to another."""
+        self._check_open()
+        if self._group_name is None:
+            raise errors.InvalidArgument("consumer_group_metadata() needs a consumer group: log.consumer(group=...)")
+        token = self._group.token if self._group is not None else 0
+        return GroupMetadata(self._group_name, token)
 
     def _commit_positions(self, tps: Iterable[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """What a commit without offsets commits for these partitions (default:

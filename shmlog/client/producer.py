@@ -16,6 +16,7 @@ poll()/flush()/close(), or report a record twice.
 import collections
 import logging
 import os
+import sys
 import random
 import struct
 import threading
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 from .. import compression, errors, liveness
 from .._fastpath import ProducerBase
 from .._native import address_of, ffi, full_ring_cause, lib, memory_shortfall, raise_status
+from ..control.transactions import MAX_TIMEOUT_MS, TxnOffset, validate_transactional_id
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 if TYPE_CHECKING:
@@ -59,13 +61,16 @@ def _as_bytes(v: object, what: str) -> bytes | None:
 class _TopicWriter:
     """Per-topic state of one producer: one send context per partition."""
 
-    __slots__ = ("producer", "handle", "n", "ctxs", "rings", "sticky", "sticky_left", "batch_limit", "open")
+    __slots__ = ("producer", "handle", "n", "ctxs", "spare", "rings", "sticky", "sticky_left", "batch_limit", "open")
 
     def __init__(self, producer: "Producer", handle: "TopicHandle") -> None:
         self.producer = producer
         self.handle = handle
         self.n = handle.partitions
         self.ctxs: list[Any] = [None] * self.n
+        # a transactional producer's contexts outside the partitions of its open
+        # transaction: kept here so sends find none in ctxs and register first
+        self.spare: list[Any] = [None] * self.n
         self.rings: list[Any] = [None] * self.n
         self.sticky = random.randrange(self.n)
         self.sticky_left = STICKY_BYTES
@@ -81,6 +86,7 @@ class _TopicWriter:
         more = handle.partitions - self.n
         if handle.generation == self.handle.generation and more > 0:
             self.ctxs += [None] * more
+            self.spare += [None] * more
             self.rings += [None] * more
             self.open += [None] * more
             self.handle, self.n = handle, handle.partitions
@@ -93,6 +99,11 @@ class _TopicWriter:
         return c
 
     def _open(self, partition: int) -> Any:
+        c = self.spare[partition]
+        if c is not None:
+            self.spare[partition] = None
+            self.ctxs[partition] = c
+            return c
         log = self.producer._log
         ring = log.ring(self.handle, partition, writable=True)
         pid, st = liveness.ensure_token(log.token_prefix)
@@ -110,9 +121,18 @@ class _TopicWriter:
         c.timeout_ns = min(self.producer._timeout_ns, WAIT_SLICE_NS)
         c.unblock_ns = log.unblock_ns
         c.token_prefix = log.token_prefix_c
+        self.producer._stamp(c)
         self.ctxs[partition] = c
         self.rings[partition] = ring
         return c
+
+    def park(self, partition: int) -> None:
+        """The transaction that wrote this partition ended: its context waits
+        in spare until the next transaction adds the partition again."""
+        c = self.ctxs[partition]
+        if c is not None:
+            self.ctxs[partition] = None
+            self.spare[partition] = c
 
     def next_sticky(self, nbytes: int) -> int:
         self.sticky_left -= nbytes
@@ -123,10 +143,12 @@ class _TopicWriter:
         return self.sticky
 
     def release(self) -> None:
-        for c, r in zip(self.ctxs, self.rings):
+        for c, s, r in zip(self.ctxs, self.spare, self.rings):
+            c = c or s
             if c is not None and r.base != ffi.NULL:
                 lib.shm_ring_release_slot(r.base, c.slot)
         self.ctxs = [None] * self.n
+        self.spare = [None] * self.n
 
 
 class _Batch:
@@ -196,6 +218,9 @@ class Producer(ProducerBase):
         delivery_timeout_ms: int | None = None,
         queue_buffering_max_messages: int = 100_000,
         on_delivery: DeliveryCallback | None = None,
+        enable_idempotence: bool | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
     ) -> None:
         if not isinstance(max_block_ms, int) or max_block_ms < 0:
             raise errors.InvalidArgument("max_block_ms must be an int >= 0")
@@ -221,6 +246,33 @@ class Producer(ProducerBase):
         if on_delivery is not None and not callable(on_delivery):
             raise errors.InvalidType("on_delivery must be callable(err, msg)")
         self._codec = compression.NONE if compression_type is None else compression.codec_of(compression_type)
+        if transactional_id is not None:
+            validate_transactional_id(transactional_id)
+            if enable_idempotence is False:
+                raise errors.InvalidArgument("a transactional producer is idempotent: drop enable_idempotence=False")
+            enable_idempotence = True  # Kafka: transactional.id implies enable.idempotence
+        elif enable_idempotence is None:
+            enable_idempotence = False
+        if not isinstance(enable_idempotence, bool):
+            raise errors.InvalidType("enable_idempotence must be a bool")
+        if enable_idempotence and self._codec != compression.NONE:
+            raise errors.NotSupported(
+                "compression_type with enable_idempotence or transactional_id is not supported yet: "
+                "the producer fields would have to be stamped into the compressed batch"
+            )
+        if (
+            not isinstance(transaction_timeout_ms, int)
+            or isinstance(transaction_timeout_ms, bool)
+            or not 1 <= transaction_timeout_ms <= MAX_TIMEOUT_MS
+        ):
+            raise errors.InvalidArgument(f"transaction_timeout_ms must be an int in [1, {MAX_TIMEOUT_MS}]")
+        self._idempotent = enable_idempotence
+        self._tid = transactional_id
+        self._txn_timeout_ms = transaction_timeout_ms
+        self._pid = -1  # producer id and epoch: init_transactions(), or the first write (idempotent)
+        self._epoch = 0
+        self._in_txn = False
+        self._txn_parts: list[tuple[_TopicWriter, int]] = []  # partitions added to the open transaction
         self._log = log
         self._timeout_ns = max_block_ms * 1_000_000
         self._writers: dict[str, _TopicWriter] = {}
@@ -273,7 +325,126 @@ class Producer(ProducerBase):
             raise errors.UnknownTopicOrPartition(
                 f"topic {w.handle.name!r} has partitions 0..{w.n - 1}, not {partition}"
             )
-        return w.ctxs[partition] or w.ctx(partition)
+        c = w.ctxs[partition]
+        if c is None:
+            if self._tid is not None:
+                self._txn_add(w, partition)
+            c = w.ctx(partition)
+        return c
+
+    # ------------------------------------------------------------ idempotence and transactions
+
+    def _stamp(self, c: Any) -> None:
+        """A new send context of an idempotent producer carries its producer id,
+        epoch and sequence numbers (and the transactional bit)."""
+        if not self._idempotent:
+            return
+        if self._pid < 0:
+            self._pid, self._epoch = self._log.transactions.new_producer_id(), 0
+        c.stamped = 1
+        c.producer_id, c.producer_epoch, c.next_sequence = self._pid, self._epoch, 0
+        c.batch_attributes = lib.SHM_RB_ATTR_TRANSACTIONAL if self._tid is not None else 0
+
+    def _txn_check(self, what: str) -> None:
+        if self._tid is None:
+            raise errors.InvalidTxnState(f"{what} needs a transactional producer: log.producer(transactional_id=...)")
+        if self._pid < 0:
+            raise errors.InvalidTxnState(f"{what}: call init_transactions() first")
+        if self._closed:
+            raise errors.Closed("this producer is closed")
+
+    def _txn_add(self, w: _TopicWriter, partition: int) -> None:
+        """Adds the partition to the open transaction before anything is
+        written there (control/transactions.py, T1)."""
+        self._txn_check("a send")
+        if not self._in_txn:
+            raise errors.InvalidTxnState(
+                "a transactional producer sends only inside a transaction: call begin_transaction() first"
+            )
+        self._log.transactions.add_partitions(self._tid, self._pid, self._epoch, [(w.handle.name, partition)])
+        self._txn_parts.append((w, partition))
+
+    def init_transactions(self, timeout: float | None = None) -> None:
+        """Registers the transactional_id: fences every older producer with it
+        (their next coordinator call raises ProducerFenced) and aborts the
+        transaction one of them left open. Call once, before the first
+        transaction."""
+        if self._tid is None:
+            raise errors.InvalidTxnState("init_transactions() needs log.producer(transactional_id=...)")
+        if self._closed:
+            raise errors.Closed("this producer is closed")
+        if self._in_txn:
+            raise errors.InvalidTxnState("init_transactions() inside an open transaction")
+        owner = liveness.ensure_token(self._log.token_prefix)
+        self._pid, self._epoch = self._log.transactions.init(self._tid, self._txn_timeout_ms, owner)
+        for w in self._writers.values():  # contexts opened before: the new epoch, sequences from 0
+            for c in w.ctxs + w.spare:
+                if c is not None:
+                    self._stamp(c)
+            for p in range(w.n):
+                w.park(p)
+
+    def begin_transaction(self) -> None:
+        """Starts a transaction: every send until commit_transaction() or
+        abort_transaction() is in it."""
+        self._txn_check("begin_transaction()")
+        if self._in_txn:
+            raise errors.InvalidTxnState("begin_transaction(): a transaction is already open")
+        self._in_txn = True
+
+    def send_offsets_to_transaction(self, offsets: Any, group_metadata: Any, timeout: float | None = None) -> None:
+        """Commits a consumer's offsets with the transaction: offsets is
+        {(topic, partition): next offset} (or a list of (topic, partition,
+        offset)), group_metadata consumer.consumer_group_metadata() (or a
+        group name for a consumer without membership). At commit they are
+        applied only if that member still owns the partitions."""
+        self._txn_check("send_offsets_to_transaction()")
+        if not self._in_txn:
+            raise errors.InvalidTxnState("send_offsets_to_transaction() outside a transaction")
+        group: Any = group_metadata
+        token = 0
+        if not isinstance(group_metadata, str):
+            group, token = getattr(group_metadata, "group", None), getattr(group_metadata, "member_token", 0)
+        if not isinstance(group, str):
+            raise errors.InvalidType("group_metadata must be consumer.consumer_group_metadata() or a group name")
+        items = offsets.items() if isinstance(offsets, dict) else [((o[0], o[1]), o[2]) for o in offsets]
+        todo = []
+        for tp, off in items:
+            if not isinstance(off, int) or isinstance(off, bool) or off < 0:
+                raise errors.InvalidArgument(f"offset for {tp} must be an int >= 0, not {off!r}")
+            self._log.ring(self._log.topic_handle(tp[0]), tp[1], writable=False)  # the partition exists
+            todo.append(TxnOffset(group, tp[0], tp[1], off, token))
+        self._log.transactions.add_offsets(self._tid, self._pid, self._epoch, todo)
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        """Flushes what was produce()d, then commits the transaction: its
+        records (every partition) and offsets become visible to read_committed
+        consumers together. Raises ProducerFenced when a newer producer took
+        the transactional_id, CommitFailed (the transaction aborted) when the
+        group moved the offsets' partitions to another member."""
+        self._end_txn(True, timeout)
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        """Aborts the transaction: read_committed consumers never see its records."""
+        self._end_txn(False, timeout)
+
+    def _end_txn(self, commit: bool, timeout: float | None) -> None:
+        what = "commit_transaction()" if commit else "abort_transaction()"
+        self._txn_check(what)
+        if not self._in_txn:
+            raise errors.InvalidTxnState(f"{what} without begin_transaction()")
+        if self._queued or self._nopen:
+            left = self.flush(timeout)
+            if left and commit:
+                raise errors.Timeout(f"{what}: {left} produce()d records were not written within the timeout")
+        try:
+            self._log.transactions.end(self._tid, self._pid, self._epoch, commit)
+        finally:
+            if not isinstance(sys.exc_info()[1], errors.Timeout):
+                self._in_txn = False
+                for w, p in self._txn_parts:
+                    w.park(p)
+                self._txn_parts = []
 
     def send(
         self,
@@ -567,6 +738,8 @@ class Producer(ProducerBase):
             partition = w.sticky
         elif type(partition) is not int or not 0 <= partition < w.n:
             self._partition_ctx(w, partition)  # raises the right error
+        if self._tid is not None and w.ctxs[partition] is None:
+            self._partition_ctx(w, partition)  # added to the transaction before the record is queued
         if cb is not None and not callable(cb):
             raise errors.InvalidType("on_delivery must be callable(err, msg)")
         if timestamp is not None and (type(timestamp) is not int or timestamp < 0):
@@ -746,7 +919,8 @@ class Producer(ProducerBase):
         on a failure that retrying cannot fix, None when the ring stayed full."""
         w, p = b.w, b.partition
         try:
-            ctx = ffi.new("struct shm_send_ctx *", (w.ctxs[p] or w.ctx(p))[0])
+            src = w.ctxs[p] or w.ctx(p)
+            ctx = ffi.new("struct shm_send_ctx *", src[0])
         except errors.UnknownTopicOrPartition as e:  # deleted before its ring was opened here
             self._topic_gone(w)
             return -1, e
@@ -758,6 +932,7 @@ class Producer(ProducerBase):
         lib.shm_accum_batch_in(b.acc, inp, b.ts)
         if self._codec == compression.NONE:
             rc = lib.shm_send_batch(ctx, inp, out)
+            src.next_sequence = ctx.next_sequence  # the copy took the batch's sequence numbers
         else:
             batch = _compressed_batch(self._codec, inp, b.ts)
             rc = lib.shm_send_raw(ctx, batch, len(batch), 0, out)
@@ -922,6 +1097,11 @@ class Producer(ProducerBase):
         try:
             if self._queued or self._nopen:
                 self._drain(None if timeout is None else time.monotonic() + timeout)
+            if self._in_txn:  # Kafka leaves it to time out; aborting now frees the partitions' LSO at once
+                try:
+                    self.abort_transaction()
+                except errors.ProducerFenced:
+                    pass
         finally:
             with self._lock:
                 self._stopping = True

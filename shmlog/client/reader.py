@@ -19,6 +19,7 @@ buffer (callers share one across partitions).
 
 from .. import errors, liveness
 from .._native import ffi, lib, raise_status
+from ..control import transactions
 
 NOWHERE = 2**64 - 1  # a cursor position that is no frame's
 LAPPED = lib.SHM_E_OUT_OF_RANGE
@@ -36,9 +37,21 @@ def _nothing(out) -> int:
 class PartitionReader:
     """Reads one partition from an offset: files below the ring, then the ring."""
 
-    __slots__ = ("log", "topic", "partition", "ring", "plog", "cur", "on_disk", "batches", "unblock_ns", "gone")
+    __slots__ = (
+        "log",
+        "topic",
+        "partition",
+        "ring",
+        "plog",
+        "cur",
+        "on_disk",
+        "batches",
+        "unblock_ns",
+        "gone",
+        "aborts",
+    )
 
-    def __init__(self, log, topic, partition, ring, plog, *, batches=False):
+    def __init__(self, log, topic, partition, ring, plog, *, batches=False, read_committed=False):
         self.log = log
         self.topic = topic
         self.partition = partition
@@ -51,6 +64,11 @@ class PartitionReader:
         self.batches = batches  # whole RecordBatches (shm_*_read_batches), else decoded records
         self.unblock_ns = log.unblock_ns
         self.gone = ""  # after LAPPED: why the records at the cursor are gone
+        self.aborts = None  # read_committed: the abort index the cursor points at (kept alive here)
+        if read_committed:
+            # stable_end 0 until the first read takes the ring's bound (shmx_txn_refresh)
+            self.cur.read_committed = 1
+            self.cur.aborts_seen = 2**64 - 1  # no index loaded yet: the first read loads it
 
     def hold(self) -> int:
         """Claims a reader slot for this cursor in the ring's (writable) header:
@@ -116,6 +134,8 @@ class PartitionReader:
         frame, the cursor on it."""
         for _ in range(READ_STEPS):
             if self.on_disk:
+                if self.cur.read_committed:
+                    self.refresh_txn()
                 n = self._read_files(buf, cap, out, crc)
                 if n is not None:
                     return n
@@ -133,6 +153,8 @@ class PartitionReader:
             elif rc == lib.SHM_E_BUSY:
                 self.seal()
                 return _nothing(out)
+            elif rc == lib.SHM_E_TXN_STALE:
+                self.refresh_txn()
             elif rc == lib.SHM_E_BUFFER_SMALL:
                 if not self.batches:
                     out.bytes_used = cap * 2
@@ -140,6 +162,23 @@ class PartitionReader:
             else:
                 self.raise_read(rc)
         return _nothing(out)
+
+    def refresh_txn(self):
+        """read_committed: the cursor's last stable offset from the ring, after
+        loading the partition's abort index again when the coordinator added
+        to it (control/transactions.py, T4)."""
+        while True:
+            seen = lib.shmx_txn_refresh(self.ring.h, self.cur)
+            if seen < 0:
+                return
+            h = self.log.topic_handle(self.topic)
+            data = transactions.read_abort_index(
+                self.log.settings.data_dir, self.topic, f"{h.topic_id:016x}", self.partition
+            )
+            self.aborts = transactions.abort_index_view(data)
+            self.cur.aborted = self.aborts
+            self.cur.n_aborted = len(data) // transactions.ABORT_RECORD.size
+            self.cur.aborts_seen = seen
 
     def _read_files(self, buf, cap, out, crc):
         """read() from the segment files; None when the cursor reached the ring

@@ -312,6 +312,36 @@ def commit_offsets(log, group: str, offsets: dict, durable: bool = False, any_of
         snapshot_offsets(log)
 
 
+def offset_owner(log, group: str, topic: str, partition: int) -> int:
+    """The member token that owns the group's partition now (0: nobody)."""
+    gi = tables_of(log).find_group(validate_group_name(group))
+    if gi < 0:
+        return 0
+    h = log.topic_handle(topic)
+    i = offset_index(tables_of(log)).get((gi, h.index, h.generation, partition))
+    return 0 if i is None else int(tables_of(log).offset(i).owner)
+
+
+def apply_transaction_offsets(log, offsets: list) -> None:
+    """Lock held: a committed transaction's [(group, topic, partition,
+    offset)], written whoever owns the partition now (the coordinator
+    checked the owner before the decision: control/transactions.py, T5)."""
+    t = tables_of(log)
+    by_group: dict[str, list] = {}
+    for group, topic, p, off in offsets:
+        try:
+            h = log.topic_handle(topic)
+        except errors.UnknownTopicOrPartition:
+            continue  # deleted since: its offsets went with it
+        by_group.setdefault(group, []).append((h, topic, p, off))
+    for group, todo in by_group.items():
+        gi = ensure_group(log, group)
+        for i, _topic, _p, off in _entries_for(log, gi, todo):
+            e = t.offset(i)
+            while not commit(log, e, int(e.owner), off):
+                pass  # the owner moved between the load and the CAS: not under the lock (G1), once at most
+
+
 def committed_offsets(log, group: str) -> dict:
     gi = tables_of(log).find_group(validate_group_name(group))
     if gi < 0:

@@ -26,7 +26,7 @@ import msgspec
 from .. import config, errors, liveness, permissions, storage
 from .._native import ShmMapping, ffi, lib, memory_shortfall, raise_status, unlink_segment
 from ..ipc.progress import ProgressWriter
-from . import catalog, groups, log_start, offsets_snapshot
+from . import catalog, groups, log_start, offsets_snapshot, transactions
 from .ring_map import Ring
 
 logger = logging.getLogger("shmlog")
@@ -321,9 +321,12 @@ class ControlPlane:
                 unlink_segment(name)  # the next connect retries the restore
             raise
         progress.finish()
+        # new rings hold no transaction bound: the open transactions' go back before anyone reads
+        self.transactions.publish_open_bounds()
         lib.shm_ctl_set_restored(self._ctl.base)
         if not locked_by_caller:
             lib.shm_ctl_unlock(self._ctl.base)
+            self.transactions.recover()  # aborts what dead producers left open (flock, then control lock)
 
     def _unlink_all_rings(self) -> None:
         """Lock held, the control segment is being given up: every ring it names goes."""
@@ -805,6 +808,15 @@ class ControlPlane:
         (<data_dir>/topics/<name>@<topic id>/<partition>)."""
         h = self.topic_handle(name)
         return storage.partition_dir(self.settings.data_dir, name, partition, h.topic_id)
+
+    @property
+    def transactions(self) -> transactions.Coordinator:
+        """The transaction coordinator of this instance, run by this process
+        (control/transactions.py: any process may, one at a time)."""
+        c = self.__dict__.get("_coordinator")
+        if c is None:
+            c = self.__dict__["_coordinator"] = transactions.Coordinator(self)
+        return c
 
     def list_topics(self) -> list[str]:
         self._check_open()

@@ -321,9 +321,16 @@ class Supervisor:
         """Committed offsets reach the disk within a second of a commit (the persister does it too)."""
         self.offsets_seq = self.plane.snapshot_offsets(self.offsets_seq)
 
+    def expire_transactions(self):
+        """Aborts transactions whose producer died or whose timeout passed
+        (control/transactions.py); one stat when none is open."""
+        for tid in self.plane.transactions.expire():
+            logger.warning("transaction of %r aborted: its producer died or its timeout passed", tid)
+
     def tick(self):
         """The 100 ms duties."""
         self._duty(self.seal_dead_writers, False)
+        self._duty(self.expire_transactions)
         self._duty(self.plane.reap_groups)
         self._duty(self.ensure_persister)
         self._duty(self.workers.tick)

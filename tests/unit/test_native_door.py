@@ -34,6 +34,7 @@ ALLOWED = frozenset(
         "control/plane.py",
         "control/ring_map.py",
         "control/tables.py",
+        "control/transactions.py",
     }
 )
 
