@@ -76,6 +76,7 @@ MAX_EPOCH = 32767
 DEFAULT_TIMEOUT_MS = 60_000  # Kafka's transaction.timeout.ms
 MAX_TIMEOUT_MS = 900_000  # Kafka's transaction.max.timeout.ms
 TID_MAX = 249
+LOCK_TIMEOUT_S = 10.0
 
 EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT = "empty", "ongoing", "prepare_commit", "prepare_abort"
 
@@ -253,6 +254,24 @@ class Coordinator:
             t.state = PREPARE_ABORT
             s.complete(tid, t)
 
+    def check_write(self, pid: int, epoch: int, topic: str, partition: int) -> None:
+        """A transactional batch from elsewhere (the Kafka listener's Produce):
+        its producer's transaction must be open with this partition added, at
+        this epoch (T1, T6). Raises ProducerFenced or InvalidTxnState."""
+        with self._locked() as s:
+            for tid, t in s.state.txns.items():
+                if t.producer_id != pid:
+                    continue
+                if epoch != t.epoch:
+                    raise errors.ProducerFenced(f"producer {pid} epoch {epoch} of {tid!r} is fenced (now {t.epoch})")
+                if t.state == ONGOING and any(p.topic == topic and p.partition == partition for p in t.partitions):
+                    return
+                raise errors.InvalidTxnState(
+                    f"producer {pid} ({tid!r}) wrote {topic!r} partition {partition} "
+                    "without adding it to its transaction"
+                )
+            raise errors.InvalidTxnState(f"producer id {pid} has no transactional id (InitProducerId first)")
+
     def state_of(self, tid: str) -> Txn | None:
         with self._locked() as s:
             return s.state.txns.get(tid)
@@ -329,7 +348,19 @@ class _Session:
         try:
             safefile.makedirs(self.meta)
             self.fd = safefile.open_rw(os.path.join(self.meta, LOCK_FILE))
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise errors.Timeout(
+                            f"the transaction coordinator's lock ({os.path.join(self.meta, LOCK_FILE)}) stayed "
+                            f"held for {LOCK_TIMEOUT_S:.0f} s: a process is stopped inside a transactional call "
+                            "(SIGSTOP, a debugger); resume or kill it"
+                        ) from None
+                    time.sleep(0.001)
             try:
                 data = safefile.read_bytes(os.path.join(self.meta, STATE_FILE))
             except FileNotFoundError:

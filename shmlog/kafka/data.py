@@ -16,12 +16,12 @@ handlers do).
 
 import asyncio
 import collections
-import itertools
 import threading
 import time
 
 from .. import compression, errors, storage
 from ..client.reader import LAPPED, READ_STEPS, PartitionReader
+from ..control import transactions
 from .._native import crc32c, ffi, lib
 from . import codes
 
@@ -92,14 +92,10 @@ class ProducerIds:
     """InitProducerId and the idempotence checks Kafka's broker makes on a batch."""
 
     def __init__(self):
-        # ids unique across listener restarts: milliseconds now, times 1000, plus a counter
-        self._next = itertools.count(int(time.time() * 1000) * 1000)
+        # (producer ids come from the instance's transaction coordinator, unique for good)
         # (producer id, (topic name, topic generation), partition) -> state: a re-created
         # topic (a new generation) starts with none, as a new topic does in Kafka
         self._seqs: dict[tuple, _Seq] = {}
-
-    def new_id(self) -> int:
-        return next(self._next)
 
     def check(self, pid, epoch, first_seq, count, topic, partition):
         """None: append it; an int: the base offset of the same batch already
@@ -135,6 +131,35 @@ class ProducerIds:
             del self._seqs[k]
 
 
+def committed_only(data: bytes, lso: int, aborted: list) -> tuple[bytes, int | None]:
+    """read_committed: the batches of a fetch below the last stable offset,
+    without those of aborted transactions (struct shm_txn_abort's rule: a
+    fenced producer's late writes too, which Kafka's AbortedTransactions list
+    cannot express, so they are left out rather than listed). Returns (bytes,
+    the offset where it stopped at the LSO, or None). Control batches stay:
+    clients skip them and move their position past them."""
+    keep, at, n, cut, dropped = [], 0, len(data), None, False
+    while at + _HDR <= n:
+        size = 12 + int.from_bytes(data[at + 8 : at + 12], "big")
+        base = int.from_bytes(data[at : at + 8], "big", signed=True)
+        if base >= lso:
+            cut = base
+            break
+        attrs = int.from_bytes(data[at + 21 : at + 23], "big")
+        if aborted and attrs & _TXN and not attrs & _CONTROL:
+            pid = int.from_bytes(data[at + 43 : at + 51], "big", signed=True)
+            epoch = int.from_bytes(data[at + 51 : at + 53], "big", signed=True)
+            if any(a[0] == pid and a[1] <= base <= a[2] and epoch <= a[3] for a in aborted):
+                at += size
+                dropped = True
+                continue
+        keep.append(data[at : at + size])
+        at += size
+    if cut is None and not dropped:
+        return data, None
+    return b"".join(keep), cut
+
+
 class FetchCursor:
     """Where one connection's fetches of one partition stand: a PartitionReader
     (client/reader.py) reused while the client asks for the offset where the
@@ -156,6 +181,7 @@ class DataPath:
         self.producer = log.producer(max_block_ms=0)
         self.producer_ids = ProducerIds()
         self.produce_timeout_s = produce_timeout_ms / 1000
+        self._aborts: dict[tuple[int, int], tuple[int, list]] = {}  # read_committed fetches: abort index cache
         self._out = ffi.new("struct shm_records_out *")
         self._buf_cap = 1 << 20
         self._buf = ffi.new("uint8_t[]", self._buf_cap)
@@ -304,10 +330,19 @@ class DataPath:
             )
         batch = await self.validate(h, batch)
         pid = _be(batch, lib.SHM_RB_PRODUCER_ID, 8)
-        if _be(batch, lib.SHM_RB_ATTRIBUTES, 2) & _TXN:
-            raise ProduceError(codes.INVALID_TXN_STATE, "transactions are not supported by this listener")
+        if pid < 0 and _be(batch, lib.SHM_RB_ATTRIBUTES, 2) & _TXN:
+            raise ProduceError(codes.INVALID_RECORD, "a transactional batch needs its producer id")
         if pid >= 0:
             epoch = _be(batch, lib.SHM_RB_PRODUCER_EPOCH, 2)
+            if _be(batch, lib.SHM_RB_ATTRIBUTES, 2) & _TXN:
+                try:  # the partition must be in the producer's open transaction (control/transactions.py, T1)
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self.log.transactions.check_write, pid, epoch, h.name, partition
+                    )
+                except errors.ProducerFenced as e:
+                    raise ProduceError(codes.INVALID_PRODUCER_EPOCH, str(e)) from None
+                except errors.InvalidTxnState as e:
+                    raise ProduceError(codes.INVALID_TXN_STATE, str(e)) from None
             seq = _be(batch, lib.SHM_RB_BASE_SEQUENCE, 4)
             count = _be(batch, lib.SHM_RB_LAST_OFFSET_DELTA, 4) + 1
             if seq < 0:
@@ -388,6 +423,21 @@ class DataPath:
         except errors.ShmlogError:
             fc.next_offset = -1
             return codes.CORRUPT_MESSAGE, b""
+
+    def stable(self, h, partition):
+        """read_committed: (last stable offset, the partition's aborted
+        transactions [(producer id, first, last, max epoch)]), the index
+        reloaded only when the coordinator added to it (its count in the ring)."""
+        ring = self.ring(h, partition)
+        bound = lib.shmx_ring_txn_bound(ring.base)
+        lso = bound - 1 if bound else ring.ends()[1]
+        seen = ffi.cast("struct shm_ring_header *", ring.base).txn_aborts
+        key = (h.generation, partition)
+        cached = self._aborts.get(key)
+        if cached is None or cached[0] != seen:
+            data = transactions.read_abort_index(self.log.settings.data_dir, h.name, f"{h.topic_id:016x}", partition)
+            cached = self._aborts[key] = (seen, transactions.aborted_entries(data))
+        return lso, cached[1]
 
     def _grow(self, cap):
         self._buf_cap = max(cap, self._buf_cap)

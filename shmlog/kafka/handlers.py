@@ -3,7 +3,7 @@
 Owns: Metadata (this node the only broker and controller, every partition
 led by it at a constant epoch), Produce (one RecordBatch v2 per partition,
 stored through data.py; acks=0 answered by nothing), Fetch (a long poll over
-stored batches), ListOffsets, InitProducerId, OffsetForLeaderEpoch,
+stored batches), ListOffsets, OffsetForLeaderEpoch,
 CreateTopics / DeleteTopics and optional auto-creation. Each handler takes a
 decoded request dict and returns the response dict. Must never: encode bytes
 (codec.py does) or touch shared memory except through data.py and the Log.
@@ -16,12 +16,13 @@ from typing import Any
 
 from .. import config, errors
 from . import codes
-from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError, batch_bytes
+from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError, batch_bytes, committed_only
 
 logger = logging.getLogger("shmlog.kafka")
 
 NODE_ID = 0
 FETCH_MAX_BYTES = 55 << 20  # Kafka's broker fetch.max.bytes default: no response holds more records
+HELD_POLL_S = 0.005  # a read_committed long poll held by an open transaction looks again this often
 MAX_MESSAGE_BYTES = 1048588  # Kafka's max.message.bytes default: the largest batch a topic it creates takes
 # Metadata v8+ authorized operations: Kafka without an authorizer answers every operation the
 # resource type supports (AclOperation codes as bits: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
@@ -235,16 +236,6 @@ class Handlers:
             out.append({"Name": t["Name"], "PartitionResponses": parts})
         return {"Responses": out, "ThrottleTimeMs": 0}
 
-    async def init_producer_id(self, conn, req, version):
-        if req.get("TransactionalId") is not None:
-            return {
-                "ThrottleTimeMs": 0,
-                "ErrorCode": codes.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                "ProducerId": -1,
-                "ProducerEpoch": -1,
-            }
-        return {"ThrottleTimeMs": 0, "ErrorCode": 0, "ProducerId": self.data.producer_ids.new_id(), "ProducerEpoch": 0}
-
     # ------------------------------------------------------------ fetch
 
     async def fetch(self, conn, req, version):
@@ -263,29 +254,36 @@ class Handlers:
             for fp in t["Partitions"]:
                 wanted[(t["Topic"], fp["Partition"])] = fp
         results: dict[tuple[str, int], dict[str, Any]] = {}  # (topic, partition) -> partition response
+        committed = version >= 4 and req.get("IsolationLevel", 0) == 1
         while True:
             # what earlier rounds of a long poll hold counts first, wherever it sits in the
             # request: only a response holding nothing yet may take an oversized first batch
             done = {k for k, r in results.items() if r["Records"] or r["ErrorCode"]}
             total = sum(len(results[k]["Records"]) for k in done)
-            failed, watch = False, []
+            failed, watch, held = False, [], False
             for (topic, p), fp in wanted.items():
                 if (topic, p) in done:
                     continue
                 h = self.data.handle(topic)
                 r = results[(topic, p)] = self._fetch_partition(
-                    conn, h, topic, fp, version, max_bytes - total, total == 0
+                    conn, h, topic, fp, version, max_bytes - total, total == 0, committed
                 )
                 n = len(r["Records"])
                 total += n
                 if r["ErrorCode"]:
                     failed = True
                 elif n == 0 and h is not None:
-                    watch.append((self.data.ring(h, p), fp["FetchOffset"]))
+                    if committed and r["LastStableOffset"] <= fp["FetchOffset"] < r["HighWatermark"]:
+                        held = True  # records wait behind an open transaction: no ring growth tells when
+                    else:
+                        watch.append((self.data.ring(h, p), fp["FetchOffset"]))
             left = deadline - time.monotonic()
-            if total >= min_bytes or failed or left <= 0 or not watch:
+            if total >= min_bytes or failed or left <= 0 or not (watch or held):
                 break
-            await self.data.wait(watch, left)
+            if held:
+                await asyncio.sleep(min(left, HELD_POLL_S))
+            else:
+                await self.data.wait(watch, left)
         by_topic: dict[str, list[dict[str, Any]]] = {}
         for (topic, _), r in results.items():
             by_topic.setdefault(topic, []).append(r)
@@ -296,7 +294,7 @@ class Handlers:
             "Responses": [{"Topic": topic, "Partitions": parts} for topic, parts in by_topic.items()],
         }
 
-    def _fetch_partition(self, conn, h, topic, fp, version, budget, first):
+    def _fetch_partition(self, conn, h, topic, fp, version, budget, first, committed=False):
         p = fp["Partition"]
         r = {
             "PartitionIndex": p,
@@ -321,12 +319,19 @@ class Handlers:
         if fc is None:
             fc = conn.fetch_cursors[(topic, p)] = FetchCursor()
         start, end = self.data.offsets(h, p)
-        r["HighWatermark"] = r["LastStableOffset"] = end
+        lso, aborted = self.data.stable(h, p)
+        r["HighWatermark"], r["LastStableOffset"] = end, min(lso, end)
         r["LogStartOffset"] = start
         limit = min(fp["PartitionMaxBytes"], budget)
         if limit <= 0 and not first:
             return r
+        if committed and lso <= fp["FetchOffset"] <= end:
+            return r  # nothing stable past the fetch offset yet (out of range: read() says so)
         code, data = self.data.read(fc, h, p, fp["FetchOffset"], limit, min_one=first)
+        if committed and data:
+            data, cut = committed_only(data, lso, aborted)
+            if cut is not None:
+                fc.next_offset = -1  # the reader went past what is returned: seek next time
         r["ErrorCode"], r["Records"] = code, data
         return r
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from .. import errors
 from . import codec, codes, peers
 from .admin import Admin
+from .txn import Transactions
 from .coordinator import INITIAL_REBALANCE_DELAY_MS, GroupCoordinator
 from .handlers import FETCH_MAX_BYTES, Handlers
 
@@ -62,7 +63,11 @@ APIS = {
     18: Api(0, 3, "", ""),  # ApiVersions (v4 is answered too, as v3: it saves kafka-python a retry)
     19: Api(0, 5, "handlers", "create_topics"),  # 5 flexible
     20: Api(0, 4, "handlers", "delete_topics"),  # 4 flexible
-    22: Api(0, 2, "handlers", "init_producer_id"),  # 2 flexible
+    22: Api(0, 4, "txn", "init_producer_id"),  # 2+ flexible; 3+: ProducerId/Epoch to resume (KIP-360)
+    24: Api(0, 3, "txn", "add_partitions_to_txn"),  # 3 flexible (4+: broker-to-broker, KIP-890)
+    25: Api(0, 3, "txn", "add_offsets_to_txn"),  # 3 flexible
+    26: Api(0, 3, "txn", "end_txn"),  # 3 flexible
+    28: Api(0, 3, "txn", "txn_offset_commit"),  # 3 flexible
     23: Api(0, 4, "handlers", "offset_for_leader_epoch"),  # 4 flexible
     21: Api(0, 2, "admin", "delete_records"),  # 2 flexible
     37: Api(0, 3, "admin", "create_partitions"),  # 2+ flexible
@@ -190,6 +195,7 @@ class Listener:
             fetch_max_bytes=fetch_max_bytes,
         )
         self.admin = Admin(self)
+        self.txn = Transactions(self)
         self._table = {k: getattr(getattr(self, a.owner), a.method) for k, a in APIS.items() if a.owner}
         self._server: asyncio.Server | None = None
         self._conns = set()

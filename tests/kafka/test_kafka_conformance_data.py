@@ -314,6 +314,22 @@ def _minimal(key, version):
         42: {"GroupsNames": ["nobody-group"]},
         47: {"GroupId": "avg", "Topics": [{"Name": "av", "Partitions": [{"PartitionIndex": 0}]}]},
         60: {"IncludeClusterAuthorizedOperations": False, "EndpointType": 1, "IncludeFencedBrokers": False},
+        # the transaction APIs: an unknown transactional id answers its own error, never UNSUPPORTED_VERSION
+        24: {
+            "V3AndBelowTransactionalId": "nobody",
+            "V3AndBelowProducerId": 1,
+            "V3AndBelowProducerEpoch": 0,
+            "V3AndBelowTopics": [{"Name": "av", "Partitions": [0]}],
+        },
+        25: {"TransactionalId": "nobody", "ProducerId": 1, "ProducerEpoch": 0, "GroupId": "avg"},
+        26: {"TransactionalId": "nobody", "ProducerId": 1, "ProducerEpoch": 0, "Committed": False},
+        28: {
+            "TransactionalId": "nobody",
+            "GroupId": "avg",
+            "ProducerId": 1,
+            "ProducerEpoch": 0,
+            "Topics": [{"Name": "av", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 0}]}],
+        },
     }
     return bodies[key]
 

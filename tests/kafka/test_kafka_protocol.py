@@ -410,7 +410,11 @@ def test_idempotent_producer_dedup_and_sequence_errors(kafka):
     r2 = call(c, 22, 0, {"TransactionalId": None, "TransactionTimeoutMs": 60000})
     assert r2["ProducerId"] != pid
     txn = call(c, 22, 1, {"TransactionalId": "tx", "TransactionTimeoutMs": 60000})
-    assert txn["ErrorCode"] == 53
+    assert txn["ErrorCode"] == 0 and txn["ProducerId"] not in (pid, r2["ProducerId"])  # transactions are served
+    again = call(c, 22, 1, {"TransactionalId": "tx", "TransactionTimeoutMs": 60000})
+    assert (again["ProducerId"], again["ProducerEpoch"]) == (txn["ProducerId"], txn["ProducerEpoch"] + 1)  # fenced
+    bad = call(c, 22, 1, {"TransactionalId": "tx", "TransactionTimeoutMs": 10**9})
+    assert bad["ErrorCode"] == 50  # INVALID_TRANSACTION_TIMEOUT
 
 
 def test_list_offsets_earliest_latest_by_time(kafka):
