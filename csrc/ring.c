@@ -1009,6 +1009,7 @@ uint64_t shm_ring_counter(const void *base, int which)
     case SHM_COUNTER_BLOCKED_WAITS: return shm_load_relaxed(&h->blocked_waits);
     case SHM_COUNTER_READERS_FREED: return shm_load_relaxed(&h->readers_freed);
     case SHM_COUNTER_COMMITTED: return shm_load_relaxed(&h->committed_bytes);
+    case SHM_COUNTER_TXN_BOUND: return shm_load_acquire(&h->txn_bound);   /* the coordinator's release */
     }
     return 0;
 }

@@ -285,6 +285,15 @@ class DataPath:
                 "Kafka's record format (lengths, offset deltas 0..n-1, timestamps, headers)",
                 bad_record=bad if bad < count else None,
             )
+        if h.config.cleanup_policy != "delete":  # compacted: every record needs a key (Kafka's LogValidator)
+            keyless = lib.shm_records_first_keyless(ffi.from_buffer(records), len(records), count)
+            if keyless >= 0:
+                raise ProduceError(
+                    codes.INVALID_RECORD,
+                    f"Compacted topic cannot accept message without key in topic partition {h.name}: "
+                    f"record {keyless} of the batch has a null key (cleanup_policy={h.config.cleanup_policy!r})",
+                    bad_record=keyless,
+                )
         if attr & _LOG_APPEND_TIME or max_ts == _be(view, lib.SHM_RB_MAX_TIMESTAMP, 8):
             return batch
         if not codec:
