@@ -26,6 +26,7 @@ from .layout import (
     write_atomically,
 )
 from .recovery import Damage, RecoveryReport, check_partition, describe_offline, recover_partition
+from .compact import read_checkpoint
 from .segment import INDEX_EVERY, INDEX_PAIR, CorruptSegment, PartitionLog, SegmentFile, SegmentGap, SegmentReplaced
 from .writer import PartitionWriter
 
@@ -52,4 +53,5 @@ __all__ = [
     "SegmentGap",
     "SegmentReplaced",
     "PartitionWriter",
+    "read_checkpoint",
 ]
