@@ -7,7 +7,9 @@ T the largest timestamp of the segment's records below offset, monotonic;
 + .lost after a loss the persister recorded), appending runs of frames
 (persister only), rolling, recovery (the chain of segments, their indexes,
 the last segment's tail), retention by size and by a segment's largest
-timestamp, positioned reads, time lookups and the offline check.
+timestamp, positioned reads, time lookups and the offline check; the
+partition's cleaner lock and finishing a compaction swap a crash interrupted
+(storage/compact.py's essay: its .cleaned files discarded, indexes rebuilt).
 Must never: re-encode a frame (the file bytes are the ring bytes), trust an
 index row it has not checked against the frame it names, or skip corruption
 silently: a torn tail is truncated and reported, a bad frame followed by
