@@ -420,6 +420,63 @@ int32_t shm_batch_last_delta(const uint8_t *batch) { return (int32_t)get_be32(ba
 void    shm_batch_set_base_offset(uint8_t *batch, int64_t off) { put_be64(batch + SHM_RB_BASE_OFFSET, (uint64_t)off); }
 void    shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch) { put_be32(batch + SHM_RB_LEADER_EPOCH, (uint32_t)epoch); }
 
+/* Compaction's rewrite of one uncompressed batch (see shmlog.h). Each kept
+ * record is copied byte for byte: its offsetDelta and timestampDelta are
+ * relative to the batch's base, which is unchanged, so every kept record
+ * keeps its offset and timestamp. */
+int64_t shm_batch_filter(const uint8_t *batch, uint64_t len, const uint8_t *keep, uint32_t count,
+                         uint8_t *dst, uint64_t cap)
+{
+    if (len < SHM_BATCH_HEADER_BYTES || batch[SHM_RB_MAGIC] != 2 ||
+        (get_be16(batch + SHM_RB_ATTRIBUTES) & SHM_RB_ATTR_CODEC_MASK) ||
+        get_be32(batch + SHM_RB_RECORDS_COUNT) != count)
+        return SHM_E_CORRUPT;
+    if (cap < SHM_BATCH_HEADER_BYTES)
+        return SHM_E_BUFFER_SMALL;
+    memcpy(dst, batch, SHM_BATCH_HEADER_BYTES);
+    const uint8_t *p = batch + SHM_BATCH_HEADER_BYTES, *end = batch + len;
+    uint64_t used = SHM_BATCH_HEADER_BYTES;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        struct rec r;
+        const uint8_t *start = p;
+        if (parse_record(&p, end, &r))
+            return SHM_E_CORRUPT;
+        if (!keep[i])
+            continue;
+        uint64_t n = (uint64_t)(p - start);
+        if (n > cap - used)
+            return SHM_E_BUFFER_SMALL;
+        memcpy(dst + used, start, n);
+        used += n;
+        kept++;
+    }
+    if (p != end)
+        return SHM_E_CORRUPT;
+    put_be32(dst + SHM_RB_RECORDS_COUNT, kept);
+    shm_batch_seal(dst, used);
+    return (int64_t)used;
+}
+
+int32_t shm_records_first_keyless(const uint8_t *recs, uint64_t len, int32_t count)
+{
+    const uint8_t *p = recs, *end = recs + len;
+    for (int32_t i = 0; i < count; i++) {
+        struct rec r;
+        if (parse_record(&p, end, &r))
+            return SHM_E_INVALID;
+        if (r.key_len < 0)
+            return i;
+    }
+    return -1;
+}
+
+void shm_batch_seal(uint8_t *batch, uint64_t len)
+{
+    put_be32(batch + SHM_RB_LENGTH, (uint32_t)(len - 12));
+    put_be32(batch + SHM_RB_CRC, shm_crc32c(0, batch + SHM_RB_ATTRIBUTES, len - SHM_RB_ATTRIBUTES));
+}
+
 /* A batch written by someone else (a Kafka client) that shmlog is asked to
  * store unchanged: the checks Kafka's broker makes. On the header: magic 2,
  * batchLength, CRC-32C (SHM_E_CORRUPT: Kafka's CORRUPT_MESSAGE), then

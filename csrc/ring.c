@@ -971,11 +971,6 @@ void shm_ring_set_txn_bound(void *base, uint64_t bound)
     wake(&HDR(base)->data_seq);   /* read_committed readers parked at the old bound */
 }
 
-uint64_t shmx_ring_txn_bound(const void *base)
-{
-    return shm_load_acquire(&HDR(base)->txn_bound);
-}
-
 void shm_ring_note_aborts(void *base, uint64_t n)
 {
     /* release: the index entries were written before the count says so */
@@ -1082,6 +1077,7 @@ uint64_t shm_ring_counter(const void *base, int which)
     case SHM_COUNTER_BLOCKED_WAITS: return shm_load_relaxed(&h->blocked_waits);
     case SHM_COUNTER_READERS_FREED: return shm_load_relaxed(&h->readers_freed);
     case SHM_COUNTER_COMMITTED: return shm_load_relaxed(&h->committed_bytes);
+    case SHM_COUNTER_TXN_BOUND: return shm_load_acquire(&h->txn_bound);   /* the coordinator's release */
     }
     return 0;
 }

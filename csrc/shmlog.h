@@ -649,6 +649,19 @@ int32_t  shm_batch_last_delta(const uint8_t *batch);
 int64_t  shm_batch_max_timestamp(const uint8_t *batch);
 void     shm_batch_set_base_offset(uint8_t *batch, int64_t off);
 void     shm_batch_set_leader_epoch(uint8_t *batch, int32_t epoch);
+/* compaction (shmlog/storage/compact.py): the uncompressed batch[0:len] with
+ * only the records i whose keep[i] is set (count entries), into dst (cap
+ * bytes): header unchanged but recordsCount, batchLength and the CRC
+ * (baseOffset, lastOffsetDelta and the timestamps kept, so offsets never
+ * move). Returns its length, SHM_E_BUFFER_SMALL or SHM_E_CORRUPT. */
+int64_t  shm_batch_filter(const uint8_t *batch, uint64_t len, const uint8_t *keep, uint32_t count,
+                          uint8_t *dst, uint64_t cap);
+/* the index of the first record of a records section (count records) whose
+ * key is null, -1 when every record has a key, SHM_E_INVALID when one does
+ * not parse (a compacted topic refuses keyless records: Kafka's rule) */
+int32_t  shm_records_first_keyless(const uint8_t *recs, uint64_t len, int32_t count);
+/* sets batchLength and the CRC of batch[0:len] from its bytes */
+void     shm_batch_seal(uint8_t *batch, uint64_t len);
 int64_t  shm_batch_check_foreign(const uint8_t *batch, uint64_t len);
 int      shm_records_check(const uint8_t *recs, uint64_t len, int32_t count, int64_t base_ts,
                           int64_t *max_ts, int32_t *bad_record);
@@ -686,9 +699,9 @@ int      shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint
  * value (0, coordinator_epoch) -- Kafka's EndTxnMarker */
 int      shm_send_control(const struct shm_send_ctx *ctx, int64_t producer_id, int16_t producer_epoch,
                           int32_t type, int32_t coordinator_epoch, struct shm_append_out *out);
-/* the transaction coordinator's bound (struct shm_ring_header txn_bound): release store / acquire load */
+/* the transaction coordinator's bound (struct shm_ring_header txn_bound), a release store
+ * (readers: shm_ring_counter SHM_COUNTER_TXN_BOUND, acquire) */
 void     shm_ring_set_txn_bound(void *base, uint64_t bound);
-uint64_t shmx_ring_txn_bound(const void *base);
 /* read_committed: sets cur->stable_end from the ring's txn_bound (the last
  * stable offset; INT64_MAX with no open transaction) when the cursor's abort
  * list is current and returns -1; else returns the ring's txn_aborts (reload
@@ -745,6 +758,7 @@ void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_off
 #define SHM_COUNTER_BLOCKED_WAITS 14  /* overflow=block: reservations that waited on a reader */
 #define SHM_COUNTER_READERS_FREED 15  /* reader slots of dead owners freed */
 #define SHM_COUNTER_COMMITTED     16  /* data bytes with memory behind them (committed_bytes) */
+#define SHM_COUNTER_TXN_BOUND     17  /* 0, or 1 + the last stable offset (txn_bound, acquire) */
 #define SHM_OFFLINE_NONE          0
 #define SHM_OFFLINE_FRAME         1   /* a damaged frame with intact ones after it */
 #define SHM_OFFLINE_GAP           2   /* a hole in the segment chain nobody recorded */

@@ -86,6 +86,8 @@ def snapshot(settings, before: dict, after: dict) -> dict:
                     "overwritten_frames": p.overwritten_frames,
                     "offline": p.offline,
                     "offline_offset": p.offline_offset,
+                    "cleaned_to": p.cleaned_to,
+                    "cleaner_bytes_reclaimed": p.cleaner_bytes_reclaimed,
                 }
             )
         topics.append({"name": name, "persistence": d.config.persistence, "fsync": d.config.fsync, "partitions": parts})
@@ -164,6 +166,14 @@ def sections(snap) -> list[tuple[str, list[str], list[list]]]:
         for q in t["partitions"]
         if q.get("offline")
     ]
+    cleaned = [
+        [t["name"], q["partition"], q["cleaned_to"], common.human_bytes(q["cleaner_bytes_reclaimed"])]
+        for t in snap["topics"]
+        for q in t["partitions"]
+        if q.get("cleaned_to") is not None
+    ]
+    if cleaned:  # compacted topics: the cleaner's progress
+        out.append(("compaction", ["TOPIC", "PART", "CLEANED TO", "RECLAIMED"], cleaned))
     if off:  # quarantined partitions (damaged files): writes refused
         out.append(
             ("OFFLINE partitions (quarantined: damaged segment files)", ["TOPIC", "PART", "FROM OFFSET", "WHY"], off)

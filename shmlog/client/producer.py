@@ -61,7 +61,20 @@ def _as_bytes(v: object, what: str) -> bytes | None:
 class _TopicWriter:
     """Per-topic state of one producer: one send context per partition."""
 
-    __slots__ = ("producer", "handle", "n", "ctxs", "spare", "rings", "sticky", "sticky_left", "batch_limit", "open")
+    __slots__ = (
+        "producer",
+        "handle",
+        "n",
+        "ctxs",
+        "xctxs",
+        "spare",
+        "rings",
+        "sticky",
+        "sticky_left",
+        "batch_limit",
+        "open",
+        "keyed",
+    )
 
     def __init__(self, producer: "Producer", handle: "TopicHandle") -> None:
         self.producer = producer
@@ -71,6 +84,11 @@ class _TopicWriter:
         # a transactional producer's contexts outside the partitions of its open
         # transaction: kept here so sends find none in ctxs and register first
         self.spare: list[Any] = [None] * self.n
+        # a compacted topic refuses records without a key (Kafka's rule): its
+        # writer has no contexts for send()'s keyless express path (xctxs, all
+        # None), so the check costs the other topics nothing
+        self.keyed = handle.config.cleanup_policy != "delete"
+        self.xctxs: list[Any] = [None] * self.n if self.keyed else self.ctxs
         self.rings: list[Any] = [None] * self.n
         self.sticky = random.randrange(self.n)
         self.sticky_left = STICKY_BYTES
@@ -87,6 +105,8 @@ class _TopicWriter:
         if handle.generation == self.handle.generation and more > 0:
             self.ctxs += [None] * more
             self.spare += [None] * more
+            if self.keyed:
+                self.xctxs += [None] * more
             self.rings += [None] * more
             self.open += [None] * more
             self.handle, self.n = handle, handle.partitions
@@ -149,6 +169,13 @@ class _TopicWriter:
                 lib.shm_ring_release_slot(r.base, c.slot)
         self.ctxs = [None] * self.n
         self.spare = [None] * self.n
+        self.xctxs = [None] * self.n if self.keyed else self.ctxs
+
+    def keyless(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"Compacted topic cannot accept message without key: topic {self.handle.name!r} has "
+            f"cleanup_policy={self.handle.config.cleanup_policy!r}; give every record a key"
+        )
 
 
 class _Batch:
@@ -464,7 +491,7 @@ class Producer(ProducerBase):
                     w.sticky_left -= len(value)
                     partition = w.sticky if w.sticky_left >= 0 else w.next_sticky(0)
                 if type(partition) is int and 0 <= partition < w.n:
-                    ctx = w.ctxs[partition]
+                    ctx = w.xctxs[partition]
                     if ctx is not None:
                         rc = lib.shmx_send(ctx, value, len(value))
                         if rc >= 0:
@@ -487,9 +514,13 @@ class Producer(ProducerBase):
             key = _as_bytes(key, "key")
         if partition is None:
             if key is None:
+                if w.keyed:
+                    raise w.keyless()
                 partition = w.next_sticky(len(value) if value is not None else 0)
             else:
                 partition = (lib.shm_murmur2(key, len(key)) & 0x7FFFFFFF) % w.n
+        if key is None and w.keyed:
+            raise w.keyless()
         ctx = self._partition_ctx(w, partition)
         if headers:
             hdr = encode_headers(headers)
@@ -535,6 +566,8 @@ class Producer(ProducerBase):
                 raise errors.InvalidType(f"values must be a list of bytes, not {type(values).__name__}") from None
         if not values:
             return []
+        if w.keyed and (keys is None or any(k is None for k in keys)):
+            raise w.keyless()
         if keys is not None:
             keys = list(keys)
             if len(keys) != len(values):
@@ -586,6 +619,8 @@ class Producer(ProducerBase):
         lengths an int64 sequence (numpy array, array('q')) of value lengths.
         No per-record Python work at all."""
         w = self._writers.get(topic) or self._writer(topic)
+        if w.keyed:
+            raise w.keyless()
         if partition is None:
             partition = w.next_sticky(STICKY_BYTES)
         ctx = self._partition_ctx(w, partition)
@@ -734,6 +769,8 @@ class Producer(ProducerBase):
                 key = _as_bytes(key, "key")
             if partition is None:
                 partition = (lib.shm_murmur2(key, len(key)) & 0x7FFFFFFF) % w.n
+        elif w.keyed:
+            raise w.keyless()
         if partition is None:
             partition = w.sticky
         elif type(partition) is not int or not 0 <= partition < w.n:
@@ -805,7 +842,7 @@ class Producer(ProducerBase):
             self._batch_num,
             min(self._batch_bytes, w.batch_limit),
         )
-        if timestamp is None and partition == w.sticky and self._on_delivery is None:
+        if timestamp is None and partition == w.sticky and self._on_delivery is None and not w.keyed:
             self._express[topic] = b.addr  # (records of the express path have no callback)
         self._nopen += 1
         if self._thread is None:

@@ -17,7 +17,9 @@ return, decode or inflate what it reads (its callers do), or own the read
 buffer (callers share one across partitions).
 """
 
-from .. import errors, liveness
+import os
+
+from .. import errors, liveness, storage
 from .._native import ffi, lib, raise_status
 from ..control import transactions
 
@@ -192,15 +194,21 @@ class PartitionReader:
                     )
                 self.on_disk = False
                 return None
+            plog.bridge(cur)  # the end of a segment before a cleaned one
             seg = plog.segment_for_pos(cur.pos)
             if seg is None or (seg is plog.segments[-1] and cur.pos >= seg.end_pos):
                 plog.refresh()
+                plog.bridge(cur)
                 seg = plog.segment_for_pos(cur.pos)
             if seg is None:
                 self.gone = "retention deleted the segment this consumer was reading"
                 return LAPPED
             try:
                 n = plog.read(seg, cur.pos, buf, cap)
+            except storage.SegmentReplaced:  # the cleaner swapped it: same offsets, other positions
+                if not self._reseek(buf, cap):
+                    return LAPPED
+                continue
             except FileNotFoundError:
                 plog.refresh()
                 continue
@@ -221,6 +229,10 @@ class PartitionReader:
                     return _nothing(out)  # the last segment, being written
                 out.bytes_used = cap * 2
                 return BUFFER_SMALL
+            if rc == lib.SHM_E_CORRUPT and self._replaced(seg):
+                if not self._reseek(buf, cap):
+                    return LAPPED
+                continue
             if rc == lib.SHM_E_CORRUPT:
                 raise errors.CorruptRecord(
                     f"{self.topic!r} partition {self.partition}: damaged frame in {seg.path()} at file "
@@ -233,6 +245,22 @@ class PartitionReader:
             if n:
                 return n
         return _nothing(out)
+
+    def _replaced(self, seg) -> bool:
+        """Was seg swapped for its cleaned copy since it was listed (a read
+        that raced the rename)?"""
+        try:
+            return os.stat(seg.path()).st_ino != seg.ino
+        except FileNotFoundError:
+            return True
+
+    def _reseek(self, buf, cap) -> bool:
+        """After a swap: the segments listed again, the cursor placed by offset
+        (at the record it wanted, or the next one that survived); False when
+        the offset is below the log start now (retention)."""
+        self.plog.refresh()
+        self.gone = "retention deleted the segment this consumer was reading"
+        return self.plog.seek(self.cur.next_offset, buf, cap, self.cur)
 
     def seal(self):
         """A frame stayed uncommitted past the unblock timeout: seal it if its

@@ -51,6 +51,10 @@ class PartitionInfo(msgspec.Struct, frozen=True):
     blocked_ms: float = 0.0  # overflow="block": time producers waited on a consumer
     blocked_waits: int = 0  # overflow="block": writes that had to wait on a consumer
     resident_bytes: int = 0  # shared memory the ring holds: header + data its first lap reached
+    cleaned_to: int | None = None  # compacted topics: offsets below this were compacted by the last cleaner pass
+    cleaner_passes: int = 0
+    cleaner_bytes_reclaimed: int = 0  # segment bytes the cleaner removed, all passes
+    cleaner_records_dropped: int = 0
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -827,10 +831,16 @@ class ControlPlane:
     def describe_topic(self, name: str) -> TopicDescription:
         h = self.topic_handle(name)
         parts = []
+        compacted = h.config.cleanup_policy != "delete"
         for p in range(h.partitions):
             r = self.ring(h, p, writable=False)
             _, end, hp, tp = r.ends()
             start = self.describe_start(h, p)
+            cp = (
+                storage.read_checkpoint(storage.partition_dir(self.settings.data_dir, h.name, p, h.topic_id))
+                if compacted
+                else None
+            ) or {}
             persisted_lag = fsynced_lag = 0
             if h.config.persistence == "disk":
                 persisted_lag = max(tp - lib.shm_ring_counter(r.base, lib.SHM_COUNTER_PERSISTED), 0)
@@ -856,6 +866,10 @@ class ControlPlane:
                     lib.shm_ring_counter(r.base, lib.SHM_COUNTER_BLOCKED_NS) / 1e6,
                     lib.shm_ring_counter(r.base, lib.SHM_COUNTER_BLOCKED_WAITS),
                     lib.SHM_RING_HEADER_BYTES + lib.shm_ring_counter(r.base, lib.SHM_COUNTER_COMMITTED),
+                    cp.get("cleaned_to"),
+                    cp.get("passes", 0),
+                    cp.get("bytes_reclaimed", 0),
+                    cp.get("records_dropped", 0),
                 )
             )
         return TopicDescription(name, h.generation, h.config, parts)

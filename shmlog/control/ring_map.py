@@ -97,6 +97,11 @@ class Ring:
         lib.shm_ring_ends(self.base, v, v + 1, p, p + 1)
         return v[0], v[1], p[0], p[1]
 
+    def txn_bound(self) -> int:
+        """0 when no open transaction holds the partition, else 1 + its last
+        stable offset (what the cleaner must not reach)."""
+        return lib.shm_ring_counter(self.base, lib.SHM_COUNTER_TXN_BOUND)
+
     def deleted(self) -> bool:
         return bool(lib.shm_ring_counter(self.base, lib.SHM_COUNTER_DELETED))
 

@@ -329,7 +329,7 @@ class Coordinator:
     def last_stable_offset(self, topic: str, partition: int) -> int:
         h = self.plane.topic_handle(topic)
         ring = self.plane.ring(h, partition, writable=False)
-        bound = lib.shmx_ring_txn_bound(ring.base)
+        bound = ring.txn_bound()
         return bound - 1 if bound else ring.ends()[1]
 
 

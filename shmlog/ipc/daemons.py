@@ -7,7 +7,8 @@ detached supervisor unless one answers, and wait for it through its status
 pipe) and `down` (ask it to stop over the admin socket, wait for its exit,
 optionally purge the instance's shared memory); the persister's lock
 (persister.lock: held by the running persister, holding its pid), starting
-one and stopping one by SIGTERM. The supervisor, `shmlog.connect()` and the
+one and stopping one by SIGTERM; starting the cleaner (the persister's
+child, cleaner.lock). The supervisor, `shmlog.connect()` and the
 CLI all start and stop daemons through here (one copy).
 Must never: import the daemons themselves (they are started as processes,
 `python -m shmlog.service.<daemon>`), or decide by reading a daemon's log
@@ -28,6 +29,7 @@ from .progress import read_recovery_progress
 
 SUPERVISOR_MODULE = "shmlog.service.supervisor"
 PERSISTER_MODULE = "shmlog.service.persister"
+CLEANER_MODULE = "shmlog.service.cleaner"
 
 
 # ------------------------------------------------------------ the supervisor
@@ -270,3 +272,24 @@ def stop_persister(settings: config.Settings, timeout: float = 30.0) -> bool:
             raise errors.Timeout(f"the persister (pid {pid}) did not stop within {timeout} s")
         time.sleep(0.005)
     return True
+
+
+# ------------------------------------------------------------ the cleaner (the persister's child)
+
+
+def cleaner_lock_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "cleaner.lock")
+
+
+def start_cleaner(settings: config.Settings) -> launch.Started:
+    """Starts the instance's log cleaner (service/cleaner.py) as a child of this
+    process (the persister, which watches it and starts it again when it dies).
+    Not waited for: the cleaner has no client waiting on it."""
+    d = os.path.abspath(settings.data_dir)
+    return launch.start(
+        "the cleaner",
+        CLEANER_MODULE,
+        ["--instance", settings.instance, "--data-dir", d, "--shm-prefix", settings.shm_prefix],
+        os.path.join(d, "cleaner.log"),
+        detach=False,
+    )

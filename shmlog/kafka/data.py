@@ -311,6 +311,15 @@ class DataPath:
                 "Kafka's record format (lengths, offset deltas 0..n-1, timestamps, headers)",
                 bad_record=bad if bad < count else None,
             )
+        if h.config.cleanup_policy != "delete":  # compacted: every record needs a key (Kafka's LogValidator)
+            keyless = lib.shm_records_first_keyless(ffi.from_buffer(records), len(records), count)
+            if keyless >= 0:
+                raise ProduceError(
+                    codes.INVALID_RECORD,
+                    f"Compacted topic cannot accept message without key in topic partition {h.name}: "
+                    f"record {keyless} of the batch has a null key (cleanup_policy={h.config.cleanup_policy!r})",
+                    bad_record=keyless,
+                )
         if attr & _LOG_APPEND_TIME or max_ts == _be(view, lib.SHM_RB_MAX_TIMESTAMP, 8):
             return batch
         if not codec:
@@ -429,7 +438,7 @@ class DataPath:
         transactions [(producer id, first, last, max epoch)]), the index
         reloaded only when the coordinator added to it (its count in the ring)."""
         ring = self.ring(h, partition)
-        bound = lib.shmx_ring_txn_bound(ring.base)
+        bound = ring.txn_bound()
         lso = bound - 1 if bound else ring.ends()[1]
         seen = ffi.cast("struct shm_ring_header *", ring.base).txn_aborts
         key = (h.generation, partition)

@@ -129,6 +129,16 @@ class InstanceCollector:
                 'overflow="block": time producers waited on a consumer that is behind',
                 labels=P,
             ),
+            "cleaned": GaugeMetricFamily(
+                "shmlog_partition_cleaned_offset",
+                "Compacted topics: offsets below this were compacted by the cleaner's last pass",
+                labels=P,
+            ),
+            "reclaimed": CounterMetricFamily(
+                "shmlog_partition_cleaner_reclaimed_bytes",
+                "Compacted topics: segment bytes the cleaner removed",
+                labels=P,
+            ),
             "offline": GaugeMetricFamily(
                 "shmlog_partition_offline",
                 "1: quarantined at restore (damaged segment files, writes refused; the "
@@ -161,6 +171,9 @@ class InstanceCollector:
             if d.config.overflow == "block":
                 fam["blocked"].add_metric(lv, p.blocked_ms / 1000)
             fam["offline"].add_metric(lv, 1 if p.offline else 0)
+            if p.cleaned_to is not None:
+                fam["cleaned"].add_metric(lv, p.cleaned_to)
+                fam["reclaimed"].add_metric(lv, p.cleaner_bytes_reclaimed)
         yield from fam.values()
         yield from self._collect_groups()
         yield from self._collect_processes()

@@ -4,7 +4,9 @@ Owns: one loop per instance (guarded by an flock on <data_dir>/persister.lock):
 copy each durable ring's committed prefix to its active segment (the ring
 bytes, unchanged), publish persisted_pos, fsync by the topic's policy (and
 at once when a durable flush waits) and publish fsynced_pos, roll segments,
-enforce retention. It sleeps on the rings' persist futex until a producer
+enforce retention (cleanup_policy "delete" or "compact,delete"), and keep
+the log cleaner (service/cleaner.py) running as its child while a topic is
+compacted. It sleeps on the rings' persist futex until a producer
 needs room, a flush waits, or an fsync interval is due; it never busy-loops.
 Must never: publish a position it has not written (persisted) or fsynced
 (fsynced), or write a frame that is not complete.
@@ -247,6 +249,7 @@ class Persister:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self.offsets_seq = None  # commit_seq of the last offsets snapshot
         self.offline = set()  # (generation, partition) of quarantined rings, logged once
+        self.cleaner = None  # launch.Started of our cleaner child while one runs
 
     def sync_topics(self):
         epoch = lib.shmx_ctl_epoch(self.plane._ctl.base)
@@ -302,8 +305,47 @@ class Persister:
             self.last_retention = now
             for part in self.parts.values():
                 cfg = part.handle.config
-                part.writer.enforce_retention(cfg.retention_ms, cfg.retention_bytes)
+                policy = config.CLEANUP_POLICIES[cfg.cleanup_policy]
+                if policy & lib.SHM_CLEANUP_DELETE:  # "compact" alone: the cleaner's, never deleted
+                    part.writer.enforce_retention(
+                        cfg.retention_ms, cfg.retention_bytes, compacted=bool(policy & lib.SHM_CLEANUP_COMPACT)
+                    )
         return written
+
+    # ------------------------------------------------------------ the cleaner, our child
+
+    def ensure_cleaner(self):
+        """The cleaner (service/cleaner.py) runs while a compacted topic is
+        persisted here: started, and started again (at most once a second,
+        the housekeeping tick) when it died."""
+        if self.cleaner is not None and self.cleaner.proc.poll() is None:
+            return
+        if self.cleaner is not None:
+            logger.warning("the cleaner (pid %d) exited with %s", self.cleaner.proc.pid, self.cleaner.proc.returncode)
+            self.cleaner.close()
+            self.cleaner = None
+        wanted = any(
+            config.CLEANUP_POLICIES[p.handle.config.cleanup_policy] & lib.SHM_CLEANUP_COMPACT
+            for p in self.parts.values()
+        )
+        if wanted and not self.stopping:
+            try:
+                self.cleaner = daemons.start_cleaner(self.plane.settings)
+            except (OSError, errors.ShmlogError) as e:
+                logger.error("cannot start the cleaner: %s", e)
+
+    def stop_cleaner(self):
+        c, self.cleaner = self.cleaner, None
+        if c is None:
+            return
+        if c.proc.poll() is None:
+            c.proc.terminate()
+            try:
+                c.proc.wait(30)
+            except Exception:
+                c.proc.kill()
+                c.proc.wait(5)
+        c.close()
 
     def wait(self):
         timeout = IDLE_WAIT_S
@@ -339,6 +381,7 @@ class Persister:
                     break
                 liveness.sweep_dead(self.plane.token_prefix)
                 self.snapshot_offsets()
+                self.ensure_cleaner()
         self.shutdown()
 
     def snapshot_offsets(self):
@@ -350,6 +393,7 @@ class Persister:
 
     def shutdown(self):
         """Everything committed is written and fsynced before we go."""
+        self.stop_cleaner()
         self.pool.shutdown(wait=True)
         if not self.orphaned():
             self.sync_topics()  # a stop that came before the first pass still persists

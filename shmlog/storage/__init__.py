@@ -8,6 +8,7 @@ through it. It knows nothing of topics' configuration, groups or clients.
     segment.py   reading: SegmentFile, PartitionLog, the frame scan
     writer.py    appending, rolling, fsync, retention (the persister's)
     recovery.py  crash recovery, quarantine of damaged files, `shmlog check`
+    compact.py   log compaction of closed segments (the cleaner's)
 
 The names below are the package's interface; the modules' other names are
 their own.
@@ -25,7 +26,8 @@ from .layout import (
     write_atomically,
 )
 from .recovery import Damage, RecoveryReport, check_partition, describe_offline, recover_partition
-from .segment import INDEX_EVERY, INDEX_PAIR, CorruptSegment, PartitionLog, SegmentFile, SegmentGap
+from .compact import read_checkpoint
+from .segment import INDEX_EVERY, INDEX_PAIR, CorruptSegment, PartitionLog, SegmentFile, SegmentGap, SegmentReplaced
 from .writer import PartitionWriter
 
 __all__ = [
@@ -49,5 +51,7 @@ __all__ = [
     "PartitionLog",
     "SegmentFile",
     "SegmentGap",
+    "SegmentReplaced",
     "PartitionWriter",
+    "read_checkpoint",
 ]

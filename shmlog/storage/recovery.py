@@ -7,7 +7,9 @@ T the largest timestamp of the segment's records below offset, monotonic;
 + .lost after a loss the persister recorded), appending runs of frames
 (persister only), rolling, recovery (the chain of segments, their indexes,
 the last segment's tail), retention by size and by a segment's largest
-timestamp, positioned reads, time lookups and the offline check.
+timestamp, positioned reads, time lookups and the offline check; the
+partition's cleaner lock and finishing a compaction swap a crash interrupted
+(storage/compact.py's essay: its .cleaned files discarded, indexes rebuilt).
 Must never: re-encode a frame (the file bytes are the ring bytes), trust an
 index row it has not checked against the frame it names, or skip corruption
 silently: a torn tail is truncated and reported, a bad frame followed by
@@ -57,8 +59,10 @@ a segment's base position is read from its first frame, and file position =
 position - segment base position.
 """
 
+import fcntl
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -75,11 +79,14 @@ from .segment import (
     SegmentFile,
     SegmentGap,
     scan_frames,
+    continues,
     segment_base,
     segment_end,
 )
 
 logger = logging.getLogger("shmlog.storage")
+
+CLEANED = ".cleaned"  # suffix of a cleaned segment's files before its swap (storage/compact.py)
 
 # ------------------------------------------------------------ recovery
 
@@ -196,10 +203,7 @@ def _recover_rolled(s: SegmentFile, nxt: SegmentFile, repair: bool):
             out.end_offset,
             followed=False,
         )
-    if (out.end_pos != nxt.base_pos or out.end_offset != nxt.base_offset) and nxt.lost() != (
-        out.end_pos,
-        out.end_offset,
-    ):
+    if not continues(out.end_pos, out.end_offset, nxt) and nxt.lost() != (out.end_pos, out.end_offset):
         raise SegmentGap(s, nxt, out.end_offset)
     t = s.rows("timeindex")
     complete = len(t) and t[-1, 0] == out.max_timestamp and t[-1, 1] == out.end_offset
@@ -224,6 +228,8 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
     one. Nothing of a damaged segment is written (neither its log nor its
     indexes); the caller takes the partition offline (see control/plane.py)."""
     rep = RecoveryReport(path)
+    if repair and os.path.isdir(path):
+        _finish_cleaning(path)
     plog = PartitionLog(path)
     segs = plog.segments
     while segs and segs[-1].size == 0 and len(segs) > 1:  # empty trailing segment
@@ -274,6 +280,20 @@ def recover_partition(path: str, repair: bool = True, quarantine: bool = False) 
     return rep
 
 
+def _finish_cleaning(path: str):
+    """A cleaning a crash interrupted (storage/compact.py, the swap): its files
+    discarded, the indexes concerned rebuilt, under the cleaner lock (a live
+    cleaner finishes its swap first; one stopped holding it is waited for 10 s,
+    then the leftovers stay for it: readers ignore them)."""
+    if not any(is_cleaned_name(n) for n in os.listdir(path)):
+        return
+    with Lock(path) as lock:
+        if lock.acquire(timeout=10.0):
+            finish_interrupted(path)
+        else:
+            logger.warning("%s: a cleaner holds the partition; its leftovers stay for it", path)
+
+
 def describe_offline(path: str, kind: int, pos: int, offset: int) -> str:
     """The message of a quarantined partition (its ring's offline fields):
     the file and file position of the damage, read from the directory now."""
@@ -311,6 +331,68 @@ def rebuild_indexes(s: SegmentFile):
     """Both index files of s anew from its frames (`shmlog check --repair`)."""
     out, rows, start = segment_end(s, rebuild=True)
     _write_indexes(s, start, rows, out)
+
+
+# ------------------------------------------------------------ the cleaner's lock, interrupted swaps (compact.py)
+
+
+class Lock:
+    """The partition's cleaner lock: flock on its directory. Held by a swap, by
+    retention of a compacted topic and by recovery's handling of leftovers."""
+
+    def __init__(self, path: str):
+        self.fd: int | None = safefile.open_dir(path, fsyncable=True)
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        assert self.fd is not None, "the lock was closed"
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.005)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def is_cleaned_name(name: str) -> bool:
+    return name.endswith(CLEANED)
+
+
+def finish_interrupted(path: str, dfd: int | None = None) -> list[int]:
+    """Discards the files of a swap a crash interrupted (the essay, steps 1-4)
+    and rebuilds the indexes of the segments concerned from their .log; the
+    caller holds the lock. Returns their base offsets."""
+    bases = set()
+    for n in os.listdir(path):
+        if is_cleaned_name(n):
+            bases.add(int(n[:20]) if n[:20].isdigit() else -1)
+            try:
+                os.unlink(os.path.join(path, n))
+            except FileNotFoundError:
+                pass
+    bases.discard(-1)
+    if not bases:
+        return []
+    plog = PartitionLog(path)
+    for s in plog.segments:
+        if s.base_offset in bases:
+            rebuild_indexes(s)
+    safefile.fsync_dir(path)
+    logger.warning("%s: discarded an interrupted cleaning of segments %s (indexes rebuilt)", path, sorted(bases))
+    return sorted(bases)
 
 
 # ------------------------------------------------------------ offline check
@@ -386,7 +468,7 @@ def check_partition(path: str, repair: bool = False) -> tuple[list[str], list[st
     prev = None
     segs = plog.segments
     for i, s in enumerate(segs):
-        if prev is not None and (prev[1] != s.base_pos or prev[2] != s.base_offset):
+        if prev is not None and not continues(prev[1], prev[2], s):
             problems.append(str(SegmentGap(prev[0], s, prev[2])))
         chk = _IndexCheck(s)
         out, _, size = scan_frames(s.path(), s.base_pos, 0, s.base_offset, 1, on_rows=chk.frames)

@@ -9,7 +9,9 @@ checked against the frame it names.
 
 A frame names its own position (commit word = position ^ SHM_COMMIT_XOR), so
 a segment's base position is read from its first frame, and file position =
-position - segment base position.
+position - segment base position. The chain: each segment starts at the
+offset the one before it ends at, and at the same position or (a cleaned
+segment: storage/compact.py, invariant C1) a higher one (continues()).
 """
 
 import bisect
@@ -30,6 +32,7 @@ INDEX_EVERY = 4096  # one index row per this many bytes of log
 SEGMENT_FILES = ("log", "index", "timeindex", "lost")  # .lost: a loss the persister recorded (see writer.roll)
 CHUNK = 8 << 20  # bytes read at a time
 INDEX_PAIR = struct.Struct("<qq")
+CHECKPOINT = "cleaner.checkpoint"  # a compacted partition's cleaner progress (storage/compact.py)
 XOR = lib.SHM_COMMIT_XOR
 
 
@@ -71,11 +74,27 @@ class SegmentGap(errors.CorruptRecord):
         )
 
 
-class SegmentFile:
-    __slots__ = ("dir", "base_offset", "base_pos", "size", "mtime")
+class SegmentReplaced(FileNotFoundError):
+    """The file under a segment's name is not the one listed (the cleaner
+    swapped in a cleaned copy): its positions mean other frames now. A reader
+    lists the segments again and seeks by offset."""
 
-    def __init__(self, d, base_offset, base_pos, size, mtime):
+
+def continues(end_pos: int, end_offset: int, nxt) -> bool:
+    """Does segment nxt continue a log that ends at (end_pos, end_offset)? Offsets
+    contiguous and its start at or above end_pos: a cleaned segment is
+    end-aligned, so it starts above where the one before it ends; with the
+    offsets contiguous nothing is missing (every rolled segment holds an
+    offset, so a lost file or lost frames always break the offset chain)."""
+    return end_offset == nxt.base_offset and nxt.base_pos >= end_pos
+
+
+class SegmentFile:
+    __slots__ = ("dir", "base_offset", "base_pos", "size", "mtime", "ino")
+
+    def __init__(self, d, base_offset, base_pos, size, mtime, ino=0):
         self.dir, self.base_offset, self.base_pos, self.size, self.mtime = d, base_offset, base_pos, size, mtime
+        self.ino = ino  # 0: not known (a segment the writer made)
 
     def path(self, ext="log"):
         return os.path.join(self.dir, f"{self.base_offset:020d}.{ext}")
@@ -177,7 +196,11 @@ class PartitionLog:
             names = []
         for n in names:
             if segment_base(n) is None:
-                if not n.endswith((".index", ".timeindex", ".lost")) and n != PARTITION_METADATA and ".tmp." not in n:
+                quiet = n.endswith((".index", ".timeindex", ".lost", ".cleaned")) or n in (
+                    PARTITION_METADATA,
+                    CHECKPOINT,
+                )
+                if not quiet and ".tmp." not in n:
                     logger.warning("%s: not a segment file; ignored", os.path.join(self.dir, n))
                 continue
             p = os.path.join(self.dir, n)
@@ -191,7 +214,7 @@ class PartitionLog:
                 base_pos = int(idx[0, 1]) if len(idx) else None
             if base_pos is None:
                 continue
-            segs.append(SegmentFile(self.dir, int(n[:20]), base_pos, st.st_size, st.st_mtime))
+            segs.append(SegmentFile(self.dir, int(n[:20]), base_pos, st.st_size, st.st_mtime, st.st_ino))
         segs.sort(key=lambda s: s.base_offset)
         self.segments = segs
 
@@ -212,6 +235,19 @@ class PartitionLog:
             raise SegmentGap(s, self.segments[i + 1])
         return s
 
+    def bridge(self, cur) -> bool:
+        """A cursor at the end of a segment whose successor starts higher with the
+        offset the cursor expects (a cleaned, end-aligned segment: continues())
+        moves to that segment's start. True when it moved."""
+        segs = self.segments
+        i = bisect.bisect_right([s.base_pos for s in segs], cur.pos) - 1
+        if 0 <= i < len(segs) - 1:
+            s, nxt = segs[i], segs[i + 1]
+            if s.end_pos <= cur.pos < nxt.base_pos and cur.expect_base == nxt.base_offset:
+                cur.pos = nxt.base_pos
+                return True
+        return False
+
     def segment_for_offset(self, offset: int):
         i = bisect.bisect_right([s.base_offset for s in self.segments], offset) - 1
         return self.segments[i] if i >= 0 else None
@@ -220,6 +256,8 @@ class PartitionLog:
         """preads up to nbytes of seg from position pos into the cffi buffer buf."""
         fd = os.open(seg.path(), os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if seg.ino and os.fstat(fd).st_ino != seg.ino:
+                raise SegmentReplaced(seg.path())
             n = os.preadv(fd, [ffi.buffer(buf, nbytes)], pos - seg.base_pos)
         finally:
             os.close(fd)
@@ -291,6 +329,7 @@ class PartitionLog:
                     f"{cur.pos - seg.base_pos} while seeking offset {offset}"
                 )
             if cur.pos >= seg.end_pos:  # offset is past this segment
+                self.bridge(cur)
                 nxt = self.segment_for_pos(cur.pos)
                 if nxt is None or nxt is seg:
                     cur.next_offset = offset

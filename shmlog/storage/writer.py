@@ -17,6 +17,7 @@ import numpy as np
 from .. import safefile
 from .._native import ffi, lib
 from .layout import check_partition_metadata, write_atomically
+from .recovery import Lock
 from .segment import INDEX_EVERY, INDEX_PAIR, SEGMENT_FILES, PartitionLog, SegmentFile
 
 logger = logging.getLogger("shmlog.storage")
@@ -195,10 +196,27 @@ class PartitionWriter:
 
     # ------------------------------------------------------------ retention
 
-    def enforce_retention(self, retention_ms, retention_bytes) -> int:
+    def enforce_retention(self, retention_ms, retention_bytes, compacted: bool = False) -> int:
         """Deletes whole non-active segments past the limits; returns how many.
         By time, a segment goes once its largest record timestamp (its final
-        time-index row, as Kafka's largestTimestamp) is older than retention_ms."""
+        time-index row, as Kafka's largestTimestamp) is older than retention_ms.
+        compacted ("compact,delete"): the cleaner rewrites rolled segments, so
+        their sizes and times are read again, and deletion holds the cleaner's
+        lock (skipped this round when a swap holds it): a segment deleted here
+        is never brought back by a swap that was under way."""
+        if not compacted:
+            return self._retention(retention_ms, retention_bytes)
+        with Lock(self.plog.dir) as lock:
+            if not lock.acquire(timeout=0):
+                return 0
+            fresh = {s.base_offset: s for s in PartitionLog(self.plog.dir).segments}
+            for s in self.plog.segments[:-1]:
+                f = fresh.get(s.base_offset)
+                if f is not None:
+                    s.base_pos, s.size, s.mtime, s.ino = f.base_pos, f.size, f.mtime, f.ino
+            return self._retention(retention_ms, retention_bytes)
+
+    def _retention(self, retention_ms, retention_bytes) -> int:
         segs = self.plog.segments
         total = sum(s.size for s in segs)
         now = time.time()

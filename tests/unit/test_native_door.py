@@ -30,6 +30,7 @@ ALLOWED = frozenset(
         "storage/segment.py",
         "storage/writer.py",
         "storage/recovery.py",
+        "storage/compact.py",
         # the control plane's shared-memory modules
         "control/plane.py",
         "control/ring_map.py",
