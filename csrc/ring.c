@@ -560,6 +560,13 @@ int shm_ring_set_overflow(void *base, uint32_t overflow)
     return SHM_OK;
 }
 
+void shm_ring_set_txn_bound(void *base, uint64_t bound)
+{
+    /* release: the transaction state that decided the bound (its markers written, its
+     * records committed) is visible to a reader that acquires the new bound */
+    shm_store_release(&HDR(base)->txn_bound, bound);
+}
+
 /* ------------------------------------------------------------ wake-ups */
 
 /* After a commit (or a seal): wake announced waiters. The caller's commit
@@ -1009,6 +1016,7 @@ uint64_t shm_ring_counter(const void *base, int which)
     case SHM_COUNTER_BLOCKED_WAITS: return shm_load_relaxed(&h->blocked_waits);
     case SHM_COUNTER_READERS_FREED: return shm_load_relaxed(&h->readers_freed);
     case SHM_COUNTER_COMMITTED: return shm_load_relaxed(&h->committed_bytes);
+    case SHM_COUNTER_TXN_BOUND: return shm_load_acquire(&h->txn_bound);  /* pairs with shm_ring_set_txn_bound */
     }
     return 0;
 }

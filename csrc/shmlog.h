@@ -666,6 +666,9 @@ int      shm_ring_seal_stuck(const struct shm_ring *r, uint64_t pos, const char 
 int      shm_ring_seal_dead(const struct shm_ring *r, const char *token_prefix, int free_slots);
 int      shm_ring_set_max_frame_bytes(void *base, uint32_t max_frame_bytes);
 int      shm_ring_set_overflow(void *base, uint32_t overflow);
+/* the transaction coordinator's bound (txn_bound: 0 = no open transaction, else 1 + the
+ * lowest offset an open transaction may have written), one release store */
+void     shm_ring_set_txn_bound(void *base, uint64_t bound);
 /* reader slots (overflow=block): hdr is a WRITABLE mapping of the ring's header */
 int      shm_reader_claim(void *hdr, uint32_t pid, uint64_t start_time, const char *token_prefix,
                           struct shm_cursor *cur);
@@ -691,6 +694,7 @@ void     shm_ring_ends(const void *base, int64_t *head_offset, int64_t *tail_off
 #define SHM_COUNTER_BLOCKED_WAITS 14  /* overflow=block: reservations that waited on a reader */
 #define SHM_COUNTER_READERS_FREED 15  /* reader slots of dead owners freed */
 #define SHM_COUNTER_COMMITTED     16  /* data bytes with memory behind them (committed_bytes) */
+#define SHM_COUNTER_TXN_BOUND     17  /* txn_bound: 0, or 1 + the last stable offset (acquire) */
 #define SHM_OFFLINE_NONE          0
 #define SHM_OFFLINE_FRAME         1   /* a damaged frame with intact ones after it */
 #define SHM_OFFLINE_GAP           2   /* a hole in the segment chain nobody recorded */

@@ -314,6 +314,9 @@ def _minimal(key, version):
         42: {"GroupsNames": ["nobody-group"]},
         47: {"GroupId": "avg", "Topics": [{"Name": "av", "Partitions": [{"PartitionIndex": 0}]}]},
         60: {"IncludeClusterAuthorizedOperations": False, "EndpointType": 1, "IncludeFencedBrokers": False},
+        32: {"Resources": [{"ResourceType": 2, "ResourceName": "av", "ConfigurationKeys": None}]},
+        33: {"Resources": [{"ResourceType": 2, "ResourceName": "av", "Configs": []}], "ValidateOnly": True},
+        44: {"Resources": [{"ResourceType": 2, "ResourceName": "av", "Configs": []}], "ValidateOnly": True},
     }
     return bodies[key]
 
