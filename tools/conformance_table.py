@@ -32,6 +32,7 @@ FEATURES = (
     "groups static",
     "commits",
     "admin",
+    "configs",
     "codecs",
     "transactions",
 )

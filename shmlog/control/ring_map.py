@@ -3,7 +3,7 @@
 Owns: mapping a ring (data writable for producers, read-only plus a
 writable header for consumers), validating its geometry once at open
 (shm_ring_open), and the header reads every layer asks for: ends, deleted,
-offline (quarantine).
+offline (quarantine), the last stable offset (txn_bound).
 Must never: index into the ring from Python (the C core does, through the
 handle `h` validated here), or keep a mapping after close.
 """
@@ -111,6 +111,14 @@ class Ring:
             lib.shm_ring_counter(self.base, lib.SHM_COUNTER_PERSISTED),
             lib.shm_ring_counter(self.base, lib.SHM_COUNTER_FSYNCED),
         )
+
+    def last_stable_offset(self, end: int) -> int:
+        """Kafka's last stable offset given the partition's end offset (high
+        watermark): end when no open transaction holds the partition (txn_bound
+        0), else the first offset an open transaction may have written
+        (txn_bound - 1), never past end."""
+        bound = lib.shm_ring_counter(self.base, lib.SHM_COUNTER_TXN_BOUND)
+        return end if bound == 0 else min(int(bound) - 1, end)
 
     def seal_dead(self, token_prefix_c, free_slots: bool) -> int:
         """Seals the writes that dead producers left reserved (writable handle);

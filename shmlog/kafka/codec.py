@@ -274,6 +274,13 @@ def strip_comments(text: str) -> str:
     return "".join(out)
 
 
+# Versions a copied definition no longer lists but still describes field by field: Kafka 4.0
+# dropped DescribeConfigs v0 (KIP-896) and its file says "1-4", yet every field keeps its v0
+# range ("IsDefault" is "versions": "0"); Kafka 3.x's copy of the same file says "0-4".
+# aiokafka's admin client still has v0. The files stay byte for byte; the range is widened here.
+VALID_VERSIONS = {"DescribeConfigsRequest": "0-4", "DescribeConfigsResponse": "0-4"}
+
+
 class Message:
     """One message definition (for example ProduceRequest): encode/decode at any valid version."""
 
@@ -281,7 +288,7 @@ class Message:
         self.d = load_definition(name)
         self.name = name
         self.api_key = self.d.get("apiKey")
-        self.valid = parse_versions(self.d["validVersions"])
+        self.valid = parse_versions(VALID_VERSIONS.get(name, self.d["validVersions"]))
         self.flexible = parse_versions(self.d.get("flexibleVersions", "none"))
         self.common = {s["name"]: s for s in self.d.get("commonStructs", [])}
         self._programs: dict[int, Any] = {}
@@ -433,6 +440,9 @@ API_NAMES = (
     "DeleteGroups",
     "OffsetDelete",
     "DescribeCluster",
+    "DescribeConfigs",
+    "AlterConfigs",
+    "IncrementalAlterConfigs",
 )
 
 

@@ -4,7 +4,8 @@ Owns: Metadata (this node the only broker and controller, every partition
 led by it at a constant epoch), Produce (one RecordBatch v2 per partition,
 stored through data.py; acks=0 answered by nothing), Fetch (a long poll over
 stored batches), ListOffsets, OffsetForLeaderEpoch,
-CreateTopics / DeleteTopics and optional auto-creation. Each handler takes a
+CreateTopics (its configs mapped by configs.py) / DeleteTopics and optional
+auto-creation. Each handler takes a
 decoded request dict and returns the response dict. Must never: encode bytes
 (codec.py does) or touch shared memory except through data.py and the Log.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from .. import config, errors
 from . import codes
+from .configs import ConfigError
 from .data import LEADER_EPOCH, DataPath, FetchCursor, ProduceError, batch_bytes, committed_only
 
 logger = logging.getLogger("shmlog.kafka")
@@ -23,30 +25,11 @@ logger = logging.getLogger("shmlog.kafka")
 NODE_ID = 0
 FETCH_MAX_BYTES = 55 << 20  # Kafka's broker fetch.max.bytes default: no response holds more records
 HELD_POLL_S = 0.005  # a read_committed long poll held by an open transaction looks again this often
-MAX_MESSAGE_BYTES = 1048588  # Kafka's max.message.bytes default: the largest batch a topic it creates takes
 # Metadata v8+ authorized operations: Kafka without an authorizer answers every operation the
 # resource type supports (AclOperation codes as bits: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
 # DESCRIBE 8, CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12)
 TOPIC_OPERATIONS = sum(1 << op for op in (3, 4, 5, 6, 7, 8, 10, 11))
 CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
-# Kafka topic configs CreateTopics may carry -> shmlog create_topic arguments
-TOPIC_CONFIGS = {
-    "retention.ms": ("retention_ms", int),
-    "retention.bytes": ("retention_bytes", int),
-    "segment.bytes": ("segment_bytes", int),
-    "segment.ms": ("segment_ms", int),
-    "max.message.bytes": ("max_message_bytes", int),
-    "shmlog.ring.bytes": ("ring_bytes", int),
-    "shmlog.persistence": ("persistence", str),
-    "shmlog.fsync": ("fsync", str),
-}
-
-
-def _config_value(kind, v):
-    if kind is int:
-        n = int(v)
-        return None if n < 0 else n  # Kafka's -1: unlimited
-    return v
 
 
 class Handlers:
@@ -125,39 +108,31 @@ class Handlers:
     # ------------------------------------------------------------ topics
 
     def _create(self, name, partitions, configs, validate_only=False):
-        """(error code, handle or None, message)"""
-        kwargs = dict(self.topic_defaults)
-        for k, v in configs.items():
-            spec = TOPIC_CONFIGS.get(k)
-            if spec is None:
-                continue  # Kafka configs shmlog has no use for
-            try:
-                kwargs[spec[0]] = _config_value(spec[1], v)
-            except (TypeError, ValueError):
-                return codes.INVALID_CONFIG, None, f"config {k}={v!r} is not valid"
-        # Kafka's max.message.bytes (its default unless set), at most what the ring holds
-        ring = kwargs.get("ring_bytes") or config.DEFAULT_RING_BYTES
-        mmb = kwargs.get("max_message_bytes")
-        if isinstance(ring, int) and (mmb is None or isinstance(mmb, int)):
-            kwargs["max_message_bytes"] = min(MAX_MESSAGE_BYTES if mmb is None else mmb, config.max_message_cap(ring))
+        """(error code, handle or None, message, TopicConfig or None). The configs are
+        Kafka's (configs.py maps them); the listener's topic defaults fill the rest."""
         if not _valid_name(name):
-            return codes.INVALID_TOPIC_EXCEPTION, None, f"invalid topic name {name!r}"
+            return codes.INVALID_TOPIC_EXCEPTION, None, f"invalid topic name {name!r}", None
         if partitions <= 0:
-            return codes.INVALID_PARTITIONS, None, "the number of partitions must be > 0"
+            return codes.INVALID_PARTITIONS, None, "the number of partitions must be > 0", None
+        try:
+            cfg = self.listener.configs.create_config(partitions, configs)
+        except ConfigError as e:
+            return e.code, None, str(e), None
         if validate_only:
             if self.data.handle(name) is not None:
-                return codes.TOPIC_ALREADY_EXISTS, None, f"topic {name!r} already exists"
-            return codes.NONE, None, None
+                return codes.TOPIC_ALREADY_EXISTS, None, f"topic {name!r} already exists", None
+            return codes.NONE, None, None, cfg
         try:
-            self.log.create_topic(name, partitions=partitions, **kwargs)
+            self.log.create_topic(name, partitions=partitions, **self.listener.configs.create_kwargs(cfg))
         except errors.TopicExists:
-            return codes.TOPIC_ALREADY_EXISTS, None, f"topic {name!r} already exists"
+            return codes.TOPIC_ALREADY_EXISTS, None, f"topic {name!r} already exists", None
         except (errors.InvalidArgument, errors.InvalidType) as e:
-            return codes.INVALID_CONFIG, None, str(e)
+            return codes.INVALID_CONFIG, None, str(e), None
         except errors.ShmlogError as e:
-            return codes.UNKNOWN_SERVER_ERROR, None, str(e)
+            return codes.UNKNOWN_SERVER_ERROR, None, str(e), None
         logger.info("created topic %r (%d partitions)", name, partitions)
-        return codes.NONE, self.data.handle(name), None
+        h = self.data.handle(name)
+        return codes.NONE, h, None, (h.config if h is not None else cfg)
 
     async def create_topics(self, conn, req, version):
         out = []
@@ -171,12 +146,20 @@ class Handlers:
                 if code:
                     out.append({"Name": t["Name"], "ErrorCode": code, "ErrorMessage": msg})
                     continue
+            cfg = None
             if rf not in (-1, 1):
                 code, msg = codes.INVALID_REPLICATION_FACTOR, "one broker: replication factor must be 1 (or -1)"
             else:
-                configs = {c["Name"]: c["Value"] for c in t.get("Configs") or [] if c["Value"] is not None}
-                code, _, msg = self._create(t["Name"], n, configs, req.get("validateOnly", False))
-            out.append({"Name": t["Name"], "ErrorCode": code, "ErrorMessage": msg})
+                configs = {c["Name"]: c["Value"] for c in t.get("Configs") or []}
+                if len(configs) < len(t.get("Configs") or []):
+                    code, msg = codes.INVALID_REQUEST, "Duplicate config keys in the request"
+                else:
+                    code, _, msg, cfg = self._create(t["Name"], n, configs, req.get("validateOnly", False))
+            r = {"Name": t["Name"], "ErrorCode": code, "ErrorMessage": msg}
+            if cfg is not None and version >= 5:  # KIP-525: the topic's configs in the response
+                r.update(NumPartitions=cfg.partitions, ReplicationFactor=1)
+                r["Configs"] = self.listener.configs.created_configs(cfg)
+            out.append(r)
         return {"ThrottleTimeMs": 0, "Topics": out}
 
     async def delete_topics(self, conn, req, version):
@@ -338,6 +321,10 @@ class Handlers:
     # ------------------------------------------------------------ offsets
 
     async def list_offsets(self, conn, req, version):
+        """v2+ IsolationLevel 1 (read_committed): LATEST is the last stable offset
+        (the ring's txn_bound; the high watermark when no transaction is open) and
+        a timestamp lookup finds no record at or past it."""
+        committed = req.get("IsolationLevel", 0) == 1
         out = []
         for t in req["Topics"]:
             h = self.data.handle(t["Name"])
@@ -357,6 +344,8 @@ class Handlers:
                 else:
                     ts = lp["Timestamp"]
                     start, end = self.data.offsets(h, p, fresh=True)
+                    if committed:  # read_committed: nothing at or past the last stable offset
+                        end = self.data.ring(h, p).last_stable_offset(end)
                     if ts == -1:
                         off = end
                     elif ts in (-2, -4):  # earliest; earliest local (KIP-405): the same, nothing is tiered
@@ -372,6 +361,8 @@ class Handlers:
                             None, self.data.offset_for_time, h, p, ts
                         )
                         r["Timestamp"] = found_ts
+                    if committed and off >= end and ts not in (-1, -2, -4):
+                        off, r["Timestamp"] = -1, -1  # a record of an open transaction: not found (Kafka's rule)
                     r["Offset"] = off
                     r["OldStyleOffsets"] = [off] if off >= 0 else []
                 parts.append(r)

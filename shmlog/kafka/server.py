@@ -22,6 +22,7 @@ from .. import errors
 from . import codec, codes, peers
 from .admin import Admin
 from .txn import Transactions
+from .configs import Configs
 from .coordinator import INITIAL_REBALANCE_DELAY_MS, GroupCoordinator
 from .handlers import FETCH_MAX_BYTES, Handlers
 
@@ -70,6 +71,9 @@ APIS = {
     28: Api(0, 3, "txn", "txn_offset_commit"),  # 3 flexible
     23: Api(0, 4, "handlers", "offset_for_leader_epoch"),  # 4 flexible
     21: Api(0, 2, "admin", "delete_records"),  # 2 flexible
+    32: Api(0, 4, "configs", "describe_configs"),  # 4 flexible (v0: Kafka 3's, see codec.VALID_VERSIONS)
+    33: Api(0, 2, "configs", "alter_configs"),  # 2 flexible
+    44: Api(0, 1, "configs", "incremental_alter_configs"),  # 1 flexible
     37: Api(0, 3, "admin", "create_partitions"),  # 2+ flexible
     42: Api(0, 2, "admin", "delete_groups"),  # 2 flexible
     47: Api(0, 0, "admin", "offset_delete"),
@@ -196,6 +200,7 @@ class Listener:
         )
         self.admin = Admin(self)
         self.txn = Transactions(self)
+        self.configs = Configs(self)
         self._table = {k: getattr(getattr(self, a.owner), a.method) for k, a in APIS.items() if a.owner}
         self._server: asyncio.Server | None = None
         self._conns = set()

@@ -330,6 +330,9 @@ def _minimal(key, version):
             "ProducerEpoch": 0,
             "Topics": [{"Name": "av", "Partitions": [{"PartitionIndex": 0, "CommittedOffset": 0}]}],
         },
+        32: {"Resources": [{"ResourceType": 2, "ResourceName": "av", "ConfigurationKeys": None}]},
+        33: {"Resources": [{"ResourceType": 2, "ResourceName": "av", "Configs": []}], "ValidateOnly": True},
+        44: {"Resources": [{"ResourceType": 2, "ResourceName": "av", "Configs": []}], "ValidateOnly": True},
     }
     return bodies[key]
 
