@@ -1388,6 +1388,11 @@ int shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint
     if (shm_batch_last_delta(batch) != 0 || (batch[22] & 0x37) != 0 ||   /* one plain, non-transactional record */
         (cur->expect_base >= 0 && first != cur->expect_base) || first < cur->next_offset)
         return 0;
+    if (cur->read_committed) {   /* not past the last stable offset (acquire: the coordinator's release) */
+        uint64_t bound = shm_load_acquire(&h->txn_bound);
+        if (bound && first >= (int64_t)(bound - 1))
+            return 0;
+    }
     if (verify_crc && shm_batch_validate(batch, blen) != SHM_OK)
         return 0;
     struct shm_records_out one = {.max_records = 1, .rows = out};

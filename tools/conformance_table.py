@@ -96,8 +96,7 @@ def render(results: dict, when: str, machine: str, vers: dict[str, str]) -> str:
         lines.append(f"| {c} {vers.get(c, '')} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "pass (n): n tests passed; **FAIL** (k of n): k failed; skip: the client is not installed here; "
-        "—: no test (transactions: not served by the listener yet).",
+        "pass (n): n tests passed; **FAIL** (k of n): k failed; skip: the client is not installed here; —: no test.",
     ]
     return "\n".join(lines)
 

@@ -77,6 +77,7 @@ DEFAULT_TIMEOUT_MS = 60_000  # Kafka's transaction.timeout.ms
 MAX_TIMEOUT_MS = 900_000  # Kafka's transaction.max.timeout.ms
 TID_MAX = 249
 LOCK_TIMEOUT_S = 10.0
+MARKER_WAIT_NS = 10_000_000_000  # a marker waits this long for ring room (a durable ring's persister behind)
 
 EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT = "empty", "ongoing", "prepare_commit", "prepare_abort"
 
@@ -499,7 +500,7 @@ def _write_marker(plane, ring, pid: int, epoch: int, commit: bool) -> int:
     try:
         ctx = ffi.new("struct shm_send_ctx *")
         ctx.ring, ctx.slot = ring.h, slot
-        ctx.timeout_ns = plane.unblock_ns if plane.unblock_ns > 0 else 10_000_000_000
+        ctx.timeout_ns = MARKER_WAIT_NS
         ctx.unblock_ns = plane.unblock_ns
         ctx.token_prefix = plane.token_prefix_c
         out = ffi.new("struct shm_append_out *")

@@ -28,6 +28,7 @@ from . import codes
 LEADER_EPOCH = 0  # one broker, never a new leader: a constant epoch everywhere
 FULL_RETRY_S = 0.002  # a full ring (persister behind) is retried this often
 SEQ_CACHE = 5  # batches remembered per producer and partition (Kafka keeps 5)
+RECOVER_WINDOW = 100_000  # offsets a restarted listener looks back for a producer's last batches
 # RecordBatch v2 header fields and attribute bits: csrc/shmlog.h (SHM_RB_*), through the cdef
 _HDR = lib.SHM_BATCH_HEADER_BYTES
 _CODEC, _TXN, _CONTROL, _LOG_APPEND_TIME = (
@@ -96,6 +97,22 @@ class ProducerIds:
         # (producer id, (topic name, topic generation), partition) -> state: a re-created
         # topic (a new generation) starts with none, as a new topic does in Kafka
         self._seqs: dict[tuple, _Seq] = {}
+        # ids this listener handed out since it started: their state is all here, never in
+        # the log from before (a restarted listener learns other ids' state from the log)
+        self.fresh: set[int] = set()
+        self._recovered: set[tuple] = set()
+
+    def known(self, pid, topic, partition) -> bool:
+        """Is there nothing to learn from the log about this producer here?"""
+        key = (pid, topic, partition)
+        return pid in self.fresh or key in self._seqs or key in self._recovered
+
+    def recovered(self, pid, topic, partition, batches) -> None:
+        """The producer's latest batches [(epoch, first_seq, count, base_offset)]
+        found in the partition's log (a listener restart forgot them)."""
+        self._recovered.add((pid, topic, partition))
+        for epoch, first, count, base in batches:
+            self.record(pid, epoch, first, count, topic, partition, base)
 
     def check(self, pid, epoch, first_seq, count, topic, partition):
         """None: append it; an int: the base offset of the same batch already
@@ -356,6 +373,8 @@ class DataPath:
             count = _be(batch, lib.SHM_RB_LAST_OFFSET_DELTA, 4) + 1
             if seq < 0:
                 raise ProduceError(codes.INVALID_RECORD, "an idempotent batch needs baseSequence >= 0")
+            if not self.producer_ids.known(pid, (h.name, h.generation), partition):
+                self.producer_ids.recovered(pid, (h.name, h.generation), partition, self._batches_of(h, partition, pid))
             dup = self.producer_ids.check(pid, epoch, seq, count, (h.name, h.generation), partition)
             if dup is not None:
                 return dup
@@ -387,6 +406,33 @@ class DataPath:
             self.producer_ids.record(pid, epoch, seq, count, (h.name, h.generation), partition, md.base_offset)
         self.wake()
         return md.base_offset
+
+    def _batches_of(self, h, partition, pid):
+        """The last SEQ_CACHE batches of producer pid in the partition's latest
+        RECOVER_WINDOW offsets: [(epoch, first_seq, count, base_offset)], so a
+        retry after a listener restart is still recognised (Kafka rebuilds the
+        same state from its log)."""
+        start, end = self.offsets(h, partition, fresh=True)
+        fc, off = FetchCursor(), max(start, end - RECOVER_WINDOW)
+        found: collections.deque[tuple[int, int, int, int]] = collections.deque(maxlen=SEQ_CACHE)
+        while off < end:
+            code, data = self.read(fc, h, partition, off, 8 << 20)
+            if code or not data:
+                break
+            at = 0
+            while at + _HDR <= len(data):
+                size = 12 + int.from_bytes(data[at + 8 : at + 12], "big")
+                b = data[at : at + _HDR]
+                if _be(b, lib.SHM_RB_PRODUCER_ID, 8) == pid and not _be(b, lib.SHM_RB_ATTRIBUTES, 2) & _CONTROL:
+                    count = _be(b, lib.SHM_RB_LAST_OFFSET_DELTA, 4) + 1
+                    found.append(
+                        (_be(b, lib.SHM_RB_PRODUCER_EPOCH, 2), _be(b, lib.SHM_RB_BASE_SEQUENCE, 4), count, _be(b, 0, 8))
+                    )
+                at += size
+            off = fc.next_offset
+            if off < 0:
+                break
+        return list(found)
 
     # ------------------------------------------------------------ fetch
 

@@ -215,6 +215,7 @@ class Listener:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True, limit=1 << 16)
         self.port = self._server.sockets[0].getsockname()[1]  # port 0: the one the OS chose
         self.groups.start()
+        self.txn.start()
         logger.info("Kafka listener on %s:%d", self.host, self.port)
         return self
 
@@ -234,6 +235,7 @@ class Listener:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._server.wait_closed()
         self.groups.stop()
+        await self.txn.stop()
         self.handlers.data.close()
 
     # ------------------------------------------------------------ connections

@@ -12,13 +12,17 @@ or answer success for a write the coordinator refused.
 """
 
 import asyncio
+import logging
 from typing import Any
 
 from .. import errors
 from ..control import transactions
 from . import codes
 
+logger = logging.getLogger("shmlog.kafka")
+
 NO_OWNER = (0, 0)  # a Kafka client is not a local process: its transactions end by timeout, not by death
+EXPIRE_EVERY_S = 0.5  # how often the listener aborts Kafka clients' transactions past their timeout
 
 
 def _code(e: errors.ShmlogError) -> int:
@@ -41,6 +45,27 @@ class Transactions:
         self.coordinator = listener.log.transactions
         self.data = listener.handlers.data
 
+    def start(self) -> None:
+        """The listener aborts timed-out transactions itself (the supervisor's
+        tick does too, when one runs): a Kafka client killed inside a
+        transaction holds read_committed readers only until its timeout."""
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    async def stop(self) -> None:
+        t, self._expiry = getattr(self, "_expiry", None), None
+        if t is not None:
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY_S)
+            try:
+                if await self._run(self.coordinator.expire):
+                    self.data.wake()
+            except errors.ShmlogError as e:  # a busy lock, a damaged state file: said, retried
+                logger.warning("transaction expiry: %s", e)
+
     async def _run(self, fn, *args) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
@@ -50,12 +75,15 @@ class Transactions:
         try:
             if tid is None:
                 out["ProducerId"], out["ProducerEpoch"] = await self._run(self.coordinator.new_producer_id), 0
+                self.data.producer_ids.fresh.add(out["ProducerId"])
                 return out
             timeout = req["TransactionTimeoutMs"]
             if not 1 <= timeout <= transactions.MAX_TIMEOUT_MS:
                 out["ErrorCode"] = codes.INVALID_TRANSACTION_TIMEOUT
                 return out
             out["ProducerId"], out["ProducerEpoch"] = await self._run(self.coordinator.init, tid, timeout, NO_OWNER)
+            if out["ProducerEpoch"] == 0:
+                self.data.producer_ids.fresh.add(out["ProducerId"])  # a new id: no batches anywhere yet
         except errors.ShmlogError as e:
             out["ErrorCode"] = _code(e)
         return out

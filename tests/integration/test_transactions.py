@@ -310,3 +310,29 @@ def test_idempotent_producer_stamps_producer_id_and_sequences(inst):
     pid = heads[0][0]
     assert pid >= 0 and heads[:3] == [(pid, 0), (pid, 1), (pid, 3)]  # sequences advance by record count
     assert heads[3][0] not in (-1, pid) and heads[3][1] == 0  # another producer, another id
+
+
+def test_a_large_record_past_the_last_stable_offset_waits_for_read_committed(inst):
+    """The one-copy path for large records (poll's) stops at the LSO too."""
+    log = inst.log
+    log.create_topic("big", persistence="none", overflow="block", ring_bytes=1 << 22)
+    tx = log.producer(transactional_id="t")
+    tx.init_transactions()
+    tx.begin_transaction()
+    tx.send("big", b"x" * 100_000)
+    plain = log.producer()
+    plain.send("big", b"y" * 100_000)  # not transactional, but past the open transaction's start
+    rc = log.consumer(topics=["big"], auto_offset_reset="earliest")
+    ru = log.consumer(topics=["big"], auto_offset_reset="earliest", isolation_level="read_uncommitted")
+    assert rc.poll(0.2) is None
+    assert [len(ru.poll(1.0).value), len(ru.poll(1.0).value)] == [100_000, 100_000]
+    tx.commit_transaction()
+    got = [rc.poll(1.0), rc.poll(1.0)]
+    assert [m.value[:1] for m in got] == [b"x", b"y"]
+
+
+def test_cleanup_policy_typos_and_bad_transactional_arguments_are_refused(inst):
+    for bad in ("compakt", "delete,", "", 3):
+        with pytest.raises((errors.InvalidArgument, errors.InvalidType)):
+            inst.log.create_topic("t", cleanup_policy=bad)
+    assert inst.log.list_topics() == []

@@ -23,9 +23,9 @@ DEADLINE_S = 60
 WORDS = [b"apple", b"pear", b"plum", b"fig", b"kiwi"]
 
 
-def _listener(inst):
+def _listener(inst, **options):
     # small rings: the frameworks create several topics; durable (the default): changelogs compact
-    return Kafka(inst, auto_create_topics=True, topic_defaults={"ring_bytes": 1 << 20})
+    return Kafka(inst, auto_create_topics=True, topic_defaults={"ring_bytes": 1 << 20}, **options)
 
 
 def _send_words(log, topic, n, start=0):
@@ -80,31 +80,46 @@ def _run(script, args, env_extra=None):
 
 QUIX_APP = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from quixstreams import Application
 
-    bootstrap, state_dir, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    bootstrap, state_dir, count, guarantee, src, dst, slow = sys.argv[1:8]
+    windowed = guarantee == "exactly-once"
     app = Application(
         broker_address=bootstrap,
-        consumer_group="quix-count",
+        consumer_group=f"quix-{guarantee}",
         auto_offset_reset="earliest",
         state_dir=state_dir,
-        processing_guarantee="at-least-once",
-        commit_interval=0.2,
+        processing_guarantee=guarantee,
+        commit_interval=0.2 if not windowed else 0.3,
         loglevel="WARNING",
+        # exactly once across restarts needs a stable transactional.id (Quix draws a random one):
+        # the restarted app's init_transactions then fences the killed one and aborts what it left
+        producer_extra_config={"transactional.id": "quix-eos-app"} if windowed else None,
     )
-    words = app.topic("words", key_deserializer="bytes", value_deserializer="bytes")
-    counts = app.topic("counts", key_serializer="bytes", value_serializer="json")
+    words = app.topic(src, key_deserializer="bytes", value_deserializer="bytes")
+    counts = app.topic(dst, key_serializer="bytes", value_serializer="json")
     sdf = app.dataframe(words)
+
+    def pace(value):
+        time.sleep(float(slow))  # the work a real service does: a kill lands mid-run
+        return value
 
     def count_word(value, state):
         n = state.get("n", 0) + 1
         state.set("n", n)
         return {"word": value.decode(), "n": n}
 
-    sdf = sdf.apply(count_word, stateful=True)
+    if windowed:  # a windowed stateful count: one-hour tumbling windows, every update emitted
+        sdf = sdf.apply(pace).tumbling_window(duration_ms=3_600_000).count().current()
+        sdf = sdf.apply(lambda w: {"n": w["value"]})
+    else:
+        sdf = sdf.apply(count_word, stateful=True)
     sdf.to_topic(counts)
-    app.run(count=count, timeout=30)
+    if int(count):
+        app.run(count=int(count), timeout=30)
+    else:
+        app.run(timeout=4)
     """
 )
 
@@ -114,7 +129,7 @@ def test_quix_streams_stateful_count_with_a_compacted_changelog(inst, tmp_path):
     k = _started(inst, "words", 40)
     try:
         log = k.log
-        _run(QUIX_APP, [k.bootstrap, str(tmp_path / "state1"), "40"])
+        _run(QUIX_APP, [k.bootstrap, str(tmp_path / "state1"), "40", "at-least-once", "words", "counts", "0"])
         changelogs = [t for t in log.list_topics() if t.startswith("changelog__")]
         assert changelogs, log.list_topics()
         for t in changelogs:  # natively: a compacted topic, as Quix asked (it was silently dropped before)
@@ -124,7 +139,7 @@ def test_quix_streams_stateful_count_with_a_compacted_changelog(inst, tmp_path):
         assert _counts_seen(_read_all(log, "counts", 40)) == want
         # a second run with its local state gone: the counts go on from the changelog's
         _send_words(log, "words", 10, start=40)
-        _run(QUIX_APP, [k.bootstrap, str(tmp_path / "state2"), "10"])
+        _run(QUIX_APP, [k.bootstrap, str(tmp_path / "state2"), "10", "at-least-once", "words", "counts", "0"])
         want = {w: set(range(1, n + 1)) for w, n in _expected(50).items()}
         assert _counts_seen(_read_all(log, "counts", 50)) == want
     finally:
@@ -183,5 +198,69 @@ def test_faust_table_app_at_least_once_with_a_compacted_changelog(inst, tmp_path
         assert got == {w.decode(): n for w, n in _expected(30).items()}
         changelog = log.describe_topic("faust-count-fcounts-changelog").config
         assert changelog.cleanup_policy == "compact", changelog
+    finally:
+        k.stop()
+
+
+# ------------------------------------------------------------ Quix Streams, exactly once
+
+EOS_ARGS = ("exactly-once", "ewords", "ecounts")
+
+
+def test_quix_streams_exactly_once_windowed_count_survives_kill_9(inst, tmp_path):
+    """processing_guarantee="exactly-once": transactional producer, read_committed
+    consumer, offsets sent in the transaction. Killed -9 mid-run, restarted with
+    its local state gone (recovered from the changelog): a read_committed reader
+    of the output sees every count 1..n of every word exactly once."""
+    pytest.importorskip("quixstreams", reason="pip install quixstreams (the test extra)")
+    n = 120
+    k = _listener(inst, group_initial_rebalance_delay_ms=100)
+    try:
+        log = k.log
+        log.create_topic("ewords", partitions=2, ring_bytes=1 << 20)
+        _send_words(log, "ewords", n)
+        env = {**os.environ}
+        first = subprocess.Popen(
+            [sys.executable, "-c", QUIX_APP, k.bootstrap, str(tmp_path / "s1"), "0", *EOS_ARGS, "0.02"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            committed = 0
+            while committed < n // 3:  # some transactions committed, the rest to do
+                assert first.poll() is None, first.stdout.read().decode()[-4000:]
+                assert time.monotonic() < deadline, "the first run committed nothing"
+                time.sleep(0.2)
+                committed = sum(log.committed_offsets("quix-exactly-once").values())
+        finally:
+            first.kill()  # kill -9, mid-transaction most likely
+            first.wait(10)
+        assert committed < n
+        _run(QUIX_APP, [k.bootstrap, str(tmp_path / "s2"), "0", *EOS_ARGS, "0"])  # fresh state: the changelog restores
+        assert sum(log.committed_offsets("quix-exactly-once").values()) == n
+        with log.consumer(auto_offset_reset="earliest", isolation_level="read_committed") as c:
+            c.assign([("ecounts", p) for p in range(log.describe_topic("ecounts").config.partitions)])
+            out = []
+            while True:
+                b = c.poll_batch(10_000, timeout=0.5)
+                if not b:
+                    break
+                out += b
+        seen = collections.defaultdict(list)
+        for m in out:
+            seen[m.key].append(json.loads(m.value)["n"])
+        want = _expected(n)
+        assert {w: sorted(v) for w, v in seen.items()} == {w: list(range(1, c + 1)) for w, c in want.items()}
+        with log.consumer(auto_offset_reset="earliest", isolation_level="read_uncommitted") as c:
+            c.assign([("ecounts", p) for p in range(log.describe_topic("ecounts").config.partitions)])
+            dirty = 0
+            while True:
+                b = c.poll_batch(10_000, timeout=0.5)
+                if not b:
+                    break
+                dirty += len(b)
+        assert dirty >= len(out)
     finally:
         k.stop()

@@ -156,3 +156,162 @@ def test_confluent_read_committed_consumer_of_native_transactions(kafka):
         assert hi == 6  # records and markers
     finally:
         c.close()
+
+
+@pytest.mark.conformance(client="kafka-python", feature="transactions")
+def test_kafka_python_transactional_producer(kafka):
+    kp = pytest.importorskip("kafka", reason="pip install kafka-python")
+    kafka.log.create_topic("t", partitions=2)
+    p = kp.KafkaProducer(bootstrap_servers=kafka.bootstrap, transactional_id="kp-1")
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(6):
+            p.send("t", b"k%d" % i, partition=i % 2)
+        p.commit_transaction()
+        p.begin_transaction()
+        p.send("t", b"gone", partition=0)
+        p.flush(5)  # written, then aborted (unflushed records an abort just drops)
+        p.abort_transaction()
+    finally:
+        p.close(5)
+    assert _native(kafka, "t", "read_committed") == sorted(b"k%d" % i for i in range(6))
+    assert len(_native(kafka, "t", "read_uncommitted")) == 7
+
+
+@pytest.mark.conformance(client="aiokafka", feature="transactions")
+def test_aiokafka_transactional_producer_and_read_committed_consumer(kafka):
+    aiokafka = pytest.importorskip("aiokafka", reason="pip install aiokafka")
+    import asyncio
+
+    kafka.log.create_topic("t")
+
+    async def main():
+        p = aiokafka.AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, transactional_id="aio-1")
+        await p.start()
+        try:
+            async with p.transaction():
+                for i in range(4):
+                    await p.send("t", b"a%d" % i, partition=0)
+            await p.begin_transaction()
+            await p.send("t", b"gone", partition=0)
+            await p.abort_transaction()
+        finally:
+            await p.stop()
+        c = aiokafka.AIOKafkaConsumer(
+            "t", bootstrap_servers=kafka.bootstrap, isolation_level="read_committed", auto_offset_reset="earliest"
+        )
+        await c.start()
+        try:
+            out = []
+            deadline = time.monotonic() + 15
+            while len(out) < 4 and time.monotonic() < deadline:
+                batch = await c.getmany(timeout_ms=200)
+                out += [m.value for ms in batch.values() for m in ms]
+            await asyncio.sleep(0.5)
+            out += [m.value for ms in (await c.getmany(timeout_ms=200)).values() for m in ms]
+            return out
+        finally:
+            await c.stop()
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [b"a%d" % i for i in range(4)]
+
+
+def _txn_batch(pid, epoch, seq=0, value=b"v"):
+    """A transactional RecordBatch (kafka-python's builder, the transactional bit set, CRC redone)."""
+    from kafka_util import batch
+    from shmlog._native import crc32c
+
+    tx = bytearray(batch([(None, value, [])], producer_id=pid, producer_epoch=epoch, base_sequence=seq))
+    tx[21:23] = (int.from_bytes(tx[21:23], "big") | 0x10).to_bytes(2, "big")
+    tx[17:21] = crc32c(memoryview(tx)[21:]).to_bytes(4, "big")
+    return bytes(tx)
+
+
+def _add(tid, pid, epoch, topic="t", partitions=(0,)):
+    return {
+        "V3AndBelowTransactionalId": tid,
+        "V3AndBelowProducerId": pid,
+        "V3AndBelowProducerEpoch": epoch,
+        "V3AndBelowTopics": [{"Name": topic, "Partitions": list(partitions)}],
+    }
+
+
+def test_transaction_apis_refuse_unknown_ids_old_epochs_and_unadded_partitions(kafka):
+    from test_kafka_protocol import call, produce_body, produce_result
+
+    kafka.log.create_topic("t")
+    c = kafka.raw()
+    end = {"TransactionalId": "nobody", "ProducerId": 5, "ProducerEpoch": 0, "Committed": True}
+    assert call(c, 26, 3, end)["ErrorCode"] == 49  # INVALID_PRODUCER_ID_MAPPING
+    r = call(c, 22, 2, {"TransactionalId": "x", "TransactionTimeoutMs": 60000})
+    pid, epoch = r["ProducerId"], r["ProducerEpoch"]
+    # a transactional batch to a partition not added: INVALID_TXN_STATE, nothing stored
+    tx = _txn_batch(pid, epoch)
+    assert produce_result(call(c, 0, 8, produce_body("t", 0, tx)))["ErrorCode"] == 48
+    add = _add("x", pid, epoch)
+    ok = call(c, 24, 3, add)["ResultsByTopicV3AndBelow"][0]["ResultsByPartition"][0]
+    assert ok["PartitionErrorCode"] == 0
+    assert produce_result(call(c, 0, 8, produce_body("t", 0, tx)))["ErrorCode"] == 0
+    stale = dict(add, V3AndBelowProducerEpoch=epoch - 1 if epoch else epoch + 5)
+    res = call(c, 24, 3, stale)["ResultsByTopicV3AndBelow"][0]["ResultsByPartition"][0]
+    assert res["PartitionErrorCode"] == 90  # PRODUCER_FENCED
+    unknown = dict(add, V3AndBelowTopics=[{"Name": "t", "Partitions": [7]}])
+    res = call(c, 24, 3, unknown)["ResultsByTopicV3AndBelow"][0]["ResultsByPartition"][0]
+    assert res["PartitionErrorCode"] == 3
+    assert call(c, 26, 3, dict(end, TransactionalId="x", ProducerId=pid, ProducerEpoch=epoch))["ErrorCode"] == 0
+    assert kafka.log.describe_topic("t").partitions[0].end_offset == 2  # the record and its COMMIT marker
+
+
+def test_idempotence_survives_a_listener_restart(inst):
+    """A retried batch after the listener restarted is still a duplicate: the
+    new listener learns the producer's last batches from the log."""
+    from kafka_util import Kafka, batch
+    from test_kafka_protocol import call, produce_body, produce_result
+
+    inst.log.create_topic("t")
+    k = Kafka(inst)
+    try:
+        c = k.raw()
+        r = call(c, 22, 1, {"TransactionalId": None, "TransactionTimeoutMs": 60000})
+        pid = r["ProducerId"]
+        b0 = batch([(None, b"a", []), (None, b"b", [])], producer_id=pid, producer_epoch=0, base_sequence=0)
+        assert produce_result(call(c, 0, 8, produce_body("t", 0, b0)))["BaseOffset"] == 0
+        c.close()
+    finally:
+        k.stop()
+    k = Kafka(inst)  # a new listener: nothing in memory
+    try:
+        c = k.raw()
+        again = produce_result(call(c, 0, 8, produce_body("t", 0, b0)))
+        assert again["ErrorCode"] == 0 and again["BaseOffset"] == 0  # the retry, recognised
+        gap = batch([(None, b"c", [])], producer_id=pid, producer_epoch=0, base_sequence=7)
+        assert produce_result(call(c, 0, 8, produce_body("t", 0, gap)))["ErrorCode"] == 45
+        nxt = batch([(None, b"c", [])], producer_id=pid, producer_epoch=0, base_sequence=2)
+        assert produce_result(call(c, 0, 8, produce_body("t", 0, nxt)))["BaseOffset"] == 2
+    finally:
+        k.stop()
+    assert inst.log.describe_topic("t").partitions[0].end_offset == 3
+
+
+def test_a_kafka_clients_transaction_past_its_timeout_is_aborted_by_the_listener(kafka):
+    """A Kafka client is no local process: the listener's own expiry (every
+    0.5 s) aborts its transaction at TransactionTimeoutMs, and read_committed
+    readers go on."""
+    from test_kafka_protocol import call, produce_body, produce_result
+
+    kafka.log.create_topic("t")
+    c = kafka.raw()
+    r = call(c, 22, 2, {"TransactionalId": "slow", "TransactionTimeoutMs": 300})
+    pid, epoch = r["ProducerId"], r["ProducerEpoch"]
+    call(c, 24, 3, _add("slow", pid, epoch))
+    assert produce_result(call(c, 0, 8, produce_body("t", 0, _txn_batch(pid, epoch))))["ErrorCode"] == 0
+    assert kafka.log.transactions.last_stable_offset("t", 0) == 0
+    deadline = time.monotonic() + 10
+    while kafka.log.transactions.last_stable_offset("t", 0) == 0:
+        assert time.monotonic() < deadline, "the listener never expired the transaction"
+        time.sleep(0.05)
+    assert kafka.log.transactions.last_stable_offset("t", 0) == 2  # the record and the ABORT marker
+    assert _native(kafka, "t", "read_committed") == []
+    end = {"TransactionalId": "slow", "ProducerId": pid, "ProducerEpoch": epoch, "Committed": True}
+    assert call(c, 26, 3, end)["ErrorCode"] == 90  # its producer is fenced
