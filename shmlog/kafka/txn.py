@@ -44,6 +44,7 @@ class Transactions:
         self.log = listener.log
         self.coordinator = listener.log.transactions
         self.data = listener.handlers.data
+        self._expiry: asyncio.Task | None = None
 
     def start(self) -> None:
         """The listener aborts timed-out transactions itself (the supervisor's
@@ -52,7 +53,7 @@ class Transactions:
         self._expiry = asyncio.get_running_loop().create_task(self._expire_loop())
 
     async def stop(self) -> None:
-        t, self._expiry = getattr(self, "_expiry", None), None
+        t, self._expiry = self._expiry, None
         if t is not None:
             t.cancel()
             await asyncio.gather(t, return_exceptions=True)
