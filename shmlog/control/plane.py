@@ -55,6 +55,7 @@ class PartitionInfo(msgspec.Struct, frozen=True):
     cleaner_passes: int = 0
     cleaner_bytes_reclaimed: int = 0  # segment bytes the cleaner removed, all passes
     cleaner_records_dropped: int = 0
+    last_stable_offset: int = 0  # read_committed readers stop here: end_offset, or an open transaction's first offset
 
 
 class TopicDescription(msgspec.Struct, frozen=True):
@@ -870,6 +871,7 @@ class ControlPlane:
                     cp.get("passes", 0),
                     cp.get("bytes_reclaimed", 0),
                     cp.get("records_dropped", 0),
+                    r.last_stable_offset(end),
                 )
             )
         return TopicDescription(name, h.generation, h.config, parts)

@@ -328,10 +328,8 @@ class Coordinator:
         self.expire()
 
     def last_stable_offset(self, topic: str, partition: int) -> int:
-        h = self.plane.topic_handle(topic)
-        ring = self.plane.ring(h, partition, writable=False)
-        bound = ring.txn_bound()
-        return bound - 1 if bound else ring.ends()[1]
+        ring = self.plane.ring(self.plane.topic_handle(topic), partition, writable=False)
+        return ring.last_stable_offset(ring.ends()[1])
 
 
 class _Session:

@@ -484,8 +484,7 @@ class DataPath:
         transactions [(producer id, first, last, max epoch)]), the index
         reloaded only when the coordinator added to it (its count in the ring)."""
         ring = self.ring(h, partition)
-        bound = ring.txn_bound()
-        lso = bound - 1 if bound else ring.ends()[1]
+        lso = ring.last_stable_offset(ring.ends()[1])
         seen = ffi.cast("struct shm_ring_header *", ring.base).txn_aborts
         key = (h.generation, partition)
         cached = self._aborts.get(key)

@@ -75,6 +75,7 @@ def test_an_open_transaction_holds_read_committed_readers_at_its_first_offset(in
     plain.send("t", b"after")  # not transactional, but past the last stable offset
     rc, ru = consumers(log, ["t"])
     assert log.transactions.last_stable_offset("t", 0) == 1
+    assert log.describe_topic("t").partitions[0].last_stable_offset == 1  # end_offset is 3
     assert [m.value for m in drain(rc, 0.1)] == [b"before"]
     assert [m.value for m in drain(ru, 0.1)] == [b"before", b"in-txn", b"after"]
     tx.commit_transaction()
