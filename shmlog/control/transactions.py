@@ -77,6 +77,7 @@ DEFAULT_TIMEOUT_MS = 60_000  # Kafka's transaction.timeout.ms
 MAX_TIMEOUT_MS = 900_000  # Kafka's transaction.max.timeout.ms
 TID_MAX = 249
 LOCK_TIMEOUT_S = 10.0
+TID_EXPIRATION_MS = 7 * 86400_000  # Kafka's transactional.id.expiration.ms
 MARKER_WAIT_NS = 10_000_000_000  # a marker waits this long for ring room (a durable ring's persister behind)
 
 EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT = "empty", "ongoing", "prepare_commit", "prepare_abort"
@@ -110,6 +111,7 @@ class Txn(msgspec.Struct):
     partitions: list[TxnPartition] = []
     offsets: list[TxnOffset] = []
     fence: bool = False  # the abort under way fences the epoch (init by another, timeout, death)
+    used_ms: int = 0  # the last init or end: an id unused for TID_EXPIRATION_MS is forgotten
 
 
 class State(msgspec.Struct):
@@ -166,8 +168,7 @@ class Coordinator:
         """A producer id no other producer of this instance was given, ever
         (idempotent producers without a transactional id)."""
         with self._locked() as s:
-            pid = s.state.next_producer_id
-            s.state.next_producer_id += 1
+            pid = s.next_producer_id()
             s.save(durable=True)
         return pid
 
@@ -186,12 +187,11 @@ class Coordinator:
                     t.state, t.fence = PREPARE_ABORT, True
                 s.complete(tid, t)
             if t is None or t.epoch >= MAX_EPOCH:
-                pid = s.state.next_producer_id
-                s.state.next_producer_id += 1
-                t = Txn(producer_id=pid, epoch=0, timeout_ms=timeout_ms)
+                t = Txn(producer_id=s.next_producer_id(), epoch=0, timeout_ms=timeout_ms)
             else:
                 t = Txn(producer_id=t.producer_id, epoch=t.epoch + 1, timeout_ms=timeout_ms)
             t.owner_pid, t.owner_start = owner
+            t.used_ms = _now_ms()
             s.state.txns[tid] = t
             s.save(durable=True)
             return t.producer_id, t.epoch
@@ -294,6 +294,11 @@ class Coordinator:
         now_ms = _now_ms() if now_ms is None else now_ms
         done = []
         with self._locked() as s:
+            idle = [
+                tid for tid, t in s.state.txns.items() if t.state == EMPTY and now_ms - t.used_ms > TID_EXPIRATION_MS
+            ]
+            for tid in idle:
+                del s.state.txns[tid]
             for tid, t in s.state.txns.items():
                 if t.state == EMPTY:
                     continue
@@ -304,7 +309,7 @@ class Coordinator:
                     t.state, t.fence = PREPARE_ABORT, True
                 s.complete(tid, t)
                 done.append(tid)
-            if done:
+            if done or idle:
                 s.save(durable=True)
         return done
 
@@ -385,6 +390,11 @@ class _Session:
             self.fd = -1
         self.coord._mutex.release()
 
+    def next_producer_id(self) -> int:
+        pid = self.state.next_producer_id
+        self.state.next_producer_id += 1
+        return pid
+
     def save(self, durable: bool) -> None:
         safefile.replace(os.path.join(self.meta, STATE_FILE), msgspec.msgpack.encode(self.state), sync_dir=durable)
 
@@ -435,7 +445,7 @@ class _Session:
                 with self.plane._lock():
                     _apply_offsets(self.plane, t.offsets)
         done = t.partitions
-        t.state, t.partitions, t.offsets, t.started_ms = EMPTY, [], [], 0
+        t.state, t.partitions, t.offsets, t.started_ms, t.used_ms = EMPTY, [], [], 0, _now_ms()
         if t.fence:
             t.epoch, t.fence = marker_epoch, False  # the fenced epoch is gone for good (T6)
         self.save(durable=False)

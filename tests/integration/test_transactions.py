@@ -337,3 +337,21 @@ def test_cleanup_policy_typos_and_bad_transactional_arguments_are_refused(inst):
         with pytest.raises((errors.InvalidArgument, errors.InvalidType)):
             inst.log.create_topic("t", cleanup_policy=bad)
     assert inst.log.list_topics() == []
+
+
+def test_a_transactional_id_unused_for_a_week_is_forgotten(inst):
+    log = inst.log
+    log.create_topic("t")
+    p = log.producer(transactional_id="old")
+    p.init_transactions()
+    p.begin_transaction()
+    p.send("t", b"x")
+    p.commit_transaction()
+    assert log.transactions.state_of("old") is not None
+    assert log.transactions.expire(now_ms=time.time_ns() // 1_000_000 + 6 * 86400_000) == []
+    assert log.transactions.state_of("old") is not None  # six days: kept
+    log.transactions.expire(now_ms=time.time_ns() // 1_000_000 + transactions.TID_EXPIRATION_MS + 1)
+    assert log.transactions.state_of("old") is None  # Kafka's transactional.id.expiration.ms
+    p.begin_transaction()
+    with pytest.raises(errors.InvalidArgument):
+        p.send("t", b"y")  # the coordinator no longer knows its transactional id: init_transactions() again
