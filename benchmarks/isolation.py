@@ -70,7 +70,9 @@ def main():
                     for _ in range(ROUNDS):
                         got, dt = _read(log, topic, isolation, per_message)
                         ns.append(dt / got * 1e9)
-                    rows.append((topic, "poll" if per_message else "poll_values", isolation, got, statistics.median(ns)))
+                    rows.append(
+                        (topic, "poll" if per_message else "poll_values", isolation, got, statistics.median(ns))
+                    )
         print(f"# read_committed vs read_uncommitted, {N:,} records of 100 B, median of {ROUNDS}")
         print("| records | call | isolation | records read | ns/record |")
         print("|---|---|---|---:|---:|")
