@@ -78,6 +78,7 @@ MAX_TIMEOUT_MS = 900_000  # Kafka's transaction.max.timeout.ms
 TID_MAX = 249
 LOCK_TIMEOUT_S = 10.0
 TID_EXPIRATION_MS = 7 * 86400_000  # Kafka's transactional.id.expiration.ms
+IDLE_CHECK_MS = 3_600_000  # expire() reads an unchanged, quiet state this often (ids to forget)
 MARKER_WAIT_NS = 10_000_000_000  # a marker waits this long for ring room (a durable ring's persister behind)
 
 EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT = "empty", "ongoing", "prepare_commit", "prepare_abort"
@@ -156,6 +157,8 @@ class Coordinator:
     def __init__(self, plane) -> None:
         self.plane = plane
         self._mutex = threading.Lock()
+        # expire(): (state file's (mtime, size, inode), when) after a read that found no open transaction
+        self._quiet: tuple[tuple[int, int, int], int] | None = None
 
     # ------------------------------------------------------------ the flock and the state
 
@@ -283,15 +286,17 @@ class Coordinator:
         """Aborts (and fences) every open transaction whose producer died or
         whose timeout passed, and rolls forward decided ones; returns their
         transactional ids. The supervisor calls it every tick; cheap when no
-        transaction is open (one stat)."""
+        transaction is open (one stat: the state is read again only when the
+        file changed, or hourly for ids to forget)."""
         path = os.path.join(_meta(self.plane), STATE_FILE)
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return []
-        if st.st_size == 0:
-            return []
         now_ms = _now_ms() if now_ms is None else now_ms
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._quiet is not None and self._quiet[0] == seen and now_ms - self._quiet[1] < IDLE_CHECK_MS:
+            return []
         done = []
         with self._locked() as s:
             idle = [
@@ -311,6 +316,13 @@ class Coordinator:
                 done.append(tid)
             if done or idle:
                 s.save(durable=True)
+            self._quiet = None
+            if all(t.state == EMPTY for t in s.state.txns.values()):
+                try:  # under the flock: nobody changes the file between the read and this stat
+                    st = os.stat(path)
+                    self._quiet = ((st.st_mtime_ns, st.st_size, st.st_ino), now_ms)
+                except FileNotFoundError:
+                    pass
         return done
 
     def publish_open_bounds(self) -> None:
