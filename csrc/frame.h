@@ -135,6 +135,19 @@ static inline int txn_aborted(const uint8_t *batch, int64_t first, const struct 
     return 0;
 }
 
+/* decode_frame's verify: nothing, the whole RecordBatch check (magic, length,
+ * CRC-32C: shm_batch_validate), or its shape only (the caller's copy summed
+ * and matched the CRC in the same pass: ring.c take_frame) */
+#define VERIFY_NONE 0
+#define VERIFY_CRC 1
+#define VERIFY_SHAPE 2
+static inline int batch_shape_ok(const uint8_t *batch, uint64_t blen)
+{
+    uint32_t len_be;
+    memcpy(&len_be, batch + SHM_RB_LENGTH, 4);
+    return batch[SHM_RB_MAGIC] == 2 && (uint64_t)__builtin_bswap32(len_be) + 12 == blen;
+}
+
 #define READ_PASSED 0
 #define READ_TAKEN 1
 #define READ_PARTIAL 2
@@ -143,7 +156,9 @@ static inline int txn_aborted(const uint8_t *batch, int64_t first, const struct 
 static inline int decode_frame(const uint8_t *batch, uint64_t blen, uint64_t at, uint64_t next_pos,
                                int verify_crc, struct shm_cursor *cur, struct shm_records_out *out)
 {
-    if (blen < SHM_BATCH_HEADER_BYTES || (verify_crc && shm_batch_validate(batch, blen) != SHM_OK))
+    if (blen < SHM_BATCH_HEADER_BYTES ||
+        (verify_crc == VERIFY_CRC && shm_batch_validate(batch, blen) != SHM_OK) ||
+        (verify_crc == VERIFY_SHAPE && !batch_shape_ok(batch, blen)))
         return SHM_E_CORRUPT;
     int64_t first = shm_batch_base_offset(batch);
     int64_t last = first + shm_batch_last_delta(batch);

@@ -1125,12 +1125,15 @@ static void note_stuck(struct shm_cursor *cur, uint64_t p)
 struct taken {
     uint32_t len;
     uint16_t kind;
+    uint16_t crc_ok;               /* DATA, sum=1: the copy's CRC-32C matched the batch's (fused with the copy) */
     uint64_t blen;                 /* DATA: batch bytes */
     struct shm_gap_body gap;
 };
 
+#define FUSED_CHECK_MIN 4096   /* batches this large are copied and summed in one pass (reads: once, not twice) */
+
 static inline int take_frame(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *dst,
-                             uint64_t room, struct taken *t)
+                             uint64_t room, struct taken *t, int sum)
 {
     const struct shm_ring_header *h = r->hdr;
     uint64_t p = cur->pos, rem = room_of(r, p);
@@ -1146,6 +1149,7 @@ static inline int take_frame(const struct shm_ring *r, struct shm_cursor *cur, u
     }
     t->len = fh->length;
     t->kind = fh->kind;
+    t->crc_ok = 0;
     t->blen = 0;
     t->gap = (struct shm_gap_body){0, 0, 0};
     int shape_ok = t->len >= SHM_FRAME_HEADER_BYTES && shm_align8(t->len) <= rem;
@@ -1153,7 +1157,20 @@ static inline int take_frame(const struct shm_ring *r, struct shm_cursor *cur, u
         t->blen = t->len - SHM_FRAME_HEADER_BYTES;
         if (t->blen > room)
             return SHM_E_BUFFER_SMALL;
-        memcpy(dst, fh + 1, t->blen);
+        if (sum && t->blen >= FUSED_CHECK_MIN) {
+            /* the CRC covers attributes..end: summed while copied; compared
+             * with the copied CRC field (a lapped copy fails the head check
+             * below whatever it summed) */
+            const uint8_t *src = (const uint8_t *)(fh + 1);
+            memcpy(dst, src, SHM_RB_ATTRIBUTES);
+            uint32_t crc = shm_crc32c_copy(0, dst + SHM_RB_ATTRIBUTES, src + SHM_RB_ATTRIBUTES,
+                                           t->blen - SHM_RB_ATTRIBUTES);
+            uint32_t want;
+            memcpy(&want, dst + SHM_RB_CRC, 4);
+            t->crc_ok = crc == __builtin_bswap32(want);
+        } else {
+            memcpy(dst, fh + 1, t->blen);
+        }
     } else if (shape_ok && t->kind == SHM_FRAME_GAP && t->len >= SHM_FRAME_HEADER_BYTES + sizeof t->gap) {
         memcpy(&t->gap, fh + 1, sizeof t->gap);
     }
@@ -1241,7 +1258,7 @@ static int ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *
     while (out->count < out->max_records) {
         uint64_t p = cur->pos;
         struct taken t;
-        int rc = take_frame(r, cur, buf + used, buf_cap - used, &t);
+        int rc = take_frame(r, cur, buf + used, buf_cap - used, &t, verify_crc);
         if (rc == TAKE_CAUGHT_UP)
             break;
         if (rc == TAKE_IN_FLIGHT) {
@@ -1268,7 +1285,9 @@ static int ring_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *
             continue;
         if (t.kind != SHM_FRAME_DATA)
             STOP(SHM_E_CORRUPT);
-        rc = decode_frame(buf + used, t.blen, used, p + shm_align8(t.len), verify_crc, cur, out);
+        /* a CRC the fused copy matched is not summed again (VERIFY_SHAPE: magic and length only) */
+        int verify = verify_crc ? (t.crc_ok ? VERIFY_SHAPE : VERIFY_CRC) : VERIFY_NONE;
+        rc = decode_frame(buf + used, t.blen, used, p + shm_align8(t.len), verify, cur, out);
         if (rc < 0)
             STOP(rc);
         if (rc == READ_COMPRESSED)
@@ -1315,7 +1334,7 @@ static int ring_read_batches(const struct shm_ring *r, struct shm_cursor *cur, u
     for (;;) {
         uint64_t p = cur->pos;
         struct taken t;
-        int rc = take_frame(r, cur, buf + used, buf_cap - used, &t);
+        int rc = take_frame(r, cur, buf + used, buf_cap - used, &t, 0);
         if (rc == TAKE_CAUGHT_UP)
             break;
         if (rc == TAKE_IN_FLIGHT) {

@@ -682,3 +682,34 @@ def test_max_message_bytes_leaves_room_for_the_frame_header(inst):
         inst.log.create_topic("cfg", ring_bytes=RING, persistence="none", max_message_bytes=RING // 2)
     inst.log.create_topic("cfg", ring_bytes=RING, persistence="none", max_message_bytes=RING // 2 - 16)
     assert inst.log.topic_handle("cfg").config.max_message_bytes == RING // 2 - 16
+
+
+@pytest.mark.parametrize("how", ["poll", "poll_batch"])
+def test_corrupted_large_value_is_caught_by_the_fused_copy_and_check(inst, topic, how):
+    """Batches of 4 KiB or more are copied out of the ring and summed in one
+    pass (ring.c take_frame): a flipped bit anywhere in the value is still a
+    CorruptRecord, and check_crcs=False still returns it as asked."""
+    with inst.log.producer() as p:
+        for ch in b"ABCDE":
+            p.send(topic, bytes([ch]) * 5000, key=b"key", partition=0)
+    with RingFile(ring_file(inst, topic)) as rf:
+        pos, length, kind = rf.frames()[2]
+        start = DATA + pos
+        at = rf.m[start : start + length].find(b"C" * 100)
+        rf.m[start + at + 4321] ^= 0x10  # deep inside the value, past the fused copy's first blocks
+    c = inst.log.consumer(topics=[topic], auto_offset_reset="earliest")
+    c.assign([(topic, 0, 0)])
+    got = []
+    with pytest.raises(errors.CorruptRecord):
+        for _ in range(10):
+            if how == "poll":
+                m = c.poll(timeout=0.2)
+                got += [m] if m else []
+            else:
+                got += c.poll_batch(timeout=0.2)
+    assert [m.offset for m in got] == [0, 1] and got[1].value == b"B" * 5000
+    assert c.position(topic, 0) == 2
+    unchecked = inst.log.consumer(check_crcs=False)
+    unchecked.assign([(topic, 0, 0)])
+    ms = drain(unchecked, 5)
+    assert [m.offset for m in ms] == [0, 1, 2, 3, 4] and ms[2].value != b"C" * 5000
