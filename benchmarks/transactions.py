@@ -3,7 +3,8 @@
 Owns: its rows and benchmarks/results/transactions.{md,json}. Rows, 100-byte
 records, one partition, a private instance and its Kafka listener
 (benchmarks.kafka.instance):
-- native: `send` per record outside any transaction, against
+- native: `send` per record outside any transaction (benchmarks.kafka's
+  native row), against
   `begin_transaction` / `send` x k / `commit_transaction` for k = 1, 10, 100,
   on an ephemeral topic and on a durable one (fsync="interval:100": the
   commit fsyncs its decision, the records follow the topic's policy);
@@ -21,19 +22,9 @@ import json
 import os
 import time
 
-from .kafka import OUT, _payloads, instance
+from .kafka import OUT, _payloads, instance, produce_native
 
 SIZES = (1, 10, 100)
-
-
-def _native_plain(log, topic, n):
-    values = _payloads(n)
-    with log.producer() as p:
-        send = p.send
-        t0 = time.perf_counter()
-        for v in values:
-            send(topic, v, partition=0)
-        return n / (time.perf_counter() - t0)
 
 
 def _native_txn(log, topic, n, k, tid):
@@ -97,7 +88,7 @@ def run(quick: bool) -> dict:
         for persistence in ("none", "disk"):
             topic = f"plain-{persistence}"
             log.create_topic(topic, ring_bytes=64 << 20, persistence=persistence)
-            base = _native_plain(log, topic, n)
+            base, _ = produce_native(log, topic, n)
             rows.append(dict(client="native", topic=persistence, per_txn=0, rate=base, ok=_verify(log, topic, n)))
             for k in SIZES:
                 topic = f"txn{k}-{persistence}"

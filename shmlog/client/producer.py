@@ -16,7 +16,6 @@ poll()/flush()/close(), or report a record twice.
 import collections
 import logging
 import os
-import sys
 import random
 import struct
 import threading
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 from .. import compression, errors, liveness
 from .._fastpath import ProducerBase
 from .._native import address_of, ffi, full_ring_cause, lib, memory_shortfall, raise_status
-from ..control.transactions import MAX_TIMEOUT_MS, TxnOffset, validate_transactional_id
+from ..control.transactions import TxnOffset, validate_timeout, validate_transactional_id
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
 
 if TYPE_CHECKING:
@@ -287,12 +286,7 @@ class Producer(ProducerBase):
                 "compression_type with enable_idempotence or transactional_id is not supported yet: "
                 "the producer fields would have to be stamped into the compressed batch"
             )
-        if (
-            not isinstance(transaction_timeout_ms, int)
-            or isinstance(transaction_timeout_ms, bool)
-            or not 1 <= transaction_timeout_ms <= MAX_TIMEOUT_MS
-        ):
-            raise errors.InvalidArgument(f"transaction_timeout_ms must be an int in [1, {MAX_TIMEOUT_MS}]")
+        validate_timeout(transaction_timeout_ms)
         self._idempotent = enable_idempotence
         self._tid = transactional_id
         self._txn_timeout_ms = transaction_timeout_ms
@@ -466,12 +460,19 @@ class Producer(ProducerBase):
                 raise errors.Timeout(f"{what}: {left} produce()d records were not written within the timeout")
         try:
             self._log.transactions.end(self._tid, self._pid, self._epoch, commit)
-        finally:
-            if not isinstance(sys.exc_info()[1], errors.Timeout):
-                self._in_txn = False
-                for w, p in self._txn_parts:
-                    w.park(p)
-                self._txn_parts = []
+        except errors.Timeout:
+            raise  # the coordinator's lock stayed busy: the transaction is still open, call again
+        except BaseException:
+            self._txn_over()
+            raise
+        self._txn_over()
+
+    def _txn_over(self) -> None:
+        """The transaction ended (committed, aborted, or fenced): its partitions' contexts are parked."""
+        self._in_txn = False
+        for w, p in self._txn_parts:
+            w.park(p)
+        self._txn_parts = []
 
     def send(
         self,

@@ -174,9 +174,7 @@ class PartitionReader:
             if seen < 0:
                 return
             h = self.log.topic_handle(self.topic)
-            data = transactions.read_abort_index(
-                self.log.settings.data_dir, self.topic, f"{h.topic_id:016x}", self.partition
-            )
+            data = transactions.read_abort_index(self.log.settings.data_dir, self.topic, h.topic_id, self.partition)
             self.aborts = transactions.abort_index_view(data)
             self.cur.aborted = self.aborts
             self.cur.n_aborted = len(data) // transactions.ABORT_RECORD.size

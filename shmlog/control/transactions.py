@@ -66,6 +66,7 @@ import msgspec
 
 from .. import errors, liveness, safefile
 from .._native import ffi, lib, raise_status
+from . import catalog
 
 STATE_FILE = "transactions.msgpack"
 LOCK_FILE = "transactions.lock"
@@ -86,7 +87,7 @@ EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT = "empty", "ongoing", "prepare_com
 
 class TxnPartition(msgspec.Struct, frozen=True):
     topic: str
-    topic_id: str  # the topic life it was added in (catalog id): a re-created topic is another
+    topic_id: int  # the topic life it was added in (catalog id): a re-created topic is another
     partition: int
     bound: int
     durable: bool
@@ -124,11 +125,11 @@ def _meta(plane) -> str:
     return os.path.join(plane.settings.data_dir, "meta")
 
 
-def abort_index_path(data_dir: str, topic: str, topic_id: str, partition: int) -> str:
-    return os.path.join(data_dir, ABORT_DIR, f"{topic}@{topic_id}", f"{partition}.aborted")
+def abort_index_path(data_dir: str, topic: str, topic_id: int, partition: int) -> str:
+    return os.path.join(data_dir, ABORT_DIR, f"{topic}@{catalog.format_id(topic_id)}", f"{partition}.aborted")
 
 
-def read_abort_index(data_dir: str, topic: str, topic_id: str, partition: int) -> bytes:
+def read_abort_index(data_dir: str, topic: str, topic_id: int, partition: int) -> bytes:
     """The partition's abort index, whole records only (a torn last append is
     not one); b"" when it has none."""
     try:
@@ -141,6 +142,12 @@ def read_abort_index(data_dir: str, topic: str, topic_id: str, partition: int) -
 def aborted_entries(data: bytes) -> list[tuple[int, int, int, int]]:
     """(producer_id, first_offset, last_offset, max_epoch) of an abort index."""
     return [t[:4] for t in ABORT_RECORD.iter_unpack(data)]
+
+
+def validate_timeout(timeout_ms: object) -> int:
+    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
+        raise errors.InvalidArgument(f"transaction_timeout_ms must be an int in [1, {MAX_TIMEOUT_MS}]")
+    return timeout_ms
 
 
 def validate_transactional_id(tid: object) -> str:
@@ -181,8 +188,7 @@ class Coordinator:
         """init_transactions: (producer id, epoch) for tid, fencing every
         older epoch and aborting what it left open (T6)."""
         validate_transactional_id(tid)
-        if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
-            raise errors.InvalidArgument(f"transaction_timeout_ms must be an int in [1, {MAX_TIMEOUT_MS}]")
+        validate_timeout(timeout_ms)
         with self._locked() as s:
             t = s.state.txns.get(tid)
             if t is not None and t.state != EMPTY:
@@ -212,7 +218,7 @@ class Coordinator:
                 h = self.plane.topic_handle(topic)
                 ring = self.plane.ring(h, partition, writable=False)
                 bound = ring.ends()[1]
-                new.append(TxnPartition(topic, f"{h.topic_id:016x}", partition, bound, h.config.persistence == "disk"))
+                new.append(TxnPartition(topic, h.topic_id, partition, bound, h.config.persistence == "disk"))
                 have.add((topic, partition))
             if not new:
                 return
@@ -336,9 +342,7 @@ class Coordinator:
         except FileNotFoundError:
             return
         state = msgspec.msgpack.decode(data, type=State) if data else State()
-        s = _Session(self)
-        s.state = state
-        s.publish_bounds([p for t in state.txns.values() if t.state != EMPTY for p in t.partitions])
+        publish_bounds(self.plane, state, [p for t in state.txns.values() if t.state != EMPTY for p in t.partitions])
 
     def recover(self) -> None:
         """After a restore: aborts what dead producers left open, finishes what was decided."""
@@ -464,23 +468,27 @@ class _Session:
         self.publish_bounds(done)
 
     def publish_bounds(self, parts: Iterable[TxnPartition]) -> None:
-        """txn_bound of these partitions from the open transactions (T1)."""
-        lows: dict[tuple[str, str, int], int] = {}
-        for t in self.state.txns.values():
-            if t.state == EMPTY:
-                continue
-            for p in t.partitions:
-                k = (p.topic, p.topic_id, p.partition)
-                lows[k] = min(lows.get(k, INT64_MAX), p.bound)
-        for p in parts:
-            ring = _live_ring(self.plane, p)
-            if ring is None:
-                continue
-            low = lows.get((p.topic, p.topic_id, p.partition))
-            lib.shm_ring_set_txn_bound(_header(ring), 0 if low is None else low + 1)
+        publish_bounds(self.plane, self.state, parts)
 
 
 # ------------------------------------------------------------ ring and table work
+
+
+def publish_bounds(plane, state: State, parts: Iterable[TxnPartition]) -> None:
+    """txn_bound of these partitions from the open transactions of state (T1)."""
+    lows: dict[tuple[str, int, int], int] = {}
+    for t in state.txns.values():
+        if t.state == EMPTY:
+            continue
+        for p in t.partitions:
+            k = (p.topic, p.topic_id, p.partition)
+            lows[k] = min(lows.get(k, INT64_MAX), p.bound)
+    for p in parts:
+        ring = _live_ring(plane, p)
+        if ring is None:
+            continue
+        low = lows.get((p.topic, p.topic_id, p.partition))
+        lib.shm_ring_set_txn_bound(_header(ring), 0 if low is None else low + 1)
 
 
 def _now_ms() -> int:
@@ -496,7 +504,7 @@ def _live_ring(plane, p: TxnPartition):
         h = plane.topic_handle(p.topic)
     except errors.UnknownTopicOrPartition:
         return None
-    if f"{h.topic_id:016x}" != p.topic_id or p.partition >= h.partitions:
+    if h.topic_id != p.topic_id or p.partition >= h.partitions:
         return None
     return plane.ring(h, p.partition, writable=True)
 

@@ -148,6 +148,15 @@ class ProducerIds:
             del self._seqs[k]
 
 
+def _batches(data):
+    """(start, size) of each whole RecordBatch in data, back to back (a fetch's records)."""
+    at, n = 0, len(data)
+    while at + _HDR <= n:
+        size = batch_bytes(data[at : at + _HDR])
+        yield at, size
+        at += size
+
+
 def committed_only(data: bytes, lso: int, aborted: list) -> tuple[bytes, int | None]:
     """read_committed: the batches of a fetch below the last stable offset,
     without those of aborted transactions (struct shm_txn_abort's rule: a
@@ -155,23 +164,20 @@ def committed_only(data: bytes, lso: int, aborted: list) -> tuple[bytes, int | N
     cannot express, so they are left out rather than listed). Returns (bytes,
     the offset where it stopped at the LSO, or None). Control batches stay:
     clients skip them and move their position past them."""
-    keep, at, n, cut, dropped = [], 0, len(data), None, False
-    while at + _HDR <= n:
-        size = 12 + int.from_bytes(data[at + 8 : at + 12], "big")
-        base = int.from_bytes(data[at : at + 8], "big", signed=True)
+    keep, cut, dropped = [], None, False
+    for at, size in _batches(data):
+        b = data[at : at + _HDR]
+        base = _be(b, lib.SHM_RB_BASE_OFFSET, 8)
         if base >= lso:
             cut = base
             break
-        attrs = int.from_bytes(data[at + 21 : at + 23], "big")
+        attrs = _be(b, lib.SHM_RB_ATTRIBUTES, 2)
         if aborted and attrs & _TXN and not attrs & _CONTROL:
-            pid = int.from_bytes(data[at + 43 : at + 51], "big", signed=True)
-            epoch = int.from_bytes(data[at + 51 : at + 53], "big", signed=True)
+            pid, epoch = _be(b, lib.SHM_RB_PRODUCER_ID, 8), _be(b, lib.SHM_RB_PRODUCER_EPOCH, 2)
             if any(a[0] == pid and a[1] <= base <= a[2] and epoch <= a[3] for a in aborted):
-                at += size
                 dropped = True
                 continue
         keep.append(data[at : at + size])
-        at += size
     if cut is None and not dropped:
         return data, None
     return b"".join(keep), cut
@@ -419,16 +425,12 @@ class DataPath:
             code, data = self.read(fc, h, partition, off, 8 << 20)
             if code or not data:
                 break
-            at = 0
-            while at + _HDR <= len(data):
-                size = 12 + int.from_bytes(data[at + 8 : at + 12], "big")
+            for at, _size in _batches(data):
                 b = data[at : at + _HDR]
                 if _be(b, lib.SHM_RB_PRODUCER_ID, 8) == pid and not _be(b, lib.SHM_RB_ATTRIBUTES, 2) & _CONTROL:
                     count = _be(b, lib.SHM_RB_LAST_OFFSET_DELTA, 4) + 1
-                    found.append(
-                        (_be(b, lib.SHM_RB_PRODUCER_EPOCH, 2), _be(b, lib.SHM_RB_BASE_SEQUENCE, 4), count, _be(b, 0, 8))
-                    )
-                at += size
+                    seq = _be(b, lib.SHM_RB_BASE_SEQUENCE, 4)
+                    found.append((_be(b, lib.SHM_RB_PRODUCER_EPOCH, 2), seq, count, _be(b, lib.SHM_RB_BASE_OFFSET, 8)))
             off = fc.next_offset
             if off < 0:
                 break
@@ -489,7 +491,7 @@ class DataPath:
         key = (h.generation, partition)
         cached = self._aborts.get(key)
         if cached is None or cached[0] != seen:
-            data = transactions.read_abort_index(self.log.settings.data_dir, h.name, f"{h.topic_id:016x}", partition)
+            data = transactions.read_abort_index(self.log.settings.data_dir, h.name, h.topic_id, partition)
             cached = self._aborts[key] = (seen, transactions.aborted_entries(data))
         return lso, cached[1]
 

@@ -79,7 +79,9 @@ class Transactions:
                 self.data.producer_ids.fresh.add(out["ProducerId"])
                 return out
             timeout = req["TransactionTimeoutMs"]
-            if not 1 <= timeout <= transactions.MAX_TIMEOUT_MS:
+            try:
+                transactions.validate_timeout(timeout)
+            except errors.InvalidArgument:
                 out["ErrorCode"] = codes.INVALID_TRANSACTION_TIMEOUT
                 return out
             out["ProducerId"], out["ProducerEpoch"] = await self._run(self.coordinator.init, tid, timeout, NO_OWNER)

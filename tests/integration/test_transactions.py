@@ -59,7 +59,7 @@ def test_commit_is_atomic_over_topics_and_partitions_abort_is_never_seen(inst):
     # positions pass the markers: a0, marker, x0, marker, c0, marker
     assert rc.position("a", 0) == ru.position("a", 0) == 6
     assert transactions.aborted_entries(
-        transactions.read_abort_index(log.settings.data_dir, "a", f"{log.topic_handle('a').topic_id:016x}", 0)
+        transactions.read_abort_index(log.settings.data_dir, "a", log.topic_handle("a").topic_id, 0)
     )[0][1:3] == (2, 3)  # the aborted transaction: from its bound (2) to its marker (3)
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import shmlog
 from shmlog import errors
+from test_transactions import drain
 
 PARTITIONS = 4
 PER_PARTITION = 1000
@@ -79,15 +80,8 @@ def _worker(kwargs, seed, mark_dir):
 
 
 def _values(log, topic, isolation):
-    c = log.consumer(topics=[topic], auto_offset_reset="earliest", isolation_level=isolation)
-    out = []
-    while True:
-        b = c.poll_batch(10_000, timeout=0.5)
-        if not b:
-            break
-        out += [m.value for m in b]
-    c.close()
-    return out
+    with log.consumer(topics=[topic], auto_offset_reset="earliest", isolation_level=isolation) as c:
+        return [m.value for m in drain(c, 0.5)]
 
 
 def _wait_up(inst, proc, mark_dir, timeout=20):
