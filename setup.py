@@ -12,8 +12,8 @@ _spec = importlib.util.spec_from_file_location("shmlog_build", pathlib.Path(__fi
 _build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_build)
 
-fastpath = Extension("shmlog._fastpath", sources=["csrc/fastpath.c"], include_dirs=["csrc"],
-                     depends=["csrc/shmlog.h"],
+fastpath = Extension("shmlog._fastpath", sources=["csrc/fastpath.c", "csrc/pyrecords.c"], include_dirs=["csrc"],
+                     depends=["csrc/shmlog.h", "csrc/fastpath.h"],
                      extra_compile_args=_build.COMPILE_ARGS + ["-Wno-missing-field-initializers"],
                      extra_link_args=_build.LINK_ARGS)
 

@@ -2,16 +2,24 @@
  * boundary, written against the CPython C API (METH_FASTCALL, no Python
  * frame, no argument tuple).
  *
- * Owns: ProducerBase, the C base type of shmlog.producer.Producer, with its
- * produce() method: the express case (topic and bytes value only, the
- * topic's sticky batch open and without callbacks) appends to the open
- * batch with one call into the core; every other case calls the Python
- * method _produce_any(...) with the same arguments, which holds all the
- * policy. Must never: link a second copy of the core (its functions come
- * from the cffi module through bind(), so each process has one copy of the
- * core and its state), hold policy, or release the GIL (the express add and
- * the linger thread's seal are atomic with respect to each other only
- * because both run under it; see csrc/accum.c).
+ * Owns three C base types and their express cases; every other case calls
+ * the Python method of the same call (_send_any, _produce_any, _poll_any)
+ * with the same arguments, which holds all the policy:
+ *  - ProducerBase (of shmlog.producer.Producer): send() -- a bytes value,
+ *    no key, headers or timestamp, an open writer with an express send
+ *    context for the partition: one shmx_send, a RecordMetadata built here;
+ *    produce() -- the topic's sticky batch open and no callbacks: one
+ *    append to the open batch.
+ *  - WriterBase (of the producer's per-topic _TopicWriter): the sticky
+ *    partition and the express send contexts, with references to the cffi
+ *    objects owning them, so an address found here is always live.
+ *  - ConsumerBase (of Consumer): poll() hands out a record an earlier read
+ *    decoded, outside a group and without value views.
+ * Must never: link a second copy of the core (its functions come from the
+ * cffi module through bind(), so each process has one copy of the core and
+ * its state), hold policy, or release the GIL (the express add and the
+ * linger thread's seal are atomic with respect to each other only because
+ * both run under it; see csrc/accum.c; the express send keeps it too).
  *
  * It also owns the consumer's batch builders, messages() and values(): the
  * rows one read decoded (struct shm_records_out, SHM_ROW_* in shmlog.h)
@@ -37,14 +45,36 @@
 #include <structmember.h>
 
 #include "shmlog.h"
+#include "fastpath.h"
 
 static __typeof__(&shmx_accum_add) accum_add;    /* from the cffi module (bind) */
+static __typeof__(&shmx_send) express_send;       /* from the cffi module (bind) */
 static PyObject *str_produce_any;                 /* interned "_produce_any" */
+static PyObject *str_send_any;                    /* interned "_send_any" */
+static PyObject *str_poll_any;                    /* interned "_poll_any" */
 
 typedef struct {
     PyObject_HEAD
     PyObject *express;          /* dict: topic -> int address of its open struct shm_accum */
+    PyObject *writers;          /* dict: topic -> its WriterBase (the Python _TopicWriter) */
 } ProducerBase;
+
+/* WriterBase: the C half of a producer's per-topic writer (client/producer.py
+ * _TopicWriter): the sticky partition and the send contexts send()'s express
+ * case may use. x[p] is the address of partition p's struct shm_send_ctx, or
+ * NULL when send() must take the general path for p (not opened yet, parked
+ * outside a transaction, a compacted topic's keyless records); xkeep[p] is
+ * the cffi object owning that memory, held so the address stays valid. */
+typedef struct {
+    PyObject_HEAD
+    int sticky;                 /* the sticky partition of keyless records */
+    long long sticky_left;      /* bytes it may still take before it moves on */
+    Py_ssize_t nx;
+    struct shm_send_ctx **x;
+    PyObject **xkeep;
+} WriterBase;
+
+static PyTypeObject WriterBaseType;
 
 /* The express case: (topic, value) with value exact bytes, positional or
  * value=; any other keyword must be None. Returns 1 when the record was
@@ -75,6 +105,22 @@ static int produce_express(ProducerBase *self, PyObject *const *args, Py_ssize_t
     return accum_add(a, (const uint8_t *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)) >= 0;
 }
 
+/* the general path of a C method: self.<name>(*args, **kwargs), no tuple or dict built */
+static PyObject *call_general(PyObject *self, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[10], **stack = n + 1 <= 10 ? small : PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+    if (stack == NULL)
+        return PyErr_NoMemory();
+    stack[0] = self;
+    memcpy(stack + 1, args, (size_t)n * sizeof(PyObject *));
+    PyObject *res = PyObject_VectorcallMethod(name, stack, (size_t)(nargs + 1), kwnames);
+    if (stack != small)
+        PyMem_Free(stack);
+    return res;
+}
+
 static PyObject *ProducerBase_produce(ProducerBase *self, PyObject *const *args, Py_ssize_t nargsf,
                                       PyObject *kwnames)
 {
@@ -84,28 +130,103 @@ static PyObject *ProducerBase_produce(ProducerBase *self, PyObject *const *args,
         return NULL;
     if (r)
         Py_RETURN_NONE;
-    /* the general path: self._produce_any(*args, **kwargs), no tuple or dict built */
-    Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
-    PyObject *small[10], **stack = n + 1 <= 10 ? small : PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
-    if (stack == NULL)
-        return PyErr_NoMemory();
-    stack[0] = (PyObject *)self;
-    memcpy(stack + 1, args, (size_t)n * sizeof(PyObject *));
-    PyObject *res = PyObject_VectorcallMethod(str_produce_any, stack, (size_t)(nargs + 1), kwnames);
-    if (stack != small)
-        PyMem_Free(stack);
-    return res;
+    return call_general((PyObject *)self, str_produce_any, args, nargs, kwnames);
+}
+
+/* send(topic, value, key=None, headers=None, partition=None, timestamp_ms=None).
+ * The express case: topic a str, value exact bytes, partition None or an int,
+ * the rest None, the topic's writer open with an express context for the
+ * partition: one shmx_send and a RecordMetadata built here. Every other case,
+ * and an express write that would wait or failed (shmx_send < 0), is
+ * self._send_any(...) -- the latter with the partition already chosen, as
+ * the sticky partition accounting has been charged. */
+static const char *const send_kw[] = {"topic", "value", "key", "headers", "partition", "timestamp_ms"};
+
+static PyObject *ProducerBase_send(ProducerBase *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *a[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    if (nargs > 6 || express_send == NULL || self->writers == NULL || !PyDict_CheckExact(self->writers))
+        goto general;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        a[i] = args[i];
+    if (kwnames != NULL) {
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
+            PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+            int i = 0;
+            while (i < 6 && PyUnicode_CompareWithASCIIString(kw, send_kw[i]) != 0)
+                i++;
+            if (i == 6 || a[i] != NULL)
+                goto general;                  /* the general path raises the TypeError */
+            a[i] = args[nargs + k];
+        }
+    }
+    PyObject *topic = a[0], *value = a[1], *part = a[4];
+    if (topic == NULL || value == NULL || !PyUnicode_CheckExact(topic) || !PyBytes_CheckExact(value))
+        goto general;
+    for (int i = 2; i < 6; i++)
+        if (i != 4 && a[i] != NULL && a[i] != Py_None)
+            goto general;
+    PyObject *wo = PyDict_GetItemWithError(self->writers, topic);     /* borrowed */
+    if (wo == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        goto general;
+    }
+    if (!PyObject_TypeCheck(wo, &WriterBaseType))
+        goto general;
+    WriterBase *w = (WriterBase *)wo;
+    Py_ssize_t len = PyBytes_GET_SIZE(value), p;
+    if (part == NULL || part == Py_None) {
+        if (w->sticky_left - len < 0)
+            goto general;                      /* the sticky partition moves on: the general path */
+        w->sticky_left -= len;
+        p = w->sticky;
+    } else {
+        if (!PyLong_CheckExact(part))
+            goto general;
+        p = PyLong_AsSsize_t(part);
+        if (p == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            goto general;
+        }
+    }
+    if (p < 0 || p >= w->nx || w->x[p] == NULL)
+        goto chosen;
+    int64_t rc = express_send(w->x[p], (const uint8_t *)PyBytes_AS_STRING(value), len);
+    if (rc < 0)
+        goto chosen;
+    PyObject *po = PyLong_FromSsize_t(p);
+    if (po == NULL)
+        return NULL;
+    PyObject *md = record_metadata_new(topic, po, rc);
+    Py_DECREF(po);
+    return md;
+chosen:
+    {
+        PyObject *po = PyLong_FromSsize_t(p);
+        if (po == NULL)
+            return NULL;
+        PyObject *stack[7] = {(PyObject *)self, topic, value, Py_None, Py_None, po, Py_None};
+        PyObject *res = PyObject_VectorcallMethod(str_send_any, stack, 7, NULL);
+        Py_DECREF(po);
+        return res;
+    }
+general:
+    return call_general((PyObject *)self, str_send_any, args, nargs, kwnames);
 }
 
 static int ProducerBase_traverse(ProducerBase *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->express);
+    Py_VISIT(self->writers);
     return 0;
 }
 
 static int ProducerBase_clear(ProducerBase *self)
 {
     Py_CLEAR(self->express);
+    Py_CLEAR(self->writers);
     return 0;
 }
 
@@ -129,14 +250,26 @@ PyDoc_STRVAR(produce_doc,
 "max_message_bytes, and BufferFull when queue_buffering_max_messages\n"
 "records wait for delivery (call poll() or flush()).");
 
+PyDoc_STRVAR(send_doc,
+"send($self, /, topic, value, key=None, headers=None, partition=None,\n"
+"     timestamp_ms=None)\n"
+"--\n"
+"\n"
+"Appends one record; returns RecordMetadata(topic, partition, offset).\n"
+"The partition is the given one, murmur2 of the key, or the sticky\n"
+"partition for keyless records. Waits for room up to max_block_ms\n"
+"(then BufferFull).");
+
 static PyMethodDef ProducerBase_methods[] = {
     {"produce", (PyCFunction)(void (*)(void))ProducerBase_produce, METH_FASTCALL | METH_KEYWORDS, produce_doc},
+    {"send", (PyCFunction)(void (*)(void))ProducerBase_send, METH_FASTCALL | METH_KEYWORDS, send_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef ProducerBase_members[] = {
     {"_express", T_OBJECT, offsetof(ProducerBase, express), 0,
      "topic -> address of the struct shm_accum of its open sticky batch (see csrc/fastpath.c)"},
+    {"_writers", T_OBJECT, offsetof(ProducerBase, writers), 0, "topic -> its writer (a WriterBase)"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -145,7 +278,7 @@ static PyTypeObject ProducerBaseType = {
     .tp_name = "shmlog._fastpath.ProducerBase",
     .tp_basicsize = sizeof(ProducerBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The C half of shmlog.Producer: produce()'s express case.",
+    .tp_doc = "The C half of shmlog.Producer: the express cases of send() and produce().",
     .tp_new = PyType_GenericNew,
     .tp_dealloc = (destructor)ProducerBase_dealloc,
     .tp_traverse = (traverseproc)ProducerBase_traverse,
@@ -154,15 +287,220 @@ static PyTypeObject ProducerBaseType = {
     .tp_members = ProducerBase_members,
 };
 
-static PyObject *fastpath_bind(PyObject *mod, PyObject *addr)
+/* WriterBase._xset(p, addr, owner): partition p's express context is the
+ * struct shm_send_ctx at addr, owned by owner (held); addr 0: none */
+static PyObject *WriterBase_xset(WriterBase *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    void *p = PyLong_AsVoidPtr(addr);
-    if (p == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "bind: a null function address");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_xset(partition, addr, owner)");
         return NULL;
     }
-    accum_add = (__typeof__(accum_add))p;
+    Py_ssize_t p = PyLong_AsSsize_t(args[0]);
+    void *addr = PyLong_AsVoidPtr(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (p < 0 || p > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "_xset: partition out of range");
+        return NULL;
+    }
+    if (p >= self->nx) {
+        Py_ssize_t n = p + 1;
+        struct shm_send_ctx **x = PyMem_Realloc(self->x, (size_t)n * sizeof(*x));
+        if (x == NULL)
+            return PyErr_NoMemory();
+        self->x = x;
+        PyObject **keep = PyMem_Realloc(self->xkeep, (size_t)n * sizeof(*keep));
+        if (keep == NULL)
+            return PyErr_NoMemory();
+        self->xkeep = keep;
+        for (Py_ssize_t i = self->nx; i < n; i++) {
+            x[i] = NULL;
+            keep[i] = NULL;
+        }
+        self->nx = n;
+    }
+    PyObject *old = self->xkeep[p];
+    self->x[p] = addr;
+    self->xkeep[p] = NULL;
+    if (addr != NULL) {
+        Py_INCREF(args[2]);
+        self->xkeep[p] = args[2];
+    }
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static int WriterBase_clear(WriterBase *self)
+{
+    for (Py_ssize_t i = 0; i < self->nx; i++) {
+        self->x[i] = NULL;
+        Py_CLEAR(self->xkeep[i]);
+    }
+    return 0;
+}
+
+static PyObject *WriterBase_xclear(WriterBase *self, PyObject *unused)
+{
+    WriterBase_clear(self);
+    Py_RETURN_NONE;
+}
+
+static int WriterBase_traverse(WriterBase *self, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < self->nx; i++)
+        Py_VISIT(self->xkeep[i]);
+    return 0;
+}
+
+static void WriterBase_dealloc(WriterBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    WriterBase_clear(self);
+    PyMem_Free(self->x);
+    PyMem_Free(self->xkeep);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef WriterBase_methods[] = {
+    {"_xset", (PyCFunction)(void (*)(void))WriterBase_xset, METH_FASTCALL,
+     "_xset(partition, addr, owner): partition's express send context (addr 0: none)."},
+    {"_xclear", (PyCFunction)WriterBase_xclear, METH_NOARGS, "_xclear(): no express send contexts."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef WriterBase_members[] = {
+    {"sticky", T_INT, offsetof(WriterBase, sticky), 0, "the sticky partition of keyless records"},
+    {"sticky_left", T_LONGLONG, offsetof(WriterBase, sticky_left), 0, "bytes the sticky partition may still take"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject WriterBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmlog._fastpath.WriterBase",
+    .tp_basicsize = sizeof(WriterBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C half of a producer's per-topic writer: the sticky partition and send()'s express contexts.",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)WriterBase_dealloc,
+    .tp_traverse = (traverseproc)WriterBase_traverse,
+    .tp_clear = (inquiry)WriterBase_clear,
+    .tp_methods = WriterBase_methods,
+    .tp_members = WriterBase_members,
+};
+
+/* ConsumerBase: the C half of shmlog.Consumer. poll()'s express case is a
+ * record decoded by an earlier read (pending[pi]) of a consumer outside a
+ * group and without value views (the Python poll would release views or
+ * look at its group first); every other case is self._poll_any(...). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *pending;          /* list of Messages decoded earlier */
+    Py_ssize_t pi;              /* the next one to hand out */
+    PyObject *views;            /* None, or the copy=False views list */
+    PyObject *group;            /* None, or the Membership */
+} ConsumerBase;
+
+static PyObject *ConsumerBase_poll(ConsumerBase *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
+{
+    PyObject *pend = self->pending;
+    if (self->views == Py_None && self->group == Py_None && pend != NULL && PyList_CheckExact(pend) &&
+        self->pi >= 0 && self->pi < PyList_GET_SIZE(pend)) {
+        PyObject *m = PyList_GET_ITEM(pend, self->pi);
+        self->pi++;
+        Py_INCREF(m);
+        return m;
+    }
+    return call_general((PyObject *)self, str_poll_any, args, PyVectorcall_NARGS(nargsf), kwnames);
+}
+
+static int ConsumerBase_traverse(ConsumerBase *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pending);
+    Py_VISIT(self->views);
+    Py_VISIT(self->group);
+    return 0;
+}
+
+static int ConsumerBase_clear(ConsumerBase *self)
+{
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->views);
+    Py_CLEAR(self->group);
+    return 0;
+}
+
+static void ConsumerBase_dealloc(ConsumerBase *self)
+{
+    PyObject_GC_UnTrack(self);
+    ConsumerBase_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *ConsumerBase_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    ConsumerBase *self = (ConsumerBase *)PyType_GenericNew(tp, args, kw);
+    if (self != NULL) {
+        Py_INCREF(Py_None);
+        self->views = Py_None;
+        Py_INCREF(Py_None);
+        self->group = Py_None;
+    }
+    return (PyObject *)self;
+}
+
+PyDoc_STRVAR(poll_doc,
+"poll($self, /, timeout=None)\n"
+"--\n"
+"\n"
+"The next record, or None when none arrives within timeout seconds\n"
+"(None: wait forever).");
+
+static PyMethodDef ConsumerBase_methods[] = {
+    {"poll", (PyCFunction)(void (*)(void))ConsumerBase_poll, METH_FASTCALL | METH_KEYWORDS, poll_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef ConsumerBase_members[] = {
+    {"_pending", T_OBJECT, offsetof(ConsumerBase, pending), 0, "Messages decoded by an earlier read"},
+    {"_pi", T_PYSSIZET, offsetof(ConsumerBase, pi), 0, "the next of _pending to hand out"},
+    {"_views", T_OBJECT, offsetof(ConsumerBase, views), 0, "None, or the list of copy=False value views"},
+    {"_group", T_OBJECT, offsetof(ConsumerBase, group), 0, "None, or the group Membership"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ConsumerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmlog._fastpath.ConsumerBase",
+    .tp_basicsize = sizeof(ConsumerBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C half of shmlog.Consumer: poll()'s express case.",
+    .tp_new = ConsumerBase_new,
+    .tp_dealloc = (destructor)ConsumerBase_dealloc,
+    .tp_traverse = (traverseproc)ConsumerBase_traverse,
+    .tp_clear = (inquiry)ConsumerBase_clear,
+    .tp_methods = ConsumerBase_methods,
+    .tp_members = ConsumerBase_members,
+};
+
+/* bind(accum_add, send): the core's functions this module calls, as
+ * addresses from the cffi module (shmlog._native): one copy of the core */
+static PyObject *fastpath_bind(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "bind(shmx_accum_add, shmx_send)");
+        return NULL;
+    }
+    void *p[2];
+    for (int i = 0; i < 2; i++) {
+        p[i] = PyLong_AsVoidPtr(args[i]);
+        if (p[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bind: a null function address");
+            return NULL;
+        }
+    }
+    accum_add = (__typeof__(accum_add))p[0];
+    express_send = (__typeof__(express_send))p[1];
     Py_RETURN_NONE;
 }
 
@@ -264,21 +602,23 @@ static int batch_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, 
     return 0;
 }
 
-/* messages(buf_addr, used, rows_addr, n, cls, topic, partition[, views]) ->
- * (list of cls(topic, partition, offset, key, value, headers, timestamp_ms),
- * how many have headers): headers is () for a record without headers and
- * None for one with them (the caller decodes those). With views a list,
- * values are read-only memoryviews of the read buffer, appended to it. */
+/* messages(buf_addr, used, rows_addr, n, topic, partition[, views]) ->
+ * (list of Message(topic, partition, offset, key, value, headers,
+ * timestamp_ms), how many have headers): headers is () for a record without
+ * headers and None for one with them (the caller decodes those). With views
+ * a list, values are read-only memoryviews of the read buffer, appended to
+ * it. The Messages are built here (pyrecords.c), no argument tuple, offsets
+ * and timestamps unboxed until read. */
 static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     const char *buf;
     uint64_t used;
     const int64_t *rows;
     Py_ssize_t n;
-    if (batch_args(args, nargs, 8, "messages", &buf, &used, &rows, &n) < 0)
+    if (batch_args(args, nargs, 7, "messages", &buf, &used, &rows, &n) < 0)
         return NULL;
-    PyObject *cls = args[4], *topic = args[5], *partition = args[6];
-    PyObject *views = nargs == 8 ? args[7] : Py_None;
+    PyObject *topic = args[4], *partition = args[5];
+    PyObject *views = nargs == 7 ? args[6] : Py_None;
     PyObject *empty = PyTuple_New(0);
     PyObject *out = PyList_New(n);
     Py_ssize_t with_headers = 0;
@@ -288,29 +628,25 @@ static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssiz
         const int64_t *r = rows + i * SHM_ROW_FIELDS;
         PyObject *key = value_of(buf, used, r[SHM_ROW_KEY_START], r[SHM_ROW_KEY_LEN], Py_None);
         PyObject *value = key ? value_of(buf, used, r[SHM_ROW_VALUE_START], r[SHM_ROW_VALUE_LEN], views) : NULL;
-        PyObject *off = value ? PyLong_FromLongLong(r[SHM_ROW_OFFSET]) : NULL;
-        PyObject *ts = off ? PyLong_FromLongLong(r[SHM_ROW_TIMESTAMP]) : NULL;
-        PyObject *m = NULL;
-        if (ts != NULL) {
-            PyObject *headers = empty;
-            if (r[SHM_ROW_HEADER_COUNT]) {
-                headers = Py_None;
-                with_headers++;
-            }
-            PyObject *margs[7] = {topic, partition, off, key, value, headers, ts};
-            m = PyObject_Vectorcall(cls, margs, 7, NULL);
-        }
-        Py_XDECREF(key);
-        Py_XDECREF(value);
-        Py_XDECREF(off);
-        Py_XDECREF(ts);
-        if (m == NULL)
+        if (value == NULL) {
+            Py_XDECREF(key);
             goto fail;
+        }
+        PyObject *headers = empty;
+        if (r[SHM_ROW_HEADER_COUNT]) {
+            headers = Py_None;
+            with_headers++;
+        }
+        PyObject *m = message_new(topic, partition, r[SHM_ROW_OFFSET], key, value, headers, r[SHM_ROW_TIMESTAMP]);
+        if (m == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(value);
+            goto fail;
+        }
         PyList_SET_ITEM(out, i, m);
     }
     Py_DECREF(empty);
-    PyObject *res = Py_BuildValue("(Nn)", out, with_headers);
-    return res;
+    return Py_BuildValue("(Nn)", out, with_headers);
 fail:
     Py_XDECREF(empty);
     Py_XDECREF(out);
@@ -419,10 +755,10 @@ static PyMethodDef fastpath_functions[] = {
      "view(addr, len, views): a read-only memoryview of ring memory, appended to views."},
     {"release", fastpath_release, METH_O,
      "release(views): releases every view in the list; returns how many stay (still exported)."},
-    {"bind", fastpath_bind, METH_O,
-     "bind(shmx_accum_add_address): the core's functions, from the cffi module (shmlog._native)."},
+    {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
+     "bind(shmx_accum_add, shmx_send): the core's functions (addresses), from the cffi module (shmlog._native)."},
     {"messages", (PyCFunction)(void (*)(void))fastpath_messages, METH_FASTCALL,
-     "messages(buf_addr, used, rows_addr, n, cls, topic, partition[, views]) -> (Message list, how many have "
+     "messages(buf_addr, used, rows_addr, n, topic, partition[, views]) -> (Message list, how many have "
      "headers)."},
     {"values", (PyCFunction)(void (*)(void))fastpath_values, METH_FASTCALL,
      "values(buf_addr, used, rows_addr, n[, views]): a read's decoded rows' values (bytes, or None)."},
@@ -436,19 +772,30 @@ static struct PyModuleDef fastpath_module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&ProducerBaseType) < 0 || PyType_Ready(&ViewSourceType) < 0)
+    PyTypeObject *bases[] = {&ProducerBaseType, &WriterBaseType, &ConsumerBaseType};
+    if (PyType_Ready(&ViewSourceType) < 0)
         return NULL;
     str_produce_any = PyUnicode_InternFromString("_produce_any");
-    if (str_produce_any == NULL)
+    str_send_any = PyUnicode_InternFromString("_send_any");
+    str_poll_any = PyUnicode_InternFromString("_poll_any");
+    if (str_produce_any == NULL || str_send_any == NULL || str_poll_any == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&ProducerBaseType);
-    if (PyModule_AddObject(m, "ProducerBase", (PyObject *)&ProducerBaseType) < 0) {
-        Py_DECREF(&ProducerBaseType);
-        Py_DECREF(m);
-        return NULL;
+    for (int i = 0; i < 3; i++) {
+        if (PyType_Ready(bases[i]) < 0)
+            goto fail;
+        Py_INCREF(bases[i]);
+        if (PyModule_AddObject(m, strrchr(bases[i]->tp_name, '.') + 1, (PyObject *)bases[i]) < 0) {
+            Py_DECREF(bases[i]);
+            goto fail;
+        }
     }
+    if (records_ready(m) < 0)
+        goto fail;
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

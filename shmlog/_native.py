@@ -17,7 +17,7 @@ from ._fastpath import bind as _bind_fastpath
 from ._shmlog_c import ffi, lib
 
 # the fast path (csrc/fastpath.c) calls the core through this module's copy of it
-_bind_fastpath(int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmx_accum_add"))))
+_bind_fastpath(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in ("shmx_accum_add", "shmx_send")))
 
 
 def address_of(cdata) -> int:

@@ -1,8 +1,11 @@
 """records.py — the record types users see, and header encoding.
 
 Owns: Message, RecordMetadata, BatchMetadata, Columns and the Kafka headers
-section codec (count varint, then key/value pairs). Must never: touch shared
-memory; batches are encoded and decoded by the C core.
+section codec (count varint, then key/value pairs). Message and
+RecordMetadata are C types (csrc/pyrecords.c: built per record by the fast
+path without a Python frame; frozen, ==, hash, repr, pickle), typed in
+_fastpath.pyi. Must never: touch shared memory; batches are encoded and decoded
+by the C core.
 """
 
 from typing import Any
@@ -10,26 +13,9 @@ from typing import Any
 import msgspec
 
 from . import errors
+from ._fastpath import Message, RecordMetadata
 
-
-class Message(msgspec.Struct, gc=False, frozen=True):
-    """One consumed record. headers is a tuple of (str, bytes | None) pairs."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...]
-    timestamp_ms: int
-
-
-class RecordMetadata(msgspec.Struct, gc=False, frozen=True):
-    """Where a sent record landed; known when send() returns."""
-
-    topic: str
-    partition: int
-    offset: int
+__all__ = ["BatchMetadata", "Columns", "Message", "RecordMetadata", "decode_headers", "encode_headers"]
 
 
 class BatchMetadata(msgspec.Struct, gc=False, frozen=True):

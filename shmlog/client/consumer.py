@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any, NamedTuple
 
-import msgspec
 import numpy as np
 
 from .. import compression, errors, storage
@@ -34,6 +33,7 @@ from ..control.ring_map import Ring
 from ..control.tables import validate_group_name
 from .membership import MEMBER_OPTIONS, Membership
 from .reader import LAPPED, PartitionReader
+from .._fastpath import ConsumerBase
 from .._fastpath import messages as batch_messages
 from .._fastpath import release as release_views
 from .._fastpath import values as batch_values
@@ -91,7 +91,7 @@ class GroupMetadata(NamedTuple):
     member_token: int
 
 
-class Consumer:
+class Consumer(ConsumerBase):
     """Reads records.
 
     With group= and topics= it is a member of that consumer group: the group
@@ -670,7 +670,7 @@ class Consumer:
         if pin:
             self._pinned.append(part)
         elif views is not None and value is not None:
-            m = msgspec.structs.replace(m, value=memoryview(value))
+            m = Message(m.topic, m.partition, m.offset, m.key, memoryview(value), (), m.timestamp_ms)
         return m
 
     def _message1(self, part: _Part) -> Message:
@@ -678,6 +678,7 @@ class Consumer:
         off, ts, ks, kl, vs, vl, hs, hc = ffi.unpack(self._rows, ROW)
         part.large = vl >= LARGE_BYTES
         mv = self._mv
+        value: bytes | memoryview | None
         if vl < 0:
             value = None
         elif self._views is None:
@@ -701,14 +702,14 @@ class Consumer:
         if n == 1:
             return [self._message1(part)]
         msgs, with_headers = batch_messages(
-            self._buf_addr, self._out.bytes_used, self._rows_addr, n, Message, part.topic, part.partition, self._views
+            self._buf_addr, self._out.bytes_used, self._rows_addr, n, part.topic, part.partition, self._views
         )
         if with_headers:
             rows, data = self._rows, self._mv[: self._out.bytes_used]
             for i, m in enumerate(msgs):
                 if m.headers is None:
                     hs = decode_headers(data, rows[i * ROW + lib.SHM_ROW_HEADER_START])
-                    msgs[i] = msgspec.structs.replace(m, headers=hs)
+                    msgs[i] = Message(m.topic, m.partition, m.offset, m.key, m.value, hs, m.timestamp_ms)
         return msgs
 
     def _read_any(self, max_records: int) -> tuple[Any, int]:
@@ -773,7 +774,11 @@ class Consumer:
                 return None, 0
             self._wait(left)
 
-    def poll(self, timeout: float | None = None) -> Message | None:
+    # poll(timeout=None) -> Message | None is ConsumerBase.poll (csrc/fastpath.c, where its
+    #     docstring is): a record an earlier read decoded is handed out in C (outside a group,
+    #     without value views); everything else is _poll_any.
+
+    def _poll_any(self, timeout: float | None = None) -> Message | None:
         """The next record, or None when none arrives within timeout seconds
         (None: wait forever). A group member looks at its group before it
         returns a record it decoded earlier, so a partition that moved away

@@ -26,7 +26,7 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from .. import compression, errors, liveness
-from .._fastpath import ProducerBase
+from .._fastpath import ProducerBase, WriterBase
 from .._native import address_of, ffi, full_ring_cause, lib, memory_shortfall, raise_status
 from ..control.transactions import TxnOffset, validate_timeout, validate_transactional_id
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
@@ -57,19 +57,19 @@ def _as_bytes(v: object, what: str) -> bytes | None:
     raise errors.InvalidType(f"{what} must be bytes (or None), not {type(v).__name__}; encode str with .encode()")
 
 
-class _TopicWriter:
-    """Per-topic state of one producer: one send context per partition."""
+class _TopicWriter(WriterBase):
+    """Per-topic state of one producer: one send context per partition. Its C
+    half (WriterBase, csrc/fastpath.c) holds the sticky partition
+    (sticky, sticky_left) and the contexts send()'s express case may use:
+    every change of ctxs goes through _set_ctx, which keeps them the same."""
 
     __slots__ = (
         "producer",
         "handle",
         "n",
         "ctxs",
-        "xctxs",
         "spare",
         "rings",
-        "sticky",
-        "sticky_left",
         "batch_limit",
         "open",
         "keyed",
@@ -84,10 +84,9 @@ class _TopicWriter:
         # transaction: kept here so sends find none in ctxs and register first
         self.spare: list[Any] = [None] * self.n
         # a compacted topic refuses records without a key (Kafka's rule): its
-        # writer has no contexts for send()'s keyless express path (xctxs, all
-        # None), so the check costs the other topics nothing
+        # writer gives send()'s keyless express case no contexts, so the check
+        # costs the other topics nothing
         self.keyed = handle.config.cleanup_policy != "delete"
-        self.xctxs: list[Any] = [None] * self.n if self.keyed else self.ctxs
         self.rings: list[Any] = [None] * self.n
         self.sticky = random.randrange(self.n)
         self.sticky_left = STICKY_BYTES
@@ -104,8 +103,6 @@ class _TopicWriter:
         if handle.generation == self.handle.generation and more > 0:
             self.ctxs += [None] * more
             self.spare += [None] * more
-            if self.keyed:
-                self.xctxs += [None] * more
             self.rings += [None] * more
             self.open += [None] * more
             self.handle, self.n = handle, handle.partitions
@@ -117,11 +114,16 @@ class _TopicWriter:
             c = self._open(partition)
         return c
 
+    def _set_ctx(self, partition: int, c: Any) -> None:
+        self.ctxs[partition] = c
+        addr = 0 if c is None or self.keyed else int(ffi.cast("uintptr_t", c))
+        self._xset(partition, addr, c)
+
     def _open(self, partition: int) -> Any:
         c = self.spare[partition]
         if c is not None:
             self.spare[partition] = None
-            self.ctxs[partition] = c
+            self._set_ctx(partition, c)
             return c
         log = self.producer._log
         ring = log.ring(self.handle, partition, writable=True)
@@ -141,7 +143,7 @@ class _TopicWriter:
         c.unblock_ns = log.unblock_ns
         c.token_prefix = log.token_prefix_c
         self.producer._stamp(c)
-        self.ctxs[partition] = c
+        self._set_ctx(partition, c)
         self.rings[partition] = ring
         return c
 
@@ -150,7 +152,7 @@ class _TopicWriter:
         in spare until the next transaction adds the partition again."""
         c = self.ctxs[partition]
         if c is not None:
-            self.ctxs[partition] = None
+            self._set_ctx(partition, None)
             self.spare[partition] = c
 
     def next_sticky(self, nbytes: int) -> int:
@@ -166,9 +168,9 @@ class _TopicWriter:
             c = c or s
             if c is not None and r.base != ffi.NULL:
                 lib.shm_ring_release_slot(r.base, c.slot)
+        self._xclear()
         self.ctxs = [None] * self.n
         self.spare = [None] * self.n
-        self.xctxs = [None] * self.n if self.keyed else self.ctxs
 
     def keyless(self) -> errors.InvalidArgument:
         return errors.InvalidArgument(
@@ -474,39 +476,18 @@ class Producer(ProducerBase):
             w.park(p)
         self._txn_parts = []
 
-    def send(
-        self,
-        topic: str,
-        value: BytesLike | None,
-        key: BytesLike | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-    ) -> RecordMetadata:
-        """Appends one record; returns RecordMetadata(topic, partition, offset)."""
-        if key is None and headers is None and timestamp_ms is None and type(value) is bytes:
-            # express path: one GIL-holding C call; anything unusual takes the full path
-            w = self._writers.get(topic)
-            if w is not None:
-                if partition is None:
-                    w.sticky_left -= len(value)
-                    partition = w.sticky if w.sticky_left >= 0 else w.next_sticky(0)
-                if type(partition) is int and 0 <= partition < w.n:
-                    ctx = w.xctxs[partition]
-                    if ctx is not None:
-                        rc = lib.shmx_send(ctx, value, len(value))
-                        if rc >= 0:
-                            return RecordMetadata(topic, partition, rc)
-        return self._send(topic, value, key, headers, partition, timestamp_ms)
+    # send(topic, value, key=None, headers=None, partition=None, timestamp_ms=None)
+    #     -> RecordMetadata is ProducerBase.send (csrc/fastpath.c, where its docstring is): its
+    #     express case (bytes value, no key, headers or timestamp) in C, the rest through _send_any.
 
-    def _send(
+    def _send_any(
         self,
         topic: str,
         value: Any,
-        key: Any,
-        headers: Headers | None,
-        partition: int | None,
-        timestamp_ms: int | None,
+        key: Any = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> RecordMetadata:
         w = self._writers.get(topic) or self._writer(topic)
         if type(value) is not bytes:
@@ -1163,6 +1144,7 @@ class Producer(ProducerBase):
         # the slots belong to the parent; the child claims its own on first send.
         # Records the parent produce()d are the parent's to deliver: the child's queue starts empty.
         for w in self._writers.values():
+            w._xclear()
             w.ctxs = [None] * w.n
         self._writers.clear()
         self._async_reset()

@@ -17,12 +17,12 @@ def test_a_row_outside_the_read_buffer_is_an_error_not_a_read():
         r = i * lib.SHM_ROW_FIELDS
         rows[r + lib.SHM_ROW_KEY_LEN] = -1
         rows[r + lib.SHM_ROW_VALUE_START], rows[r + lib.SHM_ROW_VALUE_LEN] = 8 * i, 8
-    msgs, with_headers = _fastpath.messages(address_of(buf), 64, address_of(rows), 2, Message, "t", 0)
+    msgs, with_headers = _fastpath.messages(address_of(buf), 64, address_of(rows), 2, "t", 0)
     assert [m.value for m in msgs] == [bytes(8), bytes(8)] and with_headers == 0
     assert _fastpath.values(address_of(buf), 64, address_of(rows), 2) == [bytes(8), bytes(8)]
     rows[lib.SHM_ROW_FIELDS + lib.SHM_ROW_VALUE_START] = 60  # 60 + 8 > the 64 bytes the read filled
     with pytest.raises(ValueError, match="outside the read buffer"):
-        _fastpath.messages(address_of(buf), 64, address_of(rows), 2, Message, "t", 0)
+        _fastpath.messages(address_of(buf), 64, address_of(rows), 2, "t", 0)
     with pytest.raises(ValueError, match="outside the read buffer"):
         _fastpath.values(address_of(buf), 64, address_of(rows), 2)
     rows[lib.SHM_ROW_FIELDS + lib.SHM_ROW_VALUE_START] = -5
