@@ -589,9 +589,7 @@ class Producer(ProducerBase):
         if key is None and w.keyed:
             raise w.keyless()
         if partition is None:
-            partition = (
-                w.next_sticky(nbytes) if key is None else (lib.shm_murmur2(key, len(key)) & 0x7FFFFFFF) % w.n
-            )
+            partition = w.next_sticky(nbytes) if key is None else (lib.shm_murmur2(key, len(key)) & 0x7FFFFFFF) % w.n
         if timestamp_ms is not None and (type(timestamp_ms) is not int or timestamp_ms < 0):
             raise errors.InvalidArgument("timestamp_ms must be an int >= 0 (ms since the epoch) or None")
         hdr = encode_headers(headers) if headers else None
@@ -1251,7 +1249,20 @@ class Loan:
     so the producer's other calls never wait on it (L1); while it is open the
     partition's readers wait at its record."""
 
-    __slots__ = ("_p", "_w", "partition", "_ctx", "_ring", "_args", "_loan", "_view", "_src", "_state", "_why", "metadata")
+    __slots__ = (
+        "_p",
+        "_w",
+        "partition",
+        "_ctx",
+        "_ring",
+        "_args",
+        "_loan",
+        "_view",
+        "_src",
+        "_state",
+        "_why",
+        "metadata",
+    )
 
     def __init__(
         self, p: Producer, w: _TopicWriter, partition: int, ctx: Any, nbytes: int, key: Any, hdr: Any, ts: int
@@ -1325,8 +1336,8 @@ class Loan:
         if rc != lib.SHM_OK:
             raise_status(rc, f"loan of {self._w.handle.name!r} partition {self.partition} could not end")
         if ok:
-            if self._ring.deleted():
-                raise errors.TopicDeleted(f"topic {self._w.handle.name!r} was deleted during the loan")
+            if self._ring.deleted():  # committed into the deleted ring: gone with it
+                self._p._fail(lib.SHM_E_TOPIC_GONE, self._w, self.partition)
             self.metadata = RecordMetadata(self._w.handle.name, self.partition, self._loan.base_offset)
 
     def _take_slot(self) -> int:
