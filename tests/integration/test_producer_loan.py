@@ -23,6 +23,7 @@ import pytest
 
 import shmlog
 from shmlog import errors
+from shmlog._native import ffi, lib
 
 BIG = 1 << 20
 
@@ -464,7 +465,8 @@ def test_a_loan_across_fork_belongs_to_the_parent(inst, tmp_path):
     t = _topic(inst.log)
     p = inst.log.producer()
     out = str(tmp_path / "child")
-    with p.reserve(t, 6, partition=0) as buf:
+    loan = p.reserve(t, 6, partition=0)
+    with loan as buf:
         pid = os.fork()
         if pid == 0:  # the child: its view is released, its exit refuses
             code = 1
@@ -473,6 +475,8 @@ def test_a_loan_across_fork_belongs_to_the_parent(inst, tmp_path):
                     buf[0] = 1
                 except ValueError:
                     code = 2
+                if lib.shm_loan_commit(loan._ring.h, loan._loan) != lib.SHM_E_INVALID:  # not the child's (pid)
+                    code = 9
                 try:
                     with p.reserve(t, 1, partition=0) as b2:  # its own loans work
                         b2[0] = 0x21
@@ -516,3 +520,31 @@ def test_idempotent_and_transactional_loans_are_stamped(inst):
     assert [m.value for m in got] == [b"id0", b"id1", b"tx0"]
     assert c.poll(timeout=0.2) is None  # the aborted transaction's loan stays hidden
     c.close()
+
+
+def test_the_c_calls_refuse_what_is_not_an_open_loan_of_this_process(inst):
+    """Committing or aborting twice, or a struct never begun, writes nothing
+    (L2); sequential loans reuse one slot: the ring's slot table does not fill."""
+    t = _topic(inst.log)
+    p = inst.log.producer()
+    loan = p.reserve(t, 4, partition=0)
+    with loan as buf:
+        buf[:] = b"once"
+    r = loan._ring.h
+    assert lib.shm_loan_commit(r, loan._loan) == lib.SHM_E_INVALID
+    assert lib.shm_loan_abort(r, loan._loan) == lib.SHM_E_INVALID
+    assert lib.shm_loan_commit(r, ffi.new("struct shm_loan *")) == lib.SHM_E_INVALID
+    ctx = p._writers[t].ctxs[0]
+    out = ffi.new("struct shm_loan *")
+    assert lib.shm_loan_begin(ctx, ctx.slot, 4, ffi.NULL, -1, ffi.NULL, -1, -1, out) == lib.SHM_E_INVALID
+    assert lib.shm_loan_begin(ctx, loan._loan.slot, -1, ffi.NULL, -1, ffi.NULL, -1, -1, out) == lib.SHM_E_INVALID
+    for i in range(200):  # more loans than the ring has producer slots
+        with p.reserve(t, 8, partition=0) as buf:
+            buf[:] = i.to_bytes(8, "little")
+    hdr = ffi.cast("struct shm_ring_header *", loan._ring.base)
+    owned = sum(1 for i in range(lib.SHM_PRODUCER_SLOTS) if hdr.slots[i].owner != 0)
+    assert owned == 2  # the send slot and one loan slot
+    got = _read(inst.log, t, 201)
+    assert [m.value for m in got] == [b"once"] + [i.to_bytes(8, "little") for i in range(200)]
+    p.close()
+    assert sum(1 for i in range(lib.SHM_PRODUCER_SLOTS) if hdr.slots[i].owner != 0) == 0
