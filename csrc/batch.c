@@ -120,8 +120,9 @@ int64_t shm_batch_encode(uint8_t *dst, uint64_t dst_cap, const struct shm_batch_
 #define FUSED_COPY_MIN 4096   /* values this large are copied and summed in one pass */
 
 /* shm_batch_encode for a size already computed by shm_batch_encoded_size */
-void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
-                            int64_t base_offset, int64_t timestamp_ms, const struct shm_batch_stamp *stamp)
+/* the 61-byte header of a batch of in->count records, all but the CRC */
+static void put_header(uint8_t *dst, const struct shm_batch_in *in, int64_t size, int64_t base_offset,
+                       int64_t timestamp_ms, const struct shm_batch_stamp *stamp)
 {
     put_be64(dst + SHM_RB_BASE_OFFSET, (uint64_t)base_offset);
     put_be32(dst + SHM_RB_LENGTH, (uint32_t)(size - 12));
@@ -135,6 +136,12 @@ void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t
     put_be16(dst + SHM_RB_PRODUCER_EPOCH, stamp ? (uint16_t)stamp->producer_epoch : 0xFFFF);
     put_be32(dst + SHM_RB_BASE_SEQUENCE, stamp ? (uint32_t)stamp->base_sequence : 0xFFFFFFFFu);
     put_be32(dst + SHM_RB_RECORDS_COUNT, in->count);
+}
+
+void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t size,
+                            int64_t base_offset, int64_t timestamp_ms, const struct shm_batch_stamp *stamp)
+{
+    put_header(dst, in, size, base_offset, timestamp_ms, stamp);
 
     /* The CRC covers attributes..end. It runs behind the writes: what was
      * written since `from` is summed before each large value, which is
@@ -173,6 +180,31 @@ void shm_batch_encode_sized(uint8_t *dst, const struct shm_batch_in *in, int64_t
     }
     crc = shm_crc32c(crc, from, (size_t)(dst + size - from));
     put_be32(dst + SHM_RB_CRC, crc);
+}
+
+/* A loan's batch (ring.c, "Producer loans"): record 0 of in laid out as
+ * shm_batch_encode_sized lays it out, its value area left for the caller and
+ * the CRC for shm_loan_commit (shm_batch_seal sums it). */
+int64_t shm_batch_encode_loan(uint8_t *dst, const struct shm_batch_in *in, int64_t size, int64_t base_offset,
+                              int64_t timestamp_ms, const struct shm_batch_stamp *stamp)
+{
+    put_header(dst, in, size, base_offset, timestamp_ms, stamp);
+    int64_t k = rec_len(in->key_lens, 0), v = in->value_lens[0];
+    uint8_t *p = dst + SHM_BATCH_HEADER_BYTES;
+    p = put_varint(p, record_body_size(in, 0));
+    *p++ = 0;                          /* record attributes */
+    *p++ = 0;                          /* timestampDelta */
+    p = put_varint(p, 0);              /* offsetDelta */
+    p = put_varint(p, k);
+    if (k > 0) { memcpy(p, in->keys, (size_t)k); p += k; }
+    p = put_varint(p, v);
+    int64_t value_at = p - dst;
+    p += v > 0 ? v : 0;
+    if (in->header_lens)
+        memcpy(p, in->headers, (size_t)in->header_lens[0]);
+    else
+        *p = 0;                        /* no headers */
+    return value_at;
 }
 
 /* Structure and CRC of one batch of exactly len bytes. */

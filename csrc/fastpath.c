@@ -513,11 +513,12 @@ typedef struct {
     char *ptr;
     Py_ssize_t len;
     Py_ssize_t exports;
+    int writable;               /* a producer loan's value area (loan_view), else read-only */
 } ViewSource;
 
 static int ViewSource_getbuffer(ViewSource *self, Py_buffer *view, int flags)
 {
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->len, 1, flags) < 0)
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->ptr, self->len, !self->writable, flags) < 0)
         return -1;
     self->exports++;
     return 0;
@@ -541,7 +542,8 @@ static PyTypeObject ViewSourceType = {
     .tp_doc = "The bytes behind Consumer(copy=False) value views (csrc/fastpath.c).",
 };
 
-/* a read-only memoryview of len bytes at p, its source appended to views */
+/* a read-only memoryview of len bytes at p, its source appended to views;
+ * views NULL: a writable one, appended nowhere (loan_view) */
 static PyObject *new_view(char *p, Py_ssize_t len, PyObject *views)
 {
     ViewSource *src = PyObject_New(ViewSource, &ViewSourceType);
@@ -550,8 +552,9 @@ static PyObject *new_view(char *p, Py_ssize_t len, PyObject *views)
     src->ptr = p;
     src->len = len;
     src->exports = 0;
+    src->writable = views == NULL;
     PyObject *v = PyMemoryView_FromObject((PyObject *)src);
-    if (v != NULL && PyList_Append(views, v) < 0)
+    if (v != NULL && views != NULL && PyList_Append(views, v) < 0)
         Py_CLEAR(v);
     Py_DECREF(src);
     return v;
@@ -698,6 +701,28 @@ static PyObject *fastpath_view(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return new_view(p, len, args[2]);
 }
 
+/* loan_view(addr, len) -> a WRITABLE memoryview of len bytes at addr: a
+ * producer loan's value area in the ring (shm_loan_begin placed it there).
+ * The loan releases it with release([view]) before its commit or abort
+ * (ring.c, L2): a stale one raises ValueError, and one whose bytes
+ * something derived still holds is counted, so the loan aborts instead. */
+static PyObject *fastpath_loan_view(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "loan_view(addr, len)");
+        return NULL;
+    }
+    char *p = PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t len = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (p == NULL || len < 0) {
+        PyErr_SetString(PyExc_ValueError, "loan_view: a null address or a negative length");
+        return NULL;
+    }
+    return new_view(p, len, NULL);
+}
+
 /* release(views) -> how many values still have buffers taken from them
  * (their sources stay in the list; the rest is removed): every view handed
  * out by the last poll is released, so using one afterwards raises
@@ -753,6 +778,8 @@ static PyObject *fastpath_release(PyObject *mod, PyObject *views)
 static PyMethodDef fastpath_functions[] = {
     {"view", (PyCFunction)(void (*)(void))fastpath_view, METH_FASTCALL,
      "view(addr, len, views): a read-only memoryview of ring memory, appended to views."},
+    {"loan_view", (PyCFunction)(void (*)(void))fastpath_loan_view, METH_FASTCALL,
+     "loan_view(addr, len): a writable memoryview of a producer loan's value area."},
     {"release", fastpath_release, METH_O,
      "release(views): releases every view in the list; returns how many stay (still exported)."},
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,

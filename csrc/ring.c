@@ -150,6 +150,60 @@
  * them for free) and committed did not move; after the CAS — the commit
  * stands, nothing reserved; in every case no reservation exists yet (M2
  * comes before the tail CAS), so the death analysis above is unchanged.
+ *
+ * Producer loans (issue 13.3: Producer.reserve, writing a record in place)
+ * A loan is an ordinary reservation whose frame is finished by the caller:
+ * shm_loan_begin reserves one DATA frame for one record of value_len bytes
+ * (the bytes shm_send would write: RecordBatch v2 header, the record's
+ * prefix, the value area, the headers), writes everything but the value and
+ * the CRC, and returns where the value goes; the caller fills it in place;
+ * shm_loan_commit sums the CRC-32C over the batch and publishes the frame
+ * (I3), or shm_loan_abort publishes a GAP over exactly the reservation.
+ *  L1 A loan holds its OWN producer slot (the caller's loan slot, claimed
+ *     like any producer slot and never the partition's send slot) in
+ *     RESERVED from the tail CAS to its commit or abort. The send slot is
+ *     held (BUSY) only across the reservation itself, so that a stamped
+ *     (idempotent) producer's sequence numbers follow its offsets; it is
+ *     IDLE again before shm_loan_begin returns. So a send, a batch or a
+ *     transaction marker of the same thread to the same partition while the
+ *     loan is open never waits on the loan's slot: it reserves after it and
+ *     commits on its own. Readers of the partition stop at the open loan
+ *     (frames commit in any order, are read in position order), exactly as
+ *     behind a slow send.
+ *  L2 Only the frame's value area is handed out, and only while the loan is
+ *     open: the binding releases its view (a stale view raises ValueError)
+ *     before it calls commit or abort, and refuses to commit when anything
+ *     derived from the view still holds the bytes (aborted as a gap
+ *     instead). commit and abort check that the loan slot is still the
+ *     caller's own (pid) and RESERVED on this very frame, so a loan
+ *     committed twice, or a child's copy of its parent's loan after fork(),
+ *     writes nothing.
+ *  L3 An aborted loan is a GAP frame (the same body shm_ring_seal_stuck
+ *     writes for a dead writer): its offset is consumed, never reused;
+ *     readers and the persister pass it; on a durable topic it is copied to
+ *     the segment files as any frame.
+ *  L4 The CRC is summed at commit over the bytes then in the frame: what the
+ *     caller wrote is what readers verify. A frame is never published with a
+ *     CRC of bytes that may still change (L2).
+ * Who writes what: the loan's frame — its owner only, between begin and
+ * commit/abort (I4); a sealer only after proving the owner dead.
+ * A loan holder dying at each step:
+ *  - inside begin (reserving): as any producer above; the send slot it held
+ *    BUSY is reclaimed with the process's other slots.
+ *  - loan open (value half written): its slot is RESERVED with a dead owner:
+ *    after unblock_ns a blocked reader or producer, or the supervisor's
+ *    sweep (shm_ring_seal_dead), seals exactly its reservation as a GAP.
+ *    Everything committed before it stays; frames reserved after it (other
+ *    producers) commit and are read after the gap. The half-written bytes
+ *    are never read: a GAP body says only which offsets were lost.
+ *  - inside commit, before the commit store: the same; after it: the frame
+ *    is complete and the stale RESERVED slot is settled (slot_settled).
+ * A LIVE holder that keeps a loan open (slow, SIGSTOPped, a bug) is never
+ * sealed over: readers of the partition wait at its frame (unblock_ns only
+ * makes them check its liveness, shm_ring_seal_stuck answers SHM_E_BUSY);
+ * producers that need the frame's space a lap later wait up to their
+ * max_block_ms, then BufferFull names the holder (shm_ring_blocker). That is
+ * the cost of writing in place, and why a loan should be short.
  */
 #define _GNU_SOURCE
 #include "shmlog.h"
@@ -826,12 +880,10 @@ struct frame_body {
     uint16_t extra_attributes;          /* control batches: SHM_RB_ATTR_CONTROL */
 };
 
-static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
-                        const struct frame_body *b, int64_t size, int64_t timeout_ns,
-                        const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
+/* May a frame of frame_len bytes be appended now? SHM_OK, or why not. */
+static inline int frame_admitted(const struct shm_ring *r, uint64_t frame_len)
 {
-    struct shm_ring_header *h = r->hdr;
-    uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
+    const struct shm_ring_header *h = r->hdr;
     /* alter_topic may change it; never past half of the capacity this process validated */
     uint32_t max_frame = shm_load_relaxed(&h->max_frame_bytes);
     if (max_frame > r->max_frame_cap)
@@ -840,6 +892,31 @@ static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
         return SHM_E_TOO_LARGE;
     if (__builtin_expect(shm_load_relaxed(&h->deleted) | shm_load_relaxed(&h->offline), 0))
         return shm_load_relaxed(&h->deleted) ? SHM_E_TOPIC_GONE : SHM_E_OFFLINE;
+    return SHM_OK;
+}
+
+/* After a frame ending its reservation at res_end was committed: wake
+ * announced readers and producers, and on a durable ring that is half full
+ * the persister (it sleeps otherwise). */
+static inline void after_commit(const struct shm_ring *r, uint64_t res_end)
+{
+    struct shm_ring_header *h = r->hdr;
+    wake_after_commit(h);
+    if (r->persistence == SHM_PERSIST_DISK &&
+        __builtin_expect(__atomic_load_n(&h->persist_waiters, __ATOMIC_SEQ_CST) != 0, 0) &&
+        res_end - shm_load_relaxed(&h->persisted_pos) >= r->capacity / 2)
+        wake(&h->persist_seq);
+}
+
+static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
+                        const struct frame_body *b, int64_t size, int64_t timeout_ns,
+                        const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
+{
+    struct shm_ring_header *h = r->hdr;
+    uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
+    int admit = frame_admitted(r, frame_len);
+    if (admit != SHM_OK)
+        return admit;
     uint64_t alen = shm_align8(frame_len);
     const struct shm_batch_in *in = b->in;
     int64_t ts = 0;                   /* a raw batch carries its own timestamps */
@@ -889,12 +966,7 @@ static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
     shm_store_seq_cst(&fh->commit, commit_word(res.frame_pos));
     /* release: the slot goes idle only after the commit */
     shm_store_release(&s->state, SHM_SLOT_IDLE);
-    wake_after_commit(h);
-    /* durable: a half-full ring calls the persister (it sleeps otherwise) */
-    if (r->persistence == SHM_PERSIST_DISK &&
-        __builtin_expect(__atomic_load_n(&h->persist_waiters, __ATOMIC_SEQ_CST) != 0, 0) &&
-        res.res_end - shm_load_relaxed(&h->persisted_pos) >= r->capacity / 2)
-        wake(&h->persist_seq);
+    after_commit(r, res.res_end);
     if (out) {
         out->frame_pos = res.frame_pos;
         out->base_offset = res.base_offset;
@@ -961,6 +1033,130 @@ int shm_send_control(const struct shm_send_ctx *ctx, int64_t producer_id, int16_
     struct frame_body b = {.in = &in, .count = 1, .stamp = &who, .extra_attributes = SHM_RB_ATTR_CONTROL};
     return append_frame(r, &r->hdr->slots[ctx->slot], &b, size, ctx->timeout_ns, ctx->token_prefix,
                         ctx->unblock_ns, out);
+}
+
+/* ------------------------------------------------------------ loans ("Producer loans", L1-L4) */
+
+int shm_loan_begin(const struct shm_send_ctx *ctx, int32_t loan_slot, int64_t value_len,
+                   const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
+                   int64_t timestamp_ms, struct shm_loan *out)
+{
+    const struct shm_ring *r = ctx->ring;
+    out->state = 0;
+    if (!handle_ok(r) || !r->writable || ctx->slot < 0 || ctx->slot >= SHM_PRODUCER_SLOTS || loan_slot < 0 ||
+        loan_slot >= SHM_PRODUCER_SLOTS || loan_slot == ctx->slot || value_len < 0 ||
+        (key_len >= 0 && key == NULL) || (headers_len >= 0 && (headers == NULL || headers_len < 1)))
+        return SHM_E_INVALID;
+    struct shm_batch_in in = {
+        .count = 1, .value_lens = &value_len, .keys = key, .key_lens = &key_len, .headers = headers,
+        .header_lens = headers_len >= 0 ? &headers_len : NULL, .timestamp_ms = timestamp_ms,
+    };
+    int64_t size = shm_batch_encoded_size(&in);
+    if (size < 0)
+        return (int)size;
+    uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
+    int rc = frame_admitted(r, frame_len);
+    if (rc != SHM_OK)
+        return rc;
+    struct shm_ring_header *h = r->hdr;
+    struct shm_producer_slot *ls = &h->slots[loan_slot], *main = &h->slots[ctx->slot];
+    uint32_t pid = (uint32_t)getpid();
+    if (shm_load_relaxed(&ls->pid) != pid)
+        return SHM_E_INVALID;            /* not a slot of this process (L2) */
+    int64_t ts = timestamp_ms >= 0 ? timestamp_ms : shm_now_ms();
+    /* L1: the send slot orders a stamped producer's sequences with its offsets */
+    if (ctx->stamped)
+        slot_enter(main);
+    if (!shm_cas_u32(&ls->state, SHM_SLOT_IDLE, SHM_SLOT_BUSY)) {
+        if (ctx->stamped)
+            shm_store_release(&main->state, SHM_SLOT_IDLE);
+        return SHM_E_BUSY;               /* the loan slot holds another loan */
+    }
+    struct reservation res;
+    rc = reserve(r, ls, shm_align8(frame_len), 1, (uint32_t)shm_now_ms(), ctx->timeout_ns, ctx->token_prefix,
+                 ctx->unblock_ns, &res);
+    struct shm_batch_stamp st, *stp = NULL;
+    if (rc == SHM_OK && ctx->stamped) {
+        int32_t *seq = (int32_t *)&ctx->next_sequence;
+        st.producer_id = ctx->producer_id;
+        st.producer_epoch = ctx->producer_epoch;
+        st.attributes = ctx->batch_attributes;
+        st.base_sequence = __atomic_fetch_add(seq, 1, __ATOMIC_RELAXED);
+        stp = &st;
+    }
+    if (ctx->stamped)
+        shm_store_release(&main->state, SHM_SLOT_IDLE);
+    if (rc != SHM_OK) {
+        shm_store_release(&ls->state, SHM_SLOT_IDLE);
+        return rc;
+    }
+    uint8_t *body = (uint8_t *)(FRAME(r, res.frame_pos) + 1);
+    int64_t at = shm_batch_encode_loan(body, &in, size, res.base_offset, ts, stp);
+    out->value = body + at;
+    out->value_len = (uint64_t)value_len;
+    out->frame_pos = res.frame_pos;
+    out->res_end = res.res_end;
+    out->base_offset = res.base_offset;
+    out->frame_len = (uint32_t)frame_len;
+    out->slot = loan_slot;
+    out->pid = pid;
+    out->timestamp_ms = ts;
+    out->state = SHM_LOAN_OPEN;
+    return SHM_OK;
+}
+
+/* L2: is l an open loan of this process whose slot still holds its frame? */
+static struct shm_producer_slot *loan_slot_of(const struct shm_ring *r, const struct shm_loan *l)
+{
+    if (!handle_ok(r) || !r->writable || l->state != SHM_LOAN_OPEN || l->slot < 0 || l->slot >= SHM_PRODUCER_SLOTS)
+        return NULL;
+    struct shm_producer_slot *s = &r->hdr->slots[l->slot];
+    uint32_t pid = (uint32_t)getpid();
+    /* acquire: the slot's reservation fields are this process's own writes, or a sealer's */
+    if (l->pid != pid || shm_load_relaxed(&s->pid) != pid || shm_load_acquire(&s->state) != SHM_SLOT_RESERVED ||
+        s->frame_pos != l->frame_pos || s->res_end != l->res_end || l->res_end - l->frame_pos > room_of(r, l->frame_pos))
+        return NULL;
+    return s;
+}
+
+int shm_loan_commit(const struct shm_ring *r, struct shm_loan *l)
+{
+    struct shm_producer_slot *s = loan_slot_of(r, l);
+    if (s == NULL)
+        return SHM_E_INVALID;
+    struct shm_frame_header *fh = FRAME(r, l->frame_pos);
+    shm_batch_seal((uint8_t *)(fh + 1), l->frame_len - SHM_FRAME_HEADER_BYTES);   /* L4 */
+    if (__builtin_expect(test_hold_ns > 0, 0))
+        sleep_ns(test_hold_ns);
+    fh->length = l->frame_len;
+    fh->kind = SHM_FRAME_DATA;
+    fh->flags = 0;
+    /* seq_cst store: releases the frame to readers (I3), before the waiter loads */
+    shm_store_seq_cst(&fh->commit, commit_word(l->frame_pos));
+    /* release: the slot goes idle only after the commit */
+    shm_store_release(&s->state, SHM_SLOT_IDLE);
+    l->state = SHM_LOAN_COMMITTED;
+    after_commit(r, l->res_end);
+    return SHM_OK;
+}
+
+int shm_loan_abort(const struct shm_ring *r, struct shm_loan *l)
+{
+    struct shm_producer_slot *s = loan_slot_of(r, l);
+    if (s == NULL)
+        return SHM_E_INVALID;
+    struct shm_frame_header *fh = FRAME(r, l->frame_pos);
+    struct shm_gap_body g = {l->base_offset, 1, 0};   /* L3: the body a seal writes */
+    memcpy(fh + 1, &g, sizeof g);
+    fh->length = (uint32_t)(l->res_end - l->frame_pos);
+    fh->kind = SHM_FRAME_GAP;
+    fh->flags = 0;
+    /* seq_cst: the gap's body precedes its commit, and the commit the waiter loads */
+    shm_store_seq_cst(&fh->commit, commit_word(l->frame_pos));
+    shm_store_release(&s->state, SHM_SLOT_IDLE);
+    l->state = SHM_LOAN_ABORTED;
+    after_commit(r, l->res_end);
+    return SHM_OK;
 }
 
 void shm_ring_set_txn_bound(void *base, uint64_t bound)

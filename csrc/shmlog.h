@@ -699,6 +699,43 @@ int      shm_send_raw(const struct shm_send_ctx *ctx, const uint8_t *batch, uint
  * value (0, coordinator_epoch) -- Kafka's EndTxnMarker */
 int      shm_send_control(const struct shm_send_ctx *ctx, int64_t producer_id, int16_t producer_epoch,
                           int32_t type, int32_t coordinator_epoch, struct shm_append_out *out);
+/* producer loans (ring.c, "Producer loans", L1-L4): one record written in
+ * place. struct shm_loan is process memory, filled by shm_loan_begin and
+ * read by commit/abort; the caller writes value_len bytes at value and
+ * nothing else. */
+#define SHM_LOAN_OPEN      1
+#define SHM_LOAN_COMMITTED 2
+#define SHM_LOAN_ABORTED   3
+struct shm_loan {
+    uint8_t *value;            /* the value area, inside the ring's frame */
+    uint64_t value_len;
+    uint64_t frame_pos;        /* the frame's position */
+    uint64_t res_end;          /* first position after the reservation */
+    int64_t  base_offset;      /* the record's offset */
+    uint32_t frame_len;        /* header + batch bytes (unaligned) */
+    int32_t  slot;             /* the loan's producer slot (never ctx->slot) */
+    uint32_t state;            /* SHM_LOAN_*; 0 before begin */
+    uint32_t pid;              /* the process that began it */
+    int64_t  timestamp_ms;     /* the record's (batch) timestamp */
+};
+/* reserves a one-record frame of value_len value bytes (key_len/headers_len -1:
+ * none) with the producer slot loan_slot of this process (L1) and encodes all
+ * but the value and the CRC. Waits for room like shm_send_batch (ctx's
+ * timeout_ns, then SHM_E_FULL). SHM_E_TOO_LARGE, SHM_E_TOPIC_GONE,
+ * SHM_E_OFFLINE, SHM_E_BUSY (loan_slot not idle), SHM_E_INVALID as send. */
+int      shm_loan_begin(const struct shm_send_ctx *ctx, int32_t loan_slot, int64_t value_len,
+                        const uint8_t *key, int64_t key_len, const uint8_t *headers, int64_t headers_len,
+                        int64_t timestamp_ms, struct shm_loan *out);
+/* sums the CRC-32C and publishes the loan's frame (L4); SHM_E_INVALID when
+ * the loan is not open, not this process's, or its slot no longer holds it */
+int      shm_loan_commit(const struct shm_ring *r, struct shm_loan *l);
+/* publishes a GAP over the loan's reservation (L3): its offset is a gap */
+int      shm_loan_abort(const struct shm_ring *r, struct shm_loan *l);
+/* batch.c: a one-record batch of in (in->values unused) encoded into dst
+ * (size bytes, from shm_batch_encoded_size) but for the value bytes and the
+ * CRC field; returns the value's byte offset in the batch */
+int64_t  shm_batch_encode_loan(uint8_t *dst, const struct shm_batch_in *in, int64_t size, int64_t base_offset,
+                               int64_t timestamp_ms, const struct shm_batch_stamp *stamp);
 /* the transaction coordinator's bound (struct shm_ring_header txn_bound), a release store
  * (readers: shm_ring_counter SHM_COUNTER_TXN_BOUND, acquire) */
 void     shm_ring_set_txn_bound(void *base, uint64_t bound);

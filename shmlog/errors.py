@@ -106,6 +106,13 @@ class Closed(ShmlogError):
     """The producer, consumer or connection was closed."""
 
 
+class LoanError(ShmlogError, RuntimeError):
+    """A producer loan (Producer.reserve) was used against its rules: a view
+    derived from its buffer outlived it (the record was aborted), a call that
+    would wait for the open loan was made while it is open, or the loan
+    crossed fork(). The message says which; retrying the same call cannot help."""
+
+
 class NotSupported(ShmlogError):
     """The feature exists in the API but not in this build yet; the message says what to use."""
 
@@ -187,6 +194,7 @@ __all__ = [
     "TopicDeleted",
     "OffsetOutOfRange",
     "BufferFull",
+    "LoanError",
     "RecordTooLarge",
     "CorruptRecord",
     "PartitionOffline",

@@ -2,7 +2,8 @@
 
 A service of u8 slices per run, no safe overflow (the publisher retries until delivered, so nothing
 is dropped), history 0. The producer loans a sample, copies the record in (ctypes.memmove) and sends;
-a consumer copies each sample out (ctypes.string_at) and releases it. iceoryx2's publish-subscribe
+a consumer copies each sample out (ctypes.string_at) and releases it, or (T3 "zerocopy") returns a
+memoryview of the sample's payload itself and releases the sample at its next receive. iceoryx2's publish-subscribe
 has no blocking receive: throughput rows busy-poll with os.sched_yield() when empty (2 cores shared
 with the producer), T2-spin busy-polls, T2-block waits on an iceoryx2 event (Listener) that the
 sender notifies after each send.
@@ -79,6 +80,9 @@ class _Rx(_Port):
         self.sub = self.svc.subscriber_builder().buffer_size(ch.slots).create()
         self.listener = self.event.listener_builder().create() if self.event else None
         self.spin = ch.spin
+        self.held = None  # zerocopy: the sample behind the last view, released at the next receive
+        if ch.zero_copy:
+            self._poll = self._poll_view
 
     def _poll(self):
         s = self.sub.receive()
@@ -87,6 +91,17 @@ class _Rx(_Port):
         buf = ctypes.string_at(s.payload_ptr, s.header.number_of_elements)
         s.delete()  # give the slot back to the publisher at once
         return buf
+
+    def _poll_view(self):
+        if self.held is not None:
+            self.held.delete()  # the previous view's sample goes back to the publisher
+            self.held = None
+        s = self.sub.receive()
+        if s is None:
+            return None
+        self.held = s
+        n = s.header.number_of_elements
+        return memoryview((ctypes.c_uint8 * n).from_address(s.payload_ptr)).cast("B")  # the payload itself
 
     def recv(self, timeout):
         if self.spin:
@@ -116,13 +131,15 @@ class _Rx(_Port):
         return seqs_of(out)
 
     def close(self):
+        if self.held is not None:
+            self.held.delete()
         self.sub.delete()
 
 
 class _Ch(Channel):
-    def __init__(self, name, record_size, consumers, spin, blocking):
+    def __init__(self, name, record_size, consumers, spin, blocking, zero_copy=False):
         self.name, self.record_size, self.consumers = name, record_size, consumers
-        self.spin, self.blocking = spin, blocking
+        self.spin, self.blocking, self.zero_copy = spin, blocking, zero_copy
         self.slots = max(16, min(16_384, _SLOTS_BYTES // max(record_size, 1)))
 
     def sender(self):
@@ -160,7 +177,11 @@ class Iceoryx2Peer(Peer):
                 "event": "two services + two event services: notify() after each send, "
                 "the receiver waits in Listener.timed_wait"
             },
-            "T3": {"pubsub": f"{svc} per 1 MiB record; {poll}"},
+            "T3": {
+                "pubsub": f"{svc} per 1 MiB record; {poll}",
+                "zerocopy": f"{svc} per 1 MiB record; receive() busy-poll with sched_yield, a memoryview of the "
+                "sample's payload (no copy), the sample released at the next receive",
+            },
             "T4": {"pubsub": f"{svc}; one publisher, 4 subscribers; {poll}"},
         }.get(row, {})
 
@@ -171,6 +192,7 @@ class Iceoryx2Peer(Peer):
             consumers,
             spin=row == "T2-spin",
             blocking=row == "T2-block",
+            zero_copy=mode == "zerocopy",
         )
 
 

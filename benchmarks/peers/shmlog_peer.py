@@ -31,9 +31,15 @@ class _Tx:
         if ch.mode == "produce":  # the asynchronous producer: records queue, batches go as one frame
             self.send = self._produce
             self.flush = self.p.flush
+        elif ch.mode == "zerocopy":  # a loan of the frame's value area, the record memmoved in
+            self.send = self._loan
 
     def send(self, buf):
         self.p.send(self.topic, buf, partition=0)
+
+    def _loan(self, buf):
+        with self.p.reserve(self.topic, len(buf), partition=0) as v:
+            v[:] = buf  # one memmove into the ring; the commit sums the CRC over it
 
     def _produce(self, buf):
         self.p.produce(self.topic, buf)  # one partition: the sticky partition is 0
@@ -82,12 +88,15 @@ class _Rx:
         kw = {"wait": wait} if wait else {}
         if group is not None:  # a consumer group of one member (T4 "groups")
             kw.update(group=group, enable_auto_commit=False)
+        if ch.mode in ("zerocopy", "sendview"):  # values are read-only views of the frames in the ring
+            kw.update(copy=False, wait="spin")  # busy-polls, as the iceoryx2 receiver does (no futex wake per record)
         self.c = self.log.consumer(topics=[ch.topic], auto_offset_reset="earliest", **kw)
         self.columns = ch.mode == "columns"
 
     def recv(self, timeout):
         m = self.c.poll(timeout=timeout)
-        return None if m is None else m.value  # (the handshake record arrives alone: no partial poll left)
+        # (the handshake record arrives alone: no partial poll left); copy=False: a view valid until the next poll
+        return None if m is None else m.value
 
     def recv_seqs(self, timeout):
         if self.columns:
@@ -165,6 +174,12 @@ class ShmlogPeer(Peer):
                 "poll": f"Producer.send / Consumer.poll per 1 MiB record (value copied out), {_FIT}",
                 "durable64": "as poll, 64 MiB durable ring (fsync=never): producers wait for the persister, "
                 "a lapped consumer reads the segment files",
+                "zerocopy": "zero copy on both sides: Producer.reserve loan of the frame's value area, the record "
+                "memmoved in, CRC-32C summed at commit; Consumer(copy=False, wait='spin').poll (busy-polls like the "
+                "iceoryx2 receiver) -> read-only view of the frame in the ring (CRC checked in place, no copy), released "
+                "at the next poll; 16 MiB overflow=block ring",
+                "sendview": "Producer.send (copy and CRC-32C fused in one pass into the ring); Consumer(copy=False, "
+                "wait='spin').poll -> read-only view in the ring as zerocopy; 16 MiB overflow=block ring",
             },
             "T4": {
                 "poll": f"one topic, 4 independent Consumers each poll() every record (wait=park), {_FIT}",

@@ -26,7 +26,8 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from .. import compression, errors, liveness
-from .._fastpath import ProducerBase, WriterBase
+from .._fastpath import ProducerBase, WriterBase, loan_view
+from .._fastpath import release as release_views
 from .._native import address_of, ffi, full_ring_cause, lib, memory_shortfall, raise_status
 from ..control.transactions import TxnOffset, validate_timeout, validate_transactional_id
 from ..records import BatchMetadata, Message, RecordMetadata, encode_headers
@@ -73,6 +74,7 @@ class _TopicWriter(WriterBase):
         "batch_limit",
         "open",
         "keyed",
+        "loan_slots",
     )
 
     def __init__(self, producer: "Producer", handle: "TopicHandle") -> None:
@@ -95,6 +97,7 @@ class _TopicWriter(WriterBase):
         self.open: list[_Batch | None] = [
             None
         ] * self.n  # produce(): the batch being filled per partition (producer's lock)
+        self.loan_slots: list[list[int]] = [[] for _ in range(self.n)]  # reserve(): idle loan slots (ring.c, L1)
 
     def grow(self, handle: "TopicHandle") -> int:
         """The topic gained partitions (alter_topic) in this life: the writer
@@ -105,6 +108,7 @@ class _TopicWriter(WriterBase):
             self.spare += [None] * more
             self.rings += [None] * more
             self.open += [None] * more
+            self.loan_slots += [[] for _ in range(more)]
             self.handle, self.n = handle, handle.partitions
         return self.n
 
@@ -164,10 +168,13 @@ class _TopicWriter(WriterBase):
         return self.sticky
 
     def release(self) -> None:
-        for c, s, r in zip(self.ctxs, self.spare, self.rings):
+        for c, s, r, idle in zip(self.ctxs, self.spare, self.rings, self.loan_slots):
             c = c or s
             if c is not None and r.base != ffi.NULL:
                 lib.shm_ring_release_slot(r.base, c.slot)
+                for slot in idle:  # a loan still open releases its own slot when it ends
+                    lib.shm_ring_release_slot(r.base, slot)
+            idle.clear()
         self._xclear()
         self.ctxs = [None] * self.n
         self.spare = [None] * self.n
@@ -309,6 +316,7 @@ class Producer(ProducerBase):
         self._report_hook: Callable[[], None] | None = (
             None  # called (any thread, no lock held) when reports were queued: shmlog.aio
         )
+        self._loans: set[Loan] = set()  # reserve(): loans open now (closed or forked: abandoned)
         self._async_reset()
         liveness.on_fork(self)
 
@@ -454,6 +462,11 @@ class Producer(ProducerBase):
     def _end_txn(self, commit: bool, timeout: float | None) -> None:
         what = "commit_transaction()" if commit else "abort_transaction()"
         self._txn_check(what)
+        if self._loans:
+            raise errors.LoanError(
+                f"{what} with {len(self._loans)} loan(s) of this producer open (reserve()): "
+                "end each loan's with block first; its record belongs to the transaction"
+            )
         if not self._in_txn:
             raise errors.InvalidTxnState(f"{what} without begin_transaction()")
         if self._queued or self._nopen:
@@ -527,6 +540,45 @@ class Producer(ProducerBase):
             timestamp_ms,
         )
         return RecordMetadata(topic, partition, rc)
+
+    def reserve(
+        self,
+        topic: str,
+        nbytes: int,
+        key: BytesLike | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> "Loan":
+        """A loan of one record's value area in the ring, to write in place:
+        ``with producer.reserve(topic, nbytes) as buf: buf[:] = ...`` — buf is
+        a writable memoryview of exactly nbytes, the value bytes of the
+        record's frame itself (the bytes send() would write). Leaving the
+        block normally commits the record (CRC-32C summed over what is in the
+        frame then; ``loan.metadata`` is its RecordMetadata); an exception
+        inside aborts it as a gap (its offset is consumed, readers skip it)
+        and propagates. buf is released when the block ends: using it raises
+        ValueError. The ring is reserved (and max_block_ms waited for room)
+        when the block is entered. See the README's "Writing in place"."""
+        w = self._writers.get(topic) or self._writer(topic)
+        if type(nbytes) is not int:
+            raise errors.InvalidType(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0:
+            raise errors.InvalidArgument(f"nbytes must be >= 0, not {nbytes}")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        if key is None and w.keyed:
+            raise w.keyless()
+        if partition is None:
+            partition = w.next_sticky(nbytes) if key is None else (lib.shm_murmur2(key, len(key)) & 0x7FFFFFFF) % w.n
+        if timestamp_ms is not None and (type(timestamp_ms) is not int or timestamp_ms < 0):
+            raise errors.InvalidArgument("timestamp_ms must be an int >= 0 (ms since the epoch) or None")
+        hdr = encode_headers(headers) if headers else None
+        ctx = self._partition_ctx(w, partition)
+        return Loan(self, w, partition, ctx, nbytes, key, hdr, -1 if timestamp_ms is None else timestamp_ms)
+
+    def _loans_on(self, durable_only: bool) -> list["Loan"]:
+        return [x for x in self._loans if not durable_only or x._w.handle.config.persistence == "disk"]
 
     def send_batch(
         self,
@@ -1053,6 +1105,11 @@ class Producer(ProducerBase):
         if self._closed:
             raise errors.Closed("this producer is closed")
         _check_wait(timeout)
+        if durable and self._loans_on(True):
+            raise errors.LoanError(
+                "flush(durable=True) with a loan of this producer open on a durable topic (reserve()): "
+                "the persister cannot pass the open record, so the flush would wait for the caller itself"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         left = self._drain(deadline)
         if durable:
@@ -1113,6 +1170,8 @@ class Producer(ProducerBase):
         this process's producer slots."""
         if self._closed:
             return
+        for loan in list(self._loans):  # before the slots go: each becomes a gap (ring.c, L3)
+            loan._abandon("the producer was closed inside the loan")
         try:
             if self._queued or self._nopen:
                 self._drain(None if timeout is None else time.monotonic() + timeout)
@@ -1143,6 +1202,10 @@ class Producer(ProducerBase):
     def _after_fork(self) -> None:
         # the slots belong to the parent; the child claims its own on first send.
         # Records the parent produce()d are the parent's to deliver: the child's queue starts empty.
+        # Loans open at the fork are the parent's to end: the child's views are released.
+        for loan in self._loans:
+            loan._forked()
+        self._loans = set()
         for w in self._writers.values():
             w._xclear()
             w.ctxs = [None] * w.n
@@ -1154,6 +1217,151 @@ class Producer(ProducerBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_LOAN_NEW, _LOAN_OPEN, _LOAN_DONE, _LOAN_ABANDONED = range(4)
+
+
+class Loan:
+    """One record being written in place (Producer.reserve; csrc/ring.c,
+    "Producer loans", L1-L4). A context manager: entering reserves the frame
+    (waiting up to max_block_ms for room) and returns the writable view of its
+    value; leaving commits it (metadata is then its RecordMetadata) or, on an
+    exception, aborts it as a gap. The loan holds a producer slot of its own,
+    so the producer's other calls never wait on it (L1); while it is open the
+    partition's readers wait at its record."""
+
+    __slots__ = (
+        "_p",
+        "_w",
+        "partition",
+        "_ctx",
+        "_ring",
+        "_args",
+        "_loan",
+        "_view",
+        "_src",
+        "_state",
+        "_why",
+        "metadata",
+    )
+
+    def __init__(
+        self, p: Producer, w: _TopicWriter, partition: int, ctx: Any, nbytes: int, key: Any, hdr: Any, ts: int
+    ) -> None:
+        self._p, self._w, self.partition, self._ctx = p, w, partition, ctx
+        self._ring = w.rings[partition]  # keeps the mapping alive as long as the loan
+        self._args = (nbytes, key, hdr, ts)
+        self._loan = ffi.new("struct shm_loan *")
+        self._view: memoryview | None = None
+        self._src: Any = None  # the view's exporter (fastpath ViewSource), held so release() can count it
+        self._state = _LOAN_NEW
+        self._why = ""
+        self.metadata: RecordMetadata | None = None  # set when the record is committed
+
+    @property
+    def offset(self) -> int:
+        """The record's offset: claimed when the loan was entered (-1 before)."""
+        return self._loan.base_offset if self._state != _LOAN_NEW else -1
+
+    def __enter__(self) -> memoryview:
+        p, w = self._p, self._w
+        if self._state != _LOAN_NEW:
+            raise errors.LoanError("a loan is entered once: call producer.reserve() again for the next record")
+        if p._closed:
+            raise errors.Closed("this producer is closed")
+        nbytes, key, hdr, ts = self._args
+        slot = self._take_slot()
+        try:
+            p._write(
+                w,
+                self.partition,
+                lib.shm_loan_begin,
+                self._ctx,
+                slot,
+                nbytes,
+                ffi.NULL if key is None else key,
+                -1 if key is None else len(key),
+                ffi.NULL if hdr is None else hdr,
+                -1 if hdr is None else len(hdr),
+                ts,
+                self._loan,
+            )
+        except BaseException:
+            self._give_slot(slot)
+            self._state = _LOAN_DONE
+            raise
+        view = loan_view(int(ffi.cast("uintptr_t", self._loan.value)), nbytes)
+        self._view, self._src, self._state = view, view.obj, _LOAN_OPEN
+        p._loans.add(self)
+        return view
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if self._state != _LOAN_OPEN:
+            if self._state == _LOAN_ABANDONED and et is None:
+                raise errors.LoanError(f"{self._why}: the record was not written")
+            return
+        held = release_views([self._view])  # L2: no view of ours survives the loan
+        self._view = None
+        self._p._loans.discard(self)
+        r = self._ring.h
+        ok = et is None and not held
+        rc = lib.shm_loan_commit(r, self._loan) if ok else lib.shm_loan_abort(r, self._loan)
+        self._state = _LOAN_DONE
+        self._give_slot(self._loan.slot)
+        if held and et is None:
+            raise errors.LoanError(
+                f"a view derived from the loan's buffer (a slice, memoryview or array of it) still exists at the end "
+                f"of the loan: offset {self._loan.base_offset} of {self._w.handle.name!r} partition {self.partition} "
+                "was aborted as a gap; copy what you keep and drop derived views inside the with block"
+            )
+        if rc != lib.SHM_OK:
+            raise_status(rc, f"loan of {self._w.handle.name!r} partition {self.partition} could not end")
+        if ok:
+            if self._ring.deleted():  # committed into the deleted ring: gone with it
+                self._p._fail(lib.SHM_E_TOPIC_GONE, self._w, self.partition)
+            self.metadata = RecordMetadata(self._w.handle.name, self.partition, self._loan.base_offset)
+
+    def _take_slot(self) -> int:
+        idle = self._w.loan_slots[self.partition]
+        if idle:
+            return idle.pop()
+        log = self._p._log
+        pid, st = liveness.ensure_token(log.token_prefix)
+        slot = lib.shm_ring_claim_slot(self._ring.h, pid, st, log.token_prefix_c)
+        if slot == lib.SHM_E_NO_SLOT:
+            raise errors.TooManyProducers(
+                f"topic {self._w.handle.name!r} partition {self.partition}: all {lib.SHM_PRODUCER_SLOTS} "
+                "producer slots are held (each open loan holds one)"
+            )
+        if slot < 0:
+            raise_status(slot, "cannot claim a producer slot for a loan")
+        return slot
+
+    def _give_slot(self, slot: int) -> None:
+        p, w = self._p, self._w
+        if not p._closed and p._writers.get(w.handle.name) is w:
+            w.loan_slots[self.partition].append(slot)  # kept for the next loan
+        elif self._ring.base != ffi.NULL:
+            lib.shm_ring_release_slot(self._ring.base, slot)  # the writer is gone: so is its slot
+
+    def _abandon(self, why: str) -> None:
+        """close() (or garbage collection) while open: the record becomes a gap (L3)."""
+        if self._state != _LOAN_OPEN:
+            return
+        release_views([self._view])
+        self._view = None
+        lib.shm_loan_abort(self._ring.h, self._loan)
+        self._p._loans.discard(self)
+        self._give_slot(self._loan.slot)
+        self._state, self._why = _LOAN_ABANDONED, why
+
+    def _forked(self) -> None:
+        """In a forked child: the parent ends this loan; the child's view goes (L2)."""
+        if self._state == _LOAN_OPEN:
+            release_views([self._view])
+            self._view = None
+            self._state, self._why = _LOAN_ABANDONED, "the loan was opened before fork(): the parent process ends it"
 
 
 def _check_wait(timeout: object) -> None:
