@@ -775,6 +775,54 @@ static PyObject *fastpath_release(PyObject *mod, PyObject *views)
     return PyLong_FromSsize_t(kept);
 }
 
+/* pack(items) -> (blob, lengths) or None: a list or tuple of exact bytes and
+ * None as one bytes blob of the values end to end and a bytes object of
+ * int64 lengths (-1 for None), in one pass over the items and one copy of
+ * each value: what send_batch hands the C encoder. None when an item is
+ * anything else (bytearray, memoryview, a wrong type): the caller's general
+ * packing then takes the batch (and names a wrong type). Only exact bytes
+ * are read, so no Python code runs between the two loops and the list
+ * cannot change under them. */
+static PyObject *fastpath_pack(PyObject *mod, PyObject *items)
+{
+    if (!PyList_Check(items) && !PyTuple_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "pack(items: list | tuple)");
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items), total = 0;
+    PyObject **it = PySequence_Fast_ITEMS(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = it[i];
+        if (PyBytes_CheckExact(v))
+            total += PyBytes_GET_SIZE(v);
+        else if (v != Py_None)
+            Py_RETURN_NONE;
+    }
+    PyObject *blob = PyBytes_FromStringAndSize(NULL, total);
+    PyObject *lens = blob ? PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t)) : NULL;
+    if (lens == NULL) {
+        Py_XDECREF(blob);
+        return NULL;
+    }
+    char *dst = PyBytes_AS_STRING(blob);
+    int64_t *len = (int64_t *)PyBytes_AS_STRING(lens);   /* bytes data is aligned for any scalar */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = it[i];
+        if (v == Py_None) {
+            len[i] = -1;
+            continue;
+        }
+        Py_ssize_t k = PyBytes_GET_SIZE(v);
+        memcpy(dst, PyBytes_AS_STRING(v), (size_t)k);
+        dst += k;
+        len[i] = k;
+    }
+    PyObject *r = PyTuple_Pack(2, blob, lens);
+    Py_DECREF(blob);
+    Py_DECREF(lens);
+    return r;
+}
+
 static PyMethodDef fastpath_functions[] = {
     {"view", (PyCFunction)(void (*)(void))fastpath_view, METH_FASTCALL,
      "view(addr, len, views): a read-only memoryview of ring memory, appended to views."},
@@ -787,6 +835,8 @@ static PyMethodDef fastpath_functions[] = {
     {"messages", (PyCFunction)(void (*)(void))fastpath_messages, METH_FASTCALL,
      "messages(buf_addr, used, rows_addr, n, topic, partition[, views]) -> (Message list, how many have "
      "headers)."},
+    {"pack", fastpath_pack, METH_O,
+     "pack(items) -> (blob, int64 lengths as bytes), or None when an item is not exact bytes or None."},
     {"values", (PyCFunction)(void (*)(void))fastpath_values, METH_FASTCALL,
      "values(buf_addr, used, rows_addr, n[, views]): a read's decoded rows' values (bytes, or None)."},
     {NULL, NULL, 0, NULL},

@@ -7,6 +7,7 @@
 
 #include "shmlog.h"
 #include "atomics.h"
+#include <string.h>
 
 #define HDR(b) ((struct shm_ring_header *)(b))
 #define DATA(b) ((uint8_t *)(b) + SHM_RING_HEADER_BYTES)

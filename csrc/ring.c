@@ -912,7 +912,6 @@ static int append_frame(const struct shm_ring *r, struct shm_producer_slot *s,
                         const struct frame_body *b, int64_t size, int64_t timeout_ns,
                         const char *token_prefix, int64_t unblock_ns, struct shm_append_out *out)
 {
-    struct shm_ring_header *h = r->hdr;
     uint64_t frame_len = SHM_FRAME_HEADER_BYTES + (uint64_t)size;
     int admit = frame_admitted(r, frame_len);
     if (admit != SHM_OK)

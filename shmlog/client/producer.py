@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from .. import compression, errors, liveness
 from .._fastpath import ProducerBase, WriterBase, loan_view
+from .._fastpath import pack as pack_bytes
 from .._fastpath import release as release_views
 from .._native import address_of, ffi, full_ring_cause, lib, memory_shortfall, raise_status
 from ..control.transactions import TxnOffset, validate_timeout, validate_transactional_id
@@ -1408,8 +1409,12 @@ def _compressed_batch(codec: int, inp: Any, ts: int) -> bytes:
     return bytes(out)
 
 
-def _pack(items: Sequence[Any], what: str) -> tuple[bytes, array]:
-    """list of bytes|None -> (one bytes blob, array('q') of lengths, -1 for None)."""
+def _pack(items: Sequence[Any], what: str) -> tuple[bytes, Any]:
+    """list of bytes|None -> (one bytes blob, int64 lengths, -1 for None): in
+    one C pass (_fastpath.pack) when every item is exact bytes or None."""
+    packed = pack_bytes(items) if isinstance(items, (list, tuple)) else None
+    if packed is not None:
+        return packed
     try:
         if None in items:
             lens = array("q", [-1 if v is None else len(v) for v in items])

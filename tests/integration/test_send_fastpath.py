@@ -214,3 +214,57 @@ def test_poll_express_case_steps_aside_for_views_and_groups(inst):
     assert vals == [b"%03d" % i for i in range(100)]
     g.close()
     p.close()
+
+
+class _Bytes(bytes):
+    pass
+
+
+def test_send_batch_packs_every_item_kind_exactly_once(inst):
+    """send_batch packs exact bytes and None in one C pass (_fastpath.pack);
+    any other item (bytearray, memoryview, a bytes subclass) goes the general
+    packing; mixed batches, null values and keys, tuples and empty values all
+    come back byte for byte."""
+    from shmlog._fastpath import pack
+
+    log = inst.log
+    log.create_topic("sb", partitions=1, ring_bytes=1 << 20, persistence="none")
+    p = log.producer()
+    big = bytes(range(256)) * 300
+    batches = [
+        [b"a", b"", None, b"bc", big],
+        (b"t1", None, b"t2"),  # a tuple
+        type("L", (list,), {})([b"l1", b"l2"]),  # a list subclass
+        [b"x", bytearray(b"ba"), memoryview(b"mv"), _Bytes(b"sub"), None],  # general packing
+        [None, None],
+    ]
+    for vals in batches:
+        p.send_batch("sb", vals, partition=0)
+    p.send_batch("sb", [b"v1", b"v2", None], keys=[b"k1", None, b"k3"], partition=0)
+    want = [bytes(v) if v is not None else None for vals in batches for v in vals] + [b"v1", b"v2", None]
+    got = _read_all(log, "sb", len(want))
+    assert [m.value for m in got] == want
+    assert [m.key for m in got[-3:]] == [b"k1", None, b"k3"]
+    assert [m.offset for m in got] == list(range(len(want)))
+    # the C pass itself: exact bytes and None only, lengths as int64, -1 for None
+    blob, lens = pack([b"ab", None, b"", b"cde"])
+    assert blob == b"abcde" and list(memoryview(lens).cast("q")) == [2, -1, 0, 3]
+    assert pack([b"a", bytearray(b"b")]) is None and pack([_Bytes(b"s")]) is None and pack(()) == (b"", b"")
+    with pytest.raises(TypeError):
+        pack(iter([b"a"]))
+    p.close()
+
+
+def test_send_batch_refuses_what_it_cannot_pack_and_writes_nothing(inst):
+    log = inst.log
+    log.create_topic("sr", partitions=1, ring_bytes=1 << 20, persistence="none")
+    p = log.producer()
+    for bad in ([b"ok", "str"], [b"ok", 7], [object()], [b"ok", [b"nested"]]):
+        with pytest.raises(errors.InvalidType):
+            p.send_batch("sr", bad, partition=0)
+    with pytest.raises(errors.InvalidType):
+        p.send_batch("sr", [b"v"], keys=["strkey"], partition=0)
+    md = p.send_batch("sr", [b"after"], partition=0)
+    assert md[0].base_offset == 0  # nothing was written by the refused batches
+    assert [m.value for m in _read_all(log, "sr", 1)] == [b"after"]
+    p.close()
