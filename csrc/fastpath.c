@@ -49,6 +49,7 @@
 
 static __typeof__(&shmx_accum_add) accum_add;    /* from the cffi module (bind) */
 static __typeof__(&shmx_send) express_send;       /* from the cffi module (bind) */
+static __typeof__(&shmx_large_copy) large_copy;   /* from the cffi module (bind) */
 static PyObject *str_produce_any;                 /* interned "_produce_any" */
 static PyObject *str_send_any;                    /* interned "_send_any" */
 static PyObject *str_poll_any;                    /* interned "_poll_any" */
@@ -482,16 +483,16 @@ static PyTypeObject ConsumerBaseType = {
     .tp_members = ConsumerBase_members,
 };
 
-/* bind(accum_add, send): the core's functions this module calls, as
- * addresses from the cffi module (shmlog._native): one copy of the core */
+/* bind(accum_add, send, large_copy): the core's functions this module
+ * calls, as addresses from the cffi module (shmlog._native): one copy of the core */
 static PyObject *fastpath_bind(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "bind(shmx_accum_add, shmx_send)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bind(shmx_accum_add, shmx_send, shmx_large_copy)");
         return NULL;
     }
-    void *p[2];
-    for (int i = 0; i < 2; i++) {
+    void *p[3];
+    for (int i = 0; i < 3; i++) {
         p[i] = PyLong_AsVoidPtr(args[i]);
         if (p[i] == NULL) {
             if (!PyErr_Occurred())
@@ -501,7 +502,42 @@ static PyObject *fastpath_bind(PyObject *mod, PyObject *const *args, Py_ssize_t 
     }
     accum_add = (__typeof__(accum_add))p[0];
     express_send = (__typeof__(express_send))p[1];
+    large_copy = (__typeof__(large_copy))p[2];
     Py_RETURN_NONE;
+}
+
+/* large_value(ring, cursor, peeked, verify_crc) -> (status, value): the value
+ * of the large record shmx_large_peek described (addresses of the ring
+ * handle, the cursor and the peeked row), copied once from the ring into a
+ * new bytes object with the batch's CRC-32C summed in the same pass
+ * (shmx_large_copy); value is None unless status is 1. A fresh bytes object
+ * is filled in place, never zeroed first. */
+static PyObject *fastpath_large_value(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || large_copy == NULL) {
+        PyErr_SetString(PyExc_TypeError, "large_value(ring, cursor, peeked, verify_crc) after bind()");
+        return NULL;
+    }
+    const struct shm_ring *r = PyLong_AsVoidPtr(args[0]);
+    const struct shm_cursor *cur = r ? PyLong_AsVoidPtr(args[1]) : NULL;
+    const int64_t *peeked = cur ? PyLong_AsVoidPtr(args[2]) : NULL;
+    int verify = peeked ? PyObject_IsTrue(args[3]) : 0;
+    if (PyErr_Occurred())
+        return NULL;
+    if (peeked == NULL || peeked[SHM_ROW_VALUE_LEN] < 0) {
+        PyErr_SetString(PyExc_ValueError, "large_value: a null address or a null value");
+        return NULL;
+    }
+    PyObject *v = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)peeked[SHM_ROW_VALUE_LEN]);
+    if (v == NULL)
+        return NULL;
+    int rc = large_copy(r, cur, peeked, (uint8_t *)PyBytes_AS_STRING(v), verify);
+    if (rc != 1) {
+        Py_DECREF(v);
+        v = Py_None;
+        Py_INCREF(v);
+    }
+    return Py_BuildValue("(iN)", rc, v);
 }
 
 /* ViewSource: the exporter behind every copy=False value view. It counts
@@ -831,7 +867,11 @@ static PyMethodDef fastpath_functions[] = {
     {"release", fastpath_release, METH_O,
      "release(views): releases every view in the list; returns how many stay (still exported)."},
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
-     "bind(shmx_accum_add, shmx_send): the core's functions (addresses), from the cffi module (shmlog._native)."},
+     "bind(shmx_accum_add, shmx_send, shmx_large_copy): the core's functions (addresses), from the cffi module "
+     "(shmlog._native)."},
+    {"large_value", (PyCFunction)(void (*)(void))fastpath_large_value, METH_FASTCALL,
+     "large_value(ring, cursor, peeked, verify_crc) -> (status, bytes | None): a large record's value, copied "
+     "and CRC-checked in one pass."},
     {"messages", (PyCFunction)(void (*)(void))fastpath_messages, METH_FASTCALL,
      "messages(buf_addr, used, rows_addr, n, topic, partition[, views]) -> (Message list, how many have "
      "headers)."},

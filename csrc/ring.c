@@ -1639,6 +1639,50 @@ int shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const i
     return 1;
 }
 
+/* The value of the record shmx_large_peek (verify_crc 0) described, copied
+ * into dst (its value length bytes) with the batch's CRC-32C summed in the
+ * same pass when verify_crc: the bytes before the value, the value through
+ * shm_crc32c_copy, the bytes after it, so a large record is read once, not
+ * once to check and once to copy. Returns 1; SHM_E_OUT_OF_RANGE when the ring
+ * lapped the frame during the copy (re-read head after it, I5: the copy is
+ * garbage and so may the CRC be); SHM_E_CORRUPT when the sum does not match.
+ * dst NULL: the CRC checked in place only (a zero-copy view of the value).
+ * Moves nothing: shmx_large_confirm does, after a 1. */
+int shmx_large_copy(const struct shm_ring *r, const struct shm_cursor *cur, const int64_t *peeked, uint8_t *dst,
+                    int verify_crc)
+{
+    if (!handle_ok(r))
+        return SHM_E_INVALID;
+    uint64_t p = cur->pos;
+    const uint8_t *batch = (const uint8_t *)(FRAME(r, p) + 1);
+    uint64_t blen = (uint64_t)peeked[SHM_ROW_FIELDS] - SHM_FRAME_HEADER_BYTES;
+    const uint8_t *v = r->data + peeked[SHM_ROW_VALUE_START];
+    int64_t vl = peeked[SHM_ROW_VALUE_LEN];
+    /* the peeked row came from decoding this frame: its value lies inside the batch */
+    if (vl < 0 || v < batch + SHM_BATCH_HEADER_BYTES || (uint64_t)(v - batch) + (uint64_t)vl > blen)
+        return SHM_E_INVALID;
+    if (verify_crc || dst == NULL) {
+        const uint8_t *from = batch + SHM_RB_ATTRIBUTES, *end = batch + blen;
+        uint32_t crc;
+        if (dst == NULL) {
+            crc = shm_crc32c(0, from, (size_t)(end - from));
+        } else {
+            crc = shm_crc32c(0, from, (size_t)(v - from));
+            crc = shm_crc32c_copy(crc, dst, v, (size_t)vl);
+            crc = shm_crc32c(crc, v + vl, (size_t)(end - (v + vl)));
+        }
+        uint32_t want = (uint32_t)batch[SHM_RB_CRC] << 24 | (uint32_t)batch[SHM_RB_CRC + 1] << 16 |
+                        (uint32_t)batch[SHM_RB_CRC + 2] << 8 | batch[SHM_RB_CRC + 3];
+        shm_fence_acquire();   /* the copy and the sum complete before head is re-read (I5) */
+        if (shm_load_relaxed(&r->hdr->head_pos) > p)
+            return SHM_E_OUT_OF_RANGE;
+        return crc == want ? 1 : SHM_E_CORRUPT;
+    }
+    memcpy(dst, v, (size_t)vl);
+    shm_fence_acquire();
+    return shm_load_relaxed(&r->hdr->head_pos) > p ? SHM_E_OUT_OF_RANGE : 1;
+}
+
 /* B7 (zero-copy views): publishes the cursor's position to its reader slot,
  * releasing frames below it that a caller kept viewing in the ring after
  * shmx_large_confirm(..., publish=0). */

@@ -689,6 +689,8 @@ int      shmx_read(const struct shm_ring *r, struct shm_cursor *cur, uint8_t *bu
 int      shmx_large_peek(const struct shm_ring *r, const struct shm_cursor *cur, uint64_t min_bytes,
                          int verify_crc, int64_t *out);
 int      shmx_large_confirm(const struct shm_ring *r, struct shm_cursor *cur, const int64_t *peeked, int publish);
+int      shmx_large_copy(const struct shm_ring *r, const struct shm_cursor *cur, const int64_t *peeked,
+                         uint8_t *dst, int verify_crc);
 void     shmx_reader_publish(const struct shm_cursor *cur);
 /* a batch encoded elsewhere (Kafka listener): checked, stored unchanged apart
  * from baseOffset and partitionLeaderEpoch (both outside the CRC) */

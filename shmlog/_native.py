@@ -17,7 +17,9 @@ from ._fastpath import bind as _bind_fastpath
 from ._shmlog_c import ffi, lib
 
 # the fast path (csrc/fastpath.c) calls the core through this module's copy of it
-_bind_fastpath(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in ("shmx_accum_add", "shmx_send")))
+_bind_fastpath(
+    *(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in ("shmx_accum_add", "shmx_send", "shmx_large_copy"))
+)
 
 
 def address_of(cdata) -> int:

@@ -34,6 +34,7 @@ from ..control.tables import validate_group_name
 from .membership import MEMBER_OPTIONS, Membership
 from .reader import LAPPED, PartitionReader
 from .._fastpath import ConsumerBase
+from .._fastpath import large_value
 from .._fastpath import messages as batch_messages
 from .._fastpath import release as release_views
 from .._fastpath import values as batch_values
@@ -639,11 +640,14 @@ class Consumer(ConsumerBase):
         return out.count
 
     def _take_large(self, part: _Part) -> Message | None:
-        """A large single-record frame, copied once from the ring into its bytes
-        (the C core checks CRC and framing first, and the lap after the copy);
-        None when the next frame is not one (the general read handles it)."""
+        """A large single-record frame, its value copied once from the ring into
+        its bytes with the CRC-32C summed in the same pass (shmx_large_copy),
+        or with copy=False on a block ring a view of the frame itself, its CRC
+        checked in place; None when the next frame is not one, or the copy was
+        lapped or did not sum right (the general read then handles it: it
+        discards a lapped frame and raises CorruptRecord for a damaged one)."""
         r = self._peek
-        if lib.shmx_large_peek(part.ring.h, part.cur, LARGE_BYTES, self._crc, r) != 1:
+        if lib.shmx_large_peek(part.ring.h, part.cur, LARGE_BYTES, 0, r) != 1:
             return None
         off, ts, ks, kl, vs, vl, hs, hc, _ = ffi.unpack(r, ROW + 1)
         if hc:
@@ -657,21 +661,23 @@ class Consumer(ConsumerBase):
             and part.cur.reader_hdr != ffi.NULL
             and lib.shm_ring_counter(part.ring.base, lib.SHM_COUNTER_OVERFLOW) == lib.SHM_OVERFLOW_BLOCK
         )
-        value: Any
+        value: Any = None
+        if pin:
+            if self._crc and lib.shmx_large_copy(part.ring.h, part.cur, r, ffi.NULL, 1) != 1:
+                return None
+        elif vl >= 0:
+            rc, value = large_value(address_of(part.ring.h), address_of(part.cur), address_of(r), self._crc)
+            if rc != 1:
+                return None
+        key = None if kl < 0 else ffi.buffer(data + ks, kl)[:]
+        if lib.shmx_large_confirm(part.ring.h, part.cur, r, int(not pin)) != 1:
+            return None  # lapped during the copy: discarded
         if pin and views is not None:
             value = ring_view(address_of(data + vs), vl, views)
-        else:
-            value = None if vl < 0 else ffi.buffer(data + vs, vl)[:]
-        m = Message(part.topic, part.partition, off, None if kl < 0 else ffi.buffer(data + ks, kl)[:], value, (), ts)
-        if lib.shmx_large_confirm(part.ring.h, part.cur, r, int(not pin)) != 1:
-            if pin and views is not None:
-                views.pop().release()
-            return None  # lapped during the copy: discarded
-        if pin:
             self._pinned.append(part)
         elif views is not None and value is not None:
-            m = Message(m.topic, m.partition, m.offset, m.key, memoryview(value), (), m.timestamp_ms)
-        return m
+            value = memoryview(value)
+        return Message(part.topic, part.partition, off, key, value, (), ts)
 
     def _message1(self, part: _Part) -> Message:
         """The one record just decoded (the latency path: few Python-C crossings)."""

@@ -684,6 +684,59 @@ def test_max_message_bytes_leaves_room_for_the_frame_header(inst):
     assert inst.log.topic_handle("cfg").config.max_message_bytes == RING // 2 - 16
 
 
+@pytest.mark.parametrize("copy", [True, False])
+@pytest.mark.parametrize("where", ["value-first", "value-middle", "value-last", "key", "header-crc", "after-value"])
+def test_corrupted_large_record_is_caught_on_the_one_copy_path(inst, where, copy):
+    """Records of LARGE_BYTES or more take the consumer's large path: the value
+    is copied once from the ring with the batch's CRC-32C summed in the same
+    pass (shmx_large_copy), or (copy=False on a block ring) viewed in place
+    with the CRC checked there. A flipped bit anywhere the CRC covers -- the
+    value's first, middle or last byte, the key, the byte after the value,
+    the stored CRC itself -- is CorruptRecord at that offset, the records
+    before it are delivered intact, and nothing is skipped silently."""
+    big = 1 << 20
+    inst.log.create_topic("lg", persistence="none", ring_bytes=8 << 20, overflow="block")
+    vals = [bytes([65 + i]) * big for i in range(4)]
+    c = inst.log.consumer(topics=["lg"], auto_offset_reset="earliest", copy=copy)
+    p = inst.log.producer()
+    got = []
+    for i, v in enumerate(vals[:3]):  # one at a time: each read finds one frame (the large path from the second)
+        p.send("lg", v, key=b"k" * 32, partition=0)
+        if i == 2:
+            _flip_large(ring_file(inst, "lg"), where, big)
+            break
+        m = c.poll(timeout=2)
+        got.append((m.offset, bytes(m.value)))
+    p.send("lg", vals[3], key=b"k" * 32, partition=0)
+    with pytest.raises(errors.CorruptRecord):
+        for _ in range(10):
+            m = c.poll(timeout=0.5)
+            if m is not None:
+                got.append((m.offset, bytes(m.value)))
+    assert c._single is not None and not c._single.on_disk  # the one-copy path's conditions
+    assert got == [(0, vals[0]), (1, vals[1])]
+    assert c.position("lg", 0) == 2
+    c.close()
+    p.close()
+
+
+def _flip_large(path, where, big):
+    with RingFile(path) as rf:
+        pos, length, _ = rf.frames()[2]
+        start = DATA + pos
+        at = rf.m[start : start + length].find(b"C" * 64)
+        kat = rf.m[start : start + length].find(b"k" * 32)
+        flip = {
+            "value-first": at,
+            "value-middle": at + big // 2 + 7,
+            "value-last": at + big - 1,
+            "key": kat + 5,
+            "header-crc": lib.SHM_FRAME_HEADER_BYTES + lib.SHM_RB_CRC + 1,
+            "after-value": at + big,  # the record's headers count
+        }[where]
+        rf.m[start + flip] ^= 0x04
+
+
 @pytest.mark.parametrize("how", ["poll", "poll_batch"])
 def test_corrupted_large_value_is_caught_by_the_fused_copy_and_check(inst, topic, how):
     """Batches of 4 KiB or more are copied out of the ring and summed in one
