@@ -7,8 +7,10 @@
  * the CPU (crc_init_once; shm_crc32c_path can lower it, for tests):
  *  - x86-64 with VPCLMULQDQ + AVX-512 F/VL/BW, from FOLD512_MIN bytes:
  *    carry-less-multiply folding of 4 x 64 bytes per round (16 lanes of
- *    16 bytes), its 64-byte accesses aligned (the stores, for the copy);
- *  - x86-64 with PCLMULQDQ, from FOLD_MIN bytes: the same over 4 x 16 bytes;
+ *    16 bytes), its 64-byte accesses aligned (the stores, for the copy) by
+ *    a masked first block (bytes outside the input neither read nor written);
+ *  - x86-64 with PCLMULQDQ, from FOLD_MIN bytes (and on a CPU with the
+ *    above, FOLD_MIN to FOLD512_MIN): the same over 4 x 16 bytes;
  *  - the SSE4.2 / ARMv8 crc32c instruction, over three interleaved streams
  *    for large inputs (the instruction's latency is 3 cycles, its
  *    throughput 1 per cycle): below FOLD_MIN, and the whole input elsewhere;
@@ -43,12 +45,17 @@ static uint32_t table8[8][256];
  * best this CPU has, shm_crc32c_path's ceiling */
 static int path = -1, cpu_path;
 
-/* The folding paths from this many bytes on (below it their setup and final
- * reduction cost more than the crc32 instruction's serial 3 cycles per 8
- * bytes), and the 512-bit one from FOLD512_MIN on (below it the 128-bit one
- * is as fast, and needs no alignment head): measured, see this file's header. */
-#define FOLD_MIN 128
-#define FOLD512_MIN 1024
+/* The folding paths from FOLD_MIN bytes on, the 512-bit one from
+ * FOLD512_MIN on. Measured on a Xeon with AVX-512 (ns per call, in L1, the
+ * mean over the 64 misalignments): 64 bytes 8.3-8.5 folding 128-bit against 8.9
+ * (aligned) to 14.8 (misaligned) by the crc32 instruction, whose serial
+ * 3 cycles per 8 bytes lose from there on; 128-bit against 512-bit folding
+ * 15.0/19.3 at 384 bytes, 20.9/20.4 at 640, 24.3/22.9 at 768, 32.3/24.5 at
+ * 1 KiB, 127/40 at 4 KiB (the 512-bit path's alignment head and its 64- and
+ * 16-byte tail folds, one after the other, cost what its width saves below
+ * ~640 bytes). */
+#define FOLD_MIN 64
+#define FOLD512_MIN 768
 
 /* GF(2) product of a and b modulo POLY, both as reflected polynomials. */
 static uint32_t multmodp(uint32_t a, uint32_t b)
@@ -303,13 +310,33 @@ FOLD512_ATTR static inline __m128i fold512_lanes(__m512i x)
     return fold128(y, k, _mm512_extracti32x4_epi32(x, 3));
 }
 
-/* Raw state c over n >= 256 bytes at p (and, when dst is not NULL, a
- * copy of them at dst): 4 x 64 bytes per round, 16 lanes each folded 2048
+/* Raw state c over n >= h + 256 bytes at p (and, when dst is not NULL, a
+ * copy of them at dst), where p + h (dst + h for the copy) is on a 64-byte
+ * boundary. The h < 64 bytes before it are the end of a 64-byte block read
+ * and written under a mask (its other bytes neither read nor written, and no
+ * fault from them), the state XORed in where the message begins; a zero
+ * block when h is 0. Then 4 x 64 bytes per round, 16 lanes each folded 2048
  * bits ahead; then 64-byte blocks, 16-byte lanes, the last < 16 bytes by
  * crc32. A constant dst test per call: the compiler keeps two loops. */
-FOLD512_ATTR static inline uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+FOLD512_ATTR static inline uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n, size_t h)
 {
-    __m512i k = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)k2048.hi, (long long)k2048.lo));
+    __mmask64 m = h ? ~0ULL << (64 - h) : 0;
+    __m512i head = _mm512_maskz_loadu_epi8(m, p + h - 64);
+    if (dst) {
+        _mm512_mask_storeu_epi8(dst + h - 64, m, head);
+        dst += h;
+    }
+    p += h;
+    n -= h;
+    /* the state goes to bytes 64 - h .. 67 - h of head | x0: qword q, spilling into q + 1 */
+    unsigned o = 64 - (unsigned)h, sh = o & 7, q = o >> 3;
+    uint64_t lo = (uint64_t)c << (8 * sh), hi = sh ? (uint64_t)c >> (64 - 8 * sh) : 0;
+    unsigned mlo = 1u << q, mhi = 1u << (q + 1);
+    head = _mm512_ternarylogic_epi64(head, _mm512_maskz_set1_epi64((__mmask8)mlo, (long long)lo),
+                                     _mm512_maskz_set1_epi64((__mmask8)mhi, (long long)hi), 0x96);
+    __m512i c0 = _mm512_or_si512(_mm512_maskz_set1_epi64((__mmask8)(mlo >> 8), (long long)lo),
+                                 _mm512_maskz_set1_epi64((__mmask8)(mhi >> 8), (long long)hi));
+    __m512i k = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)k512.hi, (long long)k512.lo));
     __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64);
     __m512i x2 = _mm512_loadu_si512(p + 128), x3 = _mm512_loadu_si512(p + 192);
     if (dst) {
@@ -319,7 +346,8 @@ FOLD512_ATTR static inline uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, c
         _mm512_storeu_si512(dst + 192, x3);
         dst += 256;
     }
-    x0 = _mm512_xor_si512(x0, _mm512_castsi128_si512(_mm_cvtsi32_si128((int)c)));
+    x0 = fold512(head, k, _mm512_xor_si512(x0, c0));
+    k = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)k2048.hi, (long long)k2048.lo));
     p += 256;
     n -= 256;
     while (n >= 256) {
@@ -366,27 +394,6 @@ FOLD512_ATTR static inline uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, c
     }
     c = fold_finish(y);
     return dst ? crc_hw_copy(c, dst, p, n) : crc_hw_serial(c, p, n);
-}
-
-/* Both first bring the 64-byte accesses to a cache-line boundary (of the
- * stores for the copy: a split store costs more than a split load, 37 against
- * 56 GB/s on 1 MiB) with the crc32 instruction over the < 64 bytes before it. */
-FOLD512_ATTR static uint32_t crc_vpclmul(uint32_t c, const uint8_t *p, size_t n)
-{
-    size_t head = (size_t)(-(uintptr_t)p & 63);
-    if (n < head + 256)
-        return crc_hw(c, p, n);
-    c = crc_hw_serial(c, p, head);
-    return crc_vpclmul_body(c, NULL, p + head, n - head);
-}
-
-FOLD512_ATTR static uint32_t crc_vpclmul_copy(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
-{
-    size_t head = (size_t)(-(uintptr_t)dst & 63);
-    if (n < head + 256)
-        return crc_hw_copy(c, dst, p, n);
-    c = crc_hw_copy(c, dst, p, head);
-    return crc_vpclmul_body(c, dst + head, p + head, n - head);
 }
 
 /* The same with 128-bit pclmulqdq (CPUs before AVX-512 VPCLMULQDQ): four
@@ -449,6 +456,21 @@ FOLD_ATTR static uint32_t crc_pclmul(uint32_t c, const uint8_t *p, size_t n)
 FOLD_ATTR static uint32_t crc_pclmul_copy(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
 {
     return n < 64 ? crc_hw_copy(c, dst, p, n) : crc_pclmul_body(c, dst, p, n);
+}
+
+/* Both bring the 64-byte accesses to a cache-line boundary: of the loads,
+ * or of the stores for the copy (split stores cost more than split loads:
+ * 37 against 56 GB/s on 1 MiB). */
+FOLD512_ATTR static uint32_t crc_vpclmul(uint32_t c, const uint8_t *p, size_t n)
+{
+    size_t h = (size_t)(-(uintptr_t)p & 63);
+    return n < h + 256 ? crc_pclmul(c, p, n) : crc_vpclmul_body(c, NULL, p, n, h);
+}
+
+FOLD512_ATTR static uint32_t crc_vpclmul_copy(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+{
+    size_t h = (size_t)(-(uintptr_t)dst & 63);
+    return n < h + 256 ? crc_pclmul_copy(c, dst, p, n) : crc_vpclmul_body(c, dst, p, n, h);
 }
 #endif
 

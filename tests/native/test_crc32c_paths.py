@@ -67,7 +67,7 @@ def test_every_misalignment(path):
     rng = random.Random(0xA11)
     buf = bytearray(rng.randbytes(70_000))
     # around each path's boundaries: 64/128-byte rounds, the 16-byte lanes, the tail below 16,
-    # FOLD_MIN (128) and FOLD512_MIN (1024), the 256-byte rounds past an alignment head
+    # FOLD_MIN (64) and FOLD512_MIN (768), the 256-byte rounds past an alignment head
     lengths = [
         63,
         64,
@@ -82,6 +82,9 @@ def test_every_misalignment(path):
         319,
         320,
         383,
+        767,
+        768,
+        769,
         1023,
         1024,
         1025,
