@@ -631,6 +631,13 @@ uint32_t shm_crc32c(uint32_t crc, const uint8_t *data, size_t len);
 uint32_t shm_crc32c_copy(uint32_t crc, uint8_t *dst, const uint8_t *src, size_t len);
 int      shm_crc32c_hardware(void);
 uint32_t shm_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
+/* paths of shm_crc32c / shm_crc32c_copy: slicing-by-8 table, the crc32c
+ * instruction (3 streams), 128-bit pclmulqdq folding, 512-bit vpclmulqdq folding */
+#define SHM_CRC32C_PATH_TABLE   0
+#define SHM_CRC32C_PATH_INSN    1
+#define SHM_CRC32C_PATH_PCLMUL  2
+#define SHM_CRC32C_PATH_VPCLMUL 3
+int      shm_crc32c_path(int limit);
 
 /* ---------- batch.c: Kafka RecordBatch v2 codec ---------- */
 int64_t  shm_batch_encoded_size(const struct shm_batch_in *in);
