@@ -1,12 +1,15 @@
 """Child-process bodies of the workloads (T1/T3/T4 producer+consumers, T2 pinger+ponger) and their sizes.
 
 Clock: time.monotonic_ns() is CLOCK_MONOTONIC, one system-wide clock, so a producer's t0 and a
-consumer's t_end are comparable. Every consumer checks seq == expected for every record.
+consumer's t_end are comparable. Every record carries its sequence number in its first AND its last 8
+bytes (peers/base.py stamp); every consumer checks both ends agree and seq == expected for every record.
 """
 
 import time
 
 import numpy as np
+
+from .peers.base import seq_of, stamp
 
 HELLO_SEQ = (1 << 64) - 1  # handshake record sent before t0 so both ends are connected
 BATCH = 1000  # records per send_batch call
@@ -50,8 +53,7 @@ def now():
 
 
 def records(n, size, first=0):
-    pad = b"x" * (size - 8)
-    return [i.to_bytes(8, "little") + pad for i in range(first, first + n)]
+    return [stamp(i, size) for i in range(first, first + n)]
 
 
 def _wait(ev, deadline, what):
@@ -68,13 +70,12 @@ def _recv(rx, deadline, what):
             raise TimeoutError(f"timed out waiting for {what}")
 
 
-def _seq(buf):
-    return int.from_bytes(buf[:8], "little")
+_seq = seq_of  # head == tail checked, else IntegrityError
 
 
 def _handshake(tx, size, gos, deadline):
     """Sends the handshake record until every consumer saw one (a late SUB may miss the first)."""
-    hello = HELLO_SEQ.to_bytes(8, "little") + b"h" * (size - 8)
+    hello = stamp(HELLO_SEQ, size, b"h")
     flush = getattr(tx, "flush", None)  # senders that queue records (redis pipelined)
     while True:
         tx.send(hello)
@@ -137,10 +138,11 @@ def consumer(ch, index, n, batch, ready, go, deadline):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"received {expected} of {n} records")
                 continue
-            if expected == 0 and _seq(buf) == HELLO_SEQ:  # repeated handshake records
-                continue
-            if _seq(buf) != expected:
-                raise AssertionError(f"order/completeness: expected seq {expected}, got {_seq(buf)}")
+            seq = _seq(buf)
+            if seq != expected:
+                if expected == 0 and seq == HELLO_SEQ:  # repeated handshake records
+                    continue
+                raise AssertionError(f"order/completeness: expected seq {expected}, got {seq}")
             expected += 1
     t_end = now()
     if expected != n:
@@ -154,7 +156,7 @@ def pinger(ping, pong, iters, warmup, size, my_ready, peer_ready, deadline):
     my_ready.set()
     _wait(peer_ready, deadline, "ponger ready")
     tx = ping.sender()
-    tx.send(HELLO_SEQ.to_bytes(8, "little") + b"h" * (size - 8))
+    tx.send(stamp(HELLO_SEQ, size, b"h"))
     if _seq(_recv(rx, deadline, "handshake echo")) != HELLO_SEQ:
         raise AssertionError("handshake echo mismatch")
     total = warmup + iters
@@ -170,8 +172,9 @@ def pinger(ping, pong, iters, warmup, size, my_ready, peer_ready, deadline):
                 raise TimeoutError(f"no echo for seq {i}")
             buf = recv(0.5)
         lat[i] = clock() - t1
-        if _seq(buf) != i:
-            raise AssertionError(f"order/completeness: expected echo seq {i}, got {_seq(buf)}")
+        seq = _seq(buf)
+        if seq != i:
+            raise AssertionError(f"order/completeness: expected echo seq {i}, got {seq}")
     tx.close()
     rx.close()
     us = lat[warmup:] / 1000.0
@@ -193,8 +196,9 @@ def ponger(ping, pong, total, my_ready, peer_ready, deadline):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no ping seq {i}")
             buf = recv(0.5)
-        if _seq(buf) != i:
-            raise AssertionError(f"order/completeness: expected ping seq {i}, got {_seq(buf)}")
+        seq = _seq(buf)
+        if seq != i:
+            raise AssertionError(f"order/completeness: expected ping seq {i}, got {seq}")
         send(buf)  # echo the received record
     tx.close()
     rx.close()

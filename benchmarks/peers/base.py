@@ -12,8 +12,9 @@ Lifecycle, driven by benchmarks/harness.py and benchmarks/runner.py:
 
 Rows: "T1-msg", "T1-batch", "T2-spin" (the receiver busy-polls), "T2-block" (the receiver sleeps in
 the kernel until a record arrives), "T2-block-loaded" (T2-block while every core runs a busy process;
-adapters never see it: the harness asks them for "T2-block", see base_row), "T3", "T4". A record's first 8 bytes are its little-endian
-sequence number; recv_seqs must read them from the records it actually received.
+adapters never see it: the harness asks them for "T2-block", see base_row), "T3", "T4". A record's first 8
+bytes AND its last 8 bytes are its little-endian sequence number (stamp); a consumer checks both ends of
+every record it actually received: seq_of per record, recv_seqs through seqs_of / seqs_at (vectorised).
 Must never: create sockets, shared memory or server connections in the parent that a child
 would inherit (fork); everything live is made in sender()/receiver().
 """
@@ -32,11 +33,65 @@ def base_row(row):
     return row[: -len(LOADED)] if row.endswith(LOADED) else row
 
 
+SEQ_BYTES = 8
+MIN_RECORD = 2 * SEQ_BYTES  # the head and the tail sequence number
+_LANES = np.arange(SEQ_BYTES, dtype=np.int64)
+
+
+class IntegrityError(AssertionError):
+    """A record's first and last 8 bytes disagree, or it is too short to hold both."""
+
+
+def stamp(seq, size, fill=b"x"):
+    """A record of `size` bytes: seq (little-endian u64) in its first and its last 8 bytes."""
+    if size < MIN_RECORD:
+        raise ValueError(f"a record needs at least {MIN_RECORD} bytes for its two sequence numbers, got {size}")
+    s = seq.to_bytes(SEQ_BYTES, "little")
+    return s + fill * (size - MIN_RECORD) + s
+
+
+def seq_of(buf):
+    """The sequence number of one bytes-like record (bytes, memoryview of a zero-copy view): its first
+    8 bytes, checked equal to its last 8 bytes (both ends are read from the record itself)."""
+    n = len(buf)
+    if n < MIN_RECORD:
+        raise IntegrityError(f"integrity: a {n}-byte record cannot hold its head and tail sequence numbers")
+    head, tail = buf[:SEQ_BYTES], buf[n - SEQ_BYTES :]
+    if head != tail:
+        raise IntegrityError(
+            f"integrity: head seq {int.from_bytes(head, 'little')} != tail seq {int.from_bytes(tail, 'little')}"
+        )
+    return int.from_bytes(head, "little")
+
+
+def seqs_at(blob, starts, lengths):
+    """Sequence numbers of the records blob[starts[i] : starts[i] + lengths[i]] (blob: uint8 array), the
+    head and tail 8 bytes gathered by fancy indexing and compared, no per-record Python."""
+    starts = np.asarray(starts, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    if len(starts) == 0:
+        return np.empty(0, np.uint64)
+    if (lengths < MIN_RECORD).any():
+        bad = int(np.flatnonzero(lengths < MIN_RECORD)[0])
+        raise IntegrityError(
+            f"integrity: a {int(lengths[bad])}-byte record cannot hold its head and tail sequence numbers"
+        )
+    head = blob[starts[:, None] + _LANES].view("<u8").ravel()
+    tail = blob[(starts + lengths - SEQ_BYTES)[:, None] + _LANES].view("<u8").ravel()
+    if not np.array_equal(head, tail):
+        bad = int(np.flatnonzero(head != tail)[0])
+        raise IntegrityError(f"integrity: head seq {int(head[bad])} != tail seq {int(tail[bad])}")
+    return head
+
+
 def seqs_of(bufs):
-    """Sequence numbers of a list of bytes-like records (first 8 bytes, little-endian)."""
+    """Sequence numbers of a list of bytes-like records: one join, lengths via np.fromiter, ends by
+    cumsum, then seqs_at (the same method for every peer whose batch receive returns a list)."""
     if not bufs:
         return np.empty(0, np.uint64)
-    return np.frombuffer(b"".join([bytes(b[:8]) for b in bufs]), "<u8")
+    lengths = np.fromiter(map(len, bufs), np.int64, len(bufs))
+    ends = np.cumsum(lengths)
+    return seqs_at(np.frombuffer(b"".join(bufs), np.uint8), ends - lengths, lengths)
 
 
 def spin_until(poll, timeout):

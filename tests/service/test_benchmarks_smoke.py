@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark suite: every peer adapter moves a few records through every row it
 offers (seconds, not a benchmark), and the consumers' verification marks a run failed when one record
-is dropped or two are swapped. A peer whose package or server is missing is skipped with the reason."""
+is dropped, two are swapped, or one record's last 8 bytes (its tail copy of the sequence number) are corrupted. A peer whose package or server is missing is skipped with the reason."""
 
 import tempfile
 
@@ -53,7 +53,7 @@ def test_every_row_of_every_peer_delivers_and_verifies(peer):
 
 
 class _Faulty(Channel):
-    """Wraps a channel: its sender drops record `at` or swaps it with the next one."""
+    """Wraps a channel: its sender drops record `at`, swaps it with the next one, or corrupts its last byte."""
 
     def __init__(self, ch, fault, at):
         self.ch, self.fault, self.at = ch, fault, at
@@ -80,7 +80,9 @@ class _FaultySender:
             if seq == HELLO_SEQ:
                 out.append(b)
             elif seq == self.at:
-                if self.fault == "swap":
+                if self.fault == "tail":  # the head seq is intact: only the tail check can notice
+                    out.append(b[:-1] + bytes([b[-1] ^ 0xFF]))
+                elif self.fault == "swap":
                     self.held = b  # sent after the next record
             elif self.held is not None:
                 out += [b, self.held]
@@ -143,3 +145,15 @@ def test_group_rows_deliver_every_record_once_and_time_a_rebalance(inst):
     rb = groups.rebalance(True, kills=2, instance=inst.kwargs)
     assert rb["ok"], rb.get("error")
     assert len(rb["samples_ms"]) == 2 and 0 < rb["p50_ms"] < 15_000
+
+
+def test_verification_fails_a_run_whose_record_has_a_corrupted_tail(peer):
+    """Every batch receive path (list, columns, packed, aio) and every T3 path (zero-copy views
+    included) of every peer; one mode of the per-record rows."""
+    for row in ("T1-msg", "T1-batch", "T2-spin", "T2-block", "T3", "T4"):
+        modes = list(peer.modes(row))
+        for mode in modes if row in ("T1-batch", "T3") else modes[:1]:
+            n = TINY[row]
+            r = _run(_FaultyPeer(peer, "tail", n // 2), row, mode, n=n, tag="tail")
+            assert not r["ok"] and r["value"] is None, f"{peer.name} {row} {mode}: a corrupted tail went unnoticed"
+            assert "integrity: head seq" in r["error"], f"{peer.name} {row} {mode}: {r['error']}"
