@@ -5,12 +5,14 @@
  * same checksum of a copy made in the same pass (ordinary stores: whoever
  * asked for the copy reads it next). Paths, picked once per process from
  * the CPU (crc_init_once; shm_crc32c_path can lower it, for tests):
- *  - x86-64 with VPCLMULQDQ + AVX-512 F/VL/BW, from FOLD512_MIN bytes:
+ *  - x86-64 with VPCLMULQDQ + AVX-512 F/VL/BW, from FOLD512_MIN bytes
+ *    (FOLD512_COPY_MIN for the copy):
  *    carry-less-multiply folding of 4 x 64 bytes per round (16 lanes of
  *    16 bytes), its 64-byte accesses aligned (the stores, for the copy) by
- *    a masked first block (bytes outside the input neither read nor written);
+ *    a masked first block (bytes outside the input neither read nor
+ *    written), the blocks and lanes left at the end folded all at once;
  *  - x86-64 with PCLMULQDQ, from FOLD_MIN bytes (and on a CPU with the
- *    above, FOLD_MIN to FOLD512_MIN): the same over 4 x 16 bytes;
+ *    above, up to its threshold): the same over 4 x 16 bytes;
  *  - the SSE4.2 / ARMv8 crc32c instruction, over three interleaved streams
  *    for large inputs (the instruction's latency is 3 cycles, its
  *    throughput 1 per cycle): below FOLD_MIN, and the whole input elsewhere;
@@ -46,16 +48,17 @@ static uint32_t table8[8][256];
 static int path = -1, cpu_path;
 
 /* The folding paths from FOLD_MIN bytes on, the 512-bit one from
- * FOLD512_MIN on. Measured on a Xeon with AVX-512 (ns per call, in L1, the
- * mean over the 64 misalignments): 64 bytes 8.3-8.5 folding 128-bit against 8.9
- * (aligned) to 14.8 (misaligned) by the crc32 instruction, whose serial
- * 3 cycles per 8 bytes lose from there on; 128-bit against 512-bit folding
- * 15.0/19.3 at 384 bytes, 20.9/20.4 at 640, 24.3/22.9 at 768, 32.3/24.5 at
- * 1 KiB, 127/40 at 4 KiB (the 512-bit path's alignment head and its 64- and
- * 16-byte tail folds, one after the other, cost what its width saves below
- * ~640 bytes). */
+ * FOLD512_MIN on (FOLD512_COPY_MIN for the copy). Measured on a Xeon with
+ * AVX-512 (ns per call, in L1, the mean over the 64 misalignments): at 64
+ * bytes 8.3-8.5 folding 128-bit against 8.9 (aligned) to 14.8 (misaligned)
+ * by the crc32 instruction, whose serial 3 cycles per 8 bytes lose from
+ * there on; 128-bit against 512-bit folding 16.6/14.9 at 384 bytes,
+ * 19.0/15.4 at 512, 34.7/19.2 at 1 KiB, 140/43 at 4 KiB; for the copy
+ * 18.5/19.1 at 512, 21.3/17.8 at 640, 34.6/24.2 at 1 KiB (below that the
+ * 512-bit path's masked head and tail cost what its width saves). */
 #define FOLD_MIN 64
-#define FOLD512_MIN 768
+#define FOLD512_MIN 384
+#define FOLD512_COPY_MIN 640
 
 /* GF(2) product of a and b modulo POLY, both as reflected polynomials. */
 static uint32_t multmodp(uint32_t a, uint32_t b)
@@ -273,6 +276,8 @@ struct fold_k {
     uint64_t lo, hi;
 };
 static struct fold_k k2048, k512, k128;   /* D = 2048, 512, 128 bits */
+/* fold_tail[31 - m]: D = 128 * m, m = 1..31 lanes ahead; then zeros */
+static struct fold_k fold_tail[36];
 
 static struct fold_k fold_constants(uint64_t d)
 {
@@ -300,14 +305,13 @@ FOLD512_ATTR static inline __m512i fold512(__m512i x, __m512i k, __m512i next)
                                      next, 0x96);
 }
 
-/* The four lanes of a 64-byte block, folded into the last one. */
-FOLD512_ATTR static inline __m128i fold512_lanes(__m512i x)
+/* x moved m lanes ahead, m for each of its lanes in k (fold_tail's entries),
+ * but the lane under keep (none, or the last lane itself) as it is. */
+FOLD512_ATTR static inline __m512i fold_at(__m512i x, const struct fold_k *k, __mmask8 keep)
 {
-    __m128i k = _mm_set_epi64x((long long)k128.hi, (long long)k128.lo);
-    __m128i y = _mm512_castsi512_si128(x);
-    y = fold128(y, k, _mm512_extracti32x4_epi32(x, 1));
-    y = fold128(y, k, _mm512_extracti32x4_epi32(x, 2));
-    return fold128(y, k, _mm512_extracti32x4_epi32(x, 3));
+    __m512i kk = _mm512_loadu_si512(k);
+    __m512i f = _mm512_xor_si512(_mm512_clmulepi64_epi128(x, kk, 0x00), _mm512_clmulepi64_epi128(x, kk, 0x11));
+    return _mm512_mask_mov_epi64(f, keep, x);
 }
 
 /* Raw state c over n >= h + 256 bytes at p (and, when dst is not NULL, a
@@ -316,9 +320,9 @@ FOLD512_ATTR static inline __m128i fold512_lanes(__m512i x)
  * and written under a mask (its other bytes neither read nor written, and no
  * fault from them), the state XORed in where the message begins; a zero
  * block when h is 0. Then 4 x 64 bytes per round, 16 lanes each folded 2048
- * bits ahead; then 64-byte blocks, 16-byte lanes, the last < 16 bytes by
- * crc32. A constant dst test per call: the compiler keeps two loops. */
-FOLD512_ATTR static inline uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n, size_t h)
+ * bits ahead; then the 64-byte blocks and 16-byte lanes left, all lanes
+ * moved to the last one's place at once; the last < 16 bytes by crc32. A constant dst test per call: the compiler keeps two loops. */
+FOLD512_ATTR static inline __attribute__((always_inline)) uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n, size_t h)
 {
     __mmask64 m = h ? ~0ULL << (64 - h) : 0;
     __m512i head = _mm512_maskz_loadu_epi8(m, p + h - 64);
@@ -367,38 +371,43 @@ FOLD512_ATTR static inline uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, c
         p += 256;
         n -= 256;
     }
-    k = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)k512.hi, (long long)k512.lo));
-    x1 = fold512(x0, k, x1);
-    x2 = fold512(x1, k, x2);
-    x0 = fold512(x2, k, x3);
-    while (n >= 64) {
+    /* The < 256 bytes left, j 64-byte blocks and i 16-byte lanes: every one
+     * of the L lanes (x0..x3's 16 and those) moved at once to the last
+     * lane's place by its own constants, then XORed, no chain of folds. */
+    size_t j = n / 64, i = n % 64 / 16;
+    unsigned nl = 16 + 4 * (unsigned)j + (unsigned)i;
+    uint64_t last = 3ULL << (2 * (nl - 1));   /* the last lane's qwords, 4 lanes per byte */
+    const struct fold_k *t = fold_tail + 32 - nl;
+    __m512i s0 = fold_at(x0, t, (__mmask8)last), s1 = fold_at(x1, t + 4, (__mmask8)(last >> 8));
+    s0 = _mm512_ternarylogic_epi64(s0, s1, fold_at(x2, t + 8, (__mmask8)(last >> 16)), 0x96);
+    s1 = fold_at(x3, t + 12, (__mmask8)(last >> 24));
+    for (size_t b = 0; b < j; b++) {
         __m512i d = _mm512_loadu_si512(p);
         if (dst) {
             _mm512_storeu_si512(dst, d);
             dst += 64;
         }
-        x0 = fold512(x0, k, d);
+        s1 = _mm512_xor_si512(s1, fold_at(d, t + 16 + 4 * b, (__mmask8)(last >> (32 + 8 * b))));
         p += 64;
-        n -= 64;
     }
-    __m128i y = fold512_lanes(x0), k1 = _mm_set_epi64x((long long)k128.hi, (long long)k128.lo);
-    while (n >= 16) {
-        __m128i d = _mm_loadu_si128((const __m128i *)p);
-        if (dst) {
-            _mm_storeu_si128((__m128i *)dst, d);
-            dst += 16;
-        }
-        y = fold128(y, k1, d);
-        p += 16;
-        n -= 16;
+    __mmask64 mi = (1ULL << (16 * i)) - 1;
+    __m512i d = _mm512_maskz_loadu_epi8(mi, p);
+    if (dst) {
+        _mm512_mask_storeu_epi8(dst, mi, d);
+        dst += 16 * i;
     }
+    p += 16 * i;
+    n -= 64 * j + 16 * i;
+    s0 = _mm512_ternarylogic_epi64(s0, s1, fold_at(d, t + 16 + 4 * j, (__mmask8)(last >> (32 + 8 * j))), 0x96);
+    __m256i s2 = _mm256_xor_si256(_mm512_castsi512_si256(s0), _mm512_extracti64x4_epi64(s0, 1));
+    __m128i y = _mm_xor_si128(_mm256_castsi256_si128(s2), _mm256_extracti128_si256(s2, 1));
     c = fold_finish(y);
     return dst ? crc_hw_copy(c, dst, p, n) : crc_hw_serial(c, p, n);
 }
 
 /* The same with 128-bit pclmulqdq (CPUs before AVX-512 VPCLMULQDQ): four
  * lanes of 16 bytes per round, each folded 512 bits ahead. */
-FOLD_ATTR static inline uint32_t crc_pclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+FOLD_ATTR static inline __attribute__((always_inline)) uint32_t crc_pclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
 {
     __m128i k = _mm_set_epi64x((long long)k512.hi, (long long)k512.lo);
     __m128i x0 = _mm_loadu_si128((const __m128i *)p), x1 = _mm_loadu_si128((const __m128i *)(p + 16));
@@ -489,6 +498,8 @@ static void crc_init_once(void)
         k2048 = fold_constants(2048);
         k512 = fold_constants(512);
         k128 = fold_constants(128);
+        for (int m = 1; m <= 31; m++)
+            fold_tail[31 - m] = fold_constants(128 * (uint64_t)m);
         best = SHM_CRC32C_PATH_PCLMUL;
         /* __builtin_cpu_supports checks XCR0: the OS saves zmm state */
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -549,7 +560,7 @@ uint32_t shm_crc32c_copy(uint32_t crc, uint8_t *dst, const uint8_t *src, size_t 
     int use = __atomic_load_n(&path, __ATOMIC_RELAXED);
 #if defined(SHM_HAVE_X86_FOLD)
     if (len >= FOLD_MIN && use >= SHM_CRC32C_PATH_PCLMUL)
-        return ~(use == SHM_CRC32C_PATH_VPCLMUL && len >= FOLD512_MIN ? crc_vpclmul_copy(~crc, dst, src, len)
+        return ~(use == SHM_CRC32C_PATH_VPCLMUL && len >= FOLD512_COPY_MIN ? crc_vpclmul_copy(~crc, dst, src, len)
                                                                        : crc_pclmul_copy(~crc, dst, src, len));
 #endif
 #if defined(SHM_HAVE_X86_CRC) || defined(SHM_HAVE_ARM_CRC)

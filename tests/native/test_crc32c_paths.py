@@ -67,7 +67,8 @@ def test_every_misalignment(path):
     rng = random.Random(0xA11)
     buf = bytearray(rng.randbytes(70_000))
     # around each path's boundaries: 64/128-byte rounds, the 16-byte lanes, the tail below 16,
-    # FOLD_MIN (64) and FOLD512_MIN (768), the 256-byte rounds past an alignment head
+    # FOLD_MIN (64), FOLD512_MIN (384) and FOLD512_COPY_MIN (640), the 256-byte rounds past an alignment
+    # head, the 0..3 blocks and 0..3 lanes after the last round
     lengths = [
         63,
         64,
@@ -82,6 +83,11 @@ def test_every_misalignment(path):
         319,
         320,
         383,
+        384,
+        385,
+        639,
+        640,
+        641,
         767,
         768,
         769,
@@ -159,7 +165,7 @@ def test_copy_every_misalignment_pair(path):
         for dmis in range(64):
             for n in (129, 1024 + 37):
                 check_copy(src, dst, n, smis, dmis, smis * 64 + dmis)
-    for n in (319, 320, 1023, 1088, 5000):
+    for n in (319, 320, 384, 639, 640, 1023, 1088, 5000):
         for mis in range(64):
             check_copy(src, dst, n, mis, 63 - mis, 0xFFFFFFFF)
 
