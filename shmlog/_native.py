@@ -8,6 +8,7 @@ partition, when to retry); callers decide, this module translates.
 
 import errno as _errno
 import os
+import resource
 from typing import NoReturn
 
 import psutil
@@ -168,6 +169,7 @@ class ShmMapping:
                 )
             if rc == lib.SHM_E_NOT_FOUND:
                 raise errors.SharedMemoryMissing(f"shared-memory segment /dev/shm{name} does not exist")
+            _map_failed(rc, name, size)
             raise_status(rc, f"cannot open shared-memory segment {name}")
         return cls(name, ffi.gc(m, lib.shm_unmap))
 
@@ -243,7 +245,41 @@ def _set_reserve_at_import() -> None:
 _set_reserve_at_import()
 
 
+def map_limit(size: int) -> str | None:
+    """Why an mmap of `size` bytes failed with ENOMEM when the host's memory is not the reason: this
+    process's mappings at vm.max_map_count, or its address-space limit (ulimit -v); None otherwise."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            maps = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+    except (OSError, ValueError):
+        maps = limit = 0
+    if limit and maps >= limit - 16:
+        return (
+            f"this process has {maps:,} memory mappings, the host's limit vm.max_map_count is {limit:,} "
+            "(a ring a process uses takes one mapping, two when read-only): raise it "
+            "(sysctl -w vm.max_map_count=...) or spread the partitions over more processes"
+        )
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and psutil.Process().memory_info().vms + size > soft:
+        return (
+            f"this process reached its address-space limit (ulimit -v: {soft:,} bytes) mapping {size:,} more "
+            "(a ring maps ring_bytes + its header of address space): raise the limit or use smaller rings"
+        )
+    return None
+
+
+def _map_failed(rc: int, name: str, size: int) -> None:
+    """Raises NoSpace naming the host limit when mmap itself failed with ENOMEM."""
+    if rc == lib.SHM_E_NOSPACE and ffi.errno == _errno.ENOMEM:
+        why = map_limit(size)
+        if why is not None:
+            raise errors.NoSpace(f"cannot map shared-memory segment /dev/shm{name}: {why}")
+
+
 def _create_failed(rc: int, name: str, size: int, gid):
+    _map_failed(rc, name, size)
     if rc == lib.SHM_E_NOSPACE and ffi.errno == _errno.ENOMEM:  # C's memory-reserve check
         raise errors.NoSpace(f"cannot commit memory for shared-memory segment /dev/shm{name}: " + memory_shortfall())
     if rc == lib.SHM_E_NOSPACE:

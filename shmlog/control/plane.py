@@ -590,7 +590,15 @@ class ControlPlane:
             raise errors.InvalidArgument(str(e)) from None
         cfg = _py_config(_c_config(cfg))  # as the table will hold it ("interval:0100" is "interval:100")
         self._create_topic(name, cfg)
-        return self.describe_topic(name)
+        before = set(self._rings)
+        try:
+            return self.describe_topic(name)
+        finally:
+            # the description mapped every new partition read-only (2 mappings each); a process that
+            # creates 10,000 partitions must not keep 20,000 mappings (vm.max_map_count) and their
+            # pages in its RSS for it: the rings stay mapped only while a producer or consumer holds them
+            for key in [k for k in self._rings if k not in before]:
+                del self._rings[key]
 
     def _create_topic(self, name: str, cfg: config.TopicConfig) -> None:
         """Creates a validated topic here, under the lock (C1-C4: catalog.py)."""
