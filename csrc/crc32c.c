@@ -321,8 +321,10 @@ FOLD512_ATTR static inline __m512i fold_at(__m512i x, const struct fold_k *k, __
  * fault from them), the state XORed in where the message begins; a zero
  * block when h is 0. Then 4 x 64 bytes per round, 16 lanes each folded 2048
  * bits ahead; then the 64-byte blocks and 16-byte lanes left, all lanes
- * moved to the last one's place at once; the last < 16 bytes by crc32. A constant dst test per call: the compiler keeps two loops. */
-FOLD512_ATTR static inline __attribute__((always_inline)) uint32_t crc_vpclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n, size_t h)
+ * moved to the last one's place at once; the last < 16 bytes by crc32.
+ * Always inlined, so each caller's dst test is a constant: two loops. */
+FOLD512_ATTR static inline __attribute__((always_inline)) uint32_t
+crc_vpclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n, size_t h)
 {
     __mmask64 m = h ? ~0ULL << (64 - h) : 0;
     __m512i head = _mm512_maskz_loadu_epi8(m, p + h - 64);
@@ -405,9 +407,11 @@ FOLD512_ATTR static inline __attribute__((always_inline)) uint32_t crc_vpclmul_b
     return dst ? crc_hw_copy(c, dst, p, n) : crc_hw_serial(c, p, n);
 }
 
-/* The same with 128-bit pclmulqdq (CPUs before AVX-512 VPCLMULQDQ): four
- * lanes of 16 bytes per round, each folded 512 bits ahead. */
-FOLD_ATTR static inline __attribute__((always_inline)) uint32_t crc_pclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
+/* The same with 128-bit pclmulqdq (CPUs before AVX-512 VPCLMULQDQ, and
+ * inputs below FOLD512_MIN): n >= 64, four lanes of 16 bytes per round,
+ * each folded 512 bits ahead, then one after the other. */
+FOLD_ATTR static inline __attribute__((always_inline)) uint32_t
+crc_pclmul_body(uint32_t c, uint8_t *dst, const uint8_t *p, size_t n)
 {
     __m128i k = _mm_set_epi64x((long long)k512.hi, (long long)k512.lo);
     __m128i x0 = _mm_loadu_si128((const __m128i *)p), x1 = _mm_loadu_si128((const __m128i *)(p + 16));
