@@ -17,7 +17,9 @@ def _seqs_from_columns(cols):
     return seqs_at(np.frombuffer(cols.values, np.uint8), cols.value_starts, cols.value_lengths)
 
 
-_FIT = "16 MiB overflow=block ring (over 8 records for records above 2 MiB): the producer waits, never laps the consumer"
+_FIT = (
+    "16 MiB overflow=block ring (over 8 records for records above 2 MiB): the producer waits, never laps the consumer"
+)
 
 
 class _Tx:
