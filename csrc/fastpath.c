@@ -14,12 +14,14 @@
  *    partition and the express send contexts, with references to the cffi
  *    objects owning them, so an address found here is always live.
  *  - ConsumerBase (of Consumer): poll() hands out a record an earlier read
- *    decoded, outside a group and without value views.
+ *    decoded, or reads (and waits on) its one partition's ring itself and
+ *    builds the Messages, outside a group and without value views.
  * Must never: link a second copy of the core (its functions come from the
  * cffi module through bind(), so each process has one copy of the core and
- * its state), hold policy, or release the GIL (the express add and the
- * linger thread's seal are atomic with respect to each other only because
- * both run under it; see csrc/accum.c; the express send keeps it too).
+ * its state), hold policy, or release the GIL except around the consumer's
+ * wait (the express add and the linger thread's seal are atomic with
+ * respect to each other only because both run under it; see csrc/accum.c;
+ * the express send and read keep it too).
  *
  * It also owns the consumer's batch builders, messages() and values(): the
  * rows one read decoded (struct shm_records_out, SHM_ROW_* in shmlog.h)
@@ -43,6 +45,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <time.h>
 
 #include "shmlog.h"
 #include "fastpath.h"
@@ -50,9 +53,15 @@
 static __typeof__(&shmx_accum_add) accum_add;    /* from the cffi module (bind) */
 static __typeof__(&shmx_send) express_send;       /* from the cffi module (bind) */
 static __typeof__(&shmx_large_copy) large_copy;   /* from the cffi module (bind) */
+static __typeof__(&shmx_read) ring_read;           /* from the cffi module (bind) */
+static __typeof__(&shm_wait_any) wait_any;         /* from the cffi module (bind) */
+static __typeof__(&shmx_ctl_epoch) ctl_epoch;      /* from the cffi module (bind) */
 static PyObject *str_produce_any;                 /* interned "_produce_any" */
 static PyObject *str_send_any;                    /* interned "_send_any" */
 static PyObject *str_poll_any;                    /* interned "_poll_any" */
+static PyObject *str_poll_waited;                 /* interned "_poll_waited" */
+static PyObject *str_headers;                     /* interned "_headers" */
+static PyObject *str_large;                       /* interned "large" */
 
 typedef struct {
     PyObject_HEAD
@@ -389,29 +398,261 @@ static PyTypeObject WriterBaseType = {
     .tp_members = WriterBase_members,
 };
 
-/* ConsumerBase: the C half of shmlog.Consumer. poll()'s express case is a
- * record decoded by an earlier read (pending[pi]) of a consumer outside a
- * group and without value views (the Python poll would release views or
- * look at its group first); every other case is self._poll_any(...). */
+static PyObject *build_messages(const char *buf, uint64_t used, const int64_t *rows, Py_ssize_t n, PyObject *topic,
+                                PyObject *partition, PyObject *views, Py_ssize_t *with_headers);
+
+/* ConsumerBase: the C half of shmlog.Consumer. poll()'s express cases:
+ *  - a record decoded by an earlier read (pending[pi]);
+ *  - the express read: one partition, in its ring (Consumer._xbuild set x):
+ *    shmx_read, and when nothing is there and timeout is not 0, one
+ *    shm_wait_any of at most GROUP_WAIT_NS (the GIL released around it) and
+ *    shmx_read again; the Messages built here.
+ * Both only outside a group, without value views, with no error to report
+ * and the topic table's epoch unchanged (the Python poll would release views
+ * or look at its group or the topic table first). Every other case, and
+ * every read that is not a plain success (an error code, a compressed batch,
+ * nothing after the wait), is self._poll_any(...) -- or, after a wait that
+ * timed out, self._poll_waited(what is left of the timeout) -- with x
+ * cleared first: the Python side holds the policy and builds x again when it
+ * holds (a lapped or stuck cursor, the files, a large record, a seek, a new
+ * buffer or assignment all clear it; see Consumer._xclear's callers). */
+struct xread {
+    const struct shm_ring *ring;
+    struct shm_cursor *cur;
+    uint8_t *buf;
+    uint64_t cap;
+    int crc;
+    int64_t unblock_ns;
+    struct shm_records_out *out;
+    const int64_t *rows;
+    uint32_t max_poll;
+    void *const *hdrs;                  /* shm_wait_any's one-element arrays */
+    const struct shm_ring *const *rings;
+    struct shm_cursor *const *curs;
+    int64_t spin_ns;                    /* < 0: spin the whole wait (wait="spin") */
+    struct shm_spin_state *spin;
+    const void *ctl;                    /* the control segment: the topic table's epoch */
+    int64_t large_bytes;                /* a value this long: the one-copy path next (Python) */
+    PyObject *part, *topic, *partition; /* owned */
+    PyObject *keep;                     /* owned, NULL when x is unset: what the addresses point into */
+};
+
+#define GROUP_WAIT_NS 100000000LL       /* consumer.py GROUP_WAIT_S */
+
 typedef struct {
     PyObject_HEAD
     PyObject *pending;          /* list of Messages decoded earlier */
     Py_ssize_t pi;              /* the next one to hand out */
     PyObject *views;            /* None, or the copy=False views list */
     PyObject *group;            /* None, or the Membership */
+    PyObject *error;            /* None, or an error the next poll raises */
+    long long epoch;            /* the topic table epoch the consumer last looked at (-1: look) */
+    struct xread x;
 } ConsumerBase;
+
+static void xclear(ConsumerBase *self)
+{
+    PyObject *keep = self->x.keep, *part = self->x.part, *topic = self->x.topic, *partition = self->x.partition;
+    memset(&self->x, 0, sizeof self->x);
+    Py_XDECREF(keep);
+    Py_XDECREF(part);
+    Py_XDECREF(topic);
+    Py_XDECREF(partition);
+}
+
+/* _xset(ring, cur, buf, cap, crc, unblock_ns, out, rows, max_poll, hdrs, rings, curs, spin_ns, spin, ctl,
+ *       large_bytes, part, topic, partition, keep): the express read's partition (addresses as ints;
+ *       keep holds the objects they point into) */
+static PyObject *ConsumerBase_xset(ConsumerBase *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 20 || !PyUnicode_CheckExact(args[17]) || !PyLong_CheckExact(args[18])) {
+        PyErr_SetString(PyExc_TypeError, "_xset(ring, cur, buf, cap, crc, unblock_ns, out, rows, max_poll, hdrs, "
+                                         "rings, curs, spin_ns, spin, ctl, large_bytes, part, topic, partition, keep)");
+        return NULL;
+    }
+    struct xread x = {0};
+    x.ring = PyLong_AsVoidPtr(args[0]);
+    x.cur = PyLong_AsVoidPtr(args[1]);
+    x.buf = PyLong_AsVoidPtr(args[2]);
+    x.cap = PyLong_AsUnsignedLongLong(args[3]);
+    x.crc = PyObject_IsTrue(args[4]);
+    x.unblock_ns = PyLong_AsLongLong(args[5]);
+    x.out = PyLong_AsVoidPtr(args[6]);
+    x.rows = PyLong_AsVoidPtr(args[7]);
+    long long max_poll = PyLong_AsLongLong(args[8]);
+    x.hdrs = PyLong_AsVoidPtr(args[9]);
+    x.rings = PyLong_AsVoidPtr(args[10]);
+    x.curs = PyLong_AsVoidPtr(args[11]);
+    x.spin_ns = PyLong_AsLongLong(args[12]);
+    x.spin = args[13] == Py_None ? NULL : PyLong_AsVoidPtr(args[13]);
+    x.ctl = PyLong_AsVoidPtr(args[14]);
+    x.large_bytes = PyLong_AsLongLong(args[15]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!x.ring || !x.cur || !x.buf || !x.out || !x.rows || !x.hdrs || !x.rings || !x.curs || !x.ctl ||
+        max_poll < 1 || max_poll > UINT32_MAX || x.crc < 0 || ring_read == NULL) {
+        PyErr_SetString(PyExc_ValueError, "_xset: a null address or a bad max_poll (or bind() not called)");
+        return NULL;
+    }
+    x.max_poll = (uint32_t)max_poll;
+    xclear(self);
+    x.part = Py_NewRef(args[16]);
+    x.topic = Py_NewRef(args[17]);
+    x.partition = Py_NewRef(args[18]);
+    x.keep = Py_NewRef(args[19]);
+    self->x = x;
+    Py_RETURN_NONE;
+}
+
+static PyObject *ConsumerBase_xclear(ConsumerBase *self, PyObject *unused)
+{
+    xclear(self);
+    Py_RETURN_NONE;
+}
+
+/* poll's timeout as nanoseconds: -1 for None, -2 for anything but None, an
+ * exact int or a finite float >= 0 (the general path validates it); *zero
+ * says whether it is exactly 0 */
+static int64_t timeout_ns_of(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int *zero)
+{
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *t = Py_None;
+    *zero = 0;
+    if (nargs + nk > 1)
+        return -2;
+    if (nk == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0)
+        return -2;
+    if (nargs + nk == 1)
+        t = args[0];
+    if (t == Py_None)
+        return -1;
+    double d;
+    if (PyFloat_CheckExact(t))
+        d = PyFloat_AS_DOUBLE(t);
+    else if (PyLong_CheckExact(t)) {
+        long long v = PyLong_AsLongLong(t);
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return -2;
+        }
+        d = (double)v;
+    } else
+        return -2;
+    if (!(d >= 0.0) || d > 1e9)
+        return -2;
+    *zero = d == 0.0;
+    int64_t ns = (int64_t)(d * 1e9);
+    return ns == 0 && !*zero ? 1 : ns;
+}
+
+/* the records x's read decoded, as poll hands them out: the first, the
+ * rest kept as pending; headers decoded by self._headers; a large last
+ * value marks the part (the one-copy path next) and clears x */
+static PyObject *xmessages(ConsumerBase *self, int n)
+{
+    struct xread *x = &self->x;
+    Py_ssize_t with_headers = 0;
+    PyObject *msgs = build_messages((const char *)x->buf, x->out->bytes_used, x->rows, n, x->topic, x->partition,
+                                    Py_None, &with_headers);
+    if (msgs == NULL)
+        return NULL;
+    if (with_headers) {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_headers, msgs);
+        if (r == NULL) {
+            Py_DECREF(msgs);
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if (x->rows[(n - 1) * SHM_ROW_FIELDS + SHM_ROW_VALUE_LEN] >= x->large_bytes) {
+        if (PyObject_SetAttr(x->part, str_large, Py_True) < 0) {
+            Py_DECREF(msgs);
+            return NULL;
+        }
+        xclear(self);
+    }
+    PyObject *first = Py_NewRef(PyList_GET_ITEM(msgs, 0));
+    if (n > 1) {
+        Py_SETREF(self->pending, msgs);
+        self->pi = 1;
+    } else
+        Py_DECREF(msgs);
+    return first;
+}
+
+static inline int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* the express read (x set, the caller checked the rest); NULL without an
+ * error set: take the general path */
+static PyObject *xpoll(ConsumerBase *self, int64_t tns, int zero)
+{
+    struct xread *x = &self->x;
+    x->out->max_records = x->max_poll;
+    int n = ring_read(x->ring, x->cur, x->buf, x->cap, x->crc, x->unblock_ns, x->out);
+    if (n == 0 && !x->out->compressed) {
+        if (zero)
+            Py_RETURN_NONE;
+        int whole = tns >= 0 && tns <= GROUP_WAIT_NS;
+        int64_t w = whole ? tns : GROUP_WAIT_NS, t0 = now_ns();
+        PyObject *keep = Py_NewRef(x->keep);    /* what the wait's arrays point into, whatever runs meanwhile */
+        struct xread xw = *x;
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = wait_any(xw.hdrs, xw.rings, xw.curs, 1, w, xw.spin_ns < 0 ? w : xw.spin_ns, xw.unblock_ns, xw.spin);
+        Py_END_ALLOW_THREADS
+        int same = x->keep == keep;
+        Py_DECREF(keep);
+        int64_t left = tns < 0 ? -1 : whole ? 0 : tns - (now_ns() - t0);
+        if (same && r >= 0) {
+            x->out->max_records = x->max_poll;
+            n = ring_read(x->ring, x->cur, x->buf, x->cap, x->crc, x->unblock_ns, x->out);
+        } else
+            n = 0;
+        if (n == 0 || x->out->compressed) {
+            if (same)
+                xclear(self);
+            PyObject *rest = tns < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(left > 0 ? (double)left / 1e9 : 0.0);
+            if (rest == NULL)
+                return NULL;
+            PyObject *res = PyObject_CallMethodOneArg((PyObject *)self, r >= 0 ? str_poll_any : str_poll_waited, rest);
+            Py_DECREF(rest);
+            return res;
+        }
+    }
+    if (n < 1 || x->out->compressed) {
+        xclear(self);
+        return NULL;
+    }
+    return xmessages(self, n);
+}
 
 static PyObject *ConsumerBase_poll(ConsumerBase *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
     PyObject *pend = self->pending;
-    if (self->views == Py_None && self->group == Py_None && pend != NULL && PyList_CheckExact(pend) &&
-        self->pi >= 0 && self->pi < PyList_GET_SIZE(pend)) {
-        PyObject *m = PyList_GET_ITEM(pend, self->pi);
-        self->pi++;
-        Py_INCREF(m);
-        return m;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->views == Py_None && self->group == Py_None) {
+        if (pend != NULL && PyList_CheckExact(pend) && self->pi >= 0 && self->pi < PyList_GET_SIZE(pend)) {
+            PyObject *m = PyList_GET_ITEM(pend, self->pi);
+            self->pi++;
+            Py_INCREF(m);
+            return m;
+        }
+        int zero;
+        int64_t tns;
+        if (self->x.keep != NULL && (self->error == NULL || self->error == Py_None) &&
+            (long long)ctl_epoch(self->x.ctl) == self->epoch &&
+            (tns = timeout_ns_of(args, nargs, kwnames, &zero)) != -2) {
+            PyObject *m = xpoll(self, tns, zero);
+            if (m != NULL || PyErr_Occurred())
+                return m;
+        }
     }
-    return call_general((PyObject *)self, str_poll_any, args, PyVectorcall_NARGS(nargsf), kwnames);
+    return call_general((PyObject *)self, str_poll_any, args, nargs, kwnames);
 }
 
 static int ConsumerBase_traverse(ConsumerBase *self, visitproc visit, void *arg)
@@ -419,6 +660,9 @@ static int ConsumerBase_traverse(ConsumerBase *self, visitproc visit, void *arg)
     Py_VISIT(self->pending);
     Py_VISIT(self->views);
     Py_VISIT(self->group);
+    Py_VISIT(self->error);
+    Py_VISIT(self->x.part);
+    Py_VISIT(self->x.keep);
     return 0;
 }
 
@@ -427,6 +671,8 @@ static int ConsumerBase_clear(ConsumerBase *self)
     Py_CLEAR(self->pending);
     Py_CLEAR(self->views);
     Py_CLEAR(self->group);
+    Py_CLEAR(self->error);
+    xclear(self);
     return 0;
 }
 
@@ -445,6 +691,8 @@ static PyObject *ConsumerBase_new(PyTypeObject *tp, PyObject *args, PyObject *kw
         self->views = Py_None;
         Py_INCREF(Py_None);
         self->group = Py_None;
+        self->error = Py_NewRef(Py_None);
+        self->epoch = -1;
     }
     return (PyObject *)self;
 }
@@ -458,6 +706,8 @@ PyDoc_STRVAR(poll_doc,
 
 static PyMethodDef ConsumerBase_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))ConsumerBase_poll, METH_FASTCALL | METH_KEYWORDS, poll_doc},
+    {"_xset", (PyCFunction)(void (*)(void))ConsumerBase_xset, METH_FASTCALL, "poll's express read: its partition"},
+    {"_xclear", (PyCFunction)ConsumerBase_xclear, METH_NOARGS, "poll's express read: unset (the general path next)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -466,6 +716,9 @@ static PyMemberDef ConsumerBase_members[] = {
     {"_pi", T_PYSSIZET, offsetof(ConsumerBase, pi), 0, "the next of _pending to hand out"},
     {"_views", T_OBJECT, offsetof(ConsumerBase, views), 0, "None, or the list of copy=False value views"},
     {"_group", T_OBJECT, offsetof(ConsumerBase, group), 0, "None, or the group Membership"},
+    {"_error", T_OBJECT, offsetof(ConsumerBase, error), 0, "None, or the error the next poll raises"},
+    {"_epoch", T_LONGLONG, offsetof(ConsumerBase, epoch), 0, "the topic table epoch last looked at (-1: look)"},
+    {"_xpart", T_OBJECT, offsetof(ConsumerBase, x.part), READONLY, "the express read's partition, or None"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -474,7 +727,7 @@ static PyTypeObject ConsumerBaseType = {
     .tp_name = "shmlog._fastpath.ConsumerBase",
     .tp_basicsize = sizeof(ConsumerBase),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The C half of shmlog.Consumer: poll()'s express case.",
+    .tp_doc = "The C half of shmlog.Consumer: poll()'s express cases.",
     .tp_new = ConsumerBase_new,
     .tp_dealloc = (destructor)ConsumerBase_dealloc,
     .tp_traverse = (traverseproc)ConsumerBase_traverse,
@@ -483,16 +736,17 @@ static PyTypeObject ConsumerBaseType = {
     .tp_members = ConsumerBase_members,
 };
 
-/* bind(accum_add, send, large_copy): the core's functions this module
+/* bind(accum_add, send, large_copy, read, wait_any, ctl_epoch): the core's functions this module
  * calls, as addresses from the cffi module (shmlog._native): one copy of the core */
 static PyObject *fastpath_bind(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "bind(shmx_accum_add, shmx_send, shmx_large_copy)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bind(shmx_accum_add, shmx_send, shmx_large_copy, shmx_read, shm_wait_any, shmx_ctl_epoch)");
         return NULL;
     }
-    void *p[3];
-    for (int i = 0; i < 3; i++) {
+    void *p[6];
+    for (int i = 0; i < 6; i++) {
         p[i] = PyLong_AsVoidPtr(args[i]);
         if (p[i] == NULL) {
             if (!PyErr_Occurred())
@@ -503,6 +757,9 @@ static PyObject *fastpath_bind(PyObject *mod, PyObject *const *args, Py_ssize_t 
     accum_add = (__typeof__(accum_add))p[0];
     express_send = (__typeof__(express_send))p[1];
     large_copy = (__typeof__(large_copy))p[2];
+    ring_read = (__typeof__(ring_read))p[3];
+    wait_any = (__typeof__(wait_any))p[4];
+    ctl_epoch = (__typeof__(ctl_epoch))p[5];
     Py_RETURN_NONE;
 }
 
@@ -653,14 +910,19 @@ static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssiz
     const char *buf;
     uint64_t used;
     const int64_t *rows;
-    Py_ssize_t n;
+    Py_ssize_t n, with_headers = 0;
     if (batch_args(args, nargs, 7, "messages", &buf, &used, &rows, &n) < 0)
         return NULL;
-    PyObject *topic = args[4], *partition = args[5];
-    PyObject *views = nargs == 7 ? args[6] : Py_None;
+    PyObject *out = build_messages(buf, used, rows, n, args[4], args[5], nargs == 7 ? args[6] : Py_None, &with_headers);
+    return out == NULL ? NULL : Py_BuildValue("(Nn)", out, with_headers);
+}
+
+/* messages()'s loop: the list of n Messages, *with_headers of them with headers=None */
+static PyObject *build_messages(const char *buf, uint64_t used, const int64_t *rows, Py_ssize_t n, PyObject *topic,
+                                PyObject *partition, PyObject *views, Py_ssize_t *with_headers)
+{
     PyObject *empty = PyTuple_New(0);
     PyObject *out = PyList_New(n);
-    Py_ssize_t with_headers = 0;
     if (empty == NULL || out == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -674,7 +936,7 @@ static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssiz
         PyObject *headers = empty;
         if (r[SHM_ROW_HEADER_COUNT]) {
             headers = Py_None;
-            with_headers++;
+            (*with_headers)++;
         }
         PyObject *m = message_new(topic, partition, r[SHM_ROW_OFFSET], key, value, headers, r[SHM_ROW_TIMESTAMP]);
         if (m == NULL) {
@@ -685,7 +947,7 @@ static PyObject *fastpath_messages(PyObject *mod, PyObject *const *args, Py_ssiz
         PyList_SET_ITEM(out, i, m);
     }
     Py_DECREF(empty);
-    return Py_BuildValue("(Nn)", out, with_headers);
+    return out;
 fail:
     Py_XDECREF(empty);
     Py_XDECREF(out);
@@ -867,8 +1129,8 @@ static PyMethodDef fastpath_functions[] = {
     {"release", fastpath_release, METH_O,
      "release(views): releases every view in the list; returns how many stay (still exported)."},
     {"bind", (PyCFunction)(void (*)(void))fastpath_bind, METH_FASTCALL,
-     "bind(shmx_accum_add, shmx_send, shmx_large_copy): the core's functions (addresses), from the cffi module "
-     "(shmlog._native)."},
+     "bind(shmx_accum_add, shmx_send, shmx_large_copy, shmx_read, shm_wait_any, shmx_ctl_epoch): the core's "
+     "functions (addresses), from the cffi module (shmlog._native)."},
     {"large_value", (PyCFunction)(void (*)(void))fastpath_large_value, METH_FASTCALL,
      "large_value(ring, cursor, peeked, verify_crc) -> (status, bytes | None): a large record's value, copied "
      "and CRC-checked in one pass."},
@@ -895,7 +1157,11 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     str_produce_any = PyUnicode_InternFromString("_produce_any");
     str_send_any = PyUnicode_InternFromString("_send_any");
     str_poll_any = PyUnicode_InternFromString("_poll_any");
-    if (str_produce_any == NULL || str_send_any == NULL || str_poll_any == NULL)
+    str_poll_waited = PyUnicode_InternFromString("_poll_waited");
+    str_headers = PyUnicode_InternFromString("_headers");
+    str_large = PyUnicode_InternFromString("large");
+    if (str_produce_any == NULL || str_send_any == NULL || str_poll_any == NULL || str_poll_waited == NULL ||
+        str_headers == NULL || str_large == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL)

@@ -19,7 +19,10 @@ from ._shmlog_c import ffi, lib
 
 # the fast path (csrc/fastpath.c) calls the core through this module's copy of it
 _bind_fastpath(
-    *(int(ffi.cast("uintptr_t", ffi.addressof(lib, f))) for f in ("shmx_accum_add", "shmx_send", "shmx_large_copy"))
+    *(
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, f)))
+        for f in ("shmx_accum_add", "shmx_send", "shmx_large_copy", "shmx_read", "shm_wait_any", "shmx_ctl_epoch")
+    )
 )
 
 

@@ -27,6 +27,9 @@ class _Tx:
         self.log = ch.peer._connect()
         self.p, self.topic = self.log.producer(), ch.topic
         if ch.mode == "produce":  # the asynchronous producer: records queue, batches go as one frame
+            from shmlog.errors import BufferFull
+
+            self.full = BufferFull
             self.send = self._produce
             self.flush = self.p.flush
         elif ch.mode == "zerocopy":  # a loan of the frame's value area, the record memmoved in
@@ -40,7 +43,11 @@ class _Tx:
             v[:] = buf  # one memmove into the ring; the commit sums the CRC over it
 
     def _produce(self, buf):
-        self.p.produce(self.topic, buf)  # one partition: the sticky partition is 0
+        while True:  # one partition: the sticky partition is 0
+            try:
+                return self.p.produce(self.topic, buf)
+            except self.full:  # confluent-kafka's idiom for its BufferError: let delivery catch up, retry
+                self.p.poll(0.001)
 
     def send_batch(self, bufs):
         self.p.send_batch(self.topic, bufs, partition=0)
@@ -157,7 +164,7 @@ class ShmlogPeer(Peer):
         return {
             "T1-msg": {
                 "poll": f"Producer.send per record, Consumer.poll per record (wait=park), {_FIT}",
-                "produce": "Producer.produce per record (asynchronous, linger_ms=5, one frame per "
+                "produce": "Producer.produce per record (asynchronous, linger_ms=5, BufferFull -> poll(0.001) and retry, one frame per "
                 f"batch, flushed at close), Consumer.poll per record, {_FIT}",
             },
             "T1-batch": {

@@ -285,6 +285,7 @@ class Consumer(ConsumerBase):
         self._refresh_active()
 
     def _refresh_active(self) -> None:
+        self._xclear()
         self._active = [p for p in self._parts if not p.paused]
         self._single = self._active[0] if len(self._active) == 1 and len(self._parts) == 1 else None
         self._rr = 0
@@ -412,9 +413,11 @@ class Consumer(ConsumerBase):
             if not isinstance(offset, int) or isinstance(offset, bool):
                 raise errors.InvalidType(f"offset must be int, not {type(offset).__name__}")
             part.reset_to = offset
+            self._xclear()
 
     def _apply_reset(self, part: _Part, wanted: int | None) -> None:
         """Moves part by the reset policy (wanted: the offset that was out of range)."""
+        self._xclear()
         if wanted is not None and self._reset == "none":
             start, end = part.log_start(), part.ring.ends()[1]
             raise errors.OffsetOutOfRange(
@@ -433,6 +436,7 @@ class Consumer(ConsumerBase):
             )
 
     def _seek(self, part: _Part, offset: int) -> None:
+        self._xclear()
         if not part.seek(offset, self._buf, self._buf_cap):
             self._apply_reset(part, offset)
 
@@ -444,6 +448,7 @@ class Consumer(ConsumerBase):
             raise errors.InvalidArgument("offset must be an int >= 0")
         self._drop_pending(part)
         part.reset_to = offset
+        self._xclear()
 
     def seek_to_beginning(self, topic: str, partition: int) -> None:
         self.seek(topic, partition, self._part(topic, partition).log_start())
@@ -500,11 +505,13 @@ class Consumer(ConsumerBase):
             # rewind the cursor to the first dropped record
             first = next(m.offset for m in rest if m.topic == part.topic and m.partition == part.partition)
             part.reset_to = first
+            self._xclear()
         self._pending, self._pi = keep, 0
 
     # ------------------------------------------------------------ reading
 
     def _set_buffer(self, nbytes: int) -> None:
+        self._xclear()
         if self._views:
             self._retired.append(self._buf)  # views still point into it
         self._buf_cap = nbytes
@@ -535,6 +542,7 @@ class Consumer(ConsumerBase):
         self._pinned.clear()
 
     def _grow_out(self, n: int) -> None:
+        self._xclear()
         self._out_cap = self._out_max = n
         self._rows = ffi.new("int64_t[]", n * ROW)
         self._rows_addr = address_of(self._rows)
@@ -544,7 +552,9 @@ class Consumer(ConsumerBase):
         self._out = out
 
     def _read(self, part: _Part, max_records: int) -> int:
-        """Reads up to max_records from part into self._out; returns the count."""
+        """Reads up to max_records from part into self._out; returns the count
+        (the general read: poll's express read is set again by the next poll)."""
+        self._xclear()
         if part.reset_to is not None:
             off, part.reset_to = part.reset_to, None
             self._seek(part, off)
@@ -679,44 +689,30 @@ class Consumer(ConsumerBase):
             value = memoryview(value)
         return Message(part.topic, part.partition, off, key, value, (), ts)
 
-    def _message1(self, part: _Part) -> Message:
-        """The one record just decoded (the latency path: few Python-C crossings)."""
-        off, ts, ks, kl, vs, vl, hs, hc = ffi.unpack(self._rows, ROW)
-        part.large = vl >= LARGE_BYTES
-        mv = self._mv
-        value: bytes | memoryview | None
-        if vl < 0:
-            value = None
-        elif self._views is None:
-            value = mv[vs : vs + vl].tobytes()
-        else:
-            value = ring_view(self._buf_addr + vs, vl, self._views)
-        return Message(
-            part.topic,
-            part.partition,
-            off,
-            None if kl < 0 else mv[ks : ks + kl].tobytes(),
-            value,
-            decode_headers(mv, hs) if hc else (),
-            ts,
-        )
-
     def _messages(self, part: _Part, n: int) -> list[Message]:
         """The n records of the last read as Messages: built in C (one copy of
         each key and value, straight from the read buffer); only records with
-        headers come back here to have them decoded."""
-        if n == 1:
-            return [self._message1(part)]
+        headers come back here to have them decoded. Notes on part whether the
+        last one was large (the next read tries the one-copy path first)."""
         msgs, with_headers = batch_messages(
             self._buf_addr, self._out.bytes_used, self._rows_addr, n, part.topic, part.partition, self._views
         )
         if with_headers:
-            rows, data = self._rows, self._mv[: self._out.bytes_used]
-            for i, m in enumerate(msgs):
-                if m.headers is None:
-                    hs = decode_headers(data, rows[i * ROW + lib.SHM_ROW_HEADER_START])
-                    msgs[i] = Message(m.topic, m.partition, m.offset, m.key, m.value, hs, m.timestamp_ms)
+            self._headers(msgs)
+        v = msgs[-1].value
+        part.large = v is not None and len(v) >= LARGE_BYTES
+        if part.large:
+            self._xclear()
         return msgs
+
+    def _headers(self, msgs: list[Message]) -> None:
+        """Decodes the headers of the Messages of the last read that have them
+        (headers=None: the C builders leave them), in place."""
+        rows, data = self._rows, self._mv[: self._out.bytes_used]
+        for i, m in enumerate(msgs):
+            if m.headers is None:
+                hs = decode_headers(data, rows[i * ROW + lib.SHM_ROW_HEADER_START])
+                msgs[i] = Message(m.topic, m.partition, m.offset, m.key, m.value, hs, m.timestamp_ms)
 
     def _read_any(self, max_records: int) -> tuple[Any, int]:
         """(part, count) for the first partition, round-robin, with records."""
@@ -739,13 +735,7 @@ class Consumer(ConsumerBase):
         if not self._active:  # nothing to wait on (all paused, or a member without partitions)
             time.sleep(GROUP_WAIT_S if timeout_s is None else min(timeout_s, GROUP_WAIT_S))
             return
-        if self._wait_arrays is None:
-            act = self._active
-            hdrs = ffi.new("void *[]", [p.ring.hdr for p in act])
-            bases = ffi.new("struct shm_ring *[]", [p.ring.h for p in act])
-            curs = ffi.new("struct shm_cursor *[]", [p.cur for p in act])
-            self._wait_arrays = (hdrs, bases, curs, len(act))
-        hdrs, bases, curs, n = self._wait_arrays
+        hdrs, bases, curs, n = self._waits()
         tns = -1 if timeout_s is None else max(int(timeout_s * 1e9), 0)
         spin = tns if self._spin_ns < 0 else self._spin_ns
         if lib.shm_wait_any(
@@ -759,6 +749,16 @@ class Consumer(ConsumerBase):
             self._spin_state,
         ) == lib.SHM_E_TIMEOUT and any(p.ring.deleted() for p in self._active):
             self._epoch = -1
+
+    def _waits(self) -> tuple[Any, Any, Any, int]:
+        """shm_wait_any's arrays for the active partitions (headers, rings, cursors, count)."""
+        if self._wait_arrays is None:
+            act = self._active
+            hdrs = ffi.new("void *[]", [p.ring.hdr for p in act])
+            bases = ffi.new("struct shm_ring *[]", [p.ring.h for p in act])
+            curs = ffi.new("struct shm_cursor *[]", [p.cur for p in act])
+            self._wait_arrays = (hdrs, bases, curs, len(act))
+        return self._wait_arrays
 
     def _poll_parts(self, max_records: int, timeout: float | None) -> tuple[Any, int]:
         """(part, n) with records decoded into self._out, or (None, 0) after timeout."""
@@ -807,6 +807,8 @@ class Consumer(ConsumerBase):
         if part is not None and part.reset_to is None and not part.on_disk:
             if timeout is not None:
                 _check_timeout(timeout)
+            if g is None and self._views is None and not part.large and self._xpart is not part:
+                self._xbuild(part)  # the next polls read in C (ConsumerBase.poll)
             # the latency path: one partition in the ring; read, else wait once in C and read
             if self._out_max != self._max_poll:
                 self._out.max_records = self._out_max = self._max_poll
@@ -816,6 +818,8 @@ class Consumer(ConsumerBase):
             n = lib.shmx_read(*args)
             if n == 0 and self._out.compressed:
                 n = self._inflate(part)
+            if n == 0 and timeout == 0:
+                return None  # nothing committed (errors are < 0 and go the general way); looked at above
             if n == 0 and timeout != 0 and g is None:
                 whole = timeout is not None and timeout <= GROUP_WAIT_S
                 t0 = time.monotonic() if timeout is not None and not whole else None
@@ -831,19 +835,56 @@ class Consumer(ConsumerBase):
                     if t0 is not None and timeout is not None:
                         timeout = max(0.0, timeout - (time.monotonic() - t0))
             if n == 1:
-                return self._message1(part)
+                return self._messages(part, 1)[0]
             if n > 1:
                 self._pending = self._messages(part, n)
                 self._pi = 1
                 return self._pending[0]
         part, n = self._poll_parts(self._max_poll, timeout)
         if n == 1:
-            return self._message1(part)
+            return self._messages(part, 1)[0]
         if not n:
             return None
         self._pending = self._messages(part, n)
         self._pi = 1
         return self._pending[0]
+
+    def _xbuild(self, part: _Part) -> None:
+        """Sets ConsumerBase.poll's express read to part (the one partition,
+        in its ring): the addresses it reads and waits with, and the objects
+        they point into. Whatever changes them clears it (_xclear)."""
+        hdrs, rings, curs, _ = self._waits()
+        keep = (part.ring.h, part.cur, self._buf, self._out, self._rows, hdrs, rings, curs, self._spin_state)
+        self._xset(
+            address_of(part.ring.h),
+            address_of(part.cur),
+            self._buf_addr,
+            self._buf_cap,
+            self._crc,
+            self._unblock_ns,
+            address_of(self._out),
+            self._rows_addr,
+            self._max_poll,
+            address_of(hdrs),
+            address_of(rings),
+            address_of(curs),
+            self._spin_ns,
+            None if self._spin_state == ffi.NULL else address_of(self._spin_state),
+            address_of(self._log._ctl.base),
+            LARGE_BYTES,
+            part,
+            part.topic,
+            part.partition,
+            keep,
+        )
+
+    def _poll_waited(self, timeout: float | None) -> Message | None:
+        """ConsumerBase.poll waited in C and nothing came: what _wait does after
+        an idle wait (a ring deleted: look at the topics), then the general
+        poll with what is left of the timeout."""
+        if any(p.ring.deleted() for p in self._active):
+            self._epoch = -1
+        return self._poll_any(timeout)
 
     def poll_batch(self, max_messages: int = 10_000, timeout: float | None = None) -> list[Message]:
         """Up to max_messages records (from one partition per call, round-robin)."""
@@ -1032,6 +1073,7 @@ class Consumer(ConsumerBase):
         self._parts = []
         self._active = []
         self._single = None
+        self._xclear()
         self._by_tp = {}
         self._pending, self._pi = [], 0
         self._wait_arrays = None
