@@ -35,7 +35,6 @@ def base_row(row):
 
 SEQ_BYTES = 8
 MIN_RECORD = 2 * SEQ_BYTES  # the head and the tail sequence number
-_LANES = np.arange(SEQ_BYTES, dtype=np.int64)
 
 
 class IntegrityError(AssertionError):
@@ -76,8 +75,15 @@ def seqs_at(blob, starts, lengths):
         raise IntegrityError(
             f"integrity: a {int(lengths[bad])}-byte record cannot hold its head and tail sequence numbers"
         )
-    head = blob[starts[:, None] + _LANES].view("<u8").ravel()
-    tail = blob[(starts + lengths - SEQ_BYTES)[:, None] + _LANES].view("<u8").ravel()
+    # every byte offset of the blob as the start of a little-endian u64 (a 1-byte-strided view, no
+    # copy): one gather per end, each element read from the record's own bytes
+    if len(blob) < SEQ_BYTES:
+        raise IntegrityError("integrity: the received bytes cannot hold a sequence number")
+    at = np.ndarray((len(blob) - SEQ_BYTES + 1,), "<u8", blob, 0, (1,))
+    ends = starts + lengths - SEQ_BYTES
+    if starts.min() < 0 or ends.max() >= len(at):
+        raise IntegrityError("integrity: a record lies outside the received bytes")
+    head, tail = at[starts], at[ends]
     if not np.array_equal(head, tail):
         bad = int(np.flatnonzero(head != tail)[0])
         raise IntegrityError(f"integrity: head seq {int(head[bad])} != tail seq {int(tail[bad])}")
