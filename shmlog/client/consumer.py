@@ -19,6 +19,7 @@ starts from the committed offset (at-least-once for what was not committed).
 """
 
 import logging
+import sys
 import time
 import functools
 from collections.abc import Callable, Iterable
@@ -166,6 +167,8 @@ class Consumer(ConsumerBase):
         self._pending: list[Message] = []
         self._pi = 0
         self._wait_arrays: tuple[Any, Any, Any, int] | None = None
+        self._col_rows: np.ndarray | None = None  # poll_columns' arrays, reused once the caller let go of them
+        self._col_buf: np.ndarray | None = None
         self._active: list[_Part] = []  # the assigned partitions not paused: what reads and waits look at
         self._auto_store = bool(enable_auto_offset_store)
         self._topics: list[str] | None = None  # subscribe() without a group: the topics whose partitions it follows
@@ -929,8 +932,14 @@ class Consumer(ConsumerBase):
             raise errors.InvalidArgument("max_messages must be an int >= 1")
         if self._views is not None:
             self._release()
-        rows = np.empty((max_messages, ROW), np.int64)
-        buf = np.empty(self._buf_cap, np.uint8)
+        # the last call's arrays again when nothing else holds them (the Columns it returned and every
+        # view of them are gone: only self and this frame refer to them), else fresh ones: a fresh
+        # 4 MiB buffer per call costs its page faults (tens of microseconds) at every poll
+        rows, buf = self._col_rows, self._col_buf
+        if rows is None or len(rows) < max_messages or sys.getrefcount(rows) > 3:
+            rows = self._col_rows = np.empty((max(max_messages, 1024), ROW), np.int64)
+        if buf is None or len(buf) != self._buf_cap or sys.getrefcount(buf) > 3:
+            buf = self._col_buf = np.empty(self._buf_cap, np.uint8)
         saved = self._out, self._out_cap, self._out_max, self._rows, self._buf, self._buf_cap, self._mv
         out = ffi.new("struct shm_records_out *")
         out.rows = ffi.cast("int64_t *", rows.ctypes.data)

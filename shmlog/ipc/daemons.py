@@ -289,7 +289,17 @@ def start_cleaner(settings: config.Settings) -> launch.Started:
     return launch.start(
         "the cleaner",
         CLEANER_MODULE,
-        ["--instance", settings.instance, "--data-dir", d, "--shm-prefix", settings.shm_prefix],
+        # --parent: the cleaner exits when we are gone, even if we die before it first looks
+        [
+            "--instance",
+            settings.instance,
+            "--data-dir",
+            d,
+            "--shm-prefix",
+            settings.shm_prefix,
+            "--parent",
+            str(os.getpid()),
+        ],
         os.path.join(d, "cleaner.log"),
         detach=False,
     )

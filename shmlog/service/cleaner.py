@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir")
     ap.add_argument("--shm-prefix")
     ap.add_argument("--once", action="store_true", help="one pass over every compacted partition, then exit")
+    ap.add_argument("--parent", type=int, help="the persister's pid: exit when it is no longer our parent")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s cleaner %(levelname)s %(message)s")
     settings = config.resolve(args.instance, args.data_dir, args.shm_prefix)
@@ -132,7 +133,11 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    parent = None if args.once else os.getppid()
+    # a persister killed while we started has already left us to init: its pid, not getppid(), says so
+    parent = None if args.once else (args.parent or os.getppid())
+    if parent is not None and os.getppid() != parent:
+        logger.info("the persister that started us (pid %d) is gone; exiting", parent)
+        return 0
     fd = safefile.open_rw(daemons.cleaner_lock_path(settings.data_dir), create_dirs=True)
     deadline = time.monotonic() + 5
     while True:

@@ -468,3 +468,31 @@ def test_cleaner_once_from_the_command_line(inst):
     )
     cp = compact.read_checkpoint(_pdir(inst, h))
     assert cp and cp["cleaned_to"] > 0 and cp["bytes_reclaimed"] > 0
+
+
+def test_a_cleaner_whose_persister_died_before_it_looked_exits(inst):
+    """kill -9 of the persister while its cleaner starts up: the cleaner is already init's child
+    when it first looks, so getppid() alone would adopt init as its parent and run forever (one
+    leaked that way in the suite). The pid it was given says the persister is gone: it exits."""
+    h = _topic(inst.log, min_compaction_lag_ms=0)  # noqa: F841 (a compacted topic to clean)
+    s = inst.settings
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    t0 = time.monotonic()
+    rc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmlog.service.cleaner",
+            "--instance",
+            s.instance,
+            "--data-dir",
+            s.data_dir,
+            "--shm-prefix",
+            s.shm_prefix,
+            "--parent",
+            str(dead.pid),
+        ],
+        timeout=60,
+    ).returncode
+    assert rc == 0 and time.monotonic() - t0 < 30
