@@ -12,7 +12,9 @@
  *    a masked first block (bytes outside the input neither read nor
  *    written), the blocks and lanes left at the end folded all at once;
  *  - x86-64 with PCLMULQDQ, from FOLD_MIN bytes (and on a CPU with the
- *    above, up to its threshold): the same over 4 x 16 bytes;
+ *    above, up to its threshold; on one without, up to the handover init
+ *    measured, if the instruction's three streams are faster there): the
+ *    same over 4 x 16 bytes;
  *  - the SSE4.2 / ARMv8 crc32c instruction, over three interleaved streams
  *    for large inputs (the instruction's latency is 3 cycles, its
  *    throughput 1 per cycle): below FOLD_MIN, and the whole input elsewhere;
@@ -25,6 +27,7 @@
 #include "shmlog.h"
 
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -59,6 +62,15 @@ static int path = -1, cpu_path;
 #define FOLD_MIN 64
 #define FOLD512_MIN 384
 #define FOLD512_COPY_MIN 640
+
+/* Where the 128-bit path hands over to the crc32 instruction's three
+ * streams, on CPUs without the 512-bit path: measured once at init
+ * (handover), since it depends on the CPU -- on a Xeon pclmulqdq issues once
+ * a cycle and folding wins at every length; on AMD Zen 3 it issues every
+ * other cycle, and for 1 MiB folding did 12.2 GB/s against the three
+ * streams' 17.8. SIZE_MAX: never (and always while a test forces the path). */
+static size_t insn_from = SIZE_MAX, insn_copy_from = SIZE_MAX;
+static size_t insn_from_cpu = SIZE_MAX, insn_copy_from_cpu = SIZE_MAX;   /* what init measured */
 
 /* GF(2) product of a and b modulo POLY, both as reflected polynomials. */
 static uint32_t multmodp(uint32_t a, uint32_t b)
@@ -487,6 +499,39 @@ FOLD512_ATTR static uint32_t crc_vpclmul_copy(uint32_t c, uint8_t *dst, const ui
 }
 #endif
 
+#if defined(SHM_HAVE_X86_FOLD)
+static int64_t clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* 3 * LONG_BLOCK (where the three streams get their long blocks) if they
+ * beat 128-bit folding by a tenth over 256 KiB (in L2: the timing is the
+ * arithmetic's, not memory's), best of 5 timings of 2 calls each; SIZE_MAX
+ * if they do not. Below that length the two are
+ * within noise of each other. Half a millisecond, once per process. */
+static size_t handover(int copy)
+{
+    static uint8_t src[256 << 10], dst[256 << 10];   /* racing inits write the same bytes: timing only */
+    volatile uint32_t sink = 0;
+    int64_t best[2] = {INT64_MAX, INT64_MAX};
+    memset(src, 0x5a, sizeof src);   /* pages of its own (the zero page's aliases time differently) */
+    for (int r = 0; r < 5; r++)
+        for (int insn = 0; insn < 2; insn++) {
+            int64_t t0 = clock_ns();
+            for (int k = 0; k < 2; k++)
+                sink ^= copy ? (insn ? crc_hw_copy(sink, dst, src, sizeof src) : crc_pclmul_copy(sink, dst, src, sizeof src))
+                             : (insn ? crc_hw(sink, src, sizeof src) : crc_pclmul(sink, src, sizeof src));
+            int64_t t = clock_ns() - t0;
+            if (t < best[insn])
+                best[insn] = t;
+        }
+    return best[1] * 10 < best[0] * 9 ? 3 * LONG_BLOCK : SIZE_MAX;
+}
+#endif
+
 static void crc_init_once(void)
 {
     if (__atomic_load_n(&path, __ATOMIC_ACQUIRE) >= 0)
@@ -509,6 +554,10 @@ static void crc_init_once(void)
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("vpclmulqdq"))
             best = SHM_CRC32C_PATH_VPCLMUL;
+        else {
+            insn_from = insn_from_cpu = handover(0);
+            insn_copy_from = insn_copy_from_cpu = handover(1);
+        }
     }
 #endif
 #elif defined(SHM_HAVE_ARM_CRC)
@@ -533,9 +582,28 @@ int shm_crc32c_hardware(void)
 int shm_crc32c_path(int limit)
 {
     crc_init_once();
-    if (limit >= 0)
+    if (limit >= 0) {
+#if defined(SHM_HAVE_X86_FOLD)
+        /* a path asked for by its number runs at every length; above every path, init's choice */
+        int automatic = limit > SHM_CRC32C_PATH_VPCLMUL;
+        __atomic_store_n(&insn_from, automatic ? insn_from_cpu : SIZE_MAX, __ATOMIC_RELAXED);
+        __atomic_store_n(&insn_copy_from, automatic ? insn_copy_from_cpu : SIZE_MAX, __ATOMIC_RELAXED);
+#endif
         __atomic_store_n(&path, limit < cpu_path ? limit : cpu_path, __ATOMIC_RELAXED);
+    }
     return __atomic_load_n(&path, __ATOMIC_RELAXED);
+}
+
+/* The length from which the 128-bit folding path hands over to the crc32
+ * instruction (SIZE_MAX: never), for shm_crc32c (copy 0) or shm_crc32c_copy */
+uint64_t shm_crc32c_handover(int copy)
+{
+    crc_init_once();
+#if defined(SHM_HAVE_X86_FOLD)
+    return copy ? insn_copy_from : insn_from;
+#else
+    return UINT64_MAX;
+#endif
 }
 
 uint32_t shm_crc32c(uint32_t crc, const uint8_t *data, size_t len)
@@ -544,7 +612,7 @@ uint32_t shm_crc32c(uint32_t crc, const uint8_t *data, size_t len)
     uint32_t c = ~crc;
     int use = __atomic_load_n(&path, __ATOMIC_RELAXED);
 #if defined(SHM_HAVE_X86_FOLD)
-    if (len >= FOLD_MIN && use >= SHM_CRC32C_PATH_PCLMUL)
+    if (len >= FOLD_MIN && use >= SHM_CRC32C_PATH_PCLMUL && (use == SHM_CRC32C_PATH_VPCLMUL || len < insn_from))
         return ~(use == SHM_CRC32C_PATH_VPCLMUL && len >= FOLD512_MIN ? crc_vpclmul(c, data, len)
                                                                        : crc_pclmul(c, data, len));
 #endif
@@ -563,7 +631,8 @@ uint32_t shm_crc32c_copy(uint32_t crc, uint8_t *dst, const uint8_t *src, size_t 
     crc_init_once();
     int use = __atomic_load_n(&path, __ATOMIC_RELAXED);
 #if defined(SHM_HAVE_X86_FOLD)
-    if (len >= FOLD_MIN && use >= SHM_CRC32C_PATH_PCLMUL)
+    if (len >= FOLD_MIN && use >= SHM_CRC32C_PATH_PCLMUL &&
+        (use == SHM_CRC32C_PATH_VPCLMUL || len < insn_copy_from))
         return ~(use == SHM_CRC32C_PATH_VPCLMUL && len >= FOLD512_COPY_MIN ? crc_vpclmul_copy(~crc, dst, src, len)
                                                                        : crc_pclmul_copy(~crc, dst, src, len));
 #endif

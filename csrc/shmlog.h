@@ -637,7 +637,8 @@ uint32_t shm_crc32c_portable(uint32_t crc, const uint8_t *data, size_t len);
 #define SHM_CRC32C_PATH_INSN    1
 #define SHM_CRC32C_PATH_PCLMUL  2
 #define SHM_CRC32C_PATH_VPCLMUL 3
-int      shm_crc32c_path(int limit);
+int      shm_crc32c_path(int limit);   /* limit above every path: the automatic choice, handover included */
+uint64_t shm_crc32c_handover(int copy); /* where 128-bit folding hands over to the instruction (~0: never) */
 
 /* ---------- batch.c: Kafka RecordBatch v2 codec ---------- */
 int64_t  shm_batch_encoded_size(const struct shm_batch_in *in);

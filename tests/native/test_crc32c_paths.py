@@ -19,7 +19,7 @@ PATHS = list(range(lib.SHM_CRC32C_PATH_TABLE, BEST + 1))
 def path(request):
     assert lib.shm_crc32c_path(request.param) == request.param
     yield request.param
-    assert lib.shm_crc32c_path(BEST) == BEST
+    assert lib.shm_crc32c_path(1000) == BEST  # the automatic choice again (handover included)
 
 
 def aligned(buf, misalign, start=0):
@@ -176,3 +176,24 @@ def test_copy_random_lengths_to_4mib(path):
     dst = bytearray((4 << 20) + 64 + 256)
     for _ in range(8):
         check_copy(src, dst, rng.randrange(0, (4 << 20) + 1), rng.randrange(64), rng.randrange(64), rng.getrandbits(32))
+
+
+def test_the_automatic_choice_hands_over_where_init_measured_and_stays_exact():
+    """With no path forced, a CPU without the 512-bit path may hand over from 128-bit folding to
+    the crc32 instruction at a length init measured (AMD Zen 3: from 24 KiB): both sides of that
+    length, misaligned, checksum and copy, equal the table path."""
+    assert lib.shm_crc32c_path(1000) == BEST
+    big = bytes(random.Random(7).randbytes(300_000))
+    for copy in (0, 1):
+        h = lib.shm_crc32c_handover(copy)
+        assert h == 2**64 - 1 or h >= 64
+        for n in sorted({64, 4096, 24_575, 24_576, 24_577, 200_001} | ({h - 1, h, h + 1} if h < 2**63 else set())):
+            for mis in (0, 3, 61):
+                src = aligned(big, mis)
+                want = lib.shm_crc32c_portable(0xFFFF, src, n)
+                if copy:
+                    dst = ffi.new("uint8_t[]", n + 64)
+                    assert lib.shm_crc32c_copy(0xFFFF, dst, src, n) == want
+                    assert ffi.buffer(dst, n)[:] == ffi.buffer(src, n)[:]
+                else:
+                    assert lib.shm_crc32c(0xFFFF, src, n) == want
