@@ -151,6 +151,19 @@ static PyObject *ProducerBase_produce(ProducerBase *self, PyObject *const *args,
  * self._send_any(...) -- the latter with the partition already chosen, as
  * the sticky partition accounting has been charged. */
 static const char *const send_kw[] = {"topic", "value", "key", "headers", "partition", "timestamp_ms"};
+static PyObject *send_kw_str[6];   /* the same, interned (PyInit): a literal keyword is the same object */
+
+/* which of send's parameters keyword kw names (6: none): by identity, else by value */
+static int send_kw_index(PyObject *kw)
+{
+    for (int i = 0; i < 6; i++)
+        if (kw == send_kw_str[i])
+            return i;
+    int i = 0;
+    while (i < 6 && PyUnicode_CompareWithASCIIString(kw, send_kw[i]) != 0)
+        i++;
+    return i;
+}
 
 static PyObject *ProducerBase_send(ProducerBase *self, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
@@ -162,10 +175,7 @@ static PyObject *ProducerBase_send(ProducerBase *self, PyObject *const *args, Py
         a[i] = args[i];
     if (kwnames != NULL) {
         for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
-            PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
-            int i = 0;
-            while (i < 6 && PyUnicode_CompareWithASCIIString(kw, send_kw[i]) != 0)
-                i++;
+            int i = send_kw_index(PyTuple_GET_ITEM(kwnames, k));
             if (i == 6 || a[i] != NULL)
                 goto general;                  /* the general path raises the TypeError */
             a[i] = args[nargs + k];
@@ -1163,6 +1173,9 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if (str_produce_any == NULL || str_send_any == NULL || str_poll_any == NULL || str_poll_waited == NULL ||
         str_headers == NULL || str_large == NULL)
         return NULL;
+    for (int i = 0; i < 6; i++)
+        if ((send_kw_str[i] = PyUnicode_InternFromString(send_kw[i])) == NULL)
+            return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL)
         return NULL;
