@@ -20,7 +20,7 @@ import shmlog
 from shmlog import errors
 
 RING = 1 << 20
-N = 300_000  # records of the paused-consumer test (2 cores: a few seconds of sends)
+N = 1_000_000  # records of the paused-consumer test (issue 13: 1 M; a few seconds of sends on 2 cores)
 
 
 def _block_topic(log, name="t", ring=RING):
