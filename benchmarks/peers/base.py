@@ -19,6 +19,7 @@ Must never: create sockets, shared memory or server connections in the parent th
 would inherit (fork); everything live is made in sender()/receiver().
 """
 
+import struct
 import time
 
 import numpy as np
@@ -49,18 +50,21 @@ def stamp(seq, size, fill=b"x"):
     return s + fill * (size - MIN_RECORD) + s
 
 
+_U64 = struct.Struct("<Q").unpack_from
+
+
 def seq_of(buf):
     """The sequence number of one bytes-like record (bytes, memoryview of a zero-copy view): its first
-    8 bytes, checked equal to its last 8 bytes (both ends are read from the record itself)."""
+    8 bytes, checked equal to its last 8 bytes (both ends are read from the record itself, in place:
+    two unpack_from calls, no slices)."""
     n = len(buf)
     if n < MIN_RECORD:
         raise IntegrityError(f"integrity: a {n}-byte record cannot hold its head and tail sequence numbers")
-    head, tail = buf[:SEQ_BYTES], buf[n - SEQ_BYTES :]
+    (head,) = _U64(buf, 0)
+    (tail,) = _U64(buf, n - SEQ_BYTES)
     if head != tail:
-        raise IntegrityError(
-            f"integrity: head seq {int.from_bytes(head, 'little')} != tail seq {int.from_bytes(tail, 'little')}"
-        )
-    return int.from_bytes(head, "little")
+        raise IntegrityError(f"integrity: head seq {head} != tail seq {tail}")
+    return head
 
 
 def seqs_at(blob, starts, lengths):
