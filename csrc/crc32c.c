@@ -27,7 +27,6 @@
 #include "shmlog.h"
 
 #include <string.h>
-#include <time.h>
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -500,13 +499,6 @@ FOLD512_ATTR static uint32_t crc_vpclmul_copy(uint32_t c, uint8_t *dst, const ui
 #endif
 
 #if defined(SHM_HAVE_X86_FOLD)
-static int64_t clock_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* 3 * LONG_BLOCK (where the three streams get their long blocks) if they
  * beat 128-bit folding by a tenth over 256 KiB (in L2: the timing is the
  * arithmetic's, not memory's), best of 5 timings of 2 calls each; SIZE_MAX
@@ -520,11 +512,11 @@ static size_t handover(int copy)
     memset(src, 0x5a, sizeof src);   /* pages of its own (the zero page's aliases time differently) */
     for (int r = 0; r < 5; r++)
         for (int insn = 0; insn < 2; insn++) {
-            int64_t t0 = clock_ns();
+            int64_t t0 = shm_monotonic_ns();
             for (int k = 0; k < 2; k++)
                 sink ^= copy ? (insn ? crc_hw_copy(sink, dst, src, sizeof src) : crc_pclmul_copy(sink, dst, src, sizeof src))
                              : (insn ? crc_hw(sink, src, sizeof src) : crc_pclmul(sink, src, sizeof src));
-            int64_t t = clock_ns() - t0;
+            int64_t t = shm_monotonic_ns() - t0;
             if (t < best[insn])
                 best[insn] = t;
         }
