@@ -153,14 +153,16 @@ static PyObject *ProducerBase_produce(ProducerBase *self, PyObject *const *args,
 static const char *const send_kw[] = {"topic", "value", "key", "headers", "partition", "timestamp_ms"};
 static PyObject *send_kw_str[6];   /* the same, interned (PyInit): a literal keyword is the same object */
 
-/* which of send's parameters keyword kw names (6: none): by identity, else by value */
-static int send_kw_index(PyObject *kw)
+/* which of the n parameter names (and their interned strings) keyword kw
+ * is (n: none): by identity first, as the compiler interns literal
+ * keywords, else by value */
+static int kw_index(PyObject *kw, PyObject *const *interned, const char *const *names, int n)
 {
-    for (int i = 0; i < 6; i++)
-        if (kw == send_kw_str[i])
+    for (int i = 0; i < n; i++)
+        if (kw == interned[i])
             return i;
     int i = 0;
-    while (i < 6 && PyUnicode_CompareWithASCIIString(kw, send_kw[i]) != 0)
+    while (i < n && PyUnicode_CompareWithASCIIString(kw, names[i]) != 0)
         i++;
     return i;
 }
@@ -175,7 +177,7 @@ static PyObject *ProducerBase_send(ProducerBase *self, PyObject *const *args, Py
         a[i] = args[i];
     if (kwnames != NULL) {
         for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(kwnames); k++) {
-            int i = send_kw_index(PyTuple_GET_ITEM(kwnames, k));
+            int i = kw_index(PyTuple_GET_ITEM(kwnames, k), send_kw_str, send_kw, 6);
             if (i == 6 || a[i] != NULL)
                 goto general;                  /* the general path raises the TypeError */
             a[i] = args[nargs + k];
@@ -520,6 +522,9 @@ static PyObject *ConsumerBase_xclear(ConsumerBase *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static const char *const poll_kw[] = {"timeout"};
+static PyObject *poll_kw_str[1];   /* interned (PyInit) */
+
 /* poll's timeout as nanoseconds: -1 for None, -2 for anything but None, an
  * exact int or a finite float >= 0 (the general path validates it); *zero
  * says whether it is exactly 0 */
@@ -530,7 +535,7 @@ static int64_t timeout_ns_of(PyObject *const *args, Py_ssize_t nargs, PyObject *
     *zero = 0;
     if (nargs + nk > 1)
         return -2;
-    if (nk == 1 && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0)
+    if (nk == 1 && kw_index(PyTuple_GET_ITEM(kwnames, 0), poll_kw_str, poll_kw, 1) != 0)
         return -2;
     if (nargs + nk == 1)
         t = args[0];
@@ -1176,6 +1181,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     for (int i = 0; i < 6; i++)
         if ((send_kw_str[i] = PyUnicode_InternFromString(send_kw[i])) == NULL)
             return NULL;
+    if ((poll_kw_str[0] = PyUnicode_InternFromString(poll_kw[0])) == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&fastpath_module);
     if (m == NULL)
         return NULL;
