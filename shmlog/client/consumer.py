@@ -837,20 +837,17 @@ class Consumer(ConsumerBase):
                         return None  # the wait ran the whole timeout (a stuck frame goes the general way)
                     if t0 is not None and timeout is not None:
                         timeout = max(0.0, timeout - (time.monotonic() - t0))
-            if n == 1:
-                return self._messages(part, 1)[0]
-            if n > 1:
-                self._pending = self._messages(part, n)
-                self._pi = 1
-                return self._pending[0]
+            if n > 0:
+                return self._hand_out(part, n)
         part, n = self._poll_parts(self._max_poll, timeout)
-        if n == 1:
-            return self._messages(part, 1)[0]
-        if not n:
-            return None
-        self._pending = self._messages(part, n)
-        self._pi = 1
-        return self._pending[0]
+        return self._hand_out(part, n) if n else None
+
+    def _hand_out(self, part: _Part, n: int) -> Message:
+        """The first of the n records just decoded; the rest wait in _pending for the next polls."""
+        msgs = self._messages(part, n)
+        if n > 1:
+            self._pending, self._pi = msgs, 1
+        return msgs[0]
 
     def _xbuild(self, part: _Part) -> None:
         """Sets ConsumerBase.poll's express read to part (the one partition,
