@@ -159,30 +159,17 @@ def _target_rows(res):
                 1.0,
             )
         )
-    zc = [s for s in summary if s["row"] == "T3" and s["peer"] == "shmlog" and s["ok"] and s["mode"] in ZERO_COPY]
-    mine = max(zc, key=lambda s: s["value"]["median"], default=None)
-    theirs = mine and top("T3", mine, lambda m: m == "zerocopy")
-    if theirs:
-        rows.append(
-            (
-                "T3 1 MiB zero-copy ≥ the best zero-copy peer",
-                f"{theirs['peer']} {theirs['mode']}",
-                ratio("T3", mine, theirs),
-                1.0,
-            )
+    for text, zero_copy in (
+        ("T3 1 MiB zero-copy ≥ the best zero-copy peer", True),
+        ("T3 1 MiB copying mode ahead of every copying peer", False),
+    ):  # shmlog's best mode of the kind against the rivals' modes of the same kind
+        kind = [s for s in summary if s["row"] == "T3" and s["peer"] == "shmlog" and s["ok"]]
+        mine = max(
+            (s for s in kind if (s["mode"] in ZERO_COPY) == zero_copy), key=lambda s: s["value"]["median"], default=None
         )
-    cp = [s for s in summary if s["row"] == "T3" and s["peer"] == "shmlog" and s["ok"] and s["mode"] not in ZERO_COPY]
-    mine = max(cp, key=lambda s: s["value"]["median"], default=None)
-    theirs = mine and top("T3", mine, lambda m: m != "zerocopy")
-    if theirs:
-        rows.append(
-            (
-                "T3 1 MiB copying mode ahead of every copying peer",
-                f"{theirs['peer']} {theirs['mode']}",
-                ratio("T3", mine, theirs),
-                1.0,
-            )
-        )
+        theirs = mine and top("T3", mine, lambda m, z=zero_copy: (m in ZERO_COPY) == z)
+        if theirs:
+            rows.append((text, f"{theirs['peer']} {theirs['mode']}", ratio("T3", mine, theirs), 1.0))
     return rows
 
 
